@@ -1,0 +1,279 @@
+/**
+ * The one typed configuration of Tomlinson. Read once at the edge (containers/main.ts, each Lambda
+ * handler, the CLI) from environment variables and an optional JSON file; everything inward takes
+ * the typed `Config`. Every setting has one environment variable and one dotted path in the file;
+ * the environment wins. An invalid value throws ConfigError naming the setting.
+ */
+import { readFileSync } from 'node:fs';
+import { hostname as osHostname } from 'node:os';
+import { resolve } from 'node:path';
+
+/** A setting was invalid; `setting` names it as the environment variable and the file path. */
+export class ConfigError extends Error {
+  constructor(
+    readonly setting: string,
+    message: string,
+  ) {
+    super(`${setting}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+type Kind = 'string' | 'int' | 'port' | 'bool' | 'list' | 'enum';
+interface Setting {
+  /** Dotted path in the config object and in the JSON file. */
+  path: string;
+  env: string;
+  kind: Kind;
+  default: unknown;
+  values?: readonly string[];
+  min?: number;
+  max?: number;
+  doc: string;
+}
+
+const MB = 1024 * 1024;
+
+/**
+ * Every setting, with its environment variable, default and meaning. README.md's configuration
+ * table is written from this list (`npm run cli -- config --docs`).
+ */
+export const SETTINGS: readonly Setting[] = [
+  { path: 'dataDir', env: 'TOMLINSON_DATA_DIR', kind: 'string', default: './data', doc: 'Folder for blobs, SQLite and generated keys (local storage).' },
+  { path: 'hostname', env: 'TOMLINSON_HOSTNAME', kind: 'string', default: '', doc: 'Name used in SMTP greetings, Received headers and HELO; defaults to the machine name.' },
+  { path: 'listenHost', env: 'TOMLINSON_LISTEN_HOST', kind: 'string', default: '127.0.0.1', doc: 'Address every listener binds to. Set 0.0.0.0 in a container.' },
+  { path: 'log.level', env: 'TOMLINSON_LOG_LEVEL', kind: 'enum', values: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], default: 'info', doc: 'Log level.' },
+  { path: 'log.pretty', env: 'TOMLINSON_LOG_PRETTY', kind: 'enum', values: ['auto', 'true', 'false'], default: 'auto', doc: 'Human-readable logs; auto: when stdout is a terminal.' },
+
+  { path: 'storage.driver', env: 'TOMLINSON_STORAGE', kind: 'enum', values: ['local', 'aws'], default: 'local', doc: 'Adapter family: local (files + SQLite) or aws (S3, DynamoDB, SQS).' },
+  { path: 'storage.queueMaxReceives', env: 'TOMLINSON_QUEUE_MAX_RECEIVES', kind: 'int', min: 1, max: 1000, default: 5, doc: 'Receives after which a queue message goes to its dead-letter queue (local; on AWS the redrive policy).' },
+  { path: 'storage.aws.region', env: 'AWS_REGION', kind: 'string', default: '', doc: 'AWS region (standard variable).' },
+  { path: 'storage.aws.mailBucket', env: 'TOMLINSON_MAIL_BUCKET', kind: 'string', default: '', doc: 'S3 bucket for raw messages.' },
+  { path: 'storage.aws.cacheBucket', env: 'TOMLINSON_CACHE_BUCKET', kind: 'string', default: '', doc: 'S3 bucket for proxy cache objects.' },
+  { path: 'storage.aws.table', env: 'TOMLINSON_TABLE', kind: 'string', default: '', doc: 'DynamoDB table (pk, sk, ttl).' },
+  { path: 'storage.aws.inboundQueueUrl', env: 'TOMLINSON_INBOUND_QUEUE_URL', kind: 'string', default: '', doc: 'SQS URL of the inbound queue.' },
+  { path: 'storage.aws.outboundQueueUrl', env: 'TOMLINSON_OUTBOUND_QUEUE_URL', kind: 'string', default: '', doc: 'SQS URL of the outbound queue.' },
+  { path: 'storage.aws.inboundDlqUrl', env: 'TOMLINSON_INBOUND_DLQ_URL', kind: 'string', default: '', doc: 'SQS URL of the inbound dead-letter queue.' },
+  { path: 'storage.aws.outboundDlqUrl', env: 'TOMLINSON_OUTBOUND_DLQ_URL', kind: 'string', default: '', doc: 'SQS URL of the outbound dead-letter queue.' },
+  { path: 'storage.aws.forcePathStyle', env: 'AWS_S3_FORCE_PATH_STYLE', kind: 'bool', default: false, doc: 'Path-style S3 addressing (emulators such as LocalStack or moto).' },
+
+  { path: 'tls.certFile', env: 'TOMLINSON_TLS_CERT_FILE', kind: 'string', default: '', doc: 'PEM certificate chain; empty: a self-signed one is made in the data folder.' },
+  { path: 'tls.keyFile', env: 'TOMLINSON_TLS_KEY_FILE', kind: 'string', default: '', doc: 'PEM private key.' },
+  { path: 'tls.secretId', env: 'TOMLINSON_TLS_SECRET_ID', kind: 'string', default: '', doc: 'Secrets Manager secret holding {"cert","key"} (AWS).' },
+  { path: 'tls.sniDir', env: 'TOMLINSON_TLS_SNI_DIR', kind: 'string', default: '', doc: 'Folder of <domain>.crt/<domain>.key pairs served by SNI.' },
+
+  { path: 'smtp.enabled', env: 'TOMLINSON_SMTP_ENABLED', kind: 'bool', default: true, doc: 'Run the SMTP listeners.' },
+  { path: 'smtp.port', env: 'TOMLINSON_SMTP_PORT', kind: 'port', default: 2525, doc: 'MX listener (public 25).' },
+  { path: 'smtp.submissionPort', env: 'TOMLINSON_SUBMISSION_PORT', kind: 'port', default: 2587, doc: 'Submission with STARTTLS (public 587); 0 turns it off.' },
+  { path: 'smtp.submissionsPort', env: 'TOMLINSON_SUBMISSIONS_PORT', kind: 'port', default: 2465, doc: 'Submission with implicit TLS (public 465); 0 turns it off.' },
+  { path: 'smtp.maxMessageBytes', env: 'TOMLINSON_SMTP_MAX_MESSAGE_BYTES', kind: 'int', min: 1024, max: 2 ** 40, default: 50 * MB, doc: 'Largest message accepted (SIZE).' },
+  { path: 'smtp.maxRecipients', env: 'TOMLINSON_SMTP_MAX_RECIPIENTS', kind: 'int', min: 1, max: 100000, default: 100, doc: 'Recipients per message.' },
+  { path: 'smtp.maxConnectionsPerClient', env: 'TOMLINSON_SMTP_MAX_CONNECTIONS_PER_CLIENT', kind: 'int', min: 1, max: 100000, default: 50, doc: 'Concurrent connections from one client address.' },
+  { path: 'smtp.maxConnections', env: 'TOMLINSON_SMTP_MAX_CONNECTIONS', kind: 'int', min: 1, max: 1000000, default: 1000, doc: 'Concurrent connections in all.' },
+  { path: 'smtp.maxBadCommands', env: 'TOMLINSON_SMTP_MAX_BAD_COMMANDS', kind: 'int', min: 1, max: 1000, default: 10, doc: 'Unknown or bad commands before 421 and disconnect.' },
+  { path: 'smtp.allowPlainAuth', env: 'TOMLINSON_SMTP_ALLOW_PLAIN_AUTH', kind: 'bool', default: false, doc: 'Offer AUTH without TLS (tests only; never in production).' },
+  { path: 'smtp.checkAuth', env: 'TOMLINSON_SMTP_CHECK_AUTH', kind: 'bool', default: true, doc: 'SPF/DKIM/DMARC checks on the MX listener.' },
+  { path: 'smtp.dnsServers', env: 'TOMLINSON_DNS_SERVERS', kind: 'list', default: [], doc: 'DNS resolvers (ip or ip:port), comma-separated; empty: the system resolver.' },
+  { path: 'smtp.dnsTimeoutMs', env: 'TOMLINSON_DNS_TIMEOUT_MS', kind: 'int', min: 50, max: 60000, default: 2000, doc: 'DNS query timeout.' },
+
+  { path: 'pop3.enabled', env: 'TOMLINSON_POP3_ENABLED', kind: 'bool', default: true, doc: 'Run the POP3 listeners.' },
+  { path: 'pop3.port', env: 'TOMLINSON_POP3_PORT', kind: 'port', default: 2110, doc: 'POP3 with STLS (public 110).' },
+  { path: 'pop3.tlsPort', env: 'TOMLINSON_POP3S_PORT', kind: 'port', default: 2995, doc: 'POP3 with implicit TLS (public 995); 0 turns it off.' },
+  { path: 'pop3.allowPlaintext', env: 'TOMLINSON_POP3_ALLOW_PLAINTEXT', kind: 'enum', values: ['never', 'loopback', 'always'], default: 'loopback', doc: 'USER/PASS and AUTH before STLS: never, from loopback clients only, or always.' },
+  { path: 'pop3.idleTimeoutSeconds', env: 'TOMLINSON_POP3_IDLE_TIMEOUT', kind: 'int', min: 600, max: 86400, default: 600, doc: 'Inactivity timer (RFC 1939 §3: at least 10 minutes).' },
+  { path: 'pop3.leaseSeconds', env: 'TOMLINSON_POP3_LEASE_SECONDS', kind: 'int', min: 5, max: 86400, default: 60, doc: 'Maildrop lock lease, renewed while the session lives.' },
+
+  { path: 'proxy.enabled', env: 'TOMLINSON_PROXY_ENABLED', kind: 'bool', default: true, doc: 'Run the caching proxy.' },
+  { path: 'proxy.port', env: 'TOMLINSON_PROXY_PORT', kind: 'port', default: 3128, doc: 'HTTP forward proxy.' },
+  { path: 'proxy.allowedClients', env: 'TOMLINSON_PROXY_ALLOWED_CLIENTS', kind: 'list', default: ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7'], doc: 'Client address ranges (CIDR) allowed to use the proxy.' },
+  { path: 'proxy.requireAuth', env: 'TOMLINSON_PROXY_REQUIRE_AUTH', kind: 'bool', default: false, doc: 'Require Proxy-Authorization: Basic against the accounts.' },
+  { path: 'proxy.connectPorts', env: 'TOMLINSON_PROXY_CONNECT_PORTS', kind: 'list', default: ['443'], doc: 'Ports CONNECT may reach.' },
+  { path: 'proxy.allowPrivateOrigins', env: 'TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS', kind: 'bool', default: false, doc: 'Allow origins on loopback, link-local and metadata addresses (tests, benchmarks).' },
+  { path: 'proxy.memoryBytes', env: 'TOMLINSON_PROXY_MEMORY_BYTES', kind: 'int', min: 0, max: 2 ** 40, default: 256 * MB, doc: 'Memory tier size.' },
+  { path: 'proxy.cacheBytes', env: 'TOMLINSON_PROXY_CACHE_BYTES', kind: 'int', min: 0, max: 2 ** 50, default: 10 * 1024 * MB, doc: 'Object tier size (blobs).' },
+  { path: 'proxy.maxObjectBytes', env: 'TOMLINSON_PROXY_MAX_OBJECT_BYTES', kind: 'int', min: 0, max: 2 ** 40, default: 100 * MB, doc: 'Largest response stored.' },
+  { path: 'proxy.originTimeoutMs', env: 'TOMLINSON_PROXY_ORIGIN_TIMEOUT_MS', kind: 'int', min: 100, max: 600000, default: 30000, doc: 'Origin response timeout (504 after it).' },
+
+  { path: 'outbound.smarthost', env: 'TOMLINSON_SMARTHOST', kind: 'string', default: '', doc: 'smtp://user@host:587 or smtps://host:465 relay for all remote mail; empty: direct MX delivery.' },
+  { path: 'outbound.smarthostPasswordSecretId', env: 'TOMLINSON_SMARTHOST_SECRET_ID', kind: 'string', default: '', doc: 'Secrets Manager secret with the smarthost password (AWS).' },
+  { path: 'outbound.maxAgeSeconds', env: 'TOMLINSON_OUTBOUND_MAX_AGE', kind: 'int', min: 60, max: 30 * 86400, default: 5 * 86400, doc: 'Give up and bounce after this long.' },
+  { path: 'outbound.retrySchedule', env: 'TOMLINSON_OUTBOUND_RETRY_SCHEDULE', kind: 'list', default: ['300', '600', '1200', '1800'], doc: 'Seconds between attempts; the last repeats.' },
+
+  { path: 'workers.enabled', env: 'TOMLINSON_WORKERS_ENABLED', kind: 'bool', default: true, doc: 'Run the queue workers in-process (embedded default).' },
+  { path: 'workers.concurrency', env: 'TOMLINSON_WORKER_CONCURRENCY', kind: 'int', min: 1, max: 256, default: 8, doc: 'Jobs processed at once per queue.' },
+
+  { path: 'health.port', env: 'TOMLINSON_HEALTH_PORT', kind: 'port', default: 8025, doc: 'Health and /metrics HTTP endpoint; 0 turns it off.' },
+  { path: 'health.host', env: 'TOMLINSON_HEALTH_HOST', kind: 'string', default: '127.0.0.1', doc: 'Address of the health endpoint.' },
+];
+
+/** The typed configuration. */
+export interface Config {
+  dataDir: string;
+  hostname: string;
+  listenHost: string;
+  log: { level: string; pretty: 'auto' | 'true' | 'false' };
+  storage: {
+    driver: 'local' | 'aws';
+    queueMaxReceives: number;
+    aws: {
+      region: string;
+      mailBucket: string;
+      cacheBucket: string;
+      table: string;
+      inboundQueueUrl: string;
+      outboundQueueUrl: string;
+      inboundDlqUrl: string;
+      outboundDlqUrl: string;
+      forcePathStyle: boolean;
+    };
+  };
+  tls: { certFile: string; keyFile: string; secretId: string; sniDir: string };
+  smtp: {
+    enabled: boolean;
+    port: number;
+    submissionPort: number;
+    submissionsPort: number;
+    maxMessageBytes: number;
+    maxRecipients: number;
+    maxConnectionsPerClient: number;
+    maxConnections: number;
+    maxBadCommands: number;
+    allowPlainAuth: boolean;
+    checkAuth: boolean;
+    dnsServers: string[];
+    dnsTimeoutMs: number;
+  };
+  pop3: {
+    enabled: boolean;
+    port: number;
+    tlsPort: number;
+    allowPlaintext: 'never' | 'loopback' | 'always';
+    idleTimeoutSeconds: number;
+    leaseSeconds: number;
+  };
+  proxy: {
+    enabled: boolean;
+    port: number;
+    allowedClients: string[];
+    requireAuth: boolean;
+    connectPorts: string[];
+    allowPrivateOrigins: boolean;
+    memoryBytes: number;
+    cacheBytes: number;
+    maxObjectBytes: number;
+    originTimeoutMs: number;
+  };
+  outbound: { smarthost: string; smarthostPasswordSecretId: string; maxAgeSeconds: number; retrySchedule: string[] };
+  workers: { enabled: boolean; concurrency: number };
+  health: { port: number; host: string };
+}
+
+function parseValue(s: Setting, raw: unknown): unknown {
+  const name = s.env;
+  switch (s.kind) {
+    case 'string':
+      if (typeof raw !== 'string') throw new ConfigError(name, `expected a string, got ${JSON.stringify(raw)}`);
+      return raw;
+    case 'bool': {
+      if (typeof raw === 'boolean') return raw;
+      const v = String(raw).trim().toLowerCase();
+      if (['1', 'true', 'yes', 'on'].includes(v)) return true;
+      if (['0', 'false', 'no', 'off', ''].includes(v)) return false;
+      throw new ConfigError(name, `expected true or false, got ${JSON.stringify(raw)}`);
+    }
+    case 'int':
+    case 'port': {
+      const text = String(raw).trim();
+      if (!/^-?\d+$/.test(text)) throw new ConfigError(name, `expected a whole number, got ${JSON.stringify(raw)}`);
+      const n = Number(text);
+      const min = s.kind === 'port' ? 0 : (s.min ?? -Infinity);
+      const max = s.kind === 'port' ? 65535 : (s.max ?? Infinity);
+      if (n < min || n > max) throw new ConfigError(name, `${n} is out of range ${min}..${max}`);
+      return n;
+    }
+    case 'list': {
+      if (Array.isArray(raw)) return raw.map(String);
+      return String(raw)
+        .split(',')
+        .map((x) => x.trim())
+        .filter(Boolean);
+    }
+    case 'enum': {
+      const v = String(raw);
+      if (!s.values!.includes(v)) throw new ConfigError(name, `expected one of ${s.values!.join(', ')}, got ${JSON.stringify(raw)}`);
+      return v;
+    }
+  }
+}
+
+function getPath(obj: Record<string, unknown>, path: string): unknown {
+  let cur: unknown = obj;
+  for (const part of path.split('.')) {
+    if (cur === null || typeof cur !== 'object') return undefined;
+    cur = (cur as Record<string, unknown>)[part];
+  }
+  return cur;
+}
+
+function setPath(obj: Record<string, unknown>, path: string, value: unknown): void {
+  const parts = path.split('.');
+  let cur = obj;
+  for (const part of parts.slice(0, -1)) {
+    cur[part] ??= {};
+    cur = cur[part] as Record<string, unknown>;
+  }
+  cur[parts.at(-1)!] = value;
+}
+
+/**
+ * Builds the Config from environment variables and, when TOMLINSON_CONFIG names one (or `file` is
+ * given), a JSON file with the same dotted paths as nested objects. Throws ConfigError.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, file?: string): Config {
+  const path = file ?? env.TOMLINSON_CONFIG;
+  let fromFile: Record<string, unknown> = {};
+  if (path) {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (e) {
+      throw new ConfigError('TOMLINSON_CONFIG', `cannot read ${path}: ${(e as Error).message}`);
+    }
+    try {
+      fromFile = JSON.parse(text) as Record<string, unknown>;
+    } catch (e) {
+      throw new ConfigError('TOMLINSON_CONFIG', `${path} is not valid JSON: ${(e as Error).message}`);
+    }
+  }
+  const out: Record<string, unknown> = {};
+  for (const s of SETTINGS) {
+    const envRaw = env[s.env];
+    const fileRaw = getPath(fromFile, s.path);
+    let value: unknown;
+    if (envRaw !== undefined && envRaw !== '') value = parseValue(s, envRaw);
+    else if (fileRaw !== undefined) value = parseValue({ ...s, env: `${s.env} (${s.path} in ${path})` }, fileRaw);
+    else value = s.default;
+    setPath(out, s.path, value);
+  }
+  const cfg = out as unknown as Config;
+  cfg.hostname ||= osHostname();
+  cfg.dataDir = resolve(cfg.dataDir);
+  for (const x of cfg.outbound.retrySchedule) {
+    if (!/^\d+$/.test(x) || Number(x) < 1) throw new ConfigError('TOMLINSON_OUTBOUND_RETRY_SCHEDULE', `expected seconds, got ${JSON.stringify(x)}`);
+  }
+  for (const x of cfg.proxy.connectPorts) {
+    if (!/^\d+$/.test(x) || Number(x) < 1 || Number(x) > 65535) throw new ConfigError('TOMLINSON_PROXY_CONNECT_PORTS', `expected port numbers, got ${JSON.stringify(x)}`);
+  }
+  if (cfg.storage.driver === 'aws') {
+    const a = cfg.storage.aws;
+    const need: [string, string][] = [
+      ['TOMLINSON_MAIL_BUCKET', a.mailBucket],
+      ['TOMLINSON_CACHE_BUCKET', a.cacheBucket],
+      ['TOMLINSON_TABLE', a.table],
+      ['TOMLINSON_INBOUND_QUEUE_URL', a.inboundQueueUrl],
+      ['TOMLINSON_OUTBOUND_QUEUE_URL', a.outboundQueueUrl],
+    ];
+    for (const [name, v] of need) if (!v) throw new ConfigError(name, 'required when TOMLINSON_STORAGE=aws');
+  }
+  return cfg;
+}

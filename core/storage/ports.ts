@@ -1,0 +1,273 @@
+/**
+ * The three storage ports every protocol server and worker speaks to (DESIGN.md, "Storage ports").
+ * Two adapter families implement them: `local/` (files + SQLite) and `aws/` (S3, DynamoDB, SQS).
+ * Adapters translate every backend error into a StorageError below; nothing backend-specific
+ * (SqliteError, ConditionalCheckFailedException, NoSuchKey, ...) leaves an adapter folder.
+ */
+import type { Readable } from 'node:stream';
+
+/** What kind of failure a storage call met. Only `Unavailable` is worth retrying as is. */
+export type StorageErrorCode = 'NotFound' | 'ConditionFailed' | 'TooLarge' | 'Unavailable' | 'Invalid';
+
+/** A storage failure in domain terms, with the backend's error kept as `cause`. */
+export class StorageError extends Error {
+  constructor(
+    readonly code: StorageErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = `StorageError(${code})`;
+  }
+  /** True when the same call may succeed later (throttling, network, a busy database). */
+  get retryable(): boolean {
+    return this.code === 'Unavailable';
+  }
+}
+
+/** The key or item does not exist (an expired item counts as absent). */
+export class NotFound extends StorageError {
+  constructor(what: string, options?: { cause?: unknown }) {
+    super('NotFound', `not found: ${what}`, options);
+  }
+}
+/** A conditional write lost: the condition did not hold. */
+export class ConditionFailed extends StorageError {
+  constructor(what: string, options?: { cause?: unknown }) {
+    super('ConditionFailed', `condition failed: ${what}`, options);
+  }
+}
+/** A blob was longer than the caller's maxBytes; nothing was stored. */
+export class TooLarge extends StorageError {
+  constructor(readonly limit: number, options?: { cause?: unknown }) {
+    super('TooLarge', `larger than ${limit} bytes`, options);
+  }
+}
+/** The backend could not be reached or refused for load; retry later. */
+export class Unavailable extends StorageError {
+  constructor(what: string, options?: { cause?: unknown }) {
+    super('Unavailable', `unavailable: ${what}`, options);
+  }
+}
+/** The call itself was malformed (bad key, too many writes, delay out of range). */
+export class InvalidRequest extends StorageError {
+  constructor(what: string, options?: { cause?: unknown }) {
+    super('Invalid', `invalid request: ${what}`, options);
+  }
+}
+
+export function isStorageError(e: unknown, code?: StorageErrorCode): e is StorageError {
+  return e instanceof StorageError && (code === undefined || e.code === code);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blobs
+
+/** What is known of a stored blob. `sha256` (hex) is always returned by put; head/get return it
+ * when the backend kept it. */
+export interface BlobInfo {
+  key: string;
+  size: number;
+  sha256?: string;
+  contentType?: string;
+  /** Small string metadata set at put time (lower-case keys, ASCII values). */
+  metadata?: Record<string, string>;
+  lastModified?: Date;
+}
+
+export type BlobBody = Readable | AsyncIterable<Uint8Array> | Uint8Array | string;
+
+export interface BlobPutOptions {
+  /** Refuse (TooLarge) and store nothing when the body is longer than this. @default unbounded */
+  maxBytes?: number;
+  /** Put-if-absent: ConditionFailed when the key already exists; exactly one racer wins. */
+  ifAbsent?: boolean;
+  contentType?: string;
+  metadata?: Record<string, string>;
+}
+
+/** An inclusive byte range, as in HTTP `Range: bytes=start-end`; `end` defaults to the last byte. */
+export interface ByteRange {
+  start: number;
+  end?: number;
+}
+
+export interface BlobListPage {
+  items: BlobInfo[];
+  /** Pass back as `cursor` to continue; absent on the last page. */
+  cursor?: string;
+}
+
+/** Immutable objects addressed by key. A put is atomic: readers see the whole object or none. */
+export interface Blobs {
+  /** Streams the body in; resolves once it is durable (local: fsynced and renamed). */
+  put(key: string, body: BlobBody, options?: BlobPutOptions): Promise<BlobInfo>;
+  /** A stream of the object (or of the range). NotFound when absent. */
+  get(key: string, options?: { range?: ByteRange }): Promise<{ info: BlobInfo; body: Readable }>;
+  /** NotFound when absent. */
+  head(key: string): Promise<BlobInfo>;
+  /** Idempotent: deleting an absent key succeeds. */
+  delete(key: string): Promise<void>;
+  /** Keys in lexicographic order under a prefix. */
+  list(prefix: string, options?: { limit?: number; cursor?: string }): Promise<BlobListPage>;
+  close?(): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tables
+
+/** Attribute values are JSON values. `pk`, `sk` and `ttl` are reserved attribute names. */
+export type AttrValue = string | number | boolean | null | AttrValue[] | { [k: string]: AttrValue };
+
+export interface Key {
+  pk: string;
+  sk: string;
+}
+
+/** An item: its key, an optional expiry (`ttl`, epoch seconds) and any other attributes. After its
+ * ttl an item is absent for every read and condition, even before the backend removes it. */
+export interface Item extends Key {
+  ttl?: number;
+  [attr: string]: AttrValue | undefined;
+}
+
+/**
+ * A condition on the current item. All given parts must hold (AND).
+ * - `exists: false`: there is no live item at the key (an expired one counts as absent).
+ * - `exists: true`: there is a live item.
+ * - `equals`: each named attribute equals the value (`null` means: attribute absent or null).
+ * - `lessThan` / `greaterThan`: numeric comparisons of attributes (absent attribute: fails).
+ */
+export interface Condition {
+  exists?: boolean;
+  equals?: Record<string, AttrValue>;
+  lessThan?: Record<string, number>;
+  greaterThan?: Record<string, number>;
+}
+
+/** An update: set attributes, add to numeric counters (absent counts as 0), remove attributes. */
+export interface Update {
+  set?: Record<string, AttrValue>;
+  add?: Record<string, number>;
+  remove?: string[];
+  /** Set or change the item's expiry (epoch seconds); `null` clears it. */
+  ttl?: number | null;
+}
+
+/** Bounds on the sort key for a query; strings compare by UTF-8 bytes (as DynamoDB does). */
+export interface SortRange {
+  beginsWith?: string;
+  gte?: string;
+  gt?: string;
+  lte?: string;
+  lt?: string;
+}
+
+export interface QueryOptions {
+  range?: SortRange;
+  /** Descending sort-key order. @default false */
+  reverse?: boolean;
+  /** At most this many items in the page. @default 100 */
+  limit?: number;
+  /** From a previous page's `cursor`. */
+  cursor?: string;
+  /** Strongly consistent read (DynamoDB ConsistentRead). @default true */
+  consistent?: boolean;
+}
+
+export interface QueryPage {
+  items: Item[];
+  cursor?: string;
+}
+
+/** One write in a transaction. */
+export type TransactOp =
+  | { put: Item; condition?: Condition }
+  | { update: Key; changes: Update; condition?: Condition }
+  | { delete: Key; condition?: Condition }
+  | { check: Key; condition: Condition };
+
+/** The most writes one transaction may hold (DynamoDB's classic limit, kept on both families). */
+export const MAX_TRANSACTION_OPS = 25;
+
+/** Items addressed by partition key + sort key, with conditional writes and transactions. */
+export interface Tables {
+  /** The live item, or undefined (expired items are undefined). */
+  get(key: Key): Promise<Item | undefined>;
+  /** Writes the whole item. ConditionFailed when `condition` does not hold. */
+  put(item: Item, options?: { condition?: Condition }): Promise<void>;
+  /** Changes (or creates) the item and returns it as it is after the change. */
+  update(key: Key, changes: Update, options?: { condition?: Condition }): Promise<Item>;
+  /** Idempotent when unconditional. ConditionFailed when `condition` does not hold. */
+  delete(key: Key, options?: { condition?: Condition }): Promise<void>;
+  /** Items of one partition in sort-key order. */
+  query(pk: string, options?: QueryOptions): Promise<QueryPage>;
+  /** All or nothing; ConditionFailed (naming the failing op index) when any condition fails. */
+  transact(ops: TransactOp[]): Promise<void>;
+  close?(): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queues
+
+/** The logical queues of the system; adapters map them to SQS URLs or SQLite rows. */
+export type QueueName = 'inbound' | 'outbound' | 'inbound-dlq' | 'outbound-dlq';
+
+/** SQS's bounds, kept by both families so that code behaves the same on each. */
+export const MAX_DELAY_SECONDS = 900;
+export const MAX_VISIBILITY_SECONDS = 12 * 60 * 60;
+export const MAX_RECEIVE_BATCH = 10;
+
+export interface ReceivedMessage {
+  id: string;
+  /** Handle for delete / changeVisibility; valid for this receipt only. */
+  receipt: string;
+  body: string;
+  /** How many times this message has been received, this time included. */
+  receiveCount: number;
+  sentAt: Date;
+}
+
+export interface QueueStats {
+  visible: number;
+  inFlight: number;
+  delayed: number;
+  /** Age of the oldest message in seconds, when known. */
+  oldestAgeSeconds?: number;
+}
+
+/**
+ * At-least-once queues with a visibility timeout. A message whose receive count would pass the
+ * queue's maxReceives is moved to its dead-letter queue instead of being delivered again.
+ */
+export interface Queues {
+  /** Returns the message id. Delay 0..MAX_DELAY_SECONDS. */
+  send(queue: QueueName, body: string, options?: { delaySeconds?: number }): Promise<string>;
+  /** Up to `max` messages, hidden for `visibilitySeconds`; waits up to `waitSeconds` for one. */
+  receive(
+    queue: QueueName,
+    options?: { max?: number; visibilitySeconds?: number; waitSeconds?: number; signal?: AbortSignal },
+  ): Promise<ReceivedMessage[]>;
+  /** Removes the message for good. Idempotent for a receipt already used. */
+  delete(queue: QueueName, receipt: string): Promise<void>;
+  /** Hides the message for `seconds` from now (0..MAX_VISIBILITY_SECONDS). */
+  changeVisibility(queue: QueueName, receipt: string, seconds: number): Promise<void>;
+  /** Approximate counts, as SQS gives them. */
+  stats(queue: QueueName): Promise<QueueStats>;
+  close?(): Promise<void>;
+}
+
+/** The three ports together, as opened from configuration by `open.ts`. */
+export interface Storage {
+  /** Which adapter family is behind the ports. */
+  readonly family: 'local' | 'aws';
+  /** Raw messages (mail bucket / data/blobs/mail). */
+  mail: Blobs;
+  /** Proxy cache objects (cache bucket / data/blobs/cache). */
+  cache: Blobs;
+  tables: Tables;
+  queues: Queues;
+  /** Cheap liveness probe of every backend, for the health endpoint. */
+  check(): Promise<Record<string, boolean>>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,14 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    // Protocol and adapter tests start real servers; give them room but never hang CI.
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    pool: 'forks',
+    // Two cores: run files two at a time so socket-heavy suites do not starve each other.
+    maxWorkers: 2,
+    reporters: ['default'],
+  },
+});
