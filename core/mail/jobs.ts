@@ -1,0 +1,60 @@
+/**
+ * The bodies of the messages on the `inbound` and `outbound` queues (JSON, versioned). The SMTP
+ * listener writes InboundJob after the raw message is durable in the mail blobs; the inbound
+ * worker writes OutboundJob for remote recipients. Both workers must be idempotent on `id`.
+ */
+
+/** DSN parameters of one recipient (RFC 3461 §4.1, §4.2). */
+export interface DsnRecipient {
+  /** The envelope recipient as given in RCPT TO (mailbox, no angle brackets). */
+  address: string;
+  /** NOTIFY=NEVER | SUCCESS,FAILURE,DELAY; absent means the default (FAILURE, and maybe DELAY). */
+  notify?: ('NEVER' | 'SUCCESS' | 'FAILURE' | 'DELAY')[];
+  /** ORCPT, as `addr-type;xtext-decoded-address`, e.g. `rfc822;bob@example.com`. */
+  orcpt?: string;
+}
+
+/** Envelope-level DSN parameters (RFC 3461 §4.3, §4.4). */
+export interface DsnEnvelope {
+  ret?: 'FULL' | 'HDRS';
+  envid?: string;
+}
+
+/** One accepted message, as the SMTP listener hands it to the inbound worker. */
+export interface InboundJob {
+  v: 1;
+  /** The queue id given in `250 2.0.0 <id>`; stable across redeliveries. */
+  id: string;
+  /** Key of the raw message (with our Received header) in the mail blobs. */
+  blobKey: string;
+  size: number;
+  sha256?: string;
+  /** Envelope sender; '' for the null sender `<>`. */
+  from: string;
+  rcpts: DsnRecipient[];
+  dsn?: DsnEnvelope;
+  receivedAt: string;
+  client: { address: string; helo: string; tls?: string; authUser?: string };
+  /** Which listener accepted it. */
+  listener: 'mx' | 'submission';
+  smtputf8?: boolean;
+  body8bit?: boolean;
+}
+
+/** Remote recipients of one message, for the outbound worker. */
+export interface OutboundJob {
+  v: 1;
+  /** Same as the InboundJob id: one outbound message per accepted message. */
+  id: string;
+  blobKey: string;
+  size: number;
+  from: string;
+  rcpts: DsnRecipient[];
+  dsn?: DsnEnvelope;
+  receivedAt: string;
+  authUser?: string;
+  smtputf8?: boolean;
+  body8bit?: boolean;
+  /** Earliest time to work the job again (ISO); for waits longer than a queue delay allows. */
+  notBefore?: string;
+}

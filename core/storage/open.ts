@@ -1,0 +1,16 @@
+/**
+ * The one place that picks a storage adapter family from configuration (STYLE.md example 9).
+ */
+import type { Config } from '../config.js';
+import type { Logger } from '../log.js';
+import type { Storage } from './ports.js';
+
+/** Opens the adapters that `config.storage.driver` names. */
+export async function openStorage(config: Config, log: Logger): Promise<Storage> {
+  if (config.storage.driver === 'aws') {
+    const { openAwsStorage } = await import('./aws/index.js');
+    return openAwsStorage(config, log);
+  }
+  const { openLocalStorage } = await import('./local/index.js');
+  return openLocalStorage(config, log);
+}
