@@ -1,0 +1,57 @@
+/**
+ * `npm run build`: bundles every container entry point, every Lambda handler and the admin CLI
+ * with esbuild. Containers target Node 22 (the image's runtime), Lambdas the nodejs22.x runtime.
+ * better-sqlite3 (native) and pino-pretty (terminal only) stay external: the AWS family never
+ * loads the first, and containers log JSON.
+ */
+import { build, type BuildOptions } from 'esbuild';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const root = new URL('..', import.meta.url).pathname;
+
+const common: BuildOptions = {
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node22',
+  sourcemap: true,
+  logLevel: 'warning',
+  external: ['better-sqlite3', 'pino-pretty'],
+  // CommonJS dependencies call require(); give the ESM bundle one.
+  banner: { js: "import { createRequire as __tomlinsonCreateRequire } from 'node:module'; const require = __tomlinsonCreateRequire(import.meta.url);" },
+};
+
+/** Every functions/<name>/handler.ts. */
+function lambdaEntries(): Record<string, string> {
+  const dir = join(root, 'functions');
+  const out: Record<string, string> = {};
+  for (const name of readdirSync(dir)) {
+    const entry = join(dir, name, 'handler.ts');
+    if (existsSync(entry)) out[`functions/${name}/index`] = entry;
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  const started = Date.now();
+  await build({
+    ...common,
+    entryPoints: { 'containers/main': join(root, 'containers/main.ts'), 'cli/main': join(root, 'cli/main.ts') },
+    outdir: join(root, 'dist'),
+    outExtension: { '.js': '.mjs' },
+  });
+  await build({
+    ...common,
+    entryPoints: lambdaEntries(),
+    outdir: join(root, 'dist'),
+    outExtension: { '.js': '.mjs' },
+    minify: true,
+  });
+  process.stdout.write(`built dist/ in ${Date.now() - started} ms\n`);
+}
+
+main().catch((e: Error) => {
+  process.stderr.write(`build failed: ${e.message}\n`);
+  process.exit(1);
+});
