@@ -1,0 +1,174 @@
+/**
+ * The inbound worker: takes one InboundJob (written by the SMTP listener after the raw message was
+ * durable), indexes the message into every local recipient's mailbox and hands remote recipients
+ * to the `outbound` queue. The same code runs in-process (embedded default) and in the inbound
+ * Lambda. Every step is idempotent on the job id, because queues deliver at least once.
+ */
+import { Accounts } from '../accounts/accounts.js';
+import { MailboxStore } from '../mailbox/store.js';
+import { isStorageError, type AttrValue } from '../storage/ports.js';
+import { done, type JobContext, type JobHandler, type JobMeta, type JobOutcome } from '../workers/job.js';
+import type { DsnRecipient, InboundJob, OutboundJob } from './jobs.js';
+import { summarizeMessage } from './mime.js';
+
+/** How long the `JOB#<id>` / `OUTBOUND` marker is kept (seconds): longer than any redelivery. */
+const MARKER_TTL_SECONDS = 14 * 86400;
+/** A full mailbox is retried for this long after the message arrived, then given up (logged). */
+const QUOTA_RETRY_WINDOW_MS = 60 * 60 * 1000;
+const QUOTA_RETRY_SECONDS = 300;
+
+/** The job body did not make sense; retrying cannot help, so it ends in the dead-letter queue. */
+export class BadInboundJob extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'BadInboundJob';
+  }
+}
+
+/** Parses and checks an inbound queue message body. */
+export function parseInboundJob(body: string): InboundJob {
+  let job: InboundJob;
+  try {
+    job = JSON.parse(body) as InboundJob;
+  } catch {
+    throw new BadInboundJob('inbound job is not JSON');
+  }
+  if (!job || job.v !== 1 || typeof job.id !== 'string' || typeof job.blobKey !== 'string' || !Array.isArray(job.rcpts)) {
+    throw new BadInboundJob('inbound job has an unknown shape');
+  }
+  return job;
+}
+
+/** Where each envelope recipient goes after alias expansion. */
+export interface Routing {
+  /** Local user login -> the envelope recipients that led to it. */
+  local: Map<string, DsnRecipient[]>;
+  /** Remote addresses, with the DSN parameters of the recipient they came from. */
+  remote: DsnRecipient[];
+  /** Recipients that are no longer deliverable here (user removed since RCPT). */
+  unknown: DsnRecipient[];
+  /** Remote recipients refused because the job did not come from an authenticated session. */
+  relayDenied: DsnRecipient[];
+}
+
+/** Resolves every recipient of a job through Accounts (aliases are expanded at delivery time). */
+export async function routeRecipients(job: InboundJob, accounts: Pick<Accounts, 'resolve'>): Promise<Routing> {
+  const routing: Routing = { local: new Map(), remote: [], unknown: [], relayDenied: [] };
+  const seenRemote = new Set<string>();
+  const addRemote = (r: DsnRecipient): void => {
+    const k = r.address.toLowerCase();
+    if (seenRemote.has(k)) return;
+    seenRemote.add(k);
+    routing.remote.push(r);
+  };
+  for (const rcpt of job.rcpts) {
+    const r = await accounts.resolve(rcpt.address);
+    if (r.kind === 'local') {
+      for (const user of r.users) {
+        const list = routing.local.get(user) ?? [];
+        list.push(rcpt);
+        routing.local.set(user, list);
+      }
+      // RFC 3461 §4.2: ORCPT keeps the original recipient when an alias forwards elsewhere.
+      for (const address of r.remote) addRemote({ address, ...(rcpt.notify ? { notify: rcpt.notify } : {}), orcpt: rcpt.orcpt ?? `rfc822;${rcpt.address}` });
+    } else if (r.kind === 'remote') {
+      // Only an authenticated sender may relay (RCPT already refused the others with 550 5.7.1).
+      if (job.client.authUser) addRemote(rcpt);
+      else routing.relayDenied.push(rcpt);
+    } else {
+      routing.unknown.push(rcpt);
+    }
+  }
+  return routing;
+}
+
+/** Works one InboundJob: deliver locally, enqueue the remote part once, then done. */
+export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: JobContext): Promise<JobOutcome> => {
+  const job = parseInboundJob(body);
+  const log = ctx.log.child({ c: 'inbound', job: job.id });
+  const { tables, mail, queues } = ctx.storage;
+  const accounts = new Accounts(tables);
+  const store = new MailboxStore(tables, mail);
+
+  const routing = await routeRecipients(job, accounts);
+  for (const r of routing.unknown) log.warn({ rcpt: r.address }, 'recipient no longer exists; not delivered');
+  for (const r of routing.relayDenied) log.warn({ rcpt: r.address }, 'remote recipient without an authenticated sender; not relayed');
+
+  let quotaWait = false;
+  if (routing.local.size > 0) {
+    const summary = await summarize(job, ctx);
+    for (const user of routing.local.keys()) {
+      try {
+        const r = await store.deliver(user, { jobId: job.id, blobKey: job.blobKey, size: job.size, receivedAt: job.receivedAt, summary });
+        log.info({ user, uid: r.uid, duplicate: r.duplicate }, 'delivered');
+        if (!r.duplicate) ctx.metrics?.messages.inc({ stage: 'inbound', outcome: 'delivered' });
+      } catch (e) {
+        if (isQuotaExceeded(e)) {
+          const age = ctx.now().getTime() - Date.parse(job.receivedAt);
+          if (age < QUOTA_RETRY_WINDOW_MS) {
+            quotaWait = true;
+            log.warn({ user }, 'mailbox full; will retry');
+          } else {
+            log.error({ user }, 'mailbox full for too long; message not delivered to this user');
+            ctx.metrics?.messages.inc({ stage: 'inbound', outcome: 'quota' });
+          }
+          continue;
+        }
+        throw e;
+      }
+    }
+  }
+
+  if (routing.remote.length > 0) await enqueueOutbound(job, routing.remote, ctx);
+
+  if (quotaWait) return { kind: 'retry', afterSeconds: QUOTA_RETRY_SECONDS, reason: 'mailbox full' };
+  log.debug({ receiveCount: meta.receiveCount }, 'inbound job done');
+  return done;
+};
+
+async function summarize(job: InboundJob, ctx: JobContext): Promise<Record<string, AttrValue>> {
+  const { body } = await ctx.storage.mail.get(job.blobKey);
+  return summarizeMessage(body);
+}
+
+function isQuotaExceeded(e: unknown): boolean {
+  return e instanceof Error && (e.name === 'QuotaExceeded' || e.constructor.name === 'QuotaExceeded');
+}
+
+/**
+ * Sends the OutboundJob at most once per inbound job as far as a crash allows: a `pending` marker
+ * is written first, then the job is sent, then the marker becomes `sent`. A redelivery that finds
+ * `sent` does nothing; one that finds `pending` (a crash between send and mark) sends again, and
+ * the outbound worker tolerates that duplicate because it is idempotent on the job id (its
+ * per-recipient state lives under `OUT#<id>`).
+ */
+async function enqueueOutbound(job: InboundJob, rcpts: DsnRecipient[], ctx: JobContext): Promise<void> {
+  const key = { pk: `JOB#${job.id}`, sk: 'OUTBOUND' };
+  const marker = await ctx.storage.tables.get(key);
+  if (marker?.state === 'sent') return;
+  const ttl = Math.floor(ctx.now().getTime() / 1000) + MARKER_TTL_SECONDS;
+  if (!marker) {
+    try {
+      await ctx.storage.tables.put({ ...key, state: 'pending', ttl }, { condition: { exists: false } });
+    } catch (e) {
+      if (!isStorageError(e, 'ConditionFailed')) throw e;
+      // Another worker holds the same job right now; the queue will hand it back if it dies.
+    }
+  }
+  const out: OutboundJob = {
+    v: 1,
+    id: job.id,
+    blobKey: job.blobKey,
+    size: job.size,
+    from: job.from,
+    rcpts,
+    receivedAt: job.receivedAt,
+    ...(job.dsn ? { dsn: job.dsn } : {}),
+    ...(job.client.authUser ? { authUser: job.client.authUser } : {}),
+    ...(job.smtputf8 ? { smtputf8: true } : {}),
+    ...(job.body8bit ? { body8bit: true } : {}),
+  };
+  await ctx.storage.queues.send('outbound', JSON.stringify(out));
+  await ctx.storage.tables.update(key, { set: { state: 'sent', rcpts: rcpts.length }, ttl });
+  ctx.log.info({ c: 'inbound', job: job.id, rcpts: rcpts.length }, 'handed to outbound');
+}
