@@ -82,6 +82,10 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'pop3.allowPlaintext', env: 'TOMLINSON_POP3_ALLOW_PLAINTEXT', kind: 'enum', values: ['never', 'loopback', 'always'], default: 'loopback', doc: 'USER/PASS and AUTH before STLS: never, from loopback clients only, or always.' },
   { path: 'pop3.idleTimeoutSeconds', env: 'TOMLINSON_POP3_IDLE_TIMEOUT', kind: 'int', min: 600, max: 86400, default: 600, doc: 'Inactivity timer (RFC 1939 §3: at least 10 minutes).' },
   { path: 'pop3.leaseSeconds', env: 'TOMLINSON_POP3_LEASE_SECONDS', kind: 'int', min: 5, max: 86400, default: 60, doc: 'Maildrop lock lease, renewed while the session lives.' },
+  { path: 'pop3.maxConnections', env: 'TOMLINSON_POP3_MAX_CONNECTIONS', kind: 'int', min: 1, max: 1000000, default: 1000, doc: 'Concurrent POP3 connections in all.' },
+  { path: 'pop3.maxConnectionsPerClient', env: 'TOMLINSON_POP3_MAX_CONNECTIONS_PER_CLIENT', kind: 'int', min: 1, max: 100000, default: 20, doc: 'Concurrent POP3 connections from one client address.' },
+  { path: 'pop3.maxBadCommands', env: 'TOMLINSON_POP3_MAX_BAD_COMMANDS', kind: 'int', min: 1, max: 1000, default: 10, doc: 'Unknown or misplaced commands before the connection is closed.' },
+  { path: 'pop3.authFailureDelayMs', env: 'TOMLINSON_POP3_AUTH_FAILURE_DELAY_MS', kind: 'int', min: 0, max: 60000, default: 1000, doc: 'Delay before a failed login is answered; doubles with each further failure from the same address (up to 16 times).' },
 
   { path: 'proxy.enabled', env: 'TOMLINSON_PROXY_ENABLED', kind: 'bool', default: true, doc: 'Run the caching proxy.' },
   { path: 'proxy.port', env: 'TOMLINSON_PROXY_PORT', kind: 'port', default: 3128, doc: 'HTTP forward proxy.' },
@@ -150,6 +154,10 @@ export interface Config {
     allowPlaintext: 'never' | 'loopback' | 'always';
     idleTimeoutSeconds: number;
     leaseSeconds: number;
+    maxConnections: number;
+    maxConnectionsPerClient: number;
+    maxBadCommands: number;
+    authFailureDelayMs: number;
   };
   proxy: {
     enabled: boolean;
