@@ -1,0 +1,294 @@
+/**
+ * Per-user mailboxes over the Tables port: a META item with counters, one item per message in
+ * UID order, a maildrop lease, idempotency markers for deliveries and a reference count per raw
+ * blob so a message shared by several mailboxes is deleted with its last reference.
+ *
+ * | item               | pk               | sk                   |
+ * |--------------------|------------------|----------------------|
+ * | mailbox counters   | `MBX#<user>`     | `META`               | count, bytes, uidNext, uidValidity
+ * | message            | `MBX#<user>`     | `UID#<10-digit uid>` | blobKey, size, receivedAt, summary, flags, jobId
+ * | maildrop lease     | `MBX#<user>`     | `LEASE`              | holder, ttl
+ * | delivery marker    | `JOB#<job id>`   | `RCPT#<user>`        | uid, ttl (30 days)
+ * | blob references    | `BLOBREF#<key>`  | `META`               | refs
+ */
+import { isStorageError, type AttrValue, type Blobs, type Item, type Key, type Tables, type TransactOp } from '../storage/ports.js';
+import { keys as accountKeys } from '../accounts/accounts.js';
+
+/** The delivery would take the mailbox past its quota; nothing was stored. */
+export class QuotaExceeded extends Error {
+  constructor(
+    readonly user: string,
+    readonly quotaBytes: number,
+    readonly usedBytes: number,
+    readonly size: number,
+  ) {
+    super(`mailbox ${user} is full: ${usedBytes} + ${size} bytes would pass the quota of ${quotaBytes}`);
+    this.name = 'QuotaExceeded';
+  }
+}
+
+/** The user has no account (removed, or never created); nothing was stored. */
+export class NoSuchMailbox extends Error {
+  constructor(readonly user: string) {
+    super(`no mailbox for ${user}`);
+    this.name = 'NoSuchMailbox';
+  }
+}
+
+/** Counters of one mailbox. */
+export interface MailboxMeta {
+  count: number;
+  bytes: number;
+  /** The UID the next message will get (RFC 3501 §2.3.1.1 UIDNEXT; also POP3 UIDL). */
+  uidNext: number;
+  /** Changes only if UIDs are ever reused; set once when the mailbox is created. */
+  uidValidity: number;
+}
+
+/** One message in a mailbox. */
+export interface MessageEntry {
+  uid: number;
+  blobKey: string;
+  size: number;
+  receivedAt: string;
+  /** Header summary and part tree from `summarizeMessage`. */
+  summary: Record<string, AttrValue>;
+  flags: string[];
+  jobId: string;
+}
+
+/** What `deliver` stores. */
+export interface DeliveryInput {
+  /** Idempotency key: a second deliver with the same (jobId, user) returns the first uid. */
+  jobId: string;
+  blobKey: string;
+  size: number;
+  receivedAt: string;
+  summary: Record<string, AttrValue>;
+}
+
+/** Options of the store. */
+export interface MailboxStoreOptions {
+  /** Injectable clock (leases, markers, uidValidity). @default () => new Date() */
+  now?: () => Date;
+  /** Lifetime of delivery markers in seconds; must outlive any redelivery of a job. @default 30 days */
+  markerTtlSeconds?: number;
+}
+
+const UID_WIDTH = 10;
+const MAX_ATTEMPTS = 50;
+
+/** Key helpers, exported for tests and tools. */
+export const mailboxKeys = {
+  meta: (user: string): Key => ({ pk: `MBX#${user}`, sk: 'META' }),
+  message: (user: string, uid: number): Key => ({ pk: `MBX#${user}`, sk: `UID#${String(uid).padStart(UID_WIDTH, '0')}` }),
+  lease: (user: string): Key => ({ pk: `MBX#${user}`, sk: 'LEASE' }),
+  marker: (jobId: string, user: string): Key => ({ pk: `JOB#${jobId}`, sk: `RCPT#${user}` }),
+  blobRef: (blobKey: string): Key => ({ pk: `BLOBREF#${blobKey}`, sk: 'META' }),
+};
+
+function toEntry(item: Item): MessageEntry {
+  return {
+    uid: Number(item.uid),
+    blobKey: String(item.blobKey),
+    size: Number(item.size),
+    receivedAt: String(item.receivedAt),
+    summary: (item.summary ?? {}) as Record<string, AttrValue>,
+    flags: Array.isArray(item.flags) ? item.flags.map(String) : [],
+    jobId: String(item.jobId ?? ''),
+  };
+}
+
+function toMeta(item: Item): MailboxMeta {
+  return { count: Number(item.count ?? 0), bytes: Number(item.bytes ?? 0), uidNext: Number(item.uidNext ?? 1), uidValidity: Number(item.uidValidity) };
+}
+
+/** Small random back-off between optimistic retries so racing writers spread out. */
+function backoff(attempt: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, Math.random() * Math.min(50, 2 + attempt * 3)));
+}
+
+/** The mailbox of every user: delivery, listing, removal and the maildrop lease. */
+export class MailboxStore {
+  private readonly now: () => Date;
+  private readonly markerTtl: number;
+
+  constructor(
+    private readonly tables: Tables,
+    private readonly blobs: Blobs,
+    options: MailboxStoreOptions = {},
+  ) {
+    this.now = options.now ?? (() => new Date());
+    this.markerTtl = options.markerTtlSeconds ?? 30 * 86400;
+  }
+
+  private epoch(): number {
+    return Math.floor(this.now().getTime() / 1000);
+  }
+
+  /** Creates the META item if absent (uidValidity = creation time in epoch seconds) and returns it. */
+  private async ensureMeta(user: string): Promise<Item> {
+    const existing = await this.tables.get(mailboxKeys.meta(user));
+    if (existing) return existing;
+    try {
+      await this.tables.put({ ...mailboxKeys.meta(user), count: 0, bytes: 0, uidNext: 1, uidValidity: this.epoch() }, { condition: { exists: false } });
+    } catch (e) {
+      if (!isStorageError(e, 'ConditionFailed')) throw e;
+    }
+    return (await this.tables.get(mailboxKeys.meta(user)))!;
+  }
+
+  /**
+   * Adds a message. Idempotent on (jobId, user): a second call returns the first uid with
+   * duplicate=true. Throws QuotaExceeded when the user's quota would be passed and NoSuchMailbox
+   * for an unknown user. Counters, message item, marker and blob reference change in one
+   * transaction, guarded by the counters read just before (optimistic; retried on a race).
+   */
+  async deliver(user: string, m: DeliveryInput): Promise<{ uid: number; duplicate: boolean }> {
+    for (let attempt = 0; ; attempt++) {
+      const marker = await this.tables.get(mailboxKeys.marker(m.jobId, user));
+      if (marker) return { uid: Number(marker.uid), duplicate: true };
+      const account = await this.tables.get(accountKeys.user(user));
+      if (!account) throw new NoSuchMailbox(user);
+      const meta = toMeta(await this.ensureMeta(user));
+      const quota = Number(account.quotaBytes ?? 0);
+      if (quota > 0 && meta.bytes + m.size > quota) throw new QuotaExceeded(user, quota, meta.bytes, m.size);
+      const uid = meta.uidNext;
+      const ops: TransactOp[] = [
+        {
+          update: mailboxKeys.meta(user),
+          changes: { set: { uidNext: uid + 1 }, add: { count: 1, bytes: m.size } },
+          condition: { equals: { uidNext: uid, bytes: meta.bytes } },
+        },
+        {
+          put: { ...mailboxKeys.message(user, uid), uid, blobKey: m.blobKey, size: m.size, receivedAt: m.receivedAt, summary: m.summary, flags: [], jobId: m.jobId },
+          condition: { exists: false },
+        },
+        { put: { ...mailboxKeys.marker(m.jobId, user), uid, ttl: this.epoch() + this.markerTtl }, condition: { exists: false } },
+        { update: mailboxKeys.blobRef(m.blobKey), changes: { add: { refs: 1 } } },
+      ];
+      try {
+        await this.tables.transact(ops);
+        return { uid, duplicate: false };
+      } catch (e) {
+        if (!isStorageError(e, 'ConditionFailed') || attempt >= MAX_ATTEMPTS) throw e;
+        await backoff(attempt);
+      }
+    }
+  }
+
+  /** The mailbox counters (the mailbox is created empty on first use). */
+  async meta(user: string): Promise<MailboxMeta> {
+    return toMeta(await this.ensureMeta(user));
+  }
+
+  /** Every message in UID order (pages through the partition). */
+  async list(user: string): Promise<MessageEntry[]> {
+    const out: MessageEntry[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.tables.query(`MBX#${user}`, { range: { beginsWith: 'UID#' }, limit: 500, cursor });
+      for (const item of page.items) out.push(toEntry(item));
+      cursor = page.cursor;
+    } while (cursor);
+    return out;
+  }
+
+  /** The newest `limit` messages, newest first. */
+  async newest(user: string, limit: number): Promise<MessageEntry[]> {
+    const page = await this.tables.query(`MBX#${user}`, { range: { beginsWith: 'UID#' }, reverse: true, limit });
+    return page.items.map(toEntry);
+  }
+
+  /** One message, or undefined. */
+  async get(user: string, uid: number): Promise<MessageEntry | undefined> {
+    const item = await this.tables.get(mailboxKeys.message(user, uid));
+    return item ? toEntry(item) : undefined;
+  }
+
+  /**
+   * Removes messages and adjusts the counters; deletes a raw blob when no mailbox references it
+   * any more. Idempotent: an absent uid is skipped. Each uid is one transaction.
+   */
+  async remove(user: string, uids: number[]): Promise<void> {
+    for (const uid of uids) {
+      for (let attempt = 0; ; attempt++) {
+        const item = await this.tables.get(mailboxKeys.message(user, uid));
+        if (!item) break;
+        const entry = toEntry(item);
+        const ref = await this.tables.get(mailboxKeys.blobRef(entry.blobKey));
+        const refs = Number(ref?.refs ?? 0);
+        const last = refs <= 1;
+        const ops: TransactOp[] = [
+          { delete: mailboxKeys.message(user, uid), condition: { exists: true } },
+          { update: mailboxKeys.meta(user), changes: { add: { count: -1, bytes: -entry.size } } },
+          last
+            ? { delete: mailboxKeys.blobRef(entry.blobKey), condition: ref ? { equals: { refs } } : { exists: false } }
+            : { update: mailboxKeys.blobRef(entry.blobKey), changes: { add: { refs: -1 } }, condition: { equals: { refs } } },
+        ];
+        try {
+          await this.tables.transact(ops);
+        } catch (e) {
+          if (!isStorageError(e, 'ConditionFailed') || attempt >= MAX_ATTEMPTS) throw e;
+          await backoff(attempt);
+          continue;
+        }
+        // After the commit: a crash here leaves an unreferenced blob (garbage), never a dangling entry.
+        if (last) await this.blobs.delete(entry.blobKey);
+        break;
+      }
+    }
+  }
+
+  /** Replaces the flags of one message (IMAP later; `\Seen` for tools). */
+  async setFlags(user: string, uid: number, flags: string[]): Promise<void> {
+    await this.tables.update(mailboxKeys.message(user, uid), { set: { flags } }, { condition: { exists: true } });
+  }
+
+  /** Removes every message and the counters of a mailbox (for `user remove`). */
+  async purge(user: string): Promise<number> {
+    const uids = (await this.list(user)).map((e) => e.uid);
+    await this.remove(user, uids);
+    await this.tables.delete(mailboxKeys.meta(user));
+    await this.tables.delete(mailboxKeys.lease(user));
+    return uids.length;
+  }
+
+  /** Takes the maildrop lease for `seconds` if it is free, expired, or already held by `holder`. */
+  async acquireLease(user: string, holder: string, seconds: number): Promise<boolean> {
+    const item = { ...mailboxKeys.lease(user), holder, ttl: this.epoch() + seconds };
+    try {
+      await this.tables.put(item, { condition: { exists: false } });
+      return true;
+    } catch (e) {
+      if (!isStorageError(e, 'ConditionFailed')) throw e;
+    }
+    try {
+      await this.tables.put(item, { condition: { equals: { holder } } });
+      return true;
+    } catch (e) {
+      if (isStorageError(e, 'ConditionFailed')) return false;
+      throw e;
+    }
+  }
+
+  /** Extends a lease this holder still has; false when it expired or someone else took it. */
+  async renewLease(user: string, holder: string, seconds: number): Promise<boolean> {
+    try {
+      await this.tables.update(mailboxKeys.lease(user), { ttl: this.epoch() + seconds }, { condition: { equals: { holder } } });
+      return true;
+    } catch (e) {
+      if (isStorageError(e, 'ConditionFailed')) return false;
+      throw e;
+    }
+  }
+
+  /** Gives the lease up if this holder has it; otherwise does nothing. */
+  async releaseLease(user: string, holder: string): Promise<void> {
+    try {
+      await this.tables.delete(mailboxKeys.lease(user), { condition: { equals: { holder } } });
+    } catch (e) {
+      if (!isStorageError(e, 'ConditionFailed')) throw e;
+    }
+  }
+}
