@@ -102,6 +102,16 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'outbound.smarthostPasswordSecretId', env: 'TOMLINSON_SMARTHOST_SECRET_ID', kind: 'string', default: '', doc: 'Secrets Manager secret with the smarthost password (AWS).' },
   { path: 'outbound.maxAgeSeconds', env: 'TOMLINSON_OUTBOUND_MAX_AGE', kind: 'int', min: 60, max: 30 * 86400, default: 5 * 86400, doc: 'Give up and bounce after this long.' },
   { path: 'outbound.retrySchedule', env: 'TOMLINSON_OUTBOUND_RETRY_SCHEDULE', kind: 'list', default: ['300', '600', '1200', '1800'], doc: 'Seconds between attempts; the last repeats.' },
+  { path: 'outbound.smarthostDomains', env: 'TOMLINSON_SMARTHOST_DOMAINS', kind: 'list', default: [], doc: 'Recipient domains routed through the smarthost; empty: all of them.' },
+  { path: 'outbound.mxPort', env: 'TOMLINSON_OUTBOUND_MX_PORT', kind: 'port', default: 25, doc: 'Port of remote MX hosts (tests point it at their own server).' },
+  { path: 'outbound.requireTlsDomains', env: 'TOMLINSON_OUTBOUND_REQUIRE_TLS_DOMAINS', kind: 'list', default: [], doc: 'Recipient domains whose MX hosts must accept STARTTLS (with a verified certificate unless outbound.tlsVerify is never).' },
+  { path: 'outbound.tlsVerify', env: 'TOMLINSON_OUTBOUND_TLS_VERIFY', kind: 'enum', values: ['never', 'required', 'always'], default: 'required', doc: 'Verify server certificates: never, where TLS is required (smarthost, requireTlsDomains), or always.' },
+  { path: 'outbound.connectTimeoutSeconds', env: 'TOMLINSON_OUTBOUND_CONNECT_TIMEOUT', kind: 'int', min: 1, max: 600, default: 30, doc: 'TCP connect (and TLS handshake) timeout per host.' },
+  { path: 'outbound.commandTimeoutSeconds', env: 'TOMLINSON_OUTBOUND_COMMAND_TIMEOUT', kind: 'int', min: 1, max: 3600, default: 300, doc: 'Reply timeout per command (RFC 5321 4.5.3.2: 5 minutes).' },
+  { path: 'outbound.dataTimeoutSeconds', env: 'TOMLINSON_OUTBOUND_DATA_TIMEOUT', kind: 'int', min: 1, max: 3600, default: 600, doc: 'Reply timeout after the end of the data (RFC 5321 4.5.3.2.6: 10 minutes).' },
+  { path: 'outbound.delayNoticeSeconds', env: 'TOMLINSON_OUTBOUND_DELAY_NOTICE', kind: 'int', min: 0, max: 30 * 86400, default: 4 * 3600, doc: 'Send one delay notice once a message has waited this long; 0: never.' },
+  { path: 'outbound.dkimDir', env: 'TOMLINSON_DKIM_DIR', kind: 'string', default: '', doc: 'Folder of DKIM keys <domain>/<selector>.pem; empty: <dataDir>/dkim.' },
+  { path: 'outbound.dkimSecretPrefix', env: 'TOMLINSON_DKIM_SECRET_PREFIX', kind: 'string', default: '', doc: 'Secrets Manager prefix of DKIM keys (secret <prefix><domain>); empty: keys from files.' },
 
   { path: 'workers.enabled', env: 'TOMLINSON_WORKERS_ENABLED', kind: 'bool', default: true, doc: 'Run the queue workers in-process (embedded default).' },
   { path: 'workers.concurrency', env: 'TOMLINSON_WORKER_CONCURRENCY', kind: 'int', min: 1, max: 256, default: 8, doc: 'Jobs processed at once per queue.' },
@@ -171,7 +181,22 @@ export interface Config {
     maxObjectBytes: number;
     originTimeoutMs: number;
   };
-  outbound: { smarthost: string; smarthostPasswordSecretId: string; maxAgeSeconds: number; retrySchedule: string[] };
+  outbound: {
+    smarthost: string;
+    smarthostPasswordSecretId: string;
+    maxAgeSeconds: number;
+    retrySchedule: string[];
+    smarthostDomains: string[];
+    mxPort: number;
+    requireTlsDomains: string[];
+    tlsVerify: 'never' | 'required' | 'always';
+    connectTimeoutSeconds: number;
+    commandTimeoutSeconds: number;
+    dataTimeoutSeconds: number;
+    delayNoticeSeconds: number;
+    dkimDir: string;
+    dkimSecretPrefix: string;
+  };
   workers: { enabled: boolean; concurrency: number };
   health: { port: number; host: string };
 }
