@@ -1,0 +1,296 @@
+/**
+ * Tables on SQLite: one `items` table keyed by (pk, sk) with the attributes as JSON. SQLite's
+ * BINARY collation compares UTF-8 bytes, the order DynamoDB gives sort keys, so range queries
+ * and pagination line up with the aws family. Conditions are checked in the same write
+ * transaction that applies the change (BEGIN IMMEDIATE), so they hold across processes too.
+ */
+import type { Statement } from 'better-sqlite3';
+import {
+  ConditionFailed,
+  InvalidRequest,
+  MAX_TRANSACTION_OPS,
+  type AttrValue,
+  type Condition,
+  type Item,
+  type Key,
+  type QueryOptions,
+  type QueryPage,
+  type SortRange,
+  type Tables,
+  type TransactOp,
+  type Update,
+} from '../ports.js';
+import type { SqliteStore } from './sqlite.js';
+
+interface Row {
+  pk: string;
+  sk: string;
+  ttl: number | null;
+  data: string;
+}
+
+const RESERVED = new Set(['pk', 'sk', 'ttl']);
+/** DynamoDB's item size limit; kept so that both families accept the same items. */
+const MAX_ITEM_BYTES = 400 * 1024;
+
+function checkKey(key: Key): void {
+  if (!key || typeof key.pk !== 'string' || typeof key.sk !== 'string' || key.pk === '' || key.sk === '') {
+    throw new InvalidRequest('pk and sk must be non-empty strings');
+  }
+}
+
+function checkTtl(ttl: unknown): void {
+  if (ttl !== undefined && ttl !== null && (typeof ttl !== 'number' || !Number.isFinite(ttl))) throw new InvalidRequest('ttl must be epoch seconds');
+}
+
+function deepEqual(a: AttrValue | undefined, b: AttrValue | undefined): boolean {
+  if (a === b) return true;
+  if (a === null || b === null || a === undefined || b === undefined || typeof a !== 'object' || typeof b !== 'object') return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  if (Array.isArray(a)) {
+    const bb = b as AttrValue[];
+    return a.length === bb.length && a.every((x, i) => deepEqual(x, bb[i]));
+  }
+  const ao = a as Record<string, AttrValue>;
+  const bo = b as Record<string, AttrValue>;
+  const ak = Object.keys(ao);
+  return ak.length === Object.keys(bo).length && ak.every((k) => Object.hasOwn(bo, k) && deepEqual(ao[k], bo[k]));
+}
+
+/** True when `cond` holds for `cur` (undefined: no live item). */
+export function conditionHolds(cond: Condition | undefined, cur: Item | undefined): boolean {
+  if (!cond) return true;
+  if (cond.exists === true && !cur) return false;
+  if (cond.exists === false && cur) return false;
+  for (const [k, v] of Object.entries(cond.equals ?? {})) {
+    const have = cur?.[k];
+    if (v === null) {
+      if (have !== undefined && have !== null) return false;
+    } else if (!deepEqual(have, v)) return false;
+  }
+  for (const [k, v] of Object.entries(cond.lessThan ?? {})) {
+    const have = cur?.[k];
+    if (typeof have !== 'number' || !(have < v)) return false;
+  }
+  for (const [k, v] of Object.entries(cond.greaterThan ?? {})) {
+    const have = cur?.[k];
+    if (typeof have !== 'number' || !(have > v)) return false;
+  }
+  return true;
+}
+
+/** The smallest string greater than every string that starts with `p` (UTF-8 order), or undefined. */
+function prefixEnd(p: string): string | undefined {
+  const cps = Array.from(p);
+  while (cps.length) {
+    const last = cps.pop()!.codePointAt(0)!;
+    if (last < 0x10ffff) {
+      let next = last + 1;
+      if (next >= 0xd800 && next <= 0xdfff) next = 0xe000;
+      return cps.join('') + String.fromCodePoint(next);
+    }
+  }
+  return undefined;
+}
+
+function encodeCursor(pk: string, sk: string): string {
+  return Buffer.from(JSON.stringify([pk, sk]), 'utf8').toString('base64url');
+}
+
+function decodeCursor(pk: string, cursor: string): string {
+  try {
+    const [cpk, sk] = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as [string, string];
+    if (cpk !== pk || typeof sk !== 'string') throw new Error('cursor of another partition');
+    return sk;
+  } catch (e) {
+    throw new InvalidRequest('bad query cursor', { cause: e });
+  }
+}
+
+/** The local Tables adapter. */
+export class SqliteTables implements Tables {
+  private readonly getStmt: Statement<[string, string]>;
+  private readonly upsertStmt: Statement<[string, string, number | null, string]>;
+  private readonly deleteStmt: Statement<[string, string]>;
+  private readonly purgeStmt: Statement<[number]>;
+  private readonly queryStmts = new Map<string, Statement>();
+
+  constructor(
+    private readonly store: SqliteStore,
+    /** Milliseconds since the epoch. */
+    private readonly now: () => number,
+  ) {
+    const db = store.db;
+    this.getStmt = db.prepare('SELECT pk, sk, ttl, data FROM items WHERE pk = ? AND sk = ?');
+    this.upsertStmt = db.prepare('INSERT OR REPLACE INTO items (pk, sk, ttl, data) VALUES (?, ?, ?, ?)');
+    this.deleteStmt = db.prepare('DELETE FROM items WHERE pk = ? AND sk = ?');
+    this.purgeStmt = db.prepare('DELETE FROM items WHERE (pk, sk) IN (SELECT pk, sk FROM items WHERE ttl IS NOT NULL AND ttl <= ? LIMIT 1000)');
+  }
+
+  private nowSeconds(): number {
+    return this.now() / 1000;
+  }
+
+  private toItem(row: Row): Item {
+    const item = JSON.parse(row.data) as Item;
+    item.pk = row.pk;
+    item.sk = row.sk;
+    if (row.ttl !== null) item.ttl = row.ttl;
+    return item;
+  }
+
+  /** The live item at key, read inside the current transaction (or autocommit). */
+  private current(key: Key): Item | undefined {
+    const row = this.getStmt.get(key.pk, key.sk) as Row | undefined;
+    if (!row || (row.ttl !== null && row.ttl <= this.nowSeconds())) return undefined;
+    return this.toItem(row);
+  }
+
+  private write(item: Item): void {
+    const data: Record<string, AttrValue> = {};
+    for (const [k, v] of Object.entries(item)) if (!RESERVED.has(k) && v !== undefined) data[k] = v;
+    const json = JSON.stringify(data);
+    if (json.length > MAX_ITEM_BYTES && Buffer.byteLength(json) > MAX_ITEM_BYTES) throw new InvalidRequest(`item larger than ${MAX_ITEM_BYTES} bytes`);
+    this.upsertStmt.run(item.pk, item.sk, item.ttl ?? null, json);
+  }
+
+  async get(key: Key): Promise<Item | undefined> {
+    checkKey(key);
+    return this.store.read(() => this.current(key), 'tables.get');
+  }
+
+  async put(item: Item, options: { condition?: Condition } = {}): Promise<void> {
+    checkKey(item);
+    checkTtl(item.ttl);
+    await this.store.write(() => this.applyPut(item, options.condition, 'put'));
+  }
+
+  private applyPut(item: Item, condition: Condition | undefined, what: string): void {
+    if (condition && !conditionHolds(condition, this.current(item))) throw new ConditionFailed(`${what} ${item.pk} ${item.sk}`);
+    this.write(item);
+  }
+
+  async update(key: Key, changes: Update, options: { condition?: Condition } = {}): Promise<Item> {
+    checkKey(key);
+    checkUpdate(changes);
+    return this.store.write(() => this.applyUpdate(key, changes, options.condition, 'update'));
+  }
+
+  private applyUpdate(key: Key, changes: Update, condition: Condition | undefined, what: string): Item {
+    const cur = this.current(key);
+    if (condition && !conditionHolds(condition, cur)) throw new ConditionFailed(`${what} ${key.pk} ${key.sk}`);
+    const next: Item = cur ? { ...cur } : { pk: key.pk, sk: key.sk };
+    for (const [k, v] of Object.entries(changes.set ?? {})) next[k] = v;
+    for (const [k, n] of Object.entries(changes.add ?? {})) {
+      const have = next[k];
+      if (have !== undefined && typeof have !== 'number') throw new InvalidRequest(`add to ${k}: not a number`);
+      next[k] = (have ?? 0) + n;
+    }
+    for (const k of changes.remove ?? []) delete next[k];
+    if (changes.ttl === null) delete next.ttl;
+    else if (changes.ttl !== undefined) next.ttl = changes.ttl;
+    this.write(next);
+    return next;
+  }
+
+  async delete(key: Key, options: { condition?: Condition } = {}): Promise<void> {
+    checkKey(key);
+    await this.store.write(() => this.applyDelete(key, options.condition, 'delete'));
+  }
+
+  private applyDelete(key: Key, condition: Condition | undefined, what: string): void {
+    if (condition && !conditionHolds(condition, this.current(key))) throw new ConditionFailed(`${what} ${key.pk} ${key.sk}`);
+    this.deleteStmt.run(key.pk, key.sk);
+  }
+
+  async query(pk: string, options: QueryOptions = {}): Promise<QueryPage> {
+    if (typeof pk !== 'string' || pk === '') throw new InvalidRequest('pk must be a non-empty string');
+    const limit = options.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 1) throw new InvalidRequest('query limit must be a positive integer');
+    const reverse = options.reverse === true;
+    const where: string[] = ['pk = ?', '(ttl IS NULL OR ttl > ?)'];
+    const names: string[] = [];
+    const params: (string | number)[] = [pk, this.nowSeconds()];
+    const r: SortRange = options.range ?? {};
+    const bound = (op: string, v: string | undefined, name: string) => {
+      if (v === undefined) return;
+      if (typeof v !== 'string') throw new InvalidRequest(`range.${name} must be a string`);
+      where.push(`sk ${op} ?`);
+      names.push(name);
+      params.push(v);
+    };
+    bound('>=', r.gte, 'gte');
+    bound('>', r.gt, 'gt');
+    bound('<=', r.lte, 'lte');
+    bound('<', r.lt, 'lt');
+    if (r.beginsWith !== undefined && r.beginsWith !== '') {
+      bound('>=', r.beginsWith, 'beginsWith');
+      const end = prefixEnd(r.beginsWith);
+      if (end !== undefined) bound('<', end, 'beginsWithEnd');
+    }
+    if (options.cursor !== undefined) bound(reverse ? '<' : '>', decodeCursor(pk, options.cursor), 'cursor');
+    const sql = `SELECT pk, sk, ttl, data FROM items WHERE ${where.join(' AND ')} ORDER BY sk ${reverse ? 'DESC' : 'ASC'} LIMIT ?`;
+    let stmt = this.queryStmts.get(sql);
+    if (!stmt) {
+      stmt = this.store.db.prepare(sql);
+      this.queryStmts.set(sql, stmt);
+    }
+    const s = stmt;
+    const rows = this.store.read(() => s.all(...params, limit + 1) as Row[], 'tables.query');
+    const page: QueryPage = { items: rows.slice(0, limit).map((row) => this.toItem(row)) };
+    if (rows.length > limit) page.cursor = encodeCursor(pk, rows[limit - 1].sk);
+    return page;
+  }
+
+  async transact(ops: TransactOp[]): Promise<void> {
+    if (!Array.isArray(ops) || ops.length > MAX_TRANSACTION_OPS) throw new InvalidRequest(`a transaction holds 1..${MAX_TRANSACTION_OPS} operations`);
+    if (ops.length === 0) return;
+    const seen = new Set<string>();
+    for (const op of ops) {
+      const key: Key = 'put' in op ? op.put : 'update' in op ? op.update : 'delete' in op ? op.delete : op.check;
+      checkKey(key);
+      if ('put' in op) checkTtl(op.put.ttl);
+      if ('update' in op) checkUpdate(op.changes);
+      // DynamoDB refuses two operations on one item in a transaction; refuse it here too.
+      const id = JSON.stringify([key.pk, key.sk]);
+      if (seen.has(id)) throw new InvalidRequest(`transaction touches ${key.pk} ${key.sk} twice`);
+      seen.add(id);
+    }
+    await this.store.write(() => {
+      // Check every condition first, as DynamoDB does, so the reported index is the first failure.
+      ops.forEach((op, i) => {
+        const key: Key = 'put' in op ? op.put : 'update' in op ? op.update : 'delete' in op ? op.delete : op.check;
+        if (op.condition && !conditionHolds(op.condition, this.current(key))) throw new ConditionFailed(`transaction op ${i} (${key.pk} ${key.sk})`);
+      });
+      for (const op of ops) {
+        if ('put' in op) this.applyPut(op.put, undefined, 'put');
+        else if ('update' in op) this.applyUpdate(op.update, op.changes, undefined, 'update');
+        else if ('delete' in op) this.applyDelete(op.delete, undefined, 'delete');
+      }
+    });
+  }
+
+  /** Removes up to 1000 expired items; returns how many. Reads already ignore them. */
+  async purgeExpired(): Promise<number> {
+    return this.store.write(() => this.purgeStmt.run(this.nowSeconds()).changes);
+  }
+
+  async close(): Promise<void> {}
+}
+
+function checkUpdate(u: Update): void {
+  if (!u || typeof u !== 'object') throw new InvalidRequest('update must be an object');
+  const touched = new Set<string>();
+  const touch = (k: string) => {
+    if (RESERVED.has(k)) throw new InvalidRequest(`update may not change ${k} (use ttl for expiry)`);
+    if (touched.has(k)) throw new InvalidRequest(`update touches ${k} twice`);
+    touched.add(k);
+  };
+  for (const k of Object.keys(u.set ?? {})) touch(k);
+  for (const [k, n] of Object.entries(u.add ?? {})) {
+    touch(k);
+    if (typeof n !== 'number' || !Number.isFinite(n)) throw new InvalidRequest(`add ${k}: not a number`);
+  }
+  for (const k of u.remove ?? []) touch(k);
+  checkTtl(u.ttl);
+}

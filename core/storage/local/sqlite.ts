@@ -1,0 +1,154 @@
+/**
+ * The one SQLite database (`<dataDir>/tomlinson.db`) behind the local Tables and Queues, and the
+ * write path they share.
+ *
+ * Durability: WAL with synchronous=FULL, so a write has reached the disk when its promise
+ * resolves (an SMTP 250 depends on it). better-sqlite3 is synchronous and each commit fsyncs on
+ * the event loop, so writes are gathered: every write issued during one turn of the event loop
+ * runs in one transaction (each in its own savepoint, so one failed condition undoes only its
+ * own work) and shares one commit and one fsync. This group commit is what lets hundreds of SMTP
+ * sessions a second each wait for a durable queue insert.
+ */
+import Database from 'better-sqlite3';
+import type { Logger } from '../../log.js';
+import { StorageError, Unavailable } from '../ports.js';
+
+type DB = Database.Database;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS items (
+  pk   TEXT NOT NULL,
+  sk   TEXT NOT NULL,
+  ttl  INTEGER,
+  data TEXT NOT NULL,
+  PRIMARY KEY (pk, sk)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS items_ttl ON items (ttl) WHERE ttl IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS messages (
+  seq           INTEGER PRIMARY KEY,
+  id            TEXT NOT NULL UNIQUE,
+  queue         TEXT NOT NULL,
+  body          TEXT NOT NULL,
+  sent_at       INTEGER NOT NULL,
+  visible_at    INTEGER NOT NULL,
+  receive_count INTEGER NOT NULL DEFAULT 0,
+  receipt       TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_visible ON messages (queue, visible_at);
+`;
+
+/** Most writes gathered into one transaction; the rest wait for the next turn. */
+const MAX_BATCH = 256;
+
+interface Job {
+  fn: () => unknown;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
+
+/** Turns a SQLite failure into a StorageError (busy, full, I/O: retry later). */
+export function sqliteError(e: unknown, what: string): StorageError {
+  if (e instanceof StorageError) return e;
+  return new Unavailable(`${what}: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+}
+
+/** The shared SQLite handle with its group-commit writer. */
+export class SqliteStore {
+  readonly db: DB;
+  private pending: Job[] = [];
+  private scheduled = false;
+  private closed = false;
+  private readonly runBatch: (jobs: Job[], out: { ok: boolean; v: unknown }[]) => void;
+
+  constructor(
+    path: string,
+    private readonly log: Logger,
+  ) {
+    try {
+      this.db = new Database(path, { timeout: 5000 });
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = FULL');
+      this.db.pragma('foreign_keys = OFF');
+      // Keep the WAL from growing without bound under a steady write load.
+      this.db.pragma('wal_autocheckpoint = 1000');
+      this.db.exec(SCHEMA);
+    } catch (e) {
+      throw sqliteError(e, `open ${path}`);
+    }
+    const savepoint = this.db.transaction((fn: () => unknown) => fn());
+    this.runBatch = this.db.transaction((jobs: Job[], out: { ok: boolean; v: unknown }[]) => {
+      for (const job of jobs) {
+        try {
+          out.push({ ok: true, v: savepoint(job.fn) });
+        } catch (e) {
+          out.push({ ok: false, v: e });
+        }
+      }
+    }).immediate as unknown as (jobs: Job[], out: { ok: boolean; v: unknown }[]) => void;
+  }
+
+  /** Runs `fn` (synchronous, may throw) in a write transaction; resolves after the commit is durable. */
+  write<T>(fn: () => T): Promise<T> {
+    if (this.closed) return Promise.reject(new Unavailable('storage is closed'));
+    return new Promise<T>((resolve, reject) => {
+      this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    const jobs = this.pending.splice(0, MAX_BATCH);
+    if (this.pending.length) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+    if (!jobs.length) return;
+    const out: { ok: boolean; v: unknown }[] = [];
+    try {
+      this.runBatch(jobs, out);
+    } catch (e) {
+      // BEGIN or COMMIT failed (busy beyond the timeout, disk full, I/O): nothing was written.
+      const err = sqliteError(e, 'sqlite commit');
+      this.log.warn({ err: (e as Error).message, jobs: jobs.length }, 'sqlite batch failed');
+      for (const j of jobs) j.reject(err);
+      return;
+    }
+    jobs.forEach((j, i) => {
+      const r = out[i];
+      if (r.ok) j.resolve(r.v);
+      else j.reject(r.v instanceof StorageError ? r.v : sqliteError(r.v, 'sqlite write'));
+    });
+  }
+
+  /** Runs a read; maps SQLite failures. */
+  read<T>(fn: () => T, what: string): T {
+    if (this.closed) throw new Unavailable('storage is closed');
+    try {
+      return fn();
+    } catch (e) {
+      throw sqliteError(e, what);
+    }
+  }
+
+  /** True when a trivial query answers. */
+  check(): boolean {
+    try {
+      return !this.closed && this.db.prepare('SELECT 1 AS one').get() !== undefined;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Finishes queued writes, then closes the database. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    while (this.pending.length || this.scheduled) await new Promise((r) => setImmediate(r));
+    this.closed = true;
+    this.db.close();
+  }
+}
