@@ -9,7 +9,13 @@
  * | message            | `MBX#<user>`     | `UID#<10-digit uid>` | blobKey, size, receivedAt, summary, flags, jobId
  * | maildrop lease     | `MBX#<user>`     | `LEASE`              | holder, ttl
  * | delivery marker    | `JOB#<job id>`   | `RCPT#<user>`        | uid, ttl (30 days)
- * | blob references    | `BLOBREF#<key>`  | `META`               | refs
+ * | blob references    | `BLOBREF#<key>`  | `META`               | refs (mailbox entries + holds)
+ * | blob hold          | `BLOBREF#<key>`  | `HOLD#<holder>`      | a job still needing the blob
+ *
+ * Holds: a raw message must outlive every mailbox entry AND every job still working on it (the
+ * outbound worker relaying it, an inbound job that will retry a full mailbox later). A worker
+ * calls `holdBlob(key, 'inbound:<job id>')` before its first delivery and `releaseBlob` when its
+ * work is done; both are idempotent per holder, so queue redeliveries do not miscount.
  */
 import { isStorageError, type AttrValue, type Blobs, type Item, type Key, type Tables, type TransactOp } from '../storage/ports.js';
 import { keys as accountKeys } from '../accounts/accounts.js';
@@ -85,6 +91,7 @@ export const mailboxKeys = {
   lease: (user: string): Key => ({ pk: `MBX#${user}`, sk: 'LEASE' }),
   marker: (jobId: string, user: string): Key => ({ pk: `JOB#${jobId}`, sk: `RCPT#${user}` }),
   blobRef: (blobKey: string): Key => ({ pk: `BLOBREF#${blobKey}`, sk: 'META' }),
+  blobHold: (blobKey: string, holder: string): Key => ({ pk: `BLOBREF#${blobKey}`, sk: `HOLD#${holder}` }),
 };
 
 function toEntry(item: Item): MessageEntry {
@@ -237,6 +244,42 @@ export class MailboxStore {
         if (last) await this.blobs.delete(entry.blobKey);
         break;
       }
+    }
+  }
+
+  /** Keeps the blob alive for `holder` until `releaseBlob(key, holder)`. Idempotent per holder. */
+  async holdBlob(blobKey: string, holder: string): Promise<void> {
+    try {
+      await this.tables.transact([
+        { put: { ...mailboxKeys.blobHold(blobKey, holder), at: this.now().toISOString() }, condition: { exists: false } },
+        { update: mailboxKeys.blobRef(blobKey), changes: { add: { refs: 1 } } },
+      ]);
+    } catch (e) {
+      if (!isStorageError(e, 'ConditionFailed')) throw e; // already held by this holder
+    }
+  }
+
+  /** Drops `holder`'s hold; deletes the blob when nothing references it any more. Idempotent. */
+  async releaseBlob(blobKey: string, holder: string): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      if (!(await this.tables.get(mailboxKeys.blobHold(blobKey, holder)))) return;
+      const ref = await this.tables.get(mailboxKeys.blobRef(blobKey));
+      const refs = Number(ref?.refs ?? 0);
+      const last = refs <= 1;
+      try {
+        await this.tables.transact([
+          { delete: mailboxKeys.blobHold(blobKey, holder), condition: { exists: true } },
+          last
+            ? { delete: mailboxKeys.blobRef(blobKey), condition: ref ? { equals: { refs } } : { exists: false } }
+            : { update: mailboxKeys.blobRef(blobKey), changes: { add: { refs: -1 } }, condition: { equals: { refs } } },
+        ]);
+      } catch (e) {
+        if (!isStorageError(e, 'ConditionFailed') || attempt >= MAX_ATTEMPTS) throw e;
+        await backoff(attempt);
+        continue;
+      }
+      if (last) await this.blobs.delete(blobKey);
+      return;
     }
   }
 
