@@ -75,6 +75,9 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'smtp.checkAuth', env: 'TOMLINSON_SMTP_CHECK_AUTH', kind: 'bool', default: true, doc: 'SPF/DKIM/DMARC checks on the MX listener.' },
   { path: 'smtp.dnsServers', env: 'TOMLINSON_DNS_SERVERS', kind: 'list', default: [], doc: 'DNS resolvers (ip or ip:port), comma-separated; empty: the system resolver.' },
   { path: 'smtp.dnsTimeoutMs', env: 'TOMLINSON_DNS_TIMEOUT_MS', kind: 'int', min: 50, max: 60000, default: 2000, doc: 'DNS query timeout.' },
+  { path: 'smtp.maxCommandLineBytes', env: 'TOMLINSON_SMTP_MAX_COMMAND_LINE', kind: 'int', min: 512, max: 65536, default: 512, doc: 'Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: at least 512; AUTH lines may be longer).' },
+  { path: 'smtp.maxTextLineBytes', env: 'TOMLINSON_SMTP_MAX_TEXT_LINE', kind: 'int', min: 1000, max: 1048576, default: 1000, doc: 'Longest message line, CRLF included (RFC 5321 §4.5.3.1.6: at least 1000).' },
+  { path: 'smtp.idleTimeoutSeconds', env: 'TOMLINSON_SMTP_IDLE_TIMEOUT', kind: 'int', min: 1, max: 3600, default: 300, doc: 'Client inactivity before 421 (RFC 5321 §4.5.3.2.7: at least 5 minutes).' },
 
   { path: 'pop3.enabled', env: 'TOMLINSON_POP3_ENABLED', kind: 'bool', default: true, doc: 'Run the POP3 listeners.' },
   { path: 'pop3.port', env: 'TOMLINSON_POP3_PORT', kind: 'port', default: 2110, doc: 'POP3 with STLS (public 110).' },
@@ -156,6 +159,9 @@ export interface Config {
     checkAuth: boolean;
     dnsServers: string[];
     dnsTimeoutMs: number;
+    maxCommandLineBytes: number;
+    maxTextLineBytes: number;
+    idleTimeoutSeconds: number;
   };
   pop3: {
     enabled: boolean;
