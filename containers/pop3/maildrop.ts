@@ -1,0 +1,176 @@
+/**
+ * Maildrops for the POP3 session, made from the mailbox store: a lease in Tables for exclusive
+ * access (RFC 1939 §8), a snapshot of the mailbox at login, message bodies streamed from the mail
+ * blobs, and deletions applied at QUIT through a recorded intent so that they are all or nothing.
+ */
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { Readable } from 'node:stream';
+import type { Logger } from '../../core/log.js';
+import type { MailboxStore, MessageEntry } from '../../core/mailbox/store.js';
+import { isStorageError, type Blobs, type Key, type Tables } from '../../core/storage/ports.js';
+import type { Maildrop, MaildropMessage, OpenFailure } from './session.js';
+
+/** One message of the snapshot, with what is needed to fetch and remove it. */
+export interface SnapshotMessage extends MaildropMessage {
+  uid: number;
+  blobKey: string;
+}
+
+/** Options of the maildrop opener. */
+export interface MaildropOptions {
+  /** Lease lifetime; renewed every third of it while the session lives. @default 60 */
+  leaseSeconds?: number;
+  log: Logger;
+  /** Identifies this process in lease items (for operators reading the table). @default host:pid */
+  holderPrefix?: string;
+}
+
+/**
+ * The pending deletion of one session, written in one transaction with a check that the session
+ * still holds the lease: the commit point of RFC 1939 §6 UPDATE. Once it exists the deletion is
+ * decided; it is carried out at once and, if the process dies half-way, finished at the next login
+ * before the snapshot is taken. So a QUIT removes all marked messages or none.
+ */
+export const pendingDeleteKey = (user: string): Key => ({ pk: `POP3DEL#${user}`, sk: 'PENDING' });
+
+/**
+ * RFC 1939 §7 UIDL: "The unique-id of a message is an arbitrary server-determined string, consisting
+ * of one to 70 characters in the range 0x21 to 0x7E, which uniquely identifies a message within a
+ * maildrop and which persists across sessions." uidValidity + uid is unique within the maildrop
+ * for ever (uidValidity changes if uids ever restart) and only digits and a dot.
+ */
+export function uidlOf(uidValidity: number, uid: number): string {
+  return `${uidValidity}.${uid}`;
+}
+
+/**
+ * The octets RETR will send for an entry. SMTP stores the wire form (CRLF line ends), so the stored
+ * size is the answer; an importer that stored bare LF line ends can record the CRLF size in the
+ * summary as `crlfSize` and it is used instead.
+ */
+export function retrSize(entry: MessageEntry): number {
+  const s = entry.summary?.crlfSize;
+  return typeof s === 'number' && s >= 0 ? s : entry.size;
+}
+
+/** Opens users' maildrops: lock, snapshot, stream, commit. */
+export class StoreMaildrops {
+  private readonly leaseSeconds: number;
+  private readonly holderPrefix: string;
+  private readonly log: Logger;
+
+  constructor(
+    private readonly store: MailboxStore,
+    private readonly tables: Tables,
+    private readonly blobs: Blobs,
+    options: MaildropOptions,
+  ) {
+    this.leaseSeconds = options.leaseSeconds ?? 60;
+    this.holderPrefix = options.holderPrefix ?? `${hostname()}:${process.pid}`;
+    this.log = options.log;
+  }
+
+  /** Locks and snapshots `user`'s maildrop, or says why it cannot. */
+  async open(user: string): Promise<StoreMaildrop | OpenFailure> {
+    const holder = `${this.holderPrefix}:${randomBytes(6).toString('hex')}`;
+    let got: boolean;
+    try {
+      got = await this.store.acquireLease(user, holder, this.leaseSeconds);
+    } catch (e) {
+      this.log.error({ user, err: (e as Error).message }, 'maildrop lease failed');
+      return 'unavailable';
+    }
+    if (!got) return 'in-use';
+    try {
+      await this.finishPendingDelete(user);
+      const [meta, entries] = await Promise.all([this.store.meta(user), this.store.list(user)]);
+      const messages: SnapshotMessage[] = entries.map((e) => ({ uid: e.uid, blobKey: e.blobKey, size: retrSize(e), uidl: uidlOf(meta.uidValidity, e.uid) }));
+      return new StoreMaildrop(this.store, this.tables, this.blobs, user, holder, this.leaseSeconds, messages, this.log);
+    } catch (e) {
+      this.log.error({ user, err: (e as Error).message }, 'maildrop snapshot failed');
+      await this.store.releaseLease(user, holder).catch(() => undefined);
+      return 'unavailable';
+    }
+  }
+
+  /** Carries out a deletion that a previous session decided but did not finish. */
+  private async finishPendingDelete(user: string): Promise<void> {
+    const pending = await this.tables.get(pendingDeleteKey(user));
+    if (!pending) return;
+    const uids = Array.isArray(pending.uids) ? pending.uids.map(Number) : [];
+    this.log.warn({ user, count: uids.length }, 'finishing a deletion a previous POP3 session left unfinished');
+    await this.store.remove(user, uids);
+    await this.tables.delete(pendingDeleteKey(user));
+  }
+}
+
+/** One locked maildrop; keeps its lease alive until released. */
+export class StoreMaildrop implements Maildrop {
+  private timer: NodeJS.Timeout | undefined;
+  private released = false;
+  /** False once a renewal found the lease gone (expired and taken): commit is then refused. */
+  private holding = true;
+
+  constructor(
+    private readonly store: MailboxStore,
+    private readonly tables: Tables,
+    private readonly blobs: Blobs,
+    readonly user: string,
+    readonly holder: string,
+    private readonly leaseSeconds: number,
+    readonly messages: readonly SnapshotMessage[],
+    private readonly log: Logger,
+  ) {
+    this.timer = setInterval(() => void this.renew(), Math.max(1000, (leaseSeconds * 1000) / 3));
+    this.timer.unref();
+  }
+
+  private async renew(): Promise<void> {
+    if (this.released || !this.holding) return;
+    try {
+      if (!(await this.store.renewLease(this.user, this.holder, this.leaseSeconds))) {
+        this.holding = false;
+        this.log.warn({ user: this.user }, 'maildrop lease lost; deletions of this session will be refused');
+      }
+    } catch (e) {
+      // A transient storage error: the next tick tries again before the lease runs out.
+      this.log.warn({ user: this.user, err: (e as Error).message }, 'maildrop lease renewal failed');
+    }
+  }
+
+  /** Streams the stored message. */
+  async open(index: number): Promise<Readable> {
+    const m = this.messages[index];
+    if (!m) throw new RangeError(`no message ${index + 1}`);
+    const { body } = await this.blobs.get(m.blobKey);
+    return body;
+  }
+
+  /** Records the deletion (guarded by the lease), then carries it out. */
+  async commit(indexes: number[]): Promise<void> {
+    if (!this.holding) throw new Error('maildrop lease lost');
+    const uids = indexes.map((i) => this.messages[i]!.uid);
+    try {
+      await this.tables.transact([
+        { check: { pk: `MBX#${this.user}`, sk: 'LEASE' }, condition: { equals: { holder: this.holder } } },
+        { put: { ...pendingDeleteKey(this.user), uids, holder: this.holder, at: new Date().toISOString() }, condition: { exists: false } },
+      ]);
+    } catch (e) {
+      if (isStorageError(e, 'ConditionFailed')) this.holding = false;
+      throw e;
+    }
+    // Decided. Removal is idempotent, so a retry (here or at the next login) is harmless.
+    await this.store.remove(this.user, uids);
+    await this.tables.delete(pendingDeleteKey(this.user));
+  }
+
+  /** Stops renewing and gives the lease back. */
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    await this.store.releaseLease(this.user, this.holder).catch((e: Error) => this.log.warn({ user: this.user, err: e.message }, 'lease release failed'));
+  }
+}

@@ -1,0 +1,145 @@
+/**
+ * The body of a RETR or TOP response, made from the stored message chunk by chunk: line ends
+ * normalised to CRLF, lines byte-stuffed, the termination line appended (RFC 1939 §3). Pure and
+ * incremental, so a message of any size streams through a bounded buffer.
+ */
+
+const CR = 0x0d;
+const LF = 0x0a;
+const DOT = 0x2e;
+const TERMINATOR = Buffer.from('.\r\n');
+const CRLF_TERMINATOR = Buffer.from('\r\n.\r\n');
+
+/** Options of the encoder. */
+export interface EncoderOptions {
+  /**
+   * TOP: send the header, the blank line, then at most this many lines of the body (RFC 1939 §7).
+   * @default undefined (RETR: the whole message)
+   */
+  topLines?: number;
+}
+
+/**
+ * Incremental RETR/TOP encoder. RFC 1939 §3: "If any line begins with the termination octet, the
+ * line is 'byte-stuffed' by pre-pending the termination octet to that line of the response." A bare
+ * CR or bare LF in a stored message becomes CRLF, since POP3 lines end with CRLF.
+ */
+export class MessageEncoder {
+  private atLineStart = true;
+  private lineEmpty = true;
+  private pendingCr = false;
+  private inHeader: boolean;
+  private bodyLinesLeft: number;
+  private stuffed = 0;
+  private written = 0;
+  private finished = false;
+  /** True once TOP has sent all it should; further input is ignored. */
+  done = false;
+
+  constructor(options: EncoderOptions = {}) {
+    this.inHeader = options.topLines !== undefined;
+    this.bodyLinesLeft = options.topLines ?? Infinity;
+  }
+
+  /** Octets of the message as sent with CRLF line ends, without stuffing and terminator. */
+  get messageOctets(): number {
+    return this.written - this.stuffed;
+  }
+
+  /** Encodes the next chunk of the stored message. */
+  encode(chunk: Uint8Array): Buffer {
+    if (this.done || chunk.length === 0) return Buffer.alloc(0);
+    // Worst case every byte doubles (bare LF -> CRLF, "." -> ".."), plus a CRLF for a pending CR.
+    const out = Buffer.allocUnsafe(chunk.length * 2 + 2);
+    let o = 0;
+    for (let i = 0; i < chunk.length; i++) {
+      const b = chunk[i]!;
+      if (this.pendingCr) {
+        this.pendingCr = false;
+        out[o++] = CR;
+        out[o++] = LF;
+        if (this.endLine()) break;
+        if (b === LF) continue;
+      }
+      if (b === CR) {
+        this.pendingCr = true;
+      } else if (b === LF) {
+        out[o++] = CR;
+        out[o++] = LF;
+        if (this.endLine()) break;
+      } else {
+        if (this.atLineStart) {
+          this.atLineStart = false;
+          this.lineEmpty = false;
+          if (b === DOT) {
+            out[o++] = DOT;
+            this.stuffed++;
+          }
+        }
+        out[o++] = b;
+      }
+    }
+    this.written += o;
+    return out.subarray(0, o);
+  }
+
+  /** The end of the response: a CRLF if the message did not end with one, then ".CRLF". */
+  finish(): Buffer {
+    if (this.finished) return Buffer.alloc(0);
+    this.finished = true;
+    if (this.pendingCr && !this.done) {
+      this.pendingCr = false;
+      this.written += 2;
+      this.endLine();
+      return CRLF_TERMINATOR;
+    }
+    if (!this.atLineStart && !this.done) {
+      this.written += 2;
+      return CRLF_TERMINATOR;
+    }
+    return TERMINATOR;
+  }
+
+  /** Bookkeeping at the end of a line; true when TOP has sent enough. */
+  private endLine(): boolean {
+    const wasEmpty = this.lineEmpty;
+    this.atLineStart = true;
+    this.lineEmpty = true;
+    if (this.inHeader) {
+      // RFC 1939 §7 (TOP): "the headers of the message, the blank line separating the headers from
+      // the body, and then the number of lines of the indicated message's body".
+      if (wasEmpty) {
+        this.inHeader = false;
+        if (this.bodyLinesLeft === 0) this.done = true;
+      }
+      return this.done;
+    }
+    if (this.bodyLinesLeft !== Infinity && --this.bodyLinesLeft <= 0) this.done = true;
+    return this.done;
+  }
+}
+
+/**
+ * A streaming transform (usable with stream.pipeline / compose) from the stored message to the
+ * RETR or TOP response body, terminator included. Stops reading the source once TOP has enough.
+ */
+export async function* encodeMessage(source: AsyncIterable<Uint8Array>, options: EncoderOptions = {}): AsyncGenerator<Buffer> {
+  const encoder = new MessageEncoder(options);
+  for await (const chunk of source) {
+    const out = encoder.encode(chunk);
+    if (out.length > 0) yield out;
+    if (encoder.done) break;
+  }
+  yield encoder.finish();
+}
+
+/**
+ * Octets a message has when sent with CRLF line ends (the size RFC 1939 §5 LIST reports), counted
+ * by streaming it once.
+ */
+export async function crlfSize(source: AsyncIterable<Uint8Array>): Promise<number> {
+  const encoder = new MessageEncoder();
+  for await (const chunk of source) encoder.encode(chunk);
+  encoder.finish();
+  return encoder.messageOctets;
+}

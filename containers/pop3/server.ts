@@ -1,0 +1,409 @@
+/**
+ * The POP3 listeners: config.pop3.port (plain, with STLS, RFC 2595) and config.pop3.tlsPort
+ * (implicit TLS, the "pop3s" of RFC 8314 §3.3) on config.listenHost. Owns the sockets: framing
+ * through the pure LineReader, pipelined commands in order (RFC 2449 §6.6), the STLS upgrade,
+ * connection and bad-command limits, the inactivity timer (RFC 1939 §3) and a graceful close.
+ * The protocol itself is Pop3Session; mailboxes come from StoreMaildrops.
+ */
+import { once } from 'node:events';
+import net from 'node:net';
+import tls from 'node:tls';
+import type { Duplex } from 'node:stream';
+import { Accounts } from '../../core/accounts/accounts.js';
+import type { Logger } from '../../core/log.js';
+import { MailboxStore } from '../../core/mailbox/store.js';
+import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
+import type { ListenerContext, RunningListener } from '../listener.js';
+import { StoreMaildrops } from './maildrop.js';
+import { err } from './protocol/commands.js';
+import { MessageEncoder } from './protocol/encode.js';
+import { LineReader } from './protocol/lines.js';
+import { Pop3Session, type BodyReply, type Output, type Pop3Hooks } from './session.js';
+import { AuthThrottle } from './throttle.js';
+
+/** Knobs that tests and the bench set beyond the configuration. */
+export interface Pop3ServerOptions {
+  /** Inactivity timer; overrides config.pop3.idleTimeoutSeconds (tests only). */
+  idleTimeoutMs?: number;
+  /** TLS certificates; @default createTlsProvider(config, log) */
+  tls?: TlsProvider;
+  /** How long a TLS handshake may take. @default 30000 */
+  handshakeTimeoutMs?: number;
+}
+
+/** Client input buffered while a command runs before we stop reading the socket. */
+const MAX_PENDING_INPUT = 64 * 1024;
+/** A SASL continuation line may be longer than a command (RFC 5034 §4 has no 255-octet cap). */
+const MAX_SASL_LINE = 16 * 1024;
+
+/** RFC 1122 loopback: 127/8 and ::1 (also as an IPv4-mapped IPv6 address). */
+function isLoopback(address: string | undefined): boolean {
+  if (!address) return false;
+  const a = address.startsWith('::ffff:') ? address.slice(7) : address;
+  return a === '::1' || a.startsWith('127.');
+}
+
+/** Resolves once the stream can take more, or has closed. */
+function drained(stream: Duplex): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      stream.off('drain', done);
+      stream.off('close', done);
+      resolve();
+    };
+    stream.on('drain', done);
+    stream.on('close', done);
+  });
+}
+
+interface ServerShared {
+  log: Logger;
+  ctx: ListenerContext;
+  hooksFor(address: string): Pop3Hooks;
+  tls: TlsProvider;
+  idleMs: number;
+  handshakeMs: number;
+  maxBadCommands: number;
+  /** True once the listener is shutting down: sessions are closed after their current command. */
+  closing(): boolean;
+  onClose(c: Connection): void;
+}
+
+let nextId = 1;
+
+/** One client connection: socket in, session out. */
+class Connection {
+  private stream: net.Socket | tls.TLSSocket;
+  private readonly reader = new LineReader();
+  private readonly session: Pop3Session;
+  private readonly log: Logger;
+  private busy = false;
+  private ended = false;
+  private paused = false;
+  /** True while a command runs or a reply is being written (graceful close waits for these). */
+  get active(): boolean {
+    return this.busy;
+  }
+
+  constructor(
+    socket: net.Socket | tls.TLSSocket,
+    readonly address: string,
+    readonly implicitTls: boolean,
+    private readonly shared: ServerShared,
+  ) {
+    this.stream = socket;
+    this.log = shared.log.child({ cid: nextId++, client: address, tls: implicitTls });
+    const plaintext = shared.ctx.config.pop3.allowPlaintext;
+    this.session = new Pop3Session(shared.hooksFor(address), {
+      tls: implicitTls,
+      stlsAvailable: !implicitTls,
+      plaintextAllowed: plaintext === 'always' || (plaintext === 'loopback' && isLoopback(address)),
+    });
+    this.attach(socket);
+    socket.write(this.session.greeting());
+  }
+
+  private attach(s: net.Socket | tls.TLSSocket): void {
+    s.on('data', this.onData);
+    s.on('error', this.onError);
+    s.on('close', this.onSocketClose);
+    s.setTimeout(this.shared.idleMs, this.onIdle);
+    s.setNoDelay(true);
+  }
+
+  private detach(s: net.Socket | tls.TLSSocket): void {
+    s.off('data', this.onData);
+    s.off('error', this.onError);
+    s.off('close', this.onSocketClose);
+    s.setTimeout(0);
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    this.reader.push(chunk);
+    if (this.reader.pending > MAX_PENDING_INPUT && !this.paused) {
+      // Pipelined input beyond this waits in the kernel until we catch up.
+      this.paused = true;
+      this.stream.pause();
+    }
+    void this.pump();
+  };
+
+  private readonly onError = (e: Error): void => {
+    this.log.debug({ err: e.message }, 'socket error');
+  };
+
+  private readonly onSocketClose = (): void => {
+    void this.finish();
+  };
+
+  private readonly onIdle = (): void => {
+    // RFC 1939 §3: an inactivity autologout timer; the server then closes "without ... entering
+    // the UPDATE state", so nothing marked is deleted.
+    this.log.info('idle timeout');
+    this.shared.ctx.metrics.limitsHit.inc({ listener: 'pop3', limit: 'idle' });
+    this.say(err('Disconnected for inactivity'));
+    this.end();
+  };
+
+  /** Writes a line if the socket can still take it. */
+  private say(text: string): void {
+    if (!this.ended && this.stream.writable) this.stream.write(text);
+  }
+
+  /** Handles buffered lines one after the other; replies stay in command order. */
+  private async pump(): Promise<void> {
+    if (this.busy || this.ended) return;
+    this.busy = true;
+    this.stream.cork();
+    try {
+      while (!this.ended) {
+        const r = this.reader.next();
+        if (r.kind === 'need-more') break;
+        const out = r.kind === 'too-long' ? this.session.tooLong() : await this.session.line(r.line);
+        if (this.ended) break;
+        const last = this.session.last;
+        if (last) this.shared.ctx.metrics.commands.inc({ listener: 'pop3', command: last.verb, outcome: last.outcome });
+        this.reader.setMaxLine(out.continuation ? MAX_SASL_LINE : 1024);
+        if (out.then === 'starttls') {
+          await this.startTls(out.text ?? '');
+          continue;
+        }
+        if (out.text) this.stream.write(out.text);
+        if (out.body) await this.sendBody(out.body);
+        if (out.then === 'close') {
+          this.end();
+          break;
+        }
+        if (this.session.badCommands >= this.shared.maxBadCommands) {
+          this.shared.ctx.metrics.limitsHit.inc({ listener: 'pop3', limit: 'bad-commands' });
+          this.say(err('Too many bad commands; closing'));
+          this.end();
+          break;
+        }
+      }
+    } catch (e) {
+      this.log.error({ err: (e as Error).message }, 'session failed');
+      this.say(err('Internal error; closing', 'SYS/TEMP'));
+      this.end();
+    } finally {
+      this.busy = false;
+      if (!this.ended && this.shared.closing()) this.shutdown();
+      if (!this.ended) {
+        this.stream.uncork();
+        if (this.paused && this.reader.pending <= MAX_PENDING_INPUT) {
+          this.paused = false;
+          this.stream.resume();
+        }
+      }
+    }
+  }
+
+  /** Streams a RETR/TOP body: CRLF line ends, byte-stuffing, terminator (RFC 1939 §3). */
+  private async sendBody(body: BodyReply): Promise<void> {
+    const s = this.stream;
+    const enc = new MessageEncoder({ topLines: body.topLines });
+    s.write(body.head);
+    try {
+      for await (const chunk of body.source) {
+        const out = enc.encode(chunk as Buffer);
+        if (out.length > 0 && !s.write(out)) {
+          s.uncork();
+          await drained(s);
+          if (this.ended || s.destroyed) return;
+          s.cork();
+        }
+        if (enc.done) break;
+      }
+    } catch (e) {
+      // The +OK line is out: the only honest thing left is to drop the connection (no UPDATE).
+      this.log.error({ err: (e as Error).message }, 'message read failed mid-response; closing');
+      body.source.destroy();
+      this.end();
+      return;
+    }
+    s.write(enc.finish());
+    if (body.topLines === undefined && enc.messageOctets !== body.expectedSize) {
+      this.log.warn({ announced: body.expectedSize, sent: enc.messageOctets }, 'message size differs from the size LIST announced');
+    }
+  }
+
+  /** RFC 2595 §4 STLS: "+OK", then the TLS handshake; anything pipelined after STLS is dropped. */
+  private async startTls(okLine: string): Promise<void> {
+    const plain = this.stream as net.Socket;
+    this.detach(plain);
+    this.reader.clear();
+    plain.write(okLine);
+    plain.uncork();
+    const secure = new tls.TLSSocket(plain, {
+      isServer: true,
+      secureContext: this.shared.tls.secureContext(),
+      SNICallback: this.shared.tls.options().SNICallback,
+    });
+    this.stream = secure;
+    secure.on('error', this.onError);
+    const timer = setTimeout(() => secure.destroy(new Error('TLS handshake timeout')), this.shared.handshakeMs);
+    try {
+      await once(secure, 'secure');
+    } catch (e) {
+      this.log.info({ err: (e as Error).message }, 'STLS handshake failed');
+      secure.destroy();
+      void this.finish();
+      this.ended = true;
+      return;
+    } finally {
+      clearTimeout(timer);
+      secure.off('error', this.onError);
+    }
+    this.attach(secure);
+    secure.cork();
+    this.session.tlsStarted();
+    this.log.debug({ protocol: secure.getProtocol() }, 'STLS done');
+  }
+
+  /** Closes the connection after flushing what was written. */
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    const s = this.stream;
+    s.uncork();
+    s.end();
+    // A client that never reads must not keep the socket: destroy after a short grace.
+    setTimeout(() => s.destroy(), 5000).unref();
+    void this.finish();
+  }
+
+  /** Sends a last line and closes (server shutdown). */
+  shutdown(): void {
+    this.say(err('Server shutting down', 'SYS/TEMP'));
+    this.end();
+  }
+
+  private finished = false;
+  /** Releases the session (a drop deletes nothing) once, whichever way the connection ended. */
+  private async finish(): Promise<void> {
+    if (this.finished) return;
+    this.finished = true;
+    this.ended = true;
+    try {
+      await this.session.close();
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'session close failed');
+    }
+    this.shared.onClose(this);
+  }
+}
+
+/** Starts the POP3 listeners that the configuration enables. */
+export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions = {}): Promise<RunningListener> {
+  const { config, storage, metrics } = ctx;
+  const log = ctx.log.child({ c: 'pop3' });
+  const cfg = config.pop3;
+  const tlsProvider = options.tls ?? (await createTlsProvider(config, log));
+  const ownsTls = options.tls === undefined;
+  const accounts = new Accounts(storage.tables);
+  const store = new MailboxStore(storage.tables, storage.mail);
+  const maildrops = new StoreMaildrops(store, storage.tables, storage.mail, { leaseSeconds: cfg.leaseSeconds, log });
+  const throttle = new AuthThrottle({ baseDelayMs: cfg.authFailureDelayMs });
+
+  if (cfg.allowPlaintext === 'always') log.warn('POP3 accepts passwords without TLS from any client (pop3.allowPlaintext=always)');
+  else if (cfg.allowPlaintext === 'loopback') log.info('POP3 accepts passwords without TLS from loopback clients only (pop3.allowPlaintext=loopback)');
+
+  const connections = new Set<Connection>();
+  const perClient = new Map<string, number>();
+  let closing = false;
+  let closedResolve: (() => void) | undefined;
+
+  const shared: ServerShared = {
+    log,
+    ctx,
+    tls: tlsProvider,
+    idleMs: options.idleTimeoutMs ?? cfg.idleTimeoutSeconds * 1000,
+    handshakeMs: options.handshakeTimeoutMs ?? 30_000,
+    maxBadCommands: cfg.maxBadCommands,
+    closing: () => closing,
+    hooksFor: (address) => ({
+      authenticate: async (login, password) => (await accounts.authenticate(login, password))?.address,
+      authFailed: async (login) => {
+        log.info({ client: address, login }, 'POP3 login failed');
+        await throttle.fail(address);
+      },
+      authSucceeded: (user) => log.info({ client: address, user }, 'POP3 login'),
+      openMaildrop: (user) => maildrops.open(user),
+    }),
+    onClose: (c) => {
+      if (!connections.delete(c)) return;
+      const n = (perClient.get(c.address) ?? 1) - 1;
+      if (n <= 0) perClient.delete(c.address);
+      else perClient.set(c.address, n);
+      metrics.connections.dec({ listener: 'pop3' });
+      if (closing && connections.size === 0) closedResolve?.();
+    },
+  };
+
+  const accept = (socket: net.Socket | tls.TLSSocket, implicitTls: boolean) => {
+    const address = socket.remoteAddress ?? 'unknown';
+    socket.on('error', () => undefined);
+    const n = perClient.get(address) ?? 0;
+    if (closing || connections.size >= cfg.maxConnections || n >= cfg.maxConnectionsPerClient) {
+      metrics.limitsHit.inc({ listener: 'pop3', limit: closing ? 'shutdown' : 'connections' });
+      socket.end(err(closing ? 'Server shutting down' : 'Too many connections', 'SYS/TEMP'));
+      setTimeout(() => socket.destroy(), 2000).unref();
+      return;
+    }
+    perClient.set(address, n + 1);
+    metrics.connections.inc({ listener: 'pop3' });
+    metrics.connectionsTotal.inc({ listener: 'pop3' });
+    connections.add(new Connection(socket, address, implicitTls, shared));
+  };
+
+  const servers: { name: string; server: net.Server }[] = [];
+  const listen = async (name: string, server: net.Server, port: number) => {
+    server.listen(port, config.listenHost);
+    await once(server, 'listening');
+    servers.push({ name, server });
+  };
+  const detachers: (() => void)[] = [];
+  try {
+    const plain = net.createServer((s) => accept(s, false));
+    await listen('pop3', plain, cfg.port);
+    if (cfg.tlsPort !== 0 || options.tls) {
+      const secure = tls.createServer({ ...tlsProvider.options(), handshakeTimeout: shared.handshakeMs }, (s) => accept(s, true));
+      detachers.push(tlsProvider.attach(secure));
+      secure.on('tlsClientError', (e) => log.debug({ err: e.message }, 'pop3s handshake failed'));
+      if (cfg.tlsPort !== 0) await listen('pop3s', secure, cfg.tlsPort);
+    }
+  } catch (e) {
+    for (const s of servers) s.server.close();
+    if (ownsTls) tlsProvider.close();
+    throw e;
+  }
+
+  const addresses = servers.map(({ name, server }) => {
+    const a = server.address() as net.AddressInfo;
+    return `${name} ${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+  });
+
+  return {
+    name: 'pop3',
+    addresses,
+    healthy: () => !closing && servers.every((s) => s.server.listening),
+    async close(graceMs = 10_000) {
+      if (closing) return;
+      closing = true;
+      for (const s of servers) s.server.close();
+      for (const d of detachers) d();
+      // Connections between commands are told and closed now; a command in flight (a RETR being
+      // streamed, a QUIT applying deletions) gets up to graceMs to finish.
+      for (const c of connections) if (!c.active) c.shutdown();
+      if (connections.size > 0) {
+        const allClosed = new Promise<void>((r) => (closedResolve = r));
+        const timer = new Promise<void>((r) => setTimeout(r, graceMs).unref());
+        await Promise.race([allClosed, timer]);
+        for (const c of connections) c.shutdown();
+        // Give the sessions a moment to release their leases.
+        await Promise.race([allClosed, new Promise<void>((r) => setTimeout(r, 1000).unref())]);
+      }
+      if (ownsTls) tlsProvider.close();
+    },
+  };
+}
