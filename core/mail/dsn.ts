@@ -1,0 +1,182 @@
+/**
+ * Delivery status notifications (RFC 3464 multipart/report; RFC 6522 for the report container):
+ * a human-readable part, a message/delivery-status part with one block per recipient, and the
+ * original message or its headers (RFC 3461 §4.3 RET). Built as a stream: the original message
+ * is read from its blob, never held whole in memory.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Readable } from 'node:stream';
+
+/** One recipient's block in the delivery-status part (RFC 3464 §2.3). */
+export interface DsnRecipientReport {
+  /** Final-Recipient address (rfc822). */
+  address: string;
+  /** Original-Recipient from ORCPT, as `type;address`. */
+  orcpt?: string;
+  /** RFC 3464 §2.3.3. */
+  action: 'failed' | 'delayed' | 'delivered';
+  /** RFC 3463 status code, e.g. 5.1.1. */
+  status: string;
+  /** The host that answered, when one did. */
+  remoteMta?: string;
+  /** The SMTP reply or our own reason. */
+  diagnostic?: string;
+  /** Whether `diagnostic` is an SMTP reply (smtp) or our own text (x-local). */
+  diagnosticType?: 'smtp' | 'x-local';
+  lastAttemptAt?: Date;
+  /** For delayed: until when we keep trying. */
+  willRetryUntil?: Date;
+}
+
+/** What a DSN says and about which message. */
+export interface DsnInput {
+  /** Our host name (Reporting-MTA, the From address's domain). */
+  reportingMta: string;
+  /** The envelope sender the DSN goes to. */
+  to: string;
+  /** The queue id of the original message. */
+  queueId: string;
+  envid?: string;
+  arrivalDate: Date;
+  recipients: DsnRecipientReport[];
+  /** FULL: the whole message; HDRS: only its header. */
+  ret: 'FULL' | 'HDRS';
+  /** Opens the original message. */
+  original: () => Promise<Readable>;
+  /** @default new Date() */
+  now?: Date;
+}
+
+/** RFC 5322 §3.3 date-time. */
+export function rfc5322Date(d: Date): string {
+  const days = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
+  const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+  const p = (n: number) => String(n).padStart(2, '0');
+  return `${days[d.getUTCDay()]}, ${d.getUTCDate()} ${months[d.getUTCMonth()]} ${d.getUTCFullYear()} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())} +0000`;
+}
+
+/** Keeps a header value printable ASCII on one line (remote replies may carry anything). */
+function clean(s: string): string {
+  return s.replace(/[\r\n]+/g, ' ').replace(/[^\x20-\x7e]/g, '?').slice(0, 900);
+}
+
+/** Largest header block returned for RET=HDRS (the rest is cut at a line end). */
+const MAX_HEADER_BYTES = 256 * 1024;
+
+async function* headerBlock(src: Readable): AsyncGenerator<Buffer> {
+  let seen = 0;
+  let tail = '';
+  try {
+    for await (const c of src) {
+      const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
+      const text = tail + chunk.toString('latin1');
+      const end = text.search(/\r?\n\r?\n/);
+      if (end >= 0) {
+        const upto = end - tail.length;
+        if (upto > 0) yield chunk.subarray(0, upto);
+        return;
+      }
+      seen += chunk.length;
+      if (seen > MAX_HEADER_BYTES) {
+        const lastNl = chunk.lastIndexOf(0x0a);
+        if (lastNl >= 0) yield chunk.subarray(0, lastNl - (chunk[lastNl - 1] === 0x0d ? 1 : 0));
+        return;
+      }
+      yield chunk;
+      tail = text.slice(-3);
+    }
+  } finally {
+    src.destroy();
+  }
+}
+
+/** The human-readable part's text. */
+function humanText(input: DsnInput): string {
+  const failed = input.recipients.filter((r) => r.action === 'failed');
+  const delayed = input.recipients.filter((r) => r.action === 'delayed');
+  const lines: string[] = [`This is the mail system at host ${input.reportingMta}.`, ''];
+  if (failed.length) {
+    lines.push('Your message could not be delivered to one or more recipients.', 'It has been returned below. The recipients and the replies were:', '');
+    for (const r of failed) lines.push(`<${clean(r.address)}>:`, `    ${r.remoteMta ? `host ${clean(r.remoteMta)} said: ` : ''}${clean(r.diagnostic ?? r.status)}`, '');
+  }
+  if (delayed.length) {
+    lines.push('Delivery to the following recipients has been delayed. No action is required;', 'the mail system will keep trying.', '');
+    for (const r of delayed) {
+      lines.push(`<${clean(r.address)}>:`, `    ${clean(r.diagnostic ?? r.status)}`);
+      if (r.willRetryUntil) lines.push(`    will retry until ${rfc5322Date(r.willRetryUntil)}`);
+      lines.push('');
+    }
+  }
+  return lines.join('\r\n');
+}
+
+/** The message/delivery-status body (RFC 3464 §2.2 per-message fields, §2.3 per-recipient). */
+export function deliveryStatus(input: DsnInput): string {
+  const out: string[] = [];
+  if (input.envid) out.push(`Original-Envelope-Id: ${clean(input.envid)}`);
+  out.push(`Reporting-MTA: dns; ${input.reportingMta}`, `X-Tomlinson-Queue-ID: ${clean(input.queueId)}`);
+  out.push(`Arrival-Date: ${rfc5322Date(input.arrivalDate)}`);
+  for (const r of input.recipients) {
+    out.push('');
+    if (r.orcpt) {
+      const i = r.orcpt.indexOf(';');
+      out.push(`Original-Recipient: ${clean(r.orcpt.slice(0, i))}; ${clean(r.orcpt.slice(i + 1))}`);
+    }
+    out.push(`Final-Recipient: rfc822; ${clean(r.address)}`, `Action: ${r.action}`, `Status: ${r.status}`);
+    if (r.remoteMta) out.push(`Remote-MTA: dns; ${clean(r.remoteMta)}`);
+    if (r.diagnostic) out.push(`Diagnostic-Code: ${r.diagnosticType ?? 'smtp'}; ${clean(r.diagnostic)}`);
+    if (r.lastAttemptAt) out.push(`Last-Attempt-Date: ${rfc5322Date(r.lastAttemptAt)}`);
+    if (r.willRetryUntil) out.push(`Will-Retry-Until: ${rfc5322Date(r.willRetryUntil)}`);
+  }
+  return out.join('\r\n') + '\r\n';
+}
+
+/** The DSN message as a stream of chunks (CRLF line ends), from `<>`-style MAILER-DAEMON. */
+export async function* buildDsn(input: DsnInput): AsyncGenerator<Buffer> {
+  const now = input.now ?? new Date();
+  const boundary = `dsn-${randomBytes(12).toString('hex')}`;
+  const failed = input.recipients.some((r) => r.action === 'failed');
+  const subject = failed ? 'Undelivered Mail Returned to Sender' : 'Delayed Mail (still being retried)';
+  const head = [
+    `From: Mail Delivery System <MAILER-DAEMON@${input.reportingMta}>`,
+    `To: <${clean(input.to)}>`,
+    `Subject: ${subject}`,
+    `Date: ${rfc5322Date(now)}`,
+    `Message-ID: <${input.queueId}.${failed ? 'dsn' : 'delay'}.${now.getTime()}@${input.reportingMta}>`,
+    // RFC 3834 §5: automatic responses carry Auto-Submitted: auto-replied.
+    'Auto-Submitted: auto-replied',
+    'MIME-Version: 1.0',
+    `Content-Type: multipart/report; report-type=delivery-status; boundary="${boundary}"`,
+    '',
+    'This is a MIME-encapsulated message.',
+    '',
+    `--${boundary}`,
+    'Content-Description: Notification',
+    'Content-Type: text/plain; charset=us-ascii',
+    '',
+    humanText(input),
+    `--${boundary}`,
+    'Content-Description: Delivery report',
+    'Content-Type: message/delivery-status',
+    '',
+    deliveryStatus(input),
+    `--${boundary}`,
+  ].join('\r\n');
+  yield Buffer.from(head + '\r\n', 'latin1');
+  const original = await input.original();
+  if (input.ret === 'FULL') {
+    yield Buffer.from('Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n', 'latin1');
+    let last = '';
+    for await (const c of original) {
+      const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
+      if (chunk.length) last = (last + chunk.subarray(-2).toString('latin1')).slice(-2);
+      yield chunk;
+    }
+    if (last !== '\r\n') yield Buffer.from('\r\n');
+  } else {
+    yield Buffer.from('Content-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n', 'latin1');
+    for await (const chunk of headerBlock(original)) yield chunk;
+    yield Buffer.from('\r\n', 'latin1');
+  }
+  yield Buffer.from(`\r\n--${boundary}--\r\n`, 'latin1');
+}

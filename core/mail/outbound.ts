@@ -1,0 +1,512 @@
+/**
+ * The outbound worker: delivers the remote recipients of one accepted message (an OutboundJob on
+ * queue 'outbound') by MX or through a smarthost, DKIM-signs, retries temporary failures on a
+ * schedule and returns permanent failures to the sender as one RFC 3464 DSN.
+ *
+ * State lives in Tables (outbound-store.ts); the queue message only wakes the worker. After an
+ * attempt that leaves recipients pending, the worker sends a NEW queue message (generation
+ * `seq + 1`, queue delay up to 15 min, `notBefore` for the rest) and lets the current one go,
+ * instead of returning `retry` on the same message: a retried message's receive count grows with
+ * every attempt and would reach the dead-letter threshold (storage.queueMaxReceives, 5) long
+ * before the 5-day maximum age. An early arrival still waits with `retry` (visibility).
+ *
+ * Idempotency: a recipient is marked delivered right after the remote's final 250 and is never
+ * sent to again. A crash between that 250 and the write (or a lost lock) makes the next attempt
+ * send it once more: at most one extra copy per crash (at-least-once, never lost). Stale or
+ * duplicate queue messages are dropped by `seq`; one worker at a time holds a message (a lock
+ * with an expiry in its META item).
+ */
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import type { Config } from '../config.js';
+import type { Logger } from '../log.js';
+import { isStorageError, MAX_DELAY_SECONDS, MAX_VISIBILITY_SECONDS, type Storage } from '../storage/ports.js';
+import { done, type JobContext, type JobHandler, type JobOutcome } from '../workers/job.js';
+import { dkimSignatures, fileDkimKeys, noDkimKeys, secretsDkimKeys, type DkimKeySource } from './dkim.js';
+import { buildDsn, type DsnRecipientReport } from './dsn.js';
+import type { InboundJob, OutboundJob } from './jobs.js';
+import { nodeMxDns, resolveMxRoute, type MxDns } from './mx.js';
+import { domainOf, isPending, OutboundStore, type MessageRecord, type RcptRecord } from './outbound-store.js';
+import { RetrySchedule } from './retry.js';
+import { deliverTransaction, type SmtpTransaction, type TlsMode, type TransactionResult } from './smtp-client.js';
+
+/** The queue body this worker reads and writes: an OutboundJob plus the generation it belongs to. */
+export interface OutboundQueueBody extends OutboundJob {
+  /** Generation of the message's state this queue message was sent for. @default 0 */
+  seq?: number;
+}
+
+/** A relay that takes all (or some) remote mail instead of the recipients' MX hosts. */
+export interface Smarthost {
+  host: string;
+  port: number;
+  tls: TlsMode;
+  user?: string;
+  pass?: string;
+  /** Recipient domains it serves; empty: all. */
+  domains: string[];
+}
+
+/** How the DSN for a sender is delivered: into a local mailbox (inbound path) or remotely. */
+export type SenderKind = 'local' | 'remote' | 'unknown';
+
+/** What the worker uses besides storage; built once per JobContext, replaceable in tests. */
+export interface OutboundDeps {
+  dns: MxDns;
+  dkim: DkimKeySource;
+  /** Loaded lazily (the password may come from Secrets Manager). */
+  smarthost: () => Promise<Smarthost | undefined>;
+  /** Runs one SMTP transaction. @default deliverTransaction */
+  transact: (t: SmtpTransaction) => Promise<TransactionResult>;
+  /** Where the sender of a bounced message lives. */
+  senderKind: (address: string, storage: Storage) => Promise<SenderKind>;
+  /** Extra CA certificates for verified TLS (tests). */
+  ca?: string;
+  /** Random source for MX shuffling. @default Math.random */
+  random?: () => number;
+}
+
+/** How long one worker may hold a message before another may take it over. */
+export const LOCK_SECONDS = 15 * 60;
+/** At most this many host addresses are tried per domain and attempt. */
+const MAX_HOSTS_PER_ATTEMPT = 5;
+/** RET absent (RFC 3461 §4.3 leaves it to us): return the whole message up to this size. */
+const FULL_RETURN_MAX_BYTES = 256 * 1024;
+
+/** Parses `smtp://user:pass@host:587` / `smtps://host:465` (config.outbound.smarthost). */
+export function parseSmarthost(url: string, domains: string[] = []): Smarthost {
+  const u = new URL(url);
+  if (u.protocol !== 'smtp:' && u.protocol !== 'smtps:') throw new Error(`smarthost must be smtp:// or smtps://, got ${u.protocol}`);
+  const implicit = u.protocol === 'smtps:';
+  const user = u.username ? decodeURIComponent(u.username) : undefined;
+  return {
+    host: u.hostname.replace(/^\[|\]$/g, ''),
+    port: u.port ? Number(u.port) : implicit ? 465 : 587,
+    // With credentials STARTTLS is required (never send a password in the clear).
+    tls: implicit ? 'implicit' : user ? 'required' : 'opportunistic',
+    user,
+    pass: u.password ? decodeURIComponent(u.password) : undefined,
+    domains: domains.map((d) => d.toLowerCase()),
+  };
+}
+
+/** The default dependencies for a configuration. */
+export function defaultOutboundDeps(config: Config): OutboundDeps {
+  let smarthost: Promise<Smarthost | undefined> | undefined;
+  return {
+    dns: nodeMxDns({ servers: config.smtp.dnsServers, timeoutMs: config.smtp.dnsTimeoutMs }),
+    dkim: config.outbound.dkimSecretPrefix
+      ? secretsDkimKeys(config.outbound.dkimSecretPrefix, { region: config.storage.aws.region || undefined })
+      : fileDkimKeys(config.outbound.dkimDir || join(config.dataDir, 'dkim')),
+    smarthost: () =>
+      (smarthost ??= (async () => {
+        if (!config.outbound.smarthost) return undefined;
+        const s = parseSmarthost(config.outbound.smarthost, config.outbound.smarthostDomains);
+        if (config.outbound.smarthostPasswordSecretId && s.user) s.pass = await secretString(config.outbound.smarthostPasswordSecretId, config.storage.aws.region);
+        return s;
+      })()),
+    transact: deliverTransaction,
+    senderKind: defaultSenderKind,
+  };
+}
+
+async function secretString(id: string, region: string): Promise<string> {
+  const sm = await import('@aws-sdk/client-secrets-manager');
+  const client = new sm.SecretsManagerClient(region ? { region } : {});
+  try {
+    const out = await client.send(new sm.GetSecretValueCommand({ SecretId: id }));
+    const s = out.SecretString ?? '';
+    // Either the password itself or {"password": "..."}.
+    if (s.trim().startsWith('{')) return String((JSON.parse(s) as { password?: string }).password ?? '');
+    return s;
+  } finally {
+    client.destroy();
+  }
+}
+
+/** Local when the sender's domain is one of ours (Accounts), else remote. */
+async function defaultSenderKind(address: string, storage: Storage): Promise<SenderKind> {
+  const domain = domainOf(address);
+  if (!domain) return 'unknown';
+  const item = await storage.tables.get({ pk: `DOMAIN#${domain}`, sk: 'META' });
+  return item ? 'local' : 'remote';
+}
+
+const depsByContext = new WeakMap<JobContext, OutboundDeps>();
+
+/** Builds an outbound JobHandler; `overrides` replace parts of the default dependencies. */
+export function createOutboundJob(overrides: Partial<OutboundDeps> | ((config: Config) => Partial<OutboundDeps>) = {}): JobHandler {
+  return async (body, meta, ctx) => {
+    let deps = depsByContext.get(ctx);
+    if (!deps) {
+      const o = typeof overrides === 'function' ? overrides(ctx.config) : overrides;
+      deps = { ...defaultOutboundDeps(ctx.config), ...o };
+      depsByContext.set(ctx, deps);
+    }
+    const job = parseBody(body);
+    const holder = `${meta.id}:${meta.receiveCount}:${randomUUID().slice(0, 8)}`;
+    return work(job, holder, ctx, deps);
+  };
+}
+
+/** The outbound worker with default dependencies (imported by the Lambda handler and the
+ * in-process worker). */
+export const outboundJob: JobHandler = createOutboundJob();
+
+/** Validates a queue body; throws (so the message ends in the dead-letter queue) when malformed. */
+export function parseBody(body: string): OutboundQueueBody {
+  const j = JSON.parse(body) as OutboundQueueBody;
+  if (j?.v !== 1 || typeof j.id !== 'string' || typeof j.blobKey !== 'string' || typeof j.from !== 'string' || !Array.isArray(j.rcpts) || typeof j.receivedAt !== 'string') {
+    throw new Error('malformed outbound job');
+  }
+  return j;
+}
+
+function schedule(config: Config, now: () => Date): RetrySchedule {
+  return new RetrySchedule({
+    schedule: config.outbound.retrySchedule.map(Number),
+    maxAgeSeconds: config.outbound.maxAgeSeconds,
+    delayNoticeSeconds: config.outbound.delayNoticeSeconds,
+    now,
+  });
+}
+
+const retryAfter = (ms: number, reason: string): JobOutcome => ({
+  kind: 'retry',
+  afterSeconds: Math.min(MAX_VISIBILITY_SECONDS, Math.max(1, Math.ceil(ms / 1000))),
+  reason,
+});
+
+async function work(job: OutboundQueueBody, holder: string, ctx: JobContext, deps: OutboundDeps): Promise<JobOutcome> {
+  const log = ctx.log.child({ c: 'outbound', msg_id: job.id });
+  const store = new OutboundStore(ctx.storage.tables);
+  const now = ctx.now();
+  if (job.notBefore && Date.parse(job.notBefore) > now.getTime()) return retryAfter(Date.parse(job.notBefore) - now.getTime(), 'not before');
+  let m = await store.init(job, now);
+  if (m.status !== 'active') return done;
+  if ((job.seq ?? 0) < m.seq) {
+    log.debug({ seq: job.seq ?? 0, current: m.seq }, 'stale queue message dropped');
+    return done;
+  }
+  if (m.held) {
+    log.info('message is held; queue message dropped until release');
+    return done;
+  }
+  if (m.nextAttemptAt && Date.parse(m.nextAttemptAt) > now.getTime()) return retryAfter(Date.parse(m.nextAttemptAt) - now.getTime(), 'next attempt later');
+  const locked = await store.lock(job.id, holder, now, LOCK_SECONDS);
+  if (!locked) return retryAfter(Math.max(1000, m.lockUntil - now.getTime()), 'another worker holds the message');
+  m = locked;
+  try {
+    return await attempt(m, job, holder, ctx, deps, store, log);
+  } finally {
+    await store.unlock(job.id, holder).catch((e) => log.warn({ err: e }, 'unlock failed'));
+  }
+}
+
+async function attempt(m: MessageRecord, job: OutboundQueueBody, holder: string, ctx: JobContext, deps: OutboundDeps, store: OutboundStore, log: Logger): Promise<JobOutcome> {
+  const { config } = ctx;
+  const retry = schedule(config, ctx.now);
+  const now = ctx.now();
+  const receivedAt = new Date(m.receivedAt);
+  let rcpts = await store.getRecipients(m.id);
+  const due = rcpts.filter((r) => isPending(r) && (!r.nextAttemptAt || Date.parse(r.nextAttemptAt) <= now.getTime()));
+  if (due.length) {
+    const prepared = await prepareMessage(m, ctx, deps, log);
+    const smarthost = await deps.smarthost();
+    const byDomain = new Map<string, RcptRecord[]>();
+    for (const r of due) byDomain.set(r.domain, [...(byDomain.get(r.domain) ?? []), r]);
+    // Domains that all go to the smarthost share one transaction per attempt.
+    const groups: { key: string; rcpts: RcptRecord[]; via?: Smarthost }[] = [];
+    const relayed: RcptRecord[] = [];
+    for (const [domain, list] of byDomain) {
+      if (smarthost && (smarthost.domains.length === 0 || smarthost.domains.includes(domain))) relayed.push(...list);
+      else groups.push({ key: domain, rcpts: list });
+    }
+    if (relayed.length) groups.unshift({ key: 'smarthost', rcpts: relayed, via: smarthost });
+    for (const g of groups) {
+      const outcome = await deliverGroup(g.key, g.rcpts, g.via, m, prepared, ctx, deps, log);
+      const updated = g.rcpts.map((r) => applyOutcome(r, outcome.get(r.address)!, retry, receivedAt, ctx.now()));
+      await store.putRecipients(m.id, updated);
+      for (const u of updated) {
+        ctx.metrics?.messages.inc({ stage: 'outbound', outcome: u.state });
+        log.info({ rcpt: u.address, state: u.state, attempts: u.attempts, reply: u.lastReply, host: u.remoteHost }, `recipient ${u.state}`);
+      }
+    }
+    rcpts = await store.getRecipients(m.id);
+  }
+  const pending = rcpts.filter(isPending);
+  if (pending.length === 0) {
+    await sendFailureDsn(m, rcpts, ctx, deps, store, log);
+    await store.finish(m.id, 'done', m.receivedAt, ctx.now());
+    log.info({ delivered: rcpts.filter((r) => r.state === 'delivered').length, bounced: rcpts.filter((r) => r.state === 'bounced').length }, 'message finished');
+    return done;
+  }
+  if (retry.delayNoticeDue(receivedAt) && !m.delayNoticeSent) await sendDelayNotice(m, pending, retry, ctx, deps, store, log);
+  const nextAt = Math.min(...pending.map((r) => (r.nextAttemptAt ? Date.parse(r.nextAttemptAt) : now.getTime())));
+  const wait = Math.max(0, nextAt - ctx.now().getTime());
+  const seq = m.seq + 1;
+  const next: OutboundQueueBody = { ...job, seq, notBefore: new Date(nextAt).toISOString() };
+  // Send the next generation before advancing `seq`: a crash in between leaves two live queue
+  // messages (the stale one is dropped later), never none.
+  await ctx.storage.queues.send('outbound', JSON.stringify(next), { delaySeconds: Math.min(MAX_DELAY_SECONDS, Math.ceil(wait / 1000)) });
+  await store.advanceSeq(m.id, seq, new Date(nextAt).toISOString());
+  void holder;
+  return done;
+}
+
+/** The message as it goes out: DKIM-Signature fields (if any) followed by the stored message. */
+interface PreparedMessage {
+  signatures: string;
+  size: number;
+  open: () => Promise<Readable>;
+}
+
+async function prepareMessage(m: MessageRecord, ctx: JobContext, deps: OutboundDeps, log: Logger): Promise<PreparedMessage> {
+  const blobs = ctx.storage.mail;
+  let signatures = '';
+  const fromHeader = await headerFromDomain((await blobs.get(m.blobKey)).body);
+  const candidates = [...new Set([fromHeader, domainOf(m.from)].filter((d): d is string => !!d))];
+  for (const domain of candidates) {
+    const keys = await deps.dkim.keys(domain);
+    if (!keys.length) continue;
+    try {
+      signatures = await dkimSignatures((await blobs.get(m.blobKey)).body, domain, keys, { now: ctx.now() });
+    } catch (e) {
+      // An unsigned message is better than an undelivered one; the log says why.
+      log.error({ err: e, domain }, 'DKIM signing failed; sending unsigned');
+    }
+    break;
+  }
+  const sig = Buffer.from(signatures, 'utf8');
+  return {
+    signatures,
+    size: m.size + sig.length,
+    open: async () => {
+      const { body } = await blobs.get(m.blobKey);
+      if (!sig.length) return body;
+      const out = new PassThrough();
+      out.write(sig);
+      body.on('error', (e) => out.destroy(e));
+      body.pipe(out);
+      return out;
+    },
+  };
+}
+
+/** The domain of the first address in the From header field (for the DKIM d= domain). */
+export async function headerFromDomain(src: Readable): Promise<string | undefined> {
+  let text = '';
+  try {
+    for await (const c of src) {
+      text += typeof c === 'string' ? c : (c as Buffer).toString('latin1');
+      const end = text.search(/\r?\n\r?\n/);
+      if (end >= 0) {
+        text = text.slice(0, end);
+        break;
+      }
+      if (text.length > 256 * 1024) break;
+    }
+  } finally {
+    src.destroy();
+  }
+  const unfolded = text.replace(/\r?\n[ \t]+/g, ' ');
+  const line = unfolded.split(/\r?\n/).find((l) => /^from\s*:/i.test(l));
+  if (!line) return undefined;
+  const value = line.slice(line.indexOf(':') + 1);
+  const angle = /<[^<>@\s]*@([^<>\s]+)>/.exec(value);
+  const bare = /[^\s<>,;:"@]+@([A-Za-z0-9.-]+)/.exec(value);
+  return (angle?.[1] ?? bare?.[1])?.toLowerCase();
+}
+
+/** One recipient's result of an attempt. */
+interface Outcome {
+  ok: boolean;
+  temporary: boolean;
+  reply: string;
+  status: string;
+  host?: string;
+  /** The reply is ours (DNS, policy), not a remote SMTP reply. */
+  local?: boolean;
+}
+
+async function deliverGroup(
+  key: string,
+  rcpts: RcptRecord[],
+  via: Smarthost | undefined,
+  m: MessageRecord,
+  msg: PreparedMessage,
+  ctx: JobContext,
+  deps: OutboundDeps,
+  log: Logger,
+): Promise<Map<string, Outcome>> {
+  const { config } = ctx;
+  const all = (o: Outcome) => new Map(rcpts.map((r) => [r.address, o]));
+  type Target = { host: string; address: string; port: number; tls: TlsMode; verify: boolean; auth?: { user: string; pass: string } };
+  let targets: Target[];
+  if (via) {
+    targets = [{ host: via.host, address: via.host, port: via.port, tls: via.tls, verify: config.outbound.tlsVerify !== 'never', auth: via.user ? { user: via.user, pass: via.pass ?? '' } : undefined }];
+  } else {
+    const route = await resolveMxRoute(deps.dns, key, { random: deps.random });
+    if (route.kind !== 'hosts') {
+      return all({ ok: false, temporary: route.kind === 'temporary', reply: route.reason, status: route.status, local: true });
+    }
+    const required = config.outbound.requireTlsDomains.map((d) => d.toLowerCase()).includes(key);
+    const verify = config.outbound.tlsVerify === 'always' || (required && config.outbound.tlsVerify === 'required');
+    targets = route.hosts.flatMap((h) => h.addresses.map((a) => ({ host: h.host, address: a, port: config.outbound.mxPort, tls: (required ? 'required' : 'opportunistic') as TlsMode, verify })));
+  }
+  let last: TransactionResult | undefined;
+  let lastHost = '';
+  let anyTemporary = false;
+  for (const t of targets.slice(0, MAX_HOSTS_PER_ATTEMPT)) {
+    const res = await deps.transact({
+      host: t.host,
+      address: t.address,
+      port: t.port,
+      helo: config.hostname,
+      tls: t.tls,
+      tlsVerify: t.verify,
+      ca: deps.ca,
+      auth: t.auth,
+      from: m.from,
+      rcpts: rcpts.map((r) => ({ address: r.address, notify: r.notify, orcpt: r.orcpt })),
+      dsn: { ret: m.ret, envid: m.envid },
+      size: msg.size,
+      body8bit: m.body8bit,
+      smtputf8: m.smtputf8,
+      message: msg.open,
+      connectTimeoutMs: config.outbound.connectTimeoutSeconds * 1000,
+      commandTimeoutMs: config.outbound.commandTimeoutSeconds * 1000,
+      dataTimeoutMs: config.outbound.dataTimeoutSeconds * 1000,
+    });
+    last = res;
+    lastHost = `${t.host} [${t.address}]`;
+    if (!res.sessionFailure) {
+      log.debug({ host: lastHost, tls: res.tls, chunked: res.chunked }, 'transaction done');
+      return new Map(res.rcpts.map((r) => [r.address, { ok: r.ok, temporary: r.temporary, reply: r.reply, status: r.status, host: lastHost }]));
+    }
+    if (res.sessionFailure.temporary) anyTemporary = true;
+    log.info({ host: lastHost, stage: res.sessionFailure.stage, reply: res.sessionFailure.reply }, 'host failed; trying the next');
+  }
+  const f = last!.sessionFailure!;
+  // RFC 5321 §5.1: after every host failed, the failure is temporary unless all were permanent.
+  return all({ ok: false, temporary: anyTemporary, reply: f.reply, status: anyTemporary && f.status.startsWith('5') ? `4${f.status.slice(1)}` : f.status, host: lastHost, local: f.stage === 'connect' || !/^\d{3}\s/.test(f.reply) });
+}
+
+function applyOutcome(r: RcptRecord, o: Outcome, retry: RetrySchedule, receivedAt: Date, now: Date): RcptRecord {
+  const attempts = r.attempts + 1;
+  const base: RcptRecord = { ...r, attempts, lastReply: o.reply, status: o.status, remoteHost: o.host, lastAttemptAt: now.toISOString() };
+  if (o.ok) return { ...base, state: 'delivered', finalAt: now.toISOString(), nextAttemptAt: undefined };
+  if (!o.temporary) return { ...base, state: 'bounced', finalAt: now.toISOString(), nextAttemptAt: undefined };
+  const d = retry.afterTemporaryFailure(attempts, receivedAt);
+  if (d.kind === 'expire') {
+    // RFC 3463 §3.5: X.4.7 "delivery time expired"; final, so reported with class 5.
+    return { ...base, state: 'bounced', status: '5.4.7', lastReply: `${o.reply} (${d.reason})`, finalAt: now.toISOString(), nextAttemptAt: undefined };
+  }
+  return { ...base, state: 'deferred', nextAttemptAt: d.at.toISOString() };
+}
+
+function wants(r: RcptRecord, what: 'FAILURE' | 'DELAY'): boolean {
+  // RFC 3461 §4.1: without NOTIFY, failures are reported (and delays may be).
+  return !r.notify?.length ? true : r.notify.includes(what);
+}
+
+async function sendFailureDsn(m: MessageRecord, rcpts: RcptRecord[], ctx: JobContext, deps: OutboundDeps, store: OutboundStore, log: Logger): Promise<void> {
+  const failed = rcpts.filter((r) => r.state === 'bounced' && wants(r, 'FAILURE'));
+  if (!failed.length || m.dsnSent) return;
+  // RFC 5321 §6.1 / RFC 3461 §6.2: never bounce a message from the null sender (no loops).
+  if (m.from === '') {
+    log.info({ rcpts: failed.map((r) => r.address) }, 'undeliverable message from the null sender; no DSN');
+    return;
+  }
+  const reports: DsnRecipientReport[] = failed.map((r) => ({
+    address: r.address,
+    orcpt: r.orcpt,
+    action: 'failed',
+    status: r.status?.startsWith('5') ? r.status : `5${(r.status ?? '4.0.0').slice(1)}`,
+    remoteMta: r.remoteHost?.replace(/ \[.*\]$/, ''),
+    diagnostic: r.lastReply,
+    diagnosticType: r.lastReply && /^\d{3}[\s-]/.test(r.lastReply) ? 'smtp' : 'x-local',
+    lastAttemptAt: r.lastAttemptAt ? new Date(r.lastAttemptAt) : undefined,
+  }));
+  await sendDsn(m, 'failure', reports, ctx, deps, log);
+  await store.claimDsn(m.id, 'dsnSent');
+}
+
+async function sendDelayNotice(m: MessageRecord, pending: RcptRecord[], retry: RetrySchedule, ctx: JobContext, deps: OutboundDeps, store: OutboundStore, log: Logger): Promise<void> {
+  const delayed = pending.filter((r) => wants(r, 'DELAY') && !(r.notify?.length === 0));
+  if (m.from === '' || !delayed.length) {
+    await store.claimDsn(m.id, 'delayNoticeSent');
+    return;
+  }
+  const until = new Date(new Date(m.receivedAt).getTime() + retry.maxAgeSeconds * 1000);
+  const reports: DsnRecipientReport[] = delayed.map((r) => ({
+    address: r.address,
+    orcpt: r.orcpt,
+    action: 'delayed',
+    status: r.status?.startsWith('4') ? r.status : '4.0.0',
+    remoteMta: r.remoteHost?.replace(/ \[.*\]$/, ''),
+    diagnostic: r.lastReply,
+    diagnosticType: r.lastReply && /^\d{3}[\s-]/.test(r.lastReply) ? 'smtp' : 'x-local',
+    lastAttemptAt: r.lastAttemptAt ? new Date(r.lastAttemptAt) : undefined,
+    willRetryUntil: until,
+  }));
+  await sendDsn(m, 'delay', reports, ctx, deps, log);
+  await store.claimDsn(m.id, 'delayNoticeSent');
+}
+
+/**
+ * Stores a DSN and hands it on as a new message from `<>`: to the inbound queue when the sender
+ * is local (so it reaches the mailbox by the normal path), else to the outbound queue. The blob
+ * key and the job id are derived from the original id, so a repeated call (after a crash) makes
+ * the same job, which both workers treat idempotently.
+ */
+async function sendDsn(m: MessageRecord, kind: 'failure' | 'delay', reports: DsnRecipientReport[], ctx: JobContext, deps: OutboundDeps, log: Logger): Promise<void> {
+  const id = `${m.id}.${kind === 'failure' ? 'dsn' : 'delay'}`;
+  const blobKey = `outbound-dsn/${id}.eml`;
+  const ret = m.ret ?? (m.size <= FULL_RETURN_MAX_BYTES ? 'FULL' : 'HDRS');
+  const now = ctx.now();
+  let size: number;
+  try {
+    const info = await ctx.storage.mail.put(
+      blobKey,
+      Readable.from(
+        buildDsn({
+          reportingMta: ctx.config.hostname,
+          to: m.from,
+          queueId: m.id,
+          envid: m.envid,
+          arrivalDate: new Date(m.receivedAt),
+          recipients: reports,
+          ret,
+          original: async () => (await ctx.storage.mail.get(m.blobKey)).body,
+          now,
+        }),
+      ),
+      { ifAbsent: true, contentType: 'message/rfc822' },
+    );
+    size = info.size;
+  } catch (e) {
+    if (!isStorageError(e, 'ConditionFailed')) throw e;
+    size = (await ctx.storage.mail.head(blobKey)).size;
+  }
+  const kindOfSender = await deps.senderKind(m.from, ctx.storage);
+  if (kindOfSender === 'local') {
+    const job: InboundJob = {
+      v: 1,
+      id,
+      blobKey,
+      size,
+      from: '',
+      rcpts: [{ address: m.from }],
+      receivedAt: now.toISOString(),
+      client: { address: '127.0.0.1', helo: ctx.config.hostname },
+      listener: 'mx',
+    };
+    await ctx.storage.queues.send('inbound', JSON.stringify(job));
+  } else {
+    const job: OutboundJob = { v: 1, id, blobKey, size, from: '', rcpts: [{ address: m.from, notify: ['NEVER'] }], receivedAt: now.toISOString() };
+    await ctx.storage.queues.send('outbound', JSON.stringify(job));
+  }
+  log.info({ dsn: id, to: m.from, sender: kindOfSender, rcpts: reports.map((r) => r.address) }, kind === 'failure' ? 'DSN sent' : 'delay notice sent');
+}
