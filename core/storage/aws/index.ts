@@ -1,0 +1,88 @@
+/**
+ * The aws adapter family: S3 (mail and cache buckets), DynamoDB (one table) and SQS (four
+ * queues). Endpoints, region and credentials come from the SDK's standard sources
+ * (AWS_REGION, AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_S3 / _DYNAMODB / _SQS, roles), so the same
+ * code runs against AWS, LocalStack or moto; resource names come from Config.
+ */
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { HeadBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { SQSClient } from '@aws-sdk/client-sqs';
+import type { Config } from '../../config.js';
+import type { Logger } from '../../log.js';
+import type { Storage } from '../ports.js';
+import { DynamoTables } from './dynamo-tables.js';
+import { guard } from './errors.js';
+import { S3Blobs, type S3BlobsOptions } from './s3-blobs.js';
+import { SqsQueues } from './sqs-queues.js';
+
+export { DynamoTables } from './dynamo-tables.js';
+export { S3Blobs } from './s3-blobs.js';
+export { SqsQueues } from './sqs-queues.js';
+
+/** Options for tests and tuning; production passes none. */
+export interface AwsStorageOptions {
+  /** Milliseconds since the epoch, deciding item expiry. @default Date.now */
+  now?: () => number;
+  /** Multipart tuning of both buckets. @default 8 MiB parts, 4 at once */
+  blobs?: S3BlobsOptions;
+}
+
+/** Opens S3, DynamoDB and SQS clients once and returns the three ports over them. */
+export async function openAwsStorage(config: Config, log: Logger, options: AwsStorageOptions = {}): Promise<Storage> {
+  const aws = config.storage.aws;
+  const slog = log.child({ c: 'storage', family: 'aws' });
+  // Socket idle timeout above SQS's 20 s long poll; connection timeout short so an unreachable
+  // endpoint shows as Unavailable quickly.
+  const requestHandler = { connectionTimeout: 5_000, requestTimeout: 60_000 };
+  const common = { ...(aws.region ? { region: aws.region } : {}), requestHandler };
+  const s3 = new S3Client({ ...common, forcePathStyle: aws.forcePathStyle });
+  const ddb = new DynamoDBClient(common);
+  const sqs = new SQSClient(common);
+
+  const mail = new S3Blobs(s3, aws.mailBucket, slog, options.blobs);
+  const cache = new S3Blobs(s3, aws.cacheBucket, slog, options.blobs);
+  const tables = new DynamoTables(ddb, aws.table, slog, { now: options.now });
+  const queues = new SqsQueues(
+    sqs,
+    { inbound: aws.inboundQueueUrl, outbound: aws.outboundQueueUrl, 'inbound-dlq': aws.inboundDlqUrl, 'outbound-dlq': aws.outboundDlqUrl },
+    slog,
+  );
+  slog.info(
+    { region: await s3.config.region().catch(() => '?'), mailBucket: aws.mailBucket, cacheBucket: aws.cacheBucket, table: aws.table, pathStyle: aws.forcePathStyle },
+    'aws storage opened',
+  );
+
+  const up = async (probe: () => Promise<unknown>, what: string): Promise<boolean> => {
+    try {
+      await probe();
+      return true;
+    } catch (e) {
+      slog.warn({ err: e, what }, 'storage probe failed');
+      return false;
+    }
+  };
+  let closed = false;
+  return {
+    family: 'aws',
+    mail,
+    cache,
+    tables,
+    queues,
+    async check() {
+      const [m, c, t, q] = await Promise.all([
+        up(() => guard(aws.mailBucket, () => s3.send(new HeadBucketCommand({ Bucket: aws.mailBucket }))), 'mail'),
+        up(() => guard(aws.cacheBucket, () => s3.send(new HeadBucketCommand({ Bucket: aws.cacheBucket }))), 'cache'),
+        up(() => tables.probe(), 'tables'),
+        up(() => queues.probe(), 'queues'),
+      ]);
+      return { mail: m, cache: c, tables: t, queues: q };
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      s3.destroy();
+      ddb.destroy();
+      sqs.destroy();
+    },
+  };
+}

@@ -1,0 +1,302 @@
+/**
+ * The Blobs port on one S3 bucket. A put streams its body through a byte counter and a SHA-256
+ * hash; a body that fits in one part goes up as a single PutObject (with its SHA-256 kept as
+ * metadata), a longer one as a multipart upload (lib-storage) that S3 makes visible only when it
+ * completes, so a crash mid-put never leaves a partial object. Put-if-absent is S3's conditional
+ * write, `If-None-Match: *`, on PutObject or on CompleteMultipartUpload.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  type S3Client,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import type { Logger } from '../../log.js';
+import {
+  ConditionFailed,
+  InvalidRequest,
+  TooLarge,
+  isStorageError,
+  type BlobBody,
+  type BlobInfo,
+  type BlobListPage,
+  type BlobPutOptions,
+  type Blobs,
+  type ByteRange,
+} from '../ports.js';
+import { guard, toStorageError } from './errors.js';
+
+/** User-metadata key that holds the hex SHA-256 of a single-part object; hidden from callers. */
+const SHA_KEY = 'tomlinson-sha256';
+
+/** S3's smallest multipart part (except the last). */
+const MIN_PART_SIZE = 5 * 1024 * 1024;
+
+/** Tuning of the S3 blob adapter. */
+export interface S3BlobsOptions {
+  /** Bytes per multipart part; also the largest body sent as one PutObject. @default 8 MiB */
+  partSize?: number;
+  /** Parts uploaded at once. Memory held by one put is about partSize x (queueSize + 1). @default 4 */
+  queueSize?: number;
+}
+
+/** Blobs on an S3 bucket. */
+export class S3Blobs implements Blobs {
+  private readonly partSize: number;
+  private readonly queueSize: number;
+
+  constructor(
+    private readonly s3: S3Client,
+    private readonly bucket: string,
+    private readonly log: Logger,
+    options: S3BlobsOptions = {},
+  ) {
+    this.partSize = Math.max(MIN_PART_SIZE, options.partSize ?? 8 * 1024 * 1024);
+    this.queueSize = Math.max(1, options.queueSize ?? 4);
+  }
+
+  async put(key: string, body: BlobBody, options: BlobPutOptions = {}): Promise<BlobInfo> {
+    checkKey(key);
+    const limit = options.maxBytes ?? Number.POSITIVE_INFINITY;
+    const hash = createHash('sha256');
+    const counted: Metered = { bytes: 0 };
+    const source = meter(toChunks(body), hash, limit, counted);
+    const what = `s3://${this.bucket}/${key}`;
+    const userMetadata = cleanMetadata(options.metadata);
+    const metadata = { ...(userMetadata ?? {}) };
+
+    // Read up to one part: if the body ends there, it goes up as one PutObject whose SHA-256 is
+    // known before the request starts and can be stored with it.
+    const first: Buffer[] = [];
+    let firstBytes = 0;
+    let ended = false;
+    try {
+      while (firstBytes <= this.partSize) {
+        const next = await source.next();
+        if (next.done) {
+          ended = true;
+          break;
+        }
+        first.push(next.value);
+        firstBytes += next.value.length;
+      }
+    } catch (e) {
+      await source.return(undefined).catch(() => undefined);
+      // TooLarge, or the caller's own stream failing: neither is the backend's fault.
+      throw e;
+    }
+
+    if (ended) {
+      const data = Buffer.concat(first, firstBytes);
+      const sha256 = hash.digest('hex');
+      await guard(what, () =>
+        this.s3.send(
+          new PutObjectCommand({
+            Bucket: this.bucket,
+            Key: key,
+            Body: data,
+            ContentLength: data.length,
+            ContentType: options.contentType,
+            Metadata: { ...metadata, [SHA_KEY]: sha256 },
+            ...(options.ifAbsent ? { IfNoneMatch: '*' } : {}),
+          }),
+        ),
+      );
+      return infoFrom(key, data.length, options.contentType, { ...metadata, [SHA_KEY]: sha256 }, new Date());
+    }
+
+    if (options.ifAbsent && (await this.exists(key))) {
+      // Fail before sending gigabytes; CompleteMultipartUpload's If-None-Match still decides races.
+      await source.return(undefined).catch(() => undefined);
+      throw new ConditionFailed(`${what} exists`);
+    }
+
+    async function* rest(): AsyncGenerator<Buffer> {
+      yield* first.splice(0);
+      yield* source;
+    }
+    const upload = new Upload({
+      client: this.s3,
+      partSize: this.partSize,
+      queueSize: this.queueSize,
+      leavePartsOnError: false,
+      params: {
+        Bucket: this.bucket,
+        Key: key,
+        Body: Readable.from(rest(), { objectMode: false, highWaterMark: 64 * 1024 }),
+        ContentType: options.contentType,
+        Metadata: metadata,
+        // Only CompleteMultipartUpload (and PutObject) serialise this field: the object appears
+        // at completion, and S3 refuses completion with 412 when the key exists by then.
+        ...(options.ifAbsent ? { IfNoneMatch: '*' } : {}),
+      },
+    });
+    try {
+      await upload.done();
+    } catch (e) {
+      // lib-storage aborts the multipart upload before rethrowing; the parts are gone.
+      if (counted.bytes > limit) throw new TooLarge(limit, { cause: e });
+      if (counted.sourceError !== undefined) throw counted.sourceError;
+      if (isStorageError(e)) throw e;
+      throw toStorageError(e, what);
+    }
+    this.log.debug({ bucket: this.bucket, key, size: counted.bytes }, 'multipart put done');
+    return { ...infoFrom(key, counted.bytes, options.contentType, metadata, new Date()), sha256: hash.digest('hex') };
+  }
+
+  async get(key: string, options: { range?: ByteRange } = {}): Promise<{ info: BlobInfo; body: Readable }> {
+    checkKey(key);
+    const range = options.range;
+    if (range && (!Number.isSafeInteger(range.start) || range.start < 0 || (range.end !== undefined && (!Number.isSafeInteger(range.end) || range.end < range.start)))) {
+      throw new InvalidRequest(`byte range ${JSON.stringify(range)}`);
+    }
+    const res = await guard(`s3://${this.bucket}/${key}`, () =>
+      this.s3.send(
+        new GetObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          // RFC 9110 §14.1.2: bytes=first-last, both inclusive; "first-" runs to the end.
+          Range: range ? `bytes=${range.start}-${range.end ?? ''}` : undefined,
+        }),
+      ),
+    );
+    // With a range, Content-Range "bytes 0-9/1234" carries the whole object's size.
+    const total = /\/(\d+)$/.exec(res.ContentRange ?? '')?.[1];
+    const body = (res.Body as Readable | undefined) ?? Readable.from([]);
+    return {
+      info: infoFrom(key, total !== undefined ? Number(total) : (res.ContentLength ?? 0), res.ContentType, res.Metadata, res.LastModified),
+      body,
+    };
+  }
+
+  async head(key: string): Promise<BlobInfo> {
+    checkKey(key);
+    const res = await guard(`s3://${this.bucket}/${key}`, () => this.s3.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key })));
+    return infoFrom(key, res.ContentLength ?? 0, res.ContentType, res.Metadata, res.LastModified);
+  }
+
+  async delete(key: string): Promise<void> {
+    checkKey(key);
+    // S3 answers 204 for an absent key too, which is the idempotence the port asks for.
+    await guard(`s3://${this.bucket}/${key}`, () => this.s3.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key })));
+  }
+
+  async list(prefix: string, options: { limit?: number; cursor?: string } = {}): Promise<BlobListPage> {
+    const limit = options.limit ?? 1000;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new InvalidRequest('list limit must be 1..1000');
+    if (typeof prefix !== 'string') throw new InvalidRequest('list prefix must be a string');
+    // ListObjectsV2 returns keys in UTF-8 binary order, at most 1000 per call.
+    const res = await guard(`s3://${this.bucket}/${prefix}*`, () =>
+      this.s3.send(
+        new ListObjectsV2Command({
+          Bucket: this.bucket,
+          Prefix: prefix,
+          MaxKeys: limit,
+          ContinuationToken: options.cursor || undefined,
+        }),
+      ),
+    );
+    const items: BlobInfo[] = (res.Contents ?? []).map((o) => ({ key: o.Key!, size: o.Size ?? 0, lastModified: o.LastModified }));
+    return { items, cursor: res.IsTruncated && res.NextContinuationToken ? res.NextContinuationToken : undefined };
+  }
+
+  /** True when the key exists now. */
+  private async exists(key: string): Promise<boolean> {
+    try {
+      await this.head(key);
+      return true;
+    } catch (e) {
+      if (isStorageError(e, 'NotFound')) return false;
+      throw e;
+    }
+  }
+}
+
+/** S3 accepts any 1..1024-byte key; the local family stores keys as paths, so both families
+ * refuse what a path cannot hold (NUL, a leading '/', empty, '.' and '..' segments). */
+function checkKey(key: string): void {
+  if (typeof key !== 'string' || key.length === 0) throw new InvalidRequest('blob key must be a non-empty string');
+  if (Buffer.byteLength(key) > 1024) throw new InvalidRequest('blob key longer than 1024 bytes');
+  if (key.includes('\0')) throw new InvalidRequest('blob key contains NUL');
+  if (key.startsWith('/')) throw new InvalidRequest(`blob key is absolute: ${JSON.stringify(key)}`);
+  for (const s of key.split('/')) {
+    if (s === '' || s === '.' || s === '..') throw new InvalidRequest(`blob key has an empty, '.' or '..' segment: ${JSON.stringify(key)}`);
+  }
+}
+
+/** User metadata travels as x-amz-meta-* headers (2 KB in all, ASCII); S3 lower-cases the names. */
+function cleanMetadata(m: Record<string, string> | undefined): Record<string, string> | undefined {
+  if (!m) return undefined;
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(m)) {
+    if (typeof v !== 'string' || !/^[\x20-\x7e]*$/.test(v)) throw new InvalidRequest(`metadata ${k}: values must be printable ASCII`);
+    if (!/^[a-z0-9][a-z0-9-_]*$/i.test(k)) throw new InvalidRequest(`metadata key ${JSON.stringify(k)}: use letters, digits, - and _`);
+    if (k.toLowerCase() === SHA_KEY) throw new InvalidRequest(`metadata key ${k} is reserved`);
+    out[k.toLowerCase()] = v;
+  }
+  if (Buffer.byteLength(JSON.stringify(out)) > 2048) throw new InvalidRequest('metadata larger than 2048 bytes');
+  return Object.keys(out).length ? out : undefined;
+}
+
+function infoFrom(key: string, size: number, contentType: string | undefined, meta: Record<string, string> | undefined, lastModified: Date | undefined): BlobInfo {
+  const metadata = { ...(meta ?? {}) };
+  const sha256 = metadata[SHA_KEY];
+  delete metadata[SHA_KEY];
+  return {
+    key,
+    size,
+    ...(sha256 ? { sha256 } : {}),
+    ...(contentType ? { contentType } : {}),
+    ...(Object.keys(metadata).length ? { metadata } : {}),
+    ...(lastModified ? { lastModified } : {}),
+  };
+}
+
+/** Every accepted body shape as a sequence of byte chunks. */
+async function* toChunks(body: BlobBody): AsyncGenerator<Buffer> {
+  if (typeof body === 'string') {
+    yield Buffer.from(body);
+    return;
+  }
+  if (body instanceof Uint8Array) {
+    yield Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+    return;
+  }
+  for await (const chunk of body as AsyncIterable<Uint8Array | string>) {
+    yield typeof chunk === 'string' ? Buffer.from(chunk) : Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  }
+}
+
+interface Metered {
+  bytes: number;
+  /** What the caller's body stream threw, if it did. */
+  sourceError?: unknown;
+}
+
+/** Passes chunks through, counting and hashing them; throws TooLarge past `limit` bytes. */
+async function* meter(src: AsyncGenerator<Buffer>, hash: Hash, limit: number, counted: Metered): AsyncGenerator<Buffer> {
+  const it = src[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      let next: IteratorResult<Buffer>;
+      try {
+        next = await it.next();
+      } catch (e) {
+        counted.sourceError = e;
+        throw e;
+      }
+      if (next.done) return;
+      counted.bytes += next.value.length;
+      if (counted.bytes > limit) throw new TooLarge(limit);
+      hash.update(next.value);
+      yield next.value;
+    }
+  } finally {
+    await it.return?.(undefined);
+  }
+}

@@ -1,0 +1,170 @@
+/**
+ * The Queues port on SQS standard queues. Each logical queue name maps to a URL from
+ * configuration; dead-lettering is SQS's own redrive policy on the main queues (created by CDK in
+ * production and by the test harness in tests), so nothing here counts receives.
+ */
+import {
+  ChangeMessageVisibilityCommand,
+  DeleteMessageCommand,
+  GetQueueAttributesCommand,
+  GetQueueUrlCommand,
+  ReceiveMessageCommand,
+  SendMessageCommand,
+  type SQSClient,
+} from '@aws-sdk/client-sqs';
+import type { Logger } from '../../log.js';
+import {
+  InvalidRequest,
+  MAX_DELAY_SECONDS,
+  MAX_RECEIVE_BATCH,
+  MAX_VISIBILITY_SECONDS,
+  NotFound,
+  Unavailable,
+  type QueueName,
+  type QueueStats,
+  type Queues,
+  type ReceivedMessage,
+} from '../ports.js';
+import { errorName, guard, isAbort, toStorageError } from './errors.js';
+
+/** SQS's longest long-poll wait. */
+const MAX_WAIT_SECONDS = 20;
+
+/** Queue URLs by logical name; a missing dead-letter URL is found from the main queue's redrive policy. */
+export type QueueUrls = Record<QueueName, string>;
+
+/** Queues on SQS. */
+export class SqsQueues implements Queues {
+  private readonly urls: Partial<Record<QueueName, Promise<string>>> = {};
+
+  constructor(
+    private readonly sqs: SQSClient,
+    urls: QueueUrls,
+    private readonly log: Logger,
+  ) {
+    for (const [name, url] of Object.entries(urls) as [QueueName, string][]) if (url) this.urls[name] = Promise.resolve(url);
+  }
+
+  async send(queue: QueueName, body: string, options: { delaySeconds?: number } = {}): Promise<string> {
+    const delay = options.delaySeconds ?? 0;
+    if (!Number.isInteger(delay) || delay < 0 || delay > MAX_DELAY_SECONDS) throw new InvalidRequest(`delay ${delay} s (0..${MAX_DELAY_SECONDS})`);
+    if (typeof body !== 'string' || body.length === 0) throw new InvalidRequest('empty message body');
+    const url = await this.url(queue);
+    const res = await guard(`send to ${queue}`, () => this.sqs.send(new SendMessageCommand({ QueueUrl: url, MessageBody: body, DelaySeconds: delay })));
+    return res.MessageId!;
+  }
+
+  async receive(
+    queue: QueueName,
+    options: { max?: number; visibilitySeconds?: number; waitSeconds?: number; signal?: AbortSignal } = {},
+  ): Promise<ReceivedMessage[]> {
+    const max = options.max ?? 1;
+    if (!Number.isInteger(max) || max < 1 || max > MAX_RECEIVE_BATCH) throw new InvalidRequest(`receive max ${max} (1..${MAX_RECEIVE_BATCH})`);
+    const vis = options.visibilitySeconds;
+    if (vis !== undefined && (!Number.isInteger(vis) || vis < 0 || vis > MAX_VISIBILITY_SECONDS)) throw new InvalidRequest(`visibility ${vis} s`);
+    const wait = options.waitSeconds ?? 0;
+    if (!Number.isInteger(wait) || wait < 0 || wait > MAX_WAIT_SECONDS) throw new InvalidRequest(`waitSeconds must be a whole number 0..${MAX_WAIT_SECONDS}`);
+    if (options.signal?.aborted) return [];
+    const url = await this.url(queue);
+    try {
+      const res = await this.sqs.send(
+        new ReceiveMessageCommand({
+          QueueUrl: url,
+          MaxNumberOfMessages: max,
+          VisibilityTimeout: vis,
+          WaitTimeSeconds: wait,
+          MessageSystemAttributeNames: ['ApproximateReceiveCount', 'SentTimestamp'],
+        }),
+        { abortSignal: options.signal },
+      );
+      return (res.Messages ?? []).map((m) => ({
+        id: m.MessageId!,
+        receipt: m.ReceiptHandle!,
+        body: m.Body ?? '',
+        receiveCount: Number(m.Attributes?.ApproximateReceiveCount ?? 1),
+        sentAt: new Date(Number(m.Attributes?.SentTimestamp ?? Date.now())),
+      }));
+    } catch (e) {
+      // A fired signal means "stop waiting" (shutdown), not a failure.
+      if (options.signal?.aborted || isAbort(e)) return [];
+      throw toStorageError(e, `receive from ${queue}`);
+    }
+  }
+
+  async delete(queue: QueueName, receipt: string): Promise<void> {
+    const url = await this.url(queue);
+    try {
+      await this.sqs.send(new DeleteMessageCommand({ QueueUrl: url, ReceiptHandle: receipt }));
+    } catch (e) {
+      // SQS accepts a stale receipt of a deleted message; a malformed one is the caller's error.
+      throw toStorageError(e, `delete from ${queue}`);
+    }
+  }
+
+  async changeVisibility(queue: QueueName, receipt: string, seconds: number): Promise<void> {
+    if (!Number.isInteger(seconds) || seconds < 0 || seconds > MAX_VISIBILITY_SECONDS) throw new InvalidRequest(`visibility ${seconds} s (0..${MAX_VISIBILITY_SECONDS})`);
+    const url = await this.url(queue);
+    try {
+      await this.sqs.send(new ChangeMessageVisibilityCommand({ QueueUrl: url, ReceiptHandle: receipt, VisibilityTimeout: seconds }));
+    } catch (e) {
+      const name = errorName(e);
+      // The message was deleted, or its receipt outlived by a newer receive.
+      if (name === 'MessageNotInflight' || name === 'AWS.SimpleQueueService.MessageNotInflight') {
+        throw new NotFound(`in-flight message in ${queue}`, { cause: e });
+      }
+      throw toStorageError(e, `change visibility in ${queue}`);
+    }
+  }
+
+  async stats(queue: QueueName): Promise<QueueStats> {
+    const url = await this.url(queue);
+    const res = await guard(`stats of ${queue}`, () =>
+      this.sqs.send(
+        new GetQueueAttributesCommand({
+          QueueUrl: url,
+          AttributeNames: ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible', 'ApproximateNumberOfMessagesDelayed'],
+        }),
+      ),
+    );
+    const a = res.Attributes ?? {};
+    // The age of the oldest message is a CloudWatch metric only; the SQS API does not give it.
+    return {
+      visible: Number(a.ApproximateNumberOfMessages ?? 0),
+      inFlight: Number(a.ApproximateNumberOfMessagesNotVisible ?? 0),
+      delayed: Number(a.ApproximateNumberOfMessagesDelayed ?? 0),
+    };
+  }
+
+  /** Liveness probe: the attributes of every configured queue. */
+  async probe(): Promise<void> {
+    await Promise.all((['inbound', 'outbound'] as const).map((q) => this.stats(q)));
+  }
+
+  /** The URL of a logical queue; a dead-letter queue's is found from its main queue's redrive policy. */
+  private url(queue: QueueName): Promise<string> {
+    const known = this.urls[queue];
+    if (known) return known;
+    if (queue !== 'inbound-dlq' && queue !== 'outbound-dlq') return Promise.reject(new InvalidRequest(`no URL configured for queue ${queue}`));
+    const lookup = this.findDeadLetterUrl(queue);
+    this.urls[queue] = lookup;
+    lookup.catch(() => {
+      if (this.urls[queue] === lookup) delete this.urls[queue];
+    });
+    return lookup;
+  }
+
+  private async findDeadLetterUrl(queue: 'inbound-dlq' | 'outbound-dlq'): Promise<string> {
+    const main = queue === 'inbound-dlq' ? 'inbound' : 'outbound';
+    const mainUrl = await this.url(main);
+    const res = await guard(`redrive policy of ${main}`, () =>
+      this.sqs.send(new GetQueueAttributesCommand({ QueueUrl: mainUrl, AttributeNames: ['RedrivePolicy'] })),
+    );
+    const arn = res.Attributes?.RedrivePolicy ? (JSON.parse(res.Attributes.RedrivePolicy) as { deadLetterTargetArn?: string }).deadLetterTargetArn : undefined;
+    if (!arn) throw new Unavailable(`queue ${main} has no redrive policy, so ${queue} is unknown`);
+    // arn:aws:sqs:region:account:name
+    const [, , , , account, name] = arn.split(':');
+    const out = await guard(`URL of ${queue}`, () => this.sqs.send(new GetQueueUrlCommand({ QueueName: name, QueueOwnerAWSAccountId: account })));
+    this.log.debug({ queue, url: out.QueueUrl }, 'dead-letter queue found from redrive policy');
+    return out.QueueUrl!;
+  }
+}

@@ -1,0 +1,176 @@
+/**
+ * Test harness for the aws storage family: starts moto's server (a real S3 / DynamoDB / SQS
+ * wire-protocol server, Python) on 127.0.0.1 and a free port, creates the buckets, table and
+ * queues with scripts/aws-resources.ts, and hands back the environment that `loadConfig` opens.
+ *
+ * The AWS SDK reads endpoint and credentials from process.env itself, so by default the AWS_*
+ * part of the environment is also set on process.env until stop() (vitest runs each test file
+ * in its own process, so this does not leak between files).
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import { ensureAwsResources } from '../../scripts/aws-resources.js';
+
+/** What to start. */
+export interface MotoOptions {
+  /** Redrive maxReceiveCount of the inbound/outbound queues. @default 5 */
+  maxReceives?: number;
+  /** Also set the AWS_* variables on process.env (restored by stop). @default true */
+  applyToProcessEnv?: boolean;
+  /** Where to say which emulator runs. @default a line on stderr */
+  say?: (line: string) => void;
+}
+
+/** A running emulator with its resources. */
+export interface AwsTestBackend {
+  /** AWS_* and TOMLINSON_* variables: pass to loadConfig. */
+  env: Record<string, string>;
+  /** The emulator's base URL. */
+  endpoint: string;
+  /** Which emulator this is, e.g. "moto 5.2.1". */
+  emulator: string;
+  /** Stops the emulator (its data is in memory and goes with it). */
+  stop(): Promise<void>;
+}
+
+/** The moto version in python3, or undefined when python3 or moto's server is missing. */
+export function motoVersion(): string | undefined {
+  const r = spawnSync('python3', ['-c', 'import moto, moto.server, flask; print(moto.__version__)'], { encoding: 'utf8', timeout: 30_000 });
+  return r.status === 0 ? r.stdout.trim() : undefined;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Waits until the server answers HTTP, or fails with its stderr when it exits or 20 s pass. */
+async function waitReady(child: ChildProcess, url: string, output: () => string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`moto server exited (${child.exitCode ?? child.signalCode}):\n${output()}`);
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(1_000) });
+      await res.arrayBuffer();
+      if (res.status < 500) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`moto server did not answer ${url} within 20 s:\n${output()}`);
+}
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/**
+ * Starts `python3 -m moto.server -H 127.0.0.1 -p PORT` and creates the resources. Throws with
+ * what to install when moto is missing.
+ */
+export async function startMoto(options: MotoOptions = {}): Promise<AwsTestBackend> {
+  const say = options.say ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const version = motoVersion();
+  if (!version) {
+    throw new Error(
+      'The aws storage tests need moto\'s server in python3 (moto >= 5 with its server extra: flask, flask-cors). ' +
+        'On Debian: apt-get install -y python3-moto python3-flask python3-flask-cors; or point the AWS variables at ' +
+        'LocalStack and set TOMLINSON_CONTRACT_AWS=external (see README.md).',
+    );
+  }
+  let child: ChildProcess | undefined;
+  let port = 0;
+  let output = '';
+  for (let attempt = 0; attempt < 3 && !child; attempt++) {
+    port = await freePort();
+    output = '';
+    const c = spawn('python3', ['-m', 'moto.server', '-H', '127.0.0.1', '-p', String(port)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, PYTHONUNBUFFERED: '1' },
+    });
+    const keep = (b: Buffer) => {
+      // Keep only the tail: moto logs one line per request.
+      output = (output + b.toString()).slice(-4000);
+    };
+    c.stdout!.on('data', keep);
+    c.stderr!.on('data', keep);
+    try {
+      await waitReady(c, `http://127.0.0.1:${port}/moto-api/`, () => output);
+      child = c;
+    } catch (e) {
+      await stopChild(c);
+      // Someone took the port between our probe and moto's bind: try another one.
+      if (attempt === 2 || !/in use/i.test(output)) throw e;
+    }
+  }
+  const endpoint = `http://127.0.0.1:${port}`;
+  const emulator = `moto ${version}`;
+  say(`[aws-harness] using ${emulator} server at ${endpoint} (pid ${child!.pid})`);
+  const killOnExit = () => child?.kill('SIGKILL');
+  process.once('exit', killOnExit);
+
+  const awsEnv = {
+    AWS_REGION: 'us-east-1',
+    AWS_ACCESS_KEY_ID: 'test',
+    AWS_SECRET_ACCESS_KEY: 'test',
+    AWS_ENDPOINT_URL: endpoint,
+    AWS_S3_FORCE_PATH_STYLE: '1',
+  };
+  const previous: Record<string, string | undefined> = {};
+  const apply = options.applyToProcessEnv ?? true;
+  const restore = () => {
+    for (const [k, v] of Object.entries(previous)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  };
+  try {
+    if (apply) {
+      for (const [k, v] of Object.entries(awsEnv)) {
+        previous[k] = process.env[k];
+        process.env[k] = v;
+      }
+      // Per-service endpoints would win over AWS_ENDPOINT_URL; the emulator serves all three.
+      for (const k of ['AWS_ENDPOINT_URL_S3', 'AWS_ENDPOINT_URL_DYNAMODB', 'AWS_ENDPOINT_URL_SQS', 'AWS_PROFILE', 'AWS_SESSION_TOKEN']) {
+        previous[k] = process.env[k];
+        delete process.env[k];
+      }
+    }
+    const resources = await ensureAwsResources({
+      prefix: `tomlinson-test-${randomBytes(4).toString('hex')}`,
+      maxReceives: options.maxReceives ?? 5,
+      region: awsEnv.AWS_REGION,
+      endpoint,
+      forcePathStyle: true,
+      credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
+    });
+    return {
+      env: { ...awsEnv, ...resources },
+      endpoint,
+      emulator,
+      async stop() {
+        process.removeListener('exit', killOnExit);
+        restore();
+        await stopChild(child!);
+      },
+    };
+  } catch (e) {
+    restore();
+    process.removeListener('exit', killOnExit);
+    await stopChild(child!);
+    throw e;
+  }
+}
