@@ -100,6 +100,9 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'proxy.cacheBytes', env: 'TOMLINSON_PROXY_CACHE_BYTES', kind: 'int', min: 0, max: 2 ** 50, default: 10 * 1024 * MB, doc: 'Object tier size (blobs).' },
   { path: 'proxy.maxObjectBytes', env: 'TOMLINSON_PROXY_MAX_OBJECT_BYTES', kind: 'int', min: 0, max: 2 ** 40, default: 100 * MB, doc: 'Largest response stored.' },
   { path: 'proxy.originTimeoutMs', env: 'TOMLINSON_PROXY_ORIGIN_TIMEOUT_MS', kind: 'int', min: 100, max: 600000, default: 30000, doc: 'Origin response timeout (504 after it).' },
+  { path: 'proxy.maxHeaderBytes', env: 'TOMLINSON_PROXY_MAX_HEADER_BYTES', kind: 'int', min: 1024, max: 1048576, default: 16384, doc: 'Largest request head accepted (431 above it).' },
+  { path: 'proxy.collapseWaitMs', env: 'TOMLINSON_PROXY_COLLAPSE_WAIT_MS', kind: 'int', min: 0, max: 600000, default: 10000, doc: 'How long a request waits for a concurrent miss of the same URL before going to the origin itself.' },
+  { path: 'proxy.heuristicCapSeconds', env: 'TOMLINSON_PROXY_HEURISTIC_CAP_SECONDS', kind: 'int', min: 0, max: 31536000, default: 86400, doc: 'Cap on heuristic freshness (10% of the time since Last-Modified).' },
 
   { path: 'outbound.smarthost', env: 'TOMLINSON_SMARTHOST', kind: 'string', default: '', doc: 'smtp://user@host:587 or smtps://host:465 relay for all remote mail; empty: direct MX delivery.' },
   { path: 'outbound.smarthostPasswordSecretId', env: 'TOMLINSON_SMARTHOST_SECRET_ID', kind: 'string', default: '', doc: 'Secrets Manager secret with the smarthost password (AWS).' },
@@ -186,6 +189,9 @@ export interface Config {
     cacheBytes: number;
     maxObjectBytes: number;
     originTimeoutMs: number;
+    maxHeaderBytes: number;
+    collapseWaitMs: number;
+    heuristicCapSeconds: number;
   };
   outbound: {
     smarthost: string;

@@ -1,0 +1,792 @@
+/**
+ * The caching forward proxy (issue 6): HTTP/1.1 absolute-form requests and CONNECT tunnels, RFC 9111
+ * caching through core/cache (memory tier over the shared object tier), origins through an undici
+ * Agent with keep-alive pools. Node's llhttp parser already refuses the smuggling shapes (CL+TE,
+ * repeated or listed Content-Length, unknown Transfer-Encoding, obs-fold, bad bytes) with a parse
+ * error, which `clientError` turns into 400; an oversized head becomes 431.
+ */
+import { STATUS_CODES, createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { connect as netConnect, isIP, type Socket } from 'node:net';
+import type { Readable } from 'node:stream';
+import type CachePolicy from 'http-cache-semantics';
+import { Agent, type Dispatcher } from 'undici';
+import { Accounts } from '../../core/accounts/accounts.js';
+import type { CachedObject } from '../../core/cache/entry.js';
+import { normalizeUrl, variantKey, varyNames, type HeaderMap } from '../../core/cache/keys.js';
+import { CacheStats, type CacheOutcome } from '../../core/cache/stats.js';
+import { CacheStore, type BodyWriter } from '../../core/cache/store.js';
+import type { ListenerContext, RunningListener } from '../listener.js';
+import { ProxyAuth, OriginGuard, cidrList, clientAllowed } from './access.js';
+import { addVia, endToEnd, ifRangeMatches, notModified, parseRange } from './http.js';
+
+/** Options beyond Config, for tests and embedding. */
+export interface ProxyOptions {
+  /** Checks proxy credentials. @default Accounts(ctx.storage.tables).authenticate */
+  authenticate?: (login: string, password: string) => Promise<boolean>;
+  /** Clock, epoch ms, for the cache's freshness decisions. @default Date.now */
+  now?: () => number;
+  /** Port to listen on instead of config.proxy.port (0: ephemeral). */
+  port?: number;
+}
+
+/** A started proxy: the listener contract plus what tests and the health endpoint look at. */
+export interface RunningProxy extends RunningListener {
+  port: number;
+  store: CacheStore;
+  stats: CacheStats;
+}
+
+const DENIED = Symbol('denied');
+const AUTHED = Symbol('authed');
+type ProxySocket = Socket & { [DENIED]?: boolean; [AUTHED]?: string };
+
+const NAME = 'Tomlinson';
+const HIT = `${NAME}; hit`;
+const UNSAFE = new Set(['POST', 'PUT', 'DELETE', 'PATCH']);
+const CONDITIONALS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
+/** Request fields never forwarded beyond those RFC 9110 calls hop-by-hop: Host is rewritten from
+ * the target (RFC 9112 §3.2.2), Expect is answered by Node itself. */
+const NOT_FORWARDED = ['host', 'expect'];
+
+/** An origin failure mapped to the status and short text the client gets. */
+class OriginFailure extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function originFailure(e: unknown): OriginFailure {
+  if (e instanceof OriginFailure) return e;
+  const err = e as { code?: string; cause?: { code?: string }; message?: string };
+  const code = err?.code ?? err?.cause?.code ?? '';
+  switch (code) {
+    case 'EORIGINFORBIDDEN':
+      return new OriginFailure(403, 'origin address refused by the proxy');
+    case 'UND_ERR_HEADERS_TIMEOUT':
+    case 'UND_ERR_CONNECT_TIMEOUT':
+    case 'UND_ERR_BODY_TIMEOUT':
+    case 'ETIMEDOUT':
+      return new OriginFailure(504, 'origin did not answer in time');
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+    case 'EAI_NONAME':
+      return new OriginFailure(502, 'origin host not found');
+    case 'ECONNREFUSED':
+      return new OriginFailure(502, 'origin refused the connection');
+    default:
+      return new OriginFailure(502, `origin error${code ? ` (${code})` : ''}`);
+  }
+}
+
+function headerString(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v.join(', ') : v;
+}
+
+/** Response headers from undici with repeated fields joined (Set-Cookie kept as a list). */
+function responseHeaders(h: Dispatcher.ResponseData['headers']): Record<string, string | string[]> {
+  return endToEnd(h as HeaderMap);
+}
+
+function waitDrain(res: ServerResponse): Promise<void> {
+  if (!res.writableNeedDrain || res.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}
+
+/** Streams an origin body to the client (and into the cache), with backpressure on both. */
+function relay(src: Readable, res: ServerResponse, writer?: BodyWriter): Promise<{ bytes: number; complete: boolean }> {
+  return new Promise((resolve) => {
+    let bytes = 0;
+    let done = false;
+    const finish = (complete: boolean): void => {
+      if (done) return;
+      done = true;
+      res.off('close', onClose);
+      resolve({ bytes, complete });
+    };
+    const onClose = (): void => {
+      if (!res.writableFinished) {
+        src.destroy();
+        finish(false);
+      }
+    };
+    src.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+      const a = res.write(chunk);
+      const b = writer ? writer.write(chunk) : true;
+      if (!a || !b) {
+        src.pause();
+        void Promise.all([a ? undefined : waitDrain(res), b ? undefined : writer!.drain()]).then(() => {
+          if (!done) src.resume();
+        });
+      }
+    });
+    src.once('end', () => {
+      res.end();
+      finish(true);
+    });
+    src.once('error', () => {
+      finish(false);
+      // The client must see the response cut short, not a well-formed shorter body.
+      res.destroy();
+    });
+    res.on('close', onClose);
+  });
+}
+
+/** Reads an origin body into the cache only (background revalidation). */
+async function absorb(src: Readable, writer: BodyWriter | undefined): Promise<boolean> {
+  try {
+    for await (const chunk of src) {
+      if (writer && !writer.write(chunk as Buffer)) await writer.drain();
+    }
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Starts the proxy on config.listenHost:config.proxy.port. */
+export async function startProxy(ctx: ListenerContext, options: ProxyOptions = {}): Promise<RunningProxy> {
+  const proxy = new CachingProxy(ctx, options);
+  return proxy.listen(options.port ?? ctx.config.proxy.port);
+}
+
+/** One proxy process: the HTTP server, the cache and the origin agent. */
+class CachingProxy {
+  private readonly cfg: ListenerContext['config']['proxy'];
+  private readonly log: ListenerContext['log'];
+  private readonly store: CacheStore;
+  private readonly stats: CacheStats;
+  private readonly agent: Agent;
+  private readonly guard: OriginGuard;
+  private readonly allowed: ReturnType<typeof cidrList>;
+  private readonly auth: ProxyAuth | undefined;
+  private readonly connectPorts: Set<number>;
+  private readonly via: string;
+  private readonly now: () => number;
+  private readonly inflight = new Map<string, Promise<void>>();
+  private readonly revalidating = new Set<CachedObject>();
+  private readonly normalized = new Map<string, string>();
+  private readonly tunnels = new Set<Socket>();
+  private readonly server;
+  private healthy = false;
+
+  constructor(private readonly ctx: ListenerContext, options: ProxyOptions) {
+    const cfg = ctx.config.proxy;
+    this.cfg = cfg;
+    this.log = ctx.log.child({ c: 'proxy' });
+    this.now = options.now ?? Date.now;
+    this.store = new CacheStore({
+      tables: ctx.storage.tables,
+      blobs: ctx.storage.cache,
+      log: this.log,
+      memoryBytes: cfg.memoryBytes,
+      cacheBytes: cfg.cacheBytes,
+      maxObjectBytes: cfg.maxObjectBytes,
+      heuristicCapSeconds: cfg.heuristicCapSeconds,
+      now: this.now,
+    });
+    this.stats = new CacheStats(ctx.storage.tables, ctx.metrics, this.log);
+    this.guard = new OriginGuard(cfg.allowPrivateOrigins);
+    this.allowed = cidrList(cfg.allowedClients);
+    this.connectPorts = new Set(cfg.connectPorts.map(Number));
+    this.via = `1.1 ${ctx.config.hostname || 'tomlinson'}`;
+    if (cfg.requireAuth) {
+      const check =
+        options.authenticate ??
+        (async (login: string, password: string) => (await new Accounts(ctx.storage.tables).authenticate(login, password)) !== undefined);
+      this.auth = new ProxyAuth({ check });
+    }
+    this.agent = new Agent({
+      connections: 512,
+      keepAliveTimeout: 4000,
+      headersTimeout: cfg.originTimeoutMs,
+      bodyTimeout: cfg.originTimeoutMs,
+      connect: { timeout: cfg.originTimeoutMs, lookup: this.guard.lookup } as Agent.Options['connect'],
+    });
+    this.server = createServer({
+      maxHeaderSize: cfg.maxHeaderBytes,
+      headersTimeout: 30_000,
+      requestTimeout: 0,
+      keepAliveTimeout: 5_000,
+      noDelay: true,
+    });
+    this.server.on('connection', (socket: ProxySocket) => {
+      socket[DENIED] = !clientAllowed(this.allowed, socket.remoteAddress);
+      ctx.metrics.connectionsTotal.inc({ listener: 'proxy' });
+      ctx.metrics.connections.inc({ listener: 'proxy' });
+      socket.once('close', () => ctx.metrics.connections.dec({ listener: 'proxy' }));
+    });
+    this.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      this.onRequest(req, res).catch((e: unknown) => {
+        this.log.warn({ err: e }, 'proxy request failed');
+        if (!res.headersSent) this.short(res, 500, 'proxy error');
+        else res.destroy();
+      });
+    });
+    this.server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      this.onConnect(req, socket as ProxySocket, head).catch((e: unknown) => {
+        this.log.warn({ err: e }, 'tunnel failed');
+        socket.destroy();
+      });
+    });
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket));
+  }
+
+  async listen(port: number): Promise<RunningProxy> {
+    const host = this.ctx.config.listenHost;
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    this.healthy = true;
+    const addr = this.server.address();
+    const actual = typeof addr === 'object' && addr ? addr.port : port;
+    this.log.info({ host, port: actual }, 'proxy listening');
+    return {
+      name: 'proxy',
+      addresses: [`proxy ${host}:${actual}`],
+      port: actual,
+      store: this.store,
+      stats: this.stats,
+      healthy: () => this.healthy,
+      close: (graceMs?: number) => this.close(graceMs ?? 5000),
+    };
+  }
+
+  private async close(graceMs: number): Promise<void> {
+    this.healthy = false;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeIdleConnections();
+    const timer = setTimeout(() => {
+      this.server.closeAllConnections();
+      for (const t of this.tunnels) t.destroy();
+    }, graceMs);
+    await closed;
+    clearTimeout(timer);
+    for (const t of this.tunnels) t.destroy();
+    await this.stats.close();
+    await this.store.close();
+    await this.agent.close().catch(() => undefined);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Entry points
+
+  private onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+    if (!socket.writable || err.code === 'ECONNRESET') {
+      socket.destroy();
+      return;
+    }
+    // RFC 6585 §5: 431 for an oversized head; every other parse error is a 400 (RFC 9112 §11.2:
+    // a message with both Transfer-Encoding and Content-Length, or invalid ones, is refused).
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+    const text = status === 431 ? 'request header fields too large' : status === 408 ? 'request timeout' : `bad request (${err.code ?? 'malformed'})`;
+    this.ctx.metrics.limitsHit.inc({ listener: 'proxy', limit: status === 431 ? 'header-size' : status === 408 ? 'timeout' : 'malformed' });
+    socket.end(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${text.length + 1}\r\nConnection: close\r\n\r\n${text}\n`,
+    );
+  }
+
+  /** Access checks shared by requests and CONNECT; undefined when allowed, else the refusal. */
+  private async refuse(req: IncomingMessage, socket: ProxySocket): Promise<{ status: number; text: string } | undefined> {
+    if (socket[DENIED]) return { status: 403, text: 'client address not allowed to use this proxy' };
+    if (this.auth) {
+      const h = req.headers['proxy-authorization'];
+      if (h === undefined || socket[AUTHED] !== h) {
+        if (!(await this.auth.verify(h))) return { status: 407, text: 'proxy authentication required' };
+        socket[AUTHED] = h;
+      }
+    }
+    return undefined;
+  }
+
+  private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const sock = req.socket as ProxySocket;
+    if (sock[DENIED] || this.auth) {
+      const r = await this.refuse(req, sock);
+      if (r) {
+        this.short(res, r.status, r.text, r.status === 407 ? { 'proxy-authenticate': 'Basic realm="tomlinson", charset="UTF-8"' } : undefined);
+        return;
+      }
+    }
+    const raw = req.url ?? '';
+    let url = this.normalized.get(raw);
+    if (url === undefined) {
+      if (!raw.startsWith('http://')) {
+        this.short(res, 400, raw.startsWith('https://') ? 'use CONNECT for https URLs' : 'this is a proxy: send the absolute URL');
+        return;
+      }
+      try {
+        url = normalizeUrl(raw);
+      } catch {
+        this.short(res, 400, 'invalid URL');
+        return;
+      }
+      if (this.normalized.size >= 10_000) this.normalized.clear();
+      this.normalized.set(raw, url);
+    }
+    const method = req.method ?? 'GET';
+    if (method === 'GET' || method === 'HEAD') {
+      // The hit fast path: memory tier, fresh, a request that adds no conditions (no I/O, no URL parse).
+      const h = req.headers;
+      const m = this.store.memoryGet(url, h);
+      if (m !== undefined && m.freshUntil > this.now() && h['cache-control'] === undefined && h.pragma === undefined) {
+        if (h.range === undefined && h['if-none-match'] === undefined && h['if-modified-since'] === undefined) return this.fastHit(req, res, m);
+        return this.serveStored(req, res, m, HIT, 'hit');
+      }
+      return this.cacheable(req, res, url, new URL(url), m);
+    }
+    const target = new URL(url);
+    if (UNSAFE.has(method)) return this.unsafe(req, res, url, target);
+    return this.pass(req, res, target, `${NAME}; fwd=method`);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // GET and HEAD
+
+  private async cacheable(req: IncomingMessage, res: ServerResponse, url: string, target: URL, m: CachedObject | undefined): Promise<void> {
+    const evalReq = { url, method: 'GET', headers: { ...req.headers, host: target.host } as CachePolicy.Headers };
+    const obj = m ?? (await this.store.lookup(url, req.headers));
+    if (obj) {
+      const r = obj.policy.evaluateRequest(evalReq);
+      if (!r.revalidation) return this.serveStored(req, res, obj, HIT, 'hit');
+      if (r.response && !r.revalidation.synchronous) {
+        // RFC 5861 §3: serve stale while one background request revalidates.
+        this.backgroundRevalidate(obj, evalReq, target);
+        return this.serveStored(req, res, obj, `${HIT}; detail=stale-while-revalidate`, 'stale');
+      }
+      return this.revalidate(req, res, obj, evalReq, target);
+    }
+    // RFC 9111 §5.2.1.7: only-if-cached and nothing stored: 504.
+    if (/only-if-cached/i.test(headerString(req.headers['cache-control']) ?? '')) {
+      this.stats.record('miss', 0, 0);
+      return this.short(res, 504, 'not in cache (only-if-cached)');
+    }
+    if (req.method === 'HEAD') return this.pass(req, res, target, `${NAME}; fwd=uri-miss`, 'miss');
+    return this.miss(req, res, url, target, false);
+  }
+
+  /** A miss: one origin request per URL at a time, the others wait for it (bounded) and reuse it. */
+  private async miss(req: IncomingMessage, res: ServerResponse, url: string, target: URL, collapsed: boolean): Promise<void> {
+    const h = req.headers;
+    const collapsible = !collapsed && this.cfg.collapseWaitMs > 0 && !CONDITIONALS.some((n) => h[n] !== undefined) && h.authorization === undefined;
+    if (collapsible) {
+      const pending = this.inflight.get(url);
+      if (pending) {
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([pending, new Promise<void>((resolve) => (timer = setTimeout(resolve, this.cfg.collapseWaitMs)))]);
+        clearTimeout(timer);
+        const obj = await this.store.lookup(url, h);
+        if (obj && !obj.policy.evaluateRequest({ url, method: 'GET', headers: { ...h, host: target.host } as CachePolicy.Headers }).revalidation) {
+          return this.serveStored(req, res, obj, `${HIT}; detail=collapsed`, 'hit');
+        }
+        return this.miss(req, res, url, target, true);
+      }
+      let settle!: () => void;
+      const p = new Promise<void>((resolve) => (settle = resolve));
+      this.inflight.set(url, p);
+      try {
+        await this.fetchAndDeliver(req, res, url, target, settle);
+      } finally {
+        if (this.inflight.get(url) === p) this.inflight.delete(url);
+        settle();
+      }
+      return;
+    }
+    return this.fetchAndDeliver(req, res, url, target, () => undefined);
+  }
+
+  private async fetchAndDeliver(req: IncomingMessage, res: ServerResponse, url: string, target: URL, settle: () => void): Promise<void> {
+    let resp: Dispatcher.ResponseData;
+    try {
+      resp = await this.origin(target, 'GET', this.forwardHeaders(req, target), this.requestBody(req));
+    } catch (e) {
+      settle();
+      this.stats.record('miss', 0, 0);
+      return this.failed(res, e);
+    }
+    return this.deliver(req, res, url, resp, 'uri-miss', 'miss', settle);
+  }
+
+  /** Sends a full origin response to the client, storing it when RFC 9111 §3 allows. */
+  private async deliver(
+    req: IncomingMessage,
+    res: ServerResponse,
+    url: string,
+    resp: Dispatcher.ResponseData,
+    fwd: string,
+    outcome: CacheOutcome,
+    settle: () => void,
+  ): Promise<void> {
+    const status = resp.statusCode;
+    const rh = responseHeaders(resp.headers);
+    const stored = this.storeDecision(req, url, status, rh);
+    if (!stored) settle();
+    addVia(rh, this.via);
+    rh['cache-status'] = `${NAME}; fwd=${fwd}; fwd-status=${status}${stored ? '; stored' : ''}`;
+    res.writeHead(status, rh);
+    const writer = stored ? this.store.writer(url, stored.variant, stored.names, stored.policy, stored.length) : undefined;
+    const { bytes, complete } = await relay(resp.body, res, writer);
+    this.stats.record(outcome, 0, bytes);
+    if (writer) {
+      if (complete) await writer.end().catch((e: unknown) => this.log.warn({ err: e }, 'cache store failed'));
+      else writer.abort();
+    }
+    settle();
+  }
+
+  /** The policy and keys to store a response under, or undefined when it must not be stored. */
+  private storeDecision(
+    req: IncomingMessage,
+    url: string,
+    status: number,
+    rh: Record<string, string | string[]>,
+  ): { policy: CachePolicy; names: string[]; variant: string; length: number | undefined } | undefined {
+    if (req.method !== 'GET' || status === 206 || status === 304) return undefined;
+    const names = varyNames(rh.vary);
+    // RFC 9111 §4.1: "A stored response with a Vary header field value containing a member "*"
+    // always fails to match", so it is not worth storing.
+    if (names.includes('*')) return undefined;
+    const cc = headerString(rh['cache-control']) ?? '';
+    // A shared cache replaying one user's Set-Cookie to another is a leak; only when the origin
+    // marks the response public do we store it (RFC 9111 §7.3 leaves this to the cache).
+    if (rh['set-cookie'] !== undefined && !/(^|,)\s*public\s*(,|$)/i.test(cc)) return undefined;
+    const cl = rh['content-length'] === undefined ? undefined : Number(headerString(rh['content-length']));
+    if (cl !== undefined && (!Number.isFinite(cl) || cl > this.cfg.maxObjectBytes)) return undefined;
+    if (rh['content-range'] !== undefined) return undefined;
+    const policy = this.store.policy({ url, method: 'GET', headers: this.policyRequestHeaders(req, names) }, { status, headers: rh as CachePolicy.Headers });
+    if (!policy.storable()) return undefined;
+    return { policy, names, variant: variantKey(names, req.headers), length: cl };
+  }
+
+  /** Only what the policy needs of the request: Host, its cache directives, whether it carried
+   * Authorization (RFC 9111 §3.5), and the fields the response varies on. */
+  private policyRequestHeaders(req: IncomingMessage, names: string[]): CachePolicy.Headers {
+    const h = req.headers;
+    const out: CachePolicy.Headers = { host: new URL(req.url!).host };
+    if (h['cache-control'] !== undefined) out['cache-control'] = h['cache-control'];
+    if (h.pragma !== undefined) out.pragma = h.pragma;
+    if (h.authorization !== undefined) out.authorization = '[present]';
+    for (const n of names) if (h[n] !== undefined) out[n] = headerString(h[n]);
+    return out;
+  }
+
+  /** RFC 9111 §4.3: a conditional request to the origin; 304 refreshes the stored entry. */
+  private async revalidate(req: IncomingMessage, res: ServerResponse, obj: CachedObject, evalReq: CachePolicy.HttpRequest, target: URL): Promise<void> {
+    let resp: Dispatcher.ResponseData;
+    try {
+      resp = await this.origin(target, 'GET', this.revalidationHeaders(req, obj, evalReq, target));
+    } catch (e) {
+      if (this.staleIfError(obj, evalReq, undefined)) return this.serveStored(req, res, obj, `${HIT}; detail=stale-if-error`, 'stale');
+      this.stats.record('miss', 0, 0);
+      return this.failed(res, e);
+    }
+    const status = resp.statusCode;
+    if (status === 304) {
+      const rh = responseHeaders(resp.headers);
+      await resp.body.dump().catch(() => undefined);
+      const r = obj.policy.revalidatedPolicy(evalReq, { status, headers: rh as CachePolicy.Headers });
+      if (!r.modified) {
+        this.store.refresh(obj, r.policy);
+        return this.serveStored(req, res, obj, `${NAME}; fwd=stale; fwd-status=304`, 'revalidated');
+      }
+      return this.miss(req, res, obj.url, target, true);
+    }
+    if (status >= 500 && this.staleIfError(obj, evalReq, status)) {
+      await resp.body.dump().catch(() => undefined);
+      return this.serveStored(req, res, obj, `${HIT}; detail=stale-if-error; fwd-status=${status}`, 'stale');
+    }
+    return this.deliver(req, res, obj.url, resp, 'stale', 'miss', () => undefined);
+  }
+
+  /** RFC 5861 §4: may the stale entry answer because the origin failed? (asked of the library) */
+  private staleIfError(obj: CachedObject, evalReq: CachePolicy.HttpRequest, status: number | undefined): boolean {
+    try {
+      const r = obj.policy.revalidatedPolicy(evalReq, status === undefined ? undefined : { status, headers: {} });
+      return !r.modified && r.policy === obj.policy;
+    } catch {
+      return false;
+    }
+  }
+
+  private revalidationHeaders(req: IncomingMessage, obj: CachedObject, evalReq: CachePolicy.HttpRequest, target: URL): Record<string, string | string[]> {
+    // The client's own conditionals are answered by us from the refreshed entry; the origin gets ours.
+    const base: CachePolicy.Headers = { ...evalReq.headers };
+    for (const n of CONDITIONALS) delete base[n];
+    const h = endToEnd(obj.policy.revalidationHeaders({ url: evalReq.url, method: 'GET', headers: base }) as HeaderMap, NOT_FORWARDED);
+    h.host = target.host;
+    addVia(h, this.via);
+    void req;
+    return h;
+  }
+
+  private backgroundRevalidate(obj: CachedObject, evalReq: CachePolicy.HttpRequest, target: URL): void {
+    if (this.revalidating.has(obj)) return;
+    this.revalidating.add(obj);
+    const headers = endToEnd(obj.policy.revalidationHeaders({ url: evalReq.url, method: 'GET', headers: { host: target.host } }) as HeaderMap, NOT_FORWARDED);
+    headers.host = target.host;
+    addVia(headers, this.via);
+    void (async () => {
+      try {
+        const resp = await this.origin(target, 'GET', headers);
+        const rh = responseHeaders(resp.headers);
+        if (resp.statusCode === 304) {
+          await resp.body.dump();
+          const r = obj.policy.revalidatedPolicy(evalReq, { status: 304, headers: rh as CachePolicy.Headers });
+          if (!r.modified) this.store.refresh(obj, r.policy);
+          return;
+        }
+        const policy = this.store.policy({ url: obj.url, method: 'GET', headers: { host: target.host } }, { status: resp.statusCode, headers: rh as CachePolicy.Headers });
+        const names = varyNames(rh.vary);
+        const cl = rh['content-length'] === undefined ? undefined : Number(headerString(rh['content-length']));
+        const ok = resp.statusCode < 500 && resp.statusCode !== 206 && names.length === 0 && rh['set-cookie'] === undefined && policy.storable();
+        const writer = ok ? this.store.writer(obj.url, '', [], policy, cl) : undefined;
+        if (await absorb(resp.body, writer)) await writer?.end();
+        else writer?.abort();
+      } catch (e) {
+        this.log.debug({ err: e, url: obj.url }, 'background revalidation failed');
+      } finally {
+        this.revalidating.delete(obj);
+      }
+    })();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Serving stored responses
+
+  /** A fresh full 200-style hit from memory: precomputed header list, one write. */
+  private fastHit(req: IncomingMessage, res: ServerResponse, obj: CachedObject): void {
+    const now = this.now();
+    const second = Math.floor(now / 1000);
+    let lines = obj.hitLines;
+    if (lines === undefined || obj.hitSecond !== second) {
+      lines = [];
+      const h = obj.responseHeaders(now);
+      for (const k in h) {
+        const v = h[k];
+        if (Array.isArray(v)) for (const x of v) lines.push(k, x);
+        else lines.push(k, v);
+      }
+      lines.push('via', this.via, 'cache-status', HIT, 'content-length', String(obj.size));
+      obj.hitLines = lines;
+      obj.hitSecond = second;
+    }
+    res.writeHead(obj.status, lines);
+    if (req.method === 'HEAD') {
+      res.end();
+      this.stats.record('hit', 0, 0);
+    } else {
+      res.end(obj.body);
+      this.stats.record('hit', obj.size, 0);
+    }
+  }
+
+  /** Serves a stored response, answering the client's conditionals and Range from it. */
+  private async serveStored(req: IncomingMessage, res: ServerResponse, obj: CachedObject, cacheStatus: string, outcome: CacheOutcome): Promise<void> {
+    const h = req.headers;
+    const base = obj.responseHeaders(this.now());
+    const out: Record<string, string | string[]> = { ...base, via: this.via, 'cache-status': cacheStatus };
+    const lastModified = obj.header('last-modified');
+    if ((h['if-none-match'] !== undefined || h['if-modified-since'] !== undefined) && obj.status === 200) {
+      if (notModified(h, obj.etag, lastModified, obj.header('date'))) {
+        res.writeHead(304, out);
+        res.end();
+        this.stats.record(outcome, 0, 0);
+        return;
+      }
+    }
+    const head = req.method === 'HEAD';
+    let range: { start: number; end: number } | undefined;
+    if (h.range !== undefined && obj.status === 200 && ifRangeMatches(headerString(h['if-range']), obj.etag, lastModified)) {
+      const r = parseRange(headerString(h.range), obj.size);
+      if (r.kind === 'unsatisfiable') {
+        this.stats.record(outcome, 0, 0);
+        return this.short(res, 416, 'range not satisfiable', { 'content-range': `bytes */${obj.size}`, 'cache-status': cacheStatus });
+      }
+      if (r.kind === 'range') {
+        range = { start: r.start, end: r.end };
+        out['content-range'] = `bytes ${r.start}-${r.end}/${obj.size}`;
+      }
+    }
+    out['content-length'] = String(range ? range.end - range.start + 1 : obj.size);
+    let body: Buffer | Readable;
+    try {
+      body = head ? Buffer.alloc(0) : await this.store.openBody(obj, range);
+    } catch (e) {
+      // The object tier lost the body: forget the entry and fetch it again.
+      this.log.warn({ err: e, url: obj.url }, 'stored body unreadable');
+      this.store.memory.delete(obj);
+      return this.miss(req, res, obj.url, new URL(obj.url), true);
+    }
+    res.writeHead(range ? 206 : obj.status, out);
+    if (Buffer.isBuffer(body)) {
+      res.end(head ? undefined : body);
+      this.stats.record(outcome, head ? 0 : body.length, 0);
+      return;
+    }
+    const { bytes } = await relay(body, res);
+    this.stats.record(outcome, bytes, 0);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Other methods
+
+  /** RFC 9111 §4.4: after a non-error response to an unsafe method, invalidate the target URI and
+   * the Location and Content-Location URIs when they share its origin. */
+  private async unsafe(req: IncomingMessage, res: ServerResponse, url: string, target: URL): Promise<void> {
+    let resp: Dispatcher.ResponseData;
+    try {
+      resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req));
+    } catch (e) {
+      this.stats.record('bypass', 0, 0);
+      return this.failed(res, e);
+    }
+    if (resp.statusCode < 400) {
+      const urls = new Set([url]);
+      for (const name of ['location', 'content-location']) {
+        const v = headerString(resp.headers[name] as string | string[] | undefined);
+        if (!v) continue;
+        try {
+          const u = new URL(v, target);
+          if (u.origin === target.origin && u.protocol === 'http:') urls.add(normalizeUrl(u.href));
+        } catch {
+          // not a URL: nothing to invalidate
+        }
+      }
+      for (const u of urls) await this.store.purge(u).catch((e: unknown) => this.log.warn({ err: e, url: u }, 'invalidation failed'));
+    }
+    return this.deliver(req, res, url, resp, 'method', 'bypass', () => undefined);
+  }
+
+  /** Forwards a request without caching (OPTIONS, HEAD misses, ...). */
+  private async pass(req: IncomingMessage, res: ServerResponse, target: URL, cacheStatus: string, outcome: CacheOutcome = 'bypass'): Promise<void> {
+    let resp: Dispatcher.ResponseData;
+    try {
+      resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req));
+    } catch (e) {
+      this.stats.record(outcome, 0, 0);
+      return this.failed(res, e);
+    }
+    const rh = responseHeaders(resp.headers);
+    addVia(rh, this.via);
+    rh['cache-status'] = `${cacheStatus}; fwd-status=${resp.statusCode}`;
+    res.writeHead(resp.statusCode, rh);
+    const { bytes } = await relay(resp.body, res);
+    this.stats.record(outcome, 0, bytes);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Origins
+
+  private forwardHeaders(req: IncomingMessage, target: URL): Record<string, string | string[]> {
+    const h = endToEnd(req.headers, NOT_FORWARDED);
+    h.host = target.host;
+    addVia(h, this.via);
+    return h;
+  }
+
+  private requestBody(req: IncomingMessage): Readable | undefined {
+    const cl = req.headers['content-length'];
+    if (req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0')) return req;
+    return undefined;
+  }
+
+  private async origin(target: URL, method: string, headers: Record<string, string | string[]>, body?: Readable): Promise<Dispatcher.ResponseData> {
+    const host = target.hostname.startsWith('[') ? target.hostname.slice(1, -1) : target.hostname;
+    if (isIP(host) && !this.guard.allows(host)) throw new OriginFailure(403, 'origin address refused by the proxy');
+    try {
+      return await this.agent.request({ origin: target.origin, path: target.pathname + target.search, method: method as Dispatcher.HttpMethod, headers, body });
+    } catch (e) {
+      throw originFailure(e);
+    }
+  }
+
+  private failed(res: ServerResponse, e: unknown): void {
+    const f = originFailure(e);
+    if (res.headersSent || res.destroyed) {
+      res.destroy();
+      return;
+    }
+    this.log.debug({ status: f.status, err: f.message }, 'origin request failed');
+    this.short(res, f.status, f.message);
+  }
+
+  /** A short plain-text answer from the proxy itself. */
+  private short(res: ServerResponse, status: number, text: string, extra?: Record<string, string>): void {
+    if (res.headersSent || res.destroyed) return;
+    const body = `${text}\n`;
+    res.writeHead(status, {
+      'content-type': 'text/plain; charset=utf-8',
+      'content-length': String(Buffer.byteLength(body)),
+      'cache-control': 'no-store',
+      via: this.via,
+      ...extra,
+    });
+    res.end(body);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // CONNECT
+
+  private async onConnect(req: IncomingMessage, socket: ProxySocket, head: Buffer): Promise<void> {
+    const answer = (status: number, text: string, extra = ''): void => {
+      const body = `${text}\n`;
+      socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}Connection: close\r\n\r\n${body}`);
+    };
+    socket.on('error', () => socket.destroy());
+    const r = await this.refuse(req, socket);
+    if (r) return answer(r.status, r.text, r.status === 407 ? 'Proxy-Authenticate: Basic realm="tomlinson", charset="UTF-8"\r\n' : '');
+    const m = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(req.url ?? '');
+    if (!m) return answer(400, 'CONNECT needs host:port');
+    const host = m[1];
+    const port = Number(m[2]);
+    if (!this.connectPorts.has(port)) return answer(403, `CONNECT to port ${port} is not allowed`);
+    if (isIP(host) && !this.guard.allows(host)) return answer(403, 'origin address refused by the proxy');
+    const upstream = netConnect({ host, port, lookup: this.guard.lookup as never, timeout: this.cfg.originTimeoutMs });
+    let open = false;
+    this.tunnels.add(socket);
+    const cleanup = (): void => {
+      this.tunnels.delete(socket);
+      upstream.destroy();
+      socket.destroy();
+    };
+    upstream.once('connect', () => {
+      open = true;
+      upstream.setTimeout(0);
+      socket.write(`HTTP/1.1 200 Connection Established\r\nVia: ${this.via}\r\n\r\n`);
+      if (head.length) upstream.write(head);
+      upstream.pipe(socket);
+      socket.pipe(upstream);
+    });
+    upstream.once('timeout', () => {
+      if (!open) answer(504, 'origin did not answer in time');
+      cleanup();
+    });
+    upstream.once('error', (e) => {
+      if (!open) {
+        const f = originFailure(e);
+        answer(f.status, f.message);
+      }
+      cleanup();
+    });
+    upstream.once('close', () => {
+      if (open) cleanup();
+    });
+    socket.once('close', cleanup);
+  }
+}

@@ -1,0 +1,475 @@
+/**
+ * The two-tier cache store: a memory tier (Buffers, LRU, bounded in bytes) in front of the object
+ * tier (bodies in the Blobs port, metadata in Tables) that every proxy task shares.
+ *
+ * Tables layout (DESIGN.md):
+ * - `CACHE#<url hash>` / `VARY#<variant hash>`: the versioned entry record, its size, blob key and
+ *   the sort key of its LRU index item.
+ * - `CACHELRU` / `<last use, ms, 15 digits>#<url hash>#<variant hash>`: LRU index for eviction.
+ * - `CACHESTATS` / `STORE`: bytes and objects held by the object tier (atomic counters).
+ */
+import { randomBytes } from 'node:crypto';
+import { PassThrough, type Readable } from 'node:stream';
+import type CachePolicy from 'http-cache-semantics';
+import type { Logger } from '../log.js';
+import { isStorageError, type Blobs, type Item, type Tables, type TransactOp } from '../storage/ports.js';
+import { CachedObject, policyClass, type EntryRecord, type PolicyClass } from './entry.js';
+import { hashKey, variantKey, type HeaderMap } from './keys.js';
+import { MemoryTier } from './memory.js';
+
+/** Options of CacheStore. */
+export interface CacheStoreOptions {
+  tables: Tables;
+  blobs: Blobs;
+  log: Logger;
+  /** Memory tier budget in bytes. @default 256 MiB */
+  memoryBytes?: number;
+  /** Object tier budget in bytes (LRU eviction above it). @default 10 GiB */
+  cacheBytes?: number;
+  /** Largest body stored at all. @default 100 MiB */
+  maxObjectBytes?: number;
+  /** Largest body kept in the memory tier. @default min(memoryBytes / 8, 8 MiB) */
+  memoryObjectBytes?: number;
+  /** Bodies waiting to be written to the object tier; past this, new ones stay in memory only. @default 1024 */
+  persistBacklog?: number;
+  /** Concurrent object-tier writes. @default 8 */
+  persistConcurrency?: number;
+  /** Heuristic freshness cap in seconds. @default 86400 */
+  heuristicCapSeconds?: number;
+  /** Clock, epoch ms. @default Date.now */
+  now?: () => number;
+}
+
+/** Statistics of the object tier as kept in Tables. */
+export interface StoreTotals {
+  bytes: number;
+  objects: number;
+}
+
+export const STATS_PK = 'CACHESTATS';
+const LRU_PK = 'CACHELRU';
+const TOUCH_EVERY_MS = 60_000;
+
+/** Where a body goes while it streams to the client: memory, then a blob once it grows large. */
+export class BodyWriter {
+  private chunks: Buffer[] = [];
+  private bytes = 0;
+  private pass: PassThrough | undefined;
+  private put: Promise<{ size: number } | undefined> | undefined;
+  private state: 'open' | 'done' | 'dropped' = 'open';
+  private readonly blobKey: string;
+
+  constructor(
+    private readonly store: CacheStore,
+    private readonly url: string,
+    private readonly variant: string,
+    private readonly vary: string[],
+    private readonly policy: CachePolicy,
+    private readonly expectedLength: number | undefined,
+  ) {
+    this.blobKey = store.newBlobKey(url, variant);
+    if (expectedLength !== undefined && expectedLength > store.maxObjectBytes) this.state = 'dropped';
+  }
+
+  /** False when the caller should wait for `drain()` before writing more. */
+  write(chunk: Buffer): boolean {
+    if (this.state !== 'open') return true;
+    this.bytes += chunk.length;
+    if (this.bytes > this.store.maxObjectBytes) {
+      this.abort();
+      this.state = 'dropped';
+      return true;
+    }
+    if (this.pass) return this.pass.write(chunk);
+    this.chunks.push(chunk);
+    if (this.bytes > this.store.memoryObjectBytes) {
+      // Too big for memory: stream the rest straight into the object tier.
+      this.pass = new PassThrough({ highWaterMark: 256 * 1024 });
+      this.put = this.store.blobs.put(this.blobKey, this.pass, { maxBytes: this.store.maxObjectBytes }).then(
+        (info) => ({ size: info.size }),
+        (e: unknown) => {
+          this.store.log.debug({ err: e, url: this.url }, 'cache body not stored');
+          return undefined;
+        },
+      );
+      let ok = true;
+      for (const c of this.chunks) ok = this.pass.write(c);
+      this.chunks = [];
+      return ok;
+    }
+    return true;
+  }
+
+  /** Resolves when the blob stream can take more. */
+  drain(): Promise<void> {
+    const p = this.pass;
+    if (!p || !p.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        p.off('drain', done);
+        p.off('close', done);
+        resolve();
+      };
+      p.once('drain', done);
+      p.once('close', done);
+    });
+  }
+
+  /** The body ended normally: store it if it is complete; resolves to the stored entry. */
+  async end(): Promise<CachedObject | undefined> {
+    if (this.state !== 'open') return undefined;
+    this.state = 'done';
+    // RFC 9111 §3.1: a response whose body was cut short is incomplete and is not stored as complete.
+    if (this.expectedLength !== undefined && this.expectedLength !== this.bytes) {
+      this.abort();
+      return undefined;
+    }
+    const storedAt = this.store.now();
+    if (!this.pass) {
+      const body = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.bytes);
+      this.chunks = [];
+      const obj = new CachedObject(this.url, this.variant, this.vary, this.policy, body.length, storedAt, body, this.blobKey);
+      this.store.adopt(obj);
+      return obj;
+    }
+    this.pass.end();
+    const info = await this.put;
+    if (!info || info.size !== this.bytes) return undefined;
+    const obj = new CachedObject(this.url, this.variant, this.vary, this.policy, info.size, storedAt, undefined, this.blobKey);
+    await this.store.writeRecord(obj);
+    return obj;
+  }
+
+  /** The body was cut short (client or origin): nothing is stored. */
+  abort(): void {
+    if (this.state === 'dropped') return;
+    this.state = 'dropped';
+    this.chunks = [];
+    if (this.pass) this.pass.destroy(new Error('body aborted'));
+  }
+}
+
+/** The cache: lookups across both tiers, writers for new bodies, refresh, purge, eviction. */
+export class CacheStore {
+  readonly memory: MemoryTier;
+  readonly Policy: PolicyClass;
+  readonly now: () => number;
+  readonly maxObjectBytes: number;
+  readonly memoryObjectBytes: number;
+  readonly cacheBytes: number;
+  readonly tables: Tables;
+  readonly blobs: Blobs;
+  readonly log: Logger;
+  private readonly backlogLimit: number;
+  private readonly concurrency: number;
+  private readonly backlog: CachedObject[] = [];
+  private active = 0;
+  private idle: (() => void)[] = [];
+  private evicting: Promise<void> | undefined;
+  private lastSizeCheck = 0;
+  private closed = false;
+
+  constructor(options: CacheStoreOptions) {
+    this.tables = options.tables;
+    this.blobs = options.blobs;
+    this.log = options.log;
+    this.now = options.now ?? Date.now;
+    const memoryBytes = options.memoryBytes ?? 256 * 1024 * 1024;
+    this.memory = new MemoryTier(memoryBytes);
+    this.maxObjectBytes = options.maxObjectBytes ?? 100 * 1024 * 1024;
+    this.memoryObjectBytes = Math.min(options.memoryObjectBytes ?? Math.min(memoryBytes / 8, 8 * 1024 * 1024), this.maxObjectBytes);
+    this.cacheBytes = options.cacheBytes ?? 10 * 1024 * 1024 * 1024;
+    this.backlogLimit = options.persistBacklog ?? 1024;
+    this.concurrency = options.persistConcurrency ?? 8;
+    this.Policy = policyClass({ now: this.now, heuristicCapSeconds: options.heuristicCapSeconds });
+  }
+
+  /** A new CachePolicy for a request/response pair, as a shared cache (RFC 9111 §3). */
+  policy(req: CachePolicy.HttpRequest, res: CachePolicy.HttpResponse): CachePolicy {
+    return new this.Policy(req, res, { shared: true });
+  }
+
+  /** The variant the request selects from the memory tier only (no I/O: the hit fast path). */
+  memoryGet(url: string, headers: HeaderMap): CachedObject | undefined {
+    return this.memory.get(url, headers);
+  }
+
+  /** The variant the request selects from either tier; the memory tier is filled from the object tier. */
+  async lookup(url: string, headers: HeaderMap): Promise<CachedObject | undefined> {
+    const m = this.memory.get(url, headers);
+    if (m) return m;
+    const pk = entryPk(url);
+    let items: Item[];
+    try {
+      items = (await this.tables.query(pk, { range: { beginsWith: 'VARY#' }, limit: 64 })).items;
+    } catch (e) {
+      this.log.warn({ err: e }, 'cache lookup failed; treating as a miss');
+      return undefined;
+    }
+    for (const item of items) {
+      let rec: EntryRecord;
+      try {
+        rec = JSON.parse(String(item.entry)) as EntryRecord;
+      } catch {
+        continue;
+      }
+      const obj = CachedObject.fromRecord(rec, this.Policy);
+      if (!obj || obj.url !== url || variantKey(obj.vary, headers) !== obj.variant) continue;
+      obj.lruKey = typeof item.lru === 'string' ? item.lru : '';
+      if (obj.size <= this.memoryObjectBytes) {
+        try {
+          const { body } = await this.blobs.get(obj.blobKey);
+          const buf = await readAll(body, obj.size);
+          if (buf.length !== obj.size) throw new Error('stored body has the wrong length');
+          obj.body = buf;
+          this.memory.set(obj);
+        } catch (e) {
+          if (isStorageError(e, 'NotFound')) {
+            await this.deleteEntry(pk, String(item.sk)).catch(() => undefined);
+            return undefined;
+          }
+          this.log.warn({ err: e }, 'cache body unreadable; treating as a miss');
+          return undefined;
+        }
+      }
+      this.touch(obj);
+      return obj;
+    }
+    return undefined;
+  }
+
+  /** The body of a stored object: its Buffer, or a stream of (a range of) its blob. */
+  async openBody(obj: CachedObject, range?: { start: number; end: number }): Promise<Buffer | Readable> {
+    if (obj.body) return range ? obj.body.subarray(range.start, range.end + 1) : obj.body;
+    const { body } = await this.blobs.get(obj.blobKey, range ? { range } : undefined);
+    return body;
+  }
+
+  /** A writer that stores a response body as it streams (call end() or abort()). */
+  writer(url: string, variant: string, vary: string[], policy: CachePolicy, expectedLength?: number): BodyWriter {
+    return new BodyWriter(this, url, variant, vary, policy, expectedLength);
+  }
+
+  /** A fresh blob key for a new body of the variant (never reused, so readers never see a mix). */
+  newBlobKey(url: string, variant: string): string {
+    return `${hashKey(url)}/${variant ? hashKey(variant) : '-'}/${this.now().toString(36)}-${randomBytes(6).toString('hex')}`;
+  }
+
+  /** Puts a complete in-memory object in the memory tier and queues it for the object tier. */
+  adopt(obj: CachedObject): void {
+    if (this.closed) return;
+    if (obj.size <= this.memoryObjectBytes) this.memory.set(obj);
+    if (this.backlog.length >= this.backlogLimit) {
+      this.log.debug({ url: obj.url }, 'object tier backlog full; kept in memory only');
+      return;
+    }
+    this.enqueue(obj);
+  }
+
+  private enqueue(obj: CachedObject): void {
+    if (obj.queued) return;
+    obj.queued = true;
+    this.backlog.push(obj);
+    this.pump();
+  }
+
+  /** Updates a stored object after a 304 (RFC 9111 §4.3.4): new headers, same body. */
+  refresh(obj: CachedObject, policy: CachePolicy): void {
+    obj.refresh(policy);
+    if (obj.persisted && this.backlog.length < this.backlogLimit) this.enqueue(obj);
+  }
+
+  /** Removes every stored variant of a URL from both tiers (RFC 9111 §4.4); returns how many. */
+  async purge(url: string): Promise<number> {
+    const inMemory = this.memory.deleteUrl(url);
+    for (let i = this.backlog.length - 1; i >= 0; i--) {
+      if (this.backlog[i].url === url) this.backlog.splice(i, 1)[0].queued = false;
+    }
+    const pk = entryPk(url);
+    const { items } = await this.tables.query(pk, { range: { beginsWith: 'VARY#' }, limit: 1000 });
+    let inTables = 0;
+    for (const item of items) if (await this.deleteEntry(pk, String(item.sk))) inTables++;
+    return Math.max(inMemory, inTables);
+  }
+
+  /** Object-tier totals from Tables. */
+  async totals(): Promise<StoreTotals> {
+    const item = await this.tables.get({ pk: STATS_PK, sk: 'STORE' });
+    return { bytes: Number(item?.bytes ?? 0), objects: Number(item?.objects ?? 0) };
+  }
+
+  /** Resolves when every queued object-tier write has finished. */
+  async flush(): Promise<void> {
+    while (this.backlog.length > 0 || this.active > 0) {
+      await new Promise<void>((resolve) => this.idle.push(resolve));
+    }
+    if (this.evicting) await this.evicting;
+  }
+
+  /** Finishes queued writes and stops taking new ones. */
+  async close(): Promise<void> {
+    await this.flush();
+    this.closed = true;
+    this.memory.clear();
+  }
+
+  private pump(): void {
+    while (this.active < this.concurrency && this.backlog.length > 0) {
+      const obj = this.backlog.shift()!;
+      obj.queued = false;
+      this.active++;
+      this.persist(obj)
+        .catch((e: unknown) => this.log.warn({ err: e, url: obj.url }, 'cache object not persisted'))
+        .finally(() => {
+          this.active--;
+          this.pump();
+          if (this.active === 0 && this.backlog.length === 0) for (const f of this.idle.splice(0)) f();
+        });
+    }
+  }
+
+  private async persist(obj: CachedObject): Promise<void> {
+    if (!obj.persisted) {
+      if (!obj.body) return;
+      await this.blobs.put(obj.blobKey, obj.body, { maxBytes: this.maxObjectBytes });
+    }
+    await this.writeRecord(obj);
+  }
+
+  /** Writes (or rewrites) the Tables record of an object whose body is in blobs. */
+  async writeRecord(obj: CachedObject): Promise<void> {
+    const pk = entryPk(obj.url);
+    const sk = entrySk(obj.variant);
+    const old = await this.tables.get({ pk, sk });
+    const lru = lruSk(this.now(), obj.url, obj.variant);
+    const oldSize = old ? Number(old.size ?? 0) : 0;
+    const oldLru = old && typeof old.lru === 'string' ? old.lru : '';
+    const oldBlob = old && typeof old.blobKey === 'string' ? old.blobKey : '';
+    const ops: TransactOp[] = [
+      {
+        put: { pk, sk, entry: JSON.stringify(obj.toRecord()), size: obj.size, blobKey: obj.blobKey, lru },
+        condition: old ? { equals: { lru: oldLru } } : { exists: false },
+      },
+      { put: { pk: LRU_PK, sk: lru, epk: pk, esk: sk } },
+      { update: { pk: STATS_PK, sk: 'STORE' }, changes: { add: { bytes: obj.size - oldSize, objects: old ? 0 : 1 } } },
+    ];
+    if (oldLru && oldLru !== lru) ops.push({ delete: { pk: LRU_PK, sk: oldLru } });
+    try {
+      await this.tables.transact(ops);
+    } catch (e) {
+      if (isStorageError(e, 'ConditionFailed')) {
+        // Another writer replaced the entry meanwhile; theirs stands.
+        if (oldBlob !== obj.blobKey && !obj.persisted) await this.blobs.delete(obj.blobKey).catch(() => undefined);
+        return;
+      }
+      if (!obj.persisted) await this.blobs.delete(obj.blobKey).catch(() => undefined);
+      throw e;
+    }
+    obj.persisted = true;
+    obj.lruKey = lru;
+    obj.touchedAt = this.now();
+    if (oldBlob && oldBlob !== obj.blobKey) await this.blobs.delete(oldBlob).catch(() => undefined);
+    this.maybeEvict();
+  }
+
+  /** Moves an object-tier entry to most-recently used, at most once a minute per entry. */
+  private touch(obj: CachedObject): void {
+    const now = this.now();
+    if (!obj.lruKey || now - obj.touchedAt < TOUCH_EVERY_MS) return;
+    obj.touchedAt = now;
+    const pk = entryPk(obj.url);
+    const sk = entrySk(obj.variant);
+    const lru = lruSk(now, obj.url, obj.variant);
+    if (lru === obj.lruKey) return;
+    const old = obj.lruKey;
+    this.tables
+      .transact([
+        { update: { pk, sk }, changes: { set: { lru } }, condition: { equals: { lru: old } } },
+        { put: { pk: LRU_PK, sk: lru, epk: pk, esk: sk } },
+        { delete: { pk: LRU_PK, sk: old } },
+      ])
+      .then(
+        () => {
+          obj.lruKey = lru;
+        },
+        () => undefined,
+      );
+  }
+
+  private maybeEvict(): void {
+    const now = this.now();
+    if (this.evicting || now - this.lastSizeCheck < 1000) return;
+    this.lastSizeCheck = now;
+    this.evicting = this.evict()
+      .then(() => undefined)
+      .catch((e: unknown) => this.log.warn({ err: e }, 'cache eviction failed'))
+      .finally(() => {
+        this.evicting = undefined;
+      });
+  }
+
+  /** Deletes least recently used entries until the object tier is within its budget. */
+  async evict(): Promise<number> {
+    let removed = 0;
+    for (let round = 0; round < 1000; round++) {
+      const { bytes } = await this.totals();
+      if (bytes <= this.cacheBytes) break;
+      const { items } = await this.tables.query(LRU_PK, { limit: 16 });
+      if (items.length === 0) break;
+      for (const idx of items) {
+        if (await this.deleteEntry(String(idx.epk), String(idx.esk), idx.sk)) removed++;
+        else await this.tables.delete({ pk: LRU_PK, sk: idx.sk }).catch(() => undefined);
+      }
+    }
+    return removed;
+  }
+
+  /** Deletes one entry record, its LRU item and its blob; false if it was gone or changed. */
+  private async deleteEntry(pk: string, sk: string, expectLru?: string): Promise<boolean> {
+    const item = await this.tables.get({ pk, sk });
+    if (!item) return false;
+    const lru = typeof item.lru === 'string' ? item.lru : '';
+    if (expectLru !== undefined && lru !== expectLru) return false;
+    const ops: TransactOp[] = [
+      { delete: { pk, sk }, condition: { equals: { lru } } },
+      { update: { pk: STATS_PK, sk: 'STORE' }, changes: { add: { bytes: -Number(item.size ?? 0), objects: -1 } } },
+    ];
+    if (lru) ops.push({ delete: { pk: LRU_PK, sk: lru } });
+    try {
+      await this.tables.transact(ops);
+    } catch (e) {
+      if (isStorageError(e, 'ConditionFailed')) return false;
+      throw e;
+    }
+    if (typeof item.blobKey === 'string' && item.blobKey) await this.blobs.delete(item.blobKey).catch(() => undefined);
+    return true;
+  }
+}
+
+/** Tables partition key of a URL's entries. */
+export function entryPk(url: string): string {
+  return `CACHE#${hashKey(url)}`;
+}
+
+function entrySk(variant: string): string {
+  return `VARY#${variant ? hashKey(variant) : '-'}`;
+}
+
+function lruSk(now: number, url: string, variant: string): string {
+  return `${String(now).padStart(15, '0')}#${hashKey(url)}#${variant ? hashKey(variant) : '-'}`;
+}
+
+async function readAll(body: Readable, expected: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of body) {
+    const b = c as Buffer;
+    n += b.length;
+    if (n > expected) {
+      body.destroy();
+      break;
+    }
+    chunks.push(b);
+  }
+  return Buffer.concat(chunks, Math.min(n, expected));
+}
