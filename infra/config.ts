@@ -1,0 +1,184 @@
+/**
+ * Typed per-stage deployment settings. Nothing secret lives here: passwords and keys are in
+ * Secrets Manager entries the state stack creates empty or generated (docs/deploy.md says how to
+ * fill them). infra/app.ts picks a stage by the `stage` context value and may override a few
+ * fields from context; everything else in infra/ takes a StageConfig.
+ */
+
+/** The public listeners; each can be switched off (its NLB listener and service port go away). */
+export type ListenerName = 'smtp' | 'submissions' | 'submission' | 'pop3' | 'pop3s' | 'proxy';
+
+/** The Fargate service that runs a listener, one per group (`serve <group>` in the container). */
+export type ListenerGroup = 'smtp' | 'pop3' | 'proxy';
+
+/** Public port, container port and service group of each listener (DESIGN.md, "Running on AWS"). */
+export const LISTENERS: Readonly<Record<ListenerName, { publicPort: number; containerPort: number; group: ListenerGroup; env: string }>> = {
+  smtp: { publicPort: 25, containerPort: 2525, group: 'smtp', env: 'TOMLINSON_SMTP_PORT' },
+  submissions: { publicPort: 465, containerPort: 2465, group: 'smtp', env: 'TOMLINSON_SUBMISSIONS_PORT' },
+  submission: { publicPort: 587, containerPort: 2587, group: 'smtp', env: 'TOMLINSON_SUBMISSION_PORT' },
+  pop3: { publicPort: 110, containerPort: 2110, group: 'pop3', env: 'TOMLINSON_POP3_PORT' },
+  pop3s: { publicPort: 995, containerPort: 2995, group: 'pop3', env: 'TOMLINSON_POP3S_PORT' },
+  proxy: { publicPort: 3128, containerPort: 3128, group: 'proxy', env: 'TOMLINSON_PROXY_PORT' },
+};
+
+/** The container's health endpoint port (TOMLINSON_HEALTH_PORT), used by the NLB and ECS checks. */
+export const HEALTH_PORT = 8025;
+
+/** Size and scaling of one Fargate service. */
+export interface ServiceSize {
+  /** Fargate CPU units. @default 256 */
+  cpu: number;
+  /** Fargate memory. @default 512 */
+  memoryMiB: number;
+  /** Tasks at least (and at start). @default 1 */
+  minTasks: number;
+  /** Tasks at most. @default 4 */
+  maxTasks: number;
+}
+
+/** Everything that differs between deployments. */
+export interface StageConfig {
+  /** Short name, part of every stack name (`Tomlinson-<stage>-State`). */
+  stage: string;
+  /** Account and region; undefined keeps the stacks environment-agnostic (synth needs no lookup). */
+  env?: { account?: string; region?: string };
+  /** The mail host name: HELO/EHLO name, TLS name, MX target and PTR name. */
+  mailHostname: string;
+  /** The mail domains this deployment receives for (one MX each). */
+  domains: string[];
+  /** Which public listeners exist. @default all */
+  listeners: Record<ListenerName, boolean>;
+  /** Client ranges (CIDR) allowed to reach the proxy on 3128; never 0.0.0.0/0 (not an open proxy). */
+  proxyAllowedClients: string[];
+  /**
+   * Outbound delivery: 'smarthost' relays through `smarthost` from the outbound Lambda (works in
+   * every account); 'direct' delivers to MX hosts from a Fargate worker through the NAT gateways,
+   * which needs AWS to lift the port 25 block and PTR records for the NAT addresses.
+   */
+  outbound: 'smarthost' | 'direct';
+  /** smtp://user@host:587 or smtps://user@host:465; its password goes in the smarthost secret. */
+  smarthost: string;
+  /** Availability zones used by the VPC and the NLB (one Elastic IP each). @default 2 */
+  maxAzs: number;
+  /** NAT gateways for the private subnets; 0 puts tasks in public subnets with public IPs (cheaper,
+   * documented in docs/deploy.md). @default 1 */
+  natGateways: number;
+  /** Per listener group. */
+  services: Record<ListenerGroup | 'workers', ServiceSize>;
+  /** Lambda workers. */
+  lambda: {
+    /** @default 512 */
+    memoryMiB: number;
+    /** @default 120 */
+    timeoutSeconds: number;
+    /** Most concurrent invocations per event source (SQS maximum concurrency, 2..1000), protecting
+     * the table and the smarthost from a burst. @default 10 */
+    maxConcurrency: number;
+  };
+  /** Receives before an inbound message goes to its dead-letter queue. @default 5 */
+  queueMaxReceives: number;
+  /** Receives before an outbound message goes to its dead-letter queue. Each scheduled retry is a
+   * receive, so this covers the retry schedule up to the maximum age (5 days at ~30 min). @default 300 */
+  outboundMaxReceives: number;
+  /** Days a proxy cache object lives in S3 at most. @default 30 */
+  cacheExpireDays: number;
+  /** Days an overwritten or deleted mail object version is kept. @default 30 */
+  mailNoncurrentDays: number;
+  /** Route 53 zone to write records into; without it a stack output lists the records to create. */
+  hostedZone?: { zoneId: string; zoneName: string };
+  /** DKIM selector published as `<selector>._domainkey.<domain>`. @default 'tomlinson' */
+  dkimSelector: string;
+  /** E-mail address subscribed to the alarm topic (confirm the subscription mail). */
+  alarmEmail?: string;
+  /** Bucket size (bytes) above which the mail bucket alarm fires. @default 100 GiB */
+  mailBucketAlarmBytes: number;
+  /** Log retention in days for Lambda and container logs. @default 30 */
+  logRetentionDays: number;
+}
+
+const GiB = 1024 ** 3;
+
+/** The defaults every stage starts from. */
+export const DEFAULTS: Omit<StageConfig, 'stage' | 'mailHostname' | 'domains'> = {
+  listeners: { smtp: true, submissions: true, submission: true, pop3: true, pop3s: true, proxy: true },
+  proxyAllowedClients: ['10.0.0.0/8'],
+  outbound: 'smarthost',
+  smarthost: '',
+  maxAzs: 2,
+  natGateways: 1,
+  services: {
+    smtp: { cpu: 256, memoryMiB: 512, minTasks: 1, maxTasks: 4 },
+    pop3: { cpu: 256, memoryMiB: 512, minTasks: 1, maxTasks: 4 },
+    proxy: { cpu: 512, memoryMiB: 1024, minTasks: 1, maxTasks: 4 },
+    workers: { cpu: 256, memoryMiB: 512, minTasks: 1, maxTasks: 2 },
+  },
+  lambda: { memoryMiB: 512, timeoutSeconds: 120, maxConcurrency: 10 },
+  queueMaxReceives: 5,
+  outboundMaxReceives: 300,
+  cacheExpireDays: 30,
+  mailNoncurrentDays: 30,
+  dkimSelector: 'tomlinson',
+  mailBucketAlarmBytes: 100 * GiB,
+  logRetentionDays: 30,
+};
+
+/** The named stages; `cdk deploy -c stage=prod`. Edit these (or add one) for your domains. */
+export const STAGES: Readonly<Record<string, StageConfig>> = {
+  dev: { ...DEFAULTS, stage: 'dev', mailHostname: 'mail.example.com', domains: ['example.com'] },
+  prod: {
+    ...DEFAULTS,
+    stage: 'prod',
+    mailHostname: 'mail.example.org',
+    domains: ['example.org'],
+    maxAzs: 2,
+    natGateways: 2,
+    services: { ...DEFAULTS.services, smtp: { cpu: 512, memoryMiB: 1024, minTasks: 2, maxTasks: 8 }, pop3: { cpu: 256, memoryMiB: 512, minTasks: 2, maxTasks: 6 } },
+  },
+};
+
+/** A configuration error, naming the field. */
+export class StageConfigError extends Error {
+  override name = 'StageConfigError';
+}
+
+/** Checks what CloudFormation would otherwise reject late (or what would be unsafe) and returns the
+ * config unchanged. */
+export function validateStage(c: StageConfig): StageConfig {
+  const fail = (field: string, why: string): never => {
+    throw new StageConfigError(`stage ${c.stage}: ${field}: ${why}`);
+  };
+  if (!/^[A-Za-z][A-Za-z0-9-]{0,15}$/.test(c.stage)) fail('stage', 'letters, digits and dashes, at most 16');
+  if (!/^[a-z0-9.-]+\.[a-z]{2,}$/i.test(c.mailHostname)) fail('mailHostname', `not a host name: ${c.mailHostname}`);
+  if (c.domains.length === 0) fail('domains', 'at least one mail domain');
+  for (const cidr of c.proxyAllowedClients) {
+    if (!/^[0-9.]+\/\d{1,2}$/.test(cidr)) fail('proxyAllowedClients', `not an IPv4 CIDR: ${cidr}`);
+    if (cidr.endsWith('/0')) fail('proxyAllowedClients', 'the proxy must not be open to everyone');
+  }
+  if (c.outbound === 'smarthost' && c.smarthost && !/^smtps?:\/\//.test(c.smarthost)) fail('smarthost', 'smtp://... or smtps://...');
+  if (c.outbound === 'direct' && c.natGateways < 1) fail('natGateways', 'direct delivery leaves through NAT gateways (their Elastic IPs get the PTR records)');
+  if (c.maxAzs < 1 || c.maxAzs > 3) fail('maxAzs', '1..3');
+  if (c.lambda.maxConcurrency < 2 || c.lambda.maxConcurrency > 1000) fail('lambda.maxConcurrency', '2..1000 (SQS event source limit)');
+  if (c.queueMaxReceives < 1 || c.queueMaxReceives > 1000) fail('queueMaxReceives', '1..1000');
+  if (c.outboundMaxReceives < 1 || c.outboundMaxReceives > 1000) fail('outboundMaxReceives', '1..1000');
+  for (const [name, s] of Object.entries(c.services)) {
+    if (s.minTasks < 0 || s.maxTasks < Math.max(1, s.minTasks)) fail(`services.${name}`, 'need 0 <= minTasks <= maxTasks, maxTasks >= 1');
+  }
+  return c;
+}
+
+/** The stage named `name`, with `overrides` applied on top; throws StageConfigError. */
+export function stageConfig(name: string, overrides: Partial<StageConfig> = {}): StageConfig {
+  const base = STAGES[name];
+  if (!base) throw new StageConfigError(`unknown stage ${JSON.stringify(name)}; known: ${Object.keys(STAGES).join(', ')}`);
+  return validateStage({ ...base, ...overrides });
+}
+
+/** The listeners switched on, in port order. */
+export function enabledListeners(c: StageConfig): ListenerName[] {
+  return (Object.keys(LISTENERS) as ListenerName[]).filter((l) => c.listeners[l]).sort((a, b) => LISTENERS[a].publicPort - LISTENERS[b].publicPort);
+}
+
+/** The listener groups that have at least one listener switched on. */
+export function enabledGroups(c: StageConfig): ListenerGroup[] {
+  return [...new Set(enabledListeners(c).map((l) => LISTENERS[l].group))];
+}

@@ -1,0 +1,199 @@
+/**
+ * The listeners stack: VPC, ECS cluster, one Fargate service per listener group and the Network
+ * Load Balancer in front of them, with one Elastic IP per availability zone so that the MX and A
+ * records never change. In the 'direct' outbound mode it also runs the queue workers on Fargate,
+ * whose mail leaves through the NAT gateways (their Elastic IPs need PTR records).
+ */
+import { CfnOutput, Fn, RemovalPolicy, Stack, Validations, type StackProps } from 'aws-cdk-lib';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import type { Construct } from 'constructs';
+import { HEALTH_PORT, LISTENERS, enabledGroups, enabledListeners, type ListenerGroup, type StageConfig } from '../config.js';
+import { TcpService } from '../constructs/tcp-service.js';
+import { acknowledgeGrantWildcards } from '../nag.js';
+import { workerEnvironment } from './processing.js';
+import type { StateStack } from './state.js';
+
+/** Props of ListenersStack. */
+export interface ListenersStackProps extends StackProps {
+  config: StageConfig;
+  state: StateStack;
+  /** The container image (ContainerImage.fromAsset of containers/Dockerfile in app.ts). */
+  image: ecs.ContainerImage;
+}
+
+/** Which `TOMLINSON_*_ENABLED` switches a group's container gets, so each runs only its own. */
+function groupSwitches(c: StageConfig, group: ListenerGroup | 'workers'): Record<string, string> {
+  const env: Record<string, string> = {
+    TOMLINSON_SMTP_ENABLED: String(group === 'smtp'),
+    TOMLINSON_POP3_ENABLED: String(group === 'pop3'),
+    TOMLINSON_PROXY_ENABLED: String(group === 'proxy'),
+    TOMLINSON_WORKERS_ENABLED: String(group === 'workers'),
+  };
+  // A switched-off listener inside an enabled group gets port 0 (off) where the setting allows.
+  for (const [name, l] of Object.entries(LISTENERS)) {
+    if (l.group === group) env[l.env] = c.listeners[name as keyof typeof LISTENERS] ? String(l.containerPort) : '0';
+  }
+  return env;
+}
+
+/** Network, cluster, services and load balancer of one stage. */
+export class ListenersStack extends Stack {
+  readonly vpc: ec2.Vpc;
+  readonly cluster: ecs.Cluster;
+  readonly nlb: elbv2.NetworkLoadBalancer;
+  readonly nlbSecurityGroup: ec2.SecurityGroup;
+  /** One per availability zone, in subnet order. */
+  readonly addresses: ec2.CfnEIP[] = [];
+  readonly services: Partial<Record<ListenerGroup | 'workers', TcpService>> = {};
+
+  constructor(scope: Construct, id: string, props: ListenersStackProps) {
+    super(scope, id, props);
+    const { config: c, state } = props;
+    const retention = c.logRetentionDays as logs.RetentionDays;
+
+    // Without NAT gateways (the cheaper option, docs/deploy.md) tasks run in the public subnets
+    // with public IPs; their security groups still admit only the NLB.
+    const useNat = c.natGateways > 0;
+    this.vpc = new ec2.Vpc(this, 'Vpc', {
+      maxAzs: c.maxAzs,
+      natGateways: c.natGateways,
+      subnetConfiguration: useNat
+        ? [
+            { name: 'public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 24 },
+            { name: 'tasks', subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS, cidrMask: 22 },
+          ]
+        : [{ name: 'public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 24 }],
+    });
+    this.vpc.addFlowLog('RejectedFlows', {
+      trafficType: ec2.FlowLogTrafficType.REJECT,
+      destination: ec2.FlowLogDestination.toCloudWatchLogs(new logs.LogGroup(this, 'FlowLogs', { retention })),
+    });
+    const taskSubnets: ec2.SubnetSelection = { subnetType: useNat ? ec2.SubnetType.PRIVATE_WITH_EGRESS : ec2.SubnetType.PUBLIC };
+
+    this.cluster = new ecs.Cluster(this, 'Cluster', { vpc: this.vpc, containerInsightsV2: ecs.ContainerInsights.ENABLED });
+
+    // Stable public addresses: one Elastic IP per AZ, retained even if the stack goes, so that the
+    // A/MX records and PTR requests made for them stay valid.
+    const publicSubnets = this.vpc.publicSubnets;
+    publicSubnets.forEach((_, i) => {
+      const eip = new ec2.CfnEIP(this, `NlbAddress${i}`, { domain: 'vpc', tags: [{ key: 'Name', value: `tomlinson-${c.stage}-mx-${i}` }] });
+      eip.overrideLogicalId(`NlbAddress${i}`);
+      eip.applyRemovalPolicy(RemovalPolicy.RETAIN);
+      this.addresses.push(eip);
+    });
+    this.nlbSecurityGroup = new ec2.SecurityGroup(this, 'NlbSecurityGroup', {
+      vpc: this.vpc,
+      description: 'Tomlinson public listeners',
+      allowAllOutbound: true,
+    });
+    this.nlb = new elbv2.NetworkLoadBalancer(this, 'Nlb', {
+      vpc: this.vpc,
+      internetFacing: true,
+      crossZoneEnabled: true,
+      securityGroups: [this.nlbSecurityGroup],
+      subnetMappings: publicSubnets.map((subnet, i) => ({ subnet, allocationId: this.addresses[i]!.attrAllocationId })),
+    });
+    Validations.of(this.nlb).acknowledge({
+      id: 'AwsSolutions-ELB2',
+      reason: 'NLB access logs are written for TLS listeners only; every listener here is TCP (TLS ends in the containers), so there is nothing to log.',
+    });
+    Validations.of(this.nlbSecurityGroup).acknowledge({
+      id: 'AwsSolutions-EC23',
+      reason: 'SMTP (25), submission (465, 587) and POP3 (110, 995) are public Internet services; the proxy port admits only the configured client ranges.',
+    });
+
+    const image = props.image;
+    const everyone = [ec2.Peer.anyIpv4()];
+    const proxyClients = c.proxyAllowedClients.map((cidr) => ec2.Peer.ipv4(cidr));
+    const env = workerEnvironment(c, state);
+    const tlsEnv = { TOMLINSON_TLS_SECRET_ID: state.tlsSecret.secretArn };
+    const mail = state.bucketFor(this, 'Mail');
+    const cache = state.bucketFor(this, 'Cache');
+
+    for (const group of enabledGroups(c)) {
+      const size = c.services[group];
+      const ports = enabledListeners(c)
+        .filter((l) => LISTENERS[l].group === group)
+        .map((l) => ({ name: l, publicPort: LISTENERS[l].publicPort, containerPort: LISTENERS[l].containerPort, allowFrom: l === 'proxy' ? proxyClients : everyone }));
+      const svc = new TcpService(this, group.charAt(0).toUpperCase() + group.slice(1), {
+        cluster: this.cluster,
+        image,
+        command: ['serve', group],
+        environment: {
+          ...env,
+          ...groupSwitches(c, group),
+          ...(group === 'proxy' ? { TOMLINSON_PROXY_ALLOWED_CLIENTS: c.proxyAllowedClients.join(',') } : tlsEnv),
+        },
+        nlb: { loadBalancer: this.nlb, securityGroup: this.nlbSecurityGroup },
+        ports,
+        healthPort: HEALTH_PORT,
+        subnets: taskSubnets,
+        assignPublicIp: !useNat,
+        cpu: size.cpu,
+        memoryMiB: size.memoryMiB,
+        minTasks: size.minTasks,
+        maxTasks: size.maxTasks,
+        logRetention: retention,
+      });
+      this.services[group] = svc;
+      acknowledgeGrantWildcards(svc, [state.bucketArnExport(group === 'proxy' ? 'Cache' : 'Mail')]);
+      const role = svc.taskDefinition.taskRole;
+      if (group === 'smtp') {
+        // Accepts mail: writes the raw message, reads accounts, queues the job.
+        mail.grantReadWrite(role);
+        state.table.grantReadWriteData(role);
+        state.inboundQueue.grantSendMessages(role);
+        state.tlsSecret.grantRead(role);
+      } else if (group === 'pop3') {
+        // Reads and deletes messages, holds the maildrop lease.
+        mail.grantReadWrite(role);
+        mail.grantDelete(role);
+        state.table.grantReadWriteData(role);
+        state.tlsSecret.grantRead(role);
+      } else {
+        // The proxy's object tier and cache metadata (and accounts, for Proxy-Authorization).
+        cache.grantReadWrite(role);
+        cache.grantDelete(role);
+        state.table.grantReadWriteData(role);
+      }
+    }
+
+    if (c.outbound === 'direct') {
+      // Direct MX delivery needs port 25 out, which Lambda never has: the workers run here and
+      // leave through the NAT gateways.
+      const size = c.services.workers;
+      const svc = new TcpService(this, 'Workers', {
+        cluster: this.cluster,
+        image,
+        command: ['serve', 'workers'],
+        environment: { ...env, ...groupSwitches(c, 'workers'), TOMLINSON_WORKER_CONCURRENCY: '8' },
+        healthPort: HEALTH_PORT,
+        subnets: { subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS },
+        cpu: size.cpu,
+        memoryMiB: size.memoryMiB,
+        minTasks: size.minTasks,
+        maxTasks: size.maxTasks,
+        logRetention: retention,
+      });
+      this.services.workers = svc;
+      acknowledgeGrantWildcards(svc, [state.bucketArnExport('Mail')]);
+      const role = svc.taskDefinition.taskRole;
+      mail.grantReadWrite(role);
+      state.table.grantReadWriteData(role);
+      state.outboundQueue.grantConsumeMessages(role);
+      state.outboundQueue.grantSendMessages(role);
+      state.inboundQueue.grantSendMessages(role);
+      state.inboundQueue.grantConsumeMessages(role);
+      state.dkimSecret.grantRead(role);
+    }
+
+    new CfnOutput(this, 'PublicAddresses', {
+      value: Fn.join(',', this.addresses.map((a) => a.ref)),
+      description: 'Elastic IPs of the load balancer: A record of the mail host, and where PTR records point back',
+    });
+    new CfnOutput(this, 'LoadBalancerDns', { value: this.nlb.loadBalancerDnsName, description: 'NLB DNS name' });
+  }
+}

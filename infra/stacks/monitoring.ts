@@ -1,0 +1,171 @@
+/**
+ * The monitoring stack: one CloudWatch dashboard and the alarms that say mail is stuck or lost
+ * (dead-letter queues not empty, old queue messages, Lambda errors, unhealthy tasks, a high
+ * delivery failure rate), plus proxy hit ratio and mail bucket size. Alarms notify an SNS topic;
+ * `alarmEmail` subscribes an address to it.
+ */
+import { Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as kms from 'aws-cdk-lib/aws-kms';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import * as subs from 'aws-cdk-lib/aws-sns-subscriptions';
+import type { Construct } from 'constructs';
+import type { StageConfig } from '../config.js';
+import type { ListenersStack } from './listeners.js';
+import type { ProcessingStack } from './processing.js';
+import type { StateStack } from './state.js';
+
+/** Props of MonitoringStack. */
+export interface MonitoringStackProps extends StackProps {
+  config: StageConfig;
+  state: StateStack;
+  processing: ProcessingStack;
+  /** Absent when the listeners are not deployed (e.g. LocalStack). */
+  listeners?: ListenersStack;
+}
+
+/** Namespace of the metrics made from log lines by the metric filters below. */
+export const METRIC_NAMESPACE = 'Tomlinson';
+
+/**
+ * The log fields the metric filters count: the outbound worker logs `{"delivery":"delivered"|
+ * "failed"|"deferred"}` once per recipient attempt, the proxy `{"cache":"hit"|"miss"|...}` once
+ * per request (the same outcomes as core/metrics.ts cacheRequests).
+ */
+export const LOG_FIELDS = { delivery: ['delivered', 'failed', 'deferred'], cache: ['hit', 'miss', 'revalidated', 'stale', 'bypass'] } as const;
+
+/** Dashboard, alarms and alarm topic of one stage. */
+export class MonitoringStack extends Stack {
+  readonly topic: sns.Topic;
+  readonly dashboard: cloudwatch.Dashboard;
+  readonly alarms: cloudwatch.Alarm[] = [];
+
+  constructor(scope: Construct, id: string, props: MonitoringStackProps) {
+    super(scope, id, props);
+    const { config: c, state, processing, listeners } = props;
+    const five = Duration.minutes(5);
+
+    // CloudWatch may publish only to topics whose key lets it: a customer managed key.
+    const key = new kms.Key(this, 'AlarmTopicKey', { enableKeyRotation: true, description: `Tomlinson ${c.stage}: alarm topic` });
+    key.grantEncryptDecrypt(new iam.ServicePrincipal('cloudwatch.amazonaws.com'));
+    this.topic = new sns.Topic(this, 'Alarms', { masterKey: key, enforceSSL: true, displayName: `Tomlinson ${c.stage} alarms` });
+    if (c.alarmEmail) this.topic.addSubscription(new subs.EmailSubscription(c.alarmEmail));
+    const notify = new actions.SnsAction(this.topic);
+
+    const alarm = (aid: string, metric: cloudwatch.Metric | cloudwatch.MathExpression, threshold: number, description: string, options: Partial<cloudwatch.CreateAlarmOptions> = {}): cloudwatch.Alarm => {
+      const a = metric.createAlarm(this, aid, {
+        threshold,
+        evaluationPeriods: 1,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        alarmDescription: description,
+        ...options,
+      });
+      a.addAlarmAction(notify);
+      a.addOkAction(notify);
+      this.alarms.push(a);
+      return a;
+    };
+
+    // Queues: a message in a DLQ is mail that needs a human; an old message is mail that waits.
+    alarm('InboundDlqNotEmpty', state.inboundDlq.metricApproximateNumberOfMessagesVisible({ period: five, statistic: 'Maximum' }), 1, 'Inbound jobs failed every attempt and wait in the dead-letter queue.');
+    alarm('OutboundDlqNotEmpty', state.outboundDlq.metricApproximateNumberOfMessagesVisible({ period: five, statistic: 'Maximum' }), 1, 'Outbound jobs failed every attempt and wait in the dead-letter queue.');
+    alarm('InboundQueueAge', state.inboundQueue.metricApproximateAgeOfOldestMessage({ period: five, statistic: 'Maximum' }), 900, 'An accepted message has waited more than 15 minutes for mailbox delivery.', { evaluationPeriods: 2 });
+    alarm('OutboundQueueAge', state.outboundQueue.metricApproximateAgeOfOldestMessage({ period: five, statistic: 'Maximum' }), 6 * 3600, 'Outbound mail has been retrying for more than 6 hours.');
+
+    // Lambda errors: a thrown job (not a scheduled retry).
+    const functions = [processing.inbound, processing.outbound].filter((w) => w !== undefined);
+    for (const w of functions) {
+      alarm(`${w.node.id}Errors`, w.function.metricErrors({ period: five, statistic: 'Sum' }), 1, `The ${w.node.id.toLowerCase()} Lambda worker failed invocations.`, { evaluationPeriods: 2, datapointsToAlarm: 2 });
+    }
+
+    // Delivery outcomes and proxy cache outcomes, counted from the workers' JSON log lines.
+    const outboundLogs: logs.ILogGroup[] = [];
+    if (processing.outbound) outboundLogs.push(processing.outbound.logGroup);
+    if (listeners?.services.workers) outboundLogs.push(listeners.services.workers.logGroup);
+    const count = (group: logs.ILogGroup, field: string, value: string, fid: string): void => {
+      new logs.MetricFilter(this, fid, {
+        logGroup: group,
+        filterPattern: logs.FilterPattern.stringValue(`$.${field}`, '=', value),
+        metricNamespace: METRIC_NAMESPACE,
+        metricName: `${field}-${value}`,
+        metricValue: '1',
+        defaultValue: 0,
+        unit: cloudwatch.Unit.COUNT,
+      });
+    };
+    outboundLogs.forEach((g, i) => LOG_FIELDS.delivery.forEach((v) => count(g, 'delivery', v, `Delivery${v}${i}`)));
+    const m = (name: string, label: string, period = Duration.minutes(15)): cloudwatch.Metric => new cloudwatch.Metric({ namespace: METRIC_NAMESPACE, metricName: name, period, statistic: 'Sum', label });
+    const failureRate = new cloudwatch.MathExpression({
+      expression: 'IF(delivered + failed >= 10, 100 * failed / (delivered + failed), 0)',
+      usingMetrics: { delivered: m('delivery-delivered', 'delivered'), failed: m('delivery-failed', 'failed') },
+      period: Duration.minutes(15),
+      label: 'delivery failure %',
+    });
+    if (outboundLogs.length) alarm('DeliveryFailureRate', failureRate, 20, 'More than 20% of outbound deliveries failed permanently in 15 minutes (at least 10 attempts).');
+
+    const proxy = listeners?.services.proxy;
+    let hitRatio: cloudwatch.MathExpression | undefined;
+    if (proxy) {
+      LOG_FIELDS.cache.forEach((v) => count(proxy.logGroup, 'cache', v, `Cache${v}`));
+      hitRatio = new cloudwatch.MathExpression({
+        expression: 'IF(hit + miss + revalidated >= 100, 100 * (hit + revalidated) / (hit + miss + revalidated), 100)',
+        usingMetrics: { hit: m('cache-hit', 'hit', Duration.hours(1)), miss: m('cache-miss', 'miss', Duration.hours(1)), revalidated: m('cache-revalidated', 'revalidated', Duration.hours(1)) },
+        period: Duration.hours(1),
+        label: 'proxy hit %',
+      });
+      alarm('ProxyHitRatioLow', hitRatio, 5, 'The proxy served less than 5% of cacheable requests from cache for 3 hours (cache bucket or policy broken?).', {
+        comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+        evaluationPeriods: 3,
+      });
+    }
+
+    // Task health: any target the NLB considers unhealthy for 3 minutes.
+    for (const [name, svc] of Object.entries(listeners?.services ?? {})) {
+      svc.targetGroups.forEach((tg, i) => {
+        alarm(`${name}Unhealthy${i}`, tg.metrics.unHealthyHostCount({ period: Duration.minutes(1), statistic: 'Maximum' }), 1, `A ${name} task fails its health check.`, { evaluationPeriods: 3 });
+      });
+      if (!svc.targetGroups.length) {
+        alarm(`${name}NotRunning`, svc.service.metricCpuUtilization({ period: five, statistic: 'SampleCount' }), 1, `No ${name} task is running.`, {
+          comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+          treatMissingData: cloudwatch.TreatMissingData.BREACHING,
+          evaluationPeriods: 2,
+        });
+      }
+    }
+
+    // S3 reports bucket size once a day.
+    const mailBytes = new cloudwatch.Metric({
+      namespace: 'AWS/S3',
+      metricName: 'BucketSizeBytes',
+      dimensionsMap: { BucketName: state.mailBucket.bucketName, StorageType: 'StandardStorage' },
+      period: Duration.days(1),
+      statistic: 'Average',
+      label: 'mail bucket bytes',
+    });
+    alarm('MailBucketSize', mailBytes, c.mailBucketAlarmBytes, 'The mail bucket grew past its configured size.');
+
+    this.dashboard = new cloudwatch.Dashboard(this, 'Dashboard', { dashboardName: `Tomlinson-${c.stage}` });
+    const queueDepth = (q: typeof state.inboundQueue, label: string): cloudwatch.IMetric => q.metricApproximateNumberOfMessagesVisible({ label, period: Duration.minutes(1) });
+    this.dashboard.addWidgets(
+      new cloudwatch.GraphWidget({ title: 'Queue depth', left: [queueDepth(state.inboundQueue, 'inbound'), queueDepth(state.outboundQueue, 'outbound'), queueDepth(state.inboundDlq, 'inbound DLQ'), queueDepth(state.outboundDlq, 'outbound DLQ')] }),
+      new cloudwatch.GraphWidget({ title: 'Oldest message (s)', left: [state.inboundQueue.metricApproximateAgeOfOldestMessage({ label: 'inbound' }), state.outboundQueue.metricApproximateAgeOfOldestMessage({ label: 'outbound' })] }),
+      new cloudwatch.GraphWidget({ title: 'Lambda', left: functions.map((w) => w.function.metricInvocations({ label: `${w.node.id} invocations` })), right: functions.map((w) => w.function.metricErrors({ label: `${w.node.id} errors` })) }),
+    );
+    this.dashboard.addWidgets(
+      new cloudwatch.GraphWidget({ title: 'Deliveries', left: LOG_FIELDS.delivery.map((v) => m(`delivery-${v}`, v)), right: [failureRate] }),
+      new cloudwatch.GraphWidget({ title: 'Proxy cache', left: LOG_FIELDS.cache.map((v) => m(`cache-${v}`, v)), right: hitRatio ? [hitRatio] : [] }),
+      new cloudwatch.GraphWidget({ title: 'Mail bucket size', left: [mailBytes] }),
+    );
+    if (listeners) {
+      this.dashboard.addWidgets(
+        new cloudwatch.GraphWidget({ title: 'Connections (NLB flows)', left: [listeners.nlb.metrics.activeFlowCount({ label: 'active' }), listeners.nlb.metrics.newFlowCount({ label: 'new' })] }),
+        new cloudwatch.GraphWidget({ title: 'Task CPU %', left: Object.entries(listeners.services).map(([n, s]) => s.service.metricCpuUtilization({ label: n })) }),
+        new cloudwatch.AlarmStatusWidget({ title: 'Alarms', alarms: this.alarms }),
+      );
+    }
+  }
+}

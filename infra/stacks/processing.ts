@@ -1,0 +1,83 @@
+/**
+ * The processing stack: the inbound and outbound Lambda workers with their SQS event sources and
+ * least-privilege grants on the state stack's resources. In the 'direct' outbound mode there is no
+ * outbound Lambda (Lambda may not send on port 25); the listeners stack runs a Fargate worker.
+ */
+import { Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import type { Construct } from 'constructs';
+import { join } from 'node:path';
+import type { StageConfig } from '../config.js';
+import { QueueWorker } from '../constructs/queue-worker.js';
+import { acknowledgeGrantWildcards } from '../nag.js';
+import type { StateStack } from './state.js';
+
+/** Props of ProcessingStack. */
+export interface ProcessingStackProps extends StackProps {
+  config: StageConfig;
+  state: StateStack;
+  /** The repository root (package.json, functions/, core/). */
+  projectRoot: string;
+}
+
+/** The environment every worker (Lambda or Fargate) gets, beside the storage names. */
+export function workerEnvironment(c: StageConfig, state: StateStack): Record<string, string> {
+  return {
+    ...state.storageEnvironment(),
+    TOMLINSON_HOSTNAME: c.mailHostname,
+    TOMLINSON_LOG_PRETTY: 'false',
+    TOMLINSON_QUEUE_MAX_RECEIVES: String(c.queueMaxReceives),
+    TOMLINSON_SMARTHOST: c.outbound === 'smarthost' ? c.smarthost : '',
+    TOMLINSON_SMARTHOST_SECRET_ID: c.outbound === 'smarthost' && c.smarthost ? state.smarthostSecret.secretArn : '',
+  };
+}
+
+/** Lambda workers of one stage. */
+export class ProcessingStack extends Stack {
+  readonly inbound: QueueWorker;
+  readonly outbound?: QueueWorker;
+
+  constructor(scope: Construct, id: string, props: ProcessingStackProps) {
+    super(scope, id, props);
+    const { config: c, state } = props;
+    const env = workerEnvironment(c, state);
+    const mail = state.bucketFor(this, 'Mail');
+    const common = {
+      projectRoot: props.projectRoot,
+      timeout: Duration.seconds(c.lambda.timeoutSeconds),
+      memoryMiB: c.lambda.memoryMiB,
+      maxConcurrency: c.lambda.maxConcurrency,
+      logRetention: c.logRetentionDays as logs.RetentionDays,
+    };
+
+    // Inbound: reads the raw message, indexes it into mailboxes, hands remote recipients (and
+    // DSNs) to the outbound queue.
+    this.inbound = new QueueWorker(this, 'Inbound', {
+      ...common,
+      entry: join(props.projectRoot, 'functions/inbound/handler.ts'),
+      queue: state.inboundQueue,
+      environment: env,
+    });
+    mail.grantReadWrite(this.inbound.function);
+    acknowledgeGrantWildcards(this.inbound, [state.bucketArnExport('Mail')]);
+    state.table.grantReadWriteData(this.inbound.function);
+    state.outboundQueue.grantSendMessages(this.inbound.function);
+
+    if (c.outbound === 'smarthost') {
+      // Outbound: relays through the smarthost; bounces go back in as new inbound jobs.
+      this.outbound = new QueueWorker(this, 'Outbound', {
+        ...common,
+        entry: join(props.projectRoot, 'functions/outbound/handler.ts'),
+        queue: state.outboundQueue,
+        environment: env,
+      });
+      mail.grantReadWrite(this.outbound.function);
+      acknowledgeGrantWildcards(this.outbound, [state.bucketArnExport('Mail')]);
+      state.table.grantReadWriteData(this.outbound.function);
+      state.inboundQueue.grantSendMessages(this.outbound.function);
+      state.outboundQueue.grantSendMessages(this.outbound.function);
+      state.smarthostSecret.grantRead(this.outbound.function);
+      state.dkimSecret.grantRead(this.outbound.function);
+    }
+  }
+}

@@ -1,0 +1,228 @@
+/**
+ * The state stack: everything that holds data. Mail and cache buckets, the one table, the inbound
+ * and outbound queues with their dead-letter queues, the KMS key of the mail bucket and the
+ * Secrets Manager entries for TLS, DKIM and the smarthost password. Every stateful resource is
+ * retained when the stack is deleted and has a pinned logical ID, so that a refactor of the
+ * construct tree can never replace (and so empty) a bucket, the table or a queue.
+ */
+import { CfnOutput, Duration, Fn, RemovalPolicy, Stack, Validations, type CfnResource, type StackProps } from 'aws-cdk-lib';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as kms from 'aws-cdk-lib/aws-kms';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import type { Construct, IConstruct } from 'constructs';
+import type { StageConfig } from '../config.js';
+
+/** Logical IDs that must never change (a change replaces the resource and loses its data). */
+export const PINNED_IDS = {
+  mailKey: 'MailKey',
+  mailBucket: 'MailBucket',
+  cacheBucket: 'CacheBucket',
+  logsBucket: 'AccessLogsBucket',
+  table: 'Table',
+  inboundQueue: 'InboundQueue',
+  inboundDlq: 'InboundDeadLetterQueue',
+  outboundQueue: 'OutboundQueue',
+  outboundDlq: 'OutboundDeadLetterQueue',
+  tlsSecret: 'TlsSecret',
+  dkimSecret: 'DkimSecret',
+  smarthostSecret: 'SmarthostSecret',
+} as const;
+
+/** Props of StateStack. */
+export interface StateStackProps extends StackProps {
+  config: StageConfig;
+  /** Visibility timeout of the work queues; must be at least the Lambda timeout (AWS requires it
+   * for an event source) and is set to 6x it, as AWS recommends. */
+  queueVisibility: Duration;
+}
+
+function pin(construct: IConstruct, id: string): void {
+  (construct.node.defaultChild as CfnResource).overrideLogicalId(id);
+}
+
+/** Buckets, table, queues, key and secrets of one stage. */
+export class StateStack extends Stack {
+  readonly mailKey: kms.Key;
+  readonly mailBucket: s3.Bucket;
+  readonly cacheBucket: s3.Bucket;
+  readonly logsBucket: s3.Bucket;
+  readonly table: dynamodb.Table;
+  readonly inboundQueue: sqs.Queue;
+  readonly inboundDlq: sqs.Queue;
+  readonly outboundQueue: sqs.Queue;
+  readonly outboundDlq: sqs.Queue;
+  readonly tlsSecret: secretsmanager.Secret;
+  readonly dkimSecret: secretsmanager.Secret;
+  readonly smarthostSecret: secretsmanager.Secret;
+
+  constructor(scope: Construct, id: string, props: StateStackProps) {
+    super(scope, id, props);
+    const c = props.config;
+    const retain = RemovalPolicy.RETAIN;
+
+    this.mailKey = new kms.Key(this, 'MailKey', {
+      description: `Tomlinson ${c.stage}: mail bucket and queues`,
+      enableKeyRotation: true,
+      removalPolicy: retain,
+    });
+    pin(this.mailKey, PINNED_IDS.mailKey);
+
+    // S3 server access logs of the two data buckets. It cannot log to itself.
+    this.logsBucket = new s3.Bucket(this, 'AccessLogsBucket', {
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      enforceSSL: true,
+      objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
+      lifecycleRules: [{ id: 'expire-logs', expiration: Duration.days(90), abortIncompleteMultipartUploadAfter: Duration.days(1) }],
+      removalPolicy: retain,
+    });
+    pin(this.logsBucket, PINNED_IDS.logsBucket);
+    Validations.of(this.logsBucket).acknowledge({
+      id: 'AwsSolutions-S1',
+      reason: 'This is the server access log bucket of the mail and cache buckets; logging it to itself would loop.',
+    });
+
+    this.mailBucket = new s3.Bucket(this, 'MailBucket', {
+      encryption: s3.BucketEncryption.KMS,
+      encryptionKey: this.mailKey,
+      bucketKeyEnabled: true,
+      versioned: true,
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      enforceSSL: true,
+      serverAccessLogsBucket: this.logsBucket,
+      serverAccessLogsPrefix: 'mail/',
+      lifecycleRules: [
+        // A streamed put that died midway leaves parts nobody can see; do not pay for them.
+        { id: 'abort-incomplete-uploads', abortIncompleteMultipartUploadAfter: Duration.days(1) },
+        { id: 'expire-old-versions', noncurrentVersionExpiration: Duration.days(c.mailNoncurrentDays) },
+      ],
+      removalPolicy: retain,
+    });
+    pin(this.mailBucket, PINNED_IDS.mailBucket);
+
+    this.cacheBucket = new s3.Bucket(this, 'CacheBucket', {
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      enforceSSL: true,
+      serverAccessLogsBucket: this.logsBucket,
+      serverAccessLogsPrefix: 'cache/',
+      lifecycleRules: [
+        { id: 'expire-cache', expiration: Duration.days(c.cacheExpireDays), abortIncompleteMultipartUploadAfter: Duration.days(1) },
+      ],
+      removalPolicy: retain,
+    });
+    pin(this.cacheBucket, PINNED_IDS.cacheBucket);
+
+    // One table holds every item kind (DESIGN.md, "A data model sketch"). `Table`, not `TableV2`:
+    // moto's CloudFormation (our offline deploy test) rejects AWS::DynamoDB::GlobalTable.
+    this.table = new dynamodb.Table(this, 'Table', {
+      partitionKey: { name: 'pk', type: dynamodb.AttributeType.STRING },
+      sortKey: { name: 'sk', type: dynamodb.AttributeType.STRING },
+      timeToLiveAttribute: 'ttl',
+      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+      encryption: dynamodb.TableEncryption.AWS_MANAGED,
+      deletionProtection: true,
+      removalPolicy: retain,
+    });
+    pin(this.table, PINNED_IDS.table);
+
+    const queue = (qid: string, pinned: string, dlq?: { queue: sqs.Queue; maxReceiveCount: number }): sqs.Queue => {
+      const q = new sqs.Queue(this, qid, {
+        encryption: sqs.QueueEncryption.KMS,
+        encryptionMasterKey: this.mailKey,
+        dataKeyReuse: Duration.hours(1),
+        enforceSSL: true,
+        // The SQS maximum, 14 days, everywhere: outbound mail may wait up to its maximum age
+        // (5 days by default) and a dead-letter queue keeps a message's first enqueue time.
+        retentionPeriod: Duration.days(14),
+        visibilityTimeout: dlq ? props.queueVisibility : Duration.seconds(30),
+        deadLetterQueue: dlq,
+        removalPolicy: retain,
+      });
+      pin(q, pinned);
+      return q;
+    };
+    this.inboundDlq = queue('InboundDeadLetterQueue', PINNED_IDS.inboundDlq);
+    this.outboundDlq = queue('OutboundDeadLetterQueue', PINNED_IDS.outboundDlq);
+    this.inboundQueue = queue('InboundQueue', PINNED_IDS.inboundQueue, { queue: this.inboundDlq, maxReceiveCount: c.queueMaxReceives });
+    // Every scheduled retry of an outbound message is one more receive, so its threshold is sized
+    // for the whole retry schedule, not for crashes alone.
+    this.outboundQueue = queue('OutboundQueue', PINNED_IDS.outboundQueue, { queue: this.outboundDlq, maxReceiveCount: c.outboundMaxReceives });
+    for (const dlq of [this.inboundDlq, this.outboundDlq]) {
+      Validations.of(dlq).acknowledge({ id: 'AwsSolutions-SQS3', reason: 'This queue is itself the dead-letter queue of a work queue.' });
+    }
+
+    // Secrets are created with generated placeholder values, never with a value from the template
+    // or the repository; docs/deploy.md shows `aws secretsmanager put-secret-value` for each.
+    const secret = (sid: string, pinned: string, description: string, template?: string): secretsmanager.Secret => {
+      const s = new secretsmanager.Secret(this, sid, {
+        description: `Tomlinson ${c.stage}: ${description}`,
+        generateSecretString: template
+          ? { secretStringTemplate: template, generateStringKey: 'placeholder', excludePunctuation: true }
+          : { passwordLength: 32, excludePunctuation: true },
+        removalPolicy: retain,
+      });
+      pin(s, pinned);
+      Validations.of(s).acknowledge({
+        id: 'AwsSolutions-SMG4',
+        reason: 'Holds a certificate, a DKIM key or a third-party smarthost password: rotated by the operator with its issuer, not by a Lambda rotation schedule.',
+      });
+      return s;
+    };
+    this.tlsSecret = secret('TlsSecret', PINNED_IDS.tlsSecret, 'TLS certificate chain and key as {"cert","key"} (PEM); empty until set, the listeners then use a self-signed certificate', '{"cert":"","key":""}');
+    this.dkimSecret = secret('DkimSecret', PINNED_IDS.dkimSecret, `DKIM signing key as {"selector","privateKey"} (PEM), selector ${c.dkimSelector}`, JSON.stringify({ selector: c.dkimSelector, privateKey: '' }));
+    this.smarthostSecret = secret('SmarthostSecret', PINNED_IDS.smarthostSecret, 'smarthost password (plain string)');
+
+    const out = (oid: string, value: string, description: string): void => {
+      new CfnOutput(this, oid, { value, description });
+    };
+    for (const [name, bucket] of [['Mail', this.mailBucket], ['Cache', this.cacheBucket]] as const) {
+      new CfnOutput(this, `${name}BucketArnExport`, { value: bucket.bucketArn, exportName: this.bucketArnExport(name) });
+    }
+    out('MailBucketName', this.mailBucket.bucketName, 'TOMLINSON_MAIL_BUCKET');
+    out('CacheBucketName', this.cacheBucket.bucketName, 'TOMLINSON_CACHE_BUCKET');
+    out('TableName', this.table.tableName, 'TOMLINSON_TABLE');
+    out('InboundQueueUrl', this.inboundQueue.queueUrl, 'TOMLINSON_INBOUND_QUEUE_URL');
+    out('OutboundQueueUrl', this.outboundQueue.queueUrl, 'TOMLINSON_OUTBOUND_QUEUE_URL');
+    out('InboundDlqUrl', this.inboundDlq.queueUrl, 'TOMLINSON_INBOUND_DLQ_URL');
+    out('OutboundDlqUrl', this.outboundDlq.queueUrl, 'TOMLINSON_OUTBOUND_DLQ_URL');
+    out('TlsSecretArn', this.tlsSecret.secretArn, 'TOMLINSON_TLS_SECRET_ID');
+    out('DkimSecretArn', this.dkimSecret.secretArn, 'DKIM key secret');
+    out('SmarthostSecretArn', this.smarthostSecret.secretArn, 'TOMLINSON_SMARTHOST_SECRET_ID');
+  }
+
+  /** The export name of a bucket's ARN: fixed and readable, so that the cdk-nag acknowledgement
+   * of `<bucket ARN>/*` grants in other stacks can name it (see bucketFor). */
+  bucketArnExport(which: 'Mail' | 'Cache'): string {
+    return `${this.stackName}-${which}BucketArn`;
+  }
+
+  /** The mail or cache bucket as seen from another stack, through the fixed export above; grant on
+   * this one there. */
+  bucketFor(scope: Construct, which: 'Mail' | 'Cache'): s3.IBucket {
+    const own = which === 'Mail' ? this.mailBucket : this.cacheBucket;
+    return s3.Bucket.fromBucketAttributes(scope, `${which}BucketRef`, {
+      bucketArn: Fn.importValue(this.bucketArnExport(which)),
+      bucketName: own.bucketName,
+      encryptionKey: which === 'Mail' ? this.mailKey : undefined,
+    });
+  }
+
+  /** The environment variables (core/config.ts SETTINGS) that point the aws adapters at this
+   * stack's resources; generated names only. */
+  storageEnvironment(): Record<string, string> {
+    return {
+      TOMLINSON_STORAGE: 'aws',
+      TOMLINSON_MAIL_BUCKET: this.mailBucket.bucketName,
+      TOMLINSON_CACHE_BUCKET: this.cacheBucket.bucketName,
+      TOMLINSON_TABLE: this.table.tableName,
+      TOMLINSON_INBOUND_QUEUE_URL: this.inboundQueue.queueUrl,
+      TOMLINSON_OUTBOUND_QUEUE_URL: this.outboundQueue.queueUrl,
+      TOMLINSON_INBOUND_DLQ_URL: this.inboundDlq.queueUrl,
+      TOMLINSON_OUTBOUND_DLQ_URL: this.outboundDlq.queueUrl,
+    };
+  }
+}
