@@ -17,10 +17,9 @@
  * as `%2E`, so no key can reach `.tmp` or collide with a folder.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, type ReadStream } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { Logger } from '../../log.js';
 import {
   ConditionFailed,
@@ -387,15 +386,12 @@ export class FsBlobs implements Blobs {
       start = r.start;
       end = last;
     }
-    // Reading through the handle we opened keeps the body consistent even if the key is replaced.
-    const body: ReadStream = fh.createReadStream({ start: header.headerLength + start, end: header.headerLength + end, autoClose: true });
-    if (end < start) {
-      // Empty object: createReadStream with end < start would read to EOF.
-      body.destroy();
-      await fh.close().catch(() => undefined);
-      const { Readable } = await import('node:stream');
+    if (header.size === 0) {
+      await fh.close();
       return { info, body: Readable.from([]) };
     }
+    // Reading through the handle we opened keeps the body consistent even if the key is replaced.
+    const body = fh.createReadStream({ start: header.headerLength + start, end: header.headerLength + end, autoClose: true });
     return { info, body };
   }
 
