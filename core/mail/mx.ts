@@ -3,20 +3,13 @@
  * MX of RFC 7505. DNS goes through a small interface so that the resolver (servers, timeout) is
  * chosen at the edge and tests point it at their own DNS server on 127.0.0.1.
  */
-import { Resolver } from 'node:dns/promises';
+import type { DnsResolver, MxRecord } from '../dns.js';
 
-/** One MX record. */
-export interface MxRecord {
-  exchange: string;
-  priority: number;
-}
+export type { MxRecord };
 
-/** The DNS lookups MX routing needs. Each rejects with a DnsLookupError on failure. */
-export interface MxDns {
-  resolveMx(domain: string): Promise<MxRecord[]>;
-  resolve4(host: string): Promise<string[]>;
-  resolve6(host: string): Promise<string[]>;
-}
+/** The DNS lookups MX routing needs: a subset of core/dns.ts's DnsResolver. Failures reject with
+ * an error carrying node's `code` (ENOTFOUND = NXDOMAIN, ENODATA = no records, others temporary). */
+export type MxDns = Pick<DnsResolver, 'resolveMx' | 'resolve4' | 'resolve6'>;
 
 /** Why a lookup failed: the name does not exist, it has no records of the type, or DNS failed. */
 export type DnsFailure = 'nxdomain' | 'nodata' | 'temporary';
@@ -40,34 +33,12 @@ function classify(e: unknown, what: string): DnsLookupError {
   return new DnsLookupError('temporary', `${what}: DNS failure ${code ?? String(e)}`, { cause: e });
 }
 
-/** Options of the node:dns based MxDns. */
-export interface NodeDnsOptions {
-  /** Resolver addresses (`ip` or `ip:port`); empty: the system's. @default [] */
-  servers?: string[];
-  /** Per-query timeout in milliseconds. @default 2000 */
-  timeoutMs?: number;
-  /** Tries per query. @default 2 */
-  tries?: number;
-}
-
-/** An MxDns over node:dns/promises with configurable servers (until core/dns.ts is shared). */
-export function nodeMxDns(options: NodeDnsOptions = {}): MxDns {
-  const r = new Resolver({ timeout: options.timeoutMs ?? 2000, tries: options.tries ?? 2 });
-  if (options.servers?.length) r.setServers(options.servers);
-  const wrap =
-    <T>(fn: (name: string) => Promise<T>, type: string) =>
-    async (name: string): Promise<T> => {
-      try {
-        return await fn(name);
-      } catch (e) {
-        throw classify(e, `${type} ${name}`);
-      }
-    };
-  return {
-    resolveMx: wrap((n) => r.resolveMx(n), 'MX'),
-    resolve4: wrap((n) => r.resolve4(n), 'A'),
-    resolve6: wrap((n) => r.resolve6(n), 'AAAA'),
-  };
+async function lookup<T>(fn: () => Promise<T>, what: string): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    throw classify(e, what);
+  }
 }
 
 /** A host to try, in order, with its addresses. */
@@ -108,7 +79,7 @@ export function orderMx(records: MxRecord[], random: () => number = Math.random)
 }
 
 async function addressesOf(dns: MxDns, host: string): Promise<{ addresses: string[]; error?: DnsLookupError }> {
-  const [v4, v6] = await Promise.allSettled([dns.resolve4(host), dns.resolve6(host)]);
+  const [v4, v6] = await Promise.allSettled([lookup(() => dns.resolve4(host), `A ${host}`), lookup(() => dns.resolve6(host), `AAAA ${host}`)]);
   const addresses = [...(v4.status === 'fulfilled' ? v4.value : []), ...(v6.status === 'fulfilled' ? v6.value : [])];
   if (addresses.length) return { addresses };
   const errs = [v4, v6].filter((x): x is PromiseRejectedResult => x.status === 'rejected').map((x) => x.reason as DnsLookupError);
@@ -121,7 +92,7 @@ async function addressesOf(dns: MxDns, host: string): Promise<{ addresses: strin
 export async function resolveMxRoute(dns: MxDns, domain: string, options: { random?: () => number } = {}): Promise<MxRoute> {
   let records: MxRecord[];
   try {
-    records = await dns.resolveMx(domain);
+    records = await lookup(() => dns.resolveMx(domain), `MX ${domain}`);
   } catch (e) {
     const err = e as DnsLookupError;
     if (err.kind === 'nxdomain') return { kind: 'permanent', status: '5.1.2', reason: `domain ${domain} does not exist (NXDOMAIN)` };

@@ -26,7 +26,10 @@ import { done, type JobContext, type JobHandler, type JobOutcome } from '../work
 import { dkimSignatures, fileDkimKeys, noDkimKeys, secretsDkimKeys, type DkimKeySource } from './dkim.js';
 import { buildDsn, type DsnRecipientReport } from './dsn.js';
 import type { InboundJob, OutboundJob } from './jobs.js';
-import { nodeMxDns, resolveMxRoute, type MxDns } from './mx.js';
+import { resolveMxRoute, type MxDns } from './mx.js';
+import { dnsResolverFromConfig } from '../dns.js';
+import { Accounts } from '../accounts/accounts.js';
+import { MailboxStore } from '../mailbox/store.js';
 import { domainOf, isPending, OutboundStore, type MessageRecord, type RcptRecord } from './outbound-store.js';
 import { RetrySchedule } from './retry.js';
 import { deliverTransaction, type SmtpTransaction, type TlsMode, type TransactionResult } from './smtp-client.js';
@@ -95,7 +98,7 @@ export function parseSmarthost(url: string, domains: string[] = []): Smarthost {
 export function defaultOutboundDeps(config: Config): OutboundDeps {
   let smarthost: Promise<Smarthost | undefined> | undefined;
   return {
-    dns: nodeMxDns({ servers: config.smtp.dnsServers, timeoutMs: config.smtp.dnsTimeoutMs }),
+    dns: dnsResolverFromConfig(config),
     dkim: config.outbound.dkimSecretPrefix
       ? secretsDkimKeys(config.outbound.dkimSecretPrefix, { region: config.storage.aws.region || undefined })
       : fileDkimKeys(config.outbound.dkimDir || join(config.dataDir, 'dkim')),
@@ -125,13 +128,15 @@ async function secretString(id: string, region: string): Promise<string> {
   }
 }
 
-/** Local when the sender's domain is one of ours (Accounts), else remote. */
+/** Local when Accounts resolves the sender here (mailbox or alias; the inbound path expands it),
+ * unknown for a missing user in a local domain, else remote. */
 async function defaultSenderKind(address: string, storage: Storage): Promise<SenderKind> {
-  const domain = domainOf(address);
-  if (!domain) return 'unknown';
-  const item = await storage.tables.get({ pk: `DOMAIN#${domain}`, sk: 'META' });
-  return item ? 'local' : 'remote';
+  const r = await new Accounts(storage.tables).resolve(address);
+  return r.kind;
 }
+
+/** The MailboxStore blob-hold name of an outbound message. */
+export const blobHolder = (id: string) => `outbound:${id}`;
 
 const depsByContext = new WeakMap<JobContext, OutboundDeps>();
 
@@ -183,7 +188,12 @@ async function work(job: OutboundQueueBody, holder: string, ctx: JobContext, dep
   const store = new OutboundStore(ctx.storage.tables);
   const now = ctx.now();
   if (job.notBefore && Date.parse(job.notBefore) > now.getTime()) return retryAfter(Date.parse(job.notBefore) - now.getTime(), 'not before');
-  let m = await store.init(job, now);
+  let m = await store.getMessage(job.id);
+  if (!m) {
+    // The raw message must outlive mailbox deletions while we still relay it (MailboxStore holds).
+    await new MailboxStore(ctx.storage.tables, ctx.storage.mail, { now: ctx.now }).holdBlob(job.blobKey, blobHolder(job.id));
+    m = await store.init(job, now);
+  }
   if (m.status !== 'active') return done;
   if ((job.seq ?? 0) < m.seq) {
     log.debug({ seq: job.seq ?? 0, current: m.seq }, 'stale queue message dropped');
@@ -239,6 +249,7 @@ async function attempt(m: MessageRecord, job: OutboundQueueBody, holder: string,
   if (pending.length === 0) {
     await sendFailureDsn(m, rcpts, ctx, deps, store, log);
     await store.finish(m.id, 'done', m.receivedAt, ctx.now());
+    await new MailboxStore(ctx.storage.tables, ctx.storage.mail, { now: ctx.now }).releaseBlob(m.blobKey, blobHolder(m.id));
     log.info({ delivered: rcpts.filter((r) => r.state === 'delivered').length, bounced: rcpts.filter((r) => r.state === 'bounced').length }, 'message finished');
     return done;
   }
