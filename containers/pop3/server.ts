@@ -29,6 +29,8 @@ export interface Pop3ServerOptions {
   tls?: TlsProvider;
   /** How long a TLS handshake may take. @default 30000 */
   handshakeTimeoutMs?: number;
+  /** Implicit-TLS port instead of config.pop3.tlsPort; here 0 means an ephemeral port (tests). */
+  tlsPort?: number;
 }
 
 /** Client input buffered while a command runs before we stop reading the socket. */
@@ -366,11 +368,12 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
   try {
     const plain = net.createServer((s) => accept(s, false));
     await listen('pop3', plain, cfg.port);
-    if (cfg.tlsPort !== 0 || options.tls) {
+    const tlsPort = options.tlsPort ?? cfg.tlsPort;
+    if (tlsPort !== 0 || options.tlsPort === 0) {
       const secure = tls.createServer({ ...tlsProvider.options(), handshakeTimeout: shared.handshakeMs }, (s) => accept(s, true));
       detachers.push(tlsProvider.attach(secure));
       secure.on('tlsClientError', (e) => log.debug({ err: e.message }, 'pop3s handshake failed'));
-      if (cfg.tlsPort !== 0) await listen('pop3s', secure, cfg.tlsPort);
+      await listen('pop3s', secure, tlsPort);
     }
   } catch (e) {
     for (const s of servers) s.server.close();
