@@ -71,6 +71,8 @@ export interface DeliveryInput {
   size: number;
   receivedAt: string;
   summary: Record<string, AttrValue>;
+  /** Lifetime of this delivery's idempotency marker; 0 keeps it for good (imports). @default the store's */
+  markerTtlSeconds?: number;
 }
 
 /** Options of the store. */
@@ -171,7 +173,7 @@ export class MailboxStore {
           put: { ...mailboxKeys.message(user, uid), uid, blobKey: m.blobKey, size: m.size, receivedAt: m.receivedAt, summary: m.summary, flags: [], jobId: m.jobId },
           condition: { exists: false },
         },
-        { put: { ...mailboxKeys.marker(m.jobId, user), uid, ttl: this.epoch() + this.markerTtl }, condition: { exists: false } },
+        { put: this.markerItem(m, user, uid), condition: { exists: false } },
         { update: mailboxKeys.blobRef(m.blobKey), changes: { add: { refs: 1 } } },
       ];
       try {
@@ -184,6 +186,17 @@ export class MailboxStore {
     }
   }
 
+  private markerItem(m: DeliveryInput, user: string, uid: number): Item {
+    const ttl = m.markerTtlSeconds ?? this.markerTtl;
+    return ttl > 0 ? { ...mailboxKeys.marker(m.jobId, user), uid, ttl: this.epoch() + ttl } : { ...mailboxKeys.marker(m.jobId, user), uid };
+  }
+
+  /** The uid an earlier deliver of (jobId, user) got, or undefined. */
+  async delivered(jobId: string, user: string): Promise<number | undefined> {
+    const marker = await this.tables.get(mailboxKeys.marker(jobId, user));
+    return marker ? Number(marker.uid) : undefined;
+  }
+
   /** The mailbox counters (the mailbox is created empty on first use). */
   async meta(user: string): Promise<MailboxMeta> {
     return toMeta(await this.ensureMeta(user));
@@ -192,13 +205,18 @@ export class MailboxStore {
   /** Every message in UID order (pages through the partition). */
   async list(user: string): Promise<MessageEntry[]> {
     const out: MessageEntry[] = [];
+    for await (const e of this.entries(user)) out.push(e);
+    return out;
+  }
+
+  /** Every message in UID order, a page at a time (memory bounded for big mailboxes). */
+  async *entries(user: string): AsyncGenerator<MessageEntry> {
     let cursor: string | undefined;
     do {
       const page = await this.tables.query(`MBX#${user}`, { range: { beginsWith: 'UID#' }, limit: 500, cursor });
-      for (const item of page.items) out.push(toEntry(item));
+      for (const item of page.items) yield toEntry(item);
       cursor = page.cursor;
     } while (cursor);
-    return out;
   }
 
   /** The newest `limit` messages, newest first. */
