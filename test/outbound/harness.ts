@@ -95,8 +95,8 @@ export interface TestEnv {
 }
 
 /** Opens local storage in a temporary folder with `env` settings (names as in core/config.ts). */
-export async function openEnv(env: Record<string, string>, clock = new TestClock()): Promise<TestEnv> {
-  const dataDir = await mkdtemp(join(tmpdir(), 'tomlinson-outbound-'));
+export async function openEnv(env: Record<string, string>, clock = new TestClock(), existingDir?: string): Promise<TestEnv> {
+  const dataDir = existingDir ?? (await mkdtemp(join(tmpdir(), 'tomlinson-outbound-')));
   const config = loadConfig({ TOMLINSON_DATA_DIR: dataDir, TOMLINSON_HOSTNAME: 'mx.tomlinson.test', TOMLINSON_LOG_LEVEL: 'silent', ...env });
   const storage = await openLocalStorage(config, silentLogger, { now: () => clock.ms, purgeIntervalMs: 0 });
   const ctx: JobContext = { config, storage, log: silentLogger, now: clock.now };
@@ -107,7 +107,7 @@ export async function openEnv(env: Record<string, string>, clock = new TestClock
     ctx,
     async close() {
       await storage.close();
-      await rm(dataDir, { recursive: true, force: true });
+      if (!existingDir) await rm(dataDir, { recursive: true, force: true });
     },
   };
 }
