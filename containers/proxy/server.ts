@@ -469,7 +469,8 @@ class CachingProxy {
     const cl = rh['content-length'] === undefined ? undefined : Number(headerString(rh['content-length']));
     if (cl !== undefined && (!Number.isFinite(cl) || cl > this.cfg.maxObjectBytes)) return undefined;
     if (rh['content-range'] !== undefined) return undefined;
-    const policy = this.store.policy({ url, method: 'GET', headers: this.policyRequestHeaders(req, names) }, { status, headers: rh as CachePolicy.Headers });
+    // The policy keeps its own copy: the proxy adds Via and Cache-Status to `rh` for this client only.
+    const policy = this.store.policy({ url, method: 'GET', headers: this.policyRequestHeaders(req, names) }, { status, headers: { ...rh } as CachePolicy.Headers });
     if (!policy.storable()) return undefined;
     return { policy, names, variant: variantKey(names, req.headers), length: cl };
   }
@@ -500,8 +501,8 @@ class CachingProxy {
     if (status === 304) {
       const rh = responseHeaders(resp.headers);
       await resp.body.dump().catch(() => undefined);
-      const r = obj.policy.revalidatedPolicy(evalReq, { status, headers: rh as CachePolicy.Headers });
-      if (!r.modified) {
+      const r = obj.policy.revalidatedPolicy(evalReq, { status, headers: this.validated(obj, rh) });
+      if (!r.modified && r.matches) {
         this.store.refresh(obj, r.policy);
         return this.serveStored(req, res, obj, `${NAME}; fwd=stale; fwd-status=304`, 'revalidated');
       }
@@ -514,8 +515,28 @@ class CachingProxy {
     return this.deliver(req, res, obj.url, resp, 'stale', 'miss', () => undefined);
   }
 
+  /**
+   * The 304's fields for selecting the stored response (RFC 9111 §4.3.4). Many origins send a 304
+   * without ETag or Last-Modified; since our request was conditional on exactly the stored
+   * validators, such a 304 is about the stored response, so it is given those validators.
+   */
+  private validated(obj: CachedObject, rh: Record<string, string | string[]>): CachePolicy.Headers {
+    const h: CachePolicy.Headers = { ...rh };
+    if (h.etag === undefined && h['last-modified'] === undefined) {
+      const etag = obj.etag;
+      const lm = obj.header('last-modified');
+      if (etag) h.etag = etag;
+      else if (lm) h['last-modified'] = lm;
+    }
+    return h;
+  }
+
   /** RFC 5861 §4: may the stale entry answer because the origin failed? (asked of the library) */
   private staleIfError(obj: CachedObject, evalReq: CachePolicy.HttpRequest, status: number | undefined): boolean {
+    // RFC 9111 §5.2.2.2: with must-revalidate (or proxy-revalidate, §5.2.2.8) a cache that cannot
+    // reach the origin MUST answer with an error, whatever stale-if-error says.
+    const cc = obj.header('cache-control') ?? '';
+    if (/(^|,)\s*(must|proxy)-revalidate\s*(,|$)/i.test(cc)) return false;
     try {
       const r = obj.policy.revalidatedPolicy(evalReq, status === undefined ? undefined : { status, headers: {} });
       return !r.modified && r.policy === obj.policy;
@@ -547,8 +568,8 @@ class CachingProxy {
         const rh = responseHeaders(resp.headers);
         if (resp.statusCode === 304) {
           await resp.body.dump();
-          const r = obj.policy.revalidatedPolicy(evalReq, { status: 304, headers: rh as CachePolicy.Headers });
-          if (!r.modified) this.store.refresh(obj, r.policy);
+          const r = obj.policy.revalidatedPolicy(evalReq, { status: 304, headers: this.validated(obj, rh) });
+          if (!r.modified && r.matches) this.store.refresh(obj, r.policy);
           return;
         }
         const policy = this.store.policy({ url: obj.url, method: 'GET', headers: { host: target.host } }, { status: resp.statusCode, headers: rh as CachePolicy.Headers });

@@ -288,7 +288,7 @@ export class CacheStore {
     const pk = entryPk(url);
     const { items } = await this.tables.query(pk, { range: { beginsWith: 'VARY#' }, limit: 1000 });
     let inTables = 0;
-    for (const item of items) if (await this.deleteEntry(pk, String(item.sk))) inTables++;
+    for (const item of items) if ((await this.deleteEntry(pk, String(item.sk))) !== undefined) inTables++;
     return Math.max(inMemory, inTables);
   }
 
@@ -412,24 +412,29 @@ export class CacheStore {
   async evict(): Promise<number> {
     let removed = 0;
     for (let round = 0; round < 1000; round++) {
-      const { bytes } = await this.totals();
+      let { bytes } = await this.totals();
       if (bytes <= this.cacheBytes) break;
       const { items } = await this.tables.query(LRU_PK, { limit: 16 });
       if (items.length === 0) break;
       for (const idx of items) {
-        if (await this.deleteEntry(String(idx.epk), String(idx.esk), idx.sk)) removed++;
-        else await this.tables.delete({ pk: LRU_PK, sk: idx.sk }).catch(() => undefined);
+        if (bytes <= this.cacheBytes) break;
+        const size = await this.deleteEntry(String(idx.epk), String(idx.esk), idx.sk);
+        if (size !== undefined) {
+          removed++;
+          bytes -= size;
+        } else await this.tables.delete({ pk: LRU_PK, sk: idx.sk }).catch(() => undefined);
       }
     }
     return removed;
   }
 
-  /** Deletes one entry record, its LRU item and its blob; false if it was gone or changed. */
-  private async deleteEntry(pk: string, sk: string, expectLru?: string): Promise<boolean> {
+  /** Deletes one entry record, its LRU item and its blob; returns its size, or undefined if it
+   * was gone or changed meanwhile. */
+  private async deleteEntry(pk: string, sk: string, expectLru?: string): Promise<number | undefined> {
     const item = await this.tables.get({ pk, sk });
-    if (!item) return false;
+    if (!item) return undefined;
     const lru = typeof item.lru === 'string' ? item.lru : '';
-    if (expectLru !== undefined && lru !== expectLru) return false;
+    if (expectLru !== undefined && lru !== expectLru) return undefined;
     const ops: TransactOp[] = [
       { delete: { pk, sk }, condition: { equals: { lru } } },
       { update: { pk: STATS_PK, sk: 'STORE' }, changes: { add: { bytes: -Number(item.size ?? 0), objects: -1 } } },
@@ -438,11 +443,11 @@ export class CacheStore {
     try {
       await this.tables.transact(ops);
     } catch (e) {
-      if (isStorageError(e, 'ConditionFailed')) return false;
+      if (isStorageError(e, 'ConditionFailed')) return undefined;
       throw e;
     }
     if (typeof item.blobKey === 'string' && item.blobKey) await this.blobs.delete(item.blobKey).catch(() => undefined);
-    return true;
+    return Number(item.size ?? 0);
   }
 }
 
