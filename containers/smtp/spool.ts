@@ -1,0 +1,249 @@
+/**
+ * Where an accepted message goes between the first content octet and `250`: the raw message (with
+ * our Received header, and on the MX listener the Authentication-Results) made durable in the mail
+ * blobs, then its InboundJob sent to the `inbound` queue (DESIGN.md invariants: the 250 rule).
+ *
+ * Small messages (the common case) are collected in memory up to `inlineBytes` and written with one
+ * put; larger ones are streamed into the blob as they arrive, so memory stays bounded whatever the
+ * size. On the MX listener the SPF/DKIM/DMARC result must be a header at the top of the stored
+ * message but is only known once the whole message has been read, so a large MX message is first
+ * streamed to a spool key, checked from there, and copied once to its final key.
+ */
+import { randomBytes } from 'node:crypto';
+import { PassThrough, Readable } from 'node:stream';
+import type { Logger } from '../../core/log.js';
+import { checkMessageAuth } from '../../core/mail/auth-results.js';
+import type { InboundJob } from '../../core/mail/jobs.js';
+import { buildReceived } from '../../core/mail/received.js';
+import type { DnsResolver } from '../../core/dns.js';
+import type { Metrics } from '../../core/metrics.js';
+import { isStorageError, type BlobInfo, type Storage } from '../../core/storage/ports.js';
+import { ReplyError } from './protocol/command.js';
+import type { DataStats } from './protocol/reader.js';
+import type { MessageSink, SessionInfo, Transaction } from './session.js';
+
+/** What a spool needs from the listener. */
+export interface SpoolDeps {
+  storage: Storage;
+  log: Logger;
+  metrics?: Metrics;
+  hostname: string;
+  maxMessageBytes: number;
+  /** Run SPF/DKIM/DMARC (MX listener, unauthenticated sessions). */
+  checkAuth: boolean;
+  resolver?: DnsResolver;
+  /** Messages up to this size are collected in memory and stored with one put. @default 262144 */
+  inlineBytes?: number;
+  /** @default () => new Date() */
+  now?: () => Date;
+}
+
+/** A time-ordered, unguessable queue id: 9 base-36 time characters and 12 hex random ones. */
+export function newQueueId(now: Date): string {
+  return now.getTime().toString(36).padStart(9, '0') + randomBytes(6).toString('hex');
+}
+
+/** The blob key of an accepted message. */
+export function messageKey(id: string, now: Date): string {
+  const d = now.toISOString().slice(0, 10).replace(/-/g, '');
+  return `in/${d}/${id}.eml`;
+}
+
+/** Stores one message; see the file comment. */
+export class StorageSink implements MessageSink {
+  readonly id: string;
+  private readonly key: string;
+  private readonly received: Buffer;
+  private readonly inlineBytes: number;
+  private readonly receivedAt: Date;
+  private chunks: Buffer[] = [];
+  private bytes = 0;
+  private stream?: { body: PassThrough; key: string; put: Promise<BlobInfo> };
+  private aborted = false;
+
+  constructor(
+    private readonly deps: SpoolDeps,
+    private readonly tx: Transaction,
+    private readonly session: SessionInfo,
+  ) {
+    this.receivedAt = (deps.now ?? (() => new Date()))();
+    this.id = newQueueId(this.receivedAt);
+    this.key = messageKey(this.id, this.receivedAt);
+    this.inlineBytes = deps.inlineBytes ?? 256 * 1024;
+    this.received = Buffer.from(
+      buildReceived({
+        helo: session.helo ?? '',
+        clientAddress: session.clientAddress,
+        hostname: deps.hostname,
+        esmtp: session.esmtp,
+        tls: session.tls,
+        authUser: session.authUser,
+        smtputf8: tx.smtputf8,
+        id: this.id,
+        rcpts: tx.rcpts.map((r) => r.address),
+        date: this.receivedAt,
+      }),
+      'utf8',
+    );
+  }
+
+  private get needsAuthCheck(): boolean {
+    return this.deps.checkAuth && this.session.listener === 'mx' && !this.session.authUser && this.deps.resolver !== undefined;
+  }
+
+  write(chunk: Buffer): void | Promise<void> {
+    if (this.aborted) return;
+    if (!this.stream) {
+      if (this.bytes + chunk.length <= this.inlineBytes) {
+        // Socket chunks are never reused by node, so keeping a view is safe.
+        this.chunks.push(chunk);
+        this.bytes += chunk.length;
+        return;
+      }
+      this.startStream();
+    }
+    this.bytes += chunk.length;
+    const s = this.stream!;
+    if (!s.body.write(chunk)) {
+      return new Promise<void>((resolve, reject) => {
+        const onDrain = () => {
+          s.body.off('error', onError);
+          s.put.catch(() => undefined);
+          resolve();
+        };
+        const onError = (e: Error) => {
+          s.body.off('drain', onDrain);
+          reject(e);
+        };
+        s.body.once('drain', onDrain);
+        s.body.once('error', onError);
+        // A put that fails stops reading the body: surface that instead of waiting forever.
+        s.put.catch(reject);
+      });
+    }
+  }
+
+  private startStream(): void {
+    const spool = this.needsAuthCheck;
+    const key = spool ? `spool/${this.id}` : this.key;
+    const body = new PassThrough({ highWaterMark: 256 * 1024 });
+    const maxBytes = this.deps.maxMessageBytes + this.received.length + 64 * 1024;
+    const put = this.deps.storage.mail.put(key, body, { maxBytes, ifAbsent: true, contentType: 'message/rfc822' });
+    put.catch(() => undefined);
+    if (!spool) body.write(this.received);
+    for (const c of this.chunks) body.write(c);
+    this.chunks = [];
+    this.stream = { body, key, put };
+  }
+
+  async finish(stats: DataStats): Promise<void> {
+    const started = performance.now();
+    let info: BlobInfo;
+    try {
+      info = this.stream ? await this.finishStream() : await this.finishInline();
+    } catch (e) {
+      this.deps.metrics?.messages.inc({ stage: 'smtp', outcome: e instanceof ReplyError ? 'rejected' : 'tempfail' });
+      if (!(e instanceof ReplyError)) this.deps.log.warn({ err: e, id: this.id }, 'storing the message failed; 451');
+      throw e;
+    }
+    const job: InboundJob = {
+      v: 1,
+      id: this.id,
+      blobKey: this.key,
+      size: info.size,
+      ...(info.sha256 ? { sha256: info.sha256 } : {}),
+      from: this.tx.from,
+      rcpts: this.tx.rcpts,
+      ...(this.tx.dsn.ret || this.tx.dsn.envid ? { dsn: this.tx.dsn } : {}),
+      receivedAt: this.receivedAt.toISOString(),
+      client: {
+        address: this.session.clientAddress,
+        helo: this.session.helo ?? '',
+        ...(this.session.tls ? { tls: this.session.tls.version } : {}),
+        ...(this.session.authUser ? { authUser: this.session.authUser } : {}),
+      },
+      listener: this.session.listener,
+      ...(this.tx.smtputf8 ? { smtputf8: true } : {}),
+      ...(this.tx.body === '8BITMIME' || stats.eightBit ? { body8bit: true } : {}),
+    };
+    try {
+      await this.deps.storage.queues.send('inbound', JSON.stringify(job));
+    } catch (e) {
+      // Not queued: nothing will ever deliver this blob, so remove it (best effort) and say 451.
+      this.deps.log.warn({ err: e, id: this.id }, 'queueing the message failed; 451');
+      this.deps.metrics?.messages.inc({ stage: 'smtp', outcome: 'tempfail' });
+      await this.deps.storage.mail.delete(this.key).catch(() => undefined);
+      throw e;
+    }
+    this.deps.metrics?.messages.inc({ stage: 'smtp', outcome: 'accepted' });
+    this.deps.log.info(
+      { id: this.id, listener: this.session.listener, from: this.tx.from, rcpts: this.tx.rcpts.length, size: info.size, ms: Math.round(performance.now() - started) },
+      'message accepted',
+    );
+  }
+
+  private async finishInline(): Promise<BlobInfo> {
+    const content = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
+    this.chunks = [];
+    let auth = '';
+    if (this.needsAuthCheck) auth = await this.checkAuth(content);
+    const body = auth ? Buffer.concat([this.received, Buffer.from(auth, 'utf8'), content]) : Buffer.concat([this.received, content]);
+    return this.deps.storage.mail.put(this.key, body, { ifAbsent: true, contentType: 'message/rfc822' });
+  }
+
+  private async finishStream(): Promise<BlobInfo> {
+    const s = this.stream!;
+    s.body.end();
+    const spooled = await s.put;
+    if (s.key === this.key) return spooled;
+    // MX, large: check from the spool, then write the final blob with the headers on top.
+    try {
+      const { body } = await this.deps.storage.mail.get(s.key);
+      const auth = await this.checkAuth(body);
+      const { body: again } = await this.deps.storage.mail.get(s.key);
+      const headers = Buffer.from(this.received.toString('utf8') + auth, 'utf8');
+      const final = Readable.from(prepend(headers, again));
+      return await this.deps.storage.mail.put(this.key, final, { ifAbsent: true, contentType: 'message/rfc822' });
+    } finally {
+      await this.deps.storage.mail.delete(s.key).catch(() => undefined);
+    }
+  }
+
+  private async checkAuth(message: Buffer | Readable): Promise<string> {
+    const r = await checkMessageAuth(message, {
+      ip: this.session.clientAddress,
+      helo: this.session.helo ?? '',
+      sender: this.tx.from,
+      mta: this.deps.hostname,
+      resolver: this.deps.resolver!,
+    });
+    if (r.dmarcReject) {
+      this.deps.log.info({ id: this.id, from: this.tx.from, spf: r.spf, dkim: r.dkim }, 'DMARC policy reject');
+      // RFC 7489 §6.6.4 / §7.3: reject at the SMTP level with 550 5.7.1.
+      throw new ReplyError(550, '5.7.1', 'Rejected by DMARC policy of the sender domain');
+    }
+    return r.headers;
+  }
+
+  abort(reason: string): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.chunks = [];
+    const s = this.stream;
+    if (s) {
+      s.body.destroy(new Error(`aborted: ${reason}`));
+      // If the put won the race anyway, remove what it stored.
+      s.put.then(
+        () => this.deps.storage.mail.delete(s.key).catch(() => undefined),
+        (e) => {
+          if (!isStorageError(e) && !(e instanceof Error)) this.deps.log.debug({ id: this.id }, 'aborted put');
+        },
+      );
+    }
+  }
+}
+
+async function* prepend(head: Buffer, rest: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  yield head;
+  yield* rest;
+}
