@@ -5,7 +5,7 @@
  * Lambda. Every step is idempotent on the job id, because queues deliver at least once.
  */
 import { Accounts } from '../accounts/accounts.js';
-import { MailboxStore } from '../mailbox/store.js';
+import { MailboxStore, NoSuchMailbox, QuotaExceeded } from '../mailbox/store.js';
 import { isStorageError, type AttrValue } from '../storage/ports.js';
 import { done, type JobContext, type JobHandler, type JobMeta, type JobOutcome } from '../workers/job.js';
 import type { DsnRecipient, InboundJob, OutboundJob } from './jobs.js';
@@ -103,7 +103,11 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
         log.info({ user, uid: r.uid, duplicate: r.duplicate }, 'delivered');
         if (!r.duplicate) ctx.metrics?.messages.inc({ stage: 'inbound', outcome: 'delivered' });
       } catch (e) {
-        if (isQuotaExceeded(e)) {
+        if (e instanceof NoSuchMailbox) {
+          log.warn({ user }, 'user removed since the message was accepted; not delivered to it');
+          continue;
+        }
+        if (e instanceof QuotaExceeded) {
           const age = ctx.now().getTime() - Date.parse(job.receivedAt);
           if (age < QUOTA_RETRY_WINDOW_MS) {
             quotaWait = true;
@@ -129,10 +133,6 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
 async function summarize(job: InboundJob, ctx: JobContext): Promise<Record<string, AttrValue>> {
   const { body } = await ctx.storage.mail.get(job.blobKey);
   return summarizeMessage(body);
-}
-
-function isQuotaExceeded(e: unknown): boolean {
-  return e instanceof Error && (e.name === 'QuotaExceeded' || e.constructor.name === 'QuotaExceeded');
 }
 
 /**
