@@ -7,9 +7,10 @@
  * part of the environment is also set on process.env until stop() (vitest runs each test file
  * in its own process, so this does not leak between files).
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
 import { ensureAwsResources } from '../../scripts/aws-resources.js';
 
 /** What to start. */
@@ -34,11 +35,14 @@ export interface AwsTestBackend {
   stop(): Promise<void>;
 }
 
-/** The moto version in python3, or undefined when python3 or moto's server is missing. */
-export function motoVersion(): string | undefined {
-  const r = spawnSync('python3', ['-c', 'import moto, moto.server, flask; print(moto.__version__)'], { encoding: 'utf8', timeout: 30_000 });
-  return r.status === 0 ? r.stdout.trim() : undefined;
-}
+const MISSING =
+  'The aws storage tests need moto\'s server (moto >= 5, with flask and flask-cors) importable by python3 on PATH. ' +
+  'It ships in this project\'s machine image; Debian 12 does not package moto, so elsewhere install it with pip ' +
+  '(pip install "moto[server]>=5.2"), or run the suite against LocalStack or an account with ' +
+  'TOMLINSON_CONTRACT_AWS=external (see README.md).';
+
+/** moto.server with its check-then-write races closed (see the file's docstring). */
+const MOTO_MAIN = fileURLToPath(new URL('./aws-moto-server.py', import.meta.url));
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -55,7 +59,7 @@ async function freePort(): Promise<number> {
 async function waitReady(child: ChildProcess, url: string, output: () => string): Promise<void> {
   const deadline = Date.now() + 20_000;
   while (Date.now() < deadline) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`moto server exited (${child.exitCode ?? child.signalCode}):\n${output()}`);
+    if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) throw new Error(`moto server exited (${child.exitCode ?? child.signalCode}):\n${output()}`);
     try {
       const res = await fetch(url, { signal: AbortSignal.timeout(1_000) });
       await res.arrayBuffer();
@@ -69,7 +73,8 @@ async function waitReady(child: ChildProcess, url: string, output: () => string)
 }
 
 async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
+  // pid is undefined when spawning failed (no python3): nothing runs, no 'exit' will come.
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   child.kill('SIGTERM');
   const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
@@ -78,26 +83,18 @@ async function stopChild(child: ChildProcess): Promise<void> {
 }
 
 /**
- * Starts `python3 -m moto.server -H 127.0.0.1 -p PORT` and creates the resources. Throws with
- * what to install when moto is missing.
+ * Starts moto's server (`python3 -m moto.server -H 127.0.0.1 -p PORT`, through aws-moto-server.py)
+ * and creates the resources. Throws with what to install when python3 or moto is missing.
  */
 export async function startMoto(options: MotoOptions = {}): Promise<AwsTestBackend> {
   const say = options.say ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const version = motoVersion();
-  if (!version) {
-    throw new Error(
-      'The aws storage tests need moto\'s server in python3 (moto >= 5 with its server extra: flask, flask-cors). ' +
-        'On Debian: apt-get install -y python3-moto python3-flask python3-flask-cors; or point the AWS variables at ' +
-        'LocalStack and set TOMLINSON_CONTRACT_AWS=external (see README.md).',
-    );
-  }
   let child: ChildProcess | undefined;
   let port = 0;
   let output = '';
   for (let attempt = 0; attempt < 3 && !child; attempt++) {
     port = await freePort();
     output = '';
-    const c = spawn('python3', ['-m', 'moto.server', '-H', '127.0.0.1', '-p', String(port)], {
+    const c = spawn('python3', [MOTO_MAIN, '-H', '127.0.0.1', '-p', String(port)], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, PYTHONUNBUFFERED: '1' },
     });
@@ -107,17 +104,19 @@ export async function startMoto(options: MotoOptions = {}): Promise<AwsTestBacke
     };
     c.stdout!.on('data', keep);
     c.stderr!.on('data', keep);
+    c.once('error', (e) => keep(Buffer.from(`${e.message}\n`)));
     try {
       await waitReady(c, `http://127.0.0.1:${port}/moto-api/`, () => output);
       child = c;
     } catch (e) {
       await stopChild(c);
+      if (/No module named|ENOENT/.test(output)) throw new Error(MISSING + `\n${output}`);
       // Someone took the port between our probe and moto's bind: try another one.
       if (attempt === 2 || !/in use/i.test(output)) throw e;
     }
   }
   const endpoint = `http://127.0.0.1:${port}`;
-  const emulator = `moto ${version}`;
+  const emulator = /^moto [\d.]+\S*/m.exec(output)?.[0] ?? 'moto';
   say(`[aws-harness] using ${emulator} server at ${endpoint} (pid ${child!.pid})`);
   const killOnExit = () => child?.kill('SIGKILL');
   process.once('exit', killOnExit);

@@ -397,9 +397,11 @@ class Expr {
     };
   }
 
+  /** Parts joined by AND; DynamoDB refuses redundant parentheses, so a lone part stays bare. */
   and(...parts: (string | undefined)[]): string | undefined {
     const p = parts.filter((x): x is string => !!x);
-    return p.length ? p.map((x) => `(${x})`).join(' AND ') : undefined;
+    if (p.length <= 1) return p[0];
+    return p.map((x) => `(${x})`).join(' AND ');
   }
 
   live(): string {
@@ -467,10 +469,12 @@ class Expr {
   /** The key condition for a query, or undefined when the range is empty by construction. */
   keyCondition(pk: string, r: SortRange): string | undefined {
     const base = `${this.name('pk')} = ${this.value(pk)}`;
-    const sk = this.name('sk');
-    if (r.beginsWith !== undefined && r.beginsWith !== '') return `${base} AND begins_with(${sk}, ${this.value(r.beginsWith)})`;
     const lower = pick(r.gte, r.gt, 1);
     const upper = pick(r.lte, r.lt, -1);
+    const prefix = r.beginsWith !== undefined && r.beginsWith !== '';
+    // DynamoDB refuses placeholders an expression does not use, so name sk only when needed.
+    const sk = prefix || lower || upper ? this.name('sk') : '';
+    if (prefix) return `${base} AND begins_with(${sk}, ${this.value(r.beginsWith!)})`;
     if (lower && upper) {
       if (cmp(lower.v, upper.v) > 0) return undefined;
       // BETWEEN is inclusive; rangeTest drops the excluded endpoints afterwards.
