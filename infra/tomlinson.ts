@@ -6,7 +6,7 @@ import { Duration, Tags, type App, type Environment } from 'aws-cdk-lib';
 import type * as ecs from 'aws-cdk-lib/aws-ecs';
 import type * as ec2 from 'aws-cdk-lib/aws-ec2';
 import type { StageConfig } from './config.js';
-import { DnsStack } from './stacks/dns.js';
+import { DnsStack, addDnsOutputs } from './stacks/dns.js';
 import { ListenersStack } from './stacks/listeners.js';
 import { MonitoringStack } from './stacks/monitoring.js';
 import { ProcessingStack } from './stacks/processing.js';
@@ -33,7 +33,8 @@ export interface TomlinsonStacks {
   monitoring?: MonitoringStack;
 }
 
-/** Adds the stacks `Tomlinson-<stage>-{State,Processing,Listeners,Dns,Monitoring}` to `app`. */
+/** Adds the stacks `Tomlinson-<stage>-{State,Processing,Listeners,Dns,Monitoring}` to `app` (Dns only
+ * with a hosted zone). */
 export function buildTomlinson(app: App, c: StageConfig, options: BuildOptions): TomlinsonStacks {
   const env: Environment | undefined = c.env;
   const name = (role: string): string => `Tomlinson-${c.stage}-${role}`;
@@ -53,13 +54,11 @@ export function buildTomlinson(app: App, c: StageConfig, options: BuildOptions):
       .map((s) => s.node.tryFindChild('EIP') as ec2.CfnEIP | undefined)
       .filter((e): e is ec2.CfnEIP => e !== undefined)
       .map((e) => e.ref);
-    out.dns = new DnsStack(app, name('Dns'), {
-      ...base,
-      stackName: name('Dns'),
-      config: c,
-      publicAddresses: out.listeners.addresses.map((a) => a.ref),
-      outboundAddresses: natAddresses,
-    });
+    const publicAddresses = out.listeners.addresses.map((a) => a.ref);
+    addDnsOutputs(out.listeners, c, publicAddresses, natAddresses);
+    if (c.hostedZone) {
+      out.dns = new DnsStack(app, name('Dns'), { ...base, stackName: name('Dns'), config: c, publicAddresses, outboundAddresses: natAddresses });
+    }
   }
   if (options.monitoring ?? true) {
     out.monitoring = new MonitoringStack(app, name('Monitoring'), { ...base, stackName: name('Monitoring'), config: c, state, processing, listeners: out.listeners });

@@ -1,13 +1,14 @@
 /**
- * The DNS stack: with a Route 53 hosted zone it writes the mail host's A record, the MX record,
- * SPF and DMARC TXT records of each domain in the zone; without one (and for the DKIM key, whose
- * public half only exists once the key is generated) a stack output lists the exact records to
- * create at the user's DNS provider. PTR records cannot be made here: AWS sets reverse DNS for an
- * Elastic IP on request (docs/deploy.md).
+ * DNS: with a Route 53 hosted zone the DNS stack writes the mail host's A record, the MX record,
+ * SPF and DMARC TXT records of each domain in the zone. Either way `addDnsOutputs` lists the exact
+ * records (DKIM too, whose public half only exists once the key is set) for the user's DNS
+ * provider. PTR records cannot be made here: AWS sets reverse DNS for an Elastic IP on request
+ * (docs/deploy.md).
  */
 import { CfnOutput, Duration, Fn, Stack, type StackProps } from 'aws-cdk-lib';
 import * as route53 from 'aws-cdk-lib/aws-route53';
 import type { Construct } from 'constructs';
+import type { Stack as StackType } from 'aws-cdk-lib';
 import type { StageConfig } from '../config.js';
 
 /** Props of DnsStack. */
@@ -52,12 +53,24 @@ function inZone(name: string, zone: string): boolean {
   return n === z || n.endsWith(`.${z}`);
 }
 
-/** Records in Route 53 (when a zone is configured) and the full list as an output. */
+/** Adds the `DnsRecords` and `ReverseDns` outputs to `stack`. */
+export function addDnsOutputs(stack: StackType, c: StageConfig, publicAddresses: string[], outboundAddresses: string[]): void {
+  const records = dnsRecords(c, publicAddresses, outboundAddresses);
+  new CfnOutput(stack, 'DnsRecords', {
+    description: c.hostedZone ? 'Records (A, MX, SPF, DMARC are written to Route 53; add DKIM yourself)' : 'Records to create at your DNS provider',
+    value: Fn.join(' | ', records.map((r) => Fn.join('', [r.name, ' ', r.type, ' ', r.value]))),
+  });
+  new CfnOutput(stack, 'ReverseDns', {
+    description: 'Ask AWS to set these PTR records (EC2 console: Elastic IPs, Update reverse DNS)',
+    value: Fn.join(' | ', [...publicAddresses, ...(c.outbound === 'direct' ? outboundAddresses : [])].map((ip) => Fn.join('', [ip, ' PTR ', c.mailHostname]))),
+  });
+}
+
+/** Records in the configured Route 53 zone (only built when `hostedZone` is set). */
 export class DnsStack extends Stack {
   constructor(scope: Construct, id: string, props: DnsStackProps) {
     super(scope, id, props);
     const c = props.config;
-    const records = dnsRecords(c, props.publicAddresses, props.outboundAddresses);
     const ttl = Duration.hours(1);
 
     if (c.hostedZone) {
@@ -72,14 +85,5 @@ export class DnsStack extends Stack {
         new route53.TxtRecord(this, `Dmarc${i}`, { zone, recordName: `_dmarc.${d}.`, values: [`v=DMARC1; p=quarantine; rua=mailto:postmaster@${d}`], ttl });
       });
     }
-
-    new CfnOutput(this, 'DnsRecords', {
-      description: c.hostedZone ? 'Records (A, MX, SPF, DMARC written to Route 53; add DKIM yourself)' : 'Records to create at your DNS provider',
-      value: Fn.join(' | ', records.map((r) => Fn.join('', [r.name, ' ', r.type, ' ', r.value]))),
-    });
-    new CfnOutput(this, 'ReverseDns', {
-      description: 'Ask AWS to set these PTR records (EC2 console: Elastic IPs, Update reverse DNS)',
-      value: Fn.join(' | ', [...props.publicAddresses, ...(c.outbound === 'direct' ? props.outboundAddresses : [])].map((ip) => Fn.join('', [ip, ' PTR ', c.mailHostname]))),
-    });
   }
 }

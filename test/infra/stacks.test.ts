@@ -1,0 +1,320 @@
+/**
+ * Fine-grained assertions on the synthesized templates (STYLE.md example 14): resources and their
+ * safety settings, listener ports and switches, grants, the environment passed to the code, and
+ * the pinned logical IDs of every stateful resource.
+ */
+import { Match, Template } from 'aws-cdk-lib/assertions';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SETTINGS } from '../../core/config.js';
+import { LISTENERS, StageConfigError, stageConfig, type ListenerName } from '../../infra/config.js';
+import { dnsRecords } from '../../infra/stacks/dns.js';
+import { PINNED_IDS } from '../../infra/stacks/state.js';
+import { cleanOutdirs, testApp } from './support.js';
+
+type Res = { Type: string; Properties?: Record<string, unknown>; DeletionPolicy?: string; UpdateReplacePolicy?: string };
+
+function resources(t: Template, type: string): Record<string, Res> {
+  return t.findResources(type) as Record<string, Res>;
+}
+
+/** Every IAM statement of the policies attached to roles whose logical ID starts with `prefix`. */
+function statementsOf(t: Template, rolePrefix: string): { Action: string | string[]; Resource: unknown }[] {
+  const out: { Action: string | string[]; Resource: unknown }[] = [];
+  for (const p of Object.values(resources(t, 'AWS::IAM::Policy'))) {
+    const roles = JSON.stringify(p.Properties!.Roles);
+    if (!roles.includes(`"${rolePrefix}`)) continue;
+    out.push(...((p.Properties!.PolicyDocument as { Statement: { Action: string | string[]; Resource: unknown }[] }).Statement));
+  }
+  return out;
+}
+
+function actions(stmts: { Action: string | string[] }[]): string[] {
+  return stmts.flatMap((s) => (Array.isArray(s.Action) ? s.Action : [s.Action]));
+}
+
+/** The default dev stage, synthesized once and shared by the tests that do not change it. */
+let main: ReturnType<typeof testApp>;
+beforeAll(() => {
+  main = testApp();
+});
+afterAll(cleanOutdirs);
+
+describe('state stack', () => {
+  let t: Template;
+  beforeAll(() => {
+    t = Template.fromStack(main.stacks.state);
+  });
+
+  it('pins the logical ID of every stateful resource and retains it on delete and replacement', () => {
+    const json = t.toJSON() as { Resources: Record<string, Res> };
+    for (const id of Object.values(PINNED_IDS)) {
+      const r = json.Resources[id];
+      expect(r, `resource ${id}`).toBeDefined();
+      expect(r!.DeletionPolicy, id).toBe('Retain');
+      expect(r!.UpdateReplacePolicy, id).toBe('Retain');
+    }
+    expect(json.Resources[PINNED_IDS.mailBucket]!.Type).toBe('AWS::S3::Bucket');
+    expect(json.Resources[PINNED_IDS.table]!.Type).toBe('AWS::DynamoDB::Table');
+    expect(json.Resources[PINNED_IDS.inboundQueue]!.Type).toBe('AWS::SQS::Queue');
+    // Every bucket, queue, table, key and secret in the stack is one of the pinned ones.
+    for (const type of ['AWS::S3::Bucket', 'AWS::SQS::Queue', 'AWS::DynamoDB::Table', 'AWS::KMS::Key', 'AWS::SecretsManager::Secret']) {
+      for (const id of Object.keys(resources(t, type))) expect(Object.values(PINNED_IDS), `${type} ${id}`).toContain(id);
+    }
+  });
+
+  it('encrypts the mail bucket with the stack key, versions it and aborts incomplete uploads', () => {
+    t.hasResource('AWS::S3::Bucket', {
+      Properties: Match.objectLike({
+        BucketEncryption: { ServerSideEncryptionConfiguration: [Match.objectLike({ ServerSideEncryptionByDefault: { SSEAlgorithm: 'aws:kms', KMSMasterKeyID: { 'Fn::GetAtt': [PINNED_IDS.mailKey, 'Arn'] } } })] },
+        VersioningConfiguration: { Status: 'Enabled' },
+        PublicAccessBlockConfiguration: Match.objectLike({ BlockPublicAcls: true, RestrictPublicBuckets: true }),
+        LifecycleConfiguration: { Rules: Match.arrayWith([Match.objectLike({ AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 } })]) },
+      }),
+    });
+    t.hasResourceProperties('AWS::KMS::Key', { EnableKeyRotation: true });
+  });
+
+  it('expires proxy cache objects by lifecycle', () => {
+    const cache = resources(t, 'AWS::S3::Bucket')[PINNED_IDS.cacheBucket]!;
+    const rules = (cache.Properties!.LifecycleConfiguration as { Rules: { ExpirationInDays?: number }[] }).Rules;
+    expect(rules.some((r) => r.ExpirationInDays === 30)).toBe(true);
+  });
+
+  it('has one on-demand table keyed pk/sk with TTL on ttl and point-in-time recovery', () => {
+    t.resourceCountIs('AWS::DynamoDB::Table', 1);
+    t.hasResourceProperties('AWS::DynamoDB::Table', {
+      KeySchema: [
+        { AttributeName: 'pk', KeyType: 'HASH' },
+        { AttributeName: 'sk', KeyType: 'RANGE' },
+      ],
+      BillingMode: 'PAY_PER_REQUEST',
+      TimeToLiveSpecification: { AttributeName: 'ttl', Enabled: true },
+      PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
+    });
+  });
+
+  it('gives the inbound and outbound queues dead-letter queues and a visibility of 6x the Lambda timeout', () => {
+    const qs = resources(t, 'AWS::SQS::Queue');
+    const redrive = (id: string) => qs[id]!.Properties!.RedrivePolicy as { deadLetterTargetArn: unknown; maxReceiveCount: number };
+    expect(redrive(PINNED_IDS.inboundQueue)).toEqual({ deadLetterTargetArn: { 'Fn::GetAtt': [PINNED_IDS.inboundDlq, 'Arn'] }, maxReceiveCount: 5 });
+    expect(redrive(PINNED_IDS.outboundQueue)).toEqual({ deadLetterTargetArn: { 'Fn::GetAtt': [PINNED_IDS.outboundDlq, 'Arn'] }, maxReceiveCount: 300 });
+    expect(qs[PINNED_IDS.inboundDlq]!.Properties!.RedrivePolicy).toBeUndefined();
+    expect(qs[PINNED_IDS.inboundQueue]!.Properties!.VisibilityTimeout).toBe(6 * 120);
+    for (const q of Object.values(qs)) {
+      expect(q.Properties!.MessageRetentionPeriod).toBe(14 * 86400);
+      expect(q.Properties!.KmsMasterKeyId).toEqual({ 'Fn::GetAtt': [PINNED_IDS.mailKey, 'Arn'] });
+    }
+  });
+
+  it('creates the secrets with generated placeholders, never a value from the template', () => {
+    const secrets = resources(t, 'AWS::SecretsManager::Secret');
+    expect(Object.keys(secrets).sort()).toEqual([PINNED_IDS.dkimSecret, PINNED_IDS.smarthostSecret, PINNED_IDS.tlsSecret].sort());
+    for (const s of Object.values(secrets)) {
+      expect(s.Properties!.SecretString).toBeUndefined();
+      expect(s.Properties!.GenerateSecretString).toBeDefined();
+    }
+    expect(JSON.stringify(t.toJSON())).not.toMatch(/BEGIN [A-Z ]*PRIVATE KEY/);
+  });
+});
+
+describe('processing stack', () => {
+  let t: Template;
+  beforeAll(() => {
+    t = Template.fromStack(main.stacks.processing);
+  });
+
+  it('runs both workers on nodejs22.x arm64 with SQS partial batch responses', () => {
+    t.resourceCountIs('AWS::Lambda::Function', 2);
+    t.allResourcesProperties('AWS::Lambda::Function', { Runtime: 'nodejs22.x', Architectures: ['arm64'], Handler: 'index.handler' });
+    t.resourceCountIs('AWS::Lambda::EventSourceMapping', 2);
+    t.allResourcesProperties('AWS::Lambda::EventSourceMapping', { FunctionResponseTypes: ['ReportBatchItemFailures'], ScalingConfig: { MaximumConcurrency: 10 } });
+    const sources = Object.values(resources(t, 'AWS::Lambda::EventSourceMapping')).map((m) => JSON.stringify(m.Properties!.EventSourceArn));
+    expect(sources.some((s) => s.includes('InboundQueueArn'))).toBe(true);
+    expect(sources.some((s) => s.includes('OutboundQueueArn'))).toBe(true);
+  });
+
+  it('passes the generated resource names through the SETTINGS variables, never a fixed name', () => {
+    const known = new Set([...SETTINGS.map((s) => s.env), 'NODE_OPTIONS']);
+    for (const fn of Object.values(resources(t, 'AWS::Lambda::Function'))) {
+      const vars = (fn.Properties!.Environment as { Variables: Record<string, unknown> }).Variables;
+      for (const name of Object.keys(vars)) expect(known, `unknown variable ${name}`).toContain(name);
+      expect(vars.TOMLINSON_STORAGE).toBe('aws');
+      for (const name of ['TOMLINSON_TABLE', 'TOMLINSON_MAIL_BUCKET', 'TOMLINSON_CACHE_BUCKET', 'TOMLINSON_INBOUND_QUEUE_URL', 'TOMLINSON_OUTBOUND_QUEUE_URL', 'TOMLINSON_INBOUND_DLQ_URL', 'TOMLINSON_OUTBOUND_DLQ_URL']) {
+        expect(vars[name], name).toHaveProperty(['Fn::ImportValue']);
+      }
+    }
+  });
+
+  it('grants least privilege: inbound reads the mail bucket and sends to outbound, never touches the cache bucket', () => {
+    const inbound = statementsOf(t, 'InboundFunctionServiceRole');
+    const acts = actions(inbound);
+    expect(acts).toEqual(expect.arrayContaining(['sqs:SendMessage', 'sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility', 's3:GetObject*', 's3:PutObject', 'dynamodb:PutItem', 'kms:Decrypt']));
+    expect(acts).not.toContain('secretsmanager:GetSecretValue');
+    expect(acts.some((a) => a === '*' || a.endsWith(':*'))).toBe(false);
+    const text = JSON.stringify(inbound);
+    expect(text).toContain('Tomlinson-dev-State-MailBucketArn');
+    expect(text).not.toContain('CacheBucket');
+    const send = inbound.filter((s) => actions([s]).includes('sqs:SendMessage'));
+    expect(JSON.stringify(send)).toContain('OutboundQueueArn');
+
+    const outbound = statementsOf(t, 'OutboundFunctionServiceRole');
+    expect(actions(outbound)).toContain('secretsmanager:GetSecretValue');
+  });
+
+  it('has no outbound Lambda when delivery is direct (Lambda may not use port 25)', () => {
+    const direct = Template.fromStack(testApp({ outbound: 'direct' }).stacks.processing);
+    direct.resourceCountIs('AWS::Lambda::Function', 1);
+  });
+});
+
+describe('listeners stack', () => {
+  let t: Template;
+  beforeAll(() => {
+    t = Template.fromStack(main.stacks.listeners!);
+  });
+
+  it('has a TCP listener for each of 25, 465, 587, 110, 995 and 3128', () => {
+    const ports = Object.values(resources(t, 'AWS::ElasticLoadBalancingV2::Listener')).map((l) => [l.Properties!.Port, l.Properties!.Protocol]);
+    expect(ports.sort((a, b) => Number(a[0]) - Number(b[0]))).toEqual([25, 110, 465, 587, 995, 3128].map((p) => [p, 'TCP']));
+  });
+
+  it('preserves the client IP, drains on deploy and health-checks the /health endpoint', () => {
+    const tgs = Object.values(resources(t, 'AWS::ElasticLoadBalancingV2::TargetGroup'));
+    expect(tgs).toHaveLength(6);
+    for (const tg of tgs) {
+      const p = tg.Properties!;
+      expect(p).toMatchObject({ Protocol: 'TCP', TargetType: 'ip', HealthCheckProtocol: 'HTTP', HealthCheckPort: '8025', HealthCheckPath: '/health' });
+      const attrs = Object.fromEntries((p.TargetGroupAttributes as { Key: string; Value: string }[]).map((a) => [a.Key, a.Value]));
+      expect(attrs['preserve_client_ip.enabled']).toBe('true');
+      expect(attrs['deregistration_delay.timeout_seconds']).toBe('120');
+    }
+    const targetPorts = tgs.map((tg) => tg.Properties!.Port).sort();
+    expect(targetPorts).toEqual(Object.values(LISTENERS).map((l) => l.containerPort).sort());
+  });
+
+  it('puts one retained Elastic IP per AZ on the internet-facing NLB', () => {
+    t.hasResourceProperties('AWS::ElasticLoadBalancingV2::LoadBalancer', {
+      Type: 'network',
+      Scheme: 'internet-facing',
+      SubnetMappings: [
+        { AllocationId: { 'Fn::GetAtt': ['NlbAddress0', 'AllocationId'] }, SubnetId: Match.anyValue() },
+        { AllocationId: { 'Fn::GetAtt': ['NlbAddress1', 'AllocationId'] }, SubnetId: Match.anyValue() },
+      ],
+    });
+    const eips = resources(t, 'AWS::EC2::EIP');
+    for (const id of ['NlbAddress0', 'NlbAddress1']) expect(eips[id]!.DeletionPolicy).toBe('Retain');
+  });
+
+  it('runs non-root arm64 tasks with a read-only root, a health check and one service per group', () => {
+    t.resourceCountIs('AWS::ECS::Service', 3);
+    const defs = Object.values(resources(t, 'AWS::ECS::TaskDefinition'));
+    const commands = defs.map((d) => (d.Properties!.ContainerDefinitions as { Command: string[] }[])[0]!.Command.join(' ')).sort();
+    expect(commands).toEqual(['serve pop3', 'serve proxy', 'serve smtp']);
+    for (const d of defs) {
+      expect(d.Properties!.RuntimePlatform).toEqual({ CpuArchitecture: 'ARM64', OperatingSystemFamily: 'LINUX' });
+      const c = (d.Properties!.ContainerDefinitions as Record<string, unknown>[])[0]!;
+      expect(c.User).toBe('1000:1000');
+      expect(c.ReadonlyRootFilesystem).toBe(true);
+      expect(JSON.stringify(c.HealthCheck)).toContain('/health');
+      const env = Object.fromEntries((c.Environment as { Name: string; Value: unknown }[]).map((e) => [e.Name, e.Value]));
+      expect(env.TOMLINSON_LISTEN_HOST).toBe('0.0.0.0');
+      expect(env.TOMLINSON_HEALTH_PORT).toBe('8025');
+      for (const name of Object.keys(env)) expect(SETTINGS.map((s) => s.env), name).toContain(name);
+    }
+    t.allResourcesProperties('AWS::ECS::Service', {
+      DeploymentConfiguration: Match.objectLike({ MinimumHealthyPercent: 100, DeploymentCircuitBreaker: { Enable: true, Rollback: true } }),
+    });
+  });
+
+  it('scales each service on CPU and on connections', () => {
+    const policies = Object.values(resources(t, 'AWS::ApplicationAutoScaling::ScalingPolicy'));
+    const cpu = policies.filter((p) => JSON.stringify(p.Properties).includes('ECSServiceAverageCPUUtilization'));
+    const steps = policies.filter((p) => p.Properties!.PolicyType === 'StepScaling');
+    expect(cpu).toHaveLength(3);
+    expect(steps.length).toBeGreaterThanOrEqual(3);
+    const alarms = Object.values(resources(t, 'AWS::CloudWatch::Alarm')).filter((a) => a.Properties!.MetricName === 'ActiveFlowCount');
+    expect(alarms.length).toBeGreaterThanOrEqual(3);
+  });
+
+  it('opens the mail ports to everyone but the proxy only to the configured client ranges', () => {
+    const ingress = [
+      ...Object.values(resources(t, 'AWS::EC2::SecurityGroup')).flatMap((g) => (g.Properties!.SecurityGroupIngress as Record<string, unknown>[] | undefined) ?? []),
+      ...Object.values(resources(t, 'AWS::EC2::SecurityGroupIngress')).map((r) => r.Properties!),
+    ];
+    const open = (port: number) => ingress.filter((r) => r.FromPort === port && r.CidrIp === '0.0.0.0/0');
+    for (const port of [25, 465, 587, 110, 995]) expect(open(port), `port ${port}`).toHaveLength(1);
+    expect(open(3128)).toHaveLength(0);
+    expect(ingress.filter((r) => r.FromPort === 3128 && r.CidrIp === '10.0.0.0/8')).toHaveLength(1);
+    // Task ports admit the NLB's security group only.
+    for (const port of [2525, 2110, 3128, 8025]) {
+      for (const r of ingress.filter((x) => x.FromPort === port && x.ToPort === port && !('CidrIp' in x))) expect(r.SourceSecurityGroupId).toBeDefined();
+    }
+    expect(ingress.filter((r) => r.FromPort !== undefined && Number(r.FromPort) >= 2000 && r.CidrIp === '0.0.0.0/0')).toHaveLength(0);
+  });
+
+  it('switches single listeners and whole groups off', () => {
+    const listeners = { ...stageConfig('dev').listeners, pop3s: false, proxy: false } as Record<ListenerName, boolean>;
+    const off = Template.fromStack(testApp({ listeners }).stacks.listeners!);
+    const ports = Object.values(resources(off, 'AWS::ElasticLoadBalancingV2::Listener')).map((l) => l.Properties!.Port).sort((a, b) => Number(a) - Number(b));
+    expect(ports).toEqual([25, 110, 465, 587]);
+    off.resourceCountIs('AWS::ECS::Service', 2);
+    const pop3 = Object.values(resources(off, 'AWS::ECS::TaskDefinition')).find((d) => JSON.stringify(d.Properties).includes('"serve","pop3"'))!;
+    const env = Object.fromEntries(((pop3.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: string }[] }[])[0]!.Environment).map((e) => [e.Name, e.Value]));
+    expect(env.TOMLINSON_POP3S_PORT).toBe('0');
+    expect(env.TOMLINSON_POP3_PORT).toBe('2110');
+    expect(env.TOMLINSON_POP3_ENABLED).toBe('true');
+    expect(env.TOMLINSON_SMTP_ENABLED).toBe('false');
+  });
+
+  it('runs the queue workers on Fargate behind NAT for direct delivery', () => {
+    const direct = Template.fromStack(testApp({ outbound: 'direct' }).stacks.listeners!);
+    direct.resourceCountIs('AWS::ECS::Service', 4);
+    const workers = Object.values(resources(direct, 'AWS::ECS::TaskDefinition')).find((d) => JSON.stringify(d.Properties).includes('"serve","workers"'));
+    expect(workers).toBeDefined();
+    expect(() => stageConfig('dev', { outbound: 'direct', natGateways: 0 })).toThrow(StageConfigError);
+  });
+});
+
+describe('dns and monitoring stacks', () => {
+  it('writes A, MX, SPF and DMARC records into a given hosted zone', () => {
+    const t = Template.fromStack(testApp({ hostedZone: { zoneId: 'Z123EXAMPLE', zoneName: 'example.com' } }).stacks.dns!);
+    t.hasResourceProperties('AWS::Route53::RecordSet', { Type: 'MX', Name: 'example.com.', ResourceRecords: ['10 mail.example.com'], HostedZoneId: 'Z123EXAMPLE' });
+    t.hasResourceProperties('AWS::Route53::RecordSet', { Type: 'A', Name: 'mail.example.com.' });
+    t.hasResourceProperties('AWS::Route53::RecordSet', { Type: 'TXT', Name: 'example.com.', ResourceRecords: ['"v=spf1 mx -all"'] });
+    t.hasResourceProperties('AWS::Route53::RecordSet', { Type: 'TXT', Name: '_dmarc.example.com.' });
+  });
+
+  it('lists the records as an output when there is no hosted zone', () => {
+    expect(main.stacks.dns).toBeUndefined();
+    const t = Template.fromStack(main.stacks.listeners!);
+    t.resourceCountIs('AWS::Route53::RecordSet', 0);
+    expect(JSON.stringify(t.toJSON().Outputs)).toContain('MX 10 mail.example.com');
+    const records = dnsRecords(stageConfig('dev', { outbound: 'direct' }), ['192.0.2.1'], ['198.51.100.7']);
+    expect(records.find((r) => r.type === 'TXT' && r.name === 'example.com')!.value).toBe('v=spf1 mx ip4:198.51.100.7 -all');
+  });
+
+  it('alarms on dead letters, queue age, Lambda errors, unhealthy tasks, delivery failures, hit ratio and bucket size', () => {
+    const t = Template.fromStack(main.stacks.monitoring!);
+    const alarms = Object.values(resources(t, 'AWS::CloudWatch::Alarm')).map((a) => a.Properties!);
+    const byMetric = (name: string) => alarms.filter((a) => a.MetricName === name || JSON.stringify(a.Metrics ?? []).includes(`"MetricName":"${name}"`));
+    expect(byMetric('ApproximateNumberOfMessagesVisible')).toHaveLength(2);
+    expect(byMetric('ApproximateAgeOfOldestMessage')).toHaveLength(2);
+    expect(byMetric('Errors')).toHaveLength(2);
+    expect(byMetric('UnHealthyHostCount')).toHaveLength(6);
+    expect(byMetric('BucketSizeBytes')).toHaveLength(1);
+    const math = JSON.stringify(alarms.filter((a) => a.Metrics));
+    expect(math).toContain('delivery-failed');
+    expect(math).toContain('cache-hit');
+    for (const a of alarms) expect((a.AlarmActions as unknown[]).length).toBe(1);
+    t.resourceCountIs('AWS::CloudWatch::Dashboard', 1);
+    t.hasResourceProperties('AWS::SNS::Topic', { KmsMasterKeyId: Match.anyValue() });
+  });
+});
+
+describe('stage config', () => {
+  it('refuses an open proxy and unknown stages', () => {
+    expect(() => stageConfig('dev', { proxyAllowedClients: ['0.0.0.0/0'] })).toThrow(/open to everyone/);
+    expect(() => stageConfig('nope')).toThrow(/unknown stage/);
+    expect(() => stageConfig('dev', { lambda: { memoryMiB: 512, timeoutSeconds: 60, maxConcurrency: 1 } })).toThrow(/maxConcurrency/);
+  });
+});
