@@ -1,0 +1,156 @@
+import { spawnSync } from 'node:child_process';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Accounts } from '../../core/accounts/accounts.js';
+import { loadConfig, type Config } from '../../core/config.js';
+import { silentLogger } from '../../core/log.js';
+import { inboundJob, parseInboundJob } from '../../core/mail/inbound.js';
+import type { InboundJob, OutboundJob } from '../../core/mail/jobs.js';
+import { MailboxStore } from '../../core/mailbox/store.js';
+import { openLocalStorage } from '../../core/storage/local/index.js';
+import type { Storage } from '../../core/storage/ports.js';
+import type { JobContext } from '../../core/workers/job.js';
+import { runOne } from '../../core/workers/runner.js';
+import { tempDir } from '../support/tmp.js';
+
+const RAW =
+  'Received: from x ([127.0.0.1])\r\n\tby mx.tomlinson.test; Thu, 26 Nov 2026 07:00:00 +0000\r\n' +
+  'From: =?UTF-8?Q?J=C3=BCrgen?= <j@remote.example>\r\nTo: alice@example.test, team@example.test\r\n' +
+  'Subject: =?UTF-8?B?R3LDvMOfZQ==?=\r\nDate: Thu, 26 Nov 2026 06:59:00 +0000\r\nMessage-ID: <m1@remote.example>\r\n' +
+  'MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHallo Welt\r\n';
+
+describe('inbound worker', () => {
+  let dir: { path: string; remove: () => Promise<void> };
+  let config: Config;
+  let storage: Storage;
+  let ctx: JobContext;
+  let clock = Date.now();
+
+  beforeEach(async () => {
+    clock = Date.now();
+    dir = await tempDir('tomlinson-inbound-');
+    config = loadConfig({ TOMLINSON_DATA_DIR: dir.path, TOMLINSON_HOSTNAME: 'mx.tomlinson.test' });
+    storage = await openLocalStorage(config, silentLogger, { now: () => clock, purgeIntervalMs: 0 });
+    ctx = { config, storage, log: silentLogger, now: () => new Date(clock) };
+    const accounts = new Accounts(storage.tables, { scrypt: { ln: 4, r: 8, p: 1 } });
+    await accounts.addDomain('example.test');
+    await accounts.addUser('alice@example.test', 'pw-alice-123456');
+    await accounts.addUser('bob@example.test', 'pw-bob-1234567');
+    await accounts.addAlias('team@example.test', ['alice@example.test', 'bob@example.test', 'friend@remote.example']);
+  });
+  afterEach(async () => {
+    await storage.close();
+    await dir.remove();
+  });
+
+  async function enqueue(over: Partial<InboundJob> = {}): Promise<InboundJob> {
+    const info = await storage.mail.put('in/20261126/job1.eml', RAW);
+    const job: InboundJob = {
+      v: 1,
+      id: 'job1',
+      blobKey: info.key,
+      size: info.size,
+      from: 'j@remote.example',
+      rcpts: [{ address: 'alice@example.test' }, { address: 'team@example.test', notify: ['FAILURE'] }],
+      receivedAt: new Date(clock).toISOString(),
+      client: { address: '127.0.0.1', helo: 'x', authUser: 'alice@example.test' },
+      listener: 'submission',
+      ...over,
+    };
+    await storage.queues.send('inbound', JSON.stringify(job));
+    return job;
+  }
+
+  async function outboundJobs(): Promise<OutboundJob[]> {
+    const got = await storage.queues.receive('outbound', { max: 10, visibilitySeconds: 600, waitSeconds: 0 });
+    return got.map((m) => JSON.parse(m.body) as OutboundJob);
+  }
+
+  it('delivers once per local user after alias expansion, with the index fields, and hands remote recipients to outbound once', async () => {
+    const job = await enqueue();
+    const [m] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
+    expect(await inboundJob(m.body, { queue: 'inbound', id: m.id, receiveCount: 1, sentAt: m.sentAt }, ctx)).toEqual({ kind: 'done' });
+    // The same job again (a redelivery): nothing new anywhere.
+    expect(await inboundJob(m.body, { queue: 'inbound', id: m.id, receiveCount: 2, sentAt: m.sentAt }, ctx)).toEqual({ kind: 'done' });
+
+    const store = new MailboxStore(storage.tables, storage.mail);
+    const alice = await store.list('alice@example.test');
+    const bob = await store.list('bob@example.test');
+    expect(alice).toHaveLength(1);
+    expect(bob).toHaveLength(1);
+    expect(alice[0]).toMatchObject({ uid: 1, blobKey: job.blobKey, size: Buffer.byteLength(RAW), receivedAt: job.receivedAt, flags: [] });
+    expect(alice[0].summary).toMatchObject({
+      from: 'Jürgen <j@remote.example>',
+      to: ['alice@example.test', 'team@example.test'],
+      subject: 'Grüße',
+      date: '2026-11-26T06:59:00.000Z',
+      messageId: '<m1@remote.example>',
+      preview: 'Hallo Welt',
+    });
+    expect(bob[0].blobKey).toBe(alice[0].blobKey); // one raw message for every mailbox
+
+    const out = await outboundJobs();
+    expect(out).toHaveLength(1);
+    expect(out[0]).toMatchObject({ v: 1, id: 'job1', blobKey: job.blobKey, from: 'j@remote.example', authUser: 'alice@example.test' });
+    expect(out[0].rcpts).toEqual([{ address: 'friend@remote.example', notify: ['FAILURE'], orcpt: 'rfc822;team@example.test' }]);
+  });
+
+  it('does not relay remote recipients of an unauthenticated job', async () => {
+    await enqueue({ client: { address: '192.0.2.1', helo: 'x' }, listener: 'mx', rcpts: [{ address: 'team@example.test' }, { address: 'x@remote.example' }] });
+    const [m] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
+    await inboundJob(m.body, { queue: 'inbound', id: m.id, receiveCount: 1, sentAt: m.sentAt }, ctx);
+    // The alias's remote target is kept (the alias owner chose it), the direct remote one is not.
+    const out = await outboundJobs();
+    expect(out).toHaveLength(1);
+    expect(out[0].rcpts.map((r) => r.address)).toEqual(['friend@remote.example']);
+  });
+
+  it('retries later when a mailbox is full, within the retry window', async () => {
+    const accounts = new Accounts(storage.tables);
+    await accounts.setQuota('bob@example.test', 10);
+    await enqueue();
+    const [m] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
+    const r = await inboundJob(m.body, { queue: 'inbound', id: m.id, receiveCount: 1, sentAt: m.sentAt }, ctx);
+    expect(r).toMatchObject({ kind: 'retry' });
+    const store = new MailboxStore(storage.tables, storage.mail);
+    expect(await store.list('alice@example.test')).toHaveLength(1);
+    expect(await store.list('bob@example.test')).toHaveLength(0);
+  });
+
+  it('refuses a malformed job body (it will end in the dead-letter queue)', () => {
+    expect(() => parseInboundJob('{not json')).toThrow(/not JSON/);
+    expect(() => parseInboundJob('{"v":2}')).toThrow(/shape/);
+  });
+
+  it('a job that keeps failing ends in the dead-letter queue', async () => {
+    await enqueue({ blobKey: 'in/missing.eml' });
+    for (let i = 0; i < config.storage.queueMaxReceives; i++) {
+      const [m] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 1, waitSeconds: 0 });
+      expect(m).toBeDefined();
+      expect(await runOne('inbound', m, inboundJob, ctx)).toBeInstanceOf(Error);
+      clock += 2000;
+    }
+    expect(await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 1, waitSeconds: 0 })).toHaveLength(0);
+    expect((await storage.queues.stats('inbound-dlq')).visible).toBe(1);
+  });
+
+  it('a worker killed in the middle of a job: the redelivery leaves exactly one copy per mailbox', async () => {
+    await enqueue();
+    await storage.close();
+    const child = spawnSync(process.execPath, ['--import', 'tsx', new URL('./inbound-child.ts', import.meta.url).pathname, dir.path], { encoding: 'utf8', timeout: 30_000 });
+    expect(child.signal, child.stderr).toBe('SIGKILL');
+    // Reopen, past the visibility timeout the child took.
+    clock += 60_000;
+    storage = await openLocalStorage(config, silentLogger, { now: () => clock, purgeIntervalMs: 0 });
+    ctx = { ...ctx, storage };
+    const store = new MailboxStore(storage.tables, storage.mail);
+    const before = (await store.list('alice@example.test')).length + (await store.list('bob@example.test')).length;
+    expect(before).toBe(1); // the child got exactly one delivery in before it died
+    const [m] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
+    expect(m.receiveCount).toBe(2);
+    expect(await runOne('inbound', m, inboundJob, ctx)).toEqual({ kind: 'done' });
+    expect(await store.list('alice@example.test')).toHaveLength(1);
+    expect(await store.list('bob@example.test')).toHaveLength(1);
+    expect(await outboundJobs()).toHaveLength(1);
+    expect(await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 })).toHaveLength(0);
+  });
+});
