@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addUsers, makeMessage, passwordOf, startHarness, type Harness } from './harness.js';
 
 const run = promisify(execFile);
-const POPLIB = fileURLToPath(new URL('./clients/poplib_client.py', import.meta.url));
+const POPLIB = fileURLToPath(new URL('./support/poplib_client.py', import.meta.url));
 
 let h: Harness;
 const sha = (s: string | Buffer) => createHash('sha256').update(s).digest('hex');
