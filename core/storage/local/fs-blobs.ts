@@ -35,6 +35,7 @@ import {
   type Blobs,
   type ByteRange,
 } from '../ports.js';
+import { GroupSync } from './group-sync.js';
 import { compareUtf8 } from './order.js';
 
 const MAGIC = 'TMLB1 ';
@@ -144,47 +145,6 @@ function parseHeader(buf: Buffer, fileSize: number, what: string): Header | 'nee
   return { size: fileSize - headerLength, headerLength, sha256, contentType: meta.t, metadata: meta.m };
 }
 
-/**
- * Coalesces fsyncs of one path: callers that arrive while a sync runs share the next one (group
- * commit), so N concurrent puts into one folder cost about two directory fsyncs, not N.
- */
-class GroupSync {
-  private readonly state = new Map<string, { running?: Promise<void>; queued?: Promise<void> }>();
-
-  sync(path: string): Promise<void> {
-    let st = this.state.get(path);
-    if (!st) this.state.set(path, (st = {}));
-    const s = st;
-    if (s.queued) return s.queued;
-    if (!s.running) return (s.running = this.start(path, s));
-    const noop = () => undefined;
-    s.queued = s.running.then(noop, noop).then(() => {
-      s.queued = undefined;
-      return (s.running = this.start(path, s));
-    });
-    return s.queued;
-  }
-
-  private start(path: string, s: { running?: Promise<void>; queued?: Promise<void> }): Promise<void> {
-    const p: Promise<void> = fsyncPath(path).finally(() => {
-      if (s.running === p) {
-        s.running = undefined;
-        if (!s.queued) this.state.delete(path);
-      }
-    });
-    return p;
-  }
-}
-
-async function fsyncPath(path: string): Promise<void> {
-  const fh = await fsp.open(path, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
 function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -285,9 +245,15 @@ export class FsBlobs implements Blobs {
           pendingBytes = 0;
         }
       }
-      if (pendingBytes) await fh.writev(pending, position);
       const sha256 = hash.digest('hex');
-      await fh.write(Buffer.from(sha256, 'latin1'), 0, 64, SHA_OFFSET);
+      if (position === 0) {
+        // Small object, nothing written yet: put the sha256 into the header and write once.
+        header.write(sha256, SHA_OFFSET, 64, 'latin1');
+        await fh.writev(pending, 0);
+      } else {
+        if (pendingBytes) await fh.writev(pending, position);
+        await fh.write(Buffer.from(sha256, 'latin1'), 0, 64, SHA_OFFSET);
+      }
       await fh.datasync();
       await fh.close();
       fh = undefined;
@@ -304,8 +270,7 @@ export class FsBlobs implements Blobs {
         await fsp.rename(tmp, file);
       }
       await this.dirSync.sync(dir);
-      const st = await fsp.stat(file).catch(() => undefined);
-      const info: BlobInfo = { key, size, sha256, lastModified: st?.mtime ?? new Date() };
+      const info: BlobInfo = { key, size, sha256, lastModified: new Date() };
       if (options.contentType !== undefined) info.contentType = options.contentType;
       if (metadata !== undefined) info.metadata = metadata;
       return info;
@@ -503,7 +468,9 @@ export class FsBlobs implements Blobs {
     }
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    await this.dirSync.close();
+  }
 }
 
 /** Stops a body we refuse without reading it (a stream is destroyed, as a failed pipeline would). */

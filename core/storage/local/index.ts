@@ -22,6 +22,8 @@ export interface LocalStorageOptions {
   now?: () => number;
   /** How often expired table items are deleted (reads ignore them anyway); 0 turns it off. @default 60000 */
   purgeIntervalMs?: number;
+  /** How SQLite commits are made durable; see sqlite.ts. @default 'wal-fsync' */
+  sqliteDurability?: 'full' | 'wal-fsync';
 }
 
 /** Opens the local storage family in `config.dataDir`, creating what is missing. */
@@ -34,7 +36,7 @@ export async function openLocalStorage(config: Config, log: Logger, options: Loc
     FsBlobs.open({ root: join(config.dataDir, 'blobs', 'cache'), log: slog, name: 'cache' }),
   ]);
   const dbPath = join(config.dataDir, 'tomlinson.db');
-  const store = new SqliteStore(dbPath, slog);
+  const store = new SqliteStore(dbPath, slog, options.sqliteDurability);
   const tables = new SqliteTables(store, now);
   const queues = new SqliteQueues(store, { maxReceives: config.storage.queueMaxReceives, now });
 
@@ -73,6 +75,7 @@ export async function openLocalStorage(config: Config, log: Logger, options: Loc
       if (timer) clearInterval(timer);
       await queues.close();
       await store.close();
+      await Promise.all([mail.close(), cache.close()]);
       slog.info('local storage closed');
     },
   };

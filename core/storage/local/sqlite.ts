@@ -2,16 +2,26 @@
  * The one SQLite database (`<dataDir>/tomlinson.db`) behind the local Tables and Queues, and the
  * write path they share.
  *
- * Durability: WAL with synchronous=FULL, so a write has reached the disk when its promise
- * resolves (an SMTP 250 depends on it). better-sqlite3 is synchronous and each commit fsyncs on
- * the event loop, so writes are gathered: every write issued during one turn of the event loop
- * runs in one transaction (each in its own savepoint, so one failed condition undoes only its
- * own work) and shares one commit and one fsync. This group commit is what lets hundreds of SMTP
- * sessions a second each wait for a durable queue insert.
+ * Durability: a write has reached the disk when its promise resolves (an SMTP 250 depends on
+ * it). Writes are gathered: every write issued during one turn of the event loop runs in one
+ * transaction (each in its own savepoint, so one failed condition undoes only its own work) and
+ * shares one commit and one fsync. Two ways to make that commit durable (`durability`):
+ * - `full`: WAL with synchronous=FULL; SQLite fsyncs the WAL inside COMMIT. better-sqlite3 is
+ *   synchronous, so that fsync blocks the event loop (every socket of the process) for its
+ *   whole duration, once per batch.
+ * - `wal-fsync` (default): WAL with synchronous=NORMAL, so COMMIT only write()s the WAL frames,
+ *   and we then fsync the WAL file from libuv's thread pool before resolving the batch's
+ *   promises. Once the WAL frames of a commit are on disk the commit survives a power loss
+ *   (recovery replays every complete, checksummed commit in the WAL), so what a caller was told
+ *   is durable is exactly as durable as with FULL; only the fsync moved off the event loop. (In
+ *   NORMAL mode SQLite itself still syncs the WAL before each checkpoint and the database after
+ *   it.) Other readers may see a commit a moment before its fsync ends; a crash in that moment
+ *   loses a write nobody was told succeeded, which at-least-once callers tolerate.
  */
 import Database from 'better-sqlite3';
 import type { Logger } from '../../log.js';
 import { StorageError, Unavailable } from '../ports.js';
+import { GroupSync } from './group-sync.js';
 
 type DB = Database.Database;
 
@@ -61,14 +71,21 @@ export class SqliteStore {
   private closed = false;
   private readonly runBatch: (jobs: Job[], out: { ok: boolean; v: unknown }[]) => void;
 
+  private readonly walPath: string;
+  private readonly walSync: GroupSync | undefined;
+
   constructor(
     path: string,
     private readonly log: Logger,
+    /** How commits are made durable (see the file comment). @default 'wal-fsync' */
+    durability: 'full' | 'wal-fsync' = 'wal-fsync',
   ) {
+    this.walPath = `${path}-wal`;
+    this.walSync = durability === 'wal-fsync' ? new GroupSync() : undefined;
     try {
       this.db = new Database(path, { timeout: 5000 });
       this.db.pragma('journal_mode = WAL');
-      this.db.pragma('synchronous = FULL');
+      this.db.pragma(durability === 'full' ? 'synchronous = FULL' : 'synchronous = NORMAL');
       this.db.pragma('foreign_keys = OFF');
       // Keep the WAL from growing without bound under a steady write load.
       this.db.pragma('wal_autocheckpoint = 1000');
@@ -76,6 +93,8 @@ export class SqliteStore {
     } catch (e) {
       throw sqliteError(e, `open ${path}`);
     }
+    const changes = this.db.prepare('SELECT total_changes() AS n').pluck();
+    this.totalChanges = { get: () => changes.get() as number };
     const savepoint = this.db.transaction((fn: () => unknown) => fn());
     this.runBatch = this.db.transaction((jobs: Job[], out: { ok: boolean; v: unknown }[]) => {
       for (const job of jobs) {
@@ -109,6 +128,7 @@ export class SqliteStore {
     }
     if (!jobs.length) return;
     const out: { ok: boolean; v: unknown }[] = [];
+    const changesBefore = this.walSync ? this.totalChanges.get() : undefined;
     try {
       this.runBatch(jobs, out);
     } catch (e) {
@@ -118,12 +138,28 @@ export class SqliteStore {
       for (const j of jobs) j.reject(err);
       return;
     }
-    jobs.forEach((j, i) => {
-      const r = out[i];
-      if (r.ok) j.resolve(r.v);
-      else j.reject(r.v instanceof StorageError ? r.v : sqliteError(r.v, 'sqlite write'));
-    });
+    const settle = () =>
+      jobs.forEach((j, i) => {
+        const r = out[i];
+        if (r.ok) j.resolve(r.v);
+        else j.reject(r.v instanceof StorageError ? r.v : sqliteError(r.v, 'sqlite write'));
+      });
+    // A batch that changed nothing (an empty receive, a failed condition) has nothing to sync.
+    if (!this.walSync || this.totalChanges.get() === changesBefore) return settle();
+    this.inFlightSyncs++;
+    this.walSync
+      .sync(this.walPath)
+      .then(settle, (e: unknown) => {
+        // The commit may or may not be on disk: tell every caller it failed (they retry).
+        this.log.error({ err: (e as Error).message }, 'fsync of the SQLite WAL failed');
+        const err = new Unavailable(`fsync of the SQLite WAL: ${(e as Error).message}`, { cause: e });
+        for (const j of jobs) j.reject(err);
+      })
+      .finally(() => this.inFlightSyncs--);
   }
+
+  private inFlightSyncs = 0;
+  private readonly totalChanges: { get(): number };
 
   /** Runs a read; maps SQLite failures. */
   read<T>(fn: () => T, what: string): T {
@@ -147,8 +183,9 @@ export class SqliteStore {
   /** Finishes queued writes, then closes the database. */
   async close(): Promise<void> {
     if (this.closed) return;
-    while (this.pending.length || this.scheduled) await new Promise((r) => setImmediate(r));
+    while (this.pending.length || this.scheduled || this.inFlightSyncs) await new Promise((r) => setImmediate(r));
     this.closed = true;
+    await this.walSync?.close();
     this.db.close();
   }
 }
