@@ -9,7 +9,7 @@ import { SETTINGS } from '../../core/config.js';
 import { LISTENERS, StageConfigError, stageConfig, type ListenerName } from '../../infra/config.js';
 import { dnsRecords } from '../../infra/stacks/dns.js';
 import { PINNED_IDS } from '../../infra/stacks/state.js';
-import { cleanOutdirs, testApp } from './support.js';
+import { cleanOutdirs, nagFindings, testApp } from './support.js';
 
 type Res = { Type: string; Properties?: Record<string, unknown>; DeletionPolicy?: string; UpdateReplacePolicy?: string };
 
@@ -35,8 +35,11 @@ function actions(stmts: { Action: string | string[] }[]): string[] {
 /** The default dev stage, synthesized once and shared by the tests that do not change it. */
 let main: ReturnType<typeof testApp>;
 beforeAll(() => {
-  main = testApp();
-});
+  main = testApp({}, { nag: true });
+  // Synthesizing the whole app (and running cdk-nag over it) is the slow part; the templates
+  // below come from this one assembly. Generous bound: CI shares two cores between test files.
+  main.app.synth();
+}, 150_000);
 afterAll(cleanOutdirs);
 
 describe('state stack', () => {
@@ -308,6 +311,12 @@ describe('dns and monitoring stacks', () => {
     for (const a of alarms) expect((a.AlarmActions as unknown[]).length).toBe(1);
     t.resourceCountIs('AWS::CloudWatch::Dashboard', 1);
     t.hasResourceProperties('AWS::SNS::Topic', { KmsMasterKeyId: Match.anyValue() });
+  });
+});
+
+describe('cdk-nag', () => {
+  it('finds nothing unacknowledged in the default stage', () => {
+    expect(nagFindings(main.app)).toEqual([]);
   });
 });
 

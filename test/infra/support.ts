@@ -3,7 +3,8 @@
  * temporary output folder, and by default without running esbuild (the bundling itself is covered
  * by the `cdk synth` test).
  */
-import { App } from 'aws-cdk-lib';
+import { App, Validations } from 'aws-cdk-lib';
+import { AwsSolutionsChecks } from 'cdk-nag';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -27,10 +28,11 @@ export function cleanOutdirs(): void {
   for (const d of outdirs.splice(0)) rmSync(d, { recursive: true, force: true });
 }
 
-/** An App with the stacks of `stage` (plus overrides). */
+/** An App with the stacks of `stage` (plus overrides); `nag` adds cdk-nag's AwsSolutions checks,
+ * which make synth throw on any unacknowledged finding. */
 export function testApp(
   overrides: Partial<StageConfig> = {},
-  options: { stage?: string; bundling?: boolean } & Partial<BuildOptions> = {},
+  options: { stage?: string; bundling?: boolean; nag?: boolean } & Partial<BuildOptions> = {},
 ): { app: App; stacks: TomlinsonStacks; config: StageConfig } {
   const outdir = mkdtempSync(join(tmpdir(), 'tomlinson-cdk-'));
   outdirs.push(outdir);
@@ -42,5 +44,14 @@ export function testApp(
     image: ecs.ContainerImage.fromRegistry('tomlinson:test'),
     ...options,
   });
+  if (options.nag) Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
   return { app, stacks, config };
+}
+
+/** The cdk-nag entries of the app's validation report (empty when nothing was found). */
+export function nagFindings(app: App): unknown[] {
+  const assembly = app.synth();
+  const report = JSON.parse(readFileSync(join(assembly.directory, 'validation-report.json'), 'utf8')) as { pluginReports?: unknown[] };
+  // The report lists only plugins that found something.
+  return (report.pluginReports ?? []).filter((r) => JSON.stringify(r).includes('AwsSolutions'));
 }
