@@ -42,17 +42,21 @@ export interface RemoteMx {
 }
 
 /** Starts remote_mx.py with the given script (see its usage line). */
-export async function startRemote(args: { dataReplies?: number[]; reject?: Record<string, number>; tls?: { cert: string; key: string } } = {}): Promise<RemoteMx> {
+export async function startRemote(args: { dataReplies?: number[]; reject?: Record<string, number>; tls?: { cert: string; key: string }; noSmtputf8?: boolean } = {}): Promise<RemoteMx> {
   const dir = await mkdtemp(join(tmpdir(), 'tomlinson-remote-'));
   const argv = [join(here, 'remote_mx.py'), dir, '--data-replies', (args.dataReplies ?? [250]).join(',')];
   for (const [a, c] of Object.entries(args.reject ?? {})) argv.push('--reject', `${a}=${c}`);
   if (args.tls) argv.push('--tls', args.tls.cert, args.tls.key);
-  const child: ChildProcess = spawn('/usr/bin/python3', argv, { stdio: ['pipe', 'pipe', 'inherit'] });
+  if (args.noSmtputf8) argv.push('--no-smtputf8');
+  const child: ChildProcess = spawn('/usr/bin/python3', argv, { stdio: ['pipe', 'pipe', 'pipe'] });
+  // aiosmtpd logs refused handshakes as tracebacks; keep the tail for a start-up failure only.
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-2000)));
   const events: RemoteEvent[] = [];
   const lines = createInterface({ input: child.stdout! });
   const port = await new Promise<number>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error('remote MX did not start')), 15_000);
-    child.once('exit', (code) => reject(new Error(`remote MX exited with ${code}`)));
+    child.once('exit', (code) => reject(new Error(`remote MX exited with ${code}: ${stderr}`)));
     lines.on('line', (line) => {
       const m = /^READY (\d+)$/.exec(line);
       if (m) {

@@ -1,6 +1,7 @@
 """A scripted remote MX for the outbound tests: aiosmtpd (Debian python3-aiosmtpd) on 127.0.0.1.
 
 Usage: remote_mx.py OUTDIR [--data-replies 451,451,250] [--reject ADDR=550 ...] [--tls CERT KEY]
+                    [--no-smtputf8]
 Prints `READY <port>` once listening, then one JSON line per event on stdout:
   {"event": "message", "n": 1, "mail_from": ..., "rcpts": [...], "file": ..., "reply": "250 ..."}
 Each completed DATA consumes the next entry of --data-replies (the last one repeats).
@@ -73,6 +74,7 @@ async def main():
     ap.add_argument("--data-replies", default="250")
     ap.add_argument("--reject", action="append", default=[])
     ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    ap.add_argument("--no-smtputf8", action="store_true")
     args = ap.parse_args()
     rejects = {}
     for r in args.reject:
@@ -85,7 +87,7 @@ async def main():
         tls_context.load_cert_chain(args.tls[0], args.tls[1])
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname="remote.test", enable_SMTPUTF8=True, decode_data=False,
+        lambda: SMTP(handler, hostname="remote.test", enable_SMTPUTF8=not args.no_smtputf8, decode_data=False,
                      tls_context=tls_context, ident="remote-mx"),
         host="127.0.0.1", port=0)
     port = server.sockets[0].getsockname()[1]
