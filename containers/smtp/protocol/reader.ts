@@ -46,6 +46,8 @@ type Mode = { kind: 'line' } | { kind: 'data'; atLineStart: boolean } | { kind: 
 export class SmtpReader {
   private buf: Buffer = Buffer.alloc(0);
   private pos = 0;
+  private rest: Buffer[] = [];
+  private queued = 0;
   private mode: Mode = { kind: 'line' };
   private discarding = false;
   private lineLen = 0;
@@ -57,26 +59,49 @@ export class SmtpReader {
    */
   constructor(private readonly maxLineBytes = 12288) {}
 
-  /** Adds received bytes. */
+  /** Adds received bytes. Chunks are queued, not concatenated: a unit that spans two chunks
+   * (a partial line, a CR or '.' at a chunk's end) merges only the small remainder. */
   push(chunk: Buffer): void {
-    if (this.pos >= this.buf.length) {
+    if (chunk.length === 0) return;
+    this.queued += chunk.length;
+    if (this.pos >= this.buf.length && this.rest.length === 0) {
       this.buf = chunk;
       this.pos = 0;
-    } else {
-      this.buf = Buffer.concat([this.buf.subarray(this.pos), chunk]);
-      this.pos = 0;
-    }
+    } else this.rest.push(chunk);
   }
 
   /** Octets buffered and not yet returned. */
   get buffered(): number {
-    return this.buf.length - this.pos;
+    return this.queued;
   }
 
   /** Drops everything buffered (RFC 3207 §4.2: nothing sent before the TLS handshake counts). */
   discard(): void {
     this.buf = Buffer.alloc(0);
     this.pos = 0;
+    this.rest = [];
+    this.queued = 0;
+  }
+
+  /** Moves to the next queued chunk when the current one is used up. */
+  private advance(): void {
+    while (this.pos >= this.buf.length && this.rest.length > 0) {
+      this.buf = this.rest.shift()!;
+      this.pos = 0;
+    }
+  }
+
+  /** Joins the unread remainder of the current chunk with the next one; false when none is queued. */
+  private mergeNext(): boolean {
+    const next = this.rest.shift();
+    if (!next) return false;
+    this.buf = this.pos < this.buf.length ? Buffer.concat([this.buf.subarray(this.pos), next]) : next;
+    this.pos = 0;
+    return true;
+  }
+
+  private consumed(n: number): void {
+    this.queued -= n;
   }
 
   /** The next units are DATA content up to CRLF.CRLF. */
@@ -110,13 +135,25 @@ export class SmtpReader {
 
   /** Returns the next unit, or `need-more`. */
   next(): ReaderEvent {
-    switch (this.mode.kind) {
-      case 'line':
-        return this.nextLine();
-      case 'data':
-        return this.nextData(this.mode);
-      case 'bdat':
-        return this.nextBdat(this.mode);
+    for (;;) {
+      this.advance();
+      const before = this.pos;
+      let ev: ReaderEvent;
+      switch (this.mode.kind) {
+        case 'line':
+          ev = this.nextLine();
+          break;
+        case 'data':
+          ev = this.nextData(this.mode);
+          break;
+        case 'bdat':
+          ev = this.nextBdat(this.mode);
+          break;
+      }
+      this.consumed(this.pos - before);
+      if (ev.type !== 'need-more') return ev;
+      // The current chunk alone cannot complete a unit: join it with the next, if any.
+      if (!this.mergeNext()) return ev;
     }
   }
 
@@ -174,29 +211,38 @@ export class SmtpReader {
     mode.atLineStart = false;
     const start = i;
     const stats = this.stats;
-    // Scan to the end of the current line (or of the buffer).
+    // Scan whole lines until the buffer ends or a line starts with '.', which the next call
+    // handles (unstuffing or the end of data).
+    let seg = i;
     let j = i;
     for (; j < len; j++) {
       const b = buf[j];
       if (b === CR) {
         if (j + 1 >= len) break; // a CR at the end: wait to see what follows
-        if (buf[j + 1] === LF) {
-          j += 2;
-          this.lineLen += j - i;
-          if (this.lineLen > stats.longestLine) stats.longestLine = this.lineLen;
-          this.lineLen = 0;
+        if (buf[j + 1] !== LF) {
+          stats.bareCr = true;
+          continue;
+        }
+        j += 2;
+        const line = this.lineLen + (j - seg);
+        if (line > stats.longestLine) stats.longestLine = line;
+        this.lineLen = 0;
+        seg = j;
+        if (j >= len || buf[j] === DOT) {
           mode.atLineStart = true;
           break;
         }
-        stats.bareCr = true;
+        j--; // the loop's j++ lands on the next line's first byte
       } else if (b === LF) {
         stats.bareLf = true;
       } else if (b > 0x7f) {
         stats.eightBit = true;
       }
     }
-    if (!mode.atLineStart) this.lineLen += j - i;
-    if (this.lineLen > stats.longestLine) stats.longestLine = this.lineLen;
+    if (!mode.atLineStart) {
+      this.lineLen += j - seg;
+      if (this.lineLen > stats.longestLine) stats.longestLine = this.lineLen;
+    }
     this.pos = j;
     if (j === start) return { type: 'need-more' };
     stats.bytes += j - start;
