@@ -180,6 +180,17 @@ export class OutboundStore {
     }
   }
 
+  /** Extends the lock while it is still ours. */
+  async renewLock(id: string, holder: string, now: Date, seconds: number): Promise<boolean> {
+    try {
+      await this.tables.update({ pk: pkOf(id), sk: 'META' }, { set: { lockUntil: now.getTime() + seconds * 1000 } }, { condition: { equals: { lockHolder: holder } } });
+      return true;
+    } catch (e) {
+      if (isStorageError(e, 'ConditionFailed')) return false;
+      throw e;
+    }
+  }
+
   /** Gives the lock back (only when still ours). */
   async unlock(id: string, holder: string): Promise<void> {
     try {

@@ -72,6 +72,12 @@ export interface OutboundDeps {
 
 /** How long one worker may hold a message before another may take it over. */
 export const LOCK_SECONDS = 15 * 60;
+/** Recipients per SMTP transaction. */
+const MAX_RCPTS_PER_TRANSACTION = 100;
+/** Domains (transactions) of one message worked at once. */
+const GROUP_CONCURRENCY = 4;
+/** How often a long attempt extends its lock. */
+const LOCK_RENEW_MS = 60_000;
 /** At most this many host addresses are tried per domain and attempt. */
 const MAX_HOSTS_PER_ATTEMPT = 5;
 /** RET absent (RFC 3461 §4.3 leaves it to us): return the whole message up to this size. */
@@ -207,14 +213,20 @@ async function work(job: OutboundQueueBody, holder: string, ctx: JobContext, dep
   const locked = await store.lock(job.id, holder, now, LOCK_SECONDS);
   if (!locked) return retryAfter(Math.max(1000, m.lockUntil - now.getTime()), 'another worker holds the message');
   m = locked;
+  // Keep the lock while a slow attempt (many hosts, long timeouts) is still running.
+  const renew = setInterval(() => {
+    store.renewLock(job.id, holder, ctx.now(), LOCK_SECONDS).catch((e: unknown) => log.warn({ err: e }, 'lock renewal failed'));
+  }, LOCK_RENEW_MS);
+  renew.unref();
   try {
-    return await attempt(m, job, holder, ctx, deps, store, log);
+    return await attempt(m, job, ctx, deps, store, log);
   } finally {
+    clearInterval(renew);
     await store.unlock(job.id, holder).catch((e) => log.warn({ err: e }, 'unlock failed'));
   }
 }
 
-async function attempt(m: MessageRecord, job: OutboundQueueBody, holder: string, ctx: JobContext, deps: OutboundDeps, store: OutboundStore, log: Logger): Promise<JobOutcome> {
+async function attempt(m: MessageRecord, job: OutboundQueueBody, ctx: JobContext, deps: OutboundDeps, store: OutboundStore, log: Logger): Promise<JobOutcome> {
   const { config } = ctx;
   const retry = schedule(config, ctx.now);
   const now = ctx.now();
@@ -227,22 +239,26 @@ async function attempt(m: MessageRecord, job: OutboundQueueBody, holder: string,
     const byDomain = new Map<string, RcptRecord[]>();
     for (const r of due) byDomain.set(r.domain, [...(byDomain.get(r.domain) ?? []), r]);
     // Domains that all go to the smarthost share one transaction per attempt.
-    const groups: { key: string; rcpts: RcptRecord[]; via?: Smarthost }[] = [];
+    const byRoute: { key: string; rcpts: RcptRecord[]; via?: Smarthost }[] = [];
     const relayed: RcptRecord[] = [];
     for (const [domain, list] of byDomain) {
       if (smarthost && (smarthost.domains.length === 0 || smarthost.domains.includes(domain))) relayed.push(...list);
-      else groups.push({ key: domain, rcpts: list });
+      else byRoute.push({ key: domain, rcpts: list });
     }
-    if (relayed.length) groups.unshift({ key: 'smarthost', rcpts: relayed, via: smarthost });
-    for (const g of groups) {
+    if (relayed.length) byRoute.unshift({ key: 'smarthost', rcpts: relayed, via: smarthost });
+    // RFC 5321 §4.5.3.1.8: a server need accept no more than 100 recipients per transaction.
+    const groups = byRoute.flatMap((g) => chunk(g.rcpts, MAX_RCPTS_PER_TRANSACTION).map((rcpts) => ({ ...g, rcpts })));
+    await forEachLimited(groups, GROUP_CONCURRENCY, async (g) => {
       const outcome = await deliverGroup(g.key, g.rcpts, g.via, m, prepared, ctx, deps, log);
       const updated = g.rcpts.map((r) => applyOutcome(r, outcome.get(r.address)!, retry, receivedAt, ctx.now()));
+      // Recorded per group, right after its transaction: the window in which a crash would
+      // cause a second copy is as short as it can be.
       await store.putRecipients(m.id, updated);
       for (const u of updated) {
         ctx.metrics?.messages.inc({ stage: 'outbound', outcome: u.state });
         log.info({ rcpt: u.address, state: u.state, attempts: u.attempts, reply: u.lastReply, host: u.remoteHost }, `recipient ${u.state}`);
       }
-    }
+    });
     rcpts = await store.getRecipients(m.id);
   }
   const pending = rcpts.filter(isPending);
@@ -262,8 +278,32 @@ async function attempt(m: MessageRecord, job: OutboundQueueBody, holder: string,
   // messages (the stale one is dropped later), never none.
   await ctx.storage.queues.send('outbound', JSON.stringify(next), { delaySeconds: Math.min(MAX_DELAY_SECONDS, Math.ceil(wait / 1000)) });
   await store.advanceSeq(m.id, seq, new Date(nextAt).toISOString());
-  void holder;
   return done;
+}
+
+function chunk<T>(xs: T[], n: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < xs.length; i += n) out.push(xs.slice(i, i + n));
+  return out;
+}
+
+/** Runs `fn` over `items` with at most `limit` running at once; rejects with the first error
+ * after all started work has settled. */
+async function forEachLimited<T>(items: T[], limit: number, fn: (x: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const errors: unknown[] = [];
+  const lane = async () => {
+    while (next < items.length) {
+      const x = items[next++];
+      try {
+        await fn(x);
+      } catch (e) {
+        errors.push(e);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
+  if (errors.length) throw errors[0];
 }
 
 /** The message as it goes out: DKIM-Signature fields (if any) followed by the stored message. */

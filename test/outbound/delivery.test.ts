@@ -328,6 +328,17 @@ describe('routing', () => {
     }
   });
 
+  it('splits 150 recipients of one domain into transactions of at most 100 (RFC 5321 §4.5.3.1.8)', async () => {
+    const rcpts = Array.from({ length: 150 }, (_, i) => ({ address: `user${i}@remote.test` }));
+    await queueMessage(env, { id: 'many-1', from: 'alice@local.test', rcpts }, sampleMessage('alice@local.test', 'user0@remote.test', 'Many'));
+    const n = remote.events.length;
+    await drain(env, 'outbound', createOutboundJob());
+    const ev = remote.events.slice(n).filter((e) => e.event === 'message');
+    expect(ev.map((e) => e.rcpts!.length).sort((a, b) => a - b)).toEqual([50, 100]);
+    const states = (await new OutboundStore(env.storage.tables).getRecipients('many-1')).map((r) => r.state);
+    expect(states.filter((s) => s === 'delivered')).toHaveLength(150);
+  });
+
   it('a message that needs SMTPUTF8 goes with MAIL FROM ... SMTPUTF8 to a server offering it (RFC 6531)', async () => {
     await queueMessage(env, { id: 'utf8-1', from: 'alice@local.test', rcpts: [{ address: 'jörg@remote.test' }], smtputf8: true }, sampleMessage('alice@local.test', 'jörg@remote.test', 'UTF8'));
     const n = remote.events.length;
