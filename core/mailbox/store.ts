@@ -77,8 +77,11 @@ export interface DeliveryInput {
 
 /** Options of the store. */
 export interface MailboxStoreOptions {
-  /** Injectable clock (leases, markers, uidValidity). @default () => new Date() */
+  /** Clock for leases, markers and uidValidity. Expiry is judged by the storage against real
+   * time, so this may only be shifted slightly (tests). @default () => new Date() */
   now?: () => Date;
+  /** Items per query page when listing. @default 500 */
+  pageSize?: number;
   /** Lifetime of delivery markers in seconds; must outlive any redelivery of a job. @default 30 days */
   markerTtlSeconds?: number;
 }
@@ -121,6 +124,7 @@ function backoff(attempt: number): Promise<void> {
 export class MailboxStore {
   private readonly now: () => Date;
   private readonly markerTtl: number;
+  private readonly pageSize: number;
 
   constructor(
     private readonly tables: Tables,
@@ -129,6 +133,7 @@ export class MailboxStore {
   ) {
     this.now = options.now ?? (() => new Date());
     this.markerTtl = options.markerTtlSeconds ?? 30 * 86400;
+    this.pageSize = options.pageSize ?? 500;
   }
 
   private epoch(): number {
@@ -150,10 +155,15 @@ export class MailboxStore {
   /**
    * Adds a message. Idempotent on (jobId, user): a second call returns the first uid with
    * duplicate=true. Throws QuotaExceeded when the user's quota would be passed and NoSuchMailbox
-   * for an unknown user. Counters, message item, marker and blob reference change in one
-   * transaction, guarded by the counters read just before (optimistic; retried on a race).
+   * for an unknown user. The uid comes from an atomic counter first; then counters, message item,
+   * marker and blob reference change in one transaction whose only conditions are the quota and
+   * the marker, so concurrent deliveries to one mailbox need no read-modify-write loop (DynamoDB
+   * may still cancel overlapping transactions; those are retried with the same uid). A refused
+   * delivery burns its uid: UIDs stay strictly ascending, which is all RFC 1939 UIDL and RFC 3501
+   * §2.3.1.1 ask.
    */
   async deliver(user: string, m: DeliveryInput): Promise<{ uid: number; duplicate: boolean }> {
+    let uid = 0;
     for (let attempt = 0; ; attempt++) {
       const marker = await this.tables.get(mailboxKeys.marker(m.jobId, user));
       if (marker) return { uid: Number(marker.uid), duplicate: true };
@@ -162,12 +172,14 @@ export class MailboxStore {
       const meta = toMeta(await this.ensureMeta(user));
       const quota = Number(account.quotaBytes ?? 0);
       if (quota > 0 && meta.bytes + m.size > quota) throw new QuotaExceeded(user, quota, meta.bytes, m.size);
-      const uid = meta.uidNext;
+      // The uid is ours alone once allocated, so a retry after a conflict reuses it.
+      uid ||= Number((await this.tables.update(mailboxKeys.meta(user), { add: { uidNext: 1 } }, { condition: { exists: true } })).uidNext) - 1;
       const ops: TransactOp[] = [
         {
           update: mailboxKeys.meta(user),
-          changes: { set: { uidNext: uid + 1 }, add: { count: 1, bytes: m.size } },
-          condition: { equals: { uidNext: uid, bytes: meta.bytes } },
+          changes: { add: { count: 1, bytes: m.size } },
+          // bytes + size <= quota, checked atomically with the write.
+          condition: quota > 0 ? { lessThan: { bytes: quota - m.size + 1 } } : { exists: true },
         },
         {
           put: { ...mailboxKeys.message(user, uid), uid, blobKey: m.blobKey, size: m.size, receivedAt: m.receivedAt, summary: m.summary, flags: [], jobId: m.jobId },
@@ -180,7 +192,10 @@ export class MailboxStore {
         await this.tables.transact(ops);
         return { uid, duplicate: false };
       } catch (e) {
-        if (!isStorageError(e, 'ConditionFailed') || attempt >= MAX_ATTEMPTS) throw e;
+        // ConditionFailed: a racing copy of this job (marker) or the quota, both re-checked above.
+        // Unavailable: DynamoDB cancels concurrent transactions on one item (TransactionConflict).
+        const again = isStorageError(e, 'ConditionFailed') || isStorageError(e, 'Unavailable');
+        if (!again || attempt >= MAX_ATTEMPTS) throw e;
         await backoff(attempt);
       }
     }
@@ -213,7 +228,7 @@ export class MailboxStore {
   async *entries(user: string): AsyncGenerator<MessageEntry> {
     let cursor: string | undefined;
     do {
-      const page = await this.tables.query(`MBX#${user}`, { range: { beginsWith: 'UID#' }, limit: 500, cursor });
+      const page = await this.tables.query(`MBX#${user}`, { range: { beginsWith: 'UID#' }, limit: this.pageSize, cursor });
       for (const item of page.items) yield toEntry(item);
       cursor = page.cursor;
     } while (cursor);
