@@ -23,7 +23,7 @@ export { SqsQueues } from './sqs-queues.js';
 export interface AwsStorageOptions {
   /** Milliseconds since the epoch, deciding item expiry. @default Date.now */
   now?: () => number;
-  /** Multipart tuning of both buckets. @default 8 MiB parts, 4 at once */
+  /** Multipart tuning of both buckets. @default 5 MiB parts, 2 at once */
   blobs?: S3BlobsOptions;
 }
 

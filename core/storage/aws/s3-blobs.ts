@@ -1,21 +1,25 @@
 /**
  * The Blobs port on one S3 bucket. A put streams its body through a byte counter and a SHA-256
  * hash; a body that fits in one part goes up as a single PutObject (with its SHA-256 kept as
- * metadata), a longer one as a multipart upload (lib-storage) that S3 makes visible only when it
+ * metadata), a longer one as a multipart upload that S3 makes visible only when it
  * completes, so a crash mid-put never leaves a partial object. Put-if-absent is S3's conditional
  * write, `If-None-Match: *`, on PutObject or on CompleteMultipartUpload.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
+  UploadPartCommand,
+  type CompletedPart,
   type S3Client,
 } from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
 import type { Logger } from '../../log.js';
 import {
   ConditionFailed,
@@ -39,9 +43,10 @@ const MIN_PART_SIZE = 5 * 1024 * 1024;
 
 /** Tuning of the S3 blob adapter. */
 export interface S3BlobsOptions {
-  /** Bytes per multipart part; also the largest body sent as one PutObject. @default 8 MiB */
+  /** Bytes per multipart part (S3's minimum is 5 MiB); also the largest body sent as one PutObject. @default 5 MiB */
   partSize?: number;
-  /** Parts uploaded at once. Memory held by one put is about partSize x (queueSize + 1). @default 4 */
+  /** Parts uploaded at once. Memory held by one put is at most partSize x (queueSize + 2); with the
+   * defaults a 100 MB put grows the process by well under 64 MB (test/contract). @default 2 */
   queueSize?: number;
 }
 
@@ -56,8 +61,8 @@ export class S3Blobs implements Blobs {
     private readonly log: Logger,
     options: S3BlobsOptions = {},
   ) {
-    this.partSize = Math.max(MIN_PART_SIZE, options.partSize ?? 8 * 1024 * 1024);
-    this.queueSize = Math.max(1, options.queueSize ?? 4);
+    this.partSize = Math.max(MIN_PART_SIZE, options.partSize ?? MIN_PART_SIZE);
+    this.queueSize = Math.max(1, options.queueSize ?? 2);
   }
 
   async put(key: string, body: BlobBody, options: BlobPutOptions = {}): Promise<BlobInfo> {
@@ -116,37 +121,116 @@ export class S3Blobs implements Blobs {
       throw new ConditionFailed(`${what} exists`);
     }
 
-    async function* rest(): AsyncGenerator<Buffer> {
-      yield* first.splice(0);
-      yield* source;
-    }
-    const upload = new Upload({
-      client: this.s3,
-      partSize: this.partSize,
-      queueSize: this.queueSize,
-      leavePartsOnError: false,
-      params: {
-        Bucket: this.bucket,
-        Key: key,
-        Body: Readable.from(rest(), { objectMode: false, highWaterMark: 64 * 1024 }),
+    try {
+      await this.multipart(key, what, first, source, {
         ContentType: options.contentType,
         Metadata: metadata,
-        // Only CompleteMultipartUpload (and PutObject) serialise this field: the object appears
-        // at completion, and S3 refuses completion with 412 when the key exists by then.
         ...(options.ifAbsent ? { IfNoneMatch: '*' } : {}),
-      },
-    });
-    try {
-      await upload.done();
+      });
     } catch (e) {
-      // lib-storage aborts the multipart upload before rethrowing; the parts are gone.
       if (counted.bytes > limit) throw new TooLarge(limit, { cause: e });
       if (counted.sourceError !== undefined) throw counted.sourceError;
-      if (isStorageError(e)) throw e;
       throw toStorageError(e, what);
     }
     this.log.debug({ bucket: this.bucket, key, size: counted.bytes }, 'multipart put done');
     return { ...infoFrom(key, counted.bytes, options.contentType, metadata, new Date()), sha256: hash.digest('hex') };
+  }
+
+  /**
+   * A multipart upload from `first` (already read) and the rest of `source`. Parts are copied
+   * into at most queueSize + 1 reusable buffers of partSize bytes, so a put holds that much memory
+   * whatever the object's size (lib-storage's Upload concatenates and copies each part instead).
+   * The object appears only at CompleteMultipartUpload; any failure aborts the upload.
+   */
+  private async multipart(
+    key: string,
+    what: string,
+    first: Buffer[],
+    source: AsyncGenerator<Buffer>,
+    params: { ContentType?: string; Metadata: Record<string, string>; IfNoneMatch?: string },
+  ): Promise<void> {
+    const created = await this.s3.send(
+      // CRC32 part checksums, as the SDK adds them to UploadPart by default (lib-storage does the same).
+      new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key, ContentType: params.ContentType, Metadata: params.Metadata, ChecksumAlgorithm: 'CRC32' }),
+    );
+    const uploadId = created.UploadId!;
+    const parts: CompletedPart[] = [];
+    const free: Buffer[] = [];
+    let allocated = 0;
+    const inflight = new Set<Promise<void>>();
+    let failure: { error: unknown } | undefined;
+
+    const takeSlot = async (): Promise<Buffer> => {
+      while (free.length === 0 && allocated > this.queueSize && inflight.size > 0) await Promise.race(inflight);
+      if (failure) throw failure.error;
+      const slot = free.pop();
+      if (slot) return slot;
+      allocated++;
+      return Buffer.allocUnsafe(this.partSize);
+    };
+    const send = (slot: Buffer, length: number, partNumber: number): void => {
+      const p = this.s3
+        .send(new UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, PartNumber: partNumber, Body: slot.subarray(0, length), ContentLength: length }))
+        .then(
+          (res) => {
+            parts.push({ PartNumber: partNumber, ETag: res.ETag, ...(res.ChecksumCRC32 ? { ChecksumCRC32: res.ChecksumCRC32 } : {}) });
+            free.push(slot);
+          },
+          (e: unknown) => {
+            failure ??= { error: e };
+          },
+        )
+        .finally(() => inflight.delete(p));
+      inflight.add(p);
+    };
+
+    try {
+      let partNumber = 0;
+      let slot = await takeSlot();
+      let fill = 0;
+      const chunks = (async function* () {
+        while (first.length) yield first.shift()!;
+        yield* source;
+      })();
+      for await (const chunk of chunks) {
+        let off = 0;
+        while (off < chunk.length) {
+          if (fill === this.partSize) {
+            // S3 allows 10,000 parts; past that the object cannot be completed.
+            if (partNumber >= 10_000) throw new InvalidRequest(`${what}: more than 10,000 parts of ${this.partSize} bytes`);
+            send(slot, fill, ++partNumber);
+            slot = await takeSlot();
+            fill = 0;
+          }
+          const n = Math.min(this.partSize - fill, chunk.length - off);
+          chunk.copy(slot, fill, off, off + n);
+          fill += n;
+          off += n;
+        }
+      }
+      send(slot, fill, ++partNumber);
+      while (inflight.size) await Promise.race(inflight);
+      if (failure) throw failure.error;
+      parts.sort((x, y) => x.PartNumber! - y.PartNumber!);
+      await this.s3.send(
+        new CompleteMultipartUploadCommand({
+          Bucket: this.bucket,
+          Key: key,
+          UploadId: uploadId,
+          MultipartUpload: { Parts: parts },
+          // S3 makes the object visible only now, and refuses with 412 when the key exists by then.
+          ...(params.IfNoneMatch ? { IfNoneMatch: params.IfNoneMatch } : {}),
+        }),
+      );
+    } catch (e) {
+      await source.return(undefined).catch(() => undefined);
+      while (inflight.size) await Promise.race(inflight);
+      await this.s3.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId })).catch((abortError: unknown) => {
+        // An upload left behind is removed by the bucket's lifecycle rule for incomplete uploads.
+        this.log.warn({ bucket: this.bucket, key, err: (abortError as Error).message }, 'aborting a multipart upload failed');
+      });
+      throw e;
+    }
   }
 
   async get(key: string, options: { range?: ByteRange } = {}): Promise<{ info: BlobInfo; body: Readable }> {

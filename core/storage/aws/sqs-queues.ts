@@ -29,6 +29,24 @@ import { errorName, guard, isAbort, toStorageError } from './errors.js';
 
 /** SQS's longest long-poll wait. */
 const MAX_WAIT_SECONDS = 20;
+/** The longest single ReceiveMessage wait when the caller may abort. */
+const SIGNAL_SLICE_SECONDS = 2;
+const RECEIPT_PREFIX = 'tmln1:';
+
+/**
+ * The receipt handed to callers: SQS's receipt handle with the message's send time and this
+ * receive's time in front, which changeVisibility needs for SQS's 12-hour cap. A bare SQS receipt
+ * handle (as a Lambda event carries it) is accepted too.
+ */
+function encodeReceipt(handle: string, sentAt: number, receivedAt: number): string {
+  return `${RECEIPT_PREFIX}${sentAt}:${receivedAt}:${handle}`;
+}
+
+function decodeReceipt(receipt: string): { handle: string; sentAt?: number; receivedAt?: number } {
+  if (typeof receipt !== 'string' || receipt === '') throw new InvalidRequest('malformed receipt');
+  const m = receipt.startsWith(RECEIPT_PREFIX) ? /^(\d+):(\d+):(.+)$/s.exec(receipt.slice(RECEIPT_PREFIX.length)) : null;
+  return m ? { handle: m[3], sentAt: Number(m[1]), receivedAt: Number(m[2]) } : { handle: receipt };
+}
 
 /** Queue URLs by logical name; a missing dead-letter URL is found from the main queue's redrive policy. */
 export type QueueUrls = Record<QueueName, string>;
@@ -66,6 +84,19 @@ export class SqsQueues implements Queues {
     if (!Number.isInteger(wait) || wait < 0 || wait > MAX_WAIT_SECONDS) throw new InvalidRequest(`waitSeconds must be a whole number 0..${MAX_WAIT_SECONDS}`);
     if (options.signal?.aborted) return [];
     const url = await this.url(queue);
+    // An aborted HTTP request does not end SQS's long poll: the server may still take a message
+    // and hide it for the visibility timeout. With a signal, poll in short slices so that a
+    // cancelled wait leaves at most SIGNAL_SLICE_SECONDS of server-side polling behind.
+    const deadline = Date.now() + wait * 1000;
+    for (;;) {
+      const left = Math.max(0, Math.ceil((deadline - Date.now()) / 1000));
+      const slice = options.signal ? Math.min(left, SIGNAL_SLICE_SECONDS) : left;
+      const got = await this.receiveOnce(queue, url, max, vis, slice, options.signal);
+      if (got.length || options.signal?.aborted || Date.now() >= deadline - 500) return got;
+    }
+  }
+
+  private async receiveOnce(queue: QueueName, url: string, max: number, vis: number | undefined, wait: number, signal: AbortSignal | undefined): Promise<ReceivedMessage[]> {
     try {
       const res = await this.sqs.send(
         new ReceiveMessageCommand({
@@ -75,44 +106,58 @@ export class SqsQueues implements Queues {
           WaitTimeSeconds: wait,
           MessageSystemAttributeNames: ['ApproximateReceiveCount', 'SentTimestamp'],
         }),
-        { abortSignal: options.signal },
+        { abortSignal: signal },
       );
-      return (res.Messages ?? []).map((m) => ({
-        id: m.MessageId!,
-        receipt: m.ReceiptHandle!,
-        body: m.Body ?? '',
-        receiveCount: Number(m.Attributes?.ApproximateReceiveCount ?? 1),
-        sentAt: new Date(Number(m.Attributes?.SentTimestamp ?? Date.now())),
-      }));
+      const receivedAt = Date.now();
+      return (res.Messages ?? []).map((m) => {
+        const sentAt = Number(m.Attributes?.SentTimestamp ?? receivedAt);
+        return {
+          id: m.MessageId!,
+          receipt: encodeReceipt(m.ReceiptHandle!, sentAt, receivedAt),
+          body: m.Body ?? '',
+          receiveCount: Number(m.Attributes?.ApproximateReceiveCount ?? 1),
+          sentAt: new Date(sentAt),
+        };
+      });
     } catch (e) {
       // A fired signal means "stop waiting" (shutdown), not a failure.
-      if (options.signal?.aborted || isAbort(e)) return [];
+      if (signal?.aborted || isAbort(e)) return [];
       throw toStorageError(e, `receive from ${queue}`);
     }
   }
 
   async delete(queue: QueueName, receipt: string): Promise<void> {
+    const { handle } = decodeReceipt(receipt);
     const url = await this.url(queue);
-    try {
-      await this.sqs.send(new DeleteMessageCommand({ QueueUrl: url, ReceiptHandle: receipt }));
-    } catch (e) {
-      // SQS accepts a stale receipt of a deleted message; a malformed one is the caller's error.
-      throw toStorageError(e, `delete from ${queue}`);
-    }
+    // SQS accepts the receipt of a message already deleted; a malformed one is the caller's error.
+    await guard(`delete from ${queue}`, () => this.sqs.send(new DeleteMessageCommand({ QueueUrl: url, ReceiptHandle: handle })));
   }
 
   async changeVisibility(queue: QueueName, receipt: string, seconds: number): Promise<void> {
     if (!Number.isInteger(seconds) || seconds < 0 || seconds > MAX_VISIBILITY_SECONDS) throw new InvalidRequest(`visibility ${seconds} s (0..${MAX_VISIBILITY_SECONDS})`);
+    const { handle, sentAt, receivedAt } = decodeReceipt(receipt);
     const url = await this.url(queue);
-    try {
-      await this.sqs.send(new ChangeMessageVisibilityCommand({ QueueUrl: url, ReceiptHandle: receipt, VisibilityTimeout: seconds }));
-    } catch (e) {
-      const name = errorName(e);
-      // The message was deleted, or its receipt outlived by a newer receive.
-      if (name === 'MessageNotInflight' || name === 'AWS.SimpleQueueService.MessageNotInflight') {
-        throw new NotFound(`in-flight message in ${queue}`, { cause: e });
+    // SQS caps a message's total visibility at 12 hours, counted from its receive (moto: from its
+    // send), and refuses more. The port asks for "hidden `seconds` from now", so on that refusal
+    // hide it as long as SQS still allows, computed from the times kept in the receipt.
+    const candidates = [seconds];
+    for (const base of [receivedAt, sentAt]) {
+      if (base !== undefined) candidates.push(Math.min(seconds, Math.floor(MAX_VISIBILITY_SECONDS - (Date.now() - base) / 1000) - 2));
+    }
+    for (let i = 0; ; i++) {
+      try {
+        await this.sqs.send(new ChangeMessageVisibilityCommand({ QueueUrl: url, ReceiptHandle: handle, VisibilityTimeout: candidates[i] }));
+        return;
+      } catch (e) {
+        const name = errorName(e);
+        // The message was deleted, or its receipt outlived by a newer receive.
+        if (name === 'MessageNotInflight' || name === 'AWS.SimpleQueueService.MessageNotInflight') {
+          throw new NotFound(`in-flight message in ${queue}`, { cause: e });
+        }
+        const beyondLimit = name === 'InvalidParameterValue' && /limit|maximum|exceed/i.test((e as Error).message ?? '');
+        const next = candidates[i + 1];
+        if (!beyondLimit || next === undefined || next < 0) throw toStorageError(e, `change visibility in ${queue}`);
       }
-      throw toStorageError(e, `change visibility in ${queue}`);
     }
   }
 
