@@ -7,11 +7,14 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { execFile } from 'node:child_process';
 import { PassThrough } from 'node:stream';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run as runCli } from '../../cli/main.js';
 import { loadConfig } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
+import { secretsDkimKeys } from '../../core/mail/dkim.js';
 import { createOutboundJob } from '../../core/mail/outbound.js';
 import { OutboundStore, QUEUE_LIST_PK } from '../../core/mail/outbound-store.js';
 import { openStorage } from '../../core/storage/open.js';
@@ -20,6 +23,8 @@ import { startMoto, type AwsTestBackend } from '../support/moto.js';
 import { drain, openEnv, queueMessage, sampleMessage, startRemote, TestClock, type RemoteMx, type TestEnv } from './harness.js';
 
 
+const run = promisify(execFile);
+const here = new URL('.', import.meta.url).pathname;
 let dns: TestDnsServer;
 let moto: AwsTestBackend | undefined;
 
@@ -149,6 +154,46 @@ for (const family of ['local', 'aws'] as Family[]) {
     });
   });
 }
+
+describe('DKIM keys in Secrets Manager (aws family, moto)', () => {
+  let env: TestEnv;
+  let cliEnv: Record<string, string>;
+  let remote: RemoteMx;
+  beforeAll(async () => {
+    remote = await startRemote();
+    ({ env, cliEnv } = await openFamily('aws', remote));
+  });
+  afterAll(async () => {
+    await env?.close();
+    await remote?.close();
+  });
+
+  it('dkim generate stores keys in <prefix><domain>; the worker signs with them; dkimpy verifies', async () => {
+    const prefix = 'tomlinson-test/dkim/';
+    const withPrefix = { ...cliEnv, TOMLINSON_DKIM_SECRET_PREFIX: prefix };
+    const a = await cli(withPrefix, '--json', 'dkim', 'generate', 'local.test', '--selector', 'aws1');
+    expect(a.code).toBe(0);
+    const b = await cli(withPrefix, '--json', 'dkim', 'generate', 'local.test', '--selector', 'aws2', '--algorithm', 'ed25519-sha256');
+    expect(b.code).toBe(0);
+    const ka = JSON.parse(a.stdout) as { name: string; txt: string; stored: string };
+    const kb = JSON.parse(b.stdout) as { name: string; txt: string };
+    expect(ka.stored).toBe(`secret ${prefix}local.test`);
+    const keys = await secretsDkimKeys(prefix, { region: env.config.storage.aws.region }).keys('local.test');
+    expect(keys.map((k) => [k.selector, k.algorithm])).toEqual([
+      ['aws1', 'rsa-sha256'],
+      ['aws2', 'ed25519-sha256'],
+    ]);
+    expect((await cli(withPrefix, 'dkim', 'generate', 'local.test', '--selector', 'aws1')).code).toBe(1);
+
+    const handler = createOutboundJob({ dkim: secretsDkimKeys(prefix, { region: env.config.storage.aws.region }) });
+    await queueMessage(env, { id: 'aws-dkim-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] }, sampleMessage('alice@local.test', 'bob@remote.test', 'AWS DKIM'));
+    await drain(env, 'outbound', handler);
+    const file = remote.events.find((e) => e.event === 'message' && e.file)?.file;
+    expect(file).toBeTruthy();
+    const { stdout } = await run('/usr/bin/python3', [join(here, 'dkim_verify.py'), file!, `${ka.name}=${ka.txt}`, `${kb.name}=${kb.txt}`]);
+    expect(JSON.parse(stdout)).toMatchObject({ results: [true, true], domains: ['local.test', 'local.test'] });
+  });
+});
 
 describe('dkim generate', () => {
   it('stores a key the worker reads and prints the TXT record', async () => {
