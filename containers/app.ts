@@ -74,7 +74,7 @@ export async function startApp(config: Config, asked: readonly Component[], log:
     const components = enabledComponents(config, asked);
     for (const c of components) {
       if (c === 'workers') continue;
-      const l = await startListener(c, { config, storage, log: log.child({ c }), metrics });
+      const l = await startListener(c, { config, storage, log, metrics });
       listeners.push(l);
     }
     if (components.includes('workers')) {
