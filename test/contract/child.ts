@@ -9,6 +9,7 @@
  *   way; the parent SIGKILLs it there.
  * - `race <pk> <sk> <blobKey> <racers> <name>`: prints READY, waits for GO on stdin, then runs
  *   `racers` conditional table puts and put-if-absent blob puts at once and reports the wins.
+ * - `drain <queue> <seconds>`: prints READY, waits for GO, then receives and deletes for that long.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
@@ -17,7 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
 import { openStorage } from '../../core/storage/open.js';
-import { isStorageError, type Storage } from '../../core/storage/ports.js';
+import { isStorageError, type QueueName, type Storage } from '../../core/storage/ports.js';
 
 const CHUNK = 64 * 1024;
 
@@ -113,12 +114,32 @@ async function race(storage: Storage, pk: string, sk: string, blobKey: string, r
   out({ tableWins, blobWins });
 }
 
+/** Receives from `queue` until `seconds` pass, deleting each message; reports the bodies it got. */
+async function drain(storage: Storage, queue: QueueName, seconds: number): Promise<void> {
+  const lines = createInterface({ input: process.stdin });
+  const go = new Promise<void>((resolve) => lines.on('line', (l) => l.trim() === 'GO' && resolve()));
+  process.stdout.write('READY\n');
+  await go;
+  lines.close();
+  const bodies: string[] = [];
+  const end = Date.now() + seconds * 1000;
+  while (Date.now() < end) {
+    const got = await storage.queues.receive(queue, { max: 10, visibilitySeconds: 60, waitSeconds: 1 });
+    for (const m of got) {
+      bodies.push(m.body);
+      await storage.queues.delete(queue, m.receipt);
+    }
+  }
+  out({ bodies });
+}
+
 async function main(): Promise<void> {
   const [mode, ...args] = process.argv.slice(2);
   const storage = await openStorage(loadConfig(process.env), silentLogger);
   try {
     if (mode === 'big') await big(storage, args[0], Number(args[1]));
     else if (mode === 'crash') await crash(storage, args[0]);
+    else if (mode === 'drain') await drain(storage, args[0] as QueueName, Number(args[1]));
     else if (mode === 'race') await race(storage, args[0], args[1], args[2], Number(args[3]), args[4]);
     else throw new Error(`unknown mode ${mode}`);
   } finally {

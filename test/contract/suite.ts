@@ -57,7 +57,7 @@ async function errorCode(p: Promise<unknown>): Promise<StorageErrorCode | string
 }
 
 /** A child process running test/contract/child.ts with the target's environment. */
-class Child {
+export class ContractChild {
   readonly proc: ChildProcess;
   private buf = '';
   readonly lines: string[] = [];
@@ -119,11 +119,11 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
     let target: ContractTarget;
     let config: Config;
     let s: Storage;
-    const children: Child[] = [];
+    const children: ContractChild[] = [];
     /** Unique per run, so runs against one shared account never meet. */
     const run = `contract-${Date.now().toString(36)}-${randomUUID().slice(0, 8)}`;
     const spawnChild = (...args: string[]) => {
-      const c = new Child(target.env, args);
+      const c = new ContractChild(target.env, args);
       children.push(c);
       return c;
     };
