@@ -118,6 +118,8 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'outbound.delayNoticeSeconds', env: 'TOMLINSON_OUTBOUND_DELAY_NOTICE', kind: 'int', min: 0, max: 30 * 86400, default: 4 * 3600, doc: 'Send one delay notice once a message has waited this long; 0: never.' },
   { path: 'outbound.dkimDir', env: 'TOMLINSON_DKIM_DIR', kind: 'string', default: '', doc: 'Folder of DKIM keys <domain>/<selector>.pem; empty: <dataDir>/dkim.' },
   { path: 'outbound.dkimSecretPrefix', env: 'TOMLINSON_DKIM_SECRET_PREFIX', kind: 'string', default: '', doc: 'Secrets Manager prefix of DKIM keys (secret <prefix><domain>); empty: keys from files.' },
+  { path: 'outbound.mtaSts', env: 'TOMLINSON_OUTBOUND_MTA_STS', kind: 'bool', default: true, doc: 'Honour recipient domains\' MTA-STS policies (RFC 8461) for MX delivery.' },
+  { path: 'outbound.mtaStsPort', env: 'TOMLINSON_OUTBOUND_MTA_STS_PORT', kind: 'port', default: 443, doc: 'HTTPS port of mta-sts.<domain> policy hosts (tests point it at their own server).' },
 
   { path: 'workers.enabled', env: 'TOMLINSON_WORKERS_ENABLED', kind: 'bool', default: true, doc: 'Run the queue workers in-process (embedded default).' },
   { path: 'workers.concurrency', env: 'TOMLINSON_WORKER_CONCURRENCY', kind: 'int', min: 1, max: 256, default: 8, doc: 'Jobs processed at once per queue.' },
@@ -208,6 +210,8 @@ export interface Config {
     delayNoticeSeconds: number;
     dkimDir: string;
     dkimSecretPrefix: string;
+    mtaSts: boolean;
+    mtaStsPort: number;
   };
   workers: { enabled: boolean; concurrency: number };
   health: { port: number; host: string };
