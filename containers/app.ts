@@ -56,9 +56,11 @@ export function enabledComponents(config: Config, asked: readonly Component[]): 
 }
 
 /** Opens storage and starts the asked components; on any failure stops what it started. */
-export async function startApp(config: Config, asked: readonly Component[], log: Logger, options: { metrics?: Metrics } = {}): Promise<App> {
+export async function startApp(config: Config, asked: readonly Component[], log: Logger, options: { metrics?: Metrics; wrapStorage?: (s: Storage) => Storage } = {}): Promise<App> {
   const metrics = options.metrics ?? new Metrics();
-  const storage = instrumentStorage(await openStorage(config, log.child({ c: 'storage' })), metrics);
+  const opened = await openStorage(config, log.child({ c: 'storage' }));
+  // wrapStorage lets the soak inject storage faults into the real thing; never set in production.
+  const storage = instrumentStorage(options.wrapStorage ? options.wrapStorage(opened) : opened, metrics);
   const listeners: RunningListener[] = [];
   const workers: WorkerLoop[] = [];
   let health: Awaited<ReturnType<typeof startHealthServer>> | undefined;
@@ -80,7 +82,7 @@ export async function startApp(config: Config, asked: readonly Component[], log:
     if (components.includes('workers')) {
       const ctx = { config, storage, log: log.child({ c: 'worker' }), metrics, now: () => new Date() };
       for (const [queue, handler] of await workerHandlers()) {
-        const w = new WorkerLoop(queue, handler, { ...ctx, log: ctx.log.child({ queue }) }, { concurrency: config.workers.concurrency });
+        const w = new WorkerLoop(queue, handler, { ...ctx, log: ctx.log.child({ queue }) }, { concurrency: config.workers.concurrency, visibilitySeconds: config.workers.visibilitySeconds });
         w.start();
         workers.push(w);
       }

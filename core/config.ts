@@ -123,6 +123,7 @@ export const SETTINGS: readonly Setting[] = [
 
   { path: 'workers.enabled', env: 'TOMLINSON_WORKERS_ENABLED', kind: 'bool', default: true, doc: 'Run the queue workers in-process (embedded default).' },
   { path: 'workers.concurrency', env: 'TOMLINSON_WORKER_CONCURRENCY', kind: 'int', min: 1, max: 256, default: 8, doc: 'Jobs processed at once per queue.' },
+  { path: 'workers.visibilitySeconds', env: 'TOMLINSON_WORKER_VISIBILITY', kind: 'int', min: 2, max: 43200, default: 60, doc: 'How long a job taken by a worker that died stays hidden before another takes it.' },
 
   { path: 'health.port', env: 'TOMLINSON_HEALTH_PORT', kind: 'port', default: 8025, doc: 'Health and /metrics HTTP endpoint; 0 turns it off.' },
   { path: 'health.host', env: 'TOMLINSON_HEALTH_HOST', kind: 'string', default: '127.0.0.1', doc: 'Address of the health endpoint.' },
@@ -213,7 +214,7 @@ export interface Config {
     mtaSts: boolean;
     mtaStsPort: number;
   };
-  workers: { enabled: boolean; concurrency: number };
+  workers: { enabled: boolean; concurrency: number; visibilitySeconds: number };
   health: { port: number; host: string };
 }
 
