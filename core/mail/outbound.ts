@@ -26,6 +26,7 @@ import { done, type JobContext, type JobHandler, type JobOutcome } from '../work
 import { dkimSignatures, fileDkimKeys, noDkimKeys, secretsDkimKeys, type DkimKeySource } from './dkim.js';
 import { buildDsn, type DsnRecipientReport } from './dsn.js';
 import type { InboundJob, OutboundJob } from './jobs.js';
+import { stsPolicy, mxMatches, type StsPolicy } from './mta-sts.js';
 import { resolveMxRoute, type MxDns } from './mx.js';
 import { dnsResolverFromConfig } from '../dns.js';
 import { Accounts } from '../accounts/accounts.js';
@@ -64,6 +65,8 @@ export interface OutboundDeps {
   transact: (t: SmtpTransaction) => Promise<TransactionResult>;
   /** Where the sender of a bounced message lives. */
   senderKind: (address: string, storage: Storage) => Promise<SenderKind>;
+  /** The MTA-STS policy of a recipient domain (RFC 8461); mode `none` when it has none. */
+  mtaSts: (domain: string, storage: Storage) => Promise<StsPolicy>;
   /** Extra CA certificates for verified TLS (tests). */
   ca?: string;
   /** Random source for MX shuffling. @default Math.random */
@@ -101,10 +104,13 @@ export function parseSmarthost(url: string, domains: string[] = []): Smarthost {
 }
 
 /** The default dependencies for a configuration. */
-export function defaultOutboundDeps(config: Config): OutboundDeps {
+export function defaultOutboundDeps(config: Config, options: { ca?: string } = {}): OutboundDeps {
   let smarthost: Promise<Smarthost | undefined> | undefined;
+  const resolver = dnsResolverFromConfig(config);
   return {
-    dns: dnsResolverFromConfig(config),
+    dns: resolver,
+    mtaSts: async (domain, storage) =>
+      config.outbound.mtaSts ? stsPolicy(domain, { resolver, tables: storage.tables, port: config.outbound.mtaStsPort, ca: options.ca }) : { mode: 'none', mx: [], id: '', expires: 0 },
     dkim: config.outbound.dkimSecretPrefix
       ? secretsDkimKeys(config.outbound.dkimSecretPrefix, { region: config.storage.aws.region || undefined })
       : fileDkimKeys(config.outbound.dkimDir || join(config.dataDir, 'dkim')),
@@ -152,7 +158,7 @@ export function createOutboundJob(overrides: Partial<OutboundDeps> | ((config: C
     let deps = depsByContext.get(ctx);
     if (!deps) {
       const o = typeof overrides === 'function' ? overrides(ctx.config) : overrides;
-      deps = { ...defaultOutboundDeps(ctx.config), ...o };
+      deps = { ...defaultOutboundDeps(ctx.config, { ca: o.ca }), ...o };
       depsByContext.set(ctx, deps);
     }
     const job = parseBody(body);
@@ -402,9 +408,25 @@ async function deliverGroup(
     if (route.kind !== 'hosts') {
       return all({ ok: false, temporary: route.kind === 'temporary', reply: route.reason, status: route.status, local: true });
     }
-    const required = config.outbound.requireTlsDomains.map((d) => d.toLowerCase()).includes(key);
-    const verify = config.outbound.tlsVerify === 'always' || (required && config.outbound.tlsVerify === 'required');
-    targets = route.hosts.flatMap((h) => h.addresses.map((a) => ({ host: h.host, address: a, port: config.outbound.mxPort, tls: (required ? 'required' : 'opportunistic') as TlsMode, verify })));
+    let hosts = route.hosts;
+    let required = config.outbound.requireTlsDomains.map((d) => d.toLowerCase()).includes(key);
+    const sts = await deps.mtaSts(key, ctx.storage);
+    if (sts.mode !== 'none') {
+      const allowed = hosts.filter((h) => mxMatches(h.host, sts.mx));
+      if (sts.mode === 'enforce') {
+        // RFC 8461 §5: only MX hosts the policy names, only over TLS with a valid certificate;
+        // "the sending MTA MUST NOT deliver the message" otherwise (a temporary failure).
+        if (!allowed.length) {
+          return all({ ok: false, temporary: true, reply: `no MX host of ${key} matches its MTA-STS policy (${sts.mx.join(', ')})`, status: '4.7.5', local: true });
+        }
+        hosts = allowed;
+        required = true;
+      } else if (allowed.length !== hosts.length) {
+        log.warn({ domain: key, policy: sts.mx }, 'MTA-STS testing: some MX hosts do not match the policy');
+      }
+    }
+    const verify = config.outbound.tlsVerify === 'always' || (required && config.outbound.tlsVerify === 'required') || sts.mode === 'enforce';
+    targets = hosts.flatMap((h) => h.addresses.map((a) => ({ host: h.host, address: a, port: config.outbound.mxPort, tls: (required ? 'required' : 'opportunistic') as TlsMode, verify })));
   }
   let last: TransactionResult | undefined;
   let lastHost = '';
