@@ -9,7 +9,7 @@ service; an SQS long poll waits outside the lock. Arguments are moto.server's (-
 import threading
 import time
 
-from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.responses import DynamoHandler
 from moto.s3.responses import S3Response
 from moto.sqs.models import SQSBackend
 
@@ -23,11 +23,9 @@ def _serialise(cls, names, lock):
 
 
 _serialise(S3Response, ("put_object", "_key_response_post"), threading.RLock())
-_serialise(
-    DynamoDBBackend,
-    ("put_item", "get_item", "query", "update_item", "delete_item", "transact_write_items"),
-    threading.RLock(),
-)
+# Whole DynamoDB requests, serialisation of the answer included: UpdateItem's ALL_NEW answer
+# otherwise reads the live item after a racing update has changed it again.
+_serialise(DynamoHandler, ("call_action",), threading.RLock())
 
 _sqs_lock = threading.RLock()
 _receive = SQSBackend.receive_message
