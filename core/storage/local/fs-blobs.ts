@@ -175,6 +175,8 @@ export class FsBlobs implements Blobs {
   static async open(options: FsBlobsOptions): Promise<FsBlobs> {
     const b = new FsBlobs(options);
     await fsp.mkdir(b.tmpDir, { recursive: true });
+    // Make the folders themselves durable (they may have just been made): root, blobs/, dataDir.
+    for (const d of [b.root, dirname(b.root), dirname(dirname(b.root))]) await b.dirSync.sync(d);
     b.knownDirs.add(b.root);
     await b.removeOrphans();
     return b;

@@ -18,6 +18,7 @@
  *   it.) Other readers may see a commit a moment before its fsync ends; a crash in that moment
  *   loses a write nobody was told succeeded, which at-least-once callers tolerate.
  */
+import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from '../../log.js';
 import { StorageError, Unavailable } from '../ports.js';
@@ -147,8 +148,12 @@ export class SqliteStore {
     // A batch that changed nothing (an empty receive, a failed condition) has nothing to sync.
     if (!this.walSync || this.totalChanges.get() === changesBefore) return settle();
     this.inFlightSyncs++;
-    this.walSync
-      .sync(this.walPath)
+    // The first time, also make the WAL file's own folder entry durable (it may have just been made).
+    const synced = this.walDirSynced ? this.walSync.sync(this.walPath) : Promise.all([this.walSync.sync(this.walPath), this.walSync.sync(dirname(this.walPath))]);
+    synced
+      .then(() => {
+        this.walDirSynced = true;
+      })
       .then(settle, (e: unknown) => {
         // The commit may or may not be on disk: tell every caller it failed (they retry).
         this.log.error({ err: (e as Error).message }, 'fsync of the SQLite WAL failed');
@@ -159,6 +164,7 @@ export class SqliteStore {
   }
 
   private inFlightSyncs = 0;
+  private walDirSynced = false;
   private readonly totalChanges: { get(): number };
 
   /** Runs a read; maps SQLite failures. */
