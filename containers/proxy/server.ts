@@ -304,11 +304,17 @@ class CachingProxy {
 
   /** Access checks shared by requests and CONNECT; undefined when allowed, else the refusal. */
   private async refuse(req: IncomingMessage, socket: ProxySocket): Promise<{ status: number; text: string } | undefined> {
-    if (socket[DENIED]) return { status: 403, text: 'client address not allowed to use this proxy' };
+    if (socket[DENIED]) {
+      this.ctx.metrics.limitsHit.inc({ listener: 'proxy', limit: 'client-address' });
+      return { status: 403, text: 'client address not allowed to use this proxy' };
+    }
     if (this.auth) {
       const h = req.headers['proxy-authorization'];
       if (h === undefined || socket[AUTHED] !== h) {
-        if (!(await this.auth.verify(h))) return { status: 407, text: 'proxy authentication required' };
+        if (!(await this.auth.verify(h))) {
+          this.ctx.metrics.limitsHit.inc({ listener: 'proxy', limit: 'auth' });
+          return { status: 407, text: 'proxy authentication required' };
+        }
         socket[AUTHED] = h;
       }
     }
@@ -608,6 +614,7 @@ class CachingProxy {
       obj.hitSecond = second;
     }
     res.writeHead(obj.status, lines);
+    if (now - obj.touchedAt >= 60_000) this.store.touch(obj);
     if (req.method === 'HEAD') {
       res.end();
       this.stats.record('hit', 0, 0);

@@ -66,6 +66,8 @@ export class CachedObject {
   lruKey = '';
   /** True once the body and record are in the object tier. */
   persisted = false;
+  /** Epoch ms when the Tables record was last written (0: never by this process). */
+  recordWrittenAt = 0;
   /** True while waiting in the object-tier write queue. */
   queued = false;
   /** The proxy's precomputed header list for a full hit, and the second it was made for. */

@@ -49,6 +49,7 @@ export interface StoreTotals {
 export const STATS_PK = 'CACHESTATS';
 const LRU_PK = 'CACHELRU';
 const TOUCH_EVERY_MS = 60_000;
+const REFRESH_WRITE_MS = 5_000;
 
 /** Where a body goes while it streams to the client: memory, then a blob once it grows large. */
 export class BodyWriter {
@@ -276,7 +277,10 @@ export class CacheStore {
   /** Updates a stored object after a 304 (RFC 9111 §4.3.4): new headers, same body. */
   refresh(obj: CachedObject, policy: CachePolicy): void {
     obj.refresh(policy);
-    if (obj.persisted && this.backlog.length < this.backlogLimit) this.enqueue(obj);
+    // Rewriting the record on every 304 would make revalidation cost a Tables write; at most one
+    // per entry every REFRESH_WRITE_MS is enough for other tasks (they revalidate on their own).
+    const now = this.now();
+    if (obj.persisted && now - obj.recordWrittenAt >= REFRESH_WRITE_MS && this.backlog.length < this.backlogLimit) this.enqueue(obj);
   }
 
   /** Removes every stored variant of a URL from both tiers (RFC 9111 §4.4); returns how many. */
@@ -368,12 +372,14 @@ export class CacheStore {
     obj.persisted = true;
     obj.lruKey = lru;
     obj.touchedAt = this.now();
+    obj.recordWrittenAt = obj.touchedAt;
     if (oldBlob && oldBlob !== obj.blobKey) await this.blobs.delete(oldBlob).catch(() => undefined);
     this.maybeEvict();
   }
 
-  /** Moves an object-tier entry to most-recently used, at most once a minute per entry. */
-  private touch(obj: CachedObject): void {
+  /** Moves an object-tier entry to most-recently used, at most once a minute per entry (memory
+   * hits call this too, so that objects hot in memory are not evicted from the shared tier). */
+  touch(obj: CachedObject): void {
     const now = this.now();
     if (!obj.lruKey || now - obj.touchedAt < TOUCH_EVERY_MS) return;
     obj.touchedAt = now;

@@ -1,0 +1,108 @@
+/**
+ * Proxy benchmark (issue 6, "Speed"): a local origin in a child process, the proxy in this process
+ * on local storage, and wrk with 50 keep-alive connections sending absolute-form requests.
+ * Scenarios: 1 KB and 100 KB memory hits, 1 KB misses (unique URLs) and 1 KB revalidations (the
+ * origin answers 304). Prints requests/s, p50/p99 latency and the proxy's memory after each run.
+ *
+ * Usage: npx tsx bench/proxy.ts [--duration 10] [--connections 50] [--only hit1k,miss]
+ * Needs `wrk` (Debian package wrk).
+ */
+import { execFile, spawn } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { loadConfig } from '../core/config.js';
+import { silentLogger } from '../core/log.js';
+import { Metrics } from '../core/metrics.js';
+import { openLocalStorage } from '../core/storage/local/index.js';
+import { startProxy } from '../containers/proxy/server.js';
+import { tempDir } from '../test/support/tmp.js';
+
+const run = promisify(execFile);
+
+const ORIGIN = `
+const http = require('node:http');
+const b1 = Buffer.alloc(1024, 'a'), b100 = Buffer.alloc(100 * 1024, 'b');
+const s = http.createServer((req, res) => {
+  const u = req.url;
+  if (u.startsWith('/hit1k')) return res.writeHead(200, { 'cache-control': 'max-age=3600', 'content-type': 'text/plain', 'content-length': 1024 }).end(b1);
+  if (u.startsWith('/hit100k')) return res.writeHead(200, { 'cache-control': 'max-age=3600', 'content-type': 'application/octet-stream', 'content-length': b100.length }).end(b100);
+  if (u.startsWith('/miss')) return res.writeHead(200, { 'cache-control': 'max-age=3600', 'content-type': 'text/plain', 'content-length': 1024 }).end(b1);
+  if (u.startsWith('/reval')) {
+    if (req.headers['if-none-match'] === '"r1"') return res.writeHead(304, { etag: '"r1"', 'cache-control': 'max-age=0' }).end();
+    return res.writeHead(200, { etag: '"r1"', 'cache-control': 'max-age=0', 'content-type': 'text/plain', 'content-length': 1024 }).end(b1);
+  }
+  res.writeHead(404).end();
+});
+s.keepAliveTimeout = 60000;
+s.listen(0, '127.0.0.1', () => process.stdout.write(String(s.address().port) + '\\n'));
+`;
+
+interface Result {
+  scenario: string;
+  rps: number;
+  p50: string;
+  p99: string;
+  errors: string;
+  rssMiB: number;
+  /** Proxy process CPU time per request (user + system), a yardstick that load elsewhere does not move much. */
+  cpuUs: number;
+}
+
+function arg(name: string, def: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : def;
+}
+
+async function main(): Promise<void> {
+  const duration = Number(arg('duration', '10'));
+  const connections = Number(arg('connections', '50'));
+  const only = arg('only', 'origin,hit1k,hit100k,miss,reval').split(',');
+  const dir = await tempDir('tomlinson-bench-');
+  const origin = spawn(process.execPath, ['-e', ORIGIN], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const originPort = await new Promise<number>((resolve) => origin.stdout.once('data', (d) => resolve(Number(String(d).trim()))));
+  const config = loadConfig({ TOMLINSON_DATA_DIR: dir.path, TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'true', TOMLINSON_LOG_LEVEL: 'silent' });
+  const storage = await openLocalStorage(config, silentLogger, { purgeIntervalMs: 0 });
+  const proxy = await startProxy({ config, storage, log: silentLogger, metrics: new Metrics({ defaults: false }) }, { port: 0 });
+  const base = `http://127.0.0.1:${originPort}`;
+  const results: Result[] = [];
+  try {
+    for (const scenario of only) {
+      const script = join(dir.path, `${scenario}.lua`);
+      const lua =
+        scenario === 'miss'
+          ? // Each wrk thread (and each run) gets its own prefix so that every request is a new URL.
+            `local n = 0\nlocal prefix = ""\nsetup = function(thread) thread:set("id", tostring(math.random(1, 1e9))) end\ninit = function() prefix = "${base}/miss/" .. id .. "-" .. tostring(os.time()) .. "-" end\nrequest = function()\n  n = n + 1\n  return wrk.format("GET", prefix .. n)\nend\n`
+          : `request = function()\n  return wrk.format("GET", "${base}/${scenario}")\nend\n`;
+      await writeFile(script, lua);
+      // 'origin': the origin alone, without the proxy, as the yardstick for this machine and moment.
+      const target = scenario === 'origin' ? `${base}/hit1k` : `http://127.0.0.1:${proxy.port}/`;
+      const args = scenario === 'origin' ? [] : ['-s', script];
+      // Warm the cache (and the origin pool) before measuring.
+      await run('wrk', ['-t1', '-c4', '-d1s', ...args, target]);
+      const cpu0 = process.cpuUsage();
+      const { stdout } = await run('wrk', ['-t2', `-c${connections}`, `-d${duration}s`, '--latency', ...args, target], {
+        timeout: (duration + 30) * 1000,
+      });
+      const cpu = process.cpuUsage(cpu0);
+      const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1] ?? 0);
+      const total = Number(/(\d+) requests in/.exec(stdout)?.[1] ?? 0);
+      const p50 = /\s50%\s+(\S+)/.exec(stdout)?.[1] ?? '?';
+      const p99 = /\s99%\s+(\S+)/.exec(stdout)?.[1] ?? '?';
+      const errors = /Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)/.exec(stdout)?.[0] ?? 'none';
+      results.push({ scenario, rps: Math.round(rps), p50, p99, errors, cpuUs: scenario === 'origin' || !total ? 0 : Math.round((cpu.user + cpu.system) / total), rssMiB: Math.round(process.memoryUsage().rss / 1048576) });
+      await proxy.store.flush();
+    }
+  } finally {
+    await proxy.close(100);
+    origin.kill();
+    await storage.close();
+    await dir.remove();
+  }
+  process.stdout.write(`proxy benchmark: ${connections} connections, ${duration}s each, wrk -t2\n`);
+  for (const r of results) {
+    process.stdout.write(`${r.scenario.padEnd(8)} ${String(r.rps).padStart(7)} req/s  p50 ${r.p50.padStart(8)}  p99 ${r.p99.padStart(8)}  proxy cpu ${String(r.cpuUs).padStart(4)} us/req  rss ${r.rssMiB} MiB  errors: ${r.errors}\n`);
+  }
+}
+
+await main();

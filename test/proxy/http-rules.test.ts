@@ -1,0 +1,141 @@
+/**
+ * Table-driven checks of the proxy's message rules: Range (RFC 9110 §14), If-Range (§13.1.5),
+ * conditionals answered from cache (RFC 9111 §4.3.2), hop-by-hop fields (RFC 9110 §7.6.1),
+ * address ranges and the origin guard, and the memory tier's byte-bounded LRU.
+ */
+import { describe, expect, it } from 'vitest';
+import CachePolicy from 'http-cache-semantics';
+import { CachedObject } from '../../core/cache/entry.js';
+import { MemoryTier } from '../../core/cache/memory.js';
+import { normalizeUrl, variantKey, varyNames } from '../../core/cache/keys.js';
+import { OriginGuard, ProxyAuth, cidrList, clientAllowed } from '../../containers/proxy/access.js';
+import { endToEnd, ifRangeMatches, notModified, parseRange } from '../../containers/proxy/http.js';
+
+describe('parseRange (RFC 9110 §14.1.2)', () => {
+  const cases: [string | undefined, number, unknown][] = [
+    [undefined, 10, { kind: 'none' }],
+    ['bytes=0-4', 10, { kind: 'range', start: 0, end: 4 }],
+    ['bytes=5-', 10, { kind: 'range', start: 5, end: 9 }],
+    ['bytes=-3', 10, { kind: 'range', start: 7, end: 9 }],
+    ['bytes=-30', 10, { kind: 'range', start: 0, end: 9 }],
+    ['bytes=8-100', 10, { kind: 'range', start: 8, end: 9 }],
+    ['bytes=10-', 10, { kind: 'unsatisfiable' }],
+    ['bytes=-0', 10, { kind: 'unsatisfiable' }],
+    ['bytes=5-2', 10, { kind: 'none' }],
+    ['bytes=0-1,3-4', 10, { kind: 'none' }],
+    ['items=0-1', 10, { kind: 'none' }],
+  ];
+  for (const [h, size, want] of cases) it(`${h} of ${size}`, () => expect(parseRange(h, size)).toEqual(want));
+});
+
+describe('If-Range and conditionals', () => {
+  it('If-Range needs a strong match or the exact date', () => {
+    const lm = 'Tue, 01 Sep 2026 10:00:00 GMT';
+    expect(ifRangeMatches(undefined, '"a"', lm)).toBe(true);
+    expect(ifRangeMatches('"a"', '"a"', lm)).toBe(true);
+    expect(ifRangeMatches('"b"', '"a"', lm)).toBe(false);
+    expect(ifRangeMatches('W/"a"', 'W/"a"', lm)).toBe(false);
+    expect(ifRangeMatches(lm, '"a"', lm)).toBe(true);
+    expect(ifRangeMatches('Tue, 01 Sep 2026 10:00:01 GMT', '"a"', lm)).toBe(false);
+  });
+
+  it('If-None-Match uses weak comparison and wins over If-Modified-Since', () => {
+    expect(notModified({ 'if-none-match': 'W/"x"' }, '"x"', undefined, undefined)).toBe(true);
+    expect(notModified({ 'if-none-match': '"y", "x"' }, 'W/"x"', undefined, undefined)).toBe(true);
+    expect(notModified({ 'if-none-match': '*' }, '"x"', undefined, undefined)).toBe(true);
+    expect(notModified({ 'if-none-match': '"y"', 'if-modified-since': 'Tue, 01 Sep 2099 10:00:00 GMT' }, '"x"', 'Tue, 01 Sep 2026 10:00:00 GMT', undefined)).toBe(false);
+    expect(notModified({ 'if-modified-since': 'Tue, 01 Sep 2026 10:00:00 GMT' }, undefined, 'Tue, 01 Sep 2026 10:00:00 GMT', undefined)).toBe(true);
+    expect(notModified({ 'if-modified-since': 'Tue, 01 Sep 2026 09:59:59 GMT' }, undefined, 'Tue, 01 Sep 2026 10:00:00 GMT', undefined)).toBe(false);
+    expect(notModified({ 'if-modified-since': 'garbage' }, undefined, 'Tue, 01 Sep 2026 10:00:00 GMT', undefined)).toBe(false);
+  });
+});
+
+describe('hop-by-hop fields (RFC 9110 §7.6.1)', () => {
+  it('drops the fixed list and whatever Connection names, joins repeats but not Set-Cookie', () => {
+    const out = endToEnd({
+      connection: 'keep-alive, X-Foo',
+      'x-foo': '1',
+      'keep-alive': 'timeout=5',
+      'transfer-encoding': 'chunked',
+      'proxy-authorization': 'Basic x',
+      upgrade: 'h2c',
+      te: 'trailers',
+      trailer: 'x',
+      'set-cookie': ['a=1', 'b=2'],
+      'cache-control': ['max-age=1', 'public'],
+      etag: '"e"',
+    });
+    expect(out).toEqual({ 'set-cookie': ['a=1', 'b=2'], 'cache-control': 'max-age=1, public', etag: '"e"' });
+  });
+});
+
+describe('address ranges and the origin guard', () => {
+  it('client ranges, with IPv4-mapped addresses', () => {
+    const l = cidrList(['127.0.0.0/8', '10.0.0.0/8', '::1/128']);
+    expect(clientAllowed(l, '127.0.0.1')).toBe(true);
+    expect(clientAllowed(l, '::ffff:10.1.2.3')).toBe(true);
+    expect(clientAllowed(l, '::1')).toBe(true);
+    expect(clientAllowed(l, '192.168.1.1')).toBe(false);
+    expect(clientAllowed(l, undefined)).toBe(false);
+    expect(() => cidrList(['not-an-ip/8'])).toThrow();
+  });
+
+  it('refuses loopback, link-local, metadata and multicast; allows public and private ranges', () => {
+    const g = new OriginGuard(false);
+    for (const a of ['127.0.0.1', '169.254.169.254', '169.254.170.2', 'fd00:ec2::254', '::1', '0.0.0.0', '::ffff:127.0.0.1', '224.0.0.1', 'fe80::1'])
+      expect(g.allows(a), a).toBe(false);
+    for (const a of ['93.184.216.34', '10.1.2.3', '2001:db8::1']) expect(g.allows(a), a).toBe(true);
+    expect(new OriginGuard(true).allows('127.0.0.1')).toBe(true);
+  });
+
+  it('the guarded lookup refuses a name that resolves to loopback', async () => {
+    const g = new OriginGuard(false);
+    const err = await new Promise<NodeJS.ErrnoException | null>((resolve) => g.lookup('localhost', {}, (e) => resolve(e)));
+    expect(err?.code).toBe('EORIGINFORBIDDEN');
+  });
+
+  it('Proxy-Authorization Basic: checks once, then remembers a good credential for a while', async () => {
+    let calls = 0;
+    let t = 0;
+    const auth = new ProxyAuth({ check: async (u, p) => (calls++, u === 'bob' && p === 'pw:with:colons'), ttlMs: 1000, now: () => t });
+    const good = `Basic ${Buffer.from('bob:pw:with:colons').toString('base64')}`;
+    expect(await auth.verify(good)).toBe(true);
+    expect(await auth.verify(good)).toBe(true);
+    expect(calls).toBe(1);
+    t = 2000;
+    expect(await auth.verify(good)).toBe(true);
+    expect(calls).toBe(2);
+    expect(await auth.verify(`Basic ${Buffer.from('bob:no').toString('base64')}`)).toBe(false);
+    expect(await auth.verify('Bearer abc')).toBe(false);
+    expect(await auth.verify(undefined)).toBe(false);
+  });
+});
+
+describe('cache keys and the memory tier', () => {
+  it('normalises URLs and builds variant keys from Vary', () => {
+    expect(normalizeUrl('http://EXAMPLE.com:80/a?b#frag')).toBe('http://example.com/a?b');
+    expect(normalizeUrl('http://example.com')).toBe('http://example.com/');
+    expect(() => normalizeUrl('https://example.com/')).toThrow();
+    expect(varyNames('Accept-Encoding, accept-language,Accept-Encoding')).toEqual(['accept-encoding', 'accept-language']);
+    expect(variantKey(['accept-language'], { 'accept-language': 'en' })).not.toBe(variantKey(['accept-language'], { 'accept-language': 'fr' }));
+    expect(variantKey(['accept-language'], {})).not.toBe(variantKey(['accept-language'], { 'accept-language': '' }));
+  });
+
+  it('evicts least recently used entries to stay within its byte budget', () => {
+    const mem = new MemoryTier(3 * (1000 + 512));
+    const mk = (u: string) => {
+      const policy = new CachePolicy({ url: u, headers: {} }, { status: 200, headers: { 'cache-control': 'max-age=60' } });
+      return new CachedObject(u, '', [], policy, 1000, 0, Buffer.alloc(1000));
+    };
+    for (const u of ['a', 'b', 'c']) mem.set(mk(u));
+    expect(mem.get('a', {})).toBeDefined(); // a is now most recent
+    mem.set(mk('d')); // evicts b, the least recently used
+    expect(mem.get('b', {})).toBeUndefined();
+    expect(mem.get('a', {})).toBeDefined();
+    expect(mem.get('c', {})).toBeDefined();
+    expect(mem.get('d', {})).toBeDefined();
+    expect(mem.bytes).toBeLessThanOrEqual(mem.maxBytes);
+    expect(mem.deleteUrl('a')).toBe(1);
+    expect(mem.size).toBe(2);
+  });
+});
