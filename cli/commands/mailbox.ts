@@ -3,8 +3,6 @@ import { createWriteStream, existsSync } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { finished } from 'node:stream/promises';
 import type { Command } from 'commander';
-import { exportMailbox } from '../../core/mailbox/export.js';
-import { importMailbox } from '../../core/mailbox/import.js';
 import { CliError, type CliContext } from '../context.js';
 import { formatSize } from '../units.js';
 
@@ -75,6 +73,8 @@ export function register(program: Command, ctx: CliContext): void {
       if (!existsSync(path)) throw new CliError(`${path} does not exist`);
       const user = await requireUser(ctx, address);
       const storage = await ctx.storage();
+      // Loaded on demand: the MIME parser is the heaviest part of the CLI's start-up.
+      const { importMailbox } = await import('../../core/mailbox/import.js');
       const report = await importMailbox({
         user,
         path,
@@ -111,6 +111,7 @@ export function register(program: Command, ctx: CliContext): void {
       if (!toStdout && existsSync(path) && !opts.force) throw new CliError(`${path} exists; pass --force to overwrite it`);
       // Written under a temporary name and renamed at the end: a failed export leaves no half file.
       const tmp = `${path}.partial`;
+      const { exportMailbox } = await import('../../core/mailbox/export.js');
       const out = toStdout ? process.stdout : createWriteStream(tmp, { flags: 'w' });
       try {
         const report = await exportMailbox({
