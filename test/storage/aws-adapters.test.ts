@@ -8,11 +8,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
 import { DynamoDBClient, PutItemCommand } from '@aws-sdk/client-dynamodb';
+import { GetQueueAttributesCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type Config } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
 import { openAwsStorage } from '../../core/storage/aws/index.js';
 import { isStorageError, type Storage } from '../../core/storage/ports.js';
+import { deleteAwsResources, ensureAwsResources } from '../../scripts/aws-resources.js';
 import { startMoto, type AwsTestBackend } from '../support/moto.js';
 
 const MB = 1024 * 1024;
@@ -269,10 +271,49 @@ describe('SQS queues', () => {
     expect(Date.now() - t0).toBeLessThan(5_000);
   });
 
+  it('accepts a bare SQS receipt handle, as a Lambda event carries it', async () => {
+    // outbound: the aborted poll of the test before may still be polling inbound on the server.
+    const body = `bare-${randomBytes(4).toString('hex')}`;
+    await storage.queues.send('outbound', body);
+    const [m] = await storage.queues.receive('outbound', { visibilitySeconds: 30, waitSeconds: 2 });
+    expect(m?.body).toBe(body);
+    const bare = m!.receipt.replace(/^tmln1:\d+:\d+:/, '');
+    expect(bare).not.toBe(m!.receipt);
+    await storage.queues.changeVisibility('outbound', bare, 0);
+    const [again] = await storage.queues.receive('outbound', { visibilitySeconds: 30, waitSeconds: 2 });
+    expect(again?.id).toBe(m!.id);
+    expect(again?.receiveCount).toBe(2);
+    await storage.queues.delete('outbound', again!.receipt.replace(/^tmln1:\d+:\d+:/, ''));
+    expect((await storage.queues.stats('outbound')).inFlight).toBe(0);
+  });
+
   it('refuses out-of-range arguments before calling SQS', async () => {
     expect(await code(storage.queues.send('inbound', 'x', { delaySeconds: 901 }))).toBe('Invalid');
     expect(await code(storage.queues.receive('inbound', { max: 11 }))).toBe('Invalid');
     expect(await code(storage.queues.receive('inbound', { waitSeconds: 21 }))).toBe('Invalid');
+  });
+});
+
+describe('scripts/aws-resources.ts', () => {
+  it('creates idempotently, with the redrive policy at maxReceives, and deletes everything', async () => {
+    const options = { prefix: `tomlinson-res-${randomBytes(3).toString('hex')}`, maxReceives: 4 };
+    const first = await ensureAwsResources(options);
+    expect(await ensureAwsResources(options)).toEqual(first);
+    const sqs = new SQSClient({});
+    try {
+      const attrs = await sqs.send(new GetQueueAttributesCommand({ QueueUrl: first.TOMLINSON_OUTBOUND_QUEUE_URL, AttributeNames: ['RedrivePolicy'] }));
+      const policy = JSON.parse(attrs.Attributes!.RedrivePolicy!) as { maxReceiveCount: number | string; deadLetterTargetArn: string };
+      expect(Number(policy.maxReceiveCount)).toBe(4);
+      expect(policy.deadLetterTargetArn).toMatch(/:tomlinson-res-[0-9a-f]+-outbound-dlq$/);
+      const s = await openAwsStorage(loadConfig({ ...backend.env, ...first }), silentLogger);
+      expect(await s.check()).toEqual({ mail: true, cache: true, tables: true, queues: true });
+      await s.mail.put('left/behind', 'x');
+      await deleteAwsResources(options);
+      expect(await s.check()).toEqual({ mail: false, cache: false, tables: false, queues: false });
+      await s.close();
+    } finally {
+      sqs.destroy();
+    }
   });
 });
 
