@@ -14,7 +14,7 @@ export interface DsnRecipientReport {
   /** Original-Recipient from ORCPT, as `type;address`. */
   orcpt?: string;
   /** RFC 3464 §2.3.3. */
-  action: 'failed' | 'delayed' | 'delivered';
+  action: 'failed' | 'delayed' | 'delivered' | 'relayed';
   /** RFC 3463 status code, e.g. 5.1.1. */
   status: string;
   /** The host that answered, when one did. */
@@ -94,6 +94,7 @@ async function* headerBlock(src: Readable): AsyncGenerator<Buffer> {
 function humanText(input: DsnInput): string {
   const failed = input.recipients.filter((r) => r.action === 'failed');
   const delayed = input.recipients.filter((r) => r.action === 'delayed');
+  const done = input.recipients.filter((r) => r.action === 'relayed' || r.action === 'delivered');
   const lines: string[] = [`This is the mail system at host ${input.reportingMta}.`, ''];
   if (failed.length) {
     lines.push('Your message could not be delivered to one or more recipients.', 'It has been returned below. The recipients and the replies were:', '');
@@ -106,6 +107,10 @@ function humanText(input: DsnInput): string {
       if (r.willRetryUntil) lines.push(`    will retry until ${rfc5322Date(r.willRetryUntil)}`);
       lines.push('');
     }
+  }
+  if (done.length) {
+    lines.push('Your message was delivered to the following recipients. The next mail server does', 'not report delivery status itself, so this is the last report you will get:', '');
+    for (const r of done) lines.push(`<${clean(r.address)}>:`, `    ${r.remoteMta ? `host ${clean(r.remoteMta)} said: ` : ''}${clean(r.diagnostic ?? r.status)}`, '');
   }
   return lines.join('\r\n');
 }
@@ -136,13 +141,14 @@ export async function* buildDsn(input: DsnInput): AsyncGenerator<Buffer> {
   const now = input.now ?? new Date();
   const boundary = `dsn-${randomBytes(12).toString('hex')}`;
   const failed = input.recipients.some((r) => r.action === 'failed');
-  const subject = failed ? 'Undelivered Mail Returned to Sender' : 'Delayed Mail (still being retried)';
+  const delayed = input.recipients.some((r) => r.action === 'delayed');
+  const subject = failed ? 'Undelivered Mail Returned to Sender' : delayed ? 'Delayed Mail (still being retried)' : 'Successful Mail Delivery Report';
   const head = [
     `From: Mail Delivery System <MAILER-DAEMON@${input.reportingMta}>`,
     `To: <${clean(input.to)}>`,
     `Subject: ${subject}`,
     `Date: ${rfc5322Date(now)}`,
-    `Message-ID: <${input.queueId}.${failed ? 'dsn' : 'delay'}.${now.getTime()}@${input.reportingMta}>`,
+    `Message-ID: <${input.queueId}.${failed ? 'dsn' : delayed ? 'delay' : 'success'}.${now.getTime()}@${input.reportingMta}>`,
     // RFC 3834 §5: automatic responses carry Auto-Submitted: auto-replied.
     'Auto-Submitted: auto-replied',
     'MIME-Version: 1.0',

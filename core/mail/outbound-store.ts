@@ -27,8 +27,8 @@ export interface RcptRecord {
   lastAttemptAt?: string;
   nextAttemptAt?: string;
   finalAt?: string;
-  /** A delay notice has been sent for this recipient. */
-  delayNotified?: boolean;
+  /** Delivered with NOTIFY=SUCCESS to a host without DSN support: reported as relayed. */
+  relayed?: boolean;
 }
 
 /** The state of one outbound message. */

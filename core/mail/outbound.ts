@@ -269,7 +269,7 @@ async function attempt(m: MessageRecord, job: OutboundQueueBody, ctx: JobContext
   }
   const pending = rcpts.filter(isPending);
   if (pending.length === 0) {
-    await sendFailureDsn(m, rcpts, ctx, deps, store, log);
+    await sendFinalDsn(m, rcpts, ctx, deps, store, log);
     await store.finish(m.id, 'done', m.receivedAt, ctx.now());
     await new MailboxStore(ctx.storage.tables, ctx.storage.mail, { now: ctx.now }).releaseBlob(m.blobKey, blobHolder(m.id));
     log.info({ delivered: rcpts.filter((r) => r.state === 'delivered').length, bounced: rcpts.filter((r) => r.state === 'bounced').length }, 'message finished');
@@ -385,6 +385,8 @@ interface Outcome {
   host?: string;
   /** The reply is ours (DNS, policy), not a remote SMTP reply. */
   local?: boolean;
+  /** The host that took the message supports DSN (RFC 3461), so it reports success itself. */
+  dsn?: boolean;
 }
 
 async function deliverGroup(
@@ -456,7 +458,7 @@ async function deliverGroup(
     lastHost = `${t.host} [${t.address}]`;
     if (!res.sessionFailure) {
       log.debug({ host: lastHost, tls: res.tls, chunked: res.chunked }, 'transaction done');
-      return new Map(res.rcpts.map((r) => [r.address, { ok: r.ok, temporary: r.temporary, reply: r.reply, status: r.status, host: lastHost }]));
+      return new Map(res.rcpts.map((r) => [r.address, { ok: r.ok, temporary: r.temporary, reply: r.reply, status: r.status, host: lastHost, dsn: res.extensions.includes('DSN') }]));
     }
     if (res.sessionFailure.temporary) anyTemporary = true;
     log.info({ host: lastHost, stage: res.sessionFailure.stage, reply: res.sessionFailure.reply }, 'host failed; trying the next');
@@ -469,7 +471,11 @@ async function deliverGroup(
 function applyOutcome(r: RcptRecord, o: Outcome, retry: RetrySchedule, receivedAt: Date, now: Date): RcptRecord {
   const attempts = r.attempts + 1;
   const base: RcptRecord = { ...r, attempts, lastReply: o.reply, status: o.status, remoteHost: o.host, lastAttemptAt: now.toISOString() };
-  if (o.ok) return { ...base, state: 'delivered', finalAt: now.toISOString(), nextAttemptAt: undefined };
+  if (o.ok) {
+    // RFC 3461 §5.2.2: NOTIFY=SUCCESS to a host without DSN support gets a "relayed" DSN from us.
+    const relayed = r.notify?.includes('SUCCESS') && !o.dsn ? true : undefined;
+    return { ...base, state: 'delivered', finalAt: now.toISOString(), nextAttemptAt: undefined, relayed };
+  }
   if (!o.temporary) return { ...base, state: 'bounced', finalAt: now.toISOString(), nextAttemptAt: undefined };
   const d = retry.afterTemporaryFailure(attempts, receivedAt);
   if (d.kind === 'expire') {
@@ -484,44 +490,51 @@ function wants(r: RcptRecord, what: 'FAILURE' | 'DELAY'): boolean {
   return !r.notify?.length ? true : r.notify.includes(what);
 }
 
-async function sendFailureDsn(m: MessageRecord, rcpts: RcptRecord[], ctx: JobContext, deps: OutboundDeps, store: OutboundStore, log: Logger): Promise<void> {
+/** The one final DSN of a message: its failed recipients (NOTIFY default or FAILURE) and those
+ * relayed to a host without DSN support that asked for SUCCESS (RFC 3464 allows mixed actions). */
+async function sendFinalDsn(m: MessageRecord, rcpts: RcptRecord[], ctx: JobContext, deps: OutboundDeps, store: OutboundStore, log: Logger): Promise<void> {
   const failed = rcpts.filter((r) => r.state === 'bounced' && wants(r, 'FAILURE'));
-  if (!failed.length || m.dsnSent) return;
+  const relayed = rcpts.filter((r) => r.state === 'delivered' && r.relayed);
+  if ((!failed.length && !relayed.length) || m.dsnSent) return;
   // RFC 5321 §6.1 / RFC 3461 §6.2: never bounce a message from the null sender (no loops).
   if (m.from === '') {
     log.info({ rcpts: failed.map((r) => r.address) }, 'undeliverable message from the null sender; no DSN');
     return;
   }
-  const reports: DsnRecipientReport[] = failed.map((r) => ({
-    address: r.address,
-    orcpt: r.orcpt,
-    action: 'failed',
-    status: r.status?.startsWith('5') ? r.status : `5${(r.status ?? '4.0.0').slice(1)}`,
-    remoteMta: r.remoteHost?.replace(/ \[.*\]$/, ''),
-    diagnostic: r.lastReply,
-    diagnosticType: r.lastReply && /^\d{3}[\s-]/.test(r.lastReply) ? 'smtp' : 'x-local',
-    lastAttemptAt: r.lastAttemptAt ? new Date(r.lastAttemptAt) : undefined,
-  }));
+  const reports: DsnRecipientReport[] = [
+    ...failed.map((r) => ({
+      ...reportBase(r),
+      action: 'failed' as const,
+      status: r.status?.startsWith('5') ? r.status : `5${(r.status ?? '4.0.0').slice(1)}`,
+    })),
+    ...relayed.map((r) => ({ ...reportBase(r), action: 'relayed' as const, status: r.status?.startsWith('2') ? r.status : '2.0.0' })),
+  ];
   await sendDsn(m, 'failure', reports, ctx, deps, log);
   await store.claimDsn(m.id, 'dsnSent');
 }
 
+function reportBase(r: RcptRecord): Omit<DsnRecipientReport, 'action' | 'status'> {
+  return {
+    address: r.address,
+    orcpt: r.orcpt,
+    remoteMta: r.remoteHost?.replace(/ \[.*\]$/, ''),
+    diagnostic: r.lastReply,
+    diagnosticType: r.lastReply && /^\d{3}[\s-]/.test(r.lastReply) ? 'smtp' : 'x-local',
+    lastAttemptAt: r.lastAttemptAt ? new Date(r.lastAttemptAt) : undefined,
+  };
+}
+
 async function sendDelayNotice(m: MessageRecord, pending: RcptRecord[], retry: RetrySchedule, ctx: JobContext, deps: OutboundDeps, store: OutboundStore, log: Logger): Promise<void> {
-  const delayed = pending.filter((r) => wants(r, 'DELAY') && !(r.notify?.length === 0));
+  const delayed = pending.filter((r) => wants(r, 'DELAY'));
   if (m.from === '' || !delayed.length) {
     await store.claimDsn(m.id, 'delayNoticeSent');
     return;
   }
   const until = new Date(new Date(m.receivedAt).getTime() + retry.maxAgeSeconds * 1000);
   const reports: DsnRecipientReport[] = delayed.map((r) => ({
-    address: r.address,
-    orcpt: r.orcpt,
+    ...reportBase(r),
     action: 'delayed',
     status: r.status?.startsWith('4') ? r.status : '4.0.0',
-    remoteMta: r.remoteHost?.replace(/ \[.*\]$/, ''),
-    diagnostic: r.lastReply,
-    diagnosticType: r.lastReply && /^\d{3}[\s-]/.test(r.lastReply) ? 'smtp' : 'x-local',
-    lastAttemptAt: r.lastAttemptAt ? new Date(r.lastAttemptAt) : undefined,
     willRetryUntil: until,
   }));
   await sendDsn(m, 'delay', reports, ctx, deps, log);
@@ -537,7 +550,9 @@ async function sendDelayNotice(m: MessageRecord, pending: RcptRecord[], retry: R
 async function sendDsn(m: MessageRecord, kind: 'failure' | 'delay', reports: DsnRecipientReport[], ctx: JobContext, deps: OutboundDeps, log: Logger): Promise<void> {
   const id = `${m.id}.${kind === 'failure' ? 'dsn' : 'delay'}`;
   const blobKey = `outbound-dsn/${id}.eml`;
-  const ret = m.ret ?? (m.size <= FULL_RETURN_MAX_BYTES ? 'FULL' : 'HDRS');
+  // RFC 3461 §4.3: RET applies to failure DSNs; other DSNs return the header only.
+  const anyFailed = reports.some((r) => r.action === 'failed');
+  const ret = !anyFailed ? 'HDRS' : (m.ret ?? (m.size <= FULL_RETURN_MAX_BYTES ? 'FULL' : 'HDRS'));
   const now = ctx.now();
   let size: number;
   try {
@@ -564,6 +579,11 @@ async function sendDsn(m: MessageRecord, kind: 'failure' | 'delay', reports: Dsn
     size = (await ctx.storage.mail.head(blobKey)).size;
   }
   const kindOfSender = await deps.senderKind(m.from, ctx.storage);
+  if (kindOfSender === 'unknown') {
+    // The sender's address is in a local domain but no longer exists: nobody to tell.
+    log.warn({ dsn: id, to: m.from }, 'DSN dropped: the sender no longer exists here');
+    return;
+  }
   if (kindOfSender === 'local') {
     const job: InboundJob = {
       v: 1,

@@ -196,6 +196,27 @@ describe('permanent failures: one DSN (RFC 3464) per message to the sender', () 
     expect(await queueEmpty(env)).toBe(true);
   });
 
+  it('NOTIFY=SUCCESS to a server without DSN support: reported as relayed in the same single DSN (RFC 3461 §5.2.2)', async () => {
+    const handler = createOutboundJob();
+    const before = (await mailbox(env, 'alice@local.test')).length;
+    await queueMessage(env, { id: 'relay-1', from: 'alice@local.test', rcpts: [{ address: 'ok@remote.test', notify: ['SUCCESS', 'FAILURE'] }, { address: 'nobody@remote.test' }] }, sampleMessage('alice@local.test', 'ok@remote.test', 'Relayed and failed'));
+    await queueMessage(env, { id: 'relay-2', from: 'alice@local.test', rcpts: [{ address: 'ok2@remote.test', notify: ['SUCCESS'] }] }, sampleMessage('alice@local.test', 'ok2@remote.test', 'Relayed only', 'SUCCESS-BODY-MARKER'));
+    await drain(env, 'outbound', handler);
+    await drain(env, 'inbound', inboundJob);
+    const box = (await mailbox(env, 'alice@local.test')).slice(before);
+    expect(box).toHaveLength(2);
+    const mixed = box.find((m) => statusPart(m).includes('ok@remote.test'))!;
+    expect(mixed.subject).toBe('Undelivered Mail Returned to Sender');
+    const mixedReport = statusPart(mixed);
+    expect(mixedReport).toMatch(/Final-Recipient: rfc822; ok@remote\.test\r?\nAction: relayed\r?\nStatus: 2\.0\.0/);
+    expect(mixedReport).toMatch(/Final-Recipient: rfc822; nobody@remote\.test\r?\nAction: failed\r?\nStatus: 5\.1\.1/);
+    const success = box.find((m) => statusPart(m).includes('ok2@remote.test'))!;
+    expect(success.subject).toBe('Successful Mail Delivery Report');
+    expect(statusPart(success)).toContain('Action: relayed');
+    // Success reports return the header only (RFC 3461 §4.3).
+    expect(JSON.stringify(success.attachments.map((a) => a.content.toString())) + (success.text ?? '')).not.toContain('SUCCESS-BODY-MARKER');
+  });
+
   it('null MX (RFC 7505) and NXDOMAIN bounce at once; RET=HDRS returns only the header', async () => {
     const handler = createOutboundJob();
     await queueMessage(

@@ -75,6 +75,9 @@ describe('our own SMTP listener as the remote', () => {
     expect(job.dsn).toEqual({ ret: 'HDRS', envid: 'ENV 7=x' });
     expect(job.body8bit).toBe(true);
     // The far side stored our bytes after its own Received header, unchanged.
+    // The far side supports DSN, so NOTIFY=SUCCESS is its to answer: no relayed DSN from us.
+    const nearQueue = await near.storage.queues.stats('outbound');
+    expect(nearQueue.visible + nearQueue.delayed + nearQueue.inFlight).toBe(0);
     const { body: stored } = await far.storage.mail.get(job.blobKey);
     const chunks: Buffer[] = [];
     for await (const c of stored) chunks.push(c as Buffer);
