@@ -70,6 +70,7 @@ export class BodyWriter {
   ) {
     this.blobKey = store.newBlobKey(url, variant);
     if (expectedLength !== undefined && expectedLength > store.maxObjectBytes) this.state = 'dropped';
+    else store.writerOpened(this);
   }
 
   /** False when the caller should wait for `drain()` before writing more. */
@@ -118,6 +119,14 @@ export class BodyWriter {
 
   /** The body ended normally: store it if it is complete; resolves to the stored entry. */
   async end(): Promise<CachedObject | undefined> {
+    try {
+      return await this.finish();
+    } finally {
+      this.store.writerClosed(this);
+    }
+  }
+
+  private async finish(): Promise<CachedObject | undefined> {
     if (this.state !== 'open') return undefined;
     this.state = 'done';
     // RFC 9111 §3.1: a response whose body was cut short is incomplete and is not stored as complete.
@@ -143,6 +152,7 @@ export class BodyWriter {
 
   /** The body was cut short (client or origin): nothing is stored. */
   abort(): void {
+    this.store.writerClosed(this);
     if (this.state === 'dropped') return;
     this.state = 'dropped';
     this.chunks = [];
@@ -167,6 +177,7 @@ export class CacheStore {
   private active = 0;
   private idle: (() => void)[] = [];
   private evicting: Promise<void> | undefined;
+  private readonly writers = new Set<BodyWriter>();
   private lastSizeCheck = 0;
   private closed = false;
 
@@ -302,12 +313,23 @@ export class CacheStore {
     return { bytes: Number(item?.bytes ?? 0), objects: Number(item?.objects ?? 0) };
   }
 
-  /** Resolves when every queued object-tier write has finished. */
+  /** Resolves when every body being stored and every queued object-tier write has finished. */
   async flush(): Promise<void> {
-    while (this.backlog.length > 0 || this.active > 0) {
+    while (this.backlog.length > 0 || this.active > 0 || this.writers.size > 0) {
       await new Promise<void>((resolve) => this.idle.push(resolve));
     }
     if (this.evicting) await this.evicting;
+  }
+
+  /** Bookkeeping for flush(): a writer started. */
+  writerOpened(w: BodyWriter): void {
+    this.writers.add(w);
+  }
+
+  /** Bookkeeping for flush(): a writer ended or was aborted. */
+  writerClosed(w: BodyWriter): void {
+    if (!this.writers.delete(w)) return;
+    if (this.writers.size === 0 && this.active === 0 && this.backlog.length === 0) for (const f of this.idle.splice(0)) f();
   }
 
   /** Finishes queued writes and stops taking new ones. */
@@ -327,7 +349,7 @@ export class CacheStore {
         .finally(() => {
           this.active--;
           this.pump();
-          if (this.active === 0 && this.backlog.length === 0) for (const f of this.idle.splice(0)) f();
+          if (this.active === 0 && this.backlog.length === 0 && this.writers.size === 0) for (const f of this.idle.splice(0)) f();
         });
     }
   }
