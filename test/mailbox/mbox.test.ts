@@ -166,7 +166,7 @@ describe('import and export on the local family', () => {
     const ws = createWriteStream(out);
     const report = await exportMailbox({ user: 'bob@example.com', store, blobs: target.storage.mail, out: ws });
     ws.end();
-    await new Promise((r) => ws.on('close', r));
+    await new Promise<void>((r) => ws.on('close', () => r()));
     expect(report).toMatchObject({ exported: 2, missing: [] });
     const text = await readFile(out, 'utf8');
     expect(text.startsWith('From alice@example.org ')).toBe(true);
