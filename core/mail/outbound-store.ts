@@ -4,7 +4,7 @@
  * partition `OUTQ` (sort key `<receivedAt>#<id>`) so that `queue list` needs no scan. The queue
  * message only wakes the worker; everything it decides is read from and written to these items.
  */
-import { ConditionFailed, isStorageError, type Condition, type Item, type Tables } from '../storage/ports.js';
+import { isStorageError, type Condition, type Item, type Tables } from '../storage/ports.js';
 import type { DsnRecipient, OutboundJob } from './jobs.js';
 
 /** Where a recipient stands. `delivered`, `bounced` and `deleted` are final. */
@@ -250,4 +250,3 @@ export class OutboundStore {
   }
 }
 
-export { ConditionFailed };

@@ -31,7 +31,9 @@ export interface RetryScheduleObject {
 
 /** Default waits: about 5, 10, 20 minutes, then every 30 minutes (issue 7). */
 export const DEFAULT_RETRY_SCHEDULE = [300, 600, 1200, 1800];
+/** Default maximum age: 5 days, then a temporary failure becomes permanent. */
 export const DEFAULT_MAX_AGE_SECONDS = 5 * 86400;
+/** Default age of a message at which one delay notice goes out: 4 hours. */
 export const DEFAULT_DELAY_NOTICE_SECONDS = 4 * 3600;
 
 /** The retry schedule of outbound delivery. */

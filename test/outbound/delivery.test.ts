@@ -13,7 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Accounts } from '../../core/accounts/accounts.js';
 import { generateDkimKey } from '../../core/mail/dkim.js';
 import { inboundJob } from '../../core/mail/inbound.js';
-import { createOutboundJob } from '../../core/mail/outbound.js';
+import { createOutboundJob, LOCK_SECONDS } from '../../core/mail/outbound.js';
+import { runOne } from '../../core/workers/runner.js';
 import { OutboundStore, QUEUE_LIST_PK } from '../../core/mail/outbound-store.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
 import { startDnsServer, type TestDnsServer } from '../support/dns-server.js';
@@ -139,6 +140,35 @@ describe('retries on the schedule (RFC 5321 §4.5.4.1) with an injected clock', 
     await env.storage.queues.send('outbound', JSON.stringify(job));
     await drain(env, 'outbound', handler);
     expect(remote.events.filter((e) => e.event === 'message')).toHaveLength(3);
+  });
+});
+
+describe('duplicate queue messages worked at the same time', () => {
+  let remote: RemoteMx;
+  let env: TestEnv;
+  beforeAll(async () => {
+    remote = await startRemote();
+    env = await envFor(remote.port);
+  });
+  afterAll(async () => {
+    await remote?.close();
+    await env?.close();
+  });
+
+  it('two workers on the same job (inbound redelivery) send one copy: the lock and the state decide', async () => {
+    const job = await queueMessage(env, { id: 'dup-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] }, sampleMessage('alice@local.test', 'bob@remote.test', 'Duplicate'));
+    await env.storage.queues.send('outbound', JSON.stringify(job));
+    const msgs = await env.storage.queues.receive('outbound', { max: 10, visibilitySeconds: 60, waitSeconds: 0 });
+    expect(msgs).toHaveLength(2);
+    const handler = createOutboundJob();
+    const outcomes = await Promise.all(msgs.map((m) => runOne('outbound', m, handler, env.ctx)));
+    expect(outcomes.every((o) => !(o instanceof Error))).toBe(true);
+    // The loser waits for the lock; when it comes back the work is done.
+    env.clock.advance(LOCK_SECONDS);
+    await drain(env, 'outbound', handler);
+    expect(remote.events.filter((e) => e.event === 'message')).toHaveLength(1);
+    expect((await new OutboundStore(env.storage.tables).getRecipients('dup-1'))[0].state).toBe('delivered');
+    expect(await queueEmpty(env)).toBe(true);
   });
 });
 
