@@ -4,6 +4,7 @@
  * the reply grammar by the harness client.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MailboxStore } from '../../core/mailbox/store.js';
 import { ALICE, BOB, DOMAIN, drainInbound, PASSWORD, startHarness, TestClient, type Harness } from './harness.js';
 
 type Step = [send: string | { raw: string }, code: number, enhanced?: string];
@@ -140,6 +141,25 @@ describe('SMTP protocol over real sockets', () => {
     });
   }
 
+  it('RFC 3463 X.2.2: a full mailbox is refused at RCPT with 452 4.2.2, others still accepted', async () => {
+    const carol = `carol@${DOMAIN}`;
+    await h.accounts.addUser(carol, PASSWORD, { quotaBytes: 1000 });
+    const store = new MailboxStore(h.storage.tables, h.storage.mail);
+    const blob = await h.storage.mail.put('in/quota-test.eml', 'x'.repeat(1000)); // exactly the quota
+    await store.deliver(carol, { jobId: 'quota-fill', blobKey: blob.key, size: blob.size, receivedAt: new Date().toISOString(), summary: {} });
+    const c = await TestClient.connect(h.server.ports.mx!);
+    try {
+      await c.reply();
+      await c.cmd('EHLO client.example');
+      expect((await c.cmd('MAIL FROM:<a@remote.example>')).code).toBe(250);
+      const r = await c.cmd(`RCPT TO:<${carol}>`);
+      expect([r.code, r.enhanced]).toEqual([452, '4.2.2']);
+      expect((await c.cmd(`RCPT TO:<${ALICE}>`)).code).toBe(250);
+    } finally {
+      c.close();
+    }
+  });
+
   it('RFC 1869 EHLO lists the extensions; STARTTLS and AUTH per state (RFC 3207, RFC 4954 §4)', async () => {
     const client = await TestClient.connect(h.server.ports.submission!);
     try {
@@ -237,6 +257,22 @@ describe('SMTP session limits', () => {
     d.close();
   });
 
+  it('a client that stalls in the middle of DATA times out and nothing is stored', async () => {
+    await drainInbound(h.storage);
+    const c = await TestClient.connect(h.server.ports.mx!);
+    await c.reply();
+    await c.cmd('EHLO client.example');
+    await c.cmd('MAIL FROM:<a@remote.example>');
+    await c.cmd(`RCPT TO:<${ALICE}>`);
+    expect((await c.cmd('DATA')).code).toBe(354);
+    c.send('Subject: half\r\n\r\nhalf a mess');
+    const r = await c.reply(5000);
+    expect(r.code).toBe(421);
+    await c.waitClosed();
+    expect(await drainInbound(h.storage)).toHaveLength(0);
+    expect((await h.storage.mail.list('in/')).items).toEqual([]);
+  });
+
   it('an idle client gets 421 4.4.2 after the timeout (RFC 5321 §4.5.3.2)', async () => {
     const c = await TestClient.connect(h.server.ports.mx!);
     await c.reply();
@@ -246,5 +282,35 @@ describe('SMTP session limits', () => {
     expect(r.enhanced).toBe('4.4.2');
     expect(Date.now() - started).toBeGreaterThanOrEqual(900);
     await c.waitClosed();
+  });
+});
+
+describe('graceful close', () => {
+  it('idle sessions get 421 at once; a transaction in flight may finish; new connections are refused', async () => {
+    const h = await startHarness();
+    try {
+      const idle = await TestClient.connect(h.server.ports.mx!);
+      await idle.reply();
+      await idle.cmd('EHLO client.example');
+      const busy = await TestClient.connect(h.server.ports.mx!);
+      await busy.reply();
+      await busy.cmd('EHLO client.example');
+      await busy.cmd('MAIL FROM:<a@remote.example>');
+      await busy.cmd(`RCPT TO:<${ALICE}>`);
+      expect((await busy.cmd('DATA')).code).toBe(354);
+      busy.send('Subject: in flight\r\n\r\n');
+      const closing = h.server.close(5000);
+      const r = await idle.reply();
+      expect([r.code, r.enhanced]).toEqual([421, '4.4.2']);
+      busy.send('done\r\n.\r\n');
+      expect((await busy.reply()).code).toBe(250);
+      await closing;
+      await busy.waitClosed();
+      expect(h.server.healthy()).toBe(false);
+      await expect(TestClient.connect(h.server.ports.mx!)).rejects.toThrow();
+      expect(await drainInbound(h.storage)).toHaveLength(1);
+    } finally {
+      await h.close();
+    }
   });
 });
