@@ -60,6 +60,18 @@ describe('local family only', () => {
     expect((await s.mail.list('.tmp/')).items.map((i) => i.key)).toEqual(['.tmp/x']);
   });
 
+  it('a failing body stream rejects the put with its own error and leaves no temporary file', async () => {
+    const boom = Object.assign(new Error('reset by peer'), { code: 'ECONNRESET' });
+    async function* failing() {
+      yield Buffer.alloc(300_000, 1);
+      throw boom;
+    }
+    let caught: unknown;
+    await s.mail.put('failing', failing()).catch((e: unknown) => (caught = e));
+    expect(caught).toBe(boom);
+    expect(await readdir(join(dir.path, 'blobs', 'mail', '.tmp'))).toEqual([]);
+  });
+
   it('a range starting past the end is an invalid request', async () => {
     await s.mail.put('r', '0123');
     expect(await errorCode(s.mail.get('r', { range: { start: 4 } }))).toBe('Invalid');

@@ -233,6 +233,16 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
         expect(page.items.map((i) => i.key)).toEqual([k('big')]);
       });
 
+      it('a put whose body stream fails rejects and stores nothing', async () => {
+        async function* failing() {
+          yield Buffer.alloc(100_000, 1);
+          throw new Error('client went away');
+        }
+        await expect(s.mail.put(k('failed-body'), Readable.from(failing(), { objectMode: false }))).rejects.toThrow();
+        expect(await errorCode(s.mail.head(k('failed-body')))).toBe('NotFound');
+        expect((await s.mail.list(k('failed-body'))).items).toEqual([]);
+      });
+
       it('lists by prefix in UTF-8 byte order, page by page', async () => {
         const names = ['a', 'a/b', 'a-b', 'a/c/d', 'b', 'Z', 'z', 'é', 'ü/x', '日本', '😀', '\uffee', 'm0', 'm1', 'm10', 'm2'];
         await Promise.all(names.map((n) => s.mail.put(k(`list/${n}`), n)));

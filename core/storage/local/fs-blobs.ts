@@ -101,6 +101,11 @@ function fsError(e: unknown, what: string): StorageError {
   return new Unavailable(`${what}: ${(e as Error)?.message ?? String(e)}`, { cause: e });
 }
 
+/** An error thrown by the caller's body stream, carried past our own error mapping untouched. */
+class BodyError {
+  constructor(readonly error: unknown) {}
+}
+
 /** Normalises every BlobBody form into an async iterable of byte chunks. */
 async function* chunksOf(body: BlobBody): AsyncIterable<Uint8Array> {
   if (typeof body === 'string') {
@@ -111,8 +116,21 @@ async function* chunksOf(body: BlobBody): AsyncIterable<Uint8Array> {
     yield body;
     return;
   }
-  for await (const chunk of body as AsyncIterable<Uint8Array | string>) {
-    yield typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
+  const it = (body as AsyncIterable<Uint8Array | string>)[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      let r: IteratorResult<Uint8Array | string>;
+      try {
+        r = await it.next();
+      } catch (e) {
+        throw new BodyError(e);
+      }
+      if (r.done) return;
+      yield typeof r.value === 'string' ? Buffer.from(r.value, 'utf8') : r.value;
+    }
+  } finally {
+    // Stopping early (TooLarge, a failed write) ends the source, as a failed pipeline would.
+    await it.return?.().catch(() => undefined);
   }
 }
 
@@ -279,10 +297,8 @@ export class FsBlobs implements Blobs {
     } catch (e) {
       if (fh) await fh.close().catch(() => undefined);
       await fsp.rm(tmp, { force: true }).catch(() => undefined);
-      if (e instanceof StorageError) throw e;
-      const code = (e as NodeJS.ErrnoException)?.code;
       // Errors from the caller's stream are the caller's: pass them through untouched.
-      if (typeof code !== 'string' || !/^E[A-Z]+$/.test(code)) throw e;
+      if (e instanceof BodyError) throw e.error;
       throw fsError(e, `blob ${key}`);
     }
   }
