@@ -98,11 +98,12 @@ export class Harness {
   agent!: ProxyAgent;
   private dir!: { path: string; remove: () => Promise<void> };
 
-  static async start(env: Record<string, string> = {}, options: ProxyOptions = {}): Promise<Harness> {
+  /** Starts everything; `open` replaces the local storage family (e.g. the aws family on moto). */
+  static async start(env: Record<string, string> = {}, options: ProxyOptions = {}, open?: (config: Config) => Promise<Storage>): Promise<Harness> {
     const h = new Harness();
     h.dir = await tempDir('tomlinson-proxy-');
     h.config = loadConfig({ TOMLINSON_DATA_DIR: h.dir.path, TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'true', TOMLINSON_HOSTNAME: 'proxy.test', ...env });
-    h.storage = await openLocalStorage(h.config, silentLogger, { purgeIntervalMs: 0 });
+    h.storage = open ? await open(h.config) : await openLocalStorage(h.config, silentLogger, { purgeIntervalMs: 0 });
     h.origin = await new Origin().start();
     await h.startProxy(options);
     return h;
