@@ -46,9 +46,19 @@ def _receive_atomically(self, queue_name, count, wait_seconds_timeout, visibilit
 SQSBackend.receive_message = _receive_atomically
 _serialise(SQSBackend, ("delete_message", "change_message_visibility", "send_message"), _sqs_lock)
 
+def _exit_with_parent():
+    """The harness keeps our stdin open; when it closes, the test process is gone: stop too."""
+    import os
+    import sys
+
+    sys.stdin.buffer.read()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     import moto
     from moto.server import main
 
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
     print(f"moto {moto.__version__}", flush=True)
     main()

@@ -95,7 +95,8 @@ export async function startMoto(options: MotoOptions = {}): Promise<AwsTestBacke
     port = await freePort();
     output = '';
     const c = spawn('python3', [MOTO_MAIN, '-H', '127.0.0.1', '-p', String(port)], {
-      stdio: ['ignore', 'pipe', 'pipe'],
+      // moto exits when this pipe closes, so a test process that dies never leaves it behind.
+      stdio: ['pipe', 'pipe', 'pipe'],
       env: { ...process.env, PYTHONUNBUFFERED: '1' },
     });
     const keep = (b: Buffer) => {
