@@ -252,6 +252,10 @@ export class FsBlobs implements Blobs {
       let pending: Uint8Array[] = [header];
       let pendingBytes = header.length;
       let position = 0;
+      // One write in flight while the next batch gathers: reading overlaps writing, and memory
+      // stays bounded at about two batches.
+      let inflight: Promise<unknown> | undefined;
+      const file_ = fh;
       for await (const chunk of chunksOf(body)) {
         size += chunk.length;
         if (size > maxBytes) throw new TooLarge(maxBytes);
@@ -259,12 +263,15 @@ export class FsBlobs implements Blobs {
         pending.push(chunk);
         pendingBytes += chunk.length;
         if (pendingBytes >= WRITE_CHUNK) {
-          await fh.writev(pending, position);
+          if (inflight) await inflight;
+          inflight = file_.writev(pending, position);
+          inflight.catch(() => undefined); // awaited below; this only marks it handled meanwhile
           position += pendingBytes;
           pending = [];
           pendingBytes = 0;
         }
       }
+      if (inflight) await inflight;
       const sha256 = hash.digest('hex');
       if (position === 0) {
         // Small object, nothing written yet: put the sha256 into the header and write once.
