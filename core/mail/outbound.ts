@@ -261,7 +261,7 @@ async function attempt(m: MessageRecord, job: OutboundQueueBody, ctx: JobContext
       // cause a second copy is as short as it can be.
       await store.putRecipients(m.id, updated);
       for (const u of updated) {
-        ctx.metrics?.messages.inc({ stage: 'outbound', outcome: u.state });
+        ctx.metrics?.messages.inc({ stage: 'delivery', outcome: u.state });
         log.info({ rcpt: u.address, state: u.state, attempts: u.attempts, reply: u.lastReply, host: u.remoteHost }, `recipient ${u.state}`);
       }
     });
@@ -278,7 +278,8 @@ async function attempt(m: MessageRecord, job: OutboundQueueBody, ctx: JobContext
   if (retry.delayNoticeDue(receivedAt) && !m.delayNoticeSent) await sendDelayNotice(m, pending, retry, ctx, deps, store, log);
   const nextAt = Math.min(...pending.map((r) => (r.nextAttemptAt ? Date.parse(r.nextAttemptAt) : now.getTime())));
   const wait = Math.max(0, nextAt - ctx.now().getTime());
-  const seq = m.seq + 1;
+  // A queue message may carry a generation ahead of the stored one (a crash before advanceSeq).
+  const seq = Math.max(m.seq, job.seq ?? 0) + 1;
   const next: OutboundQueueBody = { ...job, seq, notBefore: new Date(nextAt).toISOString() };
   // Send the next generation before advancing `seq`: a crash in between leaves two live queue
   // messages (the stale one is dropped later), never none.
