@@ -5,6 +5,7 @@
  * repeated or listed Content-Length, unknown Transfer-Encoding, obs-fold, bad bytes) with a parse
  * error, which `clientError` turns into 400; an oversized head becomes 431.
  */
+import { randomBytes } from 'node:crypto';
 import { STATUS_CODES, createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect as netConnect, isIP, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
@@ -174,6 +175,7 @@ class CachingProxy {
   private readonly auth: ProxyAuth | undefined;
   private readonly connectPorts: Set<number>;
   private readonly via: string;
+  private readonly loopToken: string;
   private readonly now: () => number;
   private readonly inflight = new Map<string, Promise<void>>();
   private readonly revalidating = new Set<CachedObject>();
@@ -201,7 +203,9 @@ class CachingProxy {
     this.guard = new OriginGuard(cfg.allowPrivateOrigins);
     this.allowed = cidrList(cfg.allowedClients);
     this.connectPorts = new Set(cfg.connectPorts.map(Number));
-    this.via = `1.1 ${ctx.config.hostname || 'tomlinson'}`;
+    // The comment carries a per-process token so that a request that comes back to us is seen as a loop.
+    this.loopToken = `(Tomlinson ${randomBytes(4).toString('hex')})`;
+    this.via = `1.1 ${ctx.config.hostname || 'tomlinson'} ${this.loopToken}`;
     if (cfg.requireAuth) {
       const check =
         options.authenticate ??
@@ -218,7 +222,8 @@ class CachingProxy {
     this.server = createServer({
       maxHeaderSize: cfg.maxHeaderBytes,
       headersTimeout: 30_000,
-      requestTimeout: 0,
+      // Bounds slow uploads too (a request body that trickles for five minutes is cut).
+      requestTimeout: 300_000,
       keepAliveTimeout: 5_000,
       noDelay: true,
     });
@@ -329,6 +334,12 @@ class CachingProxy {
         this.short(res, r.status, r.text, r.status === 407 ? { 'proxy-authenticate': 'Basic realm="tomlinson", charset="UTF-8"' } : undefined);
         return;
       }
+    }
+    // RFC 9110 §7.6.3: Via lets a proxy detect a forwarding loop (e.g. a URL naming the proxy itself).
+    const via = req.headers.via;
+    if (via !== undefined && via.includes(this.loopToken)) {
+      this.short(res, 508, 'forwarding loop detected');
+      return;
     }
     const raw = req.url ?? '';
     let url = this.normalized.get(raw);

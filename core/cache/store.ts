@@ -32,7 +32,8 @@ export interface CacheStoreOptions {
   memoryObjectBytes?: number;
   /** Bodies waiting to be written to the object tier; past this, new ones stay in memory only. @default 1024 */
   persistBacklog?: number;
-  /** Concurrent object-tier writes. @default 8 */
+  /** Concurrent object-tier writes. Kept below libuv's thread pool (4) because each local write
+   * ends in fsyncs there, and DNS lookups for origins share that pool. @default 2 */
   persistConcurrency?: number;
   /** Heuristic freshness cap in seconds. @default 86400 */
   heuristicCapSeconds?: number;
@@ -192,7 +193,7 @@ export class CacheStore {
     this.memoryObjectBytes = Math.min(options.memoryObjectBytes ?? Math.min(memoryBytes / 8, 8 * 1024 * 1024), this.maxObjectBytes);
     this.cacheBytes = options.cacheBytes ?? 10 * 1024 * 1024 * 1024;
     this.backlogLimit = options.persistBacklog ?? 1024;
-    this.concurrency = options.persistConcurrency ?? 8;
+    this.concurrency = options.persistConcurrency ?? 2;
     this.Policy = policyClass({ now: this.now, heuristicCapSeconds: options.heuristicCapSeconds });
   }
 

@@ -30,7 +30,7 @@ describe('RFC 9111 §3 storing and §4.2 freshness', () => {
     expect(b.text).toBe('hello');
     expect(b.headers['cache-status']).toBe('Tomlinson; hit');
     expect(Number(b.headers.age)).toBeGreaterThanOrEqual(5);
-    expect(b.headers.via).toContain('1.1 proxy.test');
+    expect(b.headers.via).toMatch(/^1\.1 proxy\.test \(Tomlinson [0-9a-f]{8}\)$/);
     expect(h.origin.count(path)).toBe(1);
   });
 
@@ -260,6 +260,19 @@ describe('RFC 9111 §4.3 validation', () => {
     const c = await h.get(path, { 'if-none-match': '"other"' });
     expect(c.status).toBe(200);
     expect(c.text).toBe('cond');
+    expect(h.origin.count(path)).toBe(1);
+  });
+});
+
+describe('RFC 9111 §5.2.1.7 only-if-cached', () => {
+  it('answers 504 without contacting the origin when nothing is stored, and serves what is', async () => {
+    const path = p('oic');
+    h.origin.routes.set(path, (_q, res) => res.writeHead(200, { 'cache-control': 'max-age=60' }).end('o'));
+    expect((await h.get(path, { 'cache-control': 'only-if-cached' })).status).toBe(504);
+    expect(h.origin.count(path)).toBe(0);
+    await h.get(path);
+    const r = await h.get(path, { 'cache-control': 'only-if-cached' });
+    expect(r.status).toBe(200);
     expect(h.origin.count(path)).toBe(1);
   });
 });

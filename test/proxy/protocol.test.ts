@@ -76,11 +76,16 @@ describe('RFC 9110 §7.6: hop-by-hop fields and Via', () => {
     expect(seen.te).toBeUndefined();
     expect(seen['x-kept']).toBe('yes');
     expect(seen.host).toBe(`127.0.0.1:${h.origin.port}`);
-    expect(seen.via).toBe('1.0 upstream, 1.1 proxy.test');
+    expect(seen.via).toMatch(/^1\.0 upstream, 1\.1 proxy\.test \(Tomlinson [0-9a-f]{8}\)$/);
     const head = out.slice(0, out.indexOf('\r\n\r\n')).toLowerCase();
     expect(head).not.toContain('x-internal');
     expect(head).toContain('x-end: kept');
-    expect(head).toContain('via: 1.1 proxy.test');
+    expect(head).toContain('via: 1.1 proxy.test (tomlinson ');
+  });
+
+  it('a request that loops back to the proxy is refused with 508', async () => {
+    const out = await rawExchange(h.proxy.port, req(`http://127.0.0.1:${h.proxy.port}/loop`));
+    expect(statusOf(out)).toBe(508);
   });
 });
 
