@@ -434,7 +434,9 @@ async function deliverGroup(
   let last: TransactionResult | undefined;
   let lastHost = '';
   let anyTemporary = false;
-  for (const t of targets.slice(0, MAX_HOSTS_PER_ATTEMPT)) {
+  const tries = targets.slice(0, MAX_HOSTS_PER_ATTEMPT);
+  for (let i = 0; i < tries.length; i++) {
+    const t = tries[i];
     const res = await deps.transact({
       host: t.host,
       address: t.address,
@@ -460,6 +462,13 @@ async function deliverGroup(
     if (!res.sessionFailure) {
       log.debug({ host: lastHost, tls: res.tls, chunked: res.chunked }, 'transaction done');
       return new Map(res.rcpts.map((r) => [r.address, { ok: r.ok, temporary: r.temporary, reply: r.reply, status: r.status, host: lastHost, dsn: res.extensions.includes('DSN') }]));
+    }
+    if (res.sessionFailure.stage === 'STARTTLS' && t.tls === 'opportunistic') {
+      // RFC 7435 §3: opportunistic security must not make delivery worse than cleartext; a host
+      // whose TLS handshake fails is tried once more without STARTTLS.
+      log.info({ host: lastHost, reply: res.sessionFailure.reply }, 'STARTTLS failed; retrying this host in cleartext');
+      tries.splice(i + 1, 0, { ...t, tls: 'none' });
+      continue;
     }
     if (res.sessionFailure.temporary) anyTemporary = true;
     log.info({ host: lastHost, stage: res.sessionFailure.stage, reply: res.sessionFailure.reply }, 'host failed; trying the next');

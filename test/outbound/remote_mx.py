@@ -1,7 +1,7 @@
 """A scripted remote MX for the outbound tests: aiosmtpd (Debian python3-aiosmtpd) on 127.0.0.1.
 
 Usage: remote_mx.py OUTDIR [--data-replies 451,451,250] [--reject ADDR=550 ...] [--tls CERT KEY]
-                    [--no-smtputf8]
+                    [--no-smtputf8] [--broken-tls]
 Prints `READY <port>` once listening, then one JSON line per event on stdout:
   {"event": "message", "n": 1, "mail_from": ..., "rcpts": [...], "file": ..., "reply": "250 ..."}
 Each completed DATA consumes the next entry of --data-replies (the last one repeats).
@@ -75,6 +75,7 @@ async def main():
     ap.add_argument("--reject", action="append", default=[])
     ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     ap.add_argument("--no-smtputf8", action="store_true")
+    ap.add_argument("--broken-tls", action="store_true", help="offer STARTTLS but fail every handshake")
     args = ap.parse_args()
     rejects = {}
     for r in args.reject:
@@ -85,6 +86,10 @@ async def main():
     if args.tls:
         tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls_context.load_cert_chain(args.tls[0], args.tls[1])
+        if args.broken_tls:
+            # Only TLS 1.0, which the client (TLS 1.2 minimum) refuses: every handshake fails.
+            tls_context.minimum_version = ssl.TLSVersion.TLSv1
+            tls_context.maximum_version = ssl.TLSVersion.TLSv1
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(handler, hostname="remote.test", enable_SMTPUTF8=not args.no_smtputf8, decode_data=False,

@@ -20,6 +20,7 @@ let certDir: string;
 let tlsRemote: RemoteMx;
 let plainRemote: RemoteMx;
 let asciiRemote: RemoteMx;
+let brokenRemote: RemoteMx;
 let ca: string;
 
 beforeAll(async () => {
@@ -31,14 +32,15 @@ beforeAll(async () => {
   // A self-signed certificate for the MX host name; the test trusts it as its own CA.
   await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=mx1.tls.test', '-addext', 'subjectAltName=DNS:mx1.tls.test', '-keyout', join(certDir, 'key.pem'), '-out', join(certDir, 'cert.pem')]);
   ca = await readFile(join(certDir, 'cert.pem'), 'utf8');
-  [tlsRemote, plainRemote, asciiRemote] = await Promise.all([
+  [tlsRemote, plainRemote, asciiRemote, brokenRemote] = await Promise.all([
     startRemote({ tls: { cert: join(certDir, 'cert.pem'), key: join(certDir, 'key.pem') } }),
     startRemote(),
     startRemote({ noSmtputf8: true }),
+    startRemote({ tls: { cert: join(certDir, 'cert.pem'), key: join(certDir, 'key.pem') }, brokenTls: true }),
   ]);
 });
 afterAll(async () => {
-  await Promise.all([tlsRemote?.close(), plainRemote?.close(), asciiRemote?.close()]);
+  await Promise.all([tlsRemote?.close(), plainRemote?.close(), asciiRemote?.close(), brokenRemote?.close()]);
   await dns?.close();
   if (certDir) await rm(certDir, { recursive: true, force: true });
 });
@@ -68,6 +70,15 @@ describe('STARTTLS', () => {
     const { r, events } = await attempt(plainRemote, 'tls-2', {});
     expect(r.state).toBe('delivered');
     expect(events.find((e) => e.event === 'message')?.tls).toBe(false);
+  });
+
+  it('a failed opportunistic handshake falls back to cleartext on the same host (RFC 7435); required TLS does not', async () => {
+    const { r, events } = await attempt(brokenRemote, 'tls-6', {});
+    expect(r.state).toBe('delivered');
+    expect(events.find((e) => e.event === 'message')?.tls).toBe(false);
+    const strict = await attempt(brokenRemote, 'tls-7', { TOMLINSON_OUTBOUND_REQUIRE_TLS_DOMAINS: 'tls.test' }, { ca });
+    expect(strict.r).toMatchObject({ state: 'deferred', status: '4.7.5' });
+    expect(strict.events).toHaveLength(0);
   });
 
   it('a domain that requires TLS is deferred (4.7.5) at a server without STARTTLS', async () => {
