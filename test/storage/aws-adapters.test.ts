@@ -5,6 +5,8 @@
  * pages, dead-letter URLs found from the redrive policy, and SDK failures as StorageErrors.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
 import { DynamoDBClient, PutItemCommand } from '@aws-sdk/client-dynamodb';
@@ -12,7 +14,7 @@ import { GetQueueAttributesCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type Config } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
-import { openAwsStorage } from '../../core/storage/aws/index.js';
+import { openAwsStorage, S3Blobs } from '../../core/storage/aws/index.js';
 import { isStorageError, type Storage } from '../../core/storage/ports.js';
 import { deleteAwsResources, ensureAwsResources } from '../../scripts/aws-resources.js';
 import { startMoto, type AwsTestBackend } from '../support/moto.js';
@@ -333,6 +335,28 @@ describe('failures as StorageErrors', () => {
       await s.close();
     }
     expect(await storage.check()).toEqual({ mail: true, cache: true, tables: true, queues: true });
+  });
+
+  it('turns a connection cut in the middle of a get body into Unavailable on the stream', async () => {
+    // An HTTP server that promises 1000 bytes of object and hangs up after 100.
+    const server = createServer((req, res) => {
+      res.writeHead(200, { 'content-length': '1000', 'content-type': 'application/octet-stream', etag: '"x"' });
+      res.write(Buffer.alloc(100, 1), () => setTimeout(() => res.socket?.destroy(), 50));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const client = new S3Client({ endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, forcePathStyle: true, maxAttempts: 1 });
+    try {
+      const blobs = new S3Blobs(client, 'bucket', silentLogger);
+      const { body } = await blobs.get('cut/object');
+      const err = await drain(body).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(isStorageError(err, 'Unavailable')).toBe(true);
+    } finally {
+      client.destroy();
+      await new Promise((r) => server.close(r));
+    }
   });
 
   it('answers Unavailable, quickly, when nothing listens at the endpoint', async () => {

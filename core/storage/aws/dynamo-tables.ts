@@ -315,7 +315,12 @@ function toAttrs(item: Item): AV {
 }
 
 function fromAttrs(attrs: AV): Item {
-  return unmarshall(attrs) as Item;
+  try {
+    return unmarshall(attrs) as Item;
+  } catch (e) {
+    // A number beyond 2^53, written by another program, has no exact JSON value.
+    throw new InvalidRequest(`stored item ${attrs.pk?.S} ${attrs.sk?.S} is not JSON: ${(e as Error).message}`, { cause: e });
+  }
 }
 
 function attr(value: AttrValue): AttributeValue {

@@ -6,7 +6,7 @@
  * write, `If-None-Match: *`, on PutObject or on CompleteMultipartUpload.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
@@ -251,7 +251,7 @@ export class S3Blobs implements Blobs {
     );
     // With a range, Content-Range "bytes 0-9/1234" carries the whole object's size.
     const total = /\/(\d+)$/.exec(res.ContentRange ?? '')?.[1];
-    const body = (res.Body as Readable | undefined) ?? Readable.from([]);
+    const body = res.Body ? guardStream(res.Body as Readable, `s3://${this.bucket}/${key}`) : Readable.from([]);
     return {
       info: infoFrom(key, total !== undefined ? Number(total) : (res.ContentLength ?? 0), res.ContentType, res.Metadata, res.LastModified),
       body,
@@ -339,6 +339,20 @@ function infoFrom(key: string, size: number, contentType: string | undefined, me
     ...(Object.keys(metadata).length ? { metadata } : {}),
     ...(lastModified ? { lastModified } : {}),
   };
+}
+
+/**
+ * The object's body as the caller reads it: a failure mid-stream (socket reset, the SDK's checksum
+ * check) arrives as a StorageError, and a caller that stops reading releases the connection.
+ */
+function guardStream(src: Readable, what: string): Readable {
+  const out = new PassThrough();
+  src.once('error', (e) => out.destroy(toStorageError(e, what)));
+  out.once('close', () => {
+    if (!src.destroyed) src.destroy();
+  });
+  src.pipe(out);
+  return out;
 }
 
 /** Every accepted body shape as a sequence of byte chunks. */
