@@ -82,8 +82,8 @@ export async function startSmtpServer(ctx: ListenerContext, options: SmtpServerO
   const listen = async (kind: 'mx' | 'submission' | 'submissions', port: number): Promise<void> => {
     const server: Server =
       kind === 'submissions'
-        ? tls.createServer({ ...tlsProvider.options(), handshakeTimeout: options.handshakeTimeoutMs ?? 30_000 }, (s) => group.accept(s, 'submission', true))
-        : createServer((s) => group.accept(s, kind === 'mx' ? 'mx' : 'submission', false));
+        ? tls.createServer({ ...tlsProvider.options(), handshakeTimeout: options.handshakeTimeoutMs ?? 30_000, allowHalfOpen: true }, (s) => group.accept(s, 'submission', true))
+        : createServer({ allowHalfOpen: true }, (s) => group.accept(s, kind === 'mx' ? 'mx' : 'submission', false));
     if (kind === 'submissions') {
       tlsProvider.attach(server as tls.Server);
       server.on('tlsClientError', (err: Error, sock: Socket) => {
@@ -208,6 +208,7 @@ class Connection {
   private pumping = false;
   private paused = false;
   private ended = false;
+  private clientEnded = false;
   private readonly onData = (chunk: Buffer): void => {
     this.reader.push(chunk);
     if (this.reader.buffered > HIGH_WATER && !this.paused) {
@@ -260,7 +261,7 @@ class Connection {
     s.setTimeout(this.group.config.smtp.idleTimeoutSeconds * 1000);
     s.on('timeout', () => this.onTimeout());
     s.on('data', this.onData);
-    s.on('end', () => this.end());
+    s.on('end', () => this.clientEnd());
     this.session.greet();
     this.flush();
   }
@@ -275,6 +276,11 @@ class Connection {
 
   private pump(): void {
     if (this.pumping || this.ended) return;
+    if (this.clientEnded && this.reader.buffered === 0) {
+      this.session.abort('client closed');
+      this.end();
+      return;
+    }
     this.pumping = true;
     this.loop().then(
       () => undefined,
@@ -298,6 +304,12 @@ class Connection {
       this.pumping = false;
     }
     this.flush();
+    if (this.clientEnded && !this.ended) {
+      // Nothing more will come: an unfinished transaction is dropped.
+      this.session.abort('client closed');
+      this.end();
+      return;
+    }
     if (this.paused && this.reader.buffered < LOW_WATER && !this.ended) {
       this.paused = false;
       this.socket.resume();
@@ -309,6 +321,12 @@ class Connection {
     const text = this.out.length === 1 ? this.out[0] : this.out.join('');
     this.out = [];
     this.socket.write(text);
+  }
+
+  /** The client half-closed: finish what it sent (pipelined commands, a complete message), then close. */
+  private clientEnd(): void {
+    this.clientEnded = true;
+    if (!this.pumping) this.pump();
   }
 
   private end(): void {
@@ -342,7 +360,7 @@ class Connection {
         secure.setTimeout(this.group.config.smtp.idleTimeoutSeconds * 1000);
         secure.on('timeout', () => this.onTimeout());
         secure.on('data', this.onData);
-        secure.on('end', () => this.end());
+        secure.on('end', () => this.clientEnd());
         resolve(facts(secure));
       });
       secure.once('close', () => {

@@ -141,6 +141,22 @@ describe('SMTP protocol over real sockets', () => {
     });
   }
 
+  it('RFC 2920: a client that pipelines a whole session and half-closes still gets every reply', async () => {
+    await drainInbound(h.storage);
+    const c = await TestClient.connect(h.server.ports.mx!);
+    try {
+      await c.reply();
+      c.socket.end(`EHLO client.example\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<${ALICE}>\r\nDATA\r\nSubject: hc\r\n\r\nx\r\n.\r\nQUIT\r\n`);
+      const codes: number[] = [];
+      for (let i = 0; i < 6; i++) codes.push((await c.reply()).code);
+      expect(codes).toEqual([250, 250, 250, 354, 250, 221]);
+      await c.waitClosed();
+    } finally {
+      c.close();
+    }
+    expect(await drainInbound(h.storage)).toHaveLength(1);
+  });
+
   it('RFC 3463 X.2.2: a full mailbox is refused at RCPT with 452 4.2.2, others still accepted', async () => {
     const carol = `carol@${DOMAIN}`;
     await h.accounts.addUser(carol, PASSWORD, { quotaBytes: 1000 });
