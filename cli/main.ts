@@ -13,6 +13,7 @@ import { NoSuchMailbox, QuotaExceeded } from '../core/mailbox/store.js';
 import { isStorageError } from '../core/storage/ports.js';
 import { register as alias } from './commands/alias.js';
 import { register as cache } from './commands/cache.js';
+import { register as config } from './commands/config.js';
 import { register as domain } from './commands/domain.js';
 import { register as mailbox } from './commands/mailbox.js';
 import { register as queue } from './commands/queue.js';
@@ -22,7 +23,7 @@ import { CliError, createContext, type CliContext } from './context.js';
 type Register = (program: Command, ctx: CliContext) => void;
 
 /** The command groups, in help order. */
-const GROUPS: Register[] = [domain, user, alias, mailbox, queue, cache];
+const GROUPS: Register[] = [domain, user, alias, mailbox, queue, cache, config];
 
 /** Streams and environment of one run (tests pass their own). */
 export interface RunIo {

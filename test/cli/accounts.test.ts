@@ -186,6 +186,16 @@ describe('usage', () => {
     expect(missing.stderr).toContain("missing required argument 'size'");
   });
 
+  it('prints the settings table for README.md and the effective configuration', async () => {
+    const { SETTINGS } = await import('../../core/config.js');
+    const docs = await cli.ok(['config', '--docs']);
+    expect(docs.split('\n')[0]).toBe('| Variable | File path | Default | Meaning |');
+    for (const s of SETTINGS) expect(docs).toContain(`| \`${s.env}\` | \`${s.path}\` |`);
+    const shown = JSON.parse((await cli.run(['--json', 'config', 'show'], { env: { TOMLINSON_POP3_PORT: '1110' } })).stdout);
+    expect(shown['pop3.port']).toBe(1110);
+    expect(shown.dataDir).toBe(cli.dataDir);
+  });
+
   it('reports a bad configuration by its setting', async () => {
     const r = await cli.run(['domain', 'list'], { env: { TOMLINSON_STORAGE: 'floppy' } });
     expect(r.code).toBe(1);
