@@ -16,6 +16,9 @@ export function normalizeUrl(raw: string): string {
   const u = new URL(raw);
   if (u.protocol !== 'http:') throw new TypeError(`not an http URL: ${raw}`);
   u.hash = '';
+  // RFC 9110 §4.2.4: userinfo in an http URI is deprecated; it must not split or leak into keys.
+  u.username = '';
+  u.password = '';
   // WHATWG URL already lower-cases the host, drops :80 and turns an empty path into "/".
   return u.href;
 }

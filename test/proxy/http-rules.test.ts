@@ -115,6 +115,7 @@ describe('cache keys and the memory tier', () => {
   it('normalises URLs and builds variant keys from Vary', () => {
     expect(normalizeUrl('http://EXAMPLE.com:80/a?b#frag')).toBe('http://example.com/a?b');
     expect(normalizeUrl('http://example.com')).toBe('http://example.com/');
+    expect(normalizeUrl('http://user:secret@example.com/x')).toBe('http://example.com/x');
     expect(() => normalizeUrl('https://example.com/')).toThrow();
     expect(varyNames('Accept-Encoding, accept-language,Accept-Encoding')).toEqual(['accept-encoding', 'accept-language']);
     expect(variantKey(['accept-language'], { 'accept-language': 'en' })).not.toBe(variantKey(['accept-language'], { 'accept-language': 'fr' }));
