@@ -174,7 +174,9 @@ async function storeInSecret(secretId: string, selector: string, privateKey: str
     let exists = true;
     try {
       const out = await client.send(new sm.GetSecretValueCommand({ SecretId: secretId }));
-      keys = (JSON.parse(out.SecretString || '{}') as { keys?: typeof keys }).keys ?? [];
+      const parsed = JSON.parse(out.SecretString || '{}') as { keys?: typeof keys; selector?: string; privateKey?: string };
+      // A single-key secret ({selector, privateKey}) becomes the list form; an empty key is dropped.
+      keys = (parsed.keys ?? (parsed.selector ? [{ selector: parsed.selector, privateKey: parsed.privateKey ?? '' }] : [])).filter((k) => k.privateKey);
     } catch (e) {
       if ((e as { name?: string }).name !== 'ResourceNotFoundException') throw e;
       exists = false;

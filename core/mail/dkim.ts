@@ -64,8 +64,9 @@ export function fileDkimKeys(dir: string, options: { cacheMs?: number; now?: () 
   };
 }
 
-/** Keys from Secrets Manager: secret `<prefix><domain>` holding
- * `{"keys":[{"selector","privateKey"}]}` (algorithm from the key type). Missing secret: no keys. */
+/** Keys from Secrets Manager: secret `<prefix><domain>` holding `{"keys":[{"selector",
+ * "privateKey"}]}` or a single `{"selector","privateKey"}` (algorithm from the key type).
+ * Missing secret: no keys. */
 export function secretsDkimKeys(prefix: string, options: { cacheMs?: number; region?: string } = {}): DkimKeySource {
   const cache = new Map<string, { at: number; keys: DkimKey[] }>();
   const ttl = options.cacheMs ?? 300_000;
@@ -80,8 +81,11 @@ export function secretsDkimKeys(prefix: string, options: { cacheMs?: number; reg
       let keys: DkimKey[] = [];
       try {
         const out = await client.send(new sm.GetSecretValueCommand({ SecretId: `${prefix}${d}` }));
-        const parsed = JSON.parse(out.SecretString ?? '{}') as { keys?: { selector: string; privateKey: string }[] };
-        keys = (parsed.keys ?? []).filter((k) => k.selector && k.privateKey).map((k) => ({ selector: k.selector, privateKey: k.privateKey, algorithm: algorithmOf(k.privateKey) }));
+        // Either {"keys":[{selector, privateKey}, ...]} or one {selector, privateKey}; a key whose
+        // privateKey is still empty (a secret created before its key) is skipped.
+        const parsed = JSON.parse(out.SecretString || '{}') as { keys?: { selector: string; privateKey: string }[]; selector?: string; privateKey?: string };
+        const list = parsed.keys ?? (parsed.selector ? [{ selector: parsed.selector, privateKey: parsed.privateKey ?? '' }] : []);
+        keys = list.filter((k) => k.selector && k.privateKey).map((k) => ({ selector: k.selector, privateKey: k.privateKey, algorithm: algorithmOf(k.privateKey) }));
       } catch (e) {
         if ((e as { name?: string }).name !== 'ResourceNotFoundException') throw e;
       }

@@ -8,6 +8,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
+import { CreateSecretCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { PassThrough } from 'node:stream';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -171,6 +172,11 @@ describe('DKIM keys in Secrets Manager (aws family, moto)', () => {
   it('dkim generate stores keys in <prefix><domain>; the worker signs with them; dkimpy verifies', async () => {
     const prefix = 'tomlinson-test/dkim/';
     const withPrefix = { ...cliEnv, TOMLINSON_DKIM_SECRET_PREFIX: prefix };
+    // A secret created empty by the CDK stack ({selector, privateKey: ''}) means no key yet.
+    const sm = new SecretsManagerClient({ region: env.config.storage.aws.region });
+    await sm.send(new CreateSecretCommand({ Name: `${prefix}local.test`, SecretString: JSON.stringify({ selector: 'tomlinson', privateKey: '' }) }));
+    sm.destroy();
+    expect(await secretsDkimKeys(prefix, { region: env.config.storage.aws.region }).keys('local.test')).toEqual([]);
     const a = await cli(withPrefix, '--json', 'dkim', 'generate', 'local.test', '--selector', 'aws1');
     expect(a.code).toBe(0);
     const b = await cli(withPrefix, '--json', 'dkim', 'generate', 'local.test', '--selector', 'aws2', '--algorithm', 'ed25519-sha256');
