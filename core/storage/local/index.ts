@@ -40,15 +40,25 @@ export async function openLocalStorage(config: Config, log: Logger, options: Loc
   const tables = new SqliteTables(store, now);
   const queues = new SqliteQueues(store, { maxReceives: config.storage.queueMaxReceives, now });
 
+  let closed = false;
   const purgeMs = options.purgeIntervalMs ?? 60_000;
   let purging = false;
   const timer =
     purgeMs > 0
       ? setInterval(() => {
-          if (purging) return;
+          if (purging || closed) return;
           purging = true;
-          tables
-            .purgeExpired()
+          // Up to 20 rounds of 1000 per tick, so a backlog drains without one long transaction.
+          const purge = async () => {
+            let total = 0;
+            for (let round = 0; round < 20 && !closed; round++) {
+              const n = await tables.purgeExpired();
+              total += n;
+              if (n < 1000) break;
+            }
+            return total;
+          };
+          purge()
             .then((n) => n && slog.debug({ purged: n }, 'purged expired items'))
             .catch((e: unknown) => slog.warn({ err: (e as Error).message }, 'purging expired items failed'))
             .finally(() => (purging = false));
@@ -57,7 +67,6 @@ export async function openLocalStorage(config: Config, log: Logger, options: Loc
   timer?.unref();
   slog.info({ dataDir: config.dataDir }, 'local storage open');
 
-  let closed = false;
   return {
     family: 'local',
     mail,
