@@ -153,6 +153,18 @@ describe('S3 blobs', () => {
     expect(await code(storage.mail.head('big/crash'))).toBe('NotFound');
   });
 
+  it('serves more than the SDK\'s default 50 sockets of unread bodies at once', async () => {
+    await storage.mail.put('many/readers', Buffer.alloc(256 * 1024, 7));
+    // Like 60 slow POP3 clients in the middle of a RETR: each body holds its connection.
+    const open = await Promise.all(Array.from({ length: 60 }, () => storage.mail.get('many/readers')));
+    try {
+      const head = await Promise.race([storage.mail.head('many/readers'), new Promise((r) => setTimeout(() => r('stuck'), 10_000))]);
+      expect(head).toMatchObject({ size: 256 * 1024 });
+    } finally {
+      for (const o of open) o.body.destroy();
+    }
+  });
+
   it('keeps the two buckets apart and answers InvalidRequest for a range past the end', async () => {
     await storage.cache.put('shared-key', 'cache');
     expect(await code(storage.mail.head('shared-key'))).toBe('NotFound');

@@ -19,6 +19,9 @@ export { DynamoTables } from './dynamo-tables.js';
 export { S3Blobs } from './s3-blobs.js';
 export { SqsQueues } from './sqs-queues.js';
 
+/** Sockets per client (S3, DynamoDB, SQS each). */
+const MAX_SOCKETS = 1024;
+
 /** Options for tests and tuning; production passes none. */
 export interface AwsStorageOptions {
   /** Milliseconds since the epoch, deciding item expiry. @default Date.now */
@@ -32,8 +35,10 @@ export async function openAwsStorage(config: Config, log: Logger, options: AwsSt
   const aws = config.storage.aws;
   const slog = log.child({ c: 'storage', family: 'aws' });
   // Socket idle timeout above SQS's 20 s long poll; connection timeout short so an unreachable
-  // endpoint shows as Unavailable quickly.
-  const requestHandler = { connectionTimeout: 5_000, requestTimeout: 60_000 };
+  // endpoint shows as Unavailable quickly. Every blob a client is reading (a POP3 RETR, a proxy
+  // hit) holds a socket until it is read, so allow many more than the SDK's 50.
+  const agent = { keepAlive: true, maxSockets: MAX_SOCKETS };
+  const requestHandler = { connectionTimeout: 5_000, requestTimeout: 60_000, httpAgent: agent, httpsAgent: agent };
   const common = { ...(aws.region ? { region: aws.region } : {}), requestHandler };
   const s3 = new S3Client({ ...common, forcePathStyle: aws.forcePathStyle });
   const ddb = new DynamoDBClient(common);
