@@ -43,9 +43,11 @@ export function register(program: Command, ctx: CliContext): void {
       const store = await ctx.mailboxes();
       const meta = await store.meta(u.address);
       if (meta.count > 0 && !opts.purge) throw new CliError(`the mailbox of ${u.address} holds ${meta.count} messages; pass --purge to delete them with the user`);
-      // Account first: once it is gone no new delivery lands, then the mailbox is emptied.
+      // Mail first, so that a failure leaves the user in place for a second try; then the account
+      // (after which no delivery lands), then whatever arrived in between.
+      let purged = await store.purge(u.address);
       await accounts.removeUser(u.address);
-      const purged = await store.purge(u.address);
+      purged += await store.purge(u.address);
       ctx.print(`removed user ${u.address}${purged ? ` and ${purged} messages` : ''}`, { removed: u.address, messagesDeleted: purged });
     });
 
