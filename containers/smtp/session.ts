@@ -676,7 +676,14 @@ export class SmtpSession implements SessionInfo {
   }
 
   private async login(user: string, password: string): Promise<void> {
-    const login = await this.hooks.authenticate(user, password, this);
+    let login: string | undefined;
+    try {
+      login = await this.hooks.authenticate(user, password, this);
+    } catch (e) {
+      if (e instanceof ReplyError) throw e;
+      // RFC 4954 §6: 454 4.7.0 when the server cannot check credentials right now.
+      throw new ReplyError(454, '4.7.0', 'Temporary authentication failure');
+    }
     if (!login) throw new ReplyError(535, '5.7.8', 'Authentication credentials invalid');
     this.authUser = login;
     this.io.reply({ code: 235, enhanced: '2.7.0', lines: ['Authentication successful'] });

@@ -127,6 +127,9 @@ export class StorageSink implements MessageSink {
     const spool = this.needsAuthCheck;
     const key = spool ? `spool/${this.id}` : this.key;
     const body = new PassThrough({ highWaterMark: 256 * 1024 });
+    // abort() destroys the stream with an error; the put may already be gone, so never let that
+    // error go unhandled.
+    body.on('error', () => undefined);
     const maxBytes = this.deps.maxMessageBytes + this.received.length + 64 * 1024;
     const put = this.deps.storage.mail.put(key, body, { maxBytes, ifAbsent: true, contentType: 'message/rfc822' });
     put.catch(() => undefined);
