@@ -461,6 +461,7 @@ async function deliverGroup(
     lastHost = `${t.host} [${t.address}]`;
     if (!res.sessionFailure) {
       log.debug({ host: lastHost, tls: res.tls, chunked: res.chunked }, 'transaction done');
+      if (res.unconverted8bit) log.warn({ host: lastHost }, '8-bit message sent unconverted to a server without 8BITMIME');
       return new Map(res.rcpts.map((r) => [r.address, { ok: r.ok, temporary: r.temporary, reply: r.reply, status: r.status, host: lastHost, dsn: res.extensions.includes('DSN') }]));
     }
     if (res.sessionFailure.stage === 'STARTTLS' && t.tls === 'opportunistic') {

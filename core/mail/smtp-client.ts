@@ -104,6 +104,8 @@ export interface TransactionResult {
   extensions: string[];
   /** The body went out by BDAT. */
   chunked: boolean;
+  /** An 8-bit body went to a server that did not offer 8BITMIME. */
+  unconverted8bit?: boolean;
 }
 
 /** A failure that ends the session; `reply` is what the server said, if it said anything. */
@@ -389,6 +391,9 @@ export async function deliverTransaction(t: SmtpTransaction): Promise<Transactio
     let mail = `MAIL FROM:<${t.from}>`;
     if (ehlo.ext.has('SIZE')) mail += ` SIZE=${t.size}`;
     if (t.body8bit && ehlo.ext.has('8BITMIME')) mail += ' BODY=8BITMIME';
+    // RFC 6152 §3 wants 8-bit data converted for a server without 8BITMIME; like most MTAs we
+    // send it unchanged instead (today's servers take it), and the result says so.
+    const unconverted8bit = t.body8bit === true && !ehlo.ext.has('8BITMIME');
     if (needsUtf8) mail += ' SMTPUTF8';
     if (dsn && t.dsn?.ret) mail += ` RET=${t.dsn.ret}`;
     if (dsn && t.dsn?.envid) mail += ` ENVID=${xtext(t.dsn.envid)}`;
@@ -487,7 +492,7 @@ export async function deliverTransaction(t: SmtpTransaction): Promise<Transactio
     }
     write('QUIT\r\n');
     socket.end();
-    return { rcpts: t.rcpts.map((x) => results.get(x.address)!), tls: encrypted, extensions, chunked };
+    return { rcpts: t.rcpts.map((x) => results.get(x.address)!), tls: encrypted, extensions, chunked, unconverted8bit };
   } catch (e) {
     try {
       if (socket && !socket.destroyed) {

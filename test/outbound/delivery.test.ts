@@ -273,6 +273,21 @@ describe('permanent failures: one DSN (RFC 3464) per message to the sender', () 
     expect(JSON.stringify(dsn!.attachments.map((a) => a.content.toString())) + report).not.toContain('BODY-MARKER');
   });
 
+  it('a remote sender gets the DSN by SMTP from the null sender', async () => {
+    const handler = createOutboundJob();
+    await queueMessage(env, { id: 'bounce-remote-1', from: 'carol@remote.test', rcpts: [{ address: 'nobody@remote.test' }] }, sampleMessage('carol@remote.test', 'nobody@remote.test', 'Remote sender'));
+    const n = remote.events.length;
+    await drain(env, 'outbound', handler); // the original: 550, DSN queued as a new outbound job
+    await drain(env, 'outbound', handler); // the DSN itself
+    const dsn = remote.events.slice(n).find((e) => e.event === 'message' && e.file);
+    expect(dsn).toMatchObject({ mail_from: '<>', rcpts: ['carol@remote.test'] }); // aiosmtpd's rendering of MAIL FROM:<>
+    const text = await readFile(dsn!.file!, 'latin1');
+    expect(text).toContain('Content-Type: multipart/report; report-type=delivery-status');
+    expect(text).toContain('Final-Recipient: rfc822; nobody@remote.test');
+    expect((await new OutboundStore(env.storage.tables).getRecipients('bounce-remote-1.dsn'))[0]).toMatchObject({ state: 'delivered', notify: ['NEVER'] });
+    expect(await queueEmpty(env)).toBe(true);
+  });
+
   it('no DSN for the null sender, and none when NOTIFY=NEVER', async () => {
     const handler = createOutboundJob();
     const before = (await mailbox(env, 'alice@local.test')).length;
