@@ -28,6 +28,8 @@ export interface ProxyOptions {
   now?: () => number;
   /** Port to listen on instead of config.proxy.port (0: ephemeral). */
   port?: number;
+  /** How often the purge log of the other tasks is read, in ms. @default 1000 */
+  purgePollMs?: number;
 }
 
 /** A started proxy: the listener contract plus what tests and the health endpoint look at. */
@@ -183,6 +185,7 @@ class CachingProxy {
   private readonly tunnels = new Set<Socket>();
   private readonly server;
   private healthy = false;
+  private readonly stopPurgeWatch: () => void;
 
   constructor(private readonly ctx: ListenerContext, options: ProxyOptions) {
     const cfg = ctx.config.proxy;
@@ -200,6 +203,7 @@ class CachingProxy {
       now: this.now,
     });
     this.stats = new CacheStats(ctx.storage.tables, ctx.metrics, this.log);
+    this.stopPurgeWatch = this.store.watchPurges(options.purgePollMs ?? 1000);
     this.guard = new OriginGuard(cfg.allowPrivateOrigins);
     this.allowed = cidrList(cfg.allowedClients);
     this.connectPorts = new Set(cfg.connectPorts.map(Number));
@@ -284,6 +288,7 @@ class CachingProxy {
     await closed;
     clearTimeout(timer);
     for (const t of this.tunnels) t.destroy();
+    this.stopPurgeWatch();
     await this.stats.close();
     await this.store.close();
     await this.agent.close().catch(() => undefined);

@@ -7,6 +7,7 @@
  *   the sort key of its LRU index item.
  * - `CACHELRU` / `<last use, ms, 15 digits>#<url hash>#<variant hash>`: LRU index for eviction.
  * - `CACHESTATS` / `STORE`: bytes and objects held by the object tier (atomic counters).
+ * - `CACHEPURGE` / `<ms>#<url hash>#<random>`: recent purges, for the other tasks' memory tiers.
  */
 import { randomBytes } from 'node:crypto';
 import { PassThrough, type Readable } from 'node:stream';
@@ -49,6 +50,9 @@ export interface StoreTotals {
 
 export const STATS_PK = 'CACHESTATS';
 const LRU_PK = 'CACHELRU';
+/** Recent purges (`<ms>#<url hash>#<random>`, with the URL), kept an hour by TTL. */
+const PURGE_PK = 'CACHEPURGE';
+const PURGE_SLACK_MS = 5_000;
 const TOUCH_EVERY_MS = 60_000;
 const REFRESH_WRITE_MS = 5_000;
 
@@ -305,7 +309,48 @@ export class CacheStore {
     const { items } = await this.tables.query(pk, { range: { beginsWith: 'VARY#' }, limit: 1000 });
     let inTables = 0;
     for (const item of items) if ((await this.deleteEntry(pk, String(item.sk))) !== undefined) inTables++;
+    // Tell the other proxy tasks, whose memory tiers may hold the URL (see watchPurges).
+    const now = this.now();
+    await this.tables.put({
+      pk: PURGE_PK,
+      sk: `${String(now).padStart(15, '0')}#${hashKey(url)}#${randomBytes(4).toString('hex')}`,
+      url,
+      ttl: Math.ceil(now / 1000) + 3600,
+    });
     return Math.max(inMemory, inTables);
+  }
+
+  /**
+   * Polls the purge log that purge() writes, so that an invalidation (RFC 9111 §4.4) or a
+   * `cache purge` made by any task also drops the URL from this task's memory tier within about
+   * `intervalMs`. Returns a function that stops the polling.
+   */
+  watchPurges(intervalMs = 1000): () => void {
+    let since = this.now();
+    const seen = new Map<string, number>();
+    let busy = false;
+    const poll = async (): Promise<void> => {
+      const now = this.now();
+      // Clocks of different tasks differ a little: look back a few seconds and skip what was seen.
+      const from = String(since - PURGE_SLACK_MS).padStart(15, '0');
+      const { items } = await this.tables.query(PURGE_PK, { range: { gt: from }, limit: 1000 });
+      for (const item of items) {
+        if (seen.has(item.sk)) continue;
+        seen.set(item.sk, now);
+        if (typeof item.url === 'string') this.memory.deleteUrl(item.url);
+      }
+      for (const [sk, at] of seen) if (now - at > 4 * PURGE_SLACK_MS) seen.delete(sk);
+      since = now;
+    };
+    const timer = setInterval(() => {
+      if (busy) return;
+      busy = true;
+      poll()
+        .catch((e: unknown) => this.log.debug({ err: e }, 'purge log poll failed'))
+        .finally(() => (busy = false));
+    }, intervalMs);
+    timer.unref();
+    return () => clearInterval(timer);
   }
 
   /** Object-tier totals from Tables. */

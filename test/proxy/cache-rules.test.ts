@@ -2,7 +2,11 @@
  * RFC 9111 caching rules, each observed at a real origin, through undici's ProxyAgent.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ProxyAgent, request } from 'undici';
 import { readCacheReport } from '../../core/cache/stats.js';
+import { silentLogger } from '../../core/log.js';
+import { Metrics } from '../../core/metrics.js';
+import { startProxy } from '../../containers/proxy/server.js';
 import { Harness } from './harness.js';
 
 let h: Harness;
@@ -430,6 +434,31 @@ describe('the two tiers', () => {
     expect(await h.proxy.store.purge(h.origin.url(path))).toBe(1);
     await h.get(path);
     expect(h.origin.count(path)).toBe(2);
+  });
+
+  it("an invalidation on one task drops the URL from another task's memory tier", async () => {
+    const path = p('cross-task');
+    let n = 0;
+    h.origin.routes.set(path, (req, res) => {
+      if (req.method === 'PUT') return res.writeHead(204).end();
+      res.writeHead(200, { 'cache-control': 'max-age=600' }).end(`n=${++n}`);
+    });
+    expect((await h.get(path)).text).toBe('n=1');
+    await h.proxy.store.flush();
+    // Task B on the same storage, talked to directly.
+    const b = await startProxy({ config: h.config, storage: h.storage, log: silentLogger, metrics: new Metrics({ defaults: false }) }, { port: 0, now: h.clock.now });
+    const viaB = new ProxyAgent({ uri: `http://127.0.0.1:${b.port}`, proxyTunnel: false });
+    try {
+      const put = await request(h.origin.url(path), { dispatcher: viaB, method: 'PUT', body: 'x' });
+      await put.body.dump();
+      expect(put.statusCode).toBe(204);
+    } finally {
+      await viaB.close();
+      await b.close(100);
+    }
+    // Task A's memory copy goes within the poll interval; its next GET reaches the origin.
+    await waitFor(async () => (await h.get(path)).text === 'n=2');
+    expect(h.origin.count(path, 'GET')).toBe(2);
   });
 
   it('large objects stream into the object tier and are served from it', async () => {
