@@ -28,7 +28,7 @@ beforeAll(async () => {
   await accounts.addDomain('remote.test');
   await accounts.addUser('bob@remote.test', 'bob-password-1');
   await accounts.addUser('relay@remote.test', 'relay-password-1');
-  smtp = await startSmtpServer({ config: far.config, storage: far.storage, log: silentLogger, metrics: new Metrics({ defaults: false }) }, { ports: { mx: 0, submission: 0, submissions: null } });
+  smtp = await startSmtpServer({ config: far.config, storage: far.storage, log: silentLogger, metrics: new Metrics({ defaults: false }) }, { ports: { mx: 0, submission: 0, submissions: 0 } });
 });
 afterAll(async () => {
   await smtp?.close(100);
@@ -101,6 +101,25 @@ describe('our own submission listener as an authenticated smarthost', () => {
       expect(jobs).toHaveLength(1);
       expect(jobs[0]).toMatchObject({ listener: 'submission', from: 'relay@remote.test', rcpts: [{ address: 'someone@elsewhere.test' }] });
       expect(jobs[0].client.authUser).toBe('relay@remote.test');
+      expect(jobs[0].client.tls).toBeTruthy();
+    } finally {
+      await near.close();
+    }
+  });
+
+  it('relays through smtps:// (implicit TLS, RFC 8314) with AUTH PLAIN', async () => {
+    const near = await openEnv({
+      TOMLINSON_SMARTHOST: `smtps://${encodeURIComponent('relay@remote.test')}:relay-password-1@127.0.0.1:${smtp.ports.submissions}`,
+      TOMLINSON_OUTBOUND_TLS_VERIFY: 'never',
+    });
+    try {
+      await queueMessage(near, { id: 'smart-tls-1', from: 'relay@remote.test', rcpts: [{ address: 'other@elsewhere.test' }] }, sampleMessage('relay@remote.test', 'other@elsewhere.test', 'Implicit TLS relay'));
+      await drain(near, 'outbound', createOutboundJob());
+      const [r] = await new OutboundStore(near.storage.tables).getRecipients('smart-tls-1');
+      expect(r.state).toBe('delivered');
+      const jobs = await farJobs();
+      expect(jobs).toHaveLength(1);
+      expect(jobs[0].client).toMatchObject({ authUser: 'relay@remote.test' });
       expect(jobs[0].client.tls).toBeTruthy();
     } finally {
       await near.close();
