@@ -11,6 +11,8 @@ import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InboundJob } from '../../core/mail/jobs.js';
+import { deliverTransaction } from '../../core/mail/smtp-client.js';
+import { Readable } from 'node:stream';
 import { ALICE, BOB, drainInbound, PASSWORD, startHarness, type Harness } from './harness.js';
 
 const run = promisify(execFile);
@@ -132,6 +134,32 @@ s.quit()
     const job = await oneJob(h);
     expect(info.response).toBe(`250 2.0.0 ${job.id}`);
     expect(job.from).toBe(BOB);
+  });
+
+  it("the outbound SMTP client (core/mail/smtp-client.ts): STARTTLS, BDAT in many chunks, DSN parameters", async () => {
+    const message = Buffer.from('From: x@remote.example\r\nTo: alice@example.test\r\nSubject: chunked\r\n\r\n' + ('.dots and bytes \u00e9\r\n').repeat(2000), 'utf8');
+    const r = await deliverTransaction({
+      host: '127.0.0.1',
+      port: h.server.ports.mx!,
+      helo: 'client.test',
+      tls: 'required',
+      from: 'x@remote.example',
+      rcpts: [{ address: ALICE, notify: ['SUCCESS', 'FAILURE'], orcpt: `rfc822;${ALICE}` }],
+      dsn: { ret: 'HDRS', envid: 'env-1' },
+      size: message.length,
+      body8bit: true,
+      message: async () => Readable.from([message]),
+      chunkBytes: 4096,
+    });
+    expect(r.sessionFailure).toBeUndefined();
+    expect(r.chunked).toBe(true);
+    expect(r.tls).toBe(true);
+    expect(r.rcpts.map((x) => x.ok)).toEqual([true]);
+    const job = await oneJob(h);
+    expect(job).toMatchObject({ dsn: { ret: 'HDRS', envid: 'env-1' }, rcpts: [{ address: ALICE, notify: ['SUCCESS', 'FAILURE'], orcpt: `rfc822;${ALICE}` }], body8bit: true });
+    const { received, rest } = await stored(h, job);
+    expect(received).toContain('with ESMTPS id');
+    expect(rest.equals(message)).toBe(true);
   });
 
   it('a 40 MB message over nodemailer arrives whole (streamed, checksum matches)', async () => {
