@@ -1,7 +1,7 @@
 """A scripted remote MX for the outbound tests: aiosmtpd (Debian python3-aiosmtpd) on 127.0.0.1.
 
 Usage: remote_mx.py OUTDIR [--data-replies 451,451,250] [--reject ADDR=550 ...] [--tls CERT KEY]
-                    [--no-smtputf8] [--broken-tls]
+                    [--no-smtputf8] [--broken-tls] [--size-limit BYTES]
 Prints `READY <port>` once listening, then one JSON line per event on stdout:
   {"event": "message", "n": 1, "mail_from": ..., "rcpts": [...], "file": ..., "reply": "250 ..."}
 Each completed DATA consumes the next entry of --data-replies (the last one repeats).
@@ -75,6 +75,7 @@ async def main():
     ap.add_argument("--reject", action="append", default=[])
     ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     ap.add_argument("--no-smtputf8", action="store_true")
+    ap.add_argument("--size-limit", type=int, default=33554432)
     ap.add_argument("--broken-tls", action="store_true", help="offer STARTTLS but fail every handshake")
     args = ap.parse_args()
     rejects = {}
@@ -93,7 +94,8 @@ async def main():
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(handler, hostname="remote.test", enable_SMTPUTF8=not args.no_smtputf8, decode_data=False,
-                     tls_context=tls_context, ident="remote-mx"),
+                     tls_context=tls_context, ident="remote-mx",
+                     data_size_limit=args.size_limit),
         host="127.0.0.1", port=0)
     port = server.sockets[0].getsockname()[1]
     sys.stdout.write(f"READY {port}\n")
