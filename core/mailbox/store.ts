@@ -88,6 +88,8 @@ export interface MailboxStoreOptions {
 
 const UID_WIDTH = 10;
 const MAX_ATTEMPTS = 50;
+/** Uids per removal transaction: 12 deletes + 1 counter update + up to 12 blob references = 25. */
+const REMOVE_BATCH = 12;
 
 /** Key helpers, exported for tests and tools. */
 export const mailboxKeys = {
@@ -248,35 +250,49 @@ export class MailboxStore {
 
   /**
    * Removes messages and adjusts the counters; deletes a raw blob when no mailbox references it
-   * any more. Idempotent: an absent uid is skipped. Each uid is one transaction.
+   * any more. Idempotent: an absent uid is skipped. Up to REMOVE_BATCH uids share one
+   * transaction (a transaction holds at most 25 writes), so a big POP3 QUIT is a few round trips.
    */
   async remove(user: string, uids: number[]): Promise<void> {
-    for (const uid of uids) {
-      for (let attempt = 0; ; attempt++) {
-        const item = await this.tables.get(mailboxKeys.message(user, uid));
-        if (!item) break;
-        const entry = toEntry(item);
-        const ref = await this.tables.get(mailboxKeys.blobRef(entry.blobKey));
+    const unique = [...new Set(uids)];
+    for (let i = 0; i < unique.length; i += REMOVE_BATCH) await this.removeBatch(user, unique.slice(i, i + REMOVE_BATCH));
+  }
+
+  private async removeBatch(user: string, uids: number[]): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      const entries = (await Promise.all(uids.map((uid) => this.tables.get(mailboxKeys.message(user, uid))))).filter((x): x is Item => x !== undefined).map(toEntry);
+      if (!entries.length) return;
+      const perBlob = new Map<string, number>();
+      for (const e of entries) perBlob.set(e.blobKey, (perBlob.get(e.blobKey) ?? 0) + 1);
+      const blobKeys = [...perBlob.keys()];
+      const refItems = await Promise.all(blobKeys.map((k) => this.tables.get(mailboxKeys.blobRef(k))));
+      const lastRefs: string[] = [];
+      const ops: TransactOp[] = entries.map((e) => ({ delete: mailboxKeys.message(user, e.uid), condition: { exists: true } }));
+      ops.push({ update: mailboxKeys.meta(user), changes: { add: { count: -entries.length, bytes: -entries.reduce((n, e) => n + e.size, 0) } } });
+      blobKeys.forEach((k, j) => {
+        const ref = refItems[j];
         const refs = Number(ref?.refs ?? 0);
-        const last = refs <= 1;
-        const ops: TransactOp[] = [
-          { delete: mailboxKeys.message(user, uid), condition: { exists: true } },
-          { update: mailboxKeys.meta(user), changes: { add: { count: -1, bytes: -entry.size } } },
-          last
-            ? { delete: mailboxKeys.blobRef(entry.blobKey), condition: ref ? { equals: { refs } } : { exists: false } }
-            : { update: mailboxKeys.blobRef(entry.blobKey), changes: { add: { refs: -1 } }, condition: { equals: { refs } } },
-        ];
-        try {
-          await this.tables.transact(ops);
-        } catch (e) {
-          if (!isStorageError(e, 'ConditionFailed') || attempt >= MAX_ATTEMPTS) throw e;
-          await backoff(attempt);
-          continue;
+        const n = perBlob.get(k)!;
+        if (refs <= n) {
+          lastRefs.push(k);
+          ops.push({ delete: mailboxKeys.blobRef(k), condition: ref ? { equals: { refs } } : { exists: false } });
+        } else {
+          ops.push({ update: mailboxKeys.blobRef(k), changes: { add: { refs: -n } }, condition: { equals: { refs } } });
         }
-        // After the commit: a crash here leaves an unreferenced blob (garbage), never a dangling entry.
-        if (last) await this.blobs.delete(entry.blobKey);
-        break;
+      });
+      try {
+        await this.tables.transact(ops);
+      } catch (e) {
+        // ConditionFailed: a racing delivery or removal changed a count; Unavailable: DynamoDB
+        // cancelled overlapping transactions. Both are re-read and retried.
+        const again = isStorageError(e, 'ConditionFailed') || isStorageError(e, 'Unavailable');
+        if (!again || attempt >= MAX_ATTEMPTS) throw e;
+        await backoff(attempt);
+        continue;
       }
+      // After the commit: a crash here leaves an unreferenced blob (garbage), never a dangling entry.
+      await Promise.all(lastRefs.map((k) => this.blobs.delete(k)));
+      return;
     }
   }
 
@@ -307,7 +323,8 @@ export class MailboxStore {
             : { update: mailboxKeys.blobRef(blobKey), changes: { add: { refs: -1 } }, condition: { equals: { refs } } },
         ]);
       } catch (e) {
-        if (!isStorageError(e, 'ConditionFailed') || attempt >= MAX_ATTEMPTS) throw e;
+        const again = isStorageError(e, 'ConditionFailed') || isStorageError(e, 'Unavailable');
+        if (!again || attempt >= MAX_ATTEMPTS) throw e;
         await backoff(attempt);
         continue;
       }

@@ -111,6 +111,21 @@ describe.each(FAMILIES)('mailbox store on the $name family', ({ name, open }) =>
     expect((await store.deliver('bob@example.com', msg('after-remove', 'm/one', 3))).uid).toBe(b.uid + 1);
   });
 
+  it('removes many uids at once in batches, with blobs shared inside a batch and duplicate uids', async () => {
+    const u = 'dan@example.com';
+    const before = await store.meta(u);
+    for (const k of ['m/b0', 'm/b1', 'm/b2']) await blobs.put(k, 'x');
+    const uids: number[] = [];
+    for (let i = 0; i < 15; i++) uids.push((await store.deliver(u, msg(`batch-${i}`, `m/b${i % 3}`, 2))).uid);
+    await store.deliver('bob@example.com', msg('batch-bob', 'm/b2', 2)); // m/b2 is also bob's
+    await store.remove(u, [...uids, uids[0], uids[5]]);
+    expect(await store.meta(u)).toMatchObject({ count: before.count, bytes: before.bytes });
+    expect(await blobExists(blobs, 'm/b0')).toBe(false);
+    expect(await blobExists(blobs, 'm/b1')).toBe(false);
+    expect(await blobExists(blobs, 'm/b2')).toBe(true);
+    expect((await tables.get(mailboxKeys.blobRef('m/b2')))?.refs).toBe(1);
+  });
+
   it('keeps a blob alive while a job holds it, and drops it on release once unreferenced', async () => {
     await blobs.put('m/held', 'x');
     await store.holdBlob('m/held', 'outbound:job-9');
