@@ -124,6 +124,11 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
   }
 
   if (routing.remote.length > 0) await enqueueOutbound(job, routing.remote, ctx);
+  else if (routing.local.size === 0) {
+    // Nobody will ever read this message (every recipient vanished since RCPT): drop the blob.
+    log.warn('no deliverable recipient left; message dropped');
+    await mail.delete(job.blobKey);
+  }
 
   if (quotaWait) return { kind: 'retry', afterSeconds: QUOTA_RETRY_SECONDS, reason: 'mailbox full' };
   log.debug({ receiveCount: meta.receiveCount }, 'inbound job done');

@@ -104,6 +104,14 @@ describe('inbound worker', () => {
     expect(out[0].rcpts.map((r) => r.address)).toEqual(['friend@remote.example']);
   });
 
+  it('drops the blob when no recipient is deliverable any more', async () => {
+    const job = await enqueue({ rcpts: [{ address: 'gone@example.test' }], client: { address: '192.0.2.1', helo: 'x' }, listener: 'mx' });
+    const [m] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
+    expect(await inboundJob(m.body, { queue: 'inbound', id: m.id, receiveCount: 1, sentAt: m.sentAt }, ctx)).toEqual({ kind: 'done' });
+    await expect(storage.mail.head(job.blobKey)).rejects.toMatchObject({ code: 'NotFound' });
+    expect(await outboundJobs()).toHaveLength(0);
+  });
+
   it('retries later when a mailbox is full, within the retry window', async () => {
     const accounts = new Accounts(storage.tables);
     await accounts.setQuota('bob@example.test', 10);
