@@ -43,7 +43,7 @@ export function register(program: Command, ctx: CliContext): void {
   cache
     .command('purge')
     .argument('<url>', 'absolute http:// URL; every stored variant is removed')
-    .description('remove a URL from the shared object tier (running proxies drop their memory copy when it goes stale)')
+    .description('remove a URL from the cache; running proxies drop their memory copy within about a second')
     .action(async (raw: string) => {
       let url: string;
       try {

@@ -53,7 +53,7 @@ describe('cache commands', () => {
     const r = await cli('cache', 'purge', h.origin.url('/p'));
     expect(r.code).toBe(0);
     expect(r.out).toContain('purged');
-    // The running proxy still has its memory copy; a new task (empty memory tier) must go to the origin.
+    // A new task (empty memory tier) must go to the origin.
     await h.stopProxy();
     await h.startProxy();
     await h.get('/p');
