@@ -56,6 +56,16 @@ async function errorCode(p: Promise<unknown>): Promise<StorageErrorCode | string
   return 'resolved';
 }
 
+/** Polls `check` until it holds or `ms` pass: SQS's queue counts are approximate and may lag. */
+async function eventually(check: () => Promise<boolean>, ms = 10_000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if (await check()) return true;
+    if (Date.now() > deadline) return false;
+    await sleep(250);
+  }
+}
+
 /** A child process running test/contract/child.ts with the target's environment. */
 export class ContractChild {
   readonly proc: ChildProcess;
@@ -128,6 +138,38 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
       return c;
     };
 
+    /** Partition keys the table tests wrote, for the cleanup. */
+    const usedPks = new Set<string>();
+    const pkOf = (name: string) => {
+      const v = `${run}#${name}`;
+      usedPks.add(v);
+      return v;
+    };
+
+    /** Best effort: leave nothing of this run in a shared account (expired items go by TTL). */
+    async function removeTestData(): Promise<void> {
+      try {
+        for (const blobs of [s.mail, s.cache]) {
+          let cursor: string | undefined;
+          do {
+            const page = await blobs.list(`${run}/`, { cursor });
+            await Promise.all(page.items.map((i) => blobs.delete(i.key)));
+            cursor = page.cursor;
+          } while (cursor);
+        }
+        for (const pk of usedPks) {
+          let cursor: string | undefined;
+          do {
+            const page = await s.tables.query(pk, { cursor });
+            await Promise.all(page.items.map((i) => s.tables.delete({ pk: i.pk, sk: i.sk })));
+            cursor = page.cursor;
+          } while (cursor);
+        }
+      } catch (e) {
+        console.warn(`[${family}] cleanup of ${run} failed: ${String(e)}`);
+      }
+    }
+
     beforeAll(async () => {
       target = await setup();
       config = loadConfig(target.env);
@@ -137,6 +179,7 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
     afterAll(async () => {
       for (const c of children) c.kill();
       await Promise.all(children.map((c) => c.exited));
+      if (s) await removeTestData();
       await s?.close();
       await target?.cleanup();
     });
@@ -321,7 +364,7 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
 
     // -----------------------------------------------------------------------------------------
     describe('tables', () => {
-      const pk = (name: string) => `${run}#${name}`;
+      const pk = pkOf;
       const past = () => Math.floor(Date.now() / 1000) - 3600;
       const future = () => Math.floor(Date.now() / 1000) + 3600;
 
@@ -593,7 +636,7 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
         const sent = Date.now();
         await s.queues.send('outbound', `${t}x`, { delaySeconds: 2 });
         expect(await comesBack('outbound', t)).toEqual([]);
-        expect((await s.queues.stats('outbound')).delayed).toBeGreaterThanOrEqual(1);
+        expect(await eventually(async () => (await s.queues.stats('outbound')).delayed >= 1)).toBe(true);
         const [m] = await collect('outbound', t, 1, { timeoutMs: 8000 });
         expect(Date.now() - sent).toBeGreaterThanOrEqual(1500);
         expect(m.receiveCount).toBe(1);
@@ -651,14 +694,18 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
       it('stats count visible, in-flight and delayed messages', async () => {
         const t = tag('stats');
         await s.queues.send('outbound-dlq', `${t}a`);
-        await s.queues.send('outbound-dlq', `${t}b`, { delaySeconds: 60 });
-        let st = await s.queues.stats('outbound-dlq');
-        expect(st.visible).toBeGreaterThanOrEqual(1);
-        expect(st.delayed).toBeGreaterThanOrEqual(1);
+        await s.queues.send('outbound-dlq', `${t}b`, { delaySeconds: 3 });
+        expect(await eventually(async () => {
+          const st = await s.queues.stats('outbound-dlq');
+          return st.visible >= 1 && st.delayed >= 1;
+        })).toBe(true);
         const [m] = await collect('outbound-dlq', t, 1);
-        st = await s.queues.stats('outbound-dlq');
-        expect(st.inFlight).toBeGreaterThanOrEqual(1);
+        expect(await eventually(async () => (await s.queues.stats('outbound-dlq')).inFlight >= 1)).toBe(true);
         await s.queues.delete('outbound-dlq', m.receipt);
+        // Leave nothing behind in a shared account: wait out the delayed one and delete it too.
+        const rest = await collect('outbound-dlq', t, 1, { timeoutMs: 8000 });
+        expect(rest.map((x) => x.body)).toEqual([`${t}b`]);
+        await s.queues.delete('outbound-dlq', rest[0].receipt);
       });
 
       it('refuses out-of-range delays, batch sizes and visibility timeouts', async () => {
@@ -678,7 +725,7 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
     // -----------------------------------------------------------------------------------------
     describe('across processes', () => {
       it('conditional table puts and put-if-absent blobs race from three processes: one winner each', async () => {
-        const pk = `${run}#xrace`;
+        const pk = pkOf('xrace');
         const blobKey = `${run}/xrace/blob`;
         const racers = 6;
         const kids = [spawnChild('race', pk, 'LEASE', blobKey, String(racers), 'c1'), spawnChild('race', pk, 'LEASE', blobKey, String(racers), 'c2')];
