@@ -51,14 +51,18 @@ def _exit_with_parent():
     import os
     import sys
 
-    sys.stdin.buffer.read()
+    while sys.stdin.buffer.read1(4096):
+        pass
     os._exit(0)
 
 
 if __name__ == "__main__":
+    import os
+
     import moto
     from moto.server import main
 
-    threading.Thread(target=_exit_with_parent, daemon=True).start()
+    if os.environ.get("TOMLINSON_MOTO_EXIT_WITH_STDIN") == "1":
+        threading.Thread(target=_exit_with_parent, daemon=True).start()
     print(f"moto {moto.__version__}", flush=True)
     main()

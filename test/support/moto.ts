@@ -97,7 +97,7 @@ export async function startMoto(options: MotoOptions = {}): Promise<AwsTestBacke
     const c = spawn('python3', [MOTO_MAIN, '-H', '127.0.0.1', '-p', String(port)], {
       // moto exits when this pipe closes, so a test process that dies never leaves it behind.
       stdio: ['pipe', 'pipe', 'pipe'],
-      env: { ...process.env, PYTHONUNBUFFERED: '1' },
+      env: { ...process.env, PYTHONUNBUFFERED: '1', TOMLINSON_MOTO_EXIT_WITH_STDIN: '1' },
     });
     const keep = (b: Buffer) => {
       // Keep only the tail: moto logs one line per request.
