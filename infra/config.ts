@@ -88,6 +88,10 @@ export interface StageConfig {
   hostedZone?: { zoneId: string; zoneName: string };
   /** DKIM selector published as `<selector>._domainkey.<domain>`. @default 'tomlinson' */
   dkimSelector: string;
+  /** Load the listeners' certificate from the TLS secret. Off until the secret holds a real
+   * {"cert","key"} pair (docs/deploy.md); until then the listeners make a self-signed one.
+   * @default false */
+  tlsFromSecret: boolean;
   /** E-mail address subscribed to the alarm topic (confirm the subscription mail). */
   alarmEmail?: string;
   /** Bucket size (bytes) above which the mail bucket alarm fires. @default 100 GiB */
@@ -118,6 +122,7 @@ export const DEFAULTS: Omit<StageConfig, 'stage' | 'mailHostname' | 'domains'> =
   cacheExpireDays: 30,
   mailNoncurrentDays: 30,
   dkimSelector: 'tomlinson',
+  tlsFromSecret: false,
   mailBucketAlarmBytes: 100 * GiB,
   logRetentionDays: 30,
 };

@@ -42,7 +42,7 @@ export function dnsRecords(c: StageConfig, publicAddresses: string[], outboundAd
     out.push({ name: d, type: 'TXT', value: spfRecord(c, outboundAddresses) });
     // RFC 7489 §6.3: start with quarantine; reports go to the domain's postmaster.
     out.push({ name: `_dmarc.${d}`, type: 'TXT', value: `v=DMARC1; p=quarantine; rua=mailto:postmaster@${d}` });
-    out.push({ name: `${c.dkimSelector}._domainkey.${d}`, type: 'TXT', value: 'v=DKIM1; k=rsa; p=<public half of the key in the DKIM secret>' });
+    out.push({ name: `${c.dkimSelector}._domainkey.${d}`, type: 'TXT', value: `<the TXT value printed by: tomlinson dkim generate ${d} --selector ${c.dkimSelector}>` });
   }
   return out;
 }

@@ -109,7 +109,7 @@ export class ListenersStack extends Stack {
     const everyone = [ec2.Peer.anyIpv4()];
     const proxyClients = c.proxyAllowedClients.map((cidr) => ec2.Peer.ipv4(cidr));
     const env = workerEnvironment(c, state);
-    const tlsEnv = { TOMLINSON_TLS_SECRET_ID: state.tlsSecret.secretArn };
+    const tlsEnv: Record<string, string> = c.tlsFromSecret ? { TOMLINSON_TLS_SECRET_ID: state.tlsSecret.secretArn } : {};
     const mail = state.bucketFor(this, 'Mail');
     const cache = state.bucketFor(this, 'Cache');
 
@@ -146,13 +146,13 @@ export class ListenersStack extends Stack {
         mail.grantReadWrite(role);
         state.table.grantReadWriteData(role);
         state.inboundQueue.grantSendMessages(role);
-        state.tlsSecret.grantRead(role);
+        if (c.tlsFromSecret) state.tlsSecret.grantRead(role);
       } else if (group === 'pop3') {
         // Reads and deletes messages, holds the maildrop lease.
         mail.grantReadWrite(role);
         mail.grantDelete(role);
         state.table.grantReadWriteData(role);
-        state.tlsSecret.grantRead(role);
+        if (c.tlsFromSecret) state.tlsSecret.grantRead(role);
       } else {
         // The proxy's object tier and cache metadata (and accounts, for Proxy-Authorization).
         cache.grantReadWrite(role);
@@ -187,7 +187,7 @@ export class ListenersStack extends Stack {
       state.outboundQueue.grantSendMessages(role);
       state.inboundQueue.grantSendMessages(role);
       state.inboundQueue.grantConsumeMessages(role);
-      state.dkimSecret.grantRead(role);
+      state.grantDkimRead(role);
     }
 
     new CfnOutput(this, 'PublicAddresses', {

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { StageConfig } from '../config.js';
 import { QueueWorker } from '../constructs/queue-worker.js';
 import { acknowledgeGrantWildcards } from '../nag.js';
-import type { StateStack } from './state.js';
+import { dkimSecretPrefix, type StateStack } from './state.js';
 
 /** Props of ProcessingStack. */
 export interface ProcessingStackProps extends StackProps {
@@ -29,6 +29,7 @@ export function workerEnvironment(c: StageConfig, state: StateStack): Record<str
     TOMLINSON_QUEUE_MAX_RECEIVES: String(c.queueMaxReceives),
     TOMLINSON_SMARTHOST: c.outbound === 'smarthost' ? c.smarthost : '',
     TOMLINSON_SMARTHOST_SECRET_ID: c.outbound === 'smarthost' && c.smarthost ? state.smarthostSecret.secretArn : '',
+    TOMLINSON_DKIM_SECRET_PREFIX: dkimSecretPrefix(c.stage),
   };
 }
 
@@ -76,8 +77,8 @@ export class ProcessingStack extends Stack {
       state.table.grantReadWriteData(this.outbound.function);
       state.inboundQueue.grantSendMessages(this.outbound.function);
       state.outboundQueue.grantSendMessages(this.outbound.function);
-      state.smarthostSecret.grantRead(this.outbound.function);
-      state.dkimSecret.grantRead(this.outbound.function);
+      if (c.smarthost) state.smarthostSecret.grantRead(this.outbound.function);
+      state.grantDkimRead(this.outbound.function);
     }
   }
 }

@@ -5,7 +5,8 @@
  * retained when the stack is deleted and has a pinned logical ID, so that a refactor of the
  * construct tree can never replace (and so empty) a bucket, the table or a queue.
  */
-import { CfnOutput, Duration, Fn, RemovalPolicy, Stack, Validations, type CfnResource, type StackProps } from 'aws-cdk-lib';
+import { ArnFormat, CfnOutput, Duration, Fn, RemovalPolicy, Stack, Validations, type CfnResource, type StackProps } from 'aws-cdk-lib';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as s3 from 'aws-cdk-lib/aws-s3';
@@ -26,9 +27,23 @@ export const PINNED_IDS = {
   outboundQueue: 'OutboundQueue',
   outboundDlq: 'OutboundDeadLetterQueue',
   tlsSecret: 'TlsSecret',
-  dkimSecret: 'DkimSecret',
   smarthostSecret: 'SmarthostSecret',
 } as const;
+
+/** The pinned logical ID of a domain's DKIM secret, e.g. DkimSecretExampleCom. */
+export function dkimSecretId(domain: string): string {
+  return `DkimSecret${domain
+    .split(/[^A-Za-z0-9]+/)
+    .filter(Boolean)
+    .map((p) => p.charAt(0).toUpperCase() + p.slice(1))
+    .join('')}`;
+}
+
+/** The name prefix of the DKIM secrets (`<prefix><domain>`, TOMLINSON_DKIM_SECRET_PREFIX); the
+ * admin CLI's `dkim generate` writes keys there, also for domains added after the deploy. */
+export function dkimSecretPrefix(stage: string): string {
+  return `tomlinson/${stage}/dkim/`;
+}
 
 /** Props of StateStack. */
 export interface StateStackProps extends StackProps {
@@ -54,12 +69,15 @@ export class StateStack extends Stack {
   readonly outboundQueue: sqs.Queue;
   readonly outboundDlq: sqs.Queue;
   readonly tlsSecret: secretsmanager.Secret;
-  readonly dkimSecret: secretsmanager.Secret;
+  readonly stage: string;
+  /** One per configured domain, named `<dkimSecretPrefix><domain>`. */
+  readonly dkimSecrets: secretsmanager.Secret[];
   readonly smarthostSecret: secretsmanager.Secret;
 
   constructor(scope: Construct, id: string, props: StateStackProps) {
     super(scope, id, props);
     const c = props.config;
+    this.stage = c.stage;
     const retain = RemovalPolicy.RETAIN;
 
     this.mailKey = new kms.Key(this, 'MailKey', {
@@ -157,8 +175,9 @@ export class StateStack extends Stack {
 
     // Secrets are created with generated placeholder values, never with a value from the template
     // or the repository; docs/deploy.md shows `aws secretsmanager put-secret-value` for each.
-    const secret = (sid: string, pinned: string, description: string, template?: string): secretsmanager.Secret => {
+    const secret = (sid: string, pinned: string, description: string, template?: string, secretName?: string): secretsmanager.Secret => {
       const s = new secretsmanager.Secret(this, sid, {
+        secretName,
         description: `Tomlinson ${c.stage}: ${description}`,
         generateSecretString: template
           ? { secretStringTemplate: template, generateStringKey: 'placeholder', excludePunctuation: true }
@@ -173,7 +192,11 @@ export class StateStack extends Stack {
       return s;
     };
     this.tlsSecret = secret('TlsSecret', PINNED_IDS.tlsSecret, 'TLS certificate chain and key as {"cert","key"} (PEM); empty until set, the listeners then use a self-signed certificate', '{"cert":"","key":""}');
-    this.dkimSecret = secret('DkimSecret', PINNED_IDS.dkimSecret, `DKIM signing key as {"selector","privateKey"} (PEM), selector ${c.dkimSelector}`, JSON.stringify({ selector: c.dkimSelector, privateKey: '' }));
+    // DKIM keys live in one secret per domain under a name prefix that the outbound worker and the
+    // admin CLI share (core/mail/dkim.ts); an empty privateKey means "no key yet, do not sign".
+    this.dkimSecrets = c.domains.map((d) =>
+      secret(dkimSecretId(d), dkimSecretId(d), `DKIM signing keys of ${d} as {"keys":[{"selector","privateKey"}]}; empty until \`dkim generate\``, JSON.stringify({ selector: c.dkimSelector, privateKey: '' }), `${dkimSecretPrefix(c.stage)}${d}`),
+    );
     this.smarthostSecret = secret('SmarthostSecret', PINNED_IDS.smarthostSecret, 'smarthost password (plain string)');
 
     const out = (oid: string, value: string, description: string): void => {
@@ -190,7 +213,7 @@ export class StateStack extends Stack {
     out('InboundDlqUrl', this.inboundDlq.queueUrl, 'TOMLINSON_INBOUND_DLQ_URL');
     out('OutboundDlqUrl', this.outboundDlq.queueUrl, 'TOMLINSON_OUTBOUND_DLQ_URL');
     out('TlsSecretArn', this.tlsSecret.secretArn, 'TOMLINSON_TLS_SECRET_ID');
-    out('DkimSecretArn', this.dkimSecret.secretArn, 'DKIM key secret');
+    out('DkimSecretPrefix', dkimSecretPrefix(c.stage), 'TOMLINSON_DKIM_SECRET_PREFIX');
     out('SmarthostSecretArn', this.smarthostSecret.secretArn, 'TOMLINSON_SMARTHOST_SECRET_ID');
   }
 
@@ -208,6 +231,16 @@ export class StateStack extends Stack {
       bucketArn: Fn.importValue(this.bucketArnExport(which)),
       bucketName: own.bucketName,
       encryptionKey: which === 'Mail' ? this.mailKey : undefined,
+    });
+  }
+
+  /** Lets `grantee` read every DKIM secret of the stage, including those the CLI adds later. */
+  grantDkimRead(grantee: iam.IGrantable): void {
+    const arn = Stack.of(this).formatArn({ service: 'secretsmanager', resource: 'secret', resourceName: `${dkimSecretPrefix(this.stage)}*`, arnFormat: ArnFormat.COLON_RESOURCE_NAME });
+    iam.Grant.addToPrincipal({ grantee, actions: ['secretsmanager:GetSecretValue', 'secretsmanager:DescribeSecret'], resourceArns: [arn] });
+    Validations.of(grantee.grantPrincipal as unknown as IConstruct).acknowledge({
+      id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:${dkimSecretPrefix(this.stage)}*]`,
+      reason: 'DKIM keys are one secret per domain under a fixed prefix; domains added later with the admin CLI must be readable without a redeploy.',
     });
   }
 

@@ -172,7 +172,11 @@ describe('state and processing stacks on moto CloudFormation', () => {
   it('creates the secrets with generated placeholders', async () => {
     const sm = new SecretsManagerClient({ endpoint, region: REGION, credentials: creds });
     const list = (await sm.send(new ListSecretsCommand({}))).SecretList!.map((s) => s.Name!);
-    expect(list.filter((n) => n.startsWith('Tomlinson-dev-State-'))).toHaveLength(3);
+    expect(list.filter((n) => n.startsWith('Tomlinson-dev-State-'))).toHaveLength(2);
+    // The DKIM secret has the name the outbound worker and the admin CLI look up.
+    expect(list).toContain('tomlinson/dev/dkim/example.com');
+    const dkim = (await sm.send(new GetSecretValueCommand({ SecretId: 'tomlinson/dev/dkim/example.com' }))).SecretString!;
+    expect(JSON.parse(dkim)).toMatchObject({ selector: 'tomlinson', privateKey: '' });
     const tls = (await sm.send(new GetSecretValueCommand({ SecretId: outputs.TlsSecretArn! }))).SecretString!;
     expect(JSON.parse(tls)).toMatchObject({ cert: '', key: '' });
   });

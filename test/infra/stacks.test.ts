@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SETTINGS } from '../../core/config.js';
 import { LISTENERS, StageConfigError, stageConfig, type ListenerName } from '../../infra/config.js';
 import { dnsRecords } from '../../infra/stacks/dns.js';
-import { PINNED_IDS } from '../../infra/stacks/state.js';
+import { PINNED_IDS, dkimSecretId } from '../../infra/stacks/state.js';
 import { cleanOutdirs, nagFindings, testApp } from './support.js';
 
 type Res = { Type: string; Properties?: Record<string, unknown>; DeletionPolicy?: string; UpdateReplacePolicy?: string };
@@ -50,7 +50,9 @@ describe('state stack', () => {
 
   it('pins the logical ID of every stateful resource and retains it on delete and replacement', () => {
     const json = t.toJSON() as { Resources: Record<string, Res> };
-    for (const id of Object.values(PINNED_IDS)) {
+    const pinned = [...Object.values(PINNED_IDS), dkimSecretId('example.com')];
+    expect(dkimSecretId('example.com')).toBe('DkimSecretExampleCom');
+    for (const id of pinned) {
       const r = json.Resources[id];
       expect(r, `resource ${id}`).toBeDefined();
       expect(r!.DeletionPolicy, id).toBe('Retain');
@@ -61,7 +63,7 @@ describe('state stack', () => {
     expect(json.Resources[PINNED_IDS.inboundQueue]!.Type).toBe('AWS::SQS::Queue');
     // Every bucket, queue, table, key and secret in the stack is one of the pinned ones.
     for (const type of ['AWS::S3::Bucket', 'AWS::SQS::Queue', 'AWS::DynamoDB::Table', 'AWS::KMS::Key', 'AWS::SecretsManager::Secret']) {
-      for (const id of Object.keys(resources(t, type))) expect(Object.values(PINNED_IDS), `${type} ${id}`).toContain(id);
+      for (const id of Object.keys(resources(t, type))) expect(pinned, `${type} ${id}`).toContain(id);
     }
   });
 
@@ -111,7 +113,9 @@ describe('state stack', () => {
 
   it('creates the secrets with generated placeholders, never a value from the template', () => {
     const secrets = resources(t, 'AWS::SecretsManager::Secret');
-    expect(Object.keys(secrets).sort()).toEqual([PINNED_IDS.dkimSecret, PINNED_IDS.smarthostSecret, PINNED_IDS.tlsSecret].sort());
+    expect(Object.keys(secrets).sort()).toEqual([dkimSecretId('example.com'), PINNED_IDS.smarthostSecret, PINNED_IDS.tlsSecret].sort());
+    // DKIM secrets carry the name the outbound worker and the admin CLI look up.
+    expect(secrets[dkimSecretId('example.com')]!.Properties!.Name).toBe('tomlinson/dev/dkim/example.com');
     for (const s of Object.values(secrets)) {
       expect(s.Properties!.SecretString).toBeUndefined();
       expect(s.Properties!.GenerateSecretString).toBeDefined();
@@ -161,7 +165,10 @@ describe('processing stack', () => {
     expect(JSON.stringify(send)).toContain('OutboundQueueArn');
 
     const outbound = statementsOf(t, 'OutboundFunctionServiceRole');
-    expect(actions(outbound)).toContain('secretsmanager:GetSecretValue');
+    const dkim = outbound.filter((s) => actions([s]).includes('secretsmanager:GetSecretValue'));
+    expect(JSON.stringify(dkim)).toContain(':secret:tomlinson/dev/dkim/*');
+    // No smarthost configured in dev: its secret is not readable.
+    expect(JSON.stringify(outbound)).not.toContain('SmarthostSecret');
   });
 
   it('has no outbound Lambda when delivery is direct (Lambda may not use port 25)', () => {
@@ -227,6 +234,18 @@ describe('listeners stack', () => {
     t.allResourcesProperties('AWS::ECS::Service', {
       DeploymentConfiguration: Match.objectLike({ MinimumHealthyPercent: 100, DeploymentCircuitBreaker: { Enable: true, Rollback: true } }),
     });
+  });
+
+  it('reads the certificate from the TLS secret only once that is switched on', () => {
+    const envOf = (tpl: Template, group: string) => {
+      const d = Object.values(resources(tpl, 'AWS::ECS::TaskDefinition')).find((x) => JSON.stringify(x.Properties).includes(`"serve","${group}"`))!;
+      return Object.fromEntries(((d.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: unknown }[] }[])[0]!.Environment).map((e) => [e.Name, e.Value]));
+    };
+    expect(envOf(t, 'smtp').TOMLINSON_TLS_SECRET_ID).toBeUndefined();
+    const on = Template.fromStack(testApp({ tlsFromSecret: true }).stacks.listeners!);
+    expect(envOf(on, 'smtp').TOMLINSON_TLS_SECRET_ID).toHaveProperty(['Fn::ImportValue']);
+    expect(envOf(on, 'pop3').TOMLINSON_TLS_SECRET_ID).toHaveProperty(['Fn::ImportValue']);
+    expect(envOf(on, 'proxy').TOMLINSON_TLS_SECRET_ID).toBeUndefined();
   });
 
   it('scales each service on CPU and on connections', () => {
