@@ -684,7 +684,7 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
         }
         // Its next receive would make it maxReceives + 1: it goes to the DLQ instead.
         await sleep(1100);
-        expect(await collect('inbound', t, 1, { visibilitySeconds: 1, timeoutMs: 2500 })).toEqual([]);
+        expect(await collect('inbound', t, 1, { visibilitySeconds: 1, timeoutMs: 1500 })).toEqual([]);
         const [dead] = await collect('inbound-dlq', t, 1, { timeoutMs: 8000 });
         expect(dead.id).toBe(id);
         expect(dead.body).toBe(`${t}x`);
