@@ -1,0 +1,3 @@
+import { describeMailboxStore } from './store-suite.js';
+
+describeMailboxStore('local');
