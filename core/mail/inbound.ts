@@ -10,6 +10,7 @@ import { isStorageError, type AttrValue } from '../storage/ports.js';
 import { done, type JobContext, type JobHandler, type JobMeta, type JobOutcome } from '../workers/job.js';
 import type { DsnRecipient, InboundJob, OutboundJob } from './jobs.js';
 import { summarizeMessage } from './mime.js';
+import { blobHolder as outboundHolder } from './outbound.js';
 
 /** How long the `JOB#<id>` / `OUTBOUND` marker is kept (seconds): longer than any redelivery. */
 const MARKER_TTL_SECONDS = 14 * 86400;
@@ -86,9 +87,14 @@ export async function routeRecipients(job: InboundJob, accounts: Pick<Accounts, 
 export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: JobContext): Promise<JobOutcome> => {
   const job = parseInboundJob(body);
   const log = ctx.log.child({ c: 'inbound', job: job.id });
-  const { tables, mail, queues } = ctx.storage;
+  const { tables, mail } = ctx.storage;
   const accounts = new Accounts(tables);
   const store = new MailboxStore(tables, mail);
+
+  // The raw message must outlive every mailbox entry while this job may still deliver (a full
+  // mailbox retried later, a redelivery after a crash): hold it until the job is done.
+  const holder = `inbound:${job.id}`;
+  await store.holdBlob(job.blobKey, holder);
 
   const routing = await routeRecipients(job, accounts);
   for (const r of routing.unknown) log.warn({ rcpt: r.address }, 'recipient no longer exists; not delivered');
@@ -123,14 +129,19 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
     }
   }
 
-  if (routing.remote.length > 0) await enqueueOutbound(job, routing.remote, ctx);
-  else if (routing.local.size === 0) {
-    // Nobody will ever read this message (every recipient vanished since RCPT): drop the blob.
+  if (routing.remote.length > 0) {
+    // Hold the blob for the outbound worker before it can see the job, so that local readers
+    // deleting their copies in between cannot remove what it still has to relay. (Its own hold
+    // on first sight is the same holder, so this is counted once.)
+    await store.holdBlob(job.blobKey, outboundHolder(job.id));
+    await enqueueOutbound(job, routing.remote, ctx);
+  } else if (routing.local.size === 0) {
     log.warn('no deliverable recipient left; message dropped');
-    await mail.delete(job.blobKey);
   }
 
   if (quotaWait) return { kind: 'retry', afterSeconds: QUOTA_RETRY_SECONDS, reason: 'mailbox full' };
+  // Releasing the last reference (nobody received it) deletes the blob.
+  await store.releaseBlob(job.blobKey, holder);
   log.debug({ receiveCount: meta.receiveCount }, 'inbound job done');
   return done;
 };

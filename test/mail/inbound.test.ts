@@ -92,6 +92,13 @@ describe('inbound worker', () => {
     expect(out).toHaveLength(1);
     expect(out[0]).toMatchObject({ v: 1, id: 'job1', blobKey: job.blobKey, from: 'j@remote.example', authUser: 'alice@example.test' });
     expect(out[0].rcpts).toEqual([{ address: 'friend@remote.example', notify: ['FAILURE'], orcpt: 'rfc822;team@example.test' }]);
+
+    // Both readers delete their copies: the blob stays for the outbound worker, then goes with it.
+    await store.remove('alice@example.test', [1]);
+    await store.remove('bob@example.test', [1]);
+    expect((await storage.mail.head(job.blobKey)).size).toBe(Buffer.byteLength(RAW));
+    await store.releaseBlob(job.blobKey, 'outbound:job1');
+    await expect(storage.mail.head(job.blobKey)).rejects.toMatchObject({ code: 'NotFound' });
   });
 
   it('does not relay remote recipients of an unauthenticated job', async () => {
