@@ -106,7 +106,12 @@ export class ContractChild {
       const found = this.lines.find(test);
       if (found !== undefined) return found;
       if (exited || Date.now() > deadline) throw new Error(`child gave no expected line (exited: ${exited}); stdout: ${this.lines.join(' | ')}; stderr: ${this.stderr}`);
-      await Promise.race([new Promise<void>((r) => this.waiters.push(r)), sleep(Math.max(1, deadline - Date.now()))]);
+      const timer = new AbortController();
+      await Promise.race([
+        new Promise<void>((r) => this.waiters.push(r)),
+        sleep(Math.max(1, deadline - Date.now()), undefined, { signal: timer.signal }).catch(() => undefined),
+      ]);
+      timer.abort();
     }
   }
 
