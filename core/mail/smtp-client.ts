@@ -333,7 +333,15 @@ export async function deliverTransaction(t: SmtpTransaction): Promise<Transactio
     // RFC 5321 §3.1: a 554 greeting means "no service"; the client should try another host.
     await expect('greeting', (c) => c === 220);
     write(`EHLO ${t.helo}\r\n`);
-    let ehlo = parseEhlo(await expect('EHLO', (c) => c === 250));
+    const first = await reader.next(cmdMs, 'EHLO');
+    let ehlo: ReturnType<typeof parseEhlo>;
+    if (first.code === 250) ehlo = parseEhlo(first);
+    else if (first.code === 500 || first.code === 502) {
+      // RFC 5321 §3.2: a server that does not know EHLO gets HELO, and no extensions are used.
+      write(`HELO ${t.helo}\r\n`);
+      await expect('HELO', (c) => c === 250);
+      ehlo = { ext: new Set(), auth: [] };
+    } else throw new SmtpSessionError('EHLO', first.code < 500, statusOf(first), `EHLO: ${replyText(first)}`, first);
     if (t.tls !== 'implicit' && t.tls !== 'none' && ehlo.ext.has('STARTTLS')) {
       write('STARTTLS\r\n');
       const r = await reader.next(cmdMs, 'STARTTLS');

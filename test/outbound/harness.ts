@@ -42,7 +42,7 @@ export interface RemoteMx {
 }
 
 /** Starts remote_mx.py with the given script (see its usage line). */
-export async function startRemote(args: { dataReplies?: number[]; reject?: Record<string, number>; tls?: { cert: string; key: string }; noSmtputf8?: boolean; brokenTls?: boolean; sizeLimit?: number } = {}): Promise<RemoteMx> {
+export async function startRemote(args: { dataReplies?: number[]; reject?: Record<string, number>; tls?: { cert: string; key: string }; noSmtputf8?: boolean; brokenTls?: boolean; sizeLimit?: number; noEhlo?: boolean } = {}): Promise<RemoteMx> {
   const dir = await mkdtemp(join(tmpdir(), 'tomlinson-remote-'));
   const argv = [join(here, 'remote_mx.py'), dir, '--data-replies', (args.dataReplies ?? [250]).join(',')];
   for (const [a, c] of Object.entries(args.reject ?? {})) argv.push('--reject', `${a}=${c}`);
@@ -50,6 +50,7 @@ export async function startRemote(args: { dataReplies?: number[]; reject?: Recor
   if (args.noSmtputf8) argv.push('--no-smtputf8');
   if (args.brokenTls) argv.push('--broken-tls');
   if (args.sizeLimit) argv.push('--size-limit', String(args.sizeLimit));
+  if (args.noEhlo) argv.push('--no-ehlo');
   const child: ChildProcess = spawn('/usr/bin/python3', argv, { stdio: ['pipe', 'pipe', 'pipe'] });
   // aiosmtpd logs refused handshakes as tracebacks; keep the tail for a start-up failure only.
   let stderr = '';

@@ -1,7 +1,7 @@
 """A scripted remote MX for the outbound tests: aiosmtpd (Debian python3-aiosmtpd) on 127.0.0.1.
 
 Usage: remote_mx.py OUTDIR [--data-replies 451,451,250] [--reject ADDR=550 ...] [--tls CERT KEY]
-                    [--no-smtputf8] [--broken-tls] [--size-limit BYTES]
+                    [--no-smtputf8] [--broken-tls] [--size-limit BYTES] [--no-ehlo]
 Prints `READY <port>` once listening, then one JSON line per event on stdout:
   {"event": "message", "n": 1, "mail_from": ..., "rcpts": [...], "file": ..., "reply": "250 ..."}
 Each completed DATA consumes the next entry of --data-replies (the last one repeats).
@@ -63,6 +63,13 @@ class Handler:
         return reply
 
 
+class HeloOnly(SMTP):
+    """An old server that knows HELO only."""
+
+    async def smtp_EHLO(self, hostname):
+        await self.push("502 5.5.1 Command not implemented")
+
+
 def emit(obj):
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -75,6 +82,7 @@ async def main():
     ap.add_argument("--reject", action="append", default=[])
     ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     ap.add_argument("--no-smtputf8", action="store_true")
+    ap.add_argument("--no-ehlo", action="store_true", help="answer EHLO with 502 (an RFC 821 server)")
     ap.add_argument("--size-limit", type=int, default=33554432)
     ap.add_argument("--broken-tls", action="store_true", help="offer STARTTLS but fail every handshake")
     args = ap.parse_args()
@@ -93,7 +101,7 @@ async def main():
             tls_context.maximum_version = ssl.TLSVersion.TLSv1
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname="remote.test", enable_SMTPUTF8=not args.no_smtputf8, decode_data=False,
+        lambda: (HeloOnly if args.no_ehlo else SMTP)(handler, hostname="remote.test", enable_SMTPUTF8=not args.no_smtputf8, decode_data=False,
                      tls_context=tls_context, ident="remote-mx",
                      data_size_limit=args.size_limit),
         host="127.0.0.1", port=0)

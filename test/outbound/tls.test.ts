@@ -22,6 +22,7 @@ let plainRemote: RemoteMx;
 let asciiRemote: RemoteMx;
 let brokenRemote: RemoteMx;
 let smallRemote: RemoteMx;
+let heloRemote: RemoteMx;
 let ca: string;
 
 beforeAll(async () => {
@@ -33,16 +34,17 @@ beforeAll(async () => {
   // A self-signed certificate for the MX host name; the test trusts it as its own CA.
   await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=mx1.tls.test', '-addext', 'subjectAltName=DNS:mx1.tls.test', '-keyout', join(certDir, 'key.pem'), '-out', join(certDir, 'cert.pem')]);
   ca = await readFile(join(certDir, 'cert.pem'), 'utf8');
-  [tlsRemote, plainRemote, asciiRemote, brokenRemote, smallRemote] = await Promise.all([
+  [tlsRemote, plainRemote, asciiRemote, brokenRemote, smallRemote, heloRemote] = await Promise.all([
     startRemote({ tls: { cert: join(certDir, 'cert.pem'), key: join(certDir, 'key.pem') } }),
     startRemote(),
     startRemote({ noSmtputf8: true }),
     startRemote({ tls: { cert: join(certDir, 'cert.pem'), key: join(certDir, 'key.pem') }, brokenTls: true }),
     startRemote({ sizeLimit: 1000 }),
+    startRemote({ noEhlo: true }),
   ]);
 });
 afterAll(async () => {
-  await Promise.all([tlsRemote?.close(), plainRemote?.close(), asciiRemote?.close(), brokenRemote?.close(), smallRemote?.close()]);
+  await Promise.all([tlsRemote?.close(), plainRemote?.close(), asciiRemote?.close(), brokenRemote?.close(), smallRemote?.close(), heloRemote?.close()]);
   await dns?.close();
   if (certDir) await rm(certDir, { recursive: true, force: true });
 });
@@ -122,5 +124,13 @@ describe('SIZE (RFC 1870)', () => {
     expect(big.events).toHaveLength(0);
     const small = await attempt(smallRemote, 'size-2', {});
     expect(small.r.state).toBe('delivered');
+  });
+});
+
+describe('EHLO (RFC 5321 §3.2)', () => {
+  it('falls back to HELO at a server that does not know EHLO, using no extensions', async () => {
+    const { r, events } = await attempt(heloRemote, 'helo-1', {});
+    expect(r.state).toBe('delivered');
+    expect(events.find((e) => e.event === 'message')?.mail_options).toEqual([]);
   });
 });
