@@ -1,7 +1,7 @@
 /**
  * The mailbox store through the Tables and Blobs ports on each adapter family: idempotent and
  * concurrent delivery, quota, counters, removal with shared-blob reference counts, holds, and the
- * maildrop lease with an injected clock.
+ * maildrop lease (real time: expiry is the storage's).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Accounts } from '../../core/accounts/accounts.js';
@@ -10,20 +10,19 @@ import { isStorageError, type Blobs, type Tables } from '../../core/storage/port
 import { FAMILIES, type FamilyTarget } from '../accounts/families.js';
 
 /** Runs the mailbox store suite on one family (one test file per family, so they run in parallel). */
-export function describeMailboxStore(family: 'local' | 'aws'): void {
+const FAST = { ln: 10, r: 8, p: 1 };
 
-  const FAST = { ln: 10, r: 8, p: 1 };
-
-  async function blobExists(blobs: Blobs, key: string): Promise<boolean> {
-    try {
-      await blobs.head(key);
-      return true;
-    } catch (e) {
-      if (isStorageError(e, 'NotFound')) return false;
-      throw e;
-    }
+async function blobExists(blobs: Blobs, key: string): Promise<boolean> {
+  try {
+    await blobs.head(key);
+    return true;
+  } catch (e) {
+    if (isStorageError(e, 'NotFound')) return false;
+    throw e;
   }
+}
 
+export function describeMailboxStore(family: 'local' | 'aws'): void {
   const { name, open } = FAMILIES.find((f) => f.name === family)!;
   describe(`mailbox store on the ${name} family`, () => {
     let target: FamilyTarget;
