@@ -9,7 +9,6 @@ import { MailboxStore, NoSuchMailbox, QuotaExceeded, mailboxKeys } from '../../c
 import { isStorageError, type Blobs, type Tables } from '../../core/storage/ports.js';
 import { FAMILIES, type FamilyTarget } from '../accounts/families.js';
 
-/** Runs the mailbox store suite on one family (one test file per family, so they run in parallel). */
 const FAST = { ln: 10, r: 8, p: 1 };
 
 async function blobExists(blobs: Blobs, key: string): Promise<boolean> {
@@ -22,6 +21,7 @@ async function blobExists(blobs: Blobs, key: string): Promise<boolean> {
   }
 }
 
+/** Runs the mailbox store suite on one family (one test file per family, so they run in parallel). */
 export function describeMailboxStore(family: 'local' | 'aws'): void {
   const { name, open } = FAMILIES.find((f) => f.name === family)!;
   describe(`mailbox store on the ${name} family`, () => {
