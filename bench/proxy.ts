@@ -10,6 +10,7 @@
 import { execFile, spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { promisify } from 'node:util';
 import { loadConfig } from '../core/config.js';
 import { silentLogger } from '../core/log.js';
@@ -47,6 +48,8 @@ interface Result {
   rssMiB: number;
   /** Proxy process CPU time per request (user + system), a yardstick that load elsewhere does not move much. */
   cpuUs: number;
+  /** Longest event-loop stall of the proxy process during the run. */
+  loopMaxMs: number;
 }
 
 function arg(name: string, def: string): string {
@@ -80,19 +83,24 @@ async function main(): Promise<void> {
       const direct = scenario.startsWith('origin');
       const target = direct ? `${base}/${scenario === 'origin' ? 'hit1k' : 'hit100k'}` : `http://127.0.0.1:${proxy.port}/`;
       const args = direct ? [] : ['-s', script];
-      // Warm the cache (and the origin pool) before measuring.
-      await run('wrk', ['-t1', '-c4', '-d1s', ...args, target]);
+      // Warm the cache, the origin pool and the JIT before measuring (the first seconds of a fresh
+      // process are several times slower).
+      await run('wrk', ['-t2', `-c${connections}`, '-d3s', ...args, target]);
       const cpu0 = process.cpuUsage();
+      const loop = monitorEventLoopDelay({ resolution: 10 });
+      loop.enable();
       const { stdout } = await run('wrk', ['-t2', `-c${connections}`, `-d${duration}s`, '--latency', ...args, target], {
         timeout: (duration + 30) * 1000,
       });
       const cpu = process.cpuUsage(cpu0);
+      loop.disable();
+      const loopMaxMs = Math.round(loop.max / 1e6);
       const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1] ?? 0);
       const total = Number(/(\d+) requests in/.exec(stdout)?.[1] ?? 0);
       const p50 = /\s50%\s+(\S+)/.exec(stdout)?.[1] ?? '?';
       const p99 = /\s99%\s+(\S+)/.exec(stdout)?.[1] ?? '?';
       const errors = /Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)/.exec(stdout)?.[0] ?? 'none';
-      results.push({ scenario, rps: Math.round(rps), p50, p99, errors, cpuUs: scenario.startsWith('origin') || !total ? 0 : Math.round((cpu.user + cpu.system) / total), rssMiB: Math.round(process.memoryUsage().rss / 1048576) });
+      results.push({ loopMaxMs, scenario, rps: Math.round(rps), p50, p99, errors, cpuUs: scenario.startsWith('origin') || !total ? 0 : Math.round((cpu.user + cpu.system) / total), rssMiB: Math.round(process.memoryUsage().rss / 1048576) });
       await proxy.store.flush();
     }
   } finally {
@@ -103,7 +111,7 @@ async function main(): Promise<void> {
   }
   process.stdout.write(`proxy benchmark: ${connections} connections, ${duration}s each, wrk -t2\n`);
   for (const r of results) {
-    process.stdout.write(`${r.scenario.padEnd(8)} ${String(r.rps).padStart(7)} req/s  p50 ${r.p50.padStart(8)}  p99 ${r.p99.padStart(8)}  proxy cpu ${String(r.cpuUs).padStart(4)} us/req  rss ${r.rssMiB} MiB  errors: ${r.errors}\n`);
+    process.stdout.write(`${r.scenario.padEnd(8)} ${String(r.rps).padStart(7)} req/s  p50 ${r.p50.padStart(8)}  p99 ${r.p99.padStart(8)}  proxy cpu ${String(r.cpuUs).padStart(4)} us/req  loop max ${r.loopMaxMs} ms  rss ${r.rssMiB} MiB  errors: ${r.errors}\n`);
   }
 }
 
