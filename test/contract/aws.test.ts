@@ -9,9 +9,14 @@
  *   npx vitest run test/contract/aws.test.ts
  */
 import { randomBytes } from 'node:crypto';
+import { vi } from 'vitest';
 import { deleteAwsResources, ensureAwsResources, type AwsResourceOptions } from '../../scripts/aws-resources.js';
 import { startMoto } from '../support/moto.js';
 import { describeStorageContract } from './suite.js';
+
+// Starting moto (a Python server) and creating the resources takes a second or two on an idle
+// machine, but far longer on a loaded two-core CI box; give the suite's beforeAll room for it.
+vi.setConfig({ hookTimeout: 120_000 });
 
 /** The suite checks dead-lettering after this many receives (it asks for at most 3). */
 const MAX_RECEIVES = 2;

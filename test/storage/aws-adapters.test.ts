@@ -79,7 +79,7 @@ beforeAll(async () => {
   // Multipart from 5 MiB (the default, stated here because the tests depend on it).
   storage = await openAwsStorage(config, silentLogger, { now: () => clock, blobs: { partSize: 5 * MB, queueSize: 2 } });
   s3 = new S3Client({ forcePathStyle: true });
-});
+}, 120_000);
 
 afterAll(async () => {
   s3?.destroy();

@@ -55,9 +55,12 @@ async function freePort(): Promise<number> {
   });
 }
 
-/** Waits until the server answers HTTP, or fails with its stderr when it exits or 20 s pass. */
+/** How long moto may take to start: about a second on an idle machine, far more on a loaded CI box. */
+const READY_TIMEOUT_MS = 45_000;
+
+/** Waits until the server answers HTTP, or fails with its output when it exits or time is up. */
 async function waitReady(child: ChildProcess, url: string, output: () => string): Promise<void> {
-  const deadline = Date.now() + 20_000;
+  const deadline = Date.now() + READY_TIMEOUT_MS;
   while (Date.now() < deadline) {
     if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) throw new Error(`moto server exited (${child.exitCode ?? child.signalCode}):\n${output()}`);
     try {
@@ -69,7 +72,7 @@ async function waitReady(child: ChildProcess, url: string, output: () => string)
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`moto server did not answer ${url} within 20 s:\n${output()}`);
+  throw new Error(`moto server did not answer ${url} within ${READY_TIMEOUT_MS / 1000} s:\n${output()}`);
 }
 
 async function stopChild(child: ChildProcess): Promise<void> {
