@@ -329,6 +329,11 @@ export async function deliverTransaction(t: SmtpTransaction): Promise<Transactio
   };
   try {
     socket = await connect(t);
+    // No progress at all (e.g. a server that stops reading our data) ends the session; reply
+    // waits have their own, shorter timers.
+    const idleMs = Math.max(cmdMs, dataMs);
+    const idle = (s: net.Socket) => s.setTimeout(idleMs, () => s.destroy(new Error(`no progress for ${idleMs} ms`)));
+    idle(socket);
     reader = new ReplyReader(socket);
     // RFC 5321 §3.1: a 554 greeting means "no service"; the client should try another host.
     await expect('greeting', (c) => c === 220);
@@ -358,6 +363,7 @@ export async function deliverTransaction(t: SmtpTransaction): Promise<Transactio
           clearTimeout(timer);
         }
         socket = secure;
+        idle(secure);
         reader = new ReplyReader(secure);
         encrypted = true;
         // RFC 3207 §4.2: the client MUST discard knowledge from before TLS and issue EHLO again.

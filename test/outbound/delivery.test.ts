@@ -358,6 +358,55 @@ describe('a remote that never answers', () => {
   });
 });
 
+describe('a remote that stops reading in the middle of the data', () => {
+  let stuck: net.Server;
+  let env: TestEnv;
+  const sockets = new Set<net.Socket>();
+  beforeAll(async () => {
+    // Speaks just enough SMTP to reach 354, then never reads again.
+    stuck = net.createServer((s) => {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.write('220 stuck.test ESMTP\r\n');
+      let buf = '';
+      const onData = (d: Buffer) => {
+        buf += d.toString('latin1');
+        let i: number;
+        while ((i = buf.indexOf('\r\n')) >= 0) {
+          const line = buf.slice(0, i).toUpperCase();
+          buf = buf.slice(i + 2);
+          if (line.startsWith('EHLO')) s.write('250 stuck.test\r\n');
+          else if (line.startsWith('DATA')) {
+            s.write('354 go ahead\r\n');
+            s.off('data', onData);
+            s.pause();
+            return;
+          } else s.write('250 ok\r\n');
+        }
+      };
+      s.on('data', onData);
+    });
+    await new Promise<void>((r) => stuck.listen(0, '127.0.0.1', r));
+    env = await envFor((stuck.address() as net.AddressInfo).port, { TOMLINSON_OUTBOUND_COMMAND_TIMEOUT: '1', TOMLINSON_OUTBOUND_DATA_TIMEOUT: '1' });
+  });
+  afterAll(async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise((r) => stuck?.close(r));
+    await env?.close();
+  });
+
+  it('gives up the attempt after the idle timeout instead of hanging, and defers', async () => {
+    const body = ('z'.repeat(98) + '\r\n').repeat(160_000); // 16 MB: more than the socket buffers hold
+    await queueMessage(env, { id: 'stuck-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] }, sampleMessage('alice@local.test', 'bob@remote.test', 'Stuck', body));
+    const t0 = Date.now();
+    await drain(env, 'outbound', createOutboundJob());
+    expect(Date.now() - t0).toBeLessThan(20_000);
+    const [r] = await new OutboundStore(env.storage.tables).getRecipients('stuck-1');
+    expect(r).toMatchObject({ state: 'deferred', attempts: 1 });
+    expect(r.lastReply).toMatch(/connection|no progress/);
+  });
+});
+
 describe('routing', () => {
   let remote: RemoteMx;
   let env: TestEnv;
