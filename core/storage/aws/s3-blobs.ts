@@ -115,10 +115,16 @@ export class S3Blobs implements Blobs {
       return infoFrom(key, data.length, options.contentType, { ...metadata, [SHA_KEY]: sha256 }, new Date());
     }
 
-    if (options.ifAbsent && (await this.exists(key))) {
+    if (options.ifAbsent) {
       // Fail before sending gigabytes; CompleteMultipartUpload's If-None-Match still decides races.
-      await source.return(undefined).catch(() => undefined);
-      throw new ConditionFailed(`${what} exists`);
+      const exists = await this.exists(key).catch(async (e: unknown) => {
+        await source.return(undefined).catch(() => undefined);
+        throw e;
+      });
+      if (exists) {
+        await source.return(undefined).catch(() => undefined);
+        throw new ConditionFailed(`${what} exists`);
+      }
     }
 
     try {
