@@ -338,33 +338,6 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
         for (const r of results) if (r.status === 'rejected') expect(isStorageError(r.reason, 'ConditionFailed')).toBe(true);
         expect(await readText((await s.mail.get(k('race1'))).body)).toBe(`racer ${wins[0]}`);
       });
-
-      it('streams 100 MB through put and get in a child whose RSS grows by less than 64 MB', async () => {
-        const c = spawnChild('big', k('100mb'), String(100 * MB));
-        const r = await c.result<{ size: number; putSha: string; expectedSha: string; getSha: string; backBytes: number; headSize: number; baseline: number; peak: number; putMs: number; totalMs: number }>(50_000);
-        expect(r.size).toBe(100 * MB);
-        expect(r.backBytes).toBe(100 * MB);
-        expect(r.headSize).toBe(100 * MB);
-        expect(r.putSha).toBe(r.expectedSha);
-        expect(r.getSha).toBe(r.expectedSha);
-        const growth = r.peak - r.baseline;
-        console.info(`[${family}] 100 MB: put ${r.putMs} ms, put+get ${r.totalMs} ms, RSS growth ${(growth / MB).toFixed(1)} MB`);
-        expect(growth).toBeLessThan(64 * MB);
-        await s.mail.delete(k('100mb'));
-      }, 60_000);
-
-      it('a put killed mid-stream leaves no partial object, and a later put of the key works', async () => {
-        const key = k('crash/victim');
-        const c = spawnChild('crash', key);
-        await c.waitLine((l) => l === 'STREAMING', 30_000);
-        c.kill();
-        await c.exited;
-        expect(await errorCode(s.mail.head(key))).toBe('NotFound');
-        expect(await errorCode(s.mail.get(key))).toBe('NotFound');
-        expect((await s.mail.list(k('crash/'))).items).toEqual([]);
-        await s.mail.put(key, 'after the crash', { ifAbsent: true });
-        expect(await readText((await s.mail.get(key)).body)).toBe('after the crash');
-      }, 45_000);
     });
 
     // -----------------------------------------------------------------------------------------
@@ -728,8 +701,38 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
     });
 
     // -----------------------------------------------------------------------------------------
-    describe('across processes', () => {
-      it('conditional table puts and put-if-absent blobs race from three processes: one winner each', async () => {
+    // These start child processes (slow to boot): they run at the same time as each other.
+    describe.concurrent('across processes', () => {
+      const k = (name: string) => `${run}/blobs/${name}`;
+
+      it('streams 100 MB through put and get in a child whose RSS grows by less than 64 MB', async ({ expect }) => {
+        const c = spawnChild('big', k('100mb'), String(100 * MB));
+        const r = await c.result<{ size: number; putSha: string; expectedSha: string; getSha: string; backBytes: number; headSize: number; baseline: number; peak: number; putMs: number; totalMs: number }>(50_000);
+        expect(r.size).toBe(100 * MB);
+        expect(r.backBytes).toBe(100 * MB);
+        expect(r.headSize).toBe(100 * MB);
+        expect(r.putSha).toBe(r.expectedSha);
+        expect(r.getSha).toBe(r.expectedSha);
+        const growth = r.peak - r.baseline;
+        console.info(`[${family}] 100 MB: put ${r.putMs} ms, put+get ${r.totalMs} ms, RSS growth ${(growth / MB).toFixed(1)} MB`);
+        expect(growth).toBeLessThan(64 * MB);
+        await s.mail.delete(k('100mb'));
+      }, 60_000);
+
+      it('a put killed mid-stream leaves no partial object, and a later put of the key works', async ({ expect }) => {
+        const key = k('crash/victim');
+        const c = spawnChild('crash', key);
+        await c.waitLine((l) => l === 'STREAMING', 30_000);
+        c.kill();
+        await c.exited;
+        expect(await errorCode(s.mail.head(key))).toBe('NotFound');
+        expect(await errorCode(s.mail.get(key))).toBe('NotFound');
+        expect((await s.mail.list(k('crash/'))).items).toEqual([]);
+        await s.mail.put(key, 'after the crash', { ifAbsent: true });
+        expect(await readText((await s.mail.get(key)).body)).toBe('after the crash');
+      }, 45_000);
+
+      it('conditional table puts and put-if-absent blobs race from three processes: one winner each', async ({ expect }) => {
         const pk = pkOf('xrace');
         const blobKey = `${run}/xrace/blob`;
         const racers = 6;
