@@ -31,11 +31,12 @@ export interface MonitoringStackProps extends StackProps {
 export const METRIC_NAMESPACE = 'Tomlinson';
 
 /**
- * The log fields the metric filters count: the outbound worker logs `{"delivery":"delivered"|
- * "failed"|"deferred"}` once per recipient attempt, the proxy `{"cache":"hit"|"miss"|...}` once
- * per request (the same outcomes as core/metrics.ts cacheRequests).
+ * The JSON log fields the metric filters count. The outbound worker logs one line per recipient
+ * attempt with `rcpt` and `state` (core/mail/outbound.ts: delivered, deferred or bounced); the
+ * proxy is expected to log one line per request with `cache` (the outcomes of core/metrics.ts
+ * cacheRequests).
  */
-export const LOG_FIELDS = { delivery: ['delivered', 'failed', 'deferred'], cache: ['hit', 'miss', 'revalidated', 'stale', 'bypass'] } as const;
+export const LOG_FIELDS = { state: ['delivered', 'deferred', 'bounced'], cache: ['hit', 'miss', 'revalidated', 'stale', 'bypass'] } as const;
 
 /** Dashboard, alarms and alarm topic of one stage. */
 export class MonitoringStack extends Stack {
@@ -86,22 +87,23 @@ export class MonitoringStack extends Stack {
     const outboundLogs: logs.ILogGroup[] = [];
     if (processing.outbound) outboundLogs.push(processing.outbound.logGroup);
     if (listeners?.services.workers) outboundLogs.push(listeners.services.workers.logGroup);
-    const count = (group: logs.ILogGroup, field: string, value: string, fid: string): void => {
+    const count = (group: logs.ILogGroup, field: string, value: string, fid: string, metricName: string, also?: string): void => {
+      const match = logs.FilterPattern.stringValue(`$.${field}`, '=', value);
       new logs.MetricFilter(this, fid, {
         logGroup: group,
-        filterPattern: logs.FilterPattern.stringValue(`$.${field}`, '=', value),
+        filterPattern: also ? logs.FilterPattern.all(logs.FilterPattern.exists(`$.${also}`), match) : match,
         metricNamespace: METRIC_NAMESPACE,
-        metricName: `${field}-${value}`,
+        metricName,
         metricValue: '1',
         defaultValue: 0,
         unit: cloudwatch.Unit.COUNT,
       });
     };
-    outboundLogs.forEach((g, i) => LOG_FIELDS.delivery.forEach((v) => count(g, 'delivery', v, `Delivery${v}${i}`)));
+    outboundLogs.forEach((g, i) => LOG_FIELDS.state.forEach((v) => count(g, 'state', v, `Delivery${v}${i}`, `delivery-${v}`, 'rcpt')));
     const m = (name: string, label: string, period = Duration.minutes(15)): cloudwatch.Metric => new cloudwatch.Metric({ namespace: METRIC_NAMESPACE, metricName: name, period, statistic: 'Sum', label });
     const failureRate = new cloudwatch.MathExpression({
-      expression: 'IF(delivered + failed >= 10, 100 * failed / (delivered + failed), 0)',
-      usingMetrics: { delivered: m('delivery-delivered', 'delivered'), failed: m('delivery-failed', 'failed') },
+      expression: 'IF(delivered + bounced >= 10, 100 * bounced / (delivered + bounced), 0)',
+      usingMetrics: { delivered: m('delivery-delivered', 'delivered'), bounced: m('delivery-bounced', 'bounced') },
       period: Duration.minutes(15),
       label: 'delivery failure %',
     });
@@ -110,7 +112,7 @@ export class MonitoringStack extends Stack {
     const proxy = listeners?.services.proxy;
     let hitRatio: cloudwatch.MathExpression | undefined;
     if (proxy) {
-      LOG_FIELDS.cache.forEach((v) => count(proxy.logGroup, 'cache', v, `Cache${v}`));
+      LOG_FIELDS.cache.forEach((v) => count(proxy.logGroup, 'cache', v, `Cache${v}`, `cache-${v}`));
       hitRatio = new cloudwatch.MathExpression({
         expression: 'IF(hit + miss + revalidated >= 100, 100 * (hit + revalidated) / (hit + miss + revalidated), 100)',
         usingMetrics: { hit: m('cache-hit', 'hit', Duration.hours(1)), miss: m('cache-miss', 'miss', Duration.hours(1)), revalidated: m('cache-revalidated', 'revalidated', Duration.hours(1)) },
@@ -156,7 +158,7 @@ export class MonitoringStack extends Stack {
       new cloudwatch.GraphWidget({ title: 'Lambda', left: functions.map((w) => w.function.metricInvocations({ label: `${w.node.id} invocations` })), right: functions.map((w) => w.function.metricErrors({ label: `${w.node.id} errors` })) }),
     );
     this.dashboard.addWidgets(
-      new cloudwatch.GraphWidget({ title: 'Deliveries', left: LOG_FIELDS.delivery.map((v) => m(`delivery-${v}`, v)), right: [failureRate] }),
+      new cloudwatch.GraphWidget({ title: 'Deliveries', left: LOG_FIELDS.state.map((v) => m(`delivery-${v}`, v)), right: [failureRate] }),
       new cloudwatch.GraphWidget({ title: 'Proxy cache', left: LOG_FIELDS.cache.map((v) => m(`cache-${v}`, v)), right: hitRatio ? [hitRatio] : [] }),
       new cloudwatch.GraphWidget({ title: 'Mail bucket size', left: [mailBytes] }),
     );

@@ -325,7 +325,10 @@ describe('dns and monitoring stacks', () => {
     expect(byMetric('UnHealthyHostCount')).toHaveLength(6);
     expect(byMetric('BucketSizeBytes')).toHaveLength(1);
     const math = JSON.stringify(alarms.filter((a) => a.Metrics));
-    expect(math).toContain('delivery-failed');
+    expect(math).toContain('delivery-bounced');
+    // The delivery filter matches the outbound worker's per-recipient log line.
+    const filters = Object.values(resources(t, 'AWS::Logs::MetricFilter')).map((f) => f.Properties!.FilterPattern as string);
+    expect(filters).toContain('{ ($.rcpt = "*") && ($.state = "bounced") }');
     expect(math).toContain('cache-hit');
     for (const a of alarms) expect((a.AlarmActions as unknown[]).length).toBe(1);
     t.resourceCountIs('AWS::CloudWatch::Dashboard', 1);
