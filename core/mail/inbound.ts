@@ -102,9 +102,13 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
 
   let quotaWait = false;
   if (routing.local.size > 0) {
-    const summary = await summarize(job, ctx);
+    // Summarised once, and only if some mailbox still lacks the message (a redelivery after
+    // users deleted their copies must not need the blob again).
+    let summary: Record<string, AttrValue> | undefined;
     for (const user of routing.local.keys()) {
+      if ((await store.delivered(job.id, user)) !== undefined) continue;
       try {
+        summary ??= await summarize(job, ctx);
         const r = await store.deliver(user, { jobId: job.id, blobKey: job.blobKey, size: job.size, receivedAt: job.receivedAt, summary });
         log.info({ user, uid: r.uid, duplicate: r.duplicate }, 'delivered');
         if (!r.duplicate) ctx.metrics?.messages.inc({ stage: 'inbound', outcome: 'delivered' });
