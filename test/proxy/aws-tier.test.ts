@@ -15,7 +15,7 @@ let h: Harness;
 beforeAll(async () => {
   moto = await startMoto();
   h = await Harness.start({ ...moto.env, TOMLINSON_PROXY_MEMORY_BYTES: '200000' }, {}, (config) => openAwsStorage(config, silentLogger));
-}, 60_000);
+}, 120_000);
 afterAll(async () => {
   await h?.stop();
   await moto?.stop();
@@ -60,5 +60,5 @@ describe('object tier on S3 + DynamoDB', () => {
     const report = await readCacheReport(h.storage.tables);
     expect(report.hits).toBeGreaterThanOrEqual(5);
     expect(report.misses).toBe(4);
-  });
+  }, 60_000);
 });

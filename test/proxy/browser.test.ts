@@ -97,5 +97,6 @@ describe('headless Chromium through the proxy', () => {
     await h.proxy.stats.flush();
     const hits = (await h.metrics.text()).match(/tomlinson_cache_requests_total\{outcome="hit"\} (\d+)/);
     expect(Number(hits?.[1])).toBeGreaterThanOrEqual(4);
-  });
+    // Two browser starts of about 12 s each on an idle two-core machine; room for a loaded CI.
+  }, 120_000);
 });
