@@ -14,7 +14,7 @@ import { GetQueueAttributesCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type Config } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
-import { openAwsStorage, S3Blobs } from '../../core/storage/aws/index.js';
+import { DynamoTables, openAwsStorage, S3Blobs } from '../../core/storage/aws/index.js';
 import { isStorageError, type Storage } from '../../core/storage/ports.js';
 import { deleteAwsResources, ensureAwsResources } from '../../scripts/aws-resources.js';
 import { startMoto, type AwsTestBackend } from '../support/moto.js';
@@ -370,6 +370,40 @@ describe('failures as StorageErrors', () => {
       expect(isStorageError(err, 'Unavailable')).toBe(true);
     } finally {
       client.destroy();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
+  it('turns throttling answers (S3 SlowDown, DynamoDB ProvisionedThroughputExceeded) into Unavailable', async () => {
+    const server = createServer((req, res) => {
+      req.resume();
+      if (req.headers['x-amz-target']) {
+        // The DynamoDB JSON protocol: HTTP 400 with the exception type in the body.
+        res.writeHead(400, { 'content-type': 'application/x-amz-json-1.0' });
+        res.end(JSON.stringify({ __type: 'com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException', message: 'slow down' }));
+      } else {
+        res.writeHead(503, { 'content-type': 'application/xml' });
+        res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>');
+      }
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const s3c = new S3Client({ endpoint, forcePathStyle: true, maxAttempts: 1 });
+    const ddbc = new DynamoDBClient({ endpoint, maxAttempts: 1 });
+    try {
+      const blobs = new S3Blobs(s3c, 'bucket', silentLogger);
+      const tables = new DynamoTables(ddbc, 'table', silentLogger);
+      for (const call of [blobs.put('k', 'v'), blobs.head('k'), tables.get({ pk: 'a', sk: 'b' }), tables.put({ pk: 'a', sk: 'b' }, { condition: { exists: false } })]) {
+        const err = await call.then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(isStorageError(err, 'Unavailable'), String(err)).toBe(true);
+        expect((err as { retryable: boolean }).retryable).toBe(true);
+      }
+    } finally {
+      s3c.destroy();
+      ddbc.destroy();
       await new Promise((r) => server.close(r));
     }
   });
