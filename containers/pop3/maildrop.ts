@@ -109,6 +109,8 @@ export class StoreMaildrops {
 export class StoreMaildrop implements Maildrop {
   private timer: NodeJS.Timeout | undefined;
   private released = false;
+  /** The next message, opened ahead of its RETR. */
+  private prefetched: { index: number; body: Promise<Readable> } | undefined;
   /** False once a renewal found the lease gone (expired and taken): commit is then refused. */
   private holding = true;
 
@@ -139,12 +141,53 @@ export class StoreMaildrop implements Maildrop {
     }
   }
 
-  /** Streams the stored message. */
+  /**
+   * Streams the stored message. Clients fetch in order (RETR 1, 2, 3 ...), so opening message n
+   * also opens message n + 1 and starts reading its first chunk (one stream buffer, 64 KB at most:
+   * memory stays bounded); the storage round trips of the next RETR then overlap this one's
+   * transfer instead of adding to the client's wait.
+   */
   async open(index: number): Promise<Readable> {
     const m = this.messages[index];
     if (!m) throw new RangeError(`no message ${index + 1}`);
-    const { body } = await this.blobs.get(m.blobKey);
+    let body: Promise<Readable> | undefined;
+    if (this.prefetched?.index === index) {
+      body = this.prefetched.body;
+      this.prefetched = undefined;
+    } else {
+      this.dropPrefetch();
+    }
+    if (index + 1 < this.messages.length && !this.released) {
+      const next = this.fetch(index + 1, true);
+      // Handled here so that a failed prefetch is never an unhandled rejection.
+      next.catch(() => undefined);
+      this.prefetched = { index: index + 1, body: next };
+    }
+    if (body) {
+      // A prefetch that failed (a transient storage error) is retried on demand.
+      return body.catch(() => this.fetch(index, false));
+    }
+    return this.fetch(index, false);
+  }
+
+  private async fetch(index: number, readAhead: boolean): Promise<Readable> {
+    const { body } = await this.blobs.get(this.messages[index]!.blobKey);
+    if (readAhead) {
+      // Until the RETR consumes it, a read error must not be an unhandled 'error' event; the
+      // consumer's iterator still sees it through the stream's errored state.
+      body.on('error', () => undefined);
+      body.read(0);
+    }
     return body;
+  }
+
+  private dropPrefetch(): void {
+    const p = this.prefetched;
+    this.prefetched = undefined;
+    p?.body.then(
+      (b) => b.destroy(),
+      () => undefined,
+    );
   }
 
   /** Records the deletion (guarded by the lease), then carries it out. */
@@ -169,6 +212,7 @@ export class StoreMaildrop implements Maildrop {
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
+    this.dropPrefetch();
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     await this.store.releaseLease(this.user, this.holder).catch((e: Error) => this.log.warn({ user: this.user, err: e.message }, 'lease release failed'));

@@ -139,6 +139,9 @@ class Connection {
   };
 
   private readonly onIdle = (): void => {
+    // The timer measures the client's silence; time we spend on a command (a slow password check,
+    // a large RETR) does not count. The socket's timer fires again after another quiet period.
+    if (this.busy) return;
     // RFC 1939 §3: an inactivity autologout timer; the server then closes "without ... entering
     // the UPDATE state", so nothing marked is deleted.
     this.log.info('idle timeout');
@@ -262,16 +265,20 @@ class Connection {
     this.log.debug({ protocol: secure.getProtocol() }, 'STLS done');
   }
 
-  /** Closes the connection after flushing what was written. */
+  /**
+   * Closes the connection after flushing what was written. The maildrop is released first, so a
+   * client that sees the close can log in again at once.
+   */
   end(): void {
     if (this.ended) return;
     this.ended = true;
     const s = this.stream;
-    s.uncork();
-    s.end();
-    // A client that never reads must not keep the socket: destroy after a short grace.
-    setTimeout(() => s.destroy(), 5000).unref();
-    void this.finish();
+    void this.finish().finally(() => {
+      s.uncork();
+      s.end();
+      // A client that never reads must not keep the socket: destroy after a short grace.
+      setTimeout(() => s.destroy(), 5000).unref();
+    });
   }
 
   /** Sends a last line and closes (server shutdown). */
