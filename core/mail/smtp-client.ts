@@ -211,6 +211,11 @@ class ReplyReader {
     }
   }
 
+  /** A reply that already arrived and nobody has read, if any. */
+  takeReady(): SmtpReply | undefined {
+    return this.replies.shift();
+  }
+
   /** The next reply, or a temporary SmtpSessionError on timeout or a lost connection. */
   next(timeoutMs: number, stage: string): Promise<SmtpReply> {
     const ready = this.replies.shift();
@@ -467,38 +472,46 @@ export async function deliverTransaction(t: SmtpTransaction): Promise<Transactio
       return { rcpts: t.rcpts.map((x) => results.get(x.address)!), tls: encrypted, extensions, chunked };
     }
     const body = await t.message();
-    let final: SmtpReply;
-    if (chunking) {
-      // RFC 3030 §2: BDAT <size> [LAST]; the data is sent as is, without dot-stuffing.
-      const chunkBytes = t.chunkBytes ?? 1024 * 1024;
-      let pending: Buffer[] = [];
-      let pendingLen = 0;
-      const flush = async (last: boolean) => {
-        const data = Buffer.concat(pending, pendingLen);
-        pending = [];
-        pendingLen = 0;
-        await writeAll(socket!, Buffer.from(`BDAT ${data.length}${last ? ' LAST' : ''}\r\n`, 'latin1'));
-        await writeAll(socket!, data);
-        return reader!.next(last ? dataMs : cmdMs, 'BDAT');
-      };
-      for await (const c of body) {
-        const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
-        pending.push(chunk);
-        pendingLen += chunk.length;
-        if (pendingLen >= chunkBytes) {
-          const r = await flush(false);
-          if (r.code !== 250) throw new SmtpSessionError('BDAT', r.code < 500, statusOf(r), `BDAT: ${replyText(r)}`, r);
+    let final: SmtpReply | undefined;
+    try {
+      if (chunking) {
+        // RFC 3030 §2: BDAT <size> [LAST]; the data is sent as is, without dot-stuffing.
+        const chunkBytes = t.chunkBytes ?? 1024 * 1024;
+        let pending: Buffer[] = [];
+        let pendingLen = 0;
+        const flush = async (last: boolean) => {
+          const data = Buffer.concat(pending, pendingLen);
+          pending = [];
+          pendingLen = 0;
+          await writeAll(socket!, Buffer.from(`BDAT ${data.length}${last ? ' LAST' : ''}\r\n`, 'latin1'));
+          await writeAll(socket!, data);
+          return reader!.next(last ? dataMs : cmdMs, 'BDAT');
+        };
+        for await (const c of body) {
+          const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
+          pending.push(chunk);
+          pendingLen += chunk.length;
+          if (pendingLen >= chunkBytes) {
+            const r = await flush(false);
+            if (r.code !== 250) throw new SmtpSessionError('BDAT', r.code < 500, statusOf(r), `BDAT: ${replyText(r)}`, r);
+          }
         }
+        final = await flush(true);
+      } else {
+        const stuffer = new DotStuffer();
+        for await (const c of body) {
+          const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
+          await writeAll(socket, stuffer.stuff(chunk));
+        }
+        await writeAll(socket, Buffer.from(stuffer.endsWithCrlf() ? '.\r\n' : '\r\n.\r\n', 'latin1'));
+        final = await reader.next(dataMs, 'end of data');
       }
-      final = await flush(true);
-    } else {
-      const stuffer = new DotStuffer();
-      for await (const c of body) {
-        const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
-        await writeAll(socket, stuffer.stuff(chunk));
-      }
-      await writeAll(socket, Buffer.from(stuffer.endsWithCrlf() ? '.\r\n' : '\r\n.\r\n', 'latin1'));
-      final = await reader.next(dataMs, 'end of data');
+    } catch (e) {
+      // A server may answer (e.g. 552 too big) and close before we finish sending: its reply,
+      // not the broken connection, is the outcome.
+      const early = reader.takeReady();
+      if (!early || early.code < 400) throw e;
+      final = early;
     }
     const ok = final.code >= 200 && final.code < 300;
     for (const a of accepted) {

@@ -358,34 +358,69 @@ describe('a remote that never answers', () => {
   });
 });
 
+/** A minimal SMTP peer that reaches 354 and then hands the socket to `onData`. */
+function dataPeer(onData: (s: net.Socket) => void, sockets: Set<net.Socket>): net.Server {
+  return net.createServer((s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.write('220 peer.test ESMTP\r\n');
+    let buf = '';
+    const onLine = (d: Buffer) => {
+      buf += d.toString('latin1');
+      let i: number;
+      while ((i = buf.indexOf('\r\n')) >= 0) {
+        const line = buf.slice(0, i).toUpperCase();
+        buf = buf.slice(i + 2);
+        if (line.startsWith('EHLO')) s.write('250 peer.test\r\n');
+        else if (line.startsWith('DATA')) {
+          s.write('354 go ahead\r\n');
+          s.off('data', onLine);
+          onData(s);
+          return;
+        } else s.write('250 ok\r\n');
+      }
+    };
+    s.on('data', onLine);
+  });
+}
+
+describe('a remote that rejects in the middle of the data and closes', () => {
+  let peer: net.Server;
+  let env: TestEnv;
+  const sockets = new Set<net.Socket>();
+  beforeAll(async () => {
+    peer = dataPeer((s) => {
+      let got = 0;
+      s.on('data', (d: Buffer) => {
+        got += d.length;
+        if (got > 1024 * 1024 && !s.writableEnded) s.end('552 5.3.4 Message size exceeds fixed limit\r\n');
+      });
+    }, sockets);
+    await new Promise<void>((r) => peer.listen(0, '127.0.0.1', r));
+    env = await envFor((peer.address() as net.AddressInfo).port);
+  });
+  afterAll(async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise((r) => peer?.close(r));
+    await env?.close();
+  });
+
+  it('takes the early 552 as the answer (a permanent bounce), not the broken connection', async () => {
+    const body = ('q'.repeat(98) + '\r\n').repeat(80_000); // 8 MB
+    await queueMessage(env, { id: 'early-1', from: '', rcpts: [{ address: 'bob@remote.test' }] }, sampleMessage('alice@local.test', 'bob@remote.test', 'Early', body));
+    await drain(env, 'outbound', createOutboundJob());
+    const [r] = await new OutboundStore(env.storage.tables).getRecipients('early-1');
+    expect(r).toMatchObject({ state: 'bounced', status: '5.3.4', lastReply: '552 5.3.4 Message size exceeds fixed limit' });
+  });
+});
+
 describe('a remote that stops reading in the middle of the data', () => {
   let stuck: net.Server;
   let env: TestEnv;
   const sockets = new Set<net.Socket>();
   beforeAll(async () => {
-    // Speaks just enough SMTP to reach 354, then never reads again.
-    stuck = net.createServer((s) => {
-      sockets.add(s);
-      s.on('close', () => sockets.delete(s));
-      s.write('220 stuck.test ESMTP\r\n');
-      let buf = '';
-      const onData = (d: Buffer) => {
-        buf += d.toString('latin1');
-        let i: number;
-        while ((i = buf.indexOf('\r\n')) >= 0) {
-          const line = buf.slice(0, i).toUpperCase();
-          buf = buf.slice(i + 2);
-          if (line.startsWith('EHLO')) s.write('250 stuck.test\r\n');
-          else if (line.startsWith('DATA')) {
-            s.write('354 go ahead\r\n');
-            s.off('data', onData);
-            s.pause();
-            return;
-          } else s.write('250 ok\r\n');
-        }
-      };
-      s.on('data', onData);
-    });
+    // Reaches 354, then never reads again.
+    stuck = dataPeer((s) => s.pause(), sockets);
     await new Promise<void>((r) => stuck.listen(0, '127.0.0.1', r));
     env = await envFor((stuck.address() as net.AddressInfo).port, { TOMLINSON_OUTBOUND_COMMAND_TIMEOUT: '1', TOMLINSON_OUTBOUND_DATA_TIMEOUT: '1' });
   });
