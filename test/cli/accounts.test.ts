@@ -3,12 +3,16 @@
  * --json output, passwords from standard input (never argv), clear errors with a non-zero exit,
  * and nothing changed by a refused command.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Accounts } from '../../core/accounts/accounts.js';
 import { loadConfig } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
 import { openStorage } from '../../core/storage/open.js';
 import { startCli, type CliHarness } from './support.js';
+
+// Each test spawns the binary several times (about half a second of CPU each); on a loaded
+// machine that can pass the default minute, which would be a false failure.
+vi.setConfig({ testTimeout: 180_000, hookTimeout: 180_000 });
 
 let cli: CliHarness;
 

@@ -7,12 +7,16 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Accounts } from '../../core/accounts/accounts.js';
 import { loadConfig } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
 import { openStorage } from '../../core/storage/open.js';
 import { BIN, spawnCli, startCli, type CliHarness } from './support.js';
+
+// Each test spawns the binary several times (about half a second of CPU each); on a loaded
+// machine that can pass the default minute, which would be a false failure.
+vi.setConfig({ testTimeout: 180_000, hookTimeout: 180_000 });
 
 let cli: CliHarness;
 let work: string;
