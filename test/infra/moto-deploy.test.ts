@@ -87,7 +87,8 @@ beforeAll(async () => {
   moto.stdout!.on('data', (b: Buffer) => (motoLog += b.toString()));
   moto.stderr!.on('data', (b: Buffer) => (motoLog = (motoLog + b.toString()).slice(-20_000)));
   endpoint = `http://localhost:${port}`;
-  const deadline = Date.now() + 30_000;
+  // moto imports every service at start: a few seconds on an idle machine, far more on a busy one.
+  const deadline = Date.now() + 120_000;
   for (;;) {
     if (moto.exitCode !== null) throw new Error(`moto exited:\n${motoLog}`);
     try {
