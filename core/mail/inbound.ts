@@ -91,14 +91,18 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
   const accounts = new Accounts(tables);
   const store = new MailboxStore(tables, mail);
 
-  // The raw message must outlive every mailbox entry while this job may still deliver (a full
-  // mailbox retried later, a redelivery after a crash): hold it until the job is done.
-  const holder = `inbound:${job.id}`;
-  await store.holdBlob(job.blobKey, holder);
-
   const routing = await routeRecipients(job, accounts);
   for (const r of routing.unknown) log.warn({ rcpt: r.address }, 'recipient no longer exists; not delivered');
   for (const r of routing.relayDenied) log.warn({ rcpt: r.address }, 'remote recipient without an authenticated sender; not relayed');
+
+  // With more than one reader (several mailboxes, or a mailbox and the outbound worker) the raw
+  // message must outlive each one's deletion while this job may still deliver to the others (a
+  // full mailbox retried later, a redelivery after a crash): hold it until the job is done. A
+  // single reader needs no hold (its delivery is the only reference), which saves two writes on
+  // the common one-recipient message.
+  const holder = `inbound:${job.id}`;
+  const readers = routing.local.size + (routing.remote.length > 0 ? 1 : 0);
+  if (readers > 1) await store.holdBlob(job.blobKey, holder);
 
   let quotaWait = false;
   if (routing.local.size > 0) {
@@ -140,11 +144,13 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
     await store.holdBlob(job.blobKey, outboundHolder(job.id));
     await enqueueOutbound(job, routing.remote, ctx);
   } else if (routing.local.size === 0) {
+    // Nobody will ever read it (every recipient vanished since RCPT).
     log.warn('no deliverable recipient left; message dropped');
+    await mail.delete(job.blobKey);
   }
 
   if (quotaWait) return { kind: 'retry', afterSeconds: QUOTA_RETRY_SECONDS, reason: 'mailbox full' };
-  // Releasing the last reference (nobody received it) deletes the blob.
+  // Idempotent, and a no-op when no hold was taken; the last reference going deletes the blob.
   await store.releaseBlob(job.blobKey, holder);
   log.debug({ receiveCount: meta.receiveCount }, 'inbound job done');
   return done;
