@@ -8,7 +8,6 @@
 import { once } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
-import type { Duplex } from 'node:stream';
 import { Accounts } from '../../core/accounts/accounts.js';
 import type { Logger } from '../../core/log.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
@@ -43,19 +42,6 @@ function isLoopback(address: string | undefined): boolean {
   if (!address) return false;
   const a = address.startsWith('::ffff:') ? address.slice(7) : address;
   return a === '::1' || a.startsWith('127.');
-}
-
-/** Resolves once the stream can take more, or has closed. */
-function drained(stream: Duplex): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      stream.off('drain', done);
-      stream.off('close', done);
-      resolve();
-    };
-    stream.on('drain', done);
-    stream.on('close', done);
-  });
 }
 
 interface ServerShared {
@@ -206,23 +192,59 @@ class Connection {
   /** Streams a RETR/TOP body: CRLF line ends, byte-stuffing, terminator (RFC 1939 §3). */
   private async sendBody(body: BodyReply): Promise<void> {
     const s = this.stream;
+    const src = body.source;
     const enc = new MessageEncoder({ topLines: body.topLines });
     s.write(body.head);
-    try {
-      for await (const chunk of body.source) {
-        const out = enc.encode(chunk as Buffer);
+    // Events rather than for-await: the response is complete at the source's 'end', without
+    // waiting for its file to be closed, and a full socket pauses the source (backpressure).
+    const outcome = await new Promise<'ok' | 'gone' | Error>((resolve) => {
+      let settled = false;
+      const settle = (v: 'ok' | 'gone' | Error) => {
+        if (settled) return;
+        settled = true;
+        src.off('data', onData);
+        src.off('end', onEnd);
+        src.off('error', onError);
+        src.off('close', onSrcClose);
+        s.off('close', onGone);
+        s.off('drain', onDrain);
+        resolve(v);
+      };
+      const onData = (chunk: Buffer) => {
+        const out = enc.encode(chunk);
         if (out.length > 0 && !s.write(out)) {
+          src.pause();
           s.uncork();
-          await drained(s);
-          if (this.ended || s.destroyed) return;
-          s.cork();
+          s.once('drain', onDrain);
         }
-        if (enc.done) break;
-      }
-    } catch (e) {
+        if (enc.done) {
+          src.destroy();
+          settle('ok');
+        }
+      };
+      const onDrain = () => {
+        s.cork();
+        src.resume();
+      };
+      const onEnd = () => settle('ok');
+      const onError = (e: Error) => settle(e);
+      const onGone = () => settle('gone');
+      const onSrcClose = () => settle(src.errored ?? new Error('message stream closed before its end'));
+      if (src.destroyed) return onSrcClose();
+      src.on('data', onData);
+      src.once('end', onEnd);
+      src.once('error', onError);
+      src.once('close', onSrcClose);
+      s.once('close', onGone);
+    });
+    if (outcome === 'gone') {
+      src.destroy();
+      return;
+    }
+    if (outcome instanceof Error) {
       // The +OK line is out: the only honest thing left is to drop the connection (no UPDATE).
-      this.log.error({ err: (e as Error).message }, 'message read failed mid-response; closing');
-      body.source.destroy();
+      this.log.error({ err: outcome.message }, 'message read failed mid-response; closing');
+      src.destroy();
       this.end();
       return;
     }
