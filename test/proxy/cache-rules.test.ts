@@ -376,12 +376,14 @@ describe('request collapsing and RFC 5861', () => {
   it('concurrent misses for one URL make one origin request', async () => {
     const path = p('collapse');
     h.origin.routes.set(path, (_q, res) => {
-      setTimeout(() => res.writeHead(200, { 'cache-control': 'max-age=60' }).end('shared'), 200);
+      setTimeout(() => res.writeHead(200, { 'cache-control': 'max-age=60' }).end('shared'), 500);
     });
     const results = await Promise.all(Array.from({ length: 10 }, () => h.get(path)));
     expect(results.every((r) => r.text === 'shared' && r.status === 200)).toBe(true);
     expect(h.origin.count(path)).toBe(1);
-    expect(results.filter((r) => r.headers['cache-status']?.includes('collapsed')).length).toBe(9);
+    // All but the leader waited for it (or, on a slow machine, arrived after it and hit).
+    expect(results.filter((r) => r.headers['cache-status']?.startsWith('Tomlinson; hit')).length).toBe(9);
+    expect(results.some((r) => r.headers['cache-status']?.includes('collapsed'))).toBe(true);
   });
 
   it('stale-while-revalidate serves the stale entry and revalidates in the background', async () => {
