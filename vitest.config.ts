@@ -5,7 +5,8 @@ export default defineConfig({
     include: ['test/**/*.test.ts'],
     // Protocol and adapter tests start real servers; give them room but never hang CI.
     testTimeout: 60_000,
-    hookTimeout: 60_000,
+    // moto and whole-process starts can take tens of seconds on a loaded 2-core machine.
+    hookTimeout: 120_000,
     pool: 'forks',
     // Two cores: run files two at a time so socket-heavy suites do not starve each other.
     maxWorkers: 2,
