@@ -92,7 +92,7 @@ r = s.sendmail('alice@example.test', ['bob@example.test', 'j\\u00fcrgen@b\\u00fc
 print('refused', r)
 s.quit()
 `;
-    const { stdout } = await run('/usr/bin/python3', ['-c', script, String(h.server.ports.submission), ALICE, PASSWORD]);
+    const { stdout } = await run('python3', ['-c', script, String(h.server.ports.submission), ALICE, PASSWORD]);
     expect(stdout).toContain('refused {}');
     const job = await oneJob(h);
     expect(job).toMatchObject({ smtputf8: true, body8bit: true, rcpts: [{ address: BOB }, { address: 'jürgen@bücher.example' }] });
