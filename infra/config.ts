@@ -69,8 +69,12 @@ export interface StageConfig {
   lambda: {
     /** @default 512 */
     memoryMiB: number;
-    /** @default 120 */
+    /** Inbound worker timeout. @default 120 */
     timeoutSeconds: number;
+    /** Outbound worker timeout: one SMTP transaction may legitimately take minutes (RFC 5321
+     * §4.5.3.2 allows 10 minutes for the reply to the final dot), and a Lambda killed mid-way
+     * leaves the delivery to be repeated. @default 900 (the Lambda maximum) */
+    outboundTimeoutSeconds: number;
     /** Most concurrent invocations per event source (SQS maximum concurrency, 2..1000), protecting
      * the table and the smarthost from a burst. @default 10 */
     maxConcurrency: number;
@@ -116,7 +120,7 @@ export const DEFAULTS: Omit<StageConfig, 'stage' | 'mailHostname' | 'domains'> =
     proxy: { cpu: 512, memoryMiB: 1024, minTasks: 1, maxTasks: 4 },
     workers: { cpu: 256, memoryMiB: 512, minTasks: 1, maxTasks: 2 },
   },
-  lambda: { memoryMiB: 512, timeoutSeconds: 120, maxConcurrency: 10 },
+  lambda: { memoryMiB: 512, timeoutSeconds: 120, outboundTimeoutSeconds: 900, maxConcurrency: 10 },
   queueMaxReceives: 5,
   outboundMaxReceives: 300,
   cacheExpireDays: 30,
@@ -163,6 +167,7 @@ export function validateStage(c: StageConfig): StageConfig {
   if (c.outbound === 'direct' && c.natGateways < 1) fail('natGateways', 'direct delivery leaves through NAT gateways (their Elastic IPs get the PTR records)');
   if (c.maxAzs < 1 || c.maxAzs > 3) fail('maxAzs', '1..3');
   if (c.lambda.maxConcurrency < 2 || c.lambda.maxConcurrency > 1000) fail('lambda.maxConcurrency', '2..1000 (SQS event source limit)');
+  for (const t of [c.lambda.timeoutSeconds, c.lambda.outboundTimeoutSeconds]) if (t < 1 || t > 900) fail('lambda timeouts', '1..900 seconds (the Lambda maximum)');
   if (c.queueMaxReceives < 1 || c.queueMaxReceives > 1000) fail('queueMaxReceives', '1..1000');
   if (c.outboundMaxReceives < 1 || c.outboundMaxReceives > 1000) fail('outboundMaxReceives', '1..1000');
   for (const [name, s] of Object.entries(c.services)) {

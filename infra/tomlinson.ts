@@ -42,7 +42,7 @@ export function buildTomlinson(app: App, c: StageConfig, options: BuildOptions):
 
   // AWS requires the event source queue's visibility timeout to be at least the function
   // timeout, and recommends six times it so that retries of a throttled batch do not redeliver.
-  const queueVisibility = Duration.seconds(c.lambda.timeoutSeconds * 6);
+  const queueVisibility = { inbound: Duration.seconds(c.lambda.timeoutSeconds * 6), outbound: Duration.seconds(c.lambda.outboundTimeoutSeconds * 6) };
   const state = new StateStack(app, name('State'), { ...base, stackName: name('State'), config: c, queueVisibility, terminationProtection: c.stage !== 'dev' });
   const processing = new ProcessingStack(app, name('Processing'), { ...base, stackName: name('Processing'), config: c, state, projectRoot: options.projectRoot });
   const out: TomlinsonStacks = { state, processing };

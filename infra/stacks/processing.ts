@@ -69,6 +69,7 @@ export class ProcessingStack extends Stack {
       this.outbound = new QueueWorker(this, 'Outbound', {
         ...common,
         entry: join(props.projectRoot, 'functions/outbound/handler.ts'),
+        timeout: Duration.seconds(c.lambda.outboundTimeoutSeconds),
         queue: state.outboundQueue,
         environment: env,
       });

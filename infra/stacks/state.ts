@@ -48,9 +48,9 @@ export function dkimSecretPrefix(stage: string): string {
 /** Props of StateStack. */
 export interface StateStackProps extends StackProps {
   config: StageConfig;
-  /** Visibility timeout of the work queues; must be at least the Lambda timeout (AWS requires it
+  /** Visibility timeout of each work queue; must be at least its Lambda's timeout (AWS requires it
    * for an event source) and is set to 6x it, as AWS recommends. */
-  queueVisibility: Duration;
+  queueVisibility: { inbound: Duration; outbound: Duration };
 }
 
 function pin(construct: IConstruct, id: string): void {
@@ -147,7 +147,7 @@ export class StateStack extends Stack {
     });
     pin(this.table, PINNED_IDS.table);
 
-    const queue = (qid: string, pinned: string, dlq?: { queue: sqs.Queue; maxReceiveCount: number }): sqs.Queue => {
+    const queue = (qid: string, pinned: string, dlq?: { queue: sqs.Queue; maxReceiveCount: number }, visibility?: Duration): sqs.Queue => {
       const q = new sqs.Queue(this, qid, {
         encryption: sqs.QueueEncryption.KMS,
         encryptionMasterKey: this.mailKey,
@@ -156,7 +156,7 @@ export class StateStack extends Stack {
         // The SQS maximum, 14 days, everywhere: outbound mail may wait up to its maximum age
         // (5 days by default) and a dead-letter queue keeps a message's first enqueue time.
         retentionPeriod: Duration.days(14),
-        visibilityTimeout: dlq ? props.queueVisibility : Duration.seconds(30),
+        visibilityTimeout: visibility ?? Duration.seconds(30),
         deadLetterQueue: dlq,
         removalPolicy: retain,
       });
@@ -165,10 +165,10 @@ export class StateStack extends Stack {
     };
     this.inboundDlq = queue('InboundDeadLetterQueue', PINNED_IDS.inboundDlq);
     this.outboundDlq = queue('OutboundDeadLetterQueue', PINNED_IDS.outboundDlq);
-    this.inboundQueue = queue('InboundQueue', PINNED_IDS.inboundQueue, { queue: this.inboundDlq, maxReceiveCount: c.queueMaxReceives });
+    this.inboundQueue = queue('InboundQueue', PINNED_IDS.inboundQueue, { queue: this.inboundDlq, maxReceiveCount: c.queueMaxReceives }, props.queueVisibility.inbound);
     // Every scheduled retry of an outbound message is one more receive, so its threshold is sized
     // for the whole retry schedule, not for crashes alone.
-    this.outboundQueue = queue('OutboundQueue', PINNED_IDS.outboundQueue, { queue: this.outboundDlq, maxReceiveCount: c.outboundMaxReceives });
+    this.outboundQueue = queue('OutboundQueue', PINNED_IDS.outboundQueue, { queue: this.outboundDlq, maxReceiveCount: c.outboundMaxReceives }, props.queueVisibility.outbound);
     for (const dlq of [this.inboundDlq, this.outboundDlq]) {
       Validations.of(dlq).acknowledge({ id: 'AwsSolutions-SQS3', reason: 'This queue is itself the dead-letter queue of a work queue.' });
     }

@@ -105,6 +105,7 @@ describe('state stack', () => {
     expect(redrive(PINNED_IDS.outboundQueue)).toEqual({ deadLetterTargetArn: { 'Fn::GetAtt': [PINNED_IDS.outboundDlq, 'Arn'] }, maxReceiveCount: 300 });
     expect(qs[PINNED_IDS.inboundDlq]!.Properties!.RedrivePolicy).toBeUndefined();
     expect(qs[PINNED_IDS.inboundQueue]!.Properties!.VisibilityTimeout).toBe(6 * 120);
+    expect(qs[PINNED_IDS.outboundQueue]!.Properties!.VisibilityTimeout).toBe(6 * 900);
     for (const q of Object.values(qs)) {
       expect(q.Properties!.MessageRetentionPeriod).toBe(14 * 86400);
       expect(q.Properties!.KmsMasterKeyId).toEqual({ 'Fn::GetAtt': [PINNED_IDS.mailKey, 'Arn'] });
@@ -128,6 +129,11 @@ describe('processing stack', () => {
   let t: Template;
   beforeAll(() => {
     t = Template.fromStack(main.stacks.processing);
+  });
+
+  it('gives the outbound worker the Lambda maximum for slow SMTP transactions', () => {
+    const timeouts = Object.values(resources(t, 'AWS::Lambda::Function')).map((f) => f.Properties!.Timeout).sort((a, b) => Number(a) - Number(b));
+    expect(timeouts).toEqual([120, 900]);
   });
 
   it('runs both workers on nodejs22.x arm64 with SQS partial batch responses', () => {
@@ -346,6 +352,6 @@ describe('stage config', () => {
   it('refuses an open proxy and unknown stages', () => {
     expect(() => stageConfig('dev', { proxyAllowedClients: ['0.0.0.0/0'] })).toThrow(/open to everyone/);
     expect(() => stageConfig('nope')).toThrow(/unknown stage/);
-    expect(() => stageConfig('dev', { lambda: { memoryMiB: 512, timeoutSeconds: 60, maxConcurrency: 1 } })).toThrow(/maxConcurrency/);
+    expect(() => stageConfig('dev', { lambda: { memoryMiB: 512, timeoutSeconds: 60, outboundTimeoutSeconds: 900, maxConcurrency: 1 } })).toThrow(/maxConcurrency/);
   });
 });
