@@ -200,6 +200,26 @@ describe('SMTP protocol over real sockets', () => {
     }
   });
 
+  it('RFC 5321 §3.6.2: an authenticated session on the MX port may relay; without AUTH it may not', async () => {
+    const c = await TestClient.connect(h.server.ports.mx!);
+    try {
+      await c.reply();
+      await c.cmd('EHLO client.example');
+      expect((await c.cmd('STARTTLS')).code).toBe(220);
+      await c.startTls();
+      await c.cmd('EHLO client.example');
+      expect((await c.cmd('MAIL FROM:<a@remote.example>')).code).toBe(250);
+      expect((await c.cmd('RCPT TO:<x@elsewhere.example>')).code).toBe(550);
+      expect((await c.cmd('RSET')).code).toBe(250);
+      expect((await c.cmd(`AUTH PLAIN ${plain(ALICE, PASSWORD)}`)).code).toBe(235);
+      expect((await c.cmd('MAIL FROM:<a@remote.example>')).code).toBe(553); // not alice's address
+      expect((await c.cmd(`MAIL FROM:<${ALICE}>`)).code).toBe(250);
+      expect((await c.cmd('RCPT TO:<x@elsewhere.example>')).code).toBe(250);
+    } finally {
+      c.close();
+    }
+  });
+
   it('the queued job keeps the DSN parameters, client, TLS and auth facts', async () => {
     await drainInbound(h.storage);
     const client = await TestClient.connect(h.server.ports.submissions!, { tls: true });
