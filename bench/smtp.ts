@@ -274,6 +274,7 @@ export async function runSmtpBench(options: SmtpBenchOptions = {}): Promise<Smtp
   try {
     const server = await startServer(join(dir, 'a'), verbose);
     const throughput: SmtpScenario[] = [];
+    let latency: SmtpBenchResult['latency'];
     try {
       await smtpSource(server.port, 10, 200, size); // warm-up
       for (const sessions of options.sessions ?? [1, 10, 50]) {
@@ -284,8 +285,9 @@ export async function runSmtpBench(options: SmtpBenchOptions = {}): Promise<Smtp
         throughput.push({ sessions, messages: n, seconds: round(seconds), messagesPerSecond: round(n / seconds), postfixReference: POSTFIX[sessions], smtpSinkNow: round(n / sinkSeconds) });
         if (verbose) process.stderr.write(`smtp-source ${sessions} sessions: ${round(n / seconds)} msg/s\n`);
       }
+      latency = await latencyRun(server.port, 10, options.latencyMessages ?? 2000, size);
     } finally {
-      var latency = await latencyRun(server.port, 10, options.latencyMessages ?? 2000, size).finally(() => server.stop());
+      await server.stop();
     }
     const big = await bigMessage(join(dir, 'b'), options.bigBytes ?? 50_000_000, verbose);
     return { throughput, latency, bigMessage: big };
