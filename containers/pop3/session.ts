@@ -148,7 +148,8 @@ export class Pop3Session {
     const cmd = parseCommand(line);
     if (!cmd) return this.bad('?', 'Unknown command');
     const h = this.handlers[cmd.verb];
-    if (!h) return this.bad(cmd.verb, 'Unknown command');
+    // Unknown verbs are recorded as '?' so that metrics labels stay a closed set.
+    if (!h) return this.bad('?', 'Unknown command');
     if (!h.states.includes(this.state.name)) return this.bad(cmd.verb, `${cmd.verb} not allowed in ${this.state.name} state`);
     const out = await h.run(cmd);
     this.last = { verb: cmd.verb, outcome: out.text?.startsWith('-ERR') ? 'err' : 'ok' };
