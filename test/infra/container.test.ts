@@ -6,12 +6,12 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, symlinkSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HEALTH_PORT, LISTENERS } from '../../infra/config.js';
 import { tempDir } from '../support/tmp.js';
 import { ROOT } from './support.js';
+import { freePorts } from '../support/ports.js';
 
 interface Dockerfile {
   from: string[];
@@ -77,14 +77,7 @@ function parseDockerfile(text: string): Dockerfile {
 const dockerfile = parseDockerfile(readFileSync(join(ROOT, 'containers/Dockerfile'), 'utf8'));
 
 async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
+  return (await freePorts(1))[0];
 }
 
 describe('containers/Dockerfile', () => {

@@ -21,11 +21,11 @@ import { GetSecretValueCommand, ListSecretsCommand, SecretsManagerClient } from 
 import { GetQueueAttributesCommand, GetQueueUrlCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanOutdirs, ROOT, testApp } from './support.js';
+import { freePorts } from '../support/ports.js';
 
 const ACCOUNT = '123456789012';
 const REGION = 'us-east-1';
@@ -36,14 +36,7 @@ const work = mkdtempSync(join(tmpdir(), 'tomlinson-moto-cfn-'));
 const creds = { accessKeyId: 'test', secretAccessKey: 'test' };
 
 async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
+  return (await freePorts(1))[0];
 }
 
 /** Runs a command to its end; rejects with its output when it fails. */

@@ -393,8 +393,10 @@ describe('failures as StorageErrors', () => {
     try {
       const blobs = new S3Blobs(s3c, 'bucket', silentLogger);
       const tables = new DynamoTables(ddbc, 'table', silentLogger);
-      for (const call of [blobs.put('k', 'v'), blobs.head('k'), tables.get({ pk: 'a', sk: 'b' }), tables.put({ pk: 'a', sk: 'b' }, { condition: { exists: false } })]) {
-        const err = await call.then(
+      // Thunks, so that each call starts only when it is awaited (no rejection left unhandled).
+      const calls = [() => blobs.put('k', 'v'), () => blobs.head('k'), () => tables.get({ pk: 'a', sk: 'b' }), () => tables.put({ pk: 'a', sk: 'b' }, { condition: { exists: false } })];
+      for (const call of calls) {
+        const err = await (call() as Promise<unknown>).then(
           () => undefined,
           (e: unknown) => e,
         );

@@ -9,9 +9,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { ensureAwsResources } from '../../scripts/aws-resources.js';
+import { freePorts } from './ports.js';
 
 /** What to start. */
 export interface MotoOptions {
@@ -45,14 +45,7 @@ const MISSING =
 const MOTO_MAIN = fileURLToPath(new URL('./aws-moto-server.py', import.meta.url));
 
 async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
+  return (await freePorts(1))[0];
 }
 
 /** How long moto may take to start: about a second on an idle machine, far more on a loaded CI box. */
