@@ -6,7 +6,7 @@
  */
 import { Accounts } from '../accounts/accounts.js';
 import { MailboxStore, NoSuchMailbox, QuotaExceeded } from '../mailbox/store.js';
-import { isStorageError, type AttrValue } from '../storage/ports.js';
+import { isStorageError, type AttrValue, putIfAbsent } from '../storage/ports.js';
 import { done, type JobContext, type JobHandler, type JobMeta, type JobOutcome } from '../workers/job.js';
 import type { DsnRecipient, InboundJob, OutboundJob } from './jobs.js';
 import { summarizeMessage } from './mime.js';
@@ -174,12 +174,8 @@ async function enqueueOutbound(job: InboundJob, rcpts: DsnRecipient[], ctx: JobC
   if (marker?.state === 'sent') return;
   const ttl = Math.floor(ctx.now().getTime() / 1000) + MARKER_TTL_SECONDS;
   if (!marker) {
-    try {
-      await ctx.storage.tables.put({ ...key, state: 'pending', ttl }, { condition: { exists: false } });
-    } catch (e) {
-      if (!isStorageError(e, 'ConditionFailed')) throw e;
-      // Another worker holds the same job right now; the queue will hand it back if it dies.
-    }
+    // When this loses, another worker holds the same job right now; the queue hands it back if it dies.
+    await putIfAbsent(ctx.storage.tables, { ...key, state: 'pending', ttl });
   }
   const out: OutboundJob = {
     v: 1,

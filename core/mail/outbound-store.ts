@@ -4,7 +4,7 @@
  * partition `OUTQ` (sort key `<receivedAt>#<id>`) so that `queue list` needs no scan. The queue
  * message only wakes the worker; everything it decides is read from and written to these items.
  */
-import { isStorageError, type Condition, type Item, type Tables } from '../storage/ports.js';
+import { isStorageError, type Condition, type Item, type Tables, putIfAbsent } from '../storage/ports.js';
 import type { DsnRecipient, OutboundJob } from './jobs.js';
 
 /** Where a recipient stands. `delivered`, `bounced` and `deleted` are final. */
@@ -126,11 +126,7 @@ export class OutboundStore {
     if (existing) return existing;
     for (const r of job.rcpts) {
       const rec: RcptRecord = { address: r.address, domain: domainOf(r.address), notify: r.notify, orcpt: r.orcpt, state: 'queued', attempts: 0, nextAttemptAt: now.toISOString() };
-      try {
-        await this.tables.put({ pk: pkOf(job.id), sk: rcptSk(r.address), ...strip(rec) }, { condition: { exists: false } });
-      } catch (e) {
-        if (!isStorageError(e, 'ConditionFailed')) throw e;
-      }
+      await putIfAbsent(this.tables, { pk: pkOf(job.id), sk: rcptSk(r.address), ...strip(rec) });
     }
     const m: MessageRecord = {
       v: 1,

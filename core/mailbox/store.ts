@@ -17,7 +17,7 @@
  * calls `holdBlob(key, 'inbound:<job id>')` before its first delivery and `releaseBlob` when its
  * work is done; both are idempotent per holder, so queue redeliveries do not miscount.
  */
-import { isStorageError, type AttrValue, type Blobs, type Item, type Key, type Tables, type TransactOp } from '../storage/ports.js';
+import { isStorageError, type AttrValue, type Blobs, type Item, type Key, type Tables, type TransactOp, putIfAbsent } from '../storage/ports.js';
 import { keys as accountKeys } from '../accounts/accounts.js';
 
 /** The delivery would take the mailbox past its quota; nothing was stored. */
@@ -146,11 +146,7 @@ export class MailboxStore {
   private async ensureMeta(user: string): Promise<Item> {
     const existing = await this.tables.get(mailboxKeys.meta(user));
     if (existing) return existing;
-    try {
-      await this.tables.put({ ...mailboxKeys.meta(user), count: 0, bytes: 0, uidNext: 1, uidValidity: this.epoch() }, { condition: { exists: false } });
-    } catch (e) {
-      if (!isStorageError(e, 'ConditionFailed')) throw e;
-    }
+    await putIfAbsent(this.tables, { ...mailboxKeys.meta(user), count: 0, bytes: 0, uidNext: 1, uidValidity: this.epoch() });
     return (await this.tables.get(mailboxKeys.meta(user)))!;
   }
 

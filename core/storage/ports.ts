@@ -271,3 +271,15 @@ export interface Storage {
   check(): Promise<Record<string, boolean>>;
   close(): Promise<void>;
 }
+
+/** Writes the item only when no live item has its key; true when this call wrote it. The idiom
+ * for idempotency markers and first-time initialisation. */
+export async function putIfAbsent(tables: Tables, item: Item): Promise<boolean> {
+  try {
+    await tables.put(item, { condition: { exists: false } });
+    return true;
+  } catch (e) {
+    if (isStorageError(e, 'ConditionFailed')) return false;
+    throw e;
+  }
+}
