@@ -305,6 +305,8 @@ export class CacheStore {
     for (let i = this.backlog.length - 1; i >= 0; i--) {
       if (this.backlog[i].url === url) this.backlog.splice(i, 1)[0].queued = false;
     }
+    // A write of this URL already under way would put its record back after the delete below.
+    await Promise.allSettled([...(this.persisting.get(url) ?? [])]);
     const pk = entryPk(url);
     const { items } = await this.tables.query(pk, { range: { beginsWith: 'VARY#' }, limit: 1000 });
     let inTables = 0;
@@ -385,18 +387,26 @@ export class CacheStore {
     this.memory.clear();
   }
 
+  /** Object-tier writes under way, by URL, so that purge() can wait for them. */
+  private readonly persisting = new Map<string, Set<Promise<void>>>();
+
   private pump(): void {
     while (this.active < this.concurrency && this.backlog.length > 0) {
       const obj = this.backlog.shift()!;
       obj.queued = false;
       this.active++;
-      this.persist(obj)
+      const done = this.persist(obj)
         .catch((e: unknown) => this.log.warn({ err: e, url: obj.url }, 'cache object not persisted'))
         .finally(() => {
+          this.persisting.get(obj.url)?.delete(done);
+          if (this.persisting.get(obj.url)?.size === 0) this.persisting.delete(obj.url);
           this.active--;
           this.pump();
           if (this.active === 0 && this.backlog.length === 0 && this.writers.size === 0) for (const f of this.idle.splice(0)) f();
         });
+      let set = this.persisting.get(obj.url);
+      if (!set) this.persisting.set(obj.url, (set = new Set()));
+      set.add(done);
     }
   }
 
