@@ -125,6 +125,10 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'workers.concurrency', env: 'TOMLINSON_WORKER_CONCURRENCY', kind: 'int', min: 1, max: 256, default: 8, doc: 'Jobs processed at once per queue.' },
   { path: 'workers.visibilitySeconds', env: 'TOMLINSON_WORKER_VISIBILITY', kind: 'int', min: 2, max: 43200, default: 60, doc: 'How long a job taken by a worker that died stays hidden before another takes it.' },
 
+  { path: 'mail.orphanGraceHours', env: 'TOMLINSON_ORPHAN_GRACE_HOURS', kind: 'int', min: 1, max: 24 * 3650, default: 360, doc: 'An unreferenced raw message older than this is an orphan whatever the queues hold; longer than any job lives (SQS keeps 14 days, DLQ included).' },
+  { path: 'mail.orphanSettleMinutes', env: 'TOMLINSON_ORPHAN_SETTLE_MINUTES', kind: 'int', min: 0, max: 10080, default: 15, doc: 'A blob must have been seen unreferenced this long before the sweep deletes it (covers a put whose job is still being sent); 0 only with every listener stopped.' },
+  { path: 'mail.sweepIntervalMinutes', env: 'TOMLINSON_SWEEP_INTERVAL_MINUTES', kind: 'int', min: 0, max: 10080, default: 60, doc: 'How often the in-process workers sweep orphaned message blobs (first run 5 minutes after start); 0 turns it off.' },
+
   { path: 'health.port', env: 'TOMLINSON_HEALTH_PORT', kind: 'port', default: 8025, doc: 'Health and /metrics HTTP endpoint; 0 turns it off.' },
   { path: 'health.host', env: 'TOMLINSON_HEALTH_HOST', kind: 'string', default: '127.0.0.1', doc: 'Address of the health endpoint.' },
 ];
@@ -215,6 +219,7 @@ export interface Config {
     mtaStsPort: number;
   };
   workers: { enabled: boolean; concurrency: number; visibilitySeconds: number };
+  mail: { orphanGraceHours: number; orphanSettleMinutes: number; sweepIntervalMinutes: number };
   health: { port: number; host: string };
 }
 
