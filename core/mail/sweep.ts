@@ -1,0 +1,330 @@
+/**
+ * The documented cleanup of orphaned raw messages: blobs in the mail store that no queued job,
+ * mailbox entry, hold or outbound record will ever reference, and that so nothing would ever
+ * delete. Works only through the storage ports, so it runs the same on both adapter families.
+ *
+ * ## How orphans happen
+ * The SMTP listener stores the raw message (`in/<date>/<id>.eml`) and then sends its job; a SIGKILL
+ * or an adapter failure between the two (or a 451 whose best-effort delete failed) leaves a blob
+ * that no job names. A large MX message is first spooled to `spool/<id>` and copied once; a kill
+ * between put and copy leaves the spool key. The outbound worker's DSNs (`outbound-dsn/<id>.eml`)
+ * have the same put-then-send shape, and an inbound job that gives up on its only recipient
+ * (account removed, mailbox full for too long) leaves its unheld blob behind. `import/<sha256>`
+ * blobs are held before they are written, so they only become orphans by the rare paths above.
+ *
+ * ## What counts as a reference (checked per blob, and again just before the delete)
+ * - Any item in the blob's `BLOBREF#<key>` partition: the `META` reference count or a `HOLD#...`.
+ *   MailboxStore.deliver adds to `META` in the same transaction that writes the mailbox entry, and
+ *   removal drops `META` in the same transaction that deletes the last entry naming the blob (both
+ *   in core/mailbox/store.ts; no other code writes `UID#` items), so "no `BLOBREF#` item" implies
+ *   "no mailbox entry". Holds cover the jobs that still need the blob: an inbound job with more
+ *   than one reader, an import, and the outbound worker, which holds `outbound:<id>` from before
+ *   its `OUT#<id>` record exists until the message is finished (core/mail/outbound.ts).
+ * - An active `OUT#<id>` record naming the blob (belt and braces: it implies a hold; one point read,
+ *   done only for blobs that have no `BLOBREF#` item).
+ * - A queued job. Jobs cannot be searched through the Queues port, so this is covered by time:
+ *   1. Grace: a job is sent right after its blob is stored and no queue keeps a message longer than
+ *      14 days (SQS retention, which a dead-letter queue counts from the first enqueue; retries use
+ *      the visibility timeout of the same message). A blob older than `graceSeconds` (default 15
+ *      days) can have no live job. The local queue keeps messages forever; this rule then treats a
+ *      dead-lettered job older than the grace like SQS would, as expired.
+ *   2. Quiescence (the fast path): when the inbound and outbound queues and both dead-letter
+ *      queues show nothing visible, in flight or delayed, no job exists at all, so any unreferenced
+ *      blob is an orphan — except one whose job is about to be sent. Queue stats are read before
+ *      the scan and again before every batch of deletions; once they show work, the fast path ends.
+ *
+ * ## The race with the accept path, and the settle time
+ * Between `mail.put` resolving and `queues.send` resolving, a fresh blob is unreferenced and the
+ * queues may be empty: a sweep there would delete a message that is about to get its 250. Blob
+ * age does not protect it: on S3 `LastModified` of a multipart upload is when the upload started,
+ * which for a slow 50 MB message is long before the blob appears. So a blob is only deleted once
+ * a sweep has *seen* it complete and unreferenced at least `settleSeconds` earlier: the first
+ * sighting writes a mark (`SWEEP#<key>` / `SEEN`, with the blob's LastModified so that a re-created
+ * key starts over, and a TTL), and a later sweep deletes it. A sighting happens after the put
+ * completed, and the job is sent one queue call after that (bounded by the SDK's request timeout
+ * and retries, well under the 15-minute default), so by the time the settle time has passed the
+ * job is in the queue (and the fast path is off) or done (and the blob is referenced). Blobs
+ * modified after the sweep began are never touched. With `settleSeconds: 0` (the CLI's
+ * `--settle-minutes 0`, the soak) a blob is deleted on first sight: only safe when no listener or
+ * worker is running, which the operator asserts.
+ *
+ * Spool keys are never named by a job, a record or a mailbox (the message is copied to its `in/`
+ * key and the spool key deleted in the same SMTP transaction), so only the settle time applies to
+ * them: their one reader is the transaction that wrote them, which ends minutes after the put.
+ *
+ * Idempotent (deletes are), memory-bounded (one listing page at a time), and safe to run from
+ * several places at once (the worst case is duplicated reads). The periodic in-process run never
+ * overlaps itself.
+ */
+import { Counter } from 'prom-client';
+import type { Config } from '../config.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import { mailboxKeys } from '../mailbox/store.js';
+import { isStorageError, type BlobInfo, type Item, type Key, type QueueName, type Storage } from '../storage/ports.js';
+
+/** The mail-store prefixes the sweep looks at, and how each is judged. */
+export const SWEEP_PREFIXES: readonly { prefix: string; kind: 'message' | 'spool' }[] = [
+  { prefix: 'in/', kind: 'message' },
+  { prefix: 'outbound-dsn/', kind: 'message' },
+  { prefix: 'import/', kind: 'message' },
+  { prefix: 'spool/', kind: 'spool' },
+];
+
+const QUEUES: readonly QueueName[] = ['inbound', 'outbound', 'inbound-dlq', 'outbound-dlq'];
+/** Marks outlive any sensible interval between sweeps; an expired mark only delays a deletion. */
+const MARK_TTL_SECONDS = 7 * 86400;
+/** Deleted keys kept in the report (for --dry-run and --json); the counts are always complete. */
+const MAX_LISTED_KEYS = 1000;
+
+/** Options of one sweep. */
+export interface SweepOptions {
+  /** An unreferenced blob older than this is an orphan whatever the queues hold. @default 360 hours */
+  graceSeconds?: number;
+  /** How long before a deletion a sweep must have seen the blob unreferenced. @default 900 */
+  settleSeconds?: number;
+  /** Count and list what would go, write and delete nothing. @default false */
+  dryRun?: boolean;
+  /** Listing page size (1..1000). @default 1000 */
+  pageSize?: number;
+  /** @default () => new Date() */
+  now?: () => Date;
+  log?: Logger;
+  metrics?: Metrics;
+  /** Stops the sweep between blobs; the report then has `complete: false`. */
+  signal?: AbortSignal;
+}
+
+/** What one sweep did. */
+export interface SweepReport {
+  startedAt: string;
+  dryRun: boolean;
+  /** The queues were empty when the sweep began (the fast path was on). */
+  quiescent: boolean;
+  /** Blobs listed under the swept prefixes. */
+  scanned: number;
+  /** Blobs deleted (with dryRun: that would have been deleted). */
+  deleted: number;
+  /** Kept: a `BLOBREF#` item or an active outbound record names them. */
+  keptReferenced: number;
+  /** Kept: too young for the grace rule while the queues are busy, or not yet settled. */
+  keptYoung: number;
+  /** Unreferenced blobs seen for the first time (a mark was written, or would be with dryRun). */
+  marked: number;
+  /** The keys of `deleted`, at most 1000. */
+  deletedKeys: string[];
+  /** False when stopped by the signal before the end. */
+  complete: boolean;
+  ms: number;
+}
+
+/** The sweep's metric, registered once per Metrics registry. */
+function sweepCounter(metrics: Metrics): Counter<'outcome'> {
+  const name = 'tomlinson_orphan_sweep_blobs_total';
+  const existing = metrics.registry.getSingleMetric(name);
+  if (existing) return existing as Counter<'outcome'>;
+  return new Counter({ name, help: 'Mail blobs judged by the orphan sweep, by outcome (deleted, referenced, young)', labelNames: ['outcome'], registers: [metrics.registry] });
+}
+
+const markKey = (blobKey: string): Key => ({ pk: `SWEEP#${blobKey}`, sk: 'SEEN' });
+
+/** The outbound message id a blob key belongs to, when the key has one. */
+function outboundId(key: string): string | undefined {
+  const m = /^(?:in\/\d{8}\/|outbound-dsn\/)(.+)\.eml$/.exec(key);
+  return m?.[1];
+}
+
+/** The sweep options a Config gives (the settings `mail.orphanGraceHours` and `mail.orphanSettleMinutes`). */
+export function sweepOptionsFrom(config: Config): Pick<SweepOptions, 'graceSeconds' | 'settleSeconds'> {
+  return { graceSeconds: config.mail.orphanGraceHours * 3600, settleSeconds: config.mail.orphanSettleMinutes * 60 };
+}
+
+/** Deletes orphaned message blobs; see the file comment for the rules and why they are safe. */
+export async function sweepOrphanBlobs(storage: Storage, options: SweepOptions = {}): Promise<SweepReport> {
+  const now = options.now ?? (() => new Date());
+  const graceMs = (options.graceSeconds ?? 360 * 3600) * 1000;
+  const settleMs = (options.settleSeconds ?? 900) * 1000;
+  const dryRun = options.dryRun ?? false;
+  const pageSize = options.pageSize ?? 1000;
+  const started = now();
+  const t0 = performance.now();
+  const { tables, mail } = storage;
+
+  const quiet = async (): Promise<boolean> => {
+    const stats = await Promise.all(QUEUES.map((q) => storage.queues.stats(q)));
+    return stats.every((s) => s.visible === 0 && s.inFlight === 0 && s.delayed === 0);
+  };
+  const quiescentAtStart = await quiet();
+  let fastPath = quiescentAtStart;
+
+  const report: SweepReport = {
+    startedAt: started.toISOString(),
+    dryRun,
+    quiescent: quiescentAtStart,
+    scanned: 0,
+    deleted: 0,
+    keptReferenced: 0,
+    keptYoung: 0,
+    marked: 0,
+    deletedKeys: [],
+    complete: true,
+    ms: 0,
+  };
+
+  const referenced = async (key: string): Promise<boolean> => {
+    const refs = await tables.query(mailboxKeys.blobRef(key).pk, { limit: 1 });
+    if (refs.items.length > 0) return true;
+    const id = outboundId(key);
+    if (id === undefined) return false;
+    const out = await tables.get({ pk: `OUT#${id}`, sk: 'META' });
+    if (out && out.status === 'active' && out.blobKey === key) {
+      options.log?.warn({ key, id }, 'an active outbound message has no hold on its blob; kept');
+      return true;
+    }
+    return false;
+  };
+
+  /** True when a sweep saw this very blob unreferenced at least the settle time ago; marks it otherwise. */
+  const settled = async (blob: BlobInfo): Promise<boolean> => {
+    const modified = blob.lastModified?.getTime() ?? 0;
+    const mark: Item | undefined = await tables.get(markKey(blob.key));
+    if (mark && mark.blobModified === modified && typeof mark.at === 'number') return started.getTime() - mark.at >= settleMs;
+    report.marked++;
+    if (!dryRun) {
+      await tables.put({ ...markKey(blob.key), at: started.getTime(), blobModified: modified, ttl: Math.floor(started.getTime() / 1000) + MARK_TTL_SECONDS + Math.ceil(settleMs / 1000) });
+    }
+    return settleMs === 0;
+  };
+
+  /** Candidates of one page: the key, and whether only quiescence (not the grace) allows it. */
+  type Candidate = { key: string; needsQuiet: boolean };
+  const flush = async (batch: Candidate[]): Promise<void> => {
+    if (batch.some((c) => c.needsQuiet) && fastPath && !(await quiet())) {
+      fastPath = false;
+      options.log?.info('the queues have work now; the sweep continues with the grace rule only');
+    }
+    for (const c of batch) {
+      if (c.needsQuiet && !fastPath) {
+        report.keptYoung++;
+        continue;
+      }
+      // Re-checked right before the delete: a reference written since the scan wins.
+      if (await referenced(c.key)) {
+        report.keptReferenced++;
+        continue;
+      }
+      if (!dryRun) {
+        await mail.delete(c.key);
+        await tables.delete(markKey(c.key));
+      }
+      report.deleted++;
+      if (report.deletedKeys.length < MAX_LISTED_KEYS) report.deletedKeys.push(c.key);
+    }
+  };
+
+  try {
+    outer: for (const { prefix, kind } of SWEEP_PREFIXES) {
+      let cursor: string | undefined;
+      do {
+        const page = await mail.list(prefix, { limit: pageSize, cursor });
+        cursor = page.cursor;
+        const batch: Candidate[] = [];
+        for (const blob of page.items) {
+          if (options.signal?.aborted) {
+            // The page's candidates are marked; the next sweep takes them.
+            report.complete = false;
+            break outer;
+          }
+          report.scanned++;
+          const modified = blob.lastModified?.getTime();
+          // Written (or rewritten) since the sweep began, or of unknown age: not ours to judge.
+          if (modified === undefined || modified > started.getTime()) {
+            report.keptYoung++;
+            continue;
+          }
+          if (kind === 'spool') {
+            if (await settled(blob)) batch.push({ key: blob.key, needsQuiet: false });
+            else report.keptYoung++;
+            continue;
+          }
+          const pastGrace = started.getTime() - modified >= graceMs;
+          if (!pastGrace && !fastPath) {
+            report.keptYoung++;
+            continue;
+          }
+          if (await referenced(blob.key)) {
+            report.keptReferenced++;
+            continue;
+          }
+          if (await settled(blob)) batch.push({ key: blob.key, needsQuiet: !pastGrace });
+          else report.keptYoung++;
+        }
+        await flush(batch);
+      } while (cursor);
+    }
+  } finally {
+    report.ms = Math.round(performance.now() - t0);
+    if (options.metrics) {
+      const c = sweepCounter(options.metrics);
+      c.inc({ outcome: dryRun ? 'would-delete' : 'deleted' }, report.deleted);
+      c.inc({ outcome: 'referenced' }, report.keptReferenced);
+      c.inc({ outcome: 'young' }, report.keptYoung);
+    }
+  }
+  const { deletedKeys: _keys, ...summary } = report;
+  options.log?.info(summary, dryRun ? 'orphan sweep (dry run)' : 'orphan sweep');
+  return report;
+}
+
+/** A running periodic sweep (the embedded default's workers). */
+export interface PeriodicSweep {
+  /** Stops the timer and waits for a sweep under way to end (it stops at the next blob). */
+  stop(): Promise<void>;
+}
+
+/** Options of the periodic sweep. */
+export interface PeriodicSweepOptions {
+  storage: Storage;
+  config: Config;
+  log: Logger;
+  metrics?: Metrics;
+  /** Delay of the first run. @default min(5 minutes, the interval) */
+  firstDelayMs?: number;
+}
+
+/** Runs sweepOrphanBlobs every `mail.sweepIntervalMinutes`, one run at a time; a failed run is
+ * logged and the next one comes at its time. Returns undefined when the interval is 0. */
+export function startPeriodicSweep(o: PeriodicSweepOptions): PeriodicSweep | undefined {
+  const intervalMs = o.config.mail.sweepIntervalMinutes * 60_000;
+  if (intervalMs <= 0) return undefined;
+  const abort = new AbortController();
+  let running: Promise<void> | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const schedule = (ms: number) => {
+    if (abort.signal.aborted) return;
+    timer = setTimeout(run, ms);
+    timer.unref();
+  };
+  const run = () => {
+    running = sweepOrphanBlobs(o.storage, { ...sweepOptionsFrom(o.config), log: o.log, metrics: o.metrics, signal: abort.signal })
+      .then(
+        () => undefined,
+        (e: unknown) => {
+          if (isStorageError(e)) o.log.warn({ err: (e as Error).message }, 'orphan sweep failed; next run at its time');
+          else o.log.error({ err: e }, 'orphan sweep failed; next run at its time');
+        },
+      )
+      .finally(() => {
+        running = undefined;
+        schedule(intervalMs);
+      });
+  };
+  schedule(o.firstDelayMs ?? Math.min(5 * 60_000, intervalMs));
+  return {
+    async stop() {
+      abort.abort();
+      if (timer) clearTimeout(timer);
+      await running;
+    },
+  };
+}

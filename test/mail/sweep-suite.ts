@@ -1,0 +1,272 @@
+/**
+ * The orphaned-blob sweep (core/mail/sweep.ts) through the storage ports of one adapter family:
+ * orphans go; blobs named by a mailbox entry, a hold or an active outbound record stay; young blobs
+ * stay while the queues have work; a blob between its put and its job's send survives the sweep;
+ * a dry run changes nothing. The inbound worker itself makes the references where it matters.
+ */
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { Accounts } from '../../core/accounts/accounts.js';
+import { loadConfig } from '../../core/config.js';
+import { silentLogger } from '../../core/log.js';
+import { inboundJob } from '../../core/mail/inbound.js';
+import type { InboundJob } from '../../core/mail/jobs.js';
+import { startPeriodicSweep, sweepOrphanBlobs, type SweepOptions } from '../../core/mail/sweep.js';
+import { MailboxStore } from '../../core/mailbox/store.js';
+import { Metrics } from '../../core/metrics.js';
+import { isStorageError, type QueueName, type Storage } from '../../core/storage/ports.js';
+import type { JobContext } from '../../core/workers/job.js';
+import { runOne } from '../../core/workers/runner.js';
+import { FAMILIES, type FamilyTarget } from '../accounts/families.js';
+
+const HOUR = 3600_000;
+const DAY = 24 * HOUR;
+const RAW = 'From: <a@remote.example>\r\nTo: <bob@example.com>\r\nSubject: sweep test\r\nMessage-ID: <sweep@remote.example>\r\n\r\nbody\r\n';
+const QUEUES: QueueName[] = ['inbound', 'outbound', 'inbound-dlq', 'outbound-dlq'];
+
+/** Runs the sweep suite on one family (one test file per family, so they run in parallel). */
+export function describeSweep(family: 'local' | 'aws'): void {
+  const { name, open } = FAMILIES.find((f) => f.name === family)!;
+  describe(`orphan sweep on the ${name} family`, () => {
+    let target: FamilyTarget;
+    let storage: Storage;
+    let n = 0;
+    /** A fresh key under the inbound prefix, as the SMTP listener names them. */
+    const inKey = () => `in/20260101/${name}-${++n}-${Date.now().toString(36)}.eml`;
+
+    const exists = async (key: string): Promise<boolean> => {
+      try {
+        await storage.mail.head(key);
+        return true;
+      } catch (e) {
+        if (isStorageError(e, 'NotFound')) return false;
+        throw e;
+      }
+    };
+    /** Empties every queue (messages of earlier tests must not turn the fast path off). */
+    const drain = async () => {
+      for (const q of QUEUES) {
+        for (;;) {
+          const got = await storage.queues.receive(q, { max: 10, waitSeconds: 0, visibilitySeconds: 30 });
+          if (!got.length) break;
+          for (const m of got) await storage.queues.delete(q, m.receipt);
+        }
+      }
+    };
+    const sweep = (o: SweepOptions = {}) => sweepOrphanBlobs(storage, { log: silentLogger, ...o });
+    const later = (ms: number) => () => new Date(Date.now() + ms);
+    const job = (id: string, blobKey: string, rcpt = 'bob@example.com'): InboundJob => ({
+      v: 1,
+      id,
+      blobKey,
+      size: RAW.length,
+      from: 'a@remote.example',
+      rcpts: [{ address: rcpt }],
+      receivedAt: new Date().toISOString(),
+      client: { address: '127.0.0.1', helo: 'remote.example' },
+      listener: 'mx',
+    });
+    /** Works every inbound job now queued with the real inbound worker. */
+    const work = async () => {
+      const ctx: JobContext = { config: loadConfig({ TOMLINSON_DATA_DIR: '/nonexistent' }), storage, log: silentLogger, now: () => new Date() };
+      for (;;) {
+        const got = await storage.queues.receive('inbound', { max: 10, waitSeconds: 0, visibilitySeconds: 30 });
+        if (!got.length) break;
+        for (const m of got) {
+          const r = await runOne('inbound', m, inboundJob, ctx);
+          if (r instanceof Error) throw r;
+        }
+      }
+    };
+
+    beforeAll(async () => {
+      target = await open();
+      storage = target.storage;
+      const accounts = new Accounts(storage.tables, { scrypt: { ln: 4, r: 8, p: 1 } });
+      await accounts.addDomain('example.com');
+      await accounts.addUser('bob@example.com', 'password-123');
+    });
+    afterAll(async () => target?.cleanup());
+    beforeEach(async () => {
+      await drain();
+      // Start each test from a clean store: whatever earlier tests left unreferenced goes now.
+      await sweep({ settleSeconds: 0 });
+    });
+
+    it('deletes unreferenced blobs when the queues are empty, and keeps delivered, held and outbound-named ones', async () => {
+      const orphan = inKey();
+      const spool = `spool/${name}-${++n}`;
+      const delivered = inKey();
+      const held = inKey();
+      const outbound = inKey();
+      for (const k of [orphan, spool, delivered, held, outbound]) await storage.mail.put(k, RAW);
+      // A delivered message: the real worker writes the mailbox entry and its BLOBREF in one go.
+      await storage.queues.send('inbound', JSON.stringify(job(`j-${n}`, delivered)));
+      await work();
+      const store = new MailboxStore(storage.tables, storage.mail);
+      expect((await store.list('bob@example.com')).some((e) => e.blobKey === delivered)).toBe(true);
+      await store.holdBlob(held, 'inbound:some-job');
+      // An active outbound record with no hold (which the code never makes) still protects its blob.
+      const id = /\/([^/]+)\.eml$/.exec(outbound)![1];
+      await storage.tables.put({ pk: `OUT#${id}`, sk: 'META', id, blobKey: outbound, status: 'active' });
+
+      const r = await sweep({ settleSeconds: 0 });
+      expect(r.quiescent).toBe(true);
+      expect(r.deletedKeys.sort()).toEqual([orphan, spool].sort());
+      expect(r.deleted).toBe(2);
+      expect(r.keptReferenced).toBe(3);
+      expect(await exists(orphan)).toBe(false);
+      expect(await exists(spool)).toBe(false);
+      for (const k of [delivered, held, outbound]) expect(await exists(k)).toBe(true);
+
+      // Idempotent: a second run finds nothing more to do.
+      const again = await sweep({ settleSeconds: 0 });
+      expect(again.deleted).toBe(0);
+      expect(again.keptReferenced).toBe(3);
+
+      await store.releaseBlob(held, 'inbound:some-job'); // its last reference: the store deletes it
+      expect(await exists(held)).toBe(false);
+      await storage.tables.delete({ pk: `OUT#${id}`, sk: 'META' });
+      const last = await sweep({ settleSeconds: 0 });
+      expect(last.deletedKeys).toEqual([outbound]);
+    });
+
+    it('keeps young unreferenced blobs while any queue (a dead-letter queue too) has work, and deletes them past the grace', async () => {
+      const orphan = inKey();
+      const spool = `spool/${name}-${++n}`;
+      await storage.mail.put(orphan, RAW);
+      await storage.mail.put(spool, RAW);
+      await storage.queues.send('outbound-dlq', '{"some":"dead job"}');
+
+      const busy = await sweep({ settleSeconds: 0 });
+      expect(busy.quiescent).toBe(false);
+      expect(await exists(orphan)).toBe(true);
+      expect(busy.keptYoung).toBeGreaterThanOrEqual(1);
+      // A spool key is never named by a job: only the settle time applies to it.
+      expect(busy.deletedKeys).toEqual([spool]);
+
+      // Sixteen days on: past the 15-day grace, the queues no longer matter.
+      const old = await sweep({ settleSeconds: 0, now: later(16 * DAY) });
+      expect(old.quiescent).toBe(false);
+      expect(old.deletedKeys).toEqual([orphan]);
+      expect(await exists(orphan)).toBe(false);
+
+      // A configured grace of one hour, two hours on.
+      const short = inKey();
+      await storage.mail.put(short, RAW);
+      expect((await sweep({ settleSeconds: 0, graceSeconds: 3600, now: later(30 * 60_000) })).deleted).toBe(0);
+      expect((await sweep({ settleSeconds: 0, graceSeconds: 3600, now: later(2 * HOUR) })).deletedKeys).toEqual([short]);
+    });
+
+    it('only deletes a blob a sweep saw unreferenced at least the settle time earlier (the accept race)', async () => {
+      // The accept path: the blob is durable, its job not sent yet, the queues empty.
+      const accepting = inKey();
+      await storage.mail.put(accepting, RAW);
+      const first = await sweep();
+      expect(first.quiescent).toBe(true);
+      expect(first.marked).toBe(1);
+      expect(first.deleted).toBe(0);
+      expect(await exists(accepting)).toBe(true);
+      // The job is sent (the 250 follows). Sixteen minutes later the queue has work: kept.
+      await storage.queues.send('inbound', JSON.stringify(job(`race-${n}`, accepting)));
+      const second = await sweep({ now: later(16 * 60_000) });
+      expect(second.quiescent).toBe(false);
+      expect(second.deleted).toBe(0);
+      expect(await exists(accepting)).toBe(true);
+      // The worker delivers it: referenced from now on, whatever the clock says.
+      await work();
+      const third = await sweep({ now: later(17 * DAY) });
+      expect(third.quiescent).toBe(true);
+      expect(third.deleted).toBe(0);
+      expect(third.keptReferenced).toBeGreaterThanOrEqual(1);
+      expect(await exists(accepting)).toBe(true);
+      const entries = await new MailboxStore(storage.tables, storage.mail).list('bob@example.com');
+      expect(entries.some((e) => e.blobKey === accepting)).toBe(true);
+
+      // A real orphan is marked by one sweep and deleted by the next once settled.
+      const orphan = inKey();
+      await storage.mail.put(orphan, RAW);
+      expect((await sweep()).deleted).toBe(0);
+      expect((await sweep({ now: later(5 * 60_000) })).deleted).toBe(0);
+      expect((await sweep({ now: later(16 * 60_000) })).deletedKeys).toEqual([orphan]);
+    });
+
+    it('a key written again after its mark starts over, and blobs written after the sweep began are not judged', async () => {
+      const key = inKey();
+      await storage.mail.put(key, RAW);
+      expect((await sweep()).marked).toBe(1);
+      await storage.mail.delete(key);
+      // S3 and the file store keep whole seconds or finer; a later second is a different write.
+      await new Promise((r) => setTimeout(r, 1100));
+      await storage.mail.put(key, RAW);
+      const r = await sweep({ now: later(16 * 60_000) });
+      expect(r.deleted).toBe(0);
+      expect(r.marked).toBe(1);
+      // The sweep's own clock an hour behind: every blob looks newer than the sweep.
+      const past = await sweep({ settleSeconds: 0, now: later(-HOUR) });
+      expect(past.deleted).toBe(0);
+      expect(past.keptYoung).toBe(past.scanned);
+    });
+
+    it('stops the fast path when a job appears during the sweep (stats re-read before each batch of deletes)', async () => {
+      const keys = [inKey(), inKey(), inKey(), inKey()].sort();
+      for (const k of keys) await storage.mail.put(k, RAW);
+      const racing: Storage = {
+        ...storage,
+        mail: {
+          ...storage.mail,
+          put: storage.mail.put.bind(storage.mail),
+          get: storage.mail.get.bind(storage.mail),
+          head: storage.mail.head.bind(storage.mail),
+          delete: storage.mail.delete.bind(storage.mail),
+          list: async (prefix, o) => {
+            const page = await storage.mail.list(prefix, o);
+            // A listener accepts a message after the first of these blobs was judged.
+            if (page.items.some((b) => b.key === keys[1])) await storage.queues.send('inbound', JSON.stringify(job(`mid-${n}`, inKey())));
+            return page;
+          },
+        },
+      };
+      const r = await sweepOrphanBlobs(racing, { settleSeconds: 0, pageSize: 1, log: silentLogger });
+      expect(r.quiescent).toBe(true);
+      expect(r.deletedKeys).toEqual([keys[0]]);
+      for (const k of keys.slice(1)) expect(await exists(k)).toBe(true);
+    });
+
+    it('a dry run reports what would go and changes nothing; a real run pages through, counts a metric', async () => {
+      const keys = [inKey(), inKey(), inKey(), inKey(), inKey()];
+      for (const k of keys) await storage.mail.put(k, RAW);
+      const dry = await sweep({ dryRun: true, settleSeconds: 0 });
+      expect(dry.dryRun).toBe(true);
+      expect(dry.deletedKeys.sort()).toEqual([...keys].sort());
+      for (const k of keys) expect(await exists(k)).toBe(true);
+      // No mark was written either: a real run with a settle time still starts by marking.
+      const dryMarked = await sweep({ dryRun: true });
+      expect(dryMarked.deleted).toBe(0);
+      expect(dryMarked.marked).toBe(5);
+      expect((await sweep()).marked).toBe(5);
+
+      const metrics = new Metrics({ defaults: false });
+      const r = await sweep({ settleSeconds: 0, pageSize: 2, metrics });
+      expect(r.deletedKeys.sort()).toEqual([...keys].sort());
+      for (const k of keys) expect(await exists(k)).toBe(false);
+      expect(await metrics.text()).toMatch(/tomlinson_orphan_sweep_blobs_total\{outcome="deleted"\} 5/);
+    });
+
+    it('runs periodically in-process and stops cleanly', async () => {
+      const orphan = inKey();
+      await storage.mail.put(orphan, RAW);
+      const config = loadConfig({ TOMLINSON_DATA_DIR: '/nonexistent', TOMLINSON_ORPHAN_SETTLE_MINUTES: '0', TOMLINSON_SWEEP_INTERVAL_MINUTES: '1' });
+      const periodic = startPeriodicSweep({ storage, config, log: silentLogger, firstDelayMs: 10 })!;
+      try {
+        const until = Date.now() + 20_000;
+        while (await exists(orphan)) {
+          if (Date.now() > until) throw new Error('the periodic sweep did not run');
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      } finally {
+        await periodic.stop();
+      }
+      expect(startPeriodicSweep({ storage, config: { ...config, mail: { ...config.mail, sweepIntervalMinutes: 0 } }, log: silentLogger })).toBeUndefined();
+    });
+  });
+}

@@ -1,0 +1,3 @@
+import { describeSweep } from './sweep-suite.js';
+
+describeSweep('local');
