@@ -18,26 +18,10 @@ import { Metrics } from '../core/metrics.js';
 import { openLocalStorage } from '../core/storage/local/index.js';
 import { startProxy } from '../containers/proxy/server.js';
 import { tempDir } from '../test/support/tmp.js';
+import { ORIGIN_SCRIPT } from './peers/origin.js';
 
 const run = promisify(execFile);
 
-const ORIGIN = `
-const http = require('node:http');
-const b1 = Buffer.alloc(1024, 'a'), b100 = Buffer.alloc(100 * 1024, 'b');
-const s = http.createServer((req, res) => {
-  const u = req.url;
-  if (u.startsWith('/hit1k')) return res.writeHead(200, { 'cache-control': 'max-age=3600', 'content-type': 'text/plain', 'content-length': 1024 }).end(b1);
-  if (u.startsWith('/hit100k')) return res.writeHead(200, { 'cache-control': 'max-age=3600', 'content-type': 'application/octet-stream', 'content-length': b100.length }).end(b100);
-  if (u.startsWith('/miss')) return res.writeHead(200, { 'cache-control': 'max-age=3600', 'content-type': 'text/plain', 'content-length': 1024 }).end(b1);
-  if (u.startsWith('/reval')) {
-    if (req.headers['if-none-match'] === '"r1"') return res.writeHead(304, { etag: '"r1"', 'cache-control': 'max-age=0' }).end();
-    return res.writeHead(200, { etag: '"r1"', 'cache-control': 'max-age=0', 'content-type': 'text/plain', 'content-length': 1024 }).end(b1);
-  }
-  res.writeHead(404).end();
-});
-s.keepAliveTimeout = 60000;
-s.listen(0, '127.0.0.1', () => process.stdout.write(String(s.address().port) + '\\n'));
-`;
 
 interface Result {
   scenario: string;
@@ -62,7 +46,7 @@ async function main(): Promise<void> {
   const connections = Number(arg('connections', '50'));
   const only = arg('only', 'origin,origin100k,hit1k,hit100k,miss,reval').split(',');
   const dir = await tempDir('tomlinson-bench-');
-  const origin = spawn(process.execPath, ['-e', ORIGIN], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const origin = spawn(process.execPath, ['-e', ORIGIN_SCRIPT], { stdio: ['ignore', 'pipe', 'inherit'] });
   const originPort = await new Promise<number>((resolve) => origin.stdout.once('data', (d) => resolve(Number(String(d).trim()))));
   const config = loadConfig({ TOMLINSON_DATA_DIR: dir.path, TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'true', TOMLINSON_LOG_LEVEL: 'silent' });
   const storage = await openLocalStorage(config, silentLogger, { purgeIntervalMs: 0 });

@@ -1,0 +1,170 @@
+/**
+ * Proxy side by side (issue 6, "Speed"; issue 9): our proxy (`containers/main.ts serve proxy` on
+ * local storage, in a process of its own), Squid and nginx proxy_cache, each started cold on a
+ * high port of 127.0.0.1 with its config from bench/peers/, in turn and alternating (ours, Squid,
+ * nginx, ours, ...). wrk with 50 keep-alive connections sends absolute-form requests (Lua scripts
+ * from `wrkLua`): 1 KB and 100 KB memory hits, 1 KB misses (unique URLs) and 1 KB revalidations
+ * (origin answers 304). The origin alone is measured too, as this machine's yardstick.
+ */
+import { spawn } from 'node:child_process';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startOrigin } from './origin.js';
+import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
+import { fillTemplate, freePort, onCleanup, parseWrk, run, stopChild, waitPort, watchPeakMemory, wrkLua, type ProxyScenario } from './util.js';
+
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+const ROOT = join(HERE, '..', '..');
+
+/** Options of the proxy comparison. */
+export interface ProxyPeersOptions {
+  /** Runs of every scenario on every server. @default 3 */
+  runs?: number;
+  /** Seconds of each measured wrk run. @default 10 */
+  duration?: number;
+  /** Seconds of the unmeasured wrk run before each measured one (fills the cache, warms the JIT). @default 2 */
+  warmup?: number;
+  /** wrk connections. @default 50 */
+  connections?: number;
+  /** Scenarios to run. @default ['hit1k', 'hit100k', 'miss', 'reval'] */
+  scenarios?: ProxyScenario[];
+  /** Servers to run. @default ['tomlinson', 'squid', 'nginx'] */
+  servers?: string[];
+  /** Progress lines. */
+  say?: (s: string) => void;
+}
+
+interface Server {
+  pid: () => number | undefined;
+  port: number;
+  stop: () => Promise<void>;
+}
+
+async function startOurs(dir: string): Promise<Server> {
+  const port = await freePort();
+  const env = {
+    ...process.env,
+    UV_THREADPOOL_SIZE: '16', // as `npm start` sets it
+    TOMLINSON_DATA_DIR: dir,
+    TOMLINSON_PROXY_PORT: String(port),
+    TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'true',
+    TOMLINSON_HEALTH_PORT: '0',
+    TOMLINSON_LOG_LEVEL: 'warn',
+    TOMLINSON_LOG_PRETTY: 'false',
+  };
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'containers', 'main.ts'), 'serve', 'proxy'], { env, cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+  const stop = onCleanup(() => stopChild(child));
+  await waitPort(port, 60_000, 'tomlinson proxy');
+  return { pid: () => child.pid, port, stop };
+}
+
+async function startSquid(dir: string): Promise<Server> {
+  const port = await freePort();
+  await chmod(dir, 0o777); // Squid drops to the proxy user and writes its log here.
+  await writeFile(join(dir, 'squid.conf'), fillTemplate(await readFile(join(HERE, 'squid.conf'), 'utf8'), { DIR: dir, PORT: port }));
+  // -N: no daemon, one process we can watch and stop; -d1: startup errors to stderr.
+  const child = spawn('squid', ['-N', '-f', join(dir, 'squid.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)));
+  const stop = onCleanup(() => stopChild(child, 3000));
+  await waitPort(port, 60_000, 'squid').catch(async (e: Error) => {
+    await stop();
+    throw new Error(`${e.message}: ${err}${await readFile(join(dir, 'cache.log'), 'utf8').catch(() => '')}`);
+  });
+  return { pid: () => child.pid, port, stop };
+}
+
+async function startNginx(dir: string, originPort: number): Promise<Server> {
+  const port = await freePort();
+  await chmod(dir, 0o755);
+  await mkdir(join(dir, 'cache'), { recursive: true });
+  const conf = join(dir, 'nginx.conf');
+  await writeFile(conf, fillTemplate(await readFile(join(HERE, 'nginx.conf'), 'utf8'), { DIR: dir, PORT: port, ORIGIN: `127.0.0.1:${originPort}`, USER: process.getuid?.() === 0 ? 'www-data' : 'nobody' }));
+  const child = spawn('nginx', ['-c', conf, '-p', dir, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)));
+  // nginx's master stops its workers on SIGQUIT/SIGTERM.
+  const stop = onCleanup(() => stopChild(child, 3000));
+  await waitPort(port, 30_000, 'nginx').catch(async (e: Error) => {
+    await stop();
+    throw new Error(`${e.message}: ${err}`);
+  });
+  return { pid: () => child.pid, port, stop };
+}
+
+async function wrk(target: string, connections: number, seconds: number, script?: string) {
+  const args = ['-t2', `-c${connections}`, `-d${seconds}s`, '--latency', ...(script ? ['-s', script] : []), target];
+  return parseWrk(await run('wrk', args, { timeoutMs: (seconds + 30) * 1000 }));
+}
+
+/** Runs the comparison and returns its report. */
+export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<ProtocolReport> {
+  const runs = options.runs ?? 3;
+  const duration = options.duration ?? 10;
+  const warmup = options.warmup ?? 2;
+  const connections = options.connections ?? 50;
+  const scenarios = options.scenarios ?? ['hit1k', 'hit100k', 'miss', 'reval'];
+  const servers = options.servers ?? [OURS, 'squid', 'nginx'];
+  const say = options.say ?? (() => undefined);
+  const samples: Sample[] = [];
+  const base = await mkdtemp(join(tmpdir(), 'tomlinson-peers-proxy-'));
+  await chmod(base, 0o755); // nginx's workers and Squid run as other users and must enter it.
+  const origin = await startOrigin();
+  const originBase = `http://127.0.0.1:${origin.port}`;
+  try {
+    const scripts: Record<string, string> = {};
+    for (const s of scenarios) {
+      scripts[s] = join(base, `${s}.lua`);
+      await writeFile(scripts[s], wrkLua(s, originBase));
+    }
+    for (let r = 1; r <= runs; r++) {
+      // The origin alone, wrk straight at it: how fast this machine serves these bodies right now.
+      for (const [name, path] of [
+        ['hit1k', '/hit1k'],
+        ['hit100k', '/hit100k'],
+      ] as const) {
+        if (!scenarios.includes(name)) continue;
+        await wrk(`${originBase}${path}`, connections, warmup);
+        const w = await wrk(`${originBase}${path}`, connections, duration);
+        samples.push({ scenario: name, server: 'origin alone', run: r, value: w.requestsPerSecond, p50Ms: w.p50Ms, p99Ms: w.p99Ms, note: w.errors ? `${w.errors} errors` : undefined });
+      }
+      for (const name of servers) {
+        const dir = join(base, `${name}-${r}`);
+        await mkdir(dir, { recursive: true });
+        const server = name === OURS ? await startOurs(dir) : name === 'squid' ? await startSquid(dir) : await startNginx(dir, origin.port);
+        const mem = watchPeakMemory(server.pid);
+        try {
+          const at = `http://127.0.0.1:${server.port}/`;
+          for (const s of scenarios) {
+            await wrk(at, connections, warmup, scripts[s]);
+            const w = await wrk(at, connections, duration, scripts[s]);
+            say(`proxy run ${r} ${name} ${s}: ${Math.round(w.requestsPerSecond)} req/s, p99 ${w.p99Ms} ms${w.errors ? `, ${w.errors} errors` : ''}`);
+            samples.push({ scenario: s, server: name, run: r, value: w.requestsPerSecond, p50Ms: w.p50Ms, p99Ms: w.p99Ms, note: w.errors ? `${w.errors} errors in run ${r}` : undefined });
+          }
+        } finally {
+          const peak = await mem.stop();
+          await server.stop();
+          for (const s of samples) if (s.server === name && s.run === r) s.peakMiB = peak;
+        }
+        await rm(dir, { recursive: true, force: true });
+      }
+    }
+  } finally {
+    await origin.stop();
+    await rm(base, { recursive: true, force: true });
+  }
+  // The origin's rows go last in each scenario: it is a yardstick, not a peer.
+  const rep = summarize('Proxy', 'req/s', samples, [
+    `wrk -t2 -c${connections}, ${duration} s per run after ${warmup} s of warm-up, absolute-form GETs with the origin in Host; each server started cold for each run, runs alternating between servers.`,
+    'Squid: memory cache only (256 MB cache_mem, no cache_dir, as Debian ships it), 1 worker. nginx: proxy_cache on files (page cache), worker_processes auto, keep-alive upstream, proxy_cache_revalidate on. Ours: memory tier 256 MB over the blob tier on disk, one process.',
+    'Peak MiB: the largest sum of VmHWM over the server\'s processes during the run (nginx: master + workers).',
+    '"origin alone" is wrk straight at the origin: the yardstick for this machine, not a peer.',
+  ]);
+  const order = (server: string) => (server === 'origin alone' ? 1 : 0);
+  const scenarioIndex = (s: string) => scenarios.indexOf(s as ProxyScenario);
+  rep.rows.sort((a, b) => scenarioIndex(a.scenario) - scenarioIndex(b.scenario) || order(a.server) - order(b.server));
+  for (const row of rep.rows) if (row.server === 'origin alone') row.oursOverPeer = undefined;
+  return rep;
+}

@@ -1,0 +1,359 @@
+/**
+ * Shared pieces of `npm run bench -- --peers`: statistics and tables (pure), config templating,
+ * wrk Lua scripts, and the process side (free ports, memory of a process tree, Debian packages,
+ * and a cleanup registry that stops every process the bench started, also on Ctrl-C).
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { access, readFile, readdir } from 'node:fs/promises';
+import net from 'node:net';
+import { cpus, totalmem } from 'node:os';
+import { promisify } from 'node:util';
+
+const exec = promisify(execFile);
+
+// ---------------------------------------------------------------------------------------------
+// Pure helpers (unit-tested in test/bench/util.test.ts)
+
+/** The median of the numbers (mean of the middle two for an even count); NaN when empty. */
+export function median(xs: readonly number[]): number {
+  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return NaN;
+  const m = v.length >> 1;
+  return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
+}
+
+/** The p-quantile (0..1) of the numbers by the nearest-rank method; NaN when empty. */
+export function quantile(xs: readonly number[], p: number): number {
+  const v = [...xs].sort((a, b) => a - b);
+  if (v.length === 0) return NaN;
+  const rank = Math.max(1, Math.ceil(p * v.length));
+  return v[Math.min(v.length, rank) - 1]!;
+}
+
+/** ours / peer, rounded to two decimals; undefined when either side is missing or the peer is 0. */
+export function ratio(ours: number | undefined, peer: number | undefined): number | undefined {
+  if (ours === undefined || peer === undefined || !Number.isFinite(ours) || !Number.isFinite(peer) || peer === 0) return undefined;
+  return Math.round((ours / peer) * 100) / 100;
+}
+
+/** A number for a table: thousands grouped for big values, one decimal for small ones, '–' for none. */
+export function fmt(x: number | undefined, decimals?: number): string {
+  if (x === undefined || !Number.isFinite(x)) return '–';
+  const d = decimals ?? (Math.abs(x) >= 100 ? 0 : Math.abs(x) >= 10 ? 1 : 2);
+  return x.toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d });
+}
+
+/** A GitHub-flavoured Markdown table; cells are escaped for '|'. */
+export function markdownTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const esc = (c: string) => c.replace(/\|/g, '\\|');
+  const line = (r: readonly string[]) => `| ${r.map(esc).join(' | ')} |`;
+  return [line(header), `|${header.map(() => '---').join('|')}|`, ...rows.map(line)].join('\n') + '\n';
+}
+
+/** A plain-text table with columns padded to their widest cell (first column left, others right). */
+export function textTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const all = [header, ...rows];
+  const widths = header.map((_, i) => Math.max(...all.map((r) => (r[i] ?? '').length)));
+  return all.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+/**
+ * Replaces every `{{NAME}}` in a config template by its value; throws when the template names a
+ * value that was not given, so a typo cannot start a peer with a literal `{{...}}` in its config.
+ */
+export function fillTemplate(template: string, values: Readonly<Record<string, string | number>>): string {
+  return template.replace(/\{\{([A-Z0-9_]+)\}\}/g, (_, name: string) => {
+    const v = values[name];
+    if (v === undefined) throw new Error(`config template names {{${name}}}, which was not given`);
+    return String(v);
+  });
+}
+
+/** The proxy scenarios: what a wrk request asks for. */
+export type ProxyScenario = 'hit1k' | 'hit100k' | 'miss' | 'reval';
+
+/**
+ * The wrk Lua script of a proxy scenario: absolute-form requests for the origin `originBase`
+ * (`http://127.0.0.1:PORT`), with the Host header naming the origin as RFC 9112 section 3.2
+ * requires ("a client MUST send a Host header field ... identical to the authority component"),
+ * since wrk would otherwise name the proxy. Misses get a URL never asked before: a per-thread
+ * random prefix, the start time and a counter.
+ */
+export function wrkLua(scenario: ProxyScenario, originBase: string): string {
+  const host = originBase.replace(/^https?:\/\//, '');
+  if (!/^[\w.:[\]-]+$/.test(host)) throw new Error(`origin ${originBase} is not a host:port`);
+  const head = `local headers = { ["Host"] = "${host}" }\n`;
+  if (scenario === 'miss') {
+    return (
+      head +
+      `local n = 0\nlocal prefix = ""\n` +
+      `setup = function(thread) thread:set("id", tostring(math.random(1, 1e9))) end\n` +
+      `init = function() prefix = "${originBase}/miss/" .. id .. "-" .. tostring(os.time()) .. "-" end\n` +
+      `request = function()\n  n = n + 1\n  return wrk.format("GET", prefix .. n, headers)\nend\n`
+    );
+  }
+  return head + `local req = wrk.format("GET", "${originBase}/${scenario}", headers)\nrequest = function()\n  return req\nend\n`;
+}
+
+/** wrk's latency figure ("812.00us", "1.23ms", "2.01s", "1.5m") in milliseconds. */
+export function wrkTimeMs(s: string): number {
+  const m = /^([\d.]+)(us|ms|s|m)$/.exec(s.trim());
+  if (!m) return NaN;
+  const v = Number(m[1]);
+  return m[2] === 'us' ? v / 1000 : m[2] === 'ms' ? v : m[2] === 's' ? v * 1000 : v * 60_000;
+}
+
+/** What one wrk run reported. */
+export interface WrkResult {
+  requestsPerSecond: number;
+  requests: number;
+  p50Ms: number;
+  p99Ms: number;
+  /** Non-2xx/3xx responses plus socket errors (connect, read, write, timeout). */
+  errors: number;
+}
+
+/** Parses the output of `wrk --latency`. */
+export function parseWrk(stdout: string): WrkResult {
+  const num = (re: RegExp) => Number(re.exec(stdout)?.[1] ?? NaN);
+  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(stdout);
+  const socketErrors = sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0;
+  return {
+    requestsPerSecond: num(/Requests\/sec:\s+([\d.]+)/),
+    requests: num(/(\d+) requests in/),
+    p50Ms: wrkTimeMs(/\s50%\s+(\S+)/.exec(stdout)?.[1] ?? ''),
+    p99Ms: wrkTimeMs(/\s99%\s+(\S+)/.exec(stdout)?.[1] ?? ''),
+    errors: (Number(/Non-2xx or 3xx responses: (\d+)/.exec(stdout)?.[1] ?? 0) || 0) + socketErrors,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+const cleanups = new Map<number, () => Promise<void> | void>();
+let nextCleanup = 0;
+let handlersInstalled = false;
+
+/**
+ * Registers something to stop (a process, a peer instance) and returns a function that runs it
+ * once and unregisters it. Everything still registered runs on SIGINT, SIGTERM or `runCleanups`.
+ */
+export function onCleanup(fn: () => Promise<void> | void): () => Promise<void> {
+  const id = nextCleanup++;
+  cleanups.set(id, fn);
+  if (!handlersInstalled) {
+    handlersInstalled = true;
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+      process.once(sig, () => {
+        process.stderr.write(`\nbench: ${sig}, stopping everything it started\n`);
+        void runCleanups().finally(() => process.exit(130));
+      });
+    }
+  }
+  return async () => {
+    const f = cleanups.get(id);
+    if (!f) return;
+    cleanups.delete(id);
+    await f();
+  };
+}
+
+/** Runs every registered cleanup (newest first), each at most once, errors reported not thrown. */
+export async function runCleanups(): Promise<void> {
+  for (const id of [...cleanups.keys()].reverse()) {
+    const f = cleanups.get(id);
+    cleanups.delete(id);
+    try {
+      await f?.();
+    } catch (e) {
+      process.stderr.write(`bench: cleanup failed: ${(e as Error).message}\n`);
+    }
+  }
+}
+
+/** Stops a child: SIGTERM, then SIGKILL after `graceMs`. @default graceMs 5000 */
+export async function stopChild(child: ChildProcess, graceMs = 5000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(t);
+}
+
+/** Spawns a long-lived process and registers its stop; `stop()` stops and unregisters it. */
+export function spawnTracked(cmd: string, args: string[], options: Parameters<typeof spawn>[2] = {}): { child: ChildProcess; stop: () => Promise<void> } {
+  const child = spawn(cmd, args, options);
+  child.on('error', () => undefined);
+  const stop = onCleanup(() => stopChild(child));
+  return { child, stop };
+}
+
+/** A TCP port free on 127.0.0.1 right now. */
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  s.listen(0, '127.0.0.1');
+  await new Promise((r) => s.once('listening', r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** Waits until 127.0.0.1:port accepts connections; throws after `timeoutMs`. @default timeoutMs 30000 */
+export async function waitPort(port: number, timeoutMs = 30_000, what = `port ${port}`): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect({ host: '127.0.0.1', port }, () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > end) throw new Error(`${what} did not open within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** The process and its descendants (from /proc ppid links). */
+export async function processTree(root: number): Promise<number[]> {
+  const parent = new Map<number, number>();
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const stat = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '');
+    const after = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (after.length > 2) parent.set(Number(name), Number(after[1]));
+  }
+  const out = [root];
+  for (let i = 0; i < out.length; i++) for (const [pid, ppid] of parent) if (ppid === out[i]) out.push(pid);
+  return out.filter((p) => p === root || parent.has(p));
+}
+
+/** A /proc/PID/status memory field (VmRSS, VmHWM) in MiB; 0 when the process is gone. */
+export async function memMiB(pid: number, field: 'VmRSS' | 'VmHWM'): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(status);
+  return m ? Number(m[1]) / 1024 : 0;
+}
+
+/** CPU seconds (user + system) of a process so far, from /proc/PID/stat fields 14 and 15 (proc(5)). */
+export async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+/**
+ * Watches the peak resident memory of a server: every `everyMs` it sums VmHWM (each process's
+ * own peak) over the tree under `rootPid`, so processes a peer forks and reaps (Postfix's smtpd,
+ * nginx's workers) count while they live. `stop()` returns the largest sum seen, in MiB.
+ * @default everyMs 200
+ */
+export function watchPeakMemory(rootPid: () => number | undefined, everyMs = 200): { stop: () => Promise<number> } {
+  let peak = 0;
+  let busy: Promise<void> = Promise.resolve();
+  const sample = async () => {
+    const root = rootPid();
+    if (!root) return;
+    let sum = 0;
+    for (const p of await processTree(root)) sum += await memMiB(p, 'VmHWM');
+    peak = Math.max(peak, sum);
+  };
+  const t = setInterval(() => {
+    busy = busy.then(sample);
+  }, everyMs);
+  busy = busy.then(sample);
+  return {
+    stop: async () => {
+      clearInterval(t);
+      await busy;
+      await sample();
+      return Math.round(peak * 10) / 10;
+    },
+  };
+}
+
+/** Runs a command; resolves with its stdout, rejects with stderr in the message. */
+export async function run(cmd: string, args: string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+  try {
+    const { stdout } = await exec(cmd, args, { timeout: options.timeoutMs ?? 120_000, env: options.env ?? process.env, maxBuffer: 16 * 2 ** 20 });
+    return stdout;
+  } catch (e) {
+    const err = e as Error & { stderr?: string; stdout?: string };
+    throw new Error(`${cmd} ${args.join(' ')} failed: ${(err.stderr || err.stdout || err.message).trim().slice(0, 800)}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Debian packages and the machine
+
+/** The binaries `--peers` runs and the Debian package each comes from. */
+export const PEER_BINARIES: readonly { binary: string; pkg: string }[] = [
+  { binary: '/usr/sbin/postfix', pkg: 'postfix' },
+  { binary: '/usr/sbin/smtp-source', pkg: 'postfix' },
+  { binary: '/usr/sbin/dovecot', pkg: 'dovecot-pop3d' },
+  { binary: '/usr/sbin/squid', pkg: 'squid' },
+  { binary: '/usr/sbin/nginx', pkg: 'nginx' },
+  { binary: '/usr/bin/wrk', pkg: 'wrk' },
+];
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * Installs the Debian packages of missing peer binaries (as root, non-interactively; Postfix
+ * preseeded to "No configuration" so that its package sets up no system mail service). Throws with
+ * the apt-get line to run when a binary is missing and this process is not root.
+ */
+export async function ensurePeerPackages(say: (s: string) => void): Promise<void> {
+  const missing = new Set<string>();
+  for (const b of PEER_BINARIES) if (!(await exists(b.binary))) missing.add(b.pkg);
+  if (missing.size === 0) return;
+  const pkgs = [...missing];
+  if (process.getuid?.() !== 0) {
+    throw new Error(`missing peer packages: ${pkgs.join(' ')}; install them as root: apt-get install -y --no-install-recommends ${pkgs.join(' ')}`);
+  }
+  say(`installing Debian packages: ${pkgs.join(' ')}`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  if (missing.has('postfix')) {
+    await new Promise<void>((resolve, reject) => {
+      const p = spawn('debconf-set-selections', [], { stdio: ['pipe', 'inherit', 'inherit'] });
+      p.on('error', reject);
+      p.on('exit', (c) => (c === 0 ? resolve() : reject(new Error(`debconf-set-selections exited ${c}`))));
+      p.stdin!.end('postfix postfix/main_mailer_type select No configuration\npostfix postfix/mailname string bench.invalid\n');
+    });
+  }
+  await run('apt-get', ['update'], { env, timeoutMs: 600_000 }).catch((e: Error) => say(`apt-get update: ${e.message} (trying the install anyway)`));
+  await run('apt-get', ['install', '-y', '--no-install-recommends', ...pkgs], { env, timeoutMs: 900_000 });
+  for (const b of PEER_BINARIES) if (!(await exists(b.binary))) throw new Error(`${b.binary} still missing after installing ${b.pkg}`);
+}
+
+/** Versions of the peers, for the machine line. */
+export async function peerVersions(): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  const grab = async (name: string, cmd: string, args: string[], re: RegExp) => {
+    try {
+      const { stdout, stderr } = await exec(cmd, args, { timeout: 10_000 }).catch((e: { stdout?: string; stderr?: string }) => ({ stdout: e.stdout ?? '', stderr: e.stderr ?? '' }));
+      const m = re.exec(`${stdout}\n${stderr}`);
+      if (m) out[name] = m[1]!;
+    } catch {
+      /* not installed */
+    }
+  };
+  await grab('postfix', 'postconf', ['-d', 'mail_version'], /mail_version = (\S+)/);
+  await grab('dovecot', 'dovecot', ['--version'], /^(\S+)/);
+  await grab('squid', 'squid', ['-v'], /Version (\S+)/);
+  await grab('nginx', 'nginx', ['-v'], /nginx\/(\S+)/);
+  await grab('wrk', 'wrk', ['-v'], /wrk (\S+)/);
+  return out;
+}
+
+/** The machine line: cores, CPU model, RAM, Node version. */
+export function machineLine(): string {
+  return `${cpus().length} cores (${cpus()[0]?.model?.trim() ?? 'unknown CPU'}), ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Node ${process.version}`;
+}
