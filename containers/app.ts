@@ -12,6 +12,7 @@ import { openStorage } from '../core/storage/open.js';
 import type { Storage } from '../core/storage/ports.js';
 import type { JobHandler } from '../core/workers/job.js';
 import { WorkerLoop } from '../core/workers/runner.js';
+import { startPeriodicSweep, type PeriodicSweep } from '../core/mail/sweep.js';
 import { startHealthServer, type HealthSource } from './health.js';
 import type { ListenerContext, RunningListener } from './listener.js';
 
@@ -63,11 +64,13 @@ export async function startApp(config: Config, asked: readonly Component[], log:
   const storage = instrumentStorage(options.wrapStorage ? options.wrapStorage(opened) : opened, metrics);
   const listeners: RunningListener[] = [];
   const workers: WorkerLoop[] = [];
+  let sweep: PeriodicSweep | undefined;
   let health: Awaited<ReturnType<typeof startHealthServer>> | undefined;
 
   const close = async (graceMs = 10_000): Promise<void> => {
     await Promise.allSettled(listeners.map((l) => l.close(graceMs)));
     await Promise.allSettled(workers.map((w) => w.stop(graceMs)));
+    await sweep?.stop();
     await health?.close();
     await storage.close();
   };
@@ -86,6 +89,8 @@ export async function startApp(config: Config, asked: readonly Component[], log:
         w.start();
         workers.push(w);
       }
+      // The documented cleanup of orphaned message blobs (core/mail/sweep.ts), hourly by default.
+      sweep = startPeriodicSweep({ storage, config, log: log.child({ c: 'sweep' }), metrics });
     }
     if (config.health.port !== 0) {
       const sources = (): HealthSource[] => [
