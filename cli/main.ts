@@ -17,13 +17,14 @@ import { register as config } from './commands/config.js';
 import { register as domain } from './commands/domain.js';
 import { register as mailbox } from './commands/mailbox.js';
 import { register as queue } from './commands/queue.js';
+import { register as sweep } from './commands/sweep.js';
 import { register as user } from './commands/user.js';
 import { CliError, createContext, type CliContext } from './context.js';
 
 type Register = (program: Command, ctx: CliContext) => void;
 
 /** The command groups, in help order. */
-const GROUPS: Register[] = [domain, user, alias, mailbox, queue, cache, config];
+const GROUPS: Register[] = [domain, user, alias, mailbox, sweep, queue, cache, config];
 
 /** Streams and environment of one run (tests pass their own). */
 export interface RunIo {
