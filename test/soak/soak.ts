@@ -3,7 +3,11 @@
  * all-in-one process is SIGKILLed at random moments and restarted; then drives it again with the
  * storage failing at random (errors injected into the real adapters). Afterwards every message
  * that got a 250 must be in its recipient's mailbox exactly once, no index item may point at a
- * missing blob, and POP3 downloads must match what was sent byte for byte.
+ * missing blob, and POP3 downloads must match what was sent byte for byte. Blobs left unreferenced
+ * by the kills (stored, then killed before the job was sent) are removed by the documented cleanup,
+ * the orphan sweep (core/mail/sweep.ts, `tomlinson mailbox sweep`), run on its fast path once the
+ * queues are drained and nothing else runs; after it no blob may be unreferenced, and the POP3
+ * downloads that follow prove it deleted nothing a mailbox still needs.
  *
  * `npm run soak` runs the long form (10 kills); test/soak/soak.test.ts a short one in `npm test`.
  */
@@ -13,6 +17,7 @@ import { join } from 'node:path';
 import { Accounts } from '../../core/accounts/accounts.js';
 import { loadConfig, type Config } from '../../core/config.js';
 import { createLogger, silentLogger } from '../../core/log.js';
+import { sweepOrphanBlobs } from '../../core/mail/sweep.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
 import { openLocalStorage } from '../../core/storage/local/index.js';
 import { Unavailable, type Storage } from '../../core/storage/ports.js';
@@ -56,6 +61,11 @@ export interface SoakSummary {
   /** 250s during the fault phase. */
   acceptedUnderFaults: number;
   danglingIndexItems: number;
+  /** Unreferenced blobs once the queues were drained, before the cleanup. */
+  orphanBlobsBeforeCleanup: number;
+  /** Blobs the orphan sweep deleted. */
+  sweptBlobs: number;
+  /** Unreferenced blobs after the cleanup: must be 0. */
   orphanBlobs: number;
   pop3Downloaded: number;
   pop3Mismatches: number;
@@ -66,7 +76,8 @@ export function summaryLine(s: SoakSummary): string {
   return (
     `soak: sent ${s.sent}, accepted ${s.accepted}, delivered ${s.delivered}, duplicates ${s.duplicates}, lost ${s.lost}` +
     ` (kills ${s.kills}; under storage faults: ${s.acceptedUnderFaults} accepted, ${s.temporaryFailures} 4xx;` +
-    ` dangling index items ${s.danglingIndexItems}, orphan blobs ${s.orphanBlobs}, pop3 mismatches ${s.pop3Mismatches}/${s.pop3Downloaded})`
+    ` dangling index items ${s.danglingIndexItems}, orphan blobs ${s.orphanBlobsBeforeCleanup} before cleanup,` +
+    ` ${s.sweptBlobs} swept, ${s.orphanBlobs} after; pop3 mismatches ${s.pop3Mismatches}/${s.pop3Downloaded})`
   );
 }
 
@@ -253,6 +264,22 @@ export async function runSoak(options: SoakOptions = {}): Promise<SoakSummary> {
 
     // Verification against the storage itself.
     const storage = await openLocalStorage(config, silentLogger);
+    const unreferenced = async (referenced: Set<string>): Promise<number> => {
+      let n = 0;
+      let cursor: string | undefined;
+      do {
+        const page = await storage.mail.list('', { cursor, limit: 1000 });
+        for (const b of page.items) if (!referenced.has(b.key)) n++;
+        cursor = page.cursor;
+      } while (cursor);
+      return n;
+    };
+    const referencedKeys = async () => new Set((await new MailboxStore(storage.tables, storage.mail).list(USER)).map((e) => e.blobKey));
+    const orphansBefore = await unreferenced(await referencedKeys());
+    // The documented cleanup: its fast path (every queue empty), deleting on first sight because no
+    // listener or worker runs now (`tomlinson mailbox sweep --settle-minutes 0`).
+    const swept = await sweepOrphanBlobs(storage, { settleSeconds: 0 });
+    if (!swept.quiescent) say(`cleanup: the queues were not empty (a dead-letter queue?); only the grace rule applied`);
     const entries = await new MailboxStore(storage.tables, storage.mail).list(USER);
     const inMailbox = new Map<number, number>();
     const referenced = new Set<string>();
@@ -268,13 +295,7 @@ export async function runSoak(options: SoakOptions = {}): Promise<SoakSummary> {
         dangling++;
       }
     }
-    let orphans = 0;
-    let cursor: string | undefined;
-    do {
-      const page = await storage.mail.list('', { cursor, limit: 1000 });
-      for (const b of page.items) if (!referenced.has(b.key)) orphans++;
-      cursor = page.cursor;
-    } while (cursor);
+    const orphans = await unreferenced(referenced);
     await storage.close();
 
     const accepted = sent.filter((s) => s.accepted);
@@ -318,6 +339,8 @@ export async function runSoak(options: SoakOptions = {}): Promise<SoakSummary> {
       temporaryFailures: fault.filter((s) => /^4\d\d/.test(s.reply)).length,
       acceptedUnderFaults: fault.filter((s) => s.accepted).length,
       danglingIndexItems: dangling,
+      orphanBlobsBeforeCleanup: orphansBefore,
+      sweptBlobs: swept.deleted,
       orphanBlobs: orphans,
       pop3Downloaded: downloads.length,
       pop3Mismatches: mismatches,
@@ -337,7 +360,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   runSoak({ kills, log: (l) => log.info(l) }).then(
     (s) => {
       process.stdout.write(summaryLine(s) + '\n');
-      const ok = s.lost === 0 && s.duplicates === 0 && s.danglingIndexItems === 0 && s.pop3Mismatches === 0;
+      const ok = s.lost === 0 && s.duplicates === 0 && s.danglingIndexItems === 0 && s.orphanBlobs === 0 && s.pop3Mismatches === 0;
       process.exit(ok ? 0 : 1);
     },
     (e: Error) => {
