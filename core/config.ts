@@ -103,6 +103,7 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'proxy.maxHeaderBytes', env: 'TOMLINSON_PROXY_MAX_HEADER_BYTES', kind: 'int', min: 1024, max: 1048576, default: 16384, doc: 'Largest request head accepted (431 above it).' },
   { path: 'proxy.collapseWaitMs', env: 'TOMLINSON_PROXY_COLLAPSE_WAIT_MS', kind: 'int', min: 0, max: 600000, default: 10000, doc: 'How long a request waits for a concurrent miss of the same URL before going to the origin itself.' },
   { path: 'proxy.heuristicCapSeconds', env: 'TOMLINSON_PROXY_HEURISTIC_CAP_SECONDS', kind: 'int', min: 0, max: 31536000, default: 86400, doc: 'Cap on heuristic freshness (10% of the time since Last-Modified).' },
+  { path: 'proxy.statsLogSeconds', env: 'TOMLINSON_PROXY_STATS_LOG_SECONDS', kind: 'int', min: 0, max: 86400, default: 60, doc: 'Seconds between the proxy log lines with cache: "stats" and the counts of the interval (the CloudWatch hit-ratio metrics sum them); 0: never.' },
 
   { path: 'outbound.smarthost', env: 'TOMLINSON_SMARTHOST', kind: 'string', default: '', doc: 'smtp://user@host:587 or smtps://host:465 relay for all remote mail; empty: direct MX delivery.' },
   { path: 'outbound.smarthostPasswordSecretId', env: 'TOMLINSON_SMARTHOST_SECRET_ID', kind: 'string', default: '', doc: 'Secrets Manager secret with the smarthost password (AWS).' },
@@ -199,6 +200,7 @@ export interface Config {
     maxHeaderBytes: number;
     collapseWaitMs: number;
     heuristicCapSeconds: number;
+    statsLogSeconds: number;
   };
   outbound: {
     smarthost: string;

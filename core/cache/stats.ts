@@ -27,22 +27,49 @@ export interface CacheCounters {
 const ZERO: CacheCounters = { requests: 0, hits: 0, misses: 0, revalidations: 0, stale: 0, bypass: 0, bytesFromCache: 0, bytesFromOrigin: 0 };
 const FIELD: Record<CacheOutcome, keyof CacheCounters> = { hit: 'hits', miss: 'misses', revalidated: 'revalidations', stale: 'stale', bypass: 'bypass' };
 
-/** Request and byte counters with a periodic flush to Tables. */
+/** The outcomes in the order the periodic log line lists them (the metric filters' vocabulary). */
+export const CACHE_OUTCOMES: readonly CacheOutcome[] = ['hit', 'miss', 'revalidated', 'stale', 'bypass'];
+
+/** Options of CacheStats. */
+export interface CacheStatsOptions {
+  /** How often counts reach Tables and the Prometheus counters, in ms (0: only on flush()). @default 1000 */
+  flushMs?: number;
+  /** How often the `cache: "stats"` log line is written, in ms (0: never). @default 60000 */
+  logMs?: number;
+  /** Clock, epoch ms. @default Date.now */
+  now?: () => number;
+}
+
+/**
+ * Request and byte counters. The request path only adds to plain numbers: Tables, the Prometheus
+ * counters and the log see them from a timer (prom-client hashes the label set on every `inc`,
+ * which at tens of thousands of hits a second is measurable), so /metrics lags by up to `flushMs`.
+ *
+ * Every `logMs` one info line `{"cache":"stats","hit":…,"miss":…,…}` carries the counts of the
+ * interval: the CloudWatch metric filters of infra/stacks/monitoring.ts sum those fields into the
+ * hit-ratio metrics, where a line per request would cost a log write per hit.
+ */
 export class CacheStats {
   private pending: CacheCounters = { ...ZERO };
   private dirty = false;
+  /** Counted on the request path and not yet added to the Prometheus counters. */
+  private prom: CacheCounters = { ...ZERO };
+  /** Counted since the last stats log line. */
+  private interval: CacheCounters = { ...ZERO };
+  private intervalStart: number;
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
   private readonly outcome: Record<CacheOutcome, Counter>;
   private readonly fromCache: Counter;
   private readonly fromOrigin: Counter;
+  private readonly logMs: number;
+  private readonly now: () => number;
 
   constructor(
     private readonly tables: Tables,
     metrics: Metrics,
     private readonly log: Logger,
-    /** Flush interval. @default 1000 */
-    flushMs = 1000,
+    options: CacheStatsOptions = {},
   ) {
     const c = metrics.cacheRequests;
     this.outcome = {
@@ -54,27 +81,31 @@ export class CacheStats {
     };
     this.fromCache = metrics.cacheBytes.labels({ source: 'cache' }) as unknown as Counter;
     this.fromOrigin = metrics.cacheBytes.labels({ source: 'origin' }) as unknown as Counter;
+    this.now = options.now ?? Date.now;
+    this.logMs = options.logMs ?? 60_000;
+    this.intervalStart = this.now();
+    const flushMs = options.flushMs ?? 1000;
     if (flushMs > 0) {
-      this.timer = setInterval(() => void this.flush(), flushMs);
+      this.timer = setInterval(() => {
+        void this.flush();
+        if (this.logMs > 0 && this.now() - this.intervalStart >= this.logMs) this.logInterval();
+      }, flushMs);
       this.timer.unref();
     }
   }
 
   /** Counts one request and the body bytes it sent, by where they came from. */
   record(outcome: CacheOutcome, bytesFromCache: number, bytesFromOrigin: number): void {
-    const p = this.pending;
-    p.requests++;
-    p[FIELD[outcome]]++;
-    p.bytesFromCache += bytesFromCache;
-    p.bytesFromOrigin += bytesFromOrigin;
+    const f = FIELD[outcome];
+    add(this.pending, f, bytesFromCache, bytesFromOrigin);
+    add(this.prom, f, bytesFromCache, bytesFromOrigin);
+    add(this.interval, f, bytesFromCache, bytesFromOrigin);
     this.dirty = true;
-    this.outcome[outcome].inc();
-    if (bytesFromCache) this.fromCache.inc(bytesFromCache);
-    if (bytesFromOrigin) this.fromOrigin.inc(bytesFromOrigin);
   }
 
-  /** Adds what was counted since the last flush to the shared Tables item. */
+  /** Adds what was counted since the last flush to the Prometheus counters and the shared Tables item. */
   async flush(): Promise<void> {
+    this.flushProm();
     if (this.flushing) await this.flushing;
     if (!this.dirty) return;
     const add = this.pending as unknown as Record<string, number>;
@@ -94,11 +125,43 @@ export class CacheStats {
     await this.flushing;
   }
 
-  /** Stops the timer after a last flush. */
+  private flushProm(): void {
+    const p = this.prom;
+    if (p.requests === 0) return;
+    this.prom = { ...ZERO };
+    for (const o of CACHE_OUTCOMES) if (p[FIELD[o]]) this.outcome[o].inc(p[FIELD[o]]);
+    if (p.bytesFromCache) this.fromCache.inc(p.bytesFromCache);
+    if (p.bytesFromOrigin) this.fromOrigin.inc(p.bytesFromOrigin);
+  }
+
+  /** Writes the interval's `cache: "stats"` line (when anything was counted) and starts a new interval. */
+  logInterval(): void {
+    const c = this.interval;
+    const now = this.now();
+    const seconds = Math.max(0, Math.round((now - this.intervalStart) / 1000));
+    this.interval = { ...ZERO };
+    this.intervalStart = now;
+    if (c.requests === 0) return;
+    const line: Record<string, string | number> = { cache: 'stats', seconds, requests: c.requests };
+    for (const o of CACHE_OUTCOMES) line[o] = c[FIELD[o]];
+    line.bytesFromCache = c.bytesFromCache;
+    line.bytesFromOrigin = c.bytesFromOrigin;
+    this.log.info(line, 'cache statistics');
+  }
+
+  /** Stops the timer after a last flush and a last stats line. */
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
+    if (this.logMs > 0) this.logInterval();
     await this.flush();
   }
+}
+
+function add(p: CacheCounters, f: keyof CacheCounters, fromCache: number, fromOrigin: number): void {
+  p.requests++;
+  p[f]++;
+  p.bytesFromCache += fromCache;
+  p.bytesFromOrigin += fromOrigin;
 }
 
 /** The totals of every proxy task as kept in Tables, with the hit ratio and traffic saved. */

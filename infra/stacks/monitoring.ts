@@ -32,9 +32,10 @@ export const METRIC_NAMESPACE = 'Tomlinson';
 
 /**
  * The JSON log fields the metric filters count. The outbound worker logs one line per recipient
- * attempt with `rcpt` and `state` (core/mail/outbound.ts: delivered, deferred or bounced); the
- * proxy is expected to log one line per request with `cache` (the outcomes of core/metrics.ts
- * cacheRequests).
+ * attempt with `rcpt` and `state` (core/mail/outbound.ts: delivered, deferred or bounced). The
+ * proxy logs, every TOMLINSON_PROXY_STATS_LOG_SECONDS, one line `{"cache":"stats","hit":n,…}`
+ * whose numeric fields are the outcomes of core/cache/stats.ts (a line per request would cost a
+ * log write per hit); each cache metric sums one of those fields.
  */
 export const LOG_FIELDS = { state: ['delivered', 'deferred', 'bounced'], cache: ['hit', 'miss', 'revalidated', 'stale', 'bypass'] } as const;
 
@@ -87,14 +88,14 @@ export class MonitoringStack extends Stack {
     const outboundLogs: logs.ILogGroup[] = [];
     if (processing.outbound) outboundLogs.push(processing.outbound.logGroup);
     if (listeners?.services.workers) outboundLogs.push(listeners.services.workers.logGroup);
-    const count = (group: logs.ILogGroup, field: string, value: string, fid: string, metricName: string, also?: string): void => {
+    const count = (group: logs.ILogGroup, field: string, value: string, fid: string, metricName: string, also?: string, metricValue = '1'): void => {
       const match = logs.FilterPattern.stringValue(`$.${field}`, '=', value);
       new logs.MetricFilter(this, fid, {
         logGroup: group,
         filterPattern: also ? logs.FilterPattern.all(logs.FilterPattern.exists(`$.${also}`), match) : match,
         metricNamespace: METRIC_NAMESPACE,
         metricName,
-        metricValue: '1',
+        metricValue,
         defaultValue: 0,
         unit: cloudwatch.Unit.COUNT,
       });
@@ -112,7 +113,7 @@ export class MonitoringStack extends Stack {
     const proxy = listeners?.services.proxy;
     let hitRatio: cloudwatch.MathExpression | undefined;
     if (proxy) {
-      LOG_FIELDS.cache.forEach((v) => count(proxy.logGroup, 'cache', v, `Cache${v}`, `cache-${v}`));
+      LOG_FIELDS.cache.forEach((v) => count(proxy.logGroup, 'cache', 'stats', `Cache${v}`, `cache-${v}`, undefined, `$.${v}`));
       hitRatio = new cloudwatch.MathExpression({
         expression: 'IF(hit + miss + revalidated >= 100, 100 * (hit + revalidated) / (hit + miss + revalidated), 100)',
         usingMetrics: { hit: m('cache-hit', 'hit', Duration.hours(1)), miss: m('cache-miss', 'miss', Duration.hours(1)), revalidated: m('cache-revalidated', 'revalidated', Duration.hours(1)) },
