@@ -202,7 +202,7 @@ class CachingProxy {
       heuristicCapSeconds: cfg.heuristicCapSeconds,
       now: this.now,
     });
-    this.stats = new CacheStats(ctx.storage.tables, ctx.metrics, this.log);
+    this.stats = new CacheStats(ctx.storage.tables, ctx.metrics, this.log, { logMs: cfg.statsLogSeconds * 1000 });
     this.stopPurgeWatch = this.store.watchPurges(options.purgePollMs ?? 1000);
     this.guard = new OriginGuard(cfg.allowPrivateOrigins);
     this.allowed = cidrList(cfg.allowedClients);
@@ -238,6 +238,7 @@ class CachingProxy {
       socket.once('close', () => ctx.metrics.connections.dec({ listener: 'proxy' }));
     });
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      if (this.tryFastHit(req, res)) return;
       this.onRequest(req, res).catch((e: unknown) => {
         this.log.warn({ err: e }, 'proxy request failed');
         if (!res.headersSent) this.short(res, 500, 'proxy error');
@@ -329,6 +330,26 @@ class CachingProxy {
       }
     }
     return undefined;
+  }
+
+  /**
+   * The hit fast path, synchronous (no promise per hit): an allowed client, a URL seen before, a
+   * fresh memory-tier entry and a request that adds no conditions. Anything else returns false and
+   * takes the full path, which makes the same checks again.
+   */
+  private tryFastHit(req: IncomingMessage, res: ServerResponse): boolean {
+    if (this.auth || (req.socket as ProxySocket)[DENIED]) return false;
+    const method = req.method;
+    if (method !== 'GET' && method !== 'HEAD') return false;
+    const url = this.normalized.get(req.url ?? '');
+    if (url === undefined) return false;
+    const h = req.headers;
+    if (h.via !== undefined || h['cache-control'] !== undefined || h.pragma !== undefined || h.range !== undefined) return false;
+    if (h['if-none-match'] !== undefined || h['if-modified-since'] !== undefined) return false;
+    const m = this.store.memoryGet(url, h);
+    if (m === undefined || m.freshUntil <= this.now()) return false;
+    this.fastHit(req, res, m);
+    return true;
   }
 
   private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
