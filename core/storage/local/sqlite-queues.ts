@@ -144,7 +144,8 @@ export class SqliteQueues implements Queues {
     const wait = checkSeconds('waitSeconds', options.waitSeconds ?? 0, MAX_WAIT_SECONDS);
     const deadline = Date.now() + wait * 1000;
     for (;;) {
-      const got = await this.store.write(() => this.receiveNow(queue, max, visibility));
+      // Lazy: a receive lost in a crash only means the message is received again.
+      const got = await this.store.write(() => this.receiveNow(queue, max, visibility), { durable: false });
       if (got.length || wait === 0 || this.closing || options.signal?.aborted) return got;
       const remaining = deadline - Date.now();
       if (remaining <= 0) return got;
@@ -203,7 +204,9 @@ export class SqliteQueues implements Queues {
     checkQueue(queue);
     const r = parseReceipt(receipt);
     if (!r) throw new InvalidRequest('malformed receipt');
-    await this.store.write(() => this.st.del.run(r.id, queue, r.token));
+    // Lazy: the delete commits after whatever the worker made durable before it (the WAL is
+    // replayed as a prefix), so losing it in a crash only runs an idempotent job again.
+    await this.store.write(() => this.st.del.run(r.id, queue, r.token), { durable: false });
   }
 
   /** Hides the received message for `seconds` from now. NotFound when the receipt is stale or the
@@ -213,7 +216,8 @@ export class SqliteQueues implements Queues {
     const r = parseReceipt(receipt);
     if (!r) throw new InvalidRequest('malformed receipt');
     checkSeconds('visibility seconds', seconds, MAX_VISIBILITY_SECONDS);
-    const changed = await this.store.write(() => this.st.vis.run(this.now() + seconds * 1000, r.id, queue, r.token).changes);
+    // Lazy: a lost visibility change makes the message visible earlier (at-least-once anyway).
+    const changed = await this.store.write(() => this.st.vis.run(this.now() + seconds * 1000, r.id, queue, r.token).changes, { durable: false });
     if (!changed) throw new NotFound(`message for receipt in ${queue}`);
     if (seconds === 0) this.wake.emit(queue);
   }

@@ -17,6 +17,14 @@
  *   NORMAL mode SQLite itself still syncs the WAL before each checkpoint and the database after
  *   it.) Other readers may see a commit a moment before its fsync ends; a crash in that moment
  *   loses a write nobody was told succeeded, which at-least-once callers tolerate.
+ *
+ * Writes that need no durability of their own (`{ durable: false }`: a queue receive, the delete
+ * of a finished job, a visibility change) resolve as soon as their transaction commits and never
+ * start an fsync. Losing them in a crash is safe because the WAL is replayed as a prefix: a later
+ * durable write's fsync covers every earlier commit, and an earlier commit (the delivery a job
+ * made) is on disk whenever a later one (the job's delete) is. A crash can only lose a suffix of
+ * such writes: a receive (the message is received again) or a delete (the job runs again;
+ * workers are idempotent).
  */
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
@@ -54,6 +62,8 @@ const MAX_BATCH = 256;
 
 interface Job {
   fn: () => unknown;
+  /** Resolve after the commit, without waiting for (or starting) an fsync. */
+  lazy: boolean;
   resolve: (v: unknown) => void;
   reject: (e: unknown) => void;
 }
@@ -108,11 +118,15 @@ export class SqliteStore {
     }).immediate as unknown as (jobs: Job[], out: { ok: boolean; v: unknown }[]) => void;
   }
 
-  /** Runs `fn` (synchronous, may throw) in a write transaction; resolves after the commit is durable. */
-  write<T>(fn: () => T): Promise<T> {
+  /**
+   * Runs `fn` (synchronous, may throw) in a write transaction; resolves after the commit is
+   * durable, or, with `durable: false`, as soon as it is committed (see the file comment).
+   */
+  write<T>(fn: () => T, options: { durable?: boolean } = {}): Promise<T> {
     if (this.closed) return Promise.reject(new Unavailable('storage is closed'));
+    const lazy = options.durable === false;
     return new Promise<T>((resolve, reject) => {
-      this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      this.pending.push({ fn, lazy, resolve: resolve as (v: unknown) => void, reject });
       if (!this.scheduled) {
         this.scheduled = true;
         setImmediate(() => this.flush());
@@ -139,14 +153,18 @@ export class SqliteStore {
       for (const j of jobs) j.reject(err);
       return;
     }
-    const settle = () =>
+    const settle = (which: (j: Job) => boolean) =>
       jobs.forEach((j, i) => {
+        if (!which(j)) return;
         const r = out[i];
         if (r.ok) j.resolve(r.v);
         else j.reject(r.v instanceof StorageError ? r.v : sqliteError(r.v, 'sqlite write'));
       });
-    // A batch that changed nothing (an empty receive, a failed condition) has nothing to sync.
-    if (!this.walSync || this.totalChanges.get() === changesBefore) return settle();
+    // A batch that changed nothing (an empty receive, a failed condition) has nothing to sync,
+    // and neither has one whose writers all said they need no durability.
+    if (!this.walSync || this.totalChanges.get() === changesBefore || jobs.every((j) => j.lazy)) return settle(() => true);
+    // The lazy ones need not wait for the fsync the others wait for.
+    settle((j) => j.lazy);
     this.inFlightSyncs++;
     // The first time, also make the WAL file's own folder entry durable (it may have just been made).
     const synced = this.walDirSynced ? this.walSync.sync(this.walPath) : Promise.all([this.walSync.sync(this.walPath), this.walSync.sync(dirname(this.walPath))]);
@@ -154,11 +172,11 @@ export class SqliteStore {
       .then(() => {
         this.walDirSynced = true;
       })
-      .then(settle, (e: unknown) => {
+      .then(() => settle((j) => !j.lazy), (e: unknown) => {
         // The commit may or may not be on disk: tell every caller it failed (they retry).
         this.log.error({ err: (e as Error).message }, 'fsync of the SQLite WAL failed');
         const err = new Unavailable(`fsync of the SQLite WAL: ${(e as Error).message}`, { cause: e });
-        for (const j of jobs) j.reject(err);
+        for (const j of jobs) if (!j.lazy) j.reject(err);
       })
       .finally(() => this.inFlightSyncs--);
   }
