@@ -13,11 +13,12 @@ import { randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import type { Logger } from '../../core/log.js';
 import { checkMessageAuth } from '../../core/mail/auth-results.js';
+import { summarizeMessage } from '../../core/mail/mime.js';
 import type { InboundJob } from '../../core/mail/jobs.js';
 import { buildReceived } from '../../core/mail/received.js';
 import type { DnsResolver } from '../../core/dns.js';
 import type { Metrics } from '../../core/metrics.js';
-import { isStorageError, type BlobInfo, type Storage } from '../../core/storage/ports.js';
+import { isStorageError, type AttrValue, type BlobInfo, type Storage } from '../../core/storage/ports.js';
 import { ReplyError } from './protocol/command.js';
 import type { DataStats } from './protocol/reader.js';
 import type { MessageSink, SessionInfo, Transaction } from './session.js';
@@ -60,6 +61,8 @@ export class StorageSink implements MessageSink {
   private bytes = 0;
   private stream?: { body: PassThrough; key: string; put: Promise<BlobInfo> };
   private aborted = false;
+  /** The summary of an inline message for the job (see finishInline). */
+  private summary?: Record<string, AttrValue>;
 
   constructor(
     private readonly deps: SpoolDeps,
@@ -168,6 +171,7 @@ export class StorageSink implements MessageSink {
       listener: this.session.listener,
       ...(this.tx.smtputf8 ? { smtputf8: true } : {}),
       ...(this.tx.body === '8BITMIME' || stats.eightBit ? { body8bit: true } : {}),
+      ...(this.summary ? { summary: this.summary } : {}),
     };
     try {
       await this.deps.storage.queues.send('inbound', JSON.stringify(job));
@@ -191,7 +195,14 @@ export class StorageSink implements MessageSink {
     let auth = '';
     if (this.needsAuthCheck) auth = await this.checkAuth(content);
     const body = auth ? Buffer.concat([this.received, Buffer.from(auth, 'utf8'), content]) : Buffer.concat([this.received, content]);
-    return this.deps.storage.mail.put(this.key, body, { ifAbsent: true, contentType: 'message/rfc822' });
+    // The key is new (time + 48 random bits), so no put-if-absent: that would cost a lookup and
+    // a link + unlink instead of one rename, on the path every message waits on.
+    const put = this.deps.storage.mail.put(this.key, body, { contentType: 'message/rfc822' });
+    // The whole message is in memory here: summarize it for the worker while the put waits for
+    // the disk, which spares the worker reading the blob back (on AWS, an S3 GET).
+    const [info, summary] = await Promise.all([put, summaryForJob(body)]);
+    this.summary = summary;
+    return info;
   }
 
   private async finishStream(): Promise<BlobInfo> {
@@ -243,6 +254,20 @@ export class StorageSink implements MessageSink {
         },
       );
     }
+  }
+}
+
+/** A summary larger than this stays out of the job (the worker makes it from the blob); queue
+ * messages are limited to 256 KiB on SQS. */
+const MAX_JOB_SUMMARY_CHARS = 32 * 1024;
+
+/** The message summary for the job, or undefined when it is too big to carry (or failed). */
+async function summaryForJob(message: Buffer): Promise<Record<string, AttrValue> | undefined> {
+  try {
+    const summary = await summarizeMessage(Readable.from([message]));
+    return JSON.stringify(summary).length <= MAX_JOB_SUMMARY_CHARS ? summary : undefined;
+  } catch {
+    return undefined;
   }
 }
 

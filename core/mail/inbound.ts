@@ -157,6 +157,8 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
 };
 
 async function summarize(job: InboundJob, ctx: JobContext): Promise<Record<string, AttrValue>> {
+  // The listener summarizes small messages it holds in memory anyway (one blob read saved).
+  if (job.summary && typeof job.summary === 'object' && !Array.isArray(job.summary)) return job.summary;
   const { body } = await ctx.storage.mail.get(job.blobKey);
   return summarizeMessage(body);
 }

@@ -39,6 +39,9 @@ export interface InboundJob {
   listener: 'mx' | 'submission';
   smtputf8?: boolean;
   body8bit?: boolean;
+  /** The message's `summarizeMessage` result when the listener made it (small messages, read
+   * whole in memory anyway); the worker then need not read the blob again. */
+  summary?: Record<string, import('../storage/ports.js').AttrValue>;
 }
 
 /** Remote recipients of one message, for the outbound worker. */
