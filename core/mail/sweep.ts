@@ -48,6 +48,18 @@
  * `--settle-minutes 0`, the soak) a blob is deleted on first sight: only safe when no listener or
  * worker is running, which the operator asserts.
  *
+ * ## Stale holds
+ * A hold whose holder can no longer release it keeps its blob for ever: the outbound worker (and
+ * `queue delete`) marks its record finished and then releases its hold, and a crash in between is
+ * not redone (a redelivered job sees the finished record and stops); an inbound job that ended in
+ * a dead-letter queue, or an import that was killed, keeps its hold too. When a blob has no
+ * mailbox reference (its `META` count equals its holds) the sweep releases the holds that are
+ * stale, through MailboxStore.releaseBlob, which deletes the blob with its last reference:
+ * - `outbound:<id>`: the `OUT#<id>` record is finished (`done` or `deleted`) and the hold is older
+ *   than the settle time, or the record is gone and the hold is older than the grace;
+ * - `inbound:<job id>`, `import:<run id>`: the hold is older than the grace (no job or import lives
+ *   that long); holders of any other name are never released.
+ *
  * Spool keys are never named by a job, a record or a mailbox (the message is copied to its `in/`
  * key and the spool key deleted in the same SMTP transaction), so only the settle time applies to
  * them: their one reader is the transaction that wrote them, which ends minutes after the put.
@@ -60,7 +72,7 @@ import { Counter } from 'prom-client';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
-import { mailboxKeys } from '../mailbox/store.js';
+import { MailboxStore, mailboxKeys } from '../mailbox/store.js';
 import { isStorageError, type BlobInfo, type Item, type Key, type QueueName, type Storage } from '../storage/ports.js';
 
 /** The mail-store prefixes the sweep looks at, and how each is judged. */
@@ -107,6 +119,8 @@ export interface SweepReport {
   deleted: number;
   /** Kept: a `BLOBREF#` item or an active outbound record names them. */
   keptReferenced: number;
+  /** Stale holds released (see the file comment); a blob whose last reference that was is in `deleted`. */
+  releasedHolds: number;
   /** Kept: too young for the grace rule while the queues are busy, or not yet settled. */
   keptYoung: number;
   /** Unreferenced blobs seen for the first time (a mark was written, or would be with dryRun). */
@@ -164,6 +178,7 @@ export async function sweepOrphanBlobs(storage: Storage, options: SweepOptions =
     scanned: 0,
     deleted: 0,
     keptReferenced: 0,
+    releasedHolds: 0,
     keptYoung: 0,
     marked: 0,
     deletedKeys: [],
@@ -171,17 +186,57 @@ export async function sweepOrphanBlobs(storage: Storage, options: SweepOptions =
     ms: 0,
   };
 
-  const referenced = async (key: string): Promise<boolean> => {
-    const refs = await tables.query(mailboxKeys.blobRef(key).pk, { limit: 1 });
-    if (refs.items.length > 0) return true;
+  const store = new MailboxStore(tables, mail, { now });
+  const HOLD = 'HOLD#';
+
+  /** Whether a hold's holder can still release it itself (see "Stale holds"). */
+  const holdIsLive = async (hold: Item): Promise<boolean> => {
+    const holder = hold.sk.slice(HOLD.length);
+    const at = typeof hold.at === 'string' ? Date.parse(hold.at) : NaN;
+    if (Number.isNaN(at)) return true;
+    const age = started.getTime() - at;
+    if (holder.startsWith('outbound:')) {
+      const out = await tables.get({ pk: `OUT#${holder.slice('outbound:'.length)}`, sk: 'META' });
+      if (!out) return age < graceMs;
+      return !((out.status === 'done' || out.status === 'deleted') && age >= settleMs);
+    }
+    if (holder.startsWith('inbound:') || holder.startsWith('import:')) return age < graceMs;
+    return true;
+  };
+
+  /**
+   * What refers to a blob: `live` (keep it), `none` (an orphan candidate), or `stale` with the
+   * holders whose holds are the only references left.
+   */
+  const references = async (key: string): Promise<{ kind: 'live' | 'none' } | { kind: 'stale'; holders: string[] }> => {
+    const page = await tables.query(mailboxKeys.blobRef(key).pk, { limit: 50 });
+    if (page.items.length > 0) {
+      const meta = page.items.find((i) => i.sk === 'META');
+      const holds = page.items.filter((i) => i.sk.startsWith(HOLD));
+      // Mailbox entries (refs beyond the holds), a partition too big for one page, or counts that
+      // do not add up: kept, never guessed at.
+      if (page.cursor || !meta || Number(meta.refs ?? 0) !== holds.length || holds.length === 0) return { kind: 'live' };
+      for (const h of holds) if (await holdIsLive(h)) return { kind: 'live' };
+      return { kind: 'stale', holders: holds.map((h) => h.sk.slice(HOLD.length)) };
+    }
     const id = outboundId(key);
-    if (id === undefined) return false;
+    if (id === undefined) return { kind: 'none' };
     const out = await tables.get({ pk: `OUT#${id}`, sk: 'META' });
     if (out && out.status === 'active' && out.blobKey === key) {
       options.log?.warn({ key, id }, 'an active outbound message has no hold on its blob; kept');
-      return true;
+      return { kind: 'live' };
     }
-    return false;
+    return { kind: 'none' };
+  };
+  const referenced = async (key: string): Promise<boolean> => (await references(key)).kind !== 'none';
+
+  /** Releases stale holds; true when the blob went with the last of them. */
+  const releaseStale = async (key: string, holders: string[]): Promise<void> => {
+    report.releasedHolds += holders.length;
+    if (!dryRun) for (const h of holders) await store.releaseBlob(key, h);
+    options.log?.info({ key, holders, dryRun }, 'stale holds released');
+    report.deleted++;
+    if (report.deletedKeys.length < MAX_LISTED_KEYS) report.deletedKeys.push(key);
   };
 
   /** True when a sweep saw this very blob unreferenced at least the settle time ago; marks it otherwise. */
@@ -252,7 +307,12 @@ export async function sweepOrphanBlobs(storage: Storage, options: SweepOptions =
             report.keptYoung++;
             continue;
           }
-          if (await referenced(blob.key)) {
+          const refs = await references(blob.key);
+          if (refs.kind === 'stale') {
+            await releaseStale(blob.key, refs.holders);
+            continue;
+          }
+          if (refs.kind === 'live') {
             report.keptReferenced++;
             continue;
           }

@@ -130,6 +130,47 @@ export function describeSweep(family: 'local' | 'aws'): void {
       expect(last.deletedKeys).toEqual([outbound]);
     });
 
+    it('releases holds nobody can release any more (a finished outbound record, an inbound hold past the grace) and keeps live ones', async () => {
+      const store = new MailboxStore(storage.tables, storage.mail);
+      const finished = inKey();
+      const active = inKey();
+      const inboundHeld = inKey();
+      const strange = inKey();
+      const shared = inKey();
+      for (const k of [finished, active, inboundHeld, strange, shared]) await storage.mail.put(k, RAW);
+      const idOf = (k: string) => /\/([^/]+)\.eml$/.exec(k)![1];
+      // The outbound worker finished the message but died before releasing its hold.
+      await store.holdBlob(finished, `outbound:${idOf(finished)}`);
+      await storage.tables.put({ pk: `OUT#${idOf(finished)}`, sk: 'META', id: idOf(finished), blobKey: finished, status: 'done' });
+      await store.holdBlob(active, `outbound:${idOf(active)}`);
+      await storage.tables.put({ pk: `OUT#${idOf(active)}`, sk: 'META', id: idOf(active), blobKey: active, status: 'active' });
+      await store.holdBlob(inboundHeld, `inbound:${idOf(inboundHeld)}`);
+      await store.holdBlob(strange, 'someone-else:1');
+      // A delivered message whose inbound hold was never released: the mailbox entry keeps it.
+      await store.holdBlob(shared, `inbound:${idOf(shared)}`);
+      await storage.queues.send('inbound', JSON.stringify(job(`shared-${n}`, shared)));
+      await work();
+
+      const now = await sweep({ settleSeconds: 0 });
+      expect(now.deletedKeys).toEqual([finished]);
+      expect(now.releasedHolds).toBe(1);
+      expect(await exists(finished)).toBe(false);
+      expect(await storage.tables.get({ pk: `BLOBREF#${finished}`, sk: 'META' })).toBeUndefined();
+      for (const k of [active, inboundHeld, strange, shared]) expect(await exists(k)).toBe(true);
+
+      const dry = await sweep({ settleSeconds: 0, dryRun: true, now: later(16 * DAY) });
+      expect(dry.deletedKeys).toEqual([inboundHeld]);
+      expect(await exists(inboundHeld)).toBe(true);
+      const late = await sweep({ settleSeconds: 0, now: later(16 * DAY) });
+      expect(late.deletedKeys).toEqual([inboundHeld]);
+      expect(late.releasedHolds).toBe(1);
+      expect(await exists(inboundHeld)).toBe(false);
+      for (const k of [active, strange, shared]) expect(await exists(k)).toBe(true);
+      // The shared blob still has its hold and its mailbox entry: nothing was taken from it.
+      expect(await storage.tables.get({ pk: `BLOBREF#${shared}`, sk: `HOLD#inbound:${idOf(shared)}` })).toBeDefined();
+      expect((await store.list('bob@example.com')).some((e) => e.blobKey === shared)).toBe(true);
+    });
+
     it('keeps young unreferenced blobs while any queue (a dead-letter queue too) has work, and deletes them past the grace', async () => {
       const orphan = inKey();
       const spool = `spool/${name}-${++n}`;
