@@ -156,7 +156,7 @@ class LoadClient {
 }
 
 /** One POP3 session: login, LIST, RETR 1..n one at a time, QUIT. Returns messages retrieved. */
-async function session(port: number, user: string, password: string, n: number, onProgress?: (done: number) => void): Promise<number> {
+export async function session(port: number, user: string, password: string, n: number, onProgress?: (done: number) => void): Promise<number> {
   const c = await LoadClient.connect(port);
   try {
     if (!(await c.send(`USER ${user}`))) throw new Error('USER refused');
@@ -174,7 +174,7 @@ async function session(port: number, user: string, password: string, n: number, 
 }
 
 /** A message of exactly `size` octets (at least the header), CRLF line ends, ending in CRLF. */
-function makeMessage(i: number, size: number): Buffer {
+export function makeMessage(i: number, size: number): Buffer {
   const head = `From: load@example.net\r\nTo: user@bench.example\r\nSubject: load ${i}\r\nMessage-ID: <load-${i}@example.net>\r\n\r\n`;
   const lines: string[] = [head];
   let len = head.length;
@@ -214,30 +214,16 @@ async function freePort(): Promise<number> {
 }
 
 /** Dovecot's login for one of our users (its passwd-file wants no '@' trouble; keep the local part). */
-function dovecotUser(user: string): string {
+export function dovecotUser(user: string): string {
   return user.slice(0, user.indexOf('@'));
 }
 
 /**
- * Dovecot 2.3 (Debian's dovecot-pop3d) on a free port in a folder of its own, with one Maildir per
- * user holding the same messages (hard links of one file each) and the same password. Runs as root
- * in the foreground; mail processes run as nobody.
+ * Seeds Dovecot's side: one Maildir per user under `dir`/dovecot holding the same messages (hard
+ * links of one file each) and a passwd-file with the same password. Returns the Dovecot folder.
  */
-async function startDovecot(
-  dir: string,
-  users: string[],
-  password: string,
-  n: number,
-  size: number,
-  say: (s: string) => void,
-): Promise<{ port: number; stop(): Promise<void> } | undefined> {
-  const binary = '/usr/sbin/dovecot';
-  if (!(await stat(binary).catch(() => undefined))) {
-    say('dovecot not installed (Debian package dovecot-pop3d): skipping the comparison');
-    return undefined;
-  }
+export async function seedDovecot(dir: string, users: string[], password: string, n: number, size: number): Promise<string> {
   const base = join(dir, 'dovecot');
-  const port = await freePort();
   // Dovecot's auth and mail processes run as other users: they must be able to enter the folder.
   await chmod(dir, 0o755);
   const shared = join(base, 'messages');
@@ -256,43 +242,36 @@ async function startDovecot(
     for (const f of files) await link(join(shared, f), join(md, 'cur', f));
   }
   await writeFile(join(base, 'passwd'), users.map((u) => `${dovecotUser(u)}:{PLAIN}${password}::::::\n`).join(''));
-  const conf = `base_dir = ${base}/run
-state_dir = ${base}/state
-log_path = ${base}/dovecot.log
-protocols = pop3
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-first_valid_uid = 0
-mail_location = maildir:${base}/home/%u/Maildir
-pop3_uidl_format = %08Xu%08Xv
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u ${base}/passwd
-}
-userdb {
-  driver = static
-  args = uid=nobody gid=nogroup home=${base}/home/%u
-}
-service pop3-login {
-  chroot =
-  inet_listener pop3 {
-    port = ${port}
-  }
-  inet_listener pop3s {
-    port = 0
-  }
-}
-service anvil {
-  chroot =
-}
-`;
-  await writeFile(join(base, 'dovecot.conf'), conf);
   await new Promise<void>((resolve, reject) =>
     execFile('chown', ['-R', 'nobody:nogroup', join(base, 'home')], (e) => (e ? reject(new Error(`chown: ${e.message}`)) : resolve())),
   );
-  const child = spawn(binary, ['-F', '-c', join(base, 'dovecot.conf')], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return base;
+}
+
+/** A running Dovecot: its port, its master process id, and a stop function. */
+export interface DovecotInstance {
+  port: number;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts Dovecot 2.3 (Debian's dovecot-pop3d) on a free port over a folder `seedDovecot` made,
+ * with the config from bench/peers/dovecot.conf. Runs as root in the foreground; mail processes
+ * run as nobody. Each user logs in once before it returns (Dovecot builds its index then).
+ */
+export async function startDovecotOn(base: string, users: string[], password: string): Promise<DovecotInstance> {
+  const port = await freePort();
+  const template = await readFile(new URL('./peers/dovecot.conf', import.meta.url), 'utf8');
+  await writeFile(join(base, 'dovecot.conf'), template.replaceAll('{{DIR}}', base).replaceAll('{{PORT}}', String(port)));
+  const child = spawn('/usr/sbin/dovecot', ['-F', '-c', join(base, 'dovecot.conf')], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  };
   for (let i = 0; ; i++) {
     const ok = await new Promise<boolean>((resolve) => {
       const s = net.connect({ host: '127.0.0.1', port }, () => {
@@ -312,18 +291,49 @@ service anvil {
   try {
     for (const u of users) await session(port, dovecotUser(u), password, 1);
   } catch (e) {
-    child.kill('SIGTERM');
+    await stop();
     throw new Error(`dovecot warm-up failed (see ${base}/dovecot.log): ${(e as Error).message}`);
   }
-  return {
-    port,
-    async stop() {
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    },
-  };
+  return { port, pid: child.pid!, stop };
+}
+
+/** Dovecot seeded and started, or undefined when it is not installed. */
+async function startDovecot(
+  dir: string,
+  users: string[],
+  password: string,
+  n: number,
+  size: number,
+  say: (s: string) => void,
+): Promise<{ port: number; stop(): Promise<void> } | undefined> {
+  if (!(await stat('/usr/sbin/dovecot').catch(() => undefined))) {
+    say('dovecot not installed (Debian package dovecot-pop3d): skipping the comparison');
+    return undefined;
+  }
+  return startDovecotOn(await seedDovecot(dir, users, password, n, size), users, password);
+}
+
+/**
+ * Seeds our side: the domain and users (from `users`, all in bench.example) and `n` messages in
+ * every mailbox (blobs shared between mailboxes, as SMTP delivery shares them).
+ */
+export async function seedOurs(env: Record<string, string>, users: string[], password: string, n: number, size: number, say: (s: string) => void = () => undefined): Promise<void> {
+  const storage = await openStorage(loadConfig(env), silentLogger);
+  try {
+    const accounts = new Accounts(storage.tables);
+    await accounts.addDomain('bench.example');
+    await Promise.all(users.map((u) => accounts.addUser(u, password)));
+    const store = new MailboxStore(storage.tables, storage.mail);
+    for (let i = 0; i < n; i++) {
+      const raw = makeMessage(i, size);
+      const blobKey = `bench/${randomUUID()}.eml`;
+      await storage.mail.put(blobKey, raw);
+      await Promise.all(users.map((u) => store.deliver(u, { jobId: `bench-${i}`, blobKey, size: raw.length, receivedAt: new Date().toISOString(), summary: {} })));
+      if (i % 200 === 199) say(`seeded ${i + 1}/${n}`);
+    }
+  } finally {
+    await storage.close();
+  }
 }
 
 /** Seeds the mailboxes, starts the server in a child process, runs both scenarios. */
@@ -350,20 +360,7 @@ export async function runPop3Bench(options: Pop3BenchOptions = {}): Promise<Pop3
   try {
     // Seed: n blobs, each delivered to every mailbox (blobs are shared, as SMTP delivery shares them).
     const t0 = performance.now();
-    const config = loadConfig(env);
-    const storage = await openStorage(config, silentLogger);
-    const accounts = new Accounts(storage.tables);
-    await accounts.addDomain('bench.example');
-    await Promise.all(users.map((u) => accounts.addUser(u, password)));
-    const store = new MailboxStore(storage.tables, storage.mail);
-    for (let i = 0; i < n; i++) {
-      const raw = makeMessage(i, size);
-      const blobKey = `bench/${randomUUID()}.eml`;
-      await storage.mail.put(blobKey, raw);
-      await Promise.all(users.map((u) => store.deliver(u, { jobId: `bench-${i}`, blobKey, size: raw.length, receivedAt: new Date().toISOString(), summary: {} })));
-      if (i % 200 === 199) say(`seeded ${i + 1}/${n}`);
-    }
-    await storage.close();
+    await seedOurs(env, users, password, n, size, say);
     const seedSeconds = (performance.now() - t0) / 1000;
     say(`seeded ${clients} mailboxes x ${n} messages of ${size} octets in ${seedSeconds.toFixed(1)} s`);
 

@@ -4,9 +4,15 @@
  * bench/results/ (not committed). `npm run bench -- smtp pop3` runs a subset; other arguments
  * after `--` go to every benchmark (e.g. `--json`).
  *
- * Peers: bench/pop3.ts measures Dovecot in the same run when it is installed (Debian
- * dovecot-pop3d); the SMTP and proxy benches compare against the issue's reference figures for
- * Postfix and Squid/nginx, which are not started here yet.
+ * Without `--peers`, ours runs alone and each bench compares with the issues' reference figures
+ * (bench/pop3.ts also measures Dovecot in the same run when it is installed).
+ *
+ * `npm run bench -- --peers [smtp] [pop3] [proxy] [--runs 3] [--duration 10] [--smtp-messages 1500]
+ * [--pop3-messages 1000]` runs the peers side
+ * by side instead (bench/peers/): installs the missing Debian packages (as root), starts Postfix,
+ * Dovecot, Squid and nginx on 127.0.0.1 with configs from bench/peers/, alternates runs with ours,
+ * prints one table per protocol (medians, p50/p99, peak memory, ours/peer) and writes them as JSON
+ * and Markdown to bench/results/<stamp>/. Every process it starts is stopped, also on Ctrl-C.
  */
 import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
@@ -31,8 +37,62 @@ async function runOne(name: string, args: string[], outFile: string): Promise<nu
   return code;
 }
 
+/** The value after `--name` as a number, or undefined. */
+function numberFlag(argv: string[], name: string): number | undefined {
+  const i = argv.indexOf(`--${name}`);
+  if (i < 0) return undefined;
+  const v = Number(argv[i + 1]);
+  if (!Number.isFinite(v) || v <= 0) throw new Error(`--${name} needs a positive number`);
+  return v;
+}
+
+async function peers(argv: string[]): Promise<void> {
+  const { ensurePeerPackages, machineLine, peerVersions, runCleanups } = await import('./peers/util.js');
+  const { reportMarkdown, reportText } = await import('./peers/report.js');
+  const asked = argv.filter((a) => (BENCHES as readonly string[]).includes(a));
+  const which = asked.length ? asked : [...BENCHES];
+  const runs = numberFlag(argv, 'runs') ?? 3;
+  const duration = numberFlag(argv, 'duration') ?? 10;
+  const say = (s: string) => process.stderr.write(`  ${s}\n`);
+  try {
+    await ensurePeerPackages(say);
+    const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+    const dir = join(root, 'bench', 'results', stamp);
+    await mkdir(dir, { recursive: true });
+    const versions = await peerVersions();
+    const machine = `${machineLine()}; ${Object.entries(versions)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}`;
+    const at = new Date().toISOString();
+    process.stdout.write(`bench --peers on ${machine}\n${runs} runs per server, results in ${dir}\n\n`);
+    const reports = [];
+    for (const name of which) {
+      const started = Date.now();
+      const rep =
+        name === 'smtp'
+          ? await (await import('./peers/smtp.js')).runSmtpPeers({ runs, say, messages: numberFlag(argv, 'smtp-messages') })
+          : name === 'pop3'
+            ? await (await import('./peers/pop3.js')).runPop3Peers({ runs, say, messages: numberFlag(argv, 'pop3-messages') })
+            : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say });
+      say(`${name}: ${Math.round((Date.now() - started) / 1000)} s`);
+      reports.push(rep);
+      process.stdout.write(`${reportText(rep)}\n`);
+      const head = `<!-- ${at}, ${machine} -->\n`;
+      await writeFile(join(dir, `${name}.md`), head + reportMarkdown(rep));
+      await writeFile(join(dir, `${name}.json`), JSON.stringify({ at, machine, versions, runs, ...rep }, null, 2));
+    }
+    const md = `## Benchmarks side by side (${at.slice(0, 10)})\n\nMachine: ${machine}. Medians of ${runs} runs.\n\n${reports.map(reportMarkdown).join('\n')}`;
+    await writeFile(join(dir, 'peers.md'), md);
+    await writeFile(join(dir, 'summary.json'), JSON.stringify({ machine, versions, at, runs, reports }, null, 2));
+    process.stdout.write(`tables in ${join(dir, 'peers.md')}\n`);
+  } finally {
+    await runCleanups();
+  }
+}
+
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
+  if (argv.includes('--peers')) return peers(argv);
   const asked = argv.filter((a) => (BENCHES as readonly string[]).includes(a));
   const pass = argv.filter((a) => !(BENCHES as readonly string[]).includes(a));
   const which = asked.length ? asked : [...BENCHES];

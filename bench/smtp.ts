@@ -144,7 +144,8 @@ async function startSink(): Promise<{ port: number; stop: () => Promise<void> }>
   };
 }
 
-async function smtpSource(port: number, sessions: number, messages: number, size: number): Promise<number> {
+/** Runs Postfix's smtp-source (fresh connection per message); resolves with the seconds it took. */
+export async function smtpSource(port: number, sessions: number, messages: number, size: number): Promise<number> {
   const started = performance.now();
   await new Promise<void>((resolve, reject) => {
     const p = spawn('smtp-source', ['-s', String(sessions), '-m', String(messages), '-l', String(size), '-f', 'sender@remote.example', '-t', 'user@bench.test', '-M', 'client.bench', `127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -156,7 +157,7 @@ async function smtpSource(port: number, sessions: number, messages: number, size
 }
 
 /** One message over a fresh connection; returns the time from the end of data to the 250. */
-function oneMessage(port: number, body: Buffer): Promise<number> {
+export function oneMessage(port: number, body: Buffer): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1');
     let buf = '';
@@ -195,12 +196,14 @@ function oneMessage(port: number, body: Buffer): Promise<number> {
   });
 }
 
-function tenKb(size: number): Buffer {
+/** A message of about `size` octets, CRLF lines, with the terminating dot line. */
+export function tenKb(size: number): Buffer {
   const line = 'abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdef\r\n'; // 80 octets
   return Buffer.from(`From: sender@remote.example\r\nTo: user@bench.test\r\nSubject: bench\r\n\r\n${line.repeat(Math.ceil(size / line.length))}.\r\n`);
 }
 
-async function latencyRun(port: number, sessions: number, messages: number, size: number): Promise<SmtpBenchResult['latency']> {
+/** `messages` messages over fresh connections from `sessions` parallel clients; accept-latency quantiles. */
+export async function latencyRun(port: number, sessions: number, messages: number, size: number): Promise<SmtpBenchResult['latency']> {
   const body = tenKb(size);
   const times: number[] = [];
   let next = 0;
@@ -225,7 +228,8 @@ async function rssMb(pid: number, field: 'VmRSS' | 'VmHWM'): Promise<number> {
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
-async function bigMessage(dataDir: string, bytes: number, verbose: boolean): Promise<SmtpBenchResult['bigMessage']> {
+/** A fresh server takes one `bytes`-octet message while its resident memory is watched. */
+export async function bigMessage(dataDir: string, bytes: number, verbose: boolean): Promise<SmtpBenchResult['bigMessage']> {
   const server = await startServer(dataDir, verbose);
   try {
     await oneMessage(server.port, tenKb(10240)); // warm up every code path once

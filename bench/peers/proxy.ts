@@ -146,7 +146,7 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
         } finally {
           const peak = await mem.stop();
           await server.stop();
-          for (const s of samples) if (s.server === name && s.run === r) s.peakMiB = peak;
+          for (const s of samples) if (s.server === name && s.run === r) Object.assign(s, { peakMiB: peak.rss, pssMiB: peak.pss });
         }
         await rm(dir, { recursive: true, force: true });
       }
@@ -159,7 +159,7 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
   const rep = summarize('Proxy', 'req/s', samples, [
     `wrk -t2 -c${connections}, ${duration} s per run after ${warmup} s of warm-up, absolute-form GETs with the origin in Host; each server started cold for each run, runs alternating between servers.`,
     'Squid: memory cache only (256 MB cache_mem, no cache_dir, as Debian ships it), 1 worker. nginx: proxy_cache on files (page cache), worker_processes auto, keep-alive upstream, proxy_cache_revalidate on. Ours: memory tier 256 MB over the blob tier on disk, one process.',
-    'Peak MiB: the largest sum of VmHWM over the server\'s processes during the run (nginx: master + workers).',
+    'Peak RSS: the largest sum of VmHWM over the server\'s processes during the run (nginx: master + workers; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.',
     '"origin alone" is wrk straight at the origin: the yardstick for this machine, not a peer.',
   ]);
   const order = (server: string) => (server === 'origin alone' ? 1 : 0);

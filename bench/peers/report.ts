@@ -17,8 +17,10 @@ export interface Sample {
   value: number;
   p50Ms?: number;
   p99Ms?: number;
-  /** Peak resident memory of the server during the run (MiB; summed over its processes). */
+  /** Peak resident memory of the server during the run (MiB; VmHWM summed over its processes). */
   peakMiB?: number;
+  /** Peak proportional set size of the server during the run (MiB; Pss summed over its processes). */
+  pssMiB?: number;
   /** Anything worth a note (delivered counts, drain time, errors). */
   note?: string;
 }
@@ -33,6 +35,7 @@ export interface Row {
   p50Ms?: number;
   p99Ms?: number;
   peakMiB?: number;
+  pssMiB?: number;
   /** Our median over this server's median, on peer rows of a scenario we ran too. */
   oursOverPeer?: number;
   notes: string[];
@@ -73,6 +76,7 @@ export function summarize(protocol: string, unit: string, samples: readonly Samp
         p50Ms: medianOf(ss.map((s) => s.p50Ms)),
         p99Ms: medianOf(ss.map((s) => s.p99Ms)),
         peakMiB: medianOf(ss.map((s) => s.peakMiB)),
+        pssMiB: medianOf(ss.map((s) => s.pssMiB)),
         oursOverPeer: server === OURS ? undefined : ratio(ours, m),
         notes: [...new Set(ss.map((s) => s.note).filter((n): n is string => !!n))],
       });
@@ -81,10 +85,10 @@ export function summarize(protocol: string, unit: string, samples: readonly Samp
   return { protocol, unit, rows, notes };
 }
 
-const HEADER = (unit: string) => ['scenario', 'server', `${unit} (median)`, 'each run', 'p50 ms', 'p99 ms', 'peak MiB', 'ours/peer'];
+const HEADER = (unit: string) => ['scenario', 'server', `${unit} (median)`, 'each run', 'p50 ms', 'p99 ms', 'peak RSS MiB', 'peak PSS MiB', 'ours/peer'];
 
 function cells(r: Row): string[] {
-  return [r.scenario, r.server, fmt(r.median, 0), r.values.map((v) => fmt(v, 0)).join(' / '), fmt(r.p50Ms), fmt(r.p99Ms), fmt(r.peakMiB, 0), r.oursOverPeer === undefined ? '' : fmt(r.oursOverPeer, 2)];
+  return [r.scenario, r.server, fmt(r.median, 0), r.values.map((v) => fmt(v, 0)).join(' / '), fmt(r.p50Ms), fmt(r.p99Ms), fmt(r.peakMiB, 0), fmt(r.pssMiB, 0), r.oursOverPeer === undefined ? '' : fmt(r.oursOverPeer, 2)];
 }
 
 /** The report as a Markdown section: a heading, the table, and the notes as a list. */

@@ -244,21 +244,41 @@ export async function cpuSeconds(pid: number): Promise<number> {
   return (Number(f[11]) + Number(f[12])) / 100;
 }
 
+/** Proportional set size of a process in MiB (shared pages split among their sharers); 0 when gone. */
+export async function pssMiB(pid: number): Promise<number> {
+  const rollup = await readFile(`/proc/${pid}/smaps_rollup`, 'utf8').catch(() => '');
+  const m = /^Pss:\s+(\d+) kB/m.exec(rollup);
+  return m ? Number(m[1]) / 1024 : 0;
+}
+
+/** Peak memory of a server during a run, in MiB. */
+export interface PeakMemory {
+  /** Largest sum over the tree of VmHWM (each process's own peak RSS; shared pages count in each). */
+  rss: number;
+  /** Largest sampled sum over the tree of Pss (shared pages split, so a forking server is not overcounted). */
+  pss: number;
+}
+
 /**
- * Watches the peak resident memory of a server: every `everyMs` it sums VmHWM (each process's
- * own peak) over the tree under `rootPid`, so processes a peer forks and reaps (Postfix's smtpd,
- * nginx's workers) count while they live. `stop()` returns the largest sum seen, in MiB.
+ * Watches the peak memory of a server: every `everyMs` it sums VmHWM and Pss over the process tree
+ * under `rootPid`, so processes a peer forks and reaps (Postfix's smtpd, nginx's workers) count
+ * while they live. `stop()` returns the largest sums seen.
  * @default everyMs 200
  */
-export function watchPeakMemory(rootPid: () => number | undefined, everyMs = 200): { stop: () => Promise<number> } {
-  let peak = 0;
+export function watchPeakMemory(rootPid: () => number | undefined, everyMs = 200): { stop: () => Promise<PeakMemory> } {
+  const peak: PeakMemory = { rss: 0, pss: 0 };
   let busy: Promise<void> = Promise.resolve();
   const sample = async () => {
     const root = rootPid();
     if (!root) return;
-    let sum = 0;
-    for (const p of await processTree(root)) sum += await memMiB(p, 'VmHWM');
-    peak = Math.max(peak, sum);
+    let rss = 0;
+    let pss = 0;
+    for (const p of await processTree(root)) {
+      rss += await memMiB(p, 'VmHWM');
+      pss += await pssMiB(p);
+    }
+    peak.rss = Math.max(peak.rss, rss);
+    peak.pss = Math.max(peak.pss, pss);
   };
   const t = setInterval(() => {
     busy = busy.then(sample);
@@ -269,7 +289,7 @@ export function watchPeakMemory(rootPid: () => number | undefined, everyMs = 200
       clearInterval(t);
       await busy;
       await sample();
-      return Math.round(peak * 10) / 10;
+      return { rss: Math.round(peak.rss * 10) / 10, pss: Math.round(peak.pss * 10) / 10 };
     },
   };
 }

@@ -1,0 +1,128 @@
+/**
+ * POP3 side by side (issue 5, "Speed"; issue 9): ours (`containers/main.ts serve pop3` on the
+ * embedded default) and Dovecot (Debian's dovecot-pop3d, config bench/peers/dovecot.conf), each
+ * started cold for each run, runs alternating, over the same 1,000 x 10 KB messages in each of 10
+ * mailboxes. Load: our client (bench/pop3.ts) logs in, LISTs, RETRs every message one command at
+ * a time and QUITs; 1 client on one mailbox, then 10 clients on 10 mailboxes in parallel. Latency
+ * is per RETR (command sent to the end of the multi-line reply).
+ */
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { dovecotUser, seedDovecot, seedOurs, session, startDovecotOn } from '../pop3.js';
+import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
+import { freePort, onCleanup, quantile, stopChild, waitPort, watchPeakMemory } from './util.js';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+/** Options of the POP3 comparison. */
+export interface Pop3PeersOptions {
+  /** Runs per server. @default 3 */
+  runs?: number;
+  /** Messages per mailbox. @default 1000 */
+  messages?: number;
+  /** Octets per message. @default 10240 */
+  size?: number;
+  /** Clients (and mailboxes) of the parallel scenario. @default 10 */
+  clients?: number;
+  /** Servers to run. @default ['tomlinson', 'dovecot'] */
+  servers?: string[];
+  /** Progress lines. */
+  say?: (s: string) => void;
+}
+
+interface Pop3Server {
+  port: number;
+  pid: () => number | undefined;
+  login: (user: string) => string;
+  stop: () => Promise<void>;
+}
+
+/** Runs the comparison and returns its report. */
+export async function runPop3Peers(options: Pop3PeersOptions = {}): Promise<ProtocolReport> {
+  const runs = options.runs ?? 3;
+  const n = options.messages ?? 1000;
+  const size = options.size ?? 10240;
+  const clients = options.clients ?? 10;
+  const servers = options.servers ?? [OURS, 'dovecot'];
+  const say = options.say ?? (() => undefined);
+  const password = 'bench-password';
+  const users = Array.from({ length: clients }, (_, i) => `user${i}@bench.example`);
+  const dir = await mkdtemp(join(tmpdir(), 'tomlinson-peers-pop3-'));
+  const samples: Sample[] = [];
+  try {
+    const env = {
+      TOMLINSON_DATA_DIR: join(dir, 'ours'),
+      TOMLINSON_POP3S_PORT: '0',
+      TOMLINSON_HEALTH_PORT: '0',
+      TOMLINSON_LOG_LEVEL: 'warn',
+      TOMLINSON_LOG_PRETTY: 'false',
+    };
+    const t0 = performance.now();
+    if (servers.includes(OURS)) await seedOurs(env, users, password, n, size);
+    const dovecotBase = servers.includes('dovecot') ? await seedDovecot(dir, users, password, n, size) : '';
+    say(`pop3: seeded ${clients} mailboxes x ${n} messages in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+
+    const start = async (name: string): Promise<Pop3Server> => {
+      if (name === 'dovecot') {
+        const d = await startDovecotOn(dovecotBase, users, password);
+        const stop = onCleanup(() => d.stop());
+        return { port: d.port, pid: () => d.pid, login: dovecotUser, stop };
+      }
+      const port = await freePort();
+      const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'containers', 'main.ts'), 'serve', 'pop3'], {
+        env: { ...process.env, UV_THREADPOOL_SIZE: '16', ...env, TOMLINSON_POP3_PORT: String(port) },
+        cwd: ROOT,
+        stdio: ['ignore', 'ignore', 'inherit'],
+      });
+      const stop = onCleanup(() => stopChild(child));
+      await waitPort(port, 60_000, 'tomlinson pop3');
+      // The same first login per user as Dovecot gets (it builds its index then).
+      for (const u of users) await session(port, u, password, 1);
+      return { port, pid: () => child.pid, login: (u) => u, stop };
+    };
+
+    for (let r = 1; r <= runs; r++) {
+      for (const name of servers) {
+        const server = await start(name);
+        const mem = watchPeakMemory(server.pid);
+        const mine: Sample[] = [];
+        try {
+          for (const k of [1, clients]) {
+            const gaps: number[] = [];
+            const t = performance.now();
+            await Promise.all(
+              users.slice(0, k).map((u) => {
+                // The first callback comes after connect, login, LIST and RETR 1: not a RETR alone.
+                let last = NaN;
+                return session(server.port, server.login(u), password, n, () => {
+                  const now = performance.now();
+                  if (!Number.isNaN(last)) gaps.push(now - last);
+                  last = now;
+                });
+              }),
+            );
+            const seconds = (performance.now() - t) / 1000;
+            const value = (n * k) / seconds;
+            say(`pop3 run ${r} ${name} ${k} client${k === 1 ? '' : 's'}: ${Math.round(value)} msg/s`);
+            mine.push({ scenario: `${k} client${k === 1 ? '' : 's'}, LIST + RETR all + QUIT`, server: name, run: r, value, p50Ms: quantile(gaps, 0.5), p99Ms: quantile(gaps, 0.99) });
+          }
+        } finally {
+          const peak = await mem.stop();
+          await server.stop();
+          for (const s of mine) Object.assign(s, { peakMiB: peak.rss, pssMiB: peak.pss });
+          samples.push(...mine);
+        }
+      }
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  return summarize('POP3', 'msg/s', samples, [
+    `${clients} mailboxes of ${n} messages of ${size} octets (every 20th line starts with a dot, so byte-stuffing is measured); p50/p99: one RETR, command to end of reply.`,
+    'Each server started cold for each run (same data), then one login per user before measuring (Dovecot builds its index then; ours warms up the same way); runs alternating.',
+    'Peak RSS: the largest sum of VmHWM over the server\'s processes (Dovecot: master, pop3-login, auth, pop3 per session...; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.',
+  ]);
+}

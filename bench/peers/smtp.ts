@@ -1,0 +1,214 @@
+/**
+ * SMTP side by side (issue 4, "Speed"; issue 9): ours (`containers/main.ts serve smtp,workers` on
+ * the embedded default, durable: fsync before 250) and Postfix delivering to Maildir (a private
+ * instance from bench/peers/postfix/, fsync before 250 as shipped), each started cold for each
+ * run, runs alternating. Load: Postfix's smtp-source at 1, 10 and 50 sessions, 10 KB messages,
+ * a fresh connection per message; then our own client at 10 sessions for the accept latency
+ * (end of data -> 250). After the load, the delivered count is checked (files in the Maildir for
+ * Postfix; the worker's delivered counter for ours) and the time to drain is reported if it lags.
+ * Then one 50 MB message to ours (resident memory growth).
+ */
+import { spawn } from 'node:child_process';
+import { chmod, chown, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { bigMessage, latencyRun, smtpSource } from '../smtp.js';
+import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
+import { fillTemplate, freePort, onCleanup, run, stopChild, waitPort, watchPeakMemory } from './util.js';
+
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+const ROOT = join(HERE, '..', '..');
+const USER = 'user@bench.test';
+
+/** Options of the SMTP comparison. */
+export interface SmtpPeersOptions {
+  /** Runs per server. @default 3 */
+  runs?: number;
+  /** Session counts for smtp-source. @default [1, 10, 50] */
+  sessions?: number[];
+  /** Messages per smtp-source run at 10 and 50 sessions (a third of it at 1 session). @default 1500 */
+  messages?: number;
+  /** Octets per message. @default 10240 */
+  size?: number;
+  /** Messages of the latency run (own client, 10 sessions). @default 500 */
+  latencyMessages?: number;
+  /** Bytes of the big message sent to ours (0 skips it). @default 50000000 */
+  bigBytes?: number;
+  /** Seconds to wait for delivery to catch up after the load. @default 120 */
+  drainTimeout?: number;
+  /** Servers to run. @default ['tomlinson', 'postfix'] */
+  servers?: string[];
+  /** Progress lines. */
+  say?: (s: string) => void;
+}
+
+interface SmtpServer {
+  port: number;
+  pid: () => number | undefined;
+  /** Messages delivered to the mailbox so far. */
+  delivered: () => Promise<number>;
+  stop: () => Promise<void>;
+}
+
+async function startOurs(dir: string): Promise<SmtpServer> {
+  const [port, health] = [await freePort(), await freePort()];
+  const env: Record<string, string> = {
+    TOMLINSON_DATA_DIR: dir,
+    TOMLINSON_HOSTNAME: 'bench.tomlinson.test',
+    TOMLINSON_SMTP_PORT: String(port),
+    TOMLINSON_SUBMISSION_PORT: '0',
+    TOMLINSON_SUBMISSIONS_PORT: '0',
+    TOMLINSON_HEALTH_PORT: String(health),
+    // SPF/DKIM/DMARC need DNS, which a bench machine may not have; the Postfix peer checks none either.
+    TOMLINSON_SMTP_CHECK_AUTH: 'false',
+    TOMLINSON_SMTP_MAX_CONNECTIONS_PER_CLIENT: '1000',
+    TOMLINSON_LOG_LEVEL: 'warn',
+    TOMLINSON_LOG_PRETTY: 'false',
+  };
+  // The domain and the user exist before the server starts (as an operator's CLI would add them).
+  const { loadConfig } = await import('../../core/config.js');
+  const { silentLogger } = await import('../../core/log.js');
+  const { openStorage } = await import('../../core/storage/open.js');
+  const { Accounts } = await import('../../core/accounts/accounts.js');
+  const storage = await openStorage(loadConfig(env), silentLogger);
+  try {
+    const accounts = new Accounts(storage.tables);
+    await accounts.addDomain('bench.test');
+    await accounts.addUser(USER, 'bench-password-1');
+  } finally {
+    await storage.close();
+  }
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'containers', 'main.ts'), 'serve', 'smtp,workers'], {
+    env: { ...process.env, UV_THREADPOOL_SIZE: '16', ...env }, // UV_THREADPOOL_SIZE as `npm start` sets it
+    cwd: ROOT,
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const stop = onCleanup(() => stopChild(child, 15_000));
+  await waitPort(port, 60_000, 'tomlinson smtp');
+  await waitPort(health, 10_000, 'tomlinson health');
+  return {
+    port,
+    pid: () => child.pid,
+    stop,
+    // The inbound worker's counter (core/mail/inbound.ts), read from /metrics.
+    delivered: async () => {
+      const text = await fetch(`http://127.0.0.1:${health}/metrics`).then((r) => r.text());
+      const m = /^tomlinson_messages_total\{[^}]*stage="inbound"[^}]*outcome="delivered"[^}]*\}\s+(\d+)/m.exec(text) ?? /^tomlinson_messages_total\{[^}]*outcome="delivered"[^}]*stage="inbound"[^}]*\}\s+(\d+)/m.exec(text);
+      return m ? Number(m[1]) : 0;
+    },
+  };
+}
+
+async function idOf(flag: '-u' | '-g', name: string): Promise<number> {
+  return Number((await run('id', [flag, name])).trim());
+}
+
+async function startPostfix(dir: string): Promise<SmtpServer> {
+  const port = await freePort();
+  const etc = join(dir, 'etc');
+  for (const d of ['etc', 'queue', 'data', 'mail']) await mkdir(join(dir, d), { recursive: true });
+  await chmod(dir, 0o755);
+  const [uid, gid] = [await idOf('-u', 'nobody'), await idOf('-g', 'nobody')];
+  const values = { DIR: dir, PORT: port, UID: uid, GID: gid };
+  for (const f of ['main.cf', 'master.cf']) await writeFile(join(etc, f), fillTemplate(await readFile(join(HERE, 'postfix', f), 'utf8'), values));
+  await writeFile(join(etc, 'vmailbox'), `${USER} bench.test/user/\n`);
+  await chown(join(dir, 'mail'), uid, gid);
+  await chown(join(dir, 'data'), await idOf('-u', 'postfix'), await idOf('-g', 'postfix'));
+  let masterPid: number | undefined;
+  const stopPostfix = async () => {
+    await run('postfix', ['-c', etc, 'stop'], { timeoutMs: 30_000 }).catch(() => run('postfix', ['-c', etc, 'abort'], { timeoutMs: 30_000 }).catch(() => undefined));
+    // `postfix stop` signals the master; wait until it has gone, so the next run starts cold.
+    for (let i = 0; i < 100 && masterPid !== undefined; i++) {
+      if (!(await readFile(`/proc/${masterPid}/stat`).catch(() => undefined))) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  const stop = onCleanup(stopPostfix);
+  try {
+    await run('postfix', ['-c', etc, 'start'], { timeoutMs: 60_000 });
+    masterPid = Number((await readFile(join(dir, 'queue', 'pid', 'master.pid'), 'utf8')).trim());
+    await waitPort(port, 30_000, 'postfix smtpd');
+  } catch (e) {
+    await stop();
+    throw new Error(`${(e as Error).message}\n${await readFile(join(dir, 'maillog'), 'utf8').catch(() => '')}`);
+  }
+  const maildirNew = join(dir, 'mail', 'bench.test', 'user', 'new');
+  return {
+    port,
+    pid: () => masterPid,
+    stop,
+    delivered: async () => (await readdir(maildirNew).catch(() => [])).length,
+  };
+}
+
+/** Runs the comparison and returns its report. */
+export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<ProtocolReport> {
+  const runs = options.runs ?? 3;
+  const sessionsList = options.sessions ?? [1, 10, 50];
+  const messages = options.messages ?? 1500;
+  const size = options.size ?? 10240;
+  const latencyMessages = options.latencyMessages ?? 500;
+  const drainTimeout = options.drainTimeout ?? 120;
+  const servers = options.servers ?? [OURS, 'postfix'];
+  const say = options.say ?? (() => undefined);
+  const samples: Sample[] = [];
+  const notes: string[] = [];
+  const base = await mkdtemp(join(tmpdir(), 'tomlinson-peers-smtp-'));
+  await chmod(base, 0o755); // Postfix's processes run as postfix and nobody.
+  try {
+    for (let r = 1; r <= runs; r++) {
+      for (const name of servers) {
+        const dir = join(base, `${name}-${r}`);
+        await mkdir(dir, { recursive: true });
+        const server = name === OURS ? await startOurs(dir) : await startPostfix(dir);
+        const mem = watchPeakMemory(server.pid);
+        const mine: Sample[] = [];
+        try {
+          let sent = 0;
+          for (const sessions of sessionsList) {
+            const n = sessions === 1 ? Math.ceil(messages / 3) : messages;
+            const seconds = await smtpSource(server.port, sessions, n, size);
+            sent += n;
+            say(`smtp run ${r} ${name} ${sessions} sessions: ${Math.round(n / seconds)} msg/s`);
+            mine.push({ scenario: `${sessions} session${sessions === 1 ? '' : 's'} (smtp-source)`, server: name, run: r, value: n / seconds });
+          }
+          const lat = await latencyRun(server.port, 10, latencyMessages, size);
+          sent += latencyMessages;
+          say(`smtp run ${r} ${name} latency at 10 sessions: p50 ${lat.p50Ms} ms, p99 ${lat.p99Ms} ms`);
+          mine.push({ scenario: '10 sessions (own client, latency)', server: name, run: r, value: lat.messagesPerSecond, p50Ms: lat.p50Ms, p99Ms: lat.p99Ms });
+          // Every accepted message must reach the mailbox; time how long delivery lags the accepts.
+          const loadDone = performance.now();
+          let delivered = await server.delivered();
+          while (delivered < sent && performance.now() - loadDone < drainTimeout * 1000) {
+            await new Promise((res) => setTimeout(res, 100));
+            delivered = await server.delivered();
+          }
+          const drain = (performance.now() - loadDone) / 1000;
+          const note = delivered === sent ? (drain > 1 ? `delivery lagged: mailbox complete ${drain.toFixed(1)} s after the last accept (run ${r})` : undefined) : `only ${delivered} of ${sent} accepted messages delivered after ${drainTimeout} s (run ${r})`;
+          if (note) mine[mine.length - 1]!.note = note;
+          say(`smtp run ${r} ${name}: ${delivered}/${sent} delivered, drain ${drain.toFixed(1)} s`);
+        } finally {
+          const peak = await mem.stop();
+          await server.stop();
+          for (const s of mine) Object.assign(s, { peakMiB: peak.rss, pssMiB: peak.pss });
+          samples.push(...mine);
+        }
+        await rm(dir, { recursive: true, force: true });
+      }
+    }
+    if ((options.bigBytes ?? 50_000_000) > 0 && servers.includes(OURS)) {
+      const big = await bigMessage(join(base, 'big'), options.bigBytes ?? 50_000_000, false);
+      say(`smtp ${OURS} ${big.bytes} octets: +${big.growthMb} MB`);
+      notes.push(`One ${Math.round(big.bytes / 1e6)} MB message to ${OURS} (fresh server): ${big.seconds} s, resident memory ${big.rssBeforeMb} MB before, peak ${big.rssPeakMb} MB (+${big.growthMb} MB; the issue's limit is +64 MB).`);
+    }
+  } finally {
+    await rm(base, { recursive: true, force: true });
+  }
+  return summarize('SMTP', 'msg/s', samples, [
+    `10 KB messages (${size} octets), a fresh connection per message; smtp-source sends ${Math.ceil(messages / 3)} messages at 1 session and ${messages} at 10 and 50; the latency run sends ${latencyMessages} from our own client at 10 sessions (p50/p99: end of data to the 250).`,
+    `Each server started cold for each run (new data folder), runs alternating. Ours: smtp + in-process workers, local storage, fsync before 250. Postfix: private instance, virtual(8) to Maildir, fsync before 250 as shipped, no chroot.`,
+    'Peak RSS: the largest sum of VmHWM over the server\'s processes during the run (Postfix: master and every smtpd, cleanup, qmgr, virtual... it forks; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split among processes.',
+    ...notes,
+  ]);
+}
