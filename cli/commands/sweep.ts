@@ -33,6 +33,7 @@ export function register(program: Command, ctx: CliContext): void {
         const lines = [
           `${r.dryRun ? 'would delete' : 'deleted'} ${r.deleted} orphaned blob${r.deleted === 1 ? '' : 's'} of ${r.scanned} scanned; ` +
             `kept ${r.keptReferenced} referenced, ${r.keptYoung} young (${r.marked} seen unreferenced for the first time); ` +
+            (r.releasedHolds ? `${r.releasedHolds} stale hold${r.releasedHolds === 1 ? '' : 's'} released; ` : '') +
             `queues ${r.quiescent ? 'empty' : 'busy'}${r.complete ? '' : '; stopped early'}`,
         ];
         if (r.dryRun || opts.list) lines.push(...r.deletedKeys.map((k) => `  ${k}`));

@@ -1,7 +1,7 @@
 /**
  * The documented cleanup of orphaned raw messages: blobs in the mail store that no queued job,
- * mailbox entry, hold or outbound record will ever reference, and that so nothing would ever
- * delete. Works only through the storage ports, so it runs the same on both adapter families.
+ * mailbox entry, hold or outbound record will ever reference, so that nothing else would ever
+ * delete them. Works only through the storage ports, so it runs the same on both adapter families.
  *
  * ## How orphans happen
  * The SMTP listener stores the raw message (`in/<date>/<id>.eml`) and then sends its job; a SIGKILL
@@ -357,6 +357,7 @@ export interface PeriodicSweepOptions {
 export function startPeriodicSweep(o: PeriodicSweepOptions): PeriodicSweep | undefined {
   const intervalMs = o.config.mail.sweepIntervalMinutes * 60_000;
   if (intervalMs <= 0) return undefined;
+  if (o.metrics) sweepCounter(o.metrics); // on /metrics from the start, at 0
   const abort = new AbortController();
   let running: Promise<void> | undefined;
   let timer: NodeJS.Timeout | undefined;
