@@ -11,7 +11,7 @@ import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startOrigin } from './origin.js';
+import { originCounts, startOrigin, type OriginCounts } from './origin.js';
 import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
 import { fillTemplate, freePort, onCleanup, parseWrk, run, stopChild, waitPort, watchPeakMemory, wrkLua, type ProxyScenario } from './util.js';
 
@@ -99,6 +99,26 @@ async function wrk(target: string, connections: number, seconds: number, script?
   return parseWrk(await run('wrk', args, { timeoutMs: (seconds + 30) * 1000 }));
 }
 
+/**
+ * What the origin saw during a measured run, against what the scenario means: hits must not reach
+ * it (under 1% of the client's requests), misses must all reach it, revalidations must reach it
+ * as conditional requests answered 304. `bad` marks a server that did not do what the row claims.
+ */
+export function originCheck(scenario: ProxyScenario, before: OriginCounts, after: OriginCounts, requests: number): { text: string; bad: boolean } {
+  const d = (k: keyof OriginCounts) => after[k] - before[k];
+  const pct = (x: number) => `${requests ? ((100 * x) / requests).toFixed(1) : '0'}%`;
+  if (scenario === 'hit1k' || scenario === 'hit100k') {
+    const n = d(scenario);
+    return { text: `${n} fetches for ${requests} requests (${pct(n)})`, bad: n > requests * 0.01 };
+  }
+  if (scenario === 'miss') {
+    const n = d('miss');
+    return { text: `${n} fetches for ${requests} requests (${pct(n)})`, bad: n < requests * 0.99 };
+  }
+  const [c304, c200] = [d('reval304'), d('reval200')];
+  return { text: `${c304} answered 304 and ${c200} answered 200 for ${requests} requests`, bad: c200 > requests * 0.01 || c304 < requests * 0.5 };
+}
+
 /** Runs the comparison and returns its report. */
 export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<ProtocolReport> {
   const runs = options.runs ?? 3;
@@ -139,9 +159,12 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
           const at = `http://127.0.0.1:${server.port}/`;
           for (const s of scenarios) {
             await wrk(at, connections, warmup, scripts[s]);
+            const before = await originCounts(origin.port);
             const w = await wrk(at, connections, duration, scripts[s]);
-            say(`proxy run ${r} ${name} ${s}: ${Math.round(w.requestsPerSecond)} req/s, p99 ${w.p99Ms} ms${w.errors ? `, ${w.errors} errors` : ''}`);
-            samples.push({ scenario: s, server: name, run: r, value: w.requestsPerSecond, p50Ms: w.p50Ms, p99Ms: w.p99Ms, note: w.errors ? `${w.errors} errors in run ${r}` : undefined });
+            const check = originCheck(s, before, await originCounts(origin.port), w.requests);
+            say(`proxy run ${r} ${name} ${s}: ${Math.round(w.requestsPerSecond)} req/s, p99 ${w.p99Ms} ms${w.errors ? `, ${w.errors} errors` : ''}; origin: ${check.text}`);
+            const note = [w.errors ? `${w.errors} errors` : '', check.bad ? `origin ${check.text}` : ''].filter(Boolean).join('; ');
+            samples.push({ scenario: s, server: name, run: r, value: w.requestsPerSecond, p50Ms: w.p50Ms, p99Ms: w.p99Ms, note: note ? `${note} (run ${r})` : undefined });
           }
         } finally {
           const peak = await mem.stop();
@@ -161,6 +184,7 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
     'Squid: memory cache only (256 MB cache_mem, no cache_dir, as Debian ships it), 1 worker. nginx: proxy_cache on files (page cache), worker_processes auto, keep-alive upstream, proxy_cache_revalidate on. Ours: memory tier 256 MB over the blob tier on disk, one process.',
     'Peak RSS: the largest sum of VmHWM over the server\'s processes during the run (nginx: master + workers; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.',
     '"origin alone" is wrk straight at the origin: the yardstick for this machine, not a peer.',
+    'The origin counts what reaches it: hit rows must not reach it, miss rows must, reval rows must arrive as If-None-Match answered 304; a server that does otherwise gets a note. nginx does not store a response with max-age=0, so its reval row is a full fetch each time.',
   ]);
   const order = (server: string) => (server === 'origin alone' ? 1 : 0);
   const scenarioIndex = (s: string) => scenarios.indexOf(s as ProxyScenario);

@@ -1,0 +1,169 @@
+import { readFile } from 'node:fs/promises';
+import { describe, expect, it } from 'vitest';
+import { originCheck } from '../../bench/peers/proxy.js';
+import { OURS, reportMarkdown, reportText, summarize, type Sample } from '../../bench/peers/report.js';
+import { fillTemplate, fmt, markdownTable, median, parseWrk, quantile, ratio, textTable, wrkLua, wrkTimeMs } from '../../bench/peers/util.js';
+
+const WRK_OUTPUT = `Running 10s test @ http://127.0.0.1:40080/
+  2 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     3.19ms    2.46ms  32.52ms   85.20%
+    Req/Sec     8.28k     1.68k   10.89k    56.67%
+  Latency Distribution
+     50%  812.00us
+     75%    4.06ms
+     90%    5.57ms
+     99%    1.20s
+  49535 requests in 3.01s, 14.83MB read
+  Socket errors: connect 0, read 3, write 0, timeout 2
+  Non-2xx or 3xx responses: 7
+Requests/sec:  16448.73
+Transfer/sec:      4.93MB
+`;
+
+describe('statistics', () => {
+  it('median of odd and even counts, ignoring non-finite values', () => {
+    expect(median([5, 1, 3])).toBe(3);
+    expect(median([4, 1, 3, 2])).toBe(2.5);
+    expect(median([NaN, 7])).toBe(7);
+    expect(median([])).toBeNaN();
+  });
+
+  it('quantile by nearest rank', () => {
+    const xs = Array.from({ length: 100 }, (_, i) => 100 - i); // 100..1, unsorted on purpose
+    expect(quantile(xs, 0.5)).toBe(50);
+    expect(quantile(xs, 0.99)).toBe(99);
+    expect(quantile(xs, 1)).toBe(100);
+    expect(quantile([42], 0.99)).toBe(42);
+  });
+
+  it('ratio ours/peer, none when a side is missing or zero', () => {
+    expect(ratio(150, 100)).toBe(1.5);
+    expect(ratio(1, 3)).toBe(0.33);
+    expect(ratio(undefined, 3)).toBeUndefined();
+    expect(ratio(3, 0)).toBeUndefined();
+  });
+
+  it('fmt groups thousands and scales decimals', () => {
+    expect(fmt(39000.4)).toBe('39,000');
+    expect(fmt(12.34)).toBe('12.3');
+    expect(fmt(0.456)).toBe('0.46');
+    expect(fmt(undefined)).toBe('–');
+  });
+});
+
+describe('tables', () => {
+  it('markdown table with escaped pipes', () => {
+    expect(markdownTable(['a', 'b'], [['1', 'x|y']])).toBe('| a | b |\n|---|---|\n| 1 | x\\|y |\n');
+  });
+
+  it('text table pads to the widest cell', () => {
+    expect(textTable(['name', 'n'], [['ab', '1000']])).toBe('name     n\nab    1000\n');
+  });
+});
+
+describe('fillTemplate', () => {
+  it('fills every placeholder and refuses unknown ones', () => {
+    expect(fillTemplate('port {{PORT}} dir {{DIR}}/x {{PORT}}', { PORT: 25, DIR: '/t' })).toBe('port 25 dir /t/x 25');
+    expect(() => fillTemplate('{{NOPE}}', {})).toThrow(/NOPE/);
+  });
+
+  // Regression guard: a placeholder typo in a shipped peer config must fail here, not start a peer
+  // with a literal {{...}} in its config.
+  it.each([
+    ['postfix/main.cf', { DIR: '/t', PORT: 1, UID: 2, GID: 3 }],
+    ['postfix/master.cf', { DIR: '/t', PORT: 1, UID: 2, GID: 3 }],
+    ['squid.conf', { DIR: '/t', PORT: 1 }],
+    ['nginx.conf', { DIR: '/t', PORT: 1, ORIGIN: '127.0.0.1:2', USER: 'nobody' }],
+    ['dovecot.conf', { DIR: '/t', PORT: 1 }],
+  ])('peer config %s uses only the values the bench gives', async (file, values) => {
+    const text = await readFile(new URL(`../../bench/peers/${file}`, import.meta.url), 'utf8');
+    const filled = fillTemplate(text, values);
+    expect(filled).not.toMatch(/\{\{|\}\}/);
+    expect(filled).not.toBe(text);
+  });
+});
+
+describe('wrk', () => {
+  it('Lua for hits: one fixed absolute-form request naming the origin in Host', () => {
+    const lua = wrkLua('hit1k', 'http://127.0.0.1:4321');
+    expect(lua).toContain('["Host"] = "127.0.0.1:4321"');
+    expect(lua).toContain('wrk.format("GET", "http://127.0.0.1:4321/hit1k", headers)');
+    expect(lua).not.toContain('math.random');
+  });
+
+  it('Lua for misses: a per-thread random prefix and a counter, so every URL is new', () => {
+    const lua = wrkLua('miss', 'http://127.0.0.1:4321');
+    expect(lua).toMatch(/setup = function\(thread\) thread:set\("id"/);
+    expect(lua).toContain('"http://127.0.0.1:4321/miss/" .. id');
+    expect(lua).toMatch(/n = n \+ 1\n\s+return wrk\.format\("GET", prefix \.\. n, headers\)/);
+  });
+
+  it('refuses an origin that would break out of the Lua string', () => {
+    expect(() => wrkLua('hit1k', 'http://x"; os.exit() --')).toThrow();
+  });
+
+  it('parses wrk --latency output, units included', () => {
+    expect(wrkTimeMs('812.00us')).toBeCloseTo(0.812);
+    expect(wrkTimeMs('1.5m')).toBe(90_000);
+    expect(wrkTimeMs('junk')).toBeNaN();
+    expect(parseWrk(WRK_OUTPUT)).toEqual({ requestsPerSecond: 16448.73, requests: 49535, p50Ms: 0.812, p99Ms: 1200, errors: 12 });
+  });
+});
+
+describe('summarize', () => {
+  const samples: Sample[] = [
+    { scenario: 'hit1k', server: 'squid', run: 1, value: 100, p99Ms: 9, peakMiB: 50 },
+    { scenario: 'hit1k', server: OURS, run: 1, value: 90, p99Ms: 3, peakMiB: 80 },
+    { scenario: 'hit1k', server: 'squid', run: 2, value: 120, p99Ms: 7, peakMiB: 52 },
+    { scenario: 'hit1k', server: OURS, run: 2, value: 150, p99Ms: 4, peakMiB: 90 },
+    { scenario: 'hit1k', server: 'squid', run: 3, value: 110, p99Ms: 8, peakMiB: 51 },
+    { scenario: 'hit1k', server: OURS, run: 3, value: 165, p99Ms: 5, peakMiB: 85, note: 'slow start' },
+    { scenario: 'miss', server: 'squid', run: 1, value: 10 },
+  ];
+
+  it('medians per scenario and server, ours first, ratio on peer rows', () => {
+    const rep = summarize('Proxy', 'req/s', samples);
+    expect(rep.rows.map((r) => [r.scenario, r.server])).toEqual([
+      ['hit1k', OURS],
+      ['hit1k', 'squid'],
+      ['miss', 'squid'],
+    ]);
+    const [ours, squid, miss] = rep.rows;
+    expect(ours!.median).toBe(150);
+    expect(ours!.values).toEqual([90, 150, 165]);
+    expect(ours!.p99Ms).toBe(4);
+    expect(ours!.peakMiB).toBe(85);
+    expect(ours!.oursOverPeer).toBeUndefined();
+    expect(squid!.median).toBe(110);
+    expect(squid!.oursOverPeer).toBe(1.36);
+    expect(miss!.oursOverPeer).toBeUndefined(); // ours did not run it
+    expect(ours!.notes).toEqual(['slow start']);
+  });
+
+  it('renders Markdown and text with the notes', () => {
+    const rep = summarize('Proxy', 'req/s', samples, ['how it was measured']);
+    const md = reportMarkdown(rep);
+    expect(md).toMatch(/^### Proxy\n\n\| scenario \| server \| req\/s \(median\) \|/);
+    expect(md).toContain(`| hit1k | squid | 110 | 100 / 120 / 110 | – | 8.00 | 51 | – | 1.36 |`);
+    expect(md).toContain('- how it was measured');
+    expect(md).toContain(`- hit1k, ${OURS}: slow start`);
+    expect(reportText(rep)).toMatch(/^== Proxy ==\nscenario/);
+  });
+});
+
+describe('originCheck', () => {
+  const zero = { hit1k: 0, hit100k: 0, miss: 0, reval200: 0, reval304: 0 };
+  it('hits must not reach the origin', () => {
+    expect(originCheck('hit1k', zero, { ...zero, hit1k: 3 }, 1000).bad).toBe(false);
+    expect(originCheck('hit1k', zero, { ...zero, hit1k: 500 }, 1000).bad).toBe(true);
+  });
+  it('misses must all reach it', () => {
+    expect(originCheck('miss', zero, { ...zero, miss: 1003 }, 1000).bad).toBe(false);
+    expect(originCheck('miss', zero, { ...zero, miss: 10 }, 1000).bad).toBe(true);
+  });
+  it('revalidations must be conditional requests answered 304', () => {
+    expect(originCheck('reval', zero, { ...zero, reval304: 1000 }, 1000).bad).toBe(false);
+    expect(originCheck('reval', zero, { ...zero, reval200: 1000 }, 1000).bad).toBe(true);
+  });
+});
