@@ -17,10 +17,29 @@ export interface SnapshotMessage extends MaildropMessage {
   blobKey: string;
 }
 
+/**
+ * A Blobs adapter that can also read a small object whole, at once (the local family's FsBlobs):
+ * RETR of a small message then costs one open/read/close instead of several async round trips.
+ */
+export interface SmallBlobReads {
+  /** The body when it is at most `maxBytes` long, else undefined; throws NotFound like get. */
+  readSmallSync(key: string, options: { maxBytes: number; sizeHint: number }): Buffer | undefined;
+}
+
+function smallReadsOf(blobs: Blobs): SmallBlobReads | undefined {
+  return typeof (blobs as Partial<SmallBlobReads>).readSmallSync === 'function' ? (blobs as unknown as SmallBlobReads) : undefined;
+}
+
 /** Options of the maildrop opener. */
 export interface MaildropOptions {
   /** Lease lifetime; renewed every third of it while the session lives. @default 60 */
   leaseSeconds?: number;
+  /**
+   * Messages up to this size are read whole and sent in one write when the blob store can read
+   * them at once (local files); larger ones, and every message on S3, are streamed. Bounds the
+   * memory one RETR holds. @default 262144
+   */
+  wholeReadBytes?: number;
   log: Logger;
   /** Identifies this process in lease items (for operators reading the table). @default host:pid */
   holderPrefix?: string;
@@ -59,6 +78,7 @@ export class StoreMaildrops {
   private readonly leaseSeconds: number;
   private readonly holderPrefix: string;
   private readonly log: Logger;
+  private readonly wholeReadBytes: number;
 
   constructor(
     private readonly store: MailboxStore,
@@ -69,6 +89,7 @@ export class StoreMaildrops {
     this.leaseSeconds = options.leaseSeconds ?? 60;
     this.holderPrefix = options.holderPrefix ?? `${hostname()}:${process.pid}`;
     this.log = options.log;
+    this.wholeReadBytes = options.wholeReadBytes ?? 256 * 1024;
   }
 
   /** Locks and snapshots `user`'s maildrop, or says why it cannot. */
@@ -86,7 +107,7 @@ export class StoreMaildrops {
       await this.finishPendingDelete(user);
       const [meta, entries] = await Promise.all([this.store.meta(user), this.store.list(user)]);
       const messages: SnapshotMessage[] = entries.map((e) => ({ uid: e.uid, blobKey: e.blobKey, size: retrSize(e), uidl: uidlOf(meta.uidValidity, e.uid) }));
-      return new StoreMaildrop(this.store, this.tables, this.blobs, user, holder, this.leaseSeconds, messages, this.log);
+      return new StoreMaildrop(this.store, this.tables, this.blobs, user, holder, this.leaseSeconds, messages, this.log, this.wholeReadBytes);
     } catch (e) {
       this.log.error({ user, err: (e as Error).message }, 'maildrop snapshot failed');
       await this.store.releaseLease(user, holder).catch(() => undefined);
@@ -113,6 +134,7 @@ export class StoreMaildrop implements Maildrop {
   private prefetched: { index: number; body: Promise<Readable> } | undefined;
   /** False once a renewal found the lease gone (expired and taken): commit is then refused. */
   private holding = true;
+  private readonly smallReads: SmallBlobReads | undefined;
 
   constructor(
     private readonly store: MailboxStore,
@@ -123,7 +145,9 @@ export class StoreMaildrop implements Maildrop {
     private readonly leaseSeconds: number,
     readonly messages: readonly SnapshotMessage[],
     private readonly log: Logger,
+    private readonly wholeReadBytes = 256 * 1024,
   ) {
+    this.smallReads = smallReadsOf(blobs);
     this.timer = setInterval(() => void this.renew(), Math.max(1000, (leaseSeconds * 1000) / 3));
     this.timer.unref();
   }
@@ -139,6 +163,24 @@ export class StoreMaildrop implements Maildrop {
       // A transient storage error: the next tick tries again before the lease runs out.
       this.log.warn({ user: this.user, err: (e as Error).message }, 'maildrop lease renewal failed');
     }
+  }
+
+  /** True when message `index` is read whole by `read` rather than streamed by `open`. */
+  private readsWhole(index: number): boolean {
+    const m = this.messages[index];
+    // The snapshot size is the CRLF size, within a few octets per line of the stored size.
+    return this.smallReads !== undefined && m !== undefined && m.size <= this.wholeReadBytes;
+  }
+
+  /**
+   * The stored message, whole, when it is small and the blob store reads it at once; otherwise
+   * undefined and the caller streams it with `open`.
+   */
+  read(index: number): Buffer | undefined {
+    const m = this.messages[index];
+    if (!m) throw new RangeError(`no message ${index + 1}`);
+    if (!this.readsWhole(index)) return undefined;
+    return this.smallReads!.readSmallSync(m.blobKey, { maxBytes: this.wholeReadBytes, sizeHint: m.size });
   }
 
   /**
@@ -157,7 +199,7 @@ export class StoreMaildrop implements Maildrop {
     } else {
       this.dropPrefetch();
     }
-    if (index + 1 < this.messages.length && !this.released) {
+    if (index + 1 < this.messages.length && !this.released && !this.readsWhole(index + 1)) {
       const next = this.fetch(index + 1, true);
       // Handled here so that a failed prefetch is never an unhandled rejection.
       next.catch(() => undefined);

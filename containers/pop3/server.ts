@@ -189,12 +189,23 @@ class Connection {
     }
   }
 
-  /** Streams a RETR/TOP body: CRLF line ends, byte-stuffing, terminator (RFC 1939 §3). */
+  /** Sends a RETR/TOP body: CRLF line ends, byte-stuffing, terminator (RFC 1939 §3). */
   private async sendBody(body: BodyReply): Promise<void> {
     const s = this.stream;
     const src = body.source;
     const enc = new MessageEncoder({ topLines: body.topLines });
     s.write(body.head);
+    if (Buffer.isBuffer(src)) {
+      // A small message read whole: one pass of the encoder, written with the status line and
+      // the terminator in the same corked batch (one writev for the whole response).
+      const out = enc.encode(src);
+      if (out.length > 0) s.write(out);
+      s.write(enc.finish());
+      this.checkSize(body, enc);
+      // Pipelined RETRs must not pile messages up in memory: wait until the client takes them.
+      if (s.writableNeedDrain) await this.drained();
+      return;
+    }
     // Events rather than for-await: the response is complete at the source's 'end', without
     // waiting for its file to be closed, and a full socket pauses the source (backpressure).
     const outcome = await new Promise<'ok' | 'gone' | Error>((resolve) => {
@@ -249,9 +260,31 @@ class Connection {
       return;
     }
     s.write(enc.finish());
+    this.checkSize(body, enc);
+  }
+
+  private checkSize(body: BodyReply, enc: MessageEncoder): void {
     if (body.topLines === undefined && enc.messageOctets !== body.expectedSize) {
       this.log.warn({ announced: body.expectedSize, sent: enc.messageOctets }, 'message size differs from the size LIST announced');
     }
+  }
+
+  /** Flushes the corked writes and resolves once the socket drained (or closed). */
+  private async drained(): Promise<void> {
+    const s = this.stream;
+    s.uncork();
+    if (s.writableNeedDrain && !s.destroyed) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          s.off('drain', done);
+          s.off('close', done);
+          resolve();
+        };
+        s.on('drain', done);
+        s.on('close', done);
+      });
+    }
+    s.cork();
   }
 
   /** RFC 2595 §4 STLS: "+OK", then the TLS handshake; anything pipelined after STLS is dropped. */

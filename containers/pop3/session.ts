@@ -21,6 +21,11 @@ export interface Maildrop {
   readonly messages: readonly MaildropMessage[];
   /** The stored message as a stream of raw bytes. */
   open(index: number): Promise<Readable>;
+  /**
+   * The stored message whole, when it is small enough to hold at once and can be read cheaply;
+   * undefined means "stream it with open". Throws like open.
+   */
+  read?(index: number): Buffer | undefined;
   /** Removes the given messages (indexes into `messages`), all or nothing (RFC 1939 §6 UPDATE). */
   commit(indexes: number[]): Promise<void>;
   /** Gives up the lock without deleting anything; called once whatever the end of the session. */
@@ -58,8 +63,8 @@ export interface SessionEnv {
 export interface BodyReply {
   /** The `+OK` line, CRLF included. */
   head: string;
-  /** The raw stored message. */
-  source: Readable;
+  /** The raw stored message: a stream, or the whole of a small one. */
+  source: Readable | Buffer;
   /** TOP's line count; undefined for RETR. */
   topLines?: number;
   /** The size announced in LIST, to check what was sent against. */
@@ -396,9 +401,9 @@ export class Pop3Session {
     const s = this.state;
     const p = this.pick(arg);
     if (!('index' in p) || s.name !== 'TRANSACTION') return p as Output;
-    let source: Readable;
+    let source: Readable | Buffer;
     try {
-      source = await s.drop.open(p.index);
+      source = s.drop.read?.(p.index) ?? (await s.drop.open(p.index));
     } catch {
       return { text: err('Message temporarily unavailable', 'SYS/TEMP') };
     }

@@ -17,6 +17,7 @@
  * as `%2E`, so no key can reach `.tmp` or collide with a folder.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -51,6 +52,8 @@ const DIR_SUFFIX = '%2F';
 const MAX_KEY_BYTES = 1024;
 /** Metadata travels in S3 headers, limited to 2 KB in all; keep the same bound. */
 const MAX_METADATA_BYTES = 2048;
+/** More than any header can take (fixed part, content type, metadata JSON): bounds readSmallSync. */
+const MAX_HEADER_BYTES = FIXED + MAX_METADATA_BYTES + 1024;
 /** Orphaned temporary files of live processes are kept unless older than this. */
 const ORPHAN_AGE_MS = 24 * 3600 * 1000;
 /** Small writes are gathered into one write call up to this many bytes. */
@@ -164,6 +167,36 @@ function parseHeader(buf: Buffer, fileSize: number, what: string): Header | 'nee
   const sha256 = buf.toString('latin1', SHA_OFFSET, SHA_OFFSET + 64);
   const meta = JSON.parse(buf.toString('utf8', FIXED, headerLength - 1)) as { t?: string; m?: Record<string, string> };
   return { size: fileSize - headerLength, headerLength, sha256, contentType: meta.t, metadata: meta.m };
+}
+
+/** Options of FsBlobs.readSmallSync. */
+export interface SmallReadOptions {
+  /** Larger bodies are not read (undefined is returned). @default 65536 */
+  maxBytes?: number;
+  /** The body size the caller expects, to size the read buffer. @default 65536 */
+  sizeHint?: number;
+}
+
+/** Room for the header beyond the expected body size in readSmallSync's first read. */
+const HEADER_SLACK = 512;
+
+/** Reads from `at` until the buffer is full or the file ends; returns the octets now in `buf`. */
+function readFully(fd: number, buf: Buffer, at: number, what: string): number {
+  while (at < buf.length) {
+    const n = readSync(fd, buf, at, buf.length - at, at);
+    if (n === 0) break;
+    at += n;
+  }
+  if (at === 0) throw new Unavailable(`${what}: empty blob file`);
+  return at;
+}
+
+/** The header length of a blob file read whole (`got` octets), checked against the file. */
+function headerLengthOf(buf: Buffer, got: number, what: string): number {
+  if (got < FIXED || buf.toString('latin1', 0, MAGIC.length) !== MAGIC) throw new Unavailable(`${what}: not a blob file (bad header)`);
+  const headerLength = parseInt(buf.toString('latin1', MAGIC.length, MAGIC.length + 8), 16);
+  if (!Number.isFinite(headerLength) || headerLength < FIXED || headerLength > got) throw new Unavailable(`${what}: corrupt blob header`);
+  return headerLength;
 }
 
 function isAlive(pid: number): boolean {
@@ -397,6 +430,55 @@ export class FsBlobs implements Blobs {
     // Reading through the handle we opened keeps the body consistent even if the key is replaced.
     const body = fh.createReadStream({ start: header.headerLength + start, end: header.headerLength + end, autoClose: true });
     return { info, body };
+  }
+
+  /**
+   * The body of an object of at most `maxBytes` octets, read whole with blocking calls (open, one
+   * read, close), or undefined when the object is larger (then use get). For hot paths that read
+   * many small objects (POP3 RETR): a file in the page cache reads in a few microseconds, while
+   * each of the four async calls of get() is a thread-pool round trip (futex wake-ups, an eventfd
+   * write, an epoll wake-up) that costs more CPU than the read itself. Measured on a 10 KB RETR:
+   * 37 syscalls per message through get(), 3 here. The price is that the event loop waits for
+   * one small read (on a cold page cache, one disk read), so keep `maxBytes` small.
+   */
+  readSmallSync(key: string, options: SmallReadOptions = {}): Buffer | undefined {
+    const maxBytes = options.maxBytes ?? SMALL_READ_BYTES;
+    const what = `blob ${key}`;
+    const { file } = this.pathOf(keySegments(key));
+    let fd: number;
+    try {
+      fd = openSync(file, 'r');
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') throw new NotFound(what, { cause: e });
+      throw fsError(e, what);
+    }
+    try {
+      // Sized from the hint, so the usual read needs no fstat (which costs as much as the read).
+      const limit = maxBytes + MAX_HEADER_BYTES;
+      let buf = Buffer.allocUnsafe(Math.min(limit, (options.sizeHint ?? SMALL_READ_BYTES) + HEADER_SLACK));
+      let got = readFully(fd, buf, 0, what);
+      if (got === buf.length) {
+        // The hint was short (or the object is too big): size the buffer from the file itself.
+        const size = fstatSync(fd).size;
+        if (size > limit) return undefined;
+        if (size > got) {
+          const whole = Buffer.allocUnsafe(size);
+          buf.copy(whole, 0, 0, got);
+          buf = whole;
+          got = readFully(fd, buf, got, what);
+          if (got !== size) throw new Unavailable(`${what}: file shorter than its size`);
+        }
+      }
+      const headerLength = headerLengthOf(buf, got, what);
+      if (got - headerLength > maxBytes) return undefined;
+      return buf.subarray(headerLength, got);
+    } catch (e) {
+      if (e instanceof Error && (e as NodeJS.ErrnoException).code === 'EISDIR') throw new NotFound(what, { cause: e });
+      throw fsError(e, what);
+    } finally {
+      closeSync(fd);
+    }
   }
 
   async head(key: string): Promise<BlobInfo> {

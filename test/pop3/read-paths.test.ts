@@ -1,0 +1,105 @@
+/**
+ * The two ways RETR gets a stored message: small messages read whole at once (FsBlobs.readSmallSync,
+ * one write per response) and larger ones streamed. Both must send the same bytes, announce the
+ * same sizes, and keep memory bounded when a client pipelines RETRs without reading.
+ */
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../core/log.js';
+import { FsBlobs } from '../../core/storage/local/fs-blobs.js';
+import { NotFound } from '../../core/storage/ports.js';
+import { StoreMaildrops, type StoreMaildrop } from '../../containers/pop3/maildrop.js';
+import { addUsers, makeMessage, passwordOf, RawClient, startHarness, type Harness } from './harness.js';
+
+let h: Harness;
+const USER = 'reader@example.com';
+const PIPE = 'piper@example.com';
+
+beforeAll(async () => {
+  h = await startHarness();
+  await addUsers(h, USER, PIPE);
+});
+afterAll(async () => {
+  await h?.close();
+});
+
+async function retrCount(): Promise<number> {
+  const m = await h.metrics.commands.get();
+  return m.values.filter((v) => v.labels.command === 'RETR').reduce((a, v) => a + v.value, 0);
+}
+
+async function streamed(drop: StoreMaildrop, i: number): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const c of await drop.open(i)) parts.push(c as Buffer);
+  return Buffer.concat(parts);
+}
+
+describe('FsBlobs.readSmallSync', () => {
+  it('reads the body whole whatever the size hint, refuses what is over the limit, NotFound when absent', async () => {
+    const blobs = h.storage.mail as unknown as FsBlobs;
+    const body = Buffer.from(makeMessage(7, 5000));
+    const key = `test/${randomUUID()}.eml`;
+    await h.storage.mail.put(key, body, { metadata: { note: 'x'.repeat(500) } });
+    // A right hint, a hint far too small (the file is then sized by fstat), no hint at all.
+    for (const sizeHint of [body.length, 10, undefined]) {
+      expect(blobs.readSmallSync(key, { maxBytes: 64 * 1024, sizeHint })?.equals(body), `hint ${sizeHint}`).toBe(true);
+    }
+    expect(blobs.readSmallSync(key, { maxBytes: body.length - 1, sizeHint: body.length })).toBeUndefined();
+    expect(blobs.readSmallSync(key, { maxBytes: body.length, sizeHint: 1 })?.length).toBe(body.length);
+    expect(() => blobs.readSmallSync(`test/${randomUUID()}.eml`)).toThrow(NotFound);
+    const empty = `test/${randomUUID()}.eml`;
+    await h.storage.mail.put(empty, Buffer.alloc(0));
+    expect(blobs.readSmallSync(empty)?.length).toBe(0);
+  });
+});
+
+describe('StoreMaildrop: whole reads and streams agree', () => {
+  it('read() returns what open() streams for small messages and leaves big ones to open()', async () => {
+    const raws = [makeMessage(1, 300), 'Subject: bare\n\nline\rend\n', makeMessage(3, 3000), makeMessage(4, 9000)];
+    for (const r of raws) await h.deliver(USER, r);
+    // A low threshold so that both paths run on small test messages.
+    const drops = new StoreMaildrops(h.store, h.storage.tables, h.storage.mail, { log: silentLogger, wholeReadBytes: 4000 });
+    const drop = await drops.open(USER);
+    if (typeof drop === 'string') throw new Error(drop);
+    try {
+      for (let i = 0; i < raws.length; i++) {
+        const whole = drop.read(i);
+        const want = await streamed(drop, i);
+        expect(want.toString()).toBe(raws[i]);
+        if (raws[i]!.length <= 4000) expect(whole?.equals(want), `message ${i + 1}`).toBe(true);
+        else expect(whole, `message ${i + 1}`).toBeUndefined();
+      }
+    } finally {
+      await drop.release();
+    }
+  });
+});
+
+describe('RETR of small messages, pipelined', () => {
+  it('sends every message byte-identical and does not buffer responses the client is not reading', async () => {
+    const n = 120;
+    const size = 60 * 1024;
+    const raws = Array.from({ length: n }, (_, i) => makeMessage(i, size));
+    for (const r of raws) await h.deliver(PIPE, r);
+    const { client } = await RawClient.connect(h.port);
+    expect(await client.login(PIPE, passwordOf(PIPE))).toMatch(/^\+OK/);
+    // The client stops reading, then asks for ~7 MB in one write.
+    client.socket.pause();
+    const before = await retrCount();
+    client.send(Array.from({ length: n }, (_, i) => `RETR ${i + 1}\r\n`).join(''));
+    await new Promise((r) => setTimeout(r, 500));
+    // The kernel takes about 4 MB (tcp_wmem's limit of 4 MiB plus the receiver's window): with
+    // backpressure the server then stops answering; without it, it would read all 120 messages
+    // into its socket buffer at once.
+    const answered = (await retrCount()) - before;
+    expect(answered).toBeGreaterThan(0);
+    expect(answered).toBeLessThan(100);
+    client.socket.resume();
+    for (let i = 0; i < n; i++) {
+      expect(await client.reply()).toMatch(new RegExp(`^\\+OK ${raws[i]!.length} octets$`));
+      expect((await client.multilineRaw()).toString()).toBe(raws[i]);
+    }
+    expect(await client.cmd('QUIT')).toMatch(/^\+OK/);
+    await client.waitClosed();
+  });
+});
