@@ -51,6 +51,8 @@ export async function runPop3Peers(options: Pop3PeersOptions = {}): Promise<Prot
   const password = 'bench-password';
   const users = Array.from({ length: clients }, (_, i) => `user${i}@bench.example`);
   const dir = await mkdtemp(join(tmpdir(), 'tomlinson-peers-pop3-'));
+  // Removed at the end, or on Ctrl-C after the servers have stopped (cleanups run newest first).
+  const removeTemp = onCleanup(() => rm(dir, { recursive: true, force: true }));
   const samples: Sample[] = [];
   try {
     const env = {
@@ -118,7 +120,7 @@ export async function runPop3Peers(options: Pop3PeersOptions = {}): Promise<Prot
       }
     }
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await removeTemp();
   }
   return summarize('POP3', 'msg/s', samples, [
     `${clients} mailboxes of ${n} messages of ${size} octets (every 20th line starts with a dot, so byte-stuffing is measured); p50/p99: one RETR, command to end of reply.`,

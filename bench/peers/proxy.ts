@@ -130,6 +130,8 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
   const say = options.say ?? (() => undefined);
   const samples: Sample[] = [];
   const base = await mkdtemp(join(tmpdir(), 'tomlinson-peers-proxy-'));
+  // Removed at the end, or on Ctrl-C after the servers have stopped (cleanups run newest first).
+  const removeTemp = onCleanup(() => rm(base, { recursive: true, force: true }));
   await chmod(base, 0o755); // nginx's workers and Squid run as other users and must enter it.
   const origin = await startOrigin();
   const originBase = `http://127.0.0.1:${origin.port}`;
@@ -176,7 +178,7 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
     }
   } finally {
     await origin.stop();
-    await rm(base, { recursive: true, force: true });
+    await removeTemp();
   }
   // The origin's rows go last in each scenario: it is a yardstick, not a peer.
   const rep = summarize('Proxy', 'req/s', samples, [

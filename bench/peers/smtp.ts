@@ -155,6 +155,8 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
   const samples: Sample[] = [];
   const notes: string[] = [];
   const base = await mkdtemp(join(tmpdir(), 'tomlinson-peers-smtp-'));
+  // Removed at the end, or on Ctrl-C after the servers have stopped (cleanups run newest first).
+  const removeTemp = onCleanup(() => rm(base, { recursive: true, force: true }));
   await chmod(base, 0o755); // Postfix's processes run as postfix and nobody.
   try {
     for (let r = 1; r <= runs; r++) {
@@ -203,7 +205,7 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
       notes.push(`One ${Math.round(big.bytes / 1e6)} MB message to ${OURS} (fresh server): ${big.seconds} s, resident memory ${big.rssBeforeMb} MB before, peak ${big.rssPeakMb} MB (+${big.growthMb} MB; the issue's limit is +64 MB).`);
     }
   } finally {
-    await rm(base, { recursive: true, force: true });
+    await removeTemp();
   }
   return summarize('SMTP', 'msg/s', samples, [
     `10 KB messages (${size} octets), a fresh connection per message; smtp-source sends ${Math.ceil(messages / 3)} messages at 1 session and ${messages} at 10 and 50; the latency run sends ${latencyMessages} from our own client at 10 sessions (p50/p99: end of data to the 250).`,
