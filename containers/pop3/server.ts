@@ -13,6 +13,7 @@ import type { Logger } from '../../core/log.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
+import { LoginCache } from './auth-cache.js';
 import { StoreMaildrops } from './maildrop.js';
 import { err } from './protocol/commands.js';
 import { MessageEncoder } from './protocol/encode.js';
@@ -30,6 +31,8 @@ export interface Pop3ServerOptions {
   handshakeTimeoutMs?: number;
   /** Implicit-TLS port instead of config.pop3.tlsPort; here 0 means an ephemeral port (tests). */
   tlsPort?: number;
+  /** How long a password that passed scrypt is remembered (see LoginCache); 0 turns it off. @default 900 */
+  authCacheSeconds?: number;
 }
 
 /** Client input buffered while a command runs before we stop reading the socket. */
@@ -365,6 +368,7 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
   const tlsProvider = options.tls ?? (await createTlsProvider(config, log));
   const ownsTls = options.tls === undefined;
   const accounts = new Accounts(storage.tables);
+  const logins = new LoginCache(accounts, storage.tables, { ttlSeconds: options.authCacheSeconds });
   const store = new MailboxStore(storage.tables, storage.mail);
   const maildrops = new StoreMaildrops(store, storage.tables, storage.mail, { leaseSeconds: cfg.leaseSeconds, log });
   const throttle = new AuthThrottle({ baseDelayMs: cfg.authFailureDelayMs });
@@ -386,7 +390,7 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
     maxBadCommands: cfg.maxBadCommands,
     closing: () => closing,
     hooksFor: (address) => ({
-      authenticate: async (login, password) => (await accounts.authenticate(login, password))?.address,
+      authenticate: (login, password) => logins.authenticate(login, password),
       authFailed: async (login) => {
         log.info({ client: address, login }, 'POP3 login failed');
         await throttle.fail(address);
