@@ -44,6 +44,7 @@ const AUTHED = Symbol('authed');
 type ProxySocket = Socket & { [DENIED]?: boolean; [AUTHED]?: string };
 
 const NAME = 'Tomlinson';
+const NO_SETTLE = (): void => undefined;
 const HIT = `${NAME}; hit`;
 const UNSAFE = new Set(['POST', 'PUT', 'DELETE', 'PATCH']);
 const CONDITIONALS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
@@ -181,6 +182,8 @@ class CachingProxy {
   private readonly now: () => number;
   private readonly inflight = new Map<string, Promise<void>>();
   private readonly revalidating = new Set<CachedObject>();
+  /** Synchronous revalidations under way, by stored response; resolve true when a 304 refreshed it. */
+  private readonly revalidations = new Map<CachedObject, Promise<boolean>>();
   private readonly normalized = new Map<string, string>();
   private readonly tunnels = new Set<Socket>();
   private readonly server;
@@ -530,8 +533,53 @@ class CachingProxy {
     return out;
   }
 
-  /** RFC 9111 §4.3: a conditional request to the origin; 304 refreshes the stored entry. */
+  /**
+   * RFC 9111 §4.3: a stale entry is validated with the origin before use. Requests for the same
+   * stored response that arrive while its conditional request is outstanding wait for it (bounded
+   * by collapseWaitMs) and, when it ends in a 304, are answered from the freshened entry: the
+   * response was validated with the origin after they arrived, which is what RFC 9111 §4.2.4 asks
+   * before reuse. This is Squid's collapsed revalidation ("concurrent" meaning received after the
+   * first request's headers and before the origin's response headers) and RFC 9211 §2.6 names it
+   * `collapsed` in Cache-Status. A client that sends its own Cache-Control/Pragma or credentials
+   * gets a revalidation of its own.
+   */
   private async revalidate(req: IncomingMessage, res: ServerResponse, obj: CachedObject, evalReq: CachePolicy.HttpRequest, target: URL): Promise<void> {
+    const h = req.headers;
+    if (this.cfg.collapseWaitMs <= 0 || h.authorization !== undefined || h['cache-control'] !== undefined || h.pragma !== undefined) {
+      return this.revalidateOnce(req, res, obj, evalReq, target, NO_SETTLE);
+    }
+    const pending = this.revalidations.get(obj);
+    if (pending) {
+      let timer: NodeJS.Timeout | undefined;
+      const refreshed = await Promise.race([pending, new Promise<boolean>((resolve) => (timer = setTimeout(resolve, this.cfg.collapseWaitMs, false)))]);
+      clearTimeout(timer);
+      if (refreshed) return this.serveStored(req, res, obj, `${NAME}; fwd=stale; fwd-status=304; collapsed`, 'revalidated');
+      return this.revalidateOnce(req, res, obj, evalReq, target, NO_SETTLE);
+    }
+    let resolve!: (refreshed: boolean) => void;
+    const p = new Promise<boolean>((r) => (resolve = r));
+    // Requests arriving after the origin answered start a revalidation of their own.
+    const settle = (refreshed: boolean): void => {
+      if (this.revalidations.get(obj) === p) this.revalidations.delete(obj);
+      resolve(refreshed);
+    };
+    this.revalidations.set(obj, p);
+    try {
+      await this.revalidateOnce(req, res, obj, evalReq, target, settle);
+    } finally {
+      settle(false);
+    }
+  }
+
+  /** One conditional request to the origin; `settle(true)` as soon as a 304 has refreshed the entry. */
+  private async revalidateOnce(
+    req: IncomingMessage,
+    res: ServerResponse,
+    obj: CachedObject,
+    evalReq: CachePolicy.HttpRequest,
+    target: URL,
+    settle: (refreshed: boolean) => void,
+  ): Promise<void> {
     let resp: Dispatcher.ResponseData;
     try {
       resp = await this.origin(target, 'GET', this.revalidationHeaders(req, obj, evalReq, target));
@@ -547,6 +595,7 @@ class CachingProxy {
       const r = obj.policy.revalidatedPolicy(evalReq, { status, headers: this.validated(obj, rh) });
       if (!r.modified && r.matches) {
         this.store.refresh(obj, r.policy);
+        settle(true);
         return this.serveStored(req, res, obj, `${NAME}; fwd=stale; fwd-status=304`, 'revalidated');
       }
       return this.miss(req, res, obj.url, target, true);

@@ -63,7 +63,8 @@ export class BodyWriter {
   private pass: PassThrough | undefined;
   private put: Promise<{ size: number } | undefined> | undefined;
   private state: 'open' | 'done' | 'dropped' = 'open';
-  private readonly blobKey: string;
+  /** Chosen when the body first goes to the object tier (most bodies stay in memory until persisted). */
+  private blobKey = '';
 
   constructor(
     private readonly store: CacheStore,
@@ -73,7 +74,6 @@ export class BodyWriter {
     private readonly policy: CachePolicy,
     private readonly expectedLength: number | undefined,
   ) {
-    this.blobKey = store.newBlobKey(url, variant);
     if (expectedLength !== undefined && expectedLength > store.maxObjectBytes) this.state = 'dropped';
     else store.writerOpened(this);
   }
@@ -92,6 +92,7 @@ export class BodyWriter {
     if (this.bytes > this.store.memoryObjectBytes) {
       // Too big for memory: stream the rest straight into the object tier.
       this.pass = new PassThrough({ highWaterMark: 256 * 1024 });
+      this.blobKey = this.store.newBlobKey(this.url, this.variant);
       this.put = this.store.blobs.put(this.blobKey, this.pass, { maxBytes: this.store.maxObjectBytes }).then(
         (info) => ({ size: info.size }),
         (e: unknown) => {
@@ -143,7 +144,7 @@ export class BodyWriter {
     if (!this.pass) {
       const body = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.bytes);
       this.chunks = [];
-      const obj = new CachedObject(this.url, this.variant, this.vary, this.policy, body.length, storedAt, body, this.blobKey);
+      const obj = new CachedObject(this.url, this.variant, this.vary, this.policy, body.length, storedAt, body);
       this.store.adopt(obj);
       return obj;
     }
@@ -267,10 +268,20 @@ export class CacheStore {
     return new BodyWriter(this, url, variant, vary, policy, expectedLength);
   }
 
-  /** A fresh blob key for a new body of the variant (never reused, so readers never see a mix). */
+  /**
+   * A fresh blob key for a new body of the variant (never reused, so readers never see a mix):
+   * `<2 chars of the URL hash>/<URL hash>.<variant hash>.<store tag><sequence>`. The 4096 shared
+   * folders (rather than one or two new folders per URL, each a mkdir and fsyncs of its parents on
+   * the local family) keep a miss to one file creation; the random tag per store and the sequence
+   * make keys unique across tasks and restarts without a random draw per object.
+   */
   newBlobKey(url: string, variant: string): string {
-    return `${hashKey(url)}/${variant ? hashKey(variant) : '-'}/${this.now().toString(36)}-${randomBytes(6).toString('hex')}`;
+    const h = hashKey(url);
+    return `${h.slice(0, 2)}/${h}.${variant ? hashKey(variant).slice(0, 16) : '-'}.${this.keyTag}${(this.keySeq++).toString(36)}`;
   }
+
+  private readonly keyTag = `${Date.now().toString(36)}${randomBytes(6).toString('hex')}-`;
+  private keySeq = 0;
 
   /** Puts a complete in-memory object in the memory tier and queues it for the object tier. */
   adopt(obj: CachedObject): void {
@@ -413,6 +424,7 @@ export class CacheStore {
   private async persist(obj: CachedObject): Promise<void> {
     if (!obj.persisted) {
       if (!obj.body) return;
+      if (!obj.blobKey) obj.blobKey = this.newBlobKey(obj.url, obj.variant);
       await this.blobs.put(obj.blobKey, obj.body, { maxBytes: this.maxObjectBytes });
     }
     await this.writeRecord(obj);

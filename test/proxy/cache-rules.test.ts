@@ -386,6 +386,42 @@ describe('request collapsing and RFC 5861', () => {
     expect(results.some((r) => r.headers['cache-status']?.includes('collapsed'))).toBe(true);
   });
 
+  it('concurrent requests for one stale entry share one conditional request (collapsed revalidation, RFC 9211 collapsed)', async () => {
+    const path = p('collapse-reval');
+    let changed = false;
+    h.origin.routes.set(path, (req, res) => {
+      if (req.headers['if-none-match'] === '"c1"' && !changed) {
+        setTimeout(() => res.writeHead(304, { etag: '"c1"', 'cache-control': 'max-age=10' }).end(), 500);
+        return;
+      }
+      res.writeHead(200, { etag: changed ? '"c2"' : '"c1"', 'cache-control': 'max-age=10' }).end(changed ? 'second' : 'first');
+    });
+    expect((await h.get(path)).text).toBe('first');
+    h.clock.advance(11);
+    const results = await Promise.all(Array.from({ length: 8 }, () => h.get(path)));
+    expect(results.every((r) => r.status === 200 && r.text === 'first')).toBe(true);
+    expect(h.origin.count(path)).toBe(2);
+    const statuses = results.map((r) => r.headers['cache-status']);
+    expect(statuses.filter((s) => s === 'Tomlinson; fwd=stale; fwd-status=304')).toHaveLength(1);
+    // The others waited for that 304 (or, on a slow machine, arrived after it and hit).
+    expect(statuses.every((s) => s === 'Tomlinson; fwd=stale; fwd-status=304' || s === 'Tomlinson; fwd=stale; fwd-status=304; collapsed' || s === 'Tomlinson; hit')).toBe(true);
+    expect(statuses.some((s) => s?.endsWith('; collapsed'))).toBe(true);
+
+    // A client asking for its own validation (no-cache) is not collapsed into another's.
+    h.clock.advance(11);
+    const [a, b] = await Promise.all([h.get(path), h.get(path, { 'cache-control': 'no-cache' })]);
+    expect(a.text).toBe('first');
+    expect(b.text).toBe('first');
+    expect(b.headers['cache-status']).not.toContain('collapsed');
+    expect(h.origin.count(path)).toBe(4);
+
+    // After a 304 that does not match (the resource changed), waiting requests fetch on their own.
+    h.clock.advance(11);
+    changed = true;
+    const after = await Promise.all(Array.from({ length: 3 }, () => h.get(path)));
+    expect(after.every((r) => r.text === 'second')).toBe(true);
+  });
+
   it('stale-while-revalidate serves the stale entry and revalidates in the background', async () => {
     const path = p('swr');
     let n = 0;
