@@ -24,14 +24,18 @@
  *   done only for blobs that have no `BLOBREF#` item).
  * - A queued job. Jobs cannot be searched through the Queues port, so this is covered by time:
  *   1. Grace: a job is sent right after its blob is stored and no queue keeps a message longer than
- *      14 days (SQS retention, which a dead-letter queue counts from the first enqueue; retries use
- *      the visibility timeout of the same message). A blob older than `graceSeconds` (default 15
- *      days) can have no live job. The local queue keeps messages forever; this rule then treats a
+ *      14 days (SQS retention, which a dead-letter queue counts from the first enqueue; inbound
+ *      retries use the visibility timeout of the same message, and the outbound worker's later
+ *      generations are new messages but come after its hold). A blob older than `graceSeconds`
+ *      (default 15 days; the day beyond 14 covers an upload whose S3 LastModified is its start)
+ *      can have no live job. The local queue keeps messages forever; this rule then treats a
  *      dead-lettered job older than the grace like SQS would, as expired.
  *   2. Quiescence (the fast path): when the inbound and outbound queues and both dead-letter
  *      queues show nothing visible, in flight or delayed, no job exists at all, so any unreferenced
  *      blob is an orphan — except one whose job is about to be sent. Queue stats are read before
  *      the scan and again before every batch of deletions; once they show work, the fast path ends.
+ *      SQS's counts are approximate and may lag by about a minute; the settle time below covers
+ *      that lag as well.
  *
  * ## The race with the accept path, and the settle time
  * Between `mail.put` resolving and `queues.send` resolving, a fresh blob is unreferenced and the
