@@ -258,7 +258,9 @@ export async function sweepOrphanBlobs(storage: Storage, options: SweepOptions =
   /** Candidates of one page: the key, and whether only quiescence (not the grace) allows it. */
   type Candidate = { key: string; needsQuiet: boolean };
   const flush = async (batch: Candidate[]): Promise<void> => {
-    if (batch.some((c) => c.needsQuiet) && fastPath && !(await quiet())) {
+    // Read at every page, so a sweep that began in a quiet moment stops querying every blob soon
+    // after work arrives, and right before deletions that only quiescence allows.
+    if (fastPath && !(await quiet())) {
       fastPath = false;
       options.log?.info('the queues have work now; the sweep continues with the grace rule only');
     }
@@ -282,8 +284,17 @@ export async function sweepOrphanBlobs(storage: Storage, options: SweepOptions =
   };
 
   try {
+    // `in/<yyyymmdd>/` keys list oldest day first and a key's day is its DATA's start, never after
+    // its blob's LastModified: without the fast path, the first day past the grace cut-off ends
+    // the prefix (what is skipped is only kept), so a busy system's sweep reads the old tail only.
+    const cutoffDay = new Date(started.getTime() - graceMs).toISOString().slice(0, 10).replace(/-/g, '');
+    const tooYoungDay = (key: string) => {
+      const m = /^in\/(\d{8})\//.exec(key);
+      return m !== null && m[1] > cutoffDay;
+    };
     outer: for (const { prefix, kind } of SWEEP_PREFIXES) {
       let cursor: string | undefined;
+      let rest = false;
       do {
         const page = await mail.list(prefix, { limit: pageSize, cursor });
         cursor = page.cursor;
@@ -293,6 +304,10 @@ export async function sweepOrphanBlobs(storage: Storage, options: SweepOptions =
             // The page's candidates are marked; the next sweep takes them.
             report.complete = false;
             break outer;
+          }
+          if (!fastPath && tooYoungDay(blob.key)) {
+            rest = true;
+            break;
           }
           report.scanned++;
           const modified = blob.lastModified?.getTime();
@@ -324,7 +339,7 @@ export async function sweepOrphanBlobs(storage: Storage, options: SweepOptions =
           else report.keptYoung++;
         }
         await flush(batch);
-      } while (cursor);
+      } while (cursor && !rest);
     }
   } finally {
     report.ms = Math.round(performance.now() - t0);

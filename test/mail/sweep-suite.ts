@@ -198,6 +198,38 @@ export function describeSweep(family: 'local' | 'aws'): void {
       expect((await sweep({ settleSeconds: 0, graceSeconds: 3600, now: later(2 * HOUR) })).deletedKeys).toEqual([short]);
     });
 
+    it('while the queues have work, stops listing in/ at the first day folder younger than the grace', async () => {
+      const today = new Date().toISOString().slice(0, 10).replace(/-/g, '');
+      const young = [`in/${today}/${name}-a-${++n}.eml`, `in/${today}/${name}-b-${n}.eml`];
+      for (const k of young) await storage.mail.put(k, RAW);
+      const listed = new Set<string>();
+      const watched: Storage = {
+        ...storage,
+        mail: {
+          ...storage.mail,
+          put: storage.mail.put.bind(storage.mail),
+          get: storage.mail.get.bind(storage.mail),
+          head: storage.mail.head.bind(storage.mail),
+          delete: storage.mail.delete.bind(storage.mail),
+          list: async (prefix, o) => {
+            const page = await storage.mail.list(prefix, o);
+            for (const b of page.items) listed.add(b.key);
+            return page;
+          },
+        },
+      };
+      await storage.queues.send('inbound', '{"busy":true}');
+      const busy = await sweepOrphanBlobs(watched, { settleSeconds: 0, pageSize: 1, log: silentLogger });
+      expect(busy.quiescent).toBe(false);
+      expect(listed.has(young[0])).toBe(true);
+      expect(listed.has(young[1])).toBe(false);
+      await drain();
+      listed.clear();
+      const quiet = await sweepOrphanBlobs(watched, { settleSeconds: 0, pageSize: 1, log: silentLogger });
+      expect(quiet.quiescent).toBe(true);
+      expect(quiet.deletedKeys).toEqual(young);
+    });
+
     it('only deletes a blob a sweep saw unreferenced at least the settle time earlier (the accept race)', async () => {
       // The accept path: the blob is durable, its job not sent yet, the queues empty.
       const accepting = inKey();
