@@ -234,7 +234,7 @@ export async function sweepOrphanBlobs(storage: Storage, options: SweepOptions =
   };
   const referenced = async (key: string): Promise<boolean> => (await references(key)).kind !== 'none';
 
-  /** Releases stale holds; true when the blob went with the last of them. */
+  /** Releases stale holds; MailboxStore.releaseBlob deletes the blob with the last of them. */
   const releaseStale = async (key: string, holders: string[]): Promise<void> => {
     report.releasedHolds += holders.length;
     if (!dryRun) for (const h of holders) await store.releaseBlob(key, h);
