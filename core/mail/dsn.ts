@@ -5,7 +5,12 @@
  * is read from its blob, never held whole in memory.
  */
 import { randomBytes } from 'node:crypto';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
+import { Accounts } from '../accounts/accounts.js';
+import { isStorageError } from '../storage/ports.js';
+import type { JobContext } from '../workers/job.js';
+import type { InboundJob, OutboundJob } from './jobs.js';
+import { returnPathLine } from './return-path.js';
 
 /** One recipient's block in the delivery-status part (RFC 3464 §2.3). */
 export interface DsnRecipientReport {
@@ -185,4 +190,54 @@ export async function* buildDsn(input: DsnInput): AsyncGenerator<Buffer> {
     yield Buffer.from('\r\n', 'latin1');
   }
   yield Buffer.from(`\r\n--${boundary}--\r\n`, 'latin1');
+}
+
+/** A DSN to store and send as a new message from the null sender. */
+export interface DsnDispatch {
+  /** Job id of the DSN message; the same id for a repeated call, so both workers see one message. */
+  id: string;
+  /** The DSN's text, without `to` (the original envelope sender) and `original`. */
+  dsn: Omit<DsnInput, 'original'>;
+  /** Blob key of the original message. */
+  originalKey: string;
+}
+
+/**
+ * Stores a DSN (idempotently, under a key derived from its id) and queues it as a message from
+ * `<>`: to the inbound queue when its recipient, the original sender, is local, else to the
+ * outbound queue, which never bounces it again (NOTIFY=NEVER, RFC 3461 §6.2). Returns where it
+ * went; 'unknown' (a sender in a local domain that no longer exists) sends nothing.
+ */
+export async function dispatchDsn(d: DsnDispatch, ctx: JobContext): Promise<'local' | 'remote' | 'unknown'> {
+  const kind = (await new Accounts(ctx.storage.tables).resolve(d.dsn.to)).kind;
+  if (kind === 'unknown') return kind;
+  const blobKey = `dsn/${d.id}.eml`;
+  let size: number;
+  try {
+    const dsn = buildDsn({ ...d.dsn, original: async () => (await ctx.storage.mail.get(d.originalKey)).body });
+    // Delivered here, it gets the Return-Path of final delivery (RFC 5321 §4.4), as the listener
+    // writes it for every other message.
+    const info = await ctx.storage.mail.put(blobKey, Readable.from(kind === 'local' ? withLine(returnPathLine(''), dsn) : dsn), {
+      ifAbsent: true,
+      contentType: 'message/rfc822',
+    });
+    size = info.size;
+  } catch (e) {
+    if (!isStorageError(e, 'ConditionFailed')) throw e;
+    size = (await ctx.storage.mail.head(blobKey)).size;
+  }
+  const receivedAt = (d.dsn.now ?? ctx.now()).toISOString();
+  if (kind === 'local') {
+    const job: InboundJob = { v: 1, id: d.id, blobKey, size, from: '', rcpts: [{ address: d.dsn.to }], receivedAt, client: { address: '127.0.0.1', helo: ctx.config.hostname }, listener: 'mx' };
+    await ctx.storage.queues.send('inbound', JSON.stringify(job));
+  } else {
+    const job: OutboundJob = { v: 1, id: d.id, blobKey, size, from: '', rcpts: [{ address: d.dsn.to, notify: ['NEVER'] }], receivedAt };
+    await ctx.storage.queues.send('outbound', JSON.stringify(job));
+  }
+  return kind;
+}
+
+async function* withLine(line: string, rest: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  yield Buffer.from(line, 'latin1');
+  yield* rest;
 }

@@ -4,16 +4,20 @@
  * to the `outbound` queue. The same code runs in-process (embedded default) and in the inbound
  * Lambda. Every step is idempotent on the job id, because queues deliver at least once.
  */
+import { createHash } from 'node:crypto';
 import { Accounts } from '../accounts/accounts.js';
 import { MailboxStore, NoSuchMailbox, QuotaExceeded } from '../mailbox/store.js';
 import { isStorageError, type AttrValue, putIfAbsent } from '../storage/ports.js';
 import { done, type JobContext, type JobHandler, type JobMeta, type JobOutcome } from '../workers/job.js';
+import { dispatchDsn } from './dsn.js';
 import type { DsnRecipient, InboundJob, OutboundJob } from './jobs.js';
 import { summarizeMessage } from './mime.js';
 import { blobHolder as outboundHolder } from './outbound.js';
 
 /** How long the `JOB#<id>` / `OUTBOUND` marker is kept (seconds): longer than any redelivery. */
 const MARKER_TTL_SECONDS = 14 * 86400;
+/** Largest original returned whole in a DSN when the sender did not choose (RET). */
+const FULL_RETURN_MAX_BYTES = 256 * 1024;
 /** A full mailbox is retried for this long after the message arrived, then given up (logged). */
 const QUOTA_RETRY_WINDOW_MS = 60 * 60 * 1000;
 const QUOTA_RETRY_SECONDS = 300;
@@ -94,6 +98,9 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
   const routing = await routeRecipients(job, accounts);
   for (const r of routing.unknown) log.warn({ rcpt: r.address }, 'recipient no longer exists; not delivered');
   for (const r of routing.relayDenied) log.warn({ rcpt: r.address }, 'remote recipient without an authenticated sender; not relayed');
+  // Recipients accepted at RCPT that this job cannot deliver: the sender hears of them (a DSN).
+  // (relayDenied cannot come from our listener, which refuses those at RCPT: no backscatter.)
+  const failed: Failure[] = routing.unknown.map((rcpt) => ({ rcpt, status: '5.1.1', diagnostic: 'no such user here (the address was removed after the message was accepted)' }));
 
   // With more than one reader (several mailboxes, or a mailbox and the outbound worker) the raw
   // message must outlive each one's deletion while this job may still deliver to the others (a
@@ -101,34 +108,44 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
   // single reader needs no hold (its delivery is the only reference), which saves two writes on
   // the common one-recipient message.
   const holder = `inbound:${job.id}`;
-  const readers = routing.local.size + (routing.remote.length > 0 ? 1 : 0);
+  const readers = routing.local.size + (routing.remote.length > 0 ? 1 : 0) + (failed.length > 0 ? 1 : 0);
   if (readers > 1) await store.holdBlob(job.blobKey, holder);
 
   let quotaWait = false;
+  // Whether some mailbox holds (or will hold, after a quota wait) a reference to the blob.
+  let referenced = false;
   if (routing.local.size > 0) {
     // Summarised once, and only if some mailbox still lacks the message (a redelivery after
     // users deleted their copies must not need the blob again).
     let summary: Record<string, AttrValue> | undefined;
     for (const user of routing.local.keys()) {
-      if ((await store.delivered(job.id, user)) !== undefined) continue;
+      if ((await store.delivered(job.id, user)) !== undefined) {
+        referenced = true;
+        continue;
+      }
       try {
         summary ??= await summarize(job, ctx);
         const r = await store.deliver(user, { jobId: job.id, blobKey: job.blobKey, size: job.size, receivedAt: job.receivedAt, summary });
+        referenced = true;
         log.info({ user, uid: r.uid, duplicate: r.duplicate }, 'delivered');
         if (!r.duplicate) ctx.metrics?.messages.inc({ stage: 'inbound', outcome: 'delivered' });
       } catch (e) {
+        const rcpts = routing.local.get(user) ?? [];
         if (e instanceof NoSuchMailbox) {
           log.warn({ user }, 'user removed since the message was accepted; not delivered to it');
+          for (const rcpt of rcpts) failed.push({ rcpt, status: '5.1.1', diagnostic: 'no such user here (the address was removed after the message was accepted)' });
           continue;
         }
         if (e instanceof QuotaExceeded) {
           const age = ctx.now().getTime() - Date.parse(job.receivedAt);
           if (age < QUOTA_RETRY_WINDOW_MS) {
             quotaWait = true;
+            referenced = true;
             log.warn({ user }, 'mailbox full; will retry');
           } else {
             log.error({ user }, 'mailbox full for too long; message not delivered to this user');
             ctx.metrics?.messages.inc({ stage: 'inbound', outcome: 'quota' });
+            for (const rcpt of rcpts) failed.push({ rcpt, status: '5.2.2', diagnostic: 'mailbox full' });
           }
           continue;
         }
@@ -137,14 +154,18 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
     }
   }
 
+  // Before the blob can go: the DSN may return the original message.
+  if (failed.length > 0) await bounce(job, failed, ctx, log);
+
   if (routing.remote.length > 0) {
     // Hold the blob for the outbound worker before it can see the job, so that local readers
     // deleting their copies in between cannot remove what it still has to relay. (Its own hold
     // on first sight is the same holder, so this is counted once.)
     await store.holdBlob(job.blobKey, outboundHolder(job.id));
     await enqueueOutbound(job, routing.remote, ctx);
-  } else if (routing.local.size === 0) {
-    // Nobody will ever read it (every recipient vanished since RCPT).
+  } else if (!referenced && readers <= 1) {
+    // Nobody will ever read it (every recipient vanished since RCPT). With a hold, releasing it
+    // below deletes the blob instead.
     log.warn('no deliverable recipient left; message dropped');
     await mail.delete(job.blobKey);
   }
@@ -155,6 +176,75 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
   log.debug({ receiveCount: meta.receiveCount }, 'inbound job done');
   return done;
 };
+
+/** A recipient this job cannot deliver to, with the RFC 3463 status the DSN reports. */
+interface Failure {
+  rcpt: DsnRecipient;
+  status: string;
+  diagnostic: string;
+}
+
+/**
+ * Tells the sender about recipients accepted at RCPT that cannot be delivered now (RFC 3464
+ * `failed`), unless they asked for NOTIFY=NEVER (or without FAILURE, RFC 3461 §4.1) or the
+ * sender is `<>` (RFC 5321 §6.1: no bounce loops). Each recipient is reported once per job: a
+ * `JOB#<id>` / `DSN#<address>` marker is written after the DSN is queued, and the DSN's id
+ * derives from the recipients it reports, so a redelivery queues the same DSN message (which
+ * both workers handle idempotently) or none.
+ */
+async function bounce(job: InboundJob, failures: Failure[], ctx: JobContext, log: JobContext['log']): Promise<void> {
+  const seen = new Set<string>();
+  const todo: Failure[] = [];
+  for (const f of failures) {
+    const key = f.rcpt.address.toLowerCase();
+    if (seen.has(key)) continue;
+    seen.add(key);
+    if (f.rcpt.notify?.length && !f.rcpt.notify.includes('FAILURE')) continue;
+    if (await ctx.storage.tables.get({ pk: `JOB#${job.id}`, sk: `DSN#${key}` })) continue;
+    todo.push(f);
+  }
+  if (!todo.length) return;
+  if (job.from === '') {
+    log.info({ rcpts: todo.map((f) => f.rcpt.address) }, 'undeliverable message from the null sender; no DSN');
+    return;
+  }
+  const digest = createHash('sha256')
+    .update(todo.map((f) => f.rcpt.address.toLowerCase()).sort().join('\n'))
+    .digest('hex')
+    .slice(0, 12);
+  const now = ctx.now();
+  const where = await dispatchDsn(
+    {
+      id: `${job.id}.dsn-${digest}`,
+      originalKey: job.blobKey,
+      dsn: {
+        reportingMta: ctx.config.hostname,
+        to: job.from,
+        queueId: job.id,
+        ...(job.dsn?.envid ? { envid: job.dsn.envid } : {}),
+        arrivalDate: new Date(job.receivedAt),
+        recipients: todo.map((f) => ({
+          address: f.rcpt.address,
+          ...(f.rcpt.orcpt ? { orcpt: f.rcpt.orcpt } : {}),
+          action: 'failed' as const,
+          status: f.status,
+          diagnostic: f.diagnostic,
+          diagnosticType: 'x-local' as const,
+          lastAttemptAt: now,
+        })),
+        // RFC 3461 §4.3: RET as the sender asked; by default the whole message when it is small.
+        ret: job.dsn?.ret ?? (job.size <= FULL_RETURN_MAX_BYTES ? 'FULL' : 'HDRS'),
+        now,
+      },
+    },
+    ctx,
+  );
+  if (where === 'unknown') log.warn({ to: job.from }, 'DSN dropped: the sender no longer exists here');
+  else log.info({ to: job.from, rcpts: todo.map((f) => f.rcpt.address), sender: where }, 'DSN sent for undeliverable recipients');
+  const ttl = Math.floor(now.getTime() / 1000) + MARKER_TTL_SECONDS;
+  for (const f of todo) await ctx.storage.tables.put({ pk: `JOB#${job.id}`, sk: `DSN#${f.rcpt.address.toLowerCase()}`, ttl });
+  ctx.metrics?.messages.inc({ stage: 'inbound', outcome: 'bounced' });
+}
 
 async function summarize(job: InboundJob, ctx: JobContext): Promise<Record<string, AttrValue>> {
   // The listener summarizes small messages it holds in memory anyway (one blob read saved).

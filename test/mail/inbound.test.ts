@@ -111,11 +111,57 @@ describe('inbound worker', () => {
     expect(out[0].rcpts.map((r) => r.address)).toEqual(['friend@remote.example']);
   });
 
-  it('drops the blob when no recipient is deliverable any more', async () => {
-    const job = await enqueue({ rcpts: [{ address: 'gone@example.test' }], client: { address: '192.0.2.1', helo: 'x' }, listener: 'mx' });
+  async function blobText(key: string): Promise<string> {
+    const { body } = await storage.mail.get(key);
+    const parts: Buffer[] = [];
+    for await (const c of body) parts.push(c as Buffer);
+    return Buffer.concat(parts).toString('utf8');
+  }
+
+  it('drops the blob when no recipient is deliverable any more, after a failure DSN (5.1.1) to the sender, once', async () => {
+    const job = await enqueue({ rcpts: [{ address: 'gone@example.test', orcpt: 'rfc822;gone@example.test' }], client: { address: '192.0.2.1', helo: 'x' }, listener: 'mx', dsn: { envid: 'env-42' } });
+    const [m] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
+    expect(await inboundJob(m.body, { queue: 'inbound', id: m.id, receiveCount: 1, sentAt: m.sentAt }, ctx)).toEqual({ kind: 'done' });
+    // A redelivery of the job sends no second DSN.
+    expect(await inboundJob(m.body, { queue: 'inbound', id: m.id, receiveCount: 2, sentAt: m.sentAt }, ctx)).toEqual({ kind: 'done' });
+    await expect(storage.mail.head(job.blobKey)).rejects.toMatchObject({ code: 'NotFound' });
+    // The sender is remote: the DSN goes out from <>, never to be bounced itself.
+    const out = await outboundJobs();
+    expect(out).toHaveLength(1);
+    expect(out[0]).toMatchObject({ from: '', rcpts: [{ address: 'j@remote.example', notify: ['NEVER'] }] });
+    const dsn = await blobText(out[0].blobKey);
+    expect(dsn).toMatch(/^Content-Type: multipart\/report; report-type=delivery-status;/m);
+    expect(dsn).toContain('Original-Envelope-Id: env-42\r\n');
+    expect(dsn).toContain('Original-Recipient: rfc822; gone@example.test\r\nFinal-Recipient: rfc822; gone@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n');
+    expect(dsn).toContain('Hallo Welt'); // RET defaults to FULL for a small message
+  });
+
+  it('sends no DSN for a vanished recipient that asked for NOTIFY=NEVER', async () => {
+    const job = await enqueue({ rcpts: [{ address: 'gone@example.test', notify: ['NEVER'] }], client: { address: '192.0.2.1', helo: 'x' }, listener: 'mx' });
     const [m] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
     expect(await inboundJob(m.body, { queue: 'inbound', id: m.id, receiveCount: 1, sentAt: m.sentAt }, ctx)).toEqual({ kind: 'done' });
     await expect(storage.mail.head(job.blobKey)).rejects.toMatchObject({ code: 'NotFound' });
+    expect(await outboundJobs()).toHaveLength(0);
+    expect(await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 })).toHaveLength(0);
+  });
+
+  it('a user removed between RCPT and delivery: the others get the message, a local sender gets the DSN in its mailbox', async () => {
+    const job = await enqueue({ from: 'alice@example.test', rcpts: [{ address: 'alice@example.test' }, { address: 'bob@example.test' }], dsn: { ret: 'HDRS' } });
+    await new Accounts(storage.tables).removeUser('bob@example.test');
+    const [m] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
+    expect(await runOne('inbound', m, inboundJob, ctx)).toEqual({ kind: 'done' });
+    // The DSN is a new inbound job from <> to the sender; the worker delivers it like any other.
+    const [d] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
+    expect(JSON.parse(d.body)).toMatchObject({ from: '', rcpts: [{ address: 'alice@example.test' }] });
+    expect(await runOne('inbound', d, inboundJob, ctx)).toEqual({ kind: 'done' });
+    const store = new MailboxStore(storage.tables, storage.mail);
+    const alice = await store.list('alice@example.test');
+    expect(alice.map((e) => e.summary.subject)).toEqual(['Grüße', 'Undelivered Mail Returned to Sender']);
+    expect(alice[0].blobKey).toBe(job.blobKey); // the original stays for alice's copy
+    const dsn = await blobText(alice[1].blobKey);
+    expect(dsn).toContain('Final-Recipient: rfc822; bob@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n');
+    expect(dsn).toContain('Content-Type: text/rfc822-headers'); // RET=HDRS: the header only
+    expect(dsn).not.toContain('Hallo Welt');
     expect(await outboundJobs()).toHaveLength(0);
   });
 
