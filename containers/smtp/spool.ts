@@ -1,6 +1,6 @@
 /**
  * Where an accepted message goes between the first content octet and `250`: the raw message (with
- * our Received header, and on the MX listener the Authentication-Results) made durable in the mail
+ * our Return-Path and Received lines, and on the MX listener the Authentication-Results) made durable in the mail
  * blobs, then its InboundJob sent to the `inbound` queue (DESIGN.md invariants: the 250 rule).
  *
  * Small messages (the common case) are collected in memory up to `inlineBytes` and written with one
@@ -16,6 +16,7 @@ import { checkMessageAuth } from '../../core/mail/auth-results.js';
 import { summarizeMessage } from '../../core/mail/mime.js';
 import type { InboundJob } from '../../core/mail/jobs.js';
 import { buildReceived } from '../../core/mail/received.js';
+import { returnPathLine } from '../../core/mail/return-path.js';
 import type { DnsResolver } from '../../core/dns.js';
 import type { Metrics } from '../../core/metrics.js';
 import { isStorageError, type AttrValue, type BlobInfo, type Storage } from '../../core/storage/ports.js';
@@ -54,6 +55,7 @@ export function messageKey(id: string, now: Date): string {
 export class StorageSink implements MessageSink {
   readonly id: string;
   private readonly key: string;
+  /** Our lines at the top of the stored message: Return-Path, then Received. */
   private readonly received: Buffer;
   private readonly inlineBytes: number;
   private readonly receivedAt: Date;
@@ -74,6 +76,10 @@ export class StorageSink implements MessageSink {
     this.key = messageKey(this.id, this.receivedAt);
     this.inlineBytes = deps.inlineBytes ?? 256 * 1024;
     this.received = Buffer.from(
+      // RFC 5321 §4.4: final delivery inserts the reverse-path as Return-Path at the very
+      // beginning. It is one per message, so it is written once here for every local mailbox;
+      // the outbound path reads the blob without it (core/mail/return-path.ts).
+      returnPathLine(tx.from) +
       buildReceived({
         helo: session.helo ?? '',
         clientAddress: session.clientAddress,

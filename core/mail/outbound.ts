@@ -25,6 +25,7 @@ import { isStorageError, MAX_DELAY_SECONDS, MAX_VISIBILITY_SECONDS, type Storage
 import { done, type JobContext, type JobHandler, type JobOutcome } from '../workers/job.js';
 import { dkimSignatures, fileDkimKeys, noDkimKeys, secretsDkimKeys, type DkimKeySource } from './dkim.js';
 import { buildDsn, type DsnRecipientReport } from './dsn.js';
+import { withoutReturnPath } from './return-path.js';
 import type { InboundJob, OutboundJob } from './jobs.js';
 import { stsPolicy, mxMatches, type StsPolicy } from './mta-sts.js';
 import { resolveMxRoute, type MxDns } from './mx.js';
@@ -323,13 +324,13 @@ interface PreparedMessage {
 async function prepareMessage(m: MessageRecord, ctx: JobContext, deps: OutboundDeps, log: Logger): Promise<PreparedMessage> {
   const blobs = ctx.storage.mail;
   let signatures = '';
-  const fromHeader = await headerFromDomain((await blobs.get(m.blobKey)).body);
+  const fromHeader = await headerFromDomain(withoutReturnPath((await blobs.get(m.blobKey)).body));
   const candidates = [...new Set([fromHeader, domainOf(m.from)].filter((d): d is string => !!d))];
   for (const domain of candidates) {
     const keys = await deps.dkim.keys(domain);
     if (!keys.length) continue;
     try {
-      signatures = await dkimSignatures((await blobs.get(m.blobKey)).body, domain, keys, { now: ctx.now() });
+      signatures = await dkimSignatures(withoutReturnPath((await blobs.get(m.blobKey)).body), domain, keys, { now: ctx.now() });
     } catch (e) {
       // An unsigned message is better than an undelivered one; the log says why.
       log.error({ err: e, domain }, 'DKIM signing failed; sending unsigned');
@@ -341,7 +342,8 @@ async function prepareMessage(m: MessageRecord, ctx: JobContext, deps: OutboundD
     signatures,
     size: m.size + sig.length,
     open: async () => {
-      const { body } = await blobs.get(m.blobKey);
+      // RFC 5321 §4.4: the Return-Path our listener wrote for local delivery does not travel on.
+      const body = withoutReturnPath((await blobs.get(m.blobKey)).body);
       if (!sig.length) return body;
       const out = new PassThrough();
       out.write(sig);

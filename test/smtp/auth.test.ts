@@ -71,7 +71,7 @@ describe('SPF / DKIM / DMARC on the MX listener', () => {
     const r = await deliver(h, 'a@pass.example', msg('a@pass.example', 'spf pass'));
     expect(r.code).toBe(250);
     const headers = await storedHeaders(h);
-    expect(headers).toMatch(/^Received: from mail\.sender\.example/);
+    expect(headers).toMatch(/^Return-Path: <a@pass\.example>\r\nReceived: from mail\.sender\.example/);
     expect(headers).toMatch(/\r\nAuthentication-Results: mx\.tomlinson\.test;[\s\S]*spf=pass[\s\S]*dmarc=pass/);
     expect(headers).toMatch(/Received-SPF: pass/);
   });

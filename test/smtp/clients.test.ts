@@ -22,8 +22,12 @@ async function stored(h: Harness, job: InboundJob): Promise<{ received: string; 
   const { body } = await h.storage.mail.get(job.blobKey);
   const chunks: Buffer[] = [];
   for await (const c of body) chunks.push(c as Buffer);
-  const all = Buffer.concat(chunks);
-  // Our header is the first field: it ends at the first CRLF not followed by a tab.
+  const whole = Buffer.concat(chunks);
+  // RFC 5321 §4.4: the reverse-path comes first, as Return-Path.
+  const returnPath = `Return-Path: <${job.from}>\r\n`;
+  expect(whole.subarray(0, Buffer.byteLength(returnPath)).toString('utf8')).toBe(returnPath);
+  const all = whole.subarray(Buffer.byteLength(returnPath));
+  // Our Received header comes next: it ends at the first CRLF not followed by a tab.
   let end = 0;
   for (;;) {
     end = all.indexOf('\r\n', end) + 2;

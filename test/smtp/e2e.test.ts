@@ -1,7 +1,8 @@
 /**
  * End to end on the embedded default (containers/app.ts: SMTP listener + in-process workers over
  * local storage): a message sent with swaks lands in the recipients' mailboxes with the right
- * index fields, and its blob is byte-identical to what was sent after our added header.
+ * index fields, and its blob is byte-identical to what was sent after our added Return-Path and
+ * Received lines.
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -88,7 +89,8 @@ describe('swaks -> SMTP -> inbound worker -> mailbox (embedded default)', () => 
     expect(info.size).toBe(blob.length);
     const text = blob.toString('utf8');
     const bodyStart = text.indexOf('From: Sender');
-    expect(text.slice(0, bodyStart)).toMatch(new RegExp(`^Received: from client\\.test \\(\\[127\\.0\\.0\\.1\\]\\)\\r\\n\\tby mx\\.tomlinson\\.test \\(Tomlinson\\) with ESMTP id ${id}\\r\\n\\tfor <team@example\\.test>; .+\\r\\n$`));
+    // RFC 5321 §4.4: final delivery puts the reverse-path at the very top, then our Received.
+    expect(text.slice(0, bodyStart)).toMatch(new RegExp(`^Return-Path: <sender@remote\\.example>\\r\\nReceived: from client\\.test \\(\\[127\\.0\\.0\\.1\\]\\)\\r\\n\\tby mx\\.tomlinson\\.test \\(Tomlinson\\) with ESMTP id ${id}\\r\\n\\tfor <team@example\\.test>; .+\\r\\n$`));
     expect(blob.subarray(Buffer.byteLength(text.slice(0, bodyStart))).toString("utf8")).toBe(sent);
   });
 });

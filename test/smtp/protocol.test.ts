@@ -246,7 +246,7 @@ describe('SMTP protocol over real sockets', () => {
       const { body } = await h.storage.mail.get(job.blobKey);
       let text = '';
       for await (const c of body) text += c.toString();
-      expect(text).toMatch(/^Received: from client\.example \(\[127\.0\.0\.1\]\)\r\n\tby mx\.tomlinson\.test \(Tomlinson\) with ESMTPSA id /);
+      expect(text).toMatch(/^Return-Path: <alice@example\.test>\r\nReceived: from client\.example \(\[127\.0\.0\.1\]\)\r\n\tby mx\.tomlinson\.test \(Tomlinson\) with ESMTPSA id /);
       expect(text).toContain(`(authenticated sender: ${ALICE})`);
       expect(text).toMatch(/\(version=TLSv1\.[23] cipher=/);
       expect(text.endsWith('Subject: j\r\n\r\nx\r\n')).toBe(true);
