@@ -103,6 +103,7 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'proxy.maxHeaderBytes', env: 'TOMLINSON_PROXY_MAX_HEADER_BYTES', kind: 'int', min: 1024, max: 1048576, default: 16384, doc: 'Largest request head accepted (431 above it).' },
   { path: 'proxy.collapseWaitMs', env: 'TOMLINSON_PROXY_COLLAPSE_WAIT_MS', kind: 'int', min: 0, max: 600000, default: 10000, doc: 'How long a request waits for a concurrent miss of the same URL before going to the origin itself.' },
   { path: 'proxy.heuristicCapSeconds', env: 'TOMLINSON_PROXY_HEURISTIC_CAP_SECONDS', kind: 'int', min: 0, max: 31536000, default: 86400, doc: 'Cap on heuristic freshness (10% of the time since Last-Modified).' },
+  { path: 'proxy.objectTierAdmitHits', env: 'TOMLINSON_PROXY_OBJECT_TIER_ADMIT_HITS', kind: 'int', min: 1, max: 1000, default: 2, doc: 'Uses of a response held in memory (the storing request is the first) before it is also written to the shared object tier; 1: write every stored response.' },
   { path: 'proxy.statsLogSeconds', env: 'TOMLINSON_PROXY_STATS_LOG_SECONDS', kind: 'int', min: 0, max: 86400, default: 60, doc: 'Seconds between the proxy log lines with cache: "stats" and the counts of the interval (the CloudWatch hit-ratio metrics sum them); 0: never.' },
 
   { path: 'outbound.smarthost', env: 'TOMLINSON_SMARTHOST', kind: 'string', default: '', doc: 'smtp://user@host:587 or smtps://host:465 relay for all remote mail; empty: direct MX delivery.' },
@@ -201,6 +202,7 @@ export interface Config {
     collapseWaitMs: number;
     heuristicCapSeconds: number;
     statsLogSeconds: number;
+    objectTierAdmitHits: number;
   };
   outbound: {
     smarthost: string;

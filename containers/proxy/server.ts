@@ -203,6 +203,7 @@ class CachingProxy {
       cacheBytes: cfg.cacheBytes,
       maxObjectBytes: cfg.maxObjectBytes,
       heuristicCapSeconds: cfg.heuristicCapSeconds,
+      admitHits: cfg.objectTierAdmitHits,
       now: this.now,
     });
     this.stats = new CacheStats(ctx.storage.tables, ctx.metrics, this.log, { logMs: cfg.statsLogSeconds * 1000 });
@@ -701,6 +702,7 @@ class CachingProxy {
     }
     res.writeHead(obj.status, lines);
     if (now - obj.touchedAt >= 60_000) this.store.touch(obj);
+    if (!obj.persisted) this.store.used(obj);
     if (req.method === 'HEAD') {
       res.end();
       this.stats.record('hit', 0, 0);
@@ -713,6 +715,7 @@ class CachingProxy {
   /** Serves a stored response, answering the client's conditionals and Range from it. */
   private async serveStored(req: IncomingMessage, res: ServerResponse, obj: CachedObject, cacheStatus: string, outcome: CacheOutcome): Promise<void> {
     const h = req.headers;
+    this.store.used(obj);
     const base = obj.responseHeaders(this.now());
     const out: Record<string, string | string[]> = { ...base, via: this.via, 'cache-status': cacheStatus };
     const lastModified = obj.header('last-modified');

@@ -70,6 +70,8 @@ export class CachedObject {
   recordWrittenAt = 0;
   /** True while waiting in the object-tier write queue. */
   queued = false;
+  /** Uses served from this process's memory tier, the storing request included (see CacheStore.used). */
+  uses = 1;
   /** The proxy's precomputed header list for a full hit, and the second it was made for. */
   hitLines: string[] | undefined;
   hitSecond = -1;

@@ -60,11 +60,12 @@ export class MemoryTier {
     return node.obj;
   }
 
-  /** Adds or replaces a variant; evicts least recently used ones to stay within the budget. */
-  set(obj: CachedObject): void {
-    if (!obj.body) return;
+  /** Adds or replaces a variant, evicting least recently used ones to stay within the budget;
+   * false when the object has no body in memory or is larger than the whole budget. */
+  set(obj: CachedObject): boolean {
+    if (!obj.body) return false;
     const cost = obj.body.length + OVERHEAD;
-    if (cost > this.maxBytes) return;
+    if (cost > this.maxBytes) return false;
     const key = keyOf(obj);
     this.removeKey(key);
     let u = this.urls.get(obj.url);
@@ -83,6 +84,7 @@ export class MemoryTier {
     this.pushNewest(node);
     this.used += cost;
     while (this.used > this.maxBytes && this.oldest) this.removeKey(this.oldest.key);
+    return true;
   }
 
   /** Removes one variant if it is this very object (a newer one may have replaced it). */

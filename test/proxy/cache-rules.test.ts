@@ -457,6 +457,29 @@ describe('request collapsing and RFC 5861', () => {
 });
 
 describe('the two tiers', () => {
+  it('by default a response reaches the object tier at its second use (one-hit responses stay in memory)', async () => {
+    const h2 = await Harness.start({ TOMLINSON_PROXY_OBJECT_TIER_ADMIT_HITS: '2' });
+    try {
+      h2.origin.routes.set('*', (_q, res) => res.writeHead(200, { 'cache-control': 'max-age=600' }).end('admitted?'));
+      await h2.get('/once');
+      await h2.get('/twice');
+      expect((await h2.get('/twice')).headers['cache-status']).toBe('Tomlinson; hit');
+      await h2.proxy.store.flush();
+      // A second task on the same storage: only the response used twice was shared.
+      await h2.stopProxy();
+      await h2.startProxy();
+      expect((await h2.get('/twice')).headers['cache-status']).toBe('Tomlinson; hit');
+      expect(h2.origin.count('/twice')).toBe(1);
+      expect((await h2.get('/once')).headers['cache-status']).toMatch(/fwd=uri-miss/);
+      expect(h2.origin.count('/once')).toBe(2);
+      // Loaded from the object tier, it is not written again on later uses.
+      await h2.proxy.store.flush();
+      expect((await h2.proxy.store.totals()).objects).toBe(1);
+    } finally {
+      await h2.stop();
+    }
+  });
+
   it('a second proxy on the same storage serves from the object tier; purge removes the entry', async () => {
     const path = p('shared');
     h.origin.routes.set(path, (_q, res) => res.writeHead(200, { 'cache-control': 'max-age=600' }).end('tiered'));

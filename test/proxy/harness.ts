@@ -102,7 +102,15 @@ export class Harness {
   static async start(env: Record<string, string> = {}, options: ProxyOptions = {}, open?: (config: Config) => Promise<Storage>): Promise<Harness> {
     const h = new Harness();
     h.dir = await tempDir('tomlinson-proxy-');
-    h.config = loadConfig({ TOMLINSON_DATA_DIR: h.dir.path, TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'true', TOMLINSON_HOSTNAME: 'proxy.test', ...env });
+    // Tier tests look for a response in the object tier after one request: write every stored
+    // response there unless a test sets the admission rule itself (the default is checked on its own).
+    h.config = loadConfig({
+      TOMLINSON_DATA_DIR: h.dir.path,
+      TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'true',
+      TOMLINSON_HOSTNAME: 'proxy.test',
+      TOMLINSON_PROXY_OBJECT_TIER_ADMIT_HITS: '1',
+      ...env,
+    });
     h.storage = open ? await open(h.config) : await openLocalStorage(h.config, silentLogger, { purgeIntervalMs: 0 });
     h.origin = await new Origin().start();
     await h.startProxy(options);
