@@ -13,7 +13,7 @@ import type CachePolicy from 'http-cache-semantics';
 import { Agent, type Dispatcher } from 'undici';
 import { Accounts } from '../../core/accounts/accounts.js';
 import type { CachedObject } from '../../core/cache/entry.js';
-import { normalizeUrl, variantKey, varyNames, type HeaderMap } from '../../core/cache/keys.js';
+import { normalizeTarget, normalizeUrl, variantKey, varyNames, type HeaderMap } from '../../core/cache/keys.js';
 import { CacheStats, type CacheOutcome } from '../../core/cache/stats.js';
 import { CacheStore, type BodyWriter } from '../../core/cache/store.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
@@ -373,13 +373,15 @@ class CachingProxy {
     }
     const raw = req.url ?? '';
     let url = this.normalized.get(raw);
+    let parsed: URL | undefined;
     if (url === undefined) {
       if (!raw.startsWith('http://')) {
         this.short(res, 400, raw.startsWith('https://') ? 'use CONNECT for https URLs' : 'this is a proxy: send the absolute URL');
         return;
       }
       try {
-        url = normalizeUrl(raw);
+        parsed = normalizeTarget(raw);
+        url = parsed.href;
       } catch {
         this.short(res, 400, 'invalid URL');
         return;
@@ -396,9 +398,9 @@ class CachingProxy {
         if (h.range === undefined && h['if-none-match'] === undefined && h['if-modified-since'] === undefined) return this.fastHit(req, res, m);
         return this.serveStored(req, res, m, HIT, 'hit');
       }
-      return this.cacheable(req, res, url, new URL(url), m);
+      return this.cacheable(req, res, url, parsed ?? new URL(url), m);
     }
-    const target = new URL(url);
+    const target = parsed ?? new URL(url);
     if (UNSAFE.has(method)) return this.unsafe(req, res, url, target);
     return this.pass(req, res, target, `${NAME}; fwd=method`);
   }
@@ -517,16 +519,17 @@ class CachingProxy {
     if (cl !== undefined && (!Number.isFinite(cl) || cl > this.cfg.maxObjectBytes)) return undefined;
     if (rh['content-range'] !== undefined) return undefined;
     // The policy keeps its own copy: the proxy adds Via and Cache-Status to `rh` for this client only.
-    const policy = this.store.policy({ url, method: 'GET', headers: this.policyRequestHeaders(req, names) }, { status, headers: { ...rh } as CachePolicy.Headers });
+    const policy = this.store.policy({ url, method: 'GET', headers: this.policyRequestHeaders(req, url, names) }, { status, headers: { ...rh } as CachePolicy.Headers });
     if (!policy.storable()) return undefined;
     return { policy, names, variant: variantKey(names, req.headers), length: cl };
   }
 
   /** Only what the policy needs of the request: Host, its cache directives, whether it carried
    * Authorization (RFC 9111 §3.5), and the fields the response varies on. */
-  private policyRequestHeaders(req: IncomingMessage, names: string[]): CachePolicy.Headers {
+  private policyRequestHeaders(req: IncomingMessage, url: string, names: string[]): CachePolicy.Headers {
     const h = req.headers;
-    const out: CachePolicy.Headers = { host: new URL(req.url!).host };
+    // The URL is normalised (`http://host[:port]/...`, no userinfo): its authority ends at the next '/'.
+    const out: CachePolicy.Headers = { host: url.slice(7, url.indexOf('/', 7)) };
     if (h['cache-control'] !== undefined) out['cache-control'] = h['cache-control'];
     if (h.pragma !== undefined) out.pragma = h.pragma;
     if (h.authorization !== undefined) out.authorization = '[present]';

@@ -13,14 +13,19 @@ export type HeaderMap = Record<string, string | string[] | undefined>;
  * dropped, fragment removed, an empty path made "/". Throws TypeError for a URL that is not http.
  */
 export function normalizeUrl(raw: string): string {
+  return normalizeTarget(raw).href;
+}
+
+/** The parsed URL whose `href` is normalizeUrl(raw) (one parse for both the key and the origin request). */
+export function normalizeTarget(raw: string): URL {
   const u = new URL(raw);
   if (u.protocol !== 'http:') throw new TypeError(`not an http URL: ${raw}`);
-  u.hash = '';
+  if (u.hash) u.hash = '';
   // RFC 9110 §4.2.4: userinfo in an http URI is deprecated; it must not split or leak into keys.
-  u.username = '';
-  u.password = '';
+  if (u.username) u.username = '';
+  if (u.password) u.password = '';
   // WHATWG URL already lower-cases the host, drops :80 and turns an empty path into "/".
-  return u.href;
+  return u;
 }
 
 /** A short, fixed-length hash of a URL or variant, safe in Tables keys and blob keys. */
