@@ -19,6 +19,7 @@ import { openLocalStorage } from '../core/storage/local/index.js';
 import { startProxy } from '../containers/proxy/server.js';
 import { tempDir } from '../test/support/tmp.js';
 import { ORIGIN_SCRIPT } from './peers/origin.js';
+import { wrkLua, type ProxyScenario } from './peers/util.js';
 
 const run = promisify(execFile);
 
@@ -35,6 +36,16 @@ interface Result {
   /** Longest event-loop stall of the proxy process during the run. */
   loopMaxMs: number;
 }
+
+/** The issue's figures for this kind of machine (issue 6, "Speed"), printed beside ours. */
+const REFERENCE: Record<string, string> = {
+  origin: 'origin alone 46,000',
+  origin100k: 'origin alone 28,000',
+  hit1k: 'Squid 39,000, nginx 47,000',
+  hit100k: 'Squid 3,800, nginx 33,000',
+  miss: 'Squid 8,600',
+  reval: 'Squid 9,200',
+};
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -56,11 +67,9 @@ async function main(): Promise<void> {
   try {
     for (const scenario of only) {
       const script = join(dir.path, `${scenario}.lua`);
-      const lua =
-        scenario === 'miss'
-          ? // Each wrk thread (and each run) gets its own prefix so that every request is a new URL.
-            `local n = 0\nlocal prefix = ""\nsetup = function(thread) thread:set("id", tostring(math.random(1, 1e9))) end\ninit = function() prefix = "${base}/miss/" .. id .. "-" .. tostring(os.time()) .. "-" end\nrequest = function()\n  n = n + 1\n  return wrk.format("GET", prefix .. n)\nend\n`
-          : `request = function()\n  return wrk.format("GET", "${base}/${scenario}")\nend\n`;
+      // Absolute-form requests with the origin in Host (bench/peers/util.ts); 'origin*' scenarios
+      // go straight to the origin and use no script.
+      const lua = scenario.startsWith('origin') ? '' : wrkLua(scenario as ProxyScenario, base);
       await writeFile(script, lua);
       // 'origin' / 'origin100k': the origin alone, without the proxy, as the yardstick for this
       // machine and moment (the issue's figures were taken on another machine).
@@ -95,7 +104,8 @@ async function main(): Promise<void> {
   }
   process.stdout.write(`proxy benchmark: ${connections} connections, ${duration}s each, wrk -t2\n`);
   for (const r of results) {
-    process.stdout.write(`${r.scenario.padEnd(8)} ${String(r.rps).padStart(7)} req/s  p50 ${r.p50.padStart(8)}  p99 ${r.p99.padStart(8)}  proxy cpu ${String(r.cpuUs).padStart(4)} us/req  loop max ${r.loopMaxMs} ms  rss ${r.rssMiB} MiB  errors: ${r.errors}\n`);
+    const ref = REFERENCE[r.scenario];
+    process.stdout.write(`${r.scenario.padEnd(9)} ${String(r.rps).padStart(7)} req/s${ref ? `  (issue: ${ref})` : ''}  p50 ${r.p50.padStart(8)}  p99 ${r.p99.padStart(8)}  proxy cpu ${String(r.cpuUs).padStart(4)} us/req  loop max ${r.loopMaxMs} ms  rss ${r.rssMiB} MiB  errors: ${r.errors}\n`);
   }
 }
 

@@ -154,6 +154,8 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
   const say = options.say ?? (() => undefined);
   const samples: Sample[] = [];
   const notes: string[] = [];
+  /** Per server and run: messages accepted, delivered, and seconds from the last accept until all were. */
+  const deliveries: Record<string, { delivered: number; sent: number; drain: number }[]> = {};
   const base = await mkdtemp(join(tmpdir(), 'tomlinson-peers-smtp-'));
   // Removed at the end, or on Ctrl-C after the servers have stopped (cleanups run newest first).
   const removeTemp = onCleanup(() => rm(base, { recursive: true, force: true }));
@@ -187,8 +189,7 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
             delivered = await server.delivered();
           }
           const drain = (performance.now() - loadDone) / 1000;
-          const note = delivered === sent ? (drain > 1 ? `delivery lagged: mailbox complete ${drain.toFixed(1)} s after the last accept (run ${r})` : undefined) : `only ${delivered} of ${sent} accepted messages delivered after ${drainTimeout} s (run ${r})`;
-          if (note) mine[mine.length - 1]!.note = note;
+          (deliveries[name] ??= []).push({ delivered, sent, drain });
           say(`smtp run ${r} ${name}: ${delivered}/${sent} delivered, drain ${drain.toFixed(1)} s`);
         } finally {
           const peak = await mem.stop();
@@ -198,6 +199,12 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
         }
         await rm(dir, { recursive: true, force: true });
       }
+    }
+    for (const [name, ds] of Object.entries(deliveries)) {
+      const all = ds.every((d) => d.delivered === d.sent);
+      notes.push(
+        `Delivery check, ${name}: ${ds.map((d) => `${d.delivered}/${d.sent}`).join(', ')} accepted messages in the mailbox${all ? '' : ` (MISSING MAIL after waiting ${drainTimeout} s)`}; mailbox complete ${ds.map((d) => d.drain.toFixed(1)).join(' / ')} s after the last accept.`,
+      );
     }
     if ((options.bigBytes ?? 50_000_000) > 0 && servers.includes(OURS)) {
       const big = await bigMessage(join(base, 'big'), options.bigBytes ?? 50_000_000, false);
