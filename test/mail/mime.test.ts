@@ -85,6 +85,22 @@ describe('summarizeMessage', () => {
     for (const size of [1, 3, 64, 1000]) expect(await sum(MULTI, size)).toEqual(whole);
   });
 
+  it('the preview of a long plain text is its first 200 characters after cleaning, whatever the text', async () => {
+    // The start of a long body is cleaned alone when that is enough; compare with cleaning it all.
+    const pieces = ['word ', 'ünïcödé ', '😀', ' '.repeat(500), '\t\r\n', '\u0001', 'x'.repeat(300), '日本語 '];
+    let seed = 7;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
+    for (let round = 0; round < 40; round++) {
+      let body = '';
+      while (Buffer.byteLength(body) < 6000) body += pieces[rnd(pieces.length)];
+      const raw = `Subject: p\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n${body}`;
+      const s = (await summarizeMessage(Readable.from([Buffer.from(raw)]))) as unknown as MessageSummary;
+      // eslint-disable-next-line no-control-regex
+      const cleaned = body.replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\ufffd]/g, '').replace(/\s+/g, ' ').trim();
+      expect(s.preview).toBe(Array.from(cleaned).slice(0, 200).join(''));
+    }
+  });
+
   it('falls back to the HTML part for the preview', async () => {
     const s = await sum('Content-Type: text/html\r\n\r\n<html><head><style>p{}</style></head><body><p>Hi &amp; bye</p></body></html>\r\n');
     expect(s.preview).toBe('Hi & bye');
