@@ -7,10 +7,11 @@
  * The SMTP listener stores the raw message (`in/<date>/<id>.eml`) and then sends its job; a SIGKILL
  * or an adapter failure between the two (or a 451 whose best-effort delete failed) leaves a blob
  * that no job names. A large MX message is first spooled to `spool/<id>` and copied once; a kill
- * between put and copy leaves the spool key. The outbound worker's DSNs (`outbound-dsn/<id>.eml`)
- * have the same put-then-send shape, and an inbound job that gives up on its only recipient
- * (account removed, mailbox full for too long) leaves its unheld blob behind. `import/<sha256>`
- * blobs are held before they are written, so they only become orphans by the rare paths above.
+ * between put and copy leaves the spool key. DSNs (`dsn/<id>.eml` from core/mail/dsn.ts,
+ * `outbound-dsn/<id>.eml` from the outbound worker) have the same put-then-send shape, and a
+ * mailbox removal or hold release killed between its commit and its blob delete leaves one too.
+ * `import/<sha256>` blobs are held before they are written, so they become orphans only by the
+ * rare paths below (stale holds).
  *
  * ## What counts as a reference (checked per blob, and again just before the delete)
  * - Any item in the blob's `BLOBREF#<key>` partition: the `META` reference count or a `HOLD#...`.
@@ -82,6 +83,7 @@ import { isStorageError, type BlobInfo, type Item, type Key, type QueueName, typ
 /** The mail-store prefixes the sweep looks at, and how each is judged. */
 export const SWEEP_PREFIXES: readonly { prefix: string; kind: 'message' | 'spool' }[] = [
   { prefix: 'in/', kind: 'message' },
+  { prefix: 'dsn/', kind: 'message' },
   { prefix: 'outbound-dsn/', kind: 'message' },
   { prefix: 'import/', kind: 'message' },
   { prefix: 'spool/', kind: 'spool' },
@@ -148,7 +150,7 @@ const markKey = (blobKey: string): Key => ({ pk: `SWEEP#${blobKey}`, sk: 'SEEN' 
 
 /** The outbound message id a blob key belongs to, when the key has one. */
 function outboundId(key: string): string | undefined {
-  const m = /^(?:in\/\d{8}\/|outbound-dsn\/)(.+)\.eml$/.exec(key);
+  const m = /^(?:in\/\d{8}\/|dsn\/|outbound-dsn\/)(.+)\.eml$/.exec(key);
   return m?.[1];
 }
 

@@ -95,10 +95,12 @@ export function describeSweep(family: 'local' | 'aws'): void {
     it('deletes unreferenced blobs when the queues are empty, and keeps delivered, held and outbound-named ones', async () => {
       const orphan = inKey();
       const spool = `spool/${name}-${++n}`;
+      // A DSN stored by a worker killed before it queued the DSN's job.
+      const dsn = `dsn/${name}-${++n}.dsn-0a1b2c.eml`;
       const delivered = inKey();
       const held = inKey();
       const outbound = inKey();
-      for (const k of [orphan, spool, delivered, held, outbound]) await storage.mail.put(k, RAW);
+      for (const k of [orphan, spool, dsn, delivered, held, outbound]) await storage.mail.put(k, RAW);
       // A delivered message: the real worker writes the mailbox entry and its BLOBREF in one go.
       await storage.queues.send('inbound', JSON.stringify(job(`j-${n}`, delivered)));
       await work();
@@ -111,11 +113,12 @@ export function describeSweep(family: 'local' | 'aws'): void {
 
       const r = await sweep({ settleSeconds: 0 });
       expect(r.quiescent).toBe(true);
-      expect(r.deletedKeys.sort()).toEqual([orphan, spool].sort());
-      expect(r.deleted).toBe(2);
+      expect(r.deletedKeys.sort()).toEqual([orphan, spool, dsn].sort());
+      expect(r.deleted).toBe(3);
       expect(r.keptReferenced).toBe(3);
       expect(await exists(orphan)).toBe(false);
       expect(await exists(spool)).toBe(false);
+      expect(await exists(dsn)).toBe(false);
       for (const k of [delivered, held, outbound]) expect(await exists(k)).toBe(true);
 
       // Idempotent: a second run finds nothing more to do.
