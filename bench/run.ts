@@ -66,14 +66,24 @@ async function peers(argv: string[]): Promise<void> {
     const at = new Date().toISOString();
     process.stdout.write(`bench --peers on ${machine}\n${runs} runs per server, results in ${dir}\n\n`);
     const reports = [];
+    const failed: string[] = [];
     for (const name of which) {
       const started = Date.now();
-      const rep =
-        name === 'smtp'
-          ? await (await import('./peers/smtp.js')).runSmtpPeers({ runs, say, messages: numberFlag(argv, 'smtp-messages') })
-          : name === 'pop3'
-            ? await (await import('./peers/pop3.js')).runPop3Peers({ runs, say, messages: numberFlag(argv, 'pop3-messages') })
-            : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say });
+      let rep: Awaited<ReturnType<typeof import('./peers/proxy.js').runProxyPeers>>;
+      try {
+        rep =
+          name === 'smtp'
+            ? await (await import('./peers/smtp.js')).runSmtpPeers({ runs, say, messages: numberFlag(argv, 'smtp-messages') })
+            : name === 'pop3'
+              ? await (await import('./peers/pop3.js')).runPop3Peers({ runs, say, messages: numberFlag(argv, 'pop3-messages') })
+              : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say });
+      } catch (e) {
+        // One protocol failing (a peer that would not start) still leaves the others' tables.
+        failed.push(name);
+        process.stderr.write(`bench --peers ${name} failed: ${(e as Error).stack ?? e}\n`);
+        await runCleanups();
+        continue;
+      }
       say(`${name}: ${Math.round((Date.now() - started) / 1000)} s`);
       reports.push(rep);
       process.stdout.write(`${reportText(rep)}\n`);
@@ -85,6 +95,7 @@ async function peers(argv: string[]): Promise<void> {
     await writeFile(join(dir, 'peers.md'), md);
     await writeFile(join(dir, 'summary.json'), JSON.stringify({ machine, versions, at, runs, reports }, null, 2));
     process.stdout.write(`tables in ${join(dir, 'peers.md')}\n`);
+    if (failed.length) throw new Error(`${failed.join(', ')} failed (see above)`);
   } finally {
     await runCleanups();
   }

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { dovecotUser, seedDovecot, seedOurs, session, startDovecotOn } from '../pop3.js';
 import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
-import { freePort, onCleanup, quantile, stopChild, waitPort, watchPeakMemory } from './util.js';
+import { freePort, onCleanup, quantile, stopChild, waitListening, watchPeakMemory } from './util.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -80,7 +80,10 @@ export async function runPop3Peers(options: Pop3PeersOptions = {}): Promise<Prot
         stdio: ['ignore', 'ignore', 'inherit'],
       });
       const stop = onCleanup(() => stopChild(child));
-      await waitPort(port, 60_000, 'tomlinson pop3');
+      await waitListening(child, port, 'tomlinson pop3').catch(async (e: Error) => {
+        await stop();
+        throw e;
+      });
       // The same first login per user as Dovecot gets (it builds its index then).
       for (const u of users) await session(port, u, password, 1);
       return { port, pid: () => child.pid, login: (u) => u, stop };

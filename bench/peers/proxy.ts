@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { originCounts, startOrigin, type OriginCounts } from './origin.js';
 import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
-import { fillTemplate, freePort, onCleanup, parseWrk, run, stopChild, waitPort, watchPeakMemory, wrkLua, type ProxyScenario } from './util.js';
+import { fillTemplate, freePort, onCleanup, parseWrk, run, stopChild, waitListening, watchPeakMemory, wrkLua, type ProxyScenario } from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = join(HERE, '..', '..');
@@ -56,7 +56,10 @@ async function startOurs(dir: string): Promise<Server> {
   };
   const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'containers', 'main.ts'), 'serve', 'proxy'], { env, cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
   const stop = onCleanup(() => stopChild(child));
-  await waitPort(port, 60_000, 'tomlinson proxy');
+  await waitListening(child, port, 'tomlinson proxy').catch(async (e: Error) => {
+    await stop();
+    throw e;
+  });
   return { pid: () => child.pid, port, stop };
 }
 
@@ -65,13 +68,12 @@ async function startSquid(dir: string): Promise<Server> {
   await chmod(dir, 0o777); // Squid drops to the proxy user and writes its log here.
   await writeFile(join(dir, 'squid.conf'), fillTemplate(await readFile(join(HERE, 'squid.conf'), 'utf8'), { DIR: dir, PORT: port }));
   // -N: no daemon, one process we can watch and stop; -d1: startup errors to stderr.
-  const child = spawn('squid', ['-N', '-f', join(dir, 'squid.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  child.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)));
+  // -N: no daemon, one process we can watch and stop.
+  const child = spawn('/usr/sbin/squid', ['-N', '-f', join(dir, 'squid.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
   const stop = onCleanup(() => stopChild(child, 3000));
-  await waitPort(port, 60_000, 'squid').catch(async (e: Error) => {
+  await waitListening(child, port, 'squid').catch(async (e: Error) => {
     await stop();
-    throw new Error(`${e.message}: ${err}${await readFile(join(dir, 'cache.log'), 'utf8').catch(() => '')}`);
+    throw new Error(`${e.message}\n${await readFile(join(dir, 'cache.log'), 'utf8').catch(() => '')}`);
   });
   return { pid: () => child.pid, port, stop };
 }
@@ -82,14 +84,12 @@ async function startNginx(dir: string, originPort: number): Promise<Server> {
   await mkdir(join(dir, 'cache'), { recursive: true });
   const conf = join(dir, 'nginx.conf');
   await writeFile(conf, fillTemplate(await readFile(join(HERE, 'nginx.conf'), 'utf8'), { DIR: dir, PORT: port, ORIGIN: `127.0.0.1:${originPort}`, USER: process.getuid?.() === 0 ? 'www-data' : 'nobody' }));
-  const child = spawn('nginx', ['-c', conf, '-p', dir, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  child.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)));
-  // nginx's master stops its workers on SIGQUIT/SIGTERM.
+  const child = spawn('/usr/sbin/nginx', ['-c', conf, '-p', dir, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // nginx's master stops its workers on SIGTERM.
   const stop = onCleanup(() => stopChild(child, 3000));
-  await waitPort(port, 30_000, 'nginx').catch(async (e: Error) => {
+  await waitListening(child, port, 'nginx', 30_000).catch(async (e: Error) => {
     await stop();
-    throw new Error(`${e.message}: ${err}`);
+    throw e;
   });
   return { pid: () => child.pid, port, stop };
 }

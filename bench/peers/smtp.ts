@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bigMessage, latencyRun, smtpSource } from '../smtp.js';
 import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
-import { fillTemplate, freePort, onCleanup, run, stopChild, waitPort, watchPeakMemory } from './util.js';
+import { fillTemplate, freePort, onCleanup, run, stopChild, waitListening, waitPort, watchPeakMemory } from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = join(HERE, '..', '..');
@@ -85,7 +85,10 @@ async function startOurs(dir: string): Promise<SmtpServer> {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   const stop = onCleanup(() => stopChild(child, 15_000));
-  await waitPort(port, 60_000, 'tomlinson smtp');
+  await waitListening(child, port, 'tomlinson smtp').catch(async (e: Error) => {
+    await stop();
+    throw e;
+  });
   await waitPort(health, 10_000, 'tomlinson health');
   return {
     port,

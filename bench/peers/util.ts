@@ -216,6 +216,31 @@ export async function waitPort(port: number, timeoutMs = 30_000, what = `port ${
   }
 }
 
+/**
+ * Waits until a just-spawned server listens on `port`; rejects at once if it fails to spawn or
+ * exits first, with the tail of what it wrote to stderr when that was piped.
+ * @default timeoutMs 60000
+ */
+export async function waitListening(child: ChildProcess, port: number, what: string, timeoutMs = 60_000): Promise<void> {
+  let err = '';
+  child.stderr?.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)));
+  let onExit!: (code: number | null) => void;
+  let onError!: (e: Error) => void;
+  const died = new Promise<never>((_, reject) => {
+    onExit = (code) => reject(new Error(`${what} exited with ${code} before listening: ${err.trim()}`));
+    onError = (e) => reject(new Error(`${what} did not start: ${e.message}`));
+    child.once('exit', onExit);
+    child.once('error', onError);
+  });
+  try {
+    await Promise.race([waitPort(port, timeoutMs, what), died]);
+  } finally {
+    child.off('exit', onExit);
+    child.off('error', onError);
+    died.catch(() => undefined);
+  }
+}
+
 /** The process and its descendants (from /proc ppid links). */
 export async function processTree(root: number): Promise<number[]> {
   const parent = new Map<number, number>();

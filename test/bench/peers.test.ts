@@ -1,8 +1,9 @@
+import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { originCheck } from '../../bench/peers/proxy.js';
 import { OURS, reportMarkdown, reportText, summarize, type Sample } from '../../bench/peers/report.js';
-import { fillTemplate, fmt, markdownTable, median, parseWrk, quantile, ratio, textTable, wrkLua, wrkTimeMs } from '../../bench/peers/util.js';
+import { fillTemplate, fmt, freePort, markdownTable, median, parseWrk, quantile, ratio, textTable, waitListening, wrkLua, wrkTimeMs } from '../../bench/peers/util.js';
 
 const WRK_OUTPUT = `Running 10s test @ http://127.0.0.1:40080/
   2 threads and 50 connections
@@ -165,5 +166,26 @@ describe('originCheck', () => {
   it('revalidations must be conditional requests answered 304', () => {
     expect(originCheck('reval', zero, { ...zero, reval304: 1000 }, 1000).bad).toBe(false);
     expect(originCheck('reval', zero, { ...zero, reval200: 1000 }, 1000).bad).toBe(true);
+  });
+});
+
+describe('waitListening', () => {
+  // Regression guard: a peer that dies at start (bad config) must fail the bench at once with its
+  // words, not after a minute of polling a port nobody will open.
+  it('rejects at once with the stderr of a server that exits before listening', async () => {
+    const child = spawn(process.execPath, ['-e', 'console.error("bad config line 3"); process.exit(3)'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const started = Date.now();
+    await expect(waitListening(child, await freePort(), 'peer', 30_000)).rejects.toThrow(/peer exited with 3 before listening: bad config line 3/);
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+
+  it('resolves once the server listens', async () => {
+    const child = spawn(process.execPath, ['-e', 'require("net").createServer().listen(Number(process.argv[1]), "127.0.0.1")', String(await freePort())], { stdio: ['ignore', 'ignore', 'pipe'] });
+    try {
+      const port = Number(child.spawnargs[child.spawnargs.length - 1]);
+      await expect(waitListening(child, port, 'peer', 30_000)).resolves.toBeUndefined();
+    } finally {
+      child.kill();
+    }
   });
 });
