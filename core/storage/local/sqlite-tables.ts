@@ -229,14 +229,17 @@ export class SqliteTables implements Tables {
       if (end !== undefined) bound('<', end, 'beginsWithEnd');
     }
     if (options.cursor !== undefined) bound(reverse ? '<' : '>', decodeCursor(pk, options.cursor), 'cursor');
-    const sql = `SELECT pk, sk, ttl, data FROM items WHERE ${where.join(' AND ')} ORDER BY sk ${reverse ? 'DESC' : 'ASC'} LIMIT ?`;
+    // The limit is written into the SQL (it is a checked integer): with `LIMIT ?` the same query
+    // took about ten times as long here (25 µs against 2.5 µs for a one-row lookup).
+    const sql = `SELECT pk, sk, ttl, data FROM items WHERE ${where.join(' AND ')} ORDER BY sk ${reverse ? 'DESC' : 'ASC'} LIMIT ${limit + 1}`;
     let stmt = this.queryStmts.get(sql);
     if (!stmt) {
+      if (this.queryStmts.size >= 256) this.queryStmts.clear();
       stmt = this.store.db.prepare(sql);
       this.queryStmts.set(sql, stmt);
     }
     const s = stmt;
-    const rows = this.store.read(() => s.all(...params, limit + 1) as Row[], 'tables.query');
+    const rows = this.store.read(() => s.all(...params) as Row[], 'tables.query');
     const page: QueryPage = { items: rows.slice(0, limit).map((row) => this.toItem(row)) };
     if (rows.length > limit) page.cursor = encodeCursor(pk, rows[limit - 1].sk);
     return page;
