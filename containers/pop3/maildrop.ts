@@ -23,12 +23,17 @@ export interface SnapshotMessage extends MaildropMessage {
  */
 export interface SmallBlobReads {
   /** The body when it is at most `maxBytes` long, else undefined; throws NotFound like get. */
-  readSmallSync(key: string, options: { maxBytes: number; sizeHint: number }): Buffer | undefined;
+  readSmallSync(key: string, options: { maxBytes: number; sizeHint: number; into?: Buffer }): Buffer | undefined;
 }
 
 function smallReadsOf(blobs: Blobs): SmallBlobReads | undefined {
   return typeof (blobs as Partial<SmallBlobReads>).readSmallSync === 'function' ? (blobs as unknown as SmallBlobReads) : undefined;
 }
+
+/** Messages up to this size are read into a buffer the session keeps; larger ones get their own. */
+const SCRATCH_KEEP_BYTES = 64 * 1024;
+/** Room for the blob file's header in that buffer. */
+const SCRATCH_SLACK = 1024;
 
 /** Options of the maildrop opener. */
 export interface MaildropOptions {
@@ -135,6 +140,8 @@ export class StoreMaildrop implements Maildrop {
   /** False once a renewal found the lease gone (expired and taken): commit is then refused. */
   private holding = true;
   private readonly smallReads: SmallBlobReads | undefined;
+  /** Reused by `read` from one message to the next (kept only while small). */
+  private scratch: Buffer | undefined;
 
   constructor(
     private readonly store: MailboxStore,
@@ -174,13 +181,18 @@ export class StoreMaildrop implements Maildrop {
 
   /**
    * The stored message, whole, when it is small and the blob store reads it at once; otherwise
-   * undefined and the caller streams it with `open`.
+   * undefined and the caller streams it with `open`. The bytes are valid until the next `read`.
    */
   read(index: number): Buffer | undefined {
     const m = this.messages[index];
     if (!m) throw new RangeError(`no message ${index + 1}`);
     if (!this.readsWhole(index)) return undefined;
-    return this.smallReads!.readSmallSync(m.blobKey, { maxBytes: this.wholeReadBytes, sizeHint: m.size });
+    // One buffer for the session's reads saves an allocation (and garbage) per message; the
+    // snapshot size is the CRLF size, never less than the stored one.
+    if (m.size <= SCRATCH_KEEP_BYTES && (this.scratch === undefined || this.scratch.length < m.size + SCRATCH_SLACK)) {
+      this.scratch = Buffer.allocUnsafe(Math.min(SCRATCH_KEEP_BYTES, m.size * 2) + SCRATCH_SLACK);
+    }
+    return this.smallReads!.readSmallSync(m.blobKey, { maxBytes: this.wholeReadBytes, sizeHint: m.size, into: this.scratch });
   }
 
   /**

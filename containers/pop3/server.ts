@@ -16,7 +16,7 @@ import type { ListenerContext, RunningListener } from '../listener.js';
 import { LoginCache } from './auth-cache.js';
 import { StoreMaildrops } from './maildrop.js';
 import { err } from './protocol/commands.js';
-import { MessageEncoder } from './protocol/encode.js';
+import { encodeWhole, MessageEncoder } from './protocol/encode.js';
 import { LineReader } from './protocol/lines.js';
 import { Pop3Session, type BodyReply, type Output, type Pop3Hooks } from './session.js';
 import { AuthThrottle } from './throttle.js';
@@ -37,6 +37,8 @@ export interface Pop3ServerOptions {
 
 /** Client input buffered while a command runs before we stop reading the socket. */
 const MAX_PENDING_INPUT = 64 * 1024;
+/** Response buffers up to this size are kept from one RETR to the next (per connection). */
+const MAX_KEPT_RESPONSE = 128 * 1024;
 /** A SASL continuation line may be longer than a command (RFC 5034 §4 has no 255-octet cap). */
 const MAX_SASL_LINE = 16 * 1024;
 
@@ -70,6 +72,8 @@ class Connection {
   private readonly log: Logger;
   private busy = false;
   private ended = false;
+  /** The buffer whole RETR responses are built in, while the socket does not hold it. */
+  private response: Buffer | undefined;
   private paused = false;
   /** True while a command runs or a reply is being written (graceful close waits for these). */
   get active(): boolean {
@@ -196,16 +200,19 @@ class Connection {
   private async sendBody(body: BodyReply): Promise<void> {
     const s = this.stream;
     const src = body.source;
+    if (Buffer.isBuffer(src) && body.topLines === undefined) {
+      const whole = encodeWhole(body.head, src, this.response);
+      if (whole) return this.sendWhole(body, whole.response, whole.octets);
+    }
     const enc = new MessageEncoder({ topLines: body.topLines });
     s.write(body.head);
     if (Buffer.isBuffer(src)) {
-      // A small message read whole: one pass of the encoder, written with the status line and
-      // the terminator in the same corked batch (one writev for the whole response).
+      // TOP, or a message with bare CR or LF: the general encoder over the whole message. The
+      // source is only valid until the next read, so what is written must not share its memory.
       const out = enc.encode(src);
-      if (out.length > 0) s.write(out);
+      if (out.length > 0) s.write(out.buffer === src.buffer ? Buffer.from(out) : out);
       s.write(enc.finish());
-      this.checkSize(body, enc);
-      // Pipelined RETRs must not pile messages up in memory: wait until the client takes them.
+      this.checkSize(body, enc.messageOctets);
       if (s.writableNeedDrain) await this.drained();
       return;
     }
@@ -263,12 +270,30 @@ class Connection {
       return;
     }
     s.write(enc.finish());
-    this.checkSize(body, enc);
+    this.checkSize(body, enc.messageOctets);
   }
 
-  private checkSize(body: BodyReply, enc: MessageEncoder): void {
-    if (body.topLines === undefined && enc.messageOctets !== body.expectedSize) {
-      this.log.warn({ announced: body.expectedSize, sent: enc.messageOctets }, 'message size differs from the size LIST announced');
+  /**
+   * Writes a whole RETR response built in `this.response`. Earlier replies still corked go first;
+   * the response itself goes to the socket at once, and when the kernel took all of it the
+   * buffer is kept for the next response (no allocation, no garbage per message). Otherwise the
+   * socket still holds it, so the next response gets a new buffer.
+   */
+  private async sendWhole(body: BodyReply, response: Buffer, octets: number): Promise<void> {
+    const s = this.stream;
+    this.checkSize(body, octets);
+    s.uncork();
+    s.write(response);
+    const own = response.buffer;
+    this.response = s.writableLength === 0 && own.byteLength <= MAX_KEPT_RESPONSE ? Buffer.from(own) : undefined;
+    s.cork();
+    // Pipelined RETRs must not pile messages up in memory: wait until the client takes them.
+    if (s.writableNeedDrain) await this.drained();
+  }
+
+  private checkSize(body: BodyReply, sent: number): void {
+    if (body.topLines === undefined && sent !== body.expectedSize) {
+      this.log.warn({ announced: body.expectedSize, sent }, 'message size differs from the size LIST announced');
     }
   }
 

@@ -23,7 +23,8 @@ export interface Maildrop {
   open(index: number): Promise<Readable>;
   /**
    * The stored message whole, when it is small enough to hold at once and can be read cheaply;
-   * undefined means "stream it with open". Throws like open.
+   * undefined means "stream it with open". Throws like open. The bytes may live in a buffer the
+   * maildrop reuses: they are valid until the next call.
    */
   read?(index: number): Buffer | undefined;
   /** Removes the given messages (indexes into `messages`), all or nothing (RFC 1939 §6 UPDATE). */

@@ -5,7 +5,7 @@
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { multiline, parseCommand, parseCount, parseMessageNumber, REPLY_GRAMMAR } from '../../containers/pop3/protocol/commands.js';
-import { crlfSize, encodeMessage, MessageEncoder } from '../../containers/pop3/protocol/encode.js';
+import { crlfSize, encodeMessage, encodeWhole, MessageEncoder } from '../../containers/pop3/protocol/encode.js';
 import { LineReader, type LineResult } from '../../containers/pop3/protocol/lines.js';
 
 function chunks(buf: Buffer, size: number): Buffer[] {
@@ -184,6 +184,41 @@ describe('RFC 1939 §3, §5 RETR, §7 TOP: the response body', () => {
       const top = encodeAt(input, size, 1e9);
       expect(retr.out, JSON.stringify({ text, size })).toBe(top.out);
     }
+  });
+
+  it('encodeWhole gives the status line plus what the streaming encoder gives, or declines', () => {
+    // Whole-message RETR must match the stream encoder byte for byte on CRLF-clean input and
+    // decline (undefined) on anything with a bare CR or LF; with or without a buffer to reuse.
+    let seed = 777;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+    const clean = ['a', 'b', '.', '\r\n', '\r\n', '\r\n.', ' ', '..'];
+    const dirty = [...clean, '\n', '\r'];
+    let reused: Buffer | undefined;
+    let declined = 0;
+    for (let round = 0; round < 400; round++) {
+      const alphabet = round % 2 === 0 ? clean : dirty;
+      let text = '';
+      const len = rnd(300);
+      for (let i = 0; i < len; i++) text += alphabet[rnd(alphabet.length)];
+      const input = Buffer.from(text, 'latin1');
+      const stream = encodeAt(input, 1 + rnd(64));
+      const whole = encodeWhole('+OK x\r\n', input, round % 3 === 0 ? undefined : reused);
+      const isClean = !/\r(?!\n)|(^|[^\r])\n/.test(text);
+      if (!isClean) {
+        expect(whole, JSON.stringify(text)).toBeUndefined();
+        declined++;
+        continue;
+      }
+      expect(whole, JSON.stringify(text)).toBeDefined();
+      expect(whole!.response.toString('latin1'), JSON.stringify(text)).toBe(`+OK x\r\n${stream.out}`);
+      expect(whole!.octets).toBe(stream.octets);
+      reused = Buffer.from(whole!.response.buffer);
+    }
+    expect(declined).toBeGreaterThan(50);
+    // The cases above by name: empty, no final CRLF, a final line starting with a dot.
+    expect(encodeWhole('+OK\r\n', Buffer.alloc(0))?.response.toString()).toBe('+OK\r\n.\r\n');
+    expect(encodeWhole('+OK\r\n', Buffer.from('a\r\n.b'))?.response.toString()).toBe('+OK\r\na\r\n..b\r\n.\r\n');
+    expect(encodeWhole('+OK\r\n', Buffer.from('a\r\nb\r'))).toBeUndefined();
   });
 
   it('keeps memory bounded: output per chunk is at most twice the chunk plus two', () => {

@@ -76,6 +76,70 @@ describe('StoreMaildrop: whole reads and streams agree', () => {
 });
 
 describe('RETR of small messages, pipelined', () => {
+  it('responses built in a reused buffer stay intact: varied sizes, dots, no final CRLF, bare LF', async () => {
+    const user = 'mixer@example.com';
+    await addUsers(h, user);
+    const raws = [
+      makeMessage(1, 9000),
+      'Subject: s\r\n\r\n.dot\r\nno final line end',
+      makeMessage(3, 300),
+      'Subject: bare\n\n.lf\nonly\n',
+      makeMessage(5, 40_000),
+      'Subject: t\r\n\r\n.\r\n..\r\n',
+      makeMessage(7, 100),
+    ];
+    for (const r of raws) await h.deliver(user, r);
+    const crlf = (t: string) => t.replace(/\r?\n/g, '\r\n').replace(/([^\n])$/, '$1\r\n');
+    const { client } = await RawClient.connect(h.port);
+    expect(await client.login(user, passwordOf(user))).toMatch(/^\+OK/);
+    for (let round = 0; round < 3; round++) {
+      client.send(raws.map((_, i) => `RETR ${i + 1}\r\n`).join(''));
+      for (const r of raws) {
+        expect(await client.reply()).toMatch(/^\+OK/);
+        expect((await client.multilineRaw()).toString()).toBe(crlf(r));
+      }
+    }
+    expect(await client.cmd('QUIT')).toMatch(/^\+OK/);
+    await client.waitClosed();
+  });
+
+  it('a response the socket has not fully sent is never overwritten by the next one', async () => {
+    // Small responses (under the socket's 16 KB high-water mark) to a client that stops reading:
+    // when the kernel is full, one is left half-sent without backpressure being signalled, and
+    // the next RETR must build its response elsewhere.
+    const user = 'tiny@example.com';
+    await addUsers(h, user);
+    const n = 700;
+    // A few different messages in turn, so that an overwritten response would show.
+    const raws = [1000, 3000, 5000, 7000, 8000, 9000, 12000].map((size, k) => Buffer.from(makeMessage(k, size).replace(/line 1 /g, '.line 1 ')));
+    const keys = raws.map(() => `test/${randomUUID()}.eml`);
+    await Promise.all(raws.map((r, k) => h.storage.mail.put(keys[k]!, r)));
+    // Message numbers follow uids; remember which text each uid got.
+    const byUid: [number, Buffer][] = [];
+    for (let i = 0; i < n; i += 100) {
+      const batch = Array.from({ length: Math.min(100, n - i) }, (_, j) => (i + j) % raws.length);
+      const uids = await Promise.all(
+        batch.map((k) => h.store.deliver(user, { jobId: randomUUID(), blobKey: keys[k]!, size: raws[k]!.length, receivedAt: new Date().toISOString(), summary: {} })),
+      );
+      uids.forEach((u, j) => byUid.push([u.uid, raws[batch[j]!]!]));
+    }
+    const expected = byUid.sort((a, b) => a[0] - b[0]).map(([, r]) => r);
+    const { client } = await RawClient.connect(h.port);
+    expect(await client.login(user, passwordOf(user))).toMatch(/^\+OK/);
+    client.socket.pause();
+    client.send(Array.from({ length: n }, (_, i) => `RETR ${i + 1}\r\n`).join(''));
+    await new Promise((r) => setTimeout(r, 300));
+    client.socket.resume();
+    for (let i = 0; i < n; i++) {
+      const raw = expected[i]!;
+      expect(await client.reply()).toBe(`+OK ${raw.length} octets`);
+      const got = await client.multilineRaw();
+      if (!got.equals(raw)) expect(got.toString(), `message ${i + 1}`).toBe(raw.toString());
+    }
+    expect(await client.cmd('QUIT')).toMatch(/^\+OK/);
+    await client.waitClosed();
+  });
+
   it('sends every message byte-identical and does not buffer responses the client is not reading', async () => {
     const n = 120;
     const size = 60 * 1024;

@@ -476,7 +476,8 @@ describe('limits', () => {
 
 describe('RFC 1939 §3 inactivity timer and graceful close', () => {
   it('an idle session is closed with nothing deleted, and the maildrop opens again', async () => {
-    const idle = await startHarness({}, { idleTimeoutMs: 300 });
+    // Long enough that a loaded machine does not time out between the login and DELE.
+    const idle = await startHarness({}, { idleTimeoutMs: 1500 });
     try {
       await addUsers(idle, BOB);
       await idle.deliver(BOB, makeMessage(1));

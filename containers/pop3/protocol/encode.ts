@@ -172,6 +172,70 @@ export class MessageEncoder {
   }
 }
 
+/** encodeWhole rounds the buffers it allocates up to a multiple of this, for reuse. */
+const REUSE_ROUNDING = 16 * 1024;
+
+/** Line starts holding a dot, found by encodeWhole's scan (grown as needed, reused). */
+let dotStarts = new Int32Array(256);
+
+/**
+ * A whole RETR response in one buffer: the status line `head`, the message byte-stuffed (RFC 1939
+ * §3), a CRLF if the message does not end with one, and the terminator. Writes into `out` when it
+ * is big enough (a connection reuses one buffer for all its responses); else allocates a buffer of
+ * its own (response.buffer) that can be reused the same way. Only for
+ * messages whose line ends are all CRLF, which is what SMTP stores: undefined for any other, and
+ * the caller uses MessageEncoder. `octets` is the message as sent, before stuffing.
+ */
+export function encodeWhole(head: string, message: Buffer, out?: Buffer): { response: Buffer; octets: number } | undefined {
+  // One native LF search per line (the line must end in CRLF, and a dot at its start is noted),
+  // then a count of every CR: equal counts mean no bare CR anywhere. Measured ~2x faster than
+  // searching LF and CR line by line, and ~4x faster than a JavaScript byte loop.
+  const n = message.length;
+  let dots = 0;
+  let lines = 0;
+  let pos = 0;
+  while (pos < n) {
+    if (message[pos] === DOT) {
+      if (dots === dotStarts.length) {
+        const grown = new Int32Array(dotStarts.length * 2);
+        grown.set(dotStarts);
+        dotStarts = grown;
+      }
+      dotStarts[dots++] = pos;
+    }
+    const lf = message.indexOf(LF, pos);
+    if (lf < 0) break;
+    if (lf === 0 || message[lf - 1] !== CR) return undefined;
+    lines++;
+    pos = lf + 1;
+  }
+  let crs = 0;
+  for (let cr = message.indexOf(CR); cr >= 0; cr = message.indexOf(CR, cr + 1)) crs++;
+  if (crs !== lines) return undefined;
+  const open = pos < n; // a last line without its CRLF
+  const octets = n + (open ? 2 : 0);
+  const headLength = head.length;
+  const size = headLength + octets + dots + TERMINATOR.length;
+  // A buffer of its own (never a slice of Node's shared pool) with room to spare, so that the
+  // caller can reuse it for the next response.
+  const buf = out !== undefined && out.length >= size ? out : Buffer.allocUnsafeSlow(size <= REUSE_ROUNDING * 8 ? Math.ceil(size / REUSE_ROUNDING) * REUSE_ROUNDING : size);
+  let o = buf.write(head, 0, 'latin1');
+  let from = 0;
+  for (let i = 0; i < dots; i++) {
+    const d = dotStarts[i]!;
+    o += message.copy(buf, o, from, d);
+    buf[o++] = DOT;
+    from = d;
+  }
+  o += message.copy(buf, o, from, n);
+  if (open) {
+    buf[o++] = CR;
+    buf[o++] = LF;
+  }
+  o += TERMINATOR.copy(buf, o);
+  return { response: buf.subarray(0, o), octets };
+}
+
 /**
  * A streaming transform (usable with stream.pipeline / compose) from the stored message to the
  * RETR or TOP response body, terminator included. Stops reading the source once TOP has enough.

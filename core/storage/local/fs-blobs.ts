@@ -175,19 +175,23 @@ export interface SmallReadOptions {
   maxBytes?: number;
   /** The body size the caller expects, to size the read buffer. @default 65536 */
   sizeHint?: number;
+  /**
+   * A buffer to read into when it is big enough (the caller reuses it from one read to the next);
+   * the body returned is then a view of it. @default a new buffer
+   */
+  into?: Buffer;
 }
 
 /** Room for the header beyond the expected body size in readSmallSync's first read. */
 const HEADER_SLACK = 512;
 
 /** Reads from `at` until the buffer is full or the file ends; returns the octets now in `buf`. */
-function readFully(fd: number, buf: Buffer, at: number, what: string): number {
+function readFully(fd: number, buf: Buffer, at: number): number {
   while (at < buf.length) {
     const n = readSync(fd, buf, at, buf.length - at, at);
     if (n === 0) break;
     at += n;
   }
-  if (at === 0) throw new Unavailable(`${what}: empty blob file`);
   return at;
 }
 
@@ -454,10 +458,12 @@ export class FsBlobs implements Blobs {
       throw fsError(e, what);
     }
     try {
-      // Sized from the hint, so the usual read needs no fstat (which costs as much as the read).
+      // Sized from the hint, so the usual read needs no fstat (which costs as much as the read),
+      // and one read: a regular file reads short only at its end.
       const limit = maxBytes + MAX_HEADER_BYTES;
-      let buf = Buffer.allocUnsafe(Math.min(limit, (options.sizeHint ?? SMALL_READ_BYTES) + HEADER_SLACK));
-      let got = readFully(fd, buf, 0, what);
+      const want = Math.min(limit, (options.sizeHint ?? SMALL_READ_BYTES) + HEADER_SLACK);
+      let buf = options.into !== undefined && options.into.length >= want ? options.into : Buffer.allocUnsafe(want);
+      let got = readSync(fd, buf, 0, buf.length, 0);
       if (got === buf.length) {
         // The hint was short (or the object is too big): size the buffer from the file itself.
         const size = fstatSync(fd).size;
@@ -466,7 +472,7 @@ export class FsBlobs implements Blobs {
           const whole = Buffer.allocUnsafe(size);
           buf.copy(whole, 0, 0, got);
           buf = whole;
-          got = readFully(fd, buf, got, what);
+          got = readFully(fd, buf, got);
           if (got !== size) throw new Unavailable(`${what}: file shorter than its size`);
         }
       }
