@@ -36,7 +36,7 @@ export interface Row {
   p99Ms?: number;
   peakMiB?: number;
   pssMiB?: number;
-  /** Our median over this server's median, on peer rows of a scenario we ran too. */
+  /** The median over runs of (ours in run r) / (this server in run r), on peer rows of a scenario we ran too. */
   oursOverPeer?: number;
   notes: string[];
 }
@@ -62,11 +62,13 @@ export function summarize(protocol: string, unit: string, samples: readonly Samp
   for (const scenario of scenarios) {
     const here = samples.filter((s) => s.scenario === scenario);
     const servers = [...new Set(here.map((s) => s.server))].sort((a, b) => (a === OURS ? -1 : b === OURS ? 1 : 0));
-    let ours: number | undefined;
+    const oursByRun = new Map(here.filter((s) => s.server === OURS).map((s) => [s.run, s.value]));
     for (const server of servers) {
       const ss = here.filter((s) => s.server === server).sort((a, b) => a.run - b.run);
       const m = median(ss.map((s) => s.value));
-      if (server === OURS) ours = m;
+      // Runs alternate, so run r of ours and run r of the peer saw about the same machine load:
+      // the median of the per-run ratios is steadier than the ratio of medians when load swings.
+      const perRun = ss.map((s) => ratio(oursByRun.get(s.run), s.value)).filter((x): x is number => x !== undefined);
       rows.push({
         scenario,
         server,
@@ -77,12 +79,12 @@ export function summarize(protocol: string, unit: string, samples: readonly Samp
         p99Ms: medianOf(ss.map((s) => s.p99Ms)),
         peakMiB: medianOf(ss.map((s) => s.peakMiB)),
         pssMiB: medianOf(ss.map((s) => s.pssMiB)),
-        oursOverPeer: server === OURS ? undefined : ratio(ours, m),
+        oursOverPeer: server === OURS || perRun.length === 0 ? undefined : Math.round(median(perRun) * 100) / 100,
         notes: [...new Set(ss.map((s) => s.note).filter((n): n is string => !!n))],
       });
     }
   }
-  return { protocol, unit, rows, notes };
+  return { protocol, unit, rows, notes: [...notes, 'ours/peer: the median over runs of ours in run r over the peer in run r (runs alternate, so each pair saw about the same load).'] };
 }
 
 const HEADER = (unit: string) => ['scenario', 'server', `${unit} (median)`, 'each run', 'p50 ms', 'p99 ms', 'peak RSS MiB', 'peak PSS MiB', 'ours/peer'];
