@@ -181,14 +181,6 @@ export async function stopChild(child: ChildProcess, graceMs = 5000): Promise<vo
   clearTimeout(t);
 }
 
-/** Spawns a long-lived process and registers its stop; `stop()` stops and unregisters it. */
-export function spawnTracked(cmd: string, args: string[], options: Parameters<typeof spawn>[2] = {}): { child: ChildProcess; stop: () => Promise<void> } {
-  const child = spawn(cmd, args, options);
-  child.on('error', () => undefined);
-  const stop = onCleanup(() => stopChild(child));
-  return { child, stop };
-}
-
 /** A TCP port free on 127.0.0.1 right now. */
 export async function freePort(): Promise<number> {
   const s = net.createServer();
@@ -260,13 +252,6 @@ export async function memMiB(pid: number, field: 'VmRSS' | 'VmHWM'): Promise<num
   const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
   const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(status);
   return m ? Number(m[1]) / 1024 : 0;
-}
-
-/** CPU seconds (user + system) of a process so far, from /proc/PID/stat fields 14 and 15 (proc(5)). */
-export async function cpuSeconds(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100;
 }
 
 /** Proportional set size of a process in MiB (shared pages split among their sharers); 0 when gone. */
