@@ -86,6 +86,7 @@ async function peers(argv: string[]): Promise<void> {
       }
       say(`${name}: ${Math.round((Date.now() - started) / 1000)} s`);
       reports.push(rep);
+      for (const p of rep.problems ?? []) failed.push(`${name} (${p})`);
       process.stdout.write(`${reportText(rep)}\n`);
       const head = `<!-- ${at}, ${machine} -->\n`;
       await writeFile(join(dir, `${name}.md`), head + reportMarkdown(rep));

@@ -48,6 +48,8 @@ export interface ProtocolReport {
   rows: Row[];
   /** Free-form lines printed under the table (how it was measured, caveats). */
   notes: string[];
+  /** What went wrong beyond slowness (mail accepted and never delivered): the bench exits 1. */
+  problems?: string[];
 }
 
 function medianOf(xs: (number | undefined)[]): number | undefined {
