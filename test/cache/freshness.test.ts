@@ -17,7 +17,7 @@ function shapes(t0: number): Record<string, string>[] {
   const lm = (daysAgo: number) => new Date(t0 - daysAgo * 86400_000).toUTCString();
   const out: Record<string, string>[] = [];
   for (const cc of ['max-age=60', 's-maxage=30, max-age=300', 'max-age=0', 'no-cache', 'max-age=60, must-revalidate', 'max-age=60, proxy-revalidate', 'public, max-age=5', 'max-age=60, stale-while-revalidate=30', 'max-age=60, stale-if-error=30', 'immutable, max-age=100', 'private, max-age=60', 'no-store', '']) {
-    for (const extra of [{}, { age: '20' }, { age: '100' }, { expires: new Date(t0 + 45_000).toUTCString() }, { 'last-modified': lm(3) }, { 'last-modified': lm(400) }, { date: new Date(t0 - 10_000).toUTCString() }]) {
+    for (const extra of <Record<string, string>[]>[{}, { age: '20' }, { age: '100' }, { expires: new Date(t0 + 45_000).toUTCString() }, { 'last-modified': lm(3) }, { 'last-modified': lm(400) }, { date: new Date(t0 - 10_000).toUTCString() }]) {
       const h: Record<string, string> = { date, 'content-type': 'text/plain', ...extra };
       if (cc) h['cache-control'] = cc;
       out.push(h);
