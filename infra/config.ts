@@ -102,6 +102,10 @@ export interface StageConfig {
   mailBucketAlarmBytes: number;
   /** Log retention in days for Lambda and container logs. @default 30 */
   logRetentionDays: number;
+  /** Hours between runs of the orphaned-blob sweep (a scheduled Lambda; core/mail/sweep.ts); each
+   * run reads one reference item per old blob, so large buckets want it rare. 0 turns it off.
+   * @default 24 */
+  orphanSweepHours: number;
 }
 
 const GiB = 1024 ** 3;
@@ -129,6 +133,7 @@ export const DEFAULTS: Omit<StageConfig, 'stage' | 'mailHostname' | 'domains'> =
   tlsFromSecret: false,
   mailBucketAlarmBytes: 100 * GiB,
   logRetentionDays: 30,
+  orphanSweepHours: 24,
 };
 
 /** The named stages; `cdk deploy -c stage=prod`. Edit these (or add one) for your domains. */

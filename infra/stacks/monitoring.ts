@@ -83,6 +83,10 @@ export class MonitoringStack extends Stack {
     for (const w of functions) {
       alarm(`${w.node.id}Errors`, w.function.metricErrors({ period: five, statistic: 'Sum' }), 1, `The ${w.node.id.toLowerCase()} Lambda worker failed invocations.`, { evaluationPeriods: 2, datapointsToAlarm: 2 });
     }
+    if (processing.sweep) {
+      // One failed run is already worth a look: the next one is hours away.
+      alarm('SweepErrors', processing.sweep.metricErrors({ period: Duration.hours(1), statistic: 'Sum' }), 1, 'The orphaned mail blob sweep failed (see its log group).');
+    }
 
     // Delivery outcomes and proxy cache outcomes, counted from the workers' JSON log lines.
     const outboundLogs: logs.ILogGroup[] = [];

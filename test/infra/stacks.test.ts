@@ -133,11 +133,11 @@ describe('processing stack', () => {
 
   it('gives the outbound worker the Lambda maximum for slow SMTP transactions', () => {
     const timeouts = Object.values(resources(t, 'AWS::Lambda::Function')).map((f) => f.Properties!.Timeout).sort((a, b) => Number(a) - Number(b));
-    expect(timeouts).toEqual([120, 900]);
+    expect(timeouts).toEqual([120, 900, 900]);
   });
 
-  it('runs both workers on nodejs22.x arm64 with SQS partial batch responses', () => {
-    t.resourceCountIs('AWS::Lambda::Function', 2);
+  it('runs both workers and the sweep on nodejs22.x arm64, the workers with SQS partial batch responses', () => {
+    t.resourceCountIs('AWS::Lambda::Function', 3);
     t.allResourcesProperties('AWS::Lambda::Function', { Runtime: 'nodejs22.x', Architectures: ['arm64'], Handler: 'index.handler' });
     t.resourceCountIs('AWS::Lambda::EventSourceMapping', 2);
     t.allResourcesProperties('AWS::Lambda::EventSourceMapping', { FunctionResponseTypes: ['ReportBatchItemFailures'], ScalingConfig: { MaximumConcurrency: 10 } });
@@ -179,7 +179,24 @@ describe('processing stack', () => {
 
   it('has no outbound Lambda when delivery is direct (Lambda may not use port 25)', () => {
     const direct = Template.fromStack(testApp({ outbound: 'direct' }).stacks.processing);
-    direct.resourceCountIs('AWS::Lambda::Function', 1);
+    direct.resourceCountIs('AWS::Lambda::Function', 2);
+  });
+
+  it('runs the orphaned-blob sweep on a schedule with only list, read and delete on mail and queue depths', () => {
+    const rules = Object.values(resources(t, 'AWS::Events::Rule'));
+    expect(rules.map((r) => r.Properties!.ScheduleExpression)).toEqual(['rate(1 day)']);
+    const sweep = statementsOf(t, 'SweepFunctionServiceRole');
+    const acts = actions(sweep);
+    expect(acts).toEqual(expect.arrayContaining(['s3:GetObject*', 's3:List*', 's3:DeleteObject*', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:DeleteItem', 'sqs:GetQueueAttributes']));
+    expect(acts).not.toContain('s3:PutObject');
+    expect(acts).not.toContain('sqs:SendMessage');
+    expect(acts).not.toContain('sqs:DeleteMessage');
+    const text = JSON.stringify(sweep);
+    for (const q of ['InboundQueueArn', 'OutboundQueueArn', 'InboundDeadLetterQueueArn', 'OutboundDeadLetterQueueArn']) expect(text).toContain(q);
+    expect(text).not.toContain('CacheBucket');
+    const off = Template.fromStack(testApp({ orphanSweepHours: 0 }).stacks.processing);
+    off.resourceCountIs('AWS::Events::Rule', 0);
+    off.resourceCountIs('AWS::Lambda::Function', 2);
   });
 });
 
@@ -327,7 +344,7 @@ describe('dns and monitoring stacks', () => {
     const byMetric = (name: string) => alarms.filter((a) => a.MetricName === name || JSON.stringify(a.Metrics ?? []).includes(`"MetricName":"${name}"`));
     expect(byMetric('ApproximateNumberOfMessagesVisible')).toHaveLength(2);
     expect(byMetric('ApproximateAgeOfOldestMessage')).toHaveLength(2);
-    expect(byMetric('Errors')).toHaveLength(2);
+    expect(byMetric('Errors')).toHaveLength(3);
     expect(byMetric('UnHealthyHostCount')).toHaveLength(6);
     expect(byMetric('BucketSizeBytes')).toHaveLength(1);
     const math = JSON.stringify(alarms.filter((a) => a.Metrics));

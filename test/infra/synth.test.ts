@@ -37,10 +37,10 @@ describe('cdk synth', () => {
     const stacks = ['State', 'Processing', 'Listeners', 'Monitoring'].map((s) => `Tomlinson-dev-${s}`);
     for (const s of stacks) expect(existsSync(join(dir, `${s}.template.json`)), s).toBe(true);
 
-    // Both Lambda assets hold a real esbuild bundle that Node can load.
+    // Every Lambda asset (inbound, outbound, sweep) holds a real esbuild bundle that Node can load.
     const processing = JSON.parse(readFileSync(join(dir, 'Tomlinson-dev-Processing.template.json'), 'utf8')) as { Resources: Record<string, { Type: string; Metadata?: Record<string, string> }> };
     const fns = Object.values(processing.Resources).filter((x) => x.Type === 'AWS::Lambda::Function');
-    expect(fns).toHaveLength(2);
+    expect(fns).toHaveLength(3);
     for (const fn of fns) {
       const assetDir = join(dir, fn.Metadata!['aws:asset:path']!);
       const files = readdirSync(assetDir);
