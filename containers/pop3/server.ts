@@ -37,6 +37,8 @@ export interface Pop3ServerOptions {
 
 /** Client input buffered while a command runs before we stop reading the socket. */
 const MAX_PENDING_INPUT = 64 * 1024;
+/** Commands answered in a row without waiting before the connection lets others run. */
+const MAX_SYNC_COMMANDS = 32;
 /** Response buffers up to this size are kept from one RETR to the next (per connection). */
 const MAX_KEPT_RESPONSE = 128 * 1024;
 /** A SASL continuation line may be longer than a command (RFC 5034 §4 has no 255-octet cap). */
@@ -59,6 +61,8 @@ interface ServerShared {
   maxBadCommands: number;
   /** True once the listener is shutting down: sessions are closed after their current command. */
   closing(): boolean;
+  /** Counts one command in the commands metric. */
+  countCommand(verb: string, outcome: 'ok' | 'err'): void;
   onClose(c: Connection): void;
 }
 
@@ -153,21 +157,35 @@ class Connection {
     if (this.busy || this.ended) return;
     this.busy = true;
     this.stream.cork();
+    let inARow = 0;
     try {
       while (!this.ended) {
         const r = this.reader.next();
         if (r.kind === 'need-more') break;
-        const out = r.kind === 'too-long' ? this.session.tooLong() : await this.session.line(r.line);
+        // Most commands answer synchronously: no await (and no trip through the microtask queue)
+        // unless the session needs storage. A long pipelined run still yields now and then, so
+        // that one client cannot hold the event loop.
+        let out = r.kind === 'too-long' ? this.session.tooLong() : this.session.line(r.line);
+        if (out instanceof Promise) {
+          out = await out;
+          inARow = 0;
+        } else if (++inARow >= MAX_SYNC_COMMANDS) {
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          inARow = 0;
+        }
         if (this.ended) break;
         const last = this.session.last;
-        if (last) this.shared.ctx.metrics.commands.inc({ listener: 'pop3', command: last.verb, outcome: last.outcome });
+        if (last) this.shared.countCommand(last.verb, last.outcome);
         this.reader.setMaxLine(out.continuation ? MAX_SASL_LINE : 1024);
         if (out.then === 'starttls') {
           await this.startTls(out.text ?? '');
           continue;
         }
         if (out.text) this.stream.write(out.text);
-        if (out.body) await this.sendBody(out.body);
+        if (out.body) {
+          const sent = this.sendBody(out.body);
+          if (sent) await sent;
+        }
         if (out.then === 'close') {
           this.end();
           break;
@@ -196,14 +214,23 @@ class Connection {
     }
   }
 
-  /** Sends a RETR/TOP body: CRLF line ends, byte-stuffing, terminator (RFC 1939 §3). */
-  private async sendBody(body: BodyReply): Promise<void> {
-    const s = this.stream;
+  /**
+   * Sends a RETR/TOP body: CRLF line ends, byte-stuffing, terminator (RFC 1939 §3). Returns a
+   * promise only when there is something to wait for (a stream, or a full socket).
+   */
+  private sendBody(body: BodyReply): Promise<void> | undefined {
     const src = body.source;
     if (Buffer.isBuffer(src) && body.topLines === undefined) {
       const whole = encodeWhole(body.head, src, this.response);
       if (whole) return this.sendWhole(body, whole.response, whole.octets);
     }
+    return this.sendEncoded(body);
+  }
+
+  /** sendBody through MessageEncoder: TOP, messages with bare CR or LF, and streamed messages. */
+  private async sendEncoded(body: BodyReply): Promise<void> {
+    const s = this.stream;
+    const src = body.source;
     const enc = new MessageEncoder({ topLines: body.topLines });
     s.write(body.head);
     if (Buffer.isBuffer(src)) {
@@ -279,7 +306,7 @@ class Connection {
    * buffer is kept for the next response (no allocation, no garbage per message). Otherwise the
    * socket still holds it, so the next response gets a new buffer.
    */
-  private async sendWhole(body: BodyReply, response: Buffer, octets: number): Promise<void> {
+  private sendWhole(body: BodyReply, response: Buffer, octets: number): Promise<void> | undefined {
     const s = this.stream;
     this.checkSize(body, octets);
     s.uncork();
@@ -288,7 +315,7 @@ class Connection {
     this.response = s.writableLength === 0 && own.byteLength <= MAX_KEPT_RESPONSE ? Buffer.from(own) : undefined;
     s.cork();
     // Pipelined RETRs must not pile messages up in memory: wait until the client takes them.
-    if (s.writableNeedDrain) await this.drained();
+    return s.writableNeedDrain ? this.drained() : undefined;
   }
 
   private checkSize(body: BodyReply, sent: number): void {
@@ -402,6 +429,7 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
   else if (cfg.allowPlaintext === 'loopback') log.info('POP3 accepts passwords without TLS from loopback clients only (pop3.allowPlaintext=loopback)');
 
   const connections = new Set<Connection>();
+  const commandCounters = new Map<string, { inc(): void }>();
   const perClient = new Map<string, number>();
   let closing = false;
   let closedResolve: (() => void) | undefined;
@@ -414,6 +442,14 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
     handshakeMs: options.handshakeTimeoutMs ?? 30_000,
     maxBadCommands: cfg.maxBadCommands,
     closing: () => closing,
+    countCommand: (verb, outcome) => {
+      // One labelled child per verb and outcome (a closed set), so a command costs an increment
+      // rather than hashing a labels object.
+      const k = `${verb} ${outcome}`;
+      let c = commandCounters.get(k);
+      if (!c) commandCounters.set(k, (c = metrics.commands.labels({ listener: 'pop3', command: verb, outcome })));
+      c.inc();
+    },
     hooksFor: (address) => ({
       authenticate: (login, password) => logins.authenticate(login, password),
       authFailed: async (login) => {

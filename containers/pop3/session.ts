@@ -148,8 +148,12 @@ export class Pop3Session {
     return ok('POP3 server ready');
   }
 
-  /** Handles one line from the client: a command, or a SASL continuation when one was asked for. */
-  async line(line: string): Promise<Output> {
+  /**
+   * Handles one line from the client: a command, or a SASL continuation when one was asked for.
+   * Commands that need no storage round trip (RETR of a message read whole among them) answer
+   * synchronously; the others return a promise.
+   */
+  line(line: string): Output | Promise<Output> {
     if (this.state.name === 'AUTHORIZATION' && this.state.sasl) return this.saslContinuation(line);
     const cmd = parseCommand(line);
     if (!cmd) return this.bad('?', 'Unknown command');
@@ -157,8 +161,13 @@ export class Pop3Session {
     // Unknown verbs are recorded as '?' so that metrics labels stay a closed set.
     if (!h) return this.bad('?', 'Unknown command');
     if (!h.states.includes(this.state.name)) return this.bad(cmd.verb, `${cmd.verb} not allowed in ${this.state.name} state`);
-    const out = await h.run(cmd);
-    this.last = { verb: cmd.verb, outcome: out.text?.startsWith('-ERR') ? 'err' : 'ok' };
+    const out = h.run(cmd);
+    if (out instanceof Promise) return out.then((o) => this.record(cmd.verb, o));
+    return this.record(cmd.verb, out);
+  }
+
+  private record(verb: string, out: Output): Output {
+    this.last = { verb, outcome: out.text?.startsWith('-ERR') ? 'err' : 'ok' };
     return out;
   }
 
@@ -385,31 +394,38 @@ export class Pop3Session {
   }
 
   /** RFC 1939 §5 RETR. */
-  private async retr(cmd: Command): Promise<Output> {
+  private retr(cmd: Command): Output | Promise<Output> {
     if (cmd.args.length !== 1) return { text: err('Syntax: RETR msg') };
     return this.body(cmd.args[0], undefined);
   }
 
   /** RFC 1939 §7 TOP msg n. */
-  private async top(cmd: Command): Promise<Output> {
+  private top(cmd: Command): Output | Promise<Output> {
     if (cmd.args.length !== 2) return { text: err('Syntax: TOP msg n') };
     const lines = parseCount(cmd.args[1]);
     if (lines === undefined) return { text: err('Invalid line count') };
     return this.body(cmd.args[0], lines);
   }
 
-  private async body(arg: string | undefined, topLines: number | undefined): Promise<Output> {
+  private body(arg: string | undefined, topLines: number | undefined): Output | Promise<Output> {
     const s = this.state;
     const p = this.pick(arg);
     if (!('index' in p) || s.name !== 'TRANSACTION') return p as Output;
-    let source: Readable | Buffer;
-    try {
-      source = s.drop.read?.(p.index) ?? (await s.drop.open(p.index));
-    } catch {
-      return { text: err('Message temporarily unavailable', 'SYS/TEMP') };
-    }
     const head = topLines === undefined ? ok(`${p.message.size} octets`) : ok('Top of message follows');
-    return { body: { head, source, topLines, expectedSize: p.message.size } };
+    const reply = (source: Readable | Buffer): Output => ({ body: { head, source, topLines, expectedSize: p.message.size } });
+    const unavailable = (): Output => ({ text: err('Message temporarily unavailable', 'SYS/TEMP') });
+    let whole: Buffer | undefined;
+    try {
+      whole = s.drop.read?.(p.index);
+    } catch {
+      return unavailable();
+    }
+    if (whole) return reply(whole);
+    try {
+      return s.drop.open(p.index).then(reply, unavailable);
+    } catch {
+      return unavailable();
+    }
   }
 
   /** RFC 1939 §5 DELE: marks only; removal happens in UPDATE. */

@@ -219,7 +219,9 @@ export function encodeWhole(head: string, message: Buffer, out?: Buffer): { resp
   // A buffer of its own (never a slice of Node's shared pool) with room to spare, so that the
   // caller can reuse it for the next response.
   const buf = out !== undefined && out.length >= size ? out : Buffer.allocUnsafeSlow(size <= REUSE_ROUNDING * 8 ? Math.ceil(size / REUSE_ROUNDING) * REUSE_ROUNDING : size);
-  let o = buf.write(head, 0, 'latin1');
+  // The status line is a few ASCII characters: a loop beats Buffer.write's argument handling.
+  for (let i = 0; i < headLength; i++) buf[i] = head.charCodeAt(i);
+  let o = headLength;
   let from = 0;
   for (let i = 0; i < dots; i++) {
     const d = dotStarts[i]!;
