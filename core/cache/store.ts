@@ -99,7 +99,7 @@ export class BodyWriter {
       // Too big for memory: stream the rest straight into the object tier.
       this.pass = new PassThrough({ highWaterMark: 256 * 1024 });
       this.blobKey = this.store.newBlobKey(this.url, this.variant);
-      this.put = this.store.blobs.put(this.blobKey, this.pass, { maxBytes: this.store.maxObjectBytes }).then(
+      this.put = this.store.blobs.put(this.blobKey, this.pass, { maxBytes: this.store.maxObjectBytes, durable: false }).then(
         (info) => ({ size: info.size }),
         (e: unknown) => {
           this.store.log.debug({ err: e, url: this.url }, 'cache body not stored');
@@ -267,7 +267,13 @@ export class CacheStore {
   /** The body of a stored object: its Buffer, or a stream of (a range of) its blob. */
   async openBody(obj: CachedObject, range?: { start: number; end: number }): Promise<Buffer | Readable> {
     if (obj.body) return range ? obj.body.subarray(range.start, range.end + 1) : obj.body;
-    const { body } = await this.blobs.get(obj.blobKey, range ? { range } : undefined);
+    const { body, info } = await this.blobs.get(obj.blobKey, range ? { range } : undefined);
+    // Cache bodies are stored without fsync (blobs.put durable: false): after a crash a body may
+    // be short. The caller treats this error as a lost body and fetches from the origin again.
+    if (info.size !== obj.size) {
+      body.destroy();
+      throw new Error(`stored body has ${info.size} bytes, the entry says ${obj.size}`);
+    }
     return body;
   }
 
@@ -451,7 +457,7 @@ export class CacheStore {
     if (!obj.persisted) {
       if (!obj.body) return;
       if (!obj.blobKey) obj.blobKey = this.newBlobKey(obj.url, obj.variant);
-      await this.blobs.put(obj.blobKey, obj.body, { maxBytes: this.maxObjectBytes });
+      await this.blobs.put(obj.blobKey, obj.body, { maxBytes: this.maxObjectBytes, durable: false });
     }
     await this.writeRecord(obj);
   }

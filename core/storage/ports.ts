@@ -84,6 +84,13 @@ export interface BlobPutOptions {
   ifAbsent?: boolean;
   contentType?: string;
   metadata?: Record<string, string>;
+  /**
+   * false: the put may return before the object is on disk, so a crash or power loss may lose it
+   * or leave it shorter than written (never another object's bytes: it is still written under a
+   * temporary name and renamed). For a cache that checks the size it expects on every read; never
+   * for mail. Adapters that are durable anyway (S3) ignore it. @default true
+   */
+  durable?: boolean;
 }
 
 /** An inclusive byte range, as in HTTP `Range: bytes=start-end`; `end` defaults to the last byte. */

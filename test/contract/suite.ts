@@ -238,6 +238,15 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
         expect((await readAll((await s.mail.get(k('empty'))).body)).length).toBe(0);
       });
 
+      it('a non-durable put (durable: false, for cache objects) is read back whole, replacing the old version', async () => {
+        await s.cache.put(k('lazy'), 'old body');
+        const body = 'cached body '.repeat(500);
+        const info = await s.cache.put(k('lazy'), body, { durable: false });
+        expect(info).toMatchObject({ size: body.length, sha256: sha256(body) });
+        expect(await readText((await s.cache.get(k('lazy'))).body)).toBe(body);
+        expect((await s.cache.head(k('lazy'))).size).toBe(body.length);
+      });
+
       it('a second put replaces the object whole', async () => {
         await s.mail.put(k('replace'), 'first version, longer');
         await s.mail.put(k('replace'), 'second');

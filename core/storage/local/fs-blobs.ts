@@ -321,7 +321,10 @@ export class FsBlobs implements Blobs {
         if (pendingBytes) await fh.writev(pending, position);
         await fh.write(Buffer.from(sha256, 'latin1'), 0, 64, SHA_OFFSET);
       }
-      await fh.datasync();
+      // A non-durable put (a cache object) skips both fsyncs: a crash may lose the object or
+      // leave it short, which its reader detects by size; mail always takes them.
+      const durable = options.durable !== false;
+      if (durable) await fh.datasync();
       await fh.close();
       fh = undefined;
       await this.ensureDir(dir);
@@ -336,7 +339,7 @@ export class FsBlobs implements Blobs {
       } else {
         await fsp.rename(tmp, file);
       }
-      await this.dirSync.sync(dir);
+      if (durable) await this.dirSync.sync(dir);
       const info: BlobInfo = { key, size, sha256, lastModified: new Date() };
       if (options.contentType !== undefined) info.contentType = options.contentType;
       if (metadata !== undefined) info.metadata = metadata;
