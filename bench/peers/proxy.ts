@@ -188,7 +188,7 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
   // The origin's rows go last in each scenario: it is a yardstick, not a peer.
   const rep = summarize('Proxy', 'req/s', samples, [
     `wrk -t2 -c${connections}, ${duration} s per run after ${warmup} s of warm-up, absolute-form GETs with the origin in Host; each server started cold for each run, runs alternating between servers.`,
-    'Squid: memory cache only (256 MB cache_mem, no cache_dir, as Debian ships it), 1 worker. nginx: proxy_cache on files (page cache), worker_processes auto, keep-alive upstream, proxy_cache_revalidate on. Ours: memory tier 256 MB over the blob tier on disk, one process.',
+    'Squid: memory cache only (256 MB cache_mem, no cache_dir, as Debian ships it), 1 worker. nginx: proxy_cache on files (page cache), worker_processes auto, keep-alive upstream, proxy_cache_revalidate on, sendfile on, tcp_nopush off (its default). Ours: memory tier 256 MB over the blob tier on disk, one process.',
     'Peak RSS: the largest sum of VmHWM over the server\'s processes during the run (nginx: master + workers; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.',
     '"origin alone" is wrk straight at the origin: the yardstick for this machine, not a peer.',
     'The origin counts what reaches it: hit rows must not reach it, miss rows must, reval rows must arrive as If-None-Match answered 304; a server that does otherwise gets a note. nginx does not store a response with max-age=0, so its reval row is a full fetch each time.',
