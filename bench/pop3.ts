@@ -366,7 +366,7 @@ export async function runPop3Bench(options: Pop3BenchOptions = {}): Promise<Pop3
 
     const main = fileURLToPath(new URL('../containers/main.ts', import.meta.url));
     const prof = process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_CPU_PROF] : [];
-    child = spawn(process.execPath, [...prof, '--import', 'tsx', main, 'serve', 'pop3'], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'inherit'] });
+    child = spawn(process.execPath, [...prof, '--import', 'tsx', main, 'serve', 'pop3'], { env: { ...process.env, UV_THREADPOOL_SIZE: '16', ...env }, stdio: ['ignore', 'ignore', 'inherit'] }); // as `npm start`
     for (let i = 0; ; i++) {
       const ok = await new Promise<boolean>((resolve) => {
         const s = net.connect({ host: '127.0.0.1', port }, () => {

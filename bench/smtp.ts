@@ -57,7 +57,7 @@ const SELF = fileURLToPath(import.meta.url);
 
 /** Starts the embedded default (smtp + workers) in a child process; resolves with its MX port. */
 async function startServer(dataDir: string, verbose: boolean): Promise<{ child: ChildProcess; port: number; stop: () => Promise<void> }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', SELF, '--serve', dataDir], { stdio: ['ignore', 'pipe', verbose ? 'inherit' : 'ignore'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', SELF, '--serve', dataDir], { env: { ...process.env, UV_THREADPOOL_SIZE: '16' }, stdio: ['ignore', 'pipe', verbose ? 'inherit' : 'ignore'] }); // thread pool as `npm start` sizes it: each blob fdatasync holds a thread
   const port = await new Promise<number>((resolve, reject) => {
     let out = '';
     child.stdout!.on('data', (d: Buffer) => {
