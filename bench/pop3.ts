@@ -20,6 +20,7 @@ import { loadConfig } from '../core/config.js';
 import { silentLogger } from '../core/log.js';
 import { MailboxStore } from '../core/mailbox/store.js';
 import { openStorage } from '../core/storage/open.js';
+import { waitPort } from './peers/util.js';
 
 /** Options of the POP3 bench. */
 export interface Pop3BenchOptions {
@@ -272,20 +273,11 @@ export async function startDovecotOn(base: string, users: string[], password: st
     await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   };
-  for (let i = 0; ; i++) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect({ host: '127.0.0.1', port }, () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) break;
-    if (i > 100) {
-      child.kill('SIGKILL');
-      throw new Error('dovecot did not start');
-    }
-    await new Promise((r) => setTimeout(r, 100));
+  try {
+    await waitPort(port, 10_000, 'dovecot');
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw e;
   }
   // Dovecot builds its index on the first login: do that outside the measured runs.
   try {
@@ -367,18 +359,7 @@ export async function runPop3Bench(options: Pop3BenchOptions = {}): Promise<Pop3
     const main = fileURLToPath(new URL('../containers/main.ts', import.meta.url));
     const prof = process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_CPU_PROF] : [];
     child = spawn(process.execPath, [...prof, '--import', 'tsx', main, 'serve', 'pop3'], { env: { ...process.env, UV_THREADPOOL_SIZE: '16', ...env }, stdio: ['ignore', 'ignore', 'inherit'] }); // as `npm start`
-    for (let i = 0; ; i++) {
-      const ok = await new Promise<boolean>((resolve) => {
-        const s = net.connect({ host: '127.0.0.1', port }, () => {
-          s.destroy();
-          resolve(true);
-        });
-        s.on('error', () => resolve(false));
-      });
-      if (ok) break;
-      if (i > 300) throw new Error('POP3 server did not start');
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await waitPort(port, 30_000, 'the POP3 server');
     const pid = child.pid!;
     dovecot = options.dovecot === false ? undefined : await startDovecot(dir, users, password, n, size, say);
     const dc = dovecot;
