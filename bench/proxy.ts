@@ -52,6 +52,12 @@ function arg(name: string, def: string): string {
   return i > 0 ? process.argv[i + 1] : def;
 }
 
+/** TOMLINSON_* variables of this process, so a run can try a setting
+ * (e.g. `TOMLINSON_PROXY_COLLAPSE_WAIT_MS=0` for revalidations without collapsing). */
+function pickTomlinsonEnv(): Record<string, string> {
+  return Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[0].startsWith('TOMLINSON_') && e[1] !== undefined));
+}
+
 async function main(): Promise<void> {
   const duration = Number(arg('duration', '10'));
   const connections = Number(arg('connections', '50'));
@@ -59,7 +65,7 @@ async function main(): Promise<void> {
   const dir = await tempDir('tomlinson-bench-');
   const origin = spawn(process.execPath, ['-e', ORIGIN_SCRIPT], { stdio: ['ignore', 'pipe', 'inherit'] });
   const originPort = await new Promise<number>((resolve) => origin.stdout.once('data', (d) => resolve(Number(String(d).trim()))));
-  const config = loadConfig({ TOMLINSON_DATA_DIR: dir.path, TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'true', TOMLINSON_LOG_LEVEL: 'silent' });
+  const config = loadConfig({ ...pickTomlinsonEnv(), TOMLINSON_DATA_DIR: dir.path, TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'true', TOMLINSON_LOG_LEVEL: 'silent' });
   const storage = await openLocalStorage(config, silentLogger, { purgeIntervalMs: 0 });
   const proxy = await startProxy({ config, storage, log: silentLogger, metrics: new Metrics({ defaults: false }) }, { port: 0 });
   const base = `http://127.0.0.1:${originPort}`;
