@@ -20,7 +20,7 @@ import { loadConfig } from '../core/config.js';
 import { silentLogger } from '../core/log.js';
 import { MailboxStore } from '../core/mailbox/store.js';
 import { openStorage } from '../core/storage/open.js';
-import { waitPort } from './peers/util.js';
+import { freePort, waitPort } from './peers/util.js';
 
 /** Options of the POP3 bench. */
 export interface Pop3BenchOptions {
@@ -203,15 +203,6 @@ async function cpuSeconds(pid: number): Promise<number> {
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   // Fields 14 and 15 of proc(5) (utime, stime), here 0-based after the command name: 11 and 12.
   return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  s.listen(0, '127.0.0.1');
-  await new Promise((r) => s.once('listening', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
 }
 
 /** Dovecot's login for one of our users (its passwd-file wants no '@' trouble; keep the local part). */

@@ -194,22 +194,22 @@ interface Failure {
  */
 async function bounce(job: InboundJob, failures: Failure[], ctx: JobContext, log: JobContext['log']): Promise<void> {
   const seen = new Set<string>();
-  const todo: Failure[] = [];
+  const toReport: Failure[] = [];
   for (const f of failures) {
     const key = f.rcpt.address.toLowerCase();
     if (seen.has(key)) continue;
     seen.add(key);
     if (f.rcpt.notify?.length && !f.rcpt.notify.includes('FAILURE')) continue;
     if (await ctx.storage.tables.get({ pk: `JOB#${job.id}`, sk: `DSN#${key}` })) continue;
-    todo.push(f);
+    toReport.push(f);
   }
-  if (!todo.length) return;
+  if (!toReport.length) return;
   if (job.from === '') {
-    log.info({ rcpts: todo.map((f) => f.rcpt.address) }, 'undeliverable message from the null sender; no DSN');
+    log.info({ rcpts: toReport.map((f) => f.rcpt.address) }, 'undeliverable message from the null sender; no DSN');
     return;
   }
   const digest = createHash('sha256')
-    .update(todo.map((f) => f.rcpt.address.toLowerCase()).sort().join('\n'))
+    .update(toReport.map((f) => f.rcpt.address.toLowerCase()).sort().join('\n'))
     .digest('hex')
     .slice(0, 12);
   const now = ctx.now();
@@ -223,7 +223,7 @@ async function bounce(job: InboundJob, failures: Failure[], ctx: JobContext, log
         queueId: job.id,
         ...(job.dsn?.envid ? { envid: job.dsn.envid } : {}),
         arrivalDate: new Date(job.receivedAt),
-        recipients: todo.map((f) => ({
+        recipients: toReport.map((f) => ({
           address: f.rcpt.address,
           ...(f.rcpt.orcpt ? { orcpt: f.rcpt.orcpt } : {}),
           action: 'failed' as const,
@@ -240,9 +240,9 @@ async function bounce(job: InboundJob, failures: Failure[], ctx: JobContext, log
     ctx,
   );
   if (where === 'unknown') log.warn({ to: job.from }, 'DSN dropped: the sender no longer exists here');
-  else log.info({ to: job.from, rcpts: todo.map((f) => f.rcpt.address), sender: where }, 'DSN sent for undeliverable recipients');
+  else log.info({ to: job.from, rcpts: toReport.map((f) => f.rcpt.address), sender: where }, 'DSN sent for undeliverable recipients');
   const ttl = Math.floor(now.getTime() / 1000) + MARKER_TTL_SECONDS;
-  for (const f of todo) await ctx.storage.tables.put({ pk: `JOB#${job.id}`, sk: `DSN#${f.rcpt.address.toLowerCase()}`, ttl });
+  for (const f of toReport) await ctx.storage.tables.put({ pk: `JOB#${job.id}`, sk: `DSN#${f.rcpt.address.toLowerCase()}`, ttl });
   ctx.metrics?.messages.inc({ stage: 'inbound', outcome: 'bounced' });
 }
 

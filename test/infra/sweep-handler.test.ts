@@ -9,25 +9,18 @@ import { loadConfig } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
 import { Metrics } from '../../core/metrics.js';
 import { openLocalStorage } from '../../core/storage/local/index.js';
-import { isStorageError, type Storage } from '../../core/storage/ports.js';
+import type { Storage } from '../../core/storage/ports.js';
 import type { JobContext } from '../../core/workers/job.js';
 import { sweepHandler } from '../../functions/sweep/handler.js';
 import { tempDir } from '../support/tmp.js';
+import { blobExists } from '../support/blobs.js';
 
 let dir: { path: string; remove: () => Promise<void> };
 let storage: Storage;
 let clock = Date.now();
 let contexts = 0;
 
-const exists = async (key: string): Promise<boolean> => {
-  try {
-    await storage.mail.head(key);
-    return true;
-  } catch (e) {
-    if (isStorageError(e, 'NotFound')) return false;
-    throw e;
-  }
-};
+const exists = (key: string) => blobExists(storage.mail, key);
 
 beforeAll(async () => {
   dir = await tempDir('tomlinson-sweep-lambda-');

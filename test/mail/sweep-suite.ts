@@ -13,10 +13,11 @@ import type { InboundJob } from '../../core/mail/jobs.js';
 import { startPeriodicSweep, sweepOrphanBlobs, type SweepOptions } from '../../core/mail/sweep.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
 import { Metrics } from '../../core/metrics.js';
-import { isStorageError, type QueueName, type Storage } from '../../core/storage/ports.js';
+import type { BlobListPage, QueueName, Storage } from '../../core/storage/ports.js';
 import type { JobContext } from '../../core/workers/job.js';
 import { runOne } from '../../core/workers/runner.js';
 import { FAMILIES, type FamilyTarget } from '../accounts/families.js';
+import { blobExists } from '../support/blobs.js';
 
 const HOUR = 3600_000;
 const DAY = 24 * HOUR;
@@ -33,15 +34,22 @@ export function describeSweep(family: 'local' | 'aws'): void {
     /** A fresh key under the inbound prefix, as the SMTP listener names them. */
     const inKey = () => `in/20260101/${name}-${++n}-${Date.now().toString(36)}.eml`;
 
-    const exists = async (key: string): Promise<boolean> => {
-      try {
-        await storage.mail.head(key);
-        return true;
-      } catch (e) {
-        if (isStorageError(e, 'NotFound')) return false;
-        throw e;
-      }
-    };
+    const exists = (key: string) => blobExists(storage.mail, key);
+    /** The storage with a hook called on every page the sweep lists from the mail blobs. */
+    const onListPage = (hook: (page: BlobListPage) => void | Promise<void>): Storage => ({
+      ...storage,
+      mail: {
+        put: storage.mail.put.bind(storage.mail),
+        get: storage.mail.get.bind(storage.mail),
+        head: storage.mail.head.bind(storage.mail),
+        delete: storage.mail.delete.bind(storage.mail),
+        list: async (prefix, o) => {
+          const page = await storage.mail.list(prefix, o);
+          await hook(page);
+          return page;
+        },
+      },
+    });
     /** Empties every queue (messages of earlier tests must not turn the fast path off). */
     const drain = async () => {
       for (const q of QUEUES) {
@@ -206,21 +214,9 @@ export function describeSweep(family: 'local' | 'aws'): void {
       const young = [`in/${today}/${name}-a-${++n}.eml`, `in/${today}/${name}-b-${n}.eml`];
       for (const k of young) await storage.mail.put(k, RAW);
       const listed = new Set<string>();
-      const watched: Storage = {
-        ...storage,
-        mail: {
-          ...storage.mail,
-          put: storage.mail.put.bind(storage.mail),
-          get: storage.mail.get.bind(storage.mail),
-          head: storage.mail.head.bind(storage.mail),
-          delete: storage.mail.delete.bind(storage.mail),
-          list: async (prefix, o) => {
-            const page = await storage.mail.list(prefix, o);
-            for (const b of page.items) listed.add(b.key);
-            return page;
-          },
-        },
-      };
+      const watched = onListPage((page) => {
+        for (const b of page.items) listed.add(b.key);
+      });
       await storage.queues.send('inbound', '{"busy":true}');
       const busy = await sweepOrphanBlobs(watched, { settleSeconds: 0, pageSize: 1, log: silentLogger });
       expect(busy.quiescent).toBe(false);
@@ -286,22 +282,10 @@ export function describeSweep(family: 'local' | 'aws'): void {
     it('stops the fast path when a job appears during the sweep (stats re-read before each batch of deletes)', async () => {
       const keys = [inKey(), inKey(), inKey(), inKey()].sort();
       for (const k of keys) await storage.mail.put(k, RAW);
-      const racing: Storage = {
-        ...storage,
-        mail: {
-          ...storage.mail,
-          put: storage.mail.put.bind(storage.mail),
-          get: storage.mail.get.bind(storage.mail),
-          head: storage.mail.head.bind(storage.mail),
-          delete: storage.mail.delete.bind(storage.mail),
-          list: async (prefix, o) => {
-            const page = await storage.mail.list(prefix, o);
-            // A listener accepts a message after the first of these blobs was judged.
-            if (page.items.some((b) => b.key === keys[1])) await storage.queues.send('inbound', JSON.stringify(job(`mid-${n}`, inKey())));
-            return page;
-          },
-        },
-      };
+      const racing = onListPage(async (page) => {
+        // A listener accepts a message after the first of these blobs was judged.
+        if (page.items.some((b) => b.key === keys[1])) await storage.queues.send('inbound', JSON.stringify(job(`mid-${n}`, inKey())));
+      });
       const r = await sweepOrphanBlobs(racing, { settleSeconds: 0, pageSize: 1, log: silentLogger });
       expect(r.quiescent).toBe(true);
       expect(r.deletedKeys).toEqual([keys[0]]);

@@ -10,8 +10,8 @@ import { loadConfig } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
 import type { SweepReport } from '../../core/mail/sweep.js';
 import { openStorage } from '../../core/storage/open.js';
-import { isStorageError } from '../../core/storage/ports.js';
 import { startCli, type CliHarness } from '../cli/support.js';
+import { blobExists } from '../support/blobs.js';
 
 // Each run spawns the binary (about half a second of CPU); a loaded machine needs room.
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
@@ -27,16 +27,7 @@ async function withStorage<T>(fn: (s: Awaited<ReturnType<typeof openStorage>>) =
   }
 }
 
-const exists = (key: string) =>
-  withStorage(async (s) => {
-    try {
-      await s.mail.head(key);
-      return true;
-    } catch (e) {
-      if (isStorageError(e, 'NotFound')) return false;
-      throw e;
-    }
-  });
+const exists = (key: string) => withStorage((s) => blobExists(s.mail, key));
 
 beforeAll(async () => {
   cli = await startCli();

@@ -6,20 +6,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Accounts } from '../../core/accounts/accounts.js';
 import { MailboxStore, NoSuchMailbox, QuotaExceeded, mailboxKeys } from '../../core/mailbox/store.js';
-import { isStorageError, type Blobs, type Tables } from '../../core/storage/ports.js';
+import type { Blobs, Tables } from '../../core/storage/ports.js';
 import { FAMILIES, type FamilyTarget } from '../accounts/families.js';
+import { blobExists } from '../support/blobs.js';
 
 const FAST = { ln: 10, r: 8, p: 1 };
-
-async function blobExists(blobs: Blobs, key: string): Promise<boolean> {
-  try {
-    await blobs.head(key);
-    return true;
-  } catch (e) {
-    if (isStorageError(e, 'NotFound')) return false;
-    throw e;
-  }
-}
 
 /** Runs the mailbox store suite on one family (one test file per family, so they run in parallel). */
 export function describeMailboxStore(family: 'local' | 'aws'): void {
