@@ -14,6 +14,7 @@ import { isStorageError } from '../core/storage/ports.js';
 import { register as alias } from './commands/alias.js';
 import { register as cache } from './commands/cache.js';
 import { register as config } from './commands/config.js';
+import { register as dlq } from './commands/dlq.js';
 import { register as domain } from './commands/domain.js';
 import { register as mailbox } from './commands/mailbox.js';
 import { register as queue } from './commands/queue.js';
@@ -24,7 +25,7 @@ import { CliError, createContext, type CliContext } from './context.js';
 type Register = (program: Command, ctx: CliContext) => void;
 
 /** The command groups, in help order. */
-const GROUPS: Register[] = [domain, user, alias, mailbox, sweep, queue, cache, config];
+const GROUPS: Register[] = [domain, user, alias, mailbox, sweep, queue, dlq, cache, config];
 
 /** Streams and environment of one run (tests pass their own). */
 export interface RunIo {

@@ -6,7 +6,7 @@
  */
 import type { QueueName, ReceivedMessage } from '../storage/ports.js';
 import { MAX_RECEIVE_BATCH, MAX_VISIBILITY_SECONDS } from '../storage/ports.js';
-import type { JobContext, JobHandler, JobOutcome } from './job.js';
+import type { JobContext, JobHandler, JobMeta, JobOutcome } from './job.js';
 
 /** Options of a WorkerLoop. */
 export interface WorkerOptions {
@@ -27,6 +27,20 @@ export interface WorkerOptions {
   batchDelayMs?: number;
 }
 
+/**
+ * The log line of a failed attempt. On the inbound queue (whose dead-letter threshold is
+ * storage.queueMaxReceives in both families) the last attempt says where the job goes, at error
+ * level, so that the reason a job is dead-lettered is the line just before it gets there.
+ */
+export function logFailure(ctx: JobContext, meta: JobMeta, err: Error): void {
+  const fields = { queue: meta.queue, id: meta.id, receiveCount: meta.receiveCount, err: err.message };
+  if (meta.queue === 'inbound' && meta.receiveCount >= ctx.config.storage.queueMaxReceives) {
+    ctx.log.error(fields, 'job failed on its last attempt; it goes to the dead-letter queue (see `tomlinson dlq list`)');
+  } else {
+    ctx.log.warn(fields, 'job failed; it will be retried after its visibility timeout');
+  }
+}
+
 /** Runs one message through a handler and applies the outcome to the queue. Exported so the
  * Lambda adapter and tests share the exact rules. Returns the outcome, or the error thrown. */
 export async function runOne(
@@ -42,7 +56,7 @@ export async function runOne(
   } catch (e) {
     const err = e instanceof Error ? e : new Error(String(e));
     ctx.metrics?.messages.inc({ stage: queue, outcome: 'error' });
-    ctx.log.warn({ queue, id: message.id, receiveCount: message.receiveCount, err: err.message }, 'job failed; it will be retried after its visibility timeout');
+    logFailure(ctx, meta, err);
     return err;
   }
   if (outcome.kind === 'done') {

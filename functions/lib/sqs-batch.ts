@@ -7,6 +7,7 @@
 import type { SQSBatchItemFailure, SQSBatchResponse, SQSEvent, SQSRecord } from 'aws-lambda';
 import type { JobContext, JobHandler, JobMeta, JobOutcome } from '../../core/workers/job.js';
 import { MAX_VISIBILITY_SECONDS, type QueueName } from '../../core/storage/ports.js';
+import { logFailure } from '../../core/workers/runner.js';
 
 /** Options of sqsBatchHandler. */
 export interface SqsBatchOptions {
@@ -88,7 +89,7 @@ async function workRecord(record: SQSRecord, options: SqsBatchOptions, ctx: JobC
   try {
     outcome = await options.job(record.body, meta, ctx);
   } catch (e) {
-    log.warn({ id: meta.id, receiveCount: meta.receiveCount, err: e }, 'job failed; the message comes back after its visibility timeout');
+    logFailure({ ...ctx, log }, meta, e instanceof Error ? e : new Error(String(e)));
     ctx.metrics?.messages.inc({ stage: options.queue, outcome: 'error' });
     return false;
   }

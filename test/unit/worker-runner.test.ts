@@ -2,6 +2,7 @@
  * The in-process worker loop settles each message by the handler's outcome, on real local
  * storage: done deletes, retry hides it for the asked time, a throw leaves it for redelivery.
  */
+import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
@@ -65,6 +66,32 @@ describe('runOne', () => {
     await new Promise((r) => setTimeout(r, 1200));
     const again = await storage.queues.receive('inbound', { visibilitySeconds: 1 });
     expect(again.map((x) => x.body)).toEqual(['c']);
+  });
+});
+
+describe('the failure log', () => {
+  it('says on the last attempt that the job goes to the dead-letter queue, with the reason', async () => {
+    const { storage, ctx } = await setup();
+    const lines: { level: number; msg: string; err?: string; receiveCount?: number }[] = [];
+    const log = pino({ level: 'info' }, { write: (s: string) => void lines.push(JSON.parse(s)) });
+    await storage.queues.send('inbound', 'poison');
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      const [m] = await storage.queues.receive('inbound', { visibilitySeconds: 0 });
+      expect(m.receiveCount).toBe(attempt);
+      const out = await runOne('inbound', m, async () => {
+        throw new Error('cannot parse the job');
+      }, { ...ctx, log });
+      expect(out).toBeInstanceOf(Error);
+    }
+    // TOMLINSON_QUEUE_MAX_RECEIVES is 3: two retries, then the last attempt.
+    expect(lines.map((l) => [l.level, l.receiveCount, l.err])).toEqual([
+      [40, 1, 'cannot parse the job'],
+      [40, 2, 'cannot parse the job'],
+      [50, 3, 'cannot parse the job'],
+    ]);
+    expect(lines[2].msg).toMatch(/last attempt.*dead-letter queue/);
+    expect(await storage.queues.receive('inbound', { visibilitySeconds: 0 })).toEqual([]);
+    expect((await storage.queues.stats('inbound-dlq')).visible).toBe(1);
   });
 });
 
