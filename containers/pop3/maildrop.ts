@@ -142,6 +142,10 @@ export class StoreMaildrop implements Maildrop {
   private readonly smallReads: SmallBlobReads | undefined;
   /** Reused by `read` from one message to the next (kept only while small). */
   private scratch: Buffer | undefined;
+  /** The message `readAhead` read, held in `aheadScratch` until its `read` (one message at most). */
+  private ahead: { index: number; bytes: Buffer } | undefined;
+  /** The second buffer: `read` and `readAhead` swap the two, so neither overwrites the other. */
+  private aheadScratch: Buffer | undefined;
 
   constructor(
     private readonly store: MailboxStore,
@@ -181,18 +185,60 @@ export class StoreMaildrop implements Maildrop {
 
   /**
    * The stored message, whole, when it is small and the blob store reads it at once; otherwise
-   * undefined and the caller streams it with `open`. The bytes are valid until the next `read`.
+   * undefined and the caller streams it with `open`. The bytes are valid until the next `read` or
+   * `readAhead`.
    */
   read(index: number): Buffer | undefined {
     const m = this.messages[index];
     if (!m) throw new RangeError(`no message ${index + 1}`);
     if (!this.readsWhole(index)) return undefined;
-    // One buffer for the session's reads saves an allocation (and garbage) per message; the
-    // snapshot size is the CRLF size, never less than the stored one.
-    if (m.size <= SCRATCH_KEEP_BYTES && (this.scratch === undefined || this.scratch.length < m.size + SCRATCH_SLACK)) {
-      this.scratch = Buffer.allocUnsafe(Math.min(SCRATCH_KEEP_BYTES, m.size * 2) + SCRATCH_SLACK);
+    const a = this.ahead;
+    this.ahead = undefined;
+    if (a !== undefined && a.index === index) {
+      // Read ahead while the previous response was on its way: no storage call now. The buffers
+      // swap roles, so the next read ahead does not overwrite these bytes.
+      const mine = this.scratch;
+      this.scratch = this.aheadScratch;
+      this.aheadScratch = mine;
+      return a.bytes;
     }
-    return this.smallReads!.readSmallSync(m.blobKey, { maxBytes: this.wholeReadBytes, sizeHint: m.size, into: this.scratch });
+    return this.readWhole(m, false);
+  }
+
+  /**
+   * Reads message `index` now, when it is small and read whole, so that its RETR (the likely next
+   * command of a client fetching in order) costs no storage call: the server calls this when the
+   * client has nothing pending, i.e. while the previous response is on the wire and the client is
+   * reading it. One message ahead at most, in a buffer of its own, so memory stays bounded. Returns
+   * the bytes (the very Buffer that `read(index)` will return, valid as long as that one), or
+   * undefined. An error is not reported here: the RETR reads again and answers it.
+   */
+  readAhead(index: number): Buffer | undefined {
+    const m = this.messages[index];
+    if (m === undefined || this.released || !this.readsWhole(index)) return undefined;
+    if (this.ahead?.index === index) return this.ahead.bytes;
+    this.ahead = undefined;
+    try {
+      const bytes = this.readWhole(m, true);
+      if (bytes !== undefined) this.ahead = { index, bytes };
+      return bytes;
+    } catch {
+      // Left to the RETR (see above).
+      return undefined;
+    }
+  }
+
+  /** One small message read whole into the session's first buffer, or its second (`ahead`). */
+  private readWhole(m: SnapshotMessage, ahead: boolean): Buffer | undefined {
+    // One buffer per role for the session's reads saves an allocation (and garbage) per message;
+    // the snapshot size is the CRLF size, never less than the stored one.
+    let into = ahead ? this.aheadScratch : this.scratch;
+    if (m.size <= SCRATCH_KEEP_BYTES && (into === undefined || into.length < m.size + SCRATCH_SLACK)) {
+      into = Buffer.allocUnsafe(Math.min(SCRATCH_KEEP_BYTES, m.size * 2) + SCRATCH_SLACK);
+      if (ahead) this.aheadScratch = into;
+      else this.scratch = into;
+    }
+    return this.smallReads!.readSmallSync(m.blobKey, { maxBytes: this.wholeReadBytes, sizeHint: m.size, into });
   }
 
   /**
@@ -266,6 +312,7 @@ export class StoreMaildrop implements Maildrop {
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
+    this.ahead = undefined;
     this.dropPrefetch();
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;

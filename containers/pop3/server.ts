@@ -78,6 +78,10 @@ class Connection {
   private ended = false;
   /** The buffer whole RETR responses are built in, while the socket does not hold it. */
   private response: Buffer | undefined;
+  /** The buffer a response is built ahead in (see `prepare`), while nothing else holds it. */
+  private spare: Buffer | undefined;
+  /** The response to the likely next RETR, built while the client was reading the previous one. */
+  private prepared: { head: string; source: Buffer; response: Buffer; octets: number } | undefined;
   private paused = false;
   /** True while a command runs or a reply is being written (graceful close waits for these). */
   get active(): boolean {
@@ -210,8 +214,33 @@ class Connection {
           this.paused = false;
           this.stream.resume();
         }
+        if (this.reader.pending === 0) this.prepare();
       }
     }
+  }
+
+  /**
+   * The replies so far are in the kernel and the client has sent nothing more: while it reads
+   * them, build the response to the RETR it will likely send next (one, in a buffer of its own),
+   * so that its wait is a command parse and a write. A client fetching a maildrop waits once per
+   * message; this takes the blob read and the encoding off that wait.
+   */
+  private prepare(): void {
+    this.unprepare();
+    const next = this.session.idle();
+    if (next === undefined || !Buffer.isBuffer(next.source)) return;
+    const whole = encodeWhole(next.head, next.source, this.spare);
+    if (whole === undefined) return;
+    this.spare = undefined;
+    this.prepared = { head: next.head, source: next.source, response: whole.response, octets: whole.octets };
+  }
+
+  /** Drops a prepared response that was not used; its buffer goes back to `spare`. */
+  private unprepare(): void {
+    const p = this.prepared;
+    if (p === undefined) return;
+    this.prepared = undefined;
+    if (this.spare === undefined && p.response.buffer.byteLength <= MAX_KEPT_RESPONSE) this.spare = Buffer.from(p.response.buffer);
   }
 
   /**
@@ -220,9 +249,17 @@ class Connection {
    */
   private sendBody(body: BodyReply): Promise<void> | undefined {
     const src = body.source;
+    const p = this.prepared;
+    // The same Buffer object means the maildrop handed out the bytes it read ahead: the prepared
+    // response is this one.
+    if (p !== undefined && p.source === src && p.head === body.head && body.topLines === undefined) {
+      this.prepared = undefined;
+      return this.sendWhole(body, p.response, p.octets, true);
+    }
+    this.unprepare();
     if (Buffer.isBuffer(src) && body.topLines === undefined) {
       const whole = encodeWhole(body.head, src, this.response);
-      if (whole) return this.sendWhole(body, whole.response, whole.octets);
+      if (whole) return this.sendWhole(body, whole.response, whole.octets, false);
     }
     return this.sendEncoded(body);
   }
@@ -301,18 +338,21 @@ class Connection {
   }
 
   /**
-   * Writes a whole RETR response built in `this.response`. Earlier replies still corked go first;
-   * the response itself goes to the socket at once, and when the kernel took all of it the
-   * buffer is kept for the next response (no allocation, no garbage per message). Otherwise the
-   * socket still holds it, so the next response gets a new buffer.
+   * Writes a whole RETR response built in `this.response` (or `this.spare` when `prepared`).
+   * Earlier replies still corked go first; the response itself goes to the socket at once, and
+   * when the kernel took all of it the buffer is kept for the next response (no allocation, no
+   * garbage per message). Otherwise the socket still holds it, so the next response gets a new
+   * buffer.
    */
-  private sendWhole(body: BodyReply, response: Buffer, octets: number): Promise<void> | undefined {
+  private sendWhole(body: BodyReply, response: Buffer, octets: number, prepared: boolean): Promise<void> | undefined {
     const s = this.stream;
     this.checkSize(body, octets);
     s.uncork();
     s.write(response);
     const own = response.buffer;
-    this.response = s.writableLength === 0 && own.byteLength <= MAX_KEPT_RESPONSE ? Buffer.from(own) : undefined;
+    const keep = s.writableLength === 0 && own.byteLength <= MAX_KEPT_RESPONSE ? Buffer.from(own) : undefined;
+    if (prepared) this.spare = keep;
+    else this.response = keep;
     s.cork();
     // Pipelined RETRs must not pile messages up in memory: wait until the client takes them.
     return s.writableNeedDrain ? this.drained() : undefined;

@@ -27,6 +27,12 @@ export interface Maildrop {
    * maildrop reuses: they are valid until the next call.
    */
   read?(index: number): Buffer | undefined;
+  /**
+   * A hint that message `index` is likely to be asked for next: the maildrop may read it now so
+   * that its `read` costs nothing, and returns the bytes that `read(index)` will then return (the
+   * same Buffer object), or undefined. Bounded (one message); errors surface at `read`.
+   */
+  readAhead?(index: number): Buffer | undefined;
   /** Removes the given messages (indexes into `messages`), all or nothing (RFC 1939 §6 UPDATE). */
   commit(indexes: number[]): Promise<void>;
   /** Gives up the lock without deleting anything; called once whatever the end of the session. */
@@ -110,6 +116,8 @@ export class Pop3Session {
   badCommands = 0;
   /** The last command handled, for metrics. */
   last: CommandRecord | undefined;
+  /** The message after the last one RETR sent whole: the likely next RETR, for `idle`. */
+  private nextRetr: number | undefined;
 
   private readonly handlers: Record<string, { states: readonly StateName[]; run: Handler }> = {
     CAPA: { states: ['AUTHORIZATION', 'TRANSACTION'], run: () => this.capa() },
@@ -169,6 +177,24 @@ export class Pop3Session {
   private record(verb: string, out: Output): Output {
     this.last = { verb, outcome: out.text?.startsWith('-ERR') ? 'err' : 'ok' };
     return out;
+  }
+
+  /**
+   * Called by the server when the client has no command pending, typically while a RETR response
+   * is on the wire. Clients that download a maildrop RETR the messages in order, so the maildrop
+   * reads the next one ahead, and this returns it as the body its RETR would send (when it is read
+   * whole), for the server to build that response before it is asked for. The RETR itself still
+   * goes through every check (a DELE in between, say, answers -ERR as always).
+   */
+  idle(): BodyReply | undefined {
+    const i = this.nextRetr;
+    if (i === undefined) return undefined;
+    this.nextRetr = undefined;
+    const s = this.state;
+    if (s.name !== 'TRANSACTION' || i >= s.drop.messages.length || s.deleted.has(i)) return undefined;
+    const source = s.drop.readAhead?.(i);
+    const size = s.drop.messages[i]!.size;
+    return source === undefined ? undefined : { head: retrHead(size), source, expectedSize: size };
   }
 
   /** The reply to a line that was longer than the limit. */
@@ -411,7 +437,7 @@ export class Pop3Session {
     const s = this.state;
     const p = this.pick(arg);
     if (!('index' in p) || s.name !== 'TRANSACTION') return p as Output;
-    const head = topLines === undefined ? ok(`${p.message.size} octets`) : ok('Top of message follows');
+    const head = topLines === undefined ? retrHead(p.message.size) : ok('Top of message follows');
     const reply = (source: Readable | Buffer): Output => ({ body: { head, source, topLines, expectedSize: p.message.size } });
     const unavailable = (): Output => ({ text: err('Message temporarily unavailable', 'SYS/TEMP') });
     let whole: Buffer | undefined;
@@ -420,7 +446,10 @@ export class Pop3Session {
     } catch {
       return unavailable();
     }
-    if (whole) return reply(whole);
+    if (whole) {
+      if (topLines === undefined) this.nextRetr = p.index + 1;
+      return reply(whole);
+    }
     try {
       return s.drop.open(p.index).then(reply, unavailable);
     } catch {
@@ -445,6 +474,11 @@ export class Pop3Session {
     const live = this.live();
     return { text: ok(`${live.length} messages (${live.reduce((a, m) => a + m.message.size, 0)} octets)`) };
   }
+}
+
+/** RFC 1939 §5 RETR: "+OK" and, as is customary, the octet count. */
+function retrHead(size: number): string {
+  return ok(`${size} octets`);
 }
 
 function totalSize(messages: readonly MaildropMessage[]): number {

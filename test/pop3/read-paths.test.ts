@@ -75,6 +75,86 @@ describe('StoreMaildrop: whole reads and streams agree', () => {
   });
 });
 
+describe('StoreMaildrop.readAhead', () => {
+  it('hands out the bytes read() then returns, keeps the previous read intact, and is dropped by any other read', async () => {
+    const user = 'ahead@example.com';
+    await addUsers(h, user);
+    const raws = [makeMessage(1, 3000), makeMessage(2, 5000), makeMessage(3, 2000), makeMessage(4, 9000)];
+    for (const r of raws) await h.deliver(user, r);
+    const drops = new StoreMaildrops(h.store, h.storage.tables, h.storage.mail, { log: silentLogger, wholeReadBytes: 8000 });
+    const drop = await drops.open(user);
+    if (typeof drop === 'string') throw new Error(drop);
+    try {
+      const first = drop.read(0)!;
+      const ahead = drop.readAhead(1)!;
+      // The bytes of the last read stay valid while the next message is read ahead.
+      expect(first.toString()).toBe(raws[0]);
+      expect(ahead.toString()).toBe(raws[1]);
+      expect(drop.readAhead(1)).toBe(ahead);
+      expect(drop.read(1)).toBe(ahead);
+      // The next read ahead goes to the other buffer: what read(1) returned is untouched.
+      expect(drop.readAhead(2)!.toString()).toBe(raws[2]);
+      expect(ahead.toString()).toBe(raws[1]);
+      // A read of another message drops what was read ahead; that message is then read again.
+      expect(drop.read(0)!.toString()).toBe(raws[0]);
+      const again = drop.read(2)!;
+      expect(again.toString()).toBe(raws[2]);
+      // Messages streamed rather than read whole, and numbers past the end, are not read ahead.
+      expect(drop.readAhead(3)).toBeUndefined();
+      expect(drop.readAhead(4)).toBeUndefined();
+      expect(again.toString()).toBe(raws[2]);
+    } finally {
+      await drop.release();
+    }
+    expect(drop.readAhead(0)).toBeUndefined();
+  });
+});
+
+describe('RETR one at a time: the next response is built ahead', () => {
+  it('sends the right message whatever comes between: DELE, TOP, out-of-order RETR, bare LF', async () => {
+    const user = 'stepper@example.com';
+    await addUsers(h, user);
+    const raws = [
+      makeMessage(1, 4000),
+      makeMessage(2, 300),
+      'Subject: s\r\n\r\n.dot\r\nno final line end',
+      makeMessage(4, 9000),
+      makeMessage(5, 700),
+      'Subject: bare\n\n.lf\nonly\n',
+      makeMessage(7, 100),
+      makeMessage(8, 2000),
+      makeMessage(9, 1200),
+    ];
+    for (const r of raws) await h.deliver(user, r);
+    const crlf = (t: string) => t.replace(/\r?\n/g, '\r\n').replace(/([^\n])$/, '$1\r\n');
+    const { client } = await RawClient.connect(h.port);
+    expect(await client.login(user, passwordOf(user))).toMatch(/^\+OK/);
+    const retr = async (n: number) => {
+      expect(await client.cmd(`RETR ${n}`), `RETR ${n}`).toMatch(/^\+OK \d+ octets$/);
+      expect((await client.multilineRaw()).toString(), `RETR ${n}`).toBe(crlf(raws[n - 1]!));
+    };
+    for (const n of [1, 2, 3]) await retr(n);
+    // Message 4 was built ahead; deleted, it must not be sent.
+    expect(await client.cmd('DELE 4')).toMatch(/^\+OK/);
+    expect(await client.cmd('RETR 4')).toMatch(/^-ERR/);
+    await retr(5);
+    // TOP of the message built ahead sends the top, not the RETR response.
+    expect(await client.cmd('TOP 6 0')).toMatch(/^\+OK/);
+    expect((await client.multilineRaw()).toString()).toBe('Subject: bare\r\n\r\n');
+    await retr(6);
+    await retr(7);
+    // Out of order: message 8 was built ahead, 2 is asked for.
+    await retr(2);
+    await retr(8);
+    await retr(9);
+    await retr(8);
+    expect(await client.cmd('RSET')).toMatch(/^\+OK/);
+    await retr(4);
+    expect(await client.cmd('QUIT')).toMatch(/^\+OK/);
+    await client.waitClosed();
+  });
+});
+
 describe('RETR of small messages, pipelined', () => {
   it('responses built in a reused buffer stay intact: varied sizes, dots, no final CRLF, bare LF', async () => {
     const user = 'mixer@example.com';
