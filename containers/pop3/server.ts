@@ -31,7 +31,7 @@ export interface Pop3ServerOptions {
   handshakeTimeoutMs?: number;
   /** Implicit-TLS port instead of config.pop3.tlsPort; here 0 means an ephemeral port (tests). */
   tlsPort?: number;
-  /** How long a password that passed scrypt is remembered (see LoginCache); 0 turns it off. @default 900 */
+  /** How long a password that passed scrypt is remembered (see LoginCache); 0 turns it off. @default config.pop3.loginCacheSeconds */
   authCacheSeconds?: number;
 }
 
@@ -460,7 +460,7 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
   const tlsProvider = options.tls ?? (await createTlsProvider(config, log));
   const ownsTls = options.tls === undefined;
   const accounts = new Accounts(storage.tables);
-  const logins = new LoginCache(accounts, storage.tables, { ttlSeconds: options.authCacheSeconds });
+  const logins = new LoginCache(accounts, storage.tables, { ttlSeconds: options.authCacheSeconds ?? cfg.loginCacheSeconds });
   const store = new MailboxStore(storage.tables, storage.mail);
   const maildrops = new StoreMaildrops(store, storage.tables, storage.mail, { leaseSeconds: cfg.leaseSeconds, log });
   const throttle = new AuthThrottle({ baseDelayMs: cfg.authFailureDelayMs });

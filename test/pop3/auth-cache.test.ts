@@ -97,3 +97,12 @@ describe('LoginCache', () => {
     expect(off.size).toBe(0);
   });
 });
+
+describe('pop3.loginCacheSeconds', () => {
+  it('defaults to 900 s, takes 0 (off) from the environment, refuses a negative lifetime', () => {
+    expect(loadConfig({}).pop3.loginCacheSeconds).toBe(900);
+    expect(loadConfig({ TOMLINSON_POP3_LOGIN_CACHE_SECONDS: '0' }).pop3.loginCacheSeconds).toBe(0);
+    expect(loadConfig({ TOMLINSON_POP3_LOGIN_CACHE_SECONDS: '60' }).pop3.loginCacheSeconds).toBe(60);
+    expect(() => loadConfig({ TOMLINSON_POP3_LOGIN_CACHE_SECONDS: '-1' })).toThrow(/LOGIN_CACHE_SECONDS|loginCacheSeconds/);
+  });
+});
