@@ -67,6 +67,7 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'smtp.submissionPort', env: 'TOMLINSON_SUBMISSION_PORT', kind: 'port', default: 2587, doc: 'Submission with STARTTLS (public 587); 0 turns it off.' },
   { path: 'smtp.submissionsPort', env: 'TOMLINSON_SUBMISSIONS_PORT', kind: 'port', default: 2465, doc: 'Submission with implicit TLS (public 465); 0 turns it off.' },
   { path: 'smtp.maxMessageBytes', env: 'TOMLINSON_SMTP_MAX_MESSAGE_BYTES', kind: 'int', min: 1024, max: 2 ** 40, default: 50 * MB, doc: 'Largest message accepted (SIZE).' },
+  { path: 'smtp.queueInlineBytes', env: 'TOMLINSON_SMTP_QUEUE_INLINE_BYTES', kind: 'int', min: 0, max: 128 * 1024, default: 64 * 1024, doc: 'Messages up to this size travel inside their inbound job, whose one durable queue write is then the only write before 250; the worker stores the raw message. 0: every message is stored first.' },
   { path: 'smtp.maxRecipients', env: 'TOMLINSON_SMTP_MAX_RECIPIENTS', kind: 'int', min: 1, max: 100000, default: 100, doc: 'Recipients per message.' },
   { path: 'smtp.maxConnectionsPerClient', env: 'TOMLINSON_SMTP_MAX_CONNECTIONS_PER_CLIENT', kind: 'int', min: 1, max: 100000, default: 50, doc: 'Concurrent connections from one client address.' },
   { path: 'smtp.maxConnections', env: 'TOMLINSON_SMTP_MAX_CONNECTIONS', kind: 'int', min: 1, max: 1000000, default: 1000, doc: 'Concurrent connections in all.' },
@@ -164,6 +165,7 @@ export interface Config {
     submissionPort: number;
     submissionsPort: number;
     maxMessageBytes: number;
+    queueInlineBytes: number;
     maxRecipients: number;
     maxConnectionsPerClient: number;
     maxConnections: number;

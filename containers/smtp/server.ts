@@ -64,6 +64,7 @@ export async function startSmtpServer(ctx: ListenerContext, options: SmtpServerO
       metrics,
       hostname: config.hostname,
       maxMessageBytes: config.smtp.maxMessageBytes,
+      queueInlineBytes: config.smtp.queueInlineBytes,
       checkAuth: config.smtp.checkAuth,
       resolver,
       inlineBytes: options.inlineBytes,

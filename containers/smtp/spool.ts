@@ -3,9 +3,14 @@
  * our Return-Path and Received lines, and on the MX listener the Authentication-Results) made durable in the mail
  * blobs, then its InboundJob sent to the `inbound` queue (DESIGN.md invariants: the 250 rule).
  *
- * Small messages (the common case) are collected in memory up to `inlineBytes` and written with one
- * put; larger ones are streamed into the blob as they arrive, so memory stays bounded whatever the
- * size. On the MX listener the SPF/DKIM/DMARC result must be a header at the top of the stored
+ * Small messages (the common case) are collected in memory up to `inlineBytes`. Those up to
+ * `queueInlineBytes` (64 KiB by default) travel inside the job itself (`raw`): the job's one
+ * durable queue write is then the message's durable store, and the worker writes the blob before
+ * anything refers to it. That is one sync before 250 instead of three in a row (the blob's
+ * fdatasync, its folder's fsync, then the queue's commit), which is what a single session waits
+ * on; Postfix's queue file is likewise message and envelope in one. The other collected messages
+ * are written with one put; larger ones are streamed into the blob as they arrive, so memory stays
+ * bounded whatever the size. On the MX listener the SPF/DKIM/DMARC result must be a header at the top of the stored
  * message but is only known once the whole message has been read, so a large MX message is first
  * streamed to a spool key, checked from there, and copied once to its final key.
  */
@@ -36,6 +41,9 @@ export interface SpoolDeps {
   resolver?: DnsResolver;
   /** Messages up to this size are collected in memory and stored with one put. @default 262144 */
   inlineBytes?: number;
+  /** Messages up to this size travel inside their job (see the file comment); 0 turns it off.
+   * @default 0 */
+  queueInlineBytes?: number;
   /** @default () => new Date() */
   now?: () => Date;
 }
@@ -65,6 +73,8 @@ export class StorageSink implements MessageSink {
   private aborted = false;
   /** The summary of an inline message for the job (see finishInline). */
   private summary?: Record<string, AttrValue>;
+  /** The stored form of a message that travels inside its job (no blob written here). */
+  private carried?: Buffer;
 
   constructor(
     private readonly deps: SpoolDeps,
@@ -178,6 +188,7 @@ export class StorageSink implements MessageSink {
       ...(this.tx.smtputf8 ? { smtputf8: true } : {}),
       ...(this.tx.body === '8BITMIME' || stats.eightBit ? { body8bit: true } : {}),
       ...(this.summary ? { summary: this.summary } : {}),
+      ...(this.carried ? { raw: this.carried.toString('base64') } : {}),
     };
     try {
       await this.deps.storage.queues.send('inbound', JSON.stringify(job));
@@ -185,7 +196,7 @@ export class StorageSink implements MessageSink {
       // Not queued: nothing will ever deliver this blob, so remove it (best effort) and say 451.
       this.deps.log.warn({ err: e, id: this.id }, 'queueing the message failed; 451');
       this.deps.metrics?.messages.inc({ stage: 'smtp', outcome: 'tempfail' });
-      await this.deps.storage.mail.delete(this.key).catch(() => undefined);
+      if (!this.carried) await this.deps.storage.mail.delete(this.key).catch(() => undefined);
       throw e;
     }
     this.deps.metrics?.messages.inc({ stage: 'smtp', outcome: 'accepted' });
@@ -201,6 +212,11 @@ export class StorageSink implements MessageSink {
     let auth = '';
     if (this.needsAuthCheck) auth = await this.checkAuth(content);
     const body = auth ? Buffer.concat([this.received, Buffer.from(auth, 'utf8'), content]) : Buffer.concat([this.received, content]);
+    if (body.length <= (this.deps.queueInlineBytes ?? 0)) {
+      // Travels inside the job (file comment); the worker, which parses it anyway, summarizes it.
+      this.carried = body;
+      return { key: this.key, size: body.length, lastModified: this.receivedAt };
+    }
     // The key is new (time + 48 random bits), so no put-if-absent: that would cost a lookup and
     // a link + unlink instead of one rename, on the path every message waits on.
     const put = this.deps.storage.mail.put(this.key, body, { contentType: 'message/rfc822' });

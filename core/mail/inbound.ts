@@ -1,10 +1,12 @@
 /**
  * The inbound worker: takes one InboundJob (written by the SMTP listener after the raw message was
- * durable), indexes the message into every local recipient's mailbox and hands remote recipients
+ * durable, or carrying a small one, which it stores first), indexes the message into every local
+ * recipient's mailbox and hands remote recipients
  * to the `outbound` queue. The same code runs in-process (embedded default) and in the inbound
  * Lambda. Every step is idempotent on the job id, because queues deliver at least once.
  */
 import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
 import { Accounts } from '../accounts/accounts.js';
 import { MailboxStore, NoSuchMailbox, QuotaExceeded } from '../mailbox/store.js';
 import { isStorageError, type AttrValue, putIfAbsent } from '../storage/ports.js';
@@ -95,6 +97,13 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
   const accounts = new Accounts(tables);
   const store = new MailboxStore(tables, mail);
 
+  // A small message travels inside its job and has no blob yet: it is written once, before the
+  // first thing that refers to it (a delivery, a DSN returning it, the outbound hand-over), so a
+  // redelivery that finds all of that done does not write it again.
+  const raw = carriedMessage(job);
+  let stored: Promise<unknown> | undefined;
+  const ensureBlob = (): Promise<unknown> => (raw ? (stored ??= mail.put(job.blobKey, raw, { contentType: 'message/rfc822' })) : Promise.resolve());
+
   const routing = await routeRecipients(job, accounts);
   for (const r of routing.unknown) log.warn({ rcpt: r.address }, 'recipient no longer exists; not delivered');
   for (const r of routing.relayDenied) log.warn({ rcpt: r.address }, 'remote recipient without an authenticated sender; not relayed');
@@ -124,7 +133,8 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
         continue;
       }
       try {
-        summary ??= await summarize(job, ctx);
+        summary ??= await summarize(job, raw, ctx);
+        await ensureBlob();
         const r = await store.deliver(user, { jobId: job.id, blobKey: job.blobKey, size: job.size, receivedAt: job.receivedAt, summary });
         referenced = true;
         log.info({ user, uid: r.uid, duplicate: r.duplicate }, 'delivered');
@@ -155,14 +165,14 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
   }
 
   // Before the blob can go: the DSN may return the original message.
-  if (failed.length > 0) await bounce(job, failed, ctx, log);
+  if (failed.length > 0) await bounce(job, failed, ensureBlob, ctx, log);
 
   if (routing.remote.length > 0) {
     // Hold the blob for the outbound worker before it can see the job, so that local readers
     // deleting their copies in between cannot remove what it still has to relay. (Its own hold
     // on first sight is the same holder, so this is counted once.)
     await store.holdBlob(job.blobKey, outboundHolder(job.id));
-    await enqueueOutbound(job, routing.remote, ctx);
+    await enqueueOutbound(job, routing.remote, ensureBlob, ctx);
   } else if (!referenced && readers <= 1) {
     // Nobody will ever read it (every recipient vanished since RCPT). With a hold, releasing it
     // below deletes the blob instead.
@@ -192,7 +202,7 @@ interface Failure {
  * derives from the recipients it reports, so a redelivery queues the same DSN message (which
  * both workers handle idempotently) or none.
  */
-async function bounce(job: InboundJob, failures: Failure[], ctx: JobContext, log: JobContext['log']): Promise<void> {
+async function bounce(job: InboundJob, failures: Failure[], ensureBlob: () => Promise<unknown>, ctx: JobContext, log: JobContext['log']): Promise<void> {
   const seen = new Set<string>();
   const toReport: Failure[] = [];
   for (const f of failures) {
@@ -213,6 +223,7 @@ async function bounce(job: InboundJob, failures: Failure[], ctx: JobContext, log
     .digest('hex')
     .slice(0, 12);
   const now = ctx.now();
+  await ensureBlob();
   const where = await dispatchDsn(
     {
       id: `${job.id}.dsn-${digest}`,
@@ -246,11 +257,21 @@ async function bounce(job: InboundJob, failures: Failure[], ctx: JobContext, log
   ctx.metrics?.messages.inc({ stage: 'inbound', outcome: 'bounced' });
 }
 
-async function summarize(job: InboundJob, ctx: JobContext): Promise<Record<string, AttrValue>> {
+async function summarize(job: InboundJob, raw: Buffer | undefined, ctx: JobContext): Promise<Record<string, AttrValue>> {
   // The listener summarizes small messages it holds in memory anyway (one blob read saved).
   if (job.summary && typeof job.summary === 'object' && !Array.isArray(job.summary)) return job.summary;
+  if (raw) return summarizeMessage(Readable.from([raw]));
   const { body } = await ctx.storage.mail.get(job.blobKey);
   return summarizeMessage(body);
+}
+
+/** The raw message a job carries (InboundJob.raw), checked against the size the job names. */
+function carriedMessage(job: InboundJob): Buffer | undefined {
+  if (job.raw === undefined) return undefined;
+  if (typeof job.raw !== 'string') throw new BadInboundJob('inbound job raw is not a string');
+  const raw = Buffer.from(job.raw, 'base64');
+  if (raw.length !== job.size) throw new BadInboundJob(`inbound job carries ${raw.length} octets, not the ${job.size} it names`);
+  return raw;
 }
 
 /**
@@ -260,10 +281,11 @@ async function summarize(job: InboundJob, ctx: JobContext): Promise<Record<strin
  * the outbound worker tolerates that duplicate because it is idempotent on the job id (its
  * per-recipient state lives under `OUT#<id>`).
  */
-async function enqueueOutbound(job: InboundJob, rcpts: DsnRecipient[], ctx: JobContext): Promise<void> {
+async function enqueueOutbound(job: InboundJob, rcpts: DsnRecipient[], ensureBlob: () => Promise<unknown>, ctx: JobContext): Promise<void> {
   const key = { pk: `JOB#${job.id}`, sk: 'OUTBOUND' };
   const marker = await ctx.storage.tables.get(key);
   if (marker?.state === 'sent') return;
+  await ensureBlob();
   const ttl = Math.floor(ctx.now().getTime() / 1000) + MARKER_TTL_SECONDS;
   if (!marker) {
     // When this loses, another worker holds the same job right now; the queue hands it back if it dies.

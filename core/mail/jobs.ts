@@ -1,7 +1,9 @@
 /**
  * The bodies of the messages on the `inbound` and `outbound` queues (JSON, versioned). The SMTP
- * listener writes InboundJob after the raw message is durable in the mail blobs; the inbound
- * worker writes OutboundJob for remote recipients. Both workers must be idempotent on `id`.
+ * listener writes InboundJob after the raw message is durable in the mail blobs, or with a small
+ * raw message inside it (`raw`), which the inbound worker then stores under `blobKey` before
+ * anything refers to it; the inbound worker writes OutboundJob for remote recipients. Both
+ * workers must be idempotent on `id`.
  */
 
 /** DSN parameters of one recipient (RFC 3461 §4.1, §4.2). */
@@ -27,6 +29,9 @@ export interface InboundJob {
   id: string;
   /** Key of the raw message (with our Received header) in the mail blobs. */
   blobKey: string;
+  /** The raw message itself (base64), when it is small enough to travel in the job; the blob
+   * `blobKey` then does not exist until the inbound worker writes it. */
+  raw?: string;
   size: number;
   sha256?: string;
   /** Envelope sender; '' for the null sender `<>`. */

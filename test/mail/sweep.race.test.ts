@@ -26,7 +26,9 @@ afterEach(async () => {
 async function raceHarness(settleSeconds: number): Promise<{ h: Harness; sweeps: SweepReport[]; real: () => Storage }> {
   const sweeps: SweepReport[] = [];
   let real: Storage | undefined;
-  const harness = await startHarness({}, {
+  // The race is between a blob put and the job's send, so every message takes that path here
+  // (a small one would otherwise travel inside its job, with no blob to race for).
+  const harness = await startHarness({ TOMLINSON_SMTP_QUEUE_INLINE_BYTES: '0' }, {
     wrapStorage: (s) => {
       real = s;
       const queues = Object.create(s.queues) as Storage['queues'];

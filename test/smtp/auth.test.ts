@@ -8,7 +8,7 @@ import { dkimSign } from 'mailauth';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDnsResolver } from '../../core/dns.js';
 import { startDnsServer, type TestDnsServer } from '../support/dns-server.js';
-import { ALICE, drainInbound, startHarness, TestClient, type Harness } from './harness.js';
+import { ALICE, drainInbound, startHarness, storedMessage, TestClient, type Harness } from './harness.js';
 
 const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const PRIVATE_PEM = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
@@ -34,9 +34,7 @@ async function deliver(h: Harness, from: string, message: string): Promise<{ cod
 async function storedHeaders(h: Harness): Promise<string> {
   const jobs = await drainInbound(h.storage);
   expect(jobs).toHaveLength(1);
-  const { body } = await h.storage.mail.get(jobs[0].blobKey);
-  let text = '';
-  for await (const c of body) text += c.toString();
+  const text = (await storedMessage(h.storage, jobs[0])).toString();
   return text.slice(0, text.indexOf('\r\n\r\n'));
 }
 

@@ -13,16 +13,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InboundJob } from '../../core/mail/jobs.js';
 import { deliverTransaction } from '../../core/mail/smtp-client.js';
 import { Readable } from 'node:stream';
-import { ALICE, BOB, drainInbound, PASSWORD, startHarness, type Harness } from './harness.js';
+import { ALICE, BOB, drainInbound, PASSWORD, startHarness, storedMessage, type Harness } from './harness.js';
 
 const run = promisify(execFile);
 
 /** The stored blob split into our Received header and the rest. */
 async function stored(h: Harness, job: InboundJob): Promise<{ received: string; rest: Buffer }> {
-  const { body } = await h.storage.mail.get(job.blobKey);
-  const chunks: Buffer[] = [];
-  for await (const c of body) chunks.push(c as Buffer);
-  const whole = Buffer.concat(chunks);
+  const whole = await storedMessage(h.storage, job);
   // RFC 5321 §4.4: the reverse-path comes first, as Return-Path.
   const returnPath = `Return-Path: <${job.from}>\r\n`;
   expect(whole.subarray(0, Buffer.byteLength(returnPath)).toString('utf8')).toBe(returnPath);

@@ -4,6 +4,9 @@
  * nothing may be queued, no blob may be left behind, and a retry after recovery is accepted once.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../core/log.js';
+import { inboundJob } from '../../core/mail/inbound.js';
+import { MailboxStore } from '../../core/mailbox/store.js';
 import { Unavailable, type BlobBody, type BlobPutOptions, type Storage } from '../../core/storage/ports.js';
 import { ALICE, drainInbound, startHarness, TestClient, type Harness } from './harness.js';
 
@@ -63,7 +66,8 @@ async function blobKeys(h: Harness): Promise<string[]> {
   return keys;
 }
 
-const SMALL = 'Subject: small\r\n\r\nhello\r\n';
+const SMALL = 'Subject: small\r\n\r\nhello\r\n'; // travels inside its job (smtp.queueInlineBytes)
+const MEDIUM = 'Subject: medium\r\n\r\n' + ('m'.repeat(78) + '\r\n').repeat(1250); // 100 KB: one put
 const LARGE = 'Subject: large\r\n\r\n' + ('y'.repeat(78) + '\r\n').repeat(8000); // 640 KB: streamed
 
 describe('storage faults during DATA (the 250 rule)', () => {
@@ -78,10 +82,11 @@ describe('storage faults during DATA (the 250 rule)', () => {
   });
 
   const cases: [string, keyof typeof faults, string][] = [
-    ['blobs down, small message', 'put', SMALL],
+    ['blobs down, medium message', 'put', MEDIUM],
     ['blobs down, large streamed message', 'put', LARGE],
     ['blob write failing mid-stream', 'putMidStream', LARGE],
     ['queue down, small message', 'send', SMALL],
+    ['queue down, medium message', 'send', MEDIUM],
     ['queue down, large streamed message', 'send', LARGE],
   ];
   for (const [name, fault, body] of cases) {
@@ -97,8 +102,38 @@ describe('storage faults during DATA (the 250 rule)', () => {
       expect((await send(h, body)).code).toBe(250);
       const jobs = await drainInbound(h.storage);
       expect(jobs).toHaveLength(1);
-      expect(await blobKeys(h)).toEqual([jobs[0].blobKey]);
+      // A small message is carried in its job: no blob until the worker writes it.
+      expect(await blobKeys(h)).toEqual(body === SMALL ? [] : [jobs[0].blobKey]);
+      expect(jobs[0].raw !== undefined).toBe(body === SMALL);
       await h.storage.mail.delete(jobs[0].blobKey);
     });
   }
+
+  it('blobs down, small message: 250 (the job carries it); the worker retries until the blobs are back, then delivers it once, byte for byte', async () => {
+    faults.put = true;
+    expect((await send(h, SMALL)).code).toBe(250);
+    const [job] = await drainInbound(h.storage);
+    expect(await blobKeys(h)).toEqual([]);
+    const raw = Buffer.from(job.raw!, 'base64');
+    expect(raw.length).toBe(job.size);
+    expect(raw.toString('latin1')).toMatch(/^Return-Path: <a@remote\.example>\r\nReceived: from client\.example [^]*\r\n\r\nhello\r\n$/);
+    const ctx = { config: h.config, storage: h.storage, log: silentLogger, now: () => new Date() };
+    const meta = { queue: 'inbound' as const, id: 'm1', receiveCount: 1, sentAt: new Date() };
+    const body = JSON.stringify(job);
+    // The worker cannot store it: the job fails (the queue brings it back), nothing is delivered.
+    await expect(inboundJob(body, meta, ctx)).rejects.toThrow(/blobs down/);
+    const store = new MailboxStore(h.storage.tables, h.storage.mail);
+    expect(await store.delivered(job.id, ALICE)).toBeUndefined();
+    faults.put = false;
+    expect(await inboundJob(body, { ...meta, receiveCount: 2 }, ctx)).toEqual({ kind: 'done' });
+    expect(await store.delivered(job.id, ALICE)).toBeDefined();
+    const { body: stored } = await h.storage.mail.get(job.blobKey);
+    const chunks: Buffer[] = [];
+    for await (const c of stored) chunks.push(c as Buffer);
+    expect(Buffer.concat(chunks).equals(raw)).toBe(true);
+    // A redelivery of a finished job neither delivers again nor needs the blobs.
+    faults.put = true;
+    expect(await inboundJob(body, { ...meta, receiveCount: 3 }, ctx)).toEqual({ kind: 'done' });
+    expect((await store.list(ALICE)).filter((m) => m.blobKey === job.blobKey)).toHaveLength(1);
+  });
 });

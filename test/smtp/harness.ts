@@ -256,3 +256,12 @@ export async function drainInbound(storage: Storage): Promise<import('../../core
   }
   return out;
 }
+
+/** The stored form of an accepted message: the raw message a small job carries, or its blob. */
+export async function storedMessage(storage: Storage, job: import('../../core/mail/jobs.js').InboundJob): Promise<Buffer> {
+  if (job.raw !== undefined) return Buffer.from(job.raw, 'base64');
+  const { body } = await storage.mail.get(job.blobKey);
+  const chunks: Buffer[] = [];
+  for await (const c of body) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
