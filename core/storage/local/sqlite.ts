@@ -25,12 +25,19 @@
  * made) is on disk whenever a later one (the job's delete) is. A crash can only lose a suffix of
  * such writes: a receive (the message is received again) or a delete (the job runs again;
  * workers are idempotent).
+ *
+ * Checkpoints (copying the WAL into the database file, two fsyncs) never run in a commit here:
+ * this connection has `wal_autocheckpoint = 0` and a worker thread runs them
+ * (sqlite-checkpointer.ts), which can hold our commits back for a moment (`pauseWrites`) to
+ * restart the WAL. A checkpoint syncs the WAL before copying it, so it never makes a commit
+ * less durable than the fsync above would.
  */
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from '../../log.js';
 import { StorageError, Unavailable } from '../ports.js';
 import { GroupSync } from './group-sync.js';
+import { Checkpointer, WAL_RESTARTS_SCHEMA, type CheckpointOptions, type CheckpointResult, type CheckpointStats } from './sqlite-checkpointer.js';
 
 type DB = Database.Database;
 
@@ -55,6 +62,7 @@ CREATE TABLE IF NOT EXISTS messages (
   receipt       TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_visible ON messages (queue, visible_at);
+${WAL_RESTARTS_SCHEMA}
 `;
 
 /** Most writes gathered into one transaction; the rest wait for the next turn. */
@@ -90,6 +98,8 @@ export class SqliteStore {
     private readonly log: Logger,
     /** How commits are made durable (see the file comment). @default 'wal-fsync' */
     durability: 'full' | 'wal-fsync' = 'wal-fsync',
+    /** Pacing of the checkpoint worker (tests); production uses its defaults. */
+    checkpoint: CheckpointOptions = {},
   ) {
     this.walPath = `${path}-wal`;
     this.walSync = durability === 'wal-fsync' ? new GroupSync() : undefined;
@@ -98,8 +108,8 @@ export class SqliteStore {
       this.db.pragma('journal_mode = WAL');
       this.db.pragma(durability === 'full' ? 'synchronous = FULL' : 'synchronous = NORMAL');
       this.db.pragma('foreign_keys = OFF');
-      // Keep the WAL from growing without bound under a steady write load.
-      this.db.pragma('wal_autocheckpoint = 1000');
+      // Checkpoints run on the checkpoint worker, never inside one of our commits.
+      this.db.pragma('wal_autocheckpoint = 0');
       this.db.exec(SCHEMA);
     } catch (e) {
       throw sqliteError(e, `open ${path}`);
@@ -116,6 +126,44 @@ export class SqliteStore {
         }
       }
     }).immediate as unknown as (jobs: Job[], out: { ok: boolean; v: unknown }[]) => void;
+    this.checkpointer = new Checkpointer(
+      path,
+      {
+        commits: () => this.commits,
+        pageSize: this.db.pragma('page_size', { simple: true }) as number,
+        pauseWrites: () => this.pauseWrites(),
+        inlineCheckpoint: (mode) => (this.db.pragma(`wal_checkpoint(${mode})`) as CheckpointResult[])[0],
+        setAutocheckpoint: (pages) => this.db.pragma(`wal_autocheckpoint = ${pages}`),
+      },
+      log,
+      checkpoint,
+    );
+  }
+
+  private readonly checkpointer: Checkpointer;
+  /** Batches that changed something so far (the checkpointer skips a tick with none). */
+  private commits = 0;
+  /** Holds that keep flush() from committing (a WAL restart in progress). */
+  private pauses = 0;
+
+  /** Holds back commits (writes queue up in memory) until the returned function is called. */
+  private pauseWrites(): () => void {
+    this.pauses++;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.pauses--;
+      if (!this.pauses && this.pending.length && !this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.flush());
+      }
+    };
+  }
+
+  /** What the checkpoint worker did so far. */
+  checkpointStats(): CheckpointStats {
+    return this.checkpointer.stats();
   }
 
   /**
@@ -136,6 +184,7 @@ export class SqliteStore {
 
   private flush(): void {
     this.scheduled = false;
+    if (this.pauses) return; // resumed by pauseWrites()
     const jobs = this.pending.splice(0, MAX_BATCH);
     if (this.pending.length) {
       this.scheduled = true;
@@ -143,7 +192,7 @@ export class SqliteStore {
     }
     if (!jobs.length) return;
     const out: { ok: boolean; v: unknown }[] = [];
-    const changesBefore = this.walSync ? this.totalChanges.get() : undefined;
+    const changesBefore = this.totalChanges.get();
     try {
       this.runBatch(jobs, out);
     } catch (e) {
@@ -153,6 +202,8 @@ export class SqliteStore {
       for (const j of jobs) j.reject(err);
       return;
     }
+    const changed = this.totalChanges.get() !== changesBefore;
+    if (changed) this.commits++;
     const settle = (which: (j: Job) => boolean) =>
       jobs.forEach((j, i) => {
         if (!which(j)) return;
@@ -162,7 +213,7 @@ export class SqliteStore {
       });
     // A batch that changed nothing (an empty receive, a failed condition) has nothing to sync,
     // and neither has one whose writers all said they need no durability.
-    if (!this.walSync || this.totalChanges.get() === changesBefore || jobs.every((j) => j.lazy)) return settle(() => true);
+    if (!this.walSync || !changed || jobs.every((j) => j.lazy)) return settle(() => true);
     // The lazy ones need not wait for the fsync the others wait for.
     settle((j) => j.lazy);
     this.inFlightSyncs++;
@@ -208,6 +259,7 @@ export class SqliteStore {
   async close(): Promise<void> {
     if (this.closed) return;
     while (this.pending.length || this.scheduled || this.inFlightSyncs) await new Promise((r) => setImmediate(r));
+    await this.checkpointer.close();
     this.closed = true;
     await this.walSync?.close();
     this.db.close();

@@ -1,0 +1,294 @@
+/**
+ * WAL checkpoints of the local SQLite database, run on a worker thread so that they never stall
+ * the event loop (issue 4: p99 accept latency).
+ *
+ * Why: with SQLite's automatic checkpoint (`wal_autocheckpoint = 1000`) the COMMIT that pushes
+ * the WAL past 1000 pages also copies the WAL's pages into the database file and fsyncs the WAL
+ * and then the database, on whatever thread committed: here the event loop, so every socket of
+ * the process waited 5 to 200 ms each time (measured under `bench/smtp.ts` at 10 sessions).
+ *
+ * What instead: the writing connection has `wal_autocheckpoint = 0`, and this worker, with a
+ * connection of its own to the same file, runs the checkpoints. The catch is the WAL's restart:
+ * SQLite starts the WAL over from its beginning in the first commit that finds it wholly
+ * checkpointed, and that commit fsyncs the new WAL header, on the event loop again. So no
+ * checkpoint here ever leaves a wholly checkpointed WAL to the event loop:
+ * - Every `intervalMs` the WAL's size is read (one stat; the WAL is only ever truncated, so its
+ *   size counts its frames). Once it holds `restartFrames` frames, or this process committed
+ *   something and then nothing for `idleMs`, the worker runs a PASSIVE checkpoint, which takes
+ *   no write lock: commits go on beside it while it copies the bulk of the WAL and syncs the
+ *   database. Then the store holds back its own commits for a moment (writes wait in memory; the
+ *   event loop runs on) while the worker runs a TRUNCATE checkpoint (only the frames committed
+ *   during the PASSIVE one are left to copy; the WAL is then cut to zero bytes) and commits one
+ *   row of its own, so the fsync of the fresh WAL's header happens on the worker too. That pause
+ *   (about three fsyncs) is the only wait a caller sees, once per `restartFrames` frames.
+ * - If the worker dies, the writing connection goes back to automatic checkpoints (logged). If
+ *   the WAL still passes `hardCapBytes` (the worker stuck for `stuckMs`, or dead), the event
+ *   loop runs a TRUNCATE checkpoint itself, logged: a stall, as the last resort against a WAL
+ *   that grows without bound.
+ * - close() runs a last PASSIVE checkpoint and stops the worker; closing the last connection
+ *   then checkpoints the rest and deletes the WAL (SQLite's own close).
+ * - One window is left: when the PASSIVE checkpoint copied everything (nothing was committed
+ *   while it ran) and a commit lands before the pause begins, that commit restarts the WAL on
+ *   the event loop; it can happen only in a quiet moment, once per cycle at most.
+ *
+ * Durability is SQLite's own: a checkpoint (PASSIVE or TRUNCATE, synchronous=NORMAL or FULL)
+ * syncs the WAL before it copies a page into the database, and syncs the database before it
+ * marks the WAL as checkpointed or truncates it, so a crash at any point leaves every committed
+ * transaction either in a synced WAL that recovery replays or in a synced database. A commit
+ * whose WAL frames the store has not yet fsynced (sqlite.ts) is either still in the WAL, where
+ * the store's fsync makes it durable, or already copied, by a checkpoint that synced it first.
+ *
+ * The worker is plain JavaScript evaluated from a string (not a file) that loads better-sqlite3
+ * by its resolved path: one source that runs the same under tsx, vitest and the esbuild bundles.
+ */
+import { statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
+import type { Logger } from '../../log.js';
+
+/** How the checkpointer paces itself; production uses the defaults. */
+export interface CheckpointOptions {
+  /** How often to look at the WAL's size. @default 250 */
+  intervalMs?: number;
+  /** After this long without a commit, a WAL with anything in it is checkpointed and truncated. @default 1000 */
+  idleMs?: number;
+  /** WAL frames (pages) after which the WAL is truncated and restarted under a short pause of commits. @default 16384 */
+  restartFrames?: number;
+  /** WAL file size past which the event loop checkpoints itself if the worker cannot. @default 268435456 (256 MiB) */
+  hardCapBytes?: number;
+  /** A worker checkpoint running this long counts as stuck for the hard cap. @default 30000 */
+  stuckMs?: number;
+  /** Longest wait of the TRUNCATE checkpoint for other connections' readers and writers. @default 250 */
+  truncateBusyMs?: number;
+}
+
+/** What the checkpointer needs from the store that owns the writing connection. */
+export interface CheckpointHost {
+  /** Commits this process made so far (monotonic). */
+  commits(): number;
+  /** The database's page size in bytes. */
+  pageSize: number;
+  /** Holds back this process's commits until the returned function is called. */
+  pauseWrites(): () => void;
+  /** Runs a checkpoint on the writing connection (on the event loop). */
+  inlineCheckpoint(mode: 'PASSIVE' | 'TRUNCATE'): CheckpointResult;
+  /** Sets the writing connection's automatic checkpoint threshold (0: off). */
+  setAutocheckpoint(pages: number): void;
+}
+
+/** One row of `PRAGMA wal_checkpoint`: busy flag, frames in the WAL, frames checkpointed. */
+export interface CheckpointResult {
+  busy: number;
+  log: number;
+  checkpointed: number;
+}
+
+/** What the checkpointer did so far (for tests and the log). */
+export interface CheckpointStats {
+  passive: number;
+  truncates: number;
+  /** Checkpoints the event loop ran (hard cap). */
+  inline: number;
+  /** Longest pause of commits for a TRUNCATE, in ms. */
+  maxPauseMs: number;
+  /** Worker is gone; the writing connection checkpoints automatically. */
+  fallback: boolean;
+}
+
+/** The worker's source: one connection, one checkpoint per message. */
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const Database = require(workerData.driver);
+const db = new Database(workerData.path, { timeout: 5000 });
+// NORMAL and FULL both sync the WAL before a checkpoint and the database after it.
+db.pragma('synchronous = NORMAL');
+db.pragma('wal_autocheckpoint = 0');
+const mark = db.prepare('INSERT OR REPLACE INTO wal_restarts (id, at) VALUES (1, ?)');
+parentPort.on('message', (m) => {
+  if (m.op === 'close') {
+    db.close();
+    parentPort.close();
+    return;
+  }
+  try {
+    db.pragma('busy_timeout = ' + m.busyMs);
+    const row = db.pragma('wal_checkpoint(' + m.mode + ')')[0];
+    // A one-row commit into the fresh WAL: the header's fsync happens here, not on the event loop.
+    if (m.mark && row.busy === 0) mark.run(Date.now());
+    parentPort.postMessage({ id: m.id, row });
+  } catch (e) {
+    parentPort.postMessage({ id: m.id, error: String((e && e.message) || e) });
+  }
+});
+`;
+
+/** The table the worker's restart commit writes (created with the schema in sqlite.ts). */
+export const WAL_RESTARTS_SCHEMA = 'CREATE TABLE IF NOT EXISTS wal_restarts (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);';
+
+interface Call {
+  resolve: (r: CheckpointResult) => void;
+  reject: (e: Error) => void;
+}
+
+/** Runs WAL checkpoints of one database file on a worker thread (see the file comment). */
+export class Checkpointer {
+  private readonly worker: Worker;
+  private readonly calls = new Map<number, Call>();
+  private nextId = 1;
+  private readonly timer: NodeJS.Timeout;
+  private cycling: Promise<void> | undefined;
+  private cycleStarted = 0;
+  private checkpointedCommits = 0;
+  private lastCommits = 0;
+  private lastCommitSeen = 0;
+  private dead = false;
+  private closing = false;
+  private readonly opts: Required<CheckpointOptions>;
+  private readonly walPath: string;
+  private readonly counts: CheckpointStats = { passive: 0, truncates: 0, inline: 0, maxPauseMs: 0, fallback: false };
+
+  constructor(
+    dbPath: string,
+    private readonly host: CheckpointHost,
+    private readonly log: Logger,
+    options: CheckpointOptions = {},
+  ) {
+    this.opts = {
+      intervalMs: options.intervalMs ?? 250,
+      idleMs: options.idleMs ?? 1000,
+      restartFrames: options.restartFrames ?? 16384,
+      hardCapBytes: options.hardCapBytes ?? 256 * 1024 * 1024,
+      stuckMs: options.stuckMs ?? 30_000,
+      truncateBusyMs: options.truncateBusyMs ?? 250,
+    };
+    this.walPath = `${dbPath}-wal`;
+    const driver = createRequire(import.meta.url).resolve('better-sqlite3');
+    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { driver, path: dbPath } });
+    this.worker.unref();
+    this.worker.on('message', (m: { id: number; row?: CheckpointResult; error?: string }) => {
+      const call = this.calls.get(m.id);
+      if (!call) return;
+      this.calls.delete(m.id);
+      if (m.row) call.resolve(m.row);
+      else call.reject(new Error(m.error ?? 'checkpoint failed'));
+    });
+    this.worker.on('error', (e) => this.died(e));
+    this.worker.on('exit', (code) => this.died(new Error(`checkpoint worker exited with code ${code}`)));
+    this.timer = setInterval(() => this.tick(), this.opts.intervalMs);
+    this.timer.unref();
+  }
+
+  /** What the checkpointer did so far. */
+  stats(): CheckpointStats {
+    return { ...this.counts };
+  }
+
+  private died(e: Error): void {
+    if (this.dead) return;
+    this.dead = true;
+    for (const c of this.calls.values()) c.reject(e);
+    this.calls.clear();
+    if (this.closing) return;
+    this.counts.fallback = true;
+    this.log.error({ err: e.message }, 'SQLite checkpoint worker died; checkpoints run in commits again');
+    try {
+      this.host.setAutocheckpoint(1000);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'turning automatic checkpoints back on failed');
+    }
+  }
+
+  private call(mode: 'PASSIVE' | 'TRUNCATE', mark: boolean, busyMs: number): Promise<CheckpointResult> {
+    if (this.dead) return Promise.reject(new Error('checkpoint worker is gone'));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.calls.set(id, { resolve, reject });
+      this.worker.postMessage({ id, mode, mark, busyMs });
+    });
+  }
+
+  private tick(): void {
+    if (this.closing) return;
+    const size = this.walSize();
+    if (this.dead) return this.hardCap(size);
+    if (this.cycling) {
+      if (Date.now() - this.cycleStarted > this.opts.stuckMs) this.hardCap(size);
+      return;
+    }
+    const commits = this.host.commits();
+    if (commits !== this.lastCommits) {
+      this.lastCommits = commits;
+      this.lastCommitSeen = Date.now();
+    }
+    const frames = Math.max(0, Math.floor((size - 32) / (this.host.pageSize + 24)));
+    const idle = commits !== this.checkpointedCommits && Date.now() - this.lastCommitSeen >= this.opts.idleMs;
+    if (frames < this.opts.restartFrames && !(idle && frames > 0)) return;
+    this.cycleStarted = Date.now();
+    this.cycling = this.cycle().finally(() => (this.cycling = undefined));
+  }
+
+  private walSize(): number {
+    try {
+      return statSync(this.walPath).size;
+    } catch {
+      return 0;
+    }
+  }
+
+  private async cycle(): Promise<void> {
+    const commits = this.host.commits();
+    try {
+      const r = await this.call('PASSIVE', false, 0);
+      this.counts.passive++;
+      this.checkpointedCommits = commits;
+      const started = performance.now();
+      const resume = this.host.pauseWrites();
+      let t: CheckpointResult;
+      try {
+        t = await this.call('TRUNCATE', true, this.opts.truncateBusyMs);
+      } finally {
+        resume();
+      }
+      const pause = performance.now() - started;
+      this.counts.truncates++;
+      this.counts.maxPauseMs = Math.max(this.counts.maxPauseMs, pause);
+      // The mark row is a commit of its own that no later cycle needs to see.
+      this.checkpointedCommits = this.host.commits();
+      if (t.busy) this.log.warn({ frames: r.log }, 'WAL not truncated: another connection kept it busy; retrying next cycle');
+      else this.log.debug({ frames: r.log, pauseMs: Math.round(pause) }, 'WAL truncated');
+    } catch (e) {
+      if (!this.dead) this.log.warn({ err: (e as Error).message }, 'WAL checkpoint failed');
+    }
+  }
+
+  /** The last resort: the WAL is past the hard cap and the worker cannot help. */
+  private hardCap(size: number): void {
+    if (size <= this.opts.hardCapBytes) return;
+    const started = performance.now();
+    try {
+      const r = this.host.inlineCheckpoint('TRUNCATE');
+      this.counts.inline++;
+      this.log.warn({ walBytes: size, busy: r.busy, ms: Math.round(performance.now() - started) }, 'WAL past its hard cap: checkpointed on the event loop');
+    } catch (e) {
+      this.log.error({ err: (e as Error).message, walBytes: size }, 'WAL past its hard cap and the checkpoint failed');
+    }
+  }
+
+  /** Finishes the running cycle, runs a last PASSIVE checkpoint and stops the worker. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    clearInterval(this.timer);
+    await this.cycling;
+    if (this.dead) return;
+    try {
+      await this.call('PASSIVE', false, 0);
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'last WAL checkpoint failed');
+    }
+    const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
+    this.worker.postMessage({ op: 'close' });
+    const timeout = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), 5000).unref());
+    if ((await Promise.race([exited, timeout])) === 'timeout') await this.worker.terminate();
+  }
+}

@@ -1,0 +1,20 @@
+/**
+ * A child for the checkpoint crash test (sqlite-checkpoint.test.ts): opens a SqliteStore at
+ * argv[2] with a checkpointer that truncates the WAL every few frames, then commits durable rows
+ * as fast as it can, several at a time, printing each row's id once its write resolved. The
+ * parent SIGKILLs it at some point.
+ */
+import { silentLogger } from '../../core/log.js';
+import { SqliteStore } from '../../core/storage/local/sqlite.js';
+
+const store = new SqliteStore(process.argv[2], silentLogger, 'wal-fsync', { intervalMs: 5, restartFrames: 32, idleMs: 20 });
+store.db.exec('CREATE TABLE IF NOT EXISTS acked (id INTEGER PRIMARY KEY, pad TEXT NOT NULL)');
+const insert = store.db.prepare('INSERT INTO acked (id, pad) VALUES (?, ?)');
+const start = Number(process.argv[3]);
+const pad = 'x'.repeat(600);
+let next = start;
+process.stdout.write('READY\n');
+for (;;) {
+  const ids = [next++, next++, next++, next++];
+  await Promise.all(ids.map((id) => store.write(() => insert.run(id, pad)).then(() => process.stdout.write(`${id}\n`))));
+}
