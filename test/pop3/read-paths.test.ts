@@ -47,6 +47,12 @@ describe('FsBlobs.readSmallSync', () => {
     expect(blobs.readSmallSync(key, { maxBytes: body.length - 1, sizeHint: body.length })).toBeUndefined();
     expect(blobs.readSmallSync(key, { maxBytes: body.length, sizeHint: 1 })?.length).toBe(body.length);
     expect(() => blobs.readSmallSync(`test/${randomUUID()}.eml`)).toThrow(NotFound);
+    // Segments that need escaping on disk (a leading dot, a '%') are found where put stored them.
+    for (const odd of [`.dot/%25/${randomUUID()}`, `a%2F/b/.c%`, `top-${randomUUID()}`]) {
+      await h.storage.mail.put(odd, body);
+      expect(blobs.readSmallSync(odd)?.equals(body), odd).toBe(true);
+      expect(blobs.smallReader().readSmallSync(odd)?.equals(body), odd).toBe(true);
+    }
     const empty = `test/${randomUUID()}.eml`;
     await h.storage.mail.put(empty, Buffer.alloc(0));
     expect(blobs.readSmallSync(empty)?.length).toBe(0);
