@@ -10,7 +10,7 @@ type Headers = Record<string, string | string[] | undefined>;
  * message is forwarded and, for each connection-option in this field, remove any header or
  * trailer field(s) from the message with the same name", plus the fields known to be hop-by-hop.
  */
-const HOP_BY_HOP = new Set([
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'connection',
   'keep-alive',
   'proxy-connection',

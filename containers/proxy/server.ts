@@ -19,6 +19,7 @@ import { CacheStore, type BodyWriter } from '../../core/cache/store.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
 import { ProxyAuth, OriginGuard, cidrList, clientAllowed } from './access.js';
 import { addVia, endToEnd, ifRangeMatches, notModified, parseRange } from './http.js';
+import { OriginExchange, waitDrain } from './origin.js';
 
 /** Options beyond Config, for tests and embedding. */
 export interface ProxyOptions {
@@ -51,6 +52,34 @@ const CONDITIONALS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmo
 /** Request fields never forwarded beyond those RFC 9110 calls hop-by-hop: Host is rewritten from
  * the target (RFC 9112 §3.2.2), Expect is answered by Node itself. */
 const NOT_FORWARDED = ['host', 'expect'];
+
+/**
+ * One origin request that later requests for the same URL may wait for. The promise is made only
+ * when a second request actually arrives: most misses are never shared, and a promise plus its
+ * resolver per miss was measurable.
+ */
+class Flight {
+  private promise: Promise<void> | undefined;
+  private resolve: (() => void) | undefined;
+  private settled = false;
+
+  /** Resolves once the first request's response is stored or known not to be. */
+  wait(): Promise<void> {
+    if (this.settled) return Promise.resolve();
+    return (this.promise ??= new Promise<void>((r) => (this.resolve = r)));
+  }
+
+  /** Marks the flight done (idempotent); bound so it can be passed as a callback. */
+  readonly settle = (): void => {
+    this.settled = true;
+    this.resolve?.();
+  };
+}
+
+function hasConditional(h: IncomingMessage['headers']): boolean {
+  for (const n of CONDITIONALS) if (h[n] !== undefined) return true;
+  return false;
+}
 
 /** An origin failure mapped to the status and short text the client gets. */
 class OriginFailure extends Error {
@@ -89,25 +118,7 @@ function headerString(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v.join(', ') : v;
 }
 
-/** Response headers from undici with repeated fields joined (Set-Cookie kept as a list). */
-function responseHeaders(h: Dispatcher.ResponseData['headers']): Record<string, string | string[]> {
-  return endToEnd(h as HeaderMap);
-}
-
-function waitDrain(res: ServerResponse): Promise<void> {
-  if (!res.writableNeedDrain || res.destroyed) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = (): void => {
-      res.off('drain', done);
-      res.off('close', done);
-      resolve();
-    };
-    res.on('drain', done);
-    res.on('close', done);
-  });
-}
-
-/** Streams an origin body to the client (and into the cache), with backpressure on both. */
+/** Streams a stored body from the object tier to the client (and into the cache), with backpressure on both. */
 function relay(src: Readable, res: ServerResponse, writer?: BodyWriter): Promise<{ bytes: number; complete: boolean }> {
   return new Promise((resolve) => {
     let bytes = 0;
@@ -148,18 +159,6 @@ function relay(src: Readable, res: ServerResponse, writer?: BodyWriter): Promise
   });
 }
 
-/** Reads an origin body into the cache only (background revalidation). */
-async function absorb(src: Readable, writer: BodyWriter | undefined): Promise<boolean> {
-  try {
-    for await (const chunk of src) {
-      if (writer && !writer.write(chunk as Buffer)) await writer.drain();
-    }
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Starts the proxy on config.listenHost:config.proxy.port. */
 export async function startProxy(ctx: ListenerContext, options: ProxyOptions = {}): Promise<RunningProxy> {
   const proxy = new CachingProxy(ctx, options);
@@ -180,7 +179,7 @@ class CachingProxy {
   private readonly via: string;
   private readonly loopToken: string;
   private readonly now: () => number;
-  private readonly inflight = new Map<string, Promise<void>>();
+  private readonly inflight = new Map<string, Flight>();
   private readonly revalidating = new Set<CachedObject>();
   /** Synchronous revalidations under way, by stored response; resolve true when a 304 refreshed it. */
   private readonly revalidations = new Map<CachedObject, Promise<boolean>>();
@@ -204,6 +203,9 @@ class CachingProxy {
       maxObjectBytes: cfg.maxObjectBytes,
       heuristicCapSeconds: cfg.heuristicCapSeconds,
       admitHits: cfg.objectTierAdmitHits,
+      // On local storage this process is the object tier's only writer (the embedded default
+      // runs one proxy); on AWS every task writes the shared tier.
+      sharedObjectTier: ctx.storage.family !== 'local',
       now: this.now,
     });
     this.stats = new CacheStats(ctx.storage.tables, ctx.metrics, this.log, { logMs: cfg.statsLogSeconds * 1000 });
@@ -409,9 +411,9 @@ class CachingProxy {
   // GET and HEAD
 
   private async cacheable(req: IncomingMessage, res: ServerResponse, url: string, target: URL, m: CachedObject | undefined): Promise<void> {
-    const evalReq = { url, method: 'GET', headers: { ...req.headers, host: target.host } as CachePolicy.Headers };
     const obj = m ?? (await this.store.lookup(url, req.headers));
     if (obj) {
+      const evalReq = { url, method: 'GET', headers: { ...req.headers, host: target.host } as CachePolicy.Headers };
       const r = obj.policy.evaluateRequest(evalReq);
       if (!r.revalidation) return this.serveStored(req, res, obj, HIT, 'hit');
       if (r.response && !r.revalidation.synchronous) {
@@ -433,12 +435,12 @@ class CachingProxy {
   /** A miss: one origin request per URL at a time, the others wait for it (bounded) and reuse it. */
   private async miss(req: IncomingMessage, res: ServerResponse, url: string, target: URL, collapsed: boolean): Promise<void> {
     const h = req.headers;
-    const collapsible = !collapsed && this.cfg.collapseWaitMs > 0 && !CONDITIONALS.some((n) => h[n] !== undefined) && h.authorization === undefined;
+    const collapsible = !collapsed && this.cfg.collapseWaitMs > 0 && !hasConditional(h) && h.authorization === undefined;
     if (collapsible) {
       const pending = this.inflight.get(url);
       if (pending) {
         let timer: NodeJS.Timeout | undefined;
-        await Promise.race([pending, new Promise<void>((resolve) => (timer = setTimeout(resolve, this.cfg.collapseWaitMs)))]);
+        await Promise.race([pending.wait(), new Promise<void>((resolve) => (timer = setTimeout(resolve, this.cfg.collapseWaitMs)))]);
         clearTimeout(timer);
         const obj = await this.store.lookup(url, h);
         if (obj && !obj.policy.evaluateRequest({ url, method: 'GET', headers: { ...h, host: target.host } as CachePolicy.Headers }).revalidation) {
@@ -446,14 +448,13 @@ class CachingProxy {
         }
         return this.miss(req, res, url, target, true);
       }
-      let settle!: () => void;
-      const p = new Promise<void>((resolve) => (settle = resolve));
-      this.inflight.set(url, p);
+      const flight = new Flight();
+      this.inflight.set(url, flight);
       try {
-        await this.fetchAndDeliver(req, res, url, target, settle);
+        await this.fetchAndDeliver(req, res, url, target, flight.settle);
       } finally {
-        if (this.inflight.get(url) === p) this.inflight.delete(url);
-        settle();
+        if (this.inflight.get(url) === flight) this.inflight.delete(url);
+        flight.settle();
       }
       return;
     }
@@ -461,7 +462,7 @@ class CachingProxy {
   }
 
   private async fetchAndDeliver(req: IncomingMessage, res: ServerResponse, url: string, target: URL, settle: () => void): Promise<void> {
-    let resp: Dispatcher.ResponseData;
+    let resp: OriginExchange;
     try {
       resp = await this.origin(target, 'GET', this.forwardHeaders(req, target), this.requestBody(req));
     } catch (e) {
@@ -477,26 +478,38 @@ class CachingProxy {
     req: IncomingMessage,
     res: ServerResponse,
     url: string,
-    resp: Dispatcher.ResponseData,
+    resp: OriginExchange,
     fwd: string,
     outcome: CacheOutcome,
     settle: () => void,
   ): Promise<void> {
     const status = resp.statusCode;
-    const rh = responseHeaders(resp.headers);
+    const rh = resp.headers;
     const stored = this.storeDecision(req, url, status, rh);
     if (!stored) settle();
-    addVia(rh, this.via);
-    rh['cache-status'] = `${NAME}; fwd=${fwd}; fwd-status=${status}${stored ? '; stored' : ''}`;
-    res.writeHead(status, rh);
+    res.writeHead(status, this.clientFields(rh, `${NAME}; fwd=${fwd}; fwd-status=${status}${stored ? '; stored' : ''}`));
     const writer = stored ? this.store.writer(url, stored.variant, stored.names, stored.policy, stored.length) : undefined;
-    const { bytes, complete } = await relay(resp.body, res, writer);
+    const { bytes, complete } = await resp.relay(res, writer);
     this.stats.record(outcome, 0, bytes);
     if (writer) {
       if (complete) await writer.end().catch((e: unknown) => this.log.warn({ err: e }, 'cache store failed'));
       else writer.abort();
     }
     settle();
+  }
+
+  /** An origin response's fields for the client as a flat name/value list (what writeHead takes
+   * fastest), with our Via (RFC 9110 §7.6.3) and Cache-Status (RFC 9211) added; `rh` is unchanged. */
+  private clientFields(rh: Record<string, string | string[]>, cacheStatus: string): (string | string[])[] {
+    const out: (string | string[])[] = [];
+    let via = this.via;
+    for (const k in rh) {
+      const v = rh[k];
+      if (k === 'via') via = `${Array.isArray(v) ? v.join(', ') : v}, ${this.via}`;
+      else out.push(k, v);
+    }
+    out.push('via', via, 'cache-status', cacheStatus);
+    return out;
   }
 
   /** The policy and keys to store a response under, or undefined when it must not be stored. */
@@ -518,8 +531,8 @@ class CachingProxy {
     const cl = rh['content-length'] === undefined ? undefined : Number(headerString(rh['content-length']));
     if (cl !== undefined && (!Number.isFinite(cl) || cl > this.cfg.maxObjectBytes)) return undefined;
     if (rh['content-range'] !== undefined) return undefined;
-    // The policy keeps its own copy: the proxy adds Via and Cache-Status to `rh` for this client only.
-    const policy = this.store.policy({ url, method: 'GET', headers: this.policyRequestHeaders(req, url, names) }, { status, headers: { ...rh } as CachePolicy.Headers });
+    // The policy keeps `rh` itself: nothing changes it afterwards (clientFields copies).
+    const policy = this.store.policy({ url, method: 'GET', headers: this.policyRequestHeaders(req, url, names) }, { status, headers: rh as CachePolicy.Headers });
     if (!policy.storable()) return undefined;
     return { policy, names, variant: variantKey(names, req.headers), length: cl };
   }
@@ -584,7 +597,7 @@ class CachingProxy {
     target: URL,
     settle: (refreshed: boolean) => void,
   ): Promise<void> {
-    let resp: Dispatcher.ResponseData;
+    let resp: OriginExchange;
     try {
       resp = await this.origin(target, 'GET', this.revalidationHeaders(req, obj, evalReq, target));
     } catch (e) {
@@ -594,9 +607,8 @@ class CachingProxy {
     }
     const status = resp.statusCode;
     if (status === 304) {
-      const rh = responseHeaders(resp.headers);
-      await resp.body.dump().catch(() => undefined);
-      const r = obj.policy.revalidatedPolicy(evalReq, { status, headers: this.validated(obj, rh) });
+      await resp.dump();
+      const r = obj.policy.revalidatedPolicy(evalReq, { status, headers: this.validated(obj, resp.headers) });
       if (!r.modified && r.matches) {
         this.store.refresh(obj, r.policy);
         settle(true);
@@ -605,7 +617,7 @@ class CachingProxy {
       return this.miss(req, res, obj.url, target, true);
     }
     if (status >= 500 && this.staleIfError(obj, evalReq, status)) {
-      await resp.body.dump().catch(() => undefined);
+      await resp.dump();
       return this.serveStored(req, res, obj, `${HIT}; detail=stale-if-error; fwd-status=${status}`, 'stale');
     }
     return this.deliver(req, res, obj.url, resp, 'stale', 'miss', () => undefined);
@@ -661,9 +673,9 @@ class CachingProxy {
     void (async () => {
       try {
         const resp = await this.origin(target, 'GET', headers);
-        const rh = responseHeaders(resp.headers);
+        const rh = resp.headers;
         if (resp.statusCode === 304) {
-          await resp.body.dump();
+          await resp.dump();
           const r = obj.policy.revalidatedPolicy(evalReq, { status: 304, headers: this.validated(obj, rh) });
           if (!r.modified && r.matches) this.store.refresh(obj, r.policy);
           return;
@@ -673,7 +685,7 @@ class CachingProxy {
         const cl = rh['content-length'] === undefined ? undefined : Number(headerString(rh['content-length']));
         const ok = resp.statusCode < 500 && resp.statusCode !== 206 && names.length === 0 && rh['set-cookie'] === undefined && policy.storable();
         const writer = ok ? this.store.writer(obj.url, '', [], policy, cl) : undefined;
-        if (await absorb(resp.body, writer)) await writer?.end();
+        if (await resp.absorb(writer)) await writer?.end();
         else writer?.abort();
       } catch (e) {
         this.log.debug({ err: e, url: obj.url }, 'background revalidation failed');
@@ -769,7 +781,7 @@ class CachingProxy {
   /** RFC 9111 §4.4: after a non-error response to an unsafe method, invalidate the target URI and
    * the Location and Content-Location URIs when they share its origin. */
   private async unsafe(req: IncomingMessage, res: ServerResponse, url: string, target: URL): Promise<void> {
-    let resp: Dispatcher.ResponseData;
+    let resp: OriginExchange;
     try {
       resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req));
     } catch (e) {
@@ -779,7 +791,7 @@ class CachingProxy {
     if (resp.statusCode < 400) {
       const urls = new Set([url]);
       for (const name of ['location', 'content-location']) {
-        const v = headerString(resp.headers[name] as string | string[] | undefined);
+        const v = headerString(resp.headers[name]);
         if (!v) continue;
         try {
           const u = new URL(v, target);
@@ -795,18 +807,18 @@ class CachingProxy {
 
   /** Forwards a request without caching (OPTIONS, HEAD misses, ...). */
   private async pass(req: IncomingMessage, res: ServerResponse, target: URL, cacheStatus: string, outcome: CacheOutcome = 'bypass'): Promise<void> {
-    let resp: Dispatcher.ResponseData;
+    let resp: OriginExchange;
     try {
       resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req));
     } catch (e) {
       this.stats.record(outcome, 0, 0);
       return this.failed(res, e);
     }
-    const rh = responseHeaders(resp.headers);
+    const rh = resp.headers;
     addVia(rh, this.via);
     rh['cache-status'] = `${cacheStatus}; fwd-status=${resp.statusCode}`;
     res.writeHead(resp.statusCode, rh);
-    const { bytes } = await relay(resp.body, res);
+    const { bytes } = await resp.relay(res);
     this.stats.record(outcome, 0, bytes);
   }
 
@@ -826,11 +838,13 @@ class CachingProxy {
     return undefined;
   }
 
-  private async origin(target: URL, method: string, headers: Record<string, string | string[]>, body?: Readable): Promise<Dispatcher.ResponseData> {
+  private async origin(target: URL, method: string, headers: Record<string, string | string[]>, body?: Readable): Promise<OriginExchange> {
     const host = target.hostname.startsWith('[') ? target.hostname.slice(1, -1) : target.hostname;
     if (isIP(host) && !this.guard.allows(host)) throw new OriginFailure(403, 'origin address refused by the proxy');
+    const x = new OriginExchange();
+    this.agent.dispatch({ origin: target.origin, path: target.pathname + target.search, method: method as Dispatcher.HttpMethod, headers, body }, x);
     try {
-      return await this.agent.request({ origin: target.origin, path: target.pathname + target.search, method: method as Dispatcher.HttpMethod, headers, body });
+      return await x.head;
     } catch (e) {
       throw originFailure(e);
     }

@@ -44,6 +44,14 @@ export interface CacheStoreOptions {
   persistConcurrency?: number;
   /** Heuristic freshness cap in seconds. @default 86400 */
   heuristicCapSeconds?: number;
+  /**
+   * True when other processes may add entries to the object tier (several proxy tasks sharing
+   * S3 and DynamoDB): every memory miss then asks Tables. False (one proxy process on local
+   * storage) lets a miss skip that query for a URL the tier cannot hold (see KnownUrls); if a
+   * second process does write the same storage after all, its entries are merely not seen until
+   * a restart (a miss that could have been a hit, never a wrong answer). @default true
+   */
+  sharedObjectTier?: boolean;
   /** Clock, epoch ms. @default Date.now */
   now?: () => number;
 }
@@ -61,6 +69,44 @@ const PURGE_PK = 'CACHEPURGE';
 const PURGE_SLACK_MS = 5_000;
 const TOUCH_EVERY_MS = 60_000;
 const REFRESH_WRITE_MS = 5_000;
+
+/**
+ * The URLs the object tier may hold, as a bitmap over 24 bits of their hash (2 MiB whatever the
+ * cache size): loaded from the LRU index at start, a bit set for every record this store writes.
+ * A clear bit proves the tier has no entry for the URL (no other process writes it, see
+ * sharedObjectTier); a set bit, stale or shared by another URL, only costs the usual query. Written
+ * here because it is a dozen lines and a Bloom filter package would add nothing: the key is
+ * already a cryptographic hash.
+ */
+class KnownUrls {
+  private readonly bits = new Uint8Array(1 << 21);
+  /** Until the LRU index has been read, every URL may be held. */
+  ready = false;
+
+  add(urlHash: string): void {
+    const i = KnownUrls.index(urlHash);
+    this.bits[i >>> 3] |= 1 << (i & 7);
+  }
+
+  mayHold(urlHash: string): boolean {
+    if (!this.ready) return true;
+    const i = KnownUrls.index(urlHash);
+    return (this.bits[i >>> 3] & (1 << (i & 7))) !== 0;
+  }
+
+  /** 24 bits from the first four base64url characters of the hash. */
+  private static index(h: string): number {
+    return ((B64[h.charCodeAt(0)] << 18) | (B64[h.charCodeAt(1)] << 12) | (B64[h.charCodeAt(2)] << 6) | B64[h.charCodeAt(3)]) >>> 0;
+  }
+}
+
+/** base64url character code to its 6-bit value. */
+const B64 = (() => {
+  const t = new Uint8Array(128);
+  const a = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  for (let i = 0; i < a.length; i++) t[a.charCodeAt(i)] = i;
+  return t;
+})();
 
 /** Where a body goes while it streams to the client: memory, then a blob once it grows large. */
 export class BodyWriter {
@@ -193,6 +239,9 @@ export class CacheStore {
   private readonly writers = new Set<BodyWriter>();
   private lastSizeCheck = 0;
   private closed = false;
+  private readonly known: KnownUrls | undefined;
+  /** Resolves true once misses can skip the object tier for URLs it cannot hold (never with a shared tier). */
+  readonly indexed: Promise<boolean>;
 
   constructor(options: CacheStoreOptions) {
     this.tables = options.tables;
@@ -208,6 +257,27 @@ export class CacheStore {
     this.admitHits = Math.max(1, options.admitHits ?? 2);
     this.concurrency = options.persistConcurrency ?? 2;
     this.Policy = policyClass({ now: this.now, heuristicCapSeconds: options.heuristicCapSeconds });
+    if (options.sharedObjectTier === false) {
+      this.known = new KnownUrls();
+      this.indexed = this.loadKnown(this.known);
+    } else this.indexed = Promise.resolve(false);
+  }
+
+  /** Reads the URL hashes of every entry from the LRU index (one item per entry). */
+  private async loadKnown(known: KnownUrls): Promise<boolean> {
+    try {
+      let cursor: string | undefined;
+      do {
+        const page = await this.tables.query(LRU_PK, { limit: 1000, cursor });
+        for (const item of page.items) if (typeof item.epk === 'string') known.add(item.epk.slice(ENTRY_PREFIX.length));
+        cursor = page.cursor;
+      } while (cursor !== undefined && !this.closed);
+      known.ready = !this.closed;
+    } catch (e) {
+      // Not ready: every miss keeps asking Tables, as with a shared tier.
+      this.log.warn({ err: e }, 'cache index not loaded; every miss queries the object tier');
+    }
+    return known.ready;
   }
 
   /** A new CachePolicy for a request/response pair, as a shared cache (RFC 9111 §3). */
@@ -224,7 +294,9 @@ export class CacheStore {
   async lookup(url: string, headers: HeaderMap): Promise<CachedObject | undefined> {
     const m = this.memory.get(url, headers);
     if (m) return m;
-    const pk = entryPk(url);
+    const h = hashKey(url);
+    if (this.known && !this.known.mayHold(h)) return undefined;
+    const pk = ENTRY_PREFIX + h;
     let items: Item[];
     try {
       items = (await this.tables.query(pk, { range: { beginsWith: 'VARY#' }, limit: 64 })).items;
@@ -492,6 +564,7 @@ export class CacheStore {
       throw e;
     }
     obj.persisted = true;
+    this.known?.add(pk.slice(ENTRY_PREFIX.length));
     obj.lruKey = lru;
     obj.touchedAt = this.now();
     obj.recordWrittenAt = obj.touchedAt;
@@ -579,9 +652,11 @@ export class CacheStore {
   }
 }
 
+const ENTRY_PREFIX = 'CACHE#';
+
 /** Tables partition key of a URL's entries. */
 export function entryPk(url: string): string {
-  return `CACHE#${hashKey(url)}`;
+  return ENTRY_PREFIX + hashKey(url);
 }
 
 function entrySk(variant: string): string {

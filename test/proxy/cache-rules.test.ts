@@ -524,6 +524,39 @@ describe('the two tiers', () => {
     expect(h.origin.count(path, 'GET')).toBe(2);
   });
 
+  it('on local storage a miss skips the object-tier query for a URL the tier cannot hold, and still finds what an earlier run stored', async () => {
+    const h2 = await Harness.start();
+    try {
+      h2.origin.routes.set('*', (_q, res) => res.writeHead(200, { 'cache-control': 'max-age=600' }).end('kept'));
+      await h2.get('/kept');
+      await h2.proxy.store.flush();
+      await h2.stopProxy();
+      // Count the entry lookups the next run makes in Tables.
+      const tables = h2.storage.tables;
+      const query = tables.query.bind(tables);
+      const asked: string[] = [];
+      tables.query = (pk, options) => {
+        if (pk.startsWith('CACHE#')) asked.push(pk);
+        return query(pk, options);
+      };
+      await h2.startProxy();
+      expect(await h2.proxy.store.indexed).toBe(true);
+      expect((await h2.get('/new')).headers['cache-status']).toMatch(/fwd=uri-miss/);
+      expect(asked).toHaveLength(0);
+      const kept = await h2.get('/kept');
+      expect(kept.headers['cache-status']).toBe('Tomlinson; hit');
+      expect(asked).toHaveLength(1);
+      expect(h2.origin.count('/kept')).toBe(1);
+      // What this run stores is known at once: after a memory-tier eviction it is still looked up.
+      await h2.proxy.store.flush();
+      h2.proxy.store.memory.clear();
+      expect((await h2.get('/new')).headers['cache-status']).toBe('Tomlinson; hit');
+      expect(h2.origin.count('/new')).toBe(1);
+    } finally {
+      await h2.stop();
+    }
+  });
+
   it('large objects stream into the object tier and are served from it', async () => {
     const h2 = await Harness.start({ TOMLINSON_PROXY_MEMORY_BYTES: '80000' });
     try {
