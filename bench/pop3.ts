@@ -177,8 +177,9 @@ export async function session(port: number, user: string, password: string, n: n
 /**
  * Warms the load client's own code (V8 compiles it once it is hot) against an in-process POP3
  * responder that serves one fixed message, so that the first measured run of whichever server
- * comes first does not also pay for compiling the client. Measured: a cold client costs Dovecot's
- * first 1,000-message run about a third of its rate. Call once before any measured session.
+ * comes first does not also pay for compiling the client. Measured on a busy machine: Dovecot's
+ * first 1,000-message run with a cold client was about a quarter slower (median of four, alternated
+ * with warmed ones). Call once before any measured session.
  */
 export async function warmClient(size = 10 * 1024, retrs = 3000): Promise<void> {
   const raw = makeMessage(0, size);
