@@ -281,6 +281,10 @@ export class Checkpointer {
     clearInterval(this.timer);
     await this.cycling;
     if (this.dead) return;
+    // The worker is unref'd so that it never keeps a process alive on its own; while closing, its
+    // answers are what the caller waits for, so hold the process open until it has exited (else a
+    // CLI whose last work is this close ends with an unsettled top-level await, exit code 13).
+    this.worker.ref();
     try {
       await this.call('PASSIVE', false, 0);
     } catch (e) {
