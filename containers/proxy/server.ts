@@ -52,27 +52,42 @@ const CONDITIONALS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmo
 /** Request fields never forwarded beyond those RFC 9110 calls hop-by-hop: Host is rewritten from
  * the target (RFC 9112 §3.2.2), Expect is answered by Node itself. */
 const NOT_FORWARDED = ['host', 'expect'];
+/** Request fields left off our own conditional request: the client's conditionals are answered by
+ * us from the refreshed entry (RFC 9111 §4.3.2); the origin gets our validators. */
+const NOT_REVALIDATED = [...NOT_FORWARDED, ...CONDITIONALS];
 
 /**
  * One origin request that later requests for the same URL may wait for. The promise is made only
  * when a second request actually arrives: most misses are never shared, and a promise plus its
  * resolver per miss was measurable.
  */
-class Flight {
-  private promise: Promise<void> | undefined;
-  private resolve: (() => void) | undefined;
+class Flight<K> {
+  private promise: Promise<boolean> | undefined;
+  private resolve: ((v: boolean) => void) | undefined;
   private settled = false;
+  private value = false;
 
-  /** Resolves once the first request's response is stored or known not to be. */
-  wait(): Promise<void> {
-    if (this.settled) return Promise.resolve();
-    return (this.promise ??= new Promise<void>((r) => (this.resolve = r)));
+  /** Registers the flight under `key` until it settles. */
+  constructor(
+    private readonly map: Map<K, Flight<K>>,
+    private readonly key: K,
+  ) {
+    map.set(key, this);
   }
 
-  /** Marks the flight done (idempotent); bound so it can be passed as a callback. */
-  readonly settle = (): void => {
+  /** Resolves once the first request's outcome is known (for a revalidation: true when a 304 refreshed the entry). */
+  wait(): Promise<boolean> {
+    if (this.settled) return Promise.resolve(this.value);
+    return (this.promise ??= new Promise<boolean>((r) => (this.resolve = r)));
+  }
+
+  /** Marks the flight done (idempotent; later requests start one of their own); bound so it can be passed as a callback. */
+  readonly settle = (value = false): void => {
+    if (this.settled) return;
     this.settled = true;
-    this.resolve?.();
+    this.value = value;
+    if (this.map.get(this.key) === this) this.map.delete(this.key);
+    this.resolve?.(value);
   };
 }
 
@@ -179,10 +194,10 @@ class CachingProxy {
   private readonly via: string;
   private readonly loopToken: string;
   private readonly now: () => number;
-  private readonly inflight = new Map<string, Flight>();
+  private readonly inflight = new Map<string, Flight<string>>();
   private readonly revalidating = new Set<CachedObject>();
   /** Synchronous revalidations under way, by stored response; resolve true when a 304 refreshed it. */
-  private readonly revalidations = new Map<CachedObject, Promise<boolean>>();
+  private readonly revalidations = new Map<CachedObject, Flight<CachedObject>>();
   private readonly normalized = new Map<string, string>();
   private readonly tunnels = new Set<Socket>();
   private readonly server;
@@ -448,12 +463,10 @@ class CachingProxy {
         }
         return this.miss(req, res, url, target, true);
       }
-      const flight = new Flight();
-      this.inflight.set(url, flight);
+      const flight = new Flight(this.inflight, url);
       try {
         await this.fetchAndDeliver(req, res, url, target, flight.settle);
       } finally {
-        if (this.inflight.get(url) === flight) this.inflight.delete(url);
         flight.settle();
       }
       return;
@@ -568,23 +581,17 @@ class CachingProxy {
     const pending = this.revalidations.get(obj);
     if (pending) {
       let timer: NodeJS.Timeout | undefined;
-      const refreshed = await Promise.race([pending, new Promise<boolean>((resolve) => (timer = setTimeout(resolve, this.cfg.collapseWaitMs, false)))]);
+      const refreshed = await Promise.race([pending.wait(), new Promise<boolean>((resolve) => (timer = setTimeout(resolve, this.cfg.collapseWaitMs, false)))]);
       clearTimeout(timer);
       if (refreshed) return this.serveStored(req, res, obj, `${NAME}; fwd=stale; fwd-status=304; collapsed`, 'revalidated');
       return this.revalidateOnce(req, res, obj, evalReq, target, NO_SETTLE);
     }
-    let resolve!: (refreshed: boolean) => void;
-    const p = new Promise<boolean>((r) => (resolve = r));
     // Requests arriving after the origin answered start a revalidation of their own.
-    const settle = (refreshed: boolean): void => {
-      if (this.revalidations.get(obj) === p) this.revalidations.delete(obj);
-      resolve(refreshed);
-    };
-    this.revalidations.set(obj, p);
+    const flight = new Flight(this.revalidations, obj);
     try {
-      await this.revalidateOnce(req, res, obj, evalReq, target, settle);
+      await this.revalidateOnce(req, res, obj, evalReq, target, flight.settle);
     } finally {
-      settle(false);
+      flight.settle(false);
     }
   }
 
@@ -629,8 +636,9 @@ class CachingProxy {
    * validators, such a 304 is about the stored response, so it is given those validators.
    */
   private validated(obj: CachedObject, rh: Record<string, string | string[]>): CachePolicy.Headers {
+    if (rh.etag !== undefined || rh['last-modified'] !== undefined) return rh as CachePolicy.Headers;
     const h: CachePolicy.Headers = { ...rh };
-    if (h.etag === undefined && h['last-modified'] === undefined) {
+    {
       const etag = obj.etag;
       const lm = obj.header('last-modified');
       if (etag) h.etag = etag;
@@ -654,13 +662,12 @@ class CachingProxy {
   }
 
   private revalidationHeaders(req: IncomingMessage, obj: CachedObject, evalReq: CachePolicy.HttpRequest, target: URL): Record<string, string | string[]> {
-    // The client's own conditionals are answered by us from the refreshed entry; the origin gets ours.
-    const base: CachePolicy.Headers = { ...evalReq.headers };
-    for (const n of CONDITIONALS) delete base[n];
-    const h = endToEnd(obj.policy.revalidationHeaders({ url: evalReq.url, method: 'GET', headers: base }) as HeaderMap, NOT_FORWARDED);
-    h.host = target.host;
+    // One copy of the client's fields (end-to-end, without its conditionals); the library adds the
+    // validators to a copy of its own, without hop-by-hop fields.
+    const base = endToEnd(req.headers, NOT_REVALIDATED);
+    base.host = target.host;
+    const h = obj.policy.revalidationHeaders({ url: evalReq.url, method: 'GET', headers: base as CachePolicy.Headers }) as Record<string, string | string[]>;
     addVia(h, this.via);
-    void req;
     return h;
   }
 
@@ -732,7 +739,10 @@ class CachingProxy {
     const h = req.headers;
     this.store.used(obj);
     const base = obj.responseHeaders(this.now());
-    const out: Record<string, string | string[]> = { ...base, via: this.via, 'cache-status': cacheStatus };
+    // A flat name/value list (writeHead's fastest form); `base` is shared and stays unchanged.
+    const out: (string | string[])[] = [];
+    for (const k in base) out.push(k, base[k]);
+    out.push('via', this.via, 'cache-status', cacheStatus);
     const lastModified = obj.header('last-modified');
     if ((h['if-none-match'] !== undefined || h['if-modified-since'] !== undefined) && obj.status === 200) {
       if (notModified(h, obj.etag, lastModified, obj.header('date'))) {
@@ -752,10 +762,10 @@ class CachingProxy {
       }
       if (r.kind === 'range') {
         range = { start: r.start, end: r.end };
-        out['content-range'] = `bytes ${r.start}-${r.end}/${obj.size}`;
+        out.push('content-range', `bytes ${r.start}-${r.end}/${obj.size}`);
       }
     }
-    out['content-length'] = String(range ? range.end - range.start + 1 : obj.size);
+    out.push('content-length', String(range ? range.end - range.start + 1 : obj.size));
     let body: Buffer | Readable;
     try {
       body = head ? Buffer.alloc(0) : await this.store.openBody(obj, range);
