@@ -154,16 +154,18 @@ export class OriginExchange implements Dispatcher.DispatchHandler {
   }
 }
 
+const RELAY = Symbol('relay');
+type RelayedResponse = ServerResponse & { [RELAY]?: Relay };
+
+/** The response's 'close' listener, shared by all responses (no closure per request). */
+function onRelayClose(this: RelayedResponse): void {
+  this[RELAY]?.closed();
+}
+
 /** The sink of `relay`: one object per response rather than a closure per event. */
 class Relay implements BodySink {
   private bytes = 0;
   private done = false;
-  private readonly onClose = (): void => {
-    if (!this.res.writableFinished) {
-      this.x.abort();
-      this.finish(false);
-    }
-  };
 
   constructor(
     private readonly x: OriginExchange,
@@ -173,8 +175,16 @@ class Relay implements BodySink {
   ) {}
 
   start(): void {
-    this.res.on('close', this.onClose);
+    (this.res as RelayedResponse)[RELAY] = this;
+    this.res.on('close', onRelayClose);
     this.x.attach(this);
+  }
+
+  /** The client connection closed: an unfinished response stops the origin exchange. */
+  closed(): void {
+    if (this.done || this.res.writableFinished) return;
+    this.x.abort();
+    this.finish(false);
   }
 
   data(chunk: Buffer): boolean {
@@ -204,7 +214,8 @@ class Relay implements BodySink {
 
   private finish(complete: boolean): void {
     this.done = true;
-    this.res.off('close', this.onClose);
+    this.res.off('close', onRelayClose);
+    (this.res as RelayedResponse)[RELAY] = undefined;
     this.resolve({ bytes: this.bytes, complete });
   }
 }

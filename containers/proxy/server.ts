@@ -45,7 +45,6 @@ const AUTHED = Symbol('authed');
 type ProxySocket = Socket & { [DENIED]?: boolean; [AUTHED]?: string };
 
 const NAME = 'Tomlinson';
-const NO_SETTLE = (): void => undefined;
 const HIT = `${NAME}; hit`;
 const UNSAFE = new Set(['POST', 'PUT', 'DELETE', 'PATCH']);
 const CONDITIONALS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
@@ -81,15 +80,22 @@ class Flight<K> {
     return (this.promise ??= new Promise<boolean>((r) => (this.resolve = r)));
   }
 
-  /** Marks the flight done (idempotent; later requests start one of their own); bound so it can be passed as a callback. */
-  readonly settle = (value = false): void => {
+  /** Marks the flight done (idempotent; later requests start one of their own). */
+  settle(value = false): void {
     if (this.settled) return;
     this.settled = true;
     this.value = value;
     if (this.map.get(this.key) === this) this.map.delete(this.key);
     this.resolve?.(value);
-  };
+  }
 }
+
+/** What the origin paths tell about their progress: a Flight, or NO_FLIGHT when none waits. */
+interface Settle {
+  settle(value?: boolean): void;
+}
+
+const NO_FLIGHT: Settle = { settle: () => undefined };
 
 function hasConditional(h: IncomingMessage['headers']): boolean {
   for (const n of CONDITIONALS) if (h[n] !== undefined) return true;
@@ -465,25 +471,25 @@ class CachingProxy {
       }
       const flight = new Flight(this.inflight, url);
       try {
-        await this.fetchAndDeliver(req, res, url, target, flight.settle);
+        await this.fetchAndDeliver(req, res, url, target, flight);
       } finally {
         flight.settle();
       }
       return;
     }
-    return this.fetchAndDeliver(req, res, url, target, () => undefined);
+    return this.fetchAndDeliver(req, res, url, target, NO_FLIGHT);
   }
 
-  private async fetchAndDeliver(req: IncomingMessage, res: ServerResponse, url: string, target: URL, settle: () => void): Promise<void> {
+  private async fetchAndDeliver(req: IncomingMessage, res: ServerResponse, url: string, target: URL, flight: Settle): Promise<void> {
     let resp: OriginExchange;
     try {
       resp = await this.origin(target, 'GET', this.forwardHeaders(req, target), this.requestBody(req));
     } catch (e) {
-      settle();
+      flight.settle();
       this.stats.record('miss', 0, 0);
       return this.failed(res, e);
     }
-    return this.deliver(req, res, url, resp, 'uri-miss', 'miss', settle);
+    return this.deliver(req, res, url, resp, 'uri-miss', 'miss', flight);
   }
 
   /** Sends a full origin response to the client, storing it when RFC 9111 §3 allows. */
@@ -494,12 +500,12 @@ class CachingProxy {
     resp: OriginExchange,
     fwd: string,
     outcome: CacheOutcome,
-    settle: () => void,
+    flight: Settle,
   ): Promise<void> {
     const status = resp.statusCode;
     const rh = resp.headers;
     const stored = this.storeDecision(req, url, status, rh);
-    if (!stored) settle();
+    if (!stored) flight.settle();
     res.writeHead(status, this.clientFields(rh, `${NAME}; fwd=${fwd}; fwd-status=${status}${stored ? '; stored' : ''}`));
     const writer = stored ? this.store.writer(url, stored.variant, stored.names, stored.policy, stored.length) : undefined;
     const { bytes, complete } = await resp.relay(res, writer);
@@ -508,7 +514,7 @@ class CachingProxy {
       if (complete) await writer.end().catch((e: unknown) => this.log.warn({ err: e }, 'cache store failed'));
       else writer.abort();
     }
-    settle();
+    flight.settle();
   }
 
   /** An origin response's fields for the client as a flat name/value list (what writeHead takes
@@ -576,7 +582,7 @@ class CachingProxy {
   private async revalidate(req: IncomingMessage, res: ServerResponse, obj: CachedObject, evalReq: CachePolicy.HttpRequest, target: URL): Promise<void> {
     const h = req.headers;
     if (this.cfg.collapseWaitMs <= 0 || h.authorization !== undefined || h['cache-control'] !== undefined || h.pragma !== undefined) {
-      return this.revalidateOnce(req, res, obj, evalReq, target, NO_SETTLE);
+      return this.revalidateOnce(req, res, obj, evalReq, target, NO_FLIGHT);
     }
     const pending = this.revalidations.get(obj);
     if (pending) {
@@ -584,25 +590,25 @@ class CachingProxy {
       const refreshed = await Promise.race([pending.wait(), new Promise<boolean>((resolve) => (timer = setTimeout(resolve, this.cfg.collapseWaitMs, false)))]);
       clearTimeout(timer);
       if (refreshed) return this.serveStored(req, res, obj, `${NAME}; fwd=stale; fwd-status=304; collapsed`, 'revalidated');
-      return this.revalidateOnce(req, res, obj, evalReq, target, NO_SETTLE);
+      return this.revalidateOnce(req, res, obj, evalReq, target, NO_FLIGHT);
     }
     // Requests arriving after the origin answered start a revalidation of their own.
     const flight = new Flight(this.revalidations, obj);
     try {
-      await this.revalidateOnce(req, res, obj, evalReq, target, flight.settle);
+      await this.revalidateOnce(req, res, obj, evalReq, target, flight);
     } finally {
       flight.settle(false);
     }
   }
 
-  /** One conditional request to the origin; `settle(true)` as soon as a 304 has refreshed the entry. */
+  /** One conditional request to the origin; `flight.settle(true)` as soon as a 304 has refreshed the entry. */
   private async revalidateOnce(
     req: IncomingMessage,
     res: ServerResponse,
     obj: CachedObject,
     evalReq: CachePolicy.HttpRequest,
     target: URL,
-    settle: (refreshed: boolean) => void,
+    flight: Settle,
   ): Promise<void> {
     let resp: OriginExchange;
     try {
@@ -618,7 +624,7 @@ class CachingProxy {
       const r = obj.policy.revalidatedPolicy(evalReq, { status, headers: this.validated(obj, resp.headers) });
       if (!r.modified && r.matches) {
         this.store.refresh(obj, r.policy);
-        settle(true);
+        flight.settle(true);
         return this.serveStored(req, res, obj, `${NAME}; fwd=stale; fwd-status=304`, 'revalidated');
       }
       return this.miss(req, res, obj.url, target, true);
@@ -627,7 +633,7 @@ class CachingProxy {
       await resp.dump();
       return this.serveStored(req, res, obj, `${HIT}; detail=stale-if-error; fwd-status=${status}`, 'stale');
     }
-    return this.deliver(req, res, obj.url, resp, 'stale', 'miss', () => undefined);
+    return this.deliver(req, res, obj.url, resp, 'stale', 'miss', NO_FLIGHT);
   }
 
   /**
@@ -812,7 +818,7 @@ class CachingProxy {
       }
       for (const u of urls) await this.store.purge(u).catch((e: unknown) => this.log.warn({ err: e, url: u }, 'invalidation failed'));
     }
-    return this.deliver(req, res, url, resp, 'method', 'bypass', () => undefined);
+    return this.deliver(req, res, url, resp, 'method', 'bypass', NO_FLIGHT);
   }
 
   /** Forwards a request without caching (OPTIONS, HEAD misses, ...). */

@@ -3,7 +3,7 @@
  * consists of the request method and target URI"; only GET responses are stored, so the method is
  * implied), the secondary key the values of the request fields a response's Vary names (§4.1).
  */
-import { createHash } from 'node:crypto';
+import * as crypto from 'node:crypto';
 
 /** Request headers as Node gives them: lower-case names. */
 export type HeaderMap = Record<string, string | string[] | undefined>;
@@ -30,8 +30,11 @@ export function normalizeTarget(raw: string): URL {
 
 /** A short, fixed-length hash of a URL or variant, safe in Tables keys and blob keys. */
 export function hashKey(text: string): string {
-  return createHash('sha256').update(text).digest('base64url').slice(0, 32);
+  // crypto.hash (Node 20.12+) hashes in one call, without a Hash object per key.
+  return (oneShot ? oneShot('sha256', text, 'base64url') : crypto.createHash('sha256').update(text).digest('base64url')).slice(0, 32);
 }
+
+const oneShot = (crypto as { hash?: (algorithm: string, data: string, encoding: 'base64url') => string }).hash;
 
 /** The field names a Vary header lists, lower-cased and sorted; '*' stays as ['*']. */
 export function varyNames(vary: string | string[] | undefined): string[] {
