@@ -3,7 +3,8 @@
  * sqlite-checkpointer.ts), never inside a commit on the event loop: the writing connection has
  * automatic checkpoints off, the worker keeps the WAL bounded and truncates it when writes stop,
  * writes held back while the WAL restarts all land, a dead worker hands checkpoints back to the
- * writing connection (and the hard cap still bounds the WAL), close() stops the worker, and a
+ * writing connection (and the hard cap still bounds the WAL), another connection's write lock
+ * delays writes without blocking the event loop, close() stops the worker, and a
  * process killed at any moment of this loses no acknowledged write.
  */
 import { spawn } from 'node:child_process';
@@ -118,6 +119,33 @@ describe('SqliteStore checkpoints on a worker thread', () => {
     await until('the WAL to be cut back under the cap', () => s.store.checkpointStats().inline > 0 && walSize(s.path) < 64 * PAGE);
     await s.close();
     expect(rowsIn(s.path)).toEqual({ n: 301, ok: 'ok' });
+  });
+
+  it("another connection's write lock makes writes wait, never the event loop", async () => {
+    const s = await openStore({});
+    await s.store.write(() => s.insert.run(0, 'warm-up'));
+    const other = new Database(s.path);
+    other.exec('BEGIN IMMEDIATE');
+    other.prepare('INSERT INTO t (id, pad) VALUES (?, ?)').run(-1, 'other');
+    let maxGap = 0;
+    let last = performance.now();
+    const ticker = setInterval(() => {
+      const now = performance.now();
+      maxGap = Math.max(maxGap, now - last);
+      last = now;
+    }, 5);
+    const written = Promise.all([1, 2, 3].map((i) => s.store.write(() => s.insert.run(i, 'mine'))));
+    const settled = await Promise.race([written.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 400))]);
+    other.exec('COMMIT');
+    other.close();
+    await written;
+    clearInterval(ticker);
+    // While the lock was held (400 ms) the writes waited and timers kept running; the busy
+    // handler would have slept on this thread for all of it.
+    expect(settled).toBe(false);
+    expect(maxGap).toBeLessThan(200);
+    await s.close();
+    expect(rowsIn(s.path)).toEqual({ n: 5, ok: 'ok' });
   });
 
   it('close() stops the worker, so the last close checkpoints and deletes the WAL', async () => {

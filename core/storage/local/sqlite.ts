@@ -30,7 +30,9 @@
  * this connection has `wal_autocheckpoint = 0` and a worker thread runs them
  * (sqlite-checkpointer.ts), which can hold our commits back for a moment (`pauseWrites`) to
  * restart the WAL. A checkpoint syncs the WAL before copying it, so it never makes a commit
- * less durable than the fsync above would.
+ * less durable than the fsync above would. Nor does a commit wait for the write lock on the
+ * event loop: when another connection (another process, the checkpoint worker) holds it, BEGIN
+ * fails at once and the batch is retried from a timer for up to the busy timeout (5 s).
  */
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
@@ -67,6 +69,8 @@ ${WAL_RESTARTS_SCHEMA}
 
 /** Most writes gathered into one transaction; the rest wait for the next turn. */
 const MAX_BATCH = 256;
+/** How long a batch retries while another connection holds the write lock (the busy timeout). */
+const BUSY_RETRY_MS = 5000;
 
 interface Job {
   fn: () => unknown;
@@ -104,7 +108,7 @@ export class SqliteStore {
     this.walPath = `${path}-wal`;
     this.walSync = durability === 'wal-fsync' ? new GroupSync() : undefined;
     try {
-      this.db = new Database(path, { timeout: 5000 });
+      this.db = new Database(path, { timeout: BUSY_RETRY_MS });
       this.db.pragma('journal_mode = WAL');
       this.db.pragma(durability === 'full' ? 'synchronous = FULL' : 'synchronous = NORMAL');
       this.db.pragma('foreign_keys = OFF');
@@ -115,6 +119,7 @@ export class SqliteStore {
       throw sqliteError(e, `open ${path}`);
     }
     const changes = this.db.prepare('SELECT total_changes() AS n').pluck();
+    this.busyTimeout = { zero: this.db.prepare('PRAGMA busy_timeout = 0'), restore: this.db.prepare(`PRAGMA busy_timeout = ${BUSY_RETRY_MS}`) };
     this.totalChanges = { get: () => changes.get() as number };
     const savepoint = this.db.transaction((fn: () => unknown) => fn());
     this.runBatch = this.db.transaction((jobs: Job[], out: { ok: boolean; v: unknown }[]) => {
@@ -185,6 +190,7 @@ export class SqliteStore {
   private flush(): void {
     this.scheduled = false;
     if (this.pauses) return; // resumed by pauseWrites()
+    if (this.busyRetry) return; // another connection holds the write lock; the timer retries
     const jobs = this.pending.splice(0, MAX_BATCH);
     if (this.pending.length) {
       this.scheduled = true;
@@ -194,14 +200,33 @@ export class SqliteStore {
     const out: { ok: boolean; v: unknown }[] = [];
     const changesBefore = this.totalChanges.get();
     try {
-      this.runBatch(jobs, out);
+      // BEGIN IMMEDIATE must not wait for the write lock here: SQLite's busy handler sleeps on the
+      // calling thread, the event loop. Another connection (a CLI process, the checkpoint worker)
+      // holding it makes BEGIN fail at once, and the batch is retried from a timer.
+      this.busyTimeout.zero.get();
+      try {
+        this.runBatch(jobs, out);
+      } finally {
+        this.busyTimeout.restore.get();
+      }
     } catch (e) {
-      // BEGIN or COMMIT failed (busy beyond the timeout, disk full, I/O): nothing was written.
+      if (out.length === 0 && /^SQLITE_BUSY/.test((e as { code?: string }).code ?? '') && Date.now() - (this.busySince ?? Date.now()) < BUSY_RETRY_MS) {
+        this.busySince ??= Date.now();
+        this.pending.unshift(...jobs);
+        this.busyRetry = setTimeout(() => {
+          this.busyRetry = undefined;
+          this.flush();
+        }, 2);
+        return;
+      }
+      this.busySince = undefined;
+      // BEGIN or COMMIT failed (busy for BUSY_RETRY_MS, disk full, I/O): nothing was written.
       const err = sqliteError(e, 'sqlite commit');
       this.log.warn({ err: (e as Error).message, jobs: jobs.length }, 'sqlite batch failed');
       for (const j of jobs) j.reject(err);
       return;
     }
+    this.busySince = undefined;
     const changed = this.totalChanges.get() !== changesBefore;
     if (changed) this.commits++;
     const settle = (which: (j: Job) => boolean) =>
@@ -233,6 +258,11 @@ export class SqliteStore {
   }
 
   private inFlightSyncs = 0;
+  /** Set while a batch waits for another connection's write lock. */
+  private busyRetry: NodeJS.Timeout | undefined;
+  /** When the waiting batch first found the lock taken. */
+  private busySince: number | undefined;
+  private readonly busyTimeout: { zero: Database.Statement; restore: Database.Statement };
   private walDirSynced = false;
   private readonly totalChanges: { get(): number };
 
@@ -258,7 +288,7 @@ export class SqliteStore {
   /** Finishes queued writes, then closes the database. */
   async close(): Promise<void> {
     if (this.closed) return;
-    while (this.pending.length || this.scheduled || this.inFlightSyncs) await new Promise((r) => setImmediate(r));
+    while (this.pending.length || this.scheduled || this.inFlightSyncs || this.busyRetry) await new Promise((r) => setImmediate(r));
     await this.checkpointer.close();
     this.closed = true;
     await this.walSync?.close();
