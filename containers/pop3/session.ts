@@ -438,20 +438,20 @@ export class Pop3Session {
     const p = this.pick(arg);
     if (!('index' in p) || s.name !== 'TRANSACTION') return p as Output;
     const head = topLines === undefined ? retrHead(p.message.size) : ok('Top of message follows');
-    const reply = (source: Readable | Buffer): Output => ({ body: { head, source, topLines, expectedSize: p.message.size } });
-    const unavailable = (): Output => ({ text: err('Message temporarily unavailable', 'SYS/TEMP') });
+    const expectedSize = p.message.size;
     let whole: Buffer | undefined;
     try {
       whole = s.drop.read?.(p.index);
     } catch {
       return unavailable();
     }
+    // No closure on this path (one per RETR, and under tsx each also costs a __name call).
     if (whole) {
       if (topLines === undefined) this.nextRetr = p.index + 1;
-      return reply(whole);
+      return { body: { head, source: whole, topLines, expectedSize } };
     }
     try {
-      return s.drop.open(p.index).then(reply, unavailable);
+      return s.drop.open(p.index).then((source): Output => ({ body: { head, source, topLines, expectedSize } }), unavailable);
     } catch {
       return unavailable();
     }
@@ -474,6 +474,11 @@ export class Pop3Session {
     const live = this.live();
     return { text: ok(`${live.length} messages (${live.reduce((a, m) => a + m.message.size, 0)} octets)`) };
   }
+}
+
+/** RFC 2449 §8.1.2 [SYS/TEMP]: the message could not be read now; a later RETR may work. */
+function unavailable(): Output {
+  return { text: err('Message temporarily unavailable', 'SYS/TEMP') };
 }
 
 /** RFC 1939 §5 RETR: "+OK" and, as is customary, the octet count. */
