@@ -10,6 +10,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { Accounts } from '../../core/accounts/accounts.js';
 import type { Logger } from '../../core/log.js';
+import { Metrics } from '../../core/metrics.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
@@ -467,14 +468,16 @@ async function warmUp(shared: ServerShared, retrs: number): Promise<void> {
     return;
   }
   const config = shared.ctx.config;
-  const own: ServerShared = {
+  const quiet = new Metrics({ defaults: false });
+  const own = makeShared({
     ...shared,
-    // The private listener's one client is this process, over loopback.
-    ctx: { ...shared.ctx, config: { ...config, pop3: { ...config.pop3, allowPlaintext: 'always' } } },
+    // The private listener's one client is this process, over loopback; its commands are counted
+    // in a registry of their own (the same code as the real counting, kept out of /metrics).
+    ctx: { ...shared.ctx, config: { ...config, pop3: { ...config.pop3, allowPlaintext: 'always' } }, metrics: quiet },
     hooksFor: () => w.hooks,
-    countCommand: () => undefined,
+    countCommand: commandCounter(quiet),
     onClose: () => undefined,
-  };
+  });
   const server = net.createServer((s) => {
     s.on('error', () => undefined);
     return new Connection(s, '127.0.0.1', false, own);
@@ -495,6 +498,38 @@ async function warmUp(shared: ServerShared, retrs: number): Promise<void> {
   }
 }
 
+/**
+ * A ServerShared, always built here: the warm-up's and the listeners' then have the same shape,
+ * so the code compiled during the warm-up still fits the first real connection.
+ */
+function makeShared(p: ServerShared): ServerShared {
+  return {
+    log: p.log,
+    ctx: p.ctx,
+    hooksFor: p.hooksFor,
+    tls: p.tls,
+    idleMs: p.idleMs,
+    handshakeMs: p.handshakeMs,
+    maxBadCommands: p.maxBadCommands,
+    closing: p.closing,
+    countCommand: p.countCommand,
+    onClose: p.onClose,
+  };
+}
+
+/** Counts commands in `metrics`: one labelled child per verb and outcome, made once. */
+function commandCounter(metrics: Metrics): ServerShared['countCommand'] {
+  const counters = new Map<string, { inc(): void }>();
+  return (verb, outcome) => {
+    // A closed set of verbs and outcomes, so a command costs an increment rather than hashing a
+    // labels object.
+    const k = `${verb} ${outcome}`;
+    let c = counters.get(k);
+    if (!c) counters.set(k, (c = metrics.commands.labels({ listener: 'pop3', command: verb, outcome })));
+    c.inc();
+  };
+}
+
 /** Starts the POP3 listeners that the configuration enables. */
 export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions = {}): Promise<RunningListener> {
   const { config, storage, metrics } = ctx;
@@ -512,12 +547,11 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
   else if (cfg.allowPlaintext === 'loopback') log.info('POP3 accepts passwords without TLS from loopback clients only (pop3.allowPlaintext=loopback)');
 
   const connections = new Set<Connection>();
-  const commandCounters = new Map<string, { inc(): void }>();
   const perClient = new Map<string, number>();
   let closing = false;
   let closedResolve: (() => void) | undefined;
 
-  const shared: ServerShared = {
+  const shared = makeShared({
     log,
     ctx,
     tls: tlsProvider,
@@ -525,14 +559,7 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
     handshakeMs: options.handshakeTimeoutMs ?? 30_000,
     maxBadCommands: cfg.maxBadCommands,
     closing: () => closing,
-    countCommand: (verb, outcome) => {
-      // One labelled child per verb and outcome (a closed set), so a command costs an increment
-      // rather than hashing a labels object.
-      const k = `${verb} ${outcome}`;
-      let c = commandCounters.get(k);
-      if (!c) commandCounters.set(k, (c = metrics.commands.labels({ listener: 'pop3', command: verb, outcome })));
-      c.inc();
-    },
+    countCommand: commandCounter(metrics),
     hooksFor: (address) => ({
       authenticate: (login, password) => logins.authenticate(login, password),
       authFailed: async (login) => {
@@ -550,7 +577,7 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
       metrics.connections.dec({ listener: 'pop3' });
       if (closing && connections.size === 0) closedResolve?.();
     },
-  };
+  });
 
   const accept = (socket: net.Socket | tls.TLSSocket, implicitTls: boolean) => {
     const address = socket.remoteAddress ?? 'unknown';

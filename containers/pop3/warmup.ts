@@ -63,7 +63,10 @@ export async function warmupHooks(log: Logger, size = 10 * 1024): Promise<Warmup
       user,
       password,
       hooks: {
+        // The same members in the same order as the listeners' hooks.
         authenticate: async (login, pass) => (login === user && pass === password ? user : undefined),
+        authFailed: async () => undefined,
+        authSucceeded: () => undefined,
         openMaildrop: async () => new StoreMaildrop(lease, {} as Tables, blobs, user, 'warm-up', 86_400, messages, log),
       },
       close: () => rm(dir, { recursive: true, force: true }),
