@@ -10,6 +10,7 @@ import { MemoryTier } from '../../core/cache/memory.js';
 import { normalizeUrl, variantKey, varyNames } from '../../core/cache/keys.js';
 import { OriginGuard, ProxyAuth, cidrList, clientAllowed } from '../../containers/proxy/access.js';
 import { endToEnd, ifRangeMatches, notModified, parseRange } from '../../containers/proxy/http.js';
+import { originHeaders } from '../../containers/proxy/origin.js';
 
 describe('parseRange (RFC 9110 §14.1.2)', () => {
   const cases: [string | undefined, number, unknown][] = [
@@ -138,5 +139,21 @@ describe('cache keys and the memory tier', () => {
     expect(mem.bytes).toBeLessThanOrEqual(mem.maxBytes);
     expect(mem.deleteUrl('a')).toBe(1);
     expect(mem.size).toBe(2);
+  });
+});
+
+describe('originHeaders: an origin response head as undici hands it over (RFC 9110 §5.3, §7.6.1)', () => {
+  const raw = (...pairs: string[]) => pairs.map((x) => Buffer.from(x, 'latin1'));
+  it('lower-cases names, joins repeated fields, keeps Set-Cookie as a list, drops hop-by-hop and Connection-named fields', () => {
+    const h = originHeaders(
+      raw('Content-Type', 'text/plain', 'Cache-Control', 'max-age=60', 'cache-control', 'public', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Connection', 'keep-alive, X-Secret', 'Keep-Alive', 'timeout=5', 'X-Secret', 'hop', 'Transfer-Encoding', 'chunked', 'ETag', '"\xe9"'),
+    );
+    expect(h).toEqual({ 'content-type': 'text/plain', 'cache-control': 'max-age=60, public', 'set-cookie': ['a=1', 'b=2'], etag: '"\xe9"' });
+  });
+  it('treats fields named like Object.prototype members as ordinary fields', () => {
+    const h = originHeaders(raw('Constructor', 'x', 'constructor', 'y', 'toString', 'z'));
+    expect(h.constructor).toBe('x, y');
+    expect(h.tostring).toBe('z');
+    expect(Object.keys(h)).toEqual(['constructor', 'tostring']);
   });
 });
