@@ -91,7 +91,6 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'pop3.maxBadCommands', env: 'TOMLINSON_POP3_MAX_BAD_COMMANDS', kind: 'int', min: 1, max: 1000, default: 10, doc: 'Unknown or misplaced commands before the connection is closed.' },
   { path: 'pop3.authFailureDelayMs', env: 'TOMLINSON_POP3_AUTH_FAILURE_DELAY_MS', kind: 'int', min: 0, max: 60000, default: 1000, doc: 'Delay before a failed login is answered; doubles with each further failure from the same address (up to 16 times).' },
   { path: 'pop3.loginCacheSeconds', env: 'TOMLINSON_POP3_LOGIN_CACHE_SECONDS', kind: 'int', min: 0, max: 86400, default: 900, doc: 'How long a password that passed the (slow, memory-hard) check is remembered in memory as a keyed hash, so the next login of that user skips it; 0 turns the cache off.' },
-  { path: 'pop3.warmupRetrs', env: 'TOMLINSON_POP3_WARMUP_RETRS', kind: 'int', min: 0, max: 100000, default: 3000, doc: 'RETRs the POP3 server sends itself before it opens (a private loopback listener, one sample message in a temporary folder), so that the first clients find its code compiled rather than interpreted (about 1 s of CPU at start); 0 skips it.' },
 
   { path: 'proxy.enabled', env: 'TOMLINSON_PROXY_ENABLED', kind: 'bool', default: true, doc: 'Run the caching proxy.' },
   { path: 'proxy.port', env: 'TOMLINSON_PROXY_PORT', kind: 'port', default: 3128, doc: 'HTTP forward proxy.' },
@@ -191,7 +190,6 @@ export interface Config {
     maxBadCommands: number;
     authFailureDelayMs: number;
     loginCacheSeconds: number;
-    warmupRetrs: number;
   };
   proxy: {
     enabled: boolean;

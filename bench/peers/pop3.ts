@@ -130,7 +130,7 @@ export async function runPop3Peers(options: Pop3PeersOptions = {}): Promise<Prot
   }
   return summarize('POP3', 'msg/s', samples, [
     `${clients} mailboxes of ${n} messages of ${size} octets (every 20th line starts with a dot, so byte-stuffing is measured); p50/p99: one RETR, command to end of reply.`,
-    'Each server started cold for each run (same data), then one login per user before measuring (Dovecot builds its index then; ours warms up the same way); runs alternating. The load client itself is warmed up once before the first run (3,000 RETRs from an in-process responder), so no server is measured with a cold client. Ours also warms its own code before it opens its port (pop3.warmupRetrs, default 3,000 RETRs to itself from a sample message; TOMLINSON_POP3_WARMUP_RETRS=0 measures it fully cold).',
+    'Each server started cold for each run (same data), then one login per user before measuring (Dovecot builds its index then; ours warms up the same way); runs alternating. The load client itself is warmed up once before the first run (3,000 RETRs from an in-process responder), so no server is measured with a cold client.',
     'Peak RSS: the largest sum of VmHWM over the server\'s processes (Dovecot: master, pop3-login, auth, pop3 per session...; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.',
   ]);
 }

@@ -21,7 +21,6 @@ import { encodeWhole, MessageEncoder } from './protocol/encode.js';
 import { LineReader } from './protocol/lines.js';
 import { Pop3Session, type BodyReply, type Output, type Pop3Hooks } from './session.js';
 import { AuthThrottle } from './throttle.js';
-import { warmupClient, warmupHooks, type Warmup } from './warmup.js';
 
 /** Knobs that tests and the bench set beyond the configuration. */
 export interface Pop3ServerOptions {
@@ -454,54 +453,7 @@ class Connection {
   }
 }
 
-/**
- * The warm-up of warmup.ts, before the listeners open: `retrs` RETRs from an in-memory maildrop
- * over a private listener on 127.0.0.1 (port 0, closed after), through the same Connection code as
- * every client, so that the first clients find it compiled. Not counted in metrics; one log line.
- */
-async function warmUp(shared: ServerShared, retrs: number): Promise<void> {
-  let w: Warmup;
-  try {
-    w = await warmupHooks(shared.log);
-  } catch (e) {
-    shared.log.warn({ err: (e as Error).message }, 'POP3 warm-up failed; starting without it');
-    return;
-  }
-  const config = shared.ctx.config;
-  const quiet = new Metrics({ defaults: false });
-  const own = makeShared({
-    ...shared,
-    // The private listener's one client is this process, over loopback; its commands are counted
-    // in a registry of their own (the same code as the real counting, kept out of /metrics).
-    ctx: { ...shared.ctx, config: { ...config, pop3: { ...config.pop3, allowPlaintext: 'always' } }, metrics: quiet },
-    hooksFor: () => w.hooks,
-    countCommand: commandCounter(quiet),
-    onClose: () => undefined,
-  });
-  const server = net.createServer((s) => {
-    s.on('error', () => undefined);
-    return new Connection(s, '127.0.0.1', false, own);
-  });
-  const started = performance.now();
-  const cpu = process.cpuUsage();
-  try {
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    const done = await warmupClient((server.address() as net.AddressInfo).port, w.user, w.password, retrs);
-    const used = process.cpuUsage(cpu);
-    shared.log.info({ retrs: done, ms: Math.round(performance.now() - started), cpuMs: Math.round((used.user + used.system) / 1000) }, 'POP3 warm-up done');
-  } catch (e) {
-    shared.log.warn({ err: (e as Error).message }, 'POP3 warm-up failed; starting without it');
-  } finally {
-    server.close();
-    await w.close().catch(() => undefined);
-  }
-}
-
-/**
- * A ServerShared, always built here: the warm-up's and the listeners' then have the same shape,
- * so the code compiled during the warm-up still fits the first real connection.
- */
+/** A ServerShared with every field in one order, so every connection sees objects of one shape. */
 function makeShared(p: ServerShared): ServerShared {
   return {
     log: p.log,
@@ -601,7 +553,6 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
     await once(server, 'listening');
     servers.push({ name, server });
   };
-  if (cfg.warmupRetrs > 0) await warmUp(shared, cfg.warmupRetrs);
   const detachers: (() => void)[] = [];
   try {
     const plain = net.createServer((s) => accept(s, false));

@@ -55,8 +55,6 @@ export async function startHarness(env: Record<string, string> = {}, options: Po
       TOMLINSON_POP3_PORT: '0',
       TOMLINSON_POP3_AUTH_FAILURE_DELAY_MS: '20',
       TOMLINSON_LOG_LEVEL: 'silent',
-      // Seconds per start; warmup.test.ts runs it.
-      TOMLINSON_POP3_WARMUP_RETRS: '0',
       ...env,
     },
   );
