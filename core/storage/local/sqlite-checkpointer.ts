@@ -172,6 +172,7 @@ export class Checkpointer {
       const call = this.calls.get(m.id);
       if (!call) return;
       this.calls.delete(m.id);
+      if (this.calls.size === 0 && !this.closing) this.worker.unref();
       if (m.row) call.resolve(m.row);
       else call.reject(new Error(m.error ?? 'checkpoint failed'));
     });
@@ -205,6 +206,9 @@ export class Checkpointer {
     if (this.dead) return Promise.reject(new Error('checkpoint worker is gone'));
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
+      // Referenced while a call is out: a pause of commits may be all a process waits for, and
+      // an unreferenced worker would let it exit with that await unsettled (exit code 13).
+      if (this.calls.size === 0) this.worker.ref();
       this.calls.set(id, { resolve, reject });
       this.worker.postMessage({ id, mode, mark, busyMs });
     });
@@ -282,12 +286,12 @@ export class Checkpointer {
     if (this.closing) return;
     this.closing = true;
     clearInterval(this.timer);
-    await this.cycling;
-    if (this.dead) return;
     // The worker is unref'd so that it never keeps a process alive on its own; while closing, its
     // answers are what the caller waits for, so hold the process open until it has exited (else a
     // CLI whose last work is this close ends with an unsettled top-level await, exit code 13).
-    this.worker.ref();
+    if (!this.dead) this.worker.ref();
+    await this.cycling;
+    if (this.dead) return;
     try {
       await this.call('PASSIVE', false, 0);
     } catch (e) {
