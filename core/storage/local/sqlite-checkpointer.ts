@@ -7,32 +7,31 @@
  * and then the database, on whatever thread committed: here the event loop, so every socket of
  * the process waited 5 to 200 ms each time: at 10 SMTP sessions (`bench/smtp.ts`'s latency
  * run) about 40 checkpoints per 3,000 messages, and strace counted 66 fsyncs on the event loop's
- * thread in 2,200 messages, up to 183 ms each on a busy disk. With this worker: none.
+ * thread in 2,200 messages, up to 183 ms each on a busy disk.
  *
  * What instead: the writing connection has `wal_autocheckpoint = 0`, and this worker, with a
- * connection of its own to the same file, runs the checkpoints. The catch is the WAL's restart:
- * SQLite starts the WAL over from its beginning in the first commit that finds it wholly
- * checkpointed, and that commit fsyncs the new WAL header, on the event loop again. So no
- * checkpoint here ever leaves a wholly checkpointed WAL to the event loop:
- * - Every `intervalMs` the WAL's size is read (one stat; the WAL is restarted here only by
- *   truncating it, so its size counts its frames; after any other restart the size overstates
- *   them and a cycle merely comes early). Once it holds `restartFrames` frames, or this process committed
- *   something and then nothing for `idleMs`, the worker runs a PASSIVE checkpoint, which takes
- *   no write lock: commits go on beside it while it copies the bulk of the WAL and syncs the
- *   database. Then the store holds back its own commits for a moment (writes wait in memory; the
- *   event loop runs on) while the worker runs a TRUNCATE checkpoint (only the frames committed
- *   during the PASSIVE one are left to copy; the WAL is then cut to zero bytes) and commits one
- *   row of its own, so the fsync of the fresh WAL's header happens on the worker too. That pause
- *   (about three fsyncs) is the only wait a caller sees, once per `restartFrames` frames.
+ * connection of its own to the same file, runs the checkpoints:
+ * - Every `intervalMs` in which this process committed something, a PASSIVE checkpoint. It takes
+ *   no write lock: commits go on beside it while it copies the WAL and syncs the database.
+ * - When it caught up (nothing was committed while it ran), SQLite's next commit starts the WAL
+ *   over from its beginning and fsyncs the new WAL header, on the event loop: one small fsync
+ *   of a file rewritten in place (about 1 to 7 ms measured on a busy machine), where the
+ *   checkpoint in the commit had been a copy and two fsyncs. Under a load that never lets it
+ *   catch up, the WAL would grow without end; so once it holds `restartFrames` frames, the store
+ *   holds back its own commits for a moment (writes wait in memory; the event loop runs on) while
+ *   the worker runs a RESTART checkpoint (what was committed during the PASSIVE one; the next
+ *   frames then overwrite the WAL from its beginning) and commits one row of its own, so that
+ *   the new header's fsync happens on the worker too. That pause costs about three fsyncs (27 ms
+ *   at most in a 3,000-message run at 10 sessions; with TRUNCATE, which also frees the file's
+ *   64 MB, 70 ms), once per `restartFrames` frames.
+ * - When this process stops committing for `idleMs`, the same under a TRUNCATE checkpoint
+ *   (nobody waits for it then) cuts the WAL file back to nothing.
  * - If the worker dies, the writing connection goes back to automatic checkpoints (logged). If
  *   the WAL still passes `hardCapBytes` (the worker stuck for `stuckMs`, or dead), the event
  *   loop runs a TRUNCATE checkpoint itself, logged: a stall, as the last resort against a WAL
  *   that grows without bound.
  * - close() runs a last PASSIVE checkpoint and stops the worker; closing the last connection
  *   then checkpoints the rest and deletes the WAL (SQLite's own close).
- * - One window is left: when the PASSIVE checkpoint copied everything (nothing was committed
- *   while it ran) and a commit lands before the pause begins, that commit restarts the WAL on
- *   the event loop; it can happen only in a quiet moment, once per cycle at most.
  *
  * Durability is SQLite's own: a checkpoint (PASSIVE or TRUNCATE, synchronous=NORMAL or FULL)
  * syncs the WAL before it copies a page into the database, and syncs the database before it
@@ -51,11 +50,11 @@ import type { Logger } from '../../log.js';
 
 /** How the checkpointer paces itself; production uses the defaults. */
 export interface CheckpointOptions {
-  /** How often to look at the WAL's size. @default 250 */
+  /** How often to checkpoint (PASSIVE) while this process commits. @default 500 */
   intervalMs?: number;
   /** After this long without a commit, a WAL with anything in it is checkpointed and truncated. @default 1000 */
   idleMs?: number;
-  /** WAL frames (pages) after which the WAL is truncated and restarted under a short pause of commits. @default 16384 */
+  /** WAL frames (pages) after which the WAL is truncated and restarted under a short pause of commits (0: after every checkpoint). @default 16384 */
   restartFrames?: number;
   /** WAL file size past which the event loop checkpoints itself if the worker cannot. @default 268435456 (256 MiB) */
   hardCapBytes?: number;
@@ -89,6 +88,7 @@ export interface CheckpointResult {
 /** What the checkpointer did so far (for tests and the log). */
 export interface CheckpointStats {
   passive: number;
+  /** WAL restarts under a pause (RESTART under load, TRUNCATE when idle). */
   truncates: number;
   /** Checkpoints the event loop ran (hard cap). */
   inline: number;
@@ -141,7 +141,10 @@ export class Checkpointer {
   private readonly timer: NodeJS.Timeout;
   private cycling: Promise<void> | undefined;
   private cycleStarted = 0;
-  private checkpointedCommits = 0;
+  /** Commits made before the last PASSIVE checkpoint began (all copied by it). */
+  private passiveCommits = 0;
+  /** Commits made before the last TRUNCATE checkpoint. */
+  private truncatedCommits = 0;
   private lastCommits = 0;
   private lastCommitSeen = 0;
   private dead = false;
@@ -157,7 +160,7 @@ export class Checkpointer {
     options: CheckpointOptions = {},
   ) {
     this.opts = {
-      intervalMs: options.intervalMs ?? 250,
+      intervalMs: options.intervalMs ?? 500,
       idleMs: options.idleMs ?? 1000,
       restartFrames: options.restartFrames ?? 16384,
       hardCapBytes: options.hardCapBytes ?? 256 * 1024 * 1024,
@@ -202,7 +205,7 @@ export class Checkpointer {
     }
   }
 
-  private call(mode: 'PASSIVE' | 'TRUNCATE', mark: boolean, busyMs: number): Promise<CheckpointResult> {
+  private call(mode: 'PASSIVE' | 'RESTART' | 'TRUNCATE', mark: boolean, busyMs: number): Promise<CheckpointResult> {
     if (this.dead) return Promise.reject(new Error('checkpoint worker is gone'));
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
@@ -227,11 +230,12 @@ export class Checkpointer {
       this.lastCommits = commits;
       this.lastCommitSeen = Date.now();
     }
-    const frames = Math.max(0, Math.floor((size - 32) / (this.host.pageSize + 24)));
-    const idle = commits !== this.checkpointedCommits && Date.now() - this.lastCommitSeen >= this.opts.idleMs;
-    if (frames < this.opts.restartFrames && !(idle && frames > 0)) return;
+    let truncate: boolean;
+    if (commits !== this.passiveCommits) truncate = false;
+    else if (commits !== this.truncatedCommits && size > 0 && Date.now() - this.lastCommitSeen >= this.opts.idleMs) truncate = true;
+    else return;
     this.cycleStarted = Date.now();
-    this.cycling = this.cycle().finally(() => (this.cycling = undefined));
+    this.cycling = this.cycle(truncate).finally(() => (this.cycling = undefined));
   }
 
   private walSize(): number {
@@ -242,25 +246,30 @@ export class Checkpointer {
     }
   }
 
-  private async cycle(): Promise<void> {
+  /** A PASSIVE checkpoint; then, if the WAL is past `restartFrames` or `truncate` asks, a TRUNCATE one under a pause of commits. */
+  private async cycle(truncate: boolean): Promise<void> {
     const commits = this.host.commits();
     try {
       const r = await this.call('PASSIVE', false, 0);
       this.counts.passive++;
-      this.checkpointedCommits = commits;
+      this.passiveCommits = commits;
+      if (!truncate && r.log < this.opts.restartFrames) return;
       const started = performance.now();
       const resume = this.host.pauseWrites();
       let t: CheckpointResult;
       try {
-        t = await this.call('TRUNCATE', true, this.opts.truncateBusyMs);
+        // RESTART under load: the next frames overwrite the file in place; freeing and then
+        // reallocating 64 MB (TRUNCATE) made the pause longer. TRUNCATE when idle, to give the
+        // space back.
+        t = await this.call(truncate ? 'TRUNCATE' : 'RESTART', true, this.opts.truncateBusyMs);
       } finally {
         resume();
       }
       const pause = performance.now() - started;
       this.counts.truncates++;
       this.counts.maxPauseMs = Math.max(this.counts.maxPauseMs, pause);
-      // The mark row is a commit of its own that no later cycle needs to see.
-      this.checkpointedCommits = this.host.commits();
+      // Commits made during the PASSIVE checkpoint were copied by this one.
+      this.passiveCommits = this.truncatedCommits = this.host.commits();
       if (t.busy) this.log.warn({ frames: r.log }, 'WAL not truncated: another connection kept it busy; retrying next cycle');
       else this.log.debug({ frames: r.log, pauseMs: Math.round(pause) }, 'WAL truncated');
     } catch (e) {
