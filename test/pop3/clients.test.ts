@@ -1,6 +1,6 @@
 /**
  * Third-party POP3 clients against the real listener: Python's poplib (plain on loopback, STLS,
- * implicit TLS, AUTH PLAIN), curl pop3:// and pop3s:// (LIST, RETR, DELE), and getmail6
+ * implicit TLS, AUTH PLAIN), curl pop3:// and pop3s:// (LIST, RETR, DELE), and fetchmail
  * downloading a mailbox in keep mode and in delete mode. Downloads must match what was stored.
  */
 import { execFile } from 'node:child_process';
@@ -136,73 +136,76 @@ describe('curl', () => {
   });
 });
 
-describe('getmail6', () => {
-  async function getmail(user: string, opts: { ssl: boolean; delete: boolean }): Promise<{ dir: string; files: string[]; out: string }> {
-    const dir = join(h.dir, `getmail-${user}-${opts.ssl ? 'ssl' : 'plain'}`);
-    const maildir = join(dir, 'Maildir');
-    for (const sub of ['cur', 'new', 'tmp']) await mkdir(join(maildir, sub), { recursive: true });
-    // getmail refuses to deliver as root; under root (CI) it delivers as nobody, who needs a way in.
-    const asRoot = process.getuid?.() === 0;
-    if (asRoot) for (const d of [h.dir, dir, maildir, ...['cur', 'new', 'tmp'].map((s) => join(maildir, s))]) await chmod(d, 0o777);
-    const rc = [
-      '[retriever]',
-      `type = ${opts.ssl ? 'SimplePOP3SSLRetriever' : 'SimplePOP3Retriever'}`,
-      'server = 127.0.0.1',
-      `port = ${opts.ssl ? h.tlsPort : h.port}`,
-      `username = ${user}`,
-      `password = ${passwordOf(user)}`,
-      '',
-      '[destination]',
-      'type = Maildir',
-      `path = ${maildir}/`,
-      ...(asRoot ? ['user = nobody'] : []),
-      '',
-      '[options]',
-      'read_all = false',
-      `delete = ${opts.delete}`,
-      'delivered_to = false',
-      'received = false',
-      'verbose = 1',
-      '',
-    ].join('\n');
-    await writeFile(join(dir, 'getmailrc'), rc);
-    const { stdout, stderr } = await run('getmail', ['--getmaildir', dir, '--rcfile', join(dir, 'getmailrc')], { timeout: 60_000 });
-    const files = (await readdir(join(maildir, 'new'))).sort();
-    return { dir: maildir, files, out: stdout + stderr };
+describe('fetchmail', () => {
+  // getmail6 was the downloader here until it hung now and then with every byte received: it
+  // installs its SIGCHLD handler after fork(), so a delivery child that exits first is never
+  // reaped and getmail waits out its timeout. fetchmail (the issue's other choice) has no such race.
+  let n = 0;
+  async function fetchmail(user: string, opts: { ssl: boolean; keep: boolean; home?: string }): Promise<{ home: string; out: string; code: number; files: string[] }> {
+    const home = opts.home ?? join(h.dir, `fetchmail-${user}-${n++}`);
+    const inbox = join(home, 'inbox');
+    await mkdir(inbox, { recursive: true, mode: 0o700 });
+    await chmod(home, 0o700);
+    // The MDA gets each message on standard input; one file per message.
+    const mda = join(home, 'mda.sh');
+    await writeFile(mda, `#!/bin/sh\nexec cat > "${inbox}/$(date +%s%N)-$$"\n`, { mode: 0o700 });
+    const rc = join(home, 'fetchmailrc');
+    await writeFile(
+      rc,
+      [
+        'set no bouncemail',
+        `poll 127.0.0.1 with proto POP3 port ${opts.ssl ? h.tlsPort : h.port} uidl`,
+        `  user "${user}" there with password "${passwordOf(user)}"`,
+        // Our certificate is self-signed (the test harness makes it); plaintext on loopback is allowed.
+        `  options ${opts.keep ? 'keep' : 'nokeep'} no rewrite ${opts.ssl ? 'ssl' : "sslproto ''"} no sslcertck`,
+        `  mda "${mda}"`,
+        '',
+      ].join('\n'),
+      { mode: 0o600 },
+    );
+    const r = await run('fetchmail', ['-f', rc, '--nodetach', '--nosyslog', '-v'], { timeout: 60_000, env: { ...process.env, FETCHMAILHOME: home } }).then(
+      (x) => ({ ...x, code: 0 }),
+      (e: { code?: number; stdout?: string; stderr?: string }) => ({ stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: typeof e.code === 'number' ? e.code : -1 }),
+    );
+    return { home, out: r.stdout + r.stderr, code: r.code, files: (await readdir(inbox)).sort() };
   }
 
   /**
-   * The downloaded messages. getmail always puts a Return-Path line of its own first (from the
-   * message's Return-Path or Sender, else `<unknown>`); everything after it must be what we stored.
+   * The downloaded messages. fetchmail puts a Received header of its own first; everything after
+   * it must be what we stored, with LF line ends (what an MDA gets, the Unix convention).
    */
-  async function downloaded(maildir: string, files: string[]): Promise<string[]> {
-    const texts = await Promise.all(files.map((f) => readFile(join(maildir, 'new', f), 'utf8')));
+  async function downloaded(home: string, files: string[]): Promise<string[]> {
+    const texts = await Promise.all(files.map((f) => readFile(join(home, 'inbox', f), 'utf8')));
     return texts.map((t) => {
-      expect(t).toMatch(/^Return-Path: <[^>\n]*>\n/);
-      return t.slice(t.indexOf('\n') + 1);
+      const m = /^Received: from 127\.0\.0\.1 [^\n]*(?:\n[ \t][^\n]*)*\n/.exec(t);
+      expect(m, t.slice(0, 300)).not.toBeNull();
+      expect(m![0]).toContain('fetchmail');
+      return t.slice(m![0].length);
     });
   }
 
-  /** getmail writes Maildir files with LF line ends, the Unix convention; compare on that basis. */
   const lf = (s: string) => s.replace(/\r\n/g, '\n');
 
   it('keep mode downloads every message once (UIDL remembered) and leaves them on the server', async () => {
     const user = 'gm@example.com';
-    const first = await getmail(user, { ssl: false, delete: false });
+    const first = await fetchmail(user, { ssl: false, keep: true });
+    expect(first.code, first.out).toBe(0);
     expect(first.files).toHaveLength(corpus.length);
-    const got = (await downloaded(first.dir, first.files)).sort();
-    expect(got).toEqual(corpus.map(lf).sort());
+    expect((await downloaded(first.home, first.files)).sort()).toEqual(corpus.map(lf).sort());
     expect((await h.store.list(user)).length).toBe(corpus.length);
-    const second = await getmail(user, { ssl: false, delete: false });
+    // Same UID file: nothing new to fetch (fetchmail's exit code 1 means "no mail").
+    const second = await fetchmail(user, { ssl: false, keep: true, home: first.home });
+    expect(second.code, second.out).toBe(1);
     expect(second.files).toHaveLength(corpus.length);
-    expect(second.out).toMatch(/0 messages .*retrieved/);
+    expect((await h.store.list(user)).length).toBe(corpus.length);
   });
 
   it('delete mode over implicit TLS downloads everything and empties the mailbox', async () => {
     const user = 'gmssl@example.com';
-    const r = await getmail(user, { ssl: true, delete: true });
+    const r = await fetchmail(user, { ssl: true, keep: false });
+    expect(r.code, r.out).toBe(0);
     expect(r.files).toHaveLength(corpus.length);
-    expect((await downloaded(r.dir, r.files)).sort()).toEqual(corpus.map(lf).sort());
+    expect((await downloaded(r.home, r.files)).sort()).toEqual(corpus.map(lf).sort());
     expect(await h.store.list(user)).toEqual([]);
     expect((await h.store.meta(user)).count).toBe(0);
   });
