@@ -453,22 +453,6 @@ class Connection {
   }
 }
 
-/** A ServerShared with every field in one order, so every connection sees objects of one shape. */
-function makeShared(p: ServerShared): ServerShared {
-  return {
-    log: p.log,
-    ctx: p.ctx,
-    hooksFor: p.hooksFor,
-    tls: p.tls,
-    idleMs: p.idleMs,
-    handshakeMs: p.handshakeMs,
-    maxBadCommands: p.maxBadCommands,
-    closing: p.closing,
-    countCommand: p.countCommand,
-    onClose: p.onClose,
-  };
-}
-
 /** Counts commands in `metrics`: one labelled child per verb and outcome, made once. */
 function commandCounter(metrics: Metrics): ServerShared['countCommand'] {
   const counters = new Map<string, { inc(): void }>();
@@ -503,7 +487,7 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
   let closing = false;
   let closedResolve: (() => void) | undefined;
 
-  const shared = makeShared({
+  const shared: ServerShared = {
     log,
     ctx,
     tls: tlsProvider,
@@ -529,7 +513,8 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
       metrics.connections.dec({ listener: 'pop3' });
       if (closing && connections.size === 0) closedResolve?.();
     },
-  });
+  };
+
 
   const accept = (socket: net.Socket | tls.TLSSocket, implicitTls: boolean) => {
     const address = socket.remoteAddress ?? 'unknown';

@@ -644,12 +644,10 @@ class CachingProxy {
   private validated(obj: CachedObject, rh: Record<string, string | string[]>): CachePolicy.Headers {
     if (rh.etag !== undefined || rh['last-modified'] !== undefined) return rh as CachePolicy.Headers;
     const h: CachePolicy.Headers = { ...rh };
-    {
-      const etag = obj.etag;
-      const lm = obj.header('last-modified');
-      if (etag) h.etag = etag;
-      else if (lm) h['last-modified'] = lm;
-    }
+    const etag = obj.etag;
+    const lm = obj.header('last-modified');
+    if (etag) h.etag = etag;
+    else if (lm) h['last-modified'] = lm;
     return h;
   }
 
@@ -830,10 +828,7 @@ class CachingProxy {
       this.stats.record(outcome, 0, 0);
       return this.failed(res, e);
     }
-    const rh = resp.headers;
-    addVia(rh, this.via);
-    rh['cache-status'] = `${cacheStatus}; fwd-status=${resp.statusCode}`;
-    res.writeHead(resp.statusCode, rh);
+    res.writeHead(resp.statusCode, this.clientFields(resp.headers, `${cacheStatus}; fwd-status=${resp.statusCode}`));
     const { bytes } = await resp.relay(res);
     this.stats.record(outcome, 0, bytes);
   }

@@ -3,6 +3,7 @@
  * fail on demand (during DATA, mid-stream for large messages). The client must get 451 4.3.0,
  * nothing may be queued, no blob may be left behind, and a retry after recovery is accepted once.
  */
+import { buffer } from 'node:stream/consumers';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../core/log.js';
 import { inboundJob } from '../../core/mail/inbound.js';
@@ -127,10 +128,7 @@ describe('storage faults during DATA (the 250 rule)', () => {
     faults.put = false;
     expect(await inboundJob(body, { ...meta, receiveCount: 2 }, ctx)).toEqual({ kind: 'done' });
     expect(await store.delivered(job.id, ALICE)).toBeDefined();
-    const { body: stored } = await h.storage.mail.get(job.blobKey);
-    const chunks: Buffer[] = [];
-    for await (const c of stored) chunks.push(c as Buffer);
-    expect(Buffer.concat(chunks).equals(raw)).toBe(true);
+    expect((await buffer((await h.storage.mail.get(job.blobKey)).body)).equals(raw)).toBe(true);
     // A redelivery of a finished job neither delivers again nor needs the blobs.
     faults.put = true;
     expect(await inboundJob(body, { ...meta, receiveCount: 3 }, ctx)).toEqual({ kind: 'done' });

@@ -4,6 +4,7 @@
  * tiny line-oriented SMTP client over a real socket with a reply-grammar check on every reply.
  */
 import { connect as netConnect, type Socket } from 'node:net';
+import { buffer } from 'node:stream/consumers';
 import * as tls from 'node:tls';
 import { expect } from 'vitest';
 import { Accounts } from '../../core/accounts/accounts.js';
@@ -260,8 +261,5 @@ export async function drainInbound(storage: Storage): Promise<import('../../core
 /** The stored form of an accepted message: the raw message a small job carries, or its blob. */
 export async function storedMessage(storage: Storage, job: import('../../core/mail/jobs.js').InboundJob): Promise<Buffer> {
   if (job.raw !== undefined) return Buffer.from(job.raw, 'base64');
-  const { body } = await storage.mail.get(job.blobKey);
-  const chunks: Buffer[] = [];
-  for await (const c of body) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
+  return buffer((await storage.mail.get(job.blobKey)).body);
 }

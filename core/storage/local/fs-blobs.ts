@@ -19,7 +19,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Logger } from '../../log.js';
 import {
@@ -225,7 +225,7 @@ export class FsBlobs implements Blobs {
   private readonly knownDirs = new Set<string>();
 
   private constructor(options: FsBlobsOptions) {
-    this.root = options.root;
+    this.root = resolve(options.root);
     this.tmpDir = join(options.root, TMP);
     this.log = options.log;
     this.name = options.name;
@@ -263,24 +263,15 @@ export class FsBlobs implements Blobs {
   }
 
   /**
-   * pathOf(segs).file by concatenation, for readSmallSync: the segments are checked (none empty,
-   * '.' or '..', none holding '/') and encoded, so path.join's normalisation, a JavaScript loop over
-   * every character, has nothing to change below the root (which is normalised once).
+   * The folder and file of a key, by concatenation: the segments are checked (none empty, '.' or
+   * '..', none holding '/') and encoded, so path.join's normalisation, a JavaScript loop over every
+   * character that RETR paid per message, has nothing to change below the root (resolved once).
    */
-  private fileOf(segs: string[]): string {
-    let file = (this.rootPrefix ??= join(this.root, '/'));
-    const last = segs.length - 1;
-    for (let i = 0; i < last; i++) file += encodeSegment(segs[i]!) + DIR_SUFFIX + '/';
-    return file + encodeSegment(segs[last]!);
-  }
-
-  /** The root, normalised, ending in '/' (fileOf). */
-  private rootPrefix: string | undefined;
-
   private pathOf(segs: string[]): { dir: string; file: string } {
     let dir = this.root;
-    for (const s of segs.slice(0, -1)) dir = join(dir, encodeSegment(s) + DIR_SUFFIX);
-    return { dir, file: join(dir, encodeSegment(segs[segs.length - 1])) };
+    const last = segs.length - 1;
+    for (let i = 0; i < last; i++) dir += '/' + encodeSegment(segs[i]!) + DIR_SUFFIX;
+    return { dir, file: dir + '/' + encodeSegment(segs[last]!) };
   }
 
   async put(key: string, body: BlobBody, options: BlobPutOptions = {}): Promise<BlobInfo> {
@@ -468,7 +459,7 @@ export class FsBlobs implements Blobs {
   readSmallSync(key: string, options: SmallReadOptions = {}): Buffer | undefined {
     const maxBytes = options.maxBytes ?? SMALL_READ_BYTES;
     const what = `blob ${key}`;
-    const file = this.fileOf(keySegments(key));
+    const { file } = this.pathOf(keySegments(key));
     let fd: number;
     try {
       fd = openSync(file, 'r');
