@@ -50,15 +50,21 @@ export function originHeaders(raw: Buffer[]): Record<string, string | string[]> 
   return out;
 }
 
-/** The exchange: the status and fields once the head has arrived, then the body as it comes. */
+/** Who hears about the response head: `head` once the final head has arrived, `failed` on an error before it. */
+export interface HeadListener {
+  head(x: OriginExchange): void;
+  failed(err: Error): void;
+}
+
+/**
+ * The exchange: the status and fields once the head has arrived, then the body as it comes. The
+ * listener is called from undici's parser callback, synchronously; a revalidation answered 304
+ * is served from there without a promise.
+ */
 export class OriginExchange implements Dispatcher.DispatchHandler {
   statusCode = 0;
   /** End-to-end response fields (see originHeaders). */
   headers: Record<string, string | string[]> = {};
-  /** Resolves with this exchange when the final (non-1xx) head has arrived; rejects on an error before it. */
-  readonly head: Promise<OriginExchange>;
-  private settle!: (x: OriginExchange) => void;
-  private fail!: (e: Error) => void;
   private abortFn: ((err?: Error) => void) | undefined;
   private resumeFn: (() => void) | undefined;
   private sink: BodySink | undefined;
@@ -67,12 +73,7 @@ export class OriginExchange implements Dispatcher.DispatchHandler {
   private state: 'head' | 'body' | 'ended' | 'failed' = 'head';
   private failure: Error | undefined;
 
-  constructor() {
-    this.head = new Promise<OriginExchange>((resolve, reject) => {
-      this.settle = resolve;
-      this.fail = reject;
-    });
-  }
+  constructor(private readonly listener: HeadListener) {}
 
   onConnect(abort: (err?: Error) => void): void {
     this.abortFn = abort;
@@ -85,7 +86,7 @@ export class OriginExchange implements Dispatcher.DispatchHandler {
     this.headers = originHeaders(raw);
     this.resumeFn = resume;
     this.state = 'body';
-    this.settle(this);
+    this.listener.head(this);
     return true;
   }
 
@@ -104,7 +105,7 @@ export class OriginExchange implements Dispatcher.DispatchHandler {
     const before = this.state === 'head';
     this.state = 'failed';
     this.failure = err;
-    if (before) this.fail(err);
+    if (before) this.listener.failed(err);
     else this.sink?.error(err);
   }
 
@@ -132,10 +133,9 @@ export class OriginExchange implements Dispatcher.DispatchHandler {
     this.abortFn?.(new Error('response no longer wanted'));
   }
 
-  /** Reads and discards the body; resolves when it has ended or failed. */
-  dump(): Promise<void> {
-    if (this.state === 'ended' || this.state === 'failed') return Promise.resolve();
-    return new Promise((resolve) => this.attach({ data: () => true, end: resolve, error: () => resolve() }));
+  /** Reads and discards the body (a 304 has none; the connection goes back to the pool when it ends). */
+  discard(): void {
+    if (this.state === 'body') this.attach(DISCARD);
   }
 
   /** Reads the body into the cache only (background revalidation); true when it ended normally. */
@@ -158,6 +158,8 @@ export class OriginExchange implements Dispatcher.DispatchHandler {
     return new Promise((resolve) => new Relay(this, res, writer, resolve).start());
   }
 }
+
+const DISCARD: BodySink = { data: () => true, end: () => undefined, error: () => undefined };
 
 const RELAY = Symbol('relay');
 type RelayedResponse = ServerResponse & { [RELAY]?: Relay };

@@ -19,7 +19,7 @@ import { CacheStore, type BodyWriter } from '../../core/cache/store.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
 import { ProxyAuth, OriginGuard, cidrList, clientAllowed } from './access.js';
 import { addVia, endToEnd, ifRangeMatches, notModified, parseRange } from './http.js';
-import { OriginExchange, waitDrain } from './origin.js';
+import { OriginExchange, waitDrain, type HeadListener } from './origin.js';
 
 /** Options beyond Config, for tests and embedding. */
 export interface ProxyOptions {
@@ -46,6 +46,7 @@ type ProxySocket = Socket & { [DENIED]?: boolean; [AUTHED]?: string };
 
 const NAME = 'Tomlinson';
 const HIT = `${NAME}; hit`;
+const REVALIDATED = `${NAME}; fwd=stale; fwd-status=304`;
 const UNSAFE = new Set(['POST', 'PUT', 'DELETE', 'PATCH']);
 const CONDITIONALS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
 /** Request fields never forwarded beyond those RFC 9110 calls hop-by-hop: Host is rewritten from
@@ -96,6 +97,43 @@ interface Settle {
 }
 
 const NO_FLIGHT: Settle = { settle: () => undefined };
+
+/** A request target seen before: its normalised URL (the primary cache key) and what an origin
+ * request needs, parsed once per URL rather than once per request. */
+interface Target {
+  /** The normalised absolute URL. */
+  readonly url: string;
+  readonly parsed: URL;
+  /** `host[:port]` of the URL: the Host field of origin requests and of the cache policy's request. */
+  readonly host: string;
+  /** `http://host[:port]`, the undici origin. */
+  readonly origin: string;
+  /** Path and query. */
+  readonly path: string;
+  /** The host is an IP address the origin guard refuses. */
+  readonly refused: boolean;
+}
+
+/** One conditional request for a stale entry: what its answer is needed for (one object, not a closure per request). */
+class Revalidation implements HeadListener {
+  constructor(
+    private readonly proxy: CachingProxy,
+    readonly req: IncomingMessage,
+    readonly res: ServerResponse,
+    readonly obj: CachedObject,
+    readonly evalReq: CachePolicy.HttpRequest,
+    readonly target: Target,
+    readonly flight: Settle,
+  ) {}
+
+  head(x: OriginExchange): void {
+    this.proxy.revalidationAnswered(this, x);
+  }
+
+  failed(err: Error): void {
+    this.proxy.revalidationFailed(this, err);
+  }
+}
 
 function hasConditional(h: IncomingMessage['headers']): boolean {
   for (const n of CONDITIONALS) if (h[n] !== undefined) return true;
@@ -204,7 +242,8 @@ class CachingProxy {
   private readonly revalidating = new Set<CachedObject>();
   /** Synchronous revalidations under way, by stored response; resolve true when a 304 refreshed it. */
   private readonly revalidations = new Map<CachedObject, Flight<CachedObject>>();
-  private readonly normalized = new Map<string, string>();
+  /** Targets by the request-target as the client sent it. */
+  private readonly normalized = new Map<string, Target>();
   private readonly tunnels = new Set<Socket>();
   private readonly server;
   private healthy = false;
@@ -265,12 +304,8 @@ class CachingProxy {
       socket.once('close', () => ctx.metrics.connections.dec({ listener: 'proxy' }));
     });
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-      if (this.tryFastHit(req, res)) return;
-      this.onRequest(req, res).catch((e: unknown) => {
-        this.log.warn({ err: e }, 'proxy request failed');
-        if (!res.headersSent) this.short(res, 500, 'proxy error');
-        else res.destroy();
-      });
+      if (this.tryFast(req, res)) return;
+      this.onRequest(req, res).catch((e: unknown) => this.requestFailed(res, e));
     });
     this.server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
       this.onConnect(req, socket as ProxySocket, head).catch((e: unknown) => {
@@ -325,6 +360,31 @@ class CachingProxy {
   // ---------------------------------------------------------------------------------------------
   // Entry points
 
+  /** The end of a request whose handling threw: 500 if nothing was sent yet, else a cut response. */
+  private requestFailed(res: ServerResponse, e: unknown): void {
+    this.log.warn({ err: e }, 'proxy request failed');
+    if (!res.headersSent) this.short(res, 500, 'proxy error');
+    else res.destroy();
+  }
+
+  /** Waits on the rest of a request's handling when it continues asynchronously. */
+  private settled(res: ServerResponse, p: void | Promise<void>): void {
+    if (p) p.catch((e: unknown) => this.requestFailed(res, e));
+  }
+
+  /** The target of a normalised URL parsed by normalizeTarget. */
+  private target(parsed: URL): Target {
+    const host = parsed.hostname.startsWith('[') ? parsed.hostname.slice(1, -1) : parsed.hostname;
+    return {
+      url: parsed.href,
+      parsed,
+      host: parsed.host,
+      origin: parsed.origin,
+      path: parsed.pathname + parsed.search,
+      refused: isIP(host) !== 0 && !this.guard.allows(host),
+    };
+  }
+
   private onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
     if (!socket.writable || err.code === 'ECONNRESET') {
       socket.destroy();
@@ -360,22 +420,44 @@ class CachingProxy {
   }
 
   /**
-   * The hit fast path, synchronous (no promise per hit): an allowed client, a URL seen before, a
-   * fresh memory-tier entry and a request that adds no conditions. Anything else returns false and
-   * takes the full path, which makes the same checks again.
+   * The fast paths, synchronous (no promise per request): an allowed client, a URL seen before, a
+   * memory-tier entry and a request that adds no conditions. A fresh entry is served at once; a
+   * stale one is revalidated with callbacks from here to the 304's answer. Anything else returns
+   * false and takes the full path, which makes the same checks again.
    */
-  private tryFastHit(req: IncomingMessage, res: ServerResponse): boolean {
+  private tryFast(req: IncomingMessage, res: ServerResponse): boolean {
     if (this.auth || (req.socket as ProxySocket)[DENIED]) return false;
     const method = req.method;
     if (method !== 'GET' && method !== 'HEAD') return false;
-    const url = this.normalized.get(req.url ?? '');
-    if (url === undefined) return false;
+    const t = this.normalized.get(req.url ?? '');
+    if (t === undefined) return false;
     const h = req.headers;
     if (h.via !== undefined || h['cache-control'] !== undefined || h.pragma !== undefined || h.range !== undefined) return false;
     if (h['if-none-match'] !== undefined || h['if-modified-since'] !== undefined) return false;
-    const m = this.store.memoryGet(url, h);
-    if (m === undefined || m.freshUntil <= this.now()) return false;
-    this.fastHit(req, res, m);
+    const m = this.store.memoryGet(t.url, h);
+    if (m === undefined) return false;
+    if (m.freshUntil > this.now()) {
+      this.fastHit(req, res, m);
+      return true;
+    }
+    return this.tryFastRevalidate(req, res, m, t);
+  }
+
+  /**
+   * A stale memory entry and a plain request (none of the fields the policy reads of a request:
+   * no Cache-Control, Pragma, Authorization or conditionals, and an entry without Vary), so the
+   * policy is asked with the Host field alone and decides as it would with all of the client's.
+   * Requests arriving while the entry's revalidation is out take the full path, which waits for it.
+   */
+  private tryFastRevalidate(req: IncomingMessage, res: ServerResponse, m: CachedObject, t: Target): boolean {
+    const h = req.headers;
+    if (m.vary.length > 0 || h.authorization !== undefined || hasConditional(h)) return false;
+    const collapse = this.cfg.collapseWaitMs > 0;
+    if (collapse && this.revalidations.has(m)) return false;
+    const evalReq: CachePolicy.HttpRequest = { url: t.url, method: 'GET', headers: { host: t.host } };
+    const r = m.policy.evaluateRequest(evalReq);
+    if (!r.revalidation || !r.revalidation.synchronous) return false;
+    this.revalidateOnce(req, res, m, evalReq, t, collapse ? new Flight(this.revalidations, m) : NO_FLIGHT);
     return true;
   }
 
@@ -395,35 +477,33 @@ class CachingProxy {
       return;
     }
     const raw = req.url ?? '';
-    let url = this.normalized.get(raw);
-    let parsed: URL | undefined;
-    if (url === undefined) {
+    let target = this.normalized.get(raw);
+    if (target === undefined) {
       if (!raw.startsWith('http://')) {
         this.short(res, 400, raw.startsWith('https://') ? 'use CONNECT for https URLs' : 'this is a proxy: send the absolute URL');
         return;
       }
       try {
-        parsed = normalizeTarget(raw);
-        url = parsed.href;
+        target = this.target(normalizeTarget(raw));
       } catch {
         this.short(res, 400, 'invalid URL');
         return;
       }
       if (this.normalized.size >= 10_000) this.normalized.clear();
-      this.normalized.set(raw, url);
+      this.normalized.set(raw, target);
     }
+    const url = target.url;
     const method = req.method ?? 'GET';
     if (method === 'GET' || method === 'HEAD') {
-      // The hit fast path: memory tier, fresh, a request that adds no conditions (no I/O, no URL parse).
+      // The hit fast path: memory tier, fresh, a request that adds no conditions (no I/O).
       const h = req.headers;
       const m = this.store.memoryGet(url, h);
       if (m !== undefined && m.freshUntil > this.now() && h['cache-control'] === undefined && h.pragma === undefined) {
         if (h.range === undefined && h['if-none-match'] === undefined && h['if-modified-since'] === undefined) return this.fastHit(req, res, m);
         return this.serveStored(req, res, m, HIT, 'hit');
       }
-      return this.cacheable(req, res, url, parsed ?? new URL(url), m);
+      return this.cacheable(req, res, url, target, m);
     }
-    const target = parsed ?? new URL(url);
     if (UNSAFE.has(method)) return this.unsafe(req, res, url, target);
     return this.pass(req, res, target, `${NAME}; fwd=method`);
   }
@@ -431,7 +511,7 @@ class CachingProxy {
   // ---------------------------------------------------------------------------------------------
   // GET and HEAD
 
-  private async cacheable(req: IncomingMessage, res: ServerResponse, url: string, target: URL, m: CachedObject | undefined): Promise<void> {
+  private async cacheable(req: IncomingMessage, res: ServerResponse, url: string, target: Target, m: CachedObject | undefined): Promise<void> {
     const obj = m ?? (await this.store.lookup(url, req.headers));
     if (obj) {
       const evalReq = { url, method: 'GET', headers: { ...req.headers, host: target.host } as CachePolicy.Headers };
@@ -454,7 +534,7 @@ class CachingProxy {
   }
 
   /** A miss: one origin request per URL at a time, the others wait for it (bounded) and reuse it. */
-  private async miss(req: IncomingMessage, res: ServerResponse, url: string, target: URL, collapsed: boolean): Promise<void> {
+  private async miss(req: IncomingMessage, res: ServerResponse, url: string, target: Target, collapsed: boolean): Promise<void> {
     const h = req.headers;
     const collapsible = !collapsed && this.cfg.collapseWaitMs > 0 && !hasConditional(h) && h.authorization === undefined;
     if (collapsible) {
@@ -480,7 +560,7 @@ class CachingProxy {
     return this.fetchAndDeliver(req, res, url, target, NO_FLIGHT);
   }
 
-  private async fetchAndDeliver(req: IncomingMessage, res: ServerResponse, url: string, target: URL, flight: Settle): Promise<void> {
+  private async fetchAndDeliver(req: IncomingMessage, res: ServerResponse, url: string, target: Target, flight: Settle): Promise<void> {
     let resp: OriginExchange;
     try {
       resp = await this.origin(target, 'GET', this.forwardHeaders(req, target), this.requestBody(req));
@@ -579,7 +659,7 @@ class CachingProxy {
    * `collapsed` in Cache-Status. A client that sends its own Cache-Control/Pragma or credentials
    * gets a revalidation of its own.
    */
-  private async revalidate(req: IncomingMessage, res: ServerResponse, obj: CachedObject, evalReq: CachePolicy.HttpRequest, target: URL): Promise<void> {
+  private async revalidate(req: IncomingMessage, res: ServerResponse, obj: CachedObject, evalReq: CachePolicy.HttpRequest, target: Target): Promise<void> {
     const h = req.headers;
     if (this.cfg.collapseWaitMs <= 0 || h.authorization !== undefined || h['cache-control'] !== undefined || h.pragma !== undefined) {
       return this.revalidateOnce(req, res, obj, evalReq, target, NO_FLIGHT);
@@ -593,47 +673,58 @@ class CachingProxy {
       return this.revalidateOnce(req, res, obj, evalReq, target, NO_FLIGHT);
     }
     // Requests arriving after the origin answered start a revalidation of their own.
-    const flight = new Flight(this.revalidations, obj);
+    return this.revalidateOnce(req, res, obj, evalReq, target, new Flight(this.revalidations, obj));
+  }
+
+  /**
+   * One conditional request to the origin, answered through callbacks (see revalidationAnswered);
+   * the flight settles true as soon as a 304 has refreshed the entry, false on any other outcome.
+   */
+  private revalidateOnce(req: IncomingMessage, res: ServerResponse, obj: CachedObject, evalReq: CachePolicy.HttpRequest, target: Target, flight: Settle): void {
+    const x = new OriginExchange(new Revalidation(this, req, res, obj, evalReq, target, flight));
+    this.dispatch(target, 'GET', this.revalidationHeaders(req, obj, evalReq, target.host), undefined, x);
+  }
+
+  /** The origin's answer to a revalidation (called from the origin's parser callback: nothing may throw out of here). */
+  revalidationAnswered(v: Revalidation, x: OriginExchange): void {
+    const { req, res, obj, evalReq, flight } = v;
     try {
-      await this.revalidateOnce(req, res, obj, evalReq, target, flight);
-    } finally {
+      const status = x.statusCode;
+      if (status === 304) {
+        x.discard();
+        const r = obj.policy.revalidatedPolicy(evalReq, { status, headers: this.validated(obj, x.headers) });
+        if (!r.modified && r.matches) {
+          this.store.refresh(obj, r.policy);
+          flight.settle(true);
+          return this.settled(res, this.serveStored(req, res, obj, REVALIDATED, 'revalidated'));
+        }
+        flight.settle(false);
+        return this.settled(res, this.miss(req, res, obj.url, v.target, true));
+      }
       flight.settle(false);
+      if (status >= 500 && this.staleIfError(obj, evalReq, status)) {
+        x.discard();
+        return this.settled(res, this.serveStored(req, res, obj, `${HIT}; detail=stale-if-error; fwd-status=${status}`, 'stale'));
+      }
+      this.settled(res, this.deliver(req, res, obj.url, x, 'stale', 'miss', NO_FLIGHT));
+    } catch (e) {
+      flight.settle(false);
+      x.abort();
+      this.requestFailed(res, e);
     }
   }
 
-  /** One conditional request to the origin; `flight.settle(true)` as soon as a 304 has refreshed the entry. */
-  private async revalidateOnce(
-    req: IncomingMessage,
-    res: ServerResponse,
-    obj: CachedObject,
-    evalReq: CachePolicy.HttpRequest,
-    target: URL,
-    flight: Settle,
-  ): Promise<void> {
-    let resp: OriginExchange;
+  /** A revalidation that failed before the origin answered: stale-if-error (RFC 5861 §4), else 502/504. */
+  revalidationFailed(v: Revalidation, err: Error): void {
+    const { req, res, obj, evalReq, flight } = v;
+    flight.settle(false);
     try {
-      resp = await this.origin(target, 'GET', this.revalidationHeaders(req, obj, evalReq, target));
-    } catch (e) {
-      if (this.staleIfError(obj, evalReq, undefined)) return this.serveStored(req, res, obj, `${HIT}; detail=stale-if-error`, 'stale');
+      if (this.staleIfError(obj, evalReq, undefined)) return this.settled(res, this.serveStored(req, res, obj, `${HIT}; detail=stale-if-error`, 'stale'));
       this.stats.record('miss', 0, 0);
-      return this.failed(res, e);
+      this.failed(res, err);
+    } catch (e) {
+      this.requestFailed(res, e);
     }
-    const status = resp.statusCode;
-    if (status === 304) {
-      await resp.dump();
-      const r = obj.policy.revalidatedPolicy(evalReq, { status, headers: this.validated(obj, resp.headers) });
-      if (!r.modified && r.matches) {
-        this.store.refresh(obj, r.policy);
-        flight.settle(true);
-        return this.serveStored(req, res, obj, `${NAME}; fwd=stale; fwd-status=304`, 'revalidated');
-      }
-      return this.miss(req, res, obj.url, target, true);
-    }
-    if (status >= 500 && this.staleIfError(obj, evalReq, status)) {
-      await resp.dump();
-      return this.serveStored(req, res, obj, `${HIT}; detail=stale-if-error; fwd-status=${status}`, 'stale');
-    }
-    return this.deliver(req, res, obj.url, resp, 'stale', 'miss', NO_FLIGHT);
   }
 
   /**
@@ -665,17 +756,17 @@ class CachingProxy {
     }
   }
 
-  private revalidationHeaders(req: IncomingMessage, obj: CachedObject, evalReq: CachePolicy.HttpRequest, target: URL): Record<string, string | string[]> {
+  private revalidationHeaders(req: IncomingMessage, obj: CachedObject, evalReq: CachePolicy.HttpRequest, host: string): Record<string, string | string[]> {
     // One copy of the client's fields (end-to-end, without its conditionals); the library adds the
     // validators to a copy of its own, without hop-by-hop fields.
     const base = endToEnd(req.headers, NOT_REVALIDATED);
-    base.host = target.host;
+    base.host = host;
     const h = obj.policy.revalidationHeaders({ url: evalReq.url, method: 'GET', headers: base as CachePolicy.Headers }) as Record<string, string | string[]>;
     addVia(h, this.via);
     return h;
   }
 
-  private backgroundRevalidate(obj: CachedObject, evalReq: CachePolicy.HttpRequest, target: URL): void {
+  private backgroundRevalidate(obj: CachedObject, evalReq: CachePolicy.HttpRequest, target: Target): void {
     if (this.revalidating.has(obj)) return;
     this.revalidating.add(obj);
     const headers = endToEnd(obj.policy.revalidationHeaders({ url: evalReq.url, method: 'GET', headers: { host: target.host } }) as HeaderMap, NOT_FORWARDED);
@@ -686,7 +777,7 @@ class CachingProxy {
         const resp = await this.origin(target, 'GET', headers);
         const rh = resp.headers;
         if (resp.statusCode === 304) {
-          await resp.dump();
+          resp.discard();
           const r = obj.policy.revalidatedPolicy(evalReq, { status: 304, headers: this.validated(obj, rh) });
           if (!r.modified && r.matches) this.store.refresh(obj, r.policy);
           return;
@@ -716,12 +807,7 @@ class CachingProxy {
     let lines = obj.hitLines;
     if (lines === undefined || obj.hitSecond !== second) {
       lines = [];
-      const h = obj.responseHeaders(now);
-      for (const k in h) {
-        const v = h[k];
-        if (Array.isArray(v)) for (const x of v) lines.push(k, x);
-        else lines.push(k, v);
-      }
+      obj.servedFields(now, lines);
       lines.push('via', this.via, 'cache-status', HIT, 'content-length', String(obj.size));
       obj.hitLines = lines;
       obj.hitSecond = second;
@@ -738,18 +824,19 @@ class CachingProxy {
     }
   }
 
-  /** Serves a stored response, answering the client's conditionals and Range from it. */
-  private async serveStored(req: IncomingMessage, res: ServerResponse, obj: CachedObject, cacheStatus: string, outcome: CacheOutcome): Promise<void> {
+  /**
+   * Serves a stored response, answering the client's conditionals and Range from it; synchronous
+   * when the body is in memory, a promise when it streams from the object tier.
+   */
+  private serveStored(req: IncomingMessage, res: ServerResponse, obj: CachedObject, cacheStatus: string, outcome: CacheOutcome): void | Promise<void> {
     const h = req.headers;
     this.store.used(obj);
-    const base = obj.responseHeaders(this.now());
-    // A flat name/value list (writeHead's fastest form); `base` is shared and stays unchanged.
-    const out: (string | string[])[] = [];
-    for (const k in base) out.push(k, base[k]);
+    // A flat name/value list (writeHead's fastest form).
+    const out: string[] = [];
+    obj.servedFields(this.now(), out);
     out.push('via', this.via, 'cache-status', cacheStatus);
-    const lastModified = obj.header('last-modified');
     if ((h['if-none-match'] !== undefined || h['if-modified-since'] !== undefined) && obj.status === 200) {
-      if (notModified(h, obj.etag, lastModified, obj.header('date'))) {
+      if (notModified(h, obj.etag, obj.header('last-modified'), obj.header('date'))) {
         res.writeHead(304, out);
         res.end();
         this.stats.record(outcome, 0, 0);
@@ -758,7 +845,7 @@ class CachingProxy {
     }
     const head = req.method === 'HEAD';
     let range: { start: number; end: number } | undefined;
-    if (h.range !== undefined && obj.status === 200 && ifRangeMatches(headerString(h['if-range']), obj.etag, lastModified)) {
+    if (h.range !== undefined && obj.status === 200 && ifRangeMatches(headerString(h['if-range']), obj.etag, obj.header('last-modified'))) {
       const r = parseRange(headerString(h.range), obj.size);
       if (r.kind === 'unsatisfiable') {
         this.stats.record(outcome, 0, 0);
@@ -770,19 +857,47 @@ class CachingProxy {
       }
     }
     out.push('content-length', String(range ? range.end - range.start + 1 : obj.size));
+    const status = range ? 206 : obj.status;
+    if (head) {
+      res.writeHead(status, out);
+      res.end();
+      this.stats.record(outcome, 0, 0);
+      return;
+    }
+    const mem = obj.body;
+    if (mem) {
+      const body = range ? mem.subarray(range.start, range.end + 1) : mem;
+      res.writeHead(status, out);
+      res.end(body);
+      this.stats.record(outcome, body.length, 0);
+      return;
+    }
+    return this.serveBlob(req, res, obj, status, out, range, outcome);
+  }
+
+  /** The rest of serveStored for a body in the object tier: streamed from its blob. */
+  private async serveBlob(
+    req: IncomingMessage,
+    res: ServerResponse,
+    obj: CachedObject,
+    status: number,
+    out: string[],
+    range: { start: number; end: number } | undefined,
+    outcome: CacheOutcome,
+  ): Promise<void> {
     let body: Buffer | Readable;
     try {
-      body = head ? Buffer.alloc(0) : await this.store.openBody(obj, range);
+      body = await this.store.openBody(obj, range);
     } catch (e) {
       // The object tier lost the body: forget the entry and fetch it again.
       this.log.warn({ err: e, url: obj.url }, 'stored body unreadable');
       this.store.memory.delete(obj);
-      return this.miss(req, res, obj.url, new URL(obj.url), true);
+      return this.miss(req, res, obj.url, this.target(normalizeTarget(obj.url)), true);
     }
-    res.writeHead(range ? 206 : obj.status, out);
+    res.writeHead(status, out);
     if (Buffer.isBuffer(body)) {
-      res.end(head ? undefined : body);
-      this.stats.record(outcome, head ? 0 : body.length, 0);
+      res.end(body);
+      this.stats.record(outcome, body.length, 0);
       return;
     }
     const { bytes } = await relay(body, res);
@@ -794,7 +909,7 @@ class CachingProxy {
 
   /** RFC 9111 §4.4: after a non-error response to an unsafe method, invalidate the target URI and
    * the Location and Content-Location URIs when they share its origin. */
-  private async unsafe(req: IncomingMessage, res: ServerResponse, url: string, target: URL): Promise<void> {
+  private async unsafe(req: IncomingMessage, res: ServerResponse, url: string, target: Target): Promise<void> {
     let resp: OriginExchange;
     try {
       resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req));
@@ -808,7 +923,7 @@ class CachingProxy {
         const v = headerString(resp.headers[name]);
         if (!v) continue;
         try {
-          const u = new URL(v, target);
+          const u = new URL(v, target.parsed);
           if (u.origin === target.origin && u.protocol === 'http:') urls.add(normalizeUrl(u.href));
         } catch {
           // not a URL: nothing to invalidate
@@ -820,7 +935,7 @@ class CachingProxy {
   }
 
   /** Forwards a request without caching (OPTIONS, HEAD misses, ...). */
-  private async pass(req: IncomingMessage, res: ServerResponse, target: URL, cacheStatus: string, outcome: CacheOutcome = 'bypass'): Promise<void> {
+  private async pass(req: IncomingMessage, res: ServerResponse, target: Target, cacheStatus: string, outcome: CacheOutcome = 'bypass'): Promise<void> {
     let resp: OriginExchange;
     try {
       resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req));
@@ -836,7 +951,7 @@ class CachingProxy {
   // ---------------------------------------------------------------------------------------------
   // Origins
 
-  private forwardHeaders(req: IncomingMessage, target: URL): Record<string, string | string[]> {
+  private forwardHeaders(req: IncomingMessage, target: Target): Record<string, string | string[]> {
     const h = endToEnd(req.headers, NOT_FORWARDED);
     h.host = target.host;
     addVia(h, this.via);
@@ -849,16 +964,18 @@ class CachingProxy {
     return undefined;
   }
 
-  private async origin(target: URL, method: string, headers: Record<string, string | string[]>, body?: Readable): Promise<OriginExchange> {
-    const host = target.hostname.startsWith('[') ? target.hostname.slice(1, -1) : target.hostname;
-    if (isIP(host) && !this.guard.allows(host)) throw new OriginFailure(403, 'origin address refused by the proxy');
-    const x = new OriginExchange();
-    this.agent.dispatch({ origin: target.origin, path: target.pathname + target.search, method: method as Dispatcher.HttpMethod, headers, body }, x);
-    try {
-      return await x.head;
-    } catch (e) {
-      throw originFailure(e);
-    }
+  /** An origin request; resolves once the response head has arrived, rejects with an OriginFailure before it. */
+  private origin(target: Target, method: string, headers: Record<string, string | string[]>, body?: Readable): Promise<OriginExchange> {
+    return new Promise((resolve, reject) => {
+      const x = new OriginExchange({ head: resolve, failed: (e) => reject(originFailure(e)) });
+      this.dispatch(target, method, headers, body, x);
+    });
+  }
+
+  /** Sends an origin request whose head goes to `x`'s listener (a refused origin address fails it at once). */
+  private dispatch(target: Target, method: string, headers: Record<string, string | string[]>, body: Readable | undefined, x: OriginExchange): void {
+    if (target.refused) return x.onError(new OriginFailure(403, 'origin address refused by the proxy'));
+    this.agent.dispatch({ origin: target.origin, path: target.path, method: method as Dispatcher.HttpMethod, headers, body }, x);
   }
 
   private failed(res: ServerResponse, e: unknown): void {

@@ -75,8 +75,8 @@ export class CachedObject {
   /** The proxy's precomputed header list for a full hit, and the second it was made for. */
   hitLines: string[] | undefined;
   hitSecond = -1;
-  private headerSecond = -1;
-  private headerCache: Record<string, string | string[]> | undefined;
+  /** The library's response fields without Age, Date and Content-Length, as a flat name/value list. */
+  private fieldLines: string[] | undefined;
 
   constructor(
     readonly url: string,
@@ -95,8 +95,10 @@ export class CachedObject {
 
   /** Replaces the policy after a 304 (RFC 9111 §4.3.4) and recomputes freshness. */
   refresh(policy: CachePolicy): void {
+    // A 304 usually changes nothing but Date, which is not served as stored (see servedFields):
+    // the field list made for the old policy is then still the one the new policy would give.
+    if (!sameExceptDate(resHeaders(this.policy), resHeaders(policy))) this.fieldLines = undefined;
     this.policy = policy;
-    this.headerSecond = -1;
     this.hitSecond = -1;
     this.computeFreshness();
   }
@@ -120,7 +122,7 @@ export class CachedObject {
 
   /** One stored response header as a string. */
   header(name: string): string | undefined {
-    const v = (this.policy as unknown as { _resHeaders: HeaderMap })._resHeaders[name];
+    const v = resHeaders(this.policy)[name];
     return Array.isArray(v) ? v.join(', ') : v;
   }
 
@@ -130,18 +132,37 @@ export class CachedObject {
   }
 
   /**
-   * Response headers for serving this entry now (hop-by-hop removed, Age and Date updated by the
-   * library; RFC 9111 §5.1); the object is reused within one second, so callers must not mutate it.
+   * Response fields for serving this entry now (hop-by-hop removed, Age and Date set by the
+   * library; RFC 9111 §5.1), without Content-Length.
    */
-  responseHeaders(nowMs: number): Record<string, string | string[]> {
-    const second = Math.floor(nowMs / 1000);
-    if (second !== this.headerSecond || !this.headerCache) {
-      const h = this.policy.responseHeaders() as Record<string, string | string[]>;
-      delete h['content-length'];
-      this.headerCache = h;
-      this.headerSecond = second;
+  responseHeaders(): Record<string, string | string[]> {
+    const h = this.policy.responseHeaders() as Record<string, string | string[]>;
+    delete h['content-length'];
+    return h;
+  }
+
+  /**
+   * Appends what responseHeaders() gives, as name/value pairs, to `out`. The library's fields
+   * apart from Age and Date depend on the stored fields only, so they are listed once; Age (the
+   * library's age()) and Date (now, as the library sets it) are added per response. Past a day of
+   * age the library may add Warning 113, so its fields are then taken whole each time.
+   */
+  servedFields(nowMs: number, out: string[]): void {
+    const age = this.policy.age();
+    if (age > 86400) {
+      pushFields(out, this.responseHeaders());
+      return;
     }
-    return this.headerCache;
+    let lines = this.fieldLines;
+    if (lines === undefined) {
+      const h = this.responseHeaders();
+      delete h.age;
+      delete h.date;
+      lines = pushFields([], h);
+      this.fieldLines = lines;
+    }
+    for (let i = 0; i < lines.length; i++) out.push(lines[i]);
+    out.push('age', String(Math.round(age)), 'date', httpDate(nowMs));
   }
 
   /** The versioned record stored in Tables. */
@@ -171,4 +192,47 @@ export class CachedObject {
     obj.persisted = true;
     return obj;
   }
+}
+
+function resHeaders(p: CachePolicy): HeaderMap {
+  return (p as unknown as { _resHeaders: HeaderMap })._resHeaders;
+}
+
+/** Same fields and values, Date aside. */
+function sameExceptDate(a: HeaderMap, b: HeaderMap): boolean {
+  if (a === b) return true;
+  let n = 0;
+  for (const k in a) {
+    if (k === 'date') continue;
+    n++;
+    const x = a[k];
+    const y = b[k];
+    if (x === y) continue;
+    if (!Array.isArray(x) || !Array.isArray(y) || x.length !== y.length || x.some((v, i) => v !== y[i])) return false;
+  }
+  for (const k in b) if (k !== 'date') n--;
+  return n === 0;
+}
+
+/** Appends each field of `h` as name/value pairs (one pair per value of a list). */
+function pushFields(out: string[], h: Record<string, string | string[]>): string[] {
+  for (const k in h) {
+    const v = h[k];
+    if (Array.isArray(v)) for (const x of v) out.push(k, x);
+    else out.push(k, v);
+  }
+  return out;
+}
+
+let dateSecond = -1;
+let dateText = '';
+
+/** The IMF-fixdate of an epoch-ms time (RFC 9110 §5.6.7), made once per second. */
+export function httpDate(ms: number): string {
+  const s = Math.floor(ms / 1000);
+  if (s !== dateSecond) {
+    dateSecond = s;
+    dateText = new Date(s * 1000).toUTCString();
+  }
+  return dateText;
 }

@@ -73,6 +73,64 @@ describe('fast-path freshness agrees with http-cache-semantics', () => {
     const r = policy.revalidatedPolicy(REQ, { status: 304, headers: { date: new Date(now).toUTCString(), 'cache-control': 'max-age=30', etag: '"a"' } });
     obj.refresh(r.policy);
     expect(obj.freshUntil).toBe(now + 30_000);
-    expect(obj.responseHeaders(now)['cache-control']).toBe('max-age=30');
+    expect(obj.responseHeaders()['cache-control']).toBe('max-age=30');
+  });
+});
+
+/** servedFields' name/value list as the object responseHeaders() gives (repeated names joined into a list). */
+function fieldsOf(obj: CachedObject, now: number): Record<string, string | string[]> {
+  const list: string[] = [];
+  obj.servedFields(now, list);
+  const out: Record<string, string | string[]> = {};
+  for (let i = 0; i < list.length; i += 2) {
+    const [k, v] = [list[i], list[i + 1]];
+    const cur = out[k];
+    out[k] = cur === undefined ? v : Array.isArray(cur) ? [...cur, v] : [cur, v];
+  }
+  return out;
+}
+
+describe('served fields agree with http-cache-semantics', () => {
+  it('the field list made once per entry gives what responseHeaders() gives, at every age', () => {
+    const t0 = Date.UTC(2026, 0, 1, 12, 0, 0);
+    let now = t0;
+    const Policy = policyClass({ now: () => now });
+    let checked = 0;
+    for (const headers of [...shapes(t0), { date: new Date(t0).toUTCString(), 'set-cookie': ['a=1', 'b=2'] as unknown as string, 'cache-control': 'public, max-age=60', connection: 'x-hop', 'x-hop': '1', 'keep-alive': '5', warning: '110 - "stale", 299 - "kept"' }]) {
+      now = t0;
+      const obj = new CachedObject(URL_, '', [], new Policy(REQ, { status: 200, headers }, { shared: true }), 1, now, Buffer.from('x'));
+      // Up to well past a day, where the library adds Warning 113 to heuristic lifetimes.
+      for (const dt of [0, 499, 1_500, 61_000, 86_399_000, 86_401_000, 400 * 86_400_000]) {
+        now = t0 + dt;
+        const expected = obj.responseHeaders();
+        expect(fieldsOf(obj, now), `${JSON.stringify(headers)} at +${dt} ms`).toEqual(expected);
+        checked++;
+      }
+    }
+    expect(checked).toBeGreaterThan(500);
+  });
+
+  it('after a 304 the list follows the refreshed fields, whether only Date changed or more', () => {
+    const t0 = Date.UTC(2026, 0, 1, 12, 0, 0);
+    let now = t0;
+    const Policy = policyClass({ now: () => now });
+    const stored = { date: new Date(t0).toUTCString(), 'cache-control': 'max-age=0', etag: '"a"', 'content-type': 'text/plain', age: '7' };
+    const policy = new Policy(REQ, { status: 200, headers: stored }, { shared: true });
+    const obj = new CachedObject(URL_, '', [], policy, 1, now, Buffer.from('x'));
+    now = t0 + 5_000;
+    expect(fieldsOf(obj, now).age).toBe('12');
+    // Date only: the same fields, Age counted from the 304.
+    now = t0 + 10_000;
+    let r = obj.policy.revalidatedPolicy(REQ, { status: 304, headers: { date: new Date(now).toUTCString(), etag: '"a"' } });
+    obj.refresh(r.policy);
+    expect(fieldsOf(obj, now)).toEqual(obj.responseHeaders());
+    // New values and a new field from the 304 (RFC 9111 §4.3.4).
+    now = t0 + 20_000;
+    r = obj.policy.revalidatedPolicy(REQ, { status: 304, headers: { date: new Date(now).toUTCString(), etag: '"a"', 'cache-control': 'max-age=5', 'x-new': '1', age: '0' } });
+    obj.refresh(r.policy);
+    const fields = fieldsOf(obj, now);
+    expect(fields).toEqual(obj.responseHeaders());
+    expect(fields['cache-control']).toBe('max-age=5');
+    expect(fields.age).toBe('0');
   });
 });
