@@ -183,17 +183,17 @@ class Connection {
         }
         if (this.ended) break;
         const last = this.session.last;
-        if (last) this.shared.countCommand(last.verb, last.outcome);
         this.reader.setMaxLine(out.continuation ? MAX_SASL_LINE : 1024);
         if (out.then === 'starttls') {
+          if (last) this.shared.countCommand(last.verb, last.outcome);
           await this.startTls(out.text ?? '');
           continue;
         }
         if (out.text) this.stream.write(out.text);
-        if (out.body) {
-          const sent = this.sendBody(out.body);
-          if (sent) await sent;
-        }
+        // Counted once the reply is on its way: the client's wait does not include the metric.
+        const sent = out.body ? this.sendBody(out.body) : undefined;
+        if (last) this.shared.countCommand(last.verb, last.outcome);
+        if (sent) await sent;
         if (out.then === 'close') {
           this.end();
           break;
