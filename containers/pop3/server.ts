@@ -227,11 +227,14 @@ class Connection {
    * The replies so far are in the kernel and the client has sent nothing more: while it reads
    * them, build the response to the RETR it will likely send next (one, in a buffer of its own),
    * so that its wait is a command parse and a write. A client fetching a maildrop waits once per
-   * message; this takes the blob read and the encoding off that wait.
+   * message; this takes the blob read and the encoding off that wait. A response built earlier
+   * is kept while the session still names the same bytes (a LIST or NOOP came in between).
    */
   private prepare(): void {
-    this.unprepare();
     const next = this.session.idle();
+    const p = this.prepared;
+    if (p !== undefined && next !== undefined && p.source === next.source && p.head === next.head) return;
+    this.unprepare();
     if (next === undefined || !Buffer.isBuffer(next.source)) return;
     const whole = encodeWhole(next.head, next.source, this.spare);
     if (whole === undefined) return;

@@ -184,12 +184,13 @@ export class Pop3Session {
    * is on the wire. Clients that download a maildrop RETR the messages in order, so the maildrop
    * reads the next one ahead, and this returns it as the body its RETR would send (when it is read
    * whole), for the server to build that response before it is asked for. The RETR itself still
-   * goes through every check (a DELE in between, say, answers -ERR as always).
+   * goes through every check (a DELE in between, say, answers -ERR as always). After the login the
+   * likely next RETR is message 1; after a RETR, the message after it; other commands in between
+   * change nothing (the same bytes are returned again, so the server can keep what it built).
    */
   idle(): BodyReply | undefined {
     const i = this.nextRetr;
     if (i === undefined) return undefined;
-    this.nextRetr = undefined;
     const s = this.state;
     if (s.name !== 'TRANSACTION' || i >= s.drop.messages.length || s.deleted.has(i)) return undefined;
     const source = s.drop.readAhead?.(i);
@@ -362,6 +363,9 @@ export class Pop3Session {
       return {};
     }
     this.state = { name: 'TRANSACTION', user, drop, deleted: new Set() };
+    // A client that logs in to download starts with RETR 1 (after a LIST or UIDL, say): its
+    // response is built ahead like the others' (see idle).
+    this.nextRetr = 0;
     const n = drop.messages.length;
     return { text: ok(`Logged in, ${n} message${n === 1 ? '' : 's'} (${totalSize(drop.messages)} octets)`) };
   }
@@ -439,6 +443,7 @@ export class Pop3Session {
     if (!('index' in p) || s.name !== 'TRANSACTION') return p as Output;
     const head = topLines === undefined ? retrHead(p.message.size) : ok('Top of message follows');
     const expectedSize = p.message.size;
+    if (topLines === undefined) this.nextRetr = p.index + 1;
     let whole: Buffer | undefined;
     try {
       whole = s.drop.read?.(p.index);
@@ -446,10 +451,7 @@ export class Pop3Session {
       return unavailable();
     }
     // No closure on this path (one per RETR, and under tsx each also costs a __name call).
-    if (whole) {
-      if (topLines === undefined) this.nextRetr = p.index + 1;
-      return { body: { head, source: whole, topLines, expectedSize } };
-    }
+    if (whole) return { body: { head, source: whole, topLines, expectedSize } };
     try {
       return s.drop.open(p.index).then((source): Output => ({ body: { head, source, topLines, expectedSize } }), unavailable);
     } catch {

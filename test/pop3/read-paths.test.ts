@@ -159,6 +159,64 @@ describe('RETR one at a time: the next response is built ahead', () => {
     expect(await client.cmd('QUIT')).toMatch(/^\+OK/);
     await client.waitClosed();
   });
+
+  it('message 1, built ahead at login, is sent right after LIST, UIDL, NOOP, STAT, TOP, DELE or another RETR', async () => {
+    const user = 'starter@example.com';
+    await addUsers(h, user);
+    const raws = [makeMessage(1, 2000), 'Subject: s\r\n\r\n.dot\r\nx\r\n', makeMessage(3, 500)];
+    for (const r of raws) await h.deliver(user, r);
+    type Client = Awaited<ReturnType<typeof RawClient.connect>>['client'];
+    const session = async (steps: (retr: (n: number) => Promise<void>, client: Client) => Promise<void>) => {
+      const { client } = await RawClient.connect(h.port);
+      expect(await client.login(user, passwordOf(user))).toMatch(/^\+OK/);
+      const retr = async (n: number) => {
+        expect(await client.cmd(`RETR ${n}`), `RETR ${n}`).toBe(`+OK ${raws[n - 1]!.length} octets`);
+        expect((await client.multilineRaw()).toString(), `RETR ${n}`).toBe(raws[n - 1]);
+      };
+      await steps(retr, client);
+      expect(await client.cmd('QUIT')).toMatch(/^\+OK/);
+      await client.waitClosed();
+    };
+    await session(async (retr, c) => {
+      expect(await c.cmd('LIST')).toMatch(/^\+OK/);
+      expect(await c.multiline()).toHaveLength(3);
+      expect(await c.cmd('UIDL')).toMatch(/^\+OK/);
+      expect(await c.multiline()).toHaveLength(3);
+      await retr(1);
+      await retr(2);
+    });
+    // Each command in between, alone, before RETR 1.
+    for (const between of ['NOOP', 'STAT', 'LIST 1', 'UIDL 2']) {
+      await session(async (retr, c) => {
+        expect(await c.cmd(between), between).toMatch(/^\+OK/);
+        await retr(1);
+      });
+    }
+    // TOP of another message reads it through the buffers RETR 1's bytes came from.
+    await session(async (retr, c) => {
+      expect(await c.cmd('TOP 2 0')).toMatch(/^\+OK/);
+      expect((await c.multilineRaw()).toString()).toBe('Subject: s\r\n\r\n');
+      await retr(1);
+      await retr(3);
+      await retr(1);
+    });
+    // Out of order first, then message 1; and message 1 marked deleted is refused.
+    await session(async (retr, c) => {
+      await retr(3);
+      await retr(1);
+      expect(await c.cmd('DELE 2')).toMatch(/^\+OK/);
+      expect(await c.cmd('RETR 2')).toMatch(/^-ERR/);
+      // Unmarked again, so that QUIT deletes nothing and the next session sees the same maildrop.
+      expect(await c.cmd('RSET')).toMatch(/^\+OK/);
+    });
+    await session(async (retr, c) => {
+      expect(await c.cmd('DELE 1')).toMatch(/^\+OK/);
+      expect(await c.cmd('RETR 1')).toMatch(/^-ERR/);
+      await retr(2);
+      expect(await c.cmd('RSET')).toMatch(/^\+OK/);
+      await retr(1);
+    });
+  });
 });
 
 describe('RETR of small messages, pipelined', () => {
