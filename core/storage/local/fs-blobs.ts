@@ -17,7 +17,7 @@
  * as `%2E`, so no key can reach `.tmp` or collide with a folder.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, openSync, readSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
@@ -462,7 +462,8 @@ export class FsBlobs implements Blobs {
     const { file } = this.pathOf(keySegments(key));
     let fd: number;
     try {
-      fd = openSync(file, 'r');
+      // The numeric flag: 'r' is parsed again at every call (stringToFlags), on the RETR path.
+      fd = openSync(file, fsConstants.O_RDONLY);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') throw new NotFound(what, { cause: e });
