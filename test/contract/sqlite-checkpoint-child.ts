@@ -20,7 +20,7 @@ if (process.argv[4] === 'sequential') {
   const n = Number(process.argv[5]);
   for (let id = start; id < start + n; id++) await store.write(() => insert.run(id, pad));
   await store.close();
-  process.stdout.write(`DONE ${n} ${store.checkpointStats().truncates}\n`);
+  process.stdout.write(`DONE ${n} ${store.checkpointStats()!.truncates}\n`);
   process.exit(0);
 }
 let next = start;

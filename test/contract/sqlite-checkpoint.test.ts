@@ -75,7 +75,7 @@ describe('SqliteStore checkpoints on a worker thread', () => {
       maxWal = Math.max(maxWal, walSize(s.path));
       await new Promise((r) => setTimeout(r, 5));
     }
-    const stats = s.store.checkpointStats();
+    const stats = s.store.checkpointStats()!;
     expect(stats.passive).toBeGreaterThan(2);
     expect(stats.inline).toBe(0);
     expect(stats.fallback).toBe(false);
@@ -84,7 +84,7 @@ describe('SqliteStore checkpoints on a worker thread', () => {
     expect(maxWal).toBeLessThan(0.6 * statSync(s.path).size);
     // Idle: the WAL ends truncated, holding at most the worker's one-row restart commit.
     await until('the idle WAL to be truncated', () => walSize(s.path) <= 32 + 4 * PAGE);
-    expect(s.store.checkpointStats().truncates).toBeGreaterThan(0);
+    expect(s.store.checkpointStats()!.truncates).toBeGreaterThan(0);
     await s.close();
     expect(rowsIn(s.path)).toEqual({ n: 10_000, ok: 'ok' });
   });
@@ -96,13 +96,13 @@ describe('SqliteStore checkpoints on a worker thread', () => {
     // A steady stream of single writes, one turn apart, so that cycles begin between them.
     const writes: Promise<unknown>[] = [];
     let n = 0;
-    while (n < 3000 && (n < 300 || s.store.checkpointStats().truncates < 3)) {
+    while (n < 3000 && (n < 300 || s.store.checkpointStats()!.truncates < 3)) {
       const i = ++n;
       writes.push(s.store.write(() => s.insert.run(i, pad)).then(() => done.push(i)));
       if (i % 10 === 0) await new Promise((r) => setTimeout(r, 1));
     }
     await Promise.all(writes);
-    expect(s.store.checkpointStats().truncates).toBeGreaterThanOrEqual(3);
+    expect(s.store.checkpointStats()!.truncates).toBeGreaterThanOrEqual(3);
     expect(done).toEqual(Array.from({ length: n }, (_, i) => i + 1));
     await s.close();
     expect(rowsIn(s.path)).toEqual({ n, ok: 'ok' });
@@ -112,12 +112,12 @@ describe('SqliteStore checkpoints on a worker thread', () => {
     const s = await openStore({ intervalMs: 5, restartFrames: 1_000_000, hardCapBytes: 64 * PAGE });
     await s.store.write(() => s.insert.run(0, 'warm-up'));
     await s.worker().terminate();
-    await until('the fallback', () => s.store.checkpointStats().fallback);
+    await until('the fallback', () => s.store.checkpointStats()!.fallback);
     expect(s.store.db.pragma('wal_autocheckpoint', { simple: true })).toBe(1000);
     const pad = 'r'.repeat(3000);
     for (let i = 1; i <= 300; i++) await s.store.write(() => s.insert.run(i, pad));
     // 300 rows of 3 KB: about 300 pages, past the cap (64) and under automatic checkpoints' 1000.
-    await until('the WAL to be cut back under the cap', () => s.store.checkpointStats().inline > 0 && walSize(s.path) < 64 * PAGE);
+    await until('the WAL to be cut back under the cap', () => s.store.checkpointStats()!.inline > 0 && walSize(s.path) < 64 * PAGE);
     await s.close();
     expect(rowsIn(s.path)).toEqual({ n: 301, ok: 'ok' });
   });

@@ -8,7 +8,7 @@ import type { Config } from '../../config.js';
 import type { Logger } from '../../log.js';
 import type { Storage } from '../ports.js';
 import { FsBlobs } from './fs-blobs.js';
-import { SqliteStore } from './sqlite.js';
+import { SqliteStore, type SqliteSharing } from './sqlite.js';
 import { SqliteQueues } from './sqlite-queues.js';
 import { SqliteTables } from './sqlite-tables.js';
 
@@ -24,6 +24,8 @@ export interface LocalStorageOptions {
   purgeIntervalMs?: number;
   /** How SQLite commits are made durable; see sqlite.ts. @default 'wal-fsync' */
   sqliteDurability?: 'full' | 'wal-fsync';
+  /** Another thread of this process opens the same data folder (containers/worker-host.ts). @default none */
+  sharing?: SqliteSharing;
 }
 
 /** Opens the local storage family in `config.dataDir`, creating what is missing. */
@@ -36,9 +38,9 @@ export async function openLocalStorage(config: Config, log: Logger, options: Loc
     FsBlobs.open({ root: join(config.dataDir, 'blobs', 'cache'), log: slog, name: 'cache' }),
   ]);
   const dbPath = join(config.dataDir, 'tomlinson.db');
-  const store = new SqliteStore(dbPath, slog, options.sqliteDurability);
+  const store = new SqliteStore(dbPath, slog, options.sqliteDurability, {}, options.sharing);
   const tables = new SqliteTables(store, now);
-  const queues = new SqliteQueues(store, { maxReceives: config.storage.queueMaxReceives, now });
+  const queues = new SqliteQueues(store, { maxReceives: config.storage.queueMaxReceives, now, channel: options.sharing ? `tomlinson-queues:${dbPath}` : undefined });
 
   let closed = false;
   const purgeMs = options.purgeIntervalMs ?? 60_000;

@@ -32,7 +32,14 @@
  * restart the WAL. A checkpoint syncs the WAL before copying it, so it never makes a commit
  * less durable than the fsync above would. Nor does a commit wait for the write lock on the
  * event loop: when another connection (another process, the checkpoint worker) holds it, BEGIN
- * fails at once and the batch is retried from a timer for up to the busy timeout (5 s).
+ * fails at once and the batch is retried (on the next turns of the loop, then from a timer) for
+ * up to the busy timeout (5 s).
+ *
+ * Two threads of one process (the listeners and the queue workers' thread, containers/
+ * worker-host.ts) each open a store on the file (`SqliteSharing`): SQLite serialises their
+ * commits with its write lock, as it does for two processes; only the listeners' store runs the
+ * checkpoint worker, and it counts the other thread's commits through a shared counter so that
+ * its pacing sees all the writes.
  */
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
@@ -80,6 +87,14 @@ interface Job {
   reject: (e: unknown) => void;
 }
 
+/** How a store shares its database file with a store on another thread of this process. */
+export interface SqliteSharing {
+  /** Commits made by the stores that do not checkpoint (an Int32Array on a SharedArrayBuffer). */
+  commits: Int32Array;
+  /** True for the one store that runs the checkpoint worker; the others count their commits into `commits`. */
+  checkpoints: boolean;
+}
+
 /** Turns a SQLite failure into a StorageError (busy, full, I/O: retry later). */
 export function sqliteError(e: unknown, what: string): StorageError {
   if (e instanceof StorageError) return e;
@@ -104,6 +119,8 @@ export class SqliteStore {
     durability: 'full' | 'wal-fsync' = 'wal-fsync',
     /** Pacing of the checkpoint worker (tests); production uses its defaults. */
     checkpoint: CheckpointOptions = {},
+    /** Another thread of this process has a store on the same file. @default none */
+    private readonly sharing?: SqliteSharing,
   ) {
     this.walPath = `${path}-wal`;
     this.walSync = durability === 'wal-fsync' ? new GroupSync() : undefined;
@@ -131,10 +148,12 @@ export class SqliteStore {
         }
       }
     }).immediate as unknown as (jobs: Job[], out: { ok: boolean; v: unknown }[]) => void;
+    const shared = sharing?.commits;
+    if (sharing && !sharing.checkpoints) return;
     this.checkpointer = new Checkpointer(
       path,
       {
-        commits: () => this.commits,
+        commits: shared ? () => this.commits + Atomics.load(shared, 0) : () => this.commits,
         pageSize: this.db.pragma('page_size', { simple: true }) as number,
         pauseWrites: () => this.pauseWrites(),
         inlineCheckpoint: (mode) => (this.db.pragma(`wal_checkpoint(${mode})`) as CheckpointResult[])[0],
@@ -145,7 +164,8 @@ export class SqliteStore {
     );
   }
 
-  private readonly checkpointer: Checkpointer;
+  /** Absent on a store that leaves checkpoints to another thread's store (`SqliteSharing`). */
+  private readonly checkpointer: Checkpointer | undefined = undefined;
   /** Batches that changed something so far (the checkpointer skips a tick with none). */
   private commits = 0;
   /** Holds that keep flush() from committing (a WAL restart in progress). */
@@ -167,8 +187,8 @@ export class SqliteStore {
   }
 
   /** What the checkpoint worker did so far. */
-  checkpointStats(): CheckpointStats {
-    return this.checkpointer.stats();
+  checkpointStats(): CheckpointStats | undefined {
+    return this.checkpointer?.stats();
   }
 
   /**
@@ -212,23 +232,33 @@ export class SqliteStore {
     } catch (e) {
       if (out.length === 0 && /^SQLITE_BUSY/.test((e as { code?: string }).code ?? '') && Date.now() - (this.busySince ?? Date.now()) < BUSY_RETRY_MS) {
         this.busySince ??= Date.now();
+        this.busyFirst ??= performance.now();
         this.pending.unshift(...jobs);
-        this.busyRetry = setTimeout(() => {
-          this.busyRetry = undefined;
+        this.busyRetry = true;
+        const again = () => {
+          this.busyRetry = false;
           this.flush();
-        }, 2);
+        };
+        // The usual holder is the workers' thread committing a batch (a write() of its WAL
+        // frames, well under a millisecond): retry on the next turns of the loop for the first
+        // millisecond, then every millisecond.
+        if (performance.now() - this.busyFirst < 1) setImmediate(again);
+        else setTimeout(again, 1);
         return;
       }
-      this.busySince = undefined;
+      this.busySince = this.busyFirst = undefined;
       // BEGIN or COMMIT failed (busy for BUSY_RETRY_MS, disk full, I/O): nothing was written.
       const err = sqliteError(e, 'sqlite commit');
       this.log.warn({ err: (e as Error).message, jobs: jobs.length }, 'sqlite batch failed');
       for (const j of jobs) j.reject(err);
       return;
     }
-    this.busySince = undefined;
+    this.busySince = this.busyFirst = undefined;
     const changed = this.totalChanges.get() !== changesBefore;
-    if (changed) this.commits++;
+    if (changed) {
+      this.commits++;
+      if (this.sharing && !this.sharing.checkpoints) Atomics.add(this.sharing.commits, 0, 1);
+    }
     const settle = (which: (j: Job) => boolean) =>
       jobs.forEach((j, i) => {
         if (!which(j)) return;
@@ -259,7 +289,9 @@ export class SqliteStore {
 
   private inFlightSyncs = 0;
   /** Set while a batch waits for another connection's write lock. */
-  private busyRetry: NodeJS.Timeout | undefined;
+  private busyRetry = false;
+  /** When the waiting batch first found the lock taken, on the monotonic clock (ms). */
+  private busyFirst: number | undefined;
   /** When the waiting batch first found the lock taken. */
   private busySince: number | undefined;
   private readonly busyTimeout: { zero: Database.Statement; restore: Database.Statement };
@@ -289,7 +321,7 @@ export class SqliteStore {
   async close(): Promise<void> {
     if (this.closed) return;
     while (this.pending.length || this.scheduled || this.inFlightSyncs || this.busyRetry) await new Promise((r) => setImmediate(r));
-    await this.checkpointer.close();
+    await this.checkpointer?.close();
     this.closed = true;
     await this.walSync?.close();
     this.db.close();
