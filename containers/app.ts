@@ -10,9 +10,8 @@ import { Metrics } from '../core/metrics.js';
 import { instrumentStorage } from '../core/storage/instrument.js';
 import { openStorage } from '../core/storage/open.js';
 import type { Storage } from '../core/storage/ports.js';
-import type { JobHandler } from '../core/workers/job.js';
-import { WorkerLoop } from '../core/workers/runner.js';
-import { startPeriodicSweep, type PeriodicSweep } from '../core/mail/sweep.js';
+import { WorkersThread } from './worker-host.js';
+import { startWorkers, type RunningWorkers, type WorkerHandle } from './workers.js';
 import { startHealthServer, type HealthSource } from './health.js';
 import type { ListenerContext, RunningListener } from './listener.js';
 
@@ -25,7 +24,8 @@ export interface App {
   storage: Storage;
   metrics: Metrics;
   listeners: RunningListener[];
-  workers: WorkerLoop[];
+  /** The queue workers, on this thread or on their own (`workers.thread`). */
+  workers: WorkerHandle[];
   /** e.g. '127.0.0.1:8025', when the health endpoint runs. */
   healthAddress?: string;
   /** Graceful stop: listeners stop accepting and drain, workers finish or hand back, storage closes. */
@@ -43,14 +43,6 @@ async function startListener(name: Exclude<Component, 'workers'>, ctx: ListenerC
   }
 }
 
-async function workerHandlers(): Promise<[import('../core/storage/ports.js').QueueName, JobHandler][]> {
-  const [{ inboundJob }, { outboundJob }] = await Promise.all([import('../core/mail/inbound.js'), import('../core/mail/outbound.js')]);
-  return [
-    ['inbound', inboundJob],
-    ['outbound', outboundJob],
-  ];
-}
-
 /** Which components a config enables among those asked for. */
 export function enabledComponents(config: Config, asked: readonly Component[]): Component[] {
   return asked.filter((c) => (c === 'workers' ? config.workers.enabled : config[c].enabled));
@@ -59,43 +51,38 @@ export function enabledComponents(config: Config, asked: readonly Component[]): 
 /** Opens storage and starts the asked components; on any failure stops what it started. */
 export async function startApp(config: Config, asked: readonly Component[], log: Logger, options: { metrics?: Metrics; wrapStorage?: (s: Storage) => Storage } = {}): Promise<App> {
   const metrics = options.metrics ?? new Metrics();
-  const opened = await openStorage(config, log.child({ c: 'storage' }));
+  const components = enabledComponents(config, asked);
+  // The workers' thread (worker-host.ts) shares the local SQLite file; the fault tests' wrapped
+  // storage exists only on this thread, so with it the workers stay here.
+  const threaded = components.includes('workers') && config.workers.thread && !options.wrapStorage;
+  const commits = new Int32Array(new SharedArrayBuffer(4));
+  const opened = await openStorage(config, log.child({ c: 'storage' }), threaded ? { local: { sharing: { commits, checkpoints: true } } } : {});
   // wrapStorage lets the soak inject storage faults into the real thing; never set in production.
   const storage = instrumentStorage(options.wrapStorage ? options.wrapStorage(opened) : opened, metrics);
   const listeners: RunningListener[] = [];
-  const workers: WorkerLoop[] = [];
-  let sweep: PeriodicSweep | undefined;
+  let workers: RunningWorkers | WorkersThread | undefined;
   let health: Awaited<ReturnType<typeof startHealthServer>> | undefined;
 
   const close = async (graceMs = 10_000): Promise<void> => {
     await Promise.allSettled(listeners.map((l) => l.close(graceMs)));
-    await Promise.allSettled(workers.map((w) => w.stop(graceMs)));
-    await sweep?.stop();
+    await workers?.stop(graceMs);
     await health?.close();
     await storage.close();
   };
 
   try {
-    const components = enabledComponents(config, asked);
     for (const c of components) {
       if (c === 'workers') continue;
       const l = await startListener(c, { config, storage, log, metrics });
       listeners.push(l);
     }
     if (components.includes('workers')) {
-      const ctx = { config, storage, log: log.child({ c: 'worker' }), metrics, now: () => new Date() };
-      for (const [queue, handler] of await workerHandlers()) {
-        const w = new WorkerLoop(queue, handler, { ...ctx, log: ctx.log.child({ queue }) }, { concurrency: config.workers.concurrency, visibilitySeconds: config.workers.visibilitySeconds });
-        w.start();
-        workers.push(w);
-      }
-      // The documented cleanup of orphaned message blobs (core/mail/sweep.ts), hourly by default.
-      sweep = startPeriodicSweep({ storage, config, log: log.child({ c: 'sweep' }), metrics });
+      workers = threaded ? await WorkersThread.start({ config, log, metrics, commits }) : await startWorkers({ config, storage, log, metrics });
     }
     if (config.health.port !== 0) {
       const sources = (): HealthSource[] => [
         ...listeners.map((l) => ({ name: l.name, healthy: () => l.healthy() })),
-        ...workers.map((w) => ({ name: `worker:${w.queue}`, healthy: () => w.healthy() })),
+        ...(workers?.workers ?? []).map((w) => ({ name: `worker:${w.queue}`, healthy: () => w.healthy() })),
       ];
       health = await startHealthServer({ host: config.health.host, port: config.health.port, storage, metrics, log: log.child({ c: 'health' }), sources });
     }
@@ -103,5 +90,5 @@ export async function startApp(config: Config, asked: readonly Component[], log:
     await close(0).catch(() => undefined);
     throw e;
   }
-  return { storage, metrics, listeners, workers, healthAddress: health?.address, close };
+  return { storage, metrics, listeners, workers: workers?.workers ?? [], healthAddress: health?.address, close };
 }

@@ -126,6 +126,7 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'outbound.mtaStsPort', env: 'TOMLINSON_OUTBOUND_MTA_STS_PORT', kind: 'port', default: 443, doc: 'HTTPS port of mta-sts.<domain> policy hosts (tests point it at their own server).' },
 
   { path: 'workers.enabled', env: 'TOMLINSON_WORKERS_ENABLED', kind: 'bool', default: true, doc: 'Run the queue workers in-process (embedded default).' },
+  { path: 'workers.thread', env: 'TOMLINSON_WORKERS_THREAD', kind: 'bool', default: true, doc: 'Run the in-process queue workers on a thread of their own, so their work never delays the listeners\' replies (containers/worker-host.ts).' },
   { path: 'workers.concurrency', env: 'TOMLINSON_WORKER_CONCURRENCY', kind: 'int', min: 1, max: 256, default: 8, doc: 'Jobs processed at once per queue.' },
   { path: 'workers.visibilitySeconds', env: 'TOMLINSON_WORKER_VISIBILITY', kind: 'int', min: 2, max: 43200, default: 60, doc: 'How long a job taken by a worker that died stays hidden before another takes it.' },
 
@@ -226,7 +227,7 @@ export interface Config {
     mtaSts: boolean;
     mtaStsPort: number;
   };
-  workers: { enabled: boolean; concurrency: number; visibilitySeconds: number };
+  workers: { enabled: boolean; thread: boolean; concurrency: number; visibilitySeconds: number };
   mail: { orphanGraceHours: number; orphanSettleMinutes: number; sweepIntervalMinutes: number };
   health: { port: number; host: string };
 }

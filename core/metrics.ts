@@ -2,7 +2,10 @@
  * Prometheus metrics (prom-client), one registry per process, served at /metrics by the health
  * endpoint. Components register what they measure here so that names stay in one vocabulary.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue } from 'prom-client';
+
+/** Metrics as `Registry.getMetricsAsJSON()` gives them, e.g. from another thread. */
+export type MetricsSnapshot = MetricObjectWithValues<MetricValue<string>>[];
 
 /** All metrics of one process. */
 export class Metrics {
@@ -28,8 +31,19 @@ export class Metrics {
     if (options.defaults ?? true) collectDefaultMetrics({ register: this.registry });
   }
 
-  /** The Prometheus text exposition. */
+  private readonly remotes = new Set<() => Promise<MetricsSnapshot>>();
+
+  /** Adds the metrics another thread keeps (the queue workers') to this exposition; returns its remover. */
+  addRemote(source: () => Promise<MetricsSnapshot>): () => void {
+    this.remotes.add(source);
+    return () => this.remotes.delete(source);
+  }
+
+  /** The Prometheus text exposition, with the remote sources' series summed into this process's. */
   async text(): Promise<string> {
-    return this.registry.metrics();
+    if (!this.remotes.size) return this.registry.metrics();
+    // A source that cannot answer (a thread restarting) leaves its series out of this scrape.
+    const remote = await Promise.all([...this.remotes].map((r) => r().catch(() => [] as MetricsSnapshot)));
+    return AggregatorRegistry.aggregate([await this.registry.getMetricsAsJSON(), ...remote]).metrics();
   }
 }

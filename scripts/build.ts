@@ -37,7 +37,7 @@ async function main(): Promise<void> {
   const started = Date.now();
   await build({
     ...common,
-    entryPoints: { 'containers/main': join(root, 'containers/main.ts'), 'cli/main': join(root, 'cli/main.ts') },
+    entryPoints: { 'containers/main': join(root, 'containers/main.ts'), 'containers/workers-thread': join(root, 'containers/workers-thread.ts'), 'cli/main': join(root, 'cli/main.ts') },
     outdir: join(root, 'dist'),
     outExtension: { '.js': '.mjs' },
   });

@@ -163,7 +163,9 @@ export class WorkerLoop {
     this.abort.abort();
     await this.loop;
     const all = Promise.allSettled([...this.inFlight]);
-    await Promise.race([all, sleep(graceMs)]);
+    const grace = new AbortController();
+    await Promise.race([all, sleep(graceMs, grace.signal)]);
+    grace.abort(); // no timer left behind to hold a stopping thread open
   }
 }
 
