@@ -8,7 +8,6 @@
 import { once } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
-import v8 from 'node:v8';
 import { Accounts } from '../../core/accounts/accounts.js';
 import type { Logger } from '../../core/log.js';
 import { Metrics } from '../../core/metrics.js';
@@ -35,8 +34,6 @@ export interface Pop3ServerOptions {
   tlsPort?: number;
   /** How long a password that passed scrypt is remembered (see LoginCache); 0 turns it off. @default config.pop3.loginCacheSeconds */
   authCacheSeconds?: number;
-  /** V8's tier-up budget for the process (see tierUpSooner); 0 leaves V8's default. @default 8192 */
-  jitInterruptBudget?: number;
 }
 
 /** Client input buffered while a command runs before we stop reading the socket. */
@@ -459,31 +456,6 @@ class Connection {
   }
 }
 
-/**
- * V8 optimises a function once it has run about three times its "interrupt budget" of bytecode
- * (67,584 by default in Node 20's V8 11.3, more for a long function), and the budget restarts
- * whenever a call site sees a new object shape. A POP3 connection runs a few dozen functions
- * once per RETR (ours and Node's stream and socket code), each a few hundred bytes of bytecode:
- * with the default they reached TurboFan only after 2,000 to 5,000 RETRs, and until then a RETR
- * cost the server about three times the CPU (measured on this 2-core machine, server CPU per
- * message in the first 1,000 RETRs after a 1,000-RETR download: 190-310 us, steady state 60-80 us;
- * half of the difference was the optimising compiler's own threads competing with the client).
- */
-const JIT_INTERRUPT_BUDGET = 8 * 1024;
-
-/**
- * Lowers V8's interrupt budget for this process so that hot code is optimised sooner: with 8 KB,
- * the same first 1,000 RETRs cost 90-150 us of server CPU each. A process-wide V8 setting, made
- * once, when POP3 starts (it changes nothing semantically; colder code may get compiled a little
- * earlier than it would have been).
- */
-let tunedBudget: number | undefined;
-function tierUpSooner(budget: number): void {
-  if (budget <= 0 || tunedBudget !== undefined) return;
-  tunedBudget = budget;
-  v8.setFlagsFromString(`--interrupt-budget=${budget}`);
-}
-
 /** Counts commands in `metrics`: one labelled child per verb and outcome, made once. */
 function commandCounter(metrics: Metrics): ServerShared['countCommand'] {
   const counters = new Map<string, { inc(): void }>();
@@ -499,7 +471,6 @@ function commandCounter(metrics: Metrics): ServerShared['countCommand'] {
 
 /** Starts the POP3 listeners that the configuration enables. */
 export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions = {}): Promise<RunningListener> {
-  tierUpSooner(options.jitInterruptBudget ?? JIT_INTERRUPT_BUDGET);
   const { config, storage, metrics } = ctx;
   const log = ctx.log.child({ c: 'pop3' });
   const cfg = config.pop3;
