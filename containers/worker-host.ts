@@ -84,6 +84,8 @@ export class WorkersThread {
   private readonly removeMetrics: () => void;
   private readonly stream: { write(line: string): unknown } | undefined;
   readonly workers: WorkerHandle[] = [];
+  /** Sees each thread as it starts (the restart test ends one). */
+  private onThread: ((worker: Worker) => void) | undefined;
 
   private constructor(
     private readonly config: Config,
@@ -96,8 +98,9 @@ export class WorkersThread {
   }
 
   /** Starts the thread and resolves once its workers run; rejects (and stops it) if it cannot start. */
-  static async start(o: { config: Config; log: Logger; metrics: Metrics; commits: Int32Array }): Promise<WorkersThread> {
+  static async start(o: { config: Config; log: Logger; metrics: Metrics; commits: Int32Array; onThread?: (worker: Worker) => void }): Promise<WorkersThread> {
     const host = new WorkersThread(o.config, o.log, o.metrics, o.commits);
+    host.onThread = o.onThread;
     try {
       const queues = await host.spawn();
       for (const queue of queues) host.workers.push({ queue, healthy: () => host.alive && host.health[queue] !== false });
@@ -115,6 +118,7 @@ export class WorkersThread {
     const worker = entry.eval ? new Worker(entry.code, { eval: true, workerData: data }) : new Worker(entry.file, { workerData: data });
     this.worker = worker;
     this.startedAt = Date.now();
+    this.onThread?.(worker);
     return new Promise<QueueName[]>((resolve, reject) => {
       let settled = false;
       const settle = (e?: Error, queues?: QueueName[]) => {

@@ -12,10 +12,13 @@ import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startApp, type App } from '../../containers/app.js';
+import { WorkersThread } from '../../containers/worker-host.js';
 import { Accounts } from '../../core/accounts/accounts.js';
 import { loadConfig } from '../../core/config.js';
 import { createLogger } from '../../core/log.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
+import { Metrics } from '../../core/metrics.js';
+import { openStorage } from '../../core/storage/open.js';
 import { SqliteQueues } from '../../core/storage/local/sqlite-queues.js';
 import { SqliteStore } from '../../core/storage/local/sqlite.js';
 import { silentLogger } from '../../core/log.js';
@@ -130,6 +133,31 @@ describe('SqliteQueues across threads', () => {
       await receiver.terminate();
       await queues.close();
       await store.close();
+      await dir.remove();
+    }
+  });
+});
+
+describe('the workers thread dies', () => {
+  it('is reported down, started again after a backoff, and then works the queue', { timeout: 30_000 }, async () => {
+    const dir = await tempDir('tomlinson-restart-');
+    const config = loadConfig({ TOMLINSON_DATA_DIR: dir.path, TOMLINSON_HEALTH_PORT: '0' });
+    const commits = new Int32Array(new SharedArrayBuffer(4));
+    const storage = await openStorage(config, silentLogger, { local: { sharing: { commits, checkpoints: true } } });
+    const threads: Worker[] = [];
+    const host = await WorkersThread.start({ config, log: silentLogger, metrics: new Metrics({ defaults: false }), commits, onThread: (w) => threads.push(w) });
+    try {
+      expect(host.workers.every((w) => w.healthy())).toBe(true);
+      await threads[0]!.terminate();
+      expect(host.workers.some((w) => w.healthy())).toBe(false);
+      await expect.poll(() => threads.length === 2 && host.workers.every((w) => w.healthy()), { timeout: 15_000 }).toBe(true);
+      // The new thread works the queue: it takes the message sent now (a bad job, which it
+      // settles or leaves hidden in flight), so none is left visible.
+      await storage.queues.send('inbound', 'not a job');
+      await expect.poll(async () => (await storage.queues.stats('inbound')).visible, { timeout: 10_000 }).toBe(0);
+    } finally {
+      await host.stop(1000);
+      await storage.close();
       await dir.remove();
     }
   });
