@@ -1,7 +1,7 @@
 /**
  * SMTP accept throughput on the embedded default (issue 4, "Speed"): the SMTP listener and the
- * in-process workers over local storage with durable writes (fsync before 250), in a process of
- * their own; 10 KB messages over fresh connections. Load comes from Postfix's smtp-source (the
+ * in-process workers (on their own thread by default) over local storage with durable writes
+ * (fsync before 250), in a process of their own; 10 KB messages over fresh connections. Load comes from Postfix's smtp-source (the
  * load generator the issue names) at 1, 10 and 50 sessions; a small client of our own measures
  * the accept latency (end of data -> 250) at 10 sessions for the p99; and a fresh server takes a
  * 50 MB message while its resident memory is watched (VmHWM from /proc).

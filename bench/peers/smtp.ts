@@ -220,7 +220,7 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
   const problems = Object.entries(deliveries).flatMap(([name, ds]) => ds.filter((d) => d.delivered !== d.sent).map((d) => `${name}: ${d.sent - d.delivered} accepted messages not delivered`));
   const report = summarize('SMTP', 'msg/s', samples, [
     `10 KB messages (${size} octets), a fresh connection per message; smtp-source sends ${Math.ceil(messages / 3)} messages at 1 session and ${messages} at 10 and 50; the latency run sends ${latencyMessages} from our own client at 10 sessions (p50/p99: end of data to the 250).`,
-    `Each server started cold for each run (new data folder), runs alternating. Ours: smtp + in-process workers, local storage, fsync before 250. Postfix: private instance, virtual(8) to Maildir, fsync before 250 as shipped, no chroot.`,
+    `Each server started cold for each run (new data folder), runs alternating. Ours: smtp + the queue workers (on their own thread unless TOMLINSON_WORKERS_THREAD=false), local storage, fsync before 250. Postfix: private instance, virtual(8) to Maildir, fsync before 250 as shipped, no chroot.`,
     'Peak RSS: the largest sum of VmHWM over the server\'s processes during the run (Postfix: master and every smtpd, cleanup, qmgr, virtual... it forks; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split among processes.',
     ...notes,
   ]);
