@@ -190,6 +190,47 @@ describe('RFC 9111 §4.3 validation', () => {
     expect(report.revalidations).toBeGreaterThanOrEqual(1);
   });
 
+  it('a revalidation answered from the 304 counts Age from the 304 and carries the current Date, whichever path served it; a 304 for another ETag refetches; an origin 5xx passes through', async () => {
+    const path = p('reval-paths');
+    let etag304 = '"a"';
+    let fail = false;
+    h.origin.routes.set(path, (req, res) => {
+      if (fail) return res.writeHead(503, { 'content-type': 'text/plain' }).end('origin down');
+      if (req.headers['if-none-match'] === '"a"') return res.writeHead(304, { 'cache-control': 'max-age=10', etag: etag304 }).end();
+      res.writeHead(200, { 'cache-control': 'max-age=10', etag: '"a"', age: '3' }).end('body a');
+    });
+    expect((await h.get(path)).text).toBe('body a');
+    h.clock.advance(30);
+    // A plain request (the proxy's synchronous path) and one with its own Cache-Control (the full path).
+    for (const headers of [{}, { 'cache-control': 'max-age=0' }]) {
+      h.clock.advance(11);
+      const r = await h.get(path, headers);
+      expect(r.text).toBe('body a');
+      expect(r.headers['cache-status']).toBe('Tomlinson; fwd=stale; fwd-status=304');
+      // RFC 9111 §4.2.3: the stored Age (3, the 304 sent none) plus the time since the 304 (none).
+      expect(r.headers.age).toBe('3');
+      expect(r.headers.date).toBe(new Date(h.clock.now()).toUTCString());
+      expect(r.headers.etag).toBe('"a"');
+    }
+    expect(h.origin.count(path)).toBe(3);
+    // RFC 9111 §4.3.4: a 304 whose strong validator matches no stored response updates nothing;
+    // the proxy fetches the full response instead.
+    etag304 = '"b"';
+    h.clock.advance(11);
+    const r = await h.get(path);
+    expect(r.text).toBe('body a');
+    expect(r.headers['cache-status']).toContain('fwd=uri-miss; fwd-status=200');
+    const reqs = h.origin.requests(path);
+    expect(reqs).toHaveLength(5);
+    expect(reqs[4].headers['if-none-match']).toBeUndefined();
+    // No stale-if-error: the origin's error reaches the client as it is.
+    fail = true;
+    h.clock.advance(11);
+    const e = await h.get(path);
+    expect(e.status).toBe(503);
+    expect(e.text).toBe('origin down');
+  });
+
   it('revalidates with If-Modified-Since when there is only Last-Modified', async () => {
     const path = p('lastmod');
     const lm = new Date(h.clock.t - 3600_000).toUTCString();
