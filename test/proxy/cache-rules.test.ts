@@ -202,7 +202,7 @@ describe('RFC 9111 §4.3 validation', () => {
     expect((await h.get(path)).text).toBe('body a');
     h.clock.advance(30);
     // A plain request (the proxy's synchronous path) and one with its own Cache-Control (the full path).
-    for (const headers of [{}, { 'cache-control': 'max-age=0' }]) {
+    for (const headers of <Record<string, string>[]>[{}, { 'cache-control': 'max-age=0' }]) {
       h.clock.advance(11);
       const r = await h.get(path, headers);
       expect(r.text).toBe('body a');
