@@ -350,17 +350,23 @@ export class MailboxStore {
     return uids.length;
   }
 
-  /** Takes the maildrop lease for `seconds` if it is free, expired, or already held by `holder`. */
+  /**
+   * Takes the maildrop lease for `seconds` if it is free, expired, or already held by `holder`.
+   * Lease writes (here, renew, release) are visible to every session at once but do not wait for
+   * the disk (`durable: false`): a crash of the machine ends every session, so a lease it undid
+   * would be moot, and a POP3 login and QUIT then wait for no fsync of their own. The deletions
+   * QUIT commits are durable, and their fsync covers the lease writes before them.
+   */
   async acquireLease(user: string, holder: string, seconds: number): Promise<boolean> {
     const item = { ...mailboxKeys.lease(user), holder, ttl: this.epoch() + seconds };
     try {
-      await this.tables.put(item, { condition: { exists: false } });
+      await this.tables.put(item, { condition: { exists: false }, durable: false });
       return true;
     } catch (e) {
       if (!isStorageError(e, 'ConditionFailed')) throw e;
     }
     try {
-      await this.tables.put(item, { condition: { equals: { holder } } });
+      await this.tables.put(item, { condition: { equals: { holder } }, durable: false });
       return true;
     } catch (e) {
       if (isStorageError(e, 'ConditionFailed')) return false;
@@ -371,7 +377,7 @@ export class MailboxStore {
   /** Extends a lease this holder still has; false when it expired or someone else took it. */
   async renewLease(user: string, holder: string, seconds: number): Promise<boolean> {
     try {
-      await this.tables.update(mailboxKeys.lease(user), { ttl: this.epoch() + seconds }, { condition: { equals: { holder } } });
+      await this.tables.update(mailboxKeys.lease(user), { ttl: this.epoch() + seconds }, { condition: { equals: { holder } }, durable: false });
       return true;
     } catch (e) {
       if (isStorageError(e, 'ConditionFailed')) return false;
@@ -382,7 +388,7 @@ export class MailboxStore {
   /** Gives the lease up if this holder has it; otherwise does nothing. */
   async releaseLease(user: string, holder: string): Promise<void> {
     try {
-      await this.tables.delete(mailboxKeys.lease(user), { condition: { equals: { holder } } });
+      await this.tables.delete(mailboxKeys.lease(user), { condition: { equals: { holder } }, durable: false });
     } catch (e) {
       if (!isStorageError(e, 'ConditionFailed')) throw e;
     }

@@ -197,16 +197,29 @@ export type TransactOp =
 /** The most writes one transaction may hold (DynamoDB's classic limit, kept on both families). */
 export const MAX_TRANSACTION_OPS = 25;
 
+/** Options of a single-item write. */
+export interface TableWriteOptions {
+  /** The write happens only if this holds; ConditionFailed otherwise. */
+  condition?: Condition;
+  /**
+   * false: the write may resolve before it is on disk. It is visible to every reader at once and
+   * survives a crash of the process, but an operating-system crash or power loss may undo it (with
+   * every write after it, never one before). For items a restart makes moot, like a POP3 lease.
+   * DynamoDB writes are durable either way. @default true
+   */
+  durable?: boolean;
+}
+
 /** Items addressed by partition key + sort key, with conditional writes and transactions. */
 export interface Tables {
   /** The live item, or undefined (expired items are undefined). */
   get(key: Key): Promise<Item | undefined>;
   /** Writes the whole item. ConditionFailed when `condition` does not hold. */
-  put(item: Item, options?: { condition?: Condition }): Promise<void>;
+  put(item: Item, options?: TableWriteOptions): Promise<void>;
   /** Changes (or creates) the item and returns it as it is after the change. */
-  update(key: Key, changes: Update, options?: { condition?: Condition }): Promise<Item>;
+  update(key: Key, changes: Update, options?: TableWriteOptions): Promise<Item>;
   /** Idempotent when unconditional. ConditionFailed when `condition` does not hold. */
-  delete(key: Key, options?: { condition?: Condition }): Promise<void>;
+  delete(key: Key, options?: TableWriteOptions): Promise<void>;
   /** Items of one partition in sort-key order. */
   query(pk: string, options?: QueryOptions): Promise<QueryPage>;
   /** All or nothing; ConditionFailed (naming the failing op index) when any condition fails. */

@@ -1,13 +1,16 @@
 /**
  * The local SQLite writer's two kinds of write (core/storage/local/sqlite.ts): a durable write
  * resolves only after the WAL fsync of its batch; a lazy one (`durable: false`: the queue's
- * receive, delete and visibility change) resolves at its commit and starts no fsync. Observed by
+ * receive, delete and visibility change, the POP3 lease's writes) resolves at its commit and starts no fsync. Observed by
  * holding the WAL fsync open and counting the fsyncs started.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../core/log.js';
 import { SqliteStore } from '../../core/storage/local/sqlite.js';
 import { SqliteQueues } from '../../core/storage/local/sqlite-queues.js';
+import { SqliteTables } from '../../core/storage/local/sqlite-tables.js';
+import { MailboxStore } from '../../core/mailbox/store.js';
+import { FsBlobs } from '../../core/storage/local/fs-blobs.js';
 import { tempDir } from '../support/tmp.js';
 
 let cleanup: (() => Promise<void>)[] = [];
@@ -87,5 +90,31 @@ describe('SqliteStore lazy writes', () => {
     await sent;
     expect(s.started()).toBe(before + 1);
     expect((await q.stats('inbound')).visible).toBe(1);
+  });
+
+  it('Tables writes with durable: false (the POP3 lease) start no fsync; a default one does', async () => {
+    const s = await heldStore();
+    const tables = new SqliteTables(s.store, Date.now);
+    const dir = await tempDir('sqlite-lazy-blobs-');
+    const blobs = await FsBlobs.open({ root: dir.path, log: silentLogger, name: 'mail' });
+    cleanup.push(async () => {
+      await blobs.close();
+      await dir.remove();
+    });
+    const mailboxes = new MailboxStore(tables, blobs);
+    await tables.put({ pk: 'warm', sk: 'up' });
+    const before = s.started();
+    s.hold();
+    expect(await mailboxes.acquireLease('bob@example.test', 'h1', 60)).toBe(true);
+    expect(await mailboxes.acquireLease('bob@example.test', 'h2', 60)).toBe(false); // visible at once
+    expect(await mailboxes.renewLease('bob@example.test', 'h1', 60)).toBe(true);
+    await mailboxes.releaseLease('bob@example.test', 'h1');
+    expect(await tables.get({ pk: 'MBX#bob@example.test', sk: 'LEASE' })).toBeUndefined();
+    expect(s.started()).toBe(before);
+    const durable = tables.put({ pk: 'a', sk: 'b' });
+    expect(await settledSoon(durable)).toBe(false);
+    s.release();
+    await durable;
+    expect(s.started()).toBe(before + 1);
   });
 });

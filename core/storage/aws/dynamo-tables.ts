@@ -32,6 +32,7 @@ import {
   type QueryOptions,
   type QueryPage,
   type SortRange,
+  type TableWriteOptions,
   type Tables,
   type TransactOp,
   type Update,
@@ -49,7 +50,7 @@ export interface DynamoTablesOptions {
   now?: () => number;
 }
 
-/** Tables on one DynamoDB table. */
+/** Tables on one DynamoDB table (every write is durable when it resolves; `durable: false` changes nothing here). */
 export class DynamoTables implements Tables {
   private readonly now: () => number;
 
@@ -72,7 +73,7 @@ export class DynamoTables implements Tables {
     return isExpired(item, this.nowSeconds()) ? undefined : item;
   }
 
-  async put(item: Item, options: { condition?: Condition } = {}): Promise<void> {
+  async put(item: Item, options: TableWriteOptions = {}): Promise<void> {
     checkKey(item);
     const e = new Expr(this.nowSeconds());
     const cond = options.condition ? e.condition(options.condition) : undefined;
@@ -88,7 +89,7 @@ export class DynamoTables implements Tables {
     );
   }
 
-  async update(key: Key, changes: Update, options: { condition?: Condition } = {}): Promise<Item> {
+  async update(key: Key, changes: Update, options: TableWriteOptions = {}): Promise<Item> {
     checkKey(key);
     for (let attempt = 0; ; attempt++) {
       const e = new Expr(this.nowSeconds());
@@ -113,7 +114,7 @@ export class DynamoTables implements Tables {
     }
   }
 
-  async delete(key: Key, options: { condition?: Condition } = {}): Promise<void> {
+  async delete(key: Key, options: TableWriteOptions = {}): Promise<void> {
     checkKey(key);
     const e = new Expr(this.nowSeconds());
     const cond = options.condition ? e.condition(options.condition) : undefined;

@@ -16,6 +16,7 @@ import {
   type QueryOptions,
   type QueryPage,
   type SortRange,
+  type TableWriteOptions,
   type Tables,
   type TransactOp,
   type Update,
@@ -159,10 +160,10 @@ export class SqliteTables implements Tables {
     return this.store.read(() => this.current(key), 'tables.get');
   }
 
-  async put(item: Item, options: { condition?: Condition } = {}): Promise<void> {
+  async put(item: Item, options: TableWriteOptions = {}): Promise<void> {
     checkKey(item);
     checkTtl(item.ttl);
-    await this.store.write(() => this.applyPut(item, options.condition, 'put'));
+    await this.store.write(() => this.applyPut(item, options.condition, 'put'), { durable: options.durable });
   }
 
   private applyPut(item: Item, condition: Condition | undefined, what: string): void {
@@ -170,10 +171,10 @@ export class SqliteTables implements Tables {
     this.write(item);
   }
 
-  async update(key: Key, changes: Update, options: { condition?: Condition } = {}): Promise<Item> {
+  async update(key: Key, changes: Update, options: TableWriteOptions = {}): Promise<Item> {
     checkKey(key);
     checkUpdate(changes);
-    return this.store.write(() => this.applyUpdate(key, changes, options.condition, 'update'));
+    return this.store.write(() => this.applyUpdate(key, changes, options.condition, 'update'), { durable: options.durable });
   }
 
   private applyUpdate(key: Key, changes: Update, condition: Condition | undefined, what: string): Item {
@@ -193,9 +194,9 @@ export class SqliteTables implements Tables {
     return next;
   }
 
-  async delete(key: Key, options: { condition?: Condition } = {}): Promise<void> {
+  async delete(key: Key, options: TableWriteOptions = {}): Promise<void> {
     checkKey(key);
-    await this.store.write(() => this.applyDelete(key, options.condition, 'delete'));
+    await this.store.write(() => this.applyDelete(key, options.condition, 'delete'), { durable: options.durable });
   }
 
   private applyDelete(key: Key, condition: Condition | undefined, what: string): void {
