@@ -114,6 +114,28 @@ interface Target {
   readonly refused: boolean;
 }
 
+/** The head of an origin response as a promise, for the paths that await it (a class, not a named closure per request). */
+class PendingHead implements HeadListener {
+  readonly promise: Promise<OriginExchange>;
+  private resolve!: (x: OriginExchange) => void;
+  private reject!: (e: OriginFailure) => void;
+
+  constructor() {
+    this.promise = new Promise<OriginExchange>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+  }
+
+  head(x: OriginExchange): void {
+    this.resolve(x);
+  }
+
+  failed(err: Error): void {
+    this.reject(originFailure(err));
+  }
+}
+
 /** One conditional request for a stale entry: what its answer is needed for (one object, not a closure per request). */
 class Revalidation implements HeadListener {
   constructor(
@@ -966,10 +988,9 @@ class CachingProxy {
 
   /** An origin request; resolves once the response head has arrived, rejects with an OriginFailure before it. */
   private origin(target: Target, method: string, headers: Record<string, string | string[]>, body?: Readable): Promise<OriginExchange> {
-    return new Promise((resolve, reject) => {
-      const x = new OriginExchange({ head: resolve, failed: (e) => reject(originFailure(e)) });
-      this.dispatch(target, method, headers, body, x);
-    });
+    const head = new PendingHead();
+    this.dispatch(target, method, headers, body, new OriginExchange(head));
+    return head.promise;
   }
 
   /** Sends an origin request whose head goes to `x`'s listener (a refused origin address fails it at once). */
