@@ -103,7 +103,6 @@ const NO_FLIGHT: Settle = { settle: () => undefined };
 interface Target {
   /** The normalised absolute URL. */
   readonly url: string;
-  readonly parsed: URL;
   /** `host[:port]` of the URL: the Host field of origin requests and of the cache policy's request. */
   readonly host: string;
   /** `http://host[:port]`, the undici origin. */
@@ -399,7 +398,6 @@ class CachingProxy {
     const host = parsed.hostname.startsWith('[') ? parsed.hostname.slice(1, -1) : parsed.hostname;
     return {
       url: parsed.href,
-      parsed,
       host: parsed.host,
       origin: parsed.origin,
       path: parsed.pathname + parsed.search,
@@ -945,7 +943,7 @@ class CachingProxy {
         const v = headerString(resp.headers[name]);
         if (!v) continue;
         try {
-          const u = new URL(v, target.parsed);
+          const u = new URL(v, target.url);
           if (u.origin === target.origin && u.protocol === 'http:') urls.add(normalizeUrl(u.href));
         } catch {
           // not a URL: nothing to invalidate
