@@ -270,10 +270,16 @@ export class Checkpointer {
       const pause = performance.now() - started;
       this.counts.truncates++;
       this.counts.maxPauseMs = Math.max(this.counts.maxPauseMs, pause);
-      // Commits made during the PASSIVE checkpoint were copied by this one.
-      this.passiveCommits = this.truncatedCommits = this.host.commits();
-      if (t.busy) this.log.warn({ frames: r.log }, 'WAL not truncated: another connection kept it busy; retrying next cycle');
-      else this.log.debug({ frames: r.log, pauseMs: Math.round(pause) }, 'WAL truncated');
+      // Commits made during the PASSIVE checkpoint were copied by this one. A TRUNCATE that found
+      // the WAL busy did not cut it: leave truncatedCommits behind so that the next idle tick
+      // tries again (setting it would wait for a commit that may never come).
+      this.passiveCommits = this.host.commits();
+      if (t.busy) {
+        this.log.warn({ frames: r.log }, 'WAL not truncated: another connection kept it busy; retrying next cycle');
+      } else {
+        this.truncatedCommits = this.passiveCommits;
+        this.log.debug({ frames: r.log, pauseMs: Math.round(pause) }, 'WAL truncated');
+      }
     } catch (e) {
       if (!this.dead) this.log.warn({ err: (e as Error).message }, 'WAL checkpoint failed');
     }

@@ -32,8 +32,7 @@
  * restart the WAL. A checkpoint syncs the WAL before copying it, so it never makes a commit
  * less durable than the fsync above would. Nor does a commit wait for the write lock on the
  * event loop: when another connection (another process, the checkpoint worker) holds it, BEGIN
- * fails at once and the batch is retried (on the next turns of the loop, then from a timer) for
- * up to the busy timeout (5 s).
+ * fails at once and the batch is retried from a timer for up to the busy timeout (5 s).
  *
  * Two threads of one process (the listeners and the queue workers' thread, containers/
  * worker-host.ts) each open a store on the file (`SqliteSharing`): SQLite serialises their
@@ -232,28 +231,22 @@ export class SqliteStore {
     } catch (e) {
       if (out.length === 0 && /^SQLITE_BUSY/.test((e as { code?: string }).code ?? '') && Date.now() - (this.busySince ?? Date.now()) < BUSY_RETRY_MS) {
         this.busySince ??= Date.now();
-        this.busyFirst ??= performance.now();
         this.pending.unshift(...jobs);
         this.busyRetry = true;
-        const again = () => {
+        setTimeout(() => {
           this.busyRetry = false;
           this.flush();
-        };
-        // The usual holder is the workers' thread committing a batch (a write() of its WAL
-        // frames, well under a millisecond): retry on the next turns of the loop for the first
-        // millisecond, then every millisecond.
-        if (performance.now() - this.busyFirst < 1) setImmediate(again);
-        else setTimeout(again, 1);
+        }, 2);
         return;
       }
-      this.busySince = this.busyFirst = undefined;
+      this.busySince = undefined;
       // BEGIN or COMMIT failed (busy for BUSY_RETRY_MS, disk full, I/O): nothing was written.
       const err = sqliteError(e, 'sqlite commit');
       this.log.warn({ err: (e as Error).message, jobs: jobs.length }, 'sqlite batch failed');
       for (const j of jobs) j.reject(err);
       return;
     }
-    this.busySince = this.busyFirst = undefined;
+    this.busySince = undefined;
     const changed = this.totalChanges.get() !== changesBefore;
     if (changed) {
       this.commits++;
@@ -290,8 +283,6 @@ export class SqliteStore {
   private inFlightSyncs = 0;
   /** Set while a batch waits for another connection's write lock. */
   private busyRetry = false;
-  /** When the waiting batch first found the lock taken, on the monotonic clock (ms). */
-  private busyFirst: number | undefined;
   /** When the waiting batch first found the lock taken. */
   private busySince: number | undefined;
   private readonly busyTimeout: { zero: Database.Statement; restore: Database.Statement };
