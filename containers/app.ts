@@ -55,8 +55,9 @@ export async function startApp(config: Config, asked: readonly Component[], log:
   // The workers' thread (worker-host.ts) shares the local SQLite file; the fault tests' wrapped
   // storage exists only on this thread, so with it the workers stay here.
   const threaded = components.includes('workers') && config.workers.thread && !options.wrapStorage;
-  const commits = new Int32Array(new SharedArrayBuffer(4));
-  const opened = await openStorage(config, log.child({ c: 'storage' }), threaded ? { local: { sharing: { commits, checkpoints: true } } } : {});
+  // This thread's store runs the checkpoints; the workers' thread counts its commits into `commits`.
+  const sharing = threaded ? { commits: new Int32Array(new SharedArrayBuffer(4)), checkpoints: true } : undefined;
+  const opened = await openStorage(config, log.child({ c: 'storage' }), { local: { sharing } });
   // wrapStorage lets the soak inject storage faults into the real thing; never set in production.
   const storage = instrumentStorage(options.wrapStorage ? options.wrapStorage(opened) : opened, metrics);
   const listeners: RunningListener[] = [];
@@ -77,7 +78,7 @@ export async function startApp(config: Config, asked: readonly Component[], log:
       listeners.push(l);
     }
     if (components.includes('workers')) {
-      workers = threaded ? await WorkersThread.start({ config, log, metrics, commits }) : await startWorkers({ config, storage, log, metrics });
+      workers = sharing ? await WorkersThread.start({ config, log, metrics, commits: sharing.commits }) : await startWorkers({ config, storage, log, metrics });
     }
     if (config.health.port !== 0) {
       const sources = (): HealthSource[] => [

@@ -42,7 +42,6 @@ export interface ThreadData {
 export type ToHost =
   | { t: 'ready'; queues: QueueName[] }
   | { t: 'failed'; error: string }
-  | { t: 'stopped' }
   | { t: 'health'; health: Record<string, boolean> }
   | { t: 'log'; line: string }
   | { t: 'metrics'; id: number; snapshot: MetricsSnapshot };
@@ -148,8 +147,6 @@ export class WorkersThread {
           case 'failed':
             this.log.error({ err: m.error }, "the queue workers' thread failed");
             settle(new Error(`queue workers: ${m.error}`));
-            break;
-          case 'stopped':
             break;
         }
       });

@@ -47,7 +47,6 @@ async function start(config: Config): Promise<void> {
 async function stop(graceMs: number): Promise<void> {
   await running?.stop(graceMs);
   await storage?.close();
-  send({ t: 'stopped' });
   port.close();
 }
 

@@ -15,13 +15,12 @@ import { startApp, type App } from '../../containers/app.js';
 import { WorkersThread } from '../../containers/worker-host.js';
 import { Accounts } from '../../core/accounts/accounts.js';
 import { loadConfig } from '../../core/config.js';
-import { createLogger } from '../../core/log.js';
+import { createLogger, silentLogger } from '../../core/log.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
 import { Metrics } from '../../core/metrics.js';
 import { openStorage } from '../../core/storage/open.js';
 import { SqliteQueues } from '../../core/storage/local/sqlite-queues.js';
 import { SqliteStore } from '../../core/storage/local/sqlite.js';
-import { silentLogger } from '../../core/log.js';
 import { tempDir } from '../support/tmp.js';
 
 const run = promisify(execFile);
