@@ -8,7 +8,7 @@
  * (bench/pop3.ts also measures Dovecot in the same run when it is installed).
  *
  * `npm run bench -- --peers [smtp] [pop3] [proxy] [--runs 3] [--duration 10] [--smtp-messages 1500]
- * [--pop3-messages 1000]` runs the peers side
+ * [--pop3-messages 1000] [--proxy-scenarios reval,miss]` runs the peers side
  * by side instead (bench/peers/): installs the missing Debian packages (as root), starts Postfix,
  * Dovecot, Squid and nginx on 127.0.0.1 with configs from bench/peers/, alternates runs with ours,
  * prints one table per protocol (medians, p50/p99, peak memory, ours/peer) and writes them as JSON
@@ -19,6 +19,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
+import type { ProxyScenario } from './peers/util.js';
 
 const root = new URL('..', import.meta.url).pathname;
 const BENCHES = ['smtp', 'pop3', 'proxy'] as const;
@@ -35,6 +36,12 @@ async function runOne(name: string, args: string[], outFile: string): Promise<nu
   const code = await new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? 1)));
   out.end();
   return code;
+}
+
+/** The value after `--name` as a comma-separated list, or undefined. */
+function listFlag(argv: string[], name: string): string[] | undefined {
+  const i = argv.indexOf(`--${name}`);
+  return i < 0 ? undefined : (argv[i + 1] ?? '').split(',').filter(Boolean);
 }
 
 /** The value after `--name` as a number, or undefined. */
@@ -76,7 +83,7 @@ async function peers(argv: string[]): Promise<void> {
             ? await (await import('./peers/smtp.js')).runSmtpPeers({ runs, say, messages: numberFlag(argv, 'smtp-messages') })
             : name === 'pop3'
               ? await (await import('./peers/pop3.js')).runPop3Peers({ runs, say, messages: numberFlag(argv, 'pop3-messages') })
-              : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say });
+              : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say, scenarios: listFlag(argv, 'proxy-scenarios') as ProxyScenario[] | undefined });
       } catch (e) {
         // One protocol failing (a peer that would not start) still leaves the others' tables.
         failed.push(name);

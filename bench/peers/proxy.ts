@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { originCounts, startOrigin, type OriginCounts } from './origin.js';
 import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
-import { fillTemplate, freePort, onCleanup, parseWrk, run, stopChild, waitListening, watchPeakMemory, wrkLua, type ProxyScenario } from './util.js';
+import { cpuMicros, fillTemplate, freePort, onCleanup, parseWrk, run, stopChild, waitListening, watchPeakMemory, wrkLua, type ProxyScenario } from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = join(HERE, '..', '..');
@@ -167,11 +167,14 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
           for (const s of scenarios) {
             await wrk(at, connections, warmup, scripts[s]);
             const before = await originCounts(origin.port);
+            const pid = server.pid();
+            const cpuBefore = pid ? await cpuMicros(pid) : undefined;
             const w = await wrk(at, connections, duration, scripts[s]);
+            const cpuUs = pid && cpuBefore !== undefined && w.requests > 0 ? (await cpuMicros(pid) - cpuBefore) / w.requests : undefined;
             const check = originCheck(s, before, await originCounts(origin.port), w.requests);
-            say(`proxy run ${r} ${name} ${s}: ${Math.round(w.requestsPerSecond)} req/s, p99 ${w.p99Ms} ms${w.errors ? `, ${w.errors} errors` : ''}; origin: ${check.text}`);
+            say(`proxy run ${r} ${name} ${s}: ${Math.round(w.requestsPerSecond)} req/s, p99 ${w.p99Ms} ms${cpuUs === undefined ? '' : `, ${Math.round(cpuUs)} µs CPU per request`}${w.errors ? `, ${w.errors} errors` : ''}; origin: ${check.text}`);
             const note = [w.errors ? `${w.errors} errors` : '', check.bad ? `origin ${check.text}` : ''].filter(Boolean).join('; ');
-            samples.push({ scenario: s, server: name, run: r, value: w.requestsPerSecond, p50Ms: w.p50Ms, p99Ms: w.p99Ms, note: note ? `${note} (run ${r})` : undefined });
+            samples.push({ scenario: s, server: name, run: r, value: w.requestsPerSecond, p50Ms: w.p50Ms, p99Ms: w.p99Ms, cpuUs, note: note ? `${note} (run ${r})` : undefined });
           }
         } finally {
           const peak = await mem.stop();
@@ -191,6 +194,7 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
     'Squid: memory cache only (256 MB cache_mem, no cache_dir, as Debian ships it), 1 worker. nginx: proxy_cache on files (page cache), worker_processes auto, keep-alive upstream, proxy_cache_revalidate on, sendfile on, tcp_nopush off (its default). Ours: memory tier 256 MB over the blob tier on disk, one process.',
     'Peak RSS: the largest sum of VmHWM over the server\'s processes during the run (nginx: master + workers; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.',
     '"origin alone" is wrk straight at the origin: the yardstick for this machine, not a peer.',
+    'CPU µs/op: user + system CPU time of the server\'s processes (every thread) during the measured run, per request. On a shared 2-core machine req/s swings from run to run with what the neighbours do (ours and the peers alike); CPU per request is the steadier figure.',
     'The origin counts what reaches it: hit rows must not reach it, miss rows must, reval rows must arrive as If-None-Match answered 304; a server that does otherwise gets a note. nginx does not store a response with max-age=0, so its reval row is a full fetch each time.',
   ]);
   const order = (server: string) => (server === 'origin alone' ? 1 : 0);

@@ -21,6 +21,8 @@ export interface Sample {
   peakMiB?: number;
   /** Peak proportional set size of the server during the run (MiB; Pss summed over its processes). */
   pssMiB?: number;
+  /** CPU time of the server's processes per operation during the measured run (µs). */
+  cpuUs?: number;
   /** Anything worth a note (delivered counts, drain time, errors). */
   note?: string;
 }
@@ -36,6 +38,7 @@ export interface Row {
   p99Ms?: number;
   peakMiB?: number;
   pssMiB?: number;
+  cpuUs?: number;
   /** The median over runs of (ours in run r) / (this server in run r), on peer rows of a scenario we ran too. */
   oursOverPeer?: number;
   notes: string[];
@@ -81,6 +84,7 @@ export function summarize(protocol: string, unit: string, samples: readonly Samp
         p99Ms: medianOf(ss.map((s) => s.p99Ms)),
         peakMiB: medianOf(ss.map((s) => s.peakMiB)),
         pssMiB: medianOf(ss.map((s) => s.pssMiB)),
+        cpuUs: medianOf(ss.map((s) => s.cpuUs)),
         oursOverPeer: server === OURS || perRun.length === 0 ? undefined : Math.round(median(perRun) * 100) / 100,
         notes: [...new Set(ss.map((s) => s.note).filter((n): n is string => !!n))],
       });
@@ -89,10 +93,10 @@ export function summarize(protocol: string, unit: string, samples: readonly Samp
   return { protocol, unit, rows, notes: [...notes, 'ours/peer: the median over runs of ours in run r over the peer in run r (runs alternate, so each pair saw about the same load).'] };
 }
 
-const HEADER = (unit: string) => ['scenario', 'server', `${unit} (median)`, 'each run', 'p50 ms', 'p99 ms', 'peak RSS MiB', 'peak PSS MiB', 'ours/peer'];
+const HEADER = (unit: string) => ['scenario', 'server', `${unit} (median)`, 'each run', 'p50 ms', 'p99 ms', 'peak RSS MiB', 'peak PSS MiB', 'CPU µs/op', 'ours/peer'];
 
 function cells(r: Row): string[] {
-  return [r.scenario, r.server, fmt(r.median, 0), r.values.map((v) => fmt(v, 0)).join(' / '), fmt(r.p50Ms), fmt(r.p99Ms), fmt(r.peakMiB, 0), fmt(r.pssMiB, 0), r.oursOverPeer === undefined ? '' : fmt(r.oursOverPeer, 2)];
+  return [r.scenario, r.server, fmt(r.median, 0), r.values.map((v) => fmt(v, 0)).join(' / '), fmt(r.p50Ms), fmt(r.p99Ms), fmt(r.peakMiB, 0), fmt(r.pssMiB, 0), fmt(r.cpuUs, 0), r.oursOverPeer === undefined ? '' : fmt(r.oursOverPeer, 2)];
 }
 
 /** The report as a Markdown section: a heading, the table, and the notes as a list. */

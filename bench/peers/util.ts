@@ -247,6 +247,21 @@ export async function processTree(root: number): Promise<number[]> {
   return out.filter((p) => p === root || parent.has(p));
 }
 
+/**
+ * CPU time (user + system, every thread) used so far by a process and its descendants, in
+ * microseconds, from /proc/PID/stat (clock ticks of 10 ms: read it across runs of seconds).
+ */
+export async function cpuMicros(root: number): Promise<number> {
+  let ticks = 0;
+  for (const p of await processTree(root)) {
+    const stat = await readFile(`/proc/${p}/stat`, 'utf8').catch(() => '');
+    const after = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // Fields 14 and 15 of stat(5) (utime, stime), counted from the state field as field 3.
+    if (after.length > 13) ticks += Number(after[11]) + Number(after[12]);
+  }
+  return ticks * 10_000;
+}
+
 /** A /proc/PID/status memory field (VmRSS, VmHWM) in MiB; 0 when the process is gone. */
 export async function memMiB(pid: number, field: 'VmRSS' | 'VmHWM'): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');

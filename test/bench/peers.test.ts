@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { originCheck } from '../../bench/peers/proxy.js';
 import { OURS, reportMarkdown, reportText, summarize, type Sample } from '../../bench/peers/report.js';
-import { fillTemplate, fmt, freePort, markdownTable, median, parseWrk, quantile, ratio, textTable, waitListening, wrkLua, wrkTimeMs } from '../../bench/peers/util.js';
+import { cpuMicros, fillTemplate, fmt, freePort, markdownTable, median, parseWrk, quantile, ratio, textTable, waitListening, wrkLua, wrkTimeMs } from '../../bench/peers/util.js';
 
 const WRK_OUTPUT = `Running 10s test @ http://127.0.0.1:40080/
   2 threads and 50 connections
@@ -114,11 +114,11 @@ describe('wrk', () => {
 
 describe('summarize', () => {
   const samples: Sample[] = [
-    { scenario: 'hit1k', server: 'squid', run: 1, value: 100, p99Ms: 9, peakMiB: 50 },
+    { scenario: 'hit1k', server: 'squid', run: 1, value: 100, p99Ms: 9, peakMiB: 50, cpuUs: 70 },
     { scenario: 'hit1k', server: OURS, run: 1, value: 90, p99Ms: 3, peakMiB: 80 },
-    { scenario: 'hit1k', server: 'squid', run: 2, value: 120, p99Ms: 7, peakMiB: 52 },
+    { scenario: 'hit1k', server: 'squid', run: 2, value: 120, p99Ms: 7, peakMiB: 52, cpuUs: 90 },
     { scenario: 'hit1k', server: OURS, run: 2, value: 150, p99Ms: 4, peakMiB: 90 },
-    { scenario: 'hit1k', server: 'squid', run: 3, value: 110, p99Ms: 8, peakMiB: 51 },
+    { scenario: 'hit1k', server: 'squid', run: 3, value: 110, p99Ms: 8, peakMiB: 51, cpuUs: 75 },
     { scenario: 'hit1k', server: OURS, run: 3, value: 165, p99Ms: 5, peakMiB: 85, note: 'slow start' },
     { scenario: 'miss', server: 'squid', run: 1, value: 10 },
   ];
@@ -137,6 +137,8 @@ describe('summarize', () => {
     expect(ours!.peakMiB).toBe(85);
     expect(ours!.oursOverPeer).toBeUndefined();
     expect(squid!.median).toBe(110);
+    expect(squid!.cpuUs).toBe(75);
+    expect(ours!.cpuUs).toBeUndefined(); // not measured
     expect(squid!.oursOverPeer).toBe(1.25); // per-run ratios 0.9, 1.25, 1.5
     expect(miss!.oursOverPeer).toBeUndefined(); // ours did not run it
     expect(ours!.notes).toEqual(['slow start']);
@@ -146,7 +148,7 @@ describe('summarize', () => {
     const rep = summarize('Proxy', 'req/s', samples, ['how it was measured']);
     const md = reportMarkdown(rep);
     expect(md).toMatch(/^### Proxy\n\n\| scenario \| server \| req\/s \(median\) \|/);
-    expect(md).toContain(`| hit1k | squid | 110 | 100 / 120 / 110 | – | 8.00 | 51 | – | 1.25 |`);
+    expect(md).toContain(`| hit1k | squid | 110 | 100 / 120 / 110 | – | 8.00 | 51 | – | 75 | 1.25 |`);
     expect(md).toContain('- how it was measured');
     expect(md).toContain(`- hit1k, ${OURS}: slow start`);
     expect(reportText(rep)).toMatch(/^== Proxy ==\nscenario/);
@@ -186,6 +188,23 @@ describe('waitListening', () => {
       await expect(waitListening(child, port, 'peer', 30_000)).resolves.toBeUndefined();
     } finally {
       child.kill();
+    }
+  });
+});
+
+describe('cpuMicros', () => {
+  it('counts the CPU time of a process and its children', async () => {
+    const { spawn } = await import('node:child_process');
+    // A child that spins for about 300 ms of CPU, then waits to be stopped.
+    const child = spawn(process.execPath, ['-e', 'const t = Date.now(); while (Date.now() - t < 300); setInterval(() => {}, 1000);'], { stdio: 'ignore' });
+    try {
+      await new Promise((r) => setTimeout(r, 800));
+      const us = await cpuMicros(child.pid!);
+      expect(us).toBeGreaterThanOrEqual(200_000);
+      expect(us).toBeLessThan(5_000_000);
+      expect(await cpuMicros(process.pid)).toBeGreaterThan(us); // this process and its children, the spinner among them
+    } finally {
+      child.kill('SIGKILL');
     }
   });
 });
