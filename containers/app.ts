@@ -56,7 +56,8 @@ export async function startApp(config: Config, asked: readonly Component[], log:
   // storage exists only on this thread, so with it the workers stay here.
   const threaded = components.includes('workers') && config.workers.thread && !options.wrapStorage;
   // This thread's store runs the checkpoints; the workers' thread counts its commits into `commits`.
-  const sharing = threaded ? { commits: new Int32Array(new SharedArrayBuffer(4)), checkpoints: true } : undefined;
+  const shared = threaded ? new SharedArrayBuffer(8) : undefined;
+  const sharing = shared ? { commits: new Int32Array(shared, 0, 1), releases: new Int32Array(shared, 4, 1), checkpoints: true } : undefined;
   const opened = await openStorage(config, log.child({ c: 'storage' }), { local: { sharing } });
   // wrapStorage lets the soak inject storage faults into the real thing; never set in production.
   const storage = instrumentStorage(options.wrapStorage ? options.wrapStorage(opened) : opened, metrics);
@@ -78,7 +79,7 @@ export async function startApp(config: Config, asked: readonly Component[], log:
       listeners.push(l);
     }
     if (components.includes('workers')) {
-      workers = sharing ? await WorkersThread.start({ config, log, metrics, commits: sharing.commits }) : await startWorkers({ config, storage, log, metrics });
+      workers = sharing ? await WorkersThread.start({ config, log, metrics, commits: sharing.commits, releases: sharing.releases }) : await startWorkers({ config, storage, log, metrics });
     }
     if (config.health.port !== 0) {
       const sources = (): HealthSource[] => [

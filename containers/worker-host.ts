@@ -34,6 +34,8 @@ export interface ThreadData {
   config: Config;
   /** The SharedArrayBuffer counter the thread's SQLite store adds its commits to. */
   commits: Int32Array;
+  /** The counter of ended write transactions both threads' stores wait on (SqliteSharing.releases). */
+  releases?: Int32Array;
   logLevel: string;
   logBindings: Record<string, unknown>;
 }
@@ -91,14 +93,15 @@ export class WorkersThread {
     private readonly log: Logger,
     metrics: Metrics,
     private readonly commits: Int32Array,
+    private readonly releases: Int32Array | undefined,
   ) {
     this.stream = (log as unknown as Record<symbol, { write(line: string): unknown } | undefined>)[pino.symbols.streamSym];
     this.removeMetrics = metrics.addRemote(() => this.metrics());
   }
 
   /** Starts the thread and resolves once its workers run; rejects (and stops it) if it cannot start. */
-  static async start(o: { config: Config; log: Logger; metrics: Metrics; commits: Int32Array; onThread?: (worker: Worker) => void }): Promise<WorkersThread> {
-    const host = new WorkersThread(o.config, o.log, o.metrics, o.commits);
+  static async start(o: { config: Config; log: Logger; metrics: Metrics; commits: Int32Array; releases?: Int32Array; onThread?: (worker: Worker) => void }): Promise<WorkersThread> {
+    const host = new WorkersThread(o.config, o.log, o.metrics, o.commits, o.releases);
     host.onThread = o.onThread;
     try {
       const queues = await host.spawn();
@@ -113,7 +116,7 @@ export class WorkersThread {
   /** Starts a thread; resolves with its queues when it is ready. */
   private spawn(): Promise<QueueName[]> {
     const entry = threadEntry();
-    const data: ThreadData = { config: this.config, commits: this.commits, logLevel: this.log.level, logBindings: this.log.bindings() };
+    const data: ThreadData = { config: this.config, commits: this.commits, ...(this.releases ? { releases: this.releases } : {}), logLevel: this.log.level, logBindings: this.log.bindings() };
     const worker = entry.eval ? new Worker(entry.code, { eval: true, workerData: data }) : new Worker(entry.file, { workerData: data });
     this.worker = worker;
     this.startedAt = Date.now();

@@ -37,7 +37,7 @@ function reportHealth(): void {
 }
 
 async function start(config: Config): Promise<void> {
-  storage = instrumentStorage(await openStorage(config, log.child({ c: 'storage' }), { local: { sharing: { commits: data.commits, checkpoints: false }, purgeIntervalMs: 0 } }), metrics);
+  storage = instrumentStorage(await openStorage(config, log.child({ c: 'storage' }), { local: { sharing: { commits: data.commits, releases: data.releases, checkpoints: false }, purgeIntervalMs: 0 } }), metrics);
   running = await startWorkers({ config, storage, log, metrics });
   reportHealth();
   setInterval(reportHealth, 1000).unref();

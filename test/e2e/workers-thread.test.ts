@@ -20,6 +20,7 @@ import { MailboxStore } from '../../core/mailbox/store.js';
 import { Metrics } from '../../core/metrics.js';
 import { openStorage } from '../../core/storage/open.js';
 import { SqliteQueues } from '../../core/storage/local/sqlite-queues.js';
+import { SqliteTables } from '../../core/storage/local/sqlite-tables.js';
 import { SqliteStore } from '../../core/storage/local/sqlite.js';
 import { tempDir } from '../support/tmp.js';
 
@@ -131,6 +132,57 @@ describe('SqliteQueues across threads', () => {
     } finally {
       await receiver.terminate();
       await queues.close();
+      await store.close();
+      await dir.remove();
+    }
+  });
+});
+
+describe('SQLite write lock across threads', () => {
+  it('a write that finds the lock held by the other thread retries when that transaction ends (SqliteSharing.releases)', async () => {
+    const dir = await tempDir('tomlinson-lock-');
+    const path = join(dir.path, 'l.db');
+    const shared = new SharedArrayBuffer(8);
+    const releases = new Int32Array(shared, 4, 1);
+    const store = new SqliteStore(path, silentLogger, 'wal-fsync', {}, { commits: new Int32Array(shared, 0, 1), releases, checkpoints: false });
+    const tables = new SqliteTables(store, Date.now);
+    await tables.put({ pk: 'p', sk: 'first' }); // schema made, WAL in place
+    const ours = Atomics.load(releases, 0);
+    expect(ours).toBeGreaterThanOrEqual(1); // our own commit was counted and notified
+    // The holder: another thread's connection takes the write lock for 40 ms, five times, and
+    // after each COMMIT counts and notifies as a sharing store does.
+    const holder = new Worker(
+      `const { parentPort, workerData } = require('node:worker_threads');
+       const Database = require(workerData.driver);
+       const db = new Database(workerData.path, { timeout: 5000 });
+       const releases = new Int32Array(workerData.shared, 4, 1);
+       const pause = new Int32Array(new SharedArrayBuffer(4));
+       parentPort.on('message', () => {
+         db.prepare('BEGIN IMMEDIATE').run();
+         parentPort.postMessage('holding');
+         Atomics.wait(pause, 0, 0, 40); // the lock stays held meanwhile
+         db.prepare('COMMIT').run();
+         Atomics.add(releases, 0, 1);
+         Atomics.notify(releases, 0);
+       });
+       parentPort.postMessage('ready');`,
+      { eval: true, workerData: { driver: createRequire(import.meta.url).resolve('better-sqlite3'), path, shared } },
+    );
+    try {
+      await new Promise((r) => holder.once('message', r));
+      for (let i = 0; i < 5; i++) {
+        const holding = new Promise((r) => holder.once('message', r));
+        holder.postMessage('go');
+        await holding;
+        await tables.put({ pk: 'p', sk: `round-${i}` });
+      }
+      expect((await tables.query('p')).items).toHaveLength(6);
+      // Every put found the lock held; the holder's release woke the waiting put (rather than its
+      // 2 ms timer) at least once. (A release that falls between two waits is taken by the timer.)
+      expect(store.lockWaits.busy).toBeGreaterThanOrEqual(5);
+      expect(store.lockWaits.woken).toBeGreaterThanOrEqual(1);
+    } finally {
+      await holder.terminate();
       await store.close();
       await dir.remove();
     }

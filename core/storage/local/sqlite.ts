@@ -75,6 +75,11 @@ ${WAL_RESTARTS_SCHEMA}
 
 /** Most writes gathered into one transaction; the rest wait for the next turn. */
 const MAX_BATCH = 256;
+/** Atomics.waitAsync (ES2024; in Node since 16), typed here because the project's lib is ES2023. */
+const waitAsync = (Atomics as unknown as {
+  waitAsync(array: Int32Array, index: number, value: number, timeoutMs: number): { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };
+}).waitAsync;
+
 /** How long a batch retries while another connection holds the write lock (the busy timeout). */
 const BUSY_RETRY_MS = 5000;
 
@@ -92,6 +97,16 @@ export interface SqliteSharing {
   commits: Int32Array;
   /** True for the one store that runs the checkpoint worker; the others count their commits into `commits`. */
   checkpoints: boolean;
+  /**
+   * Write transactions ended by the sharing stores (an Int32Array on a SharedArrayBuffer, one
+   * slot), each followed by Atomics.notify. A store whose BEGIN finds the write lock held waits on
+   * it (Atomics.waitAsync, which does not block the event loop) and retries as soon as the other
+   * thread's transaction ends, a fraction of a millisecond later, instead of at its 2 ms timer.
+   * In the one-session SMTP bench, 14% of the listener's queue writes found the lock held by the
+   * workers' thread and waited 2 to 4 ms for it. The timer stays for holders that do not notify
+   * (another process, the checkpoint worker).
+   */
+  releases?: Int32Array;
 }
 
 /** Turns a SQLite failure into a StorageError (busy, full, I/O: retry later). */
@@ -218,6 +233,9 @@ export class SqliteStore {
     if (!jobs.length) return;
     const out: { ok: boolean; v: unknown }[] = [];
     const changesBefore = this.totalChanges.get();
+    // Read before BEGIN, so that a release between a failed BEGIN and the wait is not missed.
+    const releases = this.sharing?.releases;
+    const seen = releases ? Atomics.load(releases, 0) : 0;
     try {
       // BEGIN IMMEDIATE must not wait for the write lock here: SQLite's busy handler sleeps on the
       // calling thread, the event loop. Another connection (a CLI process, the checkpoint worker)
@@ -233,12 +251,11 @@ export class SqliteStore {
         this.busySince ??= Date.now();
         this.pending.unshift(...jobs);
         this.busyRetry = true;
-        setTimeout(() => {
-          this.busyRetry = false;
-          this.flush();
-        }, 2);
+        this.lockWaits.busy++;
+        this.retryWhenReleased(seen);
         return;
       }
+      this.released();
       this.busySince = undefined;
       // BEGIN or COMMIT failed (busy for BUSY_RETRY_MS, disk full, I/O): nothing was written.
       const err = sqliteError(e, 'sqlite commit');
@@ -246,6 +263,7 @@ export class SqliteStore {
       for (const j of jobs) j.reject(err);
       return;
     }
+    this.released();
     this.busySince = undefined;
     const changed = this.totalChanges.get() !== changesBefore;
     if (changed) {
@@ -279,6 +297,44 @@ export class SqliteStore {
       })
       .finally(() => this.inFlightSyncs--);
   }
+
+  /** Our write transaction has ended (committed or rolled back): wake a sharing store waiting for the lock. */
+  private released(): void {
+    const releases = this.sharing?.releases;
+    if (!releases) return;
+    Atomics.add(releases, 0, 1);
+    Atomics.notify(releases, 0);
+  }
+
+  /**
+   * Retries the batch that found the write lock held: when a sharing store ends its transaction
+   * (`SqliteSharing.releases`), or after 2 ms, whichever comes first. Only a store that held the
+   * lock notifies, so two waiters never wake each other in a loop.
+   */
+  private retryWhenReleased(seen: number): void {
+    let done = false;
+    const retry = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      this.busyRetry = false;
+      this.flush();
+    };
+    const timer = setTimeout(retry, 2);
+    const releases = this.sharing?.releases;
+    if (!releases) return;
+    const w = waitAsync(releases, 0, seen, 2);
+    // Not equal: the other thread already ended its transaction since we looked; try again now.
+    if (!w.async) setImmediate(retry);
+    else
+      void w.value.then((how) => {
+        if (how === 'ok' && !done) this.lockWaits.woken++;
+        retry();
+      });
+  }
+
+  /** Batches that found the write lock held, and how many of those a sharing store's release woke. */
+  readonly lockWaits = { busy: 0, woken: 0 };
 
   private inFlightSyncs = 0;
   /** Set while a batch waits for another connection's write lock. */
