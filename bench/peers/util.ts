@@ -250,14 +250,16 @@ export async function processTree(root: number): Promise<number[]> {
 /**
  * CPU time (user + system, every thread) used so far by a process and its descendants, in
  * microseconds, from /proc/PID/stat (clock ticks of 10 ms: read it across runs of seconds).
+ * Children that exited and were waited for count through their parent's cutime and cstime
+ * (Postfix's master reaps its smtpd, cleanup and delivery processes).
  */
 export async function cpuMicros(root: number): Promise<number> {
   let ticks = 0;
   for (const p of await processTree(root)) {
     const stat = await readFile(`/proc/${p}/stat`, 'utf8').catch(() => '');
     const after = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // Fields 14 and 15 of stat(5) (utime, stime), counted from the state field as field 3.
-    if (after.length > 13) ticks += Number(after[11]) + Number(after[12]);
+    // Fields 14 to 17 of stat(5) (utime, stime, cutime, cstime), counted from the state field as field 3.
+    if (after.length > 15) ticks += Number(after[11]) + Number(after[12]) + Number(after[13]) + Number(after[14]);
   }
   return ticks * 10_000;
 }
