@@ -34,11 +34,11 @@ export interface SmtpPeersOptions {
   /**
    * Unmeasured messages every server (Postfix alike) accepts before each smtp-source run, with
    * the same number of sessions, so that what is measured is the steady state of that load and not
-   * a cold start: our code is compiled by tsx and V8 on first use, and what one session runs (one
-   * job per SQLite batch, one fsync per commit) is optimised only once one session has run for a
-   * while (warmed at 10 sessions only, one session then cost 7.5 ms of CPU per message; warmed
-   * with one session, 4.5 to 5.5). Postfix forks its smtpd and cleanup processes on first use.
-   * They count in the delivery check. @default 300
+   * a cold start: our code is compiled by tsx and V8 on first use, and one session's pattern
+   * (one job per SQLite batch, one fsync per commit) warms differently from ten's (in one
+   * measurement, one session after a 10-session warm-up cost 7.5 ms of CPU per message, and 4.5
+   * to 5.5 ms after 500 to 1,500 one-session messages). Postfix forks its smtpd and cleanup
+   * processes on first use. They count in the delivery check. @default 300
    */
   warmupMessages?: number;
   /** Messages of the latency run (own client, 10 sessions). @default 500 */

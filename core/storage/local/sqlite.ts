@@ -247,7 +247,8 @@ export class SqliteStore {
         this.busyTimeout.restore.get();
       }
     } catch (e) {
-      if (out.length === 0 && /^SQLITE_BUSY/.test((e as { code?: string }).code ?? '') && Date.now() - (this.busySince ?? Date.now()) < BUSY_RETRY_MS) {
+      const lockHeld = out.length === 0 && /^SQLITE_BUSY/.test((e as { code?: string }).code ?? '');
+      if (lockHeld && Date.now() - (this.busySince ?? Date.now()) < BUSY_RETRY_MS) {
         this.busySince ??= Date.now();
         this.pending.unshift(...jobs);
         this.busyRetry = true;
@@ -255,7 +256,8 @@ export class SqliteStore {
         this.retryWhenReleased(seen);
         return;
       }
-      this.released();
+      // Only a store that held the lock wakes the others (a BEGIN that found it taken did not).
+      if (!lockHeld) this.released();
       this.busySince = undefined;
       // BEGIN or COMMIT failed (busy for BUSY_RETRY_MS, disk full, I/O): nothing was written.
       const err = sqliteError(e, 'sqlite commit');
