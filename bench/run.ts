@@ -19,7 +19,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import type { ProxyScenario } from './peers/util.js';
+import { PROXY_SCENARIOS, type ProxyScenario } from './peers/util.js';
 
 const root = new URL('..', import.meta.url).pathname;
 const BENCHES = ['smtp', 'pop3', 'proxy'] as const;
@@ -38,10 +38,15 @@ async function runOne(name: string, args: string[], outFile: string): Promise<nu
   return code;
 }
 
-/** The value after `--name` as a comma-separated list, or undefined. */
-function listFlag(argv: string[], name: string): string[] | undefined {
-  const i = argv.indexOf(`--${name}`);
-  return i < 0 ? undefined : (argv[i + 1] ?? '').split(',').filter(Boolean);
+/** `--proxy-scenarios a,b`: the proxy rows to run (undefined: all), refusing names it does not know. */
+function proxyScenarios(argv: string[]): ProxyScenario[] | undefined {
+  const i = argv.indexOf('--proxy-scenarios');
+  if (i < 0) return undefined;
+  const list = (argv[i + 1] ?? '').split(',').filter(Boolean);
+  const known: readonly string[] = PROXY_SCENARIOS;
+  const bad = list.filter((s) => !known.includes(s));
+  if (list.length === 0 || bad.length) throw new Error(`--proxy-scenarios takes a comma-separated list of ${PROXY_SCENARIOS.join(', ')}${bad.length ? ` (not ${bad.join(', ')})` : ''}`);
+  return list as ProxyScenario[];
 }
 
 /** The value after `--name` as a number, or undefined. */
@@ -60,6 +65,7 @@ async function peers(argv: string[]): Promise<void> {
   const which = asked.length ? asked : [...BENCHES];
   const runs = numberFlag(argv, 'runs') ?? 3;
   const duration = numberFlag(argv, 'duration') ?? 10;
+  const scenarios = proxyScenarios(argv);
   const say = (s: string) => process.stderr.write(`  ${s}\n`);
   try {
     await ensurePeerPackages(say);
@@ -83,7 +89,7 @@ async function peers(argv: string[]): Promise<void> {
             ? await (await import('./peers/smtp.js')).runSmtpPeers({ runs, say, messages: numberFlag(argv, 'smtp-messages') })
             : name === 'pop3'
               ? await (await import('./peers/pop3.js')).runPop3Peers({ runs, say, messages: numberFlag(argv, 'pop3-messages') })
-              : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say, scenarios: listFlag(argv, 'proxy-scenarios') as ProxyScenario[] | undefined });
+              : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say, scenarios });
       } catch (e) {
         // One protocol failing (a peer that would not start) still leaves the others' tables.
         failed.push(name);

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { originCounts, startOrigin, type OriginCounts } from './origin.js';
 import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
-import { cpuMicros, fillTemplate, freePort, onCleanup, parseWrk, run, stopChild, waitListening, watchPeakMemory, wrkLua, type ProxyScenario } from './util.js';
+import { cpuMicros, fillTemplate, freePort, onCleanup, parseWrk, PROXY_SCENARIOS, run, stopChild, waitListening, watchPeakMemory, wrkLua, type ProxyScenario } from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = join(HERE, '..', '..');
@@ -130,7 +130,7 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
   const duration = options.duration ?? 10;
   const warmup = options.warmup ?? 2;
   const connections = options.connections ?? 50;
-  const scenarios = options.scenarios ?? ['hit1k', 'hit100k', 'miss', 'reval'];
+  const scenarios = options.scenarios ?? [...PROXY_SCENARIOS];
   const servers = options.servers ?? [OURS, 'squid', 'nginx'];
   const say = options.say ?? (() => undefined);
   const samples: Sample[] = [];

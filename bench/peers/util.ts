@@ -70,7 +70,9 @@ export function fillTemplate(template: string, values: Readonly<Record<string, s
 }
 
 /** The proxy scenarios: what a wrk request asks for. */
-export type ProxyScenario = 'hit1k' | 'hit100k' | 'miss' | 'reval';
+/** The proxy bench's rows, in their table order. */
+export const PROXY_SCENARIOS = ['hit1k', 'hit100k', 'miss', 'reval'] as const;
+export type ProxyScenario = (typeof PROXY_SCENARIOS)[number];
 
 /**
  * The wrk Lua script of a proxy scenario: absolute-form requests for the origin `originBase`
