@@ -7,7 +7,7 @@
  * Without `--peers`, ours runs alone and each bench compares with the issues' reference figures
  * (bench/pop3.ts also measures Dovecot in the same run when it is installed).
  *
- * `npm run bench -- --peers [smtp] [pop3] [proxy] [--runs 3] [--duration 10] [--smtp-messages 1500]
+ * `npm run bench -- --peers [smtp] [pop3] [proxy] [--runs 3] [--duration 10] [--smtp-messages 1500] [--smtp-warmup 1500]
  * [--pop3-messages 1000] [--proxy-scenarios reval,miss]` runs the peers side
  * by side instead (bench/peers/): installs the missing Debian packages (as root), starts Postfix,
  * Dovecot, Squid and nginx on 127.0.0.1 with configs from bench/peers/, alternates runs with ours,
@@ -86,7 +86,7 @@ async function peers(argv: string[]): Promise<void> {
       try {
         rep =
           name === 'smtp'
-            ? await (await import('./peers/smtp.js')).runSmtpPeers({ runs, say, messages: numberFlag(argv, 'smtp-messages') })
+            ? await (await import('./peers/smtp.js')).runSmtpPeers({ runs, say, messages: numberFlag(argv, 'smtp-messages'), warmupMessages: numberFlag(argv, 'smtp-warmup') })
             : name === 'pop3'
               ? await (await import('./peers/pop3.js')).runPop3Peers({ runs, say, messages: numberFlag(argv, 'pop3-messages') })
               : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say, scenarios });

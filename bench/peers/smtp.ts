@@ -27,18 +27,20 @@ export interface SmtpPeersOptions {
   runs?: number;
   /** Session counts for smtp-source. @default [1, 10, 50] */
   sessions?: number[];
-  /** Messages per smtp-source run at 10 and 50 sessions (a third of it at 1 session). @default 1500 */
+  /** Messages per measured smtp-source run, at every number of sessions. @default 1500 */
   messages?: number;
   /** Octets per message. @default 10240 */
   size?: number;
   /**
    * Unmeasured messages every server (Postfix alike) accepts before each smtp-source run, with
    * the same number of sessions, so that what is measured is the steady state of that load and not
-   * a cold start: our code is compiled by tsx and V8 on first use, and one session's pattern
-   * (one job per SQLite batch, one fsync per commit) warms differently from ten's (in one
-   * measurement, one session after a 10-session warm-up cost 7.5 ms of CPU per message, and 4.5
-   * to 5.5 ms after 500 to 1,500 one-session messages). Postfix forks its smtpd and cleanup
-   * processes on first use. They count in the delivery check. @default 300
+   * a cold start. Ours is JavaScript that V8 compiles to optimised code only after many calls:
+   * on a fresh server fed one session, the CPU per message of the listeners' thread fell from
+   * 2.7 to 1.8, 1.7 and 1.6 ms over four runs of 500 messages, and the workers' thread's from 2.9
+   * to 1.7, 1.5 and 1.6 ms (the run's msg/s rose from 171 to 221, 273, 283). With 300 messages of
+   * warm-up, the measured run still paid for much of that. Postfix is compiled ahead of time and
+   * forks its smtpd and cleanup processes on first use. Warm-up messages count in the delivery
+   * check. @default 1500
    */
   warmupMessages?: number;
   /** Messages of the latency run (own client, 10 sessions). @default 500 */
@@ -162,7 +164,7 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
   const messages = options.messages ?? 1500;
   const size = options.size ?? 10240;
   const latencyMessages = options.latencyMessages ?? 500;
-  const warmupMessages = options.warmupMessages ?? 300;
+  const warmupMessages = options.warmupMessages ?? 1500;
   const drainTimeout = options.drainTimeout ?? 120;
   const servers = options.servers ?? [OURS, 'postfix'];
   const say = options.say ?? (() => undefined);
@@ -197,7 +199,7 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
               sent += warmupMessages;
             }
             await caughtUp();
-            const n = sessions === 1 ? Math.ceil(messages / 3) : messages;
+            const n = messages;
             const pid = server.pid();
             const cpuBefore = pid ? await cpuMicros(pid) : undefined;
             const seconds = await smtpSource(server.port, sessions, n, size);
@@ -246,7 +248,7 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
   }
   const problems = Object.entries(deliveries).flatMap(([name, ds]) => ds.filter((d) => d.delivered !== d.sent).map((d) => `${name}: ${d.sent - d.delivered} accepted messages not delivered`));
   const report = summarize('SMTP', 'msg/s', samples, [
-    `10 KB messages (${size} octets), a fresh connection per message; before each measured run every server accepts ${warmupMessages} unmeasured messages with the same number of sessions (the steady state of that load, not a cold start), and the measured run starts once every earlier message is in the mailbox (it does not pay for the delivery of the one before); smtp-source sends ${Math.ceil(messages / 3)} messages at 1 session and ${messages} at 10 and 50; the latency run sends ${latencyMessages} from our own client at 10 sessions (p50/p99: end of data to the 250).`,
+    `10 KB messages (${size} octets), a fresh connection per message; before each measured run every server accepts ${warmupMessages} unmeasured messages with the same number of sessions (the steady state of that load, not a cold start), and the measured run starts once every earlier message is in the mailbox (it does not pay for the delivery of the one before); smtp-source sends ${messages} messages per measured run; the latency run sends ${latencyMessages} from our own client at 10 sessions (p50/p99: end of data to the 250).`,
     `Each server started cold for each run (new data folder), runs alternating. Ours: smtp + the queue workers (on their own thread unless TOMLINSON_WORKERS_THREAD=false), local storage, fsync before 250. Postfix: private instance, virtual(8) to Maildir, fsync before 250 as shipped, no chroot.`,
     'Peak RSS: the largest sum of VmHWM over the server\'s processes during the run (Postfix: master and every smtpd, cleanup, qmgr, virtual... it forks; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split among processes.',
     'CPU µs/op: user + system CPU time of the server\'s processes (every thread; Postfix: master and every process it forked, the exited ones through master\'s child times) during the smtp-source run, per message. Delivery that lags past the end of the run is not in it (the drain time below is the last run\'s).',
