@@ -50,11 +50,12 @@ function proxyScenarios(argv: string[]): ProxyScenario[] | undefined {
 }
 
 /** The value after `--name` as a number, or undefined. */
-function numberFlag(argv: string[], name: string): number | undefined {
+/** The number after `--name`; zero only where `zero` allows it (a warm-up can be left out, a run cannot). */
+function numberFlag(argv: string[], name: string, zero = false): number | undefined {
   const i = argv.indexOf(`--${name}`);
   if (i < 0) return undefined;
   const v = Number(argv[i + 1]);
-  if (!Number.isFinite(v) || v <= 0) throw new Error(`--${name} needs a positive number`);
+  if (!Number.isFinite(v) || v < 0 || (v === 0 && !zero)) throw new Error(`--${name} needs a ${zero ? 'non-negative' : 'positive'} number`);
   return v;
 }
 
@@ -86,7 +87,7 @@ async function peers(argv: string[]): Promise<void> {
       try {
         rep =
           name === 'smtp'
-            ? await (await import('./peers/smtp.js')).runSmtpPeers({ runs, say, messages: numberFlag(argv, 'smtp-messages'), warmupMessages: numberFlag(argv, 'smtp-warmup') })
+            ? await (await import('./peers/smtp.js')).runSmtpPeers({ runs, say, messages: numberFlag(argv, 'smtp-messages'), warmupMessages: numberFlag(argv, 'smtp-warmup', true) })
             : name === 'pop3'
               ? await (await import('./peers/pop3.js')).runPop3Peers({ runs, say, messages: numberFlag(argv, 'pop3-messages') })
               : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say, scenarios });

@@ -199,14 +199,13 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
               sent += warmupMessages;
             }
             await caughtUp();
-            const n = messages;
             const pid = server.pid();
             const cpuBefore = pid ? await cpuMicros(pid) : undefined;
-            const seconds = await smtpSource(server.port, sessions, n, size);
-            const cpuUs = pid && cpuBefore !== undefined ? (await cpuMicros(pid) - cpuBefore) / n : undefined;
-            sent += n;
-            say(`smtp run ${r} ${name} ${sessions} sessions: ${Math.round(n / seconds)} msg/s${cpuUs === undefined ? '' : `, ${(cpuUs / 1000).toFixed(2)} ms CPU per message`}`);
-            mine.push({ scenario: `${sessions} session${sessions === 1 ? '' : 's'} (smtp-source)`, server: name, run: r, value: n / seconds, cpuUs });
+            const seconds = await smtpSource(server.port, sessions, messages, size);
+            const cpuUs = pid && cpuBefore !== undefined ? (await cpuMicros(pid) - cpuBefore) / messages : undefined;
+            sent += messages;
+            say(`smtp run ${r} ${name} ${sessions} sessions: ${Math.round(messages / seconds)} msg/s${cpuUs === undefined ? '' : `, ${(cpuUs / 1000).toFixed(2)} ms CPU per message`}`);
+            mine.push({ scenario: `${sessions} session${sessions === 1 ? '' : 's'} (smtp-source)`, server: name, run: r, value: messages / seconds, cpuUs });
           }
           await caughtUp();
           const lat = await latencyRun(server.port, 10, latencyMessages, size);
