@@ -314,23 +314,22 @@ export class SqliteStore {
    * lock notifies, so two waiters never wake each other in a loop.
    */
   private retryWhenReleased(seen: number): void {
-    let done = false;
     const retry = () => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
       this.busyRetry = false;
       this.flush();
     };
-    const timer = setTimeout(retry, 2);
     const releases = this.sharing?.releases;
-    if (!releases) return;
+    if (!releases) {
+      setTimeout(retry, 2);
+      return;
+    }
+    // waitAsync's own timeout is the 2 ms fallback; it settles once, so the retry runs once.
     const w = waitAsync(releases, 0, seen, 2);
     // Not equal: the other thread already ended its transaction since we looked; try again now.
     if (!w.async) setImmediate(retry);
     else
       void w.value.then((how) => {
-        if (how === 'ok' && !done) this.lockWaits.woken++;
+        if (how === 'ok') this.lockWaits.woken++;
         retry();
       });
   }
