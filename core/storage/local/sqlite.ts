@@ -285,12 +285,11 @@ export class SqliteStore {
     // The lazy ones need not wait for the fsync the others wait for.
     settle((j) => j.lazy);
     this.inFlightSyncs++;
-    // The first time, also make the WAL file's own folder entry durable (it may have just been made).
-    const synced = this.walDirSynced ? this.walSync.sync(this.walPath) : Promise.all([this.walSync.sync(this.walPath), this.walSync.sync(dirname(this.walPath))]);
+    // The WAL file's own folder entry is made durable once (the file may have just been made):
+    // every batch waits for that one sync, and all in the same way (Promise.all), so that batches
+    // sharing one WAL fsync settle in the order they committed whichever of the two ends last.
+    const synced = Promise.all([this.walSync.sync(this.walPath), this.walDirSync()]);
     synced
-      .then(() => {
-        this.walDirSynced = true;
-      })
       .then(() => settle((j) => !j.lazy), (e: unknown) => {
         // The commit may or may not be on disk: tell every caller it failed (they retry).
         this.log.error({ err: (e as Error).message }, 'fsync of the SQLite WAL failed');
@@ -343,7 +342,16 @@ export class SqliteStore {
   /** When the waiting batch first found the lock taken. */
   private busySince: number | undefined;
   private readonly busyTimeout: { zero: Database.Statement; restore: Database.Statement };
-  private walDirSynced = false;
+  private walDirSyncing?: Promise<void>;
+  /** The one fsync of the WAL's folder, shared by every batch (a failed one is tried again by the next batch). */
+  private walDirSync(): Promise<void> {
+    return (this.walDirSyncing ??= this.walSync!.sync(dirname(this.walPath)).catch(
+      (e: unknown) => {
+        this.walDirSyncing = undefined;
+        throw e;
+      },
+    ));
+  }
   private readonly totalChanges: { get(): number };
 
   /** Runs a read; maps SQLite failures. */
