@@ -1,8 +1,8 @@
 /**
  * Proxy side by side (issue 6, "Speed"; issue 9): our proxy (`containers/main.ts serve proxy` on
- * local storage, in a process of its own), Squid and nginx proxy_cache, each started cold on a
- * high port of 127.0.0.1 with its config from bench/peers/, in turn and alternating (ours, Squid,
- * nginx, ours, ...). wrk with 50 keep-alive connections sends absolute-form requests (Lua scripts
+ * local storage, in a process of its own), Squid and nginx proxy_cache, all started cold for each
+ * run on high ports of 127.0.0.1 with their configs from bench/peers/; each scenario's measured
+ * time is cut into 2 s slices that take turns between the servers (see SLICE_SECONDS). wrk with 50 keep-alive connections sends absolute-form requests (Lua scripts
  * from `wrkLua`): 1 KB and 100 KB memory hits, 1 KB misses (unique URLs) and 1 KB revalidations
  * (origin answers 304). The origin alone is measured too, as this machine's yardstick.
  */
@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { originCounts, startOrigin, type OriginCounts } from './origin.js';
 import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
-import { cpuMicros, fillTemplate, freePort, onCleanup, parseWrk, PROXY_SCENARIOS, run, stopChild, waitListening, watchPeakMemory, wrkLua, type ProxyScenario } from './util.js';
+import { cpuMicros, fillTemplate, median, freePort, onCleanup, parseWrk, PROXY_SCENARIOS, run, stopChild, waitListening, watchPeakMemory, wrkLua, type ProxyScenario } from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = join(HERE, '..', '..');
@@ -22,7 +22,7 @@ const ROOT = join(HERE, '..', '..');
 export interface ProxyPeersOptions {
   /** Runs of every scenario on every server. @default 3 */
   runs?: number;
-  /** Seconds of each measured wrk run. @default 10 */
+  /** Seconds measured per server and scenario in each run, in slices of SLICE_SECONDS. @default 10 */
   duration?: number;
   /** Seconds of the unmeasured wrk run before each measured one (fills the cache, warms the JIT). @default 2 */
   warmup?: number;
@@ -35,6 +35,15 @@ export interface ProxyPeersOptions {
   /** Progress lines. */
   say?: (s: string) => void;
 }
+
+/**
+ * Seconds of one slice of a measured run. On this kind of shared virtual machine the same server
+ * runs at one of two speeds for tens of seconds at a time (CPU per request of every process,
+ * user and system time alike, about 1.5 times higher in the slow spells): run one after the
+ * other, whole 10 s runs landed on different spells. Slices of 2 s taking turns put every server
+ * through the same spells.
+ */
+const SLICE_SECONDS = 2;
 
 interface Server {
   pid: () => number | undefined;
@@ -157,31 +166,64 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
         const w = await wrk(`${originBase}${path}`, connections, duration);
         samples.push({ scenario: name, server: 'origin alone', run: r, value: w.requestsPerSecond, p50Ms: w.p50Ms, p99Ms: w.p99Ms, note: w.errors ? `${w.errors} errors` : undefined });
       }
-      for (const name of servers) {
-        const dir = join(base, `${name}-${r}`);
-        await mkdir(dir, { recursive: true });
-        const server = name === OURS ? await startOurs(dir) : name === 'squid' ? await startSquid(dir) : await startNginx(dir, origin.port);
-        const mem = watchPeakMemory(server.pid);
-        try {
-          const at = `http://127.0.0.1:${server.port}/`;
-          for (const s of scenarios) {
-            await wrk(at, connections, warmup, scripts[s]);
-            const before = await originCounts(origin.port);
-            const pid = server.pid();
-            const cpuBefore = pid ? await cpuMicros(pid) : undefined;
-            const w = await wrk(at, connections, duration, scripts[s]);
-            const cpuUs = pid && cpuBefore !== undefined && w.requests > 0 ? (await cpuMicros(pid) - cpuBefore) / w.requests : undefined;
-            const check = originCheck(s, before, await originCounts(origin.port), w.requests);
-            say(`proxy run ${r} ${name} ${s}: ${Math.round(w.requestsPerSecond)} req/s, p99 ${w.p99Ms} ms${cpuUs === undefined ? '' : `, ${Math.round(cpuUs)} µs CPU per request`}${w.errors ? `, ${w.errors} errors` : ''}; origin: ${check.text}`);
-            const note = [w.errors ? `${w.errors} errors` : '', check.bad ? `origin ${check.text}` : ''].filter(Boolean).join('; ');
-            samples.push({ scenario: s, server: name, run: r, value: w.requestsPerSecond, p50Ms: w.p50Ms, p99Ms: w.p99Ms, cpuUs, note: note ? `${note} (run ${r})` : undefined });
+      // Every server of the run is up at once (idle ones cost nothing), and each scenario's
+      // measured time is cut into slices that take turns between them, so a slow spell of the
+      // machine falls on every server alike (see SLICE_SECONDS).
+      const running: { name: string; server: Server; mem: ReturnType<typeof watchPeakMemory> }[] = [];
+      try {
+        for (const name of servers) {
+          const dir = join(base, `${name}-${r}`);
+          await mkdir(dir, { recursive: true });
+          const server = name === OURS ? await startOurs(dir) : name === 'squid' ? await startSquid(dir) : await startNginx(dir, origin.port);
+          running.push({ name, server, mem: watchPeakMemory(server.pid) });
+        }
+        // wrk takes whole seconds.
+        const slices = Math.max(1, Math.round(duration / SLICE_SECONDS));
+        const sliceSeconds = Math.max(1, Math.round(duration / slices));
+        for (const s of scenarios) {
+          for (const { server } of running) await wrk(`http://127.0.0.1:${server.port}/`, connections, warmup, scripts[s]);
+          const zero: OriginCounts = { hit1k: 0, hit100k: 0, miss: 0, reval200: 0, reval304: 0 };
+          const totals = running.map(() => ({ requests: 0, seconds: 0, errors: 0, cpuUs: 0, cpuKnown: true, p50: [] as number[], p99: [] as number[], origin: { ...zero } }));
+          for (let k = 0; k < slices; k++) {
+            // The order turns with each slice: no server always follows the same one.
+            for (let j = 0; j < running.length; j++) {
+              const i = (j + k) % running.length;
+              const { server } = running[i]!;
+              const t = totals[i]!;
+              const before = await originCounts(origin.port);
+              const pid = server.pid();
+              const cpuBefore = pid ? await cpuMicros(pid) : undefined;
+              const w = await wrk(`http://127.0.0.1:${server.port}/`, connections, sliceSeconds, scripts[s]);
+              if (pid && cpuBefore !== undefined) t.cpuUs += (await cpuMicros(pid)) - cpuBefore;
+              else t.cpuKnown = false;
+              const after = await originCounts(origin.port);
+              for (const key of Object.keys(zero) as (keyof OriginCounts)[]) t.origin[key] += after[key] - before[key];
+              t.requests += w.requests;
+              t.seconds += w.requests / w.requestsPerSecond || sliceSeconds;
+              t.errors += w.errors;
+              t.p50.push(w.p50Ms);
+              t.p99.push(w.p99Ms);
+            }
           }
-        } finally {
+          running.forEach(({ name }, i) => {
+            const t = totals[i]!;
+            const rps = t.seconds > 0 ? t.requests / t.seconds : 0;
+            const cpuUs = t.cpuKnown && t.requests > 0 ? t.cpuUs / t.requests : undefined;
+            const [p50Ms, p99Ms] = [median(t.p50), median(t.p99)];
+            // What reached the origin during this server's slices (the others' slices excluded).
+            const check = originCheck(s, zero, t.origin, t.requests);
+            say(`proxy run ${r} ${name} ${s}: ${Math.round(rps)} req/s over ${slices} slices, p99 ${p99Ms} ms${cpuUs === undefined ? '' : `, ${Math.round(cpuUs)} µs CPU per request`}${t.errors ? `, ${t.errors} errors` : ''}; origin: ${check.text}`);
+            const note = [t.errors ? `${t.errors} errors` : '', check.bad ? `origin ${check.text}` : ''].filter(Boolean).join('; ');
+            samples.push({ scenario: s, server: name, run: r, value: rps, p50Ms, p99Ms, cpuUs, note: note ? `${note} (run ${r})` : undefined });
+          });
+        }
+      } finally {
+        for (const { name, server, mem } of running) {
           const peak = await mem.stop();
           await server.stop();
-          for (const s of samples) if (s.server === name && s.run === r) Object.assign(s, { peakMiB: peak.rss, pssMiB: peak.pss });
+          for (const x of samples) if (x.server === name && x.run === r) Object.assign(x, { peakMiB: peak.rss, pssMiB: peak.pss });
         }
-        await rm(dir, { recursive: true, force: true });
+        for (const { name } of running) await rm(join(base, `${name}-${r}`), { recursive: true, force: true });
       }
     }
   } finally {
@@ -190,7 +232,7 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
   }
   // The origin's rows go last in each scenario: it is a yardstick, not a peer.
   const rep = summarize('Proxy', 'req/s', samples, [
-    `wrk -t2 -c${connections}, ${duration} s per run after ${warmup} s of warm-up, absolute-form GETs with the origin in Host; each server started cold for each run, runs alternating between servers.`,
+    `wrk -t2 -c${connections}, ${duration} s per run after ${warmup} s of warm-up, absolute-form GETs with the origin in Host; every server started cold for each run, and each run's measured time cut into ${SLICE_SECONDS} s slices taking turns between the servers (the order turning with each slice), so that the machine's slow and fast spells fall on all of them. req/s: the run's requests over its slices' time; p50/p99: the median over the slices.`,
     'Squid: memory cache only (256 MB cache_mem, no cache_dir, as Debian ships it), 1 worker. nginx: proxy_cache on files (page cache), worker_processes auto, keep-alive upstream, proxy_cache_revalidate on, sendfile on, tcp_nopush off (its default). Ours: memory tier 256 MB over the blob tier on disk, one process.',
     'Peak RSS: the largest sum of VmHWM over the server\'s processes during the run (nginx: master + workers; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.',
     '"origin alone" is wrk straight at the origin: the yardstick for this machine, not a peer.',
