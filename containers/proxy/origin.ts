@@ -9,6 +9,7 @@ import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import type { BodyWriter } from '../../core/cache/store.js';
 import { HOP_BY_HOP } from './http.js';
+import type { LeanHandler } from './lean.js';
 
 /** Where body chunks go once the consumer has chosen; `data` returns false to pause the origin. */
 interface BodySink {
@@ -24,11 +25,21 @@ interface BodySink {
  * byte for byte, as undici and Node's own parser do.
  */
 export function originHeaders(raw: Buffer[]): Record<string, string | string[]> {
+  const list: string[] = new Array<string>(raw.length);
+  for (let i = 0; i < raw.length; i += 2) {
+    list[i] = raw[i].toString('latin1').toLowerCase();
+    list[i + 1] = raw[i + 1].toString('latin1');
+  }
+  return originHeaderList(list);
+}
+
+/** The same from a flat [name, value, ...] list with names already lower-cased (the lean client's). */
+export function originHeaderList(list: string[]): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
   let connection: string | undefined;
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i].toString('latin1').toLowerCase();
-    const value = raw[i + 1].toString('latin1');
+  for (let i = 0; i < list.length; i += 2) {
+    const name = list[i];
+    const value = list[i + 1];
     if (HOP_BY_HOP.has(name)) {
       if (name === 'connection') connection = connection === undefined ? value : `${connection}, ${value}`;
       continue;
@@ -61,7 +72,7 @@ export interface HeadListener {
  * listener is called from undici's parser callback, synchronously; a revalidation answered 304
  * is served from there without a promise.
  */
-export class OriginExchange implements Dispatcher.DispatchHandler {
+export class OriginExchange implements Dispatcher.DispatchHandler, LeanHandler {
   statusCode = 0;
   /** End-to-end response fields (see originHeaders). */
   headers: Record<string, string | string[]> = {};
@@ -82,8 +93,17 @@ export class OriginExchange implements Dispatcher.DispatchHandler {
   onHeaders(statusCode: number, raw: Buffer[], resume: () => void): boolean {
     // 1xx interim responses (RFC 9110 §15.2) are not forwarded: the final response follows.
     if (statusCode < 200) return true;
+    return this.onFinalHead(statusCode, originHeaders(raw), resume);
+  }
+
+  /** The lean client's head (lean.ts): names already lower-cased, interim responses already skipped. */
+  onHeaderList(statusCode: number, list: string[], resume: () => void): boolean {
+    return this.onFinalHead(statusCode, originHeaderList(list), resume);
+  }
+
+  private onFinalHead(statusCode: number, headers: Record<string, string | string[]>, resume: () => void): boolean {
     this.statusCode = statusCode;
-    this.headers = originHeaders(raw);
+    this.headers = headers;
     this.resumeFn = resume;
     this.state = 'body';
     this.listener.head(this);

@@ -7,7 +7,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { STATUS_CODES, createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { connect as netConnect, isIP, type Socket } from 'node:net';
+import { connect as netConnect, isIP, type LookupFunction, type Socket } from 'node:net';
+import { LeanClient } from './lean.js';
 import type { Readable } from 'node:stream';
 import type CachePolicy from 'http-cache-semantics';
 import { Agent, type Dispatcher } from 'undici';
@@ -107,6 +108,9 @@ interface Target {
   readonly host: string;
   /** `http://host[:port]`, the undici origin. */
   readonly origin: string;
+  /** The host name or address (IPv6 without brackets) and the port, for the lean client. */
+  readonly hostname: string;
+  readonly port: number;
   /** Path and query. */
   readonly path: string;
   /** The host is an IP address the origin guard refuses. */
@@ -252,6 +256,7 @@ class CachingProxy {
   private readonly store: CacheStore;
   private readonly stats: CacheStats;
   private readonly agent: Agent;
+  private readonly lean: LeanClient;
   private readonly guard: OriginGuard;
   private readonly allowed: ReturnType<typeof cidrList>;
   private readonly auth: ProxyAuth | undefined;
@@ -309,6 +314,14 @@ class CachingProxy {
       headersTimeout: cfg.originTimeoutMs,
       bodyTimeout: cfg.originTimeoutMs,
       connect: { timeout: cfg.originTimeoutMs, lookup: this.guard.lookup } as Agent.Options['connect'],
+    });
+    this.lean = new LeanClient({
+      timeoutMs: cfg.originTimeoutMs,
+      keepAliveMs: 4000,
+      // Origin heads as large as undici accepts by default.
+      maxHeaderBytes: 16 * 1024,
+      lookup: this.guard.lookup as LookupFunction,
+      maxSockets: 512,
     });
     this.server = createServer({
       maxHeaderSize: cfg.maxHeaderBytes,
@@ -375,6 +388,7 @@ class CachingProxy {
     this.stopPurgeWatch();
     await this.stats.close();
     await this.store.close();
+    this.lean.close();
     await this.agent.close().catch(() => undefined);
   }
 
@@ -400,6 +414,8 @@ class CachingProxy {
       url: parsed.href,
       host: parsed.host,
       origin: parsed.origin,
+      hostname: host,
+      port: parsed.port ? Number(parsed.port) : 80,
       path: parsed.pathname + parsed.search,
       refused: isIP(host) !== 0 && !this.guard.allows(host),
     };
@@ -994,6 +1010,8 @@ class CachingProxy {
   /** Sends an origin request whose head goes to `x`'s listener (a refused origin address fails it at once). */
   private dispatch(target: Target, method: string, headers: Record<string, string | string[]>, body: Readable | undefined, x: OriginExchange): void {
     if (target.refused) return x.onError(new OriginFailure(403, 'origin address refused by the proxy'));
+    // Bodiless GET and HEAD (revalidations, misses) take the lean client (lean.ts says why).
+    if (body === undefined && (method === 'GET' || method === 'HEAD')) return this.lean.request(target.hostname, target.port, method, target.path, headers, x);
     this.agent.dispatch({ origin: target.origin, path: target.path, method: method as Dispatcher.HttpMethod, headers, body }, x);
   }
 
