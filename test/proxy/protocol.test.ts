@@ -297,3 +297,50 @@ describe('curl -x', () => {
     expect(h.origin.count('/curl')).toBe(1);
   });
 });
+
+describe('idle client connections (keep-alive timeout)', () => {
+  let hk: Harness;
+  beforeAll(async () => {
+    hk = await Harness.start({}, { keepAliveMs: 300 });
+  });
+  afterAll(async () => {
+    await hk?.stop();
+  });
+
+  /** Connects, writes `data`, and resolves with what was read and when the proxy closed (ms after connecting). */
+  function until(data: string): Promise<{ out: string; closedAfterMs: number }> {
+    return new Promise((resolve) => {
+      const t0 = Date.now();
+      const s = connect(hk.proxy.port, '127.0.0.1', () => data && s.write(data));
+      let out = '';
+      const guard = setTimeout(() => s.destroy(), 5000);
+      s.on('data', (d) => (out += d.toString('latin1')));
+      s.on('error', () => undefined);
+      s.on('close', () => {
+        clearTimeout(guard);
+        resolve({ out, closedAfterMs: Date.now() - t0 });
+      });
+    });
+  }
+
+  it('closes a keep-alive connection idle after its response, and one that never sends anything', async () => {
+    hk.origin.routes.set('/ka', (_q, res) => res.end('ka'));
+    const [used, silent] = await Promise.all([until(`GET ${hk.origin.url('/ka')} HTTP/1.1\r\nHost: a\r\n\r\n`), until('')]);
+    expect(statusOf(used.out)).toBe(200);
+    expect(used.closedAfterMs).toBeGreaterThanOrEqual(300);
+    expect(used.closedAfterMs).toBeLessThan(4000);
+    expect(silent.out).toBe('');
+    expect(silent.closedAfterMs).toBeLessThan(4000);
+  });
+
+  it('does not close a connection while its response is still under way', async () => {
+    hk.origin.routes.set('/slow-ka', (_q, res) => {
+      res.writeHead(200, { 'cache-control': 'no-store', 'content-length': '4' });
+      res.write('sl');
+      setTimeout(() => res.end('ow'), 1200);
+    });
+    const r = await until(`GET ${hk.origin.url('/slow-ka')} HTTP/1.1\r\nHost: a\r\n\r\n`);
+    expect(r.out).toMatch(/\r\n\r\nslow$/);
+    expect(r.closedAfterMs).toBeGreaterThanOrEqual(1200);
+  });
+});
