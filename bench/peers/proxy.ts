@@ -2,9 +2,9 @@
  * Proxy side by side (issue 6, "Speed"; issue 9): our proxy (`containers/main.ts serve proxy` on
  * local storage, in a process of its own), Squid and nginx proxy_cache, all started cold for each
  * run on high ports of 127.0.0.1 with their configs from bench/peers/; each scenario's measured
- * time is cut into 2 s slices that take turns between the servers (see SLICE_SECONDS). wrk with 50 keep-alive connections sends absolute-form requests (Lua scripts
- * from `wrkLua`): 1 KB and 100 KB memory hits, 1 KB misses (unique URLs) and 1 KB revalidations
- * (origin answers 304). The origin alone is measured too, as this machine's yardstick.
+ * time is cut into 2 s slices that take turns between the servers (see SLICE_SECONDS). wrk with
+ * 50 keep-alive connections sends absolute-form requests (Lua scripts from `wrkLua`): 1 KB and
+ * 100 KB memory hits, 1 KB misses (unique URLs) and 1 KB revalidations (origin answers 304). The origin alone is measured too, as this machine's yardstick.
  */
 import { spawn } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { originCounts, startOrigin, type OriginCounts } from './origin.js';
 import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
-import { cpuMicros, fillTemplate, median, freePort, onCleanup, parseWrk, PROXY_SCENARIOS, run, stopChild, waitListening, watchPeakMemory, wrkLua, type ProxyScenario } from './util.js';
+import { cpuMicros, fillTemplate, freePort, median, onCleanup, parseWrk, PROXY_SCENARIOS, run, stopChild, waitListening, watchPeakMemory, wrkLua, type ProxyScenario } from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = join(HERE, '..', '..');

@@ -1,9 +1,10 @@
 /**
- * One request to an origin through undici's `dispatch()` with a handler of our own. `request()`
+ * One request to an origin, through the lean client (lean.ts: GET and HEAD without a body) or
+ * through undici's `dispatch()` (the rest), with a handler of our own for both. undici's `request()`
  * wraps every response body in a Readable stream and parses the header list into an object that
  * the proxy then copied twice more (end-to-end fields, policy). Here the header list becomes the
  * end-to-end object in one pass and body chunks go straight to the client response (and the cache
- * writer), with backpressure through undici's pause/resume (`onData` returning false).
+ * writer), with backpressure through the client's pause/resume (`onData` returning false).
  */
 import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
