@@ -4,7 +4,8 @@
  * run on high ports of 127.0.0.1 with their configs from bench/peers/; each scenario's measured
  * time is cut into 2 s slices that take turns between the servers (see SLICE_SECONDS). wrk with
  * 50 keep-alive connections sends absolute-form requests (Lua scripts from `wrkLua`): 1 KB and
- * 100 KB memory hits, 1 KB misses (unique URLs) and 1 KB revalidations (origin answers 304). The origin alone is measured too, as this machine's yardstick.
+ * 100 KB memory hits, 1 KB misses (unique URLs) and 1 KB revalidations (origin answers 304).
+ * The origin alone is measured too, as this machine's yardstick.
  */
 import { spawn } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
