@@ -318,7 +318,6 @@ class Exchange {
     this.pending = undefined;
     try {
       while (buf.length > 0 && !this.finished) buf = this.step(buf);
-      if (this.state === 'close' || this.finished) return;
     } catch (e) {
       this.fail(e as Error);
     }
@@ -345,7 +344,7 @@ class Exchange {
         const n = Math.min(this.left, buf.length);
         this.left -= n;
         const rest = buf.subarray(n);
-        if (n > 0 && !this.data(n === buf.length ? buf : buf.subarray(0, n))) this.pause();
+        if (n > 0 && !this.w.handler.onData(n === buf.length ? buf : buf.subarray(0, n))) this.pause();
         if (this.left === 0) this.complete(rest.length === 0);
         return this.finished ? EMPTY : rest;
       }
@@ -367,7 +366,7 @@ class Exchange {
       case 'chunk-data': {
         const n = Math.min(this.left, buf.length);
         this.left -= n;
-        if (!this.data(n === buf.length ? buf : buf.subarray(0, n))) this.pause();
+        if (!this.w.handler.onData(n === buf.length ? buf : buf.subarray(0, n))) this.pause();
         if (this.left === 0) this.state = 'chunk-crlf';
         return buf.subarray(n);
       }
@@ -396,7 +395,7 @@ class Exchange {
         return buf.subarray(nl + 2);
       }
       case 'close':
-        if (!this.data(buf)) this.pause();
+        if (!this.w.handler.onData(buf)) this.pause();
         return EMPTY;
       default:
         // Bytes after a complete response: the connection is not reused (see complete()).
@@ -452,10 +451,6 @@ class Exchange {
     this.w.handler.onHeaderList(status, list, this.resume);
   }
 
-  private data(chunk: Buffer): boolean {
-    return this.w.handler.onData(chunk);
-  }
-
   /** The response is complete; `clean` when no byte followed it in the same read. */
   private complete(clean: boolean): void {
     if (this.finished) return;
@@ -492,6 +487,11 @@ class Exchange {
 
   private finish(): void {
     this.finished = true;
+    // A pause switched the socket's timeout off; the connection's next exchange needs it back.
+    if (this.paused) {
+      this.paused = false;
+      this.socket.setTimeout(this.client.opts.timeoutMs);
+    }
     this.state = 'done';
     if (this.socket[CURRENT] === this) this.socket[CURRENT] = undefined;
   }

@@ -258,6 +258,38 @@ describe('lean origin client: connections', () => {
     expect((await b).error?.message).toMatch(/closing/);
   });
 
+  it('a connection reused after a paused body still times out a silent origin', async () => {
+    const o = await origin((s, _req, n) => {
+      if (n === 1 && o.requests.length === 1) s.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody');
+      // the second request on the same connection gets no answer
+    });
+    const c = client(300);
+    const r: Result = { headers: [], body: '' };
+    const first = await new Promise<Result>((resolve) => {
+      let resume!: () => void;
+      c.request('127.0.0.1', o.port, 'GET', '/p', { host: 'a' }, {
+        onConnect: () => undefined,
+        onHeaderList: (status, _list, res) => {
+          r.status = status;
+          resume = res;
+          return true;
+        },
+        onData: (chunk) => {
+          r.body += chunk.toString('latin1');
+          setTimeout(() => resume(), 20);
+          return false; // pause: the socket's timeout is switched off while the consumer waits
+        },
+        onComplete: () => resolve(r),
+        onError: (e) => resolve({ ...r, error: e }),
+      });
+    });
+    expect(first).toMatchObject({ status: 200, body: 'body' });
+    await new Promise((res) => setImmediate(res));
+    const second = await get(c, o.port);
+    expect(o.conns()).toBe(1);
+    expect(second.error?.code).toBe('ETIMEDOUT');
+  }, 5000); // without the timeout restored, the second request would wait forever
+
   it('fails with the connect error when nothing listens', async () => {
     const o = await origin(() => undefined);
     const port = o.port;
