@@ -204,7 +204,13 @@ describe('local family only', () => {
       const all = [...mine, ...results.flatMap((r) => r.bodies)];
       expect(all.length).toBe(300);
       expect(new Set(all).size).toBe(300);
-      expect(results.every((r) => r.bodies.length > 0)).toBe(true);
+      // Sharing took place between processes: at least two of the three receivers (one of them a
+      // child) got messages. Requiring all three made the test fail on a loaded machine when one
+      // child's first receive came after the others had drained the queue, which says nothing
+      // about duplicates.
+      const receivers = [mine, ...results.map((r) => r.bodies)].filter((b) => b.length > 0).length;
+      expect(receivers).toBeGreaterThanOrEqual(2);
+      expect(results.some((r) => r.bodies.length > 0)).toBe(true);
     } finally {
       for (const c of kids) c.kill();
     }
