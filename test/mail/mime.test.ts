@@ -123,6 +123,10 @@ describe('summarizeMessage', () => {
     ['an empty message', ''],
     ['an unknown charset', 'Content-Type: text/plain; charset=x-unknown-42\r\n\r\nplain ascii\r\n'],
     ['a bad date and encoded word', 'Date: someday\r\nSubject: =?utf-8?Q?broken\r\n\r\nx'],
+    ['an attached message of broken base64', 'Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!***\r\n'],
+    ['an empty attached message', 'Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n--b--\r\n'],
+    ['an attached message of binary garbage', 'Content-Type: message/rfc822\r\n\r\n\u0000\u00ff\r\n\r\n\u0001'],
+    ['an unterminated attached message', 'Content-Type: message/rfc822\r\n\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nhel'],
   ];
   for (const [name, raw] of malformed) {
     it(`never throws on ${name}`, async () => {
@@ -322,6 +326,22 @@ describe('attached messages (message/rfc822) are opened', () => {
     expect(s.partCount).toBe(1001);
     expect(s.parts).toHaveLength(100);
     expect(s.subject).toBe('many');
+  });
+
+  it('a broken attached message is reported and the parts after it are still read', async () => {
+    const raw =
+      'Subject: outer\r\nContent-Type: multipart/mixed; boundary=top\r\n\r\n' +
+      `--top\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n${b64(`X-Big: ${'a'.repeat(1100 * 1024)}\r\n\r\nbody\r\n`)}\r\n` +
+      '--top\r\nContent-Type: text/plain\r\n\r\nafter it\r\n--top--\r\n';
+    const s = await sum(raw, 65536);
+    expect(s.malformed).toBe('part 1: Max header size for a MIME node exceeded');
+    expect(s.parts.map((p) => [p.part, p.type])).toEqual([
+      ['', 'multipart/mixed'],
+      ['1', 'message/rfc822'],
+      ['2', 'text/plain'],
+    ]);
+    expect(s.parts[1].size).toBe(Buffer.byteLength(raw.split('\r\n\r\n')[2].split('\r\n--top')[0]));
+    expect(s.preview).toBe('after it');
   });
 
   it('keeps the summary within its byte bound however many attached messages carry long headers', async () => {
