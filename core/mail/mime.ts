@@ -4,8 +4,12 @@
  * splitter underneath mailparser) rather than MailParser itself, because MailParser keeps whole
  * text bodies in memory and does not expose each part's transfer encoding and raw size; the
  * splitter hands us each node's headers and its body in chunks, which we count (and decode only
- * where a decoded size or the preview needs it) and then drop.
+ * where a decoded size or the preview needs it) and then drop. An attached message is opened by
+ * a splitter of its own fed with its decoded body as it streams, up to `maxMessageDepth` deep and
+ * `maxNodes` parts in all; the summary's JSON is kept within `maxSummaryBytes`, as it is stored in
+ * one table item (DynamoDB's are at most 400 KB).
  */
+import { once } from 'node:events';
 import { Transform, Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Splitter, type MimeNode } from '@zone-eu/mailsplit';
@@ -21,13 +25,36 @@ export interface SummaryOptions {
   maxParts?: number;
   /** Attachments listed. @default 50 */
   maxAttachments?: number;
-  /** Addresses kept per address field. @default 50 */
+  /** Addresses kept per address field (of an attached message: at most 10). @default 50 */
   maxAddresses?: number;
+  /** Attached messages opened inside one another; a deeper one is listed as a leaf. @default 5 */
+  maxMessageDepth?: number;
+  /** MIME parts read in all, attached messages' included; past that reading stops (`malformed`). @default 1000 */
+  maxNodes?: number;
+  /** Octets the summary may take as JSON (it is stored in one table item); past that lists are cut from the end (its single fields take at most about 24 KB). @default 65536 */
+  maxSummaryBytes?: number;
+}
+
+/** The header fields the summary keeps of a message, the top-level one or an attached one. */
+export interface MessageHeaders {
+  /** Display form of the first From address, e.g. `Jürgen <j@example.org>`; '' when absent. */
+  from: string;
+  /** The bare address of the first From mailbox; '' when absent. */
+  fromAddress: string;
+  to: string[];
+  cc: string[];
+  subject: string;
+  /** ISO 8601 when the Date header parses; otherwise the header as it came; '' when absent. */
+  date: string;
+  messageId: string;
 }
 
 /** One MIME part as kept in the summary. `size` is the encoded body size in octets. */
 export interface PartSummary {
-  /** IMAP-style part number: '' for the root, '1', '1.2', ... */
+  /**
+   * IMAP-style part number (RFC 3501 §6.4.5): '' for the root, '1', '1.2', ...; inside an
+   * attached message at '3' its root is '3.TEXT' and its parts '3.1', '3.2', ...
+   */
   part: string;
   type: string;
   multipart?: boolean;
@@ -39,33 +66,33 @@ export interface PartSummary {
   size: number;
   /** Octets after transfer decoding; only measured for attachments. */
   decodedSize?: number;
+  /** The header fields of an attached message (message/rfc822 or message/global) that was opened. */
+  message?: MessageHeaders;
 }
 
 /** The summary's shape; summarizeMessage returns it typed as a Tables attribute map. */
-export interface MessageSummary {
+export interface MessageSummary extends MessageHeaders {
   v: 1;
   /** Octets of the whole raw message. */
   size: number;
-  /** Display form of the first From address, e.g. `Jürgen <j@example.org>`; '' when absent. */
-  from: string;
-  /** The bare address of the first From mailbox; '' when absent. */
-  fromAddress: string;
-  to: string[];
-  cc: string[];
-  subject: string;
-  /** ISO 8601 when the Date header parses; otherwise the header as it came; '' when absent. */
-  date: string;
-  messageId: string;
+  /** Every part read, those of attached messages included, in the order they appear. */
   parts: PartSummary[];
   partCount: number;
+  /** The leaves of the top-level message that are attachments (an attached message's own are in `parts`). */
   attachments: { name: string; type: string; size: number }[];
   preview: string;
   /** Set when the MIME structure could not be parsed to the end; the rest is what was read. */
   malformed?: string;
+  /** Set when lists were cut to keep the summary within `maxSummaryBytes`. */
+  trimmed?: true;
 }
 
 const MAX_HEADER_CHARS = 998; // RFC 5322 §2.1.1: a line is at most 998 characters.
 const PREVIEW_BYTES = 16 * 1024;
+const MAX_NESTED_ADDRESSES = 10;
+
+/** Thrown (and caught) when a message has more parts than `maxNodes`. */
+class TooManyParts extends Error {}
 
 /**
  * Reads the message stream to its end and returns its summary. Never throws for malformed MIME:
@@ -77,6 +104,8 @@ export async function summarizeMessage(input: Readable, options: SummaryOptions 
   const maxParts = options.maxParts ?? 100;
   const maxAttachments = options.maxAttachments ?? 50;
   const maxAddresses = options.maxAddresses ?? 50;
+  const maxDepth = options.maxMessageDepth ?? 5;
+  const maxNodes = options.maxNodes ?? 1000;
 
   const summary: MessageSummary = {
     v: 1,
@@ -97,126 +126,314 @@ export async function summarizeMessage(input: Readable, options: SummaryOptions 
   let inputError: unknown;
   input.once('error', (e) => (inputError ??= e));
 
-  const counter = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      summary.size += chunk.length;
-      cb(null, chunk);
-    },
-  });
-
-  // The leaf whose body is streaming now.
-  let current: { info: PartSummary; node: MimeNode; attachment: boolean; decoder?: Transform; text?: Buffer[]; textBytes?: number } | undefined;
   let previewSource: { bytes: Buffer; charset: string; html: boolean } | undefined;
   let plainSeen = false;
 
-  const finishLeaf = async (): Promise<void> => {
-    const leaf = current;
-    current = undefined;
-    if (!leaf) return;
-    if (leaf.decoder) {
-      const dec = leaf.decoder;
-      await new Promise<void>((resolve) => {
-        dec.once('end', resolve);
-        dec.once('error', () => resolve());
-        dec.end();
-      });
-    }
-    if (leaf.attachment && summary.attachments.length < maxAttachments) {
-      summary.attachments.push({
-        name: leaf.info.filename ?? '',
-        type: leaf.info.type,
-        size: leaf.info.decodedSize ?? leaf.info.size,
-      });
-    }
-    if (leaf.text && !leaf.attachment) {
-      const isHtml = leaf.info.type === 'text/html';
-      if (!isHtml && !plainSeen) {
-        plainSeen = true;
-        previewSource = { bytes: Buffer.concat(leaf.text), charset: leaf.info.charset ?? 'utf-8', html: false };
-      } else if (isHtml && !previewSource) {
-        previewSource = { bytes: Buffer.concat(leaf.text), charset: leaf.info.charset ?? 'utf-8', html: true };
-      }
-    }
-  };
-
-  const onNode = (node: MimeNode): void => {
-    summary.partCount++;
-    const type = (node.contentType || (node.multipart ? `multipart/${node.multipart}` : 'text/plain')).toLowerCase();
-    const info: PartSummary = { part: partNumber(node), type, size: 0 };
-    if (node.multipart) info.multipart = true;
-    if (node.charset) info.charset = String(node.charset).toLowerCase();
-    if (node.encoding) info.encoding = String(node.encoding).toLowerCase();
-    if (node.disposition) info.disposition = String(node.disposition).toLowerCase();
-    if (node.filename) info.filename = clip(String(node.filename), 255);
-    if (summary.parts.length < maxParts) summary.parts.push(info);
-
-    if (node.root) readRootHeaders(node, summary, maxAddresses);
-    if (node.multipart) return;
-
-    const isText = type === 'text/plain' || type === 'text/html';
-    const attachment = info.disposition === 'attachment' || Boolean(info.filename) || (!isText && !type.startsWith('multipart/'));
-    const leaf: NonNullable<typeof current> = { info, node, attachment };
-    const wantText = !attachment && isText && (type === 'text/plain' ? !plainSeen : !previewSource);
-    if (attachment || wantText) {
-      try {
-        const decoder = node.getDecoder() as Transform;
-        if (attachment) info.decodedSize = 0;
-        if (wantText) {
-          leaf.text = [];
-          leaf.textBytes = 0;
+  /**
+   * The sink for one message's splitter: the top-level message (`base` undefined, depth 0) or
+   * one attached at part `base` (its headers go to `headers`).
+   */
+  const messageSink = (depth: number, base?: string, headers?: (h: MessageHeaders) => void): { sink: Writable; finish: () => Promise<void> } => {
+    // The leaf whose body is streaming now.
+    let current:
+      | {
+          info: PartSummary;
+          node: MimeNode;
+          attachment: boolean;
+          decoder?: Transform;
+          text?: Buffer[];
+          textBytes?: number;
+          nested?: { input: Transform; done: Promise<unknown>; error?: unknown };
         }
-        decoder.on('data', (chunk: Buffer) => {
-          if (info.decodedSize !== undefined) info.decodedSize += chunk.length;
-          if (leaf.text && leaf.textBytes! < PREVIEW_BYTES) {
-            const take = chunk.subarray(0, PREVIEW_BYTES - leaf.textBytes!);
-            leaf.text.push(Buffer.from(take));
-            leaf.textBytes! += take.length;
-          }
-        });
-        decoder.on('error', () => undefined);
-        leaf.decoder = decoder;
-      } catch {
-        // An unknown transfer encoding: keep the raw size only.
-      }
-    }
-    current = leaf;
-  };
+      | undefined;
 
-  const sink = new Writable({
-    objectMode: true,
-    write(chunk: MimeNode | { type: 'data' | 'body'; node: MimeNode; value: Buffer }, _enc, cb) {
-      if (chunk.type === 'node') {
-        finishLeaf().then(
-          () => {
-            onNode(chunk as MimeNode);
-            cb();
-          },
-          (e: Error) => cb(e),
-        );
+    const finishLeaf = async (): Promise<void> => {
+      const leaf = current;
+      current = undefined;
+      if (!leaf) return;
+      if (leaf.nested) {
+        const nested = leaf.nested;
+        if (nested.error === undefined) nested.input.end();
+        await nested.done;
+        if (nested.error instanceof TooManyParts) throw nested.error;
+        if (nested.error !== undefined) summary.malformed ??= clip(`part ${leaf.info.part}: ${message(nested.error)}`, 200);
+      } else if (leaf.decoder) {
+        const dec = leaf.decoder;
+        await new Promise<void>((resolve) => {
+          dec.once('end', resolve);
+          dec.once('error', () => resolve());
+          dec.end();
+        });
+      }
+      if (depth === 0 && leaf.attachment && summary.attachments.length < maxAttachments) {
+        summary.attachments.push({
+          name: leaf.info.filename ?? '',
+          type: leaf.info.type,
+          size: leaf.info.decodedSize ?? leaf.info.size,
+        });
+      }
+      if (leaf.text && !leaf.attachment && leaf.textBytes! > 0) {
+        const isHtml = leaf.info.type === 'text/html';
+        if (!isHtml && !plainSeen) {
+          plainSeen = true;
+          previewSource = { bytes: Buffer.concat(leaf.text), charset: leaf.info.charset ?? 'utf-8', html: false };
+        } else if (isHtml && !previewSource) {
+          previewSource = { bytes: Buffer.concat(leaf.text), charset: leaf.info.charset ?? 'utf-8', html: true };
+        }
+      }
+    };
+
+    const onNode = (node: MimeNode): void => {
+      if (++summary.partCount > maxNodes) throw new TooManyParts(`more than ${maxNodes} MIME parts`);
+      const type = (node.contentType || (node.multipart ? `multipart/${node.multipart}` : 'text/plain')).toLowerCase();
+      const own = partNumber(node);
+      const part = base === undefined ? own : own === '' ? `${base}.TEXT` : `${base}.${own}`;
+      const info: PartSummary = { part, type, size: 0 };
+      if (node.multipart) info.multipart = true;
+      if (node.charset) info.charset = String(node.charset).toLowerCase();
+      if (node.encoding) info.encoding = String(node.encoding).toLowerCase();
+      if (node.disposition) info.disposition = String(node.disposition).toLowerCase();
+      if (node.filename) info.filename = clip(String(node.filename), 255);
+      if (summary.parts.length < maxParts) summary.parts.push(info);
+
+      if (node.root) {
+        const h = readHeaders(node, depth === 0 ? maxAddresses : Math.min(maxAddresses, MAX_NESTED_ADDRESSES));
+        if (depth === 0) Object.assign(summary, h);
+        else headers?.(h);
+      }
+      if (node.multipart) return;
+
+      const isText = type === 'text/plain' || type === 'text/html';
+      const attachment = info.disposition === 'attachment' || Boolean(info.filename) || (!isText && !type.startsWith('multipart/'));
+      const leaf: NonNullable<typeof current> = { info, node, attachment };
+      current = leaf;
+
+      // The splitter opens an attached message only when it is unencoded and inline (and not at
+      // all with ignoreEmbedded), so every one is opened here instead: its decoded body goes
+      // through a splitter of its own, streamed, so a base64 message is never held whole.
+      if ((type === 'message/rfc822' || type === 'message/global') && depth < maxDepth) {
+        const decoder = node.getDecoder() as Transform;
+        info.decodedSize = 0;
+        const { sink } = messageSink(depth + 1, part || '1', (h) => (info.message = h));
+        const nested: NonNullable<typeof leaf.nested> = { input: decoder, done: Promise.resolve() };
+        nested.done = pipeline(decoder, new HeaderSectionEnd((n) => (info.decodedSize! += n)), newSplitter(maxNodes), sink).catch((e: unknown) => (nested.error = e ?? new Error('failed')));
+        leaf.nested = nested;
         return;
       }
-      if (chunk.type === 'body' && current && chunk.node === current.node) {
-        current.info.size += chunk.value.length;
-        if (current.decoder) current.decoder.write(chunk.value);
-      }
-      cb();
-    },
-    final(cb) {
-      finishLeaf().then(() => cb(), cb);
-    },
-  });
 
+      const wantText = depth === 0 && !attachment && isText && (type === 'text/plain' ? !plainSeen : !previewSource);
+      if (attachment || wantText) {
+        try {
+          const decoder = node.getDecoder() as Transform;
+          if (attachment) info.decodedSize = 0;
+          if (wantText) {
+            leaf.text = [];
+            leaf.textBytes = 0;
+          }
+          decoder.on('data', (chunk: Buffer) => {
+            if (info.decodedSize !== undefined) info.decodedSize += chunk.length;
+            if (leaf.text && leaf.textBytes! < PREVIEW_BYTES) {
+              const take = chunk.subarray(0, PREVIEW_BYTES - leaf.textBytes!);
+              leaf.text.push(Buffer.from(take));
+              leaf.textBytes! += take.length;
+            }
+          });
+          decoder.on('error', () => undefined);
+          leaf.decoder = decoder;
+        } catch {
+          // An unknown transfer encoding: keep the raw size only.
+        }
+      }
+    };
+
+    const sink = new Writable({
+      objectMode: true,
+      write(chunk: MimeNode | { type: 'data' | 'body'; node: MimeNode; value: Buffer }, _enc, cb) {
+        if (chunk.type === 'node') {
+          finishLeaf().then(
+            () => {
+              try {
+                onNode(chunk as MimeNode);
+              } catch (e) {
+                return cb(e as Error);
+              }
+              cb();
+            },
+            (e: Error) => cb(e),
+          );
+          return;
+        }
+        const leaf = current;
+        if (chunk.type !== 'body' || !leaf || chunk.node !== leaf.node) return cb();
+        leaf.info.size += chunk.value.length;
+        const nested = leaf.nested;
+        if (nested) {
+          if (nested.error instanceof TooManyParts) return cb(nested.error);
+          // The attached message is read at its own pace (a part of it may be decoding): wait
+          // rather than buffer what it has not taken yet.
+          if (nested.error === undefined && !nested.input.write(chunk.value)) {
+            Promise.race([once(nested.input, 'drain').catch(() => undefined), nested.done]).then(() => cb());
+            return;
+          }
+        } else if (leaf.decoder) leaf.decoder.write(chunk.value);
+        cb();
+      },
+      final(cb) {
+        finishLeaf().then(() => cb(), cb);
+      },
+    });
+    return { sink, finish: finishLeaf };
+  };
+
+  const top = messageSink(0);
   try {
-    await pipeline(input, counter, new Splitter({ ignoreEmbedded: true, maxHeadSize: 1024 * 1024, maxChildNodes: 1000 }), sink);
+    await pipeline(input, new HeaderSectionEnd((n) => (summary.size += n)), newSplitter(maxNodes), top.sink);
   } catch (e) {
     if (inputError) throw inputError;
-    summary.malformed = clip(e instanceof Error ? e.message : String(e), 200);
-    await finishLeaf().catch(() => undefined);
+    summary.malformed = clip(message(e), 200);
+    await top.finish().catch(() => undefined);
   }
   if (inputError) throw inputError;
 
   if (previewSource) summary.preview = makePreview(previewSource.bytes, previewSource.charset, previewSource.html, previewChars);
+  fitSummary(summary, options.maxSummaryBytes ?? 64 * 1024);
   return summary as unknown as Record<string, AttrValue>;
+}
+
+function message(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+type SplitterInternals = Transform & { node: MimeNode & { parseHeaders(): void }; checkBoundary(line: Buffer): 1 | 2 | 3 | 4 | false };
+const SplitterBase = Splitter as unknown as new (config: ConstructorParameters<typeof Splitter>[0]) => SplitterInternals;
+
+/**
+ * The splitter, with one fix: a part that a delimiter line ends while its header section is still
+ * open (an empty part, or header lines with no empty line after them) is a part (RFC 2046
+ * §5.1.1: "body-part := MIME-part-headers [CRLF *OCTET]", so even no octets at all make a part);
+ * mailsplit 5.4 drops it unless it had header lines and the delimiter closes the multipart.
+ */
+class PartSplitter extends SplitterBase {
+  override checkBoundary(line: Buffer): 1 | 2 | 3 | 4 | false {
+    const found = super.checkBoundary(line);
+    // 3 and 4: the delimiter of an enclosing multipart, seen by the node being read.
+    if ((found === 3 || found === 4) && this.node.parentNode && !this.node.headers) {
+      this.node.parseHeaders();
+      this.push(this.node);
+    }
+    return found;
+  }
+}
+
+function newSplitter(maxNodes: number): Transform {
+  return new PartSplitter({ ignoreEmbedded: true, maxHeadSize: 1024 * 1024, maxChildNodes: maxNodes });
+}
+
+/**
+ * Ends a message's header section at its first line that is neither a header field (RFC 5322
+ * §2.2: a field name, then ":") nor the continuation of one, by putting the empty line in front
+ * of it: such a line starts the body (as Python's email parser reads it). The splitter would read
+ * the whole text of a message without header fields as one header block and find no body; a
+ * message taken over SMTP has our Return-Path and Received fields in front, so "the first line" is
+ * not enough. An mbox "From " line is let through at the start, as the splitter knows it.
+ * Only the start of each header line is held back (at most a line's 998 characters). `count` is
+ * told the octets of the message as they come in.
+ */
+class HeaderSectionEnd extends Transform {
+  private state: 'start' | 'cr' | 'name' | 'space' | 'value' | 'body' = 'start';
+  private held: number[] = [];
+  private first = true;
+
+  constructor(private readonly count: (octets: number) => void) {
+    super();
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null, data?: Buffer) => void): void {
+    this.count(chunk.length);
+    if (this.state === 'body') return cb(null, chunk);
+    const out: Buffer[] = [];
+    let from = 0; // start of the bytes of `chunk` that pass as they are
+    for (let i = 0; i < chunk.length && this.state !== 'body'; i++) {
+      const b = chunk[i];
+      switch (this.state) {
+        case 'value':
+          if (b === 0x0a) {
+            this.state = 'start';
+            this.first = false;
+          }
+          break;
+        case 'start':
+          if (b === 0x20 || b === 0x09 || b === 0x3a) this.state = 'value';
+          else if (b === 0x0a) this.state = 'body';
+          else {
+            out.push(chunk.subarray(from, i));
+            from = i + 1;
+            this.held = [b];
+            if (b === 0x0d) this.state = 'cr';
+            else if (b > 0x20 && b < 0x7f) this.state = 'name';
+            else this.notHeader(out);
+          }
+          break;
+        default: {
+          // cr, name, space: the line so far is held in `held`.
+          this.held.push(b);
+          from = i + 1;
+          if (this.state === 'cr') {
+            if (b === 0x0a) this.release(out, 'body');
+            else this.notHeader(out);
+          } else if (b === 0x3a) this.release(out, 'value');
+          else if (this.state === 'name' && b > 0x20 && b < 0x7f && this.held.length <= MAX_HEADER_CHARS) break;
+          else if (b === 0x20 || b === 0x09) {
+            if (this.first && this.state === 'name' && Buffer.from(this.held).toString('latin1') === 'From ') this.release(out, 'value');
+            else this.state = 'space';
+          } else this.notHeader(out);
+        }
+      }
+    }
+    if (this.state === 'body' || this.state === 'value' || this.state === 'start') out.push(chunk.subarray(from));
+    cb(null, Buffer.concat(out));
+  }
+
+  override _flush(cb: (e?: Error | null, data?: Buffer) => void): void {
+    const out: Buffer[] = [];
+    if (this.held.length) this.notHeader(out);
+    cb(null, Buffer.concat(out));
+  }
+
+  private release(out: Buffer[], next: 'body' | 'value'): void {
+    out.push(Buffer.from(this.held));
+    this.held = [];
+    this.state = next;
+  }
+
+  private notHeader(out: Buffer[]): void {
+    out.push(Buffer.from('\r\n'));
+    this.release(out, 'body');
+  }
+}
+
+/** Cuts the summary's lists from the end until its JSON takes at most `max` octets. */
+function fitSummary(summary: MessageSummary, max: number): void {
+  const bytes = (x: unknown): number => Buffer.byteLength(JSON.stringify(x));
+  let size = bytes(summary);
+  if (size <= max) return;
+  summary.trimmed = true;
+  // Attached messages' address lists go first, then parts, attachments and addresses from the end.
+  for (const p of summary.parts) {
+    if (p.message && (p.message.to.length || p.message.cc.length)) {
+      p.message.to = [];
+      p.message.cc = [];
+    }
+  }
+  size = bytes(summary);
+  const shrink = (list: unknown[]): void => {
+    // The element's JSON and, unless it was the only one, the comma before it.
+    while (size > max && list.length) size -= bytes(list.pop()) + (list.length ? 1 : 0);
+  };
+  shrink(summary.parts);
+  shrink(summary.attachments);
+  shrink(summary.cc);
+  shrink(summary.to);
 }
 
 function partNumber(node: MimeNode): string {
@@ -225,9 +442,10 @@ function partNumber(node: MimeNode): string {
   return nr.filter((x) => x !== 'TEXT').join('.');
 }
 
-function readRootHeaders(node: MimeNode, summary: MessageSummary, maxAddresses: number): void {
+function readHeaders(node: MimeNode, maxAddresses: number): MessageHeaders {
+  const out: MessageHeaders = { from: '', fromAddress: '', to: [], cc: [], subject: '', date: '', messageId: '' };
   const headers = node.headers;
-  if (!headers) return;
+  if (!headers) return out;
   const first = (key: string): string => {
     try {
       return headers.getFirst(key) ?? '';
@@ -235,19 +453,20 @@ function readRootHeaders(node: MimeNode, summary: MessageSummary, maxAddresses: 
       return '';
     }
   };
-  summary.subject = clip(decode(unfold(first('subject'))), MAX_HEADER_CHARS);
-  summary.messageId = clip(unfold(first('message-id')).trim(), MAX_HEADER_CHARS);
+  out.subject = clip(decode(unfold(first('subject'))), MAX_HEADER_CHARS);
+  out.messageId = clip(unfold(first('message-id')).trim(), MAX_HEADER_CHARS);
   const date = unfold(first('date')).trim();
   const parsed = date ? Date.parse(date) : NaN;
-  summary.date = Number.isFinite(parsed) ? new Date(parsed).toISOString() : clip(date, 200);
+  out.date = Number.isFinite(parsed) ? new Date(parsed).toISOString() : clip(date, 200);
 
   const from = addresses(first('from'), 1);
   if (from[0]) {
-    summary.from = from[0].display;
-    summary.fromAddress = from[0].address;
+    out.from = from[0].display;
+    out.fromAddress = from[0].address;
   }
-  summary.to = addresses(headers.get('to').map(stripName), maxAddresses).map((a) => a.display);
-  summary.cc = addresses(headers.get('cc').map(stripName), maxAddresses).map((a) => a.display);
+  out.to = addresses(headers.get('to').map(stripName), maxAddresses).map((a) => a.display);
+  out.cc = addresses(headers.get('cc').map(stripName), maxAddresses).map((a) => a.display);
+  return out;
 }
 
 /** `headers.get` returns whole lines; drop the `Name:` part. */
