@@ -167,7 +167,7 @@ async function selfSigned(config: Config, log: Logger): Promise<Pair> {
   await writeFile(`${keyFile}.tmp`, made.private, { mode: 0o600 });
   await chmod(`${keyFile}.tmp`, 0o600);
   await rename(`${keyFile}.tmp`, keyFile);
-  await writeFile(`${certFile}.tmp`, made.cert, { mode: 0o644 });
+  await writeFile(`${certFile}.tmp`, made.cert, { mode: 0o600 });
   await rename(`${certFile}.tmp`, certFile);
   const info = describe('self-signed', made.cert);
   log.warn(
