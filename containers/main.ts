@@ -31,6 +31,15 @@ async function main(): Promise<void> {
   try {
     components = parseArgs(process.argv.slice(2));
     config = loadConfig(process.env);
+    if (config.outbound.smarthost) {
+      // Checked now, so a mistyped URL stops the start instead of failing every delivery.
+      const { parseSmarthost } = await import('../core/mail/outbound.js');
+      try {
+        parseSmarthost(config.outbound.smarthost);
+      } catch (e) {
+        throw new ConfigError('TOMLINSON_SMARTHOST', (e as Error).message);
+      }
+    }
   } catch (e) {
     if (e instanceof ConfigError || e instanceof UsageError) {
       process.stderr.write(`tomlinson: ${e instanceof ConfigError ? 'invalid configuration: ' : ''}${e.message}\n`);

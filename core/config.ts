@@ -108,7 +108,7 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'proxy.objectTierAdmitHits', env: 'TOMLINSON_PROXY_OBJECT_TIER_ADMIT_HITS', kind: 'int', min: 1, max: 1000, default: 2, doc: 'Uses of a response held in memory (the storing request is the first) before it is also written to the shared object tier; 1: write every stored response.' },
   { path: 'proxy.statsLogSeconds', env: 'TOMLINSON_PROXY_STATS_LOG_SECONDS', kind: 'int', min: 0, max: 86400, default: 60, doc: 'Seconds between the proxy log lines with cache: "stats" and the counts of the interval (the CloudWatch hit-ratio metrics sum them); 0: never.' },
 
-  { path: 'outbound.smarthost', env: 'TOMLINSON_SMARTHOST', kind: 'string', default: '', doc: 'smtp://user@host:587 or smtps://host:465 relay for all remote mail; empty: direct MX delivery.' },
+  { path: 'outbound.smarthost', env: 'TOMLINSON_SMARTHOST', kind: 'string', default: '', doc: 'smtp://user@host:587 (STARTTLS required; ?tls=opportunistic or ?tls=none to allow cleartext, without credentials only) or smtps://host:465 relay for all remote mail; empty: direct MX delivery.' },
   { path: 'outbound.smarthostPasswordSecretId', env: 'TOMLINSON_SMARTHOST_SECRET_ID', kind: 'string', default: '', doc: 'Secrets Manager secret with the smarthost password (AWS).' },
   { path: 'outbound.maxAgeSeconds', env: 'TOMLINSON_OUTBOUND_MAX_AGE', kind: 'int', min: 60, max: 30 * 86400, default: 5 * 86400, doc: 'Give up and bounce after this long.' },
   { path: 'outbound.retrySchedule', env: 'TOMLINSON_OUTBOUND_RETRY_SCHEDULE', kind: 'list', default: ['300', '600', '1200', '1800'], doc: 'Seconds between attempts; the last repeats.' },

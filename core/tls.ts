@@ -5,7 +5,7 @@
  * rebuilt on change and handed out fresh, so new connections pick up a renewed certificate
  * without a restart; listeners built on tls.Server call `attach(server)` to follow reloads.
  */
-import { X509Certificate } from 'node:crypto';
+import { constants as cryptoConstants, X509Certificate } from 'node:crypto';
 import { existsSync, watch, type FSWatcher } from 'node:fs';
 import { chmod, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -32,6 +32,14 @@ export const CIPHERS = [
   'ECDHE-RSA-CHACHA20-POLY1305',
 ].join(':');
 
+/**
+ * What every server context gets: the version floor, the suites, and no renegotiation. Node only
+ * reports a client that renegotiates more than tls.CLIENT_RENEG_LIMIT times as an 'error' event
+ * and leaves the connection up, so each renegotiation cost a handshake (CVE-2011-1473); OpenSSL's
+ * SSL_OP_NO_RENEGOTIATION refuses the first one with a no_renegotiation alert (RFC 5746 §4.4).
+ */
+const SERVER_CONTEXT = { minVersion: MIN_TLS_VERSION, ciphers: CIPHERS, honorCipherOrder: true, secureOptions: cryptoConstants.SSL_OP_NO_RENEGOTIATION } as const;
+
 /** Where the default certificate came from. */
 export type TlsSource = 'files' | 'secret' | 'self-signed';
 
@@ -51,7 +59,8 @@ export interface TlsProvider {
   options(): tls.TlsOptions & { SNICallback: NonNullable<tls.TlsOptions['SNICallback']> };
   /** The current default context (for STARTTLS: `new tls.TLSSocket(sock, { secureContext })`). */
   secureContext(): tls.SecureContext;
-  /** Keeps a tls.Server's default context current across reloads; returns a detach function. */
+  /** Keeps a tls.Server's default context current across reloads and closes each connection whose
+   * handshake fails or times out; returns a detach function. */
   attach(server: tls.Server): () => void;
   /** Calls `listener` after each successful reload; returns an unsubscribe function. */
   onReload(listener: () => void): () => void;
@@ -90,7 +99,7 @@ interface Loaded {
 function contextFor(pair: Pair): tls.SecureContext {
   // createSecureContext throws when key and certificate do not match: a half-renewed pair is
   // refused here and the previous context stays in use.
-  return tls.createSecureContext({ key: pair.key, cert: pair.cert, minVersion: MIN_TLS_VERSION, ciphers: CIPHERS, honorCipherOrder: true });
+  return tls.createSecureContext({ key: pair.key, cert: pair.cert, ...SERVER_CONTEXT });
 }
 
 function describe(source: TlsSource, certPem: string): CertificateInfo {
@@ -158,7 +167,7 @@ async function selfSigned(config: Config, log: Logger): Promise<Pair> {
   await writeFile(`${keyFile}.tmp`, made.private, { mode: 0o600 });
   await chmod(`${keyFile}.tmp`, 0o600);
   await rename(`${keyFile}.tmp`, keyFile);
-  await writeFile(`${certFile}.tmp`, made.cert, { mode: 0o644 });
+  await writeFile(`${certFile}.tmp`, made.cert, { mode: 0o600 });
   await rename(`${certFile}.tmp`, certFile);
   const info = describe('self-signed', made.cert);
   log.warn(
@@ -296,12 +305,19 @@ export async function createTlsProvider(config: Config, log: Logger, options: Tl
   }
 
   return {
-    options: () => ({ key: current.pair.key, cert: current.pair.cert, minVersion: MIN_TLS_VERSION, ciphers: CIPHERS, honorCipherOrder: true, SNICallback }),
+    options: () => ({ key: current.pair.key, cert: current.pair.cert, ...SERVER_CONTEXT, SNICallback }),
     secureContext: () => current.context,
     attach(server) {
-      const update = () => server.setSecureContext({ key: current.pair.key, cert: current.pair.cert, minVersion: MIN_TLS_VERSION, ciphers: CIPHERS, honorCipherOrder: true });
+      const update = () => server.setSecureContext({ key: current.pair.key, cert: current.pair.cert, ...SERVER_CONTEXT });
       listeners.add(update);
-      return () => listeners.delete(update);
+      // Node emits 'tlsClientError' when `handshakeTimeout` runs out but leaves the socket open
+      // (a partial ClientHello held a connection for minutes): close it.
+      const refuse = (_err: Error, socket: tls.TLSSocket) => socket.destroy();
+      server.on('tlsClientError', refuse);
+      return () => {
+        listeners.delete(update);
+        server.off('tlsClientError', refuse);
+      };
     },
     onReload(listener) {
       listeners.add(listener);

@@ -112,7 +112,7 @@ export function register(program: Command, ctx: CliContext): void {
       // Written under a temporary name and renamed at the end: a failed export leaves no half file.
       const tmp = `${path}.partial`;
       const { exportMailbox } = await import('../../core/mailbox/export.js');
-      const out = toStdout ? process.stdout : createWriteStream(tmp, { flags: 'w' });
+      const out = toStdout ? process.stdout : createWriteStream(tmp, { flags: 'w', mode: 0o600 });
       try {
         const report = await exportMailbox({
           user,

@@ -87,17 +87,32 @@ const MAX_HOSTS_PER_ATTEMPT = 5;
 /** RET absent (RFC 3461 §4.3 leaves it to us): return the whole message up to this size. */
 const FULL_RETURN_MAX_BYTES = 256 * 1024;
 
-/** Parses `smtp://user:pass@host:587` / `smtps://host:465` (config.outbound.smarthost). */
+/** What a smarthost URL's `?tls=` may ask for on smtp:// (smtps:// is always implicit TLS). */
+const SMARTHOST_TLS: readonly TlsMode[] = ['required', 'opportunistic', 'none'];
+
+/**
+ * Parses `smtp://user:pass@host:587` / `smtps://host:465` (config.outbound.smarthost). smtp://
+ * requires STARTTLS unless the URL says `?tls=opportunistic` (STARTTLS when offered) or `?tls=none`;
+ * with credentials TLS is always required (never send a password in the clear).
+ */
 export function parseSmarthost(url: string, domains: string[] = []): Smarthost {
   const u = new URL(url);
   if (u.protocol !== 'smtp:' && u.protocol !== 'smtps:') throw new Error(`smarthost must be smtp:// or smtps://, got ${u.protocol}`);
   const implicit = u.protocol === 'smtps:';
   const user = u.username ? decodeURIComponent(u.username) : undefined;
+  const asked = u.searchParams.get('tls');
+  for (const k of u.searchParams.keys()) if (k !== 'tls') throw new Error(`smarthost URL: unknown parameter ${JSON.stringify(k)} (only tls=required|opportunistic|none)`);
+  let mode: TlsMode = implicit ? 'implicit' : 'required';
+  if (asked !== null) {
+    if (implicit) throw new Error('smarthost URL: smtps:// is always TLS; tls= applies to smtp:// only');
+    if (!SMARTHOST_TLS.includes(asked as TlsMode)) throw new Error(`smarthost URL: tls=${asked} is not one of ${SMARTHOST_TLS.join(', ')}`);
+    mode = asked as TlsMode;
+    if (user && mode !== 'required') throw new Error(`smarthost URL: tls=${asked} with credentials would send the password in the clear`);
+  }
   return {
     host: u.hostname.replace(/^\[|\]$/g, ''),
     port: u.port ? Number(u.port) : implicit ? 465 : 587,
-    // With credentials STARTTLS is required (never send a password in the clear).
-    tls: implicit ? 'implicit' : user ? 'required' : 'opportunistic',
+    tls: mode,
     user,
     pass: u.password ? decodeURIComponent(u.password) : undefined,
     domains: domains.map((d) => d.toLowerCase()),
@@ -407,7 +422,9 @@ async function deliverGroup(
   type Target = { host: string; address: string; port: number; tls: TlsMode; verify: boolean; auth?: { user: string; pass: string } };
   let targets: Target[];
   if (via) {
-    targets = [{ host: via.host, address: via.host, port: via.port, tls: via.tls, verify: config.outbound.tlsVerify !== 'never', auth: via.user ? { user: via.user, pass: via.pass ?? '' } : undefined }];
+    // Certificates are checked where TLS is required (outbound.tlsVerify), as for MX hosts.
+    const verify = config.outbound.tlsVerify === 'always' || (config.outbound.tlsVerify === 'required' && (via.tls === 'required' || via.tls === 'implicit'));
+    targets = [{ host: via.host, address: via.host, port: via.port, tls: via.tls, verify, auth: via.user ? { user: via.user, pass: via.pass ?? '' } : undefined }];
   } else {
     const route = await resolveMxRoute(deps.dns, key, { random: deps.random });
     if (route.kind !== 'hosts') {
@@ -474,7 +491,11 @@ async function deliverGroup(
       continue;
     }
     if (res.sessionFailure.temporary) anyTemporary = true;
-    log.info({ host: lastHost, stage: res.sessionFailure.stage, reply: res.sessionFailure.reply }, 'host failed; trying the next');
+    if (via && res.sessionFailure.stage === 'STARTTLS' && t.tls === 'required') {
+      log.warn({ host: lastHost, reply: res.sessionFailure.reply }, 'smarthost: no TLS session, so nothing was sent; the message will be retried (?tls=opportunistic in outbound.smarthost allows cleartext)');
+    } else {
+      log.info({ host: lastHost, stage: res.sessionFailure.stage, reply: res.sessionFailure.reply }, 'host failed; trying the next');
+    }
   }
   const f = last!.sessionFailure!;
   // RFC 5321 §5.1: after every host failed, the failure is temporary unless all were permanent.

@@ -70,7 +70,7 @@ class TempMessage implements MessageSink {
     readonly path: string,
     private readonly maxBytes: number,
   ) {
-    this.out = createWriteStream(path);
+    this.out = createWriteStream(path, { mode: 0o600 });
   }
 
   async write(data: Buffer): Promise<void> {

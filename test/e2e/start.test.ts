@@ -103,6 +103,21 @@ describe('npm start (embedded default)', () => {
     expect(err).toContain('TOMLINSON_SMTP_PORT');
   }, 60_000);
 
+  it('refuses a smarthost URL it cannot honour (tls=maybe) with exit code 2 before starting', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'containers/main.ts', 'serve', 'all'], {
+      cwd: root,
+      env: { ...process.env, TOMLINSON_SMARTHOST: 'smtp://relay.example.test:587?tls=maybe' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    started.push(child);
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const { code } = await exitOf(child);
+    expect(code).toBe(2);
+    expect(err).toContain('TOMLINSON_SMARTHOST');
+    expect(err).toContain('tls=maybe');
+  }, 60_000);
+
   it('refuses an unknown component with exit code 2', async () => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'containers/main.ts', 'serve', 'imap'], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
     started.push(child);

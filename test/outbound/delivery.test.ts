@@ -462,7 +462,8 @@ describe('routing', () => {
   });
 
   it('a smarthost replaces MX routing (no DNS for the recipient domain needed)', async () => {
-    const smart = await openEnv({ TOMLINSON_SMARTHOST: `smtp://127.0.0.1:${remote.port}`, TOMLINSON_DNS_SERVERS: dns.address });
+    // This remote offers no STARTTLS: the URL opts out of the TLS a smarthost otherwise requires.
+    const smart = await openEnv({ TOMLINSON_SMARTHOST: `smtp://127.0.0.1:${remote.port}?tls=opportunistic`, TOMLINSON_DNS_SERVERS: dns.address });
     try {
       await queueMessage(smart, { id: 'smart-1', from: 'alice@local.test', rcpts: [{ address: 'frank@unresolvable.test' }, { address: 'gina@other.test' }] }, sampleMessage('alice@local.test', 'frank@unresolvable.test', 'Smarthost'));
       const n = remote.events.length;
@@ -473,6 +474,42 @@ describe('routing', () => {
       const ev = remote.events.slice(n).filter((e) => e.event === 'message');
       expect(ev).toHaveLength(1);
       expect(ev[0].rcpts?.sort()).toEqual(['frank@unresolvable.test', 'gina@other.test']);
+    } finally {
+      await smart.close();
+    }
+  });
+
+  it('a smarthost that offers no STARTTLS gets nothing: the message is deferred and retried, not sent in cleartext', async () => {
+    const smart = await openEnv({ TOMLINSON_SMARTHOST: `smtp://127.0.0.1:${remote.port}`, TOMLINSON_DNS_SERVERS: dns.address });
+    try {
+      await queueMessage(smart, { id: 'smart-notls-1', from: 'alice@local.test', rcpts: [{ address: 'hank@remote.test' }] }, sampleMessage('alice@local.test', 'hank@remote.test', 'No TLS'));
+      const n = remote.events.length;
+      await drain(smart, 'outbound', createOutboundJob());
+      let [r] = await new OutboundStore(smart.storage.tables).getRecipients('smart-notls-1');
+      expect(r).toMatchObject({ state: 'deferred', attempts: 1, status: '4.7.5' });
+      expect(r.lastReply).toMatch(/does not offer STARTTLS and TLS is required/);
+      expect(remote.events.slice(n).filter((e) => e.event === 'message')).toHaveLength(0);
+      // Retried on the schedule, and refused the same way while the relay offers no TLS.
+      smart.clock.ms = Date.parse(r.nextAttemptAt!);
+      await drain(smart, 'outbound', createOutboundJob());
+      [r] = await new OutboundStore(smart.storage.tables).getRecipients('smart-notls-1');
+      expect(r).toMatchObject({ state: 'deferred', attempts: 2, status: '4.7.5' });
+      expect(remote.events.slice(n).filter((e) => e.event === 'message')).toHaveLength(0);
+    } finally {
+      await smart.close();
+    }
+  });
+
+  it('a smarthost URL with ?tls=none is spoken to in cleartext, as the operator asked', async () => {
+    const smart = await openEnv({ TOMLINSON_SMARTHOST: `smtp://127.0.0.1:${remote.port}?tls=none`, TOMLINSON_DNS_SERVERS: dns.address });
+    try {
+      await queueMessage(smart, { id: 'smart-none-1', from: 'alice@local.test', rcpts: [{ address: 'ivan@remote.test' }] }, sampleMessage('alice@local.test', 'ivan@remote.test', 'Cleartext'));
+      const n = remote.events.length;
+      await drain(smart, 'outbound', createOutboundJob());
+      const [r] = await new OutboundStore(smart.storage.tables).getRecipients('smart-none-1');
+      expect(r.state).toBe('delivered');
+      const ev = remote.events.slice(n).filter((e) => e.event === 'message');
+      expect(ev.map((e) => [e.rcpts, e.tls])).toEqual([[['ivan@remote.test'], false]]);
     } finally {
       await smart.close();
     }

@@ -118,7 +118,14 @@ describe('small parsers', () => {
   it('parses smarthost URLs', () => {
     expect(parseSmarthost('smtp://user%40x.test:p%3Ass@relay.test:2525', ['A.test'])).toEqual({ host: 'relay.test', port: 2525, tls: 'required', user: 'user@x.test', pass: 'p:ss', domains: ['a.test'] });
     expect(parseSmarthost('smtps://relay.test')).toMatchObject({ port: 465, tls: 'implicit', user: undefined });
-    expect(parseSmarthost('smtp://relay.test')).toMatchObject({ port: 587, tls: 'opportunistic' });
+    // Without credentials too, smtp:// requires STARTTLS unless the URL opts out.
+    expect(parseSmarthost('smtp://relay.test')).toMatchObject({ port: 587, tls: 'required' });
+    expect(parseSmarthost('smtp://relay.test:25?tls=opportunistic')).toMatchObject({ port: 25, tls: 'opportunistic' });
+    expect(parseSmarthost('smtp://relay.test?tls=none')).toMatchObject({ tls: 'none' });
+    expect(() => parseSmarthost('smtp://u:p@relay.test?tls=none')).toThrow(/password in the clear/);
+    expect(() => parseSmarthost('smtp://relay.test?tls=maybe')).toThrow(/tls=maybe/);
+    expect(() => parseSmarthost('smtps://relay.test?tls=none')).toThrow(/smtps/);
+    expect(() => parseSmarthost('smtp://relay.test?starttls=no')).toThrow(/unknown parameter/);
     expect(() => parseSmarthost('http://relay.test')).toThrow(/smtp/);
   });
 

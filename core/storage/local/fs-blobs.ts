@@ -38,6 +38,7 @@ import {
 } from '../ports.js';
 import { GroupSync } from './group-sync.js';
 import { compareUtf8 } from './order.js';
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from './private.js';
 
 /** Objects (with their header) up to this size are read whole with the header, in one read. */
 const SMALL_READ_BYTES = 64 * 1024;
@@ -234,7 +235,7 @@ export class FsBlobs implements Blobs {
   /** Creates the folders and removes temporary files orphaned by crashed processes. */
   static async open(options: FsBlobsOptions): Promise<FsBlobs> {
     const b = new FsBlobs(options);
-    await fsp.mkdir(b.tmpDir, { recursive: true });
+    await fsp.mkdir(b.tmpDir, { recursive: true, mode: PRIVATE_DIR_MODE });
     // Make the folders themselves durable (they may have just been made): root, blobs/, dataDir.
     for (const d of [b.root, dirname(b.root), dirname(dirname(b.root))]) await b.dirSync.sync(d);
     b.knownDirs.add(b.root);
@@ -295,7 +296,7 @@ export class FsBlobs implements Blobs {
     let fh: fsp.FileHandle | undefined;
     let size = 0;
     try {
-      fh = await fsp.open(tmp, 'wx');
+      fh = await fsp.open(tmp, 'wx', PRIVATE_FILE_MODE);
       const hash = createHash('sha256');
       let pending: Uint8Array[] = [header];
       let pendingBytes = header.length;
@@ -364,7 +365,7 @@ export class FsBlobs implements Blobs {
   /** mkdir -p the folder and fsync the parents of any folder it created, once per folder. */
   private async ensureDir(dir: string): Promise<void> {
     if (this.knownDirs.has(dir)) return;
-    const first = await fsp.mkdir(dir, { recursive: true });
+    const first = await fsp.mkdir(dir, { recursive: true, mode: PRIVATE_DIR_MODE });
     if (first !== undefined) {
       // A new folder is durable only once its parent's entry is: fsync the parent of each one made.
       const created: string[] = [];

@@ -1,13 +1,14 @@
 /**
  * The local adapter family (the embedded default): everything under `config.dataDir`:
- * `blobs/mail/`, `blobs/cache/` (files) and `tomlinson.db` (SQLite: tables and queues).
+ * `blobs/mail/`, `blobs/cache/` (files) and `tomlinson.db` (SQLite: tables and queues), all
+ * readable by the owner only (private.ts).
  */
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Config } from '../../config.js';
 import type { Logger } from '../../log.js';
 import type { Storage } from '../ports.js';
 import { FsBlobs } from './fs-blobs.js';
+import { securePrivateFolder } from './private.js';
 import { SqliteStore, type SqliteSharing } from './sqlite.js';
 import { SqliteQueues } from './sqlite-queues.js';
 import { SqliteTables } from './sqlite-tables.js';
@@ -32,7 +33,7 @@ export interface LocalStorageOptions {
 export async function openLocalStorage(config: Config, log: Logger, options: LocalStorageOptions = {}): Promise<Storage> {
   const slog = log.child({ c: 'storage', family: 'local' });
   const now = options.now ?? Date.now;
-  await mkdir(config.dataDir, { recursive: true });
+  await securePrivateFolder(config.dataDir, slog);
   const [mail, cache] = await Promise.all([
     FsBlobs.open({ root: join(config.dataDir, 'blobs', 'mail'), log: slog, name: 'mail' }),
     FsBlobs.open({ root: join(config.dataDir, 'blobs', 'cache'), log: slog, name: 'cache' }),

@@ -40,11 +40,13 @@
  * checkpoint worker, and it counts the other thread's commits through a shared counter so that
  * its pacing sees all the writes.
  */
+import { closeSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from '../../log.js';
 import { StorageError, Unavailable } from '../ports.js';
 import { GroupSync } from './group-sync.js';
+import { PRIVATE_FILE_MODE } from './private.js';
 import { Checkpointer, WAL_RESTARTS_SCHEMA, type CheckpointOptions, type CheckpointResult, type CheckpointStats } from './sqlite-checkpointer.js';
 
 type DB = Database.Database;
@@ -139,6 +141,9 @@ export class SqliteStore {
     this.walPath = `${path}-wal`;
     this.walSync = durability === 'wal-fsync' ? new GroupSync() : undefined;
     try {
+      // SQLite would make the file 0644; made 0600 here first, it gives its -wal and -shm files
+      // the same mode (os_unix.c, findCreateFileMode).
+      closeSync(openSync(path, 'a', PRIVATE_FILE_MODE));
       this.db = new Database(path, { timeout: BUSY_RETRY_MS });
       this.db.pragma('journal_mode = WAL');
       this.db.pragma(durability === 'full' ? 'synchronous = FULL' : 'synchronous = NORMAL');
