@@ -55,7 +55,8 @@ type ProxySocket = Socket & { [DENIED]?: boolean; [AUTHED]?: string; [SEEN_READ]
 const NAME = 'Tomlinson';
 const HIT = `${NAME}; hit`;
 const REVALIDATED = `${NAME}; fwd=stale; fwd-status=304`;
-const UNSAFE = new Set(['POST', 'PUT', 'DELETE', 'PATCH']);
+/** RFC 9110 §9.2.1's safe methods; every other one invalidates (RFC 9111 §4.4: "including methods whose safety is unknown"). */
+const SAFE = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const CONDITIONALS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
 /** Request fields never forwarded beyond those RFC 9110 calls hop-by-hop: Host is rewritten from
  * the target (RFC 9112 §3.2.2), Expect is answered by Node itself. */
@@ -531,7 +532,7 @@ class CachingProxy {
    */
   private tryFastRevalidate(req: IncomingMessage, res: ServerResponse, m: CachedObject, t: Target): boolean {
     const h = req.headers;
-    if (m.vary.length > 0 || h.authorization !== undefined || hasConditional(h)) return false;
+    if (m.vary.length > 0 || m.status === 206 || h.authorization !== undefined || hasConditional(h)) return false;
     const collapse = this.cfg.collapseWaitMs > 0;
     if (collapse && this.revalidations.has(m)) return false;
     const evalReq: CachePolicy.HttpRequest = { url: t.url, method: 'GET', headers: { host: t.host } };
@@ -584,7 +585,7 @@ class CachingProxy {
       }
       return this.cacheable(req, res, url, target, m);
     }
-    if (UNSAFE.has(method)) return this.unsafe(req, res, url, target);
+    if (!SAFE.has(method)) return this.unsafe(req, res, url, target);
     return this.pass(req, res, target, `${NAME}; fwd=method`);
   }
 
@@ -592,7 +593,7 @@ class CachingProxy {
   // GET and HEAD
 
   private async cacheable(req: IncomingMessage, res: ServerResponse, url: string, target: Target, m: CachedObject | undefined): Promise<void> {
-    const obj = m ?? (await this.store.lookup(url, req.headers));
+    const obj = this.usable(m ?? (await this.store.lookup(url, req.headers)), req);
     if (obj) {
       const evalReq = { url, method: 'GET', headers: { ...req.headers, host: target.host } as CachePolicy.Headers };
       const r = obj.policy.evaluateRequest(evalReq);
@@ -623,7 +624,7 @@ class CachingProxy {
         let timer: NodeJS.Timeout | undefined;
         await Promise.race([pending.wait(), new Promise<void>((resolve) => (timer = setTimeout(resolve, this.cfg.collapseWaitMs)))]);
         clearTimeout(timer);
-        const obj = await this.store.lookup(url, h);
+        const obj = this.usable(await this.store.lookup(url, h), req);
         if (obj && !obj.policy.evaluateRequest({ url, method: 'GET', headers: { ...h, host: target.host } as CachePolicy.Headers }).revalidation) {
           return this.serveStored(req, res, obj, `${HIT}; detail=collapsed`, 'hit');
         }
@@ -698,18 +699,23 @@ class CachingProxy {
     status: number,
     rh: Record<string, string | string[]>,
   ): { policy: CachePolicy; names: string[]; variant: string; length: number | undefined } | undefined {
-    if (req.method !== 'GET' || status === 206 || status === 304) return undefined;
+    if (req.method !== 'GET' || status === 304) return undefined;
     const names = varyNames(rh.vary);
     // RFC 9111 §4.1: "A stored response with a Vary header field value containing a member "*"
     // always fails to match", so it is not worth storing.
     if (names.includes('*')) return undefined;
-    const cc = headerString(rh['cache-control']) ?? '';
-    // A shared cache replaying one user's Set-Cookie to another is a leak; only when the origin
-    // marks the response public do we store it (RFC 9111 §7.3 leaves this to the cache).
-    if (rh['set-cookie'] !== undefined && !/(^|,)\s*public\s*(,|$)/i.test(cc)) return undefined;
-    const cl = rh['content-length'] === undefined ? undefined : Number(headerString(rh['content-length']));
+    // Set-Cookie does not prevent storing (RFC 9111 §7.3); the policy leaves it out of the stored
+    // response (core/cache/entry.ts says why), so a hit never replays another user's cookie.
+    let cl = rh['content-length'] === undefined ? undefined : Number(headerString(rh['content-length']));
     if (cl !== undefined && (!Number.isFinite(cl) || cl > this.cfg.maxObjectBytes)) return undefined;
-    if (rh['content-range'] !== undefined) return undefined;
+    // RFC 9111 §3.3: a 206 may be stored by a cache that supports Range; we store single-part
+    // ones (one Content-Range) and use them only for Range requests they cover (see usable()).
+    if (status === 206) {
+      const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(headerString(rh['content-range']) ?? '');
+      const n = m ? Number(m[2]) - Number(m[1]) + 1 : 0;
+      if (!m || n <= 0 || (cl !== undefined && cl !== n) || (m[3] !== '*' && Number(m[2]) >= Number(m[3]))) return undefined;
+      cl = n;
+    } else if (rh['content-range'] !== undefined) return undefined;
     // The policy keeps `rh` itself: nothing changes it afterwards (clientFields copies).
     const policy = this.store.policy({ url, method: 'GET', headers: this.policyRequestHeaders(req, url, names) }, { status, headers: rh as CachePolicy.Headers });
     if (!policy.storable()) return undefined;
@@ -865,7 +871,7 @@ class CachingProxy {
         const policy = this.store.policy({ url: obj.url, method: 'GET', headers: { host: target.host } }, { status: resp.statusCode, headers: rh as CachePolicy.Headers });
         const names = varyNames(rh.vary);
         const cl = rh['content-length'] === undefined ? undefined : Number(headerString(rh['content-length']));
-        const ok = resp.statusCode < 500 && resp.statusCode !== 206 && names.length === 0 && rh['set-cookie'] === undefined && policy.storable();
+        const ok = resp.statusCode < 500 && resp.statusCode !== 206 && names.length === 0 && policy.storable();
         const writer = ok ? this.store.writer(obj.url, '', [], policy, cl) : undefined;
         if (await resp.absorb(writer)) await writer?.end();
         else writer?.abort();
@@ -915,6 +921,7 @@ class CachingProxy {
     const out: string[] = [];
     obj.servedFields(this.now(), out);
     out.push('via', this.via, 'cache-status', cacheStatus);
+    if (obj.status === 206) return this.servePart(req, res, obj, out, outcome);
     if ((h['if-none-match'] !== undefined || h['if-modified-since'] !== undefined) && obj.status === 200) {
       if (notModified(h, obj.etag, obj.header('last-modified'), obj.header('date'))) {
         res.writeHead(304, out);
@@ -955,6 +962,57 @@ class CachingProxy {
     return this.serveBlob(req, res, obj, status, out, range, outcome);
   }
 
+  /** The stored response if it may answer `req`: a stored part (206) only answers a Range request it covers. */
+  private usable(obj: CachedObject | undefined, req: IncomingMessage): CachedObject | undefined {
+    if (obj === undefined || obj.status !== 206) return obj;
+    return this.partRange(obj, req) ? obj : undefined;
+  }
+
+  /**
+   * The range of a stored part that answers `req` (RFC 9111 §3.3: "the request is partial and
+   * specifies a range wholly within the incomplete response"): a GET with one byte range, no
+   * validator conditions and an If-Range, if any, that matches; undefined otherwise.
+   */
+  private partRange(obj: CachedObject, req: IncomingMessage): { start: number; end: number; length: number } | undefined {
+    const h = req.headers;
+    const part = obj.part;
+    if (!part || req.method !== 'GET' || h.range === undefined) return undefined;
+    if (h['if-none-match'] !== undefined || h['if-modified-since'] !== undefined || h['if-match'] !== undefined || h['if-unmodified-since'] !== undefined) return undefined;
+    if (h['if-range'] !== undefined && !ifRangeMatches(headerString(h['if-range']), obj.etag, obj.header('last-modified'))) return undefined;
+    let start: number;
+    let end: number;
+    if (part.length < 0) {
+      const m = /^bytes=(\d+)-(\d+)$/.exec(h.range);
+      if (!m) return undefined;
+      [start, end] = [Number(m[1]), Number(m[2])];
+    } else {
+      const r = parseRange(h.range, part.length);
+      if (r.kind !== 'range') return undefined;
+      ({ start, end } = r);
+    }
+    if (start < part.start || end > part.end || end < start) return undefined;
+    return { start, end, length: part.length };
+  }
+
+  /** serveStored for a stored part (206): the requested range of it. */
+  private servePart(req: IncomingMessage, res: ServerResponse, obj: CachedObject, out: string[], outcome: CacheOutcome): void | Promise<void> {
+    const r = this.partRange(obj, req);
+    const part = obj.part;
+    // Callers choose a part only for a request it covers (usable()); anything else is fetched.
+    if (!r || !part) return this.miss(req, res, obj.url, this.target(normalizeTarget(obj.url)), true);
+    const n = r.end - r.start + 1;
+    out.push('content-range', `bytes ${r.start}-${r.end}/${r.length < 0 ? '*' : r.length}`, 'content-length', String(n));
+    const offset = { start: r.start - part.start, end: r.end - part.start };
+    const mem = obj.body;
+    if (mem) {
+      res.writeHead(206, out);
+      res.end(mem.subarray(offset.start, offset.end + 1));
+      this.stats.record(outcome, n, 0);
+      return;
+    }
+    return this.serveBlob(req, res, obj, 206, out, offset, outcome);
+  }
+
   /** The rest of serveStored for a body in the object tier: streamed from its blob. */
   private async serveBlob(
     req: IncomingMessage,
@@ -987,8 +1045,8 @@ class CachingProxy {
   // ---------------------------------------------------------------------------------------------
   // Other methods
 
-  /** RFC 9111 §4.4: after a non-error response to an unsafe method, invalidate the target URI and
-   * the Location and Content-Location URIs when they share its origin. */
+  /** RFC 9111 §4.4: after a non-error (2xx, 3xx) response to an unsafe method, invalidate the
+   * target URI and the Location and Content-Location URIs when they share its origin. */
   private async unsafe(req: IncomingMessage, res: ServerResponse, url: string, target: Target): Promise<void> {
     let resp: OriginExchange;
     try {

@@ -122,7 +122,7 @@ describe('RFC 9111 §3 storing and §4.2 freshness', () => {
     expect(h.origin.count(capped)).toBe(2);
   });
 
-  it('an uncacheable status (206 from the origin) is passed through, not stored', async () => {
+  it('a 206 from the origin is stored and answers the same Range, never a request for the whole (§3.3)', async () => {
     const path = p('partial');
     h.origin.routes.set(path, (_q, res) =>
       res.writeHead(206, { 'cache-control': 'max-age=60', 'content-range': 'bytes 0-1/10' }).end('ab'),
@@ -130,7 +130,10 @@ describe('RFC 9111 §3 storing and §4.2 freshness', () => {
     const a = await h.get(path, { range: 'bytes=0-1' });
     expect(a.status).toBe(206);
     expect(a.text).toBe('ab');
-    await h.get(path, { range: 'bytes=0-1' });
+    const b = await h.get(path, { range: 'bytes=0-1' });
+    expect([b.status, b.text, b.headers['cache-status']]).toEqual([206, 'ab', 'Tomlinson; hit']);
+    expect(h.origin.count(path)).toBe(1);
+    await h.get(path);
     expect(h.origin.count(path)).toBe(2);
   });
 

@@ -145,6 +145,41 @@ describe('c. cache directives are case-insensitive (RFC 9111 §5.2)', () => {
   });
 });
 
+describe('d. invalidation by unsafe methods the cache does not know (RFC 9111 §4.4)', () => {
+  it('any method but GET, HEAD, OPTIONS and TRACE invalidates the target and same-origin Location / Content-Location on 2xx/3xx', async () => {
+    for (const method of ['LOCK', 'MKCOL', 'PROPPATCH', 'PURGE', 'LINK']) {
+      const path = p('unsafe');
+      const loc = p('unsafe-loc');
+      const cloc = p('unsafe-cloc');
+      h.origin.routes.set(path, (req, res) => {
+        if (req.method !== 'GET') return res.writeHead(201, { location: loc, 'content-location': h.origin.url(cloc) }).end('done');
+        res.writeHead(200, { 'cache-control': 'max-age=600' }).end('g');
+      });
+      for (const q of [loc, cloc]) h.origin.routes.set(q, (_q, res) => res.writeHead(200, { 'cache-control': 'max-age=600' }).end('l'));
+      for (const q of [path, loc, cloc]) await h.get(q);
+      expect((await h.get(path, {}, method)).status, method).toBe(201);
+      for (const q of [path, loc, cloc]) {
+        await h.get(q);
+        expect(h.origin.count(q, 'GET'), `${method} ${q}`).toBe(2);
+      }
+    }
+  });
+
+  it('an error response does not invalidate; OPTIONS and TRACE never do', async () => {
+    const path = p('unsafe-err');
+    h.origin.routes.set(path, (req, res) => {
+      if (req.method === 'LOCK') return res.writeHead(423).end('locked');
+      if (req.method !== 'GET') return res.writeHead(200).end('ok');
+      res.writeHead(200, { 'cache-control': 'max-age=600' }).end('g');
+    });
+    await h.get(path);
+    await h.get(path, {}, 'LOCK');
+    await h.get(path, {}, 'OPTIONS');
+    await h.get(path);
+    expect(h.origin.count(path, 'GET')).toBe(1);
+  });
+});
+
 describe('e. a hit serves the stored fields (RFC 9111 §4, RFC 9110 §6.6.1)', () => {
   it('keeps the stored Date and adds Age', async () => {
     const path = p('date');
@@ -175,6 +210,82 @@ describe('g. must-revalidate constrains only stale use (RFC 9111 §5.2.2.2, §5.
       h.clock.advance(31);
       await h.get(path, { 'cache-control': 'max-stale=600' });
       expect(h.origin.count(path), cc).toBe(2);
+    }
+  });
+});
+
+describe('h. partial content and Set-Cookie (RFC 9111 §3.3, §3.4, §7.3)', () => {
+  it('a 206 is stored and answers later Range requests within it; other requests go to the origin', async () => {
+    const path = p('partial');
+    h.origin.routes.set(path, (req, res) => {
+      const body = '0123456789';
+      const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+      if (!m) return res.writeHead(200, { 'cache-control': 'max-age=60', etag: '"p"' }).end(body);
+      const [a, b] = [Number(m[1]), Number(m[2])];
+      res.writeHead(206, { 'cache-control': 'max-age=60', etag: '"p"', 'content-range': `bytes ${a}-${b}/10` }).end(body.slice(a, b + 1));
+    });
+    const first = await h.get(path, { range: 'bytes=2-6' });
+    expect(first.status).toBe(206);
+    expect(first.text).toBe('23456');
+    expect(first.headers['cache-status']).toContain('stored');
+    const same = await h.get(path, { range: 'bytes=2-6' });
+    expect([same.status, same.text, same.headers['content-range'], same.headers['cache-status']]).toEqual([206, '23456', 'bytes 2-6/10', 'Tomlinson; hit']);
+    const inside = await h.get(path, { range: 'bytes=3-4' });
+    expect([inside.status, inside.text, inside.headers['content-range'], inside.headers['content-length']]).toEqual([206, '34', 'bytes 3-4/10', '2']);
+    expect(h.origin.count(path)).toBe(1);
+    // Outside the stored part, and a request for the whole: the origin.
+    const outside = await h.get(path, { range: 'bytes=7-8' });
+    expect([outside.status, outside.text]).toEqual([206, '78']);
+    expect(h.origin.count(path)).toBe(2);
+    const full = await h.get(path);
+    expect([full.status, full.text]).toEqual([200, '0123456789']);
+    expect(h.origin.count(path)).toBe(3);
+    // The complete response now answers ranges (RFC 9111 §3.4 leaves combining optional).
+    const fromFull = await h.get(path, { range: 'bytes=0-1' });
+    expect([fromFull.status, fromFull.text, fromFull.headers['cache-status']]).toEqual([206, '01', 'Tomlinson; hit']);
+  });
+
+  it('a stored 206 is never served to a request without Range, nor to an If-Range that does not match', async () => {
+    const path = p('partial-only');
+    h.origin.routes.set(path, (req, res) => {
+      if (req.headers.range && !req.headers['if-range']) return res.writeHead(206, { 'cache-control': 'max-age=60', etag: '"x"', 'content-range': 'bytes 0-3/8' }).end('abcd');
+      res.writeHead(200, { 'cache-control': 'no-store', etag: '"x"' }).end('abcdefgh');
+    });
+    await h.get(path, { range: 'bytes=0-3' });
+    const plain = await h.get(path);
+    expect([plain.status, plain.text]).toEqual([200, 'abcdefgh']);
+    const head = await h.get(path, {}, 'HEAD');
+    expect(head.status).toBe(200);
+    const ifRange = await h.get(path, { range: 'bytes=0-1', 'if-range': '"other"' });
+    expect([ifRange.status, ifRange.text]).toEqual([200, 'abcdefgh']);
+    // Several ranges: not answered from one stored part.
+    await h.get(path, { range: 'bytes=0-0,2-2' });
+    expect(h.origin.count(path)).toBe(5);
+  });
+
+  it('a response with Set-Cookie is stored, and hits never carry the cookie', async () => {
+    for (const cc of ['max-age=60', 'public, max-age=60']) {
+      const path = p('cookie');
+      h.origin.routes.set(path, (_q, res) => res.writeHead(200, { 'cache-control': cc, 'set-cookie': ['sid=alice; HttpOnly', 'theme=dark'] }).end('page'));
+      const alice = await h.get(path);
+      expect(alice.headers['set-cookie'], cc).toEqual(['sid=alice; HttpOnly', 'theme=dark']);
+      const bob = await h.get(path);
+      expect(bob.headers['cache-status'], cc).toBe('Tomlinson; hit');
+      expect(bob.headers['set-cookie'], cc).toBeUndefined();
+      expect(bob.text).toBe('page');
+      expect(h.origin.count(path), cc).toBe(1);
+    }
+  });
+
+  it('private or no-cache naming Set-Cookie: the rest is stored and reused; private alone: nothing', async () => {
+    for (const [cc, stored] of [['max-age=60, private="Set-Cookie"', true], ['max-age=60, no-cache="set-cookie"', true], ['max-age=60, private', false]] as const) {
+      const path = p('cookie-q');
+      h.origin.routes.set(path, (_q, res) => res.writeHead(200, { 'cache-control': cc, 'set-cookie': 'sid=carol' }).end('q'));
+      const a = await h.get(path);
+      expect(a.headers['set-cookie']).toBe('sid=carol');
+      const b = await h.get(path);
+      expect(h.origin.count(path), cc).toBe(stored ? 1 : 2);
+      if (stored) expect(b.headers['set-cookie']).toBeUndefined();
     }
   });
 });
