@@ -131,7 +131,12 @@ class PendingHead implements HeadListener {
   private resolve!: (x: OriginExchange) => void;
   private reject!: (e: OriginFailure) => void;
 
-  constructor() {
+  /** `proxy`, `req` and `res`: the request being answered, to which interim responses go. */
+  constructor(
+    private readonly proxy?: CachingProxy,
+    private readonly req?: IncomingMessage,
+    private readonly res?: ServerResponse,
+  ) {
     this.promise = new Promise<OriginExchange>((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
@@ -144,6 +149,10 @@ class PendingHead implements HeadListener {
 
   failed(err: Error): void {
     this.reject(originFailure(err));
+  }
+
+  interim(status: number, headers: Record<string, string | string[]>): void {
+    if (this.proxy) this.proxy.forwardInterim(this.req!, this.res!, status, headers);
   }
 }
 
@@ -165,6 +174,10 @@ class Revalidation implements HeadListener {
 
   failed(err: Error): void {
     this.proxy.revalidationFailed(this, err);
+  }
+
+  interim(status: number, headers: Record<string, string | string[]>): void {
+    this.proxy.forwardInterim(this.req, this.res, status, headers);
   }
 }
 
@@ -644,7 +657,7 @@ class CachingProxy {
   private async fetchAndDeliver(req: IncomingMessage, res: ServerResponse, url: string, target: Target, flight: Settle): Promise<void> {
     let resp: OriginExchange;
     try {
-      resp = await this.origin(target, 'GET', this.forwardHeaders(req, target), this.requestBody(req));
+      resp = await this.origin(target, 'GET', this.forwardHeaders(req, target), this.requestBody(req), req, res);
     } catch (e) {
       flight.settle();
       this.stats.record('miss', 0, 0);
@@ -1050,7 +1063,7 @@ class CachingProxy {
   private async unsafe(req: IncomingMessage, res: ServerResponse, url: string, target: Target): Promise<void> {
     let resp: OriginExchange;
     try {
-      resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req));
+      resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req), req, res);
     } catch (e) {
       this.stats.record('bypass', 0, 0);
       return this.failed(res, e);
@@ -1076,7 +1089,7 @@ class CachingProxy {
   private async pass(req: IncomingMessage, res: ServerResponse, target: Target, cacheStatus: string, outcome: CacheOutcome = 'bypass'): Promise<void> {
     let resp: OriginExchange;
     try {
-      resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req));
+      resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req), req, res);
     } catch (e) {
       this.stats.record(outcome, 0, 0);
       return this.failed(res, e);
@@ -1102,9 +1115,42 @@ class CachingProxy {
     return undefined;
   }
 
-  /** An origin request; resolves once the response head has arrived, rejects with an OriginFailure before it. */
-  private origin(target: Target, method: string, headers: Record<string, string | string[]>, body?: Readable): Promise<OriginExchange> {
-    const head = new PendingHead();
+  /**
+   * RFC 9110 §15.2: "A proxy MUST forward 1xx responses unless the proxy itself requested the
+   * generation of the 1xx response" (101 excepted: the proxy never asks to upgrade), and "A server
+   * MUST NOT send a 1xx response to an HTTP/1.0 client". A 100 is not sent twice: Node answers a
+   * client's Expect: 100-continue itself (Expect is not forwarded, and undici refuses it).
+   * Written with `_writeRaw`, as Node's own writeEarlyHints and writeProcessing do:
+   * writeEarlyHints would refuse Link values it does not parse and drop other 1xx codes.
+   */
+  forwardInterim(req: IncomingMessage, res: ServerResponse, status: number, headers: Record<string, string | string[]>): void {
+    const r = res as ServerResponse & { _sent100?: boolean; _writeRaw?: (data: string, encoding: BufferEncoding) => boolean };
+    if (status === 101 || (status === 100 && r._sent100) || req.httpVersionMajor !== 1 || req.httpVersionMinor < 1) return;
+    if (res.headersSent || res.destroyed || typeof r._writeRaw !== 'function') return;
+    let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Informational'}\r\n`;
+    for (const name in headers) {
+      const v = headers[name];
+      if (name === 'via') continue;
+      if (Array.isArray(v)) for (const one of v) head += `${name}: ${one}\r\n`;
+      else head += `${name}: ${v}\r\n`;
+    }
+    const via = headerString(headers.via);
+    head += `via: ${via ? `${via}, ${this.via}` : this.via}\r\n\r\n`;
+    if (status === 100) r._sent100 = true;
+    r._writeRaw.call(res, head, 'latin1');
+  }
+
+  /** An origin request; resolves once the response head has arrived, rejects with an OriginFailure
+   * before it; interim responses go to `res` when given. */
+  private origin(
+    target: Target,
+    method: string,
+    headers: Record<string, string | string[]>,
+    body?: Readable,
+    req?: IncomingMessage,
+    res?: ServerResponse,
+  ): Promise<OriginExchange> {
+    const head = res ? new PendingHead(this, req, res) : new PendingHead();
     this.dispatch(target, method, headers, body, new OriginExchange(head));
     return head.promise;
   }

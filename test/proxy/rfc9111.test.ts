@@ -3,7 +3,8 @@
  * through the proxy on a real socket with a scripted origin.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Harness } from './harness.js';
+import { connect } from 'node:net';
+import { Harness, rawExchange } from './harness.js';
 
 let h: Harness;
 let seq = 0;
@@ -194,6 +195,83 @@ describe('e. a hit serves the stored fields (RFC 9111 §4, RFC 9110 §6.6.1)', (
       expect(r.headers['x-stored']).toBe('yes');
       expect(r.headers.age).toBe('7');
     }
+  });
+});
+
+/** A request through the proxy over a raw socket; resolves with everything read until close. */
+function raw(path: string, method = 'GET', extra = '', body = '', version = '1.1'): Promise<string> {
+  const len = body ? `Content-Length: ${Buffer.byteLength(body)}\r\n` : '';
+  return rawExchange(h.proxy.port, `${method} ${h.origin.url(path)} HTTP/${version}\r\nHost: 127.0.0.1\r\n${len}${extra}Connection: close\r\n\r\n${body}`);
+}
+
+describe('f. 1xx interim responses are forwarded (RFC 9110 §15.2)', () => {
+  const LINK = '</style.css>; rel=preload; as=style, </a b.js>; rel=preload; title="two words"';
+  const early = (path: string) =>
+    h.origin.routes.set(path, (_q, res) => {
+      res.writeProcessing();
+      res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style', 'x-hint': 'yes' });
+      setTimeout(() => res.writeHead(200, { 'content-type': 'text/plain' }).end('final'), 20);
+    });
+
+  it('103 Early Hints and 102 Processing before a GET miss and a POST, before the final response', async () => {
+    for (const method of ['GET', 'POST']) {
+      const path = p('early');
+      early(path);
+      const out = await raw(path, method, '', method === 'POST' ? 'body' : '');
+      const i102 = out.indexOf('HTTP/1.1 102 Processing\r\n');
+      const i103 = out.indexOf('HTTP/1.1 103 Early Hints\r\n');
+      const i200 = out.indexOf('HTTP/1.1 200 OK\r\n');
+      expect(i102, `${method}: ${out}`).toBe(0);
+      expect(i103, method).toBeGreaterThan(i102);
+      expect(i200, method).toBeGreaterThan(i103);
+      const hints = out.slice(i103, i200).toLowerCase();
+      expect(hints).toContain('link: </style.css>; rel=preload; as=style\r\n');
+      expect(hints).toContain('x-hint: yes\r\n');
+      expect(hints).toMatch(/via: 1\.1 proxy\.test/);
+      expect(out).toContain('final');
+    }
+  });
+
+  it('a Link value that Node’s writeEarlyHints would refuse is forwarded as it came', async () => {
+    const path = p('early-link');
+    h.origin.routes.set(path, (_q, res) => {
+      const s = res.socket!;
+      s.write(`HTTP/1.1 103 Early Hints\r\nLink: ${LINK}\r\n\r\n`);
+      setTimeout(() => res.writeHead(200, { 'content-length': '1' }).end('x'), 20);
+    });
+    const out = await raw(path);
+    expect(out).toContain(`\r\nlink: ${LINK}\r\n`);
+  });
+
+  it('not to an HTTP/1.0 client, and the final response still arrives', async () => {
+    const path = p('early-10');
+    early(path);
+    const out = await raw(path, 'GET', '', '', '1.0');
+    expect(out.startsWith('HTTP/1.1 200 OK\r\n'), out).toBe(true);
+    expect(out).toContain('final');
+  });
+
+  it('a request with Expect: 100-continue gets 100 Continue before it sends its body', async () => {
+    const path = p('continue');
+    h.origin.routes.set(path, (_q, res, body) => res.writeHead(200).end(`got ${body.toString()}`));
+    const out = await new Promise<string>((resolve, reject) => {
+      const s = connect(h.proxy.port, '127.0.0.1', () =>
+        s.write(`POST ${h.origin.url(path)} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n`),
+      );
+      let text = '';
+      const timer = setTimeout(() => s.destroy(new Error(`timeout: ${text}`)), 3000);
+      s.on('data', (d) => {
+        text += d.toString('latin1');
+        if (text === 'HTTP/1.1 100 Continue\r\n\r\n') s.write('data');
+      });
+      s.on('error', reject);
+      s.on('close', () => {
+        clearTimeout(timer);
+        resolve(text);
+      });
+    });
+    expect(out.startsWith('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n')).toBe(true);
+    expect(out).toContain('got data');
   });
 });
 
