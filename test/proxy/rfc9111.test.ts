@@ -2,8 +2,10 @@
  * Where the proxy used to differ from RFC 9111 / RFC 9110 (issue 18, item 13), each rule observed
  * through the proxy on a real socket with a scripted origin.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
 import { connect } from 'node:net';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Harness, rawExchange } from './harness.js';
 
 let h: Harness;
@@ -241,6 +243,13 @@ describe('f. 1xx interim responses are forwarded (RFC 9110 §15.2)', () => {
     });
     const out = await raw(path);
     expect(out).toContain(`\r\nlink: ${LINK}\r\n`);
+  });
+
+  it('curl -x sees the 103 before the 200', async () => {
+    const path = p('early-curl');
+    early(path);
+    const { stdout } = await promisify(execFile)('curl', ['-s', '-D', '-', '-o', '/dev/null', '--max-time', '5', '-x', `http://127.0.0.1:${h.proxy.port}`, h.origin.url(path)]);
+    expect(stdout).toMatch(/^HTTP\/1\.1 102 Processing\r\n[^]*HTTP\/1\.1 103 Early Hints\r\n[^]*link: <\/style\.css>; rel=preload; as=style\r\n[^]*HTTP\/1\.1 200 OK\r\n/);
   });
 
   it('not to an HTTP/1.0 client, and the final response still arrives', async () => {
