@@ -118,6 +118,7 @@ export function policyClass(options: PolicyOptions = {}): PolicyClass {
         const t = parseHttpDate(Array.isArray(expires) ? expires.join(', ') : expires, this.now());
         const d = this.date();
         if (Number.isNaN(t) || t < d) return 0;
+        // The library's own expression for this branch, its immutable minimum (in ms) included.
         return Math.max(cc.immutable ? self._immutableMinTtl : 0, (t - d) / 1000);
       }
       const m = super.maxAge();
@@ -400,8 +401,9 @@ export class CachedObject {
   /**
    * Appends what responseHeaders() gives, as name/value pairs, to `out`. The library's fields
    * apart from Age and Date depend on the stored fields only, so they are listed once; Age (the
-   * library's age()) and Date (the stored one, which a 304 may replace) are added per response. Past a day of
-   * age the library may add Warning 113, so its fields are then taken whole each time.
+   * library's age()) and Date (the stored one, which a 304 may replace) are added per response.
+   * Past a day of age the library may add Warning 113, so its fields are then taken whole each
+   * time. (`nowMs` is no longer read: Date is the stored one.)
    */
   servedFields(nowMs: number, out: string[]): void {
     const age = this.policy.age();
