@@ -22,7 +22,7 @@
  *   else until the connection closes when Transfer-Encoding is present; Transfer-Encoding with
  *   Content-Length, or Content-Length values that differ or are not digits, fail the exchange
  *   (502) rather than guess (§6.3 items 3 and 5);
- * - interim 1xx responses are skipped (101 fails: the proxy never asks to upgrade);
+ * - interim 1xx responses are passed on with onInterim (101 fails: the proxy never asks to upgrade);
  * - `timeoutMs` bounds connecting and each wait for the origin's next bytes (504).
  */
 import { connect, type LookupFunction, type Socket } from 'node:net';
@@ -30,6 +30,8 @@ import { connect, type LookupFunction, type Socket } from 'node:net';
 /** What an exchange tells its consumer (OriginExchange implements it). */
 export interface LeanHandler {
   onConnect(abort: (err?: Error) => void): void;
+  /** An interim (1xx) response head, in the same form as onHeaderList's. */
+  onInterim?(statusCode: number, list: string[]): void;
   /** The final response head: status and a flat [name, value, ...] list, names lower-cased. */
   onHeaderList(statusCode: number, list: string[], resume: () => void): boolean;
   /** A body chunk; false asks the origin to pause until `resume`. */
@@ -430,7 +432,8 @@ class Exchange {
     }
     if (status < 200) {
       if (status === 101) throw new OriginProtocolError('origin switched protocols unasked');
-      return; // interim: the final response follows
+      this.w.handler.onInterim?.(status, list);
+      return; // the final response follows
     }
     const close = connection !== '' && connection.split(',').some((t) => t.trim() === 'close');
     this.keepAlive = minor === '1' && !close;

@@ -66,6 +66,8 @@ export function originHeaderList(list: string[]): Record<string, string | string
 export interface HeadListener {
   head(x: OriginExchange): void;
   failed(err: Error): void;
+  /** An interim (1xx) response before the final one, its fields as originHeaders gives them. */
+  interim?(statusCode: number, headers: Record<string, string | string[]>): void;
 }
 
 /**
@@ -92,12 +94,20 @@ export class OriginExchange implements Dispatcher.DispatchHandler, LeanHandler {
   }
 
   onHeaders(statusCode: number, raw: Buffer[], resume: () => void): boolean {
-    // 1xx interim responses (RFC 9110 §15.2) are not forwarded: the final response follows.
-    if (statusCode < 200) return true;
+    // 1xx interim responses (RFC 9110 §15.2) go to the listener; the final response follows.
+    if (statusCode < 200) {
+      this.listener.interim?.(statusCode, originHeaders(raw));
+      return true;
+    }
     return this.onFinalHead(statusCode, originHeaders(raw), resume);
   }
 
-  /** The lean client's head (lean.ts): names already lower-cased, interim responses already skipped. */
+  /** The lean client's interim head (lean.ts). */
+  onInterim(statusCode: number, list: string[]): void {
+    this.listener.interim?.(statusCode, originHeaderList(list));
+  }
+
+  /** The lean client's head (lean.ts): names already lower-cased. */
   onHeaderList(statusCode: number, list: string[], resume: () => void): boolean {
     return this.onFinalHead(statusCode, originHeaderList(list), resume);
   }

@@ -55,7 +55,8 @@ type ProxySocket = Socket & { [DENIED]?: boolean; [AUTHED]?: string; [SEEN_READ]
 const NAME = 'Tomlinson';
 const HIT = `${NAME}; hit`;
 const REVALIDATED = `${NAME}; fwd=stale; fwd-status=304`;
-const UNSAFE = new Set(['POST', 'PUT', 'DELETE', 'PATCH']);
+/** RFC 9110 §9.2.1's safe methods; every other one invalidates (RFC 9111 §4.4: "including methods whose safety is unknown"). */
+const SAFE = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const CONDITIONALS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
 /** Request fields never forwarded beyond those RFC 9110 calls hop-by-hop: Host is rewritten from
  * the target (RFC 9112 §3.2.2), Expect is answered by Node itself. */
@@ -130,7 +131,12 @@ class PendingHead implements HeadListener {
   private resolve!: (x: OriginExchange) => void;
   private reject!: (e: OriginFailure) => void;
 
-  constructor() {
+  /** `proxy`, `req` and `res`: the request being answered, to which interim responses go. */
+  constructor(
+    private readonly proxy?: CachingProxy,
+    private readonly req?: IncomingMessage,
+    private readonly res?: ServerResponse,
+  ) {
     this.promise = new Promise<OriginExchange>((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
@@ -143,6 +149,10 @@ class PendingHead implements HeadListener {
 
   failed(err: Error): void {
     this.reject(originFailure(err));
+  }
+
+  interim(status: number, headers: Record<string, string | string[]>): void {
+    if (this.proxy) this.proxy.forwardInterim(this.req!, this.res!, status, headers);
   }
 }
 
@@ -164,6 +174,10 @@ class Revalidation implements HeadListener {
 
   failed(err: Error): void {
     this.proxy.revalidationFailed(this, err);
+  }
+
+  interim(status: number, headers: Record<string, string | string[]>): void {
+    this.proxy.forwardInterim(this.req, this.res, status, headers);
   }
 }
 
@@ -531,7 +545,7 @@ class CachingProxy {
    */
   private tryFastRevalidate(req: IncomingMessage, res: ServerResponse, m: CachedObject, t: Target): boolean {
     const h = req.headers;
-    if (m.vary.length > 0 || h.authorization !== undefined || hasConditional(h)) return false;
+    if (m.vary.length > 0 || m.status === 206 || h.authorization !== undefined || hasConditional(h)) return false;
     const collapse = this.cfg.collapseWaitMs > 0;
     if (collapse && this.revalidations.has(m)) return false;
     const evalReq: CachePolicy.HttpRequest = { url: t.url, method: 'GET', headers: { host: t.host } };
@@ -584,7 +598,7 @@ class CachingProxy {
       }
       return this.cacheable(req, res, url, target, m);
     }
-    if (UNSAFE.has(method)) return this.unsafe(req, res, url, target);
+    if (!SAFE.has(method)) return this.unsafe(req, res, url, target);
     return this.pass(req, res, target, `${NAME}; fwd=method`);
   }
 
@@ -592,7 +606,7 @@ class CachingProxy {
   // GET and HEAD
 
   private async cacheable(req: IncomingMessage, res: ServerResponse, url: string, target: Target, m: CachedObject | undefined): Promise<void> {
-    const obj = m ?? (await this.store.lookup(url, req.headers));
+    const obj = this.usable(m ?? (await this.store.lookup(url, req.headers)), req);
     if (obj) {
       const evalReq = { url, method: 'GET', headers: { ...req.headers, host: target.host } as CachePolicy.Headers };
       const r = obj.policy.evaluateRequest(evalReq);
@@ -623,7 +637,7 @@ class CachingProxy {
         let timer: NodeJS.Timeout | undefined;
         await Promise.race([pending.wait(), new Promise<void>((resolve) => (timer = setTimeout(resolve, this.cfg.collapseWaitMs)))]);
         clearTimeout(timer);
-        const obj = await this.store.lookup(url, h);
+        const obj = this.usable(await this.store.lookup(url, h), req);
         if (obj && !obj.policy.evaluateRequest({ url, method: 'GET', headers: { ...h, host: target.host } as CachePolicy.Headers }).revalidation) {
           return this.serveStored(req, res, obj, `${HIT}; detail=collapsed`, 'hit');
         }
@@ -643,7 +657,7 @@ class CachingProxy {
   private async fetchAndDeliver(req: IncomingMessage, res: ServerResponse, url: string, target: Target, flight: Settle): Promise<void> {
     let resp: OriginExchange;
     try {
-      resp = await this.origin(target, 'GET', this.forwardHeaders(req, target), this.requestBody(req));
+      resp = await this.origin(target, 'GET', this.forwardHeaders(req, target), this.requestBody(req), req, res);
     } catch (e) {
       flight.settle();
       this.stats.record('miss', 0, 0);
@@ -698,18 +712,23 @@ class CachingProxy {
     status: number,
     rh: Record<string, string | string[]>,
   ): { policy: CachePolicy; names: string[]; variant: string; length: number | undefined } | undefined {
-    if (req.method !== 'GET' || status === 206 || status === 304) return undefined;
+    if (req.method !== 'GET' || status === 304) return undefined;
     const names = varyNames(rh.vary);
     // RFC 9111 §4.1: "A stored response with a Vary header field value containing a member "*"
     // always fails to match", so it is not worth storing.
     if (names.includes('*')) return undefined;
-    const cc = headerString(rh['cache-control']) ?? '';
-    // A shared cache replaying one user's Set-Cookie to another is a leak; only when the origin
-    // marks the response public do we store it (RFC 9111 §7.3 leaves this to the cache).
-    if (rh['set-cookie'] !== undefined && !/(^|,)\s*public\s*(,|$)/i.test(cc)) return undefined;
-    const cl = rh['content-length'] === undefined ? undefined : Number(headerString(rh['content-length']));
+    // Set-Cookie does not prevent storing (RFC 9111 §7.3); the policy leaves it out of the stored
+    // response (core/cache/entry.ts says why), so a hit never replays another user's cookie.
+    let cl = rh['content-length'] === undefined ? undefined : Number(headerString(rh['content-length']));
     if (cl !== undefined && (!Number.isFinite(cl) || cl > this.cfg.maxObjectBytes)) return undefined;
-    if (rh['content-range'] !== undefined) return undefined;
+    // RFC 9111 §3.3: a 206 may be stored by a cache that supports Range; we store single-part
+    // ones (one Content-Range) and use them only for Range requests they cover (see usable()).
+    if (status === 206) {
+      const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(headerString(rh['content-range']) ?? '');
+      const n = m ? Number(m[2]) - Number(m[1]) + 1 : 0;
+      if (!m || n <= 0 || (cl !== undefined && cl !== n) || (m[3] !== '*' && Number(m[2]) >= Number(m[3]))) return undefined;
+      cl = n;
+    } else if (rh['content-range'] !== undefined) return undefined;
     // The policy keeps `rh` itself: nothing changes it afterwards (clientFields copies).
     const policy = this.store.policy({ url, method: 'GET', headers: this.policyRequestHeaders(req, url, names) }, { status, headers: rh as CachePolicy.Headers });
     if (!policy.storable()) return undefined;
@@ -865,7 +884,7 @@ class CachingProxy {
         const policy = this.store.policy({ url: obj.url, method: 'GET', headers: { host: target.host } }, { status: resp.statusCode, headers: rh as CachePolicy.Headers });
         const names = varyNames(rh.vary);
         const cl = rh['content-length'] === undefined ? undefined : Number(headerString(rh['content-length']));
-        const ok = resp.statusCode < 500 && resp.statusCode !== 206 && names.length === 0 && rh['set-cookie'] === undefined && policy.storable();
+        const ok = resp.statusCode < 500 && resp.statusCode !== 206 && names.length === 0 && policy.storable();
         const writer = ok ? this.store.writer(obj.url, '', [], policy, cl) : undefined;
         if (await resp.absorb(writer)) await writer?.end();
         else writer?.abort();
@@ -915,6 +934,7 @@ class CachingProxy {
     const out: string[] = [];
     obj.servedFields(this.now(), out);
     out.push('via', this.via, 'cache-status', cacheStatus);
+    if (obj.status === 206) return this.servePart(req, res, obj, out, outcome);
     if ((h['if-none-match'] !== undefined || h['if-modified-since'] !== undefined) && obj.status === 200) {
       if (notModified(h, obj.etag, obj.header('last-modified'), obj.header('date'))) {
         res.writeHead(304, out);
@@ -955,6 +975,57 @@ class CachingProxy {
     return this.serveBlob(req, res, obj, status, out, range, outcome);
   }
 
+  /** The stored response if it may answer `req`: a stored part (206) only answers a Range request it covers. */
+  private usable(obj: CachedObject | undefined, req: IncomingMessage): CachedObject | undefined {
+    if (obj === undefined || obj.status !== 206) return obj;
+    return this.partRange(obj, req) ? obj : undefined;
+  }
+
+  /**
+   * The range of a stored part that answers `req` (RFC 9111 §3.3: "the request is partial and
+   * specifies a range wholly within the incomplete response"): a GET with one byte range, no
+   * validator conditions and an If-Range, if any, that matches; undefined otherwise.
+   */
+  private partRange(obj: CachedObject, req: IncomingMessage): { start: number; end: number; length: number } | undefined {
+    const h = req.headers;
+    const part = obj.part;
+    if (!part || req.method !== 'GET' || h.range === undefined) return undefined;
+    if (h['if-none-match'] !== undefined || h['if-modified-since'] !== undefined || h['if-match'] !== undefined || h['if-unmodified-since'] !== undefined) return undefined;
+    if (h['if-range'] !== undefined && !ifRangeMatches(headerString(h['if-range']), obj.etag, obj.header('last-modified'))) return undefined;
+    let start: number;
+    let end: number;
+    if (part.length < 0) {
+      const m = /^bytes=(\d+)-(\d+)$/.exec(h.range);
+      if (!m) return undefined;
+      [start, end] = [Number(m[1]), Number(m[2])];
+    } else {
+      const r = parseRange(h.range, part.length);
+      if (r.kind !== 'range') return undefined;
+      ({ start, end } = r);
+    }
+    if (start < part.start || end > part.end || end < start) return undefined;
+    return { start, end, length: part.length };
+  }
+
+  /** serveStored for a stored part (206): the requested range of it. */
+  private servePart(req: IncomingMessage, res: ServerResponse, obj: CachedObject, out: string[], outcome: CacheOutcome): void | Promise<void> {
+    const r = this.partRange(obj, req);
+    const part = obj.part;
+    // Callers choose a part only for a request it covers (usable()); anything else is fetched.
+    if (!r || !part) return this.miss(req, res, obj.url, this.target(normalizeTarget(obj.url)), true);
+    const n = r.end - r.start + 1;
+    out.push('content-range', `bytes ${r.start}-${r.end}/${r.length < 0 ? '*' : r.length}`, 'content-length', String(n));
+    const offset = { start: r.start - part.start, end: r.end - part.start };
+    const mem = obj.body;
+    if (mem) {
+      res.writeHead(206, out);
+      res.end(mem.subarray(offset.start, offset.end + 1));
+      this.stats.record(outcome, n, 0);
+      return;
+    }
+    return this.serveBlob(req, res, obj, 206, out, offset, outcome);
+  }
+
   /** The rest of serveStored for a body in the object tier: streamed from its blob. */
   private async serveBlob(
     req: IncomingMessage,
@@ -987,12 +1058,12 @@ class CachingProxy {
   // ---------------------------------------------------------------------------------------------
   // Other methods
 
-  /** RFC 9111 §4.4: after a non-error response to an unsafe method, invalidate the target URI and
-   * the Location and Content-Location URIs when they share its origin. */
+  /** RFC 9111 §4.4: after a non-error (2xx, 3xx) response to an unsafe method, invalidate the
+   * target URI and the Location and Content-Location URIs when they share its origin. */
   private async unsafe(req: IncomingMessage, res: ServerResponse, url: string, target: Target): Promise<void> {
     let resp: OriginExchange;
     try {
-      resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req));
+      resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req), req, res);
     } catch (e) {
       this.stats.record('bypass', 0, 0);
       return this.failed(res, e);
@@ -1018,7 +1089,7 @@ class CachingProxy {
   private async pass(req: IncomingMessage, res: ServerResponse, target: Target, cacheStatus: string, outcome: CacheOutcome = 'bypass'): Promise<void> {
     let resp: OriginExchange;
     try {
-      resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req));
+      resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req), req, res);
     } catch (e) {
       this.stats.record(outcome, 0, 0);
       return this.failed(res, e);
@@ -1044,9 +1115,42 @@ class CachingProxy {
     return undefined;
   }
 
-  /** An origin request; resolves once the response head has arrived, rejects with an OriginFailure before it. */
-  private origin(target: Target, method: string, headers: Record<string, string | string[]>, body?: Readable): Promise<OriginExchange> {
-    const head = new PendingHead();
+  /**
+   * RFC 9110 §15.2: "A proxy MUST forward 1xx responses unless the proxy itself requested the
+   * generation of the 1xx response" (101 excepted: the proxy never asks to upgrade), and "A server
+   * MUST NOT send a 1xx response to an HTTP/1.0 client". A 100 is not sent twice: Node answers a
+   * client's Expect: 100-continue itself (Expect is not forwarded, and undici refuses it).
+   * Written with `_writeRaw`, as Node's own writeEarlyHints and writeProcessing do:
+   * writeEarlyHints would refuse Link values it does not parse and drop other 1xx codes.
+   */
+  forwardInterim(req: IncomingMessage, res: ServerResponse, status: number, headers: Record<string, string | string[]>): void {
+    const r = res as ServerResponse & { _sent100?: boolean; _writeRaw?: (data: string, encoding: BufferEncoding) => boolean };
+    if (status === 101 || (status === 100 && r._sent100) || req.httpVersionMajor !== 1 || req.httpVersionMinor < 1) return;
+    if (res.headersSent || res.destroyed || typeof r._writeRaw !== 'function') return;
+    let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Informational'}\r\n`;
+    for (const name in headers) {
+      const v = headers[name];
+      if (name === 'via') continue;
+      if (Array.isArray(v)) for (const one of v) head += `${name}: ${one}\r\n`;
+      else head += `${name}: ${v}\r\n`;
+    }
+    const via = headerString(headers.via);
+    head += `via: ${via ? `${via}, ${this.via}` : this.via}\r\n\r\n`;
+    if (status === 100) r._sent100 = true;
+    r._writeRaw.call(res, head, 'latin1');
+  }
+
+  /** An origin request; resolves once the response head has arrived, rejects with an OriginFailure
+   * before it; interim responses go to `res` when given. */
+  private origin(
+    target: Target,
+    method: string,
+    headers: Record<string, string | string[]>,
+    body?: Readable,
+    req?: IncomingMessage,
+    res?: ServerResponse,
+  ): Promise<OriginExchange> {
+    const head = res ? new PendingHead(this, req, res) : new PendingHead();
     this.dispatch(target, method, headers, body, new OriginExchange(head));
     return head.promise;
   }

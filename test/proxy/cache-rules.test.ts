@@ -122,7 +122,7 @@ describe('RFC 9111 §3 storing and §4.2 freshness', () => {
     expect(h.origin.count(capped)).toBe(2);
   });
 
-  it('an uncacheable status (206 from the origin) is passed through, not stored', async () => {
+  it('a 206 from the origin is stored and answers the same Range, never a request for the whole (§3.3)', async () => {
     const path = p('partial');
     h.origin.routes.set(path, (_q, res) =>
       res.writeHead(206, { 'cache-control': 'max-age=60', 'content-range': 'bytes 0-1/10' }).end('ab'),
@@ -130,7 +130,10 @@ describe('RFC 9111 §3 storing and §4.2 freshness', () => {
     const a = await h.get(path, { range: 'bytes=0-1' });
     expect(a.status).toBe(206);
     expect(a.text).toBe('ab');
-    await h.get(path, { range: 'bytes=0-1' });
+    const b = await h.get(path, { range: 'bytes=0-1' });
+    expect([b.status, b.text, b.headers['cache-status']]).toEqual([206, 'ab', 'Tomlinson; hit']);
+    expect(h.origin.count(path)).toBe(1);
+    await h.get(path);
     expect(h.origin.count(path)).toBe(2);
   });
 
@@ -190,13 +193,13 @@ describe('RFC 9111 §4.3 validation', () => {
     expect(report.revalidations).toBeGreaterThanOrEqual(1);
   });
 
-  it('a revalidation answered from the 304 counts Age from the 304 and carries the current Date, whichever path served it; a 304 for another ETag refetches; an origin 5xx passes through', async () => {
+  it("a revalidation answered from the 304 counts Age from the 304 and carries the 304's Date, whichever path served it; a 304 for another ETag refetches; an origin 5xx passes through", async () => {
     const path = p('reval-paths');
     let etag304 = '"a"';
     let fail = false;
     h.origin.routes.set(path, (req, res) => {
       if (fail) return res.writeHead(503, { 'content-type': 'text/plain' }).end('origin down');
-      if (req.headers['if-none-match'] === '"a"') return res.writeHead(304, { 'cache-control': 'max-age=10', etag: etag304 }).end();
+      if (req.headers['if-none-match'] === '"a"') return res.writeHead(304, { 'cache-control': 'max-age=10', etag: etag304, date: new Date(h.clock.now()).toUTCString() }).end();
       res.writeHead(200, { 'cache-control': 'max-age=10', etag: '"a"', age: '3' }).end('body a');
     });
     expect((await h.get(path)).text).toBe('body a');
@@ -273,7 +276,7 @@ describe('RFC 9111 §4.3 validation', () => {
     expect(h.origin.requests(path)[2].headers['if-none-match']).toBe('"c"');
   });
 
-  it('must-revalidate and proxy-revalidate: a stale entry is never served without the origin', async () => {
+  it('must-revalidate and proxy-revalidate: a stale entry is never served without the origin (a fresh one is, §5.2.2.2)', async () => {
     const path = p('mustreval');
     let down = false;
     h.origin.routes.set(path, (_q, res) => {
@@ -291,6 +294,9 @@ describe('RFC 9111 §4.3 validation', () => {
     h.origin.routes.set(pr, (_q, res) => res.writeHead(200, { 'cache-control': 'max-age=60, proxy-revalidate' }).end('pr'));
     await h.get(pr);
     await h.get(pr);
+    expect(h.origin.count(pr)).toBe(1);
+    h.clock.advance(61);
+    await h.get(pr, { 'cache-control': 'max-stale=600' });
     expect(h.origin.count(pr)).toBe(2);
   });
 
