@@ -3,6 +3,8 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    // The third-party programs the tests drive, checked once: one message if any is missing.
+    globalSetup: ['test/support/tools.ts'],
     // Protocol and adapter tests start real servers; give them room but never hang CI.
     testTimeout: 60_000,
     // moto and whole-process starts can take tens of seconds on a loaded 2-core machine.

@@ -1,32 +1,64 @@
 #!/usr/bin/env node
-// The `tomlinson` admin command. In a checkout (cli/main.ts and the tsx dev dependency present)
-// it runs the TypeScript sources through tsx, so it never runs a stale build; elsewhere it runs
-// the esbuild bundle dist/cli/main.mjs. TOMLINSON_CLI_BUNDLE=1 forces that bundle; any other
-// value is taken as the path of a bundle to run (tests build one from the current sources).
-import { existsSync } from 'node:fs';
+// The `tomlinson` admin command. It runs the esbuild bundle dist/cli/main.mjs, which `npm ci` and
+// `npm install` build (the `prepare` script, scripts/build-cli.mjs). In a checkout the bundle is
+// run only while no source it was built from (dist/cli/inputs.json) is newer; a stale or missing
+// one is rebuilt first (about a second), and without esbuild the sources run through tsx.
+// TOMLINSON_CLI_BUNDLE=1 runs the bundle as it is, =0 the sources through tsx, and any other
+// value is the path of a bundle to run (tests build one from the current sources).
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const source = `${root}cli/main.ts`;
 const forced = process.env.TOMLINSON_CLI_BUNDLE ?? '';
-const bundle = forced && forced !== '1' ? forced : `${root}dist/cli/main.mjs`;
+const bundle = forced && forced !== '1' && forced !== '0' ? forced : `${root}dist/cli/main.mjs`;
 
-async function load() {
-  if (!forced && existsSync(source)) {
-    try {
-      const { register } = await import('tsx/esm/api');
-      register();
-      return await import(pathToFileURL(source).href);
-    } catch (e) {
-      if (e?.code !== 'ERR_MODULE_NOT_FOUND' || !existsSync(bundle)) throw e;
-    }
+/** True when the bundle exists and none of the files it was built from changed since. */
+function fresh() {
+  try {
+    if (!existsSync(bundle)) return false;
+    const { started, inputs } = JSON.parse(readFileSync(`${root}dist/cli/inputs.json`, 'utf8'));
+    return inputs.every((f) => {
+      try {
+        return statSync(`${root}${f}`).mtimeMs <= started;
+      } catch {
+        return false;
+      }
+    });
+  } catch {
+    return false;
   }
-  if (!existsSync(bundle)) {
-    process.stderr.write('tomlinson: neither cli/main.ts with tsx nor dist/cli/main.mjs is available; run `npm run build`\n');
-    process.exit(70);
-  }
-  return import(pathToFileURL(bundle).href);
 }
 
-const cli = await load();
-process.exitCode = await cli.run(process.argv);
+async function viaTsx() {
+  const { register } = await import('tsx/esm/api');
+  register();
+  return import(pathToFileURL(source).href);
+}
+
+async function load() {
+  if (forced === '0') return viaTsx();
+  if (forced || !existsSync(source) || fresh()) {
+    if (existsSync(bundle)) return import(pathToFileURL(bundle).href);
+    if (forced) {
+      process.stderr.write(`tomlinson: no CLI bundle at ${bundle}; run \`npm run build\`\n`);
+      process.exit(70);
+    }
+  }
+  // A checkout whose bundle is missing or older than its sources.
+  try {
+    const { buildCli } = await import(pathToFileURL(`${root}scripts/build-cli.mjs`).href);
+    if (await buildCli()) return import(pathToFileURL(bundle).href);
+  } catch {
+    // fall through to the sources
+  }
+  try {
+    return await viaTsx();
+  } catch (e) {
+    if (e?.code !== 'ERR_MODULE_NOT_FOUND') throw e;
+    process.stderr.write('tomlinson: neither a CLI bundle (dist/cli/main.mjs) nor tsx is available; run `npm ci`\n');
+    process.exit(70);
+  }
+}
+
+await (await load()).main();

@@ -42,6 +42,8 @@ export interface CliContext {
   readPassword(opts: { stdin?: boolean; confirm?: boolean }): Promise<string>;
   /** Progress line on a terminal (stderr); a no-op otherwise. */
   progress(text: string): void;
+  /** Ends the progress line (if one is shown), so that what follows starts on a line of its own. */
+  endProgress(): void;
   close(): Promise<void>;
 }
 
@@ -129,10 +131,12 @@ export function createContext(o: ContextOptions): CliContext {
     },
     json: o.json,
     print(human, data) {
+      ctx.endProgress();
       if (o.json()) o.stdout.write(`${JSON.stringify(data, null, 2)}\n`);
       else o.stdout.write(`${typeof human === 'function' ? human() : human}\n`);
     },
     table(rows, columns, data) {
+      ctx.endProgress();
       if (o.json()) {
         o.stdout.write(`${JSON.stringify(data ?? rows, null, 2)}\n`);
         return;
@@ -171,8 +175,12 @@ export function createContext(o: ContextOptions): CliContext {
       o.stderr.write(`\r\x1b[2K${text}`);
       progressShown = true;
     },
-    async close() {
+    endProgress() {
       if (progressShown) o.stderr.write('\n');
+      progressShown = false;
+    },
+    async close() {
+      ctx.endProgress();
       if (storage) await (await storage).close();
     },
   };

@@ -7,8 +7,9 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../core/log.js';
+import { OutboundQueueAdmin } from '../core/mail/outbound-admin.js';
 import type { Metrics } from '../core/metrics.js';
-import type { QueueName, Storage } from '../core/storage/ports.js';
+import type { QueueName, QueueStats, Storage } from '../core/storage/ports.js';
 
 /** Something the health endpoint asks whether it is up. */
 export interface HealthSource {
@@ -101,11 +102,14 @@ export async function startHealthServer(o: HealthServerOptions): Promise<{ serve
 async function refreshQueueGauges(storage: Storage, metrics: Metrics): Promise<void> {
   await Promise.all(
     QUEUES.map(async (q) => {
-      const s = await storage.queues.stats(q);
+      // The outbound queue holds stale generations of retried messages: count live messages.
+      const s: QueueStats & { held?: number } = q === 'outbound' ? await new OutboundQueueAdmin(storage).stats() : await storage.queues.stats(q);
       metrics.queueDepth.set({ queue: q, state: 'visible' }, s.visible);
       metrics.queueDepth.set({ queue: q, state: 'in_flight' }, s.inFlight);
       metrics.queueDepth.set({ queue: q, state: 'delayed' }, s.delayed);
-      if (s.oldestAgeSeconds !== undefined) metrics.queueOldestAge.set({ queue: q }, s.oldestAgeSeconds);
+      if (s.held !== undefined) metrics.queueDepth.set({ queue: q, state: 'held' }, s.held);
+      // An empty queue has no oldest message: its age is 0, not the last value seen.
+      metrics.queueOldestAge.set({ queue: q }, s.oldestAgeSeconds ?? 0);
     }),
   );
 }

@@ -1,12 +1,13 @@
 /**
  * `npm run build`: bundles every container entry point, every Lambda handler and the admin CLI
- * with esbuild. Containers target Node 22 (the image's runtime), Lambdas the nodejs22.x runtime.
+ * (scripts/build-cli.mjs, which `npm ci` also runs) with esbuild. Containers target Node 22 (the image's runtime), Lambdas the nodejs22.x runtime.
  * better-sqlite3 (native) and pino-pretty (terminal only) stay external: the AWS family never
  * loads the first, and containers log JSON.
  */
 import { build, type BuildOptions } from 'esbuild';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { buildCli } from './build-cli.mjs';
 
 const root = new URL('..', import.meta.url).pathname;
 
@@ -37,7 +38,7 @@ async function main(): Promise<void> {
   const started = Date.now();
   await build({
     ...common,
-    entryPoints: { 'containers/main': join(root, 'containers/main.ts'), 'containers/workers-thread': join(root, 'containers/workers-thread.ts'), 'cli/main': join(root, 'cli/main.ts') },
+    entryPoints: { 'containers/main': join(root, 'containers/main.ts'), 'containers/workers-thread': join(root, 'containers/workers-thread.ts') },
     outdir: join(root, 'dist'),
     outExtension: { '.js': '.mjs' },
   });
@@ -48,6 +49,7 @@ async function main(): Promise<void> {
     outExtension: { '.js': '.mjs' },
     minify: true,
   });
+  await buildCli();
   process.stdout.write(`built dist/ in ${Date.now() - started} ms\n`);
 }
 

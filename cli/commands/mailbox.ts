@@ -1,6 +1,7 @@
 /** `mailbox show|import|export`: look into a mailbox, move mail in from Maildir/mbox, out as mbox. */
-import { createWriteStream, existsSync } from 'node:fs';
-import { rename, rm } from 'node:fs/promises';
+import { existsSync, statSync } from 'node:fs';
+import { open, rename, rm } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { finished } from 'node:stream/promises';
 import type { Command } from 'commander';
 import { CliError, type CliContext } from '../context.js';
@@ -89,6 +90,7 @@ export function register(program: Command, ctx: CliContext): void {
         if (/not an mbox file|not a Maildir/.test(e.message)) throw new CliError(e.message);
         throw e;
       });
+      ctx.endProgress();
       ctx.print(() => {
         const lines = [
           `${report.format} ${path} -> ${user}: ${report.found} found, ${report.imported} imported (${formatSize(report.bytes)}), ${report.skipped} skipped (already in), ${report.refused.length} refused`,
@@ -108,11 +110,19 @@ export function register(program: Command, ctx: CliContext): void {
       const user = await requireUser(ctx, address);
       const storage = await ctx.storage();
       const toStdout = path === '-';
-      if (!toStdout && existsSync(path) && !opts.force) throw new CliError(`${path} exists; pass --force to overwrite it`);
+      if (!toStdout) {
+        const folder = dirname(resolve(path));
+        if (!existsSync(folder)) throw new CliError(`folder ${folder} does not exist`);
+        if (!statSync(folder).isDirectory()) throw new CliError(`${folder} is not a folder`);
+        if (existsSync(path) && statSync(path).isDirectory()) throw new CliError(`${path} is a folder; name the mbox file to write`);
+        if (existsSync(path) && !opts.force) throw new CliError(`${path} exists; pass --force to overwrite it`);
+      }
       // Written under a temporary name and renamed at the end: a failed export leaves no half file.
       const tmp = `${path}.partial`;
       const { exportMailbox } = await import('../../core/mailbox/export.js');
-      const out = toStdout ? process.stdout : createWriteStream(tmp, { flags: 'w', mode: 0o600 });
+      // Opened here, so that an error (no permission) is this command's error, not a stream event;
+      // 0600 like everything else in the data folder's reach.
+      const out = toStdout ? process.stdout : (await open(tmp, 'w', 0o600)).createWriteStream();
       try {
         const report = await exportMailbox({
           user,
@@ -121,6 +131,7 @@ export function register(program: Command, ctx: CliContext): void {
           out,
           onProgress: (done, total) => ctx.progress(`exporting ${bar(total ? done / total : 1)} ${done}/${total} messages`),
         });
+        ctx.endProgress();
         if (!toStdout) {
           out.end();
           await finished(out);

@@ -125,10 +125,15 @@ export function register(program: Command, ctx: CliContext): void {
     .option('--algorithm <alg>', 'rsa-sha256 or ed25519-sha256', 'rsa-sha256')
     .option('--bits <n>', 'RSA key size', '2048')
     .option('--print-key', 'print the private key instead of storing it')
-    .description('make a key, store it where the outbound worker reads keys, and print the DNS TXT record')
-    .action(async (domainArg: string, opts: { selector: string; algorithm: string; bits: string; printKey?: boolean }) => {
+    .option('--force', 'make a key for a domain that is not local (mail from it is not sent from here)')
+    .description('make a key for a local domain, store it where the outbound worker reads keys, and print the DNS TXT record')
+    .action(async (domainArg: string, opts: { selector: string; algorithm: string; bits: string; printKey?: boolean; force?: boolean }) => {
       const domain = domainArg.toLowerCase();
       if (!/^[a-z0-9.-]+$/.test(domain) || domain.includes('..')) throw new CliError(`not a domain name: ${domainArg}`);
+      // A key for a domain this server does not send for is almost always a typo.
+      if (!opts.force && !(await (await ctx.accounts()).isLocalDomain(domain))) {
+        throw new CliError(`${domain} is not a local domain (see \`tomlinson domain list\`); pass --force to make a key for it anyway`);
+      }
       if (!/^[a-z0-9][a-z0-9._-]*$/i.test(opts.selector)) throw new CliError(`not a selector: ${opts.selector}`);
       if (opts.algorithm !== 'rsa-sha256' && opts.algorithm !== 'ed25519-sha256') throw new CliError('algorithm must be rsa-sha256 or ed25519-sha256');
       const bits = Number(opts.bits);

@@ -36,6 +36,11 @@ export function normalizeDomain(input: string): string {
   const raw = input.trim().replace(/\.$/, '');
   if (!raw) throw new InvalidAddress(input, 'empty domain');
   if (raw.startsWith('[')) throw new InvalidAddress(input, 'address literals are not local domains');
+  // domainToASCII parses like a URL host: it would cut "example.test/x" at the "/" (also "?", "#",
+  // "\\"), percent-decode and drop tabs. Only letters, digits, hyphens, dots and non-ASCII
+  // (U-labels, RFC 5890 §2.3.2.1) may reach it.
+  const bad = /[\x00-\x2c\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]/.exec(raw);
+  if (bad) throw new InvalidAddress(input, `domain has a forbidden character ${JSON.stringify(bad[0])}`);
   const ascii = domainToASCII(raw.normalize('NFC').toLowerCase());
   if (!ascii) throw new InvalidAddress(input, 'not a valid domain name');
   if (ascii.length > MAX_DOMAIN_OCTETS) throw new InvalidAddress(input, 'domain longer than 253 octets');

@@ -5,7 +5,7 @@
  * families and never need a queue receipt.
  */
 import { MailboxStore } from '../mailbox/store.js';
-import type { Storage } from '../storage/ports.js';
+import type { QueueStats, Storage } from '../storage/ports.js';
 import type { OutboundQueueBody } from './outbound.js';
 import { blobHolder } from './outbound.js';
 import { isPending, OutboundStore, type MessageRecord, type RcptRecord } from './outbound-store.js';
@@ -23,6 +23,14 @@ export interface QueueSummary {
   held: boolean;
   nextAttemptAt?: string;
   lastReply?: string;
+}
+
+/** Live outbound messages by state (what `queue list` lists), for the queue gauges. */
+export interface LiveQueueStats extends QueueStats {
+  /** Held by the operator. */
+  held: number;
+  /** Age of the oldest message still queued, from when it was received; 0 when none is. */
+  oldestAgeSeconds: number;
 }
 
 /** An operator action was refused; the message says why. */
@@ -58,6 +66,37 @@ export class OutboundQueueAdmin {
       }
       cursor = page.cursor;
     } while (cursor && out.length < limit);
+    return out;
+  }
+
+  /**
+   * Counts the messages still queued by state. The transport queue cannot give these: retry,
+   * release and each deferral send a new generation of the queue message, and the older ones
+   * stay there (delayed) until they come up and are dropped as stale. One read per queued
+   * message, at most `max` of them (the counts are then a lower bound).
+   */
+  async stats(options: { max?: number } = {}): Promise<LiveQueueStats> {
+    const now = this.now().getTime();
+    const max = options.max ?? 10_000;
+    const out: LiveQueueStats = { visible: 0, inFlight: 0, delayed: 0, held: 0, oldestAgeSeconds: 0 };
+    let oldest = Infinity;
+    let seen = 0;
+    let cursor: string | undefined;
+    do {
+      const page = await this.store.list({ limit: 100, cursor });
+      for (const id of page.ids) {
+        const m = await this.store.getMessage(id);
+        if (!m || m.status !== 'active') continue;
+        seen++;
+        oldest = Math.min(oldest, Date.parse(m.receivedAt));
+        if (m.held) out.held++;
+        else if (m.lockUntil > now) out.inFlight++;
+        else if (m.nextAttemptAt && Date.parse(m.nextAttemptAt) > now) out.delayed++;
+        else out.visible++;
+      }
+      cursor = page.cursor;
+    } while (cursor && seen < max);
+    if (Number.isFinite(oldest)) out.oldestAgeSeconds = Math.max(0, Math.floor((now - oldest) / 1000));
     return out;
   }
 

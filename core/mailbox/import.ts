@@ -1,9 +1,12 @@
 /**
  * Imports a Maildir folder or an mbox file into a mailbox, streaming one message at a time
- * through a temporary file (so its SHA-256 is known before anything is stored). Resumable: the
- * SHA-256 of the message (CRLF line ends) is its delivery id `import:<sha256>` and its blob key
- * `import/<sha256>`, so a second run skips what the first stored, and two mailboxes importing the
- * same message share one blob.
+ * through a temporary file (so its SHA-256 is known before anything is stored). Resumable: a
+ * message's delivery id is its SHA-256 (CRLF line ends) and how many identical messages came
+ * before it in the source (`import:<sha256>` for the first, `import:<sha256>#<n>` for the n-th
+ * copy after it), so a second run skips what the first stored while two real copies in the source
+ * stay two; the id does not depend on a Maildir file's flags suffix or an mbox message's position,
+ * which change without the message changing. The blob key `import/<sha256>` is shared by copies
+ * and by mailboxes importing the same message.
  */
 import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
@@ -23,7 +26,7 @@ export interface ImportReport {
   /** Messages found in the source. */
   found: number;
   imported: number;
-  /** Already in the mailbox (an earlier run, or the same message twice in the source). */
+  /** Already in the mailbox (imported by an earlier run from this or another source). */
   skipped: number;
   refused: { source: string; reason: string }[];
   /** Bytes of the imported messages. */
@@ -118,6 +121,8 @@ export async function importMailbox(o: ImportOptions): Promise<ImportReport> {
   const tmp = await mkdtemp(join(tmpdir(), 'tomlinson-import-'));
   const holder = `import:${randomUUID()}`;
   let seq = 0;
+  /** Identical messages seen so far in this source, by SHA-256. */
+  const copies = new Map<string, number>();
   const newTemp = () => new TempMessage(join(tmp, `${++seq}.eml`), o.maxBytes);
 
   const take = async (c: Candidate) => {
@@ -135,7 +140,9 @@ export async function importMailbox(o: ImportOptions): Promise<ImportReport> {
     if (msg.size === 0) return void report.refused.push({ source: c.source, reason: 'empty message' });
     if (!HEADER_LINE.test(msg.firstLine)) return void report.refused.push({ source: c.source, reason: 'does not start with a header field' });
     const sha = msg.hash.digest();
-    const jobId = `import:${sha}`;
+    const copy = copies.get(sha) ?? 0;
+    copies.set(sha, copy + 1);
+    const jobId = copy ? `import:${sha}#${copy}` : `import:${sha}`;
     if ((await o.store.delivered(jobId, o.user)) !== undefined) return void report.skipped++;
     const blobKey = `import/${sha}`;
     // The hold keeps the blob referenced between the put and the delivery, and lets it be

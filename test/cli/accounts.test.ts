@@ -58,7 +58,7 @@ describe('domain', () => {
     expect(dup.stderr).toBe('error: domain example.com already exists\n');
     const bad = await cli.run(['domain', 'add', 'not a domain']);
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toMatch(/^error: invalid address .*not a valid domain name/);
+    expect(bad.stderr).toMatch(/^error: invalid address .*forbidden character " "\n$/);
     const json = await cli.run(['--json', 'domain', 'add', 'example.com']);
     expect(json.code).toBe(1);
     expect(JSON.parse(json.stderr)).toMatchObject({ error: 'domain example.com already exists', code: 'Exists' });
@@ -145,6 +145,30 @@ describe('user', () => {
     const again = await cli.run(['user', 'remove', 'temp@example.com']);
     expect(again.code).toBe(1);
     expect(again.stderr).toBe('error: user temp@example.com does not exist\n');
+  });
+});
+
+describe('addresses with URL delimiters', () => {
+  // The domain was parsed like a URL host, which cuts it at "/", "?", "#" or "\\": `user add
+  // y@example.com/anything` silently added y@example.com.
+  it.each(['y@example.com/anything', 'y@example.com?x', 'y@example.com#x', 'y@example.com\\x', 'y@ex%61mple.com'])('refuses user add, alias add and domain add of %s', async (bad) => {
+    const user = await cli.run(['user', 'add', bad, '--password-stdin'], { input: 'a long enough password\n' });
+    expect(user.code).toBe(1);
+    expect(user.stderr).toMatch(/^error: invalid address .*forbidden character .*\n$/);
+    const alias = await cli.run(['alias', 'add', bad, 'bob@example.com']);
+    expect(alias.code).toBe(1);
+    expect(alias.stderr).toMatch(/^error: invalid address .*forbidden character .*\n$/);
+    const target = await cli.run(['alias', 'add', 'z@example.com', bad]);
+    expect(target.code).toBe(1);
+    expect(target.stderr).toMatch(/^error: invalid address .*forbidden character .*\n$/);
+    const domain = await cli.run(['domain', 'add', bad.slice(2)]);
+    expect(domain.code).toBe(1);
+    expect(domain.stderr.split('\n')).toHaveLength(2);
+    const users = await cli.json<{ address: string }[]>(['user', 'list']);
+    expect(users.map((u) => u.address)).not.toContain('y@example.com');
+    const aliases = await cli.json<{ address: string }[]>(['alias', 'list']);
+    expect(aliases.map((a) => a.address)).not.toContain('y@example.com');
+    expect(aliases.map((a) => a.address)).not.toContain('z@example.com');
   });
 });
 

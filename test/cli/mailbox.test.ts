@@ -126,9 +126,57 @@ describe('mailbox', () => {
   });
 });
 
+describe('import of identical messages', () => {
+  it('imports 50 identical Maildir files as 50 messages, and a second run imports none of them', async () => {
+    await cli.ok(['user', 'add', 'same@example.com', '--password-stdin'], { input: 'same-password\n' });
+    const md = join(work, 'Identical');
+    for (const d of ['cur', 'new', 'tmp']) await mkdir(join(md, d), { recursive: true });
+    const body = 'From: Dave <dave@example.org>\nSubject: the same\nDate: Mon, 24 Nov 2025 16:00:00 +0000\n\nSame text\n';
+    for (let i = 0; i < 50; i++) await writeFile(join(md, 'cur', `17640000${String(i).padStart(2, '0')}.M${i}.host:2,S`), body);
+    const first = await cli.json<{ found: number; imported: number; skipped: number }>(['mailbox', 'import', 'same@example.com', md]);
+    expect(first).toMatchObject({ found: 50, imported: 50, skipped: 0 });
+    // A new copy arrived meanwhile: the resumed import adds just that one.
+    await writeFile(join(md, 'new', '1764009999.M99.host'), body);
+    const again = await cli.json<{ found: number; imported: number; skipped: number }>(['mailbox', 'import', 'same@example.com', md]);
+    expect(again).toMatchObject({ found: 51, imported: 1, skipped: 50 });
+    expect((await cli.json<{ count: number }>(['mailbox', 'show', 'same@example.com'])).count).toBe(51);
+  });
+
+  it('imports identical mbox messages as that many messages, once', async () => {
+    await cli.ok(['user', 'add', 'twice@example.com', '--password-stdin'], { input: 'twice-password\n' });
+    const one = ['From a@example.org Tue Nov 25 10:00:00 2025', 'From: a@example.org', 'Subject: again', '', 'Same', ''];
+    const file = join(work, 'same.mbox');
+    await writeFile(file, [...one, ...one, ...one].join('\n'));
+    expect(await cli.json(['mailbox', 'import', 'twice@example.com', file])).toMatchObject({ found: 3, imported: 3, skipped: 0 });
+    expect(await cli.json(['mailbox', 'import', 'twice@example.com', file])).toMatchObject({ found: 3, imported: 0, skipped: 3 });
+  });
+});
+
+describe('errors', () => {
+  it('are one line and a non-zero exit, never a stack trace', async () => {
+    const file = join(work, 'plain.txt');
+    await writeFile(file, 'x\n');
+    const cases: [string[], RegExp][] = [
+      [['mailbox', 'export', 'bob@example.com', join(work, 'no-such-folder', 'x.mbox')], /^error: folder .*no-such-folder does not exist$/],
+      [['mailbox', 'export', 'bob@example.com', join(file, 'x.mbox')], /^error: .*plain\.txt is not a folder$/],
+      [['mailbox', 'export', 'bob@example.com', work], /^error: .* is a folder; name the mbox file to write$/],
+      [['mailbox', 'import', 'bob@example.com', join(work, 'no-such-folder')], /^error: .* does not exist$/],
+      [['user', 'list'], /^error: cannot create .*plain\.txt: /],
+      [['dkim', 'generate', 'example.com', '--selector', 'x'], /^error: cannot create .*plain\.txt.*: not a directory$/],
+    ];
+    for (const [args, expected] of cases) {
+      const env: Record<string, string> = args[0] === 'user' ? { TOMLINSON_DATA_DIR: file } : args[0] === 'dkim' ? { TOMLINSON_DKIM_DIR: join(file, 'dkim') } : {};
+      const r = await cli.run(args, { env });
+      expect(r.code, args.join(' ')).not.toBe(0);
+      expect(r.stderr, args.join(' ')).toMatch(/^[^\n]*\n$/);
+      expect(r.stderr.trimEnd(), args.join(' ')).toMatch(expected);
+    }
+  });
+});
+
 describe('the binary as a checkout runs it', () => {
-  it('runs cli/main.ts through tsx when no bundle is named', async () => {
-    const env = { TOMLINSON_DATA_DIR: cli.dataDir };
+  it('runs cli/main.ts through tsx when asked to (TOMLINSON_CLI_BUNDLE=0)', async () => {
+    const env = { TOMLINSON_DATA_DIR: cli.dataDir, TOMLINSON_CLI_BUNDLE: '0' };
     const r = await spawnCli(['--json', 'domain', 'list'], env, undefined, 60_000);
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout).map((d: { domain: string }) => d.domain)).toEqual(['example.com']);
@@ -159,5 +207,21 @@ describe('the binary as a checkout runs it', () => {
     } finally {
       await storage.close();
     }
+  });
+
+  it.runIf(existsSync('/usr/bin/script'))('ends the progress bar before the import summary on a terminal', async () => {
+    const md = join(work, 'Progress');
+    for (const d of ['cur', 'new', 'tmp']) await mkdir(join(md, d), { recursive: true });
+    for (let i = 0; i < 5; i++) await writeFile(join(md, 'new', `17640001${i}.M${i}.host`), `From: e@example.org\nSubject: progress ${i}\n\nText\n`);
+    const cmd = `${process.execPath} ${BIN} mailbox import bob@example.com ${md}`;
+    const child = spawn('script', ['-qec', cmd, '/dev/null'], { env: { ...process.env, ...cli.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    expect(await new Promise<number | null>((r) => child.on('close', r))).toBe(0);
+    expect(out).toContain('importing [');
+    // What the terminal shows: each line as the text after its last carriage return.
+    const shown = out.split('\n').map((l) => l.replace(/\r$/, '').split('\r').pop()!.replace(/\x1b\[[0-9;]*[A-Za-z]/g, ''));
+    expect(shown).toContain('importing [########################] 100% 5/5 messages');
+    expect(shown.filter((l) => l.includes('5 found'))).toEqual([`maildir ${md} -> bob@example.com: 5 found, 5 imported (${/\((\d+ B)\)/.exec(out)![1]}), 0 skipped (already in), 0 refused`]);
   });
 });

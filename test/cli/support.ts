@@ -1,14 +1,13 @@
 /**
  * Runs the real `tomlinson` binary (bin/tomlinson.mjs) in a child process against a temporary
- * data folder. To keep each run fast, the binary is pointed (TOMLINSON_CLI_BUNDLE) at an esbuild
- * bundle of the current cli/main.ts, built once per test file; `runSource` runs it the way a
- * checkout does, through tsx.
+ * data folder. The binary is pointed (TOMLINSON_CLI_BUNDLE) at a bundle of the current sources,
+ * built once per test file the way `npm ci` builds dist/cli, so tests never share or race on it.
  */
 import { spawn } from 'node:child_process';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
+import { buildCli } from '../../scripts/build-cli.mjs';
 import { tempDir } from '../support/tmp.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -56,19 +55,10 @@ export function spawnCli(args: string[], env: Record<string, string>, input?: st
 export async function startCli(): Promise<CliHarness> {
   const dir = await tempDir('tomlinson-cli-');
   const out = join(ROOT, 'node_modules/.cache', `tomlinson-cli-test-${process.pid}-${Date.now()}`);
-  await mkdir(out, { recursive: true });
-  const bundle = join(out, 'cli.mjs');
-  await build({
-    entryPoints: [join(ROOT, 'cli/main.ts')],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    outfile: bundle,
-    logLevel: 'error',
-    external: ['better-sqlite3', 'pino-pretty'],
-    banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
-  });
+  await mkdir(join(ROOT, 'node_modules/.cache'), { recursive: true });
+  // The same build as `npm ci` makes (scripts/build-cli.mjs), from the current sources.
+  if (!(await buildCli({ outdir: out }))) throw new Error('esbuild is not installed');
+  const bundle = join(out, 'main.mjs');
   const env = { TOMLINSON_DATA_DIR: join(dir.path, 'data'), TOMLINSON_CLI_BUNDLE: bundle };
   const h: CliHarness = {
     dataDir: env.TOMLINSON_DATA_DIR,

@@ -4,6 +4,7 @@
  * server). A remote answering 451 then 250 leaves a deferred message to list, show, hold,
  * release, retry and delete.
  */
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -177,6 +178,7 @@ describe('DKIM keys in Secrets Manager (aws family, moto)', () => {
     await sm.send(new CreateSecretCommand({ Name: `${prefix}local.test`, SecretString: JSON.stringify({ selector: 'tomlinson', privateKey: '' }) }));
     sm.destroy();
     expect(await secretsDkimKeys(prefix, { region: env.config.storage.aws.region }).keys('local.test')).toEqual([]);
+    expect((await cli(withPrefix, 'domain', 'add', 'local.test')).code).toBe(0);
     const a = await cli(withPrefix, '--json', 'dkim', 'generate', 'local.test', '--selector', 'aws1');
     expect(a.code).toBe(0);
     const b = await cli(withPrefix, '--json', 'dkim', 'generate', 'local.test', '--selector', 'aws2', '--algorithm', 'ed25519-sha256');
@@ -205,6 +207,7 @@ describe('dkim generate', () => {
   it('stores a key the worker reads and prints the TXT record', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'tomlinson-dkim-'));
     try {
+      expect((await cli({ TOMLINSON_DATA_DIR: dir, TOMLINSON_LOG_LEVEL: 'silent' }, 'domain', 'add', 'example.test')).code).toBe(0);
       const r = await cli({ TOMLINSON_DATA_DIR: dir, TOMLINSON_LOG_LEVEL: 'silent' }, 'dkim', 'generate', 'Example.test', '--selector', 's2026', '--algorithm', 'ed25519-sha256');
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/^s2026\._domainkey\.example\.test\. IN TXT "v=DKIM1; k=ed25519; p=[A-Za-z0-9+/]{43}="$/m);
@@ -213,6 +216,22 @@ describe('dkim generate', () => {
       const again = await cli({ TOMLINSON_DATA_DIR: dir, TOMLINSON_LOG_LEVEL: 'silent' }, 'dkim', 'generate', 'example.test', '--selector', 's2026');
       expect(again.code).toBe(1);
       expect(again.stderr).toContain('exists');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a domain that is not local unless --force', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'tomlinson-dkim-'));
+    const env = { TOMLINSON_DATA_DIR: dir, TOMLINSON_LOG_LEVEL: 'silent' };
+    try {
+      const refused = await cli(env, 'dkim', 'generate', 'typo.test');
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toBe('error: typo.test is not a local domain (see `tomlinson domain list`); pass --force to make a key for it anyway\n');
+      expect(existsSync(join(dir, 'dkim', 'typo.test'))).toBe(false);
+      const forced = await cli(env, 'dkim', 'generate', 'typo.test', '--force');
+      expect(forced.code).toBe(0);
+      expect(existsSync(join(dir, 'dkim', 'typo.test', 'tomlinson.pem'))).toBe(true);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
