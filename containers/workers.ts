@@ -7,6 +7,7 @@
 import type { Config } from '../core/config.js';
 import type { Logger } from '../core/log.js';
 import type { Metrics } from '../core/metrics.js';
+import { reportOutboundAge } from '../core/mail/outbound-age.js';
 import { startPeriodicSweep } from '../core/mail/sweep.js';
 import type { QueueName, Storage } from '../core/storage/ports.js';
 import { WorkerLoop } from '../core/workers/runner.js';
@@ -40,9 +41,13 @@ export async function startWorkers(o: { config: Config; storage: Storage; log: L
   });
   // The documented cleanup of orphaned message blobs (core/mail/sweep.ts), hourly by default.
   const sweep = startPeriodicSweep({ storage: o.storage, config: o.config, log: o.log.child({ c: 'sweep' }), metrics: o.metrics });
+  // On AWS (the direct-delivery Fargate worker) the OutboundQueueAge alarm's metric, each minute.
+  const age = o.storage.family === 'aws' ? setInterval(() => void reportOutboundAge(o.storage.tables, o.config.storage.aws.table, new Date()), 60_000) : undefined;
+  age?.unref();
   return {
     workers: loops,
     async stop(graceMs = 10_000) {
+      clearInterval(age);
       await Promise.allSettled(loops.map((w) => w.stop(graceMs)));
       await sweep?.stop();
     },

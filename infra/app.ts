@@ -4,7 +4,9 @@
  * `region` are given, and the container image is only built by `cdk deploy`.
  *
  * Context: `stage` (default dev), `account`/`region` (optional), `listeners=false` (state and
- * processing only, e.g. for LocalStack), `monitoring=false`, `nag=false` (skip cdk-nag).
+ * processing only, e.g. for LocalStack), `monitoring=false`, `nag=false` (skip cdk-nag),
+ * `proxyPublicClients=<cidr>,<cidr>` (public client ranges of the proxy; default none, no public
+ * proxy listener).
  */
 import { App, Validations } from 'aws-cdk-lib';
 import { Platform } from 'aws-cdk-lib/aws-ecr-assets';
@@ -12,7 +14,7 @@ import * as ecs from 'aws-cdk-lib/aws-ecs';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { stageConfig } from './config.js';
+import { stageConfig, type StageConfig } from './config.js';
 import { buildTomlinson } from './tomlinson.js';
 
 const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -28,7 +30,10 @@ const flag = (key: string, dflt: boolean): boolean => {
 
 const account = ctx('account') ?? process.env.CDK_DEPLOY_ACCOUNT;
 const region = ctx('region') ?? process.env.CDK_DEPLOY_REGION;
-const config = stageConfig(ctx('stage') ?? 'dev', account || region ? { env: { account, region } } : {});
+const overrides: Partial<StageConfig> = account || region ? { env: { account, region } } : {};
+const publicClients = ctx('proxyPublicClients');
+if (publicClients !== undefined) overrides.proxyPublicClients = publicClients.split(',').map((s) => s.trim()).filter(Boolean);
+const config = stageConfig(ctx('stage') ?? 'dev', overrides);
 const listeners = flag('listeners', true);
 
 buildTomlinson(app, config, {

@@ -48,8 +48,16 @@ export interface StageConfig {
   domains: string[];
   /** Which public listeners exist. @default all */
   listeners: Record<ListenerName, boolean>;
-  /** Client ranges (CIDR) allowed to reach the proxy on 3128; never 0.0.0.0/0 (not an open proxy). */
+  /** Client ranges (CIDR) in the VPC and networks peered or connected to it, allowed to reach the
+   * proxy on 3128 through the internal load balancer; must cover the VPC (10.0.0.0/16 by default).
+   * Never 0.0.0.0/0 (not an open proxy). @default ['10.0.0.0/8'] */
   proxyAllowedClients: string[];
+  /** Public client ranges (CIDR) allowed to reach the proxy on 3128 of the internet-facing load
+   * balancer; empty means no public proxy listener at all. Never 0.0.0.0/0. @default [] */
+  proxyPublicClients: string[];
+  /** Require Proxy-Authorization against the accounts (TOMLINSON_PROXY_REQUIRE_AUTH); only then may
+   * the proxy's tasks read account items. @default false */
+  proxyRequireAuth: boolean;
   /**
    * Outbound delivery: 'smarthost' relays through `smarthost` from the outbound Lambda (works in
    * every account); 'direct' delivers to MX hosts from a Fargate worker through the NAT gateways,
@@ -114,6 +122,8 @@ const GiB = 1024 ** 3;
 export const DEFAULTS: Omit<StageConfig, 'stage' | 'mailHostname' | 'domains'> = {
   listeners: { smtp: true, submissions: true, submission: true, pop3: true, pop3s: true, proxy: true },
   proxyAllowedClients: ['10.0.0.0/8'],
+  proxyPublicClients: [],
+  proxyRequireAuth: false,
   outbound: 'smarthost',
   smarthost: '',
   maxAzs: 2,
@@ -146,9 +156,20 @@ export const STAGES: Readonly<Record<string, StageConfig>> = {
     domains: ['example.org'],
     maxAzs: 2,
     natGateways: 2,
-    services: { ...DEFAULTS.services, smtp: { cpu: 512, memoryMiB: 1024, minTasks: 2, maxTasks: 8 }, pop3: { cpu: 256, memoryMiB: 512, minTasks: 2, maxTasks: 6 } },
+    // Two tasks at least per service, so that one task failing or being replaced leaves one serving.
+    services: {
+      ...DEFAULTS.services,
+      smtp: { cpu: 512, memoryMiB: 1024, minTasks: 2, maxTasks: 8 },
+      pop3: { cpu: 256, memoryMiB: 512, minTasks: 2, maxTasks: 6 },
+      proxy: { cpu: 512, memoryMiB: 1024, minTasks: 2, maxTasks: 4 },
+    },
   },
 };
+
+/** True for the stages whose load balancers are protected from deletion: every stage but dev. */
+export function isProtectedStage(c: StageConfig): boolean {
+  return c.stage !== 'dev';
+}
 
 /** A configuration error, naming the field. */
 export class StageConfigError extends Error {
@@ -164,9 +185,11 @@ export function validateStage(c: StageConfig): StageConfig {
   if (!/^[A-Za-z][A-Za-z0-9-]{0,15}$/.test(c.stage)) fail('stage', 'letters, digits and dashes, at most 16');
   if (!/^[a-z0-9.-]+\.[a-z]{2,}$/i.test(c.mailHostname)) fail('mailHostname', `not a host name: ${c.mailHostname}`);
   if (c.domains.length === 0) fail('domains', 'at least one mail domain');
-  for (const cidr of c.proxyAllowedClients) {
-    if (!/^[0-9.]+\/\d{1,2}$/.test(cidr)) fail('proxyAllowedClients', `not an IPv4 CIDR: ${cidr}`);
-    if (cidr.endsWith('/0')) fail('proxyAllowedClients', 'the proxy must not be open to everyone');
+  for (const field of ['proxyAllowedClients', 'proxyPublicClients'] as const) {
+    for (const cidr of c[field]) {
+      if (!/^[0-9.]+\/\d{1,2}$/.test(cidr)) fail(field, `not an IPv4 CIDR: ${cidr}`);
+      if (cidr.endsWith('/0')) fail(field, 'the proxy must not be open to everyone');
+    }
   }
   if (c.outbound === 'smarthost' && c.smarthost && !/^smtps?:\/\//.test(c.smarthost)) fail('smarthost', 'smtp://... or smtps://...');
   if (c.outbound === 'direct' && c.natGateways < 1) fail('natGateways', 'direct delivery leaves through NAT gateways (their Elastic IPs get the PTR records)');

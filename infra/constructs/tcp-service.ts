@@ -2,11 +2,10 @@
  * One listener group as a Fargate service behind the shared Network Load Balancer: a task running
  * `serve <group>` as a non-root user on unprivileged ports, one NLB TCP listener per public port
  * with the client IP preserved, health checks against the container's health endpoint, graceful
- * draining on deploy and autoscaling on CPU and connections. With no ports it is a plain worker
- * service (the direct-delivery outbound worker).
+ * draining on deploy and autoscaling on the service's own CPU and memory. With no ports it is a
+ * plain worker service (the direct-delivery outbound worker).
  */
 import { Duration, Validations } from 'aws-cdk-lib';
-import * as appscaling from 'aws-cdk-lib/aws-applicationautoscaling';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
@@ -23,6 +22,15 @@ export interface TcpPort {
   readonly containerPort: number;
   /** Who may connect, as NLB security group peers. */
   readonly allowFrom: ec2.IPeer[];
+  /** The load balancer of this port, when not the service's (e.g. the proxy's internal one).
+   * @default TcpServiceProps.nlb */
+  readonly nlb?: TcpLoadBalancer;
+}
+
+/** A Network Load Balancer with the security group that decides who may connect to it. */
+export interface TcpLoadBalancer {
+  readonly loadBalancer: elbv2.NetworkLoadBalancer;
+  readonly securityGroup: ec2.ISecurityGroup;
 }
 
 /** Props of TcpService. */
@@ -33,7 +41,7 @@ export interface TcpServiceProps {
   readonly command: string[];
   readonly environment: Record<string, string>;
   /** The NLB and its security group; absent for a worker service without listeners. */
-  readonly nlb?: { loadBalancer: elbv2.NetworkLoadBalancer; securityGroup: ec2.ISecurityGroup };
+  readonly nlb?: TcpLoadBalancer;
   /** @default [] */
   readonly ports?: TcpPort[];
   /** The container's health endpoint port. */
@@ -46,13 +54,10 @@ export interface TcpServiceProps {
   readonly cpu?: number;
   /** @default 512 */
   readonly memoryMiB?: number;
-  /** @default 1 */
+  /** Tasks at least; the autoscaler keeps the count at or above it. @default 1 */
   readonly minTasks?: number;
   /** @default 4 */
   readonly maxTasks?: number;
-  /** Average NLB flows above which a task is added (and below a fifth of which one is removed).
-   * @default 500 */
-  readonly connectionsHigh?: number;
   /** @default logs.RetentionDays.ONE_MONTH */
   readonly logRetention?: logs.RetentionDays;
   /** Time a task gets after SIGTERM (and the NLB keeps draining it) before it is killed: SMTP and
@@ -121,7 +126,9 @@ export class TcpService extends Construct {
     this.service = new ecs.FargateService(this, 'Service', {
       cluster: props.cluster,
       taskDefinition: this.taskDefinition,
-      desiredCount: props.minTasks ?? 1,
+      // No DesiredCount: the service is created with one task, registering the scalable target
+      // raises it to minTasks, and later deploys leave the count the scaler chose (a DesiredCount
+      // in the template would reset a scaled-out service to it on every `cdk deploy`).
       vpcSubnets: props.subnets,
       assignPublicIp: props.assignPublicIp ?? false,
       securityGroups: [this.securityGroup],
@@ -132,54 +139,47 @@ export class TcpService extends Construct {
       healthCheckGracePeriod: ports.length ? Duration.seconds(60) : undefined,
     });
 
-    if (props.nlb && ports.length) {
-      const { loadBalancer, securityGroup: nlbSg } = props.nlb;
-      for (const p of ports) {
-        // An NLB with a security group lets targets admit its traffic by that group, with the
-        // client IP preserved too (ELB user guide, "Target security groups"); who may connect at
-        // all is decided on the NLB's group.
-        this.securityGroup.addIngressRule(nlbSg, ec2.Port.tcp(p.containerPort), `${p.name} from the NLB`);
-        for (const peer of p.allowFrom) nlbSg.addIngressRule(peer, ec2.Port.tcp(p.publicPort), `${p.name} (${p.publicPort})`);
-        const listener = loadBalancer.addListener(`Listener${p.publicPort}`, { port: p.publicPort, protocol: elbv2.Protocol.TCP });
-        const tg = listener.addTargets(`${p.name}Targets`, {
-          port: p.containerPort,
-          protocol: elbv2.Protocol.TCP,
-          preserveClientIp: true,
-          deregistrationDelay: drain,
-          targets: [this.service.loadBalancerTarget({ containerName: 'app', containerPort: p.containerPort })],
-          healthCheck: {
-            protocol: elbv2.Protocol.HTTP,
-            port: String(props.healthPort),
-            path: '/health',
-            healthyHttpCodes: '200',
-            interval: Duration.seconds(10),
-            healthyThresholdCount: 2,
-            unhealthyThresholdCount: 2,
-          },
-        });
-        this.listeners.push(listener);
-        this.targetGroups.push(tg);
-      }
-      this.securityGroup.addIngressRule(nlbSg, ec2.Port.tcp(props.healthPort), 'health checks from the NLB');
-    }
-
-    const scaling = this.service.autoScaleTaskCount({ minCapacity: props.minTasks ?? 1, maxCapacity: props.maxTasks ?? 4 });
-    scaling.scaleOnCpuUtilization('Cpu', { targetUtilizationPercent: 60, scaleInCooldown: Duration.minutes(5), scaleOutCooldown: Duration.minutes(1) });
-    if (props.nlb && ports.length) {
-      // NLB flow counts exist per load balancer only (AWS/NetworkELB ActiveFlowCount), so every
-      // listener service watches the same total; each still scales within its own bounds.
-      const high = props.connectionsHigh ?? 500;
-      scaling.scaleOnMetric('Connections', {
-        metric: props.nlb.loadBalancer.metrics.activeFlowCount({ period: Duration.minutes(1), statistic: 'Average' }),
-        scalingSteps: [
-          { upper: Math.floor(high / 5), change: -1 },
-          { lower: high, change: +1 },
-          { lower: high * 2, change: +2 },
-        ],
-        adjustmentType: appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
-        cooldown: Duration.minutes(2),
+    const healthFrom = new Set<ec2.ISecurityGroup>();
+    for (const p of ports) {
+      const lb = p.nlb ?? props.nlb;
+      if (!lb) throw new Error(`TcpService ${id}: port ${p.name} has no load balancer`);
+      const { loadBalancer, securityGroup: nlbSg } = lb;
+      healthFrom.add(nlbSg);
+      // An NLB with a security group lets targets admit its traffic by that group, with the
+      // client IP preserved too (ELB user guide, "Target security groups"); who may connect at
+      // all is decided on the NLB's group.
+      this.securityGroup.addIngressRule(nlbSg, ec2.Port.tcp(p.containerPort), `${p.name} from the NLB`);
+      for (const peer of p.allowFrom) nlbSg.addIngressRule(peer, ec2.Port.tcp(p.publicPort), `${p.name} (${p.publicPort})`);
+      const listener = loadBalancer.addListener(`Listener${p.publicPort}`, { port: p.publicPort, protocol: elbv2.Protocol.TCP });
+      const tg = listener.addTargets(`${p.name}Targets`, {
+        port: p.containerPort,
+        protocol: elbv2.Protocol.TCP,
+        preserveClientIp: true,
+        deregistrationDelay: drain,
+        targets: [this.service.loadBalancerTarget({ containerName: 'app', containerPort: p.containerPort })],
+        healthCheck: {
+          protocol: elbv2.Protocol.HTTP,
+          port: String(props.healthPort),
+          path: '/health',
+          healthyHttpCodes: '200',
+          interval: Duration.seconds(10),
+          healthyThresholdCount: 2,
+          unhealthyThresholdCount: 2,
+        },
       });
+      this.listeners.push(listener);
+      this.targetGroups.push(tg);
     }
+    for (const sg of healthFrom) this.securityGroup.addIngressRule(sg, ec2.Port.tcp(props.healthPort), 'health checks from the NLB');
+
+    // Each service scales on its own tasks' CPU and memory (AWS/ECS, ClusterName + ServiceName).
+    // NLB flow counts exist per load balancer and per zone only, never per target group, so they
+    // would scale SMTP on proxy traffic and the other way round. Open sessions hold buffers and TLS
+    // state, so memory follows the connection count of an otherwise idle service.
+    const scaling = this.service.autoScaleTaskCount({ minCapacity: props.minTasks ?? 1, maxCapacity: props.maxTasks ?? 4 });
+    const cooldowns = { scaleInCooldown: Duration.minutes(5), scaleOutCooldown: Duration.minutes(1) };
+    scaling.scaleOnCpuUtilization('Cpu', { targetUtilizationPercent: 60, ...cooldowns });
+    scaling.scaleOnMemoryUtilization('Memory', { targetUtilizationPercent: 70, ...cooldowns });
 
     Validations.of(this.taskDefinition).acknowledge({
       id: 'AwsSolutions-ECS2',

@@ -7,11 +7,13 @@
 import { CfnOutput, Fn, RemovalPolicy, Stack, Validations, type StackProps } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
-import { HEALTH_PORT, LISTENERS, enabledGroups, enabledListeners, type ListenerGroup, type StageConfig } from '../config.js';
-import { TcpService } from '../constructs/tcp-service.js';
+import { acknowledgeObjectPrefixes, grantObjects, grantTableItems, listenerAccess } from '../access.js';
+import { HEALTH_PORT, LISTENERS, enabledGroups, enabledListeners, isProtectedStage, type ListenerGroup, type StageConfig } from '../config.js';
+import { TcpService, type TcpPort } from '../constructs/tcp-service.js';
 import { acknowledgeGrantWildcards } from '../nag.js';
 import { workerEnvironment } from './processing.js';
 import type { StateStack } from './state.js';
@@ -45,6 +47,9 @@ export class ListenersStack extends Stack {
   readonly cluster: ecs.Cluster;
   readonly nlb: elbv2.NetworkLoadBalancer;
   readonly nlbSecurityGroup: ec2.SecurityGroup;
+  /** The proxy's internal load balancer and its security group (when the proxy is on). */
+  readonly proxyNlb?: elbv2.NetworkLoadBalancer;
+  readonly proxySecurityGroup?: ec2.SecurityGroup;
   /** One per availability zone, in subnet order. */
   readonly addresses: ec2.CfnEIP[] = [];
   readonly services: Partial<Record<ListenerGroup | 'workers', TcpService>> = {};
@@ -66,6 +71,12 @@ export class ListenersStack extends Stack {
             { name: 'tasks', subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS, cidrMask: 22 },
           ]
         : [{ name: 'public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 24 }],
+      // Gateway endpoints cost nothing and keep the tasks' S3 and DynamoDB traffic (every POP3
+      // download, every proxy object) off the NAT gateways, which charge per GB.
+      gatewayEndpoints: {
+        S3: { service: ec2.GatewayVpcEndpointAwsService.S3 },
+        DynamoDB: { service: ec2.GatewayVpcEndpointAwsService.DYNAMODB },
+      },
     });
     this.vpc.addFlowLog('RejectedFlows', {
       trafficType: ec2.FlowLogTrafficType.REJECT,
@@ -93,6 +104,8 @@ export class ListenersStack extends Stack {
       vpc: this.vpc,
       internetFacing: true,
       crossZoneEnabled: true,
+      // Deleting it would free nothing but break every MX and PTR record; dev may come and go.
+      deletionProtection: isProtectedStage(c),
       securityGroups: [this.nlbSecurityGroup],
       subnetMappings: publicSubnets.map((subnet, i) => ({ subnet, allocationId: this.addresses[i]!.attrAllocationId })),
     });
@@ -105,19 +118,49 @@ export class ListenersStack extends Stack {
       reason: 'SMTP (25), submission (465, 587) and POP3 (110, 995) are public Internet services; the proxy port admits only the configured client ranges.',
     });
 
+    // The proxy's own internal load balancer: clients in the VPC reach the internet-facing one
+    // from a NAT address, which no private range admits, and clients in peered networks should not
+    // leave them at all. Its group admits proxyAllowedClients; the public NLB carries 3128 only
+    // for proxyPublicClients (none by default).
+    if (c.listeners.proxy) {
+      this.proxySecurityGroup = new ec2.SecurityGroup(this, 'ProxyNlbSecurityGroup', {
+        vpc: this.vpc,
+        description: 'Tomlinson proxy, internal clients',
+        allowAllOutbound: true,
+      });
+      this.proxyNlb = new elbv2.NetworkLoadBalancer(this, 'ProxyNlb', {
+        vpc: this.vpc,
+        internetFacing: false,
+        crossZoneEnabled: true,
+        deletionProtection: isProtectedStage(c),
+        securityGroups: [this.proxySecurityGroup],
+        vpcSubnets: taskSubnets,
+      });
+      Validations.of(this.proxyNlb).acknowledge({
+        id: 'AwsSolutions-ELB2',
+        reason: 'NLB access logs are written for TLS listeners only; the proxy listener is TCP, so there is nothing to log.',
+      });
+    }
+
     const image = props.image;
     const everyone = [ec2.Peer.anyIpv4()];
-    const proxyClients = c.proxyAllowedClients.map((cidr) => ec2.Peer.ipv4(cidr));
+    const internalProxy = this.proxyNlb && this.proxySecurityGroup ? { loadBalancer: this.proxyNlb, securityGroup: this.proxySecurityGroup } : undefined;
     const env = workerEnvironment(c, state);
     const tlsEnv: Record<string, string> = c.tlsFromSecret ? { TOMLINSON_TLS_SECRET_ID: state.tlsSecret.secretArn } : {};
     const mail = state.bucketFor(this, 'Mail');
-    const cache = state.bucketFor(this, 'Cache');
 
+    const access = listenerAccess(c);
     for (const group of enabledGroups(c)) {
       const size = c.services[group];
-      const ports = enabledListeners(c)
+      const ports: TcpPort[] = enabledListeners(c)
         .filter((l) => LISTENERS[l].group === group)
-        .map((l) => ({ name: l, publicPort: LISTENERS[l].publicPort, containerPort: LISTENERS[l].containerPort, allowFrom: l === 'proxy' ? proxyClients : everyone }));
+        .flatMap((l): TcpPort[] => {
+          const at = { publicPort: LISTENERS[l].publicPort, containerPort: LISTENERS[l].containerPort };
+          if (l !== 'proxy') return [{ name: l, ...at, allowFrom: everyone }];
+          const internal: TcpPort = { name: l, ...at, nlb: internalProxy, allowFrom: c.proxyAllowedClients.map((r) => ec2.Peer.ipv4(r)) };
+          if (!c.proxyPublicClients.length) return [internal];
+          return [internal, { name: 'proxypublic', ...at, allowFrom: c.proxyPublicClients.map((r) => ec2.Peer.ipv4(r)) }];
+        });
       const svc = new TcpService(this, group.charAt(0).toUpperCase() + group.slice(1), {
         cluster: this.cluster,
         image,
@@ -125,7 +168,9 @@ export class ListenersStack extends Stack {
         environment: {
           ...env,
           ...groupSwitches(c, group),
-          ...(group === 'proxy' ? { TOMLINSON_PROXY_ALLOWED_CLIENTS: c.proxyAllowedClients.join(',') } : tlsEnv),
+          ...(group === 'proxy'
+            ? { TOMLINSON_PROXY_ALLOWED_CLIENTS: [...c.proxyAllowedClients, ...c.proxyPublicClients].join(','), TOMLINSON_PROXY_REQUIRE_AUTH: String(c.proxyRequireAuth) }
+            : tlsEnv),
         },
         nlb: { loadBalancer: this.nlb, securityGroup: this.nlbSecurityGroup },
         ports,
@@ -139,26 +184,25 @@ export class ListenersStack extends Stack {
         logRetention: retention,
       });
       this.services[group] = svc;
-      acknowledgeGrantWildcards(svc, [state.bucketArnExport(group === 'proxy' ? 'Cache' : 'Mail')]);
+      // Least privilege per service (infra/access.ts): item prefixes, object prefixes, one queue.
       const role = svc.taskDefinition.taskRole;
-      if (group === 'smtp') {
-        // Accepts mail: writes the raw message, reads accounts, queues the job.
-        mail.grantReadWrite(role);
-        state.table.grantReadWriteData(role);
-        state.inboundQueue.grantSendMessages(role);
-        if (c.tlsFromSecret) state.tlsSecret.grantRead(role);
-      } else if (group === 'pop3') {
-        // Reads and deletes messages, holds the maildrop lease.
-        mail.grantReadWrite(role);
-        mail.grantDelete(role);
-        state.table.grantReadWriteData(role);
-        if (c.tlsFromSecret) state.tlsSecret.grantRead(role);
-      } else {
-        // The proxy's object tier and cache metadata (and accounts, for Proxy-Authorization).
-        cache.grantReadWrite(role);
-        cache.grantDelete(role);
-        state.table.grantReadWriteData(role);
+      const a = access[group];
+      grantTableItems(role, state.table.tableArn, a.table.read, a.table.write);
+      const exportName = state.bucketArnExport(a.bucket.name);
+      grantObjects(role, Fn.importValue(exportName), a.bucket);
+      acknowledgeObjectPrefixes(svc, exportName, a.bucket);
+      if (a.bucket.name === 'Mail') {
+        // Mail objects are encrypted with the stack key; a service that only reads them only decrypts.
+        const keyActions = a.bucket.write.length ? ['kms:Decrypt', 'kms:GenerateDataKey'] : ['kms:Decrypt'];
+        role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: keyActions, resources: [state.mailKey.keyArn] }));
       }
+      if (a.sendsTo === 'inbound') {
+        state.inboundQueue.grantSendMessages(role);
+        for (const action of ['kms:ReEncrypt*', 'kms:GenerateDataKey*']) {
+          Validations.of(svc).acknowledge({ id: `AwsSolutions-IAM5[Action::${action}]`, reason: 'From grantSendMessages on the encrypted inbound queue: data-key actions on the one key of the queue, nothing else.' });
+        }
+      }
+      if (group !== 'proxy' && c.tlsFromSecret) state.tlsSecret.grantRead(role);
     }
 
     if (c.outbound === 'direct') {
@@ -195,5 +239,6 @@ export class ListenersStack extends Stack {
       description: 'Elastic IPs of the load balancer: A record of the mail host, and where PTR records point back',
     });
     new CfnOutput(this, 'LoadBalancerDns', { value: this.nlb.loadBalancerDnsName, description: 'NLB DNS name' });
+    if (this.proxyNlb) new CfnOutput(this, 'ProxyDns', { value: this.proxyNlb.loadBalancerDnsName, description: 'Internal NLB DNS name of the proxy (port 3128), for clients in the VPC and peered networks' });
   }
 }

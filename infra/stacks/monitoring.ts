@@ -1,8 +1,8 @@
 /**
  * The monitoring stack: one CloudWatch dashboard and the alarms that say mail is stuck or lost
- * (dead-letter queues not empty, old queue messages, Lambda errors, unhealthy tasks, a high
- * delivery failure rate), plus proxy hit ratio and mail bucket size. Alarms notify an SNS topic;
- * `alarmEmail` subscribes an address to it.
+ * (dead-letter queues not empty, old inbound jobs, old undelivered outbound mail, Lambda errors,
+ * unhealthy or missing tasks, a high delivery failure rate), plus proxy hit ratio and mail bucket
+ * size. Alarms notify an SNS topic; `alarmEmail` subscribes an address to it.
  */
 import { Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
@@ -13,6 +13,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subs from 'aws-cdk-lib/aws-sns-subscriptions';
 import type { Construct } from 'constructs';
+import { OUTBOUND_AGE_METRIC } from '../../core/mail/outbound-age.js';
 import type { StageConfig } from '../config.js';
 import type { ListenersStack } from './listeners.js';
 import type { ProcessingStack } from './processing.js';
@@ -76,7 +77,18 @@ export class MonitoringStack extends Stack {
     alarm('InboundDlqNotEmpty', state.inboundDlq.metricApproximateNumberOfMessagesVisible({ period: five, statistic: 'Maximum' }), 1, 'Inbound jobs failed every attempt and wait in the dead-letter queue.');
     alarm('OutboundDlqNotEmpty', state.outboundDlq.metricApproximateNumberOfMessagesVisible({ period: five, statistic: 'Maximum' }), 1, 'Outbound jobs failed every attempt and wait in the dead-letter queue.');
     alarm('InboundQueueAge', state.inboundQueue.metricApproximateAgeOfOldestMessage({ period: five, statistic: 'Maximum' }), 900, 'An accepted message has waited more than 15 minutes for mailbox delivery.', { evaluationPeriods: 2 });
-    alarm('OutboundQueueAge', state.outboundQueue.metricApproximateAgeOfOldestMessage({ period: five, statistic: 'Maximum' }), 6 * 3600, 'Outbound mail has been retrying for more than 6 hours.');
+    // Not SQS ApproximateAgeOfOldestMessage: it leaves out messages received three times or more,
+    // and every outbound retry is a receive. The outbound worker publishes the age of the oldest
+    // undelivered message from the table (core/mail/outbound-age.ts, embedded metric format). It
+    // reports while it works, at least every retry; between reports the alarm keeps its state.
+    const outboundAge = new cloudwatch.Metric({
+      namespace: OUTBOUND_AGE_METRIC.namespace,
+      metricName: OUTBOUND_AGE_METRIC.name,
+      dimensionsMap: { [OUTBOUND_AGE_METRIC.dimension]: state.table.tableName },
+      period: Duration.hours(1),
+      statistic: 'Maximum',
+    });
+    alarm('OutboundQueueAge', outboundAge, 6 * 3600, 'Outbound mail has been waiting for delivery for more than 6 hours.', { treatMissingData: cloudwatch.TreatMissingData.IGNORE });
 
     // Lambda errors: a thrown job (not a scheduled retry).
     const functions = [processing.inbound, processing.outbound].filter((w) => w !== undefined);
@@ -130,10 +142,16 @@ export class MonitoringStack extends Stack {
       });
     }
 
-    // Task health: any target the NLB considers unhealthy for 3 minutes.
+    // Task health: any target the NLB considers unhealthy for 3 minutes, and no healthy target at
+    // all (with every task gone the unhealthy count is 0; no data then is no target either).
     for (const [name, svc] of Object.entries(listeners?.services ?? {})) {
       svc.targetGroups.forEach((tg, i) => {
         alarm(`${name}Unhealthy${i}`, tg.metrics.unHealthyHostCount({ period: Duration.minutes(1), statistic: 'Maximum' }), 1, `A ${name} task fails its health check.`, { evaluationPeriods: 3 });
+        alarm(`${name}NoHealthyTask${i}`, tg.metrics.healthyHostCount({ period: Duration.minutes(1), statistic: 'Minimum' }), 1, `No healthy ${name} task behind the load balancer: the service is down.`, {
+          comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+          treatMissingData: cloudwatch.TreatMissingData.BREACHING,
+          evaluationPeriods: 2,
+        });
       });
       if (!svc.targetGroups.length) {
         alarm(`${name}NotRunning`, svc.service.metricCpuUtilization({ period: five, statistic: 'SampleCount' }), 1, `No ${name} task is running.`, {
@@ -159,7 +177,7 @@ export class MonitoringStack extends Stack {
     const queueDepth = (q: typeof state.inboundQueue, label: string): cloudwatch.IMetric => q.metricApproximateNumberOfMessagesVisible({ label, period: Duration.minutes(1) });
     this.dashboard.addWidgets(
       new cloudwatch.GraphWidget({ title: 'Queue depth', left: [queueDepth(state.inboundQueue, 'inbound'), queueDepth(state.outboundQueue, 'outbound'), queueDepth(state.inboundDlq, 'inbound DLQ'), queueDepth(state.outboundDlq, 'outbound DLQ')] }),
-      new cloudwatch.GraphWidget({ title: 'Oldest message (s)', left: [state.inboundQueue.metricApproximateAgeOfOldestMessage({ label: 'inbound' }), state.outboundQueue.metricApproximateAgeOfOldestMessage({ label: 'outbound' })] }),
+      new cloudwatch.GraphWidget({ title: 'Oldest message (s)', left: [state.inboundQueue.metricApproximateAgeOfOldestMessage({ label: 'inbound' }), outboundAge.with({ label: 'outbound (oldest undelivered)' })] }),
       new cloudwatch.GraphWidget({ title: 'Lambda', left: functions.map((w) => w.function.metricInvocations({ label: `${w.node.id} invocations` })), right: functions.map((w) => w.function.metricErrors({ label: `${w.node.id} errors` })) }),
     );
     this.dashboard.addWidgets(

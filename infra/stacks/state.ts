@@ -45,6 +45,15 @@ export function dkimSecretPrefix(stage: string): string {
   return `tomlinson/${stage}/dkim/`;
 }
 
+/**
+ * SQS retention per queue. SQS counts a dead letter's retention from its first enqueue into the
+ * source queue (SQS developer guide, "Dead-letter queues"), so a DLQ needs longer than its source:
+ * the DLQs keep the SQS maximum (14 days) and leave at least a week to look at a dead letter.
+ * Outbound mail is given up after TOMLINSON_OUTBOUND_MAX_AGE (5 days by default) and bounced, so
+ * 7 days covers it with two days' margin; inbound jobs finish in minutes (4 days, the SQS default).
+ */
+export const QUEUE_RETENTION = { inbound: Duration.days(4), outbound: Duration.days(7), deadLetter: Duration.days(14) } as const;
+
 /** Props of StateStack. */
 export interface StateStackProps extends StackProps {
   config: StageConfig;
@@ -147,15 +156,13 @@ export class StateStack extends Stack {
     });
     pin(this.table, PINNED_IDS.table);
 
-    const queue = (qid: string, pinned: string, dlq?: { queue: sqs.Queue; maxReceiveCount: number }, visibility?: Duration): sqs.Queue => {
+    const queue = (qid: string, pinned: string, retention: Duration, dlq?: { queue: sqs.Queue; maxReceiveCount: number }, visibility?: Duration): sqs.Queue => {
       const q = new sqs.Queue(this, qid, {
         encryption: sqs.QueueEncryption.KMS,
         encryptionMasterKey: this.mailKey,
         dataKeyReuse: Duration.hours(1),
         enforceSSL: true,
-        // The SQS maximum, 14 days, everywhere: outbound mail may wait up to its maximum age
-        // (5 days by default) and a dead-letter queue keeps a message's first enqueue time.
-        retentionPeriod: Duration.days(14),
+        retentionPeriod: retention,
         visibilityTimeout: visibility ?? Duration.seconds(30),
         deadLetterQueue: dlq,
         removalPolicy: retain,
@@ -163,12 +170,14 @@ export class StateStack extends Stack {
       pin(q, pinned);
       return q;
     };
-    this.inboundDlq = queue('InboundDeadLetterQueue', PINNED_IDS.inboundDlq);
-    this.outboundDlq = queue('OutboundDeadLetterQueue', PINNED_IDS.outboundDlq);
-    this.inboundQueue = queue('InboundQueue', PINNED_IDS.inboundQueue, { queue: this.inboundDlq, maxReceiveCount: c.queueMaxReceives }, props.queueVisibility.inbound);
+    // A message moved to a dead-letter queue keeps its first enqueue time, so the DLQ's retention
+    // counts from then: the DLQs get the SQS maximum and the work queues less (QUEUE_RETENTION).
+    this.inboundDlq = queue('InboundDeadLetterQueue', PINNED_IDS.inboundDlq, QUEUE_RETENTION.deadLetter);
+    this.outboundDlq = queue('OutboundDeadLetterQueue', PINNED_IDS.outboundDlq, QUEUE_RETENTION.deadLetter);
+    this.inboundQueue = queue('InboundQueue', PINNED_IDS.inboundQueue, QUEUE_RETENTION.inbound, { queue: this.inboundDlq, maxReceiveCount: c.queueMaxReceives }, props.queueVisibility.inbound);
     // Every scheduled retry of an outbound message is one more receive, so its threshold is sized
     // for the whole retry schedule, not for crashes alone.
-    this.outboundQueue = queue('OutboundQueue', PINNED_IDS.outboundQueue, { queue: this.outboundDlq, maxReceiveCount: c.outboundMaxReceives }, props.queueVisibility.outbound);
+    this.outboundQueue = queue('OutboundQueue', PINNED_IDS.outboundQueue, QUEUE_RETENTION.outbound, { queue: this.outboundDlq, maxReceiveCount: c.outboundMaxReceives }, props.queueVisibility.outbound);
     for (const dlq of [this.inboundDlq, this.outboundDlq]) {
       Validations.of(dlq).acknowledge({ id: 'AwsSolutions-SQS3', reason: 'This queue is itself the dead-letter queue of a work queue.' });
     }

@@ -9,6 +9,7 @@ import { SETTINGS } from '../../core/config.js';
 import { LISTENERS, StageConfigError, stageConfig, type ListenerName } from '../../infra/config.js';
 import { dnsRecords } from '../../infra/stacks/dns.js';
 import { PINNED_IDS, dkimSecretId } from '../../infra/stacks/state.js';
+import { OUTBOUND_AGE_METRIC } from '../../core/mail/outbound-age.js';
 import { cleanOutdirs, nagFindings, testApp } from './support.js';
 
 type Res = { Type: string; Properties?: Record<string, unknown>; DeletionPolicy?: string; UpdateReplacePolicy?: string };
@@ -106,10 +107,22 @@ describe('state stack', () => {
     expect(qs[PINNED_IDS.inboundDlq]!.Properties!.RedrivePolicy).toBeUndefined();
     expect(qs[PINNED_IDS.inboundQueue]!.Properties!.VisibilityTimeout).toBe(6 * 120);
     expect(qs[PINNED_IDS.outboundQueue]!.Properties!.VisibilityTimeout).toBe(6 * 900);
-    for (const q of Object.values(qs)) {
-      expect(q.Properties!.MessageRetentionPeriod).toBe(14 * 86400);
-      expect(q.Properties!.KmsMasterKeyId).toEqual({ 'Fn::GetAtt': [PINNED_IDS.mailKey, 'Arn'] });
-    }
+    for (const q of Object.values(qs)) expect(q.Properties!.KmsMasterKeyId).toEqual({ 'Fn::GetAtt': [PINNED_IDS.mailKey, 'Arn'] });
+  });
+
+  it('keeps dead letters longer than their source queues keep messages (a dead letter keeps its first enqueue time)', () => {
+    const qs = resources(t, 'AWS::SQS::Queue');
+    const days = (id: string) => Number(qs[id]!.Properties!.MessageRetentionPeriod) / 86400;
+    expect(days(PINNED_IDS.inboundDlq)).toBe(14);
+    expect(days(PINNED_IDS.outboundDlq)).toBe(14);
+    expect(days(PINNED_IDS.inboundQueue)).toBe(4);
+    // Outbound mail is bounced after 5 days (TOMLINSON_OUTBOUND_MAX_AGE default): 7 covers it.
+    const maxAgeDays = Number(SETTINGS.find((s) => s.env === 'TOMLINSON_OUTBOUND_MAX_AGE')!.default) / 86400;
+    expect(days(PINNED_IDS.outboundQueue)).toBe(7);
+    expect(days(PINNED_IDS.outboundQueue)).toBeGreaterThan(maxAgeDays);
+    // What is left in a DLQ after the longest life in its source: a week at least.
+    expect(days(PINNED_IDS.outboundDlq) - days(PINNED_IDS.outboundQueue)).toBeGreaterThanOrEqual(7);
+    expect(days(PINNED_IDS.inboundDlq) - days(PINNED_IDS.inboundQueue)).toBeGreaterThanOrEqual(7);
   });
 
   it('creates the secrets with generated placeholders, never a value from the template', () => {
@@ -271,14 +284,87 @@ describe('listeners stack', () => {
     expect(envOf(on, 'proxy').TOMLINSON_TLS_SECRET_ID).toBeUndefined();
   });
 
-  it('scales each service on CPU and on connections', () => {
+  it('scales each service on its own CPU and memory, never on the load balancer total', () => {
     const policies = Object.values(resources(t, 'AWS::ApplicationAutoScaling::ScalingPolicy'));
-    const cpu = policies.filter((p) => JSON.stringify(p.Properties).includes('ECSServiceAverageCPUUtilization'));
-    const steps = policies.filter((p) => p.Properties!.PolicyType === 'StepScaling');
-    expect(cpu).toHaveLength(3);
-    expect(steps.length).toBeGreaterThanOrEqual(3);
-    const alarms = Object.values(resources(t, 'AWS::CloudWatch::Alarm')).filter((a) => a.Properties!.MetricName === 'ActiveFlowCount');
-    expect(alarms.length).toBeGreaterThanOrEqual(3);
+    const byMetric = (m: string) => policies.filter((p) => JSON.stringify(p.Properties).includes(m));
+    expect(byMetric('ECSServiceAverageCPUUtilization')).toHaveLength(3);
+    expect(byMetric('ECSServiceAverageMemoryUtilization')).toHaveLength(3);
+    expect(policies.filter((p) => p.Properties!.PolicyType === 'StepScaling')).toHaveLength(0);
+    // AWS/NetworkELB flow counts have no target group dimension: one total for every service.
+    const alarms = Object.values(resources(t, 'AWS::CloudWatch::Alarm'));
+    expect(alarms.filter((a) => JSON.stringify(a.Properties).includes('FlowCount'))).toHaveLength(0);
+    // Each service's two policies point at its own scalable target, one target per service.
+    const targets = Object.keys(resources(t, 'AWS::ApplicationAutoScaling::ScalableTarget'));
+    expect(targets).toHaveLength(3);
+    for (const target of targets) expect(policies.filter((p) => JSON.stringify(p.Properties!.ScalingTargetId).includes(target))).toHaveLength(2);
+  });
+
+  it('leaves the task count of autoscaled services to the scaler (no DesiredCount a deploy would reset)', () => {
+    for (const [id, svc] of Object.entries(resources(t, 'AWS::ECS::Service'))) expect(svc.Properties!.DesiredCount, id).toBeUndefined();
+    const prod = Template.fromStack(testApp({}, { stage: 'prod' }).stacks.listeners!);
+    for (const svc of Object.values(resources(prod, 'AWS::ECS::Service'))) expect(svc.Properties!.DesiredCount).toBeUndefined();
+    // The minimum lives on the scalable target, which raises a new service's count to it.
+    const mins = Object.values(resources(prod, 'AWS::ApplicationAutoScaling::ScalableTarget')).map((x) => x.Properties!.MinCapacity);
+    expect(mins).toEqual([2, 2, 2]);
+  });
+
+  it('runs two proxy tasks at least and protects both load balancers from deletion outside dev', () => {
+    const protection = (tpl: Template) =>
+      Object.values(resources(tpl, 'AWS::ElasticLoadBalancingV2::LoadBalancer')).map((lb) => {
+        const attrs = (lb.Properties!.LoadBalancerAttributes as { Key: string; Value: string }[] | undefined) ?? [];
+        return attrs.find((a) => a.Key === 'deletion_protection.enabled')?.Value ?? 'false';
+      });
+    expect(protection(t)).toEqual(['false', 'false']);
+    const prod = testApp({}, { stage: 'prod' });
+    expect(prod.config.services.proxy.minTasks).toBeGreaterThanOrEqual(2);
+    const p = Template.fromStack(prod.stacks.listeners!);
+    expect(protection(p)).toEqual(['true', 'true']);
+  });
+
+  it('routes the tasks to S3 and DynamoDB through free gateway endpoints, not the NAT gateway', () => {
+    const endpoints = Object.values(resources(t, 'AWS::EC2::VPCEndpoint')).map((e) => e.Properties!);
+    expect(endpoints).toHaveLength(2);
+    for (const e of endpoints) expect(e.VpcEndpointType).toBe('Gateway');
+    const services = endpoints.map((e) => JSON.stringify(e.ServiceName));
+    expect(services.some((x) => x.includes('.s3'))).toBe(true);
+    expect(services.some((x) => x.includes('.dynamodb'))).toBe(true);
+    // Every route table of the task subnets has both.
+    const privateTables = Object.keys(resources(t, 'AWS::EC2::RouteTable')).filter((id) => id.includes('tasks'));
+    expect(privateTables.length).toBe(2);
+    for (const e of endpoints) for (const id of privateTables) expect(JSON.stringify(e.RouteTableIds)).toContain(id);
+  });
+
+  it('serves the proxy on an internal load balancer, and publicly only to listed client ranges', () => {
+    const lbs = resources(t, 'AWS::ElasticLoadBalancingV2::LoadBalancer');
+    const internal = Object.entries(lbs).filter(([, lb]) => lb.Properties!.Scheme === 'internal');
+    expect(internal).toHaveLength(1);
+    const listenersOf = (tpl: Template, lbId: string) =>
+      Object.values(resources(tpl, 'AWS::ElasticLoadBalancingV2::Listener'))
+        .filter((l) => JSON.stringify(l.Properties!.LoadBalancerArn).includes(lbId))
+        .map((l) => l.Properties!.Port);
+    const [internalId] = internal[0]!;
+    const publicId = Object.keys(lbs).find((id) => id !== internalId)!;
+    expect(listenersOf(t, internalId)).toEqual([3128]);
+    // By default nothing public listens on 3128.
+    expect(listenersOf(t, publicId)).not.toContain(3128);
+    const proxyEnv = (tpl: Template) => {
+      const d = Object.values(resources(tpl, 'AWS::ECS::TaskDefinition')).find((x) => JSON.stringify(x.Properties).includes('"serve","proxy"'))!;
+      return Object.fromEntries(((d.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: unknown }[] }[])[0]!.Environment).map((e) => [e.Name, e.Value]));
+    };
+    expect(proxyEnv(t).TOMLINSON_PROXY_ALLOWED_CLIENTS).toBe('10.0.0.0/8');
+
+    const open = Template.fromStack(testApp({ proxyPublicClients: ['203.0.113.0/24'] }).stacks.listeners!);
+    const openLbs = resources(open, 'AWS::ElasticLoadBalancingV2::LoadBalancer');
+    const openPublic = Object.keys(openLbs).find((id) => openLbs[id]!.Properties!.Scheme === 'internet-facing')!;
+    expect(listenersOf(open, openPublic)).toContain(3128);
+    const ingress = [
+      ...Object.values(resources(open, 'AWS::EC2::SecurityGroup')).flatMap((g) => (g.Properties!.SecurityGroupIngress as Record<string, unknown>[] | undefined) ?? []),
+      ...Object.values(resources(open, 'AWS::EC2::SecurityGroupIngress')).map((r) => r.Properties!),
+    ];
+    expect(ingress.filter((r) => r.FromPort === 3128 && 'CidrIp' in r).map((r) => r.CidrIp).sort()).toEqual(['10.0.0.0/8', '203.0.113.0/24']);
+    // The proxy admits what its load balancers admit (client IPs are preserved).
+    expect(proxyEnv(open).TOMLINSON_PROXY_ALLOWED_CLIENTS).toBe('10.0.0.0/8,203.0.113.0/24');
+    expect(() => stageConfig('dev', { proxyPublicClients: ['0.0.0.0/0'] })).toThrow(/open to everyone/);
   });
 
   it('opens the mail ports to everyone but the proxy only to the configured client ranges', () => {
@@ -343,9 +429,11 @@ describe('dns and monitoring stacks', () => {
     const alarms = Object.values(resources(t, 'AWS::CloudWatch::Alarm')).map((a) => a.Properties!);
     const byMetric = (name: string) => alarms.filter((a) => a.MetricName === name || JSON.stringify(a.Metrics ?? []).includes(`"MetricName":"${name}"`));
     expect(byMetric('ApproximateNumberOfMessagesVisible')).toHaveLength(2);
-    expect(byMetric('ApproximateAgeOfOldestMessage')).toHaveLength(2);
+    // Inbound only: SQS leaves messages received three times or more out of this metric.
+    expect(byMetric('ApproximateAgeOfOldestMessage')).toHaveLength(1);
     expect(byMetric('Errors')).toHaveLength(3);
     expect(byMetric('UnHealthyHostCount')).toHaveLength(6);
+    expect(byMetric('HealthyHostCount')).toHaveLength(6);
     expect(byMetric('BucketSizeBytes')).toHaveLength(1);
     const math = JSON.stringify(alarms.filter((a) => a.Metrics));
     expect(math).toContain('delivery-bounced');
@@ -356,6 +444,39 @@ describe('dns and monitoring stacks', () => {
     for (const a of alarms) expect((a.AlarmActions as unknown[]).length).toBe(1);
     t.resourceCountIs('AWS::CloudWatch::Dashboard', 1);
     t.hasResourceProperties('AWS::SNS::Topic', { KmsMasterKeyId: Match.anyValue() });
+  });
+});
+
+describe('alarms that matter when things are worst', () => {
+  let alarms: Record<string, unknown>[];
+  beforeAll(() => {
+    alarms = Object.values(resources(Template.fromStack(main.stacks.monitoring!), 'AWS::CloudWatch::Alarm')).map((a) => a.Properties!);
+  });
+
+  it('fires when a target group has no healthy task at all, missing data included', () => {
+    const healthy = alarms.filter((a) => a.MetricName === 'HealthyHostCount');
+    // One per target group: 25, 465, 587, 110, 995 and the proxy's internal 3128.
+    expect(healthy).toHaveLength(6);
+    const groups = new Set(healthy.map((a) => JSON.stringify((a.Dimensions as { Name: string; Value: unknown }[]).find((d) => d.Name === 'TargetGroup')!.Value)));
+    expect(groups.size).toBe(6);
+    for (const a of healthy) {
+      expect(a).toMatchObject({ Namespace: 'AWS/NetworkELB', ComparisonOperator: 'LessThanThreshold', Threshold: 1, TreatMissingData: 'breaching' });
+      expect((a.Dimensions as { Name: string }[]).map((d) => d.Name).sort()).toEqual(['LoadBalancer', 'TargetGroup']);
+    }
+  });
+
+  it('watches the oldest undelivered outbound message from the metric the worker publishes', () => {
+    const age = alarms.find((a) => a.MetricName === OUTBOUND_AGE_METRIC.name);
+    expect(age).toBeDefined();
+    expect(age).toMatchObject({ Namespace: OUTBOUND_AGE_METRIC.namespace, Statistic: 'Maximum', Threshold: 6 * 3600, ComparisonOperator: 'GreaterThanOrEqualToThreshold' });
+    const dims = age!.Dimensions as { Name: string; Value: unknown }[];
+    expect(dims.map((d) => d.Name)).toEqual([OUTBOUND_AGE_METRIC.dimension]);
+    // The dimension is the table name the outbound worker reports with (its TOMLINSON_TABLE).
+    const outboundFn = Object.values(resources(Template.fromStack(main.stacks.processing), 'AWS::Lambda::Function')).find((f) => JSON.stringify(f.Properties!.Role).includes('OutboundFunction'))!;
+    const fnTable = (outboundFn.Properties!.Environment as { Variables: Record<string, unknown> }).Variables.TOMLINSON_TABLE;
+    expect(dims[0]!.Value).toEqual(fnTable);
+    expect(JSON.stringify(dims[0]!.Value)).toContain('Table');
+    expect(alarms.filter((a) => a.MetricName === 'ApproximateAgeOfOldestMessage' && JSON.stringify(a.Dimensions).includes('OutboundQueue'))).toHaveLength(0);
   });
 });
 

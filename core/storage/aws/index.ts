@@ -30,6 +30,17 @@ export interface AwsStorageOptions {
   blobs?: S3BlobsOptions;
 }
 
+/**
+ * The backends the health probe checks: those the process's enabled services use, which on AWS
+ * is all their task role may reach (infra/access.ts); a process with every service on (or none,
+ * e.g. the CLI) checks all.
+ */
+export function backendsUsed(config: Config): { mail: boolean; cache: boolean; queues: ('inbound' | 'outbound')[] } {
+  const { smtp, pop3, proxy, workers } = { smtp: config.smtp.enabled, pop3: config.pop3.enabled, proxy: config.proxy.enabled, workers: config.workers.enabled };
+  if (!smtp && !pop3 && !proxy && !workers) return { mail: true, cache: true, queues: ['inbound', 'outbound'] };
+  return { mail: smtp || pop3 || workers, cache: proxy, queues: workers ? ['inbound', 'outbound'] : smtp ? ['inbound'] : [] };
+}
+
 /** Opens S3, DynamoDB and SQS clients once and returns the three ports over them. */
 export async function openAwsStorage(config: Config, log: Logger, options: AwsStorageOptions = {}): Promise<Storage> {
   const aws = config.storage.aws;
@@ -74,13 +85,15 @@ export async function openAwsStorage(config: Config, log: Logger, options: AwsSt
     tables,
     queues,
     async check() {
-      const [m, c, t, q] = await Promise.all([
-        up(() => guard(aws.mailBucket, () => s3.send(new HeadBucketCommand({ Bucket: aws.mailBucket }))), 'mail'),
-        up(() => guard(aws.cacheBucket, () => s3.send(new HeadBucketCommand({ Bucket: aws.cacheBucket }))), 'cache'),
-        up(() => tables.probe(), 'tables'),
-        up(() => queues.probe(), 'queues'),
+      const uses = backendsUsed(config);
+      const report: Record<string, boolean> = {};
+      await Promise.all([
+        uses.mail && up(() => guard(aws.mailBucket, () => s3.send(new HeadBucketCommand({ Bucket: aws.mailBucket }))), 'mail').then((v) => (report.mail = v)),
+        uses.cache && up(() => guard(aws.cacheBucket, () => s3.send(new HeadBucketCommand({ Bucket: aws.cacheBucket }))), 'cache').then((v) => (report.cache = v)),
+        up(() => tables.probe(), 'tables').then((v) => (report.tables = v)),
+        uses.queues.length > 0 && up(() => queues.probe(uses.queues), 'queues').then((v) => (report.queues = v)),
       ]);
-      return { mail: m, cache: c, tables: t, queues: q };
+      return report;
     },
     async close() {
       if (closed) return;

@@ -180,9 +180,9 @@ export class SqsQueues implements Queues {
     };
   }
 
-  /** Liveness probe: the attributes of every configured queue. */
-  async probe(): Promise<void> {
-    await Promise.all((['inbound', 'outbound'] as const).map((q) => this.stats(q)));
+  /** Liveness probe: the attributes of `queues` (both work queues by default). */
+  async probe(queues: readonly ('inbound' | 'outbound')[] = ['inbound', 'outbound']): Promise<void> {
+    await Promise.all(queues.map((q) => this.stats(q)));
   }
 
   /** The URL of a logical queue; a dead-letter queue's is found from its main queue's redrive policy. */

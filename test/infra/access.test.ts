@@ -1,0 +1,130 @@
+/**
+ * Least privilege of the listener task roles, read from the synthesized policies: each service
+ * reaches only the table items (by partition-key prefix), bucket objects (by key prefix) and queues
+ * it uses. The prefixes are checked against the code's own key builders, and the health probe of
+ * each task (core/storage/aws/index.ts) against what its role may reach.
+ */
+import { Template } from 'aws-cdk-lib/assertions';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { keys as accountKeys } from '../../core/accounts/accounts.js';
+import { STATS_PK } from '../../core/cache/store.js';
+import { loadConfig } from '../../core/config.js';
+import { QUEUE_LIST_PK } from '../../core/mail/outbound-store.js';
+import { mailboxKeys } from '../../core/mailbox/store.js';
+import { backendsUsed } from '../../core/storage/aws/index.js';
+import { pendingDeleteKey } from '../../containers/pop3/maildrop.js';
+import { messageKey } from '../../containers/smtp/spool.js';
+import { listenerAccess } from '../../infra/access.js';
+import { cleanOutdirs, testApp } from './support.js';
+
+type Stmt = { Action: string | string[]; Resource: unknown; Condition?: Record<string, Record<string, string[]>> };
+type Res = { Type: string; Properties?: Record<string, unknown> };
+
+let t: Template;
+beforeAll(() => {
+  t = Template.fromStack(testApp().stacks.listeners!);
+}, 120_000);
+afterAll(cleanOutdirs);
+
+function statementsOf(tpl: Template, rolePrefix: string): Stmt[] {
+  const out: Stmt[] = [];
+  for (const p of Object.values(tpl.findResources('AWS::IAM::Policy') as Record<string, Res>)) {
+    if (!JSON.stringify(p.Properties!.Roles).includes(`"${rolePrefix}`)) continue;
+    out.push(...(p.Properties!.PolicyDocument as { Statement: Stmt[] }).Statement);
+  }
+  expect(out.length, `policies of ${rolePrefix}`).toBeGreaterThan(0);
+  return out;
+}
+const actionsOf = (s: Stmt): string[] => (Array.isArray(s.Action) ? s.Action : [s.Action]);
+const role = (group: string) => `${group}TaskTaskRole`;
+
+/** Partition-key patterns a role may use for `action`; a statement without the condition allows every key. */
+function leadingKeys(stmts: Stmt[], action: string): string[] {
+  return stmts.filter((s) => actionsOf(s).includes(action)).flatMap((s) => s.Condition?.['ForAllValues:StringLike']?.['dynamodb:LeadingKeys'] ?? ['*']);
+}
+
+/** IAM StringLike: `*` any run, `?` one character. */
+function like(pattern: string, value: string): boolean {
+  const re = new RegExp(`^${pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
+  return re.test(value);
+}
+const allows = (patterns: string[], pk: string) => patterns.some((p) => like(p, pk));
+
+describe('listener task roles', () => {
+  it('limit every DynamoDB statement to partition-key prefixes and never allow Scan', () => {
+    for (const g of ['Smtp', 'Pop3', 'Proxy']) {
+      const ddb = statementsOf(t, role(g)).filter((s) => actionsOf(s).some((a) => a.startsWith('dynamodb:')));
+      expect(ddb.length, g).toBeGreaterThan(0);
+      for (const s of ddb) {
+        expect(s.Condition?.['ForAllValues:StringLike']?.['dynamodb:LeadingKeys'], `${g} ${JSON.stringify(s.Action)}`).toBeDefined();
+        expect(actionsOf(s)).not.toContain('dynamodb:Scan');
+        expect(actionsOf(s).some((a) => a.includes('*'))).toBe(false);
+      }
+    }
+  });
+
+  it('give the proxy no account items, no mailbox items, no mail bucket and no queue', () => {
+    const proxy = statementsOf(t, role('Proxy'));
+    const reads = leadingKeys(proxy, 'dynamodb:GetItem');
+    for (const pk of [accountKeys.user('alice@example.com').pk, mailboxKeys.meta('alice@example.com').pk, accountKeys.domain('example.com').pk, QUEUE_LIST_PK]) {
+      expect(allows(reads, pk), pk).toBe(false);
+    }
+    expect(allows(reads, STATS_PK)).toBe(true);
+    expect(allows(reads, 'CACHE#0123abcd')).toBe(true);
+    const text = JSON.stringify(proxy);
+    expect(text).not.toContain('MailBucket');
+    expect(text).toContain('CacheBucketArn');
+    expect(proxy.flatMap(actionsOf).filter((a) => a.startsWith('sqs:') || a.startsWith('kms:'))).toEqual([]);
+  });
+
+  it('let SMTP write only its spool prefixes, read accounts and counters, and send to the inbound queue only', () => {
+    const smtp = statementsOf(t, role('Smtp'));
+    const puts = smtp.filter((s) => actionsOf(s).includes('s3:PutObject')).flatMap((s) => s.Resource as unknown[]);
+    expect(puts.map((r) => JSON.stringify(r)).sort()).toEqual([expect.stringContaining('/in/*'), expect.stringContaining('/spool/*')]);
+    const reads = leadingKeys(smtp, 'dynamodb:GetItem');
+    // What the RCPT and AUTH hooks read (containers/smtp/policy.ts).
+    for (const pk of [accountKeys.user('a@example.com').pk, accountKeys.domain('example.com').pk, accountKeys.alias('b@example.com').pk, mailboxKeys.meta('a@example.com').pk]) expect(allows(reads, pk), pk).toBe(true);
+    expect(allows(leadingKeys(smtp, 'dynamodb:PutItem'), mailboxKeys.meta('a@example.com').pk)).toBe(false);
+    expect(allows(reads, 'CACHE#x')).toBe(false);
+    expect(messageKey('id1', new Date('2026-01-01T00:00:00Z'))).toMatch(/^in\//);
+    const send = smtp.filter((s) => actionsOf(s).includes('sqs:SendMessage'));
+    expect(JSON.stringify(send)).toContain('InboundQueue');
+    expect(JSON.stringify(smtp)).not.toContain('OutboundQueue');
+    expect(JSON.stringify(smtp)).not.toContain('CacheBucket');
+  });
+
+  it('let POP3 read and delete messages and own the maildrop items, but write no object and send nothing', () => {
+    const pop3 = statementsOf(t, role('Pop3'));
+    const acts = pop3.flatMap(actionsOf);
+    expect(acts).toEqual(expect.arrayContaining(['s3:GetObject', 's3:DeleteObject', 'kms:Decrypt']));
+    expect(acts).not.toContain('s3:PutObject');
+    expect(acts).not.toContain('kms:GenerateDataKey');
+    expect(acts.filter((a) => a.startsWith('sqs:'))).toEqual([]);
+    const writes = leadingKeys(pop3, 'dynamodb:UpdateItem');
+    for (const k of [mailboxKeys.meta('u'), mailboxKeys.message('u', 7), mailboxKeys.lease('u'), mailboxKeys.blobRef('in/x'), pendingDeleteKey('u')]) expect(allows(writes, k.pk), k.pk).toBe(true);
+    expect(allows(writes, accountKeys.domain('example.com').pk)).toBe(false);
+    expect(allows(writes, QUEUE_LIST_PK)).toBe(false);
+  });
+
+  it('give the proxy account reads only when it requires Proxy-Authorization', () => {
+    expect(listenerAccess({ proxyRequireAuth: false }).proxy.table.read.some((p) => like(p, 'USER#a@b'))).toBe(false);
+    const auth = Template.fromStack(testApp({ proxyRequireAuth: true }).stacks.listeners!);
+    expect(allows(leadingKeys(statementsOf(auth, role('Proxy')), 'dynamodb:GetItem'), accountKeys.user('a@example.com').pk)).toBe(true);
+  });
+
+  it('cover what each task health probe asks for, and the probe asks nothing else', () => {
+    const defs = Object.values(t.findResources('AWS::ECS::TaskDefinition') as Record<string, Res>);
+    for (const g of ['smtp', 'pop3', 'proxy']) {
+      const d = defs.find((x) => JSON.stringify(x.Properties).includes(`"serve","${g}"`))!;
+      const env = Object.fromEntries(((d.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: unknown }[] }[])[0]!.Environment).map((e) => [e.Name, typeof e.Value === 'string' ? e.Value : 'token']));
+      const uses = backendsUsed(loadConfig(env));
+      const stmts = statementsOf(t, role(g.charAt(0).toUpperCase() + g.slice(1)));
+      const list = JSON.stringify(stmts.filter((s) => actionsOf(s).includes('s3:ListBucket')));
+      expect(list.includes('MailBucketArn'), `${g} mail`).toBe(uses.mail);
+      expect(list.includes('CacheBucketArn'), `${g} cache`).toBe(uses.cache);
+      const attrs = JSON.stringify(stmts.filter((s) => actionsOf(s).includes('sqs:GetQueueAttributes')));
+      for (const q of ['inbound', 'outbound'] as const) expect(attrs.includes(q === 'inbound' ? 'InboundQueue' : 'OutboundQueue'), `${g} ${q}`).toBe(uses.queues.includes(q));
+      expect(allows(leadingKeys(stmts, 'dynamodb:GetItem'), '#health'), `${g} table probe`).toBe(true);
+    }
+  });
+});
