@@ -5,16 +5,30 @@
 import type { Accounts } from '../../core/accounts/accounts.js';
 import type { DsnRecipient } from '../../core/mail/jobs.js';
 import type { MailboxStore } from '../../core/mailbox/store.js';
+import { AuthThrottle, authFailureText } from '../auth-throttle.js';
 import { ReplyError } from './protocol/command.js';
 import type { MessageSink, SessionInfo, SmtpHooks, Transaction } from './session.js';
 import { StorageSink, type SpoolDeps } from './spool.js';
 
-/** Builds the hooks over the account model, the mailbox counters and the spool. */
-export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: SpoolDeps): SmtpHooks {
+/** Builds the hooks over the account model, the mailbox counters and the spool. `authFailureDelayMs`
+ * is the failed-login throttle's base delay (see containers/auth-throttle.ts). */
+export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: SpoolDeps & { authFailureDelayMs?: number }): SmtpHooks {
+  const throttle = new AuthThrottle({ baseDelayMs: spool.authFailureDelayMs ?? 1000 });
   return {
     async authenticate(login: string, password: string): Promise<string | undefined> {
       const user = await accounts.authenticate(login, password);
       return user?.address;
+    },
+
+    async authFailed(login: string, s: SessionInfo): Promise<void> {
+      const listener = s.implicitTls ? 'submissions' : s.listener;
+      spool.metrics?.authFailures.inc({ listener });
+      spool.log.warn({ client: s.clientAddress, user: login, listener }, authFailureText(listener, s.clientAddress, login));
+      await throttle.fail(s.clientAddress, login);
+    },
+
+    authSucceeded(login: string, s: SessionInfo): void {
+      throttle.succeed(s.clientAddress, login);
     },
 
     async mailFrom(address: string, _tx: Transaction, s: SessionInfo): Promise<void> {

@@ -66,6 +66,7 @@ export async function startSmtpServer(ctx: ListenerContext, options: SmtpServerO
       maxMessageBytes: config.smtp.maxMessageBytes,
       queueInlineBytes: config.smtp.queueInlineBytes,
       checkAuth: config.smtp.checkAuth,
+      authFailureDelayMs: config.smtp.authFailureDelayMs,
       resolver,
       inlineBytes: options.inlineBytes,
     });
