@@ -218,6 +218,13 @@ export class SmtpSession implements SessionInfo {
         this.io.reply({ code: 500, enhanced: '5.5.2', lines: ['Line too long'] });
         return this.bad();
       case 'line':
+        // RFC 5321 §2.3.8: commands end in CRLF; a bare LF is refused, not guessed at (a reader
+        // that guesses differently from the next hop is how SMTP smuggling starts).
+        if (ev.bareLf) {
+          if (st.name === 'auth') this.state = { name: st.resume };
+          this.io.reply({ code: 500, enhanced: '5.5.2', lines: ['Command line ended with a bare LF; lines must end with CRLF'] });
+          return this.bad();
+        }
         return this.line(ev.line);
     }
   }
@@ -439,6 +446,10 @@ export class SmtpSession implements SessionInfo {
   private data(arg: string): void {
     const st = this.state;
     if (arg.trim()) throw new ReplyError(501, '5.5.4', 'DATA takes no arguments');
+    // RFC 2920 §3.1: DATA is the last command of a pipelined group; the client must wait for 354.
+    // Bytes already waiting would be taken as message content by a server that did not check:
+    // refuse and close, as Postfix does ("improper command pipelining after DATA").
+    if (this.io.reader.buffered > 0) throw new ReplyError(554, '5.5.0', 'Error: improper command pipelining after DATA', true);
     if (st.name === 'bdat-wait') throw new ReplyError(503, '5.5.1', 'DATA not allowed after BDAT');
     if (st.name !== 'mail') {
       this.requireHelo();
