@@ -2,7 +2,7 @@
  * The application's answers to the SMTP engine's questions (SmtpHooks): who may log in, who may
  * send as what, which recipients are accepted where, and where message content goes.
  */
-import type { Accounts } from '../../core/accounts/accounts.js';
+import type { Accounts, Resolution } from '../../core/accounts/accounts.js';
 import type { DsnRecipient } from '../../core/mail/jobs.js';
 import type { MailboxStore } from '../../core/mailbox/store.js';
 import { AuthThrottle, authFailureText } from '../auth-throttle.js';
@@ -40,7 +40,17 @@ export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: 
     },
 
     async rcptTo(rcpt: DsnRecipient, tx: Transaction, s: SessionInfo): Promise<void> {
-      const r = await accounts.resolve(rcpt.address);
+      let r = await accounts.resolve(rcpt.address);
+      // RFC 5321 §4.5.1: "Postmaster" (no domain) and postmaster@ every local domain MUST be
+      // accepted; both go to the postmaster of the primary local domain when they name no mailbox.
+      const bare = !rcpt.address.includes('@');
+      if (bare || (r.kind === 'unknown' && /^postmaster@/i.test(rcpt.address))) {
+        const target = await postmasterAddress(accounts, spool.hostname);
+        if (!target) throw new ReplyError(550, '5.1.1', 'No postmaster mailbox configured here');
+        if (!bare) rcpt.orcpt ??= `rfc822;${rcpt.address}`;
+        rcpt.address = target.address;
+        r = target.resolution;
+      }
       if (r.kind === 'remote') {
         if (s.authUser) return;
         throw new ReplyError(550, '5.7.1', 'Relaying denied');
@@ -66,4 +76,20 @@ async function isFull(accounts: Accounts, mailboxes: MailboxStore, login: string
   const meta = await mailboxes.meta(login).catch(() => undefined);
   if (!meta) return false;
   return meta.bytes + incoming >= user.quotaBytes;
+}
+
+/**
+ * The postmaster that a bare "Postmaster" names: postmaster@ the hostname's domain or one of its
+ * parents when local, else the first local domain (sorted) whose postmaster leads to a mailbox.
+ */
+async function postmasterAddress(accounts: Accounts, hostname: string): Promise<{ address: string; resolution: Resolution } | undefined> {
+  const labels = hostname.toLowerCase().split('.');
+  const preferred = labels.slice(0, -1).map((_, i) => labels.slice(i).join('.'));
+  const domains = [...preferred, ...(await accounts.listDomains()).map((d) => d.domain)];
+  for (const d of domains) {
+    const address = `postmaster@${d}`;
+    const r = await accounts.resolve(address);
+    if (r.kind === 'local') return { address, resolution: r };
+  }
+  return undefined;
 }

@@ -190,6 +190,30 @@ describe('SMTP protocol over real sockets', () => {
     expect(await drainInbound(h.storage)).toHaveLength(0);
   });
 
+  it('RFC 5321 §4.5.1 and §4.1.2: <Postmaster> without a domain, postmaster@ a domain without an alias, and a quoted local part reach their mailboxes', async () => {
+    await drainInbound(h.storage);
+    if (!(await h.accounts.getDomain('other.test'))) await h.accounts.addDomain('other.test');
+    const c = await TestClient.connect(h.server.ports.mx!);
+    try {
+      await c.reply();
+      await c.cmd('EHLO client.example');
+      expect((await c.cmd('MAIL FROM:<a@remote.example>')).code).toBe(250);
+      expect((await c.cmd('RCPT TO:<Postmaster>')).code).toBe(250);
+      expect((await c.cmd('RCPT TO:<POSTMASTER@other.test>')).code).toBe(250);
+      expect((await c.cmd(`RCPT TO:<"bob"@${DOMAIN}>`)).code).toBe(250);
+      // A quoted local part that is not a dot-string names no mailbox here.
+      expect((await c.cmd(`RCPT TO:<"bob smith"@${DOMAIN}>`)).code).toBe(550);
+      expect((await c.cmd('DATA')).code).toBe(354);
+      expect((await c.cmd('Subject: pm\r\n\r\nhello postmaster\r\n.')).code).toBe(250);
+    } finally {
+      c.close();
+    }
+    const jobs = await drainInbound(h.storage);
+    expect(jobs).toHaveLength(1);
+    // The two postmaster forms are one recipient (the alias to alice); bob by his plain address.
+    expect(jobs[0].rcpts.map((r) => r.address)).toEqual([`postmaster@${DOMAIN}`, BOB]);
+  });
+
   it('RFC 3463 X.2.2: a full mailbox is refused at RCPT with 452 4.2.2, others still accepted', async () => {
     const carol = `carol@${DOMAIN}`;
     await h.accounts.addUser(carol, PASSWORD, { quotaBytes: 1000 });
