@@ -52,30 +52,54 @@ export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: 
         r = target.resolution;
       }
       if (r.kind === 'remote') {
-        if (s.authUser) return;
+        if (s.authUser) return noteRoom(tx, Infinity);
         throw new ReplyError(550, '5.7.1', 'Relaying denied');
       }
       if (r.kind === 'unknown') throw new ReplyError(550, '5.1.1', 'No such user here');
-      if (r.users.length === 0 || r.remote.length > 0) return;
+      if (r.users.length === 0 || r.remote.length > 0) return noteRoom(tx, Infinity);
       // RFC 3463 X.2.2: a full mailbox is a temporary refusal (452 4.2.2), decided before DATA.
       const incoming = tx.declaredSize ?? 0;
-      let full = 0;
-      for (const login of r.users) if (await isFull(accounts, mailboxes, login, incoming)) full++;
-      if (full === r.users.length) throw new ReplyError(452, '4.2.2', 'Mailbox full');
+      let room = 0;
+      for (const login of r.users) room = Math.max(room, await roomOf(accounts, mailboxes, login));
+      if (room <= incoming) throw new ReplyError(452, '4.2.2', 'Mailbox full');
+      noteRoom(tx, room);
     },
 
     openMessage(tx: Transaction, s: SessionInfo): MessageSink {
-      return new StorageSink(spool, tx, s);
+      const sink = new StorageSink(spool, tx, s);
+      const rooms = roomByTx.get(tx);
+      if (!rooms || rooms.some((x) => x === Infinity)) return sink;
+      // Every recipient is a mailbox with a quota: a message that fits none of them is refused
+      // for now (452 4.2.2, the sender retries) rather than accepted to wait for room.
+      return {
+        id: sink.id,
+        write: (chunk) => sink.write(chunk),
+        abort: (reason) => sink.abort(reason),
+        async finish(stats) {
+          if (rooms.every((x) => x < stats.bytes)) throw new ReplyError(452, '4.2.2', 'Mailbox full');
+          return sink.finish(stats);
+        },
+      };
     },
   };
 }
 
-async function isFull(accounts: Accounts, mailboxes: MailboxStore, login: string, incoming: number): Promise<boolean> {
+/** Per transaction, the most room any mailbox of each accepted recipient has (Infinity: no quota
+ * or not only local mailboxes). */
+const roomByTx = new WeakMap<Transaction, number[]>();
+
+function noteRoom(tx: Transaction, room: number): void {
+  const rooms = roomByTx.get(tx);
+  if (rooms) rooms.push(room);
+  else roomByTx.set(tx, [room]);
+}
+
+/** Bytes the mailbox can still take; Infinity without a quota. */
+async function roomOf(accounts: Accounts, mailboxes: MailboxStore, login: string): Promise<number> {
   const user = await accounts.getUser(login);
-  if (!user || !user.quotaBytes) return false;
+  if (!user || !user.quotaBytes) return Infinity;
   const meta = await mailboxes.meta(login).catch(() => undefined);
-  if (!meta) return false;
-  return meta.bytes + incoming >= user.quotaBytes;
+  return user.quotaBytes - (meta?.bytes ?? 0);
 }
 
 /**

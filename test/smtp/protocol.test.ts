@@ -233,6 +233,34 @@ describe('SMTP protocol over real sockets', () => {
     }
   });
 
+  it('RFC 3463 X.2.2: a message that fits none of its full-quota mailboxes gets 452 4.2.2 at the end of DATA, not 250 and a wait', async () => {
+    await drainInbound(h.storage);
+    const dave = `dave@${DOMAIN}`;
+    await h.accounts.addUser(dave, PASSWORD, { quotaBytes: 2000 });
+    const store = new MailboxStore(h.storage.tables, h.storage.mail);
+    const blob = await h.storage.mail.put('in/quota-dave.eml', 'x'.repeat(1500)); // 500 bytes of room left
+    await store.deliver(dave, { jobId: 'quota-dave', blobKey: blob.key, size: blob.size, receivedAt: new Date().toISOString(), summary: {} });
+    const c = await TestClient.connect(h.server.ports.mx!);
+    try {
+      await c.reply();
+      await c.cmd('EHLO client.example');
+      // No SIZE declared: the RCPT cannot know, the end of data can.
+      expect((await c.cmd('MAIL FROM:<a@remote.example>')).code).toBe(250);
+      expect((await c.cmd(`RCPT TO:<${dave}>`)).code).toBe(250);
+      expect((await c.cmd('DATA')).code).toBe(354);
+      const big = await c.cmd(`Subject: big\r\n\r\n${('y'.repeat(78) + '\r\n').repeat(10)}.`);
+      expect([big.code, big.enhanced]).toEqual([452, '4.2.2']);
+      // A message that fits is accepted.
+      expect((await c.cmd('MAIL FROM:<a@remote.example>')).code).toBe(250);
+      expect((await c.cmd(`RCPT TO:<${dave}>`)).code).toBe(250);
+      expect((await c.cmd('DATA')).code).toBe(354);
+      expect((await c.cmd('Subject: small\r\n\r\nhi\r\n.')).code).toBe(250);
+    } finally {
+      c.close();
+    }
+    expect(await drainInbound(h.storage)).toHaveLength(1);
+  });
+
   it('RFC 1869 EHLO lists the extensions; STARTTLS and AUTH per state (RFC 3207, RFC 4954 §4)', async () => {
     const client = await TestClient.connect(h.server.ports.submission!);
     try {
