@@ -4,7 +4,9 @@
  * a success clears it, every failure is counted per listener and logged on one matchable line
  * without the password.
  */
+import { execFile } from 'node:child_process';
 import { Writable } from 'node:stream';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../core/log.js';
 import { ALICE, BOB, PASSWORD, startHarness, TestClient, type Harness } from './harness.js';
@@ -74,5 +76,37 @@ describe('submission AUTH failures', () => {
     expect(failures).toHaveLength(6);
     expect(failures.filter((l) => l.includes('auth failed: client=127.0.0.1 listener=submissions user=\\"alice@example.test\\"'))).toHaveLength(5);
     for (const l of lines) expect(l).not.toContain('wrong-secret');
+  }, 30_000);
+
+  it('Python smtplib guessing passwords on the submissions port is slowed more and more', async () => {
+    // Each smtplib login() tries PLAIN then LOGIN: two failures per call.
+    const script = [
+      'import smtplib, ssl, sys, time, json',
+      'ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE',
+      's = smtplib.SMTP_SSL("127.0.0.1", int(sys.argv[1]), context=ctx, timeout=30)',
+      's.ehlo("guesser.example")',
+      'times = []',
+      'for i in range(3):',
+      '    t = time.monotonic()',
+      '    try:',
+      '        s.login(sys.argv[2], "guess-%d" % i)',
+      '    except smtplib.SMTPAuthenticationError:',
+      '        pass',
+      '    times.append(round((time.monotonic() - t) * 1000))',
+      'print(json.dumps(times))',
+    ].join('\n');
+    const fast = await startHarness({ TOMLINSON_SMTP_AUTH_FAILURE_DELAY_MS: '50' });
+    try {
+      const { stdout } = await promisify(execFile)('python3', ['-c', script, String(fast.server.ports.submissions), BOB], { timeout: 30_000 });
+      const times = JSON.parse(stdout) as number[];
+      // Delays 50+100, 200+400, 800+800 ms (16 times the base at most): each login() waits longer.
+      expect(times[1]).toBeGreaterThanOrEqual(595);
+      expect(times[2]).toBeGreaterThanOrEqual(1595);
+      // The growth is the throttle's, not the password check's (which costs the same each time).
+      expect(times[2] - times[0]).toBeGreaterThanOrEqual(1300);
+      expect((await fast.metrics.authFailures.get()).values).toEqual([{ labels: { listener: 'submissions' }, value: 6 }]);
+    } finally {
+      await fast.close();
+    }
   }, 30_000);
 });
