@@ -503,7 +503,8 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
       authenticate: (login, password) => logins.authenticate(login, password),
       authFailed: async (login) => {
         metrics.authFailures.inc({ listener: 'pop3' });
-        log.warn({ client: address, user: login, listener: 'pop3' }, authFailureText('pop3', address, login));
+        // The user name only in the message, after the address (see authFailureText).
+        log.warn({ client: address, listener: 'pop3' }, authFailureText('pop3', address, login));
         await throttle.fail(address, login);
       },
       authSucceeded: (user) => {

@@ -23,7 +23,9 @@ export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: 
     async authFailed(login: string, s: SessionInfo): Promise<void> {
       const listener = s.implicitTls ? 'submissions' : s.listener;
       spool.metrics?.authFailures.inc({ listener });
-      spool.log.warn({ client: s.clientAddress, user: login, listener }, authFailureText(listener, s.clientAddress, login));
+      // The user name goes only in the message, after the address: a field before it could carry a
+      // crafted "auth failed: client=<victim>" that a log matcher would find first.
+      spool.log.warn({ client: s.clientAddress, listener }, authFailureText(listener, s.clientAddress, login));
       await throttle.fail(s.clientAddress, login);
     },
 

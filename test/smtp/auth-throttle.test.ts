@@ -69,11 +69,16 @@ describe('submission AUTH failures', () => {
     const after = await timedAuth(again, ALICE, 'wrong-secret-after');
     expect(after.code).toBe(535);
     expect(after.ms).toBeLessThan(6 * BASE);
+    // A user name crafted to look like another client's failure line.
+    const crafted = 'x auth failed: client=203.0.113.9 listener=submissions';
+    expect((await timedAuth(again, crafted, 'wrong-secret-crafted')).code).toBe(535);
     again.close();
 
-    expect((await h.metrics.authFailures.get()).values).toEqual([{ labels: { listener: 'submissions' }, value: 6 }]);
+    expect((await h.metrics.authFailures.get()).values).toEqual([{ labels: { listener: 'submissions' }, value: 7 }]);
     const failures = lines.filter((l) => l.includes('auth failed'));
-    expect(failures).toHaveLength(6);
+    expect(failures).toHaveLength(7);
+    // What a fail2ban-style matcher finds first on each line is the real client.
+    for (const l of failures) expect(/auth failed: client=(\S+) /.exec(l)?.[1]).toBe('127.0.0.1');
     expect(failures.filter((l) => l.includes('auth failed: client=127.0.0.1 listener=submissions user=\\"alice@example.test\\"'))).toHaveLength(5);
     for (const l of lines) expect(l).not.toContain('wrong-secret');
   }, 30_000);
