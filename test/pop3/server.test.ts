@@ -4,6 +4,7 @@
  * (STLS), RFC 5034 (AUTH PLAIN). Every status line is checked against the reply grammar.
  */
 import { createHash } from 'node:crypto';
+import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addUsers, makeMessage, passwordOf, RawClient, startHarness, type Harness } from './harness.js';
 
@@ -439,6 +440,46 @@ describe('RFC 2595 §2.3: no clear-text passwords before TLS (allowPlaintext=nev
 });
 
 describe('limits', () => {
+  it('a session whose QUIT was answered no longer counts toward the per-client cap, even before the client closes', async () => {
+    const capped = await startHarness({ TOMLINSON_POP3_MAX_CONNECTIONS_PER_CLIENT: '1' });
+    const sockets: net.Socket[] = [];
+    // A client that has read +OK to QUIT but not yet closed its socket (no automatic FIN).
+    const session = async (): Promise<{ socket: net.Socket; lines: string[]; next: () => Promise<string> }> => {
+      const socket = net.connect({ host: '127.0.0.1', port: capped.port, allowHalfOpen: true });
+      sockets.push(socket);
+      const lines: string[] = [];
+      let buf = '';
+      socket.setEncoding('utf8').on('data', (d: string) => {
+        buf += d;
+        let i;
+        while ((i = buf.indexOf('\r\n')) >= 0) {
+          lines.push(buf.slice(0, i));
+          buf = buf.slice(i + 2);
+        }
+      });
+      const next = async (): Promise<string> => {
+        for (let t = 0; t < 100 && lines.length === 0; t++) await new Promise((r) => setTimeout(r, 50));
+        return lines.shift() ?? '(nothing)';
+      };
+      return { socket, lines, next };
+    };
+    try {
+      for (let i = 0; i < 5; i++) {
+        const c = await session();
+        expect(await c.next(), `session ${i}`).toMatch(/^\+OK/);
+        c.socket.write('QUIT\r\n');
+        expect(await c.next()).toMatch(/^\+OK/);
+      }
+      const open = await session();
+      expect(await open.next()).toMatch(/^\+OK/);
+      const refused = await session();
+      expect(await refused.next()).toMatch(/^-ERR/);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await capped.close();
+    }
+  });
+
   it('a line past the limit gets -ERR and the session goes on', async () => {
     const client = await loggedIn();
     expect(await client.cmd(`NOOP ${'x'.repeat(5000)}`)).toMatch(/^-ERR/);
