@@ -3,8 +3,9 @@
  * after a delay that doubles with the recent failures of the same (client address, account) pair,
  * so one person's typos behind a shared address (NAT, office) slow only that person, and a
  * success clears the pair. A looser per-address count slows an address that sprays many accounts:
- * past `addressAllowance` failures in the window, every failure from it waits at least a delay
- * that doubles with the excess. The first failure waits the base delay too, so an unknown user
+ * past `addressAllowance` failures in the window, its failures are answered one after another,
+ * each a delay (doubling with the excess) after the previous one, so parallel connections do not
+ * multiply its guesses (a wait is cut at `maxWaitMs`). The first failure waits the base delay too, so an unknown user
  * and a wrong password take the same time (the password check itself is constant-time in
  * Accounts). Memory is bounded: each table keeps at most `maxEntries` keys, least recently failed
  * dropped first, and account names are cut to 256 characters.
@@ -20,6 +21,8 @@ export interface ThrottleOptions {
   windowMs?: number;
   /** Failures from one address, over all accounts, before the address itself is slowed. @default 10 */
   addressAllowance?: number;
+  /** Longest wait a failure from a spraying address is given (its failures queue one after another up to this). @default 60 * baseDelayMs */
+  maxWaitMs?: number;
   /** Keys remembered at most in each table (the least recently failed are dropped first). @default 10000 */
   maxEntries?: number;
   /** Injectable clock. @default Date.now */
@@ -31,6 +34,8 @@ export interface ThrottleOptions {
 interface Entry {
   failures: number;
   last: number;
+  /** Spraying address: when its latest queued failure is answered. */
+  gate?: number;
 }
 
 /** Failure counts per (address, account) and per address, and the delay they call for. */
@@ -41,6 +46,7 @@ export class AuthThrottle {
   private readonly max: number;
   private readonly windowMs: number;
   private readonly allowance: number;
+  private readonly maxWait: number;
   private readonly maxEntries: number;
   private readonly now: () => number;
   private readonly sleep: (ms: number) => Promise<void>;
@@ -50,6 +56,7 @@ export class AuthThrottle {
     this.max = options.maxDelayMs ?? this.base * 16;
     this.windowMs = options.windowMs ?? 15 * 60_000;
     this.allowance = options.addressAllowance ?? 10;
+    this.maxWait = options.maxWaitMs ?? this.base * 60;
     this.maxEntries = options.maxEntries ?? 10_000;
     this.now = options.now ?? Date.now;
     this.sleep = options.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
@@ -60,9 +67,13 @@ export class AuthThrottle {
     const t = this.now();
     const pair = this.bump(this.pairs, pairKey(address, account), t);
     const addr = this.bump(this.addresses, address, t);
-    const own = this.delay(pair);
-    const spray = addr > this.allowance ? this.delay(addr - this.allowance) : 0;
-    return Math.max(own, spray);
+    const own = this.delay(pair.failures);
+    if (addr.failures <= this.allowance) return own;
+    // Past the allowance the address's failures are answered one after another, so parallel
+    // connections do not multiply its guesses.
+    const start = Math.max(t, addr.gate ?? 0);
+    addr.gate = start + this.delay(addr.failures - this.allowance);
+    return Math.max(own, Math.min(this.maxWait, addr.gate - t));
   }
 
   /** Records a failure and waits its delay; returns the delay. */
@@ -86,7 +97,7 @@ export class AuthThrottle {
     return Math.min(this.max, this.base * 2 ** Math.min(30, failures - 1));
   }
 
-  private bump(map: Map<string, Entry>, key: string, t: number): number {
+  private bump(map: Map<string, Entry>, key: string, t: number): Entry {
     let e = map.get(key);
     if (!e || t - e.last > this.windowMs) e = { failures: 0, last: t };
     e.failures++;
@@ -95,7 +106,7 @@ export class AuthThrottle {
     map.delete(key);
     map.set(key, e);
     while (map.size > this.maxEntries) map.delete(map.keys().next().value!);
-    return e.failures;
+    return e;
   }
 }
 

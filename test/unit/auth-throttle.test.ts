@@ -23,19 +23,33 @@ describe('AuthThrottle', () => {
   });
 
   it('a success clears the pair but not the address count', () => {
-    const { th } = throttle({ addressAllowance: 3 });
-    for (let i = 0; i < 3; i++) th.record('192.0.2.1', 'alice@x.test');
+    const { th, advance } = throttle({ addressAllowance: 3 });
+    for (let i = 0; i < 3; i++) advance(th.record('192.0.2.1', 'alice@x.test'));
     th.succeed('192.0.2.1', 'alice@x.test');
     // Pair reset to the base, but the address is now past its allowance of 3 (4th failure: base).
     expect(th.record('192.0.2.1', 'alice@x.test')).toBe(100);
+    advance(100);
     expect(th.record('192.0.2.1', 'alice@x.test')).toBe(200);
   });
 
   it('an address rotating account names is slowed once past its allowance', () => {
-    const { th } = throttle({ addressAllowance: 10 });
-    const delays = Array.from({ length: 16 }, (_, i) => th.record('198.51.100.7', `user${i}@x.test`));
+    const { th, advance } = throttle({ addressAllowance: 10 });
+    // A client that waits for each answer before its next guess.
+    const delays = Array.from({ length: 16 }, (_, i) => {
+      const d = th.record('198.51.100.7', `user${i}@x.test`);
+      advance(d);
+      return d;
+    });
     expect(delays.slice(0, 11)).toEqual(Array(11).fill(100));
     expect(delays.slice(11)).toEqual([200, 400, 800, 1600, 1600]);
+  });
+
+  it('parallel failures from a spraying address are answered one after another, each wait cut at maxWaitMs', () => {
+    const { th } = throttle({ addressAllowance: 2, maxWaitMs: 3000 });
+    // Eight guesses on eight connections at the same instant.
+    const waits = Array.from({ length: 8 }, (_, i) => th.record('198.51.100.7', `user${i}@x.test`));
+    // Two within the allowance (base each), then 100, +200, +400, +800, +1600 queued, capped at 3000.
+    expect(waits).toEqual([100, 100, 100, 300, 700, 1500, 3000, 3000]);
   });
 
   it('forgets after the window', () => {
