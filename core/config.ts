@@ -69,9 +69,11 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'smtp.maxMessageBytes', env: 'TOMLINSON_SMTP_MAX_MESSAGE_BYTES', kind: 'int', min: 1024, max: 2 ** 40, default: 50 * MB, doc: 'Largest message accepted (SIZE).' },
   { path: 'smtp.queueInlineBytes', env: 'TOMLINSON_SMTP_QUEUE_INLINE_BYTES', kind: 'int', min: 0, max: 128 * 1024, default: 64 * 1024, doc: 'Messages up to this size travel inside their inbound job, whose one durable queue write is then the only write before 250; the worker stores the raw message. 0: every message is stored first.' },
   { path: 'smtp.maxRecipients', env: 'TOMLINSON_SMTP_MAX_RECIPIENTS', kind: 'int', min: 1, max: 100000, default: 100, doc: 'Recipients per message.' },
-  { path: 'smtp.maxConnectionsPerClient', env: 'TOMLINSON_SMTP_MAX_CONNECTIONS_PER_CLIENT', kind: 'int', min: 1, max: 100000, default: 50, doc: 'Concurrent connections from one client address.' },
+  { path: 'smtp.maxConnectionsPerClient', env: 'TOMLINSON_SMTP_MAX_CONNECTIONS_PER_CLIENT', kind: 'int', min: 1, max: 100000, default: 50, doc: 'Concurrent connections from one client address (not applied to smtp.trustedNetworks).' },
+  { path: 'smtp.trustedNetworks', env: 'TOMLINSON_SMTP_TRUSTED_NETWORKS', kind: 'list', default: ['127.0.0.0/8', '::1/128'], doc: 'Client address ranges (CIDR) exempt from the per-client connection cap (as Postfix exempts mynetworks); the total cap still applies.' },
   { path: 'smtp.maxConnections', env: 'TOMLINSON_SMTP_MAX_CONNECTIONS', kind: 'int', min: 1, max: 1000000, default: 1000, doc: 'Concurrent connections in all.' },
   { path: 'smtp.maxBadCommands', env: 'TOMLINSON_SMTP_MAX_BAD_COMMANDS', kind: 'int', min: 1, max: 1000, default: 10, doc: 'Unknown or bad commands before 421 and disconnect.' },
+  { path: 'smtp.authFailureDelayMs', env: 'TOMLINSON_SMTP_AUTH_FAILURE_DELAY_MS', kind: 'int', min: 0, max: 60000, default: 1000, doc: 'Delay before a failed AUTH is answered; doubles with each further failure of the same account from the same address (up to 16 times, cleared by a success), and an address past 10 failures in 15 minutes over all accounts is slowed as a whole.' },
   { path: 'smtp.allowPlainAuth', env: 'TOMLINSON_SMTP_ALLOW_PLAIN_AUTH', kind: 'bool', default: false, doc: 'Offer AUTH without TLS (tests only; never in production).' },
   { path: 'smtp.checkAuth', env: 'TOMLINSON_SMTP_CHECK_AUTH', kind: 'bool', default: true, doc: 'SPF/DKIM/DMARC checks on the MX listener.' },
   { path: 'smtp.dnsServers', env: 'TOMLINSON_DNS_SERVERS', kind: 'list', default: [], doc: 'DNS resolvers (ip or ip:port), comma-separated; empty: the system resolver.' },
@@ -89,7 +91,7 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'pop3.maxConnections', env: 'TOMLINSON_POP3_MAX_CONNECTIONS', kind: 'int', min: 1, max: 1000000, default: 1000, doc: 'Concurrent POP3 connections in all.' },
   { path: 'pop3.maxConnectionsPerClient', env: 'TOMLINSON_POP3_MAX_CONNECTIONS_PER_CLIENT', kind: 'int', min: 1, max: 100000, default: 20, doc: 'Concurrent POP3 connections from one client address.' },
   { path: 'pop3.maxBadCommands', env: 'TOMLINSON_POP3_MAX_BAD_COMMANDS', kind: 'int', min: 1, max: 1000, default: 10, doc: 'Unknown or misplaced commands before the connection is closed.' },
-  { path: 'pop3.authFailureDelayMs', env: 'TOMLINSON_POP3_AUTH_FAILURE_DELAY_MS', kind: 'int', min: 0, max: 60000, default: 1000, doc: 'Delay before a failed login is answered; doubles with each further failure from the same address (up to 16 times).' },
+  { path: 'pop3.authFailureDelayMs', env: 'TOMLINSON_POP3_AUTH_FAILURE_DELAY_MS', kind: 'int', min: 0, max: 60000, default: 1000, doc: 'Delay before a failed login is answered; doubles with each further failure of the same account from the same address (up to 16 times, cleared by a success), and an address past 10 failures in 15 minutes over all accounts is slowed as a whole.' },
   { path: 'pop3.loginCacheSeconds', env: 'TOMLINSON_POP3_LOGIN_CACHE_SECONDS', kind: 'int', min: 0, max: 86400, default: 900, doc: 'How long a password that passed the (slow, memory-hard) check is remembered in memory as a keyed hash, so the next login of that user skips it; 0 turns the cache off.' },
 
   { path: 'proxy.enabled', env: 'TOMLINSON_PROXY_ENABLED', kind: 'bool', default: true, doc: 'Run the caching proxy.' },
@@ -169,8 +171,10 @@ export interface Config {
     queueInlineBytes: number;
     maxRecipients: number;
     maxConnectionsPerClient: number;
+    trustedNetworks: string[];
     maxConnections: number;
     maxBadCommands: number;
+    authFailureDelayMs: number;
     allowPlainAuth: boolean;
     checkAuth: boolean;
     dnsServers: string[];

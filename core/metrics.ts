@@ -14,6 +14,7 @@ export class Metrics {
   readonly connectionsTotal = new Counter({ name: 'tomlinson_connections_total', help: 'Accepted client connections', labelNames: ['listener'], registers: [this.registry] });
   readonly commands = new Counter({ name: 'tomlinson_commands_total', help: 'Protocol commands handled', labelNames: ['listener', 'command', 'outcome'], registers: [this.registry] });
   readonly limitsHit = new Counter({ name: 'tomlinson_limits_hit_total', help: 'Requests or sessions refused for a limit', labelNames: ['listener', 'limit'], registers: [this.registry] });
+  readonly authFailures = new Counter({ name: 'tomlinson_auth_failures_total', help: 'Failed logins (wrong password or unknown user)', labelNames: ['listener'], registers: [this.registry] });
   readonly messages = new Counter({ name: 'tomlinson_messages_total', help: 'Messages by stage and outcome', labelNames: ['stage', 'outcome'], registers: [this.registry] });
   readonly queueDepth = new Gauge({ name: 'tomlinson_queue_depth', help: 'Messages in a queue', labelNames: ['queue', 'state'], registers: [this.registry] });
   readonly queueOldestAge = new Gauge({ name: 'tomlinson_queue_oldest_age_seconds', help: 'Age of the oldest queued message', labelNames: ['queue'], registers: [this.registry] });

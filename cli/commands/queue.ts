@@ -3,6 +3,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { generateDkimKey, type DkimAlgorithm } from '../../core/mail/dkim.js';
+import { listQuotaWaits } from '../../core/mail/inbound.js';
 import { OutboundQueueAdmin, QueueAdminError } from '../../core/mail/outbound-admin.js';
 import { formatSize } from '../units.js';
 import { CliError, type CliContext } from '../context.js';
@@ -23,16 +24,34 @@ async function guard<T>(fn: () => Promise<T>): Promise<T> {
 
 /** Adds the `queue` and `dkim` command groups. */
 export function register(program: Command, ctx: CliContext): void {
-  const queue = program.command('queue').description('the outbound queue: messages waiting for remote delivery');
+  const queue = program.command('queue').description('the outbound queue: messages waiting for remote delivery (list also shows inbound ones waiting for room in a full mailbox)');
 
   queue
     .command('list')
     .description('messages still queued, oldest first')
     .option('--limit <n>', 'at most this many', '1000')
     .action(async (opts: { limit: string }) => {
-      const rows = await (await admin(ctx)).list({ limit: Number(opts.limit) || 1000 });
+      const limit = Number(opts.limit) || 1000;
+      const outbound = await (await admin(ctx)).list({ limit });
+      // Inbound messages waiting for room in a full mailbox are queued too, on the inbound side.
+      const waiting = (await listQuotaWaits((await ctx.storage()).tables, limit)).map((w) => ({
+        id: w.id,
+        receivedAt: w.receivedAt,
+        from: w.from,
+        size: w.size,
+        rcpts: w.users.length,
+        state: 'waiting for room',
+        next: w.nextAttemptAt,
+        lastReply: `mailbox full: ${w.users.join(', ')} (until ${w.giveUpAt})`,
+      }));
+      const rows = [
+        ...outbound.map((r) => ({ ...r, state: r.held ? 'held' : `${r.pending} pending`, next: r.held ? '' : (r.nextAttemptAt ?? '') })),
+        ...waiting,
+      ]
+        .sort((a, b) => a.receivedAt.localeCompare(b.receivedAt))
+        .slice(0, limit);
       ctx.table(
-        rows.map((r) => ({ ...r, size: formatSize(r.size), state: r.held ? 'held' : `${r.pending} pending`, next: r.held ? '' : (r.nextAttemptAt ?? '') })),
+        rows.map((r) => ({ ...r, size: formatSize(r.size) })),
         [
           { key: 'id', title: 'ID' },
           { key: 'receivedAt', title: 'RECEIVED' },

@@ -13,6 +13,7 @@ import type { Logger } from '../../core/log.js';
 import { Metrics } from '../../core/metrics.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
+import { AuthThrottle, authFailureText } from '../auth-throttle.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
 import { LoginCache } from './auth-cache.js';
 import { StoreMaildrops } from './maildrop.js';
@@ -20,7 +21,6 @@ import { err } from './protocol/commands.js';
 import { encodeWhole, MessageEncoder } from './protocol/encode.js';
 import { LineReader } from './protocol/lines.js';
 import { Pop3Session, type BodyReply, type Output, type Pop3Hooks } from './session.js';
-import { AuthThrottle } from './throttle.js';
 
 /** Knobs that tests and the bench set beyond the configuration. */
 export interface Pop3ServerOptions {
@@ -502,10 +502,15 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
     hooksFor: (address) => ({
       authenticate: (login, password) => logins.authenticate(login, password),
       authFailed: async (login) => {
-        log.info({ client: address, login }, 'POP3 login failed');
-        await throttle.fail(address);
+        metrics.authFailures.inc({ listener: 'pop3' });
+        // The user name only in the message, after the address (see authFailureText).
+        log.warn({ client: address, listener: 'pop3' }, authFailureText('pop3', address, login));
+        await throttle.fail(address, login);
       },
-      authSucceeded: (user) => log.info({ client: address, user }, 'POP3 login'),
+      authSucceeded: (user) => {
+        throttle.succeed(address, user);
+        log.info({ client: address, user }, 'POP3 login');
+      },
       openMaildrop: (user) => maildrops.open(user),
     }),
     onClose: (c) => {

@@ -2,19 +2,35 @@
  * The application's answers to the SMTP engine's questions (SmtpHooks): who may log in, who may
  * send as what, which recipients are accepted where, and where message content goes.
  */
-import type { Accounts } from '../../core/accounts/accounts.js';
+import type { Accounts, Resolution } from '../../core/accounts/accounts.js';
 import type { DsnRecipient } from '../../core/mail/jobs.js';
 import type { MailboxStore } from '../../core/mailbox/store.js';
+import { AuthThrottle, authFailureText } from '../auth-throttle.js';
 import { ReplyError } from './protocol/command.js';
 import type { MessageSink, SessionInfo, SmtpHooks, Transaction } from './session.js';
 import { StorageSink, type SpoolDeps } from './spool.js';
 
-/** Builds the hooks over the account model, the mailbox counters and the spool. */
-export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: SpoolDeps): SmtpHooks {
+/** Builds the hooks over the account model, the mailbox counters and the spool. `authFailureDelayMs`
+ * is the failed-login throttle's base delay (see containers/auth-throttle.ts). */
+export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: SpoolDeps & { authFailureDelayMs?: number }): SmtpHooks {
+  const throttle = new AuthThrottle({ baseDelayMs: spool.authFailureDelayMs ?? 1000 });
   return {
     async authenticate(login: string, password: string): Promise<string | undefined> {
       const user = await accounts.authenticate(login, password);
       return user?.address;
+    },
+
+    async authFailed(login: string, s: SessionInfo): Promise<void> {
+      const listener = s.implicitTls ? 'submissions' : s.listener;
+      spool.metrics?.authFailures.inc({ listener });
+      // The user name goes only in the message, after the address: a field before it could carry a
+      // crafted "auth failed: client=<victim>" that a log matcher would find first.
+      spool.log.warn({ client: s.clientAddress, listener }, authFailureText(listener, s.clientAddress, login));
+      await throttle.fail(s.clientAddress, login);
+    },
+
+    authSucceeded(login: string, s: SessionInfo): void {
+      throttle.succeed(s.clientAddress, login);
     },
 
     async mailFrom(address: string, _tx: Transaction, s: SessionInfo): Promise<void> {
@@ -26,30 +42,80 @@ export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: 
     },
 
     async rcptTo(rcpt: DsnRecipient, tx: Transaction, s: SessionInfo): Promise<void> {
-      const r = await accounts.resolve(rcpt.address);
+      let r = await accounts.resolve(rcpt.address);
+      // RFC 5321 §4.5.1: "Postmaster" (no domain) and postmaster@ every local domain MUST be
+      // accepted; both go to the postmaster of the primary local domain when they name no mailbox.
+      const bare = !rcpt.address.includes('@');
+      if (bare || (r.kind === 'unknown' && /^postmaster@/i.test(rcpt.address))) {
+        const target = await postmasterAddress(accounts, spool.hostname);
+        if (!target) throw new ReplyError(550, '5.1.1', 'No postmaster mailbox configured here');
+        if (!bare) rcpt.orcpt ??= `rfc822;${rcpt.address}`;
+        rcpt.address = target.address;
+        r = target.resolution;
+      }
       if (r.kind === 'remote') {
-        if (s.authUser) return;
+        if (s.authUser) return noteRoom(tx, Infinity);
         throw new ReplyError(550, '5.7.1', 'Relaying denied');
       }
       if (r.kind === 'unknown') throw new ReplyError(550, '5.1.1', 'No such user here');
-      if (r.users.length === 0 || r.remote.length > 0) return;
+      if (r.users.length === 0 || r.remote.length > 0) return noteRoom(tx, Infinity);
       // RFC 3463 X.2.2: a full mailbox is a temporary refusal (452 4.2.2), decided before DATA.
       const incoming = tx.declaredSize ?? 0;
-      let full = 0;
-      for (const login of r.users) if (await isFull(accounts, mailboxes, login, incoming)) full++;
-      if (full === r.users.length) throw new ReplyError(452, '4.2.2', 'Mailbox full');
+      let room = 0;
+      for (const login of r.users) room = Math.max(room, await roomOf(accounts, mailboxes, login));
+      if (room <= incoming) throw new ReplyError(452, '4.2.2', 'Mailbox full');
+      noteRoom(tx, room);
     },
 
     openMessage(tx: Transaction, s: SessionInfo): MessageSink {
-      return new StorageSink(spool, tx, s);
+      const sink = new StorageSink(spool, tx, s);
+      const rooms = roomByTx.get(tx);
+      if (!rooms || rooms.some((x) => x === Infinity)) return sink;
+      // Every recipient is a mailbox with a quota: a message that fits none of them is refused
+      // for now (452 4.2.2, the sender retries) rather than accepted to wait for room.
+      return {
+        id: sink.id,
+        write: (chunk) => sink.write(chunk),
+        abort: (reason) => sink.abort(reason),
+        async finish(stats) {
+          if (rooms.every((x) => x < stats.bytes)) throw new ReplyError(452, '4.2.2', 'Mailbox full');
+          return sink.finish(stats);
+        },
+      };
     },
   };
 }
 
-async function isFull(accounts: Accounts, mailboxes: MailboxStore, login: string, incoming: number): Promise<boolean> {
+/** Per transaction, the most room any mailbox of each accepted recipient has (Infinity: no quota
+ * or not only local mailboxes). */
+const roomByTx = new WeakMap<Transaction, number[]>();
+
+function noteRoom(tx: Transaction, room: number): void {
+  const rooms = roomByTx.get(tx);
+  if (rooms) rooms.push(room);
+  else roomByTx.set(tx, [room]);
+}
+
+/** Bytes the mailbox can still take; Infinity without a quota. */
+async function roomOf(accounts: Accounts, mailboxes: MailboxStore, login: string): Promise<number> {
   const user = await accounts.getUser(login);
-  if (!user || !user.quotaBytes) return false;
+  if (!user || !user.quotaBytes) return Infinity;
   const meta = await mailboxes.meta(login).catch(() => undefined);
-  if (!meta) return false;
-  return meta.bytes + incoming >= user.quotaBytes;
+  return user.quotaBytes - (meta?.bytes ?? 0);
+}
+
+/**
+ * The postmaster that a bare "Postmaster" names: postmaster@ the hostname's domain or one of its
+ * parents when local, else the first local domain (sorted) whose postmaster leads to a mailbox.
+ */
+async function postmasterAddress(accounts: Accounts, hostname: string): Promise<{ address: string; resolution: Resolution } | undefined> {
+  const labels = hostname.toLowerCase().split('.');
+  const preferred = labels.slice(0, -1).map((_, i) => labels.slice(i).join('.'));
+  const domains = [...preferred, ...(await accounts.listDomains()).map((d) => d.domain)];
+  for (const d of domains) {
+    const address = `postmaster@${d}`;
+    const r = await accounts.resolve(address);
+    if (r.kind === 'local') return { address, resolution: r };
+  }
+  return undefined;
 }

@@ -16,6 +16,7 @@ import { MailboxStore } from '../../core/mailbox/store.js';
 import type { Metrics } from '../../core/metrics.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
+import { cidrList, clientAllowed } from '../proxy/access.js';
 import { createHooks } from './policy.js';
 import { formatReply, type Reply } from './protocol/command.js';
 import { SmtpReader } from './protocol/reader.js';
@@ -66,6 +67,7 @@ export async function startSmtpServer(ctx: ListenerContext, options: SmtpServerO
       maxMessageBytes: config.smtp.maxMessageBytes,
       queueInlineBytes: config.smtp.queueInlineBytes,
       checkAuth: config.smtp.checkAuth,
+      authFailureDelayMs: config.smtp.authFailureDelayMs,
       resolver,
       inlineBytes: options.inlineBytes,
     });
@@ -144,6 +146,8 @@ class ConnectionGroup {
   private readonly perClient = new Map<string, number>();
   private readonly live = new Set<Connection>();
   private draining = false;
+  /** Clients exempt from the per-client cap (Postfix's mynetworks). */
+  private readonly trusted: ReturnType<typeof cidrList>;
 
   constructor(
     readonly config: Config,
@@ -152,7 +156,9 @@ class ConnectionGroup {
     readonly hooks: SmtpHooks,
     readonly tlsProvider: TlsProvider,
     readonly handshakeTimeoutMs: number,
-  ) {}
+  ) {
+    this.trusted = cidrList(config.smtp.trustedNetworks);
+  }
 
   accept(socket: Socket, kind: ListenerKind, implicitTls: boolean): void {
     const address = normalizeAddress(socket.remoteAddress ?? '');
@@ -168,19 +174,29 @@ class ConnectionGroup {
     if (this.live.size >= this.config.smtp.maxConnections) {
       return limit({ code: 421, enhanced: '4.3.2', lines: [`${this.config.hostname} Too many connections, try again later`] }, 'connections');
     }
-    const n = this.perClient.get(address) ?? 0;
+    const counted = !clientAllowed(this.trusted, address);
+    const n = counted ? (this.perClient.get(address) ?? 0) : 0;
     if (n >= this.config.smtp.maxConnectionsPerClient) {
       return limit({ code: 421, enhanced: '4.7.0', lines: [`${this.config.hostname} Too many connections from your address`] }, 'connections_per_client');
     }
-    this.perClient.set(address, n + 1);
-    this.metrics.connections.inc({ listener: label });
-    const conn = new Connection(this, socket, kind, implicitTls, address);
-    this.live.add(conn);
-    socket.once('close', () => {
-      this.live.delete(conn);
+    if (counted) this.perClient.set(address, n + 1);
+    // The client's slot is given back once the server ends the session (QUIT answered, 421), not
+    // when the client's FIN arrives: a client that opens its next connection as soon as it reads
+    // 221 (Postfix smtp-source -s N) must not find its last session still counted.
+    let released = !counted;
+    const release = (): void => {
+      if (released) return;
+      released = true;
       const left = (this.perClient.get(address) ?? 1) - 1;
       if (left <= 0) this.perClient.delete(address);
       else this.perClient.set(address, left);
+    };
+    this.metrics.connections.inc({ listener: label });
+    const conn = new Connection(this, socket, kind, implicitTls, address, release);
+    this.live.add(conn);
+    socket.once('close', () => {
+      this.live.delete(conn);
+      release();
       this.metrics.connections.dec({ listener: label });
       conn.closed();
     });
@@ -225,6 +241,7 @@ class Connection {
     kind: ListenerKind,
     implicitTls: boolean,
     address: string,
+    private readonly release: () => void,
   ) {
     this.socket = socket;
     const c = group.config.smtp;
@@ -334,6 +351,7 @@ class Connection {
     this.flush();
     if (this.ended) return;
     this.ended = true;
+    this.release();
     this.socket.end();
     // A client that never reads must not keep the socket forever.
     setTimeout(() => this.socket.destroy(), 5000).unref();

@@ -28,6 +28,8 @@ export type ListenerKind = 'mx' | 'submission';
 export interface SessionInfo {
   readonly id: string;
   readonly listener: ListenerKind;
+  /** The connection began with TLS (the submissions port, RFC 8314). */
+  readonly implicitTls: boolean;
   readonly clientAddress: string;
   readonly clientPort: number;
   readonly helo: string | undefined;
@@ -65,6 +67,10 @@ export interface MessageSink {
 export interface SmtpHooks {
   /** Checks credentials; returns the canonical login, or undefined when they are wrong. */
   authenticate(login: string, password: string, session: SessionInfo): Promise<string | undefined>;
+  /** A login failed (wrong credentials); resolves when the failure may be answered (throttling). */
+  authFailed?(login: string, session: SessionInfo): Promise<void>;
+  /** A login succeeded. */
+  authSucceeded?(login: string, session: SessionInfo): void;
   mailFrom(address: string, tx: Transaction, session: SessionInfo): Promise<void>;
   rcptTo(rcpt: DsnRecipient, tx: Transaction, session: SessionInfo): Promise<void>;
   openMessage(tx: Transaction, session: SessionInfo): MessageSink;
@@ -130,6 +136,7 @@ const ok = (enhanced: string, text: string): Reply => ({ code: 250, enhanced, li
 /** One SMTP conversation. Feed it reader events with `handle`; await what it returns. */
 export class SmtpSession implements SessionInfo {
   readonly listener: ListenerKind;
+  readonly implicitTls: boolean;
   helo: string | undefined;
   esmtp = false;
   tls: TlsFacts | undefined;
@@ -149,6 +156,7 @@ export class SmtpSession implements SessionInfo {
   ) {
     this.listener = options.listener;
     this.tls = options.tls;
+    this.implicitTls = options.tls !== undefined;
     this.o = {
       hostname: options.hostname,
       listener: options.listener,
@@ -210,6 +218,13 @@ export class SmtpSession implements SessionInfo {
         this.io.reply({ code: 500, enhanced: '5.5.2', lines: ['Line too long'] });
         return this.bad();
       case 'line':
+        // RFC 5321 §2.3.8: commands end in CRLF; a bare LF is refused, not guessed at (a reader
+        // that guesses differently from the next hop is how SMTP smuggling starts).
+        if (ev.bareLf) {
+          if (st.name === 'auth') this.state = { name: st.resume };
+          this.io.reply({ code: 500, enhanced: '5.5.2', lines: ['Command line ended with a bare LF; lines must end with CRLF'] });
+          return this.bad();
+        }
         return this.line(ev.line);
     }
   }
@@ -431,6 +446,10 @@ export class SmtpSession implements SessionInfo {
   private data(arg: string): void {
     const st = this.state;
     if (arg.trim()) throw new ReplyError(501, '5.5.4', 'DATA takes no arguments');
+    // RFC 2920 §3.1: DATA is the last command of a pipelined group; the client must wait for 354.
+    // Bytes already waiting would be taken as message content by a server that did not check:
+    // refuse and close, as Postfix does ("improper command pipelining after DATA").
+    if (this.io.reader.buffered > 0) throw new ReplyError(554, '5.5.0', 'Error: improper command pipelining after DATA', true);
     if (st.name === 'bdat-wait') throw new ReplyError(503, '5.5.1', 'DATA not allowed after BDAT');
     if (st.name !== 'mail') {
       this.requireHelo();
@@ -671,7 +690,10 @@ export class SmtpSession implements SessionInfo {
     const parts = decoded.split('\0');
     if (parts.length !== 3) throw new ReplyError(501, '5.5.2', 'Malformed PLAIN response');
     const [authzid, authcid, password] = parts;
-    if (authzid && authzid.toLowerCase() !== authcid.toLowerCase()) throw new ReplyError(535, '5.7.8', 'Authentication credentials invalid');
+    if (authzid && authzid.toLowerCase() !== authcid.toLowerCase()) {
+      await this.hooks.authFailed?.(authcid, this);
+      throw new ReplyError(535, '5.7.8', 'Authentication credentials invalid');
+    }
     return this.login(authcid, password);
   }
 
@@ -684,7 +706,11 @@ export class SmtpSession implements SessionInfo {
       // RFC 4954 §6: 454 4.7.0 when the server cannot check credentials right now.
       throw new ReplyError(454, '4.7.0', 'Temporary authentication failure');
     }
-    if (!login) throw new ReplyError(535, '5.7.8', 'Authentication credentials invalid');
+    if (!login) {
+      await this.hooks.authFailed?.(user, this);
+      throw new ReplyError(535, '5.7.8', 'Authentication credentials invalid');
+    }
+    this.hooks.authSucceeded?.(user, this);
     this.authUser = login;
     this.io.reply({ code: 235, enhanced: '2.7.0', lines: ['Authentication successful'] });
   }

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { Accounts } from '../accounts/accounts.js';
 import { MailboxStore, NoSuchMailbox, QuotaExceeded } from '../mailbox/store.js';
-import { isStorageError, type AttrValue, putIfAbsent } from '../storage/ports.js';
+import { isStorageError, type AttrValue, putIfAbsent, type Tables } from '../storage/ports.js';
 import { done, type JobContext, type JobHandler, type JobMeta, type JobOutcome } from '../workers/job.js';
 import { dispatchDsn } from './dsn.js';
 import type { DsnRecipient, InboundJob, OutboundJob } from './jobs.js';
@@ -23,6 +23,44 @@ const FULL_RETURN_MAX_BYTES = 256 * 1024;
 /** A full mailbox is retried for this long after the message arrived, then given up (logged). */
 const QUOTA_RETRY_WINDOW_MS = 60 * 60 * 1000;
 const QUOTA_RETRY_SECONDS = 300;
+
+/** Listing partition of inbound jobs waiting for room in a full mailbox (`queue list` shows them). */
+export const QUOTA_WAIT_PK = 'INBOUND#WAITING';
+
+/** An accepted message that waits for room in one or more full mailboxes. */
+export interface QuotaWait {
+  id: string;
+  from: string;
+  receivedAt: string;
+  size: number;
+  /** The mailboxes that are full. */
+  users: string[];
+  nextAttemptAt: string;
+  /** When the wait ends and the sender is told (a DSN), if there is still no room. */
+  giveUpAt: string;
+}
+
+/** Inbound messages waiting for room, oldest first. */
+export async function listQuotaWaits(tables: Tables, limit = 1000): Promise<QuotaWait[]> {
+  const out: QuotaWait[] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await tables.query(QUOTA_WAIT_PK, { limit: Math.min(100, limit - out.length), cursor });
+    for (const it of page.items) {
+      out.push({
+        id: it.sk,
+        from: String(it.from ?? ''),
+        receivedAt: String(it.receivedAt ?? ''),
+        size: Number(it.size ?? 0),
+        users: String(it.users ?? '').split(',').filter(Boolean),
+        nextAttemptAt: String(it.nextAttemptAt ?? ''),
+        giveUpAt: String(it.giveUpAt ?? ''),
+      });
+    }
+    cursor = page.cursor;
+  } while (cursor && out.length < limit);
+  return out.sort((a, b) => a.receivedAt.localeCompare(b.receivedAt));
+}
 
 /** The job body did not make sense; retrying cannot help, so it ends in the dead-letter queue. */
 export class BadInboundJob extends Error {
@@ -120,7 +158,7 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
   const readers = routing.local.size + (routing.remote.length > 0 ? 1 : 0) + (failed.length > 0 ? 1 : 0);
   if (readers > 1) await store.holdBlob(job.blobKey, holder);
 
-  let quotaWait = false;
+  const fullUsers: string[] = [];
   // Whether some mailbox holds (or will hold, after a quota wait) a reference to the blob.
   let referenced = false;
   if (routing.local.size > 0) {
@@ -149,7 +187,7 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
         if (e instanceof QuotaExceeded) {
           const age = ctx.now().getTime() - Date.parse(job.receivedAt);
           if (age < QUOTA_RETRY_WINDOW_MS) {
-            quotaWait = true;
+            fullUsers.push(user);
             referenced = true;
             log.warn({ user }, 'mailbox full; will retry');
           } else {
@@ -180,7 +218,25 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
     await mail.delete(job.blobKey);
   }
 
-  if (quotaWait) return { kind: 'retry', afterSeconds: QUOTA_RETRY_SECONDS, reason: 'mailbox full' };
+  const waitKey = { pk: QUOTA_WAIT_PK, sk: job.id };
+  if (fullUsers.length > 0) {
+    // Visible to the operator while it waits (`queue list`); the ttl only cleans up after a crash.
+    const now = ctx.now().getTime();
+    const giveUp = Date.parse(job.receivedAt) + QUOTA_RETRY_WINDOW_MS;
+    await tables.put({
+      ...waitKey,
+      from: job.from,
+      receivedAt: job.receivedAt,
+      size: job.size,
+      users: fullUsers.join(','),
+      nextAttemptAt: new Date(now + QUOTA_RETRY_SECONDS * 1000).toISOString(),
+      giveUpAt: new Date(giveUp).toISOString(),
+      ttl: Math.floor(giveUp / 1000) + 86400,
+    });
+    return { kind: 'retry', afterSeconds: QUOTA_RETRY_SECONDS, reason: 'mailbox full' };
+  }
+  // Only a redelivery can have waited; the first attempt skips this write.
+  if (meta.receiveCount > 1) await tables.delete(waitKey);
   // Idempotent, and a no-op when no hold was taken; the last reference going deletes the blob.
   await store.releaseBlob(job.blobKey, holder);
   log.debug({ receiveCount: meta.receiveCount }, 'inbound job done');

@@ -1,5 +1,7 @@
 import { spawnSync } from 'node:child_process';
+import { PassThrough } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { run as runCli } from '../../cli/main.js';
 import { Accounts } from '../../core/accounts/accounts.js';
 import { loadConfig, type Config } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
@@ -175,6 +177,41 @@ describe('inbound worker', () => {
     const store = new MailboxStore(storage.tables, storage.mail);
     expect(await store.list('alice@example.test')).toHaveLength(1);
     expect(await store.list('bob@example.test')).toHaveLength(0);
+  });
+
+  it('a message waiting for room in a full mailbox shows in `queue list` until it is delivered', async () => {
+    const cli = async (...args: string[]): Promise<string> => {
+      const out = new PassThrough();
+      let stdout = '';
+      out.on('data', (d: Buffer) => (stdout += d.toString()));
+      const code = await runCli(['node', 'tomlinson', ...args], {
+        env: { ...process.env, TOMLINSON_DATA_DIR: dir.path, TOMLINSON_LOG_LEVEL: 'silent' },
+        stdout: out as unknown as NodeJS.WriteStream,
+        stderr: new PassThrough() as unknown as NodeJS.WriteStream,
+      });
+      expect(code).toBe(0);
+      return stdout;
+    };
+    const accounts = new Accounts(storage.tables);
+    await accounts.setQuota('bob@example.test', 10);
+    await enqueue({ rcpts: [{ address: 'bob@example.test' }] });
+    const [m] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
+    expect(await inboundJob(m.body, { queue: 'inbound', id: m.id, receiveCount: m.receiveCount, sentAt: m.sentAt }, ctx)).toMatchObject({ kind: 'retry' });
+
+    const rows = JSON.parse(await cli('--json', 'queue', 'list')) as { id: string; state: string; rcpts: number; from: string; lastReply: string }[];
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ id: 'job1', state: 'waiting for room', rcpts: 1, from: 'j@remote.example' });
+    expect(rows[0].lastReply).toContain('mailbox full: bob@example.test');
+    expect(await cli('queue', 'list')).toMatch(/job1 .*waiting for room/);
+
+    // Room is made; the redelivery delivers it and it leaves the listing.
+    await accounts.setQuota('bob@example.test', 0);
+    clock += 31_000;
+    const [again] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
+    expect(again.receiveCount).toBe(2);
+    expect(await inboundJob(again.body, { queue: 'inbound', id: again.id, receiveCount: again.receiveCount, sentAt: again.sentAt }, ctx)).toMatchObject({ kind: 'done' });
+    expect(await new MailboxStore(storage.tables, storage.mail).list('bob@example.test')).toHaveLength(1);
+    expect(JSON.parse(await cli('--json', 'queue', 'list'))).toEqual([]);
   });
 
   it('refuses a malformed job body (it will end in the dead-letter queue)', () => {

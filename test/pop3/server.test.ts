@@ -4,6 +4,7 @@
  * (STLS), RFC 5034 (AUTH PLAIN). Every status line is checked against the reply grammar.
  */
 import { createHash } from 'node:crypto';
+import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addUsers, makeMessage, passwordOf, RawClient, startHarness, type Harness } from './harness.js';
 
@@ -96,7 +97,7 @@ describe('RFC 1939 §7 USER/PASS and RFC 3206 [AUTH]', () => {
     await quit(client);
   });
 
-  it('repeated failures from one address are answered more and more slowly', async () => {
+  it('repeated failures of one account from one address are answered more and more slowly', async () => {
     // A base delay large enough that the doubling stands out from scrypt's time on a busy machine.
     const slow = await startHarness({ TOMLINSON_POP3_AUTH_FAILURE_DELAY_MS: '300' });
     try {
@@ -105,7 +106,7 @@ describe('RFC 1939 §7 USER/PASS and RFC 3206 [AUTH]', () => {
       const times: number[] = [];
       for (let i = 0; i < 4; i++) {
         const t = performance.now();
-        expect(await client.login(i % 2 ? BOB : 'nobody@example.com', `wrong-${i}`)).toMatch(/^-ERR \[AUTH\]/);
+        expect(await client.login(BOB, `wrong-${i}`)).toMatch(/^-ERR \[AUTH\]/);
         times.push(performance.now() - t);
       }
       // 300, 600, 1200, 2400 ms of delay on top of the password check (whose time varies with load).
@@ -115,10 +116,39 @@ describe('RFC 1939 §7 USER/PASS and RFC 3206 [AUTH]', () => {
       // The right password still gets in.
       expect(await client.login(BOB, passwordOf(BOB))).toMatch(/^\+OK/);
       await quit(client);
+      expect((await slow.metrics.authFailures.get()).values).toEqual([{ labels: { listener: 'pop3' }, value: 4 }]);
     } finally {
       await slow.close();
     }
   });
+
+  it('one user\'s failures do not slow another user behind the same address, and a success clears them', async () => {
+    const slow = await startHarness({ TOMLINSON_POP3_AUTH_FAILURE_DELAY_MS: '200' });
+    try {
+      await addUsers(slow, BOB, 'carol@example.com');
+      const { client } = await RawClient.connect(slow.port);
+      const timed = async (user: string, password: string): Promise<[string, number]> => {
+        const t = performance.now();
+        const r = await client.login(user, password);
+        return [r, performance.now() - t];
+      };
+      for (let i = 0; i < 4; i++) expect((await timed(BOB, `wrong-${i}`))[0]).toMatch(/^-ERR \[AUTH\]/);
+      // Keyed per address only, carol's first failure would wait bob's 3200 ms.
+      const [carol, carolMs] = await timed('carol@example.com', 'wrong');
+      expect(carol).toMatch(/^-ERR \[AUTH\]/);
+      expect(carolMs).toBeLessThan(1200);
+      expect((await timed(BOB, passwordOf(BOB)))[0]).toMatch(/^\+OK/);
+      await quit(client);
+      // Bob's success cleared his count: his next typo waits the base delay again.
+      const second = await RawClient.connect(slow.port);
+      const t = performance.now();
+      expect(await second.client.login(BOB, 'wrong-again')).toMatch(/^-ERR \[AUTH\]/);
+      expect(performance.now() - t).toBeLessThan(1200);
+      await quit(second.client);
+    } finally {
+      await slow.close();
+    }
+  }, 30_000);
 });
 
 describe('RFC 5034 AUTH PLAIN (RFC 4616)', () => {
@@ -410,6 +440,46 @@ describe('RFC 2595 §2.3: no clear-text passwords before TLS (allowPlaintext=nev
 });
 
 describe('limits', () => {
+  it('a session whose QUIT was answered no longer counts toward the per-client cap, even before the client closes', async () => {
+    const capped = await startHarness({ TOMLINSON_POP3_MAX_CONNECTIONS_PER_CLIENT: '1' });
+    const sockets: net.Socket[] = [];
+    // A client that has read +OK to QUIT but not yet closed its socket (no automatic FIN).
+    const session = async (): Promise<{ socket: net.Socket; lines: string[]; next: () => Promise<string> }> => {
+      const socket = net.connect({ host: '127.0.0.1', port: capped.port, allowHalfOpen: true });
+      sockets.push(socket);
+      const lines: string[] = [];
+      let buf = '';
+      socket.setEncoding('utf8').on('data', (d: string) => {
+        buf += d;
+        let i;
+        while ((i = buf.indexOf('\r\n')) >= 0) {
+          lines.push(buf.slice(0, i));
+          buf = buf.slice(i + 2);
+        }
+      });
+      const next = async (): Promise<string> => {
+        for (let t = 0; t < 100 && lines.length === 0; t++) await new Promise((r) => setTimeout(r, 50));
+        return lines.shift() ?? '(nothing)';
+      };
+      return { socket, lines, next };
+    };
+    try {
+      for (let i = 0; i < 5; i++) {
+        const c = await session();
+        expect(await c.next(), `session ${i}`).toMatch(/^\+OK/);
+        c.socket.write('QUIT\r\n');
+        expect(await c.next()).toMatch(/^\+OK/);
+      }
+      const open = await session();
+      expect(await open.next()).toMatch(/^\+OK/);
+      const refused = await session();
+      expect(await refused.next()).toMatch(/^-ERR/);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await capped.close();
+    }
+  });
+
   it('a line past the limit gets -ERR and the session goes on', async () => {
     const client = await loggedIn();
     expect(await client.cmd(`NOOP ${'x'.repeat(5000)}`)).toMatch(/^-ERR/);

@@ -9,7 +9,7 @@ import * as tls from 'node:tls';
 import { expect } from 'vitest';
 import { Accounts } from '../../core/accounts/accounts.js';
 import { loadConfig, type Config } from '../../core/config.js';
-import { silentLogger } from '../../core/log.js';
+import { silentLogger, type Logger } from '../../core/log.js';
 import { Metrics } from '../../core/metrics.js';
 import { openLocalStorage } from '../../core/storage/local/index.js';
 import type { Storage } from '../../core/storage/ports.js';
@@ -37,7 +37,7 @@ export const PASSWORD = 'correct horse battery staple';
 /** Starts storage + accounts + SMTP. `env` overrides settings (TOMLINSON_* variables). */
 export async function startHarness(
   env: Record<string, string> = {},
-  options: SmtpServerOptions & { wrapStorage?: (s: Storage) => Storage } = {},
+  options: SmtpServerOptions & { wrapStorage?: (s: Storage) => Storage; log?: Logger } = {},
 ): Promise<Harness> {
   const dir = await tempDir('tomlinson-smtp-');
   const config = loadConfig({
@@ -46,6 +46,7 @@ export async function startHarness(
     TOMLINSON_LISTEN_HOST: '127.0.0.1',
     TOMLINSON_SMTP_CHECK_AUTH: 'false',
     TOMLINSON_SMTP_MAX_CONNECTIONS_PER_CLIENT: '200',
+    TOMLINSON_SMTP_AUTH_FAILURE_DELAY_MS: '20',
     ...env,
   });
   const real = await openLocalStorage(config, silentLogger);
@@ -60,7 +61,7 @@ export async function startHarness(
   const tlsProvider = options.tls ?? (await createTlsProvider(config, silentLogger));
   const metrics = new Metrics({ defaults: false });
   const server = await startSmtpServer(
-    { config, storage, log: silentLogger, metrics },
+    { config, storage, log: options.log ?? silentLogger, metrics },
     { ports: { mx: 0, submission: 0, submissions: 0 }, tls: tlsProvider, ...options },
   );
   return {

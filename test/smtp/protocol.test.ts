@@ -15,6 +15,8 @@ interface Case {
   steps: Step[];
   /** Messages expected in the inbound queue after the case. */
   queued?: number;
+  /** The server closes the connection after the last step. */
+  closes?: boolean;
 }
 
 const plain = (user: string, pass: string) => Buffer.from(`\0${user}\0${pass}`).toString('base64');
@@ -65,6 +67,7 @@ const SECTIONS: Record<string, Case[]> = {
       steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], ['DATA', 354], [{ raw: `Subject: a\r\n\r\nx\r.\rMAIL FROM:<evil@remote.example>\r\n.\r\n` }, 550, '5.6.11']],
       queued: 0,
     },
+    { name: 'a command line ending in a bare LF: 500 5.5.2, the session goes on', steps: [EHLO, [{ raw: 'NOOP\n' }, 500, '5.5.2'], [{ raw: `MAIL FROM:<a@remote.example>\n` }, 500, '5.5.2'], ['NOOP', 250], ['MAIL FROM:<a@remote.example>', 250]] },
     {
       name: 'CRLF dot LF does not end DATA',
       steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], ['DATA', 354], [{ raw: `Subject: a\r\n\r\nx\r\n.\nRSET\r\n.\r\n` }, 550, '5.6.11']],
@@ -76,6 +79,14 @@ const SECTIONS: Record<string, Case[]> = {
       name: 'a whole transaction in one write gets every reply in order',
       steps: [EHLO, [{ raw: `MAIL FROM:<a@remote.example>\r\nRCPT TO:<${ALICE}>\r\nRCPT TO:<nobody@${DOMAIN}>\r\nRCPT TO:<${BOB}>\r\nDATA\r\n` }, 250], [{ raw: '' }, 250], [{ raw: '' }, 550, '5.1.1'], [{ raw: '' }, 250], [{ raw: '' }, 354], [{ raw: 'Subject: p\r\n\r\nhi\r\n.\r\nNOOP\r\n' }, 250, '2.0.0'], [{ raw: '' }, 250]],
       queued: 1,
+    },
+  ],
+  'RFC 2920 §3.1 improper pipelining': [
+    {
+      name: 'message text sent with DATA, before 354: 554 5.5.0 and the connection is closed, nothing queued',
+      steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], [{ raw: 'DATA\r\nSubject: early\r\n\r\nx\r\n.\r\n' }, 554, '5.5.0']],
+      queued: 0,
+      closes: true,
     },
   ],
   'RFC 3030 CHUNKING': [
@@ -133,6 +144,7 @@ describe('SMTP protocol over real sockets', () => {
               if (enhanced) expect(r.enhanced, r.raw).toBe(enhanced);
               else if (code !== 220 && code !== 354 && code !== 334 && r.lines.length === 1 && code !== 250) expect(r.enhanced).toBeDefined();
             }
+            if (c.closes) await client.waitClosed();
           } finally {
             client.close();
           }
@@ -147,15 +159,59 @@ describe('SMTP protocol over real sockets', () => {
     const c = await TestClient.connect(h.server.ports.mx!);
     try {
       await c.reply();
-      c.socket.end(`EHLO client.example\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<${ALICE}>\r\nDATA\r\nSubject: hc\r\n\r\nx\r\n.\r\nQUIT\r\n`);
+      c.socket.end(`EHLO client.example\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<${ALICE}>\r\nDATA\r\n`);
       const codes: number[] = [];
-      for (let i = 0; i < 6; i++) codes.push((await c.reply()).code);
-      expect(codes).toEqual([250, 250, 250, 354, 250, 221]);
+      for (let i = 0; i < 4; i++) codes.push((await c.reply()).code);
+      expect(codes).toEqual([250, 250, 250, 354]);
       await c.waitClosed();
     } finally {
       c.close();
     }
-    expect(await drainInbound(h.storage)).toHaveLength(1);
+    // The client ended before sending the content: nothing is queued.
+    expect(await drainInbound(h.storage)).toHaveLength(0);
+  });
+
+  it('RFC 2920 §3.1: a whole session pipelined through the message text is refused at DATA (554 5.5.0) and closed', async () => {
+    await drainInbound(h.storage);
+    const c = await TestClient.connect(h.server.ports.mx!);
+    try {
+      await c.reply();
+      c.send(`EHLO client.example\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<${ALICE}>\r\nDATA\r\nSubject: hc\r\n\r\nx\r\n.\r\nQUIT\r\n`);
+      const replies: string[] = [];
+      for (let i = 0; i < 4; i++) {
+        const r = await c.reply();
+        replies.push(`${r.code} ${r.enhanced ?? ''}`.trim());
+      }
+      expect(replies).toEqual(['250', '250 2.1.0', '250 2.1.5', '554 5.5.0']);
+      await c.waitClosed();
+    } finally {
+      c.close();
+    }
+    expect(await drainInbound(h.storage)).toHaveLength(0);
+  });
+
+  it('RFC 5321 §4.5.1 and §4.1.2: <Postmaster> without a domain, postmaster@ a domain without an alias, and a quoted local part reach their mailboxes', async () => {
+    await drainInbound(h.storage);
+    if (!(await h.accounts.getDomain('other.test'))) await h.accounts.addDomain('other.test');
+    const c = await TestClient.connect(h.server.ports.mx!);
+    try {
+      await c.reply();
+      await c.cmd('EHLO client.example');
+      expect((await c.cmd('MAIL FROM:<a@remote.example>')).code).toBe(250);
+      expect((await c.cmd('RCPT TO:<Postmaster>')).code).toBe(250);
+      expect((await c.cmd('RCPT TO:<POSTMASTER@other.test>')).code).toBe(250);
+      expect((await c.cmd(`RCPT TO:<"bob"@${DOMAIN}>`)).code).toBe(250);
+      // A quoted local part that is not a dot-string names no mailbox here.
+      expect((await c.cmd(`RCPT TO:<"bob smith"@${DOMAIN}>`)).code).toBe(550);
+      expect((await c.cmd('DATA')).code).toBe(354);
+      expect((await c.cmd('Subject: pm\r\n\r\nhello postmaster\r\n.')).code).toBe(250);
+    } finally {
+      c.close();
+    }
+    const jobs = await drainInbound(h.storage);
+    expect(jobs).toHaveLength(1);
+    // The two postmaster forms are one recipient (the alias to alice); bob by his plain address.
+    expect(jobs[0].rcpts.map((r) => r.address)).toEqual([`postmaster@${DOMAIN}`, BOB]);
   });
 
   it('RFC 3463 X.2.2: a full mailbox is refused at RCPT with 452 4.2.2, others still accepted', async () => {
@@ -175,6 +231,34 @@ describe('SMTP protocol over real sockets', () => {
     } finally {
       c.close();
     }
+  });
+
+  it('RFC 3463 X.2.2: a message that fits none of its full-quota mailboxes gets 452 4.2.2 at the end of DATA, not 250 and a wait', async () => {
+    await drainInbound(h.storage);
+    const dave = `dave@${DOMAIN}`;
+    await h.accounts.addUser(dave, PASSWORD, { quotaBytes: 2000 });
+    const store = new MailboxStore(h.storage.tables, h.storage.mail);
+    const blob = await h.storage.mail.put('in/quota-dave.eml', 'x'.repeat(1500)); // 500 bytes of room left
+    await store.deliver(dave, { jobId: 'quota-dave', blobKey: blob.key, size: blob.size, receivedAt: new Date().toISOString(), summary: {} });
+    const c = await TestClient.connect(h.server.ports.mx!);
+    try {
+      await c.reply();
+      await c.cmd('EHLO client.example');
+      // No SIZE declared: the RCPT cannot know, the end of data can.
+      expect((await c.cmd('MAIL FROM:<a@remote.example>')).code).toBe(250);
+      expect((await c.cmd(`RCPT TO:<${dave}>`)).code).toBe(250);
+      expect((await c.cmd('DATA')).code).toBe(354);
+      const big = await c.cmd(`Subject: big\r\n\r\n${('y'.repeat(78) + '\r\n').repeat(10)}.`);
+      expect([big.code, big.enhanced]).toEqual([452, '4.2.2']);
+      // A message that fits is accepted.
+      expect((await c.cmd('MAIL FROM:<a@remote.example>')).code).toBe(250);
+      expect((await c.cmd(`RCPT TO:<${dave}>`)).code).toBe(250);
+      expect((await c.cmd('DATA')).code).toBe(354);
+      expect((await c.cmd('Subject: small\r\n\r\nhi\r\n.')).code).toBe(250);
+    } finally {
+      c.close();
+    }
+    expect(await drainInbound(h.storage)).toHaveLength(1);
   });
 
   it('RFC 1869 EHLO lists the extensions; STARTTLS and AUTH per state (RFC 3207, RFC 4954 §4)', async () => {
@@ -263,7 +347,7 @@ describe('SMTP protocol over real sockets', () => {
 describe('SMTP session limits', () => {
   let h: Harness;
   beforeAll(async () => {
-    h = await startHarness({ TOMLINSON_SMTP_MAX_BAD_COMMANDS: '3', TOMLINSON_SMTP_MAX_CONNECTIONS_PER_CLIENT: '2', TOMLINSON_SMTP_IDLE_TIMEOUT: '1' });
+    h = await startHarness({ TOMLINSON_SMTP_MAX_BAD_COMMANDS: '3', TOMLINSON_SMTP_MAX_CONNECTIONS_PER_CLIENT: '2', TOMLINSON_SMTP_TRUSTED_NETWORKS: '192.0.2.0/24', TOMLINSON_SMTP_IDLE_TIMEOUT: '1' });
   });
   afterAll(async () => h?.close());
 

@@ -81,7 +81,10 @@ export function parsePathCommand(arg: string, keyword: 'FROM' | 'TO', options: {
     if (colon < 0) throw new ReplyError(501, '5.1.3', 'Bad source route');
     path = path.slice(colon + 1);
   }
-  if (path !== '' || keyword === 'TO') {
+  // RFC 5321 §4.1.1.3 / §4.5.1: "RCPT TO:<Postmaster>" without a domain MUST be accepted.
+  if (keyword === 'TO' && /^postmaster$/i.test(path)) {
+    // The policy decides which local postmaster it names.
+  } else if (path !== '' || keyword === 'TO') {
     if (!isMailbox(path, options.utf8)) {
       // RFC 6531 §3.5: a non-ASCII address without SMTPUTF8 gets 553 5.6.7.
       if (!options.utf8 && /[^\x00-\x7f]/.test(path)) throw new ReplyError(553, '5.6.7', 'Non-ASCII address needs SMTPUTF8');
@@ -98,7 +101,20 @@ export function parsePathCommand(arg: string, keyword: 'FROM' | 'TO', options: {
     if (params.has(key)) throw new ReplyError(501, '5.5.4', `Duplicate parameter ${key}`);
     params.set(key, eq < 0 ? undefined : p.slice(eq + 1));
   }
-  return { address: path, params };
+  return { address: canonicalMailbox(path, options.utf8), params };
+}
+
+/**
+ * RFC 5321 §4.1.2: a quoted-string local part that is a valid dot-string once unquoted names the
+ * same mailbox as the dot-string, so `"alice"@example.test` becomes `alice@example.test`. Other
+ * quoted local parts are returned unchanged.
+ */
+export function canonicalMailbox(address: string, utf8: boolean): string {
+  if (!address.startsWith('"')) return address;
+  const at = address.lastIndexOf('@');
+  const local = address.slice(1, at - 1).replace(/\\(.)/g, '$1');
+  const dotString = local.split('.').every((atom) => atom !== '' && ATEXT.test(utf8 ? atom.replace(/[^\x00-\x7f]/g, 'a') : atom));
+  return dotString ? `${local}${address.slice(at)}` : address;
 }
 
 function findClosingBracket(s: string): number {
