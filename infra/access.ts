@@ -38,7 +38,8 @@ const HEALTH_PK = '#health';
 const LOGIN = { read: ['USER#*'], write: ['USER#*'] };
 
 /**
- * Per listener group. SMTP resolves recipients (DOMAIN#, ALIAS#, USER#), checks quotas on the
+ * Per listener group. SMTP resolves recipients (DOMAIN#, ALIAS#, USER#; the DOMAINS list for a bare
+ * <Postmaster>, containers/smtp/policy.ts), checks quotas on the
  * mailbox counters (MBX#) and spools raw messages under `in/` and `spool/`
  * (containers/smtp/spool.ts). POP3 owns the maildrop: MBX# (entries, counters, lease), POP3DEL#
  * (containers/pop3/maildrop.ts), BLOBREF# (reference counts, core/mailbox/store.ts), and reads and
@@ -50,7 +51,7 @@ export function listenerAccess(c: Pick<StageConfig, 'proxyRequireAuth'>): Record
   const proxyLogin = c.proxyRequireAuth ? LOGIN : { read: [], write: [] };
   return {
     smtp: {
-      table: { read: [HEALTH_PK, ...LOGIN.read, 'DOMAIN#*', 'ALIAS#*', 'MBX#*'], write: LOGIN.write },
+      table: { read: [HEALTH_PK, ...LOGIN.read, 'DOMAIN#*', 'DOMAINS', 'ALIAS#*', 'MBX#*'], write: LOGIN.write },
       bucket: { name: 'Mail', read: ['in/', 'spool/'], write: ['in/', 'spool/'], delete: ['in/', 'spool/'] },
       sendsTo: 'inbound',
     },

@@ -84,6 +84,8 @@ describe('listener task roles', () => {
     const reads = leadingKeys(smtp, 'dynamodb:GetItem');
     // What the RCPT and AUTH hooks read (containers/smtp/policy.ts).
     for (const pk of [accountKeys.user('a@example.com').pk, accountKeys.domain('example.com').pk, accountKeys.alias('b@example.com').pk, mailboxKeys.meta('a@example.com').pk]) expect(allows(reads, pk), pk).toBe(true);
+    // A bare RCPT TO:<Postmaster> walks the domain listing (Query) to find a postmaster.
+    expect(allows(leadingKeys(smtp, 'dynamodb:Query'), accountKeys.domainListing('example.com').pk)).toBe(true);
     expect(allows(leadingKeys(smtp, 'dynamodb:PutItem'), mailboxKeys.meta('a@example.com').pk)).toBe(false);
     expect(allows(reads, 'CACHE#x')).toBe(false);
     expect(messageKey('id1', new Date('2026-01-01T00:00:00Z'))).toMatch(/^in\//);
