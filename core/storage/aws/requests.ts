@@ -1,7 +1,7 @@
 /**
- * Sees every request the aws family's SDK clients send (each HTTP attempt, retries included), for
- * the cost bench and the idle-polling test. Nothing is observed, and nothing is paid beyond one
- * Set lookup per request, until an observer is added.
+ * Sees every request the aws family's SDK clients send (each HTTP attempt, retries included) with
+ * its decoded answer, for the cost bench and the idle-polling test. Nothing is observed, and
+ * nothing is paid beyond one Set lookup per request, until an observer is added.
  */
 
 /** One request to S3, SQS or DynamoDB as the SDK sent it, with its answer or its error. */
@@ -26,7 +26,7 @@ export function observeAwsRequests(observer: AwsRequestObserver): () => void {
 }
 
 interface MiddlewareClient {
-  middlewareStack: { add(mw: unknown, options: { step: 'deserialize'; name: string; priority: 'low' }): void };
+  middlewareStack: { add(mw: unknown, options: { step: 'deserialize'; name: string; priority: 'high' }): void };
 }
 
 /** Hooks one SDK client up to the observers (the deserialize step runs once per HTTP attempt). */
@@ -45,5 +45,5 @@ export function watchClient(client: MiddlewareClient, service: AwsRequest['servi
         throw e;
       }
     };
-  client.middlewareStack.add(mw, { step: 'deserialize', name: 'tomlinsonObserveRequests', priority: 'low' });
+  client.middlewareStack.add(mw, { step: 'deserialize', name: 'tomlinsonObserveRequests', priority: 'high' });
 }
