@@ -13,6 +13,10 @@
  * Dovecot, Squid and nginx on 127.0.0.1 with configs from bench/peers/, alternates runs with ours,
  * prints one table per protocol (medians, p50/p99, peak memory, ours/peer) and writes them as JSON
  * and Markdown to bench/results/<stamp>/. Every process it starts is stopped, also on Ctrl-C.
+ *
+ * `npm run bench -- --cost [--messages 50] [--size 51200] [--trace]` runs bench/cost.ts instead: the
+ * S3, SQS, DynamoDB and Lambda requests per inbound message, POP3 download and proxy hit or miss
+ * on the aws family against moto, priced at us-east-1 list prices beside Amazon SES receiving.
  */
 import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
@@ -116,9 +120,22 @@ async function peers(argv: string[]): Promise<void> {
   }
 }
 
+/** `--cost`: one run of bench/cost.ts, its table kept under bench/results/<stamp>/cost.md. */
+async function cost(argv: string[]): Promise<void> {
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const dir = join(root, 'bench', 'results', stamp);
+  await mkdir(dir, { recursive: true });
+  const code = await runOne('cost', argv, join(dir, 'cost.md'));
+  if (code !== 0) {
+    process.stderr.write('bench: cost failed\n');
+    process.exit(1);
+  }
+}
+
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   if (argv.includes('--peers')) return peers(argv);
+  if (argv.includes('--cost')) return cost(argv.filter((a) => a !== '--cost'));
   const asked = argv.filter((a) => (BENCHES as readonly string[]).includes(a));
   const pass = argv.filter((a) => !(BENCHES as readonly string[]).includes(a));
   const which = asked.length ? asked : [...BENCHES];

@@ -4,6 +4,7 @@
  * embedded default; a Fargate task runs one listener group. Used by main.ts and by the end-to-end
  * tests, which start the real thing on ephemeral ports.
  */
+import { Accounts } from '../core/accounts/accounts.js';
 import type { Config } from '../core/config.js';
 import type { Logger } from '../core/log.js';
 import { Metrics } from '../core/metrics.js';
@@ -61,6 +62,8 @@ export async function startApp(config: Config, asked: readonly Component[], log:
   const opened = await openStorage(config, log.child({ c: 'storage' }), { local: { sharing } });
   // wrapStorage lets the soak inject storage faults into the real thing; never set in production.
   const storage = instrumentStorage(options.wrapStorage ? options.wrapStorage(opened) : opened, metrics);
+  // Address lookups cost DynamoDB reads on aws; local SQLite reads are cheaper than staleness.
+  Accounts.cacheLookups(storage.tables, storage.family === 'aws' ? config.mail.accountCacheSeconds : 0);
   const listeners: RunningListener[] = [];
   let workers: RunningWorkers | WorkersThread | undefined;
   let health: Awaited<ReturnType<typeof startHealthServer>> | undefined;

@@ -5,6 +5,7 @@
  * its log lines, its metrics on request, its workers' health, and stop.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { Accounts } from '../core/accounts/accounts.js';
 import type { Config } from '../core/config.js';
 import { createLogger } from '../core/log.js';
 import { Metrics } from '../core/metrics.js';
@@ -38,6 +39,7 @@ function reportHealth(): void {
 
 async function start(config: Config): Promise<void> {
   storage = instrumentStorage(await openStorage(config, log.child({ c: 'storage' }), { local: { sharing: { commits: data.commits, releases: data.releases, checkpoints: false }, purgeIntervalMs: 0 } }), metrics);
+  Accounts.cacheLookups(storage.tables, storage.family === 'aws' ? config.mail.accountCacheSeconds : 0);
   running = await startWorkers({ config, storage, log, metrics });
   reportHealth();
   setInterval(reportHealth, 1000).unref();

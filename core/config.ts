@@ -135,6 +135,7 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'mail.orphanGraceHours', env: 'TOMLINSON_ORPHAN_GRACE_HOURS', kind: 'int', min: 1, max: 24 * 3650, default: 360, doc: 'An unreferenced raw message older than this is an orphan whatever the queues hold; longer than any job lives (SQS keeps 14 days, DLQ included).' },
   { path: 'mail.orphanSettleMinutes', env: 'TOMLINSON_ORPHAN_SETTLE_MINUTES', kind: 'int', min: 0, max: 10080, default: 15, doc: 'A blob must have been seen unreferenced this long before the sweep deletes it (covers a put whose job is still being sent); 0 only with every listener stopped.' },
   { path: 'mail.sweepIntervalMinutes', env: 'TOMLINSON_SWEEP_INTERVAL_MINUTES', kind: 'int', min: 0, max: 10080, default: 60, doc: 'How often the in-process workers sweep orphaned message blobs (first run 5 minutes after start); 0 turns it off.' },
+  { path: 'mail.accountCacheSeconds', env: 'TOMLINSON_ACCOUNT_CACHE_SECONDS', kind: 'int', min: 0, max: 3600, default: 30, doc: 'aws family: how long listeners and workers keep a domain, user or alias lookup (address resolution only, never a password check); a user removed or added elsewhere is seen up to this late. 0 turns the cache off.' },
 
   { path: 'health.port', env: 'TOMLINSON_HEALTH_PORT', kind: 'port', default: 8025, doc: 'Health and /metrics HTTP endpoint; 0 turns it off.' },
   { path: 'health.host', env: 'TOMLINSON_HEALTH_HOST', kind: 'string', default: '127.0.0.1', doc: 'Address of the health endpoint.' },
@@ -232,7 +233,7 @@ export interface Config {
     mtaStsPort: number;
   };
   workers: { enabled: boolean; thread: boolean; concurrency: number; visibilitySeconds: number };
-  mail: { orphanGraceHours: number; orphanSettleMinutes: number; sweepIntervalMinutes: number };
+  mail: { orphanGraceHours: number; orphanSettleMinutes: number; sweepIntervalMinutes: number; accountCacheSeconds: number };
   health: { port: number; host: string };
 }
 

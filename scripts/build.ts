@@ -6,7 +6,7 @@
  */
 import { build, type BuildOptions } from 'esbuild';
 import { existsSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { buildCli } from './build-cli.mjs';
 
 const root = new URL('..', import.meta.url).pathname;
@@ -34,14 +34,19 @@ function lambdaEntries(): Record<string, string> {
   return out;
 }
 
-async function main(): Promise<void> {
-  const started = Date.now();
-  await build({
+/** The container image's bundle (dist/containers; the CLI is scripts/build-cli.mjs's) into `outdir`; the Fargate runtime test builds it into a temporary folder. */
+export function containerBuildOptions(outdir: string): BuildOptions {
+  return {
     ...common,
     entryPoints: { 'containers/main': join(root, 'containers/main.ts'), 'containers/workers-thread': join(root, 'containers/workers-thread.ts') },
-    outdir: join(root, 'dist'),
+    outdir,
     outExtension: { '.js': '.mjs' },
-  });
+  };
+}
+
+async function main(): Promise<void> {
+  const started = Date.now();
+  await build(containerBuildOptions(join(root, 'dist')));
   await build({
     ...common,
     entryPoints: lambdaEntries(),
@@ -53,7 +58,9 @@ async function main(): Promise<void> {
   process.stdout.write(`built dist/ in ${Date.now() - started} ms\n`);
 }
 
-main().catch((e: Error) => {
-  process.stderr.write(`build failed: ${e.message}\n`);
-  process.exit(1);
-});
+if (process.argv[1] && new URL(import.meta.url).pathname === resolve(process.argv[1])) {
+  main().catch((e: Error) => {
+    process.stderr.write(`build failed: ${e.message}\n`);
+    process.exit(1);
+  });
+}

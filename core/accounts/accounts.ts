@@ -112,6 +112,42 @@ function toAlias(item: Item): Alias {
   };
 }
 
+/** Most lookups one cache keeps; the oldest go first. */
+const LOOKUP_CACHE_ENTRIES = 10_000;
+
+/**
+ * A short-lived cache of domain, user and alias items for address resolution, shared by every
+ * Accounts on one Tables (the SMTP listener's and each inbound job's). Misses read eventually
+ * consistent: the entry is allowed to be stale anyway. Writes made through Accounts in this
+ * process drop their keys at once; writes made elsewhere (the CLI, another task) are seen within
+ * `ttlMs`. Password checks never use it.
+ */
+class LookupCache {
+  private readonly entries = new Map<string, { item: Item | undefined; expires: number }>();
+
+  constructor(
+    readonly ttlMs: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  async get(tables: Tables, key: { pk: string; sk: string }): Promise<Item | undefined> {
+    const id = `${key.pk}\0${key.sk}`;
+    const hit = this.entries.get(id);
+    if (hit && hit.expires > this.now()) return hit.item;
+    const item = await tables.get(key, { consistent: false });
+    this.entries.delete(id);
+    if (this.entries.size >= LOOKUP_CACHE_ENTRIES) this.entries.delete(this.entries.keys().next().value!);
+    this.entries.set(id, { item, expires: this.now() + this.ttlMs });
+    return item;
+  }
+
+  drop(key: { pk: string; sk: string }): void {
+    this.entries.delete(`${key.pk}\0${key.sk}`);
+  }
+}
+
+const lookupCaches = new WeakMap<Tables, LookupCache>();
+
 /** Domains, users and aliases; address resolution for SMTP and password checks for every login. */
 export class Accounts {
   private readonly scrypt: ScryptParams;
@@ -135,6 +171,27 @@ export class Accounts {
     return parseAddress(address, this.addr).address;
   }
 
+  /**
+   * Lets every Accounts on `tables` keep domain, user and alias lookups for `seconds` (the
+   * listeners and workers of the aws family, `mail.accountCacheSeconds`); 0 turns it off.
+   */
+  static cacheLookups(tables: Tables, seconds: number, now?: () => number): void {
+    if (seconds > 0) lookupCaches.set(tables, new LookupCache(seconds * 1000, now));
+    else lookupCaches.delete(tables);
+  }
+
+  /** A domain, user or alias item for resolution: from the lookup cache when there is one. */
+  private lookup(key: { pk: string; sk: string }): Promise<Item | undefined> {
+    const cache = lookupCaches.get(this.tables);
+    return cache ? cache.get(this.tables, key) : this.tables.get(key);
+  }
+
+  /** Forgets cached lookups of keys this process just changed. */
+  private changed(...keys: { pk: string; sk: string }[]): void {
+    const cache = lookupCaches.get(this.tables);
+    for (const k of keys) cache?.drop(k);
+  }
+
   // ------------------------------------------------------------------------------------------
   // Domains
 
@@ -146,7 +203,7 @@ export class Accounts {
     } catch {
       return false;
     }
-    return (await this.tables.get(keys.domain(d))) !== undefined;
+    return (await this.lookup(keys.domain(d))) !== undefined;
   }
 
   /** Adds a local domain; AccountsError('Exists') when it is already there. */
@@ -162,6 +219,7 @@ export class Accounts {
       if (isStorageError(e, 'ConditionFailed')) throw new AccountsError('Exists', `domain ${d} already exists`);
       throw e;
     }
+    this.changed(keys.domain(d));
     return { domain: d, unicode: domainToUnicode(d), createdAt };
   }
 
@@ -175,6 +233,7 @@ export class Accounts {
       throw new AccountsError('NotEmpty', `domain ${d} still has ${users.items.length ? 'users' : 'aliases'}; remove them first`);
     }
     await this.tables.transact([{ delete: keys.domain(d), condition: { exists: true } }, { delete: keys.domainListing(d) }]);
+    this.changed(keys.domain(d));
   }
 
   /** One domain, or undefined. */
@@ -223,10 +282,11 @@ export class Accounts {
       }
       throw e;
     }
+    this.changed(keys.user(a));
     return user;
   }
 
-  /** One user, or undefined (also for a malformed address). */
+  /** One user, or undefined (also for a malformed address); from the lookup cache when there is one. */
   async getUser(address: string): Promise<User | undefined> {
     let a: string;
     try {
@@ -234,7 +294,7 @@ export class Accounts {
     } catch {
       return undefined;
     }
-    const item = await this.tables.get(keys.user(a));
+    const item = await this.lookup(keys.user(a));
     return item ? toUser(item) : undefined;
   }
 
@@ -276,6 +336,7 @@ export class Accounts {
   async removeUser(address: string): Promise<void> {
     const a = await this.existingUser(address);
     await this.tables.transact([{ delete: keys.user(a), condition: { exists: true } }, { delete: keys.userListing(domainOf(a), a) }]);
+    this.changed(keys.user(a));
   }
 
   // ------------------------------------------------------------------------------------------
@@ -305,6 +366,7 @@ export class Accounts {
       if (!a.startsWith('@')) ops.push({ check: keys.user(a), condition: { exists: false } });
       try {
         await this.tables.transact(ops);
+        this.changed(keys.alias(a));
         return { address: a, domain: d, targets: merged, createdAt };
       } catch (e) {
         if (!isStorageError(e, 'ConditionFailed') || attempt >= 5) throw e;
@@ -330,6 +392,7 @@ export class Accounts {
     } else {
       await this.tables.transact([{ delete: keys.alias(a), condition: cond }, { delete: keys.aliasListing(domainOf(a), a) }]);
     }
+    this.changed(keys.alias(a));
   }
 
   /** One alias, or undefined. */
@@ -367,14 +430,14 @@ export class Accounts {
     } catch {
       return { kind: 'unknown' };
     }
-    if (!(await this.tables.get(keys.domain(domainOf(start))))) return { kind: 'remote' };
+    if (!(await this.lookup(keys.domain(domainOf(start))))) return { kind: 'remote' };
     const users = new Set<string>();
     const remote = new Set<string>();
     const seen = new Set<string>([start]);
     const localDomains = new Map<string, boolean>();
     const isLocal = async (d: string) => {
       let v = localDomains.get(d);
-      if (v === undefined) localDomains.set(d, (v = (await this.tables.get(keys.domain(d))) !== undefined));
+      if (v === undefined) localDomains.set(d, (v = (await this.lookup(keys.domain(d))) !== undefined));
       return v;
     };
     localDomains.set(domainOf(start), true);
@@ -389,12 +452,12 @@ export class Accounts {
         }
         const local = normalizeLocal(addr.slice(0, addr.lastIndexOf('@')), this.addr);
         const key = `${local}@${d}`;
-        if (await this.tables.get(keys.user(key))) {
+        if (await this.lookup(keys.user(key))) {
           users.add(key);
           continue;
         }
-        let alias = await this.tables.get(keys.alias(key));
-        if (!alias && options.catchAll !== false) alias = await this.tables.get(keys.alias(`@${d}`));
+        let alias = await this.lookup(keys.alias(key));
+        if (!alias && options.catchAll !== false) alias = await this.lookup(keys.alias(`@${d}`));
         if (!alias) continue;
         for (const t of toAlias(alias).targets) {
           const tl = (await isLocal(domainOf(t))) ? `${normalizeLocal(t.slice(0, t.lastIndexOf('@')), this.addr)}@${domainOf(t)}` : t;
@@ -515,7 +578,9 @@ export class Accounts {
 
   private async updateUser(a: string, set: Record<string, string | number | boolean>): Promise<Item> {
     try {
-      return await this.tables.update(keys.user(a), { set }, { condition: { exists: true } });
+      const item = await this.tables.update(keys.user(a), { set }, { condition: { exists: true } });
+      this.changed(keys.user(a));
+      return item;
     } catch (e) {
       if (isStorageError(e, 'ConditionFailed')) throw new AccountsError('NotFound', `user ${a} does not exist`);
       throw e;

@@ -212,8 +212,12 @@ export interface TableWriteOptions {
 
 /** Items addressed by partition key + sort key, with conditional writes and transactions. */
 export interface Tables {
-  /** The live item, or undefined (expired items are undefined). */
-  get(key: Key): Promise<Item | undefined>;
+  /**
+   * The live item, or undefined (expired items are undefined). `consistent: false` allows a read
+   * that may miss writes of the last second or so (DynamoDB's eventually consistent read, half the
+   * price); only for data that may be that stale, never for conditions, markers or counters.
+   */
+  get(key: Key, options?: { consistent?: boolean }): Promise<Item | undefined>;
   /** Writes the whole item. ConditionFailed when `condition` does not hold. */
   put(item: Item, options?: TableWriteOptions): Promise<void>;
   /** Changes (or creates) the item and returns it as it is after the change. */

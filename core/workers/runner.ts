@@ -14,7 +14,7 @@ export interface WorkerOptions {
   concurrency?: number;
   /** Visibility timeout per receive; the heartbeat renews it at a third of this. @default 60 */
   visibilitySeconds?: number;
-  /** Long-poll wait per receive. @default 10 */
+  /** Long-poll wait per receive (SQS's longest, so an idle worker costs one receive per 20 s). @default 20 */
   waitSeconds?: number;
   /**
    * After a receive that brought fewer messages than there was room for, wait this long before
@@ -91,7 +91,7 @@ export class WorkerLoop {
   ) {
     this.concurrency = options.concurrency ?? 8;
     this.visibility = options.visibilitySeconds ?? 60;
-    this.wait = options.waitSeconds ?? 10;
+    this.wait = options.waitSeconds ?? 20;
     this.batchDelay = options.batchDelayMs ?? 20;
   }
 

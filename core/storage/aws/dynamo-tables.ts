@@ -63,10 +63,10 @@ export class DynamoTables implements Tables {
     this.now = options.now ?? Date.now;
   }
 
-  async get(key: Key): Promise<Item | undefined> {
+  async get(key: Key, options: { consistent?: boolean } = {}): Promise<Item | undefined> {
     checkKey(key);
     const res = await guard(this.what(key), () =>
-      this.ddb.send(new GetItemCommand({ TableName: this.table, Key: keyAttrs(key), ConsistentRead: true })),
+      this.ddb.send(new GetItemCommand({ TableName: this.table, Key: keyAttrs(key), ConsistentRead: options.consistent ?? true })),
     );
     if (!res.Item) return undefined;
     const item = fromAttrs(res.Item);

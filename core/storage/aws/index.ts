@@ -12,6 +12,7 @@ import type { Logger } from '../../log.js';
 import type { Storage } from '../ports.js';
 import { DynamoTables } from './dynamo-tables.js';
 import { guard } from './errors.js';
+import { watchClient } from './requests.js';
 import { S3Blobs, type S3BlobsOptions } from './s3-blobs.js';
 import { SqsQueues } from './sqs-queues.js';
 
@@ -54,6 +55,9 @@ export async function openAwsStorage(config: Config, log: Logger, options: AwsSt
   const s3 = new S3Client({ ...common, forcePathStyle: aws.forcePathStyle });
   const ddb = new DynamoDBClient(common);
   const sqs = new SQSClient(common);
+  watchClient(s3, 's3');
+  watchClient(ddb, 'dynamodb');
+  watchClient(sqs, 'sqs');
 
   const mail = new S3Blobs(s3, aws.mailBucket, slog, options.blobs);
   const cache = new S3Blobs(s3, aws.cacheBucket, slog, options.blobs);
