@@ -658,6 +658,14 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
         const r = await poll;
         expect(Date.now() - started).toBeLessThan(3000);
         for (const m of Array.isArray(r) ? r : []) await s.queues.changeVisibility('outbound-dlq', m.receipt, 0);
+        // SQS still holds the abandoned poll for its 15 s: a message sent now must not vanish into
+        // it for a visibility timeout (30 s) but be received at once.
+        const t = tag('abandoned');
+        await s.queues.send('outbound-dlq', `${t}x`);
+        await sleep(2000); // the abandoned poll, if any, takes it now
+        const [m] = await collect('outbound-dlq', t, 1, { timeoutMs: 4000 });
+        expect(m?.body).toBe(`${t}x`);
+        await s.queues.delete('outbound-dlq', m.receipt);
       });
 
       it('after maxReceives receives a message moves to the dead-letter queue', async () => {

@@ -25,7 +25,7 @@ import {
   type Queues,
   type ReceivedMessage,
 } from '../ports.js';
-import { errorName, guard, isAbort, toStorageError } from './errors.js';
+import { errorName, guard, toStorageError } from './errors.js';
 
 /** SQS's longest long-poll wait. */
 const MAX_WAIT_SECONDS = 20;
@@ -83,14 +83,40 @@ export class SqsQueues implements Queues {
     if (options.signal?.aborted) return [];
     const url = await this.url(queue);
     // One request for the whole wait: an idle worker's polls are what it costs (one ReceiveMessage
-    // per queue per 20 s, not one per 2 s as short slices made it). The signal aborts the HTTP
-    // request at once; SQS may still hand a message to the abandoned poll until its wait ends,
-    // and that message comes back after its visibility timeout (later, with one receive more, not
-    // lost).
-    return this.receiveOnce(queue, url, max, vis, wait, options.signal);
+    // per queue per 20 s, not one per 2 s as short slices made it). SQS cannot cancel a poll it
+    // holds: had the signal aborted the HTTP request, a message sent meanwhile would go to the
+    // abandoned poll and stay hidden for its visibility timeout. So the signal only stops our
+    // waiting; the request runs to its end and whatever it brings is made visible again at once.
+    const request = this.receiveOnce(queue, url, max, vis, wait);
+    if (!options.signal) return request;
+    const signal = options.signal;
+    return new Promise<ReceivedMessage[]>((resolve, reject) => {
+      const onAbort = () => {
+        resolve([]);
+        void request.then((late) => this.release(queue, late), () => undefined);
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      request.then(
+        (got) => {
+          signal.removeEventListener('abort', onAbort);
+          if (signal.aborted) return; // settled by onAbort, which releases these
+          resolve(got);
+        },
+        (e: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          if (signal.aborted) resolve([]);
+          else reject(e);
+        },
+      );
+    });
   }
 
-  private async receiveOnce(queue: QueueName, url: string, max: number, vis: number | undefined, wait: number, signal: AbortSignal | undefined): Promise<ReceivedMessage[]> {
+  /** Makes messages that a poll nobody waits for any more received visible again (best effort). */
+  private async release(queue: QueueName, messages: ReceivedMessage[]): Promise<void> {
+    for (const m of messages) await this.changeVisibility(queue, m.receipt, 0).catch(() => undefined);
+  }
+
+  private async receiveOnce(queue: QueueName, url: string, max: number, vis: number | undefined, wait: number): Promise<ReceivedMessage[]> {
     try {
       const res = await this.sqs.send(
         new ReceiveMessageCommand({
@@ -100,7 +126,6 @@ export class SqsQueues implements Queues {
           WaitTimeSeconds: wait,
           MessageSystemAttributeNames: ['ApproximateReceiveCount', 'SentTimestamp'],
         }),
-        { abortSignal: signal },
       );
       const receivedAt = Date.now();
       return (res.Messages ?? []).map((m) => {
@@ -114,8 +139,6 @@ export class SqsQueues implements Queues {
         };
       });
     } catch (e) {
-      // A fired signal means "stop waiting" (shutdown), not a failure.
-      if (signal?.aborted || isAbort(e)) return [];
       throw toStorageError(e, `receive from ${queue}`);
     }
   }
