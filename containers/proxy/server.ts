@@ -17,7 +17,7 @@ import { normalizeTarget, normalizeUrl, variantKey, varyNames, type HeaderMap } 
 import { CacheStats, type CacheOutcome } from '../../core/cache/stats.js';
 import { CacheStore, type BodyWriter } from '../../core/cache/store.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
-import { ProxyAuth, OriginGuard, cidrList, clientAllowed } from './access.js';
+import { ProxyAuth, OriginGuard, OriginRefused, authorityTarget, cidrList, clientAllowed, dnsOriginResolver, refusalText } from './access.js';
 import { addVia, endToEnd, ifRangeMatches, notModified, parseRange } from './http.js';
 import { OriginExchange, waitDrain, type HeadListener } from './origin.js';
 import { LeanClient } from './lean.js';
@@ -120,8 +120,8 @@ interface Target {
   readonly port: number;
   /** Path and query. */
   readonly path: string;
-  /** The host is an IP address the origin guard refuses. */
-  readonly refused: boolean;
+  /** When the host is an IP address the origin guard refuses: the 403's text. */
+  readonly refused: string | undefined;
 }
 
 /** The head of an origin response as a promise, for the paths that await it (a class, not a named closure per request). */
@@ -188,7 +188,7 @@ function originFailure(e: unknown): OriginFailure {
   const code = err?.code ?? err?.cause?.code ?? '';
   switch (code) {
     case 'EORIGINFORBIDDEN':
-      return new OriginFailure(403, 'origin address refused by the proxy');
+      return new OriginFailure(403, (e instanceof OriginRefused ? e : err.cause instanceof OriginRefused ? err.cause : undefined)?.message ?? 'origin address refused by the proxy');
     case 'UND_ERR_HEADERS_TIMEOUT':
     case 'UND_ERR_CONNECT_TIMEOUT':
     case 'UND_ERR_BODY_TIMEOUT':
@@ -307,7 +307,12 @@ class CachingProxy {
     });
     this.stats = new CacheStats(ctx.storage.tables, ctx.metrics, this.log, { logMs: cfg.statsLogSeconds * 1000 });
     this.stopPurgeWatch = this.store.watchPurges(options.purgePollMs ?? 1000);
-    this.guard = new OriginGuard(cfg.allowPrivateOrigins);
+    this.guard = new OriginGuard({
+      allowAll: cfg.allowPrivateOrigins,
+      allowed: cfg.allowedOrigins,
+      resolve: cfg.dnsServers.length > 0 ? dnsOriginResolver(cfg.dnsServers) : undefined,
+    });
+    if (cfg.allowPrivateOrigins) this.log.warn('the proxy may contact any origin address, metadata services included (proxy.allowPrivateOrigins)');
     this.allowed = cidrList(cfg.allowedClients);
     this.connectPorts = new Set(cfg.connectPorts.map(Number));
     // The comment carries a per-process token so that a request that comes back to us is seen as a loop.
@@ -461,8 +466,15 @@ class CachingProxy {
       hostname: host,
       port: parsed.port ? Number(parsed.port) : 80,
       path: parsed.pathname + parsed.search,
-      refused: isIP(host) !== 0 && !this.guard.allows(host),
+      refused: this.originRefusal(host),
     };
+  }
+
+  /** The 403 text when `host` is an IP address the origin guard refuses (names are checked after DNS, in the lookup). */
+  private originRefusal(host: string): string | undefined {
+    if (isIP(host) === 0) return undefined;
+    const r = this.guard.check(host);
+    return r && refusalText(host, r);
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
@@ -1053,7 +1065,7 @@ class CachingProxy {
 
   /** Sends an origin request whose head goes to `x`'s listener (a refused origin address fails it at once). */
   private dispatch(target: Target, method: string, headers: Record<string, string | string[]>, body: Readable | undefined, x: OriginExchange): void {
-    if (target.refused) return x.onError(new OriginFailure(403, 'origin address refused by the proxy'));
+    if (target.refused) return x.onError(new OriginFailure(403, target.refused));
     // Bodiless GET and HEAD (revalidations, misses) take the lean client (lean.ts says why).
     if (body === undefined && (method === 'GET' || method === 'HEAD')) return this.lean.request(target.hostname, target.port, method, target.path, headers, x);
     this.agent.dispatch({ origin: target.origin, path: target.path, method: method as Dispatcher.HttpMethod, headers, body }, x);
@@ -1094,12 +1106,12 @@ class CachingProxy {
     socket.on('error', () => socket.destroy());
     const r = await this.refuse(req, socket);
     if (r) return answer(r.status, r.text, r.status === 407 ? 'Proxy-Authenticate: Basic realm="tomlinson", charset="UTF-8"\r\n' : '');
-    const m = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(req.url ?? '');
-    if (!m) return answer(400, 'CONNECT needs host:port');
-    const host = m[1];
-    const port = Number(m[2]);
-    if (!this.connectPorts.has(port)) return answer(403, `CONNECT to port ${port} is not allowed`);
-    if (isIP(host) && !this.guard.allows(host)) return answer(403, 'origin address refused by the proxy');
+    const t = authorityTarget(req.url ?? '');
+    if (!t) return answer(400, 'CONNECT needs host:port');
+    const { host, port } = t;
+    if (!this.connectPorts.has(port)) return answer(403, `CONNECT to port ${port} is not allowed (proxy.connectPorts)`);
+    const refused = this.originRefusal(host);
+    if (refused) return answer(403, refused);
     const upstream = netConnect({ host, port, lookup: this.guard.lookup as never, timeout: this.cfg.originTimeoutMs });
     let open = false;
     this.clients.delete(socket); // a tunnel is not an idle HTTP connection
