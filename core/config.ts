@@ -101,6 +101,8 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'proxy.allowedOrigins', env: 'TOMLINSON_PROXY_ALLOWED_ORIGINS', kind: 'list', default: [], doc: 'Internal origin address ranges (CIDR) the proxy may contact; every other non-public address (private, loopback, link-local, the other IANA special-purpose ranges, its own addresses) is refused with 403, after DNS. Cloud metadata addresses are refused even inside these ranges.' },
   { path: 'proxy.allowPrivateOrigins', env: 'TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS', kind: 'bool', default: false, doc: 'Allow every origin address, metadata services included (tests and benchmarks only; use proxy.allowedOrigins in production).' },
   { path: 'proxy.dnsServers', env: 'TOMLINSON_PROXY_DNS_SERVERS', kind: 'list', default: [], doc: 'DNS resolvers for origin names (ip or ip:port), comma-separated; empty: the system resolver (with /etc/hosts).' },
+  { path: 'proxy.maxConnections', env: 'TOMLINSON_PROXY_MAX_CONNECTIONS', kind: 'int', min: 1, max: 1000000, default: 1000, doc: 'Concurrent client connections in all (tunnels included); over it a connection gets 503 and is closed.' },
+  { path: 'proxy.maxConnectionsPerClient', env: 'TOMLINSON_PROXY_MAX_CONNECTIONS_PER_CLIENT', kind: 'int', min: 1, max: 100000, default: 100, doc: 'Concurrent client connections from one client address.' },
   { path: 'proxy.memoryBytes', env: 'TOMLINSON_PROXY_MEMORY_BYTES', kind: 'int', min: 0, max: 2 ** 40, default: 256 * MB, doc: 'Memory tier size.' },
   { path: 'proxy.cacheBytes', env: 'TOMLINSON_PROXY_CACHE_BYTES', kind: 'int', min: 0, max: 2 ** 50, default: 10 * 1024 * MB, doc: 'Object tier size (blobs).' },
   { path: 'proxy.maxObjectBytes', env: 'TOMLINSON_PROXY_MAX_OBJECT_BYTES', kind: 'int', min: 0, max: 2 ** 40, default: 100 * MB, doc: 'Largest response stored.' },
@@ -204,6 +206,8 @@ export interface Config {
     allowedOrigins: string[];
     allowPrivateOrigins: boolean;
     dnsServers: string[];
+    maxConnections: number;
+    maxConnectionsPerClient: number;
     memoryBytes: number;
     cacheBytes: number;
     maxObjectBytes: number;

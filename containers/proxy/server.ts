@@ -21,6 +21,7 @@ import { ProxyAuth, OriginGuard, OriginRefused, authorityTarget, cidrList, clien
 import { addVia, endToEnd, ifRangeMatches, notModified, parseRange } from './http.js';
 import { OriginExchange, waitDrain, type HeadListener } from './origin.js';
 import { LeanClient } from './lean.js';
+import { ConnectionLimits } from './limits.js';
 
 /** Options beyond Config, for tests and embedding. */
 export interface ProxyOptions {
@@ -47,10 +48,12 @@ export interface RunningProxy extends RunningListener {
 const ORIGIN_KEEPALIVE_MS = 4000;
 
 const DENIED = Symbol('denied');
+/** The 503's text for a connection over the caps (it is DENIED too, which keeps it off the fast path). */
+const OVER_CAP = Symbol('overCap');
 const AUTHED = Symbol('authed');
 const SEEN_READ = Symbol('seenRead');
 const IDLE_SINCE = Symbol('idleSince');
-type ProxySocket = Socket & { [DENIED]?: boolean; [AUTHED]?: string; [SEEN_READ]?: number; [IDLE_SINCE]?: number; _httpMessage?: unknown };
+type ProxySocket = Socket & { [DENIED]?: boolean; [OVER_CAP]?: string; [AUTHED]?: string; [SEEN_READ]?: number; [IDLE_SINCE]?: number; _httpMessage?: unknown };
 
 const NAME = 'Tomlinson';
 const HIT = `${NAME}; hit`;
@@ -285,6 +288,7 @@ class CachingProxy {
   private readonly clients = new Set<ProxySocket>();
   private readonly keepAliveMs: number;
   private readonly idleSweep: NodeJS.Timeout;
+  private readonly limits: ConnectionLimits;
 
   constructor(private readonly ctx: ListenerContext, options: ProxyOptions) {
     const cfg = ctx.config.proxy;
@@ -351,8 +355,11 @@ class CachingProxy {
       keepAliveTimeout: 0,
       noDelay: true,
     });
+    this.limits = new ConnectionLimits(cfg.maxConnections, cfg.maxConnectionsPerClient, this.log, ctx.metrics);
     this.server.on('connection', (socket: ProxySocket) => {
-      socket[DENIED] = !clientAllowed(this.allowed, socket.remoteAddress);
+      const over = this.limits.admit(socket);
+      if (over) socket[OVER_CAP] = over;
+      socket[DENIED] = over !== undefined || !clientAllowed(this.allowed, socket.remoteAddress);
       socket[SEEN_READ] = 0;
       socket[IDLE_SINCE] = Date.now();
       this.clients.add(socket);
@@ -494,6 +501,8 @@ class CachingProxy {
 
   /** Access checks shared by requests and CONNECT; undefined when allowed, else the refusal. */
   private async refuse(req: IncomingMessage, socket: ProxySocket): Promise<{ status: number; text: string } | undefined> {
+    // Over the connection caps: 503 and the connection closes (limits.ts counted it).
+    if (socket[OVER_CAP]) return { status: 503, text: socket[OVER_CAP] };
     if (socket[DENIED]) {
       this.ctx.metrics.limitsHit.inc({ listener: 'proxy', limit: 'client-address' });
       return { status: 403, text: 'client address not allowed to use this proxy' };
@@ -558,7 +567,7 @@ class CachingProxy {
     if (sock[DENIED] || this.auth) {
       const r = await this.refuse(req, sock);
       if (r) {
-        this.short(res, r.status, r.text, r.status === 407 ? { 'proxy-authenticate': 'Basic realm="tomlinson", charset="UTF-8"' } : undefined);
+        this.short(res, r.status, r.text, r.status === 407 ? { 'proxy-authenticate': 'Basic realm="tomlinson", charset="UTF-8"' } : r.status === 503 ? { connection: 'close' } : undefined);
         return;
       }
     }
