@@ -103,6 +103,7 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'proxy.dnsServers', env: 'TOMLINSON_PROXY_DNS_SERVERS', kind: 'list', default: [], doc: 'DNS resolvers for origin names (ip or ip:port), comma-separated; empty: the system resolver (with /etc/hosts).' },
   { path: 'proxy.maxConnections', env: 'TOMLINSON_PROXY_MAX_CONNECTIONS', kind: 'int', min: 1, max: 1000000, default: 1000, doc: 'Concurrent client connections in all (tunnels included); over it a connection gets 503 and is closed.' },
   { path: 'proxy.maxConnectionsPerClient', env: 'TOMLINSON_PROXY_MAX_CONNECTIONS_PER_CLIENT', kind: 'int', min: 1, max: 100000, default: 100, doc: 'Concurrent client connections from one client address.' },
+  { path: 'proxy.accessLog', env: 'TOMLINSON_PROXY_ACCESS_LOG', kind: 'bool', default: true, doc: 'One info log line per request (c: "access": method, url, status, cache, bytes, ms; reason on the proxy\'s own refusals and errors).' },
   { path: 'proxy.memoryBytes', env: 'TOMLINSON_PROXY_MEMORY_BYTES', kind: 'int', min: 0, max: 2 ** 40, default: 256 * MB, doc: 'Memory tier size.' },
   { path: 'proxy.cacheBytes', env: 'TOMLINSON_PROXY_CACHE_BYTES', kind: 'int', min: 0, max: 2 ** 50, default: 10 * 1024 * MB, doc: 'Object tier size (blobs).' },
   { path: 'proxy.maxObjectBytes', env: 'TOMLINSON_PROXY_MAX_OBJECT_BYTES', kind: 'int', min: 0, max: 2 ** 40, default: 100 * MB, doc: 'Largest response stored.' },
@@ -208,6 +209,7 @@ export interface Config {
     dnsServers: string[];
     maxConnections: number;
     maxConnectionsPerClient: number;
+    accessLog: boolean;
     memoryBytes: number;
     cacheBytes: number;
     maxObjectBytes: number;

@@ -21,6 +21,7 @@ import { ProxyAuth, OriginGuard, OriginRefused, authorityTarget, cidrList, clien
 import { addVia, endToEnd, ifRangeMatches, notModified, parseRange } from './http.js';
 import { OriginExchange, waitDrain, type HeadListener } from './origin.js';
 import { LeanClient } from './lean.js';
+import { REASON, accessLoggedResponse, type ReasonedResponse } from './access-log.js';
 import { ConnectionLimits } from './limits.js';
 
 /** Options beyond Config, for tests and embedding. */
@@ -289,6 +290,8 @@ class CachingProxy {
   private readonly keepAliveMs: number;
   private readonly idleSweep: NodeJS.Timeout;
   private readonly limits: ConnectionLimits;
+  /** The access log (one line per request, or only refusals and errors: see access-log.ts). */
+  private readonly access: ListenerContext['log'];
 
   constructor(private readonly ctx: ListenerContext, options: ProxyOptions) {
     const cfg = ctx.config.proxy;
@@ -343,7 +346,9 @@ class CachingProxy {
       lookup: this.guard.lookup as LookupFunction,
       maxSockets: 512,
     });
+    this.access = ctx.log.child({ c: 'access' });
     this.server = createServer({
+      ServerResponse: accessLoggedResponse(this.access, cfg.accessLog),
       maxHeaderSize: cfg.maxHeaderBytes,
       headersTimeout: 30_000,
       // Bounds slow uploads too (a request body that trickles for five minutes is cut).
@@ -454,8 +459,10 @@ class CachingProxy {
   /** The end of a request whose handling threw: 500 if nothing was sent yet, else a cut response. */
   private requestFailed(res: ServerResponse, e: unknown): void {
     this.log.warn({ err: e }, 'proxy request failed');
-    if (!res.headersSent) this.short(res, 500, 'proxy error');
-    else res.destroy();
+    if (!res.headersSent) {
+      this.stats.record('failed', 0, 0);
+      this.short(res, 500, 'proxy error');
+    } else res.destroy();
   }
 
   /** Waits on the rest of a request's handling when it continues asynchronously. */
@@ -494,6 +501,8 @@ class CachingProxy {
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
     const text = status === 431 ? 'request header fields too large' : status === 408 ? 'request timeout' : `bad request (${err.code ?? 'malformed'})`;
     this.ctx.metrics.limitsHit.inc({ listener: 'proxy', limit: status === 431 ? 'header-size' : status === 408 ? 'timeout' : 'malformed' });
+    this.stats.record('refused', 0, 0);
+    this.access.info({ client: socket.remoteAddress, status, reason: text });
     socket.end(
       `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${text.length + 1}\r\nConnection: close\r\n\r\n${text}\n`,
     );
@@ -505,14 +514,14 @@ class CachingProxy {
     if (socket[OVER_CAP]) return { status: 503, text: socket[OVER_CAP] };
     if (socket[DENIED]) {
       this.ctx.metrics.limitsHit.inc({ listener: 'proxy', limit: 'client-address' });
-      return { status: 403, text: 'client address not allowed to use this proxy' };
+      return { status: 403, text: 'client address not allowed to use this proxy (proxy.allowedClients)' };
     }
     if (this.auth) {
       const h = req.headers['proxy-authorization'];
       if (h === undefined || socket[AUTHED] !== h) {
         if (!(await this.auth.verify(h))) {
           this.ctx.metrics.limitsHit.inc({ listener: 'proxy', limit: 'auth' });
-          return { status: 407, text: 'proxy authentication required' };
+          return { status: 407, text: 'proxy authentication required (proxy.requireAuth)' };
         }
         socket[AUTHED] = h;
       }
@@ -567,27 +576,27 @@ class CachingProxy {
     if (sock[DENIED] || this.auth) {
       const r = await this.refuse(req, sock);
       if (r) {
-        this.short(res, r.status, r.text, r.status === 407 ? { 'proxy-authenticate': 'Basic realm="tomlinson", charset="UTF-8"' } : r.status === 503 ? { connection: 'close' } : undefined);
+        this.refused(res, r.status, r.text, r.status === 407 ? { 'proxy-authenticate': 'Basic realm="tomlinson", charset="UTF-8"' } : r.status === 503 ? { connection: 'close' } : undefined);
         return;
       }
     }
     // RFC 9110 §7.6.3: Via lets a proxy detect a forwarding loop (e.g. a URL naming the proxy itself).
     const via = req.headers.via;
     if (via !== undefined && via.includes(this.loopToken)) {
-      this.short(res, 508, 'forwarding loop detected');
+      this.refused(res, 508, 'forwarding loop detected');
       return;
     }
     const raw = req.url ?? '';
     let target = this.normalized.get(raw);
     if (target === undefined) {
       if (!raw.startsWith('http://')) {
-        this.short(res, 400, raw.startsWith('https://') ? 'use CONNECT for https URLs' : 'this is a proxy: send the absolute URL');
+        this.refused(res, 400, raw.startsWith('https://') ? 'use CONNECT for https URLs' : 'this is a proxy: send the absolute URL');
         return;
       }
       try {
         target = this.target(normalizeTarget(raw));
       } catch {
-        this.short(res, 400, 'invalid URL');
+        this.refused(res, 400, 'invalid URL');
         return;
       }
       if (this.normalized.size >= 10_000) this.normalized.clear();
@@ -667,7 +676,6 @@ class CachingProxy {
       resp = await this.origin(target, 'GET', this.forwardHeaders(req, target), this.requestBody(req));
     } catch (e) {
       flight.settle();
-      this.stats.record('miss', 0, 0);
       return this.failed(res, e);
     }
     return this.deliver(req, res, url, resp, 'uri-miss', 'miss', flight);
@@ -821,7 +829,6 @@ class CachingProxy {
     flight.settle(false);
     try {
       if (this.staleIfError(obj, evalReq, undefined)) return this.settled(res, this.serveStored(req, res, obj, `${HIT}; detail=stale-if-error`, 'stale'));
-      this.stats.record('miss', 0, 0);
       this.failed(res, err);
     } catch (e) {
       this.requestFailed(res, e);
@@ -1015,7 +1022,6 @@ class CachingProxy {
     try {
       resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req));
     } catch (e) {
-      this.stats.record('bypass', 0, 0);
       return this.failed(res, e);
     }
     if (resp.statusCode < 400) {
@@ -1041,7 +1047,6 @@ class CachingProxy {
     try {
       resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req));
     } catch (e) {
-      this.stats.record(outcome, 0, 0);
       return this.failed(res, e);
     }
     res.writeHead(resp.statusCode, this.clientFields(resp.headers, `${cacheStatus}; fwd-status=${resp.statusCode}`));
@@ -1080,19 +1085,27 @@ class CachingProxy {
     this.agent.dispatch({ origin: target.origin, path: target.path, method: method as Dispatcher.HttpMethod, headers, body }, x);
   }
 
+  /** The origin could not be reached or did not answer (502, 504), or its address is refused (403); counted apart from misses. */
   private failed(res: ServerResponse, e: unknown): void {
     const f = originFailure(e);
+    this.stats.record(f.status === 403 ? 'refused' : 'failed', 0, 0);
     if (res.headersSent || res.destroyed) {
       res.destroy();
       return;
     }
-    this.log.debug({ status: f.status, err: f.message }, 'origin request failed');
     this.short(res, f.status, f.message);
   }
 
-  /** A short plain-text answer from the proxy itself. */
+  /** A refusal by the proxy itself (client, loop, request-target), counted as such. */
+  private refused(res: ServerResponse, status: number, text: string, extra?: Record<string, string>): void {
+    this.stats.record('refused', 0, 0);
+    this.short(res, status, text, extra);
+  }
+
+  /** A short plain-text answer from the proxy itself; the text is the access log line's reason. */
   private short(res: ServerResponse, status: number, text: string, extra?: Record<string, string>): void {
     if (res.headersSent || res.destroyed) return;
+    (res as ReasonedResponse)[REASON] = text;
     const body = `${text}\n`;
     res.writeHead(status, {
       'content-type': 'text/plain; charset=utf-8',
@@ -1107,10 +1120,21 @@ class CachingProxy {
   // ---------------------------------------------------------------------------------------------
   // CONNECT
 
+  /** The access log line of a CONNECT: its refusal or failure, or the tunnel once it ends. */
+  private tunnelLine(req: IncomingMessage, socket: Socket, status: number, start: number, sentBefore: number, reason: string | undefined): void {
+    if (!this.cfg.accessLog && reason === undefined) return;
+    const ms = Math.round((performance.now() - start) * 1000) / 1000;
+    this.access.info({ client: socket.remoteAddress, method: 'CONNECT', url: req.url, status, bytes: socket.bytesWritten - sentBefore, ms, reason });
+  }
+
   private async onConnect(req: IncomingMessage, socket: ProxySocket, head: Buffer): Promise<void> {
+    const start = performance.now();
+    const sentBefore = socket.bytesWritten;
     const answer = (status: number, text: string, extra = ''): void => {
       const body = `${text}\n`;
       socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}Connection: close\r\n\r\n${body}`);
+      this.stats.record(status === 502 || status === 504 ? 'failed' : 'refused', 0, 0);
+      this.tunnelLine(req, socket, status, start, sentBefore, text);
     };
     socket.on('error', () => socket.destroy());
     const r = await this.refuse(req, socket);
@@ -1126,6 +1150,7 @@ class CachingProxy {
     this.clients.delete(socket); // a tunnel is not an idle HTTP connection
     this.tunnels.add(socket);
     const cleanup = (): void => {
+      if (open && this.tunnels.has(socket)) this.tunnelLine(req, socket, 200, start, sentBefore, undefined);
       this.tunnels.delete(socket);
       upstream.destroy();
       socket.destroy();
