@@ -21,7 +21,7 @@ import { ProxyAuth, OriginGuard, OriginRefused, authorityTarget, cidrList, clien
 import { addVia, endToEnd, ifRangeMatches, notModified, parseRange } from './http.js';
 import { OriginExchange, waitDrain, type HeadListener } from './origin.js';
 import { LeanClient } from './lean.js';
-import { REASON, accessLoggedResponse, type ReasonedResponse } from './access-log.js';
+import { REASON, accessLoggedResponse, accessLogger, loggedUrl, type ReasonedResponse } from './access-log.js';
 import { ConnectionLimits } from './limits.js';
 
 /** Options beyond Config, for tests and embedding. */
@@ -346,7 +346,7 @@ class CachingProxy {
       lookup: this.guard.lookup as LookupFunction,
       maxSockets: 512,
     });
-    this.access = ctx.log.child({ c: 'access' });
+    this.access = accessLogger(ctx.log);
     this.server = createServer({
       ServerResponse: accessLoggedResponse(this.access, cfg.accessLog),
       maxHeaderSize: cfg.maxHeaderBytes,
@@ -1124,7 +1124,7 @@ class CachingProxy {
   private tunnelLine(req: IncomingMessage, socket: Socket, status: number, start: number, sentBefore: number, reason: string | undefined): void {
     if (!this.cfg.accessLog && reason === undefined) return;
     const ms = Math.round((performance.now() - start) * 1000) / 1000;
-    this.access.info({ client: socket.remoteAddress, method: 'CONNECT', url: req.url, status, bytes: socket.bytesWritten - sentBefore, ms, reason });
+    this.access.info({ client: socket.remoteAddress, method: 'CONNECT', url: loggedUrl(req.url), status, bytes: socket.bytesWritten - sentBefore, ms, reason });
   }
 
   private async onConnect(req: IncomingMessage, socket: ProxySocket, head: Buffer): Promise<void> {

@@ -141,4 +141,17 @@ describe('access log', () => {
     await settle();
     expect(access(s.lines)).toEqual([]);
   });
+
+  it('the logged URL loses its userinfo (a password in the URL never reaches the log)', async () => {
+    const s = await start();
+    h = s.h;
+    h.origin.routes.set('/u', (_q, res) => res.end('u'));
+    const out = await rawExchange(h.proxy.port, `GET http://bob:hunter2@127.0.0.1:${h.origin.port}/u HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    expect(statusOf(out)).toBe(200);
+    await settle();
+    const lines = access(s.lines);
+    expect(lines).toHaveLength(1);
+    expect(lines[0].url).toBe(h.origin.url('/u'));
+    expect(JSON.stringify(s.lines)).not.toContain('hunter2');
+  });
 });
