@@ -47,8 +47,10 @@ export function accessLoggedResponse(log: Logger, everyRequest: boolean): typeof
     cacheStatus: string | undefined = undefined;
     [REASON]: string | undefined = undefined;
 
-    constructor(req: IncomingMessage) {
-      super(req);
+    // Node passes (req, { highWaterMark, rejectNonStandardBodyWrites }); both go on to ServerResponse.
+    constructor(req: IncomingMessage, options?: object) {
+      // @ts-expect-error: @types/node declares the constructor with `req` only.
+      super(req, options);
       this.sentBefore = req.socket.bytesWritten;
       this.on('close', onClose);
     }
