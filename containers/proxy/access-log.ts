@@ -7,6 +7,7 @@
  * writes the line, so no call site has to remember it and no closure is made per request.
  */
 import { ServerResponse, type IncomingMessage, type OutgoingHttpHeader, type OutgoingHttpHeaders } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Logger } from '../../core/log.js';
 
 /** The reason of a response the proxy made itself (a refusal or an error), for the log line. */
@@ -43,6 +44,8 @@ function cacheStatusOf(h: OutgoingHttpHeaders | OutgoingHttpHeader[]): string | 
 export function accessLoggedResponse(log: Logger, everyRequest: boolean): typeof ServerResponse {
   class AccessLoggedResponse extends ServerResponse {
     readonly start = performance.now();
+    /** The client connection, kept here: Node may clear `req.socket` before 'close' (a request body left unread). */
+    readonly client: Socket;
     readonly sentBefore: number;
     cacheStatus: string | undefined = undefined;
     [REASON]: string | undefined = undefined;
@@ -51,6 +54,7 @@ export function accessLoggedResponse(log: Logger, everyRequest: boolean): typeof
     constructor(req: IncomingMessage, options?: object) {
       // @ts-expect-error: @types/node declares the constructor with `req` only.
       super(req, options);
+      this.client = req.socket;
       this.sentBefore = req.socket.bytesWritten;
       this.on('close', onClose);
     }
@@ -66,7 +70,7 @@ export function accessLoggedResponse(log: Logger, everyRequest: boolean): typeof
     const reason = this[REASON];
     if (!everyRequest && reason === undefined) return;
     const req = this.req;
-    const socket = req.socket;
+    const socket = this.client;
     log.info({
       client: socket.remoteAddress,
       method: req.method,

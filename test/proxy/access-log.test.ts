@@ -154,4 +154,20 @@ describe('access log', () => {
     expect(lines[0].url).toBe(h.origin.url('/u'));
     expect(JSON.stringify(s.lines)).not.toContain('hunter2');
   });
+
+  it('requests with a body are logged whatever became of the body (Node may clear req.socket before close)', async () => {
+    const s = await start();
+    h = s.h;
+    h.origin.routes.set('/form', (_q, res) => res.end('posted'));
+    const post = (url: string): string => `POST ${url} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello`;
+    expect(statusOf(await rawExchange(h.proxy.port, post('http://10.0.0.1/form')))).toBe(403);
+    expect(statusOf(await rawExchange(h.proxy.port, post(`http://127.0.0.1:${await closedPort()}/form`)))).toBe(502);
+    expect(statusOf(await rawExchange(h.proxy.port, post(h.origin.url('/form'))))).toBe(200);
+    await settle();
+    expect(access(s.lines).map((l) => [l.method, l.status, l.client])).toEqual([
+      ['POST', 403, '127.0.0.1'],
+      ['POST', 502, '127.0.0.1'],
+      ['POST', 200, '127.0.0.1'],
+    ]);
+  });
 });

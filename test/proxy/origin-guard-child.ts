@@ -100,6 +100,11 @@ async function main(): Promise<void> {
       'http://meta.test/',
       'http://several.test/',
     ].map((u) => ({ name: `GET ${u}`, data: get(u) })),
+    // Requests with a body take undici rather than the lean client: the same guard.
+    ...['http://10.0.0.1/form', 'http://private.test/form', 'http://[::ffff:a00:1]/form'].map((u) => ({
+      name: `POST ${u}`,
+      data: `POST ${u} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi`,
+    })),
     ...['10.0.0.1:80', '10.0.0.1.:80', '0x0a.0.0.1:80', '167772161:443', '[::ffff:a00:1]:80', '[fd00::1]:443', '192.168.1.1:443', 'private.test:80', 'mapped.test:443', '127.1:80'].map((a) => ({
       name: `CONNECT ${a}`,
       data: tunnel(a),
@@ -110,6 +115,7 @@ async function main(): Promise<void> {
     { name: 'GET http://public.test/', data: get('http://public.test/') },
     { name: 'GET http://10.9.0.1/', data: get('http://10.9.0.1/') },
     { name: 'GET http://allowed.test/', data: get('http://allowed.test/') },
+    { name: 'POST http://public.test/form', data: 'POST http://public.test/form HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi' },
     { name: 'CONNECT 93.184.216.34:443', data: tunnel('93.184.216.34:443') },
   ];
   // Origin-form with a Host field: the proxy does not take its target from Host.
