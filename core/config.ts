@@ -5,6 +5,7 @@
  * the environment wins. An invalid value throws ConfigError naming the setting.
  */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
 
@@ -99,7 +100,12 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'proxy.allowedClients', env: 'TOMLINSON_PROXY_ALLOWED_CLIENTS', kind: 'list', default: ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7'], doc: 'Client address ranges (CIDR) allowed to use the proxy.' },
   { path: 'proxy.requireAuth', env: 'TOMLINSON_PROXY_REQUIRE_AUTH', kind: 'bool', default: false, doc: 'Require Proxy-Authorization: Basic against the accounts.' },
   { path: 'proxy.connectPorts', env: 'TOMLINSON_PROXY_CONNECT_PORTS', kind: 'list', default: ['443'], doc: 'Ports CONNECT may reach.' },
-  { path: 'proxy.allowPrivateOrigins', env: 'TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS', kind: 'bool', default: false, doc: 'Allow origins on loopback, link-local and metadata addresses (tests, benchmarks).' },
+  { path: 'proxy.allowedOrigins', env: 'TOMLINSON_PROXY_ALLOWED_ORIGINS', kind: 'list', default: [], doc: 'Internal origin address ranges (CIDR) the proxy may contact; every other non-public address (private, loopback, link-local, the other IANA special-purpose ranges, its own addresses) is refused with 403, after DNS. Cloud metadata addresses are refused even inside these ranges.' },
+  { path: 'proxy.allowPrivateOrigins', env: 'TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS', kind: 'bool', default: false, doc: 'Allow every origin address, metadata services included (tests and benchmarks only; use proxy.allowedOrigins in production).' },
+  { path: 'proxy.dnsServers', env: 'TOMLINSON_PROXY_DNS_SERVERS', kind: 'list', default: [], doc: 'DNS resolvers for origin names (ip or ip:port), comma-separated; empty: the system resolver (with /etc/hosts).' },
+  { path: 'proxy.maxConnections', env: 'TOMLINSON_PROXY_MAX_CONNECTIONS', kind: 'int', min: 1, max: 1000000, default: 1000, doc: 'Concurrent client connections in all (tunnels included); over it a connection gets 503 and is closed.' },
+  { path: 'proxy.maxConnectionsPerClient', env: 'TOMLINSON_PROXY_MAX_CONNECTIONS_PER_CLIENT', kind: 'int', min: 1, max: 100000, default: 100, doc: 'Concurrent client connections from one client address.' },
+  { path: 'proxy.accessLog', env: 'TOMLINSON_PROXY_ACCESS_LOG', kind: 'bool', default: true, doc: 'One info log line per request (c: "access": method, url, status, cache, bytes, ms; reason on the proxy\'s own refusals and errors).' },
   { path: 'proxy.memoryBytes', env: 'TOMLINSON_PROXY_MEMORY_BYTES', kind: 'int', min: 0, max: 2 ** 40, default: 256 * MB, doc: 'Memory tier size.' },
   { path: 'proxy.cacheBytes', env: 'TOMLINSON_PROXY_CACHE_BYTES', kind: 'int', min: 0, max: 2 ** 50, default: 10 * 1024 * MB, doc: 'Object tier size (blobs).' },
   { path: 'proxy.maxObjectBytes', env: 'TOMLINSON_PROXY_MAX_OBJECT_BYTES', kind: 'int', min: 0, max: 2 ** 40, default: 100 * MB, doc: 'Largest response stored.' },
@@ -203,7 +209,12 @@ export interface Config {
     allowedClients: string[];
     requireAuth: boolean;
     connectPorts: string[];
+    allowedOrigins: string[];
     allowPrivateOrigins: boolean;
+    dnsServers: string[];
+    maxConnections: number;
+    maxConnectionsPerClient: number;
+    accessLog: boolean;
     memoryBytes: number;
     cacheBytes: number;
     maxObjectBytes: number;
@@ -332,6 +343,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, file?: string):
   }
   for (const x of cfg.proxy.connectPorts) {
     if (!/^\d+$/.test(x) || Number(x) < 1 || Number(x) > 65535) throw new ConfigError('TOMLINSON_PROXY_CONNECT_PORTS', `expected port numbers, got ${JSON.stringify(x)}`);
+  }
+  for (const x of cfg.proxy.allowedOrigins) {
+    const [addr, bits, extra] = x.split('/');
+    const max = isIP(addr) === 4 ? 32 : 128;
+    if (!isIP(addr) || extra !== undefined || (bits !== undefined && (!/^\d{1,3}$/.test(bits) || Number(bits) > max))) {
+      throw new ConfigError('TOMLINSON_PROXY_ALLOWED_ORIGINS', `expected address ranges such as 10.20.0.0/16, got ${JSON.stringify(x)}`);
+    }
   }
   if (cfg.storage.driver === 'aws') {
     const a = cfg.storage.aws;

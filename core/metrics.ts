@@ -25,7 +25,7 @@ export class Metrics {
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     registers: [this.registry],
   });
-  readonly cacheRequests = new Counter({ name: 'tomlinson_cache_requests_total', help: 'Proxy requests by cache outcome (hit, miss, revalidated, stale, bypass)', labelNames: ['outcome'], registers: [this.registry] });
+  readonly cacheRequests = new Counter({ name: 'tomlinson_cache_requests_total', help: 'Proxy requests by cache outcome (hit, miss, revalidated, stale, bypass, refused, failed)', labelNames: ['outcome'], registers: [this.registry] });
   readonly cacheBytes = new Counter({ name: 'tomlinson_cache_bytes_total', help: 'Response body bytes served, by source (cache, origin)', labelNames: ['source'], registers: [this.registry] });
 
   constructor(options: { defaults?: boolean } = {}) {

@@ -17,7 +17,7 @@ export function register(program: Command, ctx: CliContext): void {
 
   cache
     .command('stats')
-    .description('requests, hits, revalidations, misses, bytes from cache and origin, hit ratio, traffic saved')
+    .description('requests, hits, revalidations, misses, refused and failed requests, bytes from cache and origin, hit ratio, traffic saved')
     .action(async () => {
       const r = await readCacheReport((await ctx.storage()).tables);
       ctx.print(
@@ -29,6 +29,8 @@ export function register(program: Command, ctx: CliContext): void {
             `stale served:    ${r.stale}`,
             `misses:          ${r.misses}`,
             `not cacheable:   ${r.bypass}`,
+            `refused:         ${r.refused} (by the proxy: client, origin address, connection caps, bad requests)`,
+            `origin failed:   ${r.failed} (502 or 504 from the proxy)`,
             `hit ratio:       ${percent(r.hitRatio)}`,
             `from cache:      ${formatSize(r.bytesFromCache)}`,
             `from origins:    ${formatSize(r.bytesFromOrigin)}`,

@@ -17,10 +17,12 @@ import { normalizeTarget, normalizeUrl, variantKey, varyNames, type HeaderMap } 
 import { CacheStats, type CacheOutcome } from '../../core/cache/stats.js';
 import { CacheStore, type BodyWriter } from '../../core/cache/store.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
-import { ProxyAuth, OriginGuard, cidrList, clientAllowed } from './access.js';
+import { ProxyAuth, OriginGuard, OriginRefused, authorityTarget, cidrList, clientAllowed, dnsOriginResolver, refusalText } from './access.js';
 import { addVia, endToEnd, ifRangeMatches, notModified, parseRange } from './http.js';
 import { OriginExchange, waitDrain, type HeadListener } from './origin.js';
 import { LeanClient } from './lean.js';
+import { REASON, accessLoggedResponse, accessLogger, loggedUrl, type ReasonedResponse } from './access-log.js';
+import { ConnectionLimits } from './limits.js';
 
 /** Options beyond Config, for tests and embedding. */
 export interface ProxyOptions {
@@ -47,10 +49,12 @@ export interface RunningProxy extends RunningListener {
 const ORIGIN_KEEPALIVE_MS = 4000;
 
 const DENIED = Symbol('denied');
+/** The 503's text for a connection over the caps (it is DENIED too, which keeps it off the fast path). */
+const OVER_CAP = Symbol('overCap');
 const AUTHED = Symbol('authed');
 const SEEN_READ = Symbol('seenRead');
 const IDLE_SINCE = Symbol('idleSince');
-type ProxySocket = Socket & { [DENIED]?: boolean; [AUTHED]?: string; [SEEN_READ]?: number; [IDLE_SINCE]?: number; _httpMessage?: unknown };
+type ProxySocket = Socket & { [DENIED]?: boolean; [OVER_CAP]?: string; [AUTHED]?: string; [SEEN_READ]?: number; [IDLE_SINCE]?: number; _httpMessage?: unknown };
 
 const NAME = 'Tomlinson';
 const HIT = `${NAME}; hit`;
@@ -121,8 +125,8 @@ interface Target {
   readonly port: number;
   /** Path and query. */
   readonly path: string;
-  /** The host is an IP address the origin guard refuses. */
-  readonly refused: boolean;
+  /** When the host is an IP address the origin guard refuses: the 403's text. */
+  readonly refused: string | undefined;
 }
 
 /** The head of an origin response as a promise, for the paths that await it (a class, not a named closure per request). */
@@ -202,7 +206,7 @@ function originFailure(e: unknown): OriginFailure {
   const code = err?.code ?? err?.cause?.code ?? '';
   switch (code) {
     case 'EORIGINFORBIDDEN':
-      return new OriginFailure(403, 'origin address refused by the proxy');
+      return new OriginFailure(403, (e instanceof OriginRefused ? e : err.cause instanceof OriginRefused ? err.cause : undefined)?.message ?? 'origin address refused by the proxy');
     case 'UND_ERR_HEADERS_TIMEOUT':
     case 'UND_ERR_CONNECT_TIMEOUT':
     case 'UND_ERR_BODY_TIMEOUT':
@@ -299,6 +303,9 @@ class CachingProxy {
   private readonly clients = new Set<ProxySocket>();
   private readonly keepAliveMs: number;
   private readonly idleSweep: NodeJS.Timeout;
+  private readonly limits: ConnectionLimits;
+  /** The access log (one line per request, or only refusals and errors: see access-log.ts). */
+  private readonly access: ListenerContext['log'];
 
   constructor(private readonly ctx: ListenerContext, options: ProxyOptions) {
     const cfg = ctx.config.proxy;
@@ -321,7 +328,12 @@ class CachingProxy {
     });
     this.stats = new CacheStats(ctx.storage.tables, ctx.metrics, this.log, { logMs: cfg.statsLogSeconds * 1000 });
     this.stopPurgeWatch = this.store.watchPurges(options.purgePollMs ?? 1000);
-    this.guard = new OriginGuard(cfg.allowPrivateOrigins);
+    this.guard = new OriginGuard({
+      allowAll: cfg.allowPrivateOrigins,
+      allowed: cfg.allowedOrigins,
+      resolve: cfg.dnsServers.length > 0 ? dnsOriginResolver(cfg.dnsServers) : undefined,
+    });
+    if (cfg.allowPrivateOrigins) this.log.warn('the proxy may contact any origin address, metadata services included (proxy.allowPrivateOrigins)');
     this.allowed = cidrList(cfg.allowedClients);
     this.connectPorts = new Set(cfg.connectPorts.map(Number));
     // The comment carries a per-process token so that a request that comes back to us is seen as a loop.
@@ -348,7 +360,9 @@ class CachingProxy {
       lookup: this.guard.lookup as LookupFunction,
       maxSockets: 512,
     });
+    this.access = accessLogger(ctx.log);
     this.server = createServer({
+      ServerResponse: accessLoggedResponse(this.access, cfg.accessLog),
       maxHeaderSize: cfg.maxHeaderBytes,
       headersTimeout: 30_000,
       // Bounds slow uploads too (a request body that trickles for five minutes is cut).
@@ -360,8 +374,11 @@ class CachingProxy {
       keepAliveTimeout: 0,
       noDelay: true,
     });
+    this.limits = new ConnectionLimits(cfg.maxConnections, cfg.maxConnectionsPerClient, this.log, ctx.metrics);
     this.server.on('connection', (socket: ProxySocket) => {
-      socket[DENIED] = !clientAllowed(this.allowed, socket.remoteAddress);
+      const over = this.limits.admit(socket);
+      if (over) socket[OVER_CAP] = over;
+      socket[DENIED] = over !== undefined || !clientAllowed(this.allowed, socket.remoteAddress);
       socket[SEEN_READ] = 0;
       socket[IDLE_SINCE] = Date.now();
       this.clients.add(socket);
@@ -456,8 +473,10 @@ class CachingProxy {
   /** The end of a request whose handling threw: 500 if nothing was sent yet, else a cut response. */
   private requestFailed(res: ServerResponse, e: unknown): void {
     this.log.warn({ err: e }, 'proxy request failed');
-    if (!res.headersSent) this.short(res, 500, 'proxy error');
-    else res.destroy();
+    if (!res.headersSent) {
+      this.stats.record('failed', 0, 0);
+      this.short(res, 500, 'proxy error');
+    } else res.destroy();
   }
 
   /** Waits on the rest of a request's handling when it continues asynchronously. */
@@ -475,8 +494,15 @@ class CachingProxy {
       hostname: host,
       port: parsed.port ? Number(parsed.port) : 80,
       path: parsed.pathname + parsed.search,
-      refused: isIP(host) !== 0 && !this.guard.allows(host),
+      refused: this.originRefusal(host),
     };
+  }
+
+  /** The 403 text when `host` is an IP address the origin guard refuses (names are checked after DNS, in the lookup). */
+  private originRefusal(host: string): string | undefined {
+    if (isIP(host) === 0) return undefined;
+    const r = this.guard.check(host);
+    return r && refusalText(host, r);
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
@@ -489,6 +515,8 @@ class CachingProxy {
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
     const text = status === 431 ? 'request header fields too large' : status === 408 ? 'request timeout' : `bad request (${err.code ?? 'malformed'})`;
     this.ctx.metrics.limitsHit.inc({ listener: 'proxy', limit: status === 431 ? 'header-size' : status === 408 ? 'timeout' : 'malformed' });
+    this.stats.record('refused', 0, 0);
+    this.access.info({ client: socket.remoteAddress, status, reason: text });
     socket.end(
       `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${text.length + 1}\r\nConnection: close\r\n\r\n${text}\n`,
     );
@@ -496,16 +524,18 @@ class CachingProxy {
 
   /** Access checks shared by requests and CONNECT; undefined when allowed, else the refusal. */
   private async refuse(req: IncomingMessage, socket: ProxySocket): Promise<{ status: number; text: string } | undefined> {
+    // Over the connection caps: 503 and the connection closes (limits.ts counted it).
+    if (socket[OVER_CAP]) return { status: 503, text: socket[OVER_CAP] };
     if (socket[DENIED]) {
       this.ctx.metrics.limitsHit.inc({ listener: 'proxy', limit: 'client-address' });
-      return { status: 403, text: 'client address not allowed to use this proxy' };
+      return { status: 403, text: 'client address not allowed to use this proxy (proxy.allowedClients)' };
     }
     if (this.auth) {
       const h = req.headers['proxy-authorization'];
       if (h === undefined || socket[AUTHED] !== h) {
         if (!(await this.auth.verify(h))) {
           this.ctx.metrics.limitsHit.inc({ listener: 'proxy', limit: 'auth' });
-          return { status: 407, text: 'proxy authentication required' };
+          return { status: 407, text: 'proxy authentication required (proxy.requireAuth)' };
         }
         socket[AUTHED] = h;
       }
@@ -560,27 +590,27 @@ class CachingProxy {
     if (sock[DENIED] || this.auth) {
       const r = await this.refuse(req, sock);
       if (r) {
-        this.short(res, r.status, r.text, r.status === 407 ? { 'proxy-authenticate': 'Basic realm="tomlinson", charset="UTF-8"' } : undefined);
+        this.refused(res, r.status, r.text, r.status === 407 ? { 'proxy-authenticate': 'Basic realm="tomlinson", charset="UTF-8"' } : r.status === 503 ? { connection: 'close' } : undefined);
         return;
       }
     }
     // RFC 9110 §7.6.3: Via lets a proxy detect a forwarding loop (e.g. a URL naming the proxy itself).
     const via = req.headers.via;
     if (via !== undefined && via.includes(this.loopToken)) {
-      this.short(res, 508, 'forwarding loop detected');
+      this.refused(res, 508, 'forwarding loop detected');
       return;
     }
     const raw = req.url ?? '';
     let target = this.normalized.get(raw);
     if (target === undefined) {
       if (!raw.startsWith('http://')) {
-        this.short(res, 400, raw.startsWith('https://') ? 'use CONNECT for https URLs' : 'this is a proxy: send the absolute URL');
+        this.refused(res, 400, raw.startsWith('https://') ? 'use CONNECT for https URLs' : 'this is a proxy: send the absolute URL');
         return;
       }
       try {
         target = this.target(normalizeTarget(raw));
       } catch {
-        this.short(res, 400, 'invalid URL');
+        this.refused(res, 400, 'invalid URL');
         return;
       }
       if (this.normalized.size >= 10_000) this.normalized.clear();
@@ -660,7 +690,6 @@ class CachingProxy {
       resp = await this.origin(target, 'GET', this.forwardHeaders(req, target), this.requestBody(req), req, res);
     } catch (e) {
       flight.settle();
-      this.stats.record('miss', 0, 0);
       return this.failed(res, e);
     }
     return this.deliver(req, res, url, resp, 'uri-miss', 'miss', flight);
@@ -819,7 +848,6 @@ class CachingProxy {
     flight.settle(false);
     try {
       if (this.staleIfError(obj, evalReq, undefined)) return this.settled(res, this.serveStored(req, res, obj, `${HIT}; detail=stale-if-error`, 'stale'));
-      this.stats.record('miss', 0, 0);
       this.failed(res, err);
     } catch (e) {
       this.requestFailed(res, e);
@@ -1065,7 +1093,6 @@ class CachingProxy {
     try {
       resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req), req, res);
     } catch (e) {
-      this.stats.record('bypass', 0, 0);
       return this.failed(res, e);
     }
     if (resp.statusCode < 400) {
@@ -1091,7 +1118,6 @@ class CachingProxy {
     try {
       resp = await this.origin(target, req.method!, this.forwardHeaders(req, target), this.requestBody(req), req, res);
     } catch (e) {
-      this.stats.record(outcome, 0, 0);
       return this.failed(res, e);
     }
     res.writeHead(resp.statusCode, this.clientFields(resp.headers, `${cacheStatus}; fwd-status=${resp.statusCode}`));
@@ -1157,25 +1183,33 @@ class CachingProxy {
 
   /** Sends an origin request whose head goes to `x`'s listener (a refused origin address fails it at once). */
   private dispatch(target: Target, method: string, headers: Record<string, string | string[]>, body: Readable | undefined, x: OriginExchange): void {
-    if (target.refused) return x.onError(new OriginFailure(403, 'origin address refused by the proxy'));
+    if (target.refused) return x.onError(new OriginFailure(403, target.refused));
     // Bodiless GET and HEAD (revalidations, misses) take the lean client (lean.ts says why).
     if (body === undefined && (method === 'GET' || method === 'HEAD')) return this.lean.request(target.hostname, target.port, method, target.path, headers, x);
     this.agent.dispatch({ origin: target.origin, path: target.path, method: method as Dispatcher.HttpMethod, headers, body }, x);
   }
 
+  /** The origin could not be reached or did not answer (502, 504), or its address is refused (403); counted apart from misses. */
   private failed(res: ServerResponse, e: unknown): void {
     const f = originFailure(e);
+    this.stats.record(f.status === 403 ? 'refused' : 'failed', 0, 0);
     if (res.headersSent || res.destroyed) {
       res.destroy();
       return;
     }
-    this.log.debug({ status: f.status, err: f.message }, 'origin request failed');
     this.short(res, f.status, f.message);
   }
 
-  /** A short plain-text answer from the proxy itself. */
+  /** A refusal by the proxy itself (client, loop, request-target), counted as such. */
+  private refused(res: ServerResponse, status: number, text: string, extra?: Record<string, string>): void {
+    this.stats.record('refused', 0, 0);
+    this.short(res, status, text, extra);
+  }
+
+  /** A short plain-text answer from the proxy itself; the text is the access log line's reason. */
   private short(res: ServerResponse, status: number, text: string, extra?: Record<string, string>): void {
     if (res.headersSent || res.destroyed) return;
+    (res as ReasonedResponse)[REASON] = text;
     const body = `${text}\n`;
     res.writeHead(status, {
       'content-type': 'text/plain; charset=utf-8',
@@ -1190,25 +1224,37 @@ class CachingProxy {
   // ---------------------------------------------------------------------------------------------
   // CONNECT
 
+  /** The access log line of a CONNECT: its refusal or failure, or the tunnel once it ends. */
+  private tunnelLine(req: IncomingMessage, socket: Socket, status: number, start: number, sentBefore: number, reason: string | undefined): void {
+    if (!this.cfg.accessLog && reason === undefined) return;
+    const ms = Math.round((performance.now() - start) * 1000) / 1000;
+    this.access.info({ client: socket.remoteAddress, method: 'CONNECT', url: loggedUrl(req.url), status, bytes: socket.bytesWritten - sentBefore, ms, reason });
+  }
+
   private async onConnect(req: IncomingMessage, socket: ProxySocket, head: Buffer): Promise<void> {
+    const start = performance.now();
+    const sentBefore = socket.bytesWritten;
     const answer = (status: number, text: string, extra = ''): void => {
       const body = `${text}\n`;
       socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}Connection: close\r\n\r\n${body}`);
+      this.stats.record(status === 502 || status === 504 ? 'failed' : 'refused', 0, 0);
+      this.tunnelLine(req, socket, status, start, sentBefore, text);
     };
     socket.on('error', () => socket.destroy());
     const r = await this.refuse(req, socket);
     if (r) return answer(r.status, r.text, r.status === 407 ? 'Proxy-Authenticate: Basic realm="tomlinson", charset="UTF-8"\r\n' : '');
-    const m = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(req.url ?? '');
-    if (!m) return answer(400, 'CONNECT needs host:port');
-    const host = m[1];
-    const port = Number(m[2]);
-    if (!this.connectPorts.has(port)) return answer(403, `CONNECT to port ${port} is not allowed`);
-    if (isIP(host) && !this.guard.allows(host)) return answer(403, 'origin address refused by the proxy');
+    const t = authorityTarget(req.url ?? '');
+    if (!t) return answer(400, 'CONNECT needs host:port');
+    const { host, port } = t;
+    if (!this.connectPorts.has(port)) return answer(403, `CONNECT to port ${port} is not allowed (proxy.connectPorts)`);
+    const refused = this.originRefusal(host);
+    if (refused) return answer(403, refused);
     const upstream = netConnect({ host, port, lookup: this.guard.lookup as never, timeout: this.cfg.originTimeoutMs });
     let open = false;
     this.clients.delete(socket); // a tunnel is not an idle HTTP connection
     this.tunnels.add(socket);
     const cleanup = (): void => {
+      if (open && this.tunnels.has(socket)) this.tunnelLine(req, socket, 200, start, sentBefore, undefined);
       this.tunnels.delete(socket);
       upstream.destroy();
       socket.destroy();

@@ -9,8 +9,12 @@ import type { Metrics } from '../metrics.js';
 import type { Tables } from '../storage/ports.js';
 import { STATS_PK } from './store.js';
 
-/** How one proxied request was answered (RFC 9211 vocabulary, folded). */
-export type CacheOutcome = 'hit' | 'miss' | 'revalidated' | 'stale' | 'bypass';
+/**
+ * How one proxied request was answered (RFC 9211 vocabulary, folded), or that the proxy refused it
+ * (client address, authentication, origin address, connection caps, bad request) or that the origin
+ * failed (502, 504): those two are counted apart from misses.
+ */
+export type CacheOutcome = 'hit' | 'miss' | 'revalidated' | 'stale' | 'bypass' | 'refused' | 'failed';
 
 /** The counters kept in Tables. */
 export interface CacheCounters {
@@ -20,15 +24,25 @@ export interface CacheCounters {
   revalidations: number;
   stale: number;
   bypass: number;
+  refused: number;
+  failed: number;
   bytesFromCache: number;
   bytesFromOrigin: number;
 }
 
-const ZERO: CacheCounters = { requests: 0, hits: 0, misses: 0, revalidations: 0, stale: 0, bypass: 0, bytesFromCache: 0, bytesFromOrigin: 0 };
-const FIELD: Record<CacheOutcome, keyof CacheCounters> = { hit: 'hits', miss: 'misses', revalidated: 'revalidations', stale: 'stale', bypass: 'bypass' };
+const ZERO: CacheCounters = { requests: 0, hits: 0, misses: 0, revalidations: 0, stale: 0, bypass: 0, refused: 0, failed: 0, bytesFromCache: 0, bytesFromOrigin: 0 };
+const FIELD: Record<CacheOutcome, keyof CacheCounters> = {
+  hit: 'hits',
+  miss: 'misses',
+  revalidated: 'revalidations',
+  stale: 'stale',
+  bypass: 'bypass',
+  refused: 'refused',
+  failed: 'failed',
+};
 
 /** The outcomes in the order the periodic log line lists them (the metric filters' vocabulary). */
-export const CACHE_OUTCOMES: readonly CacheOutcome[] = ['hit', 'miss', 'revalidated', 'stale', 'bypass'];
+export const CACHE_OUTCOMES: readonly CacheOutcome[] = ['hit', 'miss', 'revalidated', 'stale', 'bypass', 'refused', 'failed'];
 
 /** Options of CacheStats. */
 export interface CacheStatsOptions {
@@ -78,6 +92,8 @@ export class CacheStats {
       revalidated: c.labels({ outcome: 'revalidated' }) as unknown as Counter,
       stale: c.labels({ outcome: 'stale' }) as unknown as Counter,
       bypass: c.labels({ outcome: 'bypass' }) as unknown as Counter,
+      refused: c.labels({ outcome: 'refused' }) as unknown as Counter,
+      failed: c.labels({ outcome: 'failed' }) as unknown as Counter,
     };
     this.fromCache = metrics.cacheBytes.labels({ source: 'cache' }) as unknown as Counter;
     this.fromOrigin = metrics.cacheBytes.labels({ source: 'origin' }) as unknown as Counter;
@@ -166,7 +182,7 @@ function add(p: CacheCounters, f: keyof CacheCounters, fromCache: number, fromOr
 
 /** The totals of every proxy task as kept in Tables, with the hit ratio and traffic saved. */
 export interface CacheReport extends CacheCounters {
-  /** (hits + revalidations + stale) / requests; 0 when there were none. */
+  /** (hits + revalidations + stale) / (requests - refused): refused requests never reached the cache; 0 when there were none. */
   hitRatio: number;
   /** Body bytes that did not cross the access link because the cache answered. */
   savedBytes: number;
@@ -184,7 +200,7 @@ export async function readCacheReport(tables: Tables): Promise<CacheReport> {
   const served = c.bytesFromCache + c.bytesFromOrigin;
   return {
     ...c,
-    hitRatio: c.requests ? (c.hits + c.revalidations + c.stale) / c.requests : 0,
+    hitRatio: c.requests - c.refused ? (c.hits + c.revalidations + c.stale) / (c.requests - c.refused) : 0,
     savedBytes: c.bytesFromCache,
     byteHitRatio: served ? c.bytesFromCache / served : 0,
     storedBytes: Number(store?.bytes ?? 0),

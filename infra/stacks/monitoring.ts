@@ -38,7 +38,7 @@ export const METRIC_NAMESPACE = 'Tomlinson';
  * whose numeric fields are the outcomes of core/cache/stats.ts (a line per request would cost a
  * log write per hit); each cache metric sums one of those fields.
  */
-export const LOG_FIELDS = { state: ['delivered', 'deferred', 'bounced'], cache: ['hit', 'miss', 'revalidated', 'stale', 'bypass'] } as const;
+export const LOG_FIELDS = { state: ['delivered', 'deferred', 'bounced'], cache: ['hit', 'miss', 'revalidated', 'stale', 'bypass', 'refused', 'failed'] } as const;
 
 /** Dashboard, alarms and alarm topic of one stage. */
 export class MonitoringStack extends Stack {

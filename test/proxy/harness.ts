@@ -7,7 +7,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { connect } from 'node:net';
 import { ProxyAgent, request as undiciRequest } from 'undici';
 import { loadConfig, type Config } from '../../core/config.js';
-import { silentLogger } from '../../core/log.js';
+import { silentLogger, type Logger } from '../../core/log.js';
 import { Metrics } from '../../core/metrics.js';
 import { openLocalStorage } from '../../core/storage/local/index.js';
 import type { Storage } from '../../core/storage/ports.js';
@@ -96,6 +96,8 @@ export class Harness {
   metrics = new Metrics({ defaults: false });
   clock = new Clock();
   agent!: ProxyAgent;
+  /** The proxy's logger (set before startProxy to read its lines). */
+  log: Logger = silentLogger;
   private dir!: { path: string; remove: () => Promise<void> };
 
   /** Starts everything; `open` replaces the local storage family (e.g. the aws family on moto). */
@@ -119,7 +121,7 @@ export class Harness {
 
   /** (Re)starts only the proxy on the same storage (a second task sharing the object tier). */
   async startProxy(options: ProxyOptions = {}): Promise<void> {
-    this.proxy = await startProxy({ config: this.config, storage: this.storage, log: silentLogger, metrics: this.metrics }, { now: this.clock.now, port: 0, ...options });
+    this.proxy = await startProxy({ config: this.config, storage: this.storage, log: this.log, metrics: this.metrics }, { now: this.clock.now, port: 0, ...options });
     this.agent = new ProxyAgent({ uri: `http://127.0.0.1:${this.proxy.port}`, proxyTunnel: false });
   }
 

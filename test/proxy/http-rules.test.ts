@@ -8,7 +8,7 @@ import CachePolicy from 'http-cache-semantics';
 import { CachedObject } from '../../core/cache/entry.js';
 import { MemoryTier } from '../../core/cache/memory.js';
 import { normalizeUrl, variantKey, varyNames } from '../../core/cache/keys.js';
-import { OriginGuard, ProxyAuth, cidrList, clientAllowed } from '../../containers/proxy/access.js';
+import { OriginGuard, ProxyAuth, cidrList, clientAllowed, refusalText } from '../../containers/proxy/access.js';
 import { endToEnd, ifRangeMatches, notModified, parseRange } from '../../containers/proxy/http.js';
 import { originHeaders } from '../../containers/proxy/origin.js';
 
@@ -81,16 +81,32 @@ describe('address ranges and the origin guard', () => {
     expect(() => cidrList(['not-an-ip/8'])).toThrow();
   });
 
-  it('refuses loopback, link-local, metadata and multicast; allows public and private ranges', () => {
-    const g = new OriginGuard(false);
-    for (const a of ['127.0.0.1', '169.254.169.254', '169.254.170.2', 'fd00:ec2::254', '::1', '0.0.0.0', '::ffff:127.0.0.1', '224.0.0.1', 'fe80::1'])
-      expect(g.allows(a), a).toBe(false);
-    for (const a of ['93.184.216.34', '10.1.2.3', '2001:db8::1']) expect(g.allows(a), a).toBe(true);
-    expect(new OriginGuard(true).allows('127.0.0.1')).toBe(true);
+  it('refuses every IANA special-purpose address, in every IPv6 form that carries one; allows public ones', () => {
+    const g = new OriginGuard();
+    const refused = [
+      '0.1.2.3', '10.1.2.3', '100.64.0.1', '100.127.255.254', '127.0.0.1', '169.254.169.254', '169.254.170.2', '169.254.1.1', '172.16.0.1',
+      '172.31.255.255', '192.0.0.1', '192.0.2.1', '192.88.99.1', '192.168.1.1', '198.18.0.1', '198.19.255.255', '198.51.100.1',
+      '203.0.113.1', '224.0.0.1', '239.255.255.250', '240.0.0.1', '255.255.255.255',
+      '::', '::1', '::ffff:127.0.0.1', '::ffff:10.0.0.1', '::ffff:a00:1', '0:0:0:0:0:ffff:0a00:0001', '[::ffff:192.168.0.1]', '::a00:1',
+      '64:ff9b::a00:1', '64:ff9b::7f00:1', '64:ff9b:1::808:808', '100::1', '2001::1', '2001:1ff::1', '2001:db8::1', '2002:a00:1::1',
+      '2002:7f00:1::', '3fff::1', 'fc00::1', 'fd00:ec2::254', 'fe80::1', 'fe80::1%lo', 'fec0::1', 'ff02::1', '4000::1', '1::',
+    ];
+    for (const a of refused) expect(g.check(a), a).toBeDefined();
+    for (const a of ['93.184.216.34', '8.8.8.8', '100.63.255.255', '100.128.0.1', '172.15.255.255', '172.32.0.1', '192.167.1.1', '2606:4700::1111', '::ffff:8.8.8.8', '64:ff9b::808:808', '2002:808:808::1'])
+      expect(g.check(a), a).toBeUndefined();
+    expect(g.check('10.1.2.3')?.why).toBe('private-use (RFC 1918)');
+    expect(new OriginGuard({ allowAll: true }).allows('127.0.0.1')).toBe(true);
+  });
+
+  it('proxy.allowedOrigins opens the ranges it names (IPv4-mapped spelling too), never a metadata address', () => {
+    const g = new OriginGuard({ allowed: ['10.20.0.0/16', 'fd12:3456::/32', '169.254.0.0/16'] });
+    for (const a of ['10.20.1.2', '::ffff:10.20.1.2', 'fd12:3456::1', '169.254.1.1']) expect(g.check(a), a).toBeUndefined();
+    for (const a of ['10.21.0.1', 'fd12:3457::1', '169.254.169.254', '::ffff:169.254.169.254', '169.254.170.2']) expect(g.check(a), a).toBeDefined();
+    expect(refusalText('10.21.0.1', g.check('10.21.0.1')!)).toMatch(/proxy\.allowedOrigins/);
   });
 
   it('the guarded lookup refuses a name that resolves to loopback', async () => {
-    const g = new OriginGuard(false);
+    const g = new OriginGuard();
     const err = await new Promise<NodeJS.ErrnoException | null>((resolve) => g.lookup('localhost', {}, (e) => resolve(e)));
     expect(err?.code).toBe('EORIGINFORBIDDEN');
   });
