@@ -12,6 +12,7 @@ import { basename, dirname, join } from 'node:path';
 import tls from 'node:tls';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
+import { readSecretOnce } from './secrets.js';
 
 /** TLS 1.2 is the floor (RFC 8996 deprecates 1.0 and 1.1; RFC 9325 §3.1.1). */
 export const MIN_TLS_VERSION = 'TLSv1.2' as const;
@@ -178,15 +179,9 @@ async function selfSigned(config: Config, log: Logger): Promise<Pair> {
 }
 
 async function fetchFromSecretsManager(secretId: string): Promise<string> {
-  const { SecretsManagerClient, GetSecretValueCommand } = await import('@aws-sdk/client-secrets-manager');
-  const client = new SecretsManagerClient({});
-  try {
-    const out = await client.send(new GetSecretValueCommand({ SecretId: secretId }));
-    if (out.SecretString === undefined) throw new Error('the secret has no SecretString');
-    return out.SecretString;
-  } finally {
-    client.destroy();
-  }
+  const text = await readSecretOnce(secretId);
+  if (text === undefined) throw new Error('the secret has no SecretString');
+  return text;
 }
 
 function parseSecret(text: string): Pair {

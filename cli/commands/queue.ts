@@ -191,34 +191,14 @@ export function register(program: Command, ctx: CliContext): void {
 
 /** Adds the key to the domain's secret `{"keys":[...]}` (creating the secret when absent). */
 async function storeInSecret(secretId: string, selector: string, privateKey: string, region: string): Promise<string> {
-  const sm = await import('@aws-sdk/client-secrets-manager');
-  const client = new sm.SecretsManagerClient(region ? { region } : {});
+  const { SecretStore, parseDkimSecret } = await import('../../core/secrets.js');
+  const secrets = new SecretStore(region || undefined);
   try {
-    let keys: { selector: string; privateKey: string }[] = [];
-    let exists = true;
-    try {
-      const out = await client.send(new sm.GetSecretValueCommand({ SecretId: secretId }));
-      const parsed = JSON.parse(out.SecretString || '{}') as { keys?: typeof keys; selector?: string; privateKey?: string };
-      // A single-key secret ({selector, privateKey}) becomes the list form; an empty key is dropped.
-      keys = (parsed.keys ?? (parsed.selector ? [{ selector: parsed.selector, privateKey: parsed.privateKey ?? '' }] : [])).filter((k) => k.privateKey);
-    } catch (e) {
-      if ((e as { name?: string }).name !== 'ResourceNotFoundException') throw e;
-      exists = false;
-    }
+    const keys = parseDkimSecret(await secrets.read(secretId));
     if (keys.some((k) => k.selector === selector)) throw new CliError(`selector ${selector} exists in ${secretId}; choose another --selector`);
-    const SecretString = JSON.stringify({ keys: [...keys, { selector, privateKey }] });
-    if (exists) await client.send(new sm.PutSecretValueCommand({ SecretId: secretId, SecretString }));
-    else {
-      try {
-        await client.send(new sm.CreateSecretCommand({ Name: secretId, SecretString }));
-      } catch (e) {
-        // A secret created empty (by the CDK stack) has no value yet but exists.
-        if ((e as { name?: string }).name !== 'ResourceExistsException') throw e;
-        await client.send(new sm.PutSecretValueCommand({ SecretId: secretId, SecretString }));
-      }
-    }
+    await secrets.write(secretId, JSON.stringify({ keys: [...keys, { selector, privateKey }] }));
     return `secret ${secretId}`;
   } finally {
-    client.destroy();
+    secrets.close();
   }
 }

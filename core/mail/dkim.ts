@@ -8,6 +8,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { dkimSign } from 'mailauth';
+import { parseDkimSecret, SecretStore } from '../secrets.js';
 
 /** The signing algorithms we use. */
 export type DkimAlgorithm = 'rsa-sha256' | 'ed25519-sha256';
@@ -70,25 +71,13 @@ export function fileDkimKeys(dir: string, options: { cacheMs?: number; now?: () 
 export function secretsDkimKeys(prefix: string, options: { cacheMs?: number; region?: string } = {}): DkimKeySource {
   const cache = new Map<string, { at: number; keys: DkimKey[] }>();
   const ttl = options.cacheMs ?? 300_000;
-  let client: import('@aws-sdk/client-secrets-manager').SecretsManagerClient | undefined;
+  const secrets = new SecretStore(options.region);
   return {
     async keys(domain) {
       const d = domain.toLowerCase();
       const hit = cache.get(d);
       if (hit && Date.now() - hit.at < ttl) return hit.keys;
-      const sm = await import('@aws-sdk/client-secrets-manager');
-      client ??= new sm.SecretsManagerClient(options.region ? { region: options.region } : {});
-      let keys: DkimKey[] = [];
-      try {
-        const out = await client.send(new sm.GetSecretValueCommand({ SecretId: `${prefix}${d}` }));
-        // Either {"keys":[{selector, privateKey}, ...]} or one {selector, privateKey}; a key whose
-        // privateKey is still empty (a secret created before its key) is skipped.
-        const parsed = JSON.parse(out.SecretString || '{}') as { keys?: { selector: string; privateKey: string }[]; selector?: string; privateKey?: string };
-        const list = parsed.keys ?? (parsed.selector ? [{ selector: parsed.selector, privateKey: parsed.privateKey ?? '' }] : []);
-        keys = list.filter((k) => k.selector && k.privateKey).map((k) => ({ selector: k.selector, privateKey: k.privateKey, algorithm: algorithmOf(k.privateKey) }));
-      } catch (e) {
-        if ((e as { name?: string }).name !== 'ResourceNotFoundException') throw e;
-      }
+      const keys = parseDkimSecret(await secrets.read(`${prefix}${d}`)).map((k) => ({ selector: k.selector, privateKey: k.privateKey, algorithm: algorithmOf(k.privateKey) }));
       cache.set(d, { at: Date.now(), keys });
       return keys;
     },

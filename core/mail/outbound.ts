@@ -21,6 +21,7 @@ import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
+import { readSecretOnce } from '../secrets.js';
 import { isStorageError, MAX_DELAY_SECONDS, MAX_VISIBILITY_SECONDS, type Storage } from '../storage/ports.js';
 import { done, type JobContext, type JobHandler, type JobOutcome } from '../workers/job.js';
 import { dkimSignatures, fileDkimKeys, noDkimKeys, secretsDkimKeys, type DkimKeySource } from './dkim.js';
@@ -143,17 +144,10 @@ export function defaultOutboundDeps(config: Config, options: { ca?: string } = {
 }
 
 async function secretString(id: string, region: string): Promise<string> {
-  const sm = await import('@aws-sdk/client-secrets-manager');
-  const client = new sm.SecretsManagerClient(region ? { region } : {});
-  try {
-    const out = await client.send(new sm.GetSecretValueCommand({ SecretId: id }));
-    const s = out.SecretString ?? '';
-    // Either the password itself or {"password": "..."}.
-    if (s.trim().startsWith('{')) return String((JSON.parse(s) as { password?: string }).password ?? '');
-    return s;
-  } finally {
-    client.destroy();
-  }
+  const s = (await readSecretOnce(id, region)) ?? '';
+  // Either the password itself or {"password": "..."}.
+  if (s.trim().startsWith('{')) return String((JSON.parse(s) as { password?: string }).password ?? '');
+  return s;
 }
 
 /** Local when Accounts resolves the sender here (mailbox or alias; the inbound path expands it),
