@@ -6,7 +6,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../core/log.js';
 import type { Metrics } from '../../core/metrics.js';
-import { plainAddress } from './access.js';
+import { plainAddress } from '../../core/address-ranges.js';
 
 /** How long a connection over the caps may stay open to read its 503, in ms. */
 const OVER_CAP_CLOSE_MS = 2000;

@@ -17,7 +17,8 @@ import { normalizeTarget, normalizeUrl, variantKey, varyNames, type HeaderMap } 
 import { CacheStats, type CacheOutcome } from '../../core/cache/stats.js';
 import { CacheStore, type BodyWriter } from '../../core/cache/store.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
-import { ProxyAuth, OriginGuard, OriginRefused, authorityTarget, cidrList, clientAllowed, dnsOriginResolver, refusalText } from './access.js';
+import { cidrList, clientAllowed } from '../../core/address-ranges.js';
+import { ProxyAuth, OriginGuard, OriginRefused, authorityTarget, dnsOriginResolver, refusalText } from './access.js';
 import { addVia, endToEnd, ifRangeMatches, notModified, parseRange } from './http.js';
 import { OriginExchange, waitDrain, type HeadListener } from './origin.js';
 import { LeanClient } from './lean.js';

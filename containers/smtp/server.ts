@@ -16,7 +16,7 @@ import { MailboxStore } from '../../core/mailbox/store.js';
 import type { Metrics } from '../../core/metrics.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
-import { cidrList, clientAllowed } from '../proxy/access.js';
+import { cidrList, clientAllowed, plainAddress } from '../../core/address-ranges.js';
 import { createHooks } from './policy.js';
 import { formatReply, type Reply } from './protocol/command.js';
 import { SmtpReader } from './protocol/reader.js';
@@ -161,7 +161,7 @@ class ConnectionGroup {
   }
 
   accept(socket: Socket, kind: ListenerKind, implicitTls: boolean): void {
-    const address = normalizeAddress(socket.remoteAddress ?? '');
+    const address = plainAddress(socket.remoteAddress ?? '');
     const label = implicitTls ? 'submissions' : kind;
     this.metrics.connectionsTotal.inc({ listener: label });
     socket.on('error', () => undefined);
@@ -408,9 +408,4 @@ class Connection {
 
 function facts(s: tls.TLSSocket): TlsFacts {
   return { version: s.getProtocol() ?? 'TLS', cipher: s.getCipher()?.standardName ?? s.getCipher()?.name ?? 'unknown' };
-}
-
-/** `::ffff:1.2.3.4` -> `1.2.3.4`, so limits and headers see one form per client. */
-function normalizeAddress(a: string): string {
-  return a.startsWith('::ffff:') && a.includes('.') ? a.slice(7) : a;
 }

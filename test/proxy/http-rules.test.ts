@@ -8,7 +8,8 @@ import CachePolicy from 'http-cache-semantics';
 import { CachedObject } from '../../core/cache/entry.js';
 import { MemoryTier } from '../../core/cache/memory.js';
 import { normalizeUrl, variantKey, varyNames } from '../../core/cache/keys.js';
-import { OriginGuard, ProxyAuth, cidrList, clientAllowed, refusalText } from '../../containers/proxy/access.js';
+import { cidrList, clientAllowed } from '../../core/address-ranges.js';
+import { OriginGuard, ProxyAuth, refusalText } from '../../containers/proxy/access.js';
 import { endToEnd, ifRangeMatches, notModified, parseRange } from '../../containers/proxy/http.js';
 import { originHeaders } from '../../containers/proxy/origin.js';
 
