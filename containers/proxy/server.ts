@@ -935,7 +935,7 @@ class CachingProxy {
     let lines = obj.hitLines;
     if (lines === undefined || obj.hitSecond !== second) {
       lines = [];
-      obj.servedFields(now, lines);
+      obj.servedFields(lines);
       lines.push('via', this.via, 'cache-status', HIT, 'content-length', String(obj.size));
       obj.hitLines = lines;
       obj.hitSecond = second;
@@ -961,7 +961,7 @@ class CachingProxy {
     this.store.used(obj);
     // A flat name/value list (writeHead's fastest form).
     const out: string[] = [];
-    obj.servedFields(this.now(), out);
+    obj.servedFields(out);
     out.push('via', this.via, 'cache-status', cacheStatus);
     if (obj.status === 206) return this.servePart(req, res, obj, out, outcome);
     if ((h['if-none-match'] !== undefined || h['if-modified-since'] !== undefined) && obj.status === 200) {

@@ -403,9 +403,9 @@ export class CachedObject {
    * apart from Age and Date depend on the stored fields only, so they are listed once; Age (the
    * library's age()) and Date (the stored one, which a 304 may replace) are added per response.
    * Past a day of age the library may add Warning 113, so its fields are then taken whole each
-   * time. (`nowMs` is no longer read: Date is the stored one.)
+   * time.
    */
-  servedFields(nowMs: number, out: string[]): void {
+  servedFields(out: string[]): void {
     const age = this.policy.age();
     if (age > 86400) {
       pushFields(out, this.responseHeaders());
