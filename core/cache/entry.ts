@@ -102,8 +102,11 @@ export function policyClass(options: PolicyOptions = {}): PolicyClass {
       if (req) self._reqcc = parseCacheControl(req.headers['cache-control']);
     }
 
+    /** When not negative, the time (epoch ms) the policy is being evaluated at instead of the clock's (set by flow.ts for one call). */
+    evaluatedAt = -1;
+
     now(): number {
-      return now();
+      return this.evaluatedAt >= 0 ? this.evaluatedAt : now();
     }
 
     override maxAge(): number {

@@ -134,7 +134,13 @@ export function decideRequest(method: string, target: FlowTarget, h: HeaderMap, 
   // Fresh, and a request without cache directives: what the policy would answer (see freshUntil).
   if (stored.freshUntil > now && cc === undefined && pragma === undefined) return whole ? HIT_WHOLE : HIT_ANSWERED;
   const request = policyRequest(target, h, stored.vary);
-  const r = policyAt(stored.policy, now).evaluateRequest(request);
+  const policy = clockAt(stored.policy, now);
+  let r: ReturnType<CachePolicy['evaluateRequest']>;
+  try {
+    r = policy.evaluateRequest(request);
+  } finally {
+    policy.evaluatedAt = -1;
+  }
   if (!r.revalidation) {
     if (part) return { kind: 'hit', whole: false, part };
     return whole ? HIT_WHOLE : HIT_ANSWERED;
@@ -270,8 +276,13 @@ const REPLACE: RevalidatedDecision = { kind: 'replace' };
 /** Decides on the origin's answer (`status`, end-to-end fields `rh`) to the revalidation `request` of `obj`, at `now`. */
 export function decideRevalidated(obj: CachedObject, request: CachePolicy.HttpRequest, status: number, rh: Record<string, string | string[]>, now: number): RevalidatedDecision {
   if (status === 304) {
-    const r = policyAt(obj.policy, now).revalidatedPolicy(request, { status, headers: validated(obj, rh) });
-    return !r.modified && r.matches ? { kind: 'refresh', policy: r.policy } : FETCH_AFTER_304;
+    const policy = clockAt(obj.policy, now);
+    try {
+      const r = policy.revalidatedPolicy(request, { status, headers: validated(obj, rh) });
+      return !r.modified && r.matches ? { kind: 'refresh', policy: r.policy } : FETCH_AFTER_304;
+    } finally {
+      policy.evaluatedAt = -1;
+    }
   }
   if (status >= 500 && staleIfError(obj, request, status, now)) return STALE_IF_ERROR;
   return REPLACE;
@@ -286,12 +297,14 @@ export function staleIfError(obj: CachedObject, request: CachePolicy.HttpRequest
   // reach the origin MUST answer with an error, whatever stale-if-error says.
   const cc = obj.header('cache-control') ?? '';
   if (/(^|,)\s*(must|proxy)-revalidate\s*(,|$)/i.test(cc)) return false;
-  const view = policyAt(obj.policy, now);
+  const policy = clockAt(obj.policy, now);
   try {
-    const r = view.revalidatedPolicy(request, status === undefined ? undefined : { status, headers: {} });
-    return !r.modified && r.policy === view;
+    const r = policy.revalidatedPolicy(request, status === undefined ? undefined : { status, headers: {} });
+    return !r.modified && r.policy === policy;
   } catch {
     return false;
+  } finally {
+    policy.evaluatedAt = -1;
   }
 }
 
@@ -310,11 +323,19 @@ export function validated(obj: CachedObject, rh: Record<string, string | string[
   return h;
 }
 
-/** The policy as seen at `now`: the library's documented override point (`now()`), on a view of the stored policy. */
-function policyAt(policy: CachePolicy, now: number): CachePolicy {
-  const view = Object.create(policy) as CachePolicy & { now(): number };
-  view.now = () => now;
-  return view;
+/** A policy of entry.ts's class, whose `now()` (the library's documented clock) answers `evaluatedAt` when it is set. */
+type ClockedPolicy = CachePolicy & { evaluatedAt: number };
+
+/**
+ * The stored policy set to be evaluated at `now` for one call (the caller resets `evaluatedAt` to
+ * -1). A field of the policy rather than a view made with Object.create: a view per evaluation
+ * would turn every stored policy into a prototype and give the library's code a new object shape
+ * each time.
+ */
+function clockAt(policy: CachePolicy, now: number): ClockedPolicy {
+  const p = policy as ClockedPolicy;
+  p.evaluatedAt = now;
+  return p;
 }
 
 function pickValidators(h: CachePolicy.Headers): Validators {
