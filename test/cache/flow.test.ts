@@ -334,4 +334,18 @@ describe('cache flow against http-cache-semantics', () => {
     }
     expect(decideRevalidated(obj!, req, 200, {}, clock).kind).toBe('replace');
   });
+
+  it('a stored part (206) answers only a Range request it covers (RFC 9111 §3.3); for any other request nothing is stored', () => {
+    const { obj } = store({ name: '206', status: 206, headers: { 'cache-control': 'max-age=60', 'content-range': 'bytes 0-9/100', etag: '"p"' } });
+    expect(obj?.part).toEqual({ start: 0, end: 9, length: 100 });
+    const at = T0 + 1000;
+    expect(decideRequest('GET', TARGET, { range: 'bytes=2-5' }, obj, at)).toEqual({ kind: 'hit', whole: false, part: { start: 2, end: 5, length: 100 } });
+    expect(decideRequest('GET', TARGET, { range: 'bytes=2-5', 'if-range': '"p"' }, obj, at).kind).toBe('hit');
+    expect(decideRequest('GET', TARGET, { range: 'bytes=2-5', 'if-range': '"other"' }, obj, at).kind).toBe('fetch');
+    expect(decideRequest('GET', TARGET, { range: 'bytes=5-50' }, obj, at).kind).toBe('fetch');
+    expect(decideRequest('GET', TARGET, {}, obj, at).kind).toBe('fetch');
+    expect(decideRequest('HEAD', TARGET, { range: 'bytes=2-5' }, obj, at).kind).toBe('pass');
+    const stale = decideRequest('GET', TARGET, { range: 'bytes=2-5' }, obj, T0 + 120_000);
+    expect(stale.kind === 'revalidate' && stale.part).toEqual({ start: 2, end: 5, length: 100 });
+  });
 });
