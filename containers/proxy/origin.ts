@@ -1,5 +1,5 @@
 /**
- * One request to an origin, through the lean client (lean.ts: GET and HEAD without a body) or
+ * One request to an origin, through the client for plain GET and HEAD requests (plain-get-client.ts) or
  * through undici's `dispatch()` (the rest), with a handler of our own for both. undici's `request()`
  * wraps every response body in a Readable stream and parses the header list into an object that
  * the proxy then copied twice more (end-to-end fields, policy). Here the header list becomes the
@@ -10,7 +10,7 @@ import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import type { BodyWriter } from '../../core/cache/store.js';
 import { HOP_BY_HOP } from './http.js';
-import type { LeanHandler } from './lean.js';
+import type { PlainGetHandler } from './plain-get-client.js';
 
 /** Where body chunks go once the consumer has chosen; `data` returns false to pause the origin. */
 interface BodySink {
@@ -34,7 +34,7 @@ export function originHeaders(raw: Buffer[]): Record<string, string | string[]> 
   return originHeaderList(list);
 }
 
-/** The same from a flat [name, value, ...] list with names already lower-cased (the lean client's). */
+/** The same from a flat [name, value, ...] list with names already lower-cased (the plain GET client's). */
 export function originHeaderList(list: string[]): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
   let connection: string | undefined;
@@ -75,7 +75,7 @@ export interface HeadListener {
  * listener is called from undici's parser callback, synchronously; a revalidation answered 304
  * is served from there without a promise.
  */
-export class OriginExchange implements Dispatcher.DispatchHandler, LeanHandler {
+export class OriginExchange implements Dispatcher.DispatchHandler, PlainGetHandler {
   statusCode = 0;
   /** End-to-end response fields (see originHeaders). */
   headers: Record<string, string | string[]> = {};
@@ -102,12 +102,12 @@ export class OriginExchange implements Dispatcher.DispatchHandler, LeanHandler {
     return this.onFinalHead(statusCode, originHeaders(raw), resume);
   }
 
-  /** The lean client's interim head (lean.ts). */
+  /** The plain GET client's interim head (plain-get-client.ts). */
   onInterim(statusCode: number, list: string[]): void {
     this.listener.interim?.(statusCode, originHeaderList(list));
   }
 
-  /** The lean client's head (lean.ts): names already lower-cased. */
+  /** The plain GET client's head (plain-get-client.ts): names already lower-cased. */
   onHeaderList(statusCode: number, list: string[], resume: () => void): boolean {
     return this.onFinalHead(statusCode, originHeaderList(list), resume);
   }

@@ -102,8 +102,11 @@ export function policyClass(options: PolicyOptions = {}): PolicyClass {
       if (req) self._reqcc = parseCacheControl(req.headers['cache-control']);
     }
 
+    /** When not negative, the time (epoch ms) the policy is being evaluated at instead of the clock's (set by flow.ts for one call). */
+    evaluatedAt = -1;
+
     now(): number {
-      return now();
+      return this.evaluatedAt >= 0 ? this.evaluatedAt : now();
     }
 
     override maxAge(): number {
@@ -294,7 +297,7 @@ export class CachedObject {
   body: Buffer | undefined;
   /** Blob key in the object tier ('' until persisted). */
   blobKey: string;
-  /** Epoch ms until which the entry is fresh for a request that sets no conditions (fast path). */
+  /** Epoch ms until which the entry is fresh for a request that sets no conditions (the cache flow decides such a hit without asking the policy again, see flow.ts). */
   freshUntil = 0;
   /** Epoch ms of the last LRU touch written to Tables. */
   touchedAt = 0;
@@ -343,7 +346,7 @@ export class CachedObject {
     const p = this.policy;
     const rescc = (p as unknown as { _rescc: Record<string, unknown> })._rescc;
     // no-cache goes through the library's full evaluation every time; a part (206) is served to
-    // Range requests only, which the fast path does not take.
+    // Range requests only, which flow.ts decides with the policy.
     if (rescc['no-cache'] || this.status === 206 || !p.storable()) {
       this.freshUntil = 0;
       return;

@@ -4,9 +4,7 @@
  * path and needs byte accounting and per-URL variant sets that LRU packages do not keep.
  *
  * The recency order is an intrusive doubly linked list threaded through the entries, so a hit moves
- * its entry to the front with a few pointer writes. (Moving it by `Map.delete` + `Map.set`, the
- * usual trick, cost about 1.5 µs per hit with thousands of entries: every delete leaves a hole that
- * a later rehash of the whole table pays for.)
+ * its entry to the front with a few pointer writes (see docs/performance.md, Proxy).
  */
 import type { CachedObject } from './entry.js';
 import { variantKey, type HeaderMap } from './keys.js';

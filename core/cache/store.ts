@@ -285,7 +285,7 @@ export class CacheStore {
     return new this.Policy(req, res, { shared: true });
   }
 
-  /** The variant the request selects from the memory tier only (no I/O: the hit fast path). */
+  /** The variant the request selects from the memory tier only (no I/O: a hit in memory is answered synchronously). */
   memoryGet(url: string, headers: HeaderMap): CachedObject | undefined {
     return this.memory.get(url, headers);
   }
@@ -380,8 +380,7 @@ export class CacheStore {
    * Counts a use of a stored response; a response held only in memory is written to the object
    * tier at its `admitHits`-th use. Most responses a proxy stores are never asked for again (the
    * "one-hit wonders" that make up most objects in web traces); writing each of them is a file
-   * creation, rename and Tables transaction (about 1 to 2.5 ms of CPU here, fsyncs included) for
-   * nothing, so, like the cache-on-second-hit rule of large CDNs, only responses asked for again
+   * creation, rename and Tables transaction for nothing (see docs/performance.md, Proxy), so, like the cache-on-second-hit rule of large CDNs, only responses asked for again
    * are shared through the object tier. A task that restarts or evicts a one-hit response fetches
    * it again; a second task that asks for it stores it in its own memory tier.
    */

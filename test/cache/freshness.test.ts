@@ -1,8 +1,8 @@
 /**
- * The proxy's hit fast path decides freshness from `CachedObject.freshUntil`, a number computed
+ * The cache flow (core/cache/flow.ts) decides a hit's freshness from `CachedObject.freshUntil`, a number computed
  * once from http-cache-semantics when the entry is stored or refreshed. These checks hold it
  * against the library itself (the rule-keeper) over many response shapes and clock readings: the
- * fast path may only say "fresh" when the library, asked about a request without conditions, would
+ * flow may only say "fresh" when the library, asked about a request without conditions, would
  * serve the stored response without revalidation; and it must not miss more than a rounding step.
  */
 import { describe, expect, it } from 'vitest';
@@ -49,7 +49,7 @@ describe('fast-path freshness agrees with http-cache-semantics', () => {
           expect(libFresh, what).toBe(true);
           freshSeen++;
         } else if (libFresh) {
-          // The library's own answer a second later must already be "stale": the fast path may
+          // The library's own answer a second later must already be "stale": the flow may
           // round the end of the lifetime down, never up.
           now += 1000;
           expect(policy.evaluateRequest(REQ).revalidation !== undefined || !!headers['cache-control']?.match(/must-revalidate|no-cache/), what).toBe(true);

@@ -100,7 +100,7 @@ async function main(): Promise<void> {
       'http://meta.test/',
       'http://several.test/',
     ].map((u) => ({ name: `GET ${u}`, data: get(u) })),
-    // Requests with a body take undici rather than the lean client: the same guard.
+    // Requests with a body take undici rather than the plain GET client: the same guard.
     ...['http://10.0.0.1/form', 'http://private.test/form', 'http://[::ffff:a00:1]/form'].map((u) => ({
       name: `POST ${u}`,
       data: `POST ${u} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi`,

@@ -1,11 +1,11 @@
 /**
- * The lean origin client (containers/proxy/lean.ts) against a raw TCP origin that writes exactly
+ * The origin client for plain GET and HEAD requests (containers/proxy/plain-get-client.ts) against a raw TCP origin that writes exactly
  * the bytes each test names: body framing (RFC 9112 §6.3), interim responses, strict heads,
  * connection reuse and its limits, timeouts.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { LeanClient, requestHead, type LeanHandler } from '../../containers/proxy/lean.js';
+import { PlainGetClient, requestHead, type PlainGetHandler } from '../../containers/proxy/plain-get-client.js';
 
 interface Result {
   status?: number;
@@ -15,11 +15,11 @@ interface Result {
 }
 
 /** A handler collecting the exchange; resolves on completion or error. */
-function collect(): { handler: LeanHandler; done: Promise<Result> } {
+function collect(): { handler: PlainGetHandler; done: Promise<Result> } {
   const r: Result = { headers: [], body: '' };
   let resolve!: (r: Result) => void;
   const done = new Promise<Result>((res) => (resolve = res));
-  const handler: LeanHandler = {
+  const handler: PlainGetHandler = {
     onConnect: () => undefined,
     onHeaderList: (status, list) => {
       r.status = status;
@@ -64,7 +64,7 @@ async function origin(respond: (socket: Socket, request: string, conn: number) =
 }
 
 const servers: Server[] = [];
-const clients: LeanClient[] = [];
+const clients: PlainGetClient[] = [];
 afterEach(async () => {
   for (const c of clients.splice(0)) c.close();
   await Promise.all(
@@ -78,13 +78,13 @@ afterEach(async () => {
   );
 });
 
-function client(timeoutMs = 2000, maxSockets?: number): LeanClient {
-  const c = new LeanClient({ timeoutMs, keepAliveMs: 2000, maxHeaderBytes: 1024, maxSockets });
+function client(timeoutMs = 2000, maxSockets?: number): PlainGetClient {
+  const c = new PlainGetClient({ timeoutMs, keepAliveMs: 2000, maxHeaderBytes: 1024, maxSockets });
   clients.push(c);
   return c;
 }
 
-async function get(c: LeanClient, port: number, method: 'GET' | 'HEAD' = 'GET', path = '/x'): Promise<Result> {
+async function get(c: PlainGetClient, port: number, method: 'GET' | 'HEAD' = 'GET', path = '/x'): Promise<Result> {
   const { handler, done } = collect();
   c.request('127.0.0.1', port, method, path, { host: `127.0.0.1:${port}` }, handler);
   return done;
@@ -97,7 +97,7 @@ function dribble(socket: Socket, text: string): void {
   socket.uncork();
 }
 
-describe('lean origin client: framing', () => {
+describe('plain GET origin client: framing', () => {
   it('reads a Content-Length body and reuses the connection for the next request', async () => {
     const o = await origin((s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: "a"\r\n\r\nhello'));
     const c = client();
@@ -153,7 +153,7 @@ describe('lean origin client: framing', () => {
   });
 });
 
-describe('lean origin client: refuses what it cannot frame safely (502)', () => {
+describe('plain GET origin client: refuses what it cannot frame safely (502)', () => {
   const bad: [string, string][] = [
     ['Transfer-Encoding with Content-Length', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n'],
     ['differing Content-Length values', 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok'],
@@ -191,7 +191,7 @@ describe('lean origin client: refuses what it cannot frame safely (502)', () => 
   });
 });
 
-describe('lean origin client: connections', () => {
+describe('plain GET origin client: connections', () => {
   it('does not reuse a connection that carried bytes after the response', async () => {
     const o = await origin((s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil'));
     const c = client();

@@ -1,13 +1,7 @@
 /**
  * The proxy's HTTP/1.1 client for origin requests without a body (GET and HEAD: revalidations,
- * misses). Requests with a body, and every other method, go through undici.
- *
- * Why not undici here (measured, issue 6): on the revalidation path (a conditional GET answered
- * 304) the proxy spent 103 µs of CPU per request with this client against 108 µs with undici's
- * dispatch (two proxies pinned to one core, 2 s slices of wrk load alternating between them, 20
- * slices), about 5% less, which is what separated us from Squid on that row. undici queues each
- * request to the next turn of the event loop, parses in WebAssembly and calls back into
- * JavaScript for every field; here the head is one string split into lines. In exchange this
+ * misses). Requests with a body, and every other method, go through undici. It exists because it
+ * costs less CPU per revalidation than undici's dispatch (see docs/performance.md, Proxy). This
  * file has to get HTTP/1.1 framing right, so it does only what the proxy needs:
  * - one request at a time per connection (no pipelining), a pool of idle keep-alive connections
  *   per origin, at most `maxSockets` per origin (further requests wait in order);
@@ -28,7 +22,7 @@
 import { connect, type LookupFunction, type Socket } from 'node:net';
 
 /** What an exchange tells its consumer (OriginExchange implements it). */
-export interface LeanHandler {
+export interface PlainGetHandler {
   onConnect(abort: (err?: Error) => void): void;
   /** An interim (1xx) response head, in the same form as onHeaderList's. */
   onInterim?(statusCode: number, list: string[]): void;
@@ -40,7 +34,7 @@ export interface LeanHandler {
   onError(err: Error): void;
 }
 
-export interface LeanOptions {
+export interface PlainGetOptions {
   /** Connect timeout and the longest wait for the origin's next bytes. */
   timeoutMs: number;
   /** How long an idle connection is kept. */
@@ -72,18 +66,18 @@ const MAX_CHUNK_LINE = 4096;
 const CURRENT = Symbol('exchange');
 /** A pooled connection. Its socket timeout stays at `timeoutMs` (set once: Node makes a new timer
  * on every setTimeout call); idle ones are closed by age when taken and by a sweep (see sweep). */
-type PooledSocket = Socket & { [CURRENT]?: Exchange; leanKey?: string; idleSince?: number };
+type PooledSocket = Socket & { [CURRENT]?: Exchange; poolKey?: string; idleSince?: number };
 
 interface Waiting {
   host: string;
   port: number;
   head: string;
   headOnly: boolean;
-  handler: LeanHandler;
+  handler: PlainGetHandler;
 }
 
 /** The client: pools of connections by origin `host:port`. */
-export class LeanClient {
+export class PlainGetClient {
   private readonly idle = new Map<string, PooledSocket[]>();
   /** Connections released in this turn of the event loop, usable from the next. */
   private cooling: PooledSocket[] = [];
@@ -95,7 +89,7 @@ export class LeanClient {
 
   private readonly sweeper: NodeJS.Timeout;
 
-  constructor(readonly opts: LeanOptions) {
+  constructor(readonly opts: PlainGetOptions) {
     this.maxSockets = opts.maxSockets ?? 512;
     this.sweeper = setInterval(() => this.sweep(), Math.max(100, opts.keepAliveMs / 2));
     this.sweeper.unref();
@@ -111,7 +105,7 @@ export class LeanClient {
   }
 
   /** Sends a bodiless GET or HEAD for `path` to `host:port`; `headers` must include Host. */
-  request(host: string, port: number, method: 'GET' | 'HEAD', path: string, headers: Record<string, string | string[]>, handler: LeanHandler): void {
+  request(host: string, port: number, method: 'GET' | 'HEAD', path: string, headers: Record<string, string | string[]>, handler: PlainGetHandler): void {
     let head: string;
     try {
       head = requestHead(method, path, headers);
@@ -155,7 +149,7 @@ export class LeanClient {
 
   private open(key: string, host: string, port: number): PooledSocket {
     const s: PooledSocket = connect({ host, port, lookup: this.opts.lookup, noDelay: true });
-    s.leanKey = key;
+    s.poolKey = key;
     this.sockets.add(s);
     this.count.set(key, (this.count.get(key) ?? 0) + 1);
     s.setTimeout(this.opts.timeoutMs);
@@ -181,7 +175,7 @@ export class LeanClient {
     this.cooling = [];
     for (const s of list) {
       if (s.destroyed || s[CURRENT]) continue;
-      const key = s.leanKey!;
+      const key = s.poolKey!;
       const q = this.queue.get(key);
       const next = q?.shift();
       if (q && q.length === 0) this.queue.delete(key);
@@ -197,7 +191,7 @@ export class LeanClient {
 
   private gone(s: PooledSocket): void {
     this.sockets.delete(s);
-    const key = s.leanKey!;
+    const key = s.poolKey!;
     const n = (this.count.get(key) ?? 1) - 1;
     if (n > 0) this.count.set(key, n);
     else this.count.delete(key);
@@ -278,7 +272,7 @@ class Exchange {
   private paused = false;
 
   constructor(
-    private readonly client: LeanClient,
+    private readonly client: PlainGetClient,
     private readonly socket: PooledSocket,
     private readonly w: Waiting,
     private readonly reused: boolean,
