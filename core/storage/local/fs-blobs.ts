@@ -35,6 +35,7 @@ import {
   type BlobPutOptions,
   type Blobs,
   type ByteRange,
+  type SmallBlobReader,
 } from '../ports.js';
 import { GroupSync } from './group-sync.js';
 import { compareUtf8 } from './order.js';
@@ -506,7 +507,7 @@ export class FsBlobs implements Blobs {
    * hashes, a timer) costs more than reading a small file from the page cache; the caller counts
    * what it does instead.
    */
-  smallReader(): Pick<FsBlobs, 'readSmallSync'> {
+  smallReader(): SmallBlobReader {
     return { readSmallSync: (key, options) => this.readSmallSync(key, options) };
   }
 

@@ -136,7 +136,7 @@ export class SqliteStore {
     /** Pacing of the checkpoint worker (tests); production uses its defaults. */
     checkpoint: CheckpointOptions = {},
     /** Another thread of this process has a store on the same file. @default none */
-    private readonly sharing?: SqliteSharing,
+    private sharing?: SqliteSharing,
   ) {
     this.walPath = `${path}-wal`;
     this.walSync = durability === 'wal-fsync' ? new GroupSync() : undefined;
@@ -167,12 +167,12 @@ export class SqliteStore {
         }
       }
     }).immediate as unknown as (jobs: Job[], out: { ok: boolean; v: unknown }[]) => void;
-    const shared = sharing?.commits;
     if (sharing && !sharing.checkpoints) return;
     this.checkpointer = new Checkpointer(
       path,
       {
-        commits: shared ? () => this.commits + Atomics.load(shared, 0) : () => this.commits,
+        // Read at each tick: `shareWithThread` may add the other thread's counter later.
+        commits: () => (this.sharing ? this.commits + Atomics.load(this.sharing.commits, 0) : this.commits),
         pageSize: this.db.pragma('page_size', { simple: true }) as number,
         pauseWrites: () => this.pauseWrites(),
         inlineCheckpoint: (mode) => (this.db.pragma(`wal_checkpoint(${mode})`) as CheckpointResult[])[0],
@@ -181,6 +181,20 @@ export class SqliteStore {
       log,
       checkpoint,
     );
+  }
+
+  /**
+   * The counters a store on another thread of this process opens with (`checkpoints: false`); this
+   * store keeps the checkpoints and counts that store's commits from now on. The same counters on
+   * every call, so a restarted thread continues where the last one stopped.
+   */
+  shareWithThread(): Pick<SqliteSharing, 'commits' | 'releases'> {
+    if (this.sharing && !this.sharing.checkpoints) throw new Error('a store that leaves checkpoints to another thread cannot share itself further');
+    if (!this.sharing) {
+      const counters = new SharedArrayBuffer(8);
+      this.sharing = { commits: new Int32Array(counters, 0, 1), releases: new Int32Array(counters, 4, 1), checkpoints: true };
+    }
+    return { commits: this.sharing.commits, releases: this.sharing.releases };
   }
 
   /** Absent on a store that leaves checkpoints to another thread's store (`SqliteSharing`). */
