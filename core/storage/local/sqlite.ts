@@ -34,8 +34,8 @@
  * event loop: when another connection (another process, the checkpoint worker) holds it, BEGIN
  * fails at once and the batch is retried from a timer for up to the busy timeout (5 s).
  *
- * Two threads of one process (the listeners and the queue workers' thread, containers/
- * worker-host.ts) each open a store on the file (`SqliteSharing`): SQLite serialises their
+ * Two threads of one process (the listeners and the queue workers' thread) each open a store on
+ * the file (`SqliteSharing`, handed over by `Storage.forWorkerThread`, local/index.ts): SQLite serialises their
  * commits with its write lock, as it does for two processes; only the listeners' store runs the
  * checkpoint worker, and it counts the other thread's commits through a shared counter so that
  * its pacing sees all the writes.
@@ -103,9 +103,8 @@ export interface SqliteSharing {
    * Write transactions ended by the sharing stores (an Int32Array on a SharedArrayBuffer, one
    * slot), each followed by Atomics.notify. A store whose BEGIN finds the write lock held waits on
    * it (Atomics.waitAsync, which does not block the event loop) and retries as soon as the other
-   * thread's transaction ends, a fraction of a millisecond later, instead of at its 2 ms timer.
-   * In the one-session SMTP bench, 14% of the listener's queue writes found the lock held by the
-   * workers' thread and waited 2 to 4 ms for it. The timer stays for holders that do not notify
+   * thread's transaction ends, a fraction of a millisecond later, instead of at its 2 ms timer
+   * (see docs/performance.md, Local storage). The timer stays for holders that do not notify
    * (another process, the checkpoint worker).
    */
   releases?: Int32Array;
