@@ -53,17 +53,14 @@ export function enabledComponents(config: Config, asked: readonly Component[]): 
 export async function startApp(config: Config, asked: readonly Component[], log: Logger, options: { metrics?: Metrics; wrapStorage?: (s: Storage) => Storage } = {}): Promise<App> {
   const metrics = options.metrics ?? new Metrics();
   const components = enabledComponents(config, asked);
-  // The workers' thread (worker-host.ts) shares the local SQLite file; the fault tests' wrapped
-  // storage exists only on this thread, so with it the workers stay here.
+  // The workers' thread (worker-host.ts) opens the store this thread hands over; the fault tests'
+  // wrapped storage exists only on this thread, so with it the workers stay here.
   const threaded = components.includes('workers') && config.workers.thread && !options.wrapStorage;
-  // This thread's store runs the checkpoints; the workers' thread counts its commits into `commits`.
-  const shared = threaded ? new SharedArrayBuffer(8) : undefined;
-  const sharing = shared ? { commits: new Int32Array(shared, 0, 1), releases: new Int32Array(shared, 4, 1), checkpoints: true } : undefined;
-  const opened = await openStorage(config, log.child({ c: 'storage' }), { local: { sharing } });
+  const opened = await openStorage(config, log.child({ c: 'storage' }));
   // wrapStorage lets the soak inject storage faults into the real thing; never set in production.
   const storage = instrumentStorage(options.wrapStorage ? options.wrapStorage(opened) : opened, metrics);
-  // Address lookups cost DynamoDB reads on aws; local SQLite reads are cheaper than staleness.
-  Accounts.cacheLookups(storage.tables, storage.family === 'aws' ? config.mail.accountCacheSeconds : 0);
+  // Where each lookup is a billed request, keep answers briefly; local reads beat staleness.
+  Accounts.cacheLookups(storage.tables, storage.capabilities.costlyReads ? config.mail.accountCacheSeconds : 0);
   const listeners: RunningListener[] = [];
   let workers: RunningWorkers | WorkersThread | undefined;
   let health: Awaited<ReturnType<typeof startHealthServer>> | undefined;
@@ -82,14 +79,14 @@ export async function startApp(config: Config, asked: readonly Component[], log:
       listeners.push(l);
     }
     if (components.includes('workers')) {
-      workers = sharing ? await WorkersThread.start({ config, log, metrics, commits: sharing.commits, releases: sharing.releases }) : await startWorkers({ config, storage, log, metrics });
+      workers = threaded ? await WorkersThread.start({ config, log, metrics, storage: opened.forWorkerThread() }) : await startWorkers({ config, storage, log, metrics });
     }
     if (config.health.port !== 0) {
       const sources = (): HealthSource[] => [
         ...listeners.map((l) => ({ name: l.name, healthy: () => l.healthy() })),
         ...(workers?.workers ?? []).map((w) => ({ name: `worker:${w.queue}`, healthy: () => w.healthy() })),
       ];
-      health = await startHealthServer({ host: config.health.host, port: config.health.port, storage, metrics, log: log.child({ c: 'health' }), sources });
+      health = await startHealthServer({ host: config.health.host, port: config.health.port, storage, driver: config.storage.driver, metrics, log: log.child({ c: 'health' }), sources });
     }
   } catch (e) {
     await close(0).catch(() => undefined);

@@ -21,6 +21,8 @@ export interface HealthServerOptions {
   host: string;
   port: number;
   storage: Storage;
+  /** The configured storage driver (`storage.driver`), named in the report. */
+  driver: string;
   metrics: Metrics;
   log: Logger;
   /** Listeners and workers, read at each request (they may start after the endpoint). */
@@ -30,7 +32,7 @@ export interface HealthServerOptions {
 const QUEUES: QueueName[] = ['inbound', 'outbound', 'inbound-dlq', 'outbound-dlq'];
 
 /** The report /health serves. */
-export async function healthReport(storage: Storage, sources: HealthSource[]): Promise<{ ok: boolean; body: Record<string, unknown> }> {
+export async function healthReport(storage: Storage, sources: HealthSource[], driver?: string): Promise<{ ok: boolean; body: Record<string, unknown> }> {
   let backends: Record<string, boolean>;
   try {
     backends = await withTimeout(storage.check(), 3000);
@@ -42,7 +44,8 @@ export async function healthReport(storage: Storage, sources: HealthSource[]): P
   const storageStatus: Record<string, 'up' | 'down'> = {};
   for (const [k, v] of Object.entries(backends)) storageStatus[k] = v ? 'up' : 'down';
   const ok = Object.values(components).every((v) => v === 'up') && Object.values(storageStatus).every((v) => v === 'up');
-  return { ok, body: { status: ok ? 'up' : 'down', storage: { family: storage.family, ...storageStatus }, components } };
+  // The body's `family` key is the configured driver, kept under the name existing clients read.
+  return { ok, body: { status: ok ? 'up' : 'down', storage: { ...(driver !== undefined ? { family: driver } : {}), ...storageStatus }, components } };
 }
 
 /** Starts the endpoint; resolves with the server once it listens. */
@@ -54,7 +57,7 @@ export async function startHealthServer(o: HealthServerOptions): Promise<{ serve
       return;
     }
     if (path === '/health' || path === '/healthz' || path === '/') {
-      healthReport(o.storage, o.sources()).then(
+      healthReport(o.storage, o.sources(), o.driver).then(
         ({ ok, body }) => {
           res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json', 'cache-control': 'no-store' });
           res.end(JSON.stringify(body) + '\n');

@@ -9,11 +9,9 @@
  * workers and 5.7 ms with them, and 98 messages/s against 240 (bench client, busy machine).
  * Postfix likewise keeps smtpd apart from cleanup, qmgr and local.
  *
- * How: the thread (workers-thread.ts) opens its own storage on the same configuration. With the
- * local family both threads hold a connection to the one SQLite file (WAL; SQLite serialises
- * their commits), the listeners' store runs the checkpoints and counts the thread's commits
- * through a shared counter, and a send on one thread wakes a long poll on the other through a
- * BroadcastChannel (sqlite-queues.ts). The thread's log lines are written to this process's
+ * How: the thread (workers-thread.ts) opens the storage the listeners' store hands over
+ * (`Storage.forWorkerThread`: what the two stores must share, e.g. the local database's counters,
+ * is settled inside core/storage). The thread's log lines are written to this process's
  * logger, its metrics are summed into /metrics, its workers' health feeds /health. If the thread
  * dies, its jobs come back after their visibility timeout (nothing is lost, handlers are
  * idempotent) and it is started again after a backoff.
@@ -26,16 +24,14 @@ import { pino } from 'pino';
 import type { Config } from '../core/config.js';
 import type { Logger } from '../core/log.js';
 import type { Metrics, MetricsSnapshot } from '../core/metrics.js';
-import type { QueueName } from '../core/storage/ports.js';
+import type { QueueName, ThreadHandover } from '../core/storage/ports.js';
 import type { WorkerHandle } from './workers.js';
 
 /** What the thread gets at start (structured-cloned). */
 export interface ThreadData {
   config: Config;
-  /** The SharedArrayBuffer counter the thread's SQLite store adds its commits to. */
-  commits: Int32Array;
-  /** The counter of ended write transactions both threads' stores wait on (SqliteSharing.releases). */
-  releases?: Int32Array;
+  /** The store the thread opens (from the listeners' `Storage.forWorkerThread()`). */
+  storage: ThreadHandover;
   logLevel: string;
   logBindings: Record<string, unknown>;
 }
@@ -92,16 +88,15 @@ export class WorkersThread {
     private readonly config: Config,
     private readonly log: Logger,
     metrics: Metrics,
-    private readonly commits: Int32Array,
-    private readonly releases: Int32Array | undefined,
+    private readonly storage: ThreadHandover,
   ) {
     this.stream = (log as unknown as Record<symbol, { write(line: string): unknown } | undefined>)[pino.symbols.streamSym];
     this.removeMetrics = metrics.addRemote(() => this.metrics());
   }
 
   /** Starts the thread and resolves once its workers run; rejects (and stops it) if it cannot start. */
-  static async start(o: { config: Config; log: Logger; metrics: Metrics; commits: Int32Array; releases?: Int32Array; onThread?: (worker: Worker) => void }): Promise<WorkersThread> {
-    const host = new WorkersThread(o.config, o.log, o.metrics, o.commits, o.releases);
+  static async start(o: { config: Config; log: Logger; metrics: Metrics; storage: ThreadHandover; onThread?: (worker: Worker) => void }): Promise<WorkersThread> {
+    const host = new WorkersThread(o.config, o.log, o.metrics, o.storage);
     host.onThread = o.onThread;
     try {
       const queues = await host.spawn();
@@ -116,7 +111,7 @@ export class WorkersThread {
   /** Starts a thread; resolves with its queues when it is ready. */
   private spawn(): Promise<QueueName[]> {
     const entry = threadEntry();
-    const data: ThreadData = { config: this.config, commits: this.commits, ...(this.releases ? { releases: this.releases } : {}), logLevel: this.log.level, logBindings: this.log.bindings() };
+    const data: ThreadData = { config: this.config, storage: this.storage, logLevel: this.log.level, logBindings: this.log.bindings() };
     const worker = entry.eval ? new Worker(entry.code, { eval: true, workerData: data }) : new Worker(entry.file, { workerData: data });
     this.worker = worker;
     this.startedAt = Date.now();

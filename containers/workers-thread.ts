@@ -1,7 +1,7 @@
 /**
- * The entry point of the queue workers' thread (started by worker-host.ts): opens its own
- * storage on the same configuration, with the local family sharing its SQLite file with the
- * listeners' thread, runs the workers and the sweep, and speaks to the host through messages:
+ * The entry point of the queue workers' thread (started by worker-host.ts): opens the storage the
+ * listeners' thread handed over (`Storage.forWorkerThread`), runs the workers and the sweep, and
+ * speaks to the host through messages:
  * its log lines, its metrics on request, its workers' health, and stop.
  */
 import { parentPort, workerData } from 'node:worker_threads';
@@ -38,8 +38,8 @@ function reportHealth(): void {
 }
 
 async function start(config: Config): Promise<void> {
-  storage = instrumentStorage(await openStorage(config, log.child({ c: 'storage' }), { local: { sharing: { commits: data.commits, releases: data.releases, checkpoints: false }, purgeIntervalMs: 0 } }), metrics);
-  Accounts.cacheLookups(storage.tables, storage.family === 'aws' ? config.mail.accountCacheSeconds : 0);
+  storage = instrumentStorage(await openStorage(config, log.child({ c: 'storage' }), { thread: data.storage }), metrics);
+  Accounts.cacheLookups(storage.tables, storage.capabilities.costlyReads ? config.mail.accountCacheSeconds : 0);
   running = await startWorkers({ config, storage, log, metrics });
   reportHealth();
   setInterval(reportHealth, 1000).unref();

@@ -41,8 +41,10 @@ export async function startWorkers(o: { config: Config; storage: Storage; log: L
   });
   // The documented cleanup of orphaned message blobs (core/mail/sweep.ts), hourly by default.
   const sweep = startPeriodicSweep({ storage: o.storage, config: o.config, log: o.log.child({ c: 'sweep' }), metrics: o.metrics });
-  // On AWS (the direct-delivery Fargate worker) the OutboundQueueAge alarm's metric, each minute.
-  const age = o.storage.family === 'aws' ? setInterval(() => void reportOutboundAge(o.storage.tables, o.config.storage.aws.table, new Date()), 60_000) : undefined;
+  // Where an alarm watches the store (the direct-delivery Fargate worker on AWS), its outbound age
+  // metric, each minute.
+  const watched = o.storage.capabilities.monitoredAs;
+  const age = watched !== undefined ? setInterval(() => void reportOutboundAge(o.storage.tables, watched, new Date()), 60_000) : undefined;
   age?.unref();
   return {
     workers: loops,

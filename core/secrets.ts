@@ -1,78 +1,71 @@
 /**
- * AWS Secrets Manager, the one place that builds its client and knows its errors: TLS certificates,
- * DKIM keys, the smarthost password and the CLI's `dkim generate` all read and write secrets here.
- * The SDK is imported on first use, so a process that never touches a secret never loads it.
+ * The secrets port: where TLS certificates, DKIM signing keys and the smarthost password are kept.
+ * Two adapters: files and settings (core/secrets/file.ts, the local default) and AWS Secrets
+ * Manager (core/secrets/aws.ts). They sit beside the port rather than under core/storage because
+ * they follow their own settings, not `storage.driver`: each secret comes from Secrets Manager
+ * when its secret name is configured and from files or settings otherwise, so a local process
+ * may still read its certificate from Secrets Manager. `openSecrets` is the one place that picks.
  */
-import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import type { Config } from './config.js';
 
-/** A DKIM key as its domain's secret holds it. */
+/** A certificate chain and its private key, PEM. */
+export interface TlsPair {
+  cert: string;
+  key: string;
+}
+
+/** A DKIM signing key as it is kept: its selector and PEM private key. */
 export interface StoredDkimKey {
   selector: string;
   privateKey: string;
 }
 
-/** Reads and writes secret strings; `close` ends its connections. */
-export class SecretStore {
-  private client: Promise<SecretsManagerClient> | undefined;
-
-  /** @param region the client's region. @default the SDK's own (AWS_REGION) */
-  constructor(private readonly region?: string) {}
-
-  private sdk(): Promise<SecretsManagerClient> {
-    this.client ??= import('@aws-sdk/client-secrets-manager').then((sm) => new sm.SecretsManagerClient(this.region ? { region: this.region } : {}));
-    return this.client;
-  }
-
-  /** The secret's current string; undefined when the secret or its value does not exist. */
-  async read(id: string): Promise<string | undefined> {
-    const { GetSecretValueCommand } = await import('@aws-sdk/client-secrets-manager');
-    try {
-      return (await (await this.sdk()).send(new GetSecretValueCommand({ SecretId: id }))).SecretString;
-    } catch (e) {
-      if (isNotFound(e)) return undefined;
-      throw e;
-    }
-  }
-
-  /** Sets the secret's value, creating the secret when it does not exist. */
-  async write(id: string, value: string): Promise<void> {
-    const { PutSecretValueCommand, CreateSecretCommand } = await import('@aws-sdk/client-secrets-manager');
-    const client = await this.sdk();
-    try {
-      await client.send(new PutSecretValueCommand({ SecretId: id, SecretString: value }));
-    } catch (e) {
-      if (!isNotFound(e)) throw e;
-      await client.send(new CreateSecretCommand({ Name: id, SecretString: value }));
-    }
-  }
-
-  /** Ends the client's connections (a short-lived process would otherwise wait for them). */
-  close(): void {
-    void this.client?.then((c) => c.destroy());
-  }
+/** An addition refused because the secret already holds it (e.g. a DKIM selector in use). */
+export class SecretExists extends Error {
+  override readonly name = 'SecretExists';
 }
 
-/** Reads one secret with a client of its own, closed afterwards. */
-export async function readSecretOnce(id: string, region?: string): Promise<string | undefined> {
-  const store = new SecretStore(region);
-  try {
-    return await store.read(id);
-  } finally {
-    store.close();
-  }
+/** The secrets every part of Tomlinson reads, each from where its settings say. */
+export interface Secrets {
+  /** The configured TLS certificate and key; undefined when none is configured (then a self-signed
+   * one is made). Throws when one is configured but cannot be read or is malformed. */
+  tlsPair(): Promise<TlsPair | undefined>;
+  /** A domain's DKIM keys (none: do not sign); `domain` in lower case. */
+  dkimKeys(domain: string): Promise<StoredDkimKey[]>;
+  /** Adds a key for the domain; SecretExists when the selector is taken. Returns where it is kept
+   * (for the operator: a file path or `secret <name>`). */
+  addDkimKey(domain: string, key: StoredDkimKey): Promise<string>;
+  /** The smarthost's password; undefined: use the one in the smarthost URL setting. */
+  smarthostPassword(): Promise<string | undefined>;
+  /** Ends connections (a short-lived process would otherwise wait for them). */
+  close(): void;
+}
+
+/** Which secrets the configuration keeps in Secrets Manager (a name set) rather than in files. */
+function keptInSecretsManager(config: Config): { tls: boolean; dkim: boolean; smarthost: boolean } {
+  return { tls: Boolean(config.tls.secretId), dkim: Boolean(config.outbound.dkimSecretPrefix), smarthost: Boolean(config.outbound.smarthostPasswordSecretId) };
 }
 
 /**
- * A domain's DKIM keys from its secret: `{"keys":[{selector, privateKey}, ...]}` or one
- * `{selector, privateKey}`. A key whose privateKey is still empty (a secret the stack created
- * before its key) is left out.
+ * The secrets of a configuration: each from Secrets Manager when its secret name is set, else from
+ * files and settings. The AWS adapter (and its SDK) is loaded only when a secret name is set and
+ * read.
  */
-export function parseDkimSecret(text: string | undefined): StoredDkimKey[] {
-  const parsed = JSON.parse(text || '{}') as { keys?: StoredDkimKey[]; selector?: string; privateKey?: string };
-  const list = parsed.keys ?? (parsed.selector ? [{ selector: parsed.selector, privateKey: parsed.privateKey ?? '' }] : []);
-  return list.filter((k) => k.selector && k.privateKey);
-}
-
-function isNotFound(e: unknown): boolean {
-  return (e as { name?: string }).name === 'ResourceNotFoundException';
+export function openSecrets(config: Config): Secrets {
+  const inSm = keptInSecretsManager(config);
+  let aws: Promise<Secrets> | undefined;
+  let files: Promise<Secrets> | undefined;
+  const awsSecrets = () => (aws ??= import('./secrets/aws.js').then((m) => m.awsSecrets(config)));
+  const fileSecrets = () => (files ??= import('./secrets/file.js').then((m) => m.fileSecrets(config)));
+  const pick = (inSecretsManager: boolean) => (inSecretsManager ? awsSecrets() : fileSecrets());
+  return {
+    tlsPair: async () => (await pick(inSm.tls)).tlsPair(),
+    dkimKeys: async (domain) => (await pick(inSm.dkim)).dkimKeys(domain),
+    addDkimKey: async (domain, key) => (await pick(inSm.dkim)).addDkimKey(domain, key),
+    smarthostPassword: async () => (await pick(inSm.smarthost)).smarthostPassword(),
+    close() {
+      void aws?.then((s) => s.close());
+      void files?.then((s) => s.close());
+    },
+  };
 }

@@ -1,6 +1,6 @@
 /**
- * TLS certificates for every listener: from PEM files (reloaded when they change on disk), from
- * AWS Secrets Manager (polled), per-domain certificates by SNI from a folder, or, with nothing
+ * TLS certificates for every listener, read through the secrets port (core/secrets.ts): from PEM
+ * files (reloaded when they change on disk), from AWS Secrets Manager (polled), per-domain certificates by SNI from a folder, or, with nothing
  * configured, a self-signed certificate generated once into `<dataDir>/tls/`. Contexts are
  * rebuilt on change and handed out fresh, so new connections pick up a renewed certificate
  * without a restart; listeners built on tls.Server call `attach(server)` to follow reloads.
@@ -12,7 +12,7 @@ import { basename, dirname, join } from 'node:path';
 import tls from 'node:tls';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
-import { readSecretOnce } from './secrets.js';
+import { openSecrets, type Secrets, type TlsPair } from './secrets.js';
 
 /** TLS 1.2 is the floor (RFC 8996 deprecates 1.0 and 1.1; RFC 9325 §3.1.1). */
 export const MIN_TLS_VERSION = 'TLSv1.2' as const;
@@ -79,14 +79,11 @@ export interface TlsProviderOptions {
   debounceMs?: number;
   /** How often the Secrets Manager secret is re-read. @default 300 */
   secretPollSeconds?: number;
-  /** Reads the secret's JSON text; replaces the Secrets Manager client (tests, other vaults). */
-  fetchSecret?: (secretId: string) => Promise<string>;
+  /** Where the certificate is read. @default openSecrets(config) */
+  secrets?: Pick<Secrets, 'tlsPair'>;
 }
 
-interface Pair {
-  key: string;
-  cert: string;
-}
+type Pair = TlsPair;
 
 interface Loaded {
   source: TlsSource;
@@ -108,6 +105,7 @@ function describe(source: TlsSource, certPem: string): CertificateInfo {
   return { source, subject: x.subject, subjectAltName: x.subjectAltName ?? '', validTo: x.validTo, fingerprint256: x.fingerprint256 };
 }
 
+/** The SNI folder's and the self-signed pairs (files tls.ts manages itself, never secrets). */
 async function readPair(certFile: string, keyFile: string): Promise<Pair> {
   const [cert, key] = await Promise.all([readFile(certFile, 'utf8'), readFile(keyFile, 'utf8')]);
   return { cert, key };
@@ -178,47 +176,17 @@ async function selfSigned(config: Config, log: Logger): Promise<Pair> {
   return { cert: made.cert, key: made.private };
 }
 
-async function fetchFromSecretsManager(secretId: string): Promise<string> {
-  const text = await readSecretOnce(secretId);
-  if (text === undefined) throw new Error('the secret has no SecretString');
-  return text;
-}
-
-function parseSecret(text: string): Pair {
-  let obj: unknown;
-  try {
-    obj = JSON.parse(text);
-  } catch {
-    throw new Error('the TLS secret is not JSON {"cert","key"}');
-  }
-  const o = obj as Record<string, unknown>;
-  if (typeof o.cert !== 'string' || typeof o.key !== 'string') throw new Error('the TLS secret needs string fields "cert" and "key"');
-  return { cert: o.cert, key: o.key };
-}
-
 /** Loads the configured certificates and starts watching them; throws when none can be loaded. */
 export async function createTlsProvider(config: Config, log: Logger, options: TlsProviderOptions = {}): Promise<TlsProvider> {
   const tlog = log.child({ c: 'tls' });
   const { certFile, keyFile, secretId, sniDir } = config.tls;
   if (Boolean(certFile) !== Boolean(keyFile)) throw new Error('TOMLINSON_TLS_CERT_FILE and TOMLINSON_TLS_KEY_FILE must be set together');
-  const fetchSecret = options.fetchSecret ?? fetchFromSecretsManager;
+  const secrets = options.secrets ?? openSecrets(config);
   const listeners = new Set<() => void>();
-  let lastSecret = '';
+  const source: TlsSource = secretId ? 'secret' : certFile ? 'files' : 'self-signed';
 
   async function load(): Promise<Loaded> {
-    let source: TlsSource;
-    let pair: Pair;
-    if (secretId) {
-      source = 'secret';
-      lastSecret = await fetchSecret(secretId);
-      pair = parseSecret(lastSecret);
-    } else if (certFile) {
-      source = 'files';
-      pair = await readPair(certFile, keyFile);
-    } else {
-      source = 'self-signed';
-      pair = await selfSigned(config, tlog);
-    }
+    const pair = (await secrets.tlsPair()) ?? (await selfSigned(config, tlog));
     const context = contextFor(pair);
     return { source, pair, context, info: describe(source, pair.cert), sni: await loadSni(sniDir, tlog) };
   }
@@ -287,8 +255,8 @@ export async function createTlsProvider(config: Config, log: Logger, options: Tl
       () => {
         void (async () => {
           try {
-            const text = await fetchSecret(secretId);
-            if (text !== lastSecret) await reload();
+            const pair = await secrets.tlsPair();
+            if (pair && (pair.cert !== current.pair.cert || pair.key !== current.pair.key)) await reload();
           } catch (e) {
             tlog.warn({ err: (e as Error).message }, 'tls: cannot read the secret; keeping the previous certificate');
           }

@@ -13,8 +13,8 @@ function source(name: string): DlqSource {
 
 async function admin(ctx: CliContext): Promise<DeadLetterAdmin> {
   const storage = await ctx.storage();
-  // The local queues answer at once; SQS needs a long poll to see every message of a small queue.
-  return new DeadLetterAdmin(storage.queues, storage.family === 'aws' ? 1 : 0);
+  // Queues whose short receive samples (listingWaitSeconds > 0) need a long poll to see every message.
+  return new DeadLetterAdmin(storage.queues, storage.capabilities.listingWaitSeconds);
 }
 
 /** Adds the `dlq` command group. */

@@ -1,6 +1,4 @@
 /** `queue list|show|retry|hold|release|delete` (the outbound queue) and `dkim generate`. */
-import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Command } from 'commander';
 import { generateDkimKey, type DkimAlgorithm } from '../../core/mail/dkim.js';
 import { listQuotaWaits } from '../../core/mail/inbound.js';
@@ -162,19 +160,18 @@ export function register(program: Command, ctx: CliContext): void {
       const config = ctx.config();
       if (opts.printKey) {
         stored = 'printed';
-      } else if (config.outbound.dkimSecretPrefix) {
-        stored = await storeInSecret(`${config.outbound.dkimSecretPrefix}${domain}`, opts.selector, key.privateKey, config.storage.aws.region);
       } else {
-        const dir = join(config.outbound.dkimDir || join(config.dataDir, 'dkim'), domain);
-        await mkdir(dir, { recursive: true, mode: 0o700 });
-        const file = join(dir, `${opts.selector}.pem`);
+        // Where the outbound worker reads keys: the secret <prefix><domain>, or <dkimDir>/<domain>/.
+        const { openSecrets, SecretExists } = await import('../../core/secrets.js');
+        const secrets = openSecrets(config);
         try {
-          await writeFile(file, key.privateKey, { mode: 0o600, flag: 'wx' });
+          stored = await secrets.addDkimKey(domain, { selector: opts.selector, privateKey: key.privateKey });
         } catch (e) {
-          if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new CliError(`${file} exists; choose another --selector`);
+          if (e instanceof SecretExists) throw new CliError(e.message);
           throw e;
+        } finally {
+          secrets.close();
         }
-        stored = file;
       }
       const data = { domain, selector: opts.selector, algorithm: opts.algorithm, name: key.name, txt: key.txt, stored, ...(opts.printKey ? { privateKey: key.privateKey } : {}) };
       ctx.print(
@@ -187,18 +184,4 @@ export function register(program: Command, ctx: CliContext): void {
         data,
       );
     });
-}
-
-/** Adds the key to the domain's secret `{"keys":[...]}` (creating the secret when absent). */
-async function storeInSecret(secretId: string, selector: string, privateKey: string, region: string): Promise<string> {
-  const { SecretStore, parseDkimSecret } = await import('../../core/secrets.js');
-  const secrets = new SecretStore(region || undefined);
-  try {
-    const keys = parseDkimSecret(await secrets.read(secretId));
-    if (keys.some((k) => k.selector === selector)) throw new CliError(`selector ${selector} exists in ${secretId}; choose another --selector`);
-    await secrets.write(secretId, JSON.stringify({ keys: [...keys, { selector, privateKey }] }));
-    return `secret ${secretId}`;
-  } finally {
-    secrets.close();
-  }
 }

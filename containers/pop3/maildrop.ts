@@ -8,30 +8,13 @@ import { hostname } from 'node:os';
 import type { Readable } from 'node:stream';
 import type { Logger } from '../../core/log.js';
 import type { MailboxStore, MessageEntry } from '../../core/mailbox/store.js';
-import { isStorageError, type Blobs, type Key, type Tables } from '../../core/storage/ports.js';
+import { isStorageError, type Blobs, type Key, type SmallBlobReader, type Tables } from '../../core/storage/ports.js';
 import type { Maildrop, MaildropMessage, OpenFailure } from './session.js';
 
 /** One message of the snapshot, with what is needed to fetch and remove it. */
 export interface SnapshotMessage extends MaildropMessage {
   uid: number;
   blobKey: string;
-}
-
-/**
- * A Blobs adapter that can also read a small object whole, at once (the local family's FsBlobs):
- * RETR of a small message then costs one open/read/close instead of several async round trips.
- */
-export interface SmallBlobReads {
-  /** The body when it is at most `maxBytes` long, else undefined; throws NotFound like get. */
-  readSmallSync(key: string, options: { maxBytes: number; sizeHint: number; into?: Buffer }): Buffer | undefined;
-}
-
-function smallReadsOf(blobs: Blobs): SmallBlobReads | undefined {
-  // FsBlobs' smallReader: the same reads without the per-call storage timing (the RETR counter
-  // counts them), which costs more than the read itself.
-  const b = blobs as Partial<SmallBlobReads> & { smallReader?: () => SmallBlobReads };
-  if (typeof b.smallReader === 'function') return b.smallReader();
-  return typeof b.readSmallSync === 'function' ? (blobs as unknown as SmallBlobReads) : undefined;
 }
 
 /** Messages up to this size are read into a buffer the session keeps; larger ones get their own. */
@@ -143,7 +126,7 @@ export class StoreMaildrop implements Maildrop {
   private prefetched: { index: number; body: Promise<Readable> } | undefined;
   /** False once a renewal found the lease gone (expired and taken): commit is then refused. */
   private holding = true;
-  private readonly smallReads: SmallBlobReads | undefined;
+  private readonly smallReads: SmallBlobReader | undefined;
   /** Reused by `read` from one message to the next (kept only while small). */
   private scratch: Buffer | undefined;
   /** The message `readAhead` read, held in `aheadScratch` until its `read` (one message at most). */
@@ -162,7 +145,9 @@ export class StoreMaildrop implements Maildrop {
     private readonly log: Logger,
     private readonly wholeReadBytes = 256 * 1024,
   ) {
-    this.smallReads = smallReadsOf(blobs);
+    // A blob store that can read a small object at once (local files) makes RETR of a small message
+    // one open/read/close instead of several async round trips; S3 has no such reader.
+    this.smallReads = blobs.smallReader?.();
     this.timer = setInterval(() => void this.renew(), Math.max(1000, (leaseSeconds * 1000) / 3));
     this.timer.unref();
   }

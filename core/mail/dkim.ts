@@ -1,14 +1,12 @@
 /**
  * DKIM signing of outgoing mail (RFC 6376; ed25519-sha256 per RFC 8463) with per-domain keys from
- * files or Secrets Manager. Signing itself is mailauth's `dkimSign` (relaxed/relaxed), which reads
+ * the secrets port (core/secrets.ts: files or Secrets Manager). Signing itself is mailauth's `dkimSign` (relaxed/relaxed), which reads
  * the message as a stream; we only choose keys and build the DNS record to publish.
  */
 import { generateKeyPairSync, createPublicKey } from 'node:crypto';
-import { readdir, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { dkimSign } from 'mailauth';
-import { parseDkimSecret, SecretStore } from '../secrets.js';
+import type { Secrets } from '../secrets.js';
 
 /** The signing algorithms we use. */
 export type DkimAlgorithm = 'rsa-sha256' | 'ed25519-sha256';
@@ -35,50 +33,20 @@ function algorithmOf(pem: string): DkimAlgorithm {
 }
 
 /**
- * Keys from files: `<dir>/<domain>/<selector>.pem` (one signature per file; the algorithm follows
- * the key type). Cached for `cacheMs`.
+ * The keys of each domain from the secrets port (files `<dkimDir>/<domain>/<selector>.pem`, or the
+ * secret `<prefix><domain>`; the algorithm follows the key type), kept for `cacheMs`.
  */
-export function fileDkimKeys(dir: string, options: { cacheMs?: number; now?: () => number } = {}): DkimKeySource {
+export function storedDkimKeys(secrets: Pick<Secrets, 'dkimKeys'>, options: { cacheMs?: number; now?: () => number } = {}): DkimKeySource {
   const cache = new Map<string, { at: number; keys: DkimKey[] }>();
   const ttl = options.cacheMs ?? 60_000;
   const now = options.now ?? Date.now;
   return {
     async keys(domain) {
       const d = domain.toLowerCase();
-      if (!/^[a-z0-9.-]+$/.test(d) || d.includes('..')) return [];
       const hit = cache.get(d);
       if (hit && now() - hit.at < ttl) return hit.keys;
-      let names: string[] = [];
-      try {
-        names = (await readdir(join(dir, d))).filter((n) => n.endsWith('.pem')).sort();
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-      }
-      const keys: DkimKey[] = [];
-      for (const n of names) {
-        const privateKey = await readFile(join(dir, d, n), 'utf8');
-        keys.push({ selector: n.slice(0, -4), algorithm: algorithmOf(privateKey), privateKey });
-      }
+      const keys = (await secrets.dkimKeys(d)).map((k) => ({ selector: k.selector, privateKey: k.privateKey, algorithm: algorithmOf(k.privateKey) }));
       cache.set(d, { at: now(), keys });
-      return keys;
-    },
-  };
-}
-
-/** Keys from Secrets Manager: secret `<prefix><domain>` holding `{"keys":[{"selector",
- * "privateKey"}]}` or a single `{"selector","privateKey"}` (algorithm from the key type).
- * Missing secret: no keys. */
-export function secretsDkimKeys(prefix: string, options: { cacheMs?: number; region?: string } = {}): DkimKeySource {
-  const cache = new Map<string, { at: number; keys: DkimKey[] }>();
-  const ttl = options.cacheMs ?? 300_000;
-  const secrets = new SecretStore(options.region);
-  return {
-    async keys(domain) {
-      const d = domain.toLowerCase();
-      const hit = cache.get(d);
-      if (hit && Date.now() - hit.at < ttl) return hit.keys;
-      const keys = parseDkimSecret(await secrets.read(`${prefix}${d}`)).map((k) => ({ selector: k.selector, privateKey: k.privateKey, algorithm: algorithmOf(k.privateKey) }));
-      cache.set(d, { at: Date.now(), keys });
       return keys;
     },
   };

@@ -17,14 +17,13 @@
  * with an expiry in its META item).
  */
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
-import { readSecretOnce } from '../secrets.js';
+import { openSecrets } from '../secrets.js';
 import { isStorageError, MAX_DELAY_SECONDS, MAX_VISIBILITY_SECONDS, type Storage } from '../storage/ports.js';
 import { done, type JobContext, type JobHandler, type JobOutcome } from '../workers/job.js';
-import { dkimSignatures, fileDkimKeys, noDkimKeys, secretsDkimKeys, type DkimKeySource } from './dkim.js';
+import { dkimSignatures, noDkimKeys, storedDkimKeys, type DkimKeySource } from './dkim.js';
 import { buildDsn, type DsnRecipientReport } from './dsn.js';
 import { withoutReturnPath } from './return-path.js';
 import type { InboundJob, OutboundJob } from './jobs.js';
@@ -124,30 +123,22 @@ export function parseSmarthost(url: string, domains: string[] = []): Smarthost {
 export function defaultOutboundDeps(config: Config, options: { ca?: string } = {}): OutboundDeps {
   let smarthost: Promise<Smarthost | undefined> | undefined;
   const resolver = dnsResolverFromConfig(config);
+  const secrets = openSecrets(config);
   return {
     dns: resolver,
     mtaSts: async (domain, storage) =>
       config.outbound.mtaSts ? stsPolicy(domain, { resolver, tables: storage.tables, port: config.outbound.mtaStsPort, ca: options.ca }) : { mode: 'none', mx: [], id: '', expires: 0 },
-    dkim: config.outbound.dkimSecretPrefix
-      ? secretsDkimKeys(config.outbound.dkimSecretPrefix, { region: config.storage.aws.region || undefined })
-      : fileDkimKeys(config.outbound.dkimDir || join(config.dataDir, 'dkim')),
+    dkim: storedDkimKeys(secrets),
     smarthost: () =>
       (smarthost ??= (async () => {
         if (!config.outbound.smarthost) return undefined;
         const s = parseSmarthost(config.outbound.smarthost, config.outbound.smarthostDomains);
-        if (config.outbound.smarthostPasswordSecretId && s.user) s.pass = await secretString(config.outbound.smarthostPasswordSecretId, config.storage.aws.region);
+        if (s.user) s.pass = (await secrets.smarthostPassword()) ?? s.pass;
         return s;
       })()),
     transact: deliverTransaction,
     senderKind: defaultSenderKind,
   };
-}
-
-async function secretString(id: string, region: string): Promise<string> {
-  const s = (await readSecretOnce(id, region)) ?? '';
-  // Either the password itself or {"password": "..."}.
-  if (s.trim().startsWith('{')) return String((JSON.parse(s) as { password?: string }).password ?? '');
-  return s;
 }
 
 /** Local when Accounts resolves the sender here (mailbox or alias; the inbound path expands it),

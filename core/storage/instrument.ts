@@ -42,6 +42,8 @@ function wrap<T extends object>(target: T, port: string, metrics: Metrics): T {
 export function instrumentStorage(storage: Storage, metrics: Metrics): Storage {
   return {
     family: storage.family,
+    capabilities: storage.capabilities,
+    forWorkerThread: () => storage.forWorkerThread(),
     mail: wrap(storage.mail, 'mail', metrics),
     cache: wrap(storage.cache, 'cache', metrics),
     tables: wrap(storage.tables, 'tables', metrics),

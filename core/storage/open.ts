@@ -4,14 +4,22 @@
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { LocalStorageOptions } from './local/index.js';
-import type { Storage } from './ports.js';
+import type { Storage, ThreadHandover } from './ports.js';
 
-/** Opens the adapters that `config.storage.driver` names; `local` options apply to the local family only. */
-export async function openStorage(config: Config, log: Logger, options: { local?: LocalStorageOptions } = {}): Promise<Storage> {
+/** Options of openStorage. */
+export interface OpenStorageOptions {
+  /** Open on a worker thread the store another thread's `forWorkerThread()` handed over. @default none */
+  thread?: ThreadHandover;
+  /** Options of the local family only (tests and tools). */
+  local?: LocalStorageOptions;
+}
+
+/** Opens the adapters that `config.storage.driver` names. */
+export async function openStorage(config: Config, log: Logger, options: OpenStorageOptions = {}): Promise<Storage> {
   if (config.storage.driver === 'aws') {
     const { openAwsStorage } = await import('./aws/index.js');
     return openAwsStorage(config, log);
   }
   const { openLocalStorage } = await import('./local/index.js');
-  return openLocalStorage(config, log, options.local);
+  return openLocalStorage(config, log, { ...options.local, ...(options.thread ? { thread: options.thread } : {}) });
 }

@@ -88,9 +88,21 @@ export interface BlobPutOptions {
    * false: the put may return before the object is on disk, so a crash or power loss may lose it
    * or leave it shorter than written (never another object's bytes: it is still written under a
    * temporary name and renamed). For a cache that checks the size it expects on every read; never
-   * for mail. Adapters that are durable anyway (S3) ignore it. @default true
+   * for mail. What each family does with it: local skips the file and folder fsyncs; aws ignores
+   * it (an S3 put is durable when it returns). Either way the caller may not rely on losing it.
+   * @default true
    */
   durable?: boolean;
+}
+
+/** Reads a small object whole, synchronously; see `Blobs.smallReader`. */
+export interface SmallBlobReader {
+  /**
+   * The body when it is at most `maxBytes` long, else undefined (then use `get`); NotFound like
+   * `get`. `into`: a buffer to read into when big enough (the body is then a view of it), so a
+   * caller reading one object after another allocates once.
+   */
+  readSmallSync(key: string, options?: { maxBytes?: number; sizeHint?: number; into?: Buffer }): Buffer | undefined;
 }
 
 /** An inclusive byte range, as in HTTP `Range: bytes=start-end`; `end` defaults to the last byte. */
@@ -117,6 +129,14 @@ export interface Blobs {
   delete(key: string): Promise<void>;
   /** Keys in lexicographic order under a prefix. */
   list(prefix: string, options?: { limit?: number; cursor?: string }): Promise<BlobListPage>;
+  /**
+   * A reader of small objects that blocks the event loop for one short read, or undefined when the
+   * adapter has none. Local files have one: an object in the page cache is read in a few system
+   * calls, fewer than `get`'s thread-pool round trips (see docs/performance.md, Local storage).
+   * S3 refuses (undefined): every read is a network request. A wrapper that leaves it out refuses
+   * too. The reader's calls are not timed by instrument.ts; the caller counts what it does.
+   */
+  smallReader?(): SmallBlobReader | undefined;
   close?(): Promise<void>;
 }
 
@@ -205,7 +225,8 @@ export interface TableWriteOptions {
    * false: the write may resolve before it is on disk. It is visible to every reader at once and
    * survives a crash of the process, but an operating-system crash or power loss may undo it (with
    * every write after it, never one before). For items a restart makes moot, like a POP3 lease.
-   * DynamoDB writes are durable either way. @default true
+   * What each family does with it: local commits without waiting for (or starting) the WAL fsync;
+   * aws ignores it (a DynamoDB write is durable when it returns). @default true
    */
   durable?: boolean;
 }
@@ -281,10 +302,61 @@ export interface Queues {
   close?(): Promise<void>;
 }
 
+/**
+ * What a family's engine does beyond the common contract, declared so that callers choose by what
+ * the store can do and never by which engine it is (nothing outside core/storage names a family).
+ */
+export interface StorageCapabilities {
+  /**
+   * Other processes (other tasks, Lambda functions) read and write the same blobs and items at
+   * the same time, so a process cannot learn what the object tier holds from its own writes.
+   * false: one process owns the data folder (the CLI aside). The proxy's `sharedObjectTier`.
+   */
+  readonly sharedBetweenProcesses: boolean;
+  /**
+   * A Tables read is a billed network round trip, so keeping a lookup for a few seconds pays
+   * (`mail.accountCacheSeconds`). false: reads are local and cheaper than staleness.
+   */
+  readonly costlyReads: boolean;
+  /**
+   * A short receive may return only some of the visible messages of a small queue (SQS samples
+   * its servers); a listing that must see each message (`dlq list`) long-polls for this many
+   * seconds. 0: a receive sees every visible message at once.
+   */
+  readonly listingWaitSeconds: number;
+  /**
+   * The name the deployment's alarms know this store by (the dimension of the outbound age
+   * metric, core/mail/outbound-age.ts); undefined where no alarm reads the process's metric lines.
+   */
+  readonly monitoredAs?: string;
+}
+
+/**
+ * What a store gives a worker thread of this process so that `openStorage` there opens the same
+ * data and shares what must be shared with this thread (locally: the database's commit and lock
+ * counters and the queues' wake-ups). Structured-clonable (pass it in `workerData`); opaque: only
+ * the family that made it reads it.
+ */
+declare const threadHandover: unique symbol;
+export interface ThreadHandover {
+  readonly [threadHandover]: true;
+}
+
 /** The three ports together, as opened from configuration by `open.ts`. */
 export interface Storage {
-  /** Which adapter family is behind the ports. */
+  /**
+   * @deprecated Read `capabilities` instead. Kept only until the proxy listener, which another
+   * change rewrites, reads `capabilities.sharedBetweenProcesses`; remove it then.
+   */
   readonly family: 'local' | 'aws';
+  /** What the engine behind the ports can do (see StorageCapabilities). */
+  readonly capabilities: StorageCapabilities;
+  /**
+   * The handover for one worker thread of this process (call it before starting the thread; the
+   * same handover serves a restarted thread). The store on the other thread is opened with
+   * `openStorage(config, log, { thread })` and must be closed before this one.
+   */
+  forWorkerThread(): ThreadHandover;
   /** Raw messages (mail bucket / data/blobs/mail). */
   mail: Blobs;
   /** Proxy cache objects (cache bucket / data/blobs/cache). */

@@ -16,7 +16,7 @@ export async function contextFromEnv(env: NodeJS.ProcessEnv): Promise<JobContext
   const log = createLogger({ level: config.log.level, pretty: false });
   const storage = await openStorage(config, log);
   // A warm container resolves the same few recipients again and again: keep them briefly.
-  Accounts.cacheLookups(storage.tables, storage.family === 'aws' ? config.mail.accountCacheSeconds : 0);
+  Accounts.cacheLookups(storage.tables, storage.capabilities.costlyReads ? config.mail.accountCacheSeconds : 0);
   // Lambda has no /metrics scrape; the counters still feed logs and tests. No default metrics:
   // they would start timers in a frozen container.
   return { config, storage, log, metrics: new Metrics({ defaults: false }), now: () => new Date() };

@@ -193,10 +193,9 @@ describe('the workers thread dies', () => {
   it('is reported down, started again after a backoff, and then works the queue', { timeout: 30_000 }, async () => {
     const dir = await tempDir('tomlinson-restart-');
     const config = loadConfig({ TOMLINSON_DATA_DIR: dir.path, TOMLINSON_HEALTH_PORT: '0' });
-    const commits = new Int32Array(new SharedArrayBuffer(4));
-    const storage = await openStorage(config, silentLogger, { local: { sharing: { commits, checkpoints: true } } });
+    const storage = await openStorage(config, silentLogger);
     const threads: Worker[] = [];
-    const host = await WorkersThread.start({ config, log: silentLogger, metrics: new Metrics({ defaults: false }), commits, onThread: (w) => threads.push(w) });
+    const host = await WorkersThread.start({ config, log: silentLogger, metrics: new Metrics({ defaults: false }), storage: storage.forWorkerThread(), onThread: (w) => threads.push(w) });
     try {
       expect(host.workers.every((w) => w.healthy())).toBe(true);
       await threads[0]!.terminate();

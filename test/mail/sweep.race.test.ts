@@ -36,7 +36,7 @@ async function raceHarness(settleSeconds: number): Promise<{ h: Harness; sweeps:
         if (queue === 'inbound') sweeps.push(await sweepOrphanBlobs(s, { settleSeconds, log: silentLogger }));
         return s.queues.send(queue, body, o);
       };
-      return { ...s, queues, family: s.family, check: () => s.check(), close: () => s.close() };
+      return { ...s, queues, check: () => s.check(), close: () => s.close() };
     },
   });
   return { h: harness, sweeps, real: () => real! };

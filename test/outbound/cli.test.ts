@@ -16,7 +16,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run as runCli } from '../../cli/main.js';
 import { loadConfig } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
-import { secretsDkimKeys } from '../../core/mail/dkim.js';
+import { storedDkimKeys } from '../../core/mail/dkim.js';
+import { AwsSecrets } from '../../core/secrets/aws.js';
 import { createOutboundJob } from '../../core/mail/outbound.js';
 import { OutboundStore, QUEUE_LIST_PK } from '../../core/mail/outbound-store.js';
 import { openStorage } from '../../core/storage/open.js';
@@ -177,7 +178,7 @@ describe('DKIM keys in Secrets Manager (aws family, moto)', () => {
     const sm = new SecretsManagerClient({ region: env.config.storage.aws.region });
     await sm.send(new CreateSecretCommand({ Name: `${prefix}local.test`, SecretString: JSON.stringify({ selector: 'tomlinson', privateKey: '' }) }));
     sm.destroy();
-    expect(await secretsDkimKeys(prefix, { region: env.config.storage.aws.region }).keys('local.test')).toEqual([]);
+    expect(await storedDkimKeys(new AwsSecrets({ dkimSecretPrefix: prefix, region: env.config.storage.aws.region })).keys('local.test')).toEqual([]);
     expect((await cli(withPrefix, 'domain', 'add', 'local.test')).code).toBe(0);
     const a = await cli(withPrefix, '--json', 'dkim', 'generate', 'local.test', '--selector', 'aws1');
     expect(a.code).toBe(0);
@@ -186,14 +187,14 @@ describe('DKIM keys in Secrets Manager (aws family, moto)', () => {
     const ka = JSON.parse(a.stdout) as { name: string; txt: string; stored: string };
     const kb = JSON.parse(b.stdout) as { name: string; txt: string };
     expect(ka.stored).toBe(`secret ${prefix}local.test`);
-    const keys = await secretsDkimKeys(prefix, { region: env.config.storage.aws.region }).keys('local.test');
+    const keys = await storedDkimKeys(new AwsSecrets({ dkimSecretPrefix: prefix, region: env.config.storage.aws.region })).keys('local.test');
     expect(keys.map((k) => [k.selector, k.algorithm])).toEqual([
       ['aws1', 'rsa-sha256'],
       ['aws2', 'ed25519-sha256'],
     ]);
     expect((await cli(withPrefix, 'dkim', 'generate', 'local.test', '--selector', 'aws1')).code).toBe(1);
 
-    const handler = createOutboundJob({ dkim: secretsDkimKeys(prefix, { region: env.config.storage.aws.region }) });
+    const handler = createOutboundJob({ dkim: storedDkimKeys(new AwsSecrets({ dkimSecretPrefix: prefix, region: env.config.storage.aws.region })) });
     await queueMessage(env, { id: 'aws-dkim-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] }, sampleMessage('alice@local.test', 'bob@remote.test', 'AWS DKIM'));
     await drain(env, 'outbound', handler);
     const file = remote.events.find((e) => e.event === 'message' && e.file)?.file;

@@ -33,7 +33,7 @@ function faulty(real: Storage): Storage {
     if (faults.send) throw new Unavailable('injected: queue down');
     return real.queues.send(...args);
   };
-  return { ...real, mail, queues, family: real.family, cache: real.cache, tables: real.tables, check: () => real.check(), close: () => real.close() };
+  return { ...real, mail, queues, cache: real.cache, tables: real.tables, check: () => real.check(), close: () => real.close() };
 }
 
 async function send(h: Harness, body: string): Promise<{ code: number; enhanced?: string }> {

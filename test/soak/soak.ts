@@ -148,7 +148,7 @@ function faulty(storage: Storage, rate: () => number): Storage {
         return (v as (...a: unknown[]) => unknown).bind(obj);
       },
     });
-  return { mail: inject(storage.mail, ['put'], 'mail'), queues: inject(storage.queues, ['send'], 'queues'), tables: storage.tables, cache: storage.cache, family: storage.family, check: () => storage.check(), close: () => storage.close() };
+  return { ...storage, mail: inject(storage.mail, ['put'], 'mail'), queues: inject(storage.queues, ['send'], 'queues'), tables: storage.tables, cache: storage.cache, check: () => storage.check(), close: () => storage.close() };
 }
 
 /** Runs the soak in a fresh data folder and returns its summary (it throws only on harness errors). */

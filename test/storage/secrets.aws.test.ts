@@ -1,9 +1,9 @@
 /**
- * core/secrets.ts against moto's Secrets Manager: the one client every secret reader and writer
+ * core/secrets/aws.ts against moto's Secrets Manager: the one client every secret reader and writer
  * uses (TLS, DKIM, the smarthost password, `dkim generate`).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseDkimSecret, readSecretOnce, SecretStore } from '../../core/secrets.js';
+import { parseDkimSecret, readSecretOnce, SecretStore } from '../../core/secrets/aws.js';
 import { startMoto, type AwsTestBackend } from '../support/moto.js';
 
 describe('SecretStore (moto)', () => {

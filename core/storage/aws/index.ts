@@ -9,7 +9,7 @@ import { HeadBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import type { Config } from '../../config.js';
 import type { Logger } from '../../log.js';
-import type { Storage } from '../ports.js';
+import type { Storage, StorageCapabilities, ThreadHandover } from '../ports.js';
 import { DynamoTables } from './dynamo-tables.js';
 import { guard } from './errors.js';
 import { watchClient } from './requests.js';
@@ -81,9 +81,15 @@ export async function openAwsStorage(config: Config, log: Logger, options: AwsSt
       return false;
     }
   };
+  // Every task and function reads the same buckets, table and queues; each read is a billed
+  // request; SQS samples its servers, so a listing long-polls a second to see each message.
+  const capabilities: StorageCapabilities = { sharedBetweenProcesses: true, costlyReads: true, listingWaitSeconds: 1, monitoredAs: aws.table || undefined };
   let closed = false;
   return {
     family: 'aws',
+    capabilities,
+    // Nothing to share: the other thread builds its own clients from the same configuration.
+    forWorkerThread: () => ({ family: 'aws' }) as unknown as ThreadHandover,
     mail,
     cache,
     tables,

@@ -264,6 +264,11 @@ export class S3Blobs implements Blobs {
     };
   }
 
+  /** None: every S3 read is a network request, which no caller may wait for synchronously. */
+  smallReader(): undefined {
+    return undefined;
+  }
+
   async head(key: string): Promise<BlobInfo> {
     checkKey(key);
     const res = await guard(`s3://${this.bucket}/${key}`, () => this.s3.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key })));

@@ -35,6 +35,7 @@ import {
   type BlobPutOptions,
   type Blobs,
   type ByteRange,
+  type SmallBlobReader,
 } from '../ports.js';
 import { GroupSync } from './group-sync.js';
 import { compareUtf8 } from './order.js';
@@ -438,8 +439,8 @@ export class FsBlobs implements Blobs {
     const from = header.headerLength + start;
     const to = header.headerLength + end;
     if (to < first.length) {
-      // The whole range came with the header read (measured: a 10 KB RETR made six file calls
-      // before; now three). Bounded by SMALL_READ_BYTES.
+      // The whole range came with the header read: no second read (docs/performance.md, Local
+      // storage). Bounded by SMALL_READ_BYTES.
       await fh.close();
       return { info, body: Readable.from([first.subarray(from, to + 1)]) };
     }
@@ -451,11 +452,10 @@ export class FsBlobs implements Blobs {
   /**
    * The body of an object of at most `maxBytes` octets, read whole with blocking calls (open, one
    * read, close), or undefined when the object is larger (then use get). For hot paths that read
-   * many small objects (POP3 RETR): a file in the page cache reads in a few microseconds, while
-   * each of the four async calls of get() is a thread-pool round trip (futex wake-ups, an eventfd
-   * write, an epoll wake-up) that costs more CPU than the read itself. Measured on a 10 KB RETR:
-   * 37 syscalls per message through get(), 3 here. The price is that the event loop waits for
-   * one small read (on a cold page cache, one disk read), so keep `maxBytes` small.
+   * many small objects (POP3 RETR): each of the four async calls of get() is a thread-pool round
+   * trip that costs more CPU than reading a small file from the page cache (see docs/performance.md,
+   * Local storage). The price is that the event loop waits for one small read (on a cold page
+   * cache, one disk read), so keep `maxBytes` small.
    */
   readSmallSync(key: string, options: SmallReadOptions = {}): Buffer | undefined {
     const maxBytes = options.maxBytes ?? SMALL_READ_BYTES;
@@ -506,7 +506,7 @@ export class FsBlobs implements Blobs {
    * hashes, a timer) costs more than reading a small file from the page cache; the caller counts
    * what it does instead.
    */
-  smallReader(): Pick<FsBlobs, 'readSmallSync'> {
+  smallReader(): SmallBlobReader {
     return { readSmallSync: (key, options) => this.readSmallSync(key, options) };
   }
 

@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import type { Config } from '../../config.js';
 import type { Logger } from '../../log.js';
-import type { Storage } from '../ports.js';
+import type { Storage, StorageCapabilities, ThreadHandover } from '../ports.js';
 import { FsBlobs } from './fs-blobs.js';
 import { securePrivateFolder } from './private.js';
 import { SqliteStore, type SqliteSharing } from './sqlite.js';
@@ -25,9 +25,15 @@ export interface LocalStorageOptions {
   purgeIntervalMs?: number;
   /** How SQLite commits are made durable; see sqlite.ts. @default 'wal-fsync' */
   sqliteDurability?: 'full' | 'wal-fsync';
-  /** Another thread of this process opens the same data folder (containers/worker-host.ts). @default none */
-  sharing?: SqliteSharing;
+  /** Open the store another thread handed over (`forWorkerThread`); set by open.ts. @default none */
+  thread?: ThreadHandover;
 }
+
+/** What the local family's ThreadHandover holds: the database's shared counters (sqlite.ts). */
+type LocalHandover = Pick<SqliteSharing, 'commits' | 'releases'> & { family: 'local' };
+
+/** One process owns the data folder; reads are local; a receive sees every visible message. */
+const LOCAL_CAPABILITIES: StorageCapabilities = { sharedBetweenProcesses: false, costlyReads: false, listingWaitSeconds: 0 };
 
 /** Opens the local storage family in `config.dataDir`, creating what is missing. */
 export async function openLocalStorage(config: Config, log: Logger, options: LocalStorageOptions = {}): Promise<Storage> {
@@ -39,12 +45,16 @@ export async function openLocalStorage(config: Config, log: Logger, options: Loc
     FsBlobs.open({ root: join(config.dataDir, 'blobs', 'cache'), log: slog, name: 'cache' }),
   ]);
   const dbPath = join(config.dataDir, 'tomlinson.db');
-  const store = new SqliteStore(dbPath, slog, options.sqliteDurability, {}, options.sharing);
+  const channel = `tomlinson-queues:${dbPath}`;
+  // A store opened from a handover leaves checkpoints and the purge to the store that made it.
+  const handed = options.thread as unknown as LocalHandover | undefined;
+  if (handed && handed.family !== 'local') throw new Error('a storage thread handover of another family');
+  const store = new SqliteStore(dbPath, slog, options.sqliteDurability, {}, handed ? { commits: handed.commits, releases: handed.releases, checkpoints: false } : undefined);
   const tables = new SqliteTables(store, now);
-  const queues = new SqliteQueues(store, { maxReceives: config.storage.queueMaxReceives, now, channel: options.sharing ? `tomlinson-queues:${dbPath}` : undefined });
+  const queues = new SqliteQueues(store, { maxReceives: config.storage.queueMaxReceives, now, channel: handed ? channel : undefined });
 
   let closed = false;
-  const purgeMs = options.purgeIntervalMs ?? 60_000;
+  const purgeMs = handed ? 0 : (options.purgeIntervalMs ?? 60_000);
   let purging = false;
   const timer =
     purgeMs > 0
@@ -72,6 +82,16 @@ export async function openLocalStorage(config: Config, log: Logger, options: Loc
 
   return {
     family: 'local',
+    capabilities: LOCAL_CAPABILITIES,
+    forWorkerThread() {
+      // Both threads hold a connection to the one SQLite file (WAL; SQLite serialises their
+      // commits). This store keeps the checkpoints and counts the other's commits; a send on one
+      // thread wakes a long poll on the other through the queues' BroadcastChannel.
+      const counters = store.shareWithThread();
+      queues.shareAcrossThreads(channel);
+      const handover: LocalHandover = { family: 'local', ...counters };
+      return handover as unknown as ThreadHandover;
+    },
     mail,
     cache,
     tables,

@@ -5,9 +5,7 @@
  * Why: with SQLite's automatic checkpoint (`wal_autocheckpoint = 1000`) the COMMIT that pushes
  * the WAL past 1000 pages also copies the WAL's pages into the database file and fsyncs the WAL
  * and then the database, on whatever thread committed: here the event loop, so every socket of
- * the process waited 5 to 200 ms each time: at 10 SMTP sessions (`bench/smtp.ts`'s latency
- * run) about 40 checkpoints per 3,000 messages, and strace counted 66 fsyncs on the event loop's
- * thread in 2,200 messages, up to 183 ms each on a busy disk.
+ * the process waited for it (see docs/performance.md, Local storage).
  *
  * What instead: the writing connection has `wal_autocheckpoint = 0`, and this worker, with a
  * connection of its own to the same file, runs the checkpoints:
@@ -15,17 +13,15 @@
  *   no write lock: commits go on beside it while it copies the WAL and syncs the database.
  * - When it caught up (nothing was committed while it ran), SQLite's next commit starts the WAL
  *   over from its beginning and fsyncs the new WAL header, on the event loop: one small fsync
- *   of a file rewritten in place (about 1 to 7 ms measured on a busy machine), where the
- *   checkpoint in the commit had been a copy and two fsyncs. Under a load that never lets it
+ *   of a file rewritten in place, where the checkpoint in the commit had been a copy and two
+ *   fsyncs. Under a load that never lets it
  *   catch up, the WAL would grow without end; so once it holds `restartFrames` frames, the store
  *   holds back its own commits for a moment (writes wait in memory; the event loop runs on) while
  *   the worker runs a RESTART checkpoint (what was committed during the PASSIVE one; the next
  *   frames then overwrite the WAL from its beginning) and commits one row of its own, so that
- *   the new header's fsync happens on the worker too. That pause costs about three fsyncs (27 to
- *   48 ms in 3,000-message runs at 10 sessions; with TRUNCATE, which also frees the file, 70 ms),
- *   and every message in flight waits for it: at 16384 frames (64 MB, about 1,600 messages) it
- *   set the p99 (41-43 ms against 26-28 ms with checkpoints in the commits), so the default is
- *   65536 frames (256 MB of WAL under a sustained load, about 6,500 messages per pause).
+ *   the new header's fsync happens on the worker too. That pause costs about three fsyncs and
+ *   every message in flight waits for it, so it is rare: the default is 65536 frames (256 MB of
+ *   WAL under a sustained load; the figures that chose it are in docs/performance.md).
  * - When this process stops committing for `idleMs`, the same under a TRUNCATE checkpoint
  *   (nobody waits for it then) cuts the WAL file back to nothing.
  * - If the worker dies, the writing connection goes back to automatic checkpoints (logged). If
@@ -52,7 +48,7 @@ import type { Logger } from '../../log.js';
 
 /** How the checkpointer paces itself; production uses the defaults. */
 export interface CheckpointOptions {
-  /** How often to checkpoint (PASSIVE) while this process commits: each copies the hot pages once, so fewer cost less CPU (5 against 22 per 3,000 messages took 6% less CPU time). @default 2000 */
+  /** How often to checkpoint (PASSIVE) while this process commits: each copies the hot pages once, so fewer cost less CPU (docs/performance.md, Local storage). @default 2000 */
   intervalMs?: number;
   /** After this long without a commit, a WAL with anything in it is checkpointed and truncated. @default 1000 */
   idleMs?: number;

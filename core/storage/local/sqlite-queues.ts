@@ -90,8 +90,8 @@ export class SqliteQueues implements Queues {
   private readonly maxReceives: number;
   /** Emits a queue name when a message may have become receivable in it (in this process). */
   private readonly wake = new EventEmitter();
-  /** Carries wake-ups to the same queues on other threads (options.channel). */
-  private readonly channel: BroadcastChannel | undefined;
+  /** Carries wake-ups to the same queues on other threads (options.channel, or shareAcrossThreads). */
+  private channel: BroadcastChannel | undefined;
   private closing = false;
   private readonly closeController = new AbortController();
   private readonly st: {
@@ -112,13 +112,7 @@ export class SqliteQueues implements Queues {
     this.now = options.now ?? Date.now;
     this.maxReceives = options.maxReceives;
     this.wake.setMaxListeners(0);
-    if (options.channel) {
-      const channel = new BroadcastChannel(options.channel);
-      channel.onmessage = (e) => this.wake.emit((e as { data: QueueName }).data);
-      // Waiting long polls keep the process alive themselves; the channel must not.
-      channel.unref();
-      this.channel = channel;
-    }
+    if (options.channel) this.shareAcrossThreads(options.channel);
     const db = store.db;
     this.st = {
       insert: db.prepare(`INSERT INTO messages (id, queue, body, sent_at, visible_at, receipt) VALUES (?, ?, ?, ?, ?, '${UNRECEIVED}')`),
@@ -206,6 +200,16 @@ export class SqliteQueues implements Queues {
     }
     if (movedToDlq && dlq) setImmediate(() => this.notify(dlq));
     return out;
+  }
+
+  /** From now on, wakes and is woken by the SqliteQueues of other threads on the channel `name` (options.channel). */
+  shareAcrossThreads(name: string): void {
+    if (this.channel || this.closing) return;
+    const channel = new BroadcastChannel(name);
+    channel.onmessage = (e) => this.wake.emit((e as { data: QueueName }).data);
+    // Waiting long polls keep the process alive themselves; the channel must not.
+    channel.unref();
+    this.channel = channel;
   }
 
   /** A message may have become receivable in `queue`: wake the long polls here and on other threads. */

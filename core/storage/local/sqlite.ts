@@ -34,8 +34,8 @@
  * event loop: when another connection (another process, the checkpoint worker) holds it, BEGIN
  * fails at once and the batch is retried from a timer for up to the busy timeout (5 s).
  *
- * Two threads of one process (the listeners and the queue workers' thread, containers/
- * worker-host.ts) each open a store on the file (`SqliteSharing`): SQLite serialises their
+ * Two threads of one process (the listeners and the queue workers' thread) each open a store on
+ * the file (`SqliteSharing`, handed over by `Storage.forWorkerThread`, local/index.ts): SQLite serialises their
  * commits with its write lock, as it does for two processes; only the listeners' store runs the
  * checkpoint worker, and it counts the other thread's commits through a shared counter so that
  * its pacing sees all the writes.
@@ -103,9 +103,8 @@ export interface SqliteSharing {
    * Write transactions ended by the sharing stores (an Int32Array on a SharedArrayBuffer, one
    * slot), each followed by Atomics.notify. A store whose BEGIN finds the write lock held waits on
    * it (Atomics.waitAsync, which does not block the event loop) and retries as soon as the other
-   * thread's transaction ends, a fraction of a millisecond later, instead of at its 2 ms timer.
-   * In the one-session SMTP bench, 14% of the listener's queue writes found the lock held by the
-   * workers' thread and waited 2 to 4 ms for it. The timer stays for holders that do not notify
+   * thread's transaction ends, a fraction of a millisecond later, instead of at its 2 ms timer
+   * (see docs/performance.md, Local storage). The timer stays for holders that do not notify
    * (another process, the checkpoint worker).
    */
   releases?: Int32Array;
@@ -136,7 +135,7 @@ export class SqliteStore {
     /** Pacing of the checkpoint worker (tests); production uses its defaults. */
     checkpoint: CheckpointOptions = {},
     /** Another thread of this process has a store on the same file. @default none */
-    private readonly sharing?: SqliteSharing,
+    private sharing?: SqliteSharing,
   ) {
     this.walPath = `${path}-wal`;
     this.walSync = durability === 'wal-fsync' ? new GroupSync() : undefined;
@@ -167,12 +166,12 @@ export class SqliteStore {
         }
       }
     }).immediate as unknown as (jobs: Job[], out: { ok: boolean; v: unknown }[]) => void;
-    const shared = sharing?.commits;
     if (sharing && !sharing.checkpoints) return;
     this.checkpointer = new Checkpointer(
       path,
       {
-        commits: shared ? () => this.commits + Atomics.load(shared, 0) : () => this.commits,
+        // Read at each tick: `shareWithThread` may add the other thread's counter later.
+        commits: () => (this.sharing ? this.commits + Atomics.load(this.sharing.commits, 0) : this.commits),
         pageSize: this.db.pragma('page_size', { simple: true }) as number,
         pauseWrites: () => this.pauseWrites(),
         inlineCheckpoint: (mode) => (this.db.pragma(`wal_checkpoint(${mode})`) as CheckpointResult[])[0],
@@ -181,6 +180,20 @@ export class SqliteStore {
       log,
       checkpoint,
     );
+  }
+
+  /**
+   * The counters a store on another thread of this process opens with (`checkpoints: false`); this
+   * store keeps the checkpoints and counts that store's commits from now on. The same counters on
+   * every call, so a restarted thread continues where the last one stopped.
+   */
+  shareWithThread(): Pick<SqliteSharing, 'commits' | 'releases'> {
+    if (this.sharing && !this.sharing.checkpoints) throw new Error('a store that leaves checkpoints to another thread cannot share itself further');
+    if (!this.sharing) {
+      const counters = new SharedArrayBuffer(8);
+      this.sharing = { commits: new Int32Array(counters, 0, 1), releases: new Int32Array(counters, 4, 1), checkpoints: true };
+    }
+    return { commits: this.sharing.commits, releases: this.sharing.releases };
   }
 
   /** Absent on a store that leaves checkpoints to another thread's store (`SqliteSharing`). */
