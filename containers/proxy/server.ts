@@ -109,7 +109,7 @@ class CachingProxy {
       admitHits: cfg.objectTierAdmitHits,
       // On local storage this process is the object tier's only writer (the embedded default
       // runs one proxy); on AWS every task writes the shared tier.
-      sharedObjectTier: ctx.storage.family !== 'local',
+      sharedObjectTier: ctx.storage.capabilities.sharedBetweenProcesses,
       now,
     });
     this.stats = new CacheStats(ctx.storage.tables, ctx.metrics, this.log, { logMs: cfg.statsLogSeconds * 1000 });

@@ -41,7 +41,6 @@ function wrap<T extends object>(target: T, port: string, metrics: Metrics): T {
 /** The same Storage, with every port call timed. */
 export function instrumentStorage(storage: Storage, metrics: Metrics): Storage {
   return {
-    family: storage.family,
     capabilities: storage.capabilities,
     forWorkerThread: () => storage.forWorkerThread(),
     mail: wrap(storage.mail, 'mail', metrics),

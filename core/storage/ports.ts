@@ -344,11 +344,6 @@ export interface ThreadHandover {
 
 /** The three ports together, as opened from configuration by `open.ts`. */
 export interface Storage {
-  /**
-   * @deprecated Read `capabilities` instead. Kept only until the proxy listener, which another
-   * change rewrites, reads `capabilities.sharedBetweenProcesses`; remove it then.
-   */
-  readonly family: 'local' | 'aws';
   /** What the engine behind the ports can do (see StorageCapabilities). */
   readonly capabilities: StorageCapabilities;
   /**

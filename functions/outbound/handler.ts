@@ -25,7 +25,7 @@ export function outboundHandler(context: () => Promise<JobContext>, write?: (lin
   return async (event: SQSEvent) => {
     const response = await work(event);
     const c = await shared().catch(() => undefined);
-    if (c) await reportOutboundAge(c.storage.tables, c.config.storage.aws.table || 'local', c.now(), write);
+    if (c) await reportOutboundAge(c.storage.tables, c.storage.capabilities.monitoredAs ?? 'local', c.now(), write);
     return response;
   };
 }

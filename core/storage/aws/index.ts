@@ -86,7 +86,6 @@ export async function openAwsStorage(config: Config, log: Logger, options: AwsSt
   const capabilities: StorageCapabilities = { sharedBetweenProcesses: true, costlyReads: true, listingWaitSeconds: 1, monitoredAs: aws.table || undefined };
   let closed = false;
   return {
-    family: 'aws',
     capabilities,
     // Nothing to share: the other thread builds its own clients from the same configuration.
     forWorkerThread: () => ({ family: 'aws' }) as unknown as ThreadHandover,

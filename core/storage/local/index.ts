@@ -81,7 +81,6 @@ export async function openLocalStorage(config: Config, log: Logger, options: Loc
   slog.info({ dataDir: config.dataDir }, 'local storage open');
 
   return {
-    family: 'local',
     capabilities: LOCAL_CAPABILITIES,
     forWorkerThread() {
       // Both threads hold a connection to the one SQLite file (WAL; SQLite serialises their
