@@ -406,6 +406,18 @@ class ConnectionGroup {
     }
   }
 
+  /** Resolves once no connection is live, or after `ms`. */
+  private allClosed(ms: number): Promise<void> {
+    if (this.live.size === 0) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.wakeDrain = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
   releaseSlot(address: string): void {
     const left = (this.perClient.get(address) ?? 1) - 1;
     if (left <= 0) this.perClient.delete(address);
@@ -414,28 +426,26 @@ class ConnectionGroup {
 
   /**
    * Stops taking connections; sessions at rest get the goodbye now, busy ones when they come to
-   * rest, and whatever is left at the deadline gets it regardless, then a moment to close.
+   * rest, and whatever is still going at the deadline gets it regardless. Sockets then get a
+   * moment to close (a client that keeps its half open is cut off), and sessions to release what
+   * they hold.
    */
   async drain(graceMs: number): Promise<void> {
     this.draining = true;
     const deadline = Date.now() + graceMs;
-    const allClosed = (ms: number): Promise<void> =>
-      new Promise<void>((resolve) => {
-        if (this.live.size === 0) return resolve();
-        const timer = setTimeout(resolve, ms);
-        this.wakeDrain = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
+    const going = (): boolean => {
+      for (const c of this.live) if (!c.isEnded) return true;
+      return false;
+    };
     for (const c of this.live) c.shutdown(false);
-    while (this.live.size > 0 && Date.now() < deadline) {
-      await allClosed(Math.min(DRAIN_POLL_MS, deadline - Date.now()));
+    while (going() && Date.now() < deadline) {
+      await delay(Math.min(DRAIN_POLL_MS, deadline - Date.now()));
       for (const c of this.live) c.shutdown(false);
     }
     for (const c of this.live) c.shutdown(true);
-    await allClosed(FINAL_WAIT_MS);
+    await this.allClosed(FINAL_WAIT_MS);
     for (const c of this.live) c.destroy();
+    await this.allClosed(FINAL_WAIT_MS);
     if (this.releasing.size > 0) await Promise.race([Promise.all(this.releasing), delay(FINAL_WAIT_MS)]);
   }
 }
