@@ -473,7 +473,7 @@ export async function startTcpListener(options: TcpListenerOptions): Promise<Tcp
       } else {
         server = net.createServer({ allowHalfOpen: true }, (s) => group.accept(s, port));
       }
-      server.on('error', (e) => log.error({ err: e, port: port.name }, 'listener error'));
+      server.on('error', (e) => log.error({ err: e, listener: options.name, port: port.name }, 'listener error'));
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen(port.port, options.host, () => {
