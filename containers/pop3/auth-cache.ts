@@ -1,8 +1,8 @@
 /**
  * A cache of logins that passed the password check, so that a client polling again with the same
- * password does not pay another scrypt (N=2^14, r=8: about 35 ms of CPU, as much as sending a
- * thousand 10 KB messages). The same idea as Dovecot's auth cache and PingDirectory's "encoded
- * password cache": the expensive hash runs once, later logins compare a fast keyed hash.
+ * password does not pay another scrypt (its cost: docs/performance.md, POP3). The same idea as
+ * Dovecot's auth cache and PingDirectory's "encoded password cache": the memory-hard hash runs
+ * once, later logins compare a keyed hash.
  *
  * What is kept: per canonical address, HMAC-SHA256(process key, password), the stored scrypt hash
  * it was checked against, and an expiry. The key is random per process and never leaves memory,

@@ -1,13 +1,11 @@
 /**
  * The POP3 listeners: config.pop3.port (plain, with STLS, RFC 2595) and config.pop3.tlsPort
- * (implicit TLS, the "pop3s" of RFC 8314 §3.3) on config.listenHost. Owns the sockets: framing
- * through the pure LineReader, pipelined commands in order (RFC 2449 §6.6), the STLS upgrade,
- * connection and bad-command limits, the inactivity timer (RFC 1939 §3) and a graceful close.
- * The protocol itself is Pop3Session; mailboxes come from StoreMaildrops.
+ * (implicit TLS, the "pop3s" of RFC 8314 §3.3) on config.listenHost, on the shared TCP scaffold
+ * (../tcp-listener.ts: caps, TLS, inactivity timer, drain). This file joins a connection to its
+ * session: framing through the pure LineReader, pipelined commands in order (RFC 2449 §6.6), the
+ * bad-command limit, and RETR/TOP bodies written with backpressure. The protocol itself is
+ * Pop3Session; mailboxes come from StoreMaildrops.
  */
-import { once } from 'node:events';
-import net from 'node:net';
-import tls from 'node:tls';
 import { Accounts } from '../../core/accounts/accounts.js';
 import type { Logger } from '../../core/log.js';
 import { Metrics } from '../../core/metrics.js';
@@ -15,12 +13,13 @@ import { MailboxStore } from '../../core/mailbox/store.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
 import { AuthThrottle, authFailureText } from '../auth-throttle.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
+import { startTcpListener, type Connection, type SessionHandler, type TcpListener } from '../tcp-listener.js';
 import { LoginCache } from './auth-cache.js';
 import { StoreMaildrops } from './maildrop.js';
 import { err } from './protocol/commands.js';
 import { encodeWhole, MessageEncoder } from './protocol/encode.js';
 import { LineReader } from './protocol/lines.js';
-import { Pop3Session, type BodyReply, type Output, type Pop3Hooks } from './session.js';
+import { Pop3Session, type BodyReply, type Pop3Hooks } from './session.js';
 
 /** Knobs that tests and the bench set beyond the configuration. */
 export interface Pop3ServerOptions {
@@ -52,121 +51,99 @@ function isLoopback(address: string | undefined): boolean {
   return a === '::1' || a.startsWith('127.');
 }
 
+/** What every connection of the listener shares. */
 interface ServerShared {
   log: Logger;
-  ctx: ListenerContext;
+  metrics: Metrics;
+  plaintext: 'never' | 'loopback' | 'always';
   hooksFor(address: string): Pop3Hooks;
-  tls: TlsProvider;
-  idleMs: number;
-  handshakeMs: number;
   maxBadCommands: number;
-  /** True once the listener is shutting down: sessions are closed after their current command. */
-  closing(): boolean;
   /** Counts one command in the commands metric. */
   countCommand(verb: string, outcome: 'ok' | 'err'): void;
-  onClose(c: Connection): void;
 }
 
-let nextId = 1;
-
-/** One client connection: socket in, session out. */
-class Connection {
-  private stream: net.Socket | tls.TLSSocket;
+/** One POP3 conversation on a connection: lines in, replies and message bodies out. */
+class Pop3Connection implements SessionHandler {
   private readonly reader = new LineReader();
   private readonly session: Pop3Session;
-  private readonly log: Logger;
-  private busy = false;
+  private working = false;
   private ended = false;
+  private clientHasEnded = false;
   /** The buffer whole RETR responses are built in, while the socket does not hold it. */
   private response: Buffer | undefined;
   /** The buffer a response is built ahead in (see `prepare`), while nothing else holds it. */
   private spare: Buffer | undefined;
   /** The response to the likely next RETR, built while the client was reading the previous one. */
   private prepared: { head: string; source: Buffer; response: Buffer; octets: number } | undefined;
-  private paused = false;
-  /** True while a command runs or a reply is being written (graceful close waits for these). */
-  get active(): boolean {
-    return this.busy;
-  }
+  private finishing: Promise<void> | undefined;
 
   constructor(
-    socket: net.Socket | tls.TLSSocket,
-    readonly address: string,
-    readonly implicitTls: boolean,
+    private readonly conn: Connection,
     private readonly shared: ServerShared,
   ) {
-    this.stream = socket;
-    this.log = shared.log.child({ cid: nextId++, client: address, tls: implicitTls });
-    const plaintext = shared.ctx.config.pop3.allowPlaintext;
-    this.session = new Pop3Session(shared.hooksFor(address), {
+    const implicitTls = conn.tls !== undefined;
+    const plaintext = shared.plaintext;
+    this.session = new Pop3Session(shared.hooksFor(conn.address), {
       tls: implicitTls,
       stlsAvailable: !implicitTls,
-      plaintextAllowed: plaintext === 'always' || (plaintext === 'loopback' && isLoopback(address)),
+      plaintextAllowed: plaintext === 'always' || (plaintext === 'loopback' && isLoopback(conn.address)),
     });
-    this.attach(socket);
-    socket.write(this.session.greeting());
+    conn.write(this.session.greeting());
   }
 
-  private attach(s: net.Socket | tls.TLSSocket): void {
-    s.on('data', this.onData);
-    s.on('error', this.onError);
-    s.on('close', this.onSocketClose);
-    s.setTimeout(this.shared.idleMs, this.onIdle);
-    s.setNoDelay(true);
+  /** True while a command runs or a reply is being written (the idle timer and a drain wait for these). */
+  get busy(): boolean {
+    return this.working;
   }
 
-  private detach(s: net.Socket | tls.TLSSocket): void {
-    s.off('data', this.onData);
-    s.off('error', this.onError);
-    s.off('close', this.onSocketClose);
-    s.setTimeout(0);
-  }
-
-  private readonly onData = (chunk: Buffer): void => {
+  data(chunk: Buffer): void {
     this.reader.push(chunk);
-    if (this.reader.pending > MAX_PENDING_INPUT && !this.paused) {
-      // Pipelined input beyond this waits in the kernel until we catch up.
-      this.paused = true;
-      this.stream.pause();
-    }
+    this.conn.inputHeld(this.reader.pending);
     void this.pump();
-  };
+  }
 
-  private readonly onError = (e: Error): void => {
-    this.log.debug({ err: e.message }, 'socket error');
-  };
+  /** The client half-closed: answer what it sent, then close. */
+  clientEnded(): void {
+    this.clientHasEnded = true;
+    void this.pump();
+  }
 
-  private readonly onSocketClose = (): void => {
-    void this.finish();
-  };
-
-  private readonly onIdle = (): void => {
-    // The timer measures the client's silence; time we spend on a command (a slow password check,
-    // a large RETR) does not count. The socket's timer fires again after another quiet period.
-    if (this.busy) return;
+  idleTimeout(): void {
     // RFC 1939 §3: an inactivity autologout timer; the server then closes "without ... entering
     // the UPDATE state", so nothing marked is deleted.
-    this.log.info('idle timeout');
-    this.shared.ctx.metrics.limitsHit.inc({ listener: 'pop3', limit: 'idle' });
+    this.conn.log.info('idle timeout');
     this.say(err('Disconnected for inactivity'));
     this.end();
-  };
+  }
 
-  /** Writes a line if the socket can still take it. */
+  /** Sends a last line and closes (server shutdown). */
+  shutdown(): void {
+    this.say(err('Server shutting down', 'SYS/TEMP'));
+    this.end();
+  }
+
+  closed(): Promise<void> {
+    return this.finish();
+  }
+
+  /** Writes a line if the connection can still take it. */
   private say(text: string): void {
-    if (!this.ended && this.stream.writable) this.stream.write(text);
+    if (!this.ended) this.conn.write(text);
   }
 
   /** Handles buffered lines one after the other; replies stay in command order. */
   private async pump(): Promise<void> {
-    if (this.busy || this.ended) return;
-    this.busy = true;
-    this.stream.cork();
+    if (this.working || this.ended) return;
+    this.working = true;
+    this.conn.socket.cork();
     let inARow = 0;
     try {
       while (!this.ended) {
         const r = this.reader.next();
-        if (r.kind === 'need-more') break;
+        if (r.kind === 'need-more') {
+          if (this.clientHasEnded) this.end();
+          break;
+        }
         // Most commands answer synchronously: no await (and no trip through the microtask queue)
         // unless the session needs storage. A long pipelined run still yields now and then, so
         // that one client cannot hold the event loop.
@@ -186,7 +163,7 @@ class Connection {
           await this.startTls(out.text ?? '');
           continue;
         }
-        if (out.text) this.stream.write(out.text);
+        if (out.text) this.conn.write(out.text);
         // Counted once the reply is on its way: the client's wait does not include the metric.
         const sent = out.body ? this.sendBody(out.body) : undefined;
         if (last) this.shared.countCommand(last.verb, last.outcome);
@@ -196,25 +173,21 @@ class Connection {
           break;
         }
         if (this.session.badCommands >= this.shared.maxBadCommands) {
-          this.shared.ctx.metrics.limitsHit.inc({ listener: 'pop3', limit: 'bad-commands' });
+          this.shared.metrics.limitsHit.inc({ listener: 'pop3', limit: 'bad-commands' });
           this.say(err('Too many bad commands; closing'));
           this.end();
           break;
         }
       }
     } catch (e) {
-      this.log.error({ err: (e as Error).message }, 'session failed');
+      this.conn.log.error({ err: (e as Error).message }, 'session failed');
       this.say(err('Internal error; closing', 'SYS/TEMP'));
       this.end();
     } finally {
-      this.busy = false;
-      if (!this.ended && this.shared.closing()) this.shutdown();
+      this.working = false;
       if (!this.ended) {
-        this.stream.uncork();
-        if (this.paused && this.reader.pending <= MAX_PENDING_INPUT) {
-          this.paused = false;
-          this.stream.resume();
-        }
+        this.conn.socket.uncork();
+        this.conn.inputHeld(this.reader.pending);
         if (this.reader.pending === 0) this.prepare();
       }
     }
@@ -270,7 +243,7 @@ class Connection {
 
   /** sendBody through MessageEncoder: TOP, messages with bare CR or LF, and streamed messages. */
   private async sendEncoded(body: BodyReply): Promise<void> {
-    const s = this.stream;
+    const s = this.conn.socket;
     const src = body.source;
     const enc = new MessageEncoder({ topLines: body.topLines });
     s.write(body.head);
@@ -332,7 +305,7 @@ class Connection {
     }
     if (outcome instanceof Error) {
       // The +OK line is out: the only honest thing left is to drop the connection (no UPDATE).
-      this.log.error({ err: outcome.message }, 'message read failed mid-response; closing');
+      this.conn.log.error({ err: outcome.message }, 'message read failed mid-response; closing');
       src.destroy();
       this.end();
       return;
@@ -349,7 +322,7 @@ class Connection {
    * buffer.
    */
   private sendWhole(body: BodyReply, response: Buffer, octets: number, prepared: boolean): Promise<void> | undefined {
-    const s = this.stream;
+    const s = this.conn.socket;
     this.checkSize(body, octets);
     s.uncork();
     s.write(response);
@@ -364,95 +337,51 @@ class Connection {
 
   private checkSize(body: BodyReply, sent: number): void {
     if (body.topLines === undefined && sent !== body.expectedSize) {
-      this.log.warn({ announced: body.expectedSize, sent }, 'message size differs from the size LIST announced');
+      this.conn.log.warn({ announced: body.expectedSize, sent }, 'message size differs from the size LIST announced');
     }
   }
 
   /** Flushes the corked writes and resolves once the socket drained (or closed). */
   private async drained(): Promise<void> {
-    const s = this.stream;
+    const s = this.conn.socket;
     s.uncork();
-    if (s.writableNeedDrain && !s.destroyed) {
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          s.off('drain', done);
-          s.off('close', done);
-          resolve();
-        };
-        s.on('drain', done);
-        s.on('close', done);
-      });
-    }
+    await this.conn.drained();
     s.cork();
   }
 
   /** RFC 2595 §4 STLS: "+OK", then the TLS handshake; anything pipelined after STLS is dropped. */
   private async startTls(okLine: string): Promise<void> {
-    const plain = this.stream as net.Socket;
-    this.detach(plain);
     this.reader.clear();
-    plain.write(okLine);
-    plain.uncork();
-    const secure = new tls.TLSSocket(plain, {
-      isServer: true,
-      secureContext: this.shared.tls.secureContext(),
-      SNICallback: this.shared.tls.options().SNICallback,
-    });
-    this.stream = secure;
-    secure.on('error', this.onError);
-    const timer = setTimeout(() => secure.destroy(new Error('TLS handshake timeout')), this.shared.handshakeMs);
-    try {
-      await once(secure, 'secure');
-    } catch (e) {
-      this.log.info({ err: (e as Error).message }, 'STLS handshake failed');
-      secure.destroy();
-      void this.finish();
+    this.conn.write(okLine);
+    const facts = await this.conn.upgradeToTls();
+    if (facts === undefined) {
+      // The socket is gone; its close releases the session.
+      this.conn.log.info('STLS handshake failed');
       this.ended = true;
       return;
-    } finally {
-      clearTimeout(timer);
-      secure.off('error', this.onError);
     }
-    this.attach(secure);
-    secure.cork();
+    // pump() uncorks the socket it finds when it is done: now the TLS one.
+    this.conn.socket.cork();
     this.session.tlsStarted();
-    this.log.debug({ protocol: secure.getProtocol() }, 'STLS done');
+    this.conn.log.debug({ protocol: facts.version }, 'STLS done');
   }
 
   /**
    * Closes the connection after flushing what was written. The maildrop is released first, so a
    * client that sees the close can log in again at once.
    */
-  end(): void {
+  private end(): void {
     if (this.ended) return;
     this.ended = true;
-    const s = this.stream;
-    void this.finish().finally(() => {
-      s.uncork();
-      s.end();
-      // A client that never reads must not keep the socket: destroy after a short grace.
-      setTimeout(() => s.destroy(), 5000).unref();
-    });
+    void this.finish().finally(() => this.conn.end());
   }
 
-  /** Sends a last line and closes (server shutdown). */
-  shutdown(): void {
-    this.say(err('Server shutting down', 'SYS/TEMP'));
-    this.end();
-  }
-
-  private finished = false;
   /** Releases the session (a drop deletes nothing) once, whichever way the connection ended. */
-  private async finish(): Promise<void> {
-    if (this.finished) return;
-    this.finished = true;
+  private finish(): Promise<void> {
     this.ended = true;
-    try {
-      await this.session.close();
-    } catch (e) {
-      this.log.warn({ err: (e as Error).message }, 'session close failed');
-    }
-    this.shared.onClose(this);
+    return (this.finishing ??= this.session.close().catch((e: unknown) => {
+      this.conn.log.warn({ err: (e as Error).message }, 'session close failed');
+    }));
   }
 }
 
@@ -485,19 +414,11 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
   if (cfg.allowPlaintext === 'always') log.warn('POP3 accepts passwords without TLS from any client (pop3.allowPlaintext=always)');
   else if (cfg.allowPlaintext === 'loopback') log.info('POP3 accepts passwords without TLS from loopback clients only (pop3.allowPlaintext=loopback)');
 
-  const connections = new Set<Connection>();
-  const perClient = new Map<string, number>();
-  let closing = false;
-  let closedResolve: (() => void) | undefined;
-
   const shared: ServerShared = {
     log,
-    ctx,
-    tls: tlsProvider,
-    idleMs: options.idleTimeoutMs ?? cfg.idleTimeoutSeconds * 1000,
-    handshakeMs: options.handshakeTimeoutMs ?? 30_000,
+    metrics,
+    plaintext: cfg.allowPlaintext,
     maxBadCommands: cfg.maxBadCommands,
-    closing: () => closing,
     countCommand: commandCounter(metrics),
     hooksFor: (address) => ({
       authenticate: (login, password) => logins.authenticate(login, password),
@@ -513,81 +434,51 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
       },
       openMaildrop: (user) => maildrops.open(user),
     }),
-    onClose: (c) => {
-      if (!connections.delete(c)) return;
-      const n = (perClient.get(c.address) ?? 1) - 1;
-      if (n <= 0) perClient.delete(c.address);
-      else perClient.set(c.address, n);
-      metrics.connections.dec({ listener: 'pop3' });
-      if (closing && connections.size === 0) closedResolve?.();
-    },
   };
 
-
-  const accept = (socket: net.Socket | tls.TLSSocket, implicitTls: boolean) => {
-    const address = socket.remoteAddress ?? 'unknown';
-    socket.on('error', () => undefined);
-    const n = perClient.get(address) ?? 0;
-    if (closing || connections.size >= cfg.maxConnections || n >= cfg.maxConnectionsPerClient) {
-      metrics.limitsHit.inc({ listener: 'pop3', limit: closing ? 'shutdown' : 'connections' });
-      socket.end(err(closing ? 'Server shutting down' : 'Too many connections', 'SYS/TEMP'));
-      setTimeout(() => socket.destroy(), 2000).unref();
-      return;
-    }
-    perClient.set(address, n + 1);
-    metrics.connections.inc({ listener: 'pop3' });
-    metrics.connectionsTotal.inc({ listener: 'pop3' });
-    connections.add(new Connection(socket, address, implicitTls, shared));
-  };
-
-  const servers: { name: string; server: net.Server }[] = [];
-  const listen = async (name: string, server: net.Server, port: number) => {
-    server.listen(port, config.listenHost);
-    await once(server, 'listening');
-    servers.push({ name, server });
-  };
-  const detachers: (() => void)[] = [];
+  const tlsPort = options.tlsPort ?? cfg.tlsPort;
+  const refusal = (text: string): string => err(text, 'SYS/TEMP');
+  let listener: TcpListener;
   try {
-    const plain = net.createServer((s) => accept(s, false));
-    await listen('pop3', plain, cfg.port);
-    const tlsPort = options.tlsPort ?? cfg.tlsPort;
-    if (tlsPort !== 0 || options.tlsPort === 0) {
-      const secure = tls.createServer({ ...tlsProvider.options(), handshakeTimeout: shared.handshakeMs }, (s) => accept(s, true));
-      detachers.push(tlsProvider.attach(secure));
-      secure.on('tlsClientError', (e) => log.debug({ err: e.message }, 'pop3s handshake failed'));
-      await listen('pop3s', secure, tlsPort);
-    }
+    listener = await startTcpListener({
+      name: 'pop3',
+      host: config.listenHost,
+      ports: [
+        { name: 'pop3', port: cfg.port, metricsLabel: 'pop3' },
+        // Here 0 turns the implicit-TLS port off, unless the options ask for an ephemeral one.
+        ...(tlsPort !== 0 || options.tlsPort === 0 ? [{ name: 'pop3s', port: tlsPort, implicitTls: true, metricsLabel: 'pop3' }] : []),
+      ],
+      tls: tlsProvider,
+      log,
+      metrics,
+      limits: {
+        maxConnections: cfg.maxConnections,
+        maxConnectionsPerClient: cfg.maxConnectionsPerClient,
+        idleTimeoutMs: options.idleTimeoutMs ?? cfg.idleTimeoutSeconds * 1000,
+        handshakeTimeoutMs: options.handshakeTimeoutMs ?? 30_000,
+        // Pipelined input beyond this waits in the kernel until the session catches up.
+        pauseInputAbove: MAX_PENDING_INPUT,
+      },
+      refusals: {
+        shutdown: refusal('Server shutting down'),
+        tooManyConnections: refusal('Too many connections'),
+        tooManyFromClient: refusal('Too many connections'),
+      },
+      onConnection: (conn) => new Pop3Connection(conn, shared),
+    });
   } catch (e) {
-    for (const s of servers) s.server.close();
     if (ownsTls) tlsProvider.close();
     throw e;
   }
 
-  const addresses = servers.map(({ name, server }) => {
-    const a = server.address() as net.AddressInfo;
-    return `${name} ${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
-  });
-
   return {
     name: 'pop3',
-    addresses,
-    healthy: () => !closing && servers.every((s) => s.server.listening),
+    addresses: listener.addresses,
+    healthy: () => listener.healthy(),
     async close(graceMs = 10_000) {
-      if (closing) return;
-      closing = true;
-      for (const s of servers) s.server.close();
-      for (const d of detachers) d();
       // Connections between commands are told and closed now; a command in flight (a RETR being
       // streamed, a QUIT applying deletions) gets up to graceMs to finish.
-      for (const c of connections) if (!c.active) c.shutdown();
-      if (connections.size > 0) {
-        const allClosed = new Promise<void>((r) => (closedResolve = r));
-        const timer = new Promise<void>((r) => setTimeout(r, graceMs).unref());
-        await Promise.race([allClosed, timer]);
-        for (const c of connections) c.shutdown();
-        // Give the sessions a moment to release their leases.
-        await Promise.race([allClosed, new Promise<void>((r) => setTimeout(r, 1000).unref())]);
-      }
+      await listener.close(graceMs);
       if (ownsTls) tlsProvider.close();
     },
   };

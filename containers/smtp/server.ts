@@ -1,26 +1,24 @@
 /**
  * The SMTP listeners: MX (config.smtp.port, STARTTLS), submission (submissionPort, STARTTLS, AUTH
- * required) and submissions (submissionsPort, implicit TLS, RFC 8314). This file owns sockets:
- * TLS, connection limits, the idle timeout (RFC 5321 §4.5.3.2.7), reply batching for PIPELINING
- * (RFC 2920 §3.2: flush before waiting for input), backpressure and graceful close. The protocol
- * is in session.ts; policy in policy.ts; storage in spool.ts.
+ * required) and submissions (submissionsPort, implicit TLS, RFC 8314), on the shared TCP scaffold
+ * (../tcp-listener.ts: caps, TLS, idle timer, drain). This file joins a connection to its session:
+ * reader events in, replies batched for PIPELINING (RFC 2920 §3.2: flush before waiting for
+ * input). The protocol is in session.ts; policy in policy.ts; storage in spool.ts.
  */
 import { randomBytes } from 'node:crypto';
-import { createServer, type Server, type Socket } from 'node:net';
-import * as tls from 'node:tls';
 import { Accounts } from '../../core/accounts/accounts.js';
+import { cidrList, clientAllowed } from '../../core/address-ranges.js';
 import type { Config } from '../../core/config.js';
 import { dnsResolverFromConfig, type DnsResolver } from '../../core/dns.js';
 import type { Logger } from '../../core/log.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
-import type { Metrics } from '../../core/metrics.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
-import { cidrList, clientAllowed, plainAddress } from '../../core/address-ranges.js';
+import { startTcpListener, type Connection, type ListenerPort, type SessionHandler, type TcpListener } from '../tcp-listener.js';
 import { createHooks } from './policy.js';
-import { formatReply, type Reply } from './protocol/command.js';
+import { formatReply } from './protocol/command.js';
 import { SmtpReader } from './protocol/reader.js';
-import { SmtpSession, type ListenerKind, type SmtpHooks, type TlsFacts } from './session.js';
+import { SmtpSession, type SmtpHooks, type TlsFacts } from './session.js';
 
 /** Options for tests and embedding; everything else comes from the config. */
 export interface SmtpServerOptions {
@@ -40,8 +38,10 @@ export interface RunningSmtp extends RunningListener {
   ports: { mx?: number; submission?: number; submissions?: number };
 }
 
-const HIGH_WATER = 1024 * 1024;
-const LOW_WATER = 256 * 1024;
+/** Client input held unprocessed above which the socket is no longer read (a pipelined flood). */
+const INPUT_HIGH_WATER = 1024 * 1024;
+/** ... and at or below which it is read again. */
+const INPUT_LOW_WATER = 256 * 1024;
 
 /** Starts the SMTP listeners from the config (containers/app.ts calls this). */
 export async function startSmtp(ctx: ListenerContext): Promise<RunningListener> {
@@ -72,8 +72,9 @@ export async function startSmtpServer(ctx: ListenerContext, options: SmtpServerO
       inlineBytes: options.inlineBytes,
     });
 
-  const group = new ConnectionGroup(config, log, metrics, hooks, tlsProvider, options.handshakeTimeoutMs ?? 30_000);
-  const servers: { kind: string; server: Server; port: number }[] = [];
+  const c = config.smtp;
+  const trusted = cidrList(c.trustedNetworks);
+  const handshakeTimeoutMs = options.handshakeTimeoutMs ?? 30_000;
   const want = (name: 'mx' | 'submission' | 'submissions', configured: number): number | null => {
     const o = options.ports?.[name];
     if (o !== undefined) return o;
@@ -81,181 +82,88 @@ export async function startSmtpServer(ctx: ListenerContext, options: SmtpServerO
     if (name !== 'mx' && configured === 0) return null;
     return configured;
   };
+  const ports: ListenerPort[] = [];
+  const mx = want('mx', c.port);
+  const sub = want('submission', c.submissionPort);
+  const subs = want('submissions', c.submissionsPort);
+  if (mx !== null) ports.push({ name: 'mx', port: mx });
+  if (sub !== null) ports.push({ name: 'submission', port: sub });
+  if (subs !== null) ports.push({ name: 'submissions', port: subs, implicitTls: true });
+  const line = (code: number, enhanced: string, text: string): string => formatReply({ code, enhanced, lines: [`${config.hostname} ${text}`] });
 
-  const listen = async (kind: 'mx' | 'submission' | 'submissions', port: number): Promise<void> => {
-    const server: Server =
-      kind === 'submissions'
-        ? tls.createServer({ ...tlsProvider.options(), handshakeTimeout: options.handshakeTimeoutMs ?? 30_000, allowHalfOpen: true }, (s) => group.accept(s, 'submission', true))
-        : createServer({ allowHalfOpen: true }, (s) => group.accept(s, kind === 'mx' ? 'mx' : 'submission', false));
-    if (kind === 'submissions') {
-      tlsProvider.attach(server as tls.Server);
-      server.on('tlsClientError', (err: Error, sock: Socket) => {
-        log.debug({ err: err.message, client: sock.remoteAddress }, 'TLS handshake failed');
-        sock.destroy();
-      });
-    }
-    server.on('error', (err) => log.error({ err, kind }, 'listener error'));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, config.listenHost, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    const addr = server.address();
-    servers.push({ kind, server, port: typeof addr === 'object' && addr ? addr.port : port });
-  };
-
+  let listener: TcpListener;
   try {
-    const mx = want('mx', config.smtp.port);
-    const sub = want('submission', config.smtp.submissionPort);
-    const subs = want('submissions', config.smtp.submissionsPort);
-    if (mx !== null) await listen('mx', mx);
-    if (sub !== null) await listen('submission', sub);
-    if (subs !== null) await listen('submissions', subs);
+    listener = await startTcpListener({
+      name: 'smtp',
+      host: config.listenHost,
+      ports,
+      tls: tlsProvider,
+      log,
+      metrics,
+      limits: {
+        maxConnections: c.maxConnections,
+        maxConnectionsPerClient: c.maxConnectionsPerClient,
+        // Clients exempt from the per-client cap (Postfix's mynetworks).
+        exempt: (address) => clientAllowed(trusted, address),
+        idleTimeoutMs: c.idleTimeoutSeconds * 1000,
+        handshakeTimeoutMs,
+        pauseInputAbove: INPUT_HIGH_WATER,
+        resumeInputAt: INPUT_LOW_WATER,
+      },
+      refusals: {
+        shutdown: line(421, '4.3.2', 'Service shutting down'),
+        tooManyConnections: line(421, '4.3.2', 'Too many connections, try again later'),
+        tooManyFromClient: line(421, '4.7.0', 'Too many connections from your address'),
+      },
+      onConnection: (conn) => new SmtpConnection(conn, config, hooks, log),
+    });
   } catch (e) {
-    for (const s of servers) s.server.close();
     if (ownTls) tlsProvider.close();
     throw e;
   }
-
-  const ports: RunningSmtp['ports'] = {};
-  for (const s of servers) ports[s.kind as keyof RunningSmtp['ports']] = s.port;
-  const addresses = servers.map((s) => `${s.kind} ${config.listenHost}:${s.port}`);
-  log.info({ addresses }, 'SMTP listening');
-  let open = true;
+  log.info({ addresses: listener.addresses }, 'SMTP listening');
 
   return {
     name: 'smtp',
-    addresses,
-    ports,
-    healthy: () => open && servers.every((s) => s.server.listening),
+    addresses: listener.addresses,
+    ports: listener.ports,
+    healthy: () => listener.healthy(),
     async close(graceMs = 10_000): Promise<void> {
-      if (!open) return;
-      open = false;
-      const closed = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.server.close(() => resolve()))));
-      await group.drain(graceMs);
-      await closed;
+      await listener.close(graceMs);
       if (ownTls) tlsProvider.close();
     },
   };
 }
 
-/** Every live connection of the listener group, with the limits that span them. */
-class ConnectionGroup {
-  private readonly perClient = new Map<string, number>();
-  private readonly live = new Set<Connection>();
-  private draining = false;
-  /** Clients exempt from the per-client cap (Postfix's mynetworks). */
-  private readonly trusted: ReturnType<typeof cidrList>;
-
-  constructor(
-    readonly config: Config,
-    readonly log: Logger,
-    readonly metrics: Metrics,
-    readonly hooks: SmtpHooks,
-    readonly tlsProvider: TlsProvider,
-    readonly handshakeTimeoutMs: number,
-  ) {
-    this.trusted = cidrList(config.smtp.trustedNetworks);
-  }
-
-  accept(socket: Socket, kind: ListenerKind, implicitTls: boolean): void {
-    const address = plainAddress(socket.remoteAddress ?? '');
-    const label = implicitTls ? 'submissions' : kind;
-    this.metrics.connectionsTotal.inc({ listener: label });
-    socket.on('error', () => undefined);
-    const limit = (reply: Reply, what: string): void => {
-      this.metrics.limitsHit.inc({ listener: label, limit: what });
-      socket.end(formatReply(reply));
-      socket.destroySoon?.();
-    };
-    if (this.draining) return limit({ code: 421, enhanced: '4.3.2', lines: [`${this.config.hostname} Service shutting down`] }, 'shutdown');
-    if (this.live.size >= this.config.smtp.maxConnections) {
-      return limit({ code: 421, enhanced: '4.3.2', lines: [`${this.config.hostname} Too many connections, try again later`] }, 'connections');
-    }
-    const counted = !clientAllowed(this.trusted, address);
-    const n = counted ? (this.perClient.get(address) ?? 0) : 0;
-    if (n >= this.config.smtp.maxConnectionsPerClient) {
-      return limit({ code: 421, enhanced: '4.7.0', lines: [`${this.config.hostname} Too many connections from your address`] }, 'connections_per_client');
-    }
-    if (counted) this.perClient.set(address, n + 1);
-    // The client's slot is given back once the server ends the session (QUIT answered, 421), not
-    // when the client's FIN arrives: a client that opens its next connection as soon as it reads
-    // 221 (Postfix smtp-source -s N) must not find its last session still counted.
-    let released = !counted;
-    const release = (): void => {
-      if (released) return;
-      released = true;
-      const left = (this.perClient.get(address) ?? 1) - 1;
-      if (left <= 0) this.perClient.delete(address);
-      else this.perClient.set(address, left);
-    };
-    this.metrics.connections.inc({ listener: label });
-    const conn = new Connection(this, socket, kind, implicitTls, address, release);
-    this.live.add(conn);
-    socket.once('close', () => {
-      this.live.delete(conn);
-      release();
-      this.metrics.connections.dec({ listener: label });
-      conn.closed();
-    });
-    conn.start();
-  }
-
-  /** Stop taking connections; idle sessions get 421 now, busy ones may finish within the grace. */
-  async drain(graceMs: number): Promise<void> {
-    this.draining = true;
-    for (const c of this.live) c.shutdownIfIdle();
-    const deadline = Date.now() + graceMs;
-    while (this.live.size > 0 && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 50));
-      for (const c of this.live) c.shutdownIfIdle();
-    }
-    for (const c of this.live) c.destroy();
-  }
-}
-
-/** One client connection: the socket (plain, then maybe TLS), the reader and the session. */
-class Connection {
-  private socket: Socket;
+/**
+ * One SMTP conversation on a connection: bytes into the reader, reader events into the session,
+ * replies batched until the session would wait for input (RFC 2920 §3.2: flush before waiting).
+ */
+class SmtpConnection implements SessionHandler {
   private readonly reader: SmtpReader;
   private readonly session: SmtpSession;
   private out: string[] = [];
   private pumping = false;
-  private paused = false;
   private ended = false;
-  private clientEnded = false;
-  private readonly onData = (chunk: Buffer): void => {
-    this.reader.push(chunk);
-    if (this.reader.buffered > HIGH_WATER && !this.paused) {
-      this.paused = true;
-      this.socket.pause();
-    }
-    this.pump();
-  };
+  private clientHasEnded = false;
 
   constructor(
-    private readonly group: ConnectionGroup,
-    socket: Socket,
-    kind: ListenerKind,
-    implicitTls: boolean,
-    address: string,
-    private readonly release: () => void,
+    private readonly conn: Connection,
+    config: Config,
+    hooks: SmtpHooks,
+    private readonly log: Logger,
   ) {
-    this.socket = socket;
-    const c = group.config.smtp;
+    const c = config.smtp;
     this.reader = new SmtpReader(Math.max(12288, c.maxCommandLineBytes));
-    const tlsFacts = implicitTls ? facts(socket as tls.TLSSocket) : undefined;
     this.session = new SmtpSession(
       randomBytes(6).toString('hex'),
-      address,
-      socket.remotePort ?? 0,
+      conn.address,
+      conn.remotePort,
       {
-        hostname: group.config.hostname,
-        listener: kind,
+        hostname: config.hostname,
+        listener: conn.port.name === 'mx' ? 'mx' : 'submission',
         tlsAvailable: true,
-        tls: tlsFacts,
+        tls: conn.tls,
         allowPlainAuth: c.allowPlainAuth,
         maxMessageBytes: c.maxMessageBytes,
         maxRecipients: c.maxRecipients,
@@ -263,7 +171,7 @@ class Connection {
         maxCommandLineBytes: c.maxCommandLineBytes,
         maxTextLineBytes: c.maxTextLineBytes,
       },
-      group.hooks,
+      hooks,
       {
         reader: this.reader,
         reply: (r) => void this.out.push(formatReply(r)),
@@ -271,30 +179,49 @@ class Connection {
         close: () => this.end(),
       },
     );
-  }
-
-  start(): void {
-    const s = this.socket;
-    s.setNoDelay(true);
-    s.setTimeout(this.group.config.smtp.idleTimeoutSeconds * 1000);
-    s.on('timeout', () => this.onTimeout());
-    s.on('data', this.onData);
-    s.on('end', () => this.clientEnd());
     this.session.greet();
     this.flush();
   }
 
-  private onTimeout(): void {
-    // The timer measures the client's silence; while we work (storage, DNS) it is not the client's.
-    if (this.pumping) return;
-    this.group.metrics.limitsHit.inc({ listener: this.session.listener, limit: 'idle_timeout' });
+  get busy(): boolean {
+    return this.pumping;
+  }
+
+  /** A message in DATA is let finish before the goodbye. */
+  get atRest(): boolean {
+    return !this.pumping && !this.reader.inData;
+  }
+
+  data(chunk: Buffer): void {
+    this.reader.push(chunk);
+    this.conn.inputHeld(this.reader.buffered);
+    this.pump();
+  }
+
+  /** The client half-closed: finish what it sent (pipelined commands, a complete message), then close. */
+  clientEnded(): void {
+    this.clientHasEnded = true;
+    if (!this.pumping) this.pump();
+  }
+
+  idleTimeout(): void {
     this.session.shutdown('Timeout waiting for client input, closing connection');
     this.flush();
   }
 
+  shutdown(): void {
+    this.session.shutdown('Service shutting down');
+    this.flush();
+  }
+
+  closed(): void {
+    this.ended = true;
+    this.session.abort('connection closed');
+  }
+
   private pump(): void {
     if (this.pumping || this.ended) return;
-    if (this.clientEnded && this.reader.buffered === 0) {
+    if (this.clientHasEnded && this.reader.buffered === 0) {
       this.session.abort('client closed');
       this.end();
       return;
@@ -303,8 +230,9 @@ class Connection {
     this.loop().then(
       () => undefined,
       (err) => {
-        this.group.log.error({ err }, 'SMTP session failed');
-        this.destroy();
+        this.log.error({ err }, 'SMTP session failed');
+        this.session.abort('connection destroyed');
+        this.conn.destroy();
       },
     );
   }
@@ -322,90 +250,31 @@ class Connection {
       this.pumping = false;
     }
     this.flush();
-    if (this.clientEnded && !this.ended) {
+    if (this.clientHasEnded && !this.ended) {
       // Nothing more will come: an unfinished transaction is dropped.
       this.session.abort('client closed');
       this.end();
       return;
     }
-    if (this.paused && this.reader.buffered < LOW_WATER && !this.ended) {
-      this.paused = false;
-      this.socket.resume();
-    }
+    if (!this.ended) this.conn.inputHeld(this.reader.buffered);
   }
 
   private flush(): void {
-    if (this.out.length === 0 || this.socket.destroyed) return;
+    if (this.out.length === 0) return;
     const text = this.out.length === 1 ? this.out[0] : this.out.join('');
     this.out = [];
-    this.socket.write(text);
-  }
-
-  /** The client half-closed: finish what it sent (pipelined commands, a complete message), then close. */
-  private clientEnd(): void {
-    this.clientEnded = true;
-    if (!this.pumping) this.pump();
+    this.conn.write(text);
   }
 
   private end(): void {
     this.flush();
     if (this.ended) return;
     this.ended = true;
-    this.release();
-    this.socket.end();
-    // A client that never reads must not keep the socket forever.
-    setTimeout(() => this.socket.destroy(), 5000).unref();
+    this.conn.end();
   }
 
   private startTls(): Promise<TlsFacts | undefined> {
     this.flush();
-    const plain = this.socket;
-    plain.off('data', this.onData);
-    plain.setTimeout(0);
-    const secure = new tls.TLSSocket(plain, {
-      isServer: true,
-      secureContext: this.group.tlsProvider.secureContext(),
-      SNICallback: this.group.tlsProvider.options().SNICallback,
-    });
-    this.socket = secure;
-    secure.on('error', () => undefined);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        secure.destroy();
-        resolve(undefined);
-      }, this.group.handshakeTimeoutMs);
-      secure.once('secure', () => {
-        clearTimeout(timer);
-        secure.setTimeout(this.group.config.smtp.idleTimeoutSeconds * 1000);
-        secure.on('timeout', () => this.onTimeout());
-        secure.on('data', this.onData);
-        secure.on('end', () => this.clientEnd());
-        resolve(facts(secure));
-      });
-      secure.once('close', () => {
-        clearTimeout(timer);
-        resolve(undefined);
-      });
-    });
+    return this.conn.upgradeToTls();
   }
-
-  shutdownIfIdle(): void {
-    if (this.pumping || this.reader.inData) return;
-    this.session.shutdown('Service shutting down');
-    this.flush();
-  }
-
-  destroy(): void {
-    this.session.abort('connection destroyed');
-    this.socket.destroy();
-  }
-
-  closed(): void {
-    this.ended = true;
-    this.session.abort('connection closed');
-  }
-}
-
-function facts(s: tls.TLSSocket): TlsFacts {
-  return { version: s.getProtocol() ?? 'TLS', cipher: s.getCipher()?.standardName ?? s.getCipher()?.name ?? 'unknown' };
 }

@@ -6,9 +6,7 @@
  * Small messages (the common case) are collected in memory up to `inlineBytes`. Those up to
  * `queueInlineBytes` (64 KiB by default) travel inside the job itself (`raw`): the job's one
  * durable queue write is then the message's durable store, and the worker writes the blob before
- * anything refers to it. That is one sync before 250 instead of three in a row (the blob's
- * fdatasync, its folder's fsync, then the queue's commit), which is what a single session waits
- * on; Postfix's queue file is likewise message and envelope in one. The other collected messages
+ * anything refers to it (why: docs/performance.md, SMTP listener and spool). The other collected messages
  * are written with one put; larger ones are streamed into the blob as they arrive, so memory stays
  * bounded whatever the size. On the MX listener the SPF/DKIM/DMARC result must be a header at the top of the stored
  * message but is only known once the whole message has been read, so a large MX message is first
