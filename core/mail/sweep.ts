@@ -55,7 +55,7 @@ export interface SweepOptions {
 export interface SweepReport {
   startedAt: string;
   dryRun: boolean;
-  /** The queues were empty when the sweep began (the fast path was on). */
+  /** The queues were empty when the sweep began (so unreferenced blobs younger than the grace could go too). */
   quiescent: boolean;
   /** Blobs listed under the swept prefixes. */
   scanned: number;
@@ -117,8 +117,8 @@ const HOLD = 'HOLD#';
 /**
  * One sweep over the mail store, one method per step: list the candidates a page at a time
  * (`sweepPrefix`, `judge`), check what refers to each (`references`, `holdIsLive`), the settle
- * time (`settled`), the queues' quiet (`queuesQuiet`), delete (`deleteBatch`, `releaseStale`) and
- * report (`finish`). Used once.
+ * time (`settled`), whether the queues are empty (`queuesEmpty`), delete (`deleteBatch`,
+ * `releaseStale`) and report (`finish`). Used once.
  *
  * A blob is kept while anything may still refer to it:
  * - a `BLOBREF#<key>` item: the mailbox reference count (`META`, written in the same transaction
@@ -143,7 +143,7 @@ class OrphanSweep {
   private readonly cutoffDay: string;
   private readonly store: MailboxStore;
   /** The queues were empty at the last look: unreferenced blobs younger than the grace may go. */
-  private fastPath = false;
+  private quiescent = false;
   private readonly report: SweepReport;
 
   constructor(
@@ -175,7 +175,7 @@ class OrphanSweep {
   }
 
   async run(): Promise<SweepReport> {
-    this.fastPath = this.report.quiescent = await this.queuesQuiet();
+    this.quiescent = this.report.quiescent = await this.queuesEmpty();
     try {
       for (const { prefix, kind } of SWEEP_PREFIXES) if (!(await this.sweepPrefix(prefix, kind))) break;
     } finally {
@@ -188,7 +188,7 @@ class OrphanSweep {
 
   /** No queue has a message visible, in flight or delayed, so no job exists at all. SQS's counts
    * are approximate and may lag by about a minute; the settle time covers that lag too. */
-  private async queuesQuiet(): Promise<boolean> {
+  private async queuesEmpty(): Promise<boolean> {
     const stats = await Promise.all(QUEUES.map((q) => this.storage.queues.stats(q)));
     return stats.every((s) => s.visible === 0 && s.inFlight === 0 && s.delayed === 0);
   }
@@ -209,7 +209,7 @@ class OrphanSweep {
           this.report.complete = false;
           return false;
         }
-        if (!this.fastPath && this.tooYoungDay(blob.key)) {
+        if (!this.quiescent && this.tooYoungDay(blob.key)) {
           // What is skipped is only kept: the rest of the prefix is younger still.
           await this.deleteBatch(batch);
           return true;
@@ -223,7 +223,7 @@ class OrphanSweep {
   }
 
   /** `in/<yyyymmdd>/` keys list oldest day first and a key's day is its DATA's start, never after
-   * its blob's LastModified: without the fast path, the first day past the grace cut-off ends the
+   * its blob's LastModified: while the queues have work, the first day past the grace cut-off ends the
    * prefix, so a busy system's sweep reads only the old tail. */
   private tooYoungDay(key: string): boolean {
     const m = /^in\/(\d{8})\//.exec(key);
@@ -248,7 +248,7 @@ class OrphanSweep {
       return undefined;
     }
     const pastGrace = this.started.getTime() - modified >= this.graceMs;
-    if (!pastGrace && !this.fastPath) {
+    if (!pastGrace && !this.quiescent) {
       report.keptYoung++;
       return undefined;
     }
@@ -348,12 +348,12 @@ class OrphanSweep {
   private async deleteBatch(batch: Candidate[]): Promise<void> {
     // Read at every page, so a sweep that began in a quiet moment stops querying every blob soon
     // after work arrives, and right before deletions that only quiescence allows.
-    if (this.fastPath && !(await this.queuesQuiet())) {
-      this.fastPath = false;
+    if (this.quiescent && !(await this.queuesEmpty())) {
+      this.quiescent = false;
       this.options.log?.info('the queues have work now; the sweep continues with the grace rule only');
     }
     for (const c of batch) {
-      if (c.needsQuiet && !this.fastPath) {
+      if (c.needsQuiet && !this.quiescent) {
         this.report.keptYoung++;
         continue;
       }
