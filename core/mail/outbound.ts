@@ -15,26 +15,30 @@
  * send it once more: at most one extra copy per crash (at-least-once, never lost). Stale or
  * duplicate queue messages are dropped by `seq`; one worker at a time holds a message (a lock
  * with an expiry in its META item).
+ *
+ * This file holds the job handler, the lock and the decisions per recipient; sending to a route's
+ * hosts is in outbound-send.ts, what the sender is told (DSNs) in outbound-dsn.ts.
  */
 import { randomUUID } from 'node:crypto';
-import { PassThrough, Readable } from 'node:stream';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import { openSecrets } from '../secrets.js';
-import { isStorageError, MAX_DELAY_SECONDS, MAX_VISIBILITY_SECONDS, type Storage } from '../storage/ports.js';
+import { MAX_DELAY_SECONDS, MAX_VISIBILITY_SECONDS, type Storage } from '../storage/ports.js';
 import { done, type JobContext, type JobHandler, type JobOutcome } from '../workers/job.js';
-import { dkimSignatures, noDkimKeys, storedDkimKeys, type DkimKeySource } from './dkim.js';
-import { buildDsn, type DsnRecipientReport } from './dsn.js';
-import { withoutReturnPath } from './return-path.js';
-import type { InboundJob, OutboundJob } from './jobs.js';
-import { stsPolicy, mxMatches, type StsPolicy } from './mta-sts.js';
-import { resolveMxRoute, type MxDns } from './mx.js';
+import { storedDkimKeys, type DkimKeySource } from './dkim.js';
+import type { OutboundJob } from './jobs.js';
+import { stsPolicy, type StsPolicy } from './mta-sts.js';
+import type { MxDns } from './mx.js';
+import { sendDelayNotice, sendFinalDsn } from './outbound-dsn.js';
+import { deliverGroup, prepareMessage, type Outcome } from './outbound-send.js';
 import { dnsResolverFromConfig } from '../dns.js';
 import { Accounts } from '../accounts/accounts.js';
 import { MailboxStore } from '../mailbox/store.js';
-import { domainOf, isPending, OutboundStore, type MessageRecord, type RcptRecord } from './outbound-store.js';
+import { isPending, OutboundStore, type MessageRecord, type RcptRecord } from './outbound-store.js';
 import { RetrySchedule } from './retry.js';
 import { deliverTransaction, type SmtpTransaction, type TlsMode, type TransactionResult } from './smtp-client.js';
+
+export { headerFromDomain } from './outbound-send.js';
 
 /** The queue body this worker reads and writes: an OutboundJob plus the generation it belongs to. */
 export interface OutboundQueueBody extends OutboundJob {
@@ -82,10 +86,6 @@ const MAX_RCPTS_PER_TRANSACTION = 100;
 const GROUP_CONCURRENCY = 4;
 /** How often a long attempt extends its lock. */
 const LOCK_RENEW_MS = 60_000;
-/** At most this many host addresses are tried per domain and attempt. */
-const MAX_HOSTS_PER_ATTEMPT = 5;
-/** RET absent (RFC 3461 §4.3 leaves it to us): return the whole message up to this size. */
-const FULL_RETURN_MAX_BYTES = 256 * 1024;
 
 /** What a smarthost URL's `?tls=` may ask for on smtp:// (smtps:// is always implicit TLS). */
 const SMARTHOST_TLS: readonly TlsMode[] = ['required', 'opportunistic', 'none'];
@@ -314,179 +314,6 @@ async function forEachLimited<T>(items: T[], limit: number, fn: (x: T) => Promis
   if (errors.length) throw errors[0];
 }
 
-/** The message as it goes out: DKIM-Signature fields (if any) followed by the stored message. */
-interface PreparedMessage {
-  signatures: string;
-  size: number;
-  open: () => Promise<Readable>;
-}
-
-async function prepareMessage(m: MessageRecord, ctx: JobContext, deps: OutboundDeps, log: Logger): Promise<PreparedMessage> {
-  const blobs = ctx.storage.mail;
-  let signatures = '';
-  const fromHeader = await headerFromDomain(withoutReturnPath((await blobs.get(m.blobKey)).body));
-  const candidates = [...new Set([fromHeader, domainOf(m.from)].filter((d): d is string => !!d))];
-  for (const domain of candidates) {
-    const keys = await deps.dkim.keys(domain);
-    if (!keys.length) continue;
-    try {
-      signatures = await dkimSignatures(withoutReturnPath((await blobs.get(m.blobKey)).body), domain, keys, { now: ctx.now() });
-    } catch (e) {
-      // An unsigned message is better than an undelivered one; the log says why.
-      log.error({ err: e, domain }, 'DKIM signing failed; sending unsigned');
-    }
-    break;
-  }
-  const sig = Buffer.from(signatures, 'utf8');
-  return {
-    signatures,
-    size: m.size + sig.length,
-    open: async () => {
-      // RFC 5321 §4.4: the Return-Path our listener wrote for local delivery does not travel on.
-      const body = withoutReturnPath((await blobs.get(m.blobKey)).body);
-      if (!sig.length) return body;
-      const out = new PassThrough();
-      out.write(sig);
-      body.on('error', (e) => out.destroy(e));
-      body.pipe(out);
-      return out;
-    },
-  };
-}
-
-/** The domain of the first address in the From header field (for the DKIM d= domain). */
-export async function headerFromDomain(src: Readable): Promise<string | undefined> {
-  let text = '';
-  try {
-    for await (const c of src) {
-      text += typeof c === 'string' ? c : (c as Buffer).toString('latin1');
-      const end = text.search(/\r?\n\r?\n/);
-      if (end >= 0) {
-        text = text.slice(0, end);
-        break;
-      }
-      if (text.length > 256 * 1024) break;
-    }
-  } finally {
-    src.destroy();
-  }
-  const unfolded = text.replace(/\r?\n[ \t]+/g, ' ');
-  const line = unfolded.split(/\r?\n/).find((l) => /^from\s*:/i.test(l));
-  if (!line) return undefined;
-  const value = line.slice(line.indexOf(':') + 1);
-  const angle = /<[^<>@\s]*@([^<>\s]+)>/.exec(value);
-  const bare = /[^\s<>,;:"@]+@([A-Za-z0-9.-]+)/.exec(value);
-  return (angle?.[1] ?? bare?.[1])?.toLowerCase();
-}
-
-/** One recipient's result of an attempt. */
-interface Outcome {
-  ok: boolean;
-  temporary: boolean;
-  reply: string;
-  status: string;
-  host?: string;
-  /** The reply is ours (DNS, policy), not a remote SMTP reply. */
-  local?: boolean;
-  /** The host that took the message supports DSN (RFC 3461), so it reports success itself. */
-  dsn?: boolean;
-}
-
-async function deliverGroup(
-  key: string,
-  rcpts: RcptRecord[],
-  via: Smarthost | undefined,
-  m: MessageRecord,
-  msg: PreparedMessage,
-  ctx: JobContext,
-  deps: OutboundDeps,
-  log: Logger,
-): Promise<Map<string, Outcome>> {
-  const { config } = ctx;
-  const all = (o: Outcome) => new Map(rcpts.map((r) => [r.address, o]));
-  type Target = { host: string; address: string; port: number; tls: TlsMode; verify: boolean; auth?: { user: string; pass: string } };
-  let targets: Target[];
-  if (via) {
-    // Certificates are checked where TLS is required (outbound.tlsVerify), as for MX hosts.
-    const verify = config.outbound.tlsVerify === 'always' || (config.outbound.tlsVerify === 'required' && (via.tls === 'required' || via.tls === 'implicit'));
-    targets = [{ host: via.host, address: via.host, port: via.port, tls: via.tls, verify, auth: via.user ? { user: via.user, pass: via.pass ?? '' } : undefined }];
-  } else {
-    const route = await resolveMxRoute(deps.dns, key, { random: deps.random });
-    if (route.kind !== 'hosts') {
-      return all({ ok: false, temporary: route.kind === 'temporary', reply: route.reason, status: route.status, local: true });
-    }
-    let hosts = route.hosts;
-    let required = config.outbound.requireTlsDomains.map((d) => d.toLowerCase()).includes(key);
-    const sts = await deps.mtaSts(key, ctx.storage);
-    if (sts.mode !== 'none') {
-      const allowed = hosts.filter((h) => mxMatches(h.host, sts.mx));
-      if (sts.mode === 'enforce') {
-        // RFC 8461 §5: only MX hosts the policy names, only over TLS with a valid certificate;
-        // "the sending MTA MUST NOT deliver the message" otherwise (a temporary failure).
-        if (!allowed.length) {
-          return all({ ok: false, temporary: true, reply: `no MX host of ${key} matches its MTA-STS policy (${sts.mx.join(', ')})`, status: '4.7.5', local: true });
-        }
-        hosts = allowed;
-        required = true;
-      } else if (allowed.length !== hosts.length) {
-        log.warn({ domain: key, policy: sts.mx }, 'MTA-STS testing: some MX hosts do not match the policy');
-      }
-    }
-    const verify = config.outbound.tlsVerify === 'always' || (required && config.outbound.tlsVerify === 'required') || sts.mode === 'enforce';
-    targets = hosts.flatMap((h) => h.addresses.map((a) => ({ host: h.host, address: a, port: config.outbound.mxPort, tls: (required ? 'required' : 'opportunistic') as TlsMode, verify })));
-  }
-  let last: TransactionResult | undefined;
-  let lastHost = '';
-  let anyTemporary = false;
-  const tries = targets.slice(0, MAX_HOSTS_PER_ATTEMPT);
-  for (let i = 0; i < tries.length; i++) {
-    const t = tries[i];
-    const res = await deps.transact({
-      host: t.host,
-      address: t.address,
-      port: t.port,
-      helo: config.hostname,
-      tls: t.tls,
-      tlsVerify: t.verify,
-      ca: deps.ca,
-      auth: t.auth,
-      from: m.from,
-      rcpts: rcpts.map((r) => ({ address: r.address, notify: r.notify, orcpt: r.orcpt })),
-      dsn: { ret: m.ret, envid: m.envid },
-      size: msg.size,
-      body8bit: m.body8bit,
-      smtputf8: m.smtputf8,
-      message: msg.open,
-      connectTimeoutMs: config.outbound.connectTimeoutSeconds * 1000,
-      commandTimeoutMs: config.outbound.commandTimeoutSeconds * 1000,
-      dataTimeoutMs: config.outbound.dataTimeoutSeconds * 1000,
-    });
-    last = res;
-    lastHost = `${t.host} [${t.address}]`;
-    if (!res.sessionFailure) {
-      log.debug({ host: lastHost, tls: res.tls, chunked: res.chunked }, 'transaction done');
-      if (res.unconverted8bit) log.warn({ host: lastHost }, '8-bit message sent unconverted to a server without 8BITMIME');
-      return new Map(res.rcpts.map((r) => [r.address, { ok: r.ok, temporary: r.temporary, reply: r.reply, status: r.status, host: lastHost, dsn: res.extensions.includes('DSN') }]));
-    }
-    if (res.sessionFailure.stage === 'STARTTLS' && t.tls === 'opportunistic') {
-      // RFC 7435 §3: opportunistic security must not make delivery worse than cleartext; a host
-      // whose TLS handshake fails is tried once more without STARTTLS.
-      log.info({ host: lastHost, reply: res.sessionFailure.reply }, 'STARTTLS failed; retrying this host in cleartext');
-      tries.splice(i + 1, 0, { ...t, tls: 'none' });
-      continue;
-    }
-    if (res.sessionFailure.temporary) anyTemporary = true;
-    if (via && res.sessionFailure.stage === 'STARTTLS' && t.tls === 'required') {
-      log.warn({ host: lastHost, reply: res.sessionFailure.reply }, 'smarthost: no TLS session, so nothing was sent; the message will be retried (?tls=opportunistic in outbound.smarthost allows cleartext)');
-    } else {
-      log.info({ host: lastHost, stage: res.sessionFailure.stage, reply: res.sessionFailure.reply }, 'host failed; trying the next');
-    }
-  }
-  const f = last!.sessionFailure!;
-  // RFC 5321 §5.1: after every host failed, the failure is temporary unless all were permanent.
-  return all({ ok: false, temporary: anyTemporary, reply: f.reply, status: anyTemporary && f.status.startsWith('5') ? `4${f.status.slice(1)}` : f.status, host: lastHost, local: f.stage === 'connect' || !/^\d{3}\s/.test(f.reply) });
-}
-
 function applyOutcome(r: RcptRecord, o: Outcome, retry: RetrySchedule, receivedAt: Date, now: Date): RcptRecord {
   const attempts = r.attempts + 1;
   const base: RcptRecord = { ...r, attempts, lastReply: o.reply, status: o.status, remoteHost: o.host, lastAttemptAt: now.toISOString() };
@@ -502,123 +329,4 @@ function applyOutcome(r: RcptRecord, o: Outcome, retry: RetrySchedule, receivedA
     return { ...base, state: 'bounced', status: '5.4.7', lastReply: `${o.reply} (${d.reason})`, finalAt: now.toISOString(), nextAttemptAt: undefined };
   }
   return { ...base, state: 'deferred', nextAttemptAt: d.at.toISOString() };
-}
-
-function wants(r: RcptRecord, what: 'FAILURE' | 'DELAY'): boolean {
-  // RFC 3461 §4.1: without NOTIFY, failures are reported (and delays may be).
-  return !r.notify?.length ? true : r.notify.includes(what);
-}
-
-/** The one final DSN of a message: its failed recipients (NOTIFY default or FAILURE) and those
- * relayed to a host without DSN support that asked for SUCCESS (RFC 3464 allows mixed actions). */
-async function sendFinalDsn(m: MessageRecord, rcpts: RcptRecord[], ctx: JobContext, deps: OutboundDeps, store: OutboundStore, log: Logger): Promise<void> {
-  const failed = rcpts.filter((r) => r.state === 'bounced' && wants(r, 'FAILURE'));
-  const relayed = rcpts.filter((r) => r.state === 'delivered' && r.relayed);
-  if ((!failed.length && !relayed.length) || m.dsnSent) return;
-  // RFC 5321 §6.1 / RFC 3461 §6.2: never bounce a message from the null sender (no loops).
-  if (m.from === '') {
-    log.info({ rcpts: failed.map((r) => r.address) }, 'undeliverable message from the null sender; no DSN');
-    return;
-  }
-  const reports: DsnRecipientReport[] = [
-    ...failed.map((r) => ({
-      ...reportBase(r),
-      action: 'failed' as const,
-      status: r.status?.startsWith('5') ? r.status : `5${(r.status ?? '4.0.0').slice(1)}`,
-    })),
-    ...relayed.map((r) => ({ ...reportBase(r), action: 'relayed' as const, status: r.status?.startsWith('2') ? r.status : '2.0.0' })),
-  ];
-  await sendDsn(m, 'failure', reports, ctx, deps, log);
-  await store.claimDsn(m.id, 'dsnSent');
-}
-
-function reportBase(r: RcptRecord): Omit<DsnRecipientReport, 'action' | 'status'> {
-  return {
-    address: r.address,
-    orcpt: r.orcpt,
-    remoteMta: r.remoteHost?.replace(/ \[.*\]$/, ''),
-    diagnostic: r.lastReply,
-    diagnosticType: r.lastReply && /^\d{3}[\s-]/.test(r.lastReply) ? 'smtp' : 'x-local',
-    lastAttemptAt: r.lastAttemptAt ? new Date(r.lastAttemptAt) : undefined,
-  };
-}
-
-async function sendDelayNotice(m: MessageRecord, pending: RcptRecord[], retry: RetrySchedule, ctx: JobContext, deps: OutboundDeps, store: OutboundStore, log: Logger): Promise<void> {
-  const delayed = pending.filter((r) => wants(r, 'DELAY'));
-  if (m.from === '' || !delayed.length) {
-    await store.claimDsn(m.id, 'delayNoticeSent');
-    return;
-  }
-  const until = new Date(new Date(m.receivedAt).getTime() + retry.maxAgeSeconds * 1000);
-  const reports: DsnRecipientReport[] = delayed.map((r) => ({
-    ...reportBase(r),
-    action: 'delayed',
-    status: r.status?.startsWith('4') ? r.status : '4.0.0',
-    willRetryUntil: until,
-  }));
-  await sendDsn(m, 'delay', reports, ctx, deps, log);
-  await store.claimDsn(m.id, 'delayNoticeSent');
-}
-
-/**
- * Stores a DSN and hands it on as a new message from `<>`: to the inbound queue when the sender
- * is local (so it reaches the mailbox by the normal path), else to the outbound queue. The blob
- * key and the job id are derived from the original id, so a repeated call (after a crash) makes
- * the same job, which both workers treat idempotently.
- */
-async function sendDsn(m: MessageRecord, kind: 'failure' | 'delay', reports: DsnRecipientReport[], ctx: JobContext, deps: OutboundDeps, log: Logger): Promise<void> {
-  const id = `${m.id}.${kind === 'failure' ? 'dsn' : 'delay'}`;
-  const blobKey = `outbound-dsn/${id}.eml`;
-  // RFC 3461 §4.3: RET applies to failure DSNs; other DSNs return the header only.
-  const anyFailed = reports.some((r) => r.action === 'failed');
-  const ret = !anyFailed ? 'HDRS' : (m.ret ?? (m.size <= FULL_RETURN_MAX_BYTES ? 'FULL' : 'HDRS'));
-  const now = ctx.now();
-  let size: number;
-  try {
-    const info = await ctx.storage.mail.put(
-      blobKey,
-      Readable.from(
-        buildDsn({
-          reportingMta: ctx.config.hostname,
-          to: m.from,
-          queueId: m.id,
-          envid: m.envid,
-          arrivalDate: new Date(m.receivedAt),
-          recipients: reports,
-          ret,
-          original: async () => (await ctx.storage.mail.get(m.blobKey)).body,
-          now,
-        }),
-      ),
-      { ifAbsent: true, contentType: 'message/rfc822' },
-    );
-    size = info.size;
-  } catch (e) {
-    if (!isStorageError(e, 'ConditionFailed')) throw e;
-    size = (await ctx.storage.mail.head(blobKey)).size;
-  }
-  const kindOfSender = await deps.senderKind(m.from, ctx.storage);
-  if (kindOfSender === 'unknown') {
-    // The sender's address is in a local domain but no longer exists: nobody to tell.
-    log.warn({ dsn: id, to: m.from }, 'DSN dropped: the sender no longer exists here');
-    return;
-  }
-  if (kindOfSender === 'local') {
-    const job: InboundJob = {
-      v: 1,
-      id,
-      blobKey,
-      size,
-      from: '',
-      rcpts: [{ address: m.from }],
-      receivedAt: now.toISOString(),
-      client: { address: '127.0.0.1', helo: ctx.config.hostname },
-      listener: 'mx',
-    };
-    await ctx.storage.queues.send('inbound', JSON.stringify(job));
-  } else {
-    const job: OutboundJob = { v: 1, id, blobKey, size, from: '', rcpts: [{ address: m.from, notify: ['NEVER'] }], receivedAt: now.toISOString() };
-    await ctx.storage.queues.send('outbound', JSON.stringify(job));
-  }
-  log.info({ dsn: id, to: m.from, sender: kindOfSender, rcpts: reports.map((r) => r.address) }, kind === 'failure' ? 'DSN sent' : 'delay notice sent');
 }

@@ -233,27 +233,6 @@ class ReplyReader {
   }
 }
 
-async function connect(t: SmtpTransaction): Promise<net.Socket> {
-  const timeout = t.connectTimeoutMs ?? 30_000;
-  const address = t.address ?? t.host;
-  const socket =
-    t.tls === 'implicit'
-      ? tls.connect({ host: address, port: t.port, servername: net.isIP(t.host) ? undefined : t.host, rejectUnauthorized: t.tlsVerify ?? true, ca: t.ca, minVersion: 'TLSv1.2' })
-      : net.connect({ host: address, port: t.port });
-  const ready = t.tls === 'implicit' ? 'secureConnect' : 'connect';
-  const timer = setTimeout(() => socket.destroy(new Error(`connect timeout after ${timeout} ms`)), timeout);
-  try {
-    await once(socket, ready);
-  } catch (e) {
-    socket.destroy();
-    throw new SmtpSessionError('connect', true, '4.4.1', `cannot connect to ${t.host} [${address}]:${t.port}: ${(e as Error).message}`);
-  } finally {
-    clearTimeout(timer);
-  }
-  socket.setNoDelay(true);
-  return socket;
-}
-
 /** Doubles a leading '.' on every line (RFC 5321 §4.5.2) and remembers whether the data ended
  * with CRLF, so the terminator can be written correctly. */
 class DotStuffer {
@@ -295,70 +274,125 @@ function parseEhlo(r: SmtpReply): { ext: Set<string>; maxSize?: number; auth: st
   return { ext, maxSize, auth };
 }
 
+/** What the server's EHLO offered: extension keywords (upper case), SIZE's limit, AUTH mechanisms. */
+interface Capabilities {
+  ext: Set<string>;
+  maxSize?: number;
+  auth: string[];
+}
+
 /** Runs one SMTP transaction against one host and reports each recipient's outcome. Never
  * throws: every failure is reported in the result. */
-export async function deliverTransaction(t: SmtpTransaction): Promise<TransactionResult> {
-  const cmdMs = t.commandTimeoutMs ?? 300_000;
-  const dataMs = t.dataTimeoutMs ?? 600_000;
-  let socket: net.Socket | undefined;
-  let reader: ReplyReader | undefined;
-  let extensions: string[] = [];
-  let encrypted = t.tls === 'implicit';
-  let chunked = false;
-  const results = new Map<string, RecipientResult>();
-  const sessionFail = (e: unknown): TransactionResult => {
-    const err =
-      e instanceof SmtpSessionError ? e : new SmtpSessionError('connection', true, '4.4.2', `${(e as Error)?.message ?? String(e)}`);
-    const reply = err.reply ? replyText(err.reply) : err.message;
-    // Recipients answered already keep their answers; the rest share the session failure.
-    const rcpts = t.rcpts.map(
-      (r) => results.get(r.address) ?? { address: r.address, ok: false, temporary: err.temporary, reply, status: err.status },
-    );
-    const anyAnswered = results.size > 0;
-    return {
-      sessionFailure: anyAnswered ? undefined : { temporary: err.temporary, reply, status: err.status, stage: err.stage },
-      rcpts,
-      tls: encrypted,
-      extensions,
-      chunked,
-    };
-  };
-  const write = (s: string) => socket!.write(s);
-  const expect = async (stage: string, ok: (c: number) => boolean, timeout = cmdMs): Promise<SmtpReply> => {
-    const r = await reader!.next(timeout, stage);
-    if (!ok(r.code)) {
-      const temporary = r.code < 500;
-      throw new SmtpSessionError(stage, temporary, statusOf(r), `${stage}: ${replyText(r)}`, r);
+export function deliverTransaction(t: SmtpTransaction): Promise<TransactionResult> {
+  return new ClientTransaction(t).run();
+}
+
+/**
+ * One transaction to one host, one method per step in the order of RFC 5321 §3: connect and
+ * greeting, EHLO (or HELO), STARTTLS and EHLO again, AUTH, the checks that the server can take the
+ * message, MAIL and RCPT (pipelined when offered), DATA or BDAT with the body, QUIT. A step fails
+ * by throwing an SmtpSessionError that names it; `run` turns that into the result. Used once.
+ */
+class ClientTransaction {
+  private readonly cmdMs: number;
+  private readonly dataMs: number;
+  /** Replaced by the TLS socket after STARTTLS. */
+  private socket?: net.Socket;
+  private reader?: ReplyReader;
+  private caps: Capabilities = { ext: new Set(), auth: [] };
+  private encrypted: boolean;
+  /** What the result reports as offered: set once TLS is settled (EHLO after STARTTLS counts). */
+  private extensions: string[] = [];
+  private pipelined = false;
+  private chunked = false;
+  /** Recipients the server took at RCPT. */
+  private readonly accepted: string[] = [];
+  /** Each recipient's own answer, once it has one. */
+  private readonly results = new Map<string, RecipientResult>();
+
+  constructor(private readonly t: SmtpTransaction) {
+    this.cmdMs = t.commandTimeoutMs ?? 300_000;
+    this.dataMs = t.dataTimeoutMs ?? 600_000;
+    this.encrypted = t.tls === 'implicit';
+  }
+
+  async run(): Promise<TransactionResult> {
+    try {
+      await this.connect();
+      await this.greeting();
+      await this.hello();
+      await this.startTls();
+      this.extensions = [...this.caps.ext];
+      await this.authenticate();
+      const needsUtf8 = this.checkServerTakesMessage();
+      await this.envelope(needsUtf8);
+      if (!(await this.openData())) return this.quit(this.outcome());
+      const final = await this.sendBody();
+      const ok = final.code >= 200 && final.code < 300;
+      for (const a of this.accepted) {
+        this.results.set(a, { address: a, ok, temporary: !ok && final.code < 500, reply: replyText(final), status: statusOf(final) });
+      }
+      // RFC 6152 §3 wants 8-bit data converted for a server without 8BITMIME; like most MTAs we
+      // send it unchanged instead (today's servers take it), and the result says so.
+      return this.quit({ ...this.outcome(), unconverted8bit: this.t.body8bit === true && !this.caps.ext.has('8BITMIME') });
+    } catch (e) {
+      this.quitQuietly();
+      return this.failure(e);
+    } finally {
+      this.reader?.detach();
+      setTimeout(() => this.socket?.destroy(), 1000).unref();
     }
-    return r;
-  };
-  try {
-    socket = await connect(t);
-    // No progress at all (e.g. a server that stops reading our data) ends the session; reply
-    // waits have their own, shorter timers.
-    const idleMs = Math.max(cmdMs, dataMs);
-    const idle = (s: net.Socket) => s.setTimeout(idleMs, () => s.destroy(new Error(`no progress for ${idleMs} ms`)));
-    idle(socket);
-    reader = new ReplyReader(socket);
-    // RFC 5321 §3.1: a 554 greeting means "no service"; the client should try another host.
-    await expect('greeting', (c) => c === 220);
-    write(`EHLO ${t.helo}\r\n`);
-    const first = await reader.next(cmdMs, 'EHLO');
-    let ehlo: ReturnType<typeof parseEhlo>;
-    if (first.code === 250) ehlo = parseEhlo(first);
+  }
+
+  /** Opens the connection (TLS from the first byte for 'implicit') within connectTimeoutMs. */
+  private async connect(): Promise<void> {
+    const t = this.t;
+    const timeout = t.connectTimeoutMs ?? 30_000;
+    const address = t.address ?? t.host;
+    const socket =
+      t.tls === 'implicit'
+        ? tls.connect({ host: address, port: t.port, servername: net.isIP(t.host) ? undefined : t.host, rejectUnauthorized: t.tlsVerify ?? true, ca: t.ca, minVersion: 'TLSv1.2' })
+        : net.connect({ host: address, port: t.port });
+    const ready = t.tls === 'implicit' ? 'secureConnect' : 'connect';
+    const timer = setTimeout(() => socket.destroy(new Error(`connect timeout after ${timeout} ms`)), timeout);
+    try {
+      await once(socket, ready);
+    } catch (e) {
+      socket.destroy();
+      throw new SmtpSessionError('connect', true, '4.4.1', `cannot connect to ${t.host} [${address}]:${t.port}: ${(e as Error).message}`);
+    } finally {
+      clearTimeout(timer);
+    }
+    socket.setNoDelay(true);
+    this.use(socket);
+  }
+
+  /** RFC 5321 §3.1: a 554 greeting means "no service"; the client should try another host. */
+  private async greeting(): Promise<void> {
+    await this.expect('greeting', (c) => c === 220);
+  }
+
+  /** EHLO, or HELO (and no extensions) at a server that does not know EHLO (RFC 5321 §3.2). */
+  private async hello(): Promise<void> {
+    this.write(`EHLO ${this.t.helo}\r\n`);
+    const first = await this.next('EHLO');
+    if (first.code === 250) this.caps = parseEhlo(first);
     else if (first.code === 500 || first.code === 502) {
-      // RFC 5321 §3.2: a server that does not know EHLO gets HELO, and no extensions are used.
-      write(`HELO ${t.helo}\r\n`);
-      await expect('HELO', (c) => c === 250);
-      ehlo = { ext: new Set(), auth: [] };
+      this.write(`HELO ${this.t.helo}\r\n`);
+      await this.expect('HELO', (c) => c === 250);
+      this.caps = { ext: new Set(), auth: [] };
     } else throw new SmtpSessionError('EHLO', first.code < 500, statusOf(first), `EHLO: ${replyText(first)}`, first);
-    if (t.tls !== 'implicit' && t.tls !== 'none' && ehlo.ext.has('STARTTLS')) {
-      write('STARTTLS\r\n');
-      const r = await reader.next(cmdMs, 'STARTTLS');
+  }
+
+  /** STARTTLS (RFC 3207) when offered and wanted, then EHLO again; 'required' fails without it. */
+  private async startTls(): Promise<void> {
+    const t = this.t;
+    if (t.tls !== 'implicit' && t.tls !== 'none' && this.caps.ext.has('STARTTLS')) {
+      this.write('STARTTLS\r\n');
+      const r = await this.next('STARTTLS');
       if (r.code === 220) {
-        reader.detach();
-        const plain = socket;
-        const secure = tls.connect({ socket: plain, servername: net.isIP(t.host) ? undefined : t.host, rejectUnauthorized: t.tlsVerify ?? false, ca: t.ca, minVersion: 'TLSv1.2' });
+        this.reader!.detach();
+        const secure = tls.connect({ socket: this.socket, servername: net.isIP(t.host) ? undefined : t.host, rejectUnauthorized: t.tlsVerify ?? false, ca: t.ca, minVersion: 'TLSv1.2' });
         const timer = setTimeout(() => secure.destroy(new Error('TLS handshake timeout')), t.connectTimeoutMs ?? 30_000);
         try {
           await once(secure, 'secureConnect');
@@ -367,172 +401,235 @@ export async function deliverTransaction(t: SmtpTransaction): Promise<Transactio
         } finally {
           clearTimeout(timer);
         }
-        socket = secure;
-        idle(secure);
-        reader = new ReplyReader(secure);
-        encrypted = true;
+        this.use(secure);
+        this.encrypted = true;
         // RFC 3207 §4.2: the client MUST discard knowledge from before TLS and issue EHLO again.
-        write(`EHLO ${t.helo}\r\n`);
-        ehlo = parseEhlo(await expect('EHLO', (c) => c === 250));
+        this.write(`EHLO ${t.helo}\r\n`);
+        this.caps = parseEhlo(await this.expect('EHLO', (c) => c === 250));
       } else if (t.tls === 'required') {
         throw new SmtpSessionError('STARTTLS', true, '4.7.5', `STARTTLS refused by ${t.host}: ${replyText(r)}`, r);
       }
     }
-    if (t.tls === 'required' && !encrypted) {
+    if (t.tls === 'required' && !this.encrypted) {
       throw new SmtpSessionError('STARTTLS', true, '4.7.5', `${t.host} does not offer STARTTLS and TLS is required`);
     }
-    extensions = [...ehlo.ext];
-    if (t.auth) {
-      // RFC 4954 §4: never send credentials in the clear (our policy; the server may allow it).
-      if (!encrypted) throw new SmtpSessionError('AUTH', true, '4.7.0', `refusing to authenticate to ${t.host} without TLS`);
-      if (!ehlo.auth.includes('PLAIN')) throw new SmtpSessionError('AUTH', true, '4.7.0', `${t.host} does not offer AUTH PLAIN`);
-      const token = Buffer.from(`\0${t.auth.user}\0${t.auth.pass}`, 'utf8').toString('base64');
-      write(`AUTH PLAIN ${token}\r\n`);
-      const r = await reader.next(cmdMs, 'AUTH');
-      if (r.code !== 235) {
-        // A rejected login is our configuration problem, not the message's: keep it temporary.
-        throw new SmtpSessionError('AUTH', true, '4.7.0', `AUTH: ${replyText(r)}`, r);
-      }
-    }
+  }
+
+  /** AUTH PLAIN (RFC 4954) when credentials are given, and only over TLS. */
+  private async authenticate(): Promise<void> {
+    const t = this.t;
+    if (!t.auth) return;
+    // RFC 4954 §4: never send credentials in the clear (our policy; the server may allow it).
+    if (!this.encrypted) throw new SmtpSessionError('AUTH', true, '4.7.0', `refusing to authenticate to ${t.host} without TLS`);
+    if (!this.caps.auth.includes('PLAIN')) throw new SmtpSessionError('AUTH', true, '4.7.0', `${t.host} does not offer AUTH PLAIN`);
+    const token = Buffer.from(`\0${t.auth.user}\0${t.auth.pass}`, 'utf8').toString('base64');
+    this.write(`AUTH PLAIN ${token}\r\n`);
+    const r = await this.next('AUTH');
+    // A rejected login is our configuration problem, not the message's: keep it temporary.
+    if (r.code !== 235) throw new SmtpSessionError('AUTH', true, '4.7.0', `AUTH: ${replyText(r)}`, r);
+  }
+
+  /** Permanent failures known before MAIL: SMTPUTF8 missing, or the message over SIZE. Returns
+   * whether the envelope needs SMTPUTF8. */
+  private checkServerTakesMessage(): boolean {
+    const t = this.t;
     const needsUtf8 = t.smtputf8 === true || [t.from, ...t.rcpts.map((r) => r.address)].some((a) => /[^\x00-\x7f]/.test(a));
-    if (needsUtf8 && !ehlo.ext.has('SMTPUTF8')) {
+    if (needsUtf8 && !this.caps.ext.has('SMTPUTF8')) {
       // RFC 6531 §3.2: without SMTPUTF8 from the server the message cannot go to it as is.
       throw new SmtpSessionError('MAIL', false, '5.6.7', `${t.host} does not support SMTPUTF8, which this message needs`);
     }
     // RFC 1870 §6.1: do not send a message larger than the server's declared SIZE.
-    if (ehlo.maxSize !== undefined && t.size > ehlo.maxSize) {
-      throw new SmtpSessionError('MAIL', false, '5.3.4', `message of ${t.size} bytes exceeds ${t.host}'s SIZE limit ${ehlo.maxSize}`);
+    if (this.caps.maxSize !== undefined && t.size > this.caps.maxSize) {
+      throw new SmtpSessionError('MAIL', false, '5.3.4', `message of ${t.size} bytes exceeds ${t.host}'s SIZE limit ${this.caps.maxSize}`);
     }
-    const dsn = ehlo.ext.has('DSN');
-    const pipelining = ehlo.ext.has('PIPELINING');
-    const chunking = (t.chunking ?? true) && ehlo.ext.has('CHUNKING');
-    chunked = chunking;
+    return needsUtf8;
+  }
+
+  /** MAIL FROM and one RCPT TO per recipient; with PIPELINING in one group, DATA included when
+   * the body goes by DATA (RFC 2920 §3.1). Each recipient's refusal is kept as its answer. */
+  private async envelope(needsUtf8: boolean): Promise<void> {
+    const { ext } = this.caps;
+    this.pipelined = ext.has('PIPELINING');
+    this.chunked = (this.t.chunking ?? true) && ext.has('CHUNKING');
+    const mail = this.mailCommand(needsUtf8);
+    const rcpts = this.t.rcpts.map((r) => this.rcptCommand(r));
+    if (this.pipelined) {
+      this.write([mail, ...rcpts, ...(this.chunked ? [] : ['DATA'])].join('\r\n') + '\r\n');
+      await this.expect('MAIL', (c) => c === 250);
+      for (const r of this.t.rcpts) await this.recipientReply(r);
+    } else {
+      this.write(`${mail}\r\n`);
+      await this.expect('MAIL', (c) => c === 250);
+      for (let i = 0; i < this.t.rcpts.length; i++) {
+        this.write(`${rcpts[i]}\r\n`);
+        await this.recipientReply(this.t.rcpts[i]);
+      }
+    }
+  }
+
+  private mailCommand(needsUtf8: boolean): string {
+    const { ext } = this.caps;
+    const t = this.t;
+    const dsn = ext.has('DSN');
     let mail = `MAIL FROM:<${t.from}>`;
-    if (ehlo.ext.has('SIZE')) mail += ` SIZE=${t.size}`;
-    if (t.body8bit && ehlo.ext.has('8BITMIME')) mail += ' BODY=8BITMIME';
-    // RFC 6152 §3 wants 8-bit data converted for a server without 8BITMIME; like most MTAs we
-    // send it unchanged instead (today's servers take it), and the result says so.
-    const unconverted8bit = t.body8bit === true && !ehlo.ext.has('8BITMIME');
+    if (ext.has('SIZE')) mail += ` SIZE=${t.size}`;
+    if (t.body8bit && ext.has('8BITMIME')) mail += ' BODY=8BITMIME';
     if (needsUtf8) mail += ' SMTPUTF8';
     if (dsn && t.dsn?.ret) mail += ` RET=${t.dsn.ret}`;
     if (dsn && t.dsn?.envid) mail += ` ENVID=${xtext(t.dsn.envid)}`;
-    const rcptCmds = t.rcpts.map((r) => {
-      let c = `RCPT TO:<${r.address}>`;
-      if (dsn && r.notify?.length) c += ` NOTIFY=${r.notify.join(',')}`;
-      if (dsn && r.orcpt) {
-        const i = r.orcpt.indexOf(';');
-        c += ` ORCPT=${r.orcpt.slice(0, i)};${xtext(r.orcpt.slice(i + 1))}`;
-      }
-      return c;
-    });
-    const accepted: string[] = [];
-    const readRcpt = async (r: ClientRecipient) => {
-      const reply = await reader!.next(cmdMs, 'RCPT');
-      if (reply.code >= 200 && reply.code < 300) accepted.push(r.address);
-      else results.set(r.address, { address: r.address, ok: false, temporary: reply.code < 500, reply: replyText(reply), status: statusOf(reply) });
-    };
-    if (pipelining) {
-      // RFC 2920 §3.1: MAIL, RCPT (and DATA as the last command) may go out in one group.
-      write([mail, ...rcptCmds, ...(chunking ? [] : ['DATA'])].join('\r\n') + '\r\n');
-      await expect('MAIL', (c) => c === 250);
-      for (const r of t.rcpts) await readRcpt(r);
-    } else {
-      write(`${mail}\r\n`);
-      await expect('MAIL', (c) => c === 250);
-      for (let i = 0; i < t.rcpts.length; i++) {
-        write(`${rcptCmds[i]}\r\n`);
-        await readRcpt(t.rcpts[i]);
-      }
+    return mail;
+  }
+
+  /** RCPT TO with this recipient's own DSN parameters (RFC 3461 §4.1, §4.2). */
+  private rcptCommand(r: ClientRecipient): string {
+    const dsn = this.caps.ext.has('DSN');
+    let c = `RCPT TO:<${r.address}>`;
+    if (dsn && r.notify?.length) c += ` NOTIFY=${r.notify.join(',')}`;
+    if (dsn && r.orcpt) {
+      const i = r.orcpt.indexOf(';');
+      c += ` ORCPT=${r.orcpt.slice(0, i)};${xtext(r.orcpt.slice(i + 1))}`;
     }
-    if (!chunking) {
-      if (!pipelining && accepted.length) write('DATA\r\n');
-      if (pipelining || accepted.length) {
-        const r = await reader.next(cmdMs, 'DATA');
-        if (r.code !== 354) {
-          if (accepted.length === 0) {
-            write('QUIT\r\n');
-            socket.end();
-            return { rcpts: t.rcpts.map((x) => results.get(x.address)!), tls: encrypted, extensions, chunked };
-          }
-          throw new SmtpSessionError('DATA', r.code < 500, statusOf(r), `DATA: ${replyText(r)}`, r);
-        }
-        if (accepted.length === 0) {
-          // A pipelined DATA met 354 although no recipient was accepted: end it with no content.
-          write('.\r\n');
-          await reader.next(dataMs, 'end of data');
-          write('QUIT\r\n');
-          socket.end();
-          return { rcpts: t.rcpts.map((x) => results.get(x.address)!), tls: encrypted, extensions, chunked };
-        }
-      }
+    return c;
+  }
+
+  private async recipientReply(r: ClientRecipient): Promise<void> {
+    const reply = await this.next('RCPT');
+    if (reply.code >= 200 && reply.code < 300) this.accepted.push(r.address);
+    else this.results.set(r.address, { address: r.address, ok: false, temporary: reply.code < 500, reply: replyText(reply), status: statusOf(reply) });
+  }
+
+  /** For a body by DATA: sends DATA (unless it went in the pipelined group) and reads its 354.
+   * True when the body should follow; false when no recipient was accepted, which ends the
+   * transaction with the recipients' own answers. */
+  private async openData(): Promise<boolean> {
+    if (this.chunked || (!this.pipelined && this.accepted.length === 0)) return this.accepted.length > 0;
+    if (!this.pipelined) this.write('DATA\r\n');
+    const r = await this.next('DATA');
+    if (r.code !== 354) {
+      if (this.accepted.length === 0) return false;
+      throw new SmtpSessionError('DATA', r.code < 500, statusOf(r), `DATA: ${replyText(r)}`, r);
     }
-    if (accepted.length === 0) {
-      write('QUIT\r\n');
-      socket.end();
-      return { rcpts: t.rcpts.map((x) => results.get(x.address)!), tls: encrypted, extensions, chunked };
+    if (this.accepted.length === 0) {
+      // A pipelined DATA met 354 although no recipient was accepted: end it with no content.
+      this.write('.\r\n');
+      await this.next('end of data', this.dataMs);
+      return false;
     }
-    const body = await t.message();
-    let final: SmtpReply | undefined;
+    return true;
+  }
+
+  /** Streams the message and returns the server's final reply on it. */
+  private async sendBody(): Promise<SmtpReply> {
+    const body = await this.t.message();
     try {
-      if (chunking) {
-        // RFC 3030 §2: BDAT <size> [LAST]; the data is sent as is, without dot-stuffing.
-        const chunkBytes = t.chunkBytes ?? 1024 * 1024;
-        let pending: Buffer[] = [];
-        let pendingLen = 0;
-        const flush = async (last: boolean) => {
-          const data = Buffer.concat(pending, pendingLen);
-          pending = [];
-          pendingLen = 0;
-          await writeAll(socket!, Buffer.from(`BDAT ${data.length}${last ? ' LAST' : ''}\r\n`, 'latin1'));
-          await writeAll(socket!, data);
-          return reader!.next(last ? dataMs : cmdMs, 'BDAT');
-        };
-        for await (const c of body) {
-          const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
-          pending.push(chunk);
-          pendingLen += chunk.length;
-          if (pendingLen >= chunkBytes) {
-            const r = await flush(false);
-            if (r.code !== 250) throw new SmtpSessionError('BDAT', r.code < 500, statusOf(r), `BDAT: ${replyText(r)}`, r);
-          }
-        }
-        final = await flush(true);
-      } else {
-        const stuffer = new DotStuffer();
-        for await (const c of body) {
-          const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
-          await writeAll(socket, stuffer.stuff(chunk));
-        }
-        await writeAll(socket, Buffer.from(stuffer.endsWithCrlf() ? '.\r\n' : '\r\n.\r\n', 'latin1'));
-        final = await reader.next(dataMs, 'end of data');
-      }
+      return this.chunked ? await this.sendChunked(body) : await this.sendDotStuffed(body);
     } catch (e) {
       // A server may answer (e.g. 552 too big) and close before we finish sending: its reply,
       // not the broken connection, is the outcome.
-      const early = reader.takeReady();
+      const early = this.reader!.takeReady();
       if (!early || early.code < 400) throw e;
-      final = early;
+      return early;
     }
-    const ok = final.code >= 200 && final.code < 300;
-    for (const a of accepted) {
-      results.set(a, { address: a, ok, temporary: !ok && final.code < 500, reply: replyText(final), status: statusOf(final) });
+  }
+
+  /** RFC 3030 §2: BDAT <size> [LAST] in chunks of chunkBytes; the data goes as is, unstuffed. */
+  private async sendChunked(body: Readable): Promise<SmtpReply> {
+    const chunkBytes = this.t.chunkBytes ?? 1024 * 1024;
+    let pending: Buffer[] = [];
+    let pendingLen = 0;
+    for await (const c of body) {
+      const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
+      pending.push(chunk);
+      pendingLen += chunk.length;
+      if (pendingLen >= chunkBytes) {
+        const r = await this.bdat(Buffer.concat(pending, pendingLen), false);
+        pending = [];
+        pendingLen = 0;
+        if (r.code !== 250) throw new SmtpSessionError('BDAT', r.code < 500, statusOf(r), `BDAT: ${replyText(r)}`, r);
+      }
     }
-    write('QUIT\r\n');
-    socket.end();
-    return { rcpts: t.rcpts.map((x) => results.get(x.address)!), tls: encrypted, extensions, chunked, unconverted8bit };
-  } catch (e) {
+    return this.bdat(Buffer.concat(pending, pendingLen), true);
+  }
+
+  private async bdat(data: Buffer, last: boolean): Promise<SmtpReply> {
+    await writeAll(this.socket!, Buffer.from(`BDAT ${data.length}${last ? ' LAST' : ''}\r\n`, 'latin1'));
+    await writeAll(this.socket!, data);
+    return this.next('BDAT', last ? this.dataMs : this.cmdMs);
+  }
+
+  /** RFC 5321 §4.5.2: the body with leading dots doubled, then CRLF.CRLF. */
+  private async sendDotStuffed(body: Readable): Promise<SmtpReply> {
+    const socket = this.socket!;
+    const stuffer = new DotStuffer();
+    for await (const c of body) {
+      const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
+      await writeAll(socket, stuffer.stuff(chunk));
+    }
+    await writeAll(socket, Buffer.from(stuffer.endsWithCrlf() ? '.\r\n' : '\r\n.\r\n', 'latin1'));
+    return this.next('end of data', this.dataMs);
+  }
+
+  /** Ends the session politely and returns `result`. */
+  private quit(result: TransactionResult): TransactionResult {
+    this.write('QUIT\r\n');
+    this.socket!.end();
+    return result;
+  }
+
+  private quitQuietly(): void {
     try {
-      if (socket && !socket.destroyed) {
-        socket.write('QUIT\r\n');
-        socket.end();
+      if (this.socket && !this.socket.destroyed) {
+        this.socket.write('QUIT\r\n');
+        this.socket.end();
       }
     } catch {
       /* the connection is gone already */
     }
-    return sessionFail(e);
-  } finally {
-    reader?.detach();
-    setTimeout(() => socket?.destroy(), 1000).unref();
+  }
+
+  /** The result once the transaction is over: every recipient has its own answer. */
+  private outcome(): TransactionResult {
+    return { rcpts: this.t.rcpts.map((x) => this.results.get(x.address)!), tls: this.encrypted, extensions: this.extensions, chunked: this.chunked };
+  }
+
+  /** The result of a session that failed: recipients answered already keep their answers, the
+   * rest share the failure, which is a session failure only when nobody was answered. */
+  private failure(e: unknown): TransactionResult {
+    const err = e instanceof SmtpSessionError ? e : new SmtpSessionError('connection', true, '4.4.2', `${(e as Error)?.message ?? String(e)}`);
+    const reply = err.reply ? replyText(err.reply) : err.message;
+    const rcpts = this.t.rcpts.map((r) => this.results.get(r.address) ?? { address: r.address, ok: false, temporary: err.temporary, reply, status: err.status });
+    const anyAnswered = this.results.size > 0;
+    return {
+      sessionFailure: anyAnswered ? undefined : { temporary: err.temporary, reply, status: err.status, stage: err.stage },
+      rcpts,
+      tls: this.encrypted,
+      extensions: this.extensions,
+      chunked: this.chunked,
+    };
+  }
+
+  /** Talks over `socket` from now on. No progress at all (e.g. a server that stops reading our
+   * data) ends the session; reply waits have their own, shorter timers. */
+  private use(socket: net.Socket): void {
+    const idleMs = Math.max(this.cmdMs, this.dataMs);
+    socket.setTimeout(idleMs, () => socket.destroy(new Error(`no progress for ${idleMs} ms`)));
+    this.socket = socket;
+    this.reader = new ReplyReader(socket);
+  }
+
+  private write(s: string): void {
+    this.socket!.write(s);
+  }
+
+  private next(stage: string, timeoutMs = this.cmdMs): Promise<SmtpReply> {
+    return this.reader!.next(timeoutMs, stage);
+  }
+
+  /** The next reply, which must satisfy `ok`; otherwise a failure of this stage. */
+  private async expect(stage: string, ok: (code: number) => boolean): Promise<SmtpReply> {
+    const r = await this.next(stage);
+    if (!ok(r.code)) throw new SmtpSessionError(stage, r.code < 500, statusOf(r), `${stage}: ${replyText(r)}`, r);
+    return r;
   }
 }
 

@@ -217,8 +217,8 @@ export class MailboxStore {
 
   /** Every message in UID order (pages through the partition). */
   async list(user: string): Promise<MessageEntry[]> {
-    // Page by page rather than through entries(): an async generator costs a promise and a trip
-    // through the microtask queue per message, which showed in the POP3 login (a snapshot).
+    // Page by page rather than through entries(), whose per-message promise showed in the POP3
+    // login (see docs/performance.md, Mail workers).
     const out: MessageEntry[] = [];
     let cursor: string | undefined;
     do {

@@ -18,11 +18,9 @@ export interface WorkerOptions {
   waitSeconds?: number;
   /**
    * After a receive that brought fewer messages than there was room for, wait this long before
-   * the next one. Jobs that arrive one at a time are then worked in small batches, started in the
-   * same turn, so their storage writes share transactions and fsyncs (the local SQLite writer
-   * gathers the writes of one turn) instead of paying one each, and the worker takes the event
-   * loop in a few short bursts rather than once per message beside the listeners. Delivery lags
-   * by at most this much; mail is durable once queued. 0 receives again at once. @default 20
+   * the next one, so that jobs arriving one at a time are worked in small batches whose storage
+   * writes share transactions (see docs/performance.md, Mail workers). Delivery lags by at most
+   * this much; mail is durable once queued. 0 receives again at once. @default 20
    */
   batchDelayMs?: number;
 }

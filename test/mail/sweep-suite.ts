@@ -292,6 +292,26 @@ export function describeSweep(family: 'local' | 'aws'): void {
       for (const k of keys.slice(1)) expect(await exists(k)).toBe(true);
     });
 
+    it('stopped by its signal between blobs, it reports an incomplete sweep and leaves the rest to the next one', async () => {
+      const keys = [inKey(), inKey(), inKey()].sort();
+      for (const k of keys) await storage.mail.put(k, RAW);
+      const abort = new AbortController();
+      const stopping = onListPage((page) => {
+        // The periodic sweep's stop() or the Lambda's deadline, arriving while the sweep runs.
+        if (page.items.some((b) => b.key === keys[1])) abort.abort();
+      });
+      const metrics = new Metrics({ defaults: false });
+      const r = await sweepOrphanBlobs(stopping, { settleSeconds: 0, pageSize: 1, log: silentLogger, signal: abort.signal, metrics });
+      expect(r.complete).toBe(false);
+      expect(r.deletedKeys).toEqual([keys[0]]);
+      for (const k of keys.slice(1)) expect(await exists(k)).toBe(true);
+      // What it did is still counted.
+      expect(await metrics.text()).toMatch(/tomlinson_orphan_sweep_blobs_total\{outcome="deleted"\} 1/);
+      const next = await sweep({ settleSeconds: 0 });
+      expect(next.complete).toBe(true);
+      expect(next.deletedKeys).toEqual(expect.arrayContaining(keys.slice(1)));
+    });
+
     it('a dry run reports what would go and changes nothing; a real run pages through, counts a metric', async () => {
       const keys = [inKey(), inKey(), inKey(), inKey(), inKey()];
       for (const k of keys) await storage.mail.put(k, RAW);
