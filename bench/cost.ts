@@ -207,7 +207,6 @@ function tally(list: { at: number; r: AwsRequest }[], lambdaMemoryGb: number): T
     }
     process.stderr.write('    --\n');
   }
-  const received = new Map<string, number>();
   for (const { r } of list) {
     addRequest(t, r);
     // Lambda: each inbound receive that brought messages is one invocation; its duration runs to

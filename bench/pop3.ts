@@ -314,7 +314,7 @@ export async function startDovecotOn(base: string, users: string[], password: st
     for (const u of users) await session(port, dovecotUser(u), password, 1);
   } catch (e) {
     await stop();
-    throw new Error(`dovecot warm-up failed (see ${base}/dovecot.log): ${(e as Error).message}`);
+    throw new Error(`dovecot warm-up failed (see ${base}/dovecot.log): ${(e as Error).message}`, { cause: e });
   }
   return { port, pid: child.pid!, stop };
 }

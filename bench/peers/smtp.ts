@@ -146,7 +146,7 @@ async function startPostfix(dir: string): Promise<SmtpServer> {
     await waitPort(port, 30_000, 'postfix smtpd');
   } catch (e) {
     await stop();
-    throw new Error(`${(e as Error).message}\n${await readFile(join(dir, 'maillog'), 'utf8').catch(() => '')}`);
+    throw new Error(`${(e as Error).message}\n${await readFile(join(dir, 'maillog'), 'utf8').catch(() => '')}`, { cause: e });
   }
   const maildirNew = join(dir, 'mail', 'bench.test', 'user', 'new');
   return {

@@ -5,7 +5,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { access, readFile } from 'node:fs/promises';
+import { access } from 'node:fs/promises';
 import net from 'node:net';
 import { cpus, totalmem } from 'node:os';
 import { promisify } from 'node:util';
@@ -352,7 +352,7 @@ export async function run(cmd: string, args: string[], options: { timeoutMs?: nu
     return stdout;
   } catch (e) {
     const err = e as Error & { stderr?: string; stdout?: string };
-    throw new Error(`${cmd} ${args.join(' ')} failed: ${(err.stderr || err.stdout || err.message).trim().slice(0, 800)}`);
+    throw new Error(`${cmd} ${args.join(' ')} failed: ${(err.stderr || err.stdout || err.message).trim().slice(0, 800)}`, { cause: e });
   }
 }
 

@@ -549,7 +549,7 @@ function previewText(bytes: Buffer, charset: string, html: boolean, max: number)
       .replace(/&amp;/gi, '&');
   }
   // Drop control characters (other than whitespace, collapsed below) so the preview is printable.
-  // eslint-disable-next-line no-control-regex
+   
   text = text.replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\ufffd]/g, '').replace(/\s+/g, ' ').trim();
   // The first `max` code points (more than `max` there means the cut lost nothing that counts).
   let n = 0;

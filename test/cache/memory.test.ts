@@ -47,7 +47,11 @@ class Model {
   }
   deleteUrl(url: string): number {
     let n = 0;
-    for (const [k, e] of this.entries) if (e.obj.url === url) (this.entries.delete(k), n++);
+    for (const [k, e] of this.entries)
+      if (e.obj.url === url) {
+        this.entries.delete(k);
+        n++;
+      }
     return n;
   }
 }

@@ -33,7 +33,7 @@ function parseDockerfile(text: string): Dockerfile {
     .map((l) => l.trim())
     .filter((l) => l && !l.startsWith('#'));
   const d: Dockerfile = { from: [], env: {}, workdir: '/', expose: [], entrypoint: [], cmd: [], copies: [] };
-  let finalStage = false;
+  let finalStage: boolean;
   for (const line of lines) {
     const [, op, rest] = /^(\w+)\s+(.*)$/.exec(line) ?? [];
     switch (op?.toUpperCase()) {

@@ -97,7 +97,7 @@ describe('summarizeMessage', () => {
       while (Buffer.byteLength(body) < 6000) body += pieces[rnd(pieces.length)];
       const raw = `Subject: p\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n${body}`;
       const s = (await summarizeMessage(Readable.from([Buffer.from(raw)]))) as unknown as MessageSummary;
-      // eslint-disable-next-line no-control-regex
+       
       const cleaned = body.replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\ufffd]/g, '').replace(/\s+/g, ' ').trim();
       expect(s.preview).toBe(Array.from(cleaned).slice(0, 200).join(''));
     }

@@ -8,7 +8,7 @@ import { execFile } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Harness, rawExchange, statusOf } from './harness.js';
+import { Harness, statusOf } from './harness.js';
 
 const run = promisify(execFile);
 

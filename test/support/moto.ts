@@ -107,7 +107,7 @@ export async function startMoto(options: MotoOptions = {}): Promise<AwsTestBacke
       child = c;
     } catch (e) {
       await stopChild(c);
-      if (/No module named|ENOENT/.test(output)) throw new Error(MISSING + `\n${output}`);
+      if (/No module named|ENOENT/.test(output)) throw new Error(MISSING + `\n${output}`, { cause: e });
       // Someone took the port between our probe and moto's bind: try another one.
       if (attempt === 2 || !/in use/i.test(output)) throw e;
     }
