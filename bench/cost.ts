@@ -115,7 +115,10 @@ export function addRequest(t: Tally, r: AwsRequest): void {
         break;
       case 'Query': {
         const items = (output.Items as Record<string, unknown>[] | undefined) ?? [];
-        t.ddbRead += readUnits(items.reduce((n, i) => n + itemSize(i), 0), consistent);
+        t.ddbRead += readUnits(
+          items.reduce((n, i) => n + itemSize(i), 0),
+          consistent,
+        );
         break;
       }
       case 'PutItem':
@@ -202,7 +205,9 @@ function tally(list: { at: number; r: AwsRequest }[], lambdaMemoryGb: number): T
   if (trace) {
     for (const { r } of list) {
       const key = (r.input.Key ?? r.input.Item) as Record<string, { S?: string }> | undefined;
-      const where = key ? `${key.pk?.S} ${key.sk?.S}` : String(r.input.Key ?? r.input.QueueUrl ?? JSON.stringify(r.input.ExpressionAttributeValues ?? '')).slice(0, 120);
+      const where = key
+        ? `${key.pk?.S} ${key.sk?.S}`
+        : String(r.input.Key ?? r.input.QueueUrl ?? JSON.stringify(r.input.ExpressionAttributeValues ?? '')).slice(0, 120);
       process.stderr.write(`    ${r.service}:${r.op} ${where}${r.input.ConsistentRead ? ' (consistent)' : ''}${r.error ? ` [${r.error.name}]` : ''}\n`);
     }
     process.stderr.write('    --\n');
@@ -376,7 +381,10 @@ export async function runCostBench(o: { messages?: number; size?: number; say?: 
       await sleep(200);
     }
     await sleep(500);
-    const inbound = tally(rec.take().filter((x) => !isPurgePoll(x.r)), lambdaGb);
+    const inbound = tally(
+      rec.take().filter((x) => !isPurgePoll(x.r)),
+      lambdaGb,
+    );
 
     // POP3: an empty session's cost apart from the per-message part.
     say('pop3: download and delete every message');
@@ -405,18 +413,38 @@ export async function runCostBench(o: { messages?: number; size?: number; say?: 
     const purgePollPerSecond = idle.filter((x) => isPurgePoll(x.r)).length / ((Date.now() - idleStart) / 1000);
     for (const u of urls) await proxyGet(proxyPort, u);
     await sleep(1500); // the object-tier writes and the stats flush
-    const miss = scale(tally(rec.take().filter((x) => !isPurgePoll(x.r)), lambdaGb), urls.length);
+    const miss = scale(
+      tally(
+        rec.take().filter((x) => !isPurgePoll(x.r)),
+        lambdaGb,
+      ),
+      urls.length,
+    );
     for (let round = 0; round < 3; round++) for (const u of urls) await proxyGet(proxyPort, u);
     await sleep(1500);
-    const hitMem = scale(tally(rec.take().filter((x) => !isPurgePoll(x.r)), lambdaGb), urls.length * 3);
-    const coldApp = await startApp(loadConfig({ ...env, TOMLINSON_PROXY_MEMORY_BYTES: '0' }), ['proxy'], silentLogger, { metrics: new Metrics({ defaults: false }) });
+    const hitMem = scale(
+      tally(
+        rec.take().filter((x) => !isPurgePoll(x.r)),
+        lambdaGb,
+      ),
+      urls.length * 3,
+    );
+    const coldApp = await startApp(loadConfig({ ...env, TOMLINSON_PROXY_MEMORY_BYTES: '0' }), ['proxy'], silentLogger, {
+      metrics: new Metrics({ defaults: false }),
+    });
     apps.push(coldApp);
     const coldPort = smtpPortOf(coldApp, 'proxy', 'proxy');
     await sleep(1500);
     rec.take();
     for (const u of urls) await proxyGet(coldPort, u);
     await sleep(1500);
-    const hitObj = scale(tally(rec.take().filter((x) => !isPurgePoll(x.r)), lambdaGb), urls.length);
+    const hitObj = scale(
+      tally(
+        rec.take().filter((x) => !isPurgePoll(x.r)),
+        lambdaGb,
+      ),
+      urls.length,
+    );
 
     return {
       emulator: backend.emulator,
@@ -452,18 +480,24 @@ export function costMarkdown(r: CostResult): string {
     ['proxy hit, memory tier', r.proxyHitMemory],
     ['proxy hit, object tier (S3)', r.proxyHitObject],
   ];
-  const lines = [
-    '| per | S3 PUT / GET | SQS requests | DynamoDB WRU / RRU | Lambda invocations / GB-s | $ per million |',
-    '|---|---|---|---|---|---|',
-  ];
+  const lines = ['| per | S3 PUT / GET | SQS requests | DynamoDB WRU / RRU | Lambda invocations / GB-s | $ per million |', '|---|---|---|---|---|---|'];
   for (const [name, t] of rows) {
     const p = price(t);
-    lines.push(`| ${name} | ${fmt(t.s3Put)} / ${fmt(t.s3Get)} | ${fmt(t.sqs)} | ${fmt(t.ddbWrite)} / ${fmt(t.ddbRead)} | ${fmt(t.lambdaRequests)} / ${fmt(t.lambdaGbSeconds, 4)} | ${dollars(p.total * 1e6)} |`);
+    lines.push(
+      `| ${name} | ${fmt(t.s3Put)} / ${fmt(t.s3Get)} | ${fmt(t.sqs)} | ${fmt(t.ddbWrite)} / ${fmt(t.ddbRead)} | ${fmt(t.lambdaRequests)} / ${fmt(t.lambdaGbSeconds, 4)} | ${dollars(p.total * 1e6)} |`,
+    );
   }
   const chunks = Math.ceil(r.size / (256 * 1024));
   const ses = PRICES.sesPerMessage + chunks * PRICES.sesPerChunk;
   lines.push(`| Amazon SES receiving, for comparison | | | | | ${dollars(ses * 1e6)} |`);
-  const detail = rows.map(([name, t]) => `- ${name}: ${Object.entries(t.requests).map(([k, v]) => `${k} ${fmt(v)}`).join(', ') || 'none'}`);
+  const detail = rows.map(
+    ([name, t]) =>
+      `- ${name}: ${
+        Object.entries(t.requests)
+          .map(([k, v]) => `${k} ${fmt(v)}`)
+          .join(', ') || 'none'
+      }`,
+  );
   return `${lines.join('\n')}\n\nRequests behind each row (${r.emulator}; ${r.messages} messages):\n\n${detail.join('\n')}\n- background, per proxy task: the purge-log poll, ${fmt(r.purgePollPerSecond, 1)} Query per second\n`;
 }
 

@@ -339,7 +339,14 @@ async function startDovecot(
  * Seeds our side: the domain and users (from `users`, all in bench.example) and `n` messages in
  * every mailbox (blobs shared between mailboxes, as SMTP delivery shares them).
  */
-export async function seedOurs(env: Record<string, string>, users: string[], password: string, n: number, size: number, say: (s: string) => void = () => undefined): Promise<void> {
+export async function seedOurs(
+  env: Record<string, string>,
+  users: string[],
+  password: string,
+  n: number,
+  size: number,
+  say: (s: string) => void = () => undefined,
+): Promise<void> {
   const storage = await openStorage(loadConfig(env), silentLogger);
   try {
     const accounts = new Accounts(storage.tables);
@@ -350,7 +357,9 @@ export async function seedOurs(env: Record<string, string>, users: string[], pas
       const raw = makeMessage(i, size);
       const blobKey = `bench/${randomUUID()}.eml`;
       await storage.mail.put(blobKey, raw);
-      await Promise.all(users.map((u) => store.deliver(u, { jobId: `bench-${i}`, blobKey, size: raw.length, receivedAt: new Date().toISOString(), summary: {} })));
+      await Promise.all(
+        users.map((u) => store.deliver(u, { jobId: `bench-${i}`, blobKey, size: raw.length, receivedAt: new Date().toISOString(), summary: {} })),
+      );
       if (i % 200 === 199) say(`seeded ${i + 1}/${n}`);
     }
   } finally {
@@ -388,7 +397,10 @@ export async function runPop3Bench(options: Pop3BenchOptions = {}): Promise<Pop3
 
     const main = fileURLToPath(new URL('../containers/main.ts', import.meta.url));
     const prof = process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_CPU_PROF] : [];
-    child = spawn(process.execPath, [...prof, '--import', 'tsx', main, 'serve', 'pop3'], { env: { ...process.env, UV_THREADPOOL_SIZE: '16', ...env }, stdio: ['ignore', 'ignore', 'inherit'] }); // as `npm start`
+    child = spawn(process.execPath, [...prof, '--import', 'tsx', main, 'serve', 'pop3'], {
+      env: { ...process.env, UV_THREADPOOL_SIZE: '16', ...env },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    }); // as `npm start`
     await waitPort(port, 30_000, 'the POP3 server');
     const pid = child.pid!;
     dovecot = options.dovecot === false ? undefined : await startDovecot(dir, users, password, n, size, say);
@@ -423,7 +435,14 @@ export async function runPop3Bench(options: Pop3BenchOptions = {}): Promise<Pop3
         say(`dovecot   1 client run ${r + 1}: ${(n / s2).toFixed(0)} msg/s`);
       }
     }
-    const single: ScenarioResult = { clients: 1, messages: n, seconds: best, messagesPerSecond: n / best, megabytesPerSecond: (n * size) / best / 1e6, serverCpuMsPerMessage: cpuPerMessageMs };
+    const single: ScenarioResult = {
+      clients: 1,
+      messages: n,
+      seconds: best,
+      messagesPerSecond: n / best,
+      megabytesPerSecond: (n * size) / best / 1e6,
+      serverCpuMsPerMessage: cpuPerMessageMs,
+    };
 
     let bestPar = Infinity;
     let cpuPar = Infinity;
@@ -500,7 +519,9 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
     console.log(`POP3 LIST + RETR all + QUIT, ${result.single.messages} messages per mailbox`);
     const cpu = (r: ScenarioResult) => `server CPU ${r.serverCpuMsPerMessage?.toFixed(3)} ms/msg`;
     console.log(`  1 client : ${f(result.single.messagesPerSecond)} msg/s, ${cpu(result.single)} (Dovecot reference ${result.reference.dovecotSingle})`);
-    console.log(`  ${result.parallel.clients} clients: ${f(result.parallel.messagesPerSecond)} msg/s, ${cpu(result.parallel)} (Dovecot reference ${result.reference.dovecotParallel})`);
+    console.log(
+      `  ${result.parallel.clients} clients: ${f(result.parallel.messagesPerSecond)} msg/s, ${cpu(result.parallel)} (Dovecot reference ${result.reference.dovecotParallel})`,
+    );
     if (result.dovecot) {
       console.log(`  dovecot 1 client : ${f(result.dovecot.single.messagesPerSecond)} msg/s (same run, same messages)`);
       console.log(`  dovecot ${result.dovecot.parallel.clients} clients: ${f(result.dovecot.parallel.messagesPerSecond)} msg/s`);

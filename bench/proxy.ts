@@ -23,7 +23,6 @@ import { wrkLua, type ProxyScenario } from './peers/util.js';
 
 const run = promisify(execFile);
 
-
 interface Result {
   scenario: string;
   rps: number;
@@ -65,7 +64,12 @@ async function main(): Promise<void> {
   const dir = await tempDir('tomlinson-bench-');
   const origin = spawn(process.execPath, ['-e', ORIGIN_SCRIPT], { stdio: ['ignore', 'pipe', 'inherit'] });
   const originPort = await new Promise<number>((resolve) => origin.stdout.once('data', (d) => resolve(Number(String(d).trim()))));
-  const config = loadConfig({ ...pickTomlinsonEnv(), TOMLINSON_DATA_DIR: dir.path, TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'true', TOMLINSON_LOG_LEVEL: 'silent' });
+  const config = loadConfig({
+    ...pickTomlinsonEnv(),
+    TOMLINSON_DATA_DIR: dir.path,
+    TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'true',
+    TOMLINSON_LOG_LEVEL: 'silent',
+  });
   const storage = await openLocalStorage(config, silentLogger, { purgeIntervalMs: 0 });
   const proxy = await startProxy({ config, storage, log: silentLogger, metrics: new Metrics({ defaults: false }) }, { port: 0 });
   const base = `http://127.0.0.1:${originPort}`;
@@ -99,7 +103,16 @@ async function main(): Promise<void> {
       const p50 = /\s50%\s+(\S+)/.exec(stdout)?.[1] ?? '?';
       const p99 = /\s99%\s+(\S+)/.exec(stdout)?.[1] ?? '?';
       const errors = /Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)/.exec(stdout)?.[0] ?? 'none';
-      results.push({ loopMaxMs, scenario, rps: Math.round(rps), p50, p99, errors, cpuUs: scenario.startsWith('origin') || !total ? 0 : Math.round((cpu.user + cpu.system) / total), rssMiB: Math.round(process.memoryUsage().rss / 1048576) });
+      results.push({
+        loopMaxMs,
+        scenario,
+        rps: Math.round(rps),
+        p50,
+        p99,
+        errors,
+        cpuUs: scenario.startsWith('origin') || !total ? 0 : Math.round((cpu.user + cpu.system) / total),
+        rssMiB: Math.round(process.memoryUsage().rss / 1048576),
+      });
       await proxy.store.flush();
     }
   } finally {
@@ -111,7 +124,9 @@ async function main(): Promise<void> {
   process.stdout.write(`proxy benchmark: ${connections} connections, ${duration}s each, wrk -t2\n`);
   for (const r of results) {
     const ref = REFERENCE[r.scenario];
-    process.stdout.write(`${r.scenario.padEnd(9)} ${String(r.rps).padStart(7)} req/s${ref ? `  (issue: ${ref})` : ''}  p50 ${r.p50.padStart(8)}  p99 ${r.p99.padStart(8)}  proxy cpu ${String(r.cpuUs).padStart(4)} us/req  loop max ${r.loopMaxMs} ms  rss ${r.rssMiB} MiB  errors: ${r.errors}\n`);
+    process.stdout.write(
+      `${r.scenario.padEnd(9)} ${String(r.rps).padStart(7)} req/s${ref ? `  (issue: ${ref})` : ''}  p50 ${r.p50.padStart(8)}  p99 ${r.p99.padStart(8)}  proxy cpu ${String(r.cpuUs).padStart(4)} us/req  loop max ${r.loopMaxMs} ms  rss ${r.rssMiB} MiB  errors: ${r.errors}\n`,
+    );
   }
 }
 

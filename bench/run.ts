@@ -49,7 +49,8 @@ function proxyScenarios(argv: string[]): ProxyScenario[] | undefined {
   const list = (argv[i + 1] ?? '').split(',').filter(Boolean);
   const known: readonly string[] = PROXY_SCENARIOS;
   const bad = list.filter((s) => !known.includes(s));
-  if (list.length === 0 || bad.length) throw new Error(`--proxy-scenarios takes a comma-separated list of ${PROXY_SCENARIOS.join(', ')}${bad.length ? ` (not ${bad.join(', ')})` : ''}`);
+  if (list.length === 0 || bad.length)
+    throw new Error(`--proxy-scenarios takes a comma-separated list of ${PROXY_SCENARIOS.join(', ')}${bad.length ? ` (not ${bad.join(', ')})` : ''}`);
   return list as ProxyScenario[];
 }
 
@@ -91,7 +92,9 @@ async function peers(argv: string[]): Promise<void> {
       try {
         rep =
           name === 'smtp'
-            ? await (await import('./peers/smtp.js')).runSmtpPeers({ runs, say, messages: numberFlag(argv, 'smtp-messages'), warmupMessages: numberFlag(argv, 'smtp-warmup', true) })
+            ? await (
+                await import('./peers/smtp.js')
+              ).runSmtpPeers({ runs, say, messages: numberFlag(argv, 'smtp-messages'), warmupMessages: numberFlag(argv, 'smtp-warmup', true) })
             : name === 'pop3'
               ? await (await import('./peers/pop3.js')).runPop3Peers({ runs, say, messages: numberFlag(argv, 'pop3-messages') })
               : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say, scenarios });

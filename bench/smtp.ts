@@ -57,7 +57,10 @@ const SELF = fileURLToPath(import.meta.url);
 
 /** Starts the embedded default (smtp + workers) in a child process; resolves with its MX port. */
 async function startServer(dataDir: string, verbose: boolean): Promise<{ child: ChildProcess; port: number; stop: () => Promise<void> }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', SELF, '--serve', dataDir], { env: { ...process.env, UV_THREADPOOL_SIZE: '16' }, stdio: ['ignore', 'pipe', verbose ? 'inherit' : 'ignore'] }); // thread pool as `npm start` sizes it: each blob fdatasync holds a thread
+  const child = spawn(process.execPath, ['--import', 'tsx', SELF, '--serve', dataDir], {
+    env: { ...process.env, UV_THREADPOOL_SIZE: '16' },
+    stdio: ['ignore', 'pipe', verbose ? 'inherit' : 'ignore'],
+  }); // thread pool as `npm start` sizes it: each blob fdatasync holds a thread
   const port = await new Promise<number>((resolve, reject) => {
     let out = '';
     child.stdout!.on('data', (d: Buffer) => {
@@ -148,7 +151,25 @@ async function startSink(): Promise<{ port: number; stop: () => Promise<void> }>
 export async function smtpSource(port: number, sessions: number, messages: number, size: number): Promise<number> {
   const started = performance.now();
   await new Promise<void>((resolve, reject) => {
-    const p = spawn('smtp-source', ['-s', String(sessions), '-m', String(messages), '-l', String(size), '-f', 'sender@remote.example', '-t', 'user@bench.test', '-M', 'client.bench', `127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const p = spawn(
+      'smtp-source',
+      [
+        '-s',
+        String(sessions),
+        '-m',
+        String(messages),
+        '-l',
+        String(size),
+        '-f',
+        'sender@remote.example',
+        '-t',
+        'user@bench.test',
+        '-M',
+        'client.bench',
+        `127.0.0.1:${port}`,
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     let err = '';
     p.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     p.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`smtp-source exited ${code}: ${err.slice(0, 500)}`))));
@@ -219,7 +240,14 @@ export async function latencyRun(port: number, sessions: number, messages: numbe
   const seconds = (performance.now() - started) / 1000;
   times.sort((a, b) => a - b);
   const q = (p: number) => times[Math.min(times.length - 1, Math.floor(p * times.length))];
-  return { sessions, messages, p50Ms: round(q(0.5)), p99Ms: round(q(0.99)), maxMs: round(times[times.length - 1]), messagesPerSecond: round(messages / seconds) };
+  return {
+    sessions,
+    messages,
+    p50Ms: round(q(0.5)),
+    p99Ms: round(q(0.99)),
+    maxMs: round(times[times.length - 1]),
+    messagesPerSecond: round(messages / seconds),
+  };
 }
 
 async function rssMb(pid: number, field: 'VmRSS' | 'VmHWM'): Promise<number> {
@@ -286,7 +314,14 @@ export async function runSmtpBench(options: SmtpBenchOptions = {}): Promise<Smtp
         const seconds = await smtpSource(server.port, sessions, n, size);
         const sink = await startSink();
         const sinkSeconds = await smtpSource(sink.port, sessions, n, size).finally(() => sink.stop());
-        throughput.push({ sessions, messages: n, seconds: round(seconds), messagesPerSecond: round(n / seconds), postfixReference: POSTFIX[sessions], smtpSinkNow: round(n / sinkSeconds) });
+        throughput.push({
+          sessions,
+          messages: n,
+          seconds: round(seconds),
+          messagesPerSecond: round(n / seconds),
+          postfixReference: POSTFIX[sessions],
+          smtpSinkNow: round(n / sinkSeconds),
+        });
         if (verbose) process.stderr.write(`smtp-source ${sessions} sessions: ${round(n / seconds)} msg/s\n`);
       }
       latency = await latencyRun(server.port, 10, options.latencyMessages ?? 2000, size);
@@ -302,11 +337,23 @@ export async function runSmtpBench(options: SmtpBenchOptions = {}): Promise<Smtp
 
 function printTable(r: SmtpBenchResult): void {
   const rows = [['sessions', 'messages', 'seconds', 'msg/s', 'Postfix (issue)', 'smtp-sink now']];
-  for (const t of r.throughput) rows.push([String(t.sessions), String(t.messages), String(t.seconds), String(t.messagesPerSecond), String(t.postfixReference ?? ''), String(t.smtpSinkNow ?? '')]);
+  for (const t of r.throughput)
+    rows.push([
+      String(t.sessions),
+      String(t.messages),
+      String(t.seconds),
+      String(t.messagesPerSecond),
+      String(t.postfixReference ?? ''),
+      String(t.smtpSinkNow ?? ''),
+    ]);
   const widths = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)));
   for (const row of rows) console.log(row.map((c, i) => c.padStart(widths[i])).join('  '));
-  console.log(`accept latency at ${r.latency.sessions} sessions (own client, fresh connections): p50 ${r.latency.p50Ms} ms, p99 ${r.latency.p99Ms} ms, max ${r.latency.maxMs} ms, ${r.latency.messagesPerSecond} msg/s`);
-  console.log(`${Math.round(r.bigMessage.bytes / 1e6)} MB message: ${r.bigMessage.seconds} s, RSS ${r.bigMessage.rssBeforeMb} MB -> peak ${r.bigMessage.rssPeakMb} MB (+${r.bigMessage.growthMb} MB)`);
+  console.log(
+    `accept latency at ${r.latency.sessions} sessions (own client, fresh connections): p50 ${r.latency.p50Ms} ms, p99 ${r.latency.p99Ms} ms, max ${r.latency.maxMs} ms, ${r.latency.messagesPerSecond} msg/s`,
+  );
+  console.log(
+    `${Math.round(r.bigMessage.bytes / 1e6)} MB message: ${r.bigMessage.seconds} s, RSS ${r.bigMessage.rssBeforeMb} MB -> peak ${r.bigMessage.rssPeakMb} MB (+${r.bigMessage.growthMb} MB)`,
+  );
 }
 
 const argv = process.argv.slice(2);

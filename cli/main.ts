@@ -57,7 +57,20 @@ function explain(e: unknown): string | undefined {
   return systemError(e);
 }
 
-const SYSCALL_WORDS: Record<string, string> = { open: 'open', mkdir: 'create', rename: 'rename', unlink: 'remove', scandir: 'read the folder', stat: 'read', lstat: 'read', read: 'read', write: 'write', access: 'use', rmdir: 'remove', copyfile: 'copy' };
+const SYSCALL_WORDS: Record<string, string> = {
+  open: 'open',
+  mkdir: 'create',
+  rename: 'rename',
+  unlink: 'remove',
+  scandir: 'read the folder',
+  stat: 'read',
+  lstat: 'read',
+  read: 'read',
+  write: 'write',
+  access: 'use',
+  rmdir: 'remove',
+  copyfile: 'copy',
+};
 
 /** A file-system error (missing folder, no permission, a file where a folder should be) in words. */
 function systemError(e: unknown): string | undefined {

@@ -50,7 +50,12 @@ export function enabledComponents(config: Config, asked: readonly Component[]): 
 }
 
 /** Opens storage and starts the asked components; on any failure stops what it started. */
-export async function startApp(config: Config, asked: readonly Component[], log: Logger, options: { metrics?: Metrics; wrapStorage?: (s: Storage) => Storage } = {}): Promise<App> {
+export async function startApp(
+  config: Config,
+  asked: readonly Component[],
+  log: Logger,
+  options: { metrics?: Metrics; wrapStorage?: (s: Storage) => Storage } = {},
+): Promise<App> {
   const metrics = options.metrics ?? new Metrics();
   const components = enabledComponents(config, asked);
   // The workers' thread (worker-host.ts) opens the store this thread hands over; the fault tests'
@@ -79,14 +84,24 @@ export async function startApp(config: Config, asked: readonly Component[], log:
       listeners.push(l);
     }
     if (components.includes('workers')) {
-      workers = threaded ? await WorkersThread.start({ config, log, metrics, storage: opened.forWorkerThread() }) : await startWorkers({ config, storage, log, metrics });
+      workers = threaded
+        ? await WorkersThread.start({ config, log, metrics, storage: opened.forWorkerThread() })
+        : await startWorkers({ config, storage, log, metrics });
     }
     if (config.health.port !== 0) {
       const sources = (): HealthSource[] => [
         ...listeners.map((l) => ({ name: l.name, healthy: () => l.healthy() })),
         ...(workers?.workers ?? []).map((w) => ({ name: `worker:${w.queue}`, healthy: () => w.healthy() })),
       ];
-      health = await startHealthServer({ host: config.health.host, port: config.health.port, storage, driver: config.storage.driver, metrics, log: log.child({ c: 'health' }), sources });
+      health = await startHealthServer({
+        host: config.health.host,
+        port: config.health.port,
+        storage,
+        driver: config.storage.driver,
+        metrics,
+        log: log.child({ c: 'health' }),
+        sources,
+      });
     }
   } catch (e) {
     await close(0).catch(() => undefined);

@@ -95,10 +95,11 @@ export async function startHealthServer(o: HealthServerOptions): Promise<{ serve
   return {
     server,
     address: `${a.address}:${a.port}`,
-    close: () => new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      server.closeAllConnections();
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
   };
 }
 

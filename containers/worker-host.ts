@@ -95,7 +95,13 @@ export class WorkersThread {
   }
 
   /** Starts the thread and resolves once its workers run; rejects (and stops it) if it cannot start. */
-  static async start(o: { config: Config; log: Logger; metrics: Metrics; storage: ThreadHandover; onThread?: (worker: Worker) => void }): Promise<WorkersThread> {
+  static async start(o: {
+    config: Config;
+    log: Logger;
+    metrics: Metrics;
+    storage: ThreadHandover;
+    onThread?: (worker: Worker) => void;
+  }): Promise<WorkersThread> {
     const host = new WorkersThread(o.config, o.log, o.metrics, o.storage);
     host.onThread = o.onThread;
     try {
@@ -168,7 +174,10 @@ export class WorkersThread {
     // A thread that ran a minute counts as healthy again: the backoff starts over.
     if (Date.now() - this.startedAt > 60_000) this.failures = 0;
     const delay = Math.min(RESTART_MS[1], RESTART_MS[0] * 2 ** this.failures++);
-    this.log.error({ code, restartInMs: delay }, "the queue workers' thread stopped; its jobs return to the queue after their visibility timeout; restarting it");
+    this.log.error(
+      { code, restartInMs: delay },
+      "the queue workers' thread stopped; its jobs return to the queue after their visibility timeout; restarting it",
+    );
     this.restartTimer = setTimeout(() => {
       this.restartTimer = undefined;
       if (this.stopping) return;

@@ -21,7 +21,11 @@ const data = workerData as ThreadData;
 const send = (m: ToHost) => port.postMessage(m);
 
 // Log lines go to the host, which writes them to its own destination: one stream, one format.
-const log = createLogger({ level: data.logLevel, pretty: false, destination: { write: (line: string) => send({ t: 'log', line }) } as unknown as NodeJS.WritableStream }).child(data.logBindings);
+const log = createLogger({
+  level: data.logLevel,
+  pretty: false,
+  destination: { write: (line: string) => send({ t: 'log', line }) } as unknown as NodeJS.WritableStream,
+}).child(data.logBindings);
 const metrics = new Metrics({ defaults: false });
 
 let storage: Storage | undefined;

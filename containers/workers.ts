@@ -35,7 +35,12 @@ export async function startWorkers(o: { config: Config; storage: Storage; log: L
       ['outbound', outboundJob],
     ] as const
   ).map(([queue, handler]) => {
-    const w = new WorkerLoop(queue, handler, { ...ctx, log: ctx.log.child({ queue }) }, { concurrency: o.config.workers.concurrency, visibilitySeconds: o.config.workers.visibilitySeconds });
+    const w = new WorkerLoop(
+      queue,
+      handler,
+      { ...ctx, log: ctx.log.child({ queue }) },
+      { concurrency: o.config.workers.concurrency, visibilitySeconds: o.config.workers.visibilitySeconds },
+    );
     w.start();
     return w;
   });

@@ -11,13 +11,43 @@ export type MetricsSnapshot = MetricObjectWithValues<MetricValue<string>>[];
 export class Metrics {
   readonly registry = new Registry();
   readonly connections = new Gauge({ name: 'tomlinson_connections', help: 'Open client connections', labelNames: ['listener'], registers: [this.registry] });
-  readonly connectionsTotal = new Counter({ name: 'tomlinson_connections_total', help: 'Accepted client connections', labelNames: ['listener'], registers: [this.registry] });
-  readonly commands = new Counter({ name: 'tomlinson_commands_total', help: 'Protocol commands handled', labelNames: ['listener', 'command', 'outcome'], registers: [this.registry] });
-  readonly limitsHit = new Counter({ name: 'tomlinson_limits_hit_total', help: 'Requests or sessions refused for a limit', labelNames: ['listener', 'limit'], registers: [this.registry] });
-  readonly authFailures = new Counter({ name: 'tomlinson_auth_failures_total', help: 'Failed logins (wrong password or unknown user)', labelNames: ['listener'], registers: [this.registry] });
-  readonly messages = new Counter({ name: 'tomlinson_messages_total', help: 'Messages by stage and outcome', labelNames: ['stage', 'outcome'], registers: [this.registry] });
+  readonly connectionsTotal = new Counter({
+    name: 'tomlinson_connections_total',
+    help: 'Accepted client connections',
+    labelNames: ['listener'],
+    registers: [this.registry],
+  });
+  readonly commands = new Counter({
+    name: 'tomlinson_commands_total',
+    help: 'Protocol commands handled',
+    labelNames: ['listener', 'command', 'outcome'],
+    registers: [this.registry],
+  });
+  readonly limitsHit = new Counter({
+    name: 'tomlinson_limits_hit_total',
+    help: 'Requests or sessions refused for a limit',
+    labelNames: ['listener', 'limit'],
+    registers: [this.registry],
+  });
+  readonly authFailures = new Counter({
+    name: 'tomlinson_auth_failures_total',
+    help: 'Failed logins (wrong password or unknown user)',
+    labelNames: ['listener'],
+    registers: [this.registry],
+  });
+  readonly messages = new Counter({
+    name: 'tomlinson_messages_total',
+    help: 'Messages by stage and outcome',
+    labelNames: ['stage', 'outcome'],
+    registers: [this.registry],
+  });
   readonly queueDepth = new Gauge({ name: 'tomlinson_queue_depth', help: 'Messages in a queue', labelNames: ['queue', 'state'], registers: [this.registry] });
-  readonly queueOldestAge = new Gauge({ name: 'tomlinson_queue_oldest_age_seconds', help: 'Age of the oldest queued message', labelNames: ['queue'], registers: [this.registry] });
+  readonly queueOldestAge = new Gauge({
+    name: 'tomlinson_queue_oldest_age_seconds',
+    help: 'Age of the oldest queued message',
+    labelNames: ['queue'],
+    registers: [this.registry],
+  });
   readonly storageLatency = new Histogram({
     name: 'tomlinson_storage_seconds',
     help: 'Storage call latency',
@@ -25,8 +55,18 @@ export class Metrics {
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     registers: [this.registry],
   });
-  readonly cacheRequests = new Counter({ name: 'tomlinson_cache_requests_total', help: 'Proxy requests by cache outcome (hit, miss, revalidated, stale, bypass, refused, failed)', labelNames: ['outcome'], registers: [this.registry] });
-  readonly cacheBytes = new Counter({ name: 'tomlinson_cache_bytes_total', help: 'Response body bytes served, by source (cache, origin)', labelNames: ['source'], registers: [this.registry] });
+  readonly cacheRequests = new Counter({
+    name: 'tomlinson_cache_requests_total',
+    help: 'Proxy requests by cache outcome (hit, miss, revalidated, stale, bypass, refused, failed)',
+    labelNames: ['outcome'],
+    registers: [this.registry],
+  });
+  readonly cacheBytes = new Counter({
+    name: 'tomlinson_cache_bytes_total',
+    help: 'Response body bytes served, by source (cache, origin)',
+    labelNames: ['source'],
+    registers: [this.registry],
+  });
 
   constructor(options: { defaults?: boolean } = {}) {
     if (options.defaults ?? true) collectDefaultMetrics({ register: this.registry });

@@ -39,7 +39,12 @@ export const CIPHERS = [
  * and leaves the connection up, so each renegotiation cost a handshake (CVE-2011-1473); OpenSSL's
  * SSL_OP_NO_RENEGOTIATION refuses the first one with a no_renegotiation alert (RFC 5746 §4.4).
  */
-const SERVER_CONTEXT = { minVersion: MIN_TLS_VERSION, ciphers: CIPHERS, honorCipherOrder: true, secureOptions: cryptoConstants.SSL_OP_NO_RENEGOTIATION } as const;
+const SERVER_CONTEXT = {
+  minVersion: MIN_TLS_VERSION,
+  ciphers: CIPHERS,
+  honorCipherOrder: true,
+  secureOptions: cryptoConstants.SSL_OP_NO_RENEGOTIATION,
+} as const;
 
 /** Where the default certificate came from. */
 export type TlsSource = 'files' | 'secret' | 'self-signed';
@@ -157,7 +162,15 @@ async function selfSigned(config: Config, log: Logger): Promise<Pair> {
       { name: 'basicConstraints', cA: false },
       { name: 'keyUsage', digitalSignature: true, keyEncipherment: true },
       { name: 'extKeyUsage', serverAuth: true },
-      { name: 'subjectAltName', altNames: [{ type: 2, value: host }, { type: 2, value: 'localhost' }, { type: 7, ip: '127.0.0.1' }, { type: 7, ip: '::1' }] },
+      {
+        name: 'subjectAltName',
+        altNames: [
+          { type: 2, value: host },
+          { type: 2, value: 'localhost' },
+          { type: 7, ip: '127.0.0.1' },
+          { type: 7, ip: '::1' },
+        ],
+      },
     ],
   });
   await mkdir(dir, { recursive: true, mode: 0o700 });

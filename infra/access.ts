@@ -60,7 +60,10 @@ export function listenerAccess(c: Pick<StageConfig, 'proxyRequireAuth'>): Record
       bucket: { name: 'Mail', read: [''], write: [], delete: [''] },
     },
     proxy: {
-      table: { read: [HEALTH_PK, ...proxyLogin.read, 'CACHE#*', 'CACHESTATS', 'CACHELRU', 'CACHEPURGE'], write: [...proxyLogin.write, 'CACHE#*', 'CACHESTATS', 'CACHELRU', 'CACHEPURGE'] },
+      table: {
+        read: [HEALTH_PK, ...proxyLogin.read, 'CACHE#*', 'CACHESTATS', 'CACHELRU', 'CACHEPURGE'],
+        write: [...proxyLogin.write, 'CACHE#*', 'CACHESTATS', 'CACHELRU', 'CACHEPURGE'],
+      },
       bucket: { name: 'Cache', read: [''], write: [''], delete: [''] },
     },
   };

@@ -32,7 +32,11 @@ const account = ctx('account') ?? process.env.CDK_DEPLOY_ACCOUNT;
 const region = ctx('region') ?? process.env.CDK_DEPLOY_REGION;
 const overrides: Partial<StageConfig> = account || region ? { env: { account, region } } : {};
 const publicClients = ctx('proxyPublicClients');
-if (publicClients !== undefined) overrides.proxyPublicClients = publicClients.split(',').map((s) => s.trim()).filter(Boolean);
+if (publicClients !== undefined)
+  overrides.proxyPublicClients = publicClients
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
 const config = stageConfig(ctx('stage') ?? 'dev', overrides);
 const listeners = flag('listeners', true);
 
@@ -40,9 +44,7 @@ buildTomlinson(app, config, {
   projectRoot,
   listeners,
   monitoring: flag('monitoring', true),
-  image: listeners
-    ? ecs.ContainerImage.fromAsset(projectRoot, { file: 'containers/Dockerfile', platform: Platform.LINUX_ARM64 })
-    : undefined,
+  image: listeners ? ecs.ContainerImage.fromAsset(projectRoot, { file: 'containers/Dockerfile', platform: Platform.LINUX_ARM64 }) : undefined,
 });
 if (flag('nag', true)) Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
 app.synth();

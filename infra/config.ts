@@ -195,7 +195,8 @@ export function validateStage(c: StageConfig): StageConfig {
   if (c.outbound === 'direct' && c.natGateways < 1) fail('natGateways', 'direct delivery leaves through NAT gateways (their Elastic IPs get the PTR records)');
   if (c.maxAzs < 1 || c.maxAzs > 3) fail('maxAzs', '1..3');
   if (c.lambda.maxConcurrency < 2 || c.lambda.maxConcurrency > 1000) fail('lambda.maxConcurrency', '2..1000 (SQS event source limit)');
-  for (const t of [c.lambda.timeoutSeconds, c.lambda.outboundTimeoutSeconds]) if (t < 1 || t > 900) fail('lambda timeouts', '1..900 seconds (the Lambda maximum)');
+  for (const t of [c.lambda.timeoutSeconds, c.lambda.outboundTimeoutSeconds])
+    if (t < 1 || t > 900) fail('lambda timeouts', '1..900 seconds (the Lambda maximum)');
   if (c.queueMaxReceives < 1 || c.queueMaxReceives > 1000) fail('queueMaxReceives', '1..1000');
   if (c.outboundMaxReceives < 1 || c.outboundMaxReceives > 1000) fail('outboundMaxReceives', '1..1000');
   for (const [name, s] of Object.entries(c.services)) {

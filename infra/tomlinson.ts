@@ -44,7 +44,13 @@ export function buildTomlinson(app: App, c: StageConfig, options: BuildOptions):
   // timeout, and recommends six times it so that retries of a throttled batch do not redeliver.
   const queueVisibility = { inbound: Duration.seconds(c.lambda.timeoutSeconds * 6), outbound: Duration.seconds(c.lambda.outboundTimeoutSeconds * 6) };
   const state = new StateStack(app, name('State'), { ...base, stackName: name('State'), config: c, queueVisibility, terminationProtection: c.stage !== 'dev' });
-  const processing = new ProcessingStack(app, name('Processing'), { ...base, stackName: name('Processing'), config: c, state, projectRoot: options.projectRoot });
+  const processing = new ProcessingStack(app, name('Processing'), {
+    ...base,
+    stackName: name('Processing'),
+    config: c,
+    state,
+    projectRoot: options.projectRoot,
+  });
   const out: TomlinsonStacks = { state, processing };
 
   if (options.listeners ?? true) {
@@ -61,7 +67,14 @@ export function buildTomlinson(app: App, c: StageConfig, options: BuildOptions):
     }
   }
   if (options.monitoring ?? true) {
-    out.monitoring = new MonitoringStack(app, name('Monitoring'), { ...base, stackName: name('Monitoring'), config: c, state, processing, listeners: out.listeners });
+    out.monitoring = new MonitoringStack(app, name('Monitoring'), {
+      ...base,
+      stackName: name('Monitoring'),
+      config: c,
+      state,
+      processing,
+      listeners: out.listeners,
+    });
   }
   // KMS keys are left untagged: moto's CloudFormation (the offline deploy test) fails on KMS tags.
   const tagOptions = { excludeResourceTypes: ['AWS::KMS::Key'] };

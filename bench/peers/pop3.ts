@@ -128,7 +128,14 @@ export async function runPop3Peers(options: Pop3PeersOptions = {}): Promise<Prot
             const seconds = (performance.now() - t) / 1000;
             const value = (n * k) / seconds;
             say(`pop3 run ${r} ${name} ${k} client${k === 1 ? '' : 's'}: ${Math.round(value)} msg/s`);
-            mine.push({ scenario: `${k} client${k === 1 ? '' : 's'}, LIST + RETR all + QUIT`, server: name, run: r, value, p50Ms: quantile(gaps, 0.5), p99Ms: quantile(gaps, 0.99) });
+            mine.push({
+              scenario: `${k} client${k === 1 ? '' : 's'}, LIST + RETR all + QUIT`,
+              server: name,
+              run: r,
+              value,
+              p50Ms: quantile(gaps, 0.5),
+              p99Ms: quantile(gaps, 0.99),
+            });
           }
         } finally {
           const peak = await mem.stop();
@@ -144,6 +151,6 @@ export async function runPop3Peers(options: Pop3PeersOptions = {}): Promise<Prot
   return summarize('POP3', 'msg/s', samples, [
     `${clients} mailboxes of ${n} messages of ${size} octets (every 20th line starts with a dot, so byte-stuffing is measured); p50/p99: one RETR, command to end of reply.`,
     'Each server started fresh for each run (same data), then one login per user (Dovecot builds its index then) and five unmeasured downloads of a whole mailbox before measuring (steady state: V8 compiles our hot code only after 2,000-5,000 RETRs), for every server alike; runs alternating. The load client itself is warmed up once before the first run (3,000 RETRs from an in-process responder), so no server is measured with a cold client.',
-    'Peak RSS: the largest sum of VmHWM over the server\'s processes (Dovecot: master, pop3-login, auth, pop3 per session...; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.',
+    "Peak RSS: the largest sum of VmHWM over the server's processes (Dovecot: master, pop3-login, auth, pop3 per session...; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.",
   ]);
 }

@@ -14,7 +14,21 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { originCounts, startOrigin, type OriginCounts } from './origin.js';
 import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
-import { cpuMicros, fillTemplate, freePort, median, onCleanup, parseWrk, PROXY_SCENARIOS, run, stopChild, waitListening, watchPeakMemory, wrkLua, type ProxyScenario } from './util.js';
+import {
+  cpuMicros,
+  fillTemplate,
+  freePort,
+  median,
+  onCleanup,
+  parseWrk,
+  PROXY_SCENARIOS,
+  run,
+  stopChild,
+  waitListening,
+  watchPeakMemory,
+  wrkLua,
+  type ProxyScenario,
+} from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = join(HERE, '..', '..');
@@ -64,7 +78,11 @@ async function startOurs(dir: string): Promise<Server> {
     TOMLINSON_LOG_LEVEL: 'warn',
     TOMLINSON_LOG_PRETTY: 'false',
   };
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'containers', 'main.ts'), 'serve', 'proxy'], { env, cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'containers', 'main.ts'), 'serve', 'proxy'], {
+    env,
+    cwd: ROOT,
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   const stop = onCleanup(() => stopChild(child));
   await waitListening(child, port, 'tomlinson proxy').catch(async (e: Error) => {
     await stop();
@@ -93,7 +111,15 @@ async function startNginx(dir: string, originPort: number): Promise<Server> {
   await chmod(dir, 0o755);
   await mkdir(join(dir, 'cache'), { recursive: true });
   const conf = join(dir, 'nginx.conf');
-  await writeFile(conf, fillTemplate(await readFile(join(HERE, 'nginx.conf'), 'utf8'), { DIR: dir, PORT: port, ORIGIN: `127.0.0.1:${originPort}`, USER: process.getuid?.() === 0 ? 'www-data' : 'nobody' }));
+  await writeFile(
+    conf,
+    fillTemplate(await readFile(join(HERE, 'nginx.conf'), 'utf8'), {
+      DIR: dir,
+      PORT: port,
+      ORIGIN: `127.0.0.1:${originPort}`,
+      USER: process.getuid?.() === 0 ? 'www-data' : 'nobody',
+    }),
+  );
   const child = spawn('/usr/sbin/nginx', ['-c', conf, '-p', dir, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
   // nginx's master stops its workers on SIGTERM.
   const stop = onCleanup(() => stopChild(child, 3000));
@@ -165,7 +191,15 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
         if (!scenarios.includes(name)) continue;
         await wrk(`${originBase}${path}`, connections, warmup);
         const w = await wrk(`${originBase}${path}`, connections, duration);
-        samples.push({ scenario: name, server: 'origin alone', run: r, value: w.requestsPerSecond, p50Ms: w.p50Ms, p99Ms: w.p99Ms, note: w.errors ? `${w.errors} errors` : undefined });
+        samples.push({
+          scenario: name,
+          server: 'origin alone',
+          run: r,
+          value: w.requestsPerSecond,
+          p50Ms: w.p50Ms,
+          p99Ms: w.p99Ms,
+          note: w.errors ? `${w.errors} errors` : undefined,
+        });
       }
       // Every server of the run is up at once (idle ones cost nothing), and each scenario's
       // measured time is cut into slices that take turns between them, so a slow spell of the
@@ -184,7 +218,16 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
         for (const s of scenarios) {
           for (const { server } of running) await wrk(`http://127.0.0.1:${server.port}/`, connections, warmup, scripts[s]);
           const zero: OriginCounts = { hit1k: 0, hit100k: 0, miss: 0, reval200: 0, reval304: 0 };
-          const totals = running.map(() => ({ requests: 0, seconds: 0, errors: 0, cpuUs: 0, cpuKnown: true, p50: [] as number[], p99: [] as number[], origin: { ...zero } }));
+          const totals = running.map(() => ({
+            requests: 0,
+            seconds: 0,
+            errors: 0,
+            cpuUs: 0,
+            cpuKnown: true,
+            p50: [] as number[],
+            p99: [] as number[],
+            origin: { ...zero },
+          }));
           for (let k = 0; k < slices; k++) {
             // The order turns with each slice: no server always follows the same one.
             for (let j = 0; j < running.length; j++) {
@@ -213,7 +256,9 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
             const [p50Ms, p99Ms] = [median(t.p50), median(t.p99)];
             // What reached the origin during this server's slices (the others' slices excluded).
             const check = originCheck(s, zero, t.origin, t.requests);
-            say(`proxy run ${r} ${name} ${s}: ${Math.round(rps)} req/s over ${slices} slices, p99 ${p99Ms} ms${cpuUs === undefined ? '' : `, ${Math.round(cpuUs)} µs CPU per request`}${t.errors ? `, ${t.errors} errors` : ''}; origin: ${check.text}`);
+            say(
+              `proxy run ${r} ${name} ${s}: ${Math.round(rps)} req/s over ${slices} slices, p99 ${p99Ms} ms${cpuUs === undefined ? '' : `, ${Math.round(cpuUs)} µs CPU per request`}${t.errors ? `, ${t.errors} errors` : ''}; origin: ${check.text}`,
+            );
             const note = [t.errors ? `${t.errors} errors` : '', check.bad ? `origin ${check.text}` : ''].filter(Boolean).join('; ');
             samples.push({ scenario: s, server: name, run: r, value: rps, p50Ms, p99Ms, cpuUs, note: note ? `${note} (run ${r})` : undefined });
           });
@@ -235,9 +280,9 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
   const rep = summarize('Proxy', 'req/s', samples, [
     `wrk -t2 -c${connections}, ${duration} s per run after ${warmup} s of warm-up, absolute-form GETs with the origin in Host; every server started cold for each run, and each run's measured time cut into ${SLICE_SECONDS} s slices taking turns between the servers (the order turning with each slice), so that the machine's slow and fast spells fall on all of them. req/s: the run's requests over its slices' time; p50/p99: the median over the slices.`,
     'Squid: memory cache only (256 MB cache_mem, no cache_dir, as Debian ships it), 1 worker. nginx: proxy_cache on files (page cache), worker_processes auto, keep-alive upstream, proxy_cache_revalidate on, sendfile on, tcp_nopush off (its default). Ours: memory tier 256 MB over the blob tier on disk, one process.',
-    'Peak RSS: the largest sum of VmHWM over the server\'s processes during the run (nginx: master + workers; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.',
+    "Peak RSS: the largest sum of VmHWM over the server's processes during the run (nginx: master + workers; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.",
     '"origin alone" is wrk straight at the origin: the yardstick for this machine, not a peer.',
-    'CPU µs/op: user + system CPU time of the server\'s processes (every thread) during the measured run, per request. On a shared 2-core machine req/s swings from run to run with what the neighbours do (ours and the peers alike); CPU per request is the steadier figure.',
+    "CPU µs/op: user + system CPU time of the server's processes (every thread) during the measured run, per request. On a shared 2-core machine req/s swings from run to run with what the neighbours do (ours and the peers alike); CPU per request is the steadier figure.",
     'The origin counts what reaches it: hit rows must not reach it, miss rows must, reval rows must arrive as If-None-Match answered 304; a server that does otherwise gets a note. nginx does not store a response with max-age=0, so its reval row is a full fetch each time.',
   ]);
   const order = (server: string) => (server === 'origin alone' ? 1 : 0);

@@ -90,13 +90,40 @@ export function summarize(protocol: string, unit: string, samples: readonly Samp
       });
     }
   }
-  return { protocol, unit, rows, notes: [...notes, 'ours/peer: the median over runs of ours in run r over the peer in run r (runs alternate, so each pair saw about the same load).'] };
+  return {
+    protocol,
+    unit,
+    rows,
+    notes: [...notes, 'ours/peer: the median over runs of ours in run r over the peer in run r (runs alternate, so each pair saw about the same load).'],
+  };
 }
 
-const HEADER = (unit: string) => ['scenario', 'server', `${unit} (median)`, 'each run', 'p50 ms', 'p99 ms', 'peak RSS MiB', 'peak PSS MiB', 'CPU µs/op', 'ours/peer'];
+const HEADER = (unit: string) => [
+  'scenario',
+  'server',
+  `${unit} (median)`,
+  'each run',
+  'p50 ms',
+  'p99 ms',
+  'peak RSS MiB',
+  'peak PSS MiB',
+  'CPU µs/op',
+  'ours/peer',
+];
 
 function cells(r: Row): string[] {
-  return [r.scenario, r.server, fmt(r.median, 0), r.values.map((v) => fmt(v, 0)).join(' / '), fmt(r.p50Ms), fmt(r.p99Ms), fmt(r.peakMiB, 0), fmt(r.pssMiB, 0), fmt(r.cpuUs, 0), r.oursOverPeer === undefined ? '' : fmt(r.oursOverPeer, 2)];
+  return [
+    r.scenario,
+    r.server,
+    fmt(r.median, 0),
+    r.values.map((v) => fmt(v, 0)).join(' / '),
+    fmt(r.p50Ms),
+    fmt(r.p99Ms),
+    fmt(r.peakMiB, 0),
+    fmt(r.pssMiB, 0),
+    fmt(r.cpuUs, 0),
+    r.oursOverPeer === undefined ? '' : fmt(r.oursOverPeer, 2),
+  ];
 }
 
 /** The report as a Markdown section: a heading, the table, and the notes as a list. */

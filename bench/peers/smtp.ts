@@ -109,7 +109,9 @@ async function startOurs(dir: string): Promise<SmtpServer> {
     // The inbound worker's counter (core/mail/inbound.ts), read from /metrics.
     delivered: async () => {
       const text = await fetch(`http://127.0.0.1:${health}/metrics`).then((r) => r.text());
-      const m = /^tomlinson_messages_total\{[^}]*stage="inbound"[^}]*outcome="delivered"[^}]*\}\s+(\d+)/m.exec(text) ?? /^tomlinson_messages_total\{[^}]*outcome="delivered"[^}]*stage="inbound"[^}]*\}\s+(\d+)/m.exec(text);
+      const m =
+        /^tomlinson_messages_total\{[^}]*stage="inbound"[^}]*outcome="delivered"[^}]*\}\s+(\d+)/m.exec(text) ??
+        /^tomlinson_messages_total\{[^}]*outcome="delivered"[^}]*stage="inbound"[^}]*\}\s+(\d+)/m.exec(text);
       return m ? Number(m[1]) : 0;
     },
   };
@@ -132,7 +134,9 @@ async function startPostfix(dir: string): Promise<SmtpServer> {
   await chown(join(dir, 'data'), await idOf('-u', 'postfix'), await idOf('-g', 'postfix'));
   let masterPid: number | undefined;
   const stopPostfix = async () => {
-    await run('postfix', ['-c', etc, 'stop'], { timeoutMs: 30_000 }).catch(() => run('postfix', ['-c', etc, 'abort'], { timeoutMs: 30_000 }).catch(() => undefined));
+    await run('postfix', ['-c', etc, 'stop'], { timeoutMs: 30_000 }).catch(() =>
+      run('postfix', ['-c', etc, 'abort'], { timeoutMs: 30_000 }).catch(() => undefined),
+    );
     // `postfix stop` signals the master; wait until it has gone, so the next run starts cold.
     for (let i = 0; i < 100 && masterPid !== undefined; i++) {
       if (!(await readFile(`/proc/${masterPid}/stat`).catch(() => undefined))) break;
@@ -202,9 +206,11 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
             const pid = server.pid();
             const cpuBefore = pid ? await cpuMicros(pid) : undefined;
             const seconds = await smtpSource(server.port, sessions, messages, size);
-            const cpuUs = pid && cpuBefore !== undefined ? (await cpuMicros(pid) - cpuBefore) / messages : undefined;
+            const cpuUs = pid && cpuBefore !== undefined ? ((await cpuMicros(pid)) - cpuBefore) / messages : undefined;
             sent += messages;
-            say(`smtp run ${r} ${name} ${sessions} sessions: ${Math.round(messages / seconds)} msg/s${cpuUs === undefined ? '' : `, ${(cpuUs / 1000).toFixed(2)} ms CPU per message`}`);
+            say(
+              `smtp run ${r} ${name} ${sessions} sessions: ${Math.round(messages / seconds)} msg/s${cpuUs === undefined ? '' : `, ${(cpuUs / 1000).toFixed(2)} ms CPU per message`}`,
+            );
             mine.push({ scenario: `${sessions} session${sessions === 1 ? '' : 's'} (smtp-source)`, server: name, run: r, value: messages / seconds, cpuUs });
           }
           await caughtUp();
@@ -240,17 +246,21 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
     if ((options.bigBytes ?? 50_000_000) > 0 && servers.includes(OURS)) {
       const big = await bigMessage(join(base, 'big'), options.bigBytes ?? 50_000_000, false);
       say(`smtp ${OURS} ${big.bytes} octets: +${big.growthMb} MB`);
-      notes.push(`One ${Math.round(big.bytes / 1e6)} MB message to ${OURS} (fresh server): ${big.seconds} s, resident memory ${big.rssBeforeMb} MB before, peak ${big.rssPeakMb} MB (+${big.growthMb} MB; the issue's limit is +64 MB).`);
+      notes.push(
+        `One ${Math.round(big.bytes / 1e6)} MB message to ${OURS} (fresh server): ${big.seconds} s, resident memory ${big.rssBeforeMb} MB before, peak ${big.rssPeakMb} MB (+${big.growthMb} MB; the issue's limit is +64 MB).`,
+      );
     }
   } finally {
     await removeTemp();
   }
-  const problems = Object.entries(deliveries).flatMap(([name, ds]) => ds.filter((d) => d.delivered !== d.sent).map((d) => `${name}: ${d.sent - d.delivered} accepted messages not delivered`));
+  const problems = Object.entries(deliveries).flatMap(([name, ds]) =>
+    ds.filter((d) => d.delivered !== d.sent).map((d) => `${name}: ${d.sent - d.delivered} accepted messages not delivered`),
+  );
   const report = summarize('SMTP', 'msg/s', samples, [
     `10 KB messages (${size} octets), a fresh connection per message; before each measured run every server accepts ${warmupMessages} unmeasured messages with the same number of sessions (the steady state of that load, not a cold start), and the measured run starts once every earlier message is in the mailbox (it does not pay for the delivery of the one before); smtp-source sends ${messages} messages per measured run; the latency run sends ${latencyMessages} from our own client at 10 sessions (p50/p99: end of data to the 250).`,
     `Each server started cold for each run (new data folder), runs alternating. Ours: smtp + the queue workers (on their own thread unless TOMLINSON_WORKERS_THREAD=false), local storage, fsync before 250. Postfix: private instance, virtual(8) to Maildir, fsync before 250 as shipped, no chroot.`,
-    'Peak RSS: the largest sum of VmHWM over the server\'s processes during the run (Postfix: master and every smtpd, cleanup, qmgr, virtual... it forks; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split among processes.',
-    'CPU µs/op: user + system CPU time of the server\'s processes (every thread; Postfix: master and every process it forked, the exited ones through master\'s child times) during the smtp-source run, per message. Delivery that lags past the end of the run is not in it (the drain time below is the last run\'s).',
+    "Peak RSS: the largest sum of VmHWM over the server's processes during the run (Postfix: master and every smtpd, cleanup, qmgr, virtual... it forks; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split among processes.",
+    "CPU µs/op: user + system CPU time of the server's processes (every thread; Postfix: master and every process it forked, the exited ones through master's child times) during the smtp-source run, per message. Delivery that lags past the end of the run is not in it (the drain time below is the last run's).",
     ...notes,
   ]);
   return problems.length ? { ...report, problems } : report;

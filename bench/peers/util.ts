@@ -55,7 +55,16 @@ export function markdownTable(header: readonly string[], rows: readonly (readonl
 export function textTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
   const all = [header, ...rows];
   const widths = header.map((_, i) => Math.max(...all.map((r) => (r[i] ?? '').length)));
-  return all.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd()).join('\n') + '\n';
+  return (
+    all
+      .map((r) =>
+        r
+          .map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)))
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
 }
 
 /**
@@ -409,7 +418,10 @@ export async function peerVersions(): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
   const grab = async (name: string, cmd: string, args: string[], re: RegExp) => {
     try {
-      const { stdout, stderr } = await exec(cmd, args, { timeout: 10_000 }).catch((e: { stdout?: string; stderr?: string }) => ({ stdout: e.stdout ?? '', stderr: e.stderr ?? '' }));
+      const { stdout, stderr } = await exec(cmd, args, { timeout: 10_000 }).catch((e: { stdout?: string; stderr?: string }) => ({
+        stdout: e.stdout ?? '',
+        stderr: e.stderr ?? '',
+      }));
       const m = re.exec(`${stdout}\n${stderr}`);
       if (m) out[name] = m[1]!;
     } catch {

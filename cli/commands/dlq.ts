@@ -19,9 +19,7 @@ async function admin(ctx: CliContext): Promise<DeadLetterAdmin> {
 
 /** Adds the `dlq` command group. */
 export function register(program: Command, ctx: CliContext): void {
-  const dlq = program
-    .command('dlq')
-    .description('dead-letter queues: jobs that failed too often (the worker log says why); list, re-drive or drop them');
+  const dlq = program.command('dlq').description('dead-letter queues: jobs that failed too often (the worker log says why); list, re-drive or drop them');
 
   dlq
     .command('list')

@@ -91,13 +91,16 @@ export function register(program: Command, ctx: CliContext): void {
         throw e;
       });
       ctx.endProgress();
-      ctx.print(() => {
-        const lines = [
-          `${report.format} ${path} -> ${user}: ${report.found} found, ${report.imported} imported (${formatSize(report.bytes)}), ${report.skipped} skipped (already in), ${report.refused.length} refused`,
-        ];
-        for (const r of report.refused) lines.push(`  refused ${r.source}: ${r.reason}`);
-        return lines.join('\n');
-      }, { user, path, ...report });
+      ctx.print(
+        () => {
+          const lines = [
+            `${report.format} ${path} -> ${user}: ${report.found} found, ${report.imported} imported (${formatSize(report.bytes)}), ${report.skipped} skipped (already in), ${report.refused.length} refused`,
+          ];
+          for (const r of report.refused) lines.push(`  refused ${r.source}: ${r.reason}`);
+          return lines.join('\n');
+        },
+        { user, path, ...report },
+      );
     });
 
   mailbox

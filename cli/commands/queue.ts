@@ -22,7 +22,9 @@ async function guard<T>(fn: () => Promise<T>): Promise<T> {
 
 /** Adds the `queue` and `dkim` command groups. */
 export function register(program: Command, ctx: CliContext): void {
-  const queue = program.command('queue').description('the outbound queue: messages waiting for remote delivery (list also shows inbound ones waiting for room in a full mailbox)');
+  const queue = program
+    .command('queue')
+    .description('the outbound queue: messages waiting for remote delivery (list also shows inbound ones waiting for room in a full mailbox)');
 
   queue
     .command('list')
@@ -173,7 +175,15 @@ export function register(program: Command, ctx: CliContext): void {
           secrets.close();
         }
       }
-      const data = { domain, selector: opts.selector, algorithm: opts.algorithm, name: key.name, txt: key.txt, stored, ...(opts.printKey ? { privateKey: key.privateKey } : {}) };
+      const data = {
+        domain,
+        selector: opts.selector,
+        algorithm: opts.algorithm,
+        name: key.name,
+        txt: key.txt,
+        stored,
+        ...(opts.printKey ? { privateKey: key.privateKey } : {}),
+      };
       ctx.print(
         () =>
           [

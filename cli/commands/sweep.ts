@@ -16,7 +16,10 @@ export function register(program: Command, ctx: CliContext): void {
     .command('sweep')
     .description('delete raw messages that nothing refers to any more (left by a crash or a storage failure between storing a message and queueing it)')
     .option('--grace-hours <n>', 'unreferenced blobs older than this go even while the queues have work (default: mail.orphanGraceHours, 360)')
-    .option('--settle-minutes <n>', 'a blob must have been seen unreferenced this long by an earlier sweep; 0 deletes on first sight: only with every listener stopped (default: mail.orphanSettleMinutes, 15)')
+    .option(
+      '--settle-minutes <n>',
+      'a blob must have been seen unreferenced this long by an earlier sweep; 0 deletes on first sight: only with every listener stopped (default: mail.orphanSettleMinutes, 15)',
+    )
     .option('--dry-run', 'list what would be deleted; change nothing')
     .option('--list', 'print the deleted keys (at most 1000)')
     .action(async (opts: { graceHours?: string; settleMinutes?: string; dryRun?: boolean; list?: boolean }) => {

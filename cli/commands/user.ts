@@ -42,7 +42,8 @@ export function register(program: Command, ctx: CliContext): void {
       if (!u) throw new CliError(`user ${address} does not exist`);
       const store = await ctx.mailboxes();
       const meta = await store.meta(u.address);
-      if (meta.count > 0 && !opts.purge) throw new CliError(`the mailbox of ${u.address} holds ${meta.count} messages; pass --purge to delete them with the user`);
+      if (meta.count > 0 && !opts.purge)
+        throw new CliError(`the mailbox of ${u.address} holds ${meta.count} messages; pass --purge to delete them with the user`);
       // Mail first, so that a failure leaves the user in place for a second try; then the account
       // (after which no delivery lands), then whatever arrived in between.
       let purged = await store.purge(u.address);

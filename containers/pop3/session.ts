@@ -92,9 +92,7 @@ export interface Output {
 
 /** The three states of RFC 1939 §3, each carrying exactly what it needs. */
 export type SessionState =
-  | { name: 'AUTHORIZATION'; user?: string; sasl?: 'PLAIN' }
-  | { name: 'TRANSACTION'; user: string; drop: Maildrop; deleted: Set<number> }
-  | { name: 'UPDATE' };
+  { name: 'AUTHORIZATION'; user?: string; sasl?: 'PLAIN' } | { name: 'TRANSACTION'; user: string; drop: Maildrop; deleted: Set<number> } | { name: 'UPDATE' };
 
 type StateName = SessionState['name'];
 type Handler = (cmd: Command) => Promise<Output> | Output;
@@ -409,7 +407,12 @@ export class Pop3Session {
     }
     const live = this.live();
     const size = live.reduce((a, m) => a + m.message.size, 0);
-    return { text: multiline(ok(`${live.length} messages (${size} octets)`), live.map((m) => `${m.n} ${m.message.size}`)) };
+    return {
+      text: multiline(
+        ok(`${live.length} messages (${size} octets)`),
+        live.map((m) => `${m.n} ${m.message.size}`),
+      ),
+    };
   }
 
   /** RFC 1939 §7 UIDL [msg]. */
@@ -420,7 +423,12 @@ export class Pop3Session {
       if (!('index' in p)) return p;
       return { text: ok(`${p.index + 1} ${p.message.uidl}`) };
     }
-    return { text: multiline(ok('Unique-ID listing follows'), this.live().map((m) => `${m.n} ${m.message.uidl}`)) };
+    return {
+      text: multiline(
+        ok('Unique-ID listing follows'),
+        this.live().map((m) => `${m.n} ${m.message.uidl}`),
+      ),
+    };
   }
 
   /** RFC 1939 §5 RETR. */

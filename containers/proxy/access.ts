@@ -10,7 +10,6 @@ import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { createDnsResolver, type DnsError } from '../../core/dns.js';
 
-
 /** IPv4 ranges of the IANA special-purpose address registry (RFC 6890 and its successors): none is a public origin. */
 const SPECIAL_V4: readonly (readonly [string, string])[] = [
   ['0.0.0.0/8', '"this network" (RFC 791)'],

@@ -64,7 +64,14 @@ export class CacheRequests {
     return this.carryOut(req, res, target, stored, decideRequest(method, target, req.headers, stored, now), now);
   }
 
-  private carryOut(req: IncomingMessage, res: ServerResponse, target: Target, obj: CachedObject | undefined, d: RequestDecision, now: number): void | Promise<void> {
+  private carryOut(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: Target,
+    obj: CachedObject | undefined,
+    d: RequestDecision,
+    now: number,
+  ): void | Promise<void> {
     switch (d.kind) {
       case 'hit':
         if (d.background) {
@@ -120,7 +127,15 @@ export class CacheRequests {
   }
 
   /** Sends a full origin response to the client, storing it when the flow allows (RFC 9111 §3). */
-  async deliver(req: IncomingMessage, res: ServerResponse, target: Target, resp: OriginExchange, fwd: string, outcome: CacheOutcome, flight: Settle): Promise<void> {
+  async deliver(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: Target,
+    resp: OriginExchange,
+    fwd: string,
+    outcome: CacheOutcome,
+    flight: Settle,
+  ): Promise<void> {
     const { store, cfg } = this.p;
     const status = resp.statusCode;
     const rh = resp.headers;

@@ -27,7 +27,12 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
 export function endToEnd(headers: Headers, extra?: readonly string[]): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
   const conn = headers.connection;
-  const named = conn ? String(conn).toLowerCase().split(',').map((s) => s.trim()) : undefined;
+  const named = conn
+    ? String(conn)
+        .toLowerCase()
+        .split(',')
+        .map((s) => s.trim())
+    : undefined;
   for (const name in headers) {
     const v = headers[name];
     if (v === undefined || HOP_BY_HOP.has(name)) continue;

@@ -55,7 +55,10 @@ export function originFailure(e: unknown): OriginFailure {
   const code = err?.code ?? err?.cause?.code ?? '';
   switch (code) {
     case 'EORIGINFORBIDDEN':
-      return new OriginFailure(403, (e instanceof OriginRefused ? e : err.cause instanceof OriginRefused ? err.cause : undefined)?.message ?? 'origin address refused by the proxy');
+      return new OriginFailure(
+        403,
+        (e instanceof OriginRefused ? e : err.cause instanceof OriginRefused ? err.cause : undefined)?.message ?? 'origin address refused by the proxy',
+      );
     case 'UND_ERR_HEADERS_TIMEOUT':
     case 'UND_ERR_CONNECT_TIMEOUT':
     case 'UND_ERR_BODY_TIMEOUT':

@@ -73,7 +73,14 @@ export class Revalidations {
     this.once(req, res, obj, d, target, new Flight(this.pending, obj));
   }
 
-  private async after(req: IncomingMessage, res: ServerResponse, obj: CachedObject, d: RevalidateDecision, target: Target, pending: Flight<CachedObject>): Promise<void> {
+  private async after(
+    req: IncomingMessage,
+    res: ServerResponse,
+    obj: CachedObject,
+    d: RevalidateDecision,
+    target: Target,
+    pending: Flight<CachedObject>,
+  ): Promise<void> {
     const refreshed = await waitFor(pending, this.p.cfg.collapseWaitMs);
     if (refreshed) return this.requests.stored.serve(req, res, obj, target, d.part, `${REVALIDATED}; collapsed`, 'revalidated');
     return this.once(req, res, obj, d, target, NO_FLIGHT);
@@ -115,7 +122,10 @@ export class Revalidations {
         case 'stale-if-error':
           flight.settle(false);
           x.discard();
-          return replies.settled(res, this.requests.stored.serve(req, res, obj, target, d.part, `${HIT}; detail=stale-if-error; fwd-status=${status}`, 'stale'));
+          return replies.settled(
+            res,
+            this.requests.stored.serve(req, res, obj, target, d.part, `${HIT}; detail=stale-if-error; fwd-status=${status}`, 'stale'),
+          );
         case 'replace':
           flight.settle(false);
           return replies.settled(res, this.requests.deliver(req, res, target, x, 'stale', 'miss', NO_FLIGHT));

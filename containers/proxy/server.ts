@@ -269,7 +269,8 @@ class CachingProxy {
   private async onCheckedRequest(req: IncomingMessage, res: ServerResponse, sock: ProxySocket): Promise<void> {
     const r = await this.refuse(req, sock);
     if (r) {
-      const extra: Record<string, string> | undefined = r.status === 407 ? { 'proxy-authenticate': 'Basic realm="tomlinson", charset="UTF-8"' } : r.status === 503 ? { connection: 'close' } : undefined;
+      const extra: Record<string, string> | undefined =
+        r.status === 407 ? { 'proxy-authenticate': 'Basic realm="tomlinson", charset="UTF-8"' } : r.status === 503 ? { connection: 'close' } : undefined;
       return this.replies.refused(res, r.status, r.text, extra);
     }
     return this.onAllowedRequest(req, res);
@@ -283,7 +284,8 @@ class CachingProxy {
     const raw = req.url ?? '';
     let target = this.targets.get(raw);
     if (target === undefined) {
-      if (!raw.startsWith('http://')) return this.replies.refused(res, 400, raw.startsWith('https://') ? 'use CONNECT for https URLs' : 'this is a proxy: send the absolute URL');
+      if (!raw.startsWith('http://'))
+        return this.replies.refused(res, 400, raw.startsWith('https://') ? 'use CONNECT for https URLs' : 'this is a proxy: send the absolute URL');
       try {
         target = this.target(normalizeTarget(raw));
       } catch {

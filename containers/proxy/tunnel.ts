@@ -45,7 +45,15 @@ export class Tunnels {
   private line(req: IncomingMessage, socket: Socket, status: number, start: number, sentBefore: number, reason: string | undefined): void {
     if (!this.p.cfg.accessLog && reason === undefined) return;
     const ms = Math.round((performance.now() - start) * 1000) / 1000;
-    this.p.access.info({ client: socket.remoteAddress, method: 'CONNECT', url: loggedUrl(req.url), status, bytes: socket.bytesWritten - sentBefore, ms, reason });
+    this.p.access.info({
+      client: socket.remoteAddress,
+      method: 'CONNECT',
+      url: loggedUrl(req.url),
+      status,
+      bytes: socket.bytesWritten - sentBefore,
+      ms,
+      reason,
+    });
   }
 
   /** Answers a CONNECT request on `socket` (`head`: bytes the client sent after the request head). */
@@ -55,7 +63,9 @@ export class Tunnels {
     const { p } = this;
     const answer = (status: number, text: string, extra = ''): void => {
       const body = `${text}\n`;
-      socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}Connection: close\r\n\r\n${body}`);
+      socket.end(
+        `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}Connection: close\r\n\r\n${body}`,
+      );
       p.stats.record(status === 502 || status === 504 ? 'failed' : 'refused', 0, 0);
       this.line(req, socket, status, start, sentBefore, text);
     };

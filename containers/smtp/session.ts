@@ -111,10 +111,7 @@ export interface SessionIo {
   close(): void;
 }
 
-type AuthStep =
-  | { mech: 'PLAIN' }
-  | { mech: 'LOGIN'; step: 'user' }
-  | { mech: 'LOGIN'; step: 'pass'; user: string };
+type AuthStep = { mech: 'PLAIN' } | { mech: 'LOGIN'; step: 'user' } | { mech: 'LOGIN'; step: 'pass'; user: string };
 
 type BdatState = { sink: MessageSink | undefined; last: boolean; size: number; tooBig: boolean; failed?: ReplyError };
 
@@ -183,7 +180,11 @@ export class SmtpSession implements SessionInfo {
       VRFY: () => this.io.reply({ code: 252, enhanced: '2.5.0', lines: ['Cannot VRFY user, but will accept message and attempt delivery'] }),
       EXPN: () => this.io.reply({ code: 502, enhanced: '5.5.1', lines: ['EXPN not available'] }),
       HELP: () =>
-        this.io.reply({ code: 214, enhanced: '2.0.0', lines: ['Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH', 'See RFC 5321'] }),
+        this.io.reply({
+          code: 214,
+          enhanced: '2.0.0',
+          lines: ['Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH', 'See RFC 5321'],
+        }),
       STARTTLS: (a) => this.starttls(a),
       AUTH: (a) => this.auth(a),
     };
@@ -571,7 +572,9 @@ export class SmtpSession implements SessionInfo {
       return;
     }
     const stats = this.io.reader.dataStats();
-    const refusal = c.failed ?? (c.tooBig || stats.bytes > this.o.maxMessageBytes ? new ReplyError(552, '5.3.4', 'Message size exceeds fixed maximum message size') : undefined);
+    const refusal =
+      c.failed ??
+      (c.tooBig || stats.bytes > this.o.maxMessageBytes ? new ReplyError(552, '5.3.4', 'Message size exceeds fixed maximum message size') : undefined);
     if (refusal) {
       c.sink.abort(refusal.message);
       this.state = { name: 'ready' };

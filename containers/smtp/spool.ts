@@ -88,18 +88,18 @@ export class StorageSink implements MessageSink {
       // beginning. It is one per message, so it is written once here for every local mailbox;
       // the outbound path reads the blob without it (core/mail/return-path.ts).
       returnPathLine(tx.from) +
-      buildReceived({
-        helo: session.helo ?? '',
-        clientAddress: session.clientAddress,
-        hostname: deps.hostname,
-        esmtp: session.esmtp,
-        tls: session.tls,
-        authUser: session.authUser,
-        smtputf8: tx.smtputf8,
-        id: this.id,
-        rcpts: tx.rcpts.map((r) => r.address),
-        date: this.receivedAt,
-      }),
+        buildReceived({
+          helo: session.helo ?? '',
+          clientAddress: session.clientAddress,
+          hostname: deps.hostname,
+          esmtp: session.esmtp,
+          tls: session.tls,
+          authUser: session.authUser,
+          smtputf8: tx.smtputf8,
+          id: this.id,
+          rcpts: tx.rcpts.map((r) => r.address),
+          date: this.receivedAt,
+        }),
       'utf8',
     );
   }
@@ -199,7 +199,14 @@ export class StorageSink implements MessageSink {
     }
     this.deps.metrics?.messages.inc({ stage: 'smtp', outcome: 'accepted' });
     this.deps.log.info(
-      { id: this.id, listener: this.session.listener, from: this.tx.from, rcpts: this.tx.rcpts.length, size: info.size, ms: Math.round(performance.now() - started) },
+      {
+        id: this.id,
+        listener: this.session.listener,
+        from: this.tx.from,
+        rcpts: this.tx.rcpts.length,
+        size: info.size,
+        ms: Math.round(performance.now() - started),
+      },
       'message accepted',
     );
   }

@@ -64,10 +64,7 @@ export interface Alias {
 }
 
 /** What RCPT TO may do with an address. */
-export type Resolution =
-  | { kind: 'local'; users: string[]; remote: string[] }
-  | { kind: 'unknown' }
-  | { kind: 'remote' };
+export type Resolution = { kind: 'local'; users: string[]; remote: string[] } | { kind: 'unknown' } | { kind: 'remote' };
 
 /** Options of the account model. */
 export interface AccountsOptions extends AddressOptions {

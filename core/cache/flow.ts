@@ -175,7 +175,8 @@ export function partRange(obj: CachedObject, method: string, h: HeaderMap): Part
   const part = obj.part;
   const range = h.range;
   if (!part || method !== 'GET' || typeof range !== 'string') return undefined;
-  if (h['if-none-match'] !== undefined || h['if-modified-since'] !== undefined || h['if-match'] !== undefined || h['if-unmodified-since'] !== undefined) return undefined;
+  if (h['if-none-match'] !== undefined || h['if-modified-since'] !== undefined || h['if-match'] !== undefined || h['if-unmodified-since'] !== undefined)
+    return undefined;
   if (h['if-range'] !== undefined && !ifRangeMatches(headerText(h['if-range']), obj.etag, obj.header('last-modified'))) return undefined;
   let start: number;
   let end: number;
@@ -274,7 +275,13 @@ const STALE_IF_ERROR: RevalidatedDecision = { kind: 'stale-if-error' };
 const REPLACE: RevalidatedDecision = { kind: 'replace' };
 
 /** Decides on the origin's answer (`status`, end-to-end fields `rh`) to the revalidation `request` of `obj`, at `now`. */
-export function decideRevalidated(obj: CachedObject, request: CachePolicy.HttpRequest, status: number, rh: Record<string, string | string[]>, now: number): RevalidatedDecision {
+export function decideRevalidated(
+  obj: CachedObject,
+  request: CachePolicy.HttpRequest,
+  status: number,
+  rh: Record<string, string | string[]>,
+  now: number,
+): RevalidatedDecision {
   if (status === 304) {
     const policy = clockAt(obj.policy, now);
     try {

@@ -30,7 +30,18 @@ export interface CacheCounters {
   bytesFromOrigin: number;
 }
 
-const ZERO: CacheCounters = { requests: 0, hits: 0, misses: 0, revalidations: 0, stale: 0, bypass: 0, refused: 0, failed: 0, bytesFromCache: 0, bytesFromOrigin: 0 };
+const ZERO: CacheCounters = {
+  requests: 0,
+  hits: 0,
+  misses: 0,
+  revalidations: 0,
+  stale: 0,
+  bypass: 0,
+  refused: 0,
+  failed: 0,
+  bytesFromCache: 0,
+  bytesFromOrigin: 0,
+};
 const FIELD: Record<CacheOutcome, keyof CacheCounters> = {
   hit: 'hits',
   miss: 'misses',

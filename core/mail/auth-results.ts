@@ -43,10 +43,7 @@ export async function checkMessageAuth(message: Readable | Buffer, o: AuthCheckO
     timer.unref();
   });
   try {
-    const r = await Promise.race([
-      authenticate(message, { ip: o.ip, helo: o.helo, sender: o.sender, mta: o.mta, resolver, disableBimi: true }),
-      deadline,
-    ]);
+    const r = await Promise.race([authenticate(message, { ip: o.ip, helo: o.helo, sender: o.sender, mta: o.mta, resolver, disableBimi: true }), deadline]);
     if (r === 'timeout') {
       if (typeof (message as Readable).destroy === 'function') (message as Readable).destroy();
       return temperror(o.mta, 'timeout');
@@ -72,7 +69,10 @@ export async function checkMessageAuth(message: Readable | Buffer, o: AuthCheckO
 }
 
 function temperror(mta: string, why: string): AuthCheck {
-  const reason = why.replace(/[^\x20-\x7e]/g, '?').replace(/[()\\]/g, '').slice(0, 80);
+  const reason = why
+    .replace(/[^\x20-\x7e]/g, '?')
+    .replace(/[()\\]/g, '')
+    .slice(0, 80);
   return {
     headers: `Authentication-Results: ${mta};\r\n spf=temperror (${reason});\r\n dkim=temperror;\r\n dmarc=temperror\r\n`,
     spf: 'temperror',

@@ -80,7 +80,12 @@ export async function dkimSignatures(input: Readable, domain: string, keys: Dkim
 }
 
 /** A new key pair and the DNS TXT record (RFC 6376 §3.6.1) to publish at `<selector>._domainkey.<domain>`. */
-export function generateDkimKey(domain: string, selector: string, algorithm: DkimAlgorithm = 'rsa-sha256', bits = 2048): { privateKey: string; name: string; txt: string } {
+export function generateDkimKey(
+  domain: string,
+  selector: string,
+  algorithm: DkimAlgorithm = 'rsa-sha256',
+  bits = 2048,
+): { privateKey: string; name: string; txt: string } {
   let privateKey: string;
   let p: string;
   if (algorithm === 'ed25519-sha256') {

@@ -131,7 +131,11 @@ export class DeadLetterAdmin {
     const held: ReceivedMessage[] = [];
     try {
       while (seen.size < limit) {
-        const batch = await this.queues.receive(dlq, { max: Math.min(MAX_RECEIVE_BATCH, limit - seen.size), visibilitySeconds: HOLD_SECONDS, waitSeconds: this.waitSeconds });
+        const batch = await this.queues.receive(dlq, {
+          max: Math.min(MAX_RECEIVE_BATCH, limit - seen.size),
+          visibilitySeconds: HOLD_SECONDS,
+          waitSeconds: this.waitSeconds,
+        });
         if (batch.length === 0) break;
         for (const m of batch) {
           // SQS may hand the same message out twice; its latest receipt is the one that counts.

@@ -62,7 +62,10 @@ export function rfc5322Date(d: Date): string {
 
 /** Keeps a header value printable ASCII on one line (remote replies may carry anything). */
 function clean(s: string): string {
-  return s.replace(/[\r\n]+/g, ' ').replace(/[^\x20-\x7e]/g, '?').slice(0, 900);
+  return s
+    .replace(/[\r\n]+/g, ' ')
+    .replace(/[^\x20-\x7e]/g, '?')
+    .slice(0, 900);
 }
 
 /** Largest header block returned for RET=HDRS (the rest is cut at a line end). */
@@ -103,7 +106,8 @@ function humanText(input: DsnInput): string {
   const lines: string[] = [`This is the mail system at host ${input.reportingMta}.`, ''];
   if (failed.length) {
     lines.push('Your message could not be delivered to one or more recipients.', 'It has been returned below. The recipients and the replies were:', '');
-    for (const r of failed) lines.push(`<${clean(r.address)}>:`, `    ${r.remoteMta ? `host ${clean(r.remoteMta)} said: ` : ''}${clean(r.diagnostic ?? r.status)}`, '');
+    for (const r of failed)
+      lines.push(`<${clean(r.address)}>:`, `    ${r.remoteMta ? `host ${clean(r.remoteMta)} said: ` : ''}${clean(r.diagnostic ?? r.status)}`, '');
   }
   if (delayed.length) {
     lines.push('Delivery to the following recipients has been delayed. No action is required;', 'the mail system will keep trying.', '');
@@ -114,8 +118,13 @@ function humanText(input: DsnInput): string {
     }
   }
   if (done.length) {
-    lines.push('Your message was delivered to the following recipients. The next mail server does', 'not report delivery status itself, so this is the last report you will get:', '');
-    for (const r of done) lines.push(`<${clean(r.address)}>:`, `    ${r.remoteMta ? `host ${clean(r.remoteMta)} said: ` : ''}${clean(r.diagnostic ?? r.status)}`, '');
+    lines.push(
+      'Your message was delivered to the following recipients. The next mail server does',
+      'not report delivery status itself, so this is the last report you will get:',
+      '',
+    );
+    for (const r of done)
+      lines.push(`<${clean(r.address)}>:`, `    ${r.remoteMta ? `host ${clean(r.remoteMta)} said: ` : ''}${clean(r.diagnostic ?? r.status)}`, '');
   }
   return lines.join('\r\n');
 }
@@ -228,7 +237,17 @@ export async function dispatchDsn(d: DsnDispatch, ctx: JobContext): Promise<'loc
   }
   const receivedAt = (d.dsn.now ?? ctx.now()).toISOString();
   if (kind === 'local') {
-    const job: InboundJob = { v: 1, id: d.id, blobKey, size, from: '', rcpts: [{ address: d.dsn.to }], receivedAt, client: { address: '127.0.0.1', helo: ctx.config.hostname }, listener: 'mx' };
+    const job: InboundJob = {
+      v: 1,
+      id: d.id,
+      blobKey,
+      size,
+      from: '',
+      rcpts: [{ address: d.dsn.to }],
+      receivedAt,
+      client: { address: '127.0.0.1', helo: ctx.config.hostname },
+      listener: 'mx',
+    };
     await ctx.storage.queues.send('inbound', JSON.stringify(job));
   } else {
     const job: OutboundJob = { v: 1, id: d.id, blobKey, size, from: '', rcpts: [{ address: d.dsn.to, notify: ['NEVER'] }], receivedAt };

@@ -52,7 +52,9 @@ export async function listQuotaWaits(tables: Tables, limit = 1000): Promise<Quot
         from: String(it.from ?? ''),
         receivedAt: String(it.receivedAt ?? ''),
         size: Number(it.size ?? 0),
-        users: String(it.users ?? '').split(',').filter(Boolean),
+        users: String(it.users ?? '')
+          .split(',')
+          .filter(Boolean),
         nextAttemptAt: String(it.nextAttemptAt ?? ''),
         giveUpAt: String(it.giveUpAt ?? ''),
       });
@@ -147,7 +149,11 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
   for (const r of routing.relayDenied) log.warn({ rcpt: r.address }, 'remote recipient without an authenticated sender; not relayed');
   // Recipients accepted at RCPT that this job cannot deliver: the sender hears of them (a DSN).
   // (relayDenied cannot come from our listener, which refuses those at RCPT: no backscatter.)
-  const failed: Failure[] = routing.unknown.map((rcpt) => ({ rcpt, status: '5.1.1', diagnostic: 'no such user here (the address was removed after the message was accepted)' }));
+  const failed: Failure[] = routing.unknown.map((rcpt) => ({
+    rcpt,
+    status: '5.1.1',
+    diagnostic: 'no such user here (the address was removed after the message was accepted)',
+  }));
 
   // With more than one reader (several mailboxes, or a mailbox and the outbound worker) the raw
   // message must outlive each one's deletion while this job may still deliver to the others (a
@@ -181,7 +187,8 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
         const rcpts = routing.local.get(user) ?? [];
         if (e instanceof NoSuchMailbox) {
           log.warn({ user }, 'user removed since the message was accepted; not delivered to it');
-          for (const rcpt of rcpts) failed.push({ rcpt, status: '5.1.1', diagnostic: 'no such user here (the address was removed after the message was accepted)' });
+          for (const rcpt of rcpts)
+            failed.push({ rcpt, status: '5.1.1', diagnostic: 'no such user here (the address was removed after the message was accepted)' });
           continue;
         }
         if (e instanceof QuotaExceeded) {
@@ -275,7 +282,12 @@ async function bounce(job: InboundJob, failures: Failure[], ensureBlob: () => Pr
     return;
   }
   const digest = createHash('sha256')
-    .update(toReport.map((f) => f.rcpt.address.toLowerCase()).sort().join('\n'))
+    .update(
+      toReport
+        .map((f) => f.rcpt.address.toLowerCase())
+        .sort()
+        .join('\n'),
+    )
     .digest('hex')
     .slice(0, 12);
   const now = ctx.now();

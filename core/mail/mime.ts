@@ -216,7 +216,9 @@ export async function summarizeMessage(input: Readable, options: SummaryOptions 
         info.decodedSize = 0;
         const { sink } = messageSink(depth + 1, part || '1', (h) => (info.message = h));
         const nested: NonNullable<typeof leaf.nested> = { input: decoder, done: Promise.resolve() };
-        nested.done = pipeline(decoder, new HeaderSectionEnd((n) => (info.decodedSize! += n)), newSplitter(maxNodes), sink).catch((e: unknown) => (nested.error = e ?? new Error('failed')));
+        nested.done = pipeline(decoder, new HeaderSectionEnd((n) => (info.decodedSize! += n)), newSplitter(maxNodes), sink).catch(
+          (e: unknown) => (nested.error = e ?? new Error('failed')),
+        );
         leaf.nested = nested;
         return;
       }
@@ -549,8 +551,11 @@ function previewText(bytes: Buffer, charset: string, html: boolean, max: number)
       .replace(/&amp;/gi, '&');
   }
   // Drop control characters (other than whitespace, collapsed below) so the preview is printable.
-   
-  text = text.replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\ufffd]/g, '').replace(/\s+/g, ' ').trim();
+
+  text = text
+    .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\ufffd]/g, '')
+    .replace(/\s+/g, ' ')
+    .trim();
   // The first `max` code points (more than `max` there means the cut lost nothing that counts).
   let n = 0;
   let end = 0;

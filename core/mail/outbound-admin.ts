@@ -112,7 +112,10 @@ export class OutboundQueueAdmin {
     const m = await this.active(id);
     const now = this.now().toISOString();
     const rcpts = (await this.store.getRecipients(id)).filter(isPending);
-    await this.store.putRecipients(id, rcpts.map((r) => ({ ...r, nextAttemptAt: now })));
+    await this.store.putRecipients(
+      id,
+      rcpts.map((r) => ({ ...r, nextAttemptAt: now })),
+    );
     await this.store.updateMessage(id, { held: false, nextAttemptAt: now });
     await this.wake(m, rcpts);
     return (await this.store.getMessage(id))!;
@@ -137,7 +140,10 @@ export class OutboundQueueAdmin {
     const rcpts = await this.store.getRecipients(id);
     const pending = rcpts.filter(isPending);
     const at = this.now().toISOString();
-    await this.store.putRecipients(id, pending.map((r) => ({ ...r, state: 'deleted' as const, finalAt: at, nextAttemptAt: undefined, lastReply: r.lastReply ?? 'deleted by the operator' })));
+    await this.store.putRecipients(
+      id,
+      pending.map((r) => ({ ...r, state: 'deleted' as const, finalAt: at, nextAttemptAt: undefined, lastReply: r.lastReply ?? 'deleted by the operator' })),
+    );
     await this.store.finish(id, 'deleted', m.receivedAt, this.now());
     await new MailboxStore(this.storage.tables, this.storage.mail, { now: this.now }).releaseBlob(m.blobKey, blobHolder(id));
     return { deleted: pending.map((r) => r.address) };
@@ -175,7 +181,10 @@ export class OutboundQueueAdmin {
 
 function summarize(m: MessageRecord, rcpts: RcptRecord[]): QueueSummary {
   const pending = rcpts.filter(isPending);
-  const next = pending.map((r) => r.nextAttemptAt).filter((x): x is string => !!x).sort()[0];
+  const next = pending
+    .map((r) => r.nextAttemptAt)
+    .filter((x): x is string => !!x)
+    .sort()[0];
   const last = pending.find((r) => r.lastReply)?.lastReply;
   return {
     id: m.id,

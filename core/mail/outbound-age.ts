@@ -32,7 +32,12 @@ export function outboundAgeLine(table: string, ageSeconds: number, now: Date): s
 
 /** Measures and writes one EMF line to `write` (stdout, which Lambda and the awslogs driver send
  * to CloudWatch Logs). Never throws: a failed measurement is skipped, the next one reports. */
-export async function reportOutboundAge(tables: Tables, table: string, now: Date, write: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<void> {
+export async function reportOutboundAge(
+  tables: Tables,
+  table: string,
+  now: Date,
+  write: (line: string) => void = (l) => process.stdout.write(`${l}\n`),
+): Promise<void> {
   try {
     write(outboundAgeLine(table, await oldestOutboundAgeSeconds(tables, now), now));
   } catch {

@@ -23,7 +23,14 @@ function wants(r: RcptRecord, what: 'FAILURE' | 'DELAY'): boolean {
 
 /** The one final DSN of a message: its failed recipients (NOTIFY default or FAILURE) and those
  * relayed to a host without DSN support that asked for SUCCESS (RFC 3464 allows mixed actions). */
-export async function sendFinalDsn(m: MessageRecord, rcpts: RcptRecord[], ctx: JobContext, deps: OutboundDeps, store: OutboundStore, log: Logger): Promise<void> {
+export async function sendFinalDsn(
+  m: MessageRecord,
+  rcpts: RcptRecord[],
+  ctx: JobContext,
+  deps: OutboundDeps,
+  store: OutboundStore,
+  log: Logger,
+): Promise<void> {
   const failed = rcpts.filter((r) => r.state === 'bounced' && wants(r, 'FAILURE'));
   const relayed = rcpts.filter((r) => r.state === 'delivered' && r.relayed);
   if ((!failed.length && !relayed.length) || m.dsnSent) return;
@@ -57,7 +64,15 @@ function reportBase(r: RcptRecord): Omit<DsnRecipientReport, 'action' | 'status'
 
 /** The one delay notice of a message (RFC 3464 action `delayed`), to recipients whose NOTIFY
  * allows it; claimed even when nobody is told, so it is not tried again. */
-export async function sendDelayNotice(m: MessageRecord, pending: RcptRecord[], retry: RetrySchedule, ctx: JobContext, deps: OutboundDeps, store: OutboundStore, log: Logger): Promise<void> {
+export async function sendDelayNotice(
+  m: MessageRecord,
+  pending: RcptRecord[],
+  retry: RetrySchedule,
+  ctx: JobContext,
+  deps: OutboundDeps,
+  store: OutboundStore,
+  log: Logger,
+): Promise<void> {
   const delayed = pending.filter((r) => wants(r, 'DELAY'));
   if (m.from === '' || !delayed.length) {
     await store.claimDsn(m.id, 'delayNoticeSent');
@@ -80,7 +95,14 @@ export async function sendDelayNotice(m: MessageRecord, pending: RcptRecord[], r
  * key and the job id are derived from the original id, so a repeated call (after a crash) makes
  * the same job, which both workers treat idempotently.
  */
-async function sendDsn(m: MessageRecord, kind: 'failure' | 'delay', reports: DsnRecipientReport[], ctx: JobContext, deps: OutboundDeps, log: Logger): Promise<void> {
+async function sendDsn(
+  m: MessageRecord,
+  kind: 'failure' | 'delay',
+  reports: DsnRecipientReport[],
+  ctx: JobContext,
+  deps: OutboundDeps,
+  log: Logger,
+): Promise<void> {
   const id = `${m.id}.${kind === 'failure' ? 'dsn' : 'delay'}`;
   const blobKey = `outbound-dsn/${id}.eml`;
   // RFC 3461 §4.3: RET applies to failure DSNs; other DSNs return the header only.

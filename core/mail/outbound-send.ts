@@ -116,7 +116,9 @@ export async function deliverGroup(
   if (via) {
     // Certificates are checked where TLS is required (outbound.tlsVerify), as for MX hosts.
     const verify = config.outbound.tlsVerify === 'always' || (config.outbound.tlsVerify === 'required' && (via.tls === 'required' || via.tls === 'implicit'));
-    targets = [{ host: via.host, address: via.host, port: via.port, tls: via.tls, verify, auth: via.user ? { user: via.user, pass: via.pass ?? '' } : undefined }];
+    targets = [
+      { host: via.host, address: via.host, port: via.port, tls: via.tls, verify, auth: via.user ? { user: via.user, pass: via.pass ?? '' } : undefined },
+    ];
   } else {
     const route = await resolveMxRoute(deps.dns, key, { random: deps.random });
     if (route.kind !== 'hosts') {
@@ -131,7 +133,13 @@ export async function deliverGroup(
         // RFC 8461 §5: only MX hosts the policy names, only over TLS with a valid certificate;
         // "the sending MTA MUST NOT deliver the message" otherwise (a temporary failure).
         if (!allowed.length) {
-          return all({ ok: false, temporary: true, reply: `no MX host of ${key} matches its MTA-STS policy (${sts.mx.join(', ')})`, status: '4.7.5', local: true });
+          return all({
+            ok: false,
+            temporary: true,
+            reply: `no MX host of ${key} matches its MTA-STS policy (${sts.mx.join(', ')})`,
+            status: '4.7.5',
+            local: true,
+          });
         }
         hosts = allowed;
         required = true;
@@ -140,7 +148,9 @@ export async function deliverGroup(
       }
     }
     const verify = config.outbound.tlsVerify === 'always' || (required && config.outbound.tlsVerify === 'required') || sts.mode === 'enforce';
-    targets = hosts.flatMap((h) => h.addresses.map((a) => ({ host: h.host, address: a, port: config.outbound.mxPort, tls: (required ? 'required' : 'opportunistic') as TlsMode, verify })));
+    targets = hosts.flatMap((h) =>
+      h.addresses.map((a) => ({ host: h.host, address: a, port: config.outbound.mxPort, tls: (required ? 'required' : 'opportunistic') as TlsMode, verify })),
+    );
   }
   let last: TransactionResult | undefined;
   let lastHost = '';
@@ -173,7 +183,12 @@ export async function deliverGroup(
     if (!res.sessionFailure) {
       log.debug({ host: lastHost, tls: res.tls, chunked: res.chunked }, 'transaction done');
       if (res.unconverted8bit) log.warn({ host: lastHost }, '8-bit message sent unconverted to a server without 8BITMIME');
-      return new Map(res.rcpts.map((r) => [r.address, { ok: r.ok, temporary: r.temporary, reply: r.reply, status: r.status, host: lastHost, dsn: res.extensions.includes('DSN') }]));
+      return new Map(
+        res.rcpts.map((r) => [
+          r.address,
+          { ok: r.ok, temporary: r.temporary, reply: r.reply, status: r.status, host: lastHost, dsn: res.extensions.includes('DSN') },
+        ]),
+      );
     }
     if (res.sessionFailure.stage === 'STARTTLS' && t.tls === 'opportunistic') {
       // RFC 7435 §3: opportunistic security must not make delivery worse than cleartext; a host
@@ -184,12 +199,22 @@ export async function deliverGroup(
     }
     if (res.sessionFailure.temporary) anyTemporary = true;
     if (via && res.sessionFailure.stage === 'STARTTLS' && t.tls === 'required') {
-      log.warn({ host: lastHost, reply: res.sessionFailure.reply }, 'smarthost: no TLS session, so nothing was sent; the message will be retried (?tls=opportunistic in outbound.smarthost allows cleartext)');
+      log.warn(
+        { host: lastHost, reply: res.sessionFailure.reply },
+        'smarthost: no TLS session, so nothing was sent; the message will be retried (?tls=opportunistic in outbound.smarthost allows cleartext)',
+      );
     } else {
       log.info({ host: lastHost, stage: res.sessionFailure.stage, reply: res.sessionFailure.reply }, 'host failed; trying the next');
     }
   }
   const f = last!.sessionFailure!;
   // RFC 5321 §5.1: after every host failed, the failure is temporary unless all were permanent.
-  return all({ ok: false, temporary: anyTemporary, reply: f.reply, status: anyTemporary && f.status.startsWith('5') ? `4${f.status.slice(1)}` : f.status, host: lastHost, local: f.stage === 'connect' || !/^\d{3}\s/.test(f.reply) });
+  return all({
+    ok: false,
+    temporary: anyTemporary,
+    reply: f.reply,
+    status: anyTemporary && f.status.startsWith('5') ? `4${f.status.slice(1)}` : f.status,
+    host: lastHost,
+    local: f.stage === 'connect' || !/^\d{3}\s/.test(f.reply),
+  });
 }

@@ -125,7 +125,15 @@ export class OutboundStore {
     const existing = await this.getMessage(job.id);
     if (existing) return existing;
     for (const r of job.rcpts) {
-      const rec: RcptRecord = { address: r.address, domain: domainOf(r.address), notify: r.notify, orcpt: r.orcpt, state: 'queued', attempts: 0, nextAttemptAt: now.toISOString() };
+      const rec: RcptRecord = {
+        address: r.address,
+        domain: domainOf(r.address),
+        notify: r.notify,
+        orcpt: r.orcpt,
+        state: 'queued',
+        attempts: 0,
+        nextAttemptAt: now.toISOString(),
+      };
       await putIfAbsent(this.tables, { pk: pkOf(job.id), sk: rcptSk(r.address), ...strip(rec) });
     }
     const m: MessageRecord = {
@@ -179,7 +187,11 @@ export class OutboundStore {
   /** Extends the lock while it is still ours. */
   async renewLock(id: string, holder: string, now: Date, seconds: number): Promise<boolean> {
     try {
-      await this.tables.update({ pk: pkOf(id), sk: 'META' }, { set: { lockUntil: now.getTime() + seconds * 1000 } }, { condition: { equals: { lockHolder: holder } } });
+      await this.tables.update(
+        { pk: pkOf(id), sk: 'META' },
+        { set: { lockUntil: now.getTime() + seconds * 1000 } },
+        { condition: { equals: { lockHolder: holder } } },
+      );
       return true;
     } catch (e) {
       if (isStorageError(e, 'ConditionFailed')) return false;
@@ -190,7 +202,11 @@ export class OutboundStore {
   /** Gives the lock back (only when still ours). */
   async unlock(id: string, holder: string): Promise<void> {
     try {
-      await this.tables.update({ pk: pkOf(id), sk: 'META' }, { set: { lockUntil: 0 }, remove: ['lockHolder'] }, { condition: { equals: { lockHolder: holder } } });
+      await this.tables.update(
+        { pk: pkOf(id), sk: 'META' },
+        { set: { lockUntil: 0 }, remove: ['lockHolder'] },
+        { condition: { equals: { lockHolder: holder } } },
+      );
     } catch (e) {
       if (!isStorageError(e, 'ConditionFailed')) throw e;
     }
@@ -198,7 +214,11 @@ export class OutboundStore {
 
   /** Changes message attributes; `condition` as in the Tables port. */
   async updateMessage(id: string, set: Partial<MessageRecord>, options: { condition?: Condition; ttl?: number | null } = {}): Promise<MessageRecord> {
-    const item = await this.tables.update({ pk: pkOf(id), sk: 'META' }, { set: strip(set), ttl: options.ttl }, { condition: { exists: true, ...options.condition } });
+    const item = await this.tables.update(
+      { pk: pkOf(id), sk: 'META' },
+      { set: strip(set), ttl: options.ttl },
+      { condition: { exists: true, ...options.condition } },
+    );
     return toMessage(item);
   }
 
@@ -245,4 +265,3 @@ export class OutboundStore {
     return { ids: page.items.map((i) => String(i.id)), cursor: page.cursor };
   }
 }
-

@@ -101,7 +101,8 @@ export function parseSmarthost(url: string, domains: string[] = []): Smarthost {
   const implicit = u.protocol === 'smtps:';
   const user = u.username ? decodeURIComponent(u.username) : undefined;
   const asked = u.searchParams.get('tls');
-  for (const k of u.searchParams.keys()) if (k !== 'tls') throw new Error(`smarthost URL: unknown parameter ${JSON.stringify(k)} (only tls=required|opportunistic|none)`);
+  for (const k of u.searchParams.keys())
+    if (k !== 'tls') throw new Error(`smarthost URL: unknown parameter ${JSON.stringify(k)} (only tls=required|opportunistic|none)`);
   let mode: TlsMode = implicit ? 'implicit' : 'required';
   if (asked !== null) {
     if (implicit) throw new Error('smarthost URL: smtps:// is always TLS; tls= applies to smtp:// only');
@@ -127,7 +128,9 @@ export function defaultOutboundDeps(config: Config, options: { ca?: string } = {
   return {
     dns: resolver,
     mtaSts: async (domain, storage) =>
-      config.outbound.mtaSts ? stsPolicy(domain, { resolver, tables: storage.tables, port: config.outbound.mtaStsPort, ca: options.ca }) : { mode: 'none', mx: [], id: '', expires: 0 },
+      config.outbound.mtaSts
+        ? stsPolicy(domain, { resolver, tables: storage.tables, port: config.outbound.mtaStsPort, ca: options.ca })
+        : { mode: 'none', mx: [], id: '', expires: 0 },
     dkim: storedDkimKeys(secrets),
     smarthost: () =>
       (smarthost ??= (async () => {
@@ -175,7 +178,14 @@ export const outboundJob: JobHandler = createOutboundJob();
 /** Validates a queue body; throws (so the message ends in the dead-letter queue) when malformed. */
 export function parseBody(body: string): OutboundQueueBody {
   const j = JSON.parse(body) as OutboundQueueBody;
-  if (j?.v !== 1 || typeof j.id !== 'string' || typeof j.blobKey !== 'string' || typeof j.from !== 'string' || !Array.isArray(j.rcpts) || typeof j.receivedAt !== 'string') {
+  if (
+    j?.v !== 1 ||
+    typeof j.id !== 'string' ||
+    typeof j.blobKey !== 'string' ||
+    typeof j.from !== 'string' ||
+    !Array.isArray(j.rcpts) ||
+    typeof j.receivedAt !== 'string'
+  ) {
     throw new Error('malformed outbound job');
   }
   return j;
@@ -273,7 +283,10 @@ async function attempt(m: MessageRecord, job: OutboundQueueBody, ctx: JobContext
     await sendFinalDsn(m, rcpts, ctx, deps, store, log);
     await store.finish(m.id, 'done', m.receivedAt, ctx.now());
     await new MailboxStore(ctx.storage.tables, ctx.storage.mail, { now: ctx.now }).releaseBlob(m.blobKey, blobHolder(m.id));
-    log.info({ delivered: rcpts.filter((r) => r.state === 'delivered').length, bounced: rcpts.filter((r) => r.state === 'bounced').length }, 'message finished');
+    log.info(
+      { delivered: rcpts.filter((r) => r.state === 'delivered').length, bounced: rcpts.filter((r) => r.state === 'bounced').length },
+      'message finished',
+    );
     return done;
   }
   if (retry.delayNoticeDue(receivedAt) && !m.delayNoticeSent) await sendDelayNotice(m, pending, retry, ctx, deps, store, log);

@@ -46,7 +46,6 @@ export function buildReceived(f: ReceivedFacts): string {
 
 /** Keeps client-supplied text from breaking the header: no CR, LF, parentheses or controls. */
 function sanitize(s: string): string {
-   
   return s.replace(/[\x00-\x1f\x7f()\\]/g, '?').slice(0, 255);
 }
 

@@ -17,9 +17,7 @@ export interface RetryOptions {
 }
 
 /** What to do with a recipient after a temporary failure. */
-export type RetryDecision =
-  | { kind: 'retry'; at: Date; afterSeconds: number }
-  | { kind: 'expire'; reason: string };
+export type RetryDecision = { kind: 'retry'; at: Date; afterSeconds: number } | { kind: 'expire'; reason: string };
 
 /** The serialised form, versioned so that stored state can change shape later. */
 export interface RetryScheduleObject {

@@ -351,7 +351,14 @@ class ClientTransaction {
     const address = t.address ?? t.host;
     const socket =
       t.tls === 'implicit'
-        ? tls.connect({ host: address, port: t.port, servername: net.isIP(t.host) ? undefined : t.host, rejectUnauthorized: t.tlsVerify ?? true, ca: t.ca, minVersion: 'TLSv1.2' })
+        ? tls.connect({
+            host: address,
+            port: t.port,
+            servername: net.isIP(t.host) ? undefined : t.host,
+            rejectUnauthorized: t.tlsVerify ?? true,
+            ca: t.ca,
+            minVersion: 'TLSv1.2',
+          })
         : net.connect({ host: address, port: t.port });
     const ready = t.tls === 'implicit' ? 'secureConnect' : 'connect';
     const timer = setTimeout(() => socket.destroy(new Error(`connect timeout after ${timeout} ms`)), timeout);
@@ -392,7 +399,13 @@ class ClientTransaction {
       const r = await this.next('STARTTLS');
       if (r.code === 220) {
         this.reader!.detach();
-        const secure = tls.connect({ socket: this.socket, servername: net.isIP(t.host) ? undefined : t.host, rejectUnauthorized: t.tlsVerify ?? false, ca: t.ca, minVersion: 'TLSv1.2' });
+        const secure = tls.connect({
+          socket: this.socket,
+          servername: net.isIP(t.host) ? undefined : t.host,
+          rejectUnauthorized: t.tlsVerify ?? false,
+          ca: t.ca,
+          minVersion: 'TLSv1.2',
+        });
         const timer = setTimeout(() => secure.destroy(new Error('TLS handshake timeout')), t.connectTimeoutMs ?? 30_000);
         try {
           await once(secure, 'secureConnect');
@@ -597,7 +610,9 @@ class ClientTransaction {
   private failure(e: unknown): TransactionResult {
     const err = e instanceof SmtpSessionError ? e : new SmtpSessionError('connection', true, '4.4.2', `${(e as Error)?.message ?? String(e)}`);
     const reply = err.reply ? replyText(err.reply) : err.message;
-    const rcpts = this.t.rcpts.map((r) => this.results.get(r.address) ?? { address: r.address, ok: false, temporary: err.temporary, reply, status: err.status });
+    const rcpts = this.t.rcpts.map(
+      (r) => this.results.get(r.address) ?? { address: r.address, ok: false, temporary: err.temporary, reply, status: err.status },
+    );
     const anyAnswered = this.results.size > 0;
     return {
       sessionFailure: anyAnswered ? undefined : { temporary: err.temporary, reply, status: err.status, stage: err.stage },

@@ -81,7 +81,12 @@ function sweepCounter(metrics: Metrics): Counter<'outcome'> {
   const name = 'tomlinson_orphan_sweep_blobs_total';
   const existing = metrics.registry.getSingleMetric(name);
   if (existing) return existing as Counter<'outcome'>;
-  return new Counter({ name, help: 'Mail blobs judged by the orphan sweep, by outcome (deleted, referenced, young)', labelNames: ['outcome'], registers: [metrics.registry] });
+  return new Counter({
+    name,
+    help: 'Mail blobs judged by the orphan sweep, by outcome (deleted, referenced, young)',
+    labelNames: ['outcome'],
+    registers: [metrics.registry],
+  });
 }
 
 const markKey = (blobKey: string): Key => ({ pk: `SWEEP#${blobKey}`, sk: 'SEEN' });
@@ -338,7 +343,12 @@ class OrphanSweep {
     if (mark && mark.blobModified === modified && typeof mark.at === 'number') return startedMs - mark.at >= this.settleMs;
     this.report.marked++;
     if (!this.dryRun) {
-      await tables.put({ ...markKey(blob.key), at: startedMs, blobModified: modified, ttl: Math.floor(startedMs / 1000) + MARK_TTL_SECONDS + Math.ceil(this.settleMs / 1000) });
+      await tables.put({
+        ...markKey(blob.key),
+        at: startedMs,
+        blobModified: modified,
+        ttl: Math.floor(startedMs / 1000) + MARK_TTL_SECONDS + Math.ceil(this.settleMs / 1000),
+      });
     }
     return this.settleMs === 0;
   }

@@ -180,7 +180,16 @@ export class MailboxStore {
           condition: quota > 0 ? { lessThan: { bytes: quota - m.size + 1 } } : { exists: true },
         },
         {
-          put: { ...mailboxKeys.message(user, uid), uid, blobKey: m.blobKey, size: m.size, receivedAt: m.receivedAt, summary: m.summary, flags: [], jobId: m.jobId },
+          put: {
+            ...mailboxKeys.message(user, uid),
+            uid,
+            blobKey: m.blobKey,
+            size: m.size,
+            receivedAt: m.receivedAt,
+            summary: m.summary,
+            flags: [],
+            jobId: m.jobId,
+          },
           condition: { exists: false },
         },
         { put: this.markerItem(m, user, uid), condition: { exists: false } },
@@ -263,7 +272,9 @@ export class MailboxStore {
 
   private async removeBatch(user: string, uids: number[]): Promise<void> {
     for (let attempt = 0; ; attempt++) {
-      const entries = (await Promise.all(uids.map((uid) => this.tables.get(mailboxKeys.message(user, uid))))).filter((x): x is Item => x !== undefined).map(toEntry);
+      const entries = (await Promise.all(uids.map((uid) => this.tables.get(mailboxKeys.message(user, uid)))))
+        .filter((x): x is Item => x !== undefined)
+        .map(toEntry);
       if (!entries.length) return;
       const perBlob = new Map<string, number>();
       for (const e of entries) perBlob.set(e.blobKey, (perBlob.get(e.blobKey) ?? 0) + 1);

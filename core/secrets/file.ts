@@ -71,5 +71,9 @@ export class FileSecrets implements Secrets {
 
 /** The adapter for a configuration's files. */
 export function fileSecrets(config: Config): FileSecrets {
-  return new FileSecrets({ tlsCertFile: config.tls.certFile, tlsKeyFile: config.tls.keyFile, dkimDir: config.outbound.dkimDir || join(config.dataDir, 'dkim') });
+  return new FileSecrets({
+    tlsCertFile: config.tls.certFile,
+    tlsKeyFile: config.tls.keyFile,
+    dkimDir: config.outbound.dkimDir || join(config.dataDir, 'dkim'),
+  });
 }

@@ -39,7 +39,10 @@ export class ConditionFailed extends StorageError {
 }
 /** A blob was longer than the caller's maxBytes; nothing was stored. */
 export class TooLarge extends StorageError {
-  constructor(readonly limit: number, options?: { cause?: unknown }) {
+  constructor(
+    readonly limit: number,
+    options?: { cause?: unknown },
+  ) {
     super('TooLarge', `larger than ${limit} bytes`, options);
   }
 }
@@ -289,10 +292,7 @@ export interface Queues {
   /** Returns the message id. Delay 0..MAX_DELAY_SECONDS. */
   send(queue: QueueName, body: string, options?: { delaySeconds?: number }): Promise<string>;
   /** Up to `max` messages, hidden for `visibilitySeconds`; waits up to `waitSeconds` for one. */
-  receive(
-    queue: QueueName,
-    options?: { max?: number; visibilitySeconds?: number; waitSeconds?: number; signal?: AbortSignal },
-  ): Promise<ReceivedMessage[]>;
+  receive(queue: QueueName, options?: { max?: number; visibilitySeconds?: number; waitSeconds?: number; signal?: AbortSignal }): Promise<ReceivedMessage[]>;
   /** Removes the message for good. Idempotent for a receipt already used. */
   delete(queue: QueueName, receipt: string): Promise<void>;
   /** Hides the message for `seconds` from now (0..MAX_VISIBILITY_SECONDS). */

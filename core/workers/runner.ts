@@ -41,12 +41,7 @@ export function logFailure(ctx: JobContext, meta: JobMeta, err: Error): void {
 
 /** Runs one message through a handler and applies the outcome to the queue. Exported so the
  * Lambda adapter and tests share the exact rules. Returns the outcome, or the error thrown. */
-export async function runOne(
-  queue: QueueName,
-  message: ReceivedMessage,
-  handler: JobHandler,
-  ctx: JobContext,
-): Promise<JobOutcome | Error> {
+export async function runOne(queue: QueueName, message: ReceivedMessage, handler: JobHandler, ctx: JobContext): Promise<JobOutcome | Error> {
   const meta = { queue, id: message.id, receiveCount: message.receiveCount, sentAt: message.sentAt };
   let outcome: JobOutcome;
   try {

@@ -14,7 +14,9 @@ import { contextFromEnv } from '../lib/context.js';
 const MARGIN_MS = 60_000;
 
 /** Builds the handler with its context factory (tests pass their own). */
-export function sweepHandler(makeContext: () => Promise<JobContext>): (event: unknown, lambda?: Pick<Context, 'getRemainingTimeInMillis'>) => Promise<Omit<SweepReport, 'deletedKeys'>> {
+export function sweepHandler(
+  makeContext: () => Promise<JobContext>,
+): (event: unknown, lambda?: Pick<Context, 'getRemainingTimeInMillis'>) => Promise<Omit<SweepReport, 'deletedKeys'>> {
   let context: Promise<JobContext> | undefined;
   return async (_event, lambda) => {
     context ??= makeContext().catch((e: unknown) => {

@@ -42,7 +42,11 @@ export function dnsRecords(c: StageConfig, publicAddresses: string[], outboundAd
     out.push({ name: d, type: 'TXT', value: spfRecord(c, outboundAddresses) });
     // RFC 7489 §6.3: start with quarantine; reports go to the domain's postmaster.
     out.push({ name: `_dmarc.${d}`, type: 'TXT', value: `v=DMARC1; p=quarantine; rua=mailto:postmaster@${d}` });
-    out.push({ name: `${c.dkimSelector}._domainkey.${d}`, type: 'TXT', value: `<the TXT value printed by: tomlinson dkim generate ${d} --selector ${c.dkimSelector}>` });
+    out.push({
+      name: `${c.dkimSelector}._domainkey.${d}`,
+      type: 'TXT',
+      value: `<the TXT value printed by: tomlinson dkim generate ${d} --selector ${c.dkimSelector}>`,
+    });
   }
   return out;
 }
@@ -58,11 +62,17 @@ export function addDnsOutputs(stack: StackType, c: StageConfig, publicAddresses:
   const records = dnsRecords(c, publicAddresses, outboundAddresses);
   new CfnOutput(stack, 'DnsRecords', {
     description: c.hostedZone ? 'Records (A, MX, SPF, DMARC are written to Route 53; add DKIM yourself)' : 'Records to create at your DNS provider',
-    value: Fn.join(' | ', records.map((r) => Fn.join('', [r.name, ' ', r.type, ' ', r.value]))),
+    value: Fn.join(
+      ' | ',
+      records.map((r) => Fn.join('', [r.name, ' ', r.type, ' ', r.value])),
+    ),
   });
   new CfnOutput(stack, 'ReverseDns', {
     description: 'Ask AWS to set these PTR records (EC2 console: Elastic IPs, Update reverse DNS)',
-    value: Fn.join(' | ', [...publicAddresses, ...(c.outbound === 'direct' ? outboundAddresses : [])].map((ip) => Fn.join('', [ip, ' PTR ', c.mailHostname]))),
+    value: Fn.join(
+      ' | ',
+      [...publicAddresses, ...(c.outbound === 'direct' ? outboundAddresses : [])].map((ip) => Fn.join('', [ip, ' PTR ', c.mailHostname])),
+    ),
   });
 }
 
@@ -77,13 +87,20 @@ export class DnsStack extends Stack {
       const zone = route53.HostedZone.fromHostedZoneAttributes(this, 'Zone', { hostedZoneId: c.hostedZone.zoneId, zoneName: c.hostedZone.zoneName });
       const zoneName = c.hostedZone.zoneName;
       if (inZone(c.mailHostname, zoneName)) {
-        new route53.ARecord(this, 'MailHost', { zone, recordName: `${c.mailHostname}.`, target: route53.RecordTarget.fromIpAddresses(...props.publicAddresses), ttl });
+        new route53.ARecord(this, 'MailHost', {
+          zone,
+          recordName: `${c.mailHostname}.`,
+          target: route53.RecordTarget.fromIpAddresses(...props.publicAddresses),
+          ttl,
+        });
       }
-      c.domains.filter((d) => inZone(d, zoneName)).forEach((d, i) => {
-        new route53.MxRecord(this, `Mx${i}`, { zone, recordName: `${d}.`, values: [{ priority: 10, hostName: c.mailHostname }], ttl });
-        new route53.TxtRecord(this, `Spf${i}`, { zone, recordName: `${d}.`, values: [spfRecord(c, props.outboundAddresses)], ttl });
-        new route53.TxtRecord(this, `Dmarc${i}`, { zone, recordName: `_dmarc.${d}.`, values: [`v=DMARC1; p=quarantine; rua=mailto:postmaster@${d}`], ttl });
-      });
+      c.domains
+        .filter((d) => inZone(d, zoneName))
+        .forEach((d, i) => {
+          new route53.MxRecord(this, `Mx${i}`, { zone, recordName: `${d}.`, values: [{ priority: 10, hostName: c.mailHostname }], ttl });
+          new route53.TxtRecord(this, `Spf${i}`, { zone, recordName: `${d}.`, values: [spfRecord(c, props.outboundAddresses)], ttl });
+          new route53.TxtRecord(this, `Dmarc${i}`, { zone, recordName: `_dmarc.${d}.`, values: [`v=DMARC1; p=quarantine; rua=mailto:postmaster@${d}`], ttl });
+        });
     }
   }
 }

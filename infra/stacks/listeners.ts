@@ -169,7 +169,10 @@ export class ListenersStack extends Stack {
           ...env,
           ...groupSwitches(c, group),
           ...(group === 'proxy'
-            ? { TOMLINSON_PROXY_ALLOWED_CLIENTS: [...c.proxyAllowedClients, ...c.proxyPublicClients].join(','), TOMLINSON_PROXY_REQUIRE_AUTH: String(c.proxyRequireAuth) }
+            ? {
+                TOMLINSON_PROXY_ALLOWED_CLIENTS: [...c.proxyAllowedClients, ...c.proxyPublicClients].join(','),
+                TOMLINSON_PROXY_REQUIRE_AUTH: String(c.proxyRequireAuth),
+              }
             : tlsEnv),
         },
         nlb: { loadBalancer: this.nlb, securityGroup: this.nlbSecurityGroup },
@@ -199,7 +202,10 @@ export class ListenersStack extends Stack {
       if (a.sendsTo === 'inbound') {
         state.inboundQueue.grantSendMessages(role);
         for (const action of ['kms:ReEncrypt*', 'kms:GenerateDataKey*']) {
-          Validations.of(svc).acknowledge({ id: `AwsSolutions-IAM5[Action::${action}]`, reason: 'From grantSendMessages on the encrypted inbound queue: data-key actions on the one key of the queue, nothing else.' });
+          Validations.of(svc).acknowledge({
+            id: `AwsSolutions-IAM5[Action::${action}]`,
+            reason: 'From grantSendMessages on the encrypted inbound queue: data-key actions on the one key of the queue, nothing else.',
+          });
         }
       }
       if (group !== 'proxy' && c.tlsFromSecret) state.tlsSecret.grantRead(role);
@@ -235,10 +241,17 @@ export class ListenersStack extends Stack {
     }
 
     new CfnOutput(this, 'PublicAddresses', {
-      value: Fn.join(',', this.addresses.map((a) => a.ref)),
+      value: Fn.join(
+        ',',
+        this.addresses.map((a) => a.ref),
+      ),
       description: 'Elastic IPs of the load balancer: A record of the mail host, and where PTR records point back',
     });
     new CfnOutput(this, 'LoadBalancerDns', { value: this.nlb.loadBalancerDnsName, description: 'NLB DNS name' });
-    if (this.proxyNlb) new CfnOutput(this, 'ProxyDns', { value: this.proxyNlb.loadBalancerDnsName, description: 'Internal NLB DNS name of the proxy (port 3128), for clients in the VPC and peered networks' });
+    if (this.proxyNlb)
+      new CfnOutput(this, 'ProxyDns', {
+        value: this.proxyNlb.loadBalancerDnsName,
+        description: 'Internal NLB DNS name of the proxy (port 3128), for clients in the VPC and peered networks',
+      });
   }
 }

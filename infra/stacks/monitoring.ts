@@ -38,7 +38,10 @@ export const METRIC_NAMESPACE = 'Tomlinson';
  * whose numeric fields are the outcomes of core/cache/stats.ts (a line per request would cost a
  * log write per hit); each cache metric sums one of those fields.
  */
-export const LOG_FIELDS = { state: ['delivered', 'deferred', 'bounced'], cache: ['hit', 'miss', 'revalidated', 'stale', 'bypass', 'refused', 'failed'] } as const;
+export const LOG_FIELDS = {
+  state: ['delivered', 'deferred', 'bounced'],
+  cache: ['hit', 'miss', 'revalidated', 'stale', 'bypass', 'refused', 'failed'],
+} as const;
 
 /** Dashboard, alarms and alarm topic of one stage. */
 export class MonitoringStack extends Stack {
@@ -58,7 +61,13 @@ export class MonitoringStack extends Stack {
     if (c.alarmEmail) this.topic.addSubscription(new subs.EmailSubscription(c.alarmEmail));
     const notify = new actions.SnsAction(this.topic);
 
-    const alarm = (aid: string, metric: cloudwatch.Metric | cloudwatch.MathExpression, threshold: number, description: string, options: Partial<cloudwatch.CreateAlarmOptions> = {}): cloudwatch.Alarm => {
+    const alarm = (
+      aid: string,
+      metric: cloudwatch.Metric | cloudwatch.MathExpression,
+      threshold: number,
+      description: string,
+      options: Partial<cloudwatch.CreateAlarmOptions> = {},
+    ): cloudwatch.Alarm => {
       const a = metric.createAlarm(this, aid, {
         threshold,
         evaluationPeriods: 1,
@@ -74,9 +83,25 @@ export class MonitoringStack extends Stack {
     };
 
     // Queues: a message in a DLQ is mail that needs a human; an old message is mail that waits.
-    alarm('InboundDlqNotEmpty', state.inboundDlq.metricApproximateNumberOfMessagesVisible({ period: five, statistic: 'Maximum' }), 1, 'Inbound jobs failed every attempt and wait in the dead-letter queue.');
-    alarm('OutboundDlqNotEmpty', state.outboundDlq.metricApproximateNumberOfMessagesVisible({ period: five, statistic: 'Maximum' }), 1, 'Outbound jobs failed every attempt and wait in the dead-letter queue.');
-    alarm('InboundQueueAge', state.inboundQueue.metricApproximateAgeOfOldestMessage({ period: five, statistic: 'Maximum' }), 900, 'An accepted message has waited more than 15 minutes for mailbox delivery.', { evaluationPeriods: 2 });
+    alarm(
+      'InboundDlqNotEmpty',
+      state.inboundDlq.metricApproximateNumberOfMessagesVisible({ period: five, statistic: 'Maximum' }),
+      1,
+      'Inbound jobs failed every attempt and wait in the dead-letter queue.',
+    );
+    alarm(
+      'OutboundDlqNotEmpty',
+      state.outboundDlq.metricApproximateNumberOfMessagesVisible({ period: five, statistic: 'Maximum' }),
+      1,
+      'Outbound jobs failed every attempt and wait in the dead-letter queue.',
+    );
+    alarm(
+      'InboundQueueAge',
+      state.inboundQueue.metricApproximateAgeOfOldestMessage({ period: five, statistic: 'Maximum' }),
+      900,
+      'An accepted message has waited more than 15 minutes for mailbox delivery.',
+      { evaluationPeriods: 2 },
+    );
     // Not SQS ApproximateAgeOfOldestMessage: it leaves out messages received three times or more,
     // and every outbound retry is a receive. The outbound worker publishes the age of the oldest
     // undelivered message from the table (core/mail/outbound-age.ts, embedded metric format). It
@@ -88,16 +113,29 @@ export class MonitoringStack extends Stack {
       period: Duration.hours(1),
       statistic: 'Maximum',
     });
-    alarm('OutboundQueueAge', outboundAge, 6 * 3600, 'Outbound mail has been waiting for delivery for more than 6 hours.', { treatMissingData: cloudwatch.TreatMissingData.IGNORE });
+    alarm('OutboundQueueAge', outboundAge, 6 * 3600, 'Outbound mail has been waiting for delivery for more than 6 hours.', {
+      treatMissingData: cloudwatch.TreatMissingData.IGNORE,
+    });
 
     // Lambda errors: a thrown job (not a scheduled retry).
     const functions = [processing.inbound, processing.outbound].filter((w) => w !== undefined);
     for (const w of functions) {
-      alarm(`${w.node.id}Errors`, w.function.metricErrors({ period: five, statistic: 'Sum' }), 1, `The ${w.node.id.toLowerCase()} Lambda worker failed invocations.`, { evaluationPeriods: 2, datapointsToAlarm: 2 });
+      alarm(
+        `${w.node.id}Errors`,
+        w.function.metricErrors({ period: five, statistic: 'Sum' }),
+        1,
+        `The ${w.node.id.toLowerCase()} Lambda worker failed invocations.`,
+        { evaluationPeriods: 2, datapointsToAlarm: 2 },
+      );
     }
     if (processing.sweep) {
       // One failed run is already worth a look: the next one is hours away.
-      alarm('SweepErrors', processing.sweep.metricErrors({ period: Duration.hours(1), statistic: 'Sum' }), 1, 'The orphaned mail blob sweep failed (see its log group).');
+      alarm(
+        'SweepErrors',
+        processing.sweep.metricErrors({ period: Duration.hours(1), statistic: 'Sum' }),
+        1,
+        'The orphaned mail blob sweep failed (see its log group).',
+      );
     }
 
     // Delivery outcomes and proxy cache outcomes, counted from the workers' JSON log lines.
@@ -117,14 +155,16 @@ export class MonitoringStack extends Stack {
       });
     };
     outboundLogs.forEach((g, i) => LOG_FIELDS.state.forEach((v) => count(g, 'state', v, `Delivery${v}${i}`, `delivery-${v}`, 'rcpt')));
-    const m = (name: string, label: string, period = Duration.minutes(15)): cloudwatch.Metric => new cloudwatch.Metric({ namespace: METRIC_NAMESPACE, metricName: name, period, statistic: 'Sum', label });
+    const m = (name: string, label: string, period = Duration.minutes(15)): cloudwatch.Metric =>
+      new cloudwatch.Metric({ namespace: METRIC_NAMESPACE, metricName: name, period, statistic: 'Sum', label });
     const failureRate = new cloudwatch.MathExpression({
       expression: 'IF(delivered + bounced >= 10, 100 * bounced / (delivered + bounced), 0)',
       usingMetrics: { delivered: m('delivery-delivered', 'delivered'), bounced: m('delivery-bounced', 'bounced') },
       period: Duration.minutes(15),
       label: 'delivery failure %',
     });
-    if (outboundLogs.length) alarm('DeliveryFailureRate', failureRate, 20, 'More than 20% of outbound deliveries failed permanently in 15 minutes (at least 10 attempts).');
+    if (outboundLogs.length)
+      alarm('DeliveryFailureRate', failureRate, 20, 'More than 20% of outbound deliveries failed permanently in 15 minutes (at least 10 attempts).');
 
     const proxy = listeners?.services.proxy;
     let hitRatio: cloudwatch.MathExpression | undefined;
@@ -132,7 +172,11 @@ export class MonitoringStack extends Stack {
       LOG_FIELDS.cache.forEach((v) => count(proxy.logGroup, 'cache', 'stats', `Cache${v}`, `cache-${v}`, undefined, `$.${v}`));
       hitRatio = new cloudwatch.MathExpression({
         expression: 'IF(hit + miss + revalidated >= 100, 100 * (hit + revalidated) / (hit + miss + revalidated), 100)',
-        usingMetrics: { hit: m('cache-hit', 'hit', Duration.hours(1)), miss: m('cache-miss', 'miss', Duration.hours(1)), revalidated: m('cache-revalidated', 'revalidated', Duration.hours(1)) },
+        usingMetrics: {
+          hit: m('cache-hit', 'hit', Duration.hours(1)),
+          miss: m('cache-miss', 'miss', Duration.hours(1)),
+          revalidated: m('cache-revalidated', 'revalidated', Duration.hours(1)),
+        },
         period: Duration.hours(1),
         label: 'proxy hit %',
       });
@@ -146,12 +190,24 @@ export class MonitoringStack extends Stack {
     // all (with every task gone the unhealthy count is 0; no data then is no target either).
     for (const [name, svc] of Object.entries(listeners?.services ?? {})) {
       svc.targetGroups.forEach((tg, i) => {
-        alarm(`${name}Unhealthy${i}`, tg.metrics.unHealthyHostCount({ period: Duration.minutes(1), statistic: 'Maximum' }), 1, `A ${name} task fails its health check.`, { evaluationPeriods: 3 });
-        alarm(`${name}NoHealthyTask${i}`, tg.metrics.healthyHostCount({ period: Duration.minutes(1), statistic: 'Minimum' }), 1, `No healthy ${name} task behind the load balancer: the service is down.`, {
-          comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
-          treatMissingData: cloudwatch.TreatMissingData.BREACHING,
-          evaluationPeriods: 2,
-        });
+        alarm(
+          `${name}Unhealthy${i}`,
+          tg.metrics.unHealthyHostCount({ period: Duration.minutes(1), statistic: 'Maximum' }),
+          1,
+          `A ${name} task fails its health check.`,
+          { evaluationPeriods: 3 },
+        );
+        alarm(
+          `${name}NoHealthyTask${i}`,
+          tg.metrics.healthyHostCount({ period: Duration.minutes(1), statistic: 'Minimum' }),
+          1,
+          `No healthy ${name} task behind the load balancer: the service is down.`,
+          {
+            comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+            treatMissingData: cloudwatch.TreatMissingData.BREACHING,
+            evaluationPeriods: 2,
+          },
+        );
       });
       if (!svc.targetGroups.length) {
         alarm(`${name}NotRunning`, svc.service.metricCpuUtilization({ period: five, statistic: 'SampleCount' }), 1, `No ${name} task is running.`, {
@@ -174,11 +230,27 @@ export class MonitoringStack extends Stack {
     alarm('MailBucketSize', mailBytes, c.mailBucketAlarmBytes, 'The mail bucket grew past its configured size.');
 
     this.dashboard = new cloudwatch.Dashboard(this, 'Dashboard', { dashboardName: `Tomlinson-${c.stage}` });
-    const queueDepth = (q: typeof state.inboundQueue, label: string): cloudwatch.IMetric => q.metricApproximateNumberOfMessagesVisible({ label, period: Duration.minutes(1) });
+    const queueDepth = (q: typeof state.inboundQueue, label: string): cloudwatch.IMetric =>
+      q.metricApproximateNumberOfMessagesVisible({ label, period: Duration.minutes(1) });
     this.dashboard.addWidgets(
-      new cloudwatch.GraphWidget({ title: 'Queue depth', left: [queueDepth(state.inboundQueue, 'inbound'), queueDepth(state.outboundQueue, 'outbound'), queueDepth(state.inboundDlq, 'inbound DLQ'), queueDepth(state.outboundDlq, 'outbound DLQ')] }),
-      new cloudwatch.GraphWidget({ title: 'Oldest message (s)', left: [state.inboundQueue.metricApproximateAgeOfOldestMessage({ label: 'inbound' }), outboundAge.with({ label: 'outbound (oldest undelivered)' })] }),
-      new cloudwatch.GraphWidget({ title: 'Lambda', left: functions.map((w) => w.function.metricInvocations({ label: `${w.node.id} invocations` })), right: functions.map((w) => w.function.metricErrors({ label: `${w.node.id} errors` })) }),
+      new cloudwatch.GraphWidget({
+        title: 'Queue depth',
+        left: [
+          queueDepth(state.inboundQueue, 'inbound'),
+          queueDepth(state.outboundQueue, 'outbound'),
+          queueDepth(state.inboundDlq, 'inbound DLQ'),
+          queueDepth(state.outboundDlq, 'outbound DLQ'),
+        ],
+      }),
+      new cloudwatch.GraphWidget({
+        title: 'Oldest message (s)',
+        left: [state.inboundQueue.metricApproximateAgeOfOldestMessage({ label: 'inbound' }), outboundAge.with({ label: 'outbound (oldest undelivered)' })],
+      }),
+      new cloudwatch.GraphWidget({
+        title: 'Lambda',
+        left: functions.map((w) => w.function.metricInvocations({ label: `${w.node.id} invocations` })),
+        right: functions.map((w) => w.function.metricErrors({ label: `${w.node.id} errors` })),
+      }),
     );
     this.dashboard.addWidgets(
       new cloudwatch.GraphWidget({ title: 'Deliveries', left: LOG_FIELDS.state.map((v) => m(`delivery-${v}`, v)), right: [failureRate] }),
@@ -187,8 +259,14 @@ export class MonitoringStack extends Stack {
     );
     if (listeners) {
       this.dashboard.addWidgets(
-        new cloudwatch.GraphWidget({ title: 'Connections (NLB flows)', left: [listeners.nlb.metrics.activeFlowCount({ label: 'active' }), listeners.nlb.metrics.newFlowCount({ label: 'new' })] }),
-        new cloudwatch.GraphWidget({ title: 'Task CPU %', left: Object.entries(listeners.services).map(([n, s]) => s.service.metricCpuUtilization({ label: n })) }),
+        new cloudwatch.GraphWidget({
+          title: 'Connections (NLB flows)',
+          left: [listeners.nlb.metrics.activeFlowCount({ label: 'active' }), listeners.nlb.metrics.newFlowCount({ label: 'new' })],
+        }),
+        new cloudwatch.GraphWidget({
+          title: 'Task CPU %',
+          left: Object.entries(listeners.services).map(([n, s]) => s.service.metricCpuUtilization({ label: n })),
+        }),
         new cloudwatch.AlarmStatusWidget({ title: 'Alarms', alarms: this.alarms }),
       );
     }

@@ -135,9 +135,7 @@ export class StateStack extends Stack {
       enforceSSL: true,
       serverAccessLogsBucket: this.logsBucket,
       serverAccessLogsPrefix: 'cache/',
-      lifecycleRules: [
-        { id: 'expire-cache', expiration: Duration.days(c.cacheExpireDays), abortIncompleteMultipartUploadAfter: Duration.days(1) },
-      ],
+      lifecycleRules: [{ id: 'expire-cache', expiration: Duration.days(c.cacheExpireDays), abortIncompleteMultipartUploadAfter: Duration.days(1) }],
       removalPolicy: retain,
     });
     pin(this.cacheBucket, PINNED_IDS.cacheBucket);
@@ -174,10 +172,22 @@ export class StateStack extends Stack {
     // counts from then: the DLQs get the SQS maximum and the work queues less (QUEUE_RETENTION).
     this.inboundDlq = queue('InboundDeadLetterQueue', PINNED_IDS.inboundDlq, QUEUE_RETENTION.deadLetter);
     this.outboundDlq = queue('OutboundDeadLetterQueue', PINNED_IDS.outboundDlq, QUEUE_RETENTION.deadLetter);
-    this.inboundQueue = queue('InboundQueue', PINNED_IDS.inboundQueue, QUEUE_RETENTION.inbound, { queue: this.inboundDlq, maxReceiveCount: c.queueMaxReceives }, props.queueVisibility.inbound);
+    this.inboundQueue = queue(
+      'InboundQueue',
+      PINNED_IDS.inboundQueue,
+      QUEUE_RETENTION.inbound,
+      { queue: this.inboundDlq, maxReceiveCount: c.queueMaxReceives },
+      props.queueVisibility.inbound,
+    );
     // Every scheduled retry of an outbound message is one more receive, so its threshold is sized
     // for the whole retry schedule, not for crashes alone.
-    this.outboundQueue = queue('OutboundQueue', PINNED_IDS.outboundQueue, QUEUE_RETENTION.outbound, { queue: this.outboundDlq, maxReceiveCount: c.outboundMaxReceives }, props.queueVisibility.outbound);
+    this.outboundQueue = queue(
+      'OutboundQueue',
+      PINNED_IDS.outboundQueue,
+      QUEUE_RETENTION.outbound,
+      { queue: this.outboundDlq, maxReceiveCount: c.outboundMaxReceives },
+      props.queueVisibility.outbound,
+    );
     for (const dlq of [this.inboundDlq, this.outboundDlq]) {
       Validations.of(dlq).acknowledge({ id: 'AwsSolutions-SQS3', reason: 'This queue is itself the dead-letter queue of a work queue.' });
     }
@@ -196,22 +206,37 @@ export class StateStack extends Stack {
       pin(s, pinned);
       Validations.of(s).acknowledge({
         id: 'AwsSolutions-SMG4',
-        reason: 'Holds a certificate, a DKIM key or a third-party smarthost password: rotated by the operator with its issuer, not by a Lambda rotation schedule.',
+        reason:
+          'Holds a certificate, a DKIM key or a third-party smarthost password: rotated by the operator with its issuer, not by a Lambda rotation schedule.',
       });
       return s;
     };
-    this.tlsSecret = secret('TlsSecret', PINNED_IDS.tlsSecret, 'TLS certificate chain and key as {"cert","key"} (PEM); empty until set, the listeners then use a self-signed certificate', '{"cert":"","key":""}');
+    this.tlsSecret = secret(
+      'TlsSecret',
+      PINNED_IDS.tlsSecret,
+      'TLS certificate chain and key as {"cert","key"} (PEM); empty until set, the listeners then use a self-signed certificate',
+      '{"cert":"","key":""}',
+    );
     // DKIM keys live in one secret per domain under a name prefix that the outbound worker and the
     // admin CLI share (core/mail/dkim.ts); an empty privateKey means "no key yet, do not sign".
     this.dkimSecrets = c.domains.map((d) =>
-      secret(dkimSecretId(d), dkimSecretId(d), `DKIM signing keys of ${d} as {"keys":[{"selector","privateKey"}]}; empty until \`dkim generate\``, JSON.stringify({ selector: c.dkimSelector, privateKey: '' }), `${dkimSecretPrefix(c.stage)}${d}`),
+      secret(
+        dkimSecretId(d),
+        dkimSecretId(d),
+        `DKIM signing keys of ${d} as {"keys":[{"selector","privateKey"}]}; empty until \`dkim generate\``,
+        JSON.stringify({ selector: c.dkimSelector, privateKey: '' }),
+        `${dkimSecretPrefix(c.stage)}${d}`,
+      ),
     );
     this.smarthostSecret = secret('SmarthostSecret', PINNED_IDS.smarthostSecret, 'smarthost password (plain string)');
 
     const out = (oid: string, value: string, description: string): void => {
       new CfnOutput(this, oid, { value, description });
     };
-    for (const [name, bucket] of [['Mail', this.mailBucket], ['Cache', this.cacheBucket]] as const) {
+    for (const [name, bucket] of [
+      ['Mail', this.mailBucket],
+      ['Cache', this.cacheBucket],
+    ] as const) {
       new CfnOutput(this, `${name}BucketArnExport`, { value: bucket.bucketArn, exportName: this.bucketArnExport(name) });
     }
     out('MailBucketName', this.mailBucket.bucketName, 'TOMLINSON_MAIL_BUCKET');
@@ -245,7 +270,12 @@ export class StateStack extends Stack {
 
   /** Lets `grantee` read every DKIM secret of the stage, including those the CLI adds later. */
   grantDkimRead(grantee: iam.IGrantable): void {
-    const arn = Stack.of(this).formatArn({ service: 'secretsmanager', resource: 'secret', resourceName: `${dkimSecretPrefix(this.stage)}*`, arnFormat: ArnFormat.COLON_RESOURCE_NAME });
+    const arn = Stack.of(this).formatArn({
+      service: 'secretsmanager',
+      resource: 'secret',
+      resourceName: `${dkimSecretPrefix(this.stage)}*`,
+      arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+    });
     iam.Grant.addToPrincipal({ grantee, actions: ['secretsmanager:GetSecretValue', 'secretsmanager:DescribeSecret'], resourceArns: [arn] });
     Validations.of(grantee.grantPrincipal as unknown as IConstruct).acknowledge({
       id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:${dkimSecretPrefix(this.stage)}*]`,

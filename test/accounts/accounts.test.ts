@@ -146,7 +146,10 @@ describe.each(FAMILIES)('accounts on the $name family', ({ open }) => {
 
     it('merges targets on a second add, removes targets one by one, then the alias', async () => {
       await accounts.addAlias('sales@example.com', ['alice@example.com']);
-      expect((await accounts.addAlias('Sales@example.com', ['bob@example.com', 'alice@example.com'])).targets).toEqual(['alice@example.com', 'bob@example.com']);
+      expect((await accounts.addAlias('Sales@example.com', ['bob@example.com', 'alice@example.com'])).targets).toEqual([
+        'alice@example.com',
+        'bob@example.com',
+      ]);
       await accounts.removeAlias('sales@example.com', ['alice@example.com']);
       expect((await accounts.getAlias('sales@example.com'))?.targets).toEqual(['bob@example.com']);
       await expect(accounts.removeAlias('sales@example.com', ['carol@example.com'])).rejects.toMatchObject({ code: 'NotFound' });

@@ -3,7 +3,21 @@ import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { originCheck } from '../../bench/peers/proxy.js';
 import { OURS, reportMarkdown, reportText, summarize, type Sample } from '../../bench/peers/report.js';
-import { cpuMicros, fillTemplate, fmt, freePort, markdownTable, median, parseWrk, quantile, ratio, textTable, waitListening, wrkLua, wrkTimeMs } from '../../bench/peers/util.js';
+import {
+  cpuMicros,
+  fillTemplate,
+  fmt,
+  freePort,
+  markdownTable,
+  median,
+  parseWrk,
+  quantile,
+  ratio,
+  textTable,
+  waitListening,
+  wrkLua,
+  wrkTimeMs,
+} from '../../bench/peers/util.js';
 
 const WRK_OUTPUT = `Running 10s test @ http://127.0.0.1:40080/
   2 threads and 50 connections
@@ -182,7 +196,9 @@ describe('waitListening', () => {
   });
 
   it('resolves once the server listens', async () => {
-    const child = spawn(process.execPath, ['-e', 'require("net").createServer().listen(Number(process.argv[1]), "127.0.0.1")', String(await freePort())], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, ['-e', 'require("net").createServer().listen(Number(process.argv[1]), "127.0.0.1")', String(await freePort())], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     try {
       const port = Number(child.spawnargs[child.spawnargs.length - 1]);
       await expect(waitListening(child, port, 'peer', 30_000)).resolves.toBeUndefined();

@@ -229,7 +229,12 @@ const DIFFERENCES: Difference[] = [
 
 function difference(s: Shape, q: Request, dt: number, ours: Kind, lib: Kind): Difference | undefined {
   return DIFFERENCES.find(
-    (d) => (d.shape === s.name || d.shape === '*') && (d.request === undefined || d.request === q.name) && (!d.when || d.when(dt, q)) && (Array.isArray(d.ours) ? d.ours.includes(ours) : d.ours === ours) && ours !== lib,
+    (d) =>
+      (d.shape === s.name || d.shape === '*') &&
+      (d.request === undefined || d.request === q.name) &&
+      (!d.when || d.when(dt, q)) &&
+      (Array.isArray(d.ours) ? d.ours.includes(ours) : d.ours === ours) &&
+      ours !== lib,
   );
 }
 

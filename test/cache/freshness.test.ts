@@ -16,8 +16,30 @@ function shapes(t0: number): Record<string, string>[] {
   const date = new Date(t0).toUTCString();
   const lm = (daysAgo: number) => new Date(t0 - daysAgo * 86400_000).toUTCString();
   const out: Record<string, string>[] = [];
-  for (const cc of ['max-age=60', 's-maxage=30, max-age=300', 'max-age=0', 'no-cache', 'max-age=60, must-revalidate', 'max-age=60, proxy-revalidate', 'public, max-age=5', 'max-age=60, stale-while-revalidate=30', 'max-age=60, stale-if-error=30', 'immutable, max-age=100', 'private, max-age=60', 'no-store', '']) {
-    for (const extra of <Record<string, string>[]>[{}, { age: '20' }, { age: '100' }, { expires: new Date(t0 + 45_000).toUTCString() }, { 'last-modified': lm(3) }, { 'last-modified': lm(400) }, { date: new Date(t0 - 10_000).toUTCString() }]) {
+  for (const cc of [
+    'max-age=60',
+    's-maxage=30, max-age=300',
+    'max-age=0',
+    'no-cache',
+    'max-age=60, must-revalidate',
+    'max-age=60, proxy-revalidate',
+    'public, max-age=5',
+    'max-age=60, stale-while-revalidate=30',
+    'max-age=60, stale-if-error=30',
+    'immutable, max-age=100',
+    'private, max-age=60',
+    'no-store',
+    '',
+  ]) {
+    for (const extra of <Record<string, string>[]>[
+      {},
+      { age: '20' },
+      { age: '100' },
+      { expires: new Date(t0 + 45_000).toUTCString() },
+      { 'last-modified': lm(3) },
+      { 'last-modified': lm(400) },
+      { date: new Date(t0 - 10_000).toUTCString() },
+    ]) {
       const h: Record<string, string> = { date, 'content-type': 'text/plain', ...extra };
       if (cc) h['cache-control'] = cc;
       out.push(h);
@@ -39,7 +61,28 @@ describe('fast-path freshness agrees with http-cache-semantics', () => {
       const policy = new Policy(REQ, { status: 200, headers }, { shared: true });
       if (!policy.storable()) continue;
       const obj = new CachedObject(URL_, '', [], policy, 1, now, Buffer.from('x'));
-      for (const dt of [0, 1, 4_999, 5_000, 5_001, 29_999, 30_001, 44_999, 45_001, 59_000, 59_999, 60_000, 60_001, 61_000, 90_000, 299_000, 301_000, 3_600_000, 86_400_000, 200 * 86_400_000]) {
+      for (const dt of [
+        0,
+        1,
+        4_999,
+        5_000,
+        5_001,
+        29_999,
+        30_001,
+        44_999,
+        45_001,
+        59_000,
+        59_999,
+        60_000,
+        60_001,
+        61_000,
+        90_000,
+        299_000,
+        301_000,
+        3_600_000,
+        86_400_000,
+        200 * 86_400_000,
+      ]) {
         now = t0 + dt;
         const fast = obj.freshUntil > now;
         const lib = policy.evaluateRequest(REQ);
@@ -65,7 +108,11 @@ describe('fast-path freshness agrees with http-cache-semantics', () => {
     const t0 = Date.UTC(2026, 0, 1, 12, 0, 0);
     let now = t0;
     const Policy = policyClass({ now: () => now });
-    const policy = new Policy(REQ, { status: 200, headers: { date: new Date(t0).toUTCString(), 'cache-control': 'max-age=10', etag: '"a"' } }, { shared: true });
+    const policy = new Policy(
+      REQ,
+      { status: 200, headers: { date: new Date(t0).toUTCString(), 'cache-control': 'max-age=10', etag: '"a"' } },
+      { shared: true },
+    );
     const obj = new CachedObject(URL_, '', [], policy, 1, now, Buffer.from('x'));
     expect(obj.freshUntil).toBe(t0 + 10_000);
     now = t0 + 20_000;
@@ -96,7 +143,18 @@ describe('served fields agree with http-cache-semantics', () => {
     let now = t0;
     const Policy = policyClass({ now: () => now });
     let checked = 0;
-    for (const headers of [...shapes(t0), { date: new Date(t0).toUTCString(), 'set-cookie': ['a=1', 'b=2'] as unknown as string, 'cache-control': 'public, max-age=60', connection: 'x-hop', 'x-hop': '1', 'keep-alive': '5', warning: '110 - "stale", 299 - "kept"' }]) {
+    for (const headers of [
+      ...shapes(t0),
+      {
+        date: new Date(t0).toUTCString(),
+        'set-cookie': ['a=1', 'b=2'] as unknown as string,
+        'cache-control': 'public, max-age=60',
+        connection: 'x-hop',
+        'x-hop': '1',
+        'keep-alive': '5',
+        warning: '110 - "stale", 299 - "kept"',
+      },
+    ]) {
       now = t0;
       const obj = new CachedObject(URL_, '', [], new Policy(REQ, { status: 200, headers }, { shared: true }), 1, now, Buffer.from('x'));
       // Up to well past a day, where the library adds Warning 113 to heuristic lifetimes.
@@ -126,7 +184,10 @@ describe('served fields agree with http-cache-semantics', () => {
     expect(fieldsOf(obj)).toEqual(obj.responseHeaders());
     // New values and a new field from the 304 (RFC 9111 §4.3.4).
     now = t0 + 20_000;
-    r = obj.policy.revalidatedPolicy(REQ, { status: 304, headers: { date: new Date(now).toUTCString(), etag: '"a"', 'cache-control': 'max-age=5', 'x-new': '1', age: '0' } });
+    r = obj.policy.revalidatedPolicy(REQ, {
+      status: 304,
+      headers: { date: new Date(now).toUTCString(), etag: '"a"', 'cache-control': 'max-age=5', 'x-new': '1', age: '0' },
+    });
     obj.refresh(r.policy);
     const fields = fieldsOf(obj);
     expect(fields).toEqual(obj.responseHeaders());

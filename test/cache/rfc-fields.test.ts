@@ -12,7 +12,18 @@ describe('parseHttpDate', () => {
     expect(parseHttpDate('Sun, 06 Nov 1994 08:49:37 GMT')).toBe(T);
     expect(parseHttpDate('Sunday, 06-Nov-94 08:49:37 GMT', Date.UTC(2026, 0, 1))).toBe(T);
     expect(parseHttpDate('Sun Nov  6 08:49:37 1994')).toBe(T);
-    for (const bad of ['', '0', '-1', '1994', 'Sun, 06 Nov 1994 08:49:37', 'sun, 06 nov 1994 08:49:37 gmt', 'Sun, 6 Nov 1994 08:49:37 GMT', 'Sun, 31 Feb 1994 08:49:37 GMT', 'Sun, 06 Nov 1994 25:00:00 GMT', ' Sun, 06 Nov 1994 08:49:37 GMT'])
+    for (const bad of [
+      '',
+      '0',
+      '-1',
+      '1994',
+      'Sun, 06 Nov 1994 08:49:37',
+      'sun, 06 nov 1994 08:49:37 gmt',
+      'Sun, 6 Nov 1994 08:49:37 GMT',
+      'Sun, 31 Feb 1994 08:49:37 GMT',
+      'Sun, 06 Nov 1994 25:00:00 GMT',
+      ' Sun, 06 Nov 1994 08:49:37 GMT',
+    ])
       expect(parseHttpDate(bad), bad).toBeNaN();
   });
 

@@ -34,7 +34,9 @@ async function authenticates(login: string, password: string): Promise<boolean> 
 describe('the three first commands of the README', () => {
   it('adds a domain, a user and an alias', async () => {
     expect(await cli.ok(['domain', 'add', 'example.com'])).toBe('added domain example.com\n');
-    expect(await cli.ok(['user', 'add', 'bob@example.com', '--password-stdin'], { input: 'correct horse battery\n' })).toBe('added user bob@example.com (quota unlimited)\n');
+    expect(await cli.ok(['user', 'add', 'bob@example.com', '--password-stdin'], { input: 'correct horse battery\n' })).toBe(
+      'added user bob@example.com (quota unlimited)\n',
+    );
     expect(await cli.ok(['alias', 'add', 'postmaster@example.com', 'bob@example.com'])).toBe('alias postmaster@example.com -> bob@example.com\n');
     expect(await authenticates('bob@example.com', 'correct horse battery')).toBe(true);
   });
@@ -113,7 +115,9 @@ describe('user', () => {
   });
 
   it('changes the password', async () => {
-    expect(await cli.ok(['user', 'passwd', 'alice@example.com', '--password-stdin'], { input: 'alice-secret-2\n' })).toBe('password changed for alice@example.com\n');
+    expect(await cli.ok(['user', 'passwd', 'alice@example.com', '--password-stdin'], { input: 'alice-secret-2\n' })).toBe(
+      'password changed for alice@example.com\n',
+    );
     expect(await authenticates('alice@example.com', 'alice-secret-1')).toBe(false);
     expect(await authenticates('alice@example.com', 'alice-secret-2')).toBe(true);
     const unknown = await cli.run(['user', 'passwd', 'zed@example.com', '--password-stdin'], { input: 'zed-password\n' });
@@ -151,25 +155,28 @@ describe('user', () => {
 describe('addresses with URL delimiters', () => {
   // The domain was parsed like a URL host, which cuts it at "/", "?", "#" or "\\": `user add
   // y@example.com/anything` silently added y@example.com.
-  it.each(['y@example.com/anything', 'y@example.com?x', 'y@example.com#x', 'y@example.com\\x', 'y@ex%61mple.com'])('refuses user add, alias add and domain add of %s', async (bad) => {
-    const user = await cli.run(['user', 'add', bad, '--password-stdin'], { input: 'a long enough password\n' });
-    expect(user.code).toBe(1);
-    expect(user.stderr).toMatch(/^error: invalid address .*forbidden character .*\n$/);
-    const alias = await cli.run(['alias', 'add', bad, 'bob@example.com']);
-    expect(alias.code).toBe(1);
-    expect(alias.stderr).toMatch(/^error: invalid address .*forbidden character .*\n$/);
-    const target = await cli.run(['alias', 'add', 'z@example.com', bad]);
-    expect(target.code).toBe(1);
-    expect(target.stderr).toMatch(/^error: invalid address .*forbidden character .*\n$/);
-    const domain = await cli.run(['domain', 'add', bad.slice(2)]);
-    expect(domain.code).toBe(1);
-    expect(domain.stderr.split('\n')).toHaveLength(2);
-    const users = await cli.json<{ address: string }[]>(['user', 'list']);
-    expect(users.map((u) => u.address)).not.toContain('y@example.com');
-    const aliases = await cli.json<{ address: string }[]>(['alias', 'list']);
-    expect(aliases.map((a) => a.address)).not.toContain('y@example.com');
-    expect(aliases.map((a) => a.address)).not.toContain('z@example.com');
-  });
+  it.each(['y@example.com/anything', 'y@example.com?x', 'y@example.com#x', 'y@example.com\\x', 'y@ex%61mple.com'])(
+    'refuses user add, alias add and domain add of %s',
+    async (bad) => {
+      const user = await cli.run(['user', 'add', bad, '--password-stdin'], { input: 'a long enough password\n' });
+      expect(user.code).toBe(1);
+      expect(user.stderr).toMatch(/^error: invalid address .*forbidden character .*\n$/);
+      const alias = await cli.run(['alias', 'add', bad, 'bob@example.com']);
+      expect(alias.code).toBe(1);
+      expect(alias.stderr).toMatch(/^error: invalid address .*forbidden character .*\n$/);
+      const target = await cli.run(['alias', 'add', 'z@example.com', bad]);
+      expect(target.code).toBe(1);
+      expect(target.stderr).toMatch(/^error: invalid address .*forbidden character .*\n$/);
+      const domain = await cli.run(['domain', 'add', bad.slice(2)]);
+      expect(domain.code).toBe(1);
+      expect(domain.stderr.split('\n')).toHaveLength(2);
+      const users = await cli.json<{ address: string }[]>(['user', 'list']);
+      expect(users.map((u) => u.address)).not.toContain('y@example.com');
+      const aliases = await cli.json<{ address: string }[]>(['alias', 'list']);
+      expect(aliases.map((a) => a.address)).not.toContain('y@example.com');
+      expect(aliases.map((a) => a.address)).not.toContain('z@example.com');
+    },
+  );
 });
 
 describe('alias', () => {

@@ -31,7 +31,11 @@ function run(args: string[]): Promise<{ code: number | null; stdout: string; std
     child.on('error', reject);
     child.on('close', (code) => {
       // `times`: the shell's user and system time, then its children's: "0m0.310s 0m0.090s".
-      const children = times.trim().split('\n').pop()!.match(/(\d+)m([\d.]+)s/g)!;
+      const children = times
+        .trim()
+        .split('\n')
+        .pop()!
+        .match(/(\d+)m([\d.]+)s/g)!;
       const cpuSeconds = children.reduce((sum, t) => {
         const [, m, s] = /(\d+)m([\d.]+)s/.exec(t)!;
         return sum + Number(m) * 60 + Number(s);

@@ -66,7 +66,10 @@ describe('mailbox', () => {
   it('imports a Maildir', async () => {
     const md = join(work, 'Maildir');
     for (const d of ['cur', 'new', 'tmp']) await mkdir(join(md, d), { recursive: true });
-    await writeFile(join(md, 'cur', '1764000000.M1.host:2,S'), 'From: Carol <carol@example.org>\nSubject: from maildir\nDate: Mon, 24 Nov 2025 16:00:00 +0000\n\nHi\n');
+    await writeFile(
+      join(md, 'cur', '1764000000.M1.host:2,S'),
+      'From: Carol <carol@example.org>\nSubject: from maildir\nDate: Mon, 24 Nov 2025 16:00:00 +0000\n\nHi\n',
+    );
     const r = await cli.json<{ format: string; imported: number }>(['mailbox', 'import', 'bob@example.com', md]);
     expect(r).toMatchObject({ format: 'maildir', imported: 1 });
   });
@@ -77,7 +80,13 @@ describe('mailbox', () => {
     expect(text).toMatch(/^UID\s+DATE\s+FROM\s+SIZE\s+SUBJECT$/m);
     expect(text).toMatch(/^\s*2\s+2025-11-26T11:30:00\.000Z\s+Bob <bob@example\.org>\s+\d+ B\s+second$/m);
     expect(text).toContain('Grüße');
-    const json = await cli.json<{ count: number; newest: { uid: number; subject: string; flags: string[] }[] }>(['mailbox', 'show', 'bob@example.com', '--limit', '2']);
+    const json = await cli.json<{ count: number; newest: { uid: number; subject: string; flags: string[] }[] }>([
+      'mailbox',
+      'show',
+      'bob@example.com',
+      '--limit',
+      '2',
+    ]);
     expect(json.count).toBe(3);
     expect(json.newest.map((m) => m.uid)).toEqual([3, 2]);
     expect(json.newest[0]).toMatchObject({ subject: 'from maildir', flags: ['\\Seen'] });
@@ -165,7 +174,8 @@ describe('errors', () => {
       [['dkim', 'generate', 'example.com', '--selector', 'x'], /^error: cannot create .*plain\.txt.*: not a directory$/],
     ];
     for (const [args, expected] of cases) {
-      const env: Record<string, string> = args[0] === 'user' ? { TOMLINSON_DATA_DIR: file } : args[0] === 'dkim' ? { TOMLINSON_DKIM_DIR: join(file, 'dkim') } : {};
+      const env: Record<string, string> =
+        args[0] === 'user' ? { TOMLINSON_DATA_DIR: file } : args[0] === 'dkim' ? { TOMLINSON_DKIM_DIR: join(file, 'dkim') } : {};
       const r = await cli.run(args, { env });
       expect(r.code, args.join(' ')).not.toBe(0);
       expect(r.stderr, args.join(' ')).toMatch(/^[^\n]*\n$/);
@@ -220,8 +230,16 @@ describe('the binary as a checkout runs it', () => {
     expect(await new Promise<number | null>((r) => child.on('close', r))).toBe(0);
     expect(out).toContain('importing [');
     // What the terminal shows: each line as the text after its last carriage return.
-    const shown = out.split('\n').map((l) => l.replace(/\r$/, '').split('\r').pop()!.replace(/\x1b\[[0-9;]*[A-Za-z]/g, ''));
+    const shown = out.split('\n').map((l) =>
+      l
+        .replace(/\r$/, '')
+        .split('\r')
+        .pop()!
+        .replace(/\x1b\[[0-9;]*[A-Za-z]/g, ''),
+    );
     expect(shown).toContain('importing [########################] 100% 5/5 messages');
-    expect(shown.filter((l) => l.includes('5 found'))).toEqual([`maildir ${md} -> bob@example.com: 5 found, 5 imported (${/\((\d+ B)\)/.exec(out)![1]}), 0 skipped (already in), 0 refused`]);
+    expect(shown.filter((l) => l.includes('5 found'))).toEqual([
+      `maildir ${md} -> bob@example.com: 5 found, 5 imported (${/\((\d+ B)\)/.exec(out)![1]}), 0 skipped (already in), 0 refused`,
+    ]);
   });
 });

@@ -25,7 +25,7 @@ async function measure(name: string, op: (i: number) => Promise<unknown>): Promi
   );
   const secs = Number(process.hrtime.bigint() - started) / 1e9;
   const cpu = process.cpuUsage(cpu0);
-  console.log(`${name.padEnd(40)} ${(n / secs).toFixed(0).padStart(7)} ops/s   cpu ${((cpu.user + cpu.system) / 1e6 / secs * 100).toFixed(0)}%`);
+  console.log(`${name.padEnd(40)} ${(n / secs).toFixed(0).padStart(7)} ops/s   cpu ${(((cpu.user + cpu.system) / 1e6 / secs) * 100).toFixed(0)}%`);
 }
 
 const dir = await tempDir('tomlinson-bench-');
@@ -43,7 +43,9 @@ try {
     const [m] = await storage.queues.receive('outbound', { max: 1, visibilitySeconds: 60 });
     if (m) await storage.queues.delete('outbound', m.receipt);
   });
-  await measure('table put (conditional, exists: false)', (i) => storage.tables.put({ pk: `MBX#u${i % 100}`, sk: `UID#${i}`, size: 1000 }, { condition: { exists: false } }));
+  await measure('table put (conditional, exists: false)', (i) =>
+    storage.tables.put({ pk: `MBX#u${i % 100}`, sk: `UID#${i}`, size: 1000 }, { condition: { exists: false } }),
+  );
   await measure('table update (counter)', (i) => storage.tables.update({ pk: `MBX#u${i % 100}`, sk: 'META' }, { add: { count: 1, bytes: 1000 } }));
   await measure('table get', (i) => storage.tables.get({ pk: `MBX#u${i % 100}`, sk: 'META' }));
   await storage.close();

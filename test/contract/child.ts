@@ -56,7 +56,10 @@ async function big(storage: Storage, key: string, bytes: number): Promise<void> 
   }, 10);
   const expected = createHash('sha256');
   const started = Date.now();
-  const info = await storage.mail.put(key, Readable.from(generate(bytes, expected), { objectMode: false }), { maxBytes: bytes + 1, contentType: 'application/octet-stream' });
+  const info = await storage.mail.put(key, Readable.from(generate(bytes, expected), { objectMode: false }), {
+    maxBytes: bytes + 1,
+    contentType: 'application/octet-stream',
+  });
   const putMs = Date.now() - started;
   const expectedSha = expected.digest('hex');
   const got = await storage.mail.get(key);
@@ -68,7 +71,18 @@ async function big(storage: Storage, key: string, bytes: number): Promise<void> 
   }
   clearInterval(sampler);
   peak = Math.max(peak, process.memoryUsage.rss());
-  out({ size: info.size, putSha: info.sha256, expectedSha, getSha: back.digest('hex'), backBytes, headSize: got.info.size, baseline, peak, putMs, totalMs: Date.now() - started });
+  out({
+    size: info.size,
+    putSha: info.sha256,
+    expectedSha,
+    getSha: back.digest('hex'),
+    backBytes,
+    headSize: got.info.size,
+    baseline,
+    peak,
+    putMs,
+    totalMs: Date.now() - started,
+  });
 }
 
 async function crash(storage: Storage, key: string): Promise<void> {

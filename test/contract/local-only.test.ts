@@ -30,7 +30,10 @@ describe('local family only', () => {
   let clock: number;
   let s: Storage;
   const open = (extra: Record<string, string> = {}) =>
-    openLocalStorage(loadConfig({ TOMLINSON_DATA_DIR: dir.path, TOMLINSON_QUEUE_MAX_RECEIVES: '2', ...extra }), silentLogger, { now: () => clock, purgeIntervalMs: 0 });
+    openLocalStorage(loadConfig({ TOMLINSON_DATA_DIR: dir.path, TOMLINSON_QUEUE_MAX_RECEIVES: '2', ...extra }), silentLogger, {
+      now: () => clock,
+      purgeIntervalMs: 0,
+    });
 
   beforeEach(async () => {
     dir = await tempDir('tomlinson-local-');
@@ -161,7 +164,9 @@ describe('local family only', () => {
   it('many concurrent writes share commits and all land (group commit)', async () => {
     const ids = await Promise.all(Array.from({ length: 300 }, (_, i) => s.queues.send('inbound', `m${i}`)));
     expect(new Set(ids).size).toBe(300);
-    const results = await Promise.allSettled(Array.from({ length: 300 }, (_, i) => s.tables.put({ pk: 'G', sk: String(i % 150) }, { condition: { exists: false } })));
+    const results = await Promise.allSettled(
+      Array.from({ length: 300 }, (_, i) => s.tables.put({ pk: 'G', sk: String(i % 150) }, { condition: { exists: false } })),
+    );
     expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(150);
     expect((await s.queues.stats('inbound')).visible).toBe(300);
     expect((await s.tables.query('G', { limit: 1000 })).items).toHaveLength(150);

@@ -9,7 +9,11 @@ import { silentLogger } from '../../core/log.js';
 import { SqliteStore } from '../../core/storage/local/sqlite.js';
 
 // Sequential: a WAL restart (and its pause) after every checkpoint; else also restarts by commits.
-const store = new SqliteStore(process.argv[2], silentLogger, 'wal-fsync', { intervalMs: 5, restartFrames: process.argv[4] === 'sequential' ? 0 : 32, idleMs: 20 });
+const store = new SqliteStore(process.argv[2], silentLogger, 'wal-fsync', {
+  intervalMs: 5,
+  restartFrames: process.argv[4] === 'sequential' ? 0 : 32,
+  idleMs: 20,
+});
 store.db.exec('CREATE TABLE IF NOT EXISTS acked (id INTEGER PRIMARY KEY, pad TEXT NOT NULL)');
 const insert = store.db.prepare('INSERT INTO acked (id, pad) VALUES (?, ?)');
 const start = Number(process.argv[3]);

@@ -42,7 +42,13 @@ async function openStore(options: CheckpointOptions) {
     await close();
     await dir.remove();
   });
-  return { store, path, insert, close, worker: () => (store as unknown as { checkpointer: { worker: import('node:worker_threads').Worker } }).checkpointer.worker };
+  return {
+    store,
+    path,
+    insert,
+    close,
+    worker: () => (store as unknown as { checkpointer: { worker: import('node:worker_threads').Worker } }).checkpointer.worker,
+  };
 }
 
 async function until(what: string, cond: () => boolean, ms = 5000): Promise<void> {
@@ -166,7 +172,9 @@ describe('SqliteStore checkpoints on a worker thread', () => {
     const dir = await tempDir('sqlite-ckpt-alive-');
     cleanup.push(() => dir.remove());
     const child = fileURLToPath(new URL('./sqlite-checkpoint-child.ts', import.meta.url));
-    const p = spawn(process.execPath, ['--import', 'tsx', child, join(dir.path, 'alive.db'), '0', 'sequential', '600'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const p = spawn(process.execPath, ['--import', 'tsx', child, join(dir.path, 'alive.db'), '0', 'sequential', '600'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     let out = '';
     p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     const code = await new Promise<number | null>((r) => p.once('exit', r));
@@ -204,7 +212,7 @@ describe('SqliteStore checkpoints on a worker thread', () => {
     const db = new Database(path);
     try {
       expect(db.pragma('integrity_check', { simple: true })).toBe('ok');
-      const have = new Set((db.prepare('SELECT id FROM acked').pluck().all() as number[]));
+      const have = new Set(db.prepare('SELECT id FROM acked').pluck().all() as number[]);
       const missing = [...acked].filter((id) => !have.has(id));
       expect(acked.size).toBeGreaterThan(50);
       expect(missing).toEqual([]);

@@ -105,7 +105,8 @@ export class ContractChild {
     for (;;) {
       const found = this.lines.find(test);
       if (found !== undefined) return found;
-      if (exited || Date.now() > deadline) throw new Error(`child gave no expected line (exited: ${exited}); stdout: ${this.lines.join(' | ')}; stderr: ${this.stderr}`);
+      if (exited || Date.now() > deadline)
+        throw new Error(`child gave no expected line (exited: ${exited}); stdout: ${this.lines.join(' | ')}; stderr: ${this.stderr}`);
       const timer = new AbortController();
       await Promise.race([
         new Promise<void>((r) => this.waiters.push(r)),
@@ -258,7 +259,8 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
           await other.queues.send('inbound', tag);
           let got = await polled;
           // A leftover of a shared account may answer the poll first: keep polling for the tag.
-          while (!got.some((m) => m.body === tag) && Date.now() - sentAt < 10_000) got = await s.queues.receive('inbound', { waitSeconds: 2, visibilitySeconds: 30 });
+          while (!got.some((m) => m.body === tag) && Date.now() - sentAt < 10_000)
+            got = await s.queues.receive('inbound', { waitSeconds: 2, visibilitySeconds: 30 });
           expect(got.map((m) => m.body)).toContain(tag);
           // Locally the send wakes the waiting poll at once (the handover's channel), well before
           // the poll's own 1 s re-check.
@@ -434,7 +436,17 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
       const future = () => Math.floor(Date.now() / 1000) + 3600;
 
       it('put, get and delete whole items with JSON attributes', async () => {
-        const item: Item = { pk: pk('basic'), sk: 'META', n: 1, s: 'é', b: true, z: null, list: [1, 'two', { three: 3 }], map: { a: { b: [] } }, ttl: future() };
+        const item: Item = {
+          pk: pk('basic'),
+          sk: 'META',
+          n: 1,
+          s: 'é',
+          b: true,
+          z: null,
+          list: [1, 'two', { three: 3 }],
+          map: { a: { b: [] } },
+          ttl: future(),
+        };
         await s.tables.put(item);
         expect(await s.tables.get({ pk: pk('basic'), sk: 'META' })).toEqual(item);
         await s.tables.put({ pk: pk('basic'), sk: 'META', only: 'this' });
@@ -457,7 +469,10 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
         expect(await errorCode(s.tables.put({ ...key, v: 2 }, { condition: { greaterThan: { v: 1 } } }))).toBe('ConditionFailed');
         expect(await errorCode(s.tables.put({ ...key, v: 2 }, { condition: { lessThan: { missing: 5 } } }))).toBe('ConditionFailed');
         expect(await s.tables.get(key)).toEqual({ ...key, v: 1, state: 'new' });
-        await s.tables.put({ ...key, v: 2, state: 'next' }, { condition: { exists: true, equals: { state: 'new', other: null }, lessThan: { v: 2 }, greaterThan: { v: 0 } } });
+        await s.tables.put(
+          { ...key, v: 2, state: 'next' },
+          { condition: { exists: true, equals: { state: 'new', other: null }, lessThan: { v: 2 }, greaterThan: { v: 0 } } },
+        );
         expect(await s.tables.get(key)).toEqual({ ...key, v: 2, state: 'next' });
         expect(await errorCode(s.tables.delete(key, { condition: { equals: { state: 'new' } } }))).toBe('ConditionFailed');
         expect(await s.tables.get(key)).toBeDefined();
@@ -499,7 +514,9 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
         // Compare-and-set on a version: of 12 updates expecting version 0, one wins.
         await s.tables.put({ pk: pk('race'), sk: 'CAS', version: 0 });
         const cas = await Promise.allSettled(
-          Array.from({ length: 12 }, (_, i) => s.tables.update({ pk: pk('race'), sk: 'CAS' }, { add: { version: 1 }, set: { by: i } }, { condition: { equals: { version: 0 } } })),
+          Array.from({ length: 12 }, (_, i) =>
+            s.tables.update({ pk: pk('race'), sk: 'CAS' }, { add: { version: 1 }, set: { by: i } }, { condition: { equals: { version: 0 } } }),
+          ),
         );
         expect(cas.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
         expect((await s.tables.get({ pk: pk('race'), sk: 'CAS' }))?.version).toBe(1);
@@ -598,7 +615,9 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
         expect(await s.tables.get({ pk: p, sk: 'msg3' })).toBeUndefined();
         expect((await s.tables.get({ pk: p, sk: 'box' }))?.count).toBe(1);
         expect((await s.tables.get({ pk: p, sk: 'msg1' }))?.size).toBe(10);
-        expect(await errorCode(s.tables.transact([{ check: { pk: p, sk: 'nothing' }, condition: { exists: true } }, { put: { pk: p, sk: 'msg4' } }]))).toBe('ConditionFailed');
+        expect(await errorCode(s.tables.transact([{ check: { pk: p, sk: 'nothing' }, condition: { exists: true } }, { put: { pk: p, sk: 'msg4' } }]))).toBe(
+          'ConditionFailed',
+        );
         expect(await s.tables.get({ pk: p, sk: 'msg4' })).toBeUndefined();
       });
 
@@ -618,12 +637,21 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
       const tag = (name: string) => `${run}:${name}:${randomUUID().slice(0, 8)}:`;
 
       /** Receives until `n` messages with the tag arrived or the time is up. Others stay hidden for `visibilitySeconds`. */
-      async function collect(queue: QueueName, t: string, n: number, opts: { visibilitySeconds?: number; timeoutMs?: number; max?: number } = {}): Promise<ReceivedMessage[]> {
+      async function collect(
+        queue: QueueName,
+        t: string,
+        n: number,
+        opts: { visibilitySeconds?: number; timeoutMs?: number; max?: number } = {},
+      ): Promise<ReceivedMessage[]> {
         const got: ReceivedMessage[] = [];
         const deadline = Date.now() + (opts.timeoutMs ?? 8000);
         while (got.length < n && Date.now() < deadline) {
           const wait = Math.max(0, Math.min(2, Math.floor((deadline - Date.now()) / 1000)));
-          const batch = await s.queues.receive(queue, { max: opts.max ?? MAX_RECEIVE_BATCH, visibilitySeconds: opts.visibilitySeconds ?? 30, waitSeconds: wait });
+          const batch = await s.queues.receive(queue, {
+            max: opts.max ?? MAX_RECEIVE_BATCH,
+            visibilitySeconds: opts.visibilitySeconds ?? 30,
+            waitSeconds: wait,
+          });
           expect(batch.length).toBeLessThanOrEqual(opts.max ?? MAX_RECEIVE_BATCH);
           got.push(...batch.filter((m) => m.body.startsWith(t)));
           if (wait === 0 && !batch.length) await sleep(100);
@@ -768,10 +796,12 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
         const t = tag('stats');
         await s.queues.send('outbound-dlq', `${t}a`);
         await s.queues.send('outbound-dlq', `${t}b`, { delaySeconds: 3 });
-        expect(await eventually(async () => {
-          const st = await s.queues.stats('outbound-dlq');
-          return st.visible >= 1 && st.delayed >= 1;
-        })).toBe(true);
+        expect(
+          await eventually(async () => {
+            const st = await s.queues.stats('outbound-dlq');
+            return st.visible >= 1 && st.delayed >= 1;
+          }),
+        ).toBe(true);
         const [m] = await collect('outbound-dlq', t, 1);
         expect(await eventually(async () => (await s.queues.stats('outbound-dlq')).inFlight >= 1)).toBe(true);
         await s.queues.delete('outbound-dlq', m.receipt);
@@ -804,7 +834,18 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
 
       it('streams 100 MB through put and get in a child whose RSS grows by less than 64 MB', async ({ expect }) => {
         const c = spawnChild('big', k('100mb'), String(100 * MB));
-        const r = await c.result<{ size: number; putSha: string; expectedSha: string; getSha: string; backBytes: number; headSize: number; baseline: number; peak: number; putMs: number; totalMs: number }>(110_000);
+        const r = await c.result<{
+          size: number;
+          putSha: string;
+          expectedSha: string;
+          getSha: string;
+          backBytes: number;
+          headSize: number;
+          baseline: number;
+          peak: number;
+          putMs: number;
+          totalMs: number;
+        }>(110_000);
         expect(r.size).toBe(100 * MB);
         expect(r.backBytes).toBe(100 * MB);
         expect(r.headSize).toBe(100 * MB);
@@ -845,7 +886,9 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
                 throw e;
               },
             );
-          const t = await Promise.all(Array.from({ length: racers }, (_, i) => ok(s.tables.put({ pk, sk: 'LEASE', winner: `p-${i}` }, { condition: { exists: false } }), `p-${i}`)));
+          const t = await Promise.all(
+            Array.from({ length: racers }, (_, i) => ok(s.tables.put({ pk, sk: 'LEASE', winner: `p-${i}` }, { condition: { exists: false } }), `p-${i}`)),
+          );
           const b = await Promise.all(Array.from({ length: racers }, (_, i) => ok(s.mail.put(blobKey, `winner p-${i}`, { ifAbsent: true }), `p-${i}`)));
           return { tableWins: t.filter((x): x is string => !!x), blobWins: b.filter((x): x is string => !!x) };
         };

@@ -61,7 +61,7 @@ async function pop3Count(port: number, user: string, pass: string): Promise<numb
   let buf = '';
   s.on('data', (d: Buffer) => (buf += d.toString()));
   const line = async () => {
-    for (const end = Date.now() + 5000; !buf.includes('\r\n'); ) {
+    for (const end = Date.now() + 5000; !buf.includes('\r\n');) {
       if (Date.now() > end) throw new Error(`POP3: no reply in ${JSON.stringify(buf)}`);
       await sleep(20);
     }
@@ -90,7 +90,7 @@ async function smtpSend(port: number, to: string): Promise<void> {
   let buf = '';
   s.on('data', (d: Buffer) => (buf += d.toString()));
   const reply = async (code: string) => {
-    for (const end = Date.now() + 10_000; !new RegExp(`^${code} `, 'm').test(buf); ) {
+    for (const end = Date.now() + 10_000; !new RegExp(`^${code} `, 'm').test(buf);) {
       if (Date.now() > end) throw new Error(`SMTP: no ${code} in ${JSON.stringify(buf)}`);
       await sleep(20);
     }
@@ -115,7 +115,9 @@ describe('the data folder is private (umask 022)', () => {
   it('serve and the CLI make every folder 0700 and every file 0600; an open folder is tightened and logged', async () => {
     const dir = await tempDir('tomlinson-private-');
     const dataDir = join(dir.path, 'data');
-    const origin = http.createServer((_req, res) => res.writeHead(200, { 'Cache-Control': 'max-age=600', 'Content-Type': 'text/plain' }).end('cacheable body\n'));
+    const origin = http.createServer((_req, res) =>
+      res.writeHead(200, { 'Cache-Control': 'max-age=600', 'Content-Type': 'text/plain' }).end('cacheable body\n'),
+    );
     origin.listen(0, '127.0.0.1');
     await once(origin, 'listening');
     const originPort = (origin.address() as net.AddressInfo).port;
@@ -140,9 +142,12 @@ describe('the data folder is private (umask 022)', () => {
     };
     const serve = async () => {
       const run = underUmask022('node --import tsx containers/main.ts serve all', env);
-      for (const end = Date.now() + 90_000; ; ) {
+      for (const end = Date.now() + 90_000; ;) {
         if (run.child.exitCode !== null) throw new Error(`serve exited: ${(await run.done).out}`);
-        const ok = await fetch(`http://127.0.0.1:${health}/health`).then((r) => r.status === 200, () => false);
+        const ok = await fetch(`http://127.0.0.1:${health}/health`).then(
+          (r) => r.status === 200,
+          () => false,
+        );
         if (ok) break;
         if (Date.now() > end) throw new Error('serve did not become healthy');
         await sleep(250);
@@ -160,13 +165,17 @@ describe('the data folder is private (umask 022)', () => {
       await cli('user add bob@example.test --password-stdin', 'bob-password-1234\n');
       const first = await serve();
       await smtpSend(smtp, 'bob@example.test');
-      for (const end = Date.now() + 30_000; (await pop3Count(pop, 'bob@example.test', 'bob-password-1234')) !== 1; ) {
+      for (const end = Date.now() + 30_000; (await pop3Count(pop, 'bob@example.test', 'bob-password-1234')) !== 1;) {
         if (Date.now() > end) throw new Error('the message never reached the mailbox');
         await sleep(200);
       }
       // A proxy response stored in the object tier (blobs/cache).
       const viaProxy = await new Promise<number>((resolve, reject) => {
-        http.get({ host: '127.0.0.1', port: proxy, path: `http://127.0.0.1:${originPort}/object`, headers: { Host: `127.0.0.1:${originPort}` } }, (res) => res.resume().on('end', () => resolve(res.statusCode ?? 0))).on('error', reject);
+        http
+          .get({ host: '127.0.0.1', port: proxy, path: `http://127.0.0.1:${originPort}/object`, headers: { Host: `127.0.0.1:${originPort}` } }, (res) =>
+            res.resume().on('end', () => resolve(res.statusCode ?? 0)),
+          )
+          .on('error', reject);
       });
       expect(viaProxy).toBe(200);
       let running: [string, number, 'dir' | 'file'][] = [];
@@ -176,9 +185,16 @@ describe('the data folder is private (umask 022)', () => {
       }
       const names = running.map(([p]) => p);
       // What must be there while it runs, so that the check below covers it.
-      for (const p of ['tomlinson.db', 'tomlinson.db-wal', 'tomlinson.db-shm', 'tls/selfsigned.key', 'tls/selfsigned.crt', 'blobs/mail', 'blobs/cache']) expect(names, p).toContain(p);
-      expect(running.filter(([p, , k]) => p.startsWith('blobs/mail/') && k === 'file' && !p.startsWith('blobs/mail/.tmp')).length, 'a stored message').toBeGreaterThan(0);
-      expect(running.filter(([p, , k]) => p.startsWith('blobs/cache/') && k === 'file' && !p.startsWith('blobs/cache/.tmp')).length, 'a cache object').toBeGreaterThan(0);
+      for (const p of ['tomlinson.db', 'tomlinson.db-wal', 'tomlinson.db-shm', 'tls/selfsigned.key', 'tls/selfsigned.crt', 'blobs/mail', 'blobs/cache'])
+        expect(names, p).toContain(p);
+      expect(
+        running.filter(([p, , k]) => p.startsWith('blobs/mail/') && k === 'file' && !p.startsWith('blobs/mail/.tmp')).length,
+        'a stored message',
+      ).toBeGreaterThan(0);
+      expect(
+        running.filter(([p, , k]) => p.startsWith('blobs/cache/') && k === 'file' && !p.startsWith('blobs/cache/.tmp')).length,
+        'a cache object',
+      ).toBeGreaterThan(0);
       expect(loose(running), 'open to other users while running').toEqual([]);
       expect((await lstat(dataDir)).mode & 0o777).toBe(0o700);
       const firstLog = await first.stop();

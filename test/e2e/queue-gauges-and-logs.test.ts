@@ -37,7 +37,8 @@ interface Shown {
 async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, ms = 60_000): Promise<T> {
   const until = Date.now() + ms;
   for (;;) {
-    if (server?.exitCode !== null && server?.exitCode !== undefined) throw new Error(`server exited ${server.exitCode} while waiting for ${what}:\n${output.slice(-3000)}`);
+    if (server?.exitCode !== null && server?.exitCode !== undefined)
+      throw new Error(`server exited ${server.exitCode} while waiting for ${what}:\n${output.slice(-3000)}`);
     const v = await fn().catch(() => undefined);
     if (v !== undefined) return v;
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
@@ -120,7 +121,14 @@ afterAll(async () => {
 
 describe('outbound queue gauges after hold, release and retry', () => {
   it('count the messages `queue list` lists, and nothing once the queue is empty', async () => {
-    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: ports.submission, secure: false, requireTLS: true, auth: { user: USER, pass: PASSWORD }, tls: { rejectUnauthorized: false } });
+    const transport = nodemailer.createTransport({
+      host: '127.0.0.1',
+      port: ports.submission,
+      secure: false,
+      requireTLS: true,
+      auth: { user: USER, pass: PASSWORD },
+      tls: { rejectUnauthorized: false },
+    });
     await transport.sendMail({ from: USER, to: 'friend@remote.example', subject: 'gauges', text: 'hello' });
     transport.close();
 
@@ -165,7 +173,10 @@ describe('JSON log lines of the running process', () => {
     // Python's json module reports every key of every object (JSON.parse keeps only the last).
     const check = spawnSync(
       'python3',
-      ['-c', 'import json,sys\nfor n,l in enumerate(sys.stdin):\n  def hook(p):\n    ks=[k for k,_ in p]\n    d=sorted({k for k in ks if ks.count(k)>1})\n    if d: print(n, d, l.strip()[:300])\n    return dict(p)\n  json.loads(l, object_pairs_hook=hook)'],
+      [
+        '-c',
+        'import json,sys\nfor n,l in enumerate(sys.stdin):\n  def hook(p):\n    ks=[k for k,_ in p]\n    d=sorted({k for k in ks if ks.count(k)>1})\n    if d: print(n, d, l.strip()[:300])\n    return dict(p)\n  json.loads(l, object_pairs_hook=hook)',
+      ],
       { input: lines.join('\n') + '\n', encoding: 'utf8' },
     );
     expect(check.status, check.stderr).toBe(0);

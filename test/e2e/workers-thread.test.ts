@@ -62,7 +62,22 @@ describe('queue workers on their own thread', () => {
       ['inbound', true],
       ['outbound', true],
     ]);
-    const { stdout } = await run('swaks', ['--server', '127.0.0.1', '--port', String(port), '--from', 'sender@remote.example', '--to', 'alice@example.test', '--header', 'Subject: threaded', '--body', 'one', '--timeout', '10']);
+    const { stdout } = await run('swaks', [
+      '--server',
+      '127.0.0.1',
+      '--port',
+      String(port),
+      '--from',
+      'sender@remote.example',
+      '--to',
+      'alice@example.test',
+      '--header',
+      'Subject: threaded',
+      '--body',
+      'one',
+      '--timeout',
+      '10',
+    ]);
     expect(stdout).toMatch(/<- +250 2\.0\.0 /);
 
     const store = new MailboxStore(app.storage.tables, app.storage.mail);
@@ -74,13 +89,22 @@ describe('queue workers on their own thread', () => {
     }
     expect(page.map((m) => m.summary.subject)).toEqual(['threaded']);
 
-    const lines = () => chunks.join('').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
-    await expect.poll(() => lines().some((l) => l.msg === 'delivered' && l.queue === 'inbound' && l.user === 'alice@example.test'), { timeout: 5000 }).toBe(true);
+    const lines = () =>
+      chunks
+        .join('')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+    await expect
+      .poll(() => lines().some((l) => l.msg === 'delivered' && l.queue === 'inbound' && l.user === 'alice@example.test'), { timeout: 5000 })
+      .toBe(true);
 
     // This thread's own registry never counted the job; the exposition has the other thread's count.
     const local = (await app.metrics.registry.getSingleMetric('tomlinson_messages_total')!.get()).values.filter((v) => v.labels.stage === 'inbound');
     expect(local).toEqual([]);
-    await expect.poll(async () => /tomlinson_messages_total\{stage="inbound",outcome="done"\} 1\b/.test(await app.metrics.text()), { timeout: 5000 }).toBe(true);
+    await expect
+      .poll(async () => /tomlinson_messages_total\{stage="inbound",outcome="done"\} 1\b/.test(await app.metrics.text()), { timeout: 5000 })
+      .toBe(true);
   });
 });
 
@@ -195,7 +219,13 @@ describe('the workers thread dies', () => {
     const config = loadConfig({ TOMLINSON_DATA_DIR: dir.path, TOMLINSON_HEALTH_PORT: '0' });
     const storage = await openStorage(config, silentLogger);
     const threads: Worker[] = [];
-    const host = await WorkersThread.start({ config, log: silentLogger, metrics: new Metrics({ defaults: false }), storage: storage.forWorkerThread(), onThread: (w) => threads.push(w) });
+    const host = await WorkersThread.start({
+      config,
+      log: silentLogger,
+      metrics: new Metrics({ defaults: false }),
+      storage: storage.forWorkerThread(),
+      onThread: (w) => threads.push(w),
+    });
     try {
       expect(host.workers.every((w) => w.healthy())).toBe(true);
       await threads[0]!.terminate();

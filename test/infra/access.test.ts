@@ -45,7 +45,12 @@ function leadingKeys(stmts: Stmt[], action: string): string[] {
 
 /** IAM StringLike: `*` any run, `?` one character. */
 function like(pattern: string, value: string): boolean {
-  const re = new RegExp(`^${pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
+  const re = new RegExp(
+    `^${pattern
+      .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+      .replace(/\*/g, '.*')
+      .replace(/\?/g, '.')}$`,
+  );
   return re.test(value);
 }
 const allows = (patterns: string[], pk: string) => patterns.some((p) => like(p, pk));
@@ -66,7 +71,12 @@ describe('listener task roles', () => {
   it('give the proxy no account items, no mailbox items, no mail bucket and no queue', () => {
     const proxy = statementsOf(t, role('Proxy'));
     const reads = leadingKeys(proxy, 'dynamodb:GetItem');
-    for (const pk of [accountKeys.user('alice@example.com').pk, mailboxKeys.meta('alice@example.com').pk, accountKeys.domain('example.com').pk, QUEUE_LIST_PK]) {
+    for (const pk of [
+      accountKeys.user('alice@example.com').pk,
+      mailboxKeys.meta('alice@example.com').pk,
+      accountKeys.domain('example.com').pk,
+      QUEUE_LIST_PK,
+    ]) {
       expect(allows(reads, pk), pk).toBe(false);
     }
     expect(allows(reads, STATS_PK)).toBe(true);
@@ -83,7 +93,13 @@ describe('listener task roles', () => {
     expect(puts.map((r) => JSON.stringify(r)).sort()).toEqual([expect.stringContaining('/in/*'), expect.stringContaining('/spool/*')]);
     const reads = leadingKeys(smtp, 'dynamodb:GetItem');
     // What the RCPT and AUTH hooks read (containers/smtp/policy.ts).
-    for (const pk of [accountKeys.user('a@example.com').pk, accountKeys.domain('example.com').pk, accountKeys.alias('b@example.com').pk, mailboxKeys.meta('a@example.com').pk]) expect(allows(reads, pk), pk).toBe(true);
+    for (const pk of [
+      accountKeys.user('a@example.com').pk,
+      accountKeys.domain('example.com').pk,
+      accountKeys.alias('b@example.com').pk,
+      mailboxKeys.meta('a@example.com').pk,
+    ])
+      expect(allows(reads, pk), pk).toBe(true);
     // A bare RCPT TO:<Postmaster> walks the domain listing (Query) to find a postmaster.
     expect(allows(leadingKeys(smtp, 'dynamodb:Query'), accountKeys.domainListing('example.com').pk)).toBe(true);
     expect(allows(leadingKeys(smtp, 'dynamodb:PutItem'), mailboxKeys.meta('a@example.com').pk)).toBe(false);
@@ -103,7 +119,8 @@ describe('listener task roles', () => {
     expect(acts).not.toContain('kms:GenerateDataKey');
     expect(acts.filter((a) => a.startsWith('sqs:'))).toEqual([]);
     const writes = leadingKeys(pop3, 'dynamodb:UpdateItem');
-    for (const k of [mailboxKeys.meta('u'), mailboxKeys.message('u', 7), mailboxKeys.lease('u'), mailboxKeys.blobRef('in/x'), pendingDeleteKey('u')]) expect(allows(writes, k.pk), k.pk).toBe(true);
+    for (const k of [mailboxKeys.meta('u'), mailboxKeys.message('u', 7), mailboxKeys.lease('u'), mailboxKeys.blobRef('in/x'), pendingDeleteKey('u')])
+      expect(allows(writes, k.pk), k.pk).toBe(true);
     expect(allows(writes, accountKeys.domain('example.com').pk)).toBe(false);
     expect(allows(writes, QUEUE_LIST_PK)).toBe(false);
   });
@@ -118,14 +135,20 @@ describe('listener task roles', () => {
     const defs = Object.values(t.findResources('AWS::ECS::TaskDefinition') as Record<string, Res>);
     for (const g of ['smtp', 'pop3', 'proxy']) {
       const d = defs.find((x) => JSON.stringify(x.Properties).includes(`"serve","${g}"`))!;
-      const env = Object.fromEntries(((d.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: unknown }[] }[])[0]!.Environment).map((e) => [e.Name, typeof e.Value === 'string' ? e.Value : 'token']));
+      const env = Object.fromEntries(
+        (d.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: unknown }[] }[])[0]!.Environment.map((e) => [
+          e.Name,
+          typeof e.Value === 'string' ? e.Value : 'token',
+        ]),
+      );
       const uses = backendsUsed(loadConfig(env));
       const stmts = statementsOf(t, role(g.charAt(0).toUpperCase() + g.slice(1)));
       const list = JSON.stringify(stmts.filter((s) => actionsOf(s).includes('s3:ListBucket')));
       expect(list.includes('MailBucketArn'), `${g} mail`).toBe(uses.mail);
       expect(list.includes('CacheBucketArn'), `${g} cache`).toBe(uses.cache);
       const attrs = JSON.stringify(stmts.filter((s) => actionsOf(s).includes('sqs:GetQueueAttributes')));
-      for (const q of ['inbound', 'outbound'] as const) expect(attrs.includes(q === 'inbound' ? 'InboundQueue' : 'OutboundQueue'), `${g} ${q}`).toBe(uses.queues.includes(q));
+      for (const q of ['inbound', 'outbound'] as const)
+        expect(attrs.includes(q === 'inbound' ? 'InboundQueue' : 'OutboundQueue'), `${g} ${q}`).toBe(uses.queues.includes(q));
       expect(allows(leadingKeys(stmts, 'dynamodb:GetItem'), '#health'), `${g} table probe`).toBe(true);
     }
   });

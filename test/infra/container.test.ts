@@ -108,7 +108,11 @@ describe('the image command line on the bundle', () => {
 
   beforeAll(async () => {
     // `npm run build`, as the Dockerfile expects it to have run.
-    const r = spawnSync(process.execPath, [join(ROOT, 'node_modules/tsx/dist/cli.mjs'), join(ROOT, 'scripts/build.ts')], { cwd: ROOT, encoding: 'utf8', timeout: 170_000 });
+    const r = spawnSync(process.execPath, [join(ROOT, 'node_modules/tsx/dist/cli.mjs'), join(ROOT, 'scripts/build.ts')], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 170_000,
+    });
     expect(r.status, r.stderr).toBe(0);
     // Lay out the image's /app: the bundle where COPY puts it, and the native module beside it.
     image = await tempDir('tomlinson-image-');
@@ -128,7 +132,12 @@ describe('the image command line on the bundle', () => {
     const data = join(image.path, 'scratch');
     const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: image.path, ...dockerfile.env };
     // Loopback only and free ports on a shared test machine; everything else as in the image.
-    Object.assign(env, { TOMLINSON_LISTEN_HOST: '127.0.0.1', TOMLINSON_HEALTH_HOST: '127.0.0.1', TOMLINSON_DATA_DIR: data, TOMLINSON_HEALTH_PORT: String(await freePort()) });
+    Object.assign(env, {
+      TOMLINSON_LISTEN_HOST: '127.0.0.1',
+      TOMLINSON_HEALTH_HOST: '127.0.0.1',
+      TOMLINSON_DATA_DIR: data,
+      TOMLINSON_HEALTH_PORT: String(await freePort()),
+    });
     for (const l of Object.values(LISTENERS)) env[l.env] = String(await freePort());
     const [cmd, ...args] = [...dockerfile.entrypoint, ...dockerfile.cmd];
     expect(dockerfile.cmd).toEqual(['serve', 'all']);

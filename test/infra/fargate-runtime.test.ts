@@ -51,7 +51,8 @@ function dockerfileEnv(): Record<string, string> {
   const text = readFileSync(join(ROOT, 'containers/Dockerfile'), 'utf8').replace(/\\\n/g, ' ');
   const last = text.slice(text.lastIndexOf('\nFROM '));
   const env: Record<string, string> = {};
-  for (const line of last.split('\n').filter((l) => /^ENV\s/.test(l))) for (const m of line.matchAll(/(\w+)=("[^"]*"|\S+)/g)) env[m[1]!] = m[2]!.replace(/^"|"$/g, '');
+  for (const line of last.split('\n').filter((l) => /^ENV\s/.test(l)))
+    for (const m of line.matchAll(/(\w+)=("[^"]*"|\S+)/g)) env[m[1]!] = m[2]!.replace(/^"|"$/g, '');
   return env;
 }
 
@@ -132,7 +133,7 @@ describe.skipIf(!isRoot || !hasTools)('the container as Fargate runs it (read-on
     const script = [
       'set -e',
       // Every mount read-only in this namespace (its own copies: the host's stay as they are).
-      "findmnt -rn -o TARGET | while read -r m; do case \"$m\" in /proc*|/sys*|/dev*) continue;; esac; mount -o remount,ro,bind \"$m\"; done",
+      'findmnt -rn -o TARGET | while read -r m; do case "$m" in /proc*|/sys*|/dev*) continue;; esac; mount -o remount,ro,bind "$m"; done',
       `mount -t tmpfs -o size=64m,mode=0755,uid=1000,gid=1000 scratch ${scratch}`,
       `${asNode} node ${join(dir.path, 'probe.mjs')} ${[...outside, inside].join(' ')}`,
       `cd ${app}`,
@@ -160,7 +161,9 @@ describe.skipIf(!isRoot || !hasTools)('the container as Fargate runs it (read-on
     for (const p of outside) expect(['EROFS', 'EACCES']).toContain(probe![p]);
     expect(probe![inside]).toBe('ok');
     // unshare, sh and setpriv exec one another: the process is the server, running as 1000:1000.
-    const ids = spawnSync('ps', ['-o', 'uid=,gid=,comm=', '-p', String(child.pid)], { encoding: 'utf8' }).stdout.trim().split(/\s+/);
+    const ids = spawnSync('ps', ['-o', 'uid=,gid=,comm=', '-p', String(child.pid)], { encoding: 'utf8' })
+      .stdout.trim()
+      .split(/\s+/);
     expect(ids).toEqual(['1000', '1000', 'node']);
 
     const exited = new Promise<number | null>((r) => child!.once('exit', (code) => r(code)));

@@ -45,20 +45,35 @@ async function checkOf(env: Record<string, string>): Promise<Record<string, bool
 describe('health probe on AWS', () => {
   it('of a proxy task asks for the cache bucket and the table only', async () => {
     const x = unreachable();
-    const report = await checkOf({ ...only('proxy'), TOMLINSON_MAIL_BUCKET: x.bucket, TOMLINSON_INBOUND_QUEUE_URL: x.queue, TOMLINSON_OUTBOUND_QUEUE_URL: x.queue });
+    const report = await checkOf({
+      ...only('proxy'),
+      TOMLINSON_MAIL_BUCKET: x.bucket,
+      TOMLINSON_INBOUND_QUEUE_URL: x.queue,
+      TOMLINSON_OUTBOUND_QUEUE_URL: x.queue,
+    });
     expect(report).toEqual({ cache: true, tables: true });
   });
 
   it('of an SMTP task asks for the mail bucket, the table and the inbound queue', async () => {
     const x = unreachable();
-    expect(await checkOf({ ...only('smtp'), TOMLINSON_CACHE_BUCKET: x.bucket, TOMLINSON_OUTBOUND_QUEUE_URL: x.queue })).toEqual({ mail: true, tables: true, queues: true });
+    expect(await checkOf({ ...only('smtp'), TOMLINSON_CACHE_BUCKET: x.bucket, TOMLINSON_OUTBOUND_QUEUE_URL: x.queue })).toEqual({
+      mail: true,
+      tables: true,
+      queues: true,
+    });
     // and still sees its own backends go down
-    expect(await checkOf({ ...only('smtp'), TOMLINSON_MAIL_BUCKET: x.bucket, TOMLINSON_INBOUND_QUEUE_URL: x.queue })).toEqual({ mail: false, tables: true, queues: false });
+    expect(await checkOf({ ...only('smtp'), TOMLINSON_MAIL_BUCKET: x.bucket, TOMLINSON_INBOUND_QUEUE_URL: x.queue })).toEqual({
+      mail: false,
+      tables: true,
+      queues: false,
+    });
   });
 
   it('of a POP3 task asks for no queue and no cache bucket', async () => {
     const x = unreachable();
-    expect(await checkOf({ ...only('pop3'), TOMLINSON_CACHE_BUCKET: x.bucket, TOMLINSON_INBOUND_QUEUE_URL: x.queue, TOMLINSON_OUTBOUND_QUEUE_URL: x.queue })).toEqual({ mail: true, tables: true });
+    expect(
+      await checkOf({ ...only('pop3'), TOMLINSON_CACHE_BUCKET: x.bucket, TOMLINSON_INBOUND_QUEUE_URL: x.queue, TOMLINSON_OUTBOUND_QUEUE_URL: x.queue }),
+    ).toEqual({ mail: true, tables: true });
   });
 
   it('of a process running everything asks for everything', async () => {

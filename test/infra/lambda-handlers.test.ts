@@ -23,24 +23,22 @@ let ctx: JobContext;
 /** The SQS event Lambda would build for messages received from the queue. */
 function eventOf(queue: QueueName, messages: ReceivedMessage[]): SQSEvent {
   return {
-    Records: messages.map(
-      (m): SQSRecord => ({
-        messageId: m.id,
-        receiptHandle: m.receipt,
-        body: m.body,
-        attributes: {
-          ApproximateReceiveCount: String(m.receiveCount),
-          SentTimestamp: String(m.sentAt.getTime()),
-          SenderId: 'test',
-          ApproximateFirstReceiveTimestamp: String(clock),
-        },
-        messageAttributes: {},
-        md5OfBody: '',
-        eventSource: 'aws:sqs',
-        eventSourceARN: `arn:aws:sqs:us-east-1:000000000000:${queue}`,
-        awsRegion: 'us-east-1',
-      }),
-    ),
+    Records: messages.map((m): SQSRecord => ({
+      messageId: m.id,
+      receiptHandle: m.receipt,
+      body: m.body,
+      attributes: {
+        ApproximateReceiveCount: String(m.receiveCount),
+        SentTimestamp: String(m.sentAt.getTime()),
+        SenderId: 'test',
+        ApproximateFirstReceiveTimestamp: String(clock),
+      },
+      messageAttributes: {},
+      md5OfBody: '',
+      eventSource: 'aws:sqs',
+      eventSourceARN: `arn:aws:sqs:us-east-1:000000000000:${queue}`,
+      awsRegion: 'us-east-1',
+    })),
   };
 }
 
@@ -117,7 +115,9 @@ describe('sqsBatchHandler', () => {
     clock += 541_000;
     const again = await storage.queues.receive('outbound', { max: 10 });
     expect(again.map((m) => [m.id, m.body, m.receiveCount])).toEqual([[msg!.id, 'later', 2]]);
-    expect(await ctx.metrics!.messages.get()).toMatchObject({ values: expect.arrayContaining([expect.objectContaining({ labels: { stage: 'outbound', outcome: 'retry' } })]) });
+    expect(await ctx.metrics!.messages.get()).toMatchObject({
+      values: expect.arrayContaining([expect.objectContaining({ labels: { stage: 'outbound', outcome: 'retry' } })]),
+    });
   });
 
   it('clamps a retry to the 12 hour visibility limit and a throw leaves visibility alone', async () => {

@@ -127,7 +127,8 @@ describe('state and processing stacks on moto CloudFormation', () => {
       const s = (await cfn.send(new DescribeStacksCommand({ StackName: name }))).Stacks![0]!;
       expect(s.StackStatus, `${name}\n${deployLog.slice(-3000)}`).toBe('CREATE_COMPLETE');
     }
-    for (const key of ['MailBucketName', 'CacheBucketName', 'TableName', 'InboundQueueUrl', 'OutboundQueueUrl', 'InboundDlqUrl', 'OutboundDlqUrl']) expect(outputs[key], key).toBeTruthy();
+    for (const key of ['MailBucketName', 'CacheBucketName', 'TableName', 'InboundQueueUrl', 'OutboundQueueUrl', 'InboundDlqUrl', 'OutboundDlqUrl'])
+      expect(outputs[key], key).toBeTruthy();
   });
 
   it('creates the buckets, the mail bucket encrypted with the stack key', async () => {
@@ -156,7 +157,9 @@ describe('state and processing stacks on moto CloudFormation', () => {
       const local = (await sqs.send(new GetQueueUrlCommand({ QueueName: name }))).QueueUrl!;
       return (await sqs.send(new GetQueueAttributesCommand({ QueueUrl: local, AttributeNames: ['All'] }))).Attributes!;
     };
-    const [inbound, outbound, inDlq, outDlq] = await Promise.all([outputs.InboundQueueUrl!, outputs.OutboundQueueUrl!, outputs.InboundDlqUrl!, outputs.OutboundDlqUrl!].map(attrs));
+    const [inbound, outbound, inDlq, outDlq] = await Promise.all(
+      [outputs.InboundQueueUrl!, outputs.OutboundQueueUrl!, outputs.InboundDlqUrl!, outputs.OutboundDlqUrl!].map(attrs),
+    );
     expect(JSON.parse(inbound!.RedrivePolicy!)).toEqual({ deadLetterTargetArn: inDlq!.QueueArn, maxReceiveCount: 5 });
     expect(JSON.parse(outbound!.RedrivePolicy!)).toEqual({ deadLetterTargetArn: outDlq!.QueueArn, maxReceiveCount: 300 });
     expect(inbound!.VisibilityTimeout).toBe('720');

@@ -36,12 +36,23 @@ afterAll(async () => {
 });
 
 const hoursAgo = (h: number) => new Date(clock - h * 3600_000).toISOString();
-const job = (id: string, receivedAt: string) => ({ v: 1 as const, id, blobKey: `in/${id}.eml`, size: 10, from: 'a@example.com', rcpts: [{ address: `r-${id}@example.net` }], receivedAt });
+const job = (id: string, receivedAt: string) => ({
+  v: 1 as const,
+  id,
+  blobKey: `in/${id}.eml`,
+  size: 10,
+  from: 'a@example.com',
+  rcpts: [{ address: `r-${id}@example.net` }],
+  receivedAt,
+});
 
 /** Runs the outbound Lambda handler on an empty batch and returns the lines it wrote. */
 async function batchLines(): Promise<Record<string, unknown>[]> {
   const lines: string[] = [];
-  const handler = outboundHandler(async () => ctx, (l) => lines.push(l));
+  const handler = outboundHandler(
+    async () => ctx,
+    (l) => lines.push(l),
+  );
   expect(await handler({ Records: [] })).toEqual({ batchItemFailures: [] });
   return lines.map((l) => JSON.parse(l) as Record<string, unknown>);
 }
@@ -65,14 +76,19 @@ describe('outbound age report', () => {
     const emf = lines[0]!;
     expect(emf[OUTBOUND_AGE_METRIC.name]).toBe(7 * 3600);
     expect(emf[OUTBOUND_AGE_METRIC.dimension]).toBe('local');
-    const aws = emf._aws as { Timestamp: number; CloudWatchMetrics: { Namespace: string; Dimensions: string[][]; Metrics: { Name: string; Unit: string }[] }[] };
+    const aws = emf._aws as {
+      Timestamp: number;
+      CloudWatchMetrics: { Namespace: string; Dimensions: string[][]; Metrics: { Name: string; Unit: string }[] }[];
+    };
     expect(aws.Timestamp).toBe(clock);
     expect(aws.CloudWatchMetrics).toEqual([{ Namespace: 'Tomlinson', Dimensions: [['Table']], Metrics: [{ Name: 'outbound-oldest-age', Unit: 'Seconds' }] }]);
   });
 
   it('uses the namespace, metric and dimension of the OutboundQueueAge alarm', async () => {
     const [emf] = await batchLines();
-    const alarms = Object.values(Template.fromStack(testApp().stacks.monitoring!).findResources('AWS::CloudWatch::Alarm')).map((a) => a.Properties as Record<string, unknown>);
+    const alarms = Object.values(Template.fromStack(testApp().stacks.monitoring!).findResources('AWS::CloudWatch::Alarm')).map(
+      (a) => a.Properties as Record<string, unknown>,
+    );
     const alarm = alarms.find((a) => String(a.AlarmDescription).startsWith('Outbound mail has been waiting'))!;
     const def = (emf!._aws as { CloudWatchMetrics: { Namespace: string; Dimensions: string[][]; Metrics: { Name: string }[] }[] }).CloudWatchMetrics[0]!;
     expect(alarm.Namespace).toBe(def.Namespace);

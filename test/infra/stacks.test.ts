@@ -24,7 +24,7 @@ function statementsOf(t: Template, rolePrefix: string): { Action: string | strin
   for (const p of Object.values(resources(t, 'AWS::IAM::Policy'))) {
     const roles = JSON.stringify(p.Properties!.Roles);
     if (!roles.includes(`"${rolePrefix}`)) continue;
-    out.push(...((p.Properties!.PolicyDocument as { Statement: { Action: string | string[]; Resource: unknown }[] }).Statement));
+    out.push(...(p.Properties!.PolicyDocument as { Statement: { Action: string | string[]; Resource: unknown }[] }).Statement);
   }
   return out;
 }
@@ -71,7 +71,11 @@ describe('state stack', () => {
   it('encrypts the mail bucket with the stack key, versions it and aborts incomplete uploads', () => {
     t.hasResource('AWS::S3::Bucket', {
       Properties: Match.objectLike({
-        BucketEncryption: { ServerSideEncryptionConfiguration: [Match.objectLike({ ServerSideEncryptionByDefault: { SSEAlgorithm: 'aws:kms', KMSMasterKeyID: { 'Fn::GetAtt': [PINNED_IDS.mailKey, 'Arn'] } } })] },
+        BucketEncryption: {
+          ServerSideEncryptionConfiguration: [
+            Match.objectLike({ ServerSideEncryptionByDefault: { SSEAlgorithm: 'aws:kms', KMSMasterKeyID: { 'Fn::GetAtt': [PINNED_IDS.mailKey, 'Arn'] } } }),
+          ],
+        },
         VersioningConfiguration: { Status: 'Enabled' },
         PublicAccessBlockConfiguration: Match.objectLike({ BlockPublicAcls: true, RestrictPublicBuckets: true }),
         LifecycleConfiguration: { Rules: Match.arrayWith([Match.objectLike({ AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 } })]) },
@@ -145,7 +149,9 @@ describe('processing stack', () => {
   });
 
   it('gives the outbound worker the Lambda maximum for slow SMTP transactions', () => {
-    const timeouts = Object.values(resources(t, 'AWS::Lambda::Function')).map((f) => f.Properties!.Timeout).sort((a, b) => Number(a) - Number(b));
+    const timeouts = Object.values(resources(t, 'AWS::Lambda::Function'))
+      .map((f) => f.Properties!.Timeout)
+      .sort((a, b) => Number(a) - Number(b));
     expect(timeouts).toEqual([120, 900, 900]);
   });
 
@@ -153,7 +159,10 @@ describe('processing stack', () => {
     t.resourceCountIs('AWS::Lambda::Function', 3);
     t.allResourcesProperties('AWS::Lambda::Function', { Runtime: 'nodejs22.x', Architectures: ['arm64'], Handler: 'index.handler' });
     t.resourceCountIs('AWS::Lambda::EventSourceMapping', 2);
-    t.allResourcesProperties('AWS::Lambda::EventSourceMapping', { FunctionResponseTypes: ['ReportBatchItemFailures'], ScalingConfig: { MaximumConcurrency: 10 } });
+    t.allResourcesProperties('AWS::Lambda::EventSourceMapping', {
+      FunctionResponseTypes: ['ReportBatchItemFailures'],
+      ScalingConfig: { MaximumConcurrency: 10 },
+    });
     const sources = Object.values(resources(t, 'AWS::Lambda::EventSourceMapping')).map((m) => JSON.stringify(m.Properties!.EventSourceArn));
     expect(sources.some((s) => s.includes('InboundQueueArn'))).toBe(true);
     expect(sources.some((s) => s.includes('OutboundQueueArn'))).toBe(true);
@@ -165,7 +174,15 @@ describe('processing stack', () => {
       const vars = (fn.Properties!.Environment as { Variables: Record<string, unknown> }).Variables;
       for (const name of Object.keys(vars)) expect(known, `unknown variable ${name}`).toContain(name);
       expect(vars.TOMLINSON_STORAGE).toBe('aws');
-      for (const name of ['TOMLINSON_TABLE', 'TOMLINSON_MAIL_BUCKET', 'TOMLINSON_CACHE_BUCKET', 'TOMLINSON_INBOUND_QUEUE_URL', 'TOMLINSON_OUTBOUND_QUEUE_URL', 'TOMLINSON_INBOUND_DLQ_URL', 'TOMLINSON_OUTBOUND_DLQ_URL']) {
+      for (const name of [
+        'TOMLINSON_TABLE',
+        'TOMLINSON_MAIL_BUCKET',
+        'TOMLINSON_CACHE_BUCKET',
+        'TOMLINSON_INBOUND_QUEUE_URL',
+        'TOMLINSON_OUTBOUND_QUEUE_URL',
+        'TOMLINSON_INBOUND_DLQ_URL',
+        'TOMLINSON_OUTBOUND_DLQ_URL',
+      ]) {
         expect(vars[name], name).toHaveProperty(['Fn::ImportValue']);
       }
     }
@@ -174,7 +191,18 @@ describe('processing stack', () => {
   it('grants least privilege: inbound reads the mail bucket and sends to outbound, never touches the cache bucket', () => {
     const inbound = statementsOf(t, 'InboundFunctionServiceRole');
     const acts = actions(inbound);
-    expect(acts).toEqual(expect.arrayContaining(['sqs:SendMessage', 'sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility', 's3:GetObject*', 's3:PutObject', 'dynamodb:PutItem', 'kms:Decrypt']));
+    expect(acts).toEqual(
+      expect.arrayContaining([
+        'sqs:SendMessage',
+        'sqs:ReceiveMessage',
+        'sqs:DeleteMessage',
+        'sqs:ChangeMessageVisibility',
+        's3:GetObject*',
+        's3:PutObject',
+        'dynamodb:PutItem',
+        'kms:Decrypt',
+      ]),
+    );
     expect(acts).not.toContain('secretsmanager:GetSecretValue');
     expect(acts.some((a) => a === '*' || a.endsWith(':*'))).toBe(false);
     const text = JSON.stringify(inbound);
@@ -200,7 +228,17 @@ describe('processing stack', () => {
     expect(rules.map((r) => r.Properties!.ScheduleExpression)).toEqual(['rate(1 day)']);
     const sweep = statementsOf(t, 'SweepFunctionServiceRole');
     const acts = actions(sweep);
-    expect(acts).toEqual(expect.arrayContaining(['s3:GetObject*', 's3:List*', 's3:DeleteObject*', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:DeleteItem', 'sqs:GetQueueAttributes']));
+    expect(acts).toEqual(
+      expect.arrayContaining([
+        's3:GetObject*',
+        's3:List*',
+        's3:DeleteObject*',
+        'dynamodb:Query',
+        'dynamodb:PutItem',
+        'dynamodb:DeleteItem',
+        'sqs:GetQueueAttributes',
+      ]),
+    );
     expect(acts).not.toContain('s3:PutObject');
     expect(acts).not.toContain('sqs:SendMessage');
     expect(acts).not.toContain('sqs:DeleteMessage');
@@ -235,7 +273,11 @@ describe('listeners stack', () => {
       expect(attrs['deregistration_delay.timeout_seconds']).toBe('120');
     }
     const targetPorts = tgs.map((tg) => tg.Properties!.Port).sort();
-    expect(targetPorts).toEqual(Object.values(LISTENERS).map((l) => l.containerPort).sort());
+    expect(targetPorts).toEqual(
+      Object.values(LISTENERS)
+        .map((l) => l.containerPort)
+        .sort(),
+    );
   });
 
   it('puts one retained Elastic IP per AZ on the internet-facing NLB', () => {
@@ -265,7 +307,11 @@ describe('listeners stack', () => {
       const env = Object.fromEntries((c.Environment as { Name: string; Value: unknown }[]).map((e) => [e.Name, e.Value]));
       expect(env.TOMLINSON_LISTEN_HOST).toBe('0.0.0.0');
       expect(env.TOMLINSON_HEALTH_PORT).toBe('8025');
-      for (const name of Object.keys(env)) expect(SETTINGS.map((s) => s.env), name).toContain(name);
+      for (const name of Object.keys(env))
+        expect(
+          SETTINGS.map((s) => s.env),
+          name,
+        ).toContain(name);
     }
     t.allResourcesProperties('AWS::ECS::Service', {
       DeploymentConfiguration: Match.objectLike({ MinimumHealthyPercent: 100, DeploymentCircuitBreaker: { Enable: true, Rollback: true } }),
@@ -275,7 +321,9 @@ describe('listeners stack', () => {
   it('reads the certificate from the TLS secret only once that is switched on', () => {
     const envOf = (tpl: Template, group: string) => {
       const d = Object.values(resources(tpl, 'AWS::ECS::TaskDefinition')).find((x) => JSON.stringify(x.Properties).includes(`"serve","${group}"`))!;
-      return Object.fromEntries(((d.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: unknown }[] }[])[0]!.Environment).map((e) => [e.Name, e.Value]));
+      return Object.fromEntries(
+        (d.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: unknown }[] }[])[0]!.Environment.map((e) => [e.Name, e.Value]),
+      );
     };
     expect(envOf(t, 'smtp').TOMLINSON_TLS_SECRET_ID).toBeUndefined();
     const on = Template.fromStack(testApp({ tlsFromSecret: true }).stacks.listeners!);
@@ -349,7 +397,9 @@ describe('listeners stack', () => {
     expect(listenersOf(t, publicId)).not.toContain(3128);
     const proxyEnv = (tpl: Template) => {
       const d = Object.values(resources(tpl, 'AWS::ECS::TaskDefinition')).find((x) => JSON.stringify(x.Properties).includes('"serve","proxy"'))!;
-      return Object.fromEntries(((d.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: unknown }[] }[])[0]!.Environment).map((e) => [e.Name, e.Value]));
+      return Object.fromEntries(
+        (d.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: unknown }[] }[])[0]!.Environment.map((e) => [e.Name, e.Value]),
+      );
     };
     expect(proxyEnv(t).TOMLINSON_PROXY_ALLOWED_CLIENTS).toBe('10.0.0.0/8');
 
@@ -358,10 +408,17 @@ describe('listeners stack', () => {
     const openPublic = Object.keys(openLbs).find((id) => openLbs[id]!.Properties!.Scheme === 'internet-facing')!;
     expect(listenersOf(open, openPublic)).toContain(3128);
     const ingress = [
-      ...Object.values(resources(open, 'AWS::EC2::SecurityGroup')).flatMap((g) => (g.Properties!.SecurityGroupIngress as Record<string, unknown>[] | undefined) ?? []),
+      ...Object.values(resources(open, 'AWS::EC2::SecurityGroup')).flatMap(
+        (g) => (g.Properties!.SecurityGroupIngress as Record<string, unknown>[] | undefined) ?? [],
+      ),
       ...Object.values(resources(open, 'AWS::EC2::SecurityGroupIngress')).map((r) => r.Properties!),
     ];
-    expect(ingress.filter((r) => r.FromPort === 3128 && 'CidrIp' in r).map((r) => r.CidrIp).sort()).toEqual(['10.0.0.0/8', '203.0.113.0/24']);
+    expect(
+      ingress
+        .filter((r) => r.FromPort === 3128 && 'CidrIp' in r)
+        .map((r) => r.CidrIp)
+        .sort(),
+    ).toEqual(['10.0.0.0/8', '203.0.113.0/24']);
     // The proxy admits what its load balancers admit (client IPs are preserved).
     expect(proxyEnv(open).TOMLINSON_PROXY_ALLOWED_CLIENTS).toBe('10.0.0.0/8,203.0.113.0/24');
     expect(() => stageConfig('dev', { proxyPublicClients: ['0.0.0.0/0'] })).toThrow(/open to everyone/);
@@ -369,7 +426,9 @@ describe('listeners stack', () => {
 
   it('opens the mail ports to everyone but the proxy only to the configured client ranges', () => {
     const ingress = [
-      ...Object.values(resources(t, 'AWS::EC2::SecurityGroup')).flatMap((g) => (g.Properties!.SecurityGroupIngress as Record<string, unknown>[] | undefined) ?? []),
+      ...Object.values(resources(t, 'AWS::EC2::SecurityGroup')).flatMap(
+        (g) => (g.Properties!.SecurityGroupIngress as Record<string, unknown>[] | undefined) ?? [],
+      ),
       ...Object.values(resources(t, 'AWS::EC2::SecurityGroupIngress')).map((r) => r.Properties!),
     ];
     const open = (port: number) => ingress.filter((r) => r.FromPort === port && r.CidrIp === '0.0.0.0/0');
@@ -386,11 +445,15 @@ describe('listeners stack', () => {
   it('switches single listeners and whole groups off', () => {
     const listeners = { ...stageConfig('dev').listeners, pop3s: false, proxy: false } as Record<ListenerName, boolean>;
     const off = Template.fromStack(testApp({ listeners }).stacks.listeners!);
-    const ports = Object.values(resources(off, 'AWS::ElasticLoadBalancingV2::Listener')).map((l) => l.Properties!.Port).sort((a, b) => Number(a) - Number(b));
+    const ports = Object.values(resources(off, 'AWS::ElasticLoadBalancingV2::Listener'))
+      .map((l) => l.Properties!.Port)
+      .sort((a, b) => Number(a) - Number(b));
     expect(ports).toEqual([25, 110, 465, 587]);
     off.resourceCountIs('AWS::ECS::Service', 2);
     const pop3 = Object.values(resources(off, 'AWS::ECS::TaskDefinition')).find((d) => JSON.stringify(d.Properties).includes('"serve","pop3"'))!;
-    const env = Object.fromEntries(((pop3.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: string }[] }[])[0]!.Environment).map((e) => [e.Name, e.Value]));
+    const env = Object.fromEntries(
+      (pop3.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: string }[] }[])[0]!.Environment.map((e) => [e.Name, e.Value]),
+    );
     expect(env.TOMLINSON_POP3S_PORT).toBe('0');
     expect(env.TOMLINSON_POP3_PORT).toBe('2110');
     expect(env.TOMLINSON_POP3_ENABLED).toBe('true');
@@ -409,7 +472,12 @@ describe('listeners stack', () => {
 describe('dns and monitoring stacks', () => {
   it('writes A, MX, SPF and DMARC records into a given hosted zone', () => {
     const t = Template.fromStack(testApp({ hostedZone: { zoneId: 'Z123EXAMPLE', zoneName: 'example.com' } }).stacks.dns!);
-    t.hasResourceProperties('AWS::Route53::RecordSet', { Type: 'MX', Name: 'example.com.', ResourceRecords: ['10 mail.example.com'], HostedZoneId: 'Z123EXAMPLE' });
+    t.hasResourceProperties('AWS::Route53::RecordSet', {
+      Type: 'MX',
+      Name: 'example.com.',
+      ResourceRecords: ['10 mail.example.com'],
+      HostedZoneId: 'Z123EXAMPLE',
+    });
     t.hasResourceProperties('AWS::Route53::RecordSet', { Type: 'A', Name: 'mail.example.com.' });
     t.hasResourceProperties('AWS::Route53::RecordSet', { Type: 'TXT', Name: 'example.com.', ResourceRecords: ['"v=spf1 mx -all"'] });
     t.hasResourceProperties('AWS::Route53::RecordSet', { Type: 'TXT', Name: '_dmarc.example.com.' });
@@ -457,7 +525,9 @@ describe('alarms that matter when things are worst', () => {
     const healthy = alarms.filter((a) => a.MetricName === 'HealthyHostCount');
     // One per target group: 25, 465, 587, 110, 995 and the proxy's internal 3128.
     expect(healthy).toHaveLength(6);
-    const groups = new Set(healthy.map((a) => JSON.stringify((a.Dimensions as { Name: string; Value: unknown }[]).find((d) => d.Name === 'TargetGroup')!.Value)));
+    const groups = new Set(
+      healthy.map((a) => JSON.stringify((a.Dimensions as { Name: string; Value: unknown }[]).find((d) => d.Name === 'TargetGroup')!.Value)),
+    );
     expect(groups.size).toBe(6);
     for (const a of healthy) {
       expect(a).toMatchObject({ Namespace: 'AWS/NetworkELB', ComparisonOperator: 'LessThanThreshold', Threshold: 1, TreatMissingData: 'breaching' });
@@ -468,11 +538,18 @@ describe('alarms that matter when things are worst', () => {
   it('watches the oldest undelivered outbound message from the metric the worker publishes', () => {
     const age = alarms.find((a) => a.MetricName === OUTBOUND_AGE_METRIC.name);
     expect(age).toBeDefined();
-    expect(age).toMatchObject({ Namespace: OUTBOUND_AGE_METRIC.namespace, Statistic: 'Maximum', Threshold: 6 * 3600, ComparisonOperator: 'GreaterThanOrEqualToThreshold' });
+    expect(age).toMatchObject({
+      Namespace: OUTBOUND_AGE_METRIC.namespace,
+      Statistic: 'Maximum',
+      Threshold: 6 * 3600,
+      ComparisonOperator: 'GreaterThanOrEqualToThreshold',
+    });
     const dims = age!.Dimensions as { Name: string; Value: unknown }[];
     expect(dims.map((d) => d.Name)).toEqual([OUTBOUND_AGE_METRIC.dimension]);
     // The dimension is the table name the outbound worker reports with (its TOMLINSON_TABLE).
-    const outboundFn = Object.values(resources(Template.fromStack(main.stacks.processing), 'AWS::Lambda::Function')).find((f) => JSON.stringify(f.Properties!.Role).includes('OutboundFunction'))!;
+    const outboundFn = Object.values(resources(Template.fromStack(main.stacks.processing), 'AWS::Lambda::Function')).find((f) =>
+      JSON.stringify(f.Properties!.Role).includes('OutboundFunction'),
+    )!;
     const fnTable = (outboundFn.Properties!.Environment as { Variables: Record<string, unknown> }).Variables.TOMLINSON_TABLE;
     expect(dims[0]!.Value).toEqual(fnTable);
     expect(JSON.stringify(dims[0]!.Value)).toContain('Table');
@@ -490,6 +567,8 @@ describe('stage config', () => {
   it('refuses an open proxy and unknown stages', () => {
     expect(() => stageConfig('dev', { proxyAllowedClients: ['0.0.0.0/0'] })).toThrow(/open to everyone/);
     expect(() => stageConfig('nope')).toThrow(/unknown stage/);
-    expect(() => stageConfig('dev', { lambda: { memoryMiB: 512, timeoutSeconds: 60, outboundTimeoutSeconds: 900, maxConcurrency: 1 } })).toThrow(/maxConcurrency/);
+    expect(() => stageConfig('dev', { lambda: { memoryMiB: 512, timeoutSeconds: 60, outboundTimeoutSeconds: 900, maxConcurrency: 1 } })).toThrow(
+      /maxConcurrency/,
+    );
   });
 });

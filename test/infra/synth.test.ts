@@ -38,7 +38,9 @@ describe('cdk synth', () => {
     for (const s of stacks) expect(existsSync(join(dir, `${s}.template.json`)), s).toBe(true);
 
     // Every Lambda asset (inbound, outbound, sweep) holds a real esbuild bundle that Node can load.
-    const processing = JSON.parse(readFileSync(join(dir, 'Tomlinson-dev-Processing.template.json'), 'utf8')) as { Resources: Record<string, { Type: string; Metadata?: Record<string, string> }> };
+    const processing = JSON.parse(readFileSync(join(dir, 'Tomlinson-dev-Processing.template.json'), 'utf8')) as {
+      Resources: Record<string, { Type: string; Metadata?: Record<string, string> }>;
+    };
     const fns = Object.values(processing.Resources).filter((x) => x.Type === 'AWS::Lambda::Function');
     expect(fns).toHaveLength(3);
     for (const fn of fns) {
@@ -51,7 +53,9 @@ describe('cdk synth', () => {
     }
 
     // The image is declared from containers/Dockerfile for arm64, not built.
-    const assets = JSON.parse(readFileSync(join(dir, 'Tomlinson-dev-Listeners.assets.json'), 'utf8')) as { dockerImages: Record<string, { source: { dockerFile: string; platform?: string } }> };
+    const assets = JSON.parse(readFileSync(join(dir, 'Tomlinson-dev-Listeners.assets.json'), 'utf8')) as {
+      dockerImages: Record<string, { source: { dockerFile: string; platform?: string } }>;
+    };
     const images = Object.values(assets.dockerImages);
     expect(images).toHaveLength(1);
     expect(images[0]!.source).toMatchObject({ dockerFile: 'containers/Dockerfile', platform: 'linux/arm64' });

@@ -8,7 +8,14 @@ describe('core/dns against the test DNS server', () => {
   let dns: TestDnsServer;
   beforeAll(async () => {
     dns = await startDnsServer({
-      'example.test': { MX: [{ priority: 10, exchange: 'mx1.example.test' }, { priority: 20, exchange: 'mx2.example.test' }], TXT: ['v=spf1 ip4:127.0.0.1 -all'], A: ['192.0.2.1'] },
+      'example.test': {
+        MX: [
+          { priority: 10, exchange: 'mx1.example.test' },
+          { priority: 20, exchange: 'mx2.example.test' },
+        ],
+        TXT: ['v=spf1 ip4:127.0.0.1 -all'],
+        A: ['192.0.2.1'],
+      },
       'mx1.example.test': { A: ['127.0.0.1'], AAAA: ['::1', '2001:db8::25'] },
       'nullmx.test': { MX: [{ priority: 0, exchange: '.' }] },
       'sel._domainkey.example.test': { TXT: [LONG_TXT] },
@@ -18,7 +25,12 @@ describe('core/dns against the test DNS server', () => {
 
   it('answers MX, TXT, A and AAAA from the table', async () => {
     const r = createDnsResolver({ servers: [dns.address], timeoutMs: 500 });
-    expect(await r.resolveMx('example.test')).toEqual(expect.arrayContaining([{ exchange: 'mx1.example.test', priority: 10 }, { exchange: 'mx2.example.test', priority: 20 }]));
+    expect(await r.resolveMx('example.test')).toEqual(
+      expect.arrayContaining([
+        { exchange: 'mx1.example.test', priority: 10 },
+        { exchange: 'mx2.example.test', priority: 20 },
+      ]),
+    );
     expect(await r.resolveTxt('Example.Test.')).toEqual([['v=spf1 ip4:127.0.0.1 -all']]);
     expect(await r.resolve4('mx1.example.test')).toEqual(['127.0.0.1']);
     expect((await r.resolve6('mx1.example.test')).sort()).toEqual(['2001:db8::25', '::1']);

@@ -121,7 +121,12 @@ describe('inbound worker', () => {
   }
 
   it('drops the blob when no recipient is deliverable any more, after a failure DSN (5.1.1) to the sender, once', async () => {
-    const job = await enqueue({ rcpts: [{ address: 'gone@example.test', orcpt: 'rfc822;gone@example.test' }], client: { address: '192.0.2.1', helo: 'x' }, listener: 'mx', dsn: { envid: 'env-42' } });
+    const job = await enqueue({
+      rcpts: [{ address: 'gone@example.test', orcpt: 'rfc822;gone@example.test' }],
+      client: { address: '192.0.2.1', helo: 'x' },
+      listener: 'mx',
+      dsn: { envid: 'env-42' },
+    });
     const [m] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
     expect(await inboundJob(m.body, { queue: 'inbound', id: m.id, receiveCount: 1, sentAt: m.sentAt }, ctx)).toEqual({ kind: 'done' });
     // A redelivery of the job sends no second DSN.
@@ -148,7 +153,11 @@ describe('inbound worker', () => {
   });
 
   it('a user removed between RCPT and delivery: the others get the message, a local sender gets the DSN in its mailbox', async () => {
-    const job = await enqueue({ from: 'alice@example.test', rcpts: [{ address: 'alice@example.test' }, { address: 'bob@example.test' }], dsn: { ret: 'HDRS' } });
+    const job = await enqueue({
+      from: 'alice@example.test',
+      rcpts: [{ address: 'alice@example.test' }, { address: 'bob@example.test' }],
+      dsn: { ret: 'HDRS' },
+    });
     await new Accounts(storage.tables).removeUser('bob@example.test');
     const [m] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
     expect(await runOne('inbound', m, inboundJob, ctx)).toEqual({ kind: 'done' });
@@ -209,7 +218,9 @@ describe('inbound worker', () => {
     clock += 31_000;
     const [again] = await storage.queues.receive('inbound', { max: 1, visibilitySeconds: 30, waitSeconds: 0 });
     expect(again.receiveCount).toBe(2);
-    expect(await inboundJob(again.body, { queue: 'inbound', id: again.id, receiveCount: again.receiveCount, sentAt: again.sentAt }, ctx)).toMatchObject({ kind: 'done' });
+    expect(await inboundJob(again.body, { queue: 'inbound', id: again.id, receiveCount: again.receiveCount, sentAt: again.sentAt }, ctx)).toMatchObject({
+      kind: 'done',
+    });
     expect(await new MailboxStore(storage.tables, storage.mail).list('bob@example.test')).toHaveLength(1);
     expect(JSON.parse(await cli('--json', 'queue', 'list'))).toEqual([]);
   });
@@ -234,7 +245,10 @@ describe('inbound worker', () => {
   it('a worker killed in the middle of a job: the redelivery leaves exactly one copy per mailbox', async () => {
     await enqueue();
     await storage.close();
-    const child = spawnSync(process.execPath, ['--import', 'tsx', new URL('./inbound-child.ts', import.meta.url).pathname, dir.path], { encoding: 'utf8', timeout: 30_000 });
+    const child = spawnSync(process.execPath, ['--import', 'tsx', new URL('./inbound-child.ts', import.meta.url).pathname, dir.path], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
     expect(child.signal, child.stderr).toBe('SIGKILL');
     // Reopen, past the visibility timeout the child took.
     clock += 60_000;

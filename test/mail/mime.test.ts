@@ -37,7 +37,7 @@ const MULTI = [
   '--inner--',
   '--outer',
   'Content-Type: application/octet-stream; name="data.bin"',
-  'Content-Disposition: attachment; filename*=UTF-8\'\'r%C3%A9sum%C3%A9.bin',
+  "Content-Disposition: attachment; filename*=UTF-8''r%C3%A9sum%C3%A9.bin",
   'Content-Transfer-Encoding: base64',
   '',
   Buffer.alloc(3000, 7).toString('base64').replace(/.{76}/g, '$&\r\n'),
@@ -97,8 +97,11 @@ describe('summarizeMessage', () => {
       while (Buffer.byteLength(body) < 6000) body += pieces[rnd(pieces.length)];
       const raw = `Subject: p\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n${body}`;
       const s = (await summarizeMessage(Readable.from([Buffer.from(raw)]))) as unknown as MessageSummary;
-       
-      const cleaned = body.replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\ufffd]/g, '').replace(/\s+/g, ' ').trim();
+
+      const cleaned = body
+        .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\ufffd]/g, '')
+        .replace(/\s+/g, ' ')
+        .trim();
       expect(s.preview).toBe(Array.from(cleaned).slice(0, 200).join(''));
     }
   });
@@ -126,7 +129,10 @@ describe('summarizeMessage', () => {
     ['an attached message of broken base64', 'Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!***\r\n'],
     ['an empty attached message', 'Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n--b--\r\n'],
     ['an attached message of binary garbage', 'Content-Type: message/rfc822\r\n\r\n\u0000\u00ff\r\n\r\n\u0001'],
-    ['an unterminated attached message', 'Content-Type: message/rfc822\r\n\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nhel'],
+    [
+      'an unterminated attached message',
+      'Content-Type: message/rfc822\r\n\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nhel',
+    ],
   ];
   for (const [name, raw] of malformed) {
     it(`never throws on ${name}`, async () => {
@@ -151,7 +157,9 @@ describe('summarizeMessage', () => {
     const line = Buffer.from(Buffer.alloc(57, 0xab).toString('base64') + '\r\n');
     const lines = Math.ceil((40 * 1024 * 1024) / 57);
     async function* gen() {
-      yield Buffer.from('Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--zz\r\nContent-Type: application/zip; name=big.zip\r\nContent-Transfer-Encoding: base64\r\n\r\n');
+      yield Buffer.from(
+        'Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--zz\r\nContent-Type: application/zip; name=big.zip\r\nContent-Transfer-Encoding: base64\r\n\r\n',
+      );
       const block = Buffer.concat(Array(1000).fill(line));
       for (let i = 0; i < lines; i += 1000) yield i + 1000 <= lines ? block : Buffer.concat(Array(lines - i).fill(line));
       yield Buffer.from('--zz--\r\n');
@@ -177,7 +185,10 @@ function qp(text: string): string {
       let len = 0;
       const bytes = Buffer.from(line);
       for (const [i, b] of bytes.entries()) {
-        const t = b === 0x3d || b > 0x7e || (i === bytes.length - 1 && (b === 0x20 || b === 0x09)) ? `=${b.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(b);
+        const t =
+          b === 0x3d || b > 0x7e || (i === bytes.length - 1 && (b === 0x20 || b === 0x09))
+            ? `=${b.toString(16).toUpperCase().padStart(2, '0')}`
+            : String.fromCharCode(b);
         if (len + t.length > 72) {
           out += '=\r\n';
           len = 0;
@@ -281,7 +292,9 @@ describe('attached messages (message/rfc822) are opened', () => {
   }
 
   it('opens a message attached at the top level (the whole message is message/rfc822)', async () => {
-    const s = await sum(`Subject: wrapper\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n${b64('Subject: wrapped\r\n\r\nhello\r\n')}\r\n`);
+    const s = await sum(
+      `Subject: wrapper\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n${b64('Subject: wrapped\r\n\r\nhello\r\n')}\r\n`,
+    );
     expect(s.parts.map((p) => [p.part, p.type, p.message?.subject])).toEqual([
       ['', 'message/rfc822', 'wrapped'],
       ['1.TEXT', 'text/plain', undefined],
@@ -346,7 +359,8 @@ describe('attached messages (message/rfc822) are opened', () => {
 
   it('keeps the summary within its byte bound however many attached messages carry long headers', async () => {
     const longName = (i: number) => `"${'Ünïcödé '.repeat(60)}${i}" <user${i}@example.org>`;
-    const inner = (i: number) => `From: ${longName(i)}\r\nTo: ${Array.from({ length: 30 }, (_, j) => longName(j)).join(', ')}\r\nCc: ${Array.from({ length: 30 }, (_, j) => longName(j)).join(', ')}\r\nSubject: ${'Ω'.repeat(990)}\r\n\r\nbody ${i}\r\n`;
+    const inner = (i: number) =>
+      `From: ${longName(i)}\r\nTo: ${Array.from({ length: 30 }, (_, j) => longName(j)).join(', ')}\r\nCc: ${Array.from({ length: 30 }, (_, j) => longName(j)).join(', ')}\r\nSubject: ${'Ω'.repeat(990)}\r\n\r\nbody ${i}\r\n`;
     const raw =
       `From: sender@example.org\r\nTo: ${Array.from({ length: 50 }, (_, j) => longName(j)).join(', ')}\r\nSubject: bound\r\nContent-Type: multipart/mixed; boundary=top\r\n\r\n` +
       Array.from({ length: 60 }, (_, i) => `--top\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n${b64(inner(i))}\r\n`).join('') +
@@ -367,7 +381,9 @@ describe('attached messages (message/rfc822) are opened', () => {
 
   it('summarises a base64 attached message holding a 24 MB attachment with bounded memory', async () => {
     // The attached message is itself base64 inside base64, made as it streams.
-    const innerHead = Buffer.from('Subject: big inner\r\nContent-Type: multipart/mixed; boundary=ib\r\n\r\n--ib\r\nContent-Type: application/zip; name=big.zip\r\nContent-Transfer-Encoding: base64\r\n\r\n');
+    const innerHead = Buffer.from(
+      'Subject: big inner\r\nContent-Type: multipart/mixed; boundary=ib\r\n\r\n--ib\r\nContent-Type: application/zip; name=big.zip\r\nContent-Transfer-Encoding: base64\r\n\r\n',
+    );
     const innerTail = Buffer.from('--ib--\r\n');
     const line = Buffer.from(Buffer.alloc(57, 0xcd).toString('base64') + '\r\n');
     const lines = Math.ceil((24 * 1024 * 1024) / 57);
@@ -378,7 +394,9 @@ describe('attached messages (message/rfc822) are opened', () => {
       yield innerTail;
     }
     async function* gen() {
-      yield Buffer.from('Subject: outer\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nfwd\r\n--zz\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n');
+      yield Buffer.from(
+        'Subject: outer\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nfwd\r\n--zz\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n',
+      );
       let rest = Buffer.alloc(0);
       for (const piece of inner()) {
         const all = Buffer.concat([rest, piece]);
@@ -418,43 +436,71 @@ describe('delimiter lines and header sections', () => {
     [
       'a boundary longer than 70 characters',
       multipart(long, `--${long}\r\nContent-Type: text/plain\r\n\r\none\r\n--${long}\r\nContent-Type: text/html\r\n\r\n<b>two</b>\r\n--${long}--\r\n`),
-      [['', 'multipart/mixed', 0], ['1', 'text/plain', 3], ['2', 'text/html', 10]],
+      [
+        ['', 'multipart/mixed', 0],
+        ['1', 'text/plain', 3],
+        ['2', 'text/html', 10],
+      ],
       'one',
     ],
     [
       'a line that starts with the delimiter but goes on is content (RFC 2046 §5.1.1)',
       multipart('b', '--b\r\n\r\none\r\n--bX\r\n--b-\r\n--b--X\r\n--b x\r\ntwo\r\n--b--\r\n'),
-      [['', 'multipart/mixed', 0], ['1', 'text/plain', 35]],
+      [
+        ['', 'multipart/mixed', 0],
+        ['1', 'text/plain', 35],
+      ],
       'one --bX --b- --b--X --b x two',
     ],
     [
       'transport padding after a delimiter and after the close delimiter',
       multipart('b', '--b \t \r\n\r\none\r\n--b\t\r\n\r\ntwo\r\n--b--  \r\nepilogue\r\n'),
-      [['', 'multipart/mixed', 0], ['1', 'text/plain', 3], ['2', 'text/plain', 3]],
+      [
+        ['', 'multipart/mixed', 0],
+        ['1', 'text/plain', 3],
+        ['2', 'text/plain', 3],
+      ],
       'one',
     ],
     [
       'an empty part first (no header lines, no body)',
       multipart('b', '--b\r\n--b\r\n\r\nhello\r\n--b--\r\n'),
-      [['', 'multipart/mixed', 0], ['1', 'text/plain', 0], ['2', 'text/plain', 5]],
+      [
+        ['', 'multipart/mixed', 0],
+        ['1', 'text/plain', 0],
+        ['2', 'text/plain', 5],
+      ],
       'hello',
     ],
     [
       'an empty part last, closed by the close delimiter',
       multipart('b', '--b\r\n\r\nhello\r\n--b\r\n--b--\r\n'),
-      [['', 'multipart/mixed', 0], ['1', 'text/plain', 5], ['2', 'text/plain', 0]],
+      [
+        ['', 'multipart/mixed', 0],
+        ['1', 'text/plain', 5],
+        ['2', 'text/plain', 0],
+      ],
       'hello',
     ],
     [
       'a part of header lines only, ended by the next delimiter',
       multipart('b', '--b\r\nContent-Type: image/png\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b--\r\n'),
-      [['', 'multipart/mixed', 0], ['1', 'image/png', 0], ['2', 'text/plain', 5]],
+      [
+        ['', 'multipart/mixed', 0],
+        ['1', 'image/png', 0],
+        ['2', 'text/plain', 5],
+      ],
       'hello',
     ],
     [
       'an empty part between two parts with bodies',
       multipart('b', '--b\r\n\r\none\r\n--b\r\n\r\n--b\r\n\r\ntwo\r\n--b--\r\n'),
-      [['', 'multipart/mixed', 0], ['1', 'text/plain', 3], ['2', 'text/plain', 0], ['3', 'text/plain', 3]],
+      [
+        ['', 'multipart/mixed', 0],
+        ['1', 'text/plain', 3],
+        ['2', 'text/plain', 0],
+        ['3', 'text/plain', 3],
+      ],
       'one',
     ],
     [
@@ -463,12 +509,7 @@ describe('delimiter lines and header sections', () => {
       [['', 'text/plain', 31]],
       'Subject: not a header body',
     ],
-    [
-      'a message without any header line is all body',
-      'just some text\r\nand: more\r\n',
-      [['', 'text/plain', 27]],
-      'just some text and: more',
-    ],
+    ['a message without any header line is all body', 'just some text\r\nand: more\r\n', [['', 'text/plain', 27]], 'just some text and: more'],
     ['one line of text without a line end', 'hello there', [['', 'text/plain', 11]], 'hello there'],
     [
       'the header section ends at the first line that is not a header field (trace fields in front, as delivered)',

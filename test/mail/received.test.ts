@@ -2,10 +2,20 @@ import { describe, expect, it } from 'vitest';
 import { buildReceived, rfc5322Date, withProtocol } from '../../core/mail/received.js';
 
 describe('Received header (RFC 5321 §4.4)', () => {
-  const base = { helo: 'client.example', clientAddress: '192.0.2.7', hostname: 'mx.example.test', esmtp: true, id: 'abc123', rcpts: ['a@example.test'], date: new Date('2026-11-26T07:15:07Z') };
+  const base = {
+    helo: 'client.example',
+    clientAddress: '192.0.2.7',
+    hostname: 'mx.example.test',
+    esmtp: true,
+    id: 'abc123',
+    rcpts: ['a@example.test'],
+    date: new Date('2026-11-26T07:15:07Z'),
+  };
 
   it('names client, server, protocol, id, recipient and date', () => {
-    expect(buildReceived(base)).toBe('Received: from client.example ([192.0.2.7])\r\n\tby mx.example.test (Tomlinson) with ESMTP id abc123\r\n\tfor <a@example.test>; Thu, 26 Nov 2026 07:15:07 +0000\r\n');
+    expect(buildReceived(base)).toBe(
+      'Received: from client.example ([192.0.2.7])\r\n\tby mx.example.test (Tomlinson) with ESMTP id abc123\r\n\tfor <a@example.test>; Thu, 26 Nov 2026 07:15:07 +0000\r\n',
+    );
   });
 
   it('records TLS version and cipher and the authenticated user', () => {

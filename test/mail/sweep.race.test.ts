@@ -28,17 +28,20 @@ async function raceHarness(settleSeconds: number): Promise<{ h: Harness; sweeps:
   let real: Storage | undefined;
   // The race is between a blob put and the job's send, so every message takes that path here
   // (a small one would otherwise travel inside its job, with no blob to race for).
-  const harness = await startHarness({ TOMLINSON_SMTP_QUEUE_INLINE_BYTES: '0' }, {
-    wrapStorage: (s) => {
-      real = s;
-      const queues = Object.create(s.queues) as Storage['queues'];
-      queues.send = async (queue, body, o) => {
-        if (queue === 'inbound') sweeps.push(await sweepOrphanBlobs(s, { settleSeconds, log: silentLogger }));
-        return s.queues.send(queue, body, o);
-      };
-      return { ...s, queues, check: () => s.check(), close: () => s.close() };
+  const harness = await startHarness(
+    { TOMLINSON_SMTP_QUEUE_INLINE_BYTES: '0' },
+    {
+      wrapStorage: (s) => {
+        real = s;
+        const queues = Object.create(s.queues) as Storage['queues'];
+        queues.send = async (queue, body, o) => {
+          if (queue === 'inbound') sweeps.push(await sweepOrphanBlobs(s, { settleSeconds, log: silentLogger }));
+          return s.queues.send(queue, body, o);
+        };
+        return { ...s, queues, check: () => s.check(), close: () => s.close() };
+      },
     },
-  });
+  );
   return { h: harness, sweeps, real: () => real! };
 }
 

@@ -53,7 +53,10 @@ const MBOX = [
 describe('mbox', () => {
   it('splits messages and undoes quoting at every chunk size from 1 to 64 bytes', async () => {
     const expected = [
-      { sep: 'alice@example.org Tue Nov 25 10:00:00 2025', body: 'From: Alice <alice@example.org>\r\nSubject: one\r\n\r\nHello\r\nFrom the start of a line, quoted once\r\n>From quoted twice\r\nFrom-not-a-separator: x\r\n' },
+      {
+        sep: 'alice@example.org Tue Nov 25 10:00:00 2025',
+        body: 'From: Alice <alice@example.org>\r\nSubject: one\r\n\r\nHello\r\nFrom the start of a line, quoted once\r\n>From quoted twice\r\nFrom-not-a-separator: x\r\n',
+      },
       // a message ending in blank lines keeps them; only the separator's blank line goes
       { sep: 'bob@example.org Wed Nov 26 11:30:00 2025', body: 'Subject: two\r\n\r\nÜnïcödé body\r\n\r\n' },
     ];
@@ -157,7 +160,9 @@ describe('import and export on the local family', () => {
   });
 
   it('refuses a folder that is not a Maildir', async () => {
-    await expect(importMailbox({ user: 'bob@example.com', path: dir.path, store, blobs: target.storage.mail, maxBytes: 1000 })).rejects.toThrow('not a Maildir');
+    await expect(importMailbox({ user: 'bob@example.com', path: dir.path, store, blobs: target.storage.mail, maxBytes: 1000 })).rejects.toThrow(
+      'not a Maildir',
+    );
   });
 
   it('exports a mailbox as mbox that imports back to the same messages', async () => {

@@ -25,7 +25,13 @@ export function describeMailboxStore(family: 'local' | 'aws'): void {
     const pageSize = name === 'aws' ? 10 : 500;
     const total = pageSize + 20;
 
-    const msg = (jobId: string, blobKey: string, size: number) => ({ jobId, blobKey, size, receivedAt: '2026-01-01T00:00:00.000Z', summary: { subject: `s ${jobId}` } });
+    const msg = (jobId: string, blobKey: string, size: number) => ({
+      jobId,
+      blobKey,
+      size,
+      receivedAt: '2026-01-01T00:00:00.000Z',
+      summary: { subject: `s ${jobId}` },
+    });
 
     beforeAll(async () => {
       target = await open();
@@ -55,7 +61,9 @@ export function describeMailboxStore(family: 'local' | 'aws'): void {
       expect(await store.delivered('job-1', 'bob@example.com')).toBe(1);
       expect(await store.delivered('job-1', 'alice@example.com')).toBeUndefined();
       const list = await store.list('bob@example.com');
-      expect(list).toEqual([{ uid: 1, blobKey: 'm/one', size: 24, receivedAt: '2026-01-01T00:00:00.000Z', summary: { subject: 's job-1' }, flags: [], jobId: 'job-1' }]);
+      expect(list).toEqual([
+        { uid: 1, blobKey: 'm/one', size: 24, receivedAt: '2026-01-01T00:00:00.000Z', summary: { subject: 's job-1' }, flags: [], jobId: 'job-1' },
+      ]);
     });
 
     it('gives concurrent deliveries distinct consecutive uids and exact counters', async () => {

@@ -25,7 +25,6 @@ import { startDnsServer, type TestDnsServer } from '../support/dns-server.js';
 import { startMoto, type AwsTestBackend } from '../support/moto.js';
 import { drain, openEnv, queueMessage, sampleMessage, startRemote, TestClock, type RemoteMx, type TestEnv } from './harness.js';
 
-
 const run = promisify(execFile);
 const here = new URL('.', import.meta.url).pathname;
 let dns: TestDnsServer;
@@ -42,7 +41,12 @@ afterAll(async () => {
 type Family = 'local' | 'aws';
 
 async function openFamily(family: Family, remote: RemoteMx): Promise<{ env: TestEnv; cliEnv: Record<string, string> }> {
-  const settings = { TOMLINSON_DNS_SERVERS: dns.address, TOMLINSON_OUTBOUND_MX_PORT: String(remote.port), TOMLINSON_LOG_LEVEL: 'silent', TOMLINSON_HOSTNAME: 'mx.tomlinson.test' };
+  const settings = {
+    TOMLINSON_DNS_SERVERS: dns.address,
+    TOMLINSON_OUTBOUND_MX_PORT: String(remote.port),
+    TOMLINSON_LOG_LEVEL: 'silent',
+    TOMLINSON_HOSTNAME: 'mx.tomlinson.test',
+  };
   // The CLI runs on the real clock, so the worker does too here.
   const clock = new TestClock(Date.now());
   if (family === 'local') {
@@ -76,7 +80,11 @@ async function cli(env: Record<string, string>, ...args: string[]): Promise<{ st
   let stderr = '';
   out.on('data', (d: Buffer) => (stdout += d.toString()));
   err.on('data', (d: Buffer) => (stderr += d.toString()));
-  const code = await runCli(['node', 'tomlinson', ...args], { env: { ...process.env, ...env }, stdout: out as unknown as NodeJS.WriteStream, stderr: err as unknown as NodeJS.WriteStream });
+  const code = await runCli(['node', 'tomlinson', ...args], {
+    env: { ...process.env, ...env },
+    stdout: out as unknown as NodeJS.WriteStream,
+    stderr: err as unknown as NodeJS.WriteStream,
+  });
   return { stdout, stderr, code };
 }
 
@@ -99,8 +107,16 @@ for (const family of ['local', 'aws'] as Family[]) {
     it('list, show, hold, release (retry now), then delete', async () => {
       const handler = createOutboundJob();
       const id = `cli-${family}`;
-      await queueMessage(env, { id, from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }, { address: 'zed@remote.test' }] }, sampleMessage('alice@local.test', 'bob@remote.test', `CLI ${family}`));
-      await queueMessage(env, { id: `${id}-2`, from: 'alice@local.test', rcpts: [{ address: 'carl@remote.test' }] }, sampleMessage('alice@local.test', 'carl@remote.test', `CLI2 ${family}`));
+      await queueMessage(
+        env,
+        { id, from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }, { address: 'zed@remote.test' }] },
+        sampleMessage('alice@local.test', 'bob@remote.test', `CLI ${family}`),
+      );
+      await queueMessage(
+        env,
+        { id: `${id}-2`, from: 'alice@local.test', rcpts: [{ address: 'carl@remote.test' }] },
+        sampleMessage('alice@local.test', 'carl@remote.test', `CLI2 ${family}`),
+      );
       const before = remote.events.length;
       await drain(env, 'outbound', handler);
       // One of the two messages met the 451, the other the 250 (the remote answers in turn).
@@ -132,7 +148,10 @@ for (const family of ['local', 'aws'] as Family[]) {
       expect((await cli(cliEnv, 'queue', 'release', target)).code).toBe(0);
       sync();
       await drain(env, 'outbound', handler);
-      const shown = JSON.parse((await cli(cliEnv, '--json', 'queue', 'show', target)).stdout) as { message: { status: string }; recipients: { state: string; attempts: number }[] };
+      const shown = JSON.parse((await cli(cliEnv, '--json', 'queue', 'show', target)).stdout) as {
+        message: { status: string };
+        recipients: { state: string; attempts: number }[];
+      };
       expect(shown.message.status).toBe('done');
       expect(shown.recipients.every((r) => r.state === 'delivered' && r.attempts === 2)).toBe(true);
       expect(remote.events.slice(before).filter((e) => e.event === 'message' && e.file)).toHaveLength(2);
@@ -143,7 +162,11 @@ for (const family of ['local', 'aws'] as Family[]) {
       expect(refused.stderr).toContain(`no queued message ${target}`);
 
       // delete: a fresh deferred message leaves the queue without a DSN.
-      await queueMessage(env, { id: `${id}-3`, from: 'alice@local.test', rcpts: [{ address: 'dan@remote.test' }] }, sampleMessage('alice@local.test', 'dan@remote.test', `CLI3 ${family}`));
+      await queueMessage(
+        env,
+        { id: `${id}-3`, from: 'alice@local.test', rcpts: [{ address: 'dan@remote.test' }] },
+        sampleMessage('alice@local.test', 'dan@remote.test', `CLI3 ${family}`),
+      );
       await drain(env, 'outbound', handler);
       expect((await store.getRecipients(`${id}-3`))[0]).toMatchObject({ state: 'deferred', lastReply: '450 rejected' });
       const del = await cli(cliEnv, '--json', 'queue', 'delete', `${id}-3`);
@@ -195,7 +218,11 @@ describe('DKIM keys in Secrets Manager (aws family, moto)', () => {
     expect((await cli(withPrefix, 'dkim', 'generate', 'local.test', '--selector', 'aws1')).code).toBe(1);
 
     const handler = createOutboundJob({ dkim: storedDkimKeys(new AwsSecrets({ dkimSecretPrefix: prefix, region: env.config.storage.aws.region })) });
-    await queueMessage(env, { id: 'aws-dkim-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] }, sampleMessage('alice@local.test', 'bob@remote.test', 'AWS DKIM'));
+    await queueMessage(
+      env,
+      { id: 'aws-dkim-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] },
+      sampleMessage('alice@local.test', 'bob@remote.test', 'AWS DKIM'),
+    );
     await drain(env, 'outbound', handler);
     const file = remote.events.find((e) => e.event === 'message' && e.file)?.file;
     expect(file).toBeTruthy();
@@ -209,7 +236,16 @@ describe('dkim generate', () => {
     const dir = await mkdtemp(join(tmpdir(), 'tomlinson-dkim-'));
     try {
       expect((await cli({ TOMLINSON_DATA_DIR: dir, TOMLINSON_LOG_LEVEL: 'silent' }, 'domain', 'add', 'example.test')).code).toBe(0);
-      const r = await cli({ TOMLINSON_DATA_DIR: dir, TOMLINSON_LOG_LEVEL: 'silent' }, 'dkim', 'generate', 'Example.test', '--selector', 's2026', '--algorithm', 'ed25519-sha256');
+      const r = await cli(
+        { TOMLINSON_DATA_DIR: dir, TOMLINSON_LOG_LEVEL: 'silent' },
+        'dkim',
+        'generate',
+        'Example.test',
+        '--selector',
+        's2026',
+        '--algorithm',
+        'ed25519-sha256',
+      );
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/^s2026\._domainkey\.example\.test\. IN TXT "v=DKIM1; k=ed25519; p=[A-Za-z0-9+/]{43}="$/m);
       const pem = await readFile(join(dir, 'dkim', 'example.test', 's2026.pem'), 'utf8');

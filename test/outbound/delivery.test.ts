@@ -95,7 +95,11 @@ describe('retries on the schedule (RFC 5321 §4.5.4.1) with an injected clock', 
 
   it('451 twice then 250: delivered on attempt 3, attempts and waits recorded, queue empty', async () => {
     const handler = createOutboundJob();
-    const job = await queueMessage(env, { id: 'retry-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] }, sampleMessage('alice@local.test', 'bob@remote.test', 'Retry test'));
+    const job = await queueMessage(
+      env,
+      { id: 'retry-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] },
+      sampleMessage('alice@local.test', 'bob@remote.test', 'Retry test'),
+    );
     const store = new OutboundStore(env.storage.tables);
 
     await drain(env, 'outbound', handler);
@@ -130,7 +134,12 @@ describe('retries on the schedule (RFC 5321 §4.5.4.1) with an injected clock', 
     const file = msgs[2].file!;
     const text = await readFile(file, 'latin1');
     expect(text).toContain('\r\n.leading dot line must survive dot-stuffing\r\n');
-    const { stdout } = await run('/usr/bin/python3', [join(here, 'dkim_verify.py'), file, `${keys.rsa.name}=${keys.rsa.txt}`, `${keys.ed.name}=${keys.ed.txt}`]);
+    const { stdout } = await run('/usr/bin/python3', [
+      join(here, 'dkim_verify.py'),
+      file,
+      `${keys.rsa.name}=${keys.rsa.txt}`,
+      `${keys.ed.name}=${keys.ed.txt}`,
+    ]);
     const v = JSON.parse(stdout) as { results: boolean[]; domains: string[]; algorithms: string[] };
     expect(v.algorithms.sort()).toEqual(['ed25519-sha256', 'rsa-sha256']);
     expect(v.domains).toEqual(['local.test', 'local.test']);
@@ -156,7 +165,11 @@ describe('duplicate queue messages worked at the same time', () => {
   });
 
   it('two workers on the same job (inbound redelivery) send one copy: the lock and the state decide', async () => {
-    const job = await queueMessage(env, { id: 'dup-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] }, sampleMessage('alice@local.test', 'bob@remote.test', 'Duplicate'));
+    const job = await queueMessage(
+      env,
+      { id: 'dup-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] },
+      sampleMessage('alice@local.test', 'bob@remote.test', 'Duplicate'),
+    );
     await env.storage.queues.send('outbound', JSON.stringify(job));
     const msgs = await env.storage.queues.receive('outbound', { max: 10, visibilitySeconds: 60, waitSeconds: 0 });
     expect(msgs).toHaveLength(2);
@@ -188,7 +201,12 @@ describe('permanent failures: one DSN (RFC 3464) per message to the sender', () 
     const handler = createOutboundJob();
     await queueMessage(
       env,
-      { id: 'bounce-1', from: 'alice@local.test', rcpts: [{ address: 'nobody@remote.test', orcpt: 'rfc822;nobody@remote.test' }, { address: 'carol@remote.test' }], dsn: { envid: 'ENV-42' } },
+      {
+        id: 'bounce-1',
+        from: 'alice@local.test',
+        rcpts: [{ address: 'nobody@remote.test', orcpt: 'rfc822;nobody@remote.test' }, { address: 'carol@remote.test' }],
+        dsn: { envid: 'ENV-42' },
+      },
       sampleMessage('alice@local.test', 'nobody@remote.test', 'Bounce test'),
     );
     await drain(env, 'outbound', handler);
@@ -229,8 +247,16 @@ describe('permanent failures: one DSN (RFC 3464) per message to the sender', () 
   it('NOTIFY=SUCCESS to a server without DSN support: reported as relayed in the same single DSN (RFC 3461 §5.2.2)', async () => {
     const handler = createOutboundJob();
     const before = (await mailbox(env, 'alice@local.test')).length;
-    await queueMessage(env, { id: 'relay-1', from: 'alice@local.test', rcpts: [{ address: 'ok@remote.test', notify: ['SUCCESS', 'FAILURE'] }, { address: 'nobody@remote.test' }] }, sampleMessage('alice@local.test', 'ok@remote.test', 'Relayed and failed'));
-    await queueMessage(env, { id: 'relay-2', from: 'alice@local.test', rcpts: [{ address: 'ok2@remote.test', notify: ['SUCCESS'] }] }, sampleMessage('alice@local.test', 'ok2@remote.test', 'Relayed only', 'SUCCESS-BODY-MARKER'));
+    await queueMessage(
+      env,
+      { id: 'relay-1', from: 'alice@local.test', rcpts: [{ address: 'ok@remote.test', notify: ['SUCCESS', 'FAILURE'] }, { address: 'nobody@remote.test' }] },
+      sampleMessage('alice@local.test', 'ok@remote.test', 'Relayed and failed'),
+    );
+    await queueMessage(
+      env,
+      { id: 'relay-2', from: 'alice@local.test', rcpts: [{ address: 'ok2@remote.test', notify: ['SUCCESS'] }] },
+      sampleMessage('alice@local.test', 'ok2@remote.test', 'Relayed only', 'SUCCESS-BODY-MARKER'),
+    );
     await drain(env, 'outbound', handler);
     await drain(env, 'inbound', inboundJob);
     const box = (await mailbox(env, 'alice@local.test')).slice(before);
@@ -275,7 +301,11 @@ describe('permanent failures: one DSN (RFC 3464) per message to the sender', () 
 
   it('a remote sender gets the DSN by SMTP from the null sender', async () => {
     const handler = createOutboundJob();
-    await queueMessage(env, { id: 'bounce-remote-1', from: 'carol@remote.test', rcpts: [{ address: 'nobody@remote.test' }] }, sampleMessage('carol@remote.test', 'nobody@remote.test', 'Remote sender'));
+    await queueMessage(
+      env,
+      { id: 'bounce-remote-1', from: 'carol@remote.test', rcpts: [{ address: 'nobody@remote.test' }] },
+      sampleMessage('carol@remote.test', 'nobody@remote.test', 'Remote sender'),
+    );
     const n = remote.events.length;
     await drain(env, 'outbound', handler); // the original: 550, DSN queued as a new outbound job
     await drain(env, 'outbound', handler); // the DSN itself
@@ -291,8 +321,16 @@ describe('permanent failures: one DSN (RFC 3464) per message to the sender', () 
   it('no DSN for the null sender, and none when NOTIFY=NEVER', async () => {
     const handler = createOutboundJob();
     const before = (await mailbox(env, 'alice@local.test')).length;
-    await queueMessage(env, { id: 'bounce-3', from: '', rcpts: [{ address: 'nobody@remote.test' }] }, sampleMessage('mailer-daemon@local.test', 'nobody@remote.test', 'Null sender'));
-    await queueMessage(env, { id: 'bounce-4', from: 'alice@local.test', rcpts: [{ address: 'nobody@remote.test', notify: ['NEVER'] }] }, sampleMessage('alice@local.test', 'nobody@remote.test', 'Never'));
+    await queueMessage(
+      env,
+      { id: 'bounce-3', from: '', rcpts: [{ address: 'nobody@remote.test' }] },
+      sampleMessage('mailer-daemon@local.test', 'nobody@remote.test', 'Null sender'),
+    );
+    await queueMessage(
+      env,
+      { id: 'bounce-4', from: 'alice@local.test', rcpts: [{ address: 'nobody@remote.test', notify: ['NEVER'] }] },
+      sampleMessage('alice@local.test', 'nobody@remote.test', 'Never'),
+    );
     await drain(env, 'outbound', handler);
     await drain(env, 'inbound', inboundJob);
     const store = new OutboundStore(env.storage.tables);
@@ -325,7 +363,11 @@ describe('a remote that never answers', () => {
 
   it('is deferred on the schedule until the maximum age, with one delay notice, then one DSN', async () => {
     const handler = createOutboundJob();
-    await queueMessage(env, { id: 'silent-1', from: 'alice@local.test', rcpts: [{ address: 'dave@silent.test' }] }, sampleMessage('alice@local.test', 'dave@silent.test', 'Silent test'));
+    await queueMessage(
+      env,
+      { id: 'silent-1', from: 'alice@local.test', rcpts: [{ address: 'dave@silent.test' }] },
+      sampleMessage('alice@local.test', 'dave@silent.test', 'Silent test'),
+    );
     const store = new OutboundStore(env.storage.tables);
     const attemptsAt: number[] = [];
     const start = env.clock.ms;
@@ -407,7 +449,11 @@ describe('a remote that rejects in the middle of the data and closes', () => {
 
   it('takes the early 552 as the answer (a permanent bounce), not the broken connection', async () => {
     const body = ('q'.repeat(98) + '\r\n').repeat(80_000); // 8 MB
-    await queueMessage(env, { id: 'early-1', from: '', rcpts: [{ address: 'bob@remote.test' }] }, sampleMessage('alice@local.test', 'bob@remote.test', 'Early', body));
+    await queueMessage(
+      env,
+      { id: 'early-1', from: '', rcpts: [{ address: 'bob@remote.test' }] },
+      sampleMessage('alice@local.test', 'bob@remote.test', 'Early', body),
+    );
     await drain(env, 'outbound', createOutboundJob());
     const [r] = await new OutboundStore(env.storage.tables).getRecipients('early-1');
     expect(r).toMatchObject({ state: 'bounced', status: '5.3.4', lastReply: '552 5.3.4 Message size exceeds fixed limit' });
@@ -432,7 +478,11 @@ describe('a remote that stops reading in the middle of the data', () => {
 
   it('gives up the attempt after the idle timeout instead of hanging, and defers', async () => {
     const body = ('z'.repeat(98) + '\r\n').repeat(160_000); // 16 MB: more than the socket buffers hold
-    await queueMessage(env, { id: 'stuck-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] }, sampleMessage('alice@local.test', 'bob@remote.test', 'Stuck', body));
+    await queueMessage(
+      env,
+      { id: 'stuck-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] },
+      sampleMessage('alice@local.test', 'bob@remote.test', 'Stuck', body),
+    );
     const t0 = Date.now();
     await drain(env, 'outbound', createOutboundJob());
     expect(Date.now() - t0).toBeLessThan(20_000);
@@ -455,7 +505,11 @@ describe('routing', () => {
   });
 
   it('uses the implicit MX (RFC 5321 §5.1) of a domain with only an A record', async () => {
-    await queueMessage(env, { id: 'implicit-1', from: 'alice@local.test', rcpts: [{ address: 'erin@implicit.test' }] }, sampleMessage('alice@local.test', 'erin@implicit.test', 'Implicit'));
+    await queueMessage(
+      env,
+      { id: 'implicit-1', from: 'alice@local.test', rcpts: [{ address: 'erin@implicit.test' }] },
+      sampleMessage('alice@local.test', 'erin@implicit.test', 'Implicit'),
+    );
     await drain(env, 'outbound', createOutboundJob());
     const [r] = await new OutboundStore(env.storage.tables).getRecipients('implicit-1');
     expect(r).toMatchObject({ state: 'delivered', remoteHost: 'implicit.test [127.0.0.1]' });
@@ -465,7 +519,11 @@ describe('routing', () => {
     // This remote offers no STARTTLS: the URL opts out of the TLS a smarthost otherwise requires.
     const smart = await openEnv({ TOMLINSON_SMARTHOST: `smtp://127.0.0.1:${remote.port}?tls=opportunistic`, TOMLINSON_DNS_SERVERS: dns.address });
     try {
-      await queueMessage(smart, { id: 'smart-1', from: 'alice@local.test', rcpts: [{ address: 'frank@unresolvable.test' }, { address: 'gina@other.test' }] }, sampleMessage('alice@local.test', 'frank@unresolvable.test', 'Smarthost'));
+      await queueMessage(
+        smart,
+        { id: 'smart-1', from: 'alice@local.test', rcpts: [{ address: 'frank@unresolvable.test' }, { address: 'gina@other.test' }] },
+        sampleMessage('alice@local.test', 'frank@unresolvable.test', 'Smarthost'),
+      );
       const n = remote.events.length;
       await drain(smart, 'outbound', createOutboundJob());
       const rcpts = await new OutboundStore(smart.storage.tables).getRecipients('smart-1');
@@ -482,7 +540,11 @@ describe('routing', () => {
   it('a smarthost that offers no STARTTLS gets nothing: the message is deferred and retried, not sent in cleartext', async () => {
     const smart = await openEnv({ TOMLINSON_SMARTHOST: `smtp://127.0.0.1:${remote.port}`, TOMLINSON_DNS_SERVERS: dns.address });
     try {
-      await queueMessage(smart, { id: 'smart-notls-1', from: 'alice@local.test', rcpts: [{ address: 'hank@remote.test' }] }, sampleMessage('alice@local.test', 'hank@remote.test', 'No TLS'));
+      await queueMessage(
+        smart,
+        { id: 'smart-notls-1', from: 'alice@local.test', rcpts: [{ address: 'hank@remote.test' }] },
+        sampleMessage('alice@local.test', 'hank@remote.test', 'No TLS'),
+      );
       const n = remote.events.length;
       await drain(smart, 'outbound', createOutboundJob());
       let [r] = await new OutboundStore(smart.storage.tables).getRecipients('smart-notls-1');
@@ -503,7 +565,11 @@ describe('routing', () => {
   it('a smarthost URL with ?tls=none is spoken to in cleartext, as the operator asked', async () => {
     const smart = await openEnv({ TOMLINSON_SMARTHOST: `smtp://127.0.0.1:${remote.port}?tls=none`, TOMLINSON_DNS_SERVERS: dns.address });
     try {
-      await queueMessage(smart, { id: 'smart-none-1', from: 'alice@local.test', rcpts: [{ address: 'ivan@remote.test' }] }, sampleMessage('alice@local.test', 'ivan@remote.test', 'Cleartext'));
+      await queueMessage(
+        smart,
+        { id: 'smart-none-1', from: 'alice@local.test', rcpts: [{ address: 'ivan@remote.test' }] },
+        sampleMessage('alice@local.test', 'ivan@remote.test', 'Cleartext'),
+      );
       const n = remote.events.length;
       await drain(smart, 'outbound', createOutboundJob());
       const [r] = await new OutboundStore(smart.storage.tables).getRecipients('smart-none-1');
@@ -527,7 +593,11 @@ describe('routing', () => {
   });
 
   it('a message that needs SMTPUTF8 goes with MAIL FROM ... SMTPUTF8 to a server offering it (RFC 6531)', async () => {
-    await queueMessage(env, { id: 'utf8-1', from: 'alice@local.test', rcpts: [{ address: 'jörg@remote.test' }], smtputf8: true }, sampleMessage('alice@local.test', 'jörg@remote.test', 'UTF8'));
+    await queueMessage(
+      env,
+      { id: 'utf8-1', from: 'alice@local.test', rcpts: [{ address: 'jörg@remote.test' }], smtputf8: true },
+      sampleMessage('alice@local.test', 'jörg@remote.test', 'UTF8'),
+    );
     const n = remote.events.length;
     await drain(env, 'outbound', createOutboundJob());
     const ev = remote.events.slice(n).find((e) => e.event === 'message');

@@ -42,7 +42,17 @@ export interface RemoteMx {
 }
 
 /** Starts remote_mx.py with the given script (see its usage line). */
-export async function startRemote(args: { dataReplies?: number[]; reject?: Record<string, number>; tls?: { cert: string; key: string }; noSmtputf8?: boolean; brokenTls?: boolean; sizeLimit?: number; noEhlo?: boolean } = {}): Promise<RemoteMx> {
+export async function startRemote(
+  args: {
+    dataReplies?: number[];
+    reject?: Record<string, number>;
+    tls?: { cert: string; key: string };
+    noSmtputf8?: boolean;
+    brokenTls?: boolean;
+    sizeLimit?: number;
+    noEhlo?: boolean;
+  } = {},
+): Promise<RemoteMx> {
   const dir = await mkdtemp(join(tmpdir(), 'tomlinson-remote-'));
   const argv = [join(here, 'remote_mx.py'), dir, '--data-replies', (args.dataReplies ?? [250]).join(',')];
   for (const [a, c] of Object.entries(args.reject ?? {})) argv.push('--reject', `${a}=${c}`);

@@ -29,7 +29,10 @@ afterAll(async () => {
 /** Runs kill-worker.ts in its own process and resolves with how it ended. */
 function runChild(env: Record<string, string>): Promise<{ signal: NodeJS.Signals | null; stdout: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(here, 'kill-worker.ts')], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', join(here, 'kill-worker.ts')], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     let stdout = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     const t = setTimeout(() => child.kill('SIGKILL'), 40_000);
@@ -50,12 +53,22 @@ describe('a worker killed mid-delivery', () => {
       const env = await openEnv(settings, clock, dir);
       try {
         const id = `kill-${killAt}`;
-        await queueMessage(env, { id, from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] }, sampleMessage('alice@local.test', 'bob@remote.test', `Kill ${killAt}`));
+        await queueMessage(
+          env,
+          { id, from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] },
+          sampleMessage('alice@local.test', 'bob@remote.test', `Kill ${killAt}`),
+        );
         const before = remote.events.length;
         /** Copies the remote accepted (250 after DATA) since this test began. */
         const copies = () => remote.events.slice(before).filter((e) => e.event === 'message' && e.file).length;
 
-        const child = await runChild({ KILL_AT: killAt, KILL_DATA_DIR: dir, KILL_DNS: dns.address, KILL_MX_PORT: String(remote.port), KILL_CLOCK_MS: String(clock.ms) });
+        const child = await runChild({
+          KILL_AT: killAt,
+          KILL_DATA_DIR: dir,
+          KILL_DNS: dns.address,
+          KILL_MX_PORT: String(remote.port),
+          KILL_CLOCK_MS: String(clock.ms),
+        });
         expect(child.signal).toBe('SIGKILL');
         expect(child.stdout).not.toContain('NOT KILLED');
         await new Promise((r) => setTimeout(r, 100)); // let the remote's event line arrive

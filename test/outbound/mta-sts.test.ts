@@ -35,7 +35,23 @@ const POLICIES: Record<string, string> = {
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'tomlinson-sts-'));
   const san = 'subjectAltName=DNS:mta-sts.sts.test,DNS:mx1.sts.test,DNS:mta-sts.wrongmx.test,DNS:mx1.wrongmx.test';
-  await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=sts test', '-addext', san, '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')]);
+  await run('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=sts test',
+    '-addext',
+    san,
+    '-keyout',
+    join(dir, 'key.pem'),
+    '-out',
+    join(dir, 'cert.pem'),
+  ]);
   ca = await readFile(join(dir, 'cert.pem'), 'utf8');
   policyServer = https.createServer({ key: await readFile(join(dir, 'key.pem')), cert: ca }, (req, res) => {
     const host = String(req.headers.host ?? '').replace(/:\d+$/, '');
@@ -63,7 +79,11 @@ afterAll(async () => {
 });
 
 async function deliver(remote: RemoteMx, id: string, to: string) {
-  const env = await openEnv({ TOMLINSON_DNS_SERVERS: dns.address, TOMLINSON_OUTBOUND_MX_PORT: String(remote.port), TOMLINSON_OUTBOUND_MTA_STS_PORT: String(policyPort) });
+  const env = await openEnv({
+    TOMLINSON_DNS_SERVERS: dns.address,
+    TOMLINSON_OUTBOUND_MX_PORT: String(remote.port),
+    TOMLINSON_OUTBOUND_MTA_STS_PORT: String(policyPort),
+  });
   try {
     await queueMessage(env, { id, from: 'alice@local.test', rcpts: [{ address: to }] }, sampleMessage('alice@local.test', to, id));
     const before = remote.events.length;

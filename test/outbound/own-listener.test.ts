@@ -28,7 +28,10 @@ beforeAll(async () => {
   await accounts.addDomain('remote.test');
   await accounts.addUser('bob@remote.test', 'bob-password-1');
   await accounts.addUser('relay@remote.test', 'relay-password-1');
-  smtp = await startSmtpServer({ config: far.config, storage: far.storage, log: silentLogger, metrics: new Metrics({ defaults: false }) }, { ports: { mx: 0, submission: 0, submissions: 0 } });
+  smtp = await startSmtpServer(
+    { config: far.config, storage: far.storage, log: silentLogger, metrics: new Metrics({ defaults: false }) },
+    { ports: { mx: 0, submission: 0, submissions: 0 } },
+  );
 });
 afterAll(async () => {
   await smtp?.close(100);
@@ -57,7 +60,13 @@ describe('our own SMTP listener as the remote', () => {
     const raw = sampleMessage('alice@local.test', 'bob@remote.test', 'Chunking test', body);
     await queueMessage(
       near,
-      { id: 'own-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test', notify: ['SUCCESS', 'FAILURE'], orcpt: 'rfc822;Bob+Alias@remote.test' }], dsn: { ret: 'HDRS', envid: 'ENV 7=x' }, body8bit: true },
+      {
+        id: 'own-1',
+        from: 'alice@local.test',
+        rcpts: [{ address: 'bob@remote.test', notify: ['SUCCESS', 'FAILURE'], orcpt: 'rfc822;Bob+Alias@remote.test' }],
+        dsn: { ret: 'HDRS', envid: 'ENV 7=x' },
+        body8bit: true,
+      },
       raw,
     );
     await drain(near, 'outbound', createOutboundJob());
@@ -93,7 +102,11 @@ describe('our own submission listener as an authenticated smarthost', () => {
       TOMLINSON_OUTBOUND_TLS_VERIFY: 'never',
     });
     try {
-      await queueMessage(near, { id: 'smart-auth-1', from: 'relay@remote.test', rcpts: [{ address: 'someone@elsewhere.test' }] }, sampleMessage('relay@remote.test', 'someone@elsewhere.test', 'Relay test'));
+      await queueMessage(
+        near,
+        { id: 'smart-auth-1', from: 'relay@remote.test', rcpts: [{ address: 'someone@elsewhere.test' }] },
+        sampleMessage('relay@remote.test', 'someone@elsewhere.test', 'Relay test'),
+      );
       await drain(near, 'outbound', createOutboundJob());
       const [r] = await new OutboundStore(near.storage.tables).getRecipients('smart-auth-1');
       expect(r).toMatchObject({ state: 'delivered', remoteHost: `127.0.0.1 [127.0.0.1]` });
@@ -113,7 +126,11 @@ describe('our own submission listener as an authenticated smarthost', () => {
       TOMLINSON_OUTBOUND_TLS_VERIFY: 'never',
     });
     try {
-      await queueMessage(near, { id: 'smart-tls-1', from: 'relay@remote.test', rcpts: [{ address: 'other@elsewhere.test' }] }, sampleMessage('relay@remote.test', 'other@elsewhere.test', 'Implicit TLS relay'));
+      await queueMessage(
+        near,
+        { id: 'smart-tls-1', from: 'relay@remote.test', rcpts: [{ address: 'other@elsewhere.test' }] },
+        sampleMessage('relay@remote.test', 'other@elsewhere.test', 'Implicit TLS relay'),
+      );
       await drain(near, 'outbound', createOutboundJob());
       const [r] = await new OutboundStore(near.storage.tables).getRecipients('smart-tls-1');
       expect(r.state).toBe('delivered');
@@ -132,7 +149,11 @@ describe('our own submission listener as an authenticated smarthost', () => {
       TOMLINSON_OUTBOUND_TLS_VERIFY: 'never',
     });
     try {
-      await queueMessage(near, { id: 'smart-auth-2', from: 'relay@remote.test', rcpts: [{ address: 'someone@elsewhere.test' }] }, sampleMessage('relay@remote.test', 'someone@elsewhere.test', 'Relay test 2'));
+      await queueMessage(
+        near,
+        { id: 'smart-auth-2', from: 'relay@remote.test', rcpts: [{ address: 'someone@elsewhere.test' }] },
+        sampleMessage('relay@remote.test', 'someone@elsewhere.test', 'Relay test 2'),
+      );
       await drain(near, 'outbound', createOutboundJob());
       const [r] = await new OutboundStore(near.storage.tables).getRecipients('smart-auth-2');
       expect(r.state).toBe('deferred');

@@ -138,7 +138,9 @@ describe('envelope (RFC 5321 §3.3)', () => {
   });
 
   it('with PIPELINING, every RCPT refused and DATA answered 554: the refusals are the outcome, not a session failure', async () => {
-    const s = await scripted(defaults(EHLO_PIPELINING, (c) => (c.startsWith('RCPT') ? '450 4.2.1 try later' : c === 'DATA' ? '554 5.5.1 no valid recipients' : undefined)));
+    const s = await scripted(
+      defaults(EHLO_PIPELINING, (c) => (c.startsWith('RCPT') ? '450 4.2.1 try later' : c === 'DATA' ? '554 5.5.1 no valid recipients' : undefined)),
+    );
     let opened = false;
     const r = await deliverTransaction(transaction(s.port, { message: async () => ((opened = true), Readable.from([])) }));
     expect(r.sessionFailure).toBeUndefined();
@@ -163,7 +165,9 @@ describe('envelope (RFC 5321 §3.3)', () => {
   });
 
   it('a failure after some recipient was answered leaves that answer and gives the rest the failure', async () => {
-    const s = await scripted(defaults(EHLO_PIPELINING, (c) => (c.startsWith('RCPT TO:<x@') ? '550 5.1.1 unknown' : c === 'DATA' ? '451 4.3.0 local trouble' : undefined)));
+    const s = await scripted(
+      defaults(EHLO_PIPELINING, (c) => (c.startsWith('RCPT TO:<x@') ? '550 5.1.1 unknown' : c === 'DATA' ? '451 4.3.0 local trouble' : undefined)),
+    );
     const r = await deliverTransaction(transaction(s.port));
     expect(r.sessionFailure).toBeUndefined();
     expect(r.rcpts).toEqual([

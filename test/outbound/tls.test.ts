@@ -32,7 +32,23 @@ beforeAll(async () => {
   });
   certDir = await mkdtemp(join(tmpdir(), 'tomlinson-tls-'));
   // A self-signed certificate for the MX host name; the test trusts it as its own CA.
-  await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=mx1.tls.test', '-addext', 'subjectAltName=DNS:mx1.tls.test', '-keyout', join(certDir, 'key.pem'), '-out', join(certDir, 'cert.pem')]);
+  await run('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=mx1.tls.test',
+    '-addext',
+    'subjectAltName=DNS:mx1.tls.test',
+    '-keyout',
+    join(certDir, 'key.pem'),
+    '-out',
+    join(certDir, 'cert.pem'),
+  ]);
   ca = await readFile(join(certDir, 'cert.pem'), 'utf8');
   [tlsRemote, plainRemote, asciiRemote, brokenRemote, smallRemote, heloRemote] = await Promise.all([
     startRemote({ tls: { cert: join(certDir, 'cert.pem'), key: join(certDir, 'key.pem') } }),
@@ -49,11 +65,20 @@ afterAll(async () => {
   if (certDir) await rm(certDir, { recursive: true, force: true });
 });
 
-async function attempt(remote: RemoteMx, id: string, extra: Record<string, string>, opts: { ca?: string; smtputf8?: boolean; to?: string; body?: string } = {}) {
+async function attempt(
+  remote: RemoteMx,
+  id: string,
+  extra: Record<string, string>,
+  opts: { ca?: string; smtputf8?: boolean; to?: string; body?: string } = {},
+) {
   const env = await openEnv({ TOMLINSON_DNS_SERVERS: dns.address, TOMLINSON_OUTBOUND_MX_PORT: String(remote.port), ...extra });
   try {
     const to = opts.to ?? 'bob@tls.test';
-    await queueMessage(env, { id, from: 'alice@local.test', rcpts: [{ address: to }], ...(opts.smtputf8 ? { smtputf8: true } : {}) }, sampleMessage('alice@local.test', to, id, opts.body));
+    await queueMessage(
+      env,
+      { id, from: 'alice@local.test', rcpts: [{ address: to }], ...(opts.smtputf8 ? { smtputf8: true } : {}) },
+      sampleMessage('alice@local.test', to, id, opts.body),
+    );
     const before = remote.events.length;
     await drain(env, 'outbound', createOutboundJob(opts.ca ? { ca: opts.ca } : {}));
     const [r] = await new OutboundStore(env.storage.tables).getRecipients(id);
@@ -117,7 +142,7 @@ describe('SMTPUTF8 (RFC 6531)', () => {
 });
 
 describe('SIZE (RFC 1870)', () => {
-  it('a message larger than the server\'s SIZE bounces (5.3.4) before any data is sent', async () => {
+  it("a message larger than the server's SIZE bounces (5.3.4) before any data is sent", async () => {
     const big = await attempt(smallRemote, 'size-1', {}, { body: ('y'.repeat(70) + '\r\n').repeat(20) });
     expect(big.r).toMatchObject({ state: 'bounced', status: '5.3.4' });
     expect(big.r.lastReply).toMatch(/exceeds .*SIZE limit 1000/);

@@ -54,7 +54,13 @@ describe('MX routing (RFC 5321 §5.1, RFC 7505)', () => {
   let dns: TestDnsServer;
   beforeAll(async () => {
     dns = await startDnsServer({
-      'multi.test': { MX: [{ priority: 20, exchange: 'c.multi.test' }, { priority: 10, exchange: 'a.multi.test' }, { priority: 10, exchange: 'b.multi.test' }] },
+      'multi.test': {
+        MX: [
+          { priority: 20, exchange: 'c.multi.test' },
+          { priority: 10, exchange: 'a.multi.test' },
+          { priority: 10, exchange: 'b.multi.test' },
+        ],
+      },
       'a.multi.test': { A: ['192.0.2.1'] },
       'b.multi.test': { A: ['192.0.2.2'], AAAA: ['2001:db8::2'] },
       'c.multi.test': { A: ['192.0.2.3'] },
@@ -116,7 +122,14 @@ describe('small parsers', () => {
   });
 
   it('parses smarthost URLs', () => {
-    expect(parseSmarthost('smtp://user%40x.test:p%3Ass@relay.test:2525', ['A.test'])).toEqual({ host: 'relay.test', port: 2525, tls: 'required', user: 'user@x.test', pass: 'p:ss', domains: ['a.test'] });
+    expect(parseSmarthost('smtp://user%40x.test:p%3Ass@relay.test:2525', ['A.test'])).toEqual({
+      host: 'relay.test',
+      port: 2525,
+      tls: 'required',
+      user: 'user@x.test',
+      pass: 'p:ss',
+      domains: ['a.test'],
+    });
     expect(parseSmarthost('smtps://relay.test')).toMatchObject({ port: 465, tls: 'implicit', user: undefined });
     // Without credentials too, smtp:// requires STARTTLS unless the URL opts out.
     expect(parseSmarthost('smtp://relay.test')).toMatchObject({ port: 587, tls: 'required' });
@@ -143,7 +156,16 @@ describe('DSN builder (RFC 3464)', () => {
     queueId: 'Q1',
     arrivalDate: new Date('2026-03-01T08:00:00Z'),
     now: new Date('2026-03-01T09:00:00Z'),
-    recipients: [{ address: 'bob@remote.test', action: 'failed' as const, status: '5.1.1', remoteMta: 'mx1.remote.test', diagnostic: '550 5.1.1 no\r\nInjected: header', lastAttemptAt: new Date('2026-03-01T08:30:00Z') }],
+    recipients: [
+      {
+        address: 'bob@remote.test',
+        action: 'failed' as const,
+        status: '5.1.1',
+        remoteMta: 'mx1.remote.test',
+        diagnostic: '550 5.1.1 no\r\nInjected: header',
+        lastAttemptAt: new Date('2026-03-01T08:30:00Z'),
+      },
+    ],
   };
   const original = 'Subject: Original\r\nFrom: alice@local.test\r\n\r\nBODY LINE\r\n';
   const collect = async (it: AsyncIterable<Buffer>) => {
@@ -164,7 +186,11 @@ describe('DSN builder (RFC 3464)', () => {
   });
 
   it('HDRS returns only the header block as text/rfc822-headers', async () => {
-    const raw = (await collect(buildDsn({ ...base, ret: 'HDRS', original: async () => Readable.from([Buffer.from(original.slice(0, 20)), Buffer.from(original.slice(20))]) }))).toString();
+    const raw = (
+      await collect(
+        buildDsn({ ...base, ret: 'HDRS', original: async () => Readable.from([Buffer.from(original.slice(0, 20)), Buffer.from(original.slice(20))]) }),
+      )
+    ).toString();
     expect(raw).toContain('Content-Type: text/rfc822-headers');
     expect(raw).toContain('Subject: Original\r\nFrom: alice@local.test\r\n');
     expect(raw).not.toContain('BODY LINE');

@@ -141,7 +141,10 @@ describe('fetchmail', () => {
   // installs its SIGCHLD handler after fork(), so a delivery child that exits first is never
   // reaped and getmail waits out its timeout. fetchmail (the issue's other choice) has no such race.
   let n = 0;
-  async function fetchmail(user: string, opts: { ssl: boolean; keep: boolean; home?: string }): Promise<{ home: string; out: string; code: number; files: string[] }> {
+  async function fetchmail(
+    user: string,
+    opts: { ssl: boolean; keep: boolean; home?: string },
+  ): Promise<{ home: string; out: string; code: number; files: string[] }> {
     const home = opts.home ?? join(h.dir, `fetchmail-${user}-${n++}`);
     const inbox = join(home, 'inbox');
     await mkdir(inbox, { recursive: true, mode: 0o700 });
@@ -165,7 +168,11 @@ describe('fetchmail', () => {
     );
     const r = await run('fetchmail', ['-f', rc, '--nodetach', '--nosyslog', '-v'], { timeout: 60_000, env: { ...process.env, FETCHMAILHOME: home } }).then(
       (x) => ({ ...x, code: 0 }),
-      (e: { code?: number; stdout?: string; stderr?: string }) => ({ stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: typeof e.code === 'number' ? e.code : -1 }),
+      (e: { code?: number; stdout?: string; stderr?: string }) => ({
+        stdout: e.stdout ?? '',
+        stderr: e.stderr ?? '',
+        code: typeof e.code === 'number' ? e.code : -1,
+      }),
     );
     return { home, out: r.stdout + r.stderr, code: r.code, files: (await readdir(inbox)).sort() };
   }

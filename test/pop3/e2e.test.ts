@@ -58,7 +58,22 @@ async function swaks(n: number): Promise<void> {
   const body = `This is message ${n}.\n.\n..dots survive\nend of ${n}`;
   await run(
     'swaks',
-    ['--server', '127.0.0.1', '--port', String(smtpPort), '--from', 'sender@example.net', '--to', USER, '--helo', 'client.example.net', '--header', `Subject: e2e ${n}`, '--body', body],
+    [
+      '--server',
+      '127.0.0.1',
+      '--port',
+      String(smtpPort),
+      '--from',
+      'sender@example.net',
+      '--to',
+      USER,
+      '--helo',
+      'client.example.net',
+      '--header',
+      `Subject: e2e ${n}`,
+      '--body',
+      body,
+    ],
     { timeout: 30_000 },
   );
 }

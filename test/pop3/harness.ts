@@ -48,16 +48,14 @@ export function portOf(addresses: string[], name: string): number {
 /** Starts storage and the POP3 listeners in a fresh temporary data folder. */
 export async function startHarness(env: Record<string, string> = {}, options: Pop3ServerOptions = {}, dir?: string): Promise<Harness> {
   dir ??= await mkdtemp(join(tmpdir(), 'tomlinson-pop3-'));
-  const config = loadConfig(
-    {
-      TOMLINSON_DATA_DIR: dir,
-      TOMLINSON_LISTEN_HOST: '127.0.0.1',
-      TOMLINSON_POP3_PORT: '0',
-      TOMLINSON_POP3_AUTH_FAILURE_DELAY_MS: '20',
-      TOMLINSON_LOG_LEVEL: 'silent',
-      ...env,
-    },
-  );
+  const config = loadConfig({
+    TOMLINSON_DATA_DIR: dir,
+    TOMLINSON_LISTEN_HOST: '127.0.0.1',
+    TOMLINSON_POP3_PORT: '0',
+    TOMLINSON_POP3_AUTH_FAILURE_DELAY_MS: '20',
+    TOMLINSON_LOG_LEVEL: 'silent',
+    ...env,
+  });
   return startWith(config, dir, options);
 }
 
@@ -104,7 +102,7 @@ export async function addUsers(h: Harness, ...addresses: string[]): Promise<void
 
 /** The password addUsers gives an address. */
 export function passwordOf(address: string): string {
-  return `password-${address.slice(0, address.indexOf("@"))}`;
+  return `password-${address.slice(0, address.indexOf('@'))}`;
 }
 
 /** A plain test message of about `size` octets with CRLF line ends. */
@@ -149,9 +147,7 @@ export class RawClient {
 
   /** Connects (implicit TLS when `secure`) and reads the greeting. */
   static async connect(port: number, secure = false): Promise<{ client: RawClient; greeting: string }> {
-    const socket = secure
-      ? tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false })
-      : net.connect({ host: '127.0.0.1', port });
+    const socket = secure ? tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false }) : net.connect({ host: '127.0.0.1', port });
     await new Promise<void>((resolve, reject) => {
       socket.once(secure ? 'secureConnect' : 'connect', () => resolve());
       socket.once('error', reject);

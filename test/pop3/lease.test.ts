@@ -27,7 +27,10 @@ afterAll(async () => {
 
 /** Starts a POP3 server in another process over the same data folder. */
 async function startHolder(): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', HOLDER, h.dir], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, LEASE_SECONDS: String(LEASE_SECONDS) } });
+  const child = spawn(process.execPath, ['--import', 'tsx', HOLDER, h.dir], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, LEASE_SECONDS: String(LEASE_SECONDS) },
+  });
   children.push(child);
   const port = await new Promise<number>((resolve, reject) => {
     let out = '';

@@ -136,7 +136,12 @@ describe('RFC 1939 §3, §5 RETR, §7 TOP: the response body', () => {
     },
     { name: 'TOP n 0 sends the header and the blank line', input: message, top: 0, expected: 'Subject: dots\r\nX-A: 1\r\n\r\n.\r\n' },
     { name: 'TOP n 2 sends two body lines', input: message, top: 2, expected: 'Subject: dots\r\nX-A: 1\r\n\r\n..starts with a dot\r\nline 2\r\n.\r\n' },
-    { name: 'TOP past the end sends everything', input: message, top: 100, expected: 'Subject: dots\r\nX-A: 1\r\n\r\n..starts with a dot\r\nline 2\r\n...two dots\r\n..\r\nlast\r\n.\r\n' },
+    {
+      name: 'TOP past the end sends everything',
+      input: message,
+      top: 100,
+      expected: 'Subject: dots\r\nX-A: 1\r\n\r\n..starts with a dot\r\nline 2\r\n...two dots\r\n..\r\nlast\r\n.\r\n',
+    },
     { name: 'TOP of a message without a body sends it all', input: Buffer.from('A: 1\r\nB: 2\r\n'), top: 0, expected: 'A: 1\r\nB: 2\r\n.\r\n' },
     { name: 'an empty message is just the terminator', input: Buffer.alloc(0), expected: '.\r\n', octets: 0 },
     { name: 'a CR at the very end becomes CRLF', input: Buffer.from('A: 1\r\n\r\nx\r'), expected: 'A: 1\r\n\r\nx\r\n.\r\n', octets: 11 },
@@ -172,7 +177,7 @@ describe('RFC 1939 §3, §5 RETR, §7 TOP: the response body', () => {
     // TOP with a huge count sends the whole message through the general path; RETR takes the
     // fast path wherever it can. Both must give the same bytes for any input and chunking.
     let seed = 12345;
-    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+    const rnd = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
     const alphabet = ['a', 'b', '.', '\r\n', '\r\n', '\r\n.', '\n', '\r', ' '];
     for (let round = 0; round < 300; round++) {
       let text = '';
@@ -190,7 +195,7 @@ describe('RFC 1939 §3, §5 RETR, §7 TOP: the response body', () => {
     // Whole-message RETR must match the stream encoder byte for byte on CRLF-clean input and
     // decline (undefined) on anything with a bare CR or LF; with or without a buffer to reuse.
     let seed = 777;
-    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+    const rnd = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
     const clean = ['a', 'b', '.', '\r\n', '\r\n', '\r\n.', ' ', '..'];
     const dirty = [...clean, '\n', '\r'];
     let reused: Buffer | undefined;

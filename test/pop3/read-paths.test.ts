@@ -263,7 +263,9 @@ describe('RETR of small messages, pipelined', () => {
     for (let i = 0; i < n; i += 100) {
       const batch = Array.from({ length: Math.min(100, n - i) }, (_, j) => (i + j) % raws.length);
       const uids = await Promise.all(
-        batch.map((k) => h.store.deliver(user, { jobId: randomUUID(), blobKey: keys[k]!, size: raws[k]!.length, receivedAt: new Date().toISOString(), summary: {} })),
+        batch.map((k) =>
+          h.store.deliver(user, { jobId: randomUUID(), blobKey: keys[k]!, size: raws[k]!.length, receivedAt: new Date().toISOString(), summary: {} }),
+        ),
       );
       uids.forEach((u, j) => byUid.push([u.uid, raws[batch[j]!]!]));
     }

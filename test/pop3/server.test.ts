@@ -61,8 +61,17 @@ describe('RFC 1939 §4: greeting and the AUTHORIZATION state', () => {
   });
 
   it.each<[string, Step[]]>([
-    ['transaction commands are refused before login', ['STAT', 'LIST', 'RETR 1', 'DELE 1', 'UIDL', 'TOP 1 1', 'RSET', 'NOOP'].map((send) => ({ send, status: /^-ERR/ }))],
-    ['unknown commands are refused', [{ send: 'XYZZ', status: /^-ERR/ }, { send: 'APOP bob 0123456789abcdef0123456789abcdef', status: /^-ERR/ }]],
+    [
+      'transaction commands are refused before login',
+      ['STAT', 'LIST', 'RETR 1', 'DELE 1', 'UIDL', 'TOP 1 1', 'RSET', 'NOOP'].map((send) => ({ send, status: /^-ERR/ })),
+    ],
+    [
+      'unknown commands are refused',
+      [
+        { send: 'XYZZ', status: /^-ERR/ },
+        { send: 'APOP bob 0123456789abcdef0123456789abcdef', status: /^-ERR/ },
+      ],
+    ],
     ['PASS needs USER first', [{ send: 'PASS secret', status: /^-ERR/ }]],
   ])('%s', async (_name, steps) => {
     const { client } = await RawClient.connect(h.port);
@@ -122,7 +131,7 @@ describe('RFC 1939 §7 USER/PASS and RFC 3206 [AUTH]', () => {
     }
   });
 
-  it('one user\'s failures do not slow another user behind the same address, and a success clears them', async () => {
+  it("one user's failures do not slow another user behind the same address, and a success clears them", async () => {
     const slow = await startHarness({ TOMLINSON_POP3_AUTH_FAILURE_DELAY_MS: '200' });
     try {
       await addUsers(slow, BOB, 'carol@example.com');
@@ -213,7 +222,14 @@ describe('RFC 1939 §5 TRANSACTION commands', () => {
     ['STAT', [{ send: 'STAT', status: new RegExp(`^\\+OK 3 ${total}$`) }]],
     ['LIST', [{ send: 'LIST', status: /^\+OK/, lines: messages.map((m, i) => `${i + 1} ${m.length}`) }]],
     ['LIST n', [{ send: 'LIST 2', status: new RegExp(`^\\+OK 2 ${messages[1]!.length}$`) }]],
-    ['LIST of a message that does not exist', [{ send: 'LIST 4', status: /^-ERR/ }, { send: 'LIST 0', status: /^-ERR/ }, { send: 'LIST x', status: /^-ERR/ }]],
+    [
+      'LIST of a message that does not exist',
+      [
+        { send: 'LIST 4', status: /^-ERR/ },
+        { send: 'LIST 0', status: /^-ERR/ },
+        { send: 'LIST x', status: /^-ERR/ },
+      ],
+    ],
     ['NOOP', [{ send: 'NOOP', status: /^\+OK/ }]],
     [
       'DELE marks, hides from LIST/STAT/RETR, refuses twice; RSET unmarks',
@@ -230,10 +246,30 @@ describe('RFC 1939 §5 TRANSACTION commands', () => {
     ],
     ['TOP n 0', [{ send: 'TOP 2 0', status: /^\+OK/, lines: ['Subject: dots', ''] }]],
     ['TOP n 2 (stuffed lines come back unstuffed)', [{ send: 'TOP 2 2', status: /^\+OK/, lines: ['Subject: dots', '', '.leading dot', '..two'] }]],
-    ['TOP with bad arguments', [{ send: 'TOP 2', status: /^-ERR/ }, { send: 'TOP 2 -1', status: /^-ERR/ }, { send: 'TOP 9 1', status: /^-ERR/ }]],
+    [
+      'TOP with bad arguments',
+      [
+        { send: 'TOP 2', status: /^-ERR/ },
+        { send: 'TOP 2 -1', status: /^-ERR/ },
+        { send: 'TOP 9 1', status: /^-ERR/ },
+      ],
+    ],
     ['UIDL', [{ send: 'UIDL', status: /^\+OK/, lines: [/^1 [\x21-\x7e]{1,70}$/, /^2 [\x21-\x7e]{1,70}$/, /^3 [\x21-\x7e]{1,70}$/] }]],
-    ['UIDL n', [{ send: 'UIDL 3', status: /^\+OK 3 [\x21-\x7e]{1,70}$/ }, { send: 'UIDL 4', status: /^-ERR/ }]],
-    ['RETR with bad arguments', [{ send: 'RETR', status: /^-ERR/ }, { send: 'RETR 0', status: /^-ERR/ }, { send: 'RETR 1 2', status: /^-ERR/ }]],
+    [
+      'UIDL n',
+      [
+        { send: 'UIDL 3', status: /^\+OK 3 [\x21-\x7e]{1,70}$/ },
+        { send: 'UIDL 4', status: /^-ERR/ },
+      ],
+    ],
+    [
+      'RETR with bad arguments',
+      [
+        { send: 'RETR', status: /^-ERR/ },
+        { send: 'RETR 0', status: /^-ERR/ },
+        { send: 'RETR 1 2', status: /^-ERR/ },
+      ],
+    ],
   ])('%s', async (_name, steps) => {
     const client = await loggedIn();
     await run(client, steps);

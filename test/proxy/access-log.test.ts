@@ -32,7 +32,12 @@ interface Line {
 
 /** A harness whose proxy logs into `lines`; its origin is reached through proxy.allowedOrigins. */
 async function start(env: Record<string, string> = {}): Promise<{ h: Harness; lines: Line[] }> {
-  const h = await Harness.start({ TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'false', TOMLINSON_PROXY_ALLOWED_ORIGINS: '127.0.0.1/32', TOMLINSON_PROXY_ORIGIN_TIMEOUT_MS: '300', ...env });
+  const h = await Harness.start({
+    TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'false',
+    TOMLINSON_PROXY_ALLOWED_ORIGINS: '127.0.0.1/32',
+    TOMLINSON_PROXY_ORIGIN_TIMEOUT_MS: '300',
+    ...env,
+  });
   const sink = new PassThrough();
   const lines: Line[] = [];
   let buf = '';

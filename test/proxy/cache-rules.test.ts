@@ -124,9 +124,7 @@ describe('RFC 9111 §3 storing and §4.2 freshness', () => {
 
   it('a 206 from the origin is stored and answers the same Range, never a request for the whole (§3.3)', async () => {
     const path = p('partial');
-    h.origin.routes.set(path, (_q, res) =>
-      res.writeHead(206, { 'cache-control': 'max-age=60', 'content-range': 'bytes 0-1/10' }).end('ab'),
-    );
+    h.origin.routes.set(path, (_q, res) => res.writeHead(206, { 'cache-control': 'max-age=60', 'content-range': 'bytes 0-1/10' }).end('ab'));
     const a = await h.get(path, { range: 'bytes=0-1' });
     expect(a.status).toBe(206);
     expect(a.text).toBe('ab');
@@ -199,7 +197,8 @@ describe('RFC 9111 §4.3 validation', () => {
     let fail = false;
     h.origin.routes.set(path, (req, res) => {
       if (fail) return res.writeHead(503, { 'content-type': 'text/plain' }).end('origin down');
-      if (req.headers['if-none-match'] === '"a"') return res.writeHead(304, { 'cache-control': 'max-age=10', etag: etag304, date: new Date(h.clock.now()).toUTCString() }).end();
+      if (req.headers['if-none-match'] === '"a"')
+        return res.writeHead(304, { 'cache-control': 'max-age=10', etag: etag304, date: new Date(h.clock.now()).toUTCString() }).end();
       res.writeHead(200, { 'cache-control': 'max-age=10', etag: '"a"', age: '3' }).end('body a');
     });
     expect((await h.get(path)).text).toBe('body a');
@@ -367,7 +366,12 @@ describe('RFC 9111 §4.4 invalidation', () => {
     expect((await h.get(path)).text).toBe('n=1');
     const post = await h.get(path, { 'content-type': 'text/plain' }, 'POST', 'data');
     expect(post.status).toBe(201);
-    expect(h.origin.requests(path).find((r) => r.method === 'POST')!.body.toString()).toBe('data');
+    expect(
+      h.origin
+        .requests(path)
+        .find((r) => r.method === 'POST')!
+        .body.toString(),
+    ).toBe('data');
     expect((await h.get(path)).text).toBe('n=2');
     await h.get(other);
     expect(h.origin.count(path, 'GET')).toBe(2);
@@ -453,7 +457,9 @@ describe('request collapsing and RFC 5861', () => {
     const statuses = results.map((r) => r.headers['cache-status']);
     expect(statuses.filter((s) => s === 'Tomlinson; fwd=stale; fwd-status=304')).toHaveLength(1);
     // The others waited for that 304 (or, on a slow machine, arrived after it and hit).
-    expect(statuses.every((s) => s === 'Tomlinson; fwd=stale; fwd-status=304' || s === 'Tomlinson; fwd=stale; fwd-status=304; collapsed' || s === 'Tomlinson; hit')).toBe(true);
+    expect(
+      statuses.every((s) => s === 'Tomlinson; fwd=stale; fwd-status=304' || s === 'Tomlinson; fwd=stale; fwd-status=304; collapsed' || s === 'Tomlinson; hit'),
+    ).toBe(true);
     expect(statuses.some((s) => s?.endsWith('; collapsed'))).toBe(true);
 
     // A client asking for its own validation (no-cache) is not collapsed into another's.
@@ -556,7 +562,10 @@ describe('the two tiers', () => {
     expect((await h.get(path)).text).toBe('n=1');
     await h.proxy.store.flush();
     // Task B on the same storage, talked to directly.
-    const b = await startProxy({ config: h.config, storage: h.storage, log: silentLogger, metrics: new Metrics({ defaults: false }) }, { port: 0, now: h.clock.now });
+    const b = await startProxy(
+      { config: h.config, storage: h.storage, log: silentLogger, metrics: new Metrics({ defaults: false }) },
+      { port: 0, now: h.clock.now },
+    );
     const viaB = new ProxyAgent({ uri: `http://127.0.0.1:${b.port}`, proxyTunnel: false });
     try {
       const put = await request(h.origin.url(path), { dispatcher: viaB, method: 'PUT', body: 'x' });

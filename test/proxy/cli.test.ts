@@ -39,7 +39,16 @@ describe('cache commands', () => {
     const json = await cli('--json', 'cache', 'stats');
     expect(json.code).toBe(0);
     const r = JSON.parse(json.out);
-    expect(r).toMatchObject({ requests: 4, hits: 3, misses: 1, bytesFromCache: 3000, bytesFromOrigin: 1000, savedBytes: 3000, storedObjects: 1, storedBytes: 1000 });
+    expect(r).toMatchObject({
+      requests: 4,
+      hits: 3,
+      misses: 1,
+      bytesFromCache: 3000,
+      bytesFromOrigin: 1000,
+      savedBytes: 3000,
+      storedObjects: 1,
+      storedBytes: 1000,
+    });
     expect(r.hitRatio).toBeCloseTo(0.75);
     const human = await cli('cache', 'stats');
     expect(human.out).toMatch(/hit ratio:\s+75\.0%/);

@@ -121,7 +121,10 @@ export class Harness {
 
   /** (Re)starts only the proxy on the same storage (a second task sharing the object tier). */
   async startProxy(options: ProxyOptions = {}): Promise<void> {
-    this.proxy = await startProxy({ config: this.config, storage: this.storage, log: this.log, metrics: this.metrics }, { now: this.clock.now, port: 0, ...options });
+    this.proxy = await startProxy(
+      { config: this.config, storage: this.storage, log: this.log, metrics: this.metrics },
+      { now: this.clock.now, port: 0, ...options },
+    );
     this.agent = new ProxyAgent({ uri: `http://127.0.0.1:${this.proxy.port}`, proxyTunnel: false });
   }
 

@@ -45,7 +45,9 @@ describe('If-Range and conditionals', () => {
     expect(notModified({ 'if-none-match': 'W/"x"' }, '"x"', undefined, undefined)).toBe(true);
     expect(notModified({ 'if-none-match': '"y", "x"' }, 'W/"x"', undefined, undefined)).toBe(true);
     expect(notModified({ 'if-none-match': '*' }, '"x"', undefined, undefined)).toBe(true);
-    expect(notModified({ 'if-none-match': '"y"', 'if-modified-since': 'Tue, 01 Sep 2099 10:00:00 GMT' }, '"x"', 'Tue, 01 Sep 2026 10:00:00 GMT', undefined)).toBe(false);
+    expect(
+      notModified({ 'if-none-match': '"y"', 'if-modified-since': 'Tue, 01 Sep 2099 10:00:00 GMT' }, '"x"', 'Tue, 01 Sep 2026 10:00:00 GMT', undefined),
+    ).toBe(false);
     expect(notModified({ 'if-modified-since': 'Tue, 01 Sep 2026 10:00:00 GMT' }, undefined, 'Tue, 01 Sep 2026 10:00:00 GMT', undefined)).toBe(true);
     expect(notModified({ 'if-modified-since': 'Tue, 01 Sep 2026 09:59:59 GMT' }, undefined, 'Tue, 01 Sep 2026 10:00:00 GMT', undefined)).toBe(false);
     expect(notModified({ 'if-modified-since': 'garbage' }, undefined, 'Tue, 01 Sep 2026 10:00:00 GMT', undefined)).toBe(false);
@@ -85,15 +87,69 @@ describe('address ranges and the origin guard', () => {
   it('refuses every IANA special-purpose address, in every IPv6 form that carries one; allows public ones', () => {
     const g = new OriginGuard();
     const refused = [
-      '0.1.2.3', '10.1.2.3', '100.64.0.1', '100.127.255.254', '127.0.0.1', '169.254.169.254', '169.254.170.2', '169.254.1.1', '172.16.0.1',
-      '172.31.255.255', '192.0.0.1', '192.0.2.1', '192.88.99.1', '192.168.1.1', '198.18.0.1', '198.19.255.255', '198.51.100.1',
-      '203.0.113.1', '224.0.0.1', '239.255.255.250', '240.0.0.1', '255.255.255.255',
-      '::', '::1', '::ffff:127.0.0.1', '::ffff:10.0.0.1', '::ffff:a00:1', '0:0:0:0:0:ffff:0a00:0001', '[::ffff:192.168.0.1]', '::a00:1',
-      '64:ff9b::a00:1', '64:ff9b::7f00:1', '64:ff9b:1::808:808', '100::1', '2001::1', '2001:1ff::1', '2001:db8::1', '2002:a00:1::1',
-      '2002:7f00:1::', '3fff::1', 'fc00::1', 'fd00:ec2::254', 'fe80::1', 'fe80::1%lo', 'fec0::1', 'ff02::1', '4000::1', '1::',
+      '0.1.2.3',
+      '10.1.2.3',
+      '100.64.0.1',
+      '100.127.255.254',
+      '127.0.0.1',
+      '169.254.169.254',
+      '169.254.170.2',
+      '169.254.1.1',
+      '172.16.0.1',
+      '172.31.255.255',
+      '192.0.0.1',
+      '192.0.2.1',
+      '192.88.99.1',
+      '192.168.1.1',
+      '198.18.0.1',
+      '198.19.255.255',
+      '198.51.100.1',
+      '203.0.113.1',
+      '224.0.0.1',
+      '239.255.255.250',
+      '240.0.0.1',
+      '255.255.255.255',
+      '::',
+      '::1',
+      '::ffff:127.0.0.1',
+      '::ffff:10.0.0.1',
+      '::ffff:a00:1',
+      '0:0:0:0:0:ffff:0a00:0001',
+      '[::ffff:192.168.0.1]',
+      '::a00:1',
+      '64:ff9b::a00:1',
+      '64:ff9b::7f00:1',
+      '64:ff9b:1::808:808',
+      '100::1',
+      '2001::1',
+      '2001:1ff::1',
+      '2001:db8::1',
+      '2002:a00:1::1',
+      '2002:7f00:1::',
+      '3fff::1',
+      'fc00::1',
+      'fd00:ec2::254',
+      'fe80::1',
+      'fe80::1%lo',
+      'fec0::1',
+      'ff02::1',
+      '4000::1',
+      '1::',
     ];
     for (const a of refused) expect(g.check(a), a).toBeDefined();
-    for (const a of ['93.184.216.34', '8.8.8.8', '100.63.255.255', '100.128.0.1', '172.15.255.255', '172.32.0.1', '192.167.1.1', '2606:4700::1111', '::ffff:8.8.8.8', '64:ff9b::808:808', '2002:808:808::1'])
+    for (const a of [
+      '93.184.216.34',
+      '8.8.8.8',
+      '100.63.255.255',
+      '100.128.0.1',
+      '172.15.255.255',
+      '172.32.0.1',
+      '192.167.1.1',
+      '2606:4700::1111',
+      '::ffff:8.8.8.8',
+      '64:ff9b::808:808',
+      '2002:808:808::1',
+    ])
       expect(g.check(a), a).toBeUndefined();
     expect(g.check('10.1.2.3')?.why).toBe('private-use (RFC 1918)');
     expect(new OriginGuard({ allowAll: true }).allows('127.0.0.1')).toBe(true);
@@ -163,7 +219,28 @@ describe('originHeaders: an origin response head as undici hands it over (RFC 91
   const raw = (...pairs: string[]) => pairs.map((x) => Buffer.from(x, 'latin1'));
   it('lower-cases names, joins repeated fields, keeps Set-Cookie as a list, drops hop-by-hop and Connection-named fields', () => {
     const h = originHeaders(
-      raw('Content-Type', 'text/plain', 'Cache-Control', 'max-age=60', 'cache-control', 'public', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Connection', 'keep-alive, X-Secret', 'Keep-Alive', 'timeout=5', 'X-Secret', 'hop', 'Transfer-Encoding', 'chunked', 'ETag', '"\xe9"'),
+      raw(
+        'Content-Type',
+        'text/plain',
+        'Cache-Control',
+        'max-age=60',
+        'cache-control',
+        'public',
+        'Set-Cookie',
+        'a=1',
+        'Set-Cookie',
+        'b=2',
+        'Connection',
+        'keep-alive, X-Secret',
+        'Keep-Alive',
+        'timeout=5',
+        'X-Secret',
+        'hop',
+        'Transfer-Encoding',
+        'chunked',
+        'ETag',
+        '"\xe9"',
+      ),
     );
     expect(h).toEqual({ 'content-type': 'text/plain', 'cache-control': 'max-age=60, public', 'set-cookie': ['a=1', 'b=2'], etag: '"\xe9"' });
   });

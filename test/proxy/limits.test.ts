@@ -67,7 +67,18 @@ describe('proxy connection caps', () => {
     expect(over.raw).toContain('too many connections from your address (proxy.maxConnectionsPerClient)');
     expect(over.closedByProxy).toBe(true);
     // curl sees the same.
-    const curl = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-x', `http://127.0.0.1:${h.proxy.port}`, '--interface', '127.0.0.1', h.origin.url('/a')]);
+    const curl = await run('curl', [
+      '-s',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      '-x',
+      `http://127.0.0.1:${h.proxy.port}`,
+      '--interface',
+      '127.0.0.1',
+      h.origin.url('/a'),
+    ]);
     expect(curl.stdout).toBe('503');
     expect(h.origin.count('/a')).toBe(0);
     const other = await once(h.proxy.port, '127.0.0.2', `GET ${h.origin.url('/a')} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);

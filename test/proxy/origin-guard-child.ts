@@ -55,7 +55,8 @@ async function main(): Promise<void> {
     TOMLINSON_PROXY_ORIGIN_TIMEOUT_MS: '5000',
   });
   // Added after the proxy started, so none of them is one of "its own addresses" to the guard.
-  for (const a of ['10.0.0.1/32', '10.9.0.1/32', '172.16.0.1/32', '192.168.1.1/32', '100.64.0.1/32', '169.254.169.254/32', '93.184.216.34/32']) ip('addr', 'add', a, 'dev', 'lo');
+  for (const a of ['10.0.0.1/32', '10.9.0.1/32', '172.16.0.1/32', '192.168.1.1/32', '100.64.0.1/32', '169.254.169.254/32', '93.184.216.34/32'])
+    ip('addr', 'add', a, 'dev', 'lo');
   ip('-6', 'addr', 'add', 'fd00::1/128', 'dev', 'lo');
 
   const connections: Record<string, number> = {};
@@ -105,7 +106,18 @@ async function main(): Promise<void> {
       name: `POST ${u}`,
       data: `POST ${u} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi`,
     })),
-    ...['10.0.0.1:80', '10.0.0.1.:80', '0x0a.0.0.1:80', '167772161:443', '[::ffff:a00:1]:80', '[fd00::1]:443', '192.168.1.1:443', 'private.test:80', 'mapped.test:443', '127.1:80'].map((a) => ({
+    ...[
+      '10.0.0.1:80',
+      '10.0.0.1.:80',
+      '0x0a.0.0.1:80',
+      '167772161:443',
+      '[::ffff:a00:1]:80',
+      '[fd00::1]:443',
+      '192.168.1.1:443',
+      'private.test:80',
+      'mapped.test:443',
+      '127.1:80',
+    ].map((a) => ({
       name: `CONNECT ${a}`,
       data: tunnel(a),
     })),
@@ -126,7 +138,16 @@ async function main(): Promise<void> {
   const refusedConnections = { ...connections };
   for (const c of allowed) results[c.name] = await exchange(h.proxy.port, c.data);
 
-  process.stdout.write(JSON.stringify({ refused: refused.map((c) => c.name), allowed: allowed.map((c) => c.name), hostOnly: hostOnly.name, results, refusedConnections, connections }));
+  process.stdout.write(
+    JSON.stringify({
+      refused: refused.map((c) => c.name),
+      allowed: allowed.map((c) => c.name),
+      hostOnly: hostOnly.name,
+      results,
+      refusedConnections,
+      connections,
+    }),
+  );
   for (const s of listening) s.close();
   await h.stop();
   await dns.close();

@@ -26,7 +26,10 @@ interface Outcome {
 
 describe.skipIf(!canUnshare)('origin guard in a network namespace (needs unshare --net)', () => {
   it('refuses non-public origins in every spelling, before any connection; allows public and allow-listed ones', () => {
-    const run = spawnSync('unshare', ['--net', process.execPath, '--import', 'tsx', join(here, 'origin-guard-child.ts')], { encoding: 'utf8', timeout: 60_000 });
+    const run = spawnSync('unshare', ['--net', process.execPath, '--import', 'tsx', join(here, 'origin-guard-child.ts')], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
     expect(run.status, run.stderr).toBe(0);
     const out = JSON.parse(run.stdout) as Outcome;
     for (const name of out.refused) {

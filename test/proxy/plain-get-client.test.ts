@@ -40,7 +40,9 @@ function collect(): { handler: PlainGetHandler; done: Promise<Result> } {
 }
 
 /** A raw origin: `respond` is called once per request head with the connection's number. */
-async function origin(respond: (socket: Socket, request: string, conn: number) => void): Promise<{ port: number; server: Server; conns: () => number; requests: string[] }> {
+async function origin(
+  respond: (socket: Socket, request: string, conn: number) => void,
+): Promise<{ port: number; server: Server; conns: () => number; requests: string[] }> {
   let conns = 0;
   const requests: string[] = [];
   const server = createServer((socket) => {
@@ -112,7 +114,9 @@ describe('plain GET origin client: framing', () => {
   });
 
   it('decodes chunked bodies with extensions and trailers, arriving a byte at a time', async () => {
-    const o = await origin((s) => dribble(s, 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n'));
+    const o = await origin((s) =>
+      dribble(s, 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n'),
+    );
     const r = await get(client(), o.port);
     expect(r).toMatchObject({ status: 200, body: 'hello world' });
     expect(r.error).toBeUndefined();
@@ -267,21 +271,28 @@ describe('plain GET origin client: connections', () => {
     const r: Result = { headers: [], body: '' };
     const first = await new Promise<Result>((resolve) => {
       let resume!: () => void;
-      c.request('127.0.0.1', o.port, 'GET', '/p', { host: 'a' }, {
-        onConnect: () => undefined,
-        onHeaderList: (status, _list, res) => {
-          r.status = status;
-          resume = res;
-          return true;
+      c.request(
+        '127.0.0.1',
+        o.port,
+        'GET',
+        '/p',
+        { host: 'a' },
+        {
+          onConnect: () => undefined,
+          onHeaderList: (status, _list, res) => {
+            r.status = status;
+            resume = res;
+            return true;
+          },
+          onData: (chunk) => {
+            r.body += chunk.toString('latin1');
+            setTimeout(() => resume(), 20);
+            return false; // pause: the socket's timeout is switched off while the consumer waits
+          },
+          onComplete: () => resolve(r),
+          onError: (e) => resolve({ ...r, error: e }),
         },
-        onData: (chunk) => {
-          r.body += chunk.toString('latin1');
-          setTimeout(() => resume(), 20);
-          return false; // pause: the socket's timeout is switched off while the consumer waits
-        },
-        onComplete: () => resolve(r),
-        onError: (e) => resolve({ ...r, error: e }),
-      });
+      );
     });
     expect(first).toMatchObject({ status: 200, body: 'body' });
     await new Promise((res) => setImmediate(res));

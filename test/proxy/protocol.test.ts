@@ -26,7 +26,10 @@ function req(target: string, extra = '', body = ''): string {
 
 describe('RFC 9112 §6.3 / §11.2: no request smuggling', () => {
   const cases: [string, string][] = [
-    ['CL.TE (both Content-Length and Transfer-Encoding)', 'POST {u} HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n'],
+    [
+      'CL.TE (both Content-Length and Transfer-Encoding)',
+      'POST {u} HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n',
+    ],
     ['TE.CL', 'POST {u} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n'],
     ['duplicate Content-Length with different values', 'POST {u} HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc'],
     ['a Content-Length list', 'POST {u} HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc'],
@@ -237,7 +240,18 @@ describe('not an open proxy', () => {
       const none = await rawExchange(h2.proxy.port, req(h2.origin.url('/a')));
       expect(statusOf(none)).toBe(407);
       expect(none).toMatch(/proxy-authenticate: Basic realm="tomlinson"/i);
-      const bad = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-x', `http://127.0.0.1:${h2.proxy.port}`, '-U', 'bob@example.com:wrong', h2.origin.url('/a')]);
+      const bad = await run('curl', [
+        '-s',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code}',
+        '-x',
+        `http://127.0.0.1:${h2.proxy.port}`,
+        '-U',
+        'bob@example.com:wrong',
+        h2.origin.url('/a'),
+      ]);
       expect(bad.stdout).toBe('407');
       const good = await run('curl', ['-s', '-x', `http://127.0.0.1:${h2.proxy.port}`, '-U', 'bob@example.com:right horse', h2.origin.url('/a')]);
       expect(good.stdout).toBe('authorised');

@@ -36,7 +36,9 @@ describe('a. Age (RFC 9111 §5.1)', () => {
     ];
     for (const [age, served] of cases) {
       const path = p('age');
-      h.origin.routes.set(path, (_q, res) => res.writeHead(200, [['cache-control', 'max-age=3000000000'], ...(Array.isArray(age) ? age : [age]).map((v) => ['age', v])].flat()).end('a'));
+      h.origin.routes.set(path, (_q, res) =>
+        res.writeHead(200, [['cache-control', 'max-age=3000000000'], ...(Array.isArray(age) ? age : [age]).map((v) => ['age', v])].flat()).end('a'),
+      );
       await h.get(path);
       const r = await h.get(path);
       expect(r.headers['cache-status'], JSON.stringify(age)).toBe('Tomlinson; hit');
@@ -248,8 +250,21 @@ describe('f. 1xx interim responses are forwarded (RFC 9110 §15.2)', () => {
   it('curl -x sees the 103 before the 200', async () => {
     const path = p('early-curl');
     early(path);
-    const { stdout } = await promisify(execFile)('curl', ['-s', '-D', '-', '-o', '/dev/null', '--max-time', '5', '-x', `http://127.0.0.1:${h.proxy.port}`, h.origin.url(path)]);
-    expect(stdout).toMatch(/^HTTP\/1\.1 102 Processing\r\n[^]*HTTP\/1\.1 103 Early Hints\r\n[^]*link: <\/style\.css>; rel=preload; as=style\r\n[^]*HTTP\/1\.1 200 OK\r\n/);
+    const { stdout } = await promisify(execFile)('curl', [
+      '-s',
+      '-D',
+      '-',
+      '-o',
+      '/dev/null',
+      '--max-time',
+      '5',
+      '-x',
+      `http://127.0.0.1:${h.proxy.port}`,
+      h.origin.url(path),
+    ]);
+    expect(stdout).toMatch(
+      /^HTTP\/1\.1 102 Processing\r\n[^]*HTTP\/1\.1 103 Early Hints\r\n[^]*link: <\/style\.css>; rel=preload; as=style\r\n[^]*HTTP\/1\.1 200 OK\r\n/,
+    );
   });
 
   it('not to an HTTP/1.0 client, and the final response still arrives', async () => {
@@ -335,7 +350,8 @@ describe('h. partial content and Set-Cookie (RFC 9111 §3.3, §3.4, §7.3)', () 
   it('a stored 206 is never served to a request without Range, nor to an If-Range that does not match', async () => {
     const path = p('partial-only');
     h.origin.routes.set(path, (req, res) => {
-      if (req.headers.range && !req.headers['if-range']) return res.writeHead(206, { 'cache-control': 'max-age=60', etag: '"x"', 'content-range': 'bytes 0-3/8' }).end('abcd');
+      if (req.headers.range && !req.headers['if-range'])
+        return res.writeHead(206, { 'cache-control': 'max-age=60', etag: '"x"', 'content-range': 'bytes 0-3/8' }).end('abcd');
       res.writeHead(200, { 'cache-control': 'no-store', etag: '"x"' }).end('abcdefgh');
     });
     await h.get(path, { range: 'bytes=0-3' });
@@ -365,7 +381,11 @@ describe('h. partial content and Set-Cookie (RFC 9111 §3.3, §3.4, §7.3)', () 
   });
 
   it('private or no-cache naming Set-Cookie: the rest is stored and reused; private alone: nothing', async () => {
-    for (const [cc, stored] of [['max-age=60, private="Set-Cookie"', true], ['max-age=60, no-cache="set-cookie"', true], ['max-age=60, private', false]] as const) {
+    for (const [cc, stored] of [
+      ['max-age=60, private="Set-Cookie"', true],
+      ['max-age=60, no-cache="set-cookie"', true],
+      ['max-age=60, private', false],
+    ] as const) {
       const path = p('cookie-q');
       h.origin.routes.set(path, (_q, res) => res.writeHead(200, { 'cache-control': cc, 'set-cookie': 'sid=carol' }).end('q'));
       const a = await h.get(path);

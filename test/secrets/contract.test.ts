@@ -24,7 +24,10 @@ interface Target {
   cleanup(): Promise<void>;
 }
 
-const PAIR: TlsPair = { cert: '-----BEGIN CERTIFICATE-----\nQ0VSVA==\n-----END CERTIFICATE-----\n', key: '-----BEGIN PRIVATE KEY-----\nS0VZ\n-----END PRIVATE KEY-----\n' };
+const PAIR: TlsPair = {
+  cert: '-----BEGIN CERTIFICATE-----\nQ0VSVA==\n-----END CERTIFICATE-----\n',
+  key: '-----BEGIN PRIVATE KEY-----\nS0VZ\n-----END PRIVATE KEY-----\n',
+};
 
 function describeSecretsContract(name: string, setup: () => Promise<Target>): void {
   describe(`secrets contract: ${name}`, () => {
@@ -77,7 +80,12 @@ describeSecretsContract('files and settings', async () => {
       const keyFile = join(dir.path, 'tls.key');
       await writeFile(certFile, pair.cert);
       await writeFile(keyFile, pair.key);
-      const config = loadConfig({ TOMLINSON_DATA_DIR: dir.path, TOMLINSON_TLS_CERT_FILE: certFile, TOMLINSON_TLS_KEY_FILE: keyFile, TOMLINSON_SMARTHOST: `smtp://relay:${password}@relay.test:587` });
+      const config = loadConfig({
+        TOMLINSON_DATA_DIR: dir.path,
+        TOMLINSON_TLS_CERT_FILE: certFile,
+        TOMLINSON_TLS_KEY_FILE: keyFile,
+        TOMLINSON_SMARTHOST: `smtp://relay:${password}@relay.test:587`,
+      });
       // The password is the smarthost URL setting's own: the adapter has none to add.
       return { secrets: openSecrets(config), expectedPassword: undefined };
     },
@@ -93,7 +101,11 @@ describeSecretsContract('Secrets Manager (moto)', async () => {
   return {
     bare: () => openSecrets(loadConfig(base)),
     async provisioned(pair, password) {
-      const config = loadConfig({ ...base, TOMLINSON_TLS_SECRET_ID: `tomlinson-test/${run}/tls`, TOMLINSON_SMARTHOST_SECRET_ID: `tomlinson-test/${run}/smarthost` });
+      const config = loadConfig({
+        ...base,
+        TOMLINSON_TLS_SECRET_ID: `tomlinson-test/${run}/tls`,
+        TOMLINSON_SMARTHOST_SECRET_ID: `tomlinson-test/${run}/smarthost`,
+      });
       // Written through the adapter's own client, as the stack or an operator would.
       const { SecretStore } = await import('../../core/secrets/aws.js');
       const store = new SecretStore(config.storage.aws.region || undefined);

@@ -38,7 +38,8 @@ async function storedHeaders(h: Harness): Promise<string> {
   return text.slice(0, text.indexOf('\r\n\r\n'));
 }
 
-const msg = (from: string, subject: string, extra = '') => `From: ${from}\r\nTo: ${ALICE}\r\nSubject: ${subject}\r\nDate: Thu, 26 Nov 2026 07:00:00 +0000\r\nMessage-ID: <${subject.replace(/\W/g, '')}@x>\r\n\r\nbody of ${subject}\r\n${extra}`;
+const msg = (from: string, subject: string, extra = '') =>
+  `From: ${from}\r\nTo: ${ALICE}\r\nSubject: ${subject}\r\nDate: Thu, 26 Nov 2026 07:00:00 +0000\r\nMessage-ID: <${subject.replace(/\W/g, '')}@x>\r\n\r\nbody of ${subject}\r\n${extra}`;
 
 describe('SPF / DKIM / DMARC on the MX listener', () => {
   let dns: TestDnsServer;
@@ -88,7 +89,9 @@ describe('SPF / DKIM / DMARC on the MX listener', () => {
 
   it('a valid DKIM signature passes DMARC even when SPF fails', async () => {
     const raw = msg('a@signed.example', 'dkim signed');
-    const signed = await dkimSign(raw, { signatureData: [{ signingDomain: 'signed.example', selector: 'sel', privateKey: PRIVATE_PEM }] } as Parameters<typeof dkimSign>[1]);
+    const signed = await dkimSign(raw, { signatureData: [{ signingDomain: 'signed.example', selector: 'sel', privateKey: PRIVATE_PEM }] } as Parameters<
+      typeof dkimSign
+    >[1]);
     const r = await deliver(h, 'bounce@other.example', signed.signatures + raw);
     expect(r.code).toBe(250);
     const headers = await storedHeaders(h);

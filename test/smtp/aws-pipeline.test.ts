@@ -40,13 +40,22 @@ let server: RunningSmtp;
 beforeAll(async () => {
   moto = await startMoto({ say: () => undefined });
   dir = await tempDir('tomlinson-smtp-aws-');
-  config = loadConfig({ ...moto.env, TOMLINSON_DATA_DIR: dir.path, TOMLINSON_HOSTNAME: 'mx.tomlinson.test', TOMLINSON_SMTP_CHECK_AUTH: 'false', TOMLINSON_LOG_LEVEL: 'silent' });
+  config = loadConfig({
+    ...moto.env,
+    TOMLINSON_DATA_DIR: dir.path,
+    TOMLINSON_HOSTNAME: 'mx.tomlinson.test',
+    TOMLINSON_SMTP_CHECK_AUTH: 'false',
+    TOMLINSON_LOG_LEVEL: 'silent',
+  });
   storage = await openStorage(config, silentLogger);
   const accounts = new Accounts(storage.tables, { scrypt: { ln: 10, r: 8, p: 1 } });
   await accounts.addDomain('example.test');
   await accounts.addUser(ALICE, 'pw-alice-1234');
   tls = await createTlsProvider(config, silentLogger);
-  server = await startSmtpServer({ config, storage, log: silentLogger, metrics: new Metrics({ defaults: false }) }, { ports: { mx: 0, submission: null, submissions: null }, tls });
+  server = await startSmtpServer(
+    { config, storage, log: silentLogger, metrics: new Metrics({ defaults: false }) },
+    { ports: { mx: 0, submission: null, submissions: null }, tls },
+  );
 });
 
 afterAll(async () => {
@@ -58,7 +67,24 @@ afterAll(async () => {
 });
 
 async function swaks(subject: string, body: string): Promise<string> {
-  const { stdout } = await run('swaks', ['--server', '127.0.0.1', '--port', String(server.ports.mx), '--helo', 'client.test', '--from', 'sender@remote.example', '--to', ALICE, '--header', `Subject: ${subject}`, '--body', body, '--timeout', '20']);
+  const { stdout } = await run('swaks', [
+    '--server',
+    '127.0.0.1',
+    '--port',
+    String(server.ports.mx),
+    '--helo',
+    'client.test',
+    '--from',
+    'sender@remote.example',
+    '--to',
+    ALICE,
+    '--header',
+    `Subject: ${subject}`,
+    '--body',
+    body,
+    '--timeout',
+    '20',
+  ]);
   const m = /<[-~] +250 2\.0\.0 (\S+)/.exec(stdout);
   expect(m, stdout).not.toBeNull();
   return m![1];
@@ -81,7 +107,12 @@ function eventOf(messages: ReceivedMessage[]): SQSEvent {
       messageId: m.id,
       receiptHandle: m.receipt,
       body: m.body,
-      attributes: { ApproximateReceiveCount: String(m.receiveCount), SentTimestamp: String(m.sentAt.getTime()), SenderId: 'x', ApproximateFirstReceiveTimestamp: '0' },
+      attributes: {
+        ApproximateReceiveCount: String(m.receiveCount),
+        SentTimestamp: String(m.sentAt.getTime()),
+        SenderId: 'x',
+        ApproximateFirstReceiveTimestamp: '0',
+      },
       messageAttributes: {},
       md5OfBody: '',
       eventSource: 'aws:sqs',
@@ -111,7 +142,11 @@ describe('SMTP and the inbound Lambda on S3, DynamoDB and SQS (moto)', () => {
     expect(big.raw).toBeUndefined();
     expect((await storage.mail.head(big.blobKey)).size).toBe(big.size);
 
-    const handler = sqsBatchHandler({ queue: 'inbound', job: inboundJob, context: async () => ({ config, storage, log: silentLogger, now: () => new Date() }) });
+    const handler = sqsBatchHandler({
+      queue: 'inbound',
+      job: inboundJob,
+      context: async () => ({ config, storage, log: silentLogger, now: () => new Date() }),
+    });
     const event = eventOf(messages);
     expect(await handler(event)).toEqual({ batchItemFailures: [] });
     // At least once: the same event again changes nothing.

@@ -47,7 +47,25 @@ describe('third-party SMTP clients', () => {
   afterAll(async () => h?.close());
 
   it('swaks on the MX port, with PIPELINING', async () => {
-    const { stdout } = await run('swaks', ['--server', '127.0.0.1', '--port', String(h.server.ports.mx), '--helo', 'client.test', '--from', 'sender@remote.example', '--to', ALICE, '--header', 'Subject: swaks test', '--body', 'hello from swaks', '--pipeline', '--timeout', '10']);
+    const { stdout } = await run('swaks', [
+      '--server',
+      '127.0.0.1',
+      '--port',
+      String(h.server.ports.mx),
+      '--helo',
+      'client.test',
+      '--from',
+      'sender@remote.example',
+      '--to',
+      ALICE,
+      '--header',
+      'Subject: swaks test',
+      '--body',
+      'hello from swaks',
+      '--pipeline',
+      '--timeout',
+      '10',
+    ]);
     expect(stdout).toMatch(/<- +250 2\.0\.0 \S+/);
     const job = await oneJob(h);
     expect(job).toMatchObject({ from: 'sender@remote.example', rcpts: [{ address: ALICE }], listener: 'mx' });
@@ -59,8 +77,27 @@ describe('third-party SMTP clients', () => {
 
   it('swaks with STARTTLS and AUTH LOGIN on the submission port', async () => {
     const { stdout } = await run('swaks', [
-      '--server', '127.0.0.1', '--port', String(h.server.ports.submission), '--tls', '--auth', 'LOGIN', '--auth-user', ALICE, '--auth-password', PASSWORD,
-      '--from', ALICE, '--to', 'friend@elsewhere.example', '--header', 'Subject: relayed', '--body', 'via submission', '--timeout', '10',
+      '--server',
+      '127.0.0.1',
+      '--port',
+      String(h.server.ports.submission),
+      '--tls',
+      '--auth',
+      'LOGIN',
+      '--auth-user',
+      ALICE,
+      '--auth-password',
+      PASSWORD,
+      '--from',
+      ALICE,
+      '--to',
+      'friend@elsewhere.example',
+      '--header',
+      'Subject: relayed',
+      '--body',
+      'via submission',
+      '--timeout',
+      '10',
     ]);
     expect(stdout).toMatch(/<~ +235 2\.7\.0/);
     const job = await oneJob(h);
@@ -71,8 +108,23 @@ describe('third-party SMTP clients', () => {
 
   it('swaks is refused when sending as someone else (553 5.7.1)', async () => {
     const r = await run('swaks', [
-      '--server', '127.0.0.1', '--port', String(h.server.ports.submission), '--tls', '--auth', 'PLAIN', '--auth-user', ALICE, '--auth-password', PASSWORD,
-      '--from', BOB, '--to', 'friend@elsewhere.example', '--timeout', '10',
+      '--server',
+      '127.0.0.1',
+      '--port',
+      String(h.server.ports.submission),
+      '--tls',
+      '--auth',
+      'PLAIN',
+      '--auth-user',
+      ALICE,
+      '--auth-password',
+      PASSWORD,
+      '--from',
+      BOB,
+      '--to',
+      'friend@elsewhere.example',
+      '--timeout',
+      '10',
     ]).catch((e: { stdout: string }) => e);
     expect(r.stdout).toMatch(/<[~*]+ +553 5\.7\.1/);
     expect(await drainInbound(h.storage)).toHaveLength(0);
@@ -111,10 +163,35 @@ s.quit()
       w.end(text, () => resolve());
       w.on('error', reject);
     });
-    await run('curl', ['-sS', '--max-time', '20', `smtp://127.0.0.1:${h.server.ports.mx}/client.test`, '--mail-from', 'x@remote.example', '--mail-rcpt', ALICE, '--upload-file', file]);
+    await run('curl', [
+      '-sS',
+      '--max-time',
+      '20',
+      `smtp://127.0.0.1:${h.server.ports.mx}/client.test`,
+      '--mail-from',
+      'x@remote.example',
+      '--mail-rcpt',
+      ALICE,
+      '--upload-file',
+      file,
+    ]);
     let job = await oneJob(h);
     expect((await stored(h, job)).rest.toString()).toBe(text);
-    await run('curl', ['-sS', '-k', '--max-time', '20', `smtps://127.0.0.1:${h.server.ports.submissions}/client.test`, '--user', `${ALICE}:${PASSWORD}`, '--mail-from', ALICE, '--mail-rcpt', BOB, '--upload-file', file]);
+    await run('curl', [
+      '-sS',
+      '-k',
+      '--max-time',
+      '20',
+      `smtps://127.0.0.1:${h.server.ports.submissions}/client.test`,
+      '--user',
+      `${ALICE}:${PASSWORD}`,
+      '--mail-from',
+      ALICE,
+      '--mail-rcpt',
+      BOB,
+      '--upload-file',
+      file,
+    ]);
     job = await oneJob(h);
     expect(job.client.authUser).toBe(ALICE);
     expect((await stored(h, job)).rest.toString()).toBe(text);
@@ -129,7 +206,13 @@ s.quit()
       auth: { user: BOB, pass: PASSWORD },
       tls: { rejectUnauthorized: false },
     });
-    const info = await transport.sendMail({ from: BOB, to: [ALICE, 'friend@elsewhere.example'], subject: 'nodemailer ✓', text: 'hello', attachments: [{ filename: 'a.txt', content: 'attached' }] });
+    const info = await transport.sendMail({
+      from: BOB,
+      to: [ALICE, 'friend@elsewhere.example'],
+      subject: 'nodemailer ✓',
+      text: 'hello',
+      attachments: [{ filename: 'a.txt', content: 'attached' }],
+    });
     transport.close();
     expect(info.accepted).toEqual([ALICE, 'friend@elsewhere.example']);
     const job = await oneJob(h);
@@ -137,8 +220,11 @@ s.quit()
     expect(job.from).toBe(BOB);
   });
 
-  it("the outbound SMTP client (core/mail/smtp-client.ts): STARTTLS, BDAT in many chunks, DSN parameters", async () => {
-    const message = Buffer.from('From: x@remote.example\r\nTo: alice@example.test\r\nSubject: chunked\r\n\r\n' + ('.dots and bytes \u00e9\r\n').repeat(2000), 'utf8');
+  it('the outbound SMTP client (core/mail/smtp-client.ts): STARTTLS, BDAT in many chunks, DSN parameters', async () => {
+    const message = Buffer.from(
+      'From: x@remote.example\r\nTo: alice@example.test\r\nSubject: chunked\r\n\r\n' + '.dots and bytes \u00e9\r\n'.repeat(2000),
+      'utf8',
+    );
     const r = await deliverTransaction({
       host: '127.0.0.1',
       port: h.server.ports.mx!,
@@ -157,7 +243,11 @@ s.quit()
     expect(r.tls).toBe(true);
     expect(r.rcpts.map((x) => x.ok)).toEqual([true]);
     const job = await oneJob(h);
-    expect(job).toMatchObject({ dsn: { ret: 'HDRS', envid: 'env-1' }, rcpts: [{ address: ALICE, notify: ['SUCCESS', 'FAILURE'], orcpt: `rfc822;${ALICE}` }], body8bit: true });
+    expect(job).toMatchObject({
+      dsn: { ret: 'HDRS', envid: 'env-1' },
+      rcpts: [{ address: ALICE, notify: ['SUCCESS', 'FAILURE'], orcpt: `rfc822;${ALICE}` }],
+      body8bit: true,
+    });
     const { received, rest } = await stored(h, job);
     expect(received).toContain('with ESMTPS id');
     expect(rest.equals(message)).toBe(true);

@@ -53,7 +53,22 @@ describe('swaks -> SMTP -> inbound worker -> mailbox (embedded default)', () => 
       'Date: Thu, 26 Nov 2026 08:00:00 +0000\r\nMessage-ID: <e2e-1@remote.example>\r\nMIME-Version: 1.0\r\n' +
       'Content-Type: text/plain; charset=utf-8\r\n\r\nHello team,\r\n..a line that starts with a dot\r\n';
     const sent = data; // swaks dot-stuffs on the wire; we unstuff: the message arrives as given
-    const { stdout } = await run('swaks', ['--server', '127.0.0.1', '--port', String(port), '--helo', 'client.test', '--from', 'sender@remote.example', '--to', 'team@example.test', '--data', data.replace(/\r\n$/, '').replace(/\r\n/g, '\n'), '--timeout', '10']);
+    const { stdout } = await run('swaks', [
+      '--server',
+      '127.0.0.1',
+      '--port',
+      String(port),
+      '--helo',
+      'client.test',
+      '--from',
+      'sender@remote.example',
+      '--to',
+      'team@example.test',
+      '--data',
+      data.replace(/\r\n$/, '').replace(/\r\n/g, '\n'),
+      '--timeout',
+      '10',
+    ]);
     const id = /<- +250 2\.0\.0 (\S+)/.exec(stdout)![1];
 
     const store = new MailboxStore(app.storage.tables, app.storage.mail);
@@ -90,7 +105,11 @@ describe('swaks -> SMTP -> inbound worker -> mailbox (embedded default)', () => 
     const text = blob.toString('utf8');
     const bodyStart = text.indexOf('From: Sender');
     // RFC 5321 §4.4: final delivery puts the reverse-path at the very top, then our Received.
-    expect(text.slice(0, bodyStart)).toMatch(new RegExp(`^Return-Path: <sender@remote\\.example>\\r\\nReceived: from client\\.test \\(\\[127\\.0\\.0\\.1\\]\\)\\r\\n\\tby mx\\.tomlinson\\.test \\(Tomlinson\\) with ESMTP id ${id}\\r\\n\\tfor <team@example\\.test>; .+\\r\\n$`));
-    expect(blob.subarray(Buffer.byteLength(text.slice(0, bodyStart))).toString("utf8")).toBe(sent);
+    expect(text.slice(0, bodyStart)).toMatch(
+      new RegExp(
+        `^Return-Path: <sender@remote\\.example>\\r\\nReceived: from client\\.test \\(\\[127\\.0\\.0\\.1\\]\\)\\r\\n\\tby mx\\.tomlinson\\.test \\(Tomlinson\\) with ESMTP id ${id}\\r\\n\\tfor <team@example\\.test>; .+\\r\\n$`,
+      ),
+    );
+    expect(blob.subarray(Buffer.byteLength(text.slice(0, bodyStart))).toString('utf8')).toBe(sent);
   });
 });

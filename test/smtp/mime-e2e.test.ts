@@ -50,7 +50,21 @@ describe('swaks -> SMTP -> mailbox: the summary of MIME that needs opening (embe
 
   /** Sends with swaks and returns the summary stored for the queue id the server answered. */
   const send = async (args: string[]): Promise<MessageSummary> => {
-    const { stdout } = await run('swaks', ['--server', '127.0.0.1', '--port', String(port), '--helo', 'client.test', '--from', 'sender@remote.example', '--to', 'alice@example.test', '--timeout', '10', ...args]);
+    const { stdout } = await run('swaks', [
+      '--server',
+      '127.0.0.1',
+      '--port',
+      String(port),
+      '--helo',
+      'client.test',
+      '--from',
+      'sender@remote.example',
+      '--to',
+      'alice@example.test',
+      '--timeout',
+      '10',
+      ...args,
+    ]);
     const id = /<- +250 2\.0\.0 (\S+)/.exec(stdout)![1];
     const deadline = Date.now() + 20_000;
     for (;;) {
@@ -81,7 +95,14 @@ describe('swaks -> SMTP -> mailbox: the summary of MIME that needs opening (embe
     ]);
     expect(s.parts[2]).toMatchObject({
       encoding: 'base64',
-      message: { subject: 'the forwarded one', from: 'Inner Sender <inner@x.example>', fromAddress: 'inner@x.example', to: ['someone@x.example'], date: '2026-11-26T08:00:00.000Z', messageId: '<fwd-1@x.example>' },
+      message: {
+        subject: 'the forwarded one',
+        from: 'Inner Sender <inner@x.example>',
+        fromAddress: 'inner@x.example',
+        to: ['someone@x.example'],
+        date: '2026-11-26T08:00:00.000Z',
+        messageId: '<fwd-1@x.example>',
+      },
     });
     expect(s.parts[5]).toMatchObject({ filename: 'x.pdf', decodedSize: 9 });
     expect(s.preview).toBe('see the attached message');

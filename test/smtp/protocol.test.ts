@@ -26,58 +26,153 @@ const bdat = (chunk: string, last = false) => ({ raw: `BDAT ${Buffer.byteLength(
 
 const SECTIONS: Record<string, Case[]> = {
   'RFC 5321 §4.1.1 commands': [
-    { name: 'HELO then a full transaction', steps: [['HELO client.example', 250], ['MAIL FROM:<a@remote.example>', 250, '2.1.0'], [`RCPT TO:<${ALICE}>`, 250, '2.1.5'], ['DATA', 354], [{ raw: 'Subject: t\r\n\r\nx\r\n.\r\n' }, 250, '2.0.0']], queued: 1 },
+    {
+      name: 'HELO then a full transaction',
+      steps: [
+        ['HELO client.example', 250],
+        ['MAIL FROM:<a@remote.example>', 250, '2.1.0'],
+        [`RCPT TO:<${ALICE}>`, 250, '2.1.5'],
+        ['DATA', 354],
+        [{ raw: 'Subject: t\r\n\r\nx\r\n.\r\n' }, 250, '2.0.0'],
+      ],
+      queued: 1,
+    },
     { name: 'MAIL before EHLO is a bad sequence', steps: [['MAIL FROM:<a@remote.example>', 503, '5.5.1']] },
     { name: 'RCPT before MAIL', steps: [EHLO, [`RCPT TO:<${ALICE}>`, 503, '5.5.1']] },
     { name: 'DATA before MAIL', steps: [EHLO, ['DATA', 503, '5.5.1']] },
     { name: 'DATA without a valid recipient', steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], ['DATA', 554, '5.5.1']] },
     { name: 'nested MAIL', steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], ['MAIL FROM:<b@remote.example>', 503, '5.5.1']] },
-    { name: 'RSET clears the transaction but keeps EHLO', steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], ['RSET', 250, '2.0.0'], [`RCPT TO:<${ALICE}>`, 503, '5.5.1'], ['MAIL FROM:<a@remote.example>', 250]] },
-    { name: 'NOOP, VRFY (252), HELP (214), EXPN (502)', steps: [EHLO, ['NOOP', 250, '2.0.0'], [`VRFY ${ALICE}`, 252, '2.5.0'], ['HELP', 214], ['EXPN staff', 502, '5.5.1']] },
+    {
+      name: 'RSET clears the transaction but keeps EHLO',
+      steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], ['RSET', 250, '2.0.0'], [`RCPT TO:<${ALICE}>`, 503, '5.5.1'], ['MAIL FROM:<a@remote.example>', 250]],
+    },
+    {
+      name: 'NOOP, VRFY (252), HELP (214), EXPN (502)',
+      steps: [EHLO, ['NOOP', 250, '2.0.0'], [`VRFY ${ALICE}`, 252, '2.5.0'], ['HELP', 214], ['EXPN staff', 502, '5.5.1']],
+    },
     { name: 'unknown command', steps: [EHLO, ['FROB', 500, '5.5.1']] },
     { name: 'EHLO without a name', steps: [['EHLO', 501, '5.5.4']] },
     { name: 'the null reverse-path', steps: [EHLO, ['MAIL FROM:<>', 250], [`RCPT TO:<${ALICE}>`, 250]] },
     { name: 'QUIT', steps: [EHLO, ['QUIT', 221, '2.0.0']] },
-    { name: 'ESMTP parameters after HELO are refused', steps: [['HELO client.example', 250], ['MAIL FROM:<a@remote.example> SIZE=10', 555, '5.5.4']] },
+    {
+      name: 'ESMTP parameters after HELO are refused',
+      steps: [
+        ['HELO client.example', 250],
+        ['MAIL FROM:<a@remote.example> SIZE=10', 555, '5.5.4'],
+      ],
+    },
     { name: 'unknown MAIL parameter', steps: [EHLO, ['MAIL FROM:<a@remote.example> FOO=BAR', 555, '5.5.4']] },
   ],
   'RFC 5321 §3.6 relaying, §3.3 recipients': [
     { name: 'unknown local user: 550 5.1.1', steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<nobody@${DOMAIN}>`, 550, '5.1.1']] },
-    { name: 'remote recipient without AUTH: 550 5.7.1', steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], ['RCPT TO:<someone@elsewhere.example>', 550, '5.7.1']] },
-    { name: 'alias and postmaster are accepted', steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<postmaster@${DOMAIN}>`, 250], [`RCPT TO:<sales@${DOMAIN}>`, 250], [`RCPT TO:<${BOB.toUpperCase()}>`, 250]] },
+    {
+      name: 'remote recipient without AUTH: 550 5.7.1',
+      steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], ['RCPT TO:<someone@elsewhere.example>', 550, '5.7.1']],
+    },
+    {
+      name: 'alias and postmaster are accepted',
+      steps: [
+        EHLO,
+        ['MAIL FROM:<a@remote.example>', 250],
+        [`RCPT TO:<postmaster@${DOMAIN}>`, 250],
+        [`RCPT TO:<sales@${DOMAIN}>`, 250],
+        [`RCPT TO:<${BOB.toUpperCase()}>`, 250],
+      ],
+    },
   ],
   'RFC 1870 SIZE': [
     { name: 'declared size over the limit: 552 5.3.4', steps: [EHLO, ['MAIL FROM:<a@remote.example> SIZE=999999999', 552, '5.3.4']] },
     { name: 'bad SIZE value', steps: [EHLO, ['MAIL FROM:<a@remote.example> SIZE=abc', 501, '5.5.4']] },
-    { name: 'content over the limit: 552 5.3.4 at end of data', steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], ['DATA', 354], [{ raw: ('x'.repeat(998) + '\r\n').repeat(70) + '.\r\n' }, 552, '5.3.4']], queued: 0 },
+    {
+      name: 'content over the limit: 552 5.3.4 at end of data',
+      steps: [
+        EHLO,
+        ['MAIL FROM:<a@remote.example>', 250],
+        [`RCPT TO:<${ALICE}>`, 250],
+        ['DATA', 354],
+        [{ raw: ('x'.repeat(998) + '\r\n').repeat(70) + '.\r\n' }, 552, '5.3.4'],
+      ],
+      queued: 0,
+    },
   ],
   'RFC 5321 §4.5.3.1 limits': [
-    { name: 'too many recipients: 452 4.5.3', steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], [`RCPT TO:<${BOB}>`, 250], [`RCPT TO:<postmaster@${DOMAIN}>`, 250], [`RCPT TO:<sales@${DOMAIN}>`, 452, '4.5.3']] },
+    {
+      name: 'too many recipients: 452 4.5.3',
+      steps: [
+        EHLO,
+        ['MAIL FROM:<a@remote.example>', 250],
+        [`RCPT TO:<${ALICE}>`, 250],
+        [`RCPT TO:<${BOB}>`, 250],
+        [`RCPT TO:<postmaster@${DOMAIN}>`, 250],
+        [`RCPT TO:<sales@${DOMAIN}>`, 452, '4.5.3'],
+      ],
+    },
     { name: 'command line over 512 octets: 500 5.5.2', steps: [EHLO, [`NOOP ${'x'.repeat(600)}`, 500, '5.5.2'], ['NOOP', 250]] },
-    { name: 'text line over 1000 octets: refused', steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], ['DATA', 354], [{ raw: 'x'.repeat(1200) + '\r\n.\r\n' }, 550, '5.5.2']], queued: 0 },
+    {
+      name: 'text line over 1000 octets: refused',
+      steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], ['DATA', 354], [{ raw: 'x'.repeat(1200) + '\r\n.\r\n' }, 550, '5.5.2']],
+      queued: 0,
+    },
   ],
   'RFC 5321 §2.3.8 smuggling': [
     {
       name: 'bare LF dot line does not end DATA; the message is refused and nothing is smuggled',
-      steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], ['DATA', 354], [{ raw: `Subject: a\r\n\r\nx\n.\nMAIL FROM:<evil@remote.example>\r\nRCPT TO:<${BOB}>\r\nDATA\r\nSubject: smuggled\r\n\r\ny\r\n.\r\n` }, 550, '5.6.11'], ['NOOP', 250]],
+      steps: [
+        EHLO,
+        ['MAIL FROM:<a@remote.example>', 250],
+        [`RCPT TO:<${ALICE}>`, 250],
+        ['DATA', 354],
+        [{ raw: `Subject: a\r\n\r\nx\n.\nMAIL FROM:<evil@remote.example>\r\nRCPT TO:<${BOB}>\r\nDATA\r\nSubject: smuggled\r\n\r\ny\r\n.\r\n` }, 550, '5.6.11'],
+        ['NOOP', 250],
+      ],
       queued: 0,
     },
     {
       name: 'bare CR dot does not end DATA',
-      steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], ['DATA', 354], [{ raw: `Subject: a\r\n\r\nx\r.\rMAIL FROM:<evil@remote.example>\r\n.\r\n` }, 550, '5.6.11']],
+      steps: [
+        EHLO,
+        ['MAIL FROM:<a@remote.example>', 250],
+        [`RCPT TO:<${ALICE}>`, 250],
+        ['DATA', 354],
+        [{ raw: `Subject: a\r\n\r\nx\r.\rMAIL FROM:<evil@remote.example>\r\n.\r\n` }, 550, '5.6.11'],
+      ],
       queued: 0,
     },
-    { name: 'a command line ending in a bare LF: 500 5.5.2, the session goes on', steps: [EHLO, [{ raw: 'NOOP\n' }, 500, '5.5.2'], [{ raw: `MAIL FROM:<a@remote.example>\n` }, 500, '5.5.2'], ['NOOP', 250], ['MAIL FROM:<a@remote.example>', 250]] },
+    {
+      name: 'a command line ending in a bare LF: 500 5.5.2, the session goes on',
+      steps: [
+        EHLO,
+        [{ raw: 'NOOP\n' }, 500, '5.5.2'],
+        [{ raw: `MAIL FROM:<a@remote.example>\n` }, 500, '5.5.2'],
+        ['NOOP', 250],
+        ['MAIL FROM:<a@remote.example>', 250],
+      ],
+    },
     {
       name: 'CRLF dot LF does not end DATA',
-      steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], ['DATA', 354], [{ raw: `Subject: a\r\n\r\nx\r\n.\nRSET\r\n.\r\n` }, 550, '5.6.11']],
+      steps: [
+        EHLO,
+        ['MAIL FROM:<a@remote.example>', 250],
+        [`RCPT TO:<${ALICE}>`, 250],
+        ['DATA', 354],
+        [{ raw: `Subject: a\r\n\r\nx\r\n.\nRSET\r\n.\r\n` }, 550, '5.6.11'],
+      ],
       queued: 0,
     },
   ],
   'RFC 2920 PIPELINING': [
     {
       name: 'a whole transaction in one write gets every reply in order',
-      steps: [EHLO, [{ raw: `MAIL FROM:<a@remote.example>\r\nRCPT TO:<${ALICE}>\r\nRCPT TO:<nobody@${DOMAIN}>\r\nRCPT TO:<${BOB}>\r\nDATA\r\n` }, 250], [{ raw: '' }, 250], [{ raw: '' }, 550, '5.1.1'], [{ raw: '' }, 250], [{ raw: '' }, 354], [{ raw: 'Subject: p\r\n\r\nhi\r\n.\r\nNOOP\r\n' }, 250, '2.0.0'], [{ raw: '' }, 250]],
+      steps: [
+        EHLO,
+        [{ raw: `MAIL FROM:<a@remote.example>\r\nRCPT TO:<${ALICE}>\r\nRCPT TO:<nobody@${DOMAIN}>\r\nRCPT TO:<${BOB}>\r\nDATA\r\n` }, 250],
+        [{ raw: '' }, 250],
+        [{ raw: '' }, 550, '5.1.1'],
+        [{ raw: '' }, 250],
+        [{ raw: '' }, 354],
+        [{ raw: 'Subject: p\r\n\r\nhi\r\n.\r\nNOOP\r\n' }, 250, '2.0.0'],
+        [{ raw: '' }, 250],
+      ],
       queued: 1,
     },
   ],
@@ -90,19 +185,45 @@ const SECTIONS: Record<string, Case[]> = {
     },
   ],
   'RFC 3030 CHUNKING': [
-    { name: 'BDAT in two chunks', steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], [bdat('Subject: b\r\n\r\n'), 250, '2.0.0'], [bdat('hi\r\n', true), 250, '2.0.0']], queued: 1 },
-    { name: 'BDAT 0 LAST ends an empty last chunk', steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], [bdat('Subject: c\r\n\r\nx\r\n'), 250], ['BDAT 0 LAST', 250, '2.0.0']], queued: 1 },
+    {
+      name: 'BDAT in two chunks',
+      steps: [
+        EHLO,
+        ['MAIL FROM:<a@remote.example>', 250],
+        [`RCPT TO:<${ALICE}>`, 250],
+        [bdat('Subject: b\r\n\r\n'), 250, '2.0.0'],
+        [bdat('hi\r\n', true), 250, '2.0.0'],
+      ],
+      queued: 1,
+    },
+    {
+      name: 'BDAT 0 LAST ends an empty last chunk',
+      steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], [bdat('Subject: c\r\n\r\nx\r\n'), 250], ['BDAT 0 LAST', 250, '2.0.0']],
+      queued: 1,
+    },
     { name: 'BDAT without MAIL: its octets are read, then 503', steps: [EHLO, [{ raw: 'BDAT 5\r\nNOOP\n' }, 503, '5.5.1'], ['NOOP', 250]] },
-    { name: 'DATA after BDAT is refused', steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], [{ raw: 'BDAT 3\r\nabc' }, 250], ['DATA', 503, '5.5.1']] },
+    {
+      name: 'DATA after BDAT is refused',
+      steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}>`, 250], [{ raw: 'BDAT 3\r\nabc' }, 250], ['DATA', 503, '5.5.1']],
+    },
     { name: 'BDAT with a bad size closes the connection', steps: [EHLO, ['BDAT x', 501, '5.5.4']] },
   ],
   'RFC 3461 DSN': [
     {
       name: 'RET, ENVID, NOTIFY and ORCPT are accepted and kept',
-      steps: [EHLO, ['MAIL FROM:<a@remote.example> RET=HDRS ENVID=QQ+2B1', 250], [`RCPT TO:<${ALICE}> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;${ALICE}`, 250], ['DATA', 354], [{ raw: 'Subject: d\r\n\r\nx\r\n.\r\n' }, 250]],
+      steps: [
+        EHLO,
+        ['MAIL FROM:<a@remote.example> RET=HDRS ENVID=QQ+2B1', 250],
+        [`RCPT TO:<${ALICE}> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;${ALICE}`, 250],
+        ['DATA', 354],
+        [{ raw: 'Subject: d\r\n\r\nx\r\n.\r\n' }, 250],
+      ],
       queued: 1,
     },
-    { name: 'NOTIFY=NEVER with others is refused', steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}> NOTIFY=NEVER,SUCCESS`, 501, '5.5.4']] },
+    {
+      name: 'NOTIFY=NEVER with others is refused',
+      steps: [EHLO, ['MAIL FROM:<a@remote.example>', 250], [`RCPT TO:<${ALICE}> NOTIFY=NEVER,SUCCESS`, 501, '5.5.4']],
+    },
     { name: 'bad RET', steps: [EHLO, ['MAIL FROM:<a@remote.example> RET=ALL', 501, '5.5.4']] },
   ],
   'RFC 6531 SMTPUTF8': [
@@ -112,10 +233,38 @@ const SECTIONS: Record<string, Case[]> = {
   'RFC 4954 AUTH and RFC 6409 submission': [
     { name: 'AUTH before TLS is refused with 538', port: 'submission', steps: [EHLO, [`AUTH PLAIN ${plain(ALICE, PASSWORD)}`, 538, '5.7.11']] },
     { name: 'submission needs AUTH before MAIL', port: 'submission', steps: [EHLO, [`MAIL FROM:<${ALICE}>`, 530, '5.7.0']] },
-    { name: 'implicit TLS: AUTH PLAIN, relay, own address', port: 'submissions', steps: [EHLO, [`AUTH PLAIN ${plain(ALICE, PASSWORD)}`, 235, '2.7.0'], [`MAIL FROM:<${ALICE}>`, 250], ['RCPT TO:<friend@elsewhere.example>', 250], ['DATA', 354], [{ raw: 'Subject: s\r\n\r\nx\r\n.\r\n' }, 250]], queued: 1 },
-    { name: 'implicit TLS: MAIL FROM an address the user does not own: 553 5.7.1', port: 'submissions', steps: [EHLO, [`AUTH PLAIN ${plain(ALICE, PASSWORD)}`, 235], [`MAIL FROM:<${BOB}>`, 553, '5.7.1'], [`MAIL FROM:<postmaster@${DOMAIN}>`, 250]] },
+    {
+      name: 'implicit TLS: AUTH PLAIN, relay, own address',
+      port: 'submissions',
+      steps: [
+        EHLO,
+        [`AUTH PLAIN ${plain(ALICE, PASSWORD)}`, 235, '2.7.0'],
+        [`MAIL FROM:<${ALICE}>`, 250],
+        ['RCPT TO:<friend@elsewhere.example>', 250],
+        ['DATA', 354],
+        [{ raw: 'Subject: s\r\n\r\nx\r\n.\r\n' }, 250],
+      ],
+      queued: 1,
+    },
+    {
+      name: 'implicit TLS: MAIL FROM an address the user does not own: 553 5.7.1',
+      port: 'submissions',
+      steps: [EHLO, [`AUTH PLAIN ${plain(ALICE, PASSWORD)}`, 235], [`MAIL FROM:<${BOB}>`, 553, '5.7.1'], [`MAIL FROM:<postmaster@${DOMAIN}>`, 250]],
+    },
     { name: 'implicit TLS: wrong password: 535 5.7.8', port: 'submissions', steps: [EHLO, [`AUTH PLAIN ${plain(ALICE, 'wrong')}`, 535, '5.7.8']] },
-    { name: 'AUTH LOGIN in steps, and * cancels', port: 'submissions', steps: [EHLO, ['AUTH LOGIN', 334], ['*', 501, '5.7.0'], ['AUTH LOGIN', 334], [Buffer.from(ALICE).toString('base64'), 334], [Buffer.from(PASSWORD).toString('base64'), 235, '2.7.0'], ['AUTH LOGIN', 503, '5.5.1']] },
+    {
+      name: 'AUTH LOGIN in steps, and * cancels',
+      port: 'submissions',
+      steps: [
+        EHLO,
+        ['AUTH LOGIN', 334],
+        ['*', 501, '5.7.0'],
+        ['AUTH LOGIN', 334],
+        [Buffer.from(ALICE).toString('base64'), 334],
+        [Buffer.from(PASSWORD).toString('base64'), 235, '2.7.0'],
+        ['AUTH LOGIN', 503, '5.5.1'],
+      ],
+    },
     { name: 'unknown mechanism', port: 'submissions', steps: [EHLO, ['AUTH CRAM-MD5', 504, '5.5.4']] },
   ],
 };
@@ -334,7 +483,9 @@ describe('SMTP protocol over real sockets', () => {
       expect(await blobExists(h.storage.mail, job.blobKey)).toBe(false);
       const text = (await storedMessage(h.storage, job)).toString();
       expect(Buffer.byteLength(text)).toBe(job.size);
-      expect(text).toMatch(/^Return-Path: <alice@example\.test>\r\nReceived: from client\.example \(\[127\.0\.0\.1\]\)\r\n\tby mx\.tomlinson\.test \(Tomlinson\) with ESMTPSA id /);
+      expect(text).toMatch(
+        /^Return-Path: <alice@example\.test>\r\nReceived: from client\.example \(\[127\.0\.0\.1\]\)\r\n\tby mx\.tomlinson\.test \(Tomlinson\) with ESMTPSA id /,
+      );
       expect(text).toContain(`(authenticated sender: ${ALICE})`);
       expect(text).toMatch(/\(version=TLSv1\.[23] cipher=/);
       expect(text.endsWith('Subject: j\r\n\r\nx\r\n')).toBe(true);
@@ -347,7 +498,12 @@ describe('SMTP protocol over real sockets', () => {
 describe('SMTP session limits', () => {
   let h: Harness;
   beforeAll(async () => {
-    h = await startHarness({ TOMLINSON_SMTP_MAX_BAD_COMMANDS: '3', TOMLINSON_SMTP_MAX_CONNECTIONS_PER_CLIENT: '2', TOMLINSON_SMTP_TRUSTED_NETWORKS: '192.0.2.0/24', TOMLINSON_SMTP_IDLE_TIMEOUT: '1' });
+    h = await startHarness({
+      TOMLINSON_SMTP_MAX_BAD_COMMANDS: '3',
+      TOMLINSON_SMTP_MAX_CONNECTIONS_PER_CLIENT: '2',
+      TOMLINSON_SMTP_TRUSTED_NETWORKS: '192.0.2.0/24',
+      TOMLINSON_SMTP_IDLE_TIMEOUT: '1',
+    });
   });
   afterAll(async () => h?.close());
 

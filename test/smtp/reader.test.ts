@@ -69,7 +69,12 @@ describe('SmtpReader (RFC 5321 §4.1.1.4, §4.5.2; RFC 3030)', () => {
 
   it('reads commands, unstuffs dots and ends DATA only at CRLF.CRLF', () => {
     const units = run(SCRIPT, SCRIPT.length);
-    expect(units.slice(0, 4)).toEqual([{ line: 'EHLO client.example' }, { line: 'MAIL FROM:<a@example.org> SIZE=100' }, { line: 'RCPT TO:<b@example.test>' }, { line: 'DATA' }]);
+    expect(units.slice(0, 4)).toEqual([
+      { line: 'EHLO client.example' },
+      { line: 'MAIL FROM:<a@example.org> SIZE=100' },
+      { line: 'RCPT TO:<b@example.test>' },
+      { line: 'DATA' },
+    ]);
     const first = units[4] as { data: string; stats: DataStats };
     expect(first.data).toBe('Subject: x\r\n\r\n.leading dot\r\n');
     expect(first.stats).toMatchObject({ bareLf: false, bareCr: false, bytes: first.data.length });

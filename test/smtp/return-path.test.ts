@@ -89,11 +89,27 @@ describe('final delivery: Return-Path at the top, read back over POP3 with curl'
     const store = new MailboxStore(app.storage.tables, app.storage.mail);
     for (const from of ['sender@remote.example', '']) {
       // swaks spells the null sender '<>' (an empty argument would make it prompt).
-      await run('swaks', ['--server', '127.0.0.1', '--port', String(smtpPort), '--from', from || '<>', '--to', 'carol@example.test', '--header', `Subject: from <${from}>`, '--timeout', '10']);
+      await run('swaks', [
+        '--server',
+        '127.0.0.1',
+        '--port',
+        String(smtpPort),
+        '--from',
+        from || '<>',
+        '--to',
+        'carol@example.test',
+        '--header',
+        `Subject: from <${from}>`,
+        '--timeout',
+        '10',
+      ]);
     }
     const deadline = Date.now() + 10_000;
     while ((await store.list('carol@example.test')).length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    for (const [n, from] of [[1, 'sender@remote.example'], [2, '']] as const) {
+    for (const [n, from] of [
+      [1, 'sender@remote.example'],
+      [2, ''],
+    ] as const) {
       const { stdout } = await run('curl', ['-s', '--max-time', '10', '-u', 'carol@example.test:carol-password-1', `pop3://127.0.0.1:${pop3Port}/${n}`]);
       expect(stdout.startsWith(`Return-Path: <${from}>\r\nReceived: from `)).toBe(true);
       expect(stdout.match(/^Return-Path:/gim)).toHaveLength(1);
@@ -120,7 +136,8 @@ describe('relaying: the message goes out without our Return-Path', () => {
   it('strips the line the listener stored and sends the rest byte for byte', async () => {
     const raw = sampleMessage('alice@local.test', 'bob@remote.test', 'Relayed');
     // As the listener stores an accepted message: Return-Path first, then Received.
-    const stored = returnPathLine('alice@local.test') + 'Received: from client.test ([127.0.0.1])\r\n\tby mx.tomlinson.test; Thu, 26 Nov 2026 07:00:00 +0000\r\n' + raw;
+    const stored =
+      returnPathLine('alice@local.test') + 'Received: from client.test ([127.0.0.1])\r\n\tby mx.tomlinson.test; Thu, 26 Nov 2026 07:00:00 +0000\r\n' + raw;
     await queueMessage(env, { id: 'rp-1', from: 'alice@local.test', rcpts: [{ address: 'bob@remote.test' }] }, stored);
     await drain(env, 'outbound', createOutboundJob());
     const got = remote.events.find((e) => e.event === 'message');

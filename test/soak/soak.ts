@@ -102,7 +102,8 @@ function messageFor(seq: number): string {
   ];
   const body: string[] = [];
   const n = 20 + (seq % 150);
-  for (let i = 0; i < n; i++) body.push(i % 17 === 0 ? `.line ${i} of message ${seq} starts with a dot` : `line ${i} of message ${seq}: ${'x'.repeat(seq % 60)}`);
+  for (let i = 0; i < n; i++)
+    body.push(i % 17 === 0 ? `.line ${i} of message ${seq} starts with a dot` : `line ${i} of message ${seq}: ${'x'.repeat(seq % 60)}`);
   return [...lines, ...body].join('\r\n') + '\r\n';
 }
 
@@ -148,7 +149,15 @@ function faulty(storage: Storage, rate: () => number): Storage {
         return (v as (...a: unknown[]) => unknown).bind(obj);
       },
     });
-  return { ...storage, mail: inject(storage.mail, ['put'], 'mail'), queues: inject(storage.queues, ['send'], 'queues'), tables: storage.tables, cache: storage.cache, check: () => storage.check(), close: () => storage.close() };
+  return {
+    ...storage,
+    mail: inject(storage.mail, ['put'], 'mail'),
+    queues: inject(storage.queues, ['send'], 'queues'),
+    tables: storage.tables,
+    cache: storage.cache,
+    check: () => storage.check(),
+    close: () => storage.close(),
+  };
 }
 
 /** Runs the soak in a fresh data folder and returns its summary (it throws only on harness errors). */

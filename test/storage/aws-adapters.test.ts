@@ -139,7 +139,7 @@ describe('S3 blobs', () => {
     expect((await drain((await storage.mail.get('big/race')).body)).sha256).toBe(winner);
   });
 
-  it('passes the caller\'s stream error through and leaves nothing visible', async () => {
+  it("passes the caller's stream error through and leaves nothing visible", async () => {
     let sent = 0;
     const failing = new Readable({
       read() {
@@ -155,7 +155,7 @@ describe('S3 blobs', () => {
     expect(await code(storage.mail.head('big/crash'))).toBe('NotFound');
   });
 
-  it('serves more than the SDK\'s default 50 sockets of unread bodies at once', async () => {
+  it("serves more than the SDK's default 50 sockets of unread bodies at once", async () => {
     await storage.mail.put('many/readers', Buffer.alloc(256 * 1024, 7));
     // Like 60 slow POP3 clients in the middle of a RETR: each body holds its connection.
     const open = await Promise.all(Array.from({ length: 60 }, () => storage.mail.get('many/readers')));
@@ -239,10 +239,7 @@ describe('DynamoDB tables', () => {
     ]);
     expect(await storage.tables.get({ pk: 'tx', sk: 'old' })).toEqual({ pk: 'tx', sk: 'old', fresh: true });
     const err = await storage.tables
-      .transact([
-        { put: { pk: 'tx', sk: 'a', v: 1 } },
-        { check: { pk: 'tx', sk: 'new' }, condition: { equals: { v: 2 } } },
-      ])
+      .transact([{ put: { pk: 'tx', sk: 'a', v: 1 } }, { check: { pk: 'tx', sk: 'new' }, condition: { equals: { v: 2 } } }])
       .catch((e: unknown) => e);
     expect(isStorageError(err, 'ConditionFailed')).toBe(true);
     expect((err as Error).message).toMatch(/op 1\b/);
@@ -394,7 +391,12 @@ describe('failures as StorageErrors', () => {
       const blobs = new S3Blobs(s3c, 'bucket', silentLogger);
       const tables = new DynamoTables(ddbc, 'table', silentLogger);
       // Thunks, so that each call starts only when it is awaited (no rejection left unhandled).
-      const calls = [() => blobs.put('k', 'v'), () => blobs.head('k'), () => tables.get({ pk: 'a', sk: 'b' }), () => tables.put({ pk: 'a', sk: 'b' }, { condition: { exists: false } })];
+      const calls = [
+        () => blobs.put('k', 'v'),
+        () => blobs.head('k'),
+        () => tables.get({ pk: 'a', sk: 'b' }),
+        () => tables.put({ pk: 'a', sk: 'b' }, { condition: { exists: false } }),
+      ];
       for (const call of calls) {
         const err = await (call() as Promise<unknown>).then(
           () => undefined,

@@ -32,7 +32,15 @@ describe('SecretStore (moto)', () => {
     expect(parseDkimSecret(JSON.stringify({ selector: 's1', privateKey: 'K1' }))).toEqual([{ selector: 's1', privateKey: 'K1' }]);
     expect(parseDkimSecret(JSON.stringify({ selector: 's1', privateKey: '' }))).toEqual([]);
     expect(
-      parseDkimSecret(JSON.stringify({ keys: [{ selector: 'a', privateKey: 'KA' }, { selector: 'b', privateKey: '' }, { selector: '', privateKey: 'KC' }] })),
+      parseDkimSecret(
+        JSON.stringify({
+          keys: [
+            { selector: 'a', privateKey: 'KA' },
+            { selector: 'b', privateKey: '' },
+            { selector: '', privateKey: 'KC' },
+          ],
+        }),
+      ),
     ).toEqual([{ selector: 'a', privateKey: 'KA' }]);
   });
 });

@@ -36,8 +36,8 @@ export interface AwsTestBackend {
 }
 
 const MISSING =
-  'The aws storage tests need moto\'s server (moto >= 5, with flask and flask-cors) importable by python3 on PATH. ' +
-  'It ships in this project\'s machine image; Debian 12 does not package moto, so elsewhere install it with pip ' +
+  "The aws storage tests need moto's server (moto >= 5, with flask and flask-cors) importable by python3 on PATH. " +
+  "It ships in this project's machine image; Debian 12 does not package moto, so elsewhere install it with pip " +
   '(pip install "moto[server]>=5.2"), or run the suite against LocalStack or an account with ' +
   'TOMLINSON_CONTRACT_AWS=external (see README.md).';
 
@@ -55,7 +55,8 @@ const READY_TIMEOUT_MS = 45_000;
 async function waitReady(child: ChildProcess, url: string, output: () => string): Promise<void> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
   while (Date.now() < deadline) {
-    if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) throw new Error(`moto server exited (${child.exitCode ?? child.signalCode}):\n${output()}`);
+    if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`moto server exited (${child.exitCode ?? child.signalCode}):\n${output()}`);
     try {
       const res = await fetch(url, { signal: AbortSignal.timeout(1_000) });
       await res.arrayBuffer();

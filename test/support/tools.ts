@@ -106,7 +106,11 @@ export async function checkTools(env: NodeJS.ProcessEnv = process.env): Promise<
   const missing: string[] = [];
   for (const p of PROGRAMS) if (!p.names.some((n) => onPath(n, path) !== undefined)) missing.push(`${p.names[0]} (${p.use}; Debian package ${p.pkg})`);
   const [system, moto] = await Promise.all([
-    missingModules(SYSTEM_PYTHON, SYSTEM_MODULES.map((m) => m.module), env),
+    missingModules(
+      SYSTEM_PYTHON,
+      SYSTEM_MODULES.map((m) => m.module),
+      env,
+    ),
     missingMoto(env),
   ]);
   for (const m of SYSTEM_MODULES) if (system.includes(m.module)) missing.push(`${m.module} in ${SYSTEM_PYTHON} (${m.use}; Debian package ${m.pkg})`);
@@ -114,8 +118,13 @@ export async function checkTools(env: NodeJS.ProcessEnv = process.env): Promise<
   if (!missing.length && !motoMissing) return undefined;
   const lines = ['The tests drive third-party programs that this machine lacks:'];
   for (const m of missing) lines.push(`  - ${m}`);
-  if (motoMissing) lines.push(`  - moto's server (${moto.join(', ')} not importable by python3 on PATH; the aws adapter tests start it, see test/support/moto.ts)`);
-  if (missing.length) lines.push('Install the Debian packages (the list .ci/run installs) with:', `  apt-get update && apt-get install -y --no-install-recommends ${ciPackages().join(' ')}`);
+  if (motoMissing)
+    lines.push(`  - moto's server (${moto.join(', ')} not importable by python3 on PATH; the aws adapter tests start it, see test/support/moto.ts)`);
+  if (missing.length)
+    lines.push(
+      'Install the Debian packages (the list .ci/run installs) with:',
+      `  apt-get update && apt-get install -y --no-install-recommends ${ciPackages().join(' ')}`,
+    );
   if (motoMissing) {
     lines.push(
       'moto is not packaged by Debian: install it for the python3 on PATH with',

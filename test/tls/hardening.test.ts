@@ -50,7 +50,7 @@ async function renegotiate(kind: Kind, probe: string): Promise<{ before: string;
   child.stderr.on('data', (d: Buffer) => (out += d.toString('latin1')));
   const exited = new Promise<boolean>((resolve) => child.once('exit', () => resolve(true)));
   const wait = async (pattern: RegExp, ms: number) => {
-    for (const end = Date.now() + ms; Date.now() < end && !pattern.test(out); ) await sleep(50);
+    for (const end = Date.now() + ms; Date.now() < end && !pattern.test(out);) await sleep(50);
   };
   // s_client reads its standard input once it has printed the session summary.
   await wait(/Verify return code/, 10_000);
@@ -93,7 +93,7 @@ async function openForHandshake(kind: Kind): Promise<net.Socket> {
   let buf = '';
   s.on('data', (d: Buffer) => (buf += d.toString('latin1')));
   const until = async (re: RegExp) => {
-    for (const end = Date.now() + 5000; !re.test(buf); ) {
+    for (const end = Date.now() + 5000; !re.test(buf);) {
       if (Date.now() > end) throw new Error(`no ${re} in ${JSON.stringify(buf)}`);
       await sleep(20);
     }
@@ -120,7 +120,10 @@ describe('a handshake that never completes is closed after the handshake timeout
     const t0 = Date.now();
     // The first bytes of a TLS record carrying a ClientHello, and then nothing.
     s.write(Buffer.from([0x16, 0x03, 0x01, 0x00, 0xf0, 0x01]));
-    const closedAt = await Promise.race([new Promise<number>((resolve) => s.once('close', () => resolve(Date.now() - t0))), sleep(HANDSHAKE_MS + 4000).then(() => -1)]);
+    const closedAt = await Promise.race([
+      new Promise<number>((resolve) => s.once('close', () => resolve(Date.now() - t0))),
+      sleep(HANDSHAKE_MS + 4000).then(() => -1),
+    ]);
     s.destroy();
     expect(closedAt, `${kind} still open ${HANDSHAKE_MS + 4000} ms after a partial ClientHello`).toBeGreaterThanOrEqual(HANDSHAKE_MS - 50);
     expect(closedAt).toBeLessThan(HANDSHAKE_MS + 4000);

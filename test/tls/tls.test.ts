@@ -27,7 +27,12 @@ interface Pair {
 }
 
 async function makePair(cn: string): Promise<Pair> {
-  const g = await generate([{ name: 'commonName', value: cn }], { keyType: 'rsa', keySize: 2048, algorithm: 'sha256', extensions: [{ name: 'subjectAltName', altNames: [{ type: 2, value: cn }] }] });
+  const g = await generate([{ name: 'commonName', value: cn }], {
+    keyType: 'rsa',
+    keySize: 2048,
+    algorithm: 'sha256',
+    extensions: [{ name: 'subjectAltName', altNames: [{ type: 2, value: cn }] }],
+  });
   return { cert: g.cert, key: g.private, fingerprint256: new (await import('node:crypto')).X509Certificate(g.cert).fingerprint256 };
 }
 
@@ -42,7 +47,10 @@ async function serve(provider: TlsProvider): Promise<{ port: number; close: () =
 }
 
 /** Connects and returns the fingerprint the server presented, or the handshake error. */
-function handshake(port: number, options: tls.ConnectionOptions = {}): Promise<{ fingerprint256?: string; protocol?: string | null; cipher?: string; error?: string }> {
+function handshake(
+  port: number,
+  options: tls.ConnectionOptions = {},
+): Promise<{ fingerprint256?: string; protocol?: string | null; cipher?: string; error?: string }> {
   return new Promise((resolve) => {
     const s = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ...options }, () => {
       const out = { fingerprint256: s.getPeerCertificate().fingerprint256, protocol: s.getProtocol(), cipher: s.getCipher().name };
@@ -113,7 +121,12 @@ describe('files, protocol floor and ciphers', () => {
     await writeFile(join(sni, 'mail.example.net.key'), C.key);
     await writeFile(join(sni, '*.example.org.crt'), W.cert);
     await writeFile(join(sni, '*.example.org.key'), W.key);
-    const config = loadConfig({ TOMLINSON_DATA_DIR: join(dir.path, 'd2'), TOMLINSON_TLS_CERT_FILE: certFile(), TOMLINSON_TLS_KEY_FILE: keyFile(), TOMLINSON_TLS_SNI_DIR: sni });
+    const config = loadConfig({
+      TOMLINSON_DATA_DIR: join(dir.path, 'd2'),
+      TOMLINSON_TLS_CERT_FILE: certFile(),
+      TOMLINSON_TLS_KEY_FILE: keyFile(),
+      TOMLINSON_TLS_SNI_DIR: sni,
+    });
     provider = await createTlsProvider(config, silentLogger, { debounceMs: 50 });
     server = await serve(provider);
   });

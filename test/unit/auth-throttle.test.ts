@@ -66,6 +66,8 @@ describe('AuthThrottle', () => {
   });
 
   it('the log text puts the address first and quotes the user, so a crafted name cannot pose as an address', () => {
-    expect(authFailureText('submission', '192.0.2.1', 'x" client=203.0.113.9 \n')).toBe('auth failed: client=192.0.2.1 listener=submission user="x\\" client=203.0.113.9 \\n"');
+    expect(authFailureText('submission', '192.0.2.1', 'x" client=203.0.113.9 \n')).toBe(
+      'auth failed: client=192.0.2.1 listener=submission user="x\\" client=203.0.113.9 \\n"',
+    );
   });
 });

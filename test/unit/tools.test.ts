@@ -11,14 +11,20 @@ import { checkTools } from '../support/tools.js';
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 function check(path: string) {
-  return spawnSync(process.execPath, ['--import', 'tsx', 'test/support/tools.ts'], { cwd: ROOT, env: { HOME: process.env.HOME, PATH: path }, encoding: 'utf8', timeout: 60_000 });
+  return spawnSync(process.execPath, ['--import', 'tsx', 'test/support/tools.ts'], {
+    cwd: ROOT,
+    env: { HOME: process.env.HOME, PATH: path },
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
 }
 
 describe('the test tools check', () => {
   it('names every missing program and the install command, and exits 1', () => {
     const r = check('/nonexistent');
     expect(r.status).toBe(1);
-    for (const tool of ['swaks', 'curl', 'fetchmail', 'chromium', 'openssl', 'script', 'python3']) expect(r.stderr).toMatch(new RegExp(`^  - ${tool} \\(`, 'm'));
+    for (const tool of ['swaks', 'curl', 'fetchmail', 'chromium', 'openssl', 'script', 'python3'])
+      expect(r.stderr).toMatch(new RegExp(`^  - ${tool} \\(`, 'm'));
     expect(r.stderr).toContain("moto's server");
     expect(r.stderr).toContain('test/support/moto.ts');
     expect(r.stderr).toMatch(/^ {2}apt-get update && apt-get install -y --no-install-recommends swaks .*fetchmail chromium .*bsdutils$/m);

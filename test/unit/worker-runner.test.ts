@@ -59,9 +59,14 @@ describe('runOne', () => {
     const { storage, ctx } = await setup();
     await storage.queues.send('inbound', 'c');
     const [m] = await storage.queues.receive('inbound', { visibilitySeconds: 1 });
-    const out = await runOne('inbound', m, async () => {
-      throw new Error('blob store down');
-    }, ctx);
+    const out = await runOne(
+      'inbound',
+      m,
+      async () => {
+        throw new Error('blob store down');
+      },
+      ctx,
+    );
     expect(out).toBeInstanceOf(Error);
     await new Promise((r) => setTimeout(r, 1200));
     const again = await storage.queues.receive('inbound', { visibilitySeconds: 1 });
@@ -78,9 +83,14 @@ describe('the failure log', () => {
     for (let attempt = 1; attempt <= 3; attempt++) {
       const [m] = await storage.queues.receive('inbound', { visibilitySeconds: 0 });
       expect(m.receiveCount).toBe(attempt);
-      const out = await runOne('inbound', m, async () => {
-        throw new Error('cannot parse the job');
-      }, { ...ctx, log });
+      const out = await runOne(
+        'inbound',
+        m,
+        async () => {
+          throw new Error('cannot parse the job');
+        },
+        { ...ctx, log },
+      );
       expect(out).toBeInstanceOf(Error);
     }
     // TOMLINSON_QUEUE_MAX_RECEIVES is 3: two retries, then the last attempt.

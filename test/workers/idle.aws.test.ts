@@ -23,7 +23,14 @@ afterAll(async () => {
 
 describe('idle queue workers on the aws family', () => {
   it('long-poll SQS (about one receive per queue per 20 s), read nothing else, and stop promptly', async () => {
-    const config = loadConfig({ ...backend.env, TOMLINSON_WORKERS_THREAD: 'false', TOMLINSON_HEALTH_PORT: '0', TOMLINSON_SMTP_ENABLED: 'false', TOMLINSON_POP3_ENABLED: 'false', TOMLINSON_PROXY_ENABLED: 'false' });
+    const config = loadConfig({
+      ...backend.env,
+      TOMLINSON_WORKERS_THREAD: 'false',
+      TOMLINSON_HEALTH_PORT: '0',
+      TOMLINSON_SMTP_ENABLED: 'false',
+      TOMLINSON_POP3_ENABLED: 'false',
+      TOMLINSON_PROXY_ENABLED: 'false',
+    });
     const seen: AwsRequest[] = [];
     const unobserve = observeAwsRequests((r) => seen.push(r));
     const app = await startApp(config, ['workers'], silentLogger);
@@ -39,7 +46,10 @@ describe('idle queue workers on the aws family', () => {
       // Short polls (the old 2 s slices) made about 22 here.
       expect(count('ReceiveMessage'), summary.join(' ')).toBeLessThanOrEqual(4);
       expect(count('ReceiveMessage')).toBeGreaterThanOrEqual(2);
-      expect(seen.filter((r) => r.op !== 'ReceiveMessage'), summary.join(' ')).toEqual([]);
+      expect(
+        seen.filter((r) => r.op !== 'ReceiveMessage'),
+        summary.join(' '),
+      ).toEqual([]);
       for (const r of seen) expect(r.input.WaitTimeSeconds).toBe(20);
     } finally {
       const started = Date.now();

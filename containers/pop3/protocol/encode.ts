@@ -217,7 +217,10 @@ export function encodeWhole(head: string, message: Buffer, out?: Buffer): { resp
   const size = headLength + octets + dots + TERMINATOR.length;
   // A buffer of its own (never a slice of Node's shared pool) with room to spare, so that the
   // caller can reuse it for the next response.
-  const buf = out !== undefined && out.length >= size ? out : Buffer.allocUnsafeSlow(size <= REUSE_ROUNDING * 8 ? Math.ceil(size / REUSE_ROUNDING) * REUSE_ROUNDING : size);
+  const buf =
+    out !== undefined && out.length >= size
+      ? out
+      : Buffer.allocUnsafeSlow(size <= REUSE_ROUNDING * 8 ? Math.ceil(size / REUSE_ROUNDING) * REUSE_ROUNDING : size);
   // The status line is a few ASCII characters: a loop beats Buffer.write's argument handling.
   for (let i = 0; i < headLength; i++) buf[i] = head.charCodeAt(i);
   let o = headLength;

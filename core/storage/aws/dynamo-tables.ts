@@ -207,9 +207,7 @@ export class DynamoTables implements Tables {
 
   /** Liveness probe: a consistent read of a key nothing uses. */
   async probe(): Promise<void> {
-    await guard(`table ${this.table}`, () =>
-      this.ddb.send(new GetItemCommand({ TableName: this.table, Key: keyAttrs({ pk: '#health', sk: '#probe' }) })),
-    );
+    await guard(`table ${this.table}`, () => this.ddb.send(new GetItemCommand({ TableName: this.table, Key: keyAttrs({ pk: '#health', sk: '#probe' }) })));
   }
 
   private transactItem(op: TransactOp, e: Expr): TransactWriteItem {
@@ -240,9 +238,7 @@ export class DynamoTables implements Tables {
 
   /** Deletes the item if it exists and has expired; true when it did (or someone else had). */
   private async purgeIfExpired(key: Key): Promise<boolean> {
-    const res = await guard(this.what(key), () =>
-      this.ddb.send(new GetItemCommand({ TableName: this.table, Key: keyAttrs(key), ConsistentRead: true })),
-    );
+    const res = await guard(this.what(key), () => this.ddb.send(new GetItemCommand({ TableName: this.table, Key: keyAttrs(key), ConsistentRead: true })));
     if (!res.Item) return true;
     const item = fromAttrs(res.Item);
     if (!isExpired(item, this.nowSeconds())) return false;

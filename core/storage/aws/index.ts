@@ -68,7 +68,13 @@ export async function openAwsStorage(config: Config, log: Logger, options: AwsSt
     slog,
   );
   slog.info(
-    { region: await s3.config.region().catch(() => '?'), mailBucket: aws.mailBucket, cacheBucket: aws.cacheBucket, table: aws.table, pathStyle: aws.forcePathStyle },
+    {
+      region: await s3.config.region().catch(() => '?'),
+      mailBucket: aws.mailBucket,
+      cacheBucket: aws.cacheBucket,
+      table: aws.table,
+      pathStyle: aws.forcePathStyle,
+    },
     'aws storage opened',
   );
 
@@ -98,7 +104,8 @@ export async function openAwsStorage(config: Config, log: Logger, options: AwsSt
       const report: Record<string, boolean> = {};
       await Promise.all([
         uses.mail && up(() => guard(aws.mailBucket, () => s3.send(new HeadBucketCommand({ Bucket: aws.mailBucket }))), 'mail').then((v) => (report.mail = v)),
-        uses.cache && up(() => guard(aws.cacheBucket, () => s3.send(new HeadBucketCommand({ Bucket: aws.cacheBucket }))), 'cache').then((v) => (report.cache = v)),
+        uses.cache &&
+          up(() => guard(aws.cacheBucket, () => s3.send(new HeadBucketCommand({ Bucket: aws.cacheBucket }))), 'cache').then((v) => (report.cache = v)),
         up(() => tables.probe(), 'tables').then((v) => (report.tables = v)),
         uses.queues.length > 0 && up(() => queues.probe(uses.queues), 'queues').then((v) => (report.queues = v)),
       ]);

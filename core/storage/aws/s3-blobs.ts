@@ -157,7 +157,13 @@ export class S3Blobs implements Blobs {
   ): Promise<void> {
     const created = await this.s3.send(
       // CRC32 part checksums, as the SDK adds them to UploadPart by default (lib-storage does the same).
-      new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key, ContentType: params.ContentType, Metadata: params.Metadata, ChecksumAlgorithm: 'CRC32' }),
+      new CreateMultipartUploadCommand({
+        Bucket: this.bucket,
+        Key: key,
+        ContentType: params.ContentType,
+        Metadata: params.Metadata,
+        ChecksumAlgorithm: 'CRC32',
+      }),
     );
     const uploadId = created.UploadId!;
     const parts: CompletedPart[] = [];
@@ -176,7 +182,16 @@ export class S3Blobs implements Blobs {
     };
     const send = (slot: Buffer, length: number, partNumber: number): void => {
       const p = this.s3
-        .send(new UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, PartNumber: partNumber, Body: slot.subarray(0, length), ContentLength: length }))
+        .send(
+          new UploadPartCommand({
+            Bucket: this.bucket,
+            Key: key,
+            UploadId: uploadId,
+            PartNumber: partNumber,
+            Body: slot.subarray(0, length),
+            ContentLength: length,
+          }),
+        )
         .then(
           (res) => {
             parts.push({ PartNumber: partNumber, ETag: res.ETag, ...(res.ChecksumCRC32 ? { ChecksumCRC32: res.ChecksumCRC32 } : {}) });
@@ -242,7 +257,10 @@ export class S3Blobs implements Blobs {
   async get(key: string, options: { range?: ByteRange } = {}): Promise<{ info: BlobInfo; body: Readable }> {
     checkKey(key);
     const range = options.range;
-    if (range && (!Number.isSafeInteger(range.start) || range.start < 0 || (range.end !== undefined && (!Number.isSafeInteger(range.end) || range.end < range.start)))) {
+    if (
+      range &&
+      (!Number.isSafeInteger(range.start) || range.start < 0 || (range.end !== undefined && (!Number.isSafeInteger(range.end) || range.end < range.start)))
+    ) {
       throw new InvalidRequest(`byte range ${JSON.stringify(range)}`);
     }
     const res = await guard(`s3://${this.bucket}/${key}`, () =>
@@ -338,7 +356,13 @@ function cleanMetadata(m: Record<string, string> | undefined): Record<string, st
   return Object.keys(out).length ? out : undefined;
 }
 
-function infoFrom(key: string, size: number, contentType: string | undefined, meta: Record<string, string> | undefined, lastModified: Date | undefined): BlobInfo {
+function infoFrom(
+  key: string,
+  size: number,
+  contentType: string | undefined,
+  meta: Record<string, string> | undefined,
+  lastModified: Date | undefined,
+): BlobInfo {
   const metadata = { ...(meta ?? {}) };
   const sha256 = metadata[SHA_KEY];
   delete metadata[SHA_KEY];

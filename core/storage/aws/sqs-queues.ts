@@ -93,7 +93,10 @@ export class SqsQueues implements Queues {
     return new Promise<ReceivedMessage[]>((resolve, reject) => {
       const onAbort = () => {
         resolve([]);
-        void request.then((late) => this.release(queue, late), () => undefined);
+        void request.then(
+          (late) => this.release(queue, late),
+          () => undefined,
+        );
       };
       signal.addEventListener('abort', onAbort, { once: true });
       request.then(
@@ -151,7 +154,8 @@ export class SqsQueues implements Queues {
   }
 
   async changeVisibility(queue: QueueName, receipt: string, seconds: number): Promise<void> {
-    if (!Number.isInteger(seconds) || seconds < 0 || seconds > MAX_VISIBILITY_SECONDS) throw new InvalidRequest(`visibility ${seconds} s (0..${MAX_VISIBILITY_SECONDS})`);
+    if (!Number.isInteger(seconds) || seconds < 0 || seconds > MAX_VISIBILITY_SECONDS)
+      throw new InvalidRequest(`visibility ${seconds} s (0..${MAX_VISIBILITY_SECONDS})`);
     const { handle, sentAt, receivedAt } = decodeReceipt(receipt);
     const url = await this.url(queue);
     // SQS caps a message's total visibility at 12 hours, counted from its receive (moto: from its

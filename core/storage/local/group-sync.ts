@@ -87,5 +87,3 @@ export class GroupSync {
     await Promise.all(all.filter((h) => h.users === 0).map((h) => h.fh.then((fh) => fh.close()).catch(() => undefined)));
   }
 }
-
-

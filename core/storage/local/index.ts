@@ -49,7 +49,13 @@ export async function openLocalStorage(config: Config, log: Logger, options: Loc
   // A store opened from a handover leaves checkpoints and the purge to the store that made it.
   const handed = options.thread as unknown as LocalHandover | undefined;
   if (handed && handed.family !== 'local') throw new Error('a storage thread handover of another family');
-  const store = new SqliteStore(dbPath, slog, options.sqliteDurability, {}, handed ? { commits: handed.commits, releases: handed.releases, checkpoints: false } : undefined);
+  const store = new SqliteStore(
+    dbPath,
+    slog,
+    options.sqliteDurability,
+    {},
+    handed ? { commits: handed.commits, releases: handed.releases, checkpoints: false } : undefined,
+  );
   const tables = new SqliteTables(store, now);
   const queues = new SqliteQueues(store, { maxReceives: config.storage.queueMaxReceives, now, channel: handed ? channel : undefined });
 

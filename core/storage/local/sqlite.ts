@@ -78,9 +78,16 @@ ${WAL_RESTARTS_SCHEMA}
 /** Most writes gathered into one transaction; the rest wait for the next turn. */
 const MAX_BATCH = 256;
 /** Atomics.waitAsync (ES2024; in Node since 16), typed here because the project's lib is ES2023. */
-const waitAsync = (Atomics as unknown as {
-  waitAsync(array: Int32Array, index: number, value: number, timeoutMs: number): { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };
-}).waitAsync;
+const waitAsync = (
+  Atomics as unknown as {
+    waitAsync(
+      array: Int32Array,
+      index: number,
+      value: number,
+      timeoutMs: number,
+    ): { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };
+  }
+).waitAsync;
 
 /** How long a batch retries while another connection holds the write lock (the busy timeout). */
 const BUSY_RETRY_MS = 5000;
@@ -308,12 +315,15 @@ export class SqliteStore {
     // sharing one WAL fsync settle in the order they committed whichever of the two ends last.
     const synced = Promise.all([this.walSync.sync(this.walPath), this.walDirSync()]);
     synced
-      .then(() => settle((j) => !j.lazy), (e: unknown) => {
-        // The commit may or may not be on disk: tell every caller it failed (they retry).
-        this.log.error({ err: (e as Error).message }, 'fsync of the SQLite WAL failed');
-        const err = new Unavailable(`fsync of the SQLite WAL: ${(e as Error).message}`, { cause: e });
-        for (const j of jobs) if (!j.lazy) j.reject(err);
-      })
+      .then(
+        () => settle((j) => !j.lazy),
+        (e: unknown) => {
+          // The commit may or may not be on disk: tell every caller it failed (they retry).
+          this.log.error({ err: (e as Error).message }, 'fsync of the SQLite WAL failed');
+          const err = new Unavailable(`fsync of the SQLite WAL: ${(e as Error).message}`, { cause: e });
+          for (const j of jobs) if (!j.lazy) j.reject(err);
+        },
+      )
       .finally(() => this.inFlightSyncs--);
   }
 
@@ -363,12 +373,10 @@ export class SqliteStore {
   private walDirSyncing?: Promise<void>;
   /** The one fsync of the WAL's folder, shared by every batch (a failed one is tried again by the next batch). */
   private walDirSync(): Promise<void> {
-    return (this.walDirSyncing ??= this.walSync!.sync(dirname(this.walPath)).catch(
-      (e: unknown) => {
-        this.walDirSyncing = undefined;
-        throw e;
-      },
-    ));
+    return (this.walDirSyncing ??= this.walSync!.sync(dirname(this.walPath)).catch((e: unknown) => {
+      this.walDirSyncing = undefined;
+      throw e;
+    }));
   }
   private readonly totalChanges: { get(): number };
 
