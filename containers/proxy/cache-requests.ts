@@ -156,13 +156,8 @@ export class CacheRequests {
   /** RFC 9111 §4.4: after a non-error (2xx, 3xx) response to an unsafe method, invalidate the
    * target URI and the Location and Content-Location URIs when they share its origin. */
   private async unsafe(req: IncomingMessage, res: ServerResponse, target: Target): Promise<void> {
-    const o = this.p.origins;
-    let resp: OriginExchange;
-    try {
-      resp = await o.request(target, req.method!, o.forwardHeaders(req, target), o.requestBody(req), req, res);
-    } catch (e) {
-      return this.p.replies.failed(res, e);
-    }
+    const resp = await this.forward(req, res, target);
+    if (!resp) return;
     if (resp.statusCode < 400) {
       const urls = new Set([target.url]);
       for (const name of ['location', 'content-location']) {
@@ -181,15 +176,22 @@ export class CacheRequests {
     return this.deliver(req, res, target, resp, 'method', 'bypass', NO_FLIGHT);
   }
 
+  /** Sends the client's request on to the origin as it is; on failure the client has had its
+   * error reply and the result is undefined. */
+  private async forward(req: IncomingMessage, res: ServerResponse, target: Target): Promise<OriginExchange | undefined> {
+    const o = this.p.origins;
+    try {
+      return await o.request(target, req.method!, o.forwardHeaders(req, target), o.requestBody(req), req, res);
+    } catch (e) {
+      this.p.replies.failed(res, e);
+      return undefined;
+    }
+  }
+
   /** Forwards a request without caching (OPTIONS, HEAD misses, ...). */
   private async pass(req: IncomingMessage, res: ServerResponse, target: Target, cacheStatus: string, outcome: CacheOutcome): Promise<void> {
-    const o = this.p.origins;
-    let resp: OriginExchange;
-    try {
-      resp = await o.request(target, req.method!, o.forwardHeaders(req, target), o.requestBody(req), req, res);
-    } catch (e) {
-      return this.p.replies.failed(res, e);
-    }
+    const resp = await this.forward(req, res, target);
+    if (!resp) return;
     res.writeHead(resp.statusCode, this.p.replies.clientFields(resp.headers, `${cacheStatus}; fwd-status=${resp.statusCode}`));
     const { bytes } = await resp.relay(res);
     this.p.stats.record(outcome, 0, bytes);
