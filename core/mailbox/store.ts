@@ -1,45 +1,23 @@
 /**
- * Per-user mailboxes over the Tables port: a META item with counters, one item per message in
- * UID order, a maildrop lease, idempotency markers for deliveries and a reference count per raw
- * blob so a message shared by several mailboxes is deleted with its last reference.
+ * A user's mailbox as delivery, POP3, the CLI and the sweep see it: INBOX (the `MBX#<user>`
+ * partition: a META item with counters, one item per message in UID order), the maildrop lease,
+ * idempotency markers for deliveries and a reference count per raw blob so a message shared by
+ * several mailboxes or folders is deleted with its last reference. Item layout: keys.ts.
  *
- * | item               | pk               | sk                   |
- * |--------------------|------------------|----------------------|
- * | mailbox counters   | `MBX#<user>`     | `META`               | count, bytes, uidNext, uidValidity
- * | message            | `MBX#<user>`     | `UID#<10-digit uid>` | blobKey, size, receivedAt, summary, flags, jobId
- * | maildrop lease     | `MBX#<user>`     | `LEASE`              | holder, ttl
- * | delivery marker    | `JOB#<job id>`   | `RCPT#<user>`        | uid, ttl (30 days)
- * | blob references    | `BLOBREF#<key>`  | `META`               | refs (mailbox entries + holds)
- * | blob hold          | `BLOBREF#<key>`  | `HOLD#<holder>`      | a job still needing the blob
+ * The writes (deliver, remove, setFlags, purge) go through FolderStore (folders.ts), the model of
+ * every folder, so that each also bumps the user's MODSEQ, writes its change item and keeps the
+ * usage over every folder (the quota's measure) in the same transaction.
  *
  * Holds: a raw message must outlive every mailbox entry AND every job still working on it (the
  * outbound worker relaying it, an inbound job that will retry a full mailbox later). A worker
  * calls `holdBlob(key, 'inbound:<job id>')` before its first delivery and `releaseBlob` when its
  * work is done; both are idempotent per holder, so queue redeliveries do not miscount.
  */
-import { isStorageError, type AttrValue, type Blobs, type Item, type Key, type Tables, type TransactOp, putIfAbsent } from '../storage/ports.js';
-import { keys as accountKeys } from '../accounts/accounts.js';
+import { isStorageError, type AttrValue, type Blobs, type Item, type Tables, putIfAbsent } from '../storage/ports.js';
+import { FolderStore, type FolderStoreOptions } from './folders.js';
+import { backoff, folderKeys, INBOX, mailboxKeys, MAX_ATTEMPTS } from './keys.js';
 
-/** The delivery would take the mailbox past its quota; nothing was stored. */
-export class QuotaExceeded extends Error {
-  constructor(
-    readonly user: string,
-    readonly quotaBytes: number,
-    readonly usedBytes: number,
-    readonly size: number,
-  ) {
-    super(`mailbox ${user} is full: ${usedBytes} + ${size} bytes would pass the quota of ${quotaBytes}`);
-    this.name = 'QuotaExceeded';
-  }
-}
-
-/** The user has no account (removed, or never created); nothing was stored. */
-export class NoSuchMailbox extends Error {
-  constructor(readonly user: string) {
-    super(`no mailbox for ${user}`);
-    this.name = 'NoSuchMailbox';
-  }
-}
+export { mailboxKeys, NoSuchMailbox, QuotaExceeded } from './keys.js';
 
 /** Counters of one mailbox. */
 export interface MailboxMeta {
@@ -84,22 +62,9 @@ export interface MailboxStoreOptions {
   pageSize?: number;
   /** Lifetime of delivery markers in seconds; must outlive any redelivery of a job. @default 30 days */
   markerTtlSeconds?: number;
+  /** The change log's horizon and gap grace. */
+  changeLog?: FolderStoreOptions['changeLog'];
 }
-
-const UID_WIDTH = 10;
-const MAX_ATTEMPTS = 50;
-/** Uids per removal transaction: 12 deletes + 1 counter update + up to 12 blob references = 25. */
-const REMOVE_BATCH = 12;
-
-/** Key helpers, exported for tests and tools. */
-export const mailboxKeys = {
-  meta: (user: string): Key => ({ pk: `MBX#${user}`, sk: 'META' }),
-  message: (user: string, uid: number): Key => ({ pk: `MBX#${user}`, sk: `UID#${String(uid).padStart(UID_WIDTH, '0')}` }),
-  lease: (user: string): Key => ({ pk: `MBX#${user}`, sk: 'LEASE' }),
-  marker: (jobId: string, user: string): Key => ({ pk: `JOB#${jobId}`, sk: `RCPT#${user}` }),
-  blobRef: (blobKey: string): Key => ({ pk: `BLOBREF#${blobKey}`, sk: 'META' }),
-  blobHold: (blobKey: string, holder: string): Key => ({ pk: `BLOBREF#${blobKey}`, sk: `HOLD#${holder}` }),
-};
 
 function toEntry(item: Item): MessageEntry {
   return {
@@ -117,16 +82,12 @@ function toMeta(item: Item): MailboxMeta {
   return { count: Number(item.count ?? 0), bytes: Number(item.bytes ?? 0), uidNext: Number(item.uidNext ?? 1), uidValidity: Number(item.uidValidity) };
 }
 
-/** Small random back-off between optimistic retries so racing writers spread out. */
-function backoff(attempt: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, Math.random() * Math.min(50, 2 + attempt * 3)));
-}
-
 /** The mailbox of every user: delivery, listing, removal and the maildrop lease. */
 export class MailboxStore {
   private readonly now: () => Date;
-  private readonly markerTtl: number;
   private readonly pageSize: number;
+  /** Every folder of the same users; INBOX writes go through it. */
+  readonly folders: FolderStore;
 
   constructor(
     private readonly tables: Tables,
@@ -134,8 +95,8 @@ export class MailboxStore {
     options: MailboxStoreOptions = {},
   ) {
     this.now = options.now ?? (() => new Date());
-    this.markerTtl = options.markerTtlSeconds ?? 30 * 86400;
     this.pageSize = options.pageSize ?? 500;
+    this.folders = new FolderStore(tables, blobs, options);
   }
 
   private epoch(): number {
@@ -146,71 +107,48 @@ export class MailboxStore {
   private async ensureMeta(user: string): Promise<Item> {
     const existing = await this.tables.get(mailboxKeys.meta(user));
     if (existing) return existing;
-    await putIfAbsent(this.tables, { ...mailboxKeys.meta(user), count: 0, bytes: 0, uidNext: 1, uidValidity: this.epoch() });
+    // The same item FolderStore.folderMeta makes; here without its one-time upgrade write, so a
+    // reader that may not write mailbox items (the SMTP listener) can call meta().
+    await putIfAbsent(this.tables, {
+      ...mailboxKeys.meta(user),
+      count: 0,
+      bytes: 0,
+      unseen: 0,
+      unseenKnown: true,
+      uidNext: 1,
+      uidValidity: this.epoch(),
+      highestModSeq: 0,
+    });
     return (await this.tables.get(mailboxKeys.meta(user)))!;
   }
 
   /**
-   * Adds a message. Idempotent on (jobId, user): a second call returns the first uid with
-   * duplicate=true. Throws QuotaExceeded when the user's quota would be passed and NoSuchMailbox
-   * for an unknown user. The uid comes from an atomic counter first; then counters, message item,
-   * marker and blob reference change in one transaction whose only conditions are the quota and
-   * the marker, so concurrent deliveries to one mailbox need no read-modify-write loop (DynamoDB
-   * may still cancel overlapping transactions; those are retried with the same uid). A refused
-   * delivery burns its uid: UIDs stay strictly ascending, which is all RFC 1939 UIDL and RFC 3501
-   * §2.3.1.1 ask.
+   * Adds a message to INBOX. Idempotent on (jobId, user): a second call returns the first uid with
+   * duplicate=true. Throws QuotaExceeded when the user's quota (over every folder) would be passed
+   * and NoSuchMailbox for an unknown user. See FolderStore.append: the uid comes from an atomic
+   * counter first, then counters, message, marker, blob reference, usage and change item commit in
+   * one transaction; a refused delivery burns its uid (UIDs stay strictly ascending, which is all
+   * RFC 1939 UIDL and RFC 3501 §2.3.1.1 ask).
    */
   async deliver(user: string, m: DeliveryInput): Promise<{ uid: number; duplicate: boolean }> {
-    let uid = 0;
-    for (let attempt = 0; ; attempt++) {
-      const marker = await this.tables.get(mailboxKeys.marker(m.jobId, user));
-      if (marker) return { uid: Number(marker.uid), duplicate: true };
-      const account = await this.tables.get(accountKeys.user(user));
-      if (!account) throw new NoSuchMailbox(user);
-      const meta = toMeta(await this.ensureMeta(user));
-      const quota = Number(account.quotaBytes ?? 0);
-      if (quota > 0 && meta.bytes + m.size > quota) throw new QuotaExceeded(user, quota, meta.bytes, m.size);
-      // The uid is ours alone once allocated, so a retry after a conflict reuses it.
-      uid ||= Number((await this.tables.update(mailboxKeys.meta(user), { add: { uidNext: 1 } }, { condition: { exists: true } })).uidNext) - 1;
-      const ops: TransactOp[] = [
-        {
-          update: mailboxKeys.meta(user),
-          changes: { add: { count: 1, bytes: m.size } },
-          // bytes + size <= quota, checked atomically with the write.
-          condition: quota > 0 ? { lessThan: { bytes: quota - m.size + 1 } } : { exists: true },
-        },
-        {
-          put: {
-            ...mailboxKeys.message(user, uid),
-            uid,
-            blobKey: m.blobKey,
-            size: m.size,
-            receivedAt: m.receivedAt,
-            summary: m.summary,
-            flags: [],
-            jobId: m.jobId,
-          },
-          condition: { exists: false },
-        },
-        { put: this.markerItem(m, user, uid), condition: { exists: false } },
-        { update: mailboxKeys.blobRef(m.blobKey), changes: { add: { refs: 1 } } },
-      ];
-      try {
-        await this.tables.transact(ops);
-        return { uid, duplicate: false };
-      } catch (e) {
-        // ConditionFailed: a racing copy of this job (marker) or the quota, both re-checked above.
-        // Unavailable: DynamoDB cancels concurrent transactions on one item (TransactionConflict).
-        const again = isStorageError(e, 'ConditionFailed') || isStorageError(e, 'Unavailable');
-        if (!again || attempt >= MAX_ATTEMPTS) throw e;
-        await backoff(attempt);
-      }
-    }
+    const r = await this.folders.append(user, INBOX, {
+      key: m.jobId,
+      jobId: m.jobId,
+      blobKey: m.blobKey,
+      size: m.size,
+      receivedAt: m.receivedAt,
+      summary: m.summary,
+      ...(m.markerTtlSeconds !== undefined ? { markerTtlSeconds: m.markerTtlSeconds } : {}),
+    });
+    return { uid: r.uid, duplicate: r.duplicate };
   }
 
-  private markerItem(m: DeliveryInput, user: string, uid: number): Item {
-    const ttl = m.markerTtlSeconds ?? this.markerTtl;
-    return ttl > 0 ? { ...mailboxKeys.marker(m.jobId, user), uid, ttl: this.epoch() + ttl } : { ...mailboxKeys.marker(m.jobId, user), uid };
+  /** Bytes the user's messages take in every folder, for a quota check ahead of delivery (reads
+   * only: before the usage item exists, INBOX holds everything). */
+  async usedBytes(user: string): Promise<number> {
+    const usage = await this.tables.get(folderKeys.usage(user));
+    if (usage) return Number(usage.bytes ?? 0);
+    return Number((await this.tables.get(mailboxKeys.meta(user)))?.bytes ?? 0);
   }
 
   /** The uid an earlier deliver of (jobId, user) got, or undefined. */
@@ -261,53 +199,12 @@ export class MailboxStore {
   }
 
   /**
-   * Removes messages and adjusts the counters; deletes a raw blob when no mailbox references it
-   * any more. Idempotent: an absent uid is skipped. Up to REMOVE_BATCH uids share one
-   * transaction (a transaction holds at most 25 writes), so a big POP3 QUIT is a few round trips.
+   * Removes messages from INBOX and adjusts the counters; deletes a raw blob when nothing
+   * references it any more. Idempotent: an absent uid is skipped. A few uids share one
+   * transaction (FolderStore.expunge), so a big POP3 QUIT is a few round trips.
    */
   async remove(user: string, uids: number[]): Promise<void> {
-    const unique = [...new Set(uids)];
-    for (let i = 0; i < unique.length; i += REMOVE_BATCH) await this.removeBatch(user, unique.slice(i, i + REMOVE_BATCH));
-  }
-
-  private async removeBatch(user: string, uids: number[]): Promise<void> {
-    for (let attempt = 0; ; attempt++) {
-      const entries = (await Promise.all(uids.map((uid) => this.tables.get(mailboxKeys.message(user, uid)))))
-        .filter((x): x is Item => x !== undefined)
-        .map(toEntry);
-      if (!entries.length) return;
-      const perBlob = new Map<string, number>();
-      for (const e of entries) perBlob.set(e.blobKey, (perBlob.get(e.blobKey) ?? 0) + 1);
-      const blobKeys = [...perBlob.keys()];
-      const refItems = await Promise.all(blobKeys.map((k) => this.tables.get(mailboxKeys.blobRef(k))));
-      const lastRefs: string[] = [];
-      const ops: TransactOp[] = entries.map((e) => ({ delete: mailboxKeys.message(user, e.uid), condition: { exists: true } }));
-      ops.push({ update: mailboxKeys.meta(user), changes: { add: { count: -entries.length, bytes: -entries.reduce((n, e) => n + e.size, 0) } } });
-      blobKeys.forEach((k, j) => {
-        const ref = refItems[j];
-        const refs = Number(ref?.refs ?? 0);
-        const n = perBlob.get(k)!;
-        if (refs <= n) {
-          lastRefs.push(k);
-          ops.push({ delete: mailboxKeys.blobRef(k), condition: ref ? { equals: { refs } } : { exists: false } });
-        } else {
-          ops.push({ update: mailboxKeys.blobRef(k), changes: { add: { refs: -n } }, condition: { equals: { refs } } });
-        }
-      });
-      try {
-        await this.tables.transact(ops);
-      } catch (e) {
-        // ConditionFailed: a racing delivery or removal changed a count; Unavailable: DynamoDB
-        // cancelled overlapping transactions. Both are re-read and retried.
-        const again = isStorageError(e, 'ConditionFailed') || isStorageError(e, 'Unavailable');
-        if (!again || attempt >= MAX_ATTEMPTS) throw e;
-        await backoff(attempt);
-        continue;
-      }
-      // After the commit: a crash here leaves an unreferenced blob (garbage), never a dangling entry.
-      await Promise.all(lastRefs.map((k) => this.blobs.delete(k)));
-      return;
-    }
+    await this.folders.expunge(user, INBOX, uids);
   }
 
   /** Keeps the blob alive for `holder` until `releaseBlob(key, holder)`. Idempotent per holder. */
@@ -349,13 +246,15 @@ export class MailboxStore {
 
   /** Replaces the flags of one message (IMAP later; `\Seen` for tools). */
   async setFlags(user: string, uid: number, flags: string[]): Promise<void> {
-    await this.tables.update(mailboxKeys.message(user, uid), { set: { flags } }, { condition: { exists: true } });
+    await this.folders.setFlags(user, INBOX, uid, flags);
   }
 
-  /** Removes every message and the counters of a mailbox (for `user remove`). */
+  /** Removes every message and folder of a user, with INBOX's counters (for `user remove`).
+   * Returns how many INBOX messages went. */
   async purge(user: string): Promise<number> {
     const uids = (await this.list(user)).map((e) => e.uid);
     await this.remove(user, uids);
+    await this.folders.purgeFolders(user);
     await this.tables.delete(mailboxKeys.meta(user));
     await this.tables.delete(mailboxKeys.lease(user));
     return uids.length;

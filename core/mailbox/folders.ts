@@ -1,0 +1,905 @@
+/**
+ * A user's folders and the messages in them, over the Tables and Blobs ports: the model IMAP
+ * (issue 21) and JMAP (issue 22) are built on. Item layout: keys.ts; change log: changes.ts.
+ *
+ * Why a FolderStore beside MailboxStore rather than a bigger MailboxStore: MailboxStore's callers
+ * (SMTP policy, inbound worker, POP3 maildrop, CLI, sweep) see one mailbox per user and keep that
+ * API unchanged; MailboxStore delegates its writes (deliver, remove, setFlags, purge) to this
+ * class, so INBOX has one write path whichever protocol changes it, and every write bumps the
+ * user's MODSEQ, writes its change item and keeps the usage item in the same transaction.
+ *
+ * - INBOX is the `MBX#<user>` partition as it always was (no rewrite of old data). Its META gets
+ *   the new counters lazily: `highestModSeq` (set to 0 once, conditionally) and `unseen` (counted
+ *   once by a scan, stored only if no write touched the folder meanwhile).
+ * - Other folders have an immutable random id, so a rename changes one registry item and no
+ *   message: UIDs and UIDVALIDITY stay valid. The hierarchy is kept as parent ids (JMAP's model);
+ *   the full name is derived with the delimiter `/` (not `.`, which ordinary names such as
+ *   "Archive 2024.1" or "Re: v1.2" hold; `/` is what most IMAP servers and clients show).
+ *   Names are stored as UTF-8 (IMAP4rev2); modified UTF-7 is the IMAP layer's business.
+ * - Usage over every folder lives in `USAGE`, made on first use from INBOX's bytes (the only
+ *   folder old data can have); the quota is checked against it atomically with each write.
+ * - Every write is one transaction of at most MAX_TRANSACTION_OPS writes; batches are sized for
+ *   that (BATCH). A MOVE batch is one transaction: a message is in exactly one of the folders.
+ */
+import { randomBytes } from 'node:crypto';
+import { keys as accountKeys } from '../accounts/accounts.js';
+import { ConditionFailed, isStorageError, type AttrValue, type Blobs, type Item, type Tables, type TransactOp } from '../storage/ports.js';
+import { ChangeLog, type ChangeLogOptions, type ChangeEntry } from './changes.js';
+import { backoff, FolderError, folderKeys, INBOX, mailboxKeys, MAX_ATTEMPTS, NoSuchMailbox, QuotaExceeded } from './keys.js';
+
+/** The hierarchy delimiter of folder names (see the file header for why `/`). */
+export const DELIMITER = '/';
+
+/** Special uses (RFC 6154) made at first use, and the name each gets. */
+export const SPECIAL_USES = { '\\Sent': 'Sent', '\\Drafts': 'Drafts', '\\Trash': 'Trash', '\\Junk': 'Junk', '\\Archive': 'Archive' } as const;
+export type SpecialUse = keyof typeof SPECIAL_USES;
+
+/** Messages per transaction: a batch writes at most 2 items per message plus 3 (counters, usage
+ * or a second folder's counters, change item): 2 × 10 + 3 = 23 ≤ 25. */
+const BATCH = 10;
+/** Flag changes write one item per message plus counters and the change item. */
+const FLAG_BATCH = 20;
+const ROOT = '';
+
+/** One folder as a client sees it. */
+export interface FolderInfo {
+  id: string;
+  /** Full name with `/` between levels; `INBOX` for INBOX. */
+  name: string;
+  parentId: string;
+  specialUse?: SpecialUse;
+  subscribed: boolean;
+}
+
+/** Counters of one folder (IMAP STATUS / SELECT, JMAP Mailbox counts). */
+export interface FolderStatus {
+  count: number;
+  unseen: number;
+  bytes: number;
+  uidNext: number;
+  uidValidity: number;
+  /** The MODSEQ of the folder's last change; 0 when nothing changed since the change log began. */
+  highestModSeq: number;
+}
+
+/** One message in a folder. */
+export interface FolderMessage {
+  uid: number;
+  blobKey: string;
+  size: number;
+  /** INTERNALDATE. */
+  receivedAt: string;
+  summary: Record<string, AttrValue>;
+  /** System flags (`\Seen`...) and keywords together. */
+  flags: string[];
+  jobId: string;
+  /** The MODSEQ of its last change; 0 for a message untouched since the change log began. */
+  modseq: number;
+}
+
+/** What `append` stores. The raw message must already be durable in blobs. */
+export interface AppendInput {
+  /** Idempotency key: a second append with the same key returns the first uid. @default none */
+  key?: string;
+  blobKey: string;
+  size: number;
+  receivedAt: string;
+  summary: Record<string, AttrValue>;
+  flags?: string[];
+  /** Lifetime of the idempotency marker; 0 keeps it for good. @default the store's */
+  markerTtlSeconds?: number;
+  /** Recorded with the message (the inbound job, for delivery). @default the key or '' */
+  jobId?: string;
+}
+
+/** How `storeFlags` changes flags (IMAP STORE FLAGS, +FLAGS, -FLAGS). */
+export interface FlagChange {
+  mode: 'add' | 'remove' | 'replace';
+  flags: string[];
+  /** RFC 7162 UNCHANGEDSINCE: leave (and report) messages whose modseq is above this. */
+  unchangedSince?: number;
+}
+
+export interface FolderStoreOptions {
+  /** @default () => new Date() */
+  now?: () => Date;
+  /** Items per query page. @default 500 */
+  pageSize?: number;
+  /** Lifetime of idempotency markers in seconds. @default 30 days */
+  markerTtlSeconds?: number;
+  changeLog?: ChangeLogOptions;
+}
+
+const SYSTEM_FLAGS = ['\\Seen', '\\Answered', '\\Flagged', '\\Deleted', '\\Draft'];
+
+/** Flags deduplicated case-insensitively (RFC 9051 §2.3.2), system flags in their usual case. */
+export function normalizeFlags(flags: string[]): string[] {
+  const out = new Map<string, string>();
+  for (const f of flags) {
+    const canonical = SYSTEM_FLAGS.find((s) => s.toLowerCase() === f.toLowerCase()) ?? f;
+    if (!out.has(canonical.toLowerCase())) out.set(canonical.toLowerCase(), canonical);
+  }
+  return [...out.values()];
+}
+
+const isSeen = (flags: string[]) => flags.includes('\\Seen');
+const retryable = (e: unknown) => isStorageError(e, 'ConditionFailed') || isStorageError(e, 'Unavailable');
+
+function toMessage(item: Item): FolderMessage {
+  return {
+    uid: Number(item.uid),
+    blobKey: String(item.blobKey),
+    size: Number(item.size),
+    receivedAt: String(item.receivedAt),
+    summary: (item.summary ?? {}) as Record<string, AttrValue>,
+    flags: Array.isArray(item.flags) ? item.flags.map(String) : [],
+    jobId: String(item.jobId ?? ''),
+    modseq: Number(item.modseq ?? 0),
+  };
+}
+
+/** Checks one level of a folder name. */
+function checkLeaf(leaf: string): void {
+  // Control characters have no place in a name; `*` and `%` are LIST wildcards (RFC 9051 §6.3.9).
+  // eslint-disable-next-line no-control-regex
+  if (!leaf || /[\x00-\x1f\x7f*%]/.test(leaf) || Buffer.byteLength(leaf) > 255) throw new FolderError('BadName', `bad folder name level "${leaf}"`);
+}
+
+/** Splits a full name into levels; INBOX (any case) is the reserved top level. */
+function splitName(name: string): string[] {
+  const parts = name.split(DELIMITER);
+  if (parts.length > 1 && parts[parts.length - 1] === '') parts.pop(); // "a/b/" names a/b (RFC 9051 §6.3.4)
+  parts.forEach(checkLeaf);
+  if (parts[0]!.toUpperCase() === INBOX) parts[0] = INBOX;
+  return parts;
+}
+
+interface Registry {
+  items: Item[];
+  byId: Map<string, Item>;
+}
+
+/** Every folder of every user: registry, counters, messages, flags, copy/move, the change log. */
+export class FolderStore {
+  readonly changes: ChangeLog;
+  private readonly now: () => Date;
+  private readonly pageSize: number;
+  private readonly markerTtl: number;
+
+  constructor(
+    private readonly tables: Tables,
+    private readonly blobs: Blobs,
+    options: FolderStoreOptions = {},
+  ) {
+    this.now = options.now ?? (() => new Date());
+    this.pageSize = options.pageSize ?? 500;
+    this.markerTtl = options.markerTtlSeconds ?? 30 * 86400;
+    this.changes = new ChangeLog(tables, { now: this.now, ...options.changeLog });
+  }
+
+  private epoch(): number {
+    return Math.floor(this.now().getTime() / 1000);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Counters
+
+  /**
+   * The folder's META, made ready for conditional writes: INBOX's is created on first use, and an
+   * INBOX made by older code gets `highestModSeq: 0` once. NoSuchFolder for another missing folder.
+   */
+  async folderMeta(user: string, folderId: string): Promise<Item> {
+    const key = folderKeys.meta(user, folderId);
+    let item = await this.tables.get(key);
+    if (!item) {
+      if (folderId !== INBOX) throw new FolderError('NoSuchFolder', `no folder ${folderId}`);
+      const fresh = { ...key, count: 0, bytes: 0, unseen: 0, unseenKnown: true, uidNext: 1, uidValidity: this.epoch(), highestModSeq: 0 };
+      try {
+        await this.tables.put(fresh, { condition: { exists: false } });
+      } catch (e) {
+        if (!isStorageError(e, 'ConditionFailed')) throw e;
+      }
+      item = (await this.tables.get(key))!;
+    }
+    if (item.highestModSeq === undefined || item.highestModSeq === null) {
+      try {
+        item = await this.tables.update(key, { set: { highestModSeq: 0 } }, { condition: { exists: true, equals: { highestModSeq: null } } });
+      } catch (e) {
+        if (!isStorageError(e, 'ConditionFailed')) throw e;
+        item = (await this.tables.get(key))!;
+      }
+    }
+    return item;
+  }
+
+  /** The user's usage over every folder, made on first use from INBOX (the only folder older
+   * data has) with a check that INBOX did not change meanwhile. */
+  async usage(user: string): Promise<{ bytes: number; count: number }> {
+    const item = await this.usageItem(user);
+    return { bytes: Number(item.bytes ?? 0), count: Number(item.count ?? 0) };
+  }
+
+  private async usageItem(user: string): Promise<Item> {
+    for (let attempt = 0; ; attempt++) {
+      const existing = await this.tables.get(folderKeys.usage(user));
+      if (existing) return existing;
+      const meta = await this.folderMeta(user, INBOX);
+      const bytes = Number(meta.bytes ?? 0);
+      const count = Number(meta.count ?? 0);
+      try {
+        await this.tables.transact([
+          { put: { ...folderKeys.usage(user), bytes, count }, condition: { exists: false } },
+          { check: folderKeys.meta(user, INBOX), condition: { equals: { bytes, count } } },
+        ]);
+      } catch (e) {
+        if (!retryable(e) || attempt >= MAX_ATTEMPTS) throw e;
+        await backoff(attempt);
+      }
+    }
+  }
+
+  /** The folder's counters. An INBOX from older code has its unseen count made once here. */
+  async status(user: string, folderId: string): Promise<FolderStatus> {
+    let meta = await this.folderMeta(user, folderId);
+    if (meta.unseenKnown !== true) meta = await this.countUnseen(user, folderId, meta);
+    return {
+      count: Number(meta.count ?? 0),
+      unseen: Math.max(0, Number(meta.unseen ?? 0)),
+      bytes: Number(meta.bytes ?? 0),
+      uidNext: Number(meta.uidNext ?? 1),
+      uidValidity: Number(meta.uidValidity),
+      highestModSeq: Number(meta.highestModSeq ?? 0),
+    };
+  }
+
+  /** Scans the folder for unseen messages and stores the count if no write touched the folder
+   * meanwhile (every write moves highestModSeq); otherwise tries again. */
+  private async countUnseen(user: string, folderId: string, meta: Item): Promise<Item> {
+    for (let attempt = 0; ; attempt++) {
+      let unseen = 0;
+      for await (const m of this.entries(user, folderId)) if (!isSeen(m.flags)) unseen++;
+      try {
+        return await this.tables.update(
+          folderKeys.meta(user, folderId),
+          { set: { unseen, unseenKnown: true } },
+          { condition: { equals: { highestModSeq: meta.highestModSeq ?? null, unseenKnown: null } } },
+        );
+      } catch (e) {
+        if (!isStorageError(e, 'ConditionFailed')) throw e;
+        meta = await this.folderMeta(user, folderId);
+        if (meta.unseenKnown === true) return meta;
+        if (attempt >= 5) return { ...meta, unseen }; // busy folder: this scan's count, unstored
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Folders
+
+  private async registry(user: string): Promise<Registry> {
+    const items: Item[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.tables.query(`MBX#${user}`, { range: { beginsWith: 'FOLDER#' }, limit: this.pageSize, cursor });
+      items.push(...page.items);
+      cursor = page.cursor;
+    } while (cursor);
+    return { items, byId: new Map(items.map((i) => [String(i.id), i])) };
+  }
+
+  private fullName(reg: Registry, item: Item): string {
+    const names: string[] = [];
+    let cur: Item | undefined = item;
+    for (let depth = 0; cur && depth < 100; depth++) {
+      names.unshift(String(cur.leaf));
+      const parent: string = String(cur.parentId ?? ROOT);
+      if (parent === INBOX) names.unshift(INBOX);
+      cur = parent === ROOT || parent === INBOX ? undefined : reg.byId.get(parent);
+    }
+    return names.join(DELIMITER);
+  }
+
+  private info(reg: Registry, item: Item): FolderInfo {
+    return {
+      id: String(item.id),
+      name: this.fullName(reg, item),
+      parentId: String(item.parentId ?? ROOT),
+      ...(item.specialUse ? { specialUse: item.specialUse as SpecialUse } : {}),
+      subscribed: item.subscribed !== false,
+    };
+  }
+
+  /** Every folder, INBOX first, then by name. Finishes deletions a crash left half done. */
+  async list(user: string): Promise<FolderInfo[]> {
+    const reg = await this.registry(user);
+    for (const item of reg.items.filter((i) => i.deleting === true)) await this.finishDelete(user, String(item.id));
+    const inbox = await this.folderMeta(user, INBOX);
+    const live = reg.items.filter((i) => i.deleting !== true);
+    const out = live.map((i) => this.info(reg, i)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return [{ id: INBOX, name: INBOX, parentId: ROOT, subscribed: inbox.unsubscribed !== true }, ...out];
+  }
+
+  /** The folder with this full name, or undefined. */
+  async find(user: string, name: string): Promise<FolderInfo | undefined> {
+    const levels = splitName(name);
+    if (levels.length === 1 && levels[0] === INBOX) return (await this.list(user))[0];
+    let parent = levels[0] === INBOX ? INBOX : ROOT;
+    let item: Item | undefined;
+    for (const leaf of levels[0] === INBOX ? levels.slice(1) : levels) {
+      const idx = await this.tables.get(folderKeys.name(user, parent, leaf));
+      if (!idx) return undefined;
+      parent = String(idx.folderId);
+    }
+    const reg = await this.registry(user);
+    item = reg.byId.get(parent);
+    return item && item.deleting !== true ? this.info(reg, item) : undefined;
+  }
+
+  /**
+   * Creates a folder by full name, and any missing levels above it (RFC 9051 §6.3.4 SHOULD).
+   * AlreadyExists when the name is taken.
+   */
+  async create(user: string, name: string, options: { specialUse?: SpecialUse } = {}): Promise<FolderInfo> {
+    const levels = splitName(name);
+    if (levels.length === 1 && levels[0] === INBOX) throw new FolderError('AlreadyExists', 'INBOX always exists');
+    const parentId = await this.ensurePath(user, levels.slice(0, -1));
+    const id = await this.createOne(user, parentId, levels[levels.length - 1]!, options.specialUse);
+    if (id.existed) throw new FolderError('AlreadyExists', `folder ${name} exists`);
+    const reg = await this.registry(user);
+    return this.info(reg, reg.byId.get(id.id)!);
+  }
+
+  /** The id of the folder at these levels, creating missing ones. */
+  private async ensurePath(user: string, levels: string[]): Promise<string> {
+    let parent = ROOT;
+    for (const [i, leaf] of levels.entries()) {
+      if (i === 0 && leaf === INBOX) {
+        parent = INBOX;
+        continue;
+      }
+      parent = (await this.createOne(user, parent, leaf)).id;
+    }
+    return parent;
+  }
+
+  /** Creates one level if absent; returns its id and whether it was there already. */
+  private async createOne(user: string, parentId: string, leaf: string, specialUse?: SpecialUse): Promise<{ id: string; existed: boolean }> {
+    if (parentId === ROOT && leaf.toUpperCase() === INBOX) return { id: INBOX, existed: true };
+    const id = randomBytes(8).toString('hex');
+    let validity = this.epoch();
+    for (let attempt = 0; ; attempt++) {
+      const existing = await this.tables.get(folderKeys.name(user, parentId, leaf));
+      if (existing) return { id: String(existing.folderId), existed: true };
+      if (specialUse && (await this.tables.get(folderKeys.specialUse(user, specialUse)))) throw new FolderError('AlreadyExists', `a ${specialUse} folder exists`);
+      const modseq = await this.changes.allocate(user);
+      const ops: TransactOp[] = [
+        {
+          put: { ...folderKeys.folder(user, id), id, leaf, parentId, subscribed: true, uidValidity: validity, ...(specialUse ? { specialUse } : {}) },
+          condition: { exists: false },
+        },
+        { put: { ...folderKeys.name(user, parentId, leaf), folderId: id }, condition: { exists: false } },
+        {
+          put: {
+            ...folderKeys.meta(user, id),
+            count: 0,
+            bytes: 0,
+            unseen: 0,
+            unseenKnown: true,
+            uidNext: 1,
+            uidValidity: validity,
+            highestModSeq: modseq,
+          },
+          condition: { exists: false },
+        },
+        // RFC 9051 §2.3.1.1: a folder that replaces a deleted one of the same name must not reuse
+        // its UIDVALIDITY; creation time in seconds, made unique per user by this guard.
+        { put: { ...folderKeys.validity(user, validity), ttl: this.epoch() + 86400 }, condition: { exists: false } },
+        this.changes.op(user, modseq, [{ kind: 'folder-create', folder: id }]),
+      ];
+      if (specialUse) ops.push({ put: { ...folderKeys.specialUse(user, specialUse), folderId: id }, condition: { exists: false } });
+      try {
+        await this.tables.transact(ops);
+        return { id, existed: false };
+      } catch (e) {
+        if (!retryable(e) || attempt >= MAX_ATTEMPTS) throw e;
+        if (await this.tables.get(folderKeys.validity(user, validity))) validity++;
+        await backoff(attempt);
+      }
+    }
+  }
+
+  /**
+   * The folder with this special use, made at first use under its usual name (idempotent and
+   * race-safe: the `USE#` index admits one). A user folder already holding the name gets the use.
+   */
+  async ensureSpecialUse(user: string, use: SpecialUse): Promise<FolderInfo> {
+    for (let attempt = 0; ; attempt++) {
+      const idx = await this.tables.get(folderKeys.specialUse(user, use));
+      if (idx) {
+        const reg = await this.registry(user);
+        const item = reg.byId.get(String(idx.folderId));
+        if (item && item.deleting !== true) return this.info(reg, item);
+      }
+      try {
+        const made = await this.createOne(user, ROOT, SPECIAL_USES[use], use);
+        if (made.existed) await this.adoptSpecialUse(user, made.id, use);
+        continue;
+      } catch (e) {
+        if (!(e instanceof FolderError) && !retryable(e)) throw e;
+        if (attempt >= MAX_ATTEMPTS) throw e;
+        await backoff(attempt);
+      }
+    }
+  }
+
+  private async adoptSpecialUse(user: string, folderId: string, use: SpecialUse): Promise<void> {
+    if (folderId === INBOX) throw new FolderError('Refused', `INBOX cannot be ${use}`);
+    const modseq = await this.changes.allocate(user);
+    try {
+      await this.tables.transact([
+        { update: folderKeys.folder(user, folderId), changes: { set: { specialUse: use } }, condition: { exists: true, equals: { specialUse: null, deleting: null } } },
+        { put: { ...folderKeys.specialUse(user, use), folderId }, condition: { exists: false } },
+        this.changes.op(user, modseq, [{ kind: 'folder-update', folder: folderId }]),
+      ]);
+    } catch (e) {
+      if (!retryable(e)) throw e; // a racer won: the caller reads the index again
+    }
+  }
+
+  /**
+   * Renames a folder (and with it every folder below it: they hang on its id), creating missing
+   * levels above the new name. Ids, UIDs and UIDVALIDITY stay. INBOX is refused here: RFC 9051
+   * §6.3.6 makes renaming INBOX a move of its messages, which the protocol layer does with move.
+   */
+  async rename(user: string, folderId: string, newName: string): Promise<FolderInfo> {
+    if (folderId === INBOX) throw new FolderError('Refused', 'INBOX is renamed by moving its messages');
+    const levels = splitName(newName);
+    if (levels.length === 1 && levels[0] === INBOX) throw new FolderError('AlreadyExists', 'INBOX always exists');
+    for (let attempt = 0; ; attempt++) {
+      const reg = await this.registry(user);
+      const item = reg.byId.get(folderId);
+      if (!item || item.deleting === true) throw new FolderError('NoSuchFolder', `no folder ${folderId}`);
+      const target = this.fullName(reg, item);
+      if (newName === target || newName.startsWith(target + DELIMITER)) throw new FolderError('BadName', `cannot rename ${target} into itself`);
+      const parentId = await this.ensurePath(user, levels.slice(0, -1));
+      const leaf = levels[levels.length - 1]!;
+      if (await this.tables.get(folderKeys.name(user, parentId, leaf))) throw new FolderError('AlreadyExists', `folder ${newName} exists`);
+      const modseq = await this.changes.allocate(user);
+      try {
+        await this.tables.transact([
+          {
+            update: folderKeys.folder(user, folderId),
+            changes: { set: { leaf, parentId } },
+            condition: { exists: true, equals: { leaf: item.leaf!, parentId: item.parentId ?? ROOT, deleting: null } },
+          },
+          { delete: folderKeys.name(user, String(item.parentId ?? ROOT), String(item.leaf)), condition: { equals: { folderId } } },
+          { put: { ...folderKeys.name(user, parentId, leaf), folderId }, condition: { exists: false } },
+          this.changes.op(user, modseq, [{ kind: 'folder-rename', folder: folderId }]),
+        ]);
+        const after = await this.registry(user);
+        return this.info(after, after.byId.get(folderId)!);
+      } catch (e) {
+        if (!retryable(e) || attempt >= MAX_ATTEMPTS) throw e;
+        await backoff(attempt);
+      }
+    }
+  }
+
+  /**
+   * Deletes a folder with its messages (blob references released; a blob goes with its last
+   * one). Refused for INBOX and for a folder with folders below it. Crash-safe in three steps: the
+   * folder leaves the names (one transaction, logged), its counters go (so nothing more can be
+   * written into it), then its messages; `list` finishes what a crash left.
+   */
+  async delete(user: string, folderId: string): Promise<void> {
+    if (folderId === INBOX) throw new FolderError('Refused', 'INBOX cannot be deleted');
+    const reg = await this.registry(user);
+    const item = reg.byId.get(folderId);
+    if (!item || item.deleting === true) throw new FolderError('NoSuchFolder', `no folder ${folderId}`);
+    if (reg.items.some((i) => i.parentId === folderId && i.deleting !== true)) throw new FolderError('HasChildren', 'the folder has folders below it');
+    const modseq = await this.changes.allocate(user);
+    const ops: TransactOp[] = [
+      { update: folderKeys.folder(user, folderId), changes: { set: { deleting: true } }, condition: { exists: true, equals: { deleting: null } } },
+      { delete: folderKeys.name(user, String(item.parentId ?? ROOT), String(item.leaf)), condition: { equals: { folderId } } },
+      this.changes.op(user, modseq, [{ kind: 'folder-delete', folder: folderId }]),
+    ];
+    if (item.specialUse) ops.push({ delete: folderKeys.specialUse(user, String(item.specialUse)), condition: { equals: { folderId } } });
+    try {
+      await this.tables.transact(ops);
+    } catch (e) {
+      if (isStorageError(e, 'ConditionFailed')) throw new FolderError('NoSuchFolder', `folder ${folderId} changed while being deleted`);
+      throw e;
+    }
+    await this.finishDelete(user, folderId);
+  }
+
+  private async finishDelete(user: string, folderId: string): Promise<void> {
+    await this.tables.delete(folderKeys.meta(user, folderId));
+    for (;;) {
+      const page = await this.tables.query(folderKeys.partition(user, folderId), { range: { beginsWith: 'UID#' }, limit: BATCH });
+      if (!page.items.length) break;
+      await this.expungeBatch(
+        user,
+        folderId,
+        page.items.map((i) => Number(i.uid)),
+        false,
+      );
+    }
+    await this.tables.delete(folderKeys.folder(user, folderId));
+  }
+
+  /** Subscribes or unsubscribes a folder (IMAP SUBSCRIBE, JMAP isSubscribed). */
+  async subscribe(user: string, folderId: string, subscribed: boolean): Promise<void> {
+    const modseq = await this.changes.allocate(user);
+    const target: TransactOp =
+      folderId === INBOX
+        ? { update: folderKeys.meta(user, INBOX), changes: { set: { unsubscribed: !subscribed } } }
+        : { update: folderKeys.folder(user, folderId), changes: { set: { subscribed } }, condition: { exists: true, equals: { deleting: null } } };
+    if (folderId === INBOX) await this.folderMeta(user, INBOX);
+    try {
+      await this.tables.transact([target, this.changes.op(user, modseq, [{ kind: 'folder-update', folder: folderId }])]);
+    } catch (e) {
+      if (isStorageError(e, 'ConditionFailed')) throw new FolderError('NoSuchFolder', `no folder ${folderId}`);
+      throw e;
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Messages
+
+  /** One message, or undefined. */
+  async get(user: string, folderId: string, uid: number): Promise<FolderMessage | undefined> {
+    const item = await this.tables.get(folderKeys.message(user, folderId, uid));
+    return item ? toMessage(item) : undefined;
+  }
+
+  /** A page of messages with `from` ≤ uid ≤ `to`, in UID order; pass `cursor` back for the next. */
+  async messages(
+    user: string,
+    folderId: string,
+    range: { from?: number; to?: number; limit?: number; cursor?: string } = {},
+  ): Promise<{ items: FolderMessage[]; cursor?: string }> {
+    const pad = (n: number) => `UID#${String(n).padStart(10, '0')}`;
+    const page = await this.tables.query(folderKeys.partition(user, folderId), {
+      range: { gte: pad(range.from ?? 1), lte: range.to === undefined ? 'UID#~' : pad(range.to) },
+      limit: range.limit ?? this.pageSize,
+      cursor: range.cursor,
+    });
+    return { items: page.items.map(toMessage), ...(page.cursor ? { cursor: page.cursor } : {}) };
+  }
+
+  /** Every message in UID order, a page at a time (memory bounded). */
+  async *entries(user: string, folderId: string): AsyncGenerator<FolderMessage> {
+    let cursor: string | undefined;
+    do {
+      const page = await this.messages(user, folderId, { cursor });
+      yield* page.items;
+      cursor = page.cursor;
+    } while (cursor);
+  }
+
+  /**
+   * Adds a message to a folder; resolves once it is durable. Idempotent on `key` (a second call
+   * returns the first uid with duplicate=true). QuotaExceeded past the user's quota over every
+   * folder, NoSuchMailbox for an unknown user, NoSuchFolder for a missing folder. The uid comes
+   * from an atomic counter first (kept across retries; a refused append burns it: UIDs only need
+   * to ascend), then counters, message, marker, blob reference, usage and change item commit in
+   * one transaction.
+   */
+  async append(user: string, folderId: string, m: AppendInput): Promise<{ uid: number; modseq: number; duplicate: boolean }> {
+    const flags = normalizeFlags(m.flags ?? []);
+    const markerKey = m.key === undefined ? undefined : folderKeys.marker(m.key, user, folderId);
+    let uid = 0;
+    for (let attempt = 0; ; attempt++) {
+      const [marker, account, , usage] = await Promise.all([
+        markerKey ? this.tables.get(markerKey) : undefined,
+        this.tables.get(accountKeys.user(user)),
+        this.folderMeta(user, folderId),
+        this.usageItem(user),
+      ]);
+      if (marker) return { uid: Number(marker.uid), modseq: Number(marker.modseq ?? 0), duplicate: true };
+      if (!account) throw new NoSuchMailbox(user);
+      const quota = Number(account.quotaBytes ?? 0);
+      const used = Number(usage.bytes ?? 0);
+      if (quota > 0 && used + m.size > quota) throw new QuotaExceeded(user, quota, used, m.size);
+      const [allocated, modseq] = await Promise.all([
+        uid ? uid : this.allocateUids(user, folderId, 1),
+        this.changes.allocate(user),
+      ]);
+      uid = allocated;
+      const ops: TransactOp[] = [
+        this.countersOp(user, folderId, modseq, { count: 1, bytes: m.size, unseen: isSeen(flags) ? 0 : 1 }),
+        {
+          put: {
+            ...folderKeys.message(user, folderId, uid),
+            uid,
+            blobKey: m.blobKey,
+            size: m.size,
+            receivedAt: m.receivedAt,
+            summary: m.summary,
+            flags,
+            jobId: m.jobId ?? m.key ?? '',
+            modseq,
+          },
+          condition: { exists: false },
+        },
+        { update: mailboxKeys.blobRef(m.blobKey), changes: { add: { refs: 1 } } },
+        this.usageOp(user, quota, m.size, 1),
+        this.changes.op(user, modseq, [{ kind: 'append', folder: folderId, uids: [uid] }]),
+      ];
+      if (markerKey) ops.push({ put: this.markerItem(markerKey, m, uid, modseq), condition: { exists: false } });
+      try {
+        await this.tables.transact(ops);
+        return { uid, modseq, duplicate: false };
+      } catch (e) {
+        // ConditionFailed: a racing copy of this append (marker), the quota, an out-of-order
+        // MODSEQ on the folder, or a reader that closed our MODSEQ as a gap: all re-checked above.
+        if (!retryable(e) || attempt >= MAX_ATTEMPTS) throw e;
+        await backoff(attempt);
+      }
+    }
+  }
+
+  private markerItem(key: { pk: string; sk: string }, m: AppendInput, uid: number, modseq: number): Item {
+    const ttl = m.markerTtlSeconds ?? this.markerTtl;
+    return ttl > 0 ? { ...key, uid, modseq, ttl: this.epoch() + ttl } : { ...key, uid, modseq };
+  }
+
+  /** The first of `n` new consecutive uids of the folder. */
+  private async allocateUids(user: string, folderId: string, n: number): Promise<number> {
+    const after = await this.tables.update(folderKeys.meta(user, folderId), { add: { uidNext: n } }, { condition: { exists: true } });
+    return Number(after.uidNext) - n;
+  }
+
+  /** The folder's counter change under `modseq`; fails if a later MODSEQ got there first, so a
+   * folder's HIGHESTMODSEQ only grows and its MODSEQs commit in order. */
+  private countersOp(user: string, folderId: string, modseq: number, add: { count?: number; bytes?: number; unseen?: number }): TransactOp {
+    const nonZero = Object.entries(add).filter(([, v]) => v !== 0);
+    return {
+      update: folderKeys.meta(user, folderId),
+      changes: { ...(nonZero.length ? { add: Object.fromEntries(nonZero) } : {}), set: { highestModSeq: modseq } },
+      condition: { lessThan: { highestModSeq: modseq } },
+    };
+  }
+
+  /** The usage change; growth is conditional on the quota (bytes + size ≤ quota). */
+  private usageOp(user: string, quota: number, bytes: number, count: number): TransactOp {
+    return {
+      update: folderKeys.usage(user),
+      changes: { add: { bytes, count } },
+      condition: quota > 0 && bytes > 0 ? { lessThan: { bytes: quota - bytes + 1 } } : { exists: true },
+    };
+  }
+
+  /**
+   * Changes flags of messages (IMAP STORE, JMAP Email/set keywords). With `unchangedSince`, a
+   * message whose modseq is above it is left as it is and listed in `modified` (RFC 7162 §3.2).
+   * Messages whose flags would not change get no new MODSEQ. Absent uids are skipped.
+   */
+  async storeFlags(
+    user: string,
+    folderId: string,
+    uids: number[],
+    change: FlagChange,
+  ): Promise<{ updated: { uid: number; flags: string[]; modseq: number }[]; modified: number[] }> {
+    const flags = normalizeFlags(change.flags);
+    const lower = new Set(flags.map((f) => f.toLowerCase()));
+    const updated: { uid: number; flags: string[]; modseq: number }[] = [];
+    const modified: number[] = [];
+    const unique = [...new Set(uids)];
+    await this.folderMeta(user, folderId);
+    for (let i = 0; i < unique.length; i += FLAG_BATCH) {
+      const batch = unique.slice(i, i + FLAG_BATCH);
+      for (let attempt = 0; ; attempt++) {
+        const items = (await Promise.all(batch.map((uid) => this.tables.get(folderKeys.message(user, folderId, uid))))).filter((x): x is Item => !!x);
+        const changes: { item: Item; before: string[]; after: string[] }[] = [];
+        const batchModified: number[] = [];
+        for (const item of items) {
+          const m = toMessage(item);
+          if (change.unchangedSince !== undefined && m.modseq > change.unchangedSince) {
+            batchModified.push(m.uid);
+            continue;
+          }
+          const after =
+            change.mode === 'replace'
+              ? flags
+              : change.mode === 'add'
+                ? normalizeFlags([...m.flags, ...flags])
+                : m.flags.filter((f) => !lower.has(f.toLowerCase()));
+          const same = after.length === m.flags.length && after.every((f) => m.flags.includes(f));
+          if (!same) changes.push({ item, before: m.flags, after });
+        }
+        if (!changes.length) {
+          modified.push(...batchModified);
+          break;
+        }
+        const modseq = await this.changes.allocate(user);
+        const unseen = changes.reduce((n, c) => n + (isSeen(c.before) ? 1 : 0) - (isSeen(c.after) ? 1 : 0), 0);
+        const ops: TransactOp[] = changes.map((c) => ({
+          update: { pk: c.item.pk, sk: c.item.sk },
+          changes: { set: { flags: c.after, modseq } },
+          condition: { exists: true, equals: { modseq: c.item.modseq ?? null } },
+        }));
+        ops.push(this.countersOp(user, folderId, modseq, { unseen }));
+        ops.push(this.changes.op(user, modseq, [{ kind: 'flags', folder: folderId, uids: changes.map((c) => Number(c.item.uid)) }]));
+        try {
+          await this.tables.transact(ops);
+          for (const c of changes) updated.push({ uid: Number(c.item.uid), flags: c.after, modseq });
+          modified.push(...batchModified);
+          break;
+        } catch (e) {
+          if (!retryable(e) || attempt >= MAX_ATTEMPTS) throw e;
+          await backoff(attempt);
+        }
+      }
+    }
+    return { updated, modified };
+  }
+
+  /**
+   * Copies messages to another folder, sharing each raw blob (its reference count +1 per copy,
+   * never a second blob). Respects the quota. Returns source and new uids (UIDPLUS COPYUID).
+   */
+  async copy(user: string, from: string, uids: number[], to: string): Promise<{ pairs: [number, number][] }> {
+    return this.transfer(user, from, uids, to, false);
+  }
+
+  /**
+   * Moves messages to another folder: per batch one transaction puts them in `to` and removes
+   * them from `from`, so after a crash each message is in exactly one of the two. Blob
+   * references and usage do not change. Returns source and new uids (COPYUID of RFC 6851).
+   */
+  async move(user: string, from: string, uids: number[], to: string): Promise<{ pairs: [number, number][] }> {
+    if (from === to) throw new FolderError('Refused', 'source and target are the same folder');
+    return this.transfer(user, from, uids, to, true);
+  }
+
+  private async transfer(user: string, from: string, uids: number[], to: string, move: boolean): Promise<{ pairs: [number, number][] }> {
+    const pairs: [number, number][] = [];
+    const unique = [...new Set(uids)].sort((a, b) => a - b);
+    await Promise.all([this.folderMeta(user, from), this.folderMeta(user, to), this.usageItem(user)]);
+    for (let i = 0; i < unique.length; i += BATCH) {
+      const batch = unique.slice(i, i + BATCH);
+      let first = 0;
+      let allocatedFor = 0;
+      for (let attempt = 0; ; attempt++) {
+        const [items, account, usage] = await Promise.all([
+          Promise.all(batch.map((uid) => this.tables.get(folderKeys.message(user, from, uid)))).then((xs) => xs.filter((x): x is Item => !!x).map(toMessage)),
+          this.tables.get(accountKeys.user(user)),
+          this.tables.get(folderKeys.usage(user)),
+        ]);
+        if (!items.length) break;
+        const bytes = items.reduce((n, m) => n + m.size, 0);
+        const quota = Number(account?.quotaBytes ?? 0);
+        if (!move && quota > 0 && Number(usage?.bytes ?? 0) + bytes > quota) throw new QuotaExceeded(user, quota, Number(usage?.bytes ?? 0), bytes);
+        // New uids once per batch (a retry that finds fewer messages leaves some unused).
+        if (allocatedFor < items.length) {
+          first = await this.allocateUids(user, to, items.length);
+          allocatedFor = items.length;
+        }
+        const modseq = await this.changes.allocate(user);
+        const unseen = items.filter((m) => !isSeen(m.flags)).length;
+        const ops: TransactOp[] = [];
+        const newUids: number[] = [];
+        items.forEach((m, j) => {
+          const uid = first + j;
+          newUids.push(uid);
+          ops.push({
+            put: { ...folderKeys.message(user, to, uid), ...messageAttrs(m), uid, modseq },
+            condition: { exists: false },
+          });
+          if (move) ops.push({ delete: folderKeys.message(user, from, m.uid), condition: { equals: { modseq: m.modseq || null } } });
+        });
+        ops.push(this.countersOp(user, to, modseq, { count: items.length, bytes, unseen }));
+        const entries: ChangeEntry[] = [{ kind: 'append', folder: to, uids: newUids }];
+        if (move) {
+          ops.push(this.countersOp(user, from, modseq, { count: -items.length, bytes: -bytes, unseen: -unseen }));
+          entries.unshift({ kind: 'expunge', folder: from, uids: items.map((m) => m.uid) });
+        } else {
+          const perBlob = new Map<string, number>();
+          for (const m of items) perBlob.set(m.blobKey, (perBlob.get(m.blobKey) ?? 0) + 1);
+          // exists: a source expunged meanwhile may have taken the last reference (and the blob).
+          for (const [k, n] of perBlob) ops.push({ update: mailboxKeys.blobRef(k), changes: { add: { refs: n } }, condition: { exists: true } });
+          ops.push(this.usageOp(user, quota, bytes, items.length));
+        }
+        ops.push(this.changes.op(user, modseq, entries));
+        try {
+          await this.tables.transact(ops);
+          items.forEach((m, j) => pairs.push([m.uid, newUids[j]!]));
+          break;
+        } catch (e) {
+          if (!retryable(e) || attempt >= MAX_ATTEMPTS) throw e;
+          await backoff(attempt);
+        }
+      }
+    }
+    return { pairs };
+  }
+
+  /**
+   * Removes messages from a folder; a raw blob is deleted with its last reference (after the
+   * commit: a crash then leaves an orphan for the sweep, never an entry without its blob).
+   * Idempotent: absent uids are skipped.
+   */
+  async expunge(user: string, folderId: string, uids: number[]): Promise<void> {
+    const unique = [...new Set(uids)];
+    await this.folderMeta(user, folderId);
+    for (let i = 0; i < unique.length; i += BATCH) await this.expungeBatch(user, folderId, unique.slice(i, i + BATCH), true);
+  }
+
+  /** One transaction of removals; `counters` false for a folder being deleted (META gone). */
+  private async expungeBatch(user: string, folderId: string, uids: number[], counters: boolean): Promise<void> {
+    await this.usageItem(user);
+    for (let attempt = 0; ; attempt++) {
+      const entries = (await Promise.all(uids.map((uid) => this.tables.get(folderKeys.message(user, folderId, uid)))))
+        .filter((x): x is Item => x !== undefined)
+        .map(toMessage);
+      if (!entries.length) return;
+      const perBlob = new Map<string, number>();
+      for (const e of entries) perBlob.set(e.blobKey, (perBlob.get(e.blobKey) ?? 0) + 1);
+      const blobKeys = [...perBlob.keys()];
+      const [refItems, modseq] = await Promise.all([Promise.all(blobKeys.map((k) => this.tables.get(mailboxKeys.blobRef(k)))), this.changes.allocate(user)]);
+      const bytes = entries.reduce((n, e) => n + e.size, 0);
+      const unseen = entries.filter((e) => !isSeen(e.flags)).length;
+      const lastRefs: string[] = [];
+      const ops: TransactOp[] = entries.map((e) => ({ delete: folderKeys.message(user, folderId, e.uid), condition: { exists: true } }));
+      if (counters) ops.push(this.countersOp(user, folderId, modseq, { count: -entries.length, bytes: -bytes, unseen: -unseen }));
+      ops.push({ update: folderKeys.usage(user), changes: { add: { bytes: -bytes, count: -entries.length } } });
+      blobKeys.forEach((k, j) => {
+        const ref = refItems[j];
+        const refs = Number(ref?.refs ?? 0);
+        const n = perBlob.get(k)!;
+        if (refs <= n) {
+          lastRefs.push(k);
+          ops.push({ delete: mailboxKeys.blobRef(k), condition: ref ? { equals: { refs } } : { exists: false } });
+        } else {
+          ops.push({ update: mailboxKeys.blobRef(k), changes: { add: { refs: -n } }, condition: { equals: { refs } } });
+        }
+      });
+      ops.push(this.changes.op(user, modseq, [{ kind: 'expunge', folder: folderId, uids: entries.map((e) => e.uid) }]));
+      try {
+        await this.tables.transact(ops);
+      } catch (e) {
+        // ConditionFailed: a racing write changed a count (or the folder's MODSEQ moved on);
+        // Unavailable: DynamoDB cancelled overlapping transactions. Both are re-read and retried.
+        if (!retryable(e) || attempt >= MAX_ATTEMPTS) throw e;
+        await backoff(attempt);
+        continue;
+      }
+      await Promise.all(lastRefs.map((k) => this.blobs.delete(k)));
+      return;
+    }
+  }
+
+  /** Replaces one message's flags; ConditionFailed when it does not exist (MailboxStore.setFlags). */
+  async setFlags(user: string, folderId: string, uid: number, flags: string[]): Promise<void> {
+    if (!(await this.get(user, folderId, uid))) throw new ConditionFailed(`message ${uid}`);
+    await this.storeFlags(user, folderId, [uid], { mode: 'replace', flags });
+  }
+
+  /** Deletes every folder but INBOX with its messages, the registry, usage and change log (user
+   * removal; INBOX is MailboxStore.purge's). The MODSEQ counter stays so that MODSEQs never repeat. */
+  async purgeFolders(user: string): Promise<void> {
+    const reg = await this.registry(user);
+    for (const item of reg.items) {
+      const id = String(item.id);
+      await this.tables.update(folderKeys.folder(user, id), { set: { deleting: true } });
+      await this.finishDelete(user, id);
+    }
+    for (const prefix of ['NAME#', 'USE#', 'VALIDITY#']) {
+      let cursor: string | undefined;
+      do {
+        const page = await this.tables.query(`MBX#${user}`, { range: { beginsWith: prefix }, limit: this.pageSize, cursor });
+        await Promise.all(page.items.map((i) => this.tables.delete({ pk: i.pk, sk: i.sk })));
+        cursor = page.cursor;
+      } while (cursor);
+    }
+    await this.tables.delete(folderKeys.usage(user));
+    await this.changes.purge(user);
+  }
+}
+
+/** The attributes a copy of a message keeps (everything but its uid and modseq). */
+function messageAttrs(m: FolderMessage): Record<string, AttrValue> {
+  return { blobKey: m.blobKey, size: m.size, receivedAt: m.receivedAt, summary: m.summary, flags: m.flags, jobId: m.jobId };
+}
