@@ -41,8 +41,9 @@ const LOGIN = { read: ['USER#*'], write: ['USER#*'] };
  * Per listener group. SMTP resolves recipients (DOMAIN#, ALIAS#, USER#; the DOMAINS list for a bare
  * <Postmaster>, containers/smtp/policy.ts), checks quotas on the
  * mailbox counters (MBX#) and spools raw messages under `in/` and `spool/`
- * (containers/smtp/spool.ts). POP3 owns the maildrop: MBX# (entries, counters, lease), POP3DEL#
- * (containers/pop3/maildrop.ts), BLOBREF# (reference counts, core/mailbox/store.ts), and reads and
+ * (containers/smtp/spool.ts). POP3 owns the maildrop: MBX# (entries, counters, lease, usage),
+ * POP3DEL# (containers/pop3/maildrop.ts), BLOBREF# (reference counts, core/mailbox/store.ts), CHG#
+ * (the user's MODSEQ counter and change log that a QUIT's removal writes, core/mailbox/changes.ts), and reads and
  * deletes message blobs whatever wrote them (in/, dsn/, outbound-dsn/, import/). The proxy touches
  * only its cache items (core/cache/store.ts, stats.ts) and the cache bucket, and accounts only when
  * it requires Proxy-Authorization.
@@ -56,7 +57,10 @@ export function listenerAccess(c: Pick<StageConfig, 'proxyRequireAuth'>): Record
       sendsTo: 'inbound',
     },
     pop3: {
-      table: { read: [HEALTH_PK, ...LOGIN.read, 'MBX#*', 'POP3DEL#*', 'BLOBREF#*'], write: [...LOGIN.write, 'MBX#*', 'POP3DEL#*', 'BLOBREF#*'] },
+      table: {
+        read: [HEALTH_PK, ...LOGIN.read, 'MBX#*', 'POP3DEL#*', 'BLOBREF#*', 'CHG#*'],
+        write: [...LOGIN.write, 'MBX#*', 'POP3DEL#*', 'BLOBREF#*', 'CHG#*'],
+      },
       bucket: { name: 'Mail', read: [''], write: [], delete: [''] },
     },
     proxy: {

@@ -93,7 +93,7 @@ export class ChangeLog {
       ...folderKeys.change(user, modseq),
       at,
       entries: entries.map((e) => ({ kind: e.kind, folder: e.folder, ...(e.uids ? { uids: e.uids } : {}) })) as AttrValue,
-      ttl: Math.floor(at / 1000) + this.horizonSeconds,
+      ttl: Math.ceil(at / 1000) + this.horizonSeconds,
     };
   }
 

@@ -741,7 +741,16 @@ export class FolderStore {
    * never a second blob). Respects the quota. Returns source and new uids (UIDPLUS COPYUID).
    */
   async copy(user: string, from: string, uids: number[], to: string): Promise<{ pairs: [number, number][] }> {
-    return this.transfer(user, from, uids, to, false);
+    const pairs: [number, number][] = [];
+    try {
+      await this.transfer(user, from, uids, to, false, pairs);
+    } catch (e) {
+      // RFC 9051 §6.4.7: a failed COPY leaves the target as it was. Batches already copied are
+      // expunged again (a crash before this leaves them copied: at least once, never lost).
+      if (pairs.length) await this.expunge(user, to, pairs.map(([, uid]) => uid));
+      throw e;
+    }
+    return { pairs };
   }
 
   /**
@@ -751,11 +760,13 @@ export class FolderStore {
    */
   async move(user: string, from: string, uids: number[], to: string): Promise<{ pairs: [number, number][] }> {
     if (from === to) throw new FolderError('Refused', 'source and target are the same folder');
-    return this.transfer(user, from, uids, to, true);
+    const pairs: [number, number][] = [];
+    await this.transfer(user, from, uids, to, true, pairs);
+    return { pairs };
   }
 
-  private async transfer(user: string, from: string, uids: number[], to: string, move: boolean): Promise<{ pairs: [number, number][] }> {
-    const pairs: [number, number][] = [];
+  /** Copies or moves in batches of one transaction each, adding each batch's uid pairs to `pairs`. */
+  private async transfer(user: string, from: string, uids: number[], to: string, move: boolean, pairs: [number, number][]): Promise<void> {
     const unique = [...new Set(uids)].sort((a, b) => a - b);
     await Promise.all([this.folderMeta(user, from), this.folderMeta(user, to), this.usageItem(user)]);
     for (let i = 0; i < unique.length; i += BATCH) {
@@ -813,7 +824,6 @@ export class FolderStore {
         }
       }
     }
-    return { pairs };
   }
 
   /**

@@ -10,6 +10,7 @@ import { keys as accountKeys } from '../../core/accounts/accounts.js';
 import { STATS_PK } from '../../core/cache/store.js';
 import { loadConfig } from '../../core/config.js';
 import { QUEUE_LIST_PK } from '../../core/mail/outbound-store.js';
+import { folderKeys } from '../../core/mailbox/keys.js';
 import { mailboxKeys } from '../../core/mailbox/store.js';
 import { backendsUsed } from '../../core/storage/aws/index.js';
 import { pendingDeleteKey } from '../../containers/pop3/maildrop.js';
@@ -119,7 +120,17 @@ describe('listener task roles', () => {
     expect(acts).not.toContain('kms:GenerateDataKey');
     expect(acts.filter((a) => a.startsWith('sqs:'))).toEqual([]);
     const writes = leadingKeys(pop3, 'dynamodb:UpdateItem');
-    for (const k of [mailboxKeys.meta('u'), mailboxKeys.message('u', 7), mailboxKeys.lease('u'), mailboxKeys.blobRef('in/x'), pendingDeleteKey('u')])
+    for (const k of [
+      mailboxKeys.meta('u'),
+      mailboxKeys.message('u', 7),
+      mailboxKeys.lease('u'),
+      mailboxKeys.blobRef('in/x'),
+      pendingDeleteKey('u'),
+      // A QUIT's removal also keeps the usage and writes the change log (core/mailbox/folders.ts).
+      folderKeys.usage('u'),
+      folderKeys.modseqHead('u'),
+      folderKeys.change('u', 9),
+    ])
       expect(allows(writes, k.pk), k.pk).toBe(true);
     expect(allows(writes, accountKeys.domain('example.com').pk)).toBe(false);
     expect(allows(writes, QUEUE_LIST_PK)).toBe(false);

@@ -1,0 +1,3 @@
+import { describeFolderStore } from './folders-suite.js';
+
+describeFolderStore('aws');
