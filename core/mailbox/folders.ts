@@ -154,6 +154,13 @@ function splitName(name: string): string[] {
   return parts;
 }
 
+/** The USAGE item, or (before it exists) INBOX's META to make it from; `bytes` in use now. */
+interface UsageBase {
+  usage?: Item;
+  inbox?: Item;
+  bytes: number;
+}
+
 interface Registry {
   items: Item[];
   byId: Map<string, Item>;
@@ -212,30 +219,44 @@ export class FolderStore {
     return item;
   }
 
-  /** The user's usage over every folder, made on first use from INBOX (the only folder older
-   * data has) with a check that INBOX did not change meanwhile. */
+  /** The user's usage over every folder (reads only: before the USAGE item exists, INBOX holds
+   * everything). */
   async usage(user: string): Promise<{ bytes: number; count: number }> {
-    const item = await this.usageItem(user);
-    return { bytes: Number(item.bytes ?? 0), count: Number(item.count ?? 0) };
+    const item = (await this.tables.get(folderKeys.usage(user))) ?? (await this.tables.get(folderKeys.meta(user, INBOX)));
+    return { bytes: Number(item?.bytes ?? 0), count: Number(item?.count ?? 0) };
   }
 
-  private async usageItem(user: string): Promise<Item> {
-    for (let attempt = 0; ; attempt++) {
-      const existing = await this.tables.get(folderKeys.usage(user));
-      if (existing) return existing;
-      const meta = await this.folderMeta(user, INBOX);
-      const bytes = Number(meta.bytes ?? 0);
-      const count = Number(meta.count ?? 0);
-      try {
-        await this.tables.transact([
-          { put: { ...folderKeys.usage(user), bytes, count }, condition: { exists: false } },
-          { check: folderKeys.meta(user, INBOX), condition: { equals: { bytes, count } } },
-        ]);
-      } catch (e) {
-        if (!retryable(e) || attempt >= MAX_ATTEMPTS) throw e;
-        await backoff(attempt);
-      }
+  /** What a write needs to keep the usage: the USAGE item, or INBOX's counters to make it from. */
+  private async usageBase(user: string, inbox?: Item): Promise<UsageBase> {
+    const usage = await this.tables.get(folderKeys.usage(user));
+    if (usage) return { usage, bytes: Number(usage.bytes ?? 0) };
+    const meta = inbox ?? (await this.folderMeta(user, INBOX));
+    return { inbox: meta, bytes: Number(meta.bytes ?? 0) };
+  }
+
+  /**
+   * Adds the usage change to `ops`, conditional on the quota when it grows. The first write of a
+   * user through this model makes the USAGE item, from INBOX's counters as read (the only folder
+   * older data has) and on condition that they are still those: merged into the transaction's
+   * INBOX META update when there is one (a transaction may not name an item twice), otherwise as
+   * a check. No transaction of its own, so a delivery stays one transaction.
+   */
+  private addUsage(ops: TransactOp[], user: string, base: UsageBase, quota: number, bytes: number, count: number): void {
+    if (base.usage) {
+      ops.push({
+        update: folderKeys.usage(user),
+        changes: { add: { bytes, count } },
+        condition: quota > 0 && bytes > 0 ? { lessThan: { bytes: quota - bytes + 1 } } : { exists: true },
+      });
+      return;
     }
+    const inbox = base.inbox!;
+    const pinned = { bytes: Number(inbox.bytes ?? 0), count: Number(inbox.count ?? 0) };
+    ops.push({ put: { ...folderKeys.usage(user), bytes: pinned.bytes + bytes, count: pinned.count + count }, condition: { exists: false } });
+    const metaKey = folderKeys.meta(user, INBOX);
+    const own = ops.find((op) => 'update' in op && op.update.pk === metaKey.pk && op.update.sk === metaKey.sk) as Extract<TransactOp, { update: unknown }> | undefined;
+    if (own) own.condition = { ...own.condition, equals: { ...own.condition?.equals, ...pinned } };
+    else ops.push({ check: metaKey, condition: { equals: pinned } });
   }
 
   /** The folder's counters. An INBOX from older code has its unseen count made once here. */
@@ -591,17 +612,16 @@ export class FolderStore {
     const markerKey = m.key === undefined ? undefined : folderKeys.marker(m.key, user, folderId);
     let uid = 0;
     for (let attempt = 0; ; attempt++) {
-      const [marker, account, , usage] = await Promise.all([
+      const [marker, account, meta] = await Promise.all([
         markerKey ? this.tables.get(markerKey) : undefined,
         this.tables.get(accountKeys.user(user)),
         this.folderMeta(user, folderId),
-        this.usageItem(user),
       ]);
       if (marker) return { uid: Number(marker.uid), modseq: Number(marker.modseq ?? 0), duplicate: true };
       if (!account) throw new NoSuchMailbox(user);
+      const base = await this.usageBase(user, folderId === INBOX ? meta : undefined);
       const quota = Number(account.quotaBytes ?? 0);
-      const used = Number(usage.bytes ?? 0);
-      if (quota > 0 && used + m.size > quota) throw new QuotaExceeded(user, quota, used, m.size);
+      if (quota > 0 && base.bytes + m.size > quota) throw new QuotaExceeded(user, quota, base.bytes, m.size);
       const [allocated, modseq] = await Promise.all([
         uid ? uid : this.allocateUids(user, folderId, 1),
         this.changes.allocate(user),
@@ -624,9 +644,9 @@ export class FolderStore {
           condition: { exists: false },
         },
         { update: mailboxKeys.blobRef(m.blobKey), changes: { add: { refs: 1 } } },
-        this.usageOp(user, quota, m.size, 1),
         this.changes.op(user, modseq, [{ kind: 'append', folder: folderId, uids: [uid] }]),
       ];
+      this.addUsage(ops, user, base, quota, m.size, 1);
       if (markerKey) ops.push({ put: this.markerItem(markerKey, m, uid, modseq), condition: { exists: false } });
       try {
         await this.tables.transact(ops);
@@ -659,15 +679,6 @@ export class FolderStore {
       update: folderKeys.meta(user, folderId),
       changes: { ...(nonZero.length ? { add: Object.fromEntries(nonZero) } : {}), set: { highestModSeq: modseq } },
       condition: { lessThan: { highestModSeq: modseq } },
-    };
-  }
-
-  /** The usage change; growth is conditional on the quota (bytes + size ≤ quota). */
-  private usageOp(user: string, quota: number, bytes: number, count: number): TransactOp {
-    return {
-      update: folderKeys.usage(user),
-      changes: { add: { bytes, count } },
-      condition: quota > 0 && bytes > 0 ? { lessThan: { bytes: quota - bytes + 1 } } : { exists: true },
     };
   }
 
@@ -768,21 +779,21 @@ export class FolderStore {
   /** Copies or moves in batches of one transaction each, adding each batch's uid pairs to `pairs`. */
   private async transfer(user: string, from: string, uids: number[], to: string, move: boolean, pairs: [number, number][]): Promise<void> {
     const unique = [...new Set(uids)].sort((a, b) => a - b);
-    await Promise.all([this.folderMeta(user, from), this.folderMeta(user, to), this.usageItem(user)]);
+    await Promise.all([this.folderMeta(user, from), this.folderMeta(user, to)]);
     for (let i = 0; i < unique.length; i += BATCH) {
       const batch = unique.slice(i, i + BATCH);
       let first = 0;
       let allocatedFor = 0;
       for (let attempt = 0; ; attempt++) {
-        const [items, account, usage] = await Promise.all([
+        const [items, account, base] = await Promise.all([
           Promise.all(batch.map((uid) => this.tables.get(folderKeys.message(user, from, uid)))).then((xs) => xs.filter((x): x is Item => !!x).map(toMessage)),
           this.tables.get(accountKeys.user(user)),
-          this.tables.get(folderKeys.usage(user)),
+          this.usageBase(user),
         ]);
         if (!items.length) break;
         const bytes = items.reduce((n, m) => n + m.size, 0);
         const quota = Number(account?.quotaBytes ?? 0);
-        if (!move && quota > 0 && Number(usage?.bytes ?? 0) + bytes > quota) throw new QuotaExceeded(user, quota, Number(usage?.bytes ?? 0), bytes);
+        if (!move && quota > 0 && base.bytes + bytes > quota) throw new QuotaExceeded(user, quota, base.bytes, bytes);
         // New uids once per batch (a retry that finds fewer messages leaves some unused).
         if (allocatedFor < items.length) {
           first = await this.allocateUids(user, to, items.length);
@@ -811,7 +822,7 @@ export class FolderStore {
           for (const m of items) perBlob.set(m.blobKey, (perBlob.get(m.blobKey) ?? 0) + 1);
           // exists: a source expunged meanwhile may have taken the last reference (and the blob).
           for (const [k, n] of perBlob) ops.push({ update: mailboxKeys.blobRef(k), changes: { add: { refs: n } }, condition: { exists: true } });
-          ops.push(this.usageOp(user, quota, bytes, items.length));
+          this.addUsage(ops, user, base, quota, bytes, items.length);
         }
         ops.push(this.changes.op(user, modseq, entries));
         try {
@@ -839,12 +850,12 @@ export class FolderStore {
 
   /** One transaction of removals; `counters` false for a folder being deleted (META gone). */
   private async expungeBatch(user: string, folderId: string, uids: number[], counters: boolean): Promise<void> {
-    await this.usageItem(user);
     for (let attempt = 0; ; attempt++) {
       const entries = (await Promise.all(uids.map((uid) => this.tables.get(folderKeys.message(user, folderId, uid)))))
         .filter((x): x is Item => x !== undefined)
         .map(toMessage);
       if (!entries.length) return;
+      const base = await this.usageBase(user);
       const perBlob = new Map<string, number>();
       for (const e of entries) perBlob.set(e.blobKey, (perBlob.get(e.blobKey) ?? 0) + 1);
       const blobKeys = [...perBlob.keys()];
@@ -854,7 +865,7 @@ export class FolderStore {
       const lastRefs: string[] = [];
       const ops: TransactOp[] = entries.map((e) => ({ delete: folderKeys.message(user, folderId, e.uid), condition: { exists: true } }));
       if (counters) ops.push(this.countersOp(user, folderId, modseq, { count: -entries.length, bytes: -bytes, unseen: -unseen }));
-      ops.push({ update: folderKeys.usage(user), changes: { add: { bytes: -bytes, count: -entries.length } } });
+      this.addUsage(ops, user, base, 0, -bytes, -entries.length);
       blobKeys.forEach((k, j) => {
         const ref = refItems[j];
         const refs = Number(ref?.refs ?? 0);
