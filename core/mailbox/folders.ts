@@ -817,6 +817,9 @@ export class FolderStore {
         if (move) {
           ops.push(this.countersOp(user, from, modseq, { count: -items.length, bytes: -bytes, unseen: -unseen }));
           entries.unshift({ kind: 'expunge', folder: from, uids: items.map((m) => m.uid) });
+          // A move takes no room, but the USAGE item must exist before a folder other than INBOX
+          // holds anything: it can be made from INBOX's counters only until then.
+          if (!base.usage) this.addUsage(ops, user, base, 0, 0, 0);
         } else {
           const perBlob = new Map<string, number>();
           for (const m of items) perBlob.set(m.blobKey, (perBlob.get(m.blobKey) ?? 0) + 1);

@@ -146,6 +146,11 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
         ['Sent', '\\Sent'],
         ['Trash', '\\Trash'],
       ]);
+      // Two processes creating one name: one folder, the other hears it exists.
+      const made = await Promise.allSettled([folders.create(u, 'Same/Name'), other.create(u, 'Same/Name'), other.create(u, 'Same/Name')]);
+      expect(made.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+      for (const r of made) if (r.status === 'rejected') expect(r.reason).toMatchObject({ code: 'AlreadyExists' });
+      expect((await folders.list(u)).filter((f) => f.name.startsWith('Same')).map((f) => f.name)).toEqual(['Same', 'Same/Name']);
       // A user folder already called Archive becomes the archive.
       const mine = await folders.create(u, 'Archive');
       expect((await folders.ensureSpecialUse(u, '\\Archive')).id).toBe(mine.id);
