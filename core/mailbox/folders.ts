@@ -612,14 +612,17 @@ export class FolderStore {
     const markerKey = m.key === undefined ? undefined : folderKeys.marker(m.key, user, folderId);
     let uid = 0;
     for (let attempt = 0; ; attempt++) {
-      const [marker, account, meta] = await Promise.all([
+      // One round trip of reads; the usage is read beside them (usageBase re-reads it only on a
+      // user's first write, to make it from INBOX's counters).
+      const [marker, account, meta, usage] = await Promise.all([
         markerKey ? this.tables.get(markerKey) : undefined,
         this.tables.get(accountKeys.user(user)),
         this.folderMeta(user, folderId),
+        this.tables.get(folderKeys.usage(user)),
       ]);
       if (marker) return { uid: Number(marker.uid), modseq: Number(marker.modseq ?? 0), duplicate: true };
       if (!account) throw new NoSuchMailbox(user);
-      const base = await this.usageBase(user, folderId === INBOX ? meta : undefined);
+      const base: UsageBase = usage ? { usage, bytes: Number(usage.bytes ?? 0) } : await this.usageBase(user, folderId === INBOX ? meta : undefined);
       const quota = Number(account.quotaBytes ?? 0);
       if (quota > 0 && base.bytes + m.size > quota) throw new QuotaExceeded(user, quota, base.bytes, m.size);
       const [allocated, modseq] = await Promise.all([
