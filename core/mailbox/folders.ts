@@ -857,11 +857,9 @@ export class FolderStore {
   /** One transaction of removals; `counters` false for a folder being deleted (META gone). */
   private async expungeBatch(user: string, folderId: string, uids: number[], counters: boolean): Promise<void> {
     for (let attempt = 0; ; attempt++) {
-      const entries = (await Promise.all(uids.map((uid) => this.tables.get(folderKeys.message(user, folderId, uid)))))
-        .filter((x): x is Item => x !== undefined)
-        .map(toMessage);
+      const [found, base] = await Promise.all([Promise.all(uids.map((uid) => this.tables.get(folderKeys.message(user, folderId, uid)))), this.usageBase(user)]);
+      const entries = found.filter((x): x is Item => x !== undefined).map(toMessage);
       if (!entries.length) return;
-      const base = await this.usageBase(user);
       const perBlob = new Map<string, number>();
       for (const e of entries) perBlob.set(e.blobKey, (perBlob.get(e.blobKey) ?? 0) + 1);
       const blobKeys = [...perBlob.keys()];
