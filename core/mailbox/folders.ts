@@ -141,7 +141,6 @@ function toMessage(item: Item): FolderMessage {
 /** Checks one level of a folder name. */
 function checkLeaf(leaf: string): void {
   // Control characters have no place in a name; `*` and `%` are LIST wildcards (RFC 9051 §6.3.9).
-  // eslint-disable-next-line no-control-regex
   if (!leaf || /[\x00-\x1f\x7f*%]/.test(leaf) || Buffer.byteLength(leaf) > 255) throw new FolderError('BadName', `bad folder name level "${leaf}"`);
 }
 
@@ -254,7 +253,8 @@ export class FolderStore {
     const pinned = { bytes: Number(inbox.bytes ?? 0), count: Number(inbox.count ?? 0) };
     ops.push({ put: { ...folderKeys.usage(user), bytes: pinned.bytes + bytes, count: pinned.count + count }, condition: { exists: false } });
     const metaKey = folderKeys.meta(user, INBOX);
-    const own = ops.find((op) => 'update' in op && op.update.pk === metaKey.pk && op.update.sk === metaKey.sk) as Extract<TransactOp, { update: unknown }> | undefined;
+    const own = ops.find((op) => 'update' in op && op.update.pk === metaKey.pk && op.update.sk === metaKey.sk) as
+      Extract<TransactOp, { update: unknown }> | undefined;
     if (own) own.condition = { ...own.condition, equals: { ...own.condition?.equals, ...pinned } };
     else ops.push({ check: metaKey, condition: { equals: pinned } });
   }
@@ -345,14 +345,13 @@ export class FolderStore {
     const levels = splitName(name);
     if (levels.length === 1 && levels[0] === INBOX) return (await this.list(user))[0];
     let parent = levels[0] === INBOX ? INBOX : ROOT;
-    let item: Item | undefined;
     for (const leaf of levels[0] === INBOX ? levels.slice(1) : levels) {
       const idx = await this.tables.get(folderKeys.name(user, parent, leaf));
       if (!idx) return undefined;
       parent = String(idx.folderId);
     }
     const reg = await this.registry(user);
-    item = reg.byId.get(parent);
+    const item = reg.byId.get(parent);
     return item && item.deleting !== true ? this.info(reg, item) : undefined;
   }
 
@@ -391,7 +390,8 @@ export class FolderStore {
     for (let attempt = 0; ; attempt++) {
       const existing = await this.tables.get(folderKeys.name(user, parentId, leaf));
       if (existing) return { id: String(existing.folderId), existed: true };
-      if (specialUse && (await this.tables.get(folderKeys.specialUse(user, specialUse)))) throw new FolderError('AlreadyExists', `a ${specialUse} folder exists`);
+      if (specialUse && (await this.tables.get(folderKeys.specialUse(user, specialUse))))
+        throw new FolderError('AlreadyExists', `a ${specialUse} folder exists`);
       const modseq = await this.changes.allocate(user);
       const ops: TransactOp[] = [
         {
@@ -458,7 +458,11 @@ export class FolderStore {
     const modseq = await this.changes.allocate(user);
     try {
       await this.tables.transact([
-        { update: folderKeys.folder(user, folderId), changes: { set: { specialUse: use } }, condition: { exists: true, equals: { specialUse: null, deleting: null } } },
+        {
+          update: folderKeys.folder(user, folderId),
+          changes: { set: { specialUse: use } },
+          condition: { exists: true, equals: { specialUse: null, deleting: null } },
+        },
         { put: { ...folderKeys.specialUse(user, use), folderId }, condition: { exists: false } },
         this.changes.op(user, modseq, [{ kind: 'folder-update', folder: folderId }]),
       ]);
@@ -625,10 +629,7 @@ export class FolderStore {
       const base: UsageBase = usage ? { usage, bytes: Number(usage.bytes ?? 0) } : await this.usageBase(user, folderId === INBOX ? meta : undefined);
       const quota = Number(account.quotaBytes ?? 0);
       if (quota > 0 && base.bytes + m.size > quota) throw new QuotaExceeded(user, quota, base.bytes, m.size);
-      const [allocated, modseq] = await Promise.all([
-        uid ? uid : this.allocateUids(user, folderId, 1),
-        this.changes.allocate(user),
-      ]);
+      const [allocated, modseq] = await Promise.all([uid ? uid : this.allocateUids(user, folderId, 1), this.changes.allocate(user)]);
       uid = allocated;
       const ops: TransactOp[] = [
         this.countersOp(user, folderId, modseq, { count: 1, bytes: m.size, unseen: isSeen(flags) ? 0 : 1 }),
@@ -761,7 +762,12 @@ export class FolderStore {
     } catch (e) {
       // RFC 9051 §6.4.7: a failed COPY leaves the target as it was. Batches already copied are
       // expunged again (a crash before this leaves them copied: at least once, never lost).
-      if (pairs.length) await this.expunge(user, to, pairs.map(([, uid]) => uid));
+      if (pairs.length)
+        await this.expunge(
+          user,
+          to,
+          pairs.map(([, uid]) => uid),
+        );
       throw e;
     }
     return { pairs };

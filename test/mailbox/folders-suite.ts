@@ -98,10 +98,11 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
       expect(await blobExists(blobs, 'old/1')).toBe(false);
       const log = await folders.changes.since(u, 0);
       expect(log.tooOld).toBe(false);
-      if (!log.tooOld) expect(log.changes.flatMap((c) => c.entries)).toEqual([
-        { kind: 'append', folder: INBOX, uids: [8] },
-        { kind: 'expunge', folder: INBOX, uids: [3] },
-      ]);
+      if (!log.tooOld)
+        expect(log.changes.flatMap((c) => c.entries)).toEqual([
+          { kind: 'append', folder: INBOX, uids: [8] },
+          { kind: 'expunge', folder: INBOX, uids: [3] },
+        ]);
     });
 
     it('creates folders with their hierarchy, finds them by name and refuses bad or taken names', async () => {
@@ -206,10 +207,7 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
       await blobs.put('crash/1', 'x');
       await folders.append(u, f.id, input('crash/1', 4));
       // The first step of delete() committed, then the process died.
-      await tables.transact([
-        { update: folderKeys.folder(u, f.id), changes: { set: { deleting: true } } },
-        { delete: folderKeys.name(u, '', 'Doomed') },
-      ]);
+      await tables.transact([{ update: folderKeys.folder(u, f.id), changes: { set: { deleting: true } } }, { delete: folderKeys.name(u, '', 'Doomed') }]);
       expect((await folders.list(u)).map((x) => x.name)).toEqual(['INBOX']);
       expect(await blobExists(blobs, 'crash/1')).toBe(false);
       expect(await tables.get(folderKeys.folder(u, f.id))).toBeUndefined();
@@ -294,7 +292,7 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
       const copied = await folders.copy(u, INBOX, [uid, 4242], a.id);
       expect(copied.pairs).toEqual([[uid, 1]]);
       expect(await refs('cp/1')).toBe(2);
-      expect((await folders.get(u, a.id, 1))).toMatchObject({ blobKey: 'cp/1', flags: ['\\Seen'], size: 16, receivedAt: '2026-01-02T03:04:05.000Z' });
+      expect(await folders.get(u, a.id, 1)).toMatchObject({ blobKey: 'cp/1', flags: ['\\Seen'], size: 16, receivedAt: '2026-01-02T03:04:05.000Z' });
       expect(await folders.usage(u)).toEqual({ bytes: 32, count: 2 });
       const moved = await folders.move(u, a.id, [1], b.id);
       expect(moved.pairs).toEqual([[1, 1]]);
@@ -338,9 +336,9 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
       const f = await folders.create(u, 'Kept');
       await blobs.put('q/1', 'x');
       await folders.append(u, f.id, input('q/1', 60));
-      await expect(mailboxes.deliver(u, { jobId: 'q-deliver', blobKey: 'q/1', size: 41, receivedAt: '2026-01-01T00:00:00.000Z', summary: {} })).rejects.toBeInstanceOf(
-        QuotaExceeded,
-      );
+      await expect(
+        mailboxes.deliver(u, { jobId: 'q-deliver', blobKey: 'q/1', size: 41, receivedAt: '2026-01-01T00:00:00.000Z', summary: {} }),
+      ).rejects.toBeInstanceOf(QuotaExceeded);
       expect(await mailboxes.usedBytes(u)).toBe(60);
       const { uid } = await folders.append(u, INBOX, input('q/1', 30));
       await expect(folders.append(u, f.id, input('q/1', 11))).rejects.toBeInstanceOf(QuotaExceeded);
