@@ -25,7 +25,7 @@ import { randomBytes } from 'node:crypto';
 import { keys as accountKeys } from '../accounts/accounts.js';
 import { ConditionFailed, isStorageError, type AttrValue, type Blobs, type Item, type Tables, type TransactOp } from '../storage/ports.js';
 import { ChangeLog, type ChangeLogOptions, type ChangeEntry } from './changes.js';
-import { backoff, FolderError, folderKeys, INBOX, mailboxKeys, MAX_ATTEMPTS, NoSuchMailbox, QuotaExceeded } from './keys.js';
+import { backoff, FolderError, folderKeys, INBOX, mailboxKeys, MAX_ATTEMPTS, NoSuchMailbox, QuotaExceeded, UID_WIDTH } from './keys.js';
 
 /** The hierarchy delimiter of folder names (see the file header for why `/`). */
 export const DELIMITER = '/';
@@ -584,7 +584,7 @@ export class FolderStore {
     folderId: string,
     range: { from?: number; to?: number; limit?: number; cursor?: string } = {},
   ): Promise<{ items: FolderMessage[]; cursor?: string }> {
-    const pad = (n: number) => `UID#${String(n).padStart(10, '0')}`;
+    const pad = (n: number) => `UID#${String(n).padStart(UID_WIDTH, '0')}`;
     const page = await this.tables.query(folderKeys.partition(user, folderId), {
       range: { gte: pad(range.from ?? 1), lte: range.to === undefined ? 'UID#~' : pad(range.to) },
       limit: range.limit ?? this.pageSize,
