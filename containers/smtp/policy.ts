@@ -100,8 +100,9 @@ function noteRoom(tx: Transaction, room: number): void {
 async function roomOf(accounts: Accounts, mailboxes: MailboxStore, login: string): Promise<number> {
   const user = await accounts.getUser(login);
   if (!user || !user.quotaBytes) return Infinity;
-  const meta = await mailboxes.meta(login).catch(() => undefined);
-  return user.quotaBytes - (meta?.bytes ?? 0);
+  // Every folder counts against the quota, as delivery checks it.
+  const used = await mailboxes.usedBytes(login).catch(() => 0);
+  return user.quotaBytes - used;
 }
 
 /**
