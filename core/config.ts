@@ -307,6 +307,63 @@ export const SETTINGS: readonly Setting[] = [
     doc: 'How long a password that passed the (slow, memory-hard) check is remembered in memory as a keyed hash, so the next login of that user skips it; 0 turns the cache off.',
   },
 
+  { path: 'imap.enabled', env: 'TOMLINSON_IMAP_ENABLED', kind: 'bool', default: true, doc: 'Run the IMAP listeners.' },
+  { path: 'imap.port', env: 'TOMLINSON_IMAP_PORT', kind: 'port', default: 2143, doc: 'IMAP with STARTTLS (public 143).' },
+  { path: 'imap.tlsPort', env: 'TOMLINSON_IMAPS_PORT', kind: 'port', default: 2993, doc: 'IMAP with implicit TLS (public 993); 0 turns it off.' },
+  {
+    path: 'imap.allowPlaintext',
+    env: 'TOMLINSON_IMAP_ALLOW_PLAINTEXT',
+    kind: 'enum',
+    values: ['never', 'loopback', 'always'],
+    default: 'loopback',
+    doc: 'LOGIN and AUTHENTICATE before STARTTLS: never, from loopback clients only, or always.',
+  },
+  {
+    path: 'imap.idleTimeoutSeconds',
+    env: 'TOMLINSON_IMAP_IDLE_TIMEOUT',
+    kind: 'int',
+    min: 1800,
+    max: 86400,
+    default: 1800,
+    doc: 'Inactivity timer, IDLE included (RFC 9051 §5.4: at least 30 minutes).',
+  },
+  {
+    path: 'imap.maxConnections',
+    env: 'TOMLINSON_IMAP_MAX_CONNECTIONS',
+    kind: 'int',
+    min: 1,
+    max: 1000000,
+    default: 5000,
+    doc: 'Concurrent IMAP connections in all.',
+  },
+  {
+    path: 'imap.maxConnectionsPerClient',
+    env: 'TOMLINSON_IMAP_MAX_CONNECTIONS_PER_CLIENT',
+    kind: 'int',
+    min: 1,
+    max: 100000,
+    default: 50,
+    doc: 'Concurrent IMAP connections from one client address (a mail program opens several per account).',
+  },
+  {
+    path: 'imap.maxBadCommands',
+    env: 'TOMLINSON_IMAP_MAX_BAD_COMMANDS',
+    kind: 'int',
+    min: 1,
+    max: 1000,
+    default: 20,
+    doc: 'Malformed or unknown commands in a row before BYE.',
+  },
+  {
+    path: 'imap.maxLineBytes',
+    env: 'TOMLINSON_IMAP_MAX_LINE_BYTES',
+    kind: 'int',
+    min: 1024,
+    max: 10485760,
+    default: 65536,
+    doc: 'Longest command line, literals excluded (a UID set of a big folder is long; RFC 7162 §4 asks for at least 8192).',
+  },
+
   { path: 'proxy.enabled', env: 'TOMLINSON_PROXY_ENABLED', kind: 'bool', default: true, doc: 'Run the caching proxy.' },
   { path: 'proxy.port', env: 'TOMLINSON_PROXY_PORT', kind: 'port', default: 3128, doc: 'HTTP forward proxy.' },
   {
@@ -683,6 +740,17 @@ export interface Config {
     maxBadCommands: number;
     authFailureDelayMs: number;
     loginCacheSeconds: number;
+  };
+  imap: {
+    enabled: boolean;
+    port: number;
+    tlsPort: number;
+    allowPlaintext: 'never' | 'loopback' | 'always';
+    idleTimeoutSeconds: number;
+    maxConnections: number;
+    maxConnectionsPerClient: number;
+    maxBadCommands: number;
+    maxLineBytes: number;
   };
   proxy: {
     enabled: boolean;
