@@ -102,13 +102,43 @@ export class ChangeLog {
    * still fill. `since` 0 reads from the beginning (too old once the first change expired).
    */
   async since(user: string, since: number, limit = 500): Promise<ChangesSince> {
-    if (since > 0 && !(await this.tables.get(folderKeys.change(user, since)))) {
+    return this.scan(user, since, limit, true);
+  }
+
+  /**
+   * The MODSEQ up to which the log is settled now: every change at or below it is committed (or
+   * closed as a gap), so a reader that takes a snapshot after asking, then reads `since` this
+   * position, misses nothing. Kept in a watermark item that readers move forward, so this reads
+   * only the log's recent tail.
+   */
+  async position(user: string): Promise<number> {
+    const key = folderKeys.watermark(user);
+    const start = Number((await this.tables.get(key))?.modseq ?? 0);
+    let at = start;
+    for (;;) {
+      const r = await this.scan(user, at, 1000, false);
+      if (r.tooOld) return at; // cannot happen without the start check; keeps the types honest
+      const before = at;
+      at = r.modseq;
+      if (!r.more || at === before) break;
+    }
+    if (at > start) {
+      // Moves forward only; a racing reader that got further wins.
+      await this.tables.update(key, { set: { modseq: at } }, { condition: { lessThan: { modseq: at } }, durable: false }).catch((e: unknown) => {
+        if (!isStorageError(e, 'ConditionFailed')) throw e;
+      });
+    }
+    return at;
+  }
+
+  private async scan(user: string, since: number, limit: number, checkStart: boolean): Promise<ChangesSince> {
+    if (checkStart && since > 0 && !(await this.tables.get(folderKeys.change(user, since)))) {
       // Expired, or a MODSEQ this store never gave out for a committed change.
       return { tooOld: true };
     }
     // From the beginning only while the first change is still kept (a tombstone put where an
     // expired change was would hide it: expired items read as absent).
-    if (since === 0 && !(await this.tables.get(folderKeys.change(user, 1))) && (await this.allocated(user)) > 0) return { tooOld: true };
+    if (checkStart && since === 0 && !(await this.tables.get(folderKeys.change(user, 1))) && (await this.allocated(user)) > 0) return { tooOld: true };
     const changes: Change[] = [];
     let expected = since + 1;
     let cursor: string | undefined;

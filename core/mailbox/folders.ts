@@ -25,6 +25,7 @@ import { randomBytes } from 'node:crypto';
 import { keys as accountKeys } from '../accounts/accounts.js';
 import { ConditionFailed, isStorageError, type AttrValue, type Blobs, type Item, type Tables, type TransactOp } from '../storage/ports.js';
 import { ChangeLog, type ChangeLogOptions, type ChangeEntry } from './changes.js';
+import { publishMailboxChange } from './notify.js';
 import { backoff, FolderError, folderKeys, INBOX, mailboxKeys, MAX_ATTEMPTS, NoSuchMailbox, QuotaExceeded, UID_WIDTH } from './keys.js';
 
 /** The hierarchy delimiter of folder names (see the file header for why `/`). */
@@ -199,7 +200,7 @@ export class FolderStore {
     let item = await this.tables.get(key);
     if (!item) {
       if (folderId !== INBOX) throw new FolderError('NoSuchFolder', `no folder ${folderId}`);
-      const fresh = { ...key, count: 0, bytes: 0, unseen: 0, unseenKnown: true, uidNext: 1, uidValidity: this.epoch(), highestModSeq: 0 };
+      const fresh = { ...key, count: 0, bytes: 0, unseen: 0, unseenKnown: true, uidNext: 1, uidValidity: this.epoch(), highestModSeq: 0, lastUid: 0 };
       try {
         await this.tables.put(fresh, { condition: { exists: false } });
       } catch (e) {
@@ -207,9 +208,15 @@ export class FolderStore {
       }
       item = (await this.tables.get(key))!;
     }
-    if (item.highestModSeq === undefined || item.highestModSeq === null) {
+    // Counters older code did not keep: the folder's MODSEQ and its highest committed UID (0 is
+    // below every UID allocated from now on, which is all the ordering condition needs).
+    const missing: Record<string, number> = {};
+    if (item.highestModSeq === undefined || item.highestModSeq === null) missing.highestModSeq = 0;
+    if (item.lastUid === undefined || item.lastUid === null) missing.lastUid = 0;
+    if (Object.keys(missing).length > 0) {
       try {
-        item = await this.tables.update(key, { set: { highestModSeq: 0 } }, { condition: { exists: true, equals: { highestModSeq: null } } });
+        const absent = Object.fromEntries(Object.keys(missing).map((k) => [k, null]));
+        item = await this.tables.update(key, { set: missing }, { condition: { exists: true, equals: absent } });
       } catch (e) {
         if (!isStorageError(e, 'ConditionFailed')) throw e;
         item = (await this.tables.get(key))!;
@@ -409,6 +416,7 @@ export class FolderStore {
             uidNext: 1,
             uidValidity: validity,
             highestModSeq: modseq,
+            lastUid: 0,
           },
           condition: { exists: false },
         },
@@ -419,7 +427,7 @@ export class FolderStore {
       ];
       if (specialUse) ops.push({ put: { ...folderKeys.specialUse(user, specialUse), folderId: id }, condition: { exists: false } });
       try {
-        await this.tables.transact(ops);
+        await this.commit(user, ops);
         return { id, existed: false };
       } catch (e) {
         if (!retryable(e) || attempt >= MAX_ATTEMPTS) throw e;
@@ -457,7 +465,7 @@ export class FolderStore {
     if (folderId === INBOX) throw new FolderError('Refused', `INBOX cannot be ${use}`);
     const modseq = await this.changes.allocate(user);
     try {
-      await this.tables.transact([
+      await this.commit(user, [
         {
           update: folderKeys.folder(user, folderId),
           changes: { set: { specialUse: use } },
@@ -491,7 +499,7 @@ export class FolderStore {
       if (await this.tables.get(folderKeys.name(user, parentId, leaf))) throw new FolderError('AlreadyExists', `folder ${newName} exists`);
       const modseq = await this.changes.allocate(user);
       try {
-        await this.tables.transact([
+        await this.commit(user, [
           {
             update: folderKeys.folder(user, folderId),
             changes: { set: { leaf, parentId } },
@@ -530,7 +538,7 @@ export class FolderStore {
     ];
     if (item.specialUse) ops.push({ delete: folderKeys.specialUse(user, String(item.specialUse)), condition: { equals: { folderId } } });
     try {
-      await this.tables.transact(ops);
+      await this.commit(user, ops);
     } catch (e) {
       if (isStorageError(e, 'ConditionFailed')) throw new FolderError('NoSuchFolder', `folder ${folderId} changed while being deleted`);
       throw e;
@@ -562,7 +570,7 @@ export class FolderStore {
         : { update: folderKeys.folder(user, folderId), changes: { set: { subscribed } }, condition: { exists: true, equals: { deleting: null } } };
     if (folderId === INBOX) await this.folderMeta(user, INBOX);
     try {
-      await this.tables.transact([target, this.changes.op(user, modseq, [{ kind: 'folder-update', folder: folderId }])]);
+      await this.commit(user, [target, this.changes.op(user, modseq, [{ kind: 'folder-update', folder: folderId }])]);
     } catch (e) {
       if (isStorageError(e, 'ConditionFailed')) throw new FolderError('NoSuchFolder', `no folder ${folderId}`);
       throw e;
@@ -629,10 +637,13 @@ export class FolderStore {
       const base: UsageBase = usage ? { usage, bytes: Number(usage.bytes ?? 0) } : await this.usageBase(user, folderId === INBOX ? meta : undefined);
       const quota = Number(account.quotaBytes ?? 0);
       if (quota > 0 && base.bytes + m.size > quota) throw new QuotaExceeded(user, quota, base.bytes, m.size);
+      // A later UID committed first (its writer allocated after us but won the race): ours would
+      // appear below a message a client has already seen, so take a new one.
+      if (uid && Number(meta.lastUid ?? 0) >= uid) uid = 0;
       const [allocated, modseq] = await Promise.all([uid ? uid : this.allocateUids(user, folderId, 1), this.changes.allocate(user)]);
       uid = allocated;
       const ops: TransactOp[] = [
-        this.countersOp(user, folderId, modseq, { count: 1, bytes: m.size, unseen: isSeen(flags) ? 0 : 1 }),
+        this.countersOp(user, folderId, modseq, { count: 1, bytes: m.size, unseen: isSeen(flags) ? 0 : 1 }, { first: uid, last: uid }),
         {
           put: {
             ...folderKeys.message(user, folderId, uid),
@@ -653,7 +664,7 @@ export class FolderStore {
       this.addUsage(ops, user, base, quota, m.size, 1);
       if (markerKey) ops.push({ put: this.markerItem(markerKey, m, uid, modseq), condition: { exists: false } });
       try {
-        await this.tables.transact(ops);
+        await this.commit(user, ops);
         return { uid, modseq, duplicate: false };
       } catch (e) {
         // ConditionFailed: a racing copy of this append (marker), the quota, an out-of-order
@@ -662,6 +673,12 @@ export class FolderStore {
         await backoff(attempt);
       }
     }
+  }
+
+  /** Commits a transaction that records a change, then nudges this process's sessions (IDLE). */
+  private async commit(user: string, ops: TransactOp[]): Promise<void> {
+    await this.tables.transact(ops);
+    publishMailboxChange(user);
   }
 
   private markerItem(key: { pk: string; sk: string }, m: AppendInput, uid: number, modseq: number): Item {
@@ -677,12 +694,20 @@ export class FolderStore {
 
   /** The folder's counter change under `modseq`; fails if a later MODSEQ got there first, so a
    * folder's HIGHESTMODSEQ only grows and its MODSEQs commit in order. */
-  private countersOp(user: string, folderId: string, modseq: number, add: { count?: number; bytes?: number; unseen?: number }): TransactOp {
+  private countersOp(
+    user: string,
+    folderId: string,
+    modseq: number,
+    add: { count?: number; bytes?: number; unseen?: number },
+    uids?: { first: number; last: number },
+  ): TransactOp {
     const nonZero = Object.entries(add).filter(([, v]) => v !== 0);
+    // New messages also commit in UID order: a session that has shown UID n never learns of a
+    // smaller new one (RFC 9051 §2.3.1.1: UIDs ascend with message sequence numbers).
     return {
       update: folderKeys.meta(user, folderId),
-      changes: { ...(nonZero.length ? { add: Object.fromEntries(nonZero) } : {}), set: { highestModSeq: modseq } },
-      condition: { lessThan: { highestModSeq: modseq } },
+      changes: { ...(nonZero.length ? { add: Object.fromEntries(nonZero) } : {}), set: { highestModSeq: modseq, ...(uids ? { lastUid: uids.last } : {}) } },
+      condition: { lessThan: { highestModSeq: modseq, ...(uids ? { lastUid: uids.first } : {}) } },
     };
   }
 
@@ -738,7 +763,7 @@ export class FolderStore {
         ops.push(this.countersOp(user, folderId, modseq, { unseen }));
         ops.push(this.changes.op(user, modseq, [{ kind: 'flags', folder: folderId, uids: changes.map((c) => Number(c.item.uid)) }]));
         try {
-          await this.tables.transact(ops);
+          await this.commit(user, ops);
           for (const c of changes) updated.push({ uid: Number(c.item.uid), flags: c.after, modseq });
           modified.push(...batchModified);
           break;
@@ -794,17 +819,19 @@ export class FolderStore {
       let first = 0;
       let allocatedFor = 0;
       for (let attempt = 0; ; attempt++) {
-        const [items, account, base] = await Promise.all([
+        const [items, account, base, target] = await Promise.all([
           Promise.all(batch.map((uid) => this.tables.get(folderKeys.message(user, from, uid)))).then((xs) => xs.filter((x): x is Item => !!x).map(toMessage)),
           this.tables.get(accountKeys.user(user)),
           this.usageBase(user),
+          this.folderMeta(user, to),
         ]);
         if (!items.length) break;
         const bytes = items.reduce((n, m) => n + m.size, 0);
         const quota = Number(account?.quotaBytes ?? 0);
         if (!move && quota > 0 && base.bytes + bytes > quota) throw new QuotaExceeded(user, quota, base.bytes, bytes);
         // New uids once per batch (a retry that finds fewer messages leaves some unused).
-        if (allocatedFor < items.length) {
+        // Also once a later UID of the target committed first (see countersOp).
+        if (allocatedFor < items.length || Number(target.lastUid ?? 0) >= first) {
           first = await this.allocateUids(user, to, items.length);
           allocatedFor = items.length;
         }
@@ -821,7 +848,7 @@ export class FolderStore {
           });
           if (move) ops.push({ delete: folderKeys.message(user, from, m.uid), condition: { equals: { modseq: m.modseq || null } } });
         });
-        ops.push(this.countersOp(user, to, modseq, { count: items.length, bytes, unseen }));
+        ops.push(this.countersOp(user, to, modseq, { count: items.length, bytes, unseen }, { first, last: first + items.length - 1 }));
         const entries: ChangeEntry[] = [{ kind: 'append', folder: to, uids: newUids }];
         if (move) {
           ops.push(this.countersOp(user, from, modseq, { count: -items.length, bytes: -bytes, unseen: -unseen }));
@@ -838,7 +865,7 @@ export class FolderStore {
         }
         ops.push(this.changes.op(user, modseq, entries));
         try {
-          await this.tables.transact(ops);
+          await this.commit(user, ops);
           items.forEach((m, j) => pairs.push([m.uid, newUids[j]!]));
           break;
         } catch (e) {
@@ -889,7 +916,7 @@ export class FolderStore {
       });
       ops.push(this.changes.op(user, modseq, [{ kind: 'expunge', folder: folderId, uids: entries.map((e) => e.uid) }]));
       try {
-        await this.tables.transact(ops);
+        await this.commit(user, ops);
       } catch (e) {
         // ConditionFailed: a racing write changed a count (or the folder's MODSEQ moved on);
         // Unavailable: DynamoDB cancelled overlapping transactions. Both are re-read and retried.

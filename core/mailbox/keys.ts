@@ -17,6 +17,7 @@
  * | other folder counters         | `MBX#<user>#<folder id>`    | `META`                   |
  * | other folder message          | `MBX#<user>#<folder id>`    | `UID#<10-digit uid>`     |
  * | modseq counter                | `CHG#<user>`                | `HEAD`                   |
+ * | settled position of the log   | `CHG#<user>`                | `SETTLED`                |
  * | change (TTL: the horizon)     | `CHG#<user>`                | `MOD#<16-digit modseq>`  |
  * | delivery / append marker      | `JOB#<key>`                 | `RCPT#<user>[#<folder>]` |
  * | blob references, holds        | `BLOBREF#<blob key>`        | `META`, `HOLD#<holder>`  |
@@ -60,6 +61,8 @@ export const folderKeys = {
   marker: (key: string, user: string, folderId: string): Key =>
     folderId === INBOX ? mailboxKeys.marker(key, user) : { pk: `JOB#${key}`, sk: `RCPT#${user}#${folderId}` },
   modseqHead: (user: string): Key => ({ pk: `CHG#${user}`, sk: 'HEAD' }),
+  /** How far the log is known to be settled (ChangeLog.position). */
+  watermark: (user: string): Key => ({ pk: `CHG#${user}`, sk: 'SETTLED' }),
   change: (user: string, modseq: number): Key => ({ pk: `CHG#${user}`, sk: `MOD#${String(modseq).padStart(MODSEQ_WIDTH, '0')}` }),
 };
 

@@ -243,13 +243,16 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
       expect(await refs('app/1')).toBe(2);
     });
 
-    it('gives concurrent appends to one folder distinct uids, exact counters and a growing HIGHESTMODSEQ', async () => {
+    it('gives concurrent appends to one folder distinct uids that ascend with their MODSEQs, exact counters and a growing HIGHESTMODSEQ', async () => {
       const u = await newUser();
       const f = await folders.create(u, 'Busy');
       await blobs.put('conc/1', 'x');
       const k = name === 'aws' ? 4 : 10;
       const got = await Promise.all(Array.from({ length: k }, (_, i) => folders.append(u, f.id, input('conc/1', 1 + i))));
-      expect(got.map((g) => g.uid).sort((a, b) => a - b)).toEqual(Array.from({ length: k }, (_, i) => i + 1));
+      expect(new Set(got.map((g) => g.uid)).size).toBe(k);
+      // Commit order is UID order: a client that has seen UID n never learns of a smaller new one.
+      const byModseq = [...got].sort((a, b) => a.modseq - b.modseq).map((g) => g.uid);
+      expect(byModseq).toEqual([...byModseq].sort((a, b) => a - b));
       const s = await folders.status(u, f.id);
       expect(s).toMatchObject({ count: k, unseen: k, bytes: (k * (k + 1)) / 2 });
       expect(s.highestModSeq).toBe(Math.max(...got.map((g) => g.modseq)));
