@@ -2,7 +2,17 @@ import { spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { Accounts } from '../../core/accounts/accounts.js';
+import { loadConfig } from '../../core/config.js';
+import { silentLogger } from '../../core/log.js';
+import { inboundJob } from '../../core/mail/inbound.js';
+import type { InboundJob } from '../../core/mail/jobs.js';
+import { importMailbox } from '../../core/mailbox/import.js';
+import { MailboxStore } from '../../core/mailbox/store.js';
+import { openLocalStorage } from '../../core/storage/local/index.js';
+import type { Storage } from '../../core/storage/ports.js';
+import type { JobContext } from '../../core/workers/job.js';
 import { filterHeaderFields, imapStructure, sectionRange, summarizeForMailbox, type ImapStructure, type SectionKind } from '../../core/mail/imap-structure.js';
 import { tempDir } from '../support/tmp.js';
 
@@ -251,5 +261,74 @@ describe('filterHeaderFields', () => {
   it('gives the blank line alone when nothing matches, and ends a block that had none', () => {
     expect(filterHeaderFields(header, ['cc'], false).toString()).toBe('\r\n');
     expect(filterHeaderFields(Buffer.from('A: 1\nB: 2\n'), ['b'], false).toString()).toBe('B: 2\n\r\n');
+  });
+});
+
+describe('delivery stores summary.imap', () => {
+  let dir: { path: string; remove: () => Promise<void> };
+  let storage: Storage;
+  let ctx: JobContext;
+  const raw = corpus().get('nested')!;
+  beforeEach(async () => {
+    dir = await tempDir('tomlinson-imapstruct-deliver-');
+    const config = loadConfig({ TOMLINSON_DATA_DIR: dir.path, TOMLINSON_HOSTNAME: 'mx.tomlinson.test' });
+    storage = await openLocalStorage(config, silentLogger, { purgeIntervalMs: 0 });
+    ctx = { config, storage, log: silentLogger, now: () => new Date() };
+    const accounts = new Accounts(storage.tables, { scrypt: { ln: 4, r: 8, p: 1 } });
+    await accounts.addDomain('example.test');
+    await accounts.addUser('alice@example.test', 'pw-alice-123456');
+  });
+  afterEach(async () => {
+    await storage.close();
+    await dir.remove();
+  });
+
+  async function deliver(job: Partial<InboundJob>): Promise<void> {
+    const full: InboundJob = {
+      v: 1,
+      id: 'job1',
+      blobKey: 'in/20261126/job1.eml',
+      size: raw.length,
+      from: 'outer@example.org',
+      rcpts: [{ address: 'alice@example.test' }],
+      receivedAt: new Date().toISOString(),
+      client: { address: '192.0.2.1', helo: 'x' },
+      listener: 'mx',
+      ...job,
+    };
+    expect(await inboundJob(JSON.stringify(full), { queue: 'inbound', id: 'm1', receiveCount: 1, sentAt: new Date() }, ctx)).toEqual({
+      kind: 'done',
+    });
+  }
+
+  const expected = async () => {
+    const s = await structureOf(raw);
+    expect(s.bodystructure.startsWith('(("text" "plain"')).toBe(true);
+    return s;
+  };
+
+  it('through the inbound worker reading the blob', async () => {
+    await storage.mail.put('in/20261126/job1.eml', raw);
+    await deliver({});
+    const [m] = await new MailboxStore(storage.tables, storage.mail).list('alice@example.test');
+    expect(m.summary.subject).toBe('Fwd: inner');
+    expect(m.summary.imap).toEqual(await expected());
+  });
+
+  it('through the inbound worker taking the message carried in the job', async () => {
+    await deliver({ raw: raw.toString('base64') });
+    const [m] = await new MailboxStore(storage.tables, storage.mail).list('alice@example.test');
+    expect(m.summary.imap).toEqual(await expected());
+  });
+
+  it('through a Maildir import (LF files stored with CRLF)', async () => {
+    const maildir = join(dir.path, 'Maildir');
+    for (const sub of ['cur', 'new', 'tmp']) mkdirSync(join(maildir, sub), { recursive: true });
+    writeFileSync(join(maildir, 'cur', '1700000000.1.host:2,S'), readFileSync(join(FIXTURES, 'nested.eml')));
+    const store = new MailboxStore(storage.tables, storage.mail);
+    const report = await importMailbox({ user: 'alice@example.test', path: maildir, store, blobs: storage.mail, maxBytes: 1 << 20 });
+    expect(report.imported).toBe(1);
+    const [m] = await store.list('alice@example.test');
+    expect(m.summary.imap).toEqual(await expected());
   });
 });
