@@ -16,7 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import type { Logger } from '../../core/log.js';
 import { checkMessageAuth } from '../../core/mail/auth-results.js';
-import { summarizeMessage } from '../../core/mail/mime.js';
+import { summarizeForMailbox } from '../../core/mail/imap-structure.js';
 import type { InboundJob } from '../../core/mail/jobs.js';
 import { buildReceived } from '../../core/mail/received.js';
 import { returnPathLine } from '../../core/mail/return-path.js';
@@ -306,7 +306,7 @@ const MAX_JOB_SUMMARY_CHARS = 32 * 1024;
 /** The message summary for the job, or undefined when it is too big to carry (or failed). */
 async function summaryForJob(message: Buffer): Promise<Record<string, AttrValue> | undefined> {
   try {
-    const summary = await summarizeMessage(Readable.from([message]));
+    const summary = await summarizeForMailbox(Readable.from([message]));
     return JSON.stringify(summary).length <= MAX_JOB_SUMMARY_CHARS ? summary : undefined;
   } catch {
     return undefined;

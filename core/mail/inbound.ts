@@ -13,7 +13,7 @@ import { type AttrValue, putIfAbsent, type Tables } from '../storage/ports.js';
 import { done, type JobContext, type JobHandler, type JobMeta, type JobOutcome } from '../workers/job.js';
 import { dispatchDsn } from './dsn.js';
 import type { DsnRecipient, InboundJob, OutboundJob } from './jobs.js';
-import { summarizeMessage } from './mime.js';
+import { summarizeForMailbox } from './imap-structure.js';
 import { blobHolder as outboundHolder } from './outbound.js';
 
 /** How long the `JOB#<id>` / `OUTBOUND` marker is kept (seconds): longer than any redelivery. */
@@ -328,9 +328,10 @@ async function bounce(job: InboundJob, failures: Failure[], ensureBlob: () => Pr
 async function summarize(job: InboundJob, raw: Buffer | undefined, ctx: JobContext): Promise<Record<string, AttrValue>> {
   // The listener summarizes small messages it holds in memory anyway (one blob read saved).
   if (job.summary && typeof job.summary === 'object' && !Array.isArray(job.summary)) return job.summary;
-  if (raw) return summarizeMessage(Readable.from([raw]));
+  // With the IMAP structure (summary.imap), in the same read of the message.
+  if (raw) return summarizeForMailbox(Readable.from([raw]));
   const { body } = await ctx.storage.mail.get(job.blobKey);
-  return summarizeMessage(body);
+  return summarizeForMailbox(body);
 }
 
 /** The raw message a job carries (InboundJob.raw), checked against the size the job names. */

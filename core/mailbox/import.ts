@@ -14,7 +14,7 @@ import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { summarizeMessage } from '../mail/mime.js';
+import { summarizeForMailbox } from '../mail/imap-structure.js';
 import { isStorageError, type Blobs } from '../storage/ports.js';
 import { linePieces, stripCr } from './lines.js';
 import { readMbox, sha256Hasher, type MessageSink } from './mbox.js';
@@ -154,7 +154,7 @@ export async function importMailbox(o: ImportOptions): Promise<ImportReport> {
       } catch (e) {
         if (!isStorageError(e, 'ConditionFailed')) throw e; // same content already stored: share it
       }
-      const summary = await summarizeMessage(createReadStream(msg.path));
+      const summary = await summarizeForMailbox(createReadStream(msg.path));
       try {
         const r = await o.store.deliver(o.user, { jobId, blobKey, size: msg.size, receivedAt: c.receivedAt.toISOString(), summary, markerTtlSeconds: 0 });
         if (r.duplicate) report.skipped++;
