@@ -420,7 +420,9 @@ export class CommandReader {
   }
 
   private failSegment(seg: Buffer, text: string): void {
-    this.bad(text);
+    // An unskippable literal gets the one (fatal) bad from afterBadSegment instead.
+    const lit = literalAtEnd(seg);
+    if (!lit || lit.sync || lit.size !== undefined) this.bad(text);
     this.afterBadSegment(seg, true);
   }
 
@@ -433,6 +435,7 @@ export class CommandReader {
     this.tag = seg.toString('latin1', 0, i);
     const start = ++i;
     while (i < seg.length && ATOM_CHAR[seg[i]!]) i++;
+    if (i < seg.length && seg[i] !== SP && i > start && !VALUE_CHAR[seg[i]!] && seg[i] !== LPAREN) return describeBadOctet(seg[i]!);
     if (i === start || (i < seg.length && seg[i] !== SP)) return 'missing or malformed command name';
     this.name = seg.toString('latin1', start, i).toUpperCase();
     this.afterValue = true;
@@ -464,6 +467,7 @@ export class CommandReader {
         continue;
       }
       if (c === RPAREN) return { kind: 'error', text: "')' without a matching '('" };
+      if (!VALUE_CHAR[c] && c !== LPAREN && c !== DQUOTE && c !== LBRACE && c !== BACKSLASH) return { kind: 'error', text: describeBadOctet(c) };
       if (this.afterValue) return { kind: 'error', text: `expected a space before '${printable(c)}'` };
       if (c === LPAREN) {
         if (this.frames.length >= MAX_NESTING) return { kind: 'error', text: `lists nested deeper than ${MAX_NESTING}` };
@@ -487,30 +491,37 @@ export class CommandReader {
         if (j === i + 1) return { kind: 'error', text: "'\\' not followed by a flag name" };
         this.addValue(atom(seg.toString('latin1', i, j)));
         i = j;
-      } else if (VALUE_CHAR[c]) {
-        const inSection = top?.close === RBRACKET;
-        let j = i;
-        while (j < seg.length && VALUE_CHAR[seg[j]!] && !(seg[j] === RBRACKET && inSection)) {
-          if (seg[j] === LBRACKET && SECTION_ATOMS.has(seg.toString('latin1', i, j).toUpperCase())) break;
-          j++;
-        }
-        const value = seg.toString('latin1', i, j);
-        if (seg[j] === LBRACKET) {
-          if (this.frames.length >= MAX_NESTING) return { kind: 'error', text: `lists nested deeper than ${MAX_NESTING}` };
-          const owner = atom(value, { section: [] });
-          this.addValue(owner);
-          this.frames.push({ items: owner.section!, close: RBRACKET, owner });
-          this.afterValue = false;
-          j++;
-        } else {
-          this.addValue(value.toUpperCase() === 'NIL' ? null : atom(value));
-        }
-        i = j;
       } else {
-        return { kind: 'error', text: describeBadOctet(c) };
+        const next = this.parseAtom(seg, i, top);
+        if (typeof next === 'string') return { kind: 'error', text: next };
+        i = next;
       }
     }
     return { kind: 'done' };
+  }
+
+  /**
+   * An atom from `i`; a fetch attribute's name followed by `[` opens its section instead. Returns
+   * the offset after it, or the error text.
+   */
+  private parseAtom(seg: Buffer, i: number, top: Frame | undefined): number | string {
+    const inSection = top?.close === RBRACKET;
+    let j = i;
+    while (j < seg.length && VALUE_CHAR[seg[j]!] && !(seg[j] === RBRACKET && inSection)) {
+      if (seg[j] === LBRACKET && SECTION_ATOMS.has(seg.toString('latin1', i, j).toUpperCase())) break;
+      j++;
+    }
+    const value = seg.toString('latin1', i, j);
+    if (seg[j] !== LBRACKET) {
+      this.addValue(value.toUpperCase() === 'NIL' ? null : atom(value));
+      return j;
+    }
+    if (this.frames.length >= MAX_NESTING) return `lists nested deeper than ${MAX_NESTING}`;
+    const owner = atom(value, { section: [] });
+    this.addValue(owner);
+    this.frames.push({ items: owner.section!, close: RBRACKET, owner });
+    this.afterValue = false;
+    return j + 1;
   }
 }
 
