@@ -227,7 +227,12 @@ export class CommandReader {
     }
   }
 
-  /** Answers the last 'literal' event. Calling it at any other time is a programming error. */
+  /**
+   * Answers the last 'literal' event. For a synchronizing literal the session then writes `+ ...`
+   * if it took it (RFC 9051 §7.5), or its refusal line. Check the size against maxLiteralBytes
+   * before taking 'buffer': above it the reader reads and drops the octets and gives a 'bad'.
+   * Calling decide() with no literal pending is a programming error and throws.
+   */
   decide(d: LiteralDecision): void {
     if (this.mode.kind !== 'decide') throw new Error('CommandReader.decide() without a pending literal');
     const { size, sync } = this.mode;
