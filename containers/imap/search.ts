@@ -568,7 +568,7 @@ export function formatEsearch(tag: string, uid: boolean, matches: SearchMessage[
     reported = wanted.includes('ALL') || wanted.includes('COUNT') ? matches : [first, last];
   }
   if (wanted.includes('COUNT')) parts.push(`COUNT ${matches.length}`);
-  if (extra.modseq && reported.length > 0) parts.push(`MODSEQ ${Math.max(...reported.map((m) => m.modseq))}`);
+  if (extra.modseq && reported.length > 0) parts.push(`MODSEQ ${highestModseq(reported)}`);
   return parts.join(' ');
 }
 
@@ -579,7 +579,7 @@ export function formatEsearch(tag: string, uid: boolean, matches: SearchMessage[
 export function formatSearch(uid: boolean, matches: SearchMessage[], extra: { modseq?: boolean } = {}): string {
   let line = '* SEARCH';
   for (const m of matches) line += ` ${uid ? m.uid : m.seq}`;
-  if (extra.modseq && matches.length > 0) line += ` (MODSEQ ${Math.max(...matches.map((m) => m.modseq))})`;
+  if (extra.modseq && matches.length > 0) line += ` (MODSEQ ${highestModseq(matches)})`;
   return line;
 }
 
@@ -596,4 +596,11 @@ export function savedResult(matches: SearchMessage[], options: EsearchReturn[] |
   if (options.includes('MIN')) out.add(uids[0]!);
   if (options.includes('MAX')) out.add(uids[uids.length - 1]!);
   return [...out];
+}
+
+/** The highest MODSEQ of `messages` (a loop: spreading 100,000 arguments into Math.max would throw). */
+export function highestModseq(messages: SearchMessage[]): number {
+  let max = 0;
+  for (const m of messages) if (m.modseq > max) max = m.modseq;
+  return max;
 }
