@@ -344,11 +344,16 @@ export async function runSearch(
     const needles = { body: [] as string[], text: [] as string[] };
     collectNeedles(program, needles);
     let next = 0;
+    let failed = false; // once a read fails the answer is NO: the other workers stop reading
     const worker = async (): Promise<void> => {
-      while (next < pending.length) {
+      while (next < pending.length && !failed) {
         const i = pending[next++]!;
-        const facts = await readFacts(messages[i]!, reader, needles);
-        decided[i] = full(program, messages[i]!, env, facts);
+        try {
+          decided[i] = full(program, messages[i]!, env, await readFacts(messages[i]!, reader, needles));
+        } catch (e) {
+          failed = true;
+          throw e;
+        }
       }
     };
     await Promise.all(Array.from({ length: Math.min(READ_CONCURRENCY, pending.length) }, worker));
