@@ -1,0 +1,232 @@
+/**
+ * Text matching for IMAP SEARCH (RFC 9051 §6.4.4): case-insensitive substring matches on decoded
+ * text. Header values are unfolded and their encoded-words decoded (libmime); BODY and TEXT read
+ * the message as a stream through @zone-eu/mailsplit's splitter, decode each text part from
+ * base64 or quoted-printable with the splitter's own decoders and from its charset into Unicode
+ * with a streaming TextDecoder, and compare chunk by chunk, keeping only the last needle-length of
+ * text between chunks. Memory stays bounded whatever the message size: one chunk, the overlap, and
+ * the top-level header block (bounded by `maxHeaderBytes`).
+ */
+import { Writable, type Readable, type Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { TextDecoder } from 'node:util';
+import { Headers, Splitter, type MimeNode } from '@zone-eu/mailsplit';
+import libmime from 'libmime';
+
+/**
+ * The case folding both sides of a comparison go through. RFC 9051 §6.4.4 asks for
+ * case-insensitive matching and leaves the rule to the server; this is Unicode lower case, with
+ * the final sigma (which `toLowerCase` writes as ς depending on the next character, so it could
+ * differ at a chunk boundary) folded to σ.
+ */
+export function foldCase(text: string): string {
+  return text.toLowerCase().replace(/ς/g, 'σ');
+}
+
+/**
+ * Finds several needles in text that arrives in pieces. Each `feed` continues the current run of
+ * text; `restart` begins an unrelated one (another header field, another part) so that a match
+ * never spans two. Keeps the last (longest needle - 1) folded characters between pieces.
+ */
+export class NeedleScanner {
+  /** found[i] is true once needles[i] was seen. */
+  readonly found: boolean[];
+  private readonly folded: string[];
+  private readonly overlap: number;
+  private tail = '';
+  private left: number;
+
+  /** `needles` as the client sent them; they are case-folded here. */
+  constructor(needles: string[]) {
+    this.folded = needles.map(foldCase);
+    this.found = this.folded.map((n) => n.length === 0);
+    this.left = this.found.filter((f) => !f).length;
+    this.overlap = Math.max(0, ...this.folded.map((n) => n.length - 1));
+  }
+
+  /** True when every needle has been found (reading further cannot change the answer). */
+  get done(): boolean {
+    return this.left === 0;
+  }
+
+  /** Continues the current run of text with `piece`. */
+  feed(piece: string): void {
+    if (this.left === 0 || piece.length === 0) return;
+    const text = this.tail + foldCase(piece);
+    for (let i = 0; i < this.folded.length; i++) {
+      if (!this.found[i] && text.includes(this.folded[i]!)) {
+        this.found[i] = true;
+        this.left--;
+      }
+    }
+    this.tail = this.overlap > 0 ? text.slice(-this.overlap) : '';
+  }
+
+  /** Starts an unrelated run of text. */
+  restart(): void {
+    this.tail = '';
+  }
+}
+
+/** One header field: its lower-case name and its value unfolded, with encoded-words decoded. */
+export interface HeaderField {
+  name: string;
+  value: string;
+}
+
+/** The fields of a raw header block (RFC 5322 §2.2), in order, as mailsplit's header parser splits them. */
+export function headerFields(block: Buffer | string): HeaderField[] {
+  const out: HeaderField[] = [];
+  let list;
+  try {
+    list = new Headers(block).getList();
+  } catch {
+    return out;
+  }
+  for (const { key, line } of list) {
+    const colon = line.indexOf(':');
+    if (colon < 0) continue;
+    out.push({ name: key, value: decodeHeaderValue(line.slice(colon + 1)) });
+  }
+  return out;
+}
+
+/** A header value as SEARCH compares it: unfolded (RFC 5322 §2.2.3), encoded-words decoded (RFC 2047), trimmed. */
+export function decodeHeaderValue(raw: string): string {
+  const unfolded = raw.replace(/\r?\n(?=[ \t])/g, '').trim();
+  try {
+    return libmime.decodeWords(unfolded);
+  } catch {
+    return unfolded;
+  }
+}
+
+/** What one pass over a message looks for. */
+export interface ScanRequest {
+  /** BODY needles: the decoded text parts. */
+  body: string[];
+  /** TEXT needles: every header field (the MIME parts' too) and the decoded text parts. */
+  text: string[];
+  /** Octets of the top-level header block kept (and of any part's header read). @default 1 MiB */
+  maxHeaderBytes?: number;
+}
+
+/** What a pass found: the top-level header block and, per needle, whether it occurs. */
+export interface ScanResult {
+  header: Buffer;
+  body: boolean[];
+  text: boolean[];
+}
+
+/** Thrown into the pipeline to stop reading once every needle was found. */
+class AllFound extends Error {}
+
+/**
+ * Reads `raw` once, streaming, and reports which BODY and TEXT needles it holds, with the
+ * top-level header block (for HEADER, BCC and sent-date keys). Stops reading as soon as every
+ * needle was found. A malformed MIME structure is not an error: what was read before it counts.
+ * An error of `raw` itself is thrown (a message that could not be read must not be reported as
+ * not matching).
+ *
+ * Text parts are text/* leaves (text/html is matched as its source); attachments that are not
+ * text are not searched, as Dovecot does without a full-text index. An attached message/rfc822
+ * that is not transfer-encoded is opened by the splitter and its parts searched like the rest.
+ */
+export async function scanMessage(raw: Readable, request: ScanRequest): Promise<ScanResult> {
+  const maxHeaderBytes = request.maxHeaderBytes ?? 1024 * 1024;
+  const body = new NeedleScanner(request.body);
+  const text = new NeedleScanner(request.text);
+  const done = (): boolean => body.done && text.done;
+  let header: Buffer = Buffer.alloc(0);
+
+  let inputError: unknown;
+  raw.once('error', (e) => (inputError ??= e));
+
+  // The text leaf streaming now: its transfer decoder and its charset decoder.
+  let leaf: { node: MimeNode; transfer: Transform; chars: TextDecoder } | undefined;
+
+  const feedBody = (piece: string): void => {
+    body.feed(piece);
+    text.feed(piece);
+  };
+
+  const endLeaf = async (): Promise<void> => {
+    const current = leaf;
+    leaf = undefined;
+    if (!current) return;
+    await new Promise<void>((resolve) => {
+      current.transfer.once('end', resolve);
+      current.transfer.once('error', () => resolve());
+      current.transfer.end();
+    });
+    feedBody(current.chars.decode());
+  };
+
+  const onNode = (node: MimeNode): void => {
+    const block = node.getHeaders();
+    if (node.root && header.length === 0) header = block.subarray(0, maxHeaderBytes);
+    if (!text.done) {
+      for (const field of headerFields(block.subarray(0, maxHeaderBytes))) {
+        text.restart();
+        text.feed(`${field.name}: ${field.value}`);
+      }
+    }
+    if (node.multipart) return;
+    const type = (node.contentType || 'text/plain').toLowerCase();
+    if (!type.startsWith('text/')) return;
+    body.restart();
+    text.restart();
+    const transfer = node.getDecoder();
+    const chars = charsetDecoder(node.charset || 'utf-8');
+    transfer.on('data', (chunk: Buffer) => feedBody(chars.decode(chunk, { stream: true })));
+    transfer.on('error', () => undefined);
+    leaf = { node, transfer, chars };
+  };
+
+  const sink = new Writable({
+    objectMode: true,
+    write(chunk: MimeNode | { type: 'data' | 'body'; node: MimeNode; value: Buffer }, _enc, cb) {
+      if (chunk.type === 'node') {
+        endLeaf().then(() => {
+          try {
+            onNode(chunk as MimeNode);
+          } catch (e) {
+            return cb(e as Error);
+          }
+          cb(done() ? new AllFound() : null);
+        }, cb);
+        return;
+      }
+      const current = leaf;
+      if (chunk.type === 'body' && current && chunk.node === current.node) current.transfer.write(chunk.value);
+      cb(done() ? new AllFound() : null);
+    },
+    final(cb) {
+      endLeaf().then(() => cb(), cb);
+    },
+  });
+
+  try {
+    await pipeline(raw, new Splitter({ ignoreEmbedded: false, maxHeadSize: maxHeaderBytes, maxChildNodes: 1000 }), sink);
+  } catch (e) {
+    if (inputError !== undefined) throw inputError;
+    if (!(e instanceof AllFound)) await endLeaf().catch(() => undefined);
+  }
+  if (inputError !== undefined) throw inputError;
+  return { header, body: body.found, text: text.found };
+}
+
+/**
+ * A streaming decoder for a MIME charset label. TextDecoder (WHATWG Encoding, with Node's ICU)
+ * knows the labels mail uses (utf-8, iso-8859-*, windows-*, koi8-r, gb18030, big5, shift_jis,
+ * iso-2022-jp, euc-kr...) and decodes across chunk boundaries; an unknown label falls back to
+ * windows-1252, which never fails and keeps ASCII intact (as core/mail/mime.ts does for previews).
+ */
+export function charsetDecoder(label: string): TextDecoder {
+  const name = label.trim().toLowerCase();
+  try {
+    return new TextDecoder(name === 'us-ascii' || name === 'ascii' ? 'utf-8' : name);
+  } catch {
+    return new TextDecoder('windows-1252');
+  }
+}
