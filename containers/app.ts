@@ -17,7 +17,7 @@ import { startHealthServer, type HealthSource } from './health.js';
 import type { ListenerContext, RunningListener } from './listener.js';
 
 /** The component groups `serve` accepts. */
-export const COMPONENTS = ['smtp', 'pop3', 'proxy', 'workers'] as const;
+export const COMPONENTS = ['smtp', 'pop3', 'imap', 'proxy', 'workers'] as const;
 export type Component = (typeof COMPONENTS)[number];
 
 /** A running set of components. */
@@ -39,6 +39,8 @@ async function startListener(name: Exclude<Component, 'workers'>, ctx: ListenerC
       return (await import('./smtp/server.js')).startSmtp(ctx);
     case 'pop3':
       return (await import('./pop3/server.js')).startPop3(ctx);
+    case 'imap':
+      return (await import('./imap/server.js')).startImap(ctx);
     case 'proxy':
       return (await import('./proxy/server.js')).startProxy(ctx);
   }

@@ -1,5 +1,5 @@
 /**
- * The entry point of every process: `serve smtp|pop3|proxy|workers|all` (several may be given,
+ * The entry point of every process: `serve smtp|pop3|imap|proxy|workers|all` (several may be given,
  * comma- or space-separated). Reads the configuration once, opens storage, starts what was asked,
  * prints where it listens and where its data lives, and shuts down cleanly on SIGINT/SIGTERM.
  * Exit codes: 0 after a clean stop, 2 for bad configuration or usage, 1 for a failed start.

@@ -8,8 +8,19 @@ import { normalizeFlags } from '../../core/mailbox/folders.js';
 import { flagList } from './protocol/encode.js';
 import { is, isAtom, number, sequenceSet, text, type ImapValue } from './protocol/values.js';
 import { runFetch } from './fetch.js';
-import { formatEsearch, parseSearch, runSearch, type MessageReader, type SearchMessage } from './search.js';
-import { parseSort, sortMessages } from './sort.js';
+import {
+  BADCHARSET_CODE,
+  formatEsearch,
+  formatSearch,
+  parseSearch,
+  runSearch,
+  savedResult,
+  usesModseq,
+  type MessageReader,
+  type SearchMessage,
+  type SearchProgram,
+} from './search.js';
+import { formatSort, parseSort, sortMessages } from './sort.js';
 import { uidSetText, type SelectedFolder } from './selected.js';
 import { CommandError, type Command, type ImapSession, type Next } from './session.js';
 
@@ -203,41 +214,35 @@ export class MessageCommands {
 
   /** SEARCH (RFC 9051 §6.4.4), ESEARCH results (RFC 4731) and SAVE (RFC 5182). */
   async search(c: Command, byUid: boolean): Promise<Next> {
-    const parsed = parseSearch(c.args, { utf8: this.s.utf8 });
-    if ('error' in parsed) {
-      if (parsed.badCharset) throw new CommandError('NO', parsed.error, 'BADCHARSET (UTF-8 US-ASCII)');
-      throw new CommandError('BAD', parsed.error);
-    }
-    const view = this.view;
-    const { messages, reader } = await this.searchable();
-    const found = await runSearch(parsed.program, messages, reader, { maxSeq: view.exists, maxUid: view.maxUid, saved: this.s.savedSearch, now: new Date() });
-    if (parsed.usesModseq) this.s.condstore = true;
+    const parsed = parseSearch(c.args, { utf8: this.s.enabled.has('UTF8=ACCEPT') });
+    if ('error' in parsed) throw new CommandError(parsed.badCharset ? 'NO' : 'BAD', parsed.error, parsed.badCharset ? BADCHARSET_CODE : undefined);
+    const found = await this.runProgram(parsed.program);
+    const modseq = usesModseq(parsed.program);
+    if (modseq) this.s.condstore = true;
     const options = parsed.returnOptions;
-    if (options?.some((o) => o === 'SAVE')) this.s.savedSearch = found.map((m) => m.uid);
-    if (options !== undefined || this.s.rev2) {
-      const line = formatEsearch(c.tag, byUid, found, options ?? ['ALL']);
-      if (line) this.s.out.write(line);
-    } else {
-      const numbers = found.map((m) => (byUid ? m.uid : m.seq));
-      const modseq = parsed.usesModseq && found.length ? ` (MODSEQ ${Math.max(...found.map((m) => m.modseq))})` : '';
-      this.s.out.write(`* SEARCH${numbers.map((n) => ` ${n}`).join('')}${modseq}\r\n`);
-    }
+    const saved = savedResult(found, options);
+    if (saved) this.s.savedSearch = saved;
+    // IMAP4rev2 answers every SEARCH with ESEARCH (RFC 9051 §6.4.4).
+    const line = options !== undefined || this.s.rev2 ? formatEsearch(c.tag, byUid, found, options ?? ['ALL'], { modseq }) : formatSearch(byUid, found, { modseq });
+    if (line) this.s.out.write(`${line}\r\n`);
     return this.s.ok(c.tag, `${c.name} completed`, { allowExpunge: byUid });
   }
 
-  /** SORT (RFC 5256). */
+  /** SORT (RFC 5256, RFC 5957 DISPLAYFROM/DISPLAYTO). */
   async sort(c: Command, byUid: boolean): Promise<Next> {
-    const parsed = parseSort(c.args, { utf8: this.s.utf8 });
-    if ('error' in parsed) {
-      if (parsed.badCharset) throw new CommandError('NO', parsed.error, 'BADCHARSET (UTF-8 US-ASCII)');
-      throw new CommandError('BAD', parsed.error);
-    }
+    const parsed = parseSort(c.args, { utf8: this.s.enabled.has('UTF8=ACCEPT') });
+    if ('error' in parsed) throw new CommandError(parsed.badCharset ? 'NO' : 'BAD', parsed.error, parsed.badCharset ? BADCHARSET_CODE : undefined);
+    const found = await this.runProgram(parsed.program);
+    const modseq = usesModseq(parsed.program);
+    if (modseq) this.s.condstore = true;
+    this.s.out.write(`${formatSort(byUid, sortMessages(found, parsed.criteria), { modseq })}\r\n`);
+    return this.s.ok(c.tag, `${c.name} completed`, { allowExpunge: byUid });
+  }
+
+  private async runProgram(program: SearchProgram): Promise<SearchMessage[]> {
     const view = this.view;
     const { messages, reader } = await this.searchable();
-    const found = await runSearch(parsed.program, messages, reader, { maxSeq: view.exists, maxUid: view.maxUid, saved: this.s.savedSearch, now: new Date() });
-    const sorted = sortMessages(found, parsed.criteria);
-    this.s.out.write(`* SORT${sorted.map((m) => ` ${byUid ? m.uid : m.seq}`).join('')}\r\n`);
-    return this.s.ok(c.tag, `${c.name} completed`, { allowExpunge: byUid });
+    return runSearch(program, messages, reader, { maxSeq: view.exists, maxUid: view.maxUid, saved: this.s.savedSearch, now: new Date() });
   }
 
   /**

@@ -4,11 +4,11 @@
  * `INBOX` in any case is INBOX; `*` matches anything, `%` anything but the delimiter.
  */
 import { DELIMITER } from '../../core/mailbox/folders.js';
-import { decodeModifiedUtf7, encodeModifiedUtf7 } from './protocol/mailbox-name.js';
+import { mailboxNameFromClient, mailboxNameToClient } from './protocol/mailbox-name.js';
 
 /** The folder name a client sent, as the store writes it; undefined when it is not valid. */
 export function nameFromClient(raw: string, utf8: boolean): string | undefined {
-  const name = utf8 ? raw : decodeModifiedUtf7(raw);
+  const name = mailboxNameFromClient(raw, utf8);
   if (name === undefined || name === '') return undefined;
   const parts = name.split(DELIMITER);
   if (parts[0]!.toUpperCase() === 'INBOX') parts[0] = 'INBOX';
@@ -17,7 +17,7 @@ export function nameFromClient(raw: string, utf8: boolean): string | undefined {
 
 /** A stored folder name as the client reads it. */
 export function nameForClient(name: string, utf8: boolean): string {
-  return utf8 ? name : encodeModifiedUtf7(name);
+  return mailboxNameToClient(name, utf8);
 }
 
 /**

@@ -155,8 +155,7 @@ class ImapConnection implements SessionHandler {
   private async pump(): Promise<void> {
     if (this.working || this.ended) return;
     this.working = true;
-    const socket = this.conn.socket;
-    socket.cork();
+    this.conn.socket.cork();
     try {
       while (!this.ended) {
         const ev = this.reader.next();
@@ -196,7 +195,8 @@ class ImapConnection implements SessionHandler {
     } finally {
       this.working = false;
       if (!this.ended) {
-        socket.uncork();
+        // The current socket: after STARTTLS it is the TLS one.
+        this.conn.socket.uncork();
         this.conn.inputHeld(this.reader.pending);
       }
     }

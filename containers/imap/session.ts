@@ -232,6 +232,7 @@ export class ImapSession {
       'ESEARCH',
       'SEARCHRES',
       'SORT',
+      'SORT=DISPLAY',
       'QUOTA',
       'QUOTA=RES-STORAGE',
       'UTF8=ACCEPT',

@@ -24,6 +24,8 @@ export const SWEEP_PREFIXES: readonly { prefix: string; kind: 'message' | 'spool
   { prefix: 'dsn/', kind: 'message' },
   { prefix: 'outbound-dsn/', kind: 'message' },
   { prefix: 'import/', kind: 'message' },
+  // IMAP APPEND's blobs (containers/imap/server.ts): one stored for an APPEND that then failed.
+  { prefix: 'append/', kind: 'message' },
   { prefix: 'spool/', kind: 'spool' },
 ];
 
