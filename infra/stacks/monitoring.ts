@@ -2,7 +2,8 @@
  * The monitoring stack: one CloudWatch dashboard and the alarms that say mail is stuck or lost
  * (dead-letter queues not empty, old inbound jobs, old undelivered outbound mail, Lambda errors,
  * unhealthy or missing tasks, a high delivery failure rate, mailbox connections near capacity),
- * plus proxy hit ratio and mail bucket size. Alarms notify an SNS topic; `alarmEmail` subscribes an address to it.
+ * plus proxy hit ratio and mail bucket size. Alarms notify an SNS topic; `alarmEmail` subscribes an
+ * address to it.
  */
 import { Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
