@@ -167,7 +167,12 @@ export async function exportMaildirTree(o: {
   }
   // Dovecot 2.x's subscriptions file: a version header, then one name a line, its levels in
   // modified UTF-7 separated by tabs.
-  const lines = subscribed.map((n) => n.split(DELIMITER).map((l) => encodeMailboxUtf7(l)).join('\t'));
+  const lines = subscribed.map((n) =>
+    n
+      .split(DELIMITER)
+      .map((l) => encodeMailboxUtf7(l))
+      .join('\t'),
+  );
   await writeFile(join(o.root, 'subscriptions'), `V\t2\n\n${lines.map((l) => `${l}\n`).join('')}`, { mode: 0o600 });
   return report;
 }

@@ -25,7 +25,7 @@ import { join, relative } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { summarizeMessage } from '../mail/mime.js';
 import { isStorageError, type Blobs, type Tables } from '../storage/ports.js';
-import type { FolderStore, SpecialUse } from './folders.js';
+import { DELIMITER, type FolderStore, type SpecialUse } from './folders.js';
 import { FolderError, folderKeys, INBOX } from './keys.js';
 import { linePieces, stripCr } from './lines.js';
 import { flagsOfFileName, listMaildirTree, listMessageFiles, readKeywords, readSubscriptions, specialUseOfName, type MaildirFolder } from './maildir.js';
@@ -157,6 +157,10 @@ async function targetFolder(
   user: string,
   name: string,
 ): Promise<{ id: string; name: string; specialUse?: SpecialUse; subscribed: boolean }> {
+  const levels = name.split(DELIMITER);
+  // The top level of a nested name is recognised as if it were a folder of its own, so that
+  // `.Archive.2024` alone gives the same Archive as `.Archive` and `.Archive.2024` together.
+  if (levels.length > 1 && levels[0]!.toUpperCase() !== INBOX) await targetFolder(folders, user, levels[0]!);
   const use = specialUseOfName(name);
   if (use) {
     const existing = (await folders.list(user)).find((f) => f.specialUse === use);
