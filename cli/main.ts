@@ -25,6 +25,7 @@ const GROUPS: [string[], Loader][] = [
   [['alias'], () => import('./commands/alias.js')],
   [['mailbox'], () => import('./commands/mailbox.js')],
   [['mailbox'], () => import('./commands/sweep.js')],
+  [['folder'], () => import('./commands/folder.js')],
   [['queue', 'dkim'], () => import('./commands/queue.js')],
   [['dlq'], () => import('./commands/dlq.js')],
   [['cache'], () => import('./commands/cache.js')],

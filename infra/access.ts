@@ -37,16 +37,23 @@ const HEALTH_PK = '#health';
  * parameters rewrites it (Accounts.authenticate), so USER# is written too. */
 const LOGIN = { read: ['USER#*'], write: ['USER#*'] };
 
+/** The prefix under which IMAP APPEND stores new message blobs (the lead's append path). */
+export const APPEND_PREFIX = 'append/';
+
 /**
  * Per listener group. SMTP resolves recipients (DOMAIN#, ALIAS#, USER#; the DOMAINS list for a bare
  * <Postmaster>, containers/smtp/policy.ts), checks quotas on the
  * mailbox counters (MBX#) and spools raw messages under `in/` and `spool/`
- * (containers/smtp/spool.ts). POP3 owns the maildrop: MBX# (entries, counters, lease, usage),
- * POP3DEL# (containers/pop3/maildrop.ts), BLOBREF# (reference counts, core/mailbox/store.ts), CHG#
- * (the user's MODSEQ counter and change log that a QUIT's removal writes, core/mailbox/changes.ts), and reads and
- * deletes message blobs whatever wrote them (in/, dsn/, outbound-dsn/, import/). The proxy touches
- * only its cache items (core/cache/store.ts, stats.ts) and the cache bucket, and accounts only when
- * it requires Proxy-Authorization.
+ * (containers/smtp/spool.ts). The mailbox service (POP3 and IMAP) owns the mailbox: MBX# (INBOX and
+ * the other folders' partitions `MBX#<user>#<folder>`, the folder registry, counters, lease, usage),
+ * POP3DEL# (containers/pop3/maildrop.ts), BLOBREF# (reference counts: a COPY adds one, an EXPUNGE
+ * drops one; core/mailbox/store.ts), CHG# (the user's MODSEQ counter and change log, written by
+ * every flag change, copy, move, append and expunge and read by CONDSTORE/QRESYNC and IDLE;
+ * core/mailbox/changes.ts) and JOB# (an APPEND's idempotency marker, core/mailbox/keys.ts
+ * `folderKeys.marker`); it reads and deletes message blobs whatever wrote them (in/, dsn/,
+ * outbound-dsn/, import/, append/) and writes only APPEND's new blobs under `append/`. The proxy
+ * touches only its cache items (core/cache/store.ts, stats.ts) and the cache bucket, and accounts
+ * only when it requires Proxy-Authorization.
  */
 export function listenerAccess(c: Pick<StageConfig, 'proxyRequireAuth'>): Record<ListenerGroup, ServiceAccess> {
   const proxyLogin = c.proxyRequireAuth ? LOGIN : { read: [], write: [] };
@@ -56,12 +63,12 @@ export function listenerAccess(c: Pick<StageConfig, 'proxyRequireAuth'>): Record
       bucket: { name: 'Mail', read: ['in/', 'spool/'], write: ['in/', 'spool/'], delete: ['in/', 'spool/'] },
       sendsTo: 'inbound',
     },
-    pop3: {
+    mailbox: {
       table: {
-        read: [HEALTH_PK, ...LOGIN.read, 'MBX#*', 'POP3DEL#*', 'BLOBREF#*', 'CHG#*'],
-        write: [...LOGIN.write, 'MBX#*', 'POP3DEL#*', 'BLOBREF#*', 'CHG#*'],
+        read: [HEALTH_PK, ...LOGIN.read, 'MBX#*', 'POP3DEL#*', 'BLOBREF#*', 'CHG#*', 'JOB#*'],
+        write: [...LOGIN.write, 'MBX#*', 'POP3DEL#*', 'BLOBREF#*', 'CHG#*', 'JOB#*'],
       },
-      bucket: { name: 'Mail', read: [''], write: [], delete: [''] },
+      bucket: { name: 'Mail', read: [''], write: [APPEND_PREFIX], delete: [''] },
     },
     proxy: {
       table: {

@@ -6,19 +6,62 @@
  */
 
 /** The public listeners; each can be switched off (its NLB listener and service port go away). */
-export type ListenerName = 'smtp' | 'submissions' | 'submission' | 'pop3' | 'pop3s' | 'proxy';
+export type ListenerName = 'smtp' | 'submissions' | 'submission' | 'pop3' | 'pop3s' | 'imap' | 'imaps' | 'proxy';
 
-/** The Fargate service that runs a listener, one per group (`serve <group>` in the container). */
-export type ListenerGroup = 'smtp' | 'pop3' | 'proxy';
+/**
+ * The Fargate service that runs a listener, one per group.
+ *
+ * POP3 and IMAP share one `mailbox` service (mailbox access) rather than IMAP running on its own:
+ * both read and write the same items (the user's folders, the change log, blob references), use
+ * the same certificate and so the same task role; IMAP connections are long-lived (a client keeps
+ * one or more open all day, IDLE included), so this service is sized by open connections while
+ * POP3's short sessions alone would not fill even the smallest task. The group was called `pop3`
+ * before IMAP: renaming it changes the logical ids of its service, task definition, role, security
+ * group and log group, so the first deploy after the rename replaces them (CloudFormation creates
+ * the new service before it deletes the old one, and both register with the same target groups, so
+ * POP3 keeps answering; the retained log group of the old service stays). Nothing stateful is in a
+ * listener service, which is why the clearer name was chosen over keeping `pop3`.
+ */
+export type ListenerGroup = 'smtp' | 'mailbox' | 'proxy';
 
-/** Public port, container port and service group of each listener (DESIGN.md, "Running on AWS"). */
-export const LISTENERS: Readonly<Record<ListenerName, { publicPort: number; containerPort: number; group: ListenerGroup; env: string }>> = {
-  smtp: { publicPort: 25, containerPort: 2525, group: 'smtp', env: 'TOMLINSON_SMTP_PORT' },
-  submissions: { publicPort: 465, containerPort: 2465, group: 'smtp', env: 'TOMLINSON_SUBMISSIONS_PORT' },
-  submission: { publicPort: 587, containerPort: 2587, group: 'smtp', env: 'TOMLINSON_SUBMISSION_PORT' },
-  pop3: { publicPort: 110, containerPort: 2110, group: 'pop3', env: 'TOMLINSON_POP3_PORT' },
-  pop3s: { publicPort: 995, containerPort: 2995, group: 'pop3', env: 'TOMLINSON_POP3S_PORT' },
-  proxy: { publicPort: 3128, containerPort: 3128, group: 'proxy', env: 'TOMLINSON_PROXY_PORT' },
+/** The container component a listener belongs to (`serve <component>`, `TOMLINSON_<COMPONENT>_ENABLED`). */
+export type ListenerComponent = 'smtp' | 'pop3' | 'imap' | 'proxy';
+
+/** Where one public listener lives. */
+export interface ListenerSpec {
+  /** The NLB listener port, e.g. 993. */
+  publicPort: number;
+  /** The container port (unprivileged: the task runs as non-root), e.g. 2993. */
+  containerPort: number;
+  /** The Fargate service that serves it. */
+  group: ListenerGroup;
+  /** The container component that opens the port. */
+  component: ListenerComponent;
+  /** The setting (core/config.ts SETTINGS) that carries the container port. */
+  env: string;
+  /**
+   * The NLB's TCP idle timeout for this listener (60..6000 s; AWS's default is 350 s). Past it the
+   * NLB drops the flow silently and answers the next packet of either side with a reset, so it must
+   * outlast the server's own inactivity timer, which then ends the session with a proper reply:
+   * POP3's is 10 minutes (RFC 1939 §3), IMAP's 30 minutes (RFC 9051 §5.4, `imap.idleTimeoutSeconds`).
+   * An IMAP client in IDLE re-issues it about every 29 minutes, and the server sends
+   * `* OK Still here` every 5 minutes during IDLE, so an idling connection is never quiet for 350 s
+   * either; the longer NLB timeout covers a client that is quiet outside IDLE between commands.
+   * SMTP's server timer (5 minutes) is already inside the default. @default 350
+   */
+  nlbIdleSeconds?: number;
+}
+
+/** Public port, container port, service group and component of each listener (DESIGN.md, "Running on AWS"). */
+export const LISTENERS: Readonly<Record<ListenerName, ListenerSpec>> = {
+  smtp: { publicPort: 25, containerPort: 2525, group: 'smtp', component: 'smtp', env: 'TOMLINSON_SMTP_PORT' },
+  submissions: { publicPort: 465, containerPort: 2465, group: 'smtp', component: 'smtp', env: 'TOMLINSON_SUBMISSIONS_PORT' },
+  submission: { publicPort: 587, containerPort: 2587, group: 'smtp', component: 'smtp', env: 'TOMLINSON_SUBMISSION_PORT' },
+  pop3: { publicPort: 110, containerPort: 2110, group: 'mailbox', component: 'pop3', env: 'TOMLINSON_POP3_PORT', nlbIdleSeconds: 660 },
+  pop3s: { publicPort: 995, containerPort: 2995, group: 'mailbox', component: 'pop3', env: 'TOMLINSON_POP3S_PORT', nlbIdleSeconds: 660 },
+  imap: { publicPort: 143, containerPort: 2143, group: 'mailbox', component: 'imap', env: 'TOMLINSON_IMAP_PORT', nlbIdleSeconds: 1860 },
+  imaps: { publicPort: 993, containerPort: 2993, group: 'mailbox', component: 'imap', env: 'TOMLINSON_IMAPS_PORT', nlbIdleSeconds: 1860 },
+  proxy: { publicPort: 3128, containerPort: 3128, group: 'proxy', component: 'proxy', env: 'TOMLINSON_PROXY_PORT' },
 };
 
 /** The container's health endpoint port (TOMLINSON_HEALTH_PORT), used by the NLB and ECS checks. */
@@ -73,6 +116,12 @@ export interface StageConfig {
   natGateways: number;
   /** Per listener group. */
   services: Record<ListenerGroup | 'workers', ServiceSize>;
+  /** IMAP connections one mailbox task admits (TOMLINSON_IMAP_MAX_CONNECTIONS); more are refused
+   * with `* BYE`, and the connection alarm fires when the public listeners carry 80% of what the
+   * largest mailbox service (maxTasks) admits. Idle IMAP connections cost memory rather than CPU,
+   * so the service's memory target (70%) should be reached before this cap: at roughly 60 KB per
+   * TLS connection, 4000 connections are ~240 MB of a 512 MiB task. @default 4000 */
+  imapConnectionsPerTask: number;
   /** Lambda workers. */
   lambda: {
     /** @default 512 */
@@ -120,7 +169,7 @@ const GiB = 1024 ** 3;
 
 /** The defaults every stage starts from. */
 export const DEFAULTS: Omit<StageConfig, 'stage' | 'mailHostname' | 'domains'> = {
-  listeners: { smtp: true, submissions: true, submission: true, pop3: true, pop3s: true, proxy: true },
+  listeners: { smtp: true, submissions: true, submission: true, pop3: true, pop3s: true, imap: true, imaps: true, proxy: true },
   proxyAllowedClients: ['10.0.0.0/8'],
   proxyPublicClients: [],
   proxyRequireAuth: false,
@@ -130,10 +179,11 @@ export const DEFAULTS: Omit<StageConfig, 'stage' | 'mailHostname' | 'domains'> =
   natGateways: 1,
   services: {
     smtp: { cpu: 256, memoryMiB: 512, minTasks: 1, maxTasks: 4 },
-    pop3: { cpu: 256, memoryMiB: 512, minTasks: 1, maxTasks: 4 },
+    mailbox: { cpu: 256, memoryMiB: 512, minTasks: 1, maxTasks: 4 },
     proxy: { cpu: 512, memoryMiB: 1024, minTasks: 1, maxTasks: 4 },
     workers: { cpu: 256, memoryMiB: 512, minTasks: 1, maxTasks: 2 },
   },
+  imapConnectionsPerTask: 4000,
   lambda: { memoryMiB: 512, timeoutSeconds: 120, outboundTimeoutSeconds: 900, maxConcurrency: 10 },
   queueMaxReceives: 5,
   outboundMaxReceives: 300,
@@ -160,7 +210,7 @@ export const STAGES: Readonly<Record<string, StageConfig>> = {
     services: {
       ...DEFAULTS.services,
       smtp: { cpu: 512, memoryMiB: 1024, minTasks: 2, maxTasks: 8 },
-      pop3: { cpu: 256, memoryMiB: 512, minTasks: 2, maxTasks: 6 },
+      mailbox: { cpu: 256, memoryMiB: 512, minTasks: 2, maxTasks: 6 },
       proxy: { cpu: 512, memoryMiB: 1024, minTasks: 2, maxTasks: 4 },
     },
   },
@@ -199,6 +249,10 @@ export function validateStage(c: StageConfig): StageConfig {
     if (t < 1 || t > 900) fail('lambda timeouts', '1..900 seconds (the Lambda maximum)');
   if (c.queueMaxReceives < 1 || c.queueMaxReceives > 1000) fail('queueMaxReceives', '1..1000');
   if (c.outboundMaxReceives < 1 || c.outboundMaxReceives > 1000) fail('outboundMaxReceives', '1..1000');
+  if (c.imapConnectionsPerTask < 1) fail('imapConnectionsPerTask', 'at least 1');
+  for (const [name, l] of Object.entries(LISTENERS)) {
+    if (l.nlbIdleSeconds !== undefined && (l.nlbIdleSeconds < 60 || l.nlbIdleSeconds > 6000)) fail(`LISTENERS.${name}.nlbIdleSeconds`, '60..6000 (NLB limit)');
+  }
   for (const [name, s] of Object.entries(c.services)) {
     if (s.minTasks < 0 || s.maxTasks < Math.max(1, s.minTasks)) fail(`services.${name}`, 'need 0 <= minTasks <= maxTasks, maxTasks >= 1');
   }
@@ -215,6 +269,17 @@ export function stageConfig(name: string, overrides: Partial<StageConfig> = {}):
 /** The listeners switched on, in port order. */
 export function enabledListeners(c: StageConfig): ListenerName[] {
   return (Object.keys(LISTENERS) as ListenerName[]).filter((l) => c.listeners[l]).sort((a, b) => LISTENERS[a].publicPort - LISTENERS[b].publicPort);
+}
+
+/** The components of `group` that have at least one listener switched on. */
+export function enabledComponents(c: StageConfig, group: ListenerGroup): ListenerComponent[] {
+  return [
+    ...new Set(
+      enabledListeners(c)
+        .filter((l) => LISTENERS[l].group === group)
+        .map((l) => LISTENERS[l].component),
+    ),
+  ];
 }
 
 /** The listener groups that have at least one listener switched on. */

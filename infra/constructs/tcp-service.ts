@@ -25,6 +25,10 @@ export interface TcpPort {
   /** The load balancer of this port, when not the service's (e.g. the proxy's internal one).
    * @default TcpServiceProps.nlb */
   readonly nlb?: TcpLoadBalancer;
+  /** The NLB's TCP idle timeout for this port (60 s to 6000 s): longer than the protocol's own
+   * inactivity timer, so that the server, not a silent reset, ends a quiet session.
+   * @default Duration.seconds(350), AWS's default */
+  readonly idleTimeout?: Duration;
 }
 
 /** A Network Load Balancer with the security group that decides who may connect to it. */
@@ -61,7 +65,8 @@ export interface TcpServiceProps {
   /** @default logs.RetentionDays.ONE_MONTH */
   readonly logRetention?: logs.RetentionDays;
   /** Time a task gets after SIGTERM (and the NLB keeps draining it) before it is killed: SMTP and
-   * POP3 sessions finish their transaction. @default Duration.seconds(120) */
+   * POP3 sessions finish their transaction; IMAP sessions at rest (IDLE included) are told BYE
+   * at once and their clients reconnect to another task. @default Duration.seconds(120) */
   readonly drainTime?: Duration;
 }
 
@@ -150,7 +155,11 @@ export class TcpService extends Construct {
       // all is decided on the NLB's group.
       this.securityGroup.addIngressRule(nlbSg, ec2.Port.tcp(p.containerPort), `${p.name} from the NLB`);
       for (const peer of p.allowFrom) nlbSg.addIngressRule(peer, ec2.Port.tcp(p.publicPort), `${p.name} (${p.publicPort})`);
-      const listener = loadBalancer.addListener(`Listener${p.publicPort}`, { port: p.publicPort, protocol: elbv2.Protocol.TCP });
+      const listener = loadBalancer.addListener(`Listener${p.publicPort}`, {
+        port: p.publicPort,
+        protocol: elbv2.Protocol.TCP,
+        ...(p.idleTimeout ? { tcpIdleTimeout: p.idleTimeout } : {}),
+      });
       const tg = listener.addTargets(`${p.name}Targets`, {
         port: p.containerPort,
         protocol: elbv2.Protocol.TCP,

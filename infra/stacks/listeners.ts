@@ -4,7 +4,7 @@
  * records never change. In the 'direct' outbound mode it also runs the queue workers on Fargate,
  * whose mail leaves through the NAT gateways (their Elastic IPs need PTR records).
  */
-import { CfnOutput, Fn, RemovalPolicy, Stack, Validations, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, Duration, Fn, RemovalPolicy, Stack, Validations, type StackProps } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as iam from 'aws-cdk-lib/aws-iam';
@@ -12,7 +12,18 @@ import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
 import { acknowledgeObjectPrefixes, grantObjects, grantTableItems, listenerAccess } from '../access.js';
-import { HEALTH_PORT, LISTENERS, enabledGroups, enabledListeners, isProtectedStage, type ListenerGroup, type StageConfig } from '../config.js';
+import {
+  HEALTH_PORT,
+  LISTENERS,
+  enabledComponents,
+  enabledGroups,
+  enabledListeners,
+  isProtectedStage,
+  type ListenerComponent,
+  type ListenerGroup,
+  type ListenerName,
+  type StageConfig,
+} from '../config.js';
 import { TcpService, type TcpPort } from '../constructs/tcp-service.js';
 import { acknowledgeGrantWildcards } from '../nag.js';
 import { workerEnvironment } from './processing.js';
@@ -26,19 +37,32 @@ export interface ListenersStackProps extends StackProps {
   image: ecs.ContainerImage;
 }
 
-/** Which `TOMLINSON_*_ENABLED` switches a group's container gets, so each runs only its own. */
-function groupSwitches(c: StageConfig, group: ListenerGroup | 'workers'): Record<string, string> {
-  const env: Record<string, string> = {
-    TOMLINSON_SMTP_ENABLED: String(group === 'smtp'),
-    TOMLINSON_POP3_ENABLED: String(group === 'pop3'),
-    TOMLINSON_PROXY_ENABLED: String(group === 'proxy'),
-    TOMLINSON_WORKERS_ENABLED: String(group === 'workers'),
-  };
+/** The component switches of the container (core/config.ts `<component>.enabled`). */
+const COMPONENT_SWITCHES: Record<ListenerComponent | 'workers', string> = {
+  smtp: 'TOMLINSON_SMTP_ENABLED',
+  pop3: 'TOMLINSON_POP3_ENABLED',
+  imap: 'TOMLINSON_IMAP_ENABLED',
+  proxy: 'TOMLINSON_PROXY_ENABLED',
+  workers: 'TOMLINSON_WORKERS_ENABLED',
+};
+
+/** Which `TOMLINSON_*_ENABLED` switches a group's container gets, so each runs only its own
+ * components: every switch is written (a component's default is on), and a component is on only
+ * when one of its listeners in this group is. */
+export function groupSwitches(c: StageConfig, group: ListenerGroup | 'workers'): Record<string, string> {
+  const on = new Set<string>(group === 'workers' ? ['workers'] : enabledComponents(c, group));
+  const env: Record<string, string> = {};
+  for (const [component, name] of Object.entries(COMPONENT_SWITCHES)) env[name] = String(on.has(component));
   // A switched-off listener inside an enabled group gets port 0 (off) where the setting allows.
   for (const [name, l] of Object.entries(LISTENERS)) {
-    if (l.group === group) env[l.env] = c.listeners[name as keyof typeof LISTENERS] ? String(l.containerPort) : '0';
+    if (l.group === group) env[l.env] = c.listeners[name as ListenerName] ? String(l.containerPort) : '0';
   }
   return env;
+}
+
+/** The `serve` arguments of a group's task: its components, e.g. `serve pop3,imap`. */
+export function serveCommand(c: StageConfig, group: ListenerGroup | 'workers'): string[] {
+  return ['serve', group === 'workers' ? 'workers' : enabledComponents(c, group).join(',')];
 }
 
 /** Network, cluster, services and load balancer of one stage. */
@@ -115,7 +139,8 @@ export class ListenersStack extends Stack {
     });
     Validations.of(this.nlbSecurityGroup).acknowledge({
       id: 'AwsSolutions-EC23',
-      reason: 'SMTP (25), submission (465, 587) and POP3 (110, 995) are public Internet services; the proxy port admits only the configured client ranges.',
+      reason:
+        'SMTP (25), submission (465, 587), POP3 (110, 995) and IMAP (143, 993) are public Internet services; the proxy port admits only the configured client ranges.',
     });
 
     // The proxy's own internal load balancer: clients in the VPC reach the internet-facing one
@@ -155,7 +180,8 @@ export class ListenersStack extends Stack {
       const ports: TcpPort[] = enabledListeners(c)
         .filter((l) => LISTENERS[l].group === group)
         .flatMap((l): TcpPort[] => {
-          const at = { publicPort: LISTENERS[l].publicPort, containerPort: LISTENERS[l].containerPort };
+          const { publicPort, containerPort, nlbIdleSeconds } = LISTENERS[l];
+          const at = { publicPort, containerPort, ...(nlbIdleSeconds ? { idleTimeout: Duration.seconds(nlbIdleSeconds) } : {}) };
           if (l !== 'proxy') return [{ name: l, ...at, allowFrom: everyone }];
           const internal: TcpPort = { name: l, ...at, nlb: internalProxy, allowFrom: c.proxyAllowedClients.map((r) => ec2.Peer.ipv4(r)) };
           if (!c.proxyPublicClients.length) return [internal];
@@ -164,7 +190,7 @@ export class ListenersStack extends Stack {
       const svc = new TcpService(this, group.charAt(0).toUpperCase() + group.slice(1), {
         cluster: this.cluster,
         image,
-        command: ['serve', group],
+        command: serveCommand(c, group),
         environment: {
           ...env,
           ...groupSwitches(c, group),
@@ -174,6 +200,7 @@ export class ListenersStack extends Stack {
                 TOMLINSON_PROXY_REQUIRE_AUTH: String(c.proxyRequireAuth),
               }
             : tlsEnv),
+          ...(group === 'mailbox' ? { TOMLINSON_IMAP_MAX_CONNECTIONS: String(c.imapConnectionsPerTask) } : {}),
         },
         nlb: { loadBalancer: this.nlb, securityGroup: this.nlbSecurityGroup },
         ports,
@@ -218,7 +245,7 @@ export class ListenersStack extends Stack {
       const svc = new TcpService(this, 'Workers', {
         cluster: this.cluster,
         image,
-        command: ['serve', 'workers'],
+        command: serveCommand(c, 'workers'),
         environment: { ...env, ...groupSwitches(c, 'workers'), TOMLINSON_WORKER_CONCURRENCY: '8' },
         healthPort: HEALTH_PORT,
         subnets: { subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS },

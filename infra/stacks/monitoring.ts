@@ -1,8 +1,9 @@
 /**
  * The monitoring stack: one CloudWatch dashboard and the alarms that say mail is stuck or lost
  * (dead-letter queues not empty, old inbound jobs, old undelivered outbound mail, Lambda errors,
- * unhealthy or missing tasks, a high delivery failure rate), plus proxy hit ratio and mail bucket
- * size. Alarms notify an SNS topic; `alarmEmail` subscribes an address to it.
+ * unhealthy or missing tasks, a high delivery failure rate, mailbox connections near capacity),
+ * plus proxy hit ratio and mail bucket size. Alarms notify an SNS topic; `alarmEmail` subscribes an
+ * address to it.
  */
 import { Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
@@ -218,6 +219,22 @@ export class MonitoringStack extends Stack {
       }
     }
 
+    // Connections: IMAP clients hold theirs all day, so the open-connection count, not the request
+    // rate, is what runs a mailbox service out of room. NLB flow counts exist per load balancer
+    // only (no target group dimension), so this compares every public flow (SMTP's short ones too,
+    // which errs early) with what the mailbox service admits at its largest.
+    const imapOn = c.listeners.imap || c.listeners.imaps;
+    if (listeners?.services.mailbox && imapOn) {
+      const capacity = c.services.mailbox.maxTasks * c.imapConnectionsPerTask;
+      alarm(
+        'MailboxConnectionsHigh',
+        listeners.nlb.metrics.activeFlowCount({ period: five, statistic: 'Maximum' }),
+        Math.floor(0.8 * capacity),
+        `The public listeners hold 80% of the ${capacity} IMAP connections the mailbox service admits at ${c.services.mailbox.maxTasks} tasks: raise services.mailbox.maxTasks or imapConnectionsPerTask.`,
+        { evaluationPeriods: 3 },
+      );
+    }
+
     // S3 reports bucket size once a day.
     const mailBytes = new cloudwatch.Metric({
       namespace: 'AWS/S3',
@@ -262,6 +279,8 @@ export class MonitoringStack extends Stack {
         new cloudwatch.GraphWidget({
           title: 'Connections (NLB flows)',
           left: [listeners.nlb.metrics.activeFlowCount({ label: 'active' }), listeners.nlb.metrics.newFlowCount({ label: 'new' })],
+          // Resets sent by the NLB itself: mostly flows that outlived their listener's idle timeout.
+          right: [listeners.nlb.metrics.tcpElbResetCount({ label: 'NLB resets' })],
         }),
         new cloudwatch.GraphWidget({
           title: 'Task CPU %',

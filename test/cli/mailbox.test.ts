@@ -228,7 +228,7 @@ describe('the binary as a checkout runs it', () => {
     let out = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     expect(await new Promise<number | null>((r) => child.on('close', r))).toBe(0);
-    expect(out).toContain('importing [');
+    expect(out).toContain('importing INBOX [');
     // What the terminal shows: each line as the text after its last carriage return.
     const shown = out.split('\n').map((l) =>
       l
@@ -237,7 +237,7 @@ describe('the binary as a checkout runs it', () => {
         .pop()!
         .replace(/\x1b\[[0-9;]*[A-Za-z]/g, ''),
     );
-    expect(shown).toContain('importing [########################] 100% 5/5 messages');
+    expect(shown).toContain('importing INBOX [########################] 100% 5/5 messages');
     expect(shown.filter((l) => l.includes('5 found'))).toEqual([
       `maildir ${md} -> bob@example.com: 5 found, 5 imported (${/\((\d+ B)\)/.exec(out)![1]}), 0 skipped (already in), 0 refused`,
     ]);

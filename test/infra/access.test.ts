@@ -15,7 +15,7 @@ import { mailboxKeys } from '../../core/mailbox/store.js';
 import { backendsUsed } from '../../core/storage/aws/index.js';
 import { pendingDeleteKey } from '../../containers/pop3/maildrop.js';
 import { messageKey } from '../../containers/smtp/spool.js';
-import { listenerAccess } from '../../infra/access.js';
+import { APPEND_PREFIX, listenerAccess } from '../../infra/access.js';
 import { cleanOutdirs, testApp } from './support.js';
 
 type Stmt = { Action: string | string[]; Resource: unknown; Condition?: Record<string, Record<string, string[]>> };
@@ -58,7 +58,7 @@ const allows = (patterns: string[], pk: string) => patterns.some((p) => like(p, 
 
 describe('listener task roles', () => {
   it('limit every DynamoDB statement to partition-key prefixes and never allow Scan', () => {
-    for (const g of ['Smtp', 'Pop3', 'Proxy']) {
+    for (const g of ['Smtp', 'Mailbox', 'Proxy']) {
       const ddb = statementsOf(t, role(g)).filter((s) => actionsOf(s).some((a) => a.startsWith('dynamodb:')));
       expect(ddb.length, g).toBeGreaterThan(0);
       for (const s of ddb) {
@@ -112,14 +112,24 @@ describe('listener task roles', () => {
     expect(JSON.stringify(smtp)).not.toContain('CacheBucket');
   });
 
-  it('let POP3 read and delete messages and own the maildrop items, but write no object and send nothing', () => {
-    const pop3 = statementsOf(t, role('Pop3'));
-    const acts = pop3.flatMap(actionsOf);
-    expect(acts).toEqual(expect.arrayContaining(['s3:GetObject', 's3:DeleteObject', 'kms:Decrypt']));
-    expect(acts).not.toContain('s3:PutObject');
-    expect(acts).not.toContain('kms:GenerateDataKey');
+  it('let the mailbox service (POP3 and IMAP) read and delete every message, write only APPEND blobs and send nothing', () => {
+    const mailbox = statementsOf(t, role('Mailbox'));
+    const acts = mailbox.flatMap(actionsOf);
+    // Writing APPEND's blobs under the bucket key needs a data key; reading needs Decrypt.
+    expect(acts).toEqual(expect.arrayContaining(['s3:GetObject', 's3:DeleteObject', 's3:PutObject', 'kms:Decrypt', 'kms:GenerateDataKey']));
     expect(acts.filter((a) => a.startsWith('sqs:'))).toEqual([]);
-    const writes = leadingKeys(pop3, 'dynamodb:UpdateItem');
+    const objects = (action: string) => mailbox.filter((s) => actionsOf(s).includes(action)).flatMap((s) => [s.Resource].flat().map((r) => JSON.stringify(r)));
+    expect(objects('s3:PutObject')).toEqual([expect.stringContaining(`/${APPEND_PREFIX}*`)]);
+    expect(objects('s3:GetObject')).toEqual([expect.stringMatching(/MailBucketArn.*\/\*"/)]);
+    expect(objects('s3:DeleteObject')).toEqual([expect.stringMatching(/MailBucketArn.*\/\*"/)]);
+    expect(JSON.stringify(mailbox)).not.toContain('CacheBucket');
+  });
+
+  it('let the mailbox service own the maildrop, the folders, the change log and APPEND markers, and nothing of the domain or the queue', () => {
+    const mailbox = statementsOf(t, role('Mailbox'));
+    const reads = leadingKeys(mailbox, 'dynamodb:Query');
+    const writes = leadingKeys(mailbox, 'dynamodb:UpdateItem');
+    const puts = leadingKeys(mailbox, 'dynamodb:PutItem');
     for (const k of [
       mailboxKeys.meta('u'),
       mailboxKeys.message('u', 7),
@@ -130,10 +140,23 @@ describe('listener task roles', () => {
       folderKeys.usage('u'),
       folderKeys.modseqHead('u'),
       folderKeys.change('u', 9),
-    ])
-      expect(allows(writes, k.pk), k.pk).toBe(true);
-    expect(allows(writes, accountKeys.domain('example.com').pk)).toBe(false);
-    expect(allows(writes, QUEUE_LIST_PK)).toBe(false);
+      // IMAP: folders, their messages (flags, copies, moves), and an APPEND's idempotency marker.
+      folderKeys.folder('u@example.com', 'f1'),
+      folderKeys.name('u@example.com', 'INBOX', 'Sent'),
+      folderKeys.meta('u@example.com', 'f1'),
+      folderKeys.message('u@example.com', 'f1', 3),
+      folderKeys.marker('append-1', 'u@example.com', 'f1'),
+      folderKeys.marker('append-2', 'u@example.com', 'INBOX'),
+    ]) {
+      expect(allows(writes, k.pk), `write ${k.pk}`).toBe(true);
+      expect(allows(puts, k.pk), `put ${k.pk}`).toBe(true);
+      // IDLE and CONDSTORE read "changes since N" with a Query on the change log.
+      expect(allows(reads, k.pk), `query ${k.pk}`).toBe(true);
+    }
+    for (const pk of [accountKeys.domain('example.com').pk, QUEUE_LIST_PK, STATS_PK, 'CACHE#x']) {
+      expect(allows(writes, pk), pk).toBe(false);
+      expect(allows(reads, pk), pk).toBe(false);
+    }
   });
 
   it('give the proxy account reads only when it requires Proxy-Authorization', () => {
@@ -144,8 +167,12 @@ describe('listener task roles', () => {
 
   it('cover what each task health probe asks for, and the probe asks nothing else', () => {
     const defs = Object.values(t.findResources('AWS::ECS::TaskDefinition') as Record<string, Res>);
-    for (const g of ['smtp', 'pop3', 'proxy']) {
-      const d = defs.find((x) => JSON.stringify(x.Properties).includes(`"serve","${g}"`))!;
+    for (const [g, command] of [
+      ['Smtp', 'smtp'],
+      ['Mailbox', 'pop3,imap'],
+      ['Proxy', 'proxy'],
+    ] as const) {
+      const d = defs.find((x) => JSON.stringify(x.Properties).includes(`"serve","${command}"`))!;
       const env = Object.fromEntries(
         (d.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: unknown }[] }[])[0]!.Environment.map((e) => [
           e.Name,
@@ -153,7 +180,7 @@ describe('listener task roles', () => {
         ]),
       );
       const uses = backendsUsed(loadConfig(env));
-      const stmts = statementsOf(t, role(g.charAt(0).toUpperCase() + g.slice(1)));
+      const stmts = statementsOf(t, role(g));
       const list = JSON.stringify(stmts.filter((s) => actionsOf(s).includes('s3:ListBucket')));
       expect(list.includes('MailBucketArn'), `${g} mail`).toBe(uses.mail);
       expect(list.includes('CacheBucketArn'), `${g} cache`).toBe(uses.cache);

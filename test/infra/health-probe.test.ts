@@ -2,7 +2,8 @@
  * A listener task's /health probe on AWS (core/storage/aws/index.ts `check`) asks only for the
  * backends its enabled services use, which is all its task role may reach (infra/access.ts):
  * against moto, a proxy-only task whose mail bucket and queues are out of reach still reports
- * healthy, and an SMTP-only task probes the inbound queue and not the outbound one.
+ * healthy, an SMTP-only task probes the inbound queue and not the outbound one, and a mailbox task
+ * (POP3, IMAP or both) probes the mail bucket and the table only.
  */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -20,10 +21,11 @@ afterAll(async () => {
 });
 
 /** The switches infra/stacks/listeners.ts gives one group's task. */
-const only = (group: 'smtp' | 'pop3' | 'proxy') => ({
-  TOMLINSON_SMTP_ENABLED: String(group === 'smtp'),
-  TOMLINSON_POP3_ENABLED: String(group === 'pop3'),
-  TOMLINSON_PROXY_ENABLED: String(group === 'proxy'),
+const only = (...components: ('smtp' | 'pop3' | 'imap' | 'proxy')[]) => ({
+  TOMLINSON_SMTP_ENABLED: String(components.includes('smtp')),
+  TOMLINSON_POP3_ENABLED: String(components.includes('pop3')),
+  TOMLINSON_IMAP_ENABLED: String(components.includes('imap')),
+  TOMLINSON_PROXY_ENABLED: String(components.includes('proxy')),
   TOMLINSON_WORKERS_ENABLED: 'false',
 });
 
@@ -69,11 +71,14 @@ describe('health probe on AWS', () => {
     });
   });
 
-  it('of a POP3 task asks for no queue and no cache bucket', async () => {
+  it('of a mailbox task (POP3 and IMAP, or either alone) asks for no queue and no cache bucket', async () => {
     const x = unreachable();
-    expect(
-      await checkOf({ ...only('pop3'), TOMLINSON_CACHE_BUCKET: x.bucket, TOMLINSON_INBOUND_QUEUE_URL: x.queue, TOMLINSON_OUTBOUND_QUEUE_URL: x.queue }),
-    ).toEqual({ mail: true, tables: true });
+    const elsewhere = { TOMLINSON_CACHE_BUCKET: x.bucket, TOMLINSON_INBOUND_QUEUE_URL: x.queue, TOMLINSON_OUTBOUND_QUEUE_URL: x.queue };
+    for (const components of [['pop3', 'imap'], ['pop3'], ['imap']] as const) {
+      expect(await checkOf({ ...only(...components), ...elsewhere }), components.join(',')).toEqual({ mail: true, tables: true });
+    }
+    // An IMAP-only task still sees its mail bucket go down.
+    expect(await checkOf({ ...only('imap'), TOMLINSON_MAIL_BUCKET: x.bucket })).toEqual({ mail: false, tables: true });
   });
 
   it('of a process running everything asks for everything', async () => {

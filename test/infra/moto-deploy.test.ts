@@ -12,8 +12,15 @@
  * CloudFormation ignores bucket versioning and lifecycle, TTL, PITR and Lambda architecture, which
  * stacks.test.ts asserts on the template instead. test/infra/moto-cfn-server.py adds the secret
  * resource type moto's CloudFormation lacks.
+ *
+ * The listeners stack itself (VPC, ECS, NLB) is not deployed: moto has no Fargate or NLB data
+ * plane. What its tasks depend on is checked instead: each listener task's environment, taken
+ * from the synthesized listeners stack (the mailbox task with POP3 and IMAP switched on included),
+ * resolves against the exports the deployed state stack publishes, passes the runtime's settings
+ * check, and its health probe (the NLB's health check) finds its bucket and table.
  */
-import { CloudFormationClient, DescribeStacksCommand } from '@aws-sdk/client-cloudformation';
+import { CloudFormationClient, DescribeStacksCommand, ListExportsCommand } from '@aws-sdk/client-cloudformation';
+import { Template } from 'aws-cdk-lib/assertions';
 import { DescribeTableCommand, DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { GetFunctionConfigurationCommand, LambdaClient, ListEventSourceMappingsCommand } from '@aws-sdk/client-lambda';
 import { GetBucketEncryptionCommand, HeadBucketCommand, S3Client } from '@aws-sdk/client-s3';
@@ -24,6 +31,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../core/config.js';
+import { silentLogger } from '../../core/log.js';
+import { openAwsStorage } from '../../core/storage/aws/index.js';
 import { cleanOutdirs, ROOT, testApp } from './support.js';
 import { freePorts } from '../support/ports.js';
 
@@ -204,6 +214,67 @@ describe('state and processing stacks on moto CloudFormation', () => {
       expect(vars.TOMLINSON_MAIL_BUCKET).toBe(outputs.MailBucketName);
       expect(vars.TOMLINSON_INBOUND_QUEUE_URL).toBe(outputs.InboundQueueUrl);
       expect(vars.TOMLINSON_OUTBOUND_QUEUE_URL).toBe(outputs.OutboundQueueUrl);
+    }
+  });
+});
+
+describe('listener tasks against the deployed state stack', () => {
+  /** Each listener task's environment, from the synthesized listeners stack, by `serve` command. */
+  function taskEnvironments(): Map<string, { Name: string; Value: unknown }[]> {
+    const defs = Template.fromStack(testApp({}, { monitoring: false }).stacks.listeners!).findResources('AWS::ECS::TaskDefinition');
+    const out = new Map<string, { Name: string; Value: unknown }[]>();
+    for (const d of Object.values(defs) as {
+      Properties: { ContainerDefinitions: { Command: string[]; Environment: { Name: string; Value: unknown }[] }[] };
+    }[]) {
+      const c = d.Properties.ContainerDefinitions[0]!;
+      out.set(c.Command.join(' '), c.Environment);
+    }
+    return out;
+  }
+
+  /** The environment with every Fn::ImportValue replaced by the deployed export's value. */
+  function resolve(env: { Name: string; Value: unknown }[], exports: Map<string, string>): Record<string, string> {
+    return Object.fromEntries(
+      env.map(({ Name, Value }) => {
+        if (typeof Value === 'string') return [Name, Value];
+        const name = (Value as { 'Fn::ImportValue'?: unknown })['Fn::ImportValue'];
+        expect(typeof name, `${Name}: ${JSON.stringify(Value)}`).toBe('string');
+        const v = exports.get(name as string);
+        expect(v, `${Name}: export ${String(name)} of the deployed state stack`).toBeDefined();
+        return [Name, v!];
+      }),
+    );
+  }
+
+  it('resolves every listener task environment and passes the mailbox task (POP3 and IMAP) health probe', { timeout: 120_000 }, async () => {
+    const cfn = new CloudFormationClient({ endpoint, region: REGION, credentials: creds });
+    const exports = new Map(((await cfn.send(new ListExportsCommand({}))).Exports ?? []).map((e) => [e.Name!, e.Value!]));
+    const tasks = taskEnvironments();
+    expect([...tasks.keys()].sort()).toEqual(['serve pop3,imap', 'serve proxy', 'serve smtp']);
+    const resolved = new Map([...tasks].map(([cmd, env]) => [cmd, resolve(env, exports)]));
+    for (const [cmd, env] of resolved) expect(() => loadConfig(env), cmd).not.toThrow();
+
+    const mailbox = resolved.get('serve pop3,imap')!;
+    const config = loadConfig({ ...mailbox, AWS_REGION: REGION, AWS_S3_FORCE_PATH_STYLE: '1' });
+    expect(config.imap).toMatchObject({ enabled: true, port: 2143, tlsPort: 2993 });
+    expect(config.pop3).toMatchObject({ enabled: true, port: 2110, tlsPort: 2995 });
+    expect(config.storage.aws.mailBucket).toBe(outputs.MailBucketName);
+    // The SDK takes its endpoint and credentials from the environment, as in the task.
+    const aws = { AWS_ENDPOINT_URL: endpoint, AWS_ACCESS_KEY_ID: creds.accessKeyId, AWS_SECRET_ACCESS_KEY: creds.secretAccessKey, AWS_REGION: REGION };
+    const saved = Object.fromEntries(Object.keys(aws).map((k) => [k, process.env[k]]));
+    Object.assign(process.env, aws);
+    try {
+      const storage = await openAwsStorage(config, silentLogger);
+      try {
+        expect(await storage.check()).toEqual({ mail: true, tables: true });
+      } finally {
+        await storage.close();
+      }
+    } finally {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
     }
   });
 });

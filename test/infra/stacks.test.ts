@@ -29,6 +29,19 @@ function statementsOf(t: Template, rolePrefix: string): { Action: string | strin
   return out;
 }
 
+/** The container environment of the task running `command` (e.g. 'serve smtp'); tokens stay objects. */
+function taskEnv(t: Template, command: string): Record<string, unknown> {
+  const defs = Object.values(resources(t, 'AWS::ECS::TaskDefinition'));
+  const c = defs
+    .map((d) => (d.Properties!.ContainerDefinitions as { Command: string[]; Environment: { Name: string; Value: unknown }[] }[])[0]!)
+    .find((x) => x.Command.join(' ') === command);
+  expect(c, command).toBeDefined();
+  return Object.fromEntries(c!.Environment.map((e) => [e.Name, e.Value]));
+}
+
+/** The mailbox service's task environment (POP3 and IMAP by default). */
+const mailboxEnv = (t: Template, command = 'serve pop3,imap') => taskEnv(t, command);
+
 function actions(stmts: { Action: string | string[] }[]): string[] {
   return stmts.flatMap((s) => (Array.isArray(s.Action) ? s.Action : [s.Action]));
 }
@@ -257,14 +270,30 @@ describe('listeners stack', () => {
     t = Template.fromStack(main.stacks.listeners!);
   });
 
-  it('has a TCP listener for each of 25, 465, 587, 110, 995 and 3128', () => {
+  it('has a TCP listener for each of 25, 465, 587, 110, 995, 143, 993 and 3128', () => {
     const ports = Object.values(resources(t, 'AWS::ElasticLoadBalancingV2::Listener')).map((l) => [l.Properties!.Port, l.Properties!.Protocol]);
-    expect(ports.sort((a, b) => Number(a[0]) - Number(b[0]))).toEqual([25, 110, 465, 587, 995, 3128].map((p) => [p, 'TCP']));
+    expect(ports.sort((a, b) => Number(a[0]) - Number(b[0]))).toEqual([25, 110, 143, 465, 587, 993, 995, 3128].map((p) => [p, 'TCP']));
+  });
+
+  it("keeps POP3 and IMAP flows open past their servers' own inactivity timers, and leaves the rest at the AWS default", () => {
+    const idle = Object.fromEntries(
+      Object.values(resources(t, 'AWS::ElasticLoadBalancingV2::Listener')).map((l) => {
+        const attrs = (l.Properties!.ListenerAttributes as { Key: string; Value: string }[] | undefined) ?? [];
+        return [l.Properties!.Port, attrs.find((a) => a.Key === 'tcp.idle_timeout.seconds')?.Value];
+      }),
+    );
+    expect(idle).toEqual({ 25: undefined, 465: undefined, 587: undefined, 110: '660', 995: '660', 143: '1860', 993: '1860', 3128: undefined });
+    const setting = (env: string) => Number(SETTINGS.find((x) => x.env === env)!.default);
+    // The server says goodbye first: RFC 1939 §3 (10 minutes) and RFC 9051 §5.4 (30 minutes).
+    expect(Number(idle[110])).toBeGreaterThan(setting('TOMLINSON_POP3_IDLE_TIMEOUT'));
+    expect(Number(idle[143])).toBeGreaterThan(setting('TOMLINSON_IMAP_IDLE_TIMEOUT'));
+    // SMTP's own timer ends a quiet session inside the NLB's default 350 s.
+    expect(setting('TOMLINSON_SMTP_IDLE_TIMEOUT')).toBeLessThan(350);
   });
 
   it('preserves the client IP, drains on deploy and health-checks the /health endpoint', () => {
     const tgs = Object.values(resources(t, 'AWS::ElasticLoadBalancingV2::TargetGroup'));
-    expect(tgs).toHaveLength(6);
+    expect(tgs).toHaveLength(8);
     for (const tg of tgs) {
       const p = tg.Properties!;
       expect(p).toMatchObject({ Protocol: 'TCP', TargetType: 'ip', HealthCheckProtocol: 'HTTP', HealthCheckPort: '8025', HealthCheckPath: '/health' });
@@ -297,7 +326,8 @@ describe('listeners stack', () => {
     t.resourceCountIs('AWS::ECS::Service', 3);
     const defs = Object.values(resources(t, 'AWS::ECS::TaskDefinition'));
     const commands = defs.map((d) => (d.Properties!.ContainerDefinitions as { Command: string[] }[])[0]!.Command.join(' ')).sort();
-    expect(commands).toEqual(['serve pop3', 'serve proxy', 'serve smtp']);
+    // POP3 and IMAP share the mailbox service (infra/config.ts ListenerGroup says why).
+    expect(commands).toEqual(['serve pop3,imap', 'serve proxy', 'serve smtp']);
     for (const d of defs) {
       expect(d.Properties!.RuntimePlatform).toEqual({ CpuArchitecture: 'ARM64', OperatingSystemFamily: 'LINUX' });
       const c = (d.Properties!.ContainerDefinitions as Record<string, unknown>[])[0]!;
@@ -328,7 +358,7 @@ describe('listeners stack', () => {
     expect(envOf(t, 'smtp').TOMLINSON_TLS_SECRET_ID).toBeUndefined();
     const on = Template.fromStack(testApp({ tlsFromSecret: true }).stacks.listeners!);
     expect(envOf(on, 'smtp').TOMLINSON_TLS_SECRET_ID).toHaveProperty(['Fn::ImportValue']);
-    expect(envOf(on, 'pop3').TOMLINSON_TLS_SECRET_ID).toHaveProperty(['Fn::ImportValue']);
+    expect(envOf(on, 'pop3,imap').TOMLINSON_TLS_SECRET_ID).toHaveProperty(['Fn::ImportValue']);
     expect(envOf(on, 'proxy').TOMLINSON_TLS_SECRET_ID).toBeUndefined();
   });
 
@@ -432,11 +462,11 @@ describe('listeners stack', () => {
       ...Object.values(resources(t, 'AWS::EC2::SecurityGroupIngress')).map((r) => r.Properties!),
     ];
     const open = (port: number) => ingress.filter((r) => r.FromPort === port && r.CidrIp === '0.0.0.0/0');
-    for (const port of [25, 465, 587, 110, 995]) expect(open(port), `port ${port}`).toHaveLength(1);
+    for (const port of [25, 465, 587, 110, 995, 143, 993]) expect(open(port), `port ${port}`).toHaveLength(1);
     expect(open(3128)).toHaveLength(0);
     expect(ingress.filter((r) => r.FromPort === 3128 && r.CidrIp === '10.0.0.0/8')).toHaveLength(1);
     // Task ports admit the NLB's security group only.
-    for (const port of [2525, 2110, 3128, 8025]) {
+    for (const port of [2525, 2110, 2143, 2993, 3128, 8025]) {
       for (const r of ingress.filter((x) => x.FromPort === port && x.ToPort === port && !('CidrIp' in x))) expect(r.SourceSecurityGroupId).toBeDefined();
     }
     expect(ingress.filter((r) => r.FromPort !== undefined && Number(r.FromPort) >= 2000 && r.CidrIp === '0.0.0.0/0')).toHaveLength(0);
@@ -448,16 +478,57 @@ describe('listeners stack', () => {
     const ports = Object.values(resources(off, 'AWS::ElasticLoadBalancingV2::Listener'))
       .map((l) => l.Properties!.Port)
       .sort((a, b) => Number(a) - Number(b));
-    expect(ports).toEqual([25, 110, 465, 587]);
+    expect(ports).toEqual([25, 110, 143, 465, 587, 993]);
     off.resourceCountIs('AWS::ECS::Service', 2);
-    const pop3 = Object.values(resources(off, 'AWS::ECS::TaskDefinition')).find((d) => JSON.stringify(d.Properties).includes('"serve","pop3"'))!;
-    const env = Object.fromEntries(
-      (pop3.Properties!.ContainerDefinitions as { Environment: { Name: string; Value: string }[] }[])[0]!.Environment.map((e) => [e.Name, e.Value]),
-    );
+    const env = mailboxEnv(off);
     expect(env.TOMLINSON_POP3S_PORT).toBe('0');
     expect(env.TOMLINSON_POP3_PORT).toBe('2110');
     expect(env.TOMLINSON_POP3_ENABLED).toBe('true');
+    expect(env.TOMLINSON_IMAP_ENABLED).toBe('true');
     expect(env.TOMLINSON_SMTP_ENABLED).toBe('false');
+    expect(env.TOMLINSON_PROXY_ENABLED).toBe('false');
+  });
+
+  it('switches IMAP and POP3 off independently inside the mailbox service', () => {
+    const base = stageConfig('dev').listeners;
+    const noImap = Template.fromStack(testApp({ listeners: { ...base, imap: false, imaps: false } }).stacks.listeners!);
+    const ports = (tpl: Template) =>
+      Object.values(resources(tpl, 'AWS::ElasticLoadBalancingV2::Listener'))
+        .map((l) => l.Properties!.Port)
+        .sort((a, b) => Number(a) - Number(b));
+    expect(ports(noImap)).toEqual([25, 110, 465, 587, 995, 3128]);
+    expect(mailboxEnv(noImap, 'serve pop3')).toMatchObject({ TOMLINSON_POP3_ENABLED: 'true', TOMLINSON_IMAP_ENABLED: 'false' });
+
+    const imapOnly = Template.fromStack(testApp({ listeners: { ...base, pop3: false, pop3s: false, imap: false } }).stacks.listeners!);
+    expect(ports(imapOnly)).toEqual([25, 465, 587, 993, 3128]);
+    expect(mailboxEnv(imapOnly, 'serve imap')).toMatchObject({
+      TOMLINSON_POP3_ENABLED: 'false',
+      TOMLINSON_IMAP_ENABLED: 'true',
+      TOMLINSON_IMAP_PORT: '0',
+      TOMLINSON_IMAPS_PORT: '2993',
+    });
+
+    const none = Template.fromStack(testApp({ listeners: { ...base, pop3: false, pop3s: false, imap: false, imaps: false } }).stacks.listeners!);
+    none.resourceCountIs('AWS::ECS::Service', 2);
+    expect(JSON.stringify(resources(none, 'AWS::ECS::TaskDefinition'))).not.toMatch(/pop3|imap/);
+  });
+
+  it('gives the mailbox tasks both IMAP ports, the per-task connection cap and every other switch off', () => {
+    const env = mailboxEnv(t);
+    expect(env).toMatchObject({
+      TOMLINSON_IMAP_PORT: String(LISTENERS.imap.containerPort),
+      TOMLINSON_IMAPS_PORT: String(LISTENERS.imaps.containerPort),
+      TOMLINSON_IMAP_ENABLED: 'true',
+      TOMLINSON_IMAP_MAX_CONNECTIONS: String(main.config.imapConnectionsPerTask),
+      TOMLINSON_SMTP_ENABLED: 'false',
+      TOMLINSON_PROXY_ENABLED: 'false',
+      TOMLINSON_WORKERS_ENABLED: 'false',
+    });
+    expect(LISTENERS.imap.containerPort).toBe(2143);
+    expect(LISTENERS.imaps.containerPort).toBe(2993);
+    // The IMAP default is on in core/config.ts: the other services must switch it off explicitly.
+    for (const cmd of ['serve smtp', 'serve proxy']) expect(taskEnv(t, cmd).TOMLINSON_IMAP_ENABLED, cmd).toBe('false');
+    expect(() => stageConfig('dev', { imapConnectionsPerTask: 0 })).toThrow(/imapConnectionsPerTask/);
   });
 
   it('runs the queue workers on Fargate behind NAT for direct delivery', () => {
@@ -500,8 +571,9 @@ describe('dns and monitoring stacks', () => {
     // Inbound only: SQS leaves messages received three times or more out of this metric.
     expect(byMetric('ApproximateAgeOfOldestMessage')).toHaveLength(1);
     expect(byMetric('Errors')).toHaveLength(3);
-    expect(byMetric('UnHealthyHostCount')).toHaveLength(6);
-    expect(byMetric('HealthyHostCount')).toHaveLength(6);
+    expect(byMetric('UnHealthyHostCount')).toHaveLength(8);
+    expect(byMetric('HealthyHostCount')).toHaveLength(8);
+    expect(byMetric('ActiveFlowCount')).toHaveLength(1);
     expect(byMetric('BucketSizeBytes')).toHaveLength(1);
     const math = JSON.stringify(alarms.filter((a) => a.Metrics));
     expect(math).toContain('delivery-bounced');
@@ -523,16 +595,35 @@ describe('alarms that matter when things are worst', () => {
 
   it('fires when a target group has no healthy task at all, missing data included', () => {
     const healthy = alarms.filter((a) => a.MetricName === 'HealthyHostCount');
-    // One per target group: 25, 465, 587, 110, 995 and the proxy's internal 3128.
-    expect(healthy).toHaveLength(6);
+    // One per target group: 25, 465, 587, 110, 995, 143, 993 and the proxy's internal 3128.
+    expect(healthy).toHaveLength(8);
     const groups = new Set(
       healthy.map((a) => JSON.stringify((a.Dimensions as { Name: string; Value: unknown }[]).find((d) => d.Name === 'TargetGroup')!.Value)),
     );
-    expect(groups.size).toBe(6);
+    expect(groups.size).toBe(8);
     for (const a of healthy) {
       expect(a).toMatchObject({ Namespace: 'AWS/NetworkELB', ComparisonOperator: 'LessThanThreshold', Threshold: 1, TreatMissingData: 'breaching' });
       expect((a.Dimensions as { Name: string }[]).map((d) => d.Name).sort()).toEqual(['LoadBalancer', 'TargetGroup']);
     }
+  });
+
+  it('warns when the public listeners approach the IMAP connections the mailbox service admits at its largest', () => {
+    const conn = alarms.filter((a) => a.MetricName === 'ActiveFlowCount');
+    expect(conn).toHaveLength(1);
+    const { maxTasks } = main.config.services.mailbox;
+    expect(conn[0]).toMatchObject({
+      Namespace: 'AWS/NetworkELB',
+      Statistic: 'Maximum',
+      ComparisonOperator: 'GreaterThanOrEqualToThreshold',
+      Threshold: Math.floor(0.8 * maxTasks * main.config.imapConnectionsPerTask),
+    });
+    expect(conn[0]!.Threshold).toBe(12_800);
+    // Without IMAP there are no long-lived connections to size for.
+    const base = main.config.listeners;
+    const noImap = testApp({ listeners: { ...base, imap: false, imaps: false } }).stacks.monitoring!;
+    expect(
+      Object.values(resources(Template.fromStack(noImap), 'AWS::CloudWatch::Alarm')).filter((a) => a.Properties!.MetricName === 'ActiveFlowCount'),
+    ).toEqual([]);
   });
 
   it('watches the oldest undelivered outbound message from the metric the worker publishes', () => {

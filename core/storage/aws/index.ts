@@ -37,9 +37,15 @@ export interface AwsStorageOptions {
  * e.g. the CLI) checks all.
  */
 export function backendsUsed(config: Config): { mail: boolean; cache: boolean; queues: ('inbound' | 'outbound')[] } {
-  const { smtp, pop3, proxy, workers } = { smtp: config.smtp.enabled, pop3: config.pop3.enabled, proxy: config.proxy.enabled, workers: config.workers.enabled };
-  if (!smtp && !pop3 && !proxy && !workers) return { mail: true, cache: true, queues: ['inbound', 'outbound'] };
-  return { mail: smtp || pop3 || workers, cache: proxy, queues: workers ? ['inbound', 'outbound'] : smtp ? ['inbound'] : [] };
+  const { smtp, pop3, imap, proxy, workers } = {
+    smtp: config.smtp.enabled,
+    pop3: config.pop3.enabled,
+    imap: config.imap.enabled,
+    proxy: config.proxy.enabled,
+    workers: config.workers.enabled,
+  };
+  if (!smtp && !pop3 && !imap && !proxy && !workers) return { mail: true, cache: true, queues: ['inbound', 'outbound'] };
+  return { mail: smtp || pop3 || imap || workers, cache: proxy, queues: workers ? ['inbound', 'outbound'] : smtp ? ['inbound'] : [] };
 }
 
 /** Opens S3, DynamoDB and SQS clients once and returns the three ports over them. */
