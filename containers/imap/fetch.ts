@@ -111,7 +111,8 @@ function parseSection(v: Atom, name: string): SectionItem {
     part.push(n);
   }
   const section = pieces.join('.') as SectionKind;
-  if (!['', 'HEADER', 'TEXT', 'MIME', 'HEADER.FIELDS', 'HEADER.FIELDS.NOT'].includes(section)) throw new CommandError('BAD', `Unknown section ${head.slice(0, 30)}`);
+  if (!['', 'HEADER', 'TEXT', 'MIME', 'HEADER.FIELDS', 'HEADER.FIELDS.NOT'].includes(section))
+    throw new CommandError('BAD', `Unknown section ${head.slice(0, 30)}`);
   if (section === 'MIME' && !part.length) throw new CommandError('BAD', 'MIME needs a part number');
   let fields: string[] = [];
   if (section.startsWith('HEADER.FIELDS')) {
@@ -134,7 +135,8 @@ function parseSection(v: Atom, name: string): SectionItem {
 /** Runs a FETCH over `uids` (ascending) of the view. */
 export async function runFetch(s: ImapSession, view: SelectedFolder, uids: number[], args: ImapValue[], byUid: boolean): Promise<void> {
   const { items, changedSince, vanished } = parseFetchItems(args);
-  if (vanished && (!byUid || changedSince === undefined || !s.qresync)) throw new CommandError('BAD', 'VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC');
+  if (vanished && (!byUid || changedSince === undefined || !s.qresync))
+    throw new CommandError('BAD', 'VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC');
   if (changedSince !== undefined || items.some((i) => i.kind === 'MODSEQ')) s.condstore = true;
   if (byUid && !items.some((i) => i.kind === 'UID')) items.unshift({ kind: 'UID' });
   if (s.condstore && changedSince !== undefined && !items.some((i) => i.kind === 'MODSEQ')) items.push({ kind: 'MODSEQ' });
@@ -188,7 +190,9 @@ async function loadMessages(s: ImapSession, view: SelectedFolder, uids: number[]
 async function writeOne(s: ImapSession, view: SelectedFolder, uid: number, m: FolderMessage | undefined, items: FetchItem[]): Promise<void> {
   const entry = view.entry(uid)!;
   let structure: ImapStructure | undefined;
-  const needStructure = items.some((i) => i.kind === 'ENVELOPE' || i.kind === 'BODYSTRUCTURE' || i.kind === 'BODY' || (i.kind === 'section' && (i.part.length || i.section !== '')));
+  const needStructure = items.some(
+    (i) => i.kind === 'ENVELOPE' || i.kind === 'BODYSTRUCTURE' || i.kind === 'BODY' || (i.kind === 'section' && (i.part.length || i.section !== '')),
+  );
   if (needStructure && m) structure = await structureOf(s, m);
   const out = s.out;
   out.write(`* ${view.seqOf(uid)} FETCH (`);
@@ -248,7 +252,8 @@ async function writeSection(s: ImapSession, m: FolderMessage, structure: ImapStr
   }
   if (item.section === 'HEADER.FIELDS' || item.section === 'HEADER.FIELDS.NOT') {
     const end = Math.min(range.end, range.start + MAX_HEADER_READ);
-    const header = end > range.start ? await readAll((await s.services.blobs.get(m.blobKey, { range: { start: range.start, end: end - 1 } })).body) : Buffer.alloc(0);
+    const header =
+      end > range.start ? await readAll((await s.services.blobs.get(m.blobKey, { range: { start: range.start, end: end - 1 } })).body) : Buffer.alloc(0);
     const filtered = applyPartial(filterHeaderFields(header, item.fields, item.section === 'HEADER.FIELDS.NOT'), item.partial);
     out.write(`${item.label}${partialLabel} {${filtered.length}}\r\n`);
     out.write(filtered);

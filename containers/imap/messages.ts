@@ -145,7 +145,7 @@ export class MessageCommands {
     if (move && view.readOnly) throw new CommandError('NO', 'The folder is read-only (EXAMINE)', 'READ-ONLY');
     const uids = this.uidsOf(c.args[0], byUid).filter((u) => !view.isExpunged(u));
     const name = this.s.clientName(c.args[1]);
-    const target = await this.s.services.folders.find(this.s.user, name);
+    const target = await this.s.findFolder(name);
     if (!target) throw new CommandError('NO', `No folder ${name}`, 'TRYCREATE');
     if (!uids.length) return this.s.ok(c.tag, `${c.name} completed (nothing to ${move ? 'move' : 'copy'})`);
     const folders = this.s.services.folders;
@@ -156,9 +156,7 @@ export class MessageCommands {
           ? await folders.move(this.s.user, view.folder.id, uids, target.id)
           : await folders.copy(this.s.user, view.folder.id, uids, target.id);
     const status = await folders.status(this.s.user, target.id);
-    const copyUid = pairs.length
-      ? `COPYUID ${status.uidValidity} ${uidSetText(pairs.map((p) => p[0]))} ${pairs.map((p) => p[1]).join(',')}`
-      : undefined;
+    const copyUid = pairs.length ? `COPYUID ${status.uidValidity} ${uidSetText(pairs.map((p) => p[0]))} ${pairs.map((p) => p[1]).join(',')}` : undefined;
     if (!move) return this.s.ok(c.tag, `${c.name} completed`, { allowExpunge: byUid, ...(copyUid ? { code: copyUid } : {}) });
     // MOVE: the COPYUID goes untagged before the expunges (RFC 6851 §4.3).
     if (copyUid) this.s.out.write(`* OK [${copyUid}] Moved\r\n`);
@@ -223,7 +221,8 @@ export class MessageCommands {
     const saved = savedResult(found, options);
     if (saved) this.s.savedSearch = saved;
     // IMAP4rev2 answers every SEARCH with ESEARCH (RFC 9051 §6.4.4).
-    const line = options !== undefined || this.s.rev2 ? formatEsearch(c.tag, byUid, found, options ?? ['ALL'], { modseq }) : formatSearch(byUid, found, { modseq });
+    const line =
+      options !== undefined || this.s.rev2 ? formatEsearch(c.tag, byUid, found, options ?? ['ALL'], { modseq }) : formatSearch(byUid, found, { modseq });
     if (line) this.s.out.write(`${line}\r\n`);
     return this.s.ok(c.tag, `${c.name} completed`, { allowExpunge: byUid });
   }
@@ -253,7 +252,7 @@ export class MessageCommands {
     const source = c.append;
     if (!source) throw new CommandError('BAD', 'APPEND needs a message literal');
     try {
-      const folder = await this.s.services.folders.find(this.s.user, this.s.clientName(c.args[0]));
+      const folder = await this.s.findFolder(this.s.clientName(c.args[0]));
       if (!folder) throw new CommandError('NO', 'No such folder', 'TRYCREATE');
       let flags: string[] = [];
       let date: Date | undefined;
@@ -294,7 +293,9 @@ export class MessageCommands {
     if (validity !== view.uidValidity) return; // the client must resync from scratch
     const knownSet = sequenceSet(params[2]);
     const present = new Set(view.allUids);
-    const top = knownSet ? Math.min(view.uidNext - 1, Math.max(...knownSet.map((r) => (r.to === '*' ? view.uidNext - 1 : Math.max(Number(r.from), Number(r.to)))))) : view.uidNext - 1;
+    const top = knownSet
+      ? Math.min(view.uidNext - 1, Math.max(...knownSet.map((r) => (r.to === '*' ? view.uidNext - 1 : Math.max(Number(r.from), Number(r.to))))))
+      : view.uidNext - 1;
     const vanished: number[] = [];
     for (let u = 1; u <= top && vanished.length < 1_000_000; u++) if (!present.has(u)) vanished.push(u);
     if (vanished.length) this.s.out.write(`* VANISHED (EARLIER) ${uidSetText(vanished)}\r\n`);

@@ -4,7 +4,7 @@
  * `INBOX` in any case is INBOX; `*` matches anything, `%` anything but the delimiter.
  */
 import { DELIMITER } from '../../core/mailbox/folders.js';
-import { mailboxNameFromClient, mailboxNameToClient } from './protocol/mailbox-name.js';
+import { mailboxNameFromClient, mailboxNameToClient } from '../../core/mailbox/mailbox-name.js';
 
 /** The folder name a client sent, as the store writes it; undefined when it is not valid. */
 export function nameFromClient(raw: string, utf8: boolean): string | undefined {

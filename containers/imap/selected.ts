@@ -213,8 +213,11 @@ export class SelectedFolder {
       }
       await this.admit(added);
       await this.rereadFlags([...flagged].filter((u) => this.byUid.has(u) && !this.expunged.has(u)));
+      // `more` with no progress: a young gap (a change still being written); the next refresh
+      // picks it up.
+      const moved = page.modseq !== this.position;
       this.position = page.modseq;
-      if (!page.more) return;
+      if (!page.more || !moved) return;
     }
   }
 

@@ -403,7 +403,11 @@ function streamAppend(blobs: Blobs, size: number, resume: () => void) {
 
 /** A bounded set of metric labels: known commands, the rest as `other`. */
 function commandLabel(name: string): string {
-  return /^(CAPABILITY|NOOP|LOGOUT|ID|STARTTLS|LOGIN|AUTHENTICATE|ENABLE|SELECT|EXAMINE|CREATE|DELETE|RENAME|SUBSCRIBE|UNSUBSCRIBE|LIST|LSUB|NAMESPACE|STATUS|APPEND|IDLE|GETQUOTA|GETQUOTAROOT|CHECK|CLOSE|UNSELECT|EXPUNGE|FETCH|STORE|COPY|MOVE|SEARCH|SORT|UID)$/.test(name) ? name : 'other';
+  return /^(CAPABILITY|NOOP|LOGOUT|ID|STARTTLS|LOGIN|AUTHENTICATE|ENABLE|SELECT|EXAMINE|CREATE|DELETE|RENAME|SUBSCRIBE|UNSUBSCRIBE|LIST|LSUB|NAMESPACE|STATUS|APPEND|IDLE|GETQUOTA|GETQUOTAROOT|CHECK|CLOSE|UNSELECT|EXPUNGE|FETCH|STORE|COPY|MOVE|SEARCH|SORT|UID)$/.test(
+    name,
+  )
+    ? name
+    : 'other';
 }
 
 /** Starts the IMAP listeners that the configuration enables. */

@@ -280,7 +280,8 @@ export class ImapSession {
     const params = c.args[0];
     if (Array.isArray(params)) {
       const pairs: Record<string, string> = {};
-      for (let i = 0; i + 1 < params.length && i < 60; i += 2) pairs[String(text(params[i]) ?? '').slice(0, 30)] = String(text(params[i + 1]) ?? '').slice(0, 200);
+      for (let i = 0; i + 1 < params.length && i < 60; i += 2)
+        pairs[String(text(params[i]) ?? '').slice(0, 30)] = String(text(params[i + 1]) ?? '').slice(0, 200);
       this.services.log.debug({ id: pairs }, 'IMAP client ID');
     }
     this.out.write('* ID ("name" "Tomlinson" "vendor" "Tomlinson")\r\n');
@@ -297,7 +298,8 @@ export class ImapSession {
   }
 
   private requireSecure(): void {
-    if (!this.transport.tls && !this.transport.plaintextAllowed) throw new CommandError('NO', 'Use STARTTLS (or port 993) before logging in', 'PRIVACYREQUIRED');
+    if (!this.transport.tls && !this.transport.plaintextAllowed)
+      throw new CommandError('NO', 'Use STARTTLS (or port 993) before logging in', 'PRIVACYREQUIRED');
   }
 
   private async login(c: Command): Promise<Next> {
@@ -382,9 +384,20 @@ export class ImapSession {
   /** The folder a client names, or NO [NONEXISTENT]. */
   async folderNamed(raw: ImapValue | undefined): Promise<FolderInfo> {
     const name = this.clientName(raw);
-    const folder = await this.services.folders.find(this.user, name);
+    const folder = await this.findFolder(name);
     if (!folder) throw new CommandError('NO', `No folder ${name}`, 'NONEXISTENT');
     return folder;
+  }
+
+  /**
+   * The folder with this name. The special-use folders are made at first use: a client that
+   * files into `Sent` or `Trash` before it ever listed finds them (RFC 6154 clients often do).
+   */
+  async findFolder(name: string): Promise<FolderInfo | undefined> {
+    const found = await this.services.folders.find(this.user, name);
+    if (found) return found;
+    const use = (Object.keys(SPECIAL_USES) as SpecialUse[]).find((u) => SPECIAL_USES[u] === name);
+    return use ? this.services.folders.ensureSpecialUse(this.user, use) : undefined;
   }
 
   /** A folder name argument, decoded; BAD when it is not one. */

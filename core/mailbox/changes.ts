@@ -168,6 +168,12 @@ export class ChangeLog {
     }
   }
 
+  /** The writer holding `modseq` gave it up (its transaction failed): a tombstone, unless the
+   * change committed after all (then the put-if-absent leaves it). */
+  async abandon(user: string, modseq: number): Promise<void> {
+    await putIfAbsent(this.tables, this.item(user, modseq, []));
+  }
+
   /** Puts a tombstone at `modseq` unless a change got there first (then returns that change). */
   private async closeGap(user: string, modseq: number): Promise<Change | undefined> {
     if (await putIfAbsent(this.tables, this.item(user, modseq, []))) return undefined;

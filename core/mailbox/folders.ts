@@ -677,7 +677,15 @@ export class FolderStore {
 
   /** Commits a transaction that records a change, then nudges this process's sessions (IDLE). */
   private async commit(user: string, ops: TransactOp[]): Promise<void> {
-    await this.tables.transact(ops);
+    try {
+      await this.tables.transact(ops);
+    } catch (e) {
+      // The MODSEQ this attempt took will never be used (a retry takes a new one): close it now,
+      // so readers do not wait out the gap grace (a delayed IDLE) for a writer that moved on.
+      const change = ops.find((op): op is Extract<TransactOp, { put: unknown }> => 'put' in op && op.put.pk === `CHG#${user}` && op.put.sk.startsWith('MOD#'));
+      if (change) await this.changes.abandon(user, Number(change.put.sk.slice(4))).catch(() => undefined);
+      throw e;
+    }
     publishMailboxChange(user);
   }
 

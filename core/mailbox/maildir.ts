@@ -12,72 +12,13 @@ import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { decodeMailboxName, encodeMailboxName } from './mailbox-name.js';
 import { DELIMITER, SPECIAL_USES, type SpecialUse } from './folders.js';
 
 // ---------------------------------------------------------------------------------------------
-// Modified UTF-7 (RFC 3501 §5.1.3). The IMAP layer has its own in
-// containers/imap/protocol/mailbox-name.ts; this one is for names on disk, where core may not
-// import a container.
+// Modified UTF-7 (RFC 3501 §5.1.3), shared with the IMAP listener: core/mailbox/mailbox-name.ts.
 
-/** Decodes a modified UTF-7 name; undefined when it is not valid modified UTF-7. */
-export function decodeMailboxUtf7(s: string): string | undefined {
-  let out = '';
-  for (let i = 0; i < s.length;) {
-    const c = s[i]!;
-    const code = c.charCodeAt(0);
-    if (code < 0x20 || code > 0x7e) return undefined; // only printable US-ASCII is allowed raw
-    if (c !== '&') {
-      out += c;
-      i++;
-      continue;
-    }
-    const end = s.indexOf('-', i + 1);
-    if (end < 0) return undefined;
-    const b64 = s.slice(i + 1, end);
-    i = end + 1;
-    if (!b64) {
-      out += '&'; // "&-" is "&"
-      continue;
-    }
-    if (!/^[A-Za-z0-9+,]+$/.test(b64)) return undefined;
-    const bytes = Buffer.from(b64.replace(/,/g, '/'), 'base64');
-    if (bytes.length < 2 || bytes.length % 2 !== 0) return undefined;
-    // UTF-16BE: swap to the little-endian order Node decodes.
-    const swapped = Buffer.alloc(bytes.length);
-    for (let j = 0; j < bytes.length; j += 2) {
-      swapped[j] = bytes[j + 1]!;
-      swapped[j + 1] = bytes[j]!;
-    }
-    out += swapped.toString('utf16le');
-  }
-  return out;
-}
-
-/** Encodes a name in modified UTF-7; `escape` lists printable characters to encode as well. */
-export function encodeMailboxUtf7(s: string, escape = ''): string {
-  let out = '';
-  let run = '';
-  const flush = () => {
-    if (!run) return;
-    const le = Buffer.from(run, 'utf16le');
-    const be = Buffer.alloc(le.length);
-    for (let j = 0; j < le.length; j += 2) {
-      be[j] = le[j + 1]!;
-      be[j + 1] = le[j]!;
-    }
-    out += `&${be.toString('base64').replace(/=+$/, '').replace(/\//g, ',')}-`;
-    run = '';
-  };
-  for (const c of s) {
-    const code = c.charCodeAt(0);
-    if (code >= 0x20 && code <= 0x7e && !escape.includes(c)) {
-      flush();
-      out += c === '&' ? '&-' : c;
-    } else run += c;
-  }
-  flush();
-  return out;
-}
+export { decodeMailboxName as decodeMailboxUtf7, encodeMailboxName as encodeMailboxUtf7 } from './mailbox-name.js';
 
 // ---------------------------------------------------------------------------------------------
 // Folder names
@@ -87,7 +28,7 @@ const MAILDIRPP_SEPARATOR = '.';
 
 /** A level of a directory name decoded from modified UTF-7 (kept as it is when it is not). */
 function decodeLevel(level: string): string {
-  return decodeMailboxUtf7(level) ?? level;
+  return decodeMailboxName(level, { escaped: MAILDIRPP_SEPARATOR }) ?? level;
 }
 
 /** `.Archive.2024` → `Archive/2024`; `.B&APw-cher` → `Bücher`. */
@@ -104,7 +45,7 @@ export function dirOfFolderName(name: string): string {
     MAILDIRPP_SEPARATOR +
     name
       .split(DELIMITER)
-      .map((l) => encodeMailboxUtf7(l, MAILDIRPP_SEPARATOR))
+      .map((l) => encodeMailboxName(l, MAILDIRPP_SEPARATOR))
       .join(MAILDIRPP_SEPARATOR)
   );
 }

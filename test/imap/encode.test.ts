@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { astring, continuation, flagList, imapString, mailboxName, nstring, tagged, untagged } from '../../containers/imap/protocol/encode.js';
-import { decodeMailboxName, encodeMailboxName, mailboxNameFromClient, mailboxNameToClient } from '../../containers/imap/protocol/mailbox-name.js';
+import { decodeMailboxName, encodeMailboxName, mailboxNameFromClient, mailboxNameToClient } from '../../core/mailbox/mailbox-name.js';
 
 describe('response lines (RFC 9051 §7)', () => {
   it('writes untagged, tagged and continuation lines', () => {

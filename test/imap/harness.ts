@@ -104,7 +104,13 @@ export interface StepsResult {
 }
 
 /** Runs imaplib steps (see support/imaplib_steps.py). */
-export async function imaplib(args: { port: number; mode?: 'plain' | 'starttls' | 'ssl'; user?: string; password?: string; steps: unknown[][] }): Promise<StepsResult> {
+export async function imaplib(args: {
+  port: number;
+  mode?: 'plain' | 'starttls' | 'ssl';
+  user?: string;
+  password?: string;
+  steps: unknown[][];
+}): Promise<StepsResult> {
   const { stdout } = await run('python3', [STEPS, JSON.stringify({ host: '127.0.0.1', ...args })], { timeout: 60_000, maxBuffer: 64 * 1024 * 1024 });
   return JSON.parse(stdout) as StepsResult;
 }

@@ -8,7 +8,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addImapUsers, imaplib, imapMessage, imapPassword, startImapHarness, type ImapHarness } from './harness.js';
 
 let h: ImapHarness;
-const sha = (s: string | Buffer) => createHash('sha256').update(typeof s === 'string' ? Buffer.from(s, 'latin1') : s).digest('hex');
+const sha = (s: string | Buffer) =>
+  createHash('sha256')
+    .update(typeof s === 'string' ? Buffer.from(s, 'latin1') : s)
+    .digest('hex');
 
 beforeAll(async () => {
   h = await startImapHarness();
@@ -24,7 +27,13 @@ describe("Python's imaplib", () => {
     const r = await imaplib({
       port: h.port,
       ...login('ann@example.com'),
-      steps: [['login'], ['list', '""', '*'], ['select', 'INBOX'], ['fetch', '1:*', '(UID FLAGS RFC822.SIZE BODY.PEEK[])'], ['uid', 'FETCH', '2', '(ENVELOPE)']],
+      steps: [
+        ['login'],
+        ['list', '""', '*'],
+        ['select', 'INBOX'],
+        ['fetch', '1:*', '(UID FLAGS RFC822.SIZE BODY.PEEK[])'],
+        ['uid', 'FETCH', '2', '(ENVELOPE)'],
+      ],
     });
     expect(r.error).toBeUndefined();
     expect(r.capabilities).toEqual(expect.arrayContaining(['IMAP4REV1', 'IMAP4REV2', 'STARTTLS', 'AUTH=PLAIN']));
@@ -38,7 +47,9 @@ describe("Python's imaplib", () => {
     const bodies = parts.filter(Array.isArray) as [string, string][];
     expect(bodies).toHaveLength(3);
     for (let i = 0; i < 3; i++) {
-      expect(bodies[i]![0]).toMatch(new RegExp(`^${i + 1} \\(UID ${i + 1} FLAGS \\(\\) RFC822.SIZE ${imapMessage(i + 1).length} BODY\\[\\] \\{${imapMessage(i + 1).length}\\}$`));
+      expect(bodies[i]![0]).toMatch(
+        new RegExp(`^${i + 1} \\(UID ${i + 1} FLAGS \\(\\) RFC822.SIZE ${imapMessage(i + 1).length} BODY\\[\\] \\{${imapMessage(i + 1).length}\\}$`),
+      );
       expect(sha(bodies[i]![1])).toBe(sha(imapMessage(i + 1)));
     }
     expect(String((envR![1] as string[])[0])).toContain('ENVELOPE ("Mon, 7 Dec 2026 10:00:02 +0000" "message 2" (("Sender 2" NIL "sender2" "example.net"))');
@@ -90,16 +101,17 @@ describe("Python's imaplib", () => {
     expect(res[5]).toEqual(['OK', ['4']]);
     expect(res[6]![0]).toBe('OK');
     expect(res[7]![0]).toBe('OK');
-    expect(res[9]).toEqual(['OK', ['1']]); // message 1 expunged (message 2 moved away before)
+    // imaplib keeps untagged EXPUNGEs until asked: MOVE's `* 2 EXPUNGE`, then EXPUNGE's `* 1 EXPUNGE`.
+    expect(res[9]).toEqual(['OK', ['2', '1']]);
     expect(res[10]![0]).toBe('OK');
     expect(String((res[10]![1] as string[])[0])).toMatch(/^\[APPENDUID \d+ 1\]/);
-    expect(String((res[11]![1] as string[])[0])).toMatch(/^Drafts \(MESSAGES 1 UIDNEXT 2 UNSEEN 1 SIZE \d+\)$/);
+    expect(String((res[11]![1] as string[])[0])).toMatch(/^"Drafts" \(MESSAGES 1 UIDNEXT 2 UNSEEN 1 SIZE \d+\)$/);
     const archived = res[13]![1] as [string, string][];
     expect(archived[0]![0]).toContain('FLAGS (\\Seen $Work)');
     expect(archived[0]![1]).toBe('Subject: message 1\r\n\r\n');
     const draft = res[15]![1] as [string, string][];
     expect(draft[0]![1]).toBe(appended);
-    expect(String((res[16]![1] as string[])[0])).toBe('1 (FLAGS (\\Seen \\Draft))');
+    expect(String((res[16]![1] as string[])[0])).toMatch(/^1 \(FLAGS \((\\Seen \\Draft|\\Draft \\Seen)\)\)$/);
     // What the store now holds, independently of the protocol.
     const folders = await h.folders.list(u);
     const trash = folders.find((f) => f.specialUse === '\\Trash')!;

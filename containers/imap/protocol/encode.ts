@@ -5,7 +5,7 @@
  * BODYSTRUCTURE rendering quote alike.
  */
 import { imapList, imapString, nstring } from '../../../core/mail/imap-syntax.js';
-import { mailboxNameToClient } from './mailbox-name.js';
+import { mailboxNameToClient } from '../../../core/mailbox/mailbox-name.js';
 
 export { imapList, imapString, nstring };
 

@@ -1,5 +1,6 @@
 /**
- * Mailbox names on the wire. Folders are stored with UTF-8 names (core/mailbox/folders.ts); an
+ * Mailbox names in modified UTF-7: on the IMAP wire, and in Maildir++ directory names (import
+ * and export, core/mailbox/maildir.ts). Folders are stored with UTF-8 names (core/mailbox/folders.ts); an
  * IMAP4rev1 client that has not enabled UTF8=ACCEPT (RFC 6855) or IMAP4rev2 (RFC 9051 §6.3.1)
  * sends and expects modified UTF-7 (RFC 3501 §5.1.3), so the session converts at its edge with
  * mailboxNameFromClient / mailboxNameToClient.
@@ -18,20 +19,24 @@ function direct(code: number): boolean {
   return code >= 0x20 && code <= 0x7e;
 }
 
-/** Encodes a UTF-8 (JS string) mailbox name as modified UTF-7; `&` becomes `&-`. */
-export function encodeMailboxName(name: string): string {
+/**
+ * Encodes a UTF-8 (JS string) mailbox name as modified UTF-7; `&` becomes `&-`. `escape` lists
+ * printable characters to encode as well (a Maildir++ directory name cannot hold its `.`).
+ */
+export function encodeMailboxName(name: string, escape = ''): string {
   let out = '';
   let i = 0;
+  const plain = (code: number) => direct(code) && !escape.includes(String.fromCharCode(code));
   while (i < name.length) {
     const code = name.charCodeAt(i);
-    if (direct(code)) {
+    if (plain(code)) {
       out += code === 0x26 ? '&-' : name[i];
       i++;
       continue;
     }
     // A run of other characters as UTF-16BE in modified BASE64, between `&` and `-`.
     let j = i;
-    while (j < name.length && !direct(name.charCodeAt(j))) j++;
+    while (j < name.length && !plain(name.charCodeAt(j))) j++;
     const bytes = Buffer.alloc((j - i) * 2);
     for (let k = i; k < j; k++) bytes.writeUInt16BE(name.charCodeAt(k), (k - i) * 2);
     out += '&' + bytes.toString('base64').replace(/=+$/, '').replace(/\//g, ',') + '-';
@@ -45,8 +50,9 @@ export function encodeMailboxName(name: string): string {
  * an 8-bit or control character, `&` without its `-`, a bad BASE64 character or length, nonzero
  * padding bits, a printable ASCII character encoded, two encoded runs back to back, or an
  * unpaired UTF-16 surrogate. RFC 3501 §5.1.3 makes each of these a form a client must not send.
+ * `escaped`: printable characters that may be encoded (what `encodeMailboxName` was told to escape).
  */
-export function decodeMailboxName(wire: string): string | undefined {
+export function decodeMailboxName(wire: string, options: { escaped?: string } = {}): string | undefined {
   let out = '';
   let i = 0;
   let lastRunEnd = -1;
@@ -66,7 +72,7 @@ export function decodeMailboxName(wire: string): string | undefined {
       continue;
     }
     if (lastRunEnd === i) return undefined;
-    const run = decodeRun(wire.slice(i + 1, dash));
+    const run = decodeRun(wire.slice(i + 1, dash), options.escaped ?? '');
     if (run === undefined) return undefined;
     out += run;
     i = dash + 1;
@@ -76,7 +82,7 @@ export function decodeMailboxName(wire: string): string | undefined {
 }
 
 /** One `&...-` run's BASE64 as UTF-16BE, or undefined when malformed. */
-function decodeRun(b64: string): string | undefined {
+function decodeRun(b64: string, escaped: string): string | undefined {
   let bits = 0;
   let acc = 0;
   const units: number[] = [];
@@ -96,7 +102,7 @@ function decodeRun(b64: string): string | undefined {
   const text = String.fromCharCode(...units);
   for (let k = 0; k < units.length; k++) {
     const u = units[k]!;
-    if (direct(u)) return undefined;
+    if (direct(u) && !escaped.includes(String.fromCharCode(u))) return undefined;
     if (u >= 0xd800 && u <= 0xdbff) {
       const low = units[k + 1];
       if (low === undefined || low < 0xdc00 || low > 0xdfff) return undefined;
