@@ -184,8 +184,12 @@ class ImapConnection implements SessionHandler {
         const append = ev.name === 'APPEND' ? this.appendInFlight?.source : undefined;
         this.appendInFlight = undefined;
         const started = process.hrtime.bigint();
+        const bad = this.session.badReplies;
         const next = await this.session.run({ tag: ev.tag, name: ev.name, args: ev.args, ...(append ? { append } : {}) });
         this.count(ev.name, started);
+        if (this.session.badReplies > bad) {
+          if (this.countBad()) return this.tooManyBad(false);
+        } else if (next.kind === 'done') this.badInARow = 0;
         await this.after(next);
       }
     } catch (e) {
@@ -262,7 +266,6 @@ class ImapConnection implements SessionHandler {
   private async after(next: Next): Promise<void> {
     switch (next.kind) {
       case 'done':
-        this.badInARow = 0;
         return;
       case 'logout':
         this.end();

@@ -95,6 +95,8 @@ export class ImapSession {
   readonly enabled = new Set<string>();
   /** RFC 7162: the client used a CONDSTORE feature, so MODSEQs go with FLAGS from now on. */
   condstore = false;
+  /** Tagged BAD replies so far (the listener closes after too many in a row). */
+  badReplies = 0;
   /** The tag of the command running (IDLE answers with it at DONE). */
   lastTag = '';
   /** RFC 5182 SEARCHRES: the UIDs a `SEARCH RETURN (SAVE)` kept, for `$`. */
@@ -178,6 +180,7 @@ export class ImapSession {
   }
 
   private fail(tag: string, e: unknown): Next {
+    if (e instanceof CommandError && e.status === 'BAD') this.badReplies++;
     if (e instanceof CommandError) {
       this.out.write(tagged(tag, e.status, e.message, e.code));
     } else if (e instanceof FolderError) {
