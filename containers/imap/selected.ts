@@ -196,6 +196,15 @@ export class SelectedFolder {
    * the view at once (their EXISTS is owed), flag changes and expunges wait for `updates`.
    */
   async refresh(): Promise<void> {
+    // One at a time: an IDLE wake-up may still be reading when the next command refreshes.
+    const run = this.refreshing.then(() => this.readChanges());
+    this.refreshing = run.catch(() => undefined);
+    return run;
+  }
+
+  private refreshing: Promise<void> = Promise.resolve();
+
+  private async readChanges(): Promise<void> {
     for (;;) {
       const page = await this.log.since(this.user, this.position);
       if (page.tooOld) return this.resync();
