@@ -349,6 +349,8 @@ export async function runCostBench(o: { messages?: number; size?: number; say?: 
       TOMLINSON_SMTP_CHECK_AUTH: 'false',
       TOMLINSON_POP3_PORT: '0',
       TOMLINSON_POP3S_PORT: '0',
+      TOMLINSON_IMAP_PORT: '0',
+      TOMLINSON_IMAPS_PORT: '0',
       TOMLINSON_PROXY_PORT: '0',
       TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'true',
       TOMLINSON_HEALTH_PORT: '0',

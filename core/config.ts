@@ -355,6 +355,24 @@ export const SETTINGS: readonly Setting[] = [
     doc: 'Malformed or unknown commands in a row before BYE.',
   },
   {
+    path: 'imap.authFailureDelayMs',
+    env: 'TOMLINSON_IMAP_AUTH_FAILURE_DELAY_MS',
+    kind: 'int',
+    min: 0,
+    max: 60000,
+    default: 1000,
+    doc: 'Delay before a failed LOGIN or AUTHENTICATE is answered; grows with repeated failures as POP3\'s does.',
+  },
+  {
+    path: 'imap.loginCacheSeconds',
+    env: 'TOMLINSON_IMAP_LOGIN_CACHE_SECONDS',
+    kind: 'int',
+    min: 0,
+    max: 86400,
+    default: 900,
+    doc: 'How long a password that passed the memory-hard check is remembered as a keyed hash (mail programs log in often, on several connections); 0 turns it off.',
+  },
+  {
     path: 'imap.maxLineBytes',
     env: 'TOMLINSON_IMAP_MAX_LINE_BYTES',
     kind: 'int',
@@ -751,6 +769,8 @@ export interface Config {
     maxConnectionsPerClient: number;
     maxBadCommands: number;
     maxLineBytes: number;
+    authFailureDelayMs: number;
+    loginCacheSeconds: number;
   };
   proxy: {
     enabled: boolean;

@@ -421,8 +421,8 @@ export async function startImap(ctx: ListenerContext, options: ImapServerOptions
   const tlsProvider = options.tls ?? (await createTlsProvider(config, log));
   const ownsTls = options.tls === undefined;
   const accounts = new Accounts(storage.tables);
-  const logins = new LoginCache(accounts, storage.tables, { ttlSeconds: options.authCacheSeconds ?? config.pop3.loginCacheSeconds });
-  const throttle = new AuthThrottle({ baseDelayMs: config.pop3.authFailureDelayMs });
+  const logins = new LoginCache(accounts, storage.tables, { ttlSeconds: options.authCacheSeconds ?? cfg.loginCacheSeconds });
+  const throttle = new AuthThrottle({ baseDelayMs: cfg.authFailureDelayMs });
   const folders = new FolderStore(storage.tables, storage.mail);
   const changes = new ChangeLog(storage.tables);
 
@@ -476,7 +476,6 @@ export async function startImap(ctx: ListenerContext, options: ImapServerOptions
       limits: {
         maxConnections: cfg.maxConnections,
         maxConnectionsPerClient: cfg.maxConnectionsPerClient,
-        exempt: isLoopback,
         idleTimeoutMs: options.idleTimeoutMs ?? cfg.idleTimeoutSeconds * 1000,
         handshakeTimeoutMs: options.handshakeTimeoutMs ?? 30_000,
         pauseInputAbove: MAX_PENDING_INPUT,

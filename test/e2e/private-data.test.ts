@@ -129,6 +129,8 @@ describe('the data folder is private (umask 022)', () => {
       TOMLINSON_SUBMISSIONS_PORT: String(subs),
       TOMLINSON_POP3_PORT: String(pop),
       TOMLINSON_POP3S_PORT: String(pops),
+      TOMLINSON_IMAP_PORT: '0',
+      TOMLINSON_IMAPS_PORT: '0',
       TOMLINSON_PROXY_PORT: String(proxy),
       TOMLINSON_HEALTH_PORT: String(health),
       TOMLINSON_SMTP_CHECK_AUTH: 'false',

@@ -51,6 +51,8 @@ describe('npm start (embedded default)', () => {
       TOMLINSON_SUBMISSIONS_PORT: String(subs),
       TOMLINSON_POP3_PORT: String(pop),
       TOMLINSON_POP3S_PORT: String(pops),
+      TOMLINSON_IMAP_PORT: '0',
+      TOMLINSON_IMAPS_PORT: '0',
       TOMLINSON_PROXY_PORT: String(proxy),
       TOMLINSON_HEALTH_PORT: String(health),
       TOMLINSON_LOG_PRETTY: 'false',

@@ -50,6 +50,7 @@ export async function startImapHarness(env: Record<string, string> = {}, options
     TOMLINSON_LISTEN_HOST: '127.0.0.1',
     TOMLINSON_IMAP_PORT: '0',
     TOMLINSON_POP3_AUTH_FAILURE_DELAY_MS: '20',
+    TOMLINSON_IMAP_AUTH_FAILURE_DELAY_MS: '20',
     TOMLINSON_LOG_LEVEL: 'silent',
     ...env,
   });

@@ -38,6 +38,8 @@ beforeAll(async () => {
     TOMLINSON_SMTP_CHECK_AUTH: 'false',
     TOMLINSON_POP3_PORT: '0',
     TOMLINSON_POP3S_PORT: '0',
+    TOMLINSON_IMAP_PORT: '0',
+    TOMLINSON_IMAPS_PORT: '0',
     TOMLINSON_HEALTH_PORT: '0',
     TOMLINSON_LOG_LEVEL: 'silent',
   });

@@ -68,6 +68,8 @@ describe('final delivery: Return-Path at the top, read back over POP3 with curl'
       TOMLINSON_SUBMISSIONS_PORT: '0',
       TOMLINSON_POP3_PORT: '0',
       TOMLINSON_POP3S_PORT: '0',
+      TOMLINSON_IMAP_PORT: '0',
+      TOMLINSON_IMAPS_PORT: '0',
       TOMLINSON_SMTP_CHECK_AUTH: 'false',
       TOMLINSON_HEALTH_PORT: '0',
       TOMLINSON_LOG_LEVEL: 'silent',
