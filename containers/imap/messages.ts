@@ -200,7 +200,15 @@ export class MessageCommands {
       const seq = view.seqOf(m.uid);
       if (!seq || view.isExpunged(m.uid)) continue;
       blobKeys.set(m.uid, m.blobKey);
-      messages.push({ seq, uid: m.uid, flags: m.flags, internalDate: new Date(m.receivedAt), size: m.size, modseq: m.modseq, summary: m.summary });
+      messages.push({
+        seq,
+        uid: m.uid,
+        flags: m.flags,
+        internalDate: new Date(m.receivedAt),
+        size: m.size,
+        modseq: m.modseq,
+        summary: searchedFields(m.summary),
+      });
     }
     const blobs = this.s.services.blobs;
     const reader: MessageReader = {
@@ -304,6 +312,15 @@ export class MessageCommands {
       if (e.modseq > since) this.s.out.write(`* ${view.seqOf(uid)} FETCH (UID ${uid} FLAGS ${flagList(e.flags)} MODSEQ (${e.modseq}))\r\n`);
     }
   }
+}
+
+/** The summary fields SEARCH and SORT read; the rest (structure, parts, preview) is left behind so
+ * a search over a big folder holds a few hundred bytes per message, not the whole summary. */
+const SEARCHED_FIELDS = ['subject', 'from', 'fromAddress', 'to', 'cc', 'date', 'messageId', 'trimmed'];
+function searchedFields(summary: Record<string, AttrValue>): Record<string, AttrValue> {
+  const out: Record<string, AttrValue> = {};
+  for (const k of SEARCHED_FIELDS) if (summary?.[k] !== undefined) out[k] = summary[k]!;
+  return out;
 }
 
 /** UIDs (or their sequence numbers) as a set text. */

@@ -121,12 +121,12 @@ describe('npm start (embedded default)', () => {
   }, 60_000);
 
   it('refuses an unknown component with exit code 2', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'containers/main.ts', 'serve', 'imap'], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'containers/main.ts', 'serve', 'jmap'], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
     started.push(child);
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     const { code } = await exitOf(child);
     expect(code).toBe(2);
-    expect(err).toContain('unknown component "imap"');
+    expect(err).toContain('unknown component "jmap"');
   }, 60_000);
 });
