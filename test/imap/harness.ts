@@ -43,8 +43,8 @@ export interface ImapHarness {
   close(): Promise<void>;
 }
 
-export async function startImapHarness(env: Record<string, string> = {}, options: ImapServerOptions = {}): Promise<ImapHarness> {
-  const dir = await mkdtemp(join(tmpdir(), 'tomlinson-imap-'));
+export async function startImapHarness(env: Record<string, string> = {}, options: ImapServerOptions = {}, existing?: string): Promise<ImapHarness> {
+  const dir = existing ?? (await mkdtemp(join(tmpdir(), 'tomlinson-imap-')));
   const config = loadConfig({
     TOMLINSON_DATA_DIR: dir,
     TOMLINSON_LISTEN_HOST: '127.0.0.1',
