@@ -8,7 +8,15 @@
  * 50 MB message holds one read chunk at a time, whatever the size.
  */
 import type { Readable } from 'node:stream';
-import { filterHeaderFields, imapStructure, sectionRange, type ImapStructure, type SectionKind } from '../../core/mail/imap-structure.js';
+import {
+  filterHeaderFields,
+  imapStructure,
+  MAX_STORED_STRUCTURE_BYTES,
+  sectionRange,
+  type ImapStructure,
+  type SectionKind,
+} from '../../core/mail/imap-structure.js';
+import type { AttrValue } from '../../core/storage/ports.js';
 import type { FolderMessage } from '../../core/mailbox/folders.js';
 import { flagList } from './protocol/encode.js';
 import { is, isAtom, number, text, type Atom, type ImapValue } from './protocol/values.js';
@@ -193,7 +201,7 @@ async function writeOne(s: ImapSession, view: SelectedFolder, uid: number, m: Fo
   const needStructure = items.some(
     (i) => i.kind === 'ENVELOPE' || i.kind === 'BODYSTRUCTURE' || i.kind === 'BODY' || (i.kind === 'section' && (i.part.length || i.section !== '')),
   );
-  if (needStructure && m) structure = await structureOf(s, m);
+  if (needStructure && m) structure = await structureOf(s, view, m);
   const out = s.out;
   out.write(`* ${view.seqOf(uid)} FETCH (`);
   let sep = '';
@@ -233,12 +241,22 @@ async function writeOne(s: ImapSession, view: SelectedFolder, uid: number, m: Fo
   out.write(')\r\n');
 }
 
-/** The stored structure, or one made from the blob now. */
-async function structureOf(s: ImapSession, m: FolderMessage): Promise<ImapStructure> {
+/**
+ * The stored structure, or one made from the blob now and kept with the message when it is small
+ * enough (mail delivered before the structure was stored is parsed once, not on every FETCH).
+ */
+async function structureOf(s: ImapSession, view: SelectedFolder, m: FolderMessage): Promise<ImapStructure> {
   const stored = m.summary?.imap as unknown as ImapStructure | undefined;
   if (stored && stored.v === 1) return stored;
   const { body } = await s.services.blobs.get(m.blobKey);
-  return imapStructure(body);
+  const made = await imapStructure(body);
+  if (Buffer.byteLength(JSON.stringify(made)) <= MAX_STORED_STRUCTURE_BYTES) {
+    const summary = { ...(m.summary ?? {}), imap: made as unknown as AttrValue };
+    await s.services.folders.rememberSummary(s.user, view.folder.id, m.uid, m.modseq, summary).catch((e: unknown) => {
+      s.services.log.debug({ err: (e as Error).message }, 'could not keep the IMAP structure');
+    });
+  }
+  return made;
 }
 
 async function writeSection(s: ImapSession, m: FolderMessage, structure: ImapStructure | undefined, item: SectionItem): Promise<void> {

@@ -937,6 +937,18 @@ export class FolderStore {
     }
   }
 
+  /**
+   * Stores a summary made after the fact (a message delivered before its summary held the IMAP
+   * structure): not a change a client sees, so no MODSEQ; skipped if the message changed or went.
+   */
+  async rememberSummary(user: string, folderId: string, uid: number, modseq: number, summary: Record<string, AttrValue>): Promise<void> {
+    await this.tables
+      .update(folderKeys.message(user, folderId, uid), { set: { summary } }, { condition: { exists: true, equals: { modseq: modseq || null } } })
+      .catch((e: unknown) => {
+        if (!isStorageError(e, 'ConditionFailed')) throw e;
+      });
+  }
+
   /** Replaces one message's flags; ConditionFailed when it does not exist (MailboxStore.setFlags). */
   async setFlags(user: string, folderId: string, uid: number, flags: string[]): Promise<void> {
     if (!(await this.get(user, folderId, uid))) throw new ConditionFailed(`message ${uid}`);

@@ -155,6 +155,45 @@ describe('limits and garbage', () => {
     await c.waitClosed();
   });
 
+  it('survives random bytes on many connections (seeded) and still logs a user in', async () => {
+    let seed = 2143;
+    const rand = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
+    const pieces = [
+      'a1 ',
+      'LOGIN ',
+      'SELECT ',
+      'FETCH 1:* ',
+      'BODY[',
+      ']',
+      '(',
+      ')',
+      '{5}\r\n',
+      '{99999999999+}\r\n',
+      '~{3}\r\n',
+      '"',
+      '\\',
+      '\r\n',
+      '\n',
+      '\x00',
+      '*',
+      '%',
+      'UID ',
+      'IDLE\r\n',
+      'DONE\r\n',
+    ];
+    for (let conn = 0; conn < 8; conn++) {
+      const c = await RawImap.connect(h.port);
+      let junk = '';
+      for (let i = 0; i < 200; i++) junk += rand() < 0.6 ? pieces[Math.floor(rand() * pieces.length)] : String.fromCharCode(Math.floor(rand() * 256));
+      c.send(Buffer.from(junk, 'latin1'));
+      c.send('z9 LOGOUT\r\n');
+      await new Promise((r) => setTimeout(r, 50));
+      c.close();
+    }
+    const ok = await loggedIn('lim@example.com');
+    expect((await ok.command('NOOP')).tagged).toMatch(/OK/);
+  });
+
   it('stores nothing of an APPEND whose connection drops mid-literal, and keeps serving others', async () => {
     const c = await loggedIn('lim@example.com', '');
     const before = (await h.folders.status('lim@example.com', 'INBOX')).count;

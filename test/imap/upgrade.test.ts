@@ -68,6 +68,8 @@ it('serves the old mailbox as INBOX over IMAP: same UIDs, UIDVALIDITY and bytes,
   const envelopes = (res[3]![1] as unknown[]).map((x) => (Array.isArray(x) ? x[0] : x)).join('\n');
   for (const n of [1, 3, 4]) expect(envelopes).toContain(`"old message ${n}"`);
   expect(res[4]![0]).toBe('OK');
+  // The structure made for that FETCH is kept, so the next FETCH does not parse the message again.
+  expect((await h.folders.get(USER, 'INBOX', 1))?.summary.imap).toMatchObject({ v: 1, envelope: expect.stringContaining('"old message 1"') });
   // New mail continues the old UIDs.
   const next = await h.deliver(USER, imapMessage(9));
   expect(next.uid).toBe(5);
