@@ -98,7 +98,7 @@ class ImapConnection implements SessionHandler {
         starttlsAvailable: !tls,
         plaintextAllowed: shared.plaintext === 'always' || (shared.plaintext === 'loopback' && isLoopback(conn.address)),
       },
-      { write: (d) => this.say(d), drained: () => conn.drained() },
+      { write: (d) => this.say(d), drained: () => this.drained() },
     );
     conn.write(this.session.greeting());
   }
@@ -138,6 +138,19 @@ class ImapConnection implements SessionHandler {
     this.idling?.stop();
     this.appendInFlight?.abort();
     this.appendInFlight = undefined;
+  }
+
+  /**
+   * Resolves once the client has taken what was written. Replies are corked while a command runs
+   * (one write to the kernel per batch); a big FETCH must flush to wait, or the corked data never
+   * drains and nothing more is read from the blob.
+   */
+  private async drained(): Promise<void> {
+    const s = this.conn.socket;
+    if (!s.writableNeedDrain) return;
+    s.uncork();
+    await this.conn.drained();
+    if (this.working) this.conn.socket.cork();
   }
 
   private say(data: string | Buffer): void {
