@@ -98,9 +98,22 @@ class ImapConnection implements SessionHandler {
         starttlsAvailable: !tls,
         plaintextAllowed: shared.plaintext === 'always' || (shared.plaintext === 'loopback' && isLoopback(conn.address)),
       },
-      { write: (d) => this.say(d), drained: () => conn.drained() },
+      { write: (d) => this.say(d), drained: () => this.flushed() },
     );
     conn.write(this.session.greeting());
+  }
+
+  /**
+   * Sends what pump() holds corked and resolves once the socket drained (or closed). Waiting for
+   * 'drain' on a corked socket would wait for ever: a FETCH past the socket's high-water mark
+   * (16 KB) hung.
+   */
+  private async flushed(): Promise<void> {
+    const s = this.conn.socket;
+    const corked = s.writableCorked;
+    for (let i = 0; i < corked; i++) s.uncork();
+    await this.conn.drained();
+    for (let i = 0; i < corked; i++) s.cork();
   }
 
   private newReader(): CommandReader {
