@@ -98,9 +98,22 @@ class ImapConnection implements SessionHandler {
         starttlsAvailable: !tls,
         plaintextAllowed: shared.plaintext === 'always' || (shared.plaintext === 'loopback' && isLoopback(conn.address)),
       },
-      { write: (d) => this.say(d), drained: () => this.drained() },
+      { write: (d) => this.say(d), drained: () => this.flushed() },
     );
     conn.write(this.session.greeting());
+  }
+
+  /**
+   * Sends what pump() holds corked and resolves once the socket drained (or closed). Waiting for
+   * 'drain' on a corked socket would wait for ever: a FETCH past the socket's high-water mark
+   * (16 KB) hung.
+   */
+  private async flushed(): Promise<void> {
+    const s = this.conn.socket;
+    const corked = s.writableCorked;
+    for (let i = 0; i < corked; i++) s.uncork();
+    await this.conn.drained();
+    for (let i = 0; i < corked; i++) s.cork();
   }
 
   private newReader(): CommandReader {
@@ -138,19 +151,6 @@ class ImapConnection implements SessionHandler {
     this.idling?.stop();
     this.appendInFlight?.abort();
     this.appendInFlight = undefined;
-  }
-
-  /**
-   * Resolves once the client has taken what was written. Replies are corked while a command runs
-   * (one write to the kernel per batch); a big FETCH must flush to wait, or the corked data never
-   * drains and nothing more is read from the blob.
-   */
-  private async drained(): Promise<void> {
-    const s = this.conn.socket;
-    if (!s.writableNeedDrain) return;
-    s.uncork();
-    await this.conn.drained();
-    if (this.working) this.conn.socket.cork();
   }
 
   private say(data: string | Buffer): void {

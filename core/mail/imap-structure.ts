@@ -35,13 +35,17 @@ export interface ImapStructure {
   bodystructure: string;
   body: string;
   /**
-   * Byte offsets per part number: '0' is the whole message, '1', '1.2'... its parts (a message
+   * Byte offsets per part number: '0' is the whole message (WHOLE_MESSAGE: DynamoDB refuses an
+   * empty map key, so not ''), '1', '1.2'... its parts (a message
    * that is not multipart has '1', its body). For a message/rfc822 part '3', the attached message
    * as a whole (its header and text, for 3.HEADER and 3.TEXT) is under '3.0', and its parts are
    * '3.1', '3.2'... as RFC 9051 §6.4.5 numbers them.
    */
   parts: Record<string, PartOffsets>;
 }
+
+/** The `parts` key of the whole message; no part number is 0 (RFC 9051 §6.4.5 numbers from 1). */
+export const WHOLE_MESSAGE = '0';
 
 /** The section-text of a FETCH BODY[...] after the part number (RFC 9051 §6.4.5); '' for none. */
 export type SectionKind = '' | 'HEADER' | 'TEXT' | 'MIME' | 'HEADER.FIELDS' | 'HEADER.FIELDS.NOT';
@@ -313,8 +317,7 @@ export async function imapStructure(input: Readable): Promise<ImapStructure> {
   const parser = new StructureParser();
   for await (const chunk of input) parser.write(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
   const root = parser.finish();
-  // The whole message is '0' (as an attached one is 'N.0'): DynamoDB map keys may not be empty.
-  const parts: Record<string, PartOffsets> = { '0': { headerStart: 0, bodyStart: root.bodyStart, end: root.end } };
+  const parts: Record<string, PartOffsets> = { [WHOLE_MESSAGE]: { headerStart: 0, bodyStart: root.bodyStart, end: root.end } };
   numberMessage(root, '', parts);
   return { v: 1, envelope: renderEnvelope(root.fields), bodystructure: renderBody(root, true), body: renderBody(root, false), parts };
 }
@@ -326,8 +329,9 @@ export async function imapStructure(input: Readable): Promise<ImapStructure> {
  * section-text does not apply to it (the server answers an empty string, as Dovecot does).
  */
 export function sectionRange(s: ImapStructure, part: number[], kind: SectionKind): { start: number; end: number } | undefined {
-  const num = part.length ? part.join('.') : '0';
-  const p = s.parts[num];
+  const num = part.join('.');
+  // '' is where structures stored before WHOLE_MESSAGE (local data only) keep the whole message.
+  const p = num === '' ? (s.parts[WHOLE_MESSAGE] ?? s.parts['']) : s.parts[num];
   if (!p) return undefined;
   const headerRange = (x: PartOffsets) => ({ start: x.headerStart, end: x.bodyStart });
   if (part.length === 0) {

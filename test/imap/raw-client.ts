@@ -38,28 +38,27 @@ export class RawImap {
     return c;
   }
 
+  /** Moves complete lines (with any literals they carry) from the buffer to `lines`; a line whose
+   * literal or tail has not all arrived stays in the buffer untouched until it has. */
   private split(): void {
     for (;;) {
-      const i = this.buf.indexOf('\r\n');
-      if (i < 0) return;
-      let line = this.buf.subarray(0, i).toString('latin1');
-      const lit = /\{(\d+)\}$/.exec(line);
-      if (lit) {
-        const size = Number(lit[1]);
-        if (this.buf.length < i + 2 + size) return;
-        line += this.buf.subarray(i + 2, i + 2 + size).toString('latin1');
-        this.buf = this.buf.subarray(i + 2 + size);
-        const rest = this.buf.indexOf('\r\n');
-        if (rest < 0) {
-          this.buf = Buffer.concat([Buffer.from(line, 'latin1'), this.buf]);
-          return;
+      let line = '';
+      let pos = 0;
+      for (;;) {
+        const i = this.buf.indexOf('\r\n', pos);
+        if (i < 0) return;
+        const segment = this.buf.subarray(pos, i).toString('latin1');
+        line += segment;
+        const lit = /\{(\d+)\}$/.exec(segment);
+        if (!lit) {
+          this.buf = this.buf.subarray(i + 2);
+          break;
         }
-        line += this.buf.subarray(0, rest).toString('latin1');
-        this.buf = this.buf.subarray(rest + 2);
-        this.lines.push(line);
-        continue;
+        const end = i + 2 + Number(lit[1]);
+        if (this.buf.length < end) return;
+        line += this.buf.subarray(i + 2, end).toString('latin1');
+        pos = end;
       }
-      this.buf = this.buf.subarray(i + 2);
       this.lines.push(line);
     }
   }

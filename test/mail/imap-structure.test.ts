@@ -13,7 +13,15 @@ import { MailboxStore } from '../../core/mailbox/store.js';
 import { openLocalStorage } from '../../core/storage/local/index.js';
 import type { Storage } from '../../core/storage/ports.js';
 import type { JobContext } from '../../core/workers/job.js';
-import { filterHeaderFields, imapStructure, sectionRange, summarizeForMailbox, type ImapStructure, type SectionKind } from '../../core/mail/imap-structure.js';
+import {
+  filterHeaderFields,
+  imapStructure,
+  sectionRange,
+  summarizeForMailbox,
+  WHOLE_MESSAGE,
+  type ImapStructure,
+  type SectionKind,
+} from '../../core/mail/imap-structure.js';
 import { tempDir } from '../support/tmp.js';
 
 const FIXTURES = join(__dirname, '../fixtures/imap');
@@ -170,12 +178,12 @@ describe('imapStructure', () => {
     // No empty line: all of it is a header block (as Dovecot reads it), with no field in it.
     const s = await structureOf(bytes);
     expect(s.bodystructure).toBe('("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0 NIL NIL NIL NIL)');
-    expect(s.parts['0']).toEqual({ headerStart: 0, bodyStart: 4096, end: 4096 });
+    expect(s.parts[WHOLE_MESSAGE]).toEqual({ headerStart: 0, bodyStart: 4096, end: 4096 });
     const withBody = await structureOf(Buffer.concat([Buffer.from('Subject: x\r\n\r\n'), bytes]));
     expect(withBody.bodystructure).toMatch(/^\("text" "plain" \("charset" "us-ascii"\) NIL NIL "7bit" 4096 \d+ NIL NIL NIL NIL\)$/);
     const empty = await structureOf('');
     expect(empty.envelope).toBe('(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)');
-    expect(empty.parts['0']).toEqual({ headerStart: 0, bodyStart: 0, end: 0 });
+    expect(empty.parts[WHOLE_MESSAGE]).toEqual({ headerStart: 0, bodyStart: 0, end: 0 });
   });
 
   it('reads a message of thousands of parts quickly, and leaves its structure out of the summary', async () => {
