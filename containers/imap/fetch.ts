@@ -41,6 +41,8 @@ type FetchItem = { kind: 'UID' | 'FLAGS' | 'INTERNALDATE' | 'RFC822.SIZE' | 'ENV
 
 /** The largest header block HEADER.FIELDS filters (a bigger one is cut there). */
 const MAX_HEADER_READ = 1024 * 1024;
+/** Messages up to this size are read whole and synchronously when the storage can (local files). */
+const SMALL_READ_BYTES = 256 * 1024;
 /** Messages read from the store per round trip. */
 const PAGE = 100;
 
@@ -286,6 +288,15 @@ async function writeSection(s: ImapSession, m: FolderMessage, structure: ImapStr
   }
   out.write(`${item.label}${partialLabel} {${length}}\r\n`);
   if (length <= 0) return;
+  // A small message is read whole in one synchronous call where the storage offers it (local
+  // files): opening a stream per message is most of a FETCH's cost (docs/performance.md, IMAP).
+  const small =
+    m.size <= SMALL_READ_BYTES ? s.services.blobs.smallReader?.()?.readSmallSync(m.blobKey, { maxBytes: SMALL_READ_BYTES, sizeHint: m.size }) : undefined;
+  if (small && small.length >= start + length) {
+    out.write(small.subarray(start, start + length));
+    await out.drained();
+    return;
+  }
   const { body } = await s.services.blobs.get(m.blobKey, { range: { start, end: start + length - 1 } });
   let sent = 0;
   for await (const chunk of body as AsyncIterable<Buffer>) {
