@@ -5,9 +5,8 @@
  *
  * Why: a delivered message costs the inbound worker milliseconds of CPU (MIME parsing, the blob,
  * the index writes), and on the listeners' event loop that time came in between an SMTP client's
- * commands: one serial session measured 2.6 ms of that loop's CPU per message without the
- * workers and 5.7 ms with them, and 98 messages/s against 240 (bench client, busy machine).
- * Postfix likewise keeps smtpd apart from cleanup, qmgr and local.
+ * commands (figures in docs/performance.md, Mail workers). Postfix likewise keeps smtpd apart
+ * from cleanup, qmgr and local.
  *
  * How: the thread (workers-thread.ts) opens the storage the listeners' store hands over
  * (`Storage.forWorkerThread`: what the two stores must share, e.g. the local database's counters,

@@ -7,6 +7,7 @@
  * Pop3Session; mailboxes come from StoreMaildrops.
  */
 import { Accounts } from '../../core/accounts/accounts.js';
+import { plainAddress } from '../../core/address-ranges.js';
 import type { Logger } from '../../core/log.js';
 import { Metrics } from '../../core/metrics.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
@@ -47,7 +48,7 @@ const MAX_SASL_LINE = 16 * 1024;
 /** RFC 1122 loopback: 127/8 and ::1 (also as an IPv4-mapped IPv6 address). */
 function isLoopback(address: string | undefined): boolean {
   if (!address) return false;
-  const a = address.startsWith('::ffff:') ? address.slice(7) : address;
+  const a = plainAddress(address);
   return a === '::1' || a.startsWith('127.');
 }
 

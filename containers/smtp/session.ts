@@ -13,13 +13,10 @@
 import type { DsnEnvelope, DsnRecipient } from '../../core/mail/jobs.js';
 import { decodeXtext, isHeloName, parsePathCommand, ReplyError, splitCommand, type Reply } from './protocol/command.js';
 import type { DataStats, ReaderEvent, SmtpReader } from './protocol/reader.js';
+import type { TlsFacts } from '../tcp-listener.js';
 
-/** TLS facts of a session, for the Received header and the job. */
-export interface TlsFacts {
-  /** e.g. 'TLSv1.3'. */
-  version: string;
-  cipher: string;
-}
+/** TLS facts of a session (the connection's, from the scaffold), for the Received header and the job. */
+export type { TlsFacts };
 
 /** Which listener a session belongs to. */
 export type ListenerKind = 'mx' | 'submission';

@@ -134,13 +134,7 @@ export function decideRequest(method: string, target: FlowTarget, h: HeaderMap, 
   // Fresh, and a request without cache directives: what the policy would answer (see freshUntil).
   if (stored.freshUntil > now && cc === undefined && pragma === undefined) return whole ? HIT_WHOLE : HIT_ANSWERED;
   const request = policyRequest(target, h, stored.vary);
-  const policy = clockAt(stored.policy, now);
-  let r: ReturnType<CachePolicy['evaluateRequest']>;
-  try {
-    r = policy.evaluateRequest(request);
-  } finally {
-    policy.evaluatedAt = -1;
-  }
+  const r = atTime(stored.policy, now, (policy) => policy.evaluateRequest(request));
   if (!r.revalidation) {
     if (part) return { kind: 'hit', whole: false, part };
     return whole ? HIT_WHOLE : HIT_ANSWERED;
@@ -283,13 +277,8 @@ export function decideRevalidated(
   now: number,
 ): RevalidatedDecision {
   if (status === 304) {
-    const policy = clockAt(obj.policy, now);
-    try {
-      const r = policy.revalidatedPolicy(request, { status, headers: validated(obj, rh) });
-      return !r.modified && r.matches ? { kind: 'refresh', policy: r.policy } : FETCH_AFTER_304;
-    } finally {
-      policy.evaluatedAt = -1;
-    }
+    const r = atTime(obj.policy, now, (policy) => policy.revalidatedPolicy(request, { status, headers: validated(obj, rh) }));
+    return !r.modified && r.matches ? { kind: 'refresh', policy: r.policy } : FETCH_AFTER_304;
   }
   if (status >= 500 && staleIfError(obj, request, status, now)) return STALE_IF_ERROR;
   return REPLACE;
@@ -304,14 +293,13 @@ export function staleIfError(obj: CachedObject, request: CachePolicy.HttpRequest
   // reach the origin MUST answer with an error, whatever stale-if-error says.
   const cc = obj.header('cache-control') ?? '';
   if (/(^|,)\s*(must|proxy)-revalidate\s*(,|$)/i.test(cc)) return false;
-  const policy = clockAt(obj.policy, now);
   try {
-    const r = policy.revalidatedPolicy(request, status === undefined ? undefined : { status, headers: {} });
-    return !r.modified && r.policy === policy;
+    return atTime(obj.policy, now, (policy) => {
+      const r = policy.revalidatedPolicy(request, status === undefined ? undefined : { status, headers: {} });
+      return !r.modified && r.policy === policy;
+    });
   } catch {
     return false;
-  } finally {
-    policy.evaluatedAt = -1;
   }
 }
 
@@ -334,15 +322,19 @@ export function validated(obj: CachedObject, rh: Record<string, string | string[
 type ClockedPolicy = CachePolicy & { evaluatedAt: number };
 
 /**
- * The stored policy set to be evaluated at `now` for one call (the caller resets `evaluatedAt` to
- * -1). A field of the policy rather than a view made with Object.create: a view per evaluation
+ * Runs `evaluate` on the stored policy with its clock reading `now`, and sets the clock back
+ * after. A field of the policy rather than a view made with Object.create: a view per evaluation
  * would turn every stored policy into a prototype and give the library's code a new object shape
  * each time.
  */
-function clockAt(policy: CachePolicy, now: number): ClockedPolicy {
+function atTime<T>(policy: CachePolicy, now: number, evaluate: (policy: CachePolicy) => T): T {
   const p = policy as ClockedPolicy;
   p.evaluatedAt = now;
-  return p;
+  try {
+    return evaluate(p);
+  } finally {
+    p.evaluatedAt = -1;
+  }
 }
 
 function pickValidators(h: CachePolicy.Headers): Validators {

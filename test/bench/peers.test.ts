@@ -211,12 +211,19 @@ describe('waitListening', () => {
 describe('cpuMicros', () => {
   it('counts the CPU time of a process and its children', async () => {
     const { spawn } = await import('node:child_process');
-    // A child that spins for about 300 ms of CPU, then waits to be stopped.
-    const child = spawn(process.execPath, ['-e', 'const t = Date.now(); while (Date.now() - t < 300); setInterval(() => {}, 1000);'], { stdio: 'ignore' });
+    // A child that spins until it has itself used 300 ms of CPU (by its own count, so a busy
+    // machine only makes it take longer), says so, then waits to be stopped.
+    const spin =
+      'const c = () => { const u = process.cpuUsage(); return u.user + u.system; }; while (c() < 300000); process.stdout.write("spun\\n"); setInterval(() => {}, 1000);';
+    const child = spawn(process.execPath, ['-e', spin], { stdio: ['ignore', 'pipe', 'ignore'] });
     try {
-      await new Promise((r) => setTimeout(r, 800));
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('the child did not finish spinning in 30 s')), 30_000);
+        child.stdout!.on('data', () => (clearTimeout(timer), resolve()));
+      });
       const us = await cpuMicros(child.pid!);
-      expect(us).toBeGreaterThanOrEqual(200_000);
+      // /proc counts in clock ticks (10 ms): allow a tick or two below the child's own count.
+      expect(us).toBeGreaterThanOrEqual(280_000);
       expect(us).toBeLessThan(5_000_000);
       expect(await cpuMicros(process.pid)).toBeGreaterThan(us); // this process and its children, the spinner among them
     } finally {
