@@ -10,7 +10,6 @@
 import { randomUUID } from 'node:crypto';
 import { PassThrough } from 'node:stream';
 import { Accounts } from '../../core/accounts/accounts.js';
-import { plainAddress } from '../../core/address-ranges.js';
 import type { Logger } from '../../core/log.js';
 import type { Metrics } from '../../core/metrics.js';
 import { ChangeLog } from '../../core/mailbox/changes.js';
@@ -19,9 +18,9 @@ import { onMailboxChange } from '../../core/mailbox/notify.js';
 import { summarizeMessage } from '../../core/mail/mime.js';
 import type { Blobs } from '../../core/storage/ports.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
-import { AuthThrottle, authFailureText } from '../auth-throttle.js';
+import { AuthThrottle } from '../auth-throttle.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
-import { LoginCache } from '../pop3/auth-cache.js';
+import { isLoopback, LoginCache, loginHooks } from '../auth-cache.js';
 import { startTcpListener, type Connection, type SessionHandler, type TcpListener } from '../tcp-listener.js';
 import type { AppendSource } from './messages.js';
 import { CommandReader, type LiteralDecision } from './protocol/reader.js';
@@ -49,11 +48,6 @@ const MAX_PENDING_INPUT = 256 * 1024;
 const MAX_ARG_LITERAL = 64 * 1024;
 /** Before login a literal can only be a user name or a password. */
 const MAX_PREAUTH_LITERAL = 8 * 1024;
-
-function isLoopback(address: string): boolean {
-  const a = plainAddress(address);
-  return a === '::1' || a.startsWith('127.');
-}
 
 /** What every connection of the listener shares. */
 interface ServerShared {
@@ -459,18 +453,7 @@ export async function startImap(ctx: ListenerContext, options: ImapServerOptions
     maxLineBytes: cfg.maxLineBytes,
     idlePollMs: options.idlePollMs ?? (storage.capabilities.sharedBetweenProcesses ? 5000 : 2000),
     idleKeepaliveMs: options.idleKeepaliveMs ?? 5 * 60_000,
-    hooksFor: (address) => ({
-      authenticate: (login, password) => logins.authenticate(login, password),
-      authFailed: async (login) => {
-        metrics.authFailures.inc({ listener: 'imap' });
-        log.warn({ client: address, listener: 'imap' }, authFailureText('imap', address, login));
-        await throttle.fail(address, login);
-      },
-      authSucceeded: (user) => {
-        throttle.succeed(address, user);
-        log.info({ client: address, user }, 'IMAP login');
-      },
-    }),
+    hooksFor: loginHooks('imap', { logins, throttle, log, metrics }),
   };
 
   const tlsPort = options.tlsPort ?? cfg.tlsPort;

@@ -6,6 +6,7 @@
  * their changes come from FolderStore and the change log through SelectedFolder (selected.ts).
  */
 import type { ChangeLog } from '../../core/mailbox/changes.js';
+import type { LoginHooks } from '../auth-cache.js';
 import { DELIMITER, SPECIAL_USES, type FolderInfo, type FolderStore, type SpecialUse } from '../../core/mailbox/folders.js';
 import { FolderError, INBOX, QuotaExceeded } from '../../core/mailbox/keys.js';
 import type { Blobs } from '../../core/storage/ports.js';
@@ -16,14 +17,8 @@ import { is, text, type ImapValue } from './protocol/values.js';
 import { SelectedFolder } from './selected.js';
 import { MessageCommands, type AppendSource } from './messages.js';
 
-/** What the server gives a session for its connection. */
-export interface SessionHooks {
-  /** The address of the account, or undefined for a wrong login or password. */
-  authenticate(login: string, password: string): Promise<string | undefined>;
-  /** Delays the answer (failed-login throttle) and counts the failure. */
-  authFailed(login: string): Promise<void>;
-  authSucceeded(user: string): void;
-}
+/** What the server gives a session for its connection: the password checks (shared with POP3). */
+export type SessionHooks = LoginHooks;
 
 /** The storage a session works on. */
 export interface SessionServices {

@@ -7,15 +7,14 @@
  * Pop3Session; mailboxes come from StoreMaildrops.
  */
 import { Accounts } from '../../core/accounts/accounts.js';
-import { plainAddress } from '../../core/address-ranges.js';
 import type { Logger } from '../../core/log.js';
 import { Metrics } from '../../core/metrics.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
-import { AuthThrottle, authFailureText } from '../auth-throttle.js';
+import { AuthThrottle } from '../auth-throttle.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
 import { startTcpListener, type Connection, type SessionHandler, type TcpListener } from '../tcp-listener.js';
-import { LoginCache } from './auth-cache.js';
+import { isLoopback, LoginCache, loginHooks } from '../auth-cache.js';
 import { StoreMaildrops } from './maildrop.js';
 import { err } from './protocol/commands.js';
 import { encodeWhole, MessageEncoder } from './protocol/encode.js';
@@ -44,13 +43,6 @@ const MAX_SYNC_COMMANDS = 32;
 const MAX_KEPT_RESPONSE = 128 * 1024;
 /** A SASL continuation line may be longer than a command (RFC 5034 §4 has no 255-octet cap). */
 const MAX_SASL_LINE = 16 * 1024;
-
-/** RFC 1122 loopback: 127/8 and ::1 (also as an IPv4-mapped IPv6 address). */
-function isLoopback(address: string | undefined): boolean {
-  if (!address) return false;
-  const a = plainAddress(address);
-  return a === '::1' || a.startsWith('127.');
-}
 
 /** What every connection of the listener shares. */
 interface ServerShared {
@@ -415,26 +407,14 @@ export async function startPop3(ctx: ListenerContext, options: Pop3ServerOptions
   if (cfg.allowPlaintext === 'always') log.warn('POP3 accepts passwords without TLS from any client (pop3.allowPlaintext=always)');
   else if (cfg.allowPlaintext === 'loopback') log.info('POP3 accepts passwords without TLS from loopback clients only (pop3.allowPlaintext=loopback)');
 
+  const loginsFor = loginHooks('pop3', { logins, throttle, log, metrics });
   const shared: ServerShared = {
     log,
     metrics,
     plaintext: cfg.allowPlaintext,
     maxBadCommands: cfg.maxBadCommands,
     countCommand: commandCounter(metrics),
-    hooksFor: (address) => ({
-      authenticate: (login, password) => logins.authenticate(login, password),
-      authFailed: async (login) => {
-        metrics.authFailures.inc({ listener: 'pop3' });
-        // The user name only in the message, after the address (see authFailureText).
-        log.warn({ client: address, listener: 'pop3' }, authFailureText('pop3', address, login));
-        await throttle.fail(address, login);
-      },
-      authSucceeded: (user) => {
-        throttle.succeed(address, user);
-        log.info({ client: address, user }, 'POP3 login');
-      },
-      openMaildrop: (user) => maildrops.open(user),
-    }),
+    hooksFor: (address) => ({ ...loginsFor(address), openMaildrop: (user) => maildrops.open(user) }),
   };
 
   const tlsPort = options.tlsPort ?? cfg.tlsPort;

@@ -12,7 +12,7 @@ import { loadConfig } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
 import { openStorage } from '../../core/storage/open.js';
 import type { Storage } from '../../core/storage/ports.js';
-import { LoginCache } from '../../containers/pop3/auth-cache.js';
+import { LoginCache } from '../../containers/auth-cache.js';
 
 let dir: string;
 let storage: Storage;

@@ -13,8 +13,12 @@
  * user) still take the same time and get the same answer (RFC 3206 [AUTH]).
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { keys, type Accounts } from '../../core/accounts/accounts.js';
-import type { Tables } from '../../core/storage/ports.js';
+import { keys, type Accounts } from '../core/accounts/accounts.js';
+import type { Tables } from '../core/storage/ports.js';
+import { plainAddress } from '../core/address-ranges.js';
+import type { Logger } from '../core/log.js';
+import type { Metrics } from '../core/metrics.js';
+import { authFailureText, type AuthThrottle } from './auth-throttle.js';
 
 /** Options of the login cache. */
 export interface LoginCacheOptions {
@@ -89,4 +93,42 @@ export class LoginCache {
   get size(): number {
     return this.entries.size;
   }
+}
+
+/** What a mailbox-access session (POP3, IMAP) asks of the listener about a password login. */
+export interface LoginHooks {
+  /** The account's address, or undefined for a wrong login or password. */
+  authenticate(login: string, password: string): Promise<string | undefined>;
+  /** Counts the failure, logs it and holds the answer back (the failed-login delay). */
+  authFailed(login: string): Promise<void>;
+  authSucceeded(user: string): void;
+}
+
+/** The login hooks of one client address, shared by POP3 and IMAP so both log and throttle alike. */
+export function loginHooks(
+  listener: 'pop3' | 'imap',
+  parts: { logins: LoginCache; throttle: AuthThrottle; log: Logger; metrics: Metrics },
+): (address: string) => LoginHooks {
+  const { logins, throttle, log, metrics } = parts;
+  return (address) => ({
+    authenticate: (login, password) => logins.authenticate(login, password),
+    authFailed: async (login) => {
+      metrics.authFailures.inc({ listener });
+      // The user name only in the message, after the address (see authFailureText).
+      log.warn({ client: address, listener }, authFailureText(listener, address, login));
+      await throttle.fail(address, login);
+    },
+    authSucceeded: (user) => {
+      throttle.succeed(address, user);
+      log.info({ client: address, user }, `${listener.toUpperCase()} login`);
+    },
+  });
+}
+
+/** RFC 1122 loopback: 127/8 and ::1 (also as an IPv4-mapped IPv6 address), where a listener may
+ * allow a password before TLS. */
+export function isLoopback(address: string | undefined): boolean {
+  if (!address) return false;
+  const a = plainAddress(address);
+  return a === '::1' || a.startsWith('127.');
 }
