@@ -14,7 +14,7 @@
  * work is done; both are idempotent per holder, so queue redeliveries do not miscount.
  */
 import { isStorageError, type AttrValue, type Blobs, type Item, type Tables, putIfAbsent } from '../storage/ports.js';
-import { FolderStore, type FolderStoreOptions } from './folders.js';
+import { FolderStore, type FolderMessage, type FolderStoreOptions } from './folders.js';
 import { backoff, folderKeys, INBOX, mailboxKeys, MAX_ATTEMPTS } from './keys.js';
 
 export { mailboxKeys, NoSuchMailbox, QuotaExceeded } from './keys.js';
@@ -29,17 +29,8 @@ export interface MailboxMeta {
   uidValidity: number;
 }
 
-/** One message in a mailbox. */
-export interface MessageEntry {
-  uid: number;
-  blobKey: string;
-  size: number;
-  receivedAt: string;
-  /** Header summary and part tree from `summarizeMessage`. */
-  summary: Record<string, AttrValue>;
-  flags: string[];
-  jobId: string;
-}
+/** One message in a mailbox (INBOX as POP3 sees it: a folder message without its MODSEQ). */
+export type MessageEntry = Omit<FolderMessage, 'modseq'>;
 
 /** What `deliver` stores. */
 export interface DeliveryInput {
