@@ -641,7 +641,7 @@ export class ImapSession {
     const quota = await this.services.quotaOf(this.user);
     if (quota > 0) {
       const used = await this.services.folders.usage(this.user);
-      this.out.write(`* QUOTA "" (STORAGE ${Math.ceil(used.bytes / 1024)} ${Math.floor(quota / 1024)})\r\n`);
+      this.out.write(`* QUOTA "" (STORAGE ${Math.ceil(used.bytes / 1024)} ${Math.ceil(quota / 1024)})\r\n`);
     } else if (!byFolder) {
       this.out.write('* QUOTA "" ()\r\n');
     }

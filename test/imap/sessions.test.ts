@@ -140,6 +140,27 @@ describe('CONDSTORE and QRESYNC', () => {
   });
 });
 
+describe('quota', () => {
+  it('counts every folder: APPEND and COPY past the quota get NO [OVERQUOTA] and store nothing; GETQUOTAROOT reports it', async () => {
+    const u = 'quota@example.com';
+    await addImapUsers(h, u);
+    await h.accounts.setQuota(u, 2000);
+    await h.deliver(u, imapMessage(1, 'y'.repeat(700) + '\r\n'));
+    const c = await loggedIn(u);
+    expect((await c.command('COPY 1 Archive')).tagged).toMatch(/OK/);
+    const copy = await c.command('COPY 1 Archive');
+    expect(copy.tagged).toMatch(/NO \[OVERQUOTA\]/);
+    const big = 'From: a@example.net\r\nSubject: big\r\n\r\n' + 'z'.repeat(900) + '\r\n';
+    const append = await c.command(`APPEND Drafts {${big.length}+}\r\n${big}`);
+    expect(append.tagged).toMatch(/NO \[OVERQUOTA\]/);
+    const usage = await h.folders.usage(u);
+    expect(usage.count).toBe(2);
+    const q = await c.command('GETQUOTAROOT INBOX');
+    expect(q.untagged).toContain('* QUOTAROOT "INBOX" ""');
+    expect(q.untagged.some((l) => /^\* QUOTA "" \(STORAGE 2 2\)$/.test(l))).toBe(true);
+  });
+});
+
 describe('limits and garbage', () => {
   it('says which limit a long line, a big literal and bad commands hit, then closes', async () => {
     const c = await loggedIn('lim@example.com');
