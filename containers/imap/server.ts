@@ -98,7 +98,17 @@ class ImapConnection implements SessionHandler {
         starttlsAvailable: !tls,
         plaintextAllowed: shared.plaintext === 'always' || (shared.plaintext === 'loopback' && isLoopback(conn.address)),
       },
-      { write: (d) => this.say(d), drained: () => conn.drained() },
+      {
+        write: (d) => this.say(d),
+        // pump() corks the socket while it works: a corked socket never drains, so a literal past
+        // the high-water mark (16 KB) would wait forever. Flush, wait, and cork again (as POP3 does).
+        drained: async () => {
+          const socket = this.conn.socket;
+          socket.uncork();
+          await this.conn.drained();
+          socket.cork();
+        },
+      },
     );
     conn.write(this.session.greeting());
   }
