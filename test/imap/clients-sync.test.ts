@@ -35,7 +35,7 @@ async function byUid(dir: string): Promise<{ uid: number; name: string; path: st
 }
 
 /**
- * mbsync puts an `X-TUID` header of its own at the end of the header of each message it stores
+ * mbsync puts an `X-TUID` header of its own at the end of the header of each message
  * it stores or uploads (to find it again should the run break off); everything else must be the
  * message's bytes.
  */
