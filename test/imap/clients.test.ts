@@ -72,6 +72,16 @@ describe('curl', () => {
     expect(archive.map((m) => sha(m.raw))).toEqual([sha(mail[1]!)]);
   });
 
+  it('FETCH of a message past the socket high-water mark (16 KB) completes: a corked socket never drains', async () => {
+    const user = 'curl@example.com';
+    const big = `From: a@example.net\r\nSubject: 300 KB\r\n\r\n${'0123456789abcdef'.repeat(64).concat('\r\n').repeat(300)}`;
+    const { uid } = await h.deliver(user, big);
+    for (const url of [`imap://127.0.0.1:${h.port}/INBOX;UID=${uid}`, `imaps://127.0.0.1:${h.tlsPort}/INBOX;UID=${uid}`]) {
+      const body = await curl(user, ['--cacert', certFile(h), url]);
+      expect(sha(Buffer.from(body, 'latin1')), url).toBe(sha(big));
+    }
+  });
+
   it('plain imap:// is allowed from loopback by the default configuration', async () => {
     const user = 'curl@example.com';
     const body = await curl(user, [`imap://127.0.0.1:${h.port}/Drafts;UID=1`]);
