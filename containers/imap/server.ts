@@ -98,9 +98,25 @@ class ImapConnection implements SessionHandler {
         starttlsAvailable: !tls,
         plaintextAllowed: shared.plaintext === 'always' || (shared.plaintext === 'loopback' && isLoopback(conn.address)),
       },
-      { write: (d) => this.say(d), drained: () => conn.drained() },
+      { write: (d) => this.say(d), drained: () => this.drained() },
     );
     conn.write(this.session.greeting());
+  }
+
+  /**
+   * Waits until the socket takes more output. The socket is corked while commands run (pump), and
+   * a corked socket never drains: a FETCH of more than its buffer (16 KiB of bodies) waited here
+   * for ever. So it is uncorked while the reply waits for the client to read, and corked again.
+   */
+  private async drained(): Promise<void> {
+    const socket = this.conn.socket;
+    if (!socket.writableNeedDrain) return;
+    socket.uncork();
+    try {
+      await this.conn.drained();
+    } finally {
+      if (!this.ended) this.conn.socket.cork();
+    }
   }
 
   private newReader(): CommandReader {
