@@ -1,5 +1,5 @@
 /**
- * `npm run bench`: runs the SMTP, POP3 and proxy benchmarks one after the other (each in its own
+ * `npm run bench`: runs the SMTP, POP3, IMAP and proxy benchmarks one after the other (each in its own
  * processes, on 127.0.0.1, bounded in time), shows their tables, and keeps their output under
  * bench/results/ (not committed). `npm run bench -- smtp pop3` runs a subset; other arguments
  * after `--` go to every benchmark (e.g. `--json`).
@@ -7,8 +7,8 @@
  * Without `--peers`, ours runs alone and each bench compares with the issues' reference figures
  * (bench/pop3.ts also measures Dovecot in the same run when it is installed).
  *
- * `npm run bench -- --peers [smtp] [pop3] [proxy] [--runs 3] [--duration 10] [--smtp-messages 1500] [--smtp-warmup 1500]
- * [--pop3-messages 1000] [--proxy-scenarios reval,miss]` runs the peers side
+ * `npm run bench -- --peers [smtp] [pop3] [imap] [proxy] [--runs 3] [--duration 10] [--smtp-messages 1500] [--smtp-warmup 1500]
+ * [--pop3-messages 1000] [--imap-messages 1000] [--imap-sync 10000] [--imap-big [100000]] [--proxy-scenarios reval,miss]` runs the peers side
  * by side instead (bench/peers/): installs the missing Debian packages (as root), starts Postfix,
  * Dovecot, Squid and nginx on 127.0.0.1 with configs from bench/peers/, alternates runs with ours,
  * prints one table per protocol (medians, p50/p99, peak memory, ours/peer) and writes them as JSON
@@ -26,7 +26,15 @@ import { join } from 'node:path';
 import { PROXY_SCENARIOS, type ProxyScenario } from './peers/util.js';
 
 const root = new URL('..', import.meta.url).pathname;
-const BENCHES = ['smtp', 'pop3', 'proxy'] as const;
+const BENCHES = ['smtp', 'pop3', 'imap', 'proxy'] as const;
+
+/** The big IMAP folder's size: `--imap-big` alone is 100,000 messages, `--imap-big N` is N; absent, none. */
+function imapBig(argv: string[]): number | undefined {
+  const i = argv.indexOf('--imap-big');
+  if (i < 0) return undefined;
+  const next = argv[i + 1];
+  return next !== undefined && /^\d+$/.test(next) ? numberFlag(argv, 'imap-big') : 100_000;
+}
 
 async function runOne(name: string, args: string[], outFile: string): Promise<number> {
   const out = createWriteStream(outFile);
@@ -97,7 +105,17 @@ async function peers(argv: string[]): Promise<void> {
               ).runSmtpPeers({ runs, say, messages: numberFlag(argv, 'smtp-messages'), warmupMessages: numberFlag(argv, 'smtp-warmup', true) })
             : name === 'pop3'
               ? await (await import('./peers/pop3.js')).runPop3Peers({ runs, say, messages: numberFlag(argv, 'pop3-messages') })
-              : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say, scenarios });
+              : name === 'imap'
+                ? await (
+                    await import('./peers/imap.js')
+                  ).runImapPeers({
+                    runs,
+                    say,
+                    messages: numberFlag(argv, 'imap-messages'),
+                    syncMessages: numberFlag(argv, 'imap-sync'),
+                    bigMessages: imapBig(argv),
+                  })
+                : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say, scenarios });
       } catch (e) {
         // One protocol failing (a peer that would not start) still leaves the others' tables.
         failed.push(name);

@@ -373,6 +373,7 @@ export const PEER_BINARIES: readonly { binary: string; pkg: string }[] = [
   { binary: '/usr/sbin/postfix', pkg: 'postfix' },
   { binary: '/usr/sbin/smtp-source', pkg: 'postfix' },
   { binary: '/usr/sbin/dovecot', pkg: 'dovecot-pop3d' },
+  { binary: '/usr/lib/dovecot/imap', pkg: 'dovecot-imapd' },
   { binary: '/usr/sbin/squid', pkg: 'squid' },
   { binary: '/usr/sbin/nginx', pkg: 'nginx' },
   { binary: '/usr/bin/wrk', pkg: 'wrk' },

@@ -104,6 +104,8 @@ class ImapConnection implements SessionHandler {
    */
   private async flushed(): Promise<void> {
     const s = this.conn.socket;
+    // Below the high-water mark the replies stay corked and leave in one write with the rest.
+    if (!s.writableNeedDrain) return;
     const corked = s.writableCorked;
     for (let i = 0; i < corked; i++) s.uncork();
     await this.conn.drained();

@@ -91,6 +91,7 @@ describe('fillTemplate', () => {
     ['squid.conf', { DIR: '/t', PORT: 1 }],
     ['nginx.conf', { DIR: '/t', PORT: 1, ORIGIN: '127.0.0.1:2', USER: 'nobody' }],
     ['dovecot.conf', { DIR: '/t', PORT: 1 }],
+    ['dovecot-imap.conf', { DIR: '/t', PORT: 1 }],
   ])('peer config %s uses only the values the bench gives', async (file, values) => {
     const text = await readFile(new URL(`../../bench/peers/${file}`, import.meta.url), 'utf8');
     const filled = fillTemplate(text, values);
