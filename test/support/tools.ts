@@ -23,7 +23,13 @@ const PROGRAMS: { names: string[]; pkg: string; use: string }[] = [
   { names: ['chromium', 'chromium-browser'], pkg: 'chromium', use: 'browser behind the proxy' },
   { names: ['openssl'], pkg: 'openssl', use: 'certificates' },
   { names: ['script'], pkg: 'bsdutils', use: 'pseudo-terminal for the CLI prompts' },
-  { names: ['python3'], pkg: 'python3', use: 'smtplib, poplib and moto' },
+  { names: ['python3'], pkg: 'python3', use: 'smtplib, poplib, imaplib and moto' },
+  { names: ['doveadm'], pkg: 'dovecot-core', use: "Dovecot's ENVELOPE/BODYSTRUCTURE to compare ours with, and Maildir++ trees" },
+  { names: ['mbsync'], pkg: 'isync', use: 'IMAP sync client' },
+  { names: ['offlineimap'], pkg: 'offlineimap3', use: 'IMAP sync client' },
+  { names: ['getmail'], pkg: 'getmail6', use: 'IMAP downloader' },
+  { names: ['neomutt'], pkg: 'neomutt', use: 'IMAP mail reader (driven through tmux)' },
+  { names: ['tmux'], pkg: 'tmux', use: 'terminal for neomutt' },
 ];
 
 /** Python modules, by interpreter, with the package that brings each. */
