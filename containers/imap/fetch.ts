@@ -16,7 +16,7 @@ import {
   type ImapStructure,
   type SectionKind,
 } from '../../core/mail/imap-structure.js';
-import type { AttrValue } from '../../core/storage/ports.js';
+import { isStorageError, type AttrValue } from '../../core/storage/ports.js';
 import type { FolderMessage } from '../../core/mailbox/folders.js';
 import { flagList } from './protocol/encode.js';
 import { is, isAtom, number, text, type Atom, type ImapValue } from './protocol/values.js';
@@ -153,7 +153,9 @@ export async function runFetch(s: ImapSession, view: SelectedFolder, uids: numbe
   let wanted = uids.filter((u) => !view.isExpunged(u));
   if (changedSince !== undefined) wanted = wanted.filter((u) => (view.entry(u)?.modseq ?? 0) > changedSince);
 
-  const needsItem = items.some((i) => i.kind !== 'UID' && i.kind !== 'FLAGS' && i.kind !== 'MODSEQ');
+  // The view knows each message's flags, size, date and blob; only the structure (ENVELOPE,
+  // BODYSTRUCTURE, a part of the body) needs the message's item.
+  const needsItem = items.some(needsStructure);
   const setsSeen = !view.readOnly && items.some((i) => i.kind === 'section' && !i.peek);
   if (setsSeen) {
     // RFC 9051 §6.4.5: fetching a body without PEEK sets \Seen; the new flags go in the response.
@@ -174,6 +176,11 @@ export async function runFetch(s: ImapSession, view: SelectedFolder, uids: numbe
       await writeOne(s, view, uid, m, items);
     }
   }
+}
+
+/** True for the items that need the message's stored structure. */
+function needsStructure(i: FetchItem): boolean {
+  return i.kind === 'ENVELOPE' || i.kind === 'BODYSTRUCTURE' || i.kind === 'BODY' || (i.kind === 'section' && (i.part.length > 0 || i.section !== ''));
 }
 
 /** The stored items of `uids`: a range query when they are dense, point reads otherwise. */
@@ -200,10 +207,7 @@ async function loadMessages(s: ImapSession, view: SelectedFolder, uids: number[]
 async function writeOne(s: ImapSession, view: SelectedFolder, uid: number, m: FolderMessage | undefined, items: FetchItem[]): Promise<void> {
   const entry = view.entry(uid)!;
   let structure: ImapStructure | undefined;
-  const needStructure = items.some(
-    (i) => i.kind === 'ENVELOPE' || i.kind === 'BODYSTRUCTURE' || i.kind === 'BODY' || (i.kind === 'section' && (i.part.length || i.section !== '')),
-  );
-  if (needStructure && m) structure = await structureOf(s, view, m);
+  if (m) structure = await structureOf(s, view, m);
   const out = s.out;
   out.write(`* ${view.seqOf(uid)} FETCH (`);
   let sep = '';
@@ -221,10 +225,10 @@ async function writeOne(s: ImapSession, view: SelectedFolder, uid: number, m: Fo
         out.write(`MODSEQ (${entry.modseq})`);
         break;
       case 'INTERNALDATE':
-        out.write(`INTERNALDATE ${formatDateTime(new Date(m!.receivedAt))}`);
+        out.write(`INTERNALDATE ${formatDateTime(new Date(entry.receivedAt))}`);
         break;
       case 'RFC822.SIZE':
-        out.write(`RFC822.SIZE ${m!.size}`);
+        out.write(`RFC822.SIZE ${entry.size}`);
         break;
       case 'ENVELOPE':
         out.write(`ENVELOPE ${structure!.envelope}`);
@@ -236,7 +240,7 @@ async function writeOne(s: ImapSession, view: SelectedFolder, uid: number, m: Fo
         out.write(`BODY ${structure!.body}`);
         break;
       case 'section':
-        await writeSection(s, m!, structure, item);
+        await writeSection(s, entry, structure, item);
         break;
     }
   }
@@ -261,7 +265,7 @@ async function structureOf(s: ImapSession, view: SelectedFolder, m: FolderMessag
   return made;
 }
 
-async function writeSection(s: ImapSession, m: FolderMessage, structure: ImapStructure | undefined, item: SectionItem): Promise<void> {
+async function writeSection(s: ImapSession, m: { blobKey: string; size: number }, structure: ImapStructure | undefined, item: SectionItem): Promise<void> {
   const out = s.out;
   const partialLabel = item.partial ? `<${item.partial.start}>` : '';
   // The whole message needs no structure: its range is the blob.
@@ -286,18 +290,31 @@ async function writeSection(s: ImapSession, m: FolderMessage, structure: ImapStr
     start += skip;
     length = Math.min(length - skip, item.partial.length ?? Infinity);
   }
-  out.write(`${item.label}${partialLabel} {${length}}\r\n`);
-  if (length <= 0) return;
-  // A small message is read whole in one synchronous call where the storage offers it (local
-  // files): opening a stream per message is most of a FETCH's cost (docs/performance.md, IMAP).
-  const small =
-    m.size <= SMALL_READ_BYTES ? s.services.blobs.smallReader?.()?.readSmallSync(m.blobKey, { maxBytes: SMALL_READ_BYTES, sizeHint: m.size }) : undefined;
-  if (small && small.length >= start + length) {
-    out.write(small.subarray(start, start + length));
-    await out.drained();
+  if (length <= 0) {
+    out.write(`${item.label}${partialLabel} {0}\r\n`);
     return;
   }
-  const { body } = await s.services.blobs.get(m.blobKey, { range: { start, end: start + length - 1 } });
+  // A small message is read whole in one synchronous call where the storage offers it (local
+  // files): opening a stream per message is most of a FETCH's cost (docs/performance.md, IMAP).
+  // Either way the bytes are in hand before the literal is announced: a message another session
+  // expunged a moment ago (its blob gone) is answered NIL instead of a promise we cannot keep.
+  let small: Buffer | undefined;
+  let body: Readable;
+  try {
+    small = m.size <= SMALL_READ_BYTES ? s.services.blobs.smallReader?.()?.readSmallSync(m.blobKey, { maxBytes: SMALL_READ_BYTES, sizeHint: m.size }) : undefined;
+    if (small && small.length >= start + length) {
+      out.write(`${item.label}${partialLabel} {${length}}\r\n`);
+      out.write(small.subarray(start, start + length));
+      await out.drained();
+      return;
+    }
+    body = (await s.services.blobs.get(m.blobKey, { range: { start, end: start + length - 1 } })).body;
+  } catch (e) {
+    if (!isStorageError(e, 'NotFound')) throw e;
+    out.write(`${item.label}${partialLabel} NIL`);
+    return;
+  }
+  out.write(`${item.label}${partialLabel} {${length}}\r\n`);
   let sent = 0;
   for await (const chunk of body as AsyncIterable<Buffer>) {
     const piece = sent + chunk.length > length ? chunk.subarray(0, length - sent) : chunk;

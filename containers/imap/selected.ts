@@ -21,6 +21,11 @@ export interface ViewEntry {
   uid: number;
   flags: readonly string[];
   modseq: number;
+  /** Where the raw message is, its size and INTERNALDATE: enough for FETCH of whole bodies, sizes
+   * and dates without reading the message's item again (docs/performance.md, IMAP). */
+  blobKey: string;
+  size: number;
+  receivedAt: string;
 }
 
 /** How the session wants updates worded (what the client ENABLEd). */
@@ -85,11 +90,11 @@ export class SelectedFolder {
     this.uids = uids;
   }
 
-  private entryOf(m: Pick<FolderMessage, 'uid' | 'flags' | 'modseq'>): ViewEntry {
+  private entryOf(m: Pick<FolderMessage, 'uid' | 'flags' | 'modseq' | 'blobKey' | 'size' | 'receivedAt'>): ViewEntry {
     const key = m.flags.join(' ');
     let flags = this.flagSets.get(key);
     if (!flags) this.flagSets.set(key, (flags = Object.freeze([...m.flags])));
-    return { uid: m.uid, flags, modseq: m.modseq };
+    return { uid: m.uid, flags, modseq: m.modseq, blobKey: m.blobKey, size: m.size, receivedAt: m.receivedAt };
   }
 
   /** Messages the client knows of (the last EXISTS, plus expunged ones not yet told). */
@@ -174,7 +179,7 @@ export class SelectedFolder {
   noteOwnFlags(uid: number, flags: string[], modseq: number): void {
     const e = this.byUid.get(uid);
     if (!e || e.modseq > modseq) return;
-    this.byUid.set(uid, this.entryOf({ uid, flags, modseq }));
+    this.byUid.set(uid, this.entryOf({ ...e, uid, flags, modseq }));
     this.flagsChanged.delete(uid);
     if (modseq > this.highestModSeq) this.highestModSeq = modseq;
   }
