@@ -301,7 +301,8 @@ async function writeSection(s: ImapSession, m: { blobKey: string; size: number }
   let small: Buffer | undefined;
   let body: Readable;
   try {
-    small = m.size <= SMALL_READ_BYTES ? s.services.blobs.smallReader?.()?.readSmallSync(m.blobKey, { maxBytes: SMALL_READ_BYTES, sizeHint: m.size }) : undefined;
+    small =
+      m.size <= SMALL_READ_BYTES ? s.services.blobs.smallReader?.()?.readSmallSync(m.blobKey, { maxBytes: SMALL_READ_BYTES, sizeHint: m.size }) : undefined;
     if (small && small.length >= start + length) {
       out.write(`${item.label}${partialLabel} {${length}}\r\n`);
       out.write(small.subarray(start, start + length));

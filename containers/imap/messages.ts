@@ -194,28 +194,39 @@ export class MessageCommands {
   /** The messages of the view as SEARCH and SORT read them, and a reader of their bytes. */
   private async searchable(): Promise<{ messages: SearchMessage[]; reader: MessageReader }> {
     const view = this.view;
-    const blobKeys = new Map<number, string>();
+    // Flags as they are now, not as of the last command (their FETCH updates go out with the OK).
+    await view.refresh();
+    const fields = await this.searchFields(view);
     const messages: SearchMessage[] = [];
-    for await (const m of this.s.services.folders.entries(this.s.user, view.folder.id)) {
-      const seq = view.seqOf(m.uid);
-      if (!seq || view.isExpunged(m.uid)) continue;
-      blobKeys.set(m.uid, m.blobKey);
-      messages.push({
-        seq,
-        uid: m.uid,
-        flags: m.flags,
-        internalDate: new Date(m.receivedAt),
-        size: m.size,
-        modseq: m.modseq,
-        summary: searchedFields(m.summary),
-      });
+    for (const uid of view.allUids) {
+      const e = view.entry(uid)!;
+      const summary = fields.get(uid);
+      if (view.isExpunged(uid) || !summary) continue;
+      messages.push({ seq: view.seqOf(uid), uid, flags: [...e.flags], internalDate: new Date(e.receivedAt), size: e.size, modseq: e.modseq, summary });
     }
     const blobs = this.s.services.blobs;
     const reader: MessageReader = {
-      header: async (msg) => readHeader(await blobs.get(blobKeys.get(msg.uid)!, { range: { start: 0, end: 256 * 1024 - 1 } })),
-      raw: async (msg) => (await blobs.get(blobKeys.get(msg.uid)!)).body,
+      header: async (msg) => readHeader(await blobs.get(view.entry(msg.uid)!.blobKey, { range: { start: 0, end: 256 * 1024 - 1 } })),
+      raw: async (msg) => (await blobs.get(view.entry(msg.uid)!.blobKey)).body,
     };
     return { messages, reader };
+  }
+
+  /**
+   * The summary fields SEARCH and SORT read, per message of the view: read from the store once per
+   * session and kept (they never change for a message), so a client's next search reads nothing
+   * but the messages it must open. New messages are read as they join the view.
+   */
+  private async searchFields(view: SelectedFolder): Promise<Map<number, Record<string, AttrValue>>> {
+    const cache = (view.searchFields ??= new Map());
+    const missing = view.allUids.filter((u) => !cache.has(u));
+    if (missing.length > 200) {
+      for await (const m of this.s.services.folders.entries(this.s.user, view.folder.id)) if (!cache.has(m.uid)) cache.set(m.uid, searchedFields(m.summary));
+    } else if (missing.length) {
+      const items = await Promise.all(missing.map((u) => this.s.services.folders.get(this.s.user, view.folder.id, u)));
+      for (const m of items) if (m) cache.set(m.uid, searchedFields(m.summary));
+    }
+    return cache;
   }
 
   /** SEARCH (RFC 9051 §6.4.4), ESEARCH results (RFC 4731) and SAVE (RFC 5182). */

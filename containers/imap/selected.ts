@@ -12,6 +12,7 @@
  * MODSEQ; a 100,000-message folder holds a few MB. Summaries and bodies are never kept.
  */
 import type { ChangeLog } from '../../core/mailbox/changes.js';
+import type { AttrValue } from '../../core/storage/ports.js';
 import type { FolderInfo, FolderMessage, FolderStore } from '../../core/mailbox/folders.js';
 import { flagList } from './protocol/encode.js';
 import { inSequenceSet, type SequenceSet } from './protocol/values.js';
@@ -56,6 +57,8 @@ export class SelectedFolder {
   uidValidity = 0;
   /** Set when the folder was deleted or renamed away under the session. */
   gone = false;
+  /** SEARCH's per-message summary fields, made on the session's first search (messages.ts). */
+  searchFields: Map<number, Record<string, AttrValue>> | undefined;
   /** Interned flag arrays, so that 100,000 unseen messages share one. */
   private readonly flagSets = new Map<string, readonly string[]>();
 
@@ -190,6 +193,7 @@ export class SelectedFolder {
     this.uids = this.uids.filter((u) => !gone.has(u));
     for (const u of uids) {
       this.byUid.delete(u);
+      this.searchFields?.delete(u);
       this.expunged.delete(u);
       this.flagsChanged.delete(u);
     }
