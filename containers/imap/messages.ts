@@ -3,6 +3,7 @@
  * (RFC 6851), EXPUNGE and UID EXPUNGE (UIDPLUS, RFC 4315), SEARCH and SORT (search.ts, sort.ts),
  * APPEND (to any folder), and QRESYNC's SELECT parameter (RFC 7162 §3.2.5). FETCH is fetch.ts.
  */
+import { Readable } from 'node:stream';
 import type { AttrValue } from '../../core/storage/ports.js';
 import { normalizeFlags } from '../../core/mailbox/folders.js';
 import { flagList } from './protocol/encode.js';
@@ -207,7 +208,13 @@ export class MessageCommands {
     const blobs = this.s.services.blobs;
     const reader: MessageReader = {
       header: async (msg) => readHeader(await blobs.get(view.entry(msg.uid)!.blobKey, { range: { start: 0, end: 256 * 1024 - 1 } })),
-      raw: async (msg) => (await blobs.get(view.entry(msg.uid)!.blobKey)).body,
+      raw: async (msg) => {
+        // A small message in one synchronous read where the storage offers it, as FETCH does.
+        const e = view.entry(msg.uid)!;
+        const small =
+          e.size <= SMALL_READ_BYTES ? blobs.smallReader?.()?.readSmallSync(e.blobKey, { maxBytes: SMALL_READ_BYTES, sizeHint: e.size }) : undefined;
+        return small ? Readable.from([small]) : (await blobs.get(e.blobKey)).body;
+      },
     };
     return { messages, reader };
   }
@@ -324,6 +331,9 @@ export class MessageCommands {
     }
   }
 }
+
+/** Messages up to this size are read whole and synchronously by a search where the storage can. */
+const SMALL_READ_BYTES = 256 * 1024;
 
 /** The summary fields SEARCH and SORT read; the rest (structure, parts, preview) is left behind so
  * a search over a big folder holds a few hundred bytes per message, not the whole summary. */
