@@ -361,7 +361,7 @@ export const SETTINGS: readonly Setting[] = [
     min: 0,
     max: 60000,
     default: 1000,
-    doc: 'Delay before a failed LOGIN or AUTHENTICATE is answered; grows with repeated failures as POP3\'s does.',
+    doc: "Delay before a failed LOGIN or AUTHENTICATE is answered; grows with repeated failures as POP3's does.",
   },
   {
     path: 'imap.loginCacheSeconds',
