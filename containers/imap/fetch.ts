@@ -209,42 +209,46 @@ async function writeOne(s: ImapSession, view: SelectedFolder, uid: number, m: Fo
   let structure: ImapStructure | undefined;
   if (m) structure = await structureOf(s, view, m);
   const out = s.out;
-  out.write(`* ${view.seqOf(uid)} FETCH (`);
+  // One write per response (a body literal aside): a sync of 10,000 messages otherwise hands the
+  // socket some 150,000 small pieces.
+  let text = `* ${view.seqOf(uid)} FETCH (`;
   let sep = '';
   for (const item of items) {
-    out.write(sep);
+    text += sep;
     sep = ' ';
     switch (item.kind) {
       case 'UID':
-        out.write(`UID ${uid}`);
+        text += `UID ${uid}`;
         break;
       case 'FLAGS':
-        out.write(`FLAGS ${flagList(entry.flags)}`);
+        text += `FLAGS ${flagList(entry.flags)}`;
         break;
       case 'MODSEQ':
-        out.write(`MODSEQ (${entry.modseq})`);
+        text += `MODSEQ (${entry.modseq})`;
         break;
       case 'INTERNALDATE':
-        out.write(`INTERNALDATE ${formatDateTime(new Date(entry.receivedAt))}`);
+        text += `INTERNALDATE ${formatDateTime(new Date(entry.receivedAt))}`;
         break;
       case 'RFC822.SIZE':
-        out.write(`RFC822.SIZE ${entry.size}`);
+        text += `RFC822.SIZE ${entry.size}`;
         break;
       case 'ENVELOPE':
-        out.write(`ENVELOPE ${structure!.envelope}`);
+        text += `ENVELOPE ${structure!.envelope}`;
         break;
       case 'BODYSTRUCTURE':
-        out.write(`BODYSTRUCTURE ${structure!.bodystructure}`);
+        text += `BODYSTRUCTURE ${structure!.bodystructure}`;
         break;
       case 'BODY':
-        out.write(`BODY ${structure!.body}`);
+        text += `BODY ${structure!.body}`;
         break;
       case 'section':
+        out.write(text);
+        text = '';
         await writeSection(s, entry, structure, item);
         break;
     }
   }
-  out.write(')\r\n');
+  out.write(`${text})\r\n`);
 }
 
 /**
