@@ -126,7 +126,8 @@ export function normalizeFlags(flags: string[]): string[] {
 const isSeen = (flags: string[]) => flags.includes('\\Seen');
 const retryable = (e: unknown) => isStorageError(e, 'ConditionFailed') || isStorageError(e, 'Unavailable');
 
-function toMessage(item: Item): FolderMessage {
+/** A message item as the model reads it (MailboxStore reads INBOX's with it too). */
+export function toMessage(item: Item): FolderMessage {
   return {
     uid: Number(item.uid),
     blobKey: String(item.blobKey),

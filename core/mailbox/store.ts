@@ -14,7 +14,7 @@
  * work is done; both are idempotent per holder, so queue redeliveries do not miscount.
  */
 import { isStorageError, type AttrValue, type Blobs, type Item, type Tables, putIfAbsent } from '../storage/ports.js';
-import { FolderStore, type FolderMessage, type FolderStoreOptions } from './folders.js';
+import { FolderStore, toMessage, type FolderMessage, type FolderStoreOptions } from './folders.js';
 import { backoff, folderKeys, INBOX, mailboxKeys, MAX_ATTEMPTS } from './keys.js';
 
 export { mailboxKeys, NoSuchMailbox, QuotaExceeded } from './keys.js';
@@ -58,15 +58,9 @@ export interface MailboxStoreOptions {
 }
 
 function toEntry(item: Item): MessageEntry {
-  return {
-    uid: Number(item.uid),
-    blobKey: String(item.blobKey),
-    size: Number(item.size),
-    receivedAt: String(item.receivedAt),
-    summary: (item.summary ?? {}) as Record<string, AttrValue>,
-    flags: Array.isArray(item.flags) ? item.flags.map(String) : [],
-    jobId: String(item.jobId ?? ''),
-  };
+  const { modseq, ...entry } = toMessage(item);
+  void modseq; // POP3's view of a message has no MODSEQ
+  return entry;
 }
 
 function toMeta(item: Item): MailboxMeta {

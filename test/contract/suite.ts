@@ -580,6 +580,26 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
         expect(rest.items.map((i) => i.sk)).toEqual(['UID#0010', 'UID#0100', 'UID#é']);
         expect(rest.cursor).toBeUndefined();
         expect((await s.tables.query(pk('query-empty'))).items).toEqual([]);
+        // Several bounds on one side: the tightest holds, in UTF-8 byte order (U+FFEE sorts
+        // before an astral character here, though not in JavaScript's UTF-16 order).
+        expect(await q({ range: { gte: 'UID#0002', gt: 'UID#0010', lte: 'UID#é' } })).toEqual(['UID#0100', 'UID#é']);
+        expect(await q({ range: { gte: 'UID#0010', gt: 'UID#0010' } })).toEqual(sorted.filter((x) => byUtf8(x, 'UID#0010') > 0));
+        expect(await q({ range: { lte: 'UID#0010', lt: 'UID#0010', gte: 'UID#0001' } })).toEqual(['UID#0001', 'UID#0002']);
+        expect(await q({ range: { gte: '\uffee', lt: '😀' } })).toEqual(['\uffee']);
+        expect(await q({ range: { beginsWith: 'UID#', gt: 'UID#0002', lt: 'UID#é' } })).toEqual(['UID#0010', 'UID#0100']);
+        // A range with a cursor, page by page both ways: every item of the range once, in order.
+        for (const reverse of [false, true]) {
+          const want = ['UID#0002', 'UID#0010', 'UID#0100', 'UID#é'];
+          const seen: string[] = [];
+          let cursor: string | undefined;
+          for (let pages = 0; pages < 10; pages++) {
+            const pg = await s.tables.query(p, { range: { gte: 'UID#0002', lte: 'UID#é' }, limit: 1, reverse, cursor });
+            seen.push(...pg.items.map((i) => i.sk));
+            cursor = pg.cursor;
+            if (!cursor) break;
+          }
+          expect(seen).toEqual(reverse ? [...want].reverse() : want);
+        }
       });
 
       it('transact applies every write or none, naming the failing op', async () => {

@@ -210,26 +210,43 @@ export class SqliteTables implements Tables {
     if (!Number.isInteger(limit) || limit < 1) throw new InvalidRequest('query limit must be a positive integer');
     const reverse = options.reverse === true;
     const where: string[] = ['pk = ?', '(ttl IS NULL OR ttl > ?)'];
-    const names: string[] = [];
     const params: (string | number)[] = [pk, this.nowSeconds()];
     const r: SortRange = options.range ?? {};
-    const bound = (op: string, v: string | undefined, name: string) => {
+    // Every bound of the range and the cursor, reduced to at most one lower and one upper bound:
+    // given two lower bounds (a range's `gte` and a cursor's `>`), SQLite walks the index from
+    // the first one and filters, so each page of a long listing re-read every row before it
+    // (a SELECT of a 30,000-message IMAP folder took seconds; docs/performance.md, IMAP).
+    let lower: { v: string; inclusive: boolean } | undefined;
+    let upper: { v: string; inclusive: boolean } | undefined;
+    const bound = (side: 'lower' | 'upper', inclusive: boolean, v: string | undefined, name: string) => {
       if (v === undefined) return;
       if (typeof v !== 'string') throw new InvalidRequest(`range.${name} must be a string`);
-      where.push(`sk ${op} ?`);
-      names.push(name);
-      params.push(v);
+      const current = side === 'lower' ? lower : upper;
+      // Keys compare as UTF-8 bytes, as SQLite's BINARY collation (and DynamoDB) compare them.
+      const order = current === undefined ? 0 : Buffer.compare(Buffer.from(v), Buffer.from(current.v));
+      const tighter = current === undefined || (side === 'lower' ? order > 0 : order < 0) || (order === 0 && !inclusive);
+      if (!tighter) return;
+      if (side === 'lower') lower = { v, inclusive };
+      else upper = { v, inclusive };
     };
-    bound('>=', r.gte, 'gte');
-    bound('>', r.gt, 'gt');
-    bound('<=', r.lte, 'lte');
-    bound('<', r.lt, 'lt');
+    bound('lower', true, r.gte, 'gte');
+    bound('lower', false, r.gt, 'gt');
+    bound('upper', true, r.lte, 'lte');
+    bound('upper', false, r.lt, 'lt');
     if (r.beginsWith !== undefined && r.beginsWith !== '') {
-      bound('>=', r.beginsWith, 'beginsWith');
+      bound('lower', true, r.beginsWith, 'beginsWith');
       const end = prefixEnd(r.beginsWith);
-      if (end !== undefined) bound('<', end, 'beginsWithEnd');
+      if (end !== undefined) bound('upper', false, end, 'beginsWithEnd');
     }
-    if (options.cursor !== undefined) bound(reverse ? '<' : '>', decodeCursor(pk, options.cursor), 'cursor');
+    if (options.cursor !== undefined) bound(reverse ? 'upper' : 'lower', false, decodeCursor(pk, options.cursor), 'cursor');
+    if (lower) {
+      where.push(`sk ${lower.inclusive ? '>=' : '>'} ?`);
+      params.push(lower.v);
+    }
+    if (upper) {
+      where.push(`sk ${upper.inclusive ? '<=' : '<'} ?`);
+      params.push(upper.v);
+    }
     // The limit is written into the SQL (it is a checked integer): with `LIMIT ?` the same query
     // took about ten times as long (docs/performance.md, Local storage).
     const sql = `SELECT pk, sk, ttl, data FROM items WHERE ${where.join(' AND ')} ORDER BY sk ${reverse ? 'DESC' : 'ASC'} LIMIT ${limit + 1}`;
