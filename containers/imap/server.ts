@@ -15,7 +15,7 @@ import type { Metrics } from '../../core/metrics.js';
 import { ChangeLog } from '../../core/mailbox/changes.js';
 import { FolderStore } from '../../core/mailbox/folders.js';
 import { onMailboxChange } from '../../core/mailbox/notify.js';
-import { summarizeMessage } from '../../core/mail/mime.js';
+import { summarizeForMailbox } from '../../core/mail/imap-structure.js';
 import type { Blobs } from '../../core/storage/ports.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
 import { AuthThrottle } from '../auth-throttle.js';
@@ -378,7 +378,8 @@ function streamAppend(blobs: Blobs, size: number, resume: () => void) {
   const toBlob = new PassThrough();
   const toSummary = new PassThrough();
   const put = blobs.put(key, toBlob, { maxBytes: size });
-  const summary = summarizeMessage(toSummary);
+  // The same summary delivery stores, IMAP structure included, so FETCH never parses it later.
+  const summary = summarizeForMailbox(toSummary);
   toBlob.on('drain', resume);
   let discarded = false;
   const stored = Promise.all([put, summary]).then(([, s]) => ({ blobKey: key, summary: s }));

@@ -111,6 +111,9 @@ describe("Python's imaplib", () => {
     expect(archived[0]![1]).toBe('Subject: message 1\r\n\r\n');
     const draft = res[15]![1] as [string, string][];
     expect(draft[0]![1]).toBe(appended);
+    // The APPEND stored the IMAP structure with the message, as delivery does.
+    const drafts = (await h.folders.list(u)).find((f) => f.specialUse === '\\Drafts')!;
+    expect((await h.folders.get(u, drafts.id, 1))?.summary.imap).toMatchObject({ v: 1, envelope: expect.stringContaining('"draft one"') });
     expect(String((res[16]![1] as string[])[0])).toMatch(/^1 \(FLAGS \((\\Seen \\Draft|\\Draft \\Seen)\)\)$/);
     // What the store now holds, independently of the protocol.
     const folders = await h.folders.list(u);
