@@ -6,6 +6,7 @@
  */
 import type { Readable } from 'node:stream';
 import { err, multiline, ok, parseCommand, parseCount, parseMessageNumber, type Command, type ResponseCode } from './protocol/commands.js';
+import { actsForAnother, decodeSaslBase64, splitPlain } from '../sasl.js';
 
 /** One message of the maildrop snapshot taken at login. */
 export interface MaildropMessage {
@@ -328,16 +329,16 @@ export class Pop3Session {
 
   /** RFC 4616 §2: message = [authzid] NUL authcid NUL passwd, base64 (RFC 5034 §4). */
   private async plain(b64: string): Promise<Output> {
-    if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64) || b64.length % 4 !== 0) return { text: err('Invalid base64 in authentication response') };
-    const parts = Buffer.from(b64, 'base64').toString('utf8').split('\0');
-    if (parts.length !== 3) return { text: err('Invalid PLAIN authentication response') };
-    const [authzid, authcid, password] = parts as [string, string, string];
+    const decoded = decodeSaslBase64(b64);
+    if (decoded === undefined) return { text: err('Invalid base64 in authentication response') };
+    const c = splitPlain(decoded);
+    if (!c) return { text: err('Invalid PLAIN authentication response') };
     // We do not let one user act as another: an authzid must name the authenticating user.
-    if (authzid !== '' && authzid.toLowerCase() !== authcid.toLowerCase()) {
-      await this.hooks.authFailed?.(authcid);
+    if (actsForAnother(c)) {
+      await this.hooks.authFailed?.(c.authcid);
       return { text: err('Authentication failed', 'AUTH') };
     }
-    return this.login(authcid, password);
+    return this.login(c.authcid, c.password);
   }
 
   /** Checks the credentials, then locks the maildrop (RFC 1939 §7 PASS, RFC 1939 §8). */

@@ -14,6 +14,7 @@ import type { DsnEnvelope, DsnRecipient } from '../../core/mail/jobs.js';
 import { decodeXtext, isHeloName, parsePathCommand, ReplyError, splitCommand, type Reply } from './protocol/command.js';
 import type { DataStats, ReaderEvent, SmtpReader } from './protocol/reader.js';
 import type { TlsFacts } from '../tcp-listener.js';
+import { actsForAnother, decodeSaslBase64, splitPlain } from '../sasl.js';
 
 /** TLS facts of a session (the connection's, from the scaffold), for the Received header and the job. */
 export type { TlsFacts };
@@ -686,15 +687,13 @@ export class SmtpSession implements SessionInfo {
 
   /** RFC 4616: [authzid] NUL authcid NUL passwd. */
   private async plain(b64: string): Promise<void> {
-    const decoded = b64 === '=' ? '' : decodeB64(b64);
-    const parts = decoded.split('\0');
-    if (parts.length !== 3) throw new ReplyError(501, '5.5.2', 'Malformed PLAIN response');
-    const [authzid, authcid, password] = parts;
-    if (authzid && authzid.toLowerCase() !== authcid.toLowerCase()) {
-      await this.hooks.authFailed?.(authcid, this);
+    const c = splitPlain(b64 === '=' ? '' : decodeB64(b64));
+    if (!c) throw new ReplyError(501, '5.5.2', 'Malformed PLAIN response');
+    if (actsForAnother(c)) {
+      await this.hooks.authFailed?.(c.authcid, this);
       throw new ReplyError(535, '5.7.8', 'Authentication credentials invalid');
     }
-    return this.login(authcid, password);
+    return this.login(c.authcid, c.password);
   }
 
   private async login(user: string, password: string): Promise<void> {
@@ -717,6 +716,7 @@ export class SmtpSession implements SessionInfo {
 }
 
 function decodeB64(s: string): string {
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(s) || s.length % 4 !== 0) throw new ReplyError(501, '5.5.2', 'Cannot decode base64');
-  return Buffer.from(s, 'base64').toString('utf8');
+  const decoded = decodeSaslBase64(s);
+  if (decoded === undefined) throw new ReplyError(501, '5.5.2', 'Cannot decode base64');
+  return decoded;
 }
