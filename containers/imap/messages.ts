@@ -5,9 +5,8 @@
  */
 import { Readable } from 'node:stream';
 import type { AttrValue } from '../../core/storage/ports.js';
-import { normalizeFlags } from '../../core/mailbox/folders.js';
 import { flagList } from './protocol/encode.js';
-import { is, isAtom, number, sequenceSet, text, type ImapValue } from './protocol/values.js';
+import { is, isAtom, number, sequenceSet, sequenceText, text, type ImapValue } from './protocol/values.js';
 import { runFetch } from './fetch.js';
 import {
   BADCHARSET_CODE,
@@ -22,7 +21,7 @@ import {
   type SearchProgram,
 } from './search.js';
 import { formatSort, parseSort, sortMessages } from './sort.js';
-import { uidSetText, type SelectedFolder } from './selected.js';
+import type { SelectedFolder } from './selected.js';
 import { CommandError, type Command, type ImapSession, type Next } from './session.js';
 
 /** An APPEND's message, streamed into blobs while its literal arrived (server.ts makes it). */
@@ -118,7 +117,7 @@ export class MessageCommands {
     const live = uids.filter((u) => !view.isExpunged(u));
     const result = await this.s.services.folders.storeFlags(this.s.user, view.folder.id, live, {
       mode,
-      flags: normalizeFlags(flags),
+      flags,
       ...(unchangedSince !== undefined ? { unchangedSince } : {}),
     });
     for (const u of result.updated) view.noteOwnFlags(u.uid, u.flags, u.modseq);
@@ -157,7 +156,7 @@ export class MessageCommands {
           ? await folders.move(this.s.user, view.folder.id, uids, target.id)
           : await folders.copy(this.s.user, view.folder.id, uids, target.id);
     const status = await folders.status(this.s.user, target.id);
-    const copyUid = pairs.length ? `COPYUID ${status.uidValidity} ${uidSetText(pairs.map((p) => p[0]))} ${pairs.map((p) => p[1]).join(',')}` : undefined;
+    const copyUid = pairs.length ? `COPYUID ${status.uidValidity} ${sequenceText(pairs.map((p) => p[0]))} ${sequenceText(pairs.map((p) => p[1]))}` : undefined;
     if (!move) return this.s.ok(c.tag, `${c.name} completed`, { allowExpunge: byUid, ...(copyUid ? { code: copyUid } : {}) });
     // MOVE: the COPYUID goes untagged before the expunges (RFC 6851 §4.3).
     if (copyUid) this.s.out.write(`* OK [${copyUid}] Moved\r\n`);
@@ -170,7 +169,7 @@ export class MessageCommands {
     const view = this.view;
     const sorted = [...uids].filter((u) => view.seqOf(u) > 0).sort((a, b) => a - b);
     if (!sorted.length) return;
-    if (this.s.qresync) this.s.out.write(`* VANISHED ${uidSetText(sorted)}\r\n`);
+    if (this.s.qresync) this.s.out.write(`* VANISHED ${sequenceText(sorted)}\r\n`);
     else for (const u of [...sorted].reverse()) this.s.out.write(`* ${view.seqOf(u)} EXPUNGE\r\n`);
     view.dropOwn(sorted);
   }
@@ -324,7 +323,7 @@ export class MessageCommands {
       : view.uidNext - 1;
     const vanished: number[] = [];
     for (let u = 1; u <= top && vanished.length < 1_000_000; u++) if (!present.has(u)) vanished.push(u);
-    if (vanished.length) this.s.out.write(`* VANISHED (EARLIER) ${uidSetText(vanished)}\r\n`);
+    if (vanished.length) this.s.out.write(`* VANISHED (EARLIER) ${sequenceText(vanished)}\r\n`);
     for (const uid of view.allUids) {
       const e = view.entry(uid)!;
       if (e.modseq > since) this.s.out.write(`* ${view.seqOf(uid)} FETCH (UID ${uid} FLAGS ${flagList(e.flags)} MODSEQ (${e.modseq}))\r\n`);
@@ -346,8 +345,7 @@ function searchedFields(summary: Record<string, AttrValue>): Record<string, Attr
 
 /** UIDs (or their sequence numbers) as a set text. */
 function uidOrSeqText(view: SelectedFolder, uids: number[], byUid: boolean): string {
-  const numbers = (byUid ? uids : uids.map((u) => view.seqOf(u))).sort((a, b) => a - b);
-  return uidSetText(numbers);
+  return sequenceText(byUid ? uids : uids.map((u) => view.seqOf(u)));
 }
 
 /** The header block of a message: bytes up to and including the first empty line. */

@@ -17,7 +17,7 @@
 import type { Readable } from 'node:stream';
 import type { AttrValue } from '../../core/storage/ports.js';
 import { imapString } from '../../core/mail/imap-syntax.js';
-import { type ImapValue, type SequenceSet, inSequenceSet, is, isAtom, number, sequenceSet, text } from './protocol/values.js';
+import { type ImapValue, type SequenceSet, inSequenceSet, is, isAtom, number, sequenceSet, sequenceText, text } from './protocol/values.js';
 import { type HeaderField, foldCase, headerFields, scanMessage } from './search-text.js';
 
 /** What SEARCH needs of one message of the selected folder. */
@@ -532,21 +532,6 @@ function fieldFromSummary(summary: Record<string, AttrValue>, field: string, nee
     return whole ? false : undefined;
   }
   return undefined;
-}
-
-/** Ascending message numbers as a sequence set: `1:3,5,9:12` (RFC 9051 `sequence-set`); duplicates merge. */
-export function sequenceText(numbers: number[]): string {
-  const sorted = Float64Array.from(numbers).sort();
-  const out: string[] = [];
-  let i = 0;
-  while (i < sorted.length) {
-    const start = sorted[i]!;
-    let end = start;
-    while (i + 1 < sorted.length && sorted[i + 1]! <= end + 1) end = sorted[++i]!;
-    out.push(start === end ? String(start) : `${start}:${end}`);
-    i++;
-  }
-  return out.join(',');
 }
 
 /**

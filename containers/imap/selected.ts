@@ -15,7 +15,7 @@ import type { ChangeLog } from '../../core/mailbox/changes.js';
 import type { AttrValue } from '../../core/storage/ports.js';
 import type { FolderInfo, FolderMessage, FolderStore } from '../../core/mailbox/folders.js';
 import { flagList } from './protocol/encode.js';
-import { inSequenceSet, type SequenceSet } from './protocol/values.js';
+import { inSequenceSet, sequenceText, type SequenceSet } from './protocol/values.js';
 
 /** What the view keeps of one message. */
 export interface ViewEntry {
@@ -298,7 +298,7 @@ export class SelectedFolder {
     if (allowExpunge && this.expunged.size) {
       const gone = [...this.expunged].sort((a, b) => a - b);
       if (style.qresync) {
-        lines.push(`* VANISHED ${uidSetText(gone)}\r\n`);
+        lines.push(`* VANISHED ${sequenceText(gone)}\r\n`);
         this.dropOwn(gone);
       } else {
         // Highest first, so each number is still right when the client reads it.
@@ -319,17 +319,4 @@ export class SelectedFolder {
     this.flagsChanged.clear();
     return lines;
   }
-}
-
-/** Ascending UIDs as a compact set text (`1:3,7`). */
-export function uidSetText(uids: readonly number[]): string {
-  const parts: string[] = [];
-  let i = 0;
-  while (i < uids.length) {
-    let j = i;
-    while (j + 1 < uids.length && uids[j + 1] === uids[j]! + 1) j++;
-    parts.push(i === j ? String(uids[i]) : `${uids[i]}:${uids[j]}`);
-    i = j + 1;
-  }
-  return parts.join(',');
 }

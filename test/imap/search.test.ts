@@ -14,12 +14,12 @@ import {
   parseSearch,
   runSearch,
   savedResult,
-  sequenceText,
   usesModseq,
   type MessageReader,
   type SearchMessage,
   type SearchProgram,
 } from '../../containers/imap/search.js';
+import { sequenceText } from '../../containers/imap/protocol/values.js';
 import { NeedleScanner, scanMessage } from '../../containers/imap/search-text.js';
 
 const crlf = (lines: string[]): Buffer => Buffer.from(lines.join('\r\n'), 'latin1');

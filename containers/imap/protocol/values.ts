@@ -98,3 +98,18 @@ export function inSequenceSet(set: SequenceSet, n: number, max: number): boolean
   }
   return false;
 }
+
+/** Message numbers or UIDs as a sequence set, ascending: `1:3,5,9:12` (RFC 9051 `sequence-set`); duplicates merge. */
+export function sequenceText(numbers: number[]): string {
+  const sorted = Float64Array.from(numbers).sort();
+  const out: string[] = [];
+  let i = 0;
+  while (i < sorted.length) {
+    const start = sorted[i]!;
+    let end = start;
+    while (i + 1 < sorted.length && sorted[i + 1]! <= end + 1) end = sorted[++i]!;
+    out.push(start === end ? String(start) : `${start}:${end}`);
+    i++;
+  }
+  return out.join(',');
+}
