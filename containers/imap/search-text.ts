@@ -10,7 +10,8 @@
 import { Writable, type Readable, type Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { TextDecoder } from 'node:util';
-import { Headers, Splitter, type MimeNode } from '@zone-eu/mailsplit';
+import { Splitter, type MimeNode } from '@zone-eu/mailsplit';
+import { headerFields as rawHeaderFields } from '../../core/mail/imap-envelope.js';
 import libmime from 'libmime';
 
 /**
@@ -74,21 +75,11 @@ export interface HeaderField {
   value: string;
 }
 
-/** The fields of a raw header block (RFC 5322 §2.2), in order, as mailsplit's header parser splits them. */
+/** The fields of a raw header block (RFC 5322 §2.2), in order: split as ENVELOPE splits them
+ * (core/mail/imap-envelope.ts), names lower-cased and values decoded for comparison. */
 export function headerFields(block: Buffer | string): HeaderField[] {
-  const out: HeaderField[] = [];
-  let list;
-  try {
-    list = new Headers(block).getList();
-  } catch {
-    return out;
-  }
-  for (const { key, line } of list) {
-    const colon = line.indexOf(':');
-    if (colon < 0) continue;
-    out.push({ name: key, value: decodeHeaderValue(line.slice(colon + 1)) });
-  }
-  return out;
+  const raw = rawHeaderFields(Buffer.isBuffer(block) ? block : Buffer.from(block));
+  return raw.map((f) => ({ name: f.name.toLowerCase(), value: decodeHeaderValue(f.value) }));
 }
 
 /** A header value as SEARCH compares it: unfolded (RFC 5322 §2.2.3), encoded-words decoded (RFC 2047), trimmed. */

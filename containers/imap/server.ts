@@ -311,7 +311,7 @@ class ImapConnection implements SessionHandler {
    * dropping the quiet connection.
    */
   private async startIdle(): Promise<void> {
-    const tagLine = this.lastTag;
+    const tagLine = this.session.lastTag;
     this.say('+ idling\r\n');
     this.reader.expectLine = true;
     let running = false;
@@ -360,10 +360,6 @@ class ImapConnection implements SessionHandler {
     this.reader.expectLine = false;
     this.say(tagged(idle.tag, status, text));
     if (status === 'BAD' && this.countBad()) this.tooManyBad(false);
-  }
-
-  private get lastTag(): string {
-    return this.session.lastTag;
   }
 }
 

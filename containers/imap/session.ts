@@ -7,6 +7,7 @@
  */
 import type { ChangeLog } from '../../core/mailbox/changes.js';
 import type { LoginHooks } from '../auth-cache.js';
+import { actsForAnother, decodeSaslBase64, splitPlain } from '../sasl.js';
 import { DELIMITER, SPECIAL_USES, type FolderInfo, type FolderStore, type SpecialUse } from '../../core/mailbox/folders.js';
 import { FolderError, INBOX, QuotaExceeded } from '../../core/mailbox/keys.js';
 import type { Blobs } from '../../core/storage/ports.js';
@@ -329,12 +330,11 @@ export class ImapSession {
     if (mech === 'PLAIN') {
       const onResponse = async (line: string): Promise<Next> => {
         if (line === '*') throw new CommandError('BAD', 'Authentication cancelled');
-        const decoded = decodeBase64(line === '=' ? '' : line);
-        const parts = decoded?.split('\0');
-        if (!parts || parts.length !== 3) throw new CommandError('BAD', 'Malformed PLAIN response');
-        const [authz, authc, password] = parts as [string, string, string];
-        if (authz && authz !== authc) throw new CommandError('NO', 'Acting for another user is not allowed', 'AUTHORIZATIONFAILED');
-        return this.finishLogin(c.tag, authc, password);
+        const decoded = line === '=' ? '' : decodeSaslBase64(line);
+        const plain = decoded === undefined ? undefined : splitPlain(decoded);
+        if (!plain) throw new CommandError('BAD', 'Malformed PLAIN response');
+        if (actsForAnother(plain)) throw new CommandError('NO', 'Acting for another user is not allowed', 'AUTHORIZATIONFAILED');
+        return this.finishLogin(c.tag, plain.authcid, plain.password);
       };
       if (initial !== undefined) return onResponse(initial);
       return { kind: 'line', prompt: '+ \r\n', onLine: (line) => onResponse(line).catch((e) => this.fail(c.tag, e)) };
@@ -345,14 +345,14 @@ export class ImapSession {
         prompt: `+ ${Buffer.from('Password:').toString('base64')}\r\n`,
         onLine: async (line) => {
           if (line === '*') return this.fail(c.tag, new CommandError('BAD', 'Authentication cancelled'));
-          const password = decodeBase64(line);
+          const password = decodeSaslBase64(line);
           if (password === undefined) return this.fail(c.tag, new CommandError('BAD', 'Malformed LOGIN response'));
           return this.finishLogin(c.tag, login, password).catch((e) => this.fail(c.tag, e));
         },
       });
       const withLogin = (line: string): Next => {
         if (line === '*') return this.fail(c.tag, new CommandError('BAD', 'Authentication cancelled'));
-        const login = decodeBase64(line);
+        const login = decodeSaslBase64(line);
         return login === undefined ? this.fail(c.tag, new CommandError('BAD', 'Malformed LOGIN response')) : askPassword(login);
       };
       if (initial !== undefined) return withLogin(initial);
@@ -415,12 +415,10 @@ export class ImapSession {
     }
     const folder = await this.folderNamed(c.args[0]);
     let qresync: ImapValue[] | undefined;
-    for (const p of Array.isArray(c.args[1]) ? c.args[1] : []) {
-      if (is(p, 'CONDSTORE')) this.condstore = true;
-    }
     const params = Array.isArray(c.args[1]) ? c.args[1] : [];
     for (let i = 0; i < params.length; i++) {
-      if (is(params[i], 'QRESYNC')) {
+      if (is(params[i], 'CONDSTORE')) this.condstore = true;
+      else if (is(params[i], 'QRESYNC')) {
         if (!this.qresync) throw new CommandError('BAD', 'ENABLE QRESYNC first');
         const q = params[i + 1];
         if (!Array.isArray(q)) throw new CommandError('BAD', 'QRESYNC needs (uidvalidity modseq [known-uids])');
@@ -647,9 +645,4 @@ export class ImapSession {
     }
     return this.ok(c.tag, `${c.name} completed`);
   }
-}
-
-function decodeBase64(s: string): string | undefined {
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(s) || s.length % 4 !== 0) return undefined;
-  return Buffer.from(s, 'base64').toString('utf8');
 }

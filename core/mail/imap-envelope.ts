@@ -279,7 +279,7 @@ export interface ParamValue {
 export function parseParamValue(value: string, withSubtype: boolean): ParamValue {
   let i = 0;
   const s = value;
-  const skip = (): void => {
+  const skipBlanksAndComments = (): void => {
     for (;;) {
       while (i < s.length && (s[i] === ' ' || s[i] === '\t')) i++;
       if (s[i] !== '(') return;
@@ -303,18 +303,18 @@ export function parseParamValue(value: string, withSubtype: boolean): ParamValue
     i++;
     return text;
   };
-  skip();
+  skipBlanksAndComments();
   const type = token(';/');
   let subtype = '';
-  skip();
+  skipBlanksAndComments();
   if (withSubtype && s[i] === '/') {
     i++;
-    skip();
+    skipBlanksAndComments();
     subtype = token(';');
   }
   const raw: [string, string][] = [];
   while (i < s.length) {
-    skip();
+    skipBlanksAndComments();
     if (s[i] !== ';') {
       // Junk between parameters: skip to the next ';'.
       const next = s.indexOf(';', i);
@@ -322,12 +322,12 @@ export function parseParamValue(value: string, withSubtype: boolean): ParamValue
       i = next;
     }
     i++;
-    skip();
+    skipBlanksAndComments();
     const name = token(';=');
-    skip();
+    skipBlanksAndComments();
     if (s[i] !== '=') continue;
     i++;
-    skip();
+    skipBlanksAndComments();
     const v = s[i] === '"' ? quoted() : token(';');
     if (name) raw.push([name, v]);
   }
