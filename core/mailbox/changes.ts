@@ -74,7 +74,10 @@ export class ChangeLog {
 
   /** A new MODSEQ for `user` (never handed out twice; may end unused). */
   async allocate(user: string): Promise<number> {
-    return Number((await this.tables.update(folderKeys.modseqHead(user), { add: { modseq: 1 } })).modseq);
+    // Not durable on its own: the change's transaction that uses this MODSEQ is, and its fsync
+    // covers this earlier commit (the local store's WAL replays as a prefix; DynamoDB is always
+    // durable). A MODSEQ lost in a crash was never used, so handing it out again is harmless.
+    return Number((await this.tables.update(folderKeys.modseqHead(user), { add: { modseq: 1 } }, { durable: false })).modseq);
   }
 
   /** The highest MODSEQ allocated so far (0 when the user never changed anything). */

@@ -697,7 +697,9 @@ export class FolderStore {
 
   /** The first of `n` new consecutive uids of the folder. */
   private async allocateUids(user: string, folderId: string, n: number): Promise<number> {
-    const after = await this.tables.update(folderKeys.meta(user, folderId), { add: { uidNext: n } }, { condition: { exists: true } });
+    // Not durable on its own, as ChangeLog.allocate: only the transaction that uses the UIDs
+    // must be, and its fsync covers this commit. One WAL fsync per APPEND instead of two.
+    const after = await this.tables.update(folderKeys.meta(user, folderId), { add: { uidNext: n } }, { condition: { exists: true }, durable: false });
     return Number(after.uidNext) - n;
   }
 
