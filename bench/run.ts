@@ -7,7 +7,7 @@
  * Without `--peers`, ours runs alone and each bench compares with the issues' reference figures
  * (bench/pop3.ts also measures Dovecot in the same run when it is installed).
  *
- * `npm run bench -- --peers [smtp] [pop3] [imap] [proxy] [--runs 3] [--duration 10] [--smtp-messages 1500] [--smtp-warmup 1500]
+ * `npm run bench -- --peers [smtp] [pop3] [imap] [jmap] [proxy] [--runs 3] [--duration 10] [--smtp-messages 1500] [--smtp-warmup 1500]
  * [--pop3-messages 1000] [--imap-messages 1000] [--imap-sync 10000] [--imap-big [100000]] [--proxy-scenarios reval,miss]` runs the peers side
  * by side instead (bench/peers/): installs the missing Debian packages (as root), starts Postfix,
  * Dovecot, Squid and nginx on 127.0.0.1 with configs from bench/peers/, alternates runs with ours,
@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { PROXY_SCENARIOS, type ProxyScenario } from './peers/util.js';
 
 const root = new URL('..', import.meta.url).pathname;
-const BENCHES = ['smtp', 'pop3', 'imap', 'proxy'] as const;
+const BENCHES = ['smtp', 'pop3', 'imap', 'jmap', 'proxy'] as const;
 
 /** The big IMAP folder's size: `--imap-big` alone is 100,000 messages, `--imap-big N` is N; absent, none. */
 function imapBig(argv: string[]): number | undefined {
@@ -115,7 +115,9 @@ async function peers(argv: string[]): Promise<void> {
                     syncMessages: numberFlag(argv, 'imap-sync'),
                     bigMessages: imapBig(argv),
                   })
-                : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say, scenarios });
+                : name === 'jmap'
+                  ? await (await import('./peers/jmap.js')).runJmapBench({ runs, say })
+                  : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say, scenarios });
       } catch (e) {
         // One protocol failing (a peer that would not start) still leaves the others' tables.
         failed.push(name);

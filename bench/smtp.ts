@@ -178,7 +178,7 @@ export async function smtpSource(port: number, sessions: number, messages: numbe
 }
 
 /** One message over a fresh connection; returns the time from the end of data to the 250. */
-export function oneMessage(port: number, body: Buffer): Promise<number> {
+export function oneMessage(port: number, body: Buffer, rcpt = 'user@bench.test'): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1');
     let buf = '';
@@ -195,7 +195,7 @@ export function oneMessage(port: number, body: Buffer): Promise<number> {
         buf = buf.slice(i + 2);
         if (line[3] === '-') continue;
         const code = Number(line.slice(0, 3));
-        if (step === 0 && code === 220) s.write('EHLO client.bench\r\nMAIL FROM:<sender@remote.example>\r\nRCPT TO:<user@bench.test>\r\nDATA\r\n');
+        if (step === 0 && code === 220) s.write(`EHLO client.bench\r\nMAIL FROM:<sender@remote.example>\r\nRCPT TO:<${rcpt}>\r\nDATA\r\n`);
         else if (step >= 1 && step <= 3 && code === 250) {
           /* EHLO, MAIL, RCPT */
         } else if (step === 4 && code === 354) {
