@@ -126,3 +126,15 @@ it('answers bad or unusable states with the RFC 8620 errors', async () => {
   await storage.tables.transact([folders.changes.op(USER, modseq, [{ kind: 'append', folder: INBOX, uids: [1] }])]);
   expect(await fails('Thread/changes', { sinceState: state })).toBe('cannotCalculateChanges');
 });
+
+it('does not wait on a change still being written: it reports up to the gap', async () => {
+  const { state } = (await call('Thread/get', { ids: [] })) as { state: string };
+  await folders.changes.allocate(USER); // a writer holding the next MODSEQ, not yet committed
+  const later = await file('g/1', { id: 'gap@x', subject: 'Behind a gap' });
+  const started = Date.now();
+  expect(await call('Thread/changes', { sinceState: state })).toMatchObject({ newState: state, hasMoreChanges: false, created: [], updated: [] });
+  expect(Date.now() - started).toBeLessThan(2000);
+  // Past the grace the gap is closed and the change shows.
+  await new Promise((r) => setTimeout(r, 5200));
+  expect(await call('Thread/changes', { sinceState: state })).toMatchObject({ created: [later.threadId] });
+});

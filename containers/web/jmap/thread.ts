@@ -89,8 +89,11 @@ async function threadChanges(args: JsonObject, ctx: JmapContext): Promise<JsonOb
       added.forEach((t) => touched.add(t));
       at = change.modseq;
     }
+    const before = at;
     at = Math.max(at, page.modseq);
-    if (!page.more) break;
+    // `more` without progress: a change still being written (a young gap). Report up to it; the
+    // client's next /changes goes on from there.
+    if (!page.more || at === before) break;
   }
   const created: string[] = [];
   const updated: string[] = [];
