@@ -47,6 +47,11 @@ export interface MessageHeaders {
   /** ISO 8601 when the Date header parses; otherwise the header as it came; '' when absent. */
   date: string;
   messageId: string;
+  /** Message-IDs (without angle brackets) of In-Reply-To and References, for threading
+   * (RFC 8621 §3, RFC 5322 §3.6.4); absent when the header is. References keeps its last
+   * MAX_REFERENCES, the nearest ancestors. */
+  inReplyTo?: string[];
+  references?: string[];
 }
 
 /** One MIME part as kept in the summary. `size` is the encoded body size in octets. */
@@ -444,6 +449,20 @@ function partNumber(node: MimeNode): string {
   return nr.filter((x) => x !== 'TEXT').join('.');
 }
 
+/** References kept per message: the nearest ancestors are what threading needs. */
+const MAX_REFERENCES = 20;
+
+/**
+ * The msg-ids of an In-Reply-To or References field (RFC 5322 §3.6.4: `<left@right>` tokens,
+ * anything between them is skipped, as §4.5.4's obsolete forms need). A regular expression: all
+ * threading needs is what stands between angle brackets.
+ */
+export function messageIds(field: string): string[] {
+  const out: string[] = [];
+  for (const m of unfold(field).matchAll(/<([^<>\s]{1,250})>/g)) out.push(m[1]!);
+  return out;
+}
+
 function readHeaders(node: MimeNode, maxAddresses: number): MessageHeaders {
   const out: MessageHeaders = { from: '', fromAddress: '', to: [], cc: [], subject: '', date: '', messageId: '' };
   const headers = node.headers;
@@ -457,6 +476,10 @@ function readHeaders(node: MimeNode, maxAddresses: number): MessageHeaders {
   };
   out.subject = clip(decode(unfold(first('subject'))), MAX_HEADER_CHARS);
   out.messageId = clip(unfold(first('message-id')).trim(), MAX_HEADER_CHARS);
+  const inReplyTo = messageIds(first('in-reply-to')).slice(0, MAX_REFERENCES);
+  const references = messageIds(first('references')).slice(-MAX_REFERENCES);
+  if (inReplyTo.length) out.inReplyTo = inReplyTo;
+  if (references.length) out.references = references;
   const date = unfold(first('date')).trim();
   const parsed = date ? Date.parse(date) : NaN;
   out.date = Number.isFinite(parsed) ? new Date(parsed).toISOString() : clip(date, 200);

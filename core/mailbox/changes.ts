@@ -24,6 +24,12 @@ export interface ChangeEntry {
   kind: 'append' | 'flags' | 'expunge' | 'folder-create' | 'folder-rename' | 'folder-delete' | 'folder-update';
   folder: string;
   uids?: number[];
+  /** The Emails of `uids`, index for index (JMAP Email/changes names an Email whose items are
+   * gone by these). Absent in entries written before JMAP. */
+  emailIds?: string[];
+  /** The threads the entry's messages belong to, each once (JMAP Thread/changes); absent before
+   * JMAP, and for messages filed before threads until the backfill gives them one. */
+  threadIds?: string[];
 }
 
 /** One MODSEQ of the log. `entries` is empty for a tombstone (a MODSEQ that was never used). */
@@ -95,7 +101,13 @@ export class ChangeLog {
     return {
       ...folderKeys.change(user, modseq),
       at,
-      entries: entries.map((e) => ({ kind: e.kind, folder: e.folder, ...(e.uids ? { uids: e.uids } : {}) })) as AttrValue,
+      entries: entries.map((e) => ({
+        kind: e.kind,
+        folder: e.folder,
+        ...(e.uids ? { uids: e.uids } : {}),
+        ...(e.emailIds ? { emailIds: e.emailIds } : {}),
+        ...(e.threadIds ? { threadIds: e.threadIds } : {}),
+      })) as AttrValue,
       ttl: Math.ceil(at / 1000) + this.horizonSeconds,
     };
   }

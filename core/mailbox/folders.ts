@@ -25,8 +25,10 @@ import { randomBytes } from 'node:crypto';
 import { keys as accountKeys } from '../accounts/accounts.js';
 import { ConditionFailed, isStorageError, type AttrValue, type Blobs, type Item, type Tables, type TransactOp } from '../storage/ports.js';
 import { ChangeLog, type ChangeLogOptions, type ChangeEntry } from './changes.js';
+import { emailIdOf } from './email-ids.js';
+import { EmailIndex } from './email-index.js';
 import { publishMailboxChange } from './notify.js';
-import { backoff, FolderError, folderKeys, INBOX, mailboxKeys, MAX_ATTEMPTS, NoSuchMailbox, QuotaExceeded, UID_WIDTH } from './keys.js';
+import { backoff, FolderError, folderKeys, INBOX, indexKeys, mailboxKeys, MAX_ATTEMPTS, NoSuchMailbox, QuotaExceeded, UID_WIDTH } from './keys.js';
 
 /** The hierarchy delimiter of folder names (see the file header for why `/`). */
 export const DELIMITER = '/';
@@ -35,9 +37,13 @@ export const DELIMITER = '/';
 export const SPECIAL_USES = { '\\Sent': 'Sent', '\\Drafts': 'Drafts', '\\Trash': 'Trash', '\\Junk': 'Junk', '\\Archive': 'Archive' } as const;
 export type SpecialUse = keyof typeof SPECIAL_USES;
 
-/** Messages per transaction: a batch writes at most 2 items per message plus 3 (counters, usage
- * or a second folder's counters, change item): 2 × 10 + 3 = 23 ≤ 25. */
-const BATCH = 10;
+/** Messages per transaction (MAX_TRANSACTION_OPS = 25). Expunge and copy write at most 3 items
+ * per message (message, its Email location, blob reference) plus 4 (counters, usage made from
+ * INBOX's counters: 2, change item): 3 × 7 + 4 = 25. A move writes 4 per message (message and
+ * location, put in one folder and deleted in the other) plus 5 (two folders' counters, usage: 2,
+ * change item): 4 × 5 + 5 = 25. */
+const BATCH = 7;
+const MOVE_BATCH = 5;
 /** Flag changes write one item per message plus counters and the change item. */
 const FLAG_BATCH = 20;
 const ROOT = '';
@@ -76,6 +82,9 @@ export interface FolderMessage {
   jobId: string;
   /** The MODSEQ of its last change; 0 for a message untouched since the change log began. */
   modseq: number;
+  /** Its JMAP thread (RFC 8621 §3); absent for a message filed before threads until the index
+   * backfill (email-index.ts) reaches it. */
+  threadId?: string;
 }
 
 /** What `append` stores. The raw message must already be durable in blobs. */
@@ -137,6 +146,7 @@ export function toMessage(item: Item): FolderMessage {
     flags: Array.isArray(item.flags) ? item.flags.map(String) : [],
     jobId: String(item.jobId ?? ''),
     modseq: Number(item.modseq ?? 0),
+    ...(typeof item.threadId === 'string' ? { threadId: item.threadId } : {}),
   };
 }
 
@@ -170,6 +180,8 @@ interface Registry {
 /** Every folder of every user: registry, counters, messages, flags, copy/move, the change log. */
 export class FolderStore {
   readonly changes: ChangeLog;
+  /** Where each Email is and its thread (JMAP); kept in the same transactions as the folders. */
+  readonly index: EmailIndex;
   private readonly now: () => Date;
   private readonly pageSize: number;
   private readonly markerTtl: number;
@@ -183,6 +195,12 @@ export class FolderStore {
     this.pageSize = options.pageSize ?? 500;
     this.markerTtl = options.markerTtlSeconds ?? 30 * 86400;
     this.changes = new ChangeLog(tables, { now: this.now, ...options.changeLog });
+    this.index = new EmailIndex(tables, blobs, this.pageSize);
+  }
+
+  /** Indexes a user's messages filed before the Email index (JMAP calls it on first use). */
+  async ensureIndexed(user: string): Promise<void> {
+    if (!(await this.index.isBackfilled(user))) await this.index.backfill(this, user);
   }
 
   private epoch(): number {
@@ -627,11 +645,12 @@ export class FolderStore {
     for (let attempt = 0; ; attempt++) {
       // One round trip of reads; the usage is read beside them (usageBase re-reads it only on a
       // user's first write, to make it from INBOX's counters).
-      const [marker, account, meta, usage] = await Promise.all([
+      const [marker, account, meta, usage, thread] = await Promise.all([
         markerKey ? this.tables.get(markerKey) : undefined,
         this.tables.get(accountKeys.user(user)),
         this.folderMeta(user, folderId),
         this.tables.get(folderKeys.usage(user)),
+        this.index.plan(user, m),
       ]);
       if (marker) return { uid: Number(marker.uid), modseq: Number(marker.modseq ?? 0), duplicate: true };
       if (!account) throw new NoSuchMailbox(user);
@@ -656,11 +675,14 @@ export class FolderStore {
             flags,
             jobId: m.jobId ?? m.key ?? '',
             modseq,
+            threadId: thread.threadId,
           },
           condition: { exists: false },
         },
         { update: mailboxKeys.blobRef(m.blobKey), changes: { add: { refs: 1 } } },
-        this.changes.op(user, modseq, [{ kind: 'append', folder: folderId, uids: [uid] }]),
+        this.changes.op(user, modseq, [{ kind: 'append', folder: folderId, uids: [uid], emailIds: [thread.emailId], threadIds: [thread.threadId] }]),
+        this.index.locationOp(user, folderId, uid, { ...m, threadId: thread.threadId }),
+        ...thread.ops(modseq),
       ];
       this.addUsage(ops, user, base, quota, m.size, 1);
       if (markerKey) ops.push({ put: this.markerItem(markerKey, m, uid, modseq), condition: { exists: false } });
@@ -772,7 +794,8 @@ export class FolderStore {
           condition: { exists: true, equals: { modseq: c.item.modseq ?? null } },
         }));
         ops.push(this.countersOp(user, folderId, modseq, { unseen }));
-        ops.push(this.changes.op(user, modseq, [{ kind: 'flags', folder: folderId, uids: changes.map((c) => Number(c.item.uid)) }]));
+        const touched = changes.map((c) => toMessage(c.item));
+        ops.push(this.changes.op(user, modseq, [{ kind: 'flags', folder: folderId, ...emailsOf(touched) }]));
         try {
           await this.commit(user, ops);
           for (const c of changes) updated.push({ uid: Number(c.item.uid), flags: c.after, modseq });
@@ -825,8 +848,9 @@ export class FolderStore {
   private async transfer(user: string, from: string, uids: number[], to: string, move: boolean, pairs: [number, number][]): Promise<void> {
     const unique = [...new Set(uids)].sort((a, b) => a - b);
     await Promise.all([this.folderMeta(user, from), this.folderMeta(user, to)]);
-    for (let i = 0; i < unique.length; i += BATCH) {
-      const batch = unique.slice(i, i + BATCH);
+    const size = move ? MOVE_BATCH : BATCH;
+    for (let i = 0; i < unique.length; i += size) {
+      const batch = unique.slice(i, i + size);
       let first = 0;
       let allocatedFor = 0;
       for (let attempt = 0; ; attempt++) {
@@ -857,13 +881,17 @@ export class FolderStore {
             put: { ...folderKeys.message(user, to, uid), ...messageAttrs(m), uid, modseq },
             condition: { exists: false },
           });
-          if (move) ops.push({ delete: folderKeys.message(user, from, m.uid), condition: { equals: { modseq: m.modseq || null } } });
+          ops.push(this.index.locationOp(user, to, uid, m));
+          if (move) {
+            ops.push({ delete: folderKeys.message(user, from, m.uid), condition: { equals: { modseq: m.modseq || null } } });
+            ops.push(this.index.unlocateOp(user, from, m.uid, m.blobKey));
+          }
         });
         ops.push(this.countersOp(user, to, modseq, { count: items.length, bytes, unseen }, { first, last: first + items.length - 1 }));
-        const entries: ChangeEntry[] = [{ kind: 'append', folder: to, uids: newUids }];
+        const entries: ChangeEntry[] = [{ kind: 'append', folder: to, ...emailsOf(items), uids: newUids }];
         if (move) {
           ops.push(this.countersOp(user, from, modseq, { count: -items.length, bytes: -bytes, unseen: -unseen }));
-          entries.unshift({ kind: 'expunge', folder: from, uids: items.map((m) => m.uid) });
+          entries.unshift({ kind: 'expunge', folder: from, ...emailsOf(items) });
           // A move takes no room, but the USAGE item must exist before a folder other than INBOX
           // holds anything: it can be made from INBOX's counters only until then.
           if (!base.usage) this.addUsage(ops, user, base, 0, 0, 0);
@@ -911,7 +939,10 @@ export class FolderStore {
       const bytes = entries.reduce((n, e) => n + e.size, 0);
       const unseen = entries.filter((e) => !isSeen(e.flags)).length;
       const lastRefs: string[] = [];
-      const ops: TransactOp[] = entries.map((e) => ({ delete: folderKeys.message(user, folderId, e.uid), condition: { exists: true } }));
+      const ops: TransactOp[] = entries.flatMap((e): TransactOp[] => [
+        { delete: folderKeys.message(user, folderId, e.uid), condition: { exists: true } },
+        this.index.unlocateOp(user, folderId, e.uid, e.blobKey),
+      ]);
       if (counters) ops.push(this.countersOp(user, folderId, modseq, { count: -entries.length, bytes: -bytes, unseen: -unseen }));
       this.addUsage(ops, user, base, 0, -bytes, -entries.length);
       blobKeys.forEach((k, j) => {
@@ -925,7 +956,7 @@ export class FolderStore {
           ops.push({ update: mailboxKeys.blobRef(k), changes: { add: { refs: -n } }, condition: { equals: { refs } } });
         }
       });
-      ops.push(this.changes.op(user, modseq, [{ kind: 'expunge', folder: folderId, uids: entries.map((e) => e.uid) }]));
+      ops.push(this.changes.op(user, modseq, [{ kind: 'expunge', folder: folderId, ...emailsOf(entries) }]));
       try {
         await this.commit(user, ops);
       } catch (e) {
@@ -975,6 +1006,14 @@ export class FolderStore {
         cursor = page.cursor;
       } while (cursor);
     }
+    // The Email index (its INBOX locations went with MailboxStore.purge's expunge).
+    for (const pk of [indexKeys.locations(user), indexKeys.threads(user)]) {
+      for (;;) {
+        const page = await this.tables.query(pk, { limit: this.pageSize });
+        if (!page.items.length) break;
+        await Promise.all(page.items.map((i) => this.tables.delete({ pk: i.pk, sk: i.sk })));
+      }
+    }
     await this.tables.delete(folderKeys.usage(user));
     await this.changes.purge(user);
   }
@@ -982,5 +1021,19 @@ export class FolderStore {
 
 /** The attributes a copy of a message keeps (everything but its uid and modseq). */
 function messageAttrs(m: FolderMessage): Record<string, AttrValue> {
-  return { blobKey: m.blobKey, size: m.size, receivedAt: m.receivedAt, summary: m.summary, flags: m.flags, jobId: m.jobId };
+  return {
+    blobKey: m.blobKey,
+    size: m.size,
+    receivedAt: m.receivedAt,
+    summary: m.summary,
+    flags: m.flags,
+    jobId: m.jobId,
+    ...(m.threadId ? { threadId: m.threadId } : {}),
+  };
+}
+
+/** The uids, Emails and threads of messages, as a change entry names them. */
+function emailsOf(ms: FolderMessage[]): Pick<ChangeEntry, 'uids' | 'emailIds' | 'threadIds'> {
+  const threadIds = [...new Set(ms.flatMap((m) => (m.threadId ? [m.threadId] : [])))];
+  return { uids: ms.map((m) => m.uid), emailIds: ms.map((m) => emailIdOf(m.blobKey)), ...(threadIds.length ? { threadIds } : {}) };
 }

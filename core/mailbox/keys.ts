@@ -21,6 +21,10 @@
  * | change (TTL: the horizon)     | `CHG#<user>`                | `MOD#<16-digit modseq>`  |
  * | delivery / append marker      | `JOB#<key>`                 | `RCPT#<user>[#<folder>]` |
  * | blob references, holds        | `BLOBREF#<blob key>`        | `META`, `HOLD#<holder>`  |
+ * | where an Email is (JMAP)      | `EML#<user>`                | `<emailId>#<folder id>#<10-digit uid>` |
+ * | index backfilled (marker)     | `EML#<user>`                | `BACKFILLED`             |
+ * | Message-ID → thread           | `THR#<user>`                | `MID#<24 hex of the id>` |
+ * | thread member                 | `THR#<user>`                | `<threadId>#<receivedAt>#<emailId>` |
  *
  * An address has exactly one '@' and a domain never holds '#', so `MBX#<user>#<id>` can never be
  * another user's INBOX partition.
@@ -64,6 +68,19 @@ export const folderKeys = {
   /** How far the log is known to be settled (ChangeLog.position). */
   watermark: (user: string): Key => ({ pk: `CHG#${user}`, sk: 'SETTLED' }),
   change: (user: string, modseq: number): Key => ({ pk: `CHG#${user}`, sk: `MOD#${String(modseq).padStart(MODSEQ_WIDTH, '0')}` }),
+};
+
+/** Keys of the Email index (email-index.ts): where each Email is, and its thread. */
+export const indexKeys = {
+  locations: (user: string): string => `EML#${user}`,
+  location: (user: string, emailId: string, folderId: string, uid: number): Key => ({
+    pk: `EML#${user}`,
+    sk: `${emailId}#${folderId}#${String(uid).padStart(UID_WIDTH, '0')}`,
+  }),
+  backfilled: (user: string): Key => ({ pk: `EML#${user}`, sk: 'BACKFILLED' }),
+  threads: (user: string): string => `THR#${user}`,
+  messageId: (user: string, hashed: string): Key => ({ pk: `THR#${user}`, sk: `MID#${hashed}` }),
+  member: (user: string, threadId: string, receivedAt: string, emailId: string): Key => ({ pk: `THR#${user}`, sk: `${threadId}#${receivedAt}#${emailId}` }),
 };
 
 /** The operation would take the user past the quota; nothing was stored. */

@@ -6,6 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Accounts } from '../../core/accounts/accounts.js';
+import { emailIdOf } from '../../core/mailbox/email-ids.js';
 import { FolderStore } from '../../core/mailbox/folders.js';
 import { FolderError, folderKeys, INBOX, QuotaExceeded } from '../../core/mailbox/keys.js';
 import { MailboxStore, mailboxKeys } from '../../core/mailbox/store.js';
@@ -100,8 +101,9 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
       expect(log.tooOld).toBe(false);
       if (!log.tooOld)
         expect(log.changes.flatMap((c) => c.entries)).toEqual([
-          { kind: 'append', folder: INBOX, uids: [8] },
-          { kind: 'expunge', folder: INBOX, uids: [3] },
+          // The entries name the Emails (and the thread of a message filed with one).
+          { kind: 'append', folder: INBOX, uids: [8], emailIds: [emailIdOf('old/3')], threadIds: [(await folders.get(u, INBOX, 8))!.threadId] },
+          { kind: 'expunge', folder: INBOX, uids: [3], emailIds: [emailIdOf('old/1')] },
         ]);
     });
 
@@ -362,6 +364,8 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
       const d = await mailboxes.deliver(u, { jobId: 'log-1', blobKey: 'log/1', size: 1, receivedAt: '2026-01-01T00:00:00.000Z', summary: {} });
       const mid = await folders.changes.since(u, 0);
       if (mid.tooOld) throw new Error('too old');
+      const named = { emailIds: [emailIdOf('log/1')], threadIds: [(await folders.get(u, INBOX, d.uid))!.threadId] };
+      expect(named.threadIds[0]).toMatch(/^T[0-9a-f]{24}$/);
       await folders.storeFlags(u, INBOX, [d.uid], { mode: 'add', flags: ['\\Seen'] });
       await folders.move(u, INBOX, [d.uid], f.id);
       await folders.rename(u, f.id, 'Logged');
@@ -371,13 +375,13 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
       const after = await folders.changes.since(u, mid.modseq);
       if (after.tooOld) throw new Error('too old');
       expect(after.changes.map((c) => c.entries)).toEqual([
-        [{ kind: 'flags', folder: INBOX, uids: [d.uid] }],
+        [{ kind: 'flags', folder: INBOX, uids: [d.uid], ...named }],
         [
-          { kind: 'expunge', folder: INBOX, uids: [d.uid] },
-          { kind: 'append', folder: f.id, uids: [1] },
+          { kind: 'expunge', folder: INBOX, uids: [d.uid], ...named },
+          { kind: 'append', folder: f.id, uids: [1], ...named },
         ],
         [{ kind: 'folder-rename', folder: f.id }],
-        [{ kind: 'expunge', folder: f.id, uids: [1] }],
+        [{ kind: 'expunge', folder: f.id, uids: [1], ...named }],
         [{ kind: 'folder-delete', folder: f.id }],
       ]);
       expect(after.changes.map((c) => c.modseq)).toEqual(Array.from({ length: 5 }, (_, i) => mid.modseq + 1 + i));

@@ -62,7 +62,16 @@ export function describeMailboxStore(family: 'local' | 'aws'): void {
       expect(await store.delivered('job-1', 'alice@example.com')).toBeUndefined();
       const list = await store.list('bob@example.com');
       expect(list).toEqual([
-        { uid: 1, blobKey: 'm/one', size: 24, receivedAt: '2026-01-01T00:00:00.000Z', summary: { subject: 's job-1' }, flags: [], jobId: 'job-1' },
+        {
+          uid: 1,
+          blobKey: 'm/one',
+          size: 24,
+          receivedAt: '2026-01-01T00:00:00.000Z',
+          summary: { subject: 's job-1' },
+          flags: [],
+          jobId: 'job-1',
+          threadId: expect.stringMatching(/^T[0-9a-f]{24}$/) as string,
+        },
       ]);
     });
 

@@ -1,0 +1,3 @@
+import { describeEmailIndex } from './index-suite.js';
+
+describeEmailIndex('aws');
