@@ -333,9 +333,12 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       // Push streams end now (clients reconnect elsewhere); idle keep-alive connections close.
       for (const stop of [...pushes]) stop();
+      // A connection whose request finishes during the drain turns idle then: close those too.
       server.closeIdleConnections();
+      const sweep = setInterval(() => server.closeIdleConnections(), 50);
       const timer = setTimeout(() => server.closeAllConnections(), graceMs);
       await closed;
+      clearInterval(sweep);
       clearTimeout(timer);
       detach();
       if (ownsTls) tlsProvider.close();

@@ -5,7 +5,7 @@
  * expiry of uploads.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { accountIdOf } from '../../containers/web/jmap/auth.js';
 import { UploadStore, UPLOAD_PREFIX } from '../../containers/web/jmap/blobs.js';
@@ -40,7 +40,7 @@ async function uploadCount(): Promise<number> {
 beforeAll(async () => {
   const text = Buffer.from('raw message of alice\r\n');
   h = await startWebHarness(
-    { TOMLINSON_WEB_MAX_SIZE_UPLOAD: String(6 * MB) },
+    { TOMLINSON_WEB_MAX_SIZE_UPLOAD: String(6 * MB), TOMLINSON_WEB_MAX_CONCURRENT_UPLOAD: '1', TOMLINSON_WEB_MAX_CONCURRENT_REQUESTS: '1' },
     {
       registry: new JmapRegistry([coreModule], {
         // A stand-in for the mail model's resolver: `Gm1` is alice's, nobody else's.
@@ -142,6 +142,40 @@ describe('upload and download (§6.1, §6.2)', () => {
       expect(r.status).toBe(404);
       await r.body?.cancel();
     }
+  });
+});
+
+describe('concurrency limits', () => {
+  it('refuses a second upload while maxConcurrentUpload (1) is in progress, then takes the first', async () => {
+    const alice = accountIdOf(ALICE);
+    const slow = new PassThrough();
+    slow.write('first part ');
+    const first = h.fetch(`/jmap/upload/${alice}/`, { method: 'POST', user: ALICE, body: slow, duplex: 'half' });
+    await new Promise((r) => setTimeout(r, 500));
+    const second = await h.fetch(`/jmap/upload/${alice}/`, { method: 'POST', user: ALICE, body: 'x' });
+    expect(second.status).toBe(400);
+    expect(await second.json()).toMatchObject({ type: 'urn:ietf:params:jmap:error:limit', limit: 'maxConcurrentUpload' });
+    // Bob has slots of his own.
+    const bobs = await h.fetch(`/jmap/upload/${accountIdOf(BOB)}/`, { method: 'POST', user: BOB, body: 'x' });
+    expect(bobs.status).toBe(201);
+    await bobs.body?.cancel();
+    slow.end('and the end');
+    const done = await first;
+    expect(done.status).toBe(201);
+    expect(((await done.json()) as { size: number }).size).toBe('first part and the end'.length);
+  });
+
+  it('refuses a second API request while maxConcurrentRequests (1) is in progress', async () => {
+    const slow = new PassThrough();
+    slow.write('{"using":["urn:ietf:params:jmap:core"],');
+    const first = h.fetch('/jmap/api/', { method: 'POST', user: ALICE, headers: { 'content-type': 'application/json' }, body: slow, duplex: 'half' });
+    await new Promise((r) => setTimeout(r, 500));
+    const second = await h.api({ using: [CORE], methodCalls: [] }, ALICE);
+    expect(second).toMatchObject({ status: 400, json: { type: 'urn:ietf:params:jmap:error:limit', limit: 'maxConcurrentRequests' } });
+    slow.end('"methodCalls":[["Core/echo",{"a":1},"0"]]}');
+    const done = await first;
+    expect(((await done.json()) as { methodResponses: unknown }).methodResponses).toEqual([['Core/echo', { a: 1 }, '0']]);
+    expect((await h.api({ using: [CORE], methodCalls: [] }, ALICE)).status).toBe(200);
   });
 });
 
