@@ -298,6 +298,11 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
       handle(req, res).catch((e: unknown) => {
         if (e instanceof RequestProblem && !res.headersSent) return sendProblem(res, e);
         const unavailable = isStorageError(e) && e.retryable;
+        // A client that went away mid-upload or mid-download is no server fault.
+        if (req.destroyed || res.destroyed) {
+          log.info({ err: (e as Error).message, path: req.url?.split('?')[0] }, 'web client went away');
+          return void res.destroy();
+        }
         log.error({ err: (e as Error).message, path: req.url?.split('?')[0] }, 'web request failed');
         if (!res.headersSent) sendStatus(res, unavailable ? 503 : 500, unavailable ? 'Service Unavailable' : 'Internal Server Error');
         else res.destroy();

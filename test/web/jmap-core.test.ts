@@ -26,7 +26,15 @@ beforeAll(async () => {
       TOMLINSON_WEB_MAX_OBJECTS_IN_GET: '3',
       TOMLINSON_WEB_MAX_OBJECTS_IN_SET: '2',
     },
-    { registry: new JmapRegistry([coreModule, thingsModule, elsewhereModule], {}) },
+    {
+      registry: new JmapRegistry([coreModule, thingsModule, elsewhereModule], {}),
+      // The seam the webmail's files will use: paths outside /jmap and /.well-known/jmap.
+      static: async (req, res) => {
+        if (req.url !== '/hello.txt') return false;
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('static hello');
+        return true;
+      },
+    },
     [ALICE, BOB],
   );
 });
@@ -67,11 +75,13 @@ describe('session resource (§2)', () => {
     expect(again).toEqual(s);
   });
 
-  it('asks for credentials with 401 and WWW-Authenticate, and 404s unknown paths', async () => {
+  it('asks for credentials with 401 and WWW-Authenticate, hands other paths to the static hook, and 404s the rest', async () => {
     const res = await h.fetch('/.well-known/jmap');
     expect(res.status).toBe(401);
     expect(res.headers.get('www-authenticate')).toMatch(/^Basic realm="[^"]+"/);
     await res.body?.cancel();
+    const st = await h.fetch('/hello.txt');
+    expect(await st.text()).toBe('static hello');
     const nf = await h.fetch('/nothing-here', { user: ALICE });
     expect(nf.status).toBe(404);
     await nf.body?.cancel();
