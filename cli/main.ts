@@ -23,6 +23,7 @@ const GROUPS: [string[], Loader][] = [
   [['domain'], () => import('./commands/domain.js')],
   [['user'], () => import('./commands/user.js')],
   [['alias'], () => import('./commands/alias.js')],
+  [['app-password'], () => import('./commands/app-password.js')],
   [['mailbox'], () => import('./commands/mailbox.js')],
   [['mailbox'], () => import('./commands/sweep.js')],
   [['folder'], () => import('./commands/folder.js')],

@@ -1,6 +1,6 @@
 /**
  * Starts any set of Tomlinson's components in this process on one opened Storage: the listeners
- * (smtp, pop3, proxy), the in-process queue workers, and the health endpoint. `serve all` is the
+ * (smtp, pop3, imap, web, proxy), the in-process queue workers, and the health endpoint. `serve all` is the
  * embedded default; a Fargate task runs one listener group. Used by main.ts and by the end-to-end
  * tests, which start the real thing on ephemeral ports.
  */
@@ -17,7 +17,7 @@ import { startHealthServer, type HealthSource } from './health.js';
 import type { ListenerContext, RunningListener } from './listener.js';
 
 /** The component groups `serve` accepts. */
-export const COMPONENTS = ['smtp', 'pop3', 'imap', 'proxy', 'workers'] as const;
+export const COMPONENTS = ['smtp', 'pop3', 'imap', 'web', 'proxy', 'workers'] as const;
 export type Component = (typeof COMPONENTS)[number];
 
 /** A running set of components. */
@@ -41,6 +41,8 @@ async function startListener(name: Exclude<Component, 'workers'>, ctx: ListenerC
       return (await import('./pop3/server.js')).startPop3(ctx);
     case 'imap':
       return (await import('./imap/server.js')).startImap(ctx);
+    case 'web':
+      return (await import('./web/server.js')).startWeb(ctx);
     case 'proxy':
       return (await import('./proxy/server.js')).startProxy(ctx);
   }

@@ -382,6 +382,126 @@ export const SETTINGS: readonly Setting[] = [
     doc: 'Longest command line, literals excluded (a UID set of a big folder is long; RFC 7162 §4 asks for at least 8192).',
   },
 
+  { path: 'web.enabled', env: 'TOMLINSON_WEB_ENABLED', kind: 'bool', default: true, doc: 'Run the web listener (JMAP API, later the webmail).' },
+  { path: 'web.port', env: 'TOMLINSON_WEB_PORT', kind: 'port', default: 2443, doc: 'HTTPS for JMAP (public 443).' },
+  {
+    path: 'web.maxConnections',
+    env: 'TOMLINSON_WEB_MAX_CONNECTIONS',
+    kind: 'int',
+    min: 1,
+    max: 1000000,
+    default: 5000,
+    doc: 'Concurrent HTTPS connections in all (push connections included).',
+  },
+  {
+    path: 'web.headersTimeoutMs',
+    env: 'TOMLINSON_WEB_HEADERS_TIMEOUT_MS',
+    kind: 'int',
+    min: 1000,
+    max: 600000,
+    default: 20000,
+    doc: 'Time a client has to send the request headers.',
+  },
+  {
+    path: 'web.requestTimeoutMs',
+    env: 'TOMLINSON_WEB_REQUEST_TIMEOUT_MS',
+    kind: 'int',
+    min: 1000,
+    max: 3600000,
+    default: 300000,
+    doc: 'Time a client has to send a whole request, body included (an upload of maxSizeUpload on a slow link).',
+  },
+  {
+    path: 'web.authFailureDelayMs',
+    env: 'TOMLINSON_WEB_AUTH_FAILURE_DELAY_MS',
+    kind: 'int',
+    min: 0,
+    max: 60000,
+    default: 1000,
+    doc: "Delay before a failed HTTP Basic login is answered 401; grows with repeated failures as POP3's does.",
+  },
+  {
+    path: 'web.loginCacheSeconds',
+    env: 'TOMLINSON_WEB_LOGIN_CACHE_SECONDS',
+    kind: 'int',
+    min: 0,
+    max: 86400,
+    default: 900,
+    doc: 'How long a password or app password that passed the memory-hard check is remembered as a keyed hash (every JMAP request carries it); 0 turns it off.',
+  },
+  {
+    path: 'web.maxSizeUpload',
+    env: 'TOMLINSON_WEB_MAX_SIZE_UPLOAD',
+    kind: 'int',
+    min: 1024,
+    max: 2 ** 40,
+    default: 50 * MB,
+    doc: 'JMAP maxSizeUpload: the largest blob upload in bytes (RFC 8620 §2).',
+  },
+  {
+    path: 'web.maxConcurrentUpload',
+    env: 'TOMLINSON_WEB_MAX_CONCURRENT_UPLOAD',
+    kind: 'int',
+    min: 1,
+    max: 1000,
+    default: 4,
+    doc: 'JMAP maxConcurrentUpload: uploads one account may have in progress at once.',
+  },
+  {
+    path: 'web.maxSizeRequest',
+    env: 'TOMLINSON_WEB_MAX_SIZE_REQUEST',
+    kind: 'int',
+    min: 1024,
+    max: 1024 * MB,
+    default: 10 * MB,
+    doc: 'JMAP maxSizeRequest: the largest API request body in bytes.',
+  },
+  {
+    path: 'web.maxConcurrentRequests',
+    env: 'TOMLINSON_WEB_MAX_CONCURRENT_REQUESTS',
+    kind: 'int',
+    min: 1,
+    max: 1000,
+    default: 4,
+    doc: 'JMAP maxConcurrentRequests: API requests one account may have in progress at once.',
+  },
+  {
+    path: 'web.maxCallsInRequest',
+    env: 'TOMLINSON_WEB_MAX_CALLS_IN_REQUEST',
+    kind: 'int',
+    min: 1,
+    max: 10000,
+    default: 32,
+    doc: 'JMAP maxCallsInRequest: method calls in one API request.',
+  },
+  {
+    path: 'web.maxObjectsInGet',
+    env: 'TOMLINSON_WEB_MAX_OBJECTS_IN_GET',
+    kind: 'int',
+    min: 1,
+    max: 100000,
+    default: 500,
+    doc: 'JMAP maxObjectsInGet: ids one /get may ask for.',
+  },
+  {
+    path: 'web.maxObjectsInSet',
+    env: 'TOMLINSON_WEB_MAX_OBJECTS_IN_SET',
+    kind: 'int',
+    min: 1,
+    max: 100000,
+    default: 500,
+    doc: 'JMAP maxObjectsInSet: creates, updates and destroys in one /set.',
+  },
+  {
+    path: 'web.uploadTtlSeconds',
+    env: 'TOMLINSON_WEB_UPLOAD_TTL_SECONDS',
+    kind: 'int',
+    min: 3600,
+    max: 30 * 86400,
+    default: 86400,
+    doc: 'How long an uploaded blob stays usable (RFC 8620 §6.1 asks for at least an hour); the orphan sweep deletes the unused ones later.',
+  },
+
   { path: 'proxy.enabled', env: 'TOMLINSON_PROXY_ENABLED', kind: 'bool', default: true, doc: 'Run the caching proxy.' },
   { path: 'proxy.port', env: 'TOMLINSON_PROXY_PORT', kind: 'port', default: 3128, doc: 'HTTP forward proxy.' },
   {
@@ -771,6 +891,23 @@ export interface Config {
     maxLineBytes: number;
     authFailureDelayMs: number;
     loginCacheSeconds: number;
+  };
+  web: {
+    enabled: boolean;
+    port: number;
+    maxConnections: number;
+    headersTimeoutMs: number;
+    requestTimeoutMs: number;
+    authFailureDelayMs: number;
+    loginCacheSeconds: number;
+    maxSizeUpload: number;
+    maxConcurrentUpload: number;
+    maxSizeRequest: number;
+    maxConcurrentRequests: number;
+    maxCallsInRequest: number;
+    maxObjectsInGet: number;
+    maxObjectsInSet: number;
+    uploadTtlSeconds: number;
   };
   proxy: {
     enabled: boolean;

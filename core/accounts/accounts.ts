@@ -334,6 +334,9 @@ export class Accounts {
     const a = await this.existingUser(address);
     await this.tables.transact([{ delete: keys.user(a), condition: { exists: true } }, { delete: keys.userListing(domainOf(a), a) }]);
     this.changed(keys.user(a));
+    // Its app passwords (app-passwords.ts) go too, or a user added again later under the same
+    // address would inherit them.
+    for await (const item of this.queryAll(`USER#${a}`, { range: { beginsWith: 'APPPW#' } })) await this.tables.delete({ pk: item.pk, sk: item.sk });
   }
 
   // ------------------------------------------------------------------------------------------

@@ -131,6 +131,7 @@ describe('the data folder is private (umask 022)', () => {
       TOMLINSON_POP3S_PORT: String(pops),
       TOMLINSON_IMAP_PORT: '0',
       TOMLINSON_IMAPS_PORT: '0',
+      TOMLINSON_WEB_PORT: '0',
       TOMLINSON_PROXY_PORT: String(proxy),
       TOMLINSON_HEALTH_PORT: String(health),
       TOMLINSON_SMTP_CHECK_AUTH: 'false',

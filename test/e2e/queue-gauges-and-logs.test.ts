@@ -99,6 +99,7 @@ beforeAll(async () => {
       TOMLINSON_POP3S_PORT: String(pop3s),
       TOMLINSON_IMAP_PORT: '0',
       TOMLINSON_IMAPS_PORT: '0',
+      TOMLINSON_WEB_PORT: '0',
       TOMLINSON_PROXY_PORT: String(proxy),
       TOMLINSON_HEALTH_PORT: String(health),
       TOMLINSON_SMARTHOST: `smtp://127.0.0.1:${deadPort}`,

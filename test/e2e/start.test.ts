@@ -53,6 +53,7 @@ describe('npm start (embedded default)', () => {
       TOMLINSON_POP3S_PORT: String(pops),
       TOMLINSON_IMAP_PORT: '0',
       TOMLINSON_IMAPS_PORT: '0',
+      TOMLINSON_WEB_PORT: '0',
       TOMLINSON_PROXY_PORT: String(proxy),
       TOMLINSON_HEALTH_PORT: String(health),
       TOMLINSON_LOG_PRETTY: 'false',

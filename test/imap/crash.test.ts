@@ -298,6 +298,7 @@ describe('IMAP crash safety', () => {
       TOMLINSON_LISTEN_HOST: '127.0.0.1',
       TOMLINSON_IMAP_PORT: String(port),
       TOMLINSON_IMAPS_PORT: '0',
+      TOMLINSON_WEB_PORT: '0',
       TOMLINSON_HEALTH_PORT: '0',
       TOMLINSON_LOG_LEVEL: 'error',
       TOMLINSON_LOG_PRETTY: 'false',

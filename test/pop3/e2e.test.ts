@@ -40,6 +40,7 @@ beforeAll(async () => {
     TOMLINSON_POP3S_PORT: '0',
     TOMLINSON_IMAP_PORT: '0',
     TOMLINSON_IMAPS_PORT: '0',
+    TOMLINSON_WEB_PORT: '0',
     TOMLINSON_HEALTH_PORT: '0',
     TOMLINSON_LOG_LEVEL: 'silent',
   });

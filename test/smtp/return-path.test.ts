@@ -70,6 +70,7 @@ describe('final delivery: Return-Path at the top, read back over POP3 with curl'
       TOMLINSON_POP3S_PORT: '0',
       TOMLINSON_IMAP_PORT: '0',
       TOMLINSON_IMAPS_PORT: '0',
+      TOMLINSON_WEB_PORT: '0',
       TOMLINSON_SMTP_CHECK_AUTH: 'false',
       TOMLINSON_HEALTH_PORT: '0',
       TOMLINSON_LOG_LEVEL: 'silent',

@@ -180,6 +180,7 @@ export async function runSoak(options: SoakOptions = {}): Promise<SoakSummary> {
     TOMLINSON_POP3S_PORT: String(pops),
     TOMLINSON_IMAP_PORT: '0',
     TOMLINSON_IMAPS_PORT: '0',
+    TOMLINSON_WEB_PORT: '0',
     TOMLINSON_PROXY_ENABLED: 'false',
     TOMLINSON_PROXY_PORT: String(proxy),
     TOMLINSON_HEALTH_PORT: String(health),
