@@ -51,9 +51,11 @@ const settingKey = (user: string) => ({ pk: `VAC#${user.toLowerCase()}`, sk: 'SE
 export class VacationStore {
   constructor(private readonly tables: Tables) {}
 
-  /** The user's setting (off with rev 0 when never set). */
-  async get(user: string): Promise<StoredVacation> {
-    const item = await this.tables.get(settingKey(user));
+  /** The user's setting (off with rev 0 when never set). `consistent: false` for the inbound
+   * worker, which reads it for every delivery: a change may take a second to apply there, at half
+   * the price of a DynamoDB read. */
+  async get(user: string, options: { consistent?: boolean } = {}): Promise<StoredVacation> {
+    const item = await this.tables.get(settingKey(user), options);
     if (!item) return { ...VACATION_OFF, rev: 0 };
     return {
       isEnabled: item.isEnabled === true,
@@ -106,7 +108,8 @@ export async function whyNoReply(
   if (/^(list|bulk|junk)\b/i.test(headers.getFirst('precedence').trim())) return 'precedence';
   if (headers.getList().some((l) => l.key.startsWith('list-'))) return 'mailing list';
   // RFC 5230 §4.5: addresses of list software and daemons.
-  const local = envelopeFrom.slice(0, envelopeFrom.lastIndexOf('@')).toLowerCase();
+  const at = envelopeFrom.lastIndexOf('@');
+  const local = (at < 0 ? envelopeFrom : envelopeFrom.slice(0, at)).toLowerCase();
   if (local === 'mailer-daemon' || local.startsWith('owner-') || local.endsWith('-request') || local === 'listserv' || local === 'majordomo')
     return 'list or daemon sender';
   // RFC 5230 §4.5: never to the user's own addresses (a loop with oneself, or a message sent to self).
@@ -160,7 +163,7 @@ export interface VacationInput {
  */
 export async function answerVacation(input: VacationInput, ctx: JobContext, log: Logger): Promise<string> {
   const { tables } = ctx.storage;
-  const setting = await new VacationStore(tables).get(input.user);
+  const setting = await new VacationStore(tables).get(input.user, { consistent: false });
   const now = ctx.now();
   if (!isActive(setting, now)) return 'inactive';
   const headers = await readHeaders(await input.open());
