@@ -503,7 +503,9 @@ async function submit(o: JsonObject, ctx: JmapContext): Promise<JsonObject | Set
   const maxSize = ctx.config.smtp.maxMessageBytes;
   if (blob.size > maxSize) return { type: 'tooLarge', maxSize };
 
-  const headers = await readHeaders(withoutReturnPath(await blob.open()));
+  const head = await blob.open();
+  // readHeaders stops early; the blob's own stream is closed here, not only the filter on it.
+  const headers = await readHeaders(withoutReturnPath(head)).finally(() => head.destroy());
   const accounts = new Accounts(ctx.storage.tables);
   // RFC 8621 §7.5 forbiddenFrom: the From header names an address the user may not send as.
   const fromHeader = headerAddresses(headers, ['from']);
