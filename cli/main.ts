@@ -27,6 +27,7 @@ const GROUPS: [string[], Loader][] = [
   [['mailbox'], () => import('./commands/mailbox.js')],
   [['mailbox'], () => import('./commands/sweep.js')],
   [['folder'], () => import('./commands/folder.js')],
+  [['vacation'], () => import('./commands/vacation.js')],
   [['queue', 'dkim'], () => import('./commands/queue.js')],
   [['dlq'], () => import('./commands/dlq.js')],
   [['cache'], () => import('./commands/cache.js')],

@@ -9,12 +9,13 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { Accounts } from '../accounts/accounts.js';
 import { MailboxStore, NoSuchMailbox, QuotaExceeded } from '../mailbox/store.js';
-import { type AttrValue, putIfAbsent, type Tables } from '../storage/ports.js';
+import { type AttrValue, isStorageError, putIfAbsent, type Tables } from '../storage/ports.js';
 import { done, type JobContext, type JobHandler, type JobMeta, type JobOutcome } from '../workers/job.js';
 import { dispatchDsn } from './dsn.js';
 import type { DsnRecipient, InboundJob, OutboundJob } from './jobs.js';
 import { summarizeForMailbox } from './imap-structure.js';
 import { blobHolder as outboundHolder } from './outbound.js';
+import { answerVacation } from './vacation.js';
 
 /** How long the `JOB#<id>` / `OUTBOUND` marker is kept (seconds): longer than any redelivery. */
 const MARKER_TTL_SECONDS = 14 * 86400;
@@ -167,6 +168,8 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
   const fullUsers: string[] = [];
   // Whether some mailbox holds (or will hold, after a quota wait) a reference to the blob.
   let referenced = false;
+  /** Users whose mailbox holds the message (now or from an earlier attempt): vacation answers. */
+  const deliveredTo: string[] = [];
   if (routing.local.size > 0) {
     // Summarised once, and only if some mailbox still lacks the message (a redelivery after
     // users deleted their copies must not need the blob again).
@@ -174,6 +177,7 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
     for (const user of routing.local.keys()) {
       if ((await store.delivered(job.id, user)) !== undefined) {
         referenced = true;
+        deliveredTo.push(user);
         continue;
       }
       try {
@@ -181,6 +185,7 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
         await ensureBlob();
         const r = await store.deliver(user, { jobId: job.id, blobKey: job.blobKey, size: job.size, receivedAt: job.receivedAt, summary });
         referenced = true;
+        deliveredTo.push(user);
         log.info({ user, uid: r.uid, duplicate: r.duplicate }, 'delivered');
         if (!r.duplicate) ctx.metrics?.messages.inc({ stage: 'inbound', outcome: 'delivered' });
       } catch (e) {
@@ -208,6 +213,9 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
       }
     }
   }
+
+  // Before the blob can go: a vacation reply reads the message's header.
+  for (const user of deliveredTo) await vacation(job, user, raw, ctx, log);
 
   // Before the blob can go: the DSN may return the original message.
   if (failed.length > 0) await bounce(job, failed, ensureBlob, ctx, log);
@@ -249,6 +257,20 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
   log.debug({ receiveCount: meta.receiveCount }, 'inbound job done');
   return done;
 };
+
+/**
+ * The user's vacation reply to this message, if due (core/mail/vacation.ts; once per sender per
+ * period, so a redelivery sends nothing new). Only a storage outage fails the job: a message
+ * whose header cannot be read is delivered all the same, unanswered.
+ */
+async function vacation(job: InboundJob, user: string, raw: Buffer | undefined, ctx: JobContext, log: JobContext['log']): Promise<void> {
+  try {
+    await answerVacation({ jobId: job.id, user, envelopeFrom: job.from, open: async () => raw ?? (await ctx.storage.mail.get(job.blobKey)).body }, ctx, log);
+  } catch (e) {
+    if (isStorageError(e, 'Unavailable')) throw e;
+    log.warn({ err: e, user }, 'vacation reply failed; message delivered without one');
+  }
+}
 
 /** A recipient this job cannot deliver to, with the RFC 3463 status the DSN reports. */
 interface Failure {
