@@ -24,6 +24,9 @@ export interface ChangeEntry {
   kind: 'append' | 'flags' | 'expunge' | 'folder-create' | 'folder-rename' | 'folder-delete' | 'folder-update';
   folder: string;
   uids?: number[];
+  /** On expunge entries: the raw blob key of each uid (parallel to `uids`), so JMAP can name the
+   * Email that went (its id is made from the blob key) after the message item is gone. */
+  blobKeys?: string[];
 }
 
 /** One MODSEQ of the log. `entries` is empty for a tombstone (a MODSEQ that was never used). */
@@ -92,7 +95,12 @@ export class ChangeLog {
     return {
       ...folderKeys.change(user, modseq),
       at,
-      entries: entries.map((e) => ({ kind: e.kind, folder: e.folder, ...(e.uids ? { uids: e.uids } : {}) })) as AttrValue,
+      entries: entries.map((e) => ({
+        kind: e.kind,
+        folder: e.folder,
+        ...(e.uids ? { uids: e.uids } : {}),
+        ...(e.blobKeys ? { blobKeys: e.blobKeys } : {}),
+      })) as AttrValue,
       ttl: Math.ceil(at / 1000) + this.horizonSeconds,
     };
   }

@@ -861,7 +861,7 @@ export class FolderStore {
         const entries: ChangeEntry[] = [{ kind: 'append', folder: to, uids: newUids }];
         if (move) {
           ops.push(this.countersOp(user, from, modseq, { count: -items.length, bytes: -bytes, unseen: -unseen }));
-          entries.unshift({ kind: 'expunge', folder: from, uids: items.map((m) => m.uid) });
+          entries.unshift({ kind: 'expunge', folder: from, uids: items.map((m) => m.uid), blobKeys: items.map((m) => m.blobKey) });
           // A move takes no room, but the USAGE item must exist before a folder other than INBOX
           // holds anything: it can be made from INBOX's counters only until then.
           if (!base.usage) this.addUsage(ops, user, base, 0, 0, 0);
@@ -923,7 +923,9 @@ export class FolderStore {
           ops.push({ update: mailboxKeys.blobRef(k), changes: { add: { refs: -n } }, condition: { equals: { refs } } });
         }
       });
-      ops.push(this.changes.op(user, modseq, [{ kind: 'expunge', folder: folderId, uids: entries.map((e) => e.uid) }]));
+      ops.push(
+        this.changes.op(user, modseq, [{ kind: 'expunge', folder: folderId, uids: entries.map((e) => e.uid), blobKeys: entries.map((e) => e.blobKey) }]),
+      );
       try {
         await this.commit(user, ops);
       } catch (e) {

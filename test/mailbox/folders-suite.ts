@@ -101,7 +101,7 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
       if (!log.tooOld)
         expect(log.changes.flatMap((c) => c.entries)).toEqual([
           { kind: 'append', folder: INBOX, uids: [8] },
-          { kind: 'expunge', folder: INBOX, uids: [3] },
+          { kind: 'expunge', folder: INBOX, uids: [3], blobKeys: ['old/1'] },
         ]);
     });
 
@@ -373,11 +373,11 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
       expect(after.changes.map((c) => c.entries)).toEqual([
         [{ kind: 'flags', folder: INBOX, uids: [d.uid] }],
         [
-          { kind: 'expunge', folder: INBOX, uids: [d.uid] },
+          { kind: 'expunge', folder: INBOX, uids: [d.uid], blobKeys: ['log/1'] },
           { kind: 'append', folder: f.id, uids: [1] },
         ],
         [{ kind: 'folder-rename', folder: f.id }],
-        [{ kind: 'expunge', folder: f.id, uids: [1] }],
+        [{ kind: 'expunge', folder: f.id, uids: [1], blobKeys: ['log/1'] }],
         [{ kind: 'folder-delete', folder: f.id }],
       ]);
       expect(after.changes.map((c) => c.modseq)).toEqual(Array.from({ length: 5 }, (_, i) => mid.modseq + 1 + i));
