@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { emailIdOf, emailMethods, resolveEmailBlob } from '../../containers/web/jmap/email.js';
 import { mailboxMethods } from '../../containers/web/jmap/mailbox.js';
 import type { JsonObject } from '../../containers/web/jmap/types.js';
+import type { ByteRange } from '../../core/storage/ports.js';
 import { addImapUsers, imapMessage, imaplib, imapPassword, startImapHarness, type ImapHarness } from '../imap/harness.js';
 import { invoke, jmapContext } from './mail-context.js';
 
@@ -209,6 +210,32 @@ describe('Email/get (RFC 8621 §4.2)', () => {
     const bad = await invoke(ctx, 'Email/get', { ids: [id], properties: ['header:From:asDate'] });
     expect(bad[1].type).toBe('invalidArguments');
     expect((await invoke(ctx, 'Email/get', { ids: [id], bodyProperties: ['colour'] }))[1].type).toBe('invalidArguments');
+  });
+
+  it('reads no blob for metadata and preview, only the header section for header properties', async () => {
+    const u = 'ann@example.com';
+    const { blobKey } = await h.deliver(u, RICH);
+    const id = emailIdOf(blobKey);
+    const reads: (ByteRange | undefined)[] = [];
+    const mail = new Proxy(h.storage.mail, {
+      get(target, prop, receiver) {
+        if (prop === 'get')
+          return (key: string, options?: { range?: ByteRange }) => {
+            if (key === blobKey) reads.push(options?.range);
+            return target.get(key, options);
+          };
+        return Reflect.get(target, prop, receiver) as unknown;
+      },
+    });
+    const ctx = ctxFor(u);
+    ctx.storage = new Proxy(h.storage, { get: (target, prop, receiver) => (prop === 'mail' ? mail : (Reflect.get(target, prop, receiver) as unknown)) });
+    const meta = one(await invoke(ctx, 'Email/get', { ids: [id], properties: ['threadId', 'keywords', 'size', 'preview', 'hasAttachment'] }));
+    expect(meta).toMatchObject({ size: Buffer.byteLength(RICH), hasAttachment: true });
+    expect(reads).toEqual([]);
+    const headers = one(await invoke(ctx, 'Email/get', { ids: [id], properties: ['subject', 'from', 'header:X-Custom:all'] }));
+    expect(headers.subject).toBe('Grüße and a folded line');
+    const headerEnd = RICH.indexOf('\r\n\r\n') + 4;
+    expect(reads).toEqual([{ start: 0, end: headerEnd - 1 }]);
   });
 
   it("downloads the raw message and each decoded part by its G blobId, and no one else's", async () => {

@@ -158,9 +158,9 @@ async function readHeaderFields(ctx: JmapContext, rec: EmailRecord): Promise<Hea
   const summary = rec.locations[0]!.message.summary;
   const imap = summary.imap as { parts?: Record<string, { bodyStart?: number }> } | undefined;
   const end = imap?.parts?.['0']?.bodyStart;
+  // The header section only (ByteRange's end is inclusive); a summary without the stored
+  // structure (older or oversized) has the whole message stream by once.
   const { body } = await ctx.storage.mail.get(rec.blobKey, typeof end === 'number' && end > 0 ? { range: { start: 0, end: end - 1 } } : undefined);
-  // Only the header section matters: the body parser stops at nothing, but a ranged read is
-  // only the header; without a range the whole message streams once (older summaries).
   const parsed = await parseEmailBody(
     body,
     () => '',
@@ -399,50 +399,50 @@ async function emailChanges(args: JsonObject, ctx: JmapContext): Promise<JsonObj
 type Patch = Record<string, unknown>;
 
 /** The keywords after a patch (whole `keywords`, or `keywords/<k>` paths), or a SetError. */
-function patchKeywords(current: Record<string, true>, patch: Patch): Record<string, true> | SetError | undefined {
+function patchKeywords(current: Record<string, true>, patch: Patch): { value: Record<string, true> } | { error: SetError } | undefined {
   let next: Record<string, true> | undefined;
   if ('keywords' in patch) {
     const k = patch.keywords;
     if (typeof k !== 'object' || k === null || Array.isArray(k) || !Object.entries(k).every(([n, v]) => v === true && isKeyword(n)))
-      return { type: 'invalidProperties', properties: ['keywords'] };
+      return { error: { type: 'invalidProperties', properties: ['keywords'] } };
     next = Object.fromEntries(Object.keys(k).map((n) => [n.toLowerCase(), true as const]));
   }
   for (const [path, v] of Object.entries(patch)) {
     if (!path.startsWith('keywords/')) continue;
-    if (next && 'keywords' in patch) return { type: 'invalidPatch', description: 'keywords and a keywords/ path together' };
+    if (next && 'keywords' in patch) return { error: { type: 'invalidPatch', description: 'keywords and a keywords/ path together' } };
     const name = path.slice('keywords/'.length).replace(/~1/g, '/').replace(/~0/g, '~').toLowerCase();
-    if (!isKeyword(name) || (v !== true && v !== null)) return { type: 'invalidProperties', properties: [path] };
+    if (!isKeyword(name) || (v !== true && v !== null)) return { error: { type: 'invalidProperties', properties: [path] } };
     next ??= { ...current };
     if (v === true) next[name] = true;
     else delete next[name];
   }
-  return next;
+  return next && { value: next };
 }
 
 /** The mailboxes after a patch, or a SetError. */
-function patchMailboxes(ctx: JmapContext, current: string[], patch: Patch, folders: Set<string>): Set<string> | SetError | undefined {
+function patchMailboxes(ctx: JmapContext, current: string[], patch: Patch, folders: Set<string>): { value: Set<string> } | { error: SetError } | undefined {
   let next: Set<string> | undefined;
   if ('mailboxIds' in patch) {
     const m = patch.mailboxIds;
     if (typeof m !== 'object' || m === null || Array.isArray(m) || !Object.values(m).every((v) => v === true))
-      return { type: 'invalidProperties', properties: ['mailboxIds'] };
+      return { error: { type: 'invalidProperties', properties: ['mailboxIds'] } };
     next = new Set(Object.keys(m).map((id) => resolveId(ctx, id) ?? id));
   }
   for (const [path, v] of Object.entries(patch)) {
     if (!path.startsWith('mailboxIds/')) continue;
-    if ('mailboxIds' in patch) return { type: 'invalidPatch', description: 'mailboxIds and a mailboxIds/ path together' };
+    if ('mailboxIds' in patch) return { error: { type: 'invalidPatch', description: 'mailboxIds and a mailboxIds/ path together' } };
     const raw = path.slice('mailboxIds/'.length).replace(/~1/g, '/').replace(/~0/g, '~');
     const id = resolveId(ctx, raw) ?? raw;
-    if (v !== true && v !== null) return { type: 'invalidProperties', properties: [path] };
+    if (v !== true && v !== null) return { error: { type: 'invalidProperties', properties: [path] } };
     next ??= new Set(current);
     if (v === true) next.add(id);
     else next.delete(id);
   }
   if (!next) return undefined;
-  if (next.size === 0) return { type: 'invalidProperties', properties: ['mailboxIds'], description: 'an Email must be in at least one mailbox' };
+  if (next.size === 0) return { error: { type: 'invalidProperties', properties: ['mailboxIds'], description: 'an Email must be in at least one mailbox' } };
   const unknown = [...next].filter((id) => !folders.has(id));
-  if (unknown.length) return { type: 'invalidProperties', properties: unknown.map((id) => `mailboxIds/${id}`), description: 'no such mailbox' };
-  return next;
+  if (unknown.length) return { error: { type: 'invalidProperties', properties: unknown.map((id) => `mailboxIds/${id}`), description: 'no such mailbox' } };
+  return { value: next };
 }
 
 /** IMAP flags for keywords, keeping IMAP's own \Deleted of the copy. */
@@ -454,22 +454,21 @@ async function updateEmail(ctx: JmapContext, rec: EmailRecord, patch: Patch, fol
   const known = Object.keys(patch).filter((p) => !(p === 'keywords' || p === 'mailboxIds' || p.startsWith('keywords/') || p.startsWith('mailboxIds/')));
   if (known.length) return { type: 'invalidProperties', properties: known, description: 'only keywords and mailboxIds can change' };
   const currentFlags = [...new Set(rec.locations.flatMap((l) => l.message.flags))];
-  const keywords = patchKeywords(keywordsOf(currentFlags), patch);
-  if (keywords && 'type' in keywords && typeof keywords.type === 'string') return keywords as SetError;
-  const boxes = patchMailboxes(
+  const keywordPatch = patchKeywords(keywordsOf(currentFlags), patch);
+  if (keywordPatch && 'error' in keywordPatch) return keywordPatch.error;
+  const keywords = keywordPatch?.value;
+  const boxPatch = patchMailboxes(
     ctx,
     rec.locations.map((l) => l.folderId),
     patch,
     folders,
   );
-  if (boxes instanceof Set || boxes === undefined) {
-    /* checked */
-  } else return boxes;
+  if (boxPatch && 'error' in boxPatch) return boxPatch.error;
+  const boxes = boxPatch?.value;
   // Keywords first, on every copy (so a copy made below carries them).
   if (keywords) {
-    const kw = keywords as Record<string, true>;
     for (const l of rec.locations) {
-      const flags = flagsFor(kw, l.message.flags);
+      const flags = flagsFor(keywords, l.message.flags);
       await ctx.folders.storeFlags(ctx.user, l.folderId, [l.message.uid], { mode: 'replace', flags });
     }
   }
@@ -556,12 +555,12 @@ async function storeEmail(
 }
 
 /** Reads create's mailboxIds and keywords (shared with import). */
-function filing(ctx: JmapContext, o: JsonObject, folders: Set<string>): { mailboxIds: string[]; keywords: Record<string, true> } | SetError {
+function filing(ctx: JmapContext, o: JsonObject, folders: Set<string>): { mailboxIds: string[]; keywords: Record<string, true> } | { error: SetError } {
   const boxes = patchMailboxes(ctx, [], { mailboxIds: o.mailboxIds }, folders);
-  if (!(boxes instanceof Set)) return boxes ?? { type: 'invalidProperties', properties: ['mailboxIds'] };
-  const keywords = o.keywords === undefined ? {} : patchKeywords({}, { keywords: o.keywords });
-  if (!keywords || 'type' in keywords) return (keywords as SetError | undefined) ?? { type: 'invalidProperties', properties: ['keywords'] };
-  return { mailboxIds: [...boxes], keywords: keywords as Record<string, true> };
+  if (!boxes || 'error' in boxes) return boxes ?? { error: { type: 'invalidProperties', properties: ['mailboxIds'] } };
+  const keywords = o.keywords === undefined ? { value: {} } : patchKeywords({}, { keywords: o.keywords });
+  if (!keywords || 'error' in keywords) return keywords ?? { error: { type: 'invalidProperties', properties: ['keywords'] } };
+  return { mailboxIds: [...boxes.value], keywords: keywords.value };
 }
 
 type ComposerAddress = { name: string; address: string };
@@ -677,8 +676,8 @@ async function emailSet(args: JsonObject, ctx: JmapContext): Promise<JsonObject>
     }
     const o = raw as JsonObject;
     const f = filing(ctx, o, folders);
-    if ('type' in f) {
-      notCreated[cid] = f;
+    if ('error' in f) {
+      notCreated[cid] = f.error;
       continue;
     }
     const serverSet = ['id', 'blobId', 'threadId', 'size', 'hasAttachment', 'preview'].filter((p) => p in o);
@@ -760,8 +759,8 @@ async function emailImport(args: JsonObject, ctx: JmapContext): Promise<JsonObje
   for (const [cid, raw] of Object.entries(args.emails as Record<string, unknown>)) {
     const o = (raw ?? {}) as JsonObject;
     const f = filing(ctx, o, folders);
-    if ('type' in f) {
-      notCreated[cid] = f;
+    if ('error' in f) {
+      notCreated[cid] = f.error;
       continue;
     }
     const blob = typeof o.blobId === 'string' ? await ctx.blobs.get(resolveId(ctx, o.blobId) ?? o.blobId) : undefined;
