@@ -299,6 +299,16 @@ describe('Email/set, /changes and IMAP on one mailbox (RFC 8621 §4.3, §4.6)', 
       { id: idb, keywords: { $flagged: true }, mailboxIds: { [work]: true } },
     ]);
 
+    // Path patches alone go through the grouped per-folder store; the result is the same.
+    const paths = await invoke(ctx, 'Email/set', {
+      update: { [ida]: { 'keywords/$answered': true, 'keywords/$work': null }, [idb]: { 'keywords/$answered': true, 'keywords/$work': null } },
+    });
+    expect(paths[1].updated).toEqual({ [ida]: null, [idb]: null });
+    const after = await invoke(ctx, 'Email/get', { ids: [ida, idb], properties: ['keywords'] });
+    expect((after[1].list as JsonObject[]).map((e) => e.keywords)).toEqual([
+      { $seen: true, $answered: true },
+      { $flagged: true, $answered: true },
+    ]);
     const ch = await invoke(ctx, 'Email/changes', { sinceState: s0 });
     expect(ch[1]).toMatchObject({ created: [], destroyed: [], hasMoreChanges: false });
     expect((ch[1].updated as string[]).sort()).toEqual([ida, idb].sort());

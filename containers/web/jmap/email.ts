@@ -116,6 +116,18 @@ const isKeyword = (k: string) => KEYWORD.test(k) && !/[(){\]%*"\\]/.test(k);
 // ---------------------------------------------------------------------------------------------
 // Email/get (RFC 8621 §4.2)
 
+/** Emails whose blobs one Email/get reads at once. */
+const READ_CONCURRENCY = 8;
+
+/** Runs `fn` over `items` with at most `limit` at a time. */
+async function eachLimited<T>(items: Iterable<T>, limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  const it = items[Symbol.iterator]();
+  const worker = async () => {
+    for (let n = it.next(); !n.done; n = it.next()) await fn(n.value);
+  };
+  await Promise.all(Array.from({ length: limit }, worker));
+}
+
 const METADATA = ['id', 'blobId', 'threadId', 'mailboxIds', 'keywords', 'size', 'receivedAt'];
 const HEADER_CONVENIENCE: Record<string, string> = {
   messageId: 'header:Message-ID:asMessageIds',
@@ -305,12 +317,12 @@ async function emailGet(args: JsonObject, ctx: JmapContext): Promise<JsonObject>
   const list: JsonObject[] = [];
   const notFound: string[] = [];
   const order = ids ?? [...found.keys()];
-  for (const [i, id] of order.entries()) {
+  const slots: (JsonObject | undefined)[] = [];
+  // Blob reads of several Emails overlap (S3 and the disk both serve them in parallel); the
+  // answer keeps the order asked for.
+  await eachLimited(order.entries(), READ_CONCURRENCY, async ([i, id]) => {
     const rec = found.get(resolved ? resolved[i]! : id);
-    if (!rec) {
-      notFound.push(id);
-      continue;
-    }
+    if (!rec) return;
     const first = rec.locations[0]!.message;
     let parsed: ParsedBody | undefined;
     let headers: HeaderField[] | undefined;
@@ -318,10 +330,15 @@ async function emailGet(args: JsonObject, ctx: JmapContext): Promise<JsonObject>
       parsed = await parseStored(ctx, rec, textLeaf(wantValues));
       headers = parsed.headers;
     } else if (need.headers) headers = await readHeaderFields(ctx, rec);
-    list.push(
-      emailJson(properties, { rec, blobId: `G${rec.id}`, size: first.size, receivedAt: first.receivedAt, summary: first.summary }, headers, parsed, opts),
+    slots[i] = emailJson(
+      properties,
+      { rec, blobId: `G${rec.id}`, size: first.size, receivedAt: first.receivedAt, summary: first.summary },
+      headers,
+      parsed,
+      opts,
     );
-  }
+  });
+  order.forEach((id, i) => (slots[i] ? list.push(slots[i]) : notFound.push(id)));
   return { accountId: ctx.accountId, state, list, notFound };
 }
 
@@ -443,6 +460,36 @@ function patchMailboxes(ctx: JmapContext, current: string[], patch: Patch, folde
   const unknown = [...next].filter((id) => !folders.has(id));
   if (unknown.length) return { error: { type: 'invalidProperties', properties: unknown.map((id) => `mailboxIds/${id}`), description: 'no such mailbox' } };
   return { value: next };
+}
+
+/** Update patches made only of valid `keywords/<k>` paths, grouped by patch: the flags to add and
+ * remove, and the uids per folder of every copy of the Emails that have it. */
+function groupKeywordPatches(
+  update: Record<string, unknown>,
+  updateIds: string[],
+  found: Map<string, EmailRecord>,
+): Map<string, { add: string[]; remove: string[]; byFolder: Map<string, number[]>; rawIds: string[] }> {
+  const groups = new Map<string, { add: string[]; remove: string[]; byFolder: Map<string, number[]>; rawIds: string[] }>();
+  for (const [i, [rawId, patch]] of Object.entries(update).entries()) {
+    const rec = found.get(updateIds[i]!);
+    if (!rec || typeof patch !== 'object' || patch === null || Array.isArray(patch)) continue;
+    const entries = Object.entries(patch as Patch);
+    if (!entries.length || !entries.every(([path, v]) => path.startsWith('keywords/') && (v === true || v === null))) continue;
+    const names = entries.map(([path, v]) => [path.slice('keywords/'.length).replace(/~1/g, '/').replace(/~0/g, '~').toLowerCase(), v] as const);
+    if (!names.every(([n]) => isKeyword(n))) continue; // the per-Email path reports the error
+    const add = names.filter(([, v]) => v === true).map(([n]) => flagOf(n));
+    const remove = names.filter(([, v]) => v === null).map(([n]) => flagOf(n));
+    const key = JSON.stringify([add.sort(), remove.sort()]);
+    let g = groups.get(key);
+    if (!g) groups.set(key, (g = { add, remove, byFolder: new Map(), rawIds: [] }));
+    for (const l of rec.locations) {
+      const uids = g.byFolder.get(l.folderId) ?? [];
+      uids.push(l.message.uid);
+      g.byFolder.set(l.folderId, uids);
+    }
+    g.rawIds.push(rawId);
+  }
+  return groups;
 }
 
 /** IMAP flags for keywords, keeping IMAP's own \Deleted of the copy. */
@@ -704,7 +751,18 @@ async function emailSet(args: JsonObject, ctx: JmapContext): Promise<JsonObject>
   const updateIds = Object.keys(update).map((id) => resolveId(ctx, id) ?? id);
   const destroyIds = destroy.map((id) => resolveId(ctx, id) ?? id);
   const found = updateIds.length || destroyIds.length ? await locateEmails(ctx, [...updateIds, ...destroyIds]) : new Map<string, EmailRecord>();
+  // Patches that only add or remove keywords by path (`keywords/$seen: true`, the common case
+  // of marking many Emails) are applied per folder in one storeFlags call each, not per Email.
+  const grouped = groupKeywordPatches(update, updateIds, found);
+  for (const [, g] of grouped) {
+    for (const [folder, uids] of g.byFolder) {
+      if (g.add.length) await ctx.folders.storeFlags(ctx.user, folder, uids, { mode: 'add', flags: g.add });
+      if (g.remove.length) await ctx.folders.storeFlags(ctx.user, folder, uids, { mode: 'remove', flags: g.remove });
+    }
+    for (const rawId of g.rawIds) updated[rawId] = null;
+  }
   for (const [i, [rawId, patch]] of Object.entries(update).entries()) {
+    if (rawId in updated) continue;
     const rec = found.get(updateIds[i]!);
     if (!rec) {
       notUpdated[rawId] = { type: 'notFound' };
