@@ -416,15 +416,18 @@ describe('Email/import, /parse, /copy (RFC 8621 §4.7-4.9)', () => {
     const made = await invoke(ctx, 'Mailbox/set', { create: { k: { name: 'Kept' } } });
     const kept = String((made[1].created as Record<string, JsonObject>).k!.id);
     const up = await ctx.blobs.put(Buffer.from(RICH), 'message/rfc822');
+    const junk = await ctx.blobs.put(Buffer.from('\u0000not a message'), 'application/octet-stream');
     const imp = await invoke(ctx, 'Email/import', {
       emails: {
         i1: { blobId: up.blobId, mailboxIds: { INBOX: true, [kept]: true }, keywords: { $seen: true }, receivedAt: '2026-01-02T03:04:05Z' },
         i2: { blobId: 'Unone', mailboxIds: { INBOX: true } },
+        i3: { blobId: junk.blobId, mailboxIds: { INBOX: true } },
       },
     });
     const i1 = (imp[1].created as Record<string, JsonObject>).i1!;
     expect(i1).toMatchObject({ size: Buffer.byteLength(RICH) });
     expect((imp[1].notCreated as Record<string, JsonObject>).i2).toMatchObject({ type: 'blobNotFound' });
+    expect((imp[1].notCreated as Record<string, JsonObject>).i3).toMatchObject({ type: 'invalidEmail' });
     const e = one(await invoke(ctx, 'Email/get', { ids: [i1.id], properties: ['mailboxIds', 'keywords', 'receivedAt', 'subject'] }));
     expect(e).toEqual({
       id: i1.id,

@@ -826,6 +826,10 @@ async function emailImport(args: JsonObject, ctx: JmapContext): Promise<JsonObje
       notCreated[cid] = { type: 'blobNotFound', notFound: [String(o.blobId)] };
       continue;
     }
+    if (!(await startsWithHeader(blob))) {
+      notCreated[cid] = { type: 'invalidEmail', description: 'the blob does not start with a header field (RFC 5322 §2.2)' };
+      continue;
+    }
     if (o.receivedAt !== undefined && (typeof o.receivedAt !== 'string' || !Number.isFinite(Date.parse(o.receivedAt)))) {
       notCreated[cid] = { type: 'invalidProperties', properties: ['receivedAt'] };
       continue;
@@ -846,6 +850,23 @@ async function emailImport(args: JsonObject, ctx: JmapContext): Promise<JsonObje
   }
   const none = <T extends object>(o: T) => (Object.keys(o).length ? o : null);
   return { accountId: ctx.accountId, oldState, newState: await currentState(ctx), created: none(created), notCreated: none(notCreated) };
+}
+
+/** Whether a blob starts as a message does: a header field name and a colon (RFC 5322 §2.2), or
+ * an mbox "From " line. Reads the first chunk only. */
+async function startsWithHeader(blob: JmapBlob): Promise<boolean> {
+  const stream = await blob.open();
+  try {
+    for await (const chunk of stream) {
+      const head = Buffer.from(chunk as Buffer)
+        .subarray(0, 1000)
+        .toString('latin1');
+      return /^(From |[\x21-\x39\x3b-\x7e]+[ \t]*:)/.test(head);
+    }
+    return false;
+  } finally {
+    stream.destroy();
+  }
 }
 
 const PARSE_DEFAULT = [...Object.keys(HEADER_CONVENIENCE), 'hasAttachment', 'preview', 'bodyValues', 'textBody', 'htmlBody', 'attachments'];
