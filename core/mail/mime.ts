@@ -332,7 +332,8 @@ class PartSplitter extends SplitterBase {
   }
 }
 
-function newSplitter(maxNodes: number): Transform {
+/** The splitter every reader of MIME structure uses (JMAP's body parser too, so part numbering agrees). */
+export function newSplitter(maxNodes: number): Transform {
   return new PartSplitter({ ignoreEmbedded: true, maxHeadSize: 1024 * 1024, maxChildNodes: maxNodes });
 }
 
@@ -346,7 +347,7 @@ function newSplitter(maxNodes: number): Transform {
  * Only the start of each header line is held back (at most a line's 998 characters). `count` is
  * told the octets of the message as they come in.
  */
-class HeaderSectionEnd extends Transform {
+export class HeaderSectionEnd extends Transform {
   private state: 'start' | 'cr' | 'name' | 'space' | 'value' | 'body' = 'start';
   private held: number[] = [];
   private first = true;
