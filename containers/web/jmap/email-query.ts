@@ -681,9 +681,10 @@ async function emailQuery(args: JsonObject, ctx: JmapContext): Promise<JsonObjec
   let position = intArg(args.position, 'position', 0);
   const anchorOffset = intArg(args.anchorOffset, 'anchorOffset', 0);
   const anchor = args.anchor === undefined || args.anchor === null ? undefined : stringArg(args.anchor, 'anchor');
-  let limit = args.limit === undefined || args.limit === null ? MAX_QUERY_LIMIT : uintArg(args.limit, 'limit');
-  const clamped = limit > MAX_QUERY_LIMIT || args.limit === undefined || args.limit === null;
-  limit = Math.min(limit, MAX_QUERY_LIMIT);
+  // A limit above the maximum, or none, is clamped; the clamped value is reported (§5.5) when it
+  // was given, and when it cut the results short.
+  const asked = args.limit === undefined || args.limit === null ? undefined : uintArg(args.limit, 'limit');
+  const limit = Math.min(asked ?? MAX_QUERY_LIMIT, MAX_QUERY_LIMIT);
   if (args.calculateTotal !== undefined && typeof args.calculateTotal !== 'boolean') throw invalid('calculateTotal must be true or false');
 
   const index = await accountIndex(ctx);
@@ -703,7 +704,7 @@ async function emailQuery(args: JsonObject, ctx: JmapContext): Promise<JsonObjec
     position,
     ids: page,
     ...(args.calculateTotal === true ? { total: ids.length } : {}),
-    ...(clamped && ids.length - position > limit ? { limit } : {}),
+    ...((asked !== undefined && asked > limit) || (asked === undefined && ids.length - position > limit) ? { limit } : {}),
   };
 }
 
