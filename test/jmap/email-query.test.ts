@@ -342,6 +342,39 @@ describe('Email/query paging and results (RFC 8620 §5.5)', () => {
   });
 });
 
+describe('cached results brought forward in place', () => {
+  it('match a fresh computation after deliveries, flag changes and expunges', async () => {
+    const shapes: JsonObject[] = [
+      { filter: { inMailbox: INBOX }, sort: [{ property: 'receivedAt', isAscending: false }] },
+      { filter: { notKeyword: '$seen' }, sort: [{ property: 'subject' }, { property: 'size', isAscending: false }] },
+      { sort: [{ property: 'from', collation: 'i;unicode-casemap' }] },
+    ];
+    for (const q of shapes) await query(q); // cached at this position
+    const a = await store(INBOX, `From: Amber <amber@example.org>\nSubject: Budget again\n\nnew\n`, T0 + 20 * DAY);
+    const b = await store(archive, `From: bob@example.com\nSubject: Aardvark\n\nold\n`, T0 - 5 * DAY);
+    await folders.storeFlags(USER, INBOX, [uids.holiday!, a.uid], { mode: 'add', flags: ['\\Seen'] });
+    await folders.storeFlags(USER, INBOX, [uids.budget!], { mode: 'remove', flags: ['\\Seen'] });
+    const brought = [];
+    for (const q of shapes) brought.push(await query(q));
+    clearQueryIndexes();
+    const fresh = [];
+    for (const q of shapes) fresh.push(await query(q));
+    expect(brought).toEqual(fresh);
+    expect(brought[0]![0]).toBe(a.id);
+    expect(brought[1]).toContain(ids.budget);
+    expect(brought[1]).not.toContain(ids.holiday);
+    await folders.expunge(USER, INBOX, [a.uid]);
+    await folders.expunge(USER, archive, [b.uid]);
+    await folders.storeFlags(USER, INBOX, [uids.holiday!], { mode: 'remove', flags: ['\\Seen'] });
+    await folders.storeFlags(USER, INBOX, [uids.budget!], { mode: 'add', flags: ['\\Seen'] });
+    const after = [];
+    for (const q of shapes) after.push(await query(q));
+    clearQueryIndexes();
+    for (const [i, q] of shapes.entries()) expect(after[i]).toEqual(await query(q));
+    expect(after[0]).not.toContain(a.id);
+  });
+});
+
 describe('Email/queryChanges (RFC 8620 §5.6)', () => {
   const newest = { filter: { inMailbox: INBOX }, sort: [{ property: 'receivedAt', isAscending: false }] };
 

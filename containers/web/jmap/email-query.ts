@@ -39,6 +39,8 @@ const MAX_ACCOUNTS = 64;
 const MAX_CACHED_RESULTS = 16;
 /** Changes whose touched Emails are remembered for queryChanges. */
 const MAX_TOUCH_LOG = 10_000;
+/** Emails changed at once up to which cached results are updated in place rather than recomputed. */
+const MAX_IN_PLACE = 200;
 /** Log entries read per step when bringing an index forward; more than this many behind rebuilds. */
 const CATCH_UP_LIMIT = 500;
 const MAX_CATCH_UP_STEPS = 4;
@@ -118,7 +120,7 @@ export class AccountIndex {
   /** queryChanges can answer from states at or above this. */
   logFrom = 0;
   /** Sorted result ids per query shape, valid at `position`. */
-  readonly results = new Map<string, string[]>();
+  readonly results = new Map<string, { shape: QueryShape; ids: string[] }>();
 
   /** Adds or replaces a folder's copy of a message. */
   upsert(folder: string, m: FolderMessage, touched?: Touched): void {
@@ -244,6 +246,8 @@ async function build(ctx: JmapContext, position: number): Promise<AccountIndex> 
 
 /** Applies the log after the index's position; false when the log cannot say (rebuild instead). */
 async function catchUp(ctx: JmapContext, index: AccountIndex, target: number): Promise<boolean> {
+  const changed = new Set<string>();
+  const start = index.position;
   for (let step = 0; step < MAX_CATCH_UP_STEPS && index.position < target; step++) {
     const page = await ctx.folders.changes.since(ctx.user, index.position, CATCH_UP_LIMIT);
     if (page.tooOld) return false;
@@ -265,6 +269,7 @@ async function catchUp(ctx: JmapContext, index: AccountIndex, target: number): P
         // folder-create, -rename, -update: mailbox ids are stable, no Email changes.
       }
       index.touchLog.push({ modseq: change.modseq, ids: [...touched.ids], threads: [...touched.threads] });
+      touched.ids.forEach((id) => changed.add(id));
     }
     if (index.touchLog.length > MAX_TOUCH_LOG) {
       const cut = index.touchLog.splice(0, index.touchLog.length - MAX_TOUCH_LOG);
@@ -272,9 +277,9 @@ async function catchUp(ctx: JmapContext, index: AccountIndex, target: number): P
     }
     if (page.modseq <= index.position) break; // a young gap: stop here, the next call goes on
     index.position = page.modseq;
-    index.results.clear();
     if (!page.more) break;
   }
+  if (index.position !== start) refreshResults(index, changed);
   return index.position >= target;
 }
 
@@ -613,7 +618,23 @@ function sortValue(c: Comparator, e: IndexedEmail, index: AccountIndex): number 
   }
 }
 
-/** Sorts Emails by the comparators, then (RFC 8620 §5.5 leaves ties to the server) newest first, then by id. */
+/** The order of Emails the comparators leave tied (RFC 8620 §5.5 leaves it to the server): newest first, then by id. */
+function tieBreak(a: IndexedEmail, b: IndexedEmail): number {
+  return b.receivedAt - a.receivedAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
+/** Two Emails in sort order (one insertion; sortEmails precomputes the values for a whole sort). */
+function compareEmails(a: IndexedEmail, b: IndexedEmail, sort: Comparator[], index: AccountIndex): number {
+  for (const c of sort) {
+    const x = sortValue(c, a, index);
+    const y = sortValue(c, b, index);
+    const cmp = x < y ? -1 : x > y ? 1 : 0;
+    if (cmp !== 0) return c.ascending ? cmp : -cmp;
+  }
+  return tieBreak(a, b);
+}
+
+/** Sorts Emails by the comparators, then by tieBreak. */
 function sortEmails(emails: IndexedEmail[], sort: Comparator[], index: AccountIndex): IndexedEmail[] {
   const columns = sort.map((c) => ({ asc: c.ascending, values: emails.map((e) => sortValue(c, e, index)) }));
   const order = emails.map((_, i) => i);
@@ -624,9 +645,7 @@ function sortEmails(emails: IndexedEmail[], sort: Comparator[], index: AccountIn
       const cmp = x < y ? -1 : x > y ? 1 : 0;
       if (cmp !== 0) return col.asc ? cmp : -cmp;
     }
-    const ea = emails[a]!;
-    const eb = emails[b]!;
-    return eb.receivedAt - ea.receivedAt || (ea.id < eb.id ? -1 : ea.id > eb.id ? 1 : 0);
+    return tieBreak(emails[a]!, emails[b]!);
   });
   return order.map((i) => emails[i]!);
 }
@@ -654,7 +673,7 @@ function shapeOf(args: JsonObject): QueryShape {
 async function resultIds(ctx: JmapContext, index: AccountIndex, shape: QueryShape): Promise<string[]> {
   const position = index.position;
   const cached = index.results.get(shape.key);
-  if (cached) return cached;
+  if (cached) return cached.ids;
   const matched = await filterEmails(ctx, index, shape.filter, candidatesOf(index, shape.filter));
   let sorted = sortEmails(matched, shape.sort, index);
   if (shape.collapseThreads) {
@@ -663,10 +682,48 @@ async function resultIds(ctx: JmapContext, index: AccountIndex, shape: QueryShap
   }
   const ids = sorted.map((e) => e.id);
   if (index.position === position) {
-    index.results.set(shape.key, ids);
+    index.results.set(shape.key, { shape, ids });
     if (index.results.size > MAX_CACHED_RESULTS) index.results.delete(index.results.keys().next().value!);
   }
   return ids;
+}
+
+/** Whether an Email's membership and place in the results depend on it alone (not on its thread
+ * or its bytes), so that a change can be applied to cached results by re-placing the Emails it touched. */
+function inPlace(shape: QueryShape): boolean {
+  return (
+    !shape.collapseThreads && !hasImapKey(shape.filter) && !usesThreads(shape.filter) && !shape.sort.some((c) => c.property.endsWith('InThreadHaveKeyword'))
+  );
+}
+
+/**
+ * Brings cached results to the index's new position: each changed Email is taken out and, if it
+ * still matches, put back at its sorted place (binary search), so new mail costs O(log n) per
+ * message instead of a new sort of the folder. Shapes that read threads or bytes, or a large
+ * change, are dropped and recomputed on their next query.
+ */
+function refreshResults(index: AccountIndex, changed: Set<string>): void {
+  for (const [key, cached] of index.results) {
+    if (changed.size > MAX_IN_PLACE || !inPlace(cached.shape)) {
+      index.results.delete(key);
+      continue;
+    }
+    const { filter, sort } = cached.shape;
+    const ids = changed.size === 0 ? cached.ids : cached.ids.filter((id) => !changed.has(id));
+    for (const id of changed) {
+      const e = index.emails.get(id);
+      if (!e || (filter && !matchSync(filter, e, index))) continue;
+      let lo = 0;
+      let hi = ids.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (compareEmails(index.emails.get(ids[mid]!)!, e, sort, index) < 0) lo = mid + 1;
+        else hi = mid;
+      }
+      ids.splice(lo, 0, id);
+    }
+    cached.ids = ids;
+  }
 }
 
 function intArg(v: unknown, name: string, fallback: number): number {
