@@ -215,6 +215,8 @@ describe('Email/query filters (RFC 8621 §4.4.1)', () => {
     ['noneInThreadHaveKeyword', { noneInThreadHaveKeyword: '$flagged' }, ['shared', 'note', 'holiday']],
     ['text in a body', { text: 'quarterly' }, ['budget']],
     ['text in a subject', { text: 'HOLIDAY' }, ['holiday']],
+    ['text in an address', { text: 'frank@' }, ['review']],
+    ['text does not match other fields or field names', { text: 'message-id' }, []],
     ['from (display name)', { from: 'alice zed' }, ['budget']],
     ['from (address)', { from: 'carol@' }, ['holiday']],
     ['to', { to: 'dave' }, ['holiday']],

@@ -374,8 +374,15 @@ function condition(name: string, v: unknown): Filter {
     case 'hasAttachment':
       if (typeof v !== 'boolean') throw invalid('hasAttachment must be true or false');
       return { k: 'hasAttachment', v };
-    case 'text':
-      return imap({ k: 'text', needle: stringArg(v, name) });
+    case 'text': {
+      // RFC 8621 §4.4.1: From, To, Cc, Bcc, Subject and the text body parts. IMAP TEXT would also
+      // match other fields and field names ("received" would match every message), so the fields
+      // are named; one read serves BCC and BODY together (search.ts).
+      const needle = stringArg(v, name);
+      const fields = (['from', 'to', 'cc', 'bcc', 'subject'] as const).map((field): SearchKey => ({ k: 'field', field, needle }));
+      const keys: SearchKey[] = [...fields, { k: 'body', needle }];
+      return imap(keys.reduce((a, b): SearchKey => ({ k: 'or', a, b })));
+    }
     case 'from':
     case 'to':
     case 'cc':
@@ -825,9 +832,18 @@ export function filterTerms(raw: unknown): { subject: string[]; body: string[] }
     if ('op' in f) return f.filters.forEach((x) => walk(x, negated !== (f.op === 'NOT')));
     if (negated || f.k !== 'imap') return;
     const key = f.key;
-    if (key.k === 'text') {
-      out.subject.push(key.needle);
-      out.body.push(key.needle);
+    if (key.k === 'or') {
+      // `text`: the same needle in the subject and the body (and the address fields).
+      const needles = new Set<string>();
+      const collect = (k: SearchKey): void => {
+        if (k.k === 'or') [k.a, k.b].forEach(collect);
+        else if (k.k === 'field' || k.k === 'body') needles.add(k.needle);
+      };
+      collect(key);
+      for (const n of needles) {
+        out.subject.push(n);
+        out.body.push(n);
+      }
     } else if (key.k === 'field' && key.field === 'subject') out.subject.push(key.needle);
     else if (key.k === 'body') out.body.push(key.needle);
   };
