@@ -9,8 +9,9 @@
  * receivedAt, the summary's address and subject fields, thread). It is valid at one change-log
  * position (ChangeLog.position: everything at or below it is committed) and is brought forward
  * by reading only the log entries after it (core/mailbox/changes.ts), re-reading just the
- * messages they name. Sorted results are cached per query shape at that position, so paging a
- * query of a large folder costs one position read and a slice. The position is also the
+ * messages they name. Sorted results are cached per query shape and carried forward with the
+ * index (each changed Email is re-placed by binary search), so paging a query of a large folder
+ * costs one position read and a slice, and new mail costs O(log n) per message. The position is also the
  * queryState; the index remembers which Emails each change touched, which is what
  * Email/queryChanges answers from (a process that did not see the changes since a state, e.g.
  * another task, answers cannotCalculateChanges as §5.6 allows).
@@ -221,7 +222,8 @@ export async function accountIndex(ctx: JmapContext): Promise<AccountIndex> {
   const next = (async () => {
     const index = previous ? await previous.catch(() => undefined) : undefined;
     const position = await ctx.folders.changes.position(ctx.user);
-    if (index && index.position === position) return index;
+    // An index may be ahead of the position just read: since() can see changes committed after it.
+    if (index && index.position >= position) return index;
     if (index && index.position < position && (await catchUp(ctx, index, position))) return index;
     return build(ctx, position);
   })();
