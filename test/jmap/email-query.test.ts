@@ -22,7 +22,7 @@ import { INBOX } from '../../core/mailbox/keys.js';
 import { openStorage } from '../../core/storage/open.js';
 import type { Storage } from '../../core/storage/ports.js';
 import { clearQueryIndexes, emailIdOf, emailQueryMethods, MAX_QUERY_LIMIT } from '../../containers/web/jmap/email-query.js';
-import { markTerms, searchSnippetMethods } from '../../containers/web/jmap/search-snippet.js';
+import { markTerms, MAX_PREVIEW_OCTETS, previewSnippet, searchSnippetMethods } from '../../containers/web/jmap/search-snippet.js';
 import { MethodError, type JmapContext, type JsonObject } from '../../containers/web/jmap/types.js';
 
 const USER = 'alice@example.com';
@@ -477,7 +477,17 @@ describe('SearchSnippet/get (RFC 8621 §5)', () => {
 
   it('markTerms merges overlapping matches and keeps offsets where case folding changes length', () => {
     expect(markTerms('abcabc', ['bca', 'cab'])).toBe('a<mark>bcab</mark>c');
-    expect(markTerms('İstanbul <b>', ['stan'])).toBe('İ<mark>stan</mark>bul &lt;b&gt;');
+    expect(markTerms('İstanbul <b> "q"', ['stan'])).toBe('İ<mark>stan</mark>bul &lt;b&gt; "q"');
     expect(markTerms('nothing', ['zzz'])).toBeUndefined();
+  });
+
+  it('a preview snippet fits in 255 octets with the match kept, markup never cut', () => {
+    const text = `${'é'.repeat(150)} & the needle here ${'ü'.repeat(100)}`;
+    const got = previewSnippet(text, ['needle'])!;
+    expect(Buffer.byteLength(got)).toBeLessThanOrEqual(MAX_PREVIEW_OCTETS);
+    expect(got).toContain('<mark>needle</mark>');
+    expect(got).toContain('&amp; the ');
+    expect(got).not.toMatch(/&[a-z]*$|<[^>]*$/);
+    expect(previewSnippet('short needle', ['needle'])).toBe('short <mark>needle</mark>');
   });
 });

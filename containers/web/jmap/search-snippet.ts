@@ -13,20 +13,44 @@ import { MethodError, type JmapContext, type JmapMethods, type JsonObject } from
 /** Most emailIds one call takes (the engine's maxObjectsInGet applies as for a /get). */
 export const MAX_SNIPPETS = 500;
 
-const ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+/** RFC 8621 §5.1 names the three replacements: &, < and >. */
+const ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;' };
+/** A preview snippet "MUST NOT be bigger than 255 octets" (RFC 8621 §5.1), markup included. */
+export const MAX_PREVIEW_OCTETS = 255;
+/** Characters kept before the first match when a preview must be cut to fit. */
+const LEAD = 30;
 
 function escapeHtml(s: string): string {
-  return s.replace(/[&<>"']/g, (c) => ESCAPES[c]!);
+  return s.replace(/[&<>]/g, (c) => ESCAPES[c]!);
 }
 
 /**
- * `text` with every case-insensitive occurrence of a term marked, HTML-escaped; undefined when
- * no term occurs. Case is folded per code point (as IMAP SEARCH folds, search-text.ts) with a map
- * back to the original offsets, since folding may change a string's length.
+ * The marked preview within MAX_PREVIEW_OCTETS: when the whole is too long, a window that starts
+ * a little before the first match, shortened from its end until it fits (re-marked each time, so
+ * no tag or entity is ever cut).
  */
-export function markTerms(text: string, terms: string[]): string | undefined {
+export function previewSnippet(text: string, terms: string[]): string | undefined {
+  const whole = markTerms(text, terms);
+  if (whole === undefined || Buffer.byteLength(whole) <= MAX_PREVIEW_OCTETS) return whole;
+  let first = Math.max(0, matchRanges(text, terms)[0]![0] - LEAD);
+  if (/[\udc00-\udfff]/.test(text[first] ?? '')) first++; // never start inside a surrogate pair
+  let chars = [...text.slice(first)];
+  let out = markTerms(chars.join(''), terms) ?? '';
+  while (Buffer.byteLength(out) > MAX_PREVIEW_OCTETS && chars.length > 0) {
+    chars = chars.slice(0, Math.max(0, chars.length - Math.ceil((Buffer.byteLength(out) - MAX_PREVIEW_OCTETS) / 4) - 1));
+    out = markTerms(chars.join(''), terms) ?? escapeHtml(chars.join(''));
+  }
+  return out;
+}
+
+/**
+ * Where terms occur in `text`, case-insensitively, as [start, end) offsets of the original,
+ * sorted by start. Case is folded per code point (as IMAP SEARCH folds, search-text.ts) with a
+ * map back to the original offsets, since folding may change a string's length.
+ */
+function matchRanges(text: string, terms: string[]): [number, number][] {
   const needles = terms.map(foldCase).filter((t) => t.length > 0);
-  if (needles.length === 0 || !text) return undefined;
+  if (needles.length === 0 || !text) return [];
   let folded = '';
   const origin: number[] = []; // folded offset -> original offset
   let offset = 0;
@@ -43,8 +67,13 @@ export function markTerms(text: string, terms: string[]): string | undefined {
       ranges.push([origin[at]!, origin[at + needle.length] ?? text.length]);
     }
   }
+  return ranges.sort((a, b) => a[0] - b[0]);
+}
+
+/** `text` with every case-insensitive occurrence of a term marked, HTML-escaped; undefined when no term occurs. */
+export function markTerms(text: string, terms: string[]): string | undefined {
+  const ranges = matchRanges(text, terms);
   if (ranges.length === 0) return undefined;
-  ranges.sort((a, b) => a[0] - b[0]);
   let out = '';
   let pos = 0;
   let open: [number, number] | undefined;
@@ -80,7 +109,7 @@ async function searchSnippetGet(args: JsonObject, ctx: JmapContext): Promise<Jso
       continue;
     }
     const subject = typeof e.fields.subject === 'string' ? e.fields.subject : '';
-    list.push({ emailId: id, subject: markTerms(subject, terms.subject) ?? null, preview: markTerms(e.preview, terms.body) ?? null });
+    list.push({ emailId: id, subject: markTerms(subject, terms.subject) ?? null, preview: previewSnippet(e.preview, terms.body) ?? null });
   }
   return { accountId: ctx.accountId, list, notFound };
 }
