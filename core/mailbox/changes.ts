@@ -128,7 +128,8 @@ export class ChangeLog {
    */
   async position(user: string): Promise<number> {
     const key = folderKeys.watermark(user);
-    const start = Number((await this.tables.get(key))?.modseq ?? 0);
+    const mark = await this.tables.get(key);
+    const start = Number(mark?.modseq ?? 0);
     let at = start;
     for (;;) {
       const r = await this.scan(user, at, 1000, false);
@@ -138,8 +139,13 @@ export class ChangeLog {
       if (!r.more || at === before) break;
     }
     if (at > start) {
-      // Moves forward only; a racing reader that got further wins.
-      await this.tables.update(key, { set: { modseq: at } }, { condition: { lessThan: { modseq: at } }, durable: false }).catch((e: unknown) => {
+      // Moves forward only; a racing reader that got further wins. The first reader makes the item:
+      // `lessThan` fails on an absent attribute (ports.ts), so an update alone never would, and
+      // every call would scan the whole log from 0.
+      const write = mark
+        ? this.tables.update(key, { set: { modseq: at } }, { condition: { lessThan: { modseq: at } }, durable: false })
+        : this.tables.put({ ...key, modseq: at }, { condition: { exists: false }, durable: false });
+      await write.catch((e: unknown) => {
         if (!isStorageError(e, 'ConditionFailed')) throw e;
       });
     }

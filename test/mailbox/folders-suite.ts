@@ -355,6 +355,21 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
       expect(await refs('q/1')).toBe(2);
     });
 
+    // Regression: the watermark was only ever updated conditionally on a smaller value, which an
+    // absent item never satisfies, so it was never made and every position() scanned the log from 0.
+    it('keeps the settled position in a watermark item, so position() reads only the tail', async () => {
+      const u = await newUser();
+      await blobs.put('mark/1', 'x');
+      await mailboxes.deliver(u, { jobId: 'mark-1', blobKey: 'mark/1', size: 1, receivedAt: '2026-01-01T00:00:00.000Z', summary: {} });
+      const first = await folders.changes.position(u);
+      expect(first).toBeGreaterThan(0);
+      expect((await tables.get(folderKeys.watermark(u)))?.modseq).toBe(first);
+      await mailboxes.deliver(u, { jobId: 'mark-2', blobKey: 'mark/1', size: 1, receivedAt: '2026-01-01T00:00:00.000Z', summary: {} });
+      const second = await folders.changes.position(u);
+      expect(second).toBeGreaterThan(first);
+      expect((await tables.get(folderKeys.watermark(u)))?.modseq).toBe(second);
+    });
+
     it('logs every change under one MODSEQ counter per user and reads changes since N', async () => {
       const u = await newUser();
       await blobs.put('log/1', 'x');
