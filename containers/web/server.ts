@@ -145,13 +145,18 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
     collationAlgorithms: COLLATIONS,
   };
 
+  // RFC 8621 §1.3.1: attachments are bounded only by the message size limit delivery has.
+  const mail = 'urn:ietf:params:jmap:mail';
+  const accountCapabilities: Record<string, JsonObject> = { ...registry.accountCapabilities };
+  if (accountCapabilities[mail]) accountCapabilities[mail] = { ...accountCapabilities[mail], maxSizeAttachmentsPerEmail: config.smtp.maxMessageBytes };
+
   /** The session resource (§2) for `user`, URLs absolute on the host the client used. */
   const session = (user: string, host: string): JsonObject => {
     const accountId = accountIdOf(user);
     const base = `https://${host}`;
     const body: JsonObject = {
       capabilities: { [CORE_CAPABILITY]: coreCapability, ...registry.sessionCapabilities },
-      accounts: { [accountId]: { name: user, isPersonal: true, isReadOnly: false, accountCapabilities: registry.accountCapabilities } },
+      accounts: { [accountId]: { name: user, isPersonal: true, isReadOnly: false, accountCapabilities } },
       primaryAccounts: Object.fromEntries(Object.keys(registry.accountCapabilities).map((c) => [c, accountId])),
       username: user,
       apiUrl: `${base}/jmap/api/`,

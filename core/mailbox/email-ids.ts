@@ -13,6 +13,32 @@ export function emailIdOf(blobKey: string): string {
   return `M${hex24(blobKey)}`;
 }
 
+/** The Email's thread as filing decided it (RFC 8621 §3). A message filed before threads that the
+ * backfill has not reached yet is a thread of its own, `T` + 24 hex of sha256(emailId). */
+export function threadIdOf(emailId: string, threadId: string | undefined): string {
+  return threadId ?? `T${hex24(emailId)}`;
+}
+
+const TO_KEYWORD: Record<string, string> = { '\\seen': '$seen', '\\flagged': '$flagged', '\\answered': '$answered', '\\draft': '$draft' };
+const TO_FLAG: Record<string, string> = { $seen: '\\Seen', $flagged: '\\Flagged', $answered: '\\Answered', $draft: '\\Draft' };
+
+/** The JMAP keywords of IMAP flags, lower-case, each once (RFC 8621 §4.1.1: keywords compare
+ * case-insensitively; \Deleted and \Recent have none). */
+export function keywordsOf(flags: string[]): string[] {
+  const out = new Set<string>();
+  for (const f of flags) {
+    const lower = f.toLowerCase();
+    const kw = lower.startsWith('\\') ? TO_KEYWORD[lower] : lower;
+    if (kw) out.add(kw);
+  }
+  return [...out];
+}
+
+/** The IMAP flag of a JMAP keyword. */
+export function flagOf(keyword: string): string {
+  return TO_FLAG[keyword.toLowerCase()] ?? keyword.toLowerCase();
+}
+
 /** A fresh thread id: `T` + 24 random hex digits (made when a message starts a thread). */
 export function newThreadId(): string {
   return `T${randomBytes(12).toString('hex')}`;

@@ -12,7 +12,8 @@ import { silentLogger } from '../../core/log.js';
 import { summarizeForMailbox } from '../../core/mail/imap-structure.js';
 import { FolderStore } from '../../core/mailbox/folders.js';
 import { INBOX } from '../../core/mailbox/keys.js';
-import { clearQueryIndexes, emailIdOf, emailQueryMethods } from '../../containers/web/jmap/email-query.js';
+import { emailIdOf } from '../../core/mailbox/email-ids.js';
+import { clearQueryIndexes, emailQueryMethods } from '../../containers/web/jmap/email-query.js';
 import type { JmapContext, JsonObject } from '../../containers/web/jmap/types.js';
 import { FAMILIES, type FamilyTarget } from '../accounts/families.js';
 

@@ -21,7 +21,8 @@ import { FolderStore, type FolderMessage } from '../../core/mailbox/folders.js';
 import { INBOX } from '../../core/mailbox/keys.js';
 import { openStorage } from '../../core/storage/open.js';
 import type { Storage } from '../../core/storage/ports.js';
-import { clearQueryIndexes, emailIdOf, emailQueryMethods, MAX_QUERY_LIMIT } from '../../containers/web/jmap/email-query.js';
+import { emailIdOf } from '../../core/mailbox/email-ids.js';
+import { clearQueryIndexes, emailQueryMethods, MAX_QUERY_LIMIT } from '../../containers/web/jmap/email-query.js';
 import { markTerms, MAX_PREVIEW_OCTETS, previewSnippet, searchSnippetMethods } from '../../containers/web/jmap/search-snippet.js';
 import { MethodError, type JmapContext, type JsonObject } from '../../containers/web/jmap/types.js';
 

@@ -21,7 +21,7 @@ export function jmapContext(
   h: ImapHarness,
   user: string,
   methods: JmapMethods[],
-  resolve?: (ctx: JmapContext, blobId: string) => Promise<JmapBlob | undefined>,
+  resolve?: (blobId: string, ctx: JmapContext) => Promise<JmapBlob | undefined>,
 ): JmapContext {
   const uploadKey = (id: string) => `jmap-test-upload/${user}/${id}`;
   const blobs: JmapBlobs = {
@@ -34,7 +34,7 @@ export function jmapContext(
           return undefined;
         }
       }
-      return resolve?.(ctx, blobId);
+      return resolve?.(blobId, ctx);
     },
     async put(body, type) {
       const blobId = 'U' + randomUUID().replace(/-/g, '');

@@ -21,8 +21,8 @@
  * only undecided messages are read, streamed, once. The JMAP-only conditions (mailboxes, dates as
  * instants, thread keywords, attachments) are decided from the index.
  */
-import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
+import { emailIdOf, keywordsOf, threadIdOf } from '../../../core/mailbox/email-ids.js';
 import type { FolderMessage } from '../../../core/mailbox/folders.js';
 import type { AttrValue } from '../../../core/storage/ports.js';
 import { READ_CONCURRENCY, runSearch, type MessageReader, type SearchKey, type SearchMessage } from '../../imap/search.js';
@@ -48,36 +48,6 @@ const MAX_CATCH_UP_STEPS = 4;
 
 /** The sort properties of RFC 8621 §4.4.2 this server supports (the session's emailQuerySortOptions). */
 export const SORT_PROPERTIES = ['receivedAt', 'size', 'from', 'to', 'subject', 'sentAt', 'hasKeyword', 'allInThreadHaveKeyword', 'someInThreadHaveKeyword'];
-
-// ------------------------------------------------------------------------------------------
-// Ids
-
-const hex24 = (s: string) => createHash('sha256').update(s).digest('hex').slice(0, 24);
-
-/** The Email id of a raw message (types.ts: `M` + 24 hex of sha256(blobKey)). */
-export function emailIdOf(blobKey: string): string {
-  return `M${hex24(blobKey)}`;
-}
-
-/** The thread a message was filed in; a thread of its own until delivery assigns threadIds. */
-function threadIdOf(m: FolderMessage, emailId: string): string {
-  const assigned = (m as { threadId?: unknown }).threadId;
-  return typeof assigned === 'string' && /^T[0-9a-f]{24}$/.test(assigned) ? assigned : `T${hex24(`thread:${emailId}`)}`;
-}
-
-/** IMAP system flags as JMAP keywords (RFC 8621 §4.1.1); \Deleted and \Recent have none. */
-const FLAG_KEYWORDS: Record<string, string> = { '\\seen': '$seen', '\\flagged': '$flagged', '\\answered': '$answered', '\\draft': '$draft' };
-
-/** The JMAP keywords of IMAP flags, lower-case (keywords compare case-insensitively, RFC 8621 §4.1.1). */
-export function keywordsOf(flags: string[]): string[] {
-  const out: string[] = [];
-  for (const f of flags) {
-    const lower = f.toLowerCase();
-    const kw = lower.startsWith('\\') ? FLAG_KEYWORDS[lower] : lower;
-    if (kw && !out.includes(kw)) out.push(kw);
-  }
-  return out;
-}
 
 // ------------------------------------------------------------------------------------------
 // The account index
@@ -137,7 +107,7 @@ export class AccountIndex {
       const attachments = s.attachments;
       e = {
         id,
-        threadId: threadIdOf(m, id),
+        threadId: threadIdOf(id, m.threadId),
         blobKey: m.blobKey,
         size: m.size,
         receivedAt: copy.receivedAt,

@@ -13,13 +13,13 @@
  * properties read only the header section of the blob (one ranged read, its end known from the
  * stored IMAP structure); body properties read the blob once, streamed (email-body.ts).
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import MailComposer from 'nodemailer/lib/mail-composer/index.js';
 import { summarizeForMailbox } from '../../../core/mail/imap-structure.js';
 import type { ChangeEntry } from '../../../core/mailbox/changes.js';
 import type { FolderMessage } from '../../../core/mailbox/folders.js';
-import { emailIdOf } from '../../../core/mailbox/email-ids.js';
+import { emailIdOf, flagOf, keywordsOf, threadIdOf } from '../../../core/mailbox/email-ids.js';
 import { FolderError, QuotaExceeded } from '../../../core/mailbox/keys.js';
 import type { AttrValue } from '../../../core/storage/ports.js';
 import {
@@ -38,16 +38,11 @@ import {
   type ParsedBody,
 } from './email-body.js';
 import { checkIfInState, currentState, foldChanges, idList, MAIL_CAPABILITY, parseState, resolveId, unsignedArg, type ChangeSets } from './mailbox.js';
+import type { BlobOwner } from './blobs.js';
 import { MethodError, type JmapBlob, type JmapContext, type JmapMethods, type JsonObject, type SetError } from './types.js';
 
 // ---------------------------------------------------------------------------------------------
 // Ids and locations
-
-/** The Email's thread, as filing decided it (RFC 8621 §3); a message filed before threads that the
- * backfill has not reached yet is a thread of its own, `T` + 24 hex digits of sha256(emailId). */
-export function threadIdOf(emailId: string, threadId: string | undefined): string {
-  return threadId ?? 'T' + createHash('sha256').update(emailId).digest('hex').slice(0, 24);
-}
 
 /** One copy of an Email: a message in a folder. */
 export interface EmailLocation {
@@ -68,7 +63,7 @@ export interface EmailRecord {
  * checked against the folder's item, so an index entry a racing expunge left behind for a moment
  * is not taken for an Email. Null scans every folder (only Email/get of all, bounded by its caller).
  */
-export async function locateEmails(ctx: JmapContext, ids: string[] | null): Promise<Map<string, EmailRecord>> {
+export async function locateEmails(ctx: Pick<JmapContext, 'user' | 'folders'>, ids: string[] | null): Promise<Map<string, EmailRecord>> {
   const out = new Map<string, EmailRecord>();
   const add = (id: string, folderId: string, message: FolderMessage) => {
     let rec = out.get(id);
@@ -95,22 +90,9 @@ export async function locateEmails(ctx: JmapContext, ids: string[] | null): Prom
 // ---------------------------------------------------------------------------------------------
 // Keywords (RFC 8621 §4.1.1)
 
-const TO_KEYWORD: Record<string, string> = { '\\seen': '$seen', '\\flagged': '$flagged', '\\answered': '$answered', '\\draft': '$draft' };
-const TO_FLAG: Record<string, string> = { $seen: '\\Seen', $flagged: '\\Flagged', $answered: '\\Answered', $draft: '\\Draft' };
-
-export function keywordsOf(flags: string[]): Record<string, true> {
-  const out: Record<string, true> = {};
-  for (const f of flags) {
-    const lower = f.toLowerCase();
-    if (lower.startsWith('\\')) {
-      if (TO_KEYWORD[lower]) out[TO_KEYWORD[lower]] = true;
-    } else out[lower] = true;
-  }
-  return out;
-}
-
-export function flagOf(keyword: string): string {
-  return TO_FLAG[keyword.toLowerCase()] ?? keyword.toLowerCase();
+/** An Email's keywords as JMAP sends them (`{"$seen": true}`). */
+export function keywordMap(flags: string[]): Record<string, true> {
+  return Object.fromEntries(keywordsOf(flags).map((k) => [k, true]));
 }
 
 /** RFC 8621 §4.1.1: keywords are 1-255 characters of %x21-7E without ( ) { ] % * " \. */
@@ -216,7 +198,7 @@ function emailJson(
         out.mailboxIds = meta.rec ? Object.fromEntries(meta.rec.locations.map((l) => [l.folderId, true])) : null;
         break;
       case 'keywords':
-        out.keywords = meta.rec ? keywordsOf(flags) : null;
+        out.keywords = meta.rec ? keywordMap(flags) : null;
         break;
       case 'size':
         out.size = meta.size;
@@ -500,7 +482,7 @@ async function updateEmail(ctx: JmapContext, rec: EmailRecord, patch: Patch, fol
   const known = Object.keys(patch).filter((p) => !(p === 'keywords' || p === 'mailboxIds' || p.startsWith('keywords/') || p.startsWith('mailboxIds/')));
   if (known.length) return { type: 'invalidProperties', properties: known, description: 'only keywords and mailboxIds can change' };
   const currentFlags = [...new Set(rec.locations.flatMap((l) => l.message.flags))];
-  const keywordPatch = patchKeywords(keywordsOf(currentFlags), patch);
+  const keywordPatch = patchKeywords(keywordMap(currentFlags), patch);
   if (keywordPatch && 'error' in keywordPatch) return keywordPatch.error;
   const keywords = keywordPatch?.value;
   const boxPatch = patchMailboxes(
@@ -916,7 +898,7 @@ async function emailCopy(args: JsonObject, ctx: JmapContext): Promise<JsonObject
  * The blob of a `G<emailId>` (the raw message) or `G<emailId>P<partId>` (one decoded leaf), if
  * the Email is the user's; undefined otherwise. The engine calls this for every `G` blobId.
  */
-export async function resolveEmailBlob(ctx: JmapContext, blobId: string): Promise<JmapBlob | undefined> {
+export async function resolveEmailBlob(blobId: string, ctx: BlobOwner): Promise<JmapBlob | undefined> {
   const m = /^G(M[0-9a-f]{24})(?:P([1-9][0-9]{0,5}))?$/.exec(blobId);
   if (!m) return undefined;
   const rec = (await locateEmails(ctx, [m[1]!])).get(m[1]!);

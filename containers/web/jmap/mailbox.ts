@@ -611,6 +611,10 @@ async function updateOne(ctx: JmapContext, id: string, raw: unknown, folders: Ma
 /** The Mailbox methods of the mail capability (email.ts adds the Email ones to the same capability). */
 export const mailboxMethods: JmapMethods = {
   capability: MAIL_CAPABILITY,
+  // RFC 8621 §1.3.1. An Email may be in any number of folders (copies share one blob), folders
+  // nest without a depth limit; the web listener adds maxSizeAttachmentsPerEmail from the
+  // message size limit.
+  accountCapability: { maxMailboxesPerEmail: null, maxMailboxDepth: null, maxSizeMailboxName: 255, mayCreateTopLevelMailbox: true },
   methods: {
     'Mailbox/get': mailboxGet,
     'Mailbox/changes': mailboxChanges,

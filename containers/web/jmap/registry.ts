@@ -6,6 +6,13 @@
  * `G`) lists its resolver in BLOB_RESOLVERS.
  */
 import { coreModule } from './core-methods.js';
+import { emailQueryMethods } from './email-query.js';
+import { emailMethods, resolveEmailBlob } from './email.js';
+import { mailboxMethods } from './mailbox.js';
+import { searchSnippetMethods } from './search-snippet.js';
+import { submissionMethods } from './submission.js';
+import { threadMethods } from './thread.js';
+import { vacationMethods } from './vacation.js';
 import type { BlobResolver } from './blobs.js';
 import type { JmapMethod, JmapMethods, JsonObject } from './types.js';
 
@@ -16,12 +23,21 @@ export const CORE_CAPABILITY = 'urn:ietf:params:jmap:core';
  * (its methods then answer accountNotSupportedByMethod). @default onAccount true */
 export type RegisteredModule = JmapMethods & { onAccount?: boolean };
 
-/** The method modules the API serves. Add the mail modules here. */
-export const MODULES: RegisteredModule[] = [coreModule];
+/** The method modules the API serves. */
+export const MODULES: RegisteredModule[] = [
+  coreModule,
+  mailboxMethods,
+  emailMethods,
+  emailQueryMethods,
+  threadMethods,
+  searchSnippetMethods,
+  submissionMethods,
+  vacationMethods,
+];
 
 /** Blob resolvers by blobId prefix (one letter). `U` (uploads) is the engine's own; the mail
  * model registers `G` (raw messages and their parts) here. */
-export const BLOB_RESOLVERS: Record<string, BlobResolver> = {};
+export const BLOB_RESOLVERS: Record<string, BlobResolver> = { G: resolveEmailBlob };
 
 /** One method, found by name. */
 export interface FoundMethod {
@@ -46,9 +62,12 @@ export class JmapRegistry {
   ) {
     for (const m of modules) {
       this.capabilities.add(m.capability);
-      if (m.capability !== CORE_CAPABILITY) this.sessionCapabilities[m.capability] ??= m.sessionCapability ?? {};
+      // Several modules share a capability (Mailbox, Email, Thread... are all mail): their
+      // capability objects merge.
+      if (m.capability !== CORE_CAPABILITY) this.sessionCapabilities[m.capability] = { ...this.sessionCapabilities[m.capability], ...m.sessionCapability };
       const onAccount = m.onAccount !== false;
-      if (onAccount && m.capability !== CORE_CAPABILITY) this.accountCapabilities[m.capability] ??= m.accountCapability ?? {};
+      if (onAccount && m.capability !== CORE_CAPABILITY)
+        this.accountCapabilities[m.capability] = { ...this.accountCapabilities[m.capability], ...m.accountCapability };
       for (const [name, run] of Object.entries(m.methods)) {
         if (this.methods.has(name)) throw new Error(`JMAP method ${name} is registered twice`);
         this.methods.set(name, { capability: m.capability, onAccount, run });
