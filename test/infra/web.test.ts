@@ -210,9 +210,16 @@ describe('web DNS', () => {
   });
 });
 
-describe('cdk-nag with the web service', () => {
-  it('finds nothing unacknowledged with TLS from the secret and a separate web host name', { timeout: 120_000 }, () => {
-    const { app } = testApp({ tlsFromSecret: true, webHostname: 'jmap.example.com', hostedZone: { zoneId: 'Z1', zoneName: 'example.com' } }, { nag: true });
+describe('web service with a real certificate', () => {
+  it('reads the TLS secret like POP3 and IMAP, and cdk-nag finds nothing unacknowledged with a separate web host name', { timeout: 120_000 }, () => {
+    const { app, stacks } = testApp(
+      { tlsFromSecret: true, webHostname: 'jmap.example.com', hostedZone: { zoneId: 'Z1', zoneName: 'example.com' } },
+      { nag: true },
+    );
+    const tpl = Template.fromStack(stacks.listeners!);
+    expect(taskEnv(tpl, 'serve web').TOMLINSON_TLS_SECRET_ID).toHaveProperty(['Fn::ImportValue']);
+    const webPolicies = Object.values(resources(tpl, 'AWS::IAM::Policy')).filter((p) => JSON.stringify(p.Properties!.Roles).includes('"WebTaskTaskRole'));
+    expect(JSON.stringify(webPolicies)).toContain('secretsmanager:GetSecretValue');
     expect(nagFindings(app)).toEqual([]);
   });
 });
