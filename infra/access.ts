@@ -26,8 +26,9 @@ export interface ServiceAccess {
   /** Partition-key patterns (IAM StringLike) the service reads and writes. */
   table: { read: string[]; write: string[] };
   bucket: BucketAccess;
-  /** Sends jobs to the inbound queue. */
-  sendsTo?: 'inbound';
+  /** The queue the service sends jobs to: SMTP hands accepted mail to the inbound worker, the web
+   * service's EmailSubmission hands mail to the outbound worker. */
+  sendsTo?: 'inbound' | 'outbound';
 }
 
 /** The health probe's item (core/storage/aws/dynamo-tables.ts `probe`), read by every task. */
@@ -40,6 +41,36 @@ const LOGIN = { read: ['USER#*'], write: ['USER#*'] };
 /** The prefix under which IMAP APPEND stores new message blobs (the lead's append path). */
 export const APPEND_PREFIX = 'append/';
 
+/** The prefix under which the web service stores JMAP uploads (RFC 8620 §6.1) and the blobs its
+ * handlers make (JmapBlobs.put: Email/set create); the orphan sweep deletes unused ones after
+ * their TTL (core/mail/sweep.ts, SWEEP_PREFIXES). */
+export const UPLOAD_PREFIX = 'upload/';
+
+/**
+ * The mailbox items every service that reads or changes mailboxes (POP3, IMAP, JMAP) uses:
+ * MBX# (INBOX and the other folders' partitions `MBX#<user>#<folder>`, the folder registry,
+ * counters, lease, usage), BLOBREF# (reference counts: a COPY adds one, an EXPUNGE drops one;
+ * core/mailbox/store.ts), CHG# (the user's MODSEQ counter and change log, written by every flag
+ * change, copy, move, append and expunge and read by CONDSTORE/QRESYNC, IDLE, JMAP /changes and
+ * push; core/mailbox/changes.ts), JOB# (an APPEND's idempotency marker, core/mailbox/keys.ts
+ * `folderKeys.marker`), and the JMAP indexes the folder store keeps in the same transactions:
+ * EML# (where an Email is, by emailId) and THR# (Message-ID to thread, thread members).
+ */
+const MAILBOX_ITEMS = ['MBX#*', 'BLOBREF#*', 'CHG#*', 'JOB#*', 'EML#*', 'THR#*'];
+
+/** Items only JMAP uses: VAC# (the vacation setting, VacationResponse/get and /set; the inbound
+ * worker writes the sent-reply markers in the same partition). */
+const JMAP_ITEMS = ['VAC#*'];
+
+/** What EmailSubmission reads and changes of the outbound queue's state (core/mail/outbound-store.ts):
+ * `OUT#<id>` (deliveryStatus, and undoStatus `canceled` while no attempt was made) and the queue
+ * listing `OUTQ` that a cancel removes the message from. */
+const OUTBOUND_ITEMS = ['OUT#*', 'OUTQ'];
+
+/** What an identity is made from (RFC 8621 §6): the addresses a user may send as, resolved as the
+ * submission listener resolves MAIL FROM (core/accounts/accounts.ts canSendAs). */
+const SEND_AS = ['DOMAIN#*', 'ALIAS#*', 'ALIASES#*'];
+
 /**
  * Per listener group. SMTP resolves recipients (DOMAIN#, ALIAS#, USER#; the DOMAINS list for a bare
  * <Postmaster>, containers/smtp/policy.ts), checks quotas on the
@@ -50,8 +81,12 @@ export const APPEND_PREFIX = 'append/';
  * drops one; core/mailbox/store.ts), CHG# (the user's MODSEQ counter and change log, written by
  * every flag change, copy, move, append and expunge and read by CONDSTORE/QRESYNC and IDLE;
  * core/mailbox/changes.ts) and JOB# (an APPEND's idempotency marker, core/mailbox/keys.ts
- * `folderKeys.marker`); it reads and deletes message blobs whatever wrote them (in/, dsn/,
- * outbound-dsn/, import/, append/) and writes only APPEND's new blobs under `append/`. The proxy
+ * `folderKeys.marker`), all in MAILBOX_ITEMS; it reads and deletes message blobs whatever wrote
+ * them (in/, dsn/, outbound-dsn/, import/, append/, upload/) and writes only APPEND's new blobs
+ * under `append/`. The web service (JMAP) has the mailbox service's items and blob reads and
+ * deletes, writes only uploads under `upload/`, reads what identities are made of, owns the
+ * vacation setting, and sends EmailSubmissions to the outbound queue (it never delivers, so no
+ * inbound queue and no DKIM key: the outbound worker signs). The proxy
  * touches only its cache items (core/cache/store.ts, stats.ts) and the cache bucket, and accounts
  * only when it requires Proxy-Authorization.
  */
@@ -65,10 +100,19 @@ export function listenerAccess(c: Pick<StageConfig, 'proxyRequireAuth'>): Record
     },
     mailbox: {
       table: {
-        read: [HEALTH_PK, ...LOGIN.read, 'MBX#*', 'POP3DEL#*', 'BLOBREF#*', 'CHG#*', 'JOB#*'],
-        write: [...LOGIN.write, 'MBX#*', 'POP3DEL#*', 'BLOBREF#*', 'CHG#*', 'JOB#*'],
+        read: [HEALTH_PK, ...LOGIN.read, ...MAILBOX_ITEMS, 'POP3DEL#*'],
+        write: [...LOGIN.write, ...MAILBOX_ITEMS, 'POP3DEL#*'],
       },
       bucket: { name: 'Mail', read: [''], write: [APPEND_PREFIX], delete: [''] },
+    },
+    web: {
+      table: {
+        // USER# also holds the app passwords (`USER#<address>` / `APPPW#<id>`), read at every login.
+        read: [HEALTH_PK, ...LOGIN.read, ...SEND_AS, ...MAILBOX_ITEMS, ...JMAP_ITEMS, ...OUTBOUND_ITEMS],
+        write: [...LOGIN.write, ...MAILBOX_ITEMS, ...JMAP_ITEMS, ...OUTBOUND_ITEMS],
+      },
+      bucket: { name: 'Mail', read: [''], write: [UPLOAD_PREFIX], delete: [''] },
+      sendsTo: 'outbound',
     },
     proxy: {
       table: {

@@ -6,7 +6,7 @@
  */
 
 /** The public listeners; each can be switched off (its NLB listener and service port go away). */
-export type ListenerName = 'smtp' | 'submissions' | 'submission' | 'pop3' | 'pop3s' | 'imap' | 'imaps' | 'proxy';
+export type ListenerName = 'smtp' | 'submissions' | 'submission' | 'pop3' | 'pop3s' | 'imap' | 'imaps' | 'web' | 'proxy';
 
 /**
  * The Fargate service that runs a listener, one per group.
@@ -21,11 +21,17 @@ export type ListenerName = 'smtp' | 'submissions' | 'submission' | 'pop3' | 'pop
  * the new service before it deletes the old one, and both register with the same target groups, so
  * POP3 keeps answering; the retained log group of the old service stays). Nothing stateful is in a
  * listener service, which is why the clearer name was chosen over keeping `pop3`.
+ *
+ * The web listener (HTTPS: the JMAP API, later the webmail's files) is its own `web` service
+ * although it touches the same items as `mailbox`: its load is request-shaped (JSON parsing, MIME
+ * parsing for Email/get, uploads and downloads) where IMAP's is connection-shaped, so the two
+ * scale on different signals, and its role also writes uploads and sends to the outbound queue
+ * (EmailSubmission), which POP3 and IMAP never need.
  */
-export type ListenerGroup = 'smtp' | 'mailbox' | 'proxy';
+export type ListenerGroup = 'smtp' | 'mailbox' | 'web' | 'proxy';
 
 /** The container component a listener belongs to (`serve <component>`, `TOMLINSON_<COMPONENT>_ENABLED`). */
-export type ListenerComponent = 'smtp' | 'pop3' | 'imap' | 'proxy';
+export type ListenerComponent = 'smtp' | 'pop3' | 'imap' | 'web' | 'proxy';
 
 /** Where one public listener lives. */
 export interface ListenerSpec {
@@ -47,7 +53,10 @@ export interface ListenerSpec {
    * An IMAP client in IDLE re-issues it about every 29 minutes, and the server sends
    * `* OK Still here` every 5 minutes during IDLE, so an idling connection is never quiet for 350 s
    * either; the longer NLB timeout covers a client that is quiet outside IDLE between commands.
-   * SMTP's server timer (5 minutes) is already inside the default. @default 350
+   * SMTP's server timer (5 minutes) is already inside the default. The web listener's push
+   * streams (JMAP EventSource, RFC 8620 §7.3) are quiet between changes unless the client asked for
+   * `ping`, and a client may ask for none: it gets IMAP's 31 minutes, so a quiet push stream lasts
+   * as long as an idling IMAP connection does before the client has to reconnect. @default 350
    */
   nlbIdleSeconds?: number;
 }
@@ -61,6 +70,8 @@ export const LISTENERS: Readonly<Record<ListenerName, ListenerSpec>> = {
   pop3s: { publicPort: 995, containerPort: 2995, group: 'mailbox', component: 'pop3', env: 'TOMLINSON_POP3S_PORT', nlbIdleSeconds: 660 },
   imap: { publicPort: 143, containerPort: 2143, group: 'mailbox', component: 'imap', env: 'TOMLINSON_IMAP_PORT', nlbIdleSeconds: 1860 },
   imaps: { publicPort: 993, containerPort: 2993, group: 'mailbox', component: 'imap', env: 'TOMLINSON_IMAPS_PORT', nlbIdleSeconds: 1860 },
+  // HTTPS with TLS at the task (TCP pass-through): JMAP (RFC 8620/8621), later the webmail.
+  web: { publicPort: 443, containerPort: 2443, group: 'web', component: 'web', env: 'TOMLINSON_WEB_PORT', nlbIdleSeconds: 1860 },
   proxy: { publicPort: 3128, containerPort: 3128, group: 'proxy', component: 'proxy', env: 'TOMLINSON_PROXY_PORT' },
 };
 
@@ -122,6 +133,13 @@ export interface StageConfig {
    * so the service's memory target (70%) should be reached before this cap: at roughly 60 KB per
    * TLS connection, 4000 connections are ~240 MB of a 512 MiB task. @default 4000 */
   imapConnectionsPerTask: number;
+  /** HTTPS connections one web task admits (TOMLINSON_WEB_MAX_CONNECTIONS), JMAP push streams
+   * included; the same memory reasoning as imapConnectionsPerTask. @default 4000 */
+  webConnectionsPerTask: number;
+  /** The host name of the web endpoint (JMAP API; the `_jmap._tcp` SRV target of every domain,
+   * RFC 8620 §2.2). The listeners share one certificate, so a name other than mailHostname must be
+   * in that certificate too (docs/deploy.md). @default mailHostname */
+  webHostname?: string;
   /** Lambda workers. */
   lambda: {
     /** @default 512 */
@@ -169,7 +187,7 @@ const GiB = 1024 ** 3;
 
 /** The defaults every stage starts from. */
 export const DEFAULTS: Omit<StageConfig, 'stage' | 'mailHostname' | 'domains'> = {
-  listeners: { smtp: true, submissions: true, submission: true, pop3: true, pop3s: true, imap: true, imaps: true, proxy: true },
+  listeners: { smtp: true, submissions: true, submission: true, pop3: true, pop3s: true, imap: true, imaps: true, web: true, proxy: true },
   proxyAllowedClients: ['10.0.0.0/8'],
   proxyPublicClients: [],
   proxyRequireAuth: false,
@@ -180,10 +198,12 @@ export const DEFAULTS: Omit<StageConfig, 'stage' | 'mailHostname' | 'domains'> =
   services: {
     smtp: { cpu: 256, memoryMiB: 512, minTasks: 1, maxTasks: 4 },
     mailbox: { cpu: 256, memoryMiB: 512, minTasks: 1, maxTasks: 4 },
+    web: { cpu: 256, memoryMiB: 512, minTasks: 1, maxTasks: 4 },
     proxy: { cpu: 512, memoryMiB: 1024, minTasks: 1, maxTasks: 4 },
     workers: { cpu: 256, memoryMiB: 512, minTasks: 1, maxTasks: 2 },
   },
   imapConnectionsPerTask: 4000,
+  webConnectionsPerTask: 4000,
   lambda: { memoryMiB: 512, timeoutSeconds: 120, outboundTimeoutSeconds: 900, maxConcurrency: 10 },
   queueMaxReceives: 5,
   outboundMaxReceives: 300,
@@ -211,6 +231,7 @@ export const STAGES: Readonly<Record<string, StageConfig>> = {
       ...DEFAULTS.services,
       smtp: { cpu: 512, memoryMiB: 1024, minTasks: 2, maxTasks: 8 },
       mailbox: { cpu: 256, memoryMiB: 512, minTasks: 2, maxTasks: 6 },
+      web: { cpu: 512, memoryMiB: 1024, minTasks: 2, maxTasks: 6 },
       proxy: { cpu: 512, memoryMiB: 1024, minTasks: 2, maxTasks: 4 },
     },
   },
@@ -250,6 +271,8 @@ export function validateStage(c: StageConfig): StageConfig {
   if (c.queueMaxReceives < 1 || c.queueMaxReceives > 1000) fail('queueMaxReceives', '1..1000');
   if (c.outboundMaxReceives < 1 || c.outboundMaxReceives > 1000) fail('outboundMaxReceives', '1..1000');
   if (c.imapConnectionsPerTask < 1) fail('imapConnectionsPerTask', 'at least 1');
+  if (c.webConnectionsPerTask < 1) fail('webConnectionsPerTask', 'at least 1');
+  if (c.webHostname !== undefined && !/^[a-z0-9.-]+\.[a-z]{2,}$/i.test(c.webHostname)) fail('webHostname', `not a host name: ${c.webHostname}`);
   for (const [name, l] of Object.entries(LISTENERS)) {
     if (l.nlbIdleSeconds !== undefined && (l.nlbIdleSeconds < 60 || l.nlbIdleSeconds > 6000)) fail(`LISTENERS.${name}.nlbIdleSeconds`, '60..6000 (NLB limit)');
   }
@@ -264,6 +287,11 @@ export function stageConfig(name: string, overrides: Partial<StageConfig> = {}):
   const base = STAGES[name];
   if (!base) throw new StageConfigError(`unknown stage ${JSON.stringify(name)}; known: ${Object.keys(STAGES).join(', ')}`);
   return validateStage({ ...base, ...overrides });
+}
+
+/** The host name of the web endpoint: webHostname, else the mail host. */
+export function webHost(c: StageConfig): string {
+  return c.webHostname ?? c.mailHostname;
 }
 
 /** The listeners switched on, in port order. */

@@ -18,8 +18,11 @@ import type { Metrics } from '../metrics.js';
 import { MailboxStore, mailboxKeys } from '../mailbox/store.js';
 import { isStorageError, type BlobInfo, type Item, type Key, type QueueName, type Storage } from '../storage/ports.js';
 
+/** How a swept prefix is judged: see OrphanSweep. */
+type SweepKind = 'message' | 'spool' | 'upload';
+
 /** The mail-store prefixes the sweep looks at, and how each is judged. */
-export const SWEEP_PREFIXES: readonly { prefix: string; kind: 'message' | 'spool' }[] = [
+export const SWEEP_PREFIXES: readonly { prefix: string; kind: SweepKind }[] = [
   { prefix: 'in/', kind: 'message' },
   { prefix: 'dsn/', kind: 'message' },
   { prefix: 'outbound-dsn/', kind: 'message' },
@@ -27,7 +30,13 @@ export const SWEEP_PREFIXES: readonly { prefix: string; kind: 'message' | 'spool
   // IMAP APPEND's blobs (containers/imap/server.ts): one stored for an APPEND that then failed.
   { prefix: 'append/', kind: 'message' },
   { prefix: 'spool/', kind: 'spool' },
+  // JMAP uploads (RFC 8620 §6.1) and the blobs JMAP handlers store the same way (Email/set create):
+  // usable for their TTL, kept for good once an Email refers to them, deleted after it otherwise.
+  { prefix: 'upload/', kind: 'upload' },
 ];
+
+/** How long an upload stays usable when the configuration says nothing (web.uploadTtlSeconds). */
+export const DEFAULT_UPLOAD_TTL_SECONDS = 86400;
 
 const QUEUES: readonly QueueName[] = ['inbound', 'outbound', 'inbound-dlq', 'outbound-dlq'];
 /** Marks outlive any sensible interval between sweeps; an expired mark only delays a deletion. */
@@ -41,6 +50,10 @@ export interface SweepOptions {
   graceSeconds?: number;
   /** How long before a deletion a sweep must have seen the blob unreferenced. @default 900 */
   settleSeconds?: number;
+  /** An unreferenced upload (`upload/`) older than this is an orphan, whatever the queues hold: the
+   * web listener no longer accepts its blobId (RFC 8620 §6.1 "MUST NOT be deleted for at least 1
+   * hour", web.uploadTtlSeconds). @default 86400 */
+  uploadTtlSeconds?: number;
   /** Count and list what would go, write and delete nothing. @default false */
   dryRun?: boolean;
   /** Listing page size (1..1000). @default 1000 */
@@ -99,9 +112,17 @@ function outboundId(key: string): string | undefined {
   return m?.[1];
 }
 
-/** The sweep options a Config gives (the settings `mail.orphanGraceHours` and `mail.orphanSettleMinutes`). */
-export function sweepOptionsFrom(config: Config): Pick<SweepOptions, 'graceSeconds' | 'settleSeconds'> {
-  return { graceSeconds: config.mail.orphanGraceHours * 3600, settleSeconds: config.mail.orphanSettleMinutes * 60 };
+/** The sweep options a Config gives (the settings `mail.orphanGraceHours`, `mail.orphanSettleMinutes`
+ * and `web.uploadTtlSeconds`). */
+export function sweepOptionsFrom(config: Config): Pick<SweepOptions, 'graceSeconds' | 'settleSeconds' | 'uploadTtlSeconds'> {
+  // Read this way until core/config.ts has the web listener's settings (built alongside); then it
+  // is `config.web.uploadTtlSeconds`. The sweep must never outrun the listener's own TTL.
+  const uploadTtl = (config as Partial<Record<'web', { uploadTtlSeconds?: number }>>).web?.uploadTtlSeconds;
+  return {
+    graceSeconds: config.mail.orphanGraceHours * 3600,
+    settleSeconds: config.mail.orphanSettleMinutes * 60,
+    uploadTtlSeconds: uploadTtl ?? DEFAULT_UPLOAD_TTL_SECONDS,
+  };
 }
 
 /** Deletes orphaned message blobs; see OrphanSweep for the rules and why they are safe. */
@@ -137,11 +158,18 @@ const HOLD = 'HOLD#';
  *   empty (quiescence: read at the start and again before every batch of deletions).
  * Either way a blob goes only once a sweep has seen it complete and unreferenced `settleSeconds`
  * earlier (see `settled`), which closes the race with the SMTP accept path.
+ *
+ * Uploads (`upload/`) are judged by their own clock: one younger than `uploadTtlSeconds` is kept
+ * even when the queues are empty (a JMAP client may still import it), one older that nothing
+ * refers to goes whatever the queues hold. That is safe because no job names an upload without a
+ * reference: an Email made from it holds a `BLOBREF#` count from the transaction that files it,
+ * and a submission of that Email holds the blob as the outbound worker does for any message.
  */
 class OrphanSweep {
   private readonly now: () => Date;
   private readonly graceMs: number;
   private readonly settleMs: number;
+  private readonly uploadTtlMs: number;
   private readonly dryRun: boolean;
   private readonly pageSize: number;
   private readonly started: Date;
@@ -160,6 +188,7 @@ class OrphanSweep {
     this.now = options.now ?? (() => new Date());
     this.graceMs = (options.graceSeconds ?? 360 * 3600) * 1000;
     this.settleMs = (options.settleSeconds ?? 900) * 1000;
+    this.uploadTtlMs = (options.uploadTtlSeconds ?? DEFAULT_UPLOAD_TTL_SECONDS) * 1000;
     this.dryRun = options.dryRun ?? false;
     this.pageSize = options.pageSize ?? 1000;
     this.started = this.now();
@@ -205,7 +234,7 @@ class OrphanSweep {
    * candidates together. False when stopped by the signal: the page's candidates are marked, the
    * next sweep takes them.
    */
-  private async sweepPrefix(prefix: string, kind: 'message' | 'spool'): Promise<boolean> {
+  private async sweepPrefix(prefix: string, kind: SweepKind): Promise<boolean> {
     let cursor: string | undefined;
     do {
       const page = await this.storage.mail.list(prefix, { limit: this.pageSize, cursor });
@@ -238,7 +267,7 @@ class OrphanSweep {
   }
 
   /** Counts one listed blob and returns it as a candidate when it may be deleted. */
-  private async judge(blob: BlobInfo, kind: 'message' | 'spool'): Promise<Candidate | undefined> {
+  private async judge(blob: BlobInfo, kind: SweepKind): Promise<Candidate | undefined> {
     const report = this.report;
     report.scanned++;
     const modified = blob.lastModified?.getTime();
@@ -254,8 +283,10 @@ class OrphanSweep {
       report.keptYoung++;
       return undefined;
     }
-    const pastGrace = this.started.getTime() - modified >= this.graceMs;
-    if (!pastGrace && !this.quiescent) {
+    const age = this.started.getTime() - modified;
+    const pastGrace = kind === 'upload' ? age >= this.uploadTtlMs : age >= this.graceMs;
+    // An upload within its TTL is kept even in a quiet moment: a client may still use its blobId.
+    if (!pastGrace && (!this.quiescent || kind === 'upload')) {
       report.keptYoung++;
       return undefined;
     }

@@ -42,6 +42,7 @@ const COMPONENT_SWITCHES: Record<ListenerComponent | 'workers', string> = {
   smtp: 'TOMLINSON_SMTP_ENABLED',
   pop3: 'TOMLINSON_POP3_ENABLED',
   imap: 'TOMLINSON_IMAP_ENABLED',
+  web: 'TOMLINSON_WEB_ENABLED',
   proxy: 'TOMLINSON_PROXY_ENABLED',
   workers: 'TOMLINSON_WORKERS_ENABLED',
 };
@@ -140,7 +141,7 @@ export class ListenersStack extends Stack {
     Validations.of(this.nlbSecurityGroup).acknowledge({
       id: 'AwsSolutions-EC23',
       reason:
-        'SMTP (25), submission (465, 587), POP3 (110, 995) and IMAP (143, 993) are public Internet services; the proxy port admits only the configured client ranges.',
+        'SMTP (25), submission (465, 587), POP3 (110, 995), IMAP (143, 993) and HTTPS for JMAP (443) are public Internet services; the proxy port admits only the configured client ranges.',
     });
 
     // The proxy's own internal load balancer: clients in the VPC reach the internet-facing one
@@ -201,6 +202,7 @@ export class ListenersStack extends Stack {
               }
             : tlsEnv),
           ...(group === 'mailbox' ? { TOMLINSON_IMAP_MAX_CONNECTIONS: String(c.imapConnectionsPerTask) } : {}),
+          ...(group === 'web' ? { TOMLINSON_WEB_MAX_CONNECTIONS: String(c.webConnectionsPerTask) } : {}),
         },
         nlb: { loadBalancer: this.nlb, securityGroup: this.nlbSecurityGroup },
         ports,
@@ -226,12 +228,13 @@ export class ListenersStack extends Stack {
         const keyActions = a.bucket.write.length ? ['kms:Decrypt', 'kms:GenerateDataKey'] : ['kms:Decrypt'];
         role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: keyActions, resources: [state.mailKey.keyArn] }));
       }
-      if (a.sendsTo === 'inbound') {
-        state.inboundQueue.grantSendMessages(role);
+      if (a.sendsTo) {
+        const queue = a.sendsTo === 'inbound' ? state.inboundQueue : state.outboundQueue;
+        queue.grantSendMessages(role);
         for (const action of ['kms:ReEncrypt*', 'kms:GenerateDataKey*']) {
           Validations.of(svc).acknowledge({
             id: `AwsSolutions-IAM5[Action::${action}]`,
-            reason: 'From grantSendMessages on the encrypted inbound queue: data-key actions on the one key of the queue, nothing else.',
+            reason: `From grantSendMessages on the encrypted ${a.sendsTo} queue: data-key actions on the one key of the queue, nothing else.`,
           });
         }
       }

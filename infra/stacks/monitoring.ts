@@ -221,8 +221,9 @@ export class MonitoringStack extends Stack {
 
     // Connections: IMAP clients hold theirs all day, so the open-connection count, not the request
     // rate, is what runs a mailbox service out of room. NLB flow counts exist per load balancer
-    // only (no target group dimension), so this compares every public flow (SMTP's short ones too,
-    // which errs early) with what the mailbox service admits at its largest.
+    // only (no target group dimension), so this compares every public flow (SMTP's short ones and
+    // the web service's HTTPS and push connections too, which errs early) with what the mailbox
+    // service admits at its largest.
     const imapOn = c.listeners.imap || c.listeners.imaps;
     if (listeners?.services.mailbox && imapOn) {
       const capacity = c.services.mailbox.maxTasks * c.imapConnectionsPerTask;

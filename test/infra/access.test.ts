@@ -15,7 +15,7 @@ import { mailboxKeys } from '../../core/mailbox/store.js';
 import { backendsUsed } from '../../core/storage/aws/index.js';
 import { pendingDeleteKey } from '../../containers/pop3/maildrop.js';
 import { messageKey } from '../../containers/smtp/spool.js';
-import { APPEND_PREFIX, listenerAccess } from '../../infra/access.js';
+import { APPEND_PREFIX, UPLOAD_PREFIX, listenerAccess } from '../../infra/access.js';
 import { cleanOutdirs, testApp } from './support.js';
 
 type Stmt = { Action: string | string[]; Resource: unknown; Condition?: Record<string, Record<string, string[]>> };
@@ -58,7 +58,7 @@ const allows = (patterns: string[], pk: string) => patterns.some((p) => like(p, 
 
 describe('listener task roles', () => {
   it('limit every DynamoDB statement to partition-key prefixes and never allow Scan', () => {
-    for (const g of ['Smtp', 'Mailbox', 'Proxy']) {
+    for (const g of ['Smtp', 'Mailbox', 'Web', 'Proxy']) {
       const ddb = statementsOf(t, role(g)).filter((s) => actionsOf(s).some((a) => a.startsWith('dynamodb:')));
       expect(ddb.length, g).toBeGreaterThan(0);
       for (const s of ddb) {
@@ -159,6 +159,76 @@ describe('listener task roles', () => {
     }
   });
 
+  it('let the web service (JMAP) read and delete every message, write only uploads, and send to the outbound queue only', () => {
+    const web = statementsOf(t, role('Web'));
+    const acts = web.flatMap(actionsOf);
+    expect(acts).toEqual(expect.arrayContaining(['s3:GetObject', 's3:DeleteObject', 's3:PutObject', 'kms:Decrypt', 'kms:GenerateDataKey']));
+    const objects = (action: string) => web.filter((s) => actionsOf(s).includes(action)).flatMap((s) => [s.Resource].flat().map((r) => JSON.stringify(r)));
+    // Uploads (RFC 8620 §6) and the blobs Email/set create makes; downloads and expunges reach every message.
+    expect(objects('s3:PutObject')).toEqual([expect.stringContaining(`/${UPLOAD_PREFIX}*`)]);
+    expect(objects('s3:GetObject')).toEqual([expect.stringMatching(/MailBucketArn.*\/\*"/)]);
+    expect(objects('s3:DeleteObject')).toEqual([expect.stringMatching(/MailBucketArn.*\/\*"/)]);
+    expect(JSON.stringify(web)).not.toContain('CacheBucket');
+    // EmailSubmission goes to the outbound worker (which signs with DKIM); nothing is received here.
+    const send = web.filter((s) => actionsOf(s).includes('sqs:SendMessage'));
+    expect(send).toHaveLength(1);
+    expect(JSON.stringify(send)).toContain('OutboundQueue');
+    expect(JSON.stringify(web)).not.toContain('InboundQueue');
+    expect(acts.filter((a) => a.startsWith('sqs:') && !['sqs:SendMessage', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl'].includes(a))).toEqual([]);
+    expect(JSON.stringify(web)).not.toContain('dkim');
+  });
+
+  it('let the web service own the mailbox items, the JMAP indexes, vacation and submissions, read identities, and nothing else', () => {
+    const web = statementsOf(t, role('Web'));
+    const reads = leadingKeys(web, 'dynamodb:Query');
+    const gets = leadingKeys(web, 'dynamodb:GetItem');
+    const writes = leadingKeys(web, 'dynamodb:UpdateItem');
+    const puts = leadingKeys(web, 'dynamodb:PutItem');
+    const owned = [
+      accountKeys.user('u@example.com'), // logins, and app passwords in the same partition
+      mailboxKeys.meta('u'),
+      mailboxKeys.blobRef('upload/Aabc/x'),
+      folderKeys.modseqHead('u'),
+      folderKeys.change('u', 9),
+      folderKeys.folder('u@example.com', 'f1'),
+      folderKeys.meta('u@example.com', 'f1'),
+      folderKeys.message('u@example.com', 'f1', 3),
+      folderKeys.marker('append-1', 'u@example.com', 'f1'),
+      // The JMAP indexes (core/mailbox/keys.ts on the mail model branch: EML#<user>, THR#<user>)
+      // and the vacation setting (core/mail/vacation.ts there: VAC#<user>).
+      { pk: 'EML#u@example.com' },
+      { pk: 'THR#u@example.com' },
+      { pk: 'VAC#u@example.com' },
+      // EmailSubmission: delivery status and cancelling a message not yet tried.
+      { pk: 'OUT#m1' },
+      { pk: QUEUE_LIST_PK },
+    ];
+    for (const k of owned) {
+      for (const [what, patterns] of [
+        ['query', reads],
+        ['get', gets],
+        ['update', writes],
+        ['put', puts],
+      ] as const)
+        expect(allows(patterns, k.pk), `${what} ${k.pk}`).toBe(true);
+    }
+    // Identities are the addresses the user may send as: read, never written.
+    for (const pk of [
+      accountKeys.domain('example.com').pk,
+      accountKeys.alias('b@example.com').pk,
+      accountKeys.aliasListing('example.com', 'b@example.com').pk,
+    ]) {
+      expect(allows(gets, pk), pk).toBe(true);
+      expect(allows(puts, pk), pk).toBe(false);
+      expect(allows(writes, pk), pk).toBe(false);
+    }
+    // Not the proxy's cache, not POP3's maildrop, not the domain listing, not the sweep's marks.
+    for (const pk of [STATS_PK, 'CACHE#x', pendingDeleteKey('u').pk, accountKeys.domainListing('example.com').pk, 'SWEEP#in/x']) {
+      expect(allows(gets, pk), pk).toBe(false);
+      expect(allows(puts, pk), pk).toBe(false);
+    }
+  });
+
   it('give the proxy account reads only when it requires Proxy-Authorization', () => {
     expect(listenerAccess({ proxyRequireAuth: false }).proxy.table.read.some((p) => like(p, 'USER#a@b'))).toBe(false);
     const auth = Template.fromStack(testApp({ proxyRequireAuth: true }).stacks.listeners!);
@@ -170,6 +240,7 @@ describe('listener task roles', () => {
     for (const [g, command] of [
       ['Smtp', 'smtp'],
       ['Mailbox', 'pop3,imap'],
+      ['Web', 'web'],
       ['Proxy', 'proxy'],
     ] as const) {
       const d = defs.find((x) => JSON.stringify(x.Properties).includes(`"serve","${command}"`))!;
@@ -179,7 +250,11 @@ describe('listener task roles', () => {
           typeof e.Value === 'string' ? e.Value : 'token',
         ]),
       );
-      const uses = backendsUsed(loadConfig(env));
+      const config = loadConfig(env);
+      // Until core/config.ts has the web listener's settings (built alongside), the switch is put
+      // on the Config here as loadConfig will read it from TOMLINSON_WEB_ENABLED.
+      if (!('web' in config)) Object.assign(config, { web: { enabled: env.TOMLINSON_WEB_ENABLED === 'true' } });
+      const uses = backendsUsed(config);
       const stmts = statementsOf(t, role(g));
       const list = JSON.stringify(stmts.filter((s) => actionsOf(s).includes('s3:ListBucket')));
       expect(list.includes('MailBucketArn'), `${g} mail`).toBe(uses.mail);

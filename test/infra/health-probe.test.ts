@@ -2,8 +2,9 @@
  * A listener task's /health probe on AWS (core/storage/aws/index.ts `check`) asks only for the
  * backends its enabled services use, which is all its task role may reach (infra/access.ts):
  * against moto, a proxy-only task whose mail bucket and queues are out of reach still reports
- * healthy, an SMTP-only task probes the inbound queue and not the outbound one, and a mailbox task
- * (POP3, IMAP or both) probes the mail bucket and the table only.
+ * healthy, an SMTP-only task probes the inbound queue and not the outbound one, a mailbox task
+ * (POP3, IMAP or both) probes the mail bucket and the table only, and a web task (JMAP) the mail
+ * bucket, the table and the outbound queue its EmailSubmissions go to.
  */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -21,10 +22,11 @@ afterAll(async () => {
 });
 
 /** The switches infra/stacks/listeners.ts gives one group's task. */
-const only = (...components: ('smtp' | 'pop3' | 'imap' | 'proxy')[]) => ({
+const only = (...components: ('smtp' | 'pop3' | 'imap' | 'web' | 'proxy')[]) => ({
   TOMLINSON_SMTP_ENABLED: String(components.includes('smtp')),
   TOMLINSON_POP3_ENABLED: String(components.includes('pop3')),
   TOMLINSON_IMAP_ENABLED: String(components.includes('imap')),
+  TOMLINSON_WEB_ENABLED: String(components.includes('web')),
   TOMLINSON_PROXY_ENABLED: String(components.includes('proxy')),
   TOMLINSON_WORKERS_ENABLED: 'false',
 });
@@ -36,7 +38,11 @@ const unreachable = () => {
 };
 
 async function checkOf(env: Record<string, string>): Promise<Record<string, boolean>> {
-  const s = await openAwsStorage(loadConfig({ ...backend.env, ...env }), silentLogger);
+  const config = loadConfig({ ...backend.env, ...env });
+  // Until core/config.ts has the web listener's settings (built alongside this), the switch is
+  // put on the Config here as loadConfig will read it from TOMLINSON_WEB_ENABLED.
+  if (!('web' in config)) Object.assign(config, { web: { enabled: env.TOMLINSON_WEB_ENABLED === 'true' } });
+  const s = await openAwsStorage(config, silentLogger);
   try {
     return await s.check();
   } finally {
@@ -79,6 +85,17 @@ describe('health probe on AWS', () => {
     }
     // An IMAP-only task still sees its mail bucket go down.
     expect(await checkOf({ ...only('imap'), TOMLINSON_MAIL_BUCKET: x.bucket })).toEqual({ mail: false, tables: true });
+  });
+
+  it('of a web task (JMAP) asks for the mail bucket, the table and the outbound queue, not the cache bucket or the inbound queue', async () => {
+    const x = unreachable();
+    expect(await checkOf({ ...only('web'), TOMLINSON_CACHE_BUCKET: x.bucket, TOMLINSON_INBOUND_QUEUE_URL: x.queue })).toEqual({
+      mail: true,
+      tables: true,
+      queues: true,
+    });
+    // and sees the outbound queue it sends to go down
+    expect(await checkOf({ ...only('web'), TOMLINSON_OUTBOUND_QUEUE_URL: x.queue })).toEqual({ mail: true, tables: true, queues: false });
   });
 
   it('of a process running everything asks for everything', async () => {

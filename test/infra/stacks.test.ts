@@ -39,6 +39,16 @@ function taskEnv(t: Template, command: string): Record<string, unknown> {
   return Object.fromEntries(c!.Environment.map((e) => [e.Name, e.Value]));
 }
 
+/**
+ * The setting names a task may be given: core/config.ts SETTINGS, plus the web listener's switch,
+ * port and connection cap while its settings are built alongside (another branch); once SETTINGS
+ * has TOMLINSON_WEB_PORT this adds nothing and SETTINGS alone decides.
+ */
+const KNOWN_SETTINGS = new Set([
+  ...SETTINGS.map((s) => s.env),
+  ...(SETTINGS.some((s) => s.env === 'TOMLINSON_WEB_PORT') ? [] : ['TOMLINSON_WEB_ENABLED', 'TOMLINSON_WEB_PORT', 'TOMLINSON_WEB_MAX_CONNECTIONS']),
+]);
+
 /** The mailbox service's task environment (POP3 and IMAP by default). */
 const mailboxEnv = (t: Template, command = 'serve pop3,imap') => taskEnv(t, command);
 
@@ -270,19 +280,19 @@ describe('listeners stack', () => {
     t = Template.fromStack(main.stacks.listeners!);
   });
 
-  it('has a TCP listener for each of 25, 465, 587, 110, 995, 143, 993 and 3128', () => {
+  it('has a TCP listener for each of 25, 465, 587, 110, 995, 143, 993, 443 and 3128', () => {
     const ports = Object.values(resources(t, 'AWS::ElasticLoadBalancingV2::Listener')).map((l) => [l.Properties!.Port, l.Properties!.Protocol]);
-    expect(ports.sort((a, b) => Number(a[0]) - Number(b[0]))).toEqual([25, 110, 143, 465, 587, 993, 995, 3128].map((p) => [p, 'TCP']));
+    expect(ports.sort((a, b) => Number(a[0]) - Number(b[0]))).toEqual([25, 110, 143, 443, 465, 587, 993, 995, 3128].map((p) => [p, 'TCP']));
   });
 
-  it("keeps POP3 and IMAP flows open past their servers' own inactivity timers, and leaves the rest at the AWS default", () => {
+  it("keeps POP3, IMAP and JMAP push flows open past their servers' own inactivity timers, and leaves the rest at the AWS default", () => {
     const idle = Object.fromEntries(
       Object.values(resources(t, 'AWS::ElasticLoadBalancingV2::Listener')).map((l) => {
         const attrs = (l.Properties!.ListenerAttributes as { Key: string; Value: string }[] | undefined) ?? [];
         return [l.Properties!.Port, attrs.find((a) => a.Key === 'tcp.idle_timeout.seconds')?.Value];
       }),
     );
-    expect(idle).toEqual({ 25: undefined, 465: undefined, 587: undefined, 110: '660', 995: '660', 143: '1860', 993: '1860', 3128: undefined });
+    expect(idle).toEqual({ 25: undefined, 465: undefined, 587: undefined, 110: '660', 995: '660', 143: '1860', 993: '1860', 443: '1860', 3128: undefined });
     const setting = (env: string) => Number(SETTINGS.find((x) => x.env === env)!.default);
     // The server says goodbye first: RFC 1939 §3 (10 minutes) and RFC 9051 §5.4 (30 minutes).
     expect(Number(idle[110])).toBeGreaterThan(setting('TOMLINSON_POP3_IDLE_TIMEOUT'));
@@ -293,7 +303,7 @@ describe('listeners stack', () => {
 
   it('preserves the client IP, drains on deploy and health-checks the /health endpoint', () => {
     const tgs = Object.values(resources(t, 'AWS::ElasticLoadBalancingV2::TargetGroup'));
-    expect(tgs).toHaveLength(8);
+    expect(tgs).toHaveLength(9);
     for (const tg of tgs) {
       const p = tg.Properties!;
       expect(p).toMatchObject({ Protocol: 'TCP', TargetType: 'ip', HealthCheckProtocol: 'HTTP', HealthCheckPort: '8025', HealthCheckPath: '/health' });
@@ -323,11 +333,11 @@ describe('listeners stack', () => {
   });
 
   it('runs non-root arm64 tasks with a read-only root, a health check and one service per group', () => {
-    t.resourceCountIs('AWS::ECS::Service', 3);
+    t.resourceCountIs('AWS::ECS::Service', 4);
     const defs = Object.values(resources(t, 'AWS::ECS::TaskDefinition'));
     const commands = defs.map((d) => (d.Properties!.ContainerDefinitions as { Command: string[] }[])[0]!.Command.join(' ')).sort();
-    // POP3 and IMAP share the mailbox service (infra/config.ts ListenerGroup says why).
-    expect(commands).toEqual(['serve pop3,imap', 'serve proxy', 'serve smtp']);
+    // POP3 and IMAP share the mailbox service; JMAP has its own (infra/config.ts ListenerGroup says why).
+    expect(commands).toEqual(['serve pop3,imap', 'serve proxy', 'serve smtp', 'serve web']);
     for (const d of defs) {
       expect(d.Properties!.RuntimePlatform).toEqual({ CpuArchitecture: 'ARM64', OperatingSystemFamily: 'LINUX' });
       const c = (d.Properties!.ContainerDefinitions as Record<string, unknown>[])[0]!;
@@ -337,11 +347,7 @@ describe('listeners stack', () => {
       const env = Object.fromEntries((c.Environment as { Name: string; Value: unknown }[]).map((e) => [e.Name, e.Value]));
       expect(env.TOMLINSON_LISTEN_HOST).toBe('0.0.0.0');
       expect(env.TOMLINSON_HEALTH_PORT).toBe('8025');
-      for (const name of Object.keys(env))
-        expect(
-          SETTINGS.map((s) => s.env),
-          name,
-        ).toContain(name);
+      for (const name of Object.keys(env)) expect(KNOWN_SETTINGS.has(name), name).toBe(true);
     }
     t.allResourcesProperties('AWS::ECS::Service', {
       DeploymentConfiguration: Match.objectLike({ MinimumHealthyPercent: 100, DeploymentCircuitBreaker: { Enable: true, Rollback: true } }),
@@ -365,15 +371,15 @@ describe('listeners stack', () => {
   it('scales each service on its own CPU and memory, never on the load balancer total', () => {
     const policies = Object.values(resources(t, 'AWS::ApplicationAutoScaling::ScalingPolicy'));
     const byMetric = (m: string) => policies.filter((p) => JSON.stringify(p.Properties).includes(m));
-    expect(byMetric('ECSServiceAverageCPUUtilization')).toHaveLength(3);
-    expect(byMetric('ECSServiceAverageMemoryUtilization')).toHaveLength(3);
+    expect(byMetric('ECSServiceAverageCPUUtilization')).toHaveLength(4);
+    expect(byMetric('ECSServiceAverageMemoryUtilization')).toHaveLength(4);
     expect(policies.filter((p) => p.Properties!.PolicyType === 'StepScaling')).toHaveLength(0);
     // AWS/NetworkELB flow counts have no target group dimension: one total for every service.
     const alarms = Object.values(resources(t, 'AWS::CloudWatch::Alarm'));
     expect(alarms.filter((a) => JSON.stringify(a.Properties).includes('FlowCount'))).toHaveLength(0);
     // Each service's two policies point at its own scalable target, one target per service.
     const targets = Object.keys(resources(t, 'AWS::ApplicationAutoScaling::ScalableTarget'));
-    expect(targets).toHaveLength(3);
+    expect(targets).toHaveLength(4);
     for (const target of targets) expect(policies.filter((p) => JSON.stringify(p.Properties!.ScalingTargetId).includes(target))).toHaveLength(2);
   });
 
@@ -383,7 +389,7 @@ describe('listeners stack', () => {
     for (const svc of Object.values(resources(prod, 'AWS::ECS::Service'))) expect(svc.Properties!.DesiredCount).toBeUndefined();
     // The minimum lives on the scalable target, which raises a new service's count to it.
     const mins = Object.values(resources(prod, 'AWS::ApplicationAutoScaling::ScalableTarget')).map((x) => x.Properties!.MinCapacity);
-    expect(mins).toEqual([2, 2, 2]);
+    expect(mins).toEqual([2, 2, 2, 2]);
   });
 
   it('runs two proxy tasks at least and protects both load balancers from deletion outside dev', () => {
@@ -462,11 +468,11 @@ describe('listeners stack', () => {
       ...Object.values(resources(t, 'AWS::EC2::SecurityGroupIngress')).map((r) => r.Properties!),
     ];
     const open = (port: number) => ingress.filter((r) => r.FromPort === port && r.CidrIp === '0.0.0.0/0');
-    for (const port of [25, 465, 587, 110, 995, 143, 993]) expect(open(port), `port ${port}`).toHaveLength(1);
+    for (const port of [25, 465, 587, 110, 995, 143, 993, 443]) expect(open(port), `port ${port}`).toHaveLength(1);
     expect(open(3128)).toHaveLength(0);
     expect(ingress.filter((r) => r.FromPort === 3128 && r.CidrIp === '10.0.0.0/8')).toHaveLength(1);
     // Task ports admit the NLB's security group only.
-    for (const port of [2525, 2110, 2143, 2993, 3128, 8025]) {
+    for (const port of [2525, 2110, 2143, 2993, 2443, 3128, 8025]) {
       for (const r of ingress.filter((x) => x.FromPort === port && x.ToPort === port && !('CidrIp' in x))) expect(r.SourceSecurityGroupId).toBeDefined();
     }
     expect(ingress.filter((r) => r.FromPort !== undefined && Number(r.FromPort) >= 2000 && r.CidrIp === '0.0.0.0/0')).toHaveLength(0);
@@ -478,8 +484,8 @@ describe('listeners stack', () => {
     const ports = Object.values(resources(off, 'AWS::ElasticLoadBalancingV2::Listener'))
       .map((l) => l.Properties!.Port)
       .sort((a, b) => Number(a) - Number(b));
-    expect(ports).toEqual([25, 110, 143, 465, 587, 993]);
-    off.resourceCountIs('AWS::ECS::Service', 2);
+    expect(ports).toEqual([25, 110, 143, 443, 465, 587, 993]);
+    off.resourceCountIs('AWS::ECS::Service', 3);
     const env = mailboxEnv(off);
     expect(env.TOMLINSON_POP3S_PORT).toBe('0');
     expect(env.TOMLINSON_POP3_PORT).toBe('2110');
@@ -496,11 +502,11 @@ describe('listeners stack', () => {
       Object.values(resources(tpl, 'AWS::ElasticLoadBalancingV2::Listener'))
         .map((l) => l.Properties!.Port)
         .sort((a, b) => Number(a) - Number(b));
-    expect(ports(noImap)).toEqual([25, 110, 465, 587, 995, 3128]);
+    expect(ports(noImap)).toEqual([25, 110, 443, 465, 587, 995, 3128]);
     expect(mailboxEnv(noImap, 'serve pop3')).toMatchObject({ TOMLINSON_POP3_ENABLED: 'true', TOMLINSON_IMAP_ENABLED: 'false' });
 
     const imapOnly = Template.fromStack(testApp({ listeners: { ...base, pop3: false, pop3s: false, imap: false } }).stacks.listeners!);
-    expect(ports(imapOnly)).toEqual([25, 465, 587, 993, 3128]);
+    expect(ports(imapOnly)).toEqual([25, 443, 465, 587, 993, 3128]);
     expect(mailboxEnv(imapOnly, 'serve imap')).toMatchObject({
       TOMLINSON_POP3_ENABLED: 'false',
       TOMLINSON_IMAP_ENABLED: 'true',
@@ -509,7 +515,7 @@ describe('listeners stack', () => {
     });
 
     const none = Template.fromStack(testApp({ listeners: { ...base, pop3: false, pop3s: false, imap: false, imaps: false } }).stacks.listeners!);
-    none.resourceCountIs('AWS::ECS::Service', 2);
+    none.resourceCountIs('AWS::ECS::Service', 3);
     expect(JSON.stringify(resources(none, 'AWS::ECS::TaskDefinition'))).not.toMatch(/pop3|imap/);
   });
 
@@ -527,13 +533,13 @@ describe('listeners stack', () => {
     expect(LISTENERS.imap.containerPort).toBe(2143);
     expect(LISTENERS.imaps.containerPort).toBe(2993);
     // The IMAP default is on in core/config.ts: the other services must switch it off explicitly.
-    for (const cmd of ['serve smtp', 'serve proxy']) expect(taskEnv(t, cmd).TOMLINSON_IMAP_ENABLED, cmd).toBe('false');
+    for (const cmd of ['serve smtp', 'serve proxy', 'serve web']) expect(taskEnv(t, cmd).TOMLINSON_IMAP_ENABLED, cmd).toBe('false');
     expect(() => stageConfig('dev', { imapConnectionsPerTask: 0 })).toThrow(/imapConnectionsPerTask/);
   });
 
   it('runs the queue workers on Fargate behind NAT for direct delivery', () => {
     const direct = Template.fromStack(testApp({ outbound: 'direct' }).stacks.listeners!);
-    direct.resourceCountIs('AWS::ECS::Service', 4);
+    direct.resourceCountIs('AWS::ECS::Service', 5);
     const workers = Object.values(resources(direct, 'AWS::ECS::TaskDefinition')).find((d) => JSON.stringify(d.Properties).includes('"serve","workers"'));
     expect(workers).toBeDefined();
     expect(() => stageConfig('dev', { outbound: 'direct', natGateways: 0 })).toThrow(StageConfigError);
@@ -571,8 +577,8 @@ describe('dns and monitoring stacks', () => {
     // Inbound only: SQS leaves messages received three times or more out of this metric.
     expect(byMetric('ApproximateAgeOfOldestMessage')).toHaveLength(1);
     expect(byMetric('Errors')).toHaveLength(3);
-    expect(byMetric('UnHealthyHostCount')).toHaveLength(8);
-    expect(byMetric('HealthyHostCount')).toHaveLength(8);
+    expect(byMetric('UnHealthyHostCount')).toHaveLength(9);
+    expect(byMetric('HealthyHostCount')).toHaveLength(9);
     expect(byMetric('ActiveFlowCount')).toHaveLength(1);
     expect(byMetric('BucketSizeBytes')).toHaveLength(1);
     const math = JSON.stringify(alarms.filter((a) => a.Metrics));
@@ -595,12 +601,12 @@ describe('alarms that matter when things are worst', () => {
 
   it('fires when a target group has no healthy task at all, missing data included', () => {
     const healthy = alarms.filter((a) => a.MetricName === 'HealthyHostCount');
-    // One per target group: 25, 465, 587, 110, 995, 143, 993 and the proxy's internal 3128.
-    expect(healthy).toHaveLength(8);
+    // One per target group: 25, 465, 587, 110, 995, 143, 993, 443 and the proxy's internal 3128.
+    expect(healthy).toHaveLength(9);
     const groups = new Set(
       healthy.map((a) => JSON.stringify((a.Dimensions as { Name: string; Value: unknown }[]).find((d) => d.Name === 'TargetGroup')!.Value)),
     );
-    expect(groups.size).toBe(8);
+    expect(groups.size).toBe(9);
     for (const a of healthy) {
       expect(a).toMatchObject({ Namespace: 'AWS/NetworkELB', ComparisonOperator: 'LessThanThreshold', Threshold: 1, TreatMissingData: 'breaching' });
       expect((a.Dimensions as { Name: string }[]).map((d) => d.Name).sort()).toEqual(['LoadBalancer', 'TargetGroup']);

@@ -2,7 +2,7 @@
  * The orphaned-blob sweep (core/mail/sweep.ts) through the storage ports of one adapter family:
  * orphans go; blobs named by a mailbox entry, a hold or an active outbound record stay; young blobs
  * stay while the queues have work; a blob between its put and its job's send survives the sweep;
- * a dry run changes nothing. The inbound worker itself makes the references where it matters.
+ * JMAP uploads go once their TTL has passed unless an Email refers to them; a dry run changes nothing. The inbound worker itself makes the references where it matters.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Accounts } from '../../core/accounts/accounts.js';
@@ -10,7 +10,7 @@ import { loadConfig } from '../../core/config.js';
 import { silentLogger } from '../../core/log.js';
 import { inboundJob } from '../../core/mail/inbound.js';
 import type { InboundJob } from '../../core/mail/jobs.js';
-import { startPeriodicSweep, sweepOrphanBlobs, type SweepOptions } from '../../core/mail/sweep.js';
+import { DEFAULT_UPLOAD_TTL_SECONDS, startPeriodicSweep, sweepOptionsFrom, sweepOrphanBlobs, type SweepOptions } from '../../core/mail/sweep.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
 import { Metrics } from '../../core/metrics.js';
 import type { BlobListPage, QueueName, Storage } from '../../core/storage/ports.js';
@@ -330,6 +330,44 @@ export function describeSweep(family: 'local' | 'aws'): void {
       expect(r.deletedKeys.sort()).toEqual([...keys].sort());
       for (const k of keys) expect(await exists(k)).toBe(false);
       expect(await metrics.text()).toMatch(/tomlinson_orphan_sweep_blobs_total\{outcome="deleted"\} 5/);
+    });
+
+    it('deletes an unused JMAP upload past its TTL even while the queues have work, and keeps a young one or one an Email refers to', async () => {
+      // Uploads as the web listener names them (upload/<accountId>/<id>); one of them filed into a
+      // mailbox by the real inbound worker, as Email/import files an upload (a BLOBREF# count).
+      const unused = `upload/A${name}/${++n}-unused`;
+      const filed = `upload/A${name}/${++n}-filed`;
+      for (const k of [unused, filed]) await storage.mail.put(k, RAW);
+      await storage.queues.send('inbound', JSON.stringify(job(`upload-${n}`, filed)));
+      await work();
+
+      // Within the TTL an upload stays even in a quiet moment, when a young in/ orphan would go:
+      // a client may still import it.
+      const young = inKey();
+      await storage.mail.put(young, RAW);
+      const quiet = await sweep({ settleSeconds: 0, uploadTtlSeconds: 3 * 3600, now: later(2 * HOUR) });
+      expect(quiet.quiescent).toBe(true);
+      // (what earlier tests left may go too; only this test's keys are judged here)
+      const mine = (keys: string[]) => keys.filter((k) => [young, unused, filed].includes(k));
+      expect(mine(quiet.deletedKeys)).toEqual([young]);
+      for (const k of [unused, filed]) expect(await exists(k)).toBe(true);
+
+      // Past the TTL, with a job waiting (so the 15-day grace would still hold a message blob).
+      await storage.queues.send('outbound-dlq', '{"some":"dead job"}');
+      const orphan = inKey();
+      await storage.mail.put(orphan, RAW);
+      const r = await sweep({ settleSeconds: 0, uploadTtlSeconds: 3600, now: later(2 * HOUR) });
+      expect(r.quiescent).toBe(false);
+      expect(r.deletedKeys).toContain(unused);
+      expect(r.deletedKeys).not.toContain(filed);
+      expect(r.deletedKeys).not.toContain(orphan);
+      expect(await exists(unused)).toBe(false);
+      expect(await exists(filed)).toBe(true);
+      expect(await exists(orphan)).toBe(true);
+
+      // Without the web listener's setting the sweep uses the listener's default TTL, a day.
+      expect(sweepOptionsFrom(loadConfig({ TOMLINSON_DATA_DIR: '/nonexistent' })).uploadTtlSeconds).toBe(DEFAULT_UPLOAD_TTL_SECONDS);
+      expect(DEFAULT_UPLOAD_TTL_SECONDS).toBe(86400);
     });
 
     it('runs periodically in-process and stops cleanly', async () => {

@@ -44,8 +44,13 @@ export function backendsUsed(config: Config): { mail: boolean; cache: boolean; q
     proxy: config.proxy.enabled,
     workers: config.workers.enabled,
   };
-  if (!smtp && !pop3 && !imap && !proxy && !workers) return { mail: true, cache: true, queues: ['inbound', 'outbound'] };
-  return { mail: smtp || pop3 || imap || workers, cache: proxy, queues: workers ? ['inbound', 'outbound'] : smtp ? ['inbound'] : [] };
+  // The web listener (JMAP) reads and writes mailboxes and sends EmailSubmissions to the outbound
+  // queue. Read this way until core/config.ts has its `web.*` settings (built alongside); then it
+  // is `config.web.enabled` like the others.
+  const web = (config as Partial<Record<'web', { enabled?: boolean }>>).web?.enabled === true;
+  if (!smtp && !pop3 && !imap && !proxy && !workers && !web) return { mail: true, cache: true, queues: ['inbound', 'outbound'] };
+  const queues: ('inbound' | 'outbound')[] = workers ? ['inbound', 'outbound'] : [...(smtp ? ['inbound' as const] : []), ...(web ? ['outbound' as const] : [])];
+  return { mail: smtp || pop3 || imap || web || workers, cache: proxy, queues };
 }
 
 /** Opens S3, DynamoDB and SQS clients once and returns the three ports over them. */
