@@ -59,8 +59,9 @@ export const UPLOAD_PREFIX = 'upload/';
 const MAILBOX_ITEMS = ['MBX#*', 'BLOBREF#*', 'CHG#*', 'JOB#*', 'EML#*', 'THR#*'];
 
 /** Items only JMAP uses: VAC# (the vacation setting, VacationResponse/get and /set; the inbound
- * worker writes the sent-reply markers in the same partition). */
-const JMAP_ITEMS = ['VAC#*'];
+ * worker writes the sent-reply markers in the same partition), IDENT# (identities a user made,
+ * Identity/set) and SUBM# (EmailSubmission records; containers/web/jmap/submission.ts). */
+const JMAP_ITEMS = ['VAC#*', 'IDENT#*', 'SUBM#*'];
 
 /** What EmailSubmission reads and changes of the outbound queue's state (core/mail/outbound-store.ts):
  * `OUT#<id>` (deliveryStatus, and undoStatus `canceled` while no attempt was made) and the queue
@@ -84,9 +85,9 @@ const SEND_AS = ['DOMAIN#*', 'ALIAS#*', 'ALIASES#*'];
  * `folderKeys.marker`), all in MAILBOX_ITEMS; it reads and deletes message blobs whatever wrote
  * them (in/, dsn/, outbound-dsn/, import/, append/, upload/) and writes only APPEND's new blobs
  * under `append/`. The web service (JMAP) has the mailbox service's items and blob reads and
- * deletes, writes only uploads under `upload/`, reads what identities are made of, owns the
- * vacation setting, and sends EmailSubmissions to the outbound queue (it never delivers, so no
- * inbound queue and no DKIM key: the outbound worker signs). The proxy
+ * deletes, writes uploads under `upload/`, reads what identities are made of, owns the
+ * vacation setting, and hands EmailSubmissions to the inbound queue as the submission listener does
+ * (spooled under in/; no DKIM key: the outbound worker signs). The proxy
  * touches only its cache items (core/cache/store.ts, stats.ts) and the cache bucket, and accounts
  * only when it requires Proxy-Authorization.
  */
@@ -111,8 +112,10 @@ export function listenerAccess(c: Pick<StageConfig, 'proxyRequireAuth'>): Record
         read: [HEALTH_PK, ...LOGIN.read, ...SEND_AS, ...MAILBOX_ITEMS, ...JMAP_ITEMS, ...OUTBOUND_ITEMS],
         write: [...LOGIN.write, ...MAILBOX_ITEMS, ...JMAP_ITEMS, ...OUTBOUND_ITEMS],
       },
-      bucket: { name: 'Mail', read: [''], write: [UPLOAD_PREFIX], delete: [''] },
-      sendsTo: 'outbound',
+      // EmailSubmission sends as the submission listener does (containers/smtp/policy.ts hooks):
+      // the raw message spooled under in/ (spool/ while it arrives) and a job on the inbound queue.
+      bucket: { name: 'Mail', read: [''], write: [UPLOAD_PREFIX, 'in/', 'spool/'], delete: [''] },
+      sendsTo: 'inbound',
     },
     proxy: {
       table: {

@@ -115,9 +115,8 @@ function outboundId(key: string): string | undefined {
 /** The sweep options a Config gives (the settings `mail.orphanGraceHours`, `mail.orphanSettleMinutes`
  * and `web.uploadTtlSeconds`). */
 export function sweepOptionsFrom(config: Config): Pick<SweepOptions, 'graceSeconds' | 'settleSeconds' | 'uploadTtlSeconds'> {
-  // Read this way until core/config.ts has the web listener's settings (built alongside); then it
-  // is `config.web.uploadTtlSeconds`. The sweep must never outrun the listener's own TTL.
-  const uploadTtl = (config as Partial<Record<'web', { uploadTtlSeconds?: number }>>).web?.uploadTtlSeconds;
+  // The sweep must never outrun the listener's own TTL.
+  const uploadTtl = config.web.uploadTtlSeconds;
   return {
     graceSeconds: config.mail.orphanGraceHours * 3600,
     settleSeconds: config.mail.orphanSettleMinutes * 60,

@@ -10,7 +10,7 @@ import { keys as accountKeys } from '../../core/accounts/accounts.js';
 import { STATS_PK } from '../../core/cache/store.js';
 import { loadConfig } from '../../core/config.js';
 import { QUEUE_LIST_PK } from '../../core/mail/outbound-store.js';
-import { folderKeys } from '../../core/mailbox/keys.js';
+import { folderKeys, indexKeys } from '../../core/mailbox/keys.js';
 import { mailboxKeys } from '../../core/mailbox/store.js';
 import { backendsUsed } from '../../core/storage/aws/index.js';
 import { pendingDeleteKey } from '../../containers/pop3/maildrop.js';
@@ -159,21 +159,25 @@ describe('listener task roles', () => {
     }
   });
 
-  it('let the web service (JMAP) read and delete every message, write only uploads, and send to the outbound queue only', () => {
+  it('let the web service (JMAP) read and delete every message, write only uploads and submissions, and send to the inbound queue only', () => {
     const web = statementsOf(t, role('Web'));
     const acts = web.flatMap(actionsOf);
     expect(acts).toEqual(expect.arrayContaining(['s3:GetObject', 's3:DeleteObject', 's3:PutObject', 'kms:Decrypt', 'kms:GenerateDataKey']));
     const objects = (action: string) => web.filter((s) => actionsOf(s).includes(action)).flatMap((s) => [s.Resource].flat().map((r) => JSON.stringify(r)));
-    // Uploads (RFC 8620 §6) and the blobs Email/set create makes; downloads and expunges reach every message.
-    expect(objects('s3:PutObject')).toEqual([expect.stringContaining(`/${UPLOAD_PREFIX}*`)]);
+    // Uploads (RFC 8620 §6) and the blobs Email/set create makes, and EmailSubmission's spooled
+    // message (as the submission listener spools it); downloads and expunges reach every message.
+    expect(objects('s3:PutObject').sort()).toEqual(
+      [expect.stringContaining('/in/*'), expect.stringContaining('/spool/*'), expect.stringContaining(`/${UPLOAD_PREFIX}*`)].sort(),
+    );
     expect(objects('s3:GetObject')).toEqual([expect.stringMatching(/MailBucketArn.*\/\*"/)]);
     expect(objects('s3:DeleteObject')).toEqual([expect.stringMatching(/MailBucketArn.*\/\*"/)]);
     expect(JSON.stringify(web)).not.toContain('CacheBucket');
-    // EmailSubmission goes to the outbound worker (which signs with DKIM); nothing is received here.
+    // EmailSubmission is handed to the inbound worker as submitted mail is (the outbound worker
+    // signs with DKIM); nothing is received here.
     const send = web.filter((s) => actionsOf(s).includes('sqs:SendMessage'));
     expect(send).toHaveLength(1);
-    expect(JSON.stringify(send)).toContain('OutboundQueue');
-    expect(JSON.stringify(web)).not.toContain('InboundQueue');
+    expect(JSON.stringify(send)).toContain('InboundQueue');
+    expect(JSON.stringify(web)).not.toContain('OutboundQueue');
     expect(acts.filter((a) => a.startsWith('sqs:') && !['sqs:SendMessage', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl'].includes(a))).toEqual([]);
     expect(JSON.stringify(web)).not.toContain('dkim');
   });
@@ -194,11 +198,13 @@ describe('listener task roles', () => {
       folderKeys.meta('u@example.com', 'f1'),
       folderKeys.message('u@example.com', 'f1', 3),
       folderKeys.marker('append-1', 'u@example.com', 'f1'),
-      // The JMAP indexes (core/mailbox/keys.ts on the mail model branch: EML#<user>, THR#<user>)
-      // and the vacation setting (core/mail/vacation.ts there: VAC#<user>).
-      { pk: 'EML#u@example.com' },
-      { pk: 'THR#u@example.com' },
+      // The JMAP indexes, the vacation setting (core/mail/vacation.ts), identities and submissions
+      // (containers/web/jmap/submission.ts).
+      { pk: indexKeys.locations('u@example.com') },
+      { pk: indexKeys.threads('u@example.com') },
       { pk: 'VAC#u@example.com' },
+      { pk: 'IDENT#u@example.com' },
+      { pk: 'SUBM#u@example.com' },
       // EmailSubmission: delivery status and cancelling a message not yet tried.
       { pk: 'OUT#m1' },
       { pk: QUEUE_LIST_PK },
@@ -251,9 +257,6 @@ describe('listener task roles', () => {
         ]),
       );
       const config = loadConfig(env);
-      // Until core/config.ts has the web listener's settings (built alongside), the switch is put
-      // on the Config here as loadConfig will read it from TOMLINSON_WEB_ENABLED.
-      if (!('web' in config)) Object.assign(config, { web: { enabled: env.TOMLINSON_WEB_ENABLED === 'true' } });
       const uses = backendsUsed(config);
       const stmts = statementsOf(t, role(g));
       const list = JSON.stringify(stmts.filter((s) => actionsOf(s).includes('s3:ListBucket')));

@@ -4,7 +4,7 @@
  * against moto, a proxy-only task whose mail bucket and queues are out of reach still reports
  * healthy, an SMTP-only task probes the inbound queue and not the outbound one, a mailbox task
  * (POP3, IMAP or both) probes the mail bucket and the table only, and a web task (JMAP) the mail
- * bucket, the table and the outbound queue its EmailSubmissions go to.
+ * bucket, the table and the inbound queue its EmailSubmissions go to.
  */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -39,9 +39,6 @@ const unreachable = () => {
 
 async function checkOf(env: Record<string, string>): Promise<Record<string, boolean>> {
   const config = loadConfig({ ...backend.env, ...env });
-  // Until core/config.ts has the web listener's settings (built alongside this), the switch is
-  // put on the Config here as loadConfig will read it from TOMLINSON_WEB_ENABLED.
-  if (!('web' in config)) Object.assign(config, { web: { enabled: env.TOMLINSON_WEB_ENABLED === 'true' } });
   const s = await openAwsStorage(config, silentLogger);
   try {
     return await s.check();
@@ -87,15 +84,15 @@ describe('health probe on AWS', () => {
     expect(await checkOf({ ...only('imap'), TOMLINSON_MAIL_BUCKET: x.bucket })).toEqual({ mail: false, tables: true });
   });
 
-  it('of a web task (JMAP) asks for the mail bucket, the table and the outbound queue, not the cache bucket or the inbound queue', async () => {
+  it('of a web task (JMAP) asks for the mail bucket, the table and the inbound queue, not the cache bucket or the outbound queue', async () => {
     const x = unreachable();
-    expect(await checkOf({ ...only('web'), TOMLINSON_CACHE_BUCKET: x.bucket, TOMLINSON_INBOUND_QUEUE_URL: x.queue })).toEqual({
+    expect(await checkOf({ ...only('web'), TOMLINSON_CACHE_BUCKET: x.bucket, TOMLINSON_OUTBOUND_QUEUE_URL: x.queue })).toEqual({
       mail: true,
       tables: true,
       queues: true,
     });
-    // and sees the outbound queue it sends to go down
-    expect(await checkOf({ ...only('web'), TOMLINSON_OUTBOUND_QUEUE_URL: x.queue })).toEqual({ mail: true, tables: true, queues: false });
+    // and sees the inbound queue its submissions go to go down
+    expect(await checkOf({ ...only('web'), TOMLINSON_INBOUND_QUEUE_URL: x.queue })).toEqual({ mail: true, tables: true, queues: false });
   });
 
   it('of a process running everything asks for everything', async () => {

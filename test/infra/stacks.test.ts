@@ -39,15 +39,8 @@ function taskEnv(t: Template, command: string): Record<string, unknown> {
   return Object.fromEntries(c!.Environment.map((e) => [e.Name, e.Value]));
 }
 
-/**
- * The setting names a task may be given: core/config.ts SETTINGS, plus the web listener's switch,
- * port and connection cap while its settings are built alongside (another branch); once SETTINGS
- * has TOMLINSON_WEB_PORT this adds nothing and SETTINGS alone decides.
- */
-const KNOWN_SETTINGS = new Set([
-  ...SETTINGS.map((s) => s.env),
-  ...(SETTINGS.some((s) => s.env === 'TOMLINSON_WEB_PORT') ? [] : ['TOMLINSON_WEB_ENABLED', 'TOMLINSON_WEB_PORT', 'TOMLINSON_WEB_MAX_CONNECTIONS']),
-]);
+/** The setting names a task may be given: core/config.ts SETTINGS. */
+const KNOWN_SETTINGS = new Set(SETTINGS.map((s) => s.env));
 
 /** The mailbox service's task environment (POP3 and IMAP by default). */
 const mailboxEnv = (t: Template, command = 'serve pop3,imap') => taskEnv(t, command);

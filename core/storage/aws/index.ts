@@ -44,12 +44,11 @@ export function backendsUsed(config: Config): { mail: boolean; cache: boolean; q
     proxy: config.proxy.enabled,
     workers: config.workers.enabled,
   };
-  // The web listener (JMAP) reads and writes mailboxes and sends EmailSubmissions to the outbound
-  // queue. Read this way until core/config.ts has its `web.*` settings (built alongside); then it
-  // is `config.web.enabled` like the others.
-  const web = (config as Partial<Record<'web', { enabled?: boolean }>>).web?.enabled === true;
+  // The web listener (JMAP) reads and writes mailboxes and hands EmailSubmissions to the inbound
+  // queue as the submission listener does.
+  const web = config.web.enabled;
   if (!smtp && !pop3 && !imap && !proxy && !workers && !web) return { mail: true, cache: true, queues: ['inbound', 'outbound'] };
-  const queues: ('inbound' | 'outbound')[] = workers ? ['inbound', 'outbound'] : [...(smtp ? ['inbound' as const] : []), ...(web ? ['outbound' as const] : [])];
+  const queues: ('inbound' | 'outbound')[] = workers ? ['inbound', 'outbound'] : smtp || web ? ['inbound'] : [];
   return { mail: smtp || pop3 || imap || web || workers, cache: proxy, queues };
 }
 
