@@ -108,8 +108,9 @@ export function listenerAccess(c: Pick<StageConfig, 'proxyRequireAuth'>): Record
     },
     web: {
       table: {
-        // USER# also holds the app passwords (`USER#<address>` / `APPPW#<id>`), read at every login.
-        read: [HEALTH_PK, ...LOGIN.read, ...SEND_AS, ...MAILBOX_ITEMS, ...JMAP_ITEMS, ...OUTBOUND_ITEMS],
+        // USER# also holds the app passwords (`USER#<address>` / `APPPW#<id>`), read at every login;
+        // APPPW#<id> names the owner of one sent alone as a bearer token.
+        read: [HEALTH_PK, ...LOGIN.read, 'APPPW#*', ...SEND_AS, ...MAILBOX_ITEMS, ...JMAP_ITEMS, ...OUTBOUND_ITEMS],
         write: [...LOGIN.write, ...MAILBOX_ITEMS, ...JMAP_ITEMS, ...OUTBOUND_ITEMS],
       },
       // EmailSubmission sends as the submission listener does (containers/smtp/policy.ts hooks):

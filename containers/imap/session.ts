@@ -504,18 +504,6 @@ export class ImapSession {
     return this.ok(c.tag, `${c.name} completed`);
   }
 
-  /** Special-use folders are made the first time a client lists (RFC 6154 clients look for them). */
-  private async foldersWithSpecialUse(): Promise<FolderInfo[]> {
-    let all = await this.services.folders.list(this.user);
-    const have = new Set(all.map((f) => f.specialUse).filter(Boolean));
-    const missing = (Object.keys(SPECIAL_USES) as SpecialUse[]).filter((u) => !have.has(u));
-    if (missing.length) {
-      for (const use of missing) await this.services.folders.ensureSpecialUse(this.user, use);
-      all = await this.services.folders.list(this.user);
-    }
-    return all;
-  }
-
   /**
    * LIST and LSUB (RFC 9051 §6.3.9, RFC 5258 LIST-EXTENDED, RFC 5819 LIST-STATUS, RFC 6154
    * SPECIAL-USE): selection options SUBSCRIBED, SPECIAL-USE, RECURSIVEMATCH; return options
@@ -546,7 +534,7 @@ export class ImapSession {
       return this.ok(c.tag, `${c.name} completed`);
     }
     const matchers = (patterns as string[]).map((p) => listMatcher(ref, this.utf8 ? p : (nameFromClient(p, false) ?? p)));
-    const all = await this.foldersWithSpecialUse();
+    const all = await this.services.folders.listWithSpecialUse(this.user);
     const names = new Set(all.map((f) => f.name));
     const subscribedOnly = lsub || select.has('SUBSCRIBED');
     const specialOnly = select.has('SPECIAL-USE');

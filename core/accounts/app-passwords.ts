@@ -5,11 +5,14 @@
  * ./password.ts); the password itself is printed once when it is made.
  *
  * The password names its own record: `tapp-<12 hex id>-<32 hex secret>` (128 random bits), so a
- * login reads one item and runs one scrypt, however many app passwords the user has.
+ * login reads one item and runs one scrypt, however many app passwords the user has. It also
+ * works alone as a bearer token (RFC 6750, as API clients such as JMAP libraries send one): its
+ * id finds its owner.
  *
  * | item         | pk               | sk             |
  * |--------------|------------------|----------------|
  * | app password | `USER#<address>` | `APPPW#<id>`   | (label, hash, createdAt)
+ * | its owner    | `APPPW#<id>`     | `OWNER`        | (address)
  */
 import { randomBytes } from 'node:crypto';
 import type { Item, Tables } from '../storage/ports.js';
@@ -28,6 +31,7 @@ export interface AppPassword {
 export const APP_PASSWORD_PATTERN = /^tapp-([0-9a-f]{12})-[0-9a-f]{32}$/;
 
 const key = (address: string, id: string) => ({ pk: `USER#${address}`, sk: `APPPW#${id}` });
+const ownerKey = (id: string) => ({ pk: `APPPW#${id}`, sk: 'OWNER' });
 
 function toAppPassword(item: Item): AppPassword {
   return { id: item.sk.slice('APPPW#'.length), address: String(item.address), label: String(item.label ?? ''), createdAt: String(item.createdAt ?? '') };
@@ -50,10 +54,11 @@ export class AppPasswords {
     const id = randomBytes(6).toString('hex');
     const password = `tapp-${id}-${randomBytes(16).toString('hex')}`;
     const createdAt = new Date().toISOString();
-    await this.tables.put(
-      { ...key(user.address, id), address: user.address, label: clean, createdAt, passwordHash: await hashPassword(password, this.scrypt) },
-      { condition: { exists: false } },
-    );
+    const passwordHash = await hashPassword(password, this.scrypt);
+    await this.tables.transact([
+      { put: { ...key(user.address, id), address: user.address, label: clean, createdAt, passwordHash }, condition: { exists: false } },
+      { put: { ...ownerKey(id), address: user.address }, condition: { exists: false } },
+    ]);
     return { id, address: user.address, label: clean, createdAt, password };
   }
 
@@ -82,13 +87,25 @@ export class AppPasswords {
         byLabel.length > 1 ? `several app passwords are labelled ${idOrLabel}; give the id` : `no app password ${idOrLabel} for ${address}`,
       );
     }
-    await this.tables.delete(key(target.address, target.id));
+    await this.remove(target);
     return target;
   }
 
   /** Revokes every app password of the user (user removal). */
   async purge(address: string): Promise<void> {
-    for (const p of await this.list(address)) await this.tables.delete(key(p.address, p.id));
+    for (const p of await this.list(address)) await this.remove(p);
+  }
+
+  private async remove(p: AppPassword): Promise<void> {
+    await this.tables.transact([{ delete: key(p.address, p.id) }, { delete: ownerKey(p.id) }]);
+  }
+
+  /** The address an app password (a bearer token) belongs to, or undefined; not yet verified. */
+  async ownerOf(token: string): Promise<string | undefined> {
+    const m = APP_PASSWORD_PATTERN.exec(token);
+    if (!m) return undefined;
+    const item = await this.tables.get(ownerKey(m[1]));
+    return typeof item?.address === 'string' ? item.address : undefined;
   }
 
   /** The stored record a password names, with its hash, or undefined (a cache compares the hash). */

@@ -366,6 +366,17 @@ export class FolderStore {
     return [{ id: INBOX, name: INBOX, parentId: ROOT, subscribed: inbox.unsubscribed !== true }, ...out];
   }
 
+  /** The folders, with the special-use ones made first where missing: RFC 6154 clients and JMAP
+   * clients (Mailbox roles) look for them the first time they list. */
+  async listWithSpecialUse(user: string): Promise<FolderInfo[]> {
+    const all = await this.list(user);
+    const have = new Set(all.map((f) => f.specialUse).filter(Boolean));
+    const missing = (Object.keys(SPECIAL_USES) as SpecialUse[]).filter((u) => !have.has(u));
+    if (!missing.length) return all;
+    for (const use of missing) await this.ensureSpecialUse(user, use);
+    return this.list(user);
+  }
+
   /** The folder with this full name, or undefined. */
   async find(user: string, name: string): Promise<FolderInfo | undefined> {
     const levels = splitName(name);

@@ -20,8 +20,15 @@ export function accountIdOf(user: string): string {
   return `A${createHash('sha256').update(user.toLowerCase()).digest('hex').slice(0, 24)}`;
 }
 
-/** The challenge of a 401 (RFC 7617 §2; charset per §2.1). */
-export const WWW_AUTHENTICATE = 'Basic realm="Tomlinson JMAP", charset="UTF-8"';
+/** The challenges of a 401: Basic (RFC 7617 §2; charset per §2.1) with the account or an app
+ * password, or an app password alone as a bearer token (RFC 6750 §3). */
+export const WWW_AUTHENTICATE = 'Basic realm="Tomlinson JMAP", charset="UTF-8", Bearer realm="Tomlinson JMAP"';
+
+/** The token of an `Authorization: Bearer` header, or undefined when it is not one. */
+export function parseBearer(header: string | undefined): string | undefined {
+  const m = header === undefined ? null : /^Bearer[ ]+([A-Za-z0-9._~+/-]+=*)[ ]*$/i.exec(header);
+  return m?.[1];
+}
 
 /** The user name and password of an `Authorization: Basic` header, or undefined when it is not one. */
 export function parseBasic(header: string | undefined): { login: string; password: string } | undefined {
@@ -67,16 +74,27 @@ export class WebAuth {
    * delay when credentials were given and wrong).
    */
   async authenticate(header: string | undefined, client: string): Promise<string | undefined> {
-    const creds = parseBasic(header);
-    if (!creds) return undefined;
-    const user = await this.check(creds.login, creds.password);
+    let login: string;
+    let user: string | undefined;
+    const token = parseBearer(header);
+    if (token !== undefined) {
+      // An app password alone: its id names its owner.
+      const owner = await this.parts.appPasswords.ownerOf(token);
+      login = owner ?? '(bearer token)';
+      user = owner && (await this.checkApp(owner, token)) ? owner : undefined;
+    } else {
+      const creds = parseBasic(header);
+      if (!creds) return undefined;
+      login = creds.login;
+      user = await this.check(creds.login, creds.password);
+    }
     if (user) {
       this.parts.throttle.succeed(client, user);
       return user;
     }
     this.parts.metrics.authFailures.inc({ listener: 'web' });
-    this.parts.log.warn({ client, listener: 'web' }, authFailureText('web', client, creds.login));
-    await this.parts.throttle.fail(client, creds.login);
+    this.parts.log.warn({ client, listener: 'web' }, authFailureText('web', client, login));
+    await this.parts.throttle.fail(client, login);
     return undefined;
   }
 

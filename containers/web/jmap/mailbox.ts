@@ -148,7 +148,7 @@ function toMailbox(v: MailboxView, properties: string[]): JsonObject {
 }
 
 async function views(ctx: JmapContext, withStatus: boolean): Promise<MailboxView[]> {
-  const list = await ctx.folders.list(ctx.user);
+  const list = await ctx.folders.listWithSpecialUse(ctx.user);
   const zero: FolderStatus = { count: 0, unseen: 0, bytes: 0, uidNext: 1, uidValidity: 0, highestModSeq: 0 };
   return Promise.all(
     list.map(async (info) => ({
@@ -165,6 +165,8 @@ async function views(ctx: JmapContext, withStatus: boolean): Promise<MailboxView
 async function mailboxGet(args: JsonObject, ctx: JmapContext): Promise<JsonObject> {
   const ids = idList(args.ids, 'ids');
   const properties = propertyList(args.properties, MAILBOX_PROPERTIES);
+  // The special-use folders are made (at first use) before the state is read, so the state covers them.
+  await ctx.folders.listWithSpecialUse(ctx.user);
   const state = await currentState(ctx);
   const withStatus = properties.some((p) => COUNT_PROPERTIES.includes(p));
   const all = await views(ctx, withStatus);
