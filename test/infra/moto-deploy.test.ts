@@ -250,7 +250,7 @@ describe('listener tasks against the deployed state stack', () => {
     const cfn = new CloudFormationClient({ endpoint, region: REGION, credentials: creds });
     const exports = new Map(((await cfn.send(new ListExportsCommand({}))).Exports ?? []).map((e) => [e.Name!, e.Value!]));
     const tasks = taskEnvironments();
-    expect([...tasks.keys()].sort()).toEqual(['serve pop3,imap', 'serve proxy', 'serve smtp']);
+    expect([...tasks.keys()].sort()).toEqual(['serve pop3,imap', 'serve proxy', 'serve smtp', 'serve web']);
     const resolved = new Map([...tasks].map(([cmd, env]) => [cmd, resolve(env, exports)]));
     for (const [cmd, env] of resolved) expect(() => loadConfig(env), cmd).not.toThrow();
 
@@ -259,6 +259,9 @@ describe('listener tasks against the deployed state stack', () => {
     expect(config.imap).toMatchObject({ enabled: true, port: 2143, tlsPort: 2993 });
     expect(config.pop3).toMatchObject({ enabled: true, port: 2110, tlsPort: 2995 });
     expect(config.storage.aws.mailBucket).toBe(outputs.MailBucketName);
+    const web = loadConfig(resolved.get('serve web')!);
+    expect(web.web).toMatchObject({ enabled: true, port: 2443 });
+    expect(web.storage.aws.mailBucket).toBe(outputs.MailBucketName);
     // The SDK takes its endpoint and credentials from the environment, as in the task.
     const aws = { AWS_ENDPOINT_URL: endpoint, AWS_ACCESS_KEY_ID: creds.accessKeyId, AWS_SECRET_ACCESS_KEY: creds.secretAccessKey, AWS_REGION: REGION };
     const saved = Object.fromEntries(Object.keys(aws).map((k) => [k, process.env[k]]));

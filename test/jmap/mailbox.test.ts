@@ -29,7 +29,14 @@ describe('Mailbox/get (RFC 8621 §2.1)', () => {
     const ctx = ctxFor(u);
     const r = await invoke(ctx, 'Mailbox/get', { ids: null });
     expect(r[0]).toBe('Mailbox/get');
-    const [i, t] = list(r);
+    const [i] = list(r);
+    const t = list(r).find((m) => m.role === 'trash');
+    // The other special-use folders are made the first time a client lists, as IMAP LIST does.
+    expect(
+      list(r)
+        .map((m) => m.role)
+        .sort(),
+    ).toEqual(['archive', 'drafts', 'inbox', 'junk', 'sent', 'trash']);
     expect(i).toMatchObject({
       id: 'INBOX',
       name: 'INBOX',
@@ -62,17 +69,20 @@ describe('Mailbox/set and /changes (RFC 8621 §2.2, §2.5)', () => {
     });
     expect(made[1].oldState).toBe(s0);
     const created = made[1].created as Record<string, JsonObject>;
-    expect(Object.keys(created).sort()).toEqual(['kid', 'role', 'top']);
+    expect(Object.keys(created).sort()).toEqual(['kid', 'top']);
+    // The first Mailbox/get made the special-use folders: a second Sent is refused.
+    const sent = list(await invoke(ctx, 'Mailbox/get', { ids: null })).find((m) => m.role === 'sent')!;
+    expect(sent).toMatchObject({ name: 'Sent', parentId: null });
+    expect((made[1].notCreated as Record<string, JsonObject>).role).toMatchObject({ type: 'invalidProperties', properties: ['role'] });
     expect(created.top).toMatchObject({ totalEmails: 0, isSubscribed: true });
     expect((made[1].notCreated as Record<string, JsonObject>).bad).toMatchObject({ type: 'invalidProperties', properties: ['name'] });
     const top = String(created.top!.id);
     const kid = String(created.kid!.id);
-    const got = list(await invoke(ctx, 'Mailbox/get', { ids: [kid, String(created.role!.id)] }));
+    const got = list(await invoke(ctx, 'Mailbox/get', { ids: [kid] }));
     expect(got[0]).toMatchObject({ name: '2026', parentId: top, role: null });
-    expect(got[1]).toMatchObject({ name: 'Sent mail', role: 'sent' });
 
     const ch = await invoke(ctx, 'Mailbox/changes', { sinceState: s0 });
-    expect((ch[1].created as string[]).sort()).toEqual([kid, top, String(created.role!.id)].sort());
+    expect((ch[1].created as string[]).sort()).toEqual([kid, top].sort());
     expect(ch[1]).toMatchObject({ updated: [], destroyed: [], hasMoreChanges: false, updatedProperties: null });
     const s1 = String(ch[1].newState);
 
@@ -92,7 +102,8 @@ describe('Mailbox/set and /changes (RFC 8621 §2.2, §2.5)', () => {
     const listed = (r.results[1] as [string, string[]])[1].join('\n');
     expect(listed).toContain('"Year 2026"');
     expect(listed).toContain('Projects');
-    expect(listed).toMatch(/\\Sent.*"Sent mail"/);
+    expect(listed).toMatch(/\\Sent.*"Sent"/);
+    expect(listed).not.toContain('Sent mail');
     expect((r.results[2] as [string, string[]])[1].join('\n')).not.toContain('Year 2026');
   });
 
@@ -151,7 +162,7 @@ describe('Mailbox/query (RFC 8621 §2.3)', () => {
     await invoke(ctx, 'Mailbox/set', { create: { z: { name: 'Zoo' }, zc: { name: 'Ant', parentId: '#z' } } });
     const roles = await invoke(ctx, 'Mailbox/query', { filter: { hasAnyRole: true } });
     expect(roles[1].ids).toEqual(expect.arrayContaining(['INBOX']));
-    expect((roles[1].ids as string[]).length).toBe(2); // INBOX, Trash
+    expect((roles[1].ids as string[]).length).toBe(6); // INBOX and the five special-use folders
     const byName = await invoke(ctx, 'Mailbox/query', { filter: { parentId: null }, sort: [{ property: 'name' }], calculateTotal: true });
     const names = list(await invoke(ctx, 'Mailbox/get', { ids: byName[1].ids, properties: ['name'] })).map((m) => m.name);
     expect(names).toEqual([...names].sort((a, b) => String(a).localeCompare(String(b))));
