@@ -59,9 +59,7 @@ class JmapLoadClient {
     const agent = new Agent({ connect: { rejectUnauthorized: false }, connections: 16 });
     const auth = `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
     const base = `https://127.0.0.1:${port}`;
-    const r = await request(`${base}/.well-known/jmap`, { dispatcher: agent, headers: { authorization: auth }, maxRedirections: 2 } as Parameters<
-      typeof request
-    >[1]);
+    const r = await request(`${base}/.well-known/jmap`, { dispatcher: agent, headers: { authorization: auth } });
     if (r.statusCode !== 200) throw new Error(`JMAP session: HTTP ${r.statusCode} ${await r.body.text()}`);
     const s = (await r.body.json()) as {
       apiUrl: string;
@@ -70,7 +68,8 @@ class JmapLoadClient {
       primaryAccounts: Record<string, string>;
       capabilities: Record<string, { maxObjectsInSet?: number }>;
     };
-    const abs = (u: string) => new URL(u, base).toString();
+    // Not through URL: it would percent-encode the templates' braces.
+    const abs = (u: string) => (u.startsWith('/') ? `${base}${u}` : u);
     const accountId = s.primaryAccounts[MAIL];
     if (!accountId) throw new Error('JMAP session: no primary mail account');
     const maxSet = s.capabilities['urn:ietf:params:jmap:core']?.maxObjectsInSet ?? 500;
@@ -101,7 +100,7 @@ class JmapLoadClient {
       .replace('{type}', encodeURIComponent('message/rfc822'))
       .replace('{name}', 'm.eml');
     const r = await request(url, { dispatcher: this.agent, headers: { authorization: this.auth } });
-    if (r.statusCode !== 200) throw new Error(`download ${blobId}: HTTP ${r.statusCode}`);
+    if (r.statusCode !== 200) throw new Error(`download ${blobId}: HTTP ${r.statusCode} ${await r.body.text()} ${url}`);
     let n = 0;
     for await (const chunk of r.body) n += (chunk as Buffer).length;
     return n;

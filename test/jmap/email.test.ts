@@ -8,6 +8,7 @@
 import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { headerSectionFields, parseEmailBody } from '../../containers/web/jmap/email-body.js';
 import { emailMethods, resolveEmailBlob } from '../../containers/web/jmap/email.js';
 import { emailIdOf } from '../../core/mailbox/email-ids.js';
 import { mailboxMethods } from '../../containers/web/jmap/mailbox.js';
@@ -218,12 +219,19 @@ describe('Email/get (RFC 8621 §4.2)', () => {
     const { blobKey } = await h.deliver(u, RICH);
     const id = emailIdOf(blobKey);
     const reads: (ByteRange | undefined)[] = [];
+    let smallReads = 0;
+    let offerSmall = true;
     const mail = new Proxy(h.storage.mail, {
       get(target, prop, receiver) {
         if (prop === 'get')
           return (key: string, options?: { range?: ByteRange }) => {
             if (key === blobKey) reads.push(options?.range);
             return target.get(key, options);
+          };
+        if (prop === 'smallReader')
+          return () => {
+            const r = offerSmall ? target.smallReader?.() : undefined;
+            return r && { readSmallSync: (key: string, o?: { maxBytes?: number }) => (key === blobKey && smallReads++, r.readSmallSync(key, o)) };
           };
         return Reflect.get(target, prop, receiver) as unknown;
       },
@@ -232,11 +240,27 @@ describe('Email/get (RFC 8621 §4.2)', () => {
     ctx.storage = new Proxy(h.storage, { get: (target, prop, receiver) => (prop === 'mail' ? mail : (Reflect.get(target, prop, receiver) as unknown)) });
     const meta = one(await invoke(ctx, 'Email/get', { ids: [id], properties: ['threadId', 'keywords', 'size', 'preview', 'hasAttachment'] }));
     expect(meta).toMatchObject({ size: Buffer.byteLength(RICH), hasAttachment: true });
-    expect(reads).toEqual([]);
+    expect([reads, smallReads]).toEqual([[], 0]);
+    // A small local message is read at once; the header section is split from it.
     const headers = one(await invoke(ctx, 'Email/get', { ids: [id], properties: ['subject', 'from', 'header:X-Custom:all'] }));
     expect(headers.subject).toBe('Grüße and a folded line');
+    expect([reads, smallReads]).toEqual([[], 1]);
+    // Where the store has no synchronous reader (S3), the header section alone is read.
+    offerSmall = false;
+    const again = one(await invoke(ctx, 'Email/get', { ids: [id], properties: ['subject', 'from', 'header:X-Custom:all'] }));
+    expect(again).toEqual(headers);
     const headerEnd = RICH.indexOf('\r\n\r\n') + 4;
     expect(reads).toEqual([{ start: 0, end: headerEnd - 1 }]);
+  });
+
+  it('splits a header section as the MIME parser does (raw values, folds kept)', async () => {
+    const raw = `${RICH.slice(0, RICH.indexOf('\r\n\r\n') + 4)}`;
+    const parsed = await parseEmailBody(
+      Readable.from([Buffer.from(RICH)]),
+      () => '',
+      () => false,
+    );
+    expect(headerSectionFields(Buffer.from(raw))).toEqual(parsed.headers);
   });
 
   it("downloads the raw message and each decoded part by its G blobId, and no one else's", async () => {

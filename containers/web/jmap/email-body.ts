@@ -79,6 +79,28 @@ function fieldsOf(node: MimeNode): HeaderField[] {
   return out;
 }
 
+/**
+ * The fields of a header section given whole (the octets before the body): the name as written
+ * and the raw value after `:`, folds (CRLF and the blank after it) kept, as fieldsOf gives them.
+ * For header-only Email/get, where sending a few hundred octets through the MIME splitter costs
+ * more than the read.
+ */
+export function headerSectionFields(section: Buffer): HeaderField[] {
+  const out: HeaderField[] = [];
+  let last: HeaderField | undefined;
+  for (const line of section.toString('utf8').split(/\r?\n/)) {
+    if (line === '') break; // the blank line that ends the section
+    if (line[0] === ' ' || line[0] === '\t') {
+      if (last) last.value += `\r\n${line}`;
+      continue;
+    }
+    const colon = line.indexOf(':');
+    last = colon > 0 ? { name: line.slice(0, colon), value: line.slice(colon + 1) } : undefined;
+    if (last) out.push(last);
+  }
+  return out;
+}
+
 /** The last field of a name (§4.1.3: the parsed forms use the last instance), or undefined. */
 export function lastField(fields: HeaderField[], name: string): HeaderField | undefined {
   const lower = name.toLowerCase();

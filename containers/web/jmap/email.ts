@@ -15,6 +15,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
 import MailComposer from 'nodemailer/lib/mail-composer/index.js';
 import { summarizeForMailbox } from '../../../core/mail/imap-structure.js';
 import type { ChangeEntry } from '../../../core/mailbox/changes.js';
@@ -23,6 +24,7 @@ import { emailIdOf, flagOf, keywordsOf, threadIdOf } from '../../../core/mailbox
 import { FolderError, QuotaExceeded } from '../../../core/mailbox/keys.js';
 import type { AttrValue } from '../../../core/storage/ports.js';
 import {
+  headerSectionFields,
   BODY_PART_PROPERTIES,
   bodyValue,
   bodyViews,
@@ -151,14 +153,23 @@ function checkProperties(list: unknown, known: string[], what: string): string[]
   return list as string[];
 }
 
+/** Messages up to this size are read whole at once for their header section (a local file). */
+const SMALL_READ_BYTES = 64 * 1024;
+
 /** The raw message's header section: a ranged read when the stored structure says where it ends. */
 async function readHeaderFields(ctx: JmapContext, rec: EmailRecord): Promise<HeaderField[]> {
   const summary = rec.locations[0]!.message.summary;
   const imap = summary.imap as { parts?: Record<string, { bodyStart?: number }> } | undefined;
   const end = imap?.parts?.['0']?.bodyStart;
-  // The header section only (ByteRange's end is inclusive); a summary without the stored
-  // structure (older or oversized) has the whole message stream by once.
-  const { body } = await ctx.storage.mail.get(rec.blobKey, typeof end === 'number' && end > 0 ? { range: { start: 0, end: end - 1 } } : undefined);
+  if (typeof end === 'number' && end > 0) {
+    // The header section only (ByteRange's end is inclusive), read at once where the store can
+    // (a local file), and split here rather than through the MIME splitter.
+    const small = ctx.storage.mail.smallReader?.()?.readSmallSync(rec.blobKey, { maxBytes: SMALL_READ_BYTES, sizeHint: rec.locations[0]!.message.size });
+    const section = small?.subarray(0, end) ?? (await buffer((await ctx.storage.mail.get(rec.blobKey, { range: { start: 0, end: end - 1 } })).body));
+    return headerSectionFields(section);
+  }
+  // A summary without the stored structure (older or oversized): the message streams by once.
+  const { body } = await ctx.storage.mail.get(rec.blobKey);
   const parsed = await parseEmailBody(
     body,
     () => '',
