@@ -41,6 +41,7 @@ import {
 } from './email-body.js';
 import { checkIfInState, currentState, foldChanges, idList, MAIL_CAPABILITY, parseState, resolveId, unsignedArg, type ChangeSets } from './mailbox.js';
 import type { BlobOwner } from './blobs.js';
+import { setResponse } from './engine.js';
 import { MethodError, type JmapBlob, type JmapContext, type JmapMethods, type JsonObject, type SetError } from './types.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -784,18 +785,7 @@ async function emailSet(args: JsonObject, ctx: JmapContext): Promise<JsonObject>
     for (const l of rec.locations) await ctx.folders.expunge(ctx.user, l.folderId, [l.message.uid]);
     destroyed.push(rawId);
   }
-  const none = <T extends object>(o: T) => (Object.keys(o).length ? o : null);
-  return {
-    accountId: ctx.accountId,
-    oldState,
-    newState: await currentState(ctx),
-    created: none(created),
-    updated: none(updated),
-    destroyed: destroyed.length ? destroyed : null,
-    notCreated: none(notCreated),
-    notUpdated: none(notUpdated),
-    notDestroyed: none(notDestroyed),
-  };
+  return setResponse(ctx.accountId, oldState, await currentState(ctx), { created, updated, destroyed, notCreated, notUpdated, notDestroyed });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -217,3 +217,29 @@ export async function runRequest(services: EngineServices, auth: RequestAuth, bo
     sessionState: auth.sessionState,
   };
 }
+
+/** What a /set (or /copy) did, for setResponse. */
+export interface SetOutcome {
+  created: Record<string, unknown>;
+  updated: Record<string, unknown>;
+  destroyed: string[];
+  notCreated: Record<string, unknown>;
+  notUpdated: Record<string, unknown>;
+  notDestroyed: Record<string, unknown>;
+}
+
+/** The arguments of a /set response (RFC 8620 §5.3): an empty map or list is sent as null. */
+export function setResponse(accountId: string, oldState: string | null, newState: string, r: SetOutcome): JsonObject {
+  const orNull = (o: Record<string, unknown>) => (Object.keys(o).length ? o : null);
+  return {
+    accountId,
+    oldState,
+    newState,
+    created: orNull(r.created),
+    updated: orNull(r.updated),
+    destroyed: r.destroyed.length ? r.destroyed : null,
+    notCreated: orNull(r.notCreated),
+    notUpdated: orNull(r.notUpdated),
+    notDestroyed: orNull(r.notDestroyed),
+  };
+}

@@ -12,6 +12,7 @@ import type { Change } from '../../../core/mailbox/changes.js';
 import { INBOX } from '../../../core/mailbox/keys.js';
 import { DELIMITER, type FolderInfo, type FolderStatus, type SpecialUse } from '../../../core/mailbox/folders.js';
 import { FolderError } from '../../../core/mailbox/keys.js';
+import { setResponse } from './engine.js';
 import { MethodError, type JmapContext, type JmapMethods, type JsonObject, type SetError } from './types.js';
 
 export const MAIL_CAPABILITY = 'urn:ietf:params:jmap:mail';
@@ -505,18 +506,7 @@ async function mailboxSet(args: JsonObject, ctx: JmapContext): Promise<JsonObjec
       notDestroyed[rawId] = folderSetError(e);
     }
   }
-  const none = <T extends object>(o: T) => (Object.keys(o).length ? o : null);
-  return {
-    accountId: ctx.accountId,
-    oldState,
-    newState: await currentState(ctx),
-    created: none(created),
-    updated: none(updated),
-    destroyed: destroyed.length ? destroyed : null,
-    notCreated: none(notCreated),
-    notUpdated: none(notUpdated),
-    notDestroyed: none(notDestroyed),
-  };
+  return setResponse(ctx.accountId, oldState, await currentState(ctx), { created, updated, destroyed, notCreated, notUpdated, notDestroyed });
 }
 
 async function createOne(

@@ -22,6 +22,7 @@ import addressparser from 'nodemailer/lib/addressparser/index.js';
 import { createHooks } from '../../smtp/policy.js';
 import { ReplyError } from '../../smtp/protocol/command.js';
 import type { SessionInfo, Transaction } from '../../smtp/session.js';
+import { setResponse } from './engine.js';
 import { MethodError, type JmapContext, type JmapMethods, type JsonObject, type SetError } from './types.js';
 
 /** RFC 8621 §1.3.2. */
@@ -146,8 +147,6 @@ function setObject(args: JsonObject, name: string): JsonObject {
   if (typeof v !== 'object' || Array.isArray(v)) throw new MethodError('invalidArguments', `${name} must be an object`);
   return v as JsonObject;
 }
-
-const orNull = (o: Record<string, unknown>) => (Object.keys(o).length ? o : null);
 
 // ---------------------------------------------------------------------------------------------
 // Identity (RFC 8621 §6)
@@ -281,17 +280,7 @@ async function identitySet(args: JsonObject, ctx: JmapContext): Promise<JsonObje
       destroyed.push(id);
     }
   }
-  return {
-    accountId: ctx.accountId,
-    oldState,
-    newState: String(await list.state()),
-    created: orNull(created),
-    updated: orNull(updated),
-    destroyed: destroyed.length ? destroyed : null,
-    notCreated: orNull(notCreated),
-    notUpdated: orNull(notUpdated),
-    notDestroyed: orNull(notDestroyed),
-  };
+  return setResponse(ctx.accountId, oldState, String(await list.state()), { created, updated, destroyed, notCreated, notUpdated, notDestroyed });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -678,17 +667,14 @@ async function submissionSet(args: JsonObject, ctx: JmapContext): Promise<JsonOb
     destroyed.push(id);
   }
 
-  const response: JsonObject = {
-    accountId: ctx.accountId,
-    oldState,
-    newState: submissionState(await list.state()),
-    created: orNull(created),
-    updated: orNull(updated),
-    destroyed: destroyed.length ? destroyed : null,
-    notCreated: orNull(notCreated),
-    notUpdated: orNull(notUpdated),
-    notDestroyed: orNull(notDestroyed),
-  };
+  const response = setResponse(ctx.accountId, oldState, submissionState(await list.state()), {
+    created,
+    updated,
+    destroyed,
+    notCreated,
+    notUpdated,
+    notDestroyed,
+  });
   await onSuccess(args, succeeded, ctx);
   return response;
 }
