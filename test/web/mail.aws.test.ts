@@ -223,6 +223,23 @@ describe('JMAP mail over HTTPS on aws storage', () => {
     expect(e.notFound).toEqual([moved]);
   });
 
+  it('pushes EmailDelivery for new mail and not for a keyword change (change log read on DynamoDB)', async () => {
+    const inbox = (await mailboxes()).get('inbox')!.id as string;
+    const some = pick(await call(['Email/query', { accountId, filter: { inMailbox: inbox }, limit: 1 }, 'q']), 'Email/query', 'q').ids[0] as string;
+    const res = await h.fetch('/jmap/eventsource/?types=EmailDelivery&closeafter=state&ping=0', { user: ALICE });
+    expect(res.status).toBe(200);
+    const body = res.text();
+    await call(['Email/set', { accountId, update: { [some]: { 'keywords/$answered': true } } }, 's']);
+    // The keyword change is in the log before the delivery: the one event must be the delivery's.
+    const position = await new FolderStore(h.storage.tables, h.storage.mail).changes.position(ALICE);
+    await h.deliver(ALICE, chain(4, ['<plans1@example.net>', '<plans2@example.net>', '<plans3@example.net>']));
+    const events = (await body).split('\n\n').filter((e) => e.startsWith('event: state'));
+    expect(events).toHaveLength(1);
+    const changed = JSON.parse(events[0].split('\ndata: ')[1]).changed[accountId];
+    expect(Object.keys(changed)).toEqual(['EmailDelivery']);
+    expect(Number(changed.EmailDelivery)).toBeGreaterThan(position);
+  });
+
   it('imports an uploaded message and downloads its blob and an attachment from S3', async () => {
     const boxes = await mailboxes();
     const inbox = boxes.get('inbox')!.id as string;
