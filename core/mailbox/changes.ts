@@ -30,6 +30,10 @@ export interface ChangeEntry {
   /** The threads the entry's messages belong to, each once (JMAP Thread/changes); absent before
    * JMAP, and for messages filed before threads until the backfill gives them one. */
   threadIds?: string[];
+  /** On an append: its Emails were already in the account (a copy or move between folders), so
+   * no new mail arrived; JMAP's EmailDelivery push state (RFC 8621 §1.5) skips these. Absent on
+   * entries written before it, which then read as new mail. */
+  copied?: boolean;
 }
 
 /** One MODSEQ of the log. `entries` is empty for a tombstone (a MODSEQ that was never used). */
@@ -107,6 +111,7 @@ export class ChangeLog {
         ...(e.uids ? { uids: e.uids } : {}),
         ...(e.emailIds ? { emailIds: e.emailIds } : {}),
         ...(e.threadIds ? { threadIds: e.threadIds } : {}),
+        ...(e.copied ? { copied: true } : {}),
       })) as AttrValue,
       ttl: Math.ceil(at / 1000) + this.horizonSeconds,
     };

@@ -899,7 +899,7 @@ export class FolderStore {
           }
         });
         ops.push(this.countersOp(user, to, modseq, { count: items.length, bytes, unseen }, { first, last: first + items.length - 1 }));
-        const entries: ChangeEntry[] = [{ kind: 'append', folder: to, ...emailsOf(items), uids: newUids }];
+        const entries: ChangeEntry[] = [{ kind: 'append', folder: to, ...emailsOf(items), uids: newUids, copied: true }];
         if (move) {
           ops.push(this.countersOp(user, from, modseq, { count: -items.length, bytes: -bytes, unseen: -unseen }));
           entries.unshift({ kind: 'expunge', folder: from, ...emailsOf(items) });

@@ -393,7 +393,7 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
         [{ kind: 'flags', folder: INBOX, uids: [d.uid], ...named }],
         [
           { kind: 'expunge', folder: INBOX, uids: [d.uid], ...named },
-          { kind: 'append', folder: f.id, uids: [1], ...named },
+          { kind: 'append', folder: f.id, uids: [1], ...named, copied: true },
         ],
         [{ kind: 'folder-rename', folder: f.id }],
         [{ kind: 'expunge', folder: f.id, uids: [1], ...named }],

@@ -9,6 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { EventSource, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AppPasswords } from '../../core/accounts/app-passwords.js';
+import { FolderStore } from '../../core/mailbox/folders.js';
+import { INBOX } from '../../core/mailbox/keys.js';
 import { accountIdOf } from '../../containers/web/jmap/auth.js';
 import { coreModule } from '../../containers/web/jmap/core-methods.js';
 import { JmapRegistry } from '../../containers/web/jmap/registry.js';
@@ -80,7 +82,8 @@ describe('push over EventSource (§7.3)', () => {
       const change = JSON.parse(ev.data) as { '@type': string; changed: Record<string, Record<string, string>> };
       expect(change['@type']).toBe('StateChange');
       const states = change.changed[accountIdOf(ALICE)];
-      expect(Object.keys(states).sort()).toEqual(['Email', 'Mailbox', 'Thread']);
+      // A delivery is new mail: EmailDelivery (RFC 8621 §1.5) moves with the rest, to its MODSEQ.
+      expect(Object.keys(states).sort()).toEqual(['Email', 'EmailDelivery', 'Mailbox', 'Thread']);
       expect(new Set(Object.values(states)).size).toBe(1);
       expect(Object.keys(change.changed)).toEqual([accountIdOf(ALICE)]);
     } finally {
@@ -115,6 +118,83 @@ describe('push over EventSource (§7.3)', () => {
     const res = await h.fetch('/jmap/eventsource/?types=*&closeafter=maybe&ping=0', { user: ALICE });
     expect(res.status).toBe(400);
     await res.body?.cancel();
+  });
+});
+
+/** An EventSource as `user` that keeps every StateChange's states for Alice's account, in order. */
+function stateStream(query: string, user = ALICE) {
+  const seen: Record<string, string>[] = [];
+  let wake: (() => void) | undefined;
+  const es = new EventSource(`${h.base}/jmap/eventsource/?${query}`, { dispatcher: withAuth(user) });
+  es.addEventListener('state', (e) => {
+    const change = JSON.parse(String((e as unknown as { data: unknown }).data)) as { changed: Record<string, Record<string, string>> };
+    seen.push(change.changed[accountIdOf(ALICE)]);
+    wake?.();
+  });
+  const opened = new Promise<void>((resolve, reject) => {
+    es.onopen = () => resolve();
+    es.onerror = () => reject(new Error('EventSource failed to open'));
+  });
+  /** The next StateChange, or undefined when none comes within `ms`. */
+  const next = async (ms = 2000): Promise<Record<string, string> | undefined> => {
+    if (!seen.length) await new Promise<void>((r) => ((wake = r), setTimeout(r, ms)));
+    wake = undefined;
+    return seen.shift();
+  };
+  return { es, opened, next };
+}
+
+describe('EmailDelivery push (RFC 8621 §1.5)', () => {
+  it('changes on a delivery, not on a keyword change, a move or an expunge', async () => {
+    const s = stateStream('types=Email,EmailDelivery&closeafter=no&ping=0');
+    const folders = new FolderStore(h.storage.tables, h.storage.mail);
+    try {
+      await s.opened;
+      await h.deliver(ALICE, message(10));
+      const delivered = await s.next();
+      expect(Object.keys(delivered!).sort()).toEqual(['Email', 'EmailDelivery']);
+      expect(delivered!.EmailDelivery).toBe(delivered!.Email);
+
+      const { items } = await folders.messages(ALICE, INBOX);
+      const uid = items[items.length - 1]!.uid;
+      await folders.storeFlags(ALICE, INBOX, [uid], { mode: 'add', flags: ['\\Seen', '$label1'] });
+      const flagged = await s.next();
+      expect(flagged).toEqual({ Email: expect.any(String) });
+      expect(Number(flagged!.Email)).toBeGreaterThan(Number(delivered!.Email));
+
+      const archive = await folders.create(ALICE, 'Pushed');
+      // The folder's creation moves Email's state too (one log for all types): let it pass.
+      expect(await s.next()).toEqual({ Email: expect.any(String) });
+      await folders.move(ALICE, INBOX, [uid], archive.id);
+      expect(await s.next()).toEqual({ Email: expect.any(String) });
+      await folders.copy(ALICE, archive.id, [1], INBOX);
+      expect(await s.next()).toEqual({ Email: expect.any(String) });
+      await folders.expunge(ALICE, archive.id, [1]);
+      expect(await s.next()).toEqual({ Email: expect.any(String) });
+
+      await h.deliver(ALICE, message(11));
+      const again = await s.next();
+      expect(Object.keys(again!).sort()).toEqual(['Email', 'EmailDelivery']);
+      expect(Number(again!.EmailDelivery)).toBeGreaterThan(Number(delivered!.EmailDelivery));
+    } finally {
+      s.es.close();
+    }
+  });
+
+  it('sends nothing to a stream of EmailDelivery alone until new mail comes', async () => {
+    await h.deliver(ALICE, message(13));
+    const s = stateStream('types=EmailDelivery&closeafter=no&ping=0');
+    const folders = new FolderStore(h.storage.tables, h.storage.mail);
+    try {
+      await s.opened;
+      const { items } = await folders.messages(ALICE, INBOX);
+      await folders.storeFlags(ALICE, INBOX, [items[0]!.uid], { mode: 'add', flags: ['$flagged'] });
+      expect(await s.next(1000)).toBeUndefined();
+      await h.deliver(ALICE, message(12));
+      expect(await s.next()).toEqual({ EmailDelivery: expect.stringMatching(/^[0-9]+$/) });
+    } finally {
+      s.es.close();
+    }
   });
 });
 
