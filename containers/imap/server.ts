@@ -26,6 +26,7 @@ import type { AppendSource } from './messages.js';
 import { CommandReader, type LiteralDecision } from './protocol/reader.js';
 import { tagged } from './protocol/encode.js';
 import { ImapSession, type Next, type SessionHooks, type SessionServices } from './session.js';
+import { coalescedWake } from '../wake.js';
 
 /** Knobs that tests and the bench set beyond the configuration. */
 export interface ImapServerOptions {
@@ -314,27 +315,10 @@ class ImapConnection implements SessionHandler {
     const tagLine = this.session.lastTag;
     this.say('+ idling\r\n');
     this.reader.expectLine = true;
-    let running = false;
-    let again = false;
-    const wake = (): void => {
-      if (running) {
-        again = true;
-        return;
-      }
-      running = true;
-      void (async () => {
-        try {
-          do {
-            again = false;
-            await this.session.flushUpdates(true);
-          } while (again && this.idling);
-        } catch (e) {
-          this.conn.log.warn({ err: (e as Error).message }, 'IDLE refresh failed');
-        } finally {
-          running = false;
-        }
-      })();
-    };
+    const wake = coalescedWake(() => this.session.flushUpdates(true), {
+      active: () => !!this.idling,
+      onError: (e) => this.conn.log.warn({ err: e.message }, 'IDLE refresh failed'),
+    });
     const unsubscribe = this.session.user ? onMailboxChange(this.session.user, wake) : () => {};
     const poll = setInterval(wake, this.shared.idlePollMs);
     const keepalive = setInterval(() => this.say('* OK Still here\r\n'), this.shared.idleKeepaliveMs);

@@ -12,6 +12,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ChangeLog } from '../../../core/mailbox/changes.js';
 import { onMailboxChange } from '../../../core/mailbox/notify.js';
 import type { Logger } from '../../../core/log.js';
+import { coalescedWake } from '../../wake.js';
 
 /** The data types whose state push reports, all read from the change log. */
 export const PUSH_TYPES = ['Mailbox', 'Email', 'Thread', 'EmailDelivery'] as const;
@@ -88,8 +89,6 @@ export async function servePush(req: IncomingMessage, res: ServerResponse, p: Pu
   // A comment line, so that the headers and a first byte leave now (proxies, client open events).
   res.write(': tomlinson push\n\n');
   let stopped = false;
-  let running = false;
-  let again = false;
   const stop = (): void => {
     if (stopped) return;
     stopped = true;
@@ -111,25 +110,7 @@ export async function servePush(req: IncomingMessage, res: ServerResponse, p: Pu
     res.write(`event: state\ndata: ${JSON.stringify({ '@type': 'StateChange', changed: { [p.accountId]: changed } })}\n\n`);
     if (p.closeAfterState) stop();
   };
-  const wake = (): void => {
-    if (running) {
-      again = true;
-      return;
-    }
-    running = true;
-    void (async () => {
-      try {
-        do {
-          again = false;
-          await check();
-        } while (again && !stopped);
-      } catch (e) {
-        p.log.warn({ err: (e as Error).message }, 'push state check failed');
-      } finally {
-        running = false;
-      }
-    })();
-  };
+  const wake = coalescedWake(check, { active: () => !stopped, onError: (e) => p.log.warn({ err: e.message }, 'push state check failed') });
   const unsubscribe = onMailboxChange(p.user, wake);
   const poll = setInterval(wake, p.pollMs);
   poll.unref();
