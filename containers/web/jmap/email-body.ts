@@ -67,14 +67,28 @@ export interface ParsedBody {
   text: Map<string, { bytes: Buffer; complete: boolean; charset: string }>;
 }
 
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A header line as mailsplit gives it (one char per octet) read as UTF-8 when it is valid UTF-8
+ * (RFC 6532 fields, and what Email/set writes for a non-ASCII Raw value), else octet for octet. */
+function headerText(line: string): string {
+  if (!/[\x80-\xff]/.test(line)) return line;
+  try {
+    return UTF8.decode(Buffer.from(line, 'latin1'));
+  } catch {
+    return line;
+  }
+}
+
 /** Header fields from mailsplit's lines (name as written, value the raw octets after `:`). */
 function fieldsOf(node: MimeNode): HeaderField[] {
   if (!node.headers) return [];
   const out: HeaderField[] = [];
   for (const h of node.headers.getList()) {
-    const colon = h.line.indexOf(':');
+    const line = headerText(h.line);
+    const colon = line.indexOf(':');
     // A line without a field name is no field (the splitter lists an empty header block so).
-    if (colon > 0) out.push({ name: h.line.slice(0, colon), value: h.line.slice(colon + 1) });
+    if (colon > 0) out.push({ name: line.slice(0, colon), value: line.slice(colon + 1) });
   }
   return out;
 }
