@@ -1,6 +1,7 @@
 /**
- * Email/set create from a full bodyStructure (RFC 8621 §4.6), through the real web listener over
- * HTTPS: upload, the JMAP API, download. A created Email is read back with Email/get and its raw bytes are parsed by mailparser; §4.6's rules come
+ * Email/set create from a full bodyStructure (RFC 8621 §4.6) and the part blobIds of Email/parse
+ * (§4.9), through the real web listener over HTTPS: upload, the JMAP API, download. A created
+ * Email is read back with Email/get and its raw bytes are parsed by mailparser; §4.6's rules come
  * back as invalidProperties with the property's path, and a refused create stores nothing.
  */
 import { simpleParser } from 'mailparser';
@@ -266,5 +267,57 @@ describe('Email/set create from a bodyStructure (RFC 8621 §4.6)', () => {
       'header:Comments:asText:all': ['first', 'zweit\u00e9'],
       bodyStructure: { type: 'text/plain', 'header:X-Leaf:asText': 'leaf' },
     });
+  });
+});
+
+const ATTACHED = [
+  'From: Cy <cy@example.com>',
+  'To: alice@example.com',
+  'Subject: with an attachment',
+  'MIME-Version: 1.0',
+  'Content-Type: multipart/mixed; boundary="b"',
+  '',
+  '--b',
+  'Content-Type: text/plain; charset=utf-8',
+  '',
+  'See the attachment.',
+  '--b',
+  'Content-Type: application/pdf; name="a.pdf"',
+  'Content-Disposition: attachment; filename="a.pdf"',
+  'Content-Transfer-Encoding: base64',
+  '',
+  PDF.toString('base64').replace(/.{76}/g, '$&\r\n'),
+  '--b--',
+  '',
+].join('\r\n');
+
+describe('Email/parse part blobIds (RFC 8621 §4.9)', () => {
+  it('names the parts of a parsed upload so that each downloads decoded, for the owner only', async () => {
+    const up = await upload(ATTACHED, 'message/rfc822');
+    const [, parsed] = await call('Email/parse', { blobIds: [up], properties: ['subject', 'textBody', 'attachments'] });
+    const email = (parsed.parsed as Record<string, Json>)[up]!;
+    expect(email.subject).toBe('with an attachment');
+    const [att] = email.attachments as Json[];
+    expect(att).toMatchObject({ partId: '2', blobId: `${up}P2`, name: 'a.pdf', size: PDF.length });
+    expect((email.textBody as Json[])[0]).toMatchObject({ blobId: `${up}P1` });
+
+    const got = await download(att!.blobId as string);
+    expect(got.status).toBe(200);
+    expect(got.type).toBe('application/pdf');
+    expect(Buffer.compare(got.bytes, PDF)).toBe(0);
+    expect((await download(`${up}P1`)).bytes.toString()).toBe('See the attachment.');
+    // A part the message does not have, and the part asked for by someone else: nothing.
+    expect((await download(`${up}P9`)).status).toBe(404);
+    expect((await download(att!.blobId as string, BOB)).status).toBe(404);
+    // The part blob serves other methods too: parsed again it is no message, but it is found.
+    const [, again] = await call('Email/parse', { blobIds: [`${up}P2`, `${up}P7`] });
+    expect(again.notFound).toEqual([`${up}P7`]);
+
+    // A stored Email parsed by its blobId names its parts as Email/get does.
+    const [, imported] = await call('Email/import', { emails: { i: { blobId: up, mailboxIds: { INBOX: true } } } });
+    const blobId = ((imported.created as Record<string, Json>).i as Json).blobId as string;
+    const [, p2] = await call('Email/parse', { blobIds: [blobId], properties: ['attachments'] });
+    expect(((p2.parsed as Record<string, Json>)[blobId]!.attachments as Json[])[0]).toMatchObject({ blobId: `${blobId}P2` });
+    expect(Buffer.compare((await download(`${blobId}P2`)).bytes, PDF)).toBe(0);
   });
 });

@@ -1204,13 +1204,16 @@ async function emailParse(args: JsonObject, ctx: JmapContext): Promise<JsonObjec
       continue;
     }
     try {
-      // Parts of a parsed blob have no blob of their own here (blobId null): download the whole.
-      const p = await parseEmailBody(await blob.open(), () => '', textLeaf(wantValues));
+      // A part of an upload or of a stored message is a blob of its own (`<blobId>P<partId>`, served
+      // by resolveUploadPart and resolveEmailBlob); parts of other blobs (a part of a part) are
+      // not: blobId null, and the client downloads the whole.
+      const partable = /^(U[0-9a-f]{1,64}|GM[0-9a-f]{24})$/.test(blobId);
+      const p = await parseEmailBody(await blob.open(), (partId) => `${blobId}P${partId}`, textLeaf(wantValues));
       const nullBlobs = (part: BodyPart) => {
         part.blobId = null;
         part.subParts?.forEach(nullBlobs);
       };
-      nullBlobs(p.structure);
+      if (!partable) nullBlobs(p.structure);
       if (!p.headers.length) throw new Error('no header fields');
       parsed[blobId] = emailJson(properties, { blobId, size: blob.size, receivedAt: null }, p.headers, p, opts);
     } catch {
@@ -1243,11 +1246,17 @@ export async function resolveEmailBlob(blobId: string, ctx: BlobOwner): Promise<
     const size = rec.locations[0]!.message.size;
     return { size, type: 'message/rfc822', open: async () => (await ctx.storage.mail.get(key)).body };
   }
-  const partId = m[2];
-  // The decoded size and type are the body structure's (one streamed read of the message).
+  return messagePart(async () => (await ctx.storage.mail.get(key)).body, m[2]);
+}
+
+/**
+ * Leaf `partId` of the message `open` reads, as a blob (its decoded bytes); undefined when the
+ * message has no such leaf. The size and type come from one streamed read of the structure.
+ */
+async function messagePart(open: () => Promise<Readable>, partId: string): Promise<JmapBlob | undefined> {
   const parsed = await parseEmailBody(
-    (await ctx.storage.mail.get(key)).body,
-    (p) => `G${rec.id}P${p}`,
+    await open(),
+    (p) => p,
     () => false,
   );
   const leaf = leavesOf(parsed.structure).find((p) => p.partId === partId);
@@ -1256,11 +1265,24 @@ export async function resolveEmailBlob(blobId: string, ctx: BlobOwner): Promise<
     size: leaf.size,
     type: leaf.type,
     async open() {
-      const part = await openPart((await ctx.storage.mail.get(key)).body, partId);
-      if (!part) throw new Error(`part ${partId} of ${rec.id} went`);
+      const part = await openPart(await open(), partId);
+      if (!part) throw new Error(`part ${partId} went`);
       return part.body;
     },
   };
+}
+
+/**
+ * The blob of a `U<uploadId>P<partId>`: one decoded leaf of an uploaded message, as Email/parse
+ * names the parts of a parsed upload (RFC 8621 §4.9), so a client can show an attachment of a
+ * message it has not imported. The upload is looked up through `owner.blob` (the engine's, so
+ * its expiry and ownership rules hold); undefined when either is not there.
+ */
+export async function resolveUploadPart(blobId: string, owner: BlobOwner): Promise<JmapBlob | undefined> {
+  const m = /^(U[0-9a-f]{1,64})P([1-9][0-9]{0,5})$/.exec(blobId);
+  if (!m || !owner.blob) return undefined;
+  const whole = await owner.blob(m[1]!);
+  return whole && messagePart(() => whole.open(), m[2]!);
 }
 
 export const emailMethods: JmapMethods = {
