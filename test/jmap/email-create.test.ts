@@ -321,3 +321,62 @@ describe('Email/parse part blobIds (RFC 8621 §4.9)', () => {
     expect(Buffer.compare((await download(`${blobId}P2`)).bytes, PDF)).toBe(0);
   });
 });
+
+describe('Email/get on broken charsets and repeated fields (RFC 8621 §4.1.2, §4.1.4)', () => {
+  it('flags isEncodingProblem for an unknown charset and invalid octets only, and gives every instance of a field', async () => {
+    const bad = Buffer.from([0x48, 0x69, 0x20, 0xff, 0xfe, 0x21]); // "Hi " + invalid UTF-8 + "!"
+    // A text part longer than the server keeps, cut by it in the middle of a 2-octet character.
+    const long = 'x' + '\u00e9'.repeat(600 * 1024);
+    const raw = [
+      'From: cy@example.com',
+      'To: alice@example.com',
+      'Subject: charsets',
+      'X-Multi: one',
+      'X-Multi:  two ',
+      'X-Multi: =?utf-8?q?dr=C3=A8i?=',
+      'MIME-Version: 1.0',
+      'Content-Type: multipart/mixed; boundary="b"',
+      '',
+      '--b',
+      'Content-Type: text/plain; charset=x-no-such-charset',
+      '',
+      'plain ascii under an unknown charset',
+      '--b',
+      'Content-Type: text/plain; charset=utf-8',
+      'Content-Transfer-Encoding: base64',
+      '',
+      bad.toString('base64'),
+      '--b',
+      'Content-Type: text/plain; charset=utf-8',
+      'Content-Transfer-Encoding: base64',
+      '',
+      Buffer.from(long).toString('base64').replace(/.{76}/g, '$&\r\n'),
+      '--b',
+      'Content-Type: text/plain; charset=iso-8859-1',
+      'Content-Transfer-Encoding: base64',
+      '',
+      Buffer.from([0x63, 0x61, 0x66, 0xe9]).toString('base64'),
+      '--b--',
+      '',
+    ].join('\r\n');
+    const up = await upload(raw, 'message/rfc822');
+    const [, imported] = await call('Email/import', { emails: { i: { blobId: up, mailboxIds: { INBOX: true } } } });
+    const id = ((imported.created as Record<string, Json>).i as Json).id as string;
+    const [, got] = await call('Email/get', {
+      ids: [id],
+      properties: ['bodyValues', 'header:X-Multi:all', 'header:X-Multi:asText:all', 'header:X-Multi:asText', 'header:X-None:all'],
+      fetchAllBodyValues: true,
+    });
+    const email = (got.list as Json[])[0]!;
+    expect(email['header:X-Multi:all']).toEqual([' one', '  two ', ' =?utf-8?q?dr=C3=A8i?=']);
+    expect(email['header:X-Multi:asText:all']).toEqual(['one', 'two', 'dr\u00e8i']);
+    expect(email['header:X-Multi:asText']).toBe('dr\u00e8i');
+    expect(email['header:X-None:all']).toEqual([]);
+    const values = email.bodyValues as Record<string, Json>;
+    expect(values['1']).toEqual({ value: 'plain ascii under an unknown charset', isEncodingProblem: true, isTruncated: false });
+    expect(values['2']).toEqual({ value: 'Hi \ufffd\ufffd!', isEncodingProblem: true, isTruncated: false });
+    expect(values['3']).toMatchObject({ isEncodingProblem: false, isTruncated: true });
+    expect((values['3']!.value as string).endsWith('\u00e9\u00e9')).toBe(true);
+    expect(values['4']).toEqual({ value: 'caf\u00e9', isEncodingProblem: false, isTruncated: false });
+  });
+});

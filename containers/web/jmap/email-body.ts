@@ -350,8 +350,11 @@ export function leavesOf(part: BodyPart): BodyPart[] {
 export function bodyValue(t: { bytes: Buffer; complete: boolean; charset: string }, max: number): BodyValue {
   let value: string;
   let isEncodingProblem = false;
+  // A value cut at MAX_VALUE_BYTES may end inside a character: decoded as a stream, that
+  // unfinished sequence is left out instead of counting as an encoding problem.
+  const stream = !t.complete;
   try {
-    value = new TextDecoder(t.charset, { fatal: true }).decode(t.complete ? t.bytes : t.bytes.subarray(0, MAX_VALUE_BYTES));
+    value = new TextDecoder(t.charset, { fatal: true }).decode(t.complete ? t.bytes : t.bytes.subarray(0, MAX_VALUE_BYTES), { stream });
   } catch {
     isEncodingProblem = true;
     let label = t.charset;
@@ -360,7 +363,7 @@ export function bodyValue(t: { bytes: Buffer; complete: boolean; charset: string
     } catch {
       label = 'windows-1252'; // an unknown charset: never fails and keeps ASCII
     }
-    value = new TextDecoder(label).decode(t.bytes.subarray(0, t.complete ? undefined : MAX_VALUE_BYTES));
+    value = new TextDecoder(label).decode(t.bytes.subarray(0, t.complete ? undefined : MAX_VALUE_BYTES), { stream });
   }
   let isTruncated = !t.complete;
   if (max > 0 && Buffer.byteLength(value) > max) {
