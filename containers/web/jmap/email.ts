@@ -1,6 +1,7 @@
 /**
  * RFC 8621 §4: Email/get, /changes, /set, /import, /parse and /copy over the folder store, and
- * the resolver of `G` blobIds (the raw message, and one decoded part) for download.
+ * the resolvers of `G` blobIds (the raw message, and one decoded part) and of `U<upload>P<n>`
+ * (one decoded part of an uploaded message, as Email/parse names them) for download.
  *
  * An Email is one raw message (one blob key) in one or more folders of the user: its id is
  * `M` + 24 hex digits of sha256(blob key) (types.ts), its mailboxIds the folders holding a copy,
