@@ -356,6 +356,11 @@ describe('Email/get on broken charsets and repeated fields (RFC 8621 §4.1.2, §
       'Content-Transfer-Encoding: base64',
       '',
       Buffer.from([0x63, 0x61, 0x66, 0xe9]).toString('base64'),
+      '--b',
+      'Content-Type: text/plain; charset=utf-8',
+      'Content-Transfer-Encoding: x-unheard-of',
+      '',
+      'as it came',
       '--b--',
       '',
     ].join('\r\n');
@@ -378,5 +383,7 @@ describe('Email/get on broken charsets and repeated fields (RFC 8621 §4.1.2, §
     expect(values['3']).toMatchObject({ isEncodingProblem: false, isTruncated: true });
     expect((values['3']!.value as string).endsWith('\u00e9\u00e9')).toBe(true);
     expect(values['4']).toEqual({ value: 'caf\u00e9', isEncodingProblem: false, isTruncated: false });
+    // §4.1.4: an unknown transfer encoding is an encoding problem; the value is the octets as they came.
+    expect(values['5']).toEqual({ value: 'as it came', isEncodingProblem: true, isTruncated: false });
   });
 });

@@ -24,6 +24,9 @@ import { parseAddressHeader } from 'mailparser';
 import { HeaderSectionEnd, newSplitter } from '../../../core/mail/mime.js';
 import type { JsonObject } from './types.js';
 
+/** RFC 2045 §6.1's transfer encodings (the splitter decodes these; others pass through). */
+const KNOWN_TRANSFER_ENCODINGS = new Set(['7bit', '8bit', 'binary', 'base64', 'quoted-printable']);
+
 /** Parts read per message at most (as the summary's default). */
 const MAX_NODES = 1000;
 /** Decoded octets kept of one text part for its value, whatever maxBodyValueBytes says: beyond
@@ -63,8 +66,9 @@ export interface ParsedBody {
   structure: BodyPart;
   /** The message's own header fields. */
   headers: HeaderField[];
-  /** Decoded text of leaves that were asked for, by partId (bytes, up to MAX_VALUE_BYTES). */
-  text: Map<string, { bytes: Buffer; complete: boolean; charset: string }>;
+  /** Decoded text of leaves that were asked for, by partId (bytes, up to MAX_VALUE_BYTES);
+   * `badEncoding` when the transfer encoding is unknown and the bytes are as they came. */
+  text: Map<string, { bytes: Buffer; complete: boolean; charset: string; badEncoding?: boolean }>;
 }
 
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
@@ -118,7 +122,15 @@ export async function parseEmailBody(raw: Readable, blobIdOf: (partId: string) =
     if (!c?.decoder) return;
     c.decoder.end();
     await c.counted;
-    if (c.keep) text.set(c.part.partId!, { bytes: Buffer.concat(c.keep), complete: c.kept <= MAX_VALUE_BYTES, charset: c.part.charset ?? 'us-ascii' });
+    if (c.keep)
+      text.set(c.part.partId!, {
+        bytes: Buffer.concat(c.keep),
+        complete: c.kept <= MAX_VALUE_BYTES,
+        charset: c.part.charset ?? 'us-ascii',
+        // RFC 8621 §4.1.4: an unknown Content-Transfer-Encoding is an encoding problem (the
+        // splitter passes such a body through undecoded).
+        ...(KNOWN_TRANSFER_ENCODINGS.has(String(c.node.encoding || '7bit')) ? {} : { badEncoding: true }),
+      });
   };
 
   const onNode = (node: MimeNode) => {
@@ -347,9 +359,9 @@ export function leavesOf(part: BodyPart): BodyPart[] {
 
 /** A text value of at most `max` UTF-8 octets (0: no limit of the client's), cut at a
  * character boundary; isEncodingProblem when the charset is unknown or the bytes invalid. */
-export function bodyValue(t: { bytes: Buffer; complete: boolean; charset: string }, max: number): BodyValue {
+export function bodyValue(t: { bytes: Buffer; complete: boolean; charset: string; badEncoding?: boolean }, max: number): BodyValue {
   let value: string;
-  let isEncodingProblem = false;
+  let isEncodingProblem = t.badEncoding === true;
   // A value cut at MAX_VALUE_BYTES may end inside a character: decoded as a stream, that
   // unfinished sequence is left out instead of counting as an encoding problem.
   const stream = !t.complete;
