@@ -386,7 +386,13 @@ function tee(input: Readable): [PassThrough, PassThrough] {
   const outs: [PassThrough, PassThrough] = [new PassThrough(), new PassThrough()];
   const write = async (o: PassThrough, chunk: Buffer): Promise<void> => {
     if (o.destroyed || o.writableEnded) return;
-    if (!o.write(chunk)) await Promise.race([once(o, 'drain'), once(o, 'close')]).catch(() => undefined);
+    if (!o.write(chunk)) {
+      // The listener of the event that did not come is removed (abort), or every wait would
+      // leave one behind: a listener per backpressure pause, growing with the message.
+      const ac = new AbortController();
+      await Promise.race([once(o, 'drain', { signal: ac.signal }), once(o, 'close', { signal: ac.signal })]).catch(() => undefined);
+      ac.abort();
+    }
   };
   void (async () => {
     try {

@@ -3,7 +3,8 @@
  * `upload/<accountId>/<blobId>`, so that the key itself says whose they are and no lookup can
  * reach another account's; and the `JmapBlobs` handed to method handlers, which dispatches a
  * blobId by its first letter: `U` an upload (here), anything else to a resolver a method module
- * registers (registry.ts BLOB_RESOLVERS; the mail model's `G`).
+ * registers (registry.ts BLOB_RESOLVERS; the mail model's `G`, and its `U<upload>P<n>`, a part of
+ * an uploaded message).
  *
  * Uploads are usable for `web.uploadTtlSeconds` after they were made (§6.1 asks for at least one
  * hour); after that `get` treats them as gone, and the orphan sweep (core/mail/sweep.ts, prefix
@@ -27,6 +28,9 @@ export interface BlobOwner {
   accountId: string;
   storage: Storage;
   folders: FolderStore;
+  /** Another blob of the owner's, by id, for a resolver that serves parts of a blob (the mail
+   * model's `U<upload>P<n>`); given by `jmapBlobs`. */
+  blob?: (blobId: string) => Promise<JmapBlob | undefined>;
 }
 
 /** Finds a blob of a prefix the engine does not own (e.g. `G…`); undefined when it does not exist
@@ -81,15 +85,18 @@ export class UploadStore {
 
 /** The JmapBlobs of one authenticated request. */
 export function jmapBlobs(owner: BlobOwner, uploads: UploadStore, resolvers: Readonly<Record<string, BlobResolver>>, maxSizeUpload: number): JmapBlobs {
-  return {
+  const blobs: JmapBlobs = {
     async get(blobId) {
       if (typeof blobId !== 'string' || !ID_PATTERN.test(blobId)) return undefined;
-      if (blobId.startsWith('U')) return uploads.get(owner.accountId, blobId);
+      // An upload's own id is `U` and hex digits; a longer `U…P<n>` is a part of one, which
+      // a module resolves (registered under `U`) reading the upload through `blob`.
+      if (/^U[0-9a-f]*$/.test(blobId)) return uploads.get(owner.accountId, blobId);
       const resolve = resolvers[blobId[0]];
-      return resolve ? resolve(blobId, owner) : undefined;
+      return resolve ? resolve(blobId, { ...owner, blob: (id) => blobs.get(id) }) : undefined;
     },
     put(body, type) {
       return uploads.put(owner.accountId, body, cleanMediaType(type) ?? 'application/octet-stream', maxSizeUpload);
     },
   };
+  return blobs;
 }

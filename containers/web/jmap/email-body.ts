@@ -24,6 +24,9 @@ import { parseAddressHeader } from 'mailparser';
 import { HeaderSectionEnd, newSplitter } from '../../../core/mail/mime.js';
 import type { JsonObject } from './types.js';
 
+/** RFC 2045 §6.1's transfer encodings (the splitter decodes these; others pass through). */
+const KNOWN_TRANSFER_ENCODINGS = new Set(['7bit', '8bit', 'binary', 'base64', 'quoted-printable']);
+
 /** Parts read per message at most (as the summary's default). */
 const MAX_NODES = 1000;
 /** Decoded octets kept of one text part for its value, whatever maxBodyValueBytes says: beyond
@@ -63,8 +66,22 @@ export interface ParsedBody {
   structure: BodyPart;
   /** The message's own header fields. */
   headers: HeaderField[];
-  /** Decoded text of leaves that were asked for, by partId (bytes, up to MAX_VALUE_BYTES). */
-  text: Map<string, { bytes: Buffer; complete: boolean; charset: string }>;
+  /** Decoded text of leaves that were asked for, by partId (bytes, up to MAX_VALUE_BYTES);
+   * `badEncoding` when the transfer encoding is unknown and the bytes are as they came. */
+  text: Map<string, { bytes: Buffer; complete: boolean; charset: string; badEncoding?: boolean }>;
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A header line as mailsplit gives it (one char per octet) read as UTF-8 when it is valid UTF-8
+ * (RFC 6532 fields, and what Email/set writes for a non-ASCII Raw value), else octet for octet. */
+function headerText(line: string): string {
+  if (!/[\x80-\xff]/.test(line)) return line;
+  try {
+    return UTF8.decode(Buffer.from(line, 'latin1'));
+  } catch {
+    return line;
+  }
 }
 
 /** Header fields from mailsplit's lines (name as written, value the raw octets after `:`). */
@@ -72,9 +89,10 @@ function fieldsOf(node: MimeNode): HeaderField[] {
   if (!node.headers) return [];
   const out: HeaderField[] = [];
   for (const h of node.headers.getList()) {
-    const colon = h.line.indexOf(':');
+    const line = headerText(h.line);
+    const colon = line.indexOf(':');
     // A line without a field name is no field (the splitter lists an empty header block so).
-    if (colon > 0) out.push({ name: h.line.slice(0, colon), value: h.line.slice(colon + 1) });
+    if (colon > 0) out.push({ name: line.slice(0, colon), value: line.slice(colon + 1) });
   }
   return out;
 }
@@ -126,7 +144,15 @@ export async function parseEmailBody(raw: Readable, blobIdOf: (partId: string) =
     if (!c?.decoder) return;
     c.decoder.end();
     await c.counted;
-    if (c.keep) text.set(c.part.partId!, { bytes: Buffer.concat(c.keep), complete: c.kept <= MAX_VALUE_BYTES, charset: c.part.charset ?? 'us-ascii' });
+    if (c.keep)
+      text.set(c.part.partId!, {
+        bytes: Buffer.concat(c.keep),
+        complete: c.kept <= MAX_VALUE_BYTES,
+        charset: c.part.charset ?? 'us-ascii',
+        // RFC 8621 §4.1.4: an unknown Content-Transfer-Encoding is an encoding problem (the
+        // splitter passes such a body through undecoded).
+        ...(KNOWN_TRANSFER_ENCODINGS.has(String(c.node.encoding || '7bit')) ? {} : { badEncoding: true }),
+      });
   };
 
   const onNode = (node: MimeNode) => {
@@ -355,11 +381,14 @@ export function leavesOf(part: BodyPart): BodyPart[] {
 
 /** A text value of at most `max` UTF-8 octets (0: no limit of the client's), cut at a
  * character boundary; isEncodingProblem when the charset is unknown or the bytes invalid. */
-export function bodyValue(t: { bytes: Buffer; complete: boolean; charset: string }, max: number): BodyValue {
+export function bodyValue(t: { bytes: Buffer; complete: boolean; charset: string; badEncoding?: boolean }, max: number): BodyValue {
   let value: string;
-  let isEncodingProblem = false;
+  let isEncodingProblem = t.badEncoding === true;
+  // A value cut at MAX_VALUE_BYTES may end inside a character: decoded as a stream, that
+  // unfinished sequence is left out instead of counting as an encoding problem.
+  const stream = !t.complete;
   try {
-    value = new TextDecoder(t.charset, { fatal: true }).decode(t.complete ? t.bytes : t.bytes.subarray(0, MAX_VALUE_BYTES));
+    value = new TextDecoder(t.charset, { fatal: true }).decode(t.complete ? t.bytes : t.bytes.subarray(0, MAX_VALUE_BYTES), { stream });
   } catch {
     isEncodingProblem = true;
     let label = t.charset;
@@ -368,7 +397,7 @@ export function bodyValue(t: { bytes: Buffer; complete: boolean; charset: string
     } catch {
       label = 'windows-1252'; // an unknown charset: never fails and keeps ASCII
     }
-    value = new TextDecoder(label).decode(t.bytes.subarray(0, t.complete ? undefined : MAX_VALUE_BYTES));
+    value = new TextDecoder(label).decode(t.bytes.subarray(0, t.complete ? undefined : MAX_VALUE_BYTES), { stream });
   }
   let isTruncated = !t.complete;
   if (max > 0 && Buffer.byteLength(value) > max) {

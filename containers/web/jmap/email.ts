@@ -1,6 +1,7 @@
 /**
  * RFC 8621 §4: Email/get, /changes, /set, /import, /parse and /copy over the folder store, and
- * the resolver of `G` blobIds (the raw message, and one decoded part) for download.
+ * the resolvers of `G` blobIds (the raw message, and one decoded part) and of `U<upload>P<n>`
+ * (one decoded part of an uploaded message, as Email/parse names them) for download.
  *
  * An Email is one raw message (one blob key) in one or more folders of the user: its id is
  * `M` + 24 hex digits of sha256(blob key) (types.ts), its mailboxIds the folders holding a copy,
@@ -16,7 +17,9 @@
 import { randomUUID } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
+import { encodeWord } from 'nodemailer/lib/mime-funcs/index.js';
 import MailComposer from 'nodemailer/lib/mail-composer/index.js';
+import MimeNode, { type MimeNodeAddress, type MimeNodeHeaderValue } from 'nodemailer/lib/mime-node/index.js';
 import { summarizeForMailbox } from '../../../core/mail/imap-structure.js';
 import type { ChangeEntry } from '../../../core/mailbox/changes.js';
 import type { FolderMessage } from '../../../core/mailbox/folders.js';
@@ -617,28 +620,321 @@ function addressesArg(v: unknown): ComposerAddress[] | undefined | false {
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Email/set create: the message built from the Email object (RFC 8621 §4.6)
+
+/** A header field to write, in the form nodemailer's MimeNode takes (`prepared` values go out as
+ * given; strings are encoded as RFC 2047 words where needed; address objects are formatted). */
+type HeaderToWrite = { key: string; value: MimeNodeHeaderValue };
+
+/** The header field each top-level convenience property stands for (lower-case). */
+const CONVENIENCE_FIELD: Record<string, string> = Object.fromEntries(
+  Object.entries(HEADER_CONVENIENCE).map(([p, h]) => [p, parseHeaderProperty(h)!.name.toLowerCase()]),
+);
+
+/** RFC 5322 §2.2 field body as a raw value may give it: folded lines only (CRLF then WSP), no NUL. */
+const RAW_VALUE = /^[^\r\n\0]*(\r\n[ \t][^\r\n\0]*)*$/;
+const ONE_LINE = /^[^\r\n\0]*$/;
+const MSG_ID = /^[^<>\s]+$/;
+
+/** A display name as an RFC 5322 phrase: atoms as they are, other ASCII quoted, anything else
+ * an RFC 2047 encoded word. */
+function phrase(name: string): string {
+  if (/^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+$/.test(name)) return name;
+  if (/^[\x20-\x7e]*$/.test(name)) return `"${name.replace(/["\\]/g, '\\$&')}"`;
+  return encodeWord(name, 'Q', 52);
+}
+
+/** One JMAP address (§4.1.2.3) as MimeNode takes it, or undefined when it is not one. */
+function addressOut(a: unknown): MimeNodeAddress | undefined {
+  if (typeof a !== 'object' || a === null) return undefined;
+  const { name, email } = a as JsonObject;
+  if (typeof email !== 'string' || !ONE_LINE.test(email) || (name !== undefined && name !== null && (typeof name !== 'string' || !ONE_LINE.test(name))))
+    return undefined;
+  return { name: typeof name === 'string' ? name : '', address: email };
+}
+
+/** One value of a `header:` property in its form, as a header value to write; undefined when the
+ * value does not fit the form (§4.1.2's forms read backwards). */
+function headerValueOut(form: string, v: unknown): MimeNodeHeaderValue | undefined {
+  // Address lists are formatted (quoting, RFC 2047 words, groups) as MimeNode formats a To
+  // field; it would leave them unformatted under any name it does not know as an address field.
+  const formatted = (a: MimeNodeAddress[]): MimeNodeHeaderValue => ({ prepared: true, foldLines: true, value: MimeNode.encodeHeaderValue('To', a) });
+  const list = (f: (x: unknown) => MimeNodeAddress | undefined) => {
+    if (!Array.isArray(v)) return undefined;
+    const out = v.map(f);
+    return out.every((x) => x !== undefined) ? formatted(out as MimeNodeAddress[]) : undefined;
+  };
+  switch (form) {
+    case 'Raw':
+      return typeof v === 'string' && RAW_VALUE.test(v) ? { prepared: true, value: v.replace(/^[ \t]+/, '') } : undefined;
+    case 'Text':
+      return typeof v === 'string' && ONE_LINE.test(v) ? v : undefined;
+    case 'Addresses':
+      return list(addressOut);
+    case 'GroupedAddresses':
+      if (!Array.isArray(v)) return undefined;
+      {
+        // MimeNode formats mailboxes but takes groups only as text: each group is written as
+        // RFC 5322 §3.4 has it, `display-name: mailbox-list;`, around MimeNode's mailboxes.
+        const out: string[] = [];
+        for (const g of v as unknown[]) {
+          if (typeof g !== 'object' || g === null || !Array.isArray((g as JsonObject).addresses)) return undefined;
+          const { name, addresses } = g as { name?: unknown; addresses: unknown[] };
+          const members = addresses.map(addressOut);
+          if (!members.every((x) => x !== undefined)) return undefined;
+          const list = members.length ? MimeNode.encodeHeaderValue('To', members as MimeNodeAddress[]) : '';
+          if (name === null || name === undefined) {
+            if (list) out.push(list);
+          } else if (typeof name === 'string' && ONE_LINE.test(name)) out.push(`${phrase(name)}:${list ? ` ${list}` : ''};`);
+          else return undefined;
+        }
+        return { prepared: true, foldLines: true, value: out.join(', ') };
+      }
+    case 'MessageIds':
+      return Array.isArray(v) && v.length && v.every((x) => typeof x === 'string' && MSG_ID.test(x))
+        ? { prepared: true, foldLines: true, value: v.map((x) => `<${x as string}>`).join(' ') }
+        : undefined;
+    case 'Date':
+      return typeof v === 'string' && Number.isFinite(Date.parse(v))
+        ? { prepared: true, value: new Date(v).toUTCString().replace(/GMT$/, '+0000') }
+        : undefined;
+    case 'URLs':
+      return Array.isArray(v) && v.length && v.every((x) => typeof x === 'string' && /^[^<>\s]+$/.test(x))
+        ? { prepared: true, foldLines: true, value: v.map((x) => `<${x as string}>`).join(', ') }
+        : undefined;
+  }
+  return undefined;
+}
+
 /**
- * Builds the MIME of an Email/set create (RFC 8621 §4.6) with nodemailer's MailComposer: from
- * textBody/htmlBody (one part each) and attachments by blobId, with bodyValues giving the text.
- * (A full bodyStructure is not supported yet: invalidProperties.)
+ * The `header:` properties of an Email or EmailBodyPart being created, as fields to write; or the
+ * SetError naming the property (its path: `prefix` + name). `taken` holds the fields other
+ * properties of the same object already represent (lower-case; §4.6: no two properties for one
+ * field) and gains these; `refuse` names fields the object may not set (Content-* on the Email).
+ */
+function headerPropsOut(o: JsonObject, prefix: string, taken: Set<string>, refuse: (field: string) => boolean): HeaderToWrite[] | SetError {
+  const out: HeaderToWrite[] = [];
+  const bad = (p: string, description: string): SetError => ({ type: 'invalidProperties', properties: [prefix + p], description });
+  for (const [p, v] of Object.entries(o)) {
+    if (!p.startsWith('header:')) continue;
+    const h = parseHeaderProperty(p);
+    if (!h) return bad(p, 'not a header property, or a form this field does not allow (§4.1.2)');
+    const field = h.name.toLowerCase();
+    if (refuse(field)) return bad(p, `${h.name} cannot be set here (§4.6)`);
+    if (taken.has(field)) return bad(p, `two properties for ${h.name} (§4.6)`);
+    taken.add(field);
+    if (v === null) continue;
+    const values = h.all ? (Array.isArray(v) ? (v as unknown[]) : undefined) : [v];
+    if (!values) return bad(p, 'an :all property is a list');
+    for (const one of values) {
+      const w = headerValueOut(h.form, one);
+      if (w === undefined) return bad(p, `not a value of the ${h.form} form`);
+      out.push({ key: h.name, value: w });
+    }
+  }
+  return out;
+}
+
+/** An EmailBodyPart to build: checked, with its content to come (text or a blob). */
+interface PartPlan {
+  contentType: string;
+  filename?: string;
+  headers: HeaderToWrite[];
+  text?: string;
+  blob?: JmapBlob;
+  children?: PartPlan[];
+}
+
+const isPlan = (v: PartPlan | SetError): v is PartPlan => typeof (v as PartPlan).contentType === 'string';
+
+const PART_CREATE_PROPERTIES = new Set([
+  'partId',
+  'blobId',
+  'size',
+  'headers',
+  'name',
+  'type',
+  'charset',
+  'disposition',
+  'cid',
+  'language',
+  'location',
+  'subParts',
+]);
+/** RFC 6838 §4.2 type/subtype, and RFC 2045 tokens (charset, disposition). */
+const MEDIA_TYPE = /^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*\/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$/;
+const TOKEN = /^[A-Za-z0-9!#$%&'*+.^_`{|}~-]+$/;
+/** How deep and how many parts a created structure may be (as a parsed one: MAX_NODES there). */
+const MAX_CREATE_DEPTH = 16;
+const MAX_CREATE_PARTS = 1000;
+
+/**
+ * Checks one EmailBodyPart of a create's bodyStructure by §4.6 and returns what to build; a
+ * SetError names the offending property by its path (`bodyStructure/subParts/0/charset`).
+ * `parentTaken` (the root only) holds the fields the Email itself sets: the root part may not set
+ * them again.
+ */
+async function planPart(
+  ctx: JmapContext,
+  raw: unknown,
+  path: string,
+  values: Record<string, unknown>,
+  count: { parts: number },
+  depth: number,
+  parentTaken?: Set<string>,
+): Promise<PartPlan | SetError> {
+  const bad = (p?: string, description?: string): SetError => ({
+    type: 'invalidProperties',
+    properties: [p ? `${path}/${p}` : path],
+    ...(description ? { description } : {}),
+  });
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return bad(undefined, 'an EmailBodyPart is an object');
+  if (++count.parts > MAX_CREATE_PARTS || depth > MAX_CREATE_DEPTH) return bad(undefined, 'too many or too deeply nested parts');
+  const p = raw as JsonObject;
+  for (const k of Object.keys(p)) if (!PART_CREATE_PROPERTIES.has(k) && !k.startsWith('header:')) return bad(k, 'unknown property');
+  if (p.headers !== undefined) return bad('headers', 'give each field as a header: property (§4.6)');
+  const str = (k: string, re: RegExp): string | null | SetError => {
+    const v = p[k];
+    if (v === undefined || v === null) return null;
+    return typeof v === 'string' && re.test(v) ? v : bad(k);
+  };
+  const type = str('type', MEDIA_TYPE);
+  if (typeof type === 'object' && type) return type;
+  const name = str('name', ONE_LINE);
+  if (typeof name === 'object' && name) return name;
+  const disposition = str('disposition', TOKEN);
+  if (typeof disposition === 'object' && disposition) return disposition;
+  const cid = str('cid', MSG_ID);
+  if (typeof cid === 'object' && cid) return cid;
+  const location = str('location', /^[^\r\n\0\s]+$/);
+  if (typeof location === 'object' && location) return location;
+  const charset = str('charset', TOKEN);
+  if (typeof charset === 'object' && charset) return charset;
+  let language: string[] | null = null;
+  if (p.language !== undefined && p.language !== null) {
+    if (!Array.isArray(p.language) || !p.language.length || !p.language.every((l) => typeof l === 'string' && /^[A-Za-z0-9-]{1,64}$/.test(l)))
+      return bad('language');
+    language = p.language as string[];
+  }
+  // The named properties stand for these fields; a header: property may not give them again,
+  // and Content-Type (type, charset) and Content-Transfer-Encoding (the server's choice) are ours.
+  const taken = new Set(['content-type', 'content-transfer-encoding']);
+  if (name !== null || disposition !== null) taken.add('content-disposition');
+  if (cid !== null) taken.add('content-id');
+  if (language) taken.add('content-language');
+  if (location !== null) taken.add('content-location');
+  const headers = headerPropsOut(p, `${path}/`, taken, (f) => parentTaken?.has(f) ?? false);
+  if (!Array.isArray(headers)) return headers;
+  if (disposition !== null) headers.push({ key: 'Content-Disposition', value: disposition.toLowerCase() });
+  if (cid !== null) headers.push({ key: 'Content-ID', value: { prepared: true, value: `<${cid}>` } });
+  if (language) headers.push({ key: 'Content-Language', value: language.join(', ') });
+  if (location !== null) headers.push({ key: 'Content-Location', value: { prepared: true, value: location } });
+  const plan: PartPlan = { contentType: '', headers, ...(name !== null ? { filename: name } : {}) };
+
+  const mediaType = (type ?? (p.subParts !== undefined ? 'multipart/mixed' : 'text/plain')).toLowerCase();
+  if (mediaType.startsWith('multipart/')) {
+    for (const k of ['partId', 'blobId', 'charset', 'size'] as const) if (p[k] !== undefined && p[k] !== null) return bad(k, 'a multipart has subParts only');
+    if (!Array.isArray(p.subParts) || !p.subParts.length) return bad('subParts', 'a multipart needs at least one subPart');
+    plan.contentType = mediaType;
+    plan.children = [];
+    for (const [i, sub] of (p.subParts as unknown[]).entries()) {
+      const child = await planPart(ctx, sub, `${path}/subParts/${i}`, values, count, depth + 1);
+      if (!isPlan(child)) return child;
+      plan.children.push(child);
+    }
+    return plan;
+  }
+  if (p.subParts !== undefined && p.subParts !== null) return bad('subParts', `a ${mediaType} part has no subParts`);
+  const hasPart = p.partId !== undefined && p.partId !== null;
+  const hasBlob = p.blobId !== undefined && p.blobId !== null;
+  if (hasPart === hasBlob) return bad(hasPart ? 'blobId' : 'partId', 'a part gives a partId or a blobId, one of them (§4.6)');
+  if (hasPart) {
+    const value = typeof p.partId === 'string' ? values[p.partId] : undefined;
+    if (typeof value !== 'object' || value === null || typeof (value as JsonObject).value !== 'string')
+      return bad('partId', 'no bodyValues entry with this partId');
+    if (charset !== null) return bad('charset', 'the server picks the charset of a bodyValues part (§4.6)');
+    if (p.size !== undefined && p.size !== null) return bad('size', 'a bodyValues part has no size to give (§4.6)');
+    if (!mediaType.startsWith('text/')) return bad('type', 'a bodyValues part is text');
+    // UTF-8 whatever the text: Content-Type says so (MimeNode adds it for text/plain only).
+    plan.contentType = `${mediaType}; charset=utf-8`;
+    plan.text = (value as { value: string }).value;
+    return plan;
+  }
+  const blob = typeof p.blobId === 'string' ? await ctx.blobs.get(resolveId(ctx, p.blobId) ?? p.blobId) : undefined;
+  if (!blob) return { type: 'blobNotFound', notFound: [String(p.blobId)] };
+  plan.contentType = charset !== null ? `${mediaType}; charset=${charset}` : mediaType;
+  plan.blob = blob;
+  return plan;
+}
+
+/** Builds the nodemailer MimeNode tree of a checked bodyStructure; blob contents stream in as the
+ * message is read. */
+async function buildPart(plan: PartPlan, parent?: MimeNode): Promise<MimeNode> {
+  const options = { disableFileAccess: true, disableUrlAccess: true, ...(plan.filename !== undefined ? { filename: plan.filename } : {}) };
+  const node = parent ? parent.createChild(plan.contentType, options) : new MimeNode(plan.contentType, options);
+  for (const h of plan.headers) node.addHeader(h.key, h.value);
+  if (plan.children) for (const c of plan.children) await buildPart(c, node);
+  else if (plan.text !== undefined) node.setContent(plan.text);
+  else if (plan.blob) node.setContent(await plan.blob.open());
+  return node;
+}
+
+/** Email properties a create may give (§4.6: the server-set ones are refused before this). */
+const EMAIL_CREATE_PROPERTIES = new Set([
+  'mailboxIds',
+  'keywords',
+  'receivedAt',
+  'bodyValues',
+  'textBody',
+  'htmlBody',
+  'attachments',
+  'bodyStructure',
+  'headers',
+  ...Object.keys(HEADER_CONVENIENCE),
+]);
+
+/**
+ * Builds the MIME of an Email/set create (RFC 8621 §4.6) with nodemailer: from textBody/htmlBody
+ * (one part each) and attachments by blobId through MailComposer, or from a full bodyStructure
+ * through its MimeNode (multiparts, bodyValues parts, blob parts, each part's header: properties);
+ * the top-level header properties (convenience ones and `header:*`) either way. The transfer
+ * encodings are the library's choice, as §4.6 leaves them to the server.
  */
 async function composeDraft(ctx: JmapContext, o: JsonObject): Promise<Readable | SetError> {
-  if (o.bodyStructure !== undefined)
-    return { type: 'invalidProperties', properties: ['bodyStructure'], description: 'give textBody/htmlBody/attachments instead' };
+  const unknown = Object.keys(o).filter((k) => !EMAIL_CREATE_PROPERTIES.has(k) && !k.startsWith('header:'));
+  if (unknown.length) return { type: 'invalidProperties', properties: unknown, description: 'unknown or server-set properties' };
+  if (o.headers !== undefined) return { type: 'invalidProperties', properties: ['headers'], description: 'give each field as a header: property (§4.6)' };
+  if (o.bodyStructure !== undefined && o.bodyStructure !== null) {
+    const both = ['textBody', 'htmlBody', 'attachments'].filter((k) => o[k] !== undefined && o[k] !== null);
+    if (both.length)
+      return { type: 'invalidProperties', properties: ['bodyStructure', ...both], description: 'bodyStructure or textBody/htmlBody/attachments (§4.6)' };
+  }
+  if (o.bodyValues !== undefined && o.bodyValues !== null) {
+    if (typeof o.bodyValues !== 'object' || Array.isArray(o.bodyValues)) return { type: 'invalidProperties', properties: ['bodyValues'] };
+    for (const [id, v] of Object.entries(o.bodyValues as JsonObject)) {
+      const bv = v as JsonObject | null;
+      // §4.6: isEncodingProblem and isTruncated are false or absent in a create.
+      if (
+        typeof bv !== 'object' ||
+        bv === null ||
+        typeof bv.value !== 'string' ||
+        (bv.isEncodingProblem ?? false) !== false ||
+        (bv.isTruncated ?? false) !== false
+      )
+        return { type: 'invalidProperties', properties: [`bodyValues/${id}`] };
+    }
+  }
   const values = (o.bodyValues ?? {}) as Record<string, { value?: unknown }>;
-  const textOf = (list: unknown, prop: string, type: string): string | SetError | undefined => {
-    if (list === undefined) return undefined;
-    if (!Array.isArray(list) || list.length !== 1) return { type: 'invalidProperties', properties: [prop] };
-    const part = list[0] as JsonObject;
-    if ((part.type ?? type) !== type || typeof part.partId !== 'string' || typeof values[part.partId]?.value !== 'string')
-      return { type: 'invalidProperties', properties: [prop] };
-    return values[part.partId]!.value as string;
-  };
-  const text = textOf(o.textBody, 'textBody', 'text/plain');
-  const html = textOf(o.htmlBody, 'htmlBody', 'text/html');
-  if (typeof text === 'object') return text;
-  if (typeof html === 'object') return html;
-  const mail: Record<string, unknown> = { text: text ?? (html === undefined ? '' : undefined), html };
+  // The fields the convenience properties given stand for: a header: property may not repeat one.
+  const taken = new Set(
+    Object.keys(CONVENIENCE_FIELD)
+      .filter((p) => o[p] !== undefined && o[p] !== null)
+      .map((p) => CONVENIENCE_FIELD[p]!),
+  );
+  const headers = headerPropsOut(o, '', taken, (f) => f.startsWith('content-'));
+  if (!Array.isArray(headers)) return headers;
+  const mail: Record<string, unknown> = {};
   for (const [prop, key] of [
     ['from', 'from'],
     ['to', 'to'],
@@ -651,16 +947,17 @@ async function composeDraft(ctx: JmapContext, o: JsonObject): Promise<Readable |
     if (a === false) return { type: 'invalidProperties', properties: [prop] };
     if (a) mail[key] = prop === 'sender' ? a[0] : a;
   }
-  if (o.subject !== undefined && typeof o.subject !== 'string') return { type: 'invalidProperties', properties: ['subject'] };
-  if (o.subject !== undefined) mail.subject = o.subject;
-  if (o.sentAt !== undefined) {
+  if (o.subject !== undefined && o.subject !== null && (typeof o.subject !== 'string' || !ONE_LINE.test(o.subject)))
+    return { type: 'invalidProperties', properties: ['subject'] };
+  if (typeof o.subject === 'string') mail.subject = o.subject;
+  if (o.sentAt !== undefined && o.sentAt !== null) {
     if (typeof o.sentAt !== 'string' || !Number.isFinite(Date.parse(o.sentAt))) return { type: 'invalidProperties', properties: ['sentAt'] };
     mail.date = new Date(o.sentAt);
   }
   const ids = (prop: string): string | undefined | false => {
     const v = o[prop];
     if (v === undefined || v === null) return undefined;
-    if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && /^[^<>\s]+$/.test(x))) return false;
+    if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && MSG_ID.test(x))) return false;
     return v.map((x) => `<${x}>`).join(' ');
   };
   for (const [prop, header] of [
@@ -672,7 +969,46 @@ async function composeDraft(ctx: JmapContext, o: JsonObject): Promise<Readable |
     if (v === false) return { type: 'invalidProperties', properties: [prop] };
     if (v) mail[header] = v;
   }
-  if (o.attachments !== undefined) {
+
+  if (o.bodyStructure !== undefined && o.bodyStructure !== null) {
+    const plan = await planPart(ctx, o.bodyStructure, 'bodyStructure', values, { parts: 0 }, 0, new Set([...taken]));
+    if (!isPlan(plan)) return plan;
+    const root = await buildPart(plan);
+    // The Email's own fields on the root, as MailComposer.compile() sets them.
+    for (const h of headers) root.addHeader(h.key, h.value);
+    for (const [field, key] of [
+      ['from', 'from'],
+      ['sender', 'sender'],
+      ['to', 'to'],
+      ['cc', 'cc'],
+      ['bcc', 'bcc'],
+      ['reply-to', 'replyTo'],
+      ['in-reply-to', 'inReplyTo'],
+      ['references', 'references'],
+      ['subject', 'subject'],
+      ['message-id', 'messageId'],
+      ['date', 'date'],
+    ] as const)
+      if (mail[key] !== undefined) root.setHeader(field, mail[key] as MimeNodeHeaderValue);
+    root.messageId();
+    return root.createReadStream();
+  }
+
+  const textOf = (list: unknown, prop: string, type: string): string | SetError | undefined => {
+    if (list === undefined || list === null) return undefined;
+    if (!Array.isArray(list) || list.length !== 1) return { type: 'invalidProperties', properties: [prop] };
+    const part = list[0] as JsonObject;
+    if ((part.type ?? type) !== type || typeof part.partId !== 'string' || typeof values[part.partId]?.value !== 'string')
+      return { type: 'invalidProperties', properties: [prop] };
+    return values[part.partId]!.value as string;
+  };
+  const text = textOf(o.textBody, 'textBody', 'text/plain');
+  const html = textOf(o.htmlBody, 'htmlBody', 'text/html');
+  if (typeof text === 'object') return text;
+  if (typeof html === 'object') return html;
+  Object.assign(mail, { text: text ?? (html === undefined ? '' : undefined), html });
+  if (headers.length) mail.headers = headers;
+  if (o.attachments !== undefined && o.attachments !== null) {
     if (!Array.isArray(o.attachments)) return { type: 'invalidProperties', properties: ['attachments'] };
     const attachments: Record<string, unknown>[] = [];
     for (const a of o.attachments as JsonObject[]) {
@@ -870,13 +1206,16 @@ async function emailParse(args: JsonObject, ctx: JmapContext): Promise<JsonObjec
       continue;
     }
     try {
-      // Parts of a parsed blob have no blob of their own here (blobId null): download the whole.
-      const p = await parseEmailBody(await blob.open(), () => '', textLeaf(wantValues));
+      // A part of an upload or of a stored message is a blob of its own (`<blobId>P<partId>`, served
+      // by resolveUploadPart and resolveEmailBlob); parts of other blobs (a part of a part) are
+      // not: blobId null, and the client downloads the whole.
+      const partable = /^(U[0-9a-f]{1,64}|GM[0-9a-f]{24})$/.test(blobId);
+      const p = await parseEmailBody(await blob.open(), (partId) => `${blobId}P${partId}`, textLeaf(wantValues));
       const nullBlobs = (part: BodyPart) => {
         part.blobId = null;
         part.subParts?.forEach(nullBlobs);
       };
-      nullBlobs(p.structure);
+      if (!partable) nullBlobs(p.structure);
       if (!p.headers.length) throw new Error('no header fields');
       parsed[blobId] = emailJson(properties, { blobId, size: blob.size, receivedAt: null }, p.headers, p, opts);
     } catch {
@@ -909,11 +1248,17 @@ export async function resolveEmailBlob(blobId: string, ctx: BlobOwner): Promise<
     const size = rec.locations[0]!.message.size;
     return { size, type: 'message/rfc822', open: async () => (await ctx.storage.mail.get(key)).body };
   }
-  const partId = m[2];
-  // The decoded size and type are the body structure's (one streamed read of the message).
+  return messagePart(async () => (await ctx.storage.mail.get(key)).body, m[2]);
+}
+
+/**
+ * Leaf `partId` of the message `open` reads, as a blob (its decoded bytes); undefined when the
+ * message has no such leaf. The size and type come from one streamed read of the structure.
+ */
+async function messagePart(open: () => Promise<Readable>, partId: string): Promise<JmapBlob | undefined> {
   const parsed = await parseEmailBody(
-    (await ctx.storage.mail.get(key)).body,
-    (p) => `G${rec.id}P${p}`,
+    await open(),
+    (p) => p,
     () => false,
   );
   const leaf = leavesOf(parsed.structure).find((p) => p.partId === partId);
@@ -922,11 +1267,24 @@ export async function resolveEmailBlob(blobId: string, ctx: BlobOwner): Promise<
     size: leaf.size,
     type: leaf.type,
     async open() {
-      const part = await openPart((await ctx.storage.mail.get(key)).body, partId);
-      if (!part) throw new Error(`part ${partId} of ${rec.id} went`);
+      const part = await openPart(await open(), partId);
+      if (!part) throw new Error(`part ${partId} went`);
       return part.body;
     },
   };
+}
+
+/**
+ * The blob of a `U<uploadId>P<partId>`: one decoded leaf of an uploaded message, as Email/parse
+ * names the parts of a parsed upload (RFC 8621 §4.9), so a client can show an attachment of a
+ * message it has not imported. The upload is looked up through `owner.blob` (the engine's, so
+ * its expiry and ownership rules hold); undefined when either is not there.
+ */
+export async function resolveUploadPart(blobId: string, owner: BlobOwner): Promise<JmapBlob | undefined> {
+  const m = /^(U[0-9a-f]{1,64})P([1-9][0-9]{0,5})$/.exec(blobId);
+  if (!m || !owner.blob) return undefined;
+  const whole = await owner.blob(m[1]!);
+  return whole && messagePart(() => whole.open(), m[2]!);
 }
 
 export const emailMethods: JmapMethods = {

@@ -7,7 +7,7 @@
  */
 import { coreModule } from './core-methods.js';
 import { emailQueryMethods } from './email-query.js';
-import { emailMethods, resolveEmailBlob } from './email.js';
+import { emailMethods, resolveEmailBlob, resolveUploadPart } from './email.js';
 import { mailboxMethods } from './mailbox.js';
 import { searchSnippetMethods } from './search-snippet.js';
 import { submissionMethods } from './submission.js';
@@ -35,9 +35,10 @@ export const MODULES: RegisteredModule[] = [
   vacationMethods,
 ];
 
-/** Blob resolvers by blobId prefix (one letter). `U` (uploads) is the engine's own; the mail
- * model registers `G` (raw messages and their parts) here. */
-export const BLOB_RESOLVERS: Record<string, BlobResolver> = { G: resolveEmailBlob };
+/** Blob resolvers by blobId prefix (one letter). `U` (uploads) is the engine's own, but for a
+ * part of an uploaded message (`U<upload>P<n>`, Email/parse); the mail model registers `G` (raw
+ * messages and their parts) and those upload parts here. */
+export const BLOB_RESOLVERS: Record<string, BlobResolver> = { G: resolveEmailBlob, U: resolveUploadPart };
 
 /** One method, found by name. */
 export interface FoundMethod {

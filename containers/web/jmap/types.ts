@@ -14,7 +14,9 @@
  *   folders of one user (IMAP COPY, JMAP mailboxIds) is one Email, as in Cyrus; MOVE keeps it.
  * - threadId: `T` + 24 hex digits, assigned when a message is first filed (RFC 8621 §3).
  * - blobId: `U…` an upload (engine); `G<emailId>` the raw message; `G<emailId>P<partId>` one
- *   decoded body part (mail module). The engine dispatches download and lookups by prefix.
+ *   decoded body part (mail module); `U<uploadId>P<partId>` one decoded body part of an uploaded
+ *   message, as Email/parse names them (mail module). The engine dispatches download and lookups
+ *   by prefix.
  */
 import type { Readable } from 'node:stream';
 import type { Config } from '../../../core/config.js';
