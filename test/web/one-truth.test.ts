@@ -23,6 +23,7 @@ import { basic } from './harness.js';
 
 const ALICE = 'alice@example.test';
 const BOB = 'bob@example.test';
+const CAROL = 'carol@example.test';
 const PASSWORD = 'password-one-truth';
 
 let dir: string;
@@ -157,6 +158,7 @@ beforeAll(async () => {
   await accounts.addDomain('example.test');
   await accounts.addUser(ALICE, PASSWORD);
   await accounts.addUser(BOB, PASSWORD);
+  await accounts.addUser(CAROL, PASSWORD);
   const token = (await new AppPasswords(app.storage.tables, accounts).add(ALICE, 'jmap-jam')).password;
   // jmap-jam uses the global fetch; trust the listener's self-signed certificate for this file.
   agent = new Agent({ connect: { rejectUnauthorized: false } });
@@ -257,7 +259,7 @@ describe('JMAP, IMAP and SMTP on one mailbox', () => {
     expect(Buffer.from(await res.arrayBuffer()).toString('latin1')).toBe(raw);
   });
 
-  it('sends a draft with EmailSubmission: Bob receives it over IMAP, and the copy moves to Sent', async () => {
+  it('sends a draft with EmailSubmission: Bob and the Bcc recipient receive it over IMAP without the Bcc, and the copy moves to Sent', async () => {
     const [boxes] = await jam.api.Mailbox.get({ accountId });
     const role = (r: string) => boxes.list.find((b) => b.role === r)?.id;
     expect(role('inbox')).toBe('INBOX');
@@ -285,6 +287,7 @@ describe('JMAP, IMAP and SMTP on one mailbox', () => {
                   keywords: { $draft: true, $seen: true },
                   from: [{ name: 'Alice', email: ALICE }],
                   to: [{ name: 'Bob', email: BOB }],
+                  bcc: [{ name: 'Carol', email: CAROL }],
                   subject: 'lunch?',
                   bodyValues: { b: { value: 'At noon.' } },
                   textBody: [{ partId: 'b', type: 'text/plain' }],
@@ -312,24 +315,31 @@ describe('JMAP, IMAP and SMTP on one mailbox', () => {
     expect(responses[1]![1].created!.s).toBeTruthy();
     expect(Object.keys(responses[2]![1].updated ?? {})).toEqual([emailId]);
 
-    // Bob's INBOX over IMAP: the worker delivers it a moment later.
-    const imap = await RawImap.connect(ports.imap!);
-    try {
-      await imap.command(`LOGIN ${BOB} ${PASSWORD}`);
-      let found = '';
-      for (let i = 0; i < 50 && !found; i++) {
-        await imap.command('SELECT INBOX');
-        found = (await imap.command('UID SEARCH SUBJECT "lunch?"')).untagged.find((l) => /^\* SEARCH \d/.test(l)) ?? '';
-        if (!found) await new Promise((res) => setTimeout(res, 100));
+    // Bob's and Carol's INBOX over IMAP: the worker delivers it a moment later.
+    for (const who of [BOB, CAROL]) {
+      const imap = await RawImap.connect(ports.imap!);
+      try {
+        await imap.command(`LOGIN ${who} ${PASSWORD}`);
+        let found = '';
+        for (let i = 0; i < 50 && !found; i++) {
+          await imap.command('SELECT INBOX');
+          found = (await imap.command('UID SEARCH SUBJECT "lunch?"')).untagged.find((l) => /^\* SEARCH \d/.test(l)) ?? '';
+          if (!found) await new Promise((res) => setTimeout(res, 100));
+        }
+        expect(found, who).toMatch(/^\* SEARCH \d+/);
+        const got = (await imap.command(`UID FETCH ${found.split(' ')[2]} BODY.PEEK[]`)).untagged.join('\n');
+        expect(got).toContain('At noon.');
+        // RFC 5322 §3.6.3: the copy sent shows no Bcc.
+        expect(got).not.toMatch(/^bcc:/im);
+        expect(got).not.toContain('Carol <carol@');
+      } finally {
+        imap.close();
       }
-      expect(found).toMatch(/^\* SEARCH \d+/);
-      const body = await imap.command(`UID FETCH ${found.split(' ')[2]} BODY.PEEK[TEXT]`);
-      expect(body.untagged.join('\n')).toContain('At noon.');
-    } finally {
-      imap.close();
     }
-    const [after] = await jam.api.Email.get({ accountId, ids: [emailId], properties: ['mailboxIds', 'keywords'] });
+    const [after] = await jam.api.Email.get({ accountId, ids: [emailId], properties: ['mailboxIds', 'keywords', 'bcc'] });
     expect(after.list[0]!.mailboxIds).toEqual({ [sent]: true });
+    // The sender's copy keeps whom it went to.
+    expect(after.list[0]!.bcc).toEqual([{ name: 'Carol', email: CAROL }]);
     expect(after.list[0]!.keywords).toEqual({ $seen: true });
   });
 });

@@ -991,6 +991,7 @@ async function composeDraft(ctx: JmapContext, o: JsonObject): Promise<Readable |
     ] as const)
       if (mail[key] !== undefined) root.setHeader(field, mail[key] as MimeNodeHeaderValue);
     root.messageId();
+    root.keepBcc = true; // as on the other path: EmailSubmission removes it from the copy it sends
     return root.createReadStream();
   }
 
@@ -1025,8 +1026,12 @@ async function composeDraft(ctx: JmapContext, o: JsonObject): Promise<Readable |
     mail.attachments = attachments;
   }
   const composer = new MailComposer(mail as ConstructorParameters<typeof MailComposer>[0]);
+  const root = composer.compile();
+  // A draft keeps its Bcc (RFC 8621 §4.1.2 has it on the Email); EmailSubmission removes it from
+  // the copy it sends.
+  root.keepBcc = true;
   // The composer's stream is built as it is read: attachments stream from their blobs.
-  return composer.compile().createReadStream();
+  return root.createReadStream();
 }
 
 async function emailSet(args: JsonObject, ctx: JmapContext): Promise<JsonObject> {

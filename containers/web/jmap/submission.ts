@@ -14,6 +14,7 @@ import { Accounts } from '../../../core/accounts/accounts.js';
 import type { DsnRecipient } from '../../../core/mail/jobs.js';
 import { QueueAdminError, OutboundQueueAdmin } from '../../../core/mail/outbound-admin.js';
 import { isPending, OutboundStore, type RcptRecord } from '../../../core/mail/outbound-store.js';
+import { withoutBcc } from '../../../core/mail/bcc.js';
 import { withoutReturnPath } from '../../../core/mail/return-path.js';
 import { readHeaders } from '../../../core/mail/vacation.js';
 import { MailboxStore } from '../../../core/mailbox/store.js';
@@ -561,7 +562,8 @@ async function submit(o: JsonObject, ctx: JmapContext): Promise<JsonObject | Set
   const sink = hooks.openMessage(tx, session);
   const stats = { bytes: 0, eightBit: false };
   try {
-    for await (const chunk of measured(withoutReturnPath(await blob.open()), stats)) await sink.write(chunk);
+    // The draft keeps its Bcc (its recipients came from it above); the copy sent does not.
+    for await (const chunk of measured(withoutBcc(withoutReturnPath(await blob.open())), stats)) await sink.write(chunk);
     if (stats.eightBit) tx.body = '8BITMIME';
     await sink.finish({ ...stats, bareLf: false, bareCr: false, longestLine: 0 });
   } catch (e) {
