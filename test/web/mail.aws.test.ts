@@ -97,9 +97,8 @@ describe('JMAP mail over HTTPS on aws storage', () => {
   it('Mailbox/get makes the special-use mailboxes at first use and counts the inbox', async () => {
     const boxes = await mailboxes();
     expect([...boxes.keys()].sort()).toEqual(['archive', 'drafts', 'inbox', 'junk', 'sent', 'trash']);
-    // totalThreads is not asserted: mailbox.ts still counts each Email as its own thread, on both
-    // families alike (its toMailbox says so).
-    expect(boxes.get('inbox')).toMatchObject({ name: 'INBOX', totalEmails: 4, unreadEmails: 4, parentId: null });
+    // The reply chain of three is one thread, the other message another.
+    expect(boxes.get('inbox')).toMatchObject({ name: 'INBOX', totalEmails: 4, unreadEmails: 4, totalThreads: 2, unreadThreads: 2, parentId: null });
     expect(boxes.get('archive')).toMatchObject({ name: 'Archive', totalEmails: 0 });
     // Made once: a second read gives the same ids.
     const again = await mailboxes();
@@ -165,8 +164,9 @@ describe('JMAP mail over HTTPS on aws storage', () => {
     const got = pick(await call(['Email/get', { accountId, ids: [first], properties: ['keywords', 'mailboxIds'] }, 'g']), 'Email/get', 'g');
     expect(got.list[0]).toEqual({ id: first, keywords: { $seen: true, $flagged: true }, mailboxIds: { [archive]: true } });
     const after = await mailboxes();
-    expect(after.get('inbox')).toMatchObject({ totalEmails: 3, unreadEmails: 3 });
-    expect(after.get('archive')).toMatchObject({ totalEmails: 1, unreadEmails: 0 });
+    expect(after.get('inbox')).toMatchObject({ totalEmails: 3, unreadEmails: 3, totalThreads: 2, unreadThreads: 2 });
+    // RFC 8621 §2: the thread is unread in Archive too, by its unread Emails in INBOX.
+    expect(after.get('archive')).toMatchObject({ totalEmails: 1, unreadEmails: 0, totalThreads: 1, unreadThreads: 1 });
   });
 
   it('Email/changes reports an expunge made outside JMAP and one made by Email/set destroy', async () => {

@@ -12,6 +12,7 @@ import type { Change } from '../../../core/mailbox/changes.js';
 import { INBOX } from '../../../core/mailbox/keys.js';
 import { DELIMITER, type FolderInfo, type FolderStatus, type SpecialUse } from '../../../core/mailbox/folders.js';
 import { FolderError } from '../../../core/mailbox/keys.js';
+import { accountIndex } from './email-query.js';
 import { setResponse } from './engine.js';
 import { MethodError, type JmapContext, type JmapMethods, type JsonObject, type SetError } from './types.js';
 
@@ -99,6 +100,37 @@ export function resolveId(ctx: JmapContext, id: string): string | undefined {
 interface MailboxView {
   info: FolderInfo;
   status: FolderStatus;
+  /** Thread counts, when asked for (threadCounts). */
+  threads?: { total: number; unread: number };
+}
+
+/**
+ * totalThreads and unreadThreads of every folder (RFC 8621 §2), from the query index of the
+ * account (email-query.ts, kept current from the change log): a thread counts in a folder when one
+ * of its Emails is there, and as unread when one of its Emails has neither $seen nor $draft. The
+ * Trash is apart, as §2 says: an unread Email only in the Trash does not make a thread unread
+ * elsewhere, and in the Trash only unread Emails in the Trash count.
+ */
+async function threadCounts(ctx: JmapContext, trash: string | undefined): Promise<Map<string, { total: number; unread: number }>> {
+  const index = await accountIndex(ctx);
+  const unreadOutside = new Set<string>();
+  const unreadInTrash = new Set<string>();
+  const byFolder = new Map<string, Set<string>>();
+  for (const e of index.emails.values()) {
+    const unread = !e.keywords.has('$seen') && !e.keywords.has('$draft');
+    for (const c of e.copies) {
+      let threads = byFolder.get(c.folder);
+      if (!threads) byFolder.set(c.folder, (threads = new Set()));
+      threads.add(e.threadId);
+      if (unread) (c.folder === trash ? unreadInTrash : unreadOutside).add(e.threadId);
+    }
+  }
+  const out = new Map<string, { total: number; unread: number }>();
+  for (const [folder, threads] of byFolder) {
+    const unread = folder === trash ? unreadInTrash : unreadOutside;
+    out.set(folder, { total: threads.size, unread: [...threads].filter((t) => unread.has(t)).length });
+  }
+  return out;
 }
 
 const leafOf = (info: FolderInfo) => info.name.slice(info.name.lastIndexOf(DELIMITER) + 1);
@@ -126,11 +158,8 @@ function rights(info: FolderInfo): JsonObject {
   };
 }
 
-/**
- * Thread counts. Until messages carry a threadId from delivery, every Email is its own thread
- * (email.ts's fallback), so the counts equal the Email counts exactly under that model; once
- * threads land these must count distinct threadIds (a scan, or counters kept at delivery).
- */
+/** A Mailbox object; thread counts are the Email counts where they were not computed (a folder
+ * just made, which holds nothing). */
 function toMailbox(v: MailboxView, properties: string[]): JsonObject {
   const all: JsonObject = {
     id: v.info.id,
@@ -140,8 +169,8 @@ function toMailbox(v: MailboxView, properties: string[]): JsonObject {
     sortOrder: sortOrderOf(v.info),
     totalEmails: v.status.count,
     unreadEmails: v.status.unseen,
-    totalThreads: v.status.count,
-    unreadThreads: v.status.unseen,
+    totalThreads: v.threads?.total ?? v.status.count,
+    unreadThreads: v.threads?.unread ?? v.status.unseen,
     myRights: rights(v.info),
     isSubscribed: v.info.subscribed,
   };
@@ -171,6 +200,10 @@ async function mailboxGet(args: JsonObject, ctx: JmapContext): Promise<JsonObjec
   const state = await currentState(ctx);
   const withStatus = properties.some((p) => COUNT_PROPERTIES.includes(p));
   const all = await views(ctx, withStatus);
+  if (properties.includes('totalThreads') || properties.includes('unreadThreads')) {
+    const counts = await threadCounts(ctx, all.find((v) => v.info.specialUse === '\\Trash')?.info.id);
+    for (const v of all) v.threads = counts.get(v.info.id) ?? { total: 0, unread: 0 };
+  }
   const byId = new Map(all.map((v) => [v.info.id, v]));
   const list: JsonObject[] = [];
   const notFound: string[] = [];
