@@ -29,6 +29,9 @@ import { ImapSession, type Next, type SessionHooks, type SessionServices } from 
 import { coalescedWake } from '../wake.js';
 
 /** Knobs that tests and the bench set beyond the configuration. */
+
+/** Reply bytes a session gathers before it hands them to the socket and waits for them to drain. */
+const FLUSH_BYTES = 256 * 1024;
 export interface ImapServerOptions {
   /** Inactivity timer; overrides config.imap.idleTimeoutSeconds (tests only). */
   idleTimeoutMs?: number;
@@ -101,12 +104,14 @@ class ImapConnection implements SessionHandler {
   /**
    * Sends what pump() holds corked and resolves once the socket drained (or closed). Waiting for
    * 'drain' on a corked socket would wait for ever: a FETCH past the socket's high-water mark
-   * (16 KB) hung.
+   * (16 KB) hung. At most FLUSH_BYTES wait in a connection's buffer.
    */
   private async flushed(): Promise<void> {
     const s = this.conn.socket;
-    // Below the high-water mark the replies stay corked and leave in one write with the rest.
-    if (!s.writableNeedDrain) return;
+    // Below FLUSH_BYTES the replies stay corked and leave in one write with the rest: a FETCH of
+    // many messages goes out in writes of about that size rather than of the socket's 16 KB
+    // high-water mark (which TLS sockets do not let us raise).
+    if (s.writableLength < FLUSH_BYTES) return;
     const corked = s.writableCorked;
     for (let i = 0; i < corked; i++) s.uncork();
     await this.conn.drained();
