@@ -748,20 +748,8 @@ interface PartPlan {
 
 const isPlan = (v: PartPlan | SetError): v is PartPlan => typeof (v as PartPlan).contentType === 'string';
 
-const PART_CREATE_PROPERTIES = new Set([
-  'partId',
-  'blobId',
-  'size',
-  'headers',
-  'name',
-  'type',
-  'charset',
-  'disposition',
-  'cid',
-  'language',
-  'location',
-  'subParts',
-]);
+/** What a created EmailBodyPart may say: the properties an Email/get part has (§4.1.4). */
+const PART_CREATE_PROPERTIES = new Set(BODY_PART_PROPERTIES);
 /** RFC 6838 §4.2 type/subtype, and RFC 2045 tokens (charset, disposition). */
 const MEDIA_TYPE = /^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*\/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$/;
 const TOKEN = /^[A-Za-z0-9!#$%&'*+.^_`{|}~-]+$/;
