@@ -394,6 +394,15 @@ export const SETTINGS: readonly Setting[] = [
     doc: 'Concurrent HTTPS connections in all (push connections included).',
   },
   {
+    path: 'web.maxConnectionsPerClient',
+    env: 'TOMLINSON_WEB_MAX_CONNECTIONS_PER_CLIENT',
+    kind: 'int',
+    min: 1,
+    max: 100000,
+    default: 100,
+    doc: 'Concurrent HTTPS connections from one client address (a browser opens several, and one per push stream); over it a connection is closed before its TLS handshake.',
+  },
+  {
     path: 'web.headersTimeoutMs',
     env: 'TOMLINSON_WEB_HEADERS_TIMEOUT_MS',
     kind: 'int',
@@ -896,6 +905,7 @@ export interface Config {
     enabled: boolean;
     port: number;
     maxConnections: number;
+    maxConnectionsPerClient: number;
     headersTimeoutMs: number;
     requestTimeoutMs: number;
     authFailureDelayMs: number;

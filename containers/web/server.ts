@@ -16,6 +16,7 @@
 import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream/promises';
 import { Accounts } from '../../core/accounts/accounts.js';
 import { AppPasswords } from '../../core/accounts/app-passwords.js';
@@ -315,6 +316,25 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
     },
   );
   server.maxConnections = cfg.maxConnections;
+  // Connections per client address, counted before the TLS handshake so that one client cannot
+  // take the whole listener (the total cap is server.maxConnections).
+  const perClient = new Map<string, number>();
+  server.on('connection', (socket: Socket) => {
+    const client = socket.remoteAddress ?? '';
+    const n = (perClient.get(client) ?? 0) + 1;
+    if (n > cfg.maxConnectionsPerClient) {
+      metrics.limitsHit.inc({ listener: 'web', limit: 'connections_per_client' });
+      log.warn({ client, limit: cfg.maxConnectionsPerClient }, 'web connection refused: too many connections from this client');
+      socket.destroy();
+      return;
+    }
+    perClient.set(client, n);
+    socket.once('close', () => {
+      const left = (perClient.get(client) ?? 1) - 1;
+      if (left > 0) perClient.set(client, left);
+      else perClient.delete(client);
+    });
+  });
   const detach = tlsProvider.attach(server);
 
   try {
