@@ -110,6 +110,19 @@ describe('Identity (RFC 8621 §6)', () => {
     // Created and destroyed since state0: not reported at all.
     expect((await m['Identity/changes']({ accountId: ctx.accountId, sinceState: state0 }, ctx)).destroyed).toEqual([]);
     await expect(m['Identity/changes']({ accountId: ctx.accountId, sinceState: 'junk' }, ctx)).rejects.toMatchObject({ type: 'cannotCalculateChanges' });
+
+    // An alias made with the CLI is a new identity: the state moves, and the old one cannot say how.
+    const before = String((await m['Identity/get']({ accountId: ctx.accountId, ids: [] }, ctx)).state);
+    await new Accounts(env.storage.tables).addAlias('alice.smith@example.test', ['alice@example.test']);
+    const now = await m['Identity/get']({ accountId: ctx.accountId, ids: null }, ctx);
+    expect(now.state).not.toBe(before);
+    expect((now.list as JsonObject[]).map((i) => i.email)).toContain('alice.smith@example.test');
+    await expect(m['Identity/changes']({ accountId: ctx.accountId, sinceState: before }, ctx)).rejects.toMatchObject({ type: 'cannotCalculateChanges' });
+    expect(await m['Identity/changes']({ accountId: ctx.accountId, sinceState: String(now.state) }, ctx)).toMatchObject({
+      created: [],
+      updated: [],
+      destroyed: [],
+    });
   });
 });
 

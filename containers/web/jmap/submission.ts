@@ -172,6 +172,26 @@ async function sendableAddresses(ctx: JmapContext): Promise<string[]> {
   return out;
 }
 
+/**
+ * The Identity state: the revision of the user's stored identities, and a short hash of the
+ * addresses they may send as, since an alias made or removed with the CLI adds or takes away an
+ * identity without touching the stored ones. A state whose addresses differ from today's answers
+ * /changes with cannotCalculateChanges (RFC 8620 §5.2 allows it), so the client fetches again.
+ */
+async function identityState(ctx: JmapContext): Promise<string> {
+  const addresses = (await sendableAddresses(ctx)).sort().join('\n');
+  return `${await identities(ctx).state()}.${createHash('sha256').update(addresses).digest('hex').slice(0, 8)}`;
+}
+
+async function identityChanges(args: JsonObject, ctx: JmapContext): Promise<JsonObject> {
+  const [rev, addresses] = typeof args.sinceState === 'string' ? args.sinceState.split('.') : [];
+  const now = await identityState(ctx);
+  if (typeof args.sinceState === 'string' && addresses !== now.split('.')[1])
+    throw new MethodError('cannotCalculateChanges', 'the addresses you may send as changed');
+  const r = await changes(identities(ctx), { ...args, ...(rev === undefined ? {} : { sinceState: rev }) }, ctx, intState);
+  return { ...r, oldState: args.sinceState, newState: `${String(r.newState)}.${addresses}` };
+}
+
 /** The user's identities: stored ones (edited or created), then one per remaining address. */
 async function identityList(ctx: JmapContext): Promise<JsonObject[]> {
   const stored = await identities(ctx).all();
@@ -198,7 +218,7 @@ async function identityGet(args: JsonObject, ctx: JmapContext): Promise<JsonObje
   const list = ids === null ? all : all.filter((i) => ids.includes(String(i.id)));
   return {
     accountId: ctx.accountId,
-    state: String(await identities(ctx).state()),
+    state: await identityState(ctx),
     list: list.map((i) => pick(i, args.properties, IDENTITY_PROPERTIES)),
     notFound: ids === null ? [] : ids.filter((id) => !all.some((i) => i.id === id)),
   };
@@ -223,7 +243,7 @@ function identityFields(o: unknown, creating: boolean): JsonObject | SetError {
 
 async function identitySet(args: JsonObject, ctx: JmapContext): Promise<JsonObject> {
   const list = identities(ctx);
-  const oldState = String(await list.state());
+  const oldState = await identityState(ctx);
   if (args.ifInState !== undefined && args.ifInState !== null && args.ifInState !== oldState) throw new MethodError('stateMismatch');
   const now = new Date();
   const created: Record<string, JsonObject> = {};
@@ -281,7 +301,7 @@ async function identitySet(args: JsonObject, ctx: JmapContext): Promise<JsonObje
       destroyed.push(id);
     }
   }
-  return setResponse(ctx.accountId, oldState, String(await list.state()), { created, updated, destroyed, notCreated, notUpdated, notDestroyed });
+  return setResponse(ctx.accountId, oldState, await identityState(ctx), { created, updated, destroyed, notCreated, notUpdated, notDestroyed });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -711,7 +731,7 @@ export const submissionMethods: JmapMethods = {
   accountCapability: { maxDelayedSend: 0, submissionExtensions: { '8BITMIME': [], SMTPUTF8: [], DSN: [] } },
   methods: {
     'Identity/get': identityGet,
-    'Identity/changes': (args, ctx) => changes(identities(ctx), args, ctx, intState),
+    'Identity/changes': identityChanges,
     'Identity/set': identitySet,
     'EmailSubmission/get': submissionGet,
     'EmailSubmission/changes': async (args, ctx) => {
