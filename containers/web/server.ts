@@ -20,7 +20,6 @@ import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream/promises';
 import { Accounts } from '../../core/accounts/accounts.js';
 import { AppPasswords } from '../../core/accounts/app-passwords.js';
-import { ChangeLog } from '../../core/mailbox/changes.js';
 import { FolderStore } from '../../core/mailbox/folders.js';
 import { isStorageError } from '../../core/storage/ports.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
@@ -32,7 +31,7 @@ import { cleanMediaType, ID_PATTERN, jmapBlobs, UploadStore } from './jmap/blobs
 import { RequestProblem, runRequest, type EngineServices } from './jmap/engine.js';
 import { parsePushQuery, servePush } from './jmap/push.js';
 import { CORE_CAPABILITY, JmapRegistry } from './jmap/registry.js';
-import type { JsonObject } from './jmap/types.js';
+import { MAIL_CAPABILITY, type JsonObject } from './jmap/types.js';
 
 /** Serves a request the JMAP routes do not know; resolves true when it answered (the webmail's
  * static files will plug in here). */
@@ -126,7 +125,6 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
     cacheSeconds: cfg.loginCacheSeconds,
   });
   const folders = new FolderStore(storage.tables, storage.mail);
-  const changes = new ChangeLog(storage.tables);
   const uploads = new UploadStore(storage.mail, cfg.uploadTtlSeconds);
   const services: EngineServices = { config, storage, folders, log, registry };
   const requests = new PerAccount(cfg.maxConcurrentRequests);
@@ -147,9 +145,9 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
   };
 
   // RFC 8621 §1.3.1: attachments are bounded only by the message size limit delivery has.
-  const mail = 'urn:ietf:params:jmap:mail';
   const accountCapabilities: Record<string, JsonObject> = { ...registry.accountCapabilities };
-  if (accountCapabilities[mail]) accountCapabilities[mail] = { ...accountCapabilities[mail], maxSizeAttachmentsPerEmail: config.smtp.maxMessageBytes };
+  if (accountCapabilities[MAIL_CAPABILITY])
+    accountCapabilities[MAIL_CAPABILITY] = { ...accountCapabilities[MAIL_CAPABILITY], maxSizeAttachmentsPerEmail: config.smtp.maxMessageBytes };
 
   /** The session resource (§2) for `user`, URLs absolute on the host the client used. */
   const session = (user: string, host: string): JsonObject => {
@@ -289,7 +287,7 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
       if (method !== 'GET') return sendStatus(res, 405, 'Method Not Allowed', { allow: 'GET' });
       const q = parsePushQuery(url.searchParams);
       if (typeof q === 'string') return sendStatus(res, 400, q);
-      const stop = await servePush(req, res, { user, accountId, changes, pollMs: pushPollMs, log, ...q });
+      const stop = await servePush(req, res, { user, accountId, changes: folders.changes, pollMs: pushPollMs, log, ...q });
       pushes.add(stop);
       res.on('close', () => pushes.delete(stop));
       if (closing) stop();

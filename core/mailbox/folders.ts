@@ -180,6 +180,8 @@ interface Registry {
 /** Every folder of every user: registry, counters, messages, flags, copy/move, the change log. */
 export class FolderStore {
   readonly changes: ChangeLog;
+  /** Users whose pre-index messages this process has seen backfilled (ensureIndexed). */
+  private readonly indexed = new Set<string>();
   /** Where each Email is and its thread (JMAP); kept in the same transactions as the folders. */
   readonly index: EmailIndex;
   private readonly now: () => Date;
@@ -200,7 +202,11 @@ export class FolderStore {
 
   /** Indexes a user's messages filed before the Email index (JMAP calls it on first use). */
   async ensureIndexed(user: string): Promise<void> {
+    // Once done it stays done (everything filed since is indexed as it is filed), so a process
+    // asks the store only once per user instead of on every JMAP lookup.
+    if (this.indexed.has(user)) return;
     if (!(await this.index.isBackfilled(user))) await this.index.backfill(this, user);
+    this.indexed.add(user);
   }
 
   private epoch(): number {

@@ -27,10 +27,9 @@ import type { FolderMessage } from '../../../core/mailbox/folders.js';
 import type { AttrValue } from '../../../core/storage/ports.js';
 import { READ_CONCURRENCY, runSearch, type MessageReader, type SearchKey, type SearchMessage } from '../../imap/search.js';
 import { baseSubject, splitAddress } from '../../imap/sort.js';
-import { MethodError, type JmapContext, type JmapMethods, type JsonObject } from './types.js';
+import { MAIL_CAPABILITY, MethodError, type JmapContext, type JmapMethods, type JsonObject } from './types.js';
 
 /** The mail capability (RFC 8621 §1.3.1). */
-export const MAIL_CAPABILITY = 'urn:ietf:params:jmap:mail';
 
 /** Most ids one Email/query returns; a larger or absent limit is clamped and reported (RFC 8620 §5.5). */
 export const MAX_QUERY_LIMIT = 1000;

@@ -42,10 +42,10 @@ import {
   type HeaderField,
   type ParsedBody,
 } from './email-body.js';
-import { checkIfInState, currentState, foldChanges, idList, MAIL_CAPABILITY, parseState, resolveId, unsignedArg, type ChangeSets } from './mailbox.js';
+import { checkIfInState, currentState, foldChanges, idList, parseState, resolveId, unsignedArg, type ChangeSets } from './mailbox.js';
 import type { BlobOwner } from './blobs.js';
-import { setResponse } from './engine.js';
-import { MethodError, type JmapBlob, type JmapContext, type JmapMethods, type JsonObject, type SetError } from './types.js';
+import { changesResponse, setResponse } from './engine.js';
+import { MAIL_CAPABILITY, MethodError, type JmapBlob, type JmapContext, type JmapMethods, type JsonObject, type SetError } from './types.js';
 
 // ---------------------------------------------------------------------------------------------
 // Ids and locations
@@ -395,15 +395,7 @@ async function emailChanges(args: JsonObject, ctx: JmapContext): Promise<JsonObj
       await classify(sets, id);
     }
   }
-  return {
-    accountId: ctx.accountId,
-    oldState: String(since),
-    newState: String(r.newState),
-    hasMoreChanges: r.more,
-    created: [...r.created],
-    updated: [...r.updated],
-    destroyed: [...r.destroyed],
-  };
+  return changesResponse(ctx.accountId, String(since), String(r.newState), r.more, r);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -243,3 +243,14 @@ export function setResponse(accountId: string, oldState: string | null, newState
     notDestroyed: orNull(r.notDestroyed),
   };
 }
+
+/** The arguments of a /changes response (RFC 8620 §5.2). */
+export function changesResponse(
+  accountId: string,
+  oldState: string,
+  newState: string,
+  hasMoreChanges: boolean,
+  r: { created: Iterable<string>; updated: Iterable<string>; destroyed: Iterable<string> },
+): JsonObject {
+  return { accountId, oldState, newState, hasMoreChanges, created: [...r.created], updated: [...r.updated], destroyed: [...r.destroyed] };
+}

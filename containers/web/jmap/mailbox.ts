@@ -13,10 +13,8 @@ import { INBOX } from '../../../core/mailbox/keys.js';
 import { DELIMITER, type FolderInfo, type FolderStatus, type SpecialUse } from '../../../core/mailbox/folders.js';
 import { FolderError } from '../../../core/mailbox/keys.js';
 import { accountIndex } from './email-query.js';
-import { setResponse } from './engine.js';
-import { MethodError, type JmapContext, type JmapMethods, type JsonObject, type SetError } from './types.js';
-
-export const MAIL_CAPABILITY = 'urn:ietf:params:jmap:mail';
+import { changesResponse, setResponse } from './engine.js';
+import { MAIL_CAPABILITY, MethodError, type JmapContext, type JmapMethods, type JsonObject, type SetError } from './types.js';
 
 /** RFC 8621 §2 roles by RFC 6154 special use. */
 const ROLE_BY_USE: Record<SpecialUse, string> = {
@@ -289,13 +287,7 @@ async function mailboxChanges(args: JsonObject, ctx: JmapContext): Promise<JsonO
     }
   });
   return {
-    accountId: ctx.accountId,
-    oldState: String(since),
-    newState: String(r.newState),
-    hasMoreChanges: r.more,
-    created: [...r.created],
-    updated: [...r.updated],
-    destroyed: [...r.destroyed],
+    ...changesResponse(ctx.accountId, String(since), String(r.newState), r.more, r),
     // RFC 8621 §2.2: non-null only when every update changed counts alone.
     updatedProperties: r.updated.size > 0 && r.countsOnly ? COUNT_PROPERTIES : null,
   };

@@ -7,8 +7,8 @@
  * message is read, which keeps the call as cheap as the query it follows.
  */
 import { foldCase } from '../../imap/search-text.js';
-import { accountIndex, filterTerms, MAIL_CAPABILITY } from './email-query.js';
-import { MethodError, type JmapContext, type JmapMethods, type JsonObject } from './types.js';
+import { accountIndex, filterTerms } from './email-query.js';
+import { MAIL_CAPABILITY, MethodError, type JmapContext, type JmapMethods, type JsonObject } from './types.js';
 
 /** Most emailIds one call takes (the engine's maxObjectsInGet applies as for a /get). */
 export const MAX_SNIPPETS = 500;

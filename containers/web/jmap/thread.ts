@@ -6,7 +6,7 @@
  */
 import type { Change } from '../../../core/mailbox/changes.js';
 import { isThreadId } from '../../../core/mailbox/email-ids.js';
-import { MethodError, type JmapContext, type JmapMethods, type JsonObject } from './types.js';
+import { MAIL_CAPABILITY, MethodError, type JmapContext, type JmapMethods, type JsonObject } from './types.js';
 
 const PROPERTIES = ['id', 'emailIds'];
 /** Change-log MODSEQs read per page while collecting threads. */
@@ -109,6 +109,6 @@ async function threadChanges(args: JsonObject, ctx: JmapContext): Promise<JsonOb
 
 /** The Thread methods, for the engine's method table. */
 export const threadMethods: JmapMethods = {
-  capability: 'urn:ietf:params:jmap:mail',
+  capability: MAIL_CAPABILITY,
   methods: { 'Thread/get': threadGet, 'Thread/changes': threadChanges },
 };

@@ -24,6 +24,9 @@ import type { Logger } from '../../../core/log.js';
 import type { FolderStore } from '../../../core/mailbox/folders.js';
 import type { Storage } from '../../../core/storage/ports.js';
 
+/** RFC 8621's capability: Mailbox, Thread, Email and SearchSnippet all belong to it. */
+export const MAIL_CAPABILITY = 'urn:ietf:params:jmap:mail';
+
 /** A JSON object as JMAP passes it. */
 export type JsonObject = Record<string, unknown>;
 
