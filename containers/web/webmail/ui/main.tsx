@@ -1,0 +1,3 @@
+import { render } from 'preact';
+
+render(<p>Tomlinson</p>, document.getElementById('app')!);
