@@ -97,8 +97,8 @@ function SearchBar({ store }: { store: Store }) {
   return (
     <form role="search" class="search" ref={form} onSubmit={submit}>
       <input type="search" name="text" id="search-text" aria-label="Search mail" placeholder="Search mail" autocomplete="off" />
-      <button type="button" class="icon" aria-expanded={open} aria-controls="search-options" onClick={() => setOpen(!open)}>
-        Search options
+      <button type="button" aria-label="Search options" aria-expanded={open} aria-controls="search-options" onClick={() => setOpen(!open)}>
+        Options
       </button>
       <div id="search-options" class="search-options" hidden={!open}>
         <label>
@@ -419,6 +419,16 @@ function Reader({ store }: { store: Store }) {
         </button>
         <button type="button" onClick={() => startCompose(store, 'forward')}>
           Forward
+        </button>
+        {/* On a phone the list's toolbar is out of sight while reading. */}
+        <button type="button" class="phone-only" onClick={() => void store.archive([e.id])}>
+          Archive
+        </button>
+        <button type="button" class="phone-only" onClick={() => ((store.dialog = 'move'), store.changed())}>
+          Move
+        </button>
+        <button type="button" class="phone-only" onClick={() => void store.remove([e.id])}>
+          Delete
         </button>
       </div>
       <h2 tabIndex={-1} ref={heading}>
