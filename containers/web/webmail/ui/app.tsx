@@ -6,7 +6,7 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
 import type { Id, Mailbox } from '../client/jmap-client.ts';
 import { Compose, startCompose } from './compose.tsx';
-import { FolderNameDialog, HelpDialog, MoveDialog, SettingsDialog } from './dialogs.tsx';
+import { EmptyTrashDialog, FolderNameDialog, HelpDialog, MoveDialog, SettingsDialog } from './dialogs.tsx';
 import { displayName, linkify, longDate, shortDate, size } from './format.ts';
 import { MessageFrame } from './message-frame.tsx';
 import { useStore, type Store } from './store.ts';
@@ -62,6 +62,7 @@ export function App({ store, onSignOut }: { store: Store; onSignOut: () => void 
       {store.dialog === 'help' && <HelpDialog store={store} />}
       {store.dialog === 'newFolder' && <FolderNameDialog store={store} rename={false} />}
       {store.dialog === 'renameFolder' && <FolderNameDialog store={store} rename={true} />}
+      {store.dialog === 'emptyTrash' && <EmptyTrashDialog store={store} />}
       <div class="status" role="status" aria-live="polite">
         {store.status}
       </div>
@@ -242,7 +243,7 @@ function Toolbar({ store, title }: { store: Store; title: string }) {
           Delete
         </button>
         {inTrash && (
-          <button type="button" onClick={() => confirm('Delete every message in Trash for good?') && void store.emptyTrash()}>
+          <button type="button" onClick={() => ((store.dialog = 'emptyTrash'), store.changed())}>
             Empty Trash
           </button>
         )}

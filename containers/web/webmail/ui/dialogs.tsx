@@ -169,6 +169,30 @@ export function SettingsDialog({ store }: { store: Store }) {
   );
 }
 
+export function EmptyTrashDialog({ store }: { store: Store }) {
+  const n = store.byRole('trash')?.totalEmails ?? 0;
+  return (
+    <Modal store={store} label="Empty Trash">
+      <p>Delete {n === 1 ? 'the message' : `all ${n.toLocaleString()} messages`} in Trash for good? This cannot be undone.</p>
+      <div class="dialog-actions">
+        <button
+          type="button"
+          class="danger"
+          onClick={() => {
+            close(store);
+            void store.emptyTrash();
+          }}
+        >
+          Delete for good
+        </button>
+        <button type="button" onClick={() => close(store)}>
+          Cancel
+        </button>
+      </div>
+    </Modal>
+  );
+}
+
 const KEYS: [string, string][] = [
   ['j / k', 'Next / previous message'],
   ['Enter or o', 'Open the message'],

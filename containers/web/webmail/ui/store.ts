@@ -39,7 +39,7 @@ export interface ComposeDraft {
   sourceId: Id | null;
 }
 
-export type Dialog = 'move' | 'settings' | 'help' | 'newFolder' | 'renameFolder' | null;
+export type Dialog = 'move' | 'settings' | 'help' | 'newFolder' | 'renameFolder' | 'emptyTrash' | null;
 
 type Listener = () => void;
 
