@@ -449,6 +449,20 @@ function Reader({ store }: { store: Store }) {
         <dt>Date</dt>
         <dd>{longDate(e.sentAt ?? e.receivedAt)}</dd>
       </dl>
+      {store.openThread.length > 1 && (
+        <nav class="thread" aria-label="Conversation">
+          <p>{store.openThread.length} messages in this conversation</p>
+          <ol>
+            {store.openThread.map((t) => (
+              <li key={t.id}>
+                <button type="button" aria-current={t.id === e.id ? 'true' : undefined} disabled={t.id === e.id} onClick={() => void store.openEmail(t.id)}>
+                  <span class="from">{displayName(t.from)}</span> <span class="date">{shortDate(t.receivedAt)}</span> <span class="preview">{t.preview}</span>
+                </button>
+              </li>
+            ))}
+          </ol>
+        </nav>
+      )}
       {blocked > 0 && !allowed && (
         <p class="images-blocked">
           {blocked === 1 ? 'A remote image was' : `${blocked} remote images were`} blocked so that the sender cannot see when you read this.{' '}

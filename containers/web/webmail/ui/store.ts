@@ -6,7 +6,7 @@
  * mailbox.
  */
 import { useEffect, useState } from 'preact/hooks';
-import type { EmailFull, EmailSummary, Id, JmapClient, Mailbox } from '../client/jmap-client.ts';
+import { SUMMARY_PROPERTIES, type EmailFull, type EmailSummary, type Id, type JmapClient, type Mailbox } from '../client/jmap-client.ts';
 import type { WebSession } from './session.ts';
 
 /** Rows per Email/query page. */
@@ -60,6 +60,8 @@ export class Store {
   /** The row the keyboard cursor is on. */
   cursor: Id | null = null;
   open: EmailFull | null = null;
+  /** The open Email's conversation, oldest first, when it has more than one message. */
+  openThread: EmailSummary[] = [];
   openLoading: Id | null = null;
   compose: ComposeDraft | null = null;
   dialog: Dialog = null;
@@ -273,11 +275,33 @@ export class Store {
       if (this.openLoading !== id) return;
       this.open = email ?? null;
       this.openLoading = null;
+      this.openThread = [];
       if (!email) return this.fail('That message is gone.');
       this.changed();
+      if ((this.threadSizes.get(email.threadId) ?? 1) > 1 || this.collapseThreads) void this.loadThread(email.threadId, id);
       if (!email.keywords.$seen && !email.keywords.$draft) await this.setKeyword([id], '$seen', true);
     } catch (e) {
       this.openLoading = null;
+      this.fail(e);
+    }
+  }
+
+  /** The other messages of a conversation, for the reader's list of them. */
+  private async loadThread(threadId: Id, openId: Id): Promise<void> {
+    try {
+      const r = await this.client.run([
+        ['Thread/get', { accountId: this.client.accountId, ids: [threadId] }, 't'],
+        [
+          'Email/get',
+          { accountId: this.client.accountId, '#ids': { resultOf: 't', name: 'Thread/get', path: '/list/*/emailIds' }, properties: SUMMARY_PROPERTIES },
+          'g',
+        ],
+      ]);
+      if (this.open?.id !== openId) return;
+      const list = (r.g as { list: EmailSummary[] }).list;
+      this.openThread = list.length > 1 ? list.sort((a, b) => a.receivedAt.localeCompare(b.receivedAt)) : [];
+      this.changed();
+    } catch (e) {
       this.fail(e);
     }
   }
