@@ -165,14 +165,12 @@ function FolderLink({ store, mailbox: m }: { store: Store; mailbox: Mailbox }) {
   const [over, setOver] = useState(false);
   const here = !store.search && store.currentMailbox === m.id;
   const name = store.nameOf(m);
-  const label = m.unreadEmails > 0 ? `${name}, ${m.unreadEmails} unread` : name;
   return (
     <li>
       <a
         href={`#${encodeURIComponent(m.id)}`}
         class={`${here ? 'current' : ''} ${over ? 'drop' : ''}`}
         aria-current={here ? 'page' : undefined}
-        aria-label={label}
         onClick={(e) => {
           e.preventDefault();
           store.openMailbox(m.id);
@@ -192,10 +190,15 @@ function FolderLink({ store, mailbox: m }: { store: Store; mailbox: Mailbox }) {
           if (id) void store.move([id], m.id);
         }}
       >
-        <span class="folder-name">{name}</span>
+        {/* The link's name is "Inbox, 3 unread": the visible count with the words around it hidden. */}
+        <span class="folder-name">
+          {name}
+          {m.unreadEmails > 0 && <span class="hidden-comma">,</span>}
+        </span>
         {m.unreadEmails > 0 && (
-          <span class="count" aria-hidden="true">
+          <span class="count">
             {m.unreadEmails}
+            <span class="visually-hidden"> unread</span>
           </span>
         )}
       </a>
@@ -407,106 +410,108 @@ function Reader({ store }: { store: Store }) {
   const attachments = e.attachments.filter((p) => p.blobId && !(p.disposition !== 'attachment' && shownInline(p.cid)));
   const allowed = store.imagesAllowed.has(e.id);
   return (
-    <article class="reader" aria-label="Message">
-      <div class="reader-bar" role="toolbar" aria-label="Reply and forward">
-        <button type="button" class="back" onClick={() => store.closeEmail()}>
-          Back
-        </button>
-        <button type="button" onClick={() => startCompose(store, 'reply')}>
-          Reply
-        </button>
-        <button type="button" onClick={() => startCompose(store, 'replyAll')}>
-          Reply all
-        </button>
-        <button type="button" onClick={() => startCompose(store, 'forward')}>
-          Forward
-        </button>
-        {/* On a phone the list's toolbar is out of sight while reading. */}
-        <button type="button" class="phone-only" onClick={() => void store.archive([e.id])}>
-          Archive
-        </button>
-        <button type="button" class="phone-only" onClick={() => ((store.dialog = 'move'), store.changed())}>
-          Move
-        </button>
-        <button type="button" class="phone-only" onClick={() => void store.remove([e.id])}>
-          Delete
-        </button>
-      </div>
-      <h2 tabIndex={-1} ref={heading}>
-        {e.subject || '(no subject)'}
-      </h2>
-      <dl class="headers">
-        <dt>From</dt>
-        <dd>{addressLine(e.from)}</dd>
-        <dt>To</dt>
-        <dd>{addressLine(e.to)}</dd>
-        {e.cc?.length ? (
-          <>
-            <dt>Cc</dt>
-            <dd>{addressLine(e.cc)}</dd>
-          </>
-        ) : null}
-        <dt>Date</dt>
-        <dd>{longDate(e.sentAt ?? e.receivedAt)}</dd>
-      </dl>
-      {store.openThread.length > 1 && (
-        <nav class="thread" aria-label="Conversation">
-          <p>{store.openThread.length} messages in this conversation</p>
-          <ol>
-            {store.openThread.map((t) => (
-              <li key={t.id}>
-                <button type="button" aria-current={t.id === e.id ? 'true' : undefined} disabled={t.id === e.id} onClick={() => void store.openEmail(t.id)}>
-                  <span class="from">{displayName(t.from)}</span> <span class="date">{shortDate(t.receivedAt)}</span> <span class="preview">{t.preview}</span>
-                </button>
-              </li>
-            ))}
-          </ol>
-        </nav>
-      )}
-      {blocked > 0 && !allowed && (
-        <p class="images-blocked">
-          {blocked === 1 ? 'A remote image was' : `${blocked} remote images were`} blocked so that the sender cannot see when you read this.{' '}
-          <button
-            type="button"
-            onClick={() => {
-              store.imagesAllowed.add(e.id);
-              store.changed();
-            }}
-          >
-            Show images
+    <section class="reader" aria-label="Reader">
+      <article aria-label="Message">
+        <div class="reader-bar" role="toolbar" aria-label="Reply and forward">
+          <button type="button" class="back" onClick={() => store.closeEmail()}>
+            Back
           </button>
-        </p>
-      )}
-      {htmlParts.length ? (
-        <MessageFrame key={`${e.id}-${allowed}`} html={html} allowRemote={allowed} cidUrl={cidUrl} onRemoteBlocked={setBlocked} />
-      ) : (
-        <div class="text-body">
-          {linkify(text).map((r, i) =>
-            r.href ? (
-              <a key={i} href={r.href} target="_blank" rel="noopener noreferrer">
-                {r.text}
-              </a>
-            ) : (
-              r.text
-            ),
-          )}
+          <button type="button" onClick={() => startCompose(store, 'reply')}>
+            Reply
+          </button>
+          <button type="button" onClick={() => startCompose(store, 'replyAll')}>
+            Reply all
+          </button>
+          <button type="button" onClick={() => startCompose(store, 'forward')}>
+            Forward
+          </button>
+          {/* On a phone the list's toolbar is out of sight while reading. */}
+          <button type="button" class="phone-only" onClick={() => void store.archive([e.id])}>
+            Archive
+          </button>
+          <button type="button" class="phone-only" onClick={() => ((store.dialog = 'move'), store.changed())}>
+            Move
+          </button>
+          <button type="button" class="phone-only" onClick={() => void store.remove([e.id])}>
+            Delete
+          </button>
         </div>
-      )}
-      {attachments.length > 0 && (
-        <section class="attachments" aria-label="Attachments">
-          <ul>
-            {attachments.map((p) => (
-              <li key={p.partId}>
-                <a href={store.client.downloadUrl(p.blobId!, p.name ?? 'attachment', p.type)} download={p.name ?? 'attachment'}>
-                  {p.name ?? 'attachment'}
-                </a>{' '}
-                <span class="size">{size(p.size)}</span>
-              </li>
-            ))}
-          </ul>
-        </section>
-      )}
-    </article>
+        <h2 tabIndex={-1} ref={heading}>
+          {e.subject || '(no subject)'}
+        </h2>
+        <dl class="headers">
+          <dt>From</dt>
+          <dd>{addressLine(e.from)}</dd>
+          <dt>To</dt>
+          <dd>{addressLine(e.to)}</dd>
+          {e.cc?.length ? (
+            <>
+              <dt>Cc</dt>
+              <dd>{addressLine(e.cc)}</dd>
+            </>
+          ) : null}
+          <dt>Date</dt>
+          <dd>{longDate(e.sentAt ?? e.receivedAt)}</dd>
+        </dl>
+        {store.openThread.length > 1 && (
+          <nav class="thread" aria-label="Conversation">
+            <p>{store.openThread.length} messages in this conversation</p>
+            <ol>
+              {store.openThread.map((t) => (
+                <li key={t.id}>
+                  <button type="button" aria-current={t.id === e.id ? 'true' : undefined} disabled={t.id === e.id} onClick={() => void store.openEmail(t.id)}>
+                    <span class="from">{displayName(t.from)}</span> <span class="date">{shortDate(t.receivedAt)}</span> <span class="preview">{t.preview}</span>
+                  </button>
+                </li>
+              ))}
+            </ol>
+          </nav>
+        )}
+        {blocked > 0 && !allowed && (
+          <p class="images-blocked">
+            {blocked === 1 ? 'A remote image was' : `${blocked} remote images were`} blocked so that the sender cannot see when you read this.{' '}
+            <button
+              type="button"
+              onClick={() => {
+                store.imagesAllowed.add(e.id);
+                store.changed();
+              }}
+            >
+              Show images
+            </button>
+          </p>
+        )}
+        {htmlParts.length ? (
+          <MessageFrame key={`${e.id}-${allowed}`} html={html} allowRemote={allowed} cidUrl={cidUrl} onRemoteBlocked={setBlocked} />
+        ) : (
+          <div class="text-body">
+            {linkify(text).map((r, i) =>
+              r.href ? (
+                <a key={i} href={r.href} target="_blank" rel="noopener noreferrer">
+                  {r.text}
+                </a>
+              ) : (
+                r.text
+              ),
+            )}
+          </div>
+        )}
+        {attachments.length > 0 && (
+          <section class="attachments" aria-label="Attachments">
+            <ul>
+              {attachments.map((p) => (
+                <li key={p.partId}>
+                  <a href={store.client.downloadUrl(p.blobId!, p.name ?? 'attachment', p.type)} download={p.name ?? 'attachment'}>
+                    {p.name ?? 'attachment'}
+                  </a>{' '}
+                  <span class="size">{size(p.size)}</span>
+                </li>
+              ))}
+            </ul>
+          </section>
+        )}
+      </article>
+    </section>
   );
 }
 
