@@ -288,6 +288,7 @@ function MessageList({ store }: { store: Store }) {
   const total = store.total ?? 0;
   const first = Math.max(0, Math.floor(scrollTop / ROW) - 4);
   const last = Math.min(total, Math.ceil((scrollTop + height) / ROW) + 4);
+  store.visible = [first, last];
   if (store.total === null) store.idAt(0);
   const rows = [];
   for (let p = first; p < last; p++) rows.push(<Row key={p} store={store} position={p} total={total} />);

@@ -214,9 +214,17 @@ export class Store {
     }
   }
 
-  /** Reloads the windows already shown (after a change pushed by the server or made here). */
+  /** The positions the list shows now (set by the list as it scrolls). */
+  visible: [first: number, last: number] = [0, PAGE];
+
+  /**
+   * Reloads the windows on screen (after a change pushed by the server or made here) and forgets
+   * the others, which load again when scrolled to: a change costs one or two queries however far
+   * the user has scrolled.
+   */
   async refreshList(): Promise<void> {
-    const shown = [...this.pages.keys()];
+    const [first, last] = this.visible;
+    const shown = [...this.pages.keys()].filter((p) => p >= Math.floor(first / PAGE) && p <= Math.floor(last / PAGE));
     this.generation++;
     const gen = this.generation;
     const fresh = new Map<number, Id[]>();
