@@ -20,6 +20,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { crc32, deflateSync } from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
@@ -41,6 +42,32 @@ const READABLE_SECRET = 'readable-secret-9a7e';
 
 // A 1x1 transparent PNG, the answer of the stand-in image proxy and download endpoint.
 const PNG = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=', 'base64');
+
+/** A 10x600 grey PNG (stored, not compressed). */
+const TALL_PNG = png(10, 600);
+
+function png(width: number, height: number): Buffer {
+  const chunk = (type: string, data: Buffer) => {
+    const body = Buffer.concat([Buffer.from(type, 'latin1'), data]);
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(body));
+    return Buffer.concat([len, body, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr.set([8, 0, 0, 0, 0], 8); // 8-bit greyscale
+  const rows = Buffer.alloc((width + 1) * height, 0x80);
+  for (let y = 0; y < height; y++) rows[y * (width + 1)] = 0; // filter byte: none
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', deflateSync(rows)),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
+}
 
 /**
  * The harness script: renders MessageFrame into #root, exposes prepareMessageHtml, and lists what
@@ -192,6 +219,9 @@ function appHandler(req: IncomingMessage, res: ServerResponse): void {
     const file = url.pathname.slice(5);
     if (!FILES.includes(file)) return void res.writeHead(404).end();
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(corpus(file));
+  } else if (url.pathname === '/jmap/download/tall.png') {
+    // Late and without declared size: the frame must grow when it arrives.
+    setTimeout(() => res.writeHead(200, { 'content-type': 'image/png', 'cache-control': 'no-store' }).end(TALL_PNG), 300);
   } else if (url.pathname === '/webmail/image' || url.pathname.startsWith('/jmap/download/')) {
     proxied.push(req.url ?? '');
     res.writeHead(200, { 'content-type': 'image/png', 'cache-control': 'no-store' }).end(PNG);
@@ -396,6 +426,33 @@ describe('remote images and the proxy', () => {
       const headers = await req.allHeaders();
       expect(headers.cookie ?? '').toContain(`sid=${HTTPONLY_SECRET}`);
       expect(headers.referer).toBeUndefined();
+    } finally {
+      await w.context.close();
+    }
+  });
+});
+
+describe('MessageFrame', () => {
+  it('is as tall as its content: grows for a late image, shrinks for a shorter message', async () => {
+    const w = await open();
+    try {
+      await w.page.goto(`${appOrigin}/`, { waitUntil: 'load' });
+      const height = () =>
+        w.page.evaluate(() => {
+          const g = globalThis as unknown as { document: { querySelector(s: string): { getBoundingClientRect(): { height: number } } } };
+          return g.document.querySelector('iframe[title="Message body"]').getBoundingClientRect().height;
+        });
+      const show = (html: string) =>
+        w.page.evaluate(([h]) => (globalThis as unknown as HarnessGlobal).harness.show(h, false, { tall: '/jmap/download/tall.png' }), [html]);
+      await show('<div style="height:900px">tall</div><p>end</p>');
+      expect(await height()).toBeGreaterThan(900);
+      expect(await height()).toBeLessThan(1100);
+      // An image of unknown size that comes 300 ms late: 600 px high once it is there.
+      await show('<p>before</p><img src="cid:tall"><p>after</p>');
+      expect(await height()).toBeGreaterThan(600);
+      expect(await height()).toBeLessThan(800);
+      await show('<p>short</p>');
+      expect(await height()).toBeLessThan(100);
     } finally {
       await w.context.close();
     }

@@ -38,17 +38,21 @@ export function MessageFrame({ html, allowRemote, cidUrl, onRemoteBlocked }: Mes
     let observer: ResizeObserver | undefined;
     let doc: Document | null = null;
     // The frame is as tall as its content: the reader pane scrolls, not the frame.
+    // scrollHeight is never less than the frame's own height, so it is read with the frame
+    // collapsed (in one task, so nothing is painted in between): a shorter message then shrinks it.
     const fit = () => {
       const d = iframe.contentDocument;
       if (!d?.documentElement) return;
+      iframe.style.height = '0px';
       iframe.style.height = `${Math.ceil(d.documentElement.scrollHeight)}px`;
     };
     const onLoad = () => {
       doc = iframe.contentDocument;
       fit();
       if (!doc) return;
-      // Images (and late layout) change the height after load; load events do not bubble, so
-      // listen in the capture phase. A ResizeObserver catches the rest (fonts, width changes).
+      // Images that arrive after the frame's load event (lazy ones) change the height; load
+      // events do not bubble, so listen in the capture phase. A ResizeObserver on the body
+      // catches the rest (a narrower window that makes the text wrap more).
       doc.addEventListener('load', fit, true);
       observer?.disconnect();
       if (doc.body && typeof ResizeObserver === 'function') {
