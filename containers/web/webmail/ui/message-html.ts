@@ -205,10 +205,11 @@ function cleanStyleAttribute(value: string, r: Run): string {
 
 /**
  * Cleans a <style> element's text through the browser's CSS parser (a constructed sheet that is
- * never adopted, so nothing in it is fetched; replaceSync ignores @import). @import, @font-face
- * and @namespace rules go; grouping rules (@media, @supports, @layer, @container, @keyframes) are
- * walked. `<` is escaped so that the text can never close the <style> element when the frame
- * parses the document again.
+ * never adopted, so nothing in it is fetched; replaceSync ignores @import). Only style rules
+ * (nested ones too), grouping rules (@media, @supports, @layer, @container, @scope, …), @page and
+ * @keyframes stay, their declarations cleaned; every other at-rule goes: @import, @font-face and
+ * anything newer whose descriptors might fetch (@counter-style symbols, …). `<` is escaped so that
+ * the text can never close the <style> element when the frame parses the document again.
  */
 function cleanStyleSheet(text: string, r: Run): string {
   const sheet = new CSSStyleSheet();
@@ -221,13 +222,24 @@ function cleanStyleSheet(text: string, r: Run): string {
   const walk = (rules: CSSRuleList, remove: (i: number) => void): void => {
     for (let i = rules.length - 1; i >= 0; i--) {
       const rule = rules[i];
-      if (rule instanceof CSSImportRule || rule instanceof CSSFontFaceRule || rule instanceof CSSNamespaceRule) {
+      const kept =
+        rule instanceof CSSStyleRule ||
+        rule instanceof CSSGroupingRule ||
+        rule instanceof CSSPageRule ||
+        rule instanceof CSSKeyframesRule ||
+        rule instanceof CSSKeyframeRule ||
+        rule.constructor.name === 'CSSLayerStatementRule';
+      if (!kept) {
         remove(i);
         continue;
       }
       if ('style' in rule && rule.style instanceof CSSStyleDeclaration) cleanDeclarations(rule.style, r);
-      if (rule instanceof CSSGroupingRule) walk(rule.cssRules, (j) => rule.deleteRule(j));
-      // Keyframes hold only declaration blocks, never the rules removed above.
+      // Style rules hold nested rules (CSS Nesting) and are grouping rules where that is known.
+      if (rule instanceof CSSGroupingRule || (rule instanceof CSSStyleRule && 'cssRules' in rule)) {
+        const group = rule as CSSGroupingRule;
+        walk(group.cssRules, (j) => group.deleteRule(j));
+      }
+      // Keyframes hold only declaration blocks, which are never removed whole.
       else if (rule instanceof CSSKeyframesRule) walk(rule.cssRules, () => undefined);
     }
   };
