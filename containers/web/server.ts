@@ -35,6 +35,7 @@ import { RequestProblem, runRequest, type EngineServices } from './jmap/engine.j
 import { parsePushQuery, servePush } from './jmap/push.js';
 import { CORE_CAPABILITY, JmapRegistry } from './jmap/registry.js';
 import { MAIL_CAPABILITY, type JsonObject } from './jmap/types.js';
+import { createImageProxy } from './webmail/image-proxy.js';
 import { WebmailApi } from './webmail/sessions.js';
 
 /** Serves a request the JMAP routes do not know; resolves true when it answered (the webmail's
@@ -128,7 +129,8 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
     metrics,
     cacheSeconds: cfg.loginCacheSeconds,
   });
-  const webmail = new WebmailApi({ sessions: new WebSessions(storage.tables, accounts, { sessionHours: cfg.sessionHours }), auth, log });
+  const images = createImageProxy(config, log);
+  const webmail = new WebmailApi({ sessions: new WebSessions(storage.tables, accounts, { sessionHours: cfg.sessionHours }), auth, log, image: images.handler });
   const folders = new FolderStore(storage.tables, storage.mail);
   const uploads = new UploadStore(storage.mail, cfg.uploadTtlSeconds);
   const services: EngineServices = { config, storage, folders, log, registry };
@@ -379,6 +381,7 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
       clearTimeout(timer);
       detach();
       if (ownsTls) tlsProvider.close();
+      await images.close();
     },
   };
 }
