@@ -18,7 +18,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type { Item, Tables } from '../storage/ports.js';
-import type { Accounts } from './accounts.js';
+import { AccountsError, type Accounts } from './accounts.js';
 
 /** A live session as the web listener sees it. */
 export interface WebSession {
@@ -146,18 +146,19 @@ export class WebSessions {
 
   /**
    * Ends the one session of the user whose listed id starts with `idPrefix` (at least 4 hex
-   * digits); undefined when none does. Throws when the prefix names several.
+   * digits); undefined when none does. AccountsError (Invalid) when the prefix is malformed or names several.
    */
   async revoke(address: string, idPrefix: string): Promise<WebSessionInfo | undefined> {
     const prefix = idPrefix.trim().toLowerCase();
-    if (!/^[0-9a-f]{4,64}$/.test(prefix)) throw new RangeError('a session id is 4 to 64 hex digits (as `session list` shows)');
+    if (!/^[0-9a-f]{4,64}$/.test(prefix)) throw new AccountsError('Invalid', 'a session id is 4 to 64 hex digits (as `session list` shows)');
     const user = this.accounts.normalize(address);
     const matches = (await this.hashes(user)).filter((h) => h.startsWith(prefix));
-    if (matches.length > 1) throw new RangeError(`${matches.length} sessions start with ${prefix}; give more digits`);
+    if (matches.length > 1) throw new AccountsError('Invalid', `${matches.length} sessions start with ${prefix}; give more digits`);
     if (matches.length === 0) return undefined;
     const info = (await this.list(user)).find((s) => matches[0].startsWith(s.id));
     await this.remove(user, matches[0]);
-    return info;
+    // An expired session is not listed but was removed all the same.
+    return info ?? { id: matches[0].slice(0, SHOWN_HEX), user, created: 0, expires: 0, client: '', userAgent: '' };
   }
 
   /** The hashes of the user's listed sessions (expired ones included: removing them is harmless). */

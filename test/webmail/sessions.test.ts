@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSessions } from '../../core/accounts/web-sessions.js';
 import { accountIdOf } from '../../containers/web/jmap/auth.js';
+import { startCli, type CliHarness } from '../cli/support.js';
 import { startWebHarness, type WebHarness } from '../web/harness.js';
 
 const ALICE = 'alice@example.com';
@@ -166,6 +167,42 @@ describe('ending a session', () => {
       await h.accounts.setEnabled(ALICE, true);
     }
   });
+
+  it('tomlinson session list and revoke (one by id prefix, or --all) sign the browser out', async () => {
+    let cli: CliHarness | undefined;
+    try {
+      cli = await startCli();
+      const env = { TOMLINSON_DATA_DIR: h.dir };
+      await new WebSessions(h.storage.tables, h.accounts).revokeAll(ALICE);
+      const one = await login('password-alice', { 'user-agent': 'Browser One' });
+      const two = await login();
+      const three = await login();
+      const list = await cli.run(['--json', 'session', 'list', ALICE], { env });
+      expect(list.code).toBe(0);
+      const rows = JSON.parse(list.stdout) as { id: string; client: string; userAgent: string }[];
+      expect(rows).toHaveLength(3);
+      expect(rows[0]).toMatchObject({ client: '127.0.0.1', userAgent: 'Browser One' });
+      expect(list.stdout).not.toContain(one.cookie);
+      expect(list.stdout).not.toContain(String(one.body.csrfToken));
+      const human = await cli.run(['session', 'list', ALICE], { env });
+      expect(human.stdout).toContain(rows[0].id);
+
+      const revoked = await cli.run(['session', 'revoke', ALICE, rows[0].id.slice(0, 8)], { env });
+      expect(revoked.code).toBe(0);
+      expect((await h.fetch('/jmap/session', { headers: cookieHeader(one.cookie!) })).status).toBe(401);
+      expect((await h.fetch('/jmap/session', { headers: cookieHeader(two.cookie!) })).status).toBe(200);
+
+      expect((await cli.run(['session', 'revoke', ALICE], { env })).code).not.toBe(0);
+      expect((await cli.run(['session', 'revoke', ALICE, rows[0].id], { env })).code).not.toBe(0);
+      expect((await cli.run(['session', 'list', 'nobody@example.com'], { env })).code).not.toBe(0);
+      const all = await cli.run(['session', 'revoke', ALICE, '--all'], { env });
+      expect(all.code).toBe(0);
+      expect(all.stdout).toContain('2 webmail sessions');
+      for (const c of [two.cookie!, three.cookie!]) expect((await h.fetch('/jmap/session', { headers: cookieHeader(c) })).status).toBe(401);
+    } finally {
+      await cli?.cleanup();
+    }
+  }, 120_000);
 
   it('revoking from the operator side (as the CLI does) ends the session', async () => {
     const sessions = new WebSessions(h.storage.tables, h.accounts);
