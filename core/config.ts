@@ -531,7 +531,7 @@ export const SETTINGS: readonly Setting[] = [
     env: 'TOMLINSON_WEB_IMAGE_PROXY',
     kind: 'string',
     default: 'auto',
-    doc: "Forward proxy the webmail fetches a message's remote images through (http://host:port); auto: this process's own caching proxy when proxy.enabled; off: remote images are refused.",
+    doc: "Forward proxy the webmail fetches a message's remote images through (http://host:port); auto: this process's own caching proxy (on listenHost) when proxy.enabled; off: remote images are refused.",
   },
   {
     path: 'web.imageMaxBytes',

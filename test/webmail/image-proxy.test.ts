@@ -4,7 +4,8 @@
  * and a scripted origin server on 127.0.0.1 that records what reaches it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { IMAGE_USER_AGENT } from '../../containers/web/webmail/image-proxy.js';
+import { IMAGE_USER_AGENT, imageProxyUrl } from '../../containers/web/webmail/image-proxy.js';
+import { loadConfig } from '../../core/config.js';
 import { Harness } from '../proxy/harness.js';
 import { startWebHarness, type WebHarness } from '../web/harness.js';
 
@@ -120,5 +121,15 @@ describe('/webmail/image', () => {
     const r = await image(off, proxy.origin.url('/logo.png'), { cookie: offCookie });
     expect(r.status).toBe(503);
     expect(((await r.json()) as { title: string }).title).toMatch(/turned off/);
+  });
+
+  it('web.imageProxy auto means our own proxy where it listens, and nothing when it is off', () => {
+    expect(imageProxyUrl(loadConfig({}))).toBe('http://127.0.0.1:3128');
+    expect(imageProxyUrl(loadConfig({ TOMLINSON_LISTEN_HOST: '0.0.0.0', TOMLINSON_PROXY_PORT: '3999' }))).toBe('http://127.0.0.1:3999');
+    expect(imageProxyUrl(loadConfig({ TOMLINSON_LISTEN_HOST: '10.1.2.3' }))).toBe('http://10.1.2.3:3128');
+    expect(imageProxyUrl(loadConfig({ TOMLINSON_LISTEN_HOST: '::1' }))).toBe('http://[::1]:3128');
+    expect(imageProxyUrl(loadConfig({ TOMLINSON_PROXY_ENABLED: 'false' }))).toBeUndefined();
+    expect(imageProxyUrl(loadConfig({ TOMLINSON_WEB_IMAGE_PROXY: 'off' }))).toBeUndefined();
+    expect(imageProxyUrl(loadConfig({ TOMLINSON_WEB_IMAGE_PROXY: 'http://proxy.internal:3128' }))).toBe('http://proxy.internal:3128');
   });
 });

@@ -32,7 +32,13 @@ const MAX_URL = 4096;
 export function imageProxyUrl(config: Config): string | undefined {
   const v = config.web.imageProxy.trim();
   if (v === 'off' || v === '') return undefined;
-  if (v === 'auto') return config.proxy.enabled ? `http://127.0.0.1:${config.proxy.port}` : undefined;
+  if (v === 'auto') {
+    if (!config.proxy.enabled) return undefined;
+    // The proxy listens on listenHost; a wildcard address is reached on loopback.
+    const h = config.listenHost;
+    const host = h === '' || h === '0.0.0.0' || h === '::' ? '127.0.0.1' : h.includes(':') ? `[${h}]` : h;
+    return `http://${host}:${config.proxy.port}`;
+  }
   return v;
 }
 

@@ -194,7 +194,7 @@ export class WebmailApi {
     const client = req.socket.remoteAddress ?? '';
     // Login CSRF: a browser names the page's origin on a cross-site POST; it must be ours.
     const origin = req.headers.origin;
-    if (origin !== undefined && origin !== `https://${req.headers.host ?? ''}`) {
+    if (origin !== undefined && origin.toLowerCase() !== `https://${req.headers.host ?? ''}`.toLowerCase()) {
       this.parts.log.warn({ client, origin: origin.slice(0, 200) }, 'webmail sign-in refused: cross-site origin');
       return sendProblem(res, 403, 'Cross-site sign-in refused');
     }
