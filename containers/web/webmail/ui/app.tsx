@@ -375,9 +375,10 @@ function Row({ store, position, total }: { store: Store; position: number; total
 function Reader({ store }: { store: Store }) {
   const e = store.open;
   const heading = useRef<HTMLHeadingElement>(null);
-  const [blocked, setBlocked] = useState(0);
+  // Remote images blocked in the open Email, as the frame reports them (its effect runs before
+  // ours, so the count is kept with the id it belongs to rather than reset here).
+  const [blockedIn, setBlockedIn] = useState<{ id: string; n: number }>({ id: '', n: 0 });
   useEffect(() => {
-    setBlocked(0);
     if (e) heading.current?.focus();
   }, [e?.id]);
   if (!e) {
@@ -410,6 +411,7 @@ function Reader({ store }: { store: Store }) {
   const shownInline = (cid: string | null) => !!cid && html.includes(`cid:${cid.replace(/^<|>$/g, '')}`);
   const attachments = e.attachments.filter((p) => p.blobId && !(p.disposition !== 'attachment' && shownInline(p.cid)));
   const allowed = store.imagesAllowed.has(e.id);
+  const blocked = blockedIn.id === e.id ? blockedIn.n : 0;
   return (
     <section class="reader" aria-label="Reader">
       <article aria-label="Message">
@@ -483,7 +485,7 @@ function Reader({ store }: { store: Store }) {
           </p>
         )}
         {htmlParts.length ? (
-          <MessageFrame key={`${e.id}-${allowed}`} html={html} allowRemote={allowed} cidUrl={cidUrl} onRemoteBlocked={setBlocked} />
+          <MessageFrame key={`${e.id}-${allowed}`} html={html} allowRemote={allowed} cidUrl={cidUrl} onRemoteBlocked={(n) => setBlockedIn({ id: e.id, n })} />
         ) : (
           <div class="text-body">
             {linkify(text).map((r, i) =>
