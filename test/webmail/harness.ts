@@ -138,11 +138,10 @@ export async function startWebmailApp(options: WebmailAppOptions = {}): Promise<
     // The image proxy's tests serve their images from 127.0.0.1.
     TOMLINSON_PROXY_ALLOW_PRIVATE_ORIGINS: 'true',
     TOMLINSON_WEB_AUTH_FAILURE_DELAY_MS: '20',
+    // The webmail built for this process (web.webmailDir).
+    TOMLINSON_WEB_WEBMAIL_DIR: webmailDir,
     ...options.env,
   });
-  // The built app's folder (config key web.webmailDir, added by the server side of issue 23);
-  // set on the object so that this compiles and runs before and after the key exists.
-  Object.assign(config.web, { webmailDir });
   const app = await startApp(config, ['smtp', 'imap', 'web', 'proxy', 'workers'], silentLogger, { metrics: new Metrics({ defaults: false }) });
   const portOf = (name: string) => {
     const a = app.listeners.flatMap((l) => l.addresses).find((x) => x.startsWith(`${name} `));
