@@ -91,27 +91,40 @@ async function sessionSeenBy(page: Page): Promise<{ status: number; username?: s
   });
 }
 
+interface Answer {
+  url: string;
+  method: string;
+  status: number;
+}
+
 /** Opens `path` of the attacker `origin` in a new tab of the victim's context; every answer our server gave it. */
-async function attack(
-  context: BrowserContext,
-  origin: string,
-  path: string,
-  settled: (p: Page) => Promise<unknown>,
-): Promise<{ url: string; method: string; status: number }[]> {
+async function attack(context: BrowserContext, origin: string, path: string, settled: (p: Page, answers: Answer[]) => Promise<unknown>): Promise<Answer[]> {
   const tab = await context.newPage();
-  const answers: { url: string; method: string; status: number }[] = [];
+  const answers: Answer[] = [];
   tab.on('response', (r) => {
     if (r.url().startsWith(h.base)) answers.push({ url: r.url(), method: r.request().method(), status: r.status() });
   });
   try {
-    await tab.goto(`${origin}${path}`);
-    await settled(tab);
-    await tab.waitForLoadState('load');
+    // A form page submits itself while it loads, which may end this navigation early; what
+    // counts is the answer `settled` waits for.
+    await tab.goto(`${origin}${path}`).catch(() => undefined);
+    await settled(tab, answers);
     return answers;
   } finally {
     await tab.close();
   }
 }
+
+/** Waits until our server answered the form's POST to `path` (seen as a response of the tab: a
+ * 401 with WWW-Authenticate, JMAP without a cookie, then fails the navigation at the browser's
+ * password prompt, so the page's load is no signal). */
+const answered = (path: string) => async (_t: Page, answers: Answer[]) => {
+  const deadline = Date.now() + 10_000;
+  while (!answers.some((a) => a.url === `${h.base}${path}` && a.method === 'POST')) {
+    if (Date.now() > deadline) throw new Error(`no answer to the POST to ${path} within 10 s: ${JSON.stringify(answers)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+};
 
 beforeAll(async () => {
   h = await startWebmailApp();
@@ -164,9 +177,9 @@ describe('CSRF from another origin, the victim signed in', () => {
         expect(cookie).toBeTruthy();
 
         const answers = [
-          ...(await attack(context, origin, '/jmap-form', (t) => t.waitForURL(`${h.base}/jmap/api`))),
-          ...(await attack(context, origin, '/logout-form', (t) => t.waitForURL(`${h.base}/webmail/api/logout`))),
-          ...(await attack(context, origin, '/login-form', (t) => t.waitForURL(`${h.base}/webmail/api/login`))),
+          ...(await attack(context, origin, '/jmap-form', answered('/jmap/api'))),
+          ...(await attack(context, origin, '/logout-form', answered('/webmail/api/logout'))),
+          ...(await attack(context, origin, '/login-form', answered('/webmail/api/login'))),
           ...(await attack(context, origin, '/fetch', (t) =>
             t.waitForFunction(() => !!(globalThis as unknown as { document: { body: { dataset: { done?: string } } } }).document.body.dataset.done),
           )),
