@@ -42,84 +42,76 @@ export interface WebmailBenchOptions {
   say?: (s: string) => void;
 }
 
+/*
+ * The watchers run in the page and read only its clock. They are plain JavaScript in strings: a
+ * function handed to page.evaluate from here would carry the TypeScript loader's helpers (__name)
+ * into a page that has none.
+ */
+
+/** Resolves window.__inboxMs with the time from the login form's submit to the frame showing the first row. */
+const INBOX_WATCH = `(() => {
+  let submitted = NaN;
+  document.addEventListener('submit', () => { submitted = performance.now(); }, { capture: true, once: true });
+  window.__inboxMs = new Promise((resolve) => {
+    const obs = new MutationObserver(() => {
+      if (Number.isNaN(submitted) || !document.querySelector('[role="listbox"][aria-label="Messages"] [role="option"][data-email-id]')) return;
+      obs.disconnect();
+      requestAnimationFrame(() => resolve(performance.now() - submitted));
+    });
+    obs.observe(document, { subtree: true, childList: true });
+  });
+})()`;
+
+/** Resolves window.__openMs with the time from the next click to the frame in which the reader shows `subject`. */
+const OPEN_WATCH = (subject: string, runId: number) => `(() => {
+  const subject = ${JSON.stringify(subject)};
+  const loaded = '__loaded${runId}';
+  let clicked = NaN;
+  document.addEventListener('click', (e) => { clicked = e.timeStamp; }, { capture: true, once: true });
+  window.__openMs = new Promise((resolve) => {
+    const check = () => {
+      const article = document.querySelector('article[aria-label="Message"]');
+      const h2 = article && article.querySelector('h2');
+      if (Number.isNaN(clicked) || !h2 || h2.textContent.trim() !== subject) return;
+      const frame = article.querySelector('iframe[title="Message body"]');
+      if (frame && !frame[loaded]) {
+        // A frame reused from the message before loads again when its content changes.
+        if (!frame[loaded + 'w']) {
+          frame[loaded + 'w'] = true;
+          frame.addEventListener('load', () => { frame[loaded] = true; check(); });
+        }
+        return;
+      }
+      obs.disconnect();
+      requestAnimationFrame(() => resolve(performance.now() - clicked));
+    };
+    const obs = new MutationObserver(check);
+    obs.observe(document, { subtree: true, childList: true, characterData: true, attributes: true });
+  });
+})()`;
+
+/** Waits for a promise the page keeps in window[name], for at most 15 s. */
+const AWAIT = (name: string) =>
+  `Promise.race([window.${name}, new Promise((_, reject) => setTimeout(() => reject(new Error('${name}: nothing within 15 s')), 15000))])`;
+
 /** Signs in through the form and resolves with the page-clock time from submit to the first row's frame. */
 async function timedLogin(page: Page, base: string): Promise<number> {
   await page.goto(`${base}/webmail/`);
   await page.getByLabel('Email address').fill(USER);
   await page.getByLabel('Password').fill(PASSWORD);
-  // The watcher is in the page before the click; it reads only the page's own clock.
-  await page.evaluate(() => {
-    const g = globalThis as unknown as Record<string, unknown> & {
-      document: { addEventListener(t: string, f: () => void, o: unknown): void; querySelector(s: string): unknown };
-      MutationObserver: new (cb: () => void) => { observe(n: unknown, o: unknown): void; disconnect(): void };
-      requestAnimationFrame(cb: () => void): void;
-    };
-    let submitted = NaN;
-    g.document.addEventListener('submit', () => (submitted = performance.now()), { capture: true, once: true });
-    g.__inboxMs = new Promise<number>((resolve) => {
-      const seen = () => {
-        if (Number.isNaN(submitted) || !g.document.querySelector('[role="listbox"][aria-label="Messages"] [role="option"]')) return;
-        obs.disconnect();
-        g.requestAnimationFrame(() => resolve(performance.now() - submitted));
-      };
-      const obs = new g.MutationObserver(seen);
-      obs.observe(g.document, { subtree: true, childList: true });
-    });
-  });
+  await page.evaluate(INBOX_WATCH);
   await page.getByRole('button', { name: 'Sign in' }).click();
-  return page.evaluate(() => (globalThis as unknown as { __inboxMs: Promise<number> }).__inboxMs, undefined);
+  return (await page.evaluate(AWAIT('__inboxMs'))) as number;
 }
 
 /** Clicks the `index`-th row and resolves with the page-clock time from the click to the reader showing it. */
 async function timedOpen(page: Page, index: number, runId: number): Promise<number> {
-  const rowLocator = page.getByRole('listbox', { name: 'Messages' }).getByRole('option').nth(index);
+  const rowLocator = page.getByRole('listbox', { name: 'Messages' }).locator('[role="option"][data-email-id]').nth(index);
   const subject = /sync message \d+/.exec(await rowLocator.innerText())?.[0];
   if (!subject) throw new Error(`row ${index} shows no seeded subject: ${await rowLocator.innerText()}`);
-  await page.evaluate(
-    ({ subject, runId }) => {
-      const g = globalThis as unknown as Record<string, unknown> & {
-        document: { addEventListener(t: string, f: (e: { timeStamp: number }) => void, o: unknown): void; querySelector(s: string): El | null };
-        MutationObserver: new (cb: () => void) => { observe(n: unknown, o: unknown): void; disconnect(): void };
-        requestAnimationFrame(cb: () => void): void;
-      };
-      type El = { textContent: string | null; querySelector(s: string): El | null; addEventListener(t: string, f: () => void): void } & Record<string, unknown>;
-      let clicked = NaN;
-      g.document.addEventListener('click', (e) => (clicked = e.timeStamp), { capture: true, once: true });
-      const loaded = `__loaded${runId}`;
-      g.__openMs = new Promise<number>((resolve) => {
-        const check = () => {
-          const article = g.document.querySelector('article[aria-label="Message"]');
-          const h2 = article?.querySelector('h2');
-          if (Number.isNaN(clicked) || !h2 || h2.textContent?.trim() !== subject) return;
-          const frame = article!.querySelector('iframe[title="Message body"]');
-          if (frame && !frame[loaded]) {
-            // A frame reused from the message before loads again when its content changes.
-            if (!frame[`${loaded}w`]) {
-              frame[`${loaded}w`] = true;
-              frame.addEventListener('load', () => {
-                frame[loaded] = true;
-                check();
-              });
-            }
-            return;
-          }
-          obs.disconnect();
-          g.requestAnimationFrame(() => resolve(performance.now() - clicked));
-        };
-        const obs = new g.MutationObserver(check);
-        obs.observe(g.document, { subtree: true, childList: true, characterData: true, attributes: true });
-      });
-    },
-    { subject, runId },
-  );
+  await page.evaluate(OPEN_WATCH(subject, runId));
   await rowLocator.click();
-  return page.evaluate(() => {
-    const p = (globalThis as unknown as { __openMs: Promise<number> }).__openMs;
-    return Promise.race([
-      p,
-      new Promise<number>((_, reject) => setTimeout(() => reject(new Error('the reader did not show the message within 10 s')), 10_000)),
-    ]);
-  });
+  return (await page.evaluate(AWAIT('__openMs'))) as number;
 }
 
 /** One login and one open in a fresh context. */

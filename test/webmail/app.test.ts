@@ -106,7 +106,6 @@ describe('webmail in Chromium', () => {
     const { context, page } = await newPage(browser);
     try {
       await page.goto(`${h.base}/webmail/`);
-      await screenshot(page, 'desktop-login');
       await page.getByLabel('Email address').fill(ALICE);
       await page.getByLabel('Password').fill('not the password');
       await page.getByRole('button', { name: 'Sign in' }).click();
@@ -122,7 +121,6 @@ describe('webmail in Chromium', () => {
       expect(await row(page, 'Welcome to the webmail').first().getAttribute('data-email-id')).toBe((q.ids as string[])[0]);
       expect(await folderLink(page, INBOX_NAME).getAttribute('aria-current')).toBe('page');
       expect(await sessionCookie(context, h.base)).toMatch(/^[A-Za-z0-9_-]{43}$/);
-      await screenshot(page, 'desktop-inbox');
     } finally {
       await context.close();
     }
@@ -135,7 +133,6 @@ describe('webmail in Chromium', () => {
       await open(page, 'Welcome to the webmail');
       await until('body text', async () => (await readerText(page)).includes('The first message body.'));
       for (const name of ['Reply', 'Reply all', 'Forward']) await reader(page).getByRole('button', { name, exact: true }).waitFor();
-      await screenshot(page, 'desktop-reader');
     } finally {
       await context.close();
     }
