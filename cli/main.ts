@@ -24,6 +24,7 @@ const GROUPS: [string[], Loader][] = [
   [['user'], () => import('./commands/user.js')],
   [['alias'], () => import('./commands/alias.js')],
   [['app-password'], () => import('./commands/app-password.js')],
+  [['session'], () => import('./commands/session.js')],
   [['mailbox'], () => import('./commands/mailbox.js')],
   [['mailbox'], () => import('./commands/sweep.js')],
   [['folder'], () => import('./commands/folder.js')],

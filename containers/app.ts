@@ -41,8 +41,10 @@ async function startListener(name: Exclude<Component, 'workers'>, ctx: ListenerC
       return (await import('./pop3/server.js')).startPop3(ctx);
     case 'imap':
       return (await import('./imap/server.js')).startImap(ctx);
-    case 'web':
-      return (await import('./web/server.js')).startWeb(ctx);
+    case 'web': {
+      const [{ startWeb }, { createWebmailStatic }] = await Promise.all([import('./web/server.js'), import('./web/webmail/static.js')]);
+      return startWeb(ctx, { static: await createWebmailStatic(ctx.config, ctx.log.child({ c: 'web' })) });
+    }
     case 'proxy':
       return (await import('./proxy/server.js')).startProxy(ctx);
   }

@@ -382,7 +382,7 @@ export const SETTINGS: readonly Setting[] = [
     doc: 'Longest command line, literals excluded (a UID set of a big folder is long; RFC 7162 §4 asks for at least 8192).',
   },
 
-  { path: 'web.enabled', env: 'TOMLINSON_WEB_ENABLED', kind: 'bool', default: true, doc: 'Run the web listener (JMAP API, later the webmail).' },
+  { path: 'web.enabled', env: 'TOMLINSON_WEB_ENABLED', kind: 'bool', default: true, doc: 'Run the web listener (JMAP API and the webmail).' },
   { path: 'web.port', env: 'TOMLINSON_WEB_PORT', kind: 'port', default: 2443, doc: 'HTTPS for JMAP (public 443).' },
   {
     path: 'web.maxConnections',
@@ -509,6 +509,47 @@ export const SETTINGS: readonly Setting[] = [
     max: 30 * 86400,
     default: 86400,
     doc: 'How long an uploaded blob stays usable (RFC 8620 §6.1 asks for at least an hour); the orphan sweep deletes the unused ones later.',
+  },
+  {
+    path: 'web.sessionHours',
+    env: 'TOMLINSON_WEB_SESSION_HOURS',
+    kind: 'int',
+    min: 1,
+    max: 24 * 366,
+    default: 168,
+    doc: 'Lifetime of a webmail sign-in from the moment it is made (absolute: use does not extend it); `tomlinson session revoke` ends one earlier.',
+  },
+  {
+    path: 'web.webmailDir',
+    env: 'TOMLINSON_WEB_WEBMAIL_DIR',
+    kind: 'string',
+    default: '',
+    doc: "Folder of the built webmail (index.html and assets/); empty: the app's dist/webmail (`npm run build` makes it).",
+  },
+  {
+    path: 'web.imageProxy',
+    env: 'TOMLINSON_WEB_IMAGE_PROXY',
+    kind: 'string',
+    default: 'auto',
+    doc: "Forward proxy the webmail fetches a message's remote images through (http://host:port); auto: this process's own caching proxy (on listenHost) when proxy.enabled; off: remote images are refused.",
+  },
+  {
+    path: 'web.imageMaxBytes',
+    env: 'TOMLINSON_WEB_IMAGE_MAX_BYTES',
+    kind: 'int',
+    min: 1024,
+    max: 1024 * MB,
+    default: 10 * MB,
+    doc: 'Largest remote image the webmail fetches for a message.',
+  },
+  {
+    path: 'web.imageTimeoutMs',
+    env: 'TOMLINSON_WEB_IMAGE_TIMEOUT_MS',
+    kind: 'int',
+    min: 100,
+    max: 300000,
+    default: 15000,
+    doc: 'Time a remote image fetch may take in all.',
   },
 
   { path: 'proxy.enabled', env: 'TOMLINSON_PROXY_ENABLED', kind: 'bool', default: true, doc: 'Run the caching proxy.' },
@@ -918,6 +959,11 @@ export interface Config {
     maxObjectsInGet: number;
     maxObjectsInSet: number;
     uploadTtlSeconds: number;
+    sessionHours: number;
+    webmailDir: string;
+    imageProxy: string;
+    imageMaxBytes: number;
+    imageTimeoutMs: number;
   };
   proxy: {
     enabled: boolean;

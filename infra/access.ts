@@ -63,6 +63,11 @@ const MAILBOX_ITEMS = ['MBX#*', 'BLOBREF#*', 'CHG#*', 'JOB#*', 'EML#*', 'THR#*']
  * Identity/set) and SUBM# (EmailSubmission records; containers/web/jmap/submission.ts). */
 const JMAP_ITEMS = ['VAC#*', 'IDENT#*', 'SUBM#*'];
 
+/** The webmail's sign-ins (core/accounts/web-sessions.ts): SESSION#<hash of the cookie> (made at
+ * login, read at every cookie request, deleted at logout) and WEBSESS#<user>, the user's listing
+ * that `tomlinson session list|revoke` reads. Both expire by TTL. */
+const WEB_SESSION_ITEMS = ['SESSION#*', 'WEBSESS#*'];
+
 /** What EmailSubmission reads and changes of the outbound queue's state (core/mail/outbound-store.ts):
  * `OUT#<id>` (deliveryStatus, and undoStatus `canceled` while no attempt was made) and the queue
  * listing `OUTQ` that a cancel removes the message from. */
@@ -86,7 +91,7 @@ const SEND_AS = ['DOMAIN#*', 'ALIAS#*', 'ALIASES#*'];
  * them (in/, dsn/, outbound-dsn/, import/, append/, upload/) and writes only APPEND's new blobs
  * under `append/`. The web service (JMAP) has the mailbox service's items and blob reads and
  * deletes, writes uploads under `upload/`, reads what identities are made of, owns the
- * vacation setting, and hands EmailSubmissions to the inbound queue as the submission listener does
+ * vacation setting and the webmail's sessions, and hands EmailSubmissions to the inbound queue as the submission listener does
  * (spooled under in/; no DKIM key: the outbound worker signs). The proxy
  * touches only its cache items (core/cache/store.ts, stats.ts) and the cache bucket, and accounts
  * only when it requires Proxy-Authorization.
@@ -110,8 +115,8 @@ export function listenerAccess(c: Pick<StageConfig, 'proxyRequireAuth'>): Record
       table: {
         // USER# also holds the app passwords (`USER#<address>` / `APPPW#<id>`), read at every login;
         // APPPW#<id> names the owner of one sent alone as a bearer token.
-        read: [HEALTH_PK, ...LOGIN.read, 'APPPW#*', ...SEND_AS, ...MAILBOX_ITEMS, ...JMAP_ITEMS, ...OUTBOUND_ITEMS],
-        write: [...LOGIN.write, ...MAILBOX_ITEMS, ...JMAP_ITEMS, ...OUTBOUND_ITEMS],
+        read: [HEALTH_PK, ...LOGIN.read, 'APPPW#*', ...SEND_AS, ...MAILBOX_ITEMS, ...JMAP_ITEMS, ...OUTBOUND_ITEMS, ...WEB_SESSION_ITEMS],
+        write: [...LOGIN.write, ...MAILBOX_ITEMS, ...JMAP_ITEMS, ...OUTBOUND_ITEMS, ...WEB_SESSION_ITEMS],
       },
       // EmailSubmission sends as the submission listener does (containers/smtp/policy.ts hooks):
       // the raw message spooled under in/ (spool/ while it arrives) and a job on the inbound queue.

@@ -1,6 +1,7 @@
 /**
- * `npm run build`: bundles every container entry point, every Lambda handler and the admin CLI
- * (scripts/build-cli.mjs, which `npm ci` also runs) with esbuild. Containers target Node 22 (the image's runtime), Lambdas the nodejs22.x runtime.
+ * `npm run build`: bundles every container entry point, every Lambda handler, the admin CLI
+ * (scripts/build-cli.mjs, which `npm ci` also runs) and the webmail (scripts/build-webmail.mjs,
+ * into dist/webmail, which the image copies beside the container bundle) with esbuild. Containers target Node 22 (the image's runtime), Lambdas the nodejs22.x runtime.
  * better-sqlite3 (native) and pino-pretty (terminal only) stay external: the AWS family never
  * loads the first, and containers log JSON.
  */
@@ -8,6 +9,7 @@ import { build, type BuildOptions } from 'esbuild';
 import { existsSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { buildCli } from './build-cli.mjs';
+import { buildWebmail } from './build-webmail.mjs';
 
 const root = new URL('..', import.meta.url).pathname;
 
@@ -55,6 +57,7 @@ async function main(): Promise<void> {
     minify: true,
   });
   await buildCli();
+  await buildWebmail();
   process.stdout.write(`built dist/ in ${Date.now() - started} ms\n`);
 }
 

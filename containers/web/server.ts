@@ -3,8 +3,10 @@
  * serving the JMAP API (RFC 8620): the session resource (also at /.well-known/jmap, §2.2), the API
  * endpoint (§3), blob upload and download (§6) and push over EventSource (§7.3). Every JMAP path
  * needs HTTP Basic (jmap/auth.ts); there is no plain-HTTP port, so a password never crosses the
- * network in the clear. Anything else goes to the `static` hook (the webmail's files, later) or
- * gets 404.
+ * network in the clear. A browser signed in to the webmail (webmail/sessions.ts) sends its
+ * session cookie instead, with X-CSRF-Token on anything but GET/HEAD. /webmail/api/* and
+ * /webmail/image are the webmail's own endpoints; anything else goes to the `static` hook (the
+ * webmail's files, webmail/static.ts) or gets 404.
  *
  * Routes (all under /jmap, ids from types.ts):
  * - GET  /.well-known/jmap, /jmap/session        the session resource
@@ -20,6 +22,7 @@ import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream/promises';
 import { Accounts } from '../../core/accounts/accounts.js';
 import { AppPasswords } from '../../core/accounts/app-passwords.js';
+import { WebSessions } from '../../core/accounts/web-sessions.js';
 import { FolderStore } from '../../core/mailbox/folders.js';
 import { isStorageError } from '../../core/storage/ports.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
@@ -32,6 +35,8 @@ import { RequestProblem, runRequest, type EngineServices } from './jmap/engine.j
 import { parsePushQuery, servePush } from './jmap/push.js';
 import { CORE_CAPABILITY, JmapRegistry } from './jmap/registry.js';
 import { MAIL_CAPABILITY, type JsonObject } from './jmap/types.js';
+import { createImageProxy } from './webmail/image-proxy.js';
+import { WebmailApi } from './webmail/sessions.js';
 
 /** Serves a request the JMAP routes do not know; resolves true when it answered (the webmail's
  * static files will plug in here). */
@@ -124,6 +129,8 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
     metrics,
     cacheSeconds: cfg.loginCacheSeconds,
   });
+  const images = createImageProxy(config, log);
+  const webmail = new WebmailApi({ sessions: new WebSessions(storage.tables, accounts, { sessionHours: cfg.sessionHours }), auth, log, image: images.handler });
   const folders = new FolderStore(storage.tables, storage.mail);
   const uploads = new UploadStore(storage.mail, cfg.uploadTtlSeconds);
   const services: EngineServices = { config, storage, folders, log, registry };
@@ -179,11 +186,15 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
     const path = url.pathname;
     const jmap = path === '/.well-known/jmap' || path === '/jmap' || path.startsWith('/jmap/');
     if (!jmap) {
+      if (await webmail.handle(req, res)) return;
       if (options.static && (await options.static(req, res))) return;
       return sendStatus(res, 404, 'Not Found');
     }
     const client = req.socket.remoteAddress ?? '';
-    const user = await auth.authenticate(req.headers.authorization, client);
+    // Without Authorization, a webmail session cookie may stand in (and needs its CSRF token).
+    const cookie = req.headers.authorization === undefined ? await webmail.authenticate(req) : undefined;
+    if (cookie && 'status' in cookie) return sendStatus(res, cookie.status, cookie.title, cookie.headers);
+    const user = cookie?.user ?? (await auth.authenticate(req.headers.authorization, client));
     if (!user) return sendStatus(res, 401, 'Unauthorized', { 'www-authenticate': WWW_AUTHENTICATE });
     const accountId = accountIdOf(user);
     const method = req.method ?? 'GET';
@@ -370,6 +381,7 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
       clearTimeout(timer);
       detach();
       if (ownsTls) tlsProvider.close();
+      await images.close();
     },
   };
 }

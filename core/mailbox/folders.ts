@@ -44,8 +44,9 @@ export type SpecialUse = keyof typeof SPECIAL_USES;
  * change item): 4 × 5 + 5 = 25. */
 const BATCH = 7;
 const MOVE_BATCH = 5;
-/** Flag changes write one item per message plus counters and the change item. */
-const FLAG_BATCH = 20;
+/** Flag changes write one item per message plus counters and the change item: as many as the
+ * adapter's transactions hold (98 on DynamoDB, 998 locally), each batch one commit. */
+const flagBatch = (tables: Tables) => tables.maxTransactionOps - 2;
 const ROOT = '';
 
 /** One folder as a client sees it. */
@@ -778,8 +779,9 @@ export class FolderStore {
     const modified: number[] = [];
     const unique = [...new Set(uids)];
     await this.folderMeta(user, folderId);
-    for (let i = 0; i < unique.length; i += FLAG_BATCH) {
-      const batch = unique.slice(i, i + FLAG_BATCH);
+    const size = flagBatch(this.tables);
+    for (let i = 0; i < unique.length; i += size) {
+      const batch = unique.slice(i, i + size);
       for (let attempt = 0; ; attempt++) {
         const items = (await Promise.all(batch.map((uid) => this.tables.get(folderKeys.message(user, folderId, uid))))).filter((x): x is Item => !!x);
         const changes: { item: Item; before: string[]; after: string[] }[] = [];

@@ -217,7 +217,11 @@ export type TransactOp =
   | { delete: Key; condition?: Condition }
   | { check: Key; condition: Condition };
 
-/** The most writes one transaction may hold (DynamoDB's classic limit, kept on both families). */
+/**
+ * The writes one transaction may hold on every family (DynamoDB's classic limit). Code that sizes
+ * batches for this works everywhere; code that can use bigger ones asks the adapter
+ * (`Tables.maxTransactionOps`).
+ */
 export const MAX_TRANSACTION_OPS = 25;
 
 /** Options of a single-item write. */
@@ -236,6 +240,12 @@ export interface TableWriteOptions {
 
 /** Items addressed by partition key + sort key, with conditional writes and transactions. */
 export interface Tables {
+  /**
+   * The most writes this adapter takes in one `transact` (at least MAX_TRANSACTION_OPS):
+   * DynamoDB's TransactWriteItems takes 100; SQLite, one local transaction, more. A bulk flag
+   * change of 1,000 messages is one transaction locally instead of fifty fsyncs.
+   */
+  readonly maxTransactionOps: number;
   /**
    * The live item, or undefined (expired items are undefined). `consistent: false` allows a read
    * that may miss writes of the last second or so (DynamoDB's eventually consistent read, half the

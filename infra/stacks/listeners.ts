@@ -202,7 +202,14 @@ export class ListenersStack extends Stack {
               }
             : tlsEnv),
           ...(group === 'mailbox' ? { TOMLINSON_IMAP_MAX_CONNECTIONS: String(c.imapConnectionsPerTask) } : {}),
-          ...(group === 'web' ? { TOMLINSON_WEB_MAX_CONNECTIONS: String(c.webConnectionsPerTask) } : {}),
+          ...(group === 'web'
+            ? {
+                TOMLINSON_WEB_MAX_CONNECTIONS: String(c.webConnectionsPerTask),
+                // The webmail fetches a message's remote images through the proxy service's
+                // internal load balancer (its SSRF rules and cache); without the proxy, none.
+                TOMLINSON_WEB_IMAGE_PROXY: this.proxyNlb ? `http://${this.proxyNlb.loadBalancerDnsName}:${LISTENERS.proxy.publicPort}` : 'off',
+              }
+            : {}),
         },
         nlb: { loadBalancer: this.nlb, securityGroup: this.nlbSecurityGroup },
         ports,

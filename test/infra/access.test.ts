@@ -205,6 +205,9 @@ describe('listener task roles', () => {
       { pk: 'VAC#u@example.com' },
       { pk: 'IDENT#u@example.com' },
       { pk: 'SUBM#u@example.com' },
+      // Webmail sessions (core/accounts/web-sessions.ts) and their per-user listing.
+      { pk: `SESSION#${'a'.repeat(64)}` },
+      { pk: 'WEBSESS#u@example.com' },
       // EmailSubmission: delivery status and cancelling a message not yet tried.
       { pk: 'OUT#m1' },
       { pk: QUEUE_LIST_PK },

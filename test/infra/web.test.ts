@@ -117,6 +117,18 @@ describe('web service', () => {
     expect(() => stageConfig('dev', { webConnectionsPerTask: 0 })).toThrow(/webConnectionsPerTask/);
   });
 
+  it("fetches the webmail's remote images through the proxy's internal load balancer, or not at all without the proxy", () => {
+    const lbs = resources(t, 'AWS::ElasticLoadBalancingV2::LoadBalancer');
+    const internalId = Object.keys(lbs).find((id) => lbs[id]!.Properties!.Scheme === 'internal')!;
+    expect(internalId).toBeDefined();
+    const value = JSON.stringify(taskEnv(t, 'serve web').TOMLINSON_WEB_IMAGE_PROXY);
+    expect(value).toContain(internalId);
+    expect(value).toContain('DNSName');
+    expect(value).toContain(`:${LISTENERS.proxy.publicPort}`);
+    const noProxy = testApp({ listeners: { ...stageConfig('dev').listeners, proxy: false } });
+    expect(taskEnv(Template.fromStack(noProxy.stacks.listeners!), 'serve web').TOMLINSON_WEB_IMAGE_PROXY).toBe('off');
+  });
+
   it('scales on its own CPU and memory between the configured bounds, two tasks at least in prod', () => {
     const svc = main.stacks.listeners!.services.web!;
     expect(svc).toBeDefined();

@@ -88,6 +88,19 @@ export class WebAuth {
       login = creds.login;
       user = await this.check(creds.login, creds.password);
     }
+    return this.settle(user, login, client);
+  }
+
+  /**
+   * The canonical user for a login name and password (the account password or one of the user's
+   * app passwords, as Basic takes them), or undefined after the failed-login delay. The webmail's
+   * sign-in form uses it, so that form and Basic share one throttle and one failure log line.
+   */
+  async login(login: string, password: string, client: string): Promise<string | undefined> {
+    return this.settle(await this.check(login, password), login, client);
+  }
+
+  private async settle(user: string | undefined, login: string, client: string): Promise<string | undefined> {
     if (user) {
       this.parts.throttle.succeed(client, user);
       return user;

@@ -23,7 +23,6 @@ import type { Logger } from '../../log.js';
 import {
   ConditionFailed,
   InvalidRequest,
-  MAX_TRANSACTION_OPS,
   Unavailable,
   type AttrValue,
   type Condition,
@@ -52,6 +51,8 @@ export interface DynamoTablesOptions {
 
 /** Tables on one DynamoDB table (every write is durable when it resolves; `durable: false` changes nothing here). */
 export class DynamoTables implements Tables {
+  /** TransactWriteItems' limit (100 since 2022; 25 before). */
+  readonly maxTransactionOps = 100;
   private readonly now: () => number;
 
   constructor(
@@ -165,7 +166,7 @@ export class DynamoTables implements Tables {
 
   async transact(ops: TransactOp[]): Promise<void> {
     if (ops.length === 0) return;
-    if (ops.length > MAX_TRANSACTION_OPS) throw new InvalidRequest(`${ops.length} writes in one transaction (at most ${MAX_TRANSACTION_OPS})`);
+    if (ops.length > this.maxTransactionOps) throw new InvalidRequest(`${ops.length} writes in one transaction (at most ${this.maxTransactionOps})`);
     const seen = new Set<string>();
     for (const op of ops) {
       const key = opKey(op);

@@ -8,7 +8,6 @@ import type { Statement } from 'better-sqlite3';
 import {
   ConditionFailed,
   InvalidRequest,
-  MAX_TRANSACTION_OPS,
   type AttrValue,
   type Condition,
   type Item,
@@ -110,6 +109,8 @@ function decodeCursor(pk: string, cursor: string): string {
 
 /** The local Tables adapter. */
 export class SqliteTables implements Tables {
+  /** Bounded so that one transaction holds the write lock for milliseconds, not seconds. */
+  readonly maxTransactionOps = 1000;
   private readonly getStmt: Statement<[string, string]>;
   private readonly upsertStmt: Statement<[string, string, number | null, string]>;
   private readonly deleteStmt: Statement<[string, string]>;
@@ -264,7 +265,7 @@ export class SqliteTables implements Tables {
   }
 
   async transact(ops: TransactOp[]): Promise<void> {
-    if (!Array.isArray(ops) || ops.length > MAX_TRANSACTION_OPS) throw new InvalidRequest(`a transaction holds 1..${MAX_TRANSACTION_OPS} operations`);
+    if (!Array.isArray(ops) || ops.length > this.maxTransactionOps) throw new InvalidRequest(`a transaction holds 1..${this.maxTransactionOps} operations`);
     if (ops.length === 0) return;
     const seen = new Set<string>();
     for (const op of ops) {

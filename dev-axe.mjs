@@ -1,0 +1,22 @@
+import { chromium } from 'playwright-core';
+const b = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox','--disable-gpu','--disable-background-networking','--disable-component-update','--disable-sync','--no-first-run','--disable-quic'] });
+const ctx = await b.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1440, height: 900 }, bypassCSP: true });
+const p = await ctx.newPage();
+const axe = async (name) => {
+  await p.addScriptTag({ path: 'node_modules/axe-core/axe.min.js' });
+  const r = await p.evaluate(async () => (await window.axe.run(document)).violations.map((v) => ({ id: v.id, impact: v.impact, n: v.nodes.length, t: v.nodes[0].target.join(' '), s: v.nodes[0].failureSummary?.slice(0, 200) })));
+  console.log(name, JSON.stringify(r, null, 1));
+};
+await p.goto('https://127.0.0.1:8443/webmail/');
+await p.getByRole('option').first().waitFor({ timeout: 10000 });
+await axe('inbox');
+await p.locator('[data-email-id]').nth(2).click();
+await p.getByRole('article', { name: 'Message' }).waitFor();
+await axe('reader');
+await p.getByRole('button', { name: 'Compose' }).click();
+await axe('compose');
+await p.getByRole('button', { name: 'Discard' }).click();
+await p.getByRole('button', { name: 'Settings' }).click();
+await p.getByLabel('Vacation subject').waitFor();
+await axe('settings');
+await b.close();
