@@ -95,20 +95,32 @@ interface Answer {
   url: string;
   method: string;
   status: number;
+  /** The Set-Cookie the answer carried, if any (a refused request must not touch the session). */
+  setCookie?: string | null;
 }
 
 /** Opens `path` of the attacker `origin` in a new tab of the victim's context; every answer our server gave it. */
 async function attack(context: BrowserContext, origin: string, path: string, settled: (p: Page, answers: Answer[]) => Promise<unknown>): Promise<Answer[]> {
   const tab = await context.newPage();
   const answers: Answer[] = [];
+  const headers: Promise<unknown>[] = [];
   tab.on('response', (r) => {
-    if (r.url().startsWith(h.base)) answers.push({ url: r.url(), method: r.request().method(), status: r.status() });
+    if (!r.url().startsWith(h.base)) return;
+    const a: Answer = { url: r.url(), method: r.request().method(), status: r.status() };
+    answers.push(a);
+    headers.push(
+      r.headerValue('set-cookie').then(
+        (v) => (a.setCookie = v),
+        () => undefined,
+      ),
+    );
   });
   try {
     // A form page submits itself while it loads, which may end this navigation early; what
     // counts is the answer `settled` waits for.
     await tab.goto(`${origin}${path}`).catch(() => undefined);
     await settled(tab, answers);
+    await Promise.all(headers);
     return answers;
   } finally {
     await tab.close();
@@ -191,7 +203,7 @@ describe('CSRF from another origin, the victim signed in', () => {
 
         // Nothing changed: no mailbox made, still Alice with the same cookie, the UI still works.
         expect((await mailboxNames()).filter((n) => n.startsWith('Pwned'))).toEqual([]);
-        expect(await sessionCookie(context, h.base)).toBe(cookie);
+        expect(await sessionCookie(context, h.base), `the victim's cookie changed; answers: ${JSON.stringify(posts)}`).toBe(cookie);
         expect(await sessionSeenBy(page)).toEqual({ status: 200, username: ALICE });
         await page.reload();
         await messageList(page).getByRole('option').filter({ hasText: 'Nothing to see' }).first().waitFor();
