@@ -1,5 +1,5 @@
 /**
- * `npm run bench`: runs the SMTP, POP3, IMAP and proxy benchmarks one after the other (each in its own
+ * `npm run bench`: runs the SMTP, POP3, IMAP, JMAP, proxy and webmail benchmarks one after the other (each in its own
  * processes, on 127.0.0.1, bounded in time), shows their tables, and keeps their output under
  * bench/results/ (not committed). `npm run bench -- smtp pop3` runs a subset; other arguments
  * after `--` go to every benchmark (e.g. `--json`).
@@ -7,8 +7,9 @@
  * Without `--peers`, ours runs alone and each bench compares with the issues' reference figures
  * (bench/pop3.ts also measures Dovecot in the same run when it is installed).
  *
- * `npm run bench -- --peers [smtp] [pop3] [imap] [jmap] [proxy] [--runs 3] [--duration 10] [--smtp-messages 1500] [--smtp-warmup 1500]
- * [--pop3-messages 1000] [--imap-messages 1000] [--imap-sync 10000] [--imap-big [100000]] [--proxy-scenarios reval,miss]` runs the peers side
+ * `npm run bench -- --peers [smtp] [pop3] [imap] [jmap] [proxy] [webmail] [--runs 3] [--duration 10] [--smtp-messages 1500] [--smtp-warmup 1500]
+ * [--pop3-messages 1000] [--imap-messages 1000] [--imap-sync 10000] [--imap-big [100000]] [--proxy-scenarios reval,miss]
+ * [--webmail-runs 20] [--webmail-messages 10000]` runs the peers side
  * by side instead (bench/peers/): installs the missing Debian packages (as root), starts Postfix,
  * Dovecot, Squid and nginx on 127.0.0.1 with configs from bench/peers/, alternates runs with ours,
  * prints one table per protocol (medians, p50/p99, peak memory, ours/peer) and writes them as JSON
@@ -26,7 +27,7 @@ import { join } from 'node:path';
 import { PROXY_SCENARIOS, type ProxyScenario } from './peers/util.js';
 
 const root = new URL('..', import.meta.url).pathname;
-const BENCHES = ['smtp', 'pop3', 'imap', 'jmap', 'proxy'] as const;
+const BENCHES = ['smtp', 'pop3', 'imap', 'jmap', 'proxy', 'webmail'] as const;
 
 /** The big IMAP folder's size: `--imap-big` alone is 100,000 messages, `--imap-big N` is N; absent, none. */
 function imapBig(argv: string[]): number | undefined {
@@ -117,7 +118,11 @@ async function peers(argv: string[]): Promise<void> {
                   })
                 : name === 'jmap'
                   ? await (await import('./peers/jmap.js')).runJmapBench({ runs, say })
-                  : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say, scenarios });
+                  : name === 'webmail'
+                    ? await (
+                        await import('./webmail.js')
+                      ).runWebmailBench({ runs: numberFlag(argv, 'webmail-runs'), messages: numberFlag(argv, 'webmail-messages'), say })
+                    : await (await import('./peers/proxy.js')).runProxyPeers({ runs, duration, say, scenarios });
       } catch (e) {
         // One protocol failing (a peer that would not start) still leaves the others' tables.
         failed.push(name);
