@@ -145,7 +145,10 @@ export class WebmailApi {
         const id = sessionCookieOf(req.headers.cookie);
         const s = id === undefined ? undefined : await this.parts.sessions.lookup(id);
         if (!s || id === undefined) {
-          sendProblem(res, 401, 'Not signed in', { 'set-cookie': CLEAR_COOKIE });
+          // A stale cookie that came with the request is cleared; a request without one (a
+          // cross-site form, which SameSite=Strict sends without it) must not clear the
+          // browser's cookie for this site: that would sign the user out from another site.
+          sendProblem(res, 401, 'Not signed in', id === undefined ? {} : { 'set-cookie': CLEAR_COOKIE });
           return true;
         }
         if (!sameToken(req.headers[CSRF_HEADER], s.csrf)) {

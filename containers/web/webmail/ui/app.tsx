@@ -355,20 +355,35 @@ function Row({ store, position, total }: { store: Store; position: number; total
       </span>
       <span class="date">{shortDate(e.receivedAt)}</span>
       <span class="subject">
-        {e.keywords.$flagged && (
-          <span class="flag" aria-label="Flagged" role="img">
-            ★
-          </span>
-        )}
-        {e.hasAttachment && (
-          <span class="clip" aria-label="Has attachment" role="img">
-            📎
-          </span>
-        )}
+        {e.keywords.$flagged && <FlagIcon />}
+        {e.hasAttachment && <ClipIcon />}
         {e.subject || '(no subject)'}
       </span>
       <span class="preview">{e.preview}</span>
     </div>
+  );
+}
+
+/* Icons are inline SVG, not emoji: a machine without an emoji font shows emoji as empty boxes. */
+function FlagIcon() {
+  return (
+    <svg class="flag" viewBox="0 0 16 16" width="14" height="14" role="img" aria-label="Flagged">
+      <path fill="currentColor" d="M8 1.2l2.1 4.3 4.7.7-3.4 3.3.8 4.7L8 12l-4.2 2.2.8-4.7-3.4-3.3 4.7-.7z" />
+    </svg>
+  );
+}
+
+function ClipIcon() {
+  return (
+    <svg class="clip" viewBox="0 0 16 16" width="14" height="14" role="img" aria-label="Has attachment">
+      <path
+        fill="none"
+        stroke="currentColor"
+        stroke-width="1.4"
+        stroke-linecap="round"
+        d="M10.5 4v6.5a2.5 2.5 0 0 1-5 0V3.5a1.5 1.5 0 0 1 3 0V10a.5.5 0 0 1-1 0V5"
+      />
+    </svg>
   );
 }
 

@@ -273,7 +273,11 @@ export class Store {
   // ---------------------------------------------------------------------------------------------
   // Reading
 
+  /** Emails whose keywords the user changed while they were opening: opening does not mark those read. */
+  private touched = new Set<Id>();
+
   async openEmail(id: Id): Promise<void> {
+    this.touched.delete(id);
     this.cursor = id;
     this.openLoading = id;
     this.pane = 'reader';
@@ -287,7 +291,7 @@ export class Store {
       if (!email) return this.fail('That message is gone.');
       this.changed();
       if ((this.threadSizes.get(email.threadId) ?? 1) > 1 || this.collapseThreads) void this.loadThread(email.threadId, id);
-      if (!email.keywords.$seen && !email.keywords.$draft) await this.setKeyword([id], '$seen', true);
+      if (!email.keywords.$seen && !email.keywords.$draft && !this.touched.has(id)) await this.setKeyword([id], '$seen', true);
     } catch (e) {
       this.openLoading = null;
       this.fail(e);
@@ -331,6 +335,7 @@ export class Store {
 
   async setKeyword(ids: Id[], keyword: string, on: boolean): Promise<void> {
     if (!ids.length) return;
+    if (this.openLoading) for (const id of ids) this.touched.add(id);
     // Shown at once; the server's answer (or the push after it) confirms.
     for (const id of ids) {
       const e = this.emails.get(id);
