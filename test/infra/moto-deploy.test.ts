@@ -232,11 +232,26 @@ describe('listener tasks against the deployed state stack', () => {
     return out;
   }
 
-  /** The environment with every Fn::ImportValue replaced by the deployed export's value. */
+  /**
+   * The environment with every Fn::ImportValue replaced by the deployed export's value. A value
+   * joined from an attribute of the listeners stack itself (the proxy's internal load balancer
+   * name in the web task's image proxy URL; that stack is not deployed on moto) gets a stand-in
+   * host name, so the configuration it makes can still be checked.
+   */
   function resolve(env: { Name: string; Value: unknown }[], exports: Map<string, string>): Record<string, string> {
     return Object.fromEntries(
       env.map(({ Name, Value }) => {
         if (typeof Value === 'string') return [Name, Value];
+        const join = (Value as { 'Fn::Join'?: [string, unknown[]] })['Fn::Join'];
+        if (join) {
+          const parts = join[1].map((p) => {
+            if (typeof p === 'string') return p;
+            const att = (p as { 'Fn::GetAtt'?: [string, string] })['Fn::GetAtt'];
+            expect(att, `${Name}: ${JSON.stringify(p)}`).toBeDefined();
+            return `${att![0].toLowerCase()}-${att![1].toLowerCase()}.listeners.test`;
+          });
+          return [Name, parts.join(join[0])];
+        }
         const name = (Value as { 'Fn::ImportValue'?: unknown })['Fn::ImportValue'];
         expect(typeof name, `${Name}: ${JSON.stringify(Value)}`).toBe('string');
         const v = exports.get(name as string);
