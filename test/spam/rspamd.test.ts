@@ -8,10 +8,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inboundJob } from '../../core/mail/inbound.js';
 import type { InboundJob } from '../../core/mail/jobs.js';
-import { isSkipped } from '../../core/mail/spam.js';
+import { isSkipped, RspamdClient, type SpamVerdict } from '../../core/mail/spam.js';
 import { INBOX } from '../../core/mailbox/keys.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
-import { silentLogger } from '../../core/log.js';
+import { PassThrough } from 'node:stream';
+import { createLogger, silentLogger } from '../../core/log.js';
 import { ALICE, drainInbound, PASSWORD, startHarness, storedMessage, TestClient, type Harness } from '../smtp/harness.js';
 import { startRspamd, type Rspamd } from '../support/rspamd.js';
 
@@ -62,6 +63,8 @@ describe('MX spam scanning with rspamd', () => {
   let rspamd: Rspamd;
   let h: Harness;
   const latencies: number[] = [];
+  /** The listener's log lines (JSON). */
+  const logged: { msg: string; [k: string]: unknown }[] = [];
 
   beforeAll(async () => {
     rspamd = await startRspamd({
@@ -73,7 +76,13 @@ describe('MX spam scanning with rspamd', () => {
       },
     });
     // Small messages inline, larger ones through the spool: both paths are scanned.
-    h = await startHarness({ TOMLINSON_SPAM: 'on', TOMLINSON_SPAM_URL: rspamd.url, TOMLINSON_SPAM_TIMEOUT_MS: '5000' }, { inlineBytes: 4096 });
+    const sink = new PassThrough();
+    sink.on('data', (d: Buffer) => {
+      for (const line of d.toString('utf8').split('\n').filter(Boolean)) logged.push(JSON.parse(line));
+    });
+    const log = createLogger({ level: 'info', pretty: false, destination: sink });
+    h = await startHarness({ TOMLINSON_SPAM: 'on', TOMLINSON_SPAM_URL: rspamd.url, TOMLINSON_SPAM_TIMEOUT_MS: '5000' }, { inlineBytes: 4096, log });
+    expect(logged.map((l) => l.msg)).toContain('SMTP listening (spam scanning on)');
   });
 
   afterAll(async () => {
@@ -192,6 +201,25 @@ describe('MX spam scanning with rspamd', () => {
     expect((await storedMessage(h.storage, job)).toString('utf8')).not.toContain('X-Spam-Status');
   });
 
+  it('passes our SPF/DKIM/DMARC results to rspamd, which scores them as its own symbols without looking them up', async () => {
+    const client = new RspamdClient({ url: rspamd.url });
+    try {
+      const r = await client.scan(Buffer.from(message('hello', 'Hi.')), {
+        from: 'sender@remote.example',
+        rcpts: [ALICE],
+        ip: '192.0.2.7',
+        helo: 'mail.remote.example',
+        queueId: 'q1',
+        auth: { spf: 'pass', dkim: 'fail', dmarc: 'fail' },
+      });
+      expect(isSkipped(r)).toBe(false);
+      const names = (r as SpamVerdict).symbols.map((s) => s.replace(/\(.*$/, ''));
+      expect(names).toEqual(expect.arrayContaining(['R_SPF_ALLOW', 'R_DKIM_REJECT', 'DMARC_POLICY_SOFTFAIL']));
+    } finally {
+      await client.close();
+    }
+  });
+
   it('keeps accepting mail when rspamd stops mid-run: X-Spam-Status: Unknown, a log line, and the skipped counter', async () => {
     const before = await counter(h, 'skipped');
     await rspamd.kill();
@@ -202,6 +230,7 @@ describe('MX spam scanning with rspamd', () => {
     const stored = (await storedMessage(h.storage, job)).toString('utf8');
     expect(stored).toContain('\r\nX-Spam-Status: Unknown (scan skipped: unavailable)\r\n');
     expect(await counter(h, 'skipped')).toBe(before + 1);
+    expect(logged.find((l) => l.id === job.id && l.msg.startsWith('spam scan skipped'))).toMatchObject({ reason: 'unavailable' });
     expect(await h.metrics.text()).toMatch(/tomlinson_spam_scans_total\{result="skipped"\} \d/);
     // The unscanned message is delivered to INBOX.
     await deliver(job);
