@@ -8,9 +8,10 @@
  * durable queue write is then the message's durable store, and the worker writes the blob before
  * anything refers to it (why: docs/performance.md, SMTP listener and spool). The other collected messages
  * are written with one put; larger ones are streamed into the blob as they arrive, so memory stays
- * bounded whatever the size. On the MX listener the SPF/DKIM/DMARC result must be a header at the top of the stored
- * message but is only known once the whole message has been read, so a large MX message is first
- * streamed to a spool key, checked from there, and copied once to its final key.
+ * bounded whatever the size. On the MX listener the SPF/DKIM/DMARC result and the spam scan's
+ * X-Spam-* fields (core/mail/spam.ts) must be headers at the top of the stored message but are
+ * only known once the whole message has been read, so a large MX message is first streamed to a
+ * spool key, checked and scanned from there, and copied once to its final key.
  */
 import { randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
