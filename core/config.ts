@@ -232,6 +232,25 @@ export const SETTINGS: readonly Setting[] = [
     doc: 'Client inactivity before 421 (RFC 5321 §4.5.3.2.7: at least 5 minutes).',
   },
 
+  {
+    path: 'spam.enabled',
+    env: 'TOMLINSON_SPAM',
+    kind: 'enum',
+    values: ['auto', 'on', 'off'],
+    default: 'auto',
+    doc: 'Scan MX mail with rspamd at spam.url: auto = when it answers /ping at start-up; on = always (a scan that fails is skipped and counted); off = never.',
+  },
+  { path: 'spam.url', env: 'TOMLINSON_SPAM_URL', kind: 'string', default: 'http://127.0.0.1:11333', doc: "rspamd's normal worker (its /checkv2 and /ping)." },
+  {
+    path: 'spam.timeoutMs',
+    env: 'TOMLINSON_SPAM_TIMEOUT_MS',
+    kind: 'int',
+    min: 100,
+    max: 120000,
+    default: 5000,
+    doc: 'Longest wait for a scan; past it the message is accepted unscanned (X-Spam-Status: Unknown).',
+  },
+
   { path: 'pop3.enabled', env: 'TOMLINSON_POP3_ENABLED', kind: 'bool', default: true, doc: 'Run the POP3 listeners.' },
   { path: 'pop3.port', env: 'TOMLINSON_POP3_PORT', kind: 'port', default: 2110, doc: 'POP3 with STLS (public 110).' },
   { path: 'pop3.tlsPort', env: 'TOMLINSON_POP3S_PORT', kind: 'port', default: 2995, doc: 'POP3 with implicit TLS (public 995); 0 turns it off.' },
@@ -916,6 +935,7 @@ export interface Config {
     maxTextLineBytes: number;
     idleTimeoutSeconds: number;
   };
+  spam: { enabled: 'auto' | 'on' | 'off'; url: string; timeoutMs: number };
   pop3: {
     enabled: boolean;
     port: number;

@@ -68,6 +68,20 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly spamScans = new Counter({
+    name: 'tomlinson_spam_scans_total',
+    help: 'Spam scans of MX mail by result: the rspamd action (no_action, add_header, rewrite_subject, greylist, soft_reject, reject) or skipped (rspamd down, slow or erroring; the mail is accepted unscanned)',
+    labelNames: ['result'],
+    registers: [this.registry],
+  });
+  readonly spamScanSeconds = new Histogram({
+    name: 'tomlinson_spam_scan_seconds',
+    help: 'Time a spam scan added before the reply to DATA',
+    labelNames: ['result'],
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+
   constructor(options: { defaults?: boolean } = {}) {
     if (options.defaults ?? true) collectDefaultMetrics({ register: this.registry });
   }

@@ -11,6 +11,7 @@ import { cidrList, clientAllowed } from '../../core/address-ranges.js';
 import type { Config } from '../../core/config.js';
 import { dnsResolverFromConfig, type DnsResolver } from '../../core/dns.js';
 import type { Logger } from '../../core/log.js';
+import { spamScannerFromConfig, type SpamScanner } from '../../core/mail/spam.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
 import type { ListenerContext, RunningListener } from '../listener.js';
@@ -31,6 +32,8 @@ export interface SmtpServerOptions {
   inlineBytes?: number;
   /** TLS handshake limit. @default 30000 */
   handshakeTimeoutMs?: number;
+  /** The spam scanner instead of the config's (spam.*); null: none. The listener closes it. */
+  spam?: SpamScanner | null;
 }
 
 /** A running SMTP listener group, with its actual ports (useful with ephemeral ports). */
@@ -57,6 +60,12 @@ export async function startSmtpServer(ctx: ListenerContext, options: SmtpServerO
   const resolver = options.resolver ?? dnsResolverFromConfig(config);
   const accounts = new Accounts(storage.tables);
   const mailboxes = new MailboxStore(storage.tables, storage.mail);
+  // Only the default hooks scan; a test's own hooks decide for themselves.
+  const spam = options.hooks
+    ? undefined
+    : options.spam !== undefined
+      ? (options.spam ?? undefined)
+      : await spamScannerFromConfig(config.spam, { metrics, log });
   const hooks =
     options.hooks ??
     createHooks(accounts, mailboxes, {
@@ -70,6 +79,7 @@ export async function startSmtpServer(ctx: ListenerContext, options: SmtpServerO
       authFailureDelayMs: config.smtp.authFailureDelayMs,
       resolver,
       inlineBytes: options.inlineBytes,
+      spam,
     });
 
   const c = config.smtp;
@@ -119,9 +129,10 @@ export async function startSmtpServer(ctx: ListenerContext, options: SmtpServerO
     });
   } catch (e) {
     if (ownTls) tlsProvider.close();
+    await spam?.close();
     throw e;
   }
-  log.info({ addresses: listener.addresses }, 'SMTP listening');
+  log.info({ addresses: listener.addresses, spamScanning: spam ? 'on' : 'off' }, `SMTP listening (spam scanning ${spam ? 'on' : 'off'})`);
 
   return {
     name: 'smtp',
@@ -131,6 +142,7 @@ export async function startSmtpServer(ctx: ListenerContext, options: SmtpServerO
     async close(graceMs = 10_000): Promise<void> {
       await listener.close(graceMs);
       if (ownTls) tlsProvider.close();
+      await spam?.close();
     },
   };
 }

@@ -8,18 +8,20 @@
  * durable queue write is then the message's durable store, and the worker writes the blob before
  * anything refers to it (why: docs/performance.md, SMTP listener and spool). The other collected messages
  * are written with one put; larger ones are streamed into the blob as they arrive, so memory stays
- * bounded whatever the size. On the MX listener the SPF/DKIM/DMARC result must be a header at the top of the stored
- * message but is only known once the whole message has been read, so a large MX message is first
- * streamed to a spool key, checked from there, and copied once to its final key.
+ * bounded whatever the size. On the MX listener the SPF/DKIM/DMARC result and the spam scan's
+ * X-Spam-* fields (core/mail/spam.ts) must be headers at the top of the stored message but are
+ * only known once the whole message has been read, so a large MX message is first streamed to a
+ * spool key, checked and scanned from there, and copied once to its final key.
  */
 import { randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import type { Logger } from '../../core/log.js';
-import { checkMessageAuth } from '../../core/mail/auth-results.js';
+import { checkMessageAuth, type AuthCheck } from '../../core/mail/auth-results.js';
 import { summarizeForMailbox } from '../../core/mail/imap-structure.js';
 import type { InboundJob } from '../../core/mail/jobs.js';
 import { buildReceived } from '../../core/mail/received.js';
 import { returnPathLine } from '../../core/mail/return-path.js';
+import { isSkipped, spamHeaders, type SpamResult, type SpamScanner } from '../../core/mail/spam.js';
 import type { DnsResolver } from '../../core/dns.js';
 import type { Metrics } from '../../core/metrics.js';
 import { isStorageError, type AttrValue, type BlobInfo, type Storage } from '../../core/storage/ports.js';
@@ -44,6 +46,9 @@ export interface SpoolDeps {
   queueInlineBytes?: number;
   /** @default () => new Date() */
   now?: () => Date;
+  /** Scans MX mail from unauthenticated clients before the reply to DATA (core/mail/spam.ts);
+   * absent: no scan. */
+  spam?: SpamScanner;
 }
 
 /** A time-ordered, unguessable queue id: 9 base-36 time characters and 12 hex random ones. */
@@ -73,6 +78,8 @@ export class StorageSink implements MessageSink {
   private summary?: Record<string, AttrValue>;
   /** The stored form of a message that travels inside its job (no blob written here). */
   private carried?: Buffer;
+  /** The spam scan's outcome, for the job. */
+  private spam?: SpamResult;
 
   constructor(
     private readonly deps: SpoolDeps,
@@ -108,6 +115,16 @@ export class StorageSink implements MessageSink {
     return this.deps.checkAuth && this.session.listener === 'mx' && !this.session.authUser && this.deps.resolver !== undefined;
   }
 
+  /** Only MX mail from unauthenticated clients is scanned (never submission, in this part). */
+  private get needsSpamScan(): boolean {
+    return this.deps.spam !== undefined && this.session.listener === 'mx' && !this.session.authUser;
+  }
+
+  /** Headers to put on top of a message stored from the spool: checks ran from the spool copy. */
+  private get checksFromSpool(): boolean {
+    return this.needsAuthCheck || this.needsSpamScan;
+  }
+
   write(chunk: Buffer): void | Promise<void> {
     if (this.aborted) return;
     if (!this.stream) {
@@ -141,7 +158,7 @@ export class StorageSink implements MessageSink {
   }
 
   private startStream(): void {
-    const spool = this.needsAuthCheck;
+    const spool = this.checksFromSpool;
     const key = spool ? `spool/${this.id}` : this.key;
     const body = new PassThrough({ highWaterMark: 256 * 1024 });
     // abort() destroys the stream with an error; the put may already be gone, so never let that
@@ -187,6 +204,7 @@ export class StorageSink implements MessageSink {
       ...(this.tx.body === '8BITMIME' || stats.eightBit ? { body8bit: true } : {}),
       ...(this.summary ? { summary: this.summary } : {}),
       ...(this.carried ? { raw: this.carried.toString('base64') } : {}),
+      ...(this.spam ? { spam: this.spam } : {}),
     };
     try {
       await this.deps.storage.queues.send('inbound', JSON.stringify(job));
@@ -206,6 +224,9 @@ export class StorageSink implements MessageSink {
         rcpts: this.tx.rcpts.length,
         size: info.size,
         ms: Math.round(performance.now() - started),
+        ...(this.spam
+          ? { spam: isSkipped(this.spam) ? `skipped: ${this.spam.skipped}` : this.spam.action, ...(isSkipped(this.spam) ? {} : { score: this.spam.score }) }
+          : {}),
       },
       'message accepted',
     );
@@ -214,9 +235,9 @@ export class StorageSink implements MessageSink {
   private async finishInline(): Promise<BlobInfo> {
     const content = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
     this.chunks = [];
-    let auth = '';
-    if (this.needsAuthCheck) auth = await this.checkAuth(content);
-    const body = auth ? Buffer.concat([this.received, Buffer.from(auth, 'utf8'), content]) : Buffer.concat([this.received, content]);
+    const auth = this.needsAuthCheck ? await this.checkAuth(content) : undefined;
+    const checks = (await this.scanSpam(content, auth)) + (auth?.headers ?? '');
+    const body = checks ? Buffer.concat([this.received, Buffer.from(checks, 'utf8'), content]) : Buffer.concat([this.received, content]);
     if (body.length <= (this.deps.queueInlineBytes ?? 0)) {
       // Travels inside the job (file comment); the worker, which parses it anyway, summarizes it.
       this.carried = body;
@@ -251,10 +272,12 @@ export class StorageSink implements MessageSink {
     if (s.key === this.key) return spooled;
     // MX, large: check from the spool, then write the final blob with the headers on top.
     try {
-      const { body } = await this.deps.storage.mail.get(s.key);
-      const auth = await this.checkAuth(body);
+      let auth: AuthCheck | undefined;
+      if (this.needsAuthCheck) auth = await this.checkAuth((await this.deps.storage.mail.get(s.key)).body);
+      let spam = '';
+      if (this.needsSpamScan) spam = await this.scanSpam((await this.deps.storage.mail.get(s.key)).body, auth, spooled.size);
       const { body: again } = await this.deps.storage.mail.get(s.key);
-      const headers = Buffer.from(this.received.toString('utf8') + auth, 'utf8');
+      const headers = Buffer.from(this.received.toString('utf8') + spam + (auth?.headers ?? ''), 'utf8');
       const final = Readable.from(prepend(headers, again));
       return await this.deps.storage.mail.put(this.key, final, { ifAbsent: true, contentType: 'message/rfc822' });
     } finally {
@@ -262,7 +285,43 @@ export class StorageSink implements MessageSink {
     }
   }
 
-  private async checkAuth(message: Buffer | Readable): Promise<string> {
+  /**
+   * The spam scan (when this message gets one): its header fields to prepend, or a ReplyError for
+   * rspamd's reject (550 5.7.1) and soft reject / greylist (451 4.7.1, RFC 3463 X.7.1: refused
+   * by policy; the sender retries a 4xx). A skipped scan accepts the message, with a header
+   * saying so and a log line saying why.
+   */
+  private async scanSpam(message: Buffer | Readable, auth: AuthCheck | undefined, size?: number): Promise<string> {
+    if (!this.needsSpamScan) {
+      if (!Buffer.isBuffer(message)) message.destroy();
+      return '';
+    }
+    const r = await this.deps.spam!.scan(message, {
+      from: this.tx.from,
+      rcpts: this.tx.rcpts.map((x) => x.address),
+      ip: this.session.clientAddress,
+      helo: this.session.helo ?? '',
+      queueId: this.id,
+      ...(auth ? { auth: { spf: auth.spf, dkim: auth.dkim, dmarc: auth.dmarc } } : {}),
+      ...(size !== undefined ? { size } : {}),
+    });
+    this.spam = r;
+    if (isSkipped(r)) {
+      this.deps.log.warn({ id: this.id, reason: r.skipped, detail: r.detail }, `spam scan skipped (${r.skipped}); message accepted unscanned`);
+      return spamHeaders(r);
+    }
+    if (r.action === 'reject') {
+      this.deps.log.info({ id: this.id, from: this.tx.from, score: r.score, symbols: r.symbols.slice(0, 10) }, 'rejected as spam');
+      throw new ReplyError(550, '5.7.1', r.message || 'Message rejected as spam');
+    }
+    if (r.action === 'soft reject' || r.action === 'greylist') {
+      this.deps.log.info({ id: this.id, from: this.tx.from, score: r.score, action: r.action }, 'spam check says try later; 451');
+      throw new ReplyError(451, '4.7.1', r.message || 'Try again later');
+    }
+    return spamHeaders(r);
+  }
+
+  private async checkAuth(message: Buffer | Readable): Promise<AuthCheck> {
     const r = await checkMessageAuth(message, {
       ip: this.session.clientAddress,
       helo: this.session.helo ?? '',
@@ -275,7 +334,7 @@ export class StorageSink implements MessageSink {
       // RFC 7489 §6.6.4 / §7.3: reject at the SMTP level with 550 5.7.1.
       throw new ReplyError(550, '5.7.1', 'Rejected by DMARC policy of the sender domain');
     }
-    return r.headers;
+    return r;
   }
 
   abort(reason: string): void {

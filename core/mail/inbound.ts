@@ -8,12 +8,14 @@
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { Accounts } from '../accounts/accounts.js';
+import { folderKeys } from '../mailbox/keys.js';
 import { MailboxStore, NoSuchMailbox, QuotaExceeded } from '../mailbox/store.js';
 import { type AttrValue, isStorageError, putIfAbsent, type Tables } from '../storage/ports.js';
 import { done, type JobContext, type JobHandler, type JobMeta, type JobOutcome } from '../workers/job.js';
 import { dispatchDsn } from './dsn.js';
 import type { DsnRecipient, InboundJob, OutboundJob } from './jobs.js';
 import { summarizeForMailbox } from './imap-structure.js';
+import { isJunk } from './spam.js';
 import { blobHolder as outboundHolder } from './outbound.js';
 import { answerVacation } from './vacation.js';
 
@@ -170,24 +172,34 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
   let referenced = false;
   /** Users whose mailbox holds the message (now or from an earlier attempt): vacation answers. */
   const deliveredTo: string[] = [];
+  // rspamd's `add header` / `rewrite subject` (scanned on the MX listener, core/mail/spam.ts): the
+  // message goes into each recipient's Junk folder (special use \Junk, made at first use), not
+  // INBOX, and gets no vacation reply (no auto-answers to spam). Its X-Spam-* header fields are
+  // already in the stored message.
+  const junk = isJunk(job.spam);
   if (routing.local.size > 0) {
     // Summarised once, and only if some mailbox still lacks the message (a redelivery after
     // users deleted their copies must not need the blob again).
     let summary: Record<string, AttrValue> | undefined;
     for (const user of routing.local.keys()) {
-      if ((await store.delivered(job.id, user)) !== undefined) {
+      const junkFolder = junk ? (await store.folders.ensureSpecialUse(user, '\\Junk')).id : undefined;
+      // Idempotent on the job id either way: the append's marker names the folder (INBOX's is the
+      // delivery marker).
+      const already = junkFolder ? await tables.get(folderKeys.marker(job.id, user, junkFolder)) : await store.delivered(job.id, user);
+      if (already !== undefined) {
         referenced = true;
-        deliveredTo.push(user);
+        if (!junk) deliveredTo.push(user);
         continue;
       }
       try {
         summary ??= await summarize(job, raw, ctx);
         await ensureBlob();
-        const r = await store.deliver(user, { jobId: job.id, blobKey: job.blobKey, size: job.size, receivedAt: job.receivedAt, summary });
+        const m = { jobId: job.id, blobKey: job.blobKey, size: job.size, receivedAt: job.receivedAt, summary };
+        const r = junkFolder ? await store.folders.append(user, junkFolder, { ...m, key: job.id }) : await store.deliver(user, m);
         referenced = true;
-        deliveredTo.push(user);
-        log.info({ user, uid: r.uid, duplicate: r.duplicate }, 'delivered');
-        if (!r.duplicate) ctx.metrics?.messages.inc({ stage: 'inbound', outcome: 'delivered' });
+        if (!junk) deliveredTo.push(user);
+        log.info({ user, uid: r.uid, duplicate: r.duplicate, ...(junk ? { folder: 'Junk' } : {}) }, junk ? 'delivered into Junk (spam)' : 'delivered');
+        if (!r.duplicate) ctx.metrics?.messages.inc({ stage: 'inbound', outcome: junk ? 'junked' : 'delivered' });
       } catch (e) {
         const rcpts = routing.local.get(user) ?? [];
         if (e instanceof NoSuchMailbox) {

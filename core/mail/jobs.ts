@@ -44,6 +44,9 @@ export interface InboundJob {
   listener: 'mx' | 'submission';
   smtputf8?: boolean;
   body8bit?: boolean;
+  /** The spam scan's outcome on the MX listener (core/mail/spam.ts): the inbound worker files an
+   * `add header` / `rewrite subject` verdict into the recipient's Junk folder. Absent: not scanned. */
+  spam?: import('./spam.js').SpamResult;
   /** The message's `summarizeMessage` result when the listener made it (small messages, read
    * whole in memory anyway); the worker then need not read the blob again. */
   summary?: Record<string, import('../storage/ports.js').AttrValue>;

@@ -47,6 +47,9 @@ export async function startHarness(
     TOMLINSON_SMTP_CHECK_AUTH: 'false',
     TOMLINSON_SMTP_MAX_CONNECTIONS_PER_CLIENT: '200',
     TOMLINSON_SMTP_AUTH_FAILURE_DELAY_MS: '20',
+    // Not spam.enabled=auto: an rspamd the machine happens to run on 11333 must not change what
+    // these tests store. test/spam turns it on against its own rspamd.
+    TOMLINSON_SPAM: 'off',
     ...env,
   });
   const real = await openLocalStorage(config, silentLogger);
