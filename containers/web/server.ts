@@ -35,6 +35,7 @@ import { RequestProblem, runRequest, type EngineServices } from './jmap/engine.j
 import { parsePushQuery, servePush } from './jmap/push.js';
 import { CORE_CAPABILITY, JmapRegistry } from './jmap/registry.js';
 import { MAIL_CAPABILITY, type JsonObject } from './jmap/types.js';
+import { readBody } from './read-body.js';
 import { createImageProxy } from './webmail/image-proxy.js';
 import { WebmailApi } from './webmail/sessions.js';
 
@@ -88,20 +89,6 @@ function sendProblem(res: ServerResponse, p: RequestProblem, headers: Record<str
 function sendStatus(res: ServerResponse, status: number, title: string, headers: Record<string, string> = {}): void {
   res.writeHead(status, { 'content-type': 'application/problem+json; charset=utf-8', ...headers });
   res.end(JSON.stringify({ type: 'about:blank', status, title }));
-}
-
-/** Reads a request body up to `max` bytes; undefined when it is longer (the rest is left unread). */
-async function readBody(req: IncomingMessage, max: number): Promise<Buffer | undefined> {
-  const declared = Number(req.headers['content-length']);
-  if (Number.isFinite(declared) && declared > max) return undefined;
-  const parts: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > max) return undefined;
-    parts.push(chunk);
-  }
-  return Buffer.concat(parts);
 }
 
 /** `attachment; filename*=` per RFC 6266 §4.3 with RFC 8187 encoding, plus an ASCII fallback. */

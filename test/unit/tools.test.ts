@@ -27,7 +27,7 @@ describe('the test tools check', () => {
       expect(r.stderr).toMatch(new RegExp(`^  - ${tool} \\(`, 'm'));
     expect(r.stderr).toContain("moto's server");
     expect(r.stderr).toContain('test/support/moto.ts');
-    expect(r.stderr).toMatch(/^ {2}apt-get update && apt-get install -y --no-install-recommends swaks .*fetchmail .*chromium .*bsdutils$/m);
+    expect(r.stderr).toMatch(/^ {2}apt-get update && apt-get install -y --no-install-recommends swaks .*fetchmail .*chromium .*bsdutils rspamd$/m);
     expect(r.stderr).toContain('pip install "moto[server]>=5.2"');
     expect(r.stdout).toBe('');
   });

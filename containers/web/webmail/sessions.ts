@@ -25,6 +25,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { WebSession, WebSessions } from '../../../core/accounts/web-sessions.js';
 import type { Logger } from '../../../core/log.js';
 import type { WebAuth } from '../jmap/auth.js';
+import { readBody } from '../read-body.js';
 
 /** The cookie's name; the `__Host-` prefix makes the browser enforce Secure, Path=/ and no Domain. */
 export const SESSION_COOKIE = '__Host-tomlinson';
@@ -95,20 +96,6 @@ function sameToken(given: string | string[] | undefined, expected: string): bool
   const a = Buffer.from(given);
   const b = Buffer.from(expected);
   return a.length === b.length && timingSafeEqual(a, b);
-}
-
-/** Reads a small body; undefined when longer than `max`. */
-async function readSmall(req: IncomingMessage, max: number): Promise<Buffer | undefined> {
-  const declared = Number(req.headers['content-length']);
-  if (Number.isFinite(declared) && declared > max) return undefined;
-  const parts: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > max) return undefined;
-    parts.push(chunk);
-  }
-  return Buffer.concat(parts);
 }
 
 /** The webmail's session endpoints and the cookie check of the JMAP paths. */
@@ -203,7 +190,7 @@ export class WebmailApi {
     }
     const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
     if (type !== 'application/json') return sendProblem(res, 415, 'The sign-in request must be application/json');
-    const body = await readSmall(req, MAX_LOGIN_BODY);
+    const body = await readBody(req, MAX_LOGIN_BODY);
     if (!body) return sendProblem(res, 413, 'The sign-in request is too large', { connection: 'close' });
     let parsed: unknown;
     try {
