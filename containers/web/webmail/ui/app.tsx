@@ -346,6 +346,8 @@ function Row({ store, position, total }: { store: Store; position: number; total
         ev.dataTransfer?.setData(DRAG_TYPE, id);
         ev.dataTransfer?.setData('text/plain', e.subject ?? '');
       }}
+      // The fetch starts when the button goes down; the click comes a press later.
+      onPointerDown={() => void store.prefetch(id).catch(() => undefined)}
       onClick={() => void store.openEmail(id)}
     >
       <span class="from">

@@ -275,6 +275,27 @@ export class Store {
 
   /** Emails whose keywords the user changed while they were opening: opening does not mark those read. */
   private touched = new Set<Id>();
+  /**
+   * Emails fetched for the reader, newest last. An Email's content never changes (its id names
+   * its bytes), so a cached one is good until evicted; its keywords and folders are taken from
+   * the list's fresher summary when shown.
+   */
+  private bodies = new Map<Id, Promise<EmailFull | undefined>>();
+
+  /** Starts fetching an Email for the reader (on pointer down, and for the next one after an open). */
+  prefetch(id: Id): Promise<EmailFull | undefined> {
+    let p = this.bodies.get(id);
+    if (p) {
+      this.bodies.delete(id);
+    } else {
+      p = this.client.email(id);
+      // A failed fetch is not kept: the next open asks again.
+      p.catch(() => this.bodies.delete(id));
+    }
+    this.bodies.set(id, p);
+    while (this.bodies.size > 50) this.bodies.delete(this.bodies.keys().next().value!);
+    return p;
+  }
 
   async openEmail(id: Id): Promise<void> {
     this.touched.delete(id);
@@ -283,14 +304,20 @@ export class Store {
     this.pane = 'reader';
     this.changed();
     try {
-      const email = await this.client.email(id);
+      const fetched = await this.prefetch(id);
       if (this.openLoading !== id) return;
+      const summary = this.emails.get(id);
+      const email = fetched && summary ? { ...fetched, keywords: summary.keywords, mailboxIds: summary.mailboxIds } : fetched;
       this.open = email ?? null;
       this.openLoading = null;
       this.openThread = [];
       if (!email) return this.fail('That message is gone.');
       this.changed();
       if ((this.threadSizes.get(email.threadId) ?? 1) > 1 || this.collapseThreads) void this.loadThread(email.threadId, id);
+      // The next message is likely the next one read (j, or archive and move on).
+      const at = this.positionOf(id);
+      const next = at >= 0 ? this.idAt(at + 1) : undefined;
+      if (next) void this.prefetch(next).catch(() => undefined);
       if (!email.keywords.$seen && !email.keywords.$draft && !this.touched.has(id)) await this.setKeyword([id], '$seen', true);
     } catch (e) {
       this.openLoading = null;
