@@ -33,7 +33,7 @@ export interface App {
   close(graceMs?: number): Promise<void>;
 }
 
-async function startListener(name: Exclude<Component, 'workers'>, ctx: ListenerContext): Promise<RunningListener> {
+async function startListener(name: Exclude<Component, 'workers'>, ctx: ListenerContext, running: RunningListener[]): Promise<RunningListener> {
   switch (name) {
     case 'smtp':
       return (await import('./smtp/server.js')).startSmtp(ctx);
@@ -42,8 +42,21 @@ async function startListener(name: Exclude<Component, 'workers'>, ctx: ListenerC
     case 'imap':
       return (await import('./imap/server.js')).startImap(ctx);
     case 'web': {
-      const [{ startWeb }, { createWebmailStatic }] = await Promise.all([import('./web/server.js'), import('./web/webmail/static.js')]);
-      return startWeb(ctx, { static: await createWebmailStatic(ctx.config, ctx.log.child({ c: 'web' })) });
+      const [{ startWeb }, { createWebmailStatic }, { imageProxyUrl }] = await Promise.all([
+        import('./web/server.js'),
+        import('./web/webmail/static.js'),
+        import('./web/webmail/image-proxy.js'),
+      ]);
+      // `web.imageProxy: auto` means this process's own proxy: its real address (an ephemeral port
+      // in tests) when it runs here, started first for that reason.
+      const port = Number(
+        running
+          .find((l) => l.name === 'proxy')
+          ?.addresses[0]?.split(':')
+          .pop(),
+      );
+      const proxied = port > 0 ? imageProxyUrl({ ...ctx.config, proxy: { ...ctx.config.proxy, port } }) : undefined;
+      return startWeb(ctx, { static: await createWebmailStatic(ctx.config, ctx.log.child({ c: 'web' })), imageProxyUrl: proxied });
     }
     case 'proxy':
       return (await import('./proxy/server.js')).startProxy(ctx);
@@ -84,9 +97,11 @@ export async function startApp(
   };
 
   try {
-    for (const c of components) {
+    // The proxy before the web listener, which may fetch images through it.
+    const order = [...components].sort((a, b) => Number(b === 'proxy') - Number(a === 'proxy'));
+    for (const c of order) {
       if (c === 'workers') continue;
-      const l = await startListener(c, { config, storage, log, metrics });
+      const l = await startListener(c, { config, storage, log, metrics }, listeners);
       listeners.push(l);
     }
     if (components.includes('workers')) {

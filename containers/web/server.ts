@@ -49,6 +49,8 @@ export interface WebServerOptions {
   /** The method modules and blob resolvers; @default the registry of registry.ts */
   registry?: JmapRegistry;
   static?: StaticHandler;
+  /** The forward proxy remote images go through, when the caller knows better than web.imageProxy (app.ts: this process's own proxy). */
+  imageProxyUrl?: string;
   /** How often a push stream reads the change log for changes made in other processes. @default 2000 locally, 5000 on aws (as IMAP IDLE) */
   pushPollMs?: number;
 }
@@ -116,7 +118,7 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
     metrics,
     cacheSeconds: cfg.loginCacheSeconds,
   });
-  const images = createImageProxy(config, log);
+  const images = createImageProxy(config, log, { proxyUrl: options.imageProxyUrl });
   const webmail = new WebmailApi({ sessions: new WebSessions(storage.tables, accounts, { sessionHours: cfg.sessionHours }), auth, log, image: images.handler });
   const folders = new FolderStore(storage.tables, storage.mail);
   const uploads = new UploadStore(storage.mail, cfg.uploadTtlSeconds);

@@ -11,6 +11,8 @@
  * Basic auth, or imaplib) checks what the browser did, so no test trusts the page about itself.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -65,7 +67,7 @@ async function mailboxes(): Promise<{ id: string; name: string; role: string | n
 }
 
 /** Delivers a message to Alice over SMTP and waits until it is in her INBOX; its Email id. */
-async function deliver(subject: string, o: { from?: string; text?: string } = {}): Promise<string> {
+async function deliver(subject: string, o: { from?: string; text?: string; html?: string } = {}): Promise<string> {
   await h.deliver({ to: ALICE, subject, ...o });
   return h.waitForEmail(ALICE, PASSWORD, subject);
 }
@@ -334,6 +336,55 @@ describe('webmail in Chromium', () => {
       await until('title without a count', async () => (await page.title()) === `${INBOX_NAME} — Tomlinson`, 8000);
     } finally {
       await context.close();
+    }
+  });
+
+  it('blocks a remote image until asked, then fetches it once through our caching proxy, without any cookie', async () => {
+    // A 127.0.0.1 origin standing in for a sender's tracking server: it counts what reaches it.
+    const seen: { url: string; cookie?: string; referer?: string; ua?: string }[] = [];
+    const gif = Buffer.from('R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==', 'base64');
+    const origin = createServer((req, res) => {
+      seen.push({ url: req.url ?? '', cookie: req.headers.cookie, referer: req.headers.referer, ua: req.headers['user-agent'] });
+      res.writeHead(200, { 'content-type': 'image/gif', 'content-length': String(gif.length), 'cache-control': 'public, max-age=3600' });
+      res.end(gif);
+    });
+    await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+    const port = (origin.address() as AddressInfo).port;
+    const subject = `Tracked ${randomUUID().slice(0, 8)}`;
+    const pixel = `http://127.0.0.1:${port}/pixel.gif?who=alice`;
+    await deliver(subject, { html: `<p>Hello there.</p><img src="${pixel}" width="1" height="1" alt="">` });
+    const { context, page } = await newPage(browser);
+    try {
+      await login(page, h.base, ALICE, PASSWORD);
+      await open(page, subject);
+      const body = page.frameLocator('article[aria-label="Message"] iframe[title="Message body"]');
+      await body.getByText('Hello there.').waitFor();
+      await page.waitForTimeout(500);
+      expect(seen).toEqual([]);
+      await reader(page).getByRole('button', { name: 'Show images' }).click();
+      await until('the image fetched through the proxy', async () => seen.length > 0);
+      expect(seen).toHaveLength(1);
+      expect(seen[0]!.url).toBe('/pixel.gif?who=alice');
+      expect(seen[0]!.cookie).toBeUndefined();
+      expect(seen[0]!.referer).toBeUndefined();
+      expect(seen[0]!.ua).not.toMatch(/Chrome|Mozilla/);
+      const img = body.locator('img');
+      await until('the image shown', async () => (await img.evaluate((el) => (el as unknown as { naturalWidth: number }).naturalWidth)) === 1);
+      // Another reader of the same mail (a new page: no browser cache) gets it from our proxy's cache.
+      const { context: second, page: again } = await newPage(browser);
+      try {
+        await login(again, h.base, ALICE, PASSWORD);
+        await open(again, subject);
+        await reader(again).getByRole('button', { name: 'Show images' }).click();
+        const img2 = again.frameLocator('article[aria-label="Message"] iframe[title="Message body"]').locator('img');
+        await until('the image shown again', async () => (await img2.evaluate((el) => (el as unknown as { naturalWidth: number }).naturalWidth)) === 1);
+      } finally {
+        await second.close();
+      }
+      expect(seen).toHaveLength(1);
+    } finally {
+      await context.close();
+      await new Promise((r) => origin.close(r));
     }
   });
 
