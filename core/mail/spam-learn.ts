@@ -12,8 +12,8 @@
  * message from its blob to rspamd's controller (`POST /learnspam` or `/learnham`, "Rspamd
  * protocol", controller commands), records its progress in the item and deletes the item when
  * done, so a second delivery of the job finds nothing to do; a crash between a learn and the
- * progress write repeats one learn, which rspamd answers 208 "already learned" (it keeps a digest
- * of every learned message) and which is not counted twice.
+ * progress write repeats one learn, which rspamd answers "already learned" (it keeps a digest of
+ * every learned message) and which is not counted twice.
  *
  * Why not derive lessons from the change log: it is per user, so a reader would need a cursor per
  * user and something that notices which users moved what (DynamoDB Streams on AWS: infra); the
@@ -128,8 +128,10 @@ export class RspamdController {
         signal: AbortSignal.timeout(this.timeoutMs),
       });
       const text = (await r.body.text()).slice(0, 500);
-      // 208: the digest of this message was learned before (as this kind or, now relearned, the other).
-      if (r.statusCode === 208) return { result: 'already', detail: text };
+      // rspamd keeps a digest of every learned message: learning it again as the same kind is
+      // answered "<id> has been already learned as spam, ignore it" (404 in rspamd 3.4, 208 in
+      // later releases); learning it as the other kind relearns it (200).
+      if (r.statusCode === 208 || (r.statusCode === 404 && /already learned/i.test(text))) return { result: 'already', detail: text };
       if (r.statusCode >= 200 && r.statusCode < 300) return { result: 'learned', detail: text };
       // 5xx: rspamd's trouble (or no Bayes backend answering): try again later. 4xx: this message
       // cannot be learned (too few tokens, refused by learn_condition, bad password).
