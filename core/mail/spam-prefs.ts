@@ -53,7 +53,14 @@ export function senderMatches(pattern: string, sender: string): boolean {
   if (!p.includes('@') && !p.includes('*')) return domain === p;
   if (p.startsWith('@') && !p.includes('*')) return domain === p.slice(1);
   if (p.startsWith('*.') && !p.includes('@')) return domain === p.slice(2) || domain.endsWith(p.slice(1));
-  const re = new RegExp('^' + p.split('*').map((x) => x.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*') + '$');
+  const re = new RegExp(
+    '^' +
+      p
+        .split('*')
+        .map((x) => x.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+        .join('.*') +
+      '$',
+  );
   return re.test(s);
 }
 
