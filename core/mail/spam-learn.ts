@@ -194,9 +194,11 @@ export async function learnJob(body: string, meta: JobMeta, ctx: JobContext): Pr
     const r = await ctl.learn(kind, got.body, got.info.size);
     if (r.result === 'unavailable') {
       log.warn({ detail: r.detail }, 'rspamd controller unavailable; learning later');
-      // The item stays; past the attempts the sweep resends it (state back to new).
+      // The item stays. Past the attempts it waits as if just sent: the sweep resends it once
+      // RESEND_AFTER_MS has passed (an rspamd gone for long costs a few attempts an hour per
+      // lesson, until the lesson's ttl).
       if (meta.receiveCount >= MAX_RECEIVES) {
-        await tables.update(key, { set: { state: 'new' } });
+        await tables.update(key, { set: { state: 'sent', sentAt: ctx.now().toISOString() } });
         return done;
       }
       return { kind: 'retry', afterSeconds: Math.min(900, 30 * meta.receiveCount), reason: 'rspamd controller unavailable' };
