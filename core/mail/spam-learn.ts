@@ -11,9 +11,10 @@
  * `resendLessons` (run by the sweep) sends it again. The inbound worker (learnJob) streams each
  * message from its blob to rspamd's controller (`POST /learnspam` or `/learnham`, "Rspamd
  * protocol", controller commands), records its progress in the item and deletes the item when
- * done, so a second delivery of the job finds nothing to do; a crash between a learn and the
- * progress write repeats one learn, which rspamd answers "already learned" (it keeps a digest of
- * every learned message) and which is not counted twice.
+ * done, so a second delivery of the job finds nothing to do. Only a crash between a learn and its
+ * progress write repeats that one learn: rspamd answers it "already learned" when its learn cache
+ * holds the message's digest (then it is not counted again), but that is rspamd's best effort
+ * (rspamd 3.4 with the SQLite backend was seen to learn a quick repeat again).
  *
  * Why not derive lessons from the change log: it is per user, so a reader would need a cursor per
  * user and something that notices which users moved what (DynamoDB Streams on AWS: infra); the

@@ -2,8 +2,8 @@
  * Learning from what users move (core/mail/spam-learn.ts), against Debian's rspamd started by the
  * test with its controller worker and Bayes in SQLite (test/support/rspamd.ts): a message moved
  * into Junk over IMAP (Python's imaplib, UID MOVE) teaches learn_spam, seen in rspamd's own
- * `/stat` learned count; the same job delivered again teaches nothing, and a lesson repeated after
- * a crash (before its progress was written) is answered "already learned" and not counted; moved
+ * `/stat` learned count; the same job delivered again teaches nothing, nor does a lesson found
+ * again after a crash with its progress written; moved
  * out of Junk teaches learn_ham; into Trash from Junk teaches nothing; a move by JMAP Email/set
  * through a folder store without queues leaves its lesson for the sweep's resend, which teaches it.
  */
@@ -105,9 +105,9 @@ describe('learning from moves into and out of Junk', () => {
     await inboundJob(jobs[0]!, { queue: 'inbound', id: 'again', receiveCount: 2, sentAt: new Date() }, ctx);
     expect(await learned()).toBe(before + 1);
 
-    // A crash after rspamd learned but before the progress was written: the lesson is there
-    // again; rspamd answers "already learned", and the learned counters stay as they were.
-    await h.storage.tables.put({ ...lesson!, done: 0, state: 'sent' });
+    // A crash after the progress was written but before the lesson was deleted: the lesson is
+    // there again, its messages all done; the worker deletes it without asking rspamd.
+    await h.storage.tables.put({ ...lesson!, done: 1, state: 'sent' });
     await inboundJob(jobs[0]!, { queue: 'inbound', id: 'crash', receiveCount: 2, sentAt: new Date() }, ctx);
     expect(await learned()).toBe(before + 1);
     expect(await lessons()).toEqual([]);
