@@ -102,4 +102,11 @@ describe('spam settings', () => {
     await cli.ok(['spam', 'allow', 'cal@example.com', 'friend@partner.example', '--remove']);
     expect(await cli.json(['spam', 'show', 'cal@example.com'])).toMatchObject({ allow: [] });
   });
+
+  it('config show never prints spam.controllerPassword, only that it is set', async () => {
+    const r = await cli.run(['config', 'show', '--json'], { env: { TOMLINSON_SPAM_CONTROLLER_PASSWORD: 'controller-secret-9' } });
+    expect(r.code).toBe(0);
+    expect(r.stdout).not.toContain('controller-secret-9');
+    expect(JSON.parse(r.stdout)).toMatchObject({ 'spam.controllerPassword': '(set)', 'spam.controllerUrl': 'http://127.0.0.1:11334' });
+  });
 });

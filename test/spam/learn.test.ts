@@ -7,19 +7,22 @@
  * out of Junk teaches learn_ham; into Trash from Junk teaches nothing; a move by JMAP Email/set
  * through a folder store without queues leaves its lesson for the sweep's resend, which teaches it.
  */
+import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { emailMethods, resolveEmailBlob } from '../../containers/web/jmap/email.js';
 import { mailboxMethods } from '../../containers/web/jmap/mailbox.js';
 import { silentLogger } from '../../core/log.js';
 import { inboundJob } from '../../core/mail/inbound.js';
-import { LESSON_PK, resendLessons } from '../../core/mail/spam-learn.js';
+import { learnJobBody, LESSON_PK, resendLessons, RspamdController } from '../../core/mail/spam-learn.js';
+import { INBOX } from '../../core/mailbox/keys.js';
 import { spamStats } from '../../core/mail/spam-stats.js';
 import { emailIdOf } from '../../core/mailbox/email-ids.js';
 import type { Item } from '../../core/storage/ports.js';
 import type { JobContext } from '../../core/workers/job.js';
 import { addImapUsers, imaplib, imapPassword, startImapHarness, type ImapHarness } from '../imap/harness.js';
 import { invoke, jmapContext } from '../jmap/mail-context.js';
+import { freePorts } from '../support/ports.js';
 import { startRspamd, type Rspamd } from '../support/rspamd.js';
 
 const ANN = 'ann@example.com';
@@ -163,4 +166,38 @@ describe('learning from moves into and out of Junk', () => {
     expect(await learned()).toBe(before + 1);
     expect(await lessons()).toEqual([]);
   });
+
+  it('keeps a lesson while the controller is unreachable: retried, then left for the sweep, never lost', async () => {
+    const { uid } = await h.deliver(ANN, spammy(5));
+    const junk = (await h.folders.find(ANN, 'Junk'))!;
+    await h.folders.move(ANN, INBOX, [uid], junk.id);
+    const [lesson] = await lessons();
+    const body = learnJobBody(lesson!.sk);
+    const [closed] = await freePorts(1);
+    const down: JobContext = { ...ctx, config: { ...h.config, spam: { ...h.config.spam, controllerUrl: `http://127.0.0.1:${closed}` } } };
+    const meta = (receiveCount: number) => ({ queue: 'inbound' as const, id: 'down', receiveCount, sentAt: new Date() });
+    expect(await inboundJob(body, meta(1), down)).toMatchObject({ kind: 'retry', reason: 'rspamd controller unavailable' });
+    expect(await inboundJob(body, meta(8), down)).toEqual({ kind: 'done' });
+    expect(await lessons()).toMatchObject([{ sk: lesson!.sk, done: 0, state: 'sent' }]);
+    // Not resent until it has waited; then taught once rspamd answers.
+    expect(await resendLessons(h.storage.tables, h.storage.queues, new Date())).toBe(0);
+    const before = await learned();
+    expect(await resendLessons(h.storage.tables, h.storage.queues, new Date(Date.now() + 2 * 3600_000))).toBe(1);
+    expect(await work()).toHaveLength(1);
+    expect(await learned()).toBe(before + 1);
+    expect(await lessons()).toEqual([]);
+  });
+});
+
+describe('a controller that asks for a password', () => {
+  it('learns with spam.controllerPassword and refuses without it', async () => {
+    const r2 = await startRspamd({ controller: { password: 'learn-secret-1' } });
+    const raw = () => Readable.from([Buffer.from(spammy(60))]);
+    try {
+      expect((await new RspamdController(r2.controllerUrl!).learn('spam', raw())).result).toBe('refused');
+      expect((await new RspamdController(r2.controllerUrl!, 'learn-secret-1').learn('spam', raw())).result).toBe('learned');
+    } finally {
+      await r2.stop();
+    }
+  }, 200_000);
 });
