@@ -193,10 +193,13 @@ describe('a controller that asks for a password', () => {
   it('learns with spam.controllerPassword and refuses without it', async () => {
     const r2 = await startRspamd({ controller: { password: 'learn-secret-1' } });
     const raw = () => Readable.from([Buffer.from(spammy(60))]);
+    const without = new RspamdController(r2.controllerUrl!);
+    const withPassword = new RspamdController(r2.controllerUrl!, 'learn-secret-1');
     try {
-      expect((await new RspamdController(r2.controllerUrl!).learn('spam', raw())).result).toBe('refused');
-      expect((await new RspamdController(r2.controllerUrl!, 'learn-secret-1').learn('spam', raw())).result).toBe('learned');
+      expect((await without.learn('spam', raw())).result).toBe('refused');
+      expect((await withPassword.learn('spam', raw())).result).toBe('learned');
     } finally {
+      await Promise.all([without.close(), withPassword.close()]);
       await r2.stop();
     }
   }, 200_000);
