@@ -29,6 +29,7 @@ const GROUPS: [string[], Loader][] = [
   [['mailbox'], () => import('./commands/sweep.js')],
   [['folder'], () => import('./commands/folder.js')],
   [['vacation'], () => import('./commands/vacation.js')],
+  [['spam'], () => import('./commands/spam.js')],
   [['queue', 'dkim'], () => import('./commands/queue.js')],
   [['dlq'], () => import('./commands/dlq.js')],
   [['cache'], () => import('./commands/cache.js')],

@@ -31,6 +31,8 @@ interface Setting {
   min?: number;
   max?: number;
   doc: string;
+  /** A secret: `config show` prints only whether it is set. */
+  secret?: boolean;
 }
 
 const MB = 1024 * 1024;
@@ -249,6 +251,21 @@ export const SETTINGS: readonly Setting[] = [
     max: 120000,
     default: 5000,
     doc: 'Longest wait for a scan; past it the message is accepted unscanned (X-Spam-Status: Unknown).',
+  },
+  {
+    path: 'spam.controllerUrl',
+    env: 'TOMLINSON_SPAM_CONTROLLER_URL',
+    kind: 'string',
+    default: 'http://127.0.0.1:11334',
+    doc: "rspamd's controller worker, taught learn_spam / learn_ham when a user moves a message into or out of Junk.",
+  },
+  {
+    path: 'spam.controllerPassword',
+    env: 'TOMLINSON_SPAM_CONTROLLER_PASSWORD',
+    kind: 'string',
+    default: '',
+    doc: "The controller's password (rspamd's `password` or `enable_password`); empty when our address is its secure_ip. Never logged.",
+    secret: true,
   },
 
   { path: 'pop3.enabled', env: 'TOMLINSON_POP3_ENABLED', kind: 'bool', default: true, doc: 'Run the POP3 listeners.' },
@@ -935,7 +952,7 @@ export interface Config {
     maxTextLineBytes: number;
     idleTimeoutSeconds: number;
   };
-  spam: { enabled: 'auto' | 'on' | 'off'; url: string; timeoutMs: number };
+  spam: { enabled: 'auto' | 'on' | 'off'; url: string; timeoutMs: number; controllerUrl: string; controllerPassword: string };
   pop3: {
     enabled: boolean;
     port: number;

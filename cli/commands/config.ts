@@ -21,7 +21,8 @@ export function register(program: Command, ctx: CliContext): void {
     .description('print every setting with its effective value (environment and TOMLINSON_CONFIG file applied)')
     .action(() => {
       const cfg = ctx.config();
-      const rows = SETTINGS.map((s) => ({ env: s.env, path: s.path, value: getPath(cfg, s.path) }));
+      // Secrets are shown as set or not, never their value.
+      const rows = SETTINGS.map((s) => ({ env: s.env, path: s.path, value: s.secret ? (getPath(cfg, s.path) ? '(set)' : '') : getPath(cfg, s.path) }));
       ctx.table(
         rows.map((r) => ({ ...r, value: shown(r.value) })),
         [

@@ -418,7 +418,7 @@ export async function startImap(ctx: ListenerContext, options: ImapServerOptions
   const accounts = new Accounts(storage.tables);
   const logins = new LoginCache(accounts, storage.tables, { ttlSeconds: options.authCacheSeconds ?? cfg.loginCacheSeconds });
   const throttle = new AuthThrottle({ baseDelayMs: cfg.authFailureDelayMs });
-  const folders = new FolderStore(storage.tables, storage.mail);
+  const folders = new FolderStore(storage.tables, storage.mail, { learnQueue: storage.queues });
   const changes = new ChangeLog(storage.tables);
 
   if (cfg.allowPlaintext === 'always') log.warn('IMAP accepts passwords without TLS from any client (imap.allowPlaintext=always)');

@@ -22,6 +22,7 @@ import type { InboundJob } from '../../core/mail/jobs.js';
 import { buildReceived } from '../../core/mail/received.js';
 import { returnPathLine } from '../../core/mail/return-path.js';
 import { isSkipped, spamHeaders, type SpamResult, type SpamScanner } from '../../core/mail/spam.js';
+import { countSpamLater } from '../../core/mail/spam-stats.js';
 import type { DnsResolver } from '../../core/dns.js';
 import type { Metrics } from '../../core/metrics.js';
 import { isStorageError, type AttrValue, type BlobInfo, type Storage } from '../../core/storage/ports.js';
@@ -306,6 +307,11 @@ export class StorageSink implements MessageSink {
       ...(size !== undefined ? { size } : {}),
     });
     this.spam = r;
+    // The daily counters of `spam stats`, written off the reply's path.
+    const count = (event: 'scanned' | 'skipped' | 'rejected' | 'deferred') => countSpamLater(this.deps.storage.tables, event, this.deps.log);
+    count(isSkipped(r) ? 'skipped' : 'scanned');
+    if (!isSkipped(r) && r.action === 'reject') count('rejected');
+    if (!isSkipped(r) && (r.action === 'soft reject' || r.action === 'greylist')) count('deferred');
     if (isSkipped(r)) {
       this.deps.log.warn({ id: this.id, reason: r.skipped, detail: r.detail }, `spam scan skipped (${r.skipped}); message accepted unscanned`);
       return spamHeaders(r);

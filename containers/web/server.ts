@@ -120,7 +120,7 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
   });
   const images = createImageProxy(config, log, { proxyUrl: options.imageProxyUrl });
   const webmail = new WebmailApi({ sessions: new WebSessions(storage.tables, accounts, { sessionHours: cfg.sessionHours }), auth, log, image: images.handler });
-  const folders = new FolderStore(storage.tables, storage.mail);
+  const folders = new FolderStore(storage.tables, storage.mail, { learnQueue: storage.queues });
   const uploads = new UploadStore(storage.mail, cfg.uploadTtlSeconds);
   const services: EngineServices = { config, storage, folders, log, registry };
   const requests = new PerAccount(cfg.maxConcurrentRequests);

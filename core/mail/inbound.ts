@@ -16,6 +16,9 @@ import { dispatchDsn } from './dsn.js';
 import type { DsnRecipient, InboundJob, OutboundJob } from './jobs.js';
 import { summarizeForMailbox } from './imap-structure.js';
 import { isJunk } from './spam.js';
+import { isLearnJob, learnJob } from './spam-learn.js';
+import { filing, spamPrefs } from './spam-prefs.js';
+import { countSpam } from './spam-stats.js';
 import { blobHolder as outboundHolder } from './outbound.js';
 import { answerVacation } from './vacation.js';
 
@@ -134,6 +137,9 @@ export async function routeRecipients(job: InboundJob, accounts: Pick<Accounts, 
 
 /** Works one InboundJob: deliver locally, enqueue the remote part once, then done. */
 export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: JobContext): Promise<JobOutcome> => {
+  // The other kind of inbound job: a spam lesson from a user's move (core/mail/spam-learn.ts). It
+  // shares the queue (and so its worker, Lambda and alarms) rather than needing a queue of its own.
+  if (isLearnJob(body)) return learnJob(body, meta, ctx);
   const job = parseInboundJob(body);
   const log = ctx.log.child({ c: 'inbound', job: job.id });
   const { tables, mail } = ctx.storage;
@@ -176,19 +182,23 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
   // message goes into each recipient's Junk folder (special use \Junk, made at first use), not
   // INBOX, and gets no vacation reply (no auto-answers to spam). Its X-Spam-* header fields are
   // already in the stored message.
-  const junk = isJunk(job.spam);
+  // Each user's settings may change that (core/mail/spam-prefs.ts): spam filtering off or junk to
+  // INBOX (POP3 users), and allow / block lists of senders (theirs and their domain's).
+  const verdictJunk = isJunk(job.spam);
   if (routing.local.size > 0) {
     // Summarised once, and only if some mailbox still lacks the message (a redelivery after
     // users deleted their copies must not need the blob again).
     let summary: Record<string, AttrValue> | undefined;
     for (const user of routing.local.keys()) {
+      const filed = filing(await spamPrefs(tables, user), job.from, verdictJunk);
+      const junk = filed.junk;
       const junkFolder = junk ? (await store.folders.ensureSpecialUse(user, '\\Junk')).id : undefined;
       // Idempotent on the job id either way: the append's marker names the folder (INBOX's is the
       // delivery marker).
       const already = junkFolder ? await tables.get(folderKeys.marker(job.id, user, junkFolder)) : await store.delivered(job.id, user);
       if (already !== undefined) {
         referenced = true;
-        if (!junk) deliveredTo.push(user);
+        if (!junk && !verdictJunk) deliveredTo.push(user);
         continue;
       }
       try {
@@ -197,9 +207,13 @@ export const inboundJob: JobHandler = async (body: string, meta: JobMeta, ctx: J
         const m = { jobId: job.id, blobKey: job.blobKey, size: job.size, receivedAt: job.receivedAt, summary };
         const r = junkFolder ? await store.folders.append(user, junkFolder, { ...m, key: job.id }) : await store.deliver(user, m);
         referenced = true;
-        if (!junk) deliveredTo.push(user);
-        log.info({ user, uid: r.uid, duplicate: r.duplicate, ...(junk ? { folder: 'Junk' } : {}) }, junk ? 'delivered into Junk (spam)' : 'delivered');
+        if (!junk && !verdictJunk) deliveredTo.push(user);
+        log.info(
+          { user, uid: r.uid, duplicate: r.duplicate, ...(junk ? { folder: 'Junk' } : {}), ...(filed.why ? { why: filed.why } : {}) },
+          junk ? 'delivered into Junk (spam)' : 'delivered',
+        );
         if (!r.duplicate) ctx.metrics?.messages.inc({ stage: 'inbound', outcome: junk ? 'junked' : 'delivered' });
+        if (!r.duplicate && junk) await countSpam(tables, 'junked', 1, ctx.now());
       } catch (e) {
         const rcpts = routing.local.get(user) ?? [];
         if (e instanceof NoSuchMailbox) {

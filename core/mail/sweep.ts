@@ -11,6 +11,7 @@
  * several places at once (the worst case is duplicated reads). The periodic in-process run never
  * overlaps itself.
  */
+import { resendLessons } from './spam-learn.js';
 import { Counter } from 'prom-client';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
@@ -86,6 +87,8 @@ export interface SweepReport {
   marked: number;
   /** The keys of `deleted`, at most 1000. */
   deletedKeys: string[];
+  /** Spam lessons whose job was lost or never sent, sent again (core/mail/spam-learn.ts). */
+  resentLessons: number;
   /** False when stopped by the signal before the end. */
   complete: boolean;
   ms: number;
@@ -204,12 +207,15 @@ class OrphanSweep {
       keptYoung: 0,
       marked: 0,
       deletedKeys: [],
+      resentLessons: 0,
       complete: true,
       ms: 0,
     };
   }
 
   async run(): Promise<SweepReport> {
+    // Lessons first: a blob they name is not referenced by them (only by its folders).
+    if (!this.dryRun) this.report.resentLessons = await resendLessons(this.storage.tables, this.storage.queues, this.now());
     this.quiescent = this.report.quiescent = await this.queuesEmpty();
     try {
       for (const { prefix, kind } of SWEEP_PREFIXES) if (!(await this.sweepPrefix(prefix, kind))) break;

@@ -23,7 +23,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { keys as accountKeys } from '../accounts/accounts.js';
-import { ConditionFailed, isStorageError, type AttrValue, type Blobs, type Item, type Tables, type TransactOp } from '../storage/ports.js';
+import { lessonOp, sendLesson, type LessonKind } from '../mail/spam-learn.js';
+import { ConditionFailed, isStorageError, type AttrValue, type Blobs, type Item, type Queues, type Tables, type TransactOp } from '../storage/ports.js';
 import { ChangeLog, type ChangeLogOptions, type ChangeEntry } from './changes.js';
 import { emailIdOf } from './email-ids.js';
 import { EmailIndex } from './email-index.js';
@@ -41,7 +42,8 @@ export type SpecialUse = keyof typeof SPECIAL_USES;
  * per message (message, its Email location, blob reference) plus 4 (counters, usage made from
  * INBOX's counters: 2, change item): 3 × 7 + 4 = 25. A move writes 4 per message (message and
  * location, put in one folder and deleted in the other) plus 5 (two folders' counters, usage: 2,
- * change item): 4 × 5 + 5 = 25. */
+ * change item): 4 × 5 + 5 = 25. A copy or move into or out of Junk also writes its spam lesson
+ * (core/mail/spam-learn.ts) and takes one message fewer per batch. */
 const BATCH = 7;
 const MOVE_BATCH = 5;
 /** Flag changes write one item per message plus counters and the change item: as many as the
@@ -119,6 +121,9 @@ export interface FolderStoreOptions {
   /** Lifetime of idempotency markers in seconds. @default 30 days */
   markerTtlSeconds?: number;
   changeLog?: ChangeLogOptions;
+  /** Where the job of a spam lesson goes (a move into or out of Junk, core/mail/spam-learn.ts).
+   * Without it the lesson is still recorded, and the sweep sends it. */
+  learnQueue?: Queues;
 }
 
 const SYSTEM_FLAGS = ['\\Seen', '\\Answered', '\\Flagged', '\\Deleted', '\\Draft'];
@@ -188,6 +193,7 @@ export class FolderStore {
   private readonly now: () => Date;
   private readonly pageSize: number;
   private readonly markerTtl: number;
+  private readonly learnQueue?: Queues;
 
   constructor(
     private readonly tables: Tables,
@@ -197,6 +203,7 @@ export class FolderStore {
     this.now = options.now ?? (() => new Date());
     this.pageSize = options.pageSize ?? 500;
     this.markerTtl = options.markerTtlSeconds ?? 30 * 86400;
+    this.learnQueue = options.learnQueue;
     this.changes = new ChangeLog(tables, { now: this.now, ...options.changeLog });
     this.index = new EmailIndex(tables, blobs, this.pageSize);
   }
@@ -867,7 +874,9 @@ export class FolderStore {
   private async transfer(user: string, from: string, uids: number[], to: string, move: boolean, pairs: [number, number][]): Promise<void> {
     const unique = [...new Set(uids)].sort((a, b) => a - b);
     await Promise.all([this.folderMeta(user, from), this.folderMeta(user, to)]);
-    const size = move ? MOVE_BATCH : BATCH;
+    const lesson = await this.lessonKind(user, from, to);
+    // A spam lesson is one more write: one message fewer per batch keeps it within 25.
+    const size = (move ? MOVE_BATCH : BATCH) - (lesson ? 1 : 0);
     for (let i = 0; i < unique.length; i += size) {
       const batch = unique.slice(i, i + size);
       let first = 0;
@@ -922,9 +931,14 @@ export class FolderStore {
           this.addUsage(ops, user, base, quota, bytes, items.length);
         }
         ops.push(this.changes.op(user, modseq, entries));
+        // The spam lesson is written with the move itself (core/mail/spam-learn.ts: never lost, never
+        // taught for a move that failed); its job is sent after the commit, not awaited.
+        const learn = lesson ? lessonOp(user, modseq, lesson, [...new Set(items.map((m) => m.blobKey))], this.now()) : undefined;
+        if (learn) ops.push(learn.op);
         try {
           await this.commit(user, ops);
           items.forEach((m, j) => pairs.push([m.uid, newUids[j]!]));
+          if (learn && this.learnQueue) void sendLesson(this.tables, this.learnQueue, learn.sk, this.now()).catch(() => undefined);
           break;
         } catch (e) {
           if (!retryable(e) || attempt >= MAX_ATTEMPTS) throw e;
@@ -932,6 +946,17 @@ export class FolderStore {
         }
       }
     }
+  }
+
+  /** What a copy or move from `from` to `to` teaches rspamd: into Junk spam; out of Junk (but
+   * not into Trash, which says "unwanted", not "good") ham. */
+  private async lessonKind(user: string, from: string, to: string): Promise<LessonKind | undefined> {
+    const [junk, trash] = await Promise.all([this.tables.get(folderKeys.specialUse(user, '\\Junk')), this.tables.get(folderKeys.specialUse(user, '\\Trash'))]);
+    const junkId = junk?.folderId === undefined ? undefined : String(junk.folderId);
+    if (!junkId) return undefined;
+    if (to === junkId && from !== junkId) return 'spam';
+    if (from === junkId && to !== junkId && to !== (trash?.folderId === undefined ? undefined : String(trash.folderId))) return 'ham';
+    return undefined;
   }
 
   /**

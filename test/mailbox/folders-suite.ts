@@ -6,6 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Accounts } from '../../core/accounts/accounts.js';
+import { LESSON_PK } from '../../core/mail/spam-learn.js';
 import { emailIdOf } from '../../core/mailbox/email-ids.js';
 import { FolderStore } from '../../core/mailbox/folders.js';
 import { FolderError, folderKeys, INBOX, QuotaExceeded } from '../../core/mailbox/keys.js';
@@ -334,6 +335,34 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
         cursor = page.cursor;
       } while (cursor);
       expect(all).toEqual(Array.from({ length: 18 }, (_, i) => i + 3));
+    }, 60_000);
+
+    it('records a spam lesson in the transaction of each batch moved or copied into Junk, and a ham lesson out of it (not into Trash)', async () => {
+      const u = await newUser();
+      const junk = await folders.ensureSpecialUse(u, '\\Junk');
+      const trash = await folders.ensureSpecialUse(u, '\\Trash');
+      const other = await folders.create(u, 'Other');
+      const lessons = async () => (await tables.query(LESSON_PK, { range: { beginsWith: `${u}#` } })).items;
+      await Promise.all([0, 1, 2].map((i) => blobs.put(`lesson/${i}`, 'x')));
+      const uids: number[] = [];
+      for (let i = 0; i < 11; i++) uids.push((await folders.append(u, INBOX, input(`lesson/${i % 3}`, 2))).uid);
+      // Not Junk: nothing to learn.
+      await folders.move(u, INBOX, uids.slice(0, 2), other.id);
+      expect(await lessons()).toEqual([]);
+      // Into Junk: one lesson per batch (one message fewer per batch than a plain move, within 25 writes).
+      await folders.move(u, other.id, [1, 2], junk.id);
+      const moved = await folders.move(u, INBOX, uids.slice(2), junk.id);
+      expect(moved.pairs).toHaveLength(9);
+      const spam = await lessons();
+      expect(spam.map((l) => l.kind)).toEqual(['spam', 'spam', 'spam', 'spam']);
+      expect(new Set(spam.flatMap((l) => l.blobKeys as string[]))).toEqual(new Set(['lesson/0', 'lesson/1', 'lesson/2']));
+      for (const l of spam) await tables.delete(l);
+      // Junk to Trash teaches nothing; Junk to INBOX teaches ham; a copy into Junk teaches spam.
+      await folders.move(u, junk.id, [moved.pairs[0]![1]], trash.id);
+      expect(await lessons()).toEqual([]);
+      const back = await folders.move(u, junk.id, [moved.pairs[1]![1]], INBOX);
+      await folders.copy(u, INBOX, [back.pairs[0]![1]], junk.id);
+      expect((await lessons()).map((l) => l.kind).sort()).toEqual(['ham', 'spam']);
     }, 60_000);
 
     it('counts every folder against the quota: append, copy and delivery refuse past it', async () => {

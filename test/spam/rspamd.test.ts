@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inboundJob } from '../../core/mail/inbound.js';
 import type { InboundJob } from '../../core/mail/jobs.js';
 import { isSkipped, RspamdClient, type SpamVerdict } from '../../core/mail/spam.js';
+import { spamStats } from '../../core/mail/spam-stats.js';
 import { INBOX } from '../../core/mailbox/keys.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
 import { PassThrough } from 'node:stream';
@@ -236,6 +237,27 @@ describe('MX spam scanning with rspamd', () => {
     await deliver(job);
     const store = new MailboxStore(h.storage.tables, h.storage.mail);
     expect((await store.folders.messages(ALICE, INBOX)).items.some((m) => m.blobKey === job.blobKey)).toBe(true);
+  });
+
+  it('keeps the daily counters of `spam stats` in Tables, agreeing with the per-process metric', async () => {
+    const want = {
+      scanned: (await Promise.all(['reject', 'soft_reject', 'greylist', 'add_header', 'rewrite_subject', 'no_action'].map((r) => counter(h, r)))).reduce(
+        (a, b) => a + b,
+      ),
+      rejected: await counter(h, 'reject'),
+      deferred: (await counter(h, 'soft_reject')) + (await counter(h, 'greylist')),
+      skipped: await counter(h, 'skipped'),
+    };
+    expect(want.rejected).toBeGreaterThan(0);
+    expect(want.skipped).toBeGreaterThan(0);
+    // Written off the reply's path: give the last one a moment.
+    let today: Record<string, unknown> | undefined;
+    for (let i = 0; i < 40; i++) {
+      [today] = await spamStats(h.storage.tables);
+      if (today && Number(today.skipped) >= want.skipped && Number(today.scanned) >= want.scanned) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(today).toMatchObject(want);
   });
 
   async function deliver(job: InboundJob): Promise<void> {

@@ -2,9 +2,11 @@
  * A private rspamd for a test: Debian's `rspamd` binary, started in the foreground on a free
  * 127.0.0.1 port with its own run, database and log folders under a temp folder, and the shipped
  * local settings (containers/smtp/rspamd/local.d) plus the test's own. The Debian package's system
- * service (if any) is neither needed nor touched. Only the normal (scanner) worker runs: no
- * controller, proxy or fuzzy storage, no Redis; DNS goes to a port where nothing answers, so a
- * test never queries the network.
+ * service (if any) is neither needed nor touched. The normal (scanner) worker runs, and with
+ * `controller` the controller worker too (learn_spam / learn_ham, /stat), trusting 127.0.0.1
+ * (`secure_ip`) or asking for a password, with Bayes kept in SQLite files in the temp folder:
+ * rspamd 3.4's classifier still has the `sqlite3` backend, so no Redis is needed. No proxy or fuzzy
+ * storage; DNS goes to a port where nothing answers, so a test never queries the network.
  *
  * rspamd compiles its regular expressions (Hyperscan) on first start, which takes a minute on a
  * loaded machine; the compiled cache is kept in one folder under the OS temp dir and shared by
@@ -31,6 +33,8 @@ export interface Rspamd {
   /** Base URL of the normal worker, e.g. http://127.0.0.1:40123. */
   url: string;
   port: number;
+  /** Base URL of the controller worker, when started (`controller`). */
+  controllerUrl?: string;
   /** Stops it (SIGTERM, then SIGKILL to its process group after 5 s) and removes its folder. */
   stop(): Promise<void>;
   /** Stops the process but keeps the folder, to start again on the same port with `restart`. */
@@ -47,6 +51,9 @@ export interface RspamdOptions {
   testPatterns?: boolean;
   /** Longest wait for /ping. @default 150000 */
   startTimeoutMs?: number;
+  /** Start the controller worker too, with Bayes in SQLite; with a password it asks for it
+   * (no secure_ip), otherwise it trusts 127.0.0.1. */
+  controller?: boolean | { password: string };
 }
 
 /** Starts rspamd; throws with its output when it does not answer /ping in time. */
@@ -70,7 +77,23 @@ export async function startRspamd(o: RspamdOptions = {}): Promise<Rspamd> {
   ];
   await writeFile(join(localD, 'options.inc'), options.join('\n') + '\n');
   for (const [name, text] of Object.entries(o.local ?? {})) await writeFile(join(localD, name), text);
-  const [port] = await freePorts(1);
+  const [port, controllerPort] = await freePorts(2);
+  if (o.controller) {
+    // The whole classifier (override.d): its statfiles in SQLite under the temp folder, and a learn
+    // cache (which gives the 208 "already learned" answer for a message learned before).
+    await mkdir(join(dir.path, 'local', 'override.d'));
+    await writeFile(
+      join(dir.path, 'local', 'override.d', 'classifier-bayes.conf'),
+      [
+        'backend = "sqlite3";',
+        `cache { path = "${join(dir.path, 'db', 'learn_cache.sqlite')}"; }`,
+        `statfile { symbol = "BAYES_HAM"; spam = false; path = "${join(dir.path, 'db', 'bayes.ham.sqlite')}"; }`,
+        `statfile { symbol = "BAYES_SPAM"; spam = true; path = "${join(dir.path, 'db', 'bayes.spam.sqlite')}"; }`,
+        '',
+      ].join('\n'),
+    );
+  }
+  const password = typeof o.controller === 'object' ? o.controller.password : undefined;
   // The top level: rspamd's own common part and defaults from /etc/rspamd, one normal worker.
   await writeFile(
     join(dir.path, 'rspamd.conf'),
@@ -87,6 +110,16 @@ export async function startRspamd(o: RspamdOptions = {}): Promise<Rspamd> {
       '  .include "$CONFDIR/worker-normal.inc"',
       '  count = 1;',
       '}',
+      ...(o.controller
+        ? [
+            'worker "controller" {',
+            `  bind_socket = "127.0.0.1:${controllerPort}";`,
+            '  count = 1;',
+            password ? `  password = "${password}"; enable_password = "${password}";` : '  secure_ip = "127.0.0.1";',
+            '  static_dir = "${WWWDIR}";',
+            '}',
+          ]
+        : []),
       '',
     ].join('\n'),
   );
@@ -158,6 +191,7 @@ export async function startRspamd(o: RspamdOptions = {}): Promise<Rspamd> {
   return {
     url,
     port,
+    ...(o.controller ? { controllerUrl: `http://127.0.0.1:${controllerPort}` } : {}),
     output: () => out,
     kill: stopChild,
     restart: launch,

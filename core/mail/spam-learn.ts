@@ -1,0 +1,215 @@
+/**
+ * Learning from what users move (issue 24): a message moved or copied into the Junk folder teaches
+ * rspamd `learn_spam`, one moved out of Junk into any folder but Trash teaches `learn_ham`.
+ *
+ * Design (an outbox in the same transaction, then a queue job): FolderStore.transfer writes one
+ * "lesson" item (`SPAMLEARN` / `<user>#<modseq>`, the blob keys of the batch and the kind) in the
+ * very transaction that moves the messages, so a lesson exists exactly when its move committed —
+ * never lost by a crash between the move and a queue send, never taught for a move that failed.
+ * After the commit the store sends an `inbound` job naming the lesson, without awaiting it (the
+ * IMAP/JMAP reply never waits for the queue); if that send fails the item stays `new` and
+ * `resendLessons` (run by the sweep) sends it again. The inbound worker (learnJob) streams each
+ * message from its blob to rspamd's controller (`POST /learnspam` or `/learnham`, "Rspamd
+ * protocol", controller commands), records its progress in the item and deletes the item when
+ * done, so a second delivery of the job finds nothing to do. Only a crash between a learn and its
+ * progress write repeats that one learn: rspamd answers it "already learned" when its learn cache
+ * holds the message's digest (then it is not counted again), but that is rspamd's best effort
+ * (rspamd 3.4 with the SQLite backend was seen to learn a quick repeat again).
+ *
+ * Why not derive lessons from the change log: it is per user, so a reader would need a cursor per
+ * user and something that notices which users moved what (DynamoDB Streams on AWS: infra); the
+ * outbox item is the same atomic record, findable in one partition.
+ */
+import { Agent, request, type Dispatcher } from 'undici';
+import type { Readable } from 'node:stream';
+import { isStorageError, type Item, type Queues, type Tables, type TransactOp } from '../storage/ports.js';
+import { done, type JobContext, type JobMeta, type JobOutcome } from '../workers/job.js';
+import { countSpam } from './spam-stats.js';
+import { spamPrefs } from './spam-prefs.js';
+
+export type LessonKind = 'spam' | 'ham';
+
+/** The partition of lessons not yet taught (one item per moved batch). */
+export const LESSON_PK = 'SPAMLEARN';
+/** A lesson nobody could teach for this long (rspamd gone for good) is dropped. */
+const LESSON_TTL_SECONDS = 14 * 86400;
+/** Attempts of one job while the controller is unreachable, before the lesson waits for the sweep. */
+const MAX_RECEIVES = 8;
+/** A lesson `sent` but still here after this long was lost with its job: the sweep resends it. */
+const RESEND_AFTER_MS = 60 * 60 * 1000;
+
+export interface LearnJob {
+  v: 1;
+  kind: 'spam-learn';
+  /** The lesson item's sort key. */
+  lesson: string;
+}
+
+/** The job body, in this key order: `isLearnJob` recognises it without parsing every inbound job. */
+export function learnJobBody(lesson: string): string {
+  return JSON.stringify({ v: 1, kind: 'spam-learn', lesson } satisfies LearnJob);
+}
+
+export function isLearnJob(body: string): boolean {
+  return body.startsWith('{"v":1,"kind":"spam-learn"');
+}
+
+/** The write that records a lesson, for the move's transaction. */
+export function lessonOp(user: string, modseq: number, kind: LessonKind, blobKeys: string[], now: Date): { op: TransactOp; sk: string } {
+  const sk = `${user}#${String(modseq).padStart(12, '0')}`;
+  const item: Item = {
+    pk: LESSON_PK,
+    sk,
+    user,
+    kind,
+    blobKeys,
+    done: 0,
+    state: 'new',
+    createdAt: now.toISOString(),
+    ttl: Math.floor(now.getTime() / 1000) + LESSON_TTL_SECONDS,
+  };
+  return { op: { put: item }, sk };
+}
+
+/** Sends the job for a committed lesson; marks it `sent` (a failure leaves it for resendLessons). */
+export async function sendLesson(tables: Tables, queues: Queues, sk: string, now: Date): Promise<void> {
+  await queues.send('inbound', learnJobBody(sk));
+  await tables.update({ pk: LESSON_PK, sk }, { set: { state: 'sent', sentAt: now.toISOString() } }, { condition: { exists: true } }).catch((e: unknown) => {
+    // Already taught and deleted by a fast worker: nothing to mark.
+    if (!isStorageError(e, 'ConditionFailed')) throw e;
+  });
+}
+
+/** Sends again every lesson whose job was never sent, or sent long ago and lost. Returns how many. */
+export async function resendLessons(tables: Tables, queues: Queues, now: Date): Promise<number> {
+  let n = 0;
+  let cursor: string | undefined;
+  do {
+    const page = await tables.query(LESSON_PK, { limit: 100, cursor });
+    for (const it of page.items) {
+      const stale = it.state === 'sent' && now.getTime() - Date.parse(String(it.sentAt ?? '')) > RESEND_AFTER_MS;
+      if (it.state !== 'new' && !stale) continue;
+      await sendLesson(tables, queues, it.sk, now);
+      n++;
+    }
+    cursor = page.cursor;
+  } while (cursor);
+  return n;
+}
+
+/** What the controller said about one message. */
+export type LearnResult = 'learned' | 'already' | 'refused' | 'unavailable';
+
+/** rspamd's controller worker (`/learnspam`, `/learnham`, `/stat`). */
+export class RspamdController {
+  private readonly base: URL;
+  private readonly agent: Dispatcher;
+
+  constructor(
+    url: string,
+    /** The controller's `password` (or `enable_password`); unset when our address is its `secure_ip`. */
+    private readonly password = '',
+    private readonly timeoutMs = 30_000,
+  ) {
+    this.base = new URL(url);
+    this.agent = new Agent({ keepAliveTimeout: 10_000, connections: 4 });
+  }
+
+  /** Teaches one message, streamed; `detail` is rspamd's text for the log. */
+  async learn(kind: LessonKind, message: Readable, size?: number): Promise<{ result: LearnResult; detail: string }> {
+    const headers: Record<string, string> = {};
+    if (this.password) headers.Password = this.password;
+    if (size !== undefined) headers['Content-Length'] = String(size);
+    try {
+      const r = await request(new URL(kind === 'spam' ? '/learnspam' : '/learnham', this.base), {
+        method: 'POST',
+        dispatcher: this.agent,
+        headers,
+        body: message,
+        signal: AbortSignal.timeout(this.timeoutMs),
+      });
+      const text = (await r.body.text()).slice(0, 500);
+      // rspamd keeps a digest of every learned message: learning it again as the same kind is
+      // answered "<id> has been already learned as spam, ignore it" (404 in rspamd 3.4, 208 in
+      // later releases); learning it as the other kind relearns it (200).
+      if (r.statusCode === 208 || (r.statusCode === 404 && /already learned/i.test(text))) return { result: 'already', detail: text };
+      if (r.statusCode >= 200 && r.statusCode < 300) return { result: 'learned', detail: text };
+      // 5xx: rspamd's trouble (or no Bayes backend answering): try again later. 4xx: this message
+      // cannot be learned (too few tokens, refused by learn_condition, bad password).
+      return { result: r.statusCode >= 500 ? 'unavailable' : 'refused', detail: `HTTP ${r.statusCode}: ${text}` };
+    } catch (e) {
+      message.destroy();
+      return { result: 'unavailable', detail: e instanceof Error ? e.message : String(e) };
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close().catch(() => undefined);
+  }
+}
+
+/** One controller client per process and URL (keep-alive across jobs). */
+let shared: { key: string; ctl: RspamdController } | undefined;
+function controllerFor(c: { controllerUrl: string; controllerPassword: string }): RspamdController {
+  const key = `${c.controllerUrl}\n${c.controllerPassword}`;
+  if (shared?.key !== key) shared = { key, ctl: new RspamdController(c.controllerUrl, c.controllerPassword) };
+  return shared.ctl;
+}
+
+/** Works one learn job (an `inbound` queue message of kind `spam-learn`). */
+export async function learnJob(body: string, meta: JobMeta, ctx: JobContext): Promise<JobOutcome> {
+  let job: LearnJob;
+  try {
+    job = JSON.parse(body) as LearnJob;
+  } catch {
+    ctx.log.warn({ c: 'spam-learn' }, 'learn job is not JSON; dropped');
+    return done;
+  }
+  const { tables, mail } = ctx.storage;
+  const key = { pk: LESSON_PK, sk: String(job.lesson) };
+  const item = await tables.get(key);
+  // Taught already (a redelivery), or expired.
+  if (!item) return done;
+  const log = ctx.log.child({ c: 'spam-learn', user: item.user, lesson: key.sk });
+  const kind = item.kind === 'ham' ? 'ham' : 'spam';
+  const blobKeys = Array.isArray(item.blobKeys) ? item.blobKeys.map(String) : [];
+  const prefs = await spamPrefs(tables, String(item.user));
+  if (ctx.config.spam.enabled === 'off' || prefs.off) {
+    await tables.delete(key);
+    await countSpam(tables, 'learnSkipped', blobKeys.length, ctx.now());
+    log.debug('spam learning off; lesson dropped');
+    return done;
+  }
+  const ctl = controllerFor(ctx.config.spam);
+  for (let i = Number(item.done ?? 0); i < blobKeys.length; i++) {
+    let got;
+    try {
+      got = await mail.get(blobKeys[i]!);
+    } catch (e) {
+      // Expunged for good since the move: nothing left to learn from.
+      if (!isStorageError(e, 'NotFound')) throw e;
+      await countSpam(tables, 'learnSkipped', 1, ctx.now());
+      await tables.update(key, { set: { done: i + 1 } });
+      continue;
+    }
+    const r = await ctl.learn(kind, got.body, got.info.size);
+    if (r.result === 'unavailable') {
+      log.warn({ detail: r.detail }, 'rspamd controller unavailable; learning later');
+      // The item stays. Past the attempts it waits as if just sent: the sweep resends it once
+      // RESEND_AFTER_MS has passed (an rspamd gone for long costs a few attempts an hour per
+      // lesson, until the lesson's ttl).
+      if (meta.receiveCount >= MAX_RECEIVES) {
+        await tables.update(key, { set: { state: 'sent', sentAt: ctx.now().toISOString() } });
+        return done;
+      }
+      return { kind: 'retry', afterSeconds: Math.min(900, 30 * meta.receiveCount), reason: 'rspamd controller unavailable' };
+    }
+    if (r.result === 'learned') await countSpam(tables, kind === 'spam' ? 'learnedSpam' : 'learnedHam', 1, ctx.now());
+    else if (r.result === 'refused') await countSpam(tables, 'learnSkipped', 1, ctx.now());
+    log.info({ blobKey: blobKeys[i], result: r.result, detail: r.detail.slice(0, 200) }, `learn_${kind}: ${r.result}`);
+    ctx.metrics?.messages.inc({ stage: 'spam-learn', outcome: `${kind}-${r.result}` });
+    await tables.update(key, { set: { done: i + 1 } });
+  }
+  await tables.delete(key);
+  return done;
+}
