@@ -225,9 +225,7 @@ export class StorageSink implements MessageSink {
         rcpts: this.tx.rcpts.length,
         size: info.size,
         ms: Math.round(performance.now() - started),
-        ...(this.spam
-          ? { spam: isSkipped(this.spam) ? `skipped: ${this.spam.skipped}` : this.spam.action, ...(isSkipped(this.spam) ? {} : { score: this.spam.score }) }
-          : {}),
+        ...(this.spam ? (isSkipped(this.spam) ? { spam: `skipped: ${this.spam.skipped}` } : { spam: this.spam.action, score: this.spam.score }) : {}),
       },
       'message accepted',
     );

@@ -951,11 +951,15 @@ export class FolderStore {
   /** What a copy or move from `from` to `to` teaches rspamd: into Junk spam; out of Junk (but
    * not into Trash, which says "unwanted", not "good") ham. */
   private async lessonKind(user: string, from: string, to: string): Promise<LessonKind | undefined> {
-    const [junk, trash] = await Promise.all([this.tables.get(folderKeys.specialUse(user, '\\Junk')), this.tables.get(folderKeys.specialUse(user, '\\Trash'))]);
-    const junkId = junk?.folderId === undefined ? undefined : String(junk.folderId);
-    if (!junkId) return undefined;
-    if (to === junkId && from !== junkId) return 'spam';
-    if (from === junkId && to !== junkId && to !== (trash?.folderId === undefined ? undefined : String(trash.folderId))) return 'ham';
+    const folderOf = async (use: '\\Junk' | '\\Trash') => {
+      const item = await this.tables.get(folderKeys.specialUse(user, use));
+      return item?.folderId === undefined ? undefined : String(item.folderId);
+    };
+    const junkId = await folderOf('\\Junk');
+    if (!junkId || from === to) return undefined;
+    if (to === junkId) return 'spam';
+    // Trash is read only for a move out of Junk, the one case that needs it.
+    if (from === junkId && to !== (await folderOf('\\Trash'))) return 'ham';
     return undefined;
   }
 

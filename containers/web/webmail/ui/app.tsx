@@ -4,7 +4,7 @@
  * phone (styles.css).
  */
 import { useEffect, useRef, useState } from 'preact/hooks';
-import type { Id, Mailbox } from '../client/jmap-client.ts';
+import type { Mailbox } from '../client/jmap-client.ts';
 import { Compose, startCompose } from './compose.tsx';
 import { EmptyTrashDialog, FolderNameDialog, HelpDialog, MoveDialog, SettingsDialog } from './dialogs.tsx';
 import { displayName, linkify, longDate, shortDate, size } from './format.ts';
@@ -598,5 +598,3 @@ function useKeyboard(store: Store): void {
     return () => document.removeEventListener('keydown', onKey);
   }, [store]);
 }
-
-export type { Id };

@@ -91,6 +91,15 @@ export function FolderNameDialog({ store, rename }: { store: Store; rename: bool
 /** `YYYY-MM-DD` of a UTCDate, for a date input. */
 const day = (iso: string | null) => (iso ? iso.slice(0, 10) : '');
 
+/** A date input for a UTCDate: the day chosen at `time` (the start or the end of it), or null. */
+function DateField({ label, value, time, onChange }: { label: string; value: string | null; time: string; onChange: (v: string | null) => void }) {
+  return (
+    <label>
+      {label} <input type="date" value={day(value)} onInput={(e) => onChange(e.currentTarget.value ? `${e.currentTarget.value}${time}` : null)} />
+    </label>
+  );
+}
+
 export function SettingsDialog({ store }: { store: Store }) {
   const [v, setV] = useState<VacationResponse | null>(null);
   const [problem, setProblem] = useState('');
@@ -137,22 +146,8 @@ export function SettingsDialog({ store }: { store: Store }) {
             <label>
               Vacation message <textarea rows={5} value={v.textBody ?? ''} onInput={(e) => setV({ ...v, textBody: e.currentTarget.value })} />
             </label>
-            <label>
-              From date{' '}
-              <input
-                type="date"
-                value={day(v.fromDate)}
-                onInput={(e) => setV({ ...v, fromDate: e.currentTarget.value ? `${e.currentTarget.value}T00:00:00Z` : null })}
-              />
-            </label>
-            <label>
-              Until date{' '}
-              <input
-                type="date"
-                value={day(v.toDate)}
-                onInput={(e) => setV({ ...v, toDate: e.currentTarget.value ? `${e.currentTarget.value}T23:59:59Z` : null })}
-              />
-            </label>
+            <DateField label="From date" value={v.fromDate} time="T00:00:00Z" onChange={(fromDate) => setV({ ...v, fromDate })} />
+            <DateField label="Until date" value={v.toDate} time="T23:59:59Z" onChange={(toDate) => setV({ ...v, toDate })} />
           </fieldset>
           <div class="dialog-actions">
             <button type="submit" class="primary">
