@@ -195,7 +195,9 @@ export class SmtpSession implements SessionInfo {
 
   /** The greeting (RFC 5321 §4.3.1: 220 domain), or the connect hook's refusal (§3.1: 554). */
   greet(): void | Promise<void> {
-    const hello = () => this.io.reply({ code: 220, lines: [`${this.o.hostname} ESMTP Tomlinson`] });
+    const hello = () => {
+      if (this.state.name !== 'closed') this.io.reply({ code: 220, lines: [`${this.o.hostname} ESMTP Tomlinson`] });
+    };
     if (!this.hooks.connect) return hello();
     return this.hooks.connect(this).then(hello, (e) => {
       if (this.state.name === 'closed') return;

@@ -10,6 +10,7 @@ import { networkInterfaces } from 'node:os';
 import { PassThrough } from 'node:stream';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../../core/config.js';
 import { dnsblName } from '../../core/mail/dnsbl.js';
 import { createLogger } from '../../core/log.js';
 import { ALICE, drainInbound, startHarness, TestClient, type Harness } from '../smtp/harness.js';
@@ -73,6 +74,11 @@ describe('DNSBL query names (RFC 5782)', () => {
     expect(dnsblName('fd00::2', 'bl.test.')).toBe(`2.${'0.'.repeat(29)}d.f.bl.test`);
     expect(dnsblName('::ffff:192.0.2.1', 'z')).toBe('1.0.2.0.0.0.0.c.f.f.f.f.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.z');
     expect(dnsblName('not an address', 'z')).toBeUndefined();
+  });
+
+  it('smtp.dnsbl takes zone names only', () => {
+    expect(loadConfig({ TOMLINSON_SMTP_DNSBL: 'zen.spamhaus.org, bl.spamcop.net' }).smtp.dnsbl).toEqual(['zen.spamhaus.org', 'bl.spamcop.net']);
+    expect(() => loadConfig({ TOMLINSON_SMTP_DNSBL: 'zen.spamhaus.org,http://x' })).toThrow(ConfigError);
   });
 });
 
