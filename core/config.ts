@@ -207,6 +207,22 @@ export const SETTINGS: readonly Setting[] = [
   },
   { path: 'smtp.dnsTimeoutMs', env: 'TOMLINSON_DNS_TIMEOUT_MS', kind: 'int', min: 50, max: 60000, default: 2000, doc: 'DNS query timeout.' },
   {
+    path: 'smtp.dnsbl',
+    env: 'TOMLINSON_SMTP_DNSBL',
+    kind: 'list',
+    default: [],
+    doc: 'DNS blocklist zones (RFC 5782) asked about each MX client at connect, comma-separated, e.g. zen.spamhaus.org; a listed client gets 554 5.7.1 naming the list. None by default: each query tells the list who connects. A failed lookup lets the client in. Loopback, smtp.trustedNetworks and the submission ports are never checked.',
+  },
+  {
+    path: 'smtp.maxRecipientsPerUserHour',
+    env: 'TOMLINSON_SMTP_MAX_RECIPIENTS_PER_USER_HOUR',
+    kind: 'int',
+    min: 0,
+    max: 10000000,
+    default: 500,
+    doc: 'Recipients an authenticated user may send to per clock hour, over every listener and task (a message to 3 recipients counts 3); past it RCPT gets 451 4.7.1. 0: no limit.',
+  },
+  {
     path: 'smtp.maxCommandLineBytes',
     env: 'TOMLINSON_SMTP_MAX_COMMAND_LINE',
     kind: 'int',
@@ -241,6 +257,13 @@ export const SETTINGS: readonly Setting[] = [
     values: ['auto', 'on', 'off'],
     default: 'auto',
     doc: 'Scan MX mail with rspamd at spam.url: auto = when it answers /ping at start-up; on = always (a scan that fails is skipped and counted); off = never.',
+  },
+  {
+    path: 'spam.scanOutbound',
+    env: 'TOMLINSON_SPAM_SCAN_OUTBOUND',
+    kind: 'bool',
+    default: true,
+    doc: "Scan what authenticated users send (submission) too, passing the user to rspamd; rspamd's reject gives 550 5.7.1 and nothing is sent.",
   },
   { path: 'spam.url', env: 'TOMLINSON_SPAM_URL', kind: 'string', default: 'http://127.0.0.1:11333', doc: "rspamd's normal worker (its /checkv2 and /ping)." },
   {
@@ -948,11 +971,13 @@ export interface Config {
     checkAuth: boolean;
     dnsServers: string[];
     dnsTimeoutMs: number;
+    dnsbl: string[];
+    maxRecipientsPerUserHour: number;
     maxCommandLineBytes: number;
     maxTextLineBytes: number;
     idleTimeoutSeconds: number;
   };
-  spam: { enabled: 'auto' | 'on' | 'off'; url: string; timeoutMs: number; controllerUrl: string; controllerPassword: string };
+  spam: { enabled: 'auto' | 'on' | 'off'; scanOutbound: boolean; url: string; timeoutMs: number; controllerUrl: string; controllerPassword: string };
   pop3: {
     enabled: boolean;
     port: number;
@@ -1139,6 +1164,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, file?: string):
   cfg.dataDir = resolve(cfg.dataDir);
   for (const x of cfg.outbound.retrySchedule) {
     if (!/^\d+$/.test(x) || Number(x) < 1) throw new ConfigError('TOMLINSON_OUTBOUND_RETRY_SCHEDULE', `expected seconds, got ${JSON.stringify(x)}`);
+  }
+  for (const x of cfg.smtp.dnsbl) {
+    if (!/^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.?$/i.test(x)) {
+      throw new ConfigError('TOMLINSON_SMTP_DNSBL', `expected DNS zone names such as zen.spamhaus.org, got ${JSON.stringify(x)}`);
+    }
   }
   for (const x of cfg.proxy.connectPorts) {
     if (!/^\d+$/.test(x) || Number(x) < 1 || Number(x) > 65535)

@@ -74,11 +74,29 @@ export class Metrics {
     labelNames: ['result'],
     registers: [this.registry],
   });
+  readonly spamOutboundScans = new Counter({
+    name: 'tomlinson_spam_outbound_scans_total',
+    help: 'Spam scans of what authenticated users send, by result as tomlinson_spam_scans_total (reject: 550, nothing sent; skipped: sent unscanned)',
+    labelNames: ['result'],
+    registers: [this.registry],
+  });
   readonly spamScanSeconds = new Histogram({
     name: 'tomlinson_spam_scan_seconds',
     help: 'Time a spam scan added before the reply to DATA',
     labelNames: ['result'],
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly dnsblLookups = new Counter({
+    name: 'tomlinson_dnsbl_lookups_total',
+    help: 'DNS blocklist lookups of MX clients, one per zone, by result: listed, clean, or error (timeout, SERVFAIL, a list error code; the client is let in)',
+    labelNames: ['result'],
+    registers: [this.registry],
+  });
+  readonly smtpRefusals = new Counter({
+    name: 'tomlinson_smtp_policy_refusals_total',
+    help: 'SMTP sessions or messages refused by policy, by reason: dnsbl (a listed MX client, 554 at connect), rate_limit (a user over smtp.maxRecipientsPerUserHour, 451), outbound_spam (a submitted message rspamd rejects, 550)',
+    labelNames: ['reason'],
     registers: [this.registry],
   });
 

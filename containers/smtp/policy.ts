@@ -1,20 +1,55 @@
 /**
- * The application's answers to the SMTP engine's questions (SmtpHooks): who may log in, who may
- * send as what, which recipients are accepted where, and where message content goes.
+ * The application's answers to the SMTP engine's questions (SmtpHooks): which clients are served
+ * (DNS blocklists at connect), who may log in, who may send as what and how much (the hourly
+ * limit), which recipients are accepted where, and where message content goes.
  */
 import type { Accounts, Resolution } from '../../core/accounts/accounts.js';
 import type { DsnRecipient } from '../../core/mail/jobs.js';
+import { dnsblRefusalText, type DnsblChecker } from '../../core/mail/dnsbl.js';
+import { releaseRecipients, reserveRecipients, sentThisHour } from '../../core/mail/send-limit.js';
 import type { MailboxStore } from '../../core/mailbox/store.js';
 import { AuthThrottle, authFailureText } from '../auth-throttle.js';
 import { ReplyError } from './protocol/command.js';
 import type { MessageSink, SessionInfo, SmtpHooks, Transaction } from './session.js';
 import { StorageSink, type SpoolDeps } from './spool.js';
 
-/** Builds the hooks over the account model, the mailbox counters and the spool. `authFailureDelayMs`
- * is the failed-login throttle's base delay (see containers/auth-throttle.ts). */
-export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: SpoolDeps & { authFailureDelayMs?: number }): SmtpHooks {
+/** Policy settings of the hooks besides the spool's. */
+export interface PolicyDeps {
+  /** The failed-login throttle's base delay (see containers/auth-throttle.ts). @default 1000 */
+  authFailureDelayMs?: number;
+  /** DNS blocklists asked about MX clients at connect; absent or without zones: none. */
+  dnsbl?: DnsblChecker;
+  /** Clients never looked up in a blocklist besides loopback (smtp.trustedNetworks). */
+  dnsblExempt?: (address: string) => boolean;
+  /** Recipients per authenticated user per hour (smtp.maxRecipientsPerUserHour); 0 or absent: no limit. */
+  maxRecipientsPerUserHour?: number;
+}
+
+/** Builds the hooks over the account model, the mailbox counters and the spool. */
+export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: SpoolDeps & PolicyDeps): SmtpHooks {
   const throttle = new AuthThrottle({ baseDelayMs: spool.authFailureDelayMs ?? 1000 });
+  const limit = spool.maxRecipientsPerUserHour ?? 0;
+  const dnsbl = spool.dnsbl?.active ? spool.dnsbl : undefined;
   return {
+    // RFC 5321 §3.1: a listed client is refused with 554 instead of the greeting. Only the MX
+    // listener asks; submission clients authenticate instead, and loopback and trusted networks
+    // are our own (as Postfix's permit_mynetworks comes before reject_rbl_client).
+    ...(dnsbl
+      ? {
+          async connect(s: SessionInfo): Promise<void> {
+            if (s.listener !== 'mx' || isLoopback(s.clientAddress) || spool.dnsblExempt?.(s.clientAddress)) return;
+            const listing = await dnsbl.check(s.clientAddress);
+            if (!listing) return;
+            spool.metrics?.smtpRefusals.inc({ reason: 'dnsbl' });
+            spool.log.info(
+              { client: s.clientAddress, zone: listing.zone, code: listing.code, reason: listing.reason },
+              `client refused: listed by ${listing.zone}`,
+            );
+            throw new ReplyError(554, '5.7.1', dnsblRefusalText(s.clientAddress, listing));
+          },
+        }
+      : {}),
+
     async authenticate(login: string, password: string): Promise<string | undefined> {
       const user = await accounts.authenticate(login, password);
       return user?.address;
@@ -53,6 +88,7 @@ export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: 
         rcpt.address = target.address;
         r = target.resolution;
       }
+      if (s.authUser && limit > 0) await checkHourlyLimit(tx, s, s.authUser);
       if (r.kind === 'remote') {
         if (s.authUser) return noteRoom(tx, Infinity);
         throw new ReplyError(550, '5.7.1', 'Relaying denied');
@@ -68,20 +104,74 @@ export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: 
     },
 
     openMessage(tx: Transaction, s: SessionInfo): MessageSink {
-      const sink = new StorageSink(spool, tx, s);
-      const rooms = roomByTx.get(tx);
-      if (!rooms || rooms.some((x) => x === Infinity)) return sink;
-      // Every recipient is a mailbox with a quota: a message that fits none of them is refused
-      // for now (452 4.2.2, the sender retries) rather than accepted to wait for room.
+      const sink = withQuotaCheck(new StorageSink(spool, tx, s), tx);
+      const user = s.authUser;
+      if (!user || limit <= 0) return sink;
+      // The recipients are counted atomically once the whole message is in, and given back when
+      // it is then not accepted (a spam reject, a storage failure), so a refusal costs nothing.
       return {
         id: sink.id,
         write: (chunk) => sink.write(chunk),
         abort: (reason) => sink.abort(reason),
         async finish(stats) {
-          if (rooms.every((x) => x < stats.bytes)) throw new ReplyError(452, '4.2.2', 'Mailbox full');
-          return sink.finish(stats);
+          const at = new Date();
+          const n = tx.rcpts.length;
+          const r = await reserveRecipients(spool.storage.tables, user, n, limit, at);
+          if (!r.ok) throw overLimit(s, user, r.count, n);
+          try {
+            await sink.finish(stats);
+          } catch (e) {
+            await releaseRecipients(spool.storage.tables, user, n, at).catch((err: unknown) => spool.log.warn({ err, user }, 'send counter not given back'));
+            throw e;
+          }
         },
       };
+    },
+  };
+
+  /** RCPT: refuses a recipient that would take the user past the hour's limit (RFC 5321 §4.2.2:
+   * a 4xx per recipient, which the client retries later; RFC 3463 X.7.1: refused by policy). The
+   * hour's count is read once per transaction; finish() counts atomically. */
+  async function checkHourlyLimit(tx: Transaction, s: SessionInfo, user: string): Promise<void> {
+    let used = usedByTx.get(tx);
+    if (used === undefined) {
+      used = await sentThisHour(spool.storage.tables, user);
+      usedByTx.set(tx, used);
+    }
+    if (used + tx.rcpts.length + 1 > limit) throw overLimit(s, user, used, tx.rcpts.length + 1);
+  }
+
+  function overLimit(s: SessionInfo, user: string, used: number, asked: number): ReplyError {
+    spool.metrics?.smtpRefusals.inc({ reason: 'rate_limit' });
+    spool.log.warn(
+      { user, client: s.clientAddress, listener: s.listener, sentThisHour: used, asked, limit },
+      `sending limit reached: ${user} has sent to ${used} recipients this hour (limit ${limit}); 451`,
+    );
+    return new ReplyError(451, '4.7.1', `Sending limit reached: ${user} may send to ${limit} recipients per hour; try again later`);
+  }
+}
+
+/** The hour's count read at the transaction's first RCPT. */
+const usedByTx = new WeakMap<Transaction, number>();
+
+/** 127.0.0.0/8 and ::1 (the listener gives IPv4-mapped addresses as plain IPv4). */
+function isLoopback(address: string): boolean {
+  return address.startsWith('127.') || address === '::1';
+}
+
+/** Wraps the sink with the quota check that RCPT prepared (roomByTx). */
+function withQuotaCheck(sink: MessageSink, tx: Transaction): MessageSink {
+  const rooms = roomByTx.get(tx);
+  if (!rooms || rooms.some((x) => x === Infinity)) return sink;
+  // Every recipient is a mailbox with a quota: a message that fits none of them is refused
+  // for now (452 4.2.2, the sender retries) rather than accepted to wait for room.
+  return {
+    id: sink.id,
+    write: (chunk) => sink.write(chunk),
+    abort: (reason) => sink.abort(reason),
+    async finish(stats) {
+      if (rooms.every((x) => x < stats.bytes)) throw new ReplyError(452, '4.2.2', 'Mailbox full');
+      return sink.finish(stats);
     },
   };
 }

@@ -11,6 +11,7 @@ import { cidrList, clientAllowed } from '../../core/address-ranges.js';
 import type { Config } from '../../core/config.js';
 import { dnsResolverFromConfig, type DnsResolver } from '../../core/dns.js';
 import type { Logger } from '../../core/log.js';
+import { DnsblChecker } from '../../core/mail/dnsbl.js';
 import { spamScannerFromConfig, type SpamScanner } from '../../core/mail/spam.js';
 import { MailboxStore } from '../../core/mailbox/store.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
@@ -66,6 +67,8 @@ export async function startSmtpServer(ctx: ListenerContext, options: SmtpServerO
     : options.spam !== undefined
       ? (options.spam ?? undefined)
       : await spamScannerFromConfig(config.spam, { metrics, log });
+  const c = config.smtp;
+  const trusted = cidrList(c.trustedNetworks);
   const hooks =
     options.hooks ??
     createHooks(accounts, mailboxes, {
@@ -80,10 +83,11 @@ export async function startSmtpServer(ctx: ListenerContext, options: SmtpServerO
       resolver,
       inlineBytes: options.inlineBytes,
       spam,
+      scanOutbound: config.spam.scanOutbound,
+      dnsbl: new DnsblChecker({ zones: c.dnsbl, resolver, timeoutMs: c.dnsTimeoutMs, log: log.child({ c: 'dnsbl' }), metrics }),
+      dnsblExempt: (address) => clientAllowed(trusted, address),
+      maxRecipientsPerUserHour: c.maxRecipientsPerUserHour,
     });
-
-  const c = config.smtp;
-  const trusted = cidrList(c.trustedNetworks);
   const handshakeTimeoutMs = options.handshakeTimeoutMs ?? 30_000;
   const want = (name: 'mx' | 'submission' | 'submissions', configured: number): number | null => {
     const o = options.ports?.[name];
@@ -132,7 +136,10 @@ export async function startSmtpServer(ctx: ListenerContext, options: SmtpServerO
     await spam?.close();
     throw e;
   }
-  log.info({ addresses: listener.addresses, spamScanning: spam ? 'on' : 'off' }, `SMTP listening (spam scanning ${spam ? 'on' : 'off'})`);
+  log.info(
+    { addresses: listener.addresses, spamScanning: spam ? 'on' : 'off', dnsbl: c.dnsbl },
+    `SMTP listening (spam scanning ${spam ? 'on' : 'off'}${c.dnsbl.length ? `; DNS blocklists ${c.dnsbl.join(', ')}` : ''})`,
+  );
 
   return {
     name: 'smtp',
@@ -191,8 +198,26 @@ class SmtpConnection implements SessionHandler {
         close: () => this.end(),
       },
     );
-    this.session.greet();
-    this.flush();
+    const greeting = this.session.greet();
+    if (!greeting) {
+      this.flush();
+      return;
+    }
+    // The connect hook (DNSBL) is asking: input waits in the reader until the greeting is out.
+    this.pumping = true;
+    greeting.then(
+      () => {
+        this.pumping = false;
+        if (this.ended) return;
+        this.flush();
+        this.pump();
+      },
+      (err) => {
+        this.log.error({ err }, 'SMTP greeting failed');
+        this.session.abort('connection destroyed');
+        this.conn.destroy();
+      },
+    );
   }
 
   get busy(): boolean {

@@ -63,6 +63,9 @@ export interface MessageSink {
 
 /** Policy the application injects; every method may throw ReplyError to refuse. */
 export interface SmtpHooks {
+  /** A client connected, before the greeting; throwing ReplyError answers it instead of 220
+   * (RFC 5321 §3.1: 554, then only QUIT is served). */
+  connect?(session: SessionInfo): Promise<void>;
   /** Checks credentials; returns the canonical login, or undefined when they are wrong. */
   authenticate(login: string, password: string, session: SessionInfo): Promise<string | undefined>;
   /** A login failed (wrong credentials); resolves when the failure may be answered (throttling). */
@@ -122,6 +125,8 @@ type State =
   | { name: 'bdat'; tx: Transaction | undefined; chunk: BdatState; first: boolean; resume: State }
   | { name: 'bdat-wait'; tx: Transaction; sink: MessageSink }
   | { name: 'auth'; auth: AuthStep; resume: 'init' | 'ready' }
+  /** Refused at connect (RFC 5321 §3.1): every command but QUIT gets 503. */
+  | { name: 'refused' }
   | { name: 'closed' };
 
 type Handler = (arg: string) => void | Promise<void>;
@@ -188,9 +193,19 @@ export class SmtpSession implements SessionInfo {
     };
   }
 
-  /** The greeting (RFC 5321 §4.3.1: 220 domain). */
-  greet(): void {
-    this.io.reply({ code: 220, lines: [`${this.o.hostname} ESMTP Tomlinson`] });
+  /** The greeting (RFC 5321 §4.3.1: 220 domain), or the connect hook's refusal (§3.1: 554). */
+  greet(): void | Promise<void> {
+    const hello = () => {
+      if (this.state.name !== 'closed') this.io.reply({ code: 220, lines: [`${this.o.hostname} ESMTP Tomlinson`] });
+    };
+    if (!this.hooks.connect) return hello();
+    return this.hooks.connect(this).then(hello, (e) => {
+      if (this.state.name === 'closed') return;
+      // A hook that fails for another reason (a bug) greets: a policy check never locks mail out.
+      if (!(e instanceof ReplyError)) return hello();
+      this.io.reply({ ...e.reply, lines: e.reply.lines.map((l, i) => (i === 0 ? `${this.o.hostname} ${l}` : l)) });
+      this.state = { name: 'refused' };
+    });
   }
 
   /** True once QUIT, a 421 or a fatal error closed the session. */
@@ -249,6 +264,7 @@ export class SmtpSession implements SessionInfo {
     const st = this.state;
     const text = raw.toString('utf8');
     if (st.name === 'auth') return this.authContinue(st, text);
+    if (st.name === 'refused') return this.refused(text);
     // RFC 4954 §4 lets AUTH lines run to 12288 octets; every other command keeps §4.5.3.1.4.
     if (raw.length + 2 > this.o.maxCommandLineBytes && !/^AUTH /i.test(text)) {
       this.io.reply({ code: 500, enhanced: '5.5.2', lines: ['Line too long'] });
@@ -267,6 +283,14 @@ export class SmtpSession implements SessionInfo {
       return this.fail(e);
     }
     if (r) return r.catch((e) => this.fail(e));
+  }
+
+  /** RFC 5321 §3.1: after a 554 greeting the server waits for QUIT and SHOULD answer any other
+   * command 503; those count toward the bad-command limit, which closes the connection. */
+  private refused(text: string): void {
+    if (splitCommand(text).verb === 'QUIT') return this.quit();
+    this.io.reply({ code: 503, enhanced: '5.5.1', lines: ['Bad sequence of commands; this server refused the connection, send QUIT'] });
+    this.bad();
   }
 
   private fail(e: unknown): void {

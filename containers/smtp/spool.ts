@@ -11,7 +11,9 @@
  * bounded whatever the size. On the MX listener the SPF/DKIM/DMARC result and the spam scan's
  * X-Spam-* fields (core/mail/spam.ts) must be headers at the top of the stored message but are
  * only known once the whole message has been read, so a large MX message is first streamed to a
- * spool key, checked and scanned from there, and copied once to its final key.
+ * spool key, checked and scanned from there, and copied once to its final key. What an
+ * authenticated user sends is scanned too (./outbound-scan.ts), for refusal only: no header
+ * fields, so it is stored straight to its key and scanned from there when large.
  */
 import { randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
@@ -26,6 +28,7 @@ import { countSpamLater } from '../../core/mail/spam-stats.js';
 import type { DnsResolver } from '../../core/dns.js';
 import type { Metrics } from '../../core/metrics.js';
 import { isStorageError, type AttrValue, type BlobInfo, type Storage } from '../../core/storage/ports.js';
+import { scanOutbound } from './outbound-scan.js';
 import { ReplyError } from './protocol/command.js';
 import type { DataStats } from './protocol/reader.js';
 import type { MessageSink, SessionInfo, Transaction } from './session.js';
@@ -50,6 +53,8 @@ export interface SpoolDeps {
   /** Scans MX mail from unauthenticated clients before the reply to DATA (core/mail/spam.ts);
    * absent: no scan. */
   spam?: SpamScanner;
+  /** Scans what authenticated users send too (./outbound-scan.ts). @default false */
+  scanOutbound?: boolean;
 }
 
 /** A time-ordered, unguessable queue id: 9 base-36 time characters and 12 hex random ones. */
@@ -116,9 +121,14 @@ export class StorageSink implements MessageSink {
     return this.deps.checkAuth && this.session.listener === 'mx' && !this.session.authUser && this.deps.resolver !== undefined;
   }
 
-  /** Only MX mail from unauthenticated clients is scanned (never submission, in this part). */
+  /** MX mail from unauthenticated clients is scanned and marked (X-Spam-* fields). */
   private get needsSpamScan(): boolean {
     return this.deps.spam !== undefined && this.session.listener === 'mx' && !this.session.authUser;
+  }
+
+  /** What an authenticated user sends is scanned for refusal only (no header fields). */
+  private get needsOutboundScan(): boolean {
+    return this.deps.spam !== undefined && this.deps.scanOutbound === true && this.session.authUser !== undefined;
   }
 
   /** Headers to put on top of a message stored from the spool: checks ran from the spool copy. */
@@ -236,6 +246,7 @@ export class StorageSink implements MessageSink {
     this.chunks = [];
     const auth = this.needsAuthCheck ? await this.checkAuth(content) : undefined;
     const checks = (await this.scanSpam(content, auth)) + (auth?.headers ?? '');
+    if (this.needsOutboundScan) await this.scanOutbound(content, content.length);
     const body = checks ? Buffer.concat([this.received, Buffer.from(checks, 'utf8'), content]) : Buffer.concat([this.received, content]);
     if (body.length <= (this.deps.queueInlineBytes ?? 0)) {
       // Travels inside the job (file comment); the worker, which parses it anyway, summarizes it.
@@ -268,7 +279,18 @@ export class StorageSink implements MessageSink {
     const s = this.stream!;
     s.body.end();
     const spooled = await s.put;
-    if (s.key === this.key) return spooled;
+    if (s.key === this.key) {
+      if (this.needsOutboundScan) {
+        // Scanned from the stored blob; a refused message's blob is removed.
+        try {
+          await this.scanOutbound((await this.deps.storage.mail.get(s.key)).body, spooled.size);
+        } catch (e) {
+          await this.deps.storage.mail.delete(s.key).catch(() => undefined);
+          throw e;
+        }
+      }
+      return spooled;
+    }
     // MX, large: check from the spool, then write the final blob with the headers on top.
     try {
       let auth: AuthCheck | undefined;
@@ -323,6 +345,20 @@ export class StorageSink implements MessageSink {
       throw new ReplyError(451, '4.7.1', r.message || 'Try again later');
     }
     return spamHeaders(r);
+  }
+
+  /** The outbound scan of a submitted message (./outbound-scan.ts); throws ReplyError to refuse. */
+  private async scanOutbound(message: Buffer | Readable, size: number): Promise<void> {
+    const env = {
+      from: this.tx.from,
+      rcpts: this.tx.rcpts.map((x) => x.address),
+      ip: this.session.clientAddress,
+      helo: this.session.helo ?? '',
+      queueId: this.id,
+      user: this.session.authUser!,
+      size,
+    };
+    await scanOutbound(this.deps.spam!, message, env, { log: this.deps.log, metrics: this.deps.metrics });
   }
 
   private async checkAuth(message: Buffer | Readable): Promise<AuthCheck> {

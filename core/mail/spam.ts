@@ -122,7 +122,8 @@ export class RspamdClient implements SpamScanner {
     const started = performance.now();
     const result = await this.scanOnce(message, env);
     const outcome = isSkipped(result) ? 'skipped' : result.action.replace(' ', '_');
-    this.o.metrics?.spamScans.inc({ result: outcome });
+    // What authenticated users send (env.user) is counted apart from MX mail.
+    (env.user ? this.o.metrics?.spamOutboundScans : this.o.metrics?.spamScans)?.inc({ result: outcome });
     this.o.metrics?.spamScanSeconds.observe({ result: isSkipped(result) ? 'skipped' : 'scanned' }, (performance.now() - started) / 1000);
     return result;
   }

@@ -145,11 +145,11 @@ export class TestClient {
     for (const f of w) f();
   }
 
-  /** Connects (plain or implicit TLS) and returns the client; the greeting is left to read. */
-  static async connect(port: number, options: { tls?: boolean } = {}): Promise<TestClient> {
-    const socket = options.tls
-      ? tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false, servername: 'mx.tomlinson.test' })
-      : netConnect({ port, host: '127.0.0.1' });
+  /** Connects (plain or implicit TLS) and returns the client; the greeting is left to read.
+   * `host` (default 127.0.0.1) picks the server address, and so the client's own. */
+  static async connect(port: number, options: { tls?: boolean; host?: string } = {}): Promise<TestClient> {
+    const host = options.host ?? '127.0.0.1';
+    const socket = options.tls ? tls.connect({ port, host, rejectUnauthorized: false, servername: 'mx.tomlinson.test' }) : netConnect({ port, host });
     await new Promise<void>((resolve, reject) => {
       socket.once(options.tls ? 'secureConnect' : 'connect', () => resolve());
       socket.once('error', reject);

@@ -2,7 +2,7 @@
  * Spam scanning at the end of DATA on the MX listener, against Debian's rspamd started by the test
  * (test/support/rspamd.ts) with the shipped local settings: GTUBE is refused with 550 5.7.1, the
  * add-header test pattern is accepted and filed into Junk, a clean message gets
- * `X-Spam-Status: No`, a soft reject is 451 4.7.1, submission mail is never scanned, and mail keeps
+ * `X-Spam-Status: No`, a soft reject is 451 4.7.1, submission mail is never marked, and mail keeps
  * flowing (with `X-Spam-Status: Unknown`) once rspamd is gone.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -184,7 +184,8 @@ describe('MX spam scanning with rspamd', () => {
     expect(await drainInbound(h.storage)).toEqual([]);
   });
 
-  it('never scans submission mail (an authenticated user may send GTUBE)', async () => {
+  // What submission does with rspamd's verdict (refusals only) is test/spam/outbound.test.ts.
+  it('never marks submission mail: no X-Spam-* fields and no verdict for the inbound worker to file by', async () => {
     const c = await TestClient.connect(h.server.ports.submissions!, { tls: true });
     try {
       expect((await c.reply()).code).toBe(220);
@@ -193,7 +194,7 @@ describe('MX spam scanning with rspamd', () => {
       expect((await c.cmd(`MAIL FROM:<${ALICE}>`)).code).toBe(250);
       expect((await c.cmd(`RCPT TO:<${ALICE}>`)).code).toBe(250);
       expect((await c.cmd('DATA')).code).toBe(354);
-      expect((await c.cmd(message('note to self', GTUBE) + '.')).code).toBe(250);
+      expect((await c.cmd(message('note to self', GTUBE_ADD_HEADER) + '.')).code).toBe(250);
     } finally {
       c.close();
     }

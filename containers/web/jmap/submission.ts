@@ -548,6 +548,8 @@ async function submit(o: JsonObject, ctx: JmapContext): Promise<JsonObject | Set
     maxMessageBytes: maxSize,
     queueInlineBytes: ctx.config.smtp.queueInlineBytes,
     checkAuth: false,
+    // The same hourly recipient limit as the submission ports (one counter per user in Tables).
+    maxRecipientsPerUserHour: ctx.config.smtp.maxRecipientsPerUserHour,
   });
   const session: SessionInfo = {
     id: `jmap-${randomBytes(6).toString('hex')}`,
@@ -575,6 +577,8 @@ async function submit(o: JsonObject, ctx: JmapContext): Promise<JsonObject | Set
       tx.rcpts.push(rcpt);
     } catch (e) {
       if (!(e instanceof ReplyError)) throw e;
+      // The sending limit: RFC 8621 §7.5 forbiddenToSend, "not permitted to send ... right now".
+      if (e.code === 451 && e.enhanced === '4.7.1') return { type: 'forbiddenToSend', description: e.message };
       invalid.push(r.email);
     }
   }

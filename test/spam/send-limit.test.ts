@@ -1,0 +1,3 @@
+import { describeSendLimit } from './send-limit-suite.js';
+
+describeSendLimit('local');
