@@ -128,7 +128,12 @@ export class RspamdController {
         body: message,
         signal: AbortSignal.timeout(this.timeoutMs),
       });
-      const text = (await r.body.text()).slice(0, 500);
+      // rspamd 3.4 answers a refused learn (its learn_condition: "already in class", too few
+      // tokens) with a body shorter than its Content-Length; the status says enough then.
+      const text = (await r.body.text().catch((e: unknown) => `(HTTP ${r.statusCode} body unreadable: ${e instanceof Error ? e.message : String(e)})`)).slice(
+        0,
+        500,
+      );
       // rspamd keeps a digest of every learned message: learning it again as the same kind is
       // answered "<id> has been already learned as spam, ignore it" (404 in rspamd 3.4, 208 in
       // later releases); learning it as the other kind relearns it (200).
