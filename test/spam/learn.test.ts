@@ -19,6 +19,7 @@ import { inboundJob } from '../../core/mail/inbound.js';
 import { learnJobBody, LESSON_PK, resendLessons, RspamdController, startLessonPoller, teachWaitingLessons } from '../../core/mail/spam-learn.js';
 import { INBOX } from '../../core/mailbox/keys.js';
 import { spamStats } from '../../core/mail/spam-stats.js';
+import { sweepOptionsFrom, sweepOrphanBlobs } from '../../core/mail/sweep.js';
 import { emailIdOf } from '../../core/mailbox/email-ids.js';
 import type { Item } from '../../core/storage/ports.js';
 import type { JobContext } from '../../core/workers/job.js';
@@ -213,6 +214,18 @@ describe('the learner beside rspamd (spam.learnPollSeconds)', () => {
     expect(await learned()).toBe(before + 1);
     expect(await lessons()).toEqual([]);
     expect(await teachWaitingLessons(ctx)).toBe(0);
+  });
+
+  it("the sweep resends no lesson's job where the inbound worker has no controller", async () => {
+    const { uid } = await h.deliver(ANN, spammy(9));
+    const junk = (await h.folders.find(ANN, 'Junk'))!;
+    await h.folders.move(ANN, INBOX, [uid], junk.id);
+    const noController = { ...h.config, spam: { ...h.config.spam, controllerUrl: '' } };
+    expect((await sweepOrphanBlobs(h.storage, { ...sweepOptionsFrom(noController), log: silentLogger })).resentLessons).toBe(0);
+    expect(await work()).toEqual([]);
+    expect((await sweepOrphanBlobs(h.storage, { ...sweepOptionsFrom(h.config), log: silentLogger })).resentLessons).toBe(1);
+    expect(await work()).toHaveLength(1);
+    expect(await lessons()).toEqual([]);
   });
 
   it('startLessonPoller teaches what moves leave, every spam.learnPollSeconds, and stops', async () => {
