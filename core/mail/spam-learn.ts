@@ -16,6 +16,11 @@
  * holds the message's digest (then it is not counted again), but that is rspamd's best effort
  * (rspamd 3.4 with the SQLite backend was seen to learn a quick repeat again).
  *
+ * Where the inbound worker cannot reach rspamd (AWS: a Lambda outside the VPC, rspamd a sidecar of
+ * the SMTP task) its `spam.controllerUrl` is empty and it leaves lessons alone; a learner in the
+ * process beside rspamd (`spam.learnPollSeconds`, startLessonPoller) reads the lesson partition and
+ * teaches each lesson the same way, after claiming it (several SMTP tasks take turns).
+ *
  * Why not derive lessons from the change log: it is per user, so a reader would need a cursor per
  * user and something that notices which users moved what (DynamoDB Streams on AWS: infra); the
  * outbox item is the same atomic record, findable in one partition.
