@@ -14,6 +14,7 @@ import type { Storage } from '../core/storage/ports.js';
 import { WorkersThread } from './worker-host.js';
 import { startWorkers, type RunningWorkers, type WorkerHandle } from './workers.js';
 import { startHealthServer, type HealthSource } from './health.js';
+import { startLessonPoller, type LessonPoller } from '../core/mail/spam-learn.js';
 import type { ListenerContext, RunningListener } from './listener.js';
 
 /** The component groups `serve` accepts. */
@@ -88,9 +89,11 @@ export async function startApp(
   const listeners: RunningListener[] = [];
   let workers: RunningWorkers | WorkersThread | undefined;
   let health: Awaited<ReturnType<typeof startHealthServer>> | undefined;
+  let learner: LessonPoller | undefined;
 
   const close = async (graceMs = 10_000): Promise<void> => {
     await Promise.allSettled(listeners.map((l) => l.close(graceMs)));
+    await learner?.stop();
     await workers?.stop(graceMs);
     await health?.close();
     await storage.close();
@@ -104,6 +107,9 @@ export async function startApp(
       const l = await startListener(c, { config, storage, log, metrics }, listeners);
       listeners.push(l);
     }
+    // Spam lessons taught from this process (`spam.learnPollSeconds`; on AWS the SMTP task, whose
+    // rspamd sidecar the inbound Lambda cannot reach).
+    learner = startLessonPoller({ config, storage, log, metrics });
     if (components.includes('workers')) {
       workers = threaded
         ? await WorkersThread.start({ config, log, metrics, storage: opened.forWorkerThread() })

@@ -280,7 +280,16 @@ export const SETTINGS: readonly Setting[] = [
     env: 'TOMLINSON_SPAM_CONTROLLER_URL',
     kind: 'string',
     default: 'http://127.0.0.1:11334',
-    doc: "rspamd's controller worker, taught learn_spam / learn_ham when a user moves a message into or out of Junk.",
+    doc: "rspamd's controller worker, taught learn_spam / learn_ham when a user moves a message into or out of Junk. Empty: this process's inbound worker leaves lessons for a learner that has one (spam.learnPollSeconds).",
+  },
+  {
+    path: 'spam.learnPollSeconds',
+    env: 'TOMLINSON_SPAM_LEARN_POLL_SECONDS',
+    kind: 'int',
+    min: 0,
+    max: 3600,
+    default: 0,
+    doc: 'Besides the inbound worker, teach the lessons waiting in the table every this many seconds from this process (on AWS the SMTP task, beside its rspamd sidecar); 0 = only the inbound worker.',
   },
   {
     path: 'spam.controllerPassword',
@@ -977,7 +986,7 @@ export interface Config {
     maxTextLineBytes: number;
     idleTimeoutSeconds: number;
   };
-  spam: { enabled: 'auto' | 'on' | 'off'; scanOutbound: boolean; url: string; timeoutMs: number; controllerUrl: string; controllerPassword: string };
+  spam: { enabled: 'auto' | 'on' | 'off'; scanOutbound: boolean; url: string; timeoutMs: number; controllerUrl: string; controllerPassword: string; learnPollSeconds: number };
   pop3: {
     enabled: boolean;
     port: number;

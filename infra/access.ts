@@ -46,6 +46,14 @@ export const APPEND_PREFIX = 'append/';
  * their TTL (core/mail/sweep.ts, SWEEP_PREFIXES). */
 export const UPLOAD_PREFIX = 'upload/';
 
+/** The spam lessons (core/mail/spam-learn.ts LESSON_PK): a move into or out of Junk writes one in
+ * its own transaction, whichever service moves (IMAP, JMAP). */
+const SPAM_LESSONS = 'SPAMLEARN';
+
+/** What the SMTP task's learner and scan counters use (core/mail/spam-learn.ts, spam-stats.ts,
+ * spam-prefs.ts). */
+const SPAM_SMTP_ITEMS = [SPAM_LESSONS, 'SPAMSTATS', 'SPAMPREF'];
+
 /**
  * The mailbox items every service that reads or changes mailboxes (POP3, IMAP, JMAP) uses:
  * MBX# (INBOX and the other folders' partitions `MBX#<user>#<folder>`, the folder registry,
@@ -54,9 +62,10 @@ export const UPLOAD_PREFIX = 'upload/';
  * change, copy, move, append and expunge and read by CONDSTORE/QRESYNC, IDLE, JMAP /changes and
  * push; core/mailbox/changes.ts), JOB# (an APPEND's idempotency marker, core/mailbox/keys.ts
  * `folderKeys.marker`), and the JMAP indexes the folder store keeps in the same transactions:
- * EML# (where an Email is, by emailId) and THR# (Message-ID to thread, thread members).
+ * EML# (where an Email is, by emailId) and THR# (Message-ID to thread, thread members), and the
+ * spam lesson a move into or out of Junk writes (SPAMLEARN).
  */
-const MAILBOX_ITEMS = ['MBX#*', 'BLOBREF#*', 'CHG#*', 'JOB#*', 'EML#*', 'THR#*'];
+const MAILBOX_ITEMS = ['MBX#*', 'BLOBREF#*', 'CHG#*', 'JOB#*', 'EML#*', 'THR#*', SPAM_LESSONS];
 
 /** Items only JMAP uses: VAC# (the vacation setting, VacationResponse/get and /set; the inbound
  * worker writes the sent-reply markers in the same partition), IDENT# (identities a user made,
@@ -96,12 +105,19 @@ const SEND_AS = ['DOMAIN#*', 'ALIAS#*', 'ALIASES#*'];
  * touches only its cache items (core/cache/store.ts, stats.ts) and the cache bucket, and accounts
  * only when it requires Proxy-Authorization.
  */
-export function listenerAccess(c: Pick<StageConfig, 'proxyRequireAuth'>): Record<ListenerGroup, ServiceAccess> {
+export function listenerAccess(c: Pick<StageConfig, 'proxyRequireAuth' | 'spam'>): Record<ListenerGroup, ServiceAccess> {
   const proxyLogin = c.proxyRequireAuth ? LOGIN : { read: [], write: [] };
+  // With spam filtering, SMTP counts its scans (SPAMSTATS) and teaches the lessons users' moves
+  // left (SPAMLEARN, their per-user opt-out in SPAMPREF) from any message of a mailbox, so it
+  // reads every mail object (only reads; core/mail/spam-learn.ts teachWaitingLessons).
+  const spam = c.spam.enabled;
   return {
     smtp: {
-      table: { read: [HEALTH_PK, ...LOGIN.read, 'DOMAIN#*', 'DOMAINS', 'ALIAS#*', 'MBX#*'], write: LOGIN.write },
-      bucket: { name: 'Mail', read: ['in/', 'spool/'], write: ['in/', 'spool/'], delete: ['in/', 'spool/'] },
+      table: {
+        read: [HEALTH_PK, ...LOGIN.read, 'DOMAIN#*', 'DOMAINS', 'ALIAS#*', 'MBX#*', ...(spam ? SPAM_SMTP_ITEMS : [])],
+        write: [...LOGIN.write, ...(spam ? SPAM_SMTP_ITEMS : [])],
+      },
+      bucket: { name: 'Mail', read: spam ? [''] : ['in/', 'spool/'], write: ['in/', 'spool/'], delete: ['in/', 'spool/'] },
       sendsTo: 'inbound',
     },
     mailbox: {

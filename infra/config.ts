@@ -181,6 +181,21 @@ export interface StageConfig {
    * run reads one reference item per old blob, so large buckets want it rare. 0 turns it off.
    * @default 24 */
   orphanSweepHours: number;
+  /** Spam filtering (issue 24): rspamd as a sidecar of the SMTP task, its Bayes data in one
+   * ElastiCache (Valkey) node shared by the SMTP tasks (infra/constructs/rspamd-sidecar.ts;
+   * docs/deploy.md has the cost). Off: no sidecar, no node, mail is not scanned. */
+  spam: {
+    /** @default true */
+    enabled: boolean;
+    /** rspamd's official image with a pinned tag (never `latest`: a deploy changes rspamd only
+     * when this does). @default 'rspamd/rspamd:3.12.1' */
+    rspamdImage: string;
+    /** The Bayes store's node type. @default 'cache.t4g.micro' */
+    bayesNodeType: string;
+    /** How often each SMTP task teaches the lessons users' moves left (TOMLINSON_SPAM_LEARN_POLL_SECONDS).
+     * @default 30 */
+    learnPollSeconds: number;
+  };
 }
 
 const GiB = 1024 ** 3;
@@ -214,6 +229,7 @@ export const DEFAULTS: Omit<StageConfig, 'stage' | 'mailHostname' | 'domains'> =
   mailBucketAlarmBytes: 100 * GiB,
   logRetentionDays: 30,
   orphanSweepHours: 24,
+  spam: { enabled: true, rspamdImage: 'rspamd/rspamd:3.12.1', bayesNodeType: 'cache.t4g.micro', learnPollSeconds: 30 },
 };
 
 /** The named stages; `cdk deploy -c stage=prod`. Edit these (or add one) for your domains. */
@@ -275,6 +291,14 @@ export function validateStage(c: StageConfig): StageConfig {
   if (c.webHostname !== undefined && !/^[a-z0-9.-]+\.[a-z]{2,}$/i.test(c.webHostname)) fail('webHostname', `not a host name: ${c.webHostname}`);
   for (const [name, l] of Object.entries(LISTENERS)) {
     if (l.nlbIdleSeconds !== undefined && (l.nlbIdleSeconds < 60 || l.nlbIdleSeconds > 6000)) fail(`LISTENERS.${name}.nlbIdleSeconds`, '60..6000 (NLB limit)');
+  }
+  if (c.spam.enabled) {
+    const tag = /^[a-z0-9./_-]+:([A-Za-z0-9._-]+)$/.exec(c.spam.rspamdImage)?.[1];
+    if (!tag || tag === 'latest' || tag === 'nightly')
+      fail('spam.rspamdImage', `an image with a pinned version tag, e.g. rspamd/rspamd:3.12.1: ${c.spam.rspamdImage}`);
+    if (!/^cache\.[a-z0-9]+\.[a-z0-9]+$/.test(c.spam.bayesNodeType))
+      fail('spam.bayesNodeType', `an ElastiCache node type, e.g. cache.t4g.micro: ${c.spam.bayesNodeType}`);
+    if (c.spam.learnPollSeconds < 1 || c.spam.learnPollSeconds > 3600) fail('spam.learnPollSeconds', '1..3600');
   }
   for (const [name, s] of Object.entries(c.services)) {
     if (s.minTasks < 0 || s.maxTasks < Math.max(1, s.minTasks)) fail(`services.${name}`, 'need 0 <= minTasks <= maxTasks, maxTasks >= 1');

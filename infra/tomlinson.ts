@@ -55,7 +55,14 @@ export function buildTomlinson(app: App, c: StageConfig, options: BuildOptions):
 
   if (options.listeners ?? true) {
     if (!options.image) throw new Error('buildTomlinson: listeners need a container image');
-    out.listeners = new ListenersStack(app, name('Listeners'), { ...base, stackName: name('Listeners'), config: c, state, image: options.image });
+    out.listeners = new ListenersStack(app, name('Listeners'), {
+      ...base,
+      stackName: name('Listeners'),
+      config: c,
+      state,
+      image: options.image,
+      projectRoot: options.projectRoot,
+    });
     const natAddresses = out.listeners.vpc.publicSubnets
       .map((s) => s.node.tryFindChild('EIP') as ec2.CfnEIP | undefined)
       .filter((e): e is ec2.CfnEIP => e !== undefined)

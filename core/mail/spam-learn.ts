@@ -16,6 +16,11 @@
  * holds the message's digest (then it is not counted again), but that is rspamd's best effort
  * (rspamd 3.4 with the SQLite backend was seen to learn a quick repeat again).
  *
+ * Where the inbound worker cannot reach rspamd (AWS: a Lambda outside the VPC, rspamd a sidecar of
+ * the SMTP task) its `spam.controllerUrl` is empty and it leaves lessons alone; a learner in the
+ * process beside rspamd (`spam.learnPollSeconds`, startLessonPoller) reads the lesson partition and
+ * teaches each lesson the same way, after claiming it (several SMTP tasks take turns).
+ *
  * Why not derive lessons from the change log: it is per user, so a reader would need a cursor per
  * user and something that notices which users moved what (DynamoDB Streams on AWS: infra); the
  * outbox item is the same atomic record, findable in one partition.
@@ -128,7 +133,12 @@ export class RspamdController {
         body: message,
         signal: AbortSignal.timeout(this.timeoutMs),
       });
-      const text = (await r.body.text()).slice(0, 500);
+      // rspamd 3.4 answers a refused learn (its learn_condition: "already in class", too few
+      // tokens) with a body shorter than its Content-Length; the status says enough then.
+      const text = (await r.body.text().catch((e: unknown) => `(HTTP ${r.statusCode} body unreadable: ${e instanceof Error ? e.message : String(e)})`)).slice(
+        0,
+        500,
+      );
       // rspamd keeps a digest of every learned message: learning it again as the same kind is
       // answered "<id> has been already learned as spam, ignore it" (404 in rspamd 3.4, 208 in
       // later releases); learning it as the other kind relearns it (200).
@@ -165,11 +175,28 @@ export async function learnJob(body: string, meta: JobMeta, ctx: JobContext): Pr
     ctx.log.warn({ c: 'spam-learn' }, 'learn job is not JSON; dropped');
     return done;
   }
-  const { tables, mail } = ctx.storage;
   const key = { pk: LESSON_PK, sk: String(job.lesson) };
-  const item = await tables.get(key);
+  const item = await ctx.storage.tables.get(key);
   // Taught already (a redelivery), or expired.
   if (!item) return done;
+  // No controller within reach of this process (the Lambda worker on AWS): the lesson stays for
+  // the learner beside rspamd (startLessonPoller in the SMTP task).
+  if (!ctx.config.spam.controllerUrl) return done;
+  if ((await teach(item, ctx)) === 'done') return done;
+  // The item stays. Past the attempts it waits as if just sent: the sweep resends it once
+  // RESEND_AFTER_MS has passed (an rspamd gone for long costs a few attempts an hour per lesson,
+  // until the lesson's ttl).
+  if (meta.receiveCount >= MAX_RECEIVES) {
+    await ctx.storage.tables.update(key, { set: { state: 'sent', sentAt: ctx.now().toISOString() } });
+    return done;
+  }
+  return { kind: 'retry', afterSeconds: Math.min(900, 30 * meta.receiveCount), reason: 'rspamd controller unavailable' };
+}
+
+/** Teaches one lesson and deletes it; `later` (the item kept) while the controller is unreachable. */
+async function teach(item: Item, ctx: JobContext): Promise<'done' | 'later'> {
+  const { tables, mail } = ctx.storage;
+  const key = { pk: LESSON_PK, sk: item.sk };
   const log = ctx.log.child({ c: 'spam-learn', user: item.user, lesson: key.sk });
   const kind = item.kind === 'ham' ? 'ham' : 'spam';
   const blobKeys = Array.isArray(item.blobKeys) ? item.blobKeys.map(String) : [];
@@ -178,7 +205,7 @@ export async function learnJob(body: string, meta: JobMeta, ctx: JobContext): Pr
     await tables.delete(key);
     await countSpam(tables, 'learnSkipped', blobKeys.length, ctx.now());
     log.debug('spam learning off; lesson dropped');
-    return done;
+    return 'done';
   }
   const ctl = controllerFor(ctx.config.spam);
   for (let i = Number(item.done ?? 0); i < blobKeys.length; i++) {
@@ -195,14 +222,7 @@ export async function learnJob(body: string, meta: JobMeta, ctx: JobContext): Pr
     const r = await ctl.learn(kind, got.body, got.info.size);
     if (r.result === 'unavailable') {
       log.warn({ detail: r.detail }, 'rspamd controller unavailable; learning later');
-      // The item stays. Past the attempts it waits as if just sent: the sweep resends it once
-      // RESEND_AFTER_MS has passed (an rspamd gone for long costs a few attempts an hour per
-      // lesson, until the lesson's ttl).
-      if (meta.receiveCount >= MAX_RECEIVES) {
-        await tables.update(key, { set: { state: 'sent', sentAt: ctx.now().toISOString() } });
-        return done;
-      }
-      return { kind: 'retry', afterSeconds: Math.min(900, 30 * meta.receiveCount), reason: 'rspamd controller unavailable' };
+      return 'later';
     }
     if (r.result === 'learned') await countSpam(tables, kind === 'spam' ? 'learnedSpam' : 'learnedHam', 1, ctx.now());
     else if (r.result === 'refused') await countSpam(tables, 'learnSkipped', 1, ctx.now());
@@ -211,5 +231,80 @@ export async function learnJob(body: string, meta: JobMeta, ctx: JobContext): Pr
     await tables.update(key, { set: { done: i + 1 } });
   }
   await tables.delete(key);
-  return done;
+  return 'done';
+}
+
+/** How long a learner holds a lesson it claimed before another may take it over. */
+const CLAIM_MS = 5 * 60_000;
+
+/**
+ * Teaches the lessons waiting in the outbox, oldest first, at most `max` of them; returns how many
+ * were taught. For a process beside rspamd when the queue worker cannot reach the controller (on
+ * AWS the inbound worker is a Lambda outside the VPC; the SMTP task runs rspamd as a sidecar).
+ * Several learners (one per SMTP task) take turns through a conditional claim; a learner that dies
+ * holding one frees it after CLAIM_MS, and a lesson taught twice is answered "already learned"
+ * by rspamd's learn cache, which lives in the shared Redis.
+ */
+export async function teachWaitingLessons(ctx: JobContext, max = 25): Promise<number> {
+  const { tables } = ctx.storage;
+  const page = await tables.query(LESSON_PK, { limit: max });
+  let taught = 0;
+  for (const item of page.items) {
+    const now = ctx.now().getTime();
+    const held = typeof item.claimedUntil === 'number' ? item.claimedUntil : null;
+    if (held !== null && held > now) continue;
+    try {
+      await tables.update({ pk: LESSON_PK, sk: item.sk }, { set: { claimedUntil: now + CLAIM_MS } }, { condition: { equals: { claimedUntil: held } } });
+    } catch (e) {
+      // Another learner claimed it first, or a worker taught and deleted it.
+      if (isStorageError(e, 'ConditionFailed')) continue;
+      throw e;
+    }
+    // rspamd unreachable: stop this round; the claim lapses and the next round tries again.
+    if ((await teach(item, ctx)) === 'later') break;
+    taught++;
+  }
+  return taught;
+}
+
+/** A running lesson poller. */
+export interface LessonPoller {
+  stop(): Promise<void>;
+}
+
+/** Runs teachWaitingLessons every `spam.learnPollSeconds` (none when 0, spam is off or there is no
+ * controller). */
+export function startLessonPoller(ctx: Omit<JobContext, 'now'>): LessonPoller | undefined {
+  const everyMs = ctx.config.spam.learnPollSeconds * 1000;
+  if (everyMs <= 0 || ctx.config.spam.enabled === 'off' || !ctx.config.spam.controllerUrl) return undefined;
+  const log = ctx.log.child({ c: 'spam-learn' });
+  let stopped = false;
+  let running: Promise<void> | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const round = () => {
+    running = teachWaitingLessons({ ...ctx, log, now: () => new Date() })
+      .then(
+        (n) => {
+          if (n) log.debug({ taught: n }, 'lessons taught');
+        },
+        (e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'teaching waiting lessons failed; next round at its time'),
+      )
+      .finally(() => {
+        running = undefined;
+        if (!stopped) {
+          timer = setTimeout(round, everyMs);
+          timer.unref();
+        }
+      });
+  };
+  timer = setTimeout(round, everyMs);
+  timer.unref();
+  log.info({ everySeconds: ctx.config.spam.learnPollSeconds, controller: ctx.config.spam.controllerUrl }, 'teaching lessons from the outbox');
+  return {
+    async stop() {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+      await running;
+    },
+  };
 }

@@ -55,6 +55,11 @@ export interface SweepOptions {
    * web listener no longer accepts its blobId (RFC 8620 §6.1 "MUST NOT be deleted for at least 1
    * hour", web.uploadTtlSeconds). @default 86400 */
   uploadTtlSeconds?: number;
+  /** Send again the jobs of spam lessons whose job was lost (spam-learn.ts resendLessons). Off
+   * where the inbound worker has no rspamd controller (`spam.controllerUrl` empty: on AWS the SMTP
+   * task's learner reads lessons from the table, and the sweep Lambda may not send jobs).
+   * @default true */
+  resendLessons?: boolean;
   /** Count and list what would go, write and delete nothing. @default false */
   dryRun?: boolean;
   /** Listing page size (1..1000). @default 1000 */
@@ -117,13 +122,14 @@ function outboundId(key: string): string | undefined {
 
 /** The sweep options a Config gives (the settings `mail.orphanGraceHours`, `mail.orphanSettleMinutes`
  * and `web.uploadTtlSeconds`). */
-export function sweepOptionsFrom(config: Config): Pick<SweepOptions, 'graceSeconds' | 'settleSeconds' | 'uploadTtlSeconds'> {
+export function sweepOptionsFrom(config: Config): Pick<SweepOptions, 'graceSeconds' | 'settleSeconds' | 'uploadTtlSeconds' | 'resendLessons'> {
   // The sweep must never outrun the listener's own TTL.
   const uploadTtl = config.web.uploadTtlSeconds;
   return {
     graceSeconds: config.mail.orphanGraceHours * 3600,
     settleSeconds: config.mail.orphanSettleMinutes * 60,
     uploadTtlSeconds: uploadTtl ?? DEFAULT_UPLOAD_TTL_SECONDS,
+    resendLessons: config.spam.controllerUrl !== '',
   };
 }
 
@@ -173,6 +179,7 @@ class OrphanSweep {
   private readonly settleMs: number;
   private readonly uploadTtlMs: number;
   private readonly dryRun: boolean;
+  private readonly resendLessons: boolean;
   private readonly pageSize: number;
   private readonly started: Date;
   private readonly t0 = performance.now();
@@ -192,6 +199,7 @@ class OrphanSweep {
     this.settleMs = (options.settleSeconds ?? 900) * 1000;
     this.uploadTtlMs = (options.uploadTtlSeconds ?? DEFAULT_UPLOAD_TTL_SECONDS) * 1000;
     this.dryRun = options.dryRun ?? false;
+    this.resendLessons = options.resendLessons ?? true;
     this.pageSize = options.pageSize ?? 1000;
     this.started = this.now();
     this.cutoffDay = new Date(this.started.getTime() - this.graceMs).toISOString().slice(0, 10).replace(/-/g, '');
@@ -215,7 +223,7 @@ class OrphanSweep {
 
   async run(): Promise<SweepReport> {
     // Lessons first: a blob they name is not referenced by them (only by its folders).
-    if (!this.dryRun) this.report.resentLessons = await resendLessons(this.storage.tables, this.storage.queues, this.now());
+    if (!this.dryRun && this.resendLessons) this.report.resentLessons = await resendLessons(this.storage.tables, this.storage.queues, this.now());
     this.quiescent = this.report.quiescent = await this.queuesEmpty();
     try {
       for (const { prefix, kind } of SWEEP_PREFIXES) if (!(await this.sweepPrefix(prefix, kind))) break;

@@ -24,6 +24,7 @@ import {
   type ListenerName,
   type StageConfig,
 } from '../config.js';
+import { RspamdSidecar } from '../constructs/rspamd-sidecar.js';
 import { TcpService, type TcpPort } from '../constructs/tcp-service.js';
 import { acknowledgeGrantWildcards } from '../nag.js';
 import { workerEnvironment } from './processing.js';
@@ -35,6 +36,8 @@ export interface ListenersStackProps extends StackProps {
   state: StateStack;
   /** The container image (ContainerImage.fromAsset of containers/Dockerfile in app.ts). */
   image: ecs.ContainerImage;
+  /** The repository root (rspamd's settings for the SMTP task's sidecar). */
+  projectRoot: string;
 }
 
 /** The component switches of the container (core/config.ts `<component>.enabled`). */
@@ -78,6 +81,8 @@ export class ListenersStack extends Stack {
   /** One per availability zone, in subnet order. */
   readonly addresses: ec2.CfnEIP[] = [];
   readonly services: Partial<Record<ListenerGroup | 'workers', TcpService>> = {};
+  /** rspamd beside the SMTP listener (with spam.enabled and the SMTP group). */
+  rspamd?: RspamdSidecar;
 
   constructor(scope: Construct, id: string, props: ListenersStackProps) {
     super(scope, id, props);
@@ -177,7 +182,11 @@ export class ListenersStack extends Stack {
 
     const access = listenerAccess(c);
     for (const group of enabledGroups(c)) {
-      const size = c.services[group];
+      // rspamd beside the SMTP listener needs room of its own: at least 0.5 vCPU and 1 GiB a task.
+      const withRspamd = group === 'smtp' && c.spam.enabled;
+      const size = withRspamd
+        ? { ...c.services.smtp, cpu: Math.max(c.services.smtp.cpu, 512), memoryMiB: Math.max(c.services.smtp.memoryMiB, 1024) }
+        : c.services[group];
       const ports: TcpPort[] = enabledListeners(c)
         .filter((l) => LISTENERS[l].group === group)
         .flatMap((l): TcpPort[] => {
@@ -223,6 +232,20 @@ export class ListenersStack extends Stack {
         logRetention: retention,
       });
       this.services[group] = svc;
+      if (group === 'smtp') {
+        if (withRspamd)
+          this.rspamd = new RspamdSidecar(this, 'Rspamd', {
+            service: svc,
+            image,
+            rspamdImage: c.spam.rspamdImage,
+            vpc: this.vpc,
+            subnets: taskSubnets,
+            nodeType: c.spam.bayesNodeType,
+            learnPollSeconds: c.spam.learnPollSeconds,
+            projectRoot: props.projectRoot,
+          });
+        else svc.container.addEnvironment('TOMLINSON_SPAM', 'off');
+      }
       // Least privilege per service (infra/access.ts): item prefixes, object prefixes, one queue.
       const role = svc.taskDefinition.taskRole;
       const a = access[group];

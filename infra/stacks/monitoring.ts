@@ -44,6 +44,11 @@ export const LOG_FIELDS = {
   cache: ['hit', 'miss', 'revalidated', 'stale', 'bypass', 'refused', 'failed'],
 } as const;
 
+/** How the SMTP listener's log line for a skipped spam scan begins (containers/smtp/spool.ts:
+ * `spam scan skipped (<reason>); message accepted unscanned`, a warning with `reason`), the line
+ * its tomlinson_spam_scans_total{result="skipped"} count goes with. */
+export const SPAM_SKIPPED_MSG = 'spam scan skipped';
+
 /** Dashboard, alarms and alarm topic of one stage. */
 export class MonitoringStack extends Stack {
   readonly topic: sns.Topic;
@@ -167,6 +172,28 @@ export class MonitoringStack extends Stack {
     if (outboundLogs.length)
       alarm('DeliveryFailureRate', failureRate, 20, 'More than 20% of outbound deliveries failed permanently in 15 minutes (at least 10 attempts).');
 
+    // Spam scans skipped (rspamd down, slow or erroring): the mail was accepted unscanned. Counted
+    // from the SMTP task's log; the alarm wants several in 15 minutes, not one slow scan.
+    const smtp = listeners?.services.smtp;
+    const spamSkipped = m('spam-scans-skipped', 'spam scans skipped');
+    if (smtp && listeners?.rspamd) {
+      new logs.MetricFilter(this, 'SpamSkippedFilter', {
+        logGroup: smtp.logGroup,
+        filterPattern: logs.FilterPattern.stringValue('$.msg', '=', `${SPAM_SKIPPED_MSG}*`),
+        metricNamespace: METRIC_NAMESPACE,
+        metricName: 'spam-scans-skipped',
+        metricValue: '1',
+        defaultValue: 0,
+        unit: cloudwatch.Unit.COUNT,
+      });
+      alarm(
+        'SpamScansSkipped',
+        spamSkipped,
+        5,
+        'At least 5 MX messages in 15 minutes were accepted without a spam scan: the rspamd sidecar of the SMTP task is down, slow or failing (see the rspamd log streams of the SMTP log group).',
+      );
+    }
+
     const proxy = listeners?.services.proxy;
     let hitRatio: cloudwatch.MathExpression | undefined;
     if (proxy) {
@@ -275,6 +302,7 @@ export class MonitoringStack extends Stack {
       new cloudwatch.GraphWidget({ title: 'Proxy cache', left: LOG_FIELDS.cache.map((v) => m(`cache-${v}`, v)), right: hitRatio ? [hitRatio] : [] }),
       new cloudwatch.GraphWidget({ title: 'Mail bucket size', left: [mailBytes] }),
     );
+    if (listeners?.rspamd) this.dashboard.addWidgets(new cloudwatch.GraphWidget({ title: 'Spam scans skipped', left: [spamSkipped] }));
     if (listeners) {
       this.dashboard.addWidgets(
         new cloudwatch.GraphWidget({

@@ -34,6 +34,11 @@ export function workerEnvironment(c: StageConfig, state: StateStack): Record<str
     TOMLINSON_SMARTHOST: c.outbound === 'smarthost' ? c.smarthost : '',
     TOMLINSON_SMARTHOST_SECRET_ID: c.outbound === 'smarthost' && c.smarthost ? state.smarthostSecret.secretArn : '',
     TOMLINSON_DKIM_SECRET_PREFIX: dkimSecretPrefix(c.stage),
+    // rspamd runs only as the SMTP task's sidecar, out of every other process's reach: their queue
+    // workers leave lessons to the SMTP task's learner (infra/constructs/rspamd-sidecar.ts), and
+    // with spam filtering off they drop them.
+    TOMLINSON_SPAM: c.spam.enabled ? 'on' : 'off',
+    TOMLINSON_SPAM_CONTROLLER_URL: '',
   };
 }
 

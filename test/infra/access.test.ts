@@ -16,6 +16,7 @@ import { backendsUsed } from '../../core/storage/aws/index.js';
 import { pendingDeleteKey } from '../../containers/pop3/maildrop.js';
 import { messageKey } from '../../containers/smtp/spool.js';
 import { APPEND_PREFIX, UPLOAD_PREFIX, listenerAccess } from '../../infra/access.js';
+import { DEFAULTS } from '../../infra/config.js';
 import { cleanOutdirs, testApp } from './support.js';
 
 type Stmt = { Action: string | string[]; Resource: unknown; Condition?: Record<string, Record<string, string[]>> };
@@ -239,7 +240,7 @@ describe('listener task roles', () => {
   });
 
   it('give the proxy account reads only when it requires Proxy-Authorization', () => {
-    expect(listenerAccess({ proxyRequireAuth: false }).proxy.table.read.some((p) => like(p, 'USER#a@b'))).toBe(false);
+    expect(listenerAccess({ proxyRequireAuth: false, spam: DEFAULTS.spam }).proxy.table.read.some((p) => like(p, 'USER#a@b'))).toBe(false);
     const auth = Template.fromStack(testApp({ proxyRequireAuth: true }).stacks.listeners!);
     expect(allows(leadingKeys(statementsOf(auth, role('Proxy')), 'dynamodb:GetItem'), accountKeys.user('a@example.com').pk)).toBe(true);
   });

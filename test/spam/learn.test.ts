@@ -5,7 +5,9 @@
  * `/stat` learned count; the same job delivered again teaches nothing, nor does a lesson found
  * again after a crash with its progress written; moved
  * out of Junk teaches learn_ham; into Trash from Junk teaches nothing; a move by JMAP Email/set
- * through a folder store without queues leaves its lesson for the sweep's resend, which teaches it.
+ * through a folder store without queues leaves its lesson for the sweep's resend, which teaches it;
+ * an inbound worker without a controller (the Lambda on AWS) leaves lessons to the learner beside
+ * rspamd (teachWaitingLessons, run by startLessonPoller), which claims each before teaching it.
  */
 import { Readable } from 'node:stream';
 import { request } from 'undici';
@@ -14,9 +16,10 @@ import { emailMethods, resolveEmailBlob } from '../../containers/web/jmap/email.
 import { mailboxMethods } from '../../containers/web/jmap/mailbox.js';
 import { silentLogger } from '../../core/log.js';
 import { inboundJob } from '../../core/mail/inbound.js';
-import { learnJobBody, LESSON_PK, resendLessons, RspamdController } from '../../core/mail/spam-learn.js';
+import { learnJobBody, LESSON_PK, resendLessons, RspamdController, startLessonPoller, teachWaitingLessons } from '../../core/mail/spam-learn.js';
 import { INBOX } from '../../core/mailbox/keys.js';
 import { spamStats } from '../../core/mail/spam-stats.js';
+import { sweepOptionsFrom, sweepOrphanBlobs } from '../../core/mail/sweep.js';
 import { emailIdOf } from '../../core/mailbox/email-ids.js';
 import type { Item } from '../../core/storage/ports.js';
 import type { JobContext } from '../../core/workers/job.js';
@@ -186,6 +189,61 @@ describe('learning from moves into and out of Junk', () => {
     expect(await work()).toHaveLength(1);
     expect(await learned()).toBe(before + 1);
     expect(await lessons()).toEqual([]);
+  });
+});
+
+describe('the learner beside rspamd (spam.learnPollSeconds)', () => {
+  it('teaches a lesson an inbound worker without a controller left, once, skipping one another learner holds', async () => {
+    const { uid } = await h.deliver(ANN, spammy(7));
+    const junk = (await h.folders.find(ANN, 'Junk'))!;
+    await h.folders.move(ANN, INBOX, [uid], junk.id);
+    const [lesson] = await lessons();
+    const noController: JobContext = { ...ctx, config: { ...h.config, spam: { ...h.config.spam, controllerUrl: '' } } };
+    expect(await inboundJob(learnJobBody(lesson!.sk), { queue: 'inbound', id: 'lambda', receiveCount: 1, sentAt: new Date() }, noController)).toEqual({
+      kind: 'done',
+    });
+    expect(await lessons()).toHaveLength(1);
+
+    const before = await learned();
+    // Claimed a minute ago by another SMTP task's learner: left to it.
+    await h.storage.tables.update({ pk: LESSON_PK, sk: lesson!.sk }, { set: { claimedUntil: Date.now() + 4 * 60_000 } });
+    expect(await teachWaitingLessons(ctx)).toBe(0);
+    expect(await lessons()).toHaveLength(1);
+    // That learner died: its claim lapses and this one takes the lesson over.
+    expect(await teachWaitingLessons({ ...ctx, now: () => new Date(Date.now() + 5 * 60_000) })).toBe(1);
+    expect(await learned()).toBe(before + 1);
+    expect(await lessons()).toEqual([]);
+    expect(await teachWaitingLessons(ctx)).toBe(0);
+  });
+
+  it("the sweep resends no lesson's job where the inbound worker has no controller", async () => {
+    const { uid } = await h.deliver(ANN, spammy(9));
+    const junk = (await h.folders.find(ANN, 'Junk'))!;
+    await h.folders.move(ANN, INBOX, [uid], junk.id);
+    const noController = { ...h.config, spam: { ...h.config.spam, controllerUrl: '' } };
+    expect((await sweepOrphanBlobs(h.storage, { ...sweepOptionsFrom(noController), log: silentLogger })).resentLessons).toBe(0);
+    expect(await work()).toEqual([]);
+    expect((await sweepOrphanBlobs(h.storage, { ...sweepOptionsFrom(h.config), log: silentLogger })).resentLessons).toBe(1);
+    expect(await work()).toHaveLength(1);
+    expect(await lessons()).toEqual([]);
+  });
+
+  it('startLessonPoller teaches what moves leave, every spam.learnPollSeconds, and stops', async () => {
+    const poller = startLessonPoller({ ...ctx, config: { ...h.config, spam: { ...h.config.spam, learnPollSeconds: 1 } } })!;
+    expect(poller).toBeDefined();
+    try {
+      const { uid } = await h.deliver(ANN, spammy(8));
+      const junk = (await h.folders.find(ANN, 'Junk'))!;
+      const before = await learned();
+      await h.folders.move(ANN, INBOX, [uid], junk.id);
+      // Bounded wait: a few rounds of the poller.
+      for (let i = 0; i < 100 && (await lessons()).length; i++) await new Promise((r) => setTimeout(r, 100));
+      expect(await lessons()).toEqual([]);
+      expect(await learned()).toBe(before + 1);
+    } finally {
+      await poller.stop();
+    }
+    expect(startLessonPoller({ ...ctx, config: { ...h.config, spam: { ...h.config.spam, learnPollSeconds: 0 } } })).toBeUndefined();
   });
 });
 

@@ -4,9 +4,13 @@
  * local settings (containers/smtp/rspamd/local.d) plus the test's own. The Debian package's system
  * service (if any) is neither needed nor touched. The normal (scanner) worker runs, and with
  * `controller` the controller worker too (learn_spam / learn_ham, /stat), trusting 127.0.0.1
- * (`secure_ip`) or asking for a password, with Bayes kept in SQLite files in the temp folder:
- * rspamd 3.4's classifier still has the `sqlite3` backend, so no Redis is needed. No proxy or fuzzy
- * storage; DNS goes to a port where nothing answers, so a test never queries the network.
+ * (`secure_ip`) or asking for a password. Bayes: with `redis` (test/support/redis.ts) in that
+ * Redis, as the shipped classifier-bayes.conf does, with a lower `min_learns` so that a test can
+ * see BAYES_SPAM after a few lessons; without it, and with the controller, in SQLite files in the
+ * temp folder (rspamd 3.4 still has that backend; it counts learns, but its verdicts were never
+ * seen), and otherwise off (its Redis address points where nothing answers, so a test never meets
+ * a Redis of the machine). No proxy or fuzzy storage; DNS goes to a port where nothing answers, so
+ * a test never queries the network.
  *
  * rspamd compiles its regular expressions (Hyperscan) on first start, which takes a minute on a
  * loaded machine; the compiled cache is kept in one folder under the OS temp dir and shared by
@@ -51,9 +55,12 @@ export interface RspamdOptions {
   testPatterns?: boolean;
   /** Longest wait for /ping. @default 150000 */
   startTimeoutMs?: number;
-  /** Start the controller worker too, with Bayes in SQLite; with a password it asks for it
-   * (no secure_ip), otherwise it trusts 127.0.0.1. */
+  /** Start the controller worker too; with a password it asks for it (no secure_ip), otherwise it
+   * trusts 127.0.0.1. */
   controller?: boolean | { password: string };
+  /** Keep Bayes in this Redis (`host:port`), giving a verdict after `minLearns` learns of each
+   * class (@default 5; rspamd's own is 200). */
+  redis?: { address: string; minLearns?: number };
 }
 
 /** Starts rspamd; throws with its output when it does not answer /ping in time. */
@@ -78,21 +85,21 @@ export async function startRspamd(o: RspamdOptions = {}): Promise<Rspamd> {
   await writeFile(join(localD, 'options.inc'), options.join('\n') + '\n');
   for (const [name, text] of Object.entries(o.local ?? {})) await writeFile(join(localD, name), text);
   const [port, controllerPort] = await freePorts(2);
-  if (o.controller) {
-    // The whole classifier (override.d): its statfiles in SQLite under the temp folder, and a learn
-    // cache (which gives the 208 "already learned" answer for a message learned before).
-    await mkdir(join(dir.path, 'local', 'override.d'));
-    await writeFile(
-      join(dir.path, 'local', 'override.d', 'classifier-bayes.conf'),
-      [
-        'backend = "sqlite3";',
-        `cache { path = "${join(dir.path, 'db', 'learn_cache.sqlite')}"; }`,
-        `statfile { symbol = "BAYES_HAM"; spam = false; path = "${join(dir.path, 'db', 'bayes.ham.sqlite')}"; }`,
-        `statfile { symbol = "BAYES_SPAM"; spam = true; path = "${join(dir.path, 'db', 'bayes.spam.sqlite')}"; }`,
-        '',
-      ].join('\n'),
-    );
-  }
+  // The whole classifier (override.d, over the shipped local.d/classifier-bayes.conf).
+  await mkdir(join(dir.path, 'local', 'override.d'));
+  const bayes = o.redis
+    ? [`servers = "${o.redis.address}";`, `min_learns = ${o.redis.minLearns ?? 5};`]
+    : o.controller
+      ? // Statfiles in SQLite under the temp folder, and a learn cache (which gives the "already
+        // learned" answer for a message learned before).
+        [
+          'backend = "sqlite3";',
+          `cache { path = "${join(dir.path, 'db', 'learn_cache.sqlite')}"; }`,
+          `statfile { symbol = "BAYES_HAM"; spam = false; path = "${join(dir.path, 'db', 'bayes.ham.sqlite')}"; }`,
+          `statfile { symbol = "BAYES_SPAM"; spam = true; path = "${join(dir.path, 'db', 'bayes.spam.sqlite')}"; }`,
+        ]
+      : ['servers = "127.0.0.1:9";'];
+  await writeFile(join(dir.path, 'local', 'override.d', 'classifier-bayes.conf'), bayes.join('\n') + '\n');
   const password = typeof o.controller === 'object' ? o.controller.password : undefined;
   // The top level: rspamd's own common part and defaults from /etc/rspamd, one normal worker.
   await writeFile(
