@@ -99,6 +99,14 @@ describe('containers/Dockerfile', () => {
     expect(ignore).toContain('!dist/containers/**');
     expect(ignore).not.toMatch(/^!node_modules/m);
   });
+
+  it('lets into the build context every folder the Dockerfile copies from it', () => {
+    const ignore = readFileSync(join(ROOT, '.dockerignore'), 'utf8');
+    const allowed = ignore.split('\n').filter((l) => l.startsWith('!')).map((l) => l.slice(1).replace(/\/?\*\*$/, ''));
+    const sources = dockerfile.copies.map((c) => c.split(/\s+/)[0]!.replace(/\/$/, ''));
+    expect(sources).toContain('dist/webmail');
+    for (const c of sources) expect(allowed, `COPY ${c}`).toContain(c);
+  });
 });
 
 describe('the image command line on the bundle', () => {
