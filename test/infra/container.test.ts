@@ -102,7 +102,10 @@ describe('containers/Dockerfile', () => {
 
   it('lets into the build context every folder the Dockerfile copies from it', () => {
     const ignore = readFileSync(join(ROOT, '.dockerignore'), 'utf8');
-    const allowed = ignore.split('\n').filter((l) => l.startsWith('!')).map((l) => l.slice(1).replace(/\/?\*\*$/, ''));
+    const allowed = ignore
+      .split('\n')
+      .filter((l) => l.startsWith('!'))
+      .map((l) => l.slice(1).replace(/\/?\*\*$/, ''));
     const sources = dockerfile.copies.map((c) => c.split(/\s+/)[0]!.replace(/\/$/, ''));
     expect(sources).toContain('dist/webmail');
     for (const c of sources) expect(allowed, `COPY ${c}`).toContain(c);
