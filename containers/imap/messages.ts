@@ -215,6 +215,18 @@ export class MessageCommands {
         return small ? Readable.from([small]) : (await blobs.get(e.blobKey)).body;
       },
     };
+    const smallReader = blobs.smallReader?.();
+    if (smallReader) {
+      // One buffer for the whole search, read into again for each message (runSearch copies what
+      // it keeps): 10,000 messages otherwise make 10,000 buffers for the collector.
+      let scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
+      reader.small = (msg) => {
+        const e = view.entry(msg.uid)!;
+        if (e.size > SMALL_READ_BYTES) return undefined;
+        if (e.size + SCRATCH_SLACK > scratch.length) scratch = Buffer.allocUnsafe(e.size + SCRATCH_SLACK);
+        return smallReader.readSmallSync(e.blobKey, { maxBytes: SMALL_READ_BYTES, sizeHint: e.size, into: scratch });
+      };
+    }
     return { messages, reader };
   }
 
@@ -333,6 +345,9 @@ export class MessageCommands {
 
 /** Messages up to this size are read whole and synchronously by a search where the storage can. */
 const SMALL_READ_BYTES = 256 * 1024;
+/** A search's read buffer to begin with, and the room beyond a message for its blob file's header. */
+const SCRATCH_BYTES = 64 * 1024;
+const SCRATCH_SLACK = 8 * 1024;
 
 /** The summary fields SEARCH and SORT read; the rest (structure, parts, preview) is left behind so
  * a search over a big folder holds a few hundred bytes per message, not the whole summary. */

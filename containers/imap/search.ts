@@ -12,13 +12,16 @@
  * read every message that the cheap keys leave undecided once, whole, as a stream: a TEXT search
  * over a folder of 10,000 messages of 10 KB reads 10,000 blobs (100 MB) — on S3 that is 10,000 GET
  * requests (about $0.004) and, at READ_CONCURRENCY requests in flight of ~20 ms each, about a
- * minute; locally it is bounded by the disk and the decoders (well under a second per 10 MB).
+ * minute. Locally a small message is read in one synchronous call and screened on its raw octets
+ * first (rawMayHold in search-text.ts): only a message that may hold a needle, or that is encoded,
+ * goes through the MIME splitter and the decoders, so a search costs about an open and a read per
+ * message (docs/performance.md, IMAP).
  */
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { AttrValue } from '../../core/storage/ports.js';
 import { imapString } from '../../core/mail/imap-syntax.js';
 import { type ImapValue, type SequenceSet, inSequenceSet, is, isAtom, number, sequenceSet, sequenceText, text } from './protocol/values.js';
-import { type HeaderField, foldCase, headerFields, scanMessage } from './search-text.js';
+import { type HeaderField, foldCase, headerFields, rawMayHold, scanMessage } from './search-text.js';
 
 /** What SEARCH needs of one message of the selected folder. */
 export interface SearchMessage {
@@ -38,6 +41,11 @@ export interface MessageReader {
   header(m: SearchMessage): Promise<Buffer>;
   /** The whole raw message. */
   raw(m: SearchMessage): Promise<Readable>;
+  /**
+   * The whole raw message read at once, synchronously, where the storage offers that and the
+   * message is small; else undefined. The buffer may be reused by the next call.
+   */
+  small?(m: SearchMessage): Buffer | undefined;
 }
 
 /** A date key's comparison (RFC 9051 §6.4.4 BEFORE/ON/SINCE, SENTBEFORE/SENTON/SENTSINCE). */
@@ -76,6 +84,8 @@ export const BADCHARSET_CODE = 'BADCHARSET (UTF-8 US-ASCII)';
 
 /** Messages whose bytes are read at once when keys need them (on S3 each is a GET in flight). */
 export const READ_CONCURRENCY = 4;
+/** How long a search works through messages read synchronously before it lets other sessions run. */
+const SLICE_MS = 10;
 
 /** The RFC 5322 line limit; a summary field this long may have been cut (core/mail/mime.ts). */
 const SUMMARY_FIELD_MAX = 998;
@@ -343,13 +353,35 @@ export async function runSearch(
   if (pending.length > 0) {
     const needles = { body: [] as string[], text: [] as string[] };
     collectNeedles(program, needles);
+    // BODY and TEXT alone (no key that wants the header's fields): a small message read at once
+    // is first screened on its raw octets (rawMayHold), and opened through the MIME splitter only
+    // when a needle may be in it. Most messages of a search hold none of its needles.
+    const needleList = [...needles.body, ...needles.text];
+    const screen = needleList.length > 0 && !needsFields(program) && reader.small !== undefined;
+    const absent: Facts = { fields: [], body: new Map(needles.body.map((n) => [n, false])), text: new Map(needles.text.map((n) => [n, false])) };
     let next = 0;
     let failed = false; // once a read fails the answer is NO: the other workers stop reading
+    let sliceStart = performance.now();
     const worker = async (): Promise<void> => {
       while (next < pending.length && !failed) {
         const i = pending[next++]!;
+        const m = messages[i]!;
         try {
-          decided[i] = full(program, messages[i]!, env, await readFacts(messages[i]!, reader, needles));
+          const raw = screen ? reader.small!(m) : undefined;
+          if (raw) {
+            const may = rawMayHold(raw, needleList);
+            if (may && !may.includes(true)) {
+              decided[i] = full(program, m, env, absent);
+              // Synchronous reads: let other sessions in now and then.
+              if (performance.now() - sliceStart > SLICE_MS) {
+                await new Promise((resolve) => setImmediate(resolve));
+                sliceStart = performance.now();
+              }
+              continue;
+            }
+          }
+          const source = raw ? Readable.from([Buffer.from(raw)]) : undefined;
+          decided[i] = full(program, m, env, await readFacts(m, reader, needles, source));
         } catch (e) {
           failed = true;
           throw e;
@@ -371,11 +403,30 @@ function collectNeedles(key: SearchKey, out: { body: string[]; text: string[] })
   } else if (key.k === 'not') collectNeedles(key.key, out);
 }
 
-async function readFacts(m: SearchMessage, reader: MessageReader, needles: { body: string[]; text: string[] }): Promise<Facts> {
+/** True when the program has a key that reads the header's fields once the message is read. */
+function needsFields(key: SearchKey): boolean {
+  switch (key.k) {
+    case 'header':
+    case 'field':
+    case 'sent':
+      return true;
+    case 'and':
+      return key.keys.some(needsFields);
+    case 'or':
+      return needsFields(key.a) || needsFields(key.b);
+    case 'not':
+      return needsFields(key.key);
+    default:
+      return false;
+  }
+}
+
+/** `source`: the message's bytes when already in hand (a copy the caller no longer needs). */
+async function readFacts(m: SearchMessage, reader: MessageReader, needles: { body: string[]; text: string[] }, source?: Readable): Promise<Facts> {
   if (needles.body.length === 0 && needles.text.length === 0) {
     return { fields: headerFields(await reader.header(m)), body: new Map(), text: new Map() };
   }
-  const result = await scanMessage(await reader.raw(m), needles);
+  const result = await scanMessage(source ?? (await reader.raw(m)), needles);
   return {
     fields: headerFields(result.header),
     body: new Map(needles.body.map((n, i) => [n, result.body[i]!])),
