@@ -185,6 +185,7 @@ export async function runFetch(s: ImapSession, view: SelectedFolder, uids: numbe
   for (let i = 0; i < wanted.length; i += PAGE) {
     const chunk = wanted.slice(i, i + PAGE);
     const loaded = needsItem ? await loadMessages(s, view, chunk) : undefined;
+    if (loaded) for (const m of loaded.values()) view.keepSearchFields(m.uid, m.summary);
     for (const uid of chunk) {
       const m = loaded?.get(uid);
       if (needsItem && !m) continue; // expunged under us; its EXPUNGE follows

@@ -21,7 +21,7 @@ import {
   type SearchProgram,
 } from './search.js';
 import { formatSort, parseSort, sortMessages } from './sort.js';
-import type { SelectedFolder } from './selected.js';
+import { searchedFields, type SelectedFolder } from './selected.js';
 import { CommandError, type Command, type ImapSession, type Next } from './session.js';
 
 /** An APPEND's message, streamed into blobs while its literal arrived (server.ts makes it). */
@@ -348,15 +348,6 @@ const SMALL_READ_BYTES = 256 * 1024;
 /** A search's read buffer to begin with, and the room beyond a message for its blob file's header. */
 const SCRATCH_BYTES = 64 * 1024;
 const SCRATCH_SLACK = 8 * 1024;
-
-/** The summary fields SEARCH and SORT read; the rest (structure, parts, preview) is left behind so
- * a search over a big folder holds a few hundred bytes per message, not the whole summary. */
-const SEARCHED_FIELDS = ['subject', 'from', 'fromAddress', 'to', 'cc', 'date', 'messageId', 'trimmed'];
-function searchedFields(summary: Record<string, AttrValue>): Record<string, AttrValue> {
-  const out: Record<string, AttrValue> = {};
-  for (const k of SEARCHED_FIELDS) if (summary?.[k] !== undefined) out[k] = summary[k]!;
-  return out;
-}
 
 /** UIDs (or their sequence numbers) as a set text. */
 function uidOrSeqText(view: SelectedFolder, uids: number[], byUid: boolean): string {
