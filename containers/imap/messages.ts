@@ -16,6 +16,7 @@ import {
   runSearch,
   savedResult,
   usesModseq,
+  usesSummary,
   type MessageReader,
   type SearchMessage,
   type SearchProgram,
@@ -192,15 +193,17 @@ export class MessageCommands {
   }
 
   /** The messages of the view as SEARCH and SORT read them, and a reader of their bytes. */
-  private async searchable(): Promise<{ messages: SearchMessage[]; reader: MessageReader }> {
+  private async searchable(withSummary: boolean): Promise<{ messages: SearchMessage[]; reader: MessageReader }> {
     const view = this.view;
     // Flags as they are now, not as of the last command (their FETCH updates go out with the OK).
     await view.refresh();
-    const fields = await this.searchFields(view);
+    // A program of flags, UIDs, sizes, dates, HEADER, BODY or TEXT reads no summary field: its
+    // first run in a session (UNSEEN at every sync) need not read every message item.
+    const fields = withSummary ? await this.searchFields(view) : undefined;
     const messages: SearchMessage[] = [];
     for (const uid of view.allUids) {
       const e = view.entry(uid)!;
-      const summary = fields.get(uid);
+      const summary = fields ? fields.get(uid) : NO_SUMMARY;
       if (view.isExpunged(uid) || !summary) continue;
       messages.push({ seq: view.seqOf(uid), uid, flags: [...e.flags], internalDate: new Date(e.receivedAt), size: e.size, modseq: e.modseq, summary });
     }
@@ -251,7 +254,7 @@ export class MessageCommands {
   async search(c: Command, byUid: boolean): Promise<Next> {
     const parsed = parseSearch(c.args, { utf8: this.s.enabled.has('UTF8=ACCEPT') });
     if ('error' in parsed) throw new CommandError(parsed.badCharset ? 'NO' : 'BAD', parsed.error, parsed.badCharset ? BADCHARSET_CODE : undefined);
-    const found = await this.runProgram(parsed.program);
+    const found = await this.runProgram(parsed.program, usesSummary(parsed.program));
     const modseq = usesModseq(parsed.program);
     if (modseq) this.s.condstore = true;
     const options = parsed.returnOptions;
@@ -268,16 +271,16 @@ export class MessageCommands {
   async sort(c: Command, byUid: boolean): Promise<Next> {
     const parsed = parseSort(c.args, { utf8: this.s.enabled.has('UTF8=ACCEPT') });
     if ('error' in parsed) throw new CommandError(parsed.badCharset ? 'NO' : 'BAD', parsed.error, parsed.badCharset ? BADCHARSET_CODE : undefined);
-    const found = await this.runProgram(parsed.program);
+    const found = await this.runProgram(parsed.program, true);
     const modseq = usesModseq(parsed.program);
     if (modseq) this.s.condstore = true;
     this.s.out.write(`${formatSort(byUid, sortMessages(found, parsed.criteria), { modseq })}\r\n`);
     return this.s.ok(c.tag, `${c.name} completed`, { allowExpunge: byUid });
   }
 
-  private async runProgram(program: SearchProgram): Promise<SearchMessage[]> {
+  private async runProgram(program: SearchProgram, withSummary: boolean): Promise<SearchMessage[]> {
     const view = this.view;
-    const { messages, reader } = await this.searchable();
+    const { messages, reader } = await this.searchable(withSummary);
     return runSearch(program, messages, reader, { maxSeq: view.exists, maxUid: view.maxUid, saved: this.s.savedSearch, now: new Date() });
   }
 
@@ -342,6 +345,9 @@ export class MessageCommands {
     }
   }
 }
+
+/** The summary of every message to a search whose program reads none (usesSummary). */
+const NO_SUMMARY: Record<string, AttrValue> = Object.freeze({});
 
 /** Messages up to this size are read whole and synchronously by a search where the storage can. */
 const SMALL_READ_BYTES = 256 * 1024;

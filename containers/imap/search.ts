@@ -318,6 +318,23 @@ export function usesModseq(program: SearchProgram): boolean {
   }
 }
 
+/** True when the program reads the stored summary (SUBJECT, FROM, TO, CC, BCC, sent dates). */
+export function usesSummary(program: SearchProgram): boolean {
+  switch (program.k) {
+    case 'field':
+    case 'sent':
+      return true;
+    case 'and':
+      return program.keys.some(usesSummary);
+    case 'or':
+      return usesSummary(program.a) || usesSummary(program.b);
+    case 'not':
+      return usesSummary(program.key);
+    default:
+      return false;
+  }
+}
+
 /** What evaluation needs beside the program. */
 interface Env {
   maxSeq: number;

@@ -15,6 +15,7 @@ import {
   runSearch,
   savedResult,
   usesModseq,
+  usesSummary,
   type MessageReader,
   type SearchMessage,
   type SearchProgram,
@@ -202,6 +203,20 @@ describe('parseSearch', () => {
   it('knows when a program uses MODSEQ (RFC 7162 §3.4)', () => {
     expect(usesModseq(program(a('OR'), a('SEEN'), [a('NOT'), a('MODSEQ'), a('5')]))).toBe(true);
     expect(usesModseq(program(a('SEEN')))).toBe(false);
+  });
+
+  it('knows when a program reads the stored summary (the session then loads it)', () => {
+    expect(usesSummary(program(a('OR'), a('SEEN'), [a('NOT'), a('FROM'), 'x']))).toBe(true);
+    expect(usesSummary(program(a('SENTSINCE'), '1-Feb-2024'))).toBe(true);
+    expect(usesSummary(program(a('UNSEEN'), a('TEXT'), 'x', a('HEADER'), 'X-Tag', 'y', a('SINCE'), '1-Feb-2024'))).toBe(false);
+  });
+
+  it('a program without summary keys finds the same with empty summaries', async () => {
+    const args: ImapValue[] = [a('OR'), a('TEXT'), 'quarterly', a('HEADER'), 'X-Mailer', 'frob'];
+    const bare = messages.map((m) => ({ ...m, summary: {} }));
+    const found = await runSearch(program(...args), bare, reader(), { maxSeq: 4, maxUid: 12, now: new Date() });
+    expect(found.map((m) => m.seq)).toEqual((await search(args)).seqs);
+    expect(found.map((m) => m.seq)).toEqual([1, 3]);
   });
 });
 
