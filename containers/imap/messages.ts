@@ -8,19 +8,8 @@ import type { AttrValue } from '../../core/storage/ports.js';
 import { flagList } from './protocol/encode.js';
 import { is, isAtom, number, sequenceSet, sequenceText, text, type ImapValue } from './protocol/values.js';
 import { runFetch } from './fetch.js';
-import {
-  BADCHARSET_CODE,
-  formatEsearch,
-  formatSearch,
-  parseSearch,
-  runSearch,
-  savedResult,
-  usesModseq,
-  usesSummary,
-  type MessageReader,
-  type SearchMessage,
-  type SearchProgram,
-} from './search.js';
+import { BADCHARSET_CODE, parseSearch, runSearch, usesModseq, usesSummary, type MessageReader, type SearchMessage, type SearchProgram } from './search.js';
+import { formatEsearch, formatSearch, savedResult } from './search-response.js';
 import { formatSort, parseSort, sortMessages } from './sort.js';
 import { searchedFields, type SelectedFolder } from './selected.js';
 import { CommandError, type Command, type ImapSession, type Next } from './session.js';

@@ -8,12 +8,9 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { summarizeMessage } from '../../core/mail/mime.js';
 import { atom, type ImapValue } from '../../containers/imap/protocol/values.js';
 import {
-  formatEsearch,
-  formatSearch,
   parseImapDate,
   parseSearch,
   runSearch,
-  savedResult,
   usesModseq,
   usesSummary,
   type MessageReader,
@@ -21,6 +18,7 @@ import {
   type SearchProgram,
 } from '../../containers/imap/search.js';
 import { sequenceText } from '../../containers/imap/protocol/values.js';
+import { formatEsearch, formatSearch, savedResult } from '../../containers/imap/search-response.js';
 import { NeedleScanner, rawMayHold, scanMessage } from '../../containers/imap/search-text.js';
 
 const crlf = (lines: string[]): Buffer => Buffer.from(lines.join('\r\n'), 'latin1');
