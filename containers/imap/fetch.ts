@@ -16,7 +16,7 @@ import {
   type ImapStructure,
   type SectionKind,
 } from '../../core/mail/imap-structure.js';
-import { isStorageError, type AttrValue } from '../../core/storage/ports.js';
+import { isStorageError, type AttrValue, type SmallBlobReader } from '../../core/storage/ports.js';
 import type { FolderMessage } from '../../core/mailbox/folders.js';
 import { flagList } from './protocol/encode.js';
 import { is, isAtom, number, text, type Atom, type ImapValue } from './protocol/values.js';
@@ -142,6 +142,20 @@ function parseSection(v: Atom, name: string): SectionItem {
   };
 }
 
+/**
+ * What one FETCH command keeps from message to message: the storage's synchronous reader, taken
+ * once (each `smallReader()` through the instrumented port is timed), a slab that small messages
+ * are read into one after another, and the octets handed to the socket since it was last asked to
+ * drain.
+ */
+interface FetchContext {
+  small: SmallBlobReader | undefined;
+  slab: Buffer;
+  /** The first octet of `slab` not handed to the socket yet. */
+  slabUsed: number;
+  unflushed: number;
+}
+
 /** Runs a FETCH over `uids` (ascending) of the view. */
 export async function runFetch(s: ImapSession, view: SelectedFolder, uids: number[], args: ImapValue[], byUid: boolean): Promise<void> {
   const { items, changedSince, vanished } = parseFetchItems(args);
@@ -167,15 +181,55 @@ export async function runFetch(s: ImapSession, view: SelectedFolder, uids: numbe
     }
   }
 
+  const ctx: FetchContext = { small: s.services.blobs.smallReader?.(), slab: Buffer.alloc(0), slabUsed: 0, unflushed: 0 };
   for (let i = 0; i < wanted.length; i += PAGE) {
     const chunk = wanted.slice(i, i + PAGE);
     const loaded = needsItem ? await loadMessages(s, view, chunk) : undefined;
+    if (loaded) for (const m of loaded.values()) view.keepSearchFields(m.uid, m.summary);
     for (const uid of chunk) {
       const m = loaded?.get(uid);
       if (needsItem && !m) continue; // expunged under us; its EXPUNGE follows
-      await writeOne(s, view, uid, m, items);
+      await writeOne(s, view, uid, m, items, ctx);
     }
   }
+}
+
+/** Octets handed to the socket between two waits for it to drain (server.ts sends at FLUSH_BYTES). */
+const DRAIN_EVERY = 64 * 1024;
+/** The slab small messages are read into; a message that does not fit starts a new one. */
+const SLAB_BYTES = 512 * 1024;
+/** Room beyond a message's size for its blob file's header (fs-blobs.ts reads both at once). */
+const READ_SLACK = 8 * 1024;
+
+/**
+ * Lets the socket drain once enough was written since the last time: waiting after every message
+ * was a trip through the microtask queue per message for nothing (server.ts only sends once
+ * FLUSH_BYTES are waiting).
+ */
+async function drainSometimes(s: ImapSession, ctx: FetchContext, written: number): Promise<void> {
+  ctx.unflushed += written;
+  if (ctx.unflushed < DRAIN_EVERY) return;
+  ctx.unflushed = 0;
+  await s.out.drained();
+}
+
+/**
+ * A small message read whole into the command's slab, synchronously, or undefined when the
+ * storage cannot or the message is larger. The bytes stay valid: the slab is only written past
+ * them, and a new slab is taken when the rest is too short.
+ */
+function readSmall(ctx: FetchContext, m: { blobKey: string; size: number }): Buffer | undefined {
+  if (!ctx.small || m.size > SMALL_READ_BYTES) return undefined;
+  const room = m.size + READ_SLACK;
+  if (ctx.slab.length - ctx.slabUsed < room) {
+    ctx.slab = Buffer.allocUnsafe(Math.max(SLAB_BYTES, room));
+    ctx.slabUsed = 0;
+  }
+  const into = ctx.slab.subarray(ctx.slabUsed);
+  const got = ctx.small.readSmallSync(m.blobKey, { maxBytes: SMALL_READ_BYTES, sizeHint: m.size, into });
+  // The header sits before the body in `into`; everything up to the body's end is used.
+  if (got && got.buffer === ctx.slab.buffer) ctx.slabUsed = got.byteOffset - ctx.slab.byteOffset + got.length;
+  return got;
 }
 
 /** True for the items that need the message's stored structure. */
@@ -204,7 +258,7 @@ async function loadMessages(s: ImapSession, view: SelectedFolder, uids: number[]
   return out;
 }
 
-async function writeOne(s: ImapSession, view: SelectedFolder, uid: number, m: FolderMessage | undefined, items: FetchItem[]): Promise<void> {
+async function writeOne(s: ImapSession, view: SelectedFolder, uid: number, m: FolderMessage | undefined, items: FetchItem[], ctx: FetchContext): Promise<void> {
   const entry = view.entry(uid)!;
   let structure: ImapStructure | undefined;
   if (m) structure = await structureOf(s, view, m);
@@ -244,11 +298,12 @@ async function writeOne(s: ImapSession, view: SelectedFolder, uid: number, m: Fo
       case 'section':
         out.write(text);
         text = '';
-        await writeSection(s, entry, structure, item);
+        await writeSection(s, entry, structure, item, ctx);
         break;
     }
   }
   out.write(`${text})\r\n`);
+  await drainSometimes(s, ctx, text.length);
 }
 
 /**
@@ -269,7 +324,13 @@ async function structureOf(s: ImapSession, view: SelectedFolder, m: FolderMessag
   return made;
 }
 
-async function writeSection(s: ImapSession, m: { blobKey: string; size: number }, structure: ImapStructure | undefined, item: SectionItem): Promise<void> {
+async function writeSection(
+  s: ImapSession,
+  m: { blobKey: string; size: number },
+  structure: ImapStructure | undefined,
+  item: SectionItem,
+  ctx: FetchContext,
+): Promise<void> {
   const out = s.out;
   const partialLabel = item.partial ? `<${item.partial.start}>` : '';
   // The whole message needs no structure: its range is the blob.
@@ -305,12 +366,11 @@ async function writeSection(s: ImapSession, m: { blobKey: string; size: number }
   let small: Buffer | undefined;
   let body: Readable;
   try {
-    small =
-      m.size <= SMALL_READ_BYTES ? s.services.blobs.smallReader?.()?.readSmallSync(m.blobKey, { maxBytes: SMALL_READ_BYTES, sizeHint: m.size }) : undefined;
+    small = readSmall(ctx, m);
     if (small && small.length >= start + length) {
       out.write(`${item.label}${partialLabel} {${length}}\r\n`);
       out.write(small.subarray(start, start + length));
-      await out.drained();
+      await drainSometimes(s, ctx, length);
       return;
     }
     body = (await s.services.blobs.get(m.blobKey, { range: { start, end: start + length - 1 } })).body;

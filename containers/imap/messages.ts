@@ -8,20 +8,10 @@ import type { AttrValue } from '../../core/storage/ports.js';
 import { flagList } from './protocol/encode.js';
 import { is, isAtom, number, sequenceSet, sequenceText, text, type ImapValue } from './protocol/values.js';
 import { runFetch } from './fetch.js';
-import {
-  BADCHARSET_CODE,
-  formatEsearch,
-  formatSearch,
-  parseSearch,
-  runSearch,
-  savedResult,
-  usesModseq,
-  type MessageReader,
-  type SearchMessage,
-  type SearchProgram,
-} from './search.js';
+import { BADCHARSET_CODE, parseSearch, runSearch, usesModseq, usesSummary, type MessageReader, type SearchMessage, type SearchProgram } from './search.js';
+import { formatEsearch, formatSearch, savedResult } from './search-response.js';
 import { formatSort, parseSort, sortMessages } from './sort.js';
-import type { SelectedFolder } from './selected.js';
+import { searchedFields, type SelectedFolder } from './selected.js';
 import { CommandError, type Command, type ImapSession, type Next } from './session.js';
 
 /** An APPEND's message, streamed into blobs while its literal arrived (server.ts makes it). */
@@ -192,15 +182,17 @@ export class MessageCommands {
   }
 
   /** The messages of the view as SEARCH and SORT read them, and a reader of their bytes. */
-  private async searchable(): Promise<{ messages: SearchMessage[]; reader: MessageReader }> {
+  private async searchable(withSummary: boolean): Promise<{ messages: SearchMessage[]; reader: MessageReader }> {
     const view = this.view;
     // Flags as they are now, not as of the last command (their FETCH updates go out with the OK).
     await view.refresh();
-    const fields = await this.searchFields(view);
+    // A program of flags, UIDs, sizes, dates, HEADER, BODY or TEXT reads no summary field: its
+    // first run in a session (UNSEEN at every sync) need not read every message item.
+    const fields = withSummary ? await this.searchFields(view) : undefined;
     const messages: SearchMessage[] = [];
     for (const uid of view.allUids) {
       const e = view.entry(uid)!;
-      const summary = fields.get(uid);
+      const summary = fields ? fields.get(uid) : NO_SUMMARY;
       if (view.isExpunged(uid) || !summary) continue;
       messages.push({ seq: view.seqOf(uid), uid, flags: [...e.flags], internalDate: new Date(e.receivedAt), size: e.size, modseq: e.modseq, summary });
     }
@@ -215,6 +207,18 @@ export class MessageCommands {
         return small ? Readable.from([small]) : (await blobs.get(e.blobKey)).body;
       },
     };
+    const smallReader = blobs.smallReader?.();
+    if (smallReader) {
+      // One buffer for the whole search, read into again for each message (runSearch copies what
+      // it keeps): 10,000 messages otherwise make 10,000 buffers for the collector.
+      let scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
+      reader.small = (msg) => {
+        const e = view.entry(msg.uid)!;
+        if (e.size > SMALL_READ_BYTES) return undefined;
+        if (e.size + SCRATCH_SLACK > scratch.length) scratch = Buffer.allocUnsafe(e.size + SCRATCH_SLACK);
+        return smallReader.readSmallSync(e.blobKey, { maxBytes: SMALL_READ_BYTES, sizeHint: e.size, into: scratch });
+      };
+    }
     return { messages, reader };
   }
 
@@ -239,7 +243,7 @@ export class MessageCommands {
   async search(c: Command, byUid: boolean): Promise<Next> {
     const parsed = parseSearch(c.args, { utf8: this.s.enabled.has('UTF8=ACCEPT') });
     if ('error' in parsed) throw new CommandError(parsed.badCharset ? 'NO' : 'BAD', parsed.error, parsed.badCharset ? BADCHARSET_CODE : undefined);
-    const found = await this.runProgram(parsed.program);
+    const found = await this.runProgram(parsed.program, usesSummary(parsed.program));
     const modseq = usesModseq(parsed.program);
     if (modseq) this.s.condstore = true;
     const options = parsed.returnOptions;
@@ -256,16 +260,16 @@ export class MessageCommands {
   async sort(c: Command, byUid: boolean): Promise<Next> {
     const parsed = parseSort(c.args, { utf8: this.s.enabled.has('UTF8=ACCEPT') });
     if ('error' in parsed) throw new CommandError(parsed.badCharset ? 'NO' : 'BAD', parsed.error, parsed.badCharset ? BADCHARSET_CODE : undefined);
-    const found = await this.runProgram(parsed.program);
+    const found = await this.runProgram(parsed.program, true);
     const modseq = usesModseq(parsed.program);
     if (modseq) this.s.condstore = true;
     this.s.out.write(`${formatSort(byUid, sortMessages(found, parsed.criteria), { modseq })}\r\n`);
     return this.s.ok(c.tag, `${c.name} completed`, { allowExpunge: byUid });
   }
 
-  private async runProgram(program: SearchProgram): Promise<SearchMessage[]> {
+  private async runProgram(program: SearchProgram, withSummary: boolean): Promise<SearchMessage[]> {
     const view = this.view;
-    const { messages, reader } = await this.searchable();
+    const { messages, reader } = await this.searchable(withSummary);
     return runSearch(program, messages, reader, { maxSeq: view.exists, maxUid: view.maxUid, saved: this.s.savedSearch, now: new Date() });
   }
 
@@ -331,17 +335,14 @@ export class MessageCommands {
   }
 }
 
+/** The summary of every message to a search whose program reads none (usesSummary). */
+const NO_SUMMARY: Record<string, AttrValue> = Object.freeze({});
+
 /** Messages up to this size are read whole and synchronously by a search where the storage can. */
 const SMALL_READ_BYTES = 256 * 1024;
-
-/** The summary fields SEARCH and SORT read; the rest (structure, parts, preview) is left behind so
- * a search over a big folder holds a few hundred bytes per message, not the whole summary. */
-const SEARCHED_FIELDS = ['subject', 'from', 'fromAddress', 'to', 'cc', 'date', 'messageId', 'trimmed'];
-function searchedFields(summary: Record<string, AttrValue>): Record<string, AttrValue> {
-  const out: Record<string, AttrValue> = {};
-  for (const k of SEARCHED_FIELDS) if (summary?.[k] !== undefined) out[k] = summary[k]!;
-  return out;
-}
+/** A search's read buffer to begin with, and the room beyond a message for its blob file's header. */
+const SCRATCH_BYTES = 64 * 1024;
+const SCRATCH_SLACK = 8 * 1024;
 
 /** UIDs (or their sequence numbers) as a set text. */
 function uidOrSeqText(view: SelectedFolder, uids: number[], byUid: boolean): string {

@@ -1,8 +1,8 @@
 /**
  * IMAP SEARCH (RFC 9051 §6.4.4, RFC 3501 §6.4.4) with ESEARCH results (RFC 4731, RFC 9051
  * §7.3.4), the saved result `$` (RFC 5182) and MODSEQ (RFC 7162 §3.4): the search program parsed
- * from the command's values, evaluated over the selected folder's messages, and the responses.
- * Pure of sockets and storage: the session hands in the messages and a reader for their bytes.
+ * from the command's values and evaluated over the selected folder's messages; the responses
+ * are written by search-response.ts. Pure of sockets and storage: the session hands in the messages and a reader for their bytes.
  *
  * What a search costs. Flag, UID, sequence, size, MODSEQ and INTERNALDATE keys are decided from the
  * folder's index, with no read at all. SUBJECT, FROM, TO and CC use the stored MIME summary when it
@@ -12,13 +12,15 @@
  * read every message that the cheap keys leave undecided once, whole, as a stream: a TEXT search
  * over a folder of 10,000 messages of 10 KB reads 10,000 blobs (100 MB) — on S3 that is 10,000 GET
  * requests (about $0.004) and, at READ_CONCURRENCY requests in flight of ~20 ms each, about a
- * minute; locally it is bounded by the disk and the decoders (well under a second per 10 MB).
+ * minute. Locally a small message is read in one synchronous call and screened on its raw octets
+ * first (rawMayHold in search-text.ts): only a message that may hold a needle, or that is encoded,
+ * goes through the MIME splitter and the decoders, so a search costs about an open and a read per
+ * message (docs/performance.md, IMAP).
  */
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { AttrValue } from '../../core/storage/ports.js';
-import { imapString } from '../../core/mail/imap-syntax.js';
-import { type ImapValue, type SequenceSet, inSequenceSet, is, isAtom, number, sequenceSet, sequenceText, text } from './protocol/values.js';
-import { type HeaderField, foldCase, headerFields, scanMessage } from './search-text.js';
+import { type ImapValue, type SequenceSet, inSequenceSet, is, isAtom, number, sequenceSet, text } from './protocol/values.js';
+import { type HeaderField, foldCase, headerFields, rawMayHold, scanMessage } from './search-text.js';
 
 /** What SEARCH needs of one message of the selected folder. */
 export interface SearchMessage {
@@ -38,6 +40,11 @@ export interface MessageReader {
   header(m: SearchMessage): Promise<Buffer>;
   /** The whole raw message. */
   raw(m: SearchMessage): Promise<Readable>;
+  /**
+   * The whole raw message read at once, synchronously, where the storage offers that and the
+   * message is small; else undefined. The buffer may be reused by the next call.
+   */
+  small?(m: SearchMessage): Buffer | undefined;
 }
 
 /** A date key's comparison (RFC 9051 §6.4.4 BEFORE/ON/SINCE, SENTBEFORE/SENTON/SENTSINCE). */
@@ -76,6 +83,8 @@ export const BADCHARSET_CODE = 'BADCHARSET (UTF-8 US-ASCII)';
 
 /** Messages whose bytes are read at once when keys need them (on S3 each is a GET in flight). */
 export const READ_CONCURRENCY = 4;
+/** How long a search works through messages read synchronously before it lets other sessions run. */
+const SLICE_MS = 10;
 
 /** The RFC 5322 line limit; a summary field this long may have been cut (core/mail/mime.ts). */
 const SUMMARY_FIELD_MAX = 998;
@@ -308,6 +317,23 @@ export function usesModseq(program: SearchProgram): boolean {
   }
 }
 
+/** True when the program reads the stored summary (SUBJECT, FROM, TO, CC, BCC, sent dates). */
+export function usesSummary(program: SearchProgram): boolean {
+  switch (program.k) {
+    case 'field':
+    case 'sent':
+      return true;
+    case 'and':
+      return program.keys.some(usesSummary);
+    case 'or':
+      return usesSummary(program.a) || usesSummary(program.b);
+    case 'not':
+      return usesSummary(program.key);
+    default:
+      return false;
+  }
+}
+
 /** What evaluation needs beside the program. */
 interface Env {
   maxSeq: number;
@@ -343,13 +369,35 @@ export async function runSearch(
   if (pending.length > 0) {
     const needles = { body: [] as string[], text: [] as string[] };
     collectNeedles(program, needles);
+    // BODY and TEXT alone (no key that wants the header's fields): a small message read at once
+    // is first screened on its raw octets (rawMayHold), and opened through the MIME splitter only
+    // when a needle may be in it. Most messages of a search hold none of its needles.
+    const needleList = [...needles.body, ...needles.text];
+    const screen = needleList.length > 0 && !needsFields(program) && reader.small !== undefined;
+    const absent: Facts = { fields: [], body: new Map(needles.body.map((n) => [n, false])), text: new Map(needles.text.map((n) => [n, false])) };
     let next = 0;
     let failed = false; // once a read fails the answer is NO: the other workers stop reading
+    let sliceStart = performance.now();
     const worker = async (): Promise<void> => {
       while (next < pending.length && !failed) {
         const i = pending[next++]!;
+        const m = messages[i]!;
         try {
-          decided[i] = full(program, messages[i]!, env, await readFacts(messages[i]!, reader, needles));
+          const raw = screen ? reader.small!(m) : undefined;
+          if (raw) {
+            const may = rawMayHold(raw, needleList);
+            if (may && !may.includes(true)) {
+              decided[i] = full(program, m, env, absent);
+              // Synchronous reads: let other sessions in now and then.
+              if (performance.now() - sliceStart > SLICE_MS) {
+                await new Promise((resolve) => setImmediate(resolve));
+                sliceStart = performance.now();
+              }
+              continue;
+            }
+          }
+          const source = raw ? Readable.from([Buffer.from(raw)]) : undefined;
+          decided[i] = full(program, m, env, await readFacts(m, reader, needles, source));
         } catch (e) {
           failed = true;
           throw e;
@@ -371,11 +419,30 @@ function collectNeedles(key: SearchKey, out: { body: string[]; text: string[] })
   } else if (key.k === 'not') collectNeedles(key.key, out);
 }
 
-async function readFacts(m: SearchMessage, reader: MessageReader, needles: { body: string[]; text: string[] }): Promise<Facts> {
+/** True when the program has a key that reads the header's fields once the message is read. */
+function needsFields(key: SearchKey): boolean {
+  switch (key.k) {
+    case 'header':
+    case 'field':
+    case 'sent':
+      return true;
+    case 'and':
+      return key.keys.some(needsFields);
+    case 'or':
+      return needsFields(key.a) || needsFields(key.b);
+    case 'not':
+      return needsFields(key.key);
+    default:
+      return false;
+  }
+}
+
+/** `source`: the message's bytes when already in hand (a copy the caller no longer needs). */
+async function readFacts(m: SearchMessage, reader: MessageReader, needles: { body: string[]; text: string[] }, source?: Readable): Promise<Facts> {
   if (needles.body.length === 0 && needles.text.length === 0) {
     return { fields: headerFields(await reader.header(m)), body: new Map(), text: new Map() };
   }
-  const result = await scanMessage(await reader.raw(m), needles);
+  const result = await scanMessage(source ?? (await reader.raw(m)), needles);
   return {
     fields: headerFields(result.header),
     body: new Map(needles.body.map((n, i) => [n, result.body[i]!])),
@@ -532,65 +599,4 @@ function fieldFromSummary(summary: Record<string, AttrValue>, field: string, nee
     return whole ? false : undefined;
   }
   return undefined;
-}
-
-/**
- * The ESEARCH response line (RFC 4731 §3.1, RFC 9051 §7.3.4), without CRLF, e.g.
- * `* ESEARCH (TAG "a1") UID MIN 2 MAX 9 ALL 2,4:9 COUNT 3`. No options means ALL. MIN, MAX and
- * ALL are left out when nothing matched; COUNT is always given. With `modseq` (a MODSEQ key was
- * used, RFC 7162 §3.4) the highest MODSEQ of the messages reported follows. Returns '' when SAVE
- * is the only option: then no ESEARCH is sent (RFC 5182 §2.4).
- */
-export function formatEsearch(tag: string, uid: boolean, matches: SearchMessage[], options: EsearchReturn[], extra: { modseq?: boolean } = {}): string {
-  const wanted = options.length === 0 ? ['ALL'] : options;
-  if (wanted.every((o) => o === 'SAVE')) return '';
-  const numbers = matches.map((m) => (uid ? m.uid : m.seq));
-  const parts = ['* ESEARCH', `(TAG ${imapString(tag)})`];
-  if (uid) parts.push('UID');
-  let reported: SearchMessage[] = [];
-  if (matches.length > 0) {
-    const first = matches.reduce((a, b) => ((uid ? b.uid < a.uid : b.seq < a.seq) ? b : a));
-    const last = matches.reduce((a, b) => ((uid ? b.uid > a.uid : b.seq > a.seq) ? b : a));
-    if (wanted.includes('MIN')) parts.push(`MIN ${uid ? first.uid : first.seq}`);
-    if (wanted.includes('MAX')) parts.push(`MAX ${uid ? last.uid : last.seq}`);
-    if (wanted.includes('ALL')) parts.push(`ALL ${sequenceText(numbers)}`);
-    // RFC 7162 §3.4: with only MIN and/or MAX, the MODSEQ is that of the messages returned.
-    reported = wanted.includes('ALL') || wanted.includes('COUNT') ? matches : [first, last];
-  }
-  if (wanted.includes('COUNT')) parts.push(`COUNT ${matches.length}`);
-  if (extra.modseq && reported.length > 0) parts.push(`MODSEQ ${highestModseq(reported)}`);
-  return parts.join(' ');
-}
-
-/**
- * The untagged SEARCH response of IMAP4rev1 (RFC 3501 §7.2.5), without CRLF: `* SEARCH 2 5 9`,
- * with ` (MODSEQ n)` after a MODSEQ key when something matched (RFC 7162 §3.4).
- */
-export function formatSearch(uid: boolean, matches: SearchMessage[], extra: { modseq?: boolean } = {}): string {
-  let line = '* SEARCH';
-  for (const m of matches) line += ` ${uid ? m.uid : m.seq}`;
-  if (extra.modseq && matches.length > 0) line += ` (MODSEQ ${highestModseq(matches)})`;
-  return line;
-}
-
-/**
- * The UIDs the session keeps as `$` after RETURN (SAVE ...), or undefined without SAVE. With MIN
- * and/or MAX beside SAVE only those are kept, unless ALL or COUNT is asked too (RFC 5182 §2.4).
- */
-export function savedResult(matches: SearchMessage[], options: EsearchReturn[] | undefined): number[] | undefined {
-  if (!options?.includes('SAVE')) return undefined;
-  const uids = matches.map((m) => m.uid).sort((a, b) => a - b);
-  const minMax = options.includes('MIN') || options.includes('MAX');
-  if (!minMax || options.includes('ALL') || options.includes('COUNT') || uids.length === 0) return uids;
-  const out = new Set<number>();
-  if (options.includes('MIN')) out.add(uids[0]!);
-  if (options.includes('MAX')) out.add(uids[uids.length - 1]!);
-  return [...out];
-}
-
-/** The highest MODSEQ of `messages` (a loop: spreading 100,000 arguments into Math.max would throw). */
-export function highestModseq(messages: SearchMessage[]): number {
-  let max = 0;
-  for (const m of messages) if (m.modseq > max) max = m.modseq;
-  return max;
 }

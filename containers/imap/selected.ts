@@ -9,7 +9,8 @@
  * (past its horizon) is the folder listed again and compared.
  *
  * Memory: per message a UID, a flags array (shared between messages with the same flags) and a
- * MODSEQ; a 100,000-message folder holds a few MB. Summaries and bodies are never kept.
+ * MODSEQ; a 100,000-message folder holds a few MB. Bodies and whole summaries are never kept;
+ * the few summary fields SEARCH reads are, once a search or a FETCH of structure made them.
  */
 import type { ChangeLog } from '../../core/mailbox/changes.js';
 import type { AttrValue } from '../../core/storage/ports.js';
@@ -27,6 +28,18 @@ export interface ViewEntry {
   blobKey: string;
   size: number;
   receivedAt: string;
+}
+
+/** The largest folder whose search fields a FETCH keeps (a few hundred octets a message). */
+const KEEP_FROM_FETCH_MAX = 20_000;
+
+/** The summary fields SEARCH and SORT read; the rest (structure, parts, preview) is left behind so
+ * a search over a big folder holds a few hundred bytes per message, not the whole summary. */
+const SEARCHED_FIELDS = ['subject', 'from', 'fromAddress', 'to', 'cc', 'date', 'messageId', 'trimmed'];
+export function searchedFields(summary: Record<string, AttrValue> | undefined): Record<string, AttrValue> {
+  const out: Record<string, AttrValue> = {};
+  for (const k of SEARCHED_FIELDS) if (summary?.[k] !== undefined) out[k] = summary[k]!;
+  return out;
 }
 
 /** How the session wants updates worded (what the client ENABLEd). */
@@ -57,7 +70,8 @@ export class SelectedFolder {
   uidValidity = 0;
   /** Set when the folder was deleted or renamed away under the session. */
   gone = false;
-  /** SEARCH's per-message summary fields, made on the session's first search (messages.ts). */
+  /** SEARCH's per-message summary fields, made on the session's first search (messages.ts) or
+   * kept from a FETCH that read the messages' items anyway (`keepSearchFields`). */
   searchFields: Map<number, Record<string, AttrValue>> | undefined;
   /** Interned flag arrays, so that 100,000 unseen messages share one. */
   private readonly flagSets = new Map<string, readonly string[]>();
@@ -98,6 +112,18 @@ export class SelectedFolder {
     let flags = this.flagSets.get(key);
     if (!flags) this.flagSets.set(key, (flags = Object.freeze([...m.flags])));
     return { uid: m.uid, flags, modseq: m.modseq, blobKey: m.blobKey, size: m.size, receivedAt: m.receivedAt };
+  }
+
+  /**
+   * Keeps the fields SEARCH and SORT read of a message whose item a FETCH has in hand (ENVELOPE,
+   * BODYSTRUCTURE): a client's first sync then leaves its first search nothing to read. Only in
+   * folders of up to KEEP_FROM_FETCH_MAX messages, so that a session that never searches a big
+   * folder does not hold them all; a search still makes them for any folder.
+   */
+  keepSearchFields(uid: number, summary: Record<string, AttrValue> | undefined): void {
+    if (this.uids.length > KEEP_FROM_FETCH_MAX || !this.byUid.has(uid)) return;
+    const cache = (this.searchFields ??= new Map());
+    if (!cache.has(uid)) cache.set(uid, searchedFields(summary));
   }
 
   /** Messages the client knows of (the last EXISTS, plus expunged ones not yet told). */

@@ -6,7 +6,8 @@
  */
 import type { AttrValue } from '../../core/storage/ports.js';
 import { type ImapValue, atom, isAtom, text } from './protocol/values.js';
-import { type SearchMessage, type SearchProgram, highestModseq, parseSearch } from './search.js';
+import { highestModseq } from './search-response.js';
+import { type SearchMessage, type SearchProgram, parseSearch } from './search.js';
 
 /** A sort key (RFC 5256 §3, RFC 5957 §3). */
 export type SortKey = 'ARRIVAL' | 'CC' | 'DATE' | 'FROM' | 'SIZE' | 'SUBJECT' | 'TO' | 'DISPLAYFROM' | 'DISPLAYTO';

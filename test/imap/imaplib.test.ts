@@ -33,6 +33,9 @@ describe("Python's imaplib", () => {
         ['select', 'INBOX'],
         ['fetch', '1:*', '(UID FLAGS RFC822.SIZE BODY.PEEK[])'],
         ['uid', 'FETCH', '2', '(ENVELOPE)'],
+        // Two partial ranges of each message in one FETCH: every section is read again, and the
+        // bytes of one message must not show through in another's (fetch.ts reads into a slab).
+        ['fetch', '1:*', '(BODY.PEEK[]<5.20> BODY.PEEK[]<0.7>)'],
       ],
     });
     expect(r.error).toBeUndefined();
@@ -53,6 +56,15 @@ describe("Python's imaplib", () => {
       expect(sha(bodies[i]![1])).toBe(sha(imapMessage(i + 1)));
     }
     expect(String((envR![1] as string[])[0])).toContain('ENVELOPE ("Mon, 7 Dec 2026 10:00:02 +0000" "message 2" (("Sender 2" NIL "sender2" "example.net"))');
+    const partials = (r.results[5] as [string, unknown[]])[1].filter(Array.isArray) as [string, string][];
+    expect(partials).toHaveLength(6);
+    for (let i = 0; i < 3; i++) {
+      const raw = Buffer.from(imapMessage(i + 1), 'latin1');
+      expect(partials[2 * i]![0]).toMatch(new RegExp(`^${i + 1} \\(BODY\\[\\]<5> \\{20\\}$`));
+      expect(Buffer.from(partials[2 * i]![1], 'latin1')).toEqual(raw.subarray(5, 25));
+      expect(partials[2 * i + 1]![0]).toMatch(/BODY\[\]<0> \{7\}$/);
+      expect(Buffer.from(partials[2 * i + 1]![1], 'latin1')).toEqual(raw.subarray(0, 7));
+    }
   });
 
   it('refuses LOGIN without TLS from a client that is not on loopback rules, and works over STARTTLS and implicit TLS', async () => {

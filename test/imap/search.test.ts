@@ -8,19 +8,18 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { summarizeMessage } from '../../core/mail/mime.js';
 import { atom, type ImapValue } from '../../containers/imap/protocol/values.js';
 import {
-  formatEsearch,
-  formatSearch,
   parseImapDate,
   parseSearch,
   runSearch,
-  savedResult,
   usesModseq,
+  usesSummary,
   type MessageReader,
   type SearchMessage,
   type SearchProgram,
 } from '../../containers/imap/search.js';
 import { sequenceText } from '../../containers/imap/protocol/values.js';
-import { NeedleScanner, scanMessage } from '../../containers/imap/search-text.js';
+import { formatEsearch, formatSearch, savedResult } from '../../containers/imap/search-response.js';
+import { NeedleScanner, rawMayHold, scanMessage } from '../../containers/imap/search-text.js';
 
 const crlf = (lines: string[]): Buffer => Buffer.from(lines.join('\r\n'), 'latin1');
 const b64 = (s: string, enc: BufferEncoding = 'utf8'): string => Buffer.from(s, enc).toString('base64');
@@ -203,6 +202,20 @@ describe('parseSearch', () => {
     expect(usesModseq(program(a('OR'), a('SEEN'), [a('NOT'), a('MODSEQ'), a('5')]))).toBe(true);
     expect(usesModseq(program(a('SEEN')))).toBe(false);
   });
+
+  it('knows when a program reads the stored summary (the session then loads it)', () => {
+    expect(usesSummary(program(a('OR'), a('SEEN'), [a('NOT'), a('FROM'), 'x']))).toBe(true);
+    expect(usesSummary(program(a('SENTSINCE'), '1-Feb-2024'))).toBe(true);
+    expect(usesSummary(program(a('UNSEEN'), a('TEXT'), 'x', a('HEADER'), 'X-Tag', 'y', a('SINCE'), '1-Feb-2024'))).toBe(false);
+  });
+
+  it('a program without summary keys finds the same with empty summaries', async () => {
+    const args: ImapValue[] = [a('OR'), a('TEXT'), 'quarterly', a('HEADER'), 'X-Mailer', 'frob'];
+    const bare = messages.map((m) => ({ ...m, summary: {} }));
+    const found = await runSearch(program(...args), bare, reader(), { maxSeq: 4, maxUid: 12, now: new Date() });
+    expect(found.map((m) => m.seq)).toEqual((await search(args)).seqs);
+    expect(found.map((m) => m.seq)).toEqual([1, 3]);
+  });
 });
 
 describe('runSearch: keys decided from the index, without reading', () => {
@@ -338,6 +351,64 @@ describe('runSearch: BODY and TEXT read the message once, decoded', () => {
         }),
     };
     await expect(runSearch(program(a('BODY'), 'x'), messages, failing, { maxSeq: 4, maxUid: 12, now: new Date() })).rejects.toThrow('blob gone');
+  });
+});
+
+describe('rawMayHold: the raw screen before the MIME splitter', () => {
+  const head = (lines: string[]) => crlf([...lines, '']);
+  const plain = (type: string, body: string, extra: string[] = []) =>
+    head(['From: a@example.org', 'Subject: Test', ...extra, `Content-Type: ${type}`, '', body]);
+  // [what, raw, needle, does the decoded text hold it]
+  const cases: [string, Buffer, string, boolean][] = [
+    ['plain, absent', plain('text/plain; charset=us-ascii', 'Nothing to see.'), 'needle', false],
+    ['plain, other case', plain('text/plain', 'A NeEdLe here.'), 'needle', true],
+    ['a header field', plain('text/plain', 'x', ['X-Tag: Hidden-Value']), 'hidden-value', true],
+    ['quoted-printable soft break', plain('text/plain', 'Toml=\r\ninson', ['Content-Transfer-Encoding: quoted-printable']), 'tomlinson', true],
+    ['base64', plain('text/plain', b64('secretword'), ['Content-Transfer-Encoding: base64']), 'secretword', true],
+    ['base64 behind a comment', plain('text/plain', b64('secretword'), ['Content-Transfer-Encoding: base(x)64']), 'secretword', true],
+    ['an encoded-word', head(['Subject: =?utf-8?q?hidden=5Fword?=', '', 'x']), 'hidden_word', true],
+    ['a bare CR in a header value', head(['Subject: ab\rcd', '', 'x']), 'abcd', true],
+    ['UTF-16 from 7-bit octets', plain('text/plain; charset=utf-16le', 'a\0b\0c\0d\0'), 'abcd', true],
+    ['UTF-16 label quoted with a space', plain('text/plain; charset=" UTF-16LE"', 'a\0b\0c\0d\0'), 'abcd', true],
+    ['ISO-2022-JP escape inside a word', plain('text/plain; charset=iso-2022-jp', 'ab\x1b(Bcd'), 'abcd', true],
+    ['ISO-8859-9 İ folds to i', plain('text/plain; charset=iso-8859-9', 'x\xddy'), 'xi', true],
+    ['UTF-8 Kelvin sign folds to k', plain('text/plain; charset=utf-8', Buffer.from('\u212aelvin').toString('latin1')), 'kelvin', true],
+    ['UTF-8, absent', plain('text/plain; charset=utf-8', Buffer.from('Grüße').toString('latin1')), 'gruesse', false],
+    ['UTF-8, other case', plain('text/plain; charset=utf-8', Buffer.from('GRÜSSE').toString('latin1')), 'grüsse', true],
+    ['an RFC 2231 charset', plain("text/plain; charset*=us-ascii''utf-16le", 'a\0b\0c\0d\0'), 'abcd', true],
+  ];
+
+  it.each(cases)('%s: never rules out a needle the decoded text holds', async (_what, raw, needle, holds) => {
+    const scanned = await scanMessage(Readable.from([raw]), { body: [], text: [needle] });
+    expect(scanned.text[0]).toBe(holds);
+    const may = rawMayHold(raw, [needle]);
+    if (holds) expect(may?.[0]).not.toBe(false);
+  });
+
+  it('decides plain messages, and leaves needles with seams to the splitter', () => {
+    expect(rawMayHold(plain('text/plain', 'Nothing to see.'), ['needle', 'see'])).toEqual([false, true]);
+    expect(rawMayHold(plain('text/plain; charset=utf-8', Buffer.from('Grüße').toString('latin1')), ['GRÜßE', 'nope'])).toEqual([true, false]);
+    for (const needle of ['two words', 'subject:test', '', 'tab\there']) expect(rawMayHold(plain('text/plain', 'x'), [needle])).toBeUndefined();
+  });
+
+  it('runSearch with a synchronous reader finds what the streaming one finds, reading only the messages that may match', async () => {
+    for (const args of [
+      [a('BODY'), 'version'],
+      [a('TEXT'), 'quarterly'],
+      [a('TEXT'), 'Café'],
+      [a('NOT'), a('BODY'), 'the'],
+      [a('BODY'), 'zzz'],
+    ] as ImapValue[][]) {
+      const streaming = await search(args);
+      const r = Object.assign(reader(), { smalls: 0, small: (m: SearchMessage) => (r.smalls++, RAW[m.seq - 1]) });
+      const found = await runSearch(program(...args), messages, r, { maxSeq: 4, maxUid: 12, now: new Date() });
+      expect(found.map((m) => m.seq)).toEqual(streaming.seqs);
+      expect(r.smalls).toBe(4);
+    }
+    // Message 1 is plain ASCII: the screen decides it, nothing is streamed; 2 and 3 are encoded.
+    const r = Object.assign(reader(), { small: (m: SearchMessage) => RAW[m.seq - 1] });
+    await runSearch(program(a('BODY'), 'zzz'), messages.slice(0, 1), r, { maxSeq: 4, maxUid: 12, now: new Date() });
+    expect(r.raws).toBe(0);
   });
 });
 
