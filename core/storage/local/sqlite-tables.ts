@@ -115,7 +115,8 @@ export class SqliteTables implements Tables {
   private readonly upsertStmt: Statement<[string, string, number | null, string]>;
   private readonly deleteStmt: Statement<[string, string]>;
   private readonly purgeStmt: Statement<[number]>;
-  private readonly queryStmts = new Map<string, Statement>();
+  /** Statements whose SQL depends on the call (queries, in-place updates), by SQL. */
+  private readonly stmts = new Map<string, Statement>();
 
   constructor(
     private readonly store: SqliteStore,
@@ -181,6 +182,11 @@ export class SqliteTables implements Tables {
   private applyUpdate(key: Key, changes: Update, condition: Condition | undefined, what: string): Item {
     const cur = this.current(key);
     if (condition && !conditionHolds(condition, cur)) throw new ConditionFailed(`${what} ${key.pk} ${key.sk}`);
+    return this.applyChanges(key, cur, changes);
+  }
+
+  /** Writes `cur` (the live item at `key`, or undefined) with `changes` applied; returns it. */
+  private applyChanges(key: Key, cur: Item | undefined, changes: Update): Item {
     const next: Item = cur ? { ...cur } : { pk: key.pk, sk: key.sk };
     for (const [k, v] of Object.entries(changes.set ?? {})) next[k] = v;
     for (const [k, n] of Object.entries(changes.add ?? {})) {
@@ -248,16 +254,21 @@ export class SqliteTables implements Tables {
       where.push(`sk ${upper.inclusive ? '<=' : '<'} ?`);
       params.push(upper.v);
     }
+    // A projection is made by SQLite's JSON functions, so the attributes left out (a message's
+    // summary) are walked in C and never become JavaScript strings and objects. json_each gives
+    // true and false as 1 and 0; the CASE keeps them JSON booleans.
+    let data = 'data';
+    if (options.attributes !== undefined) {
+      const names = checkAttributes(options.attributes);
+      data = names.length
+        ? `(SELECT json_group_object(key, CASE type WHEN 'true' THEN json('true') WHEN 'false' THEN json('false') ELSE value END) FROM json_each(items.data) WHERE key IN (${names.map(() => '?').join(', ')}))`
+        : `'{}'`;
+      params.unshift(...names);
+    }
     // The limit is written into the SQL (it is a checked integer): with `LIMIT ?` the same query
     // took about ten times as long (docs/performance.md, Local storage).
-    const sql = `SELECT pk, sk, ttl, data FROM items WHERE ${where.join(' AND ')} ORDER BY sk ${reverse ? 'DESC' : 'ASC'} LIMIT ${limit + 1}`;
-    let stmt = this.queryStmts.get(sql);
-    if (!stmt) {
-      if (this.queryStmts.size >= 256) this.queryStmts.clear();
-      stmt = this.store.db.prepare(sql);
-      this.queryStmts.set(sql, stmt);
-    }
-    const s = stmt;
+    const sql = `SELECT pk, sk, ttl, ${data} AS data FROM items WHERE ${where.join(' AND ')} ORDER BY sk ${reverse ? 'DESC' : 'ASC'} LIMIT ${limit + 1}`;
+    const s = this.statement(sql);
     const rows = this.store.read(() => s.all(...params) as Row[], 'tables.query');
     const page: QueryPage = { items: rows.slice(0, limit).map((row) => this.toItem(row)) };
     if (rows.length > limit) page.cursor = encodeCursor(pk, rows[limit - 1].sk);
@@ -279,17 +290,54 @@ export class SqliteTables implements Tables {
       seen.add(id);
     }
     await this.store.write(() => {
-      // Check every condition first, as DynamoDB does, so the reported index is the first failure.
+      // Each op's condition is checked as it is applied, with one read of its item. No two ops
+      // touch one item, so the first op whose condition fails is the first failure DynamoDB would
+      // report, and throwing rolls the whole transaction back.
       ops.forEach((op, i) => {
+        const what = (key: Key) => `transaction op ${i} (${key.pk} ${key.sk})`;
+        if ('update' in op && this.updateInPlace(op.update, op.changes, op.condition, what)) return;
         const key: Key = 'put' in op ? op.put : 'update' in op ? op.update : 'delete' in op ? op.delete : op.check;
-        if (op.condition && !conditionHolds(op.condition, this.current(key))) throw new ConditionFailed(`transaction op ${i} (${key.pk} ${key.sk})`);
+        const cur = this.current(key);
+        if (op.condition && !conditionHolds(op.condition, cur)) throw new ConditionFailed(what(key));
+        if ('put' in op) this.write(op.put);
+        else if ('update' in op) this.applyChanges(key, cur, op.changes);
+        else if ('delete' in op) this.deleteStmt.run(key.pk, key.sk);
       });
-      for (const op of ops) {
-        if ('put' in op) this.applyPut(op.put, undefined, 'put');
-        else if ('update' in op) this.applyUpdate(op.update, op.changes, undefined, 'update');
-        else if ('delete' in op) this.applyDelete(op.delete, undefined, 'delete');
-      }
     });
+  }
+
+  /**
+   * An update of a live item that sets attributes, done by SQLite (`json_set`, the condition in
+   * the WHERE clause): one statement, and the item is neither decoded nor encoded in JavaScript,
+   * which for a message item with its stored summary was most of a flag change's cost
+   * (docs/performance.md, IMAP STORE). False, having done nothing, when the update or the
+   * condition has a part this does not express (then the caller reads the item and applies it);
+   * ConditionFailed when the condition does not hold.
+   */
+  private updateInPlace(key: Key, changes: Update, condition: Condition | undefined, what: (key: Key) => string): boolean {
+    if (changes.add || changes.remove || changes.ttl !== undefined || !changes.set) return false;
+    const sets = Object.entries(changes.set);
+    // An undefined value removes the attribute on the slow path (write() leaves it out).
+    if (!sets.length || !sets.every(([k, v]) => SIMPLE_NAME.test(k) && v !== undefined)) return false;
+    const cond = sqlCondition(condition);
+    if (!cond) return false;
+    const sql = `UPDATE items SET data = json_set(data, ${sets.map(([k]) => `'$."${k}"', json(?)`).join(', ')}) WHERE pk = ? AND sk = ? AND (ttl IS NULL OR ttl > ?)${cond.sql} RETURNING octet_length(data) AS bytes`;
+    const row = this.statement(sql).get(...sets.map(([, v]) => JSON.stringify(v)), key.pk, key.sk, this.nowSeconds(), ...cond.params) as
+      { bytes: number } | undefined;
+    if (!row) throw new ConditionFailed(what(key));
+    if (row.bytes > MAX_ITEM_BYTES) throw new InvalidRequest(`item larger than ${MAX_ITEM_BYTES} bytes`);
+    return true;
+  }
+
+  /** A prepared statement from the cache (bounded: queries with many shapes come and go). */
+  private statement(sql: string): Statement {
+    let stmt = this.stmts.get(sql);
+    if (!stmt) {
+      if (this.stmts.size >= 256) this.stmts.clear();
+      stmt = this.store.db.prepare(sql);
+      this.stmts.set(sql, stmt);
+    }
+    return stmt;
   }
 
   /** Removes up to 1000 expired items; returns how many. Reads already ignore them. */
@@ -298,6 +346,59 @@ export class SqliteTables implements Tables {
   }
 
   async close(): Promise<void> {}
+}
+
+/** Attribute names written into a JSON path as they are (`$."name"`); others take the slow path. */
+const SIMPLE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** The projection's attribute names, checked and without repeats. */
+function checkAttributes(names: unknown): string[] {
+  if (!Array.isArray(names) || !names.every((n) => typeof n === 'string' && n !== '')) throw new InvalidRequest('query attributes must be non-empty strings');
+  return [...new Set(names as string[])];
+}
+
+/** A JSON value's type as json_type names it, for the scalars a condition compares. */
+const sqlTypes = (v: AttrValue): string | undefined =>
+  typeof v === 'string' ? `('text')` : typeof v === 'number' && Number.isFinite(v) ? `('integer', 'real')` : undefined;
+
+/**
+ * A condition that only a live item can meet, as SQL on the item's JSON (` AND ...`, after the
+ * key and liveness tests), or undefined when it has a part SQL here does not express (or an
+ * absent item could meet it): the caller then checks it with conditionHolds.
+ */
+function sqlCondition(c: Condition | undefined): { sql: string; params: (string | number)[] } | undefined {
+  if (!c || c.exists === false) return undefined;
+  const equals = Object.entries(c.equals ?? {});
+  const compares = [
+    ...Object.entries(c.lessThan ?? {}).map(([k, v]) => [k, v, '<'] as const),
+    ...Object.entries(c.greaterThan ?? {}).map(([k, v]) => [k, v, '>'] as const),
+  ];
+  // Only `exists: true`, a non-null value or a comparison rules out an absent item.
+  if (c.exists !== true && !compares.length && !equals.some(([, v]) => v !== null)) return undefined;
+  let sql = '';
+  const params: (string | number)[] = [];
+  for (const [k, v] of equals) {
+    if (!SIMPLE_NAME.test(k)) return undefined;
+    const path = `'$."${k}"'`;
+    if (v === null) {
+      // Absent and JSON null both extract as SQL NULL: what `equals: null` means.
+      sql += ` AND json_extract(data, ${path}) IS NULL`;
+    } else if (typeof v === 'boolean') {
+      sql += ` AND json_type(data, ${path}) = '${v}'`;
+    } else {
+      const types = sqlTypes(v);
+      if (!types) return undefined;
+      sql += ` AND json_type(data, ${path}) IN ${types} AND json_extract(data, ${path}) = ?`;
+      params.push(v as string | number);
+    }
+  }
+  for (const [k, v, op] of compares) {
+    if (!SIMPLE_NAME.test(k) || typeof v !== 'number' || !Number.isFinite(v)) return undefined;
+    const path = `'$."${k}"'`;
+    sql += ` AND json_type(data, ${path}) IN ('integer', 'real') AND json_extract(data, ${path}) ${op} ?`;
+    params.push(v);
+  }
+  return { sql, params };
 }
 
 function checkUpdate(u: Update): void {
