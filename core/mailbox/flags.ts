@@ -46,14 +46,15 @@ export interface FlagStore {
   commit(user: string, ops: TransactOp[]): Promise<void>;
 }
 
-const SYSTEM_FLAGS = ['\\Seen', '\\Answered', '\\Flagged', '\\Deleted', '\\Draft'];
+/** The system flags by their lower case (a STORE runs this once per flag per message). */
+const SYSTEM_FLAGS = new Map(['\\Seen', '\\Answered', '\\Flagged', '\\Deleted', '\\Draft'].map((f) => [f.toLowerCase(), f]));
 
 /** Flags deduplicated case-insensitively (RFC 9051 §2.3.2), system flags in their usual case. */
 export function normalizeFlags(flags: string[]): string[] {
   const out = new Map<string, string>();
   for (const f of flags) {
-    const canonical = SYSTEM_FLAGS.find((s) => s.toLowerCase() === f.toLowerCase()) ?? f;
-    if (!out.has(canonical.toLowerCase())) out.set(canonical.toLowerCase(), canonical);
+    const lower = f.toLowerCase();
+    if (!out.has(lower)) out.set(lower, SYSTEM_FLAGS.get(lower) ?? f);
   }
   return [...out.values()];
 }

@@ -115,8 +115,9 @@ export class SqliteTables implements Tables {
   private readonly upsertStmt: Statement<[string, string, number | null, string]>;
   private readonly deleteStmt: Statement<[string, string]>;
   private readonly purgeStmt: Statement<[number]>;
-  /** Statements whose SQL depends on the call (queries, in-place updates), by SQL. */
+  /** Statements whose SQL depends on the call: queries by SQL, in-place updates by shape. */
   private readonly stmts = new Map<string, Statement>();
+  private readonly inPlace = new Map<string, Statement>();
 
   constructor(
     private readonly store: SqliteStore,
@@ -285,7 +286,7 @@ export class SqliteTables implements Tables {
       if ('put' in op) checkTtl(op.put.ttl);
       if ('update' in op) checkUpdate(op.changes);
       // DynamoDB refuses two operations on one item in a transaction; refuse it here too.
-      const id = JSON.stringify([key.pk, key.sk]);
+      const id = `${key.pk.length}:${key.pk}${key.sk}`;
       if (seen.has(id)) throw new InvalidRequest(`transaction touches ${key.pk} ${key.sk} twice`);
       seen.add(id);
     }
@@ -316,14 +317,30 @@ export class SqliteTables implements Tables {
    */
   private updateInPlace(key: Key, changes: Update, condition: Condition | undefined, what: (key: Key) => string): boolean {
     if (changes.add || changes.remove || changes.ttl !== undefined || !changes.set) return false;
-    const sets = Object.entries(changes.set);
-    // An undefined value removes the attribute on the slow path (write() leaves it out).
-    if (!sets.length || !sets.every(([k, v]) => SIMPLE_NAME.test(k) && v !== undefined)) return false;
-    const cond = sqlCondition(condition);
+    const cond = conditionPlan(condition);
     if (!cond) return false;
-    const sql = `UPDATE items SET data = json_set(data, ${sets.map(([k]) => `'$."${k}"', json(?)`).join(', ')}) WHERE pk = ? AND sk = ? AND (ttl IS NULL OR ttl > ?)${cond.sql} RETURNING octet_length(data) AS bytes`;
-    const row = this.statement(sql).get(...sets.map(([, v]) => JSON.stringify(v)), key.pk, key.sk, this.nowSeconds(), ...cond.params) as
-      { bytes: number } | undefined;
+    // The statement is found by the update's shape (attribute names, condition kinds), so a batch
+    // of like updates builds its SQL once; only the values differ from one item to the next.
+    let shape = '';
+    const values: (string | number)[] = [];
+    for (const k in changes.set) {
+      const v = changes.set[k];
+      // An undefined value removes the attribute on the slow path (write() leaves it out).
+      if (v === undefined || !SIMPLE_NAME.test(k)) return false;
+      shape += `${k},`;
+      values.push(JSON.stringify(v));
+    }
+    if (!values.length) return false;
+    shape += `|${cond.shape}`;
+    let stmt = this.inPlace.get(shape);
+    if (!stmt) {
+      const sets = shape.slice(0, shape.indexOf('|') - 1).split(',');
+      const sql = `UPDATE items SET data = json_set(data, ${sets.map((k) => `'$."${k}"', json(?)`).join(', ')}) WHERE pk = ? AND sk = ? AND (ttl IS NULL OR ttl > ?)${conditionSql(cond.shape)} RETURNING octet_length(data) AS bytes`;
+      if (this.inPlace.size >= 256) this.inPlace.clear();
+      stmt = this.store.db.prepare(sql);
+      this.inPlace.set(shape, stmt);
+    }
+    const row = stmt.get(...values, key.pk, key.sk, this.nowSeconds(), ...cond.params) as { bytes: number } | undefined;
     if (!row) throw new ConditionFailed(what(key));
     if (row.bytes > MAX_ITEM_BYTES) throw new InvalidRequest(`item larger than ${MAX_ITEM_BYTES} bytes`);
     return true;
@@ -357,48 +374,71 @@ function checkAttributes(names: unknown): string[] {
   return [...new Set(names as string[])];
 }
 
-/** A JSON value's type as json_type names it, for the scalars a condition compares. */
-const sqlTypes = (v: AttrValue): string | undefined =>
-  typeof v === 'string' ? `('text')` : typeof v === 'number' && Number.isFinite(v) ? `('integer', 'real')` : undefined;
-
 /**
- * A condition that only a live item can meet, as SQL on the item's JSON (` AND ...`, after the
- * key and liveness tests), or undefined when it has a part SQL here does not express (or an
- * absent item could meet it): the caller then checks it with conditionHolds.
+ * A condition that only a live item can meet, as a shape (the kind and name of each part, `;`
+ * between parts) and the values it compares; undefined when it has a part the SQL here does not
+ * express, or an absent item could meet it: the caller then checks it with conditionHolds.
  */
-function sqlCondition(c: Condition | undefined): { sql: string; params: (string | number)[] } | undefined {
+function conditionPlan(c: Condition | undefined): { shape: string; params: (string | number)[] } | undefined {
   if (!c || c.exists === false) return undefined;
-  const equals = Object.entries(c.equals ?? {});
-  const compares = [
-    ...Object.entries(c.lessThan ?? {}).map(([k, v]) => [k, v, '<'] as const),
-    ...Object.entries(c.greaterThan ?? {}).map(([k, v]) => [k, v, '>'] as const),
-  ];
   // Only `exists: true`, a non-null value or a comparison rules out an absent item.
-  if (c.exists !== true && !compares.length && !equals.some(([, v]) => v !== null)) return undefined;
-  let sql = '';
+  let live = c.exists === true;
+  let shape = '';
   const params: (string | number)[] = [];
-  for (const [k, v] of equals) {
+  for (const k in c.equals ?? {}) {
+    const v = c.equals![k];
     if (!SIMPLE_NAME.test(k)) return undefined;
-    const path = `'$."${k}"'`;
-    if (v === null) {
-      // Absent and JSON null both extract as SQL NULL: what `equals: null` means.
-      sql += ` AND json_extract(data, ${path}) IS NULL`;
-    } else if (typeof v === 'boolean') {
-      sql += ` AND json_type(data, ${path}) = '${v}'`;
-    } else {
-      const types = sqlTypes(v);
-      if (!types) return undefined;
-      sql += ` AND json_type(data, ${path}) IN ${types} AND json_extract(data, ${path}) = ?`;
-      params.push(v as string | number);
+    if (v === null) shape += `;n:${k}`;
+    else if (typeof v === 'boolean') shape += `;${v ? 't' : 'f'}:${k}`;
+    else if (typeof v === 'string') shape += `;s:${k}`;
+    else if (typeof v === 'number' && Number.isFinite(v)) shape += `;d:${k}`;
+    else return undefined;
+    if (v !== null) live = true;
+    if (typeof v === 'string' || typeof v === 'number') params.push(v);
+  }
+  for (const [kind, part] of [
+    ['<', c.lessThan],
+    ['>', c.greaterThan],
+  ] as const) {
+    for (const k in part ?? {}) {
+      const v = part![k];
+      if (!SIMPLE_NAME.test(k) || typeof v !== 'number' || !Number.isFinite(v)) return undefined;
+      shape += `;${kind}:${k}`;
+      params.push(v);
+      live = true;
     }
   }
-  for (const [k, v, op] of compares) {
-    if (!SIMPLE_NAME.test(k) || typeof v !== 'number' || !Number.isFinite(v)) return undefined;
-    const path = `'$."${k}"'`;
-    sql += ` AND json_type(data, ${path}) IN ('integer', 'real') AND json_extract(data, ${path}) ${op} ?`;
-    params.push(v);
+  return live ? { shape, params } : undefined;
+}
+
+/** The SQL of a condition's shape (see conditionPlan), after the key and liveness tests. */
+function conditionSql(shape: string): string {
+  let sql = '';
+  for (const part of shape.split(';').slice(1)) {
+    const path = `'$."${part.slice(2)}"'`;
+    const isNumber = `json_type(data, ${path}) IN ('integer', 'real')`;
+    switch (part[0]) {
+      // Absent and JSON null both extract as SQL NULL: what `equals: null` means.
+      case 'n':
+        sql += ` AND json_extract(data, ${path}) IS NULL`;
+        break;
+      case 't':
+        sql += ` AND json_type(data, ${path}) = 'true'`;
+        break;
+      case 'f':
+        sql += ` AND json_type(data, ${path}) = 'false'`;
+        break;
+      case 's':
+        sql += ` AND json_type(data, ${path}) = 'text' AND json_extract(data, ${path}) = ?`;
+        break;
+      case 'd':
+        sql += ` AND ${isNumber} AND json_extract(data, ${path}) = ?`;
+        break;
+      default:
+        sql += ` AND ${isNumber} AND json_extract(data, ${path}) ${part[0]} ?`;
+    }
   }
-  return { sql, params };
+  return sql;
 }
 
 function checkUpdate(u: Update): void {
