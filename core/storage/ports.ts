@@ -206,8 +206,9 @@ export interface QueryOptions {
   /**
    * Only these attributes of each item (a projection), with its `pk`, `sk` and `ttl`; an attribute
    * the item lacks is left out. For a caller that reads a few small attributes of items that also
-   * hold large ones (a message's flags beside its stored summary): locally the rest is never
-   * decoded, on DynamoDB never sent (the read costs the same capacity either way). @default all
+   * hold large ones (a message's flags beside its stored summary): locally the rest never
+   * reaches JavaScript, on DynamoDB it is never sent (the read costs the same capacity either
+   * way). @default all
    */
   attributes?: string[];
 }

@@ -309,11 +309,10 @@ export class SqliteTables implements Tables {
 
   /**
    * An update of a live item that sets attributes, done by SQLite (`json_set`, the condition in
-   * the WHERE clause): one statement, and the item is neither decoded nor encoded in JavaScript,
-   * which for a message item with its stored summary was most of a flag change's cost
-   * (docs/performance.md, IMAP STORE). False, having done nothing, when the update or the
-   * condition has a part this does not express (then the caller reads the item and applies it);
-   * ConditionFailed when the condition does not hold.
+   * the WHERE clause): one statement instead of a read, a decode in JavaScript, an encode and a
+   * write, for each message of a flag change (docs/performance.md, IMAP STORE). False, having
+   * done nothing, when the update or the condition has a part this does not express (then the
+   * caller reads the item and applies it); ConditionFailed when the condition does not hold.
    */
   private updateInPlace(key: Key, changes: Update, condition: Condition | undefined, what: (key: Key) => string): boolean {
     if (changes.add || changes.remove || changes.ttl !== undefined || !changes.set) return false;
