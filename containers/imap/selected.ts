@@ -244,19 +244,22 @@ export class SelectedFolder {
       const page = await this.log.since(this.user, this.position);
       if (page.tooOld) return this.resync();
       const added: number[] = [];
-      const flagged = new Set<number>();
+      /** Uids whose flags changed, with the MODSEQ of their latest flag change in the page. */
+      const flagged = new Map<number, number>();
       for (const change of page.changes) {
         for (const e of change.entries) {
           if (e.folder !== this.folder.id) continue;
           if (e.kind === 'folder-delete') this.gone = true;
           else if (e.kind === 'append') added.push(...(e.uids ?? []));
-          else if (e.kind === 'flags') (e.uids ?? []).forEach((u) => flagged.add(u));
+          else if (e.kind === 'flags') for (const u of e.uids ?? []) flagged.set(u, Math.max(change.modseq, flagged.get(u) ?? 0));
           else if (e.kind === 'expunge') for (const u of e.uids ?? []) if (this.byUid.has(u)) this.expunged.add(u);
         }
         if (change.modseq > this.highestModSeq && change.entries.some((e) => e.folder === this.folder.id)) this.highestModSeq = change.modseq;
       }
       await this.admit(added);
-      await this.rereadFlags([...flagged].filter((u) => this.byUid.has(u) && !this.expunged.has(u)));
+      // A change the view already holds (this session's own STORE, noted with its MODSEQ) is not
+      // read again: after a STORE of 1,000 messages the next NOOP or IDLE would read them all.
+      await this.rereadFlags([...flagged].filter(([u, modseq]) => (this.byUid.get(u)?.modseq ?? modseq) < modseq && !this.expunged.has(u)).map(([u]) => u));
       // `more` with no progress: a young gap (a change still being written); the next refresh
       // picks it up.
       const moved = page.modseq !== this.position;

@@ -28,6 +28,7 @@ import { ConditionFailed, isStorageError, type AttrValue, type Blobs, type Item,
 import { ChangeLog, type ChangeLogOptions, type ChangeEntry } from './changes.js';
 import { emailIdOf } from './email-ids.js';
 import { EmailIndex } from './email-index.js';
+import { isSeen, normalizeFlags, storeFlags, type FlagChange, type FlagResult } from './flags.js';
 import { publishMailboxChange } from './notify.js';
 import { backoff, FolderError, folderKeys, INBOX, indexKeys, mailboxKeys, MAX_ATTEMPTS, NoSuchMailbox, QuotaExceeded, UID_WIDTH } from './keys.js';
 
@@ -46,9 +47,6 @@ export type SpecialUse = keyof typeof SPECIAL_USES;
  * (core/mail/spam-learn.ts) and takes one message fewer per batch. */
 const BATCH = 7;
 const MOVE_BATCH = 5;
-/** Flag changes write one item per message plus counters and the change item: as many as the
- * adapter's transactions hold (98 on DynamoDB, 998 locally), each batch one commit. */
-const flagBatch = (tables: Tables) => tables.maxTransactionOps - 2;
 const ROOT = '';
 
 /** One folder as a client sees it. */
@@ -105,14 +103,6 @@ export interface AppendInput {
   jobId?: string;
 }
 
-/** How `storeFlags` changes flags (IMAP STORE FLAGS, +FLAGS, -FLAGS). */
-export interface FlagChange {
-  mode: 'add' | 'remove' | 'replace';
-  flags: string[];
-  /** RFC 7162 UNCHANGEDSINCE: leave (and report) messages whose modseq is above this. */
-  unchangedSince?: number;
-}
-
 export interface FolderStoreOptions {
   /** @default () => new Date() */
   now?: () => Date;
@@ -126,19 +116,6 @@ export interface FolderStoreOptions {
   learnQueue?: Queues;
 }
 
-const SYSTEM_FLAGS = ['\\Seen', '\\Answered', '\\Flagged', '\\Deleted', '\\Draft'];
-
-/** Flags deduplicated case-insensitively (RFC 9051 §2.3.2), system flags in their usual case. */
-export function normalizeFlags(flags: string[]): string[] {
-  const out = new Map<string, string>();
-  for (const f of flags) {
-    const canonical = SYSTEM_FLAGS.find((s) => s.toLowerCase() === f.toLowerCase()) ?? f;
-    if (!out.has(canonical.toLowerCase())) out.set(canonical.toLowerCase(), canonical);
-  }
-  return [...out.values()];
-}
-
-const isSeen = (flags: string[]) => flags.includes('\\Seen');
 const retryable = (e: unknown) => isStorageError(e, 'ConditionFailed') || isStorageError(e, 'Unavailable');
 
 /** A message item as the model reads it (MailboxStore reads INBOX's with it too). */
@@ -769,71 +746,21 @@ export class FolderStore {
     };
   }
 
-  /**
-   * Changes flags of messages (IMAP STORE, JMAP Email/set keywords). With `unchangedSince`, a
-   * message whose modseq is above it is left as it is and listed in `modified` (RFC 7162 §3.2).
-   * Messages whose flags would not change get no new MODSEQ. Absent uids are skipped.
-   */
-  async storeFlags(
-    user: string,
-    folderId: string,
-    uids: number[],
-    change: FlagChange,
-  ): Promise<{ updated: { uid: number; flags: string[]; modseq: number }[]; modified: number[] }> {
-    const flags = normalizeFlags(change.flags);
-    const lower = new Set(flags.map((f) => f.toLowerCase()));
-    const updated: { uid: number; flags: string[]; modseq: number }[] = [];
-    const modified: number[] = [];
-    const unique = [...new Set(uids)];
-    await this.folderMeta(user, folderId);
-    const size = flagBatch(this.tables);
-    for (let i = 0; i < unique.length; i += size) {
-      const batch = unique.slice(i, i + size);
-      for (let attempt = 0; ; attempt++) {
-        const items = (await Promise.all(batch.map((uid) => this.tables.get(folderKeys.message(user, folderId, uid))))).filter((x): x is Item => !!x);
-        const changes: { item: Item; before: string[]; after: string[] }[] = [];
-        const batchModified: number[] = [];
-        for (const item of items) {
-          const m = toMessage(item);
-          if (change.unchangedSince !== undefined && m.modseq > change.unchangedSince) {
-            batchModified.push(m.uid);
-            continue;
-          }
-          const after =
-            change.mode === 'replace'
-              ? flags
-              : change.mode === 'add'
-                ? normalizeFlags([...m.flags, ...flags])
-                : m.flags.filter((f) => !lower.has(f.toLowerCase()));
-          const same = after.length === m.flags.length && after.every((f) => m.flags.includes(f));
-          if (!same) changes.push({ item, before: m.flags, after });
-        }
-        if (!changes.length) {
-          modified.push(...batchModified);
-          break;
-        }
-        const modseq = await this.changes.allocate(user);
-        const unseen = changes.reduce((n, c) => n + (isSeen(c.before) ? 1 : 0) - (isSeen(c.after) ? 1 : 0), 0);
-        const ops: TransactOp[] = changes.map((c) => ({
-          update: { pk: c.item.pk, sk: c.item.sk },
-          changes: { set: { flags: c.after, modseq } },
-          condition: { exists: true, equals: { modseq: c.item.modseq ?? null } },
-        }));
-        ops.push(this.countersOp(user, folderId, modseq, { unseen }));
-        const touched = changes.map((c) => toMessage(c.item));
-        ops.push(this.changes.op(user, modseq, [{ kind: 'flags', folder: folderId, ...emailsOf(touched) }]));
-        try {
-          await this.commit(user, ops);
-          for (const c of changes) updated.push({ uid: Number(c.item.uid), flags: c.after, modseq });
-          modified.push(...batchModified);
-          break;
-        } catch (e) {
-          if (!retryable(e) || attempt >= MAX_ATTEMPTS) throw e;
-          await backoff(attempt);
-        }
-      }
-    }
-    return { updated, modified };
+  /** Changes flags of messages (IMAP STORE, JMAP Email/set keywords): see flags.ts. */
+  async storeFlags(user: string, folderId: string, uids: number[], change: FlagChange): Promise<FlagResult> {
+    return storeFlags(
+      {
+        tables: this.tables,
+        changes: this.changes,
+        folderMeta: (u, f) => this.folderMeta(u, f),
+        countersOp: (u, f, modseq, add) => this.countersOp(u, f, modseq, add),
+        commit: (u, ops) => this.commit(u, ops),
+      },
+      user,
+      folderId,
+      uids,
+      change,
+    );
   }
 
   /**

@@ -203,6 +203,14 @@ export interface QueryOptions {
   cursor?: string;
   /** Strongly consistent read (DynamoDB ConsistentRead). @default true */
   consistent?: boolean;
+  /**
+   * Only these attributes of each item (a projection), with its `pk`, `sk` and `ttl`; an attribute
+   * the item lacks is left out. For a caller that reads a few small attributes of items that also
+   * hold large ones (a message's flags beside its stored summary): locally the rest never
+   * reaches JavaScript, on DynamoDB it is never sent (the read costs the same capacity either
+   * way). @default all
+   */
+  attributes?: string[];
 }
 
 export interface QueryPage {

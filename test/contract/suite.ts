@@ -28,6 +28,7 @@ import {
   type Item,
   type QueueName,
   type ReceivedMessage,
+  type TransactOp,
   type Storage,
   type StorageErrorCode,
 } from '../../core/storage/ports.js';
@@ -600,6 +601,118 @@ export function describeStorageContract(family: string, setup: () => Promise<Con
           }
           expect(seen).toEqual(reverse ? [...want].reverse() : want);
         }
+      });
+
+      it('query with attributes: only those (and pk, sk, ttl), JSON types kept, absent ones left out; ranges and cursors unchanged', async () => {
+        const p = pk('project');
+        const t = future();
+        await s.tables.put({
+          pk: p,
+          sk: 'UID#1',
+          flags: ['\\Seen', 'x'],
+          modseq: 7,
+          big: { summary: 'x'.repeat(2000) },
+          yes: true,
+          no: false,
+          z: null,
+          ttl: t,
+        });
+        await s.tables.put({ pk: p, sk: 'UID#2', flags: [], modseq: 0, name: 'two' });
+        await s.tables.put({ pk: p, sk: 'UID#3', other: 1 });
+        await s.tables.put({ pk: p, sk: 'UID#4', flags: ['old'], ttl: past() });
+        const page = await s.tables.query(p, { attributes: ['flags', 'modseq', 'yes', 'no', 'z', 'missing'] });
+        expect(page.items).toEqual([
+          { pk: p, sk: 'UID#1', flags: ['\\Seen', 'x'], modseq: 7, yes: true, no: false, z: null, ttl: t },
+          { pk: p, sk: 'UID#2', flags: [], modseq: 0 },
+          { pk: p, sk: 'UID#3' },
+        ]);
+        expect((await s.tables.query(p, { attributes: [] })).items).toEqual([
+          { pk: p, sk: 'UID#1', ttl: t },
+          { pk: p, sk: 'UID#2' },
+          { pk: p, sk: 'UID#3' },
+        ]);
+        const first = await s.tables.query(p, { attributes: ['name'], range: { gte: 'UID#2' }, limit: 1 });
+        expect(first.items).toEqual([{ pk: p, sk: 'UID#2', name: 'two' }]);
+        const rest = await s.tables.query(p, { attributes: ['name'], range: { gte: 'UID#2' }, limit: 5, cursor: first.cursor });
+        expect(rest.items).toEqual([{ pk: p, sk: 'UID#3' }]);
+        expect(rest.cursor).toBeUndefined();
+        expect((await s.tables.query(p, { attributes: ['modseq'], reverse: true, limit: 1 })).items).toEqual([{ pk: p, sk: 'UID#3' }]);
+        // The whole item is still there for a query without a projection.
+        expect((await s.tables.get({ pk: p, sk: 'UID#1' }))?.big).toEqual({ summary: 'x'.repeat(2000) });
+      });
+
+      it('transact: partial updates of many items, each conditional on its own attributes, keep the rest of each item or change none', async () => {
+        const p = pk('tx-partial');
+        const sk = (i: number) => `UID#${String(i).padStart(3, '0')}`;
+        const n = Math.min(s.tables.maxTransactionOps - 1, 60);
+        await s.tables.transact(
+          Array.from({ length: n }, (_, i) => ({
+            put: { pk: p, sk: sk(i), flags: [], modseq: i % 3 ? i : null, summary: { subject: `s${i}`, parts: [1, 2] } },
+          })),
+        );
+        await s.tables.put({ pk: p, sk: 'META', highest: 10, unseen: 5, state: 'open', open: true });
+        const flagOps = (modseq: number): TransactOp[] =>
+          Array.from({ length: n }, (_, i) => ({
+            update: { pk: p, sk: sk(i) },
+            changes: { set: { flags: ['\\Seen', `k${i}`], modseq } },
+            condition: { exists: true, equals: { modseq: i % 3 ? i : null } },
+          }));
+        await s.tables.transact([
+          ...flagOps(11),
+          {
+            update: { pk: p, sk: 'META' },
+            changes: { set: { highest: 11, note: { a: [true, null] }, state: 'open' } },
+            condition: { lessThan: { highest: 11 }, equals: { state: 'open', open: true } },
+          },
+        ]);
+        for (const i of [0, 1, n - 1])
+          expect(await s.tables.get({ pk: p, sk: sk(i) })).toEqual({
+            pk: p,
+            sk: sk(i),
+            flags: ['\\Seen', `k${i}`],
+            modseq: 11,
+            summary: { subject: `s${i}`, parts: [1, 2] },
+          });
+        expect(await s.tables.get({ pk: p, sk: 'META' })).toEqual({
+          pk: p,
+          sk: 'META',
+          highest: 11,
+          unseen: 5,
+          state: 'open',
+          open: true,
+          note: { a: [true, null] },
+        });
+        // Every condition no longer holds (modseq is 11 now): the first op fails, nothing changes.
+        let failure: unknown;
+        try {
+          await s.tables.transact(flagOps(12));
+        } catch (e) {
+          failure = e;
+        }
+        expect(isStorageError(failure, 'ConditionFailed')).toBe(true);
+        expect((failure as Error).message).toMatch(/\bop 0\b/);
+        // Only the last op fails (a number condition against a string, a comparison against a
+        // value that is not below it): the updates before it are undone.
+        await s.tables.put({ pk: p, sk: 'STR', v: '5' });
+        const ok = (i: number): TransactOp => ({ update: { pk: p, sk: sk(i) }, changes: { set: { flags: [] } }, condition: { equals: { modseq: 11 } } });
+        const lasts: TransactOp[] = [
+          { update: { pk: p, sk: 'STR' }, changes: { set: { v: 6 } }, condition: { equals: { v: 5 } } },
+          { update: { pk: p, sk: 'META' }, changes: { set: { highest: 12 } }, condition: { greaterThan: { highest: 11 } } },
+          { update: { pk: p, sk: 'META' }, changes: { set: { highest: 12 } }, condition: { equals: { open: false } } },
+          { update: { pk: p, sk: 'META' }, changes: { set: { highest: 12 } }, condition: { equals: { unseen: null } } },
+          { update: { pk: p, sk: 'absent' }, changes: { set: { x: 1 } }, condition: { exists: true } },
+        ];
+        for (const last of lasts) {
+          expect(await errorCode(s.tables.transact([ok(0), ok(1), last]))).toBe('ConditionFailed');
+          expect((await s.tables.get({ pk: p, sk: sk(0) }))?.flags).toEqual(['\\Seen', 'k0']);
+        }
+        expect(await s.tables.get({ pk: p, sk: 'STR' })).toEqual({ pk: p, sk: 'STR', v: '5' });
+        expect(await s.tables.get({ pk: p, sk: 'absent' })).toBeUndefined();
+        // An expired item is absent: a conditional partial update of it fails.
+        await s.tables.put({ pk: p, sk: 'OLD', modseq: 1, ttl: past() });
+        expect(
+          await errorCode(s.tables.transact([{ update: { pk: p, sk: 'OLD' }, changes: { set: { modseq: 2 } }, condition: { equals: { modseq: 1 } } }])),
+        ).toBe('ConditionFailed');
       });
 
       it('transact applies every write or none, naming the failing op', async () => {

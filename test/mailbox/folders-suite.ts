@@ -289,6 +289,61 @@ export function describeFolderStore(family: 'local' | 'aws'): void {
       expect(await folders.status(u, INBOX)).toMatchObject({ unseen: 3 });
     });
 
+    it('changes flags of a range with gaps and of scattered uids, logs each batch, and re-reads a batch a racing change made stale', async () => {
+      const u = await newUser();
+      await blobs.put('flags/r', 'x');
+      const f = await folders.create(u, 'Ranges');
+      const uids: number[] = [];
+      for (let i = 0; i < 12; i++) uids.push((await folders.append(u, f.id, input('flags/r', 1))).uid);
+      await folders.expunge(u, f.id, [uids[2]!, uids[3]!, uids[6]!]);
+      const live = uids.filter((_, i) => ![2, 3, 6].includes(i));
+      const log = async (since: number) => {
+        const r = await folders.changes.since(u, since);
+        if (r.tooOld) throw new Error('too old');
+        return r.changes.flatMap((c) => c.entries);
+      };
+      const before = (await folders.status(u, f.id)).highestModSeq;
+      // A dense range (read as one range, the expunged uids in it skipped).
+      const dense = await folders.storeFlags(u, f.id, [...uids].reverse(), { mode: 'add', flags: ['\\Seen'] });
+      expect(dense.updated.map((x) => x.uid).sort((a, b) => a - b)).toEqual(live);
+      expect(await folders.status(u, f.id)).toMatchObject({ count: 9, unseen: 0 });
+      expect(await log(before)).toEqual([
+        { kind: 'flags', folder: f.id, uids: live, emailIds: live.map(() => emailIdOf('flags/r')), threadIds: expect.any(Array) },
+      ]);
+      // Scattered uids (read one by one), one of them never there.
+      const mid = (await folders.status(u, f.id)).highestModSeq;
+      const sparse = await folders.storeFlags(u, f.id, [uids[11]!, 100_000, uids[1]!], { mode: 'remove', flags: ['\\SEEN'] });
+      expect(sparse.updated.map((x) => x.uid).sort((a, b) => a - b)).toEqual([uids[1], uids[11]]);
+      expect(await folders.status(u, f.id)).toMatchObject({ unseen: 2, highestModSeq: sparse.updated[0]!.modseq });
+      expect((await log(mid)).map((e) => e.uids)).toEqual([[uids[1], uids[11]]]);
+      // Another session changes a message between this change's read and its write: the write's
+      // MODSEQ condition fails, the batch is read again, and both changes are kept.
+      let raced = false;
+      const racy = new Proxy(tables, {
+        get(t, name) {
+          if (name === 'transact')
+            return async (ops: Parameters<Tables['transact']>[0]) => {
+              if (!raced) {
+                raced = true;
+                await folders.storeFlags(u, f.id, [uids[0]!], { mode: 'add', flags: ['$Racer'] });
+              }
+              return t.transact(ops);
+            };
+          const v = Reflect.get(t, name) as unknown;
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+        },
+      });
+      const other = new FolderStore(racy, blobs, { pageSize });
+      const r = await other.storeFlags(u, f.id, live, { mode: 'add', flags: ['\\Flagged'] });
+      expect(raced).toBe(true);
+      expect(r.updated).toHaveLength(live.length);
+      expect((await folders.get(u, f.id, uids[0]!))?.flags).toEqual(['\\Seen', '$Racer', '\\Flagged']);
+      expect((await folders.get(u, f.id, uids[0]!))?.modseq).toBe(r.updated[0]!.modseq);
+      expect((await folders.get(u, f.id, uids[1]!))?.flags).toEqual(['\\Flagged']);
+      expect((await folders.get(u, f.id, uids[0]!))?.summary).toEqual({ subject: 'about flags/r' });
+      expect(await folders.status(u, f.id)).toMatchObject({ count: 9, unseen: 2, highestModSeq: r.updated[0]!.modseq });
+    });
+
     it('copies and moves sharing one blob; the blob goes with its last reference', async () => {
       const u = await newUser();
       const a = await folders.create(u, 'A');

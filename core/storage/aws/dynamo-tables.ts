@@ -133,6 +133,9 @@ export class DynamoTables implements Tables {
     const keyCond = e.keyCondition(pk, range);
     if (keyCond === undefined) return { items: [] };
     const filter = `attribute_not_exists(${e.name('ttl')}) OR ${e.name('ttl')} > ${e.now()}`;
+    // The key and ttl are always projected: the range test and the expiry check need them.
+    const projection =
+      options.attributes === undefined ? undefined : [...new Set(['pk', 'sk', 'ttl', ...checkAttributes(options.attributes)])].map((a) => e.name(a)).join(', ');
     const inRange = rangeTest(range);
     let start: AV | undefined = options.cursor ? decodeCursor(pk, options.cursor) : undefined;
     const items: Item[] = [];
@@ -149,6 +152,7 @@ export class DynamoTables implements Tables {
             ConsistentRead: options.consistent ?? true,
             ExclusiveStartKey: start,
             Limit: Math.min(1000, Math.max(10, limit + 1 - items.length)),
+            ...(projection ? { ProjectionExpression: projection } : {}),
             ...e.params(),
           }),
         ),
@@ -297,6 +301,11 @@ function checkKey(key: Key): void {
   }
   // DynamoDB: a partition key value at most 2048 bytes, a sort key at most 1024.
   if (Buffer.byteLength(key.pk) > 2048 || Buffer.byteLength(key.sk) > 1024) throw new InvalidRequest('item key too long');
+}
+
+function checkAttributes(names: unknown): string[] {
+  if (!Array.isArray(names) || !names.every((n) => typeof n === 'string' && n !== '')) throw new InvalidRequest('query attributes must be non-empty strings');
+  return names as string[];
 }
 
 function keyAttrs(key: Key): AV {

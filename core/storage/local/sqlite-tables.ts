@@ -115,7 +115,9 @@ export class SqliteTables implements Tables {
   private readonly upsertStmt: Statement<[string, string, number | null, string]>;
   private readonly deleteStmt: Statement<[string, string]>;
   private readonly purgeStmt: Statement<[number]>;
-  private readonly queryStmts = new Map<string, Statement>();
+  /** Statements whose SQL depends on the call: queries by SQL, in-place updates by shape. */
+  private readonly stmts = new Map<string, Statement>();
+  private readonly inPlace = new Map<string, Statement>();
 
   constructor(
     private readonly store: SqliteStore,
@@ -181,6 +183,11 @@ export class SqliteTables implements Tables {
   private applyUpdate(key: Key, changes: Update, condition: Condition | undefined, what: string): Item {
     const cur = this.current(key);
     if (condition && !conditionHolds(condition, cur)) throw new ConditionFailed(`${what} ${key.pk} ${key.sk}`);
+    return this.applyChanges(key, cur, changes);
+  }
+
+  /** Writes `cur` (the live item at `key`, or undefined) with `changes` applied; returns it. */
+  private applyChanges(key: Key, cur: Item | undefined, changes: Update): Item {
     const next: Item = cur ? { ...cur } : { pk: key.pk, sk: key.sk };
     for (const [k, v] of Object.entries(changes.set ?? {})) next[k] = v;
     for (const [k, n] of Object.entries(changes.add ?? {})) {
@@ -248,16 +255,21 @@ export class SqliteTables implements Tables {
       where.push(`sk ${upper.inclusive ? '<=' : '<'} ?`);
       params.push(upper.v);
     }
+    // A projection is made by SQLite's JSON functions, so the attributes left out (a message's
+    // summary) are walked in C and never become JavaScript strings and objects. json_each gives
+    // true and false as 1 and 0; the CASE keeps them JSON booleans.
+    let data = 'data';
+    if (options.attributes !== undefined) {
+      const names = checkAttributes(options.attributes);
+      data = names.length
+        ? `(SELECT json_group_object(key, CASE type WHEN 'true' THEN json('true') WHEN 'false' THEN json('false') ELSE value END) FROM json_each(items.data) WHERE key IN (${names.map(() => '?').join(', ')}))`
+        : `'{}'`;
+      params.unshift(...names);
+    }
     // The limit is written into the SQL (it is a checked integer): with `LIMIT ?` the same query
     // took about ten times as long (docs/performance.md, Local storage).
-    const sql = `SELECT pk, sk, ttl, data FROM items WHERE ${where.join(' AND ')} ORDER BY sk ${reverse ? 'DESC' : 'ASC'} LIMIT ${limit + 1}`;
-    let stmt = this.queryStmts.get(sql);
-    if (!stmt) {
-      if (this.queryStmts.size >= 256) this.queryStmts.clear();
-      stmt = this.store.db.prepare(sql);
-      this.queryStmts.set(sql, stmt);
-    }
-    const s = stmt;
+    const sql = `SELECT pk, sk, ttl, ${data} AS data FROM items WHERE ${where.join(' AND ')} ORDER BY sk ${reverse ? 'DESC' : 'ASC'} LIMIT ${limit + 1}`;
+    const s = this.statement(sql);
     const rows = this.store.read(() => s.all(...params) as Row[], 'tables.query');
     const page: QueryPage = { items: rows.slice(0, limit).map((row) => this.toItem(row)) };
     if (rows.length > limit) page.cursor = encodeCursor(pk, rows[limit - 1].sk);
@@ -274,22 +286,74 @@ export class SqliteTables implements Tables {
       if ('put' in op) checkTtl(op.put.ttl);
       if ('update' in op) checkUpdate(op.changes);
       // DynamoDB refuses two operations on one item in a transaction; refuse it here too.
-      const id = JSON.stringify([key.pk, key.sk]);
+      const id = `${key.pk.length}:${key.pk}${key.sk}`;
       if (seen.has(id)) throw new InvalidRequest(`transaction touches ${key.pk} ${key.sk} twice`);
       seen.add(id);
     }
     await this.store.write(() => {
-      // Check every condition first, as DynamoDB does, so the reported index is the first failure.
+      // Each op's condition is checked as it is applied, with one read of its item. No two ops
+      // touch one item, so the first op whose condition fails is the first failure DynamoDB would
+      // report, and throwing rolls the whole transaction back.
       ops.forEach((op, i) => {
+        const what = (key: Key) => `transaction op ${i} (${key.pk} ${key.sk})`;
+        if ('update' in op && this.updateInPlace(op.update, op.changes, op.condition, what)) return;
         const key: Key = 'put' in op ? op.put : 'update' in op ? op.update : 'delete' in op ? op.delete : op.check;
-        if (op.condition && !conditionHolds(op.condition, this.current(key))) throw new ConditionFailed(`transaction op ${i} (${key.pk} ${key.sk})`);
+        const cur = this.current(key);
+        if (op.condition && !conditionHolds(op.condition, cur)) throw new ConditionFailed(what(key));
+        if ('put' in op) this.write(op.put);
+        else if ('update' in op) this.applyChanges(key, cur, op.changes);
+        else if ('delete' in op) this.deleteStmt.run(key.pk, key.sk);
       });
-      for (const op of ops) {
-        if ('put' in op) this.applyPut(op.put, undefined, 'put');
-        else if ('update' in op) this.applyUpdate(op.update, op.changes, undefined, 'update');
-        else if ('delete' in op) this.applyDelete(op.delete, undefined, 'delete');
-      }
     });
+  }
+
+  /**
+   * An update of a live item that sets attributes, done by SQLite (`json_set`, the condition in
+   * the WHERE clause): one statement instead of a read, a decode in JavaScript, an encode and a
+   * write, for each message of a flag change (docs/performance.md, IMAP STORE). False, having
+   * done nothing, when the update or the condition has a part this does not express (then the
+   * caller reads the item and applies it); ConditionFailed when the condition does not hold.
+   */
+  private updateInPlace(key: Key, changes: Update, condition: Condition | undefined, what: (key: Key) => string): boolean {
+    if (changes.add || changes.remove || changes.ttl !== undefined || !changes.set) return false;
+    const cond = conditionPlan(condition);
+    if (!cond) return false;
+    // The statement is found by the update's shape (attribute names, condition kinds), so a batch
+    // of like updates builds its SQL once; only the values differ from one item to the next.
+    let shape = '';
+    const values: (string | number)[] = [];
+    for (const k in changes.set) {
+      const v = changes.set[k];
+      // An undefined value removes the attribute on the slow path (write() leaves it out).
+      if (v === undefined || !SIMPLE_NAME.test(k)) return false;
+      shape += `${k},`;
+      values.push(JSON.stringify(v));
+    }
+    if (!values.length) return false;
+    shape += `|${cond.shape}`;
+    let stmt = this.inPlace.get(shape);
+    if (!stmt) {
+      const sets = shape.slice(0, shape.indexOf('|') - 1).split(',');
+      const sql = `UPDATE items SET data = json_set(data, ${sets.map((k) => `'$."${k}"', json(?)`).join(', ')}) WHERE pk = ? AND sk = ? AND (ttl IS NULL OR ttl > ?)${conditionSql(cond.shape)} RETURNING octet_length(data) AS bytes`;
+      if (this.inPlace.size >= 256) this.inPlace.clear();
+      stmt = this.store.db.prepare(sql);
+      this.inPlace.set(shape, stmt);
+    }
+    const row = stmt.get(...values, key.pk, key.sk, this.nowSeconds(), ...cond.params) as { bytes: number } | undefined;
+    if (!row) throw new ConditionFailed(what(key));
+    if (row.bytes > MAX_ITEM_BYTES) throw new InvalidRequest(`item larger than ${MAX_ITEM_BYTES} bytes`);
+    return true;
+  }
+
+  /** A prepared statement from the cache (bounded: queries with many shapes come and go). */
+  private statement(sql: string): Statement {
+    let stmt = this.stmts.get(sql);
+    if (!stmt) {
+      if (this.stmts.size >= 256) this.stmts.clear();
+      stmt = this.store.db.prepare(sql);
+      this.stmts.set(sql, stmt);
+    }
+    return stmt;
   }
 
   /** Removes up to 1000 expired items; returns how many. Reads already ignore them. */
@@ -298,6 +362,82 @@ export class SqliteTables implements Tables {
   }
 
   async close(): Promise<void> {}
+}
+
+/** Attribute names written into a JSON path as they are (`$."name"`); others take the slow path. */
+const SIMPLE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** The projection's attribute names, checked and without repeats. */
+function checkAttributes(names: unknown): string[] {
+  if (!Array.isArray(names) || !names.every((n) => typeof n === 'string' && n !== '')) throw new InvalidRequest('query attributes must be non-empty strings');
+  return [...new Set(names as string[])];
+}
+
+/**
+ * A condition that only a live item can meet, as a shape (the kind and name of each part, `;`
+ * between parts) and the values it compares; undefined when it has a part the SQL here does not
+ * express, or an absent item could meet it: the caller then checks it with conditionHolds.
+ */
+function conditionPlan(c: Condition | undefined): { shape: string; params: (string | number)[] } | undefined {
+  if (!c || c.exists === false) return undefined;
+  // Only `exists: true`, a non-null value or a comparison rules out an absent item.
+  let live = c.exists === true;
+  let shape = '';
+  const params: (string | number)[] = [];
+  for (const k in c.equals ?? {}) {
+    const v = c.equals![k];
+    if (!SIMPLE_NAME.test(k)) return undefined;
+    if (v === null) shape += `;n:${k}`;
+    else if (typeof v === 'boolean') shape += `;${v ? 't' : 'f'}:${k}`;
+    else if (typeof v === 'string') shape += `;s:${k}`;
+    else if (typeof v === 'number' && Number.isFinite(v)) shape += `;d:${k}`;
+    else return undefined;
+    if (v !== null) live = true;
+    if (typeof v === 'string' || typeof v === 'number') params.push(v);
+  }
+  for (const [kind, part] of [
+    ['<', c.lessThan],
+    ['>', c.greaterThan],
+  ] as const) {
+    for (const k in part ?? {}) {
+      const v = part![k];
+      if (!SIMPLE_NAME.test(k) || typeof v !== 'number' || !Number.isFinite(v)) return undefined;
+      shape += `;${kind}:${k}`;
+      params.push(v);
+      live = true;
+    }
+  }
+  return live ? { shape, params } : undefined;
+}
+
+/** The SQL of a condition's shape (see conditionPlan), after the key and liveness tests. */
+function conditionSql(shape: string): string {
+  let sql = '';
+  for (const part of shape.split(';').slice(1)) {
+    const path = `'$."${part.slice(2)}"'`;
+    const isNumber = `json_type(data, ${path}) IN ('integer', 'real')`;
+    switch (part[0]) {
+      // Absent and JSON null both extract as SQL NULL: what `equals: null` means.
+      case 'n':
+        sql += ` AND json_extract(data, ${path}) IS NULL`;
+        break;
+      case 't':
+        sql += ` AND json_type(data, ${path}) = 'true'`;
+        break;
+      case 'f':
+        sql += ` AND json_type(data, ${path}) = 'false'`;
+        break;
+      case 's':
+        sql += ` AND json_type(data, ${path}) = 'text' AND json_extract(data, ${path}) = ?`;
+        break;
+      case 'd':
+        sql += ` AND ${isNumber} AND json_extract(data, ${path}) = ?`;
+        break;
+      default:
+        sql += ` AND ${isNumber} AND json_extract(data, ${path}) ${part[0]} ?`;
+    }
+  }
+  return sql;
 }
 
 function checkUpdate(u: Update): void {

@@ -154,6 +154,12 @@ export class SqliteStore {
       this.db.pragma('journal_mode = WAL');
       this.db.pragma(durability === 'full' ? 'synchronous = FULL' : 'synchronous = NORMAL');
       this.db.pragma('foreign_keys = OFF');
+      // Each write runs in a savepoint (runBatch), whose journal keeps the first version of every
+      // page it changes; past 64 KiB SQLite spills that journal to a temporary file, so a
+      // transaction changing many items (a flag change of 1,000 messages) also wrote a copy of
+      // each page to disk (docs/performance.md, IMAP STORE). In memory it takes at most the pages
+      // one batch of writes changes, freed at its commit.
+      this.db.pragma('temp_store = MEMORY');
       // Checkpoints run on the checkpoint worker, never inside one of our commits.
       this.db.pragma('wal_autocheckpoint = 0');
       this.db.exec(SCHEMA);
