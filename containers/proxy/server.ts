@@ -35,6 +35,13 @@ export interface ProxyOptions {
   purgePollMs?: number;
   /** How long a client connection may stay idle between requests, in ms (see sweepIdle). @default 5000 */
   keepAliveMs?: number;
+  /**
+   * Whether other processes write the object tier too: the proxy workers of one host (workers.ts)
+   * on local storage. @default ctx.storage.capabilities.sharedBetweenProcesses
+   */
+  sharedObjectTier?: boolean;
+  /** Told of every URL this proxy invalidated (RFC 9111 §4.4), so that sibling workers drop it from their memory tiers at once. */
+  purged?: (url: string) => void;
 }
 
 /** A started proxy: the listener contract plus what tests and the health endpoint look at. */
@@ -107,9 +114,9 @@ class CachingProxy {
       maxObjectBytes: cfg.maxObjectBytes,
       heuristicCapSeconds: cfg.heuristicCapSeconds,
       admitHits: cfg.objectTierAdmitHits,
-      // On local storage this process is the object tier's only writer (the embedded default
-      // runs one proxy); on AWS every task writes the shared tier.
-      sharedObjectTier: ctx.storage.capabilities.sharedBetweenProcesses,
+      // On local storage with one proxy process it is the object tier's only writer; proxy
+      // workers (workers.ts) and the tasks on AWS all write the shared tier.
+      sharedObjectTier: options.sharedObjectTier ?? ctx.storage.capabilities.sharedBetweenProcesses,
       now,
     });
     this.stats = new CacheStats(ctx.storage.tables, ctx.metrics, this.log, { logMs: cfg.statsLogSeconds * 1000 });
@@ -132,7 +139,16 @@ class CachingProxy {
     }
     this.origins = new OriginRequests({ timeoutMs: cfg.originTimeoutMs, lookup: this.guard.lookup as LookupFunction, via });
     this.replies = new Replies(this.stats, this.log, via);
-    this.requests = new CacheRequests({ cfg, log: this.log, store: this.store, stats: this.stats, origins: this.origins, replies: this.replies, now });
+    this.requests = new CacheRequests({
+      cfg,
+      log: this.log,
+      store: this.store,
+      stats: this.stats,
+      origins: this.origins,
+      replies: this.replies,
+      now,
+      purged: options.purged,
+    });
     this.access = accessLogger(ctx.log);
     this.tunnels = new Tunnels({
       cfg,
