@@ -125,6 +125,7 @@ class ProxyWorkers {
   private readonly calls = new Map<number, (s: MetricsSnapshot) => void>();
   private nextId = 0;
   private port: number;
+  private readonly addresses: string[] = [];
   private stopping = false;
 
   constructor(
@@ -134,6 +135,7 @@ class ProxyWorkers {
   ) {
     this.log = ctx.log.child({ c: 'proxy' });
     this.port = ctx.config.proxy.port;
+    this.addresses.push(`proxy ${ctx.config.listenHost}:${this.port}`);
     this.restartMs = options.restartMs ?? [1000, 30_000];
     for (let index = 0; index < count; index++) this.slots.push({ index, ready: false, startedAt: 0, failures: 0 });
     // The workers' log lines are written to this process's destination: one stream, one format.
@@ -147,7 +149,8 @@ class ProxyWorkers {
     cluster.schedulingPolicy = cluster.SCHED_RR;
     cluster.setupPrimary({ exec: entry.exec, execArgv: entry.execArgv, args: [], serialization: 'advanced' });
     // The first worker makes the listening socket (config.proxy.port, or an ephemeral one); the
-    // others are given the same port so that they join it.
+    // others ask for the same port as it did (0 included: node:cluster keys the shared socket by
+    // the address asked for) and join it.
     await this.spawn(this.slots[0]);
     await Promise.all(this.slots.slice(1).map((s) => this.spawn(s)));
   }
@@ -155,10 +158,13 @@ class ProxyWorkers {
   running(): RunningProxyWorkers {
     const host = this.ctx.config.listenHost;
     this.log.info({ host, port: this.port, workers: this.slots.length }, 'proxy workers listening');
+    const port = () => this.port;
     return {
       name: 'proxy',
-      addresses: [`proxy ${host}:${this.port}`],
-      port: this.port,
+      addresses: this.addresses,
+      get port() {
+        return port();
+      },
       // The port answers while any worker serves it.
       healthy: () => !this.stopping && this.slots.some((s) => s.ready),
       close: (graceMs?: number) => this.close(graceMs ?? 5000),
@@ -192,7 +198,7 @@ class ProxyWorkers {
             const share = Math.floor(cfg.proxy.memoryBytes / this.slots.length);
             send({
               t: 'start',
-              config: { ...cfg, proxy: { ...cfg.proxy, port: this.port, memoryBytes: share } },
+              config: { ...cfg, proxy: { ...cfg.proxy, memoryBytes: share } },
               index: slot.index,
               logLevel: this.ctx.log.level,
               logBindings: this.ctx.log.bindings(),
@@ -200,7 +206,11 @@ class ProxyWorkers {
             break;
           }
           case 'ready':
-            if (this.port === 0 || this.port !== m.port) this.port = m.port;
+            // Another port only if every worker had died and the socket was made again (an ephemeral port).
+            if (this.port !== m.port) {
+              this.port = m.port;
+              this.addresses[0] = `proxy ${this.ctx.config.listenHost}:${m.port}`;
+            }
             slot.ready = true;
             settle();
             break;
