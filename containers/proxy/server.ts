@@ -36,10 +36,10 @@ export interface ProxyOptions {
   /** How long a client connection may stay idle between requests, in ms (see sweepIdle). @default 5000 */
   keepAliveMs?: number;
   /**
-   * Whether other processes write the object tier too: the proxy workers of one host (workers.ts)
-   * on local storage. @default ctx.storage.capabilities.sharedBetweenProcesses
+   * Told the URL hash of each entry this proxy writes to a local object tier, which its sibling
+   * workers (workers.ts) mark in their stores (CacheStore.markStored).
    */
-  sharedObjectTier?: boolean;
+  stored?: (urlHash: string) => void;
   /** Told of every URL this proxy invalidated (RFC 9111 §4.4), so that sibling workers drop it from their memory tiers at once. */
   purged?: (url: string) => void;
 }
@@ -114,9 +114,11 @@ class CachingProxy {
       maxObjectBytes: cfg.maxObjectBytes,
       heuristicCapSeconds: cfg.heuristicCapSeconds,
       admitHits: cfg.objectTierAdmitHits,
-      // On local storage with one proxy process it is the object tier's only writer; proxy
-      // workers (workers.ts) and the tasks on AWS all write the shared tier.
-      sharedObjectTier: options.sharedObjectTier ?? ctx.storage.capabilities.sharedBetweenProcesses,
+      // On local storage this process is the object tier's only writer, or one of the proxy
+      // workers of this host, which tell each other what they stored (`stored`); on AWS every
+      // task writes the shared tier.
+      sharedObjectTier: ctx.storage.capabilities.sharedBetweenProcesses,
+      stored: options.stored,
       now,
     });
     this.stats = new CacheStats(ctx.storage.tables, ctx.metrics, this.log, { logMs: cfg.statsLogSeconds * 1000 });

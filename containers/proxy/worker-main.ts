@@ -2,7 +2,7 @@
  * The entry point of one proxy worker process (forked by workers.ts through node:cluster): opens
  * the storage, runs the proxy on the port the main process shares with its siblings, and speaks
  * to the main process through messages: its log lines, its metrics on request, the URLs it
- * invalidated and those its siblings did, and stop.
+ * invalidated or stored and those its siblings did, and stop.
  */
 import cluster from 'node:cluster';
 import { Accounts } from '../../core/accounts/accounts.js';
@@ -53,7 +53,9 @@ async function start(m: WorkerStart): Promise<void> {
   // store opened on it) keeps the expiry purge; every store runs its own checkpoints.
   storage = instrumentStorage(await openStorage(config, log.child({ c: 'storage' }), { local: { purgeIntervalMs: 0 } }), metrics);
   Accounts.cacheLookups(storage.tables, storage.capabilities.costlyReads ? config.mail.accountCacheSeconds : 0);
-  proxy = await startProxy({ config, storage, log, metrics }, { sharedObjectTier: true, purged: (url) => send({ t: 'purged', url }) });
+  proxy = await startProxy({ config, storage, log, metrics }, { purged: (url) => send({ t: 'purged', url }), stored: (hash) => send({ t: 'stored', hash }) });
+  // Its log lines ("proxy listening") before the news that it listens.
+  flushLines();
   send({ t: 'ready', port: proxy.port });
 }
 
@@ -94,6 +96,9 @@ process.on('message', (m: ToWorker) => {
       break;
     case 'forget':
       proxy?.store.memory.deleteUrl(m.url);
+      break;
+    case 'known':
+      proxy?.store.markStored(m.hash);
       break;
     case 'stop':
       void stop(m.graceMs);

@@ -17,8 +17,11 @@
  *   the SQLite database and the blob folder itself: WAL with a busy retry (BEGIN IMMEDIATE,
  *   conditions checked inside the transaction, core/storage/local/sqlite.ts), blobs written to a
  *   temporary file and renamed into place, put-if-absent by link(2) (fs-blobs.ts), orphans removed
- *   only for dead pids. Each worker runs with `sharedObjectTier` so that a miss asks the tier for
- *   what a sibling stored.
+ *   only for dead pids. A miss skips the object tier for a URL it cannot hold (CacheStore's
+ *   bitmap of stored URLs, loaded at start): each worker tells the others through this process
+ *   what it stored, and they mark it in theirs. Asking SQLite on every miss instead cost about
+ *   twice the CPU per miss (docs/performance.md, Proxy). A miss in the moment before the news
+ *   arrives goes to the origin: a miss that could have been a hit, never a wrong answer.
  * - Purges: an invalidation (RFC 9111 §4.4) made by one worker reaches the others through this
  *   process at once; a `cache purge` from the admin CLI (another process) through the purge log
  *   that every worker polls (CacheStore.watchPurges), as on AWS.
@@ -47,7 +50,8 @@ export interface WorkerStart {
 }
 
 /** Messages to a worker. */
-export type ToWorker = WorkerStart | { t: 'metrics'; id: number } | { t: 'forget'; url: string } | { t: 'stop'; graceMs: number };
+export type ToWorker =
+  WorkerStart | { t: 'metrics'; id: number } | { t: 'forget'; url: string } | { t: 'known'; hash: string } | { t: 'stop'; graceMs: number };
 
 /** Messages from a worker. */
 export type FromWorker =
@@ -56,7 +60,8 @@ export type FromWorker =
   | { t: 'failed'; error: string }
   | { t: 'log'; lines: string }
   | { t: 'metrics'; id: number; snapshot: MetricsSnapshot }
-  | { t: 'purged'; url: string };
+  | { t: 'purged'; url: string }
+  | { t: 'stored'; hash: string };
 
 /** Options of startProxyWorkers (tests). */
 export interface ProxyWorkersOptions {
@@ -223,7 +228,10 @@ class ProxyWorkers {
             break;
           case 'purged':
             // The sibling workers drop the URL from their memory tiers now rather than at their next poll.
-            for (const s of this.slots) if (s !== slot && s.ready && s.worker?.isConnected()) s.worker.send({ t: 'forget', url: m.url } satisfies ToWorker);
+            this.siblings(slot, { t: 'forget', url: m.url });
+            break;
+          case 'stored':
+            this.siblings(slot, { t: 'known', hash: m.hash });
             break;
           case 'failed':
             this.log.error({ worker: slot.index, err: m.error }, 'proxy worker failed');
@@ -240,6 +248,11 @@ class ProxyWorkers {
         if (!this.stopping) this.scheduleRestart(slot, code, signal);
       });
     });
+  }
+
+  /** Sends a message to every worker but the one in `from` (one still starting too: it may be loading its index). */
+  private siblings(from: Slot, m: ToWorker): void {
+    for (const s of this.slots) if (s !== from && s.worker?.isConnected()) s.worker.send(m);
   }
 
   private scheduleRestart(slot: Slot, code: number, signal: string | null): void {
