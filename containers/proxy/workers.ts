@@ -4,11 +4,13 @@
  * the queues to itself; a proxy-only Fargate task runs nothing else) and supervised from here.
  *
  * - Processes, not threads: Node cannot hand a listening socket to a worker thread. node:cluster
- *   passes it to its workers; with round-robin scheduling this process accepts each connection
- *   and hands it to the next free worker, once per connection (keep-alive requests then flow
- *   straight to the worker). The kernel's sharing (SCHED_NONE) was not chosen: one worker wakes
- *   on a burst of connects and accepts them all (libuv accepts until EAGAIN), so 50 keep-alive
- *   clients opened at once can all land on one core.
+ *   passes it to its workers, here in round-robin (its default on Linux): this process accepts
+ *   each connection and hands it to the next free worker, once per connection (keep-alive
+ *   requests then go straight to the worker). In the other mode (SCHED_NONE) every worker accepts
+ *   on the shared socket, and Node's documentation reports connections spread very unevenly
+ *   (libuv accepts until EAGAIN, so the worker that wakes takes a whole burst). What round-robin
+ *   costs: a connection handed to a worker in the moment it dies is lost (node:cluster never takes
+ *   it back; its client times out).
  * - Memory tier: each worker holds `proxy.memoryBytes / workers` of its own. A tier shared between
  *   processes would need shared memory outside the JS heap and a copy or a message per hit, where
  *   an own tier answers a hit synchronously; the total stays within the configured size. What one
@@ -19,14 +21,15 @@
  *   temporary file and renamed into place, put-if-absent by link(2) (fs-blobs.ts), orphans removed
  *   only for dead pids. A miss skips the object tier for a URL it cannot hold (CacheStore's
  *   bitmap of stored URLs, loaded at start): each worker tells the others through this process
- *   what it stored, and they mark it in theirs. Asking SQLite on every miss instead cost about
- *   twice the CPU per miss (docs/performance.md, Proxy). A miss in the moment before the news
- *   arrives goes to the origin: a miss that could have been a hit, never a wrong answer.
+ *   what it stored, and they mark it in theirs (asking SQLite on every miss instead was dearer by
+ *   far: docs/performance.md, Proxy). A miss in the moment before the news arrives goes to the
+ *   origin: a miss that could have been a hit, never a wrong answer.
  * - Purges: an invalidation (RFC 9111 §4.4) made by one worker reaches the others through this
  *   process at once; a `cache purge` from the admin CLI (another process) through the purge log
  *   that every worker polls (CacheStore.watchPurges), as on AWS.
  * - Statistics: each worker adds its counts to the shared Tables item (`cache stats`); /metrics
- *   here sums the workers' registries into this process's (Metrics.addRemote).
+ *   here sums the workers' registries into this process's (Metrics.addRemote). Log lines: this
+ *   process writes them to its own destination, a message per turn of a worker's event loop.
  * - Life: a worker that dies is logged and started again after a backoff; close() stops them all
  *   with a grace period, then kills what is left; a worker exits as soon as this process is gone
  *   (node:cluster ends a worker whose IPC channel closes), so none outlives it.
