@@ -4,7 +4,6 @@
  * embedded default; a Fargate task runs one listener group. Used by main.ts and by the end-to-end
  * tests, which start the real thing on ephemeral ports.
  */
-import { availableParallelism } from 'node:os';
 import { Accounts } from '../core/accounts/accounts.js';
 import type { Config } from '../core/config.js';
 import type { Logger } from '../core/log.js';
@@ -62,7 +61,7 @@ async function startListener(name: Exclude<Component, 'workers'>, ctx: ListenerC
     case 'proxy': {
       // `proxy.workers` processes share the port (proxy/workers.ts); one runs in this process.
       const { proxyWorkerCount, startProxyWorkers } = await import('./proxy/workers.js');
-      const count = proxyWorkerCount(ctx.config, availableParallelism());
+      const count = proxyWorkerCount(ctx.config);
       if (count > 1) return startProxyWorkers(ctx, count);
       return (await import('./proxy/server.js')).startProxy(ctx);
     }

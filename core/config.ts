@@ -597,7 +597,7 @@ export const SETTINGS: readonly Setting[] = [
     min: 0,
     max: 256,
     default: 0,
-    doc: 'Proxy worker processes sharing the proxy port, each with proxy.memoryBytes / workers of the memory tier and all sharing the object tier; 0: one per core; 1: the proxy runs in the main process.',
+    doc: 'Proxy worker processes sharing the proxy port, each with proxy.memoryBytes / workers of the memory tier and all sharing the object tier; 0: one per core (fewer under a container CPU quota); 1: the proxy runs in the main process.',
   },
   {
     path: 'proxy.allowedClients',

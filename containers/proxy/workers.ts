@@ -35,7 +35,9 @@
  *   (node:cluster ends a worker whose IPC channel closes), so none outlives it.
  */
 import cluster, { type Worker } from 'node:cluster';
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { pino } from 'pino';
 import type { Config } from '../../core/config.js';
@@ -86,9 +88,35 @@ const METRICS_TIMEOUT_MS = 2000;
 /** Waited beyond the grace period for workers to finish before they are killed. */
 const STOP_SLACK_MS = 5000;
 
-/** The number of workers `proxy.workers` asks for (0: one per core). */
-export function proxyWorkerCount(config: Config, cores: number): number {
+/** The number of workers `proxy.workers` asks for (0: one per core this process may use, usableCores). */
+export function proxyWorkerCount(config: Config, cores = usableCores()): number {
   return config.proxy.workers === 0 ? Math.max(1, cores) : config.proxy.workers;
+}
+
+/**
+ * The cores this process may use: the CPUs it may run on (os.availableParallelism), or fewer under
+ * a CPU quota, rounded (a container limit: cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`). Node 20
+ * does not read the quota, and a Fargate task of 0.5 vCPU sees the host's CPUs: two workers there
+ * would share half a core.
+ */
+export function usableCores(): number {
+  const cpus = availableParallelism();
+  const read = (path: string): string | undefined => {
+    try {
+      return readFileSync(path, 'utf8').trim();
+    } catch {
+      return undefined;
+    }
+  };
+  let quota: number | undefined;
+  const v2 = read('/sys/fs/cgroup/cpu.max')?.split(/\s+/);
+  if (v2 && v2[0] !== 'max') quota = Number(v2[0]) / Number(v2[1]);
+  else if (!v2) {
+    const q = Number(read('/sys/fs/cgroup/cpu/cpu.cfs_quota_us'));
+    const p = Number(read('/sys/fs/cgroup/cpu/cpu.cfs_period_us'));
+    if (q > 0 && p > 0) quota = q / p;
+  }
+  return quota !== undefined && Number.isFinite(quota) && quota > 0 ? Math.max(1, Math.min(cpus, Math.round(quota))) : cpus;
 }
 
 /**
