@@ -59,8 +59,13 @@ async function startListener(name: Exclude<Component, 'workers'>, ctx: ListenerC
       const proxied = port > 0 ? imageProxyUrl({ ...ctx.config, proxy: { ...ctx.config.proxy, port } }) : undefined;
       return startWeb(ctx, { static: await createWebmailStatic(ctx.config, ctx.log.child({ c: 'web' })), imageProxyUrl: proxied });
     }
-    case 'proxy':
+    case 'proxy': {
+      // `proxy.workers` processes share the port (proxy/workers.ts); one runs in this process.
+      const { proxyWorkerCount, startProxyWorkers } = await import('./proxy/workers.js');
+      const count = proxyWorkerCount(ctx.config);
+      if (count > 1) return startProxyWorkers(ctx, count);
       return (await import('./proxy/server.js')).startProxy(ctx);
+    }
   }
 }
 

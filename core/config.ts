@@ -623,6 +623,15 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'proxy.enabled', env: 'TOMLINSON_PROXY_ENABLED', kind: 'bool', default: true, doc: 'Run the caching proxy.' },
   { path: 'proxy.port', env: 'TOMLINSON_PROXY_PORT', kind: 'port', default: 3128, doc: 'HTTP forward proxy.' },
   {
+    path: 'proxy.workers',
+    env: 'TOMLINSON_PROXY_WORKERS',
+    kind: 'int',
+    min: 0,
+    max: 256,
+    default: 0,
+    doc: 'Proxy worker processes sharing the proxy port, each with proxy.memoryBytes / workers of the memory tier and all sharing the object tier; 0: one per core (fewer under a container CPU quota); 1: the proxy runs in the main process.',
+  },
+  {
     path: 'proxy.allowedClients',
     env: 'TOMLINSON_PROXY_ALLOWED_CLIENTS',
     kind: 'list',
@@ -1039,6 +1048,7 @@ export interface Config {
   proxy: {
     enabled: boolean;
     port: number;
+    workers: number;
     allowedClients: string[];
     requireAuth: boolean;
     connectPorts: string[];

@@ -40,7 +40,12 @@ function lambdaEntries(): Record<string, string> {
 export function containerBuildOptions(outdir: string): BuildOptions {
   return {
     ...common,
-    entryPoints: { 'containers/main': join(root, 'containers/main.ts'), 'containers/workers-thread': join(root, 'containers/workers-thread.ts') },
+    entryPoints: {
+      'containers/main': join(root, 'containers/main.ts'),
+      'containers/workers-thread': join(root, 'containers/workers-thread.ts'),
+      // The proxy worker processes (containers/proxy/workers.ts forks the sibling of main.mjs).
+      'containers/proxy-worker': join(root, 'containers/proxy/worker-main.ts'),
+    },
     outdir,
     outExtension: { '.js': '.mjs' },
   };

@@ -9,7 +9,7 @@
  */
 import { spawn } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { originCounts, startOrigin, type OriginCounts } from './origin.js';
@@ -276,10 +276,12 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
     await origin.stop();
     await removeTemp();
   }
+  // What `serve proxy` ran with: TOMLINSON_PROXY_WORKERS from this environment, else one per core.
+  const ourWorkers = Number(process.env.TOMLINSON_PROXY_WORKERS || 0) || availableParallelism();
   // The origin's rows go last in each scenario: it is a yardstick, not a peer.
   const rep = summarize('Proxy', 'req/s', samples, [
     `wrk -t2 -c${connections}, ${duration} s per run after ${warmup} s of warm-up, absolute-form GETs with the origin in Host; every server started cold for each run, and each run's measured time cut into ${SLICE_SECONDS} s slices taking turns between the servers (the order turning with each slice), so that the machine's slow and fast spells fall on all of them. req/s: the run's requests over its slices' time; p50/p99: the median over the slices.`,
-    'Squid: memory cache only (256 MB cache_mem, no cache_dir, as Debian ships it), 1 worker. nginx: proxy_cache on files (page cache), worker_processes auto, keep-alive upstream, proxy_cache_revalidate on, sendfile on, tcp_nopush off (its default). Ours: memory tier 256 MB over the blob tier on disk, one process.',
+    `Squid: memory cache only (256 MB cache_mem, no cache_dir, as Debian ships it), 1 worker. nginx: proxy_cache on files (page cache), worker_processes auto, keep-alive upstream, proxy_cache_revalidate on, sendfile on, tcp_nopush off (its default). Ours: memory tier 256 MB over the blob tier on disk, ${ourWorkers === 1 ? 'one process' : `shared out over ${ourWorkers} proxy worker processes (proxy.workers) beside the main process`}.`,
     "Peak RSS: the largest sum of VmHWM over the server's processes during the run (nginx: master + workers; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.",
     '"origin alone" is wrk straight at the origin: the yardstick for this machine, not a peer.',
     "CPU µs/op: user + system CPU time of the server's processes (every thread) during the measured run, per request. On a shared 2-core machine req/s swings from run to run with what the neighbours do (ours and the peers alike); CPU per request is the steadier figure.",

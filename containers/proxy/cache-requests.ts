@@ -28,6 +28,8 @@ export interface CacheRequestsParts {
   replies: Replies;
   /** Clock, epoch ms, for the cache's freshness decisions. */
   now: () => number;
+  /** Told of each URL invalidated here (the sibling workers drop it from memory, workers.ts). */
+  purged?: (url: string) => void;
 }
 
 /** Answers GET and HEAD from the cache where the flow allows it, and forwards the rest. */
@@ -171,7 +173,10 @@ export class CacheRequests {
           // not a URL: nothing to invalidate
         }
       }
-      for (const u of urls) await this.p.store.purge(u).catch((e: unknown) => this.p.log.warn({ err: e, url: u }, 'invalidation failed'));
+      for (const u of urls) {
+        await this.p.store.purge(u).catch((e: unknown) => this.p.log.warn({ err: e, url: u }, 'invalidation failed'));
+        this.p.purged?.(u);
+      }
     }
     return this.deliver(req, res, target, resp, 'method', 'bypass', NO_FLIGHT);
   }

@@ -35,6 +35,13 @@ export interface ProxyOptions {
   purgePollMs?: number;
   /** How long a client connection may stay idle between requests, in ms (see sweepIdle). @default 5000 */
   keepAliveMs?: number;
+  /**
+   * Told the URL hash of each entry this proxy writes to a local object tier, which its sibling
+   * workers (workers.ts) mark in their stores (CacheStore.markStored).
+   */
+  stored?: (urlHash: string) => void;
+  /** Told of every URL this proxy invalidated (RFC 9111 §4.4), so that sibling workers drop it from their memory tiers at once. */
+  purged?: (url: string) => void;
 }
 
 /** A started proxy: the listener contract plus what tests and the health endpoint look at. */
@@ -107,9 +114,11 @@ class CachingProxy {
       maxObjectBytes: cfg.maxObjectBytes,
       heuristicCapSeconds: cfg.heuristicCapSeconds,
       admitHits: cfg.objectTierAdmitHits,
-      // On local storage this process is the object tier's only writer (the embedded default
-      // runs one proxy); on AWS every task writes the shared tier.
+      // On local storage this process is the object tier's only writer, or one of the proxy
+      // workers of this host, which tell each other what they stored (`stored`); on AWS every
+      // task writes the shared tier.
       sharedObjectTier: ctx.storage.capabilities.sharedBetweenProcesses,
+      stored: options.stored,
       now,
     });
     this.stats = new CacheStats(ctx.storage.tables, ctx.metrics, this.log, { logMs: cfg.statsLogSeconds * 1000 });
@@ -132,7 +141,16 @@ class CachingProxy {
     }
     this.origins = new OriginRequests({ timeoutMs: cfg.originTimeoutMs, lookup: this.guard.lookup as LookupFunction, via });
     this.replies = new Replies(this.stats, this.log, via);
-    this.requests = new CacheRequests({ cfg, log: this.log, store: this.store, stats: this.stats, origins: this.origins, replies: this.replies, now });
+    this.requests = new CacheRequests({
+      cfg,
+      log: this.log,
+      store: this.store,
+      stats: this.stats,
+      origins: this.origins,
+      replies: this.replies,
+      now,
+      purged: options.purged,
+    });
     this.access = accessLogger(ctx.log);
     this.tunnels = new Tunnels({
       cfg,

@@ -47,11 +47,18 @@ export interface CacheStoreOptions {
   /**
    * True when other processes may add entries to the object tier (several proxy tasks sharing
    * S3 and DynamoDB): every memory miss then asks Tables. False (one proxy process on local
-   * storage) lets a miss skip that query for a URL the tier cannot hold (see KnownUrls); if a
+   * storage, or the proxy workers of one host telling each other what they stored: `stored`,
+   * markStored) lets a miss skip that query for a URL the tier cannot hold (see KnownUrls); if a
    * second process does write the same storage after all, its entries are merely not seen until
    * a restart (a miss that could have been a hit, never a wrong answer). @default true
    */
   sharedObjectTier?: boolean;
+  /**
+   * Told the URL hash of every entry this store writes to the object tier, so that the other
+   * writers of a local tier (the proxy workers of one host, containers/proxy/workers.ts) can mark
+   * it with markStored and keep skipping the query for URLs the tier cannot hold.
+   */
+  stored?: (urlHash: string) => void;
   /** Clock, epoch ms. @default Date.now */
   now?: () => number;
 }
@@ -240,6 +247,7 @@ export class CacheStore {
   private lastSizeCheck = 0;
   private closed = false;
   private readonly known: KnownUrls | undefined;
+  private readonly stored: ((urlHash: string) => void) | undefined;
   /** Resolves true once misses can skip the object tier for URLs it cannot hold (never with a shared tier). */
   readonly indexed: Promise<boolean>;
 
@@ -257,6 +265,7 @@ export class CacheStore {
     this.admitHits = Math.max(1, options.admitHits ?? 2);
     this.concurrency = options.persistConcurrency ?? 2;
     this.Policy = policyClass({ now: this.now, heuristicCapSeconds: options.heuristicCapSeconds });
+    this.stored = options.stored;
     if (options.sharedObjectTier === false) {
       this.known = new KnownUrls();
       this.indexed = this.loadKnown(this.known);
@@ -278,6 +287,11 @@ export class CacheStore {
       this.log.warn({ err: e }, 'cache index not loaded; every miss queries the object tier');
     }
     return known.ready;
+  }
+
+  /** Another writer of this local tier stored an entry for the URL hash (see `stored`). */
+  markStored(urlHash: string): void {
+    this.known?.add(urlHash);
   }
 
   /** A new CachePolicy for a request/response pair, as a shared cache (RFC 9111 §3). */
@@ -566,6 +580,7 @@ export class CacheStore {
     }
     obj.persisted = true;
     this.known?.add(pk.slice(ENTRY_PREFIX.length));
+    this.stored?.(pk.slice(ENTRY_PREFIX.length));
     obj.lruKey = lru;
     obj.touchedAt = this.now();
     obj.recordWrittenAt = obj.touchedAt;
