@@ -91,6 +91,20 @@ window.harness = {
       const frame = root.querySelector('iframe');
       frame.addEventListener('load', () => setTimeout(() => resolve(blocked), 0), { once: true });
     }),
+  // One frame kept across messages, as the reader keeps it: each call swaps the body of the frame
+  // the last call left (rendering it first if there is none), and resolves with that body's markup.
+  swap: (html, allowRemote, cids) =>
+    new Promise((resolve) => {
+      const root = document.getElementById('root');
+      const frame = () => root.querySelector('iframe');
+      const done = () => setTimeout(() => resolve(frame().contentDocument.body.innerHTML), 0);
+      const fresh = !frame() || frame().contentWindow.location.href !== 'about:srcdoc';
+      if (!frame()) render(null, root);
+      window.swaps = (window.swaps ?? 0) + 1;
+      render(<MessageFrame html={html} source={String(window.swaps)} allowRemote={allowRemote} cidUrl={(c) => cids[c]} />, root);
+      if (fresh) frame().addEventListener('load', done, { once: true });
+      else done();
+    }),
   // The negative control of violations(): the message as it came, in our frame document.
   showRaw: (html) =>
     new Promise((resolve) => {
@@ -149,6 +163,7 @@ interface HarnessGlobal {
   harness: {
     prepare: (html: string, allowRemote: boolean, cids: Record<string, string>) => { document: string; remoteBlocked: number };
     show: (html: string, allowRemote: boolean, cids: Record<string, string>) => Promise<number>;
+    swap: (html: string, allowRemote: boolean, cids: Record<string, string>) => Promise<string>;
     showRaw: (html: string) => Promise<void>;
     violations: (secrets: string[]) => string[];
   };
@@ -377,6 +392,53 @@ describe('hostile messages in MessageFrame', () => {
   }
 });
 
+describe('hostile messages swapped into one MessageFrame', () => {
+  // The reader keeps one frame and replaces its body at each open: every message of the corpus,
+  // one after another in the same frame, must leave it as inert as a fresh one, with exactly the
+  // sanitised body (the string form of the same nodes) in it.
+  for (const allowRemote of [false, true]) {
+    it(`keeps the frame inert across the whole corpus (allowRemote=${allowRemote})`, async () => {
+      const w = await open();
+      try {
+        const url = `${appOrigin}/`;
+        await w.page.goto(url, { waitUntil: 'load' });
+        const trackerBefore = trackerHits.length;
+        const problems: string[] = [];
+        const all = FILES.flatMap((file) => messages(file).map((html, i) => ({ where: `${file}#${i + 1}`, html })));
+        for (const { where, html } of [...all, { where: 'plain', html: '<p>plain words</p>' }]) {
+          const body = await w.page.evaluate(([h, remote]) => (globalThis as unknown as HarnessGlobal).harness.swap(h, remote, {}), [
+            html,
+            allowRemote,
+          ] as const);
+          const expected = (
+            await w.page.evaluate(([h, remote]) => (globalThis as unknown as HarnessGlobal).harness.prepare(h, remote, {}), [html, allowRemote] as const)
+          ).document;
+          if (`${expected.slice(0, expected.indexOf('<body>'))}<body>${body}</body></html>` !== expected)
+            problems.push(`${where}: the frame's body is not the sanitised one`);
+          for (const v of await frameViolations(w.page)) problems.push(`${where}: ${v}`);
+        }
+        expect(problems).toEqual([]);
+        expect(
+          await w.page.evaluate(
+            () =>
+              (
+                globalThis as unknown as { document: { querySelector(s: string): { contentDocument: { body: { textContent: string } } } } }
+              ).document.querySelector('iframe').contentDocument.body.textContent,
+          ),
+        ).toBe('plain words');
+        await settle();
+        expect(await tripped(w, url)).toEqual([]);
+        expect(trackerHits.slice(trackerBefore)).toEqual([]);
+        const foreign = w.requests.filter((r) => !r.startsWith(`${appOrigin}/`) && !/^(data|about|blob):/.test(r));
+        expect(foreign).toEqual([]);
+        if (!allowRemote) expect(w.requests.filter((r) => r.includes('/webmail/image'))).toEqual([]);
+      } finally {
+        await w.context.close();
+      }
+    });
+  }
+});
+
 describe('remote images and the proxy', () => {
   it('blocks and counts the tracking pixel, then loads it only through /webmail/image', async () => {
     const w = await open();
@@ -432,14 +494,16 @@ describe('MessageFrame', () => {
           const g = globalThis as unknown as { document: { querySelector(s: string): { getBoundingClientRect(): { height: number } } } };
           return g.document.querySelector('iframe[title="Message body"]').getBoundingClientRect().height;
         });
+      // One frame for the three, its body swapped each time, as in the reader.
       const show = (html: string) =>
-        w.page.evaluate(([h]) => (globalThis as unknown as HarnessGlobal).harness.show(h, false, { tall: '/jmap/download/tall.png' }), [html]);
+        w.page.evaluate(([h]) => (globalThis as unknown as HarnessGlobal).harness.swap(h, false, { tall: '/jmap/download/tall.png' }), [html]);
       await show('<div style="height:900px">tall</div><p>end</p>');
       expect(await height()).toBeGreaterThan(900);
       expect(await height()).toBeLessThan(1100);
-      // An image of unknown size that comes 300 ms late: 600 px high once it is there.
+      // An image of unknown size that comes 300 ms late: 600 px high once it is there (the swap
+      // itself does not wait for it: the text shows first and the frame grows when it lands).
       await show('<p>before</p><img src="cid:tall"><p>after</p>');
-      expect(await height()).toBeGreaterThan(600);
+      await expect.poll(height, { timeout: 5000 }).toBeGreaterThan(600);
       expect(await height()).toBeLessThan(800);
       await show('<p>short</p>');
       expect(await height()).toBeLessThan(100);

@@ -1,6 +1,6 @@
 /**
- * Turns the HTML body of a message (written by a stranger) into a document the reader shows in a
- * sandboxed iframe (message-frame.tsx). Three layers, each enough on its own for scripts:
+ * Turns the HTML body of a message (written by a stranger) into nodes the reader shows in the body
+ * of a sandboxed iframe's document (message-frame.tsx, FRAME_DOCUMENT below). Three layers, each enough on its own for scripts:
  *   1. DOMPurify (the sanitiser; we only configure it and add hooks, we write no HTML parser)
  *      removes scripts, event handlers, forms, frames, plug-ins, <base>, <meta>, <link>, SVG and
  *      MathML, and unsafe URL schemes;
@@ -29,7 +29,7 @@ export interface MessageHtmlOptions {
 }
 
 export interface PreparedMessageHtml {
-  /** A whole HTML document for `<iframe srcdoc>`. */
+  /** FRAME_DOCUMENT with the sanitised message in its body. */
   document: string;
   /** Remote images removed because allowRemote was false: what "Show images" would bring back. */
   remoteBlocked: number;
@@ -308,11 +308,34 @@ function instance(): ReturnType<typeof DOMPurify> {
   return purify;
 }
 
-/** Sanitises a message's HTML and wraps it in the frame document (see the file header). */
-export function prepareMessageHtml(html: string, options: MessageHtmlOptions): PreparedMessageHtml {
+/**
+ * The frame's document without a message: our policy, our link target and our styles around an
+ * empty body. MessageFrame loads it once and swaps each message's sanitised nodes into its body.
+ */
+export const FRAME_DOCUMENT =
+  '<!doctype html><html><head><meta charset="utf-8">' +
+  `<meta http-equiv="Content-Security-Policy" content="${FRAME_CSP}">` +
+  '<meta name="referrer" content="no-referrer">' +
+  // Ours, not the message's (DOMPurify removes any <base>): every link opens outside the frame.
+  '<base target="_blank">' +
+  `<style>${BASE_STYLE}</style></head><body></body></html>`;
+
+export interface SanitizedMessageHtml {
+  /**
+   * The message's body content, sanitised. Its nodes belong to DOMPurify's inert document (one
+   * with no browsing context: nothing in it loads or runs), never to the app's page; the frame
+   * imports them into its own document (Document.importNode), where its CSP and sandbox apply.
+   */
+  body: DocumentFragment;
+  /** Remote images removed because allowRemote was false: what "Show images" would bring back. */
+  remoteBlocked: number;
+}
+
+/** Sanitises a message's HTML into nodes for the frame's body (see the file header). */
+export function sanitizeMessageHtml(html: string, options: MessageHtmlOptions): SanitizedMessageHtml {
   const r: Run = { options, remoteBlocked: 0 };
   run = r;
-  let body: string;
+  let body: DocumentFragment;
   try {
     body = instance().sanitize(html, {
       // HTML only: SVG and MathML go (see the header).
@@ -322,18 +345,20 @@ export function prepareMessageHtml(html: string, options: MessageHtmlOptions): P
       // Parse as body content, so a message's <head><style> survives (in the body, where it
       // applies the same) instead of being dropped with the head.
       FORCE_BODY: true,
-      // A string, parsed again by the frame; DOMPurify guards that round trip against mXSS.
-      RETURN_TRUSTED_TYPE: false,
+      // Nodes, not a string: the frame takes them as they are, never parsing the markup again,
+      // which leaves no room for mutation XSS between the sanitiser and the frame.
+      RETURN_DOM_FRAGMENT: true,
     });
   } finally {
     run = undefined;
   }
-  const document =
-    '<!doctype html><html><head><meta charset="utf-8">' +
-    `<meta http-equiv="Content-Security-Policy" content="${FRAME_CSP}">` +
-    '<meta name="referrer" content="no-referrer">' +
-    // Ours, not the message's (DOMPurify removes any <base>): every link opens outside the frame.
-    '<base target="_blank">' +
-    `<style>${BASE_STYLE}</style></head><body>${body}</body></html>`;
-  return { document, remoteBlocked: r.remoteBlocked };
+  return { body, remoteBlocked: r.remoteBlocked };
+}
+
+/** The whole frame document for a message, as a string: the same nodes, serialised (tests read it). */
+export function prepareMessageHtml(html: string, options: MessageHtmlOptions): PreparedMessageHtml {
+  const { body, remoteBlocked } = sanitizeMessageHtml(html, options);
+  const holder = body.ownerDocument.createElement('body');
+  holder.append(body);
+  return { document: FRAME_DOCUMENT.replace('<body></body>', () => `<body>${holder.innerHTML}</body>`), remoteBlocked };
 }

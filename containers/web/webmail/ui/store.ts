@@ -275,6 +275,8 @@ export class Store {
 
   /** Emails whose keywords the user changed while they were opening: opening does not mark those read. */
   private touched = new Set<Id>();
+  /** The Email just shown, until its mark-read is due (after the paint). */
+  private settling: Id | null = null;
   /**
    * Emails fetched for the reader, newest last. An Email's content never changes (its id names
    * its bytes), so a cached one is good until evicted; its keywords and folders are taken from
@@ -313,6 +315,12 @@ export class Store {
       this.openThread = [];
       if (!email) return this.fail('That message is gone.');
       this.changed();
+      // The message is painted before anything else an open sets off (the conversation, the next
+      // message's fetch, the mark-read and the push refresh it causes) asks the server or the page
+      // for time.
+      this.settling = id;
+      await afterPaint();
+      if (this.settling === id) this.settling = null;
       if ((this.threadSizes.get(email.threadId) ?? 1) > 1 || this.collapseThreads) void this.loadThread(email.threadId, id);
       // The next message is likely the next one read (j, or archive and move on).
       const at = this.positionOf(id);
@@ -362,7 +370,7 @@ export class Store {
 
   async setKeyword(ids: Id[], keyword: string, on: boolean): Promise<void> {
     if (!ids.length) return;
-    if (this.openLoading) for (const id of ids) this.touched.add(id);
+    if (this.openLoading || this.settling) for (const id of ids) this.touched.add(id);
     // Shown at once; the server's answer (or the push after it) confirms.
     for (const id of ids) {
       const e = this.emails.get(id);
@@ -510,6 +518,17 @@ export class Store {
       source.close();
     };
   }
+}
+
+/**
+ * Resolves after the next frame is painted (the task after its animation frame callbacks), or after
+ * 100 ms where no frame comes (a background tab runs no animation frames).
+ */
+function afterPaint(): Promise<void> {
+  return new Promise((resolve) => {
+    requestAnimationFrame(() => setTimeout(resolve, 0));
+    setTimeout(resolve, 100);
+  });
 }
 
 /** Re-renders the calling component whenever the store changes. */
