@@ -995,7 +995,15 @@ export interface Config {
     maxTextLineBytes: number;
     idleTimeoutSeconds: number;
   };
-  spam: { enabled: 'auto' | 'on' | 'off'; scanOutbound: boolean; url: string; timeoutMs: number; controllerUrl: string; controllerPassword: string; learnPollSeconds: number };
+  spam: {
+    enabled: 'auto' | 'on' | 'off';
+    scanOutbound: boolean;
+    url: string;
+    timeoutMs: number;
+    controllerUrl: string;
+    controllerPassword: string;
+    learnPollSeconds: number;
+  };
   pop3: {
     enabled: boolean;
     port: number;
