@@ -5,6 +5,7 @@
  * proxy's `originCa` option, never by turning verification off), requests written raw or by curl.
  */
 import { execFile } from 'node:child_process';
+import type { TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { testCertificate } from '../support/tls-cert.js';
@@ -84,6 +85,36 @@ describe('GET https://... over plain HTTP', () => {
     expect(statusOf(r)).toBe(403);
     expect(bodyOf(r)).toBe(`https to port ${h.origin.port} is not allowed (proxy.connectPorts)\n`);
     expect(h.origin.seen).toHaveLength(0);
+  });
+
+  it('checks the certificate against a host name and sends it as SNI', async () => {
+    good.routes.set('/sni', (req, res) =>
+      res.writeHead(200, { 'cache-control': 'no-store', 'content-type': 'text/plain' }).end(`sni=${(req.socket as TLSSocket).servername}`),
+    );
+    const r = await send(h.proxy.port, `https://localhost:${good.port}/sni`);
+    expect(statusOf(r)).toBe(200);
+    expect(bodyOf(r)).toContain('sni=localhost');
+  });
+
+  it('a POST to an https URL goes to the origin and invalidates the stored GET (RFC 9111 §4.4)', async () => {
+    let n = 0;
+    good.routes.set('/item', (req, res) => {
+      if (req.method === 'POST') return void res.writeHead(204).end();
+      res.writeHead(200, { 'cache-control': 'max-age=600', 'content-type': 'text/plain' }).end(`version ${++n}`);
+    });
+    const url = good.url('/item');
+    expect(bodyOf(await send(h.proxy.port, url))).toContain('version 1');
+    expect(bodyOf(await send(h.proxy.port, url))).toContain('version 1');
+    const post = await rawExchange(h.proxy.port, `POST ${url} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi`);
+    expect(statusOf(post)).toBe(204);
+    expect(
+      good
+        .requests('/item')
+        .find((r) => r.method === 'POST')
+        ?.body.toString(),
+    ).toBe('hi');
+    expect(bodyOf(await send(h.proxy.port, url))).toContain('version 2');
+    expect(good.count('/item', 'GET')).toBe(2);
   });
 
   it('curl with an absolute https request-target gets a miss, then a hit', async () => {
