@@ -645,7 +645,20 @@ export const SETTINGS: readonly Setting[] = [
     default: false,
     doc: 'Require Proxy-Authorization: Basic against the accounts.',
   },
-  { path: 'proxy.connectPorts', env: 'TOMLINSON_PROXY_CONNECT_PORTS', kind: 'list', default: ['443'], doc: 'Ports CONNECT may reach.' },
+  {
+    path: 'proxy.connectPorts',
+    env: 'TOMLINSON_PROXY_CONNECT_PORTS',
+    kind: 'list',
+    default: ['443'],
+    doc: 'Ports CONNECT may reach, and absolute-form https:// requests (proxy.httpsOrigin) too.',
+  },
+  {
+    path: 'proxy.httpsOrigin',
+    env: 'TOMLINSON_PROXY_HTTPS_ORIGIN',
+    kind: 'bool',
+    default: true,
+    doc: "Take absolute-form https://... requests over plain HTTP (GET https://host/x HTTP/1.1, as Squid does): the proxy opens TLS to the origin itself (certificate checked against Node's trusted roots and NODE_EXTRA_CA_CERTS) and caches the answers as http ones. Off: such requests get 400 and https goes through CONNECT only.",
+  },
   {
     path: 'proxy.allowedOrigins',
     env: 'TOMLINSON_PROXY_ALLOWED_ORIGINS',
@@ -1060,6 +1073,7 @@ export interface Config {
     allowedClients: string[];
     requireAuth: boolean;
     connectPorts: string[];
+    httpsOrigin: boolean;
     allowedOrigins: string[];
     allowPrivateOrigins: boolean;
     dnsServers: string[];

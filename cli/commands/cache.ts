@@ -44,14 +44,14 @@ export function register(program: Command, ctx: CliContext): void {
 
   cache
     .command('purge')
-    .argument('<url>', 'absolute http:// URL; every stored variant is removed')
+    .argument('<url>', 'absolute http:// or https:// URL; every stored variant is removed')
     .description('remove a URL from the cache; running proxies drop their memory copy within about a second')
     .action(async (raw: string) => {
       let url: string;
       try {
         url = normalizeUrl(raw);
       } catch {
-        throw new CliError(`not an http URL: ${raw}`);
+        throw new CliError(`not an http or https URL: ${raw}`);
       }
       const s = await ctx.storage();
       const store = new CacheStore({ tables: s.tables, blobs: s.cache, log: ctx.log() ?? silentLogger, memoryBytes: 0 });

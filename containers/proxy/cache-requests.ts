@@ -168,7 +168,8 @@ export class CacheRequests {
         if (!text) continue;
         try {
           const u = new URL(text, target.url);
-          if (u.origin === target.origin && u.protocol === 'http:') urls.add(normalizeUrl(u.href));
+          // RFC 9111 §4.4: only URIs of the same origin (scheme, host and port) are invalidated.
+          if (u.origin === target.origin) urls.add(normalizeUrl(u.href));
         } catch {
           // not a URL: nothing to invalidate
         }

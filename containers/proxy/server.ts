@@ -2,7 +2,10 @@
  * The caching forward proxy (issue 6): the listener, its lifecycle and the entry of each request.
  * HTTP/1.1 absolute-form requests go through the access checks to the cache flow
  * (cache-requests.ts carries out core/cache/flow.ts's decisions); CONNECT opens a tunnel
- * (tunnel.ts). Node's llhttp parser already refuses the smuggling shapes (CL+TE, repeated or listed
+ * (tunnel.ts). An absolute-form `https://` target (proxy.httpsOrigin) is served as Squid does:
+ * the client speaks plain HTTP to us, we open TLS to the origin (origin-requests.ts) and cache the
+ * answer under its https URL, to the ports CONNECT may reach (proxy.connectPorts) only.
+ * Node's llhttp parser already refuses the smuggling shapes (CL+TE, repeated or listed
  * Content-Length, unknown Transfer-Encoding, obs-fold, bad bytes) with a parse error, which
  * `clientError` turns into 400; an oversized head becomes 431.
  */
@@ -42,6 +45,8 @@ export interface ProxyOptions {
   stored?: (urlHash: string) => void;
   /** Told of every URL this proxy invalidated (RFC 9111 §4.4), so that sibling workers drop it from their memory tiers at once. */
   purged?: (url: string) => void;
+  /** PEM certificates trusted for https origins on top of Node's roots (tests with a self-signed origin). */
+  originCa?: string;
 }
 
 /** A started proxy: the listener contract plus what tests and the health endpoint look at. */
@@ -84,6 +89,8 @@ class CachingProxy {
   private readonly allowed: ReturnType<typeof cidrList>;
   private readonly auth: ProxyAuth | undefined;
   private readonly loopToken: string;
+  /** Ports an https origin may be on: those CONNECT may reach (proxy.connectPorts). */
+  private readonly tlsPorts: Set<number>;
   /** Targets by the request-target as the client sent it. */
   private readonly targets = new Map<string, Target>();
   private readonly server;
@@ -139,7 +146,8 @@ class CachingProxy {
         (async (login: string, password: string) => (await new Accounts(ctx.storage.tables).authenticate(login, password)) !== undefined);
       this.auth = new ProxyAuth({ check });
     }
-    this.origins = new OriginRequests({ timeoutMs: cfg.originTimeoutMs, lookup: this.guard.lookup as LookupFunction, via });
+    this.tlsPorts = new Set(cfg.connectPorts.map(Number));
+    this.origins = new OriginRequests({ timeoutMs: cfg.originTimeoutMs, lookup: this.guard.lookup as LookupFunction, via, originCa: options.originCa });
     this.replies = new Replies(this.stats, this.log, via);
     this.requests = new CacheRequests({
       cfg,
@@ -302,8 +310,8 @@ class CachingProxy {
     const raw = req.url ?? '';
     let target = this.targets.get(raw);
     if (target === undefined) {
-      if (!raw.startsWith('http://'))
-        return this.replies.refused(res, 400, raw.startsWith('https://') ? 'use CONNECT for https URLs' : 'this is a proxy: send the absolute URL');
+      if (!/^https?:\/\//i.test(raw)) return this.replies.refused(res, 400, 'this is a proxy: send the absolute URL');
+      if (!this.cfg.httpsOrigin && /^https:/i.test(raw)) return this.replies.refused(res, 400, 'use CONNECT for https URLs (proxy.httpsOrigin is off)');
       try {
         target = this.target(normalizeTarget(raw));
       } catch {
@@ -312,18 +320,23 @@ class CachingProxy {
       if (this.targets.size >= MAX_TARGETS) this.targets.clear();
       this.targets.set(raw, target);
     }
+    // The same ports as CONNECT: taking https in absolute form opens no destination a tunnel could not reach.
+    if (target.https && !this.tlsPorts.has(target.port))
+      return this.replies.refused(res, 403, `https to port ${target.port} is not allowed (proxy.connectPorts)`);
     return this.requests.handle(req, res, target);
   }
 
   /** The target of a normalised URL parsed by normalizeTarget. */
   private target(parsed: URL): Target {
     const host = parsed.hostname.startsWith('[') ? parsed.hostname.slice(1, -1) : parsed.hostname;
+    const https = parsed.protocol === 'https:';
     return {
       url: parsed.href,
       host: parsed.host,
       origin: parsed.origin,
+      https,
       hostname: host,
-      port: parsed.port ? Number(parsed.port) : 80,
+      port: parsed.port ? Number(parsed.port) : https ? 443 : 80,
       path: parsed.pathname + parsed.search,
       refused: this.originRefusal(host),
     };

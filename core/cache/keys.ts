@@ -10,7 +10,9 @@ export type HeaderMap = Record<string, string | string[] | undefined>;
 
 /**
  * The absolute URL in the form used as the primary key: scheme and host lower-cased, default port
- * dropped, fragment removed, an empty path made "/". Throws TypeError for a URL that is not http.
+ * dropped, fragment removed, an empty path made "/". The scheme stays in the key: `http://x/a` and
+ * `https://x/a` are different resources (RFC 9110 §4.2.2). Throws TypeError for a URL that is
+ * neither http nor https.
  */
 export function normalizeUrl(raw: string): string {
   return normalizeTarget(raw).href;
@@ -19,12 +21,12 @@ export function normalizeUrl(raw: string): string {
 /** The parsed URL whose `href` is normalizeUrl(raw) (one parse for both the key and the origin request). */
 export function normalizeTarget(raw: string): URL {
   const u = new URL(raw);
-  if (u.protocol !== 'http:') throw new TypeError(`not an http URL: ${raw}`);
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new TypeError(`not an http or https URL: ${raw}`);
   if (u.hash) u.hash = '';
-  // RFC 9110 §4.2.4: userinfo in an http URI is deprecated; it must not split or leak into keys.
+  // RFC 9110 §4.2.4: userinfo in an http(s) URI is deprecated; it must not split or leak into keys.
   if (u.username) u.username = '';
   if (u.password) u.password = '';
-  // WHATWG URL already lower-cases the host, drops :80 and turns an empty path into "/".
+  // WHATWG URL already lower-cases the host, drops :80 (http) or :443 (https) and turns an empty path into "/".
   return u;
 }
 

@@ -72,5 +72,9 @@ describe('cache commands', () => {
     expect(again.out).toContain('purged');
     const bad = await cli('cache', 'purge', 'ftp://x/');
     expect(bad.code).toBe(1);
+    // https URLs are cache keys of their own (absolute-form https requests), normalised the same way.
+    const tls = await cli('cache', 'purge', 'HTTPS://Example.org:443/p#frag');
+    expect(tls.code).toBe(0);
+    expect(tls.out).toContain('https://example.org/p was not in the cache');
   });
 });

@@ -1,9 +1,10 @@
 /**
- * Test harness for the proxy: a real origin server on 127.0.0.1 whose routes the tests script and
- * whose requests they count, local storage in a temporary folder, and the proxy on an ephemeral
+ * Test harness for the proxy: a real origin server on 127.0.0.1 (plain http, or https with a
+ * test certificate) whose routes the tests script and whose requests they count, local storage in a temporary folder, and the proxy on an ephemeral
  * port with an injected clock.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import { connect } from 'node:net';
 import { ProxyAgent, request as undiciRequest } from 'undici';
 import { loadConfig, type Config } from '../../core/config.js';
@@ -12,6 +13,7 @@ import { Metrics } from '../../core/metrics.js';
 import { openLocalStorage } from '../../core/storage/local/index.js';
 import type { Storage } from '../../core/storage/ports.js';
 import { startProxy, type ProxyOptions, type RunningProxy } from '../../containers/proxy/server.js';
+import type { TestCertificate } from '../support/tls-cert.js';
 import { tempDir } from '../support/tmp.js';
 
 /** One request as the origin saw it. */
@@ -32,8 +34,11 @@ export class Origin {
   private server!: Server;
   port = 0;
 
+  /** `tls`: serve https with this certificate instead of plain http. */
+  constructor(private readonly tls?: TestCertificate) {}
+
   async start(): Promise<this> {
-    this.server = createServer((req, res) => {
+    const serve = (req: IncomingMessage, res: ServerResponse): void => {
       const chunks: Buffer[] = [];
       const rec: SeenRequest = { method: req.method!, path: req.url!, headers: req.headers, body: Buffer.alloc(0), complete: false };
       this.seen.push(rec);
@@ -50,7 +55,8 @@ export class Origin {
         }
         route(req, res, rec.body);
       });
-    });
+    };
+    this.server = this.tls ? createTlsServer({ cert: this.tls.cert, key: this.tls.key }, serve) : createServer(serve);
     this.server.keepAliveTimeout = 30_000;
     await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', () => r()));
     const a = this.server.address();
@@ -59,7 +65,7 @@ export class Origin {
   }
 
   url(path: string): string {
-    return `http://127.0.0.1:${this.port}${path}`;
+    return `${this.tls ? 'https' : 'http'}://127.0.0.1:${this.port}${path}`;
   }
 
   /** How many requests reached the origin for a path (query included). */

@@ -190,7 +190,11 @@ describe('cache keys and the memory tier', () => {
     expect(normalizeUrl('http://EXAMPLE.com:80/a?b#frag')).toBe('http://example.com/a?b');
     expect(normalizeUrl('http://example.com')).toBe('http://example.com/');
     expect(normalizeUrl('http://user:secret@example.com/x')).toBe('http://example.com/x');
-    expect(() => normalizeUrl('https://example.com/')).toThrow();
+    // The scheme is part of the key: the same host and path over https is another resource.
+    expect(normalizeUrl('HTTPS://Example.com:443/a#x')).toBe('https://example.com/a');
+    expect(normalizeUrl('https://example.com:8443/a')).toBe('https://example.com:8443/a');
+    expect(normalizeUrl('https://example.com/a')).not.toBe(normalizeUrl('http://example.com/a'));
+    expect(() => normalizeUrl('ftp://example.com/')).toThrow();
     expect(varyNames('Accept-Encoding, accept-language,Accept-Encoding')).toEqual(['accept-encoding', 'accept-language']);
     expect(variantKey(['accept-language'], { 'accept-language': 'en' })).not.toBe(variantKey(['accept-language'], { 'accept-language': 'fr' }));
     expect(variantKey(['accept-language'], {})).not.toBe(variantKey(['accept-language'], { 'accept-language': '' }));

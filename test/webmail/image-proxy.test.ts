@@ -1,24 +1,38 @@
 /**
  * /webmail/image (containers/web/webmail/image-proxy.ts) end to end: the web listener over HTTPS,
  * our caching forward proxy (containers/proxy, allowed to reach 127.0.0.1 origins for the test)
- * and a scripted origin server on 127.0.0.1 that records what reaches it.
+ * and scripted origin servers on 127.0.0.1 that record what reaches them: one plain http, one https
+ * with a test certificate the proxy trusts (its `originCa` option; verification stays on).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IMAGE_USER_AGENT, imageProxyUrl } from '../../containers/web/webmail/image-proxy.js';
 import { loadConfig } from '../../core/config.js';
-import { Harness } from '../proxy/harness.js';
+import { Harness, Origin } from '../proxy/harness.js';
+import { testCertificate } from '../support/tls-cert.js';
 import { startWebHarness, type WebHarness } from '../web/harness.js';
 
 const ALICE = 'alice@example.com';
 const PNG = Buffer.from('89504e470d0a1a0a0000000d4948445200000001000000010806000000', 'hex');
 
 let proxy: Harness;
+/** An https origin: its images reach the proxy as absolute https URLs, not through a tunnel. */
+let secure: Origin;
 let web: WebHarness;
 let off: WebHarness;
 let cookie: string;
 
 beforeAll(async () => {
-  proxy = await Harness.start();
+  const cert = await testCertificate(['localhost', '127.0.0.1']);
+  secure = await new Origin(cert).start();
+  secure.routes.set('/logo.png', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'image/png', 'cache-control': 'public, max-age=3600', 'content-length': String(PNG.length) });
+    res.end(PNG);
+  });
+  secure.routes.set('/moved.png', (_req, res) => {
+    res.writeHead(302, { location: '/logo.png' });
+    res.end();
+  });
+  proxy = await Harness.start({ TOMLINSON_PROXY_CONNECT_PORTS: `443,${secure.port}` }, { originCa: cert.cert });
   const o = proxy.origin;
   o.routes.set('/logo.png', (_req, res) => {
     res.writeHead(200, { 'content-type': 'image/png', 'cache-control': 'public, max-age=3600', 'content-length': String(PNG.length) });
@@ -57,6 +71,7 @@ afterAll(async () => {
   await web?.close();
   await off?.close();
   await proxy?.stop();
+  await secure?.stop();
 });
 
 const image = (h: WebHarness, url: string, headers: Record<string, string> = { cookie: '' }) =>
@@ -82,6 +97,30 @@ describe('/webmail/image', () => {
     expect(again.status).toBe(200);
     expect(Buffer.from(await again.arrayBuffer())).toEqual(PNG);
     expect(proxy.origin.count('/logo.png')).toBe(1);
+  });
+
+  it('fetches an https image through the proxy in absolute form, then from the proxy cache', async () => {
+    const res = await image(web, secure.url('/logo.png'), { cookie });
+    expect(res.status).toBe(200);
+    expect(Buffer.from(await res.arrayBuffer())).toEqual(PNG);
+    const seen = secure.requests('/logo.png');
+    expect(seen).toHaveLength(1);
+    expect(seen[0].headers.cookie).toBeUndefined();
+    expect(seen[0].headers['user-agent']).toBe(IMAGE_USER_AGENT);
+    // Through the proxy's cache flow, not a tunnel: its Via is on the origin's request.
+    expect(seen[0].headers.via).toMatch(/^1\.1 proxy\.test \(Tomlinson [0-9a-f]+\)$/);
+
+    const again = await image(web, secure.url('/logo.png'), { cookie });
+    expect(again.status).toBe(200);
+    expect(Buffer.from(await again.arrayBuffer())).toEqual(PNG);
+    expect(secure.count('/logo.png')).toBe(1);
+  });
+
+  it('follows an https redirect through the proxy', async () => {
+    const res = await image(web, secure.url('/moved.png'), { cookie });
+    expect(res.status).toBe(200);
+    expect(Buffer.from(await res.arrayBuffer())).toEqual(PNG);
+    expect(secure.count('/moved.png')).toBe(1);
   });
 
   it('follows a redirect through the proxy', async () => {

@@ -6,9 +6,10 @@
  * - the proxy's SSRF rules decide which addresses may be reached (no private or metadata
  *   addresses unless the operator allowed them), in one place for both uses;
  * - an image many messages show (a newsletter logo) is fetched once and then served from the
- *   proxy's cache, within what the origin's caching headers allow (RFC 9111). Plain-http images
- *   are sent to the proxy in absolute form and may be cached; https ones go through a CONNECT
- *   tunnel, so the proxy can check the address but not cache.
+ *   proxy's cache, within what the origin's caching headers allow (RFC 9111). http and https
+ *   images alike are sent to the proxy in absolute form (`GET https://host/logo.png`, RFC 9112
+ *   §3.2.2), never through a CONNECT tunnel: the proxy opens TLS to the origin itself, checking its
+ *   certificate, and caches the answer (proxy.httpsOrigin).
  * Only answers whose type is image/* pass (others 415), at most `web.imageMaxBytes`, within
  * `web.imageTimeoutMs`. The answer is served with `sandbox` CSP and nosniff, so even an SVG with
  * script in it cannot run as our origin if opened directly.
@@ -16,7 +17,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { interceptors, ProxyAgent, type Dispatcher } from 'undici';
+import { Agent, interceptors, type Dispatcher } from 'undici';
 import type { Config } from '../../../core/config.js';
 import type { Logger } from '../../../core/log.js';
 import { sendProblem, type SignedInHandler } from './sessions.js';
@@ -40,6 +41,44 @@ export function imageProxyUrl(config: Config): string | undefined {
     return `http://${host}:${config.proxy.port}`;
   }
   return v;
+}
+
+/**
+ * An interceptor that sends every request to the forward proxy at `proxy` in absolute form, https
+ * URLs included. undici's ProxyAgent does that for http URLs only and tunnels https through
+ * CONNECT, which a proxy can neither see into nor cache; this is its Http1ProxyWrapper without the
+ * scheme test. Credentials in the proxy URL become Proxy-Authorization (RFC 9110 §11.7.1), as
+ * ProxyAgent does.
+ */
+export function absoluteForm(proxy: URL): Dispatcher.DispatcherComposeInterceptor {
+  const auth = proxy.username
+    ? `Basic ${Buffer.from(`${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`).toString('base64')}`
+    : undefined;
+  return (dispatch) => (opts, handler) => {
+    const target = new URL(String(opts.origin));
+    const headers = headerRecord(opts.headers);
+    headers.host = target.host;
+    if (auth) headers['proxy-authorization'] = auth;
+    return dispatch({ ...opts, origin: proxy.origin, path: `${target.origin}${opts.path}`, headers }, handler);
+  };
+}
+
+/** Request headers in any of undici's shapes (a record, a flat name/value list, pairs) as a record with lower-case names. */
+function headerRecord(h: Dispatcher.DispatchOptions['headers']): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!h) return out;
+  const put = (k: unknown, v: unknown): void => {
+    if (v !== undefined && v !== null) out[String(k).toLowerCase()] = Array.isArray(v) ? v.join(', ') : String(v);
+  };
+  if (Array.isArray(h)) {
+    if (h.length > 0 && Array.isArray(h[0])) for (const [k, v] of h as unknown as [string, string][]) put(k, v);
+    else for (let i = 0; i + 1 < h.length; i += 2) put(h[i], h[i + 1]);
+  } else if (typeof (h as Iterable<unknown>)[Symbol.iterator] === 'function') {
+    for (const [k, v] of h as Iterable<[string, string]>) put(k, v);
+  } else {
+    for (const [k, v] of Object.entries(h)) put(k, v);
+  }
+  return out;
 }
 
 /** The image endpoint and what it holds open. */
@@ -71,13 +110,16 @@ export interface ImageProxyOptions {
 export function createImageProxy(config: Config, log: Logger, options: ImageProxyOptions = {}): ImageProxy {
   const proxyUrl = options.proxyUrl ?? imageProxyUrl(config);
   const { imageMaxBytes: maxBytes, imageTimeoutMs: timeoutMs } = config.web;
-  let agent: ProxyAgent | undefined;
+  let agent: Agent | undefined;
   let dispatcher: Dispatcher | undefined;
   if (proxyUrl) {
     try {
-      // proxyTunnel false: plain-http URLs go to the proxy in absolute form, so it can cache them.
-      agent = new ProxyAgent({ uri: proxyUrl, proxyTunnel: false, headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
-      dispatcher = agent.compose(interceptors.redirect({ maxRedirections: MAX_REDIRECTS }));
+      const proxy = new URL(proxyUrl);
+      if (proxy.protocol !== 'http:' && proxy.protocol !== 'https:') throw new Error(`not an http(s) URL: ${proxyUrl}`);
+      // Every request, http or https, goes to the proxy in absolute form so that it can cache it;
+      // each redirect is a new request through the proxy (the redirect step wraps the rewrite).
+      agent = new Agent({ headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
+      dispatcher = agent.compose(absoluteForm(proxy), interceptors.redirect({ maxRedirections: MAX_REDIRECTS }));
     } catch (e) {
       log.warn({ err: (e as Error).message }, 'web.imageProxy is not a usable proxy URL: remote images are refused');
     }
