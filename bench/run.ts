@@ -7,13 +7,15 @@
  * Without `--peers`, ours runs alone and each bench compares with the issues' reference figures
  * (bench/pop3.ts also measures Dovecot in the same run when it is installed).
  *
- * `npm run bench -- --peers [smtp] [pop3] [imap] [jmap] [proxy] [webmail] [--runs 3] [--duration 10] [--smtp-messages 1500] [--smtp-warmup 1500]
+ * `npm run bench -- --peers [smtp] [pop3] [imap] [jmap] [proxy] [webmail] [--runs 3] [--duration 10] [--smtp-messages 1500] [--smtp-warmup 1500] [--smtp-latency 500] [--smtp-spam]
  * [--pop3-messages 1000] [--imap-messages 1000] [--imap-sync 10000] [--imap-big [100000]] [--proxy-scenarios reval,miss]
  * [--webmail-runs 20] [--webmail-messages 10000]` runs the peers side
  * by side instead (bench/peers/): installs the missing Debian packages (as root), starts Postfix,
  * Dovecot, Squid and nginx on 127.0.0.1 with configs from bench/peers/, alternates runs with ours,
  * prints one table per protocol (medians, p50/p99, peak memory, ours/peer) and writes them as JSON
  * and Markdown to bench/results/<stamp>/. Every process it starts is stopped, also on Ctrl-C.
+ * `--smtp-spam` adds SMTP rows with a private rspamd scanning every message (ours through its
+ * spam client, Postfix through smtpd_milters; bench/peers/smtp.ts).
  *
  * `npm run bench -- --cost [--messages 50] [--size 51200] [--trace]` runs bench/cost.ts instead: the
  * S3, SQS, DynamoDB and Lambda requests per inbound message, POP3 download and proxy hit or miss
@@ -103,7 +105,14 @@ async function peers(argv: string[]): Promise<void> {
           name === 'smtp'
             ? await (
                 await import('./peers/smtp.js')
-              ).runSmtpPeers({ runs, say, messages: numberFlag(argv, 'smtp-messages'), warmupMessages: numberFlag(argv, 'smtp-warmup', true) })
+              ).runSmtpPeers({
+                runs,
+                say,
+                messages: numberFlag(argv, 'smtp-messages'),
+                warmupMessages: numberFlag(argv, 'smtp-warmup', true),
+                latencyMessages: numberFlag(argv, 'smtp-latency'),
+                spam: argv.includes('--smtp-spam'),
+              })
             : name === 'pop3'
               ? await (await import('./peers/pop3.js')).runPop3Peers({ runs, say, messages: numberFlag(argv, 'pop3-messages') })
               : name === 'imap'

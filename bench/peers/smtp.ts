@@ -7,12 +7,20 @@
  * (end of data -> 250). After the load, the delivered count is checked (files in the Maildir for
  * Postfix; the worker's delivered counter for ours) and the time to drain is reported if it lags.
  * Then one 50 MB message to ours (resident memory growth).
+ *
+ * With `spam` (`--smtp-spam`, issue 24 "Speed"), every run also measures each server scanning with
+ * one private rspamd (test/support/rspamd.ts: the shipped local.d settings), started once for the
+ * whole comparison: ours with spam scanning on (the MX listener asks rspamd's normal worker at end
+ * of DATA, before the 250), Postfix through smtpd_milters to rspamd's proxy worker in milter mode,
+ * which hands each message to that same normal worker. Rows "+ rspamd, N sessions" at 10 and 50
+ * sessions and the latency run; rspamd's scanned counter (controller /stat) shows both scanned.
  */
 import { spawn } from 'node:child_process';
 import { chmod, chown, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startRspamd } from '../../test/support/rspamd.js';
 import { bigMessage, latencyRun, smtpSource } from '../smtp.js';
 import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
 import { cpuMicros, fillTemplate, freePort, onCleanup, run, stopChild, waitListening, waitPort, watchPeakMemory } from './util.js';
@@ -51,8 +59,16 @@ export interface SmtpPeersOptions {
   drainTimeout?: number;
   /** Servers to run. @default ['tomlinson', 'postfix'] */
   servers?: string[];
+  /** Also measure each server with rspamd scanning every message (10 and 50 sessions, latency). */
+  spam?: boolean;
   /** Progress lines. */
   say?: (s: string) => void;
+}
+
+/** Where a server sends mail for scanning: rspamd's normal worker (ours), its milter port (Postfix). */
+interface SpamTarget {
+  url: string;
+  milterPort: number;
 }
 
 interface SmtpServer {
@@ -63,7 +79,7 @@ interface SmtpServer {
   stop: () => Promise<void>;
 }
 
-async function startOurs(dir: string): Promise<SmtpServer> {
+async function startOurs(dir: string, spam?: SpamTarget): Promise<SmtpServer> {
   const [port, health] = [await freePort(), await freePort()];
   const env: Record<string, string> = {
     TOMLINSON_DATA_DIR: dir,
@@ -77,6 +93,8 @@ async function startOurs(dir: string): Promise<SmtpServer> {
     TOMLINSON_SMTP_MAX_CONNECTIONS_PER_CLIENT: '1000',
     TOMLINSON_LOG_LEVEL: 'warn',
     TOMLINSON_LOG_PRETTY: 'false',
+    // Not `auto`, so that an rspamd of the machine on the default port never joins the plain rows.
+    ...(spam ? { TOMLINSON_SPAM: 'on', TOMLINSON_SPAM_URL: spam.url } : { TOMLINSON_SPAM: 'off' }),
   };
   // The domain and the user exist before the server starts (as an operator's CLI would add them).
   const { loadConfig } = await import('../../core/config.js');
@@ -121,7 +139,7 @@ async function idOf(flag: '-u' | '-g', name: string): Promise<number> {
   return Number((await run('id', [flag, name])).trim());
 }
 
-async function startPostfix(dir: string): Promise<SmtpServer> {
+async function startPostfix(dir: string, spam?: SpamTarget): Promise<SmtpServer> {
   const port = await freePort();
   const etc = join(dir, 'etc');
   for (const d of ['etc', 'queue', 'data', 'mail']) await mkdir(join(dir, d), { recursive: true });
@@ -129,6 +147,14 @@ async function startPostfix(dir: string): Promise<SmtpServer> {
   const [uid, gid] = [await idOf('-u', 'nobody'), await idOf('-g', 'nobody')];
   const values = { DIR: dir, PORT: port, UID: uid, GID: gid };
   for (const f of ['main.cf', 'master.cf']) await writeFile(join(etc, f), fillTemplate(await readFile(join(HERE, 'postfix', f), 'utf8'), values));
+  if (spam) {
+    // Milter protocol 6 (Postfix's default since 2.6, stated), and a milter that fails lets the
+    // mail in as ours does with a scan that fails; the scanned counter shows none failed.
+    await writeFile(
+      join(etc, 'main.cf'),
+      `${await readFile(join(etc, 'main.cf'), 'utf8')}\nsmtpd_milters = inet:127.0.0.1:${spam.milterPort}\nmilter_protocol = 6\nmilter_default_action = accept\n`,
+    );
+  }
   await writeFile(join(etc, 'vmailbox'), `${USER} bench.test/user/\n`);
   await chown(join(dir, 'mail'), uid, gid);
   await chown(join(dir, 'data'), await idOf('-u', 'postfix'), await idOf('-g', 'postfix'));
@@ -180,62 +206,99 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
   // Removed at the end, or on Ctrl-C after the servers have stopped (cleanups run newest first).
   const removeTemp = onCleanup(() => rm(base, { recursive: true, force: true }));
   await chmod(base, 0o755); // Postfix's processes run as postfix and nobody.
+  /** Per server and run with scanning: messages sent, and scans rspamd counted meanwhile. */
+  const scans: Record<string, { scanned: number; sent: number }[]> = {};
+  let stopRspamd: (() => Promise<void>) | undefined;
   try {
+    let target: SpamTarget | undefined;
+    let scannedSoFar = async (): Promise<number> => 0;
+    if (options.spam) {
+      say('starting rspamd (its first start compiles its expressions, up to a minute or two)');
+      const rspamd = await startRspamd({ controller: true, milter: true });
+      stopRspamd = onCleanup(() => rspamd.stop());
+      target = { url: rspamd.url, milterPort: rspamd.milterPort! };
+      // The controller's /stat: messages scanned since rspamd started, over all its workers.
+      scannedSoFar = async () => ((await fetch(`${rspamd.controllerUrl!}/stat`).then((res) => res.json())) as { scanned: number }).scanned;
+    }
+    const variants = target ? [undefined, target] : [undefined];
     for (let r = 1; r <= runs; r++) {
-      for (const name of servers) {
-        const dir = join(base, `${name}-${r}`);
-        await mkdir(dir, { recursive: true });
-        const server = name === OURS ? await startOurs(dir) : await startPostfix(dir);
-        const mem = watchPeakMemory(server.pid);
-        const mine: Sample[] = [];
-        try {
-          let sent = 0;
-          // Each measured run starts with every earlier message delivered, so that it does not pay
-          // for the delivery of the one before (ours accepts faster than it delivers at 10 and 50
-          // sessions; Postfix delivers as fast as it accepts).
-          const caughtUp = async (): Promise<void> => {
-            const t0 = performance.now();
-            while ((await server.delivered()) < sent && performance.now() - t0 < drainTimeout * 1000) await new Promise((res) => setTimeout(res, 100));
-          };
-          for (const sessions of sessionsList) {
-            if (warmupMessages > 0) {
-              await smtpSource(server.port, sessions, warmupMessages, size);
-              sent += warmupMessages;
+      for (const spam of variants)
+        for (const name of servers) {
+          const label = spam ? `${name} + rspamd` : name;
+          // Scanning rows at 10 and 50 sessions, as issue 24 asks (one session says little here).
+          const prefix = spam ? '+ rspamd, ' : '';
+          const dir = join(base, `${name}-${r}${spam ? '-rspamd' : ''}`);
+          await mkdir(dir, { recursive: true });
+          const server = name === OURS ? await startOurs(dir, spam) : await startPostfix(dir, spam);
+          const scannedBefore = await scannedSoFar();
+          const mem = watchPeakMemory(server.pid);
+          const mine: Sample[] = [];
+          try {
+            let sent = 0;
+            // Each measured run starts with every earlier message delivered, so that it does not pay
+            // for the delivery of the one before (ours accepts faster than it delivers at 10 and 50
+            // sessions; Postfix delivers as fast as it accepts).
+            const caughtUp = async (): Promise<void> => {
+              const t0 = performance.now();
+              while ((await server.delivered()) < sent && performance.now() - t0 < drainTimeout * 1000) await new Promise((res) => setTimeout(res, 100));
+            };
+            for (const sessions of spam ? sessionsList.filter((n) => n > 1) : sessionsList) {
+              if (warmupMessages > 0) {
+                await smtpSource(server.port, sessions, warmupMessages, size);
+                sent += warmupMessages;
+              }
+              await caughtUp();
+              const pid = server.pid();
+              const cpuBefore = pid ? await cpuMicros(pid) : undefined;
+              const seconds = await smtpSource(server.port, sessions, messages, size);
+              const cpuUs = pid && cpuBefore !== undefined ? ((await cpuMicros(pid)) - cpuBefore) / messages : undefined;
+              sent += messages;
+              say(
+                `smtp run ${r} ${label} ${sessions} sessions: ${Math.round(messages / seconds)} msg/s${cpuUs === undefined ? '' : `, ${(cpuUs / 1000).toFixed(2)} ms CPU per message`}`,
+              );
+              mine.push({
+                scenario: `${prefix}${sessions} session${sessions === 1 ? '' : 's'} (smtp-source)`,
+                server: name,
+                run: r,
+                value: messages / seconds,
+                cpuUs,
+              });
             }
             await caughtUp();
-            const pid = server.pid();
-            const cpuBefore = pid ? await cpuMicros(pid) : undefined;
-            const seconds = await smtpSource(server.port, sessions, messages, size);
-            const cpuUs = pid && cpuBefore !== undefined ? ((await cpuMicros(pid)) - cpuBefore) / messages : undefined;
-            sent += messages;
-            say(
-              `smtp run ${r} ${name} ${sessions} sessions: ${Math.round(messages / seconds)} msg/s${cpuUs === undefined ? '' : `, ${(cpuUs / 1000).toFixed(2)} ms CPU per message`}`,
-            );
-            mine.push({ scenario: `${sessions} session${sessions === 1 ? '' : 's'} (smtp-source)`, server: name, run: r, value: messages / seconds, cpuUs });
+            const lat = await latencyRun(server.port, 10, latencyMessages, size);
+            sent += latencyMessages;
+            say(`smtp run ${r} ${label} latency at 10 sessions: p50 ${lat.p50Ms} ms, p99 ${lat.p99Ms} ms`);
+            mine.push({
+              scenario: `${prefix}10 sessions (own client, latency)`,
+              server: name,
+              run: r,
+              value: lat.messagesPerSecond,
+              p50Ms: lat.p50Ms,
+              p99Ms: lat.p99Ms,
+            });
+            // Every accepted message must reach the mailbox; time how long delivery lags the accepts.
+            const loadDone = performance.now();
+            let delivered = await server.delivered();
+            while (delivered < sent && performance.now() - loadDone < drainTimeout * 1000) {
+              await new Promise((res) => setTimeout(res, 100));
+              delivered = await server.delivered();
+            }
+            const drain = (performance.now() - loadDone) / 1000;
+            (deliveries[label] ??= []).push({ delivered, sent, drain });
+            say(`smtp run ${r} ${label}: ${delivered}/${sent} delivered, drain ${drain.toFixed(1)} s`);
+            if (spam) {
+              const scanned = (await scannedSoFar()) - scannedBefore;
+              (scans[label] ??= []).push({ scanned, sent });
+              say(`smtp run ${r} ${label}: rspamd scanned ${scanned} of ${sent}`);
+            }
+          } finally {
+            const peak = await mem.stop();
+            await server.stop();
+            for (const s of mine) Object.assign(s, { peakMiB: peak.rss, pssMiB: peak.pss });
+            samples.push(...mine);
           }
-          await caughtUp();
-          const lat = await latencyRun(server.port, 10, latencyMessages, size);
-          sent += latencyMessages;
-          say(`smtp run ${r} ${name} latency at 10 sessions: p50 ${lat.p50Ms} ms, p99 ${lat.p99Ms} ms`);
-          mine.push({ scenario: '10 sessions (own client, latency)', server: name, run: r, value: lat.messagesPerSecond, p50Ms: lat.p50Ms, p99Ms: lat.p99Ms });
-          // Every accepted message must reach the mailbox; time how long delivery lags the accepts.
-          const loadDone = performance.now();
-          let delivered = await server.delivered();
-          while (delivered < sent && performance.now() - loadDone < drainTimeout * 1000) {
-            await new Promise((res) => setTimeout(res, 100));
-            delivered = await server.delivered();
-          }
-          const drain = (performance.now() - loadDone) / 1000;
-          (deliveries[name] ??= []).push({ delivered, sent, drain });
-          say(`smtp run ${r} ${name}: ${delivered}/${sent} delivered, drain ${drain.toFixed(1)} s`);
-        } finally {
-          const peak = await mem.stop();
-          await server.stop();
-          for (const s of mine) Object.assign(s, { peakMiB: peak.rss, pssMiB: peak.pss });
-          samples.push(...mine);
+          await rm(dir, { recursive: true, force: true });
         }
-        await rm(dir, { recursive: true, force: true });
-      }
     }
     for (const [name, ds] of Object.entries(deliveries)) {
       const all = ds.every((d) => d.delivered === d.sent);
@@ -243,6 +306,12 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
         `Delivery check, ${name}: ${ds.map((d) => `${d.delivered}/${d.sent}`).join(', ')} accepted messages in the mailbox${all ? '' : ` (MISSING MAIL after waiting ${drainTimeout} s)`}; mailbox complete ${ds.map((d) => d.drain.toFixed(1)).join(' / ')} s after the last accept.`,
       );
     }
+    for (const [label, ss] of Object.entries(scans)) {
+      notes.push(
+        `Scan check, ${label}: rspamd counted ${ss.map((x) => `${x.scanned}/${x.sent}`).join(', ')} scans of the messages sent${ss.every((x) => x.scanned >= x.sent) ? '' : ' (SOME MAIL UNSCANNED)'}.`,
+      );
+    }
+    if (target) notes.push(extraP99(samples, servers));
     if ((options.bigBytes ?? 50_000_000) > 0 && servers.includes(OURS)) {
       const big = await bigMessage(join(base, 'big'), options.bigBytes ?? 50_000_000, false);
       say(`smtp ${OURS} ${big.bytes} octets: +${big.growthMb} MB`);
@@ -251,17 +320,48 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
       );
     }
   } finally {
+    await stopRspamd?.();
     await removeTemp();
   }
-  const problems = Object.entries(deliveries).flatMap(([name, ds]) =>
-    ds.filter((d) => d.delivered !== d.sent).map((d) => `${name}: ${d.sent - d.delivered} accepted messages not delivered`),
-  );
+  const problems = [
+    ...Object.entries(deliveries).flatMap(([name, ds]) =>
+      ds.filter((d) => d.delivered !== d.sent).map((d) => `${name}: ${d.sent - d.delivered} accepted messages not delivered`),
+    ),
+    ...Object.entries(scans).flatMap(([label, ss]) =>
+      ss.filter((x) => x.scanned < x.sent).map((x) => `${label}: rspamd scanned ${x.scanned} of ${x.sent} messages`),
+    ),
+  ];
   const report = summarize('SMTP', 'msg/s', samples, [
     `10 KB messages (${size} octets), a fresh connection per message; before each measured run every server accepts ${warmupMessages} unmeasured messages with the same number of sessions (the steady state of that load, not a cold start), and the measured run starts once every earlier message is in the mailbox (it does not pay for the delivery of the one before); smtp-source sends ${messages} messages per measured run; the latency run sends ${latencyMessages} from our own client at 10 sessions (p50/p99: end of data to the 250).`,
     `Each server started cold for each run (new data folder), runs alternating. Ours: smtp + the queue workers (on their own thread unless TOMLINSON_WORKERS_THREAD=false), local storage, fsync before 250. Postfix: private instance, virtual(8) to Maildir, fsync before 250 as shipped, no chroot.`,
+    ...(options.spam
+      ? [
+          "'+ rspamd' rows: one private rspamd 3.4 for the whole comparison (shipped local.d settings, one normal worker, DNS to nowhere), each server started afresh with scanning; ours asks the normal worker (/checkv2) at end of DATA before the 250; Postfix uses smtpd_milters (protocol 6, milter_default_action = accept) to rspamd's proxy worker in milter mode, which hands the message to that same normal worker. Both give rspamd the client 127.0.0.1. rspamd's CPU is not in the servers' CPU µs/op or memory.",
+        ]
+      : []),
     "Peak RSS: the largest sum of VmHWM over the server's processes during the run (Postfix: master and every smtpd, cleanup, qmgr, virtual... it forks; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split among processes.",
     "CPU µs/op: user + system CPU time of the server's processes (every thread; Postfix: master and every process it forked, the exited ones through master's child times) during the smtp-source run, per message. Delivery that lags past the end of the run is not in it (the drain time below is the last run's).",
     ...notes,
   ]);
   return problems.length ? { ...report, problems } : report;
+}
+
+/** The note that states what scanning adds to the accept latency: median p99 of the own-client
+ * run with and without rspamd, per server. */
+function extraP99(samples: readonly Sample[], servers: readonly string[]): string {
+  const p99 = (server: string, scenario: string): number | undefined => {
+    const v = samples
+      .filter((x) => x.server === server && x.scenario === scenario && x.p99Ms !== undefined)
+      .map((x) => x.p99Ms!)
+      .sort((a, b) => a - b);
+    return v.length ? v[Math.floor((v.length - 1) / 2)] : undefined;
+  };
+  const parts = servers.map((server) => {
+    const plain = p99(server, '10 sessions (own client, latency)');
+    const scanned = p99(server, '+ rspamd, 10 sessions (own client, latency)');
+    return plain === undefined || scanned === undefined
+      ? `${server}: not measured`
+      : `${server} ${plain} -> ${scanned} ms (+${Math.round((scanned - plain) * 10) / 10} ms)`;
+  });
+  return `Accept latency p99 at 10 sessions (own client), median over runs, without -> with rspamd: ${parts.join('; ')}.`;
 }

@@ -39,6 +39,8 @@ export interface Rspamd {
   port: number;
   /** Base URL of the controller worker, when started (`controller`). */
   controllerUrl?: string;
+  /** Port of the proxy worker in milter mode, when started (`milter`). */
+  milterPort?: number;
   /** Stops it (SIGTERM, then SIGKILL to its process group after 5 s) and removes its folder. */
   stop(): Promise<void>;
   /** Stops the process but keeps the folder, to start again on the same port with `restart`. */
@@ -61,6 +63,10 @@ export interface RspamdOptions {
   /** Keep Bayes in this Redis (`host:port`), giving a verdict after `minLearns` learns of each
    * class (@default 5; rspamd's own is 200). */
   redis?: { address: string; minLearns?: number };
+  /** Start a proxy worker in milter mode (for an MTA's milter client such as Postfix's
+   * smtpd_milters) that hands each message to the normal worker, so that mail through the milter
+   * and mail through /checkv2 is scanned by the same process. */
+  milter?: boolean;
 }
 
 /** Starts rspamd; throws with its output when it does not answer /ping in time. */
@@ -84,7 +90,7 @@ export async function startRspamd(o: RspamdOptions = {}): Promise<Rspamd> {
   ];
   await writeFile(join(localD, 'options.inc'), options.join('\n') + '\n');
   for (const [name, text] of Object.entries(o.local ?? {})) await writeFile(join(localD, name), text);
-  const [port, controllerPort] = await freePorts(2);
+  const [port, controllerPort, milterPort] = await freePorts(3);
   // The whole classifier (override.d, over the shipped local.d/classifier-bayes.conf).
   await mkdir(join(dir.path, 'local', 'override.d'));
   const bayes = o.redis
@@ -124,6 +130,17 @@ export async function startRspamd(o: RspamdOptions = {}): Promise<Rspamd> {
             '  count = 1;',
             password ? `  password = "${password}"; enable_password = "${password}";` : '  secure_ip = "127.0.0.1";',
             '  static_dir = "${WWWDIR}";',
+            '}',
+          ]
+        : []),
+      ...(o.milter
+        ? [
+            'worker "rspamd_proxy" {',
+            `  bind_socket = "127.0.0.1:${milterPort}";`,
+            '  milter = yes;',
+            '  timeout = 120s;',
+            '  count = 1;',
+            `  upstream "local" { default = yes; hosts = "127.0.0.1:${port}"; }`,
             '}',
           ]
         : []),
@@ -199,6 +216,7 @@ export async function startRspamd(o: RspamdOptions = {}): Promise<Rspamd> {
     url,
     port,
     ...(o.controller ? { controllerUrl: `http://127.0.0.1:${controllerPort}` } : {}),
+    ...(o.milter ? { milterPort } : {}),
     output: () => out,
     kill: stopChild,
     restart: launch,
