@@ -367,15 +367,19 @@ function streamAppend(blobs: Blobs, size: number, resume: () => void) {
   const summary = summarizeForMailbox(toSummary);
   toBlob.on('drain', resume);
   let discarded = false;
-  const stored = Promise.all([put, summary]).then(([, s]) => ({ blobKey: key, summary: s }));
-  stored.catch(() => {}); // awaited by the command; a dropped connection never awaits it
+  // Both awaited by the command (the summary first: it is ready before the put's fsyncs end); a
+  // dropped connection never awaits them.
+  summary.catch(() => {});
+  put.catch(() => {});
   const source: AppendSource = {
     size,
-    stored,
+    blobKey: key,
+    summary,
+    stored: put,
     discard() {
       if (discarded) return;
       discarded = true;
-      void stored.then(() => blobs.delete(key)).catch(() => {});
+      void put.then(() => blobs.delete(key)).catch(() => {});
     },
   };
   return {

@@ -101,6 +101,16 @@ export interface AppendInput {
   markerTtlSeconds?: number;
   /** Recorded with the message (the inbound job, for delivery). @default the key or '' */
   jobId?: string;
+  /**
+   * Resolves once the blob is durable, when the caller is still writing it (IMAP APPEND): the
+   * reads, the quota check and the UID and MODSEQ allocations run while its fsyncs do, and only
+   * the transaction waits for it, so a committed message never points at a blob a crash could
+   * lose. A rejection fails the append (its UID is burnt, its MODSEQ closed). @default durable now
+   */
+  blobDurable?: Promise<unknown>;
+  /** The blob was made for this append alone (a fresh key), so no Email of it is filed yet and
+   * the email index need not look for one. @default false */
+  newBlob?: boolean;
 }
 
 export interface FolderStoreOptions {
@@ -386,7 +396,11 @@ export class FolderStore {
   /** The folder with this full name, or undefined. */
   async find(user: string, name: string): Promise<FolderInfo | undefined> {
     const levels = splitName(name);
-    if (levels.length === 1 && levels[0] === INBOX) return (await this.list(user))[0];
+    if (levels.length === 1 && levels[0] === INBOX) {
+      // INBOX needs only its META (every APPEND to it comes here), not the registry list() reads.
+      const inbox = await this.folderMeta(user, INBOX);
+      return { id: INBOX, name: INBOX, parentId: ROOT, subscribed: inbox.unsubscribed !== true };
+    }
     let parent = levels[0] === INBOX ? INBOX : ROOT;
     for (const leaf of levels[0] === INBOX ? levels.slice(1) : levels) {
       const idx = await this.tables.get(folderKeys.name(user, parent, leaf));
@@ -675,9 +689,10 @@ export class FolderStore {
    * to ascend), then counters, message, marker, blob reference, usage and change item commit in
    * one transaction.
    */
-  async append(user: string, folderId: string, m: AppendInput): Promise<{ uid: number; modseq: number; duplicate: boolean }> {
+  async append(user: string, folderId: string, m: AppendInput): Promise<{ uid: number; modseq: number; duplicate: boolean; uidValidity: number }> {
     const flags = normalizeFlags(m.flags ?? []);
     const markerKey = m.key === undefined ? undefined : folderKeys.marker(m.key, user, folderId);
+    m.blobDurable?.catch(() => undefined); // awaited before the commit; a failed read must not leave it unhandled
     let uid = 0;
     for (let attempt = 0; ; attempt++) {
       // One round trip of reads; the usage is read beside them (usageBase re-reads it only on a
@@ -689,7 +704,8 @@ export class FolderStore {
         this.tables.get(folderKeys.usage(user)),
         this.index.plan(user, m),
       ]);
-      if (marker) return { uid: Number(marker.uid), modseq: Number(marker.modseq ?? 0), duplicate: true };
+      const uidValidity = Number(meta.uidValidity);
+      if (marker) return { uid: Number(marker.uid), modseq: Number(marker.modseq ?? 0), duplicate: true, uidValidity };
       if (!account) throw new NoSuchMailbox(user);
       const base: UsageBase = usage ? { usage, bytes: Number(usage.bytes ?? 0) } : await this.usageBase(user, folderId === INBOX ? meta : undefined);
       const quota = Number(account.quotaBytes ?? 0);
@@ -723,9 +739,17 @@ export class FolderStore {
       ];
       this.addUsage(ops, user, base, quota, m.size, 1);
       if (markerKey) ops.push({ put: this.markerItem(markerKey, m, uid, modseq), condition: { exists: false } });
+      if (m.blobDurable) {
+        try {
+          await m.blobDurable;
+        } catch (e) {
+          await this.changes.abandon(user, modseq).catch(() => undefined);
+          throw e;
+        }
+      }
       try {
         await this.commit(user, ops);
-        return { uid, modseq, duplicate: false };
+        return { uid, modseq, duplicate: false, uidValidity };
       } catch (e) {
         // ConditionFailed: a racing copy of this append (marker), the quota, an out-of-order
         // MODSEQ on the folder, or a reader that closed our MODSEQ as a gap: all re-checked above.
