@@ -17,12 +17,8 @@ import { CommandError, type Command, type ImapSession, type Next } from './sessi
 /** An APPEND's message, streamed into blobs while its literal arrived (server.ts makes it). */
 export interface AppendSource {
   size: number;
-  /** The blob the message is being written to (a fresh key, made for this APPEND alone). */
-  blobKey: string;
-  /** Resolves with the message's summary once the literal has all arrived (before the fsyncs). */
-  summary: Promise<Record<string, AttrValue>>;
-  /** Resolves once the blob is durable. */
-  stored: Promise<unknown>;
+  /** Resolves once the message is durable, with its blob key and summary. */
+  stored: Promise<{ blobKey: string; summary: Record<string, AttrValue> }>;
   /** The command failed before the message was filed: drop the blob. */
   discard(): void;
 }
@@ -297,18 +293,16 @@ export class MessageCommands {
         }
       }
       if (flags.some((f) => f.startsWith('\\') && !SYSTEM_FLAGS.has(f.toLowerCase()))) throw new CommandError('BAD', 'Unknown system flag');
-      // The folder store reads, checks the quota and takes a UID while the blob's fsyncs run; its
-      // transaction waits for the blob to be durable, and the OK waits for the transaction.
+      const stored = await source.stored;
       const r = await this.s.services.folders.append(this.s.user, folder.id, {
-        blobKey: source.blobKey,
+        blobKey: stored.blobKey,
         size: source.size,
         receivedAt: (date ?? new Date()).toISOString(),
-        summary: await source.summary,
+        summary: stored.summary,
         flags,
-        blobDurable: source.stored,
-        newBlob: true,
       });
-      return this.s.ok(c.tag, 'APPEND completed', { code: `APPENDUID ${r.uidValidity} ${r.uid}`, refresh: this.s.selected?.folder.id === folder.id });
+      const status = await this.s.services.folders.status(this.s.user, folder.id);
+      return this.s.ok(c.tag, 'APPEND completed', { code: `APPENDUID ${status.uidValidity} ${r.uid}`, refresh: this.s.selected?.folder.id === folder.id });
     } catch (e) {
       source.discard();
       throw e;

@@ -367,19 +367,15 @@ function streamAppend(blobs: Blobs, size: number, resume: () => void) {
   const summary = summarizeForMailbox(toSummary);
   toBlob.on('drain', resume);
   let discarded = false;
-  // Both awaited by the command (the summary first: it is ready before the put's fsyncs end); a
-  // dropped connection never awaits them.
-  summary.catch(() => {});
-  put.catch(() => {});
+  const stored = Promise.all([put, summary]).then(([, s]) => ({ blobKey: key, summary: s }));
+  stored.catch(() => {}); // awaited by the command; a dropped connection never awaits it
   const source: AppendSource = {
     size,
-    blobKey: key,
-    summary,
-    stored: put,
+    stored,
     discard() {
       if (discarded) return;
       discarded = true;
-      void put.then(() => blobs.delete(key)).catch(() => {});
+      void stored.then(() => blobs.delete(key)).catch(() => {});
     },
   };
   return {

@@ -56,9 +56,6 @@ export interface ThreadInput {
   blobKey: string;
   receivedAt: string;
   summary: Record<string, AttrValue>;
-  /** The blob is new (made for this message alone), so no location of its Email exists yet and
-   * the query for one is skipped. @default false */
-  newBlob?: boolean;
 }
 
 /** Referenced Message-IDs looked up per message: its own, In-Reply-To, the nearest References. */
@@ -144,7 +141,7 @@ export class EmailIndex {
     // Own id first only when the message has one (a missing Message-ID claims nothing).
     const keys = ids.map(messageIdKey);
     const [same, claims] = await Promise.all([
-      m.newBlob ? { items: [] } : this.tables.query(indexKeys.locations(user), { range: { beginsWith: `${emailId}#` }, limit: 5 }),
+      this.tables.query(indexKeys.locations(user), { range: { beginsWith: `${emailId}#` }, limit: 5 }),
       Promise.all(keys.map((k) => this.tables.get(indexKeys.messageId(user, k)))),
     ]);
     const subject = subjectKey(String(m.summary.subject ?? ''));

@@ -101,16 +101,6 @@ export interface AppendInput {
   markerTtlSeconds?: number;
   /** Recorded with the message (the inbound job, for delivery). @default the key or '' */
   jobId?: string;
-  /**
-   * Resolves once the blob is durable, when the caller is still writing it (IMAP APPEND): the
-   * reads, the quota check and the UID and MODSEQ allocations run while its fsyncs do, and only
-   * the transaction waits for it, so a committed message never points at a blob a crash could
-   * lose. A rejection fails the append (its UID is burnt, its MODSEQ closed). @default durable now
-   */
-  blobDurable?: Promise<unknown>;
-  /** The blob was made for this append alone (a fresh key), so no Email of it is filed yet and
-   * the email index need not look for one. @default false */
-  newBlob?: boolean;
 }
 
 export interface FolderStoreOptions {
@@ -381,11 +371,7 @@ export class FolderStore {
   /** The folder with this full name, or undefined. */
   async find(user: string, name: string): Promise<FolderInfo | undefined> {
     const levels = splitName(name);
-    if (levels.length === 1 && levels[0] === INBOX) {
-      // INBOX needs only its META (every APPEND to it comes here), not the registry list() reads.
-      const inbox = await this.folderMeta(user, INBOX);
-      return { id: INBOX, name: INBOX, parentId: ROOT, subscribed: inbox.unsubscribed !== true };
-    }
+    if (levels.length === 1 && levels[0] === INBOX) return (await this.list(user))[0];
     let parent = levels[0] === INBOX ? INBOX : ROOT;
     for (const leaf of levels[0] === INBOX ? levels.slice(1) : levels) {
       const idx = await this.tables.get(folderKeys.name(user, parent, leaf));
@@ -654,10 +640,9 @@ export class FolderStore {
    * to ascend), then counters, message, marker, blob reference, usage and change item commit in
    * one transaction.
    */
-  async append(user: string, folderId: string, m: AppendInput): Promise<{ uid: number; modseq: number; duplicate: boolean; uidValidity: number }> {
+  async append(user: string, folderId: string, m: AppendInput): Promise<{ uid: number; modseq: number; duplicate: boolean }> {
     const flags = normalizeFlags(m.flags ?? []);
     const markerKey = m.key === undefined ? undefined : folderKeys.marker(m.key, user, folderId);
-    m.blobDurable?.catch(() => undefined); // awaited before the commit; a failed read must not leave it unhandled
     let uid = 0;
     for (let attempt = 0; ; attempt++) {
       // One round trip of reads; the usage is read beside them (usageBase re-reads it only on a
@@ -669,8 +654,7 @@ export class FolderStore {
         this.tables.get(folderKeys.usage(user)),
         this.index.plan(user, m),
       ]);
-      const uidValidity = Number(meta.uidValidity);
-      if (marker) return { uid: Number(marker.uid), modseq: Number(marker.modseq ?? 0), duplicate: true, uidValidity };
+      if (marker) return { uid: Number(marker.uid), modseq: Number(marker.modseq ?? 0), duplicate: true };
       if (!account) throw new NoSuchMailbox(user);
       const base: UsageBase = usage ? { usage, bytes: Number(usage.bytes ?? 0) } : await this.usageBase(user, folderId === INBOX ? meta : undefined);
       const quota = Number(account.quotaBytes ?? 0);
@@ -704,17 +688,9 @@ export class FolderStore {
       ];
       this.addUsage(ops, user, base, quota, m.size, 1);
       if (markerKey) ops.push({ put: this.markerItem(markerKey, m, uid, modseq), condition: { exists: false } });
-      if (m.blobDurable) {
-        try {
-          await m.blobDurable;
-        } catch (e) {
-          await this.changes.abandon(user, modseq).catch(() => undefined);
-          throw e;
-        }
-      }
       try {
         await this.commit(user, ops);
-        return { uid, modseq, duplicate: false, uidValidity };
+        return { uid, modseq, duplicate: false };
       } catch (e) {
         // ConditionFailed: a racing copy of this append (marker), the quota, an out-of-order
         // MODSEQ on the folder, or a reader that closed our MODSEQ as a gap: all re-checked above.
