@@ -31,6 +31,7 @@ const PROGRAMS: { names: string[]; pkg: string; use: string }[] = [
   { names: ['neomutt'], pkg: 'neomutt', use: 'IMAP mail reader (driven through tmux)' },
   { names: ['tmux'], pkg: 'tmux', use: 'terminal for neomutt' },
   { names: ['rspamd'], pkg: 'rspamd', use: 'spam filter the MX listener scans with (test/spam starts its own)' },
+  { names: ['redis-server'], pkg: 'redis-server', use: "rspamd's Bayes store (test/spam starts its own)" },
 ];
 
 /** Python modules, by interpreter, with the package that brings each. */

@@ -23,11 +23,11 @@ describe('the test tools check', () => {
   it('names every missing program and the install command, and exits 1', () => {
     const r = check('/nonexistent');
     expect(r.status).toBe(1);
-    for (const tool of ['swaks', 'curl', 'fetchmail', 'chromium', 'openssl', 'script', 'python3'])
+    for (const tool of ['swaks', 'curl', 'fetchmail', 'chromium', 'openssl', 'script', 'python3', 'rspamd', 'redis-server'])
       expect(r.stderr).toMatch(new RegExp(`^  - ${tool} \\(`, 'm'));
     expect(r.stderr).toContain("moto's server");
     expect(r.stderr).toContain('test/support/moto.ts');
-    expect(r.stderr).toMatch(/^ {2}apt-get update && apt-get install -y --no-install-recommends swaks .*fetchmail .*chromium .*bsdutils rspamd$/m);
+    expect(r.stderr).toMatch(/^ {2}apt-get update && apt-get install -y --no-install-recommends swaks .*fetchmail .*chromium .*bsdutils rspamd redis-server$/m);
     expect(r.stderr).toContain('pip install "moto[server]>=5.2"');
     expect(r.stdout).toBe('');
   });
