@@ -90,7 +90,7 @@ describe('SqliteStore checkpoints on a worker thread', () => {
     expect(maxWal).toBeLessThan(0.6 * statSync(s.path).size);
     // Idle: the WAL ends truncated, holding at most the worker's one-row restart commit.
     // The worker's idle tick may be starved for seconds when the whole suite loads both cores.
-    await until('the idle WAL to be truncated', () => walSize(s.path) <= 32 + 4 * PAGE, 20_000);
+    await until('the idle WAL to be truncated', () => walSize(s.path) <= 32 + 4 * PAGE, 40_000);
     expect(s.store.checkpointStats()!.truncates).toBeGreaterThan(0);
     await s.close();
     expect(rowsIn(s.path)).toEqual({ n: 10_000, ok: 'ok' });
