@@ -23,7 +23,7 @@ import { summarizeForMailbox } from '../../core/mail/imap-structure.js';
 import type { InboundJob } from '../../core/mail/jobs.js';
 import { buildReceived } from '../../core/mail/received.js';
 import { returnPathLine } from '../../core/mail/return-path.js';
-import { isSkipped, spamHeaders, type SpamResult, type SpamScanner } from '../../core/mail/spam.js';
+import { isSkipped, SPAM_SKIPPED_MSG, spamHeaders, type SpamResult, type SpamScanner } from '../../core/mail/spam.js';
 import { countSpamLater } from '../../core/mail/spam-stats.js';
 import type { DnsResolver } from '../../core/dns.js';
 import type { Metrics } from '../../core/metrics.js';
@@ -333,7 +333,7 @@ export class StorageSink implements MessageSink {
     if (!isSkipped(r) && r.action === 'reject') count('rejected');
     if (!isSkipped(r) && (r.action === 'soft reject' || r.action === 'greylist')) count('deferred');
     if (isSkipped(r)) {
-      this.deps.log.warn({ id: this.id, reason: r.skipped, detail: r.detail }, `spam scan skipped (${r.skipped}); message accepted unscanned`);
+      this.deps.log.warn({ id: this.id, reason: r.skipped, detail: r.detail }, `${SPAM_SKIPPED_MSG} (${r.skipped}); message accepted unscanned`);
       return spamHeaders(r);
     }
     if (r.action === 'reject') {

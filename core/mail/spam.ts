@@ -18,6 +18,9 @@ import { Agent, errors as undiciErrors, request, type Dispatcher } from 'undici'
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 
+/** How the log line of a skipped scan starts; the AWS alarm's metric filter matches it (infra/stacks/monitoring.ts). */
+export const SPAM_SKIPPED_MSG = 'spam scan skipped';
+
 /** rspamd's actions (its `actions` config section; "Rspamd protocol", `action` of a reply). */
 export const SPAM_ACTIONS = ['reject', 'soft reject', 'greylist', 'add header', 'rewrite subject', 'no action'] as const;
 export type SpamAction = (typeof SPAM_ACTIONS)[number];

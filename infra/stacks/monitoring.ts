@@ -15,6 +15,7 @@ import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subs from 'aws-cdk-lib/aws-sns-subscriptions';
 import type { Construct } from 'constructs';
 import { OUTBOUND_AGE_METRIC } from '../../core/mail/outbound-age.js';
+import { SPAM_SKIPPED_MSG } from '../../core/mail/spam.js';
 import type { StageConfig } from '../config.js';
 import type { ListenersStack } from './listeners.js';
 import type { ProcessingStack } from './processing.js';
@@ -44,10 +45,9 @@ export const LOG_FIELDS = {
   cache: ['hit', 'miss', 'revalidated', 'stale', 'bypass', 'refused', 'failed'],
 } as const;
 
-/** How the SMTP listener's log line for a skipped spam scan begins (containers/smtp/spool.ts:
- * `spam scan skipped (<reason>); message accepted unscanned`, a warning with `reason`), the line
- * its tomlinson_spam_scans_total{result="skipped"} count goes with. */
-export const SPAM_SKIPPED_MSG = 'spam scan skipped';
+/** The start of the SMTP listener's log line for a skipped spam scan (one constant, written by
+ * containers/smtp/spool.ts and matched by the alarm's metric filter). */
+export { SPAM_SKIPPED_MSG };
 
 /** Dashboard, alarms and alarm topic of one stage. */
 export class MonitoringStack extends Stack {
