@@ -767,7 +767,7 @@ export const SETTINGS: readonly Setting[] = [
     min: 1,
     max: 1000,
     default: 2,
-    doc: 'Uses of a response held in memory (the storing request is the first) before it is also written to the shared object tier; 1: write every stored response.',
+    doc: 'Uses of a response held in memory (the storing request is the first) before it is also written to the shared object tier (at once when another proxy worker misses on it); 1: write every stored response.',
   },
   {
     path: 'proxy.statsLogSeconds',

@@ -43,6 +43,8 @@ export interface ProxyOptions {
    * workers (workers.ts) mark in their stores (CacheStore.markStored).
    */
   stored?: (urlHash: string) => void;
+  /** The sibling workers that may hold in memory what this one misses (CacheStoreOptions.siblings). */
+  siblings?: { held: (urlHash: string) => void; ask: (url: string) => Promise<boolean> };
   /** Told of every URL this proxy invalidated (RFC 9111 §4.4), so that sibling workers drop it from their memory tiers at once. */
   purged?: (url: string) => void;
   /** PEM certificates trusted for https origins on top of Node's roots (tests with a self-signed origin). */
@@ -126,6 +128,7 @@ class CachingProxy {
       // task writes the shared tier.
       sharedObjectTier: ctx.storage.capabilities.sharedBetweenProcesses,
       stored: options.stored,
+      siblings: options.siblings,
       now,
     });
     this.stats = new CacheStats(ctx.storage.tables, ctx.metrics, this.log, { logMs: cfg.statsLogSeconds * 1000 });

@@ -41,6 +41,31 @@ let log: Logger | undefined;
 let storage: Storage | undefined;
 let proxy: RunningProxy | undefined;
 let stopping: Promise<void> | undefined;
+let siblingCount = 0;
+
+/**
+ * How long a miss waits for the sibling workers to say whether one holds the response (they answer
+ * within a fraction of a millisecond plus one object-tier write; one restarting never does).
+ */
+const WANT_TIMEOUT_MS = 250;
+const wants = new Map<number, { left: number; done: (stored: boolean) => void }>();
+let nextWant = 0;
+
+/** Asks the siblings to write their memory-only response for `url` to the object tier; true once one has. */
+function ask(url: string): Promise<boolean> {
+  if (siblingCount <= 0) return Promise.resolve(false);
+  return new Promise<boolean>((resolve) => {
+    const id = ++nextWant;
+    const done = (stored: boolean): void => {
+      clearTimeout(timer);
+      wants.delete(id);
+      resolve(stored);
+    };
+    const timer = setTimeout(() => done(false), WANT_TIMEOUT_MS);
+    wants.set(id, { left: siblingCount, done });
+    send({ t: 'want', id, url });
+  });
+}
 
 async function start(m: WorkerStart): Promise<void> {
   const config = m.config;
@@ -53,7 +78,15 @@ async function start(m: WorkerStart): Promise<void> {
   // store opened on it) keeps the expiry purge; every store runs its own checkpoints.
   storage = instrumentStorage(await openStorage(config, log.child({ c: 'storage' }), { local: { purgeIntervalMs: 0 } }), metrics);
   Accounts.cacheLookups(storage.tables, storage.capabilities.costlyReads ? config.mail.accountCacheSeconds : 0);
-  proxy = await startProxy({ config, storage, log, metrics }, { purged: (url) => send({ t: 'purged', url }), stored: (hash) => send({ t: 'stored', hash }) });
+  siblingCount = m.workers - 1;
+  proxy = await startProxy(
+    { config, storage, log, metrics },
+    {
+      purged: (url) => send({ t: 'purged', url }),
+      stored: (hash) => send({ t: 'stored', hash }),
+      siblings: { held: (hash) => send({ t: 'held', hash }), ask },
+    },
+  );
   // Its log lines ("proxy listening") before the news that it listens.
   flushLines();
   send({ t: 'ready', port: proxy.port });
@@ -100,6 +133,20 @@ process.on('message', (m: ToWorker) => {
     case 'known':
       proxy?.store.markStored(m.hash);
       break;
+    case 'held':
+      proxy?.store.markHeld(m.hash);
+      break;
+    case 'want': {
+      const answer = (stored: boolean) => send({ t: 'had', id: m.id, to: m.from, stored });
+      if (!proxy) answer(false);
+      else proxy.store.persistHeld(m.url).then(answer, () => answer(false));
+      break;
+    }
+    case 'had': {
+      const w = wants.get(m.id);
+      if (w && (m.stored || --w.left === 0)) w.done(m.stored);
+      break;
+    }
     case 'stop':
       void stop(m.graceMs);
       break;

@@ -24,6 +24,11 @@
  *   what it stored, and they mark it in theirs (asking SQLite on every miss instead was dearer by
  *   far: docs/performance.md, Proxy). A miss in the moment before the news arrives goes to the
  *   origin: a miss that could have been a hit, never a wrong answer.
+ * - Responses held in one memory tier only (a response goes to the object tier at its second use,
+ *   proxy.objectTierAdmitHits): a worker tells its siblings the URL hashes it holds so; a sibling
+ *   that misses on one asks them through this process (`want`), and the holder writes it to the
+ *   object tier at once and answers (`had`), within WANT_TIMEOUT_MS (worker-main.ts). A repeat is
+ *   then a hit on whichever worker the connection went to, not a second origin fetch.
  * - Purges: an invalidation (RFC 9111 §4.4) made by one worker reaches the others through this
  *   process at once; a `cache purge` from the admin CLI (another process) through the purge log
  *   that every worker polls (CacheStore.watchPurges), as on AWS.
@@ -50,13 +55,22 @@ export interface WorkerStart {
   /** The config with this worker's share of the memory tier. */
   config: Config;
   index: number;
+  /** How many workers share the port (this one included). */
+  workers: number;
   logLevel: string;
   logBindings: Record<string, unknown>;
 }
 
 /** Messages to a worker. */
 export type ToWorker =
-  WorkerStart | { t: 'metrics'; id: number } | { t: 'forget'; url: string } | { t: 'known'; hash: string } | { t: 'stop'; graceMs: number };
+  | WorkerStart
+  | { t: 'metrics'; id: number }
+  | { t: 'forget'; url: string }
+  | { t: 'known'; hash: string }
+  | { t: 'held'; hash: string }
+  | { t: 'want'; id: number; url: string; from: number }
+  | { t: 'had'; id: number; stored: boolean }
+  | { t: 'stop'; graceMs: number };
 
 /** Messages from a worker. */
 export type FromWorker =
@@ -66,7 +80,10 @@ export type FromWorker =
   | { t: 'log'; lines: string }
   | { t: 'metrics'; id: number; snapshot: MetricsSnapshot }
   | { t: 'purged'; url: string }
-  | { t: 'stored'; hash: string };
+  | { t: 'stored'; hash: string }
+  | { t: 'held'; hash: string }
+  | { t: 'want'; id: number; url: string }
+  | { t: 'had'; id: number; to: number; stored: boolean };
 
 /** Options of startProxyWorkers (tests). */
 export interface ProxyWorkersOptions {
@@ -236,6 +253,7 @@ class ProxyWorkers {
               t: 'start',
               config: { ...cfg, proxy: { ...cfg.proxy, memoryBytes: share } },
               index: slot.index,
+              workers: this.slots.length,
               logLevel: this.ctx.log.level,
               logBindings: this.ctx.log.bindings(),
             });
@@ -264,6 +282,18 @@ class ProxyWorkers {
           case 'stored':
             this.siblings(slot, { t: 'known', hash: m.hash });
             break;
+          case 'held':
+            this.siblings(slot, { t: 'held', hash: m.hash });
+            break;
+          case 'want':
+            // A miss on a URL another worker may hold in memory only: each sibling answers the asker.
+            this.siblings(slot, { t: 'want', id: m.id, url: m.url, from: slot.index });
+            break;
+          case 'had': {
+            const to = this.slots[m.to]?.worker;
+            if (to?.isConnected()) to.send({ t: 'had', id: m.id, stored: m.stored } satisfies ToWorker);
+            break;
+          }
           case 'failed':
             this.log.error({ worker: slot.index, err: m.error }, 'proxy worker failed');
             settle(new Error(`proxy worker ${slot.index}: ${m.error}`));

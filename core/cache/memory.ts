@@ -101,6 +101,16 @@ export class MemoryTier {
     return n;
   }
 
+  /** Every stored variant of a URL, without touching their recency. */
+  variants(url: string): CachedObject[] {
+    const u = this.urls.get(url);
+    if (!u) return [];
+    return [...u.keys].flatMap((k) => {
+      const n = this.nodes.get(k);
+      return n ? [n.obj] : [];
+    });
+  }
+
   /** Drops everything. */
   clear(): void {
     this.nodes.clear();

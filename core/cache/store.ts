@@ -59,6 +59,15 @@ export interface CacheStoreOptions {
    * it with markStored and keep skipping the query for URLs the tier cannot hold.
    */
   stored?: (urlHash: string) => void;
+  /**
+   * The sibling proxy workers of this host's local object tier (containers/proxy/workers.ts). A
+   * response kept in memory only (see admitHits) lives in one worker's memory tier, where a repeat
+   * handed to another worker would not find it: `held` tells the siblings its URL hash, and a
+   * sibling's miss on such a URL asks the holders (`ask`, resolving true once one has written it
+   * to the object tier, see persistHeld) before it goes to the origin. So a repeat is a hit on
+   * whichever worker it lands, and the one-hit responses still cost no object-tier write.
+   */
+  siblings?: { held: (urlHash: string) => void; ask: (url: string) => Promise<boolean> };
   /** Clock, epoch ms. @default Date.now */
   now?: () => number;
 }
@@ -248,6 +257,9 @@ export class CacheStore {
   private closed = false;
   private readonly known: KnownUrls | undefined;
   private readonly stored: ((urlHash: string) => void) | undefined;
+  private readonly siblings: CacheStoreOptions['siblings'];
+  /** URL hashes a sibling worker said it holds in memory only (markHeld); a clear bit spares the question. */
+  private readonly heldElsewhere: KnownUrls | undefined;
   /** Resolves true once misses can skip the object tier for URLs it cannot hold (never with a shared tier). */
   readonly indexed: Promise<boolean>;
 
@@ -266,6 +278,11 @@ export class CacheStore {
     this.concurrency = options.persistConcurrency ?? 2;
     this.Policy = policyClass({ now: this.now, heuristicCapSeconds: options.heuristicCapSeconds });
     this.stored = options.stored;
+    this.siblings = options.siblings;
+    if (this.siblings) {
+      this.heldElsewhere = new KnownUrls();
+      this.heldElsewhere.ready = true;
+    }
     if (options.sharedObjectTier === false) {
       this.known = new KnownUrls();
       this.indexed = this.loadKnown(this.known);
@@ -294,6 +311,34 @@ export class CacheStore {
     this.known?.add(urlHash);
   }
 
+  /** A sibling worker keeps a response for the URL hash in its memory tier only (see `siblings`). */
+  markHeld(urlHash: string): void {
+    this.heldElsewhere?.add(urlHash);
+  }
+
+  /**
+   * A sibling worker missed on `url`, which this store may hold in memory only: writes every such
+   * variant to the object tier now (ahead of the queue) and resolves true once the tier has one
+   * (false: none held here).
+   */
+  async persistHeld(url: string): Promise<boolean> {
+    const objs = this.memory.variants(url);
+    await Promise.all(
+      objs.map(async (obj) => {
+        // A write already under way (or a refresh of a persisted entry) is waited for, not repeated.
+        await Promise.allSettled([...(this.persisting.get(url) ?? [])]);
+        if (obj.persisted || this.closed) return;
+        if (obj.queued) {
+          const i = this.backlog.indexOf(obj);
+          if (i >= 0) this.backlog.splice(i, 1);
+          obj.queued = false;
+        }
+        await this.startPersist(obj);
+      }),
+    );
+    return objs.some((o) => o.persisted);
+  }
+
   /** A new CachePolicy for a request/response pair, as a shared cache (RFC 9111 §3). */
   policy(req: CachePolicy.HttpRequest, res: CachePolicy.HttpResponse): CachePolicy {
     return new this.Policy(req, res, { shared: true });
@@ -309,7 +354,10 @@ export class CacheStore {
     const m = this.memory.get(url, headers);
     if (m) return m;
     const h = hashKey(url);
-    if (this.known && !this.known.mayHold(h)) return undefined;
+    if (this.known && !this.known.mayHold(h)) {
+      // Not in the object tier; in a sibling worker's memory, perhaps: it writes it there if so.
+      if (!this.heldElsewhere?.mayHold(h) || !(await this.siblings!.ask(url))) return undefined;
+    }
     const pk = ENTRY_PREFIX + h;
     let items: Item[];
     try {
@@ -386,7 +434,10 @@ export class CacheStore {
   /** Puts a complete in-memory object in the memory tier and queues it for the object tier. */
   adopt(obj: CachedObject): void {
     if (this.closed) return;
-    if (obj.size <= this.memoryObjectBytes && this.memory.set(obj) && this.admitHits > 1) return;
+    if (obj.size <= this.memoryObjectBytes && this.memory.set(obj) && this.admitHits > 1) {
+      this.siblings?.held(hashKey(obj.url));
+      return;
+    }
     this.admit(obj);
   }
 
@@ -524,20 +575,26 @@ export class CacheStore {
     while (this.active < this.concurrency && this.backlog.length > 0) {
       const obj = this.backlog.shift()!;
       obj.queued = false;
-      this.active++;
-      const done = this.persist(obj)
-        .catch((e: unknown) => this.log.warn({ err: e, url: obj.url }, 'cache object not persisted'))
-        .finally(() => {
-          this.persisting.get(obj.url)?.delete(done);
-          if (this.persisting.get(obj.url)?.size === 0) this.persisting.delete(obj.url);
-          this.active--;
-          this.pump();
-          if (this.active === 0 && this.backlog.length === 0 && this.writers.size === 0) for (const f of this.idle.splice(0)) f();
-        });
-      let set = this.persisting.get(obj.url);
-      if (!set) this.persisting.set(obj.url, (set = new Set()));
-      set.add(done);
+      void this.startPersist(obj);
     }
+  }
+
+  /** Writes an object to the object tier, counted as active and listed under its URL until done; never rejects. */
+  private startPersist(obj: CachedObject): Promise<void> {
+    this.active++;
+    const done: Promise<void> = this.persist(obj)
+      .catch((e: unknown) => this.log.warn({ err: e, url: obj.url }, 'cache object not persisted'))
+      .finally(() => {
+        this.persisting.get(obj.url)?.delete(done);
+        if (this.persisting.get(obj.url)?.size === 0) this.persisting.delete(obj.url);
+        this.active--;
+        this.pump();
+        if (this.active === 0 && this.backlog.length === 0 && this.writers.size === 0) for (const f of this.idle.splice(0)) f();
+      });
+    let set = this.persisting.get(obj.url);
+    if (!set) this.persisting.set(obj.url, (set = new Set()));
+    set.add(done);
+    return done;
   }
 
   private async persist(obj: CachedObject): Promise<void> {

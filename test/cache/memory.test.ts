@@ -108,4 +108,18 @@ describe('MemoryTier (byte-bounded LRU)', () => {
     expect(mem.get('http://h/a', {})).toBeUndefined();
     expect(mem.bytes).toBe(0);
   });
+
+  it('variants(url) lists every stored variant of a URL and leaves the recency order alone', () => {
+    const mem = new MemoryTier(1e6);
+    const en = obj('http://h/v', 10, ['accept-language'], 'en');
+    const fr = obj('http://h/v', 10, ['accept-language'], 'fr');
+    const other = obj('http://h/w', 10);
+    mem.set(en);
+    mem.set(fr);
+    mem.set(other);
+    const order = mem.keys();
+    expect(new Set(mem.variants('http://h/v'))).toEqual(new Set([en, fr]));
+    expect(mem.variants('http://h/none')).toEqual([]);
+    expect(mem.keys()).toEqual(order);
+  });
 });
