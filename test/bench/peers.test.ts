@@ -22,12 +22,14 @@ import {
   markdownTable,
   median,
   parseWrk,
+  processTree,
   quantile,
   ratio,
   textTable,
   turnOrder,
   waitListening,
   wrkLua,
+  watchPeakMemory,
   wrkTimeMs,
 } from '../../bench/peers/util.js';
 
@@ -311,5 +313,36 @@ describe('cpuMicros', () => {
     } finally {
       child.kill('SIGKILL');
     }
+  });
+});
+
+describe('watchPeakMemory', () => {
+  // The memory row sums a server's process tree (our proxy's cluster workers, Postfix's and
+  // Dovecot's forks): a child's memory must count, and so must what is still held at the end.
+  it('sums the memory of a process and its children, peak and after', async () => {
+    // A parent that forks a child holding 64 MiB of touched memory; the child says when it holds it.
+    const childCode = 'const b = Buffer.alloc(64 * 2 ** 20, 1); process.stdout.write("held\\n"); setInterval(() => b[0]++, 1000);';
+    const parentCode = `const c = require("child_process").spawn(process.execPath, ["-e", ${JSON.stringify(childCode)}], { stdio: ["ignore", "inherit", "ignore"] }); setInterval(() => {}, 1000);`;
+    const parent = spawn(process.execPath, ['-e', parentCode], { stdio: ['ignore', 'pipe', 'ignore'] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('the child did not allocate in 30 s')), 30_000);
+        parent.stdout!.on('data', () => (clearTimeout(timer), resolve()));
+      });
+      const alone = watchPeakMemory(() => parent.pid, 50);
+      const m = await alone.stop();
+      expect(m.afterRss).toBeGreaterThan(64 + 20); // the child's 64 MiB plus two Node processes
+      expect(m.afterPss).toBeGreaterThan(64);
+      expect(m.rss).toBeGreaterThanOrEqual(m.afterRss);
+      expect(m.pss).toBeGreaterThanOrEqual(m.afterPss);
+    } finally {
+      // The child first: once its parent is gone it would be nobody's to stop.
+      for (const pid of processTree(parent.pid!).reverse()) process.kill(pid, 'SIGKILL');
+    }
+  });
+
+  it('reads zero for a server that is gone', async () => {
+    const m = await watchPeakMemory(() => undefined).stop();
+    expect(m).toEqual({ rss: 0, pss: 0, afterRss: 0, afterPss: 0 });
   });
 });
