@@ -1,8 +1,8 @@
 /**
  * POP3 side by side (issue 5, "Speed"; issue 9): ours (`containers/main.ts serve pop3` on the
  * embedded default) and Dovecot (Debian's dovecot-pop3d, config bench/peers/dovecot.conf), each
- * started cold for each run, each row run on both back to back (interleaveRows), over the same 1,000 x 10 KB messages in each of 10
- * mailboxes. Load: our client (bench/pop3.ts) logs in, LISTs, RETRs every message one command at
+ * started cold for each run, each row run on both back to back (interleaveRows), over the same
+ * 1,000 x 10 KB messages in each of 10 mailboxes. Load: our client (bench/pop3.ts) logs in, LISTs, RETRs every message one command at
  * a time and QUITs; 1 client on one mailbox, then 10 clients on 10 mailboxes in parallel. Latency
  * is per RETR (command sent to the end of the multi-line reply).
  */

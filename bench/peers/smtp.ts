@@ -2,9 +2,9 @@
  * SMTP side by side (issue 4, "Speed"; issue 9): ours (`containers/main.ts serve smtp,workers` on
  * the embedded default, durable: fsync before 250) and Postfix delivering to Maildir (a private
  * instance from bench/peers/postfix/, fsync before 250 as shipped), both started cold for each
- * run and each row run on them back to back (interleaveRows). Load: Postfix's smtp-source at 1, 10 and 50 sessions, 10 KB messages,
- * a fresh connection per message; then our own client at 10 sessions for the accept latency
- * (end of data -> 250). After the load, the delivered count is checked (files in the Maildir for
+ * run and each row run on them back to back (interleaveRows). Load: Postfix's smtp-source at 1,
+ * 10 and 50 sessions, 10 KB messages, a fresh connection per message; then our own client at 10
+ * sessions for the accept latency (end of data -> 250). After the load, the delivered count is checked (files in the Maildir for
  * Postfix; the worker's delivered counter for ours) and the time to drain is reported if it lags.
  * Then one 50 MB message to ours (resident memory growth).
  *
