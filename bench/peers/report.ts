@@ -302,9 +302,16 @@ export function summaryRows(reports: readonly ProtocolReport[]): string[][] {
   return out;
 }
 
-/** The one table of every protocol as Markdown. */
+/** What the one table's columns mean, printed under it (each protocol's own notes say how it ran). */
+export const SUMMARY_LEGEND = [
+  'median (min–max): over the runs, each on servers started cold; a change counts only when a row moves beyond its range.',
+  'ours/peer: the median of the per-run ratios (each row runs on ours and the peer back to back, the order swapped each run), with their range.',
+  `memory: MiB summed over a server's processes (ours: the main process and its workers), peak and after the run, PSS and in brackets RSS; issue 25's target is our peak PSS within our configured memory tier + ${MEMORY_OVERHEAD_TARGET_MIB} MiB.`,
+];
+
+/** The one table of every protocol as Markdown, with its legend. */
 export function summaryMarkdown(reports: readonly ProtocolReport[]): string {
-  return markdownTable(SUMMARY_HEADER, summaryRows(reports));
+  return `${markdownTable(SUMMARY_HEADER, summaryRows(reports))}\n${SUMMARY_LEGEND.map((l) => `- ${l}`).join('\n')}\n`;
 }
 
 /** The one table of every protocol as plain text. */
