@@ -3,8 +3,9 @@
  * default, its own fresh data folder) and Dovecot (Debian's dovecot-imapd, config
  * bench/peers/dovecot-imap.conf, Maildir on the same disk, fsync as shipped), each started cold
  * for each run over the same messages, each row run on both back to back (interleaveRows). Load:
- * the client in bench/imap.ts over plain sockets on 127.0.0.1. Every row counts messages handled per second (a SELECT of 10,000 in
- * 0.1 s is 100,000 msg/s); rows of one command give its time as p50.
+ * the client in bench/imap.ts over plain sockets on 127.0.0.1. Every row counts messages handled
+ * per second (a SELECT of 10,000 in 0.1 s is 100,000 msg/s); rows of one command give its time
+ * as p50.
  */
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
