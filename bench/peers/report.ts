@@ -201,7 +201,13 @@ export function summarize(
     notes: [
       ...notes,
       ...memoryNotes,
-      'min–max: the slowest and fastest run. ours/peer: the median over runs of ours in run r over the peer in run r (each row runs on both servers back to back, so each pair saw about the same load), with the range of those per-run ratios.',
+      'min–max: the slowest and fastest run.',
+      // Only where a peer ran beside ours (JMAP and the webmail have none).
+      ...(rows.some((r) => r.oursOverPeer !== undefined)
+        ? [
+            'ours/peer: the median over runs of ours in run r over the peer in run r (each row runs on both servers back to back, so each pair saw about the same load), with the range of those per-run ratios.',
+          ]
+        : []),
     ],
   };
 }

@@ -233,6 +233,9 @@ describe('summarize', () => {
       samples: [{ server: OURS, run: 1, peakPss: 200, afterPss: 180, peakRss: 250, afterRss: 230 }],
       tier: { mib: 0, what: 'none' },
     });
+    // The ours/peer note only where a peer ran.
+    expect(proxy.notes.some((n) => n.startsWith('ours/peer'))).toBe(true);
+    expect(jmap.notes.some((n) => n.startsWith('ours/peer'))).toBe(false);
     const rows = summaryRows([proxy, jmap]);
     expect(rows).toEqual([
       ['Proxy, hit1k', 'req/s', '150 (90–165)', 'squid 110 (100–120)', '1.25 (0.90–1.50)', '– / 75', '4.00 / 8.00'],
