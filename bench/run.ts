@@ -7,13 +7,16 @@
  * Without `--peers`, ours runs alone and each bench compares with the issues' reference figures
  * (bench/pop3.ts also measures Dovecot in the same run when it is installed).
  *
- * `npm run bench -- --peers [smtp] [pop3] [imap] [jmap] [proxy] [webmail] [--runs 3] [--duration 10] [--smtp-messages 1500] [--smtp-warmup 1500] [--smtp-latency 500] [--smtp-spam]
+ * `npm run bench -- --peers [all | smtp] [pop3] [imap] [jmap] [proxy] [webmail] [--runs 3] [--duration 10] [--smtp-messages 1500] [--smtp-warmup 1500] [--smtp-latency 500] [--smtp-spam]
  * [--pop3-messages 1000] [--imap-messages 1000] [--imap-sync 10000] [--imap-big [100000]] [--proxy-scenarios reval,miss]
  * [--webmail-runs 20] [--webmail-messages 10000]` runs the peers side
  * by side instead (bench/peers/): installs the missing Debian packages (as root), starts Postfix,
- * Dovecot, Squid and nginx on 127.0.0.1 with configs from bench/peers/, alternates runs with ours,
- * prints one table per protocol (medians, p50/p99, peak memory, ours/peer) and writes them as JSON
- * and Markdown to bench/results/<stamp>/. Every process it starts is stopped, also on Ctrl-C.
+ * Dovecot, Squid and nginx on 127.0.0.1 with configs from bench/peers/, up at once with ours, each
+ * row run on them back to back (the order turning per row and per run), prints one table per
+ * protocol (median and min–max over runs, p50/p99, CPU per op, ours/peer, a memory row) and then
+ * one table of every protocol with the machine line and load averages, and writes them as JSON and
+ * Markdown to bench/results/<stamp>/ (table.md: the README's table). Every process it starts is
+ * stopped, also on Ctrl-C.
  * `--smtp-spam` adds SMTP rows with a private rspamd scanning every message (ours through its
  * spam client, Postfix through smtpd_milters; bench/peers/smtp.ts).
  *
@@ -76,8 +79,9 @@ function numberFlag(argv: string[], name: string, zero = false): number | undefi
 }
 
 async function peers(argv: string[]): Promise<void> {
-  const { ensurePeerPackages, machineLine, peerVersions, runCleanups } = await import('./peers/util.js');
-  const { reportMarkdown, reportText } = await import('./peers/report.js');
+  const { ensurePeerPackages, loadAverage, machineLine, peerVersions, runCleanups } = await import('./peers/util.js');
+  const { reportMarkdown, reportText, summaryMarkdown, summaryText } = await import('./peers/report.js');
+  // `--peers all` is every protocol, as `--peers` alone.
   const asked = argv.filter((a) => (BENCHES as readonly string[]).includes(a));
   const which = asked.length ? asked : [...BENCHES];
   const runs = numberFlag(argv, 'runs') ?? 3;
@@ -94,11 +98,13 @@ async function peers(argv: string[]): Promise<void> {
       .map(([k, v]) => `${k} ${v}`)
       .join(', ')}`;
     const at = new Date().toISOString();
-    process.stdout.write(`bench --peers on ${machine}\n${runs} runs per server, results in ${dir}\n\n`);
+    const loadBefore = loadAverage();
+    process.stdout.write(`bench --peers on ${machine}\nload average before: ${loadBefore}\n${runs} runs per server, results in ${dir}\n\n`);
     const reports = [];
     const failed: string[] = [];
     for (const name of which) {
       const started = Date.now();
+      const protocolLoad = loadAverage();
       let rep: Awaited<ReturnType<typeof import('./peers/proxy.js').runProxyPeers>>;
       try {
         rep =
@@ -140,6 +146,8 @@ async function peers(argv: string[]): Promise<void> {
         continue;
       }
       say(`${name}: ${Math.round((Date.now() - started) / 1000)} s`);
+      // How busy the machine was around this protocol's runs (1, 5 and 15 minute averages).
+      rep.notes.push(`Load average (1 / 5 / 15 min) before this protocol's runs: ${protocolLoad}; after: ${loadAverage()} (${cpus().length} cores).`);
       reports.push(rep);
       for (const p of rep.problems ?? []) failed.push(`${name} (${p})`);
       process.stdout.write(`${reportText(rep)}\n`);
@@ -147,10 +155,15 @@ async function peers(argv: string[]): Promise<void> {
       await writeFile(join(dir, `${name}.md`), head + reportMarkdown(rep));
       await writeFile(join(dir, `${name}.json`), JSON.stringify({ at, machine, versions, runs, ...rep }, null, 2));
     }
-    const md = `## Benchmarks side by side (${at.slice(0, 10)})\n\nMachine: ${machine}. Medians of ${runs} runs.\n\n${reports.map(reportMarkdown).join('\n')}`;
-    await writeFile(join(dir, 'peers.md'), md);
-    await writeFile(join(dir, 'summary.json'), JSON.stringify({ machine, versions, at, runs, reports }, null, 2));
-    process.stdout.write(`tables in ${join(dir, 'peers.md')}\n`);
+    // The one table the README pastes: every protocol, medians with their spread, the machine line.
+    const loadAfter = loadAverage();
+    const intro = `Machine: ${machine}. Load average (1 / 5 / 15 min) before: ${loadBefore}; after: ${loadAfter}. Medians of ${runs} runs (min–max in brackets), ${at.slice(0, 16).replace('T', ' ')} UTC, \`npm run bench -- ${argv.join(' ')}\`.`;
+    const table = `## Benchmarks side by side (${at.slice(0, 10)})\n\n${intro}\n\n${summaryMarkdown(reports)}`;
+    await writeFile(join(dir, 'table.md'), table);
+    await writeFile(join(dir, 'peers.md'), `${table}\n${reports.map(reportMarkdown).join('\n')}`);
+    await writeFile(join(dir, 'summary.json'), JSON.stringify({ machine, versions, at, runs, loadBefore, loadAfter, reports }, null, 2));
+    process.stdout.write(`== All protocols ==\n${intro}\n${summaryText(reports)}\n`);
+    process.stdout.write(`the table for the README in ${join(dir, 'table.md')}, with every protocol's own table and notes in ${join(dir, 'peers.md')}\n`);
     if (failed.length) throw new Error(`${failed.join(', ')} failed (see above)`);
   } finally {
     await runCleanups();

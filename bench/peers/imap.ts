@@ -2,9 +2,10 @@
  * IMAP side by side (issue 21, "Speed"): ours (`containers/main.ts serve imap` on the embedded
  * default, its own fresh data folder) and Dovecot (Debian's dovecot-imapd, config
  * bench/peers/dovecot-imap.conf, Maildir on the same disk, fsync as shipped), each started cold
- * for each run over the same messages, runs alternating. Load: the client in bench/imap.ts over
- * plain sockets on 127.0.0.1. Every row counts messages handled per second (a SELECT of 10,000 in
- * 0.1 s is 100,000 msg/s); rows of one command give its time as p50.
+ * for each run over the same messages, each row run on both back to back (interleaveRows). Load:
+ * the client in bench/imap.ts over plain sockets on 127.0.0.1. Every row counts messages handled
+ * per second (a SELECT of 10,000 in 0.1 s is 100,000 msg/s); rows of one command give its time
+ * as p50.
  */
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -13,8 +14,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ImapLoadClient, needle, quote, SENDERS, seedDovecotImap, seedOursImap, type ImapPlan } from '../imap.js';
 import { dovecotUser, makeMessage } from '../pop3.js';
-import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
-import { cpuMicros, fillTemplate, freePort, onCleanup, quantile, stopChild, waitListening, watchPeakMemory } from './util.js';
+import { OURS, summarize, type MemorySample, type ProtocolReport, type Sample } from './report.js';
+import { cpuMicros, fillTemplate, freePort, interleaveRows, onCleanup, quantile, stopChild, waitListening, watchPeakMemory } from './util.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -82,6 +83,7 @@ export async function runImapPeers(options: ImapPeersOptions = {}): Promise<Prot
   const dir = await mkdtemp(join(tmpdir(), 'tomlinson-peers-imap-'));
   const removeTemp = onCleanup(() => rm(dir, { recursive: true, force: true }));
   const samples: Sample[] = [];
+  const memory: MemorySample[] = [];
   const problems: string[] = [];
   try {
     const dataDir = join(dir, 'ours');
@@ -157,121 +159,123 @@ export async function runImapPeers(options: ImapPeersOptions = {}): Promise<Prot
       await sync.logout();
     };
 
-    const scenarios = async (s: ImapServer): Promise<Measure[]> => {
-      const out: Measure[] = [];
+    /**
+     * The main rows of one server, in table order: each a step that measures one row, to be run
+     * in turn with the other server's (interleaveRows). The sync session lives across the first
+     * sync and the two SEARCH rows, as a client's would.
+     */
+    const mainRows = (s: ImapServer): (() => Promise<Measure>)[] => {
       const n = plan.messages;
       const body = 'UID FETCH 1:* BODY.PEEK[]';
-      {
-        const c = await ImapLoadClient.session(s.port, s.login(plan.fetchUsers[0]!), plan.password);
-        out.push(
-          await measure(s, `UID FETCH 1:* BODY.PEEK[], ${n} x ${plan.size / 1024} KB, 1 client`, n, async () => {
+      let syncSession: ImapLoadClient | undefined;
+      const sync = () => syncSession!;
+      return [
+        async () => {
+          const c = await ImapLoadClient.session(s.port, s.login(plan.fetchUsers[0]!), plan.password);
+          const m = await measure(s, `UID FETCH 1:* BODY.PEEK[], ${n} x ${plan.size / 1024} KB, 1 client`, n, async () => {
             const r = await c.must(body);
             expectFetches(body, r.fetches, n);
             if (r.literalBytes < n * plan.size) throw new Error(`${body}: ${r.literalBytes} octets of bodies, expected ${n * plan.size}`);
-          }),
-        );
-        await c.logout();
-      }
-      {
-        const cs = await Promise.all(plan.fetchUsers.map((u) => ImapLoadClient.session(s.port, s.login(u), plan.password)));
-        out.push(
-          await measure(s, `UID FETCH 1:* BODY.PEEK[], ${clients} clients on ${clients} mailboxes`, n * clients, async () => {
+          });
+          await c.logout();
+          return m;
+        },
+        async () => {
+          const cs = await Promise.all(plan.fetchUsers.map((u) => ImapLoadClient.session(s.port, s.login(u), plan.password)));
+          const m = await measure(s, `UID FETCH 1:* BODY.PEEK[], ${clients} clients on ${clients} mailboxes`, n * clients, async () => {
             const rs = await Promise.all(cs.map((c) => c.must(body)));
             for (const r of rs) expectFetches(body, r.fetches, n);
-          }),
-        );
-        await Promise.all(cs.map((c) => c.logout()));
-      }
-      {
-        // First sync: a client that knows nothing of the folder.
-        const m = plan.syncMessages;
-        const c = await ImapLoadClient.session(s.port, s.login(plan.syncUser), plan.password, null);
-        const attrs = 'FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)';
-        let selectMs = 0;
-        out.push(
-          await measure(s, `SELECT + ${attrs}, ${m.toLocaleString('en')} messages`, m, async () => {
+          });
+          await Promise.all(cs.map((c) => c.logout()));
+          return m;
+        },
+        async () => {
+          // First sync: a client that knows nothing of the folder.
+          const m = plan.syncMessages;
+          syncSession = await ImapLoadClient.session(s.port, s.login(plan.syncUser), plan.password, null);
+          const attrs = 'FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)';
+          return measure(s, `SELECT + ${attrs}, ${m.toLocaleString('en')} messages`, m, async () => {
             const t = performance.now();
-            await c.must('SELECT INBOX');
-            selectMs = performance.now() - t;
-            const r = await c.must(attrs);
+            await sync().must('SELECT INBOX');
+            const selectMs = performance.now() - t;
+            const r = await sync().must(attrs);
             expectFetches(attrs, r.fetches, m);
             return { note: `SELECT alone ${selectMs.toFixed(0)} ms` };
-          }),
-        );
-        // SEARCH by header (FROM: SENDERS senders, so m / SENDERS hits) and by TEXT (one hit).
-        for (const [key, reps, hits] of [
-          [`FROM ${quote('sender7@')}`, 10, Math.ceil((m - 7) / SENDERS)],
-          [`TEXT ${quote(needle(m))}`, 3, 1],
-        ] as const) {
+          });
+        },
+        // SEARCH by header (FROM: SENDERS senders, so m / SENDERS hits) and by TEXT (one hit), in
+        // the sync session; the second logs it out.
+        ...(
+          [
+            [`FROM ${quote('sender7@')}`, 10, Math.ceil((plan.syncMessages - 7) / SENDERS)],
+            [`TEXT ${quote(needle(plan.syncMessages))}`, 3, 1],
+          ] as const
+        ).map(([key, reps, hits], k) => async () => {
+          const m = plan.syncMessages;
           const lat: number[] = [];
-          out.push(
-            await measure(s, `UID SEARCH ${key.split(' ')[0]} over ${m.toLocaleString('en')}`, m * reps, async () => {
-              for (let i = 0; i < reps; i++) {
-                const t = performance.now();
-                const r = await c.must(`UID SEARCH ${key}`);
-                lat.push(performance.now() - t);
-                const line = r.untagged.find((l) => l.startsWith('* SEARCH'));
-                const found = line ? line.split(' ').length - 2 : -1;
-                if (found !== hits) throw new Error(`UID SEARCH ${key}: ${found} hits, expected ${hits}`);
-              }
-              return { latenciesMs: lat };
-            }),
-          );
-        }
-        await c.logout();
-      }
-      {
-        const c = await ImapLoadClient.session(s.port, s.login(plan.fetchUsers[1]!), plan.password);
-        const t = performance.now();
-        out.push(
-          await measure(s, `UID STORE 1:* +FLAGS (\\Seen), ${n} messages`, n, async () => {
+          const out = await measure(s, `UID SEARCH ${key.split(' ')[0]} over ${m.toLocaleString('en')}`, m * reps, async () => {
+            for (let i = 0; i < reps; i++) {
+              const t = performance.now();
+              const r = await sync().must(`UID SEARCH ${key}`);
+              lat.push(performance.now() - t);
+              const line = r.untagged.find((l) => l.startsWith('* SEARCH'));
+              const found = line ? line.split(' ').length - 2 : -1;
+              if (found !== hits) throw new Error(`UID SEARCH ${key}: ${found} hits, expected ${hits}`);
+            }
+            return { latenciesMs: lat };
+          });
+          if (k === 1) await sync().logout();
+          return out;
+        }),
+        async () => {
+          const c = await ImapLoadClient.session(s.port, s.login(plan.fetchUsers[1]!), plan.password);
+          const t = performance.now();
+          const m = await measure(s, `UID STORE 1:* +FLAGS (\\Seen), ${n} messages`, n, async () => {
             const r = await c.must('UID STORE 1:* +FLAGS (\\Seen)');
             expectFetches('UID STORE', r.fetches, n);
             return { latenciesMs: [performance.now() - t] };
-          }),
-        );
-        // Unmeasured: back to unseen, so the next run changes every flag again.
-        await c.must('UID STORE 1:* -FLAGS.SILENT (\\Seen)');
-        await c.logout();
-      }
-      {
-        // APPEND one at a time (as Thunderbird and imaplib do), each answered once durable.
-        const c = await ImapLoadClient.session(s.port, s.login(plan.writeUser), plan.password, null);
-        const folder = `append-${Date.now()}`;
-        await c.must(`CREATE ${folder}`);
-        const raw = makeMessage(0, plan.size);
-        const lat: number[] = [];
-        out.push(
-          await measure(s, `APPEND ${plan.size / 1024} KB, 1 client, one at a time`, appends, async () => {
+          });
+          // Unmeasured: back to unseen, so the next run changes every flag again.
+          await c.must('UID STORE 1:* -FLAGS.SILENT (\\Seen)');
+          await c.logout();
+          return m;
+        },
+        async () => {
+          // APPEND one at a time (as Thunderbird and imaplib do), each answered once durable.
+          const c = await ImapLoadClient.session(s.port, s.login(plan.writeUser), plan.password, null);
+          const folder = `append-${Date.now()}`;
+          await c.must(`CREATE ${folder}`);
+          const raw = makeMessage(0, plan.size);
+          const lat: number[] = [];
+          const m = await measure(s, `APPEND ${plan.size / 1024} KB, 1 client, one at a time`, appends, async () => {
             for (let i = 0; i < appends; i++) {
               const t = performance.now();
               await c.must(`APPEND ${folder} ()`, raw);
               lat.push(performance.now() - t);
             }
             return { latenciesMs: lat };
-          }),
-        );
-        const st = await c.must(`STATUS ${folder} (MESSAGES)`);
-        const count = Number(/MESSAGES (\d+)/.exec(st.untagged.join(' '))?.[1]);
-        if (count !== appends) throw new Error(`APPEND: ${count} messages in the folder, expected ${appends}`);
-        await c.must(`DELETE ${folder}`);
-        await c.logout();
-      }
-      {
-        // IDLE: one session idles on INBOX, another APPENDs to it; the delay runs from the
-        // APPEND's OK (the message is durable) to the idler's EXISTS.
-        const idler = await ImapLoadClient.session(s.port, s.login(plan.writeUser), plan.password);
-        const writer = await ImapLoadClient.session(s.port, s.login(plan.writeUser), plan.password, null);
-        const raw = makeMessage(1, 1024);
-        let onExists: (() => void) | undefined;
-        idler.onUntagged = (l) => {
-          if (/^\* \d+ EXISTS/.test(l)) onExists?.();
-        };
-        const idle = await idler.idle();
-        const lat: number[] = [];
-        let early = 0;
-        out.push(
-          await measure(s, `IDLE: APPEND from another session to EXISTS`, idleRounds, async () => {
+          });
+          const st = await c.must(`STATUS ${folder} (MESSAGES)`);
+          const count = Number(/MESSAGES (\d+)/.exec(st.untagged.join(' '))?.[1]);
+          if (count !== appends) throw new Error(`APPEND: ${count} messages in the folder, expected ${appends}`);
+          await c.must(`DELETE ${folder}`);
+          await c.logout();
+          return m;
+        },
+        async () => {
+          // IDLE: one session idles on INBOX, another APPENDs to it; the delay runs from the
+          // APPEND's OK (the message is durable) to the idler's EXISTS.
+          const idler = await ImapLoadClient.session(s.port, s.login(plan.writeUser), plan.password);
+          const writer = await ImapLoadClient.session(s.port, s.login(plan.writeUser), plan.password, null);
+          const raw = makeMessage(1, 1024);
+          let onExists: (() => void) | undefined;
+          idler.onUntagged = (l) => {
+            if (/^\* \d+ EXISTS/.test(l)) onExists?.();
+          };
+          const idle = await idler.idle();
+          const lat: number[] = [];
+          let early = 0;
+          const m = await measure(s, `IDLE: APPEND from another session to EXISTS`, idleRounds, async () => {
             for (let i = 0; i < idleRounds; i++) {
               let seen = NaN;
               const exists = new Promise<void>((resolve) => {
@@ -291,103 +295,136 @@ export async function runImapPeers(options: ImapPeersOptions = {}): Promise<Prot
               await new Promise((r) => setTimeout(r, 20));
             }
             return { latenciesMs: lat, note: `${early} of ${idleRounds} EXISTS came before the APPEND's OK (delay 0)` };
-          }),
-        );
-        await idle.done();
-        await Promise.all([idler.logout(), writer.logout()]);
-      }
-      return out;
+          });
+          await idle.done();
+          await Promise.all([idler.logout(), writer.logout()]);
+          return m;
+        },
+      ];
     };
 
-    /** The big folder, on a server of its own (so the peak memory is this folder's). */
-    const bigScenarios = async (s: ImapServer): Promise<Measure[]> => {
+    /** The big folder's rows of one server (on servers started for them alone, so the peak memory is this folder's). */
+    const bigRows = (s: ImapServer): (() => Promise<Measure>)[] => {
       const m = plan.bigMessages;
-      const c = await ImapLoadClient.session(s.port, s.login(plan.bigUser), plan.password, null);
-      const out: Measure[] = [];
-      const t = performance.now();
-      out.push(
-        await measure(s, `SELECT of a ${m.toLocaleString('en')}-message folder`, m, async () => {
-          await c.must('SELECT INBOX');
-          return { latenciesMs: [performance.now() - t] };
-        }),
-      );
+      let session: ImapLoadClient | undefined;
+      const c = () => session!;
       const from = Math.floor(m / 2);
       const range = `FETCH ${from}:${from + 999} (UID FLAGS RFC822.SIZE ENVELOPE)`;
-      const t2 = performance.now();
-      out.push(
-        await measure(s, `${range} in it`, 1000, async () => {
-          const r = await c.must(range);
-          expectFetches(range, r.fetches, 1000);
-          return { latenciesMs: [performance.now() - t2] };
-        }),
-      );
       const flags = 'FETCH 1:* (UID FLAGS)';
-      const t3 = performance.now();
-      out.push(
-        await measure(s, `${flags} of it`, m, async () => {
-          const r = await c.must(flags);
-          expectFetches(flags, r.fetches, m);
-          return { latenciesMs: [performance.now() - t3] };
-        }),
-      );
-      await c.logout();
-      return out;
+      return [
+        async () => {
+          session = await ImapLoadClient.session(s.port, s.login(plan.bigUser), plan.password, null);
+          const t = performance.now();
+          return measure(s, `SELECT of a ${m.toLocaleString('en')}-message folder`, m, async () => {
+            await c().must('SELECT INBOX');
+            return { latenciesMs: [performance.now() - t] };
+          });
+        },
+        async () => {
+          const t = performance.now();
+          return measure(s, `${range} in it`, 1000, async () => {
+            const r = await c().must(range);
+            expectFetches(range, r.fetches, 1000);
+            return { latenciesMs: [performance.now() - t] };
+          });
+        },
+        async () => {
+          const t = performance.now();
+          const out = await measure(s, `${flags} of it`, m, async () => {
+            const r = await c().must(flags);
+            expectFetches(flags, r.fetches, m);
+            return { latenciesMs: [performance.now() - t] };
+          });
+          await c().logout();
+          return out;
+        },
+      ];
     };
 
-    const record = (name: string, run: number, ms: Measure[], peak: { rss: number; pss: number }) => {
-      for (const x of ms) {
-        const value = x.messages / x.seconds;
-        say(`imap run ${run} ${name} ${x.scenario}: ${Math.round(value)} msg/s`);
-        samples.push({
-          scenario: x.scenario,
-          server: name,
-          run,
-          value,
-          p50Ms: x.latenciesMs ? quantile(x.latenciesMs, 0.5) : undefined,
-          p99Ms: x.latenciesMs && x.latenciesMs.length > 1 ? quantile(x.latenciesMs, 0.99) : undefined,
-          cpuUs: x.cpuUs,
-          peakMiB: peak.rss,
-          pssMiB: peak.pss,
-          note: x.note,
-        });
-      }
+    const record = (name: string, run: number, x: Measure, note?: string) => {
+      const value = x.messages / x.seconds;
+      say(`imap run ${run} ${name} ${x.scenario}: ${Math.round(value)} msg/s`);
+      samples.push({
+        scenario: x.scenario,
+        server: name,
+        run,
+        value,
+        p50Ms: x.latenciesMs ? quantile(x.latenciesMs, 0.5) : undefined,
+        p99Ms: x.latenciesMs && x.latenciesMs.length > 1 ? quantile(x.latenciesMs, 0.99) : undefined,
+        cpuUs: x.cpuUs,
+        note: [x.note, note].filter(Boolean).join('; ') || undefined,
+      });
     };
 
     for (let r = 1; r <= runs; r++) {
-      for (const name of servers) {
-        for (const part of plan.bigMessages > 0 ? ['main', 'big'] : ['main']) {
-          const server = await start(name);
-          let ms: Measure[] = [];
-          const mem = watchPeakMemory(server.pid);
-          try {
-            if (part === 'main') {
-              await warmUp(server);
-              ms = await scenarios(server);
-            } else {
+      for (const part of plan.bigMessages > 0 ? (['main', 'big'] as const) : (['main'] as const)) {
+        // Every server of the part up at once; each row runs on them back to back, the order
+        // turning with each row and each run (interleaveRows). A server whose row failed skips
+        // the rest of its rows in this run (its sessions may be out of step).
+        const up: {
+          name: string;
+          server: ImapServer;
+          mem: ReturnType<typeof watchPeakMemory>;
+          rows: (() => Promise<Measure>)[];
+          measures: Measure[];
+          failed: boolean;
+        }[] = [];
+        try {
+          for (const name of servers) {
+            const server = await start(name);
+            up.push({
+              name,
+              server,
+              mem: watchPeakMemory(server.pid),
+              rows: part === 'main' ? mainRows(server) : bigRows(server),
+              measures: [],
+              failed: false,
+            });
+          }
+          for (const { server } of up) {
+            if (part === 'main') await warmUp(server);
+            else {
               // One unmeasured SELECT first on every server: Dovecot builds the folder's index then
               // (ours has its counters from the seeding).
               const w = await ImapLoadClient.session(server.port, server.login(plan.bigUser), plan.password);
               await w.logout();
-              ms = await bigScenarios(server);
             }
-          } catch (e) {
-            problems.push(`${name} run ${r}: ${(e as Error).message}`);
-            say(`imap run ${r} ${name}: ${(e as Error).message}`);
-          } finally {
-            const peak = await mem.stop();
-            await server.stop();
-            record(name, r, ms, peak);
           }
+          await interleaveRows(up, up[0]?.rows.length ?? 0, r, async (u, i) => {
+            if (u.failed) return;
+            try {
+              u.measures.push(await u.rows[i]!());
+            } catch (e) {
+              u.failed = true;
+              problems.push(`${u.name} run ${r}: ${(e as Error).message}`);
+              say(`imap run ${r} ${u.name}: ${(e as Error).message}`);
+            }
+          });
+        } finally {
+          // Memory after the run: every server's, once all are idle, before any stops. The big
+          // folder's servers go in their rows' notes, not in the memory row (a different load).
+          for (const u of up) {
+            const m = await u.mem.stop();
+            if (part === 'main') memory.push({ server: u.name, run: r, peakPss: m.pss, afterPss: m.afterPss, peakRss: m.rss, afterRss: m.afterRss });
+            for (const x of u.measures) record(u.name, r, x, part === 'big' ? `run ${r}: peak PSS ${Math.round(m.pss)} MiB` : undefined);
+          }
+          for (const { server } of up) await server.stop();
         }
       }
     }
   } finally {
     await removeTemp();
   }
-  const rep = summarize('IMAP', 'msg/s', samples, [
-    `${plan.fetchUsers.length} INBOXes of ${plan.messages} messages of ${plan.size} octets (FETCH BODY.PEEK[], STORE); a sync folder of ${plan.syncMessages} messages of about ${plan.syncSize} octets, every third multipart/alternative, ${SENDERS} senders (first sync, SEARCH)${plan.bigMessages ? `; a folder of ${plan.bigMessages} messages of about ${plan.bigSize} octets (SELECT, FETCH of a range)` : ''}. Every row counts messages handled per second (for SEARCH: messages searched; for IDLE: notifications); p50/p99 per command (APPEND, SEARCH) or per notification (IDLE); a row of one command gives its time as p50.`,
-    'Each server started fresh for each run over the same data (ours: a data folder seeded through the mailbox store with the stored summary; Dovecot: Maildir files, unseen, its indexes built by the warm-up), then every user logs in once and three whole downloads of one INBOX and one first sync go unmeasured, for every server alike; runs alternating. The big folder rows run on a server started for them alone, after one unmeasured login and SELECT.',
-    "Peak RSS: the largest sum of VmHWM over the server's processes over the whole run of rows (Dovecot: master, imap-login, auth, one imap per session...); peak PSS: the largest sampled sum of Pss. CPU µs/op: the server's CPU per message handled.",
-  ]);
+  const rep = summarize(
+    'IMAP',
+    'msg/s',
+    samples,
+    [
+      `${plan.fetchUsers.length} INBOXes of ${plan.messages} messages of ${plan.size} octets (FETCH BODY.PEEK[], STORE); a sync folder of ${plan.syncMessages} messages of about ${plan.syncSize} octets, every third multipart/alternative, ${SENDERS} senders (first sync, SEARCH)${plan.bigMessages ? `; a folder of ${plan.bigMessages} messages of about ${plan.bigSize} octets (SELECT, FETCH of a range)` : ''}. Every row counts messages handled per second (for SEARCH: messages searched; for IDLE: notifications); p50/p99 per command (APPEND, SEARCH) or per notification (IDLE); a row of one command gives its time as p50.`,
+      'Each server started fresh for each run over the same data (ours: a data folder seeded through the mailbox store with the stored summary; Dovecot: Maildir files, unseen, its indexes built by the warm-up), then every user logs in once and three whole downloads of one INBOX and one first sync go unmeasured, for every server alike; both servers up at once, each row run on them back to back, the order turning with each row and swapped each run. The big folder rows run on servers started for them alone (their peak PSS in their notes), after one unmeasured login and SELECT.',
+      "Memory: Dovecot is its master, imap-login, auth and one imap process per session. CPU µs/op: the server's CPU per message handled.",
+    ],
+    { samples: memory, tier: { mib: 0, what: 'none (`serve imap` runs no proxy, the only part with a memory tier)' } },
+  );
   return problems.length ? { ...rep, problems } : rep;
 }

@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
 import { ImapLoadClient, seedOursImap, type ImapPlan } from '../imap.js';
 import { oneMessage } from '../smtp.js';
-import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
+import { OURS, summarize, type MemorySample, type ProtocolReport, type Sample } from './report.js';
 import { freePort, onCleanup, quantile, stopChild, waitListening, watchPeakMemory } from './util.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -168,6 +168,7 @@ export async function runJmapBench(options: JmapBenchOptions = {}): Promise<Prot
   const dir = await mkdtemp(join(tmpdir(), 'tomlinson-jmap-bench-'));
   const removeTemp = onCleanup(() => rm(dir, { recursive: true, force: true }));
   const samples: Sample[] = [];
+  const memory: MemorySample[] = [];
   const problems: string[] = [];
   try {
     const dataDir = join(dir, 'data');
@@ -208,6 +209,7 @@ export async function runJmapBench(options: JmapBenchOptions = {}): Promise<Prot
         say(`jmap run ${run}: ${(e as Error).stack ?? (e as Error).message}`);
       } finally {
         const peak = await mem.stop();
+        if (ms.length) memory.push({ server: OURS, run, peakPss: peak.pss, afterPss: peak.afterPss, peakRss: peak.rss, afterRss: peak.afterRss });
         await stop();
         for (const x of ms) {
           const value = x.count / x.seconds;
@@ -219,8 +221,6 @@ export async function runJmapBench(options: JmapBenchOptions = {}): Promise<Prot
             value,
             p50Ms: x.latenciesMs ? quantile(x.latenciesMs, 0.5) : undefined,
             p99Ms: x.latenciesMs && x.latenciesMs.length > 1 ? quantile(x.latenciesMs, 0.99) : undefined,
-            peakMiB: peak.rss,
-            pssMiB: peak.pss,
             note: x.note,
           });
         }
@@ -229,10 +229,16 @@ export async function runJmapBench(options: JmapBenchOptions = {}): Promise<Prot
   } finally {
     await removeTemp();
   }
-  const rep = summarize('JMAP (against our own IMAP on the same server and data)', 'op/s', samples, [
-    `One server (serve imap,web,smtp,workers) per run over the same seeded data: an INBOX of ${plan.messages} × ${plan.size / 1024} KB and one of ${plan.syncMessages.toLocaleString('en')} messages of about ${plan.syncSize} octets. Each JMAP row has its IMAP counterpart in the same run. Every row counts operations (messages, or requests for query + get and changes) per second.`,
-    'Push: from the 250 of an SMTP delivery (the message is durable) to the StateChange event on an open EventSource.',
-  ]);
+  const rep = summarize(
+    'JMAP (against our own IMAP on the same server and data)',
+    'op/s',
+    samples,
+    [
+      `One server (serve imap,web,smtp,workers) per run over the same seeded data: an INBOX of ${plan.messages} × ${plan.size / 1024} KB and one of ${plan.syncMessages.toLocaleString('en')} messages of about ${plan.syncSize} octets. Each JMAP row has its IMAP counterpart in the same run. Every row counts operations (messages, or requests for query + get and changes) per second.`,
+      'Push: from the 250 of an SMTP delivery (the message is durable) to the StateChange event on an open EventSource.',
+    ],
+    { samples: memory, tier: { mib: 0, what: 'none (`serve imap,web,smtp,workers` runs no proxy, the only part with a memory tier)' } },
+  );
   return problems.length ? { ...rep, problems } : rep;
 }
 

@@ -1,8 +1,8 @@
 /**
  * POP3 side by side (issue 5, "Speed"; issue 9): ours (`containers/main.ts serve pop3` on the
  * embedded default) and Dovecot (Debian's dovecot-pop3d, config bench/peers/dovecot.conf), each
- * started cold for each run, runs alternating, over the same 1,000 x 10 KB messages in each of 10
- * mailboxes. Load: our client (bench/pop3.ts) logs in, LISTs, RETRs every message one command at
+ * started cold for each run, each row run on both back to back (interleaveRows), over the same
+ * 1,000 x 10 KB messages in each of 10 mailboxes. Load: our client (bench/pop3.ts) logs in, LISTs, RETRs every message one command at
  * a time and QUITs; 1 client on one mailbox, then 10 clients on 10 mailboxes in parallel. Latency
  * is per RETR (command sent to the end of the multi-line reply).
  */
@@ -15,8 +15,8 @@ import { dovecotUser, seedDovecot, seedOurs, session, startDovecotOn, warmClient
 
 /** Unmeasured downloads of a whole mailbox every server serves before the measured runs. */
 const WARM_DOWNLOADS = 5;
-import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
-import { freePort, onCleanup, quantile, stopChild, waitListening, watchPeakMemory } from './util.js';
+import { OURS, summarize, type MemorySample, type ProtocolReport, type Sample } from './report.js';
+import { cpuMicros, freePort, interleaveRows, onCleanup, quantile, stopChild, waitListening, watchPeakMemory } from './util.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -57,6 +57,7 @@ export async function runPop3Peers(options: Pop3PeersOptions = {}): Promise<Prot
   // Removed at the end, or on Ctrl-C after the servers have stopped (cleanups run newest first).
   const removeTemp = onCleanup(() => rm(dir, { recursive: true, force: true }));
   const samples: Sample[] = [];
+  const memory: MemorySample[] = [];
   try {
     const env = {
       TOMLINSON_DATA_DIR: join(dir, 'ours'),
@@ -106,51 +107,67 @@ export async function runPop3Peers(options: Pop3PeersOptions = {}): Promise<Prot
     // that run (always the same server's) pays for it.
     await warmClient(size);
     for (let r = 1; r <= runs; r++) {
-      for (const name of servers) {
-        const server = await start(name);
-        const mem = watchPeakMemory(server.pid);
-        const mine: Sample[] = [];
-        try {
-          for (const k of [1, clients]) {
-            const gaps: number[] = [];
-            const t = performance.now();
-            await Promise.all(
-              users.slice(0, k).map((u) => {
-                // The first callback comes after connect, login, LIST and RETR 1: not a RETR alone.
-                let last = NaN;
-                return session(server.port, server.login(u), password, n, () => {
-                  const now = performance.now();
-                  if (!Number.isNaN(last)) gaps.push(now - last);
-                  last = now;
-                });
-              }),
-            );
-            const seconds = (performance.now() - t) / 1000;
-            const value = (n * k) / seconds;
-            say(`pop3 run ${r} ${name} ${k} client${k === 1 ? '' : 's'}: ${Math.round(value)} msg/s`);
-            mine.push({
-              scenario: `${k} client${k === 1 ? '' : 's'}, LIST + RETR all + QUIT`,
-              server: name,
-              run: r,
-              value,
-              p50Ms: quantile(gaps, 0.5),
-              p99Ms: quantile(gaps, 0.99),
-            });
-          }
-        } finally {
-          const peak = await mem.stop();
-          await server.stop();
-          for (const s of mine) Object.assign(s, { peakMiB: peak.rss, pssMiB: peak.pss });
-          samples.push(...mine);
+      // Every server of the run up at once; each row runs on them back to back, the order
+      // turning with each row and each run (interleaveRows).
+      const up: { name: string; server: Pop3Server; mem: ReturnType<typeof watchPeakMemory> }[] = [];
+      try {
+        for (const name of servers) {
+          const server = await start(name);
+          up.push({ name, server, mem: watchPeakMemory(server.pid) });
         }
+        const rows = [1, clients];
+        await interleaveRows(up, rows.length, r, async ({ name, server }, i) => {
+          const k = rows[i]!;
+          const gaps: number[] = [];
+          const pid = server.pid();
+          const cpuBefore = pid ? await cpuMicros(pid) : undefined;
+          const t = performance.now();
+          await Promise.all(
+            users.slice(0, k).map((u) => {
+              // The first callback comes after connect, login, LIST and RETR 1: not a RETR alone.
+              let last = NaN;
+              return session(server.port, server.login(u), password, n, () => {
+                const now = performance.now();
+                if (!Number.isNaN(last)) gaps.push(now - last);
+                last = now;
+              });
+            }),
+          );
+          const seconds = (performance.now() - t) / 1000;
+          const cpuUs = pid && cpuBefore !== undefined ? ((await cpuMicros(pid)) - cpuBefore) / (n * k) : undefined;
+          const value = (n * k) / seconds;
+          say(`pop3 run ${r} ${name} ${k} client${k === 1 ? '' : 's'}: ${Math.round(value)} msg/s`);
+          samples.push({
+            scenario: `${k} client${k === 1 ? '' : 's'}, LIST + RETR all + QUIT`,
+            server: name,
+            run: r,
+            value,
+            p50Ms: quantile(gaps, 0.5),
+            p99Ms: quantile(gaps, 0.99),
+            cpuUs,
+          });
+        });
+      } finally {
+        // Memory after the run: every server's, once all are idle, before any stops.
+        for (const { name, mem } of up) {
+          const m = await mem.stop();
+          memory.push({ server: name, run: r, peakPss: m.pss, afterPss: m.afterPss, peakRss: m.rss, afterRss: m.afterRss });
+        }
+        for (const { server } of up) await server.stop();
       }
     }
   } finally {
     await removeTemp();
   }
-  return summarize('POP3', 'msg/s', samples, [
-    `${clients} mailboxes of ${n} messages of ${size} octets (every 20th line starts with a dot, so byte-stuffing is measured); p50/p99: one RETR, command to end of reply.`,
-    'Each server started fresh for each run (same data), then one login per user (Dovecot builds its index then) and five unmeasured downloads of a whole mailbox before measuring (steady state: V8 compiles our hot code only after 2,000-5,000 RETRs), for every server alike; runs alternating. The load client itself is warmed up once before the first run (3,000 RETRs from an in-process responder), so no server is measured with a cold client.',
-    "Peak RSS: the largest sum of VmHWM over the server's processes (Dovecot: master, pop3-login, auth, pop3 per session...; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.",
-  ]);
+  return summarize(
+    'POP3',
+    'msg/s',
+    samples,
+    [
+      `${clients} mailboxes of ${n} messages of ${size} octets (every 20th line starts with a dot, so byte-stuffing is measured); p50/p99: one RETR, command to end of reply.`,
+      'Each server started fresh for each run (same data), then one login per user (Dovecot builds its index then) and five unmeasured downloads of a whole mailbox before measuring (steady state: V8 compiles our hot code only after 2,000-5,000 RETRs), for every server alike; both servers up at once, each row run on them back to back, the order turning with each row and swapped each run. CPU µs/op: the CPU of the server (every process and thread) per message during the row. The load client itself is warmed up once before the first run (3,000 RETRs from an in-process responder), so no server is measured with a cold client.',
+      'Memory: Dovecot is its master, pop3-login, auth and a pop3 process per session.',
+    ],
+    { samples: memory, tier: { mib: 0, what: 'none (`serve pop3` runs no proxy, the only part with a memory tier)' } },
+  );
 }

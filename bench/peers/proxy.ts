@@ -12,8 +12,9 @@ import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { loadConfig } from '../../core/config.js';
 import { originCounts, startOrigin, type OriginCounts } from './origin.js';
-import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
+import { OURS, summarize, type MemorySample, type ProtocolReport, type Sample } from './report.js';
 import {
   cpuMicros,
   fillTemplate,
@@ -24,6 +25,7 @@ import {
   PROXY_SCENARIOS,
   run,
   stopChild,
+  turnOrder,
   waitListening,
   watchPeakMemory,
   wrkLua,
@@ -170,6 +172,7 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
   const servers = options.servers ?? [OURS, 'squid', 'nginx'];
   const say = options.say ?? (() => undefined);
   const samples: Sample[] = [];
+  const memory: MemorySample[] = [];
   const base = await mkdtemp(join(tmpdir(), 'tomlinson-peers-proxy-'));
   // Removed at the end, or on Ctrl-C after the servers have stopped (cleanups run newest first).
   const removeTemp = onCleanup(() => rm(base, { recursive: true, force: true }));
@@ -229,9 +232,8 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
             origin: { ...zero },
           }));
           for (let k = 0; k < slices; k++) {
-            // The order turns with each slice: no server always follows the same one.
-            for (let j = 0; j < running.length; j++) {
-              const i = (j + k) % running.length;
+            // The order turns with each slice and each run: no server always follows the same one.
+            for (const i of turnOrder([...running.keys()], k + r - 1)) {
               const { server } = running[i]!;
               const t = totals[i]!;
               const before = await originCounts(origin.port);
@@ -264,11 +266,12 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
           });
         }
       } finally {
-        for (const { name, server, mem } of running) {
-          const peak = await mem.stop();
-          await server.stop();
-          for (const x of samples) if (x.server === name && x.run === r) Object.assign(x, { peakMiB: peak.rss, pssMiB: peak.pss });
+        // Memory after the run: every server's, once all are idle, before any stops.
+        for (const { name, mem } of running) {
+          const m = await mem.stop();
+          memory.push({ server: name, run: r, peakPss: m.pss, afterPss: m.afterPss, peakRss: m.rss, afterRss: m.afterRss });
         }
+        for (const { server } of running) await server.stop();
         for (const { name } of running) await rm(join(base, `${name}-${r}`), { recursive: true, force: true });
       }
     }
@@ -276,17 +279,25 @@ export async function runProxyPeers(options: ProxyPeersOptions = {}): Promise<Pr
     await origin.stop();
     await removeTemp();
   }
+  // The memory tier `serve proxy` ran with: its setting from this environment, as startOurs passes it on.
+  const tierMiB = Math.round(loadConfig(process.env).proxy.memoryBytes / 2 ** 20);
   // What `serve proxy` ran with: TOMLINSON_PROXY_WORKERS from this environment, else one per core.
   const ourWorkers = Number(process.env.TOMLINSON_PROXY_WORKERS || 0) || availableParallelism();
   // The origin's rows go last in each scenario: it is a yardstick, not a peer.
-  const rep = summarize('Proxy', 'req/s', samples, [
-    `wrk -t2 -c${connections}, ${duration} s per run after ${warmup} s of warm-up, absolute-form GETs with the origin in Host; every server started cold for each run, and each run's measured time cut into ${SLICE_SECONDS} s slices taking turns between the servers (the order turning with each slice), so that the machine's slow and fast spells fall on all of them. req/s: the run's requests over its slices' time; p50/p99: the median over the slices.`,
-    `Squid: memory cache only (256 MB cache_mem, no cache_dir, as Debian ships it), 1 worker. nginx: proxy_cache on files (page cache), worker_processes auto, keep-alive upstream, proxy_cache_revalidate on, sendfile on, tcp_nopush off (its default). Ours: memory tier 256 MB over the blob tier on disk, ${ourWorkers === 1 ? 'one process' : `shared out over ${ourWorkers} proxy worker processes (proxy.workers) beside the main process`}.`,
-    "Peak RSS: the largest sum of VmHWM over the server's processes during the run (nginx: master + workers; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split.",
-    '"origin alone" is wrk straight at the origin: the yardstick for this machine, not a peer.',
-    "CPU µs/op: user + system CPU time of the server's processes (every thread) during the measured run, per request. On a shared 2-core machine req/s swings from run to run with what the neighbours do (ours and the peers alike); CPU per request is the steadier figure.",
-    'The origin counts what reaches it: hit rows must not reach it, miss rows must, reval rows must arrive as If-None-Match answered 304; a server that does otherwise gets a note. nginx does not store a response with max-age=0, so its reval row is a full fetch each time.',
-  ]);
+  const rep = summarize(
+    'Proxy',
+    'req/s',
+    samples,
+    [
+      `wrk -t2 -c${connections}, ${duration} s per run after ${warmup} s of warm-up, absolute-form GETs with the origin in Host; every server started cold for each run, and each run's measured time cut into ${SLICE_SECONDS} s slices taking turns between the servers (the order turning with each slice), so that the machine's slow and fast spells fall on all of them. req/s: the run's requests over its slices' time; p50/p99: the median over the slices.`,
+      `Squid: memory cache only (256 MB cache_mem, no cache_dir, as Debian ships it), 1 worker. nginx: proxy_cache on files (page cache), worker_processes auto, keep-alive upstream, proxy_cache_revalidate on, sendfile on, tcp_nopush off (its default). Ours: memory tier 256 MB over the blob tier on disk, ${ourWorkers === 1 ? 'one process' : `shared out over ${ourWorkers} proxy worker processes (proxy.workers) beside the main process`}.`,
+      '"origin alone" is wrk straight at the origin: the yardstick for this machine, not a peer.',
+      "CPU µs/op: user + system CPU time of the server's processes (every thread) during the measured run, per request. On a shared 2-core machine req/s swings from run to run with what the neighbours do (ours and the peers alike); CPU per request is the steadier figure.",
+      'The origin counts what reaches it: hit rows must not reach it, miss rows must, reval rows must arrive as If-None-Match answered 304; a server that does otherwise gets a note. nginx does not store a response with max-age=0, so its reval row is a full fetch each time.',
+      'Memory: ours is the main process and its proxy workers, Squid its one process, nginx its master and workers; all of them up through every scenario of the run.',
+    ],
+    { samples: memory, tier: { mib: tierMiB, what: `proxy.memoryBytes = ${tierMiB} MiB, shared out over the workers` } },
+  );
   const order = (server: string) => (server === 'origin alone' ? 1 : 0);
   const scenarioIndex = (s: string) => scenarios.indexOf(s as ProxyScenario);
   rep.rows.sort((a, b) => scenarioIndex(a.scenario) - scenarioIndex(b.scenario) || order(a.server) - order(b.server));

@@ -1,10 +1,10 @@
 /**
  * SMTP side by side (issue 4, "Speed"; issue 9): ours (`containers/main.ts serve smtp,workers` on
  * the embedded default, durable: fsync before 250) and Postfix delivering to Maildir (a private
- * instance from bench/peers/postfix/, fsync before 250 as shipped), each started cold for each
- * run, runs alternating. Load: Postfix's smtp-source at 1, 10 and 50 sessions, 10 KB messages,
- * a fresh connection per message; then our own client at 10 sessions for the accept latency
- * (end of data -> 250). After the load, the delivered count is checked (files in the Maildir for
+ * instance from bench/peers/postfix/, fsync before 250 as shipped), both started cold for each
+ * run and each row run on them back to back (interleaveRows). Load: Postfix's smtp-source at 1,
+ * 10 and 50 sessions, 10 KB messages, a fresh connection per message; then our own client at 10
+ * sessions for the accept latency (end of data -> 250). After the load, the delivered count is checked (files in the Maildir for
  * Postfix; the worker's delivered counter for ours) and the time to drain is reported if it lags.
  * Then one 50 MB message to ours (resident memory growth).
  *
@@ -22,8 +22,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startRspamd } from '../../test/support/rspamd.js';
 import { bigMessage, latencyRun, smtpSource } from '../smtp.js';
-import { OURS, summarize, type ProtocolReport, type Sample } from './report.js';
-import { cpuMicros, fillTemplate, freePort, onCleanup, run, stopChild, waitListening, waitPort, watchPeakMemory } from './util.js';
+import { OURS, summarize, type MemorySample, type ProtocolReport, type Sample } from './report.js';
+import { cpuMicros, fillTemplate, freePort, interleaveRows, onCleanup, run, stopChild, waitListening, waitPort, watchPeakMemory } from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = join(HERE, '..', '..');
@@ -208,6 +208,9 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
   await chmod(base, 0o755); // Postfix's processes run as postfix and nobody.
   /** Per server and run with scanning: messages sent, and scans rspamd counted meanwhile. */
   const scans: Record<string, { scanned: number; sent: number }[]> = {};
+  /** Scans rspamd counted so far in the current run, per server label. */
+  const scanned: Record<string, { scanned: number }> = {};
+  const memory: MemorySample[] = [];
   let stopRspamd: (() => Promise<void>) | undefined;
   try {
     let target: SpamTarget | undefined;
@@ -222,83 +225,104 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
     }
     const variants = target ? [undefined, target] : [undefined];
     for (let r = 1; r <= runs; r++) {
-      for (const spam of variants)
-        for (const name of servers) {
-          const label = spam ? `${name} + rspamd` : name;
-          // Scanning rows at 10 and 50 sessions, as issue 24 asks (one session says little here).
-          const prefix = spam ? '+ rspamd, ' : '';
-          const dir = join(base, `${name}-${r}${spam ? '-rspamd' : ''}`);
-          await mkdir(dir, { recursive: true });
-          const server = name === OURS ? await startOurs(dir, spam) : await startPostfix(dir, spam);
-          const scannedBefore = await scannedSoFar();
-          const mem = watchPeakMemory(server.pid);
-          const mine: Sample[] = [];
-          try {
-            let sent = 0;
-            // Each measured run starts with every earlier message delivered, so that it does not pay
-            // for the delivery of the one before (ours accepts faster than it delivers at 10 and 50
-            // sessions; Postfix delivers as fast as it accepts).
-            const caughtUp = async (): Promise<void> => {
-              const t0 = performance.now();
-              while ((await server.delivered()) < sent && performance.now() - t0 < drainTimeout * 1000) await new Promise((res) => setTimeout(res, 100));
-            };
-            for (const sessions of spam ? sessionsList.filter((n) => n > 1) : sessionsList) {
-              if (warmupMessages > 0) {
-                await smtpSource(server.port, sessions, warmupMessages, size);
-                sent += warmupMessages;
+      for (const spam of variants) {
+        // Every server of the run is up at once (an idle one costs next to nothing), and each row
+        // runs on them back to back, the order turning with each row and each run
+        // (interleaveRows), so a slow spell of the machine falls on ours and Postfix alike.
+        const prefix = spam ? '+ rspamd, ' : '';
+        const up: { name: string; label: string; dir: string; server: SmtpServer; mem: ReturnType<typeof watchPeakMemory>; sent: number }[] = [];
+        const mine: Sample[] = [];
+        try {
+          for (const name of servers) {
+            const dir = join(base, `${name}-${r}${spam ? '-rspamd' : ''}`);
+            await mkdir(dir, { recursive: true });
+            const server = name === OURS ? await startOurs(dir, spam) : await startPostfix(dir, spam);
+            up.push({ name, label: spam ? `${name} + rspamd` : name, dir, server, mem: watchPeakMemory(server.pid), sent: 0 });
+          }
+          // Each measured run starts with every earlier message delivered, on every server, so
+          // that it pays neither for the delivery of the run before nor for the other server's
+          // (ours accepts faster than it delivers at 10 and 50 sessions; Postfix delivers as fast
+          // as it accepts).
+          const caughtUp = async (): Promise<void> => {
+            const t0 = performance.now();
+            for (const u of up)
+              while ((await u.server.delivered()) < u.sent && performance.now() - t0 < drainTimeout * 1000) await new Promise((res) => setTimeout(res, 100));
+          };
+          /** Sends through `fn`, counting what was sent and what rspamd scanned meanwhile (one server sends at a time). */
+          const sending = async <T>(u: (typeof up)[number], count: number, fn: () => Promise<T>): Promise<T> => {
+            const before = spam ? await scannedSoFar() : 0;
+            try {
+              return await fn();
+            } finally {
+              u.sent += count;
+              if (spam) {
+                const s = (scanned[u.label] ??= { scanned: 0 });
+                s.scanned += (await scannedSoFar()) - before;
               }
+            }
+          };
+          // Scanning rows at 10 and 50 sessions, as issue 24 asks (one session says little here).
+          const sessionRows = spam ? sessionsList.filter((n) => n > 1) : sessionsList;
+          await interleaveRows(up, sessionRows.length + 1, r, async (u, i) => {
+            const sessions = sessionRows[i];
+            if (sessions !== undefined) {
+              if (warmupMessages > 0) await sending(u, warmupMessages, () => smtpSource(u.server.port, sessions, warmupMessages, size));
               await caughtUp();
-              const pid = server.pid();
+              const pid = u.server.pid();
               const cpuBefore = pid ? await cpuMicros(pid) : undefined;
-              const seconds = await smtpSource(server.port, sessions, messages, size);
+              const seconds = await sending(u, messages, () => smtpSource(u.server.port, sessions, messages, size));
               const cpuUs = pid && cpuBefore !== undefined ? ((await cpuMicros(pid)) - cpuBefore) / messages : undefined;
-              sent += messages;
               say(
-                `smtp run ${r} ${label} ${sessions} sessions: ${Math.round(messages / seconds)} msg/s${cpuUs === undefined ? '' : `, ${(cpuUs / 1000).toFixed(2)} ms CPU per message`}`,
+                `smtp run ${r} ${u.label} ${sessions} sessions: ${Math.round(messages / seconds)} msg/s${cpuUs === undefined ? '' : `, ${(cpuUs / 1000).toFixed(2)} ms CPU per message`}`,
               );
               mine.push({
                 scenario: `${prefix}${sessions} session${sessions === 1 ? '' : 's'} (smtp-source)`,
-                server: name,
+                server: u.name,
                 run: r,
                 value: messages / seconds,
                 cpuUs,
               });
+              return;
             }
             await caughtUp();
-            const lat = await latencyRun(server.port, 10, latencyMessages, size);
-            sent += latencyMessages;
-            say(`smtp run ${r} ${label} latency at 10 sessions: p50 ${lat.p50Ms} ms, p99 ${lat.p99Ms} ms`);
+            const lat = await sending(u, latencyMessages, () => latencyRun(u.server.port, 10, latencyMessages, size));
+            say(`smtp run ${r} ${u.label} latency at 10 sessions: p50 ${lat.p50Ms} ms, p99 ${lat.p99Ms} ms`);
             mine.push({
               scenario: `${prefix}10 sessions (own client, latency)`,
-              server: name,
+              server: u.name,
               run: r,
               value: lat.messagesPerSecond,
               p50Ms: lat.p50Ms,
               p99Ms: lat.p99Ms,
             });
-            // Every accepted message must reach the mailbox; time how long delivery lags the accepts.
+            // Every accepted message must reach the mailbox; time how long delivery lags the
+            // accepts (before the other server's turn, which would otherwise wait for it).
             const loadDone = performance.now();
-            let delivered = await server.delivered();
-            while (delivered < sent && performance.now() - loadDone < drainTimeout * 1000) {
+            let delivered = await u.server.delivered();
+            while (delivered < u.sent && performance.now() - loadDone < drainTimeout * 1000) {
               await new Promise((res) => setTimeout(res, 100));
-              delivered = await server.delivered();
+              delivered = await u.server.delivered();
             }
             const drain = (performance.now() - loadDone) / 1000;
-            (deliveries[label] ??= []).push({ delivered, sent, drain });
-            say(`smtp run ${r} ${label}: ${delivered}/${sent} delivered, drain ${drain.toFixed(1)} s`);
+            (deliveries[u.label] ??= []).push({ delivered, sent: u.sent, drain });
+            say(`smtp run ${r} ${u.label}: ${delivered}/${u.sent} delivered, drain ${drain.toFixed(1)} s`);
             if (spam) {
-              const scanned = (await scannedSoFar()) - scannedBefore;
-              (scans[label] ??= []).push({ scanned, sent });
-              say(`smtp run ${r} ${label}: rspamd scanned ${scanned} of ${sent}`);
+              (scans[u.label] ??= []).push({ scanned: scanned[u.label]?.scanned ?? 0, sent: u.sent });
+              say(`smtp run ${r} ${u.label}: rspamd scanned ${scanned[u.label]?.scanned ?? 0} of ${u.sent}`);
             }
-          } finally {
-            const peak = await mem.stop();
-            await server.stop();
-            for (const s of mine) Object.assign(s, { peakMiB: peak.rss, pssMiB: peak.pss });
-            samples.push(...mine);
+          });
+        } finally {
+          // Memory after the run: every server's, once all are idle, before any stops.
+          for (const u of up) {
+            const m = await u.mem.stop();
+            if (!spam) memory.push({ server: u.name, run: r, peakPss: m.pss, afterPss: m.afterPss, peakRss: m.rss, afterRss: m.afterRss });
           }
-          await rm(dir, { recursive: true, force: true });
+          for (const u of up) await u.server.stop();
+          samples.push(...mine);
+          for (const k of Object.keys(scanned)) delete scanned[k];
         }
+        for (const u of up) await rm(u.dir, { recursive: true, force: true });
+      }
     }
     for (const [name, ds] of Object.entries(deliveries)) {
       const all = ds.every((d) => d.delivered === d.sent);
@@ -331,18 +355,24 @@ export async function runSmtpPeers(options: SmtpPeersOptions = {}): Promise<Prot
       ss.filter((x) => x.scanned < x.sent).map((x) => `${label}: rspamd scanned ${x.scanned} of ${x.sent} messages`),
     ),
   ];
-  const report = summarize('SMTP', 'msg/s', samples, [
-    `10 KB messages (${size} octets), a fresh connection per message; before each measured run every server accepts ${warmupMessages} unmeasured messages with the same number of sessions (the steady state of that load, not a cold start), and the measured run starts once every earlier message is in the mailbox (it does not pay for the delivery of the one before); smtp-source sends ${messages} messages per measured run; the latency run sends ${latencyMessages} from our own client at 10 sessions (p50/p99: end of data to the 250).`,
-    `Each server started cold for each run (new data folder), runs alternating. Ours: smtp + the queue workers (on their own thread unless TOMLINSON_WORKERS_THREAD=false), local storage, fsync before 250. Postfix: private instance, virtual(8) to Maildir, fsync before 250 as shipped, no chroot.`,
-    ...(options.spam
-      ? [
-          "'+ rspamd' rows: one private rspamd 3.4 for the whole comparison (shipped local.d settings, one normal worker, DNS to nowhere), each server started afresh with scanning; ours asks the normal worker (/checkv2) at end of DATA before the 250; Postfix uses smtpd_milters (protocol 6, milter_default_action = accept) to rspamd's proxy worker in milter mode, which hands the message to that same normal worker. Both give rspamd the client 127.0.0.1. rspamd's CPU is not in the servers' CPU µs/op or memory.",
-        ]
-      : []),
-    "Peak RSS: the largest sum of VmHWM over the server's processes during the run (Postfix: master and every smtpd, cleanup, qmgr, virtual... it forks; shared pages count in each). Peak PSS: the largest sampled (every 200 ms) sum of Pss, shared pages split among processes.",
-    "CPU µs/op: user + system CPU time of the server's processes (every thread; Postfix: master and every process it forked, the exited ones through master's child times) during the smtp-source run, per message. Delivery that lags past the end of the run is not in it (the drain time below is the last run's).",
-    ...notes,
-  ]);
+  const report = summarize(
+    'SMTP',
+    'msg/s',
+    samples,
+    [
+      `10 KB messages (${size} octets), a fresh connection per message; before each measured run every server accepts ${warmupMessages} unmeasured messages with the same number of sessions (the steady state of that load, not a cold start), and the measured run starts once every earlier message is in the mailbox (it does not pay for the delivery of the one before); smtp-source sends ${messages} messages per measured run; the latency run sends ${latencyMessages} from our own client at 10 sessions (p50/p99: end of data to the 250).`,
+      `Each server started cold for each run (new data folder), both up at once; each row runs on them back to back, the order turning with each row and swapped each run (ours first in run 1's first row). Ours: smtp + the queue workers (on their own thread unless TOMLINSON_WORKERS_THREAD=false), local storage, fsync before 250. Postfix: private instance, virtual(8) to Maildir, fsync before 250 as shipped, no chroot.`,
+      ...(options.spam
+        ? [
+            "'+ rspamd' rows: one private rspamd 3.4 for the whole comparison (shipped local.d settings, one normal worker, DNS to nowhere), each server started afresh with scanning; ours asks the normal worker (/checkv2) at end of DATA before the 250; Postfix uses smtpd_milters (protocol 6, milter_default_action = accept) to rspamd's proxy worker in milter mode, which hands the message to that same normal worker. Both give rspamd the client 127.0.0.1. rspamd's CPU is not in the servers' CPU µs/op or memory.",
+          ]
+        : []),
+      'Memory: the rows without rspamd (with --smtp-spam, the scanning servers are started afresh and not in the memory row). Postfix: master and every smtpd, cleanup, qmgr, virtual... it forks.',
+      "CPU µs/op: user + system CPU time of the server's processes (every thread; Postfix: master and every process it forked, the exited ones through master's child times) during the smtp-source run, per message. Delivery that lags past the end of the run is not in it (the drain time below is the last run's).",
+      ...notes,
+    ],
+    { samples: memory, tier: { mib: 0, what: 'none (`serve smtp,workers` runs no proxy, the only part with a memory tier)' } },
+  );
   return problems.length ? { ...report, problems } : report;
 }
 

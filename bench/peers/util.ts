@@ -7,13 +7,13 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { access } from 'node:fs/promises';
 import net from 'node:net';
-import { cpus, totalmem } from 'node:os';
+import { cpus, loadavg, release, totalmem } from 'node:os';
 import { promisify } from 'node:util';
 
 const exec = promisify(execFile);
 
 // ---------------------------------------------------------------------------------------------
-// Pure helpers (unit-tested in test/bench/util.test.ts)
+// Pure helpers (unit-tested in test/bench/peers.test.ts)
 
 /** The median of the numbers (mean of the middle two for an even count); NaN when empty. */
 export function median(xs: readonly number[]): number {
@@ -137,6 +137,32 @@ export function parseWrk(stdout: string): WrkResult {
     p99Ms: wrkTimeMs(/\s99%\s+(\S+)/.exec(stdout)?.[1] ?? ''),
     errors: (Number(/Non-2xx or 3xx responses: (\d+)/.exec(stdout)?.[1] ?? 0) || 0) + socketErrors,
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interleaving (every protocol's peers take turns the same way)
+
+/**
+ * The servers in the order they take their turn at step `k`: the list rotated by k. Two servers
+ * swap places at each step, three take each place in turn, so none always follows the same one.
+ */
+export function turnOrder<T>(servers: readonly T[], k: number): T[] {
+  const n = servers.length;
+  if (n === 0) return [];
+  const s = ((k % n) + n) % n;
+  return [...servers.slice(s), ...servers.slice(0, s)];
+}
+
+/**
+ * Measures rows on servers that are all up at once: row i of run r runs on every server back to
+ * back, in `turnOrder(servers, i + r - 1)`, so ours and a peer alternate from row to row and
+ * each row's order is swapped from one run to the next. On a shared machine the load comes in
+ * spells of tens of seconds (see SLICE_SECONDS in proxy.ts): a server that ran all its rows
+ * before the other's met other spells than its peer did; back to back, a row's pair meets
+ * about the same load. `run` is 1-based.
+ */
+export async function interleaveRows<T>(servers: readonly T[], rows: number, run: number, measure: (server: T, row: number) => Promise<void>): Promise<void> {
+  for (let i = 0; i < rows; i++) for (const s of turnOrder(servers, i + run - 1)) await measure(s, i);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,46 +336,55 @@ export function pssMiB(pid: number): number {
   return m ? Number(m[1]) / 1024 : 0;
 }
 
-/** Peak memory of a server during a run, in MiB. */
+/** Memory of a server over a run, in MiB, summed over its process tree. */
 export interface PeakMemory {
   /** Largest sum over the tree of VmHWM (each process's own peak RSS; shared pages count in each). */
   rss: number;
   /** Largest sampled sum over the tree of Pss (shared pages split, so a forking server is not overcounted). */
   pss: number;
+  /** Sum of VmRSS over the tree when the watch stopped: what the server holds after the run. */
+  afterRss: number;
+  /** Sum of Pss over the tree when the watch stopped. */
+  afterPss: number;
 }
 
 /**
- * Watches the peak memory of a server: every `everyMs` it sums VmHWM and Pss over the process tree
- * under `rootPid`, so processes a peer forks and reaps (Postfix's smtpd, nginx's workers) count
- * while they live. `stop()` returns the largest sums seen.
+ * Watches the memory of a server: every `everyMs` it sums VmHWM and Pss over the process tree
+ * under `rootPid`, so processes a peer forks and reaps (Postfix's smtpd, nginx's workers, our
+ * proxy's cluster workers) count while they live. `stop()` returns the largest sums seen and the
+ * sums at that moment (call it after the last measured row and before stopping the server).
  * @default everyMs 200
  */
 export function watchPeakMemory(rootPid: () => number | undefined, everyMs = 200): { stop: () => Promise<PeakMemory> } {
-  const peak: PeakMemory = { rss: 0, pss: 0 };
+  const peak = { rss: 0, pss: 0 };
   // Synchronous reads of a few small /proc files; the tree is walked again every fifth sample
   // (about once a second), which still sees the processes a peer forks per session.
   let tree: number[] = [];
   let samples = 0;
-  const sample = () => {
+  const sample = (fresh = false) => {
     const root = rootPid();
-    if (!root) return;
-    if (samples++ % 5 === 0 || tree[0] !== root) tree = processTree(root);
+    if (!root) return { rss: 0, pss: 0 };
+    if (fresh || samples++ % 5 === 0 || tree[0] !== root) tree = processTree(root);
+    let hwm = 0;
     let rss = 0;
     let pss = 0;
     for (const p of tree) {
-      rss += memMiB(p, 'VmHWM');
+      hwm += memMiB(p, 'VmHWM');
+      rss += memMiB(p, 'VmRSS');
       pss += pssMiB(p);
     }
-    peak.rss = Math.max(peak.rss, rss);
+    peak.rss = Math.max(peak.rss, hwm);
     peak.pss = Math.max(peak.pss, pss);
+    return { rss, pss };
   };
   const t = setInterval(sample, everyMs);
   sample();
+  const r = (x: number) => Math.round(x * 10) / 10;
   return {
     stop: async () => {
       clearInterval(t);
-      sample();
-      return { rss: Math.round(peak.rss * 10) / 10, pss: Math.round(peak.pss * 10) / 10 };
+      const now = sample(true);
+      return { rss: r(peak.rss), pss: r(peak.pss), afterRss: r(now.rss), afterPss: r(now.pss) };
     },
   };
 }
@@ -437,7 +472,14 @@ export async function peerVersions(): Promise<Record<string, string>> {
   return out;
 }
 
-/** The machine line: cores, CPU model, RAM, Node version. */
+/** The machine line: CPU model, cores, RAM, kernel, Node version. */
 export function machineLine(): string {
-  return `${cpus().length} cores (${cpus()[0]?.model?.trim() ?? 'unknown CPU'}), ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Node ${process.version}`;
+  return `${cpus()[0]?.model?.trim() ?? 'unknown CPU'}, ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Linux ${release()}, Node ${process.version}`;
+}
+
+/** The 1, 5 and 15 minute load averages (runnable processes, against the cores in the machine line). */
+export function loadAverage(): string {
+  return loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' / ');
 }

@@ -2,20 +2,34 @@ import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { originCheck } from '../../bench/peers/proxy.js';
-import { OURS, reportMarkdown, reportText, summarize, type Sample } from '../../bench/peers/report.js';
+import {
+  memoryVerdict,
+  OURS,
+  reportMarkdown,
+  reportText,
+  summarize,
+  summaryMarkdown,
+  summaryRows,
+  type MemorySample,
+  type Sample,
+} from '../../bench/peers/report.js';
 import {
   cpuMicros,
   fillTemplate,
   fmt,
   freePort,
+  interleaveRows,
   markdownTable,
   median,
   parseWrk,
+  processTree,
   quantile,
   ratio,
   textTable,
+  turnOrder,
   waitListening,
   wrkLua,
+  watchPeakMemory,
   wrkTimeMs,
 } from '../../bench/peers/util.js';
 
@@ -127,18 +141,48 @@ describe('wrk', () => {
   });
 });
 
+describe('interleaving', () => {
+  it('turnOrder rotates the servers by the step, any step', () => {
+    expect(turnOrder(['a', 'b'], 0)).toEqual(['a', 'b']);
+    expect(turnOrder(['a', 'b'], 1)).toEqual(['b', 'a']);
+    expect(turnOrder(['a', 'b', 'c'], 4)).toEqual(['b', 'c', 'a']);
+    expect(turnOrder(['a', 'b', 'c'], -1)).toEqual(['c', 'a', 'b']);
+    expect(turnOrder([], 3)).toEqual([]);
+  });
+
+  it('runs each row on every server back to back, swapping who goes first per row and per run', async () => {
+    const order = async (run: number) => {
+      const seen: string[] = [];
+      await interleaveRows(['ours', 'peer'], 3, run, async (server, row) => {
+        await Promise.resolve();
+        seen.push(`${row}:${server}`);
+      });
+      return seen;
+    };
+    expect(await order(1)).toEqual(['0:ours', '0:peer', '1:peer', '1:ours', '2:ours', '2:peer']);
+    expect(await order(2)).toEqual(['0:peer', '0:ours', '1:ours', '1:peer', '2:peer', '2:ours']);
+  });
+});
+
 describe('summarize', () => {
   const samples: Sample[] = [
-    { scenario: 'hit1k', server: 'squid', run: 1, value: 100, p99Ms: 9, peakMiB: 50, cpuUs: 70 },
-    { scenario: 'hit1k', server: OURS, run: 1, value: 90, p99Ms: 3, peakMiB: 80 },
-    { scenario: 'hit1k', server: 'squid', run: 2, value: 120, p99Ms: 7, peakMiB: 52, cpuUs: 90 },
-    { scenario: 'hit1k', server: OURS, run: 2, value: 150, p99Ms: 4, peakMiB: 90 },
-    { scenario: 'hit1k', server: 'squid', run: 3, value: 110, p99Ms: 8, peakMiB: 51, cpuUs: 75 },
-    { scenario: 'hit1k', server: OURS, run: 3, value: 165, p99Ms: 5, peakMiB: 85, note: 'slow start' },
+    { scenario: 'hit1k', server: 'squid', run: 1, value: 100, p99Ms: 9, cpuUs: 70 },
+    { scenario: 'hit1k', server: OURS, run: 1, value: 90, p99Ms: 3 },
+    { scenario: 'hit1k', server: 'squid', run: 2, value: 120, p99Ms: 7, cpuUs: 90 },
+    { scenario: 'hit1k', server: OURS, run: 2, value: 150, p99Ms: 4 },
+    { scenario: 'hit1k', server: 'squid', run: 3, value: 110, p99Ms: 8, cpuUs: 75 },
+    { scenario: 'hit1k', server: OURS, run: 3, value: 165, p99Ms: 5, note: 'slow start' },
     { scenario: 'miss', server: 'squid', run: 1, value: 10 },
   ];
+  const memory: MemorySample[] = [
+    { server: 'squid', run: 1, peakPss: 480, afterPss: 470, peakRss: 500, afterRss: 490 },
+    { server: OURS, run: 1, peakPss: 400, afterPss: 350, peakRss: 450, afterRss: 420 },
+    { server: OURS, run: 2, peakPss: 420, afterPss: 360, peakRss: 470, afterRss: 430 },
+    { server: OURS, run: 3, peakPss: 390, afterPss: 340, peakRss: 440, afterRss: 410 },
+  ];
+  const tier = { mib: 256, what: 'proxy.memoryBytes = 256 MiB' };
 
-  it('medians per scenario and server, ours first, median of per-run ratios on peer rows', () => {
+  it('medians and spreads per scenario and server, ours first, per-run ratios on peer rows', () => {
     const rep = summarize('Proxy', 'req/s', samples);
     expect(rep.rows.map((r) => [r.scenario, r.server])).toEqual([
       ['hit1k', OURS],
@@ -147,26 +191,68 @@ describe('summarize', () => {
     ]);
     const [ours, squid, miss] = rep.rows;
     expect(ours!.median).toBe(150);
+    expect([ours!.min, ours!.max]).toEqual([90, 165]);
     expect(ours!.values).toEqual([90, 150, 165]);
     expect(ours!.p99Ms).toBe(4);
-    expect(ours!.peakMiB).toBe(85);
     expect(ours!.oursOverPeer).toBeUndefined();
     expect(squid!.median).toBe(110);
     expect(squid!.cpuUs).toBe(75);
     expect(ours!.cpuUs).toBeUndefined(); // not measured
     expect(squid!.oursOverPeer).toBe(1.25); // per-run ratios 0.9, 1.25, 1.5
+    expect([squid!.ratioMin, squid!.ratioMax]).toEqual([0.9, 1.5]);
     expect(miss!.oursOverPeer).toBeUndefined(); // ours did not run it
     expect(ours!.notes).toEqual(['slow start']);
+    expect(rep.memory).toBeUndefined();
   });
 
-  it('renders Markdown and text with the notes', () => {
-    const rep = summarize('Proxy', 'req/s', samples, ['how it was measured']);
+  it('memory rows per server with the tier verdict in the notes', () => {
+    const rep = summarize('Proxy', 'req/s', samples, [], { samples: memory, tier });
+    expect(rep.memory!.map((m) => m.server)).toEqual([OURS, 'squid']);
+    const ours = rep.memory![0]!;
+    expect(ours.peakPss).toEqual({ median: 400, min: 390, max: 420 });
+    expect(ours.afterRss.median).toBe(420);
+    expect(memoryVerdict(ours, tier)).toBe('tier 256 + 150 = 406 MiB: met');
+    expect(memoryVerdict(ours, { mib: 0, what: 'none' })).toBe('tier 0 + 150 = 150 MiB: not met (250 over)');
+    expect(rep.notes.join('\n')).toContain('Our configured memory tier: proxy.memoryBytes = 256 MiB.');
+  });
+
+  it('renders Markdown and text with the spread, the memory rows and the notes', () => {
+    const rep = summarize('Proxy', 'req/s', samples, ['how it was measured'], { samples: memory, tier });
     const md = reportMarkdown(rep);
-    expect(md).toMatch(/^### Proxy\n\n\| scenario \| server \| req\/s \(median\) \|/);
-    expect(md).toContain(`| hit1k | squid | 110 | 100 / 120 / 110 | – | 8.00 | 51 | – | 75 | 1.25 |`);
+    expect(md).toMatch(/^### Proxy\n\n\| scenario \| server \| req\/s \(median\) \| min–max \|/);
+    expect(md).toContain(`| hit1k | squid | 110 | 100–120 | 100 / 120 / 110 | – | 8.00 | 75 | 1.25 (0.90–1.50) |`);
+    expect(md).toContain(`| memory MiB: PSS peak / after (RSS peak / after) | ${OURS} | 400 / 350 (450 / 420) | 390–420 |`);
     expect(md).toContain('- how it was measured');
     expect(md).toContain(`- hit1k, ${OURS}: slow start`);
     expect(reportText(rep)).toMatch(/^== Proxy ==\nscenario/);
+  });
+
+  it('one table of every protocol: a line per scenario and peer, and a memory line per peer', () => {
+    const proxy = summarize('Proxy', 'req/s', samples, [], { samples: memory, tier });
+    const jmap = summarize('JMAP (against our own IMAP)', 'op/s', [{ scenario: 'push', server: OURS, run: 1, value: 5, p99Ms: 28.8 }], [], {
+      samples: [{ server: OURS, run: 1, peakPss: 200, afterPss: 180, peakRss: 250, afterRss: 230 }],
+      tier: { mib: 0, what: 'none' },
+    });
+    // The ours/peer note only where a peer ran.
+    expect(proxy.notes.some((n) => n.startsWith('ours/peer'))).toBe(true);
+    expect(jmap.notes.some((n) => n.startsWith('ours/peer'))).toBe(false);
+    const rows = summaryRows([proxy, jmap]);
+    expect(rows).toEqual([
+      ['Proxy, hit1k', 'req/s', '150 (90–165)', 'squid 110 (100–120)', '1.25 (0.90–1.50)', '– / 75', '4.00 / 8.00'],
+      ['Proxy, miss', 'req/s', '', 'squid 10 (10–10)', '', '', ''],
+      [
+        'Proxy, memory MiB: PSS peak / after (RSS peak / after)',
+        'MiB',
+        '400 / 350 (450 / 420); tier 256 + 150 = 406 MiB: met',
+        'squid 480 / 470 (500 / 490)',
+        '',
+        '',
+        '',
+      ],
+      ['JMAP, push', 'op/s', '5.00 (5.00–5.00)', '', '', '', '28.8 / –'],
+      ['JMAP, memory MiB: PSS peak / after (RSS peak / after)', 'MiB', '200 / 180 (250 / 230); tier 0 + 150 = 150 MiB: not met (50 over)', '', '', '', ''],
+    ]);
+    expect(summaryMarkdown([proxy])).toMatch(/^\| protocol, scenario \| unit \| Tomlinson: median \(min–max\) \|/);
   });
 });
 
@@ -230,5 +316,36 @@ describe('cpuMicros', () => {
     } finally {
       child.kill('SIGKILL');
     }
+  });
+});
+
+describe('watchPeakMemory', () => {
+  // The memory row sums a server's process tree (our proxy's cluster workers, Postfix's and
+  // Dovecot's forks): a child's memory must count, and so must what is still held at the end.
+  it('sums the memory of a process and its children, peak and after', async () => {
+    // A parent that forks a child holding 64 MiB of touched memory; the child says when it holds it.
+    const childCode = 'const b = Buffer.alloc(64 * 2 ** 20, 1); process.stdout.write("held\\n"); setInterval(() => b[0]++, 1000);';
+    const parentCode = `const c = require("child_process").spawn(process.execPath, ["-e", ${JSON.stringify(childCode)}], { stdio: ["ignore", "inherit", "ignore"] }); setInterval(() => {}, 1000);`;
+    const parent = spawn(process.execPath, ['-e', parentCode], { stdio: ['ignore', 'pipe', 'ignore'] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('the child did not allocate in 30 s')), 30_000);
+        parent.stdout!.on('data', () => (clearTimeout(timer), resolve()));
+      });
+      const alone = watchPeakMemory(() => parent.pid, 50);
+      const m = await alone.stop();
+      expect(m.afterRss).toBeGreaterThan(64 + 20); // the child's 64 MiB plus two Node processes
+      expect(m.afterPss).toBeGreaterThan(64);
+      expect(m.rss).toBeGreaterThanOrEqual(m.afterRss);
+      expect(m.pss).toBeGreaterThanOrEqual(m.afterPss);
+    } finally {
+      // The child first: once its parent is gone it would be nobody's to stop.
+      for (const pid of processTree(parent.pid!).reverse()) process.kill(pid, 'SIGKILL');
+    }
+  });
+
+  it('reads zero for a server that is gone', async () => {
+    const m = await watchPeakMemory(() => undefined).stop();
+    expect(m).toEqual({ rss: 0, pss: 0, afterRss: 0, afterPss: 0 });
   });
 });
