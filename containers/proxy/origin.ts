@@ -8,7 +8,7 @@
  */
 import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
-import type { BodyWriter } from '../../core/cache/store.js';
+import type { BodyWriter } from '../../core/cache/body-writer.js';
 import { HOP_BY_HOP } from './http.js';
 import type { PlainGetHandler } from './plain-get-client.js';
 

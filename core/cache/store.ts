@@ -10,12 +10,14 @@
  * - `CACHEPURGE` / `<ms>#<url hash>#<random>`: recent purges, for the other tasks' memory tiers.
  */
 import { randomBytes } from 'node:crypto';
-import { PassThrough, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import type CachePolicy from 'http-cache-semantics';
 import type { Logger } from '../log.js';
 import { isStorageError, type Blobs, type Item, type Tables, type TransactOp } from '../storage/ports.js';
 import { CachedObject, policyClass, type EntryRecord, type PolicyClass } from './entry.js';
 import { hashKey, variantKey, type HeaderMap } from './keys.js';
+import { BodyWriter } from './body-writer.js';
+import { KnownUrls } from './known-urls.js';
 import { MemoryTier } from './memory.js';
 
 /** Options of CacheStore. */
@@ -85,154 +87,6 @@ const PURGE_PK = 'CACHEPURGE';
 const PURGE_SLACK_MS = 5_000;
 const TOUCH_EVERY_MS = 60_000;
 const REFRESH_WRITE_MS = 5_000;
-
-/**
- * The URLs the object tier may hold, as a bitmap over 24 bits of their hash (2 MiB whatever the
- * cache size): loaded from the LRU index at start, a bit set for every record this store writes.
- * A clear bit proves the tier has no entry for the URL (no other process writes it, see
- * sharedObjectTier); a set bit, stale or shared by another URL, only costs the usual query. Written
- * here because it is a dozen lines and a Bloom filter package would add nothing: the key is
- * already a cryptographic hash.
- */
-class KnownUrls {
-  private readonly bits = new Uint8Array(1 << 21);
-  /** Until the LRU index has been read, every URL may be held. */
-  ready = false;
-
-  add(urlHash: string): void {
-    const i = KnownUrls.index(urlHash);
-    this.bits[i >>> 3] |= 1 << (i & 7);
-  }
-
-  mayHold(urlHash: string): boolean {
-    if (!this.ready) return true;
-    const i = KnownUrls.index(urlHash);
-    return (this.bits[i >>> 3] & (1 << (i & 7))) !== 0;
-  }
-
-  /** 24 bits from the first four base64url characters of the hash. */
-  private static index(h: string): number {
-    return ((B64[h.charCodeAt(0)] << 18) | (B64[h.charCodeAt(1)] << 12) | (B64[h.charCodeAt(2)] << 6) | B64[h.charCodeAt(3)]) >>> 0;
-  }
-}
-
-/** base64url character code to its 6-bit value. */
-const B64 = (() => {
-  const t = new Uint8Array(128);
-  const a = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
-  for (let i = 0; i < a.length; i++) t[a.charCodeAt(i)] = i;
-  return t;
-})();
-
-/** Where a body goes while it streams to the client: memory, then a blob once it grows large. */
-export class BodyWriter {
-  private chunks: Buffer[] = [];
-  private bytes = 0;
-  private pass: PassThrough | undefined;
-  private put: Promise<{ size: number } | undefined> | undefined;
-  private state: 'open' | 'done' | 'dropped' = 'open';
-  /** Chosen when the body first goes to the object tier (most bodies stay in memory until persisted). */
-  private blobKey = '';
-
-  constructor(
-    private readonly store: CacheStore,
-    private readonly url: string,
-    private readonly variant: string,
-    private readonly vary: string[],
-    private readonly policy: CachePolicy,
-    private readonly expectedLength: number | undefined,
-  ) {
-    if (expectedLength !== undefined && expectedLength > store.maxObjectBytes) this.state = 'dropped';
-    else store.writerOpened(this);
-  }
-
-  /** False when the caller should wait for `drain()` before writing more. */
-  write(chunk: Buffer): boolean {
-    if (this.state !== 'open') return true;
-    this.bytes += chunk.length;
-    if (this.bytes > this.store.maxObjectBytes) {
-      this.abort();
-      this.state = 'dropped';
-      return true;
-    }
-    if (this.pass) return this.pass.write(chunk);
-    this.chunks.push(chunk);
-    if (this.bytes > this.store.memoryObjectBytes) {
-      // Too big for memory: stream the rest straight into the object tier.
-      this.pass = new PassThrough({ highWaterMark: 256 * 1024 });
-      this.blobKey = this.store.newBlobKey(this.url, this.variant);
-      this.put = this.store.blobs.put(this.blobKey, this.pass, { maxBytes: this.store.maxObjectBytes, durable: false }).then(
-        (info) => ({ size: info.size }),
-        (e: unknown) => {
-          this.store.log.debug({ err: e, url: this.url }, 'cache body not stored');
-          return undefined;
-        },
-      );
-      let ok = true;
-      for (const c of this.chunks) ok = this.pass.write(c);
-      this.chunks = [];
-      return ok;
-    }
-    return true;
-  }
-
-  /** Resolves when the blob stream can take more. */
-  drain(): Promise<void> {
-    const p = this.pass;
-    if (!p || !p.writableNeedDrain) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = (): void => {
-        p.off('drain', done);
-        p.off('close', done);
-        resolve();
-      };
-      p.once('drain', done);
-      p.once('close', done);
-    });
-  }
-
-  /** The body ended normally: store it if it is complete; resolves to the stored entry. */
-  async end(): Promise<CachedObject | undefined> {
-    try {
-      return await this.finish();
-    } finally {
-      this.store.writerClosed(this);
-    }
-  }
-
-  private async finish(): Promise<CachedObject | undefined> {
-    if (this.state !== 'open') return undefined;
-    this.state = 'done';
-    // RFC 9111 §3.1: a response whose body was cut short is incomplete and is not stored as complete.
-    if (this.expectedLength !== undefined && this.expectedLength !== this.bytes) {
-      this.abort();
-      return undefined;
-    }
-    const storedAt = this.store.now();
-    if (!this.pass) {
-      const body = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.bytes);
-      this.chunks = [];
-      const obj = new CachedObject(this.url, this.variant, this.vary, this.policy, body.length, storedAt, body);
-      this.store.adopt(obj);
-      return obj;
-    }
-    this.pass.end();
-    const info = await this.put;
-    if (!info || info.size !== this.bytes) return undefined;
-    const obj = new CachedObject(this.url, this.variant, this.vary, this.policy, info.size, storedAt, undefined, this.blobKey);
-    await this.store.writeRecord(obj);
-    return obj;
-  }
-
-  /** The body was cut short (client or origin): nothing is stored. */
-  abort(): void {
-    this.store.writerClosed(this);
-    if (this.state === 'dropped') return;
-    this.state = 'dropped';
-    this.chunks = [];
-    if (this.pass) this.pass.destroy(new Error('body aborted'));
-  }
-}
 
 /** The cache: lookups across both tiers, writers for new bodies, refresh, purge, eviction. */
 export class CacheStore {
