@@ -9,6 +9,7 @@ import type { Readable } from 'node:stream';
 import { Accounts } from '../../../core/accounts/accounts.js';
 import type { DsnRecipient } from '../../../core/mail/jobs.js';
 import { withoutBcc } from '../../../core/mail/bcc.js';
+import { outboundDecision } from '../../../core/mail/outbound-verdict.js';
 import { withoutReturnPath } from '../../../core/mail/return-path.js';
 import { readHeaders } from '../../../core/mail/vacation.js';
 import { MailboxStore } from '../../../core/mailbox/store.js';
@@ -17,7 +18,7 @@ import { createHooks } from '../../smtp/policy.js';
 import { ReplyError } from '../../smtp/protocol/command.js';
 import type { SessionInfo, Transaction } from '../../smtp/session.js';
 import { identityList } from './submission-identity.js';
-import type { JmapContext, JsonObject, SetError } from './types.js';
+import type { JmapBlob, JmapContext, JsonObject, SetError } from './types.js';
 
 /** An envelope address (RFC 8621 §7). */
 export interface Address {
@@ -147,6 +148,8 @@ export async function submit(o: JsonObject, ctx: JmapContext): Promise<JsonObjec
     }
   }
   if (invalid.length) return { type: 'invalidRecipients', invalidRecipients: invalid };
+  const refused = await spamScan(ctx, blob, tx, session);
+  if (refused) return refused;
   const sink = hooks.openMessage(tx, session);
   const stats = { bytes: 0, eightBit: false };
   try {
@@ -174,4 +177,32 @@ export async function submit(o: JsonObject, ctx: JmapContext): Promise<JsonObjec
     sendAt: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
     queueId: sink.id,
   };
+}
+
+/**
+ * The outbound spam scan (core/mail/outbound-verdict.ts, as on the submission ports) of the bytes
+ * that would be sent, streamed from the blob, before anything is queued or counted against the
+ * hourly limit. Its refusal as a SetError whose description is for the user (the webmail shows
+ * it): rspamd's reject is RFC 8621 §7.5 forbiddenToSend, "not permitted to send"; its soft reject
+ * or greylist is RFC 8620 §5.3 rateLimit, the one SetError that says "it may work if tried again
+ * later" (rspamd soft-rejects a user's mail mostly from its ratelimit module). A skipped scan
+ * (rspamd down or slow) sends the message; it is logged and counted there.
+ */
+async function spamScan(ctx: JmapContext, blob: JmapBlob, tx: Transaction, session: SessionInfo): Promise<SetError | undefined> {
+  if (!ctx.spam) return undefined;
+  const message = withoutBcc(withoutReturnPath(await blob.open()));
+  try {
+    const d = await outboundDecision(
+      ctx.spam,
+      message,
+      { from: tx.from, rcpts: tx.rcpts.map((r) => r.address), ip: session.clientAddress, helo: session.helo ?? '', queueId: session.id, user: ctx.user },
+      { log: ctx.log, tables: ctx.storage.tables },
+    );
+    if (d.kind === 'reject') return { type: 'forbiddenToSend', description: d.text };
+    if (d.kind === 'defer') return { type: 'rateLimit', description: `${d.text}; the message was not sent, try again later` };
+    return undefined;
+  } finally {
+    // The scanner may stop reading early (an error answer): the blob is closed here either way.
+    message.destroy();
+  }
 }
