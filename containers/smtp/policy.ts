@@ -7,6 +7,7 @@ import type { Accounts, Resolution } from '../../core/accounts/accounts.js';
 import type { DsnRecipient } from '../../core/mail/jobs.js';
 import { dnsblRefusalText, type DnsblChecker } from '../../core/mail/dnsbl.js';
 import { releaseRecipients, reserveRecipients, sentThisHour } from '../../core/mail/send-limit.js';
+import { countSpamLater } from '../../core/mail/spam-stats.js';
 import type { MailboxStore } from '../../core/mailbox/store.js';
 import { AuthThrottle, authFailureText } from '../auth-throttle.js';
 import { ReplyError } from './protocol/command.js';
@@ -41,6 +42,7 @@ export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: 
             const listing = await dnsbl.check(s.clientAddress);
             if (!listing) return;
             spool.metrics?.smtpRefusals.inc({ reason: 'dnsbl' });
+            countSpamLater(spool.storage.tables, 'dnsblRefused', spool.log);
             spool.log.info(
               { client: s.clientAddress, zone: listing.zone, code: listing.code, reason: listing.reason },
               `client refused: listed by ${listing.zone}`,
