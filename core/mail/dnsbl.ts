@@ -9,8 +9,9 @@
  * connects). A zone may name the return codes that count, as Postfix's `reject_rbl_client
  * zone=d.d.d.d` does (parseDnsblEntry): a list such as Spamhaus ZEN answers different codes for
  * different sublists, and an operator may want only some of them; a listing with another code lets
- * the client in (logged at debug). A lookup that fails (timeout, SERVFAIL, refused, the list's own error codes) never
- * refuses a client: it is logged and counted, and the client is let in (fail open).
+ * the client in (logged at debug). A lookup that fails (timeout, SERVFAIL, refused, the list's
+ * own error codes) never refuses a client: it is logged and counted, and the client is let in
+ * (fail open).
  */
 import { isIP } from 'node:net';
 import type { DnsResolver } from '../dns.js';
