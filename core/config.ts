@@ -264,7 +264,7 @@ export const SETTINGS: readonly Setting[] = [
     env: 'TOMLINSON_SPAM_SCAN_OUTBOUND',
     kind: 'bool',
     default: true,
-    doc: "Scan what authenticated users send (submission) too, passing the user to rspamd; rspamd's reject gives 550 5.7.1 and nothing is sent.",
+    doc: "Scan what authenticated users send (submission ports and JMAP EmailSubmission, so the webmail too), passing the user to rspamd; rspamd's reject gives 550 5.7.1 (JMAP: forbiddenToSend) and nothing is sent.",
   },
   { path: 'spam.url', env: 'TOMLINSON_SPAM_URL', kind: 'string', default: 'http://127.0.0.1:11333', doc: "rspamd's normal worker (its /checkv2 and /ping)." },
   {
