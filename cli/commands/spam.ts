@@ -82,7 +82,7 @@ export function register(program: Command, ctx: CliContext): void {
         { key: 'day', title: 'DAY' },
         ...events.map((e) => ({ key: e, title: STATS_TITLES[e], align: 'right' as const })),
       ];
-      ctx.print('Received on the MX listener:', null);
+      ctx.print('Received on the MX listener, and learning from what users move:', null);
       ctx.table(rows, columns(SPAM_EVENTS.filter((e) => !SENT_EVENTS.includes(e))));
       ctx.print('\nSent by users (submission ports and JMAP), and MX clients refused at connect:', null);
       ctx.table(rows, columns(SENT_EVENTS));
