@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
+import { parseDnsblEntry } from './mail/dnsbl.js';
 
 /** A setting was invalid; `setting` names it as the environment variable and the file path. */
 export class ConfigError extends Error {
@@ -161,7 +162,7 @@ export const SETTINGS: readonly Setting[] = [
     env: 'TOMLINSON_SMTP_TRUSTED_NETWORKS',
     kind: 'list',
     default: ['127.0.0.0/8', '::1/128'],
-    doc: 'Client address ranges (CIDR) exempt from the per-client connection cap (as Postfix exempts mynetworks); the total cap still applies.',
+    doc: 'Client address ranges (CIDR) exempt from the per-client connection cap and never looked up in smtp.dnsbl (as Postfix exempts mynetworks); the total cap still applies. Loopback is exempt only while it is listed here.',
   },
   {
     path: 'smtp.maxConnections',
@@ -211,7 +212,7 @@ export const SETTINGS: readonly Setting[] = [
     env: 'TOMLINSON_SMTP_DNSBL',
     kind: 'list',
     default: [],
-    doc: 'DNS blocklist zones (RFC 5782) asked about each MX client at connect, comma-separated, e.g. zen.spamhaus.org; a listed client gets 554 5.7.1 naming the list. None by default: each query tells the list who connects. A failed lookup lets the client in. Loopback, smtp.trustedNetworks and the submission ports are never checked.',
+    doc: "DNS blocklist zones (RFC 5782) asked about each MX client at connect, comma-separated, e.g. zen.spamhaus.org; a listed client gets 554 5.7.1 naming the list. A zone may name the return codes that count, in Postfix's reject_rbl_client syntax: zone=d.d.d.d, each d a number or [n;n..m], e.g. zen.spamhaus.org=127.0.0.[2..11] or bl.example=127.0.0.4; a listing with another code lets the client in. None by default: each query tells the list who connects. A failed lookup lets the client in. smtp.trustedNetworks (by default loopback) and the submission ports are never checked.",
   },
   {
     path: 'smtp.maxRecipientsPerUserHour',
@@ -263,7 +264,7 @@ export const SETTINGS: readonly Setting[] = [
     env: 'TOMLINSON_SPAM_SCAN_OUTBOUND',
     kind: 'bool',
     default: true,
-    doc: "Scan what authenticated users send (submission) too, passing the user to rspamd; rspamd's reject gives 550 5.7.1 and nothing is sent.",
+    doc: "Scan what authenticated users send (submission ports and JMAP EmailSubmission, so the webmail too), passing the user to rspamd; rspamd's reject gives 550 5.7.1 (JMAP: forbiddenToSend) and nothing is sent.",
   },
   { path: 'spam.url', env: 'TOMLINSON_SPAM_URL', kind: 'string', default: 'http://127.0.0.1:11333', doc: "rspamd's normal worker (its /checkv2 and /ping)." },
   {
@@ -1207,9 +1208,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, file?: string):
     if (!/^\d+$/.test(x) || Number(x) < 1) throw new ConfigError('TOMLINSON_OUTBOUND_RETRY_SCHEDULE', `expected seconds, got ${JSON.stringify(x)}`);
   }
   for (const x of cfg.smtp.dnsbl) {
-    if (!/^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.?$/i.test(x)) {
-      throw new ConfigError('TOMLINSON_SMTP_DNSBL', `expected DNS zone names such as zen.spamhaus.org, got ${JSON.stringify(x)}`);
-    }
+    const entry = parseDnsblEntry(x);
+    if ('error' in entry) throw new ConfigError('TOMLINSON_SMTP_DNSBL', entry.error);
   }
   for (const x of cfg.proxy.connectPorts) {
     if (!/^\d+$/.test(x) || Number(x) < 1 || Number(x) > 65535)

@@ -89,7 +89,7 @@ export class Metrics {
   });
   readonly dnsblLookups = new Counter({
     name: 'tomlinson_dnsbl_lookups_total',
-    help: 'DNS blocklist lookups of MX clients, one per zone, by result: listed, clean, or error (timeout, SERVFAIL, a list error code; the client is let in)',
+    help: 'DNS blocklist lookups of MX clients, one per zone, by result: listed, clean, filtered (listed with a code outside the codes smtp.dnsbl names for the zone; let in), or error (timeout, SERVFAIL, a list error code; the client is let in)',
     labelNames: ['result'],
     registers: [this.registry],
   });

@@ -7,6 +7,7 @@ import type { Accounts, Resolution } from '../../core/accounts/accounts.js';
 import type { DsnRecipient } from '../../core/mail/jobs.js';
 import { dnsblRefusalText, type DnsblChecker } from '../../core/mail/dnsbl.js';
 import { releaseRecipients, reserveRecipients, sentThisHour } from '../../core/mail/send-limit.js';
+import { countSpamLater } from '../../core/mail/spam-stats.js';
 import type { MailboxStore } from '../../core/mailbox/store.js';
 import { AuthThrottle, authFailureText } from '../auth-throttle.js';
 import { ReplyError } from './protocol/command.js';
@@ -19,7 +20,7 @@ export interface PolicyDeps {
   authFailureDelayMs?: number;
   /** DNS blocklists asked about MX clients at connect; absent or without zones: none. */
   dnsbl?: DnsblChecker;
-  /** Clients never looked up in a blocklist besides loopback (smtp.trustedNetworks). */
+  /** Clients never looked up in a blocklist (smtp.trustedNetworks, loopback by default). */
   dnsblExempt?: (address: string) => boolean;
   /** Recipients per authenticated user per hour (smtp.maxRecipientsPerUserHour); 0 or absent: no limit. */
   maxRecipientsPerUserHour?: number;
@@ -32,15 +33,17 @@ export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: 
   const dnsbl = spool.dnsbl?.active ? spool.dnsbl : undefined;
   return {
     // RFC 5321 §3.1: a listed client is refused with 554 instead of the greeting. Only the MX
-    // listener asks; submission clients authenticate instead, and loopback and trusted networks
-    // are our own (as Postfix's permit_mynetworks comes before reject_rbl_client).
+    // listener asks; submission clients authenticate instead, and trusted networks (loopback by
+    // default, smtp.trustedNetworks) are our own (as Postfix's permit_mynetworks comes before
+    // reject_rbl_client).
     ...(dnsbl
       ? {
           async connect(s: SessionInfo): Promise<void> {
-            if (s.listener !== 'mx' || isLoopback(s.clientAddress) || spool.dnsblExempt?.(s.clientAddress)) return;
+            if (s.listener !== 'mx' || spool.dnsblExempt?.(s.clientAddress)) return;
             const listing = await dnsbl.check(s.clientAddress);
             if (!listing) return;
             spool.metrics?.smtpRefusals.inc({ reason: 'dnsbl' });
+            countSpamLater(spool.storage.tables, 'dnsblRefused', spool.log);
             spool.log.info(
               { client: s.clientAddress, zone: listing.zone, code: listing.code, reason: listing.reason },
               `client refused: listed by ${listing.zone}`,
@@ -153,11 +156,6 @@ export function createHooks(accounts: Accounts, mailboxes: MailboxStore, spool: 
 
 /** The hour's count read at the transaction's first RCPT. */
 const usedByTx = new WeakMap<Transaction, number>();
-
-/** 127.0.0.0/8 and ::1 (the listener gives IPv4-mapped addresses as plain IPv4). */
-function isLoopback(address: string): boolean {
-  return address.startsWith('127.') || address === '::1';
-}
 
 /** Wraps the sink with the quota check that RCPT prepared (roomByTx). */
 function withQuotaCheck(sink: MessageSink, tx: Transaction): MessageSink {

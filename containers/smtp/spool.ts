@@ -358,7 +358,7 @@ export class StorageSink implements MessageSink {
       user: this.session.authUser!,
       size,
     };
-    await scanOutbound(this.deps.spam!, message, env, { log: this.deps.log, metrics: this.deps.metrics });
+    await scanOutbound(this.deps.spam!, message, env, { log: this.deps.log, metrics: this.deps.metrics, tables: this.deps.storage.tables });
   }
 
   private async checkAuth(message: Buffer | Readable): Promise<AuthCheck> {

@@ -23,6 +23,7 @@ import { pipeline } from 'node:stream/promises';
 import { Accounts } from '../../core/accounts/accounts.js';
 import { AppPasswords } from '../../core/accounts/app-passwords.js';
 import { WebSessions } from '../../core/accounts/web-sessions.js';
+import { spamScannerFromConfig } from '../../core/mail/spam.js';
 import { FolderStore } from '../../core/mailbox/folders.js';
 import { isStorageError } from '../../core/storage/ports.js';
 import { createTlsProvider, type TlsProvider } from '../../core/tls.js';
@@ -122,7 +123,10 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
   const webmail = new WebmailApi({ sessions: new WebSessions(storage.tables, accounts, { sessionHours: cfg.sessionHours }), auth, log, image: images.handler });
   const folders = new FolderStore(storage.tables, storage.mail, { learnQueue: storage.queues });
   const uploads = new UploadStore(storage.mail, cfg.uploadTtlSeconds);
-  const services: EngineServices = { config, storage, folders, log, registry };
+  // What users send through EmailSubmission is scanned as the submission ports scan it
+  // (spam.scanOutbound, core/mail/outbound-verdict.ts): rspamd's reject refuses the submission.
+  const spam = config.spam.scanOutbound ? await spamScannerFromConfig(config.spam, { metrics, log }) : undefined;
+  const services: EngineServices = { config, storage, folders, log, registry, ...(spam ? { spam } : {}) };
   const requests = new PerAccount(cfg.maxConcurrentRequests);
   const uploading = new PerAccount(cfg.maxConcurrentUpload);
   const pushPollMs = options.pushPollMs ?? (storage.capabilities.sharedBetweenProcesses ? 5000 : 2000);
@@ -346,6 +350,7 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
   } catch (e) {
     detach();
     if (ownsTls) tlsProvider.close();
+    await spam?.close();
     throw e;
   }
   const address = server.address();
@@ -371,6 +376,7 @@ export async function startWeb(ctx: ListenerContext, options: WebServerOptions =
       detach();
       if (ownsTls) tlsProvider.close();
       await images.close();
+      await spam?.close();
     },
   };
 }

@@ -6,8 +6,12 @@
  * one SPF uses), so its servers, timeouts and answer cache apply.
  *
  * Only zones the operator names are asked (none by default: every query tells a third party who
- * connects). A lookup that fails (timeout, SERVFAIL, refused, the list's own error codes) never
- * refuses a client: it is logged and counted, and the client is let in (fail open).
+ * connects). A zone may name the return codes that count, as Postfix's `reject_rbl_client
+ * zone=d.d.d.d` does (parseDnsblEntry): a list such as Spamhaus ZEN answers different codes for
+ * different sublists, and an operator may want only some of them; a listing with another code lets
+ * the client in (logged at debug). A lookup that fails (timeout, SERVFAIL, refused, the list's
+ * own error codes) never refuses a client: it is logged and counted, and the client is let in
+ * (fail open).
  */
 import { isIP } from 'node:net';
 import type { DnsResolver } from '../dns.js';
@@ -25,7 +29,8 @@ export interface DnsblListing {
 }
 
 export interface DnsblOptions {
-  /** Zones to ask, e.g. ['zen.spamhaus.org']. */
+  /** Zones to ask, each with an optional code filter (parseDnsblEntry), e.g.
+   * ['zen.spamhaus.org=127.0.0.[2..11]', 'bl.spamcop.net']. */
   zones: readonly string[];
   resolver: DnsResolver;
   /** Longest wait for all zones together; past it the client is let in. @default 3000 */
@@ -67,14 +72,66 @@ function expandIpv6(address: string): string {
   return groups.map((g) => g.padStart(4, '0')).join('');
 }
 
+/** The return codes that count for a zone: for each of the 4 octets, the ranges it may be in. */
+export type DnsblCodeFilter = [number, number][][];
+
+/**
+ * One `smtp.dnsbl` entry: `zone` (any listing counts) or `zone=d.d.d.d`, Postfix's
+ * `reject_rbl_client` syntax (postconf(5)): each d is a number, or inside `[]` one or more
+ * `;`-separated numbers or `number..number` ranges. `zen.spamhaus.org=127.0.0.[2..11]` counts
+ * 127.0.0.2 to 127.0.0.11; `bl.example=127.0.0.[2;4;10..11]` those four.
+ */
+export function parseDnsblEntry(entry: string): { zone: string; filter?: DnsblCodeFilter } | { error: string } {
+  const [zonePart, pattern, extra] = entry.trim().split('=');
+  const zone = zonePart
+    .trim()
+    .replace(/^\.+|\.+$/g, '')
+    .toLowerCase();
+  if (!/^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/.test(zone)) {
+    return { error: `expected a DNS zone name such as zen.spamhaus.org, got ${JSON.stringify(zonePart)}` };
+  }
+  if (pattern === undefined) return { zone };
+  // The 4 octets: dots inside [] are range dots, not separators.
+  const octets = extra === undefined ? (pattern.trim().match(/\[[^\]]*\]|[^.[\]]+/g) ?? []) : [];
+  if (octets.join('.') !== pattern.trim()) octets.length = 0;
+  const filter: DnsblCodeFilter = [];
+  for (const o of octets) {
+    const items = /^\[(.+)\]$/.exec(o)?.[1].split(';') ?? [o];
+    const ranges: [number, number][] = [];
+    for (const item of items) {
+      const m = /^(\d{1,3})(?:\.\.(\d{1,3}))?$/.exec(item.trim());
+      const lo = Number(m?.[1]);
+      const hi = m?.[2] === undefined ? lo : Number(m[2]);
+      if (!m || lo > 255 || hi > 255 || lo > hi) break;
+      ranges.push([lo, hi]);
+    }
+    if (ranges.length !== items.length) break;
+    filter.push(ranges);
+  }
+  if (filter.length !== 4 || octets.length !== 4) {
+    return { error: `expected return codes such as ${zone}=127.0.0.2 or ${zone}=127.0.0.[2..11], got ${JSON.stringify(entry.trim())}` };
+  }
+  return { zone, filter };
+}
+
+function matches(filter: DnsblCodeFilter, code: string): boolean {
+  const octets = code.split('.').map(Number);
+  return octets.length === 4 && filter.every((ranges, i) => ranges.some(([lo, hi]) => octets[i] >= lo && octets[i] <= hi));
+}
+
 /**
  * What an A answer means (RFC 5782 §2.1, §5: listed entries are 127.0.0.0/8, never 127.0.0.1).
  * 127.255.255.0/24 is what Spamhaus answers for an error (a public resolver, over quota): not a
  * listing. Anything else outside 127/8 is not a DNSBL answer (a resolver that rewrites NXDOMAIN).
+ * With filters, only a code that one of them takes is a listing (the first such code); listed
+ * with other codes only is `outside`.
  */
-function meaning(codes: string[]): { listed: string } | { error: string } | undefined {
-  const listed = codes.find((c) => c.startsWith('127.') && c !== '127.0.0.1' && !c.startsWith('127.255.255.'));
-  if (listed) return { listed };
+function meaning(codes: string[], filters: DnsblCodeFilter[] | undefined): { listed: string } | { outside: string[] } | { error: string } | undefined {
+  const listings = codes.filter((c) => c.startsWith('127.') && c !== '127.0.0.1' && !c.startsWith('127.255.255.'));
+  if (listings.length) {
+    const listed = filters ? listings.find((c) => filters.some((f) => matches(f, c))) : listings[0];
+    return listed ? { listed } : { outside: listings };
+  }
   if (codes.length) return { error: `answer ${codes.join(',')} is not a listing` };
   return undefined;
 }
@@ -83,7 +140,8 @@ type Cached = { expires: number; listing?: DnsblListing };
 
 /** Asks the configured lists about client addresses, with a small cache per address. */
 export class DnsblChecker {
-  private readonly zones: string[];
+  /** The zones in configured order, each with its code filters (undefined: any code counts). */
+  private readonly zones: Map<string, DnsblCodeFilter[] | undefined>;
   private readonly timeoutMs: number;
   private readonly cacheMs: number;
   private readonly failureMs: number;
@@ -93,7 +151,16 @@ export class DnsblChecker {
   private readonly inflight = new Map<string, Promise<DnsblListing | undefined>>();
 
   constructor(private readonly o: DnsblOptions) {
-    this.zones = o.zones.map((z) => z.trim().replace(/^\.+|\.+$/g, '')).filter(Boolean);
+    // A zone named twice with filters takes a code either takes; named once without, any code.
+    this.zones = new Map();
+    for (const entry of o.zones) {
+      if (!entry.trim()) continue;
+      const p = parseDnsblEntry(entry);
+      if ('error' in p) throw new Error(`smtp.dnsbl: ${p.error}`);
+      const had = this.zones.get(p.zone);
+      const any = (this.zones.has(p.zone) && had === undefined) || !p.filter;
+      this.zones.set(p.zone, any ? undefined : [...(had ?? []), p.filter!]);
+    }
     this.timeoutMs = o.timeoutMs ?? 3000;
     this.cacheMs = (o.cacheSeconds ?? 300) * 1000;
     this.failureMs = (o.failureCacheSeconds ?? 30) * 1000;
@@ -103,7 +170,7 @@ export class DnsblChecker {
 
   /** True when at least one zone is configured. */
   get active(): boolean {
-    return this.zones.length > 0;
+    return this.zones.size > 0;
   }
 
   /** The first zone (in configured order) that lists `address`, or undefined. Never throws. */
@@ -130,7 +197,7 @@ export class DnsblChecker {
     try {
       // All zones at once; the answer is the first listing in configured order.
       const results = await Promise.all(
-        this.zones.map((zone) =>
+        [...this.zones.keys()].map((zone) =>
           Promise.race([this.ask(address, zone), deadline]).then((r) => {
             if (r === 'timeout' || 'error' in r) {
               failed = true;
@@ -139,7 +206,7 @@ export class DnsblChecker {
               this.o.log?.warn({ client: address, zone, error }, `DNSBL ${zone} lookup failed (${error}); client let in`);
               return undefined;
             }
-            this.o.metrics?.dnsblLookups.inc({ result: r.listing ? 'listed' : 'clean' });
+            this.o.metrics?.dnsblLookups.inc({ result: r.listing ? 'listed' : 'outside' in r ? 'filtered' : 'clean' });
             return r.listing;
           }),
         ),
@@ -152,7 +219,7 @@ export class DnsblChecker {
     }
   }
 
-  private async ask(address: string, zone: string): Promise<{ listing?: DnsblListing } | { error: string }> {
+  private async ask(address: string, zone: string): Promise<{ listing?: DnsblListing; outside?: true } | { error: string }> {
     const name = dnsblName(address, zone)!;
     let codes: string[];
     try {
@@ -163,9 +230,16 @@ export class DnsblChecker {
       if (code === 'ENOTFOUND' || code === 'ENODATA') return {};
       return { error: code ?? String(e) };
     }
-    const m = meaning(codes);
+    const m = meaning(codes, this.zones.get(zone));
     if (!m) return {};
     if ('error' in m) return m;
+    if ('outside' in m) {
+      this.o.log?.debug(
+        { client: address, zone, codes: m.outside },
+        `listed by ${zone} with ${m.outside.join(',')}, outside the codes configured for it; client let in`,
+      );
+      return { outside: true };
+    }
     let reason: string | undefined;
     try {
       reason = replyText((await this.o.resolver.resolveTxt(name)).map((chunks) => chunks.join('')).join(' '));

@@ -11,8 +11,24 @@ export const SPAM_STATS_PK = 'SPAMSTATS';
 /** Days of history kept. */
 const KEEP_DAYS = 400;
 
-/** What is counted, by the code path that does it. */
-export const SPAM_EVENTS = ['scanned', 'rejected', 'deferred', 'junked', 'skipped', 'learnedSpam', 'learnedHam', 'learnSkipped'] as const;
+/** What is counted, by the code path that does it: MX scans (containers/smtp/spool.ts), filing
+ * (the inbound worker), learning (the learn worker), scans of what users send over SMTP or JMAP
+ * (./outbound-verdict.ts), and MX clients refused at connect by a DNS blocklist. */
+export const SPAM_EVENTS = [
+  'scanned',
+  'rejected',
+  'deferred',
+  'junked',
+  'skipped',
+  'learnedSpam',
+  'learnedHam',
+  'learnSkipped',
+  'outboundScanned',
+  'outboundRejected',
+  'outboundDeferred',
+  'outboundSkipped',
+  'dnsblRefused',
+] as const;
 export type SpamEvent = (typeof SPAM_EVENTS)[number];
 
 export type DayStats = { day: string } & Record<SpamEvent, number>;

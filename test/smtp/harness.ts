@@ -146,10 +146,13 @@ export class TestClient {
   }
 
   /** Connects (plain or implicit TLS) and returns the client; the greeting is left to read.
-   * `host` (default 127.0.0.1) picks the server address, and so the client's own. */
-  static async connect(port: number, options: { tls?: boolean; host?: string } = {}): Promise<TestClient> {
+   * `host` (default 127.0.0.1) picks the server address, and so the client's own, unless
+   * `localAddress` (plain connections) names another, e.g. 127.0.0.10. */
+  static async connect(port: number, options: { tls?: boolean; host?: string; localAddress?: string } = {}): Promise<TestClient> {
     const host = options.host ?? '127.0.0.1';
-    const socket = options.tls ? tls.connect({ port, host, rejectUnauthorized: false, servername: 'mx.tomlinson.test' }) : netConnect({ port, host });
+    const socket = options.tls
+      ? tls.connect({ port, host, rejectUnauthorized: false, servername: 'mx.tomlinson.test' })
+      : netConnect({ port, host, localAddress: options.localAddress });
     await new Promise<void>((resolve, reject) => {
       socket.once(options.tls ? 'secureConnect' : 'connect', () => resolve());
       socket.once('error', reject);

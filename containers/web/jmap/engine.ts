@@ -8,6 +8,7 @@
  */
 import type { Config } from '../../../core/config.js';
 import type { Logger } from '../../../core/log.js';
+import type { SpamScanner } from '../../../core/mail/spam.js';
 import type { FolderStore } from '../../../core/mailbox/folders.js';
 import type { Storage } from '../../../core/storage/ports.js';
 import type { JmapRegistry } from './registry.js';
@@ -38,6 +39,8 @@ export interface EngineServices {
   folders: FolderStore;
   log: Logger;
   registry: JmapRegistry;
+  /** The outbound spam scanner for EmailSubmission (JmapContext.spam). */
+  spam?: SpamScanner;
 }
 
 /** The authenticated side of one request. */
@@ -189,6 +192,7 @@ export async function runRequest(services: EngineServices, auth: RequestAuth, bo
       folders: services.folders,
       blobs: auth.blobs,
       log: services.log,
+      ...(services.spam ? { spam: services.spam } : {}),
       createdIds,
       followUps,
       call: (n, a) => run(n, a, followUps),

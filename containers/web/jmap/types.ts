@@ -21,6 +21,7 @@
 import type { Readable } from 'node:stream';
 import type { Config } from '../../../core/config.js';
 import type { Logger } from '../../../core/log.js';
+import type { SpamScanner } from '../../../core/mail/spam.js';
 import type { FolderStore } from '../../../core/mailbox/folders.js';
 import type { Storage } from '../../../core/storage/ports.js';
 
@@ -57,6 +58,8 @@ export interface JmapContext {
   folders: FolderStore;
   blobs: JmapBlobs;
   log: Logger;
+  /** Scans what the user sends (spam.scanOutbound, core/mail/outbound-verdict.ts); absent: no scan. */
+  spam?: SpamScanner;
   /** Creation ids of this request (`#abc` in an id position) resolved to real ids. Handlers that
    * create objects record them here (`createdIds.set(creationId, id)`), as RFC 8620 §5.3 says. */
   createdIds: Map<string, string>;

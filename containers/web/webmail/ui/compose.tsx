@@ -14,6 +14,24 @@ import type { ComposeDraft, Store } from './store.ts';
 /** Seconds of quiet typing before the draft is saved. */
 const SAVE_AFTER_MS = 1500;
 
+/**
+ * Why a send request sent nothing, in words for the person sending, or undefined when it was sent:
+ * a method error, or the refusal of the Email or its submission. A SetError's description says
+ * why (RFC 8621 §7.5, e.g. rspamd's reason for forbiddenToSend); its type is the fallback. The
+ * implicit Email/set that files the sent message, and the $answered keyword (call 2), are not the
+ * sending: their failures do not make a sent message look unsent.
+ */
+function whyNotSent(responses: Invocation[]): string | undefined {
+  for (const [name, args, callId] of responses) {
+    if (callId === '2') continue;
+    if (name === 'error') return typeof args.description === 'string' ? args.description : String(args.type);
+    if (callId === '1' && name === 'Email/set') continue;
+    const refused = Object.values((args.notCreated as Record<string, { type: string; description?: string }> | null | undefined) ?? {})[0];
+    if (refused) return refused.description ?? refused.type;
+  }
+  return undefined;
+}
+
 export function startCompose(store: Store, kind: ComposeDraft['kind']): void {
   const src = kind === 'new' ? null : store.open;
   if (kind !== 'new' && !src) return;
@@ -193,7 +211,16 @@ export function Compose({ store }: { store: Store }) {
       ];
       if (d.sourceId && d.kind !== 'new')
         calls.push(['Email/set', { accountId: a, update: { [d.sourceId]: { [`keywords/${d.kind === 'forward' ? '$forwarded' : '$answered'}`]: true } } }, '2']);
-      await store.client.run(calls);
+      const responses = await store.client.request(calls);
+      // The Email is made even when its submission is refused: from then on it is the draft, so
+      // that a second Send replaces it instead of leaving a copy in Drafts (and destroying the
+      // draft it replaced a second time, which would fail).
+      const made = responses.find(([name, , callId]) => name === 'Email/set' && callId === '0')?.[1];
+      if (made && d.draftId && (made.destroyed as Id[] | undefined)?.includes(d.draftId)) d.draftId = null;
+      const createdId = (made?.created as Record<string, { id: Id }> | null | undefined)?.m?.id;
+      if (createdId) d.draftId = createdId;
+      const refusal = whyNotSent(responses);
+      if (refusal !== undefined) throw new Error(refusal);
       store.compose = null;
       store.say('Message sent.');
       void store.refreshList();
