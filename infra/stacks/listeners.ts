@@ -181,11 +181,14 @@ export class ListenersStack extends Stack {
     const mail = state.bucketFor(this, 'Mail');
 
     const access = listenerAccess(c);
+    // The web task's rspamd reads the Bayes store the SMTP task's sidecar brings.
+    const smtpEnabled = enabledGroups(c).includes('smtp');
     for (const group of enabledGroups(c)) {
-      // rspamd beside the SMTP listener needs room of its own: at least 0.5 vCPU and 1 GiB a task.
-      const withRspamd = group === 'smtp' && c.spam.enabled;
+      // rspamd beside the SMTP listener (and beside the web listener, to scan what JMAP and the
+      // webmail send) needs room of its own: at least 0.5 vCPU and 1 GiB a task.
+      const withRspamd = (group === 'smtp' || (group === 'web' && smtpEnabled)) && c.spam.enabled;
       const size = withRspamd
-        ? { ...c.services.smtp, cpu: Math.max(c.services.smtp.cpu, 512), memoryMiB: Math.max(c.services.smtp.memoryMiB, 1024) }
+        ? { ...c.services[group], cpu: Math.max(c.services[group].cpu, 512), memoryMiB: Math.max(c.services[group].memoryMiB, 1024) }
         : c.services[group];
       const ports: TcpPort[] = enabledListeners(c)
         .filter((l) => LISTENERS[l].group === group)
@@ -270,6 +273,10 @@ export class ListenersStack extends Stack {
       }
       if (group !== 'proxy' && c.tlsFromSecret) state.tlsSecret.grantRead(role);
     }
+    // What JMAP and the webmail send is scanned as submissions are (issue 24, Outbound), by an
+    // rspamd beside the web listener sharing the SMTP sidecar's Bayes store.
+    if (this.rspamd && this.services.web) this.rspamd.scanIn(this.services.web);
+    else this.services.web?.container.addEnvironment('TOMLINSON_SPAM', 'off');
 
     if (c.outbound === 'direct') {
       // Direct MX delivery needs port 25 out, which Lambda never has: the workers run here and

@@ -34,9 +34,9 @@ export function workerEnvironment(c: StageConfig, state: StateStack): Record<str
     TOMLINSON_SMARTHOST: c.outbound === 'smarthost' ? c.smarthost : '',
     TOMLINSON_SMARTHOST_SECRET_ID: c.outbound === 'smarthost' && c.smarthost ? state.smarthostSecret.secretArn : '',
     TOMLINSON_DKIM_SECRET_PREFIX: dkimSecretPrefix(c.stage),
-    // rspamd runs only as the SMTP task's sidecar, out of every other process's reach: their queue
-    // workers leave lessons to the SMTP task's learner (infra/constructs/rspamd-sidecar.ts), and
-    // with spam filtering off they drop them.
+    // rspamd runs only as a sidecar of the SMTP task (and, for scanning what JMAP sends, of the web
+    // task), out of every other process's reach: no process but the SMTP task's learner has a
+    // controller (infra/constructs/rspamd-sidecar.ts), and with spam filtering off lessons are dropped.
     TOMLINSON_SPAM: c.spam.enabled ? 'on' : 'off',
     TOMLINSON_SPAM_CONTROLLER_URL: '',
   };

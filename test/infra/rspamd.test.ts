@@ -36,13 +36,14 @@ let listeners: Template;
 let processing: Template;
 let monitoring: Template;
 
-/** The task definition whose app container runs `serve smtp`. */
-function smtpTask(t: Template): TaskDef['Properties'] {
+/** The task definition whose app container runs `serve <what>`. */
+function taskServing(t: Template, what: string): TaskDef['Properties'] {
   const defs = Object.values(t.findResources('AWS::ECS::TaskDefinition')) as TaskDef[];
-  const d = defs.find((x) => (x.Properties.ContainerDefinitions[0] as Container & { Command?: string[] }).Command?.join(' ') === 'serve smtp');
-  expect(d).toBeDefined();
+  const d = defs.find((x) => (x.Properties.ContainerDefinitions[0] as Container & { Command?: string[] }).Command?.join(' ') === `serve ${what}`);
+  expect(d, `a task serving ${what}`).toBeDefined();
   return d!.Properties;
 }
+const smtpTask = (t: Template) => taskServing(t, 'smtp');
 const env = (c: Container) => Object.fromEntries((c.Environment ?? []).map((e) => [e.Name, e.Value]));
 /** The alarms on the skipped-scan metric. */
 const skippedAlarms = (t: Template) =>
@@ -101,7 +102,7 @@ describe('the rspamd sidecar of the SMTP task', () => {
     expect(secret.Properties).not.toHaveProperty('SecretString');
   });
 
-  it('keeps Bayes in one encrypted Valkey node that only the SMTP tasks reach', () => {
+  it('keeps Bayes in one encrypted Valkey node that only the tasks running rspamd reach', () => {
     const groups = listeners.findResources('AWS::ElastiCache::ReplicationGroup');
     expect(Object.keys(groups)).toHaveLength(1);
     const [storeId, store] = Object.entries(groups)[0]! as [string, { Properties: Record<string, unknown> }];
@@ -120,9 +121,27 @@ describe('the rspamd sidecar of the SMTP task', () => {
     const ingress = Object.values(listeners.findResources('AWS::EC2::SecurityGroupIngress')).filter((r) =>
       JSON.stringify((r as { Properties: { GroupId: unknown } }).Properties.GroupId).includes(`"${storeSg}"`),
     ) as { Properties: { FromPort: number; SourceSecurityGroupId: unknown } }[];
-    expect(ingress).toHaveLength(1);
-    expect(ingress[0]!.Properties.FromPort).toBe(BAYES_STORE_PORT);
-    expect(JSON.stringify(ingress[0]!.Properties.SourceSecurityGroupId)).toMatch(/"SmtpTasks/);
+    // The SMTP tasks and the web tasks (whose rspamd scans what JMAP sends), nothing else.
+    expect(ingress).toHaveLength(2);
+    for (const i of ingress) expect(i.Properties.FromPort).toBe(BAYES_STORE_PORT);
+    const sources = ingress.map((i) => /"(Smtp|Web)Tasks/.exec(JSON.stringify(i.Properties.SourceSecurityGroupId))?.[1]).sort();
+    expect(sources).toEqual(['Smtp', 'Web']);
+  });
+
+  it('gives the web task an rspamd of its own that scans what JMAP and the webmail send, on the same Bayes store, teaching nothing', () => {
+    const task = taskServing(listeners, 'web');
+    const rspamd = byName(task, 'rspamd')!;
+    expect(rspamd.Image).toBe(DEFAULTS.spam.rspamdImage);
+    expect(rspamd.Essential).toBe(false);
+    expect(rspamd.DependsOn).toEqual([{ ContainerName: 'rspamd-settings', Condition: 'SUCCESS' }]);
+    expect(env(rspamd).RSPAMD_REDIS_SERVERS).toEqual(env(byName(smtpTask(listeners), 'rspamd')!).RSPAMD_REDIS_SERVERS);
+    const app = env(byName(task, 'app')!);
+    expect(app).toMatchObject({ TOMLINSON_SPAM: 'on', TOMLINSON_SPAM_URL: 'http://127.0.0.1:11333' });
+    // No controller: lessons wait in the table for the SMTP task's learner.
+    expect(app.TOMLINSON_SPAM_CONTROLLER_URL).toBe('');
+    expect(app).not.toHaveProperty('TOMLINSON_SPAM_LEARN_POLL_SECONDS');
+    expect(Number(task.Cpu)).toBeGreaterThanOrEqual(512);
+    expect(Number(task.Memory)).toBeGreaterThanOrEqual(1024);
   });
 
   it('lets the SMTP task teach lessons and the mailbox and web tasks write them; the Lambda worker has no controller', () => {
@@ -172,6 +191,9 @@ describe('the rspamd sidecar of the SMTP task', () => {
     const task = smtpTask(l);
     expect(task.ContainerDefinitions.map((c) => c.Name)).toEqual(['app']);
     expect(env(task.ContainerDefinitions[0]!)).toMatchObject({ TOMLINSON_SPAM: 'off' });
+    const web = taskServing(l, 'web');
+    expect(web.ContainerDefinitions.map((c) => c.Name)).toEqual(['app']);
+    expect(env(web.ContainerDefinitions[0]!)).toMatchObject({ TOMLINSON_SPAM: 'off' });
     l.resourceCountIs('AWS::ElastiCache::ReplicationGroup', 0);
     expect(skippedAlarms(Template.fromStack(stacks.monitoring!))).toEqual([]);
     expect(skippedAlarms(monitoring)).toHaveLength(1);

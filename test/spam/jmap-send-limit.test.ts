@@ -1,7 +1,7 @@
 /**
  * JMAP EmailSubmission/set (the webmail's way to send) shares the hourly recipient limit of the
  * submission ports: the same per-user counter in Tables. Past it the submission is refused with
- * RFC 8621 §7.5's forbiddenToSend and the limit's text, and nothing is queued.
+ * RFC 8620 §5.3's rateLimit (may work if tried again later) and the limit's text, and nothing is queued.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { identityIdOf, submissionMethods } from '../../containers/web/jmap/submission.js';
@@ -36,14 +36,14 @@ describe('JMAP submission and the hourly recipient limit', () => {
     return m['EmailSubmission/set']({ accountId: t.ctx.accountId, create: { s: { identityId: identityIdOf(ALICE), emailId } } }, t.ctx);
   }
 
-  it('sends within the limit, then answers forbiddenToSend naming the limit', async () => {
+  it('sends within the limit, then answers rateLimit naming the limit', async () => {
     const ok = await submit('drafts/a.eml', 'one@remote.test, two@remote.test');
     expect(ok.created).toHaveProperty('s');
     expect(await sentThisHour(env.storage.tables, ALICE)).toBe(2);
     const refused = await submit('drafts/b.eml', 'three@remote.test');
     expect(refused.created ?? {}).toEqual({});
     expect(refused.notCreated).toEqual({
-      s: { type: 'forbiddenToSend', description: `Sending limit reached: ${ALICE} may send to 2 recipients per hour; try again later` },
+      s: { type: 'rateLimit', description: `Sending limit reached: ${ALICE} may send to 2 recipients per hour; try again later` },
     });
     expect(await drainInbound(env.storage)).toHaveLength(1);
   });

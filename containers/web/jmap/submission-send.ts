@@ -142,8 +142,9 @@ export async function submit(o: JsonObject, ctx: JmapContext): Promise<JsonObjec
       tx.rcpts.push(rcpt);
     } catch (e) {
       if (!(e instanceof ReplyError)) throw e;
-      // The sending limit: RFC 8621 §7.5 forbiddenToSend, "not permitted to send ... right now".
-      if (e.code === 451 && e.enhanced === '4.7.1') return { type: 'forbiddenToSend', description: e.message };
+      // The hourly sending limit: RFC 8620 §5.3 rateLimit ("it may work if tried again later"), as
+      // for rspamd's soft reject below; forbiddenToSend is kept for refusals a retry will not change.
+      if (e.code === 451 && e.enhanced === '4.7.1') return { type: 'rateLimit', description: e.message };
       invalid.push(r.email);
     }
   }
