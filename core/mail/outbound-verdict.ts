@@ -21,6 +21,9 @@ import { isSkipped, type ScanEnvelope, type SpamResult, type SpamScanner, type S
 import { countSpamLater } from './spam-stats.js';
 
 /** The outcome of an outbound scan: send, or refuse for good (`reject`) or for now (`defer`). */
+/** How the log line of a skipped outbound scan starts; the AWS alarm's metric filter matches it too (infra/stacks/monitoring.ts). */
+export const OUTBOUND_SPAM_SKIPPED_MSG = 'outbound spam scan skipped';
+
 export type OutboundDecision =
   | { kind: 'send'; result: SpamResult }
   | {
@@ -43,7 +46,7 @@ export async function outboundDecision(
   const count = (event: 'outboundScanned' | 'outboundSkipped' | 'outboundRejected' | 'outboundDeferred') => countSpamLater(deps.tables, event, deps.log);
   if (isSkipped(r)) {
     count('outboundSkipped');
-    deps.log.warn({ ...who, reason: r.skipped, detail: r.detail }, `outbound spam scan skipped (${r.skipped}); message sent unscanned`);
+    deps.log.warn({ ...who, reason: r.skipped, detail: r.detail }, `${OUTBOUND_SPAM_SKIPPED_MSG} (${r.skipped}); message sent unscanned`);
     return { kind: 'send', result: r };
   }
   count('outboundScanned');

@@ -15,6 +15,7 @@ import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subs from 'aws-cdk-lib/aws-sns-subscriptions';
 import type { Construct } from 'constructs';
 import { OUTBOUND_AGE_METRIC } from '../../core/mail/outbound-age.js';
+import { OUTBOUND_SPAM_SKIPPED_MSG } from '../../core/mail/outbound-verdict.js';
 import { SPAM_SKIPPED_MSG } from '../../core/mail/spam.js';
 import type { StageConfig } from '../config.js';
 import type { ListenersStack } from './listeners.js';
@@ -47,7 +48,7 @@ export const LOG_FIELDS = {
 
 /** The start of the SMTP listener's log line for a skipped spam scan (one constant, written by
  * containers/smtp/spool.ts and matched by the alarm's metric filter). */
-export { SPAM_SKIPPED_MSG };
+export { OUTBOUND_SPAM_SKIPPED_MSG, SPAM_SKIPPED_MSG };
 
 /** Dashboard, alarms and alarm topic of one stage. */
 export class MonitoringStack extends Stack {
@@ -172,25 +173,31 @@ export class MonitoringStack extends Stack {
     if (outboundLogs.length)
       alarm('DeliveryFailureRate', failureRate, 20, 'More than 20% of outbound deliveries failed permanently in 15 minutes (at least 10 attempts).');
 
-    // Spam scans skipped (rspamd down, slow or erroring): the mail was accepted unscanned. Counted
-    // from the SMTP task's log; the alarm wants several in 15 minutes, not one slow scan.
-    const smtp = listeners?.services.smtp;
+    // Spam scans skipped (rspamd down, slow or erroring): the mail was accepted (or, from a user,
+    // sent) unscanned. Counted from the logs of the tasks with an rspamd sidecar (SMTP: MX and
+    // submissions; web: JMAP and the webmail); the alarm wants several in 15 minutes, not one slow scan.
     const spamSkipped = m('spam-scans-skipped', 'spam scans skipped');
-    if (smtp && listeners?.rspamd) {
-      new logs.MetricFilter(this, 'SpamSkippedFilter', {
-        logGroup: smtp.logGroup,
-        filterPattern: logs.FilterPattern.stringValue('$.msg', '=', `${SPAM_SKIPPED_MSG}*`),
+    const scanning = listeners?.rspamd ? (['smtp', 'web'] as const).flatMap((g) => (listeners.services[g] ? [[g, listeners.services[g]!] as const] : [])) : [];
+    for (const [g, svc] of scanning) {
+      new logs.MetricFilter(this, g === 'smtp' ? 'SpamSkippedFilter' : 'SpamSkippedFilterWeb', {
+        logGroup: svc.logGroup,
+        filterPattern: logs.FilterPattern.any(
+          logs.FilterPattern.stringValue('$.msg', '=', `${SPAM_SKIPPED_MSG}*`),
+          logs.FilterPattern.stringValue('$.msg', '=', `${OUTBOUND_SPAM_SKIPPED_MSG}*`),
+        ),
         metricNamespace: METRIC_NAMESPACE,
         metricName: 'spam-scans-skipped',
         metricValue: '1',
         defaultValue: 0,
         unit: cloudwatch.Unit.COUNT,
       });
+    }
+    if (scanning.length) {
       alarm(
         'SpamScansSkipped',
         spamSkipped,
         5,
-        'At least 5 MX messages in 15 minutes were accepted without a spam scan: the rspamd sidecar of the SMTP task is down, slow or failing (see the rspamd log streams of the SMTP log group).',
+        'At least 5 messages in 15 minutes were accepted or sent without a spam scan: an rspamd sidecar (SMTP or web task) is down, slow or failing (see the rspamd log streams of that log group).',
       );
     }
 

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BAYES_STORE_PORT, WRITE_SETTINGS, rspamdSettings } from '../../infra/constructs/rspamd-sidecar.js';
 import { DEFAULTS, StageConfigError, stageConfig } from '../../infra/config.js';
-import { SPAM_SKIPPED_MSG } from '../../infra/stacks/monitoring.js';
+import { OUTBOUND_SPAM_SKIPPED_MSG, SPAM_SKIPPED_MSG } from '../../infra/stacks/monitoring.js';
 import { RSPAMD_BIN } from '../support/rspamd.js';
 import { tempDir } from '../support/tmp.js';
 import { ROOT, cleanOutdirs, testApp } from './support.js';
@@ -166,14 +166,14 @@ describe('the rspamd sidecar of the SMTP task', () => {
     expect(keysOf('WebTaskTaskRole')).toContain('SPAMLEARN');
   });
 
-  it('alarms on scans skipped, counted from the SMTP log', () => {
+  it('alarms on scans skipped (MX and outbound), counted from the SMTP and web logs', () => {
     const filters = Object.values(monitoring.findResources('AWS::Logs::MetricFilter')) as {
       Properties: { FilterPattern: string; MetricTransformations: { MetricName: string }[]; LogGroupName: unknown };
     }[];
     const skipped = filters.filter((f) => f.Properties.MetricTransformations[0]!.MetricName === 'spam-scans-skipped');
-    expect(skipped).toHaveLength(1);
-    expect(skipped[0]!.Properties.FilterPattern).toBe(`{ $.msg = "${SPAM_SKIPPED_MSG}*" }`);
-    expect(JSON.stringify(skipped[0]!.Properties.LogGroupName)).toMatch(/SmtpLogs/);
+    expect(skipped).toHaveLength(2);
+    for (const f of skipped) expect(f.Properties.FilterPattern).toBe(`{ ($.msg = "${SPAM_SKIPPED_MSG}*") || ($.msg = "${OUTBOUND_SPAM_SKIPPED_MSG}*") }`);
+    expect(skipped.map((f) => /(Smtp|Web)Logs/.exec(JSON.stringify(f.Properties.LogGroupName))?.[1]).sort()).toEqual(['Smtp', 'Web']);
     const alarms = skippedAlarms(monitoring);
     expect(alarms).toHaveLength(1);
     expect(alarms[0]).toMatchObject({
