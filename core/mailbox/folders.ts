@@ -133,6 +133,21 @@ export function toMessage(item: Item): FolderMessage {
   };
 }
 
+/** What `listing` reads of a message: all but its summary, job and thread. */
+export type FolderListing = Pick<FolderMessage, 'uid' | 'blobKey' | 'size' | 'receivedAt' | 'flags' | 'modseq'>;
+const LISTING_ATTRIBUTES = ['uid', 'blobKey', 'size', 'receivedAt', 'flags', 'modseq'];
+
+function toListing(item: Item): FolderListing {
+  return {
+    uid: Number(item.uid),
+    blobKey: String(item.blobKey),
+    size: Number(item.size),
+    receivedAt: String(item.receivedAt),
+    flags: Array.isArray(item.flags) ? item.flags.map(String) : [],
+    modseq: Number(item.modseq ?? 0),
+  };
+}
+
 /** Checks one level of a folder name. */
 function checkLeaf(leaf: string): void {
   // Control characters have no place in a name; `*` and `%` are LIST wildcards (RFC 9051 §6.3.9).
@@ -295,7 +310,7 @@ export class FolderStore {
   private async countUnseen(user: string, folderId: string, meta: Item): Promise<Item> {
     for (let attempt = 0; ; attempt++) {
       let unseen = 0;
-      for await (const m of this.entries(user, folderId)) if (!isSeen(m.flags)) unseen++;
+      for await (const m of this.listing(user, folderId)) if (!isSeen(m.flags)) unseen++;
       try {
         return await this.tables.update(
           folderKeys.meta(user, folderId),
@@ -628,6 +643,26 @@ export class FolderStore {
     do {
       const page = await this.messages(user, folderId, { cursor });
       yield* page.items;
+      cursor = page.cursor;
+    } while (cursor);
+  }
+
+  /**
+   * Every message's listing fields (no summary) in UID order, a page at a time: what an IMAP
+   * view keeps (SELECT) and what counting reads. The summary is most of a message's item, so
+   * the query projects it away (QueryOptions.attributes): locally it never becomes a JavaScript
+   * string, on DynamoDB it is never sent.
+   */
+  async *listing(user: string, folderId: string): AsyncGenerator<FolderListing> {
+    let cursor: string | undefined;
+    do {
+      const page = await this.tables.query(folderKeys.partition(user, folderId), {
+        range: { gte: `UID#${'0'.repeat(UID_WIDTH)}`, lte: 'UID#~' },
+        limit: this.pageSize,
+        cursor,
+        attributes: LISTING_ATTRIBUTES,
+      });
+      for (const item of page.items) yield toListing(item);
       cursor = page.cursor;
     } while (cursor);
   }
