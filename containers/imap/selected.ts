@@ -14,7 +14,7 @@
  */
 import type { ChangeLog } from '../../core/mailbox/changes.js';
 import type { AttrValue } from '../../core/storage/ports.js';
-import type { FolderInfo, FolderMessage, FolderStore } from '../../core/mailbox/folders.js';
+import type { FolderInfo, FolderListing, FolderStore } from '../../core/mailbox/folders.js';
 import { flagList } from './protocol/encode.js';
 import { inSequenceSet, sequenceText, type SequenceSet } from './protocol/values.js';
 
@@ -40,6 +40,80 @@ export function searchedFields(summary: Record<string, AttrValue> | undefined): 
   const out: Record<string, AttrValue> = {};
   for (const k of SEARCHED_FIELDS) if (summary?.[k] !== undefined) out[k] = summary[k]!;
   return out;
+}
+
+/** A view as it stood at a log position, for the next SELECT of the folder in this process. */
+interface Snapshot {
+  position: number;
+  uids: readonly number[];
+  byUid: ReadonlyMap<number, ViewEntry>;
+  flagSets: ReadonlyMap<string, readonly string[]>;
+  uidNext: number;
+  uidValidity: number;
+  highestModSeq: number;
+  /** The folder's rendered ENVELOPE/BODYSTRUCTURE/BODY per UID, shared by every view of it. */
+  rendered: Map<number, Rendered>;
+}
+
+/** A message's ENVELOPE, BODYSTRUCTURE and BODY values as FETCH writes them. They never change
+ * for a UID (a message's content is fixed, RFC 9051 §2.3.1.1), so a view may keep them. */
+export interface Rendered {
+  envelope: string;
+  bodystructure: string;
+  body: string;
+}
+
+/** Rendered messages kept over all folders (some 700 octets each): past it, FETCH reads the
+ * stored summary as before. */
+const RENDERED_MAX_MESSAGES = 30_000;
+
+/** Messages all snapshots together hold (about 200 octets each); the least recently selected
+ * folders go first. A bigger folder is not kept. */
+const SNAPSHOT_MAX_MESSAGES = 100_000;
+
+/**
+ * The process's folder snapshots, least recently used first. Correctness never rests on them: a
+ * snapshot is only a starting point that the change log brings up to date, and one the log no
+ * longer reaches back to is listed again (readChanges' resync). Entries and flag arrays are never
+ * changed in place (a change replaces them), so views and snapshots share them.
+ */
+class Snapshots {
+  private readonly byFolder = new Map<string, Snapshot>();
+  private held = 0;
+  /** Rendered messages kept by the maps of snapshots and live views (an upper bound: a view's
+   * map dropped from here while the view lives is not counted back). */
+  renderedHeld = 0;
+
+  take(user: string, folderId: string): Snapshot | undefined {
+    return this.byFolder.get(`${user}\0${folderId}`);
+  }
+
+  keep(user: string, folderId: string, snap: Snapshot): void {
+    const key = `${user}\0${folderId}`;
+    const old = this.byFolder.get(key);
+    if (old) {
+      this.byFolder.delete(key);
+      this.held -= old.uids.length;
+      if (old.rendered !== snap.rendered) this.renderedHeld -= old.rendered.size;
+    }
+    if (snap.uids.length > SNAPSHOT_MAX_MESSAGES) return;
+    this.byFolder.set(key, snap);
+    this.held += snap.uids.length;
+    for (const [k, s] of this.byFolder) {
+      if (this.held <= SNAPSHOT_MAX_MESSAGES) break;
+      this.byFolder.delete(k);
+      this.held -= s.uids.length;
+      this.renderedHeld -= s.rendered.size;
+    }
+  }
+}
+
+/** Snapshots per store: one process may serve several (tests do), whose folders share names. */
+const snapshotsOf = new WeakMap<FolderStore, Snapshots>();
+function snapshotsFor(store: FolderStore): Snapshots {
+  let s = snapshotsOf.get(store);
+  if (!s) snapshotsOf.set(store, (s = new Snapshots()));
+  return s;
 }
 
 /** How the session wants updates worded (what the client ENABLEd). */
@@ -75,6 +149,9 @@ export class SelectedFolder {
   searchFields: Map<number, Record<string, AttrValue>> | undefined;
   /** Interned flag arrays, so that 100,000 unseen messages share one. */
   private readonly flagSets = new Map<string, readonly string[]>();
+  /** Rendered structure per UID (keepRendered), shared through the snapshot with later views. */
+  private rendered = new Map<number, Rendered>();
+  private memo!: Snapshots;
 
   private constructor(
     private readonly store: FolderStore,
@@ -84,13 +161,68 @@ export class SelectedFolder {
     readonly readOnly: boolean,
   ) {}
 
-  /** Builds the view: the log position first, then the listing, so no change falls between them. */
+  /**
+   * Builds the view. From the process's snapshot of the folder when there is one: the changes
+   * since the snapshot's log position are read as a refresh reads them and folded in untold (the
+   * client has been told nothing yet), so a SELECT of a folder this process listed before costs
+   * a read of the log's tail, not a listing (Dovecot's SELECT reads its index the same way).
+   * Otherwise the log position first, then the listing, so no change falls between them.
+   */
   static async open(store: FolderStore, log: ChangeLog, user: string, folder: FolderInfo, readOnly: boolean): Promise<SelectedFolder> {
     const view = new SelectedFolder(store, log, user, folder, readOnly);
-    view.position = await log.position(user);
-    await view.load();
+    const snapshots = snapshotsFor(store);
+    view.memo = snapshots;
+    const snap = snapshots.take(user, folder.id);
+    if (!snap || !(await view.fromSnapshot(snap))) {
+      view.position = await log.position(user);
+      await view.load();
+    }
     view.announced = view.uids.length;
+    snapshots.keep(user, folder.id, view.snapshot());
     return view;
+  }
+
+  /** Starts from `snap` and catches up with the log; false when the folder is not the one
+   * snapshotted (deleted, or a new UIDVALIDITY): the caller lists it then. */
+  private async fromSnapshot(snap: Snapshot): Promise<boolean> {
+    this.uids = [...snap.uids];
+    for (const [u, e] of snap.byUid) this.byUid.set(u, e);
+    for (const [k, f] of snap.flagSets) this.flagSets.set(k, f);
+    this.position = snap.position;
+    this.uidNext = snap.uidNext;
+    this.uidValidity = snap.uidValidity;
+    this.highestModSeq = snap.highestModSeq;
+    this.rendered = snap.rendered;
+    await this.readChanges();
+    const status = await this.store.status(this.user, this.folder.id);
+    if (this.gone || status.uidValidity !== snap.uidValidity) {
+      this.byUid.clear();
+      this.expunged.clear();
+      this.flagsChanged.clear();
+      this.gone = false;
+      this.rendered = new Map();
+      return false;
+    }
+    // Nothing was told yet: expunged messages just leave, changed flags are simply current.
+    if (this.expunged.size) this.dropOwn([...this.expunged]);
+    this.flagsChanged.clear();
+    this.uidNext = Math.max(this.uidNext, status.uidNext);
+    this.highestModSeq = Math.max(this.highestModSeq, status.highestModSeq);
+    return true;
+  }
+
+  /** What a later SELECT in this process may start from (copies: this view goes on changing). */
+  private snapshot(): Snapshot {
+    return {
+      position: this.position,
+      uids: [...this.uids],
+      byUid: new Map(this.byUid),
+      flagSets: new Map(this.flagSets),
+      uidNext: this.uidNext,
+      uidValidity: this.uidValidity,
+      highestModSeq: this.highestModSeq,
+      rendered: this.rendered,
+    };
   }
 
   private async load(): Promise<void> {
@@ -100,14 +232,14 @@ export class SelectedFolder {
     this.highestModSeq = status.highestModSeq;
     const uids: number[] = [];
     this.byUid.clear();
-    for await (const m of this.store.entries(this.user, this.folder.id)) {
+    for await (const m of this.store.listing(this.user, this.folder.id)) {
       uids.push(m.uid);
       this.byUid.set(m.uid, this.entryOf(m));
     }
     this.uids = uids;
   }
 
-  private entryOf(m: Pick<FolderMessage, 'uid' | 'flags' | 'modseq' | 'blobKey' | 'size' | 'receivedAt'>): ViewEntry {
+  private entryOf(m: FolderListing): ViewEntry {
     const key = m.flags.join(' ');
     let flags = this.flagSets.get(key);
     if (!flags) this.flagSets.set(key, (flags = Object.freeze([...m.flags])));
@@ -124,6 +256,20 @@ export class SelectedFolder {
     if (this.uids.length > KEEP_FROM_FETCH_MAX || !this.byUid.has(uid)) return;
     const cache = (this.searchFields ??= new Map());
     if (!cache.has(uid)) cache.set(uid, searchedFields(summary));
+  }
+
+  /** The rendered structure of `uid` kept by this process, if any. */
+  renderedOf(uid: number): Rendered | undefined {
+    return this.rendered.get(uid);
+  }
+
+  /** Keeps a message's rendered structure that a FETCH read from its summary, while the
+   * process-wide budget allows: the next FETCH of it (this session's or a later SELECT's)
+   * then reads no item. */
+  keepRendered(uid: number, r: Rendered): void {
+    if (this.memo.renderedHeld >= RENDERED_MAX_MESSAGES || this.rendered.has(uid) || !this.byUid.has(uid)) return;
+    this.rendered.set(uid, { envelope: r.envelope, bodystructure: r.bodystructure, body: r.body });
+    this.memo.renderedHeld++;
   }
 
   /** Messages the client knows of (the last EXISTS, plus expunged ones not yet told). */
@@ -220,6 +366,7 @@ export class SelectedFolder {
     for (const u of uids) {
       this.byUid.delete(u);
       this.searchFields?.delete(u);
+      if (this.rendered.delete(u)) this.memo.renderedHeld--;
       this.expunged.delete(u);
       this.flagsChanged.delete(u);
     }

@@ -23,7 +23,7 @@ beforeAll(async () => {
     { config: { ...h.config, pop3: { ...h.config.pop3, port: 0 } }, storage: h.storage, log: silentLogger, metrics: h.metrics },
     { tlsPort: 0 },
   );
-  await addImapUsers(h, 'idle@example.com', 'two@example.com', 'pop@example.com', 'cond@example.com', 'lim@example.com');
+  await addImapUsers(h, 'idle@example.com', 'two@example.com', 'pop@example.com', 'cond@example.com', 'lim@example.com', 'snap@example.com');
 });
 afterAll(async () => {
   for (const c of open) c.close();
@@ -66,6 +66,36 @@ describe('IDLE', () => {
     c.send('x2 NOOP\r\n');
     expect(await c.waitFor(/^x1 /, 5000, from)).toMatch(/^x1 BAD/);
     expect((await c.command('NOOP')).tagged).toMatch(/OK/);
+  });
+});
+
+describe('a folder selected again in the same process', () => {
+  it('shows what changed while nobody had it selected (the view starts from the last one and reads the log)', async () => {
+    for (let i = 1; i <= 4; i++) await h.deliver('snap@example.com', imapMessage(i));
+    const a = await loggedIn('snap@example.com');
+    const first = await a.command('FETCH 1:* (UID FLAGS ENVELOPE BODYSTRUCTURE)');
+    expect(first.untagged.filter((l) => / FETCH /.test(l))).toHaveLength(4);
+    expect((await a.command('LOGOUT')).tagged).toMatch(/OK/);
+
+    const b = await loggedIn('snap@example.com');
+    expect((await b.command('UID STORE 2 +FLAGS (\\Flagged)')).tagged).toMatch(/OK/);
+    expect((await b.command('UID STORE 3 +FLAGS (\\Deleted)')).tagged).toMatch(/OK/);
+    expect((await b.command('EXPUNGE')).tagged).toMatch(/OK/);
+    expect((await b.command('LOGOUT')).tagged).toMatch(/OK/);
+    await h.deliver('snap@example.com', imapMessage(5));
+
+    const c = await loggedIn('snap@example.com', '');
+    const sel = await c.command('SELECT INBOX');
+    expect(sel.untagged).toContain('* 4 EXISTS');
+    expect(sel.untagged.some((l) => /EXPUNGE|VANISHED/.test(l))).toBe(false);
+    const again = (await c.command('FETCH 1:* (UID FLAGS ENVELOPE)')).untagged.filter((l) => / FETCH /.test(l));
+    expect(again.map((l) => /UID (\d+)/.exec(l)?.[1])).toEqual(['1', '2', '4', '5']);
+    expect(again[1]).toContain('FLAGS (\\Flagged)');
+    expect(again[3]).toContain('"message 5"');
+    // The ENVELOPE a later session is given (kept by this process) is the one first read.
+    expect(again[0]!.slice(again[0]!.indexOf('ENVELOPE'))).toBe(
+      first.untagged[0]!.slice(first.untagged[0]!.indexOf('ENVELOPE'), first.untagged[0]!.indexOf(' BODYSTRUCTURE')) + ')',
+    );
   });
 });
 
