@@ -68,7 +68,7 @@ export interface Rendered {
 const RENDERED_MAX_MESSAGES = 30_000;
 
 /** Messages all snapshots together hold (about 200 octets each); the least recently selected
- * folders go first. A bigger folder is not kept. */
+ * folders go first. A folder of more than half of it is not kept (it would push out all others). */
 const SNAPSHOT_MAX_MESSAGES = 100_000;
 
 /**
@@ -96,7 +96,7 @@ class Snapshots {
       this.held -= old.uids.length;
       if (old.rendered !== snap.rendered) this.renderedHeld -= old.rendered.size;
     }
-    if (snap.uids.length > SNAPSHOT_MAX_MESSAGES) return;
+    if (snap.uids.length > SNAPSHOT_MAX_MESSAGES / 2) return;
     this.byFolder.set(key, snap);
     this.held += snap.uids.length;
     for (const [k, s] of this.byFolder) {
@@ -129,7 +129,7 @@ export class FolderGone extends Error {}
 
 export class SelectedFolder {
   private uids: number[] = [];
-  private readonly byUid = new Map<number, ViewEntry>();
+  private byUid = new Map<number, ViewEntry>();
   /** UIDs gone from the store, still numbered here until the client may be told. */
   private readonly expunged = new Set<number>();
   /** UIDs whose flags changed by someone else, not told yet. */
@@ -148,7 +148,7 @@ export class SelectedFolder {
    * kept from a FETCH that read the messages' items anyway (`keepSearchFields`). */
   searchFields: Map<number, Record<string, AttrValue>> | undefined;
   /** Interned flag arrays, so that 100,000 unseen messages share one. */
-  private readonly flagSets = new Map<string, readonly string[]>();
+  private flagSets = new Map<string, readonly string[]>();
   /** Rendered structure per UID (keepRendered), shared through the snapshot with later views. */
   private rendered = new Map<number, Rendered>();
   private memo!: Snapshots;
@@ -186,8 +186,8 @@ export class SelectedFolder {
    * snapshotted (deleted, or a new UIDVALIDITY): the caller lists it then. */
   private async fromSnapshot(snap: Snapshot): Promise<boolean> {
     this.uids = [...snap.uids];
-    for (const [u, e] of snap.byUid) this.byUid.set(u, e);
-    for (const [k, f] of snap.flagSets) this.flagSets.set(k, f);
+    this.byUid = new Map(snap.byUid);
+    this.flagSets = new Map(snap.flagSets);
     this.position = snap.position;
     this.uidNext = snap.uidNext;
     this.uidValidity = snap.uidValidity;
