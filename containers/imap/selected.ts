@@ -73,9 +73,9 @@ const SNAPSHOT_MAX_MESSAGES = 100_000;
 
 /**
  * The process's folder snapshots, least recently used first. Correctness never rests on them: a
- * snapshot is only a starting point that the change log brings up to date, and one the log no
- * longer reaches back to is listed again (readChanges' resync). Entries and flag arrays are never
- * changed in place (a change replaces them), so views and snapshots share them.
+ * snapshot is only a starting point that the change log brings up to date, and one the log cannot
+ * bring completely up to date is not used (SelectedFolder.fromSnapshot). Entries and flag arrays
+ * are never changed in place (a change replaces them), so views and snapshots share them.
  */
 class Snapshots {
   private readonly byFolder = new Map<string, Snapshot>();
@@ -151,64 +151,77 @@ export class SelectedFolder {
   private flagSets = new Map<string, readonly string[]>();
   /** Rendered structure per UID (keepRendered), shared through the snapshot with later views. */
   private rendered = new Map<number, Rendered>();
-  private memo!: Snapshots;
-
   private constructor(
     private readonly store: FolderStore,
     private readonly log: ChangeLog,
     readonly user: string,
     readonly folder: FolderInfo,
     readonly readOnly: boolean,
+    /** The process's snapshots of this store (and its budget for rendered messages). */
+    private readonly memo: Snapshots,
   ) {}
 
   /**
-   * Builds the view. From the process's snapshot of the folder when there is one: the changes
-   * since the snapshot's log position are read as a refresh reads them and folded in untold (the
-   * client has been told nothing yet), so a SELECT of a folder this process listed before costs
-   * a read of the log's tail, not a listing (Dovecot's SELECT reads its index the same way).
-   * Otherwise the log position first, then the listing, so no change falls between them.
+   * Builds the view. From the process's snapshot of the folder when the change log still reaches
+   * back to it with nothing missing: the changes since the snapshot's log position are folded in
+   * untold (the client has been told nothing yet), so a SELECT of a folder this process listed
+   * before costs a read of the log's tail, not a listing (Dovecot's SELECT reads its index the
+   * same way). Otherwise the log position first, then the listing, so no change falls between them.
    */
   static async open(store: FolderStore, log: ChangeLog, user: string, folder: FolderInfo, readOnly: boolean): Promise<SelectedFolder> {
-    const view = new SelectedFolder(store, log, user, folder, readOnly);
     const snapshots = snapshotsFor(store);
-    view.memo = snapshots;
     const snap = snapshots.take(user, folder.id);
-    if (!snap || !(await view.fromSnapshot(snap))) {
+    let view = snap ? await SelectedFolder.fromSnapshot(store, log, user, folder, readOnly, snapshots, snap) : undefined;
+    if (!view) {
+      view = new SelectedFolder(store, log, user, folder, readOnly, snapshots);
       view.position = await log.position(user);
       await view.load();
+      // A message's rendered structure never changes under one UIDVALIDITY (RFC 9051 §2.3.1.1),
+      // so a snapshot the log could not bring up to date still lends its rendered values.
+      if (snap && snap.uidValidity === view.uidValidity) view.rendered = snap.rendered;
     }
     view.announced = view.uids.length;
     snapshots.keep(user, folder.id, view.snapshot());
     return view;
   }
 
-  /** Starts from `snap` and catches up with the log; false when the folder is not the one
-   * snapshotted (deleted, or a new UIDVALIDITY): the caller lists it then. */
-  private async fromSnapshot(snap: Snapshot): Promise<boolean> {
-    this.uids = [...snap.uids];
-    this.byUid = new Map(snap.byUid);
-    this.flagSets = new Map(snap.flagSets);
-    this.position = snap.position;
-    this.uidNext = snap.uidNext;
-    this.uidValidity = snap.uidValidity;
-    this.highestModSeq = snap.highestModSeq;
-    this.rendered = snap.rendered;
-    await this.readChanges();
-    const status = await this.store.status(this.user, this.folder.id);
-    if (this.gone || status.uidValidity !== snap.uidValidity) {
-      this.byUid.clear();
-      this.expunged.clear();
-      this.flagsChanged.clear();
-      this.gone = false;
-      this.rendered = new Map();
-      return false;
-    }
+  /**
+   * A view started from `snap` and brought up to date from the change log, or undefined when that
+   * cannot be proven complete; the caller then lists the folder. A snapshot must never show the
+   * client less than storage holds, so any doubt falls back: the log trimmed past the snapshot's
+   * position (its horizon), a gap in the log with committed changes beyond it (a writer still
+   * holding a MODSEQ, or one that died holding it: another session's OK'd MOVE can sit behind it
+   * for the gap's grace time, the IMAP crash soak's failure), the folder deleted, or a new
+   * UIDVALIDITY. The folder's counters are read before the log, so the UIDNEXT and HIGHESTMODSEQ
+   * the SELECT reports never run ahead of the messages the view holds.
+   */
+  private static async fromSnapshot(
+    store: FolderStore,
+    log: ChangeLog,
+    user: string,
+    folder: FolderInfo,
+    readOnly: boolean,
+    snapshots: Snapshots,
+    snap: Snapshot,
+  ): Promise<SelectedFolder | undefined> {
+    const status = await store.status(user, folder.id);
+    if (status.uidValidity !== snap.uidValidity) return undefined;
+    const view = new SelectedFolder(store, log, user, folder, readOnly, snapshots);
+    view.uids = [...snap.uids];
+    view.byUid = new Map(snap.byUid);
+    view.flagSets = new Map(snap.flagSets);
+    view.position = snap.position;
+    view.uidNext = snap.uidNext;
+    view.uidValidity = snap.uidValidity;
+    view.highestModSeq = snap.highestModSeq;
+    view.rendered = snap.rendered;
+    if (!(await view.readChanges(true)) || view.gone) return undefined;
     // Nothing was told yet: expunged messages just leave, changed flags are simply current.
-    if (this.expunged.size) this.dropOwn([...this.expunged]);
-    this.flagsChanged.clear();
-    this.uidNext = Math.max(this.uidNext, status.uidNext);
-    this.highestModSeq = Math.max(this.highestModSeq, status.highestModSeq);
-    return true;
+    if (view.expunged.size) view.dropOwn([...view.expunged]);
+    view.flagsChanged.clear();
+    view.uidNext = Math.max(view.uidNext, status.uidNext);
+    view.highestModSeq = Math.max(view.highestModSeq, status.highestModSeq);
+    return view;
   }
 
   /** What a later SELECT in this process may start from (copies: this view goes on changing). */
@@ -379,17 +392,27 @@ export class SelectedFolder {
    */
   async refresh(): Promise<void> {
     // One at a time: an IDLE wake-up may still be reading when the next command refreshes.
-    const run = this.refreshing.then(() => this.readChanges());
+    const run = this.refreshing.then(async () => void (await this.readChanges()));
     this.refreshing = run.catch(() => undefined);
     return run;
   }
 
   private refreshing: Promise<void> = Promise.resolve();
 
-  private async readChanges(): Promise<void> {
+  /**
+   * Reads the log from the view's position to its end or its first young gap. With `complete`
+   * (a view built from a snapshot) it reads nothing it cannot finish: it answers false at once when
+   * the log no longer reaches back (no resync) and false when it stopped at a gap, true only when
+   * it read to the log's end. A live view just waits for the gap (its next refresh goes on).
+   */
+  private async readChanges(complete = false): Promise<boolean> {
     for (;;) {
       const page = await this.log.since(this.user, this.position);
-      if (page.tooOld) return this.resync();
+      if (page.tooOld) {
+        if (complete) return false;
+        await this.resync();
+        return true;
+      }
       const added: number[] = [];
       /** Uids whose flags changed, with the MODSEQ of their latest flag change in the page. */
       const flagged = new Map<number, number>();
@@ -411,7 +434,8 @@ export class SelectedFolder {
       // picks it up.
       const moved = page.modseq !== this.position;
       this.position = page.modseq;
-      if (!page.more || !moved) return;
+      if (!page.more) return true;
+      if (!moved) return !complete;
     }
   }
 
