@@ -21,7 +21,7 @@ import type { FolderMessage } from '../../core/mailbox/folders.js';
 import { flagList } from './protocol/encode.js';
 import { is, isAtom, number, text, type Atom, type ImapValue } from './protocol/values.js';
 import { formatDateTime } from './messages.js';
-import type { Rendered, SelectedFolder } from './selected.js';
+import type { SelectedFolder } from './selected.js';
 import { CommandError, type ImapSession } from './session.js';
 
 /** One body section asked for. */
@@ -168,10 +168,8 @@ export async function runFetch(s: ImapSession, view: SelectedFolder, uids: numbe
   if (changedSince !== undefined) wanted = wanted.filter((u) => (view.entry(u)?.modseq ?? 0) > changedSince);
 
   // The view knows each message's flags, size, date and blob; only the structure (ENVELOPE,
-  // BODYSTRUCTURE, a part of the body) needs the message's item, and of that the rendered values
-  // alone may be kept in the view already (a folder this process served before).
+  // BODYSTRUCTURE, a part of the body) needs the message's item.
   const needsItem = items.some(needsStructure);
-  const needsParts = items.some((i) => i.kind === 'section' && needsStructure(i));
   const setsSeen = !view.readOnly && items.some((i) => i.kind === 'section' && !i.peek);
   if (setsSeen) {
     // RFC 9051 §6.4.5: fetching a body without PEEK sets \Seen; the new flags go in the response.
@@ -186,15 +184,12 @@ export async function runFetch(s: ImapSession, view: SelectedFolder, uids: numbe
   const ctx: FetchContext = { small: s.services.blobs.smallReader?.(), slab: Buffer.alloc(0), slabUsed: 0, unflushed: 0 };
   for (let i = 0; i < wanted.length; i += PAGE) {
     const chunk = wanted.slice(i, i + PAGE);
-    const kept = needsItem && !needsParts && chunk.every((u) => view.renderedOf(u) !== undefined);
-    const loaded = needsItem && !kept ? await loadMessages(s, view, chunk) : undefined;
+    const loaded = needsItem ? await loadMessages(s, view, chunk) : undefined;
     if (loaded) for (const m of loaded.values()) view.keepSearchFields(m.uid, m.summary);
     for (const uid of chunk) {
       const m = loaded?.get(uid);
-      if (needsItem && !kept && !m) continue; // expunged under us; its EXPUNGE follows
-      const structure = m ? await structureOf(s, view, m) : undefined;
-      if (structure) view.keepRendered(uid, structure);
-      await writeOne(s, view, uid, structure ?? (kept ? view.renderedOf(uid) : undefined), structure, items, ctx);
+      if (needsItem && !m) continue; // expunged under us; its EXPUNGE follows
+      await writeOne(s, view, uid, m, items, ctx);
     }
   }
 }
@@ -263,18 +258,10 @@ async function loadMessages(s: ImapSession, view: SelectedFolder, uids: number[]
   return out;
 }
 
-/** One FETCH response: `rendered` gives ENVELOPE, BODYSTRUCTURE and BODY, `structure` (when a
- * section needs part offsets) the sections' ranges. */
-async function writeOne(
-  s: ImapSession,
-  view: SelectedFolder,
-  uid: number,
-  rendered: Rendered | undefined,
-  structure: ImapStructure | undefined,
-  items: FetchItem[],
-  ctx: FetchContext,
-): Promise<void> {
+async function writeOne(s: ImapSession, view: SelectedFolder, uid: number, m: FolderMessage | undefined, items: FetchItem[], ctx: FetchContext): Promise<void> {
   const entry = view.entry(uid)!;
+  let structure: ImapStructure | undefined;
+  if (m) structure = await structureOf(s, view, m);
   const out = s.out;
   // One write per response (a body literal aside): a sync of 10,000 messages otherwise hands the
   // socket some 150,000 small pieces.
@@ -300,13 +287,13 @@ async function writeOne(
         text += `RFC822.SIZE ${entry.size}`;
         break;
       case 'ENVELOPE':
-        text += `ENVELOPE ${rendered!.envelope}`;
+        text += `ENVELOPE ${structure!.envelope}`;
         break;
       case 'BODYSTRUCTURE':
-        text += `BODYSTRUCTURE ${rendered!.bodystructure}`;
+        text += `BODYSTRUCTURE ${structure!.bodystructure}`;
         break;
       case 'BODY':
-        text += `BODY ${rendered!.body}`;
+        text += `BODY ${structure!.body}`;
         break;
       case 'section':
         out.write(text);

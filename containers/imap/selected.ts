@@ -14,7 +14,7 @@
  */
 import type { ChangeLog } from '../../core/mailbox/changes.js';
 import type { AttrValue } from '../../core/storage/ports.js';
-import type { FolderInfo, FolderListing, FolderStore } from '../../core/mailbox/folders.js';
+import type { FolderInfo, FolderMessage, FolderStore } from '../../core/mailbox/folders.js';
 import { flagList } from './protocol/encode.js';
 import { inSequenceSet, sequenceText, type SequenceSet } from './protocol/values.js';
 
@@ -42,80 +42,6 @@ export function searchedFields(summary: Record<string, AttrValue> | undefined): 
   return out;
 }
 
-/** A view as it stood at a log position, for the next SELECT of the folder in this process. */
-interface Snapshot {
-  position: number;
-  uids: readonly number[];
-  byUid: ReadonlyMap<number, ViewEntry>;
-  flagSets: ReadonlyMap<string, readonly string[]>;
-  uidNext: number;
-  uidValidity: number;
-  highestModSeq: number;
-  /** The folder's rendered ENVELOPE/BODYSTRUCTURE/BODY per UID, shared by every view of it. */
-  rendered: Map<number, Rendered>;
-}
-
-/** A message's ENVELOPE, BODYSTRUCTURE and BODY values as FETCH writes them. They never change
- * for a UID (a message's content is fixed, RFC 9051 §2.3.1.1), so a view may keep them. */
-export interface Rendered {
-  envelope: string;
-  bodystructure: string;
-  body: string;
-}
-
-/** Rendered messages kept over all folders (some 700 octets each): past it, FETCH reads the
- * stored summary as before. */
-const RENDERED_MAX_MESSAGES = 30_000;
-
-/** Messages all snapshots together hold (about 200 octets each); the least recently selected
- * folders go first. A folder of more than half of it is not kept (it would push out all others). */
-const SNAPSHOT_MAX_MESSAGES = 100_000;
-
-/**
- * The process's folder snapshots, least recently used first. Correctness never rests on them: a
- * snapshot is only a starting point that the change log brings up to date, and one the log cannot
- * bring completely up to date is not used (SelectedFolder.fromSnapshot). Entries and flag arrays
- * are never changed in place (a change replaces them), so views and snapshots share them.
- */
-class Snapshots {
-  private readonly byFolder = new Map<string, Snapshot>();
-  private held = 0;
-  /** Rendered messages kept by the maps of snapshots and live views (an upper bound: a view's
-   * map dropped from here while the view lives is not counted back). */
-  renderedHeld = 0;
-
-  take(user: string, folderId: string): Snapshot | undefined {
-    return this.byFolder.get(`${user}\0${folderId}`);
-  }
-
-  keep(user: string, folderId: string, snap: Snapshot): void {
-    const key = `${user}\0${folderId}`;
-    const old = this.byFolder.get(key);
-    if (old) {
-      this.byFolder.delete(key);
-      this.held -= old.uids.length;
-      if (old.rendered !== snap.rendered) this.renderedHeld -= old.rendered.size;
-    }
-    if (snap.uids.length > SNAPSHOT_MAX_MESSAGES / 2) return;
-    this.byFolder.set(key, snap);
-    this.held += snap.uids.length;
-    for (const [k, s] of this.byFolder) {
-      if (this.held <= SNAPSHOT_MAX_MESSAGES) break;
-      this.byFolder.delete(k);
-      this.held -= s.uids.length;
-      this.renderedHeld -= s.rendered.size;
-    }
-  }
-}
-
-/** Snapshots per store: one process may serve several (tests do), whose folders share names. */
-const snapshotsOf = new WeakMap<FolderStore, Snapshots>();
-function snapshotsFor(store: FolderStore): Snapshots {
-  let s = snapshotsOf.get(store);
-  if (!s) snapshotsOf.set(store, (s = new Snapshots()));
-  return s;
-}
-
 /** How the session wants updates worded (what the client ENABLEd). */
 export interface UpdateStyle {
   /** RFC 7162: MODSEQ in unsolicited FETCH responses. */
@@ -129,7 +55,7 @@ export class FolderGone extends Error {}
 
 export class SelectedFolder {
   private uids: number[] = [];
-  private byUid = new Map<number, ViewEntry>();
+  private readonly byUid = new Map<number, ViewEntry>();
   /** UIDs gone from the store, still numbered here until the client may be told. */
   private readonly expunged = new Set<number>();
   /** UIDs whose flags changed by someone else, not told yet. */
@@ -148,94 +74,23 @@ export class SelectedFolder {
    * kept from a FETCH that read the messages' items anyway (`keepSearchFields`). */
   searchFields: Map<number, Record<string, AttrValue>> | undefined;
   /** Interned flag arrays, so that 100,000 unseen messages share one. */
-  private flagSets = new Map<string, readonly string[]>();
-  /** Rendered structure per UID (keepRendered), shared through the snapshot with later views. */
-  private rendered = new Map<number, Rendered>();
+  private readonly flagSets = new Map<string, readonly string[]>();
+
   private constructor(
     private readonly store: FolderStore,
     private readonly log: ChangeLog,
     readonly user: string,
     readonly folder: FolderInfo,
     readonly readOnly: boolean,
-    /** The process's snapshots of this store (and its budget for rendered messages). */
-    private readonly memo: Snapshots,
   ) {}
 
-  /**
-   * Builds the view. From the process's snapshot of the folder when the change log still reaches
-   * back to it with nothing missing: the changes since the snapshot's log position are folded in
-   * untold (the client has been told nothing yet), so a SELECT of a folder this process listed
-   * before costs a read of the log's tail, not a listing (Dovecot's SELECT reads its index the
-   * same way). Otherwise the log position first, then the listing, so no change falls between them.
-   */
+  /** Builds the view: the log position first, then the listing, so no change falls between them. */
   static async open(store: FolderStore, log: ChangeLog, user: string, folder: FolderInfo, readOnly: boolean): Promise<SelectedFolder> {
-    const snapshots = snapshotsFor(store);
-    const snap = snapshots.take(user, folder.id);
-    let view = snap ? await SelectedFolder.fromSnapshot(store, log, user, folder, readOnly, snapshots, snap) : undefined;
-    if (!view) {
-      view = new SelectedFolder(store, log, user, folder, readOnly, snapshots);
-      view.position = await log.position(user);
-      await view.load();
-      // A message's rendered structure never changes under one UIDVALIDITY (RFC 9051 §2.3.1.1),
-      // so a snapshot the log could not bring up to date still lends its rendered values.
-      if (snap && snap.uidValidity === view.uidValidity) view.rendered = snap.rendered;
-    }
+    const view = new SelectedFolder(store, log, user, folder, readOnly);
+    view.position = await log.position(user);
+    await view.load();
     view.announced = view.uids.length;
-    snapshots.keep(user, folder.id, view.snapshot());
     return view;
-  }
-
-  /**
-   * A view started from `snap` and brought up to date from the change log, or undefined when that
-   * cannot be proven complete; the caller then lists the folder. A snapshot must never show the
-   * client less than storage holds, so any doubt falls back: the log trimmed past the snapshot's
-   * position (its horizon), a gap in the log with committed changes beyond it (a writer still
-   * holding a MODSEQ, or one that died holding it: another session's OK'd MOVE can sit behind it
-   * for the gap's grace time, the IMAP crash soak's failure), the folder deleted, or a new
-   * UIDVALIDITY. The folder's counters are read before the log, so the UIDNEXT and HIGHESTMODSEQ
-   * the SELECT reports never run ahead of the messages the view holds.
-   */
-  private static async fromSnapshot(
-    store: FolderStore,
-    log: ChangeLog,
-    user: string,
-    folder: FolderInfo,
-    readOnly: boolean,
-    snapshots: Snapshots,
-    snap: Snapshot,
-  ): Promise<SelectedFolder | undefined> {
-    const status = await store.status(user, folder.id);
-    if (status.uidValidity !== snap.uidValidity) return undefined;
-    const view = new SelectedFolder(store, log, user, folder, readOnly, snapshots);
-    view.uids = [...snap.uids];
-    view.byUid = new Map(snap.byUid);
-    view.flagSets = new Map(snap.flagSets);
-    view.position = snap.position;
-    view.uidNext = snap.uidNext;
-    view.uidValidity = snap.uidValidity;
-    view.highestModSeq = snap.highestModSeq;
-    view.rendered = snap.rendered;
-    if (!(await view.readChanges(true)) || view.gone) return undefined;
-    // Nothing was told yet: expunged messages just leave, changed flags are simply current.
-    if (view.expunged.size) view.dropOwn([...view.expunged]);
-    view.flagsChanged.clear();
-    view.uidNext = Math.max(view.uidNext, status.uidNext);
-    view.highestModSeq = Math.max(view.highestModSeq, status.highestModSeq);
-    return view;
-  }
-
-  /** What a later SELECT in this process may start from (copies: this view goes on changing). */
-  private snapshot(): Snapshot {
-    return {
-      position: this.position,
-      uids: [...this.uids],
-      byUid: new Map(this.byUid),
-      flagSets: new Map(this.flagSets),
-      uidNext: this.uidNext,
-      uidValidity: this.uidValidity,
-      highestModSeq: this.highestModSeq,
-      rendered: this.rendered,
-    };
   }
 
   private async load(): Promise<void> {
@@ -245,14 +100,14 @@ export class SelectedFolder {
     this.highestModSeq = status.highestModSeq;
     const uids: number[] = [];
     this.byUid.clear();
-    for await (const m of this.store.listing(this.user, this.folder.id)) {
+    for await (const m of this.store.entries(this.user, this.folder.id)) {
       uids.push(m.uid);
       this.byUid.set(m.uid, this.entryOf(m));
     }
     this.uids = uids;
   }
 
-  private entryOf(m: FolderListing): ViewEntry {
+  private entryOf(m: Pick<FolderMessage, 'uid' | 'flags' | 'modseq' | 'blobKey' | 'size' | 'receivedAt'>): ViewEntry {
     const key = m.flags.join(' ');
     let flags = this.flagSets.get(key);
     if (!flags) this.flagSets.set(key, (flags = Object.freeze([...m.flags])));
@@ -269,20 +124,6 @@ export class SelectedFolder {
     if (this.uids.length > KEEP_FROM_FETCH_MAX || !this.byUid.has(uid)) return;
     const cache = (this.searchFields ??= new Map());
     if (!cache.has(uid)) cache.set(uid, searchedFields(summary));
-  }
-
-  /** The rendered structure of `uid` kept by this process, if any. */
-  renderedOf(uid: number): Rendered | undefined {
-    return this.rendered.get(uid);
-  }
-
-  /** Keeps a message's rendered structure that a FETCH read from its summary, while the
-   * process-wide budget allows: the next FETCH of it (this session's or a later SELECT's)
-   * then reads no item. */
-  keepRendered(uid: number, r: Rendered): void {
-    if (this.memo.renderedHeld >= RENDERED_MAX_MESSAGES || this.rendered.has(uid) || !this.byUid.has(uid)) return;
-    this.rendered.set(uid, { envelope: r.envelope, bodystructure: r.bodystructure, body: r.body });
-    this.memo.renderedHeld++;
   }
 
   /** Messages the client knows of (the last EXISTS, plus expunged ones not yet told). */
@@ -379,7 +220,6 @@ export class SelectedFolder {
     for (const u of uids) {
       this.byUid.delete(u);
       this.searchFields?.delete(u);
-      if (this.rendered.delete(u)) this.memo.renderedHeld--;
       this.expunged.delete(u);
       this.flagsChanged.delete(u);
     }
@@ -392,27 +232,17 @@ export class SelectedFolder {
    */
   async refresh(): Promise<void> {
     // One at a time: an IDLE wake-up may still be reading when the next command refreshes.
-    const run = this.refreshing.then(async () => void (await this.readChanges()));
+    const run = this.refreshing.then(() => this.readChanges());
     this.refreshing = run.catch(() => undefined);
     return run;
   }
 
   private refreshing: Promise<void> = Promise.resolve();
 
-  /**
-   * Reads the log from the view's position to its end or its first young gap. With `complete`
-   * (a view built from a snapshot) it reads nothing it cannot finish: it answers false at once when
-   * the log no longer reaches back (no resync) and false when it stopped at a gap, true only when
-   * it read to the log's end. A live view just waits for the gap (its next refresh goes on).
-   */
-  private async readChanges(complete = false): Promise<boolean> {
+  private async readChanges(): Promise<void> {
     for (;;) {
       const page = await this.log.since(this.user, this.position);
-      if (page.tooOld) {
-        if (complete) return false;
-        await this.resync();
-        return true;
-      }
+      if (page.tooOld) return this.resync();
       const added: number[] = [];
       /** Uids whose flags changed, with the MODSEQ of their latest flag change in the page. */
       const flagged = new Map<number, number>();
@@ -434,8 +264,7 @@ export class SelectedFolder {
       // picks it up.
       const moved = page.modseq !== this.position;
       this.position = page.modseq;
-      if (!page.more) return true;
-      if (!moved) return !complete;
+      if (!page.more || !moved) return;
     }
   }
 

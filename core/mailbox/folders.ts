@@ -25,14 +25,12 @@ import { randomBytes } from 'node:crypto';
 import { keys as accountKeys } from '../accounts/accounts.js';
 import { lessonOp, sendLesson, type LessonKind } from '../mail/spam-learn.js';
 import { ConditionFailed, isStorageError, type AttrValue, type Blobs, type Item, type Queues, type Tables, type TransactOp } from '../storage/ports.js';
-import { ChangeLog, type ChangeEntry, type ChangeLogOptions } from './changes.js';
+import { ChangeLog, type ChangeLogOptions, type ChangeEntry } from './changes.js';
+import { emailIdOf } from './email-ids.js';
 import { EmailIndex } from './email-index.js';
 import { isSeen, normalizeFlags, storeFlags, type FlagChange, type FlagResult } from './flags.js';
 import { publishMailboxChange } from './notify.js';
-import { backoff, FolderError, folderKeys, INBOX, indexKeys, mailboxKeys, MAX_ATTEMPTS, NoSuchMailbox, QuotaExceeded } from './keys.js';
-import { emailsOf, listingOf, messageAttrs, messagePage, toMessage, type FolderListing, type FolderMessage } from './message-item.js';
-
-export { toMessage, type FolderListing, type FolderMessage } from './message-item.js';
+import { backoff, FolderError, folderKeys, INBOX, indexKeys, mailboxKeys, MAX_ATTEMPTS, NoSuchMailbox, QuotaExceeded, UID_WIDTH } from './keys.js';
 
 /** The hierarchy delimiter of folder names (see the file header for why `/`). */
 export const DELIMITER = '/';
@@ -72,6 +70,24 @@ export interface FolderStatus {
   highestModSeq: number;
 }
 
+/** One message in a folder. */
+export interface FolderMessage {
+  uid: number;
+  blobKey: string;
+  size: number;
+  /** INTERNALDATE. */
+  receivedAt: string;
+  summary: Record<string, AttrValue>;
+  /** System flags (`\Seen`...) and keywords together. */
+  flags: string[];
+  jobId: string;
+  /** The MODSEQ of its last change; 0 for a message untouched since the change log began. */
+  modseq: number;
+  /** Its JMAP thread (RFC 8621 §3); absent for a message filed before threads until the index
+   * backfill (email-index.ts) reaches it. */
+  threadId?: string;
+}
+
 /** What `append` stores. The raw message must already be durable in blobs. */
 export interface AppendInput {
   /** Idempotency key: a second append with the same key returns the first uid. @default none */
@@ -101,6 +117,21 @@ export interface FolderStoreOptions {
 }
 
 const retryable = (e: unknown) => isStorageError(e, 'ConditionFailed') || isStorageError(e, 'Unavailable');
+
+/** A message item as the model reads it (MailboxStore reads INBOX's with it too). */
+export function toMessage(item: Item): FolderMessage {
+  return {
+    uid: Number(item.uid),
+    blobKey: String(item.blobKey),
+    size: Number(item.size),
+    receivedAt: String(item.receivedAt),
+    summary: (item.summary ?? {}) as Record<string, AttrValue>,
+    flags: Array.isArray(item.flags) ? item.flags.map(String) : [],
+    jobId: String(item.jobId ?? ''),
+    modseq: Number(item.modseq ?? 0),
+    ...(typeof item.threadId === 'string' ? { threadId: item.threadId } : {}),
+  };
+}
 
 /** Checks one level of a folder name. */
 function checkLeaf(leaf: string): void {
@@ -264,7 +295,7 @@ export class FolderStore {
   private async countUnseen(user: string, folderId: string, meta: Item): Promise<Item> {
     for (let attempt = 0; ; attempt++) {
       let unseen = 0;
-      for await (const m of this.listing(user, folderId)) if (!isSeen(m.flags)) unseen++;
+      for await (const m of this.entries(user, folderId)) if (!isSeen(m.flags)) unseen++;
       try {
         return await this.tables.update(
           folderKeys.meta(user, folderId),
@@ -582,7 +613,13 @@ export class FolderStore {
     folderId: string,
     range: { from?: number; to?: number; limit?: number; cursor?: string } = {},
   ): Promise<{ items: FolderMessage[]; cursor?: string }> {
-    return messagePage(this.tables, folderKeys.partition(user, folderId), { ...range, limit: range.limit ?? this.pageSize });
+    const pad = (n: number) => `UID#${String(n).padStart(UID_WIDTH, '0')}`;
+    const page = await this.tables.query(folderKeys.partition(user, folderId), {
+      range: { gte: pad(range.from ?? 1), lte: range.to === undefined ? 'UID#~' : pad(range.to) },
+      limit: range.limit ?? this.pageSize,
+      cursor: range.cursor,
+    });
+    return { items: page.items.map(toMessage), ...(page.cursor ? { cursor: page.cursor } : {}) };
   }
 
   /** Every message in UID order, a page at a time (memory bounded). */
@@ -593,12 +630,6 @@ export class FolderStore {
       yield* page.items;
       cursor = page.cursor;
     } while (cursor);
-  }
-
-  /** Every message's listing fields (no summary) in UID order, a page at a time: what an IMAP
-   * view keeps (SELECT) and what counting reads (message-item.ts). */
-  listing(user: string, folderId: string): AsyncGenerator<FolderListing> {
-    return listingOf(this.tables, folderKeys.partition(user, folderId), this.pageSize);
   }
 
   /**
@@ -961,4 +992,23 @@ export class FolderStore {
     await this.tables.delete(folderKeys.usage(user));
     await this.changes.purge(user);
   }
+}
+
+/** The attributes a copy of a message keeps (everything but its uid and modseq). */
+function messageAttrs(m: FolderMessage): Record<string, AttrValue> {
+  return {
+    blobKey: m.blobKey,
+    size: m.size,
+    receivedAt: m.receivedAt,
+    summary: m.summary,
+    flags: m.flags,
+    jobId: m.jobId,
+    ...(m.threadId ? { threadId: m.threadId } : {}),
+  };
+}
+
+/** The uids, Emails and threads of messages, as a change entry names them. */
+function emailsOf(ms: FolderMessage[]): Pick<ChangeEntry, 'uids' | 'emailIds' | 'threadIds'> {
+  const threadIds = [...new Set(ms.flatMap((m) => (m.threadId ? [m.threadId] : [])))];
+  return { uids: ms.map((m) => m.uid), emailIds: ms.map((m) => emailIdOf(m.blobKey)), ...(threadIds.length ? { threadIds } : {}) };
 }
