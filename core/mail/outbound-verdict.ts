@@ -20,10 +20,10 @@ import type { Tables } from '../storage/ports.js';
 import { isSkipped, type ScanEnvelope, type SpamResult, type SpamScanner, type SpamVerdict } from './spam.js';
 import { countSpamLater } from './spam-stats.js';
 
-/** The outcome of an outbound scan: send, or refuse for good (`reject`) or for now (`defer`). */
 /** How the log line of a skipped outbound scan starts; the AWS alarm's metric filter matches it too (infra/stacks/monitoring.ts). */
 export const OUTBOUND_SPAM_SKIPPED_MSG = 'outbound spam scan skipped';
 
+/** The outcome of an outbound scan: send, or refuse for good (`reject`) or for now (`defer`). */
 export type OutboundDecision =
   | { kind: 'send'; result: SpamResult }
   | {
